@@ -1,0 +1,30 @@
+"""Pure-functional sequence cells: `init`, `initial_state`, `step`, `apply`, `param_axes`.
+
+    from seqjax import cells
+    cell = cells.LSTM(hidden_size=256)          # or cells.get("lstm", hidden_size=256)
+    params = cell.init(key, input_size)
+    ys, state = cell.apply(params, xs)          # xs: [*batch, time, input_size]
+"""
+
+from seqjax.cells.base import Axes, Cell, Params, State
+from seqjax.cells.bidirectional import Bidirectional
+from seqjax.cells.elstm import ELSTM, ELSTMState
+from seqjax.cells.gru import GRU
+from seqjax.cells.lstm import LSTM, LSTMState
+from seqjax.cells.registry import get, names, register
+
+__all__ = [
+    "ELSTM",
+    "GRU",
+    "LSTM",
+    "Axes",
+    "Bidirectional",
+    "Cell",
+    "ELSTMState",
+    "LSTMState",
+    "Params",
+    "State",
+    "get",
+    "names",
+    "register",
+]

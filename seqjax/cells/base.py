@@ -1,0 +1,244 @@
+"""The cell interface: hyperparameters in a frozen dataclass, parameters and state as explicit pytrees.
+
+A cell splits one token's work in two:
+- `project_inputs(params, x)`: everything that depends on the input only (input projections, biases).
+  It is applied to a whole sequence at once, outside the time loop.
+- `recur(params, state, projected)`: the sequential part.
+
+`step` = `recur ∘ project_inputs` for one token; the default `apply` projects the whole sequence once and
+scans `recur` with `lax.scan`. Cells with a faster engine override `apply` and are tested against the
+loop of `step`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.scan.sequential import broadcast_flags, reverse_resets, scan_recurrence, select_tree
+
+PyTree = Any
+Params = dict[str, Any]
+State = PyTree
+Axes = tuple[str | None, ...]
+DType = Any
+
+__all__ = ["Axes", "Cell", "Params", "State", "accumulation_dtype"]
+
+
+def accumulation_dtype(compute_dtype: DType) -> jnp.dtype:
+    """float32 accumulation for low-precision compute, float64 when the cell computes in float64."""
+    return jnp.promote_types(compute_dtype, jnp.float32)
+
+
+def _check_flags(cell_name: str, what: str, flags: Any, expected_shape: tuple[int, ...]) -> jax.Array:
+    flags = jnp.asarray(flags)
+    if flags.shape != tuple(expected_shape):
+        raise ValueError(
+            f"{cell_name}: `{what}` has shape {flags.shape}, expected {tuple(expected_shape)} "
+            f"(the input's shape without its feature axis, i.e. [*batch, time] for apply or [*batch] for "
+            f"step)."
+        )
+    if flags.dtype != jnp.bool_:
+        if not (jnp.issubdtype(flags.dtype, jnp.integer) or jnp.issubdtype(flags.dtype, jnp.bool_)):
+            raise TypeError(
+                f"{cell_name}: `{what}` must be boolean (True/False per token), got dtype {flags.dtype}."
+            )
+        flags = flags.astype(jnp.bool_)
+    return flags
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell(abc.ABC):
+    """Base class of all seqjax cells. Subclasses are frozen dataclasses holding hyperparameters only."""
+
+    #: registry name, set by `seqjax.cells.register`.
+    name: ClassVar[str] = "cell"
+
+    # ----------------------------------------------------------------------------------------------
+    # What each cell defines.
+    # ----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def init(self, key: jax.Array, input_size: int) -> Params:
+        """Returns the parameter pytree for inputs with `input_size` features."""
+
+    @abc.abstractmethod
+    def initial_state(self, batch_shape: Sequence[int] = (), dtype: DType = jnp.float32) -> State:
+        """The state before the first token (and after a reset); its size does not depend on time."""
+
+    @abc.abstractmethod
+    def param_axes(self) -> PyTree:
+        """Logical axis names of every parameter, same tree structure as `init`'s result."""
+
+    @abc.abstractmethod
+    def input_size_of(self, params: Params) -> int:
+        """The input width that `params` were initialised for."""
+
+    @property
+    @abc.abstractmethod
+    def output_size(self) -> int:
+        """Features of each output token."""
+
+    @abc.abstractmethod
+    def project_inputs(self, params: Params, x: jax.Array) -> PyTree:
+        """Input-only work for tokens `x` [..., input_size]; batched over any leading axes."""
+
+    @abc.abstractmethod
+    def recur(self, params: Params, state: State, projected: PyTree) -> tuple[State, jax.Array]:
+        """One recurrence step on a batch of projected tokens: (state, projected_t) -> (state, y_t)."""
+
+    #: whether `apply` runs right to left; cells with a `reverse` field override this.
+    @property
+    def is_reversed(self) -> bool:
+        return bool(getattr(self, "reverse", False))
+
+    #: `lax.scan` unroll factor for the default `apply`.
+    @property
+    def scan_unroll(self) -> int:
+        return int(getattr(self, "unroll", 1))
+
+    # ----------------------------------------------------------------------------------------------
+    # The public interface, shared by all cells.
+    # ----------------------------------------------------------------------------------------------
+    def step(
+        self,
+        params: Params,
+        state: State,
+        x: jax.Array,
+        *,
+        reset: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[State, jax.Array]:
+        """Processes one token `x` [*batch, input_size].
+
+        `reset` [*batch] clears the state before this token; `mask` [*batch] == False marks padding: the
+        state is returned unchanged and the output is zero.
+        """
+        x = self._check_input(params, x, min_rank=1, what="x", form="step")
+        batch_shape = x.shape[:-1]
+        self._check_state(state, batch_shape)
+        prev = state
+        if reset is not None:
+            reset = _check_flags(self._label, "reset", reset, batch_shape)
+            prev = select_tree(reset, self._initial_like(state, batch_shape), state)
+        new, y = self.recur(params, prev, self.project_inputs(params, x))
+        if mask is not None:
+            mask = _check_flags(self._label, "mask", mask, batch_shape)
+            new = select_tree(mask, new, state)
+            y = jnp.where(broadcast_flags(mask, y), y, jnp.zeros((), y.dtype))
+        return new, y
+
+    def apply(
+        self,
+        params: Params,
+        xs: jax.Array,
+        state: State | None = None,
+        *,
+        resets: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, State]:
+        """Processes a whole sequence `xs` [*batch, time, input_size].
+
+        Returns `ys` [*batch, time, output_size] and the state after the last valid token (the first
+        one when the cell runs in reverse).
+        """
+        xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
+        batch_shape = xs.shape[:-2]
+        nb = len(batch_shape)
+        projected = self.project_inputs(params, xs)
+        time_major = jax.tree.map(lambda a: jnp.moveaxis(a, nb, 0), projected)
+        if resets is not None:
+            resets = jnp.moveaxis(resets, nb, 0)
+        if mask is not None:
+            mask = jnp.moveaxis(mask, nb, 0)
+        ys, final = scan_recurrence(
+            lambda s, p: self.recur(params, s, p),
+            state,
+            time_major,
+            initial=self._initial_like(state, batch_shape),
+            resets=resets,
+            mask=mask,
+            reverse=self.is_reversed,
+            unroll=self.scan_unroll,
+        )
+        return jnp.moveaxis(ys, 0, nb), final
+
+    # ----------------------------------------------------------------------------------------------
+    # Validation shared by every cell.
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def _label(self) -> str:
+        return type(self).__name__
+
+    def _check_input(
+        self, params: Params, x: Any, *, min_rank: int, what: str, form: str
+    ) -> jax.Array:
+        x = jnp.asarray(x)
+        shape_doc = "[*batch, input_size]" if form == "step" else "[*batch, time, input_size]"
+        if x.ndim < min_rank:
+            raise ValueError(
+                f"{self._label}.{form}: `{what}` has rank {x.ndim} (shape {x.shape}), expected "
+                f"{shape_doc} with rank >= {min_rank}."
+                + (" For one token use `step`." if form == "apply" and x.ndim == 1 else "")
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(
+                f"{self._label}.{form}: `{what}` has dtype {x.dtype}; cells take floating-point features "
+                f"(embed token ids first)."
+            )
+        expected = self.input_size_of(params)
+        if x.shape[-1] != expected:
+            raise ValueError(
+                f"{self._label}.{form}: `{what}` has {x.shape[-1]} features (shape {x.shape}), but the "
+                f"params were initialised with input_size={expected}. Re-run `init(key, "
+                f"input_size={x.shape[-1]})` or project the inputs to {expected} features."
+            )
+        return x
+
+    def _check_state(self, state: State, batch_shape: tuple[int, ...]) -> None:
+        expected = jax.eval_shape(lambda: self.initial_state(batch_shape))
+        got_struct = jax.tree.structure(state)
+        if got_struct != jax.tree.structure(expected):
+            raise ValueError(
+                f"{self._label}: state has structure {got_struct}, expected {jax.tree.structure(expected)}"
+                f"; build it with `cell.initial_state(batch_shape)`."
+            )
+        for got, exp in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True):
+            if tuple(got.shape) != tuple(exp.shape):
+                raise ValueError(
+                    f"{self._label}: a state leaf has shape {tuple(got.shape)}, expected "
+                    f"{tuple(exp.shape)} for batch shape {batch_shape}; build it with "
+                    f"`cell.initial_state({batch_shape})`."
+                )
+
+    def _initial_like(self, state: State, batch_shape: tuple[int, ...]) -> State:
+        initial = self.initial_state(batch_shape)
+        return jax.tree.map(lambda i, s: i.astype(s.dtype), initial, state)
+
+    def _prepare_apply(
+        self,
+        params: Params,
+        xs: Any,
+        state: State | None,
+        resets: Any,
+        mask: Any,
+    ) -> tuple[jax.Array, State, jax.Array | None, jax.Array | None]:
+        """Validates `apply`'s arguments; returns resets already converted for the scan direction."""
+        xs = self._check_input(params, xs, min_rank=2, what="xs", form="apply")
+        batch_shape = xs.shape[:-2]
+        if state is None:
+            state = self.initial_state(batch_shape)
+        else:
+            self._check_state(state, batch_shape)
+        if resets is not None:
+            resets = _check_flags(self._label, "resets", resets, xs.shape[:-1])
+            if self.is_reversed:
+                resets = reverse_resets(resets, time_axis=len(batch_shape))
+        if mask is not None:
+            mask = _check_flags(self._label, "mask", mask, xs.shape[:-1])
+        return xs, state, resets, mask
