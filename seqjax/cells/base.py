@@ -150,8 +150,9 @@ class Cell(abc.ABC):
         xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
         batch_shape = xs.shape[:-2]
         nb = len(batch_shape)
-        projected = self.project_inputs(params, xs)
-        time_major = jax.tree.map(lambda a: jnp.moveaxis(a, nb, 0), projected)
+        # Time-major before projecting: transposing the narrow inputs is cheap, and the projection is
+        # then a plain matmul (a matmul writing a transposed output is 2x slower on CPU).
+        time_major = self.project_inputs(params, jnp.moveaxis(xs, nb, 0))
         if resets is not None:
             resets = jnp.moveaxis(resets, nb, 0)
         if mask is not None:

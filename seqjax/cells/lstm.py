@@ -15,7 +15,7 @@ from seqjax.cells.bidirectional import Bidirectional
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
 from seqjax.cells.torch_port import check_torch_module, read_torch_rnn
-from seqjax.scan.lstm import lstm_scan
+from seqjax.scan.lstm import gate_activations, lstm_scan
 
 __all__ = ["LSTM", "LSTMState"]
 
@@ -57,7 +57,7 @@ class LSTM(Cell):
     forget_bias: float = 1.0
     reverse: bool = False
     engine: str = "fused"
-    unroll: int = 8
+    unroll: int = 1
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
@@ -105,20 +105,22 @@ class LSTM(Cell):
     def _acc(self) -> jnp.dtype:
         return accumulation_dtype(self.dtype)
 
-    def project_inputs(self, params: Params, x: jax.Array) -> jax.Array:
-        proj = jnp.matmul(
+    def _project_without_bias(self, params: Params, x: jax.Array) -> jax.Array:
+        return jnp.matmul(
             x.astype(self.dtype), params["w_ih"].astype(self.dtype), preferred_element_type=self._acc
         )
-        return proj + (params["b_ih"] + params["b_hh"]).astype(self._acc)
+
+    def project_inputs(self, params: Params, x: jax.Array) -> jax.Array:
+        return self._project_without_bias(params, x) + (params["b_ih"] + params["b_hh"]).astype(self._acc)
 
     def recur(self, params: Params, state: LSTMState, projected: jax.Array) -> tuple[LSTMState, jax.Array]:
         acc = self._acc
         pre = projected + jnp.matmul(
             state.h.astype(self.dtype), params["w_hh"].astype(self.dtype), preferred_element_type=acc
         )
-        i, f, g, o = jnp.split(pre, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * state.c.astype(acc) + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        i, f, g, o = jnp.split(gate_activations(pre), 4, axis=-1)
+        c = f * state.c.astype(acc) + i * g
+        h = o * jnp.tanh(c)
         return LSTMState(h=h.astype(state.h.dtype), c=c.astype(state.c.dtype)), h.astype(self.dtype)
 
     def apply(
@@ -135,12 +137,13 @@ class LSTM(Cell):
         xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
         batch_shape, (t, f) = xs.shape[:-2], xs.shape[-2:]
         b = math.prod(batch_shape)
-        # Time-major for the scan; the input projection for all tokens is one matmul.
-        xproj = self.project_inputs(params, jnp.swapaxes(xs.reshape(b, t, f), 0, 1))
+        # Time-major before projecting (see Cell.apply); the projection of all tokens is one matmul.
+        xproj = self._project_without_bias(params, jnp.swapaxes(xs.reshape(b, t, f), 0, 1))
         flat = lambda a: None if a is None else jnp.swapaxes(a.reshape(b, t), 0, 1)  # noqa: E731
         ys, h, c = lstm_scan(
             xproj,
             params["w_hh"],
+            params["b_ih"] + params["b_hh"],
             state.h.reshape(b, -1),
             state.c.reshape(b, -1),
             resets=flat(resets),
