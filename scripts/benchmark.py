@@ -1,0 +1,579 @@
+"""Training-step speed and memory of seqjax's recurrent cells against their peers.
+
+Every measurement is one forward + backward pass: the gradient of `sum(ys**2)` with respect to the
+parameters AND the input, inside `jax.jit` (or torch autograd), at batch 8, input width = hidden = 128,
+float32. All implementations run in one process, so the `vs seqjax` ratios compare like with like on a
+noisy machine.
+
+Usage, from the repository root:
+
+    python scripts/benchmark.py                                   # lstm, gru, elstm at 1k, 4k, 16k tokens
+    python scripts/benchmark.py --lengths=1024,4096               # shorter sweep
+    python scripts/benchmark.py --cells=lstm --nopeers            # seqjax only
+    python scripts/benchmark.py --unroll=4 --out=/tmp/unroll4.md  # override the seqjax cells' unroll
+
+Implementations per cell family:
+  lstm:  seqjax LSTM(engine="fused") (the baseline of the ratios), seqjax LSTM(engine="scan"),
+         flax nn.RNN(nn.OptimizedLSTMCell), a naive lax.scan LSTM, torch.nn.LSTM.
+  gru:   seqjax GRU (baseline), flax nn.RNN(nn.GRUCell), a naive lax.scan GRU, torch.nn.GRU.
+  elstm: seqjax ELSTM only (it has no peer).
+Peers are included with --peers (the default); torch rows only when `import torch` works.
+
+Results are printed as they come and written as markdown to --out (default
+`benchmarks/rnn_{platform}.md`, platform = `jax.default_backend()`). The file is rewritten after every
+measurement, so an interrupted run still leaves the rows it finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import math
+import os
+import platform as pyplatform
+import shlex
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import psutil
+from absl import app, flags
+from jax import lax
+
+from seqjax import cells
+
+try:
+    import torch
+except Exception:  # torch is optional; its absence only drops the torch rows.
+    torch = None
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_list("cells", ["lstm", "gru", "elstm"], "Cell families to benchmark: lstm, gru, elstm.")
+flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "Sequence lengths (tokens), comma-separated ints.")
+flags.DEFINE_integer("batch", 8, "Batch size.")
+flags.DEFINE_integer("hidden", 128, "Hidden size; the input width is the same.")
+flags.DEFINE_integer("repeats", 5, "Timed runs after one warm-up run (the median is reported).")
+flags.DEFINE_boolean("peers", True, "Also time flax.linen, naive lax.scan and torch implementations.")
+flags.DEFINE_string(
+    "out",
+    "benchmarks/rnn_{platform}.md",
+    "Markdown output path; `{platform}` is replaced by jax.default_backend().",
+)
+flags.DEFINE_float(
+    "max_seconds_per_run",
+    20.0,
+    "Once one run of an implementation takes longer than this, its longer lengths are skipped.",
+)
+flags.DEFINE_integer("unroll", None, "Overrides the seqjax cells' `unroll` field (peers keep theirs).")
+
+FAMILIES = ("lstm", "gru", "elstm")
+FAMILY_TITLES = {"lstm": "LSTM", "gru": "GRU", "elstm": "E-LSTM"}
+MIB = 2**20
+# Fine enough to see a buffer that lives for one matmul at 1k tokens, coarse enough that the sampler's
+# own CPU use (a /proc read) stays well under 1% of one core.
+RSS_INTERVAL_S = 0.005
+
+
+# --------------------------------------------------------------------------------------------------
+# Results.
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Measurement:
+    family: str
+    impl: str
+    length: int
+    status: str = "ok"  # "ok", "failed" or "skipped"
+    reason: str = ""
+    times_s: list[float] = dataclasses.field(default_factory=list)
+    first_run_s: float | None = None
+    compile_s: float | None = None
+    xla_peak_bytes: int | None = None
+    rss_delta_bytes: int | None = None
+
+    @property
+    def median_s(self) -> float | None:
+        return statistics.median(self.times_s) if self.times_s else None
+
+    @property
+    def slowest_run_s(self) -> float:
+        return max([*self.times_s, self.first_run_s or 0.0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Impl:
+    """One row label of a family's table and how to build its workload at a given length."""
+
+    family: str
+    name: str
+    kind: str  # "jax": build returns (loss, args); "torch": build returns a zero-argument step.
+    build: Callable[[int], Any]
+    is_baseline: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory probes.
+# --------------------------------------------------------------------------------------------------
+class PeakRss:
+    """Samples the process RSS in a background thread; `delta` = peak during the block − RSS at entry.
+
+    XLA and torch release the GIL while they compute, so the sampler keeps running during a step.
+    """
+
+    def __init__(self, interval_s: float = RSS_INTERVAL_S) -> None:
+        self._proc = psutil.Process()
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.base = 0
+        self.peak = 0
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self._interval_s)
+
+    def __enter__(self) -> PeakRss:
+        self.base = self.peak = self._proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def delta(self) -> int:
+        return self.peak - self.base
+
+
+def xla_peak_bytes(compiled: Any) -> int | None:
+    """Arguments + outputs + temporaries of a compiled executable; None where the backend has no analysis."""
+    try:
+        stats = compiled.memory_analysis()
+        if stats is None:
+            return None
+        return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Workloads.
+# --------------------------------------------------------------------------------------------------
+def _inputs(length: int) -> jax.Array:
+    return jax.random.normal(jax.random.key(1), (FLAGS.batch, length, FLAGS.hidden), jnp.float32)
+
+
+def seqjax_workload(cell: cells.Cell) -> Callable[[int], tuple[Callable[..., jax.Array], tuple[Any, ...]]]:
+    def build(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+        params = cell.init(jax.random.key(0), FLAGS.hidden)
+
+        def loss(params: Any, xs: jax.Array) -> jax.Array:
+            ys, _ = cell.apply(params, xs)
+            return jnp.sum(ys**2)
+
+        return loss, (params, _inputs(length))
+
+    return build
+
+
+def flax_workload(make_cell: Callable[[], nn.RNNCellBase]) -> Callable[[int], Any]:
+    def build(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+        model = nn.RNN(make_cell())
+        xs = _inputs(length)
+        # Parameter shapes do not depend on length; initialising on one token avoids running a full
+        # (uncompiled-cache) forward pass at 16k tokens just to get shapes.
+        params = model.init(jax.random.key(0), xs[:, :1])
+
+        def loss(params: Any, xs: jax.Array) -> jax.Array:
+            return jnp.sum(model.apply(params, xs) ** 2)
+
+        return loss, (params, xs)
+
+    return build
+
+
+def _naive_params(key: jax.Array, input_size: int, hidden: int, gates: int) -> dict[str, jax.Array]:
+    k_ih, k_hh = jax.random.split(key)
+    return {
+        "w_ih": jax.random.normal(k_ih, (input_size, gates * hidden)) / math.sqrt(input_size),
+        "w_hh": jax.random.normal(k_hh, (hidden, gates * hidden)) / math.sqrt(hidden),
+        "b_ih": jnp.zeros((gates * hidden,)),
+        "b_hh": jnp.zeros((gates * hidden,)),
+    }
+
+
+def naive_lstm(params: dict[str, jax.Array], xs: jax.Array) -> jax.Array:
+    """The textbook LSTM: everything per token inside the scan body, autodiff does the backward pass."""
+    hidden = params["w_hh"].shape[0]
+
+    def step(carry: tuple[jax.Array, jax.Array], x_t: jax.Array) -> tuple[Any, jax.Array]:
+        h, c = carry
+        z = x_t @ params["w_ih"] + params["b_ih"] + h @ params["w_hh"] + params["b_hh"]
+        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), h
+
+    zeros = jnp.zeros((xs.shape[0], hidden), xs.dtype)
+    _, ys = lax.scan(step, (zeros, zeros), jnp.swapaxes(xs, 0, 1))
+    return jnp.swapaxes(ys, 0, 1)
+
+
+def naive_gru(params: dict[str, jax.Array], xs: jax.Array) -> jax.Array:
+    """The textbook GRU (torch's equations), everything per token inside the scan body."""
+    hidden = params["w_hh"].shape[0]
+
+    def step(h: jax.Array, x_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        xr, xz, xn = jnp.split(x_t @ params["w_ih"] + params["b_ih"], 3, axis=-1)
+        hr, hz, hn = jnp.split(h @ params["w_hh"] + params["b_hh"], 3, axis=-1)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+        h = (1 - z) * n + z * h
+        return h, h
+
+    _, ys = lax.scan(step, jnp.zeros((xs.shape[0], hidden), xs.dtype), jnp.swapaxes(xs, 0, 1))
+    return jnp.swapaxes(ys, 0, 1)
+
+
+def naive_workload(apply: Callable[..., jax.Array], gates: int) -> Callable[[int], Any]:
+    def build(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+        params = _naive_params(jax.random.key(0), FLAGS.hidden, FLAGS.hidden, gates)
+
+        def loss(params: Any, xs: jax.Array) -> jax.Array:
+            return jnp.sum(apply(params, xs) ** 2)
+
+        return loss, (params, _inputs(length))
+
+    return build
+
+
+def torch_workload(module_cls_name: str) -> Callable[[int], Callable[[], None]]:
+    def build(length: int) -> Callable[[], None]:
+        torch.manual_seed(0)
+        module = getattr(torch.nn, module_cls_name)(FLAGS.hidden, FLAGS.hidden, batch_first=True)
+        x = torch.randn(FLAGS.batch, length, FLAGS.hidden).requires_grad_(True)
+
+        def step() -> None:
+            # set_to_none so every run allocates its gradients afresh, as the JAX rows do.
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            ys, _ = module(x)
+            (ys**2).sum().backward()
+
+        return step
+
+    return build
+
+
+def _seqjax_cell(cls: type[cells.Cell], **kwargs: Any) -> cells.Cell:
+    if FLAGS.unroll is not None:
+        kwargs["unroll"] = FLAGS.unroll
+    return cls(hidden_size=FLAGS.hidden, **kwargs)
+
+
+def implementations(families: list[str], peers: bool) -> list[Impl]:
+    """Rows in table order: the seqjax baseline first, torch last (its OpenMP threads spin briefly after
+    each op, which would otherwise steal a core from the next JAX row on a 2-core machine)."""
+    impls: list[Impl] = []
+    have_torch = torch is not None
+    for family in families:
+        if family == "lstm":
+            fused = _seqjax_cell(cells.LSTM, engine="fused")
+            scan = _seqjax_cell(cells.LSTM, engine="scan")
+            impls.append(
+                Impl(
+                    family, f"seqjax LSTM fused (unroll={fused.unroll})", "jax", seqjax_workload(fused), True
+                )
+            )
+            impls.append(
+                Impl(family, f"seqjax LSTM scan (unroll={scan.unroll})", "jax", seqjax_workload(scan))
+            )
+            if peers:
+                impls.append(
+                    Impl(
+                        family,
+                        "flax nn.RNN(OptimizedLSTMCell)",
+                        "jax",
+                        flax_workload(lambda: nn.OptimizedLSTMCell(FLAGS.hidden)),
+                    )
+                )
+                impls.append(Impl(family, "naive lax.scan LSTM", "jax", naive_workload(naive_lstm, 4)))
+                if have_torch:
+                    impls.append(Impl(family, "torch.nn.LSTM", "torch", torch_workload("LSTM")))
+        elif family == "gru":
+            gru = _seqjax_cell(cells.GRU)
+            impls.append(Impl(family, f"seqjax GRU (unroll={gru.unroll})", "jax", seqjax_workload(gru), True))
+            if peers:
+                impls.append(
+                    Impl(
+                        family, "flax nn.RNN(GRUCell)", "jax", flax_workload(lambda: nn.GRUCell(FLAGS.hidden))
+                    )
+                )
+                impls.append(Impl(family, "naive lax.scan GRU", "jax", naive_workload(naive_gru, 3)))
+                if have_torch:
+                    impls.append(Impl(family, "torch.nn.GRU", "torch", torch_workload("GRU")))
+        elif family == "elstm":
+            elstm = _seqjax_cell(cells.ELSTM)
+            label = (
+                f"seqjax ELSTM (slots={elstm.memory_slots}, width={elstm.memory_width}, "
+                f"unroll={elstm.unroll})"
+            )
+            impls.append(Impl(family, label, "jax", seqjax_workload(elstm), True))
+        else:
+            raise app.UsageError(f"--cells: unknown family {family!r}; choose from {', '.join(FAMILIES)}.")
+    return impls
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing.
+# --------------------------------------------------------------------------------------------------
+def _timed_runs(run: Callable[[], None], m: Measurement, repeats: int) -> None:
+    t0 = time.perf_counter()
+    run()
+    m.first_run_s = time.perf_counter() - t0
+    gc.collect()  # so garbage from the warm-up run is not counted in the RSS baseline.
+    with PeakRss() as rss:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            m.times_s.append(time.perf_counter() - t0)
+    m.rss_delta_bytes = rss.delta
+
+
+def measure_jax(impl: Impl, length: int, repeats: int) -> Measurement:
+    m = Measurement(impl.family, impl.name, length)
+    loss, args = impl.build(length)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    # Compile ahead of time: the same executable gives the memory analysis and runs, so nothing is
+    # compiled twice, and compile time is not mixed into the warm-up run.
+    t0 = time.perf_counter()
+    compiled = grad.lower(*args).compile()
+    m.compile_s = time.perf_counter() - t0
+    m.xla_peak_bytes = xla_peak_bytes(compiled)
+
+    def run() -> None:
+        # The result is dropped at once so two runs' gradients never coexist.
+        jax.block_until_ready(compiled(*args))
+
+    _timed_runs(run, m, repeats)
+    return m
+
+
+def measure_torch(impl: Impl, length: int, repeats: int) -> Measurement:
+    m = Measurement(impl.family, impl.name, length)
+    _timed_runs(impl.build(length), m, repeats)
+    return m
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _release_memory() -> None:
+    # Executables and device buffers die with the measurement's locals; the jit caches would keep
+    # the traced closures (and through them the inputs) alive, so clear those as well.
+    gc.collect()
+    jax.clear_caches()
+    gc.collect()
+
+
+# --------------------------------------------------------------------------------------------------
+# Report.
+# --------------------------------------------------------------------------------------------------
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / MIB:.1f}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return pyplatform.processor() or "unknown CPU"
+
+
+def _versions() -> str:
+    parts = [f"jax {jax.__version__}"]
+    try:
+        import jaxlib
+
+        parts.append(f"jaxlib {jaxlib.__version__}")
+    except Exception:
+        pass
+    parts.append(f"flax {flax.__version__}")
+    parts.append(f"torch {torch.__version__}" if torch is not None else "torch not installed")
+    parts.append(f"Python {pyplatform.python_version()}")
+    return ", ".join(parts)
+
+
+def render(
+    results: list[Measurement], impls: list[Impl], lengths: list[int], command: str, total: int
+) -> str:
+    device = jax.devices()[0]
+    backend = jax.default_backend()
+    device_desc = f"{backend}, device kind `{device.device_kind}`"
+    if backend == "cpu":
+        device_desc += f" ({_cpu_model()})"
+    lines = [
+        f"# seqjax recurrent cells: forward + backward benchmark ({backend})",
+        "",
+        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- versions: {_versions()}",
+        f"- platform: {device_desc}; `os.cpu_count()` = {os.cpu_count()}"
+        + (f"; torch threads = {torch.get_num_threads()}" if torch is not None else ""),
+        f"- batch {FLAGS.batch}, hidden {FLAGS.hidden}, input width {FLAGS.hidden}, float32",
+        "- workload: gradient of `sum(ys**2)` w.r.t. parameters and input, in one `jax.jit` "
+        "(torch: `loss.backward()` with `x.requires_grad_(True)`)",
+        f"- command: `{command}`",
+    ]
+    done = len(results)
+    if done < total:
+        lines.append(f"- **partial**: {done} of {total} measurements finished")
+    lines.append("")
+
+    by_key = {(r.family, r.impl, r.length): r for r in results}
+    for family in dict.fromkeys(i.family for i in impls):
+        family_impls = [i for i in impls if i.family == family]
+        baseline = next(i for i in family_impls if i.is_baseline)
+        lines += [
+            f"## {FAMILY_TITLES[family]}",
+            "",
+            f"`vs seqjax` = median time / median time of `{baseline.name}` at the same length "
+            "(> 1: seqjax is faster).",
+            "",
+            "| length | implementation | median s | min–max s | vs seqjax | XLA peak MiB | Δ peak RSS MiB "
+            "| compile s |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for length in lengths:
+            base = by_key.get((family, baseline.name, length))
+            base_median = base.median_s if base is not None else None
+            for impl in family_impls:
+                r = by_key.get((family, impl.name, length))
+                if r is None:
+                    continue
+                if r.status != "ok":
+                    reason = r.reason.replace("|", "/")
+                    lines.append(f"| {length} | {impl.name} | {r.status}: {reason} | | | | | |")
+                    continue
+                median = r.median_s
+                ratio = median / base_median if (median and base_median) else None
+                lines.append(
+                    f"| {length} | {impl.name} | {_fmt(median, '.3f')} | "
+                    f"{min(r.times_s):.3f}–{max(r.times_s):.3f} | {_fmt(ratio, '.2f')} | "
+                    f"{_mib(r.xla_peak_bytes)} | {_mib(r.rss_delta_bytes)} | {_fmt(r.compile_s, '.2f')} |"
+                )
+        lines.append("")
+
+    lines += [
+        "## Notes",
+        "",
+        f"- median of {FLAGS.repeats} runs after compile (plus one untimed warm-up run); "
+        "ratios from the same process.",
+        "- `XLA peak MiB`: `temp + argument + output` bytes from "
+        "`jax.jit(f).lower(*args).compile().memory_analysis()`; n/a for torch.",
+        f"- `Δ peak RSS MiB`: process RSS sampled every {RSS_INTERVAL_S * 1e3:.0f} ms during the timed runs, "
+        "peak minus the RSS just before them (after the warm-up). Memory the allocator kept from "
+        "earlier rows or the warm-up is reused without growing RSS, so this understates small "
+        "working sets; compare it with the XLA column, not across machines.",
+        "- `compile s`: `lower` + `compile` of the jitted gradient; n/a for torch (eager).",
+        f"- an implementation is skipped at longer lengths once one of its runs takes more than "
+        f"{FLAGS.max_seconds_per_run:g} s (`--max_seconds_per_run`) or once it fails.",
+        "- naive lax.scan: the textbook step (input matmul and four separate gate activations inside the "
+        "scan body), differentiated by autodiff.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Main.
+# --------------------------------------------------------------------------------------------------
+def _parse_lengths(raw: list[str]) -> list[int]:
+    try:
+        lengths = sorted({int(v) for v in raw})
+    except ValueError as exc:
+        raise app.UsageError(f"--lengths must be comma-separated integers, got {raw}.") from exc
+    if not lengths or lengths[0] < 1:
+        raise app.UsageError(f"--lengths must be positive, got {raw}.")
+    return lengths
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # Sorted ascending so that --max_seconds_per_run can skip the longer lengths of a slow row.
+    lengths = _parse_lengths(FLAGS.lengths)
+    families = [f.strip().lower() for f in FLAGS.cells if f.strip()]
+    impls = implementations(families, FLAGS.peers)
+    if torch is not None:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+    out = Path(FLAGS.out.format(platform=jax.default_backend()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+
+    total = len(lengths) * len(impls)
+    results: list[Measurement] = []
+    stop_reason: dict[str, str] = {}  # impl name -> why its longer lengths are skipped
+    print(f"benchmarking {len(impls)} implementations x {len(lengths)} lengths -> {out}", flush=True)
+    for length in lengths:
+        for impl in impls:
+            index = len(results) + 1
+            if impl.name in stop_reason:
+                m = Measurement(
+                    impl.family, impl.name, length, status="skipped", reason=stop_reason[impl.name]
+                )
+            else:
+                try:
+                    measure = measure_jax if impl.kind == "jax" else measure_torch
+                    m = measure(impl, length, FLAGS.repeats)
+                except Exception as exc:  # OOM or a backend error must not lose the other rows.
+                    m = Measurement(
+                        impl.family, impl.name, length, status="failed", reason=_short_reason(exc)
+                    )
+                    stop_reason[impl.name] = f"failed at L={length}"
+                _release_memory()
+                if m.status == "ok" and m.slowest_run_s > FLAGS.max_seconds_per_run:
+                    stop_reason[impl.name] = (
+                        f"a run at L={length} took {m.slowest_run_s:.1f} s > {FLAGS.max_seconds_per_run:g} s"
+                    )
+            results.append(m)
+            if m.status == "ok":
+                detail = (
+                    f"median {m.median_s:.3f} s (min {min(m.times_s):.3f}, max {max(m.times_s):.3f}), "
+                    f"compile {_fmt(m.compile_s, '.2f')} s, XLA peak {_mib(m.xla_peak_bytes)} MiB, "
+                    f"Δ peak RSS {_mib(m.rss_delta_bytes)} MiB"
+                )
+            else:
+                detail = f"{m.status}: {m.reason}"
+            print(f"[{index}/{total}] {impl.family} L={length} {impl.name}: {detail}", flush=True)
+            out.write_text(render(results, impls, lengths, command, total))
+
+    print(f"wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,69 @@
+"""The cell configurations every generic cell test runs over, and small helpers shared by tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax import cells
+
+# (id, cell). Small sizes keep the suite fast; reversed variants exercise the right-to-left path.
+CELL_CASES = [
+    ("lstm-fused", cells.LSTM(hidden_size=12)),
+    ("lstm-scan", cells.LSTM(hidden_size=12, engine="scan")),
+    ("lstm-fused-reverse", cells.LSTM(hidden_size=12, reverse=True)),
+    ("gru", cells.GRU(hidden_size=12)),
+    ("gru-reverse", cells.GRU(hidden_size=12, reverse=True)),
+    ("elstm", cells.ELSTM(hidden_size=12, memory_slots=4, memory_width=6)),
+    ("elstm-reverse", cells.ELSTM(hidden_size=12, memory_slots=4, memory_width=6, reverse=True)),
+]
+CELL_IDS = [name for name, _ in CELL_CASES]
+CELLS = [cell for _, cell in CELL_CASES]
+
+INPUT_SIZE = 5
+
+
+def random_flags(seed: int, shape: tuple[int, ...], p: float) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).random(shape) < p)
+
+
+def random_state(cell: cells.Cell, key: jax.Array, batch_shape: tuple[int, ...]):
+    """A non-zero state, so tests also cover a given initial state and resets back to zero."""
+    template = cell.initial_state(batch_shape)
+    leaves, treedef = jax.tree.flatten(template)
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten([0.5 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves, strict=True)])
+
+
+def step_loop(cell, params, xs, state=None, *, resets=None, mask=None):
+    """The plain reference: a Python loop of `step`, in the cell's scan direction."""
+    batch_shape = xs.shape[:-2]
+    t_axis = len(batch_shape)
+    length = xs.shape[t_axis]
+    state = cell.initial_state(batch_shape) if state is None else state
+    reverse = getattr(cell, "reverse", False)
+    order = range(length - 1, -1, -1) if reverse else range(length)
+    ys = [None] * length
+    for t in order:
+        reset = None
+        if resets is not None:
+            if reverse:
+                # Right to left, a new segment begins at t when t + 1 starts a segment going forward.
+                reset = resets[..., t + 1] if t + 1 < length else jnp.zeros(batch_shape, bool)
+            else:
+                reset = resets[..., t]
+        m = None if mask is None else mask[..., t]
+        state, ys[t] = cell.step(params, state, xs[..., t, :], reset=reset, mask=m)
+    return jnp.stack(ys, axis=t_axis), state
+
+
+def unreversed(cell):
+    return dataclasses.replace(cell, reverse=False)
+
+
+def max_abs_diff(a, b) -> float:
+    diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))), a, b)
+    return max(jax.tree.leaves(diffs))

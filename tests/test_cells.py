@@ -1,0 +1,192 @@
+"""The cell interface contract, for every cell: apply == loop of step, resets, padding, transforms, dtypes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax import cells
+from tests.cell_cases import CELL_IDS, CELLS, INPUT_SIZE, max_abs_diff, random_flags, random_state, step_loop
+
+B, T = 3, 13
+
+
+def _inputs(key, batch_shape=(B,), length=T):
+    return jax.random.normal(key, (*batch_shape, length, INPUT_SIZE))
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("flags", ["plain", "resets", "mask", "resets+mask"])
+def test_apply_equals_step_loop(cell, flags, key):
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1))
+    state = random_state(cell, jax.random.PRNGKey(2), (B,))
+    resets = random_flags(3, (B, T), 0.25) if "resets" in flags else None
+    mask = random_flags(4, (B, T), 0.7) if "mask" in flags else None
+
+    ys, final = cell.apply(params, xs, state, resets=resets, mask=mask)
+    ref_ys, ref_final = step_loop(cell, params, xs, state, resets=resets, mask=mask)
+    assert ys.shape == (B, T, cell.output_size)
+    np.testing.assert_allclose(ys, ref_ys, atol=2e-6)
+    assert max_abs_diff(final, ref_final) < 2e-6
+
+    def loss(fn, params, xs, state):
+        ys, final = fn(params, xs, state)
+        return jnp.sum(jnp.sin(3 * ys)) + sum(jnp.sum(jnp.cos(leaf)) for leaf in jax.tree.leaves(final))
+
+    by_apply = lambda p, x, s: cell.apply(p, x, s, resets=resets, mask=mask)
+    by_steps = lambda p, x, s: step_loop(cell, p, x, s, resets=resets, mask=mask)
+    g_apply = jax.grad(lambda *a: loss(by_apply, *a), argnums=(0, 1, 2))(params, xs, state)
+    g_steps = jax.grad(lambda *a: loss(by_steps, *a), argnums=(0, 1, 2))(params, xs, state)
+    assert max_abs_diff(g_apply, g_steps) < 2e-5
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_padding_leaves_state_unchanged_and_outputs_zero(cell, key):
+    """A right-padded sequence ends in exactly the state of the unpadded one; a left-padded one too."""
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1), (1,), 9)
+    valid = 6
+    ys_short, state_short = cell.apply(params, xs[:, :valid])
+    garbage = 100.0 * jax.random.normal(jax.random.PRNGKey(5), (1, 9 - valid, INPUT_SIZE))
+    for padded, mask in [
+        (jnp.concatenate([xs[:, :valid], garbage], 1), jnp.arange(9)[None] < valid),  # right padding
+        (jnp.concatenate([garbage, xs[:, :valid]], 1), jnp.arange(9)[None] >= 9 - valid),  # left padding
+    ]:
+        ys, state = cell.apply(params, padded, mask=mask)
+        np.testing.assert_array_equal(ys[~mask], 0.0)
+        np.testing.assert_allclose(ys[mask], ys_short[0], atol=1e-6)
+        assert max_abs_diff(state, state_short) < 1e-6
+    # step with mask=False returns the very same state
+    state0 = random_state(cell, jax.random.PRNGKey(3), (2,))
+    state1, y = cell.step(params, state0, xs[:, 0].repeat(2, 0), mask=jnp.array([False, False]))
+    assert max_abs_diff(state0, state1) == 0.0
+    np.testing.assert_array_equal(y, 0.0)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_resets_split_packed_segments(cell, key):
+    """Packing two sequences with a reset at the boundary equals running each one alone."""
+    params = cell.init(key, INPUT_SIZE)
+    a = _inputs(jax.random.PRNGKey(1), (1,), 5)
+    b = _inputs(jax.random.PRNGKey(2), (1,), 7)
+    resets = jnp.zeros((1, 12), bool).at[0, 5].set(True)
+    state = random_state(cell, jax.random.PRNGKey(3), (1,))
+    ys, _ = cell.apply(params, jnp.concatenate([a, b], 1), state, resets=resets)
+    reverse = getattr(cell, "reverse", False)
+    # The segment the scan meets first continues from `state`; the other starts from zeros.
+    ys_a, _ = cell.apply(params, a, None if reverse else state)
+    ys_b, _ = cell.apply(params, b, state if reverse else None)
+    np.testing.assert_allclose(ys, jnp.concatenate([ys_a, ys_b], 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_batch_shapes_jit_vmap(cell, key):
+    """No batch axis, several batch axes, vmap over batch and jit all agree with the plain batched call."""
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1), (2, 3), 7)
+    ys, state = cell.apply(params, xs)
+    assert ys.shape == (2, 3, 7, cell.output_size)
+    assert max_abs_diff(state, cell.initial_state((2, 3))) >= 0  # same structure
+    jax.tree.map(lambda s, i: np.testing.assert_equal(s.shape, i.shape), state, cell.initial_state((2, 3)))
+
+    ys_single, _ = cell.apply(params, xs[1, 2])
+    np.testing.assert_allclose(ys_single, ys[1, 2], atol=1e-6)
+    ys_vmap, _ = jax.vmap(jax.vmap(lambda x: cell.apply(params, x)))(xs)
+    np.testing.assert_allclose(ys_vmap, ys, atol=1e-6)
+    ys_jit, _ = jax.jit(cell.apply)(params, xs)
+    np.testing.assert_allclose(ys_jit, ys, atol=1e-6)
+    # vmap over parameters (an ensemble) also works
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), params, cell.init(jax.random.PRNGKey(9), INPUT_SIZE))
+    ys_ens, _ = jax.vmap(lambda p: cell.apply(p, xs))(stacked)
+    np.testing.assert_allclose(ys_ens[0], ys, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_float32_matches_float64_reference(cell, key):
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1), (2,), 64)
+    resets = random_flags(3, (2, 64), 0.05)
+    mask = random_flags(4, (2, 64), 0.9)
+    loss = lambda c, p, x: jnp.sum(c.apply(p, x, resets=resets, mask=mask)[0] ** 2)
+    ys32, _ = cell.apply(params, xs, resets=resets, mask=mask)
+    g32 = jax.grad(lambda p: loss(cell, p, xs))(params)
+    with jax.enable_x64(True):
+        cell64 = dataclasses.replace(cell, dtype=jnp.float64, param_dtype=jnp.float64)
+        p64 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
+        x64 = jnp.asarray(np.asarray(xs), jnp.float64)
+        s64 = cell64.initial_state((2,), jnp.float64)
+        ys64, _ = cell64.apply(p64, x64, s64, resets=resets, mask=mask)
+        assert ys64.dtype == jnp.float64
+        g64 = jax.grad(lambda p: jnp.sum(cell64.apply(p, x64, s64, resets=resets, mask=mask)[0] ** 2))(p64)
+        ys64, g64 = np.asarray(ys64), jax.tree.map(np.asarray, g64)
+    np.testing.assert_allclose(ys32, ys64, atol=1e-5)
+    for name in params:
+        scale = np.max(np.abs(g64[name])) + 1e-12
+        assert np.max(np.abs(np.asarray(g32[name]) - g64[name])) / scale < 1e-4, name
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_bfloat16_compute_close_to_float32(cell, key):
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1), (2,), 32)
+    ys32, s32 = cell.apply(params, xs)
+    cell16 = dataclasses.replace(cell, dtype=jnp.bfloat16)
+    ys16, s16 = cell16.apply(params, xs)
+    assert ys16.dtype == jnp.bfloat16
+    # state and parameters stay float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(s16))
+    g16 = jax.grad(lambda p: jnp.sum(cell16.apply(p, xs)[0].astype(jnp.float32) ** 2))(params)
+    assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(g16))
+    np.testing.assert_allclose(np.asarray(ys16, np.float32), ys32, atol=0.05)
+    assert float(jnp.mean(jnp.abs(ys16.astype(jnp.float32) - ys32))) < 0.01
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_param_axes_name_every_axis(cell, key):
+    params = cell.init(key, INPUT_SIZE)
+    axes = cell.param_axes()
+    assert jax.tree.structure(params) == jax.tree.structure(axes, is_leaf=lambda a: isinstance(a, tuple))
+    for name, leaf in params.items():
+        assert len(axes[name]) == leaf.ndim, name
+        assert all(isinstance(a, str) for a in axes[name]), name
+        assert leaf.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_state_is_constant_in_length(cell, key):
+    params = cell.init(key, INPUT_SIZE)
+    _, short = cell.apply(params, _inputs(key, (2,), 4))
+    _, long = cell.apply(params, _inputs(key, (2,), 40))
+    assert [a.shape for a in jax.tree.leaves(short)] == [a.shape for a in jax.tree.leaves(long)]
+
+
+def test_registry_builds_every_cell():
+    assert {"lstm", "gru", "elstm"} <= set(cells.names())
+    assert cells.get("LSTM", hidden_size=7) == cells.LSTM(hidden_size=7)
+    assert isinstance(cells.get("elstm", hidden_size=8, memory_slots=2), cells.ELSTM)
+
+
+def test_lstm_engines_agree_on_long_sequences(key):
+    """The fused backward pass against autodiff through lax.scan, with a given state, resets and mask."""
+    fused, scan = cells.LSTM(hidden_size=16), cells.LSTM(hidden_size=16, engine="scan")
+    params = fused.init(key, 8)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (4, 300, 8))
+    resets = random_flags(2, (4, 300), 0.01)
+    mask = random_flags(3, (4, 300), 0.95)
+    state = random_state(fused, jax.random.PRNGKey(4), (4,))
+
+    def loss(cell, p, x, s):
+        ys, final = cell.apply(p, x, s, resets=resets, mask=mask)
+        return jnp.mean(jnp.tanh(ys) ** 2) + jnp.mean(final.c**2) + jnp.mean(final.h)
+
+    for c in (fused, scan):
+        assert bool(jnp.all(jnp.isfinite(c.apply(params, xs)[0])))
+    v_f, g_f = jax.value_and_grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2))(params, xs, state)
+    v_s, g_s = jax.value_and_grad(lambda *a: loss(scan, *a), argnums=(0, 1, 2))(params, xs, state)
+    np.testing.assert_allclose(v_f, v_s, rtol=1e-6)
+    assert max_abs_diff(g_f, g_s) < 1e-6
