@@ -99,6 +99,7 @@ class Measurement:
     compile_s: float | None = None
     xla_peak_bytes: int | None = None
     rss_delta_bytes: int | None = None
+    other_load_cores: float | None = None
 
     @property
     def median_s(self) -> float | None:
@@ -155,6 +156,38 @@ class PeakRss:
     @property
     def delta(self) -> int:
         return self.peak - self.base
+
+
+class OtherLoad:
+    """CPU used by everything except this process during a block, in cores (busy CPU-seconds / wall s).
+
+    The machine is shared: another job's threads on the same cores slow every row, and they stall
+    spin-waiting OpenMP (torch) far more than XLA. Recording this per row shows which numbers were
+    taken under contention. Includes hypervisor steal; resolution is one clock tick (~10 ms).
+    """
+
+    def __init__(self) -> None:
+        self._proc = psutil.Process()
+        self.cores = 0.0
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    def _own(self) -> float:
+        t = self._proc.cpu_times()
+        return t.user + t.system
+
+    def __enter__(self) -> OtherLoad:
+        self._start = (time.perf_counter(), self._busy(), self._own())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall0, busy0, own0 = self._start
+        wall = time.perf_counter() - wall0
+        other = (self._busy() - busy0) - (self._own() - own0)
+        self.cores = max(other, 0.0) / wall if wall > 0 else 0.0
 
 
 def xla_peak_bytes(compiled: Any) -> int | None:
@@ -286,8 +319,8 @@ def _seqjax_cell(cls: type[cells.Cell], **kwargs: Any) -> cells.Cell:
 
 
 def implementations(families: list[str], peers: bool) -> list[Impl]:
-    """Rows in table order: the seqjax baseline first, torch last (its OpenMP threads spin briefly after
-    each op, which would otherwise steal a core from the next JAX row on a 2-core machine)."""
+    """Rows in table order: the seqjax baseline first (the ratios' denominator), then the JAX peers,
+    torch last."""
     impls: list[Impl] = []
     have_torch = torch is not None
     for family in families:
@@ -346,12 +379,13 @@ def _timed_runs(run: Callable[[], None], m: Measurement, repeats: int) -> None:
     run()
     m.first_run_s = time.perf_counter() - t0
     gc.collect()  # so garbage from the warm-up run is not counted in the RSS baseline.
-    with PeakRss() as rss:
+    with PeakRss() as rss, OtherLoad() as load:
         for _ in range(repeats):
             t0 = time.perf_counter()
             run()
             m.times_s.append(time.perf_counter() - t0)
     m.rss_delta_bytes = rss.delta
+    m.other_load_cores = load.cores
 
 
 def measure_jax(impl: Impl, length: int, repeats: int) -> Measurement:
@@ -464,8 +498,8 @@ def render(
             "(> 1: seqjax is faster).",
             "",
             "| length | implementation | median s | min–max s | vs seqjax | XLA peak MiB | Δ peak RSS MiB "
-            "| compile s |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|",
+            "| compile s | other load |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for length in lengths:
             base = by_key.get((family, baseline.name, length))
@@ -476,14 +510,15 @@ def render(
                     continue
                 if r.status != "ok":
                     reason = r.reason.replace("|", "/")
-                    lines.append(f"| {length} | {impl.name} | {r.status}: {reason} | | | | | |")
+                    lines.append(f"| {length} | {impl.name} | {r.status}: {reason} | | | | | | |")
                     continue
                 median = r.median_s
                 ratio = median / base_median if (median and base_median) else None
                 lines.append(
                     f"| {length} | {impl.name} | {_fmt(median, '.3f')} | "
                     f"{min(r.times_s):.3f}–{max(r.times_s):.3f} | {_fmt(ratio, '.2f')} | "
-                    f"{_mib(r.xla_peak_bytes)} | {_mib(r.rss_delta_bytes)} | {_fmt(r.compile_s, '.2f')} |"
+                    f"{_mib(r.xla_peak_bytes)} | {_mib(r.rss_delta_bytes)} | {_fmt(r.compile_s, '.2f')} | "
+                    f"{_fmt(r.other_load_cores, '.2f')} |"
                 )
         lines.append("")
 
@@ -499,6 +534,9 @@ def render(
         "earlier rows or the warm-up is reused without growing RSS, so this understates small "
         "working sets; compare it with the XLA column, not across machines.",
         "- `compile s`: `lower` + `compile` of the jitted gradient; n/a for torch (eager).",
+        f"- `other load`: CPU cores used by other processes (and hypervisor steal) during the timed runs, "
+        f"out of {os.cpu_count()}. Rows with a load well above 0 were timed on a shared machine and are "
+        "slower than they would be alone; torch's spin-waiting OpenMP threads suffer most.",
         f"- an implementation is skipped at longer lengths once one of its runs takes more than "
         f"{FLAGS.max_seconds_per_run:g} s (`--max_seconds_per_run`) or once it fails.",
         "- naive lax.scan: the textbook step (input matmul and four separate gate activations inside the "
@@ -558,14 +596,15 @@ def main(argv: list[str]) -> None:
                 _release_memory()
                 if m.status == "ok" and m.slowest_run_s > FLAGS.max_seconds_per_run:
                     stop_reason[impl.name] = (
-                        f"a run at L={length} took {m.slowest_run_s:.1f} s > {FLAGS.max_seconds_per_run:g} s"
+                        f"a run at L={length} took {m.slowest_run_s:.2f} s > {FLAGS.max_seconds_per_run:g} s"
                     )
             results.append(m)
             if m.status == "ok":
                 detail = (
                     f"median {m.median_s:.3f} s (min {min(m.times_s):.3f}, max {max(m.times_s):.3f}), "
                     f"compile {_fmt(m.compile_s, '.2f')} s, XLA peak {_mib(m.xla_peak_bytes)} MiB, "
-                    f"Δ peak RSS {_mib(m.rss_delta_bytes)} MiB"
+                    f"Δ peak RSS {_mib(m.rss_delta_bytes)} MiB, "
+                    f"other load {_fmt(m.other_load_cores, '.2f')} cores"
                 )
             else:
                 detail = f"{m.status}: {m.reason}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,9 @@ def random_state(cell: cells.Cell, key: jax.Array, batch_shape: tuple[int, ...])
     template = cell.initial_state(batch_shape)
     leaves, treedef = jax.tree.flatten(template)
     keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([0.5 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves, strict=True)])
+    return treedef.unflatten(
+        [0.5 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves, strict=True)]
+    )
 
 
 def step_loop(cell, params, xs, state=None, *, resets=None, mask=None):
@@ -45,6 +48,9 @@ def step_loop(cell, params, xs, state=None, *, resets=None, mask=None):
     length = xs.shape[t_axis]
     state = cell.initial_state(batch_shape) if state is None else state
     reverse = getattr(cell, "reverse", False)
+    # One compiled step, called from a plain Python loop: the loop stays the reference, and grad through
+    # it reuses the compiled step instead of dispatching every small op eagerly.
+    step = _jitted_step(cell)
     order = range(length - 1, -1, -1) if reverse else range(length)
     ys = [None] * length
     for t in order:
@@ -56,8 +62,13 @@ def step_loop(cell, params, xs, state=None, *, resets=None, mask=None):
             else:
                 reset = resets[..., t]
         m = None if mask is None else mask[..., t]
-        state, ys[t] = cell.step(params, state, xs[..., t, :], reset=reset, mask=m)
+        state, ys[t] = step(params, state, xs[..., t, :], reset=reset, mask=m)
     return jnp.stack(ys, axis=t_axis), state
+
+
+@functools.cache
+def _jitted_step(cell):
+    return jax.jit(cell.step)
 
 
 def unreversed(cell):
@@ -65,5 +76,7 @@ def unreversed(cell):
 
 
 def max_abs_diff(a, b) -> float:
-    diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))), a, b)
+    diffs = jax.tree.map(
+        lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))), a, b
+    )
     return max(jax.tree.leaves(diffs))

@@ -10,7 +10,14 @@ import pytest
 from seqjax import cells
 
 
-@pytest.mark.parametrize("base", [cells.LSTM(hidden_size=7), cells.GRU(hidden_size=7), cells.ELSTM(hidden_size=7, memory_slots=2, memory_width=3)])
+@pytest.mark.parametrize(
+    "base",
+    [
+        cells.LSTM(hidden_size=7),
+        cells.GRU(hidden_size=7),
+        cells.ELSTM(hidden_size=7, memory_slots=2, memory_width=3),
+    ],
+)
 def test_bidirectional_equals_forward_and_flipped_backward(base, key):
     bi = cells.Bidirectional.of(base)
     params = bi.init(key, 4)

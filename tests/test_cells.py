@@ -40,7 +40,7 @@ def test_apply_equals_step_loop(cell, flags, key):
 
     by_apply = lambda p, x, s: cell.apply(p, x, s, resets=resets, mask=mask)
     by_steps = lambda p, x, s: step_loop(cell, p, x, s, resets=resets, mask=mask)
-    g_apply = jax.grad(lambda *a: loss(by_apply, *a), argnums=(0, 1, 2))(params, xs, state)
+    g_apply = jax.jit(jax.grad(lambda *a: loss(by_apply, *a), argnums=(0, 1, 2)))(params, xs, state)
     g_steps = jax.grad(lambda *a: loss(by_steps, *a), argnums=(0, 1, 2))(params, xs, state)
     assert max_abs_diff(g_apply, g_steps) < 2e-5
 
@@ -114,7 +114,7 @@ def test_float32_matches_float64_reference(cell, key):
     mask = random_flags(4, (2, 64), 0.9)
     loss = lambda c, p, x: jnp.sum(c.apply(p, x, resets=resets, mask=mask)[0] ** 2)
     ys32, _ = cell.apply(params, xs, resets=resets, mask=mask)
-    g32 = jax.grad(lambda p: loss(cell, p, xs))(params)
+    g32 = jax.jit(jax.grad(lambda p: loss(cell, p, xs)))(params)
     with jax.enable_x64(True):
         cell64 = dataclasses.replace(cell, dtype=jnp.float64, param_dtype=jnp.float64)
         p64 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
@@ -122,7 +122,9 @@ def test_float32_matches_float64_reference(cell, key):
         s64 = cell64.initial_state((2,), jnp.float64)
         ys64, _ = cell64.apply(p64, x64, s64, resets=resets, mask=mask)
         assert ys64.dtype == jnp.float64
-        g64 = jax.grad(lambda p: jnp.sum(cell64.apply(p, x64, s64, resets=resets, mask=mask)[0] ** 2))(p64)
+        g64 = jax.jit(
+            jax.grad(lambda p: jnp.sum(cell64.apply(p, x64, s64, resets=resets, mask=mask)[0] ** 2))
+        )(p64)
         ys64, g64 = np.asarray(ys64), jax.tree.map(np.asarray, g64)
     np.testing.assert_allclose(ys32, ys64, atol=1e-5)
     for name in params:
@@ -134,7 +136,7 @@ def test_float32_matches_float64_reference(cell, key):
 def test_bfloat16_compute_close_to_float32(cell, key):
     params = cell.init(key, INPUT_SIZE)
     xs = _inputs(jax.random.PRNGKey(1), (2,), 32)
-    ys32, s32 = cell.apply(params, xs)
+    ys32, _ = cell.apply(params, xs)
     cell16 = dataclasses.replace(cell, dtype=jnp.bfloat16)
     ys16, s16 = cell16.apply(params, xs)
     assert ys16.dtype == jnp.bfloat16

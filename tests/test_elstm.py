@@ -36,7 +36,9 @@ def test_elstm_follows_documented_equations(key):
     # Perturb every parameter so no term hides behind a zero initialisation.
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
-    params = treedef.unflatten([a + 0.3 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys, strict=True)])
+    params = treedef.unflatten(
+        [a + 0.3 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys, strict=True)]
+    )
     xs = np.random.default_rng(0).standard_normal((2, 9, 4))
 
     ys, state = cell.apply(params, jnp.asarray(xs, jnp.float32))

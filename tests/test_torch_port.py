@@ -92,7 +92,7 @@ def test_unsupported_torch_modules_are_refused():
         cells.LSTM.from_torch(torch.nn.LSTM(F, H, num_layers=2))
     with pytest.raises(ValueError, match="proj_size"):
         cells.LSTM.from_torch(torch.nn.LSTM(F, H, proj_size=4))
-    with pytest.raises(TypeError, match="expected a torch.nn.LSTM"):
+    with pytest.raises(TypeError, match=r"expected a torch\.nn\.LSTM"):
         cells.LSTM.from_torch(torch.nn.GRU(F, H))
     with pytest.raises(KeyError, match="weight_hh_l0"):
         cells.GRU.from_torch_state_dict({"weight_ih_l0": np.zeros((3 * H, F))})

@@ -1,9 +1,9 @@
 """Pure-functional sequence cells: `init`, `initial_state`, `step`, `apply`, `param_axes`.
 
-    from seqjax import cells
-    cell = cells.LSTM(hidden_size=256)          # or cells.get("lstm", hidden_size=256)
-    params = cell.init(key, input_size)
-    ys, state = cell.apply(params, xs)          # xs: [*batch, time, input_size]
+from seqjax import cells
+cell = cells.LSTM(hidden_size=256)          # or cells.get("lstm", hidden_size=256)
+params = cell.init(key, input_size)
+ys, state = cell.apply(params, xs)          # xs: [*batch, time, input_size]
 """
 
 from seqjax.cells.base import Axes, Cell, Params, State

@@ -176,9 +176,7 @@ class Cell(abc.ABC):
     def _label(self) -> str:
         return type(self).__name__
 
-    def _check_input(
-        self, params: Params, x: Any, *, min_rank: int, what: str, form: str
-    ) -> jax.Array:
+    def _check_input(self, params: Params, x: Any, *, min_rank: int, what: str, form: str) -> jax.Array:
         x = jnp.asarray(x)
         shape_doc = "[*batch, input_size]" if form == "step" else "[*batch, time, input_size]"
         if x.ndim < min_rank:

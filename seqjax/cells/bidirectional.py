@@ -37,11 +37,16 @@ class Bidirectional:
     @classmethod
     def of(cls, cell: Cell) -> Bidirectional:
         """The same cell type and hyperparameters in both directions (independent parameters)."""
-        return cls(forward=dataclasses.replace(cell, reverse=False), backward=dataclasses.replace(cell, reverse=True))
+        return cls(
+            forward=dataclasses.replace(cell, reverse=False), backward=dataclasses.replace(cell, reverse=True)
+        )
 
     def init(self, key: jax.Array, input_size: int) -> Params:
         k_fwd, k_bwd = jax.random.split(key)
-        return {"forward": self.forward.init(k_fwd, input_size), "backward": self.backward.init(k_bwd, input_size)}
+        return {
+            "forward": self.forward.init(k_fwd, input_size),
+            "backward": self.backward.init(k_bwd, input_size),
+        }
 
     def initial_state(self, batch_shape=(), dtype=jnp.float32) -> dict[str, Any]:
         return {

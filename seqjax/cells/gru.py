@@ -95,7 +95,9 @@ class GRU(Cell):
         )
         r = jax.nn.sigmoid(projected[..., :h] + hproj[..., :h])
         z = jax.nn.sigmoid(projected[..., h : 2 * h] + hproj[..., h : 2 * h])
-        n = jnp.tanh(projected[..., 2 * h :] + r * (hproj[..., 2 * h :] + params["b_hh"][2 * h :].astype(acc)))
+        n = jnp.tanh(
+            projected[..., 2 * h :] + r * (hproj[..., 2 * h :] + params["b_hh"][2 * h :].astype(acc))
+        )
         new = (1 - z) * n + z * state.astype(acc)
         return new.astype(state.dtype), new.astype(self.dtype)
 

@@ -139,7 +139,7 @@ class LSTM(Cell):
         b = math.prod(batch_shape)
         # Time-major before projecting (see Cell.apply); the projection of all tokens is one matmul.
         xproj = self._project_without_bias(params, jnp.swapaxes(xs.reshape(b, t, f), 0, 1))
-        flat = lambda a: None if a is None else jnp.swapaxes(a.reshape(b, t), 0, 1)  # noqa: E731
+        flat = lambda a: None if a is None else jnp.swapaxes(a.reshape(b, t), 0, 1)
         ys, h, c = lstm_scan(
             xproj,
             params["w_hh"],

@@ -5,11 +5,12 @@ Autodiff through `lax.scan` of an LSTM step accumulates dW_hh inside the reverse
 only (dh, dc) and emits the gate pre-activation gradients; dW_hh is then a single [H, T·B] × [T·B, 4H]
 matmul outside the loop, and the input-projection gradients follow by autodiff of the hoisted matmul.
 
-Equations (PyTorch/cuDNN, gate order i, f, g, o), with the input projection `xproj_t = W_ih x_t + b`
-precomputed:
-    pre = xproj_t + h_{t-1} W_hh ;  i, f, o = σ(pre_i, pre_f, pre_o) ;  g = tanh(pre_g)
+Equations (PyTorch/cuDNN, gate order i, f, g, o), with the input projection `xproj_t = W_ih x_t`
+precomputed for all tokens:
+    pre = xproj_t + b + h_{t-1} W_hh ;  i, f, o = σ(pre_i, pre_f, pre_o) ;  g = tanh(pre_g)
     c_t = f ⊙ c_{t-1} + i ⊙ g ;  h_t = o ⊙ tanh(c_t)
-The biases are added inside the loop (a separate pass over xproj costs more). A reset zeroes (h, c) before the token; a padded token leaves (h, c) unchanged and outputs zero.
+The bias is added inside the loop: a separate pass over the [T, B, 4H] projection costs more. A reset
+zeroes (h, c) before the token; a padded token leaves (h, c) unchanged and outputs zero.
 """
 
 from __future__ import annotations

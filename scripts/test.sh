@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: lint, format check, then the test suite on 2 worker processes.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$root/scripts/setup_env.sh"
+cd "$root"
+ruff check .
+ruff format --check .
+exec python -m pytest -n "${SEQJAX_TEST_WORKERS:-2}" "$@"
