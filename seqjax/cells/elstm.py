@@ -55,7 +55,7 @@ class ELSTM(Cell):
     forget_bias: float = 1.0
     write_bias: float = -3.0
     reverse: bool = False
-    unroll: int = 4
+    unroll: int = 1
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 

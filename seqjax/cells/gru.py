@@ -36,7 +36,7 @@ class GRU(Cell):
 
     hidden_size: int
     reverse: bool = False
-    unroll: int = 8
+    unroll: int = 1
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
