@@ -75,6 +75,14 @@ class Cell(abc.ABC):
     def param_axes(self) -> PyTree:
         """Logical axis names of every parameter, same tree structure as `init`'s result."""
 
+    def param_groups(self) -> PyTree:
+        """Optimizer group of every parameter, same tree structure as `init`'s result.
+
+        "default" for ordinary weights; "ssm" for the dynamics parameters (A, Δ, λ) that S4, S5, LRU and
+        Mamba train at their own learning rate and without weight decay. The trainer reads these.
+        """
+        return jax.tree.map(lambda _: "default", self.param_axes(), is_leaf=lambda x: isinstance(x, tuple))
+
     @abc.abstractmethod
     def input_size_of(self, params: Params) -> int:
         """The input width that `params` were initialised for."""

@@ -57,6 +57,9 @@ class Bidirectional:
     def param_axes(self) -> dict[str, Any]:
         return {"forward": self.forward.param_axes(), "backward": self.backward.param_axes()}
 
+    def param_groups(self) -> dict[str, Any]:
+        return {"forward": self.forward.param_groups(), "backward": self.backward.param_groups()}
+
     @property
     def output_size(self) -> int:
         return self.forward.output_size + self.backward.output_size
