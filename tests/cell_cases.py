@@ -20,6 +20,8 @@ CELL_CASES = [
     ("gru-reverse", cells.GRU(hidden_size=12, reverse=True)),
     ("elstm", cells.ELSTM(hidden_size=12, memory_slots=4, memory_width=6)),
     ("elstm-reverse", cells.ELSTM(hidden_size=12, memory_slots=4, memory_width=6, reverse=True)),
+    ("mamba-chunked", cells.Mamba(d_model=5, state_size=4, chunk_size=4)),
+    ("mamba-sequential", cells.Mamba(d_model=5, state_size=4, method="sequential")),
 ]
 CELL_IDS = [name for name, _ in CELL_CASES]
 CELLS = [cell for _, cell in CELL_CASES]

@@ -11,6 +11,7 @@ from seqjax.cells.bidirectional import Bidirectional
 from seqjax.cells.elstm import ELSTM, ELSTMState
 from seqjax.cells.gru import GRU
 from seqjax.cells.lstm import LSTM, LSTMState
+from seqjax.cells.mamba import Mamba, MambaState
 from seqjax.cells.registry import get, names, register
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "Cell",
     "ELSTMState",
     "LSTMState",
+    "Mamba",
+    "MambaState",
     "Params",
     "State",
     "get",

@@ -1,0 +1,273 @@
+"""Mamba: the selective state-space block of Gu & Dao (2023)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.registry import register
+from seqjax.scan.linear import choose_method, linear_recurrence
+from seqjax.scan.selective import selective_scan
+
+__all__ = ["Mamba", "MambaState"]
+
+METHODS = ("auto", "chunked", "sequential", "associative")
+
+
+class MambaState(NamedTuple):
+    conv: jax.Array  # [*batch, d_conv - 1, d_inner]: the last d_conv - 1 conv inputs of the segment
+    ssm: jax.Array  # [*batch, d_inner, state_size]
+
+
+def _inverse_softplus(y: jax.Array) -> jax.Array:
+    return y + jnp.log(-jnp.expm1(-y))
+
+
+@register("mamba")
+@dataclasses.dataclass(frozen=True)
+class Mamba(Cell):
+    """The Mamba block (selective SSM), mapping [.., d_model] -> [.., d_model].
+
+        x, z = split(W_in u)                        x, z ∈ R^{d_inner},  d_inner = expand · d_model
+        x = SiLU(causal depthwise conv_k(x) + b)    over the last `d_conv` tokens of the segment
+        Δ, B, C = softplus(W_Δ (W_x x)_Δ + b_Δ), (W_x x)_B, (W_x x)_C
+        h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) B_tᵀ,  A = −exp(A_log) ∈ R^{d_inner × N}
+        y = (h_t C_t + D ⊙ x) ⊙ SiLU(z);  out = W_out y
+
+    Initialisation as in the reference implementation: `A_log[d, n] = log(n + 1)` (S4D-Real), the Δ
+    bias is the inverse softplus of a draw log-uniform in [dt_min, dt_max] = [1e-3, 0.1], the Δ
+    projection is uniform in ±dt_rank^-½, D = 1, the projections Glorot-uniform, the conv uniform in
+    ±(d_conv)^-½. `A_log`, `dt_bias` and `D` are in the "ssm" parameter group (own learning rate, no
+    weight decay in the trainer).
+
+    Padding: Δ is zeroed at padded tokens, so exp(ΔA) = 1 and the drive is 0: the state does not decay.
+    The conv skips padded tokens too: its window holds the last valid tokens. Resets clear both
+    the SSM state and the conv window, so packed sequences never see each other.
+
+    `method`: "chunked" (the default via "auto") forms the [.., d_inner, N] tensors one chunk at a time and
+    recomputes them in the backward pass (`seqjax.scan.selective_scan`). "sequential" and "associative"
+    materialise them for every token and use `seqjax.scan.linear_recurrence`. They are the
+    references, and use ~20x more memory.
+    """
+
+    d_model: int
+    state_size: int = 16
+    expand: int = 2
+    d_conv: int = 4
+    dt_rank: int | None = None
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+    dt_floor: float = 1e-4
+    method: str = "auto"
+    chunk_size: int = 64
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+
+    def __post_init__(self) -> None:
+        for field in ("d_model", "state_size", "expand", "d_conv", "chunk_size"):
+            value = getattr(self, field)
+            if int(value) <= 0:
+                raise ValueError(f"Mamba: {field} must be a positive integer, got {value}.")
+        if self.method not in METHODS:
+            raise ValueError(f"Mamba: unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        if not 0 < self.dt_min < self.dt_max:
+            raise ValueError(
+                f"Mamba: need 0 < dt_min < dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}."
+            )
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def rank(self) -> int:
+        return self.dt_rank or math.ceil(self.d_model / 16)
+
+    # -- parameters and state ------------------------------------------------------------------------
+    def init(self, key: jax.Array, input_size: int) -> Params:
+        if input_size != self.d_model:
+            raise ValueError(
+                f"Mamba: input_size={input_size} but d_model={self.d_model}; the block maps d_model to "
+                f"d_model, so build it with d_model={input_size} or project the inputs first."
+            )
+        d, di, n, r, pd = self.d_model, self.d_inner, self.state_size, self.rank, self.param_dtype
+        keys = jax.random.split(key, 6)
+        glorot = jax.nn.initializers.glorot_uniform()
+        log_dt = jax.random.uniform(keys[4], (di,), pd, math.log(self.dt_min), math.log(self.dt_max))
+        dt = jnp.maximum(jnp.exp(log_dt), self.dt_floor)
+        conv_bound = 1 / math.sqrt(self.d_conv)
+        dt_bound = r**-0.5
+        return {
+            "in_proj": glorot(keys[0], (d, 2 * di), pd),
+            "conv_w": jax.random.uniform(keys[1], (self.d_conv, di), pd, -conv_bound, conv_bound),
+            "conv_b": jnp.zeros((di,), pd),
+            "x_proj": glorot(keys[2], (di, r + 2 * n), pd),
+            "dt_proj": jax.random.uniform(keys[3], (r, di), pd, -dt_bound, dt_bound),
+            "dt_bias": _inverse_softplus(dt).astype(pd),
+            "A_log": jnp.log(jnp.broadcast_to(jnp.arange(1, n + 1, dtype=pd), (di, n))),
+            "D": jnp.ones((di,), pd),
+            "out_proj": glorot(keys[5], (di, d), pd),
+        }
+
+    def param_axes(self) -> dict[str, tuple[str, ...]]:
+        return {
+            "in_proj": ("embed", "mlp"),
+            "conv_w": ("conv_width", "mlp"),
+            "conv_b": ("mlp",),
+            "x_proj": ("mlp", "dt_rank_bc"),
+            "dt_proj": ("dt_rank", "mlp"),
+            "dt_bias": ("mlp",),
+            "A_log": ("mlp", "ssm_state"),
+            "D": ("mlp",),
+            "out_proj": ("mlp", "embed"),
+        }
+
+    def param_groups(self) -> dict[str, str]:
+        groups = {name: "default" for name in self.param_axes()}
+        groups.update(A_log="ssm", dt_bias="ssm", D="ssm")
+        return groups
+
+    def initial_state(self, batch_shape: Sequence[int] = (), dtype: DType = jnp.float32) -> MambaState:
+        return MambaState(
+            conv=jnp.zeros((*batch_shape, self.d_conv - 1, self.d_inner), dtype),
+            ssm=jnp.zeros((*batch_shape, self.d_inner, self.state_size), dtype),
+        )
+
+    def input_size_of(self, params: Params) -> int:
+        return params["in_proj"].shape[0]
+
+    @property
+    def output_size(self) -> int:
+        return self.d_model
+
+    # -- shared pieces -------------------------------------------------------------------------------
+    def _mm(self, a: jax.Array, w: jax.Array) -> jax.Array:
+        return jnp.matmul(
+            a.astype(self.dtype), w.astype(self.dtype), preferred_element_type=accumulation_dtype(self.dtype)
+        )
+
+    def _ssm_inputs(self, params: Params, x: jax.Array):
+        """From the conv output x [.., d_inner]: Δ [.., d_inner], B and C [.., N]."""
+        r, n = self.rank, self.state_size
+        dbc = self._mm(x, params["x_proj"])
+        dt = jax.nn.softplus(self._mm(dbc[..., :r], params["dt_proj"]) + params["dt_bias"])
+        return dt, dbc[..., r : r + n], dbc[..., r + n :]
+
+    def _a_matrix(self, params: Params) -> jax.Array:
+        return -jnp.exp(params["A_log"].astype(accumulation_dtype(self.dtype)))
+
+    def _output(self, params: Params, y: jax.Array, x: jax.Array, z: jax.Array) -> jax.Array:
+        y = (y + params["D"] * x) * jax.nn.silu(z)
+        return self._mm(y, params["out_proj"]).astype(self.dtype)
+
+    # -- one token -----------------------------------------------------------------------------------
+    def project_inputs(self, params: Params, x: jax.Array) -> jax.Array:
+        return self._mm(x, params["in_proj"])
+
+    def recur(self, params: Params, state: MambaState, projected: jax.Array) -> tuple[MambaState, jax.Array]:
+        x_in, z = jnp.split(projected, 2, axis=-1)
+        window = jnp.concatenate([state.conv.astype(x_in.dtype), x_in[..., None, :]], axis=-2)  # [.., K, Di]
+        x = jax.nn.silu(jnp.einsum("...kd,kd->...d", window, params["conv_w"]) + params["conv_b"])
+        dt, b, c = self._ssm_inputs(params, x)
+        decay = jnp.exp(dt[..., None] * self._a_matrix(params))
+        h = decay * state.ssm + (dt * x)[..., None] * b[..., None, :]
+        y = jnp.einsum("...dn,...n->...d", h, c)
+        new = MambaState(conv=window[..., 1:, :].astype(state.conv.dtype), ssm=h.astype(state.ssm.dtype))
+        return new, self._output(params, y, x, z)
+
+    # -- a whole sequence ----------------------------------------------------------------------------
+    def apply(
+        self,
+        params: Params,
+        xs: jax.Array,
+        state: MambaState | None = None,
+        *,
+        resets: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, MambaState]:
+        xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
+        batch_shape, length = xs.shape[:-2], xs.shape[-2]
+        bsz = math.prod(batch_shape)
+        flat = lambda a: None if a is None else a.reshape(bsz, length, *a.shape[len(batch_shape) + 1 :])
+        u, resets, mask = flat(xs), flat(resets), flat(mask)
+        conv0 = state.conv.reshape(bsz, self.d_conv - 1, self.d_inner)
+        h0 = state.ssm.reshape(bsz, self.d_inner, self.state_size)
+
+        if mask is not None:
+            # Move every sequence's valid tokens to the front (stable), so the conv and the scan see
+            # exactly the valid tokens in order; padding then sits at the end, where it changes nothing.
+            order = jnp.argsort(~mask, axis=1, stable=True)
+            gather = lambda a: jnp.take_along_axis(
+                a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1
+            )
+            u = gather(u)
+            n_valid = mask.sum(axis=1)
+            valid = jnp.arange(length)[None] < n_valid[:, None]
+            resets = None if resets is None else gather(resets) & valid
+        else:
+            n_valid = jnp.full((bsz,), length)
+            valid = None
+
+        x_in, z = jnp.split(self._mm(u, params["in_proj"]), 2, axis=-1)
+        x, conv_state = self._causal_conv(params, x_in, conv0, resets, n_valid)
+        dt, b, c = self._ssm_inputs(params, x)
+        if valid is not None:
+            dt = jnp.where(valid[..., None], dt, 0)
+        y, h = self._scan(params, x, dt, b, c, h0, resets)
+        ys = self._output(params, y, x, z)
+        if valid is not None:
+            ys = jnp.where(valid[..., None], ys, 0)
+            inverse = jnp.argsort(order, axis=1)
+            ys = jnp.take_along_axis(ys, inverse[..., None], axis=1)
+        final = MambaState(
+            conv=conv_state.reshape(state.conv.shape).astype(state.conv.dtype),
+            ssm=h.reshape(state.ssm.shape).astype(state.ssm.dtype),
+        )
+        return ys.reshape(*batch_shape, length, self.d_model), final
+
+    def _causal_conv(self, params, x_in, conv0, resets, n_valid):
+        """Depthwise causal conv over [window0; x_in] with taps across a reset zeroed; and the new window."""
+        k = self.d_conv
+        ext = jnp.concatenate([conv0.astype(x_in.dtype), x_in], axis=1)  # [B, K-1+L, Di]
+        length = x_in.shape[1]
+        if resets is None:
+            seg = jnp.zeros((x_in.shape[0], length + k - 1), jnp.int32)
+        else:
+            seg = jnp.concatenate(
+                [jnp.zeros((x_in.shape[0], k - 1), jnp.int32), jnp.cumsum(resets, axis=1, dtype=jnp.int32)],
+                axis=1,
+            )
+        out = jnp.zeros_like(x_in)
+        seg_now = seg[:, k - 1 :]
+        for tap in range(k):  # tap k-1 is the current token, tap 0 the oldest
+            window = ext[:, tap : tap + length]
+            same_segment = seg[:, tap : tap + length] == seg_now
+            out = out + jnp.where(same_segment[..., None], window, 0) * params["conv_w"][tap]
+        x = jax.nn.silu(out + params["conv_b"])
+        # The new window: the last K-1 inputs up to the last valid token, cleared across a reset.
+        idx = n_valid[:, None] + jnp.arange(k - 1)[None]  # positions in `ext`
+        window = jnp.take_along_axis(ext, idx[..., None], axis=1)
+        seg_last = jnp.take_along_axis(seg, (n_valid + k - 2)[:, None], axis=1)
+        window_seg = jnp.take_along_axis(seg, idx, axis=1)
+        window = jnp.where((window_seg == seg_last)[..., None], window, 0)
+        return x, window
+
+    def _scan(self, params, x, dt, b, c, h0, resets):
+        a_mat = self._a_matrix(params)
+        method = self.method
+        if method == "auto":
+            method = "chunked"
+        if method == "chunked":
+            inner = choose_method(self.chunk_size, self.d_inner * self.state_size)
+            inner = "sequential" if inner == "sequential" else "associative"
+            return selective_scan(x, dt, a_mat, b, c, h0, resets, chunk_size=self.chunk_size, inner=inner)
+        decay = jnp.exp(dt[..., None] * a_mat)
+        drive = (dt * x)[..., None] * b[:, :, None, :]
+        hs, h = linear_recurrence(decay, drive, h0, axis=1, resets=resets, method=method)
+        return jnp.einsum("bldn,bln->bld", hs, c), h
