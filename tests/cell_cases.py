@@ -22,6 +22,9 @@ CELL_CASES = [
     ("elstm-reverse", cells.ELSTM(hidden_size=12, memory_slots=4, memory_width=6, reverse=True)),
     ("mamba-chunked", cells.Mamba(d_model=5, state_size=4, chunk_size=4)),
     ("mamba-sequential", cells.Mamba(d_model=5, state_size=4, method="sequential")),
+    ("s4d", cells.S4D(hidden_size=5, state_size=8, chunk_size=4)),
+    ("s5-reverse", cells.S5(hidden_size=5, state_size=8, blocks=2, reverse=True)),
+    ("lru-associative", cells.LRU(hidden_size=5, state_size=6, method="associative")),
 ]
 CELL_IDS = [name for name, _ in CELL_CASES]
 CELLS = [cell for _, cell in CELL_CASES]
@@ -34,13 +37,23 @@ def random_flags(seed: int, shape: tuple[int, ...], p: float) -> jax.Array:
 
 
 def random_state(cell: cells.Cell, key: jax.Array, batch_shape: tuple[int, ...]):
-    """A non-zero state, so tests also cover a given initial state and resets back to zero."""
+    """A non-zero state of the cell's own dtypes (complex for complex SSMs), so tests also cover a given
+    initial state and resets back to zero."""
     template = cell.initial_state(batch_shape)
     leaves, treedef = jax.tree.flatten(template)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten(
-        [0.5 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves, strict=True)]
-    )
+    keys = jax.random.split(key, 2 * len(leaves))
+    out = []
+    for k_re, k_im, leaf in zip(keys[::2], keys[1::2], leaves, strict=True):
+        value = 0.5 * jax.random.normal(k_re, leaf.shape)
+        if jnp.iscomplexobj(leaf):
+            value = value + 0.5j * jax.random.normal(k_im, leaf.shape)
+        out.append(value.astype(leaf.dtype))
+    return treedef.unflatten(out)
+
+
+def state_loss(state) -> jax.Array:
+    """A real scalar that depends on every part of a (possibly complex) state."""
+    return sum(jnp.sum(jnp.cos(jnp.real(s)) + jnp.sin(2 * jnp.imag(s))) for s in jax.tree.leaves(state))
 
 
 def step_loop(cell, params, xs, state=None, *, resets=None, mask=None):
@@ -79,6 +92,19 @@ def unreversed(cell):
 
 def max_abs_diff(a, b) -> float:
     diffs = jax.tree.map(
-        lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))), a, b
+        lambda x, y: float(np.max(np.abs(np.asarray(x, np.complex128) - np.asarray(y, np.complex128)))), a, b
+    )
+    return max(jax.tree.leaves(diffs))
+
+
+def relative_diff(a, b) -> float:
+    """Largest leaf-wise difference, relative to that leaf's largest magnitude in `b`."""
+    diffs = jax.tree.map(
+        lambda x, y: float(
+            np.max(np.abs(np.asarray(x, np.complex128) - np.asarray(y, np.complex128)))
+            / (np.max(np.abs(np.asarray(y))) + 1e-12)
+        ),
+        a,
+        b,
     )
     return max(jax.tree.leaves(diffs))

@@ -13,11 +13,15 @@ from seqjax.cells.gru import GRU
 from seqjax.cells.lstm import LSTM, LSTMState
 from seqjax.cells.mamba import Mamba, MambaState
 from seqjax.cells.registry import get, names, register
+from seqjax.cells.ssm import LRU, S4D, S5
 
 __all__ = [
     "ELSTM",
     "GRU",
+    "LRU",
     "LSTM",
+    "S4D",
+    "S5",
     "Axes",
     "Bidirectional",
     "Cell",
