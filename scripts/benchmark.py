@@ -50,6 +50,8 @@ from absl import app, flags
 from jax import lax
 
 from seqjax import cells
+from seqjax.scan import linear_recurrence
+from seqjax.scan.selective import selective_scan, selective_scan_reference
 
 try:
     import torch
@@ -75,9 +77,27 @@ flags.DEFINE_float(
     "Once one run of an implementation takes longer than this, its longer lengths are skipped.",
 )
 flags.DEFINE_integer("unroll", None, "Overrides the seqjax cells' `unroll` field (peers keep theirs).")
+flags.DEFINE_integer("state", 16, "SSM state size N (scan, selective and ssm families).")
+flags.DEFINE_integer("heads", 8, "Heads of the linear-attention family.")
+flags.DEFINE_integer("head_dim", 64, "Head width of the linear-attention family.")
+flags.DEFINE_float(
+    "max_gib",
+    18.0,
+    "Rows whose compiled memory plan (XLA analysis) exceeds this are skipped instead of run: on CPU an "
+    "allocation failure kills the process rather than raising.",
+)
+flags.DEFINE_boolean("step_mode", True, "Also time `step` (one token, jitted) for the cells of each family.")
 
-FAMILIES = ("lstm", "gru", "elstm")
-FAMILY_TITLES = {"lstm": "LSTM", "gru": "GRU", "elstm": "E-LSTM"}
+FAMILIES = ("lstm", "gru", "elstm", "scan", "selective", "ssm", "linear_attention")
+FAMILY_TITLES = {
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "elstm": "E-LSTM",
+    "scan": "Linear recurrence engine: h = a ⊙ h + b on [B, L, C, N]",
+    "selective": "Selective scan (Mamba's SSM core) on compact [B, L, C] / [B, L, N] inputs",
+    "ssm": "SSM cells (width = hidden, state = --state)",
+    "linear_attention": "Linear-attention cells and the matrix-state engine",
+}
 MIB = 2**20
 # Fine enough to see a buffer that lives for one matmul at 1k tokens, coarse enough that the sampler's
 # own CPU use (a /proc read) stays well under 1% of one core.
@@ -312,6 +332,60 @@ def torch_workload(module_cls_name: str) -> Callable[[int], Callable[[], None]]:
     return build
 
 
+def _engine_inputs(length: int, *state: int) -> tuple[jax.Array, jax.Array]:
+    shape = (FLAGS.batch, length, *state)
+    key_a, key_b = jax.random.split(jax.random.key(2))
+    return jax.random.uniform(key_a, shape, jnp.float32, 0.5, 1.0), jax.random.normal(key_b, shape)
+
+
+def engine_workload(method: str) -> Callable[[int], Any]:
+    """linear_recurrence on a full [B, L, C, N] decay and input: the engine alone, any backend."""
+
+    def build(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+        def loss(a: jax.Array, b: jax.Array) -> jax.Array:
+            hs, _ = linear_recurrence(a, b, axis=1, method=method)
+            return jnp.sum(hs**2)
+
+        return loss, _engine_inputs(length, FLAGS.hidden, FLAGS.state)
+
+    return build
+
+
+def autodiff_scan_workload(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+    """The peer: `lax.scan` of h = a h + b differentiated by autodiff (what users write by hand)."""
+
+    def loss(a: jax.Array, b: jax.Array) -> jax.Array:
+        def body(h: jax.Array, ab: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+            h = ab[0] * h + ab[1]
+            return h, h
+
+        _, hs = lax.scan(body, jnp.zeros_like(b[:, 0]), (jnp.swapaxes(a, 0, 1), jnp.swapaxes(b, 0, 1)))
+        return jnp.sum(hs**2)
+
+    return loss, _engine_inputs(length, FLAGS.hidden, FLAGS.state)
+
+
+def selective_workload(materialised: bool) -> Callable[[int], Any]:
+    def build(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+        keys = jax.random.split(jax.random.key(3), 4)
+        c, n = FLAGS.hidden, FLAGS.state
+        x = jax.random.normal(keys[0], (FLAGS.batch, length, c))
+        dt = jax.nn.softplus(jax.random.normal(keys[1], (FLAGS.batch, length, c)) - 4)
+        bc = jax.random.normal(keys[2], (FLAGS.batch, length, 2 * n))
+        a_mat = -jnp.broadcast_to(jnp.arange(1.0, n + 1), (c, n))
+
+        def loss(params: Any, x: jax.Array) -> jax.Array:
+            dt, a_mat, bc = params
+            b, cm = bc[..., :n], bc[..., n:]
+            fn = selective_scan_reference if materialised else selective_scan
+            y, _ = fn(x, dt, a_mat, b, cm)
+            return jnp.sum(y**2)
+
+        return loss, ((dt, a_mat, bc), x)
+
+    return build
+
+
 def _seqjax_cell(cls: type[cells.Cell], **kwargs: Any) -> cells.Cell:
     if FLAGS.unroll is not None:
         kwargs["unroll"] = FLAGS.unroll
@@ -366,9 +440,83 @@ def implementations(families: list[str], peers: bool) -> list[Impl]:
                 f"unroll={elstm.unroll})"
             )
             impls.append(Impl(family, label, "jax", seqjax_workload(elstm), True))
+        elif family == "scan":
+            impls.append(Impl(family, "seqjax linear_recurrence auto", "jax", engine_workload("auto"), True))
+            for method in ("sequential", "associative", "chunked"):
+                impls.append(
+                    Impl(family, f"seqjax linear_recurrence {method}", "jax", engine_workload(method))
+                )
+            impls.append(Impl(family, "autodiff through lax.scan", "jax", autodiff_scan_workload))
+        elif family == "selective":
+            impls.append(
+                Impl(
+                    family, "seqjax selective_scan (chunk 64, remat)", "jax", selective_workload(False), True
+                )
+            )
+            impls.append(
+                Impl(family, "materialised [B,L,C,N] + autodiff lax.scan", "jax", selective_workload(True))
+            )
+        elif family == "ssm":
+            h, n = FLAGS.hidden, FLAGS.state
+            mamba = cells.Mamba(d_model=h, state_size=n, expand=1)
+            impls.append(Impl(family, "seqjax Mamba (expand 1) chunked", "jax", seqjax_workload(mamba), True))
+            impls.append(
+                Impl(
+                    family,
+                    "seqjax Mamba (expand 1) sequential (materialised)",
+                    "jax",
+                    seqjax_workload(dataclasses.replace(mamba, method="sequential")),
+                )
+            )
+            for cls in (cells.S4D, cells.S5, cells.LRU):
+                for method in ("auto", "sequential", "associative", "chunked"):
+                    cell = cls(hidden_size=h, state_size=n, method=method)
+                    impls.append(
+                        Impl(family, f"seqjax {cls.__name__} {method}", "jax", seqjax_workload(cell))
+                    )
+        elif family == "linear_attention":
+            heads, d = FLAGS.heads, FLAGS.head_dim
+            gla = cells.GatedLinearAttention(num_heads=heads, head_dim=d)
+            impls.append(Impl(family, "seqjax GLA chunked", "jax", seqjax_workload(gla), True))
+            impls.append(
+                Impl(
+                    family,
+                    "seqjax GLA recurrent",
+                    "jax",
+                    seqjax_workload(dataclasses.replace(gla, method="recurrent")),
+                )
+            )
+            for cls in (cells.LinearAttention, cells.Performer):
+                cell = cls(num_heads=heads, head_dim=d)
+                impls.append(Impl(family, f"seqjax {cls.__name__} chunked", "jax", seqjax_workload(cell)))
+            impls.append(
+                Impl(
+                    family,
+                    f"associative scan over {d}x{d} states",
+                    "jax",
+                    matrix_associative_workload,
+                )
+            )
         else:
             raise app.UsageError(f"--cells: unknown family {family!r}; choose from {', '.join(FAMILIES)}.")
     return impls
+
+
+def matrix_associative_workload(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+    """The peer of chunked linear attention: every S_t = γ_t S_{t-1} + k_t v_tᵀ by an associative scan."""
+    heads, d = FLAGS.heads, FLAGS.head_dim
+    keys = jax.random.split(jax.random.key(4), 3)
+    qkv = jax.random.normal(keys[0], (FLAGS.batch, length, 3, heads, d)) / math.sqrt(d)
+    gamma = jax.nn.sigmoid(jax.random.normal(keys[1], (FLAGS.batch, length, heads)) + 4)
+
+    def loss(gamma: jax.Array, qkv: jax.Array) -> jax.Array:
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        outer = k[..., :, None] * v[..., None, :]  # [B, L, H, d, d]
+        states, _ = linear_recurrence(gamma[..., None, None], outer, axis=1, method="associative")
+        y = jnp.einsum("blhkv,blhk->blhv", states, q)
+        return jnp.sum(y**2)
+
+    return loss, (gamma, qkv)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,6 +546,10 @@ def measure_jax(impl: Impl, length: int, repeats: int) -> Measurement:
     compiled = grad.lower(*args).compile()
     m.compile_s = time.perf_counter() - t0
     m.xla_peak_bytes = xla_peak_bytes(compiled)
+    if m.xla_peak_bytes is not None and m.xla_peak_bytes > FLAGS.max_gib * 2**30:
+        m.status = "skipped"
+        m.reason = f"needs {m.xla_peak_bytes / 2**30:.1f} GiB (XLA plan) > --max_gib={FLAGS.max_gib:g}"
+        return m
 
     def run() -> None:
         # The result is dropped at once so two runs' gradients never coexist.
@@ -411,6 +563,43 @@ def measure_torch(impl: Impl, length: int, repeats: int) -> Measurement:
     m = Measurement(impl.family, impl.name, length)
     _timed_runs(impl.build(length), m, repeats)
     return m
+
+
+def step_cells(family: str) -> list[tuple[str, cells.Cell, int]]:
+    """(label, cell, input width) of the seqjax cells whose `step` is timed for a family."""
+    h, n = FLAGS.hidden, FLAGS.state
+    table: dict[str, list[tuple[str, cells.Cell, int]]] = {
+        "lstm": [("LSTM", cells.LSTM(hidden_size=h), h)],
+        "gru": [("GRU", cells.GRU(hidden_size=h), h)],
+        "elstm": [("ELSTM", cells.ELSTM(hidden_size=h), h)],
+        "ssm": [
+            ("Mamba (expand 1)", cells.Mamba(d_model=h, state_size=n, expand=1), h),
+            ("S4D", cells.S4D(hidden_size=h, state_size=n), h),
+            ("S5", cells.S5(hidden_size=h, state_size=n), h),
+            ("LRU", cells.LRU(hidden_size=h, state_size=n), h),
+        ],
+        "linear_attention": [
+            (cls.__name__, cls(num_heads=FLAGS.heads, head_dim=FLAGS.head_dim), FLAGS.heads * FLAGS.head_dim)
+            for cls in (cells.LinearAttention, cells.Performer, cells.GatedLinearAttention)
+        ],
+    }
+    return table.get(family, [])
+
+
+def measure_step(cell: cells.Cell, width: int, tokens: int = 200) -> tuple[float, int]:
+    """Median seconds per token of a jitted `step` called from Python (streaming), and state bytes."""
+    params = cell.init(jax.random.key(0), width)
+    state = cell.initial_state((FLAGS.batch,))
+    x = jax.random.normal(jax.random.key(1), (FLAGS.batch, width))
+    step = jax.jit(cell.step)
+    state, _ = jax.block_until_ready(step(params, state, x))
+    times = []
+    for _ in range(tokens):
+        t0 = time.perf_counter()
+        state, _ = jax.block_until_ready(step(params, state, x))
+        times.append(time.perf_counter() - t0)
+    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
+    return statistics.median(times), state_bytes
 
 
 def _short_reason(exc: BaseException) -> str:
@@ -463,7 +652,12 @@ def _versions() -> str:
 
 
 def render(
-    results: list[Measurement], impls: list[Impl], lengths: list[int], command: str, total: int
+    results: list[Measurement],
+    impls: list[Impl],
+    lengths: list[int],
+    command: str,
+    total: int,
+    steps: list[tuple[str, str, float, int]] | None = None,
 ) -> str:
     device = jax.devices()[0]
     backend = jax.default_backend()
@@ -471,7 +665,7 @@ def render(
     if backend == "cpu":
         device_desc += f" ({_cpu_model()})"
     lines = [
-        f"# seqjax recurrent cells: forward + backward benchmark ({backend})",
+        f"# seqjax: forward + backward benchmark ({backend})",
         "",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- versions: {_versions()}",
@@ -522,6 +716,20 @@ def render(
                 )
         lines.append("")
 
+    if steps:
+        lines += [
+            "## Step mode (streaming / generation)",
+            "",
+            f"One token for a batch of {FLAGS.batch}: a jitted `step` called from Python, median of 200 "
+            "calls. "
+            "The state size does not depend on how many tokens came before.",
+            "",
+            "| family | cell | µs per token | state KiB |",
+            "|---|---|---:|---:|",
+        ]
+        for family, label, seconds, state_bytes in steps:
+            lines.append(f"| {family} | {label} | {seconds * 1e6:.0f} | {state_bytes / 1024:.1f} |")
+        lines.append("")
     lines += [
         "## Notes",
         "",
@@ -594,6 +802,8 @@ def main(argv: list[str]) -> None:
                     )
                     stop_reason[impl.name] = f"failed at L={length}"
                 _release_memory()
+                if m.status == "skipped":
+                    stop_reason[impl.name] = m.reason
                 if m.status == "ok" and m.slowest_run_s > FLAGS.max_seconds_per_run:
                     stop_reason[impl.name] = (
                         f"a run at L={length} took {m.slowest_run_s:.2f} s > {FLAGS.max_seconds_per_run:g} s"
@@ -611,6 +821,15 @@ def main(argv: list[str]) -> None:
             print(f"[{index}/{total}] {impl.family} L={length} {impl.name}: {detail}", flush=True)
             out.write_text(render(results, impls, lengths, command, total))
 
+    steps: list[tuple[str, str, float, int]] = []
+    if FLAGS.step_mode:
+        for family in families:
+            for label, cell, width in step_cells(family):
+                seconds, state_bytes = measure_step(cell, width)
+                steps.append((family, label, seconds, state_bytes))
+                print(f"[step] {family} {label}: {seconds * 1e6:.0f} µs per token", flush=True)
+                _release_memory()
+        out.write_text(render(results, impls, lengths, command, total, steps))
     print(f"wrote {out}", flush=True)
 
 

@@ -19,12 +19,12 @@ CELL_CASES = [
     ("gru", cells.GRU(hidden_size=12)),
     ("gru-reverse", cells.GRU(hidden_size=12, reverse=True)),
     ("elstm", cells.ELSTM(hidden_size=12, memory_slots=4, memory_width=6)),
-    ("elstm-reverse", cells.ELSTM(hidden_size=12, memory_slots=4, memory_width=6, reverse=True)),
     ("mamba-chunked", cells.Mamba(d_model=5, state_size=4, chunk_size=4)),
-    ("mamba-sequential", cells.Mamba(d_model=5, state_size=4, method="sequential")),
     ("s4d", cells.S4D(hidden_size=5, state_size=8, chunk_size=4)),
     ("s5-reverse", cells.S5(hidden_size=5, state_size=8, blocks=2, reverse=True)),
     ("lru-associative", cells.LRU(hidden_size=5, state_size=6, method="associative")),
+    ("linear-attention", cells.LinearAttention(num_heads=2, head_dim=3, chunk_size=4)),
+    ("gla", cells.GatedLinearAttention(num_heads=2, head_dim=3, chunk_size=4)),
 ]
 CELL_IDS = [name for name, _ in CELL_CASES]
 CELLS = [cell for _, cell in CELL_CASES]

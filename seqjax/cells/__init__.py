@@ -10,6 +10,13 @@ from seqjax.cells.base import Axes, Cell, Params, State
 from seqjax.cells.bidirectional import Bidirectional
 from seqjax.cells.elstm import ELSTM, ELSTMState
 from seqjax.cells.gru import GRU
+from seqjax.cells.linear_attention import (
+    GatedLinearAttention,
+    GLAState,
+    LinearAttention,
+    LinearAttentionState,
+    Performer,
+)
 from seqjax.cells.lstm import LSTM, LSTMState
 from seqjax.cells.mamba import Mamba, MambaState
 from seqjax.cells.registry import get, names, register
@@ -26,10 +33,15 @@ __all__ = [
     "Bidirectional",
     "Cell",
     "ELSTMState",
+    "GLAState",
+    "GatedLinearAttention",
     "LSTMState",
+    "LinearAttention",
+    "LinearAttentionState",
     "Mamba",
     "MambaState",
     "Params",
+    "Performer",
     "State",
     "get",
     "names",

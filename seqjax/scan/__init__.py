@@ -2,6 +2,25 @@
 
 from seqjax.scan.linear import METHODS, choose_method, linear_recurrence
 from seqjax.scan.lstm import lstm_scan
+from seqjax.scan.matrix import (
+    linear_attention,
+    linear_attention_chunked,
+    linear_attention_recurrent,
+    normalized_linear_attention,
+)
+from seqjax.scan.selective import selective_scan
 from seqjax.scan.sequential import reverse_resets, scan_recurrence
 
-__all__ = ["METHODS", "choose_method", "linear_recurrence", "lstm_scan", "reverse_resets", "scan_recurrence"]
+__all__ = [
+    "METHODS",
+    "choose_method",
+    "linear_attention",
+    "linear_attention_chunked",
+    "linear_attention_recurrent",
+    "linear_recurrence",
+    "lstm_scan",
+    "normalized_linear_attention",
+    "reverse_resets",
+    "scan_recurrence",
+    "selective_scan",
+]

@@ -1,0 +1,489 @@
+"""Linear-attention cells: causal attention whose state is a matrix per head, constant in length.
+
+    S_t = γ_t S_{t-1} + φ(k_t) v_tᵀ          y_t = S_tᵀ φ(q_t)      [ / (φ(q_t)·z_t + eps) ]
+                                             z_t = γ_t z_{t-1} + φ(k_t)
+
+- `LinearAttention` (Katharopoulos et al. 2020): φ = elu + 1, γ ≡ 1, normalised.
+- `Performer` (FAVOR+, Choromanski et al. 2021): φ = positive orthogonal random features of the softmax
+  kernel, γ ≡ 1, normalised.
+- `GatedLinearAttention`: φ = identity, a scalar decay per head (data-dependent as in GLA, Yang et al.
+  2024, or fixed as in RetNet), no normaliser, optional SiLU output gate and per-head norm.
+
+Every cell projects x [*, input_size] to q, k, v [*, heads, head_dim] with one matmul (`w_qkv`
+[input_size, 3, heads, head_dim], no bias), runs the recurrence per head, and projects the concatenated
+heads back with `w_o` [heads, head_dim, output_size]; `output_size` is `out_features`, by default
+`num_heads * head_dim`. `step` carries S (and z): the recurrent form. `apply` runs the engine in
+`seqjax.scan.matrix`: the chunkwise-parallel form for `method="chunked"` or `"auto"`, the token-by-token
+scan for `"recurrent"`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.registry import register
+from seqjax.scan.matrix import (
+    METHODS,
+    linear_attention,
+    matrix_step,
+    split_normalized,
+)
+
+__all__ = [
+    "GLAState",
+    "GatedLinearAttention",
+    "LinearAttention",
+    "LinearAttentionState",
+    "Performer",
+    "orthogonal_random_features",
+    "positive_random_features",
+]
+
+GATES = ("data", "fixed")
+
+
+class LinearAttentionState(NamedTuple):
+    s: jax.Array  # [*batch, heads, d_k, head_dim]
+    z: jax.Array  # [*batch, heads, d_k]: the normaliser, Σ γ-decayed φ(k)
+
+
+class GLAState(NamedTuple):
+    s: jax.Array  # [*batch, heads, head_dim, head_dim]
+
+
+def _positive_int(label: str, field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"{label}: {field} must be a positive integer, got {value!r}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# FAVOR+ features
+# --------------------------------------------------------------------------------------------------
+def orthogonal_random_features(
+    key: jax.Array, num_features: int, dim: int, dtype: DType = jnp.float32
+) -> jax.Array:
+    """[num_features, dim] random projection W for FAVOR+ (Choromanski et al. 2021, "ORF").
+
+    Rows come in blocks of `dim` mutually orthogonal directions (Q of the QR of a Gaussian matrix,
+    sign-corrected so that Q is Haar-distributed), the last block truncated. Each row is then rescaled by
+    the norm of an independent Gaussian vector in R^dim (chi-distributed), so that every row is marginally
+    N(0, I) as the unbiased estimator needs, while orthogonality within a block lowers its variance.
+    """
+    blocks = -(-num_features // dim)
+    k_blocks, k_norms = jax.random.split(key)
+    gaussian = jax.random.normal(k_blocks, (blocks, dim, dim), jnp.float32)
+    qmat, rmat = jnp.linalg.qr(gaussian)
+    qmat = qmat * jnp.sign(jnp.diagonal(rmat, axis1=-2, axis2=-1))[..., None, :]
+    rows = jnp.swapaxes(qmat, -1, -2).reshape(blocks * dim, dim)[:num_features]
+    norms = jnp.linalg.norm(jax.random.normal(k_norms, (num_features, dim), jnp.float32), axis=-1)
+    return (rows * norms[:, None]).astype(dtype)
+
+
+def positive_random_features(x: jax.Array, w: jax.Array, *, stabilize: bool = False) -> jax.Array:
+    """φ(x) = exp(W x − |x|²/2) / √m, with E[φ(q)·φ(k)] = exp(q·k) when the rows of W are N(0, I).
+
+    Args:
+      x: [..., d]; w: [..., m, d] (broadcast against x's leading axes, e.g. [heads, m, d]).
+      stabilize: subtract max_i (W x − |x|²/2)_i (held constant under autodiff) before exp, so the
+        largest feature is exactly 1/√m. This rescales φ(x) by a positive factor of x alone, which
+        cancels in a normalised attention output when x is a query.
+
+    Returns:
+      [..., m] in x's dtype promoted to at least float32.
+    """
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    x = x.astype(acc)
+    logits = jnp.einsum("...d,...md->...m", x, w.astype(acc)) - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+    if stabilize:
+        logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    return jnp.exp(logits) / math.sqrt(w.shape[-2])
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared machinery
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _MatrixAttention(Cell):
+    """Shared hyperparameters, projections, state handling and engine dispatch (not registered)."""
+
+    num_heads: int
+    head_dim: int
+    out_features: int | None = None
+    method: str = "auto"
+    chunk_size: int = 64
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+
+    #: whether the cell uses the normaliser z (state gets a `z`).
+    normalized: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        label = type(self).__name__
+        _positive_int(label, "num_heads", self.num_heads)
+        _positive_int(label, "head_dim", self.head_dim)
+        _positive_int(label, "chunk_size", self.chunk_size)
+        if self.out_features is not None:
+            _positive_int(label, "out_features", self.out_features)
+        if self.method not in METHODS:
+            raise ValueError(f"{label}: method must be one of {METHODS}, got {self.method!r}.")
+
+    # -- sizes ---------------------------------------------------------------------------------------
+    @property
+    def key_dim(self) -> int:
+        """d_k: the width of φ(k), the rows of S."""
+        return self.head_dim
+
+    @property
+    def output_size(self) -> int:
+        return self.num_heads * self.head_dim if self.out_features is None else self.out_features
+
+    @property
+    def _acc(self) -> jnp.dtype:
+        return accumulation_dtype(self.dtype)
+
+    def input_size_of(self, params: Params) -> int:
+        return params["w_qkv"].shape[0]
+
+    # -- parameters and state ------------------------------------------------------------------------
+    def _base_params(self, key: jax.Array, input_size: int) -> Params:
+        h, d = self.num_heads, self.head_dim
+        k_qkv, k_o = jax.random.split(key)
+        # Glorot per projection: fan-in = input_size, fan-out = heads · head_dim; the "3" axis stacks q,
+        # k and v and counts as a batch axis.
+        qkv_init = jax.nn.initializers.glorot_uniform(in_axis=0, out_axis=(2, 3), batch_axis=(1,))
+        o_init = jax.nn.initializers.glorot_uniform(in_axis=(0, 1), out_axis=2)
+        return {
+            "w_qkv": qkv_init(k_qkv, (input_size, 3, h, d), self.param_dtype),
+            "w_o": o_init(k_o, (h, d, self.output_size), self.param_dtype),
+        }
+
+    def _base_axes(self) -> dict[str, tuple[str, ...]]:
+        return {"w_qkv": ("embed", "qkv", "heads", "head_dim"), "w_o": ("heads", "head_dim", "embed")}
+
+    def initial_state(self, batch_shape: Sequence[int] = (), dtype: DType = jnp.float32) -> Any:
+        h, dk, dv = self.num_heads, self.key_dim, self.head_dim
+        s = jnp.zeros((*batch_shape, h, dk, dv), dtype)
+        if self.normalized:
+            return LinearAttentionState(s=s, z=jnp.zeros((*batch_shape, h, dk), dtype))
+        return GLAState(s=s)
+
+    # -- per-cell pieces -----------------------------------------------------------------------------
+    def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
+        return jnp.einsum(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
+
+    def _qkv(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        qkv = self._mm(x, params["w_qkv"], "...i,ishd->...shd")
+        return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+
+    def _features(self, params: Params, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """φ(q), φ(k) [..., heads, d_k] in the accumulation dtype."""
+        return q, k
+
+    def _extra_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
+        """Decay and gate inputs of the cell (GLA); none for the ungated cells."""
+        return {}
+
+    def _head_output(self, params: Params, y: jax.Array, projected: dict[str, jax.Array]) -> jax.Array:
+        """Post-processing of the per-head output [..., heads, head_dim] before `w_o` (GLA's norm, gate)."""
+        return y
+
+    def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
+        """x [..., input_size] -> q, k [..., heads, d_k], v [..., heads, head_dim] (compute dtype), and
+        the cell's extra inputs."""
+        q, k, v = self._qkv(params, x)
+        q, k = self._features(params, q, k)
+        out = {"q": q.astype(self.dtype), "k": k.astype(self.dtype), "v": v.astype(self.dtype)}
+        out.update(self._extra_inputs(params, x))
+        return out
+
+    def _output(self, params: Params, y: jax.Array, projected: dict[str, jax.Array]) -> jax.Array:
+        y = self._head_output(params, y, projected)
+        return self._mm(y, params["w_o"], "...hd,hdo->...o").astype(self.dtype)
+
+    def _pack(self, state: Any) -> jax.Array:
+        """The engine's state: S, with z appended as an extra value column when normalised."""
+        s = state.s.astype(self._acc)
+        if self.normalized:
+            s = jnp.concatenate([s, state.z.astype(self._acc)[..., None]], axis=-1)
+        return s
+
+    def _unpack(self, s: jax.Array, like: Any) -> Any:
+        if self.normalized:
+            return LinearAttentionState(s=s[..., :-1].astype(like.s.dtype), z=s[..., -1].astype(like.z.dtype))
+        return GLAState(s=s.astype(like.s.dtype))
+
+    def _values(self, v: jax.Array) -> jax.Array:
+        if self.normalized:
+            return jnp.concatenate([v, jnp.ones((*v.shape[:-1], 1), v.dtype)], axis=-1)
+        return v
+
+    def _heads(self, y: jax.Array) -> jax.Array:
+        return split_normalized(y, self.eps) if self.normalized else y
+
+    # -- the recurrence ------------------------------------------------------------------------------
+    def recur(self, params: Params, state: Any, projected: dict[str, jax.Array]) -> tuple[Any, jax.Array]:
+        s, y = matrix_step(
+            self._pack(state),
+            projected["q"],
+            projected["k"],
+            self._values(projected["v"]),
+            projected.get("log_gamma"),
+        )
+        return self._unpack(s, state), self._output(params, self._heads(y), projected)
+
+    def apply(
+        self,
+        params: Params,
+        xs: jax.Array,
+        state: Any = None,
+        *,
+        resets: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
+        """xs [*batch, time, input_size] -> ys [*batch, time, output_size], state after the last valid
+        token. Runs the chunkwise-parallel engine ("auto", "chunked") or the token scan ("recurrent")."""
+        xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
+        p = self.project_inputs(params, xs)
+        method = "chunked" if self.method == "auto" else self.method
+        y, s = linear_attention(
+            p["q"],
+            p["k"],
+            self._values(p["v"]),
+            p.get("log_gamma"),
+            self._pack(state),
+            resets=resets,
+            mask=mask,
+            method=method,
+            chunk_size=self.chunk_size,
+        )
+        ys = self._output(params, self._heads(y), p)
+        if mask is not None:
+            # Padding outputs are 0 whatever `_output` does to a zero head output (norm, gate, bias).
+            ys = jnp.where(mask[..., None], ys, jnp.zeros((), ys.dtype))
+        return ys, self._unpack(s, state)
+
+
+# --------------------------------------------------------------------------------------------------
+# The cells
+# --------------------------------------------------------------------------------------------------
+@register("linear_attention")
+@dataclasses.dataclass(frozen=True)
+class LinearAttention(_MatrixAttention):
+    """Causal linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"), multi-head:
+
+        φ(x) = elu(x) + 1
+        S_t = S_{t-1} + φ(k_t) v_tᵀ ;  z_t = z_{t-1} + φ(k_t)
+        y_t = W_o [ S_tᵀ φ(q_t) / (φ(q_t)·z_t + eps) ]_heads
+
+    State (S [*batch, H, head_dim, head_dim], z [*batch, H, head_dim]): O(H · head_dim²), constant in
+    length. Since φ > 0, each head's output is (up to eps) a convex combination of the values seen so
+    far, given a zero or non-negative initial z.
+
+    Hyperparameters:
+      num_heads, head_dim: H and d (d_k = d_v = d).
+      out_features: width of the output projection; default H · d.
+      method: "auto" (= "chunked"), "chunked" or "recurrent": the engine `apply` uses.
+      chunk_size: tokens per chunk of the chunked engine.
+      eps: added to the normaliser's denominator.
+      dtype: compute dtype of the matmuls (bfloat16 allowed); state, normaliser and feature maps float32.
+      param_dtype: dtype of the parameters.
+
+    Parameters: `w_qkv` [input_size, 3, H, d], `w_o` [H, d, out]; Glorot-uniform, no biases.
+    """
+
+    eps: float = 1e-6
+
+    normalized: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.eps > 0:
+            raise ValueError(f"LinearAttention: eps must be > 0, got {self.eps!r}.")
+
+    def init(self, key: jax.Array, input_size: int) -> Params:
+        return self._base_params(key, input_size)
+
+    def param_axes(self) -> dict[str, tuple[str, ...]]:
+        return self._base_axes()
+
+    def _features(self, params: Params, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return jax.nn.elu(q) + 1, jax.nn.elu(k) + 1
+
+
+@register("performer")
+@dataclasses.dataclass(frozen=True)
+class Performer(_MatrixAttention):
+    """Causal Performer attention (FAVOR+, Choromanski et al. 2021), multi-head.
+
+    Approximates causal softmax attention softmax(q·k / √d) with positive orthogonal random features:
+
+        x' = x / d^{1/4} ;  φ(x') = exp(W x' − |x'|²/2) / √m ,  E[φ(q')·φ(k')] = exp(q·k / √d)
+        S_t = S_{t-1} + φ(k'_t) v_tᵀ ;  z_t = z_{t-1} + φ(k'_t)
+        y_t = W_o [ S_tᵀ φ(q'_t) / (φ(q'_t)·z_t + eps) ]_heads
+
+    W [H, m, d] (`features`, m = `num_features`) is drawn at `init` by `orthogonal_random_features`,
+    independently per head. It is not trained: `param_groups()` marks it "frozen", `apply`/`step` stop
+    its gradient (so it is exactly zero), and `redraw_features(params, key)` draws a fresh W, e.g. every
+    few thousand steps as the paper suggests. State (S [*, H, m, d], z [*, H, m]).
+
+    Numerical stabilisation: for queries, max_i (W q' − |q'|²/2)_i is subtracted from the logits per
+    token and head (constant under autodiff), so the largest query feature is exactly 1/√m and a long
+    query cannot underflow every feature to 0. The shift multiplies φ(q') by a factor that cancels
+    between numerator and denominator (up to `eps`, which is in effect scaled by the same factor). Keys
+    are not shifted: the state must be the same whether `step` or `apply` builds it, the usual FAVOR+
+    key shift (a max over all keys of the sequence) is neither causal nor available to `step`, and a
+    per-token shift would reweight the tokens. Overflow cannot happen anyway: a key logit
+    w_i·k' − |k'|²/2 ≤ |w_i|²/2 with |w_i|² ~ χ²(head_dim), far below float32's exp limit (88) for
+    head_dim up to ~100.
+
+    Hyperparameters: as `LinearAttention`, plus `num_features` (m, default 256, about
+    d·ln d for d = 64 as the paper suggests; the state grows linearly with m).
+    Parameters: `w_qkv` [input_size, 3, H, d], `w_o` [H, d, out] (Glorot, no biases), `features`
+    [H, m, d] (frozen).
+    """
+
+    num_features: int = 256
+    eps: float = 1e-6
+
+    normalized: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_int("Performer", "num_features", self.num_features)
+        if not self.eps > 0:
+            raise ValueError(f"Performer: eps must be > 0, got {self.eps!r}.")
+
+    @property
+    def key_dim(self) -> int:
+        return self.num_features
+
+    def _draw_features(self, key: jax.Array) -> jax.Array:
+        # One independent draw per head, vmapped so that all heads share one QR and one RNG call.
+        draw = lambda k: orthogonal_random_features(k, self.num_features, self.head_dim, self.param_dtype)
+        return jax.vmap(draw)(jax.random.split(key, self.num_heads))
+
+    def init(self, key: jax.Array, input_size: int) -> Params:
+        k_base, k_feat = jax.random.split(key)
+        return {**self._base_params(k_base, input_size), "features": self._draw_features(k_feat)}
+
+    def redraw_features(self, params: Params, key: jax.Array) -> Params:
+        """`params` with a fresh random projection drawn from `key` (deterministic per key)."""
+        return {**params, "features": self._draw_features(key)}
+
+    def param_axes(self) -> dict[str, tuple[str, ...]]:
+        return {**self._base_axes(), "features": ("heads", "random_features", "head_dim")}
+
+    def param_groups(self) -> dict[str, str]:
+        """ "frozen" for the random features (never trained, no weight decay), "default" otherwise."""
+        return {name: "frozen" if name == "features" else "default" for name in self.param_axes()}
+
+    def _features(self, params: Params, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        w = jax.lax.stop_gradient(params["features"])
+        scale = self.head_dim**-0.25
+        # In the accumulation dtype: exp turns absolute rounding error of the logits into relative error
+        # of the features, and the projection onto m features is small next to the attention itself.
+        return (
+            positive_random_features(q * scale, w, stabilize=True),
+            positive_random_features(k * scale, w, stabilize=False),
+        )
+
+
+@register("gla")
+@dataclasses.dataclass(frozen=True)
+class GatedLinearAttention(_MatrixAttention):
+    """Gated linear attention with a scalar decay per head:
+
+        q = W_q x / √d ,  k = W_k x ,  v = W_v x
+        S_t = γ_t S_{t-1} + k_t v_tᵀ ;  o_t = S_tᵀ q_t                       (per head; no normaliser)
+        y_t = W_o [ norm(o_t) ⊙ silu(W_r x_t) ]_heads
+
+    Decay:
+      gate="data": log γ_t = logsigmoid(W_g x_t + b_g) / τ, one scalar per head and token (GLA, Yang et
+        al. 2024, with the head-wise instead of the per-channel gate); τ = `gate_temperature` (16 as in
+        GLA) keeps γ near 1 at init (γ = 2^{-1/16} ≈ 0.958 for a zero pre-activation).
+      gate="fixed": γ_h = 1 − 2^{−5−h} for head h = 0..H−1 (RetNet's multi-scale decays).
+
+    `output_gate` (default True) multiplies each head output by silu(W_r x) as GLA does; `group_norm`
+    (default True) normalises each head's output over head_dim (mean and variance, eps 1e-5) with a
+    learned scale, i.e. GroupNorm with one group per head. State S [*, H, d, d].
+
+    Hyperparameters: as `LinearAttention`, plus gate, gate_temperature, output_gate, group_norm.
+    Parameters: `w_qkv` [input_size, 3, H, d], `w_o` [H, d, out]; with gate="data" `w_g` [input_size,
+    H] and `b_g` [H] (zero); with output_gate `w_r` [input_size, H, d]; with group_norm `norm_scale`
+    [H, d] (ones). Weights Glorot-uniform.
+    """
+
+    gate: str = "data"
+    gate_temperature: float = 16.0
+    output_gate: bool = True
+    group_norm: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gate not in GATES:
+            raise ValueError(f"GatedLinearAttention: gate must be one of {GATES}, got {self.gate!r}.")
+        if not self.gate_temperature > 0:
+            raise ValueError(
+                f"GatedLinearAttention: gate_temperature must be > 0, got {self.gate_temperature!r}."
+            )
+
+    def init(self, key: jax.Array, input_size: int) -> Params:
+        k_base, k_g, k_r = jax.random.split(key, 3)
+        params = self._base_params(k_base, input_size)
+        h, d, pd = self.num_heads, self.head_dim, self.param_dtype
+        if self.gate == "data":
+            params["w_g"] = jax.nn.initializers.glorot_uniform()(k_g, (input_size, h), pd)
+            params["b_g"] = jnp.zeros((h,), pd)
+        if self.output_gate:
+            r_init = jax.nn.initializers.glorot_uniform(in_axis=0, out_axis=(1, 2))
+            params["w_r"] = r_init(k_r, (input_size, h, d), pd)
+        if self.group_norm:
+            params["norm_scale"] = jnp.ones((h, d), pd)
+        return params
+
+    def param_axes(self) -> dict[str, tuple[str, ...]]:
+        axes = self._base_axes()
+        if self.gate == "data":
+            axes.update(w_g=("embed", "heads"), b_g=("heads",))
+        if self.output_gate:
+            axes["w_r"] = ("embed", "heads", "head_dim")
+        if self.group_norm:
+            axes["norm_scale"] = ("heads", "head_dim")
+        return axes
+
+    def fixed_log_decay(self) -> np.ndarray:
+        """[H] log γ_h = log(1 − 2^{−5−h}) (gate="fixed"), computed in float64."""
+        return np.log1p(-(2.0 ** (-5.0 - np.arange(self.num_heads))))
+
+    def _features(self, params: Params, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return q * self.head_dim**-0.5, k
+
+    def _extra_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
+        acc = self._acc
+        out = {}
+        if self.gate == "data":
+            pre = self._mm(x, params["w_g"], "...i,ih->...h") + params["b_g"].astype(acc)
+            out["log_gamma"] = jax.nn.log_sigmoid(pre) / self.gate_temperature
+        else:
+            decay = jnp.asarray(self.fixed_log_decay(), acc)
+            out["log_gamma"] = jnp.broadcast_to(decay, (*x.shape[:-1], self.num_heads))
+        if self.output_gate:
+            out["r"] = self._mm(x, params["w_r"], "...i,ihd->...hd")
+        return out
+
+    def _head_output(self, params: Params, y: jax.Array, projected: dict[str, jax.Array]) -> jax.Array:
+        if self.group_norm:
+            mean = jnp.mean(y, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(y - mean), axis=-1, keepdims=True)
+            y = (y - mean) * jax.lax.rsqrt(var + 1e-5) * params["norm_scale"].astype(y.dtype)
+        if self.output_gate:
+            y = y * jax.nn.silu(projected["r"])
+        return y
