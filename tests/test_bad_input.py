@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -73,3 +74,18 @@ def test_invalid_hyperparameters():
         cells.LSTM(hidden_size=4, engine="cudnn")
     with pytest.raises(ValueError, match="memory_slots must be a positive integer"):
         cells.ELSTM(hidden_size=4, memory_slots=0)
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        cells.S5(hidden_size=4, state_size=4),
+        cells.Mamba(d_model=4),
+        cells.GatedLinearAttention(num_heads=2, head_dim=2),
+    ],
+    ids=lambda c: type(c).__name__,
+)
+def test_complex_features_are_refused_where_real_is_required(cell):
+    params = cell.init(jax.random.PRNGKey(0), 4)
+    with pytest.raises(TypeError, match=r"is complex \(complex64\); cells take real features"):
+        cell.apply(params, jnp.ones((1, 3, 4), jnp.complex64))

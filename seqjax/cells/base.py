@@ -193,6 +193,12 @@ class Cell(abc.ABC):
                 f"{shape_doc} with rank >= {min_rank}."
                 + (" For one token use `step`." if form == "apply" and x.ndim == 1 else "")
             )
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{self._label}.{form}: `{what}` is complex ({x.dtype}); cells take real features. Pass "
+                f"the real and imaginary parts as separate features, e.g. jnp.concatenate([x.real, x.imag], "
+                f"-1)."
+            )
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(
                 f"{self._label}.{form}: `{what}` has dtype {x.dtype}; cells take floating-point features "
