@@ -803,7 +803,7 @@ def main(argv: list[str]) -> None:
                     stop_reason[impl.name] = f"failed at L={length}"
                 _release_memory()
                 if m.status == "skipped":
-                    stop_reason[impl.name] = m.reason
+                    stop_reason[impl.name] = f"{m.reason} at L={length}"
                 if m.status == "ok" and m.slowest_run_s > FLAGS.max_seconds_per_run:
                     stop_reason[impl.name] = (
                         f"a run at L={length} took {m.slowest_run_s:.2f} s > {FLAGS.max_seconds_per_run:g} s"
