@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
-from seqjax.cells.bidirectional import Bidirectional
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
-from seqjax.cells.torch_port import check_torch_module, read_torch_rnn
+from seqjax.cells.torch_port import TorchRNNPort
 
 __all__ = ["GRU"]
 
 
 @register("gru")
 @dataclasses.dataclass(frozen=True)
-class GRU(Cell):
+class GRU(TorchRNNPort, Cell):
     """Gated recurrent unit, exactly `torch.nn.GRU`'s equations (gate order r, z, n):
 
         r = σ(W_ir x + b_ir + W_hr h + b_hr)      z = σ(W_iz x + b_iz + W_hz h + b_hz)
@@ -33,6 +32,9 @@ class GRU(Cell):
     Initialisation: `w_ih` Glorot-uniform per gate, `w_hh` orthogonal per gate, biases zero.
     The state is `h` [*batch, H]; the output is h'.
     """
+
+    torch_kind: ClassVar[str] = "GRU"
+    torch_gates: ClassVar[int] = 3
 
     hidden_size: int
     reverse: bool = False
@@ -100,23 +102,3 @@ class GRU(Cell):
         )
         new = (1 - z) * n + z * state.astype(acc)
         return new.astype(state.dtype), new.astype(self.dtype)
-
-    @classmethod
-    def from_torch_state_dict(
-        cls, state_dict: Mapping[str, Any], *, suffix: str = "l0", **hparams: Any
-    ) -> tuple[GRU, Params]:
-        """(cell, params) from a torch.nn.GRU state dict; `suffix` picks the layer ("l0", "l0_reverse")."""
-        _, hidden, weights = read_torch_rnn(state_dict, kind="GRU", num_gates=3, suffix=suffix)
-        cell = cls(hidden_size=hidden, **hparams)
-        return cell, {k: jnp.asarray(v, cell.param_dtype) for k, v in weights.items()}
-
-    @classmethod
-    def from_torch(cls, module: Any, **hparams: Any) -> tuple[Cell, Params]:
-        """(cell, params) computing the same function as a one-layer `torch.nn.GRU` (see LSTM.from_torch)."""
-        check_torch_module(module, "GRU")
-        sd = module.state_dict()
-        fwd, fwd_params = cls.from_torch_state_dict(sd, suffix="l0", **hparams)
-        if not module.bidirectional:
-            return fwd, fwd_params
-        bwd, bwd_params = cls.from_torch_state_dict(sd, suffix="l0_reverse", reverse=True, **hparams)
-        return Bidirectional(forward=fwd, backward=bwd), {"forward": fwd_params, "backward": bwd_params}

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
-from seqjax.cells.bidirectional import Bidirectional
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
-from seqjax.cells.torch_port import check_torch_module, read_torch_rnn
+from seqjax.cells.torch_port import TorchRNNPort
 from seqjax.scan.lstm import gate_activations, lstm_scan
 
 __all__ = ["LSTM", "LSTMState"]
@@ -29,7 +28,7 @@ class LSTMState(NamedTuple):
 
 @register("lstm")
 @dataclasses.dataclass(frozen=True)
-class LSTM(Cell):
+class LSTM(TorchRNNPort, Cell):
     """Long short-term memory, exactly `torch.nn.LSTM`'s equations (gate order i, f, g, o):
 
         i = σ(W_ii x + b_ii + W_hi h + b_hi)      f = σ(W_if x + b_if + W_hf h + b_hf)
@@ -52,6 +51,9 @@ class LSTM(Cell):
       dtype: compute dtype of the matmuls (bfloat16 allowed); state and gate math stay float32.
       param_dtype: dtype of the parameters.
     """
+
+    torch_kind: ClassVar[str] = "LSTM"
+    torch_gates: ClassVar[int] = 4
 
     hidden_size: int
     forget_bias: float = 1.0
@@ -155,28 +157,3 @@ class LSTM(Cell):
         ys = jnp.swapaxes(ys, 0, 1).reshape(*batch_shape, t, self.hidden_size)
         final = LSTMState(h=h.reshape(state.h.shape), c=c.reshape(state.c.shape))
         return ys, final
-
-    # -- PyTorch interop -----------------------------------------------------------------------------
-    @classmethod
-    def from_torch_state_dict(
-        cls, state_dict: Mapping[str, Any], *, suffix: str = "l0", **hparams: Any
-    ) -> tuple[LSTM, Params]:
-        """(cell, params) from a torch.nn.LSTM state dict; `suffix` picks the layer ("l0", "l0_reverse")."""
-        _, hidden, weights = read_torch_rnn(state_dict, kind="LSTM", num_gates=4, suffix=suffix)
-        cell = cls(hidden_size=hidden, **hparams)
-        return cell, {k: jnp.asarray(v, cell.param_dtype) for k, v in weights.items()}
-
-    @classmethod
-    def from_torch(cls, module: Any, **hparams: Any) -> tuple[Cell, Params]:
-        """(cell, params) computing the same function as a one-layer `torch.nn.LSTM`.
-
-        `batch_first` does not matter: seqjax is always batch-major. A bidirectional module gives a
-        `Bidirectional` cell whose output concatenates forward and backward features, as torch does.
-        """
-        check_torch_module(module, "LSTM")
-        sd = module.state_dict()
-        fwd, fwd_params = cls.from_torch_state_dict(sd, suffix="l0", **hparams)
-        if not module.bidirectional:
-            return fwd, fwd_params
-        bwd, bwd_params = cls.from_torch_state_dict(sd, suffix="l0_reverse", reverse=True, **hparams)
-        return Bidirectional(forward=fwd, backward=bwd), {"forward": fwd_params, "backward": bwd_params}

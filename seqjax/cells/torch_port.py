@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["read_torch_rnn"]
+from seqjax.cells.bidirectional import Bidirectional
+
+__all__ = ["TorchRNNPort", "read_torch_rnn"]
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -60,3 +63,40 @@ def check_torch_module(module: Any, kind: str) -> None:
         )
     if getattr(module, "proj_size", 0):
         raise ValueError(f"torch.nn.{kind} with proj_size={module.proj_size} is not supported.")
+
+
+class TorchRNNPort:
+    """`from_torch` / `from_torch_state_dict` for cells whose parameters are torch's RNN weights.
+
+    The cell class sets `torch_kind` ("LSTM", "GRU") and `torch_gates` (4, 3), and has a `hidden_size`
+    field, a `reverse` field and a `param_dtype`.
+    """
+
+    torch_kind: ClassVar[str]
+    torch_gates: ClassVar[int]
+
+    @classmethod
+    def from_torch_state_dict(
+        cls, state_dict: Mapping[str, Any], *, suffix: str = "l0", **hparams: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """(cell, params) from a torch RNN state dict; `suffix` picks the layer ("l0", "l0_reverse", "l1")."""
+        _, hidden, weights = read_torch_rnn(
+            state_dict, kind=cls.torch_kind, num_gates=cls.torch_gates, suffix=suffix
+        )
+        cell = cls(hidden_size=hidden, **hparams)
+        return cell, {k: jnp.asarray(v, cell.param_dtype) for k, v in weights.items()}
+
+    @classmethod
+    def from_torch(cls, module: Any, **hparams: Any) -> tuple[Any, dict[str, Any]]:
+        """(cell, params) computing the same function as a one-layer torch RNN module of this kind.
+
+        `batch_first` does not matter: seqjax is always batch-major. A bidirectional module gives a
+        `Bidirectional` cell whose output concatenates forward and backward features, as torch does.
+        """
+        check_torch_module(module, cls.torch_kind)
+        sd = module.state_dict()
+        fwd, fwd_params = cls.from_torch_state_dict(sd, suffix="l0", **hparams)
+        if not module.bidirectional:
+            return fwd, fwd_params
+        bwd, bwd_params = cls.from_torch_state_dict(sd, suffix="l0_reverse", reverse=True, **hparams)
+        return Bidirectional(forward=fwd, backward=bwd), {"forward": fwd_params, "backward": bwd_params}
