@@ -175,6 +175,30 @@ def test_chunked_backward_stores_no_per_token_states_or_chunk_matrices():
     assert max(map(np.prod, residual_shapes(linear_attention_recurrent))) >= length * B * H * D * D
 
 
+def test_chunked_bfloat16_gradients_and_empty_sequence():
+    """bf16 operands: values and all gradients (in the operands' dtypes) track the float32 result; T = 0
+    returns no outputs and s0 unchanged."""
+    q, k, v, lg, s0 = _engine_inputs(11)
+    resets, mask = random_flags(12, (B, T), 0.2), random_flags(13, (B, T), 0.8)
+
+    def loss(q, k, v, lg, s0):
+        ys, final = linear_attention_chunked(q, k, v, lg, s0, resets=resets, mask=mask, chunk_size=C)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(jnp.cos(final))
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=range(5)))
+    val32, g32 = grad(q, k, v, lg, s0)
+    bf = lambda x: x.astype(jnp.bfloat16)
+    val16, g16 = grad(bf(q), bf(k), bf(v), lg, s0)
+    assert [g.dtype for g in g16] == [jnp.bfloat16] * 3 + [jnp.float32] * 2
+    assert_close(val16, val32, 0.05)
+    assert_close(g16, g32, 0.05)
+
+    empty = lambda x: x[:, :0]
+    ys, final = jax.jit(linear_attention_chunked)(empty(q), empty(k), empty(v), empty(lg), s0)
+    assert ys.shape == (B, 0, H, D)
+    np.testing.assert_array_equal(final, s0)
+
+
 def test_engine_rejects_bad_inputs():
     q, k, v, lg, s0 = _engine_inputs(10)
     with pytest.raises(ValueError, match="`k` has shape"):

@@ -254,10 +254,103 @@ def _chunk_body(s_prev, chunk):
     return s_next, y
 
 
-# Remat: the backward pass recomputes each chunk's [C, C] scores and decays from the chunk's inputs and
-# its start state, so autodiff stores only those (O(inputs) + O(chunks · d_k · d_v)), not the per-chunk
-# intermediates of all chunks.
-_chunk_body_remat = jax.checkpoint(_chunk_body, prevent_cse=False)
+def _to_body(x: jax.Array) -> jax.Array:
+    """Chunk [B, 1, C, H, ...] (sliced from the [B, n, C, H, ...] inputs) -> `_chunk_body` [B, H, C, ...]."""
+    return jnp.swapaxes(x[:, 0], 1, 2)
+
+
+def _from_body(x: jax.Array) -> jax.Array:
+    """`_chunk_body`'s [B, H, C, ...] -> one chunk [B, 1, C, H, ...] for a `dynamic_update_slice`."""
+    return jnp.swapaxes(x, 1, 2)[:, None]
+
+
+def _bits(x: jax.Array) -> jax.Array:
+    """16-bit floats as uint16 (a free bitcast) for slicing and in-place updates.
+
+    XLA's CPU backend does not slice or update bf16 arrays natively: it widens the whole array to f32,
+    and hoists that convert out of the loop, a full f32 copy of every input. Integer slices stay narrow.
+    """
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2:
+        return lax.bitcast_convert_type(x, jnp.uint16)
+    return x
+
+
+def _unbits(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    return x if x.dtype == dtype else lax.bitcast_convert_type(x, dtype)
+
+
+def _chunk_inputs(i, q, k, v, lg, seg):
+    """Chunk i of the [B, n, C, H, d] inputs, in `_chunk_body`'s layout (a per-chunk transpose)."""
+
+    def take(x):
+        return _unbits(lax.dynamic_slice_in_dim(_bits(x), i, 1, axis=1), x.dtype)
+
+    return (
+        _to_body(take(q)),
+        _to_body(take(k)),
+        _to_body(take(v)),
+        None if lg is None else _to_body(take(lg)),
+        take(seg)[:, 0],
+    )
+
+
+def _chunked_forward(q, k, v, lg, seg, s0, keep_states):
+    """Loop over chunks; chunk i's outputs go straight into a [B, n, C, H, d_v] buffer in place."""
+    b, n, c, heads, _ = q.shape
+    ys0 = jnp.zeros((b, n, c, heads, v.shape[-1]), s0.dtype)
+
+    def body(carry, i):
+        s, ys = carry
+        s_next, y = _chunk_body(s, _chunk_inputs(i, q, k, v, lg, seg))
+        ys = lax.dynamic_update_slice_in_dim(ys, _from_body(y).astype(ys.dtype), i, axis=1)
+        return (s_next, ys), (s if keep_states else None)
+
+    (final, ys), states = lax.scan(body, (s0, ys0), jnp.arange(n))
+    return ys, final, states
+
+
+@jax.custom_vjp
+def _chunked(q, k, v, lg, seg, s0):
+    """q, k [B, n, C, H, d_k]; v [B, n, C, H, d_v]; lg [B, n, C, H] or None; seg [B, n, C] int32;
+    s0 [B, H, d_k, d_v] -> ys [B, n, C, H, d_v], final state."""
+    ys, final, _ = _chunked_forward(q, k, v, lg, seg, s0, keep_states=False)
+    return ys, final
+
+
+def _chunked_fwd(q, k, v, lg, seg, s0):
+    ys, final, states = _chunked_forward(q, k, v, lg, seg, s0, keep_states=True)
+    return (ys, final), (q, k, v, lg, seg, states)
+
+
+def _chunked_bwd(res, cts):
+    q, k, v, lg, seg, states = res
+    dys, dfinal = cts
+    n = q.shape[1]
+    zeros = lambda x: None if x is None else _bits(jnp.zeros_like(x))
+
+    def body(carry, i):
+        ds, dq, dk, dv, dlg = carry
+        q_i, k_i, v_i, lg_i, seg_i = _chunk_inputs(i, q, k, v, lg, seg)
+        chunk = lambda s, q_i, k_i, v_i, lg_i: _chunk_body(s, (q_i, k_i, v_i, lg_i, seg_i))
+        _, vjp = jax.vjp(chunk, states[i], q_i, k_i, v_i, lg_i)
+        dy_i = _to_body(lax.dynamic_slice_in_dim(dys, i, 1, axis=1))
+        ds, dq_i, dk_i, dv_i, dlg_i = vjp((ds, dy_i.astype(ds.dtype)))
+
+        def put(buf, g, dtype):
+            return lax.dynamic_update_slice_in_dim(buf, _bits(_from_body(g).astype(dtype)), i, axis=1)
+
+        dq, dk, dv = put(dq, dq_i, q.dtype), put(dk, dk_i, k.dtype), put(dv, dv_i, v.dtype)
+        if lg is not None:
+            dlg = put(dlg, dlg_i, lg.dtype)
+        return (ds, dq, dk, dv, dlg), None
+
+    init = (dfinal.astype(states.dtype), zeros(q), zeros(k), zeros(v), zeros(lg))
+    (ds0, dq, dk, dv, dlg), _ = lax.scan(body, init, jnp.arange(n), reverse=True)
+    dlg = None if lg is None else _unbits(dlg, lg.dtype)
+    return _unbits(dq, q.dtype), _unbits(dk, k.dtype), _unbits(dv, v.dtype), dlg, None, ds0
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def linear_attention_chunked(
@@ -274,11 +367,17 @@ def linear_attention_chunked(
     """The chunkwise-parallel form; same arguments and results as `linear_attention_recurrent`.
 
     Each chunk computes its intra-chunk causal attention (Q Kᵀ ⊙ D) V and the inter-chunk term
-    exp(b_i) q_iᵀ S_prev in parallel over its tokens; a `lax.scan` over chunks carries S. The per-chunk
-    body is wrapped in `jax.checkpoint` (remat, not a custom VJP): the backward pass stores only the
-    inputs and one state per chunk boundary and recomputes the [C, C] matrices chunk by chunk. Work is
-    O(T · C · d + T · d_k · d_v) per head; lengths that are not a multiple of `chunk_size` are padded
-    internally with padding tokens (γ = 1, k = 0), which leave the state unchanged.
+    exp(b_i) q_iᵀ S_prev in parallel over its tokens; a loop over chunks carries S. The inputs are only
+    reshaped to [B, n, C, H, d] (no transpose; padded first when C does not divide T); each step slices
+    its chunk and writes its outputs into a [B, n, C, H, d_v] buffer in place.
+
+    The backward pass is a custom VJP: the forward saves the inputs and the state at each chunk start
+    (O(inputs) + O(chunks · d_k · d_v)); the backward loops over the chunks in reverse, recomputes each
+    chunk's [C, C] matrices with `jax.vjp` of the chunk body from its inputs and start state, carries
+    dS backwards, and writes the chunk's dq, dk, dv, d log γ into full-size gradient buffers in place.
+    Only reverse mode is defined (no `jax.jvp`). Work is O(T · C · d + T · d_k · d_v) per head; lengths
+    that are not a multiple of `chunk_size` are padded internally with padding tokens (γ = 1, k = 0),
+    which leave the state unchanged.
 
     Args:
       q, k: [*batch, T, H, d_k]; v: [*batch, T, H, d_v] (compute dtype; bf16 allowed).
@@ -313,22 +412,22 @@ def linear_attention_chunked(
     pad = n * c - t
 
     def chunked(x, fill=0):
-        # [*batch, T, ...] -> [n, B, ..., C]-style layout: chunks first (scanned), then batch, heads.
+        # [*batch, T, ...] -> [B, n, C, ...]: a free reshape (plus a pad only when C does not divide T).
         x = x.reshape(b, t, *x.shape[nb + 1 :])
         if pad:
             x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
         return x.reshape(b, n, c, *x.shape[2:])
 
-    # [B, n, C, H, d] -> [n, B, H, C, d]
-    qc, kc, vc = (jnp.transpose(chunked(x), (1, 0, 3, 2, 4)) for x in (q, k, v))
-    lgc = None if log_gamma is None else jnp.transpose(chunked(log_gamma), (1, 0, 3, 2))
     if resets is None:
-        seg = jnp.zeros((n, b, c), jnp.int32)
+        seg = jnp.zeros((b, n, c), jnp.int32)
     else:
-        seg = jnp.cumsum(jnp.transpose(chunked(resets, False), (1, 0, 2)).astype(jnp.int32), axis=-1)
-    final, ys = lax.scan(_chunk_body_remat, s0.reshape(b, heads, dk, dv), (qc, kc, vc, lgc, seg))
-    # [n, B, H, C, dv] -> [B, n·C, H, dv]
-    ys = jnp.transpose(ys, (1, 0, 3, 2, 4)).reshape(b, n * c, heads, dv)[:, :t]
+        seg = jnp.cumsum(chunked(resets, False).astype(jnp.int32), axis=-1)
+    lgc = None if log_gamma is None else chunked(log_gamma)
+    if n == 0:  # no tokens: nothing to slice
+        ys, final = jnp.zeros((b, 0, heads, dv), acc), s0.reshape(b, heads, dk, dv)
+    else:
+        ys, final = _chunked(chunked(q), chunked(k), chunked(v), lgc, seg, s0.reshape(b, heads, dk, dv))
+        ys = ys.reshape(b, n * c, heads, dv)[:, :t]
     if mask is not None:
         ys = jnp.where(mask.reshape(b, t)[..., None, None], ys, jnp.zeros((), acc))
     return ys.reshape(*batch, t, heads, dv), final.reshape(*batch, heads, dk, dv)
