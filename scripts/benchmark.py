@@ -17,6 +17,9 @@ Implementations per cell family:
          flax nn.RNN(nn.OptimizedLSTMCell), a naive lax.scan LSTM, torch.nn.LSTM.
   gru:   seqjax GRU (baseline), flax nn.RNN(nn.GRUCell), a naive lax.scan GRU, torch.nn.GRU.
   elstm: seqjax ELSTM only (it has no peer).
+  attention: seqjax `attention(method="blockwise")` (baseline), the materialised reference,
+         jax.nn.dot_product_attention (XLA), and blockwise with a sliding window (--window); causal,
+         one head of width --hidden: `--cells=attention --out=benchmarks/attention_{platform}.md`.
 Peers are included with --peers (the default); torch rows only when `import torch` works.
 
 Results are printed as they come and written as markdown to --out (default
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import gc
 import math
 import os
@@ -51,6 +55,7 @@ from jax import lax
 
 from seqjax import cells
 from seqjax.scan import linear_recurrence
+from seqjax.scan.attention import attention, attention_reference
 from seqjax.scan.selective import selective_scan, selective_scan_reference
 
 try:
@@ -86,9 +91,16 @@ flags.DEFINE_float(
     "Rows whose compiled memory plan (XLA analysis) exceeds this are skipped instead of run: on CPU an "
     "allocation failure kills the process rather than raising.",
 )
+flags.DEFINE_integer("window", 512, "Sliding-window width of the attention family's windowed row.")
+flags.DEFINE_integer(
+    "block_q", None, "Query block of the attention family's blockwise rows (None: the default)."
+)
+flags.DEFINE_integer(
+    "block_k", None, "Key block of the attention family's blockwise rows (None: the default)."
+)
 flags.DEFINE_boolean("step_mode", True, "Also time `step` (one token, jitted) for the cells of each family.")
 
-FAMILIES = ("lstm", "gru", "elstm", "scan", "selective", "ssm", "linear_attention")
+FAMILIES = ("lstm", "gru", "elstm", "scan", "selective", "ssm", "linear_attention", "attention")
 FAMILY_TITLES = {
     "lstm": "LSTM",
     "gru": "GRU",
@@ -97,6 +109,7 @@ FAMILY_TITLES = {
     "selective": "Selective scan (Mamba's SSM core) on compact [B, L, C] / [B, L, N] inputs",
     "ssm": "SSM cells (width = hidden, state = --state)",
     "linear_attention": "Linear-attention cells and the matrix-state engine",
+    "attention": "Exact causal softmax attention: q, k, v [batch, L, 1 head, --hidden]",
 }
 MIB = 2**20
 # Fine enough to see a buffer that lives for one matmul at 1k tokens, coarse enough that the sampler's
@@ -497,9 +510,66 @@ def implementations(families: list[str], peers: bool) -> list[Impl]:
                     matrix_associative_workload,
                 )
             )
+        elif family == "attention":
+            blocks = dict(block_q=FLAGS.block_q, block_k=FLAGS.block_k)
+            impls.append(
+                Impl(
+                    family,
+                    "seqjax attention blockwise",
+                    "jax",
+                    attention_workload(functools.partial(attention, method="blockwise", **blocks)),
+                    True,
+                )
+            )
+            if peers:
+                impls.append(
+                    Impl(
+                        family,
+                        "naive (materialised reference)",
+                        "jax",
+                        attention_workload(attention_reference),
+                    )
+                )
+                impls.append(
+                    Impl(
+                        family,
+                        "jax.nn.dot_product_attention (XLA)",
+                        "jax",
+                        attention_workload(
+                            lambda q, k, v: jax.nn.dot_product_attention(
+                                q, k, v, is_causal=True, implementation=None
+                            )
+                        ),
+                    )
+                )
+            impls.append(
+                Impl(
+                    family,
+                    f"seqjax attention blockwise, window {FLAGS.window}",
+                    "jax",
+                    attention_workload(
+                        functools.partial(attention, method="blockwise", window=FLAGS.window, **blocks)
+                    ),
+                )
+            )
         else:
             raise app.UsageError(f"--cells: unknown family {family!r}; choose from {', '.join(FAMILIES)}.")
     return impls
+
+
+def attention_workload(attend: Callable[..., jax.Array]) -> Callable[[int], Any]:
+    """Causal self-attention on q, k, v [batch, L, 1, hidden]; the gradient reaches q, k and v."""
+
+    def build(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+        keys = jax.random.split(jax.random.key(5), 3)
+        q, k, v = (jax.random.normal(key, (FLAGS.batch, length, 1, FLAGS.hidden)) for key in keys)
+
+        def loss(kv: tuple[jax.Array, jax.Array], q: jax.Array) -> jax.Array:
+            return jnp.sum(attend(q, *kv) ** 2)
+
+        return loss, ((k, v), q)
+
+    return build
 
 
 def matrix_associative_workload(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:

@@ -60,7 +60,7 @@ def test_integer_inputs_are_refused(lstm_and_params):
 
 def test_unknown_cell_name_and_hyperparameter():
     with pytest.raises(
-        ValueError, match=r"unknown cell 'lstn'; known cells: elstm, .*gru, .*lstm, .*Did you mean 'lstm'"
+        ValueError, match=r"unknown cell 'lstn'; known cells: .*elstm, .*gru, .*lstm, .*Did you mean 'lstm'"
     ):
         cells.get("lstn", hidden_size=4)
     with pytest.raises(TypeError, match=r"no hyperparameter\(s\) 'hidden'.*hidden_size"):

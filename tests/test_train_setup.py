@@ -126,3 +126,34 @@ def test_optimizer_config_errors_name_the_key():
         make_optimizer({}, {"w": "decay"})
     with pytest.raises(ValueError, match="warmup_steps"):
         make_optimizer({"warmup_steps": 10, "total_steps": 5})
+
+
+def test_train_state_is_placed_whole_with_optimizer_leaves_like_their_params():
+    from jax.sharding import NamedSharding
+
+    from seqjax import models
+    from seqjax.train.state import init_train_state
+
+    model = models.LanguageModel(
+        models.BackboneConfig(d_model=16, num_layers=2, vocab_size=11, pattern=("lstm", "mamba"))
+    )
+    mesh = mesh_lib.make_mesh((2, 2, 2), ("data", "fsdp", "model"))
+    rules = mesh_lib.rules_from_config(mesh_lib.DEFAULT_LOGICAL_RULES, mesh)
+    tx = make_optimizer({"name": "adamw", "weight_decay": 0.1}, models.param_groups(model))
+    state, _ = init_train_state(model, tx, (jnp.zeros((2, 8), jnp.int32),), mesh, rules, seed=0)
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    assert all(isinstance(leaf.sharding, NamedSharding) and leaf.sharding.mesh == mesh for _, leaf in leaves)
+    w_ih = state.params["backbone"]["blocks_0"]["mixer"]["cell"]["w_ih"]
+    assert w_ih.sharding.spec == P("fsdp", None)
+    for path, leaf in leaves:
+        name = jax.tree_util.keystr(path)
+        if ".count" in name:
+            assert leaf.sharding.spec == P(), name  # optax's counter: replicated, not on one device
+        if ".mu" in name and "w_ih" in name and "blocks_0" in name:
+            assert leaf.sharding == w_ih.sharding, name
+    # The parameters depend on the seed only, not on the mesh.
+    single = mesh_lib.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    state1, _ = init_train_state(
+        model, tx, (jnp.zeros((2, 8), jnp.int32),), single, mesh_lib.rules_from_config({}, single), seed=0
+    )
+    jax.tree.map(np.testing.assert_array_equal, state1.params, state.params)

@@ -6,6 +6,12 @@ params = cell.init(key, input_size)
 ys, state = cell.apply(params, xs)          # xs: [*batch, time, input_size]
 """
 
+from seqjax.cells.attention import (
+    Attention,
+    AttentionState,
+    SlidingWindowAttention,
+    SlidingWindowState,
+)
 from seqjax.cells.base import Axes, Cell, Params, State
 from seqjax.cells.bidirectional import Bidirectional
 from seqjax.cells.elstm import ELSTM, ELSTMState
@@ -29,6 +35,8 @@ __all__ = [
     "LSTM",
     "S4D",
     "S5",
+    "Attention",
+    "AttentionState",
     "Axes",
     "Bidirectional",
     "Cell",
@@ -42,6 +50,8 @@ __all__ = [
     "MambaState",
     "Params",
     "Performer",
+    "SlidingWindowAttention",
+    "SlidingWindowState",
     "State",
     "get",
     "names",

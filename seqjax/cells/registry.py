@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from seqjax.cells.base import Cell
 
-__all__ = ["get", "names", "register"]
+__all__ = ["get", "lookup", "names", "register"]
 
 _REGISTRY: dict[str, type[Cell]] = {}
 
@@ -35,14 +35,20 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str, **hparams: Any) -> Cell:
-    """Builds the cell registered as `name` (case-insensitive) with the given hyperparameters."""
+def lookup(name: str) -> type[Cell]:
+    """The cell class registered as `name` (case-insensitive)."""
     key = str(name).lower()
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, list(_REGISTRY), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown cell {name!r}; known cells: {', '.join(names())}.{hint}")
-    cls = _REGISTRY[key]
+    return _REGISTRY[key]
+
+
+def get(name: str, **hparams: Any) -> Cell:
+    """Builds the cell registered as `name` (case-insensitive) with the given hyperparameters."""
+    key = str(name).lower()
+    cls = lookup(key)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(hparams) - fields)
     if unknown:

@@ -40,7 +40,7 @@ DEFAULT_LOGICAL_RULES: LogicalRules = (
     ("heads", "model"),
     ("kv_heads", "model"),
     ("head_dim", None),
-    ("gates", "model"),
+    ("gates", None),
     ("state", None),
     ("ssm_state", None),
 )

@@ -1,0 +1,415 @@
+"""Whole language models, one per cell type, at equal parameter count: the table for picking a cell.
+
+For every mixer (LSTM, GRU, E-LSTM, S5, LRU, Mamba, linear attention, GLA, exact attention, sliding
+window), a byte-level LM of `--num_layers` blocks of width `--d_model` is built with `seqjax.models`.
+Each model's MLP width is solved so that all models have the same parameter count as the exact-attention
+transformer with a 4× MLP (within a few percent; the table prints the actual counts).
+
+Training: one forward + backward of the next-token loss, jitted, at a fixed token budget per batch
+(`--tokens_per_batch`; batch = budget / L), so tokens/s at different L compare like with like. Peak
+memory is XLA's compiled plan (arguments + outputs + temporaries). A row whose plan exceeds --max_gib is
+not run; once one run of a model takes longer than --max_seconds_per_run, its longer lengths are only
+compiled (memory) and not timed.
+
+Generation: a prompt of C tokens is prefilled, then `decode_step` is timed per token (jitted, the cache
+donated) at batch --gen_batch; the cache size is the bytes of every layer's state after the prompt.
+
+Usage, from the repository root:
+
+    python scripts/benchmark_models.py            # full sweep -> benchmarks/models_cpu.md
+    python scripts/benchmark_models.py --models=lstm,mamba --lengths=1024,4096 --gen_contexts=1024
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import math
+import os
+import platform as pyplatform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from absl import app, flags
+
+from seqjax import models
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", None, "Mixers to compare (default: all of MIXERS).")
+flags.DEFINE_list("lengths", ["1024", "4096", "16384", "65536"], "Training sequence lengths.")
+flags.DEFINE_list(
+    "gen_contexts", ["1024", "4096", "16384", "65536"], "Generation context lengths (prompt tokens)."
+)
+flags.DEFINE_integer(
+    "tokens_per_batch", 65536, "Tokens per training batch; batch = tokens_per_batch // L (>= 1)."
+)
+flags.DEFINE_integer("d_model", 128, "Residual width.")
+flags.DEFINE_integer("num_layers", 2, "Blocks per model.")
+flags.DEFINE_integer("vocab", 256, "Vocabulary (bytes).")
+flags.DEFINE_integer("gen_batch", 1, "Batch of the generation measurement.")
+flags.DEFINE_integer("gen_tokens", 32, "Decode steps timed per context (median reported).")
+flags.DEFINE_integer("repeats", 3, "Timed training runs after one warm-up run (median reported).")
+flags.DEFINE_float(
+    "max_seconds_per_run", 30.0, "A model's longer lengths are compiled but not timed past this."
+)
+flags.DEFINE_float(
+    "max_seconds_prefill", 60.0, "A model's longer contexts are skipped once a prefill takes this."
+)
+flags.DEFINE_float("max_gib", 20.0, "Rows whose XLA memory plan exceeds this are not run.")
+flags.DEFINE_string(
+    "out", "benchmarks/models_{platform}.md", "Markdown output; {platform} = jax.default_backend()."
+)
+
+GIB = 2**30
+
+# Mixer specs (see seqjax.models.config); sizes not given follow d_model. Attention's cache capacity is
+# set per length.
+MIXERS: dict[str, dict[str, Any]] = {
+    "lstm": {"cell": "lstm"},
+    "gru": {"cell": "gru"},
+    "elstm": {"cell": "elstm"},
+    "s5": {"cell": "s5", "state_size": 64},
+    "lru": {"cell": "lru", "state_size": 64},
+    "mamba": {"cell": "mamba", "state_size": 16},
+    "linear_attention": {"cell": "linear_attention"},
+    "gla": {"cell": "gla"},
+    "attention": {"cell": "attention"},
+    "sliding_window": {"cell": "sliding_window_attention", "window": 512},
+}
+LABELS = {
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "elstm": "E-LSTM",
+    "s5": "S5 (N=64)",
+    "lru": "LRU (N=64)",
+    "mamba": "Mamba (N=16)",
+    "linear_attention": "Linear attention",
+    "gla": "GLA",
+    "attention": "Attention (exact)",
+    "sliding_window": "Sliding window (w=512)",
+}
+REFERENCE = "attention"
+
+
+@dataclasses.dataclass
+class TrainRow:
+    model: str
+    length: int
+    batch: int
+    status: str = "ok"
+    reason: str = ""
+    peak_bytes: int | None = None
+    times_s: list[float] = dataclasses.field(default_factory=list)
+    compile_s: float | None = None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.length * self.batch / statistics.median(self.times_s) if self.times_s else None
+
+
+@dataclasses.dataclass
+class GenRow:
+    model: str
+    context: int
+    status: str = "ok"
+    reason: str = ""
+    cache_bytes: int | None = None
+    step_peak_bytes: int | None = None
+    prefill_s: float | None = None
+    per_token_s: float | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Models at equal parameter count.
+# --------------------------------------------------------------------------------------------------
+def config_for(name: str, expansion: float, max_length: int) -> models.BackboneConfig:
+    spec = dict(MIXERS[name])
+    if spec["cell"] == "attention":
+        spec["max_length"] = max_length
+    return models.BackboneConfig(
+        d_model=FLAGS.d_model,
+        num_layers=FLAGS.num_layers,
+        vocab_size=FLAGS.vocab,
+        pattern=(name,),
+        mixers={name: spec},
+        mlp_expansion=expansion,
+    )
+
+
+def count_params(config: models.BackboneConfig) -> int:
+    model = models.LanguageModel(config)
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens))
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+
+
+def equal_param_expansions(names: list[str]) -> dict[str, tuple[float, int]]:
+    """MLP expansion per mixer so each model has the reference's parameter count; (expansion, params)."""
+    target = count_params(config_for(REFERENCE, 4.0, 1024))
+    out = {}
+    for name in names:
+        # Parameters are affine in the MLP width: two probes give the slope.
+        lo, hi = count_params(config_for(name, 1.0, 1024)), count_params(config_for(name, 2.0, 1024))
+        expansion = max(0.25, 1.0 + (target - lo) / max(hi - lo, 1))
+        expansion = round(expansion * FLAGS.d_model) / FLAGS.d_model
+        out[name] = (expansion, count_params(config_for(name, expansion, 1024)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurements.
+# --------------------------------------------------------------------------------------------------
+def xla_peak_bytes(compiled: Any) -> int | None:
+    try:
+        stats = compiled.memory_analysis()
+        return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
+    except Exception:
+        return None
+
+
+def _tokens(batch: int, length: int) -> jax.Array:
+    return jax.random.randint(jax.random.key(1), (batch, length), 0, FLAGS.vocab, jnp.int32)
+
+
+def measure_training(name: str, expansion: float, length: int, time_it: bool) -> TrainRow:
+    batch = max(1, FLAGS.tokens_per_batch // length)
+    row = TrainRow(name, length, batch)
+    model = models.LanguageModel(config_for(name, expansion, length))
+    tokens = _tokens(batch, length + 1)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    variables = jax.jit(model.init)(jax.random.key(0), inputs[:1, :8])
+
+    def loss(variables: Any, inputs: jax.Array, targets: jax.Array) -> jax.Array:
+        logits = model.apply(variables, inputs)
+        return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.grad(loss)).lower(variables, inputs, targets).compile()
+    row.compile_s = time.perf_counter() - t0
+    row.peak_bytes = xla_peak_bytes(compiled)
+    if row.peak_bytes is not None and row.peak_bytes > FLAGS.max_gib * GIB:
+        row.status, row.reason = "skipped", f"plan {row.peak_bytes / GIB:.1f} GiB > {FLAGS.max_gib:g}"
+        return row
+    if not time_it:
+        row.status, row.reason = "not timed", f"a shorter run took > {FLAGS.max_seconds_per_run:g} s"
+        return row
+    jax.block_until_ready(compiled(variables, inputs, targets))  # warm-up
+    for _ in range(FLAGS.repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(variables, inputs, targets))
+        row.times_s.append(time.perf_counter() - t0)
+    return row
+
+
+def measure_generation(name: str, expansion: float, context: int) -> GenRow:
+    row = GenRow(name, context)
+    model = models.LanguageModel(config_for(name, expansion, context + FLAGS.gen_tokens + 2))
+    prompt = _tokens(FLAGS.gen_batch, context)
+    variables = jax.jit(model.init)(jax.random.key(0), prompt[:, :8])
+    prefill = jax.jit(lambda v, p: models.prefill(model, v, p))
+    t0 = time.perf_counter()
+    cache, logits = jax.block_until_ready(prefill(variables, prompt))
+    row.prefill_s = time.perf_counter() - t0  # includes compilation; reported only as a budget guard
+    row.cache_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(cache))
+    step = jax.jit(lambda v, c, t: models.decode_step(model, v, c, t), donate_argnums=(1,))
+    token = jnp.argmax(logits, -1).astype(jnp.int32)
+    compiled = step.lower(variables, cache, token).compile()
+    row.step_peak_bytes = xla_peak_bytes(compiled)
+    cache, logits = jax.block_until_ready(compiled(variables, cache, token))
+    times = []
+    for _ in range(FLAGS.gen_tokens):
+        token = jnp.argmax(logits, -1).astype(jnp.int32)
+        t0 = time.perf_counter()
+        cache, logits = jax.block_until_ready(compiled(variables, cache, token))
+        times.append(time.perf_counter() - t0)
+    row.per_token_s = statistics.median(times)
+    return row
+
+
+def _release() -> None:
+    gc.collect()
+    jax.clear_caches()
+    gc.collect()
+
+
+def _guarded(fn: Callable[[], Any], fallback: Callable[[str], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:  # one failing row must not lose the others
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return fallback(text[:140])
+    finally:
+        _release()
+
+
+# --------------------------------------------------------------------------------------------------
+# Report.
+# --------------------------------------------------------------------------------------------------
+def _gib(value: int | None) -> str:
+    return "—" if value is None else f"{value / GIB:.2f}"
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value / 2**20:.1f} MiB" if value >= 2**20 else f"{value / 2**10:.1f} KiB"
+
+
+def render(
+    names: list[str],
+    sizes: dict[str, tuple[float, int]],
+    train: list[TrainRow],
+    gen: list[GenRow],
+    lengths: list[int],
+    contexts: list[int],
+    command: str,
+) -> str:
+    by_train = {(r.model, r.length): r for r in train}
+    by_gen = {(r.model, r.context): r for r in gen}
+    lines = [
+        "# Whole models at equal parameter count: which cell for which length",
+        "",
+        f"Generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by `{command}`.",
+        f"Platform: {jax.default_backend()} ({pyplatform.processor() or pyplatform.machine()}, "
+        f"{os.cpu_count()} cores), jax {jax.__version__}, flax {flax.__version__}.",
+        "",
+        f"Byte-level LMs: {FLAGS.num_layers} blocks of width {FLAGS.d_model} (pre-norm, SwiGLU MLP), vocab "
+        f"{FLAGS.vocab}, float32. Each model's MLP width is set so its parameter count matches the exact-"
+        "attention transformer with a 4x MLP.",
+        "",
+        "| model | parameters | MLP expansion |",
+        "|---|---:|---:|",
+    ]
+    for name in names:
+        expansion, params = sizes[name]
+        lines.append(f"| {LABELS[name]} | {params:,} | {expansion:.2f} |")
+    lines += [
+        "",
+        f"## Training: tokens/s (forward + backward, {FLAGS.tokens_per_batch:,} tokens per batch, median of "
+        f"{FLAGS.repeats})",
+        "",
+        "| model | "
+        + " | ".join(f"L={n:,} (B={max(1, FLAGS.tokens_per_batch // n)})" for n in lengths)
+        + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
+    for name in names:
+        cells = []
+        for n in lengths:
+            r = by_train.get((name, n))
+            if r is None:
+                cells.append("")
+            elif r.tokens_per_s is not None:
+                cells.append(f"{r.tokens_per_s:,.0f}")
+            else:
+                cells.append(f"— ({r.status})")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Training: peak memory, GiB (XLA plan of the jitted step)",
+        "",
+        "| model | " + " | ".join(f"L={n:,}" for n in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
+    for name in names:
+        cells = []
+        for n in lengths:
+            r = by_train.get((name, n))
+            cells.append("" if r is None else _gib(r.peak_bytes) if r.peak_bytes else f"— ({r.status})")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"## Generation at batch {FLAGS.gen_batch}: ms per token after a prompt of C tokens / cache size",
+        "",
+        "| model | " + " | ".join(f"C={c:,}" for c in contexts) + " |",
+        "|---|" + "---:|" * len(contexts),
+    ]
+    for name in names:
+        cells = []
+        for c in contexts:
+            r = by_gen.get((name, c))
+            if r is None:
+                cells.append("")
+            elif r.per_token_s is None:
+                cells.append(f"— ({r.status})")
+            else:
+                cells.append(f"{1e3 * r.per_token_s:.2f} / {_size(r.cache_bytes)}")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    notes = [r for r in [*train, *gen] if r.reason]
+    if notes:
+        lines += ["", "Rows not run or not timed:", ""]
+        for r in notes:
+            where = f"L={r.length:,}" if isinstance(r, TrainRow) else f"C={r.context:,}"
+            lines.append(f"- {LABELS[r.model]}, {where}: {r.status}: {r.reason}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    names = FLAGS.models or list(MIXERS)
+    unknown = [n for n in names if n not in MIXERS]
+    if unknown:
+        raise app.UsageError(f"--models: unknown {unknown}; choose from {', '.join(MIXERS)}.")
+    lengths = sorted(int(n) for n in FLAGS.lengths)
+    contexts = sorted(int(c) for c in FLAGS.gen_contexts)
+    out = FLAGS.out.format(platform=jax.default_backend())
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    sizes = equal_param_expansions(names)
+    train: list[TrainRow] = []
+    gen: list[GenRow] = []
+
+    def write() -> None:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            f.write(render(names, sizes, train, gen, lengths, contexts, command))
+
+    for name in names:
+        expansion = sizes[name][0]
+        time_it = True
+        for n in lengths:
+            row = _guarded(
+                lambda name=name, e=expansion, n=n, t=time_it: measure_training(name, e, n, t),
+                lambda why, name=name, n=n: TrainRow(
+                    name, n, max(1, FLAGS.tokens_per_batch // n), "failed", why
+                ),
+            )
+            if row.times_s and max(row.times_s) > FLAGS.max_seconds_per_run:
+                time_it = False
+            train.append(row)
+            tps = f"{row.tokens_per_s:,.0f} tok/s" if row.tokens_per_s else row.status
+            print(f"train {name:>18} L={n:>6}: {tps}, {_gib(row.peak_bytes)} GiB {row.reason}", flush=True)
+            write()
+        go_on = True
+        for c in contexts:
+            if not go_on:
+                gen.append(
+                    GenRow(name, c, "skipped", f"a shorter prefill took > {FLAGS.max_seconds_prefill:g} s")
+                )
+                continue
+            row = _guarded(
+                lambda name=name, e=expansion, c=c: measure_generation(name, e, c),
+                lambda why, name=name, c=c: GenRow(name, c, "failed", why),
+            )
+            if row.prefill_s is not None and row.prefill_s > FLAGS.max_seconds_prefill:
+                go_on = False
+            gen.append(row)
+            per = f"{1e3 * row.per_token_s:.2f} ms/token" if row.per_token_s else row.status
+            print(
+                f"gen   {name:>18} C={c:>6}: {per}, cache {_size(row.cache_bytes)} {row.reason}",
+                flush=True,
+            )
+            write()
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,723 @@
+"""Exact softmax attention cells: `Attention` (full context, KV cache) and `SlidingWindowAttention`
+(a local window plus global tokens, ring buffer).
+
+Both project x [*, input_size] to q [*, H, d] and k, v [*, H_kv, d] (`w_q`, `w_k`, `w_v`, no biases;
+H_kv = `num_kv_heads` divides H: grouped-query attention, multi-query for H_kv = 1), attend with the
+engine in `seqjax.scan.attention`, and project the heads back with `w_o` [H, d, output_size].
+
+Positions. A token's position is the number of valid (mask=True) tokens before it in its segment,
+counting the tokens already in the state. Padding therefore moves no position, and a reset starts again
+at 0. Rotary embeddings (`positional="rotary"`), ALiBi biases (`"alibi"`) and the Transformer's
+sinusoidal embedding added to the input (`"sinusoidal"`) all read these positions, so `apply` equals a
+loop of `step` with any padding and resets.
+
+State. `step` carries the keys and values it has seen, already rotated: a KV cache of `max_length`
+slots (`Attention`) or a ring buffer of the last `window` tokens plus the `num_global` global tokens
+(`SlidingWindowAttention`). Its size does not depend on the sequence length. The cache is stored in the
+state's dtype (`initial_state(dtype=...)`, float32 by default, which holds bfloat16 keys exactly);
+`length` is an int32 count. A reset replaces the state by `initial_state`, an empty cache.
+
+`apply` is the training form: one call of the engine over the whole sequence with segment ids (from
+resets), a key mask (from padding) and the positions above. Given a state, the cached keys are placed
+before the new ones, so queries also see them; without one, nothing is cached and the cost is that of
+plain attention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.cells.base import Cell, DType, Params, _check_flags, accumulation_dtype
+from seqjax.cells.registry import register
+from seqjax.scan.attention import METHODS, attention
+
+__all__ = [
+    "POSITIONALS",
+    "Attention",
+    "AttentionState",
+    "SlidingWindowAttention",
+    "SlidingWindowState",
+    "alibi_slopes",
+    "rotary_embedding",
+    "sinusoidal_embedding",
+]
+
+POSITIONALS = ("rotary", "alibi", "sinusoidal", "none")
+
+
+class AttentionState(NamedTuple):
+    k: jax.Array  # [*batch, max_length, kv_heads, head_dim]: slot p holds the (rotated) key at position p
+    v: jax.Array  # [*batch, max_length, kv_heads, head_dim]
+    length: jax.Array  # [*batch] int32: valid tokens in the cache = the next token's position
+
+
+class SlidingWindowState(NamedTuple):
+    k: jax.Array  # [*batch, window, kv_heads, head_dim]: ring buffer, slot p % window holds position p
+    v: jax.Array  # [*batch, window, kv_heads, head_dim]
+    global_k: jax.Array  # [*batch, num_global, kv_heads, head_dim]: slot p holds position p < num_global
+    global_v: jax.Array  # [*batch, num_global, kv_heads, head_dim]
+    length: jax.Array  # [*batch] int32: valid tokens of the current segment so far = the next position
+
+
+# --------------------------------------------------------------------------------------------------
+# Positional encodings
+# --------------------------------------------------------------------------------------------------
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """[num_heads] ALiBi slopes (Press et al. 2022), float64.
+
+    For a power of two n: the geometric sequence 2^(−8/n), 2^(−16/n), …, 2^(−8) (1/2 … 1/256 for 8
+    heads). Otherwise, with m the largest power of two below n: the m slopes for m heads, then every
+    other slope of the sequence for 2m heads (2^(−4/m), 2^(−12/m), …) for the n − m remaining heads, as
+    in the paper's reference code.
+    """
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if num_heads <= 0:
+        raise ValueError(f"alibi_slopes: num_heads must be positive, got {num_heads}.")
+    closest = 1 << (int(num_heads).bit_length() - 1)
+    slopes = power_of_two(closest)
+    if closest < num_heads:
+        slopes += power_of_two(2 * closest)[0::2][: num_heads - closest]
+    return np.asarray(slopes, np.float64)
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
+    """Rotary position embedding (RoFormer, Su et al. 2021) in the half-split ("rotate half") layout.
+
+    x [..., heads, d] with d even; positions [...] (integers). Feature pairs (i, i + d/2) are rotated by
+    the angle position · base^(−2i/d). Computed in x's dtype promoted to at least float32; returns that
+    dtype.
+    """
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    half = x.shape[-1] // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=acc) * 2 / x.shape[-1])
+    angle = positions.astype(acc)[..., None, None] * inv_freq
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    x = x.astype(acc)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def sinusoidal_embedding(positions: jax.Array, dim: int, dtype: DType = jnp.float32) -> jax.Array:
+    """[..., dim] the Transformer's sinusoidal embedding (Vaswani et al. 2017) of integer positions [...]:
+    feature 2i is sin(p / 10000^(2i/dim)), feature 2i + 1 is cos(p / 10000^(2i/dim)); `dim` may be odd."""
+    idx = jnp.arange(dim)
+    freq = 10000.0 ** (-(idx - idx % 2).astype(dtype) / dim)
+    angle = positions.astype(dtype)[..., None] * freq
+    return jnp.where(idx % 2 == 0, jnp.sin(angle), jnp.cos(angle))
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+def _positive_int(label: str, field: str, value: Any, what: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"{label}: {field} must be a positive integer{what}, got {value!r}.")
+
+
+def segments_and_positions(
+    valid: jax.Array, resets: jax.Array | None, start: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Segment ids and positions of a sequence, by the step rule.
+
+    Args:
+      valid: [*batch, T] bool, False for padding.
+      resets: [*batch, T] bool or None; a reset on a padded token does nothing (padding wins).
+      start: [*batch] int32, the position the first segment continues from (the state's length).
+
+    Returns:
+      seg [*batch, T] int32: 0 for the segment that continues the state, +1 at every effective reset;
+      pos [*batch, T] int32: valid tokens before t in its segment (plus `start` in segment 0).
+    """
+    v = valid.astype(jnp.int32)
+    before = jnp.cumsum(v, axis=-1) - v
+    if resets is None:
+        return jnp.zeros_like(before), before + start[..., None]
+    r = resets & valid
+    seg = jnp.cumsum(r.astype(jnp.int32), axis=-1)
+    # `before` at the latest reset at or before t (it only grows), or −start before the first reset.
+    origin = jax.lax.cummax(jnp.where(r, before, -start[..., None]), axis=before.ndim - 1)
+    return seg, before - origin
+
+
+def _scatter_rows(base: jax.Array, values: jax.Array, index: jax.Array) -> jax.Array:
+    """base [*b, S, ...] with base[..., index[t], ...] = values[..., t, ...]; index [*b, T], where an
+    index ≥ S skips that row. The indices below S must be distinct."""
+
+    def one(b: jax.Array, vals: jax.Array, idx: jax.Array) -> jax.Array:
+        return b.at[idx].set(vals.astype(b.dtype), mode="drop")
+
+    if base.shape[index.ndim - 1] == 0:  # nothing to write (no global tokens)
+        return base
+    for _ in range(index.ndim - 1):
+        one = jax.vmap(one)
+    return one(base, values, index)
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _ring_positions(length: jax.Array, window: int) -> jax.Array:
+    """[*batch, window]: the position held by each ring slot after `length` tokens (negative = empty).
+    Slot s holds the latest position p < length with p ≡ s (mod window)."""
+    last = length[..., None] - 1
+    return last - jnp.mod(last - jnp.arange(window), window)
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared machinery
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _SoftmaxAttention(Cell):
+    """Hyperparameters, projections, positions and the engine call shared by both cells (not
+    registered)."""
+
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int | None = None
+    out_features: int | None = None
+    causal: bool = True
+    positional: str = "rotary"
+    rotary_base: float = 10000.0
+    method: str = "auto"
+    block_size: int | None = None
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+
+    def __post_init__(self) -> None:
+        label = type(self).__name__
+        _positive_int(label, "num_heads", self.num_heads)
+        _positive_int(label, "head_dim", self.head_dim)
+        if self.block_size is not None:
+            _positive_int(label, "block_size", self.block_size, " or None (the engine chooses)")
+        if self.out_features is not None:
+            _positive_int(label, "out_features", self.out_features)
+        if self.num_kv_heads is not None:
+            _positive_int(label, "num_kv_heads", self.num_kv_heads, " or None (= num_heads)")
+            if self.num_heads % self.num_kv_heads:
+                raise ValueError(
+                    f"{label}: num_heads={self.num_heads} is not a multiple of num_kv_heads="
+                    f"{self.num_kv_heads}; choose num_kv_heads dividing num_heads (1 = multi-query, None = "
+                    f"one key/value head per query head)."
+                )
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"{label}: positional must be one of {POSITIONALS}, got {self.positional!r}.")
+        if self.positional == "rotary" and self.head_dim % 2:
+            raise ValueError(
+                f"{label}: positional='rotary' rotates feature pairs and needs an even head_dim, got "
+                f"head_dim={self.head_dim}; use an even head_dim or positional='alibi'."
+            )
+        if not self.rotary_base > 0:
+            raise ValueError(f"{label}: rotary_base must be > 0, got {self.rotary_base!r}.")
+        if self.method not in METHODS:
+            raise ValueError(f"{label}: method must be one of {METHODS}, got {self.method!r}.")
+        if not isinstance(self.causal, bool | np.bool_):
+            raise ValueError(f"{label}: causal must be True or False, got {self.causal!r}.")
+
+    # -- sizes ---------------------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def output_size(self) -> int:
+        return self.num_heads * self.head_dim if self.out_features is None else self.out_features
+
+    @property
+    def _acc(self) -> jnp.dtype:
+        return accumulation_dtype(self.dtype)
+
+    def input_size_of(self, params: Params) -> int:
+        return params["w_q"].shape[0]
+
+    # -- parameters ----------------------------------------------------------------------------------
+    def init(self, key: jax.Array, input_size: int) -> Params:
+        h, hkv, d, pd = self.num_heads, self.kv_heads, self.head_dim, self.param_dtype
+        k_q, k_k, k_v, k_o = jax.random.split(key, 4)
+        proj = jax.nn.initializers.glorot_uniform(in_axis=0, out_axis=(1, 2))
+        out = jax.nn.initializers.glorot_uniform(in_axis=(0, 1), out_axis=2)
+        return {
+            "w_q": proj(k_q, (input_size, h, d), pd),
+            "w_k": proj(k_k, (input_size, hkv, d), pd),
+            "w_v": proj(k_v, (input_size, hkv, d), pd),
+            "w_o": out(k_o, (h, d, self.output_size), pd),
+        }
+
+    def param_axes(self) -> dict[str, tuple[str, ...]]:
+        return {
+            "w_q": ("embed", "heads", "head_dim"),
+            "w_k": ("embed", "kv_heads", "head_dim"),
+            "w_v": ("embed", "kv_heads", "head_dim"),
+            "w_o": ("heads", "head_dim", "embed"),
+        }
+
+    def alibi_slopes(self) -> np.ndarray:
+        """[num_heads] the ALiBi slopes this cell uses with positional="alibi"."""
+        return alibi_slopes(self.num_heads)
+
+    # -- per-token work ------------------------------------------------------------------------------
+    def project_inputs(self, params: Params, x: jax.Array) -> jax.Array:
+        """The identity: every projection here depends on the token's position (rotary, sinusoidal),
+        which depends on the state, so `recur` and `apply` project."""
+        return x
+
+    def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
+        return jnp.einsum(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
+
+    def _project(
+        self, params: Params, x: jax.Array, positions: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x [..., input_size], positions [...] -> q [..., H, d], k, v [..., H_kv, d] in the compute
+        dtype, with the positional encoding applied."""
+        if self.positional == "sinusoidal":
+            x = x.astype(self._acc) + sinusoidal_embedding(positions, x.shape[-1], self._acc)
+        q = self._mm(x, params["w_q"], "...i,ihd->...hd")
+        k = self._mm(x, params["w_k"], "...i,ihd->...hd")
+        v = self._mm(x, params["w_v"], "...i,ihd->...hd")
+        if self.positional == "rotary":
+            q = rotary_embedding(q, positions, self.rotary_base)
+            k = rotary_embedding(k, positions, self.rotary_base)
+        return q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
+
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, **kwargs: Any) -> jax.Array:
+        slopes = jnp.asarray(self.alibi_slopes(), self._acc) if self.positional == "alibi" else None
+        return attention(
+            q,
+            k,
+            v,
+            causal=self.causal,
+            alibi_slopes=slopes,
+            method=self.method,
+            block_q=self.block_size,
+            block_k=self.block_size,
+            **kwargs,
+        )
+
+    def _output(self, params: Params, y: jax.Array) -> jax.Array:
+        return self._mm(y, params["w_o"], "...hd,hdo->...o").astype(self.dtype)
+
+    # -- shared parts of step and apply --------------------------------------------------------------
+    def _require_causal(self) -> None:
+        if not self.causal:
+            raise TypeError(
+                f"{self._label} with causal=False has no step form: every token attends to later tokens. "
+                f"Use `apply` on the whole sequence, or causal=True for streaming and generation."
+            )
+
+    def _step_flags(
+        self, params: Params, state: Any, x: Any, reset: Any, mask: Any
+    ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        self._require_causal()
+        x = self._check_input(params, x, min_rank=1, what="x", form="step")
+        batch_shape = x.shape[:-1]
+        self._check_state(state, batch_shape)
+        if reset is not None:
+            reset = _check_flags(self._label, "reset", reset, batch_shape)
+        if mask is not None:
+            mask = _check_flags(self._label, "mask", mask, batch_shape)
+        return x, reset, mask
+
+    def _begin_apply(
+        self, params: Params, xs: Any, state: Any, resets: Any, mask: Any
+    ) -> tuple[jax.Array, Any, jax.Array | None, jax.Array | None, jax.Array, jax.Array, jax.Array]:
+        """Validated arguments, plus valid [*b, T], segment ids and positions [*b, T]."""
+        xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
+        valid = jnp.ones(xs.shape[:-1], bool) if mask is None else mask
+        seg, pos = segments_and_positions(valid, resets, state.length.astype(jnp.int32))
+        return xs, state, resets, mask, valid, seg, pos
+
+    @staticmethod
+    def _last_segment(state: Any, seg: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """in_last [*b, T]: valid tokens of the sequence's last segment; cont [*b]: whether that segment
+        continues the given state; length [*b]: the state's length after the sequence."""
+        last = seg[..., -1]
+        in_last = valid & (seg == last[..., None])
+        cont = last == 0
+        length = jnp.where(cont, state.length, 0) + jnp.sum(in_last, axis=-1, dtype=jnp.int32)
+        return in_last, cont, length.astype(state.length.dtype)
+
+    @staticmethod
+    def _kept(cont: jax.Array, cache: jax.Array) -> jax.Array:
+        """The cache where the last segment continues the state, zeros where a reset emptied it."""
+        return jnp.where(cont.reshape(cont.shape + (1,) * (cache.ndim - cont.ndim)), cache, 0)
+
+    def _finish(self, ys: jax.Array, mask: jax.Array | None) -> jax.Array:
+        if mask is not None:
+            ys = jnp.where(mask[..., None], ys, jnp.zeros((), ys.dtype))
+        return ys
+
+
+# --------------------------------------------------------------------------------------------------
+# The cells
+# --------------------------------------------------------------------------------------------------
+@register("attention")
+@dataclasses.dataclass(frozen=True)
+class Attention(_SoftmaxAttention):
+    """Multi-head exact softmax attention with a KV cache, causal (default) or bidirectional.
+
+        q, k, v = W_q x̃, W_k x̃, W_v x̃  (x̃ = x, or x + PE(position) for positional="sinusoidal")
+        q, k ← rotary(q, position), rotary(k, position)             (positional="rotary")
+        y_i = W_o [ Σ_j softmax_j(q_i·k_j / √d − slope_h·|p_i − p_j|) v_j ]_heads
+              over the visible j: same segment, not padding, p_j ≤ p_i when causal; the ALiBi term only
+              for positional="alibi".
+
+    State (`AttentionState`): the KV cache k, v [*batch, max_length, H_kv, d] (keys rotated) and
+    `length` [*batch] int32. `step` writes slot `length` and attends over slots 0..length; it raises
+    when the cache is full (also under jit, through a host callback). `apply` raises a ValueError at
+    trace time when a sequence without resets or padding (plus the cache, when its length is known)
+    cannot fit, and otherwise checks at run time. Bidirectional attention (causal=False) has no `step`.
+
+    Hyperparameters:
+      num_heads, head_dim: H and d.
+      num_kv_heads: H_kv, dividing H; None = H (multi-head), 1 = multi-query, else grouped-query.
+      out_features: width of the output projection; default H · d.
+      causal: True (default) for causal attention, False for bidirectional.
+      positional: "rotary" (default; `rotary_base` 10000), "alibi" (the paper's slopes, see
+        `alibi_slopes`), "sinusoidal" (added to the input before the projections) or "none".
+      max_length: KV-cache capacity: the most valid tokens one segment may hold, in `step` and in the
+        state `apply` returns.
+      method, block_size: the engine (`seqjax.scan.attention.attention`: "auto", "blockwise", "naive"
+        or "cudnn") and the blockwise form's block size for queries and keys (None: the engine
+        chooses).
+      dtype: compute dtype (bfloat16 allowed); softmax and sums accumulate in float32.
+      param_dtype: dtype of the parameters.
+
+    Parameters: `w_q` [input_size, H, d], `w_k`, `w_v` [input_size, H_kv, d], `w_o` [H, d, out];
+    Glorot-uniform, no biases.
+    """
+
+    max_length: int = 2048
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_int("Attention", "max_length", self.max_length, " (the KV-cache capacity)")
+
+    def initial_state(self, batch_shape: Sequence[int] = (), dtype: DType = jnp.float32) -> AttentionState:
+        shape = (*batch_shape, self.max_length, self.kv_heads, self.head_dim)
+        return AttentionState(
+            k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), length=jnp.zeros(batch_shape, jnp.int32)
+        )
+
+    # -- capacity ------------------------------------------------------------------------------------
+    def _overflow_message(self, form: str, needed: int) -> str:
+        return (
+            f"Attention.{form}: the KV cache holds max_length={self.max_length} tokens per segment, but "
+            f"{needed} are needed. Build the cell with max_length >= {needed}, start a new segment (reset) "
+            f"before the cache fills, or use SlidingWindowAttention for unbounded streams."
+        )
+
+    def _check_capacity(self, needed: jax.Array, form: str) -> None:
+        """Raises if any entry of `needed` (valid tokens a segment must hold) exceeds max_length: at once
+        for concrete values, at run time (host callback) under a trace."""
+        limit = self.max_length
+
+        def check(n: Any) -> None:
+            most = int(np.max(np.asarray(n), initial=0))
+            if most > limit:
+                raise ValueError(self._overflow_message(form, most))
+
+        if _is_concrete(needed):
+            check(needed)
+        else:
+            jax.debug.callback(check, needed)
+
+    # -- step ----------------------------------------------------------------------------------------
+    def step(
+        self,
+        params: Params,
+        state: AttentionState,
+        x: jax.Array,
+        *,
+        reset: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[AttentionState, jax.Array]:
+        """One token: writes its key and value at slot `length` and attends over the cache."""
+        x, reset, mask = self._step_flags(params, state, x, reset, mask)
+        length = state.length if reset is None else jnp.where(reset, 0, state.length)
+        needed = length + 1 if mask is None else jnp.where(mask, length + 1, 0)
+        self._check_capacity(needed, "step")
+        return super().step(params, state, x, reset=reset, mask=mask)
+
+    def recur(self, params: Params, state: AttentionState, x: jax.Array) -> tuple[AttentionState, jax.Array]:
+        pos = state.length.astype(jnp.int32)
+        q, k, v = self._project(params, x, pos)
+        batch_shape = pos.shape
+        slots = jnp.broadcast_to(jnp.arange(self.max_length), (*batch_shape, self.max_length))
+        write = (slots == pos[..., None])[..., None, None]
+        new = AttentionState(
+            k=jnp.where(write, k[..., None, :, :].astype(state.k.dtype), state.k),
+            v=jnp.where(write, v[..., None, :, :].astype(state.v.dtype), state.v),
+            length=state.length + 1,
+        )
+        # The current token's own key/value in the compute dtype, as `apply` sees it.
+        keys = jnp.where(write, k[..., None, :, :], state.k.astype(self.dtype))
+        values = jnp.where(write, v[..., None, :, :], state.v.astype(self.dtype))
+        y = self._attend(
+            q[..., None, :, :],
+            keys,
+            values,
+            q_positions=pos[..., None],
+            kv_positions=slots,
+            kv_mask=slots <= pos[..., None],
+        )
+        return new, self._output(params, y[..., 0, :, :])
+
+    # -- apply ---------------------------------------------------------------------------------------
+    def apply(
+        self,
+        params: Params,
+        xs: jax.Array,
+        state: AttentionState | None = None,
+        *,
+        resets: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, AttentionState]:
+        """xs [*batch, T, input_size] -> ys [*batch, T, output_size] and the cache after the sequence.
+
+        With `state`, queries of the first segment also attend to the cached tokens; without one, no
+        cache is read."""
+        given = state is not None
+        xs, state, resets, mask, valid, seg, pos = self._begin_apply(params, xs, state, resets, mask)
+        self._check_apply_capacity(state, given, xs.shape[-2], resets, mask, valid, pos)
+        q, k, v = self._project(params, xs, pos)
+
+        kv_mask = mask
+        q_seg = kv_seg = seg if resets is not None else None
+        keys, values, kv_pos = k, v, pos
+        if given:
+            m = self.max_length
+            batch_shape = xs.shape[:-2]
+            slots = jnp.broadcast_to(jnp.arange(m), (*batch_shape, m))
+            keys = jnp.concatenate([state.k.astype(self.dtype), k], axis=-3)
+            values = jnp.concatenate([state.v.astype(self.dtype), v], axis=-3)
+            kv_pos = jnp.concatenate([slots, pos], axis=-1)
+            kv_mask = jnp.concatenate([slots < state.length[..., None], valid], axis=-1)
+            if q_seg is not None:
+                kv_seg = jnp.concatenate([jnp.zeros_like(slots), seg], axis=-1)
+        y = self._attend(
+            q,
+            keys,
+            values,
+            q_positions=pos,
+            kv_positions=kv_pos,
+            q_segment_ids=q_seg,
+            kv_segment_ids=kv_seg,
+            kv_mask=kv_mask,
+        )
+        ys = self._finish(self._output(params, y), mask)
+
+        in_last, cont, length = self._last_segment(state, seg, valid)
+        index = jnp.where(in_last, pos, self.max_length)
+        final = AttentionState(
+            k=_scatter_rows(self._kept(cont, state.k), k, index),
+            v=_scatter_rows(self._kept(cont, state.v), v, index),
+            length=length,
+        )
+        return ys, final
+
+    def _check_apply_capacity(
+        self,
+        state: AttentionState,
+        given: bool,
+        length: int,
+        resets: jax.Array | None,
+        mask: jax.Array | None,
+        valid: jax.Array,
+        pos: jax.Array,
+    ) -> None:
+        """Trace-time when the shapes (and a concrete cache length) decide it, else a run-time check of
+        the largest position + 1 among the valid tokens."""
+        cached = state.length if given else None
+        known = cached is None or _is_concrete(cached)
+        most_cached = 0 if cached is None or not known else int(np.max(np.asarray(cached), initial=0))
+        if known and length + most_cached <= self.max_length:
+            return  # every segment fits, whatever the resets and padding
+        if resets is None and mask is None and length + most_cached > self.max_length:
+            # One segment of `length` new tokens after the cache (whose length is at least 0 when
+            # unknown): it cannot fit, whatever the data.
+            raise ValueError(self._overflow_message("apply", length + most_cached))
+        self._check_capacity(jnp.where(valid, pos + 1, 0), "apply")
+
+
+@register("sliding_window_attention")
+@dataclasses.dataclass(frozen=True)
+class SlidingWindowAttention(_SoftmaxAttention):
+    """Multi-head softmax attention over a sliding window, with optional global tokens (Longformer's
+    local + global attention; global tokens at the start are also "attention sinks").
+
+    A query sees itself and the `window` − 1 previous valid tokens of its segment, plus the first
+    `num_global` tokens of its segment. With causal=False the window is two-sided (|p_i − p_j| <
+    window) and the global tokens also see their whole segment; that form has no `step`. Positions,
+    projections and positional encodings as in `Attention`.
+
+    State (`SlidingWindowState`): a ring buffer k, v [*batch, window, H_kv, d] (slot p % window holds
+    position p), the global tokens' k, v [*batch, num_global, H_kv, d], and `length` [*batch] int32, the
+    valid tokens of the current segment so far. Its size depends on `window` and `num_global` only, so
+    streams have no length limit. `apply` runs the engine with `window` and `kv_global`, whose
+    blockwise form skips the key blocks outside the band: O(L · window) time.
+
+    Hyperparameters: those of `Attention` but `max_length`, plus `window` (w ≥ 1, default 256) and
+    `num_global` (≥ 0, default 0).
+    Parameters: `w_q` [input_size, H, d], `w_k`, `w_v` [input_size, H_kv, d], `w_o` [H, d, out].
+    """
+
+    window: int = 256
+    num_global: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_int(
+            "SlidingWindowAttention",
+            "window",
+            self.window,
+            " (the tokens a query sees, itself included; window=1 sees only itself)",
+        )
+        g = self.num_global
+        if isinstance(g, bool) or not isinstance(g, int | np.integer) or g < 0:
+            raise ValueError(
+                f"SlidingWindowAttention: num_global must be a non-negative integer (the number of global "
+                f"tokens at the start of each segment; 0 for none), got {g!r}."
+            )
+
+    def initial_state(
+        self, batch_shape: Sequence[int] = (), dtype: DType = jnp.float32
+    ) -> SlidingWindowState:
+        ring = (*batch_shape, self.window, self.kv_heads, self.head_dim)
+        glob = (*batch_shape, self.num_global, self.kv_heads, self.head_dim)
+        return SlidingWindowState(
+            k=jnp.zeros(ring, dtype),
+            v=jnp.zeros(ring, dtype),
+            global_k=jnp.zeros(glob, dtype),
+            global_v=jnp.zeros(glob, dtype),
+            length=jnp.zeros(batch_shape, jnp.int32),
+        )
+
+    def _cached(self, state: SlidingWindowState, length: jax.Array) -> tuple[jax.Array, ...]:
+        """The state's keys and values [*b, G + w, H_kv, d] (compute dtype), positions and validity
+        [*b, G + w] and global flags, after `length` tokens. Ring slots holding a global token are
+        invalid: that token is attended through the global slots."""
+        g = self.num_global
+        ring_pos = _ring_positions(length, self.window)
+        glob_pos = jnp.broadcast_to(jnp.arange(g), (*length.shape, g))
+        keys = jnp.concatenate([state.global_k, state.k], axis=-3).astype(self.dtype)
+        values = jnp.concatenate([state.global_v, state.v], axis=-3).astype(self.dtype)
+        positions = jnp.concatenate([glob_pos, ring_pos], axis=-1)
+        glob_ok = glob_pos < length[..., None]
+        ok = jnp.concatenate([glob_ok, (ring_pos >= 0) & (ring_pos >= g)], axis=-1)
+        is_global = jnp.concatenate([glob_ok, jnp.zeros_like(ring_pos, bool)], axis=-1)
+        return keys, values, positions, ok, is_global
+
+    # -- step ----------------------------------------------------------------------------------------
+    def step(
+        self,
+        params: Params,
+        state: SlidingWindowState,
+        x: jax.Array,
+        *,
+        reset: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[SlidingWindowState, jax.Array]:
+        """One token: writes ring slot `length % window` (and global slot `length` while length <
+        num_global) and attends over the global tokens and the ring."""
+        x, reset, mask = self._step_flags(params, state, x, reset, mask)
+        return super().step(params, state, x, reset=reset, mask=mask)
+
+    def recur(
+        self, params: Params, state: SlidingWindowState, x: jax.Array
+    ) -> tuple[SlidingWindowState, jax.Array]:
+        pos = state.length.astype(jnp.int32)
+        q, k, v = self._project(params, x, pos)
+        w, g = self.window, self.num_global
+        ring_write = (jnp.arange(w) == (pos % w)[..., None])[..., None, None]
+        glob_write = (jnp.arange(g) == pos[..., None])[..., None, None]
+
+        def put(where: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+            return jnp.where(where, new[..., None, :, :].astype(old.dtype), old)
+
+        new = SlidingWindowState(
+            k=put(ring_write, k, state.k),
+            v=put(ring_write, v, state.v),
+            global_k=put(glob_write, k, state.global_k),
+            global_v=put(glob_write, v, state.global_v),
+            length=state.length + 1,
+        )
+        keys, values, positions, ok, _ = self._cached(new, pos + 1)
+        # The current token's own key/value in the compute dtype, as `apply` sees it.
+        own = jnp.concatenate([glob_write, ring_write], axis=-3)
+        keys = jnp.where(own, k[..., None, :, :], keys)
+        values = jnp.where(own, v[..., None, :, :], values)
+        y = self._attend(
+            q[..., None, :, :], keys, values, q_positions=pos[..., None], kv_positions=positions, kv_mask=ok
+        )
+        return new, self._output(params, y[..., 0, :, :])
+
+    # -- apply ---------------------------------------------------------------------------------------
+    def apply(
+        self,
+        params: Params,
+        xs: jax.Array,
+        state: SlidingWindowState | None = None,
+        *,
+        resets: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, SlidingWindowState]:
+        """xs [*batch, T, input_size] -> ys [*batch, T, output_size] and the ring buffer and global
+        tokens after the sequence."""
+        given = state is not None
+        xs, state, resets, mask, valid, seg, pos = self._begin_apply(params, xs, state, resets, mask)
+        q, k, v = self._project(params, xs, pos)
+        g, w = self.num_global, self.window
+
+        is_global = pos < g
+        kv_global = valid & is_global if g else None
+        q_global = is_global if g and not self.causal else None
+        q_seg = kv_seg = seg if resets is not None else None
+        keys, values, kv_pos, kv_mask = k, v, pos, mask
+        if given:
+            c_keys, c_values, c_pos, c_ok, c_global = self._cached(state, state.length.astype(jnp.int32))
+            keys = jnp.concatenate([c_keys, k], axis=-3)
+            values = jnp.concatenate([c_values, v], axis=-3)
+            kv_pos = jnp.concatenate([c_pos, pos], axis=-1)
+            kv_mask = jnp.concatenate([c_ok, valid], axis=-1)
+            if kv_global is not None:
+                kv_global = jnp.concatenate([c_global, kv_global], axis=-1)
+            if q_seg is not None:
+                kv_seg = jnp.concatenate([jnp.zeros_like(c_pos), seg], axis=-1)
+        y = self._attend(
+            q,
+            keys,
+            values,
+            q_positions=pos,
+            kv_positions=kv_pos,
+            q_segment_ids=q_seg,
+            kv_segment_ids=kv_seg,
+            kv_mask=kv_mask,
+            kv_global=kv_global,
+            q_global=q_global,
+            window=w,
+        )
+        ys = self._finish(self._output(params, y), mask)
+
+        in_last, cont, length = self._last_segment(state, seg, valid)
+        # Only the last `window` tokens reach the ring (earlier ones would be overwritten), so every
+        # slot is written at most once.
+        ring_index = jnp.where(in_last & (pos >= length[..., None] - w), pos % w, w)
+        glob_index = jnp.where(in_last & is_global, pos, g)
+        final = SlidingWindowState(
+            k=_scatter_rows(self._kept(cont, state.k), k, ring_index),
+            v=_scatter_rows(self._kept(cont, state.v), v, ring_index),
+            global_k=_scatter_rows(self._kept(cont, state.global_k), k, glob_index),
+            global_v=_scatter_rows(self._kept(cont, state.global_v), v, glob_index),
+            length=length,
+        )
+        return ys, final

@@ -1,0 +1,180 @@
+"""`Backbone`: input encoder → blocks (each may use a different cell) → final norm.
+
+    config = BackboneConfig(d_model=64, num_layers=3, vocab_size=11, pattern=("lstm", "mamba", "gla"))
+    backbone = Backbone(config)
+    variables = backbone.init(key, tokens)
+    features, cache = backbone.apply(variables, tokens, mask=mask)       # whole sequences
+    cache, feats_t = backbone.apply(variables, tokens[:, 0], cache, method=Backbone.step)   # one token
+
+`cache` is a tuple with one cell state per layer; `resets` and `mask` reach every block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seqjax.models.block import make_norm, remat_block
+from seqjax.models.config import BackboneConfig
+from seqjax.models.encoders import DNAEncoder, LinearEncoder, TokenEmbedding
+from seqjax.models.heads import gather_time, last_valid_index
+from seqjax.models.layer import step_error
+
+__all__ = ["Backbone", "Cache", "check_streamable"]
+
+#: per-layer cell states, in layer order.
+Cache = tuple[Any, ...]
+
+
+def _as_config(config: Any) -> BackboneConfig:
+    if isinstance(config, BackboneConfig):
+        return config
+    return BackboneConfig.from_dict(config)
+
+
+def check_streamable(config: BackboneConfig, owner: str = "model") -> None:
+    """Raises TypeError naming the first layer (and its cell) that cannot run in step mode."""
+    for i, (name, cell) in enumerate(zip(config.layer_mixers(), config.layer_cells(), strict=True)):
+        problem = step_error(cell)
+        if problem is not None:
+            raise TypeError(
+                f"{owner} cannot run in step mode: layer {i} (blocks_{i}, mixer {name!r}) uses {problem}. "
+                f"Use the whole-sequence forward pass, or a left-to-right cell in that layer."
+            )
+
+
+class Backbone(nn.Module):
+    """Encoder → `num_layers` blocks → final norm; see `BackboneConfig` for every option."""
+
+    config: BackboneConfig
+
+    def setup(self) -> None:
+        c = self.config
+        if not isinstance(c, BackboneConfig):
+            raise TypeError(
+                f"Backbone.config must be a BackboneConfig (use BackboneConfig.from_dict), got {type(c)}."
+            )
+        dtype = None if c.dtype == "float32" else jnp.dtype(c.dtype)
+        pdtype = jnp.dtype(c.param_dtype)
+        d = int(c.d_model)
+        if c.encoder == "embedding":
+            self.encoder = TokenEmbedding(int(c.vocab_size), d, dtype=dtype, param_dtype=pdtype)
+        elif c.encoder == "dna":
+            self.encoder = DNAEncoder(d, input_format=c.dna_input, dtype=dtype, param_dtype=pdtype)
+        elif c.encoder == "linear":
+            self.encoder = LinearEncoder(int(c.input_size), d, dtype=dtype, param_dtype=pdtype)
+        else:
+            self.encoder = None
+        block_cls = remat_block(c.remat)
+        self.blocks = [
+            block_cls(
+                cell=cell,
+                d_model=d,
+                mlp_expansion=float(c.mlp_expansion),
+                mlp_activation=c.mlp_activation,
+                norm=c.norm,
+                norm_eps=float(c.norm_eps),
+                prenorm=bool(c.prenorm),
+                dropout_rate=float(c.dropout_rate),
+                use_bias=bool(c.use_bias),
+                dtype=dtype,
+                param_dtype=pdtype,
+            )
+            for cell in c.layer_cells()
+        ]
+        self.final_norm = (
+            make_norm(c.norm, eps=float(c.norm_eps), dtype=dtype, param_dtype=pdtype)
+            if c.final_norm
+            else None
+        )
+        self.embed_dropout = nn.Dropout(rate=float(c.dropout_rate))
+
+    def encode(self, inputs: jax.Array) -> jax.Array:
+        """Inputs → [..., d_model] features, token by token."""
+        if self.encoder is None:
+            x = jnp.asarray(inputs)
+            if x.shape[-1] != self.config.d_model:
+                raise ValueError(
+                    f"Backbone(encoder='none'): inputs have {x.shape[-1]} features, expected d_model="
+                    f"{self.config.d_model}."
+                )
+            return x
+        return self.encoder(inputs)
+
+    def __call__(
+        self,
+        inputs: jax.Array,
+        cache: Cache | None = None,
+        *,
+        resets: jax.Array | None = None,
+        mask: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, Cache]:
+        """inputs [*batch, time, ...] → (features [*batch, time, d_model], cache).
+
+        `cache` (optional) holds each layer's state before the first token (None: initial states), so a
+        long prompt can be prefilled in pieces. The returned cache is the state after the last valid token.
+        """
+        if cache is not None and len(cache) != len(self.blocks):
+            raise ValueError(
+                f"Backbone: cache has {len(cache)} layer states, the model has {len(self.blocks)} layers."
+            )
+        x = self.embed_dropout(self.encode(inputs), deterministic=deterministic)
+        states = []
+        for i, block in enumerate(self.blocks):
+            x, state = block(x, None if cache is None else cache[i], resets, mask, deterministic)
+            states.append(state)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, tuple(states)
+
+    def step(
+        self,
+        inputs: jax.Array,
+        cache: Cache,
+        *,
+        reset: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[Cache, jax.Array]:
+        """One token per sequence: inputs [*batch, ...] → (cache, features [*batch, d_model])."""
+        if len(cache) != len(self.blocks):
+            raise ValueError(
+                f"Backbone: cache has {len(cache)} layer states, the model has {len(self.blocks)} layers."
+            )
+        x = self.encode(inputs)
+        states = []
+        for block, state in zip(self.blocks, cache, strict=True):
+            state, x = block.step(x, state, reset, mask)
+            states.append(state)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return tuple(states), x
+
+    def prefill(self, inputs: jax.Array, *, mask: jax.Array | None = None) -> tuple[Cache, jax.Array]:
+        """(cache, features at each row's last valid token [*batch, d_model])."""
+        features, cache = self(inputs, mask=mask)
+        if mask is None:
+            return cache, features[..., -1, :]
+        return cache, gather_time(features, last_valid_index(mask))
+
+    @nn.nowrap
+    def initial_cache(self, batch_shape: Sequence[int] = ()) -> Cache:
+        """Every layer's initial state for `batch_shape` (needs no parameters)."""
+        return tuple(cell.initial_state(tuple(batch_shape)) for cell in self.config.layer_cells())
+
+    @nn.nowrap
+    def example_inputs(self) -> tuple[jax.Array]:
+        """A one-token batch of the right kind, for abstract `init` (`param_groups`)."""
+        c = self.config
+        if c.encoder in ("embedding", "dna"):
+            return (jnp.zeros((1, 1), jnp.int32),)
+        width = c.input_size if c.encoder == "linear" else c.d_model
+        return (jnp.zeros((1, 1, int(width)), jnp.float32),)
+
+    @nn.nowrap
+    def check_streamable(self) -> None:
+        check_streamable(self.config, type(self).__name__)
