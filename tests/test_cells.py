@@ -38,20 +38,22 @@ def test_apply_equals_step_loop(cell, flags, key):
     resets = random_flags(3, (B, T), 0.25) if "resets" in flags else None
     mask = random_flags(4, (B, T), 0.7) if "mask" in flags else None
 
-    ys, final = cell.apply(params, xs, state, resets=resets, mask=mask)
-    ref_ys, ref_final = step_loop(cell, params, xs, state, resets=resets, mask=mask)
-    assert ys.shape == (B, T, cell.output_size)
-    np.testing.assert_allclose(ys, ref_ys, rtol=1e-5, atol=1e-5)
-    assert relative_diff(final, ref_final) < 1e-5
-
     def loss(fn, params, xs, state):
         ys, final = fn(params, xs, state)
-        return jnp.sum(jnp.sin(3 * ys)) + state_loss(final)
+        return jnp.sum(jnp.sin(3 * ys)) + state_loss(final), (ys, final)
 
     by_apply = lambda p, x, s: cell.apply(p, x, s, resets=resets, mask=mask)
     by_steps = lambda p, x, s: step_loop(cell, p, x, s, resets=resets, mask=mask)
-    g_apply = jax.jit(jax.grad(lambda *a: loss(by_apply, *a), argnums=(0, 1, 2)))(params, xs, state)
-    g_steps = jax.grad(lambda *a: loss(by_steps, *a), argnums=(0, 1, 2))(params, xs, state)
+    # apply's outputs and gradients from one compiled program
+    g_apply, (ys, final) = jax.jit(jax.grad(lambda *a: loss(by_apply, *a), argnums=(0, 1, 2), has_aux=True))(
+        params, xs, state
+    )
+    g_steps, (ref_ys, ref_final) = jax.grad(lambda *a: loss(by_steps, *a), argnums=(0, 1, 2), has_aux=True)(
+        params, xs, state
+    )
+    assert ys.shape == (B, T, cell.output_size)
+    np.testing.assert_allclose(ys, ref_ys, rtol=1e-5, atol=1e-5)
+    assert relative_diff(final, ref_final) < 1e-5
     # Relative to each gradient's scale: float32 reassociation between the parallel and the step form
     # is amplified by GLA's per-head norm over a few features (8e-5 seen); a real bug is O(1).
     assert relative_diff(g_apply, g_steps) < 1e-4
@@ -63,13 +65,18 @@ def test_padding_leaves_state_unchanged_and_outputs_zero(cell, key):
     params = cell.init(key, INPUT_SIZE)
     xs = _inputs(jax.random.PRNGKey(1), (1,), 9)
     valid = 6
-    ys_short, state_short = cell.apply(params, xs[:, :valid])
     garbage = 100.0 * jax.random.normal(jax.random.PRNGKey(5), (1, 9 - valid, INPUT_SIZE))
-    for padded, mask in [
+    cases = [
         (jnp.concatenate([xs[:, :valid], garbage], 1), jnp.arange(9)[None] < valid),  # right padding
         (jnp.concatenate([garbage, xs[:, :valid]], 1), jnp.arange(9)[None] >= 9 - valid),  # left padding
-    ]:
-        ys, state = cell.apply(params, padded, mask=mask)
+    ]
+
+    @jax.jit  # the unpadded call and both padded ones in one compiled program
+    def run(params, xs, cases):
+        return cell.apply(params, xs[:, :valid]), [cell.apply(params, x, mask=m) for x, m in cases]
+
+    (ys_short, state_short), padded_outs = run(params, xs, cases)
+    for (_, mask), (ys, state) in zip(cases, padded_outs, strict=True):
         np.testing.assert_array_equal(ys[~mask], 0.0)
         np.testing.assert_allclose(ys[mask], ys_short[0], atol=1e-6)
         assert max_abs_diff(state, state_short) < 1e-6
@@ -88,11 +95,17 @@ def test_resets_split_packed_segments(cell, key):
     b = _inputs(jax.random.PRNGKey(2), (1,), 7)
     resets = jnp.zeros((1, 12), bool).at[0, 5].set(True)
     state = random_state(cell, jax.random.PRNGKey(3), (1,))
-    ys, _ = cell.apply(params, jnp.concatenate([a, b], 1), state, resets=resets)
     reverse = getattr(cell, "reverse", False)
-    # The segment the scan meets first continues from `state`; the other starts from zeros.
-    ys_a, _ = cell.apply(params, a, None if reverse else state)
-    ys_b, _ = cell.apply(params, b, state if reverse else None)
+
+    @jax.jit  # the packed call and both separate ones in one compiled program
+    def run(params, a, b, state):
+        ys, _ = cell.apply(params, jnp.concatenate([a, b], 1), state, resets=resets)
+        # The segment the scan meets first continues from `state`; the other starts from zeros.
+        ys_a, _ = cell.apply(params, a, None if reverse else state)
+        ys_b, _ = cell.apply(params, b, state if reverse else None)
+        return ys, ys_a, ys_b
+
+    ys, ys_a, ys_b = run(params, a, b, state)
     np.testing.assert_allclose(ys, jnp.concatenate([ys_a, ys_b], 1), atol=1e-6)
 
 
@@ -106,15 +119,21 @@ def test_batch_shapes_jit_vmap(cell, key):
     assert max_abs_diff(state, cell.initial_state((2, 3))) >= 0  # same structure
     jax.tree.map(lambda s, i: np.testing.assert_equal(s.shape, i.shape), state, cell.initial_state((2, 3)))
 
-    ys_single, _ = cell.apply(params, xs[1, 2])
-    np.testing.assert_allclose(ys_single, ys[1, 2], rtol=1e-5, atol=1e-5)
-    ys_vmap, _ = jax.vmap(jax.vmap(lambda x: cell.apply(params, x)))(xs)
-    np.testing.assert_allclose(ys_vmap, ys, rtol=1e-5, atol=1e-5)
-    ys_jit, _ = jax.jit(cell.apply)(params, xs)
-    np.testing.assert_allclose(ys_jit, ys, rtol=1e-5, atol=1e-5)
     # vmap over parameters (an ensemble) also works
     stacked = jax.tree.map(lambda *p: jnp.stack(p), params, cell.init(jax.random.PRNGKey(9), INPUT_SIZE))
-    ys_ens, _ = jax.vmap(lambda p: cell.apply(p, xs))(stacked)
+
+    @jax.jit  # the jitted call and the transformed ones in one compiled program
+    def transformed(params, stacked, xs):
+        ys_jit, _ = cell.apply(params, xs)
+        ys_single, _ = cell.apply(params, xs[1, 2])
+        ys_vmap, _ = jax.vmap(jax.vmap(lambda x: cell.apply(params, x)))(xs)
+        ys_ens, _ = jax.vmap(lambda p: cell.apply(p, xs))(stacked)
+        return ys_jit, ys_single, ys_vmap, ys_ens
+
+    ys_jit, ys_single, ys_vmap, ys_ens = transformed(params, stacked, xs)
+    np.testing.assert_allclose(ys_single, ys[1, 2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ys_vmap, ys, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ys_jit, ys, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ys_ens[0], ys, rtol=1e-5, atol=1e-5)
 
 
@@ -124,19 +143,20 @@ def test_float32_matches_float64_reference(cell, key):
     xs = _inputs(jax.random.PRNGKey(1), (2,), 64)
     resets = random_flags(3, (2, 64), 0.05)
     mask = random_flags(4, (2, 64), 0.9)
-    loss = lambda c, p, x: jnp.sum(c.apply(p, x, resets=resets, mask=mask)[0] ** 2)
-    ys32, _ = cell.apply(params, xs, resets=resets, mask=mask)
-    g32 = jax.jit(jax.grad(lambda p: loss(cell, p, xs)))(params)
+
+    def loss(c, p, x, s):
+        ys = c.apply(p, x, s, resets=resets, mask=mask)[0]
+        return jnp.sum(ys**2), ys
+
+    # Outputs and gradients from one compiled program per precision.
+    g32, ys32 = jax.jit(jax.grad(lambda p: loss(cell, p, xs, None), has_aux=True))(params)
     with jax.enable_x64(True):
         cell64 = dataclasses.replace(cell, dtype=jnp.float64, param_dtype=jnp.float64)
         p64 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
         x64 = jnp.asarray(np.asarray(xs), jnp.float64)
         s64 = cell64.initial_state((2,), jnp.float64)
-        ys64, _ = cell64.apply(p64, x64, s64, resets=resets, mask=mask)
+        g64, ys64 = jax.jit(jax.grad(lambda p: loss(cell64, p, x64, s64), has_aux=True))(p64)
         assert ys64.dtype == jnp.float64
-        g64 = jax.jit(
-            jax.grad(lambda p: jnp.sum(cell64.apply(p, x64, s64, resets=resets, mask=mask)[0] ** 2))
-        )(p64)
         ys64, g64 = np.asarray(ys64), jax.tree.map(np.asarray, g64)
     np.testing.assert_allclose(ys32, ys64, atol=1e-5)
     # A parameter whose gradient is a small sum of large cancelling terms (S5's Re λ) carries float32
@@ -151,13 +171,19 @@ def test_float32_matches_float64_reference(cell, key):
 def test_bfloat16_compute_close_to_float32(cell, key):
     params = cell.init(key, INPUT_SIZE)
     xs = _inputs(jax.random.PRNGKey(1), (2,), 32)
-    ys32, _ = cell.apply(params, xs)
     cell16 = dataclasses.replace(cell, dtype=jnp.bfloat16)
-    ys16, s16 = cell16.apply(params, xs)
+
+    @jax.jit  # both precisions and the bfloat16 gradient in one compiled program
+    def run(params, xs):
+        ys32, _ = cell.apply(params, xs)
+        ys16, s16 = cell16.apply(params, xs)
+        g16 = jax.grad(lambda p: jnp.sum(cell16.apply(p, xs)[0].astype(jnp.float32) ** 2))(params)
+        return ys32, ys16, s16, g16
+
+    ys32, ys16, s16, g16 = run(params, xs)
     assert ys16.dtype == jnp.bfloat16
     # the state and parameters stay float32 (complex64 for complex SSMs)
     assert all(leaf.dtype in (jnp.float32, jnp.complex64) for leaf in jax.tree.leaves(s16))
-    g16 = jax.grad(lambda p: jnp.sum(cell16.apply(p, xs)[0].astype(jnp.float32) ** 2))(params)
     assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(g16))
     np.testing.assert_allclose(np.asarray(ys16, np.float32), ys32, atol=0.05)
     assert float(jnp.mean(jnp.abs(ys16.astype(jnp.float32) - ys32))) < 0.01

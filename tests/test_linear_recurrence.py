@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,8 +73,8 @@ def test_backends_match_float64_reference(method, length, complex_, reverse):
     np.testing.assert_allclose(final, ref[:, 0] if reverse else ref[:, -1], atol=2e-5, rtol=2e-5)
 
 
-def _loss(method, reverse, resets, mask):
-    def loss(a, b, h0):
+def _loss(method, reverse):
+    def loss(a, b, h0, resets, mask):
         hs, final = linear_recurrence(
             a, b, h0, axis=1, resets=resets, mask=mask, reverse=reverse, method=method, chunk_size=16
         )
@@ -80,6 +82,43 @@ def _loss(method, reverse, resets, mask):
         return jnp.sum(jnp.real(hs * w) + jnp.imag(hs) ** 2) + jnp.sum(jnp.abs(final) ** 2)
 
     return loss
+
+
+@functools.cache
+def _engine_grads(reverse):
+    """Every backend's gradients in one compiled program (compiled once per direction and dtype)."""
+
+    def grads(a, b, h0, resets, mask):
+        return {
+            method: jax.grad(_loss(method, reverse), argnums=(0, 1, 2))(a, b, h0, resets, mask)
+            for method in ("sequential", "associative", "chunked")
+        }
+
+    return jax.jit(grads)
+
+
+def _reference_loss(reverse):
+    """Plain autodiff target: a lax.scan in whatever (wide) dtype it is given."""
+
+    def reference_scan(a, b, h0, resets, mask):
+        def body(h, inp):
+            a_t, b_t, r_t, m_t = inp
+            new = jnp.where(r_t[:, None], 0, a_t * h) + b_t
+            new = jnp.where(m_t[:, None], new, h)
+            return new, new
+
+        xs = tuple(jnp.swapaxes(x, 0, 1) for x in (a, b, resets, mask))
+        final, hs = jax.lax.scan(body, h0, xs, reverse=reverse)
+        hs = jnp.swapaxes(hs, 0, 1)
+        w = jnp.cos(jnp.arange(hs.size, dtype=jnp.float64).reshape(hs.shape))
+        return jnp.sum(jnp.real(hs * w) + jnp.imag(hs) ** 2) + jnp.sum(jnp.abs(final) ** 2)
+
+    return reference_scan
+
+
+@functools.cache
+def _reference_grads(reverse):
+    return jax.jit(jax.grad(_reference_loss(reverse), argnums=(0, 1, 2)))
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
@@ -91,29 +130,13 @@ def test_gradients_match_float64_autodiff(complex_, reverse):
     engine_resets = reverse_resets(resets_j, 1) if reverse else resets_j
     ctype = jnp.complex64 if complex_ else jnp.float32
     args32 = [jnp.asarray(x, ctype) for x in (a, b, h0)]
-    grads = {
-        method: jax.grad(_loss(method, reverse, engine_resets, mask_j), argnums=(0, 1, 2))(*args32)
-        for method in ("sequential", "associative", "chunked")
-    }
+    grads = _engine_grads(reverse)(*args32, engine_resets, mask_j)
 
     with jax.enable_x64(True):
         wide = jnp.complex128 if complex_ else jnp.float64
-
-        def reference_scan(a, b, h0):
-            def body(h, inp):
-                a_t, b_t, r_t, m_t = inp
-                new = jnp.where(r_t[:, None], 0, a_t * h) + b_t
-                new = jnp.where(m_t[:, None], new, h)
-                return new, new
-
-            xs = tuple(jnp.swapaxes(x, 0, 1) for x in (a, b, engine_resets, mask_j))
-            final, hs = jax.lax.scan(body, h0, xs, reverse=reverse)
-            hs = jnp.swapaxes(hs, 0, 1)
-            w = jnp.cos(jnp.arange(hs.size, dtype=jnp.float64).reshape(hs.shape))
-            return jnp.sum(jnp.real(hs * w) + jnp.imag(hs) ** 2) + jnp.sum(jnp.abs(final) ** 2)
-
         args64 = [jnp.asarray(x, wide) for x in (a, b, h0)]
-        ref = jax.grad(reference_scan, argnums=(0, 1, 2))(*args64)
+        ref = _reference_grads(reverse)(*args64, engine_resets, mask_j)
+        assert all(r.dtype == wide for r in ref)
         ref = [np.asarray(r) for r in ref]
     for method, by_method in grads.items():
         for got, want in zip(by_method, ref, strict=True):

@@ -86,8 +86,12 @@ def test_padding_does_not_decay_the_state(key):
     xs = jax.random.normal(key, (1, 6, 4))
     holes = jnp.concatenate([xs[:, :3], 50 * jnp.ones((1, 5, 4)), xs[:, 3:]], axis=1)
     mask = jnp.array([[True] * 3 + [False] * 5 + [True] * 3])
-    ys, state = cell.apply(p, holes, mask=mask)
-    ys_ref, state_ref = cell.apply(p, xs)
+
+    @jax.jit  # both calls in one compiled program
+    def run(p, holes, xs, mask):
+        return cell.apply(p, holes, mask=mask), cell.apply(p, xs)
+
+    (ys, state), (ys_ref, state_ref) = run(p, holes, xs, mask)
     np.testing.assert_allclose(ys[mask], ys_ref[0], atol=1e-6)
     np.testing.assert_array_equal(ys[~mask], 0.0)
     assert max_abs_diff(state, state_ref) < 1e-6
@@ -98,13 +102,19 @@ def test_streaming_in_pieces_equals_one_pass(key):
     cell = cells.Mamba(d_model=4, state_size=3, chunk_size=4)
     p = cell.init(key, 4)
     xs = jax.random.normal(key, (2, 23, 4))
-    ys, final = cell.apply(p, xs)
-    state = cell.initial_state((2,))
-    pieces = []
-    for lo, hi in [(0, 2), (2, 9), (9, 23)]:
-        y, state = cell.apply(p, xs[:, lo:hi], state)
-        pieces.append(y)
-    np.testing.assert_allclose(jnp.concatenate(pieces, 1), ys, atol=1e-5)
+
+    @jax.jit  # the one pass and the three pieces in one compiled program
+    def run(p, xs):
+        ys, final = cell.apply(p, xs)
+        state = cell.initial_state((2,))
+        pieces = []
+        for lo, hi in [(0, 2), (2, 9), (9, 23)]:
+            y, state = cell.apply(p, xs[:, lo:hi], state)
+            pieces.append(y)
+        return ys, final, jnp.concatenate(pieces, 1), state
+
+    ys, final, pieces, state = run(p, xs)
+    np.testing.assert_allclose(pieces, ys, atol=1e-5)
     assert max_abs_diff(state, final) < 1e-5
 
 
@@ -132,10 +142,17 @@ def test_mamba_backends_agree(key):
             ys, state = cell.apply(p, x, resets=resets, mask=mask)
             return jnp.sum(jnp.sin(ys)) + jnp.sum(state.ssm**2) + jnp.sum(state.conv)
 
-        return jax.value_and_grad(f, argnums=(0, 1))(params, xs)
+        return jax.value_and_grad(f, argnums=(0, 1))
 
-    value, grads = loss(base)
+    @jax.jit  # all three backends in one compiled program
+    def all_methods(params, xs):
+        others = {
+            m: loss(dataclasses.replace(base, method=m))(params, xs) for m in ("sequential", "associative")
+        }
+        return loss(base)(params, xs), others
+
+    (value, grads), results = all_methods(params, xs)
     for method in ("sequential", "associative"):
-        other_value, other_grads = loss(dataclasses.replace(base, method=method))
+        other_value, other_grads = results[method]
         np.testing.assert_allclose(other_value, value, rtol=1e-5)
         assert max_abs_diff(other_grads, grads) < 1e-4, method
