@@ -8,7 +8,7 @@ a single device, which breaks multi-device checkpoint restore and donation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -137,6 +137,3 @@ def init_train_state(
 def dropout_key(state: TrainState) -> jax.Array:
     """This step's dropout key: the same for a step whatever the mesh or a resume."""
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-
-TrainStepFn = Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]

@@ -70,10 +70,6 @@ def _forward(
     return model.apply({"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs, **kwargs)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
