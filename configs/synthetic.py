@@ -89,7 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = size["batch_size"]
     c.log_every = 10
     c.eval_every = 100
-    c.eval_batches = 4
+    c.eval_examples = 64  # of the fixed validation set (data.eval_size examples)
     c.mesh = ml_collections.ConfigDict({"shape": (-1,), "axes": ("data",)})
     # Sharding rules are data: logical axis name -> mesh axes (unknown mesh axes are dropped).
     c.logical_rules = (

@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqjax.train.state import TrainState, dropout_key
 
-__all__ = ["LOSSES", "Batch", "make_eval_step", "make_train_step"]
+__all__ = ["LOSSES", "Batch", "forward", "make_eval_step", "make_train_step"]
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -62,12 +62,85 @@ def forecast_loss(forecast: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics
 LOSSES: dict[str, LossFn] = {"lm": lm_loss, "classification": classification_loss, "forecast": forecast_loss}
 
 
-def _forward(
+def forward(
     model: nn.Module, params: Any, batch: Batch, *, deterministic: bool, rng: jax.Array | None
 ) -> Any:
+    """The model's outputs for a batch (logits or forecasts), passing its mask and resets."""
     kwargs = {k: batch[k] for k in ("mask", "resets") if k in batch}
     rngs = None if rng is None else {"dropout": rng}
     return model.apply({"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs, **kwargs)
+
+
+#: Batch keys laid out [B, L, ...] along the sequence, which truncated BPTT cuts into chunks.
+_PER_TOKEN_KEYS = ("inputs", "targets", "weights", "mask", "resets")
+
+
+def _lm_sums(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(summed NLL, summed weight, summed correct) of one chunk: sums, so chunks add up exactly."""
+    targets = batch["targets"]
+    weights = batch.get("weights")
+    if weights is None:
+        weights = batch["mask"] if "mask" in batch else jnp.ones(targets.shape, bool)
+    weights = weights.astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    return (nll * weights).sum(), weights.sum(), (correct * weights).sum()
+
+
+def truncated_bptt_grads(
+    model: nn.Module, params: Any, batch: Batch, chunk: int, rng: jax.Array | None
+) -> tuple[Any, Metrics]:
+    """Gradients of the LM loss by truncated BPTT over chunks of `chunk` tokens.
+
+    The forward pass carries every cell's state across chunks, so the loss equals the full-sequence
+    loss; the backward pass stops at each chunk boundary (`stop_gradient` on the carried state), so
+    activation memory is one chunk's, whatever the sequence length. Gradients are summed over chunks
+    (one optimizer update per batch); with `chunk` = the full length this is ordinary BPTT.
+    """
+    length = batch["inputs"].shape[1]
+    if length % chunk:
+        raise ValueError(
+            f"truncated BPTT: tbptt_length={chunk} must divide the sequence length {length}; "
+            f"pick a divisor of {length}."
+        )
+    count = length // chunk
+    batch_size = batch["inputs"].shape[0]
+    per_token = {k: v for k, v in batch.items() if k in _PER_TOKEN_KEYS}
+    chunks = jax.tree.map(
+        lambda x: jnp.moveaxis(x.reshape(x.shape[0], count, chunk, *x.shape[2:]), 1, 0), per_token
+    )
+    cache = model.initial_cache((batch_size,))
+    rngs = None if rng is None else jax.random.split(rng, count)
+
+    def body(carry: Any, xs: Any) -> Any:
+        cache, grads, sums = carry
+        piece, key = xs
+        cache = jax.lax.stop_gradient(cache)
+
+        def loss_of(p: Any) -> Any:
+            kwargs = {k: piece[k] for k in ("mask", "resets") if k in piece}
+            logits, new_cache = model.apply(
+                {"params": p},
+                piece["inputs"],
+                cache,
+                method="forward",
+                deterministic=rng is None,
+                rngs=None if key is None else {"dropout": key},
+                **kwargs,
+            )
+            nll, weight, correct = _lm_sums(logits, piece)
+            return nll, (new_cache, weight, correct)
+
+        (nll, (cache, weight, correct)), g = jax.value_and_grad(loss_of, has_aux=True)(params)
+        grads = jax.tree.map(jnp.add, grads, g)
+        return (cache, grads, sums + jnp.stack([nll, weight, correct])), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (_, grads, sums), _ = jax.lax.scan(body, (cache, zeros, jnp.zeros(3)), (chunks, rngs))
+    total = jnp.maximum(sums[1], 1.0)
+    grads = jax.tree.map(lambda g: g / total, grads)
+    loss = sums[0] / total
+    return grads, {"loss": loss, "accuracy": sums[2] / total, "tokens": sums[1]}
 
 
 def make_train_step(
@@ -76,15 +149,29 @@ def make_train_step(
     loss_fn: LossFn,
     state_shardings: TrainState,
     batch_sharding: Any,
+    *,
+    tbptt_length: int | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; the old state is donated."""
+    """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; the old state is donated.
+
+    `tbptt_length` (LM only) trains by truncated BPTT over chunks of that many tokens
+    (`truncated_bptt_grads`).
+    """
+    if tbptt_length is not None and loss_fn is not lm_loss:
+        raise ValueError("tbptt_length: truncated BPTT is implemented for the LM task only.")
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         def loss_of(params: Any) -> tuple[jax.Array, Metrics]:
-            outputs = _forward(model, params, batch, deterministic=False, rng=dropout_key(state))
+            outputs = forward(model, params, batch, deterministic=False, rng=dropout_key(state))
             return loss_fn(outputs, batch)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        if tbptt_length is None:
+            (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        else:
+            grads, metrics = truncated_bptt_grads(
+                model, state.params, batch, int(tbptt_length), dropout_key(state)
+            )
+            loss = metrics.pop("loss")
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -111,7 +198,7 @@ def make_eval_step(
     """`eval_step(params, batch) -> (metrics, outputs)`: deterministic forward, loss and raw outputs."""
 
     def eval_step(params: Any, batch: Batch) -> tuple[Metrics, jax.Array]:
-        outputs = _forward(model, params, batch, deterministic=True, rng=None)
+        outputs = forward(model, params, batch, deterministic=True, rng=None)
         loss, metrics = loss_fn(outputs, batch)
         return {**metrics, "loss": loss}, outputs
 

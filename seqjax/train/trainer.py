@@ -2,77 +2,130 @@
 
     train(config, workdir)
 
+- Tasks (`config.task`): "lm" (next-token), "classification" (one label per sequence) and "forecast"
+  (multi-horizon regression); data (`config.data.kind`): "synthetic", "genomic", "timeseries",
+  "documents" — each real kind is a `seqjax.data.<kind>.make_sources`.
 - Resumes from the newest readable checkpoint in `workdir/checkpoints` (train state and the data
   position), so a killed run restarted with the same workdir continues the same trajectory.
 - SIGTERM (preemption) saves a checkpoint at the current step and returns cleanly.
 - A step whose loss or gradient is not finite stops the run with an error naming the step; nothing
   from that step is checkpointed.
-- Metrics go to the console (process 0) with steps/s, tokens/s and ETA, and to `workdir/metrics.jsonl`.
+- Metrics go to the console (process 0) with steps/s, tokens/s and ETA, to `workdir/metrics.jsonl`,
+  and to TensorBoard event files in `workdir/tensorboard`.
+- Eval walks the whole validation split (no drop_last) and computes the task's metrics
+  (`seqjax.data.metrics`); `checkpoint.best_metric` keeps the best step by one of them.
 
-Data comes from a random-access source (`source[i]` → example dict); batch `i` is examples
-[i·B, (i+1)·B) and each process builds its own rows of it, so the iterator state is one integer.
+Data: batch `i` is elements [i·B, (i+1)·B) of a grain-shuffled, repeated stream over the training split
+(`seqjax.data.pipeline.TrainBatches`); each process builds its own rows, and the iterator state is `i`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 
 from seqjax import models
+from seqjax.data.pipeline import TrainBatches, eval_batches
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
 from seqjax.train.checkpoint import Checkpoints
+from seqjax.train.evaluation import evaluate_split, make_eval_fn
 from seqjax.train.optimizer import make_optimizer
 from seqjax.train.state import TrainState, init_train_state, state_shardings
-from seqjax.train.step import LOSSES, make_eval_step, make_train_step
+from seqjax.train.step import LOSSES, make_train_step
 
-__all__ = ["NonFiniteLossError", "build_source", "train"]
+__all__ = ["DATA_KINDS", "NonFiniteLossError", "build_model", "build_sources", "setup", "train"]
 
 log = logging.getLogger(__name__)
+
+#: config.data.kind -> the module whose `make_sources(data, data_dir)` builds the splits.
+DATA_KINDS = {
+    "genomic": "seqjax.data.genomic",
+    "timeseries": "seqjax.data.timeseries",
+    "documents": "seqjax.data.documents",
+}
+#: data keys the trainer reads itself; everything else goes to the data module, which rejects unknowns.
+_TRAINER_DATA_KEYS = ("shuffle",)
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became NaN/Inf; the run stops without checkpointing that state."""
 
 
-def build_source(data: Mapping[str, Any], split: str) -> Any:
-    """The random-access example source a data config names."""
-    kind = data["kind"]
+def default_data_dir() -> str:
+    """Prepared TFDS data sets: `$SEQJAX_DATA_DIR` or `~/.cache/seqjax/datasets`."""
+    return os.environ.get("SEQJAX_DATA_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "seqjax", "datasets"
+    )
+
+
+def build_sources(data: Mapping[str, Any], data_dir: str | None = None) -> dict[str, Any]:
+    """The random-access splits ("train", "validation", and "test" for real data) a data config names."""
+    data = {k: v for k, v in dict(data).items() if k not in _TRAINER_DATA_KEYS}
+    kind = data.get("kind")
     if kind == "synthetic":
-        seed = int(data.get("seed", 0)) + (0 if split == "train" else 1_000_003)
-        return SyntheticTask(
-            data["task"],
-            length=int(data["length"]),
-            num_symbols=int(data.get("num_symbols", 8)),
-            vocab_size=int(data.get("vocab_size", 16)),
-            num_queries=int(data.get("num_queries", 4)),
-            seed=seed,
+        seed = int(data.get("seed", 0))
+
+        def task(offset: int, size: int) -> SyntheticTask:
+            return SyntheticTask(
+                data["task"],
+                length=int(data["length"]),
+                num_symbols=int(data.get("num_symbols", 8)),
+                vocab_size=int(data.get("vocab_size", 16)),
+                num_queries=int(data.get("num_queries", 4)),
+                seed=seed + offset,
+                size=size,
+            )
+
+        # Validation and test are finite, fixed sets drawn from other seeds.
+        size = int(data.get("eval_size", 1024))
+        return {
+            "train": task(0, 2**31 - 1),
+            "validation": task(1_000_003, size),
+            "test": task(2_000_003, size),
+        }
+    if kind not in DATA_KINDS:
+        raise ValueError(
+            f"config.data.kind: unknown {kind!r}; choose one of {['synthetic', *sorted(DATA_KINDS)]}."
         )
-    raise ValueError(f"config.data.kind: unknown {kind!r}; known: 'synthetic'.")
+    module = importlib.import_module(DATA_KINDS[kind])
+    return module.make_sources(data, data_dir or default_data_dir())
 
 
-def _local_batch(source: Any, index: int, batch_size: int) -> dict[str, np.ndarray]:
-    """This process's rows of global batch `index`."""
-    per_process = batch_size // jax.process_count()
-    start = index * batch_size + jax.process_index() * per_process
-    examples = [source[start + i] for i in range(per_process)]
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+def build_model(config: ml_collections.ConfigDict, example: Mapping[str, np.ndarray]) -> nn.Module:
+    """The task model for `config.task`, sized from one example where the data decides a dimension
+    (a forecaster's variables and horizon)."""
+    task = config.task
+    head = dict(config.get("head", {}) or {})
+    values = config.model.to_dict()
+    if task == "lm":
+        return models.LanguageModel(models.BackboneConfig.from_dict(values), **head)
+    if task == "classification":
+        return models.SequenceClassifier(models.BackboneConfig.from_dict(values), **head)
+    if task == "forecast":
+        values["encoder"] = "linear"
+        values["input_size"] = int(example["inputs"].shape[-1])
+        head.setdefault("horizon", int(example["targets"].shape[0]))
+        return models.Forecaster(models.BackboneConfig.from_dict(values), **head)
+    raise ValueError(f"config.task: unknown {task!r}; choose one of {sorted(LOSSES)}.")
 
 
-def _global_batch(local: Mapping[str, np.ndarray], sharding_for: Callable[[int], NamedSharding]) -> dict:
-    return {k: jax.make_array_from_process_local_data(sharding_for(v.ndim), v) for k, v in local.items()}
+def _global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
 
 
 class _Preemption:
@@ -98,32 +151,91 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains as `config` says; returns {"step", "state", "metrics"} of the last step."""
-    # ----------------------------------------------------------------------------------------------
-    # Setup: mesh, model, optimizer, data.
-    # ----------------------------------------------------------------------------------------------
-    os.makedirs(workdir, exist_ok=True)
+def _peak_memory_bytes() -> int:
+    """Peak device memory where the backend reports it, else this process's peak RSS."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Mesh, rules, data, model, optimizer and shardings, shared by `train` and `scripts/evaluate.py`."""
     mesh = mesh_lib.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes))
     rules = mesh_lib.rules_from_config(config.logical_rules, mesh)
-    backbone = models.BackboneConfig.from_dict(config.model.to_dict())
-    if config.task != "lm":
-        raise ValueError(f"config.task: only 'lm' is wired into the loop so far, got {config.task!r}.")
-    model = models.LanguageModel(backbone)
     batch_size = int(config.batch_size)
     if batch_size % jax.process_count():
         raise ValueError(
             f"config.batch_size={batch_size} does not divide over {jax.process_count()} processes."
         )
-    train_source = build_source(config.data, "train")
-    eval_source = build_source(config.data, "eval")
-    length = int(config.data.length)
+    if config.task not in LOSSES:
+        raise ValueError(f"config.task: unknown {config.task!r}; choose one of {sorted(LOSSES)}.")
+    sources = build_sources(config.data, config.get("data_dir"))
+    first = {k: np.asarray(v) for k, v in sources["train"][0].items()}
+    model = build_model(config, first)
     tx = make_optimizer(config.optimizer.to_dict(), models.param_groups(model))
-    example = (jnp.zeros((batch_size, length), jnp.int32),)
+    inputs = first["inputs"]
+    example = (np.zeros((batch_size, *inputs.shape), inputs.dtype),)
 
     def sharding_for(ndim: int) -> NamedSharding:
-        names = ("batch", "length", None)[:ndim]
+        names = ("batch", "length", None, None)[:ndim]
         return NamedSharding(mesh, mesh_lib.spec_for(names, rules))
+
+    batch_shardings = {k: sharding_for(v.ndim + 1) for k, v in first.items()}
+    abstract, shardings = state_shardings(model, tx, example, mesh, rules)
+    return {
+        "mesh": mesh,
+        "rules": rules,
+        "sources": sources,
+        "model": model,
+        "tx": tx,
+        "example": example,
+        "batch_shardings": batch_shardings,
+        "abstract_state": abstract,
+        "state_shardings": shardings,
+        "tokens_per_example": int(inputs.shape[0]),
+    }
+
+
+def run_eval(
+    config: ml_collections.ConfigDict,
+    eval_fn: Callable[..., Any],
+    params: Any,
+    source: Any,
+    batch_shardings: Mapping[str, NamedSharding],
+) -> dict[str, float]:
+    """The task's metrics on a whole split (capped at `config.eval_examples` when set)."""
+    batch_size = int(config.get("eval_batch_size") or config.batch_size)
+    cap = config.get("eval_examples")
+    batches = eval_batches(
+        source,
+        batch_size,
+        max_examples=None if cap is None else int(cap),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return evaluate_split(
+        eval_fn,
+        params,
+        batches,
+        config.task,
+        lambda host: _global_batch(host, batch_shardings),
+        bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)),
+    )
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains as `config` says; returns the last step, state, train metrics and eval metrics, tokens/s
+    (after the first, compiling step), peak memory and the parameter count."""
+    # ----------------------------------------------------------------------------------------------
+    # Setup: mesh, data, model, optimizer, shardings.
+    # ----------------------------------------------------------------------------------------------
+    os.makedirs(workdir, exist_ok=True)
+    parts = setup(config)
+    model, tx, sources = parts["model"], parts["tx"], parts["sources"]
+    batch_size = int(config.batch_size)
+    batch_shardings = parts["batch_shardings"]
+    shuffle = bool(config.data.get("shuffle", config.data.kind != "synthetic"))
 
     # ----------------------------------------------------------------------------------------------
     # State: a fresh one, or the newest readable checkpoint placed onto this mesh.
@@ -136,83 +248,134 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         best_mode=config.checkpoint.get("best_mode", "min"),
         async_save=bool(config.checkpoint.get("async_save", True)),
     )
-    abstract, shardings = state_shardings(model, tx, example, mesh, rules)
-    restored = ckpt.restore(abstract)
+    shardings = parts["state_shardings"]
+    restored = ckpt.restore(parts["abstract_state"])
     if restored is None:
-        state, _ = init_train_state(model, tx, example, mesh, rules, seed=int(config.seed))
+        state, _ = init_train_state(
+            model, tx, parts["example"], parts["mesh"], parts["rules"], seed=int(config.seed)
+        )
         next_batch = 0
     else:
         state: TrainState = restored.state
         next_batch = int(restored.data_state["next_batch"])
         log.info("resumed from step %d (data position %d)", restored.step, next_batch)
-    train_step = make_train_step(model, tx, LOSSES["lm"], shardings, sharding_for(2))
-    eval_step = make_eval_step(model, LOSSES["lm"], shardings.params, sharding_for(2))
+    batches = TrainBatches(
+        sources["train"],
+        batch_size,
+        seed=int(config.seed),
+        shuffle=shuffle,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        start=next_batch,
+    )
+    tbptt = config.get("tbptt_length")
+    train_step = make_train_step(
+        model,
+        tx,
+        LOSSES[config.task],
+        shardings,
+        batch_shardings,
+        tbptt_length=None if tbptt is None else int(tbptt),
+    )
+    eval_fn = make_eval_fn(model, config.task, shardings.params, batch_shardings)
     config_json = json.loads(config.to_json_best_effort())
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(parts["abstract_state"].params))
+
+    # ----------------------------------------------------------------------------------------------
+    # Logging: console and metrics.jsonl and TensorBoard, on process 0 only.
+    # ----------------------------------------------------------------------------------------------
+    is_chief = jax.process_index() == 0
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    summary = None
+    if is_chief and config.get("tensorboard", True):
+        from tensorboardX import SummaryWriter
+
+        summary = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(record: Mapping[str, Any]) -> None:
+        if not is_chief:
+            return
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if summary is not None:
+            for k, v in record.items():
+                if k not in ("step", "split") and isinstance(v, int | float) and math.isfinite(v):
+                    summary.add_scalar(f"{record['split']}/{k}", v, record["step"])
+            summary.flush()
 
     # ----------------------------------------------------------------------------------------------
     # Loop.
     # ----------------------------------------------------------------------------------------------
     total = int(config.total_steps)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    is_chief = jax.process_index() == 0
+    tokens_per_batch = batch_size * parts["tokens_per_example"]
     step = int(state.step)
     last: dict[str, Any] = {}
-    t_start, step_start = time.perf_counter(), step
+    eval_metrics: dict[str, float] | None = None
+    t_first, step_first = None, step  # timing starts after the first (compiling) step
 
     def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
-        ckpt.save(step, state, data_state={"next_batch": next_batch}, config=config_json, metrics=metrics)
+        ckpt.save(step, state, data_state=batches.state(), config=config_json, metrics=metrics)
 
-    def write(record: Mapping[str, Any]) -> None:
-        if is_chief:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+    def finish(preempted: bool) -> dict[str, Any]:
+        ckpt.close()
+        batches.close()
+        if summary is not None:
+            summary.close()
+        elapsed = time.perf_counter() - t_first if t_first is not None else math.nan
+        rate = (step - step_first) / elapsed if step > step_first and elapsed > 0 else math.nan
+        return {
+            "step": step,
+            "state": state,
+            "metrics": last,
+            "eval": eval_metrics,
+            "preempted": preempted,
+            "steps_per_s": rate,
+            "tokens_per_s": rate * tokens_per_batch,
+            "peak_memory_bytes": _peak_memory_bytes(),
+            "num_params": num_params,
+        }
 
     with _Preemption() as preemption:
         while step < total:
-            batch = _global_batch(_local_batch(train_source, next_batch, batch_size), sharding_for)
+            batch = _global_batch(next(batches), batch_shardings)
             state, metrics = train_step(state, batch)
-            next_batch += 1
             if not bool(metrics["finite"]):
                 ckpt.close()
+                batches.close()
                 raise NonFiniteLossError(
                     f"step {step + 1}: loss {float(metrics['loss'])} / gradient norm "
                     f"{float(metrics['grad_norm'])} is not finite; the update was not applied and nothing "
                     f"was checkpointed. The last checkpoint is step {ckpt.latest_step()} in {workdir}."
                 )
             step += 1
+            if t_first is None:
+                t_first, step_first = time.perf_counter(), step
             last = {k: float(v) for k, v in metrics.items()}
             if step % int(config.log_every) == 0 or step == total:
-                elapsed = time.perf_counter() - t_start
-                rate = (step - step_start) / elapsed if elapsed > 0 else math.nan
+                elapsed = time.perf_counter() - t_first
+                rate = (step - step_first) / elapsed if elapsed > 0 and step > step_first else math.nan
                 eta = (total - step) / rate if rate > 0 else math.nan
                 record = {"step": step, "split": "train", **last, "steps_per_s": rate}
-                record["tokens_per_s"] = rate * batch_size * length
+                record["tokens_per_s"] = rate * tokens_per_batch
                 write(record)
                 if is_chief:
+                    shown = " ".join(f"{k} {last[k]:.4f}" for k in ("loss", "accuracy", "mae") if k in last)
                     print(
-                        f"step {step}/{total} loss {last['loss']:.4f} acc {last['accuracy']:.3f} "
-                        f"{rate:.2f} steps/s {record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f} s",
+                        f"step {step}/{total} {shown} {rate:.2f} steps/s "
+                        f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f} s",
                         flush=True,
                     )
-            eval_metrics = None
-            if int(config.eval_every) and (step % int(config.eval_every) == 0 or step == total):
-                sums: dict[str, float] = {}
-                for i in range(int(config.eval_batches)):
-                    batch = _global_batch(_local_batch(eval_source, i, batch_size), sharding_for)
-                    m, _ = eval_step(state.params, batch)
-                    for k, v in m.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                eval_metrics = {k: v / int(config.eval_batches) for k, v in sums.items()}
+            eval_now = int(config.eval_every) and (step % int(config.eval_every) == 0 or step == total)
+            if eval_now:
+                eval_metrics = run_eval(config, eval_fn, state.params, sources["validation"], batch_shardings)
                 write({"step": step, "split": "eval", **eval_metrics})
                 if is_chief:
                     print(f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
             if preemption.requested:
-                save(step, eval_metrics)
-                ckpt.close()
+                save(step, eval_metrics if eval_now else None)
                 if is_chief:
                     print(f"SIGTERM: saved step {step}; exiting.", flush=True)
-                return {"step": step, "state": state, "metrics": last, "preempted": True}
+                return finish(preempted=True)
             if ckpt.should_save(step) or step == total:
-                save(step, eval_metrics)
-    ckpt.close()
-    return {"step": step, "state": state, "metrics": last, "preempted": False}
+                save(step, eval_metrics if eval_now else None)
+    return finish(preempted=False)

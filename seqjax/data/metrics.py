@@ -1,0 +1,144 @@
+"""Task metrics, computed on the host from whole-split predictions (NumPy, float64).
+
+- Classification: accuracy, balanced accuracy, Matthews correlation (MCC, multiclass by Gorodkin's
+  R_K), AUROC (binary; macro one-vs-rest for more classes). Computed from every example of the split,
+  since AUROC and MCC are not means of per-batch values.
+- Forecasting: MSE and MAE on the normalised scale over every (example, step, variable), plus per
+  horizon prefix (`mse@96` = the first 96 steps) when the model forecasts further.
+- Language modeling: bits per byte from summed nats and byte counts; perplexity per token.
+
+Trivial baselines the tests and the main job compare against: the majority class (accuracy; balanced
+accuracy is 1/K and MCC 0 for it), last-value and mean forecasts, and unigram bits per byte.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "auroc",
+    "classification_metrics",
+    "forecast_metrics",
+    "lm_metrics",
+    "majority_class_metrics",
+    "matthews_corrcoef",
+]
+
+#: Per-task name of the eval metric that is better when larger (for best-checkpoint selection).
+HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "mcc", "auroc"}
+
+
+def _confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
+
+
+def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """MCC (Gorodkin's multiclass R_K; the usual φ coefficient for two classes). 0 when undefined."""
+    c = _confusion(labels, predictions, num_classes).astype(np.float64)
+    t, p = c.sum(1), c.sum(0)  # true and predicted counts per class
+    n, correct = c.sum(), np.trace(c)
+    denominator = math.sqrt((n**2 - p @ p) * (n**2 - t @ t))
+    return float((correct * n - t @ p) / denominator) if denominator > 0 else 0.0
+
+
+def _binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney U with average ranks for ties; NaN when one class is absent."""
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(scores.size, np.float64)
+    # average rank within runs of tied scores
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [scores.size]])
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC from class scores [N, K] (logits or probabilities): binary uses class 1's score minus
+    class 0's; K > 2 is the macro mean of one-vs-rest AUROCs over the classes present."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"auroc: scores must be [N, num_classes], got shape {scores.shape}.")
+    if scores.shape[1] == 2:
+        return _binary_auroc(labels == 1, scores[:, 1] - scores[:, 0])
+    per_class = [_binary_auroc(labels == k, scores[:, k]) for k in range(scores.shape[1])]
+    present = [a for a in per_class if not math.isnan(a)]
+    return float(np.mean(present)) if present else math.nan
+
+
+def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """accuracy, balanced_accuracy (mean recall over the classes present), mcc, auroc."""
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    logits = np.asarray(logits, np.float64)
+    if logits.ndim != 2 or logits.shape[0] != labels.size:
+        raise ValueError(
+            f"classification_metrics: logits must be [N, num_classes] with N = {labels.size} labels, "
+            f"got {logits.shape}."
+        )
+    num_classes = logits.shape[1]
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"classification_metrics: labels must lie in [0, {num_classes}).")
+    predictions = logits.argmax(-1)
+    c = _confusion(labels, predictions, num_classes)
+    support = c.sum(1)
+    recall = np.diag(c)[support > 0] / support[support > 0]
+    return {
+        "accuracy": float((predictions == labels).mean()) if labels.size else math.nan,
+        "balanced_accuracy": float(recall.mean()) if recall.size else math.nan,
+        "mcc": matthews_corrcoef(labels, predictions, num_classes),
+        "auroc": auroc(labels, logits),
+        "examples": float(labels.size),
+    }
+
+
+def majority_class_metrics(train_labels: np.ndarray, eval_labels: np.ndarray, num_classes: int) -> dict:
+    """The trivial baseline: always predict the most frequent training class."""
+    majority = int(np.bincount(np.asarray(train_labels).reshape(-1), minlength=num_classes).argmax())
+    logits = np.zeros((np.asarray(eval_labels).size, num_classes))
+    logits[:, majority] = 1.0
+    return classification_metrics(eval_labels, logits)
+
+
+def forecast_metrics(
+    forecasts: np.ndarray, targets: np.ndarray, horizons: Sequence[int] = (96, 192, 336, 720)
+) -> dict[str, float]:
+    """MSE and MAE over [N, horizon, V]; `mse@h`/`mae@h` for each listed h shorter than the horizon."""
+    forecasts = np.asarray(forecasts, np.float64)
+    targets = np.asarray(targets, np.float64)
+    if forecasts.shape != targets.shape or forecasts.ndim != 3:
+        raise ValueError(
+            f"forecast_metrics: forecasts {forecasts.shape} and targets {targets.shape} must both be "
+            f"[N, horizon, variables]."
+        )
+    error = forecasts - targets
+    out = {"mse": float(np.mean(error**2)), "mae": float(np.mean(np.abs(error))), "examples": len(error)}
+    for h in horizons:
+        if h < error.shape[1]:
+            out[f"mse@{h}"] = float(np.mean(error[:, :h] ** 2))
+            out[f"mae@{h}"] = float(np.mean(np.abs(error[:, :h])))
+    return out
+
+
+def lm_metrics(nll_nats: float, tokens: float, num_bytes: float | None = None) -> dict[str, float]:
+    """Loss per token, perplexity per token, and bits per byte (`num_bytes` defaults to `tokens`:
+    byte-level models)."""
+    num_bytes = tokens if num_bytes is None else num_bytes
+    per_token = nll_nats / max(tokens, 1.0)
+    return {
+        "loss": per_token,
+        "perplexity": float(math.exp(min(per_token, 700.0))),
+        "bits_per_byte": nll_nats / math.log(2.0) / max(num_bytes, 1.0),
+        "tokens": float(tokens),
+    }

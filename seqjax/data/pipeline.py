@@ -1,0 +1,121 @@
+"""Batches from a random-access source: shuffled with grain, sharded by process, resumable by position.
+
+A source is anything with `len(source)` and `source[i] -> dict of NumPy arrays` (fixed shapes): the
+synthetic tasks and every real task's split. Training batches come from
+`grain.MapDataset.source(source).shuffle(seed).repeat()`, which reshuffles every epoch and is itself
+random access, so global batch `i` is always elements [i·B, (i+1)·B) of that stream and the whole
+iterator state is the integer `i`. Each process builds only its own contiguous rows of a global batch,
+so 1 process or N processes see the same global batches.
+
+Evaluation walks a split once in order, with no `drop_last`: the last batch is padded by repeating
+its final example and marked by `valid` = False, so every example counts exactly once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import grain
+import numpy as np
+
+__all__ = ["RandomAccessSource", "TrainBatches", "eval_batches", "stack_examples"]
+
+
+class RandomAccessSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
+
+
+def stack_examples(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+
+
+class TrainBatches:
+    """Global training batch `i` (this process's rows), prefetched on a background thread.
+
+    Args:
+      source: the training split.
+      batch_size: the global batch; must divide by `process_count`.
+      seed: shuffling seed (each epoch is a different permutation); `shuffle=False` keeps source order.
+      process_index, process_count: which rows of each global batch this process builds.
+      start: the first batch index (the resumed data position).
+    """
+
+    def __init__(
+        self,
+        source: RandomAccessSource,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        process_index: int = 0,
+        process_count: int = 1,
+        start: int = 0,
+        prefetch: int = 2,
+    ) -> None:
+        if batch_size % process_count:
+            raise ValueError(
+                f"batch_size={batch_size} does not divide over {process_count} processes; make it a multiple."
+            )
+        if len(source) == 0:
+            raise ValueError("TrainBatches: the training split is empty; check the data config.")
+        dataset = grain.MapDataset.source(source)
+        if shuffle:
+            dataset = dataset.shuffle(seed=seed)
+        self._dataset = dataset.repeat()
+        self.batch_size = batch_size
+        self._rows = batch_size // process_count
+        self._offset = process_index * self._rows
+        self.next_batch = start
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._prefetch = prefetch
+
+    def local_batch(self, index: int) -> dict[str, np.ndarray]:
+        """This process's rows of global batch `index` (pure: no iterator state involved)."""
+        start = index * self.batch_size + self._offset
+        return stack_examples([self._dataset[start + r] for r in range(self._rows)])
+
+    def state(self) -> dict[str, int]:
+        return {"next_batch": self.next_batch}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        index = self.next_batch
+        for ahead in range(index, index + self._prefetch + 1):
+            if ahead not in self._pending:
+                self._pending[ahead] = self._pool.submit(self.local_batch, ahead)
+        batch = self._pending.pop(index).result()
+        self.next_batch = index + 1
+        return batch
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def eval_batches(
+    source: RandomAccessSource,
+    batch_size: int,
+    *,
+    max_examples: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """The split in order, once, in global batches of `batch_size` (this process's rows).
+
+    Each batch carries `valid` [rows] bool; padded rows repeat the split's last example.
+    """
+    if batch_size % process_count:
+        raise ValueError(f"eval batch_size={batch_size} does not divide over {process_count} processes.")
+    total = len(source) if max_examples is None else min(len(source), int(max_examples))
+    rows = batch_size // process_count
+    for start in range(0, total, batch_size):
+        indices = [start + process_index * rows + r for r in range(rows)]
+        valid = np.array([i < total for i in indices])
+        examples = [source[min(i, total - 1)] for i in indices]
+        yield {**stack_examples(examples), "valid": valid}

@@ -1,0 +1,105 @@
+"""Evaluation over a whole split: a jitted per-example step, then the task's metrics on the host.
+
+The step returns small per-example arrays, replicated so every process can read them:
+- lm: summed next-token NLL (nats) and counted tokens per example;
+- classification: logits [B, num_classes];
+- forecast: forecasts [B, horizon, V] (targets come from the batch on the host).
+Padded rows of the last batch (`valid` = False) are dropped before the metrics, so nothing is counted
+twice and nothing is dropped (`seqjax.data.pipeline.eval_batches`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from seqjax.data import metrics as metrics_lib
+from seqjax.train.step import Batch, forward
+
+__all__ = ["evaluate_split", "make_eval_fn"]
+
+
+def _per_example(task: str, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    if task == "lm":
+        targets = batch["targets"]
+        weights = batch.get("weights")
+        if weights is None:
+            weights = batch["mask"] if "mask" in batch else jnp.ones(targets.shape, bool)
+        weights = weights.astype(jnp.float32)
+        nll = optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), targets)
+        return {"nll": (nll * weights).sum(-1), "tokens": weights.sum(-1)}
+    if task == "classification":
+        return {"logits": outputs.astype(jnp.float32)}
+    if task == "forecast":
+        return {"forecast": outputs.astype(jnp.float32)}
+    raise ValueError(f"evaluation: unknown task {task!r}; known: lm, classification, forecast.")
+
+
+def make_eval_fn(
+    model: nn.Module, task: str, params_shardings: Any, batch_shardings: Any
+) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """`fn(params, batch) -> per-example outputs`, deterministic, replicated on every device."""
+    mesh = jax.tree.leaves(params_shardings)[0].mesh
+
+    def fn(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        outputs = forward(model, params, batch, deterministic=True, rng=None)
+        return _per_example(task, outputs, batch)
+
+    return jax.jit(
+        fn, in_shardings=(params_shardings, batch_shardings), out_shardings=NamedSharding(mesh, P())
+    )
+
+
+def evaluate_split(
+    eval_fn: Callable[[Any, Batch], dict[str, jax.Array]],
+    params: Any,
+    batches: Iterable[Mapping[str, Any]],
+    task: str,
+    to_device: Callable[[Mapping[str, np.ndarray]], Batch],
+    *,
+    bytes_per_token: float = 1.0,
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """Runs `eval_fn` over `batches` (from `eval_batches`) and returns the task's metrics."""
+    collected: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        host = {k: v for k, v in batch.items() if k != "valid"}
+        out = {k: np.asarray(v) for k, v in eval_fn(params, to_device(host)).items()}
+        valid = _global_valid(batch["valid"])
+        if task == "classification":
+            out["label"] = _global_rows(batch["label"])
+        if task == "forecast":
+            out["targets"] = _global_rows(batch["targets"])
+        for k, v in out.items():
+            collected.setdefault(k, []).append(v[valid])
+    if not collected:
+        raise ValueError("evaluate_split: the split is empty; nothing to evaluate.")
+    data = {k: np.concatenate(v) for k, v in collected.items()}
+    if task == "lm":
+        tokens = float(data["tokens"].sum())
+        return metrics_lib.lm_metrics(float(data["nll"].sum()), tokens, tokens * bytes_per_token)
+    if task == "classification":
+        return metrics_lib.classification_metrics(data["label"], data["logits"])
+    return metrics_lib.forecast_metrics(data["forecast"], data["targets"])
+
+
+def _global_rows(local: np.ndarray) -> np.ndarray:
+    """All processes' rows of a host array, in global batch order (process-major)."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(local))
+    return np.asarray(gathered).reshape(-1, *np.shape(local)[1:])
+
+
+def _global_valid(local: np.ndarray) -> np.ndarray:
+    return _global_rows(np.asarray(local)).astype(bool)
