@@ -12,40 +12,16 @@ from __future__ import annotations
 
 import ml_collections
 
-PRESETS = {
-    "lstm": {"cell": "lstm"},
-    "gru": {"cell": "gru"},
-    "s5": {"cell": "s5", "state_size": 32},
-    "lru": {"cell": "lru", "state_size": 32},
-    "mamba": {"cell": "mamba", "state_size": 16},
-    "gla": {"cell": "gla"},
-    "attention": {"cell": "attention"},
-    "swa": {"cell": "sliding_window_attention", "window": 64},
-}
+from configs.common import LOGICAL_RULES, PRESETS, parse_arg
+
 SIZES = {
     "cpu": {"d_model": 32, "num_layers": 2, "batch_size": 16, "total_steps": 300},
     "accelerator": {"d_model": 256, "num_layers": 4, "batch_size": 128, "total_steps": 20000},
 }
 
 
-def _parse(arg: str | None) -> tuple[str, dict[str, str]]:
-    parts = [p for p in (arg or "lstm").split(",") if p]
-    preset, options = parts[0], {}
-    for part in parts[1:]:
-        if "=" not in part:
-            raise ValueError(f"configs/synthetic.py: option {part!r} is not key=value.")
-        key, value = part.split("=", 1)
-        options[key] = value
-    unknown = sorted(set(options) - {"length", "task", "size"})
-    if unknown:
-        raise ValueError(f"configs/synthetic.py: unknown option(s) {unknown}; known: length, task, size.")
-    if preset not in PRESETS:
-        raise ValueError(f"configs/synthetic.py: unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
-    return preset, options
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    preset, options = _parse(arg)
+    preset, options = parse_arg(arg, "lstm", ("length", "task"), "configs/synthetic.py")
     size = SIZES[options.get("size", "cpu")]
     length = int(options.get("length", 64))
     c = ml_collections.ConfigDict()
@@ -67,6 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     mixer = dict(PRESETS[preset])
     if mixer["cell"] == "attention":
         mixer["max_length"] = length
+    if mixer["cell"] == "sliding_window_attention":
+        mixer["window"] = 64
     c.model = ml_collections.ConfigDict(
         {
             "d_model": size["d_model"],
@@ -92,14 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_examples = 64  # of the fixed validation set (data.eval_size examples)
     c.mesh = ml_collections.ConfigDict({"shape": (-1,), "axes": ("data",)})
     # Sharding rules are data: logical axis name -> mesh axes (unknown mesh axes are dropped).
-    c.logical_rules = (
-        ("batch", ("data", "fsdp")),
-        ("embed", "fsdp"),
-        ("vocab", "model"),
-        ("mlp", "model"),
-        ("heads", "model"),
-        ("kv_heads", "model"),
-    )
+    c.logical_rules = LOGICAL_RULES
     c.checkpoint = ml_collections.ConfigDict(
         {"every": 100, "keep": 3, "best_metric": "loss", "best_mode": "min", "async_save": True}
     )

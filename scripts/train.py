@@ -9,8 +9,13 @@ exits 0. An unknown `--config.*` key is an error that names it (ml_collections).
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from absl import app, flags
+
+# configs/*.py import configs.common: make the repository root importable wherever this runs from.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Checkpoints and metrics go here; an existing one is resumed.")
@@ -35,6 +40,7 @@ def main(argv: list[str]) -> None:
     from seqjax.train.trainer import train
 
     logging.getLogger("seqjax").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save step at INFO
     result = train(FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0:
         print(

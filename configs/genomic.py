@@ -1,0 +1,44 @@
+"""Genomic sequence classification: DNA windows of human chr20 (genic vs intergenic, promoter vs not) and
+of bacterial genomes (species of origin), read as bytes by the DNA encoder.
+
+    python scripts/train.py --config=configs/genomic.py:mamba --workdir=/tmp/genomic
+    python scripts/train.py --config=configs/genomic.py:lstm,task=promoter,route=auto,size=accelerator
+
+Arg: `preset[,task=..,length=..,route=..,size=..]`. `route=sample` (default) trains on the real sample
+embedded in the repository; `auto`/`offline`/`online` fetch and prepare the full data (see
+`scripts/prepare_data.py`). Lengths: 8192/16384/32768 are the documented full-data windows; the CPU
+default is 2048.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs.common import base_config, parse_arg
+
+NUM_CLASSES = {"genic_vs_intergenic": 2, "promoter": 2, "species": 4}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    preset, options = parse_arg(arg, "lstm", ("task", "length", "route"), "configs/genomic.py")
+    size = options.get("size", "cpu")
+    task = options.get("task", "genic_vs_intergenic")
+    if task not in NUM_CLASSES:
+        raise ValueError(f"configs/genomic.py: task must be one of {sorted(NUM_CLASSES)}, got {task!r}.")
+    length = int(options.get("length", 2048 if size == "cpu" else 16384))
+    c = base_config(preset, size, max_length=length)
+    c.task = "classification"
+    c.data = ml_collections.ConfigDict(
+        {
+            "kind": "genomic",
+            "task": task,
+            "length": length,
+            "route": options.get("route", "sample"),
+            "max_examples_per_split": ml_collections.FieldReference(None, field_type=int),
+        }
+    )
+    c.model.encoder = "dna"
+    c.head = ml_collections.ConfigDict({"num_classes": NUM_CLASSES[task], "pooling": "mean"})
+    c.checkpoint.best_metric = "balanced_accuracy"
+    c.checkpoint.best_mode = "max"
+    return c

@@ -1,0 +1,41 @@
+"""Long-horizon multivariate forecasting: household power (minutes), appliances energy, electricity and
+traffic, with the LTSF protocol (chronological splits, training-set z-scores, MSE/MAE per horizon).
+
+    python scripts/train.py --config=configs/timeseries.py:mamba --workdir=/tmp/ts
+    python scripts/train.py --config=configs/timeseries.py:s5,lookback=4096,horizon=720
+
+Arg: `preset[,dataset=..,lookback=..,horizon=..,route=..,size=..]`; `route=sample` (default) uses the
+real sample embedded in the repository.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs.common import base_config, parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    preset, options = parse_arg(
+        arg, "lstm", ("dataset", "lookback", "horizon", "route"), "configs/timeseries.py"
+    )
+    size = options.get("size", "cpu")
+    lookback = int(options.get("lookback", 512 if size == "cpu" else 4096))
+    c = base_config(preset, size, max_length=lookback)
+    c.task = "forecast"
+    c.data = ml_collections.ConfigDict(
+        {
+            "kind": "timeseries",
+            "dataset": options.get("dataset", "household_power"),
+            "lookback": lookback,
+            "horizon": int(options.get("horizon", 96)),
+            "stride": 16 if size == "cpu" else 1,  # training windows only
+            "route": options.get("route", "sample"),
+            "split_fractions": (0.7, 0.1, 0.2),
+            "max_examples_per_split": ml_collections.FieldReference(None, field_type=int),
+        }
+    )
+    c.head = ml_collections.ConfigDict({"revin": True})
+    c.checkpoint.best_metric = "mse"
+    c.checkpoint.best_mode = "min"
+    return c
