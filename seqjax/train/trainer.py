@@ -48,7 +48,16 @@ from seqjax.train.optimizer import make_optimizer
 from seqjax.train.state import TrainState, init_train_state, state_shardings
 from seqjax.train.step import LOSSES, make_train_step
 
-__all__ = ["DATA_KINDS", "NonFiniteLossError", "build_model", "build_sources", "setup", "train"]
+__all__ = [
+    "DATA_KINDS",
+    "NonFiniteLossError",
+    "build_model",
+    "build_sources",
+    "evaluate",
+    "load_config",
+    "setup",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -379,3 +388,54 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if ckpt.should_save(step) or step == total:
                 save(step, eval_metrics if eval_now else None)
     return finish(preempted=False)
+
+
+def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+    """The config a run in `workdir` saved with its checkpoint (`step`, default the newest)."""
+    directory = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+    if not steps:
+        raise FileNotFoundError(f"No checkpoints in {directory}; train first or pass --config.")
+    chosen = steps[-1] if step is None else step
+    path = os.path.join(directory, str(chosen), "config", "metadata")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Checkpoint step {chosen} in {directory} has no saved config; pass --config."
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate(
+    config: ml_collections.ConfigDict, workdir: str, split: str = "test", step: int | str = "best"
+) -> dict[str, Any]:
+    """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
+    metrics on the whole `split`. Returns {"step", "split", "metrics"}."""
+    parts = setup(config)
+    if split not in parts["sources"]:
+        raise ValueError(f"evaluate: split must be one of {sorted(parts['sources'])}, got {split!r}.")
+    ckpt = Checkpoints(
+        os.path.join(workdir, "checkpoints"),
+        best_metric=config.checkpoint.get("best_metric"),
+        best_mode=config.checkpoint.get("best_mode", "min"),
+        async_save=False,
+    )
+    try:
+        if step == "best":
+            chosen = ckpt.best_step() or ckpt.latest_step()
+        elif step == "latest":
+            chosen = ckpt.latest_step()
+        else:
+            chosen = int(step)
+        if chosen is None:
+            raise FileNotFoundError(f"No checkpoint to evaluate in {workdir}/checkpoints.")
+        restored = ckpt.restore(parts["abstract_state"], step=chosen)
+    finally:
+        ckpt.close()
+    eval_fn = make_eval_fn(
+        parts["model"], config.task, parts["state_shardings"].params, parts["batch_shardings"]
+    )
+    metrics = run_eval(
+        config, eval_fn, restored.state.params, parts["sources"][split], parts["batch_shardings"]
+    )
+    return {"step": restored.step, "split": split, "metrics": metrics}
