@@ -1,0 +1,319 @@
+"""Genomic data: the TFDS builder on the embedded real sample, split leakage, labels against the
+annotation, determinism, and the readers' handling of bad input. Only `test_offline_route_*` may touch
+the network (it skips when no package can be downloaded)."""
+
+from __future__ import annotations
+
+import gzip
+import pathlib
+
+import numpy as np
+import pytest
+
+from seqjax.data import fasta, genomic
+from seqjax.data.sources import SAMPLES_DIR, DebianPackage, SourceError, cache_dir, fetch
+
+LENGTH = 1024
+IUPAC = np.frombuffer(fasta.IUPAC_NUCLEOTIDES, dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def prepared(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[str, dict[str, dict[str, genomic.GenomicSplit]]]:
+    data_dir = str(tmp_path_factory.mktemp("genomic"))
+    splits = {
+        task: genomic.make_sources({"task": task, "length": LENGTH}, data_dir) for task in genomic.TASKS
+    }
+    return data_dir, splits
+
+
+@pytest.fixture(scope="module")
+def sample_chr20() -> tuple[genomic.Sequence, list[fasta.Gene]]:
+    return genomic._load_chr20("sample")
+
+
+def _intervals(split: genomic.GenomicSplit) -> np.ndarray:
+    c = split.coordinates()
+    return np.stack([c["start"], c["end"]], axis=1)
+
+
+@pytest.mark.parametrize("task", genomic.TASKS)
+def test_examples_have_fixed_shapes_and_valid_bases(prepared, task: str) -> None:
+    _, splits = prepared
+    for name, split in splits[task].items():
+        assert len(split) > 0, (task, name)
+        for i in [0, len(split) // 2, len(split) - 1]:
+            example = split[np.int64(i)]
+            assert set(example) == {"inputs", "label"}
+            assert example["inputs"].dtype == np.uint8 and example["inputs"].shape == (LENGTH,)
+            assert example["label"].dtype == np.int32 and example["label"].shape == ()
+            assert 0 <= int(example["label"]) < len(genomic.LABEL_NAMES[task])
+            assert np.isin(example["inputs"], IUPAC).all()  # uppercase IUPAC only
+            n_fraction = np.mean(example["inputs"] == ord("N"))
+            assert n_fraction <= genomic.MAX_N_FRACTION
+        with pytest.raises(IndexError):
+            split[len(split)]
+
+
+def test_builder_declares_documented_features(prepared) -> None:
+    data_dir, _ = prepared
+    builder = genomic.make_builder({"task": "promoter", "length": LENGTH}, data_dir)
+    features = builder.info.features
+    assert set(features.keys()) == {"inputs", "label", "genome", "chrom", "start", "end", "strand"}
+    assert features["inputs"].shape == (LENGTH,) and features["inputs"].np_dtype == np.uint8
+    assert features["label"].names == ["non_promoter", "promoter"]
+    assert builder.info.homepage.startswith("https://") and "@article" in builder.info.citation
+    assert pathlib.Path(builder.data_dir).is_relative_to(pathlib.Path(data_dir) / "sample")
+    assert {c.name for c in genomic.GenomicWindows.BUILDER_CONFIGS} >= {"species_16384", "promoter_8192"}
+
+
+@pytest.mark.parametrize("task", ["genic_vs_intergenic", "promoter"])
+def test_chr20_splits_never_overlap(prepared, task: str) -> None:
+    _, splits = prepared
+    blocks = genomic.region_blocks(genomic.SAMPLE_REGION[1], genomic.SAMPLE_REGION[2])
+    by_split = {name: _intervals(split) for name, split in splits[task].items()}
+    for name, windows in by_split.items():
+        assert np.all(windows[:, 1] - windows[:, 0] == LENGTH)
+        # every window lies inside one block of its own split
+        inside = [any(s >= b0 and e <= b1 and sp == name for b0, b1, sp in blocks) for s, e in windows]
+        assert all(inside), name
+    for a in genomic.SPLITS:
+        for b in genomic.SPLITS:
+            if a < b:
+                wa, wb = by_split[a], by_split[b]
+                overlap = (wa[:, None, 0] < wb[None, :, 1]) & (wb[None, :, 0] < wa[:, None, 1])
+                assert not overlap.any(), (task, a, b)
+
+
+def test_species_split_by_genome(prepared) -> None:
+    _, splits = prepared
+    genomes = {name: set(split.coordinates()["genome"]) for name, split in splits["species"].items()}
+    assert not genomes["train"] & (genomes["validation"] | genomes["test"])
+    for name, split in splits["species"].items():
+        counts = split.describe()["class_counts"]
+        assert set(counts) == set(genomic.SPECIES) and min(counts.values()) > 0, name
+    # The one genome shared by validation and test (E. coli MG1655) is cut at its midpoint.
+    shared = genomes["validation"] & genomes["test"]
+    assert shared == {"E.Coli/MG1655-K12"}
+    val, test = (splits["species"][s].coordinates() for s in ("validation", "test"))
+    assert (
+        val["end"][val["genome"] == "E.Coli/MG1655-K12"].max()
+        <= test["start"][test["genome"] == "E.Coli/MG1655-K12"].min()
+    )
+
+
+def test_genic_labels_agree_with_the_annotation(prepared, sample_chr20) -> None:
+    _, splits = prepared
+    sequence, genes = sample_chr20
+    genic = np.zeros(genomic.SAMPLE_REGION[2] + 100_000, dtype=bool)  # a plain mask, not the interval code
+    near = np.zeros_like(genic)
+    for g in genes:
+        genic[g.start : g.end] = True
+        near[max(0, g.start - genomic.INTERGENIC_MARGIN) : g.end + genomic.INTERGENIC_MARGIN] = True
+    for split in splits["genic_vs_intergenic"].values():
+        coordinates = split.coordinates()
+        labels = split.labels()
+        assert set(np.unique(labels)) == {0, 1}
+        for s, e, label, i in zip(
+            coordinates["start"], coordinates["end"], labels, range(len(split)), strict=True
+        ):
+            if label == 1:
+                assert genic[s:e].mean() > 0.5
+            else:
+                assert not near[s:e].any()
+            if i % 50 == 0:  # the bytes are the region's bases
+                np.testing.assert_array_equal(
+                    split[i]["inputs"], sequence.bases[s - sequence.offset : e - sequence.offset]
+                )
+
+
+def test_promoter_windows_centre_the_tss_strand_aware(prepared, sample_chr20) -> None:
+    _, splits = prepared
+    sequence, genes = sample_chr20
+    tss = {(g.tss, g.strand) for g in genes}
+    all_tss = np.array(sorted(t for t, _ in tss))
+    for split in splits["promoter"].values():
+        c = split.coordinates()
+        labels = split.labels()
+        assert np.sum(labels == 1) == np.sum(labels == 0) > 0  # balanced
+        for i, (s, e, strand, label) in enumerate(
+            zip(c["start"], c["end"], c["strand"], labels, strict=True)
+        ):
+            forward = sequence.bases[s - sequence.offset : e - sequence.offset]
+            expected = forward if strand == "+" else fasta.reverse_complement(forward)
+            np.testing.assert_array_equal(split[i]["inputs"], expected)
+            if label == 1:
+                centre = s + LENGTH // 2 if strand == "+" else e - 1 - LENGTH // 2
+                assert (centre, strand) in tss
+            else:
+                margin = genomic.PROMOTER_NEGATIVE_MARGIN
+                assert not np.any((all_tss >= s - margin) & (all_tss < e + margin))
+        assert set(c["strand"][labels == 0]) == {"+", "-"}  # negatives come in both orientations
+
+
+def test_deterministic_across_preparations_and_capped(prepared, tmp_path: pathlib.Path) -> None:
+    _, splits = prepared
+    config = {"task": "promoter", "length": LENGTH}
+    again = genomic.make_sources(config, str(tmp_path))
+    for name in genomic.SPLITS:
+        assert len(again[name]) == len(splits["promoter"][name])
+        for i in range(len(again[name])):
+            a, b = again[name][i], splits["promoter"][name][i]
+            np.testing.assert_array_equal(a["inputs"], b["inputs"])
+            assert a["label"] == b["label"]
+    capped = genomic.make_sources({**config, "max_examples_per_split": 10}, str(tmp_path))
+    capped_again = genomic.make_sources({**config, "max_examples_per_split": 10}, str(tmp_path))
+    assert len(capped["train"]) == 10 and len(capped["test"]) == min(10, len(again["test"]))
+    starts = capped["train"].coordinates()["start"]
+    np.testing.assert_array_equal(starts, capped_again["train"].coordinates()["start"])
+    assert set(starts) <= set(again["train"].coordinates()["start"])
+
+
+def test_prepare_summary_and_config_errors(prepared) -> None:
+    data_dir, _ = prepared
+    summary = genomic.prepare({"task": "species", "length": LENGTH}, data_dir)
+    assert summary["kind"] == "genomic" and summary["route"] == "sample"
+    assert set(summary["splits"]) == set(genomic.SPLITS)
+    assert sum(summary["splits"]["train"]["class_counts"].values()) == summary["splits"]["train"]["examples"]
+    assert genomic.DEFAULTS["kind"] == "genomic" and genomic.DEFAULTS["length"] == 16384
+    with pytest.raises(ValueError, match=r"unknown keys \['lenght'\]"):
+        genomic.make_sources({"lenght": 10}, data_dir)
+    with pytest.raises(ValueError, match="task must be one of"):
+        genomic.make_sources({"task": "enhancer"}, data_dir)
+    with pytest.raises(ValueError, match="length must be a positive int"):
+        genomic.make_sources({"length": 0}, data_dir)
+    with pytest.raises(ValueError, match="route must be one of"):
+        genomic.make_sources({"route": "s3"}, data_dir)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input.
+
+
+def _write(path: pathlib.Path, text: str, compress: bool = False) -> pathlib.Path:
+    data = text.encode()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def test_fasta_soft_masking_iupac_and_line_endings_are_handled(tmp_path: pathlib.Path) -> None:
+    path = _write(
+        tmp_path / "x.fa.gz", ">r1 first\r\nacgtNNRYkm\r\n\r\nACGT\r\n>r2\nswbdhvu\n", compress=True
+    )
+    records = fasta.read_fasta(path)
+    assert [r.name for r in records] == ["r1", "r2"] and records[0].description == "first"
+    assert records[0].sequence.tobytes() == b"ACGTNNRYKMACGT"  # uppercased, IUPAC kept
+    assert records[1].sequence.tobytes() == b"SWBDHVU"
+    assert fasta.reverse_complement(records[0].sequence).tobytes() == b"ACGTKMRYNNACGT"
+
+
+def test_windows_with_many_n_are_dropped() -> None:
+    rng = np.random.default_rng(0)
+    bases = rng.choice(np.frombuffer(b"ACGT", np.uint8), size=40 * LENGTH)
+    bases[10 * LENGTH + 100 : 10 * LENGTH + 100 + LENGTH // 5] = ord("N")  # 20% of one window
+    bases[20 * LENGTH : 20 * LENGTH + LENGTH // 20] = ord("N")  # 5% of another: kept
+    sequence = genomic.Sequence("test", "chrT", 0, bases)
+    windows = genomic._species_windows([("E.Coli", "DH1", [sequence])], LENGTH)["train"]
+    starts = {w.start for w in windows}
+    assert 10 * LENGTH not in starts and 20 * LENGTH in starts and len(starts) == 39
+
+
+def test_truncated_gzip_names_the_file(tmp_path: pathlib.Path) -> None:
+    whole = gzip.compress(b">r\n" + b"ACGT" * 5000 + b"\n")
+    path = tmp_path / "cut.fa.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        ValueError, match=r"truncated or corrupt gzip file .*cut\.fa\.gz; delete it and fetch again"
+    ):
+        fasta.read_fasta(path)
+
+
+def test_fasta_bad_character_names_file_and_line(tmp_path: pathlib.Path) -> None:
+    path = _write(tmp_path / "bad.fa", ">r1\nACGT\nACGT\n>r2\nACGT\nAC-T\n")
+    with pytest.raises(ValueError, match=r"bad\.fa, line 6, column 3: character '-' is not an IUPAC"):
+        fasta.read_fasta(path)
+    path = _write(tmp_path / "space.fa", ">r1\nACGT\nAC GT\n")
+    with pytest.raises(ValueError, match=r"space\.fa, line 3, column 3"):
+        fasta.read_fasta(path)
+
+
+def test_fasta_sequence_before_header_names_file_and_line(tmp_path: pathlib.Path) -> None:
+    path = _write(tmp_path / "headless.fa", "\nACGT\n>r1\nACGT\n")
+    with pytest.raises(ValueError, match=r"headless\.fa, line 2: sequence line before any '>' header"):
+        fasta.read_fasta(path)
+    path = _write(tmp_path / "twice.fa", ">r1\nACGT\n>r1\nACGT\n")
+    with pytest.raises(ValueError, match=r"twice\.fa, line 3: record name 'r1' repeats"):
+        fasta.read_fasta(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("1\tchr20\t100\t200", "expected 5 fields"),
+        ("1\tchr20\t1O0\t200\t+", "must be positive integers"),
+        ("1\tchr20\t300\t200\t+", "1 <= Start <= End"),
+        ("1\tchr20\t100\t200\t.", "Strand must be"),
+        ("7\tchr20\t500\t600\t-", "exons on both strands"),
+    ],
+)
+def test_malformed_annotation_line_names_file_and_line(
+    tmp_path: pathlib.Path, line: str, problem: str
+) -> None:
+    text = "GeneID\tChr\tStart\tEnd\tStrand\n7\tchr20\t100\t200\t+\n" + line + "\n"
+    path = _write(tmp_path / "exons.txt", text)
+    with pytest.raises(ValueError, match=rf"exons\.txt, line 3: .*{problem}"):
+        fasta.read_exon_annotation(path, chrom="20")
+
+
+def test_annotation_gene_span_and_tss(tmp_path: pathlib.Path) -> None:
+    text = "GeneID\tChr\tStart\tEnd\tStrand\n1\tchr20\t100\t200\t+\n1\tchr20\t300\t400\t+\n"
+    text += "2\tchr20\t1000\t1100\t-\n2\tchr20\t500\t600\t-\n3\tchr21\t1\t5\t+\n"
+    genes = fasta.read_exon_annotation(_write(tmp_path / "e.txt", text), chrom="chr20")
+    assert [(g.gene_id, g.start, g.end, g.strand, g.tss) for g in genes] == [
+        ("1", 99, 400, "+", 99),
+        ("2", 499, 1100, "-", 1099),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Real packages.
+
+
+def test_offline_route_fetches_and_parses_the_refseq_annotation() -> None:
+    """Downloads Debian subread-data (16.5 MB) once into the default cache, unless it is there."""
+    try:
+        path = fetch(genomic.REFSEQ_EXONS, route="offline")
+    except SourceError as e:
+        if "apt-get" in str(e):
+            pytest.skip(f"Debian package not downloadable here (no network or no apt-get): {e}")
+        raise
+    genes = fasta.read_exon_annotation(path, chrom="20")
+    assert len(genes) == 693  # chr20 genes of hg19 RefSeq (DATA.md)
+    assert genes[0].gene_id == "245938" and genes[0].start == 68350
+
+
+def test_make_sample_reproduces_the_embedded_sample(tmp_path: pathlib.Path) -> None:
+    """Provenance: the embedded files are exactly what make_sample cuts from the packages (runs only when
+    the three packages are already unpacked in the cache; never downloads)."""
+    packages = [genomic.CHR20.package, genomic.REFSEQ_EXONS.package, genomic.BACTERIA.package]
+    if not all(
+        (cache_dir() / "packages" / f"deb-{p.name}").is_dir()
+        for p in packages
+        if isinstance(p, DebianPackage)
+    ):
+        pytest.skip(
+            "the Debian packages are not in the cache; run the offline route once to enable this check"
+        )
+    sizes = genomic.make_sample(tmp_path)
+    for relative in sizes:
+        assert (tmp_path / relative).read_bytes() == (SAMPLES_DIR / "genomic" / relative).read_bytes(), (
+            relative
+        )
+
+
+def test_documented_length_by_name(tmp_path: pathlib.Path) -> None:
+    """A documented length is a listed BuilderConfig (TFDS takes it by name), any other a custom one."""
+    splits = genomic.make_sources({"task": "species", "length": 8192}, str(tmp_path))
+    assert splits["train"][0]["inputs"].shape == (8192,)
+    assert len(splits["test"]) == 4 * (75_000 // 8192)  # one 75 kbp test genome (or half) per species
