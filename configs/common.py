@@ -89,6 +89,7 @@ def base_config(preset: str, size_name: str, *, max_length: int) -> ml_collectio
         {
             "name": "adamw",
             "learning_rate": size["learning_rate"],
+            "schedule": "cosine",  # or "linear", "constant" (after warmup)
             "warmup_steps": max(10, size["total_steps"] // 20),
             "total_steps": c.get_ref("total_steps"),
             "weight_decay": 0.05,
@@ -99,6 +100,7 @@ def base_config(preset: str, size_name: str, *, max_length: int) -> ml_collectio
     c.eval_batch_size = size["batch_size"]
     c.eval_examples = ml_collections.FieldReference(None, field_type=int)  # None: the whole split
     c.tbptt_length = ml_collections.FieldReference(None, field_type=int)  # LM only; None: full BPTT
+    c.max_train_seconds = ml_collections.FieldReference(None, field_type=float)  # wall-clock budget
     c.log_every = 10
     c.eval_every = 100
     c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $SEQJAX_DATA_DIR or ~/.cache

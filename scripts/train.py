@@ -8,6 +8,7 @@ exits 0. An unknown `--config.*` key is an error that names it (ml_collections).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -27,6 +28,7 @@ flags.mark_flag_as_required("config")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_string("result_json", None, "Write the run's summary (steps, tokens/s, peak memory, eval) here.")
 FLAGS = flags.FLAGS
 
 
@@ -42,6 +44,10 @@ def main(argv: list[str]) -> None:
     logging.getLogger("seqjax").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save step at INFO
     result = train(FLAGS.config, FLAGS.workdir)
+    if jax.process_index() == 0 and FLAGS.result_json:
+        keys = ("step", "metrics", "eval", "preempted", "steps_per_s", "tokens_per_s", "peak_memory_bytes")
+        with open(FLAGS.result_json, "w") as f:
+            json.dump({k: result[k] for k in (*keys, "num_params")}, f, indent=1)
     if jax.process_index() == 0:
         print(
             f"done: step {result['step']}, loss {result['metrics'].get('loss', float('nan')):.4f}", flush=True

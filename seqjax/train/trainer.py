@@ -7,7 +7,8 @@
   "documents" — each real kind is a `seqjax.data.<kind>.make_sources`.
 - Resumes from the newest readable checkpoint in `workdir/checkpoints` (train state and the data
   position), so a killed run restarted with the same workdir continues the same trajectory.
-- SIGTERM (preemption) saves a checkpoint at the current step and returns cleanly.
+- SIGTERM (preemption) saves a checkpoint at the current step and returns cleanly; so does running past
+  `config.max_train_seconds` (a wall-clock budget, for compute-matched comparisons), after an eval.
 - A step whose loss or gradient is not finite stops the run with an error naming the step; nothing
   from that step is checkpointed.
 - Metrics go to the console (process 0) with steps/s, tokens/s and ETA, to `workdir/metrics.jsonl`,
@@ -321,6 +322,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     last: dict[str, Any] = {}
     eval_metrics: dict[str, float] | None = None
     t_first, step_first = None, step  # timing starts after the first (compiling) step
+    t_started = time.perf_counter()
 
     def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
         ckpt.save(step, state, data_state=batches.state(), config=config_json, metrics=metrics)
@@ -374,7 +376,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                         f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f} s",
                         flush=True,
                     )
-            eval_now = int(config.eval_every) and (step % int(config.eval_every) == 0 or step == total)
+            budget = config.get("max_train_seconds")
+            out_of_time = budget is not None and time.perf_counter() - t_started > float(budget)
+            eval_now = int(config.eval_every) and (
+                step % int(config.eval_every) == 0 or step == total or out_of_time
+            )
             if eval_now:
                 eval_metrics = run_eval(config, eval_fn, state.params, sources["validation"], batch_shardings)
                 write({"step": step, "split": "eval", **eval_metrics})
@@ -385,8 +391,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if is_chief:
                     print(f"SIGTERM: saved step {step}; exiting.", flush=True)
                 return finish(preempted=True)
-            if ckpt.should_save(step) or step == total:
+            if ckpt.should_save(step) or step == total or out_of_time:
                 save(step, eval_metrics if eval_now else None)
+            if out_of_time:
+                if is_chief:
+                    print(
+                        f"max_train_seconds={budget} reached at step {step}; saved and stopping.", flush=True
+                    )
+                break
     return finish(preempted=False)
 
 

@@ -1,0 +1,186 @@
+"""The main job: train several models on one real task for the same wall-clock budget, evaluate each
+on the test split, and print a comparison table (metric, tokens/s, peak memory, parameters) beside the
+task's trivial baseline.
+
+    python scripts/compare.py                                     # genomic sample, lstm / s5 / attention
+    python scripts/compare.py --config=configs/timeseries.py --presets=lstm,mamba --minutes=5
+    python scripts/compare.py --config=configs/documents.py --options=length=4096 --minutes=10
+    python scripts/compare.py --options=route=auto,length=16384 --size=accelerator   # full data
+
+Each model trains in its own `scripts/train.py` process (so peak memory is its own) under
+`<workdir>/<preset>`, and is evaluated by `scripts/evaluate.py` on its best checkpoint. The table goes to
+stdout and to `<workdir>/comparison.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # configs/ is importable from the repository root
+
+flags.DEFINE_string(
+    "config", "configs/genomic.py", "A task config file (its arg comes from the flags below)."
+)
+flags.DEFINE_list("presets", ["lstm", "s5", "attention"], "Model presets to compare (configs/common.py).")
+flags.DEFINE_string("options", "", "Extra config-arg options, e.g. 'task=promoter,length=4096'.")
+flags.DEFINE_string("size", "cpu", "cpu or accelerator.")
+flags.DEFINE_float("minutes", 3.0, "Training budget per model, wall clock.")
+flags.DEFINE_integer("max_steps", 100_000, "Step cap per model (the budget usually stops it first).")
+flags.DEFINE_string("workdir", "/tmp/seqjax_compare", "Runs go to <workdir>/<preset>.")
+flags.DEFINE_string("split", "test", "Split the final evaluation uses.")
+flags.DEFINE_bool("fresh", True, "Delete each model's previous run first (else resume it).")
+FLAGS = flags.FLAGS
+
+#: The task's headline metric and whether larger is better.
+HEADLINE = {
+    "classification": ("balanced_accuracy", True),
+    "forecast": ("mse", False),
+    "lm": ("bits_per_byte", False),
+}
+
+
+def _arg(preset: str) -> str:
+    parts = [preset, f"size={FLAGS.size}"] + [o for o in FLAGS.options.split(",") if o]
+    return ",".join(parts)
+
+
+def _load_config(path: str, arg: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("task_config", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _run(cmd: list[str]) -> None:
+    print("+ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def _baseline(config) -> dict[str, float]:
+    """The trivial baseline on the evaluation split: majority class, last-value forecast, unigram."""
+    import numpy as np
+
+    from seqjax.data import metrics
+    from seqjax.train.trainer import build_sources
+
+    sources = build_sources(config.data, config.get("data_dir"))
+    train, test = sources["train"], sources[FLAGS.split]
+    if config.task == "classification":
+        train_labels = np.array([int(train[i]["label"]) for i in range(len(train))])
+        test_labels = np.array([int(test[i]["label"]) for i in range(len(test))])
+        out = metrics.majority_class_metrics(train_labels, test_labels, int(config.head.num_classes))
+        return {"name": "majority class", **out}
+    if config.task == "forecast":
+        from seqjax.data.timeseries import baseline_forecasts
+
+        examples = [test[i] for i in range(len(test))]
+        inputs = np.stack([e["inputs"] for e in examples])
+        targets = np.stack([e["targets"] for e in examples])
+        out = metrics.forecast_metrics(baseline_forecasts(inputs, targets.shape[1], "last_value"), targets)
+        return {"name": "last value", **out}
+    from seqjax.data.documents import unigram_bits_per_byte
+
+    return {"name": "unigram", "bits_per_byte": unigram_bits_per_byte(train, test)}
+
+
+def _table(config, rows: list[dict], baseline: dict) -> str:
+    name, _ = HEADLINE[config.task]
+    extra = {
+        "classification": ["accuracy", "mcc", "auroc"],
+        "forecast": ["mae"],
+        "lm": ["perplexity"],
+    }[config.task]
+    header = ["model", name, *extra, "train tokens/s", "peak memory", "parameters", "steps"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        m = r["metrics"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["preset"],
+                    f"{m[name]:.4f}",
+                    *[f"{m.get(k, float('nan')):.4f}" for k in extra],
+                    f"{r['tokens_per_s']:,.0f}",
+                    f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
+                    f"{r['num_params']:,}",
+                    str(r["step"]),
+                ]
+            )
+            + " |"
+        )
+    cells = [f"{baseline.get(k, float('nan')):.4f}" for k in (name, *extra)]
+    lines.append("| " + " | ".join([f"baseline: {baseline['name']}", *cells, "", "", "", ""]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    python = sys.executable
+    rows = []
+    config = None
+    for preset in FLAGS.presets:
+        workdir = os.path.join(FLAGS.workdir, preset)
+        if FLAGS.fresh and os.path.isdir(workdir):
+            import shutil
+
+            shutil.rmtree(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        spec = f"{FLAGS.config}:{_arg(preset)}"
+        config = _load_config(FLAGS.config, _arg(preset))
+        started = time.perf_counter()
+        _run(
+            [
+                python,
+                "scripts/train.py",
+                f"--config={spec}",
+                f"--workdir={workdir}",
+                f"--config.max_train_seconds={FLAGS.minutes * 60}",
+                f"--config.total_steps={FLAGS.max_steps}",
+                "--config.optimizer.schedule=constant",  # a time budget has no known end step
+                f"--result_json={workdir}/train.json",
+            ]
+        )
+        _run(
+            [
+                python,
+                "scripts/evaluate.py",
+                f"--workdir={workdir}",
+                f"--split={FLAGS.split}",
+                f"--output={workdir}/eval.json",
+            ]
+        )
+        with open(f"{workdir}/train.json") as f:
+            trained = json.load(f)
+        with open(f"{workdir}/eval.json") as f:
+            evaluated = json.load(f)
+        rows.append(
+            {
+                "preset": preset,
+                **trained,
+                "metrics": evaluated["metrics"],
+                "seconds": time.perf_counter() - started,
+            }
+        )
+    baseline = _baseline(config)
+    name, larger = HEADLINE[config.task]
+    table = _table(config, rows, baseline)
+    options = FLAGS.options or "defaults"
+    title = f"{FLAGS.config} ({options}), {FLAGS.split} split, {FLAGS.minutes:g} min per model"
+    text = f"## {title}\n\n{table}\n\n{name}: {'higher' if larger else 'lower'} is better.\n"
+    print("\n" + text)
+    with open(os.path.join(FLAGS.workdir, "comparison.md"), "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
