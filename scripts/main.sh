@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job. Until the trainer lands, it is the cell benchmark; flags pass through to
-# scripts/benchmark.py (e.g. `bash scripts/main.sh --lengths=1024,4096`).
+# The main job: train small LSTM, S5 and attention models on the embedded real genomic task for a few
+# minutes each, evaluate them, and print a comparison table. Flags pass through to scripts/compare.py
+# (e.g. `bash scripts/main.sh --config=configs/timeseries.py --minutes=5`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup_env.sh"
 cd "$root"
-exec python scripts/benchmark.py "$@"
+exec python scripts/compare.py "$@"

@@ -73,10 +73,10 @@ def test_chunks_carry_state_forward_but_cut_gradients(setup):
     assert max(differences) > 1e-4
 
 
-def test_tbptt_length_must_divide_the_length(setup):
+def test_tbptt_length_must_divide_the_length():
     model = _model()
     batch = {k: jnp.asarray(np.stack([TASK[i][k] for i in range(2)])) for k in TASK[0]}
-    params = setup[0][1]
+    params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch["inputs"])["params"])
     with pytest.raises(ValueError, match="tbptt_length=5 must divide the sequence length 32"):
         truncated_bptt_grads(model, params, batch, 5, None)
 
