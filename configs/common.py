@@ -104,7 +104,13 @@ def base_config(preset: str, size_name: str, *, max_length: int) -> ml_collectio
     c.log_every = 10
     c.eval_every = 100
     c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $SEQJAX_DATA_DIR or ~/.cache
-    c.mesh = ml_collections.ConfigDict({"shape": (-1,), "axes": ("data",)})
+    c.mesh = ml_collections.ConfigDict(
+        {
+            "shape": (-1,),
+            "axes": ("data",),
+            "num_devices": ml_collections.FieldReference(None, field_type=int),
+        }
+    )
     c.logical_rules = LOGICAL_RULES
     c.checkpoint = ml_collections.ConfigDict(
         {"every": 100, "keep": 2, "best_metric": "loss", "best_mode": "min", "async_save": True}

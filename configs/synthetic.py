@@ -68,7 +68,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 10
     c.eval_every = 100
     c.eval_examples = 64  # of the fixed validation set (data.eval_size examples)
-    c.mesh = ml_collections.ConfigDict({"shape": (-1,), "axes": ("data",)})
+    c.mesh = ml_collections.ConfigDict(
+        {
+            "shape": (-1,),
+            "axes": ("data",),
+            "num_devices": ml_collections.FieldReference(None, field_type=int),
+        }
+    )
     # Sharding rules are data: logical axis name -> mesh axes (unknown mesh axes are dropped).
     c.logical_rules = LOGICAL_RULES
     c.checkpoint = ml_collections.ConfigDict(

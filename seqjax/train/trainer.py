@@ -171,7 +171,9 @@ def _peak_memory_bytes() -> int:
 
 def setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Mesh, rules, data, model, optimizer and shardings, shared by `train` and `scripts/evaluate.py`."""
-    mesh = mesh_lib.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes))
+    num_devices = config.mesh.get("num_devices")  # None: every device; else the first N (one process)
+    devices = None if num_devices is None else jax.devices()[: int(num_devices)]
+    mesh = mesh_lib.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes), devices=devices)
     rules = mesh_lib.rules_from_config(config.logical_rules, mesh)
     batch_size = int(config.batch_size)
     if batch_size % jax.process_count():
