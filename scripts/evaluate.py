@@ -35,6 +35,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing (e.g. no libtpu) at INFO
     from seqjax.train.trainer import evaluate, load_config
 
     config = FLAGS.config if FLAGS.config is not None else load_config(FLAGS.workdir)

@@ -348,6 +348,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "num_params": num_params,
         }
 
+    budget = config.get("max_train_seconds")
     with _Preemption() as preemption:
         while step < total:
             batch = _global_batch(next(batches), batch_shardings)
@@ -368,6 +369,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 elapsed = time.perf_counter() - t_first
                 rate = (step - step_first) / elapsed if elapsed > 0 and step > step_first else math.nan
                 eta = (total - step) / rate if rate > 0 else math.nan
+                if budget is not None:
+                    eta = min(eta, float(budget) - (time.perf_counter() - t_started))
                 record = {"step": step, "split": "train", **last, "steps_per_s": rate}
                 record["tokens_per_s"] = rate * tokens_per_batch
                 write(record)
@@ -378,7 +381,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                         f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f} s",
                         flush=True,
                     )
-            budget = config.get("max_train_seconds")
             out_of_time = budget is not None and time.perf_counter() - t_started > float(budget)
             eval_now = int(config.eval_every) and (
                 step % int(config.eval_every) == 0 or step == total or out_of_time
