@@ -96,13 +96,20 @@ def base_config(preset: str, size_name: str, *, max_length: int) -> ml_collectio
             "clip_norm": 1.0,
         }
     )
-    c.batch_size = size["batch_size"]
-    c.eval_batch_size = size["batch_size"]
-    c.eval_examples = ml_collections.FieldReference(None, field_type=int)  # None: the whole split
+    add_run_sections(c, batch_size=size["batch_size"], eval_examples=None)
+    return c
+
+
+def add_run_sections(c: ml_collections.ConfigDict, *, batch_size: int, eval_examples: int | None) -> None:
+    """Batching, eval, logging, mesh, sharding rules and checkpoint sections, the same for every task."""
+    c.batch_size = batch_size
+    c.eval_batch_size = batch_size
+    c.eval_examples = ml_collections.FieldReference(eval_examples, field_type=int)  # None: the whole split
     c.tbptt_length = ml_collections.FieldReference(None, field_type=int)  # LM only; None: full BPTT
     c.max_train_seconds = ml_collections.FieldReference(None, field_type=float)  # wall-clock budget
     c.log_every = 10
     c.eval_every = 100
+    c.report_step_memory = False  # compile once more to log XLA's memory estimate of a train step
     c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $SEQJAX_DATA_DIR or ~/.cache
     c.mesh = ml_collections.ConfigDict(
         {
@@ -115,4 +122,3 @@ def base_config(preset: str, size_name: str, *, max_length: int) -> ml_collectio
     c.checkpoint = ml_collections.ConfigDict(
         {"every": 100, "keep": 2, "best_metric": "loss", "best_mode": "min", "async_save": True}
     )
-    return c

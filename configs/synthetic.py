@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import LOGICAL_RULES, PRESETS, parse_arg
+from configs.common import PRESETS, add_run_sections, parse_arg
 
 SIZES = {
     "cpu": {"d_model": 32, "num_layers": 2, "batch_size": 16, "total_steps": 300},
@@ -64,20 +64,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "clip_norm": 1.0,
         }
     )
-    c.batch_size = size["batch_size"]
-    c.log_every = 10
-    c.eval_every = 100
-    c.eval_examples = 64  # of the fixed validation set (data.eval_size examples)
-    c.mesh = ml_collections.ConfigDict(
-        {
-            "shape": (-1,),
-            "axes": ("data",),
-            "num_devices": ml_collections.FieldReference(None, field_type=int),
-        }
-    )
-    # Sharding rules are data: logical axis name -> mesh axes (unknown mesh axes are dropped).
-    c.logical_rules = LOGICAL_RULES
-    c.checkpoint = ml_collections.ConfigDict(
-        {"every": 100, "keep": 3, "best_metric": "loss", "best_mode": "min", "async_save": True}
-    )
+    # Validation: 64 examples of the fixed validation set (data.eval_size examples).
+    add_run_sections(c, batch_size=size["batch_size"], eval_examples=64)
     return c

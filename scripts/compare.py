@@ -99,7 +99,16 @@ def _table(config, rows: list[dict], baseline: dict) -> str:
         "forecast": ["mae"],
         "lm": ["perplexity"],
     }[config.task]
-    header = ["model", name, *extra, "train tokens/s", "peak memory", "parameters", "steps"]
+    header = [
+        "model",
+        name,
+        *extra,
+        "train tokens/s",
+        "train-step memory (XLA)",
+        "peak memory",
+        "parameters",
+        "steps",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         m = r["metrics"]
@@ -111,6 +120,9 @@ def _table(config, rows: list[dict], baseline: dict) -> str:
                     f"{m[name]:.4f}",
                     *[f"{m.get(k, float('nan')):.4f}" for k in extra],
                     f"{r['tokens_per_s']:,.0f}",
+                    "n/a"
+                    if r.get("step_memory_bytes") is None
+                    else f"{r['step_memory_bytes'] / 2**20:.0f} MiB",
                     f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
                     f"{r['num_params']:,}",
                     str(r["step"]),
@@ -119,7 +131,7 @@ def _table(config, rows: list[dict], baseline: dict) -> str:
             + " |"
         )
     cells = [f"{baseline.get(k, float('nan')):.4f}" for k in (name, *extra)]
-    lines.append("| " + " | ".join([f"baseline: {baseline['name']}", *cells, "", "", "", ""]) + " |")
+    lines.append("| " + " | ".join([f"baseline: {baseline['name']}", *cells, "", "", "", "", ""]) + " |")
     return "\n".join(lines)
 
 
@@ -147,6 +159,7 @@ def main(argv: list[str]) -> None:
                 f"--config.max_train_seconds={FLAGS.minutes * 60}",
                 f"--config.total_steps={FLAGS.max_steps}",
                 "--config.optimizer.schedule=constant",  # a time budget has no known end step
+                "--config.report_step_memory=True",
                 f"--result_json={workdir}/train.json",
             ]
         )
@@ -176,7 +189,13 @@ def main(argv: list[str]) -> None:
     table = _table(config, rows, baseline)
     options = FLAGS.options or "defaults"
     title = f"{FLAGS.config} ({options}), {FLAGS.split} split, {FLAGS.minutes:g} min per model"
-    text = f"## {title}\n\n{table}\n\n{name}: {'higher' if larger else 'lower'} is better.\n"
+    notes = (
+        f"{name}: {'higher' if larger else 'lower'} is better. Train tokens/s excludes the compiling step. "
+        "Train-step memory is XLA's estimate for one step (arguments, outputs and temporaries); peak memory "
+        "is the device's peak where the backend reports it (GPU/TPU), else the training process's peak "
+        "RSS (runtime, data and compilation included)."
+    )
+    text = f"## {title}\n\n{table}\n\n{notes}\n"
     print("\n" + text)
     with open(os.path.join(FLAGS.workdir, "comparison.md"), "w") as f:
         f.write(text)

@@ -47,6 +47,7 @@ def main(argv: list[str]) -> None:
     result = train(FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0 and FLAGS.result_json:
         keys = ("step", "metrics", "eval", "preempted", "steps_per_s", "tokens_per_s", "peak_memory_bytes")
+        keys += ("step_memory_bytes",)
         with open(FLAGS.result_json, "w") as f:
             json.dump({k: result[k] for k in (*keys, "num_params")}, f, indent=1)
     if jax.process_index() == 0:

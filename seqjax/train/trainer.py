@@ -169,6 +169,15 @@ def _peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _step_memory_bytes(train_step: Any, state: Any, batch: Any) -> int | None:
+    """XLA's estimate of one train step's memory (arguments + outputs + temporaries), per device."""
+    try:
+        stats = train_step.lower(state, batch).compile().memory_analysis()
+        return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
+    except Exception:  # a backend without memory analysis reports nothing rather than failing the run
+        return None
+
+
 def setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Mesh, rules, data, model, optimizer and shardings, shared by `train` and `scripts/evaluate.py`."""
     num_devices = config.mesh.get("num_devices")  # None: every device; else the first N (one process)
@@ -325,6 +334,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     eval_metrics: dict[str, float] | None = None
     t_first, step_first = None, step  # timing starts after the first (compiling) step
     t_started = time.perf_counter()
+    step_memory: int | None = None
 
     def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
         ckpt.save(step, state, data_state=batches.state(), config=config_json, metrics=metrics)
@@ -345,6 +355,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "steps_per_s": rate,
             "tokens_per_s": rate * tokens_per_batch,
             "peak_memory_bytes": _peak_memory_bytes(),
+            "step_memory_bytes": step_memory,
             "num_params": num_params,
         }
 
@@ -352,6 +363,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     with _Preemption() as preemption:
         while step < total:
             batch = _global_batch(next(batches), batch_shardings)
+            if step_memory is None and config.get("report_step_memory"):
+                step_memory = _step_memory_bytes(train_step, state, batch)
             state, metrics = train_step(state, batch)
             if not bool(metrics["finite"]):
                 ckpt.close()
