@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
         config = _config(shape, axes, devices)
         parts = setup(config)
         state, shardings = init_train_state(
-            parts["model"], parts["tx"], parts["example"], parts["mesh"], parts["rules"]
+            parts["model"], parts["tx"], parts["example"], parts["mesh"], parts["rules"], seed=0
         )
         step = make_train_step(parts["model"], parts["tx"], LOSSES["lm"], shardings, parts["batch_shardings"])
         batches = TrainBatches(parts["sources"]["train"], FLAGS.batch_size)
