@@ -36,6 +36,10 @@ def main(argv: list[str]) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing (e.g. no libtpu) at INFO
+    if FLAGS.config is None or FLAGS.config.data.kind != "synthetic":
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()  # one-off preparation bars would bury the training log
     from seqjax.train.trainer import evaluate, load_config
 
     config = FLAGS.config if FLAGS.config is not None else load_config(FLAGS.workdir)

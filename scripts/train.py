@@ -44,6 +44,10 @@ def main(argv: list[str]) -> None:
     logging.getLogger("seqjax").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save step at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing (e.g. no libtpu) at INFO
+    if FLAGS.config is None or FLAGS.config.data.kind != "synthetic":
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()  # one-off preparation bars would bury the training log
     result = train(FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0 and FLAGS.result_json:
         keys = ("step", "metrics", "eval", "preempted", "steps_per_s", "tokens_per_s", "peak_memory_bytes")
