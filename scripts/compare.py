@@ -147,6 +147,9 @@ def _table(config, rows: list[dict], baseline: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every dataset load at INFO
     python = sys.executable
     rows = []
     config = None
