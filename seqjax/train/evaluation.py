@@ -17,24 +17,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from seqjax.data import metrics as metrics_lib
-from seqjax.train.step import Batch, forward
+from seqjax.train.step import Batch, forward, token_losses
 
 __all__ = ["evaluate_split", "make_eval_fn"]
 
 
 def _per_example(task: str, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
     if task == "lm":
-        targets = batch["targets"]
-        weights = batch.get("weights")
-        if weights is None:
-            weights = batch["mask"] if "mask" in batch else jnp.ones(targets.shape, bool)
-        weights = weights.astype(jnp.float32)
-        nll = optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), targets)
+        nll, weights, _ = token_losses(outputs, batch)
         return {"nll": (nll * weights).sum(-1), "tokens": weights.sum(-1)}
     if task == "classification":
         return {"logits": outputs.astype(jnp.float32)}

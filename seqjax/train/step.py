@@ -25,24 +25,30 @@ from jax.sharding import PartitionSpec as P
 
 from seqjax.train.state import TrainState, dropout_key
 
-__all__ = ["LOSSES", "Batch", "forward", "make_eval_step", "make_train_step"]
+__all__ = ["LOSSES", "Batch", "forward", "make_eval_step", "make_train_step", "token_losses"]
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 LossFn = Callable[[jax.Array, Batch], tuple[jax.Array, Metrics]]
 
 
-def lm_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
-    """Mean next-token cross-entropy over weighted (default: unpadded) positions, in nats per token."""
+def token_losses(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-position (NLL in nats, weight, correct), float32 [B, L]. The weight is `weights`, else `mask`,
+    else 1: the one rule for which tokens count, shared by training, truncated BPTT and eval."""
     targets = batch["targets"]
     weights = batch.get("weights")
     if weights is None:
         weights = batch["mask"] if "mask" in batch else jnp.ones(targets.shape, bool)
-    weights = weights.astype(jnp.float32)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    return nll, weights.astype(jnp.float32), correct
+
+
+def lm_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """Mean next-token cross-entropy over weighted (default: unpadded) positions, in nats per token."""
+    nll, weights, correct = token_losses(logits, batch)
     total = jnp.maximum(weights.sum(), 1.0)
     loss = (nll * weights).sum() / total
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     return loss, {"accuracy": (correct * weights).sum() / total, "tokens": weights.sum()}
 
 
@@ -73,18 +79,6 @@ def forward(
 
 #: Batch keys laid out [B, L, ...] along the sequence, which truncated BPTT cuts into chunks.
 _PER_TOKEN_KEYS = ("inputs", "targets", "weights", "mask", "resets")
-
-
-def _lm_sums(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(summed NLL, summed weight, summed correct) of one chunk: sums, so chunks add up exactly."""
-    targets = batch["targets"]
-    weights = batch.get("weights")
-    if weights is None:
-        weights = batch["mask"] if "mask" in batch else jnp.ones(targets.shape, bool)
-    weights = weights.astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    return (nll * weights).sum(), weights.sum(), (correct * weights).sum()
 
 
 def truncated_bptt_grads(
@@ -128,7 +122,9 @@ def truncated_bptt_grads(
                 rngs=None if key is None else {"dropout": key},
                 **kwargs,
             )
-            nll, weight, correct = _lm_sums(logits, piece)
+            nll, weight, correct = token_losses(logits, piece)
+            nll, correct = (nll * weight).sum(), (correct * weight).sum()
+            weight = weight.sum()
             return nll, (new_cache, weight, correct)
 
         (nll, (cache, weight, correct)), g = jax.value_and_grad(loss_of, has_aux=True)(params)
