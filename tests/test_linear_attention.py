@@ -307,6 +307,54 @@ def test_apply_equals_step_loop_and_recurrent(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_fused_projections_equal_unfused_values_and_gradients(cell):
+    """The default `fused` form (projections inside the chunk loop, custom VJP over the whole layer)
+    against the full-length projections around `linear_attention_chunked`: values and gradients wrt
+    params, inputs and the initial state, with two batch axes, resets, padding and T not a multiple of C."""
+    params = _params(cell)
+    batch = (2, 3)
+    xs = _xs(5, batch, T)
+    state = _state(cell, 6, batch)
+    resets, mask = random_flags(7, (*batch, T), 0.2), random_flags(8, (*batch, T), 0.75)
+
+    def value_and_grad(c):
+        def loss(p, x, s):
+            out = c.apply(p, x, s, resets=resets, mask=mask)
+            return _loss(*out), out
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+    assert cell.fused
+    (_, out), grads = value_and_grad(cell)(params, xs, state)
+    (_, ref), ref_grads = value_and_grad(dataclasses.replace(cell, fused=False))(params, xs, state)
+    assert out[0].shape == (*batch, T, cell.output_size)
+    assert_close(out, ref, 1e-5)
+    assert_close(grads, ref_grads, 2e-5)
+    # no tokens: no outputs, the state unchanged
+    ys, final = jax.jit(cell.apply)(params, xs[..., :0, :], state)
+    assert ys.shape == (*batch, 0, cell.output_size)
+    assert_close(final, state, 0.0)
+
+
+def test_fused_backward_keeps_the_input_and_chunk_states_only():
+    """The fused layer's VJP residuals: xs, the flags, one state per chunk and the parameters; none of
+    the [B, T, H, d] projections, gates or norms the unfused form keeps (which the check can see)."""
+    cell = CELLS[2]  # gla-data, C = 8: projections, gate, norm, output gate
+    params, length = _params(cell), 64
+    xs, state = _xs(9, length=length), cell.initial_state((B,))
+
+    def residual_sizes(c):
+        vjp = lambda p, x: jax.vjp(lambda p, x: c.apply(p, x, state)[0], p, x)[1]
+        return [int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(jax.eval_shape(vjp, params, xs))]
+
+    projection = B * length * H * D
+    chunk_states = (length // cell.chunk_size) * B * H * D * D
+    assert projection > max(xs.size, chunk_states)
+    assert max(residual_sizes(cell)) <= max(xs.size, chunk_states)
+    assert sum(size >= projection for size in residual_sizes(dataclasses.replace(cell, fused=False))) >= 3
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
 def test_padding_resets_and_constant_state(cell):
     params, apply = _params(cell), _apply(cell)
     valid, total = 6, 12

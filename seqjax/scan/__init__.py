@@ -6,6 +6,7 @@ from seqjax.scan.lstm import lstm_scan
 from seqjax.scan.matrix import (
     linear_attention,
     linear_attention_chunked,
+    linear_attention_fused,
     linear_attention_recurrent,
     normalized_linear_attention,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "choose_method",
     "linear_attention",
     "linear_attention_chunked",
+    "linear_attention_fused",
     "linear_attention_recurrent",
     "linear_recurrence",
     "lstm_scan",

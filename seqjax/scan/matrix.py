@@ -37,8 +37,10 @@ float64 when the inputs are float64).
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +50,7 @@ __all__ = [
     "METHODS",
     "linear_attention",
     "linear_attention_chunked",
+    "linear_attention_fused",
     "linear_attention_recurrent",
     "matrix_step",
     "normalized_linear_attention",
@@ -431,6 +434,165 @@ def linear_attention_chunked(
     if mask is not None:
         ys = jnp.where(mask.reshape(b, t)[..., None, None], ys, jnp.zeros((), acc))
     return ys.reshape(*batch, t, heads, dv), final.reshape(*batch, heads, dk, dv)
+
+
+# --------------------------------------------------------------------------------------------------
+# The chunked form with the cell's projections fused into the chunk loop
+# --------------------------------------------------------------------------------------------------
+#: x [B, C, input] -> (q, k [B, C, H, d_k], v [B, C, H, d_v], log γ [B, C, H] or None, extras)
+Project = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, Any]]
+#: (y [B, C, H, d_v], extras) -> outputs [B, C, output]
+Finish = Callable[[Any, jax.Array, Any], jax.Array]
+
+
+def _fused_chunk(project, finish, params, s_prev, x, resets, mask):
+    """One chunk from the compact input: project, apply the flags, run the chunk, finish, zero padding.
+
+    x [B, C, input]; resets, mask [B, C] bool; s_prev [B, H, d_k, d_v].
+    """
+    q, k, v, lg, extras = project(params, x)
+    k, lg, resets = _apply_flags(k, lg, resets, mask)
+    seg = jnp.cumsum(resets.astype(jnp.int32), axis=-1)
+    heads_first = lambda a: None if a is None else jnp.swapaxes(a, 1, 2)
+    s_next, y = _chunk_body(s_prev, (heads_first(q), heads_first(k), heads_first(v), heads_first(lg), seg))
+    out = finish(params, heads_first(y), extras)
+    return s_next, jnp.where(mask[..., None], out, jnp.zeros((), out.dtype))
+
+
+def _take(x: jax.Array, i: jax.Array) -> jax.Array:
+    """Chunk i of a [B, n, C, ...] array as [B, C, ...]."""
+    return _unbits(lax.dynamic_slice_in_dim(_bits(x), i, 1, axis=1), x.dtype)[:, 0]
+
+
+def _put(buf: jax.Array, chunk: jax.Array, i: jax.Array) -> jax.Array:
+    """Writes a [B, C, ...] chunk into slot i of a (bit-cast) [B, n, C, ...] buffer, in place."""
+    return lax.dynamic_update_slice_in_dim(buf, _bits(chunk)[:, None], i, axis=1)
+
+
+def _fused_forward(project, finish, params, x, resets, mask, s0, keep_states):
+    b, n, c = x.shape[:3]
+    chunk = functools.partial(_fused_chunk, project, finish, params)
+    out = jax.eval_shape(chunk, s0, x[:, 0], resets[:, 0], mask[:, 0])[1]
+    ys0 = _bits(jnp.zeros((b, n, c, *out.shape[2:]), out.dtype))
+
+    def body(carry, i):
+        s, ys = carry
+        s_next, y = chunk(s, _take(x, i), _take(resets, i), _take(mask, i))
+        return (s_next, _put(ys, y, i)), (s if keep_states else None)
+
+    (final, ys), states = lax.scan(body, (s0, ys0), jnp.arange(n))
+    return _unbits(ys, out.dtype), final, states
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused(project, finish, params, x, resets, mask, s0):
+    ys, final, _ = _fused_forward(project, finish, params, x, resets, mask, s0, keep_states=False)
+    return ys, final
+
+
+def _fused_fwd(project, finish, params, x, resets, mask, s0):
+    ys, final, states = _fused_forward(project, finish, params, x, resets, mask, s0, keep_states=True)
+    return (ys, final), (params, x, resets, mask, states)
+
+
+def _fused_bwd(project, finish, res, cts):
+    params, x, resets, mask, states = res
+    dys, dfinal = cts
+    n = x.shape[1]
+    # Weight gradients are sums over chunks: accumulate them in at least float32.
+    acc_like = lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32))
+
+    def body(carry, i):
+        ds, dparams, dx = carry
+        r_i, m_i = _take(resets, i), _take(mask, i)
+        chunk = lambda p, s, x_i: _fused_chunk(project, finish, p, s, x_i, r_i, m_i)
+        _, vjp = jax.vjp(chunk, params, states[i], _take(x, i))
+        dp_i, ds, dx_i = vjp((ds, _take(dys, i)))
+        dparams = jax.tree.map(lambda a, g: a + g.astype(a.dtype), dparams, dp_i)
+        return (ds, dparams, _put(dx, dx_i.astype(x.dtype), i)), None
+
+    init = (dfinal.astype(states.dtype), jax.tree.map(acc_like, params), _bits(jnp.zeros_like(x)))
+    (ds0, dparams, dx), _ = lax.scan(body, init, jnp.arange(n), reverse=True)
+    dparams = jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params)
+    return dparams, _unbits(dx, x.dtype), None, None, ds0
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def linear_attention_fused(
+    project: Project,
+    finish: Finish,
+    params: Any,
+    xs: jax.Array,
+    s0: jax.Array,
+    *,
+    resets: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> tuple[jax.Array, jax.Array]:
+    """A whole linear-attention layer, chunk by chunk: project, recur, finish, inside one chunk loop.
+
+    `linear_attention_chunked` takes q, k, v and log γ for the whole sequence, so a cell around it keeps
+    every full-length projection, gate and norm (and their cotangents) alive for the backward pass: about
+    18 tensors of [B, T, H · d] for a gated cell, against one [B, T, input] input. Here the loop over
+    chunks starts from the compact input instead: `project(params, x_chunk)` gives the chunk's q, k, v,
+    log γ and any extras (an output gate), the chunk's recurrence runs as in `linear_attention_chunked`,
+    and `finish(params, y_chunk, extras)` turns the per-head outputs into the layer's. The custom VJP
+    saves only `xs` and the state at each chunk start; the backward loop recomputes each chunk from them
+    with `jax.vjp`, carries dS backwards, writes the chunk's d xs in place and sums the parameter
+    gradients over chunks in float32. Activation memory is O(T · input + T / C · H · d_k · d_v), whatever
+    the width of the projections; the projections run twice (forward and recompute).
+
+    Args:
+      project: (params, x [B, C, input]) -> (q, k [B, C, H, d_k], v [B, C, H, d_v] in the compute
+        dtype, log γ [B, C, H] in the accumulation dtype or None, extras: any pytree).
+      finish: (params, y [B, C, H, d_v] in the accumulation dtype, extras) -> outputs [B, C, output].
+      params: the pytree of floating arrays `project` and `finish` read; gradients flow to all of it.
+      xs: [*batch, T, input]; s0: [*batch, H, d_k, d_v] in the accumulation dtype.
+      resets, mask, chunk_size: as in `linear_attention_chunked`; padding outputs are 0.
+
+    Returns:
+      outputs [*batch, T, output] in `finish`'s dtype and the final state [*batch, H, d_k, d_v].
+    """
+    if int(chunk_size) < 1:
+        raise ValueError(f"linear_attention_fused: chunk_size must be >= 1, got {chunk_size}.")
+    xs = jnp.asarray(xs)
+    batch, t = xs.shape[:-2], xs.shape[-2]
+    lead = (*batch, t)
+    flags = []
+    for name, value, default in (("resets", resets, False), ("mask", mask, True)):
+        if value is None:
+            value = jnp.full(lead, default)
+        elif value.shape != lead or value.dtype != jnp.bool_:
+            raise ValueError(
+                f"linear_attention_fused: `{name}` has shape {value.shape} and dtype {value.dtype}, "
+                f"expected bool {lead} ([*batch, time])."
+            )
+        flags.append(value)
+    b = math.prod(batch)
+    c = min(int(chunk_size), t) if t > 0 else 1
+    n = -(-t // c)
+    pad = n * c - t
+
+    def chunked(a, fill=0):
+        a = a.reshape(b, t, *a.shape[len(batch) + 1 :])
+        if pad:  # padding tokens (mask False) leave the state unchanged and output 0
+            a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
+        return a.reshape(b, n, c, *a.shape[2:])
+
+    s0 = jnp.asarray(s0)
+    s_flat = s0.reshape(b, *s0.shape[len(batch) :])
+    x_c, resets_c, mask_c = chunked(xs), chunked(flags[0], False), chunked(flags[1], False)
+    if n == 0:  # no tokens: only the output's width and dtype are needed
+        probe = functools.partial(_fused_chunk, project, finish, params)
+        flag = jax.ShapeDtypeStruct((b, 1), jnp.bool_)
+        token = jax.ShapeDtypeStruct((b, 1, xs.shape[-1]), xs.dtype)
+        _, out = jax.eval_shape(probe, s_flat, token, flag, flag)
+        return jnp.zeros((*lead, *out.shape[2:]), out.dtype), s0
+    ys, final = _fused(project, finish, params, x_c, resets_c, mask_c, s_flat)
+    ys = ys.reshape(b, n * c, *ys.shape[3:])[:, :t]
+    return ys.reshape(*lead, *ys.shape[2:]), final.reshape(s0.shape)
 
 
 # --------------------------------------------------------------------------------------------------
