@@ -494,6 +494,14 @@ def implementations(families: list[str], peers: bool) -> list[Impl]:
             impls.append(
                 Impl(
                     family,
+                    "seqjax GLA chunked, unfused projections",
+                    "jax",
+                    seqjax_workload(dataclasses.replace(gla, fused=False)),
+                )
+            )
+            impls.append(
+                Impl(
+                    family,
                     "seqjax GLA recurrent",
                     "jax",
                     seqjax_workload(dataclasses.replace(gla, method="recurrent")),
