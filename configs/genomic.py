@@ -1,8 +1,10 @@
-"""Genomic sequence classification: DNA windows of human chr20 (genic vs intergenic, promoter vs not) and
-of bacterial genomes (species of origin), read as bytes by the DNA encoder.
+"""Genomic sequence classification: DNA windows of human chr20 (genic vs intergenic, promoter vs not), of
+bacterial genomes (species of origin), and of human chr20 vs C. elegans chrX (human or worm), read as
+bytes by the DNA encoder.
 
     python scripts/train.py --config=configs/genomic.py:mamba --workdir=/tmp/genomic
     python scripts/train.py --config=configs/genomic.py:lstm,task=promoter,route=auto,size=accelerator
+    python scripts/train.py --config=configs/genomic.py:lstm,task=human_or_worm --workdir=/tmp/hw
 
 Arg: `preset[,task=..,length=..,route=..,size=..]`. `route=sample` (default) trains on the real sample
 embedded in the repository; `auto`/`offline`/`online` fetch and prepare the full data (see
@@ -16,7 +18,7 @@ import ml_collections
 
 from configs.common import base_config, parse_arg
 
-NUM_CLASSES = {"genic_vs_intergenic": 2, "promoter": 2, "species": 4}
+NUM_CLASSES = {"genic_vs_intergenic": 2, "promoter": 2, "species": 4, "human_or_worm": 2}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

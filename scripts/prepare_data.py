@@ -23,7 +23,9 @@ from absl import app, flags
 flags.DEFINE_list("kinds", ["genomic", "timeseries", "documents"], "Task families to prepare.")
 flags.DEFINE_enum("route", "auto", ["auto", "online", "offline", "sample"], "Where raw files come from.")
 flags.DEFINE_string("data_dir", None, "Prepared data sets go here.")
-flags.DEFINE_list("genomic_tasks", ["genic_vs_intergenic", "promoter", "species"], "Genomic tasks.")
+flags.DEFINE_list(
+    "genomic_tasks", ["genic_vs_intergenic", "promoter", "species", "human_or_worm"], "Genomic tasks."
+)
 flags.DEFINE_list("genomic_lengths", ["8192", "16384", "32768"], "Genomic window lengths (bp).")
 flags.DEFINE_list(
     "timeseries_datasets", ["household_power", "appliances_energy", "electricity", "traffic"], "Series."

@@ -65,7 +65,13 @@ def test_builder_declares_documented_features(prepared) -> None:
     assert features["label"].names == ["non_promoter", "promoter"]
     assert builder.info.homepage.startswith("https://") and "@article" in builder.info.citation
     assert pathlib.Path(builder.data_dir).is_relative_to(pathlib.Path(data_dir) / "sample")
-    assert {c.name for c in genomic.GenomicWindows.BUILDER_CONFIGS} >= {"species_16384", "promoter_8192"}
+    assert {c.name for c in genomic.GenomicWindows.BUILDER_CONFIGS} >= {
+        "species_16384",
+        "promoter_8192",
+        *(f"human_or_worm_{n}" for n in (8192, 16384, 32768)),
+    }
+    worm = genomic.make_builder({"task": "human_or_worm", "length": LENGTH}, data_dir).info
+    assert worm.features["label"].names == ["human", "worm"] and "elegans" in worm.citation
 
 
 @pytest.mark.parametrize("task", ["genic_vs_intergenic", "promoter"])
@@ -101,6 +107,101 @@ def test_species_split_by_genome(prepared) -> None:
         val["end"][val["genome"] == "E.Coli/MG1655-K12"].max()
         <= test["start"][test["genome"] == "E.Coli/MG1655-K12"].min()
     )
+
+
+@pytest.fixture(scope="module")
+def sample_worm() -> genomic.Sequence:
+    return genomic._load_chromosome(genomic.WORM_CHRX, "sample", "ce2", "X")
+
+
+def test_human_or_worm_is_balanced_and_labelled_by_genome(prepared, sample_chr20, sample_worm) -> None:
+    _, splits = prepared
+    sequences = {"hg19": sample_chr20[0], "ce2": sample_worm}
+    assert (sample_worm.offset, sample_worm.end) == genomic.WORM_SAMPLE_REGION[1:]
+    # The sample's worm cut is 900 kbp in 20 blocks of 45 kbp, each holding 43 windows of 1024 bp (no N);
+    # human chr20's 4.5 Mbp cut has more, so the human side is subsampled to match.
+    per_class = {"train": 16 * 43, "validation": 2 * 43, "test": 2 * 43}
+    for name, split in splits["human_or_worm"].items():
+        assert split.describe()["class_counts"] == {"human": per_class[name], "worm": per_class[name]}, name
+        c, labels = split.coordinates(), split.labels()
+        assert set(zip(c["genome"][labels == 0], c["chrom"][labels == 0], strict=True)) == {("hg19", "20")}
+        assert set(zip(c["genome"][labels == 1], c["chrom"][labels == 1], strict=True)) == {("ce2", "X")}
+        assert set(c["strand"]) == {"+"}
+        for i in range(0, len(split), 37):  # the bytes are the chromosomes' bases at those coordinates
+            sequence = sequences[c["genome"][i]]
+            expected = sequence.bases[c["start"][i] - sequence.offset : c["end"][i] - sequence.offset]
+            np.testing.assert_array_equal(split[i]["inputs"], expected)
+    # The human subsample spans every block of its split, not one end of it.
+    human_train = splits["human_or_worm"]["train"].coordinates()
+    blocks = genomic.region_blocks(*genomic.SAMPLE_REGION[1:])
+    used = {
+        b
+        for s in human_train["start"][human_train["genome"] == "hg19"]
+        for b in range(20)
+        if blocks[b][0] <= s < blocks[b][1]
+    }
+    assert used == {b for b in range(20) if blocks[b][2] == "train"}
+
+
+def test_human_or_worm_splits_never_overlap(prepared) -> None:
+    _, splits = prepared
+    regions = {"hg19": genomic.SAMPLE_REGION, "ce2": genomic.WORM_SAMPLE_REGION}
+    coordinates = {name: split.coordinates() for name, split in splits["human_or_worm"].items()}
+    for genome, (_, start, end) in regions.items():
+        blocks = genomic.region_blocks(start, end)
+        by_split = {}
+        for name, c in coordinates.items():
+            mine = c["genome"] == genome
+            windows = np.stack([c["start"][mine], c["end"][mine]], axis=1)
+            assert len(windows) and np.all(windows[:, 1] - windows[:, 0] == LENGTH)
+            inside = [any(s >= b0 and e <= b1 and sp == name for b0, b1, sp in blocks) for s, e in windows]
+            assert all(inside), (genome, name)
+            by_split[name] = windows
+        every = np.concatenate(list(by_split.values()))
+        every = every[np.argsort(every[:, 0])]
+        assert np.all(every[1:, 0] >= every[:-1, 1]), genome  # no two windows of any splits overlap
+
+
+def test_human_or_worm_subsamples_the_larger_class_deterministically() -> None:
+    rng = np.random.default_rng(1)
+    human_bases = rng.choice(np.frombuffer(b"ACGT", np.uint8), size=200 * 64)
+    human_bases[:640] = ord("N")  # the first 10 windows are all N: dropped
+    human = genomic.Sequence("hg19", "20", 1000, human_bases)
+    worm = genomic.Sequence("ce2", "X", 0, rng.choice(np.frombuffer(b"ACGT", np.uint8), size=100 * 64))
+    windows = genomic._human_or_worm_windows(human, worm, 64)
+    again = genomic._human_or_worm_windows(human, worm, 64)
+    assert windows == again
+    for split, kept in windows.items():
+        labels = np.array([w.label for w in kept])
+        assert np.sum(labels == 0) == np.sum(labels == 1) > 0, split
+        human_starts = [w.start for w in kept if w.label == 0]
+        assert human_starts == sorted(human_starts) and min(human_starts) >= 1000 + 640
+    assert sum(len(kept) for kept in windows.values()) == 2 * 100  # every worm window, as many human ones
+
+
+def test_human_or_worm_window_too_long_for_the_sample_names_the_fix(prepared) -> None:
+    data_dir, _ = prepared
+    with pytest.raises(
+        ValueError,
+        match=r"no worm window of 50000 bp fits in the train split.*at most 45000 bp with the sample data\) "
+        r"or the full chromosomes \(route='auto' or 'offline'\)",
+    ):
+        genomic.make_sources({"task": "human_or_worm", "length": 50_000}, data_dir)
+    with pytest.raises(
+        ValueError, match=r"task must be one of .*'human_or_worm'.*did you mean 'human_or_worm'"
+    ):
+        genomic.make_sources({"task": "human_vs_worm"}, data_dir)
+
+
+def test_config_selects_human_or_worm() -> None:
+    from configs import genomic as genomic_config
+
+    config = genomic_config.get_config("lstm,task=human_or_worm,length=512")
+    assert config.data.task == "human_or_worm" and config.data.length == 512
+    assert config.head.num_classes == len(genomic.LABEL_NAMES["human_or_worm"]) == 2
+    assert set(genomic_config.NUM_CLASSES) == set(genomic.TASKS)
+    with pytest.raises(ValueError, match="task must be one of"):
+        genomic_config.get_config("lstm,task=human_vs_worm")
 
 
 def test_genic_labels_agree_with_the_annotation(prepared, sample_chr20) -> None:
@@ -266,6 +367,15 @@ def test_malformed_annotation_line_names_file_and_line(
         fasta.read_exon_annotation(path, chrom="20")
 
 
+def test_sample_region_cut_checks_line_boundaries(tmp_path: pathlib.Path) -> None:
+    path = _write(tmp_path / "c.fa", ">chrX\n" + "ACGTA\n" * 10)
+    assert genomic._region_cut(path, ("X", 10, 20), "d") == b">X:11-20 d\nACGTA\nACGTA\n"
+    with pytest.raises(ValueError, match="line boundaries"):
+        genomic._region_cut(path, ("X", 12, 20), "d")
+    with pytest.raises(ValueError, match="runs past the end"):
+        genomic._region_cut(path, ("X", 40, 60), "d")
+
+
 def test_annotation_gene_span_and_tss(tmp_path: pathlib.Path) -> None:
     text = "GeneID\tChr\tStart\tEnd\tStrand\n1\tchr20\t100\t200\t+\n1\tchr20\t300\t400\t+\n"
     text += "2\tchr20\t1000\t1100\t-\n2\tchr20\t500\t600\t-\n3\tchr21\t1\t5\t+\n"
@@ -293,10 +403,28 @@ def test_offline_route_fetches_and_parses_the_refseq_annotation() -> None:
     assert genes[0].gene_id == "245938" and genes[0].start == 68350
 
 
+def test_offline_route_fetches_the_worm_chromosome() -> None:
+    """Downloads Debian r-bioc-bsgenome (7 MB) once into the default cache, unless it is there."""
+    try:
+        path = fetch(genomic.WORM_CHRX, route="offline")
+    except SourceError as e:
+        if "apt-get" in str(e):
+            pytest.skip(f"Debian package not downloadable here (no network or no apt-get): {e}")
+        raise
+    (record,) = fasta.read_fasta(path)
+    assert record.name == "chrX" and len(record.sequence) == 17_718_849  # ce2 chrX as BSgenome ships it
+    _, start, end = genomic.WORM_SAMPLE_REGION
+    sample = genomic._load_chromosome(genomic.WORM_CHRX, "sample", "ce2", "X")
+    np.testing.assert_array_equal(record.sequence[start:end], sample.bases)
+
+
 def test_make_sample_reproduces_the_embedded_sample(tmp_path: pathlib.Path) -> None:
     """Provenance: the embedded files are exactly what make_sample cuts from the packages (runs only when
-    the three packages are already unpacked in the cache; never downloads)."""
-    packages = [genomic.CHR20.package, genomic.REFSEQ_EXONS.package, genomic.BACTERIA.package]
+    the four packages are already unpacked in the cache; never downloads)."""
+    packages = [
+        source.package
+        for source in (genomic.CHR20, genomic.REFSEQ_EXONS, genomic.BACTERIA, genomic.WORM_CHRX)
+    ]
     if not all(
         (cache_dir() / "packages" / f"deb-{p.name}").is_dir()
         for p in packages

@@ -1,6 +1,7 @@
-"""Genomic tasks: DNA windows classified as genic/intergenic, promoter/non-promoter, or by species.
+"""Genomic tasks: DNA windows classified as genic/intergenic, promoter/non-promoter, by species, or as
+human vs worm.
 
-Three tasks, all built from real sequence and real annotation that CI machines can fetch from Debian
+Four tasks, all built from real sequence and real annotation that CI machines can fetch from Debian
 (see /work/shared/DATA.md), in the style of the Genomic Benchmarks but with long windows:
 
 - "genic_vs_intergenic": windows tiling human chr20 (hg19). Label 1 ("genic") if more than half of the
@@ -16,6 +17,13 @@ Three tasks, all built from real sequence and real annotation that CI machines c
 - "species": windows tiling 16 complete bacterial genomes (Ragout's examples; E. coli, H. pylori,
   S. aureus, V. cholerae); label = species. Split BY GENOME (`GENOME_SPLITS`): no validation or test
   window comes from a genome with a training window.
+- "human_or_worm": windows tiling human chr20 (hg19; label 0 "human") and C. elegans chrX (ce2, from
+  Bioconductor's BSgenome test data; label 1 "worm"), both forward strand. Each chromosome (or its
+  sample cut) is split into the same blocks as below, each block tiled with non-overlapping windows;
+  then, per split, the larger class is subsampled (seeded by `BALANCE_SEED`, the length and the split;
+  the kept windows stay in coordinate order) to the size of the smaller, so every split is balanced.
+  A length too long for some split to hold a window of both classes is an error naming the longest
+  that fits.
 
 Splits of the chr20 tasks are by chromosome region: the covered region (all of chr20, or the sample's
 4.5 Mbp cut) is cut into `NUM_REGION_BLOCKS` = 20 equal contiguous blocks; blocks 4 and 14 are
@@ -23,7 +31,9 @@ validation, 9 and 19 test, the others train (80/10/10). A window lies inside one
 one split overlaps a window of another (the tests check this by coordinates). Interleaved blocks rather
 than one cut keep gene-dense and gene-poor stretches in every split. With the full chr20 (63,025,520
 bp) the blocks are 3,151,276 bp: validation = [12,605,104, 15,756,380) and [44,117,864, 47,269,140),
-test = [28,361,484, 31,512,760) and [59,874,244, 63,025,520) (0-based, half-open).
+test = [28,361,484, 31,512,760) and [59,874,244, 63,025,520) (0-based, half-open). "human_or_worm"
+cuts worm chrX (17,718,849 bp, or the sample's 900 kbp cut) into blocks the same way (885,942 bp in
+full), so its splits never overlap either.
 
 Cleaning, the same for every task: lowercase soft-masking is uppercased (by `seqjax.data.fasta`);
 IUPAC ambiguity codes are kept; a window with more than `MAX_N_FRACTION` (10%) N is dropped.
@@ -31,10 +41,10 @@ IUPAC ambiguity codes are kept; a window with more than `MAX_N_FRACTION` (10%) N
 Features of the TFDS builder `GenomicWindows` (one config per task and window length):
 - "inputs": uint8[length], ASCII bytes of the uppercase sequence (A, C, G, T, N, IUPAC codes);
 - "label": ClassLabel (see `LABEL_NAMES`);
-- "genome": Text, "hg19" or "<Species>/<genome>" (e.g. "E.Coli/DH1");
-- "chrom": Text, the chromosome / FASTA record name ("20", "gi|386593590|ref|NC_017625.1|");
-- "start", "end": int64, 0-based half-open coordinates on that record (absolute chr20 coordinates
-  also for the sample); "strand": Text, "+" or "-" (the window was reverse-complemented if "-").
+- "genome": Text, "hg19", "ce2" or "<Species>/<genome>" (e.g. "E.Coli/DH1");
+- "chrom": Text, the chromosome / FASTA record name ("20", "X", "gi|386593590|ref|NC_017625.1|");
+- "start", "end": int64, 0-based half-open coordinates on that record (absolute chr20 / chrX
+  coordinates also for the sample); "strand": Text, "+" or "-" (the window was reverse-complemented if "-").
 
 `make_sources(data, data_dir)` returns the splits as random-access sources whose examples are
 {"inputs": uint8[length], "label": int32 scalar}; coordinates stay at builder level and are exposed by
@@ -45,6 +55,7 @@ Features of the TFDS builder `GenomicWindows` (one config per task and window le
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import gzip
 import os
 import pathlib
@@ -69,6 +80,8 @@ __all__ = [
     "SAMPLE_REGION",
     "SPLITS",
     "TASKS",
+    "WORM_CHRX",
+    "WORM_SAMPLE_REGION",
     "GenomicConfig",
     "GenomicSplit",
     "GenomicWindows",
@@ -80,7 +93,7 @@ __all__ = [
     "region_blocks",
 ]
 
-TASKS = ("genic_vs_intergenic", "promoter", "species")
+TASKS = ("genic_vs_intergenic", "promoter", "species", "human_or_worm")
 SPLITS = ("train", "validation", "test")
 DOCUMENTED_LENGTHS = (8192, 16384, 32768)
 SPECIES = ("E.Coli", "H.Pylori", "S.Aureus", "V.Cholerae")
@@ -88,6 +101,7 @@ LABEL_NAMES = {
     "genic_vs_intergenic": ("intergenic", "genic"),
     "promoter": ("non_promoter", "promoter"),
     "species": SPECIES,
+    "human_or_worm": ("human", "worm"),
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -107,6 +121,8 @@ VALIDATION_BLOCKS = (4, 14)
 TEST_BLOCKS = (9, 19)
 NEGATIVE_SEED = 20  # seeds the placement of promoter negatives (with the length and the split)
 CHROM = "20"
+WORM_CHROM = "X"
+BALANCE_SEED = 30  # seeds the subsampling of the larger class of human_or_worm (with the length and split)
 
 # Which genome of each species goes to which split. "validation+test": the genome is held out and each
 # of its records is cut at its midpoint, windows of the first half are validation, of the second test
@@ -143,6 +159,10 @@ SAMPLE_GENOMES = {
     "S.Aureus": ("COL", "RF122", "USA300_FPR3757"),
     "V.Cholerae": ("H1", "O1_biovar", "O395"),
 }
+# The worm part of the sample: ce2 chrX [8,000,000, 8,900,000) 0-based, 900 kbp from the middle of the
+# chromosome (away from the telomeric repeats at its ends; no N), about 270 kB gzipped. Its blocks are
+# 45 kbp, so windows up to 45,000 bp fit the sample's human_or_worm task.
+WORM_SAMPLE_REGION = (WORM_CHROM, 8_000_000, 8_900_000)
 
 _DEB_LICENCES = "see the package's /usr/share/doc/<package>/copyright"
 CHR20 = Source(
@@ -161,6 +181,15 @@ REFSEQ_EXONS = Source(
     sample="genomic/refseq_exons_chr20_region.txt.gz",
     licence="Subread annotation, GPL-3.0+ (Debian subread-data); RefSeq data is public domain (NCBI)",
 )
+WORM_CHRX = Source(
+    name="ce2_chrX.fa.gz",
+    package=DebianPackage("r-bioc-bsgenome"),
+    path="usr/lib/R/site-library/BSgenome/extdata/ce2chrX.fa.gz",
+    url="https://hgdownload.soe.ucsc.edu/goldenPath/ce2/chromosomes/chrX.fa.gz",
+    sample="genomic/ce2_chrX_region.fa.gz",
+    licence="BSgenome, Artistic-2.0 (Debian r-bioc-bsgenome copyright); the C. elegans ce2 assembly "
+    "(UCSC), free for use",
+)
 BACTERIA = Source(
     name="ragout_bacterial_references",
     package=DebianPackage("ragout-examples"),
@@ -173,13 +202,17 @@ _HOMEPAGES = {
     "genic_vs_intergenic": "https://hgdownload.soe.ucsc.edu/goldenPath/hg19/chromosomes/",
     "promoter": "https://hgdownload.soe.ucsc.edu/goldenPath/hg19/chromosomes/",
     "species": "https://github.com/fenderglass/Ragout",
+    "human_or_worm": "https://github.com/ML-Bioinfo-CEITEC/genomic_benchmarks",
 }
-_HUMAN_CITATION = """\
+_HG19_CITATION = """\
 @article{lander2001initial,
   title={Initial sequencing and analysis of the human genome},
   author={{International Human Genome Sequencing Consortium}},
   journal={Nature}, volume={409}, pages={860--921}, year={2001}
-}
+}"""
+_HUMAN_CITATION = (
+    _HG19_CITATION
+    + """
 @article{oleary2016refseq,
   title={Reference sequence (RefSeq) database at NCBI: current status, taxonomic expansion, and
          functional annotation},
@@ -192,12 +225,31 @@ _HUMAN_CITATION = """\
   author={Liao, Yang and Smyth, Gordon K and Shi, Wei},
   journal={Nucleic Acids Research}, volume={47}, number={8}, pages={e47}, year={2019}
 }"""
+)
 _SPECIES_CITATION = """\
 @article{kolmogorov2014ragout,
   title={Ragout---a reference-assisted assembly tool for bacterial genomes},
   author={Kolmogorov, Mikhail and Raney, Brian and Paten, Benedict and Pham, Son},
   journal={Bioinformatics}, volume={30}, number={12}, pages={i302--i309}, year={2014}
 }"""
+_WORM_CITATION = """\
+@article{celegans1998genome,
+  title={Genome sequence of the nematode {C. elegans}: a platform for investigating biology},
+  author={{The C. elegans Sequencing Consortium}},
+  journal={Science}, volume={282}, number={5396}, pages={2012--2018}, year={1998}
+}
+@article{gresova2023genomic,
+  title={Genomic benchmarks: a collection of datasets for genomic sequence classification},
+  author={Grešová, Katarína and Martinek, Vlastimil and Čechák, David and Šimeček, Petr and
+          Alexiou, Panagiotis},
+  journal={BMC Genomic Data}, volume={24}, number={1}, pages={25}, year={2023}
+}"""
+_CITATIONS = {
+    "genic_vs_intergenic": _HUMAN_CITATION,
+    "promoter": _HUMAN_CITATION,
+    "species": _SPECIES_CITATION,
+    "human_or_worm": _HG19_CITATION + "\n" + _WORM_CITATION,
+}
 _DESCRIPTIONS = {
     "genic_vs_intergenic": "Human chr20 (hg19) windows: >50% inside RefSeq gene spans (genic) vs at least "
     f"{INTERGENIC_MARGIN} bp from any gene (intergenic); split by chromosome blocks.",
@@ -205,6 +257,8 @@ _DESCRIPTIONS = {
     f"at least {PROMOTER_NEGATIVE_MARGIN} bp from any TSS; split by chromosome blocks.",
     "species": "Windows of 16 complete bacterial genomes (E. coli, H. pylori, S. aureus, V. cholerae); "
     "label = species; split by genome.",
+    "human_or_worm": "Windows of human chr20 (hg19) vs C. elegans chrX (ce2), balanced per split; both "
+    "chromosomes split by blocks.",
 }
 
 
@@ -397,6 +451,52 @@ def _species_windows(genomes: list[tuple[str, str, list[Sequence]]], length: int
     return out
 
 
+def _tiled_windows(sequence: Sequence, length: int, label: int) -> dict[str, list[Window]]:
+    """Non-overlapping forward windows tiling each split block of `sequence`, minus those with many N."""
+    n_runs = _n_runs(sequence)
+    out: dict[str, list[Window]] = {split: [] for split in SPLITS}
+    for block_start, block_end, split in region_blocks(sequence.offset, sequence.end):
+        starts = _tile(block_start, block_end, length)
+        clean = n_runs(starts, starts + length) <= MAX_N_FRACTION * length
+        out[split] += [
+            Window(sequence.genome, sequence.chrom, int(s), int(s) + length, "+", label)
+            for s, ok in zip(starts, clean, strict=True)
+            if ok
+        ]
+    return out
+
+
+def _human_or_worm_windows(
+    human: Sequence, worm: Sequence, length: int, route: str = "sample"
+) -> dict[str, list[Window]]:
+    """Tiled windows of both chromosomes, per split the larger class subsampled to the smaller's size.
+    `route` only words the error raised when a split cannot hold a window of both classes."""
+    classes = [_tiled_windows(sequence, length, label) for label, sequence in enumerate((human, worm))]
+    out: dict[str, list[Window]] = {}
+    for split_index, split in enumerate(SPLITS):
+        count = min(len(windows[split]) for windows in classes)
+        if count == 0:
+            names = LABEL_NAMES["human_or_worm"]
+            empty = next(names[k] for k, windows in enumerate(classes) if not windows[split])
+            fits = min(min(e - s for s, e, _ in region_blocks(sq.offset, sq.end)) for sq in (human, worm))
+            full = " or the full chromosomes (route='auto' or 'offline')" if route == "sample" else ""
+            raise ValueError(
+                f"human_or_worm: no {empty} window of {length} bp fits in the {split} split: human "
+                f"chr{human.chrom} [{human.offset:,}, {human.end:,}) and worm chr{worm.chrom} "
+                f"[{worm.offset:,}, {worm.end:,}) are each cut into {NUM_REGION_BLOCKS} blocks and a window "
+                f"never crosses a block. Use a shorter length (at most {fits} bp with the {route} data)"
+                f"{full}."
+            )
+        out[split] = []
+        for label, windows in enumerate(classes):
+            kept = windows[split]
+            if len(kept) > count:
+                rng = np.random.default_rng([BALANCE_SEED, length, split_index, label])
+                kept = [kept[i] for i in np.sort(rng.choice(len(kept), size=count, replace=False))]
+            out[split] += kept
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------
 # Raw files.
 
@@ -409,25 +509,33 @@ def _route_for(source: Source, route: str) -> str:
     return "offline" if route == "online" and source.url is None else route
 
 
-def _load_chr20(route: str) -> tuple[Sequence, list[fasta.Gene]]:
-    """chr20 (or the sample's cut of it, recognized by a `>20:START-END` header, 1-based inclusive) and
-    the RefSeq genes of chr20."""
-    path = fetch(CHR20, _route_for(CHR20, route))
+def _load_chromosome(source: Source, route: str, genome: str, chrom: str) -> Sequence:
+    """Chromosome `chrom` of `source`'s FASTA, or the sample's cut of it (recognized by a
+    `>CHROM:START-END` header, 1-based inclusive)."""
+    path = fetch(source, _route_for(source, route))
     sequence = None
     for record in fasta.read_fasta(path):
         match = _REGION_NAME.match(record.name)
-        if match and fasta.normalize_chrom(match.group(1)) == CHROM:
+        if match and fasta.normalize_chrom(match.group(1)) == chrom:
             first, last = int(match.group(2)), int(match.group(3))
             if last - first + 1 != len(record.sequence):
                 raise ValueError(
                     f"{path}: record {record.name} should hold {last - first + 1} bp but holds "
                     f"{len(record.sequence)}; regenerate the sample with seqjax.data.genomic.make_sample."
                 )
-            sequence = Sequence("hg19", CHROM, first - 1, record.sequence)
-        elif fasta.normalize_chrom(record.name) == CHROM:
-            sequence = Sequence("hg19", CHROM, 0, record.sequence)
+            sequence = Sequence(genome, chrom, first - 1, record.sequence)
+        elif fasta.normalize_chrom(record.name) == chrom:
+            sequence = Sequence(genome, chrom, 0, record.sequence)
     if sequence is None:
-        raise ValueError(f"{path}: no record for chromosome {CHROM} ('>20', '>chr20' or '>20:start-end').")
+        raise ValueError(
+            f"{path}: no record for chromosome {chrom} ('>{chrom}', '>chr{chrom}' or '>{chrom}:start-end')."
+        )
+    return sequence
+
+
+def _load_chr20(route: str) -> tuple[Sequence, list[fasta.Gene]]:
+    """chr20 (or the sample's cut of it) and the RefSeq genes of chr20."""
+    sequence = _load_chromosome(CHR20, route, "hg19", CHROM)
     genes = fasta.read_exon_annotation(fetch(REFSEQ_EXONS, _route_for(REFSEQ_EXONS, route)), chrom=CHROM)
     return sequence, genes
 
@@ -473,7 +581,7 @@ class GenomicConfig(tfds.core.BuilderConfig):
 def make_config(task: str, length: int) -> GenomicConfig:
     """The config of `task` with windows of `length` bp (any positive length, not only the listed ones)."""
     if task not in TASKS:
-        raise ValueError(f"genomic: task must be one of {TASKS}, got {task!r}.")
+        raise ValueError(f"genomic: task must be one of {TASKS}, got {task!r}{_did_you_mean(task)}.")
     return GenomicConfig(name=f"{task}_{length}", description=_DESCRIPTIONS[task], task=task, length=length)
 
 
@@ -519,7 +627,7 @@ class GenomicWindows(tfds.core.GeneratorBasedBuilder):
                 }
             ),
             homepage=_HOMEPAGES[config.task],
-            citation=_SPECIES_CITATION if config.task == "species" else _HUMAN_CITATION,
+            citation=_CITATIONS[config.task],
             disable_shuffling=True,  # examples keep coordinate order; the trainer shuffles
         )
 
@@ -530,6 +638,11 @@ class GenomicWindows(tfds.core.GeneratorBasedBuilder):
             genomes = _load_bacteria(self.route)
             windows = _species_windows(genomes, length)
             sequences = {(r.genome, r.chrom): r for _, _, records in genomes for r in records}
+        elif task == "human_or_worm":
+            human = _load_chromosome(CHR20, self.route, "hg19", CHROM)
+            worm = _load_chromosome(WORM_CHRX, self.route, "ce2", WORM_CHROM)
+            windows = _human_or_worm_windows(human, worm, length, self.route)
+            sequences = {(r.genome, r.chrom): r for r in (human, worm)}
         else:
             sequence, genes = _load_chr20(self.route)
             windows = (_genic_windows if task == "genic_vs_intergenic" else _promoter_windows)(
@@ -558,6 +671,11 @@ class GenomicWindows(tfds.core.GeneratorBasedBuilder):
 # The contract used by the trainer and scripts/prepare_data.py.
 
 
+def _did_you_mean(task: Any) -> str:
+    close = difflib.get_close_matches(str(task), TASKS, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _checked(data: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
@@ -566,7 +684,10 @@ def _checked(data: Mapping[str, Any]) -> dict[str, Any]:
     if config["kind"] != "genomic":
         raise ValueError(f"genomic data config: kind must be 'genomic', got {config['kind']!r}.")
     if config["task"] not in TASKS:
-        raise ValueError(f"genomic data config: task must be one of {TASKS}, got {config['task']!r}.")
+        raise ValueError(
+            f"genomic data config: task must be one of {TASKS}, got {config['task']!r}"
+            f"{_did_you_mean(config['task'])}."
+        )
     length = config["length"]
     if isinstance(length, bool) or not isinstance(length, int | np.integer) or length <= 0:
         raise ValueError(f"genomic data config: length must be a positive int (bp), got {length!r}.")
@@ -712,6 +833,21 @@ def _prefix_lines(lines: list[bytes], bases: int) -> list[bytes]:
     raise ValueError(f"the first record is shorter than {bases} bp.")
 
 
+def _region_cut(path: pathlib.Path, region: tuple[str, int, int], description: str) -> bytes:
+    """The lines of [start, end) of the one-record FASTA `path`, verbatim (the region must start and end on
+    line boundaries), under the header `>CHROM:START-END description` (1-based inclusive)."""
+    chrom, start, end = region
+    lines = fasta.read_maybe_gzip(path).split(b"\n")
+    width = len(lines[1])
+    if start % width or end % width:
+        raise ValueError(f"{region}: a sample region must start and end on line boundaries ({width} bp).")
+    body = lines[1 + start // width : 1 + end // width]
+    if len(body) != (end - start) // width or any(len(line) != width for line in body):
+        raise ValueError(f"{path}: {region} runs past the end of the record; choose a region inside it.")
+    header = f">{chrom}:{start + 1}-{end} {description}"
+    return b"\n".join([header.encode(), *body]) + b"\n"
+
+
 def make_sample(
     out_dir: str | os.PathLike = SAMPLES_DIR / "genomic", route: str = "offline"
 ) -> dict[str, int]:
@@ -723,20 +859,19 @@ def make_sample(
       whose span overlaps the region (absolute hg19 coordinates).
     - `bacteria/<Species>/<genome>.fasta.gz`: the original header and the first SAMPLE_GENOME_PREFIX[split]
       bp of the first record of each genome in SAMPLE_GENOMES, lines verbatim (the last one cut).
+    - `ce2_chrX_region.fa.gz`: chrX [WORM_SAMPLE_REGION) of r-bioc-bsgenome's `ce2chrX.fa.gz`, its lines
+      verbatim, under the header `>X:START-END` (1-based inclusive).
     Returns the size in bytes of each file written (relative path -> bytes). README.md is kept by hand.
     """
     out = pathlib.Path(out_dir)
     chrom, region_start, region_end = SAMPLE_REGION
-    chr20_path = fetch(CHR20, _route_for(CHR20, route))
-    lines = fasta.read_maybe_gzip(chr20_path).split(b"\n")
-    width = len(lines[1])
-    if region_start % width or region_end % width:
-        raise ValueError(f"SAMPLE_REGION must start and end on line boundaries ({width} bp lines).")
-    body = lines[1 + region_start // width : 1 + region_end // width]
-    header = (
-        f">{chrom}:{region_start + 1}-{region_end} hg19 chr{chrom} cut from Debian vt-examples ref/20.fa.gz"
-    )
-    files = {"chr20_region.fa.gz": b"\n".join([header.encode(), *body]) + b"\n"}
+    files = {
+        "chr20_region.fa.gz": _region_cut(
+            fetch(CHR20, _route_for(CHR20, route)),
+            SAMPLE_REGION,
+            f"hg19 chr{chrom} cut from Debian vt-examples ref/20.fa.gz",
+        )
+    }
 
     exon_path = fetch(REFSEQ_EXONS, _route_for(REFSEQ_EXONS, route))
     genes = fasta.read_exon_annotation(exon_path, chrom=chrom)
@@ -756,6 +891,12 @@ def make_sample(
         genome_lines = fasta.read_maybe_gzip(path).split(b"\n")
         body = _prefix_lines(genome_lines[1:], SAMPLE_GENOME_PREFIX[GENOME_SPLITS[species][genome]])
         files[f"bacteria/{species}/{genome}.fasta.gz"] = b"\n".join([genome_lines[0], *body]) + b"\n"
+
+    files["ce2_chrX_region.fa.gz"] = _region_cut(
+        fetch(WORM_CHRX, _route_for(WORM_CHRX, route)),
+        WORM_SAMPLE_REGION,
+        f"ce2 chr{WORM_CHROM} cut from Debian r-bioc-bsgenome BSgenome/extdata/ce2chrX.fa.gz",
+    )
 
     sizes = {}
     for relative, content in files.items():
