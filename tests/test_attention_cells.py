@@ -15,6 +15,7 @@ import pytest
 
 from seqjax import cells
 from seqjax.cells.attention import alibi_slopes
+from seqjax.scan.attention import attention, decode_attention
 from tests.cell_cases import random_flags, step_loop
 
 B, T, INPUT_SIZE = 3, 13, 5
@@ -443,6 +444,167 @@ def test_sliding_window_streams_past_any_length(key):
     ref_ys, ref_final = step_loop(cell, params, xs)
     np.testing.assert_allclose(ys, ref_ys, atol=1e-5)
     assert max_abs_diff(final, ref_final) < 1e-6 and int(final.length[0]) == 40
+
+
+# --------------------------------------------------------------------------------------------------
+# The decode path of Attention.step
+# --------------------------------------------------------------------------------------------------
+DECODE_CELLS = {
+    "mha-rotary": cells.Attention(num_heads=2, head_dim=4, max_length=MAX_LENGTH),
+    "gqa-rotary": cells.Attention(num_heads=4, head_dim=4, num_kv_heads=2, max_length=MAX_LENGTH),
+    "gqa-alibi": cells.Attention(
+        num_heads=6, head_dim=3, num_kv_heads=2, positional="alibi", max_length=MAX_LENGTH
+    ),
+    "mha-alibi": cells.Attention(num_heads=3, head_dim=3, positional="alibi", max_length=MAX_LENGTH),
+    "mqa-sinusoidal": cells.Attention(
+        num_heads=4, head_dim=2, num_kv_heads=1, positional="sinusoidal", max_length=MAX_LENGTH
+    ),
+}
+
+
+def _materialised_step(cell, params, state, x, reset, mask):
+    """`Attention.step` as first written: reset and padding as in `Cell.step`, the new key written at slot
+    `length`, then a plain float64 softmax over slots 0..length of the cache. Returns (state, y) in
+    NumPy."""
+    k_cache, v_cache = np.array(state.k, np.float64), np.array(state.v, np.float64)
+    length = np.where(reset, 0, np.asarray(state.length))
+    q, k, v = (np.asarray(a, np.float64) for a in cell._project(params, x, jnp.asarray(length)))
+    group = cell.num_heads // cell.kv_heads
+    w_o = np.asarray(params["w_o"], np.float64)
+    ys = np.zeros((x.shape[0], cell.output_size))
+    for b in range(x.shape[0]):
+        if not mask[b]:
+            continue  # padding: state unchanged, output zero
+        if reset[b]:
+            k_cache[b], v_cache[b] = 0.0, 0.0
+        p = length[b]
+        k_cache[b, p], v_cache[b, p] = k[b], v[b]
+        keys = np.repeat(k_cache[b, : p + 1], group, axis=1)  # [p + 1, H, d]
+        values = np.repeat(v_cache[b, : p + 1], group, axis=1)
+        logits = np.einsum("hd,khd->hk", q[b], keys) / math.sqrt(cell.head_dim)
+        if cell.positional == "alibi":
+            logits -= alibi_slopes(cell.num_heads)[:, None] * (p - np.arange(p + 1))
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        ys[b] = np.einsum("hd,hdo->o", np.einsum("hk,khd->hd", weights, values), w_o)
+    new_length = np.where(mask, length + 1, np.asarray(state.length))
+    return cells.AttentionState(k_cache, v_cache, new_length), ys
+
+
+@pytest.mark.parametrize("cell", list(DECODE_CELLS.values()), ids=list(DECODE_CELLS))
+def test_step_equals_materialised_softmax_over_the_cache(cell, key):
+    """The decode path (old cache + the new key as one extra logit, a write the attention does not read,
+    a donated state) against the formulation it replaced, token by token from a non-empty cache, with
+    resets and padding (a reset on a padded token included)."""
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1))
+    state = _prefix_state(cell, params)
+    resets = np.asarray(random_flags(3, (B, T), 0.2)).copy()
+    mask = np.asarray(random_flags(4, (B, T), 0.7)).copy()
+    resets[0, 2], mask[0, 2] = True, False  # padding wins over a reset
+    step = jax.jit(cell.step, donate_argnums=(1,))
+    for t in range(T):
+        ref_state, ref_y = _materialised_step(cell, params, state, xs[:, t], resets[:, t], mask[:, t])
+        state, y = step(
+            params, state, xs[:, t], reset=jnp.asarray(resets[:, t]), mask=jnp.asarray(mask[:, t])
+        )
+        np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5, err_msg=f"t={t}")
+        np.testing.assert_array_equal(state.length, ref_state.length)
+        assert relative_diff(state, ref_state) < 1e-6, t
+    # without flags: recur's form, from the same state
+    x = xs[:, 0]
+    ref_state, ref_y = _materialised_step(cell, params, state, x, np.zeros(B, bool), np.ones(B, bool))
+    state, y = step(params, state, x)
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+    assert relative_diff(state, ref_state) < 1e-6
+
+
+@pytest.mark.parametrize("block", [None, 3, 4], ids=["one-block", "block3", "block4"])
+@pytest.mark.parametrize(("hq", "hkv", "alibi"), [(4, 2, True), (3, 3, False), (4, 1, True)])
+def test_decode_attention_equals_engine(block, hq, hkv, alibi):
+    """`decode_attention` against the engine's materialised form: one query per row, a cache of 10 slots
+    with lengths 0..10 (blocks of 3 clamp the last one, blocks past the longest row are skipped), with
+    and without the new key; values and gradients."""
+    lk, d = 10, 4
+    keys = jax.random.split(jax.random.PRNGKey(7), 5)
+    q = jax.random.normal(keys[0], (2, 3, hq, d))
+    k = jax.random.normal(keys[1], (2, 3, lk, hkv, d))
+    v = jax.random.normal(keys[2], (2, 3, lk, hkv, d))
+    k_new, v_new = jax.random.normal(keys[3], (2, 3, hkv, d)), jax.random.normal(keys[4], (2, 3, hkv, d))
+    length = jnp.array([[0, 3, 10], [1, 6, 9]])
+    slopes = jnp.asarray(alibi_slopes(hq), jnp.float32) if alibi else None
+    slots = jnp.broadcast_to(jnp.arange(lk), (2, 3, lk))
+
+    def reference(q, k, v, k_new, v_new):
+        return attention(
+            q[..., None, :, :],
+            jnp.concatenate([k, k_new[..., None, :, :]], axis=-3),
+            jnp.concatenate([v, v_new[..., None, :, :]], axis=-3),
+            q_positions=length[..., None],
+            kv_positions=jnp.concatenate([slots, length[..., None]], axis=-1),
+            kv_mask=jnp.concatenate([slots < length[..., None], jnp.ones((2, 3, 1), bool)], axis=-1),
+            alibi_slopes=slopes,
+            method="naive",
+        )[..., 0, :, :]
+
+    def decode(q, k, v, k_new, v_new):
+        return decode_attention(q, k, v, length, k_new=k_new, v_new=v_new, alibi_slopes=slopes, block=block)
+
+    args = (q, k, v, k_new, v_new)
+    np.testing.assert_allclose(decode(*args), reference(*args), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda *a: jnp.sum(jnp.sin(3 * f(*a)))
+    grads = jax.grad(loss(decode), argnums=range(5))(*args)
+    ref_grads = jax.grad(loss(reference), argnums=range(5))(*args)
+    assert relative_diff(grads, ref_grads) < 1e-5
+    # no new key: a row with an empty cache sees nothing and returns zeros
+    alone = decode_attention(q, k, v, length, alibi_slopes=slopes, block=block)
+    no_new = attention(
+        q[..., None, :, :],
+        k,
+        v,
+        q_positions=length[..., None],
+        kv_positions=slots,
+        kv_mask=slots < length[..., None],
+        alibi_slopes=slopes,
+        method="naive",
+    )[..., 0, :, :]
+    np.testing.assert_allclose(alone, no_new, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(alone[0, 0], 0.0)
+
+
+def test_decode_attention_bfloat16_and_float32_cache(key):
+    """bfloat16 queries against a float32 cache holding bfloat16 keys (the cells' layout) compute what the
+    engine computes on the keys cast to bfloat16, to bfloat16 rounding."""
+    q = jax.random.normal(key, (2, 4, 8)).astype(jnp.bfloat16)
+    k = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 2, 8)).astype(jnp.bfloat16)
+    v = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 2, 8)).astype(jnp.bfloat16)
+    length = jnp.array([5, 16])
+    y = decode_attention(q, k.astype(jnp.float32), v.astype(jnp.float32), length)
+    assert y.dtype == jnp.bfloat16
+    slots = jnp.broadcast_to(jnp.arange(16), (2, 16))
+    ref = attention(
+        q[:, None], k, v, q_positions=length[:, None], kv_positions=slots, kv_mask=slots < length[:, None]
+    )[:, 0]
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ref, np.float32), atol=2e-2)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the copy pattern checked is XLA:CPU's")
+@pytest.mark.parametrize("flags", [False, True], ids=["plain", "reset+mask"])
+def test_donated_step_updates_the_cache_in_place(flags, key):
+    """The compiled, donated step updates the cache in place and holds no copy of it: the property that
+    makes decoding cost one read of the cache (docs/performance.md). Reading the cache before writing
+    it, a select over all slots, or a write XLA fuses into the attention's reads would each add a
+    cache-sized temporary (checked through XLA's memory plan, not the HLO text, so it does not depend
+    on how XLA names its ops)."""
+    cell = cells.Attention(num_heads=4, head_dim=8, num_kv_heads=2, positional="alibi", max_length=4096)
+    params = cell.init(key, INPUT_SIZE)
+    state = cell.initial_state((2,))
+    kw = {"reset": jnp.zeros(2, bool), "mask": jnp.ones(2, bool)} if flags else {}
+    step = jax.jit(lambda p, s, x, kw: cell.step(p, s, x, **kw), donate_argnums=(1,))
+    plan = step.lower(params, state, jnp.zeros((2, INPUT_SIZE)), kw).compile().memory_analysis()
+    cache_bytes = state.k.nbytes
+    assert plan.alias_size_in_bytes >= 2 * cache_bytes  # k and v are updated in the donated buffers
+    assert plan.temp_size_in_bytes < cache_bytes, (plan.temp_size_in_bytes, cache_bytes)
 
 
 # --------------------------------------------------------------------------------------------------

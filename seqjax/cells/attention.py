@@ -3,7 +3,8 @@
 
 Both project x [*, input_size] to q [*, H, d] and k, v [*, H_kv, d] (`w_q`, `w_k`, `w_v`, no biases;
 H_kv = `num_kv_heads` divides H: grouped-query attention, multi-query for H_kv = 1), attend with the
-engine in `seqjax.scan.attention`, and project the heads back with `w_o` [H, d, output_size].
+engine in `seqjax.scan.attention` (`Attention.step`: its one-query form `decode_attention`), and
+project the heads back with `w_o` [H, d, output_size].
 
 Positions. A token's position is the number of valid (mask=True) tokens before it in its segment,
 counting the tokens already in the state. Padding therefore moves no position, and a reset starts again
@@ -35,7 +36,7 @@ import numpy as np
 
 from seqjax.cells.base import Cell, DType, Params, _check_flags, accumulation_dtype
 from seqjax.cells.registry import register
-from seqjax.scan.attention import METHODS, attention
+from seqjax.scan.attention import METHODS, attention, decode_attention
 
 __all__ = [
     "POSITIONALS",
@@ -161,6 +162,15 @@ def _scatter_rows(base: jax.Array, values: jax.Array, index: jax.Array) -> jax.A
     for _ in range(index.ndim - 1):
         one = jax.vmap(one)
     return one(base, values, index)
+
+
+def _clear_rows(rows: jax.Array, cache: jax.Array) -> jax.Array:
+    """cache [*b, S, ...] with the rows where `rows` [*b] is True zeroed (a reset), skipping the pass over
+    the cache when no row resets."""
+    flags = rows.reshape(rows.shape + (1,) * (cache.ndim - rows.ndim))
+    return jax.lax.cond(
+        jnp.any(rows), lambda c: jnp.where(flags, jnp.zeros((), c.dtype), c), lambda c: c, cache
+    )
 
 
 def _is_concrete(x: Any) -> bool:
@@ -386,9 +396,9 @@ class Attention(_SoftmaxAttention):
         `alibi_slopes`), "sinusoidal" (added to the input before the projections) or "none".
       max_length: KV-cache capacity: the most valid tokens one segment may hold, in `step` and in the
         state `apply` returns.
-      method, block_size: the engine (`seqjax.scan.attention.attention`: "auto", "blockwise", "naive"
-        or "cudnn") and the blockwise form's block size for queries and keys (None: the engine
-        chooses).
+      method, block_size: the engine of `apply` (`seqjax.scan.attention.attention`: "auto",
+        "blockwise", "naive" or "cudnn") and the blockwise form's block size for queries and keys
+        (None: the engine chooses). `step` always uses `decode_attention`.
       dtype: compute dtype (bfloat16 allowed); softmax and sums accumulate in float32.
       param_dtype: dtype of the parameters.
 
@@ -441,36 +451,57 @@ class Attention(_SoftmaxAttention):
         reset: jax.Array | None = None,
         mask: jax.Array | None = None,
     ) -> tuple[AttentionState, jax.Array]:
-        """One token: writes its key and value at slot `length` and attends over the cache."""
+        """One token: writes its key and value at slot `length` and attends over slots 0..length
+        (`Cell.step`'s reset and padding rules)."""
         x, reset, mask = self._step_flags(params, state, x, reset, mask)
         length = state.length if reset is None else jnp.where(reset, 0, state.length)
         needed = length + 1 if mask is None else jnp.where(mask, length + 1, 0)
         self._check_capacity(needed, "step")
-        return super().step(params, state, x, reset=reset, mask=mask)
+        # Not `Cell.step`: its selects between the old and the new state (for resets and padding) pass
+        # over the whole cache every token. A reset only needs length 0 for the attention; padding only
+        # needs the write and the length left alone.
+        cleared = reset if reset is None or mask is None else reset & mask
+        new, y = self._decode(params, state, x, length.astype(jnp.int32), mask, cleared)
+        if mask is not None:
+            y = jnp.where(mask[..., None], y, jnp.zeros((), y.dtype))
+        return new, y
 
     def recur(self, params: Params, state: AttentionState, x: jax.Array) -> tuple[AttentionState, jax.Array]:
-        pos = state.length.astype(jnp.int32)
+        return self._decode(params, state, x, state.length.astype(jnp.int32), None, None)
+
+    def _decode(
+        self,
+        params: Params,
+        state: AttentionState,
+        x: jax.Array,
+        pos: jax.Array,
+        write: jax.Array | None,
+        cleared: jax.Array | None,
+    ) -> tuple[AttentionState, jax.Array]:
+        """The token at position `pos` [*batch] against the first `pos` slots of `state`; the new state
+        has the token's key and value at slot `pos` where `write` (None: everywhere) and an empty
+        cache before it where `cleared`.
+
+        The cache is written first (one row per batch entry) and `decode_attention` reads the written
+        cache: XLA then updates a donated state in place, where reading the old cache before the
+        write, or any select over all slots, costs copies of the whole cache every token (see
+        `decode_attention` and docs/performance.md). The written slot itself is masked out and the
+        token's key enters as one extra logit in the compute dtype, as `apply` sees it."""
         q, k, v = self._project(params, x, pos)
-        batch_shape = pos.shape
-        slots = jnp.broadcast_to(jnp.arange(self.max_length), (*batch_shape, self.max_length))
-        write = (slots == pos[..., None])[..., None, None]
+        cache_k, cache_v = state.k, state.v
+        if cleared is not None:
+            cache_k, cache_v = _clear_rows(cleared, cache_k), _clear_rows(cleared, cache_v)
+        index = pos if write is None else jnp.where(write, pos, self.max_length)  # max_length: no write
         new = AttentionState(
-            k=jnp.where(write, k[..., None, :, :].astype(state.k.dtype), state.k),
-            v=jnp.where(write, v[..., None, :, :].astype(state.v.dtype), state.v),
-            length=state.length + 1,
+            k=_scatter_rows(cache_k, k[..., None, :, :], index[..., None]),
+            v=_scatter_rows(cache_v, v[..., None, :, :], index[..., None]),
+            length=(pos + 1 if write is None else jnp.where(write, pos + 1, state.length)).astype(
+                state.length.dtype
+            ),
         )
-        # The current token's own key/value in the compute dtype, as `apply` sees it.
-        keys = jnp.where(write, k[..., None, :, :], state.k.astype(self.dtype))
-        values = jnp.where(write, v[..., None, :, :], state.v.astype(self.dtype))
-        y = self._attend(
-            q[..., None, :, :],
-            keys,
-            values,
-            q_positions=pos[..., None],
-            kv_positions=slots,
-            kv_mask=slots <= pos[..., None],
-        )
-        return new, self._output(params, y[..., 0, :, :])
+        slopes = jnp.asarray(self.alibi_slopes(), self._acc) if self.positional == "alibi" else None
+        y = decode_attention(q, new.k, new.v, pos, k_new=k, v_new=v, alibi_slopes=slopes)
+        return new, self._output(params, y)
 
     # -- apply ---------------------------------------------------------------------------------------
     def apply(
