@@ -542,7 +542,8 @@ def linear_attention_fused(
     saves only `xs` and the state at each chunk start; the backward loop recomputes each chunk from them
     with `jax.vjp`, carries dS backwards, writes the chunk's d xs in place and sums the parameter
     gradients over chunks in float32. Activation memory is O(T · input + T / C · H · d_k · d_v), whatever
-    the width of the projections; the projections run twice (forward and recompute).
+    the width of the projections; the projections run twice (forward and recompute). Only reverse mode
+    is defined (no `jax.jvp`), as for `linear_attention_chunked`; the recurrent form has both.
 
     Args:
       project: (params, x [B, C, input]) -> (q, k [B, C, H, d_k], v [B, C, H, d_v] in the compute
