@@ -106,6 +106,9 @@ def add_run_sections(c: ml_collections.ConfigDict, *, batch_size: int, eval_exam
     c.eval_batch_size = batch_size
     c.eval_examples = ml_collections.FieldReference(eval_examples, field_type=int)  # None: the whole split
     c.tbptt_length = ml_collections.FieldReference(None, field_type=int)  # LM only; None: full BPTT
+    # "batch": one update per batch (chunk gradients summed); "chunk": one per chunk (the optimizer's count
+    # and LR schedule then advance per chunk, while `step` still counts batches)
+    c.tbptt_updates = "batch"
     c.max_train_seconds = ml_collections.FieldReference(None, field_type=float)  # wall-clock budget
     c.log_every = 10
     c.eval_every = 100

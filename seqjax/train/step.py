@@ -8,7 +8,8 @@ A batch is a dict of arrays, batch-major:
 - forecasting: "targets" [B, horizon, V] float.
 
 A step whose loss or gradient is not finite applies no update (parameters, optimizer state and step
-are returned unchanged) and reports `finite = False`; the loop stops on it and names the step.
+are returned unchanged) and reports `finite = False`; the loop stops on it and names the step. With
+`tbptt_updates="chunk"` the guard is per chunk: a non-finite chunk applies no update, the others do.
 """
 
 from __future__ import annotations
@@ -25,7 +26,17 @@ from jax.sharding import PartitionSpec as P
 
 from seqjax.train.state import TrainState, dropout_key
 
-__all__ = ["LOSSES", "Batch", "forward", "make_eval_step", "make_train_step", "token_losses"]
+__all__ = [
+    "LOSSES",
+    "TBPTT_UPDATES",
+    "Batch",
+    "forward",
+    "make_eval_step",
+    "make_train_step",
+    "token_losses",
+    "truncated_bptt_chunk_updates",
+    "truncated_bptt_grads",
+]
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -79,6 +90,42 @@ def forward(
 
 #: Batch keys laid out [B, L, ...] along the sequence, which truncated BPTT cuts into chunks.
 _PER_TOKEN_KEYS = ("inputs", "targets", "weights", "mask", "resets")
+#: `tbptt_updates`: one optimizer update per batch (gradients summed over chunks) or one per chunk.
+TBPTT_UPDATES = ("batch", "chunk")
+
+
+def _split_chunks(batch: Batch, chunk: int) -> tuple[int, dict[str, jax.Array]]:
+    """(number of chunks, the per-token keys laid out [count, B, chunk, ...])."""
+    length = batch["inputs"].shape[1]
+    if length % chunk:
+        raise ValueError(
+            f"truncated BPTT: tbptt_length={chunk} must divide the sequence length {length}; "
+            f"pick a divisor of {length}."
+        )
+    count = length // chunk
+    per_token = {k: v for k, v in batch.items() if k in _PER_TOKEN_KEYS}
+    chunks = jax.tree.map(
+        lambda x: jnp.moveaxis(x.reshape(x.shape[0], count, chunk, *x.shape[2:]), 1, 0), per_token
+    )
+    return count, chunks
+
+
+def _chunk_sums(
+    model: nn.Module, params: Any, piece: Batch, cache: Any, key: jax.Array | None
+) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
+    """One chunk from `cache`: (weighted NLL sum, (cache after it, weight sum, weighted correct sum))."""
+    kwargs = {k: piece[k] for k in ("mask", "resets") if k in piece}
+    logits, new_cache = model.apply(
+        {"params": params},
+        piece["inputs"],
+        cache,
+        method="forward",
+        deterministic=key is None,
+        rngs=None if key is None else {"dropout": key},
+        **kwargs,
+    )
+    nll, weight, correct = token_losses(logits, piece)
+    return (nll * weight).sum(), (new_cache, weight.sum(), (correct * weight).sum())
 
 
 def truncated_bptt_grads(
@@ -91,43 +138,16 @@ def truncated_bptt_grads(
     activation memory is one chunk's, whatever the sequence length. Gradients are summed over chunks
     (one optimizer update per batch); with `chunk` = the full length this is ordinary BPTT.
     """
-    length = batch["inputs"].shape[1]
-    if length % chunk:
-        raise ValueError(
-            f"truncated BPTT: tbptt_length={chunk} must divide the sequence length {length}; "
-            f"pick a divisor of {length}."
-        )
-    count = length // chunk
-    batch_size = batch["inputs"].shape[0]
-    per_token = {k: v for k, v in batch.items() if k in _PER_TOKEN_KEYS}
-    chunks = jax.tree.map(
-        lambda x: jnp.moveaxis(x.reshape(x.shape[0], count, chunk, *x.shape[2:]), 1, 0), per_token
-    )
-    cache = model.initial_cache((batch_size,))
+    count, chunks = _split_chunks(batch, chunk)
+    cache = model.initial_cache((batch["inputs"].shape[0],))
     rngs = None if rng is None else jax.random.split(rng, count)
 
     def body(carry: Any, xs: Any) -> Any:
         cache, grads, sums = carry
         piece, key = xs
         cache = jax.lax.stop_gradient(cache)
-
-        def loss_of(p: Any) -> Any:
-            kwargs = {k: piece[k] for k in ("mask", "resets") if k in piece}
-            logits, new_cache = model.apply(
-                {"params": p},
-                piece["inputs"],
-                cache,
-                method="forward",
-                deterministic=rng is None,
-                rngs=None if key is None else {"dropout": key},
-                **kwargs,
-            )
-            nll, weight, correct = token_losses(logits, piece)
-            nll, correct = (nll * weight).sum(), (correct * weight).sum()
-            weight = weight.sum()
-            return nll, (new_cache, weight, correct)
-
-        (nll, (cache, weight, correct)), g = jax.value_and_grad(loss_of, has_aux=True)(params)
+        grad_fn = jax.value_and_grad(lambda p: _chunk_sums(model, p, piece, cache, key), has_aux=True)
+        (nll, (cache, weight, correct)), g = grad_fn(params)
         grads = jax.tree.map(jnp.add, grads, g)
         return (cache, grads, sums + jnp.stack([nll, weight, correct])), None
 
@@ -139,6 +159,66 @@ def truncated_bptt_grads(
     return grads, {"loss": loss, "accuracy": sums[2] / total, "tokens": sums[1]}
 
 
+def truncated_bptt_chunk_updates(
+    model: nn.Module, tx: optax.GradientTransformation, state: TrainState, batch: Batch, chunk: int
+) -> tuple[TrainState, Metrics]:
+    """One batch of truncated BPTT with an optimizer update after every chunk (`tbptt_updates="chunk"`).
+
+    A `lax.scan` over the chunks carries (params, optimizer state, every cell's state): chunk k runs
+    from chunk k-1's final state (gradients stopped there) with the parameters chunk k-1's update
+    produced, and its gradient is that of its own loss, the mean NLL over its weighted tokens
+    (`token_losses`). A chunk whose loss or gradient is not finite applies no update (the carried
+    state still moves on). `state.step` advances by one per batch (unless no chunk updated); the
+    optimizer's own count, and with it any LR schedule, advances once per applied chunk.
+
+    Metrics: loss, accuracy and tokens over the whole batch (token-weighted, each chunk scored with the
+    parameters it was trained from); `grad_norm` is the mean over chunks of each chunk's gradient norm;
+    `finite` is False if any chunk was not finite.
+    """
+    count, chunks = _split_chunks(batch, chunk)
+    cache = model.initial_cache((batch["inputs"].shape[0],))
+    keys = jax.random.split(dropout_key(state), count)
+
+    def body(carry: Any, xs: Any) -> Any:
+        params, opt_state, cache = carry
+        piece, key = xs
+        cache = jax.lax.stop_gradient(cache)
+
+        def loss_of(p: Any) -> Any:
+            nll, (new_cache, weight, correct) = _chunk_sums(model, p, piece, cache, key)
+            return nll / jnp.maximum(weight, 1.0), (new_cache, nll, weight, correct)
+
+        (loss, (cache, nll, weight, correct)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), (new_params, new_opt_state), (params, opt_state)
+        )
+        return (params, opt_state, cache), (jnp.stack([nll, weight, correct]), grad_norm, finite)
+
+    (params, opt_state, _), (sums, grad_norms, finite) = jax.lax.scan(
+        body, (state.params, state.opt_state, cache), (chunks, keys)
+    )
+    sums = sums.sum(0)
+    total = jnp.maximum(sums[1], 1.0)
+    new_state = TrainState(
+        step=state.step + jnp.any(finite).astype(state.step.dtype),
+        params=params,
+        opt_state=opt_state,
+        rng=state.rng,
+    )
+    metrics = {
+        "loss": sums[0] / total,
+        "accuracy": sums[2] / total,
+        "tokens": sums[1],
+        "grad_norm": grad_norms.mean(),
+        "finite": jnp.all(finite),
+    }
+    return new_state, metrics
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -147,16 +227,28 @@ def make_train_step(
     batch_sharding: Any,
     *,
     tbptt_length: int | None = None,
+    tbptt_updates: str = "batch",
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; the old state is donated.
 
-    `tbptt_length` (LM only) trains by truncated BPTT over chunks of that many tokens
-    (`truncated_bptt_grads`).
+    `tbptt_length` (LM only) trains by truncated BPTT over chunks of that many tokens. `tbptt_updates`:
+    "batch" sums the chunks' gradients into one update per batch (`truncated_bptt_grads`); "chunk"
+    applies an optimizer update after every chunk (`truncated_bptt_chunk_updates`).
     """
+    if tbptt_updates not in TBPTT_UPDATES:
+        raise ValueError(f"tbptt_updates must be one of {list(TBPTT_UPDATES)}, got {tbptt_updates!r}.")
+    if tbptt_updates == "chunk" and tbptt_length is None:
+        raise ValueError(
+            'tbptt_updates="chunk" updates the parameters after every truncated-BPTT chunk and needs '
+            "tbptt_length (the chunk length in tokens); set it, or use tbptt_updates='batch'."
+        )
     if tbptt_length is not None and loss_fn is not lm_loss:
         raise ValueError("tbptt_length: truncated BPTT is implemented for the LM task only.")
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        if tbptt_updates == "chunk":
+            return truncated_bptt_chunk_updates(model, tx, state, batch, int(tbptt_length))
+
         def loss_of(params: Any) -> tuple[jax.Array, Metrics]:
             outputs = forward(model, params, batch, deterministic=False, rng=dropout_key(state))
             return loss_fn(outputs, batch)

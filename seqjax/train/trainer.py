@@ -178,6 +178,30 @@ def _step_memory_bytes(train_step: Any, state: Any, batch: Any) -> int | None:
         return None
 
 
+def _updates_per_batch(config: ml_collections.ConfigDict, length: int) -> int:
+    """Optimizer updates per batch: one, or one per chunk with `tbptt_updates="chunk"`."""
+    tbptt = config.get("tbptt_length")
+    if str(config.get("tbptt_updates", "batch")) != "chunk" or tbptt is None:
+        return 1
+    return max(length // int(tbptt), 1)
+
+
+def _optimizer_options(config: ml_collections.ConfigDict, length: int) -> dict[str, Any]:
+    """`config.optimizer` with its schedule counted in the updates the schedule sees.
+
+    The config counts batches, as `step`, `total_steps` and the eval and checkpoint intervals do. The
+    schedule counts the inner optimizer's updates: one per TBPTT chunk with `tbptt_updates="chunk"`,
+    and one per `grad_accum_steps` micro-steps (optax.MultiSteps). Its lengths are scaled by
+    updates per batch / grad_accum_steps so that warmup and decay end where the config says."""
+    options = config.optimizer.to_dict()
+    per_batch = _updates_per_batch(config, length)
+    accum = max(int(options.get("grad_accum_steps") or 1), 1)
+    for key in ("total_steps", "warmup_steps"):
+        if options.get(key):
+            options[key] = max(-(-int(options[key]) * per_batch // accum), 1)
+    return options
+
+
 def setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Mesh, rules, data, model, optimizer and shardings, shared by `train` and `scripts/evaluate.py`."""
     num_devices = config.mesh.get("num_devices")  # None: every device; else the first N (one process)
@@ -194,8 +218,8 @@ def setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
     sources = build_sources(config.data, config.get("data_dir"))
     first = {k: np.asarray(v) for k, v in sources["train"][0].items()}
     model = build_model(config, first)
-    tx = make_optimizer(config.optimizer.to_dict(), models.param_groups(model))
     inputs = first["inputs"]
+    tx = make_optimizer(_optimizer_options(config, int(inputs.shape[0])), models.param_groups(model))
     example = (np.zeros((batch_size, *inputs.shape), inputs.dtype),)
 
     def sharding_for(ndim: int) -> NamedSharding:
@@ -290,6 +314,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         start=next_batch,
     )
     tbptt = config.get("tbptt_length")
+    tbptt_updates = str(config.get("tbptt_updates", "batch"))
+    if tbptt_updates == "chunk" and tbptt is not None:
+        log.info(
+            "tbptt_updates=chunk: %d optimizer updates per batch; the LR schedule is scaled to match.",
+            _updates_per_batch(config, parts["tokens_per_example"]),
+        )
     train_step = make_train_step(
         model,
         tx,
@@ -297,6 +327,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         shardings,
         batch_shardings,
         tbptt_length=None if tbptt is None else int(tbptt),
+        tbptt_updates=tbptt_updates,
     )
     eval_fn = make_eval_fn(model, config.task, shardings.params, batch_shardings)
     config_json = json.loads(config.to_json_best_effort())
@@ -371,7 +402,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 batches.close()
                 raise NonFiniteLossError(
                     f"step {step + 1}: loss {float(metrics['loss'])} / gradient norm "
-                    f"{float(metrics['grad_norm'])} is not finite; the update was not applied and nothing "
+                    f"{float(metrics['grad_norm'])} is not finite; the update was not applied (with "
+                    f"tbptt_updates=chunk: not for the non-finite chunks) and nothing "
                     f"was checkpointed. The last checkpoint is step {ckpt.latest_step()} in {workdir}."
                 )
             step += 1
