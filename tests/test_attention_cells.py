@@ -588,7 +588,7 @@ def test_decode_attention_bfloat16_and_float32_cache(key):
     np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ref, np.float32), atol=2e-2)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the copy pattern checked is XLA:CPU's")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the in-place memory plan checked is XLA:CPU's")
 @pytest.mark.parametrize("flags", [False, True], ids=["plain", "reset+mask"])
 def test_donated_step_updates_the_cache_in_place(flags, key):
     """The compiled, donated step updates the cache in place and holds no copy of it: the property that

@@ -548,6 +548,7 @@ def test_performer_approximates_causal_softmax_attention():
         (lambda: GatedLinearAttention(num_heads=2, head_dim=4, gate="lstm"), "gate must be one of"),
         (lambda: GatedLinearAttention(num_heads=2, head_dim=4, gate_temperature=0.0), "gate_temperature"),
         (lambda: LinearAttention(num_heads=2, head_dim=4, eps=0.0), "eps must be > 0"),
+        (lambda: GatedLinearAttention(num_heads=2, head_dim=4, fused="yes"), "fused must be True or False"),
     ],
 )
 def test_bad_hyperparameters(build, message):
