@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqjax.scan import tuning
+
 __all__ = ["METHODS", "choose_method", "linear_recurrence"]
 
 Method = Literal["auto", "sequential", "associative", "chunked"]
@@ -30,17 +32,28 @@ METHODS: tuple[str, ...] = ("auto", "sequential", "associative", "chunked")
 DEFAULT_CHUNK = 64
 
 
-def choose_method(length: int, state_elems: int, platform: str | None = None) -> str:
-    """The backend `auto` uses, from benchmarks/linear_recurrence_*.md.
+def choose_method(
+    length: int, state_elems: int, platform: str | None = None, device_kind: str | None = None
+) -> str:
+    """The backend `auto` uses: the fastest one measured nearest this size on this platform.
 
-    On CPU `lax.scan` wins at every measured size: the associative scan does O(T log T) work against
-    the scan's O(T) and compiles 5-10x longer. On GPU and TPU the scan is latency-bound, one step per
-    kernel launch, so the log-depth forms win once there are enough tokens to fill the device.
+    The measurements are tables written by `scripts/tune_scan.py` (see `seqjax.scan.tuning`: one ships
+    for CPU, and `$SEQJAX_SCAN_TUNING` or `register_table` add others). On the project's CPU `lax.scan`
+    wins at every measured size: the associative scan does O(T log T) work against the scan's O(T) and
+    compiles 5-10x longer.
+
+    Without a table for the platform the rule is: sequential on CPU and for at most 64 tokens, else
+    associative, because on GPU and TPU the scan is latency-bound (one step per loop iteration) and the
+    log-depth form fills the device. That rule is unmeasured in this project; run the tuner once on an
+    accelerator to replace it.
     """
-    platform = platform or jax.default_backend()
-    if platform == "cpu":
-        return "sequential"
-    if length <= 64:
+    if platform is None:
+        platform = jax.default_backend()
+        device_kind = jax.devices()[0].device_kind
+    measured = tuning.measured_method(length, state_elems, platform, device_kind)
+    if measured is not None:
+        return measured
+    if platform == "cpu" or length <= 64:
         return "sequential"
     return "associative"
 

@@ -1,0 +1,208 @@
+"""Measured backend tables: what `linear_recurrence(method="auto")` picks, per platform and size.
+
+A table is the JSON that `scripts/tune_scan.py` writes after timing every backend (forward + backward)
+on one machine:
+
+    {"kind": "linear_recurrence", "platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3",
+     "jax": "0.10.2", "dtype": "float32", "command": "...",
+     "measurements": [{"length": 4096, "state_elems": 16384,
+                       "seconds": {"sequential": 0.74, "associative": 1.33, "chunked": 1.38}}, ...]}
+
+`auto` takes the measured point nearest to the call (in log length and log state size) and returns its
+fastest backend. Tables are looked up in this order: the file named by the environment variable
+`SEQJAX_SCAN_TUNING`, tables added with `register_table`, then the tables shipped in
+`seqjax/scan/tables/`. Within one source a table for the device kind in use wins over one for another
+device of the same platform. Without any table for the platform, `choose_method` falls back to a rule
+(see its docstring).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "Measurement",
+    "TuningTable",
+    "clear_registered_tables",
+    "load_table",
+    "measured_method",
+    "register_table",
+    "table_from_dict",
+]
+
+ENV_VAR = "SEQJAX_SCAN_TUNING"
+BACKENDS: tuple[str, ...] = ("sequential", "associative", "chunked")
+TABLE_KIND = "linear_recurrence"
+_SHIPPED_DIR = Path(__file__).with_name("tables")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Forward + backward seconds of each backend at one (length, state size); None: did not run."""
+
+    length: int
+    state_elems: int
+    seconds: Mapping[str, float | None]
+
+    def fastest(self) -> str | None:
+        timed = [(s, m) for m, s in self.seconds.items() if s is not None]
+        return min(timed)[1] if timed else None
+
+
+@dataclass(frozen=True)
+class TuningTable:
+    platform: str
+    device_kind: str | None
+    measurements: tuple[Measurement, ...]
+    source: str = "<memory>"
+
+    def nearest(self, length: int, state_elems: int) -> Measurement | None:
+        """The timed measurement closest to (length, state_elems) in log2 space."""
+
+        def distance(m: Measurement) -> float:
+            return (math.log2(m.length) - math.log2(max(length, 1))) ** 2 + (
+                math.log2(m.state_elems) - math.log2(max(state_elems, 1))
+            ) ** 2
+
+        timed = [m for m in self.measurements if m.fastest() is not None]
+        return min(timed, key=distance) if timed else None
+
+
+def _bad(source: str, what: str) -> ValueError:
+    return ValueError(
+        f"scan tuning table {source}: {what}. Regenerate it with `python scripts/tune_scan.py` "
+        f"(or unset ${ENV_VAR} to use the shipped tables)."
+    )
+
+
+def _positive_int(value: Any, name: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(source, f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def table_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> TuningTable:
+    """Validates a decoded table; every problem names the table and the field."""
+    if not isinstance(data, Mapping):
+        raise _bad(source, f"expected a JSON object, got {type(data).__name__}")
+    kind = data.get("kind", TABLE_KIND)
+    if kind != TABLE_KIND:
+        raise _bad(source, f"kind is {kind!r}, expected {TABLE_KIND!r}")
+    platform = data.get("platform")
+    if not isinstance(platform, str) or not platform:
+        raise _bad(source, "`platform` (e.g. 'cpu', 'gpu', 'tpu') is missing")
+    device_kind = data.get("device_kind")
+    if device_kind is not None and not isinstance(device_kind, str):
+        raise _bad(source, f"`device_kind` must be a string, got {device_kind!r}")
+    rows = data.get("measurements")
+    if not isinstance(rows, Sequence) or isinstance(rows, str) or not rows:
+        raise _bad(source, "`measurements` must be a non-empty list")
+    measurements = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise _bad(source, f"measurements[{i}] is not an object")
+        length = _positive_int(row.get("length"), f"measurements[{i}].length", source)
+        state_elems = _positive_int(row.get("state_elems"), f"measurements[{i}].state_elems", source)
+        seconds = row.get("seconds")
+        if not isinstance(seconds, Mapping) or not seconds:
+            raise _bad(source, f"measurements[{i}].seconds must map backends to seconds")
+        for method, value in seconds.items():
+            if method not in BACKENDS:
+                raise _bad(
+                    source,
+                    f"measurements[{i}] times unknown backend {method!r} (known: {', '.join(BACKENDS)})",
+                )
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+            ):
+                raise _bad(
+                    source, f"measurements[{i}].seconds[{method!r}] must be > 0 or null, got {value!r}"
+                )
+        measurements.append(Measurement(length, state_elems, dict(seconds)))
+    return TuningTable(platform, device_kind, tuple(measurements), source)
+
+
+def load_table(path: str | os.PathLike[str]) -> TuningTable:
+    """Reads and validates one JSON table."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise _bad(str(path), f"cannot be read ({err.strerror or err})") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _bad(str(path), f"is not valid JSON ({err})") from err
+    return table_from_dict(data, str(path))
+
+
+_registered: list[TuningTable] = []
+
+
+def register_table(table: TuningTable | Mapping[str, Any] | str | os.PathLike[str]) -> TuningTable:
+    """Makes `auto` use this table ahead of the shipped ones (the environment variable still comes first)."""
+    if isinstance(table, (str, os.PathLike)):
+        table = load_table(table)
+    elif not isinstance(table, TuningTable):
+        table = table_from_dict(table)
+    _registered.insert(0, table)
+    return table
+
+
+def clear_registered_tables() -> None:
+    _registered.clear()
+
+
+@functools.cache
+def _shipped() -> tuple[TuningTable, ...]:
+    if not _SHIPPED_DIR.is_dir():
+        return ()
+    return tuple(load_table(p) for p in sorted(_SHIPPED_DIR.glob("*.json")))
+
+
+@functools.lru_cache(maxsize=8)
+def _env_table(path: str, mtime_ns: int) -> TuningTable:
+    del mtime_ns  # part of the cache key only: an edited file is read again
+    return load_table(path)
+
+
+def _sources() -> list[list[TuningTable]]:
+    sources = []
+    env_path = os.environ.get(ENV_VAR)
+    if env_path:
+        try:
+            mtime = os.stat(env_path).st_mtime_ns
+        except OSError as err:
+            raise ValueError(
+                f"${ENV_VAR}={env_path!r} names no readable file ({err.strerror}). Point it at a table "
+                f"written by `python scripts/tune_scan.py`, or unset it."
+            ) from err
+        sources.append([_env_table(env_path, mtime)])
+    sources.append(list(_registered))
+    sources.append(list(_shipped()))
+    return sources
+
+
+def measured_method(
+    length: int, state_elems: int, platform: str, device_kind: str | None = None
+) -> str | None:
+    """The fastest backend at the nearest measured size on `platform`, or None without a table."""
+    for tables in _sources():
+        candidates = [t for t in tables if t.platform == platform]
+        if not candidates:
+            continue
+        same_device = [t for t in candidates if device_kind is not None and t.device_kind == device_kind]
+        table = (same_device or candidates)[0]
+        nearest = table.nearest(length, state_elems)
+        if nearest is not None:
+            return nearest.fastest()
+    return None

@@ -1,0 +1,158 @@
+"""`auto` follows measured tables: the shipped CPU table, $SEQJAX_SCAN_TUNING, registered ones, the tuner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax.scan import linear_recurrence, tuning
+from seqjax.scan.linear import choose_method
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _table(platform: str, rows: list[tuple[int, int, dict]], device_kind: str | None = None) -> dict:
+    return {
+        "kind": "linear_recurrence",
+        "platform": platform,
+        "device_kind": device_kind,
+        "measurements": [{"length": n, "state_elems": s, "seconds": sec} for n, s, sec in rows],
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_extra_tables(monkeypatch):
+    monkeypatch.delenv(tuning.ENV_VAR, raising=False)
+    tuning.clear_registered_tables()
+    yield
+    tuning.clear_registered_tables()
+
+
+def test_shipped_cpu_table_exists_and_matches_the_cpu_benchmarks():
+    shipped = [t for t in tuning._shipped() if t.platform == "cpu"]
+    assert shipped, "seqjax/scan/tables/ should ship a CPU table (python scripts/tune_scan.py)"
+    # benchmarks/scan_cpu.md: lax.scan beat both log-depth forms at every size measured on this CPU.
+    for length in (1024, 4096, 16384):
+        assert choose_method(length, 8 * 128 * 16, "cpu") == "sequential"
+
+
+def test_nearest_measured_point_decides(tmp_path):
+    rows = [
+        (64, 1024, {"sequential": 1.0, "associative": 2.0, "chunked": 3.0}),
+        (4096, 1024, {"sequential": 3.0, "associative": 1.0, "chunked": 2.0}),
+        (4096, 65536, {"sequential": 3.0, "associative": 2.0, "chunked": 1.0}),
+        (16384, 65536, {"sequential": None, "associative": 2.0, "chunked": None}),
+    ]
+    tuning.register_table(_table("gpu", rows))
+    assert choose_method(32, 512, "gpu") == "sequential"
+    assert choose_method(2048, 2048, "gpu") == "associative"  # nearer (4096, 1024) than (64, 1024)
+    assert choose_method(6000, 131072, "gpu") == "chunked"
+    assert choose_method(65536, 65536, "gpu") == "associative"  # untimed backends are never chosen
+    # A platform without a table keeps the rule.
+    assert choose_method(4096, 1024, "tpu") == "associative"
+    assert choose_method(64, 1024, "tpu") == "sequential"
+
+
+def test_device_kind_match_wins_and_env_var_comes_first(tmp_path, monkeypatch):
+    fast_seq = {"sequential": 1.0, "associative": 2.0}
+    fast_assoc = {"sequential": 2.0, "associative": 1.0}
+    tuning.register_table(_table("gpu", [(1024, 1024, fast_seq)], device_kind="A100"))
+    tuning.register_table(_table("gpu", [(1024, 1024, fast_assoc)], device_kind="H100"))
+    assert choose_method(1024, 1024, "gpu", "A100") == "sequential"
+    assert choose_method(1024, 1024, "gpu", "H100") == "associative"
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(_table("gpu", [(1024, 1024, {"chunked": 1.0, "associative": 2.0})])))
+    monkeypatch.setenv(tuning.ENV_VAR, str(path))
+    assert choose_method(1024, 1024, "gpu", "H100") == "chunked"
+    # The environment table does not hide the shipped table of another platform.
+    assert choose_method(1024, 1024, "cpu") == "sequential"
+
+
+def test_auto_runs_the_measured_backend_and_agrees_with_it(monkeypatch):
+    platform = "cpu"
+    tuning.register_table(_table(platform, [(40, 60, {"sequential": 2.0, "chunked": 1.0})]))
+    assert choose_method(37, 60, platform) == "chunked"
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.uniform(0.5, 1.0, (3, 37, 20)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(3, 37, 20)), jnp.float32)
+    calls = []
+    real = tuning.measured_method
+    monkeypatch.setattr(tuning, "measured_method", lambda *args: calls.append(args) or real(*args))
+    auto, _ = linear_recurrence(a, b, axis=1)
+    chunked, _ = linear_recurrence(a, b, axis=1, method="chunked")
+    assert calls and calls[0][:2] == (37, 60)
+    np.testing.assert_array_equal(auto, chunked)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ([], "expected a JSON object"),
+        ({"measurements": [{}]}, "`platform`"),
+        ({"platform": "gpu", "measurements": []}, "non-empty list"),
+        ({"platform": "gpu", "measurements": [{"length": 0, "state_elems": 4, "seconds": {}}]}, "length"),
+        (
+            {"platform": "gpu", "measurements": [{"length": 8, "state_elems": 4, "seconds": {"fft": 1.0}}]},
+            "'fft'",
+        ),
+        (
+            {
+                "platform": "gpu",
+                "measurements": [{"length": 8, "state_elems": 4, "seconds": {"chunked": -1}}],
+            },
+            r"seconds\['chunked'\] must be > 0",
+        ),
+        ({"kind": "attention", "platform": "gpu", "measurements": []}, "kind is 'attention'"),
+    ],
+)
+def test_bad_tables_are_refused_with_the_fix(data, message):
+    with pytest.raises(ValueError, match=message) as info:
+        tuning.table_from_dict(data, "bad.json")
+    assert "bad.json" in str(info.value) and "scripts/tune_scan.py" in str(info.value)
+
+
+def test_unreadable_env_table_is_an_error_not_a_silent_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv(tuning.ENV_VAR, str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match=r"SEQJAX_SCAN_TUNING.*missing\.json"):
+        choose_method(1024, 1024, "gpu")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    monkeypatch.setenv(tuning.ENV_VAR, str(broken))
+    with pytest.raises(ValueError, match="not valid JSON"):
+        choose_method(1024, 1024, "gpu")
+
+
+def test_tuner_writes_a_table_auto_reads(tmp_path, monkeypatch):
+    out, md = tmp_path / "t.json", tmp_path / "t.md"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "tune_scan.py"),
+            "--lengths=16,128",
+            "--state_elems=64",
+            "--batch=2",
+            "--repeats=1",
+            f"--out={out}",
+            f"--markdown={md}",
+        ],
+        check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    table = tuning.load_table(out)
+    assert table.platform == "cpu" and [m.length for m in table.measurements] == [16, 128]
+    assert all(set(m.seconds) == set(tuning.BACKENDS) for m in table.measurements)
+    assert all(s is not None and s > 0 for m in table.measurements for s in m.seconds.values())
+    monkeypatch.setenv(tuning.ENV_VAR, str(out))
+    assert choose_method(128, 64, "cpu") == table.measurements[1].fastest()
+    assert "| 128 | 64 |" in md.read_text()
