@@ -9,7 +9,7 @@ task's trivial baseline.
 
 Each model trains in its own `scripts/train.py` process (so peak memory is its own) under
 `<workdir>/<preset>`, and is evaluated by `scripts/evaluate.py` on its best checkpoint. The table goes to
-stdout and to `<workdir>/comparison.md`.
+stdout and to `<workdir>/comparison.md`, and the numbers behind it to `<workdir>/comparison.json`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ flags.DEFINE_float("minutes", 3.0, "Training budget per model, wall clock.")
 flags.DEFINE_integer("max_steps", 100_000, "Step cap per model (the budget usually stops it first).")
 flags.DEFINE_string("workdir", "/tmp/seqjax_compare", "Runs go to <workdir>/<preset>.")
 flags.DEFINE_string("split", "test", "Split the final evaluation uses.")
+flags.DEFINE_list(
+    "config_overrides",
+    [],
+    "Extra config overrides for every model, key=value, e.g. batch_size=2,eval_batch_size=2.",
+)
 flags.DEFINE_bool("fresh", True, "Delete each model's previous run first (else resume it).")
 FLAGS = flags.FLAGS
 
@@ -174,6 +179,7 @@ def main(argv: list[str]) -> None:
                 "--config.optimizer.schedule=constant",  # a time budget has no known end step
                 "--config.report_step_memory=True",
                 f"--result_json={workdir}/train.json",
+                *(f"--config.{o}" for o in FLAGS.config_overrides),
             ]
         )
         _run(
@@ -212,6 +218,23 @@ def main(argv: list[str]) -> None:
     print("\n" + text)
     with open(os.path.join(FLAGS.workdir, "comparison.md"), "w") as f:
         f.write(text)
+    with open(os.path.join(FLAGS.workdir, "comparison.json"), "w") as f:
+        json.dump(
+            {
+                "config": FLAGS.config,
+                "options": options,
+                "task": config.task,
+                "metric": name,
+                "larger_is_better": larger,
+                "minutes": FLAGS.minutes,
+                "split": FLAGS.split,
+                "rows": rows,
+                "baseline": baseline,
+            },
+            f,
+            indent=1,
+            default=float,
+        )
 
 
 if __name__ == "__main__":
