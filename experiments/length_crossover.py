@@ -39,6 +39,15 @@ flags.DEFINE_integer("tokens_per_batch", 8192, "Tokens per training batch at eve
 flags.DEFINE_float("minutes", 3.0, "Training budget per model and length, wall clock.")
 flags.DEFINE_string("size", "cpu", "cpu or accelerator (configs/common.py SIZES).")
 flags.DEFINE_string("workdir", "/tmp/seqjax_crossover", "Runs go to <workdir>/L<length>/<preset>.")
+flags.DEFINE_integer(
+    "eval_tokens",
+    None,
+    "Cap on the validation tokens of the evaluations during training (eval_examples = this // L); the "
+    "final test evaluation always covers the whole split. Default: the whole validation split.",
+)
+flags.DEFINE_list(
+    "config_overrides", [], "Extra key=value config overrides for every run, e.g. eval_examples=256."
+)
 flags.DEFINE_bool("retrain", True, "Train (else only re-tabulate the runs already in --workdir).")
 flags.DEFINE_string(
     "out", "experiments/results/length_crossover_{task}_{size}_{platform}", "Output path without extension."
@@ -52,6 +61,9 @@ def run_length(length: int) -> Path:
     batch = max(1, FLAGS.tokens_per_batch // length)
     workdir = Path(FLAGS.workdir) / f"L{length}"
     options = ",".join(o for o in [f"length={length}", FLAGS.options] if o)
+    overrides = [f"batch_size={batch}", f"eval_batch_size={batch}", *FLAGS.config_overrides]
+    if FLAGS.eval_tokens:
+        overrides.append(f"eval_examples={max(1, FLAGS.eval_tokens // length)}")
     if FLAGS.retrain:
         cmd = [
             sys.executable,
@@ -62,7 +74,8 @@ def run_length(length: int) -> Path:
             f"--size={FLAGS.size}",
             f"--minutes={FLAGS.minutes}",
             f"--workdir={workdir}",
-            f"--config_overrides=batch_size={batch},eval_batch_size={batch}",
+            "--config_overrides="
+            + ",".join([f"batch_size={batch}", f"eval_batch_size={batch}", *FLAGS.config_overrides]),
         ]
         print("+ " + shlex.join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
