@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -156,3 +157,16 @@ def test_tuner_writes_a_table_auto_reads(tmp_path, monkeypatch):
     monkeypatch.setenv(tuning.ENV_VAR, str(out))
     assert choose_method(128, 64, "cpu") == table.measurements[1].fastest()
     assert "| 128 | 64 |" in md.read_text()
+
+
+def test_mamba_asks_auto_with_the_whole_step_state(monkeypatch):
+    from seqjax import cells
+    from seqjax.cells import mamba
+
+    calls = []
+    real = mamba.choose_method
+    monkeypatch.setattr(mamba, "choose_method", lambda n, s, *a: calls.append((n, s)) or real(n, s, *a))
+    cell = cells.Mamba(d_model=4, state_size=3, chunk_size=4)
+    params = cell.init(jax.random.key(0), 4)
+    cell.apply(params, jnp.ones((5, 9, 4)))
+    assert calls == [(4, 5 * cell.d_inner * 3)]  # batch × channels × state, as the tables count it

@@ -264,7 +264,9 @@ class Mamba(Cell):
         if method == "auto":
             method = "chunked"
         if method == "chunked":
-            inner = choose_method(self.chunk_size, self.d_inner * self.state_size)
+            # The tables count the whole state of one step, batch included (B·D·N).
+            batch = math.prod(x.shape[:-2])
+            inner = choose_method(self.chunk_size, batch * self.d_inner * self.state_size)
             inner = "sequential" if inner == "sequential" else "associative"
             return selective_scan(x, dt, a_mat, b, c, h0, resets, chunk_size=self.chunk_size, inner=inner)
         decay = jnp.exp(dt[..., None] * a_mat)
