@@ -76,6 +76,13 @@ def test_device_kind_match_wins_and_env_var_comes_first(tmp_path, monkeypatch):
     assert choose_method(1024, 1024, "cpu") == "sequential"
 
 
+def test_a_given_device_kind_is_kept_when_the_platform_is_this_one():
+    tuning.register_table(_table("cpu", [(1024, 1024, {"chunked": 1.0, "sequential": 2.0})], device_kind="X"))
+    tuning.register_table(_table("cpu", [(1024, 1024, {"associative": 1.0, "sequential": 2.0})], "Y"))
+    assert choose_method(1024, 1024, device_kind="X") == "chunked"
+    assert choose_method(1024, 1024, device_kind="Y") == "associative"
+
+
 def test_auto_runs_the_measured_backend_and_agrees_with_it(monkeypatch):
     platform = "cpu"
     tuning.register_table(_table(platform, [(40, 60, {"sequential": 2.0, "chunked": 1.0})]))

@@ -49,7 +49,8 @@ def choose_method(
     """
     if platform is None:
         platform = jax.default_backend()
-        device_kind = jax.devices()[0].device_kind
+        if device_kind is None:
+            device_kind = jax.devices()[0].device_kind
     measured = tuning.measured_method(length, state_elems, platform, device_kind)
     if measured is not None:
         return measured
