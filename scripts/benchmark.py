@@ -478,7 +478,7 @@ def implementations(families: list[str], peers: bool) -> list[Impl]:
                     family,
                     "seqjax Mamba (expand 1) sequential (materialised)",
                     "jax",
-                    seqjax_workload(dataclasses.replace(mamba, method="sequential")),
+                    seqjax_workload(dataclasses.replace(mamba, method="materialized_sequential")),
                 )
             )
             for cls in (cells.S4D, cells.S5, cells.LRU):

@@ -1,17 +1,23 @@
-"""Time every `linear_recurrence` backend on this machine and write the table `method="auto"` reads.
+"""Time every backend of a scan engine on this machine and write the table `method="auto"` reads.
 
-Each point is one forward + backward pass (the gradient of `sum(hs**2)` with respect to `a` and `b`) of a
-[batch, length, state] float32 recurrence inside `jax.jit`: the median of at least --repeats runs after
-a warm-up, and of more runs for short points.
-The backends alternate within each repeat, so a burst of load from elsewhere hits all of them alike.
+Two engines (--kind):
+- `linear_recurrence`: each point is one forward + backward pass (the gradient of `sum(hs**2)` with
+  respect to `a` and `b`) of a [batch, length, state] float32 diagonal recurrence;
+- `selective_scan`: each point is one forward + backward pass (the gradient of `sum(y**2)` with respect
+  to x, Δ, A, B and C) of Mamba's chunked selective scan with x, Δ [batch, length, D], B, C
+  [batch, length, N] and N = --state_size, D = state_elems / (batch · N).
 
-    python scripts/tune_scan.py                                    # the shipped table for this platform
-    python scripts/tune_scan.py --out=/tmp/t.json --lengths=256,4096
+Each is timed inside `jax.jit`: the median of at least --repeats runs after a warm-up, and of more runs
+for short points. The backends alternate within each repeat, so a burst of load from elsewhere hits all
+of them alike.
+
+    python scripts/tune_scan.py                                    # the shipped tables for this platform
+    python scripts/tune_scan.py --kinds=selective_scan --out=/tmp/t.json --lengths=256,4096
     SEQJAX_SCAN_TUNING=/tmp/t.json python scripts/train.py ...     # use a table without shipping it
 
-The default --out is seqjax/scan/tables/linear_recurrence_{platform}.json; the markdown summary goes
-to --markdown (default benchmarks/scan_tuning_{platform}.md). A point whose XLA memory plan exceeds
---max_gib, or which fails to compile, is recorded as null for that backend.
+The default --out is seqjax/scan/tables/{kind}_{platform}.json; the markdown summary goes to --markdown
+(default benchmarks/{kind}_tuning_{platform}.md). A point whose XLA memory plan exceeds --max_gib, or which
+fails to compile, is recorded as null for that backend.
 """
 
 from __future__ import annotations
@@ -31,33 +37,42 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from seqjax.common.xla import plan_bytes
 from seqjax.scan import linear_recurrence
-from seqjax.scan.tuning import BACKENDS, table_from_dict
+from seqjax.scan.selective import selective_scan
+from seqjax.scan.tuning import BACKENDS_BY_KIND, table_from_dict
 
 FLAGS = flags.FLAGS
+flags.DEFINE_list("kinds", list(BACKENDS_BY_KIND), "Engines to tune: linear_recurrence, selective_scan.")
 flags.DEFINE_list("lengths", ["64", "256", "1024", "4096", "16384"], "Sequence lengths.")
 flags.DEFINE_list(
-    "state_elems", ["1024", "16384", "131072"], "Elements of one step's state, batch included (B·C·N)."
+    "state_elems",
+    None,
+    "Elements of one step's state, batch included (B·C·N). Default: 1024,16384,131072 for "
+    "linear_recurrence; 16384,131072,1048576 for selective_scan.",
 )
 flags.DEFINE_integer("batch", 8, "Leading batch axis (state_elems is split as batch × rest).")
-flags.DEFINE_list("methods", list(BACKENDS), "Backends to time.")
+flags.DEFINE_integer("state_size", 16, "selective_scan: the SSM state size N (D = state_elems / (batch·N)).")
+flags.DEFINE_list("methods", None, "Backends to time (default: all of the kind's).")
 flags.DEFINE_integer("repeats", 3, "Timed runs per backend and point after one warm-up (at least).")
 flags.DEFINE_float(
     "min_seconds", 0.5, "Short points are repeated (up to 200 runs) until each backend has run this long."
 )
 flags.DEFINE_float("max_gib", 12.0, "Points whose XLA memory plan exceeds this are not run.")
-flags.DEFINE_integer("chunk_size", 64, "chunk_size of the chunked backend.")
+flags.DEFINE_integer("chunk_size", 64, "chunk_size of the chunked backends.")
 flags.DEFINE_string(
-    "out", "seqjax/scan/tables/linear_recurrence_{platform}.json", "JSON table; {platform} is filled in."
+    "out", "seqjax/scan/tables/{kind}_{platform}.json", "JSON table; {kind} and {platform} are filled in."
 )
-flags.DEFINE_string("markdown", "benchmarks/scan_tuning_{platform}.md", "Markdown summary ('' for none).")
+flags.DEFINE_string("markdown", "benchmarks/{kind}_tuning_{platform}.md", "Markdown summary ('' for none).")
 
 GIB = 2**30
+DEFAULT_STATE_ELEMS = {
+    "linear_recurrence": ["1024", "16384", "131072"],
+    "selective_scan": ["16384", "131072", "1048576"],
+}
 
 
-def _compile(
-    method: str, length: int, state_elems: int
-) -> tuple[Any, tuple[jax.Array, jax.Array], int | None]:
+def _linear_recurrence_program(method: str, length: int, state_elems: int) -> tuple[Any, tuple]:
     rest = max(state_elems // FLAGS.batch, 1)
     shape = (FLAGS.batch, length, rest)
     key_a, key_b = jax.random.split(jax.random.key(0))
@@ -68,20 +83,40 @@ def _compile(
         hs, _ = linear_recurrence(a, b, axis=1, method=method, chunk_size=FLAGS.chunk_size)
         return jnp.sum(hs**2)
 
-    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(a, b).compile()
-    try:
-        stats = compiled.memory_analysis()
-        peak = int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
-    except Exception:  # some backends have no memory analysis
-        peak = None
-    return compiled, (a, b), peak
+    return jax.grad(loss, argnums=(0, 1)), (a, b)
 
 
-def _point(length: int, state_elems: int) -> dict[str, Any]:
+def _selective_scan_program(method: str, length: int, state_elems: int) -> tuple[Any, tuple]:
+    n = FLAGS.state_size
+    d = max(state_elems // (FLAGS.batch * n), 1)
+    keys = jax.random.split(jax.random.key(0), 5)
+    x = jax.random.normal(keys[0], (FLAGS.batch, length, d), jnp.float32)
+    dt = jax.nn.softplus(jax.random.normal(keys[1], (FLAGS.batch, length, d), jnp.float32) - 4)
+    a_mat = -jnp.exp(jax.random.normal(keys[2], (d, n), jnp.float32))
+    b = jax.random.normal(keys[3], (FLAGS.batch, length, n), jnp.float32)
+    c = jax.random.normal(keys[4], (FLAGS.batch, length, n), jnp.float32)
+
+    def loss(*args: jax.Array) -> jax.Array:
+        y, _ = selective_scan(*args, chunk_size=FLAGS.chunk_size, method=method)
+        return jnp.sum(y**2)
+
+    return jax.grad(loss, argnums=range(5)), (x, dt, a_mat, b, c)
+
+
+PROGRAMS = {"linear_recurrence": _linear_recurrence_program, "selective_scan": _selective_scan_program}
+
+
+def _compile(kind: str, method: str, length: int, state_elems: int) -> tuple[Any, tuple, int | None]:
+    fn, args = PROGRAMS[kind](method, length, state_elems)
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, args, plan_bytes(compiled)
+
+
+def _point(kind: str, methods: list[str], length: int, state_elems: int) -> dict[str, Any]:
     runners, seconds, peaks, warmups = {}, {}, {}, {}
-    for method in FLAGS.methods:
+    for method in methods:
         try:
-            compiled, args, peak = _compile(method, length, state_elems)
+            compiled, args, peak = _compile(kind, method, length, state_elems)
         except Exception as err:  # a failed backend is a measurement, not a crash
             print(f"  {method}: compile failed ({type(err).__name__}: {str(err)[:120]})", flush=True)
             seconds[method] = None
@@ -117,14 +152,21 @@ def _point(length: int, state_elems: int) -> dict[str, Any]:
     }
 
 
-def _markdown(table: dict[str, Any]) -> str:
-    methods = list(FLAGS.methods)
+WORKLOAD = {
+    "linear_recurrence": "gradient of `sum(hs**2)` w.r.t. `a` and `b`",
+    "selective_scan": "gradient of `sum(y**2)` w.r.t. x, Δ, A, B, C; N = {n}, D = state elems / (batch·N)",
+}
+
+
+def _markdown(table: dict[str, Any], methods: list[str]) -> str:
+    kind = table["kind"]
     lines = [
-        f"# `linear_recurrence` backends on {table['platform']} ({table['device_kind']})",
+        f"# `{kind}` backends on {table['platform']} ({table['device_kind']})",
         "",
-        f"- date: {table['date']}; jax {table['jax']}; float32; chunk_size {FLAGS.chunk_size}",
+        f"- date: {table['date']}; jax {table['jax']}; float32; chunk_size {FLAGS.chunk_size}; "
+        f"batch {FLAGS.batch}",
         f"- command: `{table['command']}`",
-        "- forward + backward (gradient of `sum(hs**2)` w.r.t. `a` and `b`); median of the `runs` column "
+        f"- forward + backward ({WORKLOAD[kind].format(n=FLAGS.state_size)}); median of the `runs` column "
         f"(at least {FLAGS.repeats}, until each backend ran {FLAGS.min_seconds} s), backends interleaved",
         "- `auto` picks the fastest backend of the measured point nearest the call (log length, log state)",
         f"- n/a: not run, because its XLA memory plan exceeded --max_gib={FLAGS.max_gib:g} or it failed "
@@ -152,13 +194,27 @@ def _markdown(table: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    unknown = sorted(set(FLAGS.methods) - set(BACKENDS))
+    unknown = sorted(set(FLAGS.kinds) - set(BACKENDS_BY_KIND))
     if unknown:
-        raise app.UsageError(f"--methods: unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}.")
+        raise app.UsageError(f"--kinds: unknown {unknown}; choose from {', '.join(BACKENDS_BY_KIND)}.")
+    if FLAGS.methods and len(FLAGS.kinds) > 1:
+        raise app.UsageError("--methods names one engine's backends: give one --kinds with it.")
+    for kind in FLAGS.kinds:
+        methods = list(FLAGS.methods or BACKENDS_BY_KIND[kind])
+        unknown = sorted(set(methods) - set(BACKENDS_BY_KIND[kind]))
+        if unknown:
+            raise app.UsageError(
+                f"--methods: unknown {kind} backend(s) {unknown}; choose from "
+                f"{', '.join(BACKENDS_BY_KIND[kind])}."
+            )
+        _tune(kind, methods)
+
+
+def _tune(kind: str, methods: list[str]) -> None:
     platform = jax.default_backend()
     device_kind = jax.devices()[0].device_kind
     table: dict[str, Any] = {
-        "kind": "linear_recurrence",
+        "kind": kind,
         "platform": platform,
         "device_kind": device_kind,
         "jax": jax.__version__,
@@ -167,11 +223,11 @@ def main(argv: list[str]) -> None:
         "command": " ".join(["python", *map(shlex.quote, sys.argv)]),
         "measurements": [],
     }
-    out = Path(FLAGS.out.format(platform=platform))
+    out = Path(FLAGS.out.format(kind=kind, platform=platform))
     for length in map(int, FLAGS.lengths):
-        for state_elems in map(int, FLAGS.state_elems):
-            print(f"length {length}, state {state_elems}", flush=True)
-            row = _point(length, state_elems)
+        for state_elems in map(int, FLAGS.state_elems or DEFAULT_STATE_ELEMS[kind]):
+            print(f"{kind}: length {length}, state {state_elems}", flush=True)
+            row = _point(kind, methods, length, state_elems)
             print(
                 "  " + ", ".join(f"{m} {s:.4f}s" if s else f"{m} n/a" for m, s in row["seconds"].items()),
                 flush=True,
@@ -184,9 +240,9 @@ def main(argv: list[str]) -> None:
     os.replace(tmp, out)
     print(f"wrote {out}")
     if FLAGS.markdown:
-        md = Path(FLAGS.markdown.format(platform=platform))
+        md = Path(FLAGS.markdown.format(kind=kind, platform=platform))
         md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(_markdown(table))
+        md.write_text(_markdown(table, methods))
         print(f"wrote {md}")
 
 

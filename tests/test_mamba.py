@@ -26,11 +26,11 @@ def _scan_inputs(bsz=2, length=37, d=5, n=3, seed=0):
     return x, dt, a, b, c, h0, resets
 
 
-@pytest.mark.parametrize("inner", ["sequential", "associative"])
+@pytest.mark.parametrize("method", ["remat_sequential", "remat_associative"])
 @pytest.mark.parametrize("chunk_size", [1, 8, 64])
-def test_selective_scan_matches_materialised_scan(inner, chunk_size):
+def test_selective_scan_matches_materialised_scan(method, chunk_size):
     args = _scan_inputs()
-    y, h = selective_scan(*args, chunk_size=chunk_size, inner=inner)
+    y, h = selective_scan(*args, chunk_size=chunk_size, method=method)
     y_ref, h_ref = selective_scan_reference(*args)
     np.testing.assert_allclose(y, y_ref, atol=1e-5)
     np.testing.assert_allclose(h, h_ref, atol=1e-5)
@@ -38,7 +38,7 @@ def test_selective_scan_matches_materialised_scan(inner, chunk_size):
     def loss(fn):
         return lambda *a: jnp.sum(jnp.sin(fn(*a)[0])) + jnp.sum(fn(*a)[1] ** 2)
 
-    chunked = loss(lambda *a: selective_scan(*a, chunk_size=chunk_size, inner=inner))
+    chunked = loss(lambda *a: selective_scan(*a, chunk_size=chunk_size, method=method))
     grads = jax.grad(chunked, argnums=range(6))(*args)
     ref = jax.grad(loss(selective_scan_reference), argnums=range(6))(*args)
     for got, want in zip(grads, ref, strict=True):
@@ -121,6 +121,8 @@ def test_streaming_in_pieces_equals_one_pass(key):
 def test_bad_input():
     with pytest.raises(ValueError, match="unknown method 'fast'"):
         cells.Mamba(d_model=4, method="fast")
+    with pytest.raises(ValueError, match="'chunked' was renamed: use 'auto'"):
+        cells.Mamba(d_model=4, method="chunked")
     with pytest.raises(ValueError, match="state_size must be a positive integer"):
         cells.Mamba(d_model=4, state_size=0)
     with pytest.raises(ValueError, match=r"input_size=3 but d_model=4"):
@@ -147,12 +149,13 @@ def test_mamba_backends_agree(key):
     @jax.jit  # all three backends in one compiled program
     def all_methods(params, xs):
         others = {
-            m: loss(dataclasses.replace(base, method=m))(params, xs) for m in ("sequential", "associative")
+            m: loss(dataclasses.replace(base, method=m))(params, xs)
+            for m in ("remat_associative", "materialized_sequential", "materialized_associative")
         }
         return loss(base)(params, xs), others
 
     (value, grads), results = all_methods(params, xs)
-    for method in ("sequential", "associative"):
+    for method in ("remat_associative", "materialized_sequential", "materialized_associative"):
         other_value, other_grads = results[method]
         np.testing.assert_allclose(other_value, value, rtol=1e-5)
         assert max_abs_diff(other_grads, grads) < 1e-4, method

@@ -144,6 +144,7 @@ def test_tuner_writes_a_table_auto_reads(tmp_path, monkeypatch):
         [
             sys.executable,
             str(ROOT / "scripts" / "tune_scan.py"),
+            "--kinds=linear_recurrence",
             "--lengths=16,128",
             "--state_elems=64",
             "--batch=2",
@@ -166,14 +167,110 @@ def test_tuner_writes_a_table_auto_reads(tmp_path, monkeypatch):
     assert "| 128 | 64 |" in md.read_text()
 
 
-def test_mamba_asks_auto_with_the_whole_step_state(monkeypatch):
+def test_mamba_asks_the_selective_scan_tables_with_the_whole_step_state(monkeypatch):
     from seqjax import cells
-    from seqjax.cells import mamba
+    from seqjax.scan import selective
 
     calls = []
-    real = mamba.choose_method
-    monkeypatch.setattr(mamba, "choose_method", lambda n, s, *a: calls.append((n, s)) or real(n, s, *a))
+    real = selective.choose_selective_method
+    monkeypatch.setattr(
+        selective, "choose_selective_method", lambda n, s, *a: calls.append((n, s)) or real(n, s, *a)
+    )
     cell = cells.Mamba(d_model=4, state_size=3, chunk_size=4)
     params = cell.init(jax.random.key(0), 4)
     cell.apply(params, jnp.ones((5, 9, 4)))
-    assert calls == [(4, 5 * cell.d_inner * 3)]  # batch × channels × state, as the tables count it
+    assert calls == [(9, 5 * cell.d_inner * 3)]  # length; batch × channels × state, as the tables count it
+
+
+def _selective_table(platform: str, rows: list[tuple[int, int, dict]]) -> dict:
+    return {**_table(platform, rows), "kind": "selective_scan"}
+
+
+def test_selective_scan_auto_reads_its_own_tables_only():
+    from seqjax.scan.selective import choose_selective_method, selective_scan
+
+    # A linear_recurrence table for the platform does not decide the selective scan, and vice versa.
+    tuning.register_table(_table("gpu", [(1024, 1024, {"sequential": 3.0, "associative": 1.0})]))
+    assert choose_selective_method(1024, 1024, "gpu") == "remat_sequential"  # the rule: no selective table
+    tuning.register_table(
+        _selective_table(
+            "gpu",
+            [
+                (256, 16384, {"remat_sequential": 1.0, "remat_associative": 2.0}),
+                (16384, 16384, {"remat_sequential": 2.0, "remat_associative": 1.0}),
+            ],
+        )
+    )
+    assert choose_selective_method(512, 16384, "gpu") == "remat_sequential"
+    assert choose_selective_method(8192, 16384, "gpu") == "remat_associative"
+    assert choose_method(1024, 1024, "gpu") == "associative"
+    # On this CPU, with a table that says associative, `auto` runs associative and equals it.
+    tuning.register_table(
+        _selective_table("cpu", [(16, 2 * 3 * 4, {"remat_sequential": 2.0, "remat_associative": 1.0})])
+    )
+    args = (
+        jnp.ones((2, 16, 3)),
+        jnp.full((2, 16, 3), 0.1),
+        -jnp.ones((3, 4)),
+        jnp.ones((2, 16, 4)),
+        jnp.ones((2, 16, 4)),
+    )
+    assert choose_selective_method(16, 2 * 3 * 4) == "remat_associative"
+    auto = selective_scan(*args, chunk_size=4)
+    assoc = selective_scan(*args, chunk_size=4, method="remat_associative")
+    np.testing.assert_array_equal(auto[0], assoc[0])
+
+
+def test_bad_selective_tables_and_methods_are_refused():
+    from seqjax.scan.selective import selective_scan
+
+    with pytest.raises(ValueError, match="unknown selective_scan backend 'sequential'"):
+        tuning.register_table(_selective_table("gpu", [(64, 64, {"sequential": 1.0})]))
+    with pytest.raises(ValueError, match="kind is 'lstm'"):
+        tuning.register_table({**_table("gpu", [(64, 64, {"sequential": 1.0})]), "kind": "lstm"})
+    x = jnp.ones((1, 4, 2))
+    with pytest.raises(ValueError, match="unknown method 'chunked'"):
+        selective_scan(x, x, -jnp.ones((2, 3)), jnp.ones((1, 4, 3)), jnp.ones((1, 4, 3)), method="chunked")
+
+
+def test_several_environment_tables(tmp_path, monkeypatch):
+    from seqjax.scan.selective import choose_selective_method
+
+    lin, sel = tmp_path / "lin.json", tmp_path / "sel.json"
+    lin.write_text(json.dumps(_table("gpu", [(64, 64, {"chunked": 1.0, "sequential": 2.0})])))
+    sel.write_text(
+        json.dumps(_selective_table("gpu", [(64, 64, {"remat_associative": 1.0, "remat_sequential": 2.0})]))
+    )
+    monkeypatch.setenv(tuning.ENV_VAR, f"{lin}{os.pathsep}{sel}")
+    assert choose_method(64, 64, "gpu") == "chunked"
+    assert choose_selective_method(64, 64, "gpu") == "remat_associative"
+
+
+def test_tuner_writes_a_selective_table(tmp_path, monkeypatch):
+    out, md = tmp_path / "s.json", tmp_path / "s.md"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "tune_scan.py"),
+            "--kinds=selective_scan",
+            "--lengths=32",
+            "--state_elems=64",
+            "--batch=2",
+            "--state_size=4",
+            "--chunk_size=8",
+            "--repeats=1",
+            "--min_seconds=0",
+            f"--out={out}",
+            f"--markdown={md}",
+        ],
+        check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    table = tuning.load_table(out)
+    assert table.kind == "selective_scan" and table.platform == "cpu"
+    assert set(table.measurements[0].seconds) == {"remat_sequential", "remat_associative"}
+    assert "# `selective_scan` backends" in md.read_text()

@@ -12,12 +12,20 @@ import jax.numpy as jnp
 
 from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
 from seqjax.cells.registry import register
-from seqjax.scan.linear import choose_method, linear_recurrence
-from seqjax.scan.selective import selective_scan
+from seqjax.scan.linear import linear_recurrence
+from seqjax.scan.selective import SELECTIVE_METHODS, selective_scan
 
 __all__ = ["Mamba", "MambaState"]
 
-METHODS = ("auto", "chunked", "sequential", "associative")
+#: the chunk-rematerialised selective scan ("auto" measures between its two forms), then the two
+#: materialised references built on `linear_recurrence`.
+METHODS = (*SELECTIVE_METHODS, "materialized_sequential", "materialized_associative")
+#: names used before the selective scan had its own; "chunked" meant something else in `linear_recurrence`.
+_RENAMED = {
+    "chunked": "auto",
+    "sequential": "materialized_sequential",
+    "associative": "materialized_associative",
+}
 
 
 class MambaState(NamedTuple):
@@ -50,10 +58,12 @@ class Mamba(Cell):
     The conv skips padded tokens too: its window holds the last valid tokens. Resets clear both
     the SSM state and the conv window, so packed sequences never see each other.
 
-    `method`: "chunked" (the default via "auto") forms the [.., d_inner, N] tensors one chunk at a time and
-    recomputes them in the backward pass (`seqjax.scan.selective_scan`). "sequential" and "associative"
-    materialise them for every token and use `seqjax.scan.linear_recurrence`. They are the
-    references; training the block with them took 7.4x the memory at L=16k (benchmarks/ssm_cpu.md).
+    `method`: "auto" (the default), "remat_sequential" and "remat_associative" form the [.., d_inner, N]
+    tensors one chunk at a time and recompute them in the backward pass (`seqjax.scan.selective_scan`;
+    "auto" picks the recurrence inside a chunk from measured tables). "materialized_sequential" and
+    "materialized_associative" materialise them for every token and use `seqjax.scan.linear_recurrence`.
+    They are the references; training the block with them took 7.4x the memory at L=16k
+    (benchmarks/ssm_cpu.md).
     """
 
     d_model: int
@@ -74,6 +84,11 @@ class Mamba(Cell):
             value = getattr(self, field)
             if int(value) <= 0:
                 raise ValueError(f"Mamba: {field} must be a positive integer, got {value}.")
+        if self.method in _RENAMED:
+            raise ValueError(
+                f"Mamba: method {self.method!r} was renamed: use {_RENAMED[self.method]!r} (the selective "
+                f"scan's methods are {', '.join(METHODS)})."
+            )
         if self.method not in METHODS:
             raise ValueError(f"Mamba: unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
         if not 0 < self.dt_min < self.dt_max:
@@ -260,16 +275,12 @@ class Mamba(Cell):
 
     def _scan(self, params, x, dt, b, c, h0, resets):
         a_mat = self._a_matrix(params)
-        method = self.method
-        if method == "auto":
-            method = "chunked"
-        if method == "chunked":
-            # The tables count the whole state of one step, batch included (B·D·N).
-            batch = math.prod(x.shape[:-2])
-            inner = choose_method(self.chunk_size, batch * self.d_inner * self.state_size)
-            inner = "sequential" if inner == "sequential" else "associative"
-            return selective_scan(x, dt, a_mat, b, c, h0, resets, chunk_size=self.chunk_size, inner=inner)
+        if self.method in SELECTIVE_METHODS:
+            return selective_scan(
+                x, dt, a_mat, b, c, h0, resets, chunk_size=self.chunk_size, method=self.method
+            )
         decay = jnp.exp(dt[..., None] * a_mat)
         drive = (dt * x)[..., None] * b[:, :, None, :]
-        hs, h = linear_recurrence(decay, drive, h0, axis=1, resets=resets, method=method)
+        inner = self.method.removeprefix("materialized_")
+        hs, h = linear_recurrence(decay, drive, h0, axis=1, resets=resets, method=inner)
         return jnp.einsum("bldn,bln->bld", hs, c), h

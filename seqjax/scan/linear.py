@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.scan import tuning
+from seqjax.scan.combine import diagonal_combine
 
 __all__ = ["METHODS", "choose_method", "linear_recurrence"]
 
@@ -59,12 +60,6 @@ def choose_method(
     return "associative"
 
 
-def _combine(left, right):
-    a_l, b_l = left
-    a_r, b_r = right
-    return a_l * a_r, a_r * b_l + b_r
-
-
 def _scan_sequential(a, b, h0):
     def body(h, ab):
         a_t, b_t = ab
@@ -78,7 +73,7 @@ def _scan_sequential(a, b, h0):
 def _scan_associative(a, b, h0):
     a = jnp.broadcast_to(a, b.shape)
     b = b.at[0].add(a[0] * h0)
-    _, hs = lax.associative_scan(_combine, (a, b), axis=0)
+    _, hs = lax.associative_scan(diagonal_combine, (a, b), axis=0)
     return hs
 
 
@@ -96,7 +91,7 @@ def _scan_chunked(a, b, h0, chunk_size):
     a = a.reshape(n_chunks, chunk_size, *rest)
     b = b.reshape(n_chunks, chunk_size, *rest)
     # Inside every chunk at once: cumulative decay and the state started from zero.
-    a_cum, h_local = lax.associative_scan(_combine, (a, b), axis=1)
+    a_cum, h_local = lax.associative_scan(diagonal_combine, (a, b), axis=1)
 
     def carry_over(h_prev, chunk):
         a_last, h_last = chunk

@@ -10,6 +10,13 @@ over chunks of `chunk_size` tokens. Its body forms the expanded tensors for one 
 recurrence inside the chunk, and it is wrapped in `jax.checkpoint`. Autodiff therefore saves only each
 chunk's inputs and its starting state, O(L/chunk · B·D·N), and recomputes the chunk's interior during
 the backward pass.
+
+The recurrence inside each chunk has two backends, the selective scan's own (not `linear_recurrence`'s):
+- `remat_sequential`: `lax.scan` over the chunk's tokens;
+- `remat_associative`: `lax.associative_scan` over them (log depth, more work).
+`method="auto"` picks the one measured fastest nearest the call's (length, B·D·N state size) on this
+platform, from the `selective_scan` tables that `scripts/tune_scan.py --kind=selective_scan` writes
+(`seqjax.scan.tuning`); without a table it is `remat_sequential`.
 """
 
 from __future__ import annotations
@@ -21,15 +28,38 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["selective_scan", "selective_scan_reference"]
+from seqjax.scan import tuning
+from seqjax.scan.combine import diagonal_combine
 
-InnerMethod = Literal["sequential", "associative"]
+__all__ = [
+    "SELECTIVE_METHODS",
+    "choose_selective_method",
+    "selective_scan",
+    "selective_scan_reference",
+]
+
+SelectiveMethod = Literal["auto", "remat_sequential", "remat_associative"]
+SELECTIVE_METHODS: tuple[str, ...] = ("auto", *tuning.BACKENDS_BY_KIND["selective_scan"])
 
 
-def _combine(left, right):
-    a_l, b_l = left
-    a_r, b_r = right
-    return a_l * a_r, a_r * b_l + b_r
+def choose_selective_method(
+    length: int, state_elems: int, platform: str | None = None, device_kind: str | None = None
+) -> str:
+    """The backend `selective_scan(method="auto")` uses at this size on this platform.
+
+    `state_elems` counts one step's whole state, batch included (B·D·N), as the tables do. The choice
+    is the fastest backend of the measured point nearest (length, state_elems) in the `selective_scan`
+    tables of `seqjax.scan.tuning`; with no table for the platform it is `remat_sequential`.
+
+        >>> choose_selective_method(4096, 8 * 128 * 16, platform="no-such-platform")
+        'remat_sequential'
+    """
+    if platform is None:
+        platform = jax.default_backend()
+        if device_kind is None:
+            device_kind = jax.devices()[0].device_kind
+    measured = tuning.measured_method(length, state_elems, platform, device_kind, kind="selective_scan")
+    return measured if measured is not None else "remat_sequential"
 
 
 def _chunk(h0, inputs, a_mat, inner: str):
@@ -38,7 +68,7 @@ def _chunk(h0, inputs, a_mat, inner: str):
     decay = jnp.exp(dt[..., None] * a_mat)  # [C, B, D, N]
     decay = jnp.where(keep[:, :, None, None], decay, 0)
     drive = (dt * x)[..., None] * b[:, :, None, :]  # [C, B, D, N]
-    if inner == "sequential":
+    if inner == "remat_sequential":
 
         def body(h, ab):
             a_t, b_t = ab
@@ -48,13 +78,12 @@ def _chunk(h0, inputs, a_mat, inner: str):
         h_last, hs = lax.scan(body, h0, (decay, drive))
     else:
         drive = drive.at[0].add(decay[0] * h0)
-        _, hs = lax.associative_scan(_combine, (decay, drive), axis=0)
+        _, hs = lax.associative_scan(diagonal_combine, (decay, drive), axis=0)
         h_last = hs[-1]
     y = jnp.einsum("tbdn,tbn->tbd", hs, c)
     return h_last, y
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size", "inner"))
 def selective_scan(
     x: jax.Array,
     dt: jax.Array,
@@ -65,7 +94,7 @@ def selective_scan(
     resets: jax.Array | None = None,
     *,
     chunk_size: int = 64,
-    inner: InnerMethod = "sequential",
+    method: SelectiveMethod = "auto",
 ) -> tuple[jax.Array, jax.Array]:
     """y_t = C_t · h_t for the selective SSM, chunked and rematerialised.
 
@@ -79,13 +108,32 @@ def selective_scan(
       resets: [B, L] bool; the state is zeroed before token t.
       chunk_size: tokens per rematerialised chunk; memory of the backward pass is O(L/chunk · B·D·N +
         chunk · B·D·N).
-      inner: recurrence inside a chunk, "sequential" (`lax.scan`) or "associative".
+      method: the recurrence inside a chunk: "remat_sequential" (`lax.scan`), "remat_associative"
+        (`lax.associative_scan`), or "auto" (measured; see `choose_selective_method`). The choice is
+        made when the function is traced.
 
     Returns:
       y [B, L, D] in float32 (float64 for float64 inputs) and the final state [B, D, N].
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> x = dt = jnp.full((2, 10, 3), 0.1)               # [B, L, D]
+        >>> a_mat = -jnp.ones((3, 4))                        # [D, N]
+        >>> b = c = jnp.ones((2, 10, 4))                     # [B, L, N]
+        >>> y, h = selective_scan(x, dt, a_mat, b, c, chunk_size=4)
+        >>> y.shape, h.shape
+        ((2, 10, 3), (2, 3, 4))
     """
+    if method not in SELECTIVE_METHODS:
+        raise ValueError(
+            f"selective_scan: unknown method {method!r}; choose one of {', '.join(SELECTIVE_METHODS)}."
+        )
+    if int(chunk_size) <= 0:
+        raise ValueError(f"selective_scan: chunk_size must be a positive integer, got {chunk_size!r}.")
     bsz, length, d = x.shape
     n = a_mat.shape[-1]
+    if method == "auto":
+        method = choose_selective_method(length, bsz * d * n)
     f32 = jnp.promote_types(x.dtype, jnp.float32)  # float32, or float64 for reference runs
     h0 = jnp.zeros((bsz, d, n), f32) if h0 is None else h0.astype(f32)
     keep = jnp.ones((bsz, length), bool) if resets is None else ~resets
@@ -106,7 +154,7 @@ def selective_scan(
         chunks(c.astype(f32)),
         chunks(keep, fill=True),
     )
-    body = jax.checkpoint(functools.partial(_chunk, a_mat=a_mat.astype(f32), inner=inner))
+    body = jax.checkpoint(functools.partial(_chunk, a_mat=a_mat.astype(f32), inner=method))
     h_last, ys = lax.scan(lambda h, inp: body(h, inp), h0, inputs)
     ys = ys.reshape(n_chunks * chunk_size, bsz, d)[:length]
     return jnp.swapaxes(ys, 0, 1), h_last

@@ -1,19 +1,25 @@
-"""Measured backend tables: what `linear_recurrence(method="auto")` picks, per platform and size.
+"""Measured backend tables: what `method="auto"` picks, per engine, platform and size.
 
-A table is the JSON that `scripts/tune_scan.py` writes after timing every backend (forward + backward)
-on one machine:
+Two engines are tuned, each with its own backends (`BACKENDS_BY_KIND`):
+- `linear_recurrence` (the diagonal recurrence): "sequential", "associative", "chunked";
+- `selective_scan` (Mamba's chunk-rematerialised scan): "remat_sequential", "remat_associative", the
+  recurrence run inside each chunk.
+
+A table is the JSON that `scripts/tune_scan.py` writes after timing every backend of one engine (forward
++ backward) on one machine:
 
     {"kind": "linear_recurrence", "platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3",
      "jax": "0.10.2", "dtype": "float32", "command": "...",
      "measurements": [{"length": 4096, "state_elems": 16384,
                        "seconds": {"sequential": 0.74, "associative": 1.33, "chunked": 1.38}}, ...]}
 
-`auto` takes the measured point nearest to the call (in log length and log state size) and returns its
-fastest backend. Tables are looked up in this order: the file named by the environment variable
-`SEQJAX_SCAN_TUNING`, tables added with `register_table`, then the tables shipped in
-`seqjax/scan/tables/`. Within one source a table for the device kind in use wins over one for another
-device of the same platform. Without any table for the platform, `choose_method` falls back to a rule
-(see its docstring).
+`kind` names the engine (a table without `kind` is a `linear_recurrence` table). `auto` takes the
+measured point nearest to the call (in log length and log state size) and returns its
+fastest backend. Tables are looked up in this order: the files named by the environment variable
+`SEQJAX_SCAN_TUNING` (separated by `os.pathsep`), tables added with `register_table`, then the tables
+shipped in `seqjax/scan/tables/`. Within one source a table for the device kind in use wins over one
+for another device of the same platform. Without any table for the platform, `choose_method` (and
+`choose_selective_method`) fall back to a rule (see their docstrings).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 
 __all__ = [
     "BACKENDS",
+    "BACKENDS_BY_KIND",
     "ENV_VAR",
     "Measurement",
     "TuningTable",
@@ -40,8 +47,12 @@ __all__ = [
 ]
 
 ENV_VAR = "SEQJAX_SCAN_TUNING"
-BACKENDS: tuple[str, ...] = ("sequential", "associative", "chunked")
-TABLE_KIND = "linear_recurrence"
+BACKENDS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "linear_recurrence": ("sequential", "associative", "chunked"),
+    "selective_scan": ("remat_sequential", "remat_associative"),
+}
+BACKENDS: tuple[str, ...] = BACKENDS_BY_KIND["linear_recurrence"]
+DEFAULT_KIND = "linear_recurrence"
 _SHIPPED_DIR = Path(__file__).with_name("tables")
 
 
@@ -64,6 +75,7 @@ class TuningTable:
     device_kind: str | None
     measurements: tuple[Measurement, ...]
     source: str = "<memory>"
+    kind: str = DEFAULT_KIND
 
     def nearest(self, length: int, state_elems: int) -> Measurement | None:
         """The timed measurement closest to (length, state_elems) in log2 space."""
@@ -94,9 +106,10 @@ def table_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Tuning
     """Validates a decoded table; every problem names the table and the field."""
     if not isinstance(data, Mapping):
         raise _bad(source, f"expected a JSON object, got {type(data).__name__}")
-    kind = data.get("kind", TABLE_KIND)
-    if kind != TABLE_KIND:
-        raise _bad(source, f"kind is {kind!r}, expected {TABLE_KIND!r}")
+    kind = data.get("kind", DEFAULT_KIND)
+    if kind not in BACKENDS_BY_KIND:
+        raise _bad(source, f"kind is {kind!r}, expected one of {', '.join(map(repr, BACKENDS_BY_KIND))}")
+    backends = BACKENDS_BY_KIND[kind]
     platform = data.get("platform")
     if not isinstance(platform, str) or not platform:
         raise _bad(source, "`platform` (e.g. 'cpu', 'gpu', 'tpu') is missing")
@@ -116,10 +129,11 @@ def table_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Tuning
         if not isinstance(seconds, Mapping) or not seconds:
             raise _bad(source, f"measurements[{i}].seconds must map backends to seconds")
         for method, value in seconds.items():
-            if method not in BACKENDS:
+            if method not in backends:
                 raise _bad(
                     source,
-                    f"measurements[{i}] times unknown backend {method!r} (known: {', '.join(BACKENDS)})",
+                    f"measurements[{i}] times unknown {kind} backend {method!r} (known: "
+                    f"{', '.join(backends)})",
                 )
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
@@ -128,7 +142,7 @@ def table_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Tuning
                     source, f"measurements[{i}].seconds[{method!r}] must be > 0 or null, got {value!r}"
                 )
         measurements.append(Measurement(length, state_elems, dict(seconds)))
-    return TuningTable(platform, device_kind, tuple(measurements), source)
+    return TuningTable(platform, device_kind, tuple(measurements), source, kind)
 
 
 def load_table(path: str | os.PathLike[str]) -> TuningTable:
@@ -177,27 +191,37 @@ def _env_table(path: str, mtime_ns: int) -> TuningTable:
 
 def _sources() -> list[list[TuningTable]]:
     sources = []
-    env_path = os.environ.get(ENV_VAR)
-    if env_path:
+    env_tables = []
+    for env_path in filter(None, os.environ.get(ENV_VAR, "").split(os.pathsep)):
         try:
             mtime = os.stat(env_path).st_mtime_ns
         except OSError as err:
             raise ValueError(
                 f"${ENV_VAR}={env_path!r} names no readable file ({err.strerror}). Point it at a table "
-                f"written by `python scripts/tune_scan.py`, or unset it."
+                f"written by `python scripts/tune_scan.py` (several: separated by {os.pathsep!r}), or "
+                f"unset it."
             ) from err
-        sources.append([_env_table(env_path, mtime)])
+        env_tables.append(_env_table(env_path, mtime))
+    if env_tables:
+        sources.append(env_tables)
     sources.append(list(_registered))
     sources.append(list(_shipped()))
     return sources
 
 
 def measured_method(
-    length: int, state_elems: int, platform: str, device_kind: str | None = None
+    length: int,
+    state_elems: int,
+    platform: str,
+    device_kind: str | None = None,
+    *,
+    kind: str = DEFAULT_KIND,
 ) -> str | None:
-    """The fastest backend at the nearest measured size on `platform`, or None without a table."""
+    """The fastest `kind` backend at the nearest measured size on `platform`, or None without a table."""
+    if kind not in BACKENDS_BY_KIND:
+        raise ValueError(f"measured_method: unknown kind {kind!r}; known: {', '.join(BACKENDS_BY_KIND)}.")
     for tables in _sources():
-        candidates = [t for t in tables if t.platform == platform]
+        candidates = [t for t in tables if t.platform == platform and t.kind == kind]
         if not candidates:
             continue
         same_device = [t for t in candidates if device_kind is not None and t.device_kind == device_kind]
