@@ -327,11 +327,19 @@ def naive_workload(apply: Callable[..., jax.Array], gates: int) -> Callable[[int
     return build
 
 
+def torch_device() -> str:
+    """torch runs where JAX runs: CUDA (cuDNN's RNN kernels) when JAX is on a GPU and torch sees one."""
+    if torch is not None and jax.default_backend() == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
 def torch_workload(module_cls_name: str) -> Callable[[int], Callable[[], None]]:
     def build(length: int) -> Callable[[], None]:
         torch.manual_seed(0)
-        module = getattr(torch.nn, module_cls_name)(FLAGS.hidden, FLAGS.hidden, batch_first=True)
-        x = torch.randn(FLAGS.batch, length, FLAGS.hidden).requires_grad_(True)
+        device = torch_device()
+        module = getattr(torch.nn, module_cls_name)(FLAGS.hidden, FLAGS.hidden, batch_first=True).to(device)
+        x = torch.randn(FLAGS.batch, length, FLAGS.hidden, device=device).requires_grad_(True)
 
         def step() -> None:
             # set_to_none so every run allocates its gradients afresh, as the JAX rows do.
@@ -339,6 +347,8 @@ def torch_workload(module_cls_name: str) -> Callable[[int], Callable[[], None]]:
             x.grad = None
             ys, _ = module(x)
             (ys**2).sum().backward()
+            if device == "cuda":  # CUDA launches are asynchronous: time the finished step
+                torch.cuda.synchronize()
 
         return step
 
@@ -724,7 +734,9 @@ def _versions() -> str:
     except Exception:
         pass
     parts.append(f"flax {flax.__version__}")
-    parts.append(f"torch {torch.__version__}" if torch is not None else "torch not installed")
+    parts.append(
+        f"torch {torch.__version__} (on {torch_device()})" if torch is not None else "torch not installed"
+    )
     parts.append(f"Python {pyplatform.python_version()}")
     return ", ".join(parts)
 

@@ -36,6 +36,15 @@ def _no_extra_tables(monkeypatch):
     tuning.clear_registered_tables()
 
 
+def test_shipped_gpu_tables_choose_the_measured_winners():
+    from seqjax.scan.selective import choose_selective_method
+
+    # benchmarks/linear_recurrence_tuning_gpu.md and selective_scan_tuning_gpu.md (one H200).
+    assert choose_method(16384, 16384, "gpu", "NVIDIA H200") == "associative"
+    assert choose_selective_method(16384, 16384, "gpu", "NVIDIA H200") == "remat_associative"
+    assert choose_selective_method(1024, 131072, "gpu", "NVIDIA H200") == "remat_sequential"
+
+
 def test_shipped_cpu_table_exists_and_matches_the_cpu_benchmarks():
     shipped = [t for t in tuning._shipped() if t.platform == "cpu"]
     assert shipped, "seqjax/scan/tables/ should ship a CPU table (python scripts/tune_scan.py)"
@@ -190,8 +199,10 @@ def test_selective_scan_auto_reads_its_own_tables_only():
     from seqjax.scan.selective import choose_selective_method, selective_scan
 
     # A linear_recurrence table for the platform does not decide the selective scan, and vice versa.
+    tuning.register_table(_table("tpu", [(1024, 1024, {"sequential": 3.0, "associative": 1.0})]))
+    assert choose_method(1024, 1024, "tpu") == "associative"
+    assert choose_selective_method(1024, 1024, "tpu") == "remat_sequential"  # the rule: no selective table
     tuning.register_table(_table("gpu", [(1024, 1024, {"sequential": 3.0, "associative": 1.0})]))
-    assert choose_selective_method(1024, 1024, "gpu") == "remat_sequential"  # the rule: no selective table
     tuning.register_table(
         _selective_table(
             "gpu",
