@@ -59,7 +59,7 @@ def make_config(task: str, length: int) -> GenomicConfig:
 
 
 class GenomicWindows(tfds.core.GeneratorBasedBuilder):
-    """DNA windows for the genomic tasks (see the module docstring for tasks, splits and features).
+    """DNA windows for the genomic tasks (see the package docstring for tasks, splits and features).
 
     Features: "inputs" uint8[length] (uppercase ASCII, IUPAC codes kept), "label" ClassLabel,
     "genome" Text, "chrom" Text, "start"/"end" int64 (0-based half-open), "strand" Text ("+"/"-").
