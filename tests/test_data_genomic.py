@@ -402,7 +402,7 @@ def test_offline_route_fetches_and_parses_the_refseq_annotation() -> None:
             pytest.skip(f"Debian package not downloadable here (no network or no apt-get): {e}")
         raise
     genes = fasta.read_exon_annotation(path, chrom="20")
-    assert len(genes) == 693  # chr20 genes of hg19 RefSeq (DATA.md)
+    assert len(genes) == 693  # chr20 genes of hg19 RefSeq (docs/data.md)
     assert genes[0].gene_id == "245938" and genes[0].start == 68350
 
 
