@@ -1,4 +1,4 @@
-"""Reading a corpus into `Document`s: strict UTF-8, cleaned line ends, Gutenberg licence text removed,
+r"""Reading a corpus into `Document`s: strict UTF-8, cleaned line ends, Gutenberg licence text removed,
 Wikipedia articles from the XML dump; and the split by document (`assign_splits`). The rules are in
 the package docstring.
 
