@@ -12,6 +12,10 @@ import pytest
 
 from seqjax.data import documents
 from seqjax.data.bpe import train_bpe
+from seqjax.data.documents import builder as documents_builder
+from seqjax.data.documents import catalog as documents_catalog
+from seqjax.data.documents import tokenizers as documents_tokenizers
+from seqjax.data.preparation import read_compressed
 from seqjax.data.sources import SourceError, fetch, sample_path
 
 LENGTH = 512
@@ -31,13 +35,13 @@ def _sources(data_dir, **overrides):
 
 
 def _split_texts(data_dir, corpus):
-    builder = documents._prepared_builder(documents.resolve_config({"corpus": corpus}), data_dir)
-    return documents._read_split_documents(builder)
+    builder = documents_builder.prepare_builder(documents.resolve_config({"corpus": corpus}), data_dir)
+    return documents_builder.read_split_documents(builder)
 
 
 @pytest.mark.parametrize("corpus", documents.CORPORA)
 def test_builder_features_and_splits_by_document(data_dir, corpus):
-    builder = documents._prepared_builder(documents.resolve_config({"corpus": corpus}), data_dir)
+    builder = documents_builder.prepare_builder(documents.resolve_config({"corpus": corpus}), data_dir)
     assert set(builder.info.features.keys()) == {"id", "text", "corpus"}
     assert builder.info.homepage.startswith("https://") and builder.info.citation
     split_ids = {}
@@ -140,7 +144,7 @@ def test_bpe_trained_on_train_split_only(data_dir):
     from_train = train_bpe(train, 512)
     assert from_train.to_str() == train_bpe(train, 512).to_str()  # deterministic
     assert train_bpe(everything, 512).to_str() != from_train.to_str()  # held-out text would change it
-    cached = documents._bpe_tokenizer(
+    cached = documents_tokenizers.bpe_tokenizer(
         documents.resolve_config({"tokenizer": "bpe", "bpe_vocab_size": 512}), data_dir, texts["train"]
     )
     assert cached.to_str() == from_train.to_str()
@@ -238,7 +242,7 @@ def test_wikipedia_pages_without_text_redirects_and_other_namespaces_are_skipped
 
 
 def test_truncated_bz2_and_malformed_xml_name_the_file(tmp_path):
-    whole = sample_path("documents/wikipedia/" + documents._WIKI_SAMPLE_FILE).read_bytes()
+    whole = sample_path("documents/wikipedia/" + documents_catalog.WIKI_SAMPLE_FILE).read_bytes()
     truncated = tmp_path / "truncated.xml.bz2"
     truncated.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ValueError, match=r"truncated\.xml\.bz2: truncated or corrupt \.bz2"):
@@ -250,7 +254,7 @@ def test_truncated_bz2_and_malformed_xml_name_the_file(tmp_path):
     corrupt_sample = tmp_path / "hamlet_gut.txt.xz"
     corrupt_sample.write_bytes(b"\xfd7zXZ\x00 not really xz")
     with pytest.raises(ValueError, match=r"hamlet_gut\.txt\.xz: truncated or corrupt \.xz"):
-        documents.read_compressed_or_plain(corrupt_sample)
+        read_compressed(corrupt_sample)
 
 
 def test_offline_route_fetches_and_parses_gutenberg():

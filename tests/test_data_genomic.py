@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from seqjax.data import fasta, genomic
+from seqjax.data.genomic import reading as genomic_reading
+from seqjax.data.genomic import sample as genomic_sample
+from seqjax.data.genomic import windows as genomic_windows
 from seqjax.data.sources import SAMPLES_DIR, DebianPackage, SourceError, cache_dir, fetch
 
 LENGTH = 1024
@@ -30,7 +33,7 @@ def prepared(
 
 @pytest.fixture(scope="module")
 def sample_chr20() -> tuple[genomic.Sequence, list[fasta.Gene]]:
-    return genomic._load_chr20("sample")
+    return genomic_reading.load_chr20("sample")
 
 
 def _intervals(split: genomic.GenomicSplit) -> np.ndarray:
@@ -111,7 +114,7 @@ def test_species_split_by_genome(prepared) -> None:
 
 @pytest.fixture(scope="module")
 def sample_worm() -> genomic.Sequence:
-    return genomic._load_chromosome(genomic.WORM_CHRX, "sample", "ce2", "X")
+    return genomic_reading.load_chromosome(genomic.WORM_CHRX, "sample", "ce2", "X")
 
 
 def test_human_or_worm_is_balanced_and_labelled_by_genome(prepared, sample_chr20, sample_worm) -> None:
@@ -168,8 +171,8 @@ def test_human_or_worm_subsamples_the_larger_class_deterministically() -> None:
     human_bases[:640] = ord("N")  # the first 10 windows are all N: dropped
     human = genomic.Sequence("hg19", "20", 1000, human_bases)
     worm = genomic.Sequence("ce2", "X", 0, rng.choice(np.frombuffer(b"ACGT", np.uint8), size=100 * 64))
-    windows = genomic._human_or_worm_windows(human, worm, 64)
-    again = genomic._human_or_worm_windows(human, worm, 64)
+    windows = genomic_windows.human_or_worm_windows(human, worm, 64)
+    again = genomic_windows.human_or_worm_windows(human, worm, 64)
     assert windows == again
     for split, kept in windows.items():
         labels = np.array([w.label for w in kept])
@@ -315,7 +318,7 @@ def test_windows_with_many_n_are_dropped() -> None:
     bases[10 * LENGTH + 100 : 10 * LENGTH + 100 + LENGTH // 5] = ord("N")  # 20% of one window
     bases[20 * LENGTH : 20 * LENGTH + LENGTH // 20] = ord("N")  # 5% of another: kept
     sequence = genomic.Sequence("test", "chrT", 0, bases)
-    windows = genomic._species_windows([("E.Coli", "DH1", [sequence])], LENGTH)["train"]
+    windows = genomic_windows.species_windows([("E.Coli", "DH1", [sequence])], LENGTH)["train"]
     starts = {w.start for w in windows}
     assert 10 * LENGTH not in starts and 20 * LENGTH in starts and len(starts) == 39
 
@@ -325,7 +328,7 @@ def test_truncated_gzip_names_the_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "cut.fa.gz"
     path.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(
-        ValueError, match=r"truncated or corrupt gzip file .*cut\.fa\.gz; delete it and fetch again"
+        ValueError, match=r"cut\.fa\.gz: truncated or corrupt \.gz file .*; delete it and fetch it again"
     ):
         fasta.read_fasta(path)
 
@@ -369,11 +372,11 @@ def test_malformed_annotation_line_names_file_and_line(
 
 def test_sample_region_cut_checks_line_boundaries(tmp_path: pathlib.Path) -> None:
     path = _write(tmp_path / "c.fa", ">chrX\n" + "ACGTA\n" * 10)
-    assert genomic._region_cut(path, ("X", 10, 20), "d") == b">X:11-20 d\nACGTA\nACGTA\n"
+    assert genomic_sample.region_cut(path, ("X", 10, 20), "d") == b">X:11-20 d\nACGTA\nACGTA\n"
     with pytest.raises(ValueError, match="line boundaries"):
-        genomic._region_cut(path, ("X", 12, 20), "d")
+        genomic_sample.region_cut(path, ("X", 12, 20), "d")
     with pytest.raises(ValueError, match="runs past the end"):
-        genomic._region_cut(path, ("X", 40, 60), "d")
+        genomic_sample.region_cut(path, ("X", 40, 60), "d")
 
 
 def test_annotation_gene_span_and_tss(tmp_path: pathlib.Path) -> None:
@@ -399,7 +402,7 @@ def test_offline_route_fetches_and_parses_the_refseq_annotation() -> None:
             pytest.skip(f"Debian package not downloadable here (no network or no apt-get): {e}")
         raise
     genes = fasta.read_exon_annotation(path, chrom="20")
-    assert len(genes) == 693  # chr20 genes of hg19 RefSeq (DATA.md)
+    assert len(genes) == 693  # chr20 genes of hg19 RefSeq (docs/data.md)
     assert genes[0].gene_id == "245938" and genes[0].start == 68350
 
 
@@ -414,7 +417,7 @@ def test_offline_route_fetches_the_worm_chromosome() -> None:
     (record,) = fasta.read_fasta(path)
     assert record.name == "chrX" and len(record.sequence) == 17_718_849  # ce2 chrX as BSgenome ships it
     _, start, end = genomic.WORM_SAMPLE_REGION
-    sample = genomic._load_chromosome(genomic.WORM_CHRX, "sample", "ce2", "X")
+    sample = genomic_reading.load_chromosome(genomic.WORM_CHRX, "sample", "ce2", "X")
     np.testing.assert_array_equal(record.sequence[start:end], sample.bases)
 
 

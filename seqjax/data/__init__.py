@@ -1,8 +1,12 @@
 """Data: real-task TFDS builders (genomic, timeseries, documents), their sources, batching and metrics.
 
 - `sources`: raw files by route (embedded sample, Debian/PyPI package, canonical URL), cached atomically.
-- `genomic`, `timeseries`, `documents`: TFDS array_record builders and `make_sources(data, data_dir)`,
+- `genomic`, `timeseries`, `documents`: one package per task family (catalog, parsing, TFDS
+  array_record builder, splits, sample), each with `make_sources(data, data_dir)` and `prepare`;
   imported on demand (they pull in tensorflow_datasets).
+- `preparation`: what the families share: the route directory, config checks, compressed raw files,
+  the cross-process preparation lock, and the split-source role (`SplitSource`).
+- `fasta`, `bpe`: the FASTA / exon-annotation readers and the byte-level BPE.
 - `pipeline`: grain-shuffled, per-process, resumable training batches; complete eval batches.
 - `metrics`: classification, forecasting and language-modeling metrics and trivial baselines.
 - `synthetic`: memory probes (copy, selective copy, associative recall) for diagnostics.

@@ -4,9 +4,10 @@ Both readers work on whole files in bulk (gzip-decompress once, split lines, joi
 human chr20 (63 Mbp) reads in about a second; nothing walks the sequence character by character.
 
 What the FASTA reader accepts, and why:
-- gzip or plain text, detected by the gzip magic bytes, not the file name; bgzip (multi-member gzip,
-  as in vt-examples' `20.fa.gz`) too. A truncated or corrupt gzip file is a ValueError that names the
-  file and says to delete it and fetch again (a half-downloaded cache entry is the usual cause).
+- gzip (or xz, bz2) or plain text, detected by the magic bytes, not the file name; bgzip (multi-member
+  gzip, as in vt-examples' `20.fa.gz`) too. A truncated or corrupt archive is a ValueError that names
+  the file and says to delete it and fetch it again (a half-downloaded cache entry is the usual cause);
+  `seqjax.data.preparation.read_compressed` reads every family's raw files this way.
 - lowercase soft-masking (UCSC marks repeats in lowercase) is uppercased: the masking is not part of
   the sequence, and a model must not learn the repeat annotation from letter case.
 - IUPAC ambiguity codes (R, Y, S, W, K, M, B, D, H, V, N; also U) are kept as they are; runs of N are
@@ -24,12 +25,12 @@ span is the min..max of its exons and its TSS the first base on its strand.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
 import re
-import zlib
 
 import numpy as np
+
+from seqjax.data.preparation import read_compressed
 
 __all__ = [
     "IUPAC_NUCLEOTIDES",
@@ -39,7 +40,6 @@ __all__ = [
     "parse_fasta",
     "read_exon_annotation",
     "read_fasta",
-    "read_maybe_gzip",
     "reverse_complement",
 ]
 
@@ -90,21 +90,9 @@ def reverse_complement(sequence: np.ndarray) -> np.ndarray:
     return _COMPLEMENT[np.asarray(sequence, dtype=np.uint8)[::-1]]
 
 
-def read_maybe_gzip(path: str | os.PathLike) -> bytes:
-    """The file's bytes, gunzipped if it starts with the gzip magic; a broken gzip is a ValueError."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise ValueError(f"truncated or corrupt gzip file {path}; delete it and fetch again ({e}).") from e
-
-
 def read_fasta(path: str | os.PathLike) -> list[FastaRecord]:
     """All records of a FASTA file (plain or gzip), validated; see the module docstring."""
-    return parse_fasta(read_maybe_gzip(path), str(path))
+    return parse_fasta(read_compressed(path), str(path))
 
 
 def parse_fasta(data: bytes, source: str = "<bytes>") -> list[FastaRecord]:
@@ -166,7 +154,7 @@ def read_exon_annotation(path: str | os.PathLike, chrom: str | None = None) -> l
     is keyed by (GeneID, chromosome): RefSeq puts some genes on several chromosomes. Its exons must
     all share one strand.
     """
-    text = read_maybe_gzip(path)
+    text = read_compressed(path)
     try:
         lines = text.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:

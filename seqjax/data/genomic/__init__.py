@@ -1,0 +1,117 @@
+"""Genomic tasks: DNA windows classified as genic/intergenic, promoter/non-promoter, by species, or as
+human vs worm.
+
+Four tasks, all built from real sequence and real annotation that CI machines can fetch from Debian
+(see docs/data.md), in the style of the Genomic Benchmarks but with long windows:
+
+- "genic_vs_intergenic": windows tiling human chr20 (hg19). Label 1 ("genic") if more than half of the
+  window lies in gene spans (a RefSeq gene's span = min..max of its exons, either strand); label 0
+  ("intergenic") if the window is at least `INTERGENIC_MARGIN` bp away from every gene span. Windows in
+  between are dropped, so the two classes are clearly apart.
+- "promoter": label 1 = a window centred on a RefSeq TSS (the first base of the gene on its strand; the
+  TSS sits at index `length // 2`). A minus-strand TSS window is reverse-complemented so the gene reads
+  left to right. Label 0 = as many windows of the same length, placed at deterministic pseudo-random
+  positions in the same split's blocks, with no TSS of either strand inside the window or within
+  `PROMOTER_NEGATIVE_MARGIN` bp of it; they fall in genic or intergenic DNA alike, never overlap each
+  other, and get a pseudo-random strand (half are reverse-complemented) so orientation is no cue.
+- "species": windows tiling 16 complete bacterial genomes (Ragout's examples; E. coli, H. pylori,
+  S. aureus, V. cholerae); label = species. Split BY GENOME (`GENOME_SPLITS`): no validation or test
+  window comes from a genome with a training window.
+- "human_or_worm": windows tiling human chr20 (hg19; label 0 "human") and C. elegans chrX (ce2, from
+  Bioconductor's BSgenome test data; label 1 "worm"), both forward strand. Each chromosome (or its
+  sample cut) is split into the same blocks as below, each block tiled with non-overlapping windows;
+  then, per split, the larger class is subsampled (seeded by `BALANCE_SEED`, the length and the split;
+  the kept windows stay in coordinate order) to the size of the smaller, so every split is balanced.
+  A length too long for some split to hold a window of both classes is an error naming the longest
+  that fits.
+
+Splits of the chr20 tasks are by chromosome region: the covered region (all of chr20, or the sample's
+4.5 Mbp cut) is cut into `NUM_REGION_BLOCKS` = 20 equal contiguous blocks; blocks 4 and 14 are
+validation, 9 and 19 test, the others train (80/10/10). A window lies inside one block, so no window of
+one split overlaps a window of another (the tests check this by coordinates). Interleaved blocks rather
+than one cut keep gene-dense and gene-poor stretches in every split. With the full chr20 (63,025,520
+bp) the blocks are 3,151,276 bp: validation = [12,605,104, 15,756,380) and [44,117,864, 47,269,140),
+test = [28,361,484, 31,512,760) and [59,874,244, 63,025,520) (0-based, half-open). "human_or_worm"
+cuts worm chrX (17,718,849 bp, or the sample's 900 kbp cut) into blocks the same way (885,942 bp in
+full), so its splits never overlap either.
+
+Cleaning, the same for every task: lowercase soft-masking is uppercased (by `seqjax.data.fasta`);
+IUPAC ambiguity codes are kept; a window with more than `MAX_N_FRACTION` (10%) N is dropped.
+
+Features of the TFDS builder `GenomicWindows` (one config per task and window length):
+- "inputs": uint8[length], ASCII bytes of the uppercase sequence (A, C, G, T, N, IUPAC codes);
+- "label": ClassLabel (see `LABEL_NAMES`);
+- "genome": Text, "hg19", "ce2" or "<Species>/<genome>" (e.g. "E.Coli/DH1");
+- "chrom": Text, the chromosome / FASTA record name ("20", "X", "gi|386593590|ref|NC_017625.1|");
+- "start", "end": int64, 0-based half-open coordinates on that record (absolute chr20 / chrX
+  coordinates also for the sample); "strand": Text, "+" or "-" (the window was reverse-complemented if "-").
+
+`make_sources(data, data_dir)` returns the splits as random-access sources whose examples are
+{"inputs": uint8[length], "label": int32 scalar}; coordinates stay at builder level and are exposed by
+`GenomicSplit.coordinates()`. Prepared data lives under `<data_dir>/sample` (embedded sample) or
+`<data_dir>/full` (routes auto/offline/online: the same files by any route), so the two never mix.
+
+The package, one file per role: `catalog` (tasks, labels, sources, DEFAULTS and `resolve_config`),
+`reading` (raw files by route), `windows` (which windows go to which split), `builder` (the TFDS
+builder), `splits` (`make_sources`, `prepare`, `GenomicSplit`), `sample` (`make_sample`, maintainers
+only). Preparation holds a cross-process lock (`seqjax.data.preparation`), so trainer processes that
+start together build the data set once.
+
+    >>> from seqjax.data import genomic
+    >>> splits = genomic.make_sources({"task": "species", "length": 1024}, "/tmp/data")  # doctest: +SKIP
+    >>> splits["train"].describe()["class_counts"]  # doctest: +SKIP
+    {'E.Coli': 78, 'H.Pylori': 78, 'S.Aureus': 78, 'V.Cholerae': 78}
+"""
+
+from seqjax.data.genomic.builder import GenomicConfig, GenomicWindows, make_builder, make_config
+from seqjax.data.genomic.catalog import (
+    BACTERIA,
+    CHR20,
+    DEFAULTS,
+    GENOME_SPLITS,
+    INTERGENIC_MARGIN,
+    LABEL_NAMES,
+    MAX_N_FRACTION,
+    PROMOTER_NEGATIVE_MARGIN,
+    REFSEQ_EXONS,
+    SAMPLE_REGION,
+    SPECIES,
+    SPLITS,
+    TASKS,
+    WORM_CHRX,
+    WORM_SAMPLE_REGION,
+    resolve_config,
+)
+from seqjax.data.genomic.sample import make_sample
+from seqjax.data.genomic.splits import GenomicSplit, make_sources, prepare
+from seqjax.data.genomic.windows import Sequence, Window, region_blocks
+
+__all__ = [
+    "BACTERIA",
+    "CHR20",
+    "DEFAULTS",
+    "GENOME_SPLITS",
+    "INTERGENIC_MARGIN",
+    "LABEL_NAMES",
+    "MAX_N_FRACTION",
+    "PROMOTER_NEGATIVE_MARGIN",
+    "REFSEQ_EXONS",
+    "SAMPLE_REGION",
+    "SPECIES",
+    "SPLITS",
+    "TASKS",
+    "WORM_CHRX",
+    "WORM_SAMPLE_REGION",
+    "GenomicConfig",
+    "GenomicSplit",
+    "GenomicWindows",
+    "Sequence",
+    "Window",
+    "make_builder",
+    "make_config",
+    "make_sample",
+    "make_sources",
+    "prepare",
+    "region_blocks",
+    "resolve_config",
+]

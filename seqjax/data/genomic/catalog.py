@@ -1,0 +1,207 @@
+"""The genomic catalog: tasks, labels, split rules, the raw-file sources, the embedded sample's cuts and
+what the TFDS builder says about each task (homepage, citation, description).
+
+    >>> LABEL_NAMES["promoter"]
+    ('non_promoter', 'promoter')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from seqjax.data.preparation import SPLITS, check_choice, check_int
+from seqjax.data.preparation import resolve_config as resolve_over
+from seqjax.data.sources import ROUTES, DebianPackage, Source
+
+__all__ = [
+    "BACTERIA",
+    "CHR20",
+    "DEFAULTS",
+    "GENOME_SPLITS",
+    "LABEL_NAMES",
+    "REFSEQ_EXONS",
+    "SAMPLE_REGION",
+    "SPLITS",
+    "TASKS",
+    "WORM_CHRX",
+    "WORM_SAMPLE_REGION",
+    "resolve_config",
+]
+
+TASKS = ("genic_vs_intergenic", "promoter", "species", "human_or_worm")
+DOCUMENTED_LENGTHS = (8192, 16384, 32768)
+SPECIES = ("E.Coli", "H.Pylori", "S.Aureus", "V.Cholerae")
+LABEL_NAMES = {
+    "genic_vs_intergenic": ("intergenic", "genic"),
+    "promoter": ("non_promoter", "promoter"),
+    "species": SPECIES,
+    "human_or_worm": ("human", "worm"),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "kind": "genomic",
+    "task": "genic_vs_intergenic",
+    "length": 16384,
+    "route": "sample",
+    "max_examples_per_split": None,
+}
+
+MAX_N_FRACTION = 0.10  # windows with more N than this are dropped (other IUPAC codes do not count)
+GENIC_MIN_FRACTION = 0.5  # a "genic" window is more than this fraction inside gene spans
+INTERGENIC_MARGIN = 1000  # bp between an "intergenic" window and the nearest gene span, at least
+PROMOTER_NEGATIVE_MARGIN = 2000  # bp between a non-promoter window and the nearest TSS, at least
+NUM_REGION_BLOCKS = 20
+VALIDATION_BLOCKS = (4, 14)
+TEST_BLOCKS = (9, 19)
+NEGATIVE_SEED = 20  # seeds the placement of promoter negatives (with the length and the split)
+CHROM = "20"
+WORM_CHROM = "X"
+BALANCE_SEED = 30  # seeds the subsampling of the larger class of human_or_worm (with the length and split)
+
+# Which genome of each species goes to which split. "validation+test": the genome is held out and each
+# of its records is cut at its midpoint, windows of the first half are validation, of the second test
+# (E. coli has only two genomes). The embedded sample keeps, per species, the first train genome and the
+# held-out ones, so the by-genome split holds there too.
+GENOME_SPLITS: dict[str, dict[str, str]] = {
+    "E.Coli": {"DH1": "train", "MG1655-K12": "validation+test"},
+    "H.Pylori": {
+        "ELS37": "train",
+        "G27": "train",
+        "Gambia94_24": "train",
+        "Puno120": "validation",
+        "SJM180": "test",
+    },
+    "S.Aureus": {
+        "COL": "train",
+        "JKD6008": "train",
+        "N315": "train",
+        "RF122": "validation",
+        "USA300_FPR3757": "test",
+    },
+    "V.Cholerae": {"H1": "train", "O1_Inaba": "train", "O1_biovar": "validation", "O395": "test"},
+}
+
+# The embedded sample: chr20 [40,740,000, 45,240,000) 0-based (20q13.1: 83 RefSeq genes; of the
+# 4.5 Mbp cuts of chr20 the one whose validation and test blocks hold the most of both classes), and
+# a prefix of the first record of each genome in SAMPLE_GENOMES: longer for the training genomes, so
+# the sample's train split is the larger one, and equal per species in validation and test.
+SAMPLE_REGION = (CHROM, 40_740_000, 45_240_000)
+SAMPLE_GENOME_PREFIX = {"train": 240_000, "validation": 75_000, "test": 75_000, "validation+test": 150_000}
+SAMPLE_GENOMES = {
+    "E.Coli": ("DH1", "MG1655-K12"),
+    "H.Pylori": ("ELS37", "Puno120", "SJM180"),
+    "S.Aureus": ("COL", "RF122", "USA300_FPR3757"),
+    "V.Cholerae": ("H1", "O1_biovar", "O395"),
+}
+# The worm part of the sample: ce2 chrX [8,000,000, 8,900,000) 0-based, 900 kbp from the middle of the
+# chromosome (away from the telomeric repeats at its ends; no N), about 270 kB gzipped. Its blocks are
+# 45 kbp, so windows up to 45,000 bp fit the sample's human_or_worm task.
+WORM_SAMPLE_REGION = (WORM_CHROM, 8_000_000, 8_900_000)
+
+_DEB_LICENCES = "see the package's /usr/share/doc/<package>/copyright"
+CHR20 = Source(
+    name="hg19_chr20.fa.gz",
+    package=DebianPackage("vt-examples"),
+    path="usr/share/doc/vt/examples/ref/20.fa.gz",
+    url="https://hgdownload.soe.ucsc.edu/goldenPath/hg19/chromosomes/chr20.fa.gz",
+    sample="genomic/chr20_region.fa.gz",
+    licence="GRCh37 reference sequence: public domain (Genome Reference Consortium / UCSC, free use)",
+)
+REFSEQ_EXONS = Source(
+    name="hg19_RefSeq_exon.txt.gz",
+    package=DebianPackage("subread-data"),
+    path="usr/share/doc/subread/examples/annotation/hg19_RefSeq_exon.txt.gz",
+    url=None,  # shipped inside the Subread release tarball (sourceforge.net/projects/subread), no single URL
+    sample="genomic/refseq_exons_chr20_region.txt.gz",
+    licence="Subread annotation, GPL-3.0+ (Debian subread-data); RefSeq data is public domain (NCBI)",
+)
+WORM_CHRX = Source(
+    name="ce2_chrX.fa.gz",
+    package=DebianPackage("r-bioc-bsgenome"),
+    path="usr/lib/R/site-library/BSgenome/extdata/ce2chrX.fa.gz",
+    url="https://hgdownload.soe.ucsc.edu/goldenPath/ce2/chromosomes/chrX.fa.gz",
+    sample="genomic/ce2_chrX_region.fa.gz",
+    licence="BSgenome, Artistic-2.0 (Debian r-bioc-bsgenome copyright); the C. elegans ce2 assembly "
+    "(UCSC), free for use",
+)
+BACTERIA = Source(
+    name="ragout_bacterial_references",
+    package=DebianPackage("ragout-examples"),
+    path="usr/share/doc/ragout/examples/*/references/*.fasta.gz",
+    sample="genomic/bacteria",
+    licence="Ragout examples, BSD-3-clause (Debian ragout-examples); NCBI genome sequences, public domain",
+)
+
+HOMEPAGES = {
+    "genic_vs_intergenic": "https://hgdownload.soe.ucsc.edu/goldenPath/hg19/chromosomes/",
+    "promoter": "https://hgdownload.soe.ucsc.edu/goldenPath/hg19/chromosomes/",
+    "species": "https://github.com/fenderglass/Ragout",
+    "human_or_worm": "https://github.com/ML-Bioinfo-CEITEC/genomic_benchmarks",
+}
+_HG19_CITATION = """\
+@article{lander2001initial,
+  title={Initial sequencing and analysis of the human genome},
+  author={{International Human Genome Sequencing Consortium}},
+  journal={Nature}, volume={409}, pages={860--921}, year={2001}
+}"""
+_HUMAN_CITATION = (
+    _HG19_CITATION
+    + """
+@article{oleary2016refseq,
+  title={Reference sequence (RefSeq) database at NCBI: current status, taxonomic expansion, and
+         functional annotation},
+  author={O'Leary, Nuala A and others},
+  journal={Nucleic Acids Research}, volume={44}, number={D1}, pages={D733--D745}, year={2016}
+}
+@article{liao2019rsubread,
+  title={The R package Rsubread is easier, faster, cheaper and better for alignment and
+         quantification of RNA sequencing reads},
+  author={Liao, Yang and Smyth, Gordon K and Shi, Wei},
+  journal={Nucleic Acids Research}, volume={47}, number={8}, pages={e47}, year={2019}
+}"""
+)
+_SPECIES_CITATION = """\
+@article{kolmogorov2014ragout,
+  title={Ragout---a reference-assisted assembly tool for bacterial genomes},
+  author={Kolmogorov, Mikhail and Raney, Brian and Paten, Benedict and Pham, Son},
+  journal={Bioinformatics}, volume={30}, number={12}, pages={i302--i309}, year={2014}
+}"""
+_WORM_CITATION = """\
+@article{celegans1998genome,
+  title={Genome sequence of the nematode {C. elegans}: a platform for investigating biology},
+  author={{The C. elegans Sequencing Consortium}},
+  journal={Science}, volume={282}, number={5396}, pages={2012--2018}, year={1998}
+}
+@article{gresova2023genomic,
+  title={Genomic benchmarks: a collection of datasets for genomic sequence classification},
+  author={Grešová, Katarína and Martinek, Vlastimil and Čechák, David and Šimeček, Petr and
+          Alexiou, Panagiotis},
+  journal={BMC Genomic Data}, volume={24}, number={1}, pages={25}, year={2023}
+}"""
+CITATIONS = {
+    "genic_vs_intergenic": _HUMAN_CITATION,
+    "promoter": _HUMAN_CITATION,
+    "species": _SPECIES_CITATION,
+    "human_or_worm": _HG19_CITATION + "\n" + _WORM_CITATION,
+}
+DESCRIPTIONS = {
+    "genic_vs_intergenic": "Human chr20 (hg19) windows: >50% inside RefSeq gene spans (genic) vs at least "
+    f"{INTERGENIC_MARGIN} bp from any gene (intergenic); split by chromosome blocks.",
+    "promoter": "Human chr20 (hg19) windows centred on RefSeq TSSs, strand-aware (promoter), vs windows "
+    f"at least {PROMOTER_NEGATIVE_MARGIN} bp from any TSS; split by chromosome blocks.",
+    "species": "Windows of 16 complete bacterial genomes (E. coli, H. pylori, S. aureus, V. cholerae); "
+    "label = species; split by genome.",
+    "human_or_worm": "Windows of human chr20 (hg19) vs C. elegans chrX (ce2), balanced per split; both "
+    "chromosomes split by blocks.",
+}
+
+
+def resolve_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A genomic data config laid over DEFAULTS and checked; errors name the key and the fix."""
+    config = resolve_over(data, DEFAULTS, "genomic")
+    check_choice(config, "task", TASKS, "genomic")
+    check_int(config, "length", "genomic")
+    check_choice(config, "route", ROUTES, "genomic")
+    check_int(config, "max_examples_per_split", "genomic", allow_none=True)
+    return config

@@ -1,0 +1,107 @@
+"""The genomic entry points: `make_sources` (the splits as `GenomicSplit`s) and `prepare` (a summary).
+
+>>> splits = make_sources({"task": "species", "length": 1024}, "/tmp/data")  # doctest: +SKIP
+>>> splits["train"][0]["inputs"].shape  # doctest: +SKIP
+(1024,)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from seqjax.data.genomic.builder import builder_name, make_builder
+from seqjax.data.genomic.catalog import LABEL_NAMES, SPLITS, resolve_config
+from seqjax.data.preparation import prepared_builder, route_dir
+
+__all__ = ["GenomicSplit", "make_sources", "prepare"]
+
+
+class GenomicSplit:
+    """One split as a random-access source (a `SplitSource`): `split[i]` -> {"inputs": uint8[length],
+    "label": int32[]}.
+
+    With a cap, the split is a seeded random subset of the prepared examples kept in their coordinate
+    order, so it is the same on every run and still spans the whole split.
+    """
+
+    def __init__(self, source: Any, name: str, label_names: tuple[str, ...], cap: int | None) -> None:
+        self._source = source
+        self.name = name
+        self.label_names = label_names
+        total = len(source)
+        if cap is not None and cap < total:
+            self._indices = np.sort(np.random.default_rng(0).choice(total, size=cap, replace=False))
+        else:
+            self._indices = np.arange(total)
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def _record(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self._indices):
+            raise IndexError(f"{self.name}: index {index} out of range [0, {len(self._indices)}).")
+        return self._source[int(self._indices[index])]
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        record = self._record(int(index))
+        return {
+            "inputs": np.asarray(record["inputs"], dtype=np.uint8),
+            "label": np.asarray(record["label"], dtype=np.int32),
+        }
+
+    def coordinates(self) -> dict[str, np.ndarray]:
+        """Where every example comes from: "genome", "chrom", "strand" (str), "start", "end" (int64)."""
+        rows = [self._record(i) for i in range(len(self))]
+        text = {k: np.array([_text(r[k]) for r in rows], dtype=object) for k in ("genome", "chrom", "strand")}
+        ints = {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("start", "end")}
+        return {**text, **ints}
+
+    def labels(self) -> np.ndarray:
+        """All labels of the split (int32), read once."""
+        if self._labels is None:
+            self._labels = np.array([int(self._record(i)["label"]) for i in range(len(self))], np.int32)
+        return self._labels
+
+    def describe(self) -> dict[str, Any]:
+        """Example count and class balance, for logs."""
+        counts = np.bincount(self.labels(), minlength=len(self.label_names))
+        return {
+            "examples": len(self),
+            "class_counts": dict(zip(self.label_names, counts.tolist(), strict=True)),
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def make_sources(data: Mapping[str, Any], data_dir: str | os.PathLike[str]) -> dict[str, GenomicSplit]:
+    """Prepares the task if needed (idempotent; fast once prepared; one process at a time) and returns
+    its splits {"train", "validation", "test"} as random-access sources."""
+    config = resolve_config(data)
+    builder = prepared_builder(
+        lambda: make_builder(config, data_dir), route_dir(data_dir, config["route"]), builder_name(config)
+    )
+    sources = builder.as_data_source()
+    names = LABEL_NAMES[config["task"]]
+    return {
+        split: GenomicSplit(sources[split], split, names, config["max_examples_per_split"])
+        for split in SPLITS
+    }
+
+
+def prepare(data: Mapping[str, Any], data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Prepares the task and returns a summary: the config, where it lives, per split the example count
+    and class balance (after `max_examples_per_split`)."""
+    config = resolve_config(data)
+    splits = make_sources(config, data_dir)
+    return {
+        **config,
+        "data_dir": os.fspath(make_builder(config, data_dir).data_dir),
+        "splits": {name: split.describe() for name, split in splits.items()},
+    }
