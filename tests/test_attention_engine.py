@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 
 from seqjax.scan.attention import (
-    _attention_cudnn,
-    _block_table,
-    _check,
-    _cudnn_unsupported,
     attention,
     attention_reference,
     choose_attention_method,
     choose_blocks,
     visibility,
 )
+from seqjax.scan.attention.blockwise import _block_table
+from seqjax.scan.attention.cudnn import _attention_cudnn, _cudnn_unsupported
+from seqjax.scan.attention.inputs import _check
 
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
