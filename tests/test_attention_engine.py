@@ -20,11 +20,11 @@ from seqjax.scan.attention import (
     attention_reference,
     choose_attention_method,
     choose_blocks,
-    visibility,
 )
 from seqjax.scan.attention.blockwise import _block_table
 from seqjax.scan.attention.cudnn import _attention_cudnn, _cudnn_unsupported
 from seqjax.scan.attention.inputs import _check
+from seqjax.scan.attention.visibility import Visibility
 
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -185,15 +185,32 @@ def test_naive_and_auto_match_reference():
         assert_close(grads, grads64, 2e-5)
 
 
+def test_visibility_value_equals_keyword_form():
+    """`attention(q, k, v, Visibility(...))` computes exactly the keyword call; the value is a pytree
+    (arrays as leaves, causal and window static), so it passes through `jit` as an argument."""
+    kw, s = _case("window-global")
+    inputs = _inputs(1, s["batch"], s["lq"], s["lk"], s["hq"], s["hkv"], s["d"], s["dv"])
+    q, k, v = (jnp.asarray(x, jnp.float32) for x in inputs[:3])
+    kw = _convert(kw, jnp.float32)
+    vis = Visibility(**kw)
+    for method in ("blockwise", "naive"):
+        by_value = jax.jit(functools.partial(attention, method=method, block_q=8, block_k=8))(q, k, v, vis)
+        by_keywords = jax.jit(
+            lambda q, k, v, m=method: attention(q, k, v, method=m, block_q=8, block_k=8, **kw)
+        )
+        np.testing.assert_array_equal(by_value, by_keywords(q, k, v))
+    np.testing.assert_array_equal(attention_reference(q, k, v, vis), attention_reference(q, k, v, **kw))
+
+
 @pytest.mark.parametrize(("causal", "window"), [(True, None), (False, None), (True, 3)])
 def test_cudnn_argument_mapping(causal, window):
     """The "cudnn" path's call of `jax.nn.dot_product_attention` (GQA heads, several batch axes, scale,
     window -> local_window_size), run with implementation="xla" since cuDNN needs a GPU."""
     q, k, v, _ = (jnp.asarray(x, jnp.float32) for x in _inputs(5, (2, 3), 11, 11, 4, 2, 8, 8))
     kw = dict(causal=causal, window=window, scale=0.3)
-    a = _check("test", q, k, v, **{n: None for n in _PER_TOKEN}, window=window, alibi_slopes=None, scale=0.3)
-    assert _cudnn_unsupported(a, causal) is None
-    got = jax.jit(lambda: _attention_cudnn(a, causal, implementation="xla"))()
+    a = _check("test", q, k, v, Visibility(causal=causal, window=window), alibi_slopes=None, scale=0.3)
+    assert _cudnn_unsupported(a) is None
+    got = jax.jit(lambda: _attention_cudnn(a, implementation="xla"))()
     np.testing.assert_allclose(got, attention_reference(q, k, v, **kw), atol=2e-6)
 
 
@@ -287,8 +304,10 @@ _PER_TOKEN = (
 @functools.partial(jax.jit, static_argnames=("length", "block", "causal", "window"))
 def _table_jit(arrays: dict, *, length: int, block: int, causal: bool, window: int | None) -> jax.Array:
     q = jnp.zeros((2, length, 1, 4))
-    a = _check("test", q, q, q, **arrays, window=window, alibi_slopes=None, scale=None)
-    return _block_table(a, causal, block, block)
+    a = _check(
+        "test", q, q, q, Visibility(**arrays, causal=causal, window=window), alibi_slopes=None, scale=None
+    )
+    return _block_table(a, block, block)
 
 
 def _table(length: int, block: int, *, causal: bool = True, window: int | None = None, **kw) -> np.ndarray:
@@ -352,7 +371,7 @@ def test_block_skipping_is_conservative(seed):
     )
     table = _table(length, block, causal=causal, **dict(kw))
     arrays = {name: jnp.asarray(value) for name, value in kw.items() if name != "window"}
-    vis = np.asarray(visibility(**arrays, causal=causal, window=kw["window"]))
+    vis = np.asarray(Visibility(**arrays, causal=causal, window=kw["window"]).pairs(length, length))
     n = length // block
     needed = vis.reshape(2, n, block, n, block).any(axis=(0, 2, 4))
     assert not np.any(needed & ~table)
@@ -419,6 +438,10 @@ BAD = [
     ("cudnn", dict(method="cudnn", kv_mask=jnp.ones((2, 5), bool)), ValueError, "method='blockwise'"),
     ("cudnn lengths", dict(method="cudnn"), ValueError, "Lq == Lk"),
     ("cudnn window", dict(method="cudnn", causal=False, window=3), ValueError, "causal only"),
+    ("value and keyword", dict(visibility=Visibility(), window=3), TypeError, "both `visibility` and"),
+    ("value type", dict(visibility={"window": 3}), TypeError, "must be a seqjax.scan.attention.Visibility"),
+    ("window in value", dict(visibility=Visibility(window=0)), ValueError, "`window` must be >= 1"),
+    ("mask in value", dict(visibility=Visibility(kv_mask=jnp.ones((2, 6), bool))), ValueError, "`kv_mask`"),
 ]
 
 

@@ -1,4 +1,26 @@
-"""The blockwise form: FlashAttention-2's online softmax with a custom VJP and block skipping."""
+"""The blockwise form (`method="blockwise"`): FlashAttention-2's online softmax with a custom VJP, and
+block skipping.
+
+- Forward. Queries in blocks of `block_q`; for each query block a loop over key blocks of `block_k`
+  keeps the running row maximum m, the running sum l = Σ exp(s − m) and the unnormalised output
+  o = Σ exp(s − m) v, rescaling both by exp(m_old − m_new) when the maximum grows. Only [block_q,
+  block_k] logits exist at a time. It saves q, k, v, the output and logsumexp = m + log l per query.
+- Backward (a custom VJP). For each key block, a loop over query blocks recomputes the logits and
+  P = exp(s − logsumexp), then dV += Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − D) with D = rowsum(dO ∘ O),
+  dQ += dS K (into a full-size dq buffer, in place) and dK += dSᵀ Q. Memory is O(L·d). Only reverse
+  mode is defined (no `jax.jvp`); gradients reach q, k, v and the ALiBi slopes.
+- Block skipping. Each block is summarised per batch row (min/max position, min/max segment id, any
+  valid key, any global key/query). A (query block, key block) pair is computed only when the summaries
+  say it may hold a visible pair; this test is conservative (it never drops a visible pair), and tight
+  when positions are non-decreasing along time. Each query block loops over exactly its listed key
+  blocks (and each key block over its query blocks in the backward pass), so a skipped pair costs
+  nothing: causal attention does about half the work of bidirectional attention and a sliding window
+  of w costs O(L·w).
+- GQA/MQA: the Hq query heads are grouped as [Hkv, Hq / Hkv] against the Hkv key/value heads inside
+  the matmuls; k and v are never repeated.
+- Dtypes: matmul operands stay in the input dtype (bf16/f16 allowed) and accumulate in float32
+  (`preferred_element_type`); the softmax statistics are float32. float64 inputs compute in float64.
+"""
 
 from __future__ import annotations
 
@@ -219,7 +241,7 @@ def _block_major(x: jax.Array, n: int, b: int, fill=0, edge: bool = False) -> ja
     return jnp.moveaxis(x, 1, 0)
 
 
-def _prepare(a: _Args, causal: bool, block_q: int, block_k: int):
+def _prepare(a: _Args, block_q: int, block_k: int):
     """Flattens the batch, pads to whole blocks and lays everything out block-major for `_blockwise`."""
     batch, lq, lk = a.batch, a.lq, a.lk
     bsz = math.prod(batch)
@@ -229,7 +251,8 @@ def _prepare(a: _Args, causal: bool, block_q: int, block_k: int):
     nq, nk = -(-lq // block_q), -(-lk // block_k)
     cd = jnp.result_type(a.q, a.k, a.v)
     acc = _acc_dtype(cd)
-    st = _Static(causal=causal, window=a.window, scale=a.scale)
+    vis = a.visibility
+    st = _Static(causal=vis.causal, window=vis.window, scale=a.scale)
 
     # q: [*batch, Lq, Hq, D] -> [nq, B, Hkv, G, bq, D]; k, v: [*batch, Lk, Hkv, D] -> [nk, B, Hkv, bk, D].
     q = _block_major(a.q.astype(cd).reshape(bsz, lq, hkv, group, d), nq, block_q)
@@ -240,43 +263,46 @@ def _prepare(a: _Args, causal: bool, block_q: int, block_k: int):
     def flat(x, length):
         return x.reshape(bsz, length)
 
-    qpos = a.q_positions if a.q_positions is not None else jnp.broadcast_to(jnp.arange(lq), (*batch, lq))
-    kpos = a.kv_positions if a.kv_positions is not None else jnp.broadcast_to(jnp.arange(lk), (*batch, lk))
+    qpos, kpos = vis.q_positions, vis.kv_positions
+    if qpos is None:
+        qpos = jnp.broadcast_to(jnp.arange(lq), (*batch, lq))
+    if kpos is None:
+        kpos = jnp.broadcast_to(jnp.arange(lk), (*batch, lk))
     # Padded queries copy the last real query's position and segment (their outputs are dropped), so
     # they never widen a block's summary; padded keys are invalid.
     qinfo = {"pos": _block_major(flat(qpos, lq), nq, block_q, edge=True)}
     kinfo = {"pos": _block_major(flat(kpos, lk), nk, block_k, edge=True)}
-    if a.q_segment_ids is not None:
-        qinfo["seg"] = _block_major(flat(a.q_segment_ids, lq), nq, block_q, edge=True)
-        kinfo["seg"] = _block_major(flat(a.kv_segment_ids, lk), nk, block_k, edge=True)
-    valid = a.kv_mask
+    if vis.q_segment_ids is not None:
+        qinfo["seg"] = _block_major(flat(vis.q_segment_ids, lq), nq, block_q, edge=True)
+        kinfo["seg"] = _block_major(flat(vis.kv_segment_ids, lk), nk, block_k, edge=True)
+    valid = vis.kv_mask
     if valid is None and nk * block_k != lk:
         valid = jnp.ones((*batch, lk), bool)
     if valid is not None:
         kinfo["valid"] = _block_major(flat(valid, lk), nk, block_k, fill=False)
-    if a.window is not None:  # without a window, global flags change nothing
-        if a.kv_global is not None:
-            kinfo["glob"] = _block_major(flat(a.kv_global, lk), nk, block_k, fill=False)
-        if a.q_global is not None:
-            qinfo["glob"] = _block_major(flat(a.q_global, lq), nq, block_q, fill=False)
+    if vis.window is not None:  # without a window, global flags change nothing
+        if vis.kv_global is not None:
+            kinfo["glob"] = _block_major(flat(vis.kv_global, lk), nk, block_k, fill=False)
+        if vis.q_global is not None:
+            qinfo["glob"] = _block_major(flat(vis.q_global, lq), nq, block_q, fill=False)
     slopes = None
     if a.alibi_slopes is not None:
         slopes = a.alibi_slopes.astype(acc).reshape(hkv, group)
     return st, q, k, v, slopes, qinfo, kinfo
 
 
-def _block_table(a: _Args, causal: bool, block_q: int, block_k: int) -> jax.Array:
+def _block_table(a: _Args, block_q: int, block_k: int) -> jax.Array:
     """[nq, nk] bool: the block pairs the blockwise form computes (for tests and diagnostics)."""
-    st, *_, qinfo, kinfo = _prepare(a, causal, block_q, block_k)
+    st, *_, qinfo, kinfo = _prepare(a, block_q, block_k)
     return _summaries(st, qinfo, kinfo)
 
 
-def _attention_blockwise(a: _Args, causal: bool, block_q: int, block_k: int) -> jax.Array:
+def _attention_blockwise(a: _Args, block_q: int, block_k: int) -> jax.Array:
     batch, lq, lk = a.batch, a.lq, a.lk
     hq, dv = a.q.shape[-2], a.v.shape[-1]
     if lq == 0 or lk == 0:  # no queries, or no keys: every query sees nothing
         return jnp.zeros((*batch, lq, hq, dv), a.q.dtype)
-    st, q, k, v, slopes, qinfo, kinfo = _prepare(a, causal, block_q, block_k)
+    st, q, k, v, slopes, qinfo, kinfo = _prepare(a, block_q, block_k)
     table = lax.stop_gradient(_summaries(st, qinfo, kinfo))
     out = _blockwise(st, q, k, v, slopes, qinfo, kinfo, _lists(table), _lists(table.T))
     # [nq, B, Hkv, G, bq, Dv] -> [*batch, Lq, Hq, Dv]

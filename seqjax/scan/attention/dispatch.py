@@ -12,6 +12,7 @@ from seqjax.scan.attention.cudnn import _attention_cudnn, _cudnn_unsupported
 from seqjax.scan.attention.heuristics import choose_attention_method, choose_blocks
 from seqjax.scan.attention.inputs import _check, _check_block
 from seqjax.scan.attention.reference import attention_reference
+from seqjax.scan.attention.visibility import Visibility, _from_call
 
 __all__ = ["METHODS", "attention"]
 
@@ -22,6 +23,7 @@ def attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
+    visibility: Visibility | None = None,
     *,
     q_positions: jax.Array | None = None,
     kv_positions: jax.Array | None = None,
@@ -42,13 +44,15 @@ def attention(
 
     Args:
       q: [*batch, Lq, Hq, D]; k: [*batch, Lk, Hkv, D]; v: [*batch, Lk, Hkv, Dv], Hq a multiple of Hkv.
+      visibility: which keys each query sees, as one `Visibility` value (the rule and its fields are
+        described there). Or, instead, the same fields as keywords; passing both is an error:
       q_positions, kv_positions: [*batch, Lq] / [*batch, Lk] integer positions (default: arange; a KV
         cache before the new tokens passes its own). Leading axes of the per-token arrays broadcast.
       q_segment_ids, kv_segment_ids: [*batch, Lq] / [*batch, Lk] integer ids (both or neither).
       kv_mask: [*batch, Lk] bool, False = a key no query sees (padding).
       kv_global, q_global: [*batch, Lk] / [*batch, Lq] bool, tokens exempt from `window`.
       causal: keys at later positions are invisible.
-      window: int >= 1 or None, see the module docstring.
+      window: int >= 1 or None, see `Visibility`.
       alibi_slopes: [Hq]; adds −slope·|q_pos − kv_pos| to the logits. Differentiable in every method.
       scale: logit scale (a Python float), default 1/√D.
       method: "blockwise" (online softmax over key blocks, custom VJP, O(L·d) memory, skips block pairs
@@ -59,15 +63,20 @@ def attention(
 
     Returns:
       [*batch, Lq, Hq, Dv] in q's dtype. Gradients flow to q, k, v and alibi_slopes.
+
+    Example:
+      >>> q = k = v = jnp.ones((2, 16, 4, 8))  # [batch, L, heads, head_dim]
+      >>> attention(q, k, v, causal=True, window=4).shape
+      (2, 16, 4, 8)
+      >>> attention(q, k, v, Visibility(causal=True, window=4), method="blockwise").shape
+      (2, 16, 4, 8)
     """
     if method not in METHODS:
         raise ValueError(f"attention: unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     block_q, block_k = _check_block("block_q", block_q), _check_block("block_k", block_k)
-    a = _check(
+    vis = _from_call(
         "attention",
-        q,
-        k,
-        v,
+        visibility,
         q_positions=q_positions,
         kv_positions=kv_positions,
         q_segment_ids=q_segment_ids,
@@ -75,11 +84,11 @@ def attention(
         kv_mask=kv_mask,
         kv_global=kv_global,
         q_global=q_global,
+        causal=causal,
         window=window,
-        alibi_slopes=alibi_slopes,
-        scale=scale,
     )
-    unsupported = _cudnn_unsupported(a, causal)
+    a = _check("attention", q, k, v, vis, alibi_slopes=alibi_slopes, scale=scale)
+    unsupported = _cudnn_unsupported(a)
     if method == "auto":
         method = choose_attention_method(
             a.lq,
@@ -94,24 +103,9 @@ def attention(
                 f"attention: method='cudnn' cannot compute this call: {unsupported}. Use method='blockwise' "
                 "(any visibility rule) or 'auto'."
             )
-        return _attention_cudnn(a, causal)
+        return _attention_cudnn(a)
     if method == "naive":
-        return attention_reference(
-            a.q,
-            a.k,
-            a.v,
-            q_positions=a.q_positions,
-            kv_positions=a.kv_positions,
-            q_segment_ids=a.q_segment_ids,
-            kv_segment_ids=a.kv_segment_ids,
-            kv_mask=a.kv_mask,
-            kv_global=a.kv_global,
-            q_global=a.q_global,
-            causal=causal,
-            window=a.window,
-            alibi_slopes=a.alibi_slopes,
-            scale=a.scale,
-        )
+        return attention_reference(a.q, a.k, a.v, a.visibility, alibi_slopes=a.alibi_slopes, scale=a.scale)
     rows = math.prod(a.batch) * a.q.shape[-2]
     bq, bk = choose_blocks(a.lq, a.lk, block_q, block_k, rows=rows)
-    return _attention_blockwise(a, causal, bq, bk)
+    return _attention_blockwise(a, bq, bk)

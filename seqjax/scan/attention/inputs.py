@@ -9,22 +9,17 @@ import operator
 import jax
 import jax.numpy as jnp
 
+from seqjax.scan.attention.visibility import Visibility
+
 
 @dataclasses.dataclass
 class _Args:
-    """Validated inputs: per-token arrays broadcast to [*batch, L], or None where not given."""
+    """Validated inputs; `visibility` has its per-token arrays broadcast to [*batch, L] (or None)."""
 
     q: jax.Array
     k: jax.Array
     v: jax.Array
-    q_positions: jax.Array | None
-    kv_positions: jax.Array | None
-    q_segment_ids: jax.Array | None
-    kv_segment_ids: jax.Array | None
-    kv_mask: jax.Array | None
-    kv_global: jax.Array | None
-    q_global: jax.Array | None
-    window: int | None
+    visibility: Visibility
     alibi_slopes: jax.Array | None
     scale: float
 
@@ -41,53 +36,7 @@ class _Args:
         return self.k.shape[-3]
 
 
-def _per_token(name: str, x, batch: tuple[int, ...], length: int, which: str, kind: str) -> jax.Array | None:
-    """Checks a [*batch, L] per-token array (leading axes may broadcast) and broadcasts it."""
-    if x is None:
-        return None
-    x = jnp.asarray(x)
-    expected = (*batch, length)
-    if x.ndim == 0 or x.shape[-1] != length or x.ndim > len(expected):
-        raise ValueError(
-            f"attention: `{name}` has shape {x.shape}, expected {expected} ([*batch, {which}], one entry per "
-            f"{'query' if which == 'Lq' else 'key'}; leading axes may broadcast)."
-        )
-    try:
-        x = jnp.broadcast_to(x, expected)
-    except ValueError:
-        raise ValueError(
-            f"attention: `{name}` has shape {x.shape}, which does not broadcast to {expected} "
-            f"([*batch, {which}])."
-        ) from None
-    if kind == "bool" and x.dtype != jnp.bool_:
-        raise TypeError(
-            f"attention: `{name}` must be boolean, got dtype {x.dtype}; pass `{name}.astype(bool)`."
-        )
-    if kind == "int" and not jnp.issubdtype(x.dtype, jnp.integer):
-        raise TypeError(
-            f"attention: `{name}` must be an integer array, got dtype {x.dtype}; pass "
-            f"`{name}.astype(jnp.int32)`."
-        )
-    return x
-
-
-def _check(
-    fn: str,
-    q,
-    k,
-    v,
-    *,
-    q_positions,
-    kv_positions,
-    q_segment_ids,
-    kv_segment_ids,
-    kv_mask,
-    kv_global,
-    q_global,
-    window,
-    alibi_slopes,
-    scale,
-) -> _Args:
+def _check(fn: str, q, k, v, visibility: Visibility, *, alibi_slopes, scale) -> _Args:
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -122,16 +71,7 @@ def _check(
             f"{fn}: {hq} query heads is not a multiple of {hkv} key/value heads; use Hkv dividing Hq "
             "(Hkv = Hq for multi-head, 1 for multi-query attention)."
         )
-    batch, lq, lk = q.shape[:-3], q.shape[-3], k.shape[-3]
-    if (q_segment_ids is None) != (kv_segment_ids is None):
-        raise ValueError(f"{fn}: pass both `q_segment_ids` and `kv_segment_ids`, or neither.")
-    if window is not None:
-        try:
-            window = operator.index(window)
-        except TypeError:
-            raise TypeError(f"{fn}: `window` must be a Python int or None, got {window!r}.") from None
-        if window <= 0:
-            raise ValueError(f"{fn}: `window` must be >= 1 (or None for no window), got {window}.")
+    visibility = visibility.checked(fn, q.shape[:-3], q.shape[-3], k.shape[-3])
     if alibi_slopes is not None:
         alibi_slopes = jnp.asarray(alibi_slopes)
         if alibi_slopes.shape != (hq,):
@@ -140,21 +80,7 @@ def _check(
                 "query head."
             )
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(max(q.shape[-1], 1))
-    return _Args(
-        q=q,
-        k=k,
-        v=v,
-        q_positions=_per_token("q_positions", q_positions, batch, lq, "Lq", "int"),
-        kv_positions=_per_token("kv_positions", kv_positions, batch, lk, "Lk", "int"),
-        q_segment_ids=_per_token("q_segment_ids", q_segment_ids, batch, lq, "Lq", "int"),
-        kv_segment_ids=_per_token("kv_segment_ids", kv_segment_ids, batch, lk, "Lk", "int"),
-        kv_mask=_per_token("kv_mask", kv_mask, batch, lk, "Lk", "bool"),
-        kv_global=_per_token("kv_global", kv_global, batch, lk, "Lk", "bool"),
-        q_global=_per_token("q_global", q_global, batch, lq, "Lq", "bool"),
-        window=window,
-        alibi_slopes=alibi_slopes,
-        scale=scale,
-    )
+    return _Args(q=q, k=k, v=v, visibility=visibility, alibi_slopes=alibi_slopes, scale=scale)
 
 
 def _check_block(name: str, value) -> int | None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 
-from seqjax.scan.attention.visibility import visibility
+from seqjax.scan.attention.visibility import Visibility, _from_call
 
 __all__ = ["attention_reference"]
 
@@ -16,6 +17,7 @@ def attention_reference(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
+    visibility: Visibility | None = None,
     *,
     q_positions: jax.Array | None = None,
     kv_positions: jax.Array | None = None,
@@ -35,26 +37,24 @@ def attention_reference(
     Args:
       q: [*batch, Lq, Hq, D]; k: [*batch, Lk, Hkv, D]; v: [*batch, Lk, Hkv, Dv], with Hq a multiple of
         Hkv (grouped-query / multi-query attention when Hkv < Hq).
-      q_positions, kv_positions: [*batch, Lq] / [*batch, Lk] integer positions (default: arange).
+      visibility: which keys each query sees (`Visibility`); or, instead, its fields as keywords
+        (q_positions, kv_positions, ..., causal, window), as in `attention`.
       alibi_slopes: [Hq]; adds −slope·|q_pos − kv_pos| to the logits.
       scale: logit scale, default 1/√D.
 
     Returns:
       [*batch, Lq, Hq, Dv] in q's dtype; softmax and sums accumulate in float32 (float64 for float64).
+
+    Example:
+      >>> q = k = v = jnp.ones((2, 16, 4, 8))  # [batch, L, heads, head_dim]
+      >>> attention_reference(q, k, v, causal=True).shape
+      (2, 16, 4, 8)
     """
-    *batch, lq, hq, d = q.shape
-    lk, hkv = k.shape[-3], k.shape[-2]
-    if hq % hkv:
-        raise ValueError(f"attention: {hq} query heads is not a multiple of {hkv} key/value heads.")
-    acc = jnp.promote_types(q.dtype, jnp.float32)
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    if q_positions is None:
-        q_positions = jnp.broadcast_to(jnp.arange(lq), (*batch, lq))
-    if kv_positions is None:
-        kv_positions = jnp.broadcast_to(jnp.arange(lk), (*batch, lk))
-    visible = visibility(
-        q_positions,
-        kv_positions,
+    vis = _from_call(
+        "attention_reference",
+        visibility,
+        q_positions=q_positions,
+        kv_positions=kv_positions,
         q_segment_ids=q_segment_ids,
         kv_segment_ids=kv_segment_ids,
         kv_mask=kv_mask,
@@ -63,6 +63,19 @@ def attention_reference(
         causal=causal,
         window=window,
     )
+    *batch, lq, hq, d = q.shape
+    lk, hkv = k.shape[-3], k.shape[-2]
+    if hq % hkv:
+        raise ValueError(f"attention: {hq} query heads is not a multiple of {hkv} key/value heads.")
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    q_positions, kv_positions = vis.q_positions, vis.kv_positions
+    if q_positions is None:
+        q_positions = jnp.broadcast_to(jnp.arange(lq), (*batch, lq))
+    if kv_positions is None:
+        kv_positions = jnp.broadcast_to(jnp.arange(lk), (*batch, lk))
+    vis = dataclasses.replace(vis, q_positions=q_positions, kv_positions=kv_positions)
+    visible = vis.pairs(lq, lk)
     group = hq // hkv
     qg = q.reshape(*batch, lq, hkv, group, d)
     logits = jnp.einsum("...qhgd,...khd->...hgqk", qg, k, preferred_element_type=acc) * scale
