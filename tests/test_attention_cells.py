@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from seqjax import cells
-from seqjax.cells.attention import alibi_slopes
+from seqjax.cells.positional import alibi_slopes
 from seqjax.scan.attention import attention, decode_attention
 from tests.cell_cases import random_flags, step_loop
 
