@@ -37,7 +37,7 @@ import numpy as np
 from seqjax.cells.base import Cell, DType, Params, _check_flags, accumulation_dtype
 from seqjax.cells.positional import POSITIONALS, alibi_slopes, rotary_embedding, sinusoidal_embedding
 from seqjax.cells.registry import register
-from seqjax.scan.attention import METHODS, attention, decode_attention
+from seqjax.scan.attention import METHODS, Visibility, attention, decode_attention
 
 __all__ = [
     "POSITIONALS",
@@ -247,22 +247,91 @@ class _SoftmaxAttention(Cell):
             k = rotary_embedding(k, positions, self.rotary_base)
         return q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
 
-    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, **kwargs: Any) -> jax.Array:
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, visibility: Visibility) -> jax.Array:
         slopes = jnp.asarray(self.alibi_slopes(), self._acc) if self.positional == "alibi" else None
         return attention(
             q,
             k,
             v,
-            causal=self.causal,
+            visibility,
             alibi_slopes=slopes,
             method=self.method,
             block_q=self.block_size,
             block_k=self.block_size,
-            **kwargs,
         )
 
     def _output(self, params: Params, y: jax.Array) -> jax.Array:
         return self._mm(y, params["w_o"], "...hd,hdo->...o").astype(self.dtype)
+
+    # -- apply ---------------------------------------------------------------------------------------
+    def apply(
+        self,
+        params: Params,
+        xs: jax.Array,
+        state: Any = None,
+        *,
+        resets: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
+        """xs [*batch, T, input_size] -> ys [*batch, T, output_size] and the state after the sequence.
+
+        With `state`, queries of the first segment also attend to the cached tokens; without one, no
+        cache is read. The cells differ only in their cache (`_cached`, `_state_after`), in who sees
+        whom (`_sequence_visibility`) and in capacity (`_check_apply_capacity`)."""
+        given = state is not None
+        xs, state, resets, mask, valid, seg, pos = self._begin_apply(params, xs, state, resets, mask)
+        self._check_apply_capacity(state, given, xs.shape[-2], resets, mask, valid, pos)
+        q, k, v = self._project(params, xs, pos)
+
+        visible = self._sequence_visibility(pos, valid, mask, seg if resets is not None else None)
+        keys, values = k, v
+        if given:  # the cached tokens go before the new ones, in segment 0
+            c_keys, c_values, c_pos, c_ok, c_global = self._cached(state, state.length.astype(jnp.int32))
+            keys = jnp.concatenate([c_keys, k], axis=-3)
+            values = jnp.concatenate([c_values, v], axis=-3)
+            kv_seg, kv_global = visible.kv_segment_ids, visible.kv_global
+            if kv_seg is not None:
+                kv_seg = jnp.concatenate([jnp.zeros_like(c_pos), kv_seg], axis=-1)
+            if kv_global is not None:
+                kv_global = jnp.concatenate([c_global, kv_global], axis=-1)
+            visible = dataclasses.replace(
+                visible,
+                kv_positions=jnp.concatenate([c_pos, pos], axis=-1),
+                kv_segment_ids=kv_seg,
+                kv_mask=jnp.concatenate([c_ok, valid], axis=-1),
+                kv_global=kv_global,
+            )
+        y = self._attend(q, keys, values, visible)
+        ys = self._finish(self._output(params, y), mask)
+
+        in_last, cont, length = self._last_segment(state, seg, valid)
+        return ys, self._state_after(state, k, v, pos, in_last, cont, length)
+
+    def _sequence_visibility(
+        self, pos: jax.Array, valid: jax.Array, mask: jax.Array | None, seg: jax.Array | None
+    ) -> Visibility:
+        """Who sees whom among the sequence's own tokens: positions, segment ids (None without resets)
+        and padding."""
+        return Visibility(
+            q_positions=pos,
+            kv_positions=pos,
+            q_segment_ids=seg,
+            kv_segment_ids=seg,
+            kv_mask=mask,
+            causal=self.causal,
+        )
+
+    def _check_apply_capacity(
+        self,
+        state: Any,
+        given: bool,
+        length: int,
+        resets: jax.Array | None,
+        mask: jax.Array | None,
+        valid: jax.Array,
+        pos: jax.Array,
+    ) -> None:
+        """Raises when the sequence cannot fit the state; a ring buffer always fits."""
 
     # -- shared parts of step and apply --------------------------------------------------------------
     def _require_causal(self) -> None:
@@ -452,57 +521,30 @@ class Attention(_SoftmaxAttention):
         return new, self._output(params, y)
 
     # -- apply ---------------------------------------------------------------------------------------
-    def apply(
+    def _cached(self, state: AttentionState, length: jax.Array) -> tuple[jax.Array, ...]:
+        """The cache's keys and values [*b, max_length, H_kv, d] (compute dtype), slot positions and
+        validity [*b, max_length] after `length` tokens, and its global flags: None (no global tokens)."""
+        m = self.max_length
+        slots = jnp.broadcast_to(jnp.arange(m), (*length.shape, m))
+        keys, values = state.k.astype(self.dtype), state.v.astype(self.dtype)
+        return keys, values, slots, slots < length[..., None], None
+
+    def _state_after(
         self,
-        params: Params,
-        xs: jax.Array,
-        state: AttentionState | None = None,
-        *,
-        resets: jax.Array | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, AttentionState]:
-        """xs [*batch, T, input_size] -> ys [*batch, T, output_size] and the cache after the sequence.
-
-        With `state`, queries of the first segment also attend to the cached tokens; without one, no
-        cache is read."""
-        given = state is not None
-        xs, state, resets, mask, valid, seg, pos = self._begin_apply(params, xs, state, resets, mask)
-        self._check_apply_capacity(state, given, xs.shape[-2], resets, mask, valid, pos)
-        q, k, v = self._project(params, xs, pos)
-
-        kv_mask = mask
-        q_seg = kv_seg = seg if resets is not None else None
-        keys, values, kv_pos = k, v, pos
-        if given:
-            m = self.max_length
-            batch_shape = xs.shape[:-2]
-            slots = jnp.broadcast_to(jnp.arange(m), (*batch_shape, m))
-            keys = jnp.concatenate([state.k.astype(self.dtype), k], axis=-3)
-            values = jnp.concatenate([state.v.astype(self.dtype), v], axis=-3)
-            kv_pos = jnp.concatenate([slots, pos], axis=-1)
-            kv_mask = jnp.concatenate([slots < state.length[..., None], valid], axis=-1)
-            if q_seg is not None:
-                kv_seg = jnp.concatenate([jnp.zeros_like(slots), seg], axis=-1)
-        y = self._attend(
-            q,
-            keys,
-            values,
-            q_positions=pos,
-            kv_positions=kv_pos,
-            q_segment_ids=q_seg,
-            kv_segment_ids=kv_seg,
-            kv_mask=kv_mask,
-        )
-        ys = self._finish(self._output(params, y), mask)
-
-        in_last, cont, length = self._last_segment(state, seg, valid)
+        state: AttentionState,
+        k: jax.Array,
+        v: jax.Array,
+        pos: jax.Array,
+        in_last: jax.Array,
+        cont: jax.Array,
+        length: jax.Array,
+    ) -> AttentionState:
         index = jnp.where(in_last, pos, self.max_length)
-        final = AttentionState(
+        return AttentionState(
             k=_scatter_rows(self._kept(cont, state.k), k, index),
             v=_scatter_rows(self._kept(cont, state.v), v, index),
             length=length,
         )
-        return ys, final
 
     def _check_apply_capacity(
         self,
@@ -635,68 +677,44 @@ class SlidingWindowAttention(_SoftmaxAttention):
         own = jnp.concatenate([glob_write, ring_write], axis=-3)
         keys = jnp.where(own, k[..., None, :, :], keys)
         values = jnp.where(own, v[..., None, :, :], values)
-        y = self._attend(
-            q[..., None, :, :], keys, values, q_positions=pos[..., None], kv_positions=positions, kv_mask=ok
+        visible = Visibility(
+            q_positions=pos[..., None], kv_positions=positions, kv_mask=ok, causal=self.causal
         )
+        y = self._attend(q[..., None, :, :], keys, values, visible)
         return new, self._output(params, y[..., 0, :, :])
 
     # -- apply ---------------------------------------------------------------------------------------
-    def apply(
-        self,
-        params: Params,
-        xs: jax.Array,
-        state: SlidingWindowState | None = None,
-        *,
-        resets: jax.Array | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, SlidingWindowState]:
-        """xs [*batch, T, input_size] -> ys [*batch, T, output_size] and the ring buffer and global
-        tokens after the sequence."""
-        given = state is not None
-        xs, state, resets, mask, valid, seg, pos = self._begin_apply(params, xs, state, resets, mask)
-        q, k, v = self._project(params, xs, pos)
-        g, w = self.num_global, self.window
-
+    def _sequence_visibility(
+        self, pos: jax.Array, valid: jax.Array, mask: jax.Array | None, seg: jax.Array | None
+    ) -> Visibility:
+        g = self.num_global
         is_global = pos < g
-        kv_global = valid & is_global if g else None
-        q_global = is_global if g and not self.causal else None
-        q_seg = kv_seg = seg if resets is not None else None
-        keys, values, kv_pos, kv_mask = k, v, pos, mask
-        if given:
-            c_keys, c_values, c_pos, c_ok, c_global = self._cached(state, state.length.astype(jnp.int32))
-            keys = jnp.concatenate([c_keys, k], axis=-3)
-            values = jnp.concatenate([c_values, v], axis=-3)
-            kv_pos = jnp.concatenate([c_pos, pos], axis=-1)
-            kv_mask = jnp.concatenate([c_ok, valid], axis=-1)
-            if kv_global is not None:
-                kv_global = jnp.concatenate([c_global, kv_global], axis=-1)
-            if q_seg is not None:
-                kv_seg = jnp.concatenate([jnp.zeros_like(c_pos), seg], axis=-1)
-        y = self._attend(
-            q,
-            keys,
-            values,
-            q_positions=pos,
-            kv_positions=kv_pos,
-            q_segment_ids=q_seg,
-            kv_segment_ids=kv_seg,
-            kv_mask=kv_mask,
-            kv_global=kv_global,
-            q_global=q_global,
-            window=w,
+        return dataclasses.replace(
+            super()._sequence_visibility(pos, valid, mask, seg),
+            kv_global=valid & is_global if g else None,
+            q_global=is_global if g and not self.causal else None,
+            window=self.window,
         )
-        ys = self._finish(self._output(params, y), mask)
 
-        in_last, cont, length = self._last_segment(state, seg, valid)
+    def _state_after(
+        self,
+        state: SlidingWindowState,
+        k: jax.Array,
+        v: jax.Array,
+        pos: jax.Array,
+        in_last: jax.Array,
+        cont: jax.Array,
+        length: jax.Array,
+    ) -> SlidingWindowState:
+        g, w = self.num_global, self.window
         # Only the last `window` tokens reach the ring (earlier ones would be overwritten), so every
         # slot is written at most once.
         ring_index = jnp.where(in_last & (pos >= length[..., None] - w), pos % w, w)
-        glob_index = jnp.where(in_last & is_global, pos, g)
-        final = SlidingWindowState(
+        glob_index = jnp.where(in_last & (pos < g), pos, g)
+        return SlidingWindowState(
             k=_scatter_rows(self._kept(cont, state.k), k, ring_index),
             v=_scatter_rows(self._kept(cont, state.v), v, ring_index),
             global_k=_scatter_rows(self._kept(cont, state.global_k), k, glob_index),
             global_v=_scatter_rows(self._kept(cont, state.global_v), v, glob_index),
             length=length,
         )
-        return ys, final
