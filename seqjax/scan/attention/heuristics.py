@@ -16,7 +16,7 @@ __all__ = [
 ]
 
 # Chosen from measurements on the 2-core CPU this project benchmarks on (f32, forward + backward); the
-# numbers are in the docstrings of `choose_blocks` and `choose_attention_method`.
+# numbers, and how to re-measure them, are in benchmarks/attention_heuristics_cpu.md.
 DEFAULT_BLOCK = 256  # the largest default block
 MIN_BLOCK = 64  # the smallest default block
 BLOCK_ELEMENTS = 2**20  # default blocks keep batch · heads · block_q · block_k at most this
@@ -36,15 +36,14 @@ def choose_blocks(
     capped at the length rounded up to a multiple of 8 (a longer block would only compute padding).
     `rows` = batch size × query heads.
 
-    From sweeps on the project's 2-core CPU (f32, causal forward + backward, best of 3 interleaved
-    runs on a machine with other load: compare within a row), seconds for square blocks of
-    128 / 256 / 512 / 1024:
-      batch 8 × 1 head of 128, L = 4096:  2.65 / 1.90 / 2.77 / 5.15   (L = 1024: 0.23 / 0.20 / 0.27 / 0.36)
-      batch 1 × 1 head of 128, L = 8192:  0.96 / 0.82 / 0.91 / 1.30
-      batch 8 × 8 heads of 64, L = 2048:  3.22 / 4.57 / 6.88 (64: 3.92)
-    The best block keeps rows·b² near 2^19 to 2^20 (a 2–4 MiB float32 logits block that stays in
-    cache between the matmul that makes it and the one that uses it); smaller blocks pay more loop
-    iterations and rescaling passes. Memory is O(L·d + rows·block_q·block_k) either way.
+    Why (sweeps of square blocks on the project's CPU, benchmarks/attention_heuristics_cpu.md): the best
+    block keeps rows·b² near 2^19 to 2^20 (a 2–4 MiB float32 logits block that stays in cache between
+    the matmul that makes it and the one that uses it); smaller blocks pay more loop iterations and
+    rescaling passes. Memory is O(L·d + rows·block_q·block_k) either way.
+
+    Example:
+      >>> choose_blocks(100_000, 100_000, rows=64)
+      (128, 128)
     """
 
     def default(length: int) -> int:
@@ -76,14 +75,14 @@ def choose_attention_method(
       [Lq, Lk] matrices are no larger than k and v themselves (decoding one token against a KV cache,
       short chunks); else "blockwise".
 
-    Measured on the project's 2-core CPU (batch 8, f32, best of 7-30 interleaved runs), naive : blockwise
-    time: square causal self-attention, forward + backward, one head of 128: 0.18 : 0.18 ms at L = 16,
-    0.37 : 0.44 at 32, 1.2 : 1.4 at 64, 4.1 : 3.7 at 128, 17 : 12 at 256, 106 : 50 at 512 and
-    640 : 165 at 1024; a few queries against 4096 keys: 57 : 104 ms at Lq = 16, 76 : 113 at 32,
-    155 : 151 at 64, 231 : 188 at 128; one query against 1024 / 16384 keys: 2.6 : 11.6 and 184 : 383 ms.
-    So the blockwise form wins from about 64 queries on, whatever Lk (it skips the causal half, and its
-    memory traffic is O(L·d) instead of O(L²)); below that its loop and the padding of the query block
-    cost more than the materialised matrices. The GPU rule beyond cuDNN has not been measured yet.
+    Why (naive : blockwise times on the project's CPU, benchmarks/attention_heuristics_cpu.md): the
+    blockwise form wins from about 64 queries on, whatever Lk (it skips the causal half, and its memory
+    traffic is O(L·d) instead of O(L²)); below that its loop and the padding of the query block cost
+    more than the materialised matrices. The GPU rule beyond cuDNN has not been measured yet.
+
+    Example:
+      >>> choose_attention_method(1, 4096, platform="cpu")  # decoding one token against a KV cache
+      'naive'
     """
     platform = platform or jax.default_backend()
     if (
