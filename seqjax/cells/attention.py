@@ -137,8 +137,9 @@ def _ring_positions(length: jax.Array, window: int) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _SoftmaxAttention(Cell):
-    """Hyperparameters, projections, positions and the engine call shared by both cells (not
-    registered)."""
+    """Hyperparameters, projections, positions, the engine call and `apply`, shared by both cells (not
+    registered). A cell supplies its cache: `_cached` (the state's keys as the engine sees them) and
+    `_state_after` (the state after a sequence)."""
 
     num_heads: int
     head_dim: int
