@@ -10,10 +10,27 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from collections.abc import Callable
+
 import jax
 import pytest
+
+# XLA's own defaults for the two flags above (xla/debug_options_flags.cc), restored for one compile.
+DEFAULT_OPTIMISATION = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
 
 
 @pytest.fixture
 def key() -> jax.Array:
     return jax.random.PRNGKey(0)
+
+
+@pytest.fixture
+def compile_as_users_do() -> Callable[[jax.stages.Lowered], jax.stages.Compiled]:
+    """Compiles a lowered program at XLA's default optimisation level, not the suite's -O0: a check of
+    the compiled program itself (its memory plan: in-place updates, temporaries) must hold for what
+    users run."""
+
+    def compile_(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+        return lowered.compile(compiler_options=DEFAULT_OPTIMISATION)
+
+    return compile_

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from seqjax import cells
-from seqjax.cells.attention import alibi_slopes
+from seqjax.cells.positional import alibi_slopes
 from seqjax.scan.attention import attention, decode_attention
 from tests.cell_cases import random_flags, step_loop
 
@@ -590,18 +590,19 @@ def test_decode_attention_bfloat16_and_float32_cache(key):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the in-place memory plan checked is XLA:CPU's")
 @pytest.mark.parametrize("flags", [False, True], ids=["plain", "reset+mask"])
-def test_donated_step_updates_the_cache_in_place(flags, key):
+def test_donated_step_updates_the_cache_in_place(flags, key, compile_as_users_do):
     """The compiled, donated step updates the cache in place and holds no copy of it: the property that
     makes decoding cost one read of the cache (docs/performance.md). Reading the cache before writing
     it, a select over all slots, or a write XLA fuses into the attention's reads would each add a
     cache-sized temporary (checked through XLA's memory plan, not the HLO text, so it does not depend
-    on how XLA names its ops)."""
+    on how XLA names its ops). Compiled at XLA's default optimisation level, as users run it, not at the
+    suite's -O0."""
     cell = cells.Attention(num_heads=4, head_dim=8, num_kv_heads=2, positional="alibi", max_length=4096)
     params = cell.init(key, INPUT_SIZE)
     state = cell.initial_state((2,))
     kw = {"reset": jnp.zeros(2, bool), "mask": jnp.ones(2, bool)} if flags else {}
     step = jax.jit(lambda p, s, x, kw: cell.step(p, s, x, **kw), donate_argnums=(1,))
-    plan = step.lower(params, state, jnp.zeros((2, INPUT_SIZE)), kw).compile().memory_analysis()
+    plan = compile_as_users_do(step.lower(params, state, jnp.zeros((2, INPUT_SIZE)), kw)).memory_analysis()
     cache_bytes = state.k.nbytes
     assert plan.alias_size_in_bytes >= 2 * cache_bytes  # k and v are updated in the donated buffers
     assert plan.temp_size_in_bytes < cache_bytes, (plan.temp_size_in_bytes, cache_bytes)

@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 
 from seqjax.scan.attention import (
-    _attention_cudnn,
-    _block_table,
-    _check,
-    _cudnn_unsupported,
     attention,
     attention_reference,
     choose_attention_method,
     choose_blocks,
-    visibility,
 )
+from seqjax.scan.attention.blockwise import _block_table
+from seqjax.scan.attention.cudnn import _attention_cudnn, _cudnn_unsupported
+from seqjax.scan.attention.inputs import _check
+from seqjax.scan.attention.visibility import Visibility
 
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -186,15 +185,32 @@ def test_naive_and_auto_match_reference():
         assert_close(grads, grads64, 2e-5)
 
 
+def test_visibility_value_equals_keyword_form():
+    """`attention(q, k, v, Visibility(...))` computes exactly the keyword call; the value is a pytree
+    (arrays as leaves, causal and window static), so it passes through `jit` as an argument."""
+    kw, s = _case("window-global")
+    inputs = _inputs(1, s["batch"], s["lq"], s["lk"], s["hq"], s["hkv"], s["d"], s["dv"])
+    q, k, v = (jnp.asarray(x, jnp.float32) for x in inputs[:3])
+    kw = _convert(kw, jnp.float32)
+    vis = Visibility(**kw)
+    for method in ("blockwise", "naive"):
+        by_value = jax.jit(functools.partial(attention, method=method, block_q=8, block_k=8))(q, k, v, vis)
+        by_keywords = jax.jit(
+            lambda q, k, v, m=method: attention(q, k, v, method=m, block_q=8, block_k=8, **kw)
+        )
+        np.testing.assert_array_equal(by_value, by_keywords(q, k, v))
+    np.testing.assert_array_equal(attention_reference(q, k, v, vis), attention_reference(q, k, v, **kw))
+
+
 @pytest.mark.parametrize(("causal", "window"), [(True, None), (False, None), (True, 3)])
 def test_cudnn_argument_mapping(causal, window):
     """The "cudnn" path's call of `jax.nn.dot_product_attention` (GQA heads, several batch axes, scale,
     window -> local_window_size), run with implementation="xla" since cuDNN needs a GPU."""
     q, k, v, _ = (jnp.asarray(x, jnp.float32) for x in _inputs(5, (2, 3), 11, 11, 4, 2, 8, 8))
     kw = dict(causal=causal, window=window, scale=0.3)
-    a = _check("test", q, k, v, **{n: None for n in _PER_TOKEN}, window=window, alibi_slopes=None, scale=0.3)
-    assert _cudnn_unsupported(a, causal) is None
-    got = jax.jit(lambda: _attention_cudnn(a, causal, implementation="xla"))()
+    a = _check("test", q, k, v, Visibility(causal=causal, window=window), alibi_slopes=None, scale=0.3)
+    assert _cudnn_unsupported(a) is None
+    got = jax.jit(lambda: _attention_cudnn(a, implementation="xla"))()
     np.testing.assert_allclose(got, attention_reference(q, k, v, **kw), atol=2e-6)
 
 
@@ -254,20 +270,22 @@ def test_no_keys_and_no_queries():
 # --------------------------------------------------------------------------------------------------
 # Memory and block skipping
 # --------------------------------------------------------------------------------------------------
-def _train_temp_bytes(fn, length: int, d: int = 32) -> int:
+def _train_temp_bytes(fn, length: int, compile_, d: int = 32) -> int:
     x = jax.ShapeDtypeStruct((1, length, 1, d), jnp.float32)
     grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) ** 2), argnums=(0, 1, 2)))
-    return grad.lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
+    return compile_(grad.lower(x, x, x)).memory_analysis().temp_size_in_bytes
 
 
-def test_training_memory_is_linear_in_length():
+def test_training_memory_is_linear_in_length(compile_as_users_do):
     """XLA's plan for forward + backward: the blockwise form's temporaries grow linearly with L, the
-    materialised form's quadratically, and at L = 4096 the blockwise form needs a small fraction."""
+    materialised form's quadratically, and at L = 4096 the blockwise form needs a small fraction.
+    Compiled at XLA's default optimisation level, as users run it, not at the suite's -O0."""
     blockwise = functools.partial(attention, method="blockwise", block_q=128, block_k=128)
-    small, large = _train_temp_bytes(blockwise, 2048), _train_temp_bytes(blockwise, 4096)
+    plan = functools.partial(_train_temp_bytes, compile_=compile_as_users_do)
+    small, large = plan(blockwise, 2048), plan(blockwise, 4096)
     assert large <= 2.3 * small, (small, large)
-    naive_small = _train_temp_bytes(attention_reference, 2048)
-    naive_large = _train_temp_bytes(attention_reference, 4096)
+    naive_small = plan(attention_reference, 2048)
+    naive_large = plan(attention_reference, 4096)
     assert naive_large >= 3.5 * naive_small, (naive_small, naive_large)
     # One [4096, 4096] float32 matrix is 64 MiB; the blockwise plan is a few copies of q, k, v.
     assert large < 4096 * 4096 * 4 / 8, large
@@ -288,8 +306,10 @@ _PER_TOKEN = (
 @functools.partial(jax.jit, static_argnames=("length", "block", "causal", "window"))
 def _table_jit(arrays: dict, *, length: int, block: int, causal: bool, window: int | None) -> jax.Array:
     q = jnp.zeros((2, length, 1, 4))
-    a = _check("test", q, q, q, **arrays, window=window, alibi_slopes=None, scale=None)
-    return _block_table(a, causal, block, block)
+    a = _check(
+        "test", q, q, q, Visibility(**arrays, causal=causal, window=window), alibi_slopes=None, scale=None
+    )
+    return _block_table(a, block, block)
 
 
 def _table(length: int, block: int, *, causal: bool = True, window: int | None = None, **kw) -> np.ndarray:
@@ -353,7 +373,7 @@ def test_block_skipping_is_conservative(seed):
     )
     table = _table(length, block, causal=causal, **dict(kw))
     arrays = {name: jnp.asarray(value) for name, value in kw.items() if name != "window"}
-    vis = np.asarray(visibility(**arrays, causal=causal, window=kw["window"]))
+    vis = np.asarray(Visibility(**arrays, causal=causal, window=kw["window"]).pairs(length, length))
     n = length // block
     needed = vis.reshape(2, n, block, n, block).any(axis=(0, 2, 4))
     assert not np.any(needed & ~table)
@@ -420,6 +440,10 @@ BAD = [
     ("cudnn", dict(method="cudnn", kv_mask=jnp.ones((2, 5), bool)), ValueError, "method='blockwise'"),
     ("cudnn lengths", dict(method="cudnn"), ValueError, "Lq == Lk"),
     ("cudnn window", dict(method="cudnn", causal=False, window=3), ValueError, "causal only"),
+    ("value and keyword", dict(visibility=Visibility(), window=3), TypeError, "both `visibility` and"),
+    ("value type", dict(visibility={"window": 3}), TypeError, "must be a seqjax.scan.attention.Visibility"),
+    ("window in value", dict(visibility=Visibility(window=0)), ValueError, "`window` must be >= 1"),
+    ("mask in value", dict(visibility=Visibility(kv_mask=jnp.ones((2, 6), bool))), ValueError, "`kv_mask`"),
 ]
 
 

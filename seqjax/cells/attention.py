@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.cells.base import Cell, DType, Params, _check_flags, accumulation_dtype
+from seqjax.cells.positional import POSITIONALS, alibi_slopes, rotary_embedding, sinusoidal_embedding
 from seqjax.cells.registry import register
-from seqjax.scan.attention import METHODS, attention, decode_attention
+from seqjax.scan.attention import METHODS, Visibility, attention, decode_attention
 
 __all__ = [
     "POSITIONALS",
@@ -48,8 +49,6 @@ __all__ = [
     "rotary_embedding",
     "sinusoidal_embedding",
 ]
-
-POSITIONALS = ("rotary", "alibi", "sinusoidal", "none")
 
 
 class AttentionState(NamedTuple):
@@ -64,57 +63,6 @@ class SlidingWindowState(NamedTuple):
     global_k: jax.Array  # [*batch, num_global, kv_heads, head_dim]: slot p holds position p < num_global
     global_v: jax.Array  # [*batch, num_global, kv_heads, head_dim]
     length: jax.Array  # [*batch] int32: valid tokens of the current segment so far = the next position
-
-
-# --------------------------------------------------------------------------------------------------
-# Positional encodings
-# --------------------------------------------------------------------------------------------------
-def alibi_slopes(num_heads: int) -> np.ndarray:
-    """[num_heads] ALiBi slopes (Press et al. 2022), float64.
-
-    For a power of two n: the geometric sequence 2^(−8/n), 2^(−16/n), …, 2^(−8) (1/2 … 1/256 for 8
-    heads). Otherwise, with m the largest power of two below n: the m slopes for m heads, then every
-    other slope of the sequence for 2m heads (2^(−4/m), 2^(−12/m), …) for the n − m remaining heads, as
-    in the paper's reference code.
-    """
-
-    def power_of_two(n: int) -> list[float]:
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (i + 1) for i in range(n)]
-
-    if num_heads <= 0:
-        raise ValueError(f"alibi_slopes: num_heads must be positive, got {num_heads}.")
-    closest = 1 << (int(num_heads).bit_length() - 1)
-    slopes = power_of_two(closest)
-    if closest < num_heads:
-        slopes += power_of_two(2 * closest)[0::2][: num_heads - closest]
-    return np.asarray(slopes, np.float64)
-
-
-def rotary_embedding(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
-    """Rotary position embedding (RoFormer, Su et al. 2021) in the half-split ("rotate half") layout.
-
-    x [..., heads, d] with d even; positions [...] (integers). Feature pairs (i, i + d/2) are rotated by
-    the angle position · base^(−2i/d). Computed in x's dtype promoted to at least float32; returns that
-    dtype.
-    """
-    acc = jnp.promote_types(x.dtype, jnp.float32)
-    half = x.shape[-1] // 2
-    inv_freq = base ** (-jnp.arange(half, dtype=acc) * 2 / x.shape[-1])
-    angle = positions.astype(acc)[..., None, None] * inv_freq
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
-    x = x.astype(acc)
-    x1, x2 = x[..., :half], x[..., half:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def sinusoidal_embedding(positions: jax.Array, dim: int, dtype: DType = jnp.float32) -> jax.Array:
-    """[..., dim] the Transformer's sinusoidal embedding (Vaswani et al. 2017) of integer positions [...]:
-    feature 2i is sin(p / 10000^(2i/dim)), feature 2i + 1 is cos(p / 10000^(2i/dim)); `dim` may be odd."""
-    idx = jnp.arange(dim)
-    freq = 10000.0 ** (-(idx - idx % 2).astype(dtype) / dim)
-    angle = positions.astype(dtype)[..., None] * freq
-    return jnp.where(idx % 2 == 0, jnp.sin(angle), jnp.cos(angle))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,8 +137,9 @@ def _ring_positions(length: jax.Array, window: int) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _SoftmaxAttention(Cell):
-    """Hyperparameters, projections, positions and the engine call shared by both cells (not
-    registered)."""
+    """Hyperparameters, projections, positions, the engine call and `apply`, shared by both cells (not
+    registered). A cell supplies its cache: `_cached` (the state's keys as the engine sees them) and
+    `_state_after` (the state after a sequence)."""
 
     num_heads: int
     head_dim: int
@@ -299,22 +248,91 @@ class _SoftmaxAttention(Cell):
             k = rotary_embedding(k, positions, self.rotary_base)
         return q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
 
-    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, **kwargs: Any) -> jax.Array:
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, visibility: Visibility) -> jax.Array:
         slopes = jnp.asarray(self.alibi_slopes(), self._acc) if self.positional == "alibi" else None
         return attention(
             q,
             k,
             v,
-            causal=self.causal,
+            visibility,
             alibi_slopes=slopes,
             method=self.method,
             block_q=self.block_size,
             block_k=self.block_size,
-            **kwargs,
         )
 
     def _output(self, params: Params, y: jax.Array) -> jax.Array:
         return self._mm(y, params["w_o"], "...hd,hdo->...o").astype(self.dtype)
+
+    # -- apply ---------------------------------------------------------------------------------------
+    def apply(
+        self,
+        params: Params,
+        xs: jax.Array,
+        state: Any = None,
+        *,
+        resets: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
+        """xs [*batch, T, input_size] -> ys [*batch, T, output_size] and the state after the sequence.
+
+        With `state`, queries of the first segment also attend to the cached tokens; without one, no
+        cache is read. The cells differ only in their cache (`_cached`, `_state_after`), in who sees
+        whom (`_sequence_visibility`) and in capacity (`_check_apply_capacity`)."""
+        given = state is not None
+        xs, state, resets, mask, valid, seg, pos = self._begin_apply(params, xs, state, resets, mask)
+        self._check_apply_capacity(state, given, xs.shape[-2], resets, mask, valid, pos)
+        q, k, v = self._project(params, xs, pos)
+
+        visible = self._sequence_visibility(pos, valid, mask, seg if resets is not None else None)
+        keys, values = k, v
+        if given:  # the cached tokens go before the new ones, in segment 0
+            c_keys, c_values, c_pos, c_ok, c_global = self._cached(state, state.length.astype(jnp.int32))
+            keys = jnp.concatenate([c_keys, k], axis=-3)
+            values = jnp.concatenate([c_values, v], axis=-3)
+            kv_seg, kv_global = visible.kv_segment_ids, visible.kv_global
+            if kv_seg is not None:
+                kv_seg = jnp.concatenate([jnp.zeros_like(c_pos), kv_seg], axis=-1)
+            if kv_global is not None:
+                kv_global = jnp.concatenate([c_global, kv_global], axis=-1)
+            visible = dataclasses.replace(
+                visible,
+                kv_positions=jnp.concatenate([c_pos, pos], axis=-1),
+                kv_segment_ids=kv_seg,
+                kv_mask=jnp.concatenate([c_ok, valid], axis=-1),
+                kv_global=kv_global,
+            )
+        y = self._attend(q, keys, values, visible)
+        ys = self._finish(self._output(params, y), mask)
+
+        in_last, cont, length = self._last_segment(state, seg, valid)
+        return ys, self._state_after(state, k, v, pos, in_last, cont, length)
+
+    def _sequence_visibility(
+        self, pos: jax.Array, valid: jax.Array, mask: jax.Array | None, seg: jax.Array | None
+    ) -> Visibility:
+        """Who sees whom among the sequence's own tokens: positions, segment ids (None without resets)
+        and padding."""
+        return Visibility(
+            q_positions=pos,
+            kv_positions=pos,
+            q_segment_ids=seg,
+            kv_segment_ids=seg,
+            kv_mask=mask,
+            causal=self.causal,
+        )
+
+    def _check_apply_capacity(
+        self,
+        state: Any,
+        given: bool,
+        length: int,
+        resets: jax.Array | None,
+        mask: jax.Array | None,
+        valid: jax.Array,
+        pos: jax.Array,
+    ) -> None:
+        """Raises when the sequence cannot fit the state; a ring buffer always fits."""
 
     # -- shared parts of step and apply --------------------------------------------------------------
     def _require_causal(self) -> None:
@@ -504,57 +522,30 @@ class Attention(_SoftmaxAttention):
         return new, self._output(params, y)
 
     # -- apply ---------------------------------------------------------------------------------------
-    def apply(
+    def _cached(self, state: AttentionState, length: jax.Array) -> tuple[jax.Array, ...]:
+        """The cache's keys and values [*b, max_length, H_kv, d] (compute dtype), slot positions and
+        validity [*b, max_length] after `length` tokens, and its global flags: None (no global tokens)."""
+        m = self.max_length
+        slots = jnp.broadcast_to(jnp.arange(m), (*length.shape, m))
+        keys, values = state.k.astype(self.dtype), state.v.astype(self.dtype)
+        return keys, values, slots, slots < length[..., None], None
+
+    def _state_after(
         self,
-        params: Params,
-        xs: jax.Array,
-        state: AttentionState | None = None,
-        *,
-        resets: jax.Array | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, AttentionState]:
-        """xs [*batch, T, input_size] -> ys [*batch, T, output_size] and the cache after the sequence.
-
-        With `state`, queries of the first segment also attend to the cached tokens; without one, no
-        cache is read."""
-        given = state is not None
-        xs, state, resets, mask, valid, seg, pos = self._begin_apply(params, xs, state, resets, mask)
-        self._check_apply_capacity(state, given, xs.shape[-2], resets, mask, valid, pos)
-        q, k, v = self._project(params, xs, pos)
-
-        kv_mask = mask
-        q_seg = kv_seg = seg if resets is not None else None
-        keys, values, kv_pos = k, v, pos
-        if given:
-            m = self.max_length
-            batch_shape = xs.shape[:-2]
-            slots = jnp.broadcast_to(jnp.arange(m), (*batch_shape, m))
-            keys = jnp.concatenate([state.k.astype(self.dtype), k], axis=-3)
-            values = jnp.concatenate([state.v.astype(self.dtype), v], axis=-3)
-            kv_pos = jnp.concatenate([slots, pos], axis=-1)
-            kv_mask = jnp.concatenate([slots < state.length[..., None], valid], axis=-1)
-            if q_seg is not None:
-                kv_seg = jnp.concatenate([jnp.zeros_like(slots), seg], axis=-1)
-        y = self._attend(
-            q,
-            keys,
-            values,
-            q_positions=pos,
-            kv_positions=kv_pos,
-            q_segment_ids=q_seg,
-            kv_segment_ids=kv_seg,
-            kv_mask=kv_mask,
-        )
-        ys = self._finish(self._output(params, y), mask)
-
-        in_last, cont, length = self._last_segment(state, seg, valid)
+        state: AttentionState,
+        k: jax.Array,
+        v: jax.Array,
+        pos: jax.Array,
+        in_last: jax.Array,
+        cont: jax.Array,
+        length: jax.Array,
+    ) -> AttentionState:
         index = jnp.where(in_last, pos, self.max_length)
-        final = AttentionState(
+        return AttentionState(
             k=_scatter_rows(self._kept(cont, state.k), k, index),
             v=_scatter_rows(self._kept(cont, state.v), v, index),
             length=length,
         )
-        return ys, final
 
     def _check_apply_capacity(
         self,
@@ -687,68 +678,44 @@ class SlidingWindowAttention(_SoftmaxAttention):
         own = jnp.concatenate([glob_write, ring_write], axis=-3)
         keys = jnp.where(own, k[..., None, :, :], keys)
         values = jnp.where(own, v[..., None, :, :], values)
-        y = self._attend(
-            q[..., None, :, :], keys, values, q_positions=pos[..., None], kv_positions=positions, kv_mask=ok
+        visible = Visibility(
+            q_positions=pos[..., None], kv_positions=positions, kv_mask=ok, causal=self.causal
         )
+        y = self._attend(q[..., None, :, :], keys, values, visible)
         return new, self._output(params, y[..., 0, :, :])
 
     # -- apply ---------------------------------------------------------------------------------------
-    def apply(
-        self,
-        params: Params,
-        xs: jax.Array,
-        state: SlidingWindowState | None = None,
-        *,
-        resets: jax.Array | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, SlidingWindowState]:
-        """xs [*batch, T, input_size] -> ys [*batch, T, output_size] and the ring buffer and global
-        tokens after the sequence."""
-        given = state is not None
-        xs, state, resets, mask, valid, seg, pos = self._begin_apply(params, xs, state, resets, mask)
-        q, k, v = self._project(params, xs, pos)
-        g, w = self.num_global, self.window
-
+    def _sequence_visibility(
+        self, pos: jax.Array, valid: jax.Array, mask: jax.Array | None, seg: jax.Array | None
+    ) -> Visibility:
+        g = self.num_global
         is_global = pos < g
-        kv_global = valid & is_global if g else None
-        q_global = is_global if g and not self.causal else None
-        q_seg = kv_seg = seg if resets is not None else None
-        keys, values, kv_pos, kv_mask = k, v, pos, mask
-        if given:
-            c_keys, c_values, c_pos, c_ok, c_global = self._cached(state, state.length.astype(jnp.int32))
-            keys = jnp.concatenate([c_keys, k], axis=-3)
-            values = jnp.concatenate([c_values, v], axis=-3)
-            kv_pos = jnp.concatenate([c_pos, pos], axis=-1)
-            kv_mask = jnp.concatenate([c_ok, valid], axis=-1)
-            if kv_global is not None:
-                kv_global = jnp.concatenate([c_global, kv_global], axis=-1)
-            if q_seg is not None:
-                kv_seg = jnp.concatenate([jnp.zeros_like(c_pos), seg], axis=-1)
-        y = self._attend(
-            q,
-            keys,
-            values,
-            q_positions=pos,
-            kv_positions=kv_pos,
-            q_segment_ids=q_seg,
-            kv_segment_ids=kv_seg,
-            kv_mask=kv_mask,
-            kv_global=kv_global,
-            q_global=q_global,
-            window=w,
+        return dataclasses.replace(
+            super()._sequence_visibility(pos, valid, mask, seg),
+            kv_global=valid & is_global if g else None,
+            q_global=is_global if g and not self.causal else None,
+            window=self.window,
         )
-        ys = self._finish(self._output(params, y), mask)
 
-        in_last, cont, length = self._last_segment(state, seg, valid)
+    def _state_after(
+        self,
+        state: SlidingWindowState,
+        k: jax.Array,
+        v: jax.Array,
+        pos: jax.Array,
+        in_last: jax.Array,
+        cont: jax.Array,
+        length: jax.Array,
+    ) -> SlidingWindowState:
+        g, w = self.num_global, self.window
         # Only the last `window` tokens reach the ring (earlier ones would be overwritten), so every
         # slot is written at most once.
         ring_index = jnp.where(in_last & (pos >= length[..., None] - w), pos % w, w)
-        glob_index = jnp.where(in_last & is_global, pos, g)
-        final = SlidingWindowState(
+        glob_index = jnp.where(in_last & (pos < g), pos, g)
+        return SlidingWindowState(
             k=_scatter_rows(self._kept(cont, state.k), k, ring_index),
             v=_scatter_rows(self._kept(cont, state.v), v, ring_index),
             global_k=_scatter_rows(self._kept(cont, state.global_k), k, glob_index),
             global_v=_scatter_rows(self._kept(cont, state.global_v), v, glob_index),
             length=length,
         )
-        return ys, final

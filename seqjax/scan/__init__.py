@@ -1,6 +1,6 @@
 """Recurrence engines. Pure functions over arrays; cells choose among them."""
 
-from seqjax.scan.attention import attention, attention_reference, choose_attention_method
+from seqjax.scan.attention import Visibility, attention, attention_reference, choose_attention_method
 from seqjax.scan.linear import METHODS, choose_method, linear_recurrence
 from seqjax.scan.lstm import lstm_scan
 from seqjax.scan.matrix import (
@@ -15,6 +15,7 @@ from seqjax.scan.sequential import reverse_resets, scan_recurrence
 
 __all__ = [
     "METHODS",
+    "Visibility",
     "attention",
     "attention_reference",
     "choose_attention_method",
