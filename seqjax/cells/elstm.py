@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
 
@@ -25,7 +25,7 @@ class ELSTMState(NamedTuple):
 
 @register("elstm")
 @dataclasses.dataclass(frozen=True)
-class ELSTM(Cell):
+class ELSTM(RecurrentCell):
     """Enhanced LSTM with gated memory compression.
 
     The paper that names this cell gives no equations; this is seqjax's definition. Hidden size d,

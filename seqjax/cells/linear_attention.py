@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.registry import register
 from seqjax.scan.matrix import (
     METHODS,
@@ -115,7 +115,7 @@ def positive_random_features(x: jax.Array, w: jax.Array, *, stabilize: bool = Fa
 # The shared machinery
 # --------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class _MatrixAttention(Cell):
+class _MatrixAttention(RecurrentCell):
     """Shared hyperparameters, projections, state handling and engine dispatch (not registered)."""
 
     num_heads: int

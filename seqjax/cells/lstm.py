@@ -10,7 +10,7 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
 from seqjax.cells.torch_port import TorchRNNPort
@@ -28,7 +28,7 @@ class LSTMState(NamedTuple):
 
 @register("lstm")
 @dataclasses.dataclass(frozen=True)
-class LSTM(TorchRNNPort, Cell):
+class LSTM(TorchRNNPort, RecurrentCell):
     """Long short-term memory, exactly `torch.nn.LSTM`'s equations (gate order i, f, g, o):
 
         i = σ(W_ii x + b_ii + W_hi h + b_hi)      f = σ(W_if x + b_if + W_hf h + b_hf)

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.registry import register
 from seqjax.scan.linear import choose_method, linear_recurrence
 from seqjax.scan.selective import selective_scan
@@ -31,7 +31,7 @@ def _inverse_softplus(y: jax.Array) -> jax.Array:
 
 @register("mamba")
 @dataclasses.dataclass(frozen=True)
-class Mamba(Cell):
+class Mamba(RecurrentCell):
     """The Mamba block (selective SSM), mapping [.., d_model] -> [.., d_model].
 
         x, z = split(W_in u)                        x, z ∈ R^{d_inner},  d_inner = expand · d_model

@@ -23,6 +23,7 @@ Shared conventions:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.registry import register
 from seqjax.cells.ssm_init import S4D_INITS, block_hippo_n, log_uniform, s4d_modes
 from seqjax.scan.linear import DEFAULT_CHUNK, METHODS, linear_recurrence
@@ -59,7 +60,7 @@ def _zero_padding(ys: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class _DiagonalSSM(Cell):
+class _DiagonalSSM(RecurrentCell):
     """What S4D, S5 and LRU share: complex diagonal state, `recur` for `step`, the linear engine for `apply`.
 
     Subclasses define `_state_shape`, `decay(params)` (Ā), `project_inputs` (returning (B̄ x, D ⊙ x)) and
@@ -106,8 +107,9 @@ class _DiagonalSSM(Cell):
 
     # -- shared interface ------------------------------------------------------------------------------
     @property
+    @abc.abstractmethod
     def _state_shape(self) -> tuple[int, ...]:
-        raise NotImplementedError
+        """The state's shape without batch axes: [H, N/2] for S4D, [N/2] for S5, [N] for LRU."""
 
     @property
     def _acc(self) -> jnp.dtype:
@@ -135,12 +137,13 @@ class _DiagonalSSM(Cell):
     def _complex(self, re: jax.Array, im: jax.Array) -> jax.Array:
         return lax.complex(re.astype(self._acc), im.astype(self._acc))
 
+    @abc.abstractmethod
     def decay(self, params: Params) -> jax.Array:
         """Ā, the per-token complex decay of every mode, shape `state_shape`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _readout(self, params: Params, h: jax.Array, skip: jax.Array) -> jax.Array:
-        raise NotImplementedError
+        """y [..., H] in `dtype` from the (complex) state h and the skip term D ⊙ x."""
 
     def recur(self, params: Params, state: jax.Array, projected: Projected) -> tuple[jax.Array, jax.Array]:
         bu, skip = projected
@@ -460,6 +463,11 @@ class S5(_DiagonalSSM):
             preferred_element_type=self._acc,
         )
         return (2 * y + skip).astype(self.dtype)
+
+    def step_unsupported(self, *, streaming: bool = True) -> str | None:
+        if self.bidirectional:
+            return f"{self._label} with bidirectional=True has no step form (it reads future tokens)"
+        return super().step_unsupported(streaming=streaming)
 
     def _no_step(self) -> TypeError:
         return TypeError(
