@@ -400,6 +400,17 @@ class Attention(_SoftmaxAttention):
 
     Parameters: `w_q` [input_size, H, d], `w_k`, `w_v` [input_size, H_kv, d], `w_o` [H, d, out];
     Glorot-uniform, no biases.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.Attention(num_heads=2, head_dim=4, max_length=16)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, cache = cell.apply(params, jnp.ones((2, 5, 3)), cell.initial_state((2,)))
+    >>> ys.shape, cache.k.shape, cache.length.tolist()        # 16 slots, 5 used
+    ((2, 5, 8), (2, 16, 2, 4), [5, 5])
+    >>> cache, y = cell.step(params, cache, jnp.ones((2, 3)))
+    >>> y.shape, cache.length.tolist()
+    ((2, 8), [6, 6])
     """
 
     max_length: int = 2048
@@ -593,6 +604,14 @@ class SlidingWindowAttention(_SoftmaxAttention):
     Hyperparameters: those of `Attention` but `max_length`, plus `window` (w ≥ 1, default 256) and
     `num_global` (≥ 0, default 0).
     Parameters: `w_q` [input_size, H, d], `w_k`, `w_v` [input_size, H_kv, d], `w_o` [H, d, out].
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.SlidingWindowAttention(num_heads=2, head_dim=4, window=3)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.k.shape                                # a ring of `window` slots
+    ((2, 5, 8), (2, 3, 2, 4))
     """
 
     window: int = 256

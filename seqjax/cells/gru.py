@@ -31,6 +31,17 @@ class GRU(TorchRNNPort, RecurrentCell):
 
     Initialisation: `w_ih` Glorot-uniform per gate, `w_hh` orthogonal per gate, biases zero.
     The state is `h` [*batch, H]; the output is h'.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.GRU(hidden_size=4)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))    # [batch, time, features]
+    >>> ys.shape, state.shape
+    ((2, 5, 4), (2, 4))
+    >>> state, y = cell.step(params, state, jnp.ones((2, 3)))
+    >>> y.shape
+    (2, 4)
     """
 
     torch_kind: ClassVar[str] = "GRU"

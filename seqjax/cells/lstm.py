@@ -50,6 +50,17 @@ class LSTM(TorchRNNPort, RecurrentCell):
       unroll: time steps per loop iteration in the scan.
       dtype: compute dtype of the matmuls (bfloat16 allowed); state and gate math stay float32.
       param_dtype: dtype of the parameters.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.LSTM(hidden_size=4)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)           # 3 input features
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))    # [batch, time, features]
+    >>> ys.shape, state.h.shape
+    ((2, 5, 4), (2, 4))
+    >>> state, y = cell.step(params, state, jnp.ones((2, 3)))  # one more token
+    >>> y.shape
+    (2, 4)
     """
 
     torch_kind: ClassVar[str] = "LSTM"

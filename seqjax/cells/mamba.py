@@ -54,6 +54,14 @@ class Mamba(RecurrentCell):
     recomputes them in the backward pass (`seqjax.scan.selective_scan`). "sequential" and "associative"
     materialise them for every token and use `seqjax.scan.linear_recurrence`. They are the
     references; training the block with them took 7.4x the memory at L=16k (benchmarks/ssm_cpu.md).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.Mamba(d_model=3, state_size=2, expand=2)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.conv.shape, state.ssm.shape            # d_inner = 6
+    ((2, 5, 3), (2, 3, 6), (2, 6, 2))
     """
 
     d_model: int

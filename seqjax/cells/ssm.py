@@ -208,6 +208,14 @@ class S4D(_DiagonalSSM):
 
     `param_groups()`: log_dt, A and B are "ssm" (S4's optimizer trains them at their own learning rate
     without weight decay); C and D are "default".
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.S4D(hidden_size=3, state_size=4)         # maps 3 features to 3
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.shape, state.dtype                     # N/2 complex modes per feature
+    ((2, 5, 3), (2, 3, 2), dtype('complex64'))
     """
 
     hidden_size: int
@@ -320,6 +328,16 @@ class S5(_DiagonalSSM):
 
     `param_groups()`: Λ, log Δ and B̃ are "ssm" (S5's standard optimizer: own learning rate, no weight
     decay); C̃ and D are "default".
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.S5(hidden_size=3, state_size=4)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.shape                                  # P/2 complex modes
+    ((2, 5, 3), (2, 2))
+    >>> cells.S5(hidden_size=3, state_size=4, bidirectional=True).step_unsupported()
+    'S5 with bidirectional=True has no step form (it reads future tokens)'
     """
 
     hidden_size: int
@@ -558,6 +576,14 @@ class LRU(_DiagonalSSM):
 
     `param_groups()`: nu_log, theta_log, gamma_log are "ssm" (the paper trains them at a reduced learning
     rate); B, C, D are "default".
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.LRU(hidden_size=3, state_size=4)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.shape
+    ((2, 5, 3), (2, 4))
     """
 
     hidden_size: int
