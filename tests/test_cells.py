@@ -1,212 +1,141 @@
-"""The cell interface contract, for every cell: apply == loop of step, resets, padding, transforms, dtypes."""
+"""The cell protocol: the bases every cell derives from, the step-support query, the registry, backward
+compatibility of `Cell` subclasses, import weight, and the LSTM's two engines. The contract every cell
+satisfies (apply == loop of step, padding, resets, dtypes, ...) is in tests/test_cell_contract.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import doctest
+import importlib
+import pkgutil
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import seqjax.cells
 from seqjax import cells
-from tests.cell_cases import (
-    CELL_IDS,
-    CELLS,
-    INPUT_SIZE,
-    max_abs_diff,
-    random_flags,
-    random_state,
-    relative_diff,
-    state_loss,
-    step_loop,
+from seqjax.cells.base import Params
+from tests.cell_cases import max_abs_diff, random_flags, random_state, step_loop
+
+
+@pytest.mark.parametrize("name", cells.names())
+def test_every_registered_cell_is_a_cell(name):
+    cls = cells.registry.lookup(name)
+    assert issubclass(cls, cells.Cell)
+    # the project_inputs / recur split comes with RecurrentCell, and only with it
+    assert hasattr(cls, "recur") == issubclass(cls, cells.RecurrentCell), cls
+
+
+@pytest.mark.parametrize(
+    ("cell", "streaming", "reason"),
+    [
+        (cells.GRU(hidden_size=4), True, None),
+        (cells.GRU(hidden_size=4, reverse=True), False, None),
+        (cells.GRU(hidden_size=4, reverse=True), True, "GRU with reverse=True runs right to left"),
+        (cells.S5(hidden_size=4, state_size=4, bidirectional=True), False, "bidirectional=True has no step"),
+        (cells.Attention(num_heads=1, head_dim=2), True, None),
+        (cells.Attention(num_heads=1, head_dim=2, causal=False), False, "causal=False attends to future"),
+        (
+            cells.SlidingWindowAttention(num_heads=1, head_dim=2, causal=False),
+            False,
+            "SlidingWindowAttention with causal=False",
+        ),
+        (cells.Bidirectional.of(cells.GRU(hidden_size=4)), False, "Bidirectional has no step form"),
+    ],
 )
+def test_step_unsupported_says_why(cell, streaming, reason):
+    answer = cell.step_unsupported(streaming=streaming)
+    if reason is None:
+        assert answer is None
+    else:
+        assert reason in answer
+    if cell.step_unsupported(streaming=False) is not None:  # and step itself refuses
+        with pytest.raises(TypeError, match="no step form"):
+            cell.step(cell.init(jax.random.PRNGKey(0), 4), cell.initial_state(()), jnp.zeros((4,)))
 
-B, T = 3, 13
+
+def test_cell_subclass_with_the_recurrent_split_still_works():
+    """A cell written against the old `Cell` (project_inputs and recur only) gets RecurrentCell's step and
+    apply, with a DeprecationWarning naming the fix."""
+    with pytest.warns(DeprecationWarning, match="derive it from seqjax.cells.RecurrentCell"):
+
+        @dataclasses.dataclass(frozen=True)
+        class Leaky(cells.Cell):
+            width: int = 3
+
+            def init(self, key: jax.Array, input_size: int) -> Params:
+                return {"w": jax.random.normal(key, (input_size, self.width))}
+
+            def initial_state(self, batch_shape=(), dtype=jnp.float32):
+                return jnp.zeros((*batch_shape, self.width), dtype)
+
+            def param_axes(self):
+                return {"w": ("embed", "state")}
+
+            def input_size_of(self, params: Params) -> int:
+                return params["w"].shape[0]
+
+            @property
+            def output_size(self) -> int:
+                return self.width
+
+            def project_inputs(self, params, x):
+                return x @ params["w"]
+
+            def recur(self, params, state, projected):
+                new = 0.5 * state + projected
+                return new, new
+
+    cell = Leaky()
+    params = cell.init(jax.random.PRNGKey(0), 2)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 2))
+    mask = random_flags(2, (2, 5), 0.7)
+    ys, final = cell.apply(params, xs, mask=mask)
+    ref_ys, ref_final = step_loop(cell, params, xs, mask=mask)
+    np.testing.assert_allclose(ys, ref_ys, rtol=1e-6)
+    np.testing.assert_allclose(final, ref_final, rtol=1e-6)
+    assert cell.step_unsupported() is None
 
 
-def _inputs(key, batch_shape=(B,), length=T):
-    return jax.random.normal(key, (*batch_shape, length, INPUT_SIZE))
+CELL_MODULES = sorted(m.name for m in pkgutil.iter_modules(seqjax.cells.__path__, "seqjax.cells."))
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-@pytest.mark.parametrize("flags", ["plain", "resets+mask"])
-def test_apply_equals_step_loop(cell, flags, key):
-    params = cell.init(key, INPUT_SIZE)
-    xs = _inputs(jax.random.PRNGKey(1))
-    state = random_state(cell, jax.random.PRNGKey(2), (B,))
-    resets = random_flags(3, (B, T), 0.25) if "resets" in flags else None
-    mask = random_flags(4, (B, T), 0.7) if "mask" in flags else None
+@pytest.mark.parametrize("module", CELL_MODULES)
+def test_docstring_examples_run(module):
+    """The examples in the cells' docstrings (pytest's doctest, one module at a time)."""
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in finder.find(importlib.import_module(module)):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples of {module} failed"
 
-    def loss(fn, params, xs, state):
-        ys, final = fn(params, xs, state)
-        return jnp.sum(jnp.sin(3 * ys)) + state_loss(final), (ys, final)
 
-    by_apply = lambda p, x, s: cell.apply(p, x, s, resets=resets, mask=mask)
-    by_steps = lambda p, x, s: step_loop(cell, p, x, s, resets=resets, mask=mask)
-    # apply's outputs and gradients from one compiled program
-    g_apply, (ys, final) = jax.jit(jax.grad(lambda *a: loss(by_apply, *a), argnums=(0, 1, 2), has_aux=True))(
-        params, xs, state
+@pytest.mark.parametrize("name", [*cells.names(), "bidirectional"])
+def test_every_cell_docstring_has_an_example(name):
+    cls = cells.Bidirectional if name == "bidirectional" else cells.registry.lookup(name)
+    assert ">>> " in (cls.__doc__ or ""), f"{cls.__name__}'s docstring has no runnable example"
+
+
+def test_importing_cells_loads_no_heavy_library():
+    """`import seqjax.cells` needs jax only: no flax, optax, orbax, TFDS, grain, pandas or tokenizers."""
+    heavy = ["flax", "optax", "orbax", "tensorflow_datasets", "tensorflow", "grain", "pandas", "tokenizers"]
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import seqjax.cells
+        loaded = sorted(m for m in {heavy!r} if m in sys.modules)
+        print(",".join(loaded))
+        """
     )
-    g_steps, (ref_ys, ref_final) = jax.grad(lambda *a: loss(by_steps, *a), argnums=(0, 1, 2), has_aux=True)(
-        params, xs, state
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
     )
-    assert ys.shape == (B, T, cell.output_size)
-    np.testing.assert_allclose(ys, ref_ys, rtol=1e-5, atol=1e-5)
-    assert relative_diff(final, ref_final) < 1e-5
-    # Relative to each gradient's scale: float32 reassociation between the parallel and the step form
-    # is amplified by GLA's per-head norm over a few features (8e-5 seen); a real bug is O(1).
-    assert relative_diff(g_apply, g_steps) < 1e-4
-
-
-@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-def test_padding_leaves_state_unchanged_and_outputs_zero(cell, key):
-    """A right-padded sequence ends in exactly the state of the unpadded one; a left-padded one too."""
-    params = cell.init(key, INPUT_SIZE)
-    xs = _inputs(jax.random.PRNGKey(1), (1,), 9)
-    valid = 6
-    garbage = 100.0 * jax.random.normal(jax.random.PRNGKey(5), (1, 9 - valid, INPUT_SIZE))
-    cases = [
-        (jnp.concatenate([xs[:, :valid], garbage], 1), jnp.arange(9)[None] < valid),  # right padding
-        (jnp.concatenate([garbage, xs[:, :valid]], 1), jnp.arange(9)[None] >= 9 - valid),  # left padding
-    ]
-
-    @jax.jit  # the unpadded call and both padded ones in one compiled program
-    def run(params, xs, cases):
-        return cell.apply(params, xs[:, :valid]), [cell.apply(params, x, mask=m) for x, m in cases]
-
-    (ys_short, state_short), padded_outs = run(params, xs, cases)
-    for (_, mask), (ys, state) in zip(cases, padded_outs, strict=True):
-        np.testing.assert_array_equal(ys[~mask], 0.0)
-        np.testing.assert_allclose(ys[mask], ys_short[0], atol=1e-6)
-        assert max_abs_diff(state, state_short) < 1e-6
-    # step with mask=False returns the very same state
-    state0 = random_state(cell, jax.random.PRNGKey(3), (2,))
-    state1, y = cell.step(params, state0, xs[:, 0].repeat(2, 0), mask=jnp.array([False, False]))
-    assert max_abs_diff(state0, state1) == 0.0
-    np.testing.assert_array_equal(y, 0.0)
-
-
-@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-def test_resets_split_packed_segments(cell, key):
-    """Packing two sequences with a reset at the boundary equals running each one alone."""
-    params = cell.init(key, INPUT_SIZE)
-    a = _inputs(jax.random.PRNGKey(1), (1,), 5)
-    b = _inputs(jax.random.PRNGKey(2), (1,), 7)
-    resets = jnp.zeros((1, 12), bool).at[0, 5].set(True)
-    state = random_state(cell, jax.random.PRNGKey(3), (1,))
-    reverse = getattr(cell, "reverse", False)
-
-    @jax.jit  # the packed call and both separate ones in one compiled program
-    def run(params, a, b, state):
-        ys, _ = cell.apply(params, jnp.concatenate([a, b], 1), state, resets=resets)
-        # The segment the scan meets first continues from `state`; the other starts from zeros.
-        ys_a, _ = cell.apply(params, a, None if reverse else state)
-        ys_b, _ = cell.apply(params, b, state if reverse else None)
-        return ys, ys_a, ys_b
-
-    ys, ys_a, ys_b = run(params, a, b, state)
-    np.testing.assert_allclose(ys, jnp.concatenate([ys_a, ys_b], 1), atol=1e-6)
-
-
-@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-def test_batch_shapes_jit_vmap(cell, key):
-    """No batch axis, several batch axes, vmap over batch and jit all agree with the plain batched call."""
-    params = cell.init(key, INPUT_SIZE)
-    xs = _inputs(jax.random.PRNGKey(1), (2, 3), 7)
-    ys, state = cell.apply(params, xs)
-    assert ys.shape == (2, 3, 7, cell.output_size)
-    assert max_abs_diff(state, cell.initial_state((2, 3))) >= 0  # same structure
-    jax.tree.map(lambda s, i: np.testing.assert_equal(s.shape, i.shape), state, cell.initial_state((2, 3)))
-
-    # vmap over parameters (an ensemble) also works
-    stacked = jax.tree.map(lambda *p: jnp.stack(p), params, cell.init(jax.random.PRNGKey(9), INPUT_SIZE))
-
-    @jax.jit  # the jitted call and the transformed ones in one compiled program
-    def transformed(params, stacked, xs):
-        ys_jit, _ = cell.apply(params, xs)
-        ys_single, _ = cell.apply(params, xs[1, 2])
-        ys_vmap, _ = jax.vmap(jax.vmap(lambda x: cell.apply(params, x)))(xs)
-        ys_ens, _ = jax.vmap(lambda p: cell.apply(p, xs))(stacked)
-        return ys_jit, ys_single, ys_vmap, ys_ens
-
-    ys_jit, ys_single, ys_vmap, ys_ens = transformed(params, stacked, xs)
-    np.testing.assert_allclose(ys_single, ys[1, 2], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ys_vmap, ys, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ys_jit, ys, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ys_ens[0], ys, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-def test_float32_matches_float64_reference(cell, key):
-    params = cell.init(key, INPUT_SIZE)
-    xs = _inputs(jax.random.PRNGKey(1), (2,), 64)
-    resets = random_flags(3, (2, 64), 0.05)
-    mask = random_flags(4, (2, 64), 0.9)
-
-    def loss(c, p, x, s):
-        ys = c.apply(p, x, s, resets=resets, mask=mask)[0]
-        return jnp.sum(ys**2), ys
-
-    # Outputs and gradients from one compiled program per precision.
-    g32, ys32 = jax.jit(jax.grad(lambda p: loss(cell, p, xs, None), has_aux=True))(params)
-    with jax.enable_x64(True):
-        cell64 = dataclasses.replace(cell, dtype=jnp.float64, param_dtype=jnp.float64)
-        p64 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
-        x64 = jnp.asarray(np.asarray(xs), jnp.float64)
-        s64 = cell64.initial_state((2,), jnp.float64)
-        g64, ys64 = jax.jit(jax.grad(lambda p: loss(cell64, p, x64, s64), has_aux=True))(p64)
-        assert ys64.dtype == jnp.float64
-        ys64, g64 = np.asarray(ys64), jax.tree.map(np.asarray, g64)
-    np.testing.assert_allclose(ys32, ys64, atol=1e-5)
-    # A parameter whose gradient is a small sum of large cancelling terms (S5's Re λ) carries float32
-    # error relative to the terms, not to the sum, so errors are measured against the gradient scale.
-    overall = max(np.max(np.abs(g)) for g in g64.values())
-    for name in params:
-        scale = max(np.max(np.abs(g64[name])), 0.1 * overall) + 1e-12
-        assert np.max(np.abs(np.asarray(g32[name]) - g64[name])) / scale < 1e-4, name
-
-
-@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-def test_bfloat16_compute_close_to_float32(cell, key):
-    params = cell.init(key, INPUT_SIZE)
-    xs = _inputs(jax.random.PRNGKey(1), (2,), 32)
-    cell16 = dataclasses.replace(cell, dtype=jnp.bfloat16)
-
-    @jax.jit  # both precisions and the bfloat16 gradient in one compiled program
-    def run(params, xs):
-        ys32, _ = cell.apply(params, xs)
-        ys16, s16 = cell16.apply(params, xs)
-        g16 = jax.grad(lambda p: jnp.sum(cell16.apply(p, xs)[0].astype(jnp.float32) ** 2))(params)
-        return ys32, ys16, s16, g16
-
-    ys32, ys16, s16, g16 = run(params, xs)
-    assert ys16.dtype == jnp.bfloat16
-    # the state and parameters stay float32 (complex64 for complex SSMs)
-    assert all(leaf.dtype in (jnp.float32, jnp.complex64) for leaf in jax.tree.leaves(s16))
-    assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(g16))
-    np.testing.assert_allclose(np.asarray(ys16, np.float32), ys32, atol=0.05)
-    assert float(jnp.mean(jnp.abs(ys16.astype(jnp.float32) - ys32))) < 0.01
-
-
-@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-def test_param_axes_name_every_axis(cell, key):
-    params = cell.init(key, INPUT_SIZE)
-    axes = cell.param_axes()
-    assert jax.tree.structure(params) == jax.tree.structure(axes, is_leaf=lambda a: isinstance(a, tuple))
-    for name, leaf in params.items():
-        assert len(axes[name]) == leaf.ndim, name
-        assert all(isinstance(a, str) for a in axes[name]), name
-        assert leaf.dtype == jnp.float32
-
-
-@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-def test_state_is_constant_in_length(cell, key):
-    params = cell.init(key, INPUT_SIZE)
-    # Shapes only: eval_shape traces apply without compiling it.
-    _, short = jax.eval_shape(cell.apply, params, _inputs(key, (2,), 4))
-    _, long = jax.eval_shape(cell.apply, params, _inputs(key, (2,), 4000))
-    assert [a.shape for a in jax.tree.leaves(short)] == [a.shape for a in jax.tree.leaves(long)]
+    assert out.stdout.strip() == "", f"import seqjax.cells loaded {out.stdout.strip()}"
 
 
 def test_registry_builds_every_cell():

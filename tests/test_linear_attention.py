@@ -423,7 +423,9 @@ def test_dtypes_bfloat16_and_float64_reference(cell):
     assert float(jnp.mean(err)) < 0.01 * scale
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+# The contract (tests/test_cell_contract.py) checks this for linear attention, Performer and GLA with the
+# data gate; the fixed gate without output gate and norm has a different parameter set.
+@pytest.mark.parametrize("cell", CELLS[3:], ids=CELL_IDS[3:])
 def test_param_axes_groups_and_registry(cell):
     params = _params(cell)
     axes, groups = cell.param_axes(), cell.param_groups()

@@ -12,7 +12,7 @@ from seqjax.cells.attention import (
     SlidingWindowAttention,
     SlidingWindowState,
 )
-from seqjax.cells.base import Axes, Cell, Params, State
+from seqjax.cells.base import Axes, Cell, Params, RecurrentCell, State
 from seqjax.cells.bidirectional import Bidirectional
 from seqjax.cells.elstm import ELSTM, ELSTMState
 from seqjax.cells.gru import GRU
@@ -50,6 +50,7 @@ __all__ = [
     "MambaState",
     "Params",
     "Performer",
+    "RecurrentCell",
     "SlidingWindowAttention",
     "SlidingWindowState",
     "State",

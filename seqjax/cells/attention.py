@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells.base import Cell, DType, Params, _check_flags, accumulation_dtype
+from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
 from seqjax.cells.positional import POSITIONALS, alibi_slopes, rotary_embedding, sinusoidal_embedding
 from seqjax.cells.registry import register
 from seqjax.scan.attention import METHODS, Visibility, attention, decode_attention
@@ -225,11 +225,9 @@ class _SoftmaxAttention(Cell):
         return alibi_slopes(self.num_heads)
 
     # -- per-token work ------------------------------------------------------------------------------
-    def project_inputs(self, params: Params, x: jax.Array) -> jax.Array:
-        """The identity: every projection here depends on the token's position (rotary, sinusoidal),
-        which depends on the state, so `recur` and `apply` project."""
-        return x
-
+    # No `project_inputs` / `recur` split (this is a `Cell`, not a `RecurrentCell`): every projection
+    # depends on the token's position (rotary, sinusoidal), which depends on the state, so `step` and
+    # `apply` project.
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
         return jnp.einsum(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
 
@@ -342,18 +340,16 @@ class _SoftmaxAttention(Cell):
                 f"Use `apply` on the whole sequence, or causal=True for streaming and generation."
             )
 
+    def step_unsupported(self, *, streaming: bool = True) -> str | None:
+        if not self.causal:
+            return f"{self._label} with causal=False attends to future tokens, so it cannot stream"
+        return super().step_unsupported(streaming=streaming)
+
     def _step_flags(
         self, params: Params, state: Any, x: Any, reset: Any, mask: Any
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         self._require_causal()
-        x = self._check_input(params, x, min_rank=1, what="x", form="step")
-        batch_shape = x.shape[:-1]
-        self._check_state(state, batch_shape)
-        if reset is not None:
-            reset = _check_flags(self._label, "reset", reset, batch_shape)
-        if mask is not None:
-            mask = _check_flags(self._label, "mask", mask, batch_shape)
-        return x, reset, mask
+        return self._check_step_args(params, state, x, reset, mask)
 
     def _begin_apply(
         self, params: Params, xs: Any, state: Any, resets: Any, mask: Any
@@ -422,6 +418,17 @@ class Attention(_SoftmaxAttention):
 
     Parameters: `w_q` [input_size, H, d], `w_k`, `w_v` [input_size, H_kv, d], `w_o` [H, d, out];
     Glorot-uniform, no biases.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.Attention(num_heads=2, head_dim=4, max_length=16)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, cache = cell.apply(params, jnp.ones((2, 5, 3)), cell.initial_state((2,)))
+    >>> ys.shape, cache.k.shape, cache.length.tolist()        # 16 slots, 5 used
+    ((2, 5, 8), (2, 16, 2, 4), [5, 5])
+    >>> cache, y = cell.step(params, cache, jnp.ones((2, 3)))
+    >>> y.shape, cache.length.tolist()
+    ((2, 8), [6, 6])
     """
 
     max_length: int = 2048
@@ -470,22 +477,19 @@ class Attention(_SoftmaxAttention):
         mask: jax.Array | None = None,
     ) -> tuple[AttentionState, jax.Array]:
         """One token: writes its key and value at slot `length` and attends over slots 0..length
-        (`Cell.step`'s reset and padding rules)."""
+        (`RecurrentCell.step`'s reset and padding rules)."""
         x, reset, mask = self._step_flags(params, state, x, reset, mask)
         length = state.length if reset is None else jnp.where(reset, 0, state.length)
         needed = length + 1 if mask is None else jnp.where(mask, length + 1, 0)
         self._check_capacity(needed, "step")
-        # Not `Cell.step`: its selects between the old and the new state (for resets and padding) pass
-        # over the whole cache every token. A reset only needs length 0 for the attention; padding only
-        # needs the write and the length left alone.
+        # Not `Cell._step_with_flags`: its selects between the old and the new state (for resets and
+        # padding) pass over the whole cache every token. A reset only needs length 0 for the attention;
+        # padding only needs the write and the length left alone.
         cleared = reset if reset is None or mask is None else reset & mask
         new, y = self._decode(params, state, x, length.astype(jnp.int32), mask, cleared)
         if mask is not None:
             y = jnp.where(mask[..., None], y, jnp.zeros((), y.dtype))
         return new, y
-
-    def recur(self, params: Params, state: AttentionState, x: jax.Array) -> tuple[AttentionState, jax.Array]:
-        return self._decode(params, state, x, state.length.astype(jnp.int32), None, None)
 
     def _decode(
         self,
@@ -591,6 +595,14 @@ class SlidingWindowAttention(_SoftmaxAttention):
     Hyperparameters: those of `Attention` but `max_length`, plus `window` (w ≥ 1, default 256) and
     `num_global` (≥ 0, default 0).
     Parameters: `w_q` [input_size, H, d], `w_k`, `w_v` [input_size, H_kv, d], `w_o` [H, d, out].
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.SlidingWindowAttention(num_heads=2, head_dim=4, window=3)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.k.shape                                # a ring of `window` slots
+    ((2, 5, 8), (2, 3, 2, 4))
     """
 
     window: int = 256
@@ -652,11 +664,15 @@ class SlidingWindowAttention(_SoftmaxAttention):
         """One token: writes ring slot `length % window` (and global slot `length` while length <
         num_global) and attends over the global tokens and the ring."""
         x, reset, mask = self._step_flags(params, state, x, reset, mask)
-        return super().step(params, state, x, reset=reset, mask=mask)
+        return self._step_with_flags(
+            state, x.shape[:-1], reset, mask, lambda prev: self._step_token(params, prev, x)
+        )
 
-    def recur(
+    def _step_token(
         self, params: Params, state: SlidingWindowState, x: jax.Array
     ) -> tuple[SlidingWindowState, jax.Array]:
+        """One valid token after `state` (no reset, no padding): writes the ring (and global) slot of its
+        position and attends."""
         pos = state.length.astype(jnp.int32)
         q, k, v = self._project(params, x, pos)
         w, g = self.window, self.num_global

@@ -1,20 +1,28 @@
 """The cell interface: hyperparameters in a frozen dataclass, parameters and state as explicit pytrees.
 
-A cell splits one token's work in two:
-- `project_inputs(params, x)`: everything that depends on the input only (input projections, biases).
-  It is applied to a whole sequence at once, outside the time loop.
-- `recur(params, state, projected)`: the sequential part.
+Two bases:
+- `Cell`: what every sequence cell offers (`init`, `initial_state`, `step`, `apply`, `param_axes`,
+  `param_groups`, `input_size_of`, `output_size`, and `step_unsupported`, which says whether `step`
+  exists and, when it does not, why). The model layer types and queries cells through it.
+- `RecurrentCell(Cell)`: cells that split one token's work in two:
+  - `project_inputs(params, x)`: everything that depends on the input only (input projections, biases).
+    It is applied to a whole sequence at once, outside the time loop.
+  - `recur(params, state, projected)`: the sequential part.
 
-`step` = `recur ∘ project_inputs` for one token; the default `apply` projects the whole sequence once and
-scans `recur` with `lax.scan`. Cells with a faster engine override `apply` and are tested against the
-loop of `step`.
+  `step` = `recur ∘ project_inputs` for one token; the default `apply` projects the whole sequence once
+  and scans `recur` with `lax.scan`. Cells with a faster engine override `apply` and are tested against
+  the loop of `step`.
+
+Cells without that split (softmax attention, whose projections depend on the position held in the
+state; the `Bidirectional` wrapper) derive from `Cell` and define `step` and `apply` themselves.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -28,7 +36,7 @@ State = PyTree
 Axes = tuple[str | None, ...]
 DType = Any
 
-__all__ = ["Axes", "Cell", "Params", "State", "accumulation_dtype"]
+__all__ = ["Axes", "Cell", "Params", "RecurrentCell", "State", "accumulation_dtype"]
 
 
 def accumulation_dtype(compute_dtype: DType) -> jnp.dtype:
@@ -53,12 +61,47 @@ def _check_flags(cell_name: str, what: str, flags: Any, expected_shape: tuple[in
     return flags
 
 
+def _adopt_legacy_recurrent_cell(cls: type) -> None:
+    """Keeps cells written before `RecurrentCell` existed working.
+
+    Such a cell derives from `Cell` and defines `project_inputs` and `recur` only, relying on the
+    `step` and `apply` that `Cell` used to provide. It gets `RecurrentCell`'s, with a DeprecationWarning
+    that names the fix.
+    """
+    recurrent = globals().get("RecurrentCell")
+    if recurrent is None or issubclass(cls, recurrent):
+        return  # RecurrentCell itself is being defined, or the cell already has the split's methods
+    if not (callable(getattr(cls, "project_inputs", None)) and callable(getattr(cls, "recur", None))):
+        return
+    adopted = [name for name in ("step", "apply") if getattr(cls, name) is getattr(Cell, name)]
+    if not adopted:
+        return  # it defines its own step and apply
+    if not hasattr(cls, "scan_unroll"):
+        adopted.append("scan_unroll")
+    for name in adopted:
+        setattr(cls, name, recurrent.__dict__[name])
+    warnings.warn(
+        f"{cls.__name__} derives from seqjax.cells.Cell and defines project_inputs/recur; derive it from "
+        f"seqjax.cells.RecurrentCell instead, which provides the default step and apply.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell(abc.ABC):
-    """Base class of all seqjax cells. Subclasses are frozen dataclasses holding hyperparameters only."""
+    """Base class of all seqjax cells: the interface the model layer relies on.
+
+    Subclasses are frozen dataclasses holding hyperparameters only. Cells with the `project_inputs` /
+    `recur` split derive from `RecurrentCell`, which supplies `step` and `apply`.
+    """
 
     #: registry name, set by `seqjax.cells.register`.
     name: ClassVar[str] = "cell"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _adopt_legacy_recurrent_cell(cls)
 
     # ----------------------------------------------------------------------------------------------
     # What each cell defines.
@@ -93,26 +136,6 @@ class Cell(abc.ABC):
         """Features of each output token."""
 
     @abc.abstractmethod
-    def project_inputs(self, params: Params, x: jax.Array) -> PyTree:
-        """Input-only work for tokens `x` [..., input_size]; batched over any leading axes."""
-
-    @abc.abstractmethod
-    def recur(self, params: Params, state: State, projected: PyTree) -> tuple[State, jax.Array]:
-        """One recurrence step on a batch of projected tokens: (state, projected_t) -> (state, y_t)."""
-
-    #: whether `apply` runs right to left; cells with a `reverse` field override this.
-    @property
-    def is_reversed(self) -> bool:
-        return bool(getattr(self, "reverse", False))
-
-    #: `lax.scan` unroll factor for the default `apply`.
-    @property
-    def scan_unroll(self) -> int:
-        return int(getattr(self, "unroll", 1))
-
-    # ----------------------------------------------------------------------------------------------
-    # The public interface, shared by all cells.
-    # ----------------------------------------------------------------------------------------------
     def step(
         self,
         params: Params,
@@ -125,22 +148,11 @@ class Cell(abc.ABC):
         """Processes one token `x` [*batch, input_size].
 
         `reset` [*batch] clears the state before this token; `mask` [*batch] == False marks padding: the
-        state is returned unchanged and the output is zero.
+        state is returned unchanged and the output is zero. Raises TypeError when `step_unsupported(
+        streaming=False)` gives a reason.
         """
-        x = self._check_input(params, x, min_rank=1, what="x", form="step")
-        batch_shape = x.shape[:-1]
-        self._check_state(state, batch_shape)
-        prev = state
-        if reset is not None:
-            reset = _check_flags(self._label, "reset", reset, batch_shape)
-            prev = select_tree(reset, self._initial_like(state, batch_shape), state)
-        new, y = self.recur(params, prev, self.project_inputs(params, x))
-        if mask is not None:
-            mask = _check_flags(self._label, "mask", mask, batch_shape)
-            new = select_tree(mask, new, state)
-            y = jnp.where(broadcast_flags(mask, y), y, jnp.zeros((), y.dtype))
-        return new, y
 
+    @abc.abstractmethod
     def apply(
         self,
         params: Params,
@@ -155,30 +167,28 @@ class Cell(abc.ABC):
         Returns `ys` [*batch, time, output_size] and the state after the last valid token (the first
         one when the cell runs in reverse).
         """
-        xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
-        batch_shape = xs.shape[:-2]
-        nb = len(batch_shape)
-        # Time-major before projecting: transposing the narrow inputs is cheap, and the projection is
-        # then a plain matmul (a matmul writing a transposed output is 2x slower on CPU).
-        time_major = self.project_inputs(params, jnp.moveaxis(xs, nb, 0))
-        if resets is not None:
-            resets = jnp.moveaxis(resets, nb, 0)
-        if mask is not None:
-            mask = jnp.moveaxis(mask, nb, 0)
-        ys, final = scan_recurrence(
-            lambda s, p: self.recur(params, s, p),
-            state,
-            time_major,
-            initial=self._initial_like(state, batch_shape),
-            resets=resets,
-            mask=mask,
-            reverse=self.is_reversed,
-            unroll=self.scan_unroll,
-        )
-        return jnp.moveaxis(ys, 0, nb), final
+
+    #: whether `apply` runs right to left; cells with a `reverse` field override this.
+    @property
+    def is_reversed(self) -> bool:
+        return bool(getattr(self, "reverse", False))
+
+    def step_unsupported(self, *, streaming: bool = True) -> str | None:
+        """Why this cell cannot run token by token, or None if it can.
+
+        `streaming=True` asks for a left-to-right stream (prefill, decode, generation), so it also
+        refuses reversed cells: their `step` exists, but they read the sequence right to left. Cells
+        whose `step` reads future tokens (bidirectional or non-causal forms) override this.
+        """
+        if streaming and self.is_reversed:
+            return (
+                f"{self._label} with reverse=True runs right to left, so it cannot stream tokens left to "
+                f"right"
+            )
+        return None
 
     # ----------------------------------------------------------------------------------------------
-    # Validation shared by every cell.
+    # Validation and the reset/padding rule, shared by every cell.
     # ----------------------------------------------------------------------------------------------
     @property
     def _label(self) -> str:
@@ -233,6 +243,38 @@ class Cell(abc.ABC):
         initial = self.initial_state(batch_shape)
         return jax.tree.map(lambda i, s: i.astype(s.dtype), initial, state)
 
+    def _check_step_args(
+        self, params: Params, state: State, x: Any, reset: Any, mask: Any
+    ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """Validates `step`'s arguments; returns x and the flags as arrays (flags boolean)."""
+        x = self._check_input(params, x, min_rank=1, what="x", form="step")
+        batch_shape = x.shape[:-1]
+        self._check_state(state, batch_shape)
+        if reset is not None:
+            reset = _check_flags(self._label, "reset", reset, batch_shape)
+        if mask is not None:
+            mask = _check_flags(self._label, "mask", mask, batch_shape)
+        return x, reset, mask
+
+    def _step_with_flags(
+        self,
+        state: State,
+        batch_shape: tuple[int, ...],
+        reset: jax.Array | None,
+        mask: jax.Array | None,
+        update: Callable[[State], tuple[State, jax.Array]],
+    ) -> tuple[State, jax.Array]:
+        """`update` (state -> (state, y)) under `step`'s rules: a reset starts from the initial state, a
+        padded token keeps the old state and outputs zero. The flags are already validated."""
+        prev = state
+        if reset is not None:
+            prev = select_tree(reset, self._initial_like(state, batch_shape), state)
+        new, y = update(prev)
+        if mask is not None:
+            new = select_tree(mask, new, state)
+            y = jnp.where(broadcast_flags(mask, y), y, jnp.zeros((), y.dtype))
+        return new, y
+
     def _prepare_apply(
         self,
         params: Params,
@@ -255,3 +297,80 @@ class Cell(abc.ABC):
         if mask is not None:
             mask = _check_flags(self._label, "mask", mask, xs.shape[:-1])
         return xs, state, resets, mask
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentCell(Cell):
+    """A cell with the `project_inputs` / `recur` split; `step` and the default `apply` come from it."""
+
+    @abc.abstractmethod
+    def project_inputs(self, params: Params, x: jax.Array) -> PyTree:
+        """Input-only work for tokens `x` [..., input_size]; batched over any leading axes."""
+
+    @abc.abstractmethod
+    def recur(self, params: Params, state: State, projected: PyTree) -> tuple[State, jax.Array]:
+        """One recurrence step on a batch of projected tokens: (state, projected_t) -> (state, y_t)."""
+
+    #: `lax.scan` unroll factor for the default `apply`.
+    @property
+    def scan_unroll(self) -> int:
+        return int(getattr(self, "unroll", 1))
+
+    def step(
+        self,
+        params: Params,
+        state: State,
+        x: jax.Array,
+        *,
+        reset: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[State, jax.Array]:
+        """Processes one token `x` [*batch, input_size].
+
+        `reset` [*batch] clears the state before this token; `mask` [*batch] == False marks padding: the
+        state is returned unchanged and the output is zero.
+        """
+        x, reset, mask = self._check_step_args(params, state, x, reset, mask)
+        return self._step_with_flags(
+            state,
+            x.shape[:-1],
+            reset,
+            mask,
+            lambda prev: self.recur(params, prev, self.project_inputs(params, x)),
+        )
+
+    def apply(
+        self,
+        params: Params,
+        xs: jax.Array,
+        state: State | None = None,
+        *,
+        resets: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, State]:
+        """Processes a whole sequence `xs` [*batch, time, input_size].
+
+        Returns `ys` [*batch, time, output_size] and the state after the last valid token (the first
+        one when the cell runs in reverse).
+        """
+        xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
+        batch_shape = xs.shape[:-2]
+        nb = len(batch_shape)
+        # Time-major before projecting: transposing the narrow inputs is cheap, and the projection is
+        # then a plain matmul (a matmul writing a transposed output is 2x slower on CPU).
+        time_major = self.project_inputs(params, jnp.moveaxis(xs, nb, 0))
+        if resets is not None:
+            resets = jnp.moveaxis(resets, nb, 0)
+        if mask is not None:
+            mask = jnp.moveaxis(mask, nb, 0)
+        ys, final = scan_recurrence(
+            lambda s, p: self.recur(params, s, p),
+            state,
+            time_major,
+            initial=self._initial_like(state, batch_shape),
+            resets=resets,
+            mask=mask,
+            reverse=self.is_reversed,
+            unroll=self.scan_unroll,
+        )
+        return jnp.moveaxis(ys, 0, nb), final

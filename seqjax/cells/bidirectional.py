@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, Params
+from seqjax.cells.base import Cell, DType, Params
 
 __all__ = ["Bidirectional"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Bidirectional:
+class Bidirectional(Cell):
     """Runs `forward` left to right and `backward` right to left; `ys` = concat(forward, backward).
 
     `backward` must have `reverse=True` (use `Bidirectional.of(cell)` to build the pair from one
@@ -22,13 +23,23 @@ class Bidirectional:
     right-padded or packed batch gives each segment exactly its own bidirectional encoding.
 
     There is no `step`: the backward direction needs tokens that have not arrived yet.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.Bidirectional.of(cells.GRU(hidden_size=3))
+    >>> params = cell.init(jax.random.PRNGKey(0), 2)
+    >>> ys, state = cell.apply(params, jnp.ones((4, 2)))     # 4 tokens of 2 features
+    >>> ys.shape                                             # forward and backward features
+    (4, 6)
+    >>> cell.step_unsupported()
+    'Bidirectional has no step form (its backward direction reads future tokens)'
     """
 
     forward: Cell
     backward: Cell
 
     def __post_init__(self) -> None:
-        if getattr(self.forward, "reverse", False) or not getattr(self.backward, "reverse", False):
+        if self.forward.is_reversed or not self.backward.is_reversed:
             raise ValueError(
                 "Bidirectional: `forward` must run left to right and `backward` must have reverse=True; "
                 "build the pair with Bidirectional.of(cell)."
@@ -48,7 +59,7 @@ class Bidirectional:
             "backward": self.backward.init(k_bwd, input_size),
         }
 
-    def initial_state(self, batch_shape=(), dtype=jnp.float32) -> dict[str, Any]:
+    def initial_state(self, batch_shape: Sequence[int] = (), dtype: DType = jnp.float32) -> dict[str, Any]:
         return {
             "forward": self.forward.initial_state(batch_shape, dtype),
             "backward": self.backward.initial_state(batch_shape, dtype),
@@ -81,7 +92,18 @@ class Bidirectional:
         ys_b, s_b = self.backward.apply(params["backward"], xs, state["backward"], resets=resets, mask=mask)
         return jnp.concatenate([ys_f, ys_b.astype(ys_f.dtype)], axis=-1), {"forward": s_f, "backward": s_b}
 
-    def step(self, *args: Any, **kwargs: Any) -> Any:
+    def step_unsupported(self, *, streaming: bool = True) -> str | None:
+        return f"{self._label} has no step form (its backward direction reads future tokens)"
+
+    def step(
+        self,
+        params: Params,
+        state: dict[str, Any],
+        x: jax.Array,
+        *,
+        reset: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[dict[str, Any], jax.Array]:
         raise TypeError(
             "Bidirectional has no step form: its backward direction reads future tokens. Use `apply` on "
             "the whole sequence, or the forward cell alone for streaming."

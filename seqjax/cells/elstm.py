@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
 
@@ -25,7 +25,7 @@ class ELSTMState(NamedTuple):
 
 @register("elstm")
 @dataclasses.dataclass(frozen=True)
-class ELSTM(Cell):
+class ELSTM(RecurrentCell):
     """Enhanced LSTM with gated memory compression.
 
     The paper that names this cell gives no equations; this is seqjax's definition. Hidden size d,
@@ -47,6 +47,14 @@ class ELSTM(Cell):
     b_z = `write_bias` (−3.0, σ ≈ 0.047), so the memory starts slow: a slot is rewritten on the
     order of every 20 tokens, and training speeds up the slots it needs. With M_0 = 0 the first read is
     r = 0, so the cell starts out as a plain LSTM.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.ELSTM(hidden_size=4, memory_slots=2, memory_width=3)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.memory.shape
+    ((2, 5, 4), (2, 2, 3))
     """
 
     hidden_size: int

@@ -9,7 +9,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
 from seqjax.cells.torch_port import TorchRNNPort
@@ -19,7 +19,7 @@ __all__ = ["GRU"]
 
 @register("gru")
 @dataclasses.dataclass(frozen=True)
-class GRU(TorchRNNPort, Cell):
+class GRU(TorchRNNPort, RecurrentCell):
     """Gated recurrent unit, exactly `torch.nn.GRU`'s equations (gate order r, z, n):
 
         r = σ(W_ir x + b_ir + W_hr h + b_hr)      z = σ(W_iz x + b_iz + W_hz h + b_hz)
@@ -31,6 +31,17 @@ class GRU(TorchRNNPort, Cell):
 
     Initialisation: `w_ih` Glorot-uniform per gate, `w_hh` orthogonal per gate, biases zero.
     The state is `h` [*batch, H]; the output is h'.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.GRU(hidden_size=4)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))    # [batch, time, features]
+    >>> ys.shape, state.shape
+    ((2, 5, 4), (2, 4))
+    >>> state, y = cell.step(params, state, jnp.ones((2, 3)))
+    >>> y.shape
+    (2, 4)
     """
 
     torch_kind: ClassVar[str] = "GRU"

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.registry import register
 from seqjax.scan.matrix import (
     METHODS,
@@ -115,7 +115,7 @@ def positive_random_features(x: jax.Array, w: jax.Array, *, stabilize: bool = Fa
 # The shared machinery
 # --------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class _MatrixAttention(Cell):
+class _MatrixAttention(RecurrentCell):
     """Shared hyperparameters, projections, state handling and engine dispatch (not registered)."""
 
     num_heads: int
@@ -327,6 +327,14 @@ class LinearAttention(_MatrixAttention):
       param_dtype: dtype of the parameters.
 
     Parameters: `w_qkv` [input_size, 3, H, d], `w_o` [H, d, out]; Glorot-uniform, no biases.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.LinearAttention(num_heads=2, head_dim=3)
+    >>> params = cell.init(jax.random.PRNGKey(0), 4)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 4)))
+    >>> ys.shape, state.s.shape                                # output H·d = 6
+    ((2, 5, 6), (2, 2, 3, 3))
     """
 
     eps: float = 1e-6
@@ -378,6 +386,14 @@ class Performer(_MatrixAttention):
     d·ln d for d = 64 as the paper suggests; the state grows linearly with m).
     Parameters: `w_qkv` [input_size, 3, H, d], `w_o` [H, d, out] (Glorot, no biases), `features`
     [H, m, d] (frozen).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.Performer(num_heads=2, head_dim=3, num_features=8)
+    >>> params = cell.init(jax.random.PRNGKey(0), 4)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 4)))
+    >>> ys.shape, state.s.shape, cell.param_groups()["features"]
+    ((2, 5, 6), (2, 2, 8, 3), 'frozen')
     """
 
     num_features: int = 256
@@ -449,6 +465,14 @@ class GatedLinearAttention(_MatrixAttention):
     Parameters: `w_qkv` [input_size, 3, H, d], `w_o` [H, d, out]; with gate="data" `w_g` [input_size,
     H] and `b_g` [H] (zero); with output_gate `w_r` [input_size, H, d]; with group_norm `norm_scale`
     [H, d] (ones). Weights Glorot-uniform.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.GatedLinearAttention(num_heads=2, head_dim=3)
+    >>> params = cell.init(jax.random.PRNGKey(0), 4)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 4)))
+    >>> ys.shape, state.s.shape
+    ((2, 5, 6), (2, 2, 3, 3))
     """
 
     gate: str = "data"

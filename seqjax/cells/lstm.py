@@ -10,7 +10,7 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
 from seqjax.cells.torch_port import TorchRNNPort
@@ -28,7 +28,7 @@ class LSTMState(NamedTuple):
 
 @register("lstm")
 @dataclasses.dataclass(frozen=True)
-class LSTM(TorchRNNPort, Cell):
+class LSTM(TorchRNNPort, RecurrentCell):
     """Long short-term memory, exactly `torch.nn.LSTM`'s equations (gate order i, f, g, o):
 
         i = σ(W_ii x + b_ii + W_hi h + b_hi)      f = σ(W_if x + b_if + W_hf h + b_hf)
@@ -50,6 +50,17 @@ class LSTM(TorchRNNPort, Cell):
       unroll: time steps per loop iteration in the scan.
       dtype: compute dtype of the matmuls (bfloat16 allowed); state and gate math stay float32.
       param_dtype: dtype of the parameters.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.LSTM(hidden_size=4)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)           # 3 input features
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))    # [batch, time, features]
+    >>> ys.shape, state.h.shape
+    ((2, 5, 4), (2, 4))
+    >>> state, y = cell.step(params, state, jnp.ones((2, 3)))  # one more token
+    >>> y.shape
+    (2, 4)
     """
 
     torch_kind: ClassVar[str] = "LSTM"

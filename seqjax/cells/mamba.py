@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.registry import register
 from seqjax.scan.linear import linear_recurrence
 from seqjax.scan.selective import SELECTIVE_METHODS, selective_scan
@@ -39,7 +39,7 @@ def _inverse_softplus(y: jax.Array) -> jax.Array:
 
 @register("mamba")
 @dataclasses.dataclass(frozen=True)
-class Mamba(Cell):
+class Mamba(RecurrentCell):
     """The Mamba block (selective SSM), mapping [.., d_model] -> [.., d_model].
 
         x, z = split(W_in u)                        x, z ∈ R^{d_inner},  d_inner = expand · d_model
@@ -64,6 +64,14 @@ class Mamba(Cell):
     "materialized_associative" materialise them for every token and use `seqjax.scan.linear_recurrence`.
     They are the references; training the block with them took 7.4x the memory at L=16k
     (benchmarks/ssm_cpu.md).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.Mamba(d_model=3, state_size=2, expand=2)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.conv.shape, state.ssm.shape            # d_inner = 6
+    ((2, 5, 3), (2, 3, 6), (2, 6, 2))
     """
 
     d_model: int

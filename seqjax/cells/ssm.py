@@ -23,6 +23,7 @@ Shared conventions:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.registry import register
 from seqjax.cells.ssm_init import S4D_INITS, block_hippo_n, log_uniform, s4d_modes
 from seqjax.scan.linear import DEFAULT_CHUNK, METHODS, linear_recurrence
@@ -59,7 +60,7 @@ def _zero_padding(ys: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class _DiagonalSSM(Cell):
+class _DiagonalSSM(RecurrentCell):
     """What S4D, S5 and LRU share: complex diagonal state, `recur` for `step`, the linear engine for `apply`.
 
     Subclasses define `_state_shape`, `decay(params)` (Ā), `project_inputs` (returning (B̄ x, D ⊙ x)) and
@@ -106,8 +107,9 @@ class _DiagonalSSM(Cell):
 
     # -- shared interface ------------------------------------------------------------------------------
     @property
+    @abc.abstractmethod
     def _state_shape(self) -> tuple[int, ...]:
-        raise NotImplementedError
+        """The state's shape without batch axes: [H, N/2] for S4D, [N/2] for S5, [N] for LRU."""
 
     @property
     def _acc(self) -> jnp.dtype:
@@ -135,12 +137,13 @@ class _DiagonalSSM(Cell):
     def _complex(self, re: jax.Array, im: jax.Array) -> jax.Array:
         return lax.complex(re.astype(self._acc), im.astype(self._acc))
 
+    @abc.abstractmethod
     def decay(self, params: Params) -> jax.Array:
         """Ā, the per-token complex decay of every mode, shape `state_shape`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _readout(self, params: Params, h: jax.Array, skip: jax.Array) -> jax.Array:
-        raise NotImplementedError
+        """y [..., H] in `dtype` from the (complex) state h and the skip term D ⊙ x."""
 
     def recur(self, params: Params, state: jax.Array, projected: Projected) -> tuple[jax.Array, jax.Array]:
         bu, skip = projected
@@ -205,6 +208,14 @@ class S4D(_DiagonalSSM):
 
     `param_groups()`: log_dt, A and B are "ssm" (S4's optimizer trains them at their own learning rate
     without weight decay); C and D are "default".
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.S4D(hidden_size=3, state_size=4)         # maps 3 features to 3
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.shape, state.dtype                     # N/2 complex modes per feature
+    ((2, 5, 3), (2, 3, 2), dtype('complex64'))
     """
 
     hidden_size: int
@@ -317,6 +328,16 @@ class S5(_DiagonalSSM):
 
     `param_groups()`: Λ, log Δ and B̃ are "ssm" (S5's standard optimizer: own learning rate, no weight
     decay); C̃ and D are "default".
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.S5(hidden_size=3, state_size=4)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.shape                                  # P/2 complex modes
+    ((2, 5, 3), (2, 2))
+    >>> cells.S5(hidden_size=3, state_size=4, bidirectional=True).step_unsupported()
+    'S5 with bidirectional=True has no step form (it reads future tokens)'
     """
 
     hidden_size: int
@@ -461,6 +482,11 @@ class S5(_DiagonalSSM):
         )
         return (2 * y + skip).astype(self.dtype)
 
+    def step_unsupported(self, *, streaming: bool = True) -> str | None:
+        if self.bidirectional:
+            return f"{self._label} with bidirectional=True has no step form (it reads future tokens)"
+        return super().step_unsupported(streaming=streaming)
+
     def _no_step(self) -> TypeError:
         return TypeError(
             "S5 with bidirectional=True has no step form: its backward pass reads future tokens. Use `apply` "
@@ -550,6 +576,14 @@ class LRU(_DiagonalSSM):
 
     `param_groups()`: nu_log, theta_log, gamma_log are "ssm" (the paper trains them at a reduced learning
     rate); B, C, D are "default".
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.LRU(hidden_size=3, state_size=4)
+    >>> params = cell.init(jax.random.PRNGKey(0), 3)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, state.shape
+    ((2, 5, 3), (2, 4))
     """
 
     hidden_size: int

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seqjax.cells.base import State
 from seqjax.models.block import make_norm, remat_block
 from seqjax.models.config import BackboneConfig
 from seqjax.models.encoders import DNAEncoder, LinearEncoder, TokenEmbedding
@@ -27,7 +28,7 @@ from seqjax.models.layer import step_error
 __all__ = ["Backbone", "Cache", "check_streamable"]
 
 #: per-layer cell states, in layer order.
-Cache = tuple[Any, ...]
+Cache = tuple[State, ...]
 
 
 def _as_config(config: Any) -> BackboneConfig:

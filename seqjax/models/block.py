@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seqjax.cells.base import Cell, State
 from seqjax.models.layer import CellLayer
 from seqjax.models.partitioning import boxed
 
@@ -134,7 +135,7 @@ class Block(nn.Module):
         own `dtype`. param_dtype: parameter dtype of the block's own layers.
     """
 
-    cell: Any
+    cell: Cell
     d_model: int
     mlp_expansion: float = 4.0
     mlp_activation: str = "swiglu"
@@ -182,11 +183,11 @@ class Block(nn.Module):
     def __call__(
         self,
         xs: jax.Array,
-        state: Any = None,
+        state: State | None = None,
         resets: jax.Array | None = None,
         mask: jax.Array | None = None,
         deterministic: bool = True,
-    ) -> tuple[jax.Array, Any]:
+    ) -> tuple[jax.Array, State]:
         """xs [*batch, time, d_model] → (ys [*batch, time, d_model], the cell's final state).
 
         Arguments are positional-or-keyword (not keyword-only) so `nn.remat` can mark `deterministic`
@@ -208,10 +209,10 @@ class Block(nn.Module):
     def step(
         self,
         x: jax.Array,
-        state: Any,
+        state: State,
         reset: jax.Array | None = None,
         mask: jax.Array | None = None,
-    ) -> tuple[Any, jax.Array]:
+    ) -> tuple[State, jax.Array]:
         """One token x [*batch, d_model] through norm → cell.step → MLP: returns (state, y)."""
         if self.prenorm:
             state, h = self.mixer.step(self.mixer_norm(x), state, reset=reset, mask=mask)
@@ -226,7 +227,7 @@ class Block(nn.Module):
         return state, y
 
     @nn.nowrap
-    def initial_state(self, batch_shape: Sequence[int] = (), dtype: Any = jnp.float32) -> Any:
+    def initial_state(self, batch_shape: Sequence[int] = (), dtype: Any = jnp.float32) -> State:
         return self.cell.initial_state(tuple(batch_shape), dtype)
 
     @nn.nowrap

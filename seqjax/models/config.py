@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from seqjax import cells
 from seqjax.cells import registry
+from seqjax.cells.base import Cell
 from seqjax.models.block import MLP_ACTIVATIONS, NORMS, REMAT_POLICIES
 from seqjax.models.encoders import DNA_VOCAB, ENCODERS
 
@@ -122,7 +123,7 @@ def _cell_class(cell_name: str, where: str) -> type:
 
 def build_mixer(
     spec: Any, *, d_model: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, where: str = "mixer"
-) -> Any:
+) -> Cell:
     """A normalised mixer spec → a cell that reads `d_model` features (defaults as in the module doc)."""
     if not isinstance(spec, tuple):
         return spec  # a cell instance, used as given
@@ -305,7 +306,7 @@ class BackboneConfig:
             f"registered cell ({', '.join(cells.names())})."
         )
 
-    def mixer_cell(self, name: str) -> Any:
+    def mixer_cell(self, name: str) -> Cell:
         return build_mixer(
             self.mixer_spec(name),
             d_model=int(self.d_model),
@@ -318,13 +319,13 @@ class BackboneConfig:
         """The mixer name of every layer (the pattern cycled to num_layers)."""
         return tuple(self.pattern[i % len(self.pattern)] for i in range(int(self.num_layers)))
 
-    def layer_cells(self) -> tuple[Any, ...]:
+    def layer_cells(self) -> tuple[Cell, ...]:
         """The cell of every layer."""
         built = {name: self.mixer_cell(name) for name in dict.fromkeys(self.pattern)}
         return tuple(built[name] for name in self.layer_mixers())
 
 
-def _cell_to_dict(cell: Any) -> dict[str, Any]:
+def _cell_to_dict(cell: Cell) -> dict[str, Any]:
     if isinstance(cell, cells.Bidirectional):
         inner = _cell_to_dict(cell.forward)
         inner["bidirectional"] = True

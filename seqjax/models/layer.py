@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.bidirectional import Bidirectional
+from seqjax.cells.base import Cell, Params, State
 from seqjax.models.partitioning import GROUPS, GroupedPartitioned
 
 __all__ = ["CellLayer", "box_cell_params", "step_error"]
@@ -30,13 +30,10 @@ def _is_axes(x: Any) -> bool:
     return isinstance(x, tuple) and all(n is None or isinstance(n, str) for n in x)
 
 
-def box_cell_params(cell: Any, params: Any) -> Any:
+def box_cell_params(cell: Cell, params: Params) -> Any:
     """Boxes each leaf of `cell`'s `params` with its logical axes and optimizer group."""
     axes = cell.param_axes()
-    groups_fn = getattr(cell, "param_groups", None)
-    groups = (
-        groups_fn() if groups_fn is not None else jax.tree.map(lambda _: "default", axes, is_leaf=_is_axes)
-    )
+    groups = cell.param_groups()
     label = type(cell).__name__
 
     def box(path: Any, value: Any, names: Any, group: Any) -> GroupedPartitioned:
@@ -53,24 +50,13 @@ def box_cell_params(cell: Any, params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(box, params, axes, groups)
 
 
-def step_error(cell: Any, *, streaming: bool = True) -> str | None:
-    """Why `cell` cannot run token by token, or None if it can.
+def step_error(cell: Cell, *, streaming: bool = True) -> str | None:
+    """Why `cell` cannot run token by token, or None if it can: the cell's own `step_unsupported`.
 
     With `streaming=True` (a left-to-right model: prefill, decode, generation) reversed cells are refused
     too: their `step` exists, but a model streams tokens left to right.
     """
-    name = type(cell).__name__
-    if isinstance(cell, Bidirectional):
-        return f"{name} has no step form (its backward direction reads future tokens)"
-    if getattr(cell, "bidirectional", False):
-        return f"{name} with bidirectional=True has no step form (it reads future tokens)"
-    if streaming and (getattr(cell, "is_reversed", False) or getattr(cell, "reverse", False)):
-        return f"{name} with reverse=True runs right to left, so it cannot stream tokens left to right"
-    if getattr(cell, "causal", True) is False:
-        return f"{name} with causal=False attends to future tokens, so it cannot stream"
-    if not callable(getattr(cell, "step", None)):
-        return f"{name} has no `step` method"
-    return None
+    return cell.step_unsupported(streaming=streaming)
 
 
 class CellLayer(nn.Module):
@@ -81,15 +67,15 @@ class CellLayer(nn.Module):
       input_size: the input width; None (default) takes it from the first input seen at `init`.
     """
 
-    cell: Any
+    cell: Cell
     input_size: int | None = None
 
     @nn.compact
-    def cell_params(self, input_size: int | None = None) -> Any:
+    def cell_params(self, input_size: int | None = None) -> Params:
         """The cell's (unboxed) parameter tree; created at `init` for `input_size` features."""
         size = self.input_size if self.input_size is not None else input_size
 
-        def init(key: jax.Array) -> Any:
+        def init(key: jax.Array) -> Params:
             if size is None:
                 raise ValueError(
                     f"CellLayer({type(self.cell).__name__}): the input width is unknown; set `input_size` or "
@@ -102,11 +88,11 @@ class CellLayer(nn.Module):
     def __call__(
         self,
         xs: jax.Array,
-        state: Any = None,
+        state: State | None = None,
         *,
         resets: jax.Array | None = None,
         mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, Any]:
+    ) -> tuple[jax.Array, State]:
         """`cell.apply` on `xs` [*batch, time, features]: returns (ys [*batch, time, output_size], state)."""
         params = self.cell_params(jnp.shape(xs)[-1])
         return self.cell.apply(params, xs, state, resets=resets, mask=mask)
@@ -114,11 +100,11 @@ class CellLayer(nn.Module):
     def step(
         self,
         x: jax.Array,
-        state: Any,
+        state: State,
         *,
         reset: jax.Array | None = None,
         mask: jax.Array | None = None,
-    ) -> tuple[Any, jax.Array]:
+    ) -> tuple[State, jax.Array]:
         """`cell.step` on one token `x` [*batch, features]: returns (state, y [*batch, output_size])."""
         problem = step_error(self.cell, streaming=False)
         if problem is not None:
@@ -127,7 +113,7 @@ class CellLayer(nn.Module):
         return self.cell.step(params, state, x, reset=reset, mask=mask)
 
     @nn.nowrap
-    def initial_state(self, batch_shape: Sequence[int] = (), dtype: Any = jnp.float32) -> Any:
+    def initial_state(self, batch_shape: Sequence[int] = (), dtype: Any = jnp.float32) -> State:
         """The cell's state before the first token (needs no parameters)."""
         return self.cell.initial_state(tuple(batch_shape), dtype)
 

@@ -1,0 +1,250 @@
+"""The cell contract, run over every registered cell (`cells.names()`): apply equals a loop of step with
+resets and padding (values and gradients), padding and resets, batch shapes under jit and vmap, float64
+and bfloat16, parameter axes and groups, a state constant in length.
+
+The cases come from `tests.cell_cases.contract_cases()`: a registered cell gets these tests by
+registering (built from small default hyperparameters when CELL_CASES has no entry for it)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax import cells
+from seqjax.models.partitioning import GROUPS
+from tests.cell_cases import (
+    INPUT_SIZE,
+    contract_cases,
+    max_abs_diff,
+    random_flags,
+    random_state,
+    relative_diff,
+    split_floats,
+    state_loss,
+    step_loop,
+)
+
+B, T = 3, 13
+CASES_BY_ID = contract_cases()
+IDS = [name for name, _ in CASES_BY_ID]
+CASES = [cell for _, cell in CASES_BY_ID]
+
+
+def _require_case(cell) -> None:
+    if isinstance(cell, str):  # a registered cell the contract could not build
+        pytest.fail(cell)
+
+
+def _require_step(cell) -> None:
+    _require_case(cell)
+    reason = cell.step_unsupported(streaming=False)
+    if reason is not None:
+        pytest.skip(f"no step: {reason}")
+
+
+def _inputs(key, batch_shape=(B,), length=T):
+    return jax.random.normal(key, (*batch_shape, length, INPUT_SIZE))
+
+
+@pytest.mark.parametrize("cell", CASES, ids=IDS)
+@pytest.mark.parametrize("flags", ["plain", "resets+mask"])
+def test_apply_equals_step_loop(cell, flags, key):
+    _require_step(cell)
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1))
+    state = random_state(cell, jax.random.PRNGKey(2), (B,))
+    resets = random_flags(3, (B, T), 0.25) if "resets" in flags else None
+    mask = random_flags(4, (B, T), 0.7) if "mask" in flags else None
+    # Gradients w.r.t. the state's floating-point leaves (an attention cache's length is an integer).
+    floats, rebuild = split_floats(state)
+
+    def loss(fn, params, xs, floats):
+        ys, final = fn(params, xs, rebuild(floats))
+        return jnp.sum(jnp.sin(3 * ys)) + state_loss(final), (ys, final)
+
+    by_apply = lambda p, x, s: cell.apply(p, x, s, resets=resets, mask=mask)
+    by_steps = lambda p, x, s: step_loop(cell, p, x, s, resets=resets, mask=mask)
+    # apply's outputs and gradients from one compiled program
+    g_apply, (ys, final) = jax.jit(jax.grad(lambda *a: loss(by_apply, *a), argnums=(0, 1, 2), has_aux=True))(
+        params, xs, floats
+    )
+    g_steps, (ref_ys, ref_final) = jax.grad(lambda *a: loss(by_steps, *a), argnums=(0, 1, 2), has_aux=True)(
+        params, xs, floats
+    )
+    assert ys.shape == (B, T, cell.output_size)
+    np.testing.assert_allclose(ys, ref_ys, rtol=1e-5, atol=1e-5)
+    assert relative_diff(final, ref_final) < 1e-5
+    # Relative to each gradient's scale: float32 reassociation between the parallel and the step form
+    # is amplified by GLA's per-head norm over a few features (8e-5 seen); a real bug is O(1).
+    assert relative_diff(g_apply, g_steps) < 1e-4
+
+
+@pytest.mark.parametrize("cell", CASES, ids=IDS)
+def test_padding_leaves_state_unchanged_and_outputs_zero(cell, key):
+    """A right-padded sequence ends in exactly the state of the unpadded one; a left-padded one too."""
+    _require_step(cell)
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1), (1,), 9)
+    valid = 6
+    garbage = 100.0 * jax.random.normal(jax.random.PRNGKey(5), (1, 9 - valid, INPUT_SIZE))
+    cases = [
+        (jnp.concatenate([xs[:, :valid], garbage], 1), jnp.arange(9)[None] < valid),  # right padding
+        (jnp.concatenate([garbage, xs[:, :valid]], 1), jnp.arange(9)[None] >= 9 - valid),  # left padding
+    ]
+
+    @jax.jit  # the unpadded call and both padded ones in one compiled program
+    def run(params, xs, cases):
+        return cell.apply(params, xs[:, :valid]), [cell.apply(params, x, mask=m) for x, m in cases]
+
+    (ys_short, state_short), padded_outs = run(params, xs, cases)
+    for (_, mask), (ys, state) in zip(cases, padded_outs, strict=True):
+        np.testing.assert_array_equal(ys[~mask], 0.0)
+        np.testing.assert_allclose(ys[mask], ys_short[0], atol=1e-6)
+        assert max_abs_diff(state, state_short) < 1e-6
+    # step with mask=False returns the very same state
+    state0 = random_state(cell, jax.random.PRNGKey(3), (2,))
+    state1, y = cell.step(params, state0, xs[:, 0].repeat(2, 0), mask=jnp.array([False, False]))
+    assert max_abs_diff(state0, state1) == 0.0
+    np.testing.assert_array_equal(y, 0.0)
+
+
+@pytest.mark.parametrize("cell", CASES, ids=IDS)
+def test_resets_split_packed_segments(cell, key):
+    """Packing two sequences with a reset at the boundary equals running each one alone."""
+    _require_case(cell)
+    params = cell.init(key, INPUT_SIZE)
+    a = _inputs(jax.random.PRNGKey(1), (1,), 5)
+    b = _inputs(jax.random.PRNGKey(2), (1,), 7)
+    resets = jnp.zeros((1, 12), bool).at[0, 5].set(True)
+    state = random_state(cell, jax.random.PRNGKey(3), (1,))
+    reverse = cell.is_reversed
+
+    @jax.jit  # the packed call and both separate ones in one compiled program
+    def run(params, a, b, state):
+        ys, _ = cell.apply(params, jnp.concatenate([a, b], 1), state, resets=resets)
+        # The segment the scan meets first continues from `state`; the other starts from zeros.
+        ys_a, _ = cell.apply(params, a, None if reverse else state)
+        ys_b, _ = cell.apply(params, b, state if reverse else None)
+        return ys, ys_a, ys_b
+
+    ys, ys_a, ys_b = run(params, a, b, state)
+    np.testing.assert_allclose(ys, jnp.concatenate([ys_a, ys_b], 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CASES, ids=IDS)
+def test_batch_shapes_jit_vmap(cell, key):
+    """No batch axis, several batch axes, vmap over batch and jit all agree with the plain batched call."""
+    _require_case(cell)
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1), (2, 3), 7)
+    ys, state = cell.apply(params, xs)
+    assert ys.shape == (2, 3, 7, cell.output_size)
+    assert max_abs_diff(state, cell.initial_state((2, 3))) >= 0  # same structure
+    jax.tree.map(lambda s, i: np.testing.assert_equal(s.shape, i.shape), state, cell.initial_state((2, 3)))
+
+    # vmap over parameters (an ensemble) also works
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), params, cell.init(jax.random.PRNGKey(9), INPUT_SIZE))
+
+    @jax.jit  # the jitted call and the transformed ones in one compiled program
+    def transformed(params, stacked, xs):
+        ys_jit, _ = cell.apply(params, xs)
+        ys_single, _ = cell.apply(params, xs[1, 2])
+        ys_vmap, _ = jax.vmap(jax.vmap(lambda x: cell.apply(params, x)))(xs)
+        ys_ens, _ = jax.vmap(lambda p: cell.apply(p, xs))(stacked)
+        return ys_jit, ys_single, ys_vmap, ys_ens
+
+    ys_jit, ys_single, ys_vmap, ys_ens = transformed(params, stacked, xs)
+    np.testing.assert_allclose(ys_single, ys[1, 2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ys_vmap, ys, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ys_jit, ys, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ys_ens[0], ys, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CASES, ids=IDS)
+def test_float32_matches_float64_reference(cell, key):
+    _require_case(cell)
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1), (2,), 64)
+    resets = random_flags(3, (2, 64), 0.05)
+    mask = random_flags(4, (2, 64), 0.9)
+
+    def loss(c, p, x, s):
+        ys = c.apply(p, x, s, resets=resets, mask=mask)[0]
+        return jnp.sum(ys**2), ys
+
+    # Outputs and gradients from one compiled program per precision.
+    g32, ys32 = jax.jit(jax.grad(lambda p: loss(cell, p, xs, None), has_aux=True))(params)
+    with jax.enable_x64(True):
+        cell64 = dataclasses.replace(cell, dtype=jnp.float64, param_dtype=jnp.float64)
+        p64 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
+        x64 = jnp.asarray(np.asarray(xs), jnp.float64)
+        s64 = cell64.initial_state((2,), jnp.float64)
+        g64, ys64 = jax.jit(jax.grad(lambda p: loss(cell64, p, x64, s64), has_aux=True))(p64)
+        assert ys64.dtype == jnp.float64
+        ys64, g64 = np.asarray(ys64), jax.tree.map(np.asarray, g64)
+    np.testing.assert_allclose(ys32, ys64, atol=1e-5)
+    # A parameter whose gradient is a small sum of large cancelling terms (S5's Re λ) carries float32
+    # error relative to the terms, not to the sum, so errors are measured against the gradient scale.
+    overall = max(np.max(np.abs(g)) for g in g64.values())
+    for name in params:
+        scale = max(np.max(np.abs(g64[name])), 0.1 * overall) + 1e-12
+        assert np.max(np.abs(np.asarray(g32[name]) - g64[name])) / scale < 1e-4, name
+
+
+@pytest.mark.parametrize("cell", CASES, ids=IDS)
+def test_bfloat16_compute_close_to_float32(cell, key):
+    _require_case(cell)
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1), (2,), 32)
+    cell16 = dataclasses.replace(cell, dtype=jnp.bfloat16)
+
+    @jax.jit  # both precisions and the bfloat16 gradient in one compiled program
+    def run(params, xs):
+        ys32, _ = cell.apply(params, xs)
+        ys16, s16 = cell16.apply(params, xs)
+        g16 = jax.grad(lambda p: jnp.sum(cell16.apply(p, xs)[0].astype(jnp.float32) ** 2))(params)
+        return ys32, ys16, s16, g16
+
+    ys32, ys16, s16, g16 = run(params, xs)
+    assert ys16.dtype == jnp.bfloat16
+    # the state and parameters stay float32 (complex64 for complex SSMs); counts stay int32
+    assert all(leaf.dtype in (jnp.float32, jnp.complex64, jnp.int32) for leaf in jax.tree.leaves(s16))
+    floats16, _ = split_floats(s16)
+    assert all(leaf.dtype in (jnp.float32, jnp.complex64) for leaf in floats16)
+    assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(g16))
+    np.testing.assert_allclose(np.asarray(ys16, np.float32), ys32, atol=0.05)
+    assert float(jnp.mean(jnp.abs(ys16.astype(jnp.float32) - ys32))) < 0.01
+
+
+@pytest.mark.parametrize("cell", CASES, ids=IDS)
+def test_param_axes_and_groups_cover_every_parameter(cell, key):
+    _require_case(cell)
+    params = cell.init(key, INPUT_SIZE)
+    axes, groups = cell.param_axes(), cell.param_groups()
+    assert jax.tree.structure(params) == jax.tree.structure(axes, is_leaf=lambda a: isinstance(a, tuple))
+    assert jax.tree.structure(params) == jax.tree.structure(groups)
+    for name, leaf in params.items():
+        assert len(axes[name]) == leaf.ndim, name
+        assert all(isinstance(a, str) for a in axes[name]), name
+        assert leaf.dtype == jnp.float32
+        assert groups[name] in GROUPS, name
+    assert cell.input_size_of(params) == INPUT_SIZE
+    # the registry builds the same cell from its name and hyperparameters
+    hparams = {f.name: getattr(cell, f.name) for f in dataclasses.fields(cell) if f.init}
+    assert cells.get(cell.name, **hparams) == cell
+
+
+@pytest.mark.parametrize("cell", CASES, ids=IDS)
+def test_state_is_constant_in_length(cell, key):
+    _require_case(cell)
+    if isinstance(cell, cells.Attention):  # a KV cache: constant in length up to its capacity
+        cell = dataclasses.replace(cell, max_length=4096)
+    params = cell.init(key, INPUT_SIZE)
+    # Shapes only: eval_shape traces apply without compiling it.
+    _, short = jax.eval_shape(cell.apply, params, _inputs(key, (2,), 4))
+    _, long = jax.eval_shape(cell.apply, params, _inputs(key, (2,), 4000))
+    assert [a.shape for a in jax.tree.leaves(short)] == [a.shape for a in jax.tree.leaves(long)]
