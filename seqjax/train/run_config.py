@@ -124,6 +124,7 @@ class DataConfig:
 
     @property
     def shuffled(self) -> bool:
+        """Whether the training stream is shuffled (`shuffle`, or by kind when None)."""
         return self.kind != "synthetic" if self.shuffle is None else self.shuffle
 
     def source_options(self) -> dict[str, Any]:
@@ -162,6 +163,7 @@ class RunConfig:
 
     @property
     def eval_batch(self) -> int:
+        """The eval batch size: `eval_batch_size`, else `batch_size`."""
         return self.eval_batch_size or self.batch_size
 
     def to_dict(self) -> dict[str, Any]:
