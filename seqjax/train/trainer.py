@@ -184,7 +184,7 @@ def _optimizer_options(config: RunConfig, length: int) -> dict[str, Any]:
     per_batch = _updates_per_batch(config, length)
     accum = max(options["grad_accum_steps"], 1)
     for key in ("total_steps", "warmup_steps"):
-        if options.get(key):
+        if options[key]:
             options[key] = max(-(-int(options[key]) * per_batch // accum), 1)
     return options
 
