@@ -16,31 +16,30 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import base_config, parse_arg
+from seqjax.config import base_config, data_section, parse_arg
 
 NUM_CLASSES = {"genic_vs_intergenic": 2, "promoter": 2, "species": 4, "human_or_worm": 2}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    preset, options = parse_arg(arg, "lstm", ("task", "length", "route"), "configs/genomic.py")
+    preset, options = parse_arg(arg, "lstm", {"task": str, "length": int, "route": str}, "configs/genomic.py")
     size = options.get("size", "cpu")
     task = options.get("task", "genic_vs_intergenic")
     if task not in NUM_CLASSES:
         raise ValueError(f"configs/genomic.py: task must be one of {sorted(NUM_CLASSES)}, got {task!r}.")
-    length = int(options.get("length", 2048 if size == "cpu" else 16384))
-    c = base_config(preset, size, max_length=length)
-    c.task = "classification"
-    c.data = ml_collections.ConfigDict(
-        {
-            "kind": "genomic",
-            "task": task,
-            "length": length,
-            "route": options.get("route", "sample"),
-            "max_examples_per_split": ml_collections.FieldReference(None, field_type=int),
-        }
+    length = options.get("length", 2048 if size == "cpu" else 16384)
+    c = base_config(preset, size, task="classification", max_length=length)
+    c.data = data_section(
+        "genomic",
+        shuffle=True,
+        task=task,
+        length=length,
+        route=options.get("route", "sample"),
+        max_examples_per_split=ml_collections.FieldReference(None, field_type=int),
     )
     c.model.encoder = "dna"
-    c.head = ml_collections.ConfigDict({"num_classes": NUM_CLASSES[task], "pooling": "mean"})
+    c.head.num_classes = NUM_CLASSES[task]
+    c.head.pooling = "mean"
     c.checkpoint.best_metric = "balanced_accuracy"
     c.checkpoint.best_mode = "max"
     return c

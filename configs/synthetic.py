@@ -4,15 +4,22 @@
     python scripts/train.py --config=configs/synthetic.py:gla,length=1024 --workdir=/tmp/run \
         --config.total_steps=2000 --config.mesh.shape='(-1,1)'
 
-The arg is `preset[,key=value...]`: the preset names the mixer (any of PRESETS); `length`, `task` and
-`size` ("cpu" default, or "accelerator") adjust the data and model size.
+The arg is `preset[,key=value...]`: the preset names the mixer (any of `seqjax.config.PRESETS`); `length`,
+`task` and `size` ("cpu" default, or "accelerator") adjust the data and model size.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs.common import PRESETS, add_run_sections, parse_arg
+from seqjax.config import (
+    add_run_sections,
+    data_section,
+    head_section,
+    model_section,
+    optimizer_section,
+    parse_arg,
+)
 
 SIZES = {
     "cpu": {"d_model": 32, "num_layers": 2, "batch_size": 16, "total_steps": 300},
@@ -21,48 +28,28 @@ SIZES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    preset, options = parse_arg(arg, "lstm", ("length", "task"), "configs/synthetic.py")
+    preset, options = parse_arg(arg, "lstm", {"length": int, "task": str}, "configs/synthetic.py")
     size = SIZES[options.get("size", "cpu")]
-    length = int(options.get("length", 64))
+    length = options.get("length", 64)
     c = ml_collections.ConfigDict()
     # One reference: overriding --config.total_steps also stretches the learning-rate schedule.
     c.total_steps = ml_collections.FieldReference(size["total_steps"])
     c.seed = 0
     c.task = "lm"
-    c.data = ml_collections.ConfigDict(
-        {
-            "kind": "synthetic",
-            "task": options.get("task", "associative_recall"),
-            "length": length,
-            "num_symbols": 8,
-            "num_queries": 4,
-            "vocab_size": 16,
-            "seed": 0,
-        }
+    c.data = data_section(
+        "synthetic", shuffle=False, task=options.get("task", "associative_recall"), length=length
     )
-    mixer = dict(PRESETS[preset])
-    if mixer["cell"] == "attention":
-        mixer["max_length"] = length
-    if mixer["cell"] == "sliding_window_attention":
-        mixer["window"] = 64
-    c.model = ml_collections.ConfigDict(
-        {
-            "d_model": size["d_model"],
-            "num_layers": size["num_layers"],
-            "vocab_size": 16,
-            "pattern": (preset,),
-            "mixers": {preset: mixer},
-        }
+    c.model = model_section(
+        preset,
+        d_model=size["d_model"],
+        num_layers=size["num_layers"],
+        max_length=length,
+        mixer={"window": 64} if preset == "swa" else None,
+        vocab_size=16,
     )
-    c.optimizer = ml_collections.ConfigDict(
-        {
-            "name": "adamw",
-            "learning_rate": 3e-3,
-            "warmup_steps": 20,
-            "total_steps": c.get_ref("total_steps"),
-            "weight_decay": 0.01,
-            "clip_norm": 1.0,
-        }
+    c.head = head_section("lm")
+    c.optimizer = optimizer_section(
+        c, name="adamw", learning_rate=3e-3, warmup_steps=20, weight_decay=0.01, clip_norm=1.0
     )
     # Validation: 64 examples of the fixed validation set (data.eval_size examples).
     add_run_sections(c, batch_size=size["batch_size"], eval_examples=64)

@@ -12,30 +12,30 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import base_config, parse_arg
+from seqjax.config import base_config, data_section, parse_arg
+
+OPTIONS = {"dataset": str, "lookback": int, "horizon": int, "route": str}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    preset, options = parse_arg(
-        arg, "lstm", ("dataset", "lookback", "horizon", "route"), "configs/timeseries.py"
-    )
+    preset, options = parse_arg(arg, "lstm", OPTIONS, "configs/timeseries.py")
     size = options.get("size", "cpu")
-    lookback = int(options.get("lookback", 512 if size == "cpu" else 4096))
-    c = base_config(preset, size, max_length=lookback)
-    c.task = "forecast"
-    c.data = ml_collections.ConfigDict(
-        {
-            "kind": "timeseries",
-            "dataset": options.get("dataset", "household_power"),
-            "lookback": lookback,
-            "horizon": int(options.get("horizon", 96)),
-            "stride": 16 if size == "cpu" else 1,  # training windows only
-            "route": options.get("route", "sample"),
-            "split_fractions": (0.7, 0.1, 0.2),
-            "max_examples_per_split": ml_collections.FieldReference(None, field_type=int),
-        }
+    lookback = options.get("lookback", 512 if size == "cpu" else 4096)
+    c = base_config(preset, size, task="forecast", max_length=lookback)
+    c.data = data_section(
+        "timeseries",
+        shuffle=True,
+        dataset=options.get("dataset", "household_power"),
+        lookback=lookback,
+        horizon=options.get("horizon", 96),
+        stride=16 if size == "cpu" else 1,  # training windows only
+        route=options.get("route", "sample"),
+        split_fractions=(0.7, 0.1, 0.2),
+        max_examples_per_split=ml_collections.FieldReference(None, field_type=int),
     )
-    c.head = ml_collections.ConfigDict({"revin": True})
+    # The trainer sizes the linear encoder (input_size) and, with horizon None, the head from the data.
+    c.model.encoder = "linear"
+    c.head.revin = True
     c.checkpoint.best_metric = "mse"
     c.checkpoint.best_mode = "min"
     return c

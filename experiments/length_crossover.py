@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/documents.py", "Task config file.")
 flags.DEFINE_string("options", "", "Extra config-arg options for every run, e.g. corpus=python_docs.")
-flags.DEFINE_list("presets", ["lstm", "mamba", "gla", "attention", "swa"], "Models (configs/common.py).")
+flags.DEFINE_list("presets", ["lstm", "mamba", "gla", "attention", "swa"], "Models (seqjax.config.PRESETS).")
 flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "Sequence lengths.")
 flags.DEFINE_integer("tokens_per_batch", 8192, "Tokens per training batch at every length.")
 flags.DEFINE_float("minutes", 3.0, "Training budget per model and length, wall clock.")
-flags.DEFINE_string("size", "cpu", "cpu or accelerator (configs/common.py SIZES).")
+flags.DEFINE_string("size", "cpu", "cpu or accelerator (seqjax.config.SIZES).")
 flags.DEFINE_string("workdir", "/tmp/seqjax_crossover", "Runs go to <workdir>/L<length>/<preset>.")
 flags.DEFINE_integer(
     "eval_tokens",

@@ -19,7 +19,7 @@ fits on an accelerator.
     python experiments/memory_scaling.py --variants=lstm,attention --lengths=1024,2048,4096
     python experiments/memory_scaling.py --size=accelerator              # d_model 256, 6 layers
 
-A variant is a preset of `configs/common.py` with optional `:key=value` overrides: `tbptt=N` trains by
+A variant is a preset of `seqjax.config.PRESETS` with optional `:key=value` overrides: `tbptt=N` trains by
 truncated BPTT over N-token chunks, and `method=naive` makes exact attention materialise its [L, L]
 scores (the textbook form), for contrast with the blockwise default. Results go to
 `experiments/results/memory_scaling_{size}_{platform}.md` and a JSON file beside it.
@@ -28,7 +28,6 @@ scores (the textbook form), for contrast with the blockwise default. Results go 
 from __future__ import annotations
 
 import datetime
-import importlib
 import json
 import math
 import os
@@ -38,8 +37,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ lives at the repository root
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -48,23 +45,23 @@ from absl import app, flags
 from jax.sharding import NamedSharding
 
 from seqjax import models
+from seqjax.config import load_config_file
 from seqjax.train import mesh as mesh_lib
 from seqjax.train.optimizer import make_optimizer
 from seqjax.train.state import state_shardings
 from seqjax.train.step import LOSSES, forward, make_train_step
-from seqjax.train.trainer import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
     "variants",
     ["lstm", "lstm:tbptt=1024", "s5", "lru", "mamba", "gla", "swa", "attention", "attention:method=naive"],
-    "Model variants: a preset of configs/common.py, optionally with :key=value overrides (tbptt, method).",
+    "Model variants: a seqjax.config.PRESETS name, optionally with :key=value overrides (tbptt, method).",
 )
 flags.DEFINE_list(
     "lengths", ["1024", "2048", "4096", "8192", "16384", "32768", "65536"], "Sequence lengths (tokens)."
 )
-flags.DEFINE_string("size", "cpu", "Model size of configs/common.py: cpu or accelerator.")
+flags.DEFINE_string("size", "cpu", "Model size of seqjax.config.SIZES: cpu or accelerator.")
 flags.DEFINE_integer("batch", 1, "Sequences per step.")
 flags.DEFINE_float(
     "max_gib", 64.0, "Longer lengths of a variant are not compiled once its train plan exceeds this."
@@ -96,8 +93,9 @@ def parse_variant(variant: str) -> tuple[str, dict[str, str]]:
 
 def variant_config(variant: str, length: int) -> ml_collections.ConfigDict:
     preset, options = parse_variant(variant)
-    documents = importlib.import_module("configs.documents")
-    config = documents.get_config(f"{preset},size={FLAGS.size},length={length}")
+    config = load_config_file(
+        ROOT / "configs" / "documents.py", f"{preset},size={FLAGS.size},length={length}"
+    )
     if "tbptt" in options:
         config.tbptt_length = int(options["tbptt"])
     if "method" in options:
@@ -129,7 +127,7 @@ def measure(variant: str, length: int) -> dict[str, Any]:
         "resets": np.zeros(length, bool),
         "mask": np.ones(length, bool),
     }
-    model = build_model(config, example)
+    model = models.build_task_model(config.task, config.model, config.head)
     tx = make_optimizer(config.optimizer.to_dict(), models.param_groups(model))
     inputs = np.zeros((batch, length), np.int32)
     abstract, shardings = state_shardings(model, tx, (inputs,), mesh, rules)

@@ -42,6 +42,7 @@ import optax
 from absl import app, flags
 
 from seqjax import models
+from seqjax.config import PRESETS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", None, "Mixers to compare (default: all of MIXERS).")
@@ -71,19 +72,19 @@ flags.DEFINE_string(
 
 GIB = 2**30
 
-# Mixer specs (see seqjax.models.config); sizes not given follow d_model. Attention's cache capacity is
-# set per length.
+# The config presets (seqjax.config.PRESETS), with larger SSM states and window for the long lengths
+# measured here; sizes not given follow d_model. Attention's cache capacity is set per length.
 MIXERS: dict[str, dict[str, Any]] = {
-    "lstm": {"cell": "lstm"},
-    "gru": {"cell": "gru"},
-    "elstm": {"cell": "elstm"},
-    "s5": {"cell": "s5", "state_size": 64},
-    "lru": {"cell": "lru", "state_size": 64},
-    "mamba": {"cell": "mamba", "state_size": 16},
-    "linear_attention": {"cell": "linear_attention"},
-    "gla": {"cell": "gla"},
-    "attention": {"cell": "attention"},
-    "sliding_window": {"cell": "sliding_window_attention", "window": 512},
+    "lstm": PRESETS["lstm"],
+    "gru": PRESETS["gru"],
+    "elstm": PRESETS["elstm"],
+    "s5": {**PRESETS["s5"], "state_size": 64},
+    "lru": {**PRESETS["lru"], "state_size": 64},
+    "mamba": PRESETS["mamba"],
+    "linear_attention": PRESETS["linear_attention"],
+    "gla": PRESETS["gla"],
+    "attention": PRESETS["attention"],
+    "sliding_window": {**PRESETS["swa"], "window": 512},
 }
 LABELS = {
     "lstm": "LSTM",

@@ -11,18 +11,16 @@ so a bigger CPU mesh measures sharding overhead, not speed-up.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
-flags.DEFINE_string("preset", "lstm", "Mixer preset (configs/common.py).")
+flags.DEFINE_string("preset", "lstm", "Mixer preset (seqjax.config.PRESETS).")
 flags.DEFINE_integer("length", 512, "Tokens per sequence.")
 flags.DEFINE_integer("batch_size", 16, "Global batch.")
 flags.DEFINE_integer("d_model", 128, "Model width.")
@@ -40,9 +38,11 @@ MESHES = [
 
 
 def _config(shape, axes, devices):
-    from configs import synthetic
+    from seqjax.config import load_config_file
 
-    c = synthetic.get_config(f"{FLAGS.preset},length={FLAGS.length}")
+    c = load_config_file(
+        os.path.join(ROOT, "configs", "synthetic.py"), f"{FLAGS.preset},length={FLAGS.length}"
+    )
     c.batch_size = FLAGS.batch_size
     c.model.d_model = FLAGS.d_model
     c.model.num_layers = FLAGS.num_layers

@@ -23,12 +23,11 @@ import time
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ is importable from the repository root
 
 flags.DEFINE_string(
     "config", "configs/genomic.py", "A task config file (its arg comes from the flags below)."
 )
-flags.DEFINE_list("presets", ["lstm", "s5", "attention"], "Model presets to compare (configs/common.py).")
+flags.DEFINE_list("presets", ["lstm", "s5", "attention"], "Model presets to compare (seqjax.config.PRESETS).")
 flags.DEFINE_string(
     "options", None, "Config-arg options, e.g. 'task=promoter,length=4096'; default: DEFAULT_OPTIONS."
 )
@@ -67,12 +66,9 @@ def _arg(preset: str) -> str:
 
 
 def _load_config(path: str, arg: str):
-    import importlib.util
+    from seqjax.config import load_config_file
 
-    spec = importlib.util.spec_from_file_location("task_config", os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config_file(os.path.join(ROOT, path), arg)
 
 
 def _run(cmd: list[str]) -> None:
@@ -87,7 +83,7 @@ def _baseline(config) -> dict[str, float]:
     from seqjax.data import metrics
     from seqjax.train.trainer import build_sources
 
-    sources = build_sources(config.data, config.get("data_dir"))
+    sources = build_sources(config.data, config.data_dir)
     train, test = sources["train"], sources[FLAGS.split]
     if config.task == "classification":
         train_labels = np.array([int(train[i]["label"]) for i in range(len(train))])

@@ -13,13 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 
 from absl import app, flags
-
-# configs/*.py import configs.common: make the repository root importable wherever this runs from.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "The training run's workdir (holds checkpoints/).")

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from seqjax import cells, models
-from tests.test_models_common import VOCAB, B, D, assert_close, fast_variables, tokens
+from seqjax.models.encoders import IUPAC
+from seqjax.models.heads import first_valid_index, last_valid_index, pool
+from tests.models_helpers import VOCAB, B, D, assert_close, fast_variables, tokens
 
 T = 10
 LENGTHS = np.asarray([10, 6])
@@ -22,16 +24,16 @@ MASK = jnp.asarray(np.arange(T)[None, :] < LENGTHS[:, None])
 def test_pool_functions():
     feats = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 3)
     mask = jnp.asarray([[False, True, True, False, False], [False, False, False, False, False]])
-    np.testing.assert_array_equal(models.last_valid_index(mask), [2, -1])
-    np.testing.assert_array_equal(models.first_valid_index(mask), [1, -1])
-    np.testing.assert_allclose(models.pool(feats, mask, "mean")[0], feats[0, 1:3].mean(0))
-    np.testing.assert_array_equal(models.pool(feats, mask, "last")[0], feats[0, 2])
-    np.testing.assert_array_equal(models.pool(feats, mask, "first")[0], feats[0, 1])
+    np.testing.assert_array_equal(last_valid_index(mask), [2, -1])
+    np.testing.assert_array_equal(first_valid_index(mask), [1, -1])
+    np.testing.assert_allclose(pool(feats, mask, "mean")[0], feats[0, 1:3].mean(0))
+    np.testing.assert_array_equal(pool(feats, mask, "last")[0], feats[0, 2])
+    np.testing.assert_array_equal(pool(feats, mask, "first")[0], feats[0, 1])
     for kind in models.POOLINGS:  # a row with no valid token pools to zeros
-        np.testing.assert_array_equal(models.pool(feats, mask, kind)[1], 0)
-    np.testing.assert_array_equal(models.pool(feats, None, "last"), feats[:, -1])
+        np.testing.assert_array_equal(pool(feats, mask, kind)[1], 0)
+    np.testing.assert_array_equal(pool(feats, None, "last"), feats[:, -1])
     with pytest.raises(ValueError, match="pooling"):
-        models.pool(feats, mask, "max")
+        pool(feats, mask, "max")
 
 
 def classifier(pooling, pattern=("gru",), **mixers):
@@ -81,7 +83,7 @@ V, H = 3, 4
 def forecaster(revin=True):
     return models.from_config(
         {
-            "task": "forecasting",
+            "task": "forecast",
             "horizon": H,
             "num_variables": V,
             "revin": revin,
@@ -174,7 +176,7 @@ def test_dna_vocabulary_and_iupac_table():
     assert models.ids_to_dna(models.dna_to_ids("gattaca")) == "GATTACA"
     with pytest.raises(ValueError, match=r"'X' at position 3"):
         models.dna_to_ids("ACGXT")
-    iupac = models.IUPAC
+    iupac = IUPAC
     assert iupac["A"] == (1, 0, 0, 0) and iupac["T"] == (0, 0, 0, 1)
     assert iupac["R"] == (0.5, 0, 0.5, 0) and iupac["Y"] == (0, 0.5, 0, 0.5)
     assert iupac["N"] == (0.25,) * 4 and iupac["-"] == (0,) * 4
@@ -191,7 +193,7 @@ def test_dna_encoder_ids_bytes_and_case():
     probs_bytes = enc.apply(variables, raw, method="probabilities")
     np.testing.assert_array_equal(probs_ids, probs_bytes)
     np.testing.assert_array_equal(probs_ids[:16], probs_ids[16:])  # lowercase == uppercase
-    np.testing.assert_allclose(probs_ids[:16], [models.IUPAC[c] for c in text[:16]])
+    np.testing.assert_allclose(probs_ids[:16], [IUPAC[c] for c in text[:16]])
     feats = enc.apply(variables, raw)
     np.testing.assert_array_equal(feats[:16], feats[16:])
     # Unknown bytes and out-of-range ids: a clear error when concrete, N under jit.

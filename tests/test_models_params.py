@@ -12,7 +12,8 @@ from flax.core import meta
 from jax.sharding import Mesh
 
 from seqjax import cells, models
-from tests.test_models_common import (
+from seqjax.models.partitioning import GroupedPartitioned
+from tests.models_helpers import (
     CASE_CELLS,
     CASE_IDS,
     VOCAB,
@@ -38,7 +39,7 @@ def assert_all_boxed(variables):
     assert leaves
     for leaf in leaves:
         assert isinstance(leaf, nn.LogicallyPartitioned), f"unboxed parameter leaf {leaf}"
-        assert isinstance(leaf, models.GroupedPartitioned)
+        assert isinstance(leaf, GroupedPartitioned)
         assert len(leaf.names) == len(leaf.value.shape), (leaf.names, leaf.value.shape)
         assert all(n is None or isinstance(n, str) for n in leaf.names)
         assert leaf.group in models.GROUPS
@@ -66,7 +67,7 @@ def all_models():
             "forecaster",
             models.from_config(
                 {
-                    "task": "forecasting",
+                    "task": "forecast",
                     "d_model": D,
                     "num_layers": 2,
                     "num_variables": 3,

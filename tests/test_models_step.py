@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from seqjax import cells, models
-from tests.test_models_common import (
+from tests.models_helpers import (
     CASE_CELLS,
     CASE_IDS,
     VOCAB,

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from seqjax import models
-from tests.test_models_common import (
+from tests.models_helpers import (
     VOCAB,
     D,
     assert_close,

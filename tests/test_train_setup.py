@@ -9,6 +9,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from seqjax.config import LOGICAL_RULES
 from seqjax.train import mesh as mesh_lib
 from seqjax.train.optimizer import make_optimizer, make_schedule
 
@@ -36,14 +37,14 @@ def test_make_mesh_uses_auto_axes():
 
 def test_logical_rules_map_axes_and_skip_what_cannot_shard():
     mesh = mesh_lib.make_mesh((2, 2, 2), ("data", "fsdp", "model"))
-    rules = mesh_lib.rules_from_config(mesh_lib.DEFAULT_LOGICAL_RULES, mesh)
+    rules = mesh_lib.rules_from_config(LOGICAL_RULES, mesh)
     assert mesh_lib.spec_for(("embed", "heads", "head_dim"), rules) == P("fsdp", "model", None)
     assert mesh_lib.spec_for(("batch", "length", "embed"), rules) == P(("data", "fsdp"), None, None)
     # 5 heads cannot split 2 ways: replicated on that dimension instead of failing at placement.
     assert mesh_lib.spec_for(("embed", "heads"), rules, shape=(8, 5), mesh=mesh) == P("fsdp", None)
     # A data-parallel mesh drops the fsdp/model targets altogether.
     dp = mesh_lib.make_mesh((8,), ("data",))
-    dp_rules = mesh_lib.rules_from_config(dict(mesh_lib.DEFAULT_LOGICAL_RULES), dp)
+    dp_rules = mesh_lib.rules_from_config(dict(LOGICAL_RULES), dp)
     assert mesh_lib.spec_for(("embed", "mlp"), dp_rules) == P(None, None)
     assert mesh_lib.spec_for(("batch", "embed"), dp_rules) == P("data", None)
 
@@ -138,7 +139,7 @@ def test_train_state_is_placed_whole_with_optimizer_leaves_like_their_params():
         models.BackboneConfig(d_model=16, num_layers=2, vocab_size=11, pattern=("lstm", "mamba"))
     )
     mesh = mesh_lib.make_mesh((2, 2, 2), ("data", "fsdp", "model"))
-    rules = mesh_lib.rules_from_config(mesh_lib.DEFAULT_LOGICAL_RULES, mesh)
+    rules = mesh_lib.rules_from_config(LOGICAL_RULES, mesh)
     tx = make_optimizer({"name": "adamw", "weight_decay": 0.1}, models.param_groups(model))
     state, _ = init_train_state(model, tx, (jnp.zeros((2, 8), jnp.int32),), mesh, rules, seed=0)
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]

@@ -12,6 +12,7 @@ import pytest
 from jax.sharding import NamedSharding
 
 from seqjax import models
+from seqjax.config import LOGICAL_RULES
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
 from seqjax.train.optimizer import make_optimizer
@@ -42,7 +43,7 @@ def _batch(step: int) -> dict[str, np.ndarray]:
 def _run(mesh_shape: tuple[int, ...], mesh_axes: tuple[str, ...]) -> np.ndarray:
     devices = jax.devices()[: int(np.prod(mesh_shape))]
     mesh = mesh_lib.make_mesh(mesh_shape, mesh_axes, devices=devices)
-    rules = mesh_lib.rules_from_config(mesh_lib.DEFAULT_LOGICAL_RULES, mesh)
+    rules = mesh_lib.rules_from_config(LOGICAL_RULES, mesh)
     model = _model()
     tx = make_optimizer(
         {

@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding
 
 from configs.documents import get_config
 from seqjax import models
+from seqjax.config import LOGICAL_RULES
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
 from seqjax.train.optimizer import make_optimizer
@@ -117,7 +118,7 @@ def _chunk_setup(dropout_rate: float = 0.0):
         models.param_groups(model),
     )
     mesh = mesh_lib.make_mesh((1,), ("data",), devices=jax.devices()[:1])
-    rules = mesh_lib.rules_from_config(mesh_lib.DEFAULT_LOGICAL_RULES, mesh)
+    rules = mesh_lib.rules_from_config(LOGICAL_RULES, mesh)
     batch_sharding = NamedSharding(mesh, mesh_lib.spec_for(("batch", "length"), rules))
     batch = {k: np.stack([TASK[i][k] for i in range(4)]) for k in TASK[0]}
     batch["weights"] = np.ones_like(batch["weights"])
@@ -259,30 +260,32 @@ def test_tbptt_updates_config_errors():
 def test_schedule_lengths_count_the_updates_the_optimizer_sees():
     """The config counts batches; the schedule counts inner optimizer updates: L / tbptt_length per
     batch with chunk updates, one per grad_accum_steps batches with accumulation."""
+    from seqjax.train.run_config import resolve
     from seqjax.train.trainer import _optimizer_options
 
     config = get_config("lstm")
     config.optimizer.total_steps, config.optimizer.warmup_steps = 100, 10
     assert (
-        _optimizer_options(config, 512)["total_steps"],
-        _optimizer_options(config, 512)["warmup_steps"],
+        _optimizer_options(resolve(config), 512)["total_steps"],
+        _optimizer_options(resolve(config), 512)["warmup_steps"],
     ) == (
         100,
         10,
     )
     config.tbptt_length = 128
-    assert _optimizer_options(config, 512)["total_steps"] == 100  # batch mode: one update per batch
+    assert _optimizer_options(resolve(config), 512)["total_steps"] == 100  # batch mode: one update per batch
     config.tbptt_updates = "chunk"
-    options = _optimizer_options(config, 512)
+    options = _optimizer_options(resolve(config), 512)
     assert (options["total_steps"], options["warmup_steps"]) == (400, 40)
     config.optimizer.grad_accum_steps = 8
-    options = _optimizer_options(config, 512)
+    options = _optimizer_options(resolve(config), 512)
     assert (options["total_steps"], options["warmup_steps"]) == (50, 5)
     # the schedule built from them reaches its end value after the configured number of batches
     config.tbptt_updates, config.tbptt_length, config.optimizer.grad_accum_steps = "chunk", 128, 1
     config.optimizer.schedule = "linear"
     from seqjax.train.optimizer import make_schedule
 
-    schedule = make_schedule(1.0, {"end_learning_rate_fraction": 0.0, **_optimizer_options(config, 512)})
+    options = _optimizer_options(resolve(config), 512)
+    schedule = make_schedule(1.0, {"end_learning_rate_fraction": 0.0, **options})
     assert float(schedule(4 * 100)) == pytest.approx(float(schedule(10**6)))
     assert float(schedule(4 * 99)) > float(schedule(4 * 100))

@@ -10,13 +10,12 @@
 See docs/models.md.
 """
 
-from seqjax.models.backbone import Backbone, Cache, check_streamable
-from seqjax.models.block import MLP_ACTIVATIONS, NORMS, REMAT_POLICIES, Block, GatedMLP, remat_block
-from seqjax.models.config import BackboneConfig, build_mixer
+from seqjax.models.backbone import Backbone, Cache
+from seqjax.models.block import MLP_ACTIVATIONS, NORMS, REMAT_POLICIES, Block, GatedMLP
+from seqjax.models.config import BackboneConfig
 from seqjax.models.encoders import (
     DNA_PAD_ID,
     DNA_VOCAB,
-    IUPAC,
     DNAEncoder,
     LinearEncoder,
     TokenEmbedding,
@@ -32,25 +31,25 @@ from seqjax.models.generation import (
     sample_token,
     stream_forecasts,
 )
-from seqjax.models.heads import (
-    POOLINGS,
-    ClassificationHead,
-    ForecastHead,
-    RevIN,
-    first_valid_index,
-    last_valid_index,
-    masked_mean,
-    pool,
+from seqjax.models.heads import POOLINGS, ClassificationHead, ForecastHead, RevIN
+from seqjax.models.layer import CellLayer
+from seqjax.models.partitioning import GROUPS, param_groups, weight_decay_mask
+from seqjax.models.tasks import (
+    TASKS,
+    Forecaster,
+    LanguageModel,
+    SequenceClassifier,
+    build_task_model,
+    from_config,
 )
-from seqjax.models.layer import CellLayer, box_cell_params, step_error
-from seqjax.models.partitioning import GROUPS, GroupedPartitioned, boxed, param_groups, weight_decay_mask
-from seqjax.models.tasks import TASKS, Forecaster, LanguageModel, SequenceClassifier, from_config
 
+# What users build with. Internals (`box_cell_params`, `step_error`, `GroupedPartitioned`, `boxed`,
+# `build_mixer`, `remat_block`, `pool`, the valid-index helpers, `IUPAC`, ...) stay importable from
+# their modules.
 __all__ = [
     "DNA_PAD_ID",
     "DNA_VOCAB",
     "GROUPS",
-    "IUPAC",
     "MLP_ACTIVATIONS",
     "NORMS",
     "POOLINGS",
@@ -66,32 +65,22 @@ __all__ = [
     "ForecastHead",
     "Forecaster",
     "GatedMLP",
-    "GroupedPartitioned",
     "LanguageModel",
     "LinearEncoder",
     "RevIN",
     "SequenceClassifier",
     "TokenEmbedding",
-    "box_cell_params",
-    "boxed",
-    "build_mixer",
-    "check_streamable",
+    "build_task_model",
     "decode_step",
     "dna_to_ids",
-    "first_valid_index",
     "forecast_step",
     "from_config",
     "generate",
     "ids_to_dna",
     "init_cache",
-    "last_valid_index",
-    "masked_mean",
     "param_groups",
-    "pool",
     "prefill",
-    "remat_block",
     "sample_token",
-    "step_error",
     "stream_forecasts",
     "weight_decay_mask",
 ]

@@ -1,4 +1,4 @@
-"""Full models, each a `Backbone` plus a head, and `from_config` to build one from a plain dict.
+"""Full models, each a `Backbone` plus a head, and `build_task_model`, the one function that builds them.
 
 - `LanguageModel`: tokens [*batch, time] → next-token logits [*batch, time, vocab] (optionally tied to
   the embedding table).
@@ -13,7 +13,7 @@ The step-mode methods (`prefill`, `step`) back `seqjax.models.generation`.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -25,7 +25,15 @@ from seqjax.models.block import dense
 from seqjax.models.config import BackboneConfig
 from seqjax.models.heads import ClassificationHead, ForecastHead, RevIN, gather_time, last_valid_index, pool
 
-__all__ = ["TASKS", "Forecaster", "LanguageModel", "SequenceClassifier", "from_config"]
+__all__ = [
+    "HEAD_KEYS",
+    "TASKS",
+    "Forecaster",
+    "LanguageModel",
+    "SequenceClassifier",
+    "build_task_model",
+    "from_config",
+]
 
 
 def _dtypes(config: BackboneConfig) -> tuple[Any, Any]:
@@ -259,44 +267,66 @@ class Forecaster(_StepMixin, nn.Module):
         return (layers, stats), y
 
 
+#: One word per task: the trainer's `config.task`, its losses and metrics use the same words.
 TASKS: dict[str, type[nn.Module]] = {
     "backbone": Backbone,
     "lm": LanguageModel,
-    "language_model": LanguageModel,
     "classification": SequenceClassifier,
-    "classifier": SequenceClassifier,
-    "forecasting": Forecaster,
-    "forecaster": Forecaster,
+    "forecast": Forecaster,
+}
+#: The task's own (head) options; every other key describes the backbone.
+HEAD_KEYS: dict[str, tuple[str, ...]] = {
+    "backbone": (),
+    "lm": ("tie_embeddings",),
+    "classification": ("num_classes", "pooling"),
+    "forecast": ("horizon", "revin", "revin_affine", "revin_eps"),
 }
 
-_HEAD_KEYS = {
-    Backbone: (),
-    LanguageModel: ("tie_embeddings",),
-    SequenceClassifier: ("num_classes", "pooling"),
-    Forecaster: ("horizon", "revin", "revin_affine", "revin_eps", "num_variables"),
-}
 
-
-def from_config(cfg: Any) -> nn.Module:
-    """Builds a model from a flat dict / ml_collections ConfigDict.
-
-    `task` picks the model (see `TASKS`; default "backbone"); the task's own keys (LM: tie_embeddings;
-    classification: num_classes, pooling; forecasting: horizon, revin, revin_affine, revin_eps,
-    num_variables = the linear encoder's input_size) go to the head, every other key to `BackboneConfig`.
-    """
-    values = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-    task = str(values.pop("task", "backbone")).lower()
+def _checked_task(task: str, where: str) -> str:
+    task = str(task).lower()
     if task not in TASKS:
         close = difflib.get_close_matches(task, list(TASKS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"from_config: unknown task {task!r}; choose one of {sorted(TASKS)}.{hint}")
-    cls = TASKS[task]
-    head = {k: values.pop(k) for k in _HEAD_KEYS[cls] if k in values}
-    if cls is Forecaster:
-        values.setdefault("encoder", "linear")
-        if "num_variables" in head:
-            nv = head.pop("num_variables")
-            if values.setdefault("input_size", nv) != nv:
-                raise ValueError(f"from_config: num_variables={nv} but input_size={values['input_size']}.")
-    config = BackboneConfig.from_dict(values)
-    return cls(config, **head)
+        raise ValueError(f"{where}: unknown task {task!r}; choose one of {sorted(TASKS)}.{hint}")
+    return task
+
+
+def build_task_model(
+    task: str, backbone: Mapping[str, Any] | BackboneConfig, head: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """The model for `task` (a `TASKS` word): its backbone from `BackboneConfig` values, its head from
+    the task's `HEAD_KEYS` options. A forecaster's encoder defaults to "linear".
+
+        model = build_task_model("classification", {"d_model": 64, "encoder": "dna"}, {"num_classes": 4})
+    """
+    task = _checked_task(task, "build_task_model")
+    head = dict(head or {})
+    unknown = sorted(set(head) - set(HEAD_KEYS[task]))
+    if unknown:
+        raise ValueError(
+            f"build_task_model: unknown {task!r} head option(s) {unknown}; known: {list(HEAD_KEYS[task])}."
+        )
+    if not isinstance(backbone, BackboneConfig):
+        values = dict(backbone.to_dict() if hasattr(backbone, "to_dict") else backbone)
+        if task == "forecast":
+            values.setdefault("encoder", "linear")
+        backbone = BackboneConfig.from_dict(values)
+    return TASKS[task](backbone, **head)
+
+
+def from_config(cfg: Any) -> nn.Module:
+    """Builds a model from one flat dict / ml_collections ConfigDict: `build_task_model` with the keys split.
+
+    `task` picks the model (see `TASKS`; default "backbone"); the task's own keys (`HEAD_KEYS`; for
+    "forecast" also `num_variables` = the linear encoder's input_size) go to the head, every other key to
+    `BackboneConfig`.
+    """
+    values = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    task = _checked_task(values.pop("task", "backbone"), "from_config")
+    head = {k: values.pop(k) for k in HEAD_KEYS[task] if k in values}
+    if task == "forecast" and "num_variables" in values:
+        nv = values.pop("num_variables")
+        if values.setdefault("input_size", nv) != nv:
+            raise ValueError(f"from_config: num_variables={nv} but input_size={values['input_size']}.")
+    return build_task_model(task, values, head)

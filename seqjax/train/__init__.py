@@ -1,14 +1,15 @@
-"""The trainer: meshes and logical sharding rules, optimizers with parameter groups (more to come)."""
+"""The trainer: `train` and `evaluate` a run config, the train state and its checkpoints.
 
-from seqjax.train.mesh import DEFAULT_LOGICAL_RULES, make_mesh, named_sharding, rules_from_config, spec_for
-from seqjax.train.optimizer import make_optimizer, make_schedule
+    from seqjax.train import train
+    result = train(config, workdir)  # config: a configs/*.py ConfigDict, or a typed `RunConfig`
 
-__all__ = [
-    "DEFAULT_LOGICAL_RULES",
-    "make_mesh",
-    "make_optimizer",
-    "make_schedule",
-    "named_sharding",
-    "rules_from_config",
-    "spec_for",
-]
+The parts live in their modules: `run_config` (the typed config), `mesh` (meshes, logical-axis rules),
+`optimizer`, `state`, `step` (the jitted train step and losses), `evaluation`, `checkpoint`, `trainer`.
+"""
+
+from seqjax.train.checkpoint import Checkpoints
+from seqjax.train.run_config import RunConfig, resolve
+from seqjax.train.state import TrainState
+from seqjax.train.trainer import evaluate, train
+
+__all__ = ["Checkpoints", "RunConfig", "TrainState", "evaluate", "resolve", "train"]

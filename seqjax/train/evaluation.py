@@ -60,7 +60,6 @@ def evaluate_split(
     to_device: Callable[[Mapping[str, np.ndarray]], Batch],
     *,
     bytes_per_token: float = 1.0,
-    num_classes: int | None = None,
 ) -> dict[str, float]:
     """Runs `eval_fn` over `batches` (from `eval_batches`) and returns the task's metrics."""
     collected: dict[str, list[np.ndarray]] = {}

@@ -1,8 +1,9 @@
 """Device meshes and logical-axis sharding rules, built from config data.
 
-A config names the mesh (`mesh_shape`, `mesh_axes`) and the rules that map the cells' logical parameter
-axes ("embed", "heads", "mlp", ...) and the activations' ("batch", "length") onto mesh axes. Sharding is
-data in the config, as in big_vision and MaxText; nothing here knows about any particular model.
+A run config names the mesh (`mesh.shape`, `mesh.axes`) and the rules (`logical_rules`; the configs use
+`seqjax.config.LOGICAL_RULES`) that map the cells' logical parameter axes ("embed", "heads", "mlp", ...)
+and the activations' ("batch", "length") onto mesh axes. Sharding is data in the config, as in
+big_vision and MaxText; nothing here knows about any particular model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
-    "DEFAULT_LOGICAL_RULES",
     "LogicalRules",
     "make_mesh",
     "named_sharding",
@@ -26,24 +26,6 @@ __all__ = [
 ]
 
 LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
-
-# FSDP shards the large input dimension of every weight ("embed", "vocab") over `fsdp`; tensor
-# parallelism shards heads and MLP/inner widths over `model`; the batch goes over both data axes.
-# Small dimensions (state sizes, gates of a recurrence, conv width) stay replicated: sharding them costs
-# a collective per time step.
-DEFAULT_LOGICAL_RULES: LogicalRules = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("vocab", "model"),
-    ("mlp", "model"),
-    ("heads", "model"),
-    ("kv_heads", "model"),
-    ("head_dim", None),
-    ("gates", None),
-    ("state", None),
-    ("ssm_state", None),
-)
 
 
 def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:

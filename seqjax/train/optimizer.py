@@ -10,38 +10,50 @@ Groups (a tree of strings matching the params, from `seqjax.models.param_groups`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import optax
 
-__all__ = ["GROUPS", "OPTIMIZERS", "SCHEDULES", "make_optimizer", "make_schedule"]
+__all__ = ["GROUPS", "OPTIMIZERS", "SCHEDULES", "OptimizerConfig", "make_optimizer", "make_schedule"]
 
 GROUPS = ("default", "no_decay", "ssm", "frozen")
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 SCHEDULES = ("cosine", "linear", "constant")
 
-_DEFAULTS: dict[str, Any] = {
-    "name": "adamw",
-    "learning_rate": 1e-3,
-    "schedule": "cosine",
-    "warmup_steps": 0,
-    "total_steps": 1000,
-    "end_learning_rate_fraction": 0.0,
-    "weight_decay": 0.0,
-    "b1": 0.9,
-    "b2": 0.999,
-    "eps": 1e-8,
-    "momentum": 0.9,
-    "nesterov": False,
-    "clip_norm": None,
-    "grad_accum_steps": 1,
-    "ssm_learning_rate": None,
-}
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Every optimizer option and its default (the `optimizer` section of a run config).
+
+    make_optimizer(OptimizerConfig(name="lion", learning_rate=3e-4), param_groups)
+    """
+
+    name: str = dataclasses.field(default="adamw", metadata={"choices": OPTIMIZERS})
+    learning_rate: float = 1e-3
+    schedule: str = dataclasses.field(default="cosine", metadata={"choices": SCHEDULES})  # after warmup
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    end_learning_rate_fraction: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    clip_norm: float | None = None
+    grad_accum_steps: int = 1
+    ssm_learning_rate: float | None = None  # None: learning_rate
+
+
+_DEFAULTS: dict[str, Any] = dataclasses.asdict(OptimizerConfig())
 
 
 def _options(config: Any) -> dict[str, Any]:
+    if isinstance(config, OptimizerConfig):
+        config = dataclasses.asdict(config)
     given = dict(config.items() if hasattr(config, "items") else config)
     unknown = sorted(set(given) - set(_DEFAULTS))
     if unknown:
@@ -110,7 +122,7 @@ def make_optimizer(config: Any, param_groups: Any = None) -> optax.GradientTrans
     """The optimizer a config describes.
 
     Args:
-      config: a mapping or ConfigDict with keys from `_DEFAULTS` (unknown keys are an error).
+      config: an `OptimizerConfig`, or a mapping with some of its keys (unknown keys are an error).
       param_groups: a tree of group names matching the params (see module docstring); None puts every
         parameter in "default".
     """

@@ -1,4 +1,4 @@
-"""The jitted train and eval steps, and the per-task losses.
+"""The jitted train step and the per-task losses (evaluation: `seqjax.train.evaluation`).
 
 A batch is a dict of arrays, batch-major:
 - "inputs": token ids [B, L] (LM, DNA) or features [B, L, V] (forecasting);
@@ -31,7 +31,6 @@ __all__ = [
     "TBPTT_UPDATES",
     "Batch",
     "forward",
-    "make_eval_step",
     "make_train_step",
     "token_losses",
     "truncated_bptt_chunk_updates",
@@ -275,19 +274,3 @@ def make_train_step(
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
-
-
-def make_eval_step(
-    model: nn.Module,
-    loss_fn: LossFn,
-    params_shardings: Any,
-    batch_sharding: Any,
-) -> Callable[[Any, Batch], tuple[Metrics, jax.Array]]:
-    """`eval_step(params, batch) -> (metrics, outputs)`: deterministic forward, loss and raw outputs."""
-
-    def eval_step(params: Any, batch: Batch) -> tuple[Metrics, jax.Array]:
-        outputs = forward(model, params, batch, deterministic=True, rng=None)
-        loss, metrics = loss_fn(outputs, batch)
-        return {**metrics, "loss": loss}, outputs
-
-    return jax.jit(eval_step, in_shardings=(params_shardings, batch_sharding))

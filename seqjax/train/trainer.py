@@ -1,7 +1,9 @@
-"""The training loop: one function, in marked sections, driven by an ml_collections config.
+"""The training loop: one function, in marked sections, driven by a run config.
 
-    train(config, workdir)
+    train(config, workdir)  # config: a configs/*.py ConfigDict (resolved once, at the start) or a RunConfig
 
+- The config is resolved once into the typed `seqjax.train.run_config.RunConfig` (every key checked,
+  every default filled); the loop reads only that.
 - Tasks (`config.task`): "lm" (next-token), "classification" (one label per sequence) and "forecast"
   (multi-horizon regression); data (`config.data.kind`): "synthetic", "genomic", "timeseries",
   "documents" — each real kind is a `seqjax.data.<kind>.make_sources`.
@@ -12,7 +14,7 @@
 - A step whose loss or gradient is not finite stops the run with an error naming the step; nothing
   from that step is checkpointed.
 - Metrics go to the console (process 0) with steps/s, tokens/s and ETA, to `workdir/metrics.jsonl`,
-  and to TensorBoard event files in `workdir/tensorboard`.
+  and (`config.tensorboard`) to TensorBoard event files in `workdir/tensorboard`.
 - Eval walks the whole validation split (no drop_last) and computes the task's metrics
   (`seqjax.data.metrics`); `checkpoint.best_metric` keeps the best step by one of them.
 
@@ -22,6 +24,7 @@ Data: batch `i` is elements [i·B, (i+1)·B) of a grain-shuffled, repeated strea
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -33,7 +36,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -43,16 +45,17 @@ from seqjax import models
 from seqjax.data.pipeline import TrainBatches, eval_batches
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
+from seqjax.train import run_config
 from seqjax.train.checkpoint import Checkpoints
 from seqjax.train.evaluation import evaluate_split, make_eval_fn
 from seqjax.train.optimizer import make_optimizer
+from seqjax.train.run_config import DataConfig, RunConfig, resolve
 from seqjax.train.state import TrainState, init_train_state, state_shardings
 from seqjax.train.step import LOSSES, make_train_step
 
 __all__ = [
     "DATA_KINDS",
     "NonFiniteLossError",
-    "build_model",
     "build_sources",
     "evaluate",
     "load_config",
@@ -63,13 +66,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: config.data.kind -> the module whose `make_sources(data, data_dir)` builds the splits.
-DATA_KINDS = {
-    "genomic": "seqjax.data.genomic",
-    "timeseries": "seqjax.data.timeseries",
-    "documents": "seqjax.data.documents",
-}
-#: data keys the trainer reads itself; everything else goes to the data module, which rejects unknowns.
-_TRAINER_DATA_KEYS = ("shuffle",)
+DATA_KINDS = {kind: f"seqjax.data.{kind}" for kind in run_config.DATA_KINDS if kind != "synthetic"}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -83,55 +80,46 @@ def default_data_dir() -> str:
     )
 
 
-def build_sources(data: Mapping[str, Any], data_dir: str | None = None) -> dict[str, Any]:
-    """The random-access splits ("train", "validation", and "test" for real data) a data config names."""
-    data = {k: v for k, v in dict(data).items() if k not in _TRAINER_DATA_KEYS}
-    kind = data.get("kind")
-    if kind == "synthetic":
-        seed = int(data.get("seed", 0))
+def build_sources(data: DataConfig | Mapping[str, Any], data_dir: str | None = None) -> dict[str, Any]:
+    """The random-access splits ("train", "validation", and "test" for real data) a data config names.
+
+    `data` is the typed `DataConfig` or a `config.data` section (checked as `resolve` checks it)."""
+    if not isinstance(data, DataConfig):
+        data = run_config.resolve_data(data)
+    if data.kind == "synthetic":
+        options = run_config.SyntheticDataConfig(**data.options)
 
         def task(offset: int, size: int) -> SyntheticTask:
             return SyntheticTask(
-                data["task"],
-                length=int(data["length"]),
-                num_symbols=int(data.get("num_symbols", 8)),
-                vocab_size=int(data.get("vocab_size", 16)),
-                num_queries=int(data.get("num_queries", 4)),
-                seed=seed + offset,
+                options.task,
+                length=options.length,
+                num_symbols=options.num_symbols,
+                vocab_size=options.vocab_size,
+                num_queries=options.num_queries,
+                seed=options.seed + offset,
                 size=size,
             )
 
         # Validation and test are finite, fixed sets drawn from other seeds.
-        size = int(data.get("eval_size", 1024))
         return {
             "train": task(0, 2**31 - 1),
-            "validation": task(1_000_003, size),
-            "test": task(2_000_003, size),
+            "validation": task(1_000_003, options.eval_size),
+            "test": task(2_000_003, options.eval_size),
         }
-    if kind not in DATA_KINDS:
-        raise ValueError(
-            f"config.data.kind: unknown {kind!r}; choose one of {['synthetic', *sorted(DATA_KINDS)]}."
-        )
-    module = importlib.import_module(DATA_KINDS[kind])
-    return module.make_sources(data, data_dir or default_data_dir())
+    module = importlib.import_module(DATA_KINDS[data.kind])
+    return module.make_sources(data.source_options(), data_dir or default_data_dir())
 
 
-def build_model(config: ml_collections.ConfigDict, example: Mapping[str, np.ndarray]) -> nn.Module:
-    """The task model for `config.task`, sized from one example where the data decides a dimension
-    (a forecaster's variables and horizon)."""
-    task = config.task
-    head = dict(config.get("head", {}) or {})
-    values = config.model.to_dict()
-    if task == "lm":
-        return models.LanguageModel(models.BackboneConfig.from_dict(values), **head)
-    if task == "classification":
-        return models.SequenceClassifier(models.BackboneConfig.from_dict(values), **head)
-    if task == "forecast":
-        values["encoder"] = "linear"
-        values["input_size"] = int(example["inputs"].shape[-1])
-        head.setdefault("horizon", int(example["targets"].shape[0]))
-        return models.Forecaster(models.BackboneConfig.from_dict(values), **head)
-    raise ValueError(f"config.task: unknown {task!r}; choose one of {sorted(LOSSES)}.")
+def _fit_to_data(config: RunConfig, example: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    """The backbone and head values with what the data decides filled in: a forecaster's variables
+    (`input_size`) and, unless the head sets it, its horizon."""
+    backbone, head = dict(config.model), dict(config.head)
+    if config.task == "forecast":
+        backbone["encoder"] = "linear"
+        backbone["input_size"] = int(example["inputs"].shape[-1])
+        if head.get("horizon") is None:
+            head["horizon"] = int(example["targets"].shape[0])
+    return backbone, head
 
 
 def _global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
@@ -178,46 +166,46 @@ def _step_memory_bytes(train_step: Any, state: Any, batch: Any) -> int | None:
         return None
 
 
-def _updates_per_batch(config: ml_collections.ConfigDict, length: int) -> int:
+def _updates_per_batch(config: RunConfig, length: int) -> int:
     """Optimizer updates per batch: one, or one per chunk with `tbptt_updates="chunk"`."""
-    tbptt = config.get("tbptt_length")
-    if str(config.get("tbptt_updates", "batch")) != "chunk" or tbptt is None:
+    if config.tbptt_updates != "chunk" or config.tbptt_length is None:
         return 1
-    return max(length // int(tbptt), 1)
+    return max(length // config.tbptt_length, 1)
 
 
-def _optimizer_options(config: ml_collections.ConfigDict, length: int) -> dict[str, Any]:
+def _optimizer_options(config: RunConfig, length: int) -> dict[str, Any]:
     """`config.optimizer` with its schedule counted in the updates the schedule sees.
 
     The config counts batches, as `step`, `total_steps` and the eval and checkpoint intervals do. The
     schedule counts the inner optimizer's updates: one per TBPTT chunk with `tbptt_updates="chunk"`,
     and one per `grad_accum_steps` micro-steps (optax.MultiSteps). Its lengths are scaled by
     updates per batch / grad_accum_steps so that warmup and decay end where the config says."""
-    options = config.optimizer.to_dict()
+    options = dataclasses.asdict(config.optimizer)
     per_batch = _updates_per_batch(config, length)
-    accum = max(int(options.get("grad_accum_steps") or 1), 1)
+    accum = max(options["grad_accum_steps"], 1)
     for key in ("total_steps", "warmup_steps"):
-        if options.get(key):
+        if options[key]:
             options[key] = max(-(-int(options[key]) * per_batch // accum), 1)
     return options
 
 
-def setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Mesh, rules, data, model, optimizer and shardings, shared by `train` and `scripts/evaluate.py`."""
-    num_devices = config.mesh.get("num_devices")  # None: every device; else the first N (one process)
-    devices = None if num_devices is None else jax.devices()[: int(num_devices)]
-    mesh = mesh_lib.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes), devices=devices)
+def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
+    """Mesh, rules, data, model, optimizer and shardings, shared by `train` and `evaluate`; `config` is
+    resolved first (the resolved `RunConfig` is returned as "config")."""
+    config = resolve(config)
+    num_devices = config.mesh.num_devices  # None: every device; else the first N (one process)
+    devices = None if num_devices is None else jax.devices()[:num_devices]
+    mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes, devices=devices)
     rules = mesh_lib.rules_from_config(config.logical_rules, mesh)
-    batch_size = int(config.batch_size)
+    batch_size = config.batch_size
     if batch_size % jax.process_count():
         raise ValueError(
             f"config.batch_size={batch_size} does not divide over {jax.process_count()} processes."
         )
-    if config.task not in LOSSES:
-        raise ValueError(f"config.task: unknown {config.task!r}; choose one of {sorted(LOSSES)}.")
-    sources = build_sources(config.data, config.get("data_dir"))
+    sources = build_sources(config.data, config.data_dir)
     first = {k: np.asarray(v) for k, v in sources["train"][0].items()}
-    model = build_model(config, first)
+    backbone, head = _fit_to_data(config, first)
+    model = models.build_task_model(config.task, backbone, head)
     inputs = first["inputs"]
     tx = make_optimizer(_optimizer_options(config, int(inputs.shape[0])), models.param_groups(model))
     example = (np.zeros((batch_size, *inputs.shape), inputs.dtype),)
@@ -229,6 +217,7 @@ def setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
     batch_shardings = {k: sharding_for(v.ndim + 1) for k, v in first.items()}
     abstract, shardings = state_shardings(model, tx, example, mesh, rules)
     return {
+        "config": config,
         "mesh": mesh,
         "rules": rules,
         "sources": sources,
@@ -243,19 +232,17 @@ def setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def run_eval(
-    config: ml_collections.ConfigDict,
+    config: RunConfig,
     eval_fn: Callable[..., Any],
     params: Any,
     source: Any,
     batch_shardings: Mapping[str, NamedSharding],
 ) -> dict[str, float]:
     """The task's metrics on a whole split (capped at `config.eval_examples` when set)."""
-    batch_size = int(config.get("eval_batch_size") or config.batch_size)
-    cap = config.get("eval_examples")
     batches = eval_batches(
         source,
-        batch_size,
-        max_examples=None if cap is None else int(cap),
+        config.eval_batch,
+        max_examples=config.eval_examples,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
@@ -269,186 +256,206 @@ def run_eval(
     )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train(config: RunConfig | ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains as `config` says; returns the last step, state, train metrics and eval metrics, tokens/s
     (after the first, compiling step), peak memory and the parameter count."""
     # ----------------------------------------------------------------------------------------------
-    # Setup: mesh, data, model, optimizer, shardings.
+    # Setup: the typed config, mesh, data, model, optimizer, shardings.
     # ----------------------------------------------------------------------------------------------
     os.makedirs(workdir, exist_ok=True)
     parts = setup(config)
+    config = parts["config"]
     model, tx, sources = parts["model"], parts["tx"], parts["sources"]
-    batch_size = int(config.batch_size)
+    batch_size = config.batch_size
     batch_shardings = parts["batch_shardings"]
-    shuffle = bool(config.data.get("shuffle", config.data.kind != "synthetic"))
 
     # ----------------------------------------------------------------------------------------------
     # State: a fresh one, or the newest readable checkpoint placed onto this mesh.
     # ----------------------------------------------------------------------------------------------
     ckpt = Checkpoints(
         os.path.join(workdir, "checkpoints"),
-        save_every=int(config.checkpoint.every),
-        keep=int(config.checkpoint.keep),
-        best_metric=config.checkpoint.get("best_metric"),
-        best_mode=config.checkpoint.get("best_mode", "min"),
-        async_save=bool(config.checkpoint.get("async_save", True)),
+        save_every=config.checkpoint.every,
+        keep=config.checkpoint.keep,
+        best_metric=config.checkpoint.best_metric,
+        best_mode=config.checkpoint.best_mode,
+        async_save=config.checkpoint.async_save,
     )
-    shardings = parts["state_shardings"]
-    restored = ckpt.restore(parts["abstract_state"])
-    if restored is None:
-        state, _ = init_train_state(
-            model, tx, parts["example"], parts["mesh"], parts["rules"], seed=int(config.seed)
-        )
-        next_batch = 0
-    else:
-        state: TrainState = restored.state
-        next_batch = int(restored.data_state["next_batch"])
-        log.info("resumed from step %d (data position %d)", restored.step, next_batch)
-    batches = TrainBatches(
-        sources["train"],
-        batch_size,
-        seed=int(config.seed),
-        shuffle=shuffle,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        start=next_batch,
-    )
-    tbptt = config.get("tbptt_length")
-    tbptt_updates = str(config.get("tbptt_updates", "batch"))
-    if tbptt_updates == "chunk" and tbptt is not None:
-        log.info(
-            "tbptt_updates=chunk: %d optimizer updates per batch; the LR schedule is scaled to match.",
-            _updates_per_batch(config, parts["tokens_per_example"]),
-        )
-    train_step = make_train_step(
-        model,
-        tx,
-        LOSSES[config.task],
-        shardings,
-        batch_shardings,
-        tbptt_length=None if tbptt is None else int(tbptt),
-        tbptt_updates=tbptt_updates,
-    )
-    eval_fn = make_eval_fn(model, config.task, shardings.params, batch_shardings)
-    config_json = json.loads(config.to_json_best_effort())
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(parts["abstract_state"].params))
-
-    # ----------------------------------------------------------------------------------------------
-    # Logging: console and metrics.jsonl and TensorBoard, on process 0 only.
-    # ----------------------------------------------------------------------------------------------
-    is_chief = jax.process_index() == 0
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    # The async checkpointer, the batch prefetch thread and the TensorBoard writer are closed on every
+    # way out of the loop, an exception included.
+    batches: TrainBatches | None = None
     summary = None
-    if is_chief and config.get("tensorboard", True):
-        from tensorboardX import SummaryWriter
+    closed = False
 
-        summary = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    def write(record: Mapping[str, Any]) -> None:
-        if not is_chief:
+    def close() -> None:
+        nonlocal closed
+        if closed:
             return
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if summary is not None:
-            for k, v in record.items():
-                if k not in ("step", "split") and isinstance(v, int | float) and math.isfinite(v):
-                    summary.add_scalar(f"{record['split']}/{k}", v, record["step"])
-            summary.flush()
-
-    # ----------------------------------------------------------------------------------------------
-    # Loop.
-    # ----------------------------------------------------------------------------------------------
-    total = int(config.total_steps)
-    tokens_per_batch = batch_size * parts["tokens_per_example"]
-    step = int(state.step)
-    last: dict[str, Any] = {}
-    eval_metrics: dict[str, float] | None = None
-    t_first, step_first = None, step  # timing starts after the first (compiling) step
-    t_started = time.perf_counter()
-    step_memory: int | None = None
-
-    def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
-        ckpt.save(step, state, data_state=batches.state(), config=config_json, metrics=metrics)
-
-    def finish(preempted: bool) -> dict[str, Any]:
+        closed = True
         ckpt.close()
-        batches.close()
+        if batches is not None:
+            batches.close()
         if summary is not None:
             summary.close()
-        elapsed = time.perf_counter() - t_first if t_first is not None else math.nan
-        rate = (step - step_first) / elapsed if step > step_first and elapsed > 0 else math.nan
-        return {
-            "step": step,
-            "state": state,
-            "metrics": last,
-            "eval": eval_metrics,
-            "preempted": preempted,
-            "steps_per_s": rate,
-            "tokens_per_s": rate * tokens_per_batch,
-            "peak_memory_bytes": _peak_memory_bytes(),
-            "step_memory_bytes": step_memory,
-            "num_params": num_params,
-        }
 
-    budget = config.get("max_train_seconds")
-    with _Preemption() as preemption:
-        while step < total:
-            batch = _global_batch(next(batches), batch_shardings)
-            if step_memory is None and config.get("report_step_memory"):
-                step_memory = _step_memory_bytes(train_step, state, batch)
-            state, metrics = train_step(state, batch)
-            if not bool(metrics["finite"]):
-                ckpt.close()
-                batches.close()
-                raise NonFiniteLossError(
-                    f"step {step + 1}: loss {float(metrics['loss'])} / gradient norm "
-                    f"{float(metrics['grad_norm'])} is not finite; the update was not applied (with "
-                    f"tbptt_updates=chunk: not for the non-finite chunks) and nothing "
-                    f"was checkpointed. The last checkpoint is step {ckpt.latest_step()} in {workdir}."
-                )
-            step += 1
-            if t_first is None:
-                t_first, step_first = time.perf_counter(), step
-            last = {k: float(v) for k, v in metrics.items()}
-            if step % int(config.log_every) == 0 or step == total:
-                elapsed = time.perf_counter() - t_first
-                rate = (step - step_first) / elapsed if elapsed > 0 and step > step_first else math.nan
-                eta = (total - step) / rate if rate > 0 else math.nan
-                if budget is not None:
-                    eta = min(eta, float(budget) - (time.perf_counter() - t_started))
-                record = {"step": step, "split": "train", **last, "steps_per_s": rate}
-                record["tokens_per_s"] = rate * tokens_per_batch
-                write(record)
-                if is_chief:
-                    shown = " ".join(f"{k} {last[k]:.4f}" for k in ("loss", "accuracy", "mae") if k in last)
-                    print(
-                        f"step {step}/{total} {shown} {rate:.2f} steps/s "
-                        f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f} s",
-                        flush=True,
-                    )
-            out_of_time = budget is not None and time.perf_counter() - t_started > float(budget)
-            eval_now = int(config.eval_every) and (
-                step % int(config.eval_every) == 0 or step == total or out_of_time
+    try:
+        shardings = parts["state_shardings"]
+        restored = ckpt.restore(parts["abstract_state"])
+        if restored is None:
+            state, _ = init_train_state(
+                model, tx, parts["example"], parts["mesh"], parts["rules"], seed=config.seed
             )
-            if eval_now:
-                eval_metrics = run_eval(config, eval_fn, state.params, sources["validation"], batch_shardings)
-                write({"step": step, "split": "eval", **eval_metrics})
-                if is_chief:
-                    print(f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
-            if preemption.requested:
-                save(step, eval_metrics if eval_now else None)
-                if is_chief:
-                    print(f"SIGTERM: saved step {step}; exiting.", flush=True)
-                return finish(preempted=True)
-            if ckpt.should_save(step) or step == total or out_of_time:
-                save(step, eval_metrics if eval_now else None)
-            if out_of_time:
-                if is_chief:
-                    print(
-                        f"max_train_seconds={budget} reached at step {step}; saved and stopping.", flush=True
+            next_batch = 0
+        else:
+            state: TrainState = restored.state
+            next_batch = int(restored.data_state["next_batch"])
+            log.info("resumed from step %d (data position %d)", restored.step, next_batch)
+        batches = TrainBatches(
+            sources["train"],
+            batch_size,
+            seed=config.seed,
+            shuffle=config.data.shuffled,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            start=next_batch,
+        )
+        if config.tbptt_updates == "chunk" and config.tbptt_length is not None:
+            log.info(
+                "tbptt_updates=chunk: %d optimizer updates per batch; the LR schedule is scaled to match.",
+                _updates_per_batch(config, parts["tokens_per_example"]),
+            )
+        train_step = make_train_step(
+            model,
+            tx,
+            LOSSES[config.task],
+            shardings,
+            batch_shardings,
+            tbptt_length=config.tbptt_length,
+            tbptt_updates=config.tbptt_updates,
+        )
+        eval_fn = make_eval_fn(model, config.task, shardings.params, batch_shardings)
+        config_json = config.to_dict()
+        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(parts["abstract_state"].params))
+
+        # ------------------------------------------------------------------------------------------
+        # Logging: console and metrics.jsonl and TensorBoard, on process 0 only.
+        # ------------------------------------------------------------------------------------------
+        is_chief = jax.process_index() == 0
+        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        if is_chief and config.tensorboard:
+            from tensorboardX import SummaryWriter
+
+            summary = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+        def write(record: Mapping[str, Any]) -> None:
+            if not is_chief:
+                return
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if summary is not None:
+                for k, v in record.items():
+                    if k not in ("step", "split") and isinstance(v, int | float) and math.isfinite(v):
+                        summary.add_scalar(f"{record['split']}/{k}", v, record["step"])
+                summary.flush()
+
+        # ------------------------------------------------------------------------------------------
+        # Loop.
+        # ------------------------------------------------------------------------------------------
+        total = config.total_steps
+        tokens_per_batch = batch_size * parts["tokens_per_example"]
+        step = int(state.step)
+        last: dict[str, Any] = {}
+        eval_metrics: dict[str, float] | None = None
+        t_first, step_first = None, step  # timing starts after the first (compiling) step
+        t_started = time.perf_counter()
+        step_memory: int | None = None
+
+        def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
+            ckpt.save(step, state, data_state=batches.state(), config=config_json, metrics=metrics)
+
+        def finish(preempted: bool) -> dict[str, Any]:
+            close()
+            elapsed = time.perf_counter() - t_first if t_first is not None else math.nan
+            rate = (step - step_first) / elapsed if step > step_first and elapsed > 0 else math.nan
+            return {
+                "step": step,
+                "state": state,
+                "metrics": last,
+                "eval": eval_metrics,
+                "preempted": preempted,
+                "steps_per_s": rate,
+                "tokens_per_s": rate * tokens_per_batch,
+                "peak_memory_bytes": _peak_memory_bytes(),
+                "step_memory_bytes": step_memory,
+                "num_params": num_params,
+            }
+
+        budget = config.max_train_seconds
+        with _Preemption() as preemption:
+            while step < total:
+                batch = _global_batch(next(batches), batch_shardings)
+                if step_memory is None and config.report_step_memory:
+                    step_memory = _step_memory_bytes(train_step, state, batch)
+                state, metrics = train_step(state, batch)
+                if not bool(metrics["finite"]):
+                    close()  # waits for pending saves, so the message names the last one on disk
+                    raise NonFiniteLossError(
+                        f"step {step + 1}: loss {float(metrics['loss'])} / gradient norm "
+                        f"{float(metrics['grad_norm'])} is not finite; the update was not applied (with "
+                        f"tbptt_updates=chunk: not for the non-finite chunks) and nothing "
+                        f"was checkpointed. The last checkpoint is step {ckpt.latest_step()} in {workdir}."
                     )
-                break
-    return finish(preempted=False)
+                step += 1
+                if t_first is None:
+                    t_first, step_first = time.perf_counter(), step
+                last = {k: float(v) for k, v in metrics.items()}
+                if step % config.log_every == 0 or step == total:
+                    elapsed = time.perf_counter() - t_first
+                    rate = (step - step_first) / elapsed if elapsed > 0 and step > step_first else math.nan
+                    eta = (total - step) / rate if rate > 0 else math.nan
+                    if budget is not None:
+                        eta = min(eta, budget - (time.perf_counter() - t_started))
+                    record = {"step": step, "split": "train", **last, "steps_per_s": rate}
+                    record["tokens_per_s"] = rate * tokens_per_batch
+                    write(record)
+                    if is_chief:
+                        shown = " ".join(
+                            f"{k} {last[k]:.4f}" for k in ("loss", "accuracy", "mae") if k in last
+                        )
+                        print(
+                            f"step {step}/{total} {shown} {rate:.2f} steps/s "
+                            f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f} s",
+                            flush=True,
+                        )
+                out_of_time = budget is not None and time.perf_counter() - t_started > budget
+                eval_now = config.eval_every and (
+                    step % config.eval_every == 0 or step == total or out_of_time
+                )
+                if eval_now:
+                    eval_metrics = run_eval(
+                        config, eval_fn, state.params, sources["validation"], batch_shardings
+                    )
+                    write({"step": step, "split": "eval", **eval_metrics})
+                    if is_chief:
+                        print(
+                            f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items())
+                        )
+                if preemption.requested:
+                    save(step, eval_metrics if eval_now else None)
+                    if is_chief:
+                        print(f"SIGTERM: saved step {step}; exiting.", flush=True)
+                    return finish(preempted=True)
+                if ckpt.should_save(step) or step == total or out_of_time:
+                    save(step, eval_metrics if eval_now else None)
+                if out_of_time:
+                    if is_chief:
+                        print(
+                            f"max_train_seconds={budget} reached at step {step}; saved and stopping.",
+                            flush=True,
+                        )
+                    break
+        return finish(preempted=False)
+    finally:
+        close()
 
 
 def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
@@ -468,17 +475,18 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
 
 
 def evaluate(
-    config: ml_collections.ConfigDict, workdir: str, split: str = "test", step: int | str = "best"
+    config: RunConfig | ml_collections.ConfigDict, workdir: str, split: str = "test", step: int | str = "best"
 ) -> dict[str, Any]:
     """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
     metrics on the whole `split`. Returns {"step", "split", "metrics"}."""
     parts = setup(config)
+    config = parts["config"]
     if split not in parts["sources"]:
         raise ValueError(f"evaluate: split must be one of {sorted(parts['sources'])}, got {split!r}.")
     ckpt = Checkpoints(
         os.path.join(workdir, "checkpoints"),
-        best_metric=config.checkpoint.get("best_metric"),
-        best_mode=config.checkpoint.get("best_mode", "min"),
+        best_metric=config.checkpoint.best_metric,
+        best_mode=config.checkpoint.best_mode,
         async_save=False,
     )
     try:

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests/test_models_*.py files (no tests here).
+"""Helpers shared by the tests/test_models_*.py files (a helper module: it holds no tests).
 
 Compiles dominate these tests' time on CPU, and a cell's `init` is among the slowest programs to
 compile, so each cell is initialised once per session (`cell_params`) and equivalence tests build model

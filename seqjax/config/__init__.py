@@ -1,0 +1,44 @@
+"""What the task configs (`configs/*.py`) share: model presets and sizes, the typed `preset,key=value`
+argument, the logical-axis sharding rules, and ConfigDict sections built from the typed run config's
+defaults (`seqjax.train.run_config`).
+
+    from seqjax.config import base_config, data_section, parse_arg
+
+    def get_config(arg=None):
+        preset, options = parse_arg(arg, "lstm", {"length": int}, "configs/mine.py")
+        c = base_config(preset, options.get("size", "cpu"), task="lm", max_length=options.get("length", 512))
+        c.data = data_section("synthetic", shuffle=False, task="copy", length=options.get("length", 512))
+        return c
+
+A layer above `seqjax.train` (it builds the trainer's config) and below `configs/` and `scripts/`.
+"""
+
+from seqjax.config.args import parse_arg
+from seqjax.config.files import load_config_file
+from seqjax.config.presets import PRESETS, SIZES, preset_mixer
+from seqjax.config.rules import LOGICAL_RULES
+from seqjax.config.sections import (
+    add_run_sections,
+    base_config,
+    data_section,
+    head_section,
+    model_section,
+    optimizer_section,
+    section,
+)
+
+__all__ = [
+    "LOGICAL_RULES",
+    "PRESETS",
+    "SIZES",
+    "add_run_sections",
+    "base_config",
+    "data_section",
+    "head_section",
+    "load_config_file",
+    "model_section",
+    "optimizer_section",
+    "parse_arg",
+    "preset_mixer",
+    "section",
+]

@@ -1,0 +1,48 @@
+"""The task configs' argument: `preset[,key=value...]`, parsed into typed options.
+
+preset, options = parse_arg("mamba,length=4096,size=accelerator", "lstm", {"length": int}, "configs/x.py")
+# ("mamba", {"length": 4096, "size": "accelerator"})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from seqjax.config.presets import PRESETS, SIZES
+
+__all__ = ["parse_arg"]
+
+_TYPE_NAMES = {int: "an int", float: "a number", str: "a string"}
+
+
+def parse_arg(
+    arg: str | None, default: str, options: Mapping[str, type], where: str
+) -> tuple[str, dict[str, int | float | str]]:
+    """`"preset,key=value,..."` → (preset, {key: value as `options[key]`}); `size` ("cpu" or
+    "accelerator") is always an option. Unknown presets, options and sizes, and values of the wrong
+    type, are errors that name `where` and the fix."""
+    options = {**options, "size": str}
+    parts = [p for p in (arg or default).split(",") if p]
+    preset, raw = parts[0], {}
+    for part in parts[1:]:
+        if "=" not in part:
+            raise ValueError(f"{where}: option {part!r} is not key=value.")
+        key, value = part.split("=", 1)
+        raw[key] = value
+    unknown = sorted(set(raw) - set(options))
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {unknown}; known: {sorted(options)}.")
+    if preset not in PRESETS:
+        raise ValueError(f"{where}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    if raw.get("size", "cpu") not in SIZES:
+        raise ValueError(f"{where}: size must be one of {sorted(SIZES)}, got {raw['size']!r}.")
+    values: dict[str, int | float | str] = {}
+    for key, value in raw.items():
+        kind = options[key]
+        try:
+            values[key] = kind(value)
+        except ValueError:
+            raise ValueError(
+                f"{where}: option {key}={value!r} must be {_TYPE_NAMES.get(kind, kind.__name__)}."
+            ) from None
+    return preset, values
