@@ -45,6 +45,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding
 
 from seqjax import models
+from seqjax.common.xla import plan_bytes
 from seqjax.config import load_config_file
 from seqjax.train import mesh as mesh_lib
 from seqjax.train.optimizer import make_optimizer
@@ -110,11 +111,6 @@ def variant_config(variant: str, length: int) -> ml_collections.ConfigDict:
 # --------------------------------------------------------------------------------------------------
 # Measurements.
 # --------------------------------------------------------------------------------------------------
-def plan_bytes(compiled: Any) -> int:
-    stats = compiled.memory_analysis()
-    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
-
-
 def measure(variant: str, length: int) -> dict[str, Any]:
     config = variant_config(variant, length)
     batch = FLAGS.batch

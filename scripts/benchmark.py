@@ -54,6 +54,7 @@ from absl import app, flags
 from jax import lax
 
 from seqjax import cells
+from seqjax.common.xla import plan_bytes
 from seqjax.scan import linear_recurrence
 from seqjax.scan.attention import attention, attention_reference
 from seqjax.scan.selective import selective_scan, selective_scan_reference
@@ -221,17 +222,6 @@ class OtherLoad:
         wall = time.perf_counter() - wall0
         other = (self._busy() - busy0) - (self._own() - own0)
         self.cores = max(other, 0.0) / wall if wall > 0 else 0.0
-
-
-def xla_peak_bytes(compiled: Any) -> int | None:
-    """Arguments + outputs + temporaries of a compiled executable; None where the backend has no analysis."""
-    try:
-        stats = compiled.memory_analysis()
-        if stats is None:
-            return None
-        return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
-    except Exception:
-        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -633,7 +623,7 @@ def measure_jax(impl: Impl, length: int, repeats: int) -> Measurement:
     t0 = time.perf_counter()
     compiled = grad.lower(*args).compile()
     m.compile_s = time.perf_counter() - t0
-    m.xla_peak_bytes = xla_peak_bytes(compiled)
+    m.xla_peak_bytes = plan_bytes(compiled)
     if m.xla_peak_bytes is not None and m.xla_peak_bytes > FLAGS.max_gib * 2**30:
         m.status = "skipped"
         m.reason = f"needs {m.xla_peak_bytes / 2**30:.1f} GiB (XLA plan) > --max_gib={FLAGS.max_gib:g}"

@@ -42,6 +42,7 @@ import optax
 from absl import app, flags
 
 from seqjax import models
+from seqjax.common.xla import plan_bytes
 from seqjax.config import PRESETS
 
 FLAGS = flags.FLAGS
@@ -169,14 +170,6 @@ def equal_param_expansions(names: list[str]) -> dict[str, tuple[float, int]]:
 # --------------------------------------------------------------------------------------------------
 # Measurements.
 # --------------------------------------------------------------------------------------------------
-def xla_peak_bytes(compiled: Any) -> int | None:
-    try:
-        stats = compiled.memory_analysis()
-        return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
-    except Exception:
-        return None
-
-
 def _tokens(batch: int, length: int) -> jax.Array:
     return jax.random.randint(jax.random.key(1), (batch, length), 0, FLAGS.vocab, jnp.int32)
 
@@ -196,7 +189,7 @@ def measure_training(name: str, expansion: float, length: int, time_it: bool) ->
     t0 = time.perf_counter()
     compiled = jax.jit(jax.grad(loss)).lower(variables, inputs, targets).compile()
     row.compile_s = time.perf_counter() - t0
-    row.peak_bytes = xla_peak_bytes(compiled)
+    row.peak_bytes = plan_bytes(compiled)
     if row.peak_bytes is not None and row.peak_bytes > FLAGS.max_gib * GIB:
         row.status, row.reason = "skipped", f"plan {row.peak_bytes / GIB:.1f} GiB > {FLAGS.max_gib:g}"
         return row
@@ -224,7 +217,7 @@ def measure_generation(name: str, expansion: float, context: int) -> GenRow:
     step = jax.jit(lambda v, c, t: models.decode_step(model, v, c, t), donate_argnums=(1,))
     token = jnp.argmax(logits, -1).astype(jnp.int32)
     compiled = step.lower(variables, cache, token).compile()
-    row.step_peak_bytes = xla_peak_bytes(compiled)
+    row.step_peak_bytes = plan_bytes(compiled)
     cache, logits = jax.block_until_ready(compiled(variables, cache, token))
     times = []
     for _ in range(FLAGS.gen_tokens):

@@ -5,9 +5,6 @@ satisfies (apply == loop of step, padding, resets, dtypes, ...) is in tests/test
 from __future__ import annotations
 
 import dataclasses
-import doctest
-import importlib
-import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import seqjax.cells
 from seqjax import cells
 from seqjax.cells.base import Params
 from tests.cell_cases import max_abs_diff, random_flags, random_state, step_loop
@@ -100,19 +96,6 @@ def test_cell_subclass_with_the_recurrent_split_still_works():
     np.testing.assert_allclose(ys, ref_ys, rtol=1e-6)
     np.testing.assert_allclose(final, ref_final, rtol=1e-6)
     assert cell.step_unsupported() is None
-
-
-CELL_MODULES = sorted(m.name for m in pkgutil.iter_modules(seqjax.cells.__path__, "seqjax.cells."))
-
-
-@pytest.mark.parametrize("module", CELL_MODULES)
-def test_docstring_examples_run(module):
-    """The examples in the cells' docstrings (pytest's doctest, one module at a time)."""
-    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    for test in finder.find(importlib.import_module(module)):
-        runner.run(test)
-    result = runner.summarize(verbose=False)
-    assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples of {module} failed"
 
 
 @pytest.mark.parametrize("name", [*cells.names(), "bidirectional"])

@@ -23,7 +23,7 @@ from seqjax.cells.linear_attention import (
     positive_random_features,
 )
 from seqjax.cells.registry import get
-from seqjax.scan.matrix import (
+from seqjax.scan.matrix_recurrence import (
     linear_attention,
     linear_attention_chunked,
     linear_attention_recurrent,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from seqjax.scan import linear_recurrence, reverse_resets
-from seqjax.scan.linear import choose_method
+from seqjax.scan.diagonal import choose_method
 
 B, N = 2, 3
 

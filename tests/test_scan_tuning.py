@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from seqjax.scan import linear_recurrence, tuning
-from seqjax.scan.linear import choose_method
+from seqjax.scan.diagonal import choose_method
 
 ROOT = Path(__file__).resolve().parents[1]
 

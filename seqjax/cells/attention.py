@@ -37,6 +37,7 @@ import numpy as np
 from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
 from seqjax.cells.positional import POSITIONALS, alibi_slopes, rotary_embedding, sinusoidal_embedding
 from seqjax.cells.registry import register
+from seqjax.common.checks import check_positive_int
 from seqjax.scan.attention import METHODS, Visibility, attention, decode_attention
 
 __all__ = [
@@ -68,11 +69,6 @@ class SlidingWindowState(NamedTuple):
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
-def _positive_int(label: str, field: str, value: Any, what: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{label}: {field} must be a positive integer{what}, got {value!r}.")
-
-
 def segments_and_positions(
     valid: jax.Array, resets: jax.Array | None, start: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -155,14 +151,14 @@ class _SoftmaxAttention(Cell):
 
     def __post_init__(self) -> None:
         label = type(self).__name__
-        _positive_int(label, "num_heads", self.num_heads)
-        _positive_int(label, "head_dim", self.head_dim)
+        check_positive_int(label, "num_heads", self.num_heads)
+        check_positive_int(label, "head_dim", self.head_dim)
         if self.block_size is not None:
-            _positive_int(label, "block_size", self.block_size, " or None (the engine chooses)")
+            check_positive_int(label, "block_size", self.block_size, " or None (the engine chooses)")
         if self.out_features is not None:
-            _positive_int(label, "out_features", self.out_features)
+            check_positive_int(label, "out_features", self.out_features)
         if self.num_kv_heads is not None:
-            _positive_int(label, "num_kv_heads", self.num_kv_heads, " or None (= num_heads)")
+            check_positive_int(label, "num_kv_heads", self.num_kv_heads, " or None (= num_heads)")
             if self.num_heads % self.num_kv_heads:
                 raise ValueError(
                     f"{label}: num_heads={self.num_heads} is not a multiple of num_kv_heads="
@@ -435,7 +431,7 @@ class Attention(_SoftmaxAttention):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive_int("Attention", "max_length", self.max_length, " (the KV-cache capacity)")
+        check_positive_int("Attention", "max_length", self.max_length, " (the KV-cache capacity)")
 
     def initial_state(self, batch_shape: Sequence[int] = (), dtype: DType = jnp.float32) -> AttentionState:
         shape = (*batch_shape, self.max_length, self.kv_heads, self.head_dim)
@@ -610,7 +606,7 @@ class SlidingWindowAttention(_SoftmaxAttention):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive_int(
+        check_positive_int(
             "SlidingWindowAttention",
             "window",
             self.window,

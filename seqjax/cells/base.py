@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from seqjax.common.dtypes import accumulation_dtype
 from seqjax.scan.sequential import broadcast_flags, reverse_resets, scan_recurrence, select_tree
 
 PyTree = Any
@@ -37,11 +38,6 @@ Axes = tuple[str | None, ...]
 DType = Any
 
 __all__ = ["Axes", "Cell", "Params", "RecurrentCell", "State", "accumulation_dtype"]
-
-
-def accumulation_dtype(compute_dtype: DType) -> jnp.dtype:
-    """float32 accumulation for low-precision compute, float64 when the cell computes in float64."""
-    return jnp.promote_types(compute_dtype, jnp.float32)
 
 
 def _check_flags(cell_name: str, what: str, flags: Any, expected_shape: tuple[int, ...]) -> jax.Array:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
+from seqjax.common.checks import check_positive_int
 
 __all__ = ["ELSTM", "ELSTMState"]
 
@@ -69,9 +70,7 @@ class ELSTM(RecurrentCell):
 
     def __post_init__(self) -> None:
         for field in ("hidden_size", "memory_slots", "memory_width", "unroll"):
-            value = getattr(self, field)
-            if int(value) <= 0:
-                raise ValueError(f"ELSTM: {field} must be a positive integer, got {value}.")
+            check_positive_int("ELSTM", field, getattr(self, field))
 
     def init(self, key: jax.Array, input_size: int) -> Params:
         d, s, m = self.hidden_size, self.memory_slots, self.memory_width

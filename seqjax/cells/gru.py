@@ -13,6 +13,7 @@ from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
 from seqjax.cells.torch_port import TorchRNNPort
+from seqjax.common.checks import check_positive_int
 
 __all__ = ["GRU"]
 
@@ -54,8 +55,7 @@ class GRU(TorchRNNPort, RecurrentCell):
     param_dtype: DType = jnp.float32
 
     def __post_init__(self) -> None:
-        if int(self.hidden_size) <= 0:
-            raise ValueError(f"GRU: hidden_size must be a positive integer, got {self.hidden_size}.")
+        check_positive_int("GRU", "hidden_size", self.hidden_size)
         if int(self.unroll) < 1:
             raise ValueError(f"GRU: unroll must be >= 1, got {self.unroll}.")
 

@@ -13,11 +13,12 @@ Every cell projects x [*, input_size] to q, k, v [*, heads, head_dim] with one m
 [input_size, 3, heads, head_dim], no bias), runs the recurrence per head, and projects the concatenated
 heads back with `w_o` [heads, head_dim, output_size]; `output_size` is `out_features`, by default
 `num_heads * head_dim`. `step` carries S (and z): the recurrent form. `apply` runs the engine in
-`seqjax.scan.matrix`: the chunkwise-parallel form for `method="chunked"` or `"auto"`, the token-by-token
-scan for `"recurrent"`. With `fused=True` (the default) the chunked form runs the whole layer inside its
-chunk loop (`linear_attention_fused`): the projections, gates, norm and output projection of a chunk are
-computed from that chunk's input and recomputed in the backward pass, so training keeps no full-length
-[*, T, heads, head_dim] activation (a 5x smaller plan and a faster step at 16k; docs/performance.md).
+`seqjax.scan.matrix_recurrence`: the chunkwise-parallel form for `method="chunked"` or `"auto"`, the
+token-by-token scan for `"recurrent"`. With `fused=True` (the default) the chunked form runs the whole
+layer inside its chunk loop (`linear_attention_fused`): the projections, gates, norm and output
+projection of a chunk are computed from that chunk's input and recomputed in the backward pass, so
+training keeps no full-length [*, T, heads, head_dim] activation (a 5x smaller plan and a faster step
+at 16k; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import numpy as np
 
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.registry import register
-from seqjax.scan.matrix import (
+from seqjax.common.checks import check_positive_int
+from seqjax.scan.matrix_recurrence import (
     METHODS,
     linear_attention,
     linear_attention_fused,
@@ -61,11 +63,6 @@ class LinearAttentionState(NamedTuple):
 
 class GLAState(NamedTuple):
     s: jax.Array  # [*batch, heads, head_dim, head_dim]
-
-
-def _positive_int(label: str, field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{label}: {field} must be a positive integer, got {value!r}.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +100,7 @@ def positive_random_features(x: jax.Array, w: jax.Array, *, stabilize: bool = Fa
     Returns:
       [..., m] in x's dtype promoted to at least float32.
     """
-    acc = jnp.promote_types(x.dtype, jnp.float32)
+    acc = accumulation_dtype(x.dtype)
     x = x.astype(acc)
     logits = jnp.einsum("...d,...md->...m", x, w.astype(acc)) - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
     if stabilize:
@@ -132,13 +129,13 @@ class _MatrixAttention(RecurrentCell):
 
     def __post_init__(self) -> None:
         label = type(self).__name__
-        _positive_int(label, "num_heads", self.num_heads)
-        _positive_int(label, "head_dim", self.head_dim)
-        _positive_int(label, "chunk_size", self.chunk_size)
+        check_positive_int(label, "num_heads", self.num_heads)
+        check_positive_int(label, "head_dim", self.head_dim)
+        check_positive_int(label, "chunk_size", self.chunk_size)
         if not isinstance(self.fused, bool):
             raise ValueError(f"{label}: fused must be True or False, got {self.fused!r}.")
         if self.out_features is not None:
-            _positive_int(label, "out_features", self.out_features)
+            check_positive_int(label, "out_features", self.out_features)
         if self.method not in METHODS:
             raise ValueError(f"{label}: method must be one of {METHODS}, got {self.method!r}.")
 
@@ -403,7 +400,7 @@ class Performer(_MatrixAttention):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive_int("Performer", "num_features", self.num_features)
+        check_positive_int("Performer", "num_features", self.num_features)
         if not self.eps > 0:
             raise ValueError(f"Performer: eps must be > 0, got {self.eps!r}.")
 

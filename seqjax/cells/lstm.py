@@ -14,6 +14,7 @@ from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
 from seqjax.cells.torch_port import TorchRNNPort
+from seqjax.common.checks import check_positive_int
 from seqjax.scan.lstm import gate_activations, lstm_scan
 
 __all__ = ["LSTM", "LSTMState"]
@@ -75,8 +76,7 @@ class LSTM(TorchRNNPort, RecurrentCell):
     param_dtype: DType = jnp.float32
 
     def __post_init__(self) -> None:
-        if int(self.hidden_size) <= 0:
-            raise ValueError(f"LSTM: hidden_size must be a positive integer, got {self.hidden_size}.")
+        check_positive_int("LSTM", "hidden_size", self.hidden_size)
         if self.engine not in ENGINES:
             raise ValueError(f"LSTM: engine must be one of {ENGINES}, got {self.engine!r}.")
         if int(self.unroll) < 1:

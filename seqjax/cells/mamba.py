@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.registry import register
-from seqjax.scan.linear import linear_recurrence
+from seqjax.common.checks import check_positive_int
+from seqjax.scan.diagonal import linear_recurrence
 from seqjax.scan.selective import SELECTIVE_METHODS, selective_scan
 
 __all__ = ["Mamba", "MambaState"]
@@ -89,9 +90,7 @@ class Mamba(RecurrentCell):
 
     def __post_init__(self) -> None:
         for field in ("d_model", "state_size", "expand", "d_conv", "chunk_size"):
-            value = getattr(self, field)
-            if int(value) <= 0:
-                raise ValueError(f"Mamba: {field} must be a positive integer, got {value}.")
+            check_positive_int("Mamba", field, getattr(self, field))
         if self.method in _RENAMED:
             raise ValueError(
                 f"Mamba: method {self.method!r} was renamed: use {_RENAMED[self.method]!r} (the selective "

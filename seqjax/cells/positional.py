@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.cells.base import DType
+from seqjax.common.dtypes import accumulation_dtype
 
 __all__ = ["POSITIONALS", "alibi_slopes", "rotary_embedding", "sinusoidal_embedding"]
 
@@ -53,7 +54,7 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, base: float = 10000.0) 
     the angle position · base^(−2i/d). Computed in x's dtype promoted to at least float32; returns that
     dtype.
     """
-    acc = jnp.promote_types(x.dtype, jnp.float32)
+    acc = accumulation_dtype(x.dtype)
     half = x.shape[-1] // 2
     inv_freq = base ** (-jnp.arange(half, dtype=acc) * 2 / x.shape[-1])
     angle = positions.astype(acc)[..., None, None] * inv_freq

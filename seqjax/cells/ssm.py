@@ -36,7 +36,8 @@ from jax import lax
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.registry import register
 from seqjax.cells.ssm_init import S4D_INITS, block_hippo_n, log_uniform, s4d_modes
-from seqjax.scan.linear import DEFAULT_CHUNK, METHODS, linear_recurrence
+from seqjax.common.checks import check_positive_int
+from seqjax.scan.diagonal import DEFAULT_CHUNK, METHODS, linear_recurrence
 from seqjax.scan.sequential import reverse_resets
 
 __all__ = ["DISCRETIZATIONS", "LRU", "S4D", "S5", "complex_dtype"]
@@ -70,10 +71,8 @@ class _DiagonalSSM(RecurrentCell):
     # -- validation ----------------------------------------------------------------------------------
     def _check_common(self) -> None:
         label = type(self).__name__
-        if int(self.hidden_size) <= 0:
-            raise ValueError(f"{label}: hidden_size must be a positive integer, got {self.hidden_size}.")
-        if int(self.state_size) <= 0:
-            raise ValueError(f"{label}: state_size must be a positive integer, got {self.state_size}.")
+        check_positive_int(label, "hidden_size", self.hidden_size)
+        check_positive_int(label, "state_size", self.state_size)
         if self.method not in METHODS:
             raise ValueError(
                 f"{label}: unknown method {self.method!r}; choose one of {', '.join(METHODS)} (the backend "

@@ -1,9 +1,9 @@
 """Recurrence engines. Pure functions over arrays; cells choose among them."""
 
 from seqjax.scan.attention import Visibility, attention, attention_reference, choose_attention_method
-from seqjax.scan.linear import METHODS, choose_method, linear_recurrence
+from seqjax.scan.diagonal import METHODS, choose_method, linear_recurrence
 from seqjax.scan.lstm import lstm_scan
-from seqjax.scan.matrix import (
+from seqjax.scan.matrix_recurrence import (
     linear_attention,
     linear_attention_chunked,
     linear_attention_fused,

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqjax.common.checks import check_positive_int
+from seqjax.common.dtypes import accumulation_dtype
 from seqjax.scan import tuning
 from seqjax.scan.combine import diagonal_combine
 
@@ -128,13 +130,12 @@ def selective_scan(
         raise ValueError(
             f"selective_scan: unknown method {method!r}; choose one of {', '.join(SELECTIVE_METHODS)}."
         )
-    if int(chunk_size) <= 0:
-        raise ValueError(f"selective_scan: chunk_size must be a positive integer, got {chunk_size!r}.")
+    check_positive_int("selective_scan", "chunk_size", chunk_size)
     bsz, length, d = x.shape
     n = a_mat.shape[-1]
     if method == "auto":
         method = choose_selective_method(length, bsz * d * n)
-    f32 = jnp.promote_types(x.dtype, jnp.float32)  # float32, or float64 for reference runs
+    f32 = accumulation_dtype(x.dtype)  # float32, or float64 for reference runs
     h0 = jnp.zeros((bsz, d, n), f32) if h0 is None else h0.astype(f32)
     keep = jnp.ones((bsz, length), bool) if resets is None else ~resets
     n_chunks = -(-length // chunk_size)

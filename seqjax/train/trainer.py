@@ -42,6 +42,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from seqjax import models
+from seqjax.common.xla import plan_bytes
 from seqjax.data.pipeline import TrainBatches, eval_batches
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
@@ -159,11 +160,7 @@ def _peak_memory_bytes() -> int:
 
 def _step_memory_bytes(train_step: Any, state: Any, batch: Any) -> int | None:
     """XLA's estimate of one train step's memory (arguments + outputs + temporaries), per device."""
-    try:
-        stats = train_step.lower(state, batch).compile().memory_analysis()
-        return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
-    except Exception:  # a backend without memory analysis reports nothing rather than failing the run
-        return None
+    return plan_bytes(train_step.lower(state, batch).compile())  # None where the backend has no analysis
 
 
 def _updates_per_batch(config: RunConfig, length: int) -> int:

@@ -13,6 +13,7 @@
 A query that sees no key returns zeros (and zero gradients), never NaN.
 
 Example:
+  >>> import jax.numpy as jnp
   >>> q = k = v = jnp.ones((2, 16, 4, 8))  # [batch, L, heads, head_dim]
   >>> attention(q, k, v, Visibility(causal=True, window=4)).shape
   (2, 16, 4, 8)

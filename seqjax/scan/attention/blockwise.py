@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.scan.attention.inputs import _acc_dtype, _Args
+from seqjax.common.dtypes import accumulation_dtype
+from seqjax.scan.attention.inputs import _Args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,7 @@ def _forward(st, q, k, v, slopes, qinfo, kinfo, kv_lists):
     qinfo {name: [nq, B, bq]}, kinfo {name: [nk, B, bk]}, kv_lists = (order [nq, nk], count [nq]):
     the key blocks each query block visits. -> out [nq, B, H, G, bq, Dv] (q's dtype), logsumexp
     [nq, B, H, G, bq] (accumulation dtype; 0 for a query that sees no key)."""
-    acc = _acc_dtype(q.dtype)
+    acc = accumulation_dtype(q.dtype)
     dv = v.shape[-1]
 
     def per_q_block(_, xs):
@@ -250,7 +251,7 @@ def _prepare(a: _Args, block_q: int, block_k: int):
     group = hq // hkv
     nq, nk = -(-lq // block_q), -(-lk // block_k)
     cd = jnp.result_type(a.q, a.k, a.v)
-    acc = _acc_dtype(cd)
+    acc = accumulation_dtype(cd)
     vis = a.visibility
     st = _Static(causal=vis.causal, window=vis.window, scale=a.scale)
 

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.scan.attention.inputs import _acc_dtype, _check_block
+from seqjax.common.dtypes import accumulation_dtype
+from seqjax.scan.attention.inputs import _check_block
 
 __all__ = ["decode_attention"]
 
@@ -68,7 +69,7 @@ def decode_attention(
         raise ValueError("decode_attention: pass both k_new and v_new, or neither.")
     group = hq // hkv
     dtype = q.dtype
-    acc = _acc_dtype(jnp.result_type(q, k, v))
+    acc = accumulation_dtype(jnp.result_type(q, k, v))
     scale = jnp.asarray(1.0 / math.sqrt(d) if scale is None else float(scale), acc)
     rows = math.prod(batch)
     block = lk if block is None else min(_check_block("block", block), lk)

@@ -93,7 +93,3 @@ def _check_block(name: str, value) -> int | None:
     if value < 1:
         raise ValueError(f"attention: `{name}` must be >= 1 (or None to choose it), got {value}.")
     return value
-
-
-def _acc_dtype(dtype) -> jnp.dtype:
-    return jnp.promote_types(dtype, jnp.float32)

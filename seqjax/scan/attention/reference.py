@@ -8,6 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from seqjax.common.dtypes import accumulation_dtype
 from seqjax.scan.attention.visibility import Visibility, _from_call
 
 __all__ = ["attention_reference"]
@@ -67,7 +68,7 @@ def attention_reference(
     lk, hkv = k.shape[-3], k.shape[-2]
     if hq % hkv:
         raise ValueError(f"attention: {hq} query heads is not a multiple of {hkv} key/value heads.")
-    acc = jnp.promote_types(q.dtype, jnp.float32)
+    acc = accumulation_dtype(q.dtype)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     q_positions, kv_positions = vis.q_positions, vis.kv_positions
     if q_positions is None:

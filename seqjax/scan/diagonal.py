@@ -1,4 +1,5 @@
-"""The linear recurrence engine: h_t = a_t ⊙ h_{t-1} + b_t, with diagonal (elementwise) real or complex a.
+"""The diagonal linear recurrence engine, `linear_recurrence`: h_t = a_t ⊙ h_{t-1} + b_t, with a
+diagonal (elementwise) real or complex a.
 
 Three backends compute the same thing:
 - `sequential`: `lax.scan`, T steps of O(N) work; the fastest on CPU.

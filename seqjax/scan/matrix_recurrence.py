@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqjax.common.dtypes import accumulation_dtype
+
 __all__ = [
     "METHODS",
     "linear_attention",
@@ -60,10 +62,6 @@ __all__ = [
 Method = Literal["auto", "chunked", "recurrent"]
 METHODS: tuple[str, ...] = ("auto", "chunked", "recurrent")
 DEFAULT_CHUNK = 64
-
-
-def _acc_dtype(dtype: jnp.dtype) -> jnp.dtype:
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def matrix_step(
@@ -192,7 +190,7 @@ def linear_attention_recurrent(
     log_gamma, s0, resets, mask = _check_inputs(
         "linear_attention_recurrent", q, k, v, log_gamma, s0, resets, mask
     )
-    acc = _acc_dtype(jnp.result_type(q, k, v))
+    acc = accumulation_dtype(jnp.result_type(q, k, v))
     batch, (heads, dk), dv = q.shape[:-3], q.shape[-2:], v.shape[-1]
     s0 = jnp.zeros((*batch, heads, dk, dv), acc) if s0 is None else s0.astype(acc)
     nb = len(batch)
@@ -400,7 +398,7 @@ def linear_attention_chunked(
         "linear_attention_chunked", q, k, v, log_gamma, s0, resets, mask
     )
     cd = jnp.result_type(q, k, v)
-    acc = _acc_dtype(cd)
+    acc = accumulation_dtype(cd)
     q, k, v = q.astype(cd), k.astype(cd), v.astype(cd)
     if log_gamma is not None:
         log_gamma = log_gamma.astype(acc)
@@ -500,7 +498,7 @@ def _fused_bwd(project, finish, res, cts):
     dys, dfinal = cts
     n = x.shape[1]
     # Weight gradients are sums over chunks: accumulate them in at least float32.
-    acc_like = lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32))
+    acc_like = lambda p: jnp.zeros(p.shape, accumulation_dtype(p.dtype))
 
     def body(carry, i):
         ds, dparams, dx = carry
@@ -653,7 +651,7 @@ def normalized_linear_attention(
     v_aug = jnp.concatenate([v, jnp.ones((*v.shape[:-1], 1), v.dtype)], axis=-1)
     s_aug = None
     if s0 is not None or z0 is not None:
-        acc = _acc_dtype(jnp.result_type(q, k, v))
+        acc = accumulation_dtype(jnp.result_type(q, k, v))
         batch, (heads, dk), dv = q.shape[:-3], q.shape[-2:], v.shape[-1]
         s0 = jnp.zeros((*batch, heads, dk, dv), acc) if s0 is None else jnp.asarray(s0).astype(acc)
         z0 = jnp.zeros((*batch, heads, dk), acc) if z0 is None else jnp.asarray(z0).astype(acc)
