@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.kv_cache import clear_rows, ring_positions, scatter_rows, segments_and_positions
 from seqjax.cells.positional import POSITIONALS, alibi_slopes, rotary_embedding, sinusoidal_embedding
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
@@ -69,63 +70,8 @@ class SlidingWindowState(NamedTuple):
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
-def segments_and_positions(
-    valid: jax.Array, resets: jax.Array | None, start: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Segment ids and positions of a sequence, by the step rule.
-
-    Args:
-      valid: [*batch, T] bool, False for padding.
-      resets: [*batch, T] bool or None; a reset on a padded token does nothing (padding wins).
-      start: [*batch] int32, the position the first segment continues from (the state's length).
-
-    Returns:
-      seg [*batch, T] int32: 0 for the segment that continues the state, +1 at every effective reset;
-      pos [*batch, T] int32: valid tokens before t in its segment (plus `start` in segment 0).
-    """
-    v = valid.astype(jnp.int32)
-    before = jnp.cumsum(v, axis=-1) - v
-    if resets is None:
-        return jnp.zeros_like(before), before + start[..., None]
-    r = resets & valid
-    seg = jnp.cumsum(r.astype(jnp.int32), axis=-1)
-    # `before` at the latest reset at or before t (it only grows), or −start before the first reset.
-    origin = jax.lax.cummax(jnp.where(r, before, -start[..., None]), axis=before.ndim - 1)
-    return seg, before - origin
-
-
-def _scatter_rows(base: jax.Array, values: jax.Array, index: jax.Array) -> jax.Array:
-    """base [*b, S, ...] with base[..., index[t], ...] = values[..., t, ...]; index [*b, T], where an
-    index ≥ S skips that row. The indices below S must be distinct."""
-
-    def one(b: jax.Array, vals: jax.Array, idx: jax.Array) -> jax.Array:
-        return b.at[idx].set(vals.astype(b.dtype), mode="drop")
-
-    if base.shape[index.ndim - 1] == 0:  # nothing to write (no global tokens)
-        return base
-    for _ in range(index.ndim - 1):
-        one = jax.vmap(one)
-    return one(base, values, index)
-
-
-def _clear_rows(rows: jax.Array, cache: jax.Array) -> jax.Array:
-    """cache [*b, S, ...] with the rows where `rows` [*b] is True zeroed (a reset), skipping the pass over
-    the cache when no row resets."""
-    flags = rows.reshape(rows.shape + (1,) * (cache.ndim - rows.ndim))
-    return jax.lax.cond(
-        jnp.any(rows), lambda c: jnp.where(flags, jnp.zeros((), c.dtype), c), lambda c: c, cache
-    )
-
-
 def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
-
-
-def _ring_positions(length: jax.Array, window: int) -> jax.Array:
-    """[*batch, window]: the position held by each ring slot after `length` tokens (negative = empty).
-    Slot s holds the latest position p < length with p ≡ s (mod window)."""
-    last = length[..., None] - 1
-    return last - jnp.mod(last - jnp.arange(window), window)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,11 +454,11 @@ class Attention(_SoftmaxAttention):
         q, k, v = self._project(params, x, pos)
         cache_k, cache_v = state.k, state.v
         if cleared is not None:
-            cache_k, cache_v = _clear_rows(cleared, cache_k), _clear_rows(cleared, cache_v)
+            cache_k, cache_v = clear_rows(cleared, cache_k), clear_rows(cleared, cache_v)
         index = pos if write is None else jnp.where(write, pos, self.max_length)  # max_length: no write
         new = AttentionState(
-            k=_scatter_rows(cache_k, k[..., None, :, :], index[..., None]),
-            v=_scatter_rows(cache_v, v[..., None, :, :], index[..., None]),
+            k=scatter_rows(cache_k, k[..., None, :, :], index[..., None]),
+            v=scatter_rows(cache_v, v[..., None, :, :], index[..., None]),
             length=(pos + 1 if write is None else jnp.where(write, pos + 1, state.length)).astype(
                 state.length.dtype
             ),
@@ -542,8 +488,8 @@ class Attention(_SoftmaxAttention):
     ) -> AttentionState:
         index = jnp.where(in_last, pos, self.max_length)
         return AttentionState(
-            k=_scatter_rows(self._kept(cont, state.k), k, index),
-            v=_scatter_rows(self._kept(cont, state.v), v, index),
+            k=scatter_rows(self._kept(cont, state.k), k, index),
+            v=scatter_rows(self._kept(cont, state.v), v, index),
             length=length,
         )
 
@@ -637,7 +583,7 @@ class SlidingWindowAttention(_SoftmaxAttention):
         [*b, G + w] and global flags, after `length` tokens. Ring slots holding a global token are
         invalid: that token is attended through the global slots."""
         g = self.num_global
-        ring_pos = _ring_positions(length, self.window)
+        ring_pos = ring_positions(length, self.window)
         glob_pos = jnp.broadcast_to(jnp.arange(g), (*length.shape, g))
         keys = jnp.concatenate([state.global_k, state.k], axis=-3).astype(self.dtype)
         values = jnp.concatenate([state.global_v, state.v], axis=-3).astype(self.dtype)
@@ -725,9 +671,9 @@ class SlidingWindowAttention(_SoftmaxAttention):
         ring_index = jnp.where(in_last & (pos >= length[..., None] - w), pos % w, w)
         glob_index = jnp.where(in_last & (pos < g), pos, g)
         return SlidingWindowState(
-            k=_scatter_rows(self._kept(cont, state.k), k, ring_index),
-            v=_scatter_rows(self._kept(cont, state.v), v, ring_index),
-            global_k=_scatter_rows(self._kept(cont, state.global_k), k, glob_index),
-            global_v=_scatter_rows(self._kept(cont, state.global_v), v, glob_index),
+            k=scatter_rows(self._kept(cont, state.k), k, ring_index),
+            v=scatter_rows(self._kept(cont, state.v), v, ring_index),
+            global_k=scatter_rows(self._kept(cont, state.global_k), k, glob_index),
+            global_v=scatter_rows(self._kept(cont, state.global_v), v, glob_index),
             length=length,
         )
