@@ -66,7 +66,8 @@ except Exception:  # torch is optional; its absence only drops the torch rows.
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_list("cells", ["lstm", "gru", "elstm"], "Cell families to benchmark: lstm, gru, elstm.")
+FAMILIES = ("lstm", "gru", "elstm", "scan", "selective", "ssm", "linear_attention", "attention")
+flags.DEFINE_list("cells", ["lstm", "gru", "elstm"], f"Cell families to benchmark: {', '.join(FAMILIES)}.")
 flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "Sequence lengths (tokens), comma-separated ints.")
 flags.DEFINE_integer("batch", 8, "Batch size.")
 flags.DEFINE_integer("hidden", 128, "Hidden size; the input width is the same.")
@@ -101,7 +102,6 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_boolean("step_mode", True, "Also time `step` (one token, jitted) for the cells of each family.")
 
-FAMILIES = ("lstm", "gru", "elstm", "scan", "selective", "ssm", "linear_attention", "attention")
 FAMILY_TITLES = {
     "lstm": "LSTM",
     "gru": "GRU",
