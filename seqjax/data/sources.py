@@ -495,8 +495,14 @@ class _Links(html.parser.HTMLParser):
 def _index_file_url(project: str, file_name: str) -> str:
     """The URL of `file_name` on the index's simple page of `project` (PEP 503), read without pip."""
     page = _index_url() + re.sub(r"[-_.]+", "-", project).lower() + "/"
+    readable = page
+    if (
+        page.startswith("file:")
+        and pathlib.Path(urllib.request.url2pathname(urllib.parse.urlsplit(page).path)).is_dir()
+    ):
+        readable = page + "index.html"  # a local index folder, as pip reads it
     try:
-        request = urllib.request.Request(page, headers={"Accept": "text/html"})
+        request = urllib.request.Request(readable, headers={"Accept": "text/html"})
         with urllib.request.urlopen(request, timeout=30) as response:
             text = response.read().decode("utf-8", "replace")
     except Exception as e:
