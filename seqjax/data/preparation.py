@@ -11,7 +11,8 @@
 - Preparation across processes: every trainer process builds its sources, so several processes may
   prepare the same data set at once. `prepared_builder` holds a cross-process file lock
   (`preparation_lock`, `fcntl.flock` on a lock file next to the data set) while it constructs and
-  prepares a TFDS builder: one process builds, the others wait and then find the data set ready.
+  prepares a TFDS builder: one process builds, the others wait and then find the data set ready; the
+  `incomplete.*` folders a killed preparation left are removed first (`remove_incomplete_preparations`).
 - The split-source role: `make_sources` of every family returns {split: SplitSource} for `SPLITS`.
 
     >>> route_dir("/data", "sample").as_posix(), route_dir("/data", "offline").as_posix()
@@ -31,6 +32,7 @@ import logging
 import lzma
 import os
 import pathlib
+import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,6 +53,7 @@ __all__ = [
     "preparation_lock",
     "prepared_builder",
     "read_compressed",
+    "remove_incomplete_preparations",
     "resolve_config",
     "route_dir",
 ]
@@ -210,8 +213,11 @@ Builder = TypeVar("Builder")
 
 
 @contextlib.contextmanager
-def preparation_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
-    """Holds an exclusive `fcntl.flock` on `lock_path` (created with its folder); logs while waiting.
+def preparation_lock(
+    lock_path: str | os.PathLike[str], *, holder: str = "preparing the same data set"
+) -> Iterator[None]:
+    """Holds an exclusive `fcntl.flock` on `lock_path` (created with its folder); logs while waiting
+    ("Waiting for another process <holder> ...").
 
     The lock is released when the holder exits or dies, so a killed preparation never blocks the next.
     """
@@ -221,7 +227,7 @@ def preparation_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("Waiting for another process preparing the same data set (lock %s).", lock_path)
+            log.info("Waiting for another process %s (lock %s).", holder, lock_path)
             started = time.monotonic()
             fcntl.flock(lock, fcntl.LOCK_EX)
             log.info("Got the lock %s after %.1f s.", lock_path, time.monotonic() - started)
@@ -240,8 +246,27 @@ def prepared_builder(
     gutenberg"), so different data sets prepare in parallel. The builder is constructed inside the lock
     because TFDS reads a prepared data set's metadata on construction: a builder made while another
     process writes would not see the finished data set. `download_and_prepare` is a no-op when ready.
+    Before preparing, the `incomplete.*` folders a killed preparation of this data set left next to its
+    version folder are removed: under the lock no live preparation of it can own one.
     """
     with preparation_lock(pathlib.Path(data_dir) / f".{name}.lock"):
         builder = make_builder()
+        remove_incomplete_preparations(builder.data_dir)  # type: ignore[attr-defined]
         builder.download_and_prepare()  # type: ignore[attr-defined]
     return builder
+
+
+def remove_incomplete_preparations(version_dir: str | os.PathLike[str]) -> list[pathlib.Path]:
+    """Removes the `incomplete.*` folders TFDS left beside `version_dir` (`<data set>/<config>/<version>`)
+    when a preparation was killed; returns them. Call it only under the data set's preparation lock.
+
+        >>> remove_incomplete_preparations("/nonexistent/seqjax_x/config/1.0.0")
+        []
+    """
+    removed = []
+    for folder in sorted(pathlib.Path(version_dir).parent.glob("incomplete.*")):
+        if folder.is_dir():
+            log.warning("Removing %s, left by a killed preparation.", folder)
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed

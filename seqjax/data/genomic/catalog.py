@@ -99,10 +99,15 @@ SAMPLE_GENOMES = {
 # 45 kbp, so windows up to 45,000 bp fit the sample's human_or_worm task.
 WORM_SAMPLE_REGION = (WORM_CHROM, 8_000_000, 8_900_000)
 
+# Each package is pinned by version and the sha256 of its .deb (the Debian mirror's signed Packages index,
+# `apt-cache show NAME=VERSION`); the online files of UCSC have no pinned sha256 yet (not reachable from
+# the machines this is developed on), so the online route refuses them and "auto" uses the packages.
 _DEB_LICENCES = "see the package's /usr/share/doc/<package>/copyright"
 CHR20 = Source(
     name="hg19_chr20.fa.gz",
-    package=DebianPackage("vt-examples"),
+    package=DebianPackage(
+        "vt-examples", "0.57721+ds-3", "277c0ef50f4cda40f2dd837f90b6d837155ecd5b8889797683fe63375b017b56"
+    ),
     path="usr/share/doc/vt/examples/ref/20.fa.gz",
     url="https://hgdownload.soe.ucsc.edu/goldenPath/hg19/chromosomes/chr20.fa.gz",
     sample="genomic/chr20_region.fa.gz",
@@ -110,7 +115,9 @@ CHR20 = Source(
 )
 REFSEQ_EXONS = Source(
     name="hg19_RefSeq_exon.txt.gz",
-    package=DebianPackage("subread-data"),
+    package=DebianPackage(
+        "subread-data", "2.0.3+dfsg-1", "01c081953ec80f76c2d80db5c11b8b7c22e8eba4f9747786fc7b8233a60bba98"
+    ),
     path="usr/share/doc/subread/examples/annotation/hg19_RefSeq_exon.txt.gz",
     url=None,  # shipped inside the Subread release tarball (sourceforge.net/projects/subread), no single URL
     sample="genomic/refseq_exons_chr20_region.txt.gz",
@@ -118,7 +125,9 @@ REFSEQ_EXONS = Source(
 )
 WORM_CHRX = Source(
     name="ce2_chrX.fa.gz",
-    package=DebianPackage("r-bioc-bsgenome"),
+    package=DebianPackage(
+        "r-bioc-bsgenome", "1.66.3-1", "9745731c6db19f4c0afc26d655ea0911ebbae92ca924c3ac8d468985de83de59"
+    ),
     path="usr/lib/R/site-library/BSgenome/extdata/ce2chrX.fa.gz",
     url="https://hgdownload.soe.ucsc.edu/goldenPath/ce2/chromosomes/chrX.fa.gz",
     sample="genomic/ce2_chrX_region.fa.gz",
@@ -127,7 +136,9 @@ WORM_CHRX = Source(
 )
 BACTERIA = Source(
     name="ragout_bacterial_references",
-    package=DebianPackage("ragout-examples"),
+    package=DebianPackage(
+        "ragout-examples", "2.3-4", "cbe6d0dd8b0e36ef2c93c9b9655955f42019dcd9e9b77388ee58ee54d50bd140"
+    ),
     path="usr/share/doc/ragout/examples/*/references/*.fasta.gz",
     sample="genomic/bacteria",
     licence="Ragout examples, BSD-3-clause (Debian ragout-examples); NCBI genome sequences, public domain",

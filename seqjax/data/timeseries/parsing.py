@@ -8,6 +8,7 @@ causally, the observed mask kept, timestamps checked (the rules are in the packa
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import os
@@ -19,7 +20,7 @@ import pandas as pd
 from seqjax.data.preparation import read_compressed
 from seqjax.data.timeseries.catalog import DATASETS, SPECS, SeriesSpec
 
-__all__ = ["Series", "read_series"]
+__all__ = ["Series", "check_rows", "read_series"]
 
 _MISSING_MARKERS = ("?", "")
 
@@ -53,6 +54,7 @@ def read_series(path: str | os.PathLike[str], dataset: str) -> Series:
     spec = SPECS[dataset]
     path = pathlib.Path(path)
     raw = read_compressed(path)  # a truncated or corrupt archive is a ValueError naming the file
+    check_rows(raw, path)
     try:
         frame = pd.read_csv(
             io.BytesIO(raw),
@@ -85,6 +87,63 @@ def read_series(path: str | os.PathLike[str], dataset: str) -> Series:
         empty = [spec.variables[j] for j in np.flatnonzero(~observed.any(axis=0))]
         raise ValueError(f"{path}: variables {empty} have no observed value at all; the file is unusable.")
     return Series(dataset, spec.variables, timestamps, values.astype(np.float32), observed)
+
+
+def check_rows(raw: bytes, path: str | os.PathLike[str]) -> None:
+    r"""Raises ValueError naming the file and line if `raw` (a CSV's bytes) is not UTF-8, or if a line
+    that is not blank has another number of fields than the header. pandas would fill a short row (a
+    damaged row, or a last line cut by a truncated download) with missing values, which the reader then
+    forward-fills: a genuine missing value is a `?` or an empty field, never a short row.
+
+        >>> check_rows(b"ts,y\n2020-01-01 00:00:00,1\n", "ok.csv")
+        >>> check_rows(b"ts,y\n2020-01-01 00:00:00\n", "cut.csv")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: cut.csv, line 2: 1 field where the header has 2 (a damaged row or a truncated file); ...
+    """
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path}, line {line}: invalid UTF-8 (byte {raw[e.start]:#04x} at byte offset {e.start}); the "
+            "file must be UTF-8 text. Fetch it again, or re-save it as UTF-8."
+        ) from None
+    if b'"' in raw:  # quoted fields may hold commas or newlines: count them with the csv module
+        counts = [len(row) if row else 0 for row in csv.reader(io.StringIO(raw.decode("utf-8"), newline=""))]
+        lines = np.arange(1, len(counts) + 1)
+        blank = np.array([c == 0 for c in counts], bool)
+        counts_array = np.array(counts, np.int64)
+    else:
+        data = np.frombuffer(raw, np.uint8)
+        ends = np.flatnonzero(data == ord("\n"))
+        if len(data) and data[-1] != ord("\n"):
+            ends = np.append(ends, len(data))  # an unterminated last line
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        commas = np.flatnonzero(data == ord(","))
+        counts_array = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
+        lengths = ends - starts
+        # A blank line ("" or "\r"): kept as a row, for the timestamp check to name.
+        blank = (lengths == 0) | ((lengths == 1) & (data[np.minimum(starts, len(data) - 1)] == ord("\r")))
+        lines = np.arange(1, len(ends) + 1)
+    if len(counts_array) == 0:
+        return
+    header = int(counts_array[0])
+    bad = np.flatnonzero((counts_array != header) & ~blank)
+    if bad.size:
+        row = int(bad[0])
+        got = int(counts_array[row])
+        fields = "field" if got == 1 else "fields"
+        if got < header:
+            why = (
+                "(a damaged row or a truncated file); a missing value is written as '?' or an empty "
+                "field, never by dropping fields. Fetch the file again or fix the line."
+            )
+        else:
+            why = "; each line needs exactly the header's fields. Fix or remove the line."
+        raise ValueError(
+            f"{path}, line {int(lines[row])}: {got} {fields} where the header has {header} {why}"
+        )
 
 
 def _parse_timestamps(frame: pd.DataFrame, spec: SeriesSpec, path: pathlib.Path) -> np.ndarray:
