@@ -5,8 +5,10 @@
 
 The ConfigDict stays the command-line surface (`--config=configs/x.py:preset,k=v`, `--config.a.b=v`);
 `train` and `evaluate` call `resolve` once, at the start, and nothing under `seqjax.train` reads the
-ConfigDict after that. `resolve` checks every key and value: an unknown key, a wrong type or a value
-outside its choices is a `ConfigError` naming the key (`config.checkpoint.best_mode`) and what it accepts.
+ConfigDict after that. `resolve` checks every key and value: an unknown key, a wrong type, a value
+outside its choices or below its minimum is a `ConfigError` naming the key (`config.checkpoint.best_mode`)
+and what it accepts. The checks that need the devices or the task's data (the mesh, batch sizes that
+divide over it, `checkpoint.best_metric`) are `seqjax.train.preflight`'s, run before any work.
 
 Every default lives here, on the dataclass fields; the model's and the head's defaults are those of
 `BackboneConfig` and of the task's model class, read from their fields. `seqjax.config` builds the
@@ -70,6 +72,9 @@ MODEL_CHOICES = {
     "remat": tuple(REMAT_POLICIES),
 }
 HEAD_CHOICES = {"pooling": tuple(POOLINGS)}
+#: `config.model.dtype` and `param_dtype`: the floating dtypes a backbone computes in or stores.
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+MODEL_CHOICES.update(dtype=FLOAT_DTYPES, param_dtype=FLOAT_DTYPES)
 
 
 class ConfigError(ValueError):
@@ -80,21 +85,57 @@ def _choices(values: tuple[Any, ...]) -> dict[str, Any]:
     return {"choices": tuple(values)}
 
 
+def _at_least(minimum: float) -> dict[str, Any]:
+    """Field metadata: the value (when not None) must be >= `minimum`."""
+    return {"minimum": minimum}
+
+
+def _above(bound: float) -> dict[str, Any]:
+    """Field metadata: the value (when not None) must be > `bound`."""
+    return {"above": bound}
+
+
+#: Value bounds of the keys whose classes live in other layers (`BackboneConfig`, `OptimizerConfig`).
+MODEL_BOUNDS = {
+    "d_model": _at_least(1),
+    "num_layers": _at_least(1),
+    "vocab_size": _at_least(1),
+    "input_size": _at_least(1),
+    "mlp_expansion": _above(0),
+    "norm_eps": _at_least(0),
+    "dropout_rate": _at_least(0),
+}
+OPTIMIZER_BOUNDS = {
+    "learning_rate": _at_least(0),  # a negative rate climbs the loss
+    "warmup_steps": _at_least(0),
+    "total_steps": _at_least(1),
+    "end_learning_rate_fraction": _at_least(0),
+    "weight_decay": _at_least(0),
+    "b1": _at_least(0),
+    "b2": _at_least(0),
+    "eps": _at_least(0),
+    "clip_norm": _above(0),
+    "grad_accum_steps": _at_least(1),
+    "ssm_learning_rate": _at_least(0),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """`config.mesh`: the device mesh (see `seqjax.train.mesh.make_mesh`)."""
 
     shape: tuple[int, ...] = (-1,)  # one -1 takes the devices that remain
     axes: tuple[str, ...] = ("data",)  # e.g. ("data", "fsdp", "model")
-    num_devices: int | None = None  # None: every device; else the first N (one process)
+    # None: every device; else the first N (one process)
+    num_devices: int | None = dataclasses.field(default=None, metadata=_at_least(1))
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     """`config.checkpoint`: how often to save, what to keep (see `seqjax.train.checkpoint.Checkpoints`)."""
 
-    every: int = 100
-    keep: int = 2
+    every: int = dataclasses.field(default=100, metadata=_at_least(1))
+    keep: int = dataclasses.field(default=2, metadata=_at_least(1))
     best_metric: str | None = "loss"  # an eval metric; the best step by it is kept too
     best_mode: str = dataclasses.field(default="min", metadata=_choices(BEST_MODES))
     async_save: bool = True
@@ -106,12 +147,13 @@ class SyntheticDataConfig:
     are checked by their data module."""
 
     task: str = dataclasses.field(default="associative_recall", metadata=_choices(SYNTHETIC_TASKS))
-    length: int = 64
-    num_symbols: int = 8
-    num_queries: int = 4
-    vocab_size: int = 16
+    length: int = dataclasses.field(default=64, metadata=_at_least(1))
+    num_symbols: int = dataclasses.field(default=8, metadata=_at_least(1))
+    num_queries: int = dataclasses.field(default=4, metadata=_at_least(1))
+    vocab_size: int = dataclasses.field(default=16, metadata=_at_least(1))
     seed: int = 0
-    eval_size: int = 1024  # examples in the fixed validation and test sets
+    # examples in the fixed validation and test sets
+    eval_size: int = dataclasses.field(default=1024, metadata=_at_least(1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +180,8 @@ class RunConfig:
     (plain values: the trainer builds the model once the data fixes a forecaster's input size)."""
 
     task: str = dataclasses.field(metadata=_choices(TASKS))
-    batch_size: int
-    total_steps: int
+    batch_size: int = dataclasses.field(metadata=_at_least(1))
+    total_steps: int = dataclasses.field(metadata=_at_least(1))
     model: Mapping[str, Any]
     data: DataConfig
     head: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
@@ -148,15 +190,17 @@ class RunConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logical_rules: LogicalRules = ()  # logical axis -> mesh axes; configs use seqjax.config.LOGICAL_RULES
     seed: int = 0
-    eval_batch_size: int | None = None  # None: batch_size
-    eval_examples: int | None = None  # None: the whole split
-    tbptt_length: int | None = None  # LM only; None: full BPTT
+    eval_batch_size: int | None = dataclasses.field(default=None, metadata=_at_least(1))  # None: batch_size
+    eval_examples: int | None = dataclasses.field(default=None, metadata=_at_least(1))  # None: whole split
+    tbptt_length: int | None = dataclasses.field(default=None, metadata=_at_least(1))  # LM only; None: BPTT
     # "batch": one update per batch (chunk gradients summed); "chunk": one per chunk (the optimizer's count
     # and LR schedule then advance per chunk, while `step` still counts batches)
     tbptt_updates: str = dataclasses.field(default="batch", metadata=_choices(TBPTT_UPDATES))
-    max_train_seconds: float | None = None  # a wall-clock budget: eval, save and stop when spent
-    log_every: int = 10
-    eval_every: int = 100  # 0: no evaluation during training
+    # a wall-clock budget: eval, save and stop when spent
+    max_train_seconds: float | None = dataclasses.field(default=None, metadata=_above(0))
+    log_every: int = dataclasses.field(default=10, metadata=_at_least(1))
+    # 0: no evaluation during training
+    eval_every: int = dataclasses.field(default=100, metadata=_at_least(0))
     report_step_memory: bool = False  # compile once more to log XLA's memory estimate of a train step
     tensorboard: bool = True  # TensorBoard event files in workdir/tensorboard
     data_dir: str | None = None  # None: $SEQJAX_DATA_DIR or ~/.cache/seqjax/datasets
@@ -185,16 +229,20 @@ class RunConfig:
 # Schemas of the sections whose defaults live on other classes.
 # ----------------------------------------------------------------------------------------------------
 class Field(typing.NamedTuple):
-    """One key of a section: its type, default (`dataclasses.MISSING`: required) and allowed values."""
+    """One key of a section: its type, default (`dataclasses.MISSING`: required), allowed values and
+    bounds (`minimum`: value >= it; `above`: value > it; both skip None)."""
 
     hint: Any
     default: Any
     choices: tuple[Any, ...] | None
+    minimum: float | None = None
+    above: float | None = None
 
 
 def _class_fields(cls: type, names: tuple[str, ...] | None = None) -> dict[str, Field]:
     """Field name -> (type, default, choices) of a dataclass (a flax module is one too)."""
     namespace = vars(sys.modules[cls.__module__])
+    bounds = _BOUNDS_OF.get(cls, {})
     out = {}
     for f in dataclasses.fields(cls):
         if (names is not None and f.name not in names) or (names is None and not f.init):
@@ -203,7 +251,10 @@ def _class_fields(cls: type, names: tuple[str, ...] | None = None) -> dict[str, 
         default = f.default
         if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        out[f.name] = Field(hint, default, f.metadata.get("choices"))
+        metadata = {**f.metadata, **bounds.get(f.name, {})}
+        out[f.name] = Field(
+            hint, default, metadata.get("choices"), metadata.get("minimum"), metadata.get("above")
+        )
     return out
 
 
@@ -216,10 +267,11 @@ def _head_fields(task: str) -> dict[str, Field]:
     fields = _class_fields(models.TASKS[task], HEAD_KEYS[task])
     fields = {k: f._replace(choices=HEAD_CHOICES.get(k)) for k, f in fields.items()}
     if task == "forecast":
-        fields["horizon"] = Field(int | None, None, None)
+        fields["horizon"] = Field(int | None, None, None, minimum=1)
     return fields
 
 
+_BOUNDS_OF = {models.BackboneConfig: MODEL_BOUNDS, OptimizerConfig: OPTIMIZER_BOUNDS}
 _NESTED = ("model", "head", "data", "optimizer", "mesh", "checkpoint", "logical_rules")
 _SECTIONS = {
     "optimizer": OptimizerConfig,
@@ -317,6 +369,11 @@ def _checked(where: str, value: Any, field: Field) -> Any:
     value = _typed(where, value, field.hint)
     if field.choices is not None and value not in field.choices:
         raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {list(field.choices)}.")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if field.minimum is not None and not value >= field.minimum:
+            raise ConfigError(f"{where}: {value!r} is not allowed; set it to a value >= {field.minimum}.")
+        if field.above is not None and not value > field.above:
+            raise ConfigError(f"{where}: {value!r} is not allowed; set it to a value > {field.above}.")
     return value
 
 
@@ -374,7 +431,8 @@ def resolve(config: Any) -> RunConfig:
     """The typed run config of a ConfigDict or nested dict (a RunConfig is returned as it is).
 
     Raises ConfigError naming the key for an unknown key, a missing required one (`task`, `batch_size`,
-    `total_steps`, `model`, `data`), a value of the wrong type or one outside its allowed values.
+    `total_steps`, `model`, `data`), a value of the wrong type, one outside its allowed values or
+    below its minimum, and a warmup longer than the schedule.
     """
     if isinstance(config, RunConfig):
         return config
@@ -386,6 +444,11 @@ def resolve(config: Any) -> RunConfig:
         if key not in values:
             raise ConfigError(f"config.{key} is missing; a task config sets it (see configs/*.py).")
     optimizer = _section(OptimizerConfig, "config.optimizer", values.get("optimizer", {}))
+    if optimizer.warmup_steps > optimizer.total_steps:
+        raise ConfigError(
+            f"config.optimizer.warmup_steps: {optimizer.warmup_steps} exceeds config.optimizer.total_steps "
+            f"({optimizer.total_steps}); set it to at most {optimizer.total_steps}."
+        )
     try:
         rules = rules_from_config(values.get("logical_rules", ()))
     except (TypeError, ValueError) as err:

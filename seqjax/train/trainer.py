@@ -50,6 +50,7 @@ from seqjax.train import run_config
 from seqjax.train.checkpoint import Checkpoints
 from seqjax.train.evaluation import evaluate_split, make_eval_fn
 from seqjax.train.optimizer import make_optimizer
+from seqjax.train.preflight import check_before_work
 from seqjax.train.run_config import DataConfig, RunConfig, resolve
 from seqjax.train.state import TrainState, init_train_state, state_shardings
 from seqjax.train.step import LOSSES, make_train_step
@@ -190,15 +191,13 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
     """Mesh, rules, data, model, optimizer and shardings, shared by `train` and `evaluate`; `config` is
     resolved first (the resolved `RunConfig` is returned as "config")."""
     config = resolve(config)
+    # Mesh, batch sizes, data options and best_metric: checked before any data or compile work.
+    check_before_work(config, jax.devices(), jax.process_count())
     num_devices = config.mesh.num_devices  # None: every device; else the first N (one process)
     devices = None if num_devices is None else jax.devices()[:num_devices]
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes, devices=devices)
     rules = mesh_lib.rules_from_config(config.logical_rules, mesh)
     batch_size = config.batch_size
-    if batch_size % jax.process_count():
-        raise ValueError(
-            f"config.batch_size={batch_size} does not divide over {jax.process_count()} processes."
-        )
     sources = build_sources(config.data, config.data_dir)
     first = {k: np.asarray(v) for k, v in sources["train"][0].items()}
     backbone, head = _fit_to_data(config, first)
