@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -63,6 +64,11 @@ def main(argv: list[str]) -> None:
 
         tfds.disable_progress_bar()  # one-off preparation bars would bury the training log
     result = train(FLAGS.config, FLAGS.workdir)
+    if result["preempted"]:
+        # Saved and shutting down: a late SIGTERM/SIGINT (e.g. to each process in turn) must not kill the
+        # exit (JAX's distributed shutdown) and turn a clean stop into a nonzero status.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
     if jax.process_index() == 0 and FLAGS.result_json:
         keys = ("step", "metrics", "eval", "preempted", "steps_per_s", "tokens_per_s", "peak_memory_bytes")
         keys += ("step_memory_bytes",)

@@ -182,3 +182,4 @@ def test_genomic_run_on_a_fresh_data_dir_prepares_once(tmp_path):
     for p, text in zip(procs, outputs, strict=True):
         assert p.returncode == 0, text[-4000:]
     assert "done: step 2" in outputs[0]
+    assert sum("downloaded and prepared" in text for text in outputs) == 1  # TFDS's line: prepared once
