@@ -2,14 +2,23 @@
 
     python scripts/train.py --config=configs/synthetic.py:lstm --workdir=/tmp/run [--config.x.y=...]
 
-Restarting with the same --workdir resumes from its newest readable checkpoint. SIGTERM saves and
-exits 0. An unknown `--config.*` key is an error that names it (ml_collections).
+Restarting with the same --workdir resumes from its newest readable checkpoint. SIGTERM or SIGINT
+(Ctrl-C) saves and exits 0; in a multi-process run, a signal to any one process stops them all at the
+same step. An unknown `--config.*` key is an error that names it (ml_collections).
+
+Multi-process (one command per process; process 0's host:port is the coordinator):
+
+    python scripts/train.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+
+A process that dies without a word (SIGKILL, a lost host) is noticed by the others within about
+--heartbeat_timeout_seconds (default 100, JAX's), after which they abort instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -23,6 +32,12 @@ flags.mark_flag_as_required("config")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_integer(
+    "heartbeat_timeout_seconds",
+    100,
+    "Multi-process: a process whose heartbeats stop this long is taken as dead and the others abort.",
+    lower_bound=1,
+)
 flags.DEFINE_string("result_json", None, "Write the run's summary (steps, tokens/s, peak memory, eval) here.")
 FLAGS = flags.FLAGS
 
@@ -33,7 +48,12 @@ def main(argv: list[str]) -> None:
 
     if FLAGS.coordinator_address:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        jax.distributed.initialize(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
+        )
     from seqjax.train.trainer import train
 
     logging.getLogger("seqjax").setLevel(logging.INFO)
@@ -44,6 +64,11 @@ def main(argv: list[str]) -> None:
 
         tfds.disable_progress_bar()  # one-off preparation bars would bury the training log
     result = train(FLAGS.config, FLAGS.workdir)
+    if result["preempted"]:
+        # Saved and shutting down: a late SIGTERM/SIGINT (e.g. to each process in turn) must not kill the
+        # exit (JAX's distributed shutdown) and turn a clean stop into a nonzero status.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
     if jax.process_index() == 0 and FLAGS.result_json:
         keys = ("step", "metrics", "eval", "preempted", "steps_per_s", "tokens_per_s", "peak_memory_bytes")
         keys += ("step_memory_bytes",)

@@ -1,10 +1,14 @@
-"""A killed run resumed from its workdir ends exactly where an uninterrupted run ends; SIGTERM saves and
-exits 0; the training script takes config overrides and names unknown keys."""
+"""A killed run resumed from its workdir ends exactly where an uninterrupted run ends, and logs every step
+once (metrics.jsonl and TensorBoard); SIGTERM and SIGINT save and exit 0; the training script takes config
+overrides and names unknown keys."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -14,6 +18,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic
+from seqjax.train.metrics_log import read_records
 from seqjax.train.trainer import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +106,59 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert "SIGTERM: saved step" in out
     saved = int(out.split("SIGTERM: saved step")[1].split(";")[0])
     assert saved in _steps(workdir) and saved < TOTAL
+
+
+def test_sigint_saves_and_exits_cleanly(tmp_path):
+    """Ctrl-C is a stop request like SIGTERM: a saved step, exit 0, no traceback, no half-written save."""
+    workdir = str(tmp_path)
+    proc = _start_and_wait(workdir, at_least=4)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGINT: saved step" in out and "Traceback" not in out, out[-3000:]
+    saved = int(out.split("SIGINT: saved step")[1].split(";")[0])
+    assert saved in _steps(workdir) and saved < TOTAL
+    left = os.listdir(os.path.join(workdir, "checkpoints"))
+    assert not [name for name in left if "tmp" in name], left
+
+
+def _tensorboard_scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of `tag` as TensorBoard shows it: event files in order, and a session START event at
+    step s (a resumed writer's purge_step) hides the earlier events at steps >= s."""
+    from tensorboardX.proto import event_pb2
+
+    shown: list[tuple[int, float]] = []
+    for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                shown = [(step, v) for step, v in shown if step < event.step]
+            shown += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
+    return shown
+
+
+def test_resume_logs_every_step_once(tmp_path):
+    """A run killed after logging past its last checkpoint, then resumed: the records past the restored
+    step are dropped, so metrics.jsonl and TensorBoard hold each step once, the resumed run's values."""
+    workdir = str(tmp_path)
+    config = _config()
+    config.total_steps, config.log_every, config.tensorboard = 6, 1, True
+    config.optimizer.warmup_steps = 0
+    train(config, workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # as if killed before step 6 was saved
+    config.total_steps = 8
+    result = train(config, workdir)
+    records = [r for r in read_records(workdir) if r["split"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert records[-1]["loss"] == pytest.approx(result["metrics"]["loss"], rel=1e-6)
+    shown = _tensorboard_scalars(workdir, "train/loss")
+    assert [step for step, _ in shown] == list(range(1, 9))
+    np.testing.assert_allclose([v for _, v in shown], [r["loss"] for r in records], rtol=1e-6)
 
 
 def test_unknown_config_key_is_named(tmp_path):

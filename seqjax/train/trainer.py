@@ -9,8 +9,12 @@
   "documents" — each real kind is a `seqjax.data.<kind>.make_sources`.
 - Resumes from the newest readable checkpoint in `workdir/checkpoints` (train state and the data
   position), so a killed run restarted with the same workdir continues the same trajectory.
-- SIGTERM (preemption) saves a checkpoint at the current step and returns cleanly; so does running past
-  `config.max_train_seconds` (a wall-clock budget, for compute-matched comparisons), after an eval.
+- SIGTERM (preemption) or SIGINT (Ctrl-C) saves a checkpoint at the current step and returns cleanly;
+  in a multi-process run a signal to any process stops every process at the same step
+  (`seqjax.train.preemption`). So does running past `config.max_train_seconds` (a wall-clock budget,
+  for compute-matched comparisons), after an eval.
+- A resumed run drops the `metrics.jsonl` and TensorBoard records past the restored step
+  (`seqjax.train.metrics_log`), so nothing is logged twice.
 - A step whose loss or gradient is not finite stops the run with an error naming the step; nothing
   from that step is checkpointed.
 - Metrics go to the console (process 0) with steps/s, tokens/s and ETA, to `workdir/metrics.jsonl`,
@@ -31,7 +35,6 @@ import logging
 import math
 import os
 import resource
-import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -49,7 +52,9 @@ from seqjax.train import mesh as mesh_lib
 from seqjax.train import run_config
 from seqjax.train.checkpoint import Checkpoints
 from seqjax.train.evaluation import evaluate_split, make_eval_fn
+from seqjax.train.metrics_log import MetricsLog
 from seqjax.train.optimizer import make_optimizer
+from seqjax.train.preemption import StopSignals, signal_name
 from seqjax.train.preflight import check_before_work
 from seqjax.train.run_config import DataConfig, RunConfig, resolve
 from seqjax.train.state import TrainState, init_train_state, state_shardings
@@ -126,29 +131,6 @@ def _fit_to_data(config: RunConfig, example: Mapping[str, np.ndarray]) -> tuple[
 
 def _global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> _Preemption:
-        def handler(signum: int, frame: Any) -> None:
-            del signum, frame
-            self.requested = True
-
-        try:
-            self._previous = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread: no handler, no preemption saves
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _peak_memory_bytes() -> int:
@@ -336,22 +318,11 @@ def train(config: RunConfig | ml_collections.ConfigDict, workdir: str) -> dict[s
         # Logging: console and metrics.jsonl and TensorBoard, on process 0 only.
         # ------------------------------------------------------------------------------------------
         is_chief = jax.process_index() == 0
-        metrics_path = os.path.join(workdir, "metrics.jsonl")
-        if is_chief and config.tensorboard:
-            from tensorboardX import SummaryWriter
-
-            summary = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-        def write(record: Mapping[str, Any]) -> None:
-            if not is_chief:
-                return
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if summary is not None:
-                for k, v in record.items():
-                    if k not in ("step", "split") and isinstance(v, int | float) and math.isfinite(v):
-                        summary.add_scalar(f"{record['split']}/{k}", v, record["step"])
-                summary.flush()
+        # A resumed run drops the records a killed run wrote past the restored step (no duplicates).
+        summary = MetricsLog(
+            workdir, start_step=int(state.step), tensorboard=config.tensorboard, enabled=is_chief
+        )
+        write = summary.write
 
         # ------------------------------------------------------------------------------------------
         # Loop.
@@ -386,7 +357,7 @@ def train(config: RunConfig | ml_collections.ConfigDict, workdir: str) -> dict[s
             }
 
         budget = config.max_train_seconds
-        with _Preemption() as preemption:
+        with StopSignals() as stop_signals:
             while step < total:
                 batch = _global_batch(next(batches), batch_shardings)
                 if step_memory is None and config.report_step_memory:
@@ -435,10 +406,12 @@ def train(config: RunConfig | ml_collections.ConfigDict, workdir: str) -> dict[s
                         print(
                             f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items())
                         )
-                if preemption.requested:
+                # SIGTERM or SIGINT on any process: every process saves this step and returns.
+                stop = stop_signals.stop_signal()
+                if stop:
                     save(step, eval_metrics if eval_now else None)
                     if is_chief:
-                        print(f"SIGTERM: saved step {step}; exiting.", flush=True)
+                        print(f"{signal_name(stop)}: saved step {step}; exiting.", flush=True)
                     return finish(preempted=True)
                 if ckpt.should_save(step) or step == total or out_of_time:
                     save(step, eval_metrics if eval_now else None)
