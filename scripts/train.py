@@ -3,7 +3,12 @@
     python scripts/train.py --config=configs/synthetic.py:lstm --workdir=/tmp/run [--config.x.y=...]
 
 Restarting with the same --workdir resumes from its newest readable checkpoint. SIGTERM saves and
-exits 0. An unknown `--config.*` key is an error that names it (ml_collections).
+exits 0. An unknown `--config.*` key is an error that names it (ml_collections). One run at a time
+owns a workdir (a second one fails naming the first's pid); resuming with a changed config fails
+listing the changed keys, unless they are named, e.g. to extend a run:
+
+    python scripts/train.py --config=... --workdir=/tmp/run --config.total_steps=20000 \
+        --allow_config_change=total_steps
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ flags.mark_flag_as_required("config")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_list(
+    "allow_config_change",
+    [],
+    "Config keys (or sections, e.g. optimizer) that may differ from the config saved in --workdir when "
+    "resuming; the model, head, data, task and batch_size never may.",
+)
 flags.DEFINE_string("result_json", None, "Write the run's summary (steps, tokens/s, peak memory, eval) here.")
 FLAGS = flags.FLAGS
 
@@ -43,7 +54,7 @@ def main(argv: list[str]) -> None:
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()  # one-off preparation bars would bury the training log
-    result = train(FLAGS.config, FLAGS.workdir)
+    result = train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     if jax.process_index() == 0 and FLAGS.result_json:
         keys = ("step", "metrics", "eval", "preempted", "steps_per_s", "tokens_per_s", "peak_memory_bytes")
         keys += ("step_memory_bytes",)

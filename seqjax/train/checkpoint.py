@@ -262,6 +262,17 @@ class Checkpoints:
             return None
         return (min(scored) if self.best_mode == "min" else max(scored))[1]
 
+    def saved_config(self) -> tuple[int, dict[str, Any]] | None:
+        """(step, config) of the newest step whose saved config reads, without restoring its arrays; None
+        when no step has one. A resumed run compares it with its own before restoring."""
+        for step in self.all_steps()[::-1]:
+            try:
+                with open(os.path.join(self.directory, str(step), "config", "metadata")) as f:
+                    return step, json.load(f)
+            except (OSError, ValueError):
+                continue
+        return None
+
     def restore(
         self,
         abstract_state: Any,

@@ -155,6 +155,9 @@ class RunConfig:
     # and LR schedule then advance per chunk, while `step` still counts batches)
     tbptt_updates: str = dataclasses.field(default="batch", metadata=_choices(TBPTT_UPDATES))
     max_train_seconds: float | None = None  # a wall-clock budget: eval, save and stop when spent
+    # The step guard's bound on every parameter's |value| (None: finite only). Healthy runs stay well
+    # under 1e2; an update past the bound is not applied and stops the run, so it is never checkpointed.
+    max_param_abs: float | None = 1e4
     log_every: int = 10
     eval_every: int = 100  # 0: no evaluation during training
     report_step_memory: bool = False  # compile once more to log XLA's memory estimate of a train step
