@@ -185,10 +185,13 @@ def check_resume_config(
         )
     refused = [k for k in changes if not _covered(k, OPERATIONAL_KEYS) and not _covered(k, allowed)]
     if refused:
+        implied = {extra for name in refused for extra in _ALSO_ALLOWS.get(name, ())}
+        suggested = [k for k in refused if k not in implied]
         raise ConfigChangedError(
             f"{where} holds a run with another config (these keys differ):\n{lines(refused)}\n"
             f"Resuming would continue that run with them changed. Use another --workdir for a new run, or, "
-            f"if the change is intended, pass --allow_config_change={','.join(refused)} to scripts/train.py "
+            f"if the change is intended, pass --allow_config_change={','.join(suggested)} to "
+            f"scripts/train.py "
             f"(train(..., allow_config_change=...))."
         )
     return changes
