@@ -12,6 +12,12 @@ Multi-process (one command per process; process 0's host:port is the coordinator
 
 A process that dies without a word (SIGKILL, a lost host) is noticed by the others within about
 --heartbeat_timeout_seconds (default 100, JAX's), after which they abort instead of waiting forever.
+
+One run at a time owns a workdir (a second one fails naming the first's pid); resuming with a changed
+config fails listing the changed keys, unless they are named, e.g. to extend a run:
+
+    python scripts/train.py --config=... --workdir=/tmp/run --config.total_steps=20000 \
+        --allow_config_change=total_steps
 """
 
 from __future__ import annotations
@@ -38,6 +44,12 @@ flags.DEFINE_integer(
     "Multi-process: a process whose heartbeats stop this long is taken as dead and the others abort.",
     lower_bound=1,
 )
+flags.DEFINE_list(
+    "allow_config_change",
+    [],
+    "Config keys (or sections, e.g. optimizer) that may differ from the config saved in --workdir when "
+    "resuming; the model, head, data, task and batch_size never may.",
+)
 flags.DEFINE_string("result_json", None, "Write the run's summary (steps, tokens/s, peak memory, eval) here.")
 FLAGS = flags.FLAGS
 
@@ -63,7 +75,7 @@ def main(argv: list[str]) -> None:
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()  # one-off preparation bars would bury the training log
-    result = train(FLAGS.config, FLAGS.workdir)
+    result = train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     if result["preempted"]:
         # Saved and shutting down: a late SIGTERM/SIGINT (e.g. to each process in turn) must not kill the
         # exit (JAX's distributed shutdown) and turn a clean stop into a nonzero status.

@@ -4,8 +4,14 @@
   save is complete), so a run killed mid-save leaves no step directory that looks finished.
 - Retention: the latest `keep` steps, plus the `keep_best` best by an eval metric when one is named.
 - A state with a NaN or Inf is refused before anything is written.
-- `restore` tries the latest step first; if it cannot be read (a corrupt or truncated file), it warns
-  and falls back to the previous step, and so on.
+- Every checkpoint carries checksums: a digest of each array's values (computed on device, so every
+  process of a multi-process run checks the whole state, whatever the mesh), and sha256 digests of the
+  data state and config. `restore` verifies them: flipped bytes are a corrupt step, not wrong values.
+- `restore` tries the latest step first; if it cannot be read (a corrupt, truncated or deleted file, a
+  checksum mismatch, or a `validate` hook that rejects it), it warns and falls back to the previous step,
+  and so on. Once an older step is restored, the unreadable newer ones are moved aside to
+  `<step>.unreadable-<time>` (kept for inspection; Orbax ignores the name), so the run can save those step
+  numbers again instead of dying on `StepAlreadyExistsError` at every restart.
 - Restoring onto abstract arrays (`jax.ShapeDtypeStruct` with shardings) places the state onto the
   current mesh, whatever mesh wrote it.
 """
@@ -13,20 +19,29 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-__all__ = ["CheckpointError", "Checkpoints", "NonFiniteStateError", "Restored"]
+__all__ = ["UNREADABLE", "CheckpointError", "Checkpoints", "NonFiniteStateError", "Restored"]
 
 log = logging.getLogger(__name__)
+
+#: A step directory that could not be restored is renamed `<step>` + UNREADABLE + `<time>`.
+UNREADABLE = ".unreadable-"
+#: The array digest's name, saved with the checksums: a changed algorithm is never a mismatch.
+_DIGEST = "fmix32x2-v1"
 
 
 class CheckpointError(RuntimeError):
@@ -53,10 +68,65 @@ def _json_ready(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
+def _fmix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: every input bit changes about half of the output bits."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """Every element's bits as uint32 words, flat (8- and 16-bit types widened, 64-bit ones split)."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32).ravel()
+    bits = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, bits).astype(jnp.uint32).ravel()
+
+
+def _digest(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two 32-bit digests of an array's values and their positions. Wrapping uint32 sums are exact and
+    order-free, so the digest does not depend on the sharding or on the reduction order."""
+    words = _words(x)
+    index = jnp.arange(words.size, dtype=jnp.uint32)
+    first = _fmix32(words + _fmix32(index ^ jnp.uint32(0x9E3779B9)))
+    second = _fmix32(words ^ _fmix32(index + jnp.uint32(0x7F4A7C15)))
+    return jnp.sum(first, dtype=jnp.uint32), jnp.sum(second, dtype=jnp.uint32)
+
+
 @jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+def _inspect(tree: Any) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+    """(whether every floating leaf is finite, each leaf's digests), in one device pass."""
+    leaves = jax.tree.leaves(tree)
+    finite = [jnp.all(jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+    all_finite = jnp.all(jnp.stack(finite)) if finite else jnp.asarray(True)
+    return all_finite, [_digest(x) for x in leaves]
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    """A replicated result on the host (in a multi-process run it spans devices of other processes)."""
+    return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
+
+
+def _finite_and_digests(tree: Any) -> tuple[bool, dict[str, list[int]]]:
+    finite, digests = _inspect(tree)
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    values = {p: [int(_host(a)), int(_host(b))] for p, (a, b) in zip(paths, digests, strict=True)}
+    return bool(_host(finite)), values
+
+
+def _sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _all_agree(ok: bool) -> bool:
+    """Whether `ok` holds on every process (every process must restore the same step)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
 class Checkpoints:
@@ -128,8 +198,10 @@ class Checkpoints:
         """Writes `state` (any pytree of arrays) with the data-iterator state and the config at `step`.
 
         Raises NonFiniteStateError, before writing anything, if a floating leaf of `state` is NaN/Inf.
+        Checksums of the state's arrays, the data state and the config are saved with them.
         """
-        if not bool(_all_finite(state)):
+        finite, digests = _finite_and_digests(state)
+        if not finite:
             raise NonFiniteStateError(
                 f"step {step}: the train state has NaN or Inf values; refusing to checkpoint it. The last "
                 f"good checkpoint in {self.directory} is step {self.latest_step()}."
@@ -139,12 +211,14 @@ class Checkpoints:
                 f"Checkpoints: metrics {sorted(metrics)} lack best_metric {self.best_metric!r}; log it at "
                 f"eval or change best_metric."
             )
-        items = {
-            "state": ocp.args.StandardSave(state),
-            "data_state": ocp.args.JsonSave(_json_ready(dict(data_state or {}))),
-        }
+        data_json = _json_ready(dict(data_state or {}))
+        checksums: dict[str, Any] = {"digest": _DIGEST, "state": digests, "data_state": _sha256(data_json)}
+        items = {"state": ocp.args.StandardSave(state), "data_state": ocp.args.JsonSave(data_json)}
         if config is not None:
-            items["config"] = ocp.args.JsonSave(_json_ready(config))
+            config_json = _json_ready(config)
+            items["config"] = ocp.args.JsonSave(config_json)
+            checksums["config"] = _sha256(config_json)
+        items["checksums"] = ocp.args.JsonSave(checksums)
         self._manager.save(
             step,
             args=ocp.args.Composite(**items),
@@ -188,12 +262,35 @@ class Checkpoints:
             return None
         return (min(scored) if self.best_mode == "min" else max(scored))[1]
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> Restored | None:
+    def saved_config(self) -> tuple[int, dict[str, Any]] | None:
+        """(step, config) of the newest step whose saved config reads, without restoring its arrays; None
+        when no step has one. A resumed run compares it with its own before restoring."""
+        for step in self.all_steps()[::-1]:
+            try:
+                with open(os.path.join(self.directory, str(step), "config", "metadata")) as f:
+                    return step, json.load(f)
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def restore(
+        self,
+        abstract_state: Any,
+        step: int | None = None,
+        *,
+        validate: Callable[[Restored], None] | None = None,
+    ) -> Restored | None:
         """Restores `step` (default: the newest readable one) onto `abstract_state`'s shapes and shardings.
 
         `abstract_state` is a pytree of `jax.ShapeDtypeStruct` (with `.sharding` for the target mesh), e.g.
-        `jax.eval_shape(init_fn)` with shardings attached. Returns None when the directory has no
-        checkpoint; raises CheckpointError when none of them can be read.
+        `jax.eval_shape(init_fn)` with shardings attached. `validate(restored)` may raise to reject a step
+        that restored but is inconsistent (e.g. a data position that disagrees with the step); it counts as
+        unreadable. Returns None when the directory has no checkpoint; raises CheckpointError when none of
+        them can be read (then nothing is moved). With `step=None`, newer steps skipped on the way to a
+        readable one are moved aside to `<step>.unreadable-<time>`:
+
+            restored = ckpt.restore(abstract)  # steps 4 (truncated) and 2 -> restored.step == 2
+            restored.skipped_steps == (4,)  # and the directory now holds "2" and "4.unreadable-<time>"
         """
         steps = self.all_steps()
         if step is not None:
@@ -207,10 +304,15 @@ class Checkpoints:
         skipped: list[int] = []
         errors: list[str] = []
         for candidate in candidates:
+            restored, message = None, "it could not be read on another process"
             try:
                 restored = self._restore_step(candidate, abstract_state)
-            except Exception as exc:  # any unreadable file: corrupt, truncated, missing
+                if validate is not None:
+                    validate(restored)
+            except Exception as exc:  # any unreadable file: corrupt, truncated, missing, mismatched
+                restored = None
                 message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if not _all_agree(restored is not None):
                 log.warning(
                     "checkpoint step %d in %s cannot be restored (%s); falling back to the previous one.",
                     candidate,
@@ -220,10 +322,34 @@ class Checkpoints:
                 skipped.append(candidate)
                 errors.append(f"step {candidate}: {message}")
                 continue
+            if step is None and skipped:
+                self._move_aside(skipped)
             return dataclasses.replace(restored, skipped_steps=tuple(skipped))
         raise CheckpointError(
             f"no checkpoint in {self.directory} could be restored:\n  " + "\n  ".join(errors)
         )
+
+    def _move_aside(self, steps: list[int]) -> None:
+        """Renames unreadable step directories out of Orbax's step naming (process 0 renames; every
+        process waits for it), so that the run can save those steps again."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        if jax.process_index() == 0:
+            for step in steps:
+                target = os.path.join(self.directory, f"{step}{UNREADABLE}{stamp}")
+                suffix = 1
+                while os.path.exists(target):
+                    target = os.path.join(self.directory, f"{step}{UNREADABLE}{stamp}-{suffix}")
+                    suffix += 1
+                os.rename(os.path.join(self.directory, str(step)), target)
+                log.warning(
+                    "moved unreadable checkpoint step %d aside to %s (kept for inspection; delete it when "
+                    "done).",
+                    step,
+                    target,
+                )
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"seqjax checkpoints: moved aside {steps}")
+        self._manager.reload()
 
     def _restore_step(self, step: int, abstract_state: Any) -> Restored:
         step_dir = os.path.join(self.directory, str(step))
@@ -231,21 +357,57 @@ class Checkpoints:
             "state": ocp.args.StandardRestore(abstract_state),
             "data_state": ocp.args.JsonRestore(),
         }
-        has_config = os.path.isdir(os.path.join(step_dir, "config"))
-        if has_config:
-            items["config"] = ocp.args.JsonRestore()
+        optional = [k for k in ("config", "checksums") if os.path.isdir(os.path.join(step_dir, k))]
+        for key in optional:
+            items[key] = ocp.args.JsonRestore()
         out = self._manager.restore(step, args=ocp.args.Composite(**items))
         state = out["state"]
+        data_state = out["data_state"]
+        config = out["config"] if "config" in optional else None
+        finite, digests = _finite_and_digests(state)
+        if "checksums" in optional:
+            _verify(step, out["checksums"], digests, data_state, config)
+        else:
+            log.warning(
+                "checkpoint step %d in %s has no checksums (saved by an older seqjax); restored unverified.",
+                step,
+                self.directory,
+            )
         # A truncated array file can restore as garbage rather than fail; a state that was finite when
         # saved and is not now is corrupt.
-        if not bool(_all_finite(state)):
+        if not finite:
             raise CheckpointError(
                 f"step {step} restored with NaN or Inf values, but only finite states are saved."
             )
         return Restored(
             step=step,
             state=state,
-            data_state=dict(out["data_state"] or {}),
-            config=out["config"] if has_config else None,
+            data_state=dict(data_state or {}),
+            config=config,
             skipped_steps=(),
         )
+
+
+def _verify(
+    step: int, saved: Mapping[str, Any], digests: Mapping[str, Any], data_state: Any, config: Any
+) -> None:
+    """Raises CheckpointError naming what differs from the checksums saved with `step`."""
+    if saved.get("digest") != _DIGEST:
+        log.warning("checkpoint step %d: unknown digest %r; arrays not verified.", step, saved.get("digest"))
+    else:
+        expected = saved.get("state", {})
+        if set(expected) != set(digests):
+            raise CheckpointError(
+                f"step {step}: the state's leaves {sorted(set(expected) ^ set(digests))[:5]} differ from the "
+                f"saved checksums' (is this the same model?)."
+            )
+        bad = [path for path in digests if list(expected[path]) != list(digests[path])]
+        if bad:
+            raise CheckpointError(
+                f"step {step}: checksum mismatch in {len(bad)} array(s), e.g. {bad[:3]}: the array files "
+                f"are corrupt."
+            )
+    if _sha256(_json_ready(data_state or {})) != saved.get("data_state"):
+        raise CheckpointError(f"step {step}: checksum mismatch in the data state {data_state!r}.")
+    if "config" in saved and (config is None or _sha256(config) != saved["config"]):
+        raise CheckpointError(f"step {step}: checksum mismatch in the saved config (or it is missing).")

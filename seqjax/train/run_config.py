@@ -198,6 +198,9 @@ class RunConfig:
     tbptt_updates: str = dataclasses.field(default="batch", metadata=_choices(TBPTT_UPDATES))
     # a wall-clock budget: eval, save and stop when spent
     max_train_seconds: float | None = dataclasses.field(default=None, metadata=_above(0))
+    # The step guard's bound on every parameter's |value| (None: finite only). Healthy runs stay well
+    # under 1e2; an update past the bound is not applied and stops the run, so it is never checkpointed.
+    max_param_abs: float | None = dataclasses.field(default=1e4, metadata=_above(0))
     log_every: int = dataclasses.field(default=10, metadata=_at_least(1))
     # 0: no evaluation during training
     eval_every: int = dataclasses.field(default=100, metadata=_at_least(0))

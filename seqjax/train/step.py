@@ -7,9 +7,11 @@ A batch is a dict of arrays, batch-major:
 - classification: "label" [B] int;
 - forecasting: "targets" [B, horizon, V] float.
 
-A step whose loss or gradient is not finite applies no update (parameters, optimizer state and step
-are returned unchanged) and reports `finite = False`; the loop stops on it and names the step. With
-`tbptt_updates="chunk"` the guard is per chunk: a non-finite chunk applies no update, the others do.
+A step whose loss or gradient is not finite, or whose updated parameters are not finite or exceed
+`max_param_abs` in absolute value, applies no update (parameters, optimizer state and step are returned
+unchanged) and reports `finite = False` (and `param_max_abs`, the largest |parameter| the update would
+have produced); the loop stops on it and names the step. With `tbptt_updates="chunk"` the guard is per
+chunk: a failing chunk applies no update, the others do.
 """
 
 from __future__ import annotations
@@ -158,8 +160,24 @@ def truncated_bptt_grads(
     return grads, {"loss": loss, "accuracy": sums[2] / total, "tokens": sums[1]}
 
 
+def _param_max_abs(params: Any) -> jax.Array:
+    """The largest |value| over every parameter (NaN if any is NaN): one reduction, no host sync."""
+    leaves = [jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree.leaves(params) if x.size]
+    return jnp.max(jnp.stack(leaves)) if leaves else jnp.zeros((), jnp.float32)
+
+
+def _params_ok(largest: jax.Array, max_param_abs: float | None) -> jax.Array:
+    bound = jnp.inf if max_param_abs is None else max_param_abs
+    return jnp.isfinite(largest) & (largest <= bound)
+
+
 def truncated_bptt_chunk_updates(
-    model: nn.Module, tx: optax.GradientTransformation, state: TrainState, batch: Batch, chunk: int
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    batch: Batch,
+    chunk: int,
+    max_param_abs: float | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One batch of truncated BPTT with an optimizer update after every chunk (`tbptt_updates="chunk"`).
 
@@ -189,15 +207,16 @@ def truncated_bptt_chunk_updates(
 
         (loss, (cache, nll, weight, correct)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
+        largest = _param_max_abs(new_params)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _params_ok(largest, max_param_abs)
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old), (new_params, new_opt_state), (params, opt_state)
         )
-        return (params, opt_state, cache), (jnp.stack([nll, weight, correct]), grad_norm, finite)
+        return (params, opt_state, cache), (jnp.stack([nll, weight, correct]), grad_norm, finite, largest)
 
-    (params, opt_state, _), (sums, grad_norms, finite) = jax.lax.scan(
+    (params, opt_state, _), (sums, grad_norms, finite, largest) = jax.lax.scan(
         body, (state.params, state.opt_state, cache), (chunks, keys)
     )
     sums = sums.sum(0)
@@ -214,6 +233,7 @@ def truncated_bptt_chunk_updates(
         "tokens": sums[1],
         "grad_norm": grad_norms.mean(),
         "finite": jnp.all(finite),
+        "param_max_abs": jnp.max(largest),
     }
     return new_state, metrics
 
@@ -227,12 +247,15 @@ def make_train_step(
     *,
     tbptt_length: int | None = None,
     tbptt_updates: str = "batch",
+    max_param_abs: float | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; the old state is donated.
 
     `tbptt_length` (LM only) trains by truncated BPTT over chunks of that many tokens. `tbptt_updates`:
     "batch" sums the chunks' gradients into one update per batch (`truncated_bptt_grads`); "chunk"
-    applies an optimizer update after every chunk (`truncated_bptt_chunk_updates`).
+    applies an optimizer update after every chunk (`truncated_bptt_chunk_updates`). An update that would
+    leave a parameter non-finite or above `max_param_abs` in absolute value is not applied (`finite`
+    is False).
     """
     if tbptt_updates not in TBPTT_UPDATES:
         raise ValueError(f"tbptt_updates must be one of {list(TBPTT_UPDATES)}, got {tbptt_updates!r}.")
@@ -246,7 +269,7 @@ def make_train_step(
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         if tbptt_updates == "chunk":
-            return truncated_bptt_chunk_updates(model, tx, state, batch, int(tbptt_length))
+            return truncated_bptt_chunk_updates(model, tx, state, batch, int(tbptt_length), max_param_abs)
 
         def loss_of(params: Any) -> tuple[jax.Array, Metrics]:
             outputs = forward(model, params, batch, deterministic=False, rng=dropout_key(state))
@@ -260,12 +283,14 @@ def make_train_step(
             )
             loss = metrics.pop("loss")
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        largest = _param_max_abs(params)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _params_ok(largest, max_param_abs)
         updated = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-        return new_state, {**metrics, "loss": loss, "grad_norm": grad_norm, "finite": finite}
+        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "finite": finite}
+        return new_state, {**metrics, "param_max_abs": largest}
 
     replicated = NamedSharding(jax.tree.leaves(state_shardings)[0].mesh, P())
     return jax.jit(

@@ -8,15 +8,19 @@
   (multi-horizon regression); data (`config.data.kind`): "synthetic", "genomic", "timeseries",
   "documents" — each real kind is a `seqjax.data.<kind>.make_sources`.
 - Resumes from the newest readable checkpoint in `workdir/checkpoints` (train state and the data
-  position), so a killed run restarted with the same workdir continues the same trajectory.
+  position), so a killed run restarted with the same workdir continues the same trajectory. Unreadable
+  newer steps (corrupt, checksum mismatch, a data position that disagrees with the step) are moved aside
+  (`seqjax.train.checkpoint`). The run holds an exclusive lock on the workdir, and refuses to resume a run
+  saved with another config unless the changed keys are allowed (`seqjax.train.workdir`).
 - SIGTERM (preemption) or SIGINT (Ctrl-C) saves a checkpoint at the current step and returns cleanly;
   in a multi-process run a signal to any process stops every process at the same step
   (`seqjax.train.preemption`). So does running past `config.max_train_seconds` (a wall-clock budget,
   for compute-matched comparisons), after an eval.
 - A resumed run drops the `metrics.jsonl` and TensorBoard records past the restored step
   (`seqjax.train.metrics_log`), so nothing is logged twice.
-- A step whose loss or gradient is not finite stops the run with an error naming the step; nothing
-  from that step is checkpointed.
+- A step whose loss or gradient is not finite, or whose update would leave a parameter non-finite or
+  above `config.max_param_abs`, stops the run with an error naming the step; nothing from that step is
+  checkpointed.
 - Metrics go to the console (process 0) with steps/s, tokens/s and ETA, to `workdir/metrics.jsonl`,
   and (`config.tensorboard`) to TensorBoard event files in `workdir/tensorboard`.
 - Eval walks the whole validation split (no drop_last) and computes the task's metrics
@@ -36,7 +40,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -50,7 +54,8 @@ from seqjax.data.pipeline import TrainBatches, eval_batches
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
 from seqjax.train import run_config
-from seqjax.train.checkpoint import Checkpoints
+from seqjax.train import workdir as workdir_lib
+from seqjax.train.checkpoint import CheckpointError, Checkpoints, Restored
 from seqjax.train.evaluation import evaluate_split, make_eval_fn
 from seqjax.train.metrics_log import MetricsLog
 from seqjax.train.optimizer import make_optimizer
@@ -234,9 +239,31 @@ def run_eval(
     )
 
 
-def train(config: RunConfig | ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _check_data_position(restored: Restored) -> None:
+    """The trainer's rule: one batch per step, so a checkpoint's data position is its step."""
+    next_batch = restored.data_state.get("next_batch")
+    if not isinstance(next_batch, int) or isinstance(next_batch, bool):
+        raise CheckpointError(
+            f"step {restored.step}: the data state {restored.data_state!r} has no integer 'next_batch' (the "
+            f"data position, saved with every trainer checkpoint)."
+        )
+    state_step = int(restored.state.step)
+    if not next_batch == state_step == restored.step:
+        raise CheckpointError(
+            f"step {restored.step}: data position next_batch={next_batch} and train state step {state_step} "
+            f"disagree with the checkpoint's step {restored.step} (one batch per step)."
+        )
+
+
+def train(
+    config: RunConfig | ml_collections.ConfigDict, workdir: str, *, allow_config_change: Iterable[str] = ()
+) -> dict[str, Any]:
     """Trains as `config` says; returns the last step, state, train metrics and eval metrics, tokens/s
-    (after the first, compiling step), peak memory and the parameter count."""
+    (after the first, compiling step), peak memory and the parameter count.
+
+    `workdir` is locked for the run (`WorkdirLockedError` if another run holds it). Resuming a run saved
+    with another config is a `ConfigChangedError` unless every changed key is operational or named in
+    `allow_config_change` (`seqjax.train.workdir.check_resume_config`)."""
     # ----------------------------------------------------------------------------------------------
     # Setup: the typed config, mesh, data, model, optimizer, shardings.
     # ----------------------------------------------------------------------------------------------
@@ -250,14 +277,20 @@ def train(config: RunConfig | ml_collections.ConfigDict, workdir: str) -> dict[s
     # ----------------------------------------------------------------------------------------------
     # State: a fresh one, or the newest readable checkpoint placed onto this mesh.
     # ----------------------------------------------------------------------------------------------
-    ckpt = Checkpoints(
-        os.path.join(workdir, "checkpoints"),
-        save_every=config.checkpoint.every,
-        keep=config.checkpoint.keep,
-        best_metric=config.checkpoint.best_metric,
-        best_mode=config.checkpoint.best_mode,
-        async_save=config.checkpoint.async_save,
-    )
+    # Locked before the checkpoint manager starts: it cleans up unfinished saves, another run's included.
+    lock = workdir_lib.lock_workdir(workdir)
+    try:
+        ckpt = Checkpoints(
+            os.path.join(workdir, "checkpoints"),
+            save_every=config.checkpoint.every,
+            keep=config.checkpoint.keep,
+            best_metric=config.checkpoint.best_metric,
+            best_mode=config.checkpoint.best_mode,
+            async_save=config.checkpoint.async_save,
+        )
+    except BaseException:
+        lock.release()
+        raise
     # The async checkpointer, the batch prefetch thread and the TensorBoard writer are closed on every
     # way out of the loop, an exception included.
     batches: TrainBatches | None = None
@@ -269,15 +302,28 @@ def train(config: RunConfig | ml_collections.ConfigDict, workdir: str) -> dict[s
         if closed:
             return
         closed = True
-        ckpt.close()
-        if batches is not None:
-            batches.close()
-        if summary is not None:
-            summary.close()
+        try:
+            ckpt.close()
+            if batches is not None:
+                batches.close()
+            if summary is not None:
+                summary.close()
+        finally:
+            lock.release()
 
     try:
         shardings = parts["state_shardings"]
-        restored = ckpt.restore(parts["abstract_state"])
+        saved = ckpt.saved_config()
+        if saved is not None:  # compared before restoring: another model's arrays would not restore at all
+            changes = workdir_lib.check_resume_config(
+                saved[1],
+                config.to_dict(),
+                allow=allow_config_change,
+                where=f"{workdir} (checkpoint step {saved[0]})",
+            )
+            if changes:
+                log.info("resuming with changed config keys: %s", ", ".join(changes))
+        restored = ckpt.restore(parts["abstract_state"], validate=_check_data_position)
         if restored is None:
             state, _ = init_train_state(
                 model, tx, parts["example"], parts["mesh"], parts["rules"], seed=config.seed
@@ -309,6 +355,7 @@ def train(config: RunConfig | ml_collections.ConfigDict, workdir: str) -> dict[s
             batch_shardings,
             tbptt_length=config.tbptt_length,
             tbptt_updates=config.tbptt_updates,
+            max_param_abs=config.max_param_abs,
         )
         eval_fn = make_eval_fn(model, config.task, shardings.params, batch_shardings)
         config_json = config.to_dict()
@@ -367,7 +414,9 @@ def train(config: RunConfig | ml_collections.ConfigDict, workdir: str) -> dict[s
                     close()  # waits for pending saves, so the message names the last one on disk
                     raise NonFiniteLossError(
                         f"step {step + 1}: loss {float(metrics['loss'])} / gradient norm "
-                        f"{float(metrics['grad_norm'])} is not finite; the update was not applied (with "
+                        f"{float(metrics['grad_norm'])} / largest |parameter| after the update "
+                        f"{float(metrics['param_max_abs'])} is not finite or over max_param_abs="
+                        f"{config.max_param_abs}; the update was not applied (with "
                         f"tbptt_updates=chunk: not for the non-finite chunks) and nothing "
                         f"was checkpointed. The last checkpoint is step {ckpt.latest_step()} in {workdir}."
                     )
