@@ -457,10 +457,11 @@ def diebold_mariano(
         raise ValueError(f"{owner}: kernel must be 'rectangular' or 'bartlett', got {kernel!r}.")
     n = a.shape[0]
     correction = (n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n
-    if n < 3 or n <= horizon or correction <= 0:
+    # Fewer steps leave the h - 1 autocovariances and the HLN factor without enough data behind them.
+    if n < max(3, 2 * horizon) or correction <= 0:
         raise ValueError(
             f"{owner}: {n} time steps are too few for horizon {horizon}; pass a longer loss series "
-            "(at least 2 * horizon + 1 steps)."
+            "(at least max(3, 2 * horizon) steps)."
         )
     difference = a - b
     deviation = difference - difference.mean()
