@@ -4,9 +4,17 @@ verdict rule fixed before any run.
 `statistics`: two-level (cluster x seed) bootstrap intervals, the paired bootstrap of a difference,
 McNemar's exact test, the Diebold-Mariano test, Holm's correction. `weighted_metrics`: metrics evaluated
 under many bootstrap weightings at once. `verdict`: supported / contradicted / depends / inconclusive.
-Numpy and scipy only; nothing here imports jax.
+`predictions`: the saved per-example records of a run (versioned .npz, atomic write, validating reader).
+The computations are numpy and scipy; none of them needs jax or a device.
 """
 
+from seqjax.experiment.predictions import (
+    FORMAT_VERSION,
+    RunPredictions,
+    read_predictions,
+    stack_seeds,
+    write_predictions,
+)
 from seqjax.experiment.statistics import (
     BootstrapInterval,
     DieboldMarianoResult,
@@ -22,9 +30,11 @@ from seqjax.experiment.verdict import classify_interval, classify_intervals, ver
 from seqjax.experiment.weighted_metrics import accuracy, balanced_accuracy, from_sklearn, mean_value
 
 __all__ = [
+    "FORMAT_VERSION",
     "BootstrapInterval",
     "DieboldMarianoResult",
     "McNemarResult",
+    "RunPredictions",
     "accuracy",
     "balanced_accuracy",
     "classify_interval",
@@ -37,5 +47,8 @@ __all__ = [
     "mcnemar_exact",
     "mean_value",
     "paired_bootstrap",
+    "read_predictions",
+    "stack_seeds",
     "verdict",
+    "write_predictions",
 ]
