@@ -1,0 +1,54 @@
+"""The experiment protocol of issue 15: statistics that resample the real units of independence, and a
+verdict rule fixed before any run.
+
+`statistics`: two-level (cluster x seed) bootstrap intervals, the paired bootstrap of a difference,
+McNemar's exact test, the Diebold-Mariano test, Holm's correction. `weighted_metrics`: metrics evaluated
+under many bootstrap weightings at once. `verdict`: supported / contradicted / depends / inconclusive.
+`predictions`: the saved per-example records of a run (versioned .npz, atomic write, validating reader).
+The computations are numpy and scipy; none of them needs jax or a device.
+"""
+
+from seqjax.experiment.predictions import (
+    FORMAT_VERSION,
+    RunPredictions,
+    read_predictions,
+    stack_seeds,
+    write_predictions,
+)
+from seqjax.experiment.statistics import (
+    BootstrapInterval,
+    DieboldMarianoResult,
+    McNemarResult,
+    cluster_bootstrap,
+    contiguous_block_ids,
+    diebold_mariano,
+    holm_adjusted_p_values,
+    mcnemar_exact,
+    paired_bootstrap,
+)
+from seqjax.experiment.verdict import classify_interval, classify_intervals, verdict
+from seqjax.experiment.weighted_metrics import accuracy, balanced_accuracy, from_sklearn, mean_value
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BootstrapInterval",
+    "DieboldMarianoResult",
+    "McNemarResult",
+    "RunPredictions",
+    "accuracy",
+    "balanced_accuracy",
+    "classify_interval",
+    "classify_intervals",
+    "cluster_bootstrap",
+    "contiguous_block_ids",
+    "diebold_mariano",
+    "from_sklearn",
+    "holm_adjusted_p_values",
+    "mcnemar_exact",
+    "mean_value",
+    "paired_bootstrap",
+    "read_predictions",
+    "stack_seeds",
+    "verdict",
+    "write_predictions",
+]

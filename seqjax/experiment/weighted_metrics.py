@@ -1,0 +1,86 @@
+"""Metrics evaluated under many bootstrap weightings of the same examples at once.
+
+A bootstrap resample of clusters is, for every example, a count of how often its cluster was drawn; a
+metric of the resampled data is the metric with those counts as example weights. A `WeightedMetric`
+takes one set of predictions, the targets (or None) and a weights matrix [resamples, examples], and
+returns one value per resample, so thousands of resamples cost a few matrix products, not a Python loop.
+
+Metrics that are not a mean of per-example values (balanced accuracy) fit the same form: they are
+ratios of weighted sums. `from_sklearn` wraps any scikit-learn score that takes `sample_weight`
+(slower: one call per resample) and is the reference the built-in metrics are tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["WeightedMetric", "accuracy", "balanced_accuracy", "from_sklearn", "mean_value"]
+
+# (predictions [examples], targets [examples] or None, weights [resamples, examples]) -> [resamples]
+WeightedMetric = Callable[[np.ndarray, np.ndarray | None, np.ndarray], np.ndarray]
+
+
+def _require_targets(name: str, targets: np.ndarray | None) -> np.ndarray:
+    if targets is None:
+        raise ValueError(f"{name}: targets is None; pass the per-example targets (labels) as `targets`.")
+    return targets
+
+
+def mean_value(values: np.ndarray, targets: np.ndarray | None, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean of per-example values (a loss, a 0/1 correctness); `targets` is not used.
+
+    >>> mean_value(np.array([1.0, 3.0]), None, np.array([[1.0, 1.0], [2.0, 0.0]]))
+    array([2., 1.])
+    """
+    del targets  # the values are already per-example scores
+    return (weights @ values) / weights.sum(axis=1)
+
+
+def accuracy(predictions: np.ndarray, targets: np.ndarray | None, weights: np.ndarray) -> np.ndarray:
+    """Weighted fraction of predicted labels equal to the targets.
+
+    >>> accuracy(np.array([0, 1, 1]), np.array([0, 1, 0]), np.ones((1, 3)))
+    array([0.66666667])
+    """
+    correct = (predictions == _require_targets("accuracy", targets)).astype(np.float64)
+    return mean_value(correct, None, weights)
+
+
+def balanced_accuracy(predictions: np.ndarray, targets: np.ndarray | None, weights: np.ndarray) -> np.ndarray:
+    """Mean over classes of the weighted recall, as `sklearn.metrics.balanced_accuracy_score` with
+    `sample_weight`: a class whose examples all have weight zero in a resample is left out of that
+    resample's mean (sklearn does the same, with a warning).
+
+    >>> balanced_accuracy(np.array([0, 0, 0, 1]), np.array([0, 0, 1, 1]), np.ones((1, 4)))
+    array([0.75])
+    """
+    targets = _require_targets("balanced_accuracy", targets)
+    classes, class_index = np.unique(targets, return_inverse=True)
+    one_hot = np.zeros((targets.shape[0], classes.shape[0]))
+    one_hot[np.arange(targets.shape[0]), class_index] = 1.0
+    correct = (predictions == targets).astype(np.float64)
+    class_weight = weights @ one_hot  # [resamples, classes]
+    correct_weight = weights @ (one_hot * correct[:, None])
+    present = class_weight > 0
+    recall = np.where(present, correct_weight / np.where(present, class_weight, 1.0), 0.0)
+    return recall.sum(axis=1) / present.sum(axis=1)
+
+
+def from_sklearn(score: Callable[..., float]) -> WeightedMetric:
+    """A `WeightedMetric` from a scikit-learn score `score(y_true, y_pred, sample_weight=...)`.
+
+    One call per resample: use it for metrics without a built-in vectorised version here.
+
+    >>> from sklearn.metrics import accuracy_score
+    >>> from_sklearn(accuracy_score)(np.array([0, 1]), np.array([0, 0]), np.array([[1.0, 1.0], [3.0, 1.0]]))
+    array([0.5 , 0.75])
+    """
+
+    def metric(predictions: np.ndarray, targets: np.ndarray | None, weights: np.ndarray) -> np.ndarray:
+        targets = _require_targets(getattr(score, "__name__", "score"), targets)
+        return np.array([score(targets, predictions, sample_weight=row) for row in weights], dtype=np.float64)
+
+    metric.__name__ = getattr(score, "__name__", "sklearn_score")
+    return metric
