@@ -91,9 +91,9 @@ def kmer_frequencies(windows: np.ndarray, k: int, *, canonical: bool = False) ->
         valid &= column < 4
         index = index * 4 + np.minimum(column, 3)
     rows = np.broadcast_to(np.arange(num_windows)[:, None], index.shape)
-    counts = np.bincount(
-        (rows * num_kmers + index)[valid], minlength=num_windows * num_kmers
-    ).reshape(num_windows, num_kmers)
+    counts = np.bincount((rows * num_kmers + index)[valid], minlength=num_windows * num_kmers).reshape(
+        num_windows, num_kmers
+    )
     if canonical:
         reverse = _reverse_complement_index(k)
         keep = np.arange(num_kmers) <= reverse
