@@ -14,7 +14,7 @@
 - `evaluate_baselines(data, data_dir, split)`: every genomic baseline on a split of the real task.
 
     >>> import numpy as np
-    >>> kmer_frequencies(np.frombuffer(b"ACGTA", np.uint8)[None], k=2).reshape(4, 4)[0, 1]  # "AC"
+    >>> float(kmer_frequencies(np.frombuffer(b"ACGTA", np.uint8)[None], k=2).reshape(4, 4)[0, 1])  # "AC"
     0.25
     >>> gc_content(np.frombuffer(b"GGCCATNN", np.uint8)[None])
     array([0.66666667])
