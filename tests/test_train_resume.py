@@ -152,7 +152,7 @@ def test_resume_logs_every_step_once(tmp_path):
     train(config, workdir)
     shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # as if killed before step 6 was saved
     config.total_steps = 8
-    result = train(config, workdir)
+    result = train(config, workdir, allow_config_change=["total_steps"])
     records = [r for r in read_records(workdir) if r["split"] == "train"]
     assert [r["step"] for r in records] == list(range(1, 9))
     assert records[-1]["loss"] == pytest.approx(result["metrics"]["loss"], rel=1e-6)
