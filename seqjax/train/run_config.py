@@ -196,7 +196,7 @@ class RunConfig:
     # "batch": one update per batch (chunk gradients summed); "chunk": one per chunk (the optimizer's count
     # and LR schedule then advance per chunk, while `step` still counts batches)
     tbptt_updates: str = dataclasses.field(default="batch", metadata=_choices(TBPTT_UPDATES))
-    # a wall-clock budget: eval, save and stop when spent
+    # a budget of training-step time (compiling and evaluation excluded): eval, save and stop when spent
     max_train_seconds: float | None = dataclasses.field(default=None, metadata=_above(0))
     # The step guard's bound on every parameter's |value| (None: finite only). Healthy runs stay well
     # under 1e2; an update past the bound is not applied and stops the run, so it is never checkpointed.

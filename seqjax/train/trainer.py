@@ -14,8 +14,8 @@
   saved with another config unless the changed keys are allowed (`seqjax.train.workdir`).
 - SIGTERM (preemption) or SIGINT (Ctrl-C) saves a checkpoint at the current step and returns cleanly;
   in a multi-process run a signal to any process stops every process at the same step
-  (`seqjax.train.preemption`). So does running past `config.max_train_seconds` (a wall-clock budget,
-  for compute-matched comparisons), after an eval.
+  (`seqjax.train.preemption`). So does running past `config.max_train_seconds` (a budget of training-step
+  time: compiling, evaluation and checkpoints never count), after an eval.
 - A resumed run drops the `metrics.jsonl` and TensorBoard records past the restored step
   (`seqjax.train.metrics_log`), so nothing is logged twice.
 - A step whose loss or gradient is not finite, or whose update would leave a parameter non-finite or
@@ -379,8 +379,13 @@ def train(
         step = int(state.step)
         last: dict[str, Any] = {}
         eval_metrics: dict[str, float] | None = None
-        t_first, step_first = None, step  # timing starts after the first (compiling) step
-        t_started = time.perf_counter()
+        # Budget and throughput count training alone: the time of each step from fetching its batch to its
+        # finished update, except the first (compiling) step; evaluation, checkpoints and logging never
+        # count, so a model with a slow validation pass trains as long as one with a fast one.
+        step_first = step
+        train_seconds = 0.0  # steps after the first
+        compile_seconds = math.nan  # the first step: compiling plus one step
+        eval_seconds = 0.0
         step_memory: int | None = None
 
         def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
@@ -388,8 +393,8 @@ def train(
 
         def finish(preempted: bool) -> dict[str, Any]:
             close()
-            elapsed = time.perf_counter() - t_first if t_first is not None else math.nan
-            rate = (step - step_first) / elapsed if step > step_first and elapsed > 0 else math.nan
+            timed = step - step_first - 1  # steps after the compiling one
+            rate = timed / train_seconds if timed > 0 and train_seconds > 0 else math.nan
             return {
                 "step": step,
                 "state": state,
@@ -398,6 +403,9 @@ def train(
                 "preempted": preempted,
                 "steps_per_s": rate,
                 "tokens_per_s": rate * tokens_per_batch,
+                "train_seconds": train_seconds,
+                "compile_seconds": compile_seconds,
+                "eval_seconds": eval_seconds,
                 "peak_memory_bytes": _peak_memory_bytes(),
                 "step_memory_bytes": step_memory,
                 "num_params": num_params,
@@ -406,11 +414,18 @@ def train(
         budget = config.max_train_seconds
         with StopSignals() as stop_signals:
             while step < total:
+                t_step = time.perf_counter()
                 batch = _global_batch(next(batches), batch_shardings)
                 if step_memory is None and config.report_step_memory:
                     step_memory = _step_memory_bytes(train_step, state, batch)
+                    t_step = time.perf_counter()  # the extra compile is not a training step
                 state, metrics = train_step(state, batch)
-                if not bool(metrics["finite"]):
+                finite = bool(metrics["finite"])  # waits for the step: its time is then measured
+                if step == step_first:
+                    compile_seconds = time.perf_counter() - t_step
+                else:
+                    train_seconds += time.perf_counter() - t_step
+                if not finite:
                     close()  # waits for pending saves, so the message names the last one on disk
                     raise NonFiniteLossError(
                         f"step {step + 1}: loss {float(metrics['loss'])} / gradient norm "
@@ -421,15 +436,13 @@ def train(
                         f"was checkpointed. The last checkpoint is step {ckpt.latest_step()} in {workdir}."
                     )
                 step += 1
-                if t_first is None:
-                    t_first, step_first = time.perf_counter(), step
                 last = {k: float(v) for k, v in metrics.items()}
                 if step % config.log_every == 0 or step == total:
-                    elapsed = time.perf_counter() - t_first
-                    rate = (step - step_first) / elapsed if elapsed > 0 and step > step_first else math.nan
+                    timed = step - step_first - 1
+                    rate = timed / train_seconds if timed > 0 and train_seconds > 0 else math.nan
                     eta = (total - step) / rate if rate > 0 else math.nan
                     if budget is not None:
-                        eta = min(eta, budget - (time.perf_counter() - t_started))
+                        eta = min(eta, budget - train_seconds)
                     record = {"step": step, "split": "train", **last, "steps_per_s": rate}
                     record["tokens_per_s"] = rate * tokens_per_batch
                     write(record)
@@ -442,14 +455,16 @@ def train(
                             f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f} s",
                             flush=True,
                         )
-                out_of_time = budget is not None and time.perf_counter() - t_started > budget
+                out_of_time = budget is not None and train_seconds > budget
                 eval_now = config.eval_every and (
                     step % config.eval_every == 0 or step == total or out_of_time
                 )
                 if eval_now:
+                    t_eval = time.perf_counter()
                     eval_metrics = run_eval(
                         config, eval_fn, state.params, sources["validation"], batch_shardings
                     )
+                    eval_seconds += time.perf_counter() - t_eval
                     write({"step": step, "split": "eval", **eval_metrics})
                     if is_chief:
                         print(

@@ -1,0 +1,58 @@
+"""The training budget and the throughput count training steps alone: compiling and evaluation never
+count against a model's `max_train_seconds` or its tokens/s (issue 15's equal-budget rule)."""
+
+from __future__ import annotations
+
+import time
+
+from configs import synthetic
+from seqjax.train import trainer
+
+EVAL_SLEEP = 0.4
+
+
+def _config(total: int):
+    config = synthetic.get_config("gru,length=24")
+    config.total_steps = total
+    config.batch_size = 8
+    config.model.d_model = 8
+    config.log_every = 1000
+    config.eval_every = 1
+    config.checkpoint.every = 1000
+    config.checkpoint.async_save = False
+    config.tensorboard = False
+    config.optimizer.warmup_steps = 0
+    return config
+
+
+def _slow_eval(monkeypatch):
+    real = trainer.run_eval
+
+    def slow(*args, **kwargs):
+        time.sleep(EVAL_SLEEP)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "run_eval", slow)
+
+
+def test_evaluation_and_compile_are_not_training_time(tmp_path, monkeypatch):
+    _slow_eval(monkeypatch)
+    started = time.perf_counter()
+    result = trainer.train(_config(5), str(tmp_path))
+    wall = time.perf_counter() - started
+    assert result["step"] == 5
+    assert result["eval_seconds"] >= 5 * EVAL_SLEEP
+    assert result["compile_seconds"] > 0
+    # 4 timed steps (the first compiles); the rate is theirs alone.
+    assert result["train_seconds"] < wall - result["eval_seconds"] - result["compile_seconds"]
+    assert abs(result["steps_per_s"] * result["train_seconds"] - 4) < 1e-6
+
+
+def test_a_slow_evaluation_does_not_spend_the_budget(tmp_path, monkeypatch):
+    """Before, the budget was wall clock: one 0.4 s evaluation ended a 0.3 s budget after step 1."""
+    _slow_eval(monkeypatch)
+    config = _config(6)
+    config.max_train_seconds = 0.3
+    result = trainer.train(config, str(tmp_path))
+    assert result["step"] == 6, "a tiny model's 5 timed steps take far less than 0.3 s of training"
+    assert result["train_seconds"] < 0.3
