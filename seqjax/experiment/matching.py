@@ -9,7 +9,8 @@
 - knob "mlp" (the default): the MLP's hidden units, `model.mlp_expansion` = units / d_model. The count
   is affine in the units (gate, up and down projections), so two probes give the exact solution.
 - knob "cell": the width of the mixer cell, when the MLP cannot reach the target (the mixer alone
-  exceeds it even with a one-unit MLP, or the config has no MLP, `mlp_expansion=0`), or when asked for.
+  exceeds it even with a one-unit MLP, or the config has no MLP, `mlp_expansion=0`), or when asked for;
+  the MLP then stays at the config's own expansion.
   The field is the cell's `hidden_size` (LSTM, GRU, E-LSTM), `state_size` (S5, LRU, whose hidden_size
   must equal d_model), `head_dim` with `num_heads` kept (linear attention, GLA, attention, sliding
   window) or `expand` (Mamba), searched by integer bisection
