@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import gc
-import math
 import os
 import platform as pyplatform
 import shlex
@@ -44,6 +43,7 @@ from absl import app, flags
 from seqjax import models
 from seqjax.common.xla import plan_bytes
 from seqjax.config import PRESETS
+from seqjax.experiment import match_parameters
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", None, "Mixers to compare (default: all of MIXERS).")
@@ -147,24 +147,18 @@ def config_for(name: str, expansion: float, max_length: int) -> models.BackboneC
     )
 
 
-def count_params(config: models.BackboneConfig) -> int:
-    model = models.LanguageModel(config)
-    tokens = jnp.zeros((1, 8), jnp.int32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens))
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+def _run_config(backbone: models.BackboneConfig) -> dict[str, Any]:
+    """A minimal LM run config around `backbone`, the form `seqjax.experiment.match_parameters` reads."""
+    return {"task": "lm", "batch_size": 1, "total_steps": 1, "model": backbone.to_dict(), "data": {}}
 
 
 def equal_param_expansions(names: list[str]) -> dict[str, tuple[float, int]]:
     """MLP expansion per mixer so each model has the reference's parameter count; (expansion, params)."""
-    target = count_params(config_for(REFERENCE, 4.0, 1024))
-    out = {}
-    for name in names:
-        # Parameters are affine in the MLP width: two probes give the slope.
-        lo, hi = count_params(config_for(name, 1.0, 1024)), count_params(config_for(name, 2.0, 1024))
-        expansion = max(0.25, 1.0 + (target - lo) / max(hi - lo, 1))
-        expansion = round(expansion * FLAGS.d_model) / FLAGS.d_model
-        out[name] = (expansion, count_params(config_for(name, expansion, 1024)))
-    return out
+    configs = {name: _run_config(config_for(name, 4.0, 1024)) for name in dict.fromkeys([REFERENCE, *names])}
+    # The shared solver (seqjax.experiment.matching): the MLP's width, exact since the count is affine in it.
+    _, report = match_parameters(configs, target=REFERENCE, knob="mlp")
+    by_name = {m.name: m for m in report}
+    return {name: (float(by_name[name].value), by_name[name].parameters) for name in names}
 
 
 # --------------------------------------------------------------------------------------------------

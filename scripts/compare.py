@@ -42,6 +42,15 @@ flags.DEFINE_list(
     "Extra config overrides for every model, key=value, e.g. batch_size=2,eval_batch_size=2.",
 )
 flags.DEFINE_bool("fresh", True, "Delete each model's previous run first (else resume it).")
+flags.DEFINE_bool(
+    "match_params",
+    True,
+    "Set each model's MLP width so its parameter count is within --match_tolerance of the target's.",
+)
+flags.DEFINE_string(
+    "match_target", None, "The preset whose parameter count the others match (default: the largest)."
+)
+flags.DEFINE_float("match_tolerance", 0.05, "Allowed relative gap to the target's parameter count.")
 FLAGS = flags.FLAGS
 
 #: Options used when --options is not given: the species task learns visibly within minutes on CPU.
@@ -103,6 +112,38 @@ def _baseline(config) -> dict[str, float]:
     return {"name": "unigram", "bits_per_byte": unigram_bits_per_byte(train, test)}
 
 
+def _matched_overrides(configs: dict) -> tuple[dict[str, list[str]], int | None]:
+    """Per preset, the `--config.` overrides that match its parameter count to the target's; the target."""
+    if not FLAGS.match_params:
+        return {preset: [] for preset in configs}, None
+    from seqjax.experiment import match_parameters
+
+    shapes = {}
+    first = next(iter(configs.values()))
+    if first.task == "forecast":
+        # A forecaster's encoder and head are sized by the data (variables, horizon): read one example.
+        from seqjax.train.run_config import resolve
+        from seqjax.train.trainer import build_sources
+
+        run = resolve(first)
+        example = build_sources(run.data, run.data_dir)["train"][0]
+        shapes = {"input_size": int(example["inputs"].shape[-1]), "horizon": int(example["targets"].shape[0])}
+    _, report = match_parameters(
+        configs, target=FLAGS.match_target, tolerance=FLAGS.match_tolerance, knob="mlp", **shapes
+    )
+    overrides = {}
+    for m in report:
+        if m.knob == "cell":
+            # The preset's mixer section has no width key for --config. to override.
+            raise app.UsageError(
+                f"--match_params: {m.name} needs its cell width changed ({m.override}) to match the target; "
+                "choose a larger --match_target."
+            )
+        overrides[m.name] = [] if m.knob == "reference" else [f"--config.{m.override}"]
+        print(f"match {m.name:>18}: {m.parameters:,} parameters ({m.ratio:.3f} x target), {m.override}")
+    return overrides, report[0].target
+
+
 def _table(config, rows: list[dict], baseline: dict) -> str:
     name, _ = HEADLINE[config.task]
     extra = {
@@ -118,6 +159,7 @@ def _table(config, rows: list[dict], baseline: dict) -> str:
         "train-step memory (XLA)",
         "peak memory",
         "parameters",
+        "x target",
         "steps",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -136,13 +178,14 @@ def _table(config, rows: list[dict], baseline: dict) -> str:
                     else f"{r['step_memory_bytes'] / 2**20:.0f} MiB",
                     f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
                     f"{r['num_params']:,}",
+                    "n/a" if not r.get("target_params") else f"{r['num_params'] / r['target_params']:.3f}",
                     str(r["step"]),
                 ]
             )
             + " |"
         )
     cells = [f"{baseline.get(k, float('nan')):.4f}" for k in (name, *extra)]
-    lines.append("| " + " | ".join([f"baseline: {baseline['name']}", *cells, "", "", "", "", ""]) + " |")
+    lines.append("| " + " | ".join([f"baseline: {baseline['name']}", *cells, "", "", "", "", "", ""]) + " |")
     return "\n".join(lines)
 
 
@@ -153,6 +196,8 @@ def main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every dataset load at INFO
     python = sys.executable
     rows = []
+    configs = {preset: _load_config(FLAGS.config, _arg(preset)) for preset in FLAGS.presets}
+    overrides, target_params = _matched_overrides(configs)
     config = None
     for preset in FLAGS.presets:
         workdir = os.path.join(FLAGS.workdir, preset)
@@ -162,7 +207,7 @@ def main(argv: list[str]) -> None:
             shutil.rmtree(workdir)
         os.makedirs(workdir, exist_ok=True)
         spec = f"{FLAGS.config}:{_arg(preset)}"
-        config = _load_config(FLAGS.config, _arg(preset))
+        config = configs[preset]
         started = time.perf_counter()
         _run(
             [
@@ -175,6 +220,7 @@ def main(argv: list[str]) -> None:
                 "--config.optimizer.schedule=constant",  # a time budget has no known end step
                 "--config.report_step_memory=True",
                 f"--result_json={workdir}/train.json",
+                *overrides[preset],
                 *(f"--config.{o}" for o in FLAGS.config_overrides),
             ]
         )
@@ -196,6 +242,8 @@ def main(argv: list[str]) -> None:
                 "preset": preset,
                 **trained,
                 "metrics": evaluated["metrics"],
+                "target_params": target_params,
+                "matched_overrides": overrides[preset],
                 "seconds": time.perf_counter() - started,
             }
         )
@@ -208,7 +256,13 @@ def main(argv: list[str]) -> None:
         f"{name}: {'higher' if larger else 'lower'} is better. Train tokens/s excludes the compiling step. "
         "Train-step memory is XLA's estimate for one step (arguments, outputs and temporaries); peak memory "
         "is the device's peak where the backend reports it (GPU/TPU), else the training process's peak "
-        "RSS (runtime, data and compilation included)."
+        "RSS (runtime, data and compilation included). "
+        + (
+            f"Each model's MLP width is set so its parameters are within ±{FLAGS.match_tolerance:.0%} of "
+            f"{target_params:,} (x target: the ratio)."
+            if target_params
+            else "Parameter counts are not matched (--match_params=False)."
+        )
     )
     text = f"## {title}\n\n{table}\n\n{notes}\n"
     print("\n" + text)

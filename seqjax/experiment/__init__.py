@@ -5,9 +5,17 @@ verdict rule fixed before any run.
 McNemar's exact test, the Diebold-Mariano test, Holm's correction. `weighted_metrics`: metrics evaluated
 under many bootstrap weightings at once. `verdict`: supported / contradicted / depends / inconclusive.
 `predictions`: the saved per-example records of a run (versioned .npz, atomic write, validating reader).
-The computations are numpy and scipy; none of them needs jax or a device.
+The computations are numpy and scipy; none of them needs jax or a device, except `matching`: parameter
+counts of task models (abstract, no allocation) and per-model MLP or cell widths that match them.
 """
 
+from seqjax.experiment.matching import (
+    CELL_WIDTH_FIELDS,
+    KNOBS,
+    MatchedModel,
+    count_parameters,
+    match_parameters,
+)
 from seqjax.experiment.predictions import (
     FORMAT_VERSION,
     RunPredictions,
@@ -30,9 +38,12 @@ from seqjax.experiment.verdict import classify_interval, classify_intervals, ver
 from seqjax.experiment.weighted_metrics import accuracy, balanced_accuracy, from_sklearn, mean_value
 
 __all__ = [
+    "CELL_WIDTH_FIELDS",
     "FORMAT_VERSION",
+    "KNOBS",
     "BootstrapInterval",
     "DieboldMarianoResult",
+    "MatchedModel",
     "McNemarResult",
     "RunPredictions",
     "accuracy",
@@ -41,9 +52,11 @@ __all__ = [
     "classify_intervals",
     "cluster_bootstrap",
     "contiguous_block_ids",
+    "count_parameters",
     "diebold_mariano",
     "from_sklearn",
     "holm_adjusted_p_values",
+    "match_parameters",
     "mcnemar_exact",
     "mean_value",
     "paired_bootstrap",
