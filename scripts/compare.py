@@ -32,7 +32,9 @@ flags.DEFINE_string(
     "options", None, "Config-arg options, e.g. 'task=promoter,length=4096'; default: DEFAULT_OPTIONS."
 )
 flags.DEFINE_string("size", "cpu", "cpu or accelerator.")
-flags.DEFINE_float("minutes", 3.0, "Training budget per model, wall clock.")
+flags.DEFINE_float(
+    "minutes", 3.0, "Training budget per model: minutes of training steps (compiling and evaluation excluded)."
+)
 flags.DEFINE_integer("max_steps", 100_000, "Step cap per model (the budget usually stops it first).")
 flags.DEFINE_string("workdir", "/tmp/seqjax_compare", "Runs go to <workdir>/<preset>.")
 flags.DEFINE_string("split", "test", "Split the final evaluation uses.")
@@ -253,7 +255,8 @@ def main(argv: list[str]) -> None:
     options = _options() or "defaults"
     title = f"{FLAGS.config} ({options}), {FLAGS.split} split, {FLAGS.minutes:g} min per model"
     notes = (
-        f"{name}: {'higher' if larger else 'lower'} is better. Train tokens/s excludes the compiling step. "
+        f"{name}: {'higher' if larger else 'lower'} is better. Train tokens/s and the minutes of "
+        "training exclude the compiling step, evaluation and checkpoints. "
         "Train-step memory is XLA's estimate for one step (arguments, outputs and temporaries); peak memory "
         "is the device's peak where the backend reports it (GPU/TPU), else the training process's peak "
         "RSS (runtime, data and compilation included). "
