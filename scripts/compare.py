@@ -33,7 +33,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("size", "cpu", "cpu or accelerator.")
 flags.DEFINE_float(
-    "minutes", 3.0, "Training budget per model: minutes of training steps (compiling and evaluation excluded)."
+    "minutes", 3.0, "Training budget per model: minutes of training steps (compiling, evaluation excluded)."
 )
 flags.DEFINE_integer("max_steps", 100_000, "Step cap per model (the budget usually stops it first).")
 flags.DEFINE_string("workdir", "/tmp/seqjax_compare", "Runs go to <workdir>/<preset>.")
