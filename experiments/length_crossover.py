@@ -1,8 +1,8 @@
 """Experiment: do recurrent models beat transformers on long sequences at an equal training budget?
 
 The claim under test is "RNNs beat transformers past 8k tokens". For each sequence length, every model
-trains on the same real task for the same wall-clock budget through `scripts/compare.py` (each model in
-its own process, evaluated on its best checkpoint on the test split). The tokens per batch are held
+trains on the same real task for the same training-time budget (compiling and evaluation excluded)
+through `scripts/compare.py` (each model in its own process, evaluated on its best checkpoint on the test split). The tokens per batch are held
 constant across lengths (`--tokens_per_batch`; batch = tokens_per_batch // L), so a longer sequence
 does not also mean a larger batch. The result is a table of the task's headline metric and throughput
 per model and length, and the length from which the best recurrent model beats the best attention model.
@@ -36,7 +36,7 @@ flags.DEFINE_string("options", "", "Extra config-arg options for every run, e.g.
 flags.DEFINE_list("presets", ["lstm", "mamba", "gla", "attention", "swa"], "Models (seqjax.config.PRESETS).")
 flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "Sequence lengths.")
 flags.DEFINE_integer("tokens_per_batch", 8192, "Tokens per training batch at every length.")
-flags.DEFINE_float("minutes", 3.0, "Training budget per model and length, wall clock.")
+flags.DEFINE_float("minutes", 3.0, "Training budget per model and length: minutes of training steps.")
 flags.DEFINE_string("size", "cpu", "cpu or accelerator (seqjax.config.SIZES).")
 flags.DEFINE_string("workdir", "/tmp/seqjax_crossover", "Runs go to <workdir>/L<length>/<preset>.")
 flags.DEFINE_integer(
@@ -104,7 +104,7 @@ def markdown(results: dict[str, Any]) -> str:
         return "n/a" if row is None else fmt.format(**row, metric_value=row["metrics"][metric])
 
     lines = [
-        f"# {results['task']}: {metric} at equal wall-clock budget, by sequence length",
+        f"# {results['task']}: {metric} at equal training-time budget, by sequence length",
         "",
         f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
         f"- command: `{results['command']}`",
