@@ -3,9 +3,10 @@
 The claim under test is "RNNs beat transformers past 8k tokens". For each sequence length, every model
 trains on the same real task for the same training-time budget (compiling and evaluation excluded)
 through `scripts/compare.py` (each model in its own process, evaluated on its best checkpoint on the
-test split). The tokens per batch are held constant across lengths (`--tokens_per_batch`; batch = tokens_per_batch // L), so a longer sequence
-does not also mean a larger batch. The result is a table of the task's headline metric and throughput
-per model and length, and the length from which the best recurrent model beats the best attention model.
+test split). The tokens per batch are held constant across lengths (`--tokens_per_batch`; batch =
+tokens_per_batch // L), so a longer sequence does not also mean a larger batch. The result is a table of
+the task's headline metric and throughput per model and length, and the length from which the best
+recurrent model beats the best attention model.
 
     python experiments/length_crossover.py                    # documents LM, 1k/4k/16k, ~1 h on CPU
     python experiments/length_crossover.py --lengths=1024,8192 --minutes=10 --size=accelerator
