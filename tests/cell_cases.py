@@ -34,6 +34,8 @@ CELL_CASES = [
         "sliding-window-global-gqa",
         cells.SlidingWindowAttention(num_heads=4, head_dim=2, num_kv_heads=2, window=3, num_global=2),
     ),
+    # no step (an encoder): the contract runs its apply-only checks
+    ("longformer-gqa", cells.Longformer(num_heads=4, head_dim=2, num_kv_heads=2, window=4, num_global=2)),
 ]
 CELL_IDS = [name for name, _ in CELL_CASES]
 CELLS = [cell for _, cell in CELL_CASES]

@@ -23,6 +23,7 @@ from seqjax.cells.linear_attention import (
     LinearAttentionState,
     Performer,
 )
+from seqjax.cells.longformer import Longformer, LongformerState
 from seqjax.cells.lstm import LSTM, LSTMState
 from seqjax.cells.mamba import Mamba, MambaState
 from seqjax.cells.registry import get, names, register
@@ -46,6 +47,8 @@ __all__ = [
     "LSTMState",
     "LinearAttention",
     "LinearAttentionState",
+    "Longformer",
+    "LongformerState",
     "Mamba",
     "MambaState",
     "Params",

@@ -15,7 +15,7 @@ A layer above `seqjax.train` (it builds the trainer's config) and below `configs
 
 from seqjax.config.args import parse_arg
 from seqjax.config.files import load_config_file
-from seqjax.config.presets import PRESETS, SIZES, preset_mixer
+from seqjax.config.presets import ENCODER_PRESETS, PRESETS, SIZES, check_preset_task, preset_mixer
 from seqjax.config.rules import LOGICAL_RULES
 from seqjax.config.sections import (
     add_run_sections,
@@ -28,11 +28,13 @@ from seqjax.config.sections import (
 )
 
 __all__ = [
+    "ENCODER_PRESETS",
     "LOGICAL_RULES",
     "PRESETS",
     "SIZES",
     "add_run_sections",
     "base_config",
+    "check_preset_task",
     "data_section",
     "head_section",
     "load_config_file",

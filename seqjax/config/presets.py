@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "SIZES", "preset_mixer"]
+__all__ = ["ENCODER_PRESETS", "PRESETS", "SIZES", "check_preset_task", "preset_mixer"]
 
 #: Mixer presets (a `BackboneConfig.mixers` entry each); a config's `pattern` repeats one over the layers.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -22,7 +22,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gla": {"cell": "gla"},
     "attention": {"cell": "attention"},
     "swa": {"cell": "sliding_window_attention", "window": 256},
+    "s4d": {"cell": "s4d", "state_size": 64},
+    "performer": {"cell": "performer"},
+    # Encoders: they read future tokens, so they serve classification only (see ENCODER_PRESETS).
+    "bilstm": {"cell": "lstm", "bidirectional": True},
+    "encoder": {"cell": "attention", "causal": False},
+    # Longformer's window 512 at its base size; one global token (the first: a classification token).
+    "longformer": {"cell": "longformer", "window": 256, "num_global": 1},
 }
+#: Presets whose every output reads later tokens: refused for language modelling and forecasting.
+ENCODER_PRESETS: frozenset[str] = frozenset({"bilstm", "encoder", "longformer"})
 #: Model and run sizes: "cpu" trains for minutes on 2 cores; "accelerator" is a real run on a GPU/TPU.
 SIZES: dict[str, dict[str, Any]] = {
     "cpu": {"d_model": 64, "num_layers": 2, "batch_size": 8, "total_steps": 200, "learning_rate": 2e-3},
@@ -34,6 +43,21 @@ SIZES: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-3,
     },
 }
+
+
+def check_preset_task(preset: str, task: str) -> None:
+    """Raises ValueError when `preset` cannot serve `task`: an encoder preset reads future tokens, so only
+    "classification" may use it (a language model or forecaster would see its targets).
+
+    >>> check_preset_task("longformer", "classification")
+    >>> check_preset_task("lstm", "lm")
+    """
+    if preset in ENCODER_PRESETS and task != "classification":
+        raise ValueError(
+            f"preset {preset!r} is a bidirectional encoder: every output reads later tokens, so task "
+            f"{task!r} would see its own targets. Use it for classification, or a causal preset for {task!r} "
+            f"(e.g. {', '.join(sorted(set(PRESETS) - ENCODER_PRESETS)[:4])})."
+        )
 
 
 def preset_mixer(preset: str, *, max_length: int, **overrides: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from seqjax.config.presets import SIZES, preset_mixer
+from seqjax.config.presets import SIZES, check_preset_task, preset_mixer
 from seqjax.config.rules import LOGICAL_RULES
 from seqjax.train.run_config import Field, section_fields
 
@@ -90,6 +90,7 @@ def data_section(kind: str, *, shuffle: bool, **options: Any) -> ml_collections.
 def base_config(preset: str, size_name: str, *, task: str, max_length: int) -> ml_collections.ConfigDict:
     """Every section but `data` for `preset` at `size_name` (`SIZES`); `max_length` sizes attention KV
     caches."""
+    check_preset_task(preset, task)
     size = SIZES[size_name]
     c = ml_collections.ConfigDict()
     c.task = task
