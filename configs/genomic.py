@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.model.encoder = "dna"
     c.head.num_classes = NUM_CLASSES[task]
-    c.head.pooling = "mean"
+    # Longformer classifies from its first global token (it attends to every position); the others pool.
+    c.head.pooling = "first" if preset == "longformer" else "mean"
     c.checkpoint.best_metric = "balanced_accuracy"
     c.checkpoint.best_mode = "max"
     return c

@@ -36,12 +36,18 @@ def _tiny(config, data_dir: str):
     return config
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """One prepared copy of the embedded sample for every preset (preparing it is most of a test's time)."""
+    return str(tmp_path_factory.mktemp("presets_data"))
+
+
 @pytest.mark.parametrize("preset", NEW_PRESETS)
-def test_preset_trains_on_genomic_classification(preset, tmp_path):
+def test_preset_trains_on_genomic_classification(preset, data_dir, tmp_path):
     config = genomic.get_config(f"{preset},length=32")
     if preset == "longformer":
         config.model.mixers.longformer.window = 8  # shorter than the sequence, so the window matters
-    result = train(_tiny(config, str(tmp_path / "data")), str(tmp_path / "run"))
+    result = train(_tiny(config, data_dir), str(tmp_path / "run"))
     assert result["step"] == 2
     assert np.isfinite(result["eval"]["balanced_accuracy"])
 
