@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from seqjax import models
-from seqjax.config import PRESETS, load_config_file
+from seqjax.config import ENCODER_PRESETS, PRESETS, load_config_file
 from seqjax.experiment import count_parameters, match_parameters
 
 TOLERANCE = 0.05
@@ -64,11 +64,13 @@ def test_mlp_slope_is_three_projections_per_unit_per_layer():
     "path, options", [("configs/genomic.py", "task=species"), ("configs/documents.py", "")]
 )
 def test_every_preset_matches_within_tolerance(path, options):
-    configs = {p: _config(path, ",".join(x for x in (p, "size=cpu", options) if x)) for p in PRESETS}
+    # Encoder presets read future tokens: classification only (the LM config refuses them).
+    names = [p for p in PRESETS if path == "configs/genomic.py" or p not in ENCODER_PRESETS]
+    configs = {p: _config(path, ",".join(x for x in (p, "size=cpu", options) if x)) for p in names}
     original = {name: count_parameters(c) for name, c in configs.items()}
     matched, report = match_parameters(configs, tolerance=TOLERANCE)
     target = max(original.values())
-    assert [m.name for m in report] == list(PRESETS)
+    assert [m.name for m in report] == names
     for m in report:
         assert m.target == target
         assert abs(m.ratio - 1) <= TOLERANCE, m
