@@ -25,11 +25,11 @@ def _config(total: int):
     return config
 
 
-def _slow_eval(monkeypatch):
+def _slow_eval(monkeypatch, seconds: float = EVAL_SLEEP):
     real = trainer.run_eval
 
     def slow(*args, **kwargs):
-        time.sleep(EVAL_SLEEP)
+        time.sleep(seconds)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "run_eval", slow)
@@ -49,10 +49,11 @@ def test_evaluation_and_compile_are_not_training_time(tmp_path, monkeypatch):
 
 
 def test_a_slow_evaluation_does_not_spend_the_budget(tmp_path, monkeypatch):
-    """Before, the budget was wall clock: one 0.4 s evaluation ended a 0.3 s budget after step 1."""
-    _slow_eval(monkeypatch)
+    """Before, the budget was wall clock: one 1 s evaluation ended a 0.8 s budget after step 1."""
+    _slow_eval(monkeypatch, seconds=1.0)
     config = _config(6)
-    config.max_train_seconds = 0.3
+    config.max_train_seconds = 0.8
     result = trainer.train(config, str(tmp_path))
-    assert result["step"] == 6, "a tiny model's 5 timed steps take far less than 0.3 s of training"
-    assert result["train_seconds"] < 0.3
+    # A tiny model's 5 timed steps take about 0.1 s alone and 0.3 s on a loaded 2-core machine.
+    assert result["step"] == 6
+    assert result["eval_seconds"] >= 6 * 1.0 > config.max_train_seconds
