@@ -1,29 +1,36 @@
 """Experiment: do recurrent models beat transformers on long sequences at an equal training budget?
 
-The claim under test is "RNNs beat transformers past 8k tokens". For each sequence length, every model
-trains on the same real task for the same training-time budget (compiling and evaluation excluded)
-through `scripts/compare.py` (each model in its own process, evaluated on its best checkpoint on the
-test split). The tokens per batch are held constant across lengths (`--tokens_per_batch`; batch =
-tokens_per_batch // L), so a longer sequence does not also mean a larger batch. The result is a table of
-the task's headline metric and throughput per model and length, and the length from which the best
-recurrent model beats the best attention model.
+The claim under test is "RNNs beat transformers past 8k tokens". The verdict rule, fixed here before any
+run: at every length L >= --claim_from (default 8192; every length when the run has none that long), take
+the best recurrent and the best attention model, each chosen on validation, and the paired bootstrap
+interval of their difference in the headline metric on the test split, at confidence 1 - 0.05 / m over
+the m lengths (Bonferroni). The claim is *supported* when every interval excludes zero in the recurrent
+model's favour, *contradicted* when every one excludes it the other way, *depends* when both happen, and
+*inconclusive* otherwise (`seqjax.experiment.verdict`). Holm-adjusted p-values are reported beside it.
 
-    python experiments/length_crossover.py                    # documents LM, 1k/4k/16k, ~1 h on CPU
-    python experiments/length_crossover.py --lengths=1024,8192 --minutes=10 --size=accelerator
-    python experiments/length_crossover.py --config=configs/genomic.py --options=task=species
-    python experiments/length_crossover.py --noretrain                    # re-tabulate finished runs
+Every length runs the protocol (`seqjax.experiment.protocol`): equal training tokens (warmup + cosine
+ending at the budget), parameters matched within ±5%, a learning rate chosen on validation from a grid,
+--seeds seeds at the chosen rate, per-example test predictions saved; the strong non-neural baselines of
+the task are in every table. Tokens per batch are held fixed (batch = --tokens_per_batch // L, at least
+1), so a longer sequence does not also mean a bigger batch.
 
-Results: `experiments/results/length_crossover_{task}_{size}_{platform}.md` (and .json). Runs go to
-`<workdir>/L<length>/<preset>`.
+    python experiments/length_crossover.py --size=smoke                   # a few minutes: checks the wiring
+    python experiments/length_crossover.py --config=configs/genomic.py --options=task=species \
+        --presets=lstm,elstm,mamba,attention,longformer --lengths=1024,4096,16384
+    python experiments/length_crossover.py --options=corpus=python_docs,route=offline   # document LM
+    python experiments/length_crossover.py --noretrain          # re-tabulate finished runs (same workdir)
+
+Results: `experiments/results/length_crossover_{task}_{size}_{platform}.md`, `.json` and `_*.png`.
+Runs go to `<workdir>/L<length>/`; an interrupted run resumes from the finished runs there.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,134 +41,145 @@ ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/documents.py", "Task config file.")
 flags.DEFINE_string("options", "", "Extra config-arg options for every run, e.g. corpus=python_docs.")
-flags.DEFINE_list("presets", ["lstm", "mamba", "gla", "attention", "swa"], "Models (seqjax.config.PRESETS).")
+flags.DEFINE_list(
+    "presets", ["lstm", "elstm", "mamba", "gla", "attention", "swa"], "Models (seqjax.config.PRESETS)."
+)
 flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "Sequence lengths.")
 flags.DEFINE_integer("tokens_per_batch", 8192, "Tokens per training batch at every length.")
-flags.DEFINE_float("minutes", 3.0, "Training budget per model and length: minutes of training steps.")
-flags.DEFINE_string("size", "cpu", "cpu or accelerator (seqjax.config.SIZES).")
-flags.DEFINE_string("workdir", "/tmp/seqjax_crossover", "Runs go to <workdir>/L<length>/<preset>.")
-flags.DEFINE_integer(
-    "eval_tokens",
-    None,
-    "Cap on the validation tokens of the evaluations during training (eval_examples = this // L); the "
-    "final test evaluation always covers the whole split. Default: the whole validation split.",
-)
+flags.DEFINE_integer("train_tokens", 8192 * 100, "Training tokens per run (every model, length, rate, seed).")
 flags.DEFINE_list(
-    "config_overrides", [], "Extra key=value config overrides for every run, e.g. eval_examples=256."
+    "learning_rates", ["1e-3", "3e-3", "1e-2"], "The learning-rate grid (chosen on validation)."
 )
-flags.DEFINE_bool("retrain", True, "Train (else only re-tabulate the runs already in --workdir).")
+flags.DEFINE_integer("seeds", 5, "Seeds per model and length at the chosen rate.")
+flags.DEFINE_integer("claim_from", 8192, "The claim covers lengths >= this (all lengths if none is).")
+flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
+flags.DEFINE_string(
+    "size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': cpu models, 2 steps, 2 seeds, 1 rate."
+)
+flags.DEFINE_string("workdir", "/tmp/seqjax_crossover", "Runs go to <workdir>/L<length>/.")
+flags.DEFINE_list("config_overrides", [], "Extra key=value config overrides for every run.")
+flags.DEFINE_bool("retrain", True, "Train missing runs (else only re-tabulate the finished ones).")
 flags.DEFINE_string(
     "out", "experiments/results/length_crossover_{task}_{size}_{platform}", "Output path without extension."
 )
 
-#: Families for the verdict: attention is the transformer side; the rest are recurrent or linear.
-ATTENTION_PRESETS = ("attention", "swa")
+CLAIM_TEXT = "recurrent beats attention"
 
 
-def run_length(length: int) -> Path:
+def _settings():
+    from seqjax.experiment.protocol import ProtocolSettings
+
+    if FLAGS.size == "smoke":
+        return ProtocolSettings(train_tokens=2 * FLAGS.tokens_per_batch, learning_rates=(3e-3,), seeds=2)
+    return ProtocolSettings(
+        train_tokens=FLAGS.train_tokens,
+        learning_rates=tuple(float(x) for x in FLAGS.learning_rates),
+        seeds=FLAGS.seeds,
+    )
+
+
+def _configs(length: int) -> dict[str, Any]:
+    from seqjax.config import apply_overrides, load_config_file
+
+    size = "cpu" if FLAGS.size == "smoke" else FLAGS.size
     batch = max(1, FLAGS.tokens_per_batch // length)
-    workdir = Path(FLAGS.workdir) / f"L{length}"
-    options = ",".join(o for o in [f"length={length}", FLAGS.options] if o)
-    overrides = [f"batch_size={batch}", f"eval_batch_size={batch}", *FLAGS.config_overrides]
-    if FLAGS.eval_tokens:
-        overrides.append(f"eval_examples={max(1, FLAGS.eval_tokens // length)}")
-    if FLAGS.retrain:
-        cmd = [
-            sys.executable,
-            str(ROOT / "scripts" / "compare.py"),
-            f"--config={FLAGS.config}",
-            f"--options={options}",
-            f"--presets={','.join(FLAGS.presets)}",
-            f"--size={FLAGS.size}",
-            f"--minutes={FLAGS.minutes}",
-            f"--workdir={workdir}",
-            "--config_overrides="
-            + ",".join([f"batch_size={batch}", f"eval_batch_size={batch}", *FLAGS.config_overrides]),
-        ]
-        print("+ " + shlex.join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=ROOT)
-    path = workdir / "comparison.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run without --noretrain first (or check --workdir).")
-    return path
-
-
-def _better(a: float, b: float, larger: bool) -> bool:
-    return a > b if larger else a < b
+    options = [o for o in FLAGS.options.split(",") if o]
+    configs = {}
+    for preset in FLAGS.presets:
+        arg = ",".join([preset, f"size={size}", f"length={length}", *options])
+        config = load_config_file(ROOT / FLAGS.config, arg)
+        overrides = [f"batch_size={batch}", f"eval_batch_size={batch}", *FLAGS.config_overrides]
+        configs[preset] = apply_overrides(config, overrides)
+    return configs
 
 
 def markdown(results: dict[str, Any]) -> str:
-    metric, larger = results["metric"], results["larger_is_better"]
-    lengths = [r["length"] for r in results["runs"]]
-    head = (
-        "| model | "
-        + " | ".join(f"L={n:,} (B={r['batch']})" for n, r in zip(lengths, results["runs"], strict=True))
-        + " |"
-    )
-    rule = "|---|" + "---:|" * len(lengths)
+    from seqjax.experiment.summary import baseline_table, comparison_lines, model_table
 
-    def cell(run: dict[str, Any], preset: str, fmt: str) -> str:
-        row = next((r for r in run["rows"] if r["preset"] == preset), None)
-        return "n/a" if row is None else fmt.format(**row, metric_value=row["metrics"][metric])
-
+    summaries = results["summaries"]
+    first = summaries[0]
+    metric, larger = first["metric"], first["larger_is_better"]
+    p = first["protocol"]
+    v = results["verdict"]
     lines = [
-        f"# {results['task']}: {metric} at equal training-time budget, by sequence length",
+        f"# {first['task']}: {metric} at equal training tokens, by sequence length",
         "",
         f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
         f"- command: `{results['command']}`",
-        f"- {results['config']} ({results['options'] or 'defaults'}), {results['minutes']:g} min of training "
-        f"per model and length, {results['tokens_per_batch']:,} tokens per batch, evaluated on the test "
-        "split at the best checkpoint; the constant learning rate of compare.py",
-        f"- {metric}: {'higher' if larger else 'lower'} is better",
+        f"- {results['config']} ({results['options'] or 'defaults'}); {results['tokens_per_batch']:,} tokens "
+        f"per batch at every length; {p['train_tokens']:,} training tokens per run, warmup + cosine to the "
+        f"budget; learning rate from {p['learning_rates']} chosen on validation (seed 0); {p['seeds']} seeds "
+        f"at the chosen rate; parameters matched within ±{p['param_tolerance']:.0%} at each length.",
+        f"- {metric}: {'higher' if larger else 'lower'} is better. "
+        f"Intervals: {first['confidence_level']:.2%} "
+        f"(95% Bonferroni-corrected over {len(summaries)} lengths) bootstrap over test clusters and seeds.",
         "",
-        f"## {metric}",
+        f"## Verdict: {CLAIM_TEXT} (lengths >= {results['claim_from']:,}): **{v['verdict']}**",
         "",
-        head,
-        rule,
+        "Rule (fixed before the run): supported if at every covered length the interval of best recurrent "
+        "minus best attention (each chosen on validation) excludes zero in the recurrent model's favour; "
+        "contradicted if every one excludes zero the other way; depends if both occur; else inconclusive.",
+        "",
+        "| L | class | Holm-adjusted p |",
+        "|---:|---|---:|",
+        *(f"| {k} | {c['class']} | {c['holm_p']:.3g} |" for k, c in v["per_key"].items()),
+        "",
     ]
-    for preset in results["presets"]:
-        lines.append(
-            f"| {preset} | "
-            + " | ".join(cell(r, preset, "{metric_value:.4f}") for r in results["runs"])
-            + " |"
-        )
-    baselines = [f"{r['baseline'].get(metric, float('nan')):.4f}" for r in results["runs"]]
-    lines.append(f"| baseline: {results['runs'][0]['baseline']['name']} | " + " | ".join(baselines) + " |")
-    lines += ["", "## Training tokens/s (compile excluded) / optimizer steps in the budget", "", head, rule]
-    for preset in results["presets"]:
-        lines.append(
-            f"| {preset} | "
-            + " | ".join(cell(r, preset, "{tokens_per_s:,.0f} / {step}") for r in results["runs"])
-            + " |"
-        )
-    lines += ["", "## Best recurrent model against best attention model", ""]
-    lines += ["| L | best recurrent | best attention | recurrent wins |", "|---:|---|---|---|"]
-    for length, run in zip(lengths, results["runs"], strict=True):
-        rec = [r for r in run["rows"] if r["preset"] not in ATTENTION_PRESETS]
-        att = [r for r in run["rows"] if r["preset"] in ATTENTION_PRESETS]
-        if not rec or not att:
-            continue
-        pick = max if larger else min
-        best_rec = pick(rec, key=lambda r: r["metrics"][metric])
-        best_att = pick(att, key=lambda r: r["metrics"][metric])
-        rv, av = best_rec["metrics"][metric], best_att["metrics"][metric]
-        wins = "yes" if _better(rv, av, larger) else "no"
-        lines.append(
-            f"| {length:,} | {best_rec['preset']} {rv:.4f} | {best_att['preset']} {av:.4f} | {wins} |"
-        )
+    for s in summaries:
+        lines += [
+            f"## L = {s['length']:,} (batch {s['protocol']['batch_size']})",
+            "",
+            model_table(s["models"], metric, s["confidence_level"]),
+            "",
+            baseline_table(s["baselines"], metric, s["confidence_level"]) if s["baselines"] else "",
+            "",
+            *comparison_lines(s["comparisons"], metric),
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> None:
     del argv
-    import jax  # only for the platform name; the runs themselves are subprocesses
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    import jax
+
+    from seqjax.experiment import plots
+    from seqjax.experiment.comparison import compare_at_length
+    from seqjax.experiment.report import Claim, judge
 
     lengths = sorted(int(n) for n in FLAGS.lengths)
-    runs = []
+    level = 1.0 - 0.05 / len(lengths)
+    claim = Claim(CLAIM_TEXT, "recurrent", "attention")
+    settings = _settings()
+    summaries = []
     for length in lengths:
-        with open(run_length(length)) as f:
-            comparison = json.load(f)
-        runs.append({"length": length, "batch": max(1, FLAGS.tokens_per_batch // length), **comparison})
+        workdir = Path(FLAGS.workdir) / f"L{length}"
+        if not FLAGS.retrain and not workdir.exists():
+            raise FileNotFoundError(f"{workdir} is missing: run with --retrain first (or check --workdir).")
+        summary = compare_at_length(
+            _configs(length),
+            settings,
+            workdir,
+            length=length,
+            claims=[claim],
+            confidence_level=level,
+            n_resamples=FLAGS.resamples,
+        )
+        summaries.append(summary)
+    covered = [s for s in summaries if s["length"] >= FLAGS.claim_from] or summaries
+    differences = {
+        s["length"]: c
+        for s in covered
+        for c in s["comparisons"]
+        if c["claim"] == CLAIM_TEXT and "missing" not in c
+    }
+    larger = summaries[0]["larger_is_better"]
+    verdict = (
+        judge(claim, differences, larger_is_better=larger)
+        if differences
+        else {"claim": CLAIM_TEXT, "verdict": "inconclusive", "per_key": {}, "note": "no pair to compare"}
+    )
     platform = jax.default_backend()
     results = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -170,23 +188,32 @@ def main(argv: list[str]) -> None:
         "config": FLAGS.config,
         "options": FLAGS.options,
         "size": FLAGS.size,
-        "minutes": FLAGS.minutes,
         "tokens_per_batch": FLAGS.tokens_per_batch,
+        "claim_from": FLAGS.claim_from if covered is not summaries else min(lengths),
         "presets": list(FLAGS.presets),
-        "task": runs[0]["task"],
-        "metric": runs[0]["metric"],
-        "larger_is_better": runs[0]["larger_is_better"],
-        "runs": runs,
+        "verdict": verdict,
+        "summaries": summaries,
     }
-    out = ROOT / FLAGS.out.format(task=results["task"], size=FLAGS.size, platform=platform)
+    task = summaries[0]["task"]
+    out = ROOT / FLAGS.out.format(task=task, size=FLAGS.size, platform=platform)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     text = markdown(results)
     out.with_suffix(".md").write_text(text)
+    by_length = {s["length"]: s for s in summaries}
+    strongest = summaries[0]["strongest_baseline"]
+    baselines = [] if strongest is None else [strongest]
+    plots.metric_by_length(
+        by_length, f"{out}_metric.png", title=f"{task}: {CLAIM_TEXT}?", baselines=baselines
+    )
+    plots.cost_by_length(by_length, f"{out}_cost.png", title=task)
+    for s in summaries:
+        plots.learning_curves(s, f"{out}_curves_L{s['length']}.png", title=f"{task} L={s['length']}")
     print(text)
-    print(f"wrote {out}.md and {out}.json")
+    print(f"wrote {out}.md, .json and plots")
 
 
 if __name__ == "__main__":
     os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
     app.run(main)

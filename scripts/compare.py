@@ -1,24 +1,34 @@
-"""The main job: train several models on one real task for the same wall-clock budget, evaluate each
-on the test split, and print a comparison table (metric, tokens/s, peak memory, parameters) beside the
-task's trivial baseline.
+"""The main job: compare models on one real task on the experiment protocol, and print the table.
+
+Every model gets the same training tokens (warmup + cosine ending at the budget), a parameter count
+matched within ±5%, a learning rate chosen on validation from a small grid, and several seeds; the test
+split is read after the choice. The table gives each model's headline metric with a 95% interval that
+resamples test clusters (genome blocks, documents, time blocks) and seeds, beside the task's strong
+non-neural baselines, and the paired difference of the best recurrent and the best attention model with
+its verdict (supported / contradicted / inconclusive).
 
     python scripts/compare.py                    # embedded genomic species sample, lstm / s5 / attention
-    python scripts/compare.py --config=configs/timeseries.py --presets=lstm,mamba --minutes=5
-    python scripts/compare.py --config=configs/documents.py --options=length=4096 --minutes=10
-    python scripts/compare.py --options=task=species,route=auto,length=16384 --size=accelerator
+    python scripts/compare.py --presets=lstm,elstm,mamba,longformer --train_tokens=2000000 --seeds=5
+    python scripts/compare.py --config=configs/timeseries.py --presets=lstm,mamba,attention
+    python scripts/compare.py --config=configs/documents.py --options=length=4096,corpus=python_docs
+    python scripts/compare.py --size=accelerator --options=task=species,route=auto,length=16384
 
-Each model trains in its own `scripts/train.py` process (so peak memory is its own) under
-`<workdir>/<preset>`, and is evaluated by `scripts/evaluate.py` on its best checkpoint. The table goes to
-stdout and to `<workdir>/comparison.md`, and the numbers behind it to `<workdir>/comparison.json`.
+Runs go to `<workdir>/<model>/lr<rate>/seed<k>/`, per-example test predictions to
+`<workdir>/predictions/`; the table to stdout and `<workdir>/comparison.md`, the numbers behind it to
+`comparison.json`, plots to `comparison_*.png`. A rerun over the same workdir reuses finished runs
+(`--fresh` deletes them first).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
+import math
 import os
-import subprocess
+import shlex
+import shutil
 import sys
-import time
 
 from absl import app, flags
 
@@ -32,37 +42,28 @@ flags.DEFINE_string(
     "options", None, "Config-arg options, e.g. 'task=promoter,length=4096'; default: DEFAULT_OPTIONS."
 )
 flags.DEFINE_string("size", "cpu", "cpu or accelerator.")
-flags.DEFINE_float(
-    "minutes", 3.0, "Training budget per model: minutes of training steps (compiling, evaluation excluded)."
+flags.DEFINE_integer(
+    "train_tokens", 8192 * 60, "Training tokens per run (every model, rate and seed): the budget."
 )
-flags.DEFINE_integer("max_steps", 100_000, "Step cap per model (the budget usually stops it first).")
-flags.DEFINE_string("workdir", "/tmp/seqjax_compare", "Runs go to <workdir>/<preset>.")
-flags.DEFINE_string("split", "test", "Split the final evaluation uses.")
-flags.DEFINE_list(
-    "config_overrides",
-    [],
-    "Extra config overrides for every model, key=value, e.g. batch_size=2,eval_batch_size=2.",
-)
-flags.DEFINE_bool("fresh", True, "Delete each model's previous run first (else resume it).")
-flags.DEFINE_bool(
-    "match_params",
-    True,
-    "Set each model's MLP width so its parameter count is within --match_tolerance of the target's.",
-)
+flags.DEFINE_list("learning_rates", ["1e-3", "3e-3", "1e-2"], "The learning-rate grid, chosen on validation.")
+flags.DEFINE_integer("seeds", 5, "Seeds per model at the chosen rate (initialisation and data order).")
+flags.DEFINE_integer("batch_size", None, "Batch size of every model (default: the size's).")
+flags.DEFINE_float("confidence", 0.95, "Confidence level of every interval.")
+flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
+flags.DEFINE_string("workdir", "/tmp/seqjax_compare", "Runs go to <workdir>/<preset>/...")
+flags.DEFINE_list("config_overrides", [], "Extra config overrides for every model, key=value.")
+flags.DEFINE_bool("fresh", False, "Delete the workdir's previous runs first (else reuse finished ones).")
+flags.DEFINE_bool("baselines", True, "Score the task's non-neural baselines too.")
 flags.DEFINE_string(
     "match_target", None, "The preset whose parameter count the others match (default: the largest)."
 )
-flags.DEFINE_float("match_tolerance", 0.05, "Allowed relative gap to the target's parameter count.")
+flags.DEFINE_string("out", None, "Also copy comparison.md/.json/.png to this path (without extension).")
 FLAGS = flags.FLAGS
 
 #: Options used when --options is not given: the species task learns visibly within minutes on CPU.
-DEFAULT_OPTIONS = {"genomic.py": "task=species"}
-#: The task's headline metric and whether larger is better.
-HEADLINE = {
-    "classification": ("balanced_accuracy", True),
-    "forecast": ("mse", False),
-    "lm": ("bits_per_byte", False),
-}
+DEFAULT_OPTIONS = {"genomic.py": "task=species,length=1024"}
+#: The claim the main job judges, fixed before any run (seqjax.experiment.verdict's rule).
+CLAIMS_TEXT = "recurrent beats attention"
 
 
 def _options() -> str:
@@ -71,224 +72,135 @@ def _options() -> str:
     return DEFAULT_OPTIONS.get(os.path.basename(FLAGS.config), "")
 
 
-def _arg(preset: str) -> str:
-    parts = [preset, f"size={FLAGS.size}"] + [o for o in _options().split(",") if o]
-    return ",".join(parts)
+def _config(preset: str):
+    from seqjax.config import apply_overrides, load_config_file
+
+    arg = ",".join([preset, f"size={FLAGS.size}"] + [o for o in _options().split(",") if o])
+    config = load_config_file(os.path.join(ROOT, FLAGS.config), arg)
+    overrides = list(FLAGS.config_overrides)
+    if FLAGS.batch_size:
+        overrides += [f"batch_size={FLAGS.batch_size}", f"eval_batch_size={FLAGS.batch_size}"]
+    return apply_overrides(config, overrides)
 
 
-def _load_config(path: str, arg: str):
-    from seqjax.config import load_config_file
-
-    return load_config_file(os.path.join(ROOT, path), arg)
-
-
-def _run(cmd: list[str]) -> None:
-    print("+ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-
-
-def _baseline(config) -> dict[str, float]:
-    """The trivial baseline on the evaluation split: majority class, last-value forecast, unigram."""
-    import numpy as np
-
-    from seqjax.data import metrics
-    from seqjax.train.trainer import build_sources
-
-    sources = build_sources(config.data, config.data_dir)
-    train, test = sources["train"], sources[FLAGS.split]
-    if config.task == "classification":
-        train_labels = np.array([int(train[i]["label"]) for i in range(len(train))])
-        test_labels = np.array([int(test[i]["label"]) for i in range(len(test))])
-        out = metrics.majority_class_metrics(train_labels, test_labels, int(config.head.num_classes))
-        return {"name": "majority class", **out}
-    if config.task == "forecast":
-        from seqjax.data.timeseries import baseline_forecasts
-
-        examples = [test[i] for i in range(len(test))]
-        inputs = np.stack([e["inputs"] for e in examples])
-        targets = np.stack([e["targets"] for e in examples])
-        out = metrics.forecast_metrics(baseline_forecasts(inputs, targets.shape[1], "last_value"), targets)
-        return {"name": "last value", **out}
-    from seqjax.data.documents import unigram_bits_per_byte
-
-    return {"name": "unigram", "bits_per_byte": unigram_bits_per_byte(train, test)}
-
-
-def _matched_overrides(configs: dict) -> tuple[dict[str, list[str]], int | None]:
-    """Per preset, the `--config.` overrides that match its parameter count to the target's; the target."""
-    if not FLAGS.match_params:
-        return {preset: [] for preset in configs}, None
-    from seqjax.experiment import match_parameters
-
-    shapes = {}
-    first = next(iter(configs.values()))
-    if first.task == "forecast":
-        # A forecaster's encoder and head are sized by the data (variables, horizon): read one example.
-        from seqjax.train.run_config import resolve
-        from seqjax.train.trainer import build_sources
-
-        run = resolve(first)
-        example = build_sources(run.data, run.data_dir)["train"][0]
-        shapes = {"input_size": int(example["inputs"].shape[-1]), "horizon": int(example["targets"].shape[0])}
-    _, report = match_parameters(
-        configs, target=FLAGS.match_target, tolerance=FLAGS.match_tolerance, knob="mlp", **shapes
+def _composition_note(summary: dict) -> str:
+    """Says when the strongest non-neural baseline's interval lies wholly past every model's."""
+    larger = summary["larger_is_better"]
+    finite = [b for b in summary["baselines"] if math.isfinite(b["low"])]
+    if not finite or not summary["models"]:
+        return ""
+    best = (max if larger else min)(finite, key=lambda b: b["estimate"])
+    edge = best["low"] if larger else best["high"]
+    beaten = all((r["high"] < edge) if larger else (r["low"] > edge) for r in summary["models"])
+    if not beaten:
+        return ""
+    return (
+        f"**The strongest baseline ({best['model']}, {best['estimate']:.4f}) is better than every model, "
+        "with intervals apart.** This task is solved without learning long-range structure (for DNA: "
+        "from k-mer composition alone). At this budget the table measures how fast each model learns "
+        "what the baseline already has, not which one uses long context."
     )
-    overrides = {}
-    for m in report:
-        if m.knob == "cell":
-            # The preset's mixer section has no width key for --config. to override.
-            raise app.UsageError(
-                f"--match_params: {m.name} needs its cell width changed ({m.override}) to match the target; "
-                "choose a larger --match_target."
-            )
-        overrides[m.name] = [] if m.knob == "reference" else [f"--config.{m.override}"]
-        print(f"match {m.name:>18}: {m.parameters:,} parameters ({m.ratio:.3f} x target), {m.override}")
-    return overrides, report[0].target
 
 
-def _table(config, rows: list[dict], baseline: dict) -> str:
-    name, _ = HEADLINE[config.task]
-    extra = {
-        "classification": ["accuracy", "mcc", "auroc"],
-        "forecast": ["mae"],
-        "lm": ["perplexity"],
-    }[config.task]
-    header = [
-        "model",
-        name,
-        *extra,
-        "train tokens/s",
-        "train-step memory (XLA)",
-        "peak memory",
-        "parameters",
-        "x target",
-        "steps",
+def markdown(summary: dict, command: str) -> str:
+    from seqjax.experiment.summary import baseline_table, comparison_lines, model_table
+
+    p = summary["protocol"]
+    metric, level = summary["metric"], summary["confidence_level"]
+    lines = [
+        f"## {FLAGS.config} ({_options() or 'defaults'}), L = {summary['length']:,}, test split",
+        "",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; platform {summary['platform']}",
+        f"- command: `{command}`",
+        f"- protocol: {p['train_tokens']:,} training tokens per run (batch {p['batch_size']}), warmup "
+        f"{p['warmup_fraction']:.0%} + cosine to the budget; learning rate from {p['learning_rates']} chosen "
+        f"on validation with seed 0; {p['seeds']} seeds at the chosen rate (initialisation and data order); "
+        f"parameters matched within ±{p['param_tolerance']:.0%}.",
+        f"- {metric}: {'higher' if summary['larger_is_better'] else 'lower'} is better; [low, high] is a "
+        f"{level:.0%} bootstrap interval over test clusters and seeds ({p['n_resamples']} resamples). "
+        "tokens/s and train s exclude compiling and evaluation (median over seeds); FLOPs/token is the "
+        "analytic 6 x parameters (+ attention) estimate; step memory is XLA's plan for one train step.",
+        "",
+        model_table(summary["models"], metric, level),
+        "",
+        "Strong non-neural baselines (fit on the train split, same test split and clusters):",
+        "",
+        baseline_table(summary["baselines"], metric, level) if summary["baselines"] else "(none)",
+        "",
+        "Paired difference of the best recurrent and the best attention model (each chosen on validation):",
+        "",
+        *comparison_lines(summary["comparisons"], metric),
+        "",
+        *(f"- verdict ({v['claim']}): **{v['verdict']}**" for v in summary.get("verdicts", [])),
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        m = r["metrics"]
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    r["preset"],
-                    f"{m[name]:.4f}",
-                    *[f"{m.get(k, float('nan')):.4f}" for k in extra],
-                    f"{r['tokens_per_s']:,.0f}",
-                    "n/a"
-                    if r.get("step_memory_bytes") is None
-                    else f"{r['step_memory_bytes'] / 2**20:.0f} MiB",
-                    f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
-                    f"{r['num_params']:,}",
-                    "n/a" if not r.get("target_params") else f"{r['num_params'] / r['target_params']:.3f}",
-                    str(r["step"]),
-                ]
-            )
-            + " |"
-        )
-    cells = [f"{baseline.get(k, float('nan')):.4f}" for k in (name, *extra)]
-    lines.append("| " + " | ".join([f"baseline: {baseline['name']}", *cells, "", "", "", "", "", ""]) + " |")
-    return "\n".join(lines)
+    note = _composition_note(summary)
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> None:
     del argv
-    import logging
-
     logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every dataset load at INFO
-    python = sys.executable
-    rows = []
-    configs = {preset: _load_config(FLAGS.config, _arg(preset)) for preset in FLAGS.presets}
-    overrides, target_params = _matched_overrides(configs)
-    config = None
-    for preset in FLAGS.presets:
-        workdir = os.path.join(FLAGS.workdir, preset)
-        if FLAGS.fresh and os.path.isdir(workdir):
-            import shutil
+    import jax
 
-            shutil.rmtree(workdir)
-        os.makedirs(workdir, exist_ok=True)
-        spec = f"{FLAGS.config}:{_arg(preset)}"
-        config = configs[preset]
-        started = time.perf_counter()
-        _run(
-            [
-                python,
-                "scripts/train.py",
-                f"--config={spec}",
-                f"--workdir={workdir}",
-                f"--config.max_train_seconds={FLAGS.minutes * 60}",
-                f"--config.total_steps={FLAGS.max_steps}",
-                "--config.optimizer.schedule=constant",  # a time budget has no known end step
-                "--config.report_step_memory=True",
-                f"--result_json={workdir}/train.json",
-                *overrides[preset],
-                *(f"--config.{o}" for o in FLAGS.config_overrides),
-            ]
-        )
-        _run(
-            [
-                python,
-                "scripts/evaluate.py",
-                f"--workdir={workdir}",
-                f"--split={FLAGS.split}",
-                f"--output={workdir}/eval.json",
-            ]
-        )
-        with open(f"{workdir}/train.json") as f:
-            trained = json.load(f)
-        with open(f"{workdir}/eval.json") as f:
-            evaluated = json.load(f)
-        rows.append(
-            {
-                "preset": preset,
-                **trained,
-                "metrics": evaluated["metrics"],
-                "target_params": target_params,
-                "matched_overrides": overrides[preset],
-                "seconds": time.perf_counter() - started,
-            }
-        )
-    baseline = _baseline(config)
-    name, larger = HEADLINE[config.task]
-    table = _table(config, rows, baseline)
-    options = _options() or "defaults"
-    title = f"{FLAGS.config} ({options}), {FLAGS.split} split, {FLAGS.minutes:g} min per model"
-    notes = (
-        f"{name}: {'higher' if larger else 'lower'} is better. Train tokens/s and the minutes of "
-        "training exclude the compiling step, evaluation and checkpoints. "
-        "Train-step memory is XLA's estimate for one step (arguments, outputs and temporaries); peak memory "
-        "is the device's peak where the backend reports it (GPU/TPU), else the training process's peak "
-        "RSS (runtime, data and compilation included). "
-        + (
-            f"Each model's MLP width is set so its parameters are within ±{FLAGS.match_tolerance:.0%} of "
-            f"{target_params:,} (x target: the ratio)."
-            if target_params
-            else "Parameter counts are not matched (--match_params=False)."
-        )
+    from seqjax.experiment import plots
+    from seqjax.experiment.comparison import compare_at_length
+    from seqjax.experiment.protocol import ProtocolSettings
+    from seqjax.experiment.report import Claim, judge
+
+    if FLAGS.fresh and os.path.isdir(FLAGS.workdir):
+        shutil.rmtree(FLAGS.workdir)
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    configs = {preset: _config(preset) for preset in FLAGS.presets}
+    length = int(next(iter(configs.values())).data.get("length", 0) or 0)
+    if not length:
+        from seqjax.train.run_config import resolve
+        from seqjax.train.trainer import build_sources
+
+        run = resolve(next(iter(configs.values())))
+        length = int(build_sources(run.data, run.data_dir)["train"][0]["inputs"].shape[0])
+    settings = ProtocolSettings(
+        train_tokens=FLAGS.train_tokens,
+        learning_rates=tuple(float(x) for x in FLAGS.learning_rates),
+        seeds=FLAGS.seeds,
     )
-    text = f"## {title}\n\n{table}\n\n{notes}\n"
-    print("\n" + text)
-    with open(os.path.join(FLAGS.workdir, "comparison.md"), "w") as f:
+    claim = Claim(CLAIMS_TEXT, "recurrent", "attention")
+    summary = compare_at_length(
+        configs,
+        settings,
+        FLAGS.workdir,
+        length=length,
+        claims=[claim],
+        baselines=FLAGS.baselines,
+        confidence_level=FLAGS.confidence,
+        n_resamples=FLAGS.resamples,
+        match_target=FLAGS.match_target,
+    )
+    summary["platform"] = jax.default_backend()
+    summary["verdicts"] = [
+        judge(claim, {length: c}, larger_is_better=summary["larger_is_better"])
+        for c in summary["comparisons"]
+        if "missing" not in c
+    ]
+    command = "python scripts/compare.py " + " ".join(map(shlex.quote, sys.argv[1:]))
+    summary["command"] = command
+    text = markdown(summary, command)
+    base = os.path.join(FLAGS.workdir, "comparison")
+    with open(base + ".md", "w") as f:
         f.write(text)
-    with open(os.path.join(FLAGS.workdir, "comparison.json"), "w") as f:
-        json.dump(
-            {
-                "config": FLAGS.config,
-                "options": options,
-                "task": config.task,
-                "metric": name,
-                "larger_is_better": larger,
-                "minutes": FLAGS.minutes,
-                "split": FLAGS.split,
-                "rows": rows,
-                "baseline": baseline,
-            },
-            f,
-            indent=1,
-            default=float,
-        )
+    with open(base + ".json", "w") as f:
+        json.dump(summary, f, indent=1, default=float)
+    title = f"{os.path.basename(FLAGS.config)} L={length}"
+    plots.metric_by_model(summary, base + "_metric.png", title=title)
+    plots.learning_curves(summary, base + "_learning_curves.png", title=title)
+    if FLAGS.out:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)) or ".", exist_ok=True)
+        for suffix in (".md", ".json", "_metric.png", "_learning_curves.png"):
+            shutil.copyfile(base + suffix, FLAGS.out + suffix)
+    print("\n" + text)
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
     app.run(main)

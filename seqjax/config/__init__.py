@@ -13,7 +13,7 @@ defaults (`seqjax.train.run_config`).
 A layer above `seqjax.train` (it builds the trainer's config) and below `configs/` and `scripts/`.
 """
 
-from seqjax.config.args import parse_arg
+from seqjax.config.args import apply_overrides, parse_arg
 from seqjax.config.files import load_config_file
 from seqjax.config.presets import ENCODER_PRESETS, PRESETS, SIZES, check_preset_task, preset_mixer
 from seqjax.config.rules import LOGICAL_RULES
@@ -33,6 +33,7 @@ __all__ = [
     "PRESETS",
     "SIZES",
     "add_run_sections",
+    "apply_overrides",
     "base_config",
     "check_preset_task",
     "data_section",

@@ -6,11 +6,13 @@ preset, options = parse_arg("mamba,length=4096,size=accelerator", "lstm", {"leng
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ast
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from seqjax.config.presets import PRESETS, SIZES
 
-__all__ = ["parse_arg"]
+__all__ = ["apply_overrides", "parse_arg"]
 
 _TYPE_NAMES = {int: "an int", float: "a number", str: "a string"}
 
@@ -46,3 +48,35 @@ def parse_arg(
                 f"{where}: option {key}={value!r} must be {_TYPE_NAMES.get(kind, kind.__name__)}."
             ) from None
     return preset, values
+
+
+def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
+    """A copy of `config` with each `dotted.key=value` of `overrides` set, as `--config.dotted.key=value`
+    would set it: the value is read as a Python literal (`3e-4`, `True`, `None`, `(2, 4)`), else kept as
+    a string; a key the config lacks is an error naming it.
+
+    >>> import ml_collections
+    >>> c = ml_collections.ConfigDict({"batch_size": 8, "optimizer": {"name": "adamw"}})
+    >>> apply_overrides(c, ["batch_size=2", "optimizer.name=lion"]).optimizer.name
+    'lion'
+    """
+    config = config.copy_and_resolve_references()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"config override {item!r}: write it as dotted.key=value, e.g. batch_size=4.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            if part not in node:
+                raise KeyError(f"config override {item!r}: the config has no section {part!r} under {key!r}.")
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"config override {item!r}: the config has no key {key!r}.")
+        with config.unlocked():
+            node[leaf] = value
+    return config

@@ -35,7 +35,13 @@ from seqjax.experiment.statistics import (
     paired_bootstrap,
 )
 from seqjax.experiment.verdict import classify_interval, classify_intervals, verdict
-from seqjax.experiment.weighted_metrics import accuracy, balanced_accuracy, from_sklearn, mean_value
+from seqjax.experiment.weighted_metrics import (
+    accuracy,
+    balanced_accuracy,
+    bits_per_byte,
+    from_sklearn,
+    mean_value,
+)
 
 __all__ = [
     "CELL_WIDTH_FIELDS",
@@ -48,6 +54,7 @@ __all__ = [
     "RunPredictions",
     "accuracy",
     "balanced_accuracy",
+    "bits_per_byte",
     "classify_interval",
     "classify_intervals",
     "cluster_bootstrap",

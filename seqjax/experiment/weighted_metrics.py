@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["WeightedMetric", "accuracy", "balanced_accuracy", "from_sklearn", "mean_value"]
+__all__ = ["WeightedMetric", "accuracy", "balanced_accuracy", "bits_per_byte", "from_sklearn", "mean_value"]
 
 # (predictions [examples], targets [examples] or None, weights [resamples, examples]) -> [resamples]
 WeightedMetric = Callable[[np.ndarray, np.ndarray | None, np.ndarray], np.ndarray]
@@ -66,6 +66,17 @@ def balanced_accuracy(predictions: np.ndarray, targets: np.ndarray | None, weigh
     present = class_weight > 0
     recall = np.where(present, correct_weight / np.where(present, class_weight, 1.0), 0.0)
     return recall.sum(axis=1) / present.sum(axis=1)
+
+
+def bits_per_byte(nll_nats: np.ndarray, num_bytes: np.ndarray | None, weights: np.ndarray) -> np.ndarray:
+    """Weighted total negative log-likelihood (nats) over weighted total bytes, in bits per byte: the
+    language-modelling metric of a split, a ratio of sums (not a mean of per-example ratios).
+
+    >>> bits_per_byte(np.array([2.0, 4.0]) * np.log(2), np.array([1.0, 3.0]), np.array([[1.0, 1.0]]))
+    array([1.5])
+    """
+    num_bytes = _require_targets("bits_per_byte", num_bytes)
+    return (weights @ nll_nats) / (weights @ num_bytes) / np.log(2.0)
 
 
 def from_sklearn(score: Callable[..., float]) -> WeightedMetric:

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from seqjax.data import metrics as metrics_lib
 from seqjax.train.step import Batch, forward, token_losses
 
-__all__ = ["evaluate_split", "make_eval_fn"]
+__all__ = ["collect_split", "evaluate_split", "make_eval_fn", "split_metrics"]
 
 
 def _per_example(task: str, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
@@ -52,16 +52,16 @@ def make_eval_fn(
     )
 
 
-def evaluate_split(
+def collect_split(
     eval_fn: Callable[[Any, Batch], dict[str, jax.Array]],
     params: Any,
     batches: Iterable[Mapping[str, Any]],
     task: str,
     to_device: Callable[[Mapping[str, np.ndarray]], Batch],
-    *,
-    bytes_per_token: float = 1.0,
-) -> dict[str, float]:
-    """Runs `eval_fn` over `batches` (from `eval_batches`) and returns the task's metrics."""
+) -> dict[str, np.ndarray]:
+    """Runs `eval_fn` over `batches` (from `eval_batches`) and returns its per-example outputs over the
+    whole split, in the split's order, padded rows dropped: "nll" and "tokens" (lm), "logits" and "label"
+    (classification), "forecast" and "targets" (forecast)."""
     collected: dict[str, list[np.ndarray]] = {}
     for batch in batches:
         host = {k: v for k, v in batch.items() if k != "valid"}
@@ -75,13 +75,33 @@ def evaluate_split(
             collected.setdefault(k, []).append(v[valid])
     if not collected:
         raise ValueError("evaluate_split: the split is empty; nothing to evaluate.")
-    data = {k: np.concatenate(v) for k, v in collected.items()}
+    return {k: np.concatenate(v) for k, v in collected.items()}
+
+
+def split_metrics(
+    data: Mapping[str, np.ndarray], task: str, *, bytes_per_token: float = 1.0
+) -> dict[str, float]:
+    """The task's metrics from `collect_split`'s per-example outputs."""
     if task == "lm":
         tokens = float(data["tokens"].sum())
         return metrics_lib.lm_metrics(float(data["nll"].sum()), tokens, tokens * bytes_per_token)
     if task == "classification":
         return metrics_lib.classification_metrics(data["label"], data["logits"])
     return metrics_lib.forecast_metrics(data["forecast"], data["targets"])
+
+
+def evaluate_split(
+    eval_fn: Callable[[Any, Batch], dict[str, jax.Array]],
+    params: Any,
+    batches: Iterable[Mapping[str, Any]],
+    task: str,
+    to_device: Callable[[Mapping[str, np.ndarray]], Batch],
+    *,
+    bytes_per_token: float = 1.0,
+) -> dict[str, float]:
+    """Runs `eval_fn` over `batches` (from `eval_batches`) and returns the task's metrics."""
+    data = collect_split(eval_fn, params, batches, task, to_device)
+    return split_metrics(data, task, bytes_per_token=bytes_per_token)
 
 
 def _global_rows(local: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ from seqjax.train import mesh as mesh_lib
 from seqjax.train import run_config
 from seqjax.train import workdir as workdir_lib
 from seqjax.train.checkpoint import CheckpointError, Checkpoints, Restored
-from seqjax.train.evaluation import evaluate_split, make_eval_fn
+from seqjax.train.evaluation import collect_split, evaluate_split, make_eval_fn, split_metrics
 from seqjax.train.metrics_log import MetricsLog
 from seqjax.train.optimizer import make_optimizer
 from seqjax.train.preemption import StopSignals, signal_name
@@ -256,10 +256,19 @@ def _check_data_position(restored: Restored) -> None:
 
 
 def train(
-    config: RunConfig | ml_collections.ConfigDict, workdir: str, *, allow_config_change: Iterable[str] = ()
+    config: RunConfig | ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    allow_config_change: Iterable[str] = (),
+    final_splits: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Trains as `config` says; returns the last step, state, train metrics and eval metrics, tokens/s
     (after the first, compiling step), peak memory and the parameter count.
+
+    `final_splits` (e.g. ("validation", "test")): after the last step, the final parameters are evaluated
+    on each whole split (no `eval_examples` cap), and the result has "final": {split: {"metrics",
+    "per_example", "source"}} with `evaluation.collect_split`'s per-example outputs. This evaluation is not
+    counted in any time of the result. Not done for a preempted run.
 
     `workdir` is locked for the run (`WorkdirLockedError` if another run holds it). Resuming a run saved
     with another config is a `ConfigChangedError` unless every changed key is operational or named in
@@ -391,8 +400,37 @@ def train(
         def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
             ckpt.save(step, state, data_state=batches.state(), config=config_json, metrics=metrics)
 
+        def final_evaluation() -> dict[str, Any]:
+            out = {}
+            for name in final_splits:
+                if name not in sources:
+                    raise ValueError(f"train: final_splits names {name!r}; the splits are {sorted(sources)}.")
+                source = sources[name]
+                split_batches = eval_batches(
+                    source,
+                    config.eval_batch,
+                    max_examples=None,
+                    process_index=jax.process_index(),
+                    process_count=jax.process_count(),
+                )
+                data = collect_split(
+                    eval_fn,
+                    state.params,
+                    split_batches,
+                    config.task,
+                    lambda h: _global_batch(h, batch_shardings),
+                )
+                bytes_per_token = float(getattr(source, "bytes_per_token", 1.0))
+                out[name] = {
+                    "metrics": split_metrics(data, config.task, bytes_per_token=bytes_per_token),
+                    "per_example": data,
+                    "source": source,
+                }
+            return out
+
         def finish(preempted: bool) -> dict[str, Any]:
             close()
+            final = {} if preempted else final_evaluation()
             timed = step - step_first - 1  # steps after the compiling one
             rate = timed / train_seconds if timed > 0 and train_seconds > 0 else math.nan
             return {
@@ -409,6 +447,7 @@ def train(
                 "peak_memory_bytes": _peak_memory_bytes(),
                 "step_memory_bytes": step_memory,
                 "num_params": num_params,
+                "final": final,
             }
 
         budget = config.max_train_seconds
@@ -508,10 +547,16 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
 
 
 def evaluate(
-    config: RunConfig | ml_collections.ConfigDict, workdir: str, split: str = "test", step: int | str = "best"
+    config: RunConfig | ml_collections.ConfigDict,
+    workdir: str,
+    split: str = "test",
+    step: int | str = "best",
+    *,
+    per_example: bool = False,
 ) -> dict[str, Any]:
     """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
-    metrics on the whole `split`. Returns {"step", "split", "metrics"}."""
+    metrics on the whole `split`. Returns {"step", "split", "metrics"}; with `per_example`, also
+    "per_example" (`evaluation.collect_split`'s arrays) and "source" (the split's source)."""
     parts = setup(config)
     config = parts["config"]
     if split not in parts["sources"]:
@@ -537,7 +582,23 @@ def evaluate(
     eval_fn = make_eval_fn(
         parts["model"], config.task, parts["state_shardings"].params, parts["batch_shardings"]
     )
-    metrics = run_eval(
-        config, eval_fn, restored.state.params, parts["sources"][split], parts["batch_shardings"]
+    source = parts["sources"][split]
+    batches = eval_batches(
+        source,
+        config.eval_batch,
+        max_examples=config.eval_examples,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
-    return {"step": restored.step, "split": split, "metrics": metrics}
+    data = collect_split(
+        eval_fn,
+        restored.state.params,
+        batches,
+        config.task,
+        lambda host: _global_batch(host, parts["batch_shardings"]),
+    )
+    metrics = split_metrics(data, config.task, bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)))
+    result = {"step": restored.step, "split": split, "metrics": metrics}
+    if per_example:
+        result.update(per_example=data, source=source)
+    return result

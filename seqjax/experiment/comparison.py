@@ -1,0 +1,80 @@
+"""One comparison on the protocol, end to end: train every model (`protocol.run_comparison`), score the
+task's strong non-neural baselines on the same test split (`seqjax.baselines`), and summarise both with
+intervals and the claims' paired differences (`summary.summarize_length`). The drivers
+(`scripts/compare.py`, `experiments/length_crossover.py`) are thin layers over `compare_at_length`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from seqjax.experiment.clusters import example_clusters
+from seqjax.experiment.protocol import ProtocolSettings, run_comparison
+from seqjax.experiment.report import Claim
+from seqjax.experiment.summary import summarize_length
+
+__all__ = ["BASELINE_FAMILIES", "compare_at_length", "task_baselines"]
+
+#: The baseline module of each data kind (`seqjax.baselines.<kind>`).
+BASELINE_FAMILIES = ("genomic", "documents", "timeseries")
+
+
+def task_baselines(config: Any, split: str = "test") -> tuple[list[Any], Any]:
+    """(the data kind's baselines fit on train and scored on `split`, the cluster id of each `split`
+    example) for a task config; ([], None) for data without baselines (synthetic)."""
+    from seqjax.train.run_config import resolve
+    from seqjax.train.trainer import build_sources, default_data_dir
+
+    run = resolve(config)
+    data = run.data.source_options()
+    kind = data["kind"]
+    if kind not in BASELINE_FAMILIES:
+        return [], None
+    data_dir = run.data_dir or default_data_dir()
+    module = importlib.import_module(f"seqjax.baselines.{kind}")
+    results = module.evaluate_baselines(data, data_dir, split)
+    clusters = example_clusters(build_sources(run.data, data_dir)[split])
+    return results, clusters
+
+
+def compare_at_length(
+    configs: Mapping[str, Any],
+    settings: ProtocolSettings,
+    workdir: str | os.PathLike[str],
+    *,
+    length: int,
+    claims: Sequence[Claim] = (),
+    baselines: bool = True,
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+    match_target: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Trains, scores and summarises one comparison; returns the summary (`summarize_length`) with the
+    protocol's settings under "protocol"."""
+    results = run_comparison(configs, settings, workdir, length=length, match_target=match_target, log=log)
+    first = next(iter(configs.values()))
+    found, clusters = task_baselines(first) if baselines else ([], None)
+    summary = summarize_length(
+        results,
+        first.task,
+        baselines=found,
+        baseline_clusters=clusters,
+        claims=claims,
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+    )
+    summary["length"] = int(length)
+    summary["protocol"] = {
+        "train_tokens": settings.train_tokens,
+        "learning_rates": list(settings.learning_rates),
+        "seeds": settings.seeds,
+        "warmup_fraction": settings.warmup_fraction,
+        "param_tolerance": settings.param_tolerance,
+        "batch_size": int(first.batch_size),
+        "n_resamples": n_resamples,
+    }
+    return summary

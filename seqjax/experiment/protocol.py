@@ -1,0 +1,435 @@
+"""The training side of the experiment protocol: every model of a comparison gets the same training
+tokens, a learning rate tuned on validation, several seeds, and saved test predictions.
+
+For one task at one sequence length, `run_comparison` does, for every model config:
+
+1. **Budget.** `train_tokens` training tokens for every model: `total_steps = ceil(train_tokens /
+   (batch_size * length))`, with warmup (`warmup_fraction` of the steps) and a cosine decay that ends
+   exactly at the budget. No wall-clock limit: a slower model takes longer, not fewer tokens. Compiling
+   and evaluation never count in a run's `train_seconds` or tokens/s (the trainer measures them apart).
+2. **Matched parameters.** Before training, every model's MLP (else cell) width is set so its parameter
+   count is within `param_tolerance` of the largest (`seqjax.experiment.matching`).
+3. **Learning rate.** Each model trains with seed 0 at every rate of `learning_rates`; the rate with the
+   best final validation metric is chosen. The test split has not been read yet.
+4. **Seeds.** The chosen rate's seed-0 run is evaluated on the test split from its final checkpoint, and
+   seeds 1 .. `seeds - 1` train with that rate; the seed sets both the initialisation and the order of
+   the training batches. Every seed's per-example test outputs are written as
+   `predictions/<model>/seed<k>.npz` (`seqjax.experiment.predictions`), with the examples' cluster ids
+   (`seqjax.experiment.clusters`), so every statistic can be recomputed without retraining.
+
+Every finished run writes `run.json` in its folder; a rerun over the same `workdir` reads it instead of
+training again, so an interrupted experiment resumes where it stopped. (Change anything about the run
+and use a fresh `workdir`: a finished run is matched by its folder name, not by its config.)
+
+    >>> settings = ProtocolSettings(train_tokens=8192 * 100, learning_rates=(1e-3, 3e-3), seeds=5)
+    >>> settings.total_steps(tokens_per_batch=8192), settings.warmup_steps(100)
+    (100, 5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqjax.common.checks import check_positive_int
+from seqjax.experiment.clusters import example_bytes, example_clusters
+from seqjax.experiment.matching import match_parameters
+from seqjax.experiment.predictions import RunPredictions, write_predictions
+
+__all__ = [
+    "HEADLINE",
+    "ModelResult",
+    "ProtocolSettings",
+    "RunRecord",
+    "analytic_train_flops_per_token",
+    "run_comparison",
+    "run_predictions",
+]
+
+#: The task's headline metric and whether larger is better.
+HEADLINE: dict[str, tuple[str, bool]] = {
+    "classification": ("balanced_accuracy", True),
+    "forecast": ("mse", False),
+    "lm": ("bits_per_byte", False),
+}
+
+#: Cells whose every query attends a window of positions (softmax attention): the attended positions
+#: add 6 * layers * positions * d_model FLOPs per token to a train step (Kaplan et al. 2020, eq. 2.2).
+_ATTENTION_CELLS = ("attention", "sliding_window_attention", "longformer")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolSettings:
+    """The protocol's knobs, fixed before any run (module docstring)."""
+
+    train_tokens: int
+    learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    seeds: int = 5
+    warmup_fraction: float = 0.05
+    param_tolerance: float = 0.05
+    log_points: int = 50  # train-loss records per run, for the learning curves
+
+    def __post_init__(self) -> None:
+        check_positive_int("ProtocolSettings", "train_tokens", self.train_tokens)
+        check_positive_int("ProtocolSettings", "seeds", self.seeds)
+        check_positive_int("ProtocolSettings", "log_points", self.log_points)
+        if not self.learning_rates or any(not (lr > 0 and math.isfinite(lr)) for lr in self.learning_rates):
+            raise ValueError(
+                f"ProtocolSettings: learning_rates={self.learning_rates!r}; give one or more positive rates, "
+                "e.g. (3e-4, 1e-3, 3e-3)."
+            )
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"ProtocolSettings: warmup_fraction={self.warmup_fraction} must be in [0, 1).")
+
+    def total_steps(self, tokens_per_batch: int) -> int:
+        """Optimizer steps that spend the token budget (the last batch may overshoot by < 1 batch)."""
+        check_positive_int("ProtocolSettings.total_steps", "tokens_per_batch", tokens_per_batch)
+        return max(1, math.ceil(self.train_tokens / tokens_per_batch))
+
+    def warmup_steps(self, total_steps: int) -> int:
+        return min(total_steps, max(1, round(self.warmup_fraction * total_steps)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One training run: its rate and seed, what it cost and its final validation (and test) metrics."""
+
+    model: str
+    learning_rate: float
+    seed: int
+    steps: int
+    train_tokens: int
+    train_seconds: float
+    compile_seconds: float
+    eval_seconds: float
+    tokens_per_s: float
+    step_memory_bytes: int | None
+    peak_memory_bytes: int
+    num_params: int
+    validation: dict[str, float]
+    test: dict[str, float] | None
+    workdir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelResult:
+    """A model's runs at one length: the rate grid, the chosen rate and the seeds' runs (seed order)."""
+
+    model: str
+    grid: list[RunRecord]
+    learning_rate: float
+    seeds: list[RunRecord]
+    predictions: list[str]
+    flops_per_token: float
+    matched: dict[str, Any]
+
+
+def analytic_train_flops_per_token(config: Any, num_params: int, length: int) -> float:
+    """Approximate train-step FLOPs per token: 6 x parameters (forward and backward matmuls) plus, for
+    softmax-attention layers, 6 x d_model x the positions each query attends (L for exact attention, the
+    window for sliding-window and Longformer layers). Elementwise recurrences are not counted.
+
+    >>> from seqjax.config import load_config_file
+    >>> config = load_config_file("configs/documents.py", "attention")
+    >>> analytic_train_flops_per_token(config, 1000, 1024)
+    792432.0
+    """
+    model = config.model
+    mixers = dict(model.mixers)
+    pattern = list(model.pattern)
+    layers = int(model.num_layers)
+    attention = 0.0
+    for layer in range(layers):
+        mixer = mixers[pattern[layer % len(pattern)]]
+        cell = mixer["cell"]
+        if cell not in _ATTENTION_CELLS:
+            continue
+        window = mixer.get("window")
+        attended = length if window is None else min(int(window), length)
+        attended += int(mixer.get("num_global", 0) or 0)
+        attention += 6.0 * int(model.d_model) * attended
+    return 6.0 * num_params + attention
+
+
+def _atomic_json(path: Path, value: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=1, default=float) + "\n")
+    os.replace(temporary, path)
+
+
+def _run_config(
+    base: Any, settings: ProtocolSettings, learning_rate: float, seed: int, tokens_per_batch: int
+) -> Any:
+    config = base.copy_and_resolve_references()
+    steps = settings.total_steps(tokens_per_batch)
+    with config.unlocked():
+        config.seed = int(seed)
+        config.total_steps = steps
+        config.optimizer.total_steps = steps
+        config.optimizer.learning_rate = float(learning_rate)
+        config.optimizer.schedule = "cosine"
+        config.optimizer.warmup_steps = settings.warmup_steps(steps)
+        config.max_train_seconds = None
+        config.eval_every = 0  # only the final evaluation: it picks the rate, and none counts in the budget
+        config.log_every = max(1, steps // settings.log_points)
+        config.checkpoint.every = steps
+        config.checkpoint.keep = 1
+        config.report_step_memory = True
+        config.tensorboard = False
+    return config
+
+
+def run_predictions(
+    model: str, seed: int, length: int, task: str, per_example: Mapping[str, np.ndarray], source: Any
+) -> RunPredictions:
+    """A run's per-example test outputs (`seqjax.train.evaluation.collect_split`) as `RunPredictions`:
+
+    - classification: predictions = logits [n, classes], targets = labels, losses = cross-entropy;
+    - forecast: predictions = forecasts [n, horizon, variables], targets = the truth, losses = MSE;
+    - lm: predictions = the example's summed NLL in nats, targets = the bytes its targets stand for,
+      losses = NLL per byte in bits (the headline metric is the ratio of sums, `bits_per_byte`).
+    """
+    clusters = example_clusters(source)
+    if task == "classification":
+        logits = np.asarray(per_example["logits"], np.float64)
+        labels = np.asarray(per_example["label"], np.int64)
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        losses = -log_probs[np.arange(len(labels)), labels]
+        predictions, targets = logits.astype(np.float32), labels
+    elif task == "forecast":
+        predictions = np.asarray(per_example["forecast"], np.float32)
+        targets = np.asarray(per_example["targets"], np.float32)
+        losses = np.mean((predictions.astype(np.float64) - targets) ** 2, axis=(1, 2))
+    elif task == "lm":
+        predictions = np.asarray(per_example["nll"], np.float64)
+        targets = example_bytes(source, per_example["tokens"])
+        losses = predictions / np.log(2.0) / np.maximum(targets, 1e-9)
+    else:
+        raise ValueError(f"run_predictions: unknown task {task!r}; known: {sorted(HEADLINE)}.")
+    n = len(losses)
+    if len(clusters) != n:
+        raise ValueError(
+            f"run_predictions: the split source has {len(clusters)} examples and the evaluation {n}; "
+            "evaluate the whole split (no eval_examples cap)."
+        )
+    return RunPredictions(
+        model, int(seed), int(length), np.arange(n), clusters, targets, predictions, losses.astype(np.float64)
+    )
+
+
+def _record(
+    model: str,
+    lr: float,
+    seed: int,
+    result: Mapping[str, Any],
+    tokens: int,
+    workdir: Path,
+    validation: Mapping[str, float],
+    test: Mapping[str, float] | None,
+) -> RunRecord:
+    return RunRecord(
+        model=model,
+        learning_rate=float(lr),
+        seed=int(seed),
+        steps=int(result["step"]),
+        train_tokens=int(tokens),
+        train_seconds=float(result["train_seconds"]),
+        compile_seconds=float(result["compile_seconds"]),
+        eval_seconds=float(result["eval_seconds"]),
+        tokens_per_s=float(result["tokens_per_s"]),
+        step_memory_bytes=result.get("step_memory_bytes"),
+        peak_memory_bytes=int(result["peak_memory_bytes"]),
+        num_params=int(result["num_params"]),
+        validation={k: float(v) for k, v in validation.items()},
+        test=None if test is None else {k: float(v) for k, v in test.items()},
+        workdir=str(workdir),
+    )
+
+
+def _train_once(
+    model: str,
+    config: Any,
+    settings: ProtocolSettings,
+    lr: float,
+    seed: int,
+    tokens_per_batch: int,
+    workdir: Path,
+    length: int,
+    predictions_path: Path | None,
+    log: Callable[[str], None],
+) -> RunRecord:
+    """One run (or its saved record): train, then the final validation and (with a predictions path) test
+    evaluation of the final parameters."""
+    from seqjax.train import trainer
+
+    done = workdir / "run.json"
+    if done.exists() and (predictions_path is None or predictions_path.exists()):
+        return RunRecord(**json.loads(done.read_text()))
+    if workdir.exists():
+        shutil.rmtree(workdir)  # an unfinished run: start it again from scratch
+    workdir.mkdir(parents=True)
+    run_config = _run_config(config, settings, lr, seed, tokens_per_batch)
+    splits = ("validation", "test") if predictions_path is not None else ("validation",)
+    started = time.perf_counter()
+    result = trainer.train(run_config, str(workdir), final_splits=splits)
+    final = result["final"]
+    test = None
+    if predictions_path is not None:
+        test = final["test"]["metrics"]
+        run = run_predictions(
+            model, seed, length, run_config.task, final["test"]["per_example"], final["test"]["source"]
+        )
+        write_predictions(predictions_path, run)
+    tokens = int(result["step"]) * tokens_per_batch
+    record = _record(model, lr, seed, result, tokens, workdir, final["validation"]["metrics"], test)
+    _atomic_json(done, dataclasses.asdict(record))
+    metric, _ = HEADLINE[run_config.task]
+    log(
+        f"{model} lr={lr:g} seed={seed}: {record.steps} steps, validation {metric} "
+        f"{record.validation[metric]:.4f}"
+        + ("" if test is None else f", test {test[metric]:.4f}")
+        + f" ({time.perf_counter() - started:.0f} s)"
+    )
+    return record
+
+
+def _test_from_checkpoint(
+    model: str,
+    config: Any,
+    settings: ProtocolSettings,
+    record: RunRecord,
+    tokens_per_batch: int,
+    length: int,
+    predictions_path: Path,
+) -> RunRecord:
+    """The chosen rate's seed-0 run, evaluated on the test split from its final checkpoint (once)."""
+    from seqjax.train import trainer
+
+    if record.test is not None and predictions_path.exists():
+        return record
+    run_config = _run_config(config, settings, record.learning_rate, record.seed, tokens_per_batch)
+    with run_config.unlocked():
+        run_config.eval_examples = None
+    out = trainer.evaluate(run_config, record.workdir, split="test", step="latest", per_example=True)
+    run = run_predictions(model, record.seed, length, run_config.task, out["per_example"], out["source"])
+    write_predictions(predictions_path, run)
+    updated = dataclasses.replace(record, test={k: float(v) for k, v in out["metrics"].items()})
+    _atomic_json(Path(record.workdir) / "run.json", dataclasses.asdict(updated))
+    return updated
+
+
+def _choose(grid: Sequence[RunRecord], metric: str, larger: bool) -> RunRecord:
+    """The grid run with the best validation metric (a tie goes to the smaller rate)."""
+    ranked = sorted(
+        grid, key=lambda r: (-r.validation[metric] if larger else r.validation[metric], r.learning_rate)
+    )
+    return ranked[0]
+
+
+def _forecast_shapes(config: Any) -> dict[str, int]:
+    """A forecaster's encoder and head are sized by the data (variables, horizon): read one example."""
+    if config.task != "forecast":
+        return {}
+    from seqjax.train.run_config import resolve
+    from seqjax.train.trainer import build_sources
+
+    run = resolve(config)
+    example = build_sources(run.data, run.data_dir)["train"][0]
+    return {"input_size": int(example["inputs"].shape[-1]), "horizon": int(example["targets"].shape[0])}
+
+
+def run_comparison(
+    configs: Mapping[str, Any],
+    settings: ProtocolSettings,
+    workdir: str | os.PathLike[str],
+    *,
+    length: int,
+    match_target: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, ModelResult]:
+    """Runs the protocol (module docstring) for every model config at one length, under `workdir`:
+    `<workdir>/<model>/lr<rate>/seed<k>/` per run and `<workdir>/predictions/<model>/seed<k>.npz`.
+    The configs must share the task, the data and the batch size (equal tokens per batch)."""
+    if not configs:
+        raise ValueError("run_comparison: configs is empty; pass {model name: config}.")
+    tasks = {c.task for c in configs.values()}
+    batches = {int(c.batch_size) for c in configs.values()}
+    if len(tasks) != 1 or len(batches) != 1:
+        raise ValueError(
+            f"run_comparison: the configs mix tasks {sorted(tasks)} or batch sizes {sorted(batches)}; a "
+            "comparison needs one task and one batch size (the same tokens per batch)."
+        )
+    task = tasks.pop()
+    metric, larger = HEADLINE[task]
+    tokens_per_batch = batches.pop() * int(length)
+    matched, report = match_parameters(
+        configs,
+        target=match_target,
+        tolerance=settings.param_tolerance,
+        **_forecast_shapes(next(iter(configs.values()))),
+    )
+    root = Path(workdir)
+    results = {}
+    for m in report:
+        name, config = m.name, matched[m.name]
+        log(f"match {name}: {m.parameters:,} parameters ({m.ratio:.3f} x {m.target:,}), {m.override}")
+        grid = [
+            _train_once(
+                name,
+                config,
+                settings,
+                lr,
+                0,
+                tokens_per_batch,
+                root / name / f"lr{lr:g}" / "seed0",
+                length,
+                None,
+                log,
+            )
+            for lr in settings.learning_rates
+        ]
+        chosen = _choose(grid, metric, larger)
+        log(f"{name}: chose lr={chosen.learning_rate:g} on validation {metric}")
+        paths = [root / "predictions" / name / f"seed{k}.npz" for k in range(settings.seeds)]
+        seeds = [_test_from_checkpoint(name, config, settings, chosen, tokens_per_batch, length, paths[0])]
+        for k in range(1, settings.seeds):
+            folder = root / name / f"lr{chosen.learning_rate:g}" / f"seed{k}"
+            seeds.append(
+                _train_once(
+                    name,
+                    config,
+                    settings,
+                    chosen.learning_rate,
+                    k,
+                    tokens_per_batch,
+                    folder,
+                    length,
+                    paths[k],
+                    log,
+                )
+            )
+        results[name] = ModelResult(
+            model=name,
+            grid=grid,
+            learning_rate=chosen.learning_rate,
+            seeds=seeds,
+            predictions=[str(p) for p in paths],
+            flops_per_token=analytic_train_flops_per_token(config, seeds[0].num_params, length),
+            matched={
+                "parameters": m.parameters,
+                "target": m.target,
+                "ratio": m.ratio,
+                "override": m.override,
+            },
+        )
+    return results

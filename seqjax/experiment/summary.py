@@ -1,0 +1,207 @@
+"""One comparison (one task, one length) summarised: every model's metric with its interval, cost and
+matched size, the strong baselines with theirs, the best of each family (chosen on validation) and their
+paired difference; and the markdown table of it. The summary is plain JSON-able data, so a table or a
+plot can be redrawn from `*.json` without the predictions.
+
+    >>> row = {"model": "lstm", "family": "recurrent", "estimate": 0.8, "low": 0.7, "high": 0.9,
+    ...        "parameters": 1000, "ratio": 1.0, "learning_rate": 1e-3, "tokens_per_s": 5e4,
+    ...        "flops_per_token": 6e3, "train_seconds": 10.0, "steps": 100, "train_tokens": 819200,
+    ...        "step_memory_bytes": 2**20, "validation": 0.81, "seeds": 5}
+    >>> print(model_table([row], "balanced_accuracy").splitlines()[2][:60])
+    | lstm | 0.8000 [0.7000, 0.9000] | 5 | 1,000 (1.000) | 1e-03 |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from seqjax.experiment.protocol import HEADLINE, ModelResult
+from seqjax.experiment.report import Claim, baseline_interval, family_of, metric_interval, paired_difference
+
+__all__ = ["best_by_family", "model_table", "summarize_length"]
+
+
+def _median(values: Sequence[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.median(finite)) if finite else math.nan
+
+
+def best_by_family(results: Mapping[str, ModelResult], metric: str, larger: bool) -> dict[str, str]:
+    """Per family, the model whose seeds' mean validation metric is best (the test split is not used)."""
+    best: dict[str, tuple[float, str]] = {}
+    for name, result in results.items():
+        value = float(np.mean([r.validation[metric] for r in result.seeds]))
+        score = value if larger else -value
+        family = family_of(name)
+        if family not in best or score > best[family][0]:
+            best[family] = (score, name)
+    return {family: name for family, (_, name) in best.items()}
+
+
+def summarize_length(
+    results: Mapping[str, ModelResult],
+    task: str,
+    *,
+    baselines: Sequence[Any] = (),
+    baseline_clusters: np.ndarray | None = None,
+    claims: Sequence[Claim] = (),
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+) -> dict[str, Any]:
+    """The summary of one comparison (module docstring). `confidence_level` applies to every interval:
+    pass 1 - alpha / m for intervals that hold jointly over m lengths (Bonferroni)."""
+    metric, larger = HEADLINE[task]
+    rows = []
+    for name, result in results.items():
+        interval = metric_interval(
+            result.predictions, task, confidence_level=confidence_level, n_resamples=n_resamples
+        )
+        seeds = result.seeds
+        rows.append(
+            {
+                "model": name,
+                "family": family_of(name),
+                "estimate": interval.estimate,
+                "low": interval.low,
+                "high": interval.high,
+                "n_clusters": interval.n_clusters,
+                "seeds": len(seeds),
+                "seed_values": [r.test[metric] for r in seeds],
+                "validation": float(np.mean([r.validation[metric] for r in seeds])),
+                "learning_rate": result.learning_rate,
+                "grid": {f"{r.learning_rate:g}": r.validation[metric] for r in result.grid},
+                "parameters": seeds[0].num_params,
+                "ratio": result.matched["ratio"],
+                "override": result.matched["override"],
+                "steps": seeds[0].steps,
+                "train_tokens": seeds[0].train_tokens,
+                "tokens_per_s": _median([r.tokens_per_s for r in seeds]),
+                "train_seconds": _median([r.train_seconds for r in seeds]),
+                "compile_seconds": _median([r.compile_seconds for r in seeds]),
+                "flops_per_token": result.flops_per_token,
+                "step_memory_bytes": seeds[0].step_memory_bytes,
+                "peak_memory_bytes": max(r.peak_memory_bytes for r in seeds),
+                "predictions": list(result.predictions),
+                "workdirs": [r.workdir for r in seeds],
+            }
+        )
+    baseline_rows = []
+    for b in baselines:
+        interval = baseline_interval(
+            b, task, baseline_clusters, confidence_level=confidence_level, n_resamples=n_resamples
+        )
+        baseline_rows.append(
+            {
+                "model": b.name,
+                "estimate": float(b.metrics.get(metric, math.nan)),
+                "low": math.nan if interval is None else interval.low,
+                "high": math.nan if interval is None else interval.high,
+                "settings": {k: str(v) for k, v in b.settings.items()},
+            }
+        )
+    best = best_by_family(results, metric, larger)
+    comparisons = []
+    for claim in claims:
+        if claim.better not in best or claim.worse not in best:
+            comparisons.append(
+                {"claim": claim.name, "missing": [f for f in (claim.better, claim.worse) if f not in best]}
+            )
+            continue
+        a, b = best[claim.better], best[claim.worse]
+        difference = paired_difference(
+            results[a].predictions,
+            results[b].predictions,
+            task,
+            confidence_level=confidence_level,
+            n_resamples=n_resamples,
+        )
+        comparisons.append({"claim": claim.name, "better": a, "worse": b, **difference})
+    finite = [r for r in baseline_rows if math.isfinite(r["estimate"])]
+    strongest = (max if larger else min)(finite, key=lambda r: r["estimate"]) if finite else None
+    return {
+        "task": task,
+        "metric": metric,
+        "larger_is_better": larger,
+        "confidence_level": confidence_level,
+        "models": rows,
+        "baselines": baseline_rows,
+        "strongest_baseline": None if strongest is None else strongest["model"],
+        "best_by_family": best,
+        "comparisons": comparisons,
+    }
+
+
+def _memory(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value / 2**20:.1f} MiB"
+
+
+def model_table(rows: Sequence[Mapping[str, Any]], metric: str, confidence_level: float = 0.95) -> str:
+    """The per-model markdown table of a summary's "models"."""
+    header = [
+        "model",
+        f"{metric} [{confidence_level:.1%} CI]",
+        "seeds",
+        "parameters (x target)",
+        "lr",
+        "train tokens",
+        "steps",
+        "tokens/s",
+        "FLOPs/token",
+        "train s",
+        "step memory",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for r in rows:
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["model"],
+                    f"{r['estimate']:.4f} [{r['low']:.4f}, {r['high']:.4f}]",
+                    str(r["seeds"]),
+                    f"{r['parameters']:,} ({r['ratio']:.3f})",
+                    f"{r['learning_rate']:.0e}",
+                    f"{r['train_tokens']:,}",
+                    str(r["steps"]),
+                    f"{r['tokens_per_s']:,.0f}",
+                    f"{r['flops_per_token']:.1e}",
+                    f"{r['train_seconds']:.0f}",
+                    _memory(r.get("step_memory_bytes")),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def baseline_table(rows: Sequence[Mapping[str, Any]], metric: str, confidence_level: float = 0.95) -> str:
+    """The markdown table of a summary's "baselines"."""
+    lines = [f"| baseline | {metric} [{confidence_level:.1%} CI] | settings |", "|---|---:|---|"]
+    for r in rows:
+        interval = "" if not math.isfinite(r["low"]) else f" [{r['low']:.4f}, {r['high']:.4f}]"
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        lines.append(f"| {r['model']} | {r['estimate']:.4f}{interval} | {settings} |")
+    return "\n".join(lines)
+
+
+def comparison_lines(comparisons: Sequence[Mapping[str, Any]], metric: str) -> list[str]:
+    """One line per claim: the paired difference of the families' best models, with its tests."""
+    lines = []
+    for c in comparisons:
+        if "missing" in c:
+            lines.append(f"- {c['claim']}: no {', '.join(c['missing'])} model in this comparison.")
+            continue
+        test = c.get("paired_test")
+        extra = "" if test is None else f"; {test['name']}: p = {test['p_value']:.3g}"
+        lines.append(
+            f"- {c['claim']}: {c['better']} - {c['worse']} {metric} = {c['estimate']:+.4f} "
+            f"[{c['low']:+.4f}, {c['high']:+.4f}] ({c['confidence_level']:.1%} paired cluster bootstrap, "
+            f"{c['n_clusters']} clusters; bootstrap p = {c['p_value']:.3g}{extra})"
+        )
+    return lines
