@@ -51,6 +51,11 @@ flags.DEFINE_list(
     "learning_rates", ["1e-3", "3e-3", "1e-2"], "The learning-rate grid (chosen on validation)."
 )
 flags.DEFINE_integer("seeds", 5, "Seeds per model and length at the chosen rate.")
+flags.DEFINE_integer(
+    "evaluation_examples",
+    None,
+    "Validation and test examples per evaluation, spread evenly over each split (default: every one).",
+)
 flags.DEFINE_integer("claim_from", 8192, "The claim covers lengths >= this (all lengths if none is).")
 flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
 flags.DEFINE_string(
@@ -70,11 +75,17 @@ def _settings():
     from seqjax.experiment.protocol import ProtocolSettings
 
     if FLAGS.size == "smoke":
-        return ProtocolSettings(train_tokens=2 * FLAGS.tokens_per_batch, learning_rates=(3e-3,), seeds=2)
+        return ProtocolSettings(
+            train_tokens=2 * FLAGS.tokens_per_batch,
+            learning_rates=(3e-3,),
+            seeds=2,
+            evaluation_examples=FLAGS.evaluation_examples,
+        )
     return ProtocolSettings(
         train_tokens=FLAGS.train_tokens,
         learning_rates=tuple(float(x) for x in FLAGS.learning_rates),
         seeds=FLAGS.seeds,
+        evaluation_examples=FLAGS.evaluation_examples,
     )
 
 

@@ -47,6 +47,11 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_list("learning_rates", ["1e-3", "3e-3", "1e-2"], "The learning-rate grid, chosen on validation.")
 flags.DEFINE_integer("seeds", 5, "Seeds per model at the chosen rate (initialisation and data order).")
+flags.DEFINE_integer(
+    "evaluation_examples",
+    None,
+    "Validation and test examples per evaluation, spread evenly over each split (default: every one).",
+)
 flags.DEFINE_integer("batch_size", None, "Batch size of every model (default: the size's).")
 flags.DEFINE_float("confidence", 0.95, "Confidence level of every interval.")
 flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
@@ -164,6 +169,7 @@ def main(argv: list[str]) -> None:
         train_tokens=FLAGS.train_tokens,
         learning_rates=tuple(float(x) for x in FLAGS.learning_rates),
         seeds=FLAGS.seeds,
+        evaluation_examples=FLAGS.evaluation_examples,
     )
     claim = Claim(CLAIMS_TEXT, "recurrent", "attention")
     summary = compare_at_length(

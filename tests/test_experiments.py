@@ -1,4 +1,4 @@
-"""The experiment drivers: the memory sweep measures what it claims, the crossover table reads runs right."""
+"""The memory sweep measures what it claims (the crossover driver: tests/test_protocol.py)."""
 
 from __future__ import annotations
 
@@ -59,45 +59,3 @@ def test_memory_sweep_refuses_a_bad_variant(tmp_path):
     done = _run("memory_scaling.py", "--variants=lstm:unroll=4", "--lengths=256", f"--out={tmp_path / 'x'}")
     assert done.returncode != 0
     assert "overrides are key=value with key in ('tbptt', 'method')" in done.stderr
-
-
-def _comparison(task_rows: dict[str, float]) -> dict:
-    return {
-        "config": "configs/documents.py",
-        "options": "",
-        "task": "lm",
-        "metric": "bits_per_byte",
-        "larger_is_better": False,
-        "minutes": 1.0,
-        "split": "test",
-        "rows": [
-            {"preset": p, "metrics": {"bits_per_byte": v}, "tokens_per_s": 1000.0, "step": 10}
-            for p, v in task_rows.items()
-        ],
-        "baseline": {"name": "unigram", "bits_per_byte": 5.0},
-    }
-
-
-def test_crossover_table_names_the_winner_per_length(tmp_path):
-    by_length = {
-        1024: {"lstm": 2.5, "mamba": 2.4, "attention": 2.2, "swa": 2.3},
-        4096: {"lstm": 2.3, "mamba": 2.1, "attention": 2.2, "swa": 2.25},
-    }
-    for length, values in by_length.items():
-        (tmp_path / f"L{length}").mkdir()
-        (tmp_path / f"L{length}" / "comparison.json").write_text(json.dumps(_comparison(values)))
-    out = tmp_path / "cross"
-    done = _run(
-        "length_crossover.py",
-        "--noretrain",
-        f"--workdir={tmp_path}",
-        "--lengths=1024,4096",
-        "--presets=lstm,mamba,attention,swa",
-        f"--out={out}",
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    text = out.with_suffix(".md").read_text()
-    assert "| 1,024 | mamba 2.4000 | attention 2.2000 | no |" in text
-    assert "| 4,096 | mamba 2.1000 | attention 2.2000 | yes |" in text
-    missing = _run("length_crossover.py", "--noretrain", f"--workdir={tmp_path}", "--lengths=16384")
-    assert missing.returncode != 0 and "L16384/comparison.json is missing" in missing.stderr

@@ -20,7 +20,14 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
-__all__ = ["RandomAccessSource", "TrainBatches", "eval_batches", "stack_examples"]
+__all__ = [
+    "IndexedSource",
+    "RandomAccessSource",
+    "TrainBatches",
+    "eval_batches",
+    "spread_indices",
+    "stack_examples",
+]
 
 
 class RandomAccessSource(Protocol):
@@ -119,3 +126,32 @@ def eval_batches(
         valid = np.array([i < total for i in indices])
         examples = [source[min(i, total - 1)] for i in indices]
         yield {**stack_examples(examples), "valid": valid}
+
+
+def spread_indices(total: int, count: int | None) -> np.ndarray:
+    """`count` example indices spread evenly over a split of `total` (floor(j * total / count)), in
+    order; every index when `count` is None or not smaller. A fixed subset that still covers every part
+    of the split (every genome, document and time block), the same for every model evaluated on it.
+
+    >>> spread_indices(10, 4).tolist(), spread_indices(3, None).tolist()
+    ([0, 2, 5, 7], [0, 1, 2])
+    """
+    if count is None or count >= total:
+        return np.arange(total, dtype=np.int64)
+    if count < 1:
+        raise ValueError(f"spread_indices: count={count}; pass a positive number of examples or None.")
+    return (np.arange(count, dtype=np.int64) * total) // count
+
+
+class IndexedSource:
+    """The examples `indices` of `source`, as a random-access source of their own (`len`, `[i]`)."""
+
+    def __init__(self, source: RandomAccessSource, indices: np.ndarray) -> None:
+        self.source = source
+        self.indices = np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self.source[int(self.indices[index])]

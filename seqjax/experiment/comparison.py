@@ -6,11 +6,15 @@ intervals and the claims' paired differences (`summary.summarize_length`). The d
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from seqjax.data.pipeline import spread_indices
 from seqjax.experiment.clusters import example_clusters
 from seqjax.experiment.protocol import ProtocolSettings, run_comparison
 from seqjax.experiment.report import Claim
@@ -22,9 +26,11 @@ __all__ = ["BASELINE_FAMILIES", "compare_at_length", "task_baselines"]
 BASELINE_FAMILIES = ("genomic", "documents", "timeseries")
 
 
-def task_baselines(config: Any, split: str = "test") -> tuple[list[Any], Any]:
+def task_baselines(config: Any, split: str = "test", examples: int | None = None) -> tuple[list[Any], Any]:
     """(the data kind's baselines fit on train and scored on `split`, the cluster id of each `split`
-    example) for a task config; ([], None) for data without baselines (synthetic)."""
+    example) for a task config; ([], None) for data without baselines (synthetic). With `examples`, the
+    per-example values and clusters are those of the examples the models are evaluated on
+    (`pipeline.spread_indices`), except for document baselines, which score whole documents."""
     from seqjax.train.run_config import resolve
     from seqjax.train.trainer import build_sources, default_data_dir
 
@@ -37,7 +43,20 @@ def task_baselines(config: Any, split: str = "test") -> tuple[list[Any], Any]:
     module = importlib.import_module(f"seqjax.baselines.{kind}")
     results = module.evaluate_baselines(data, data_dir, split)
     clusters = example_clusters(build_sources(run.data, data_dir)[split])
+    if examples is not None and kind != "documents":
+        indices = spread_indices(len(clusters), examples)
+        results = [_subset(result, indices, len(clusters)) for result in results]
+        clusters = clusters[indices]
     return results, clusters
+
+
+def _subset(result: Any, indices: np.ndarray, total: int) -> Any:
+    """A `BaselineResult` with its per-example arrays cut to `indices` (its split metrics are kept; the
+    summary's estimate comes from the per-example values)."""
+    per_example = {k: np.asarray(v)[indices] if len(v) == total else v for k, v in result.per_example.items()}
+    return dataclasses.replace(
+        result, per_example=per_example, settings={**result.settings, "examples": len(indices)}
+    )
 
 
 def compare_at_length(
@@ -57,7 +76,9 @@ def compare_at_length(
     protocol's settings under "protocol"."""
     results = run_comparison(configs, settings, workdir, length=length, match_target=match_target, log=log)
     first = next(iter(configs.values()))
-    found, clusters = task_baselines(first) if baselines else ([], None)
+    found, clusters = (
+        task_baselines(first, examples=settings.evaluation_examples) if baselines else ([], None)
+    )
     summary = summarize_length(
         results,
         first.task,
@@ -74,6 +95,7 @@ def compare_at_length(
         "seeds": settings.seeds,
         "warmup_fraction": settings.warmup_fraction,
         "param_tolerance": settings.param_tolerance,
+        "evaluation_examples": settings.evaluation_examples,
         "batch_size": int(first.batch_size),
         "n_resamples": n_resamples,
     }

@@ -77,11 +77,16 @@ class ProtocolSettings:
     warmup_fraction: float = 0.05
     param_tolerance: float = 0.05
     log_points: int = 50  # train-loss records per run, for the learning curves
+    # Validation and test examples evaluated (spread evenly over each split, the same for every model
+    # and seed); None: the whole split.
+    evaluation_examples: int | None = None
 
     def __post_init__(self) -> None:
         check_positive_int("ProtocolSettings", "train_tokens", self.train_tokens)
         check_positive_int("ProtocolSettings", "seeds", self.seeds)
         check_positive_int("ProtocolSettings", "log_points", self.log_points)
+        if self.evaluation_examples is not None:
+            check_positive_int("ProtocolSettings", "evaluation_examples", self.evaluation_examples)
         if not self.learning_rates or any(not (lr > 0 and math.isfinite(lr)) for lr in self.learning_rates):
             raise ValueError(
                 f"ProtocolSettings: learning_rates={self.learning_rates!r}; give one or more positive rates, "
@@ -189,7 +194,13 @@ def _run_config(
 
 
 def run_predictions(
-    model: str, seed: int, length: int, task: str, per_example: Mapping[str, np.ndarray], source: Any
+    model: str,
+    seed: int,
+    length: int,
+    task: str,
+    per_example: Mapping[str, np.ndarray],
+    source: Any,
+    indices: np.ndarray | None = None,
 ) -> RunPredictions:
     """A run's per-example test outputs (`seqjax.train.evaluation.collect_split`) as `RunPredictions`:
 
@@ -197,8 +208,12 @@ def run_predictions(
     - forecast: predictions = forecasts [n, horizon, variables], targets = the truth, losses = MSE;
     - lm: predictions = the example's summed NLL in nats, targets = the bytes its targets stand for,
       losses = NLL per byte in bits (the headline metric is the ratio of sums, `bits_per_byte`).
+
+    `indices`: the examples of `source` that were evaluated, in order (default: all of them).
     """
     clusters = example_clusters(source)
+    indices = np.arange(len(clusters)) if indices is None else np.asarray(indices, np.int64)
+    clusters = clusters[indices]
     if task == "classification":
         logits = np.asarray(per_example["logits"], np.float64)
         labels = np.asarray(per_example["label"], np.int64)
@@ -223,7 +238,7 @@ def run_predictions(
             "evaluate the whole split (no eval_examples cap)."
         )
     return RunPredictions(
-        model, int(seed), int(length), np.arange(n), clusters, targets, predictions, losses.astype(np.float64)
+        model, int(seed), int(length), indices, clusters, targets, predictions, losses.astype(np.float64)
     )
 
 
@@ -281,13 +296,21 @@ def _train_once(
     run_config = _run_config(config, settings, lr, seed, tokens_per_batch)
     splits = ("validation", "test") if predictions_path is not None else ("validation",)
     started = time.perf_counter()
-    result = trainer.train(run_config, str(workdir), final_splits=splits)
+    result = trainer.train(
+        run_config, str(workdir), final_splits=splits, final_examples=settings.evaluation_examples
+    )
     final = result["final"]
     test = None
     if predictions_path is not None:
         test = final["test"]["metrics"]
         run = run_predictions(
-            model, seed, length, run_config.task, final["test"]["per_example"], final["test"]["source"]
+            model,
+            seed,
+            length,
+            run_config.task,
+            final["test"]["per_example"],
+            final["test"]["source"],
+            final["test"]["indices"],
         )
         write_predictions(predictions_path, run)
     tokens = int(result["step"]) * tokens_per_batch
@@ -320,8 +343,17 @@ def _test_from_checkpoint(
     run_config = _run_config(config, settings, record.learning_rate, record.seed, tokens_per_batch)
     with run_config.unlocked():
         run_config.eval_examples = None
-    out = trainer.evaluate(run_config, record.workdir, split="test", step="latest", per_example=True)
-    run = run_predictions(model, record.seed, length, run_config.task, out["per_example"], out["source"])
+    out = trainer.evaluate(
+        run_config,
+        record.workdir,
+        split="test",
+        step="latest",
+        per_example=True,
+        examples=settings.evaluation_examples,
+    )
+    run = run_predictions(
+        model, record.seed, length, run_config.task, out["per_example"], out["source"], out["indices"]
+    )
     write_predictions(predictions_path, run)
     updated = dataclasses.replace(record, test={k: float(v) for k, v in out["metrics"].items()})
     _atomic_json(Path(record.workdir) / "run.json", dataclasses.asdict(updated))

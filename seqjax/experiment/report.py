@@ -174,10 +174,17 @@ def paired_difference(
             return counts.argmax(0)
 
         test = statistics.mcnemar_exact(vote(values_a) == targets, vote(values_b) == targets)
-        out["paired_test"] = {"name": "McNemar exact (majority vote over seeds)", "p_value": test.p_value}
+        out["paired_test"] = {
+            "name": "McNemar exact (majority vote over seeds; assumes independent examples)",
+            "p_value": test.p_value,
+        }
     elif task == "forecast":
-        result = statistics.diebold_mariano(values_a.mean(0), values_b.mean(0))
-        out["paired_test"] = {"name": "Diebold-Mariano (HLN, seed-mean losses)", "p_value": result.p_value}
+        name = "Diebold-Mariano (HLN, seed-mean losses)"
+        try:
+            p_value = statistics.diebold_mariano(values_a.mean(0), values_b.mean(0)).p_value
+        except ValueError:  # identical losses: no variance to test against
+            p_value = float("nan")
+        out["paired_test"] = {"name": name, "p_value": p_value}
     return out
 
 

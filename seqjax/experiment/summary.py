@@ -7,8 +7,8 @@ plot can be redrawn from `*.json` without the predictions.
     ...        "parameters": 1000, "ratio": 1.0, "learning_rate": 1e-3, "tokens_per_s": 5e4,
     ...        "flops_per_token": 6e3, "train_seconds": 10.0, "steps": 100, "train_tokens": 819200,
     ...        "step_memory_bytes": 2**20, "validation": 0.81, "seeds": 5}
-    >>> print(model_table([row], "balanced_accuracy").splitlines()[2][:60])
-    | lstm | 0.8000 [0.7000, 0.9000] | 5 | 1,000 (1.000) | 1e-03 |
+    >>> model_table([row], "balanced_accuracy").splitlines()[2].split(" | ")[:5]
+    ['| lstm', '0.8000 [0.7000, 0.9000]', '5', '1,000 (1.000)', '1e-03']
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ def summarize_length(
                 "validation": float(np.mean([r.validation[metric] for r in seeds])),
                 "learning_rate": result.learning_rate,
                 "grid": {f"{r.learning_rate:g}": r.validation[metric] for r in result.grid},
+                # a rate at the end of the grid may be short of the best one: widen the grid there
+                "grid_edge": len(result.grid) > 1
+                and result.learning_rate
+                in (min(r.learning_rate for r in result.grid), max(r.learning_rate for r in result.grid)),
                 "parameters": seeds[0].num_params,
                 "ratio": result.matched["ratio"],
                 "override": result.matched["override"],
@@ -97,7 +101,7 @@ def summarize_length(
         baseline_rows.append(
             {
                 "model": b.name,
-                "estimate": float(b.metrics.get(metric, math.nan)),
+                "estimate": float(b.metrics.get(metric, math.nan)) if interval is None else interval.estimate,
                 "low": math.nan if interval is None else interval.low,
                 "high": math.nan if interval is None else interval.high,
                 "settings": {k: str(v) for k, v in b.settings.items()},
@@ -166,7 +170,7 @@ def model_table(rows: Sequence[Mapping[str, Any]], metric: str, confidence_level
                     f"{r['estimate']:.4f} [{r['low']:.4f}, {r['high']:.4f}]",
                     str(r["seeds"]),
                     f"{r['parameters']:,} ({r['ratio']:.3f})",
-                    f"{r['learning_rate']:.0e}",
+                    f"{r['learning_rate']:.0e}" + (" (edge)" if r.get("grid_edge") else ""),
                     f"{r['train_tokens']:,}",
                     str(r["steps"]),
                     f"{r['tokens_per_s']:,.0f}",

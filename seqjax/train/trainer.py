@@ -50,7 +50,7 @@ from jax.sharding import NamedSharding
 
 from seqjax import models
 from seqjax.common.xla import plan_bytes
-from seqjax.data.pipeline import TrainBatches, eval_batches
+from seqjax.data.pipeline import IndexedSource, TrainBatches, eval_batches, spread_indices
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
 from seqjax.train import run_config
@@ -261,14 +261,17 @@ def train(
     *,
     allow_config_change: Iterable[str] = (),
     final_splits: Iterable[str] = (),
+    final_examples: int | None = None,
 ) -> dict[str, Any]:
     """Trains as `config` says; returns the last step, state, train metrics and eval metrics, tokens/s
     (after the first, compiling step), peak memory and the parameter count.
 
     `final_splits` (e.g. ("validation", "test")): after the last step, the final parameters are evaluated
     on each whole split (no `eval_examples` cap), and the result has "final": {split: {"metrics",
-    "per_example", "source"}} with `evaluation.collect_split`'s per-example outputs. This evaluation is not
-    counted in any time of the result. Not done for a preempted run.
+    "per_example", "source", "indices"}} with `evaluation.collect_split`'s per-example outputs. With
+    `final_examples`, each split is evaluated on that many examples spread evenly over it
+    (`pipeline.spread_indices`; "indices" says which). This evaluation is not counted in any time of the
+    result. Not done for a preempted run.
 
     `workdir` is locked for the run (`WorkdirLockedError` if another run holds it). Resuming a run saved
     with another config is a `ConfigChangedError` unless every changed key is operational or named in
@@ -406,8 +409,9 @@ def train(
                 if name not in sources:
                     raise ValueError(f"train: final_splits names {name!r}; the splits are {sorted(sources)}.")
                 source = sources[name]
+                indices = spread_indices(len(source), final_examples)
                 split_batches = eval_batches(
-                    source,
+                    IndexedSource(source, indices),
                     config.eval_batch,
                     max_examples=None,
                     process_index=jax.process_index(),
@@ -425,6 +429,7 @@ def train(
                     "metrics": split_metrics(data, config.task, bytes_per_token=bytes_per_token),
                     "per_example": data,
                     "source": source,
+                    "indices": indices,
                 }
             return out
 
@@ -553,10 +558,12 @@ def evaluate(
     step: int | str = "best",
     *,
     per_example: bool = False,
+    examples: int | None = None,
 ) -> dict[str, Any]:
     """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
-    metrics on the whole `split`. Returns {"step", "split", "metrics"}; with `per_example`, also
-    "per_example" (`evaluation.collect_split`'s arrays) and "source" (the split's source)."""
+    metrics on the whole `split` (or, with `examples`, on that many spread evenly over it:
+    `pipeline.spread_indices`). Returns {"step", "split", "metrics"}; with `per_example`, also
+    "per_example" (`evaluation.collect_split`'s arrays), "source" (the split's source) and "indices"."""
     parts = setup(config)
     config = parts["config"]
     if split not in parts["sources"]:
@@ -583,8 +590,9 @@ def evaluate(
         parts["model"], config.task, parts["state_shardings"].params, parts["batch_shardings"]
     )
     source = parts["sources"][split]
+    indices = spread_indices(len(source), examples)
     batches = eval_batches(
-        source,
+        IndexedSource(source, indices),
         config.eval_batch,
         max_examples=config.eval_examples,
         process_index=jax.process_index(),
@@ -600,5 +608,5 @@ def evaluate(
     metrics = split_metrics(data, config.task, bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)))
     result = {"step": restored.step, "split": split, "metrics": metrics}
     if per_example:
-        result.update(per_example=data, source=source)
+        result.update(per_example=data, source=source, indices=indices)
     return result

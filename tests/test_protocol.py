@@ -1,0 +1,258 @@
+"""The experiment protocol (issue 15): budgets, the learning-rate choice, saved predictions with their
+clusters, intervals and paired differences from saved predictions, verdicts, and a smoke run of the
+length-crossover driver end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqjax.config import apply_overrides, load_config_file
+from seqjax.experiment import bits_per_byte, protocol, report
+from seqjax.experiment.clusters import example_clusters
+from seqjax.experiment.predictions import RunPredictions, read_predictions, write_predictions
+from seqjax.experiment.report import Claim, judge, metric_interval, paired_difference
+from seqjax.experiment.summary import best_by_family
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Budget: equal tokens, and a schedule that ends at the budget.
+
+
+def test_budget_steps_and_warmup():
+    settings = protocol.ProtocolSettings(train_tokens=10_000, warmup_fraction=0.1)
+    assert settings.total_steps(tokens_per_batch=1024) == 10  # ceil: the budget is spent, never cut short
+    assert settings.total_steps(tokens_per_batch=10_000) == 1
+    assert settings.warmup_steps(10) == 1 and settings.warmup_steps(100) == 10
+    with pytest.raises(ValueError, match="learning_rates"):
+        protocol.ProtocolSettings(train_tokens=10, learning_rates=())
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        protocol.ProtocolSettings(train_tokens=10, warmup_fraction=1.0)
+
+
+def test_run_config_has_cosine_ending_at_the_budget_and_no_time_limit():
+    from seqjax.train.optimizer import make_schedule
+    from seqjax.train.run_config import resolve
+
+    base = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    settings = protocol.ProtocolSettings(train_tokens=8 * 1024 * 40, warmup_fraction=0.05)
+    config = resolve(protocol._run_config(base, settings, 3e-3, seed=4, tokens_per_batch=8 * 1024))
+    assert config.total_steps == 40 and config.optimizer.total_steps == 40
+    assert config.max_train_seconds is None and config.seed == 4
+    schedule = make_schedule(3e-3, {**config.optimizer.__dict__})
+    assert float(schedule(config.optimizer.warmup_steps)) == pytest.approx(3e-3)
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)  # the decay ends exactly at the budget
+
+
+def test_learning_rate_is_chosen_on_validation():
+    def record(lr, validation, test):
+        return protocol.RunRecord(
+            "m", lr, 0, 1, 1, 1.0, 1.0, 0.0, 1.0, None, 1, 1, {"bpb": validation}, {"bpb": test}, "w"
+        )
+
+    grid = [record(1e-3, 2.0, 1.0), record(3e-3, 1.5, 9.0), record(1e-2, 1.5, 0.1)]
+    # lower is better: 3e-3 and 1e-2 tie on validation; the smaller rate wins; test values are ignored
+    assert protocol._choose(grid, "bpb", larger=False).learning_rate == 3e-3
+    assert protocol._choose(grid, "bpb", larger=True).learning_rate == 1e-3
+
+
+def test_analytic_flops_count_attention_context():
+    attention = load_config_file(ROOT / "configs/documents.py", "attention")
+    lstm = load_config_file(ROOT / "configs/documents.py", "lstm")
+    swa = load_config_file(ROOT / "configs/documents.py", "swa")
+    n = 1000
+    assert protocol.analytic_train_flops_per_token(lstm, n, 4096) == 6 * n
+    assert protocol.analytic_train_flops_per_token(attention, n, 4096) == 6 * n + 2 * 6 * 64 * 4096
+    window = int(swa.model.mixers["swa"]["window"])
+    assert protocol.analytic_train_flops_per_token(swa, n, 4096) == 6 * n + 2 * 6 * 64 * window
+
+
+def test_apply_overrides_names_a_missing_key():
+    config = load_config_file(ROOT / "configs/genomic.py", "lstm")
+    assert apply_overrides(config, ["batch_size=2", "optimizer.clip_norm=None"]).batch_size == 2
+    with pytest.raises(KeyError, match="no key 'batch_sise'"):
+        apply_overrides(config, ["batch_sise=2"])
+    with pytest.raises(ValueError, match=r"dotted\.key=value"):
+        apply_overrides(config, ["batch_size"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Saved predictions and their clusters.
+
+
+class _Documents:
+    """The attributes of a packed `DocumentSplit` that `example_clusters` reads."""
+
+    packing = "packed"
+    length = 4
+    document_ids = ("a", "b", "c")
+    _starts = np.array([0, 6, 7])
+    _positions = np.array([0, 1, 2, 3])
+    bytes_per_token = 2.0
+
+    def __len__(self):
+        return 4
+
+
+def test_clusters_and_lm_predictions():
+    source = _Documents()
+    # sequences start at stream positions 0, 4, 8, 12: documents a, a, c, c
+    assert example_clusters(source).tolist() == ["a", "a", "c", "c"]
+    per_example = {"nll": np.array([4.0, 2.0, 1.0, 1.0]) * np.log(2.0), "tokens": np.array([4, 4, 4, 2])}
+    run = protocol.run_predictions("lstm", 0, 4, "lm", per_example, source)
+    assert run.targets.tolist() == [8.0, 8.0, 8.0, 4.0]  # bytes = tokens x bytes per token
+    values = bits_per_byte(run.predictions, run.targets, np.ones((1, 4)))
+    assert values[0] == pytest.approx(8.0 / 28.0)  # total bits over total bytes, not a mean of ratios
+
+
+def test_classification_predictions_keep_logits_and_cross_entropy():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    per_example = {"logits": logits, "label": np.array([0, 0, 1])}
+    run = protocol.run_predictions("lstm", 1, 8, "classification", per_example, list(range(3)))
+    expected = -np.log(np.exp(logits[[0, 1, 2], [0, 0, 1]]) / np.exp(logits).sum(-1))
+    np.testing.assert_allclose(run.losses, expected)
+    assert run.cluster_ids.tolist() == [0, 1, 2]  # no cluster information: each example its own
+    with pytest.raises(ValueError, match="unknown task"):
+        protocol.run_predictions("lstm", 1, 8, "regression", per_example, list(range(3)))
+
+
+def _write_runs(folder: Path, model: str, correct: np.ndarray, seeds: int, rng: np.random.Generator):
+    """Seeds of a classifier that is right where `correct` is True (up to a little seed noise)."""
+    labels = np.arange(len(correct)) % 2
+    paths = []
+    for seed in range(seeds):
+        flips = rng.random(len(correct)) < 0.02
+        right = correct ^ flips
+        predicted = np.where(right, labels, 1 - labels)
+        logits = np.eye(2)[predicted].astype(np.float32)
+        clusters = np.arange(len(correct)) // 10
+        run = RunPredictions(
+            model, seed, 64, np.arange(len(correct)), clusters, labels, logits, np.ones(len(correct))
+        )
+        paths.append(str(write_predictions(folder / model / f"seed{seed}.npz", run)))
+    return paths
+
+
+def test_paired_difference_and_verdicts_from_saved_predictions(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 400
+    strong = _write_runs(tmp_path, "lstm", rng.random(n) < 0.9, 5, rng)
+    weak = _write_runs(tmp_path, "attention", rng.random(n) < 0.6, 5, rng)
+    also_weak = _write_runs(tmp_path, "swa", rng.random(n) < 0.6, 5, rng)
+    assert read_predictions(strong[0]).model == "lstm"
+    interval = metric_interval(strong, "classification", n_resamples=300)
+    assert interval.low < interval.estimate < interval.high and interval.n_clusters == n // 10
+    claim = Claim("recurrent beats attention", "recurrent", "attention")
+    better = paired_difference(strong, weak, "classification", n_resamples=300)
+    assert better["low"] > 0 and better["p_value"] < 0.01 and "McNemar" in better["paired_test"]["name"]
+    worse = paired_difference(weak, strong, "classification", n_resamples=300)
+    tied = paired_difference(weak, also_weak, "classification", n_resamples=300)
+    assert tied["low"] < 0 < tied["high"]
+    assert judge(claim, {1024: better, 4096: better}, larger_is_better=True)["verdict"] == "supported"
+    assert judge(claim, {1024: worse, 4096: worse}, larger_is_better=True)["verdict"] == "contradicted"
+    assert judge(claim, {1024: better, 4096: worse}, larger_is_better=True)["verdict"] == "depends"
+    assert judge(claim, {1024: better, 4096: tied}, larger_is_better=True)["verdict"] == "inconclusive"
+    # lower-is-better metrics flip the claimed direction
+    assert judge(claim, {1024: worse}, larger_is_better=False)["verdict"] == "supported"
+    holm = judge(claim, {1024: better, 4096: tied}, larger_is_better=True)["per_key"]
+    assert holm["1024"]["holm_p"] <= holm["4096"]["holm_p"] <= 1.0
+
+
+def test_bootstrap_p_value_is_two_sided():
+    assert report._p_value(np.array([1.0, 2.0, 3.0])) == 0.0
+    assert report._p_value(np.array([-1.0, 1.0])) == 1.0
+    assert report._p_value(np.array([-1.0, 1.0, 2.0, 3.0])) == pytest.approx(0.5)
+
+
+def test_best_of_each_family_is_chosen_on_validation():
+    def result(name, validation, test):
+        record = protocol.RunRecord(
+            name, 1e-3, 0, 1, 1, 1.0, 1.0, 0.0, 1.0, None, 1, 1, {"acc": validation}, {"acc": test}, "w"
+        )
+        return protocol.ModelResult(name, [record], 1e-3, [record], [], 1.0, {})
+
+    results = {
+        "lstm": result("lstm", 0.6, 0.9),
+        "mamba": result("mamba", 0.7, 0.1),
+        "attention": result("attention", 0.5, 0.5),
+    }
+    assert best_by_family(results, "acc", larger=True) == {"recurrent": "mamba", "attention": "attention"}
+    assert report.family_of("longformer") == "attention" and report.family_of("elstm") == "recurrent"
+
+
+def test_forecast_difference_reports_diebold_mariano(tmp_path):
+    rng = np.random.default_rng(1)
+    paths = {}
+    for model, scale in (("lstm", 1.0), ("attention", 1.5)):
+        paths[model] = []
+        for seed in range(3):
+            truth = np.zeros((60, 4, 2), np.float32)
+            forecast = truth + scale * rng.standard_normal(truth.shape).astype(np.float32)
+            losses = np.mean(forecast.astype(np.float64) ** 2, axis=(1, 2))
+            run = RunPredictions(model, seed, 32, np.arange(60), np.arange(60) // 6, truth, forecast, losses)
+            paths[model].append(str(write_predictions(tmp_path / model / f"{seed}.npz", run)))
+    out = paired_difference(paths["lstm"], paths["attention"], "forecast", n_resamples=300)
+    assert out["high"] < 0 and "Diebold" in out["paired_test"]["name"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The driver end to end at smoke size: trains, saves predictions, tabulates, judges, plots, resumes.
+
+
+def _crossover(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    args = [
+        sys.executable,
+        str(ROOT / "experiments" / "length_crossover.py"),
+        "--size=smoke",
+        "--config=configs/genomic.py",
+        "--options=task=species",
+        "--presets=lstm,attention",
+        "--lengths=512,1024",
+        "--tokens_per_batch=2048",
+        "--claim_from=1024",
+        "--resamples=200",
+        "--evaluation_examples=64",
+        f"--workdir={tmp_path / 'runs'}",
+        f"--out={tmp_path / 'out'}",
+        *extra,
+    ]
+    return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_length_crossover_smoke_run_and_resume(tmp_path):
+    done = _crossover(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert results["verdict"]["verdict"] in ("supported", "contradicted", "depends", "inconclusive")
+    assert list(results["verdict"]["per_key"]) == ["1024"]  # the claim covers L >= --claim_from only
+    for summary in results["summaries"]:
+        assert summary["confidence_level"] == pytest.approx(1 - 0.05 / 2)  # Bonferroni over 2 lengths
+        assert [r["model"] for r in summary["models"]] == ["lstm", "attention"]
+        for row in summary["models"]:
+            assert row["seeds"] == 2 and row["low"] <= row["estimate"] <= row["high"]
+            assert abs(row["ratio"] - 1) <= 0.05 and row["train_tokens"] == 4096 and row["steps"] == 2
+            for path in row["predictions"]:
+                run = read_predictions(path)  # 64 test examples spread evenly over the split
+                assert run.n_examples == 64 and run.example_ids[-1] > 200
+                assert np.all(np.diff(run.example_ids) > 0)
+        names = [b["model"] for b in summary["baselines"]]
+        assert "GC content + logistic regression" in names and any("6-mer" in n for n in names)
+    text = (tmp_path / "out.md").read_text()
+    assert "## Verdict: recurrent beats attention (lengths >= 1,024)" in text
+    for suffix in ("_metric.png", "_cost.png", "_curves_L512.png"):
+        assert (tmp_path / f"out{suffix}").stat().st_size > 1000
+    # A second run over the same workdir trains nothing and reproduces the numbers.
+    again = _crossover(tmp_path, "--noretrain")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "seed=" not in again.stdout  # no run logged: every record was read back
+    rerun = json.loads((tmp_path / "out.json").read_text())
+    assert rerun["summaries"][0]["models"] == results["summaries"][0]["models"]
