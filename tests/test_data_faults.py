@@ -117,6 +117,19 @@ def test_a_damaged_or_unmanifested_entry_is_fetched_again(
     assert sum(1 for p in root.rglob("*.txt")) == 30
 
 
+def test_a_package_with_links_to_folders_and_files_is_described(tmp_path: pathlib.Path) -> None:
+    # python3.11-doc links usr/share/devhelp/books/python3.11 to a folder: hashing it as a file failed.
+    root = _package_tree(tmp_path / "package", 3)
+    (root / "folder-link").symlink_to("docs")
+    (root / "file-link").symlink_to(next(root.rglob("*.txt")))
+    (root / "dangling").symlink_to("missing")
+    described = sources._describe(root)
+    assert described["files"] == 6
+    (root / "folder-link").unlink()
+    (root / "folder-link").symlink_to("docs/d00")
+    assert sources._describe(root)["sha256"] != described["sha256"]  # the link's target is part of it
+
+
 # ----------------------------------------------------------------------------------------------------
 # sha256 pins
 

@@ -268,6 +268,8 @@ def _describe(entry: pathlib.Path) -> dict[str, object]:
     for file in files:
         if file.is_symlink() and not file.exists():
             file_hash = "dangling-link:" + os.readlink(file)
+        elif file.is_symlink() and file.is_dir():  # a package's link to a folder (rglob does not enter it)
+            file_hash = "folder-link:" + os.readlink(file)
         else:
             file_hash = file_sha256(file)
         digest.update(f"{file.relative_to(entry).as_posix()}\0{file_hash}\n".encode())
