@@ -256,3 +256,45 @@ def test_length_crossover_smoke_run_and_resume(tmp_path):
     assert "seed=" not in again.stdout  # no run logged: every record was read back
     rerun = json.loads((tmp_path / "out.json").read_text())
     assert rerun["summaries"][0]["models"] == results["summaries"][0]["models"]
+
+
+def test_train_examples_subsets_only_the_train_split():
+    from seqjax.train import trainer
+
+    config = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    whole = trainer.setup(config)["sources"]
+    config = apply_overrides(config, ["train_examples=16"])
+    parts = trainer.setup(config)["sources"]
+    assert len(parts["train"]) == 16 and len(parts["test"]) == len(whole["test"])
+    # spread over the whole split: the last example comes from its end, not from its first 16
+    assert parts["train"].indices[-1] > len(whole["train"]) * 0.9
+    np.testing.assert_array_equal(
+        parts["train"][3]["inputs"], whole["train"][int(parts["train"].indices[3])]["inputs"]
+    )
+
+
+def test_main_job_smoke_run_says_when_a_baseline_solves_the_task(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    args = [
+        sys.executable,
+        str(ROOT / "scripts" / "compare.py"),
+        "--presets=lstm,attention",
+        "--options=task=species,length=512",
+        "--train_tokens=8192",
+        "--learning_rates=3e-3",
+        "--seeds=2",
+        "--evaluation_examples=48",
+        "--resamples=200",
+        f"--workdir={tmp_path / 'runs'}",
+        f"--out={tmp_path / 'main'}",
+    ]
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "main.json").read_text())
+    assert summary["verdicts"][0]["verdict"] in ("supported", "contradicted", "inconclusive")
+    assert [r["model"] for r in summary["models"]] == ["lstm", "attention"]
+    text = (tmp_path / "main.md").read_text()
+    assert "6-mer frequencies + logistic regression" in text and "verdict (recurrent beats attention)" in text
+    # two training steps learn nothing, while k-mer composition solves the species task
+    assert "is better than every model, with intervals apart" in text
+    assert (tmp_path / "main_metric.png").stat().st_size > 1000

@@ -192,6 +192,9 @@ class RunConfig:
     seed: int = 0
     eval_batch_size: int | None = dataclasses.field(default=None, metadata=_at_least(1))  # None: batch_size
     eval_examples: int | None = dataclasses.field(default=None, metadata=_at_least(1))  # None: whole split
+    # Train on this many examples spread evenly over the train split (None: all), for learning curves;
+    # validation and test stay whole (data.max_examples_per_split caps every split).
+    train_examples: int | None = dataclasses.field(default=None, metadata=_at_least(1))
     tbptt_length: int | None = dataclasses.field(default=None, metadata=_at_least(1))  # LM only; None: BPTT
     # "batch": one update per batch (chunk gradients summed); "chunk": one per chunk (the optimizer's count
     # and LR schedule then advance per chunk, while `step` still counts batches)

@@ -186,6 +186,12 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
     rules = mesh_lib.rules_from_config(config.logical_rules, mesh)
     batch_size = config.batch_size
     sources = build_sources(config.data, config.data_dir)
+    if config.train_examples is not None:  # a learning-curve point: a fixed subset spread over the split
+        train = sources["train"]
+        sources = {
+            **sources,
+            "train": IndexedSource(train, spread_indices(len(train), config.train_examples)),
+        }
     first = {k: np.asarray(v) for k, v in sources["train"][0].items()}
     backbone, head = _fit_to_data(config, first)
     model = models.build_task_model(config.task, backbone, head)
