@@ -253,3 +253,28 @@ def test_resume_with_another_config_lists_the_keys(trained, tmp_path):
 
     result = train(_config(total=12), workdir, allow_config_change=["total_steps"])
     assert result["step"] == 12 and _steps(workdir) == [8, 12]
+
+
+def test_a_run_saved_before_a_config_key_existed_resumes(trained, tmp_path):
+    """A checkpoint written by an older seqjax lacks keys added since: they take their defaults on resume,
+    and only a non-default value counts as a change."""
+    workdir = _copy(trained, tmp_path)
+    step_dir = os.path.join(workdir, "checkpoints", "8")
+    path = os.path.join(step_dir, "config", "metadata")
+    with open(path) as f:
+        saved = json.load(f)
+    del saved["train_examples"]  # added after this run was saved
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    checksums_path = os.path.join(step_dir, "checksums", "metadata")
+    with open(checksums_path) as f:
+        checksums = json.load(f)
+    checksums["config"] = hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()
+    with open(checksums_path, "w") as f:
+        json.dump(checksums, f)
+    subset = _config(total=12)
+    subset.train_examples = 4
+    with pytest.raises(ConfigChangedError, match=r"train_examples: None \(saved\) -> 4"):
+        train(subset, workdir, allow_config_change=["total_steps"])
+    result = train(_config(total=12), workdir, allow_config_change=["total_steps"])
+    assert result["step"] == 12

@@ -261,6 +261,15 @@ def _check_data_position(restored: Restored) -> None:
         )
 
 
+def _with_defaults(saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A saved config with the keys a newer seqjax added filled in with their defaults, so a run saved
+    before a key existed resumes as long as the key keeps its default (else the raw saved config)."""
+    try:
+        return resolve(ml_collections.ConfigDict(dict(saved))).to_dict()
+    except Exception:  # a key removed or renamed since: compare the raw configs, which names it
+        return saved
+
+
 def train(
     config: RunConfig | ml_collections.ConfigDict,
     workdir: str,
@@ -334,7 +343,7 @@ def train(
         saved = ckpt.saved_config()
         if saved is not None:  # compared before restoring: another model's arrays would not restore at all
             changes = workdir_lib.check_resume_config(
-                saved[1],
+                _with_defaults(saved[1]),
                 config.to_dict(),
                 allow=allow_config_change,
                 where=f"{workdir} (checkpoint step {saved[0]})",
