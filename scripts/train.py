@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -55,6 +56,20 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training loop (imports, data preparation, set-up): inside it, the loop's own
+        # handler saves the step and returns. Data sets and checkpoints publish atomically, so nothing
+        # half-written is left; a short message replaces the traceback.
+        print(
+            f"interrupted outside the training loop; what {FLAGS.workdir} holds is what was saved before.",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+
+
+def _main(argv: list[str]) -> None:
     del argv
     import jax  # after flag parsing, so platform/collective settings from the environment apply
 

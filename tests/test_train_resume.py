@@ -4,6 +4,7 @@ overrides and names unknown keys."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -167,3 +168,39 @@ def test_unknown_config_key_is_named(tmp_path):
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "optimiser" in proc.stderr + proc.stdout
+
+
+def test_ctrl_c_during_set_up_is_a_message_not_a_traceback(tmp_path):
+    """Before: Ctrl-C while the data set was being prepared printed a KeyboardInterrupt traceback. The test
+    holds the data set's preparation lock, so the run waits inside set-up when SIGINT arrives."""
+    from seqjax.data.genomic.builder import builder_name
+    from seqjax.data.genomic.catalog import resolve_config
+    from seqjax.data.preparation import preparation_lock, route_dir
+
+    data_dir = tmp_path / "data"
+    config = resolve_config({"kind": "genomic", "task": "species", "length": 512, "route": "sample"})
+    lock = route_dir(data_dir, "sample") / f".{builder_name(config)}.lock"
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "train.py"),
+        "--config=" + os.path.join(ROOT, "configs", "genomic.py") + ":lstm,task=species,length=512",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data_dir={data_dir}",
+    ]
+    with preparation_lock(lock):
+        env = {**os.environ, "PYTHONPATH": ROOT}
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        os.set_blocking(proc.stdout.fileno(), False)
+        deadline = time.time() + 120
+        output = ""
+        while "Waiting for another process" not in output:  # logged once the run blocks on the lock
+            assert proc.poll() is None and time.time() < deadline, output[-3000:]
+            time.sleep(0.5)
+            with contextlib.suppress(BlockingIOError):
+                output += os.read(proc.stdout.fileno(), 1 << 16).decode(errors="replace")
+        os.set_blocking(proc.stdout.fileno(), True)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    output += rest
+    assert proc.returncode == 130, output[-3000:]
+    assert "interrupted outside the training loop" in output and "Traceback" not in output, output[-3000:]
