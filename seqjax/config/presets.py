@@ -31,13 +31,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "swa": {"cell": "sliding_window_attention", "window": 256},
     "s4d": {"cell": "s4d", "state_size": 64},
     "performer": {"cell": "performer"},
-    # Encoders: they read future tokens, so they serve classification only (see ENCODER_PRESETS).
+    # Encoders: they read future tokens, so they serve classification (Linformer also forecasting; see
+    # ENCODER_PRESETS and FORECASTING_ENCODER_PRESETS).
     "bilstm": {"cell": "lstm", "bidirectional": True},
     "encoder": {"cell": "attention", "causal": False},
     # Longformer's window 512 at its base size; one global token (the first: a classification token).
     "longformer": {"cell": "longformer", "window": 256, "num_global": 1},
     # Linformer at the paper's k = 256 with key-value sharing (one k x n matrix per layer, the cheapest
-    # of the paper's sharing modes); n is the task's length (`preset_mixer`).
+    # of the paper's sharing modes); n is the task's length (`preset_mixer`). E grows with n: at the CPU
+    # size it holds most of the model's parameters (docs/cells.md).
     "linformer": {"cell": "linformer", "k": 256, "sharing": "key_value"},
 }
 #: Presets whose every output reads later tokens: refused for language modelling, and for forecasting
