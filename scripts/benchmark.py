@@ -20,6 +20,11 @@ Implementations per cell family:
   attention: seqjax `attention(method="blockwise")` (baseline), the materialised reference,
          jax.nn.dot_product_attention (XLA), and blockwise with a sliding window (--window); causal,
          one head of width --hidden: `--cells=attention --out=benchmarks/attention_{platform}.md`.
+  linformer: whole cells (projections included), --heads x --head_dim on inputs of width --hidden, no
+         positional encoding: exact bidirectional `Attention(causal=False)` (baseline; the engine's
+         "auto" method), the same with the materialised engine (method="naive"), and `Linformer` with
+         k = --linformer_k, built for n = the row's length:
+         `--cells=linformer --out=benchmarks/linformer_{platform}.md`.
 Peers are included with --peers (the default); torch rows only when `import torch` works.
 
 Results are printed as they come and written as markdown to --out (default
@@ -66,7 +71,7 @@ except Exception:  # torch is optional; its absence only drops the torch rows.
 
 FLAGS = flags.FLAGS
 
-FAMILIES = ("lstm", "gru", "elstm", "scan", "selective", "ssm", "linear_attention", "attention")
+FAMILIES = ("lstm", "gru", "elstm", "scan", "selective", "ssm", "linear_attention", "attention", "linformer")
 flags.DEFINE_list("cells", ["lstm", "gru", "elstm"], f"Cell families to benchmark: {', '.join(FAMILIES)}.")
 flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "Sequence lengths (tokens), comma-separated ints.")
 flags.DEFINE_integer("batch", 8, "Batch size.")
@@ -100,6 +105,7 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "block_k", None, "Key block of the attention family's blockwise rows (None: the default)."
 )
+flags.DEFINE_integer("linformer_k", 256, "Projected length k of the linformer family's Linformer row.")
 flags.DEFINE_boolean("step_mode", True, "Also time `step` (one token, jitted) for the cells of each family.")
 
 FAMILY_TITLES = {
@@ -111,7 +117,10 @@ FAMILY_TITLES = {
     "ssm": "SSM cells (width = hidden, state = --state)",
     "linear_attention": "Linear-attention cells and the matrix-state engine",
     "attention": "Exact causal softmax attention: q, k, v [batch, L, 1 head, --hidden]",
+    "linformer": "Exact bidirectional attention vs Linformer: cells of --heads x --head_dim, n = L",
 }
+#: How to read a family's `vs seqjax` column when its baseline is not a seqjax-vs-peer comparison.
+RATIO_MEANING = {"linformer": "(< 1: faster than exact attention)."}
 MIB = 2**20
 # Fine enough to see a buffer that lives for one matmul at 1k tokens, coarse enough that the sampler's
 # own CPU use (a /proc read) stays well under 1% of one core.
@@ -240,6 +249,15 @@ def seqjax_workload(cell: cells.Cell) -> Callable[[int], tuple[Callable[..., jax
             return jnp.sum(ys**2)
 
         return loss, (params, _inputs(length))
+
+    return build
+
+
+def cell_workload(make_cell: Callable[[int], cells.Cell]) -> Callable[[int], Any]:
+    """`seqjax_workload` for a cell that depends on the length (Linformer is built for n = L)."""
+
+    def build(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+        return seqjax_workload(make_cell(length))(length)
 
     return build
 
@@ -560,8 +578,30 @@ def implementations(families: list[str], peers: bool) -> list[Impl]:
                     ),
                 )
             )
+        elif family == "linformer":
+            impls += linformer_implementations(peers)
         else:
             raise app.UsageError(f"--cells: unknown family {family!r}; choose from {', '.join(FAMILIES)}.")
+    return impls
+
+
+def linformer_implementations(peers: bool) -> list[Impl]:
+    """Exact bidirectional attention (the baseline) and Linformer, as whole cells built for each length."""
+    shape = dict(num_heads=FLAGS.heads, head_dim=FLAGS.head_dim, positional="none")
+    k = FLAGS.linformer_k
+
+    def exact(method: str) -> Callable[[int], Any]:
+        return cell_workload(lambda n: cells.Attention(causal=False, max_length=n, method=method, **shape))
+
+    def linformer(sharing: str) -> Callable[[int], Any]:
+        return cell_workload(lambda n: cells.Linformer(max_length=n, k=min(k, n), sharing=sharing, **shape))
+
+    family = "linformer"
+    impls = [Impl(family, "exact attention (Attention, causal=False)", "jax", exact("auto"), True)]
+    if peers:
+        impls.append(Impl(family, "exact attention, materialised (method=naive)", "jax", exact("naive")))
+    for sharing in ("headwise", "key_value"):
+        impls.append(Impl(family, f"Linformer k={k}, sharing={sharing}", "jax", linformer(sharing)))
     return impls
 
 
@@ -769,7 +809,7 @@ def render(
             f"## {FAMILY_TITLES[family]}",
             "",
             f"`vs seqjax` = median time / median time of `{baseline.name}` at the same length "
-            "(> 1: seqjax is faster).",
+            + RATIO_MEANING.get(family, "(> 1: seqjax is faster)."),
             "",
             "| length | implementation | median s | min–max s | vs seqjax | XLA peak MiB | Δ peak RSS MiB "
             "| compile s | other load |",

@@ -36,6 +36,12 @@ CELL_CASES = [
     ),
     # no step (an encoder): the contract runs its apply-only checks
     ("longformer-gqa", cells.Longformer(num_heads=4, head_dim=2, num_kv_heads=2, window=4, num_global=2)),
+    # no step (an encoder); n = 64 holds the float64 test's 64 tokens, k < n so the projection compresses
+    ("linformer-gqa", cells.Linformer(num_heads=4, head_dim=2, num_kv_heads=2, max_length=64, k=8)),
+    (
+        "linformer-none-rotary",
+        cells.Linformer(num_heads=2, head_dim=4, max_length=64, k=8, sharing="none", positional="rotary"),
+    ),
 ]
 CELL_IDS = [name for name, _ in CELL_CASES]
 CELLS = [cell for _, cell in CELL_CASES]

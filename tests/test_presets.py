@@ -1,5 +1,6 @@
-"""The model presets of issue 15: each builds through `configs/genomic.py:<preset>` and trains a few steps
-on the embedded real sample; encoder presets are refused by next-token and forecasting configs."""
+"""The model presets of issues 15 and 16: each builds through `configs/genomic.py:<preset>` and trains a few
+steps on the embedded real sample; encoder presets are refused by next-token configs, and by forecasting
+configs unless they serve forecasting (Linformer)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ import pytest
 
 from configs import documents, genomic, timeseries
 from seqjax import cells
-from seqjax.config import ENCODER_PRESETS, PRESETS
+from seqjax.config import ENCODER_PRESETS, FORECASTING_ENCODER_PRESETS, PRESETS
 from seqjax.models.config import BackboneConfig
 from seqjax.train.trainer import train
 
 sys.dont_write_bytecode = True
 
-NEW_PRESETS = ["elstm", "s4d", "performer", "linear_attention", "bilstm", "encoder", "longformer"]
+NEW_PRESETS = [
+    "elstm",
+    "s4d",
+    "performer",
+    "linear_attention",
+    "bilstm",
+    "encoder",
+    "longformer",
+    "linformer",
+]
 
 
 def _tiny(config, data_dir: str):
@@ -47,6 +57,9 @@ def test_preset_trains_on_genomic_classification(preset, data_dir, tmp_path):
     config = genomic.get_config(f"{preset},length=32")
     if preset == "longformer":
         config.model.mixers.longformer.window = 8  # shorter than the sequence, so the window matters
+    if preset == "linformer":
+        assert config.model.mixers.linformer.max_length == 32  # n is the task's length
+        config.model.mixers.linformer.k = 8  # shorter than the sequence, so the projection compresses
     result = train(_tiny(config, data_dir), str(tmp_path / "run"))
     assert result["step"] == 2
     assert np.isfinite(result["eval"]["balanced_accuracy"])
@@ -58,6 +71,7 @@ def test_presets_build_the_cells_they_name():
     assert isinstance(built["bilstm"].forward, cells.LSTM)
     assert isinstance(built["encoder"], cells.Attention) and not built["encoder"].causal
     assert isinstance(built["longformer"], cells.Longformer) and built["longformer"].num_global == 1
+    assert isinstance(built["linformer"], cells.Linformer) and built["linformer"].max_length == 32
     assert isinstance(built["s4d"], cells.S4D)
     assert isinstance(built["performer"], cells.Performer)
     assert isinstance(built["elstm"], cells.ELSTM)
@@ -72,11 +86,29 @@ def _first_cell(preset: str) -> cells.Cell:
     return BackboneConfig.from_dict(config.model.to_dict()).layer_cells()[0]
 
 
-@pytest.mark.parametrize("preset", sorted(ENCODER_PRESETS))
-@pytest.mark.parametrize("config_module", [documents, timeseries], ids=["lm", "forecasting"])
+REFUSED = [(preset, documents) for preset in sorted(ENCODER_PRESETS)] + [
+    (preset, timeseries) for preset in sorted(ENCODER_PRESETS - FORECASTING_ENCODER_PRESETS)
+]
+
+
+@pytest.mark.parametrize(
+    "preset, config_module",
+    REFUSED,
+    ids=[f"{'lm' if module is documents else 'forecasting'}-{preset}" for preset, module in REFUSED],
+)
 def test_causal_tasks_refuse_encoder_presets(preset, config_module):
     with pytest.raises(ValueError, match=f"preset '{preset}' is a bidirectional encoder.*classification"):
         config_module.get_config(preset)
+
+
+def test_linformer_trains_on_forecasting(data_dir, tmp_path):
+    """The forecaster reads the look-back window's last token once; its targets lie after the window."""
+    config = timeseries.get_config("linformer,lookback=32,horizon=4")
+    assert config.model.mixers.linformer.max_length == 32
+    config.model.mixers.linformer.k = 8
+    result = train(_tiny(config, data_dir), str(tmp_path / "run"))
+    assert result["step"] == 2
+    assert np.isfinite(result["eval"]["mse"])
 
 
 def test_every_preset_is_documented_in_the_readme():

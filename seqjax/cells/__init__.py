@@ -23,6 +23,7 @@ from seqjax.cells.linear_attention import (
     LinearAttentionState,
     Performer,
 )
+from seqjax.cells.linformer import Linformer, LinformerState
 from seqjax.cells.longformer import Longformer, LongformerState
 from seqjax.cells.lstm import LSTM, LSTMState
 from seqjax.cells.mamba import Mamba, MambaState
@@ -47,6 +48,8 @@ __all__ = [
     "LSTMState",
     "LinearAttention",
     "LinearAttentionState",
+    "Linformer",
+    "LinformerState",
     "Longformer",
     "LongformerState",
     "Mamba",

@@ -2,8 +2,9 @@
 
 Two bases:
 - `Cell`: what every sequence cell offers (`init`, `initial_state`, `step`, `apply`, `param_axes`,
-  `param_groups`, `input_size_of`, `output_size`, and `step_unsupported`, which says whether `step`
-  exists and, when it does not, why). The model layer types and queries cells through it.
+  `param_groups`, `input_size_of`, `output_size`, `step_unsupported`, which says whether `step`
+  exists and, when it does not, why, and `causal_unsupported`, which says why a cell can never be
+  causal). The model layer types and queries cells through it.
 - `RecurrentCell(Cell)`: cells that split one token's work in two:
   - `project_inputs(params, x)`: everything that depends on the input only (input projections, biases).
     It is applied to a whole sequence at once, outside the time loop.
@@ -181,6 +182,20 @@ class Cell(abc.ABC):
                 f"{self._label} with reverse=True runs right to left, so it cannot stream tokens left to "
                 f"right"
             )
+        return None
+
+    def causal_unsupported(self) -> str | None:
+        """Why this cell can never be causal, whatever its settings, or None.
+
+        A language model refuses a cell that gives a reason (`seqjax.models.LanguageModel`): its
+        outputs would read the tokens they predict. Cells that are bidirectional only by a setting
+        (causal=False, reverse=True, the `Bidirectional` wrapper) return None here and say so in
+        `step_unsupported`; Linformer, whose sequence projection mixes all positions, gives a reason.
+
+        >>> from seqjax.cells import GRU
+        >>> GRU(hidden_size=4).causal_unsupported() is None
+        True
+        """
         return None
 
     # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,14 @@ A layer above `seqjax.train` (it builds the trainer's config) and below `configs
 
 from seqjax.config.args import apply_overrides, parse_arg
 from seqjax.config.files import load_config_file
-from seqjax.config.presets import ENCODER_PRESETS, PRESETS, SIZES, check_preset_task, preset_mixer
+from seqjax.config.presets import (
+    ENCODER_PRESETS,
+    FORECASTING_ENCODER_PRESETS,
+    PRESETS,
+    SIZES,
+    check_preset_task,
+    preset_mixer,
+)
 from seqjax.config.rules import LOGICAL_RULES
 from seqjax.config.sections import (
     add_run_sections,
@@ -29,6 +36,7 @@ from seqjax.config.sections import (
 
 __all__ = [
     "ENCODER_PRESETS",
+    "FORECASTING_ENCODER_PRESETS",
     "LOGICAL_RULES",
     "PRESETS",
     "SIZES",

@@ -25,7 +25,7 @@ from seqjax.models.encoders import DNAEncoder, LinearEncoder, TokenEmbedding
 from seqjax.models.heads import gather_time, last_valid_index
 from seqjax.models.layer import step_error
 
-__all__ = ["Backbone", "Cache", "check_streamable"]
+__all__ = ["Backbone", "Cache", "check_causal", "check_streamable"]
 
 #: per-layer cell states, in layer order.
 Cache = tuple[State, ...]
@@ -45,6 +45,26 @@ def check_streamable(config: BackboneConfig, owner: str = "model") -> None:
             raise TypeError(
                 f"{owner} cannot run in step mode: layer {i} (blocks_{i}, mixer {name!r}) uses {problem}. "
                 f"Use the whole-sequence forward pass, or a left-to-right cell in that layer."
+            )
+
+
+def check_causal(config: BackboneConfig, owner: str = "model") -> None:
+    """Raises ValueError naming the first layer whose cell can never be causal (its
+    `causal_unsupported` gives a reason): a next-token model built on it would read the tokens it
+    predicts. Cells that are bidirectional by a setting are not refused here (see `check_streamable`).
+
+    >>> config = BackboneConfig(d_model=8, num_layers=1, vocab_size=11, pattern=("linformer",))
+    >>> check_causal(config, "LanguageModel")
+    Traceback (most recent call last):
+    ...
+    ValueError: LanguageModel predicts each token from the tokens before it, but layer 0 ... be causal; ...
+    """
+    for i, (name, cell) in enumerate(zip(config.layer_mixers(), config.layer_cells(), strict=True)):
+        problem = cell.causal_unsupported()
+        if problem is not None:
+            raise ValueError(
+                f"{owner} predicts each token from the tokens before it, but layer {i} (blocks_{i}, mixer "
+                f"{name!r}) uses {type(cell).__name__}: {problem}."
             )
 
 

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.models.backbone import Backbone, Cache, check_streamable
+from seqjax.models.backbone import Backbone, Cache, check_causal, check_streamable
 from seqjax.models.block import dense
 from seqjax.models.config import BackboneConfig
 from seqjax.models.heads import ClassificationHead, ForecastHead, RevIN, gather_time, last_valid_index, pool
@@ -63,11 +63,19 @@ class _StepMixin:
 class LanguageModel(_StepMixin, nn.Module):
     """Backbone + next-token head. `tie_embeddings` reuses the embedding table as the output map.
 
-    `vocab_size` of the output is `config.vocab_size` (16 for the DNA encoder's id vocabulary).
+    `vocab_size` of the output is `config.vocab_size` (16 for the DNA encoder's id vocabulary). A layer
+    whose cell can never be causal (`Cell.causal_unsupported`, e.g. Linformer) is refused when the
+    model is built.
     """
 
     config: BackboneConfig
     tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        # At construction, not at `init`: a cell that can never be causal (Linformer) is a config error.
+        if isinstance(self.config, BackboneConfig):
+            check_causal(self.config, type(self).__name__)
+        super().__post_init__()
 
     def setup(self) -> None:
         c = self.config
