@@ -64,7 +64,7 @@ HEADLINE: dict[str, tuple[str, bool]] = {
 
 #: Cells whose every query attends a window of positions (softmax attention): the attended positions
 #: add 6 * layers * positions * d_model FLOPs per token to a train step (Kaplan et al. 2020, eq. 2.2).
-_ATTENTION_CELLS = ("attention", "sliding_window_attention", "longformer")
+_ATTENTION_CELLS = ("attention", "sliding_window_attention", "longformer", "linformer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +141,7 @@ class ModelResult:
 def analytic_train_flops_per_token(config: Any, num_params: int, length: int) -> float:
     """Approximate train-step FLOPs per token: 6 x parameters (forward and backward matmuls) plus, for
     softmax-attention layers, 6 x d_model x the positions each query attends (L for exact attention, the
-    window for sliding-window and Longformer layers). Elementwise recurrences are not counted.
+    window for sliding-window and Longformer layers, k for Linformer). Elementwise recurrences are not counted.
 
     >>> from seqjax.config import load_config_file
     >>> config = load_config_file("configs/documents.py", "attention")
@@ -158,7 +158,7 @@ def analytic_train_flops_per_token(config: Any, num_params: int, length: int) ->
         cell = mixer["cell"]
         if cell not in _ATTENTION_CELLS:
             continue
-        window = mixer.get("window")
+        window = mixer.get("k") if cell == "linformer" else mixer.get("window")  # Linformer: k projected rows
         attended = length if window is None else min(int(window), length)
         attended += int(mixer.get("num_global", 0) or 0)
         attention += 6.0 * int(model.d_model) * attended
