@@ -141,7 +141,8 @@ class ModelResult:
 def analytic_train_flops_per_token(config: Any, num_params: int, length: int) -> float:
     """Approximate train-step FLOPs per token: 6 x parameters (forward and backward matmuls) plus, for
     softmax-attention layers, 6 x d_model x the positions each query attends (L for exact attention, the
-    window for sliding-window and Longformer layers, k for Linformer). Elementwise recurrences are not counted.
+    window for sliding-window and Longformer layers, k for Linformer). Elementwise recurrences are not
+    counted.
 
     >>> from seqjax.config import load_config_file
     >>> config = load_config_file("configs/documents.py", "attention")
