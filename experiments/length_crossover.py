@@ -151,6 +151,16 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> None:
+    from seqjax.experiment.protocol import RunInterrupted
+
+    try:
+        _main(argv)
+    except RunInterrupted as stopped:  # SIGTERM/SIGINT: finished runs are kept, the next call resumes
+        print(f"stopped: {stopped}", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main(argv: list[str]) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
     import jax

@@ -145,6 +145,16 @@ def markdown(summary: dict, command: str) -> str:
 
 
 def main(argv: list[str]) -> None:
+    from seqjax.experiment.protocol import RunInterrupted
+
+    try:
+        _main(argv)
+    except RunInterrupted as stopped:  # SIGTERM/SIGINT: finished runs are kept, the next call resumes
+        print(f"stopped: {stopped}", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main(argv: list[str]) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every dataset load at INFO
     import jax

@@ -298,3 +298,21 @@ def test_main_job_smoke_run_says_when_a_baseline_solves_the_task(tmp_path):
     # two training steps learn nothing, while k-mer composition solves the species task
     assert "is better than every model, with intervals apart" in text
     assert (tmp_path / "main_metric.png").stat().st_size > 1000
+
+
+def test_a_run_stopped_by_a_signal_stops_the_experiment_unrecorded(tmp_path, monkeypatch):
+    from seqjax.train import trainer
+
+    seen = []
+
+    def stopped(config, workdir, **kwargs):
+        seen.append(workdir)
+        return {"preempted": True, "step": 3}
+
+    monkeypatch.setattr(trainer, "train", stopped)
+    base = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    settings = protocol.ProtocolSettings(train_tokens=8 * 1024 * 10)
+    folder = tmp_path / "lstm" / "lr0.001" / "seed0"
+    with pytest.raises(protocol.RunInterrupted, match="resumes"):
+        protocol._train_once("lstm", base, settings, 1e-3, 0, 8 * 1024, folder, 1024, None, print)
+    assert seen == [str(folder)] and not (folder / "run.json").exists()

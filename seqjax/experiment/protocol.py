@@ -18,7 +18,8 @@ For one task at one sequence length, `run_comparison` does, for every model conf
    (`seqjax.experiment.clusters`), so every statistic can be recomputed without retraining.
 
 Every finished run writes `run.json` in its folder; a rerun over the same `workdir` reads it instead of
-training again, so an interrupted experiment resumes where it stopped. (Change anything about the run
+training again, and a run stopped by SIGTERM/SIGINT (`RunInterrupted`) resumes from its checkpoint, so an
+interrupted experiment continues where it stopped. (Change anything about the run
 and use a fresh `workdir`: a finished run is matched by its folder name, not by its config.)
 
     >>> settings = ProtocolSettings(train_tokens=8192 * 100, learning_rates=(1e-3, 3e-3), seeds=5)
@@ -32,7 +33,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,6 +49,7 @@ __all__ = [
     "HEADLINE",
     "ModelResult",
     "ProtocolSettings",
+    "RunInterrupted",
     "RunRecord",
     "analytic_train_flops_per_token",
     "run_comparison",
@@ -65,6 +66,10 @@ HEADLINE: dict[str, tuple[str, bool]] = {
 #: Cells whose every query attends a window of positions (softmax attention): the attended positions
 #: add 6 * layers * positions * d_model FLOPs per token to a train step (Kaplan et al. 2020, eq. 2.2).
 _ATTENTION_CELLS = ("attention", "sliding_window_attention", "longformer", "linformer")
+
+
+class RunInterrupted(RuntimeError):
+    """A run stopped by SIGTERM/SIGINT before its budget: the experiment stops; finished runs are kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,15 +296,20 @@ def _train_once(
     done = workdir / "run.json"
     if done.exists() and (predictions_path is None or predictions_path.exists()):
         return RunRecord(**json.loads(done.read_text()))
-    if workdir.exists():
-        shutil.rmtree(workdir)  # an unfinished run: start it again from scratch
-    workdir.mkdir(parents=True)
+    # An unfinished run (stopped by a signal) resumes from its checkpoint, as the trainer resumes any run;
+    # its record then times only the part after the resume.
+    workdir.mkdir(parents=True, exist_ok=True)
     run_config = _run_config(config, settings, lr, seed, tokens_per_batch)
     splits = ("validation", "test") if predictions_path is not None else ("validation",)
     started = time.perf_counter()
     result = trainer.train(
         run_config, str(workdir), final_splits=splits, final_examples=settings.evaluation_examples
     )
+    if result["preempted"]:  # SIGTERM/SIGINT: the trainer saved its step; this run is not finished
+        raise RunInterrupted(
+            f"{model} lr={lr:g} seed={seed} stopped by a signal at step {result['step']}, saved in "
+            f"{workdir}. Run the same command again: finished runs are read back and this one resumes."
+        )
     final = result["final"]
     test = None
     if predictions_path is not None:
