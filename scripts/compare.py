@@ -145,13 +145,9 @@ def markdown(summary: dict, command: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from seqjax.experiment.protocol import RunInterrupted
+    from seqjax.experiment.protocol import exit_when_interrupted
 
-    try:
-        _main(argv)
-    except RunInterrupted as stopped:  # SIGTERM/SIGINT: finished runs are kept, the next call resumes
-        print(f"stopped: {stopped}", file=sys.stderr)
-        sys.exit(130)
+    exit_when_interrupted(_main, argv)  # SIGTERM/SIGINT: finished runs are kept, the next call resumes
 
 
 def _main(argv: list[str]) -> None:

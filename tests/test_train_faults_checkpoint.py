@@ -138,14 +138,15 @@ def _steps(workdir: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
-def _rewrite_data_state(step_dir: str, data_state: dict) -> None:
-    """Writes `data_state` with a matching checksum, as a buggy writer would have saved it."""
-    with open(os.path.join(step_dir, "data_state", "metadata"), "w") as f:
+def _rewrite_data_state(step_dir: str, data_state: dict, item: str = "data_state") -> None:
+    """Writes `data_state` (or another JSON `item` of the step, e.g. "config") with a matching checksum,
+    as a buggy or older writer would have saved it."""
+    with open(os.path.join(step_dir, item, "metadata"), "w") as f:
         json.dump(data_state, f)
     path = os.path.join(step_dir, "checksums", "metadata")
     with open(path) as f:
         checksums = json.load(f)
-    checksums["data_state"] = hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()
+    checksums[item] = hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()
     with open(path, "w") as f:
         json.dump(checksums, f)
 
@@ -264,14 +265,7 @@ def test_a_run_saved_before_a_config_key_existed_resumes(trained, tmp_path):
     with open(path) as f:
         saved = json.load(f)
     del saved["train_examples"]  # added after this run was saved
-    with open(path, "w") as f:
-        json.dump(saved, f)
-    checksums_path = os.path.join(step_dir, "checksums", "metadata")
-    with open(checksums_path) as f:
-        checksums = json.load(f)
-    checksums["config"] = hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()
-    with open(checksums_path, "w") as f:
-        json.dump(checksums, f)
+    _rewrite_data_state(step_dir, saved, item="config")
     subset = _config(total=12)
     subset.train_examples = 4
     with pytest.raises(ConfigChangedError, match=r"train_examples: None \(saved\) -> 4"):

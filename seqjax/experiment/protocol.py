@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
     "RunInterrupted",
     "RunRecord",
     "analytic_train_flops_per_token",
+    "exit_when_interrupted",
     "run_comparison",
     "run_predictions",
 ]
@@ -70,6 +72,15 @@ _ATTENTION_CELLS = ("attention", "sliding_window_attention", "longformer", "linf
 
 class RunInterrupted(RuntimeError):
     """A run stopped by SIGTERM/SIGINT before its budget: the experiment stops; finished runs are kept."""
+
+
+def exit_when_interrupted(main: Callable[[list[str]], None], argv: list[str]) -> None:
+    """Runs a driver's `main(argv)`; a `RunInterrupted` becomes a one-line message and exit status 130."""
+    try:
+        main(argv)
+    except RunInterrupted as stopped:
+        print(f"stopped: {stopped}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 @dataclasses.dataclass(frozen=True)
