@@ -15,12 +15,6 @@ for cells whose state has a fixed size).
 - Evaluation: `make_stream_eval_fn` and `evaluate_stream` score the split as contiguous lanes with the
   state carried across segments; the metrics are those of the per-sequence evaluation, over the same
   targets.
-
-    >>> from seqjax import cells
-    >>> carried_state_problem(cells.LSTM(hidden_size=4)) is None
-    True
-    >>> print(carried_state_problem(cells.Attention(num_heads=1, head_dim=4)))  # doctest: +ELLIPSIS
-    keeps every token of the segment in its state (a KV cache of max_length=2048 slots)...
 """
 
 from __future__ import annotations
@@ -63,7 +57,14 @@ STREAM_DATA_KINDS = ("documents",)
 
 def carried_state_problem(cell: Cell) -> str | None:
     """Why `cell`'s state cannot be carried from one segment to the next, or None when it can: the state
-    must run left to right and have a fixed size (see the module docstring)."""
+    must run left to right and have a fixed size (see the module docstring).
+
+    >>> from seqjax import cells
+    >>> carried_state_problem(cells.SlidingWindowAttention(num_heads=1, head_dim=4, window=8)) is None
+    True
+    >>> print(carried_state_problem(cells.Attention(num_heads=1, head_dim=4)))  # doctest: +ELLIPSIS
+    keeps every token of the segment in its state (a KV cache of max_length=2048 slots)...
+    """
     streaming = cell.step_unsupported(streaming=True)
     if streaming is not None:
         return f"cannot carry a state from one segment to the next: {streaming}"
@@ -131,7 +132,13 @@ def check_segment_recurrence(run: RunConfig) -> None:
 # --------------------------------------------------------------------------------------------------
 def carry_shardings(abstract_carry: Any, mesh: Mesh, rules: LogicalRules) -> Any:
     """Each leaf [batch, ...] placed like the batch: its first axis on the "batch" logical axis (left
-    replicated when the mesh axes do not divide it), the rest replicated."""
+    replicated when the mesh axes do not divide it), the rest replicated.
+
+    >>> mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    >>> carry = (jax.ShapeDtypeStruct((8, 16), np.float32),)
+    >>> tuple(carry_shardings(carry, mesh, (("batch", "data"),))[0].spec)
+    ('data', None)
+    """
 
     def place(leaf: Any) -> NamedSharding:
         if not leaf.shape:
