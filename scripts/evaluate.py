@@ -3,10 +3,16 @@
     python scripts/evaluate.py --workdir=/tmp/run                       # best (else latest) step, test split
     python scripts/evaluate.py --workdir=/tmp/run --split=validation --step=latest
     python scripts/evaluate.py --workdir=/tmp/run --config=configs/genomic.py:lstm --config.eval_examples=512
+    python scripts/evaluate.py --workdir=/tmp/docs --carried_state    # LM: lanes with the state carried
 
 Without --config it uses the config saved with the checkpoint. Metrics: accuracy, balanced accuracy,
 MCC and AUROC (classification); MSE and MAE on the normalised scale (forecasting); bits per byte and
 perplexity (language modeling). `--output` writes them as JSON too.
+
+`--carried_state` (a language model on documents): the split is read as `eval_batch_size` contiguous
+lanes, in segments of the config's length, with every layer's state carried from one segment to the next
+(segment recurrence), instead of every sequence from the initial state; same metrics over the same
+targets, the whole split (no --max_examples). See docs/training.md, "Segment recurrence".
 """
 
 from __future__ import annotations
@@ -24,6 +30,12 @@ flags.DEFINE_string("split", "test", "validation or test (synthetic data: valida
 flags.DEFINE_string("step", "best", "'best' (by checkpoint.best_metric), 'latest', or a step number.")
 flags.DEFINE_integer("max_examples", None, "Cap on the split's examples; default: the whole split.")
 flags.DEFINE_string("output", None, "Also write the result as JSON here.")
+flags.DEFINE_bool(
+    "carried_state",
+    False,
+    "LM on a token stream: read the split as contiguous lanes with every layer's state carried across "
+    "segments, instead of each sequence from the initial state.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -37,17 +49,24 @@ def main(argv: list[str]) -> None:
         tfds.disable_progress_bar()  # one-off preparation bars would bury the training log
     from seqjax.train.trainer import evaluate, load_config
 
+    if FLAGS.carried_state and FLAGS.max_examples is not None:
+        raise app.UsageError("--carried_state reads the whole split as lanes; leave out --max_examples.")
     config = FLAGS.config if FLAGS.config is not None else load_config(FLAGS.workdir)
     with config.unlocked():
         config.eval_examples = FLAGS.max_examples  # the whole split, not the training run's eval cap
-    result = evaluate(config, FLAGS.workdir, split=FLAGS.split, step=FLAGS.step)
+    result = evaluate(
+        config, FLAGS.workdir, split=FLAGS.split, step=FLAGS.step, carried_state=FLAGS.carried_state
+    )
+    mode = " (carried state)" if FLAGS.carried_state else ""
     print(
-        f"step {result['step']} {result['split']}: "
+        f"step {result['step']} {result['split']}{mode}: "
         + " ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     )
     if FLAGS.output:
+        written = {k: v for k, v in result.items() if k != "per_lane"}  # arrays: not JSON
+        written["carried_state"] = FLAGS.carried_state
         with open(FLAGS.output, "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump(written, f, indent=1)
 
 
 if __name__ == "__main__":

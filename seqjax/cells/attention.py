@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -374,6 +374,8 @@ class Attention(_SoftmaxAttention):
     """
 
     max_length: int = 2048
+    # The KV cache keeps every token of the segment (up to max_length): carried across batches it fills.
+    state_grows_with_sequence: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

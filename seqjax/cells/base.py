@@ -95,6 +95,9 @@ class Cell(abc.ABC):
 
     #: registry name, set by `seqjax.cells.register`.
     name: ClassVar[str] = "cell"
+    #: Whether the state holds every token seen (a KV cache that fills up: `Attention`) rather than a
+    #: fixed summary, so it cannot be carried along an unbounded stream (segment recurrence refuses it).
+    state_grows_with_sequence: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -9,7 +9,9 @@ evaluation.
 most the devices there are, `mesh.shape` fitting them, every `mesh.axes` name one that
 `logical_rules` shards over), the batch sizes (`batch_size` and the eval batch divide over the
 data-parallel mesh axes and the processes), a real data kind's own options (its module's
-`resolve_config`) and `checkpoint.best_metric` (one of the task's eval metrics, `seqjax.data.metrics`).
+`resolve_config`), `checkpoint.best_metric` (one of the task's eval metrics, `seqjax.data.metrics`) and
+`segment_recurrence` (an LM on a token stream whose every layer's state can be carried:
+`seqjax.train.segments.check_segment_recurrence`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from seqjax.data import metrics as metrics_lib
 from seqjax.train.mesh import resolve_mesh_shape
 from seqjax.train.run_config import ConfigError, RunConfig
+from seqjax.train.segments import check_segment_recurrence
 
 __all__ = ["check_before_work", "data_parallel_size", "eval_metric_names"]
 
@@ -125,6 +128,7 @@ def check_before_work(run: RunConfig, devices: Sequence[Any], process_count: int
     )
     _check_batch(eval_key, run.eval_batch, data_parallel, process_count)
     options = _data_options(run)
+    check_segment_recurrence(run)
     metric = run.checkpoint.best_metric
     if metric is not None:
         horizon = run.head.get("horizon") or options.get("horizon")

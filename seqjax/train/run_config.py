@@ -199,6 +199,10 @@ class RunConfig:
     # "batch": one update per batch (chunk gradients summed); "chunk": one per chunk (the optimizer's count
     # and LR schedule then advance per chunk, while `step` still counts batches)
     tbptt_updates: str = dataclasses.field(default="batch", metadata=_choices(TBPTT_UPDATES))
+    # LM on a token stream (data.kind "documents"): batches are consecutive segments of contiguous lanes
+    # and every layer's state is carried from one batch to the next, the gradient stopped between them
+    # (stateful truncated BPTT; `seqjax.train.segments`, docs/training.md "Segment recurrence")
+    segment_recurrence: bool = False
     # a budget of training-step time (compiling and evaluation excluded): eval, save and stop when spent
     max_train_seconds: float | None = dataclasses.field(default=None, metadata=_above(0))
     # The step guard's bound on every parameter's |value| (None: finite only). Healthy runs stay well

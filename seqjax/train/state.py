@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqjax.train.mesh import LogicalRules, spec_for
 
-__all__ = ["TrainState", "init_train_state", "state_shardings"]
+__all__ = ["CarriedTrainState", "TrainState", "init_train_state", "state_shardings"]
 
 
 @flax.struct.dataclass
@@ -31,6 +31,19 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # uint32 [2] key data: dropout keys are folded from it and the step
+
+
+@flax.struct.dataclass
+class CarriedTrainState(TrainState):
+    """A `TrainState` plus every layer's state carried from one batch to the next (segment recurrence).
+
+    `carry` is the language model's cache (one cell state per layer, each leaf [batch_size, ...]) after
+    the last batch; it is checkpointed with the rest of the state and sharded like the batch
+    (`seqjax.train.segments`). A separate class, so that runs without segment recurrence keep the
+    checkpoint layout they always had.
+    """
+
+    carry: Any
 
 
 def _param_shardings(abstract_boxed: Any, mesh: Mesh, rules: LogicalRules) -> Any:

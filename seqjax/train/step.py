@@ -12,6 +12,11 @@ A step whose loss or gradient is not finite, or whose updated parameters are not
 unchanged) and reports `finite = False` (and `param_max_abs`, the largest |parameter| the update would
 have produced); the loop stops on it and names the step. With `tbptt_updates="chunk"` the guard is per
 chunk: a failing chunk applies no update, the others do.
+
+Segment recurrence (`make_train_step(segment_recurrence=True)`, LM only): the state is a
+`CarriedTrainState`, whose `carry` (every layer's state after the previous batch) the step runs the model
+from; it returns the state after this batch as the new `carry`. The gradient stops at the batch boundary
+(`stop_gradient` on the carry), so a step's memory is that of one batch whatever the stream's length.
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from seqjax.train.state import TrainState, dropout_key
+from seqjax.train.state import CarriedTrainState, TrainState, dropout_key
 
 __all__ = [
     "LOSSES",
     "TBPTT_UPDATES",
     "Batch",
     "forward",
+    "forward_from",
     "make_train_step",
     "token_losses",
     "truncated_bptt_chunk_updates",
@@ -89,6 +95,35 @@ def forward(
     return model.apply({"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs, **kwargs)
 
 
+def forward_from(
+    model: nn.Module, params: Any, batch: Batch, cache: Any, *, deterministic: bool, rng: jax.Array | None
+) -> tuple[jax.Array, Any]:
+    """An LM's (logits, cache after the batch), run from every layer's state `cache` (None: initial)."""
+    kwargs = {k: batch[k] for k in ("mask", "resets") if k in batch}
+    rngs = None if rng is None else {"dropout": rng}
+    return model.apply(
+        {"params": params},
+        batch["inputs"],
+        cache,
+        method="forward",
+        deterministic=deterministic,
+        rngs=rngs,
+        **kwargs,
+    )
+
+
+def _carry_in(state: TrainState) -> Any:
+    """The carried state the batch starts from (None: each row from the initial state). No gradient
+    crosses the batch boundary."""
+    return jax.lax.stop_gradient(state.carry) if isinstance(state, CarriedTrainState) else None
+
+
+def _carry_out(cache: Any, previous: Any) -> Any:
+    """The state after the batch, as the next batch's carry: no gradient, the carry's own dtypes (a
+    bfloat16 model may return lower-precision states; the checkpointed carry keeps one layout)."""
+    return jax.tree.map(lambda new, old: jax.lax.stop_gradient(new).astype(old.dtype), cache, previous)
+
+
 #: Batch keys laid out [B, L, ...] along the sequence, which truncated BPTT cuts into chunks.
 _PER_TOKEN_KEYS = ("inputs", "targets", "weights", "mask", "resets")
 #: `tbptt_updates`: one optimizer update per batch (gradients summed over chunks) or one per chunk.
@@ -115,32 +150,38 @@ def _chunk_sums(
     model: nn.Module, params: Any, piece: Batch, cache: Any, key: jax.Array | None
 ) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
     """One chunk from `cache`: (weighted NLL sum, (cache after it, weight sum, weighted correct sum))."""
-    kwargs = {k: piece[k] for k in ("mask", "resets") if k in piece}
-    logits, new_cache = model.apply(
-        {"params": params},
-        piece["inputs"],
-        cache,
-        method="forward",
-        deterministic=key is None,
-        rngs=None if key is None else {"dropout": key},
-        **kwargs,
-    )
+    logits, new_cache = forward_from(model, params, piece, cache, deterministic=key is None, rng=key)
     nll, weight, correct = token_losses(logits, piece)
     return (nll * weight).sum(), (new_cache, weight.sum(), (correct * weight).sum())
 
 
 def truncated_bptt_grads(
-    model: nn.Module, params: Any, batch: Batch, chunk: int, rng: jax.Array | None
+    model: nn.Module,
+    params: Any,
+    batch: Batch,
+    chunk: int,
+    rng: jax.Array | None,
+    cache: Any = None,
 ) -> tuple[Any, Metrics]:
     """Gradients of the LM loss by truncated BPTT over chunks of `chunk` tokens.
 
     The forward pass carries every cell's state across chunks, so the loss equals the full-sequence
     loss; the backward pass stops at each chunk boundary (`stop_gradient` on the carried state), so
     activation memory is one chunk's, whatever the sequence length. Gradients are summed over chunks
-    (one optimizer update per batch); with `chunk` = the full length this is ordinary BPTT.
+    (one optimizer update per batch); with `chunk` = the full length this is ordinary BPTT. The first
+    chunk starts from `cache` (every layer's state; None: the initial states).
     """
+    grads, metrics, _ = _truncated_bptt(model, params, batch, chunk, rng, cache)
+    return grads, metrics
+
+
+def _truncated_bptt(
+    model: nn.Module, params: Any, batch: Batch, chunk: int, rng: jax.Array | None, cache: Any
+) -> tuple[Any, Metrics, Any]:
+    """`truncated_bptt_grads`, also returning every layer's state after the last chunk."""
     count, chunks = _split_chunks(batch, chunk)
-    cache = model.initial_cache((batch["inputs"].shape[0],))
+    if cache is None:
+        cache = model.initial_cache((batch["inputs"].shape[0],))
     rngs = None if rng is None else jax.random.split(rng, count)
 
     def body(carry: Any, xs: Any) -> Any:
@@ -153,11 +194,11 @@ def truncated_bptt_grads(
         return (cache, grads, sums + jnp.stack([nll, weight, correct])), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (_, grads, sums), _ = jax.lax.scan(body, (cache, zeros, jnp.zeros(3)), (chunks, rngs))
+    (cache, grads, sums), _ = jax.lax.scan(body, (cache, zeros, jnp.zeros(3)), (chunks, rngs))
     total = jnp.maximum(sums[1], 1.0)
     grads = jax.tree.map(lambda g: g / total, grads)
     loss = sums[0] / total
-    return grads, {"loss": loss, "accuracy": sums[2] / total, "tokens": sums[1]}
+    return grads, {"loss": loss, "accuracy": sums[2] / total, "tokens": sums[1]}, cache
 
 
 def _param_max_abs(params: Any) -> jax.Array:
@@ -191,9 +232,13 @@ def truncated_bptt_chunk_updates(
     Metrics: loss, accuracy and tokens over the whole batch (token-weighted, each chunk scored with the
     parameters it was trained from); `grad_norm` is the mean over chunks of each chunk's gradient norm;
     `finite` is False if any chunk was not finite.
+
+    A `CarriedTrainState` (segment recurrence) starts the first chunk from its `carry` and returns the
+    state after the last chunk as the new `carry`.
     """
     count, chunks = _split_chunks(batch, chunk)
-    cache = model.initial_cache((batch["inputs"].shape[0],))
+    carried = _carry_in(state)
+    cache = model.initial_cache((batch["inputs"].shape[0],)) if carried is None else carried
     keys = jax.random.split(dropout_key(state), count)
 
     def body(carry: Any, xs: Any) -> Any:
@@ -216,17 +261,17 @@ def truncated_bptt_chunk_updates(
         )
         return (params, opt_state, cache), (jnp.stack([nll, weight, correct]), grad_norm, finite, largest)
 
-    (params, opt_state, _), (sums, grad_norms, finite, largest) = jax.lax.scan(
+    (params, opt_state, cache), (sums, grad_norms, finite, largest) = jax.lax.scan(
         body, (state.params, state.opt_state, cache), (chunks, keys)
     )
     sums = sums.sum(0)
     total = jnp.maximum(sums[1], 1.0)
-    new_state = TrainState(
-        step=state.step + jnp.any(finite).astype(state.step.dtype),
-        params=params,
-        opt_state=opt_state,
-        rng=state.rng,
+    # `replace` keeps the state's class: a CarriedTrainState stays one.
+    new_state = state.replace(
+        step=state.step + jnp.any(finite).astype(state.step.dtype), params=params, opt_state=opt_state
     )
+    if carried is not None:
+        new_state = new_state.replace(carry=_carry_out(cache, state.carry))
     metrics = {
         "loss": sums[0] / total,
         "accuracy": sums[2] / total,
@@ -248,6 +293,7 @@ def make_train_step(
     tbptt_length: int | None = None,
     tbptt_updates: str = "batch",
     max_param_abs: float | None = None,
+    segment_recurrence: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; the old state is donated.
 
@@ -256,6 +302,10 @@ def make_train_step(
     applies an optimizer update after every chunk (`truncated_bptt_chunk_updates`). An update that would
     leave a parameter non-finite or above `max_param_abs` in absolute value is not applied (`finite`
     is False).
+
+    `segment_recurrence` (LM only; `state_shardings` a `CarriedTrainState`): the batch runs from the
+    state's `carry` (truncated BPTT's first chunk too), and the state after the batch, gradient stopped,
+    is the new `carry`.
     """
     if tbptt_updates not in TBPTT_UPDATES:
         raise ValueError(f"tbptt_updates must be one of {list(TBPTT_UPDATES)}, got {tbptt_updates!r}.")
@@ -266,20 +316,37 @@ def make_train_step(
         )
     if tbptt_length is not None and loss_fn is not lm_loss:
         raise ValueError("tbptt_length: truncated BPTT is implemented for the LM task only.")
+    if segment_recurrence and loss_fn is not lm_loss:
+        raise ValueError(
+            "segment_recurrence: a state carried across batches is implemented for the LM task only."
+        )
+    if segment_recurrence != isinstance(state_shardings, CarriedTrainState):
+        raise ValueError(
+            f"segment_recurrence={segment_recurrence} needs the state to be a "
+            f"{'CarriedTrainState' if segment_recurrence else 'TrainState without a carry'}, got "
+            f"{type(state_shardings).__name__} shardings."
+        )
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         if tbptt_updates == "chunk":
             return truncated_bptt_chunk_updates(model, tx, state, batch, int(tbptt_length), max_param_abs)
+        carried = _carry_in(state)
 
-        def loss_of(params: Any) -> tuple[jax.Array, Metrics]:
-            outputs = forward(model, params, batch, deterministic=False, rng=dropout_key(state))
-            return loss_fn(outputs, batch)
+        def loss_of(params: Any) -> tuple[jax.Array, tuple[Metrics, Any]]:
+            """(loss, (metrics, every layer's state after the batch: None without a carry))."""
+            key = dropout_key(state)
+            if carried is None:
+                outputs, cache = forward(model, params, batch, deterministic=False, rng=key), None
+            else:
+                outputs, cache = forward_from(model, params, batch, carried, deterministic=False, rng=key)
+            loss, metrics = loss_fn(outputs, batch)
+            return loss, (metrics, cache)
 
         if tbptt_length is None:
-            (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+            (loss, (metrics, cache)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         else:
-            grads, metrics = truncated_bptt_grads(
-                model, state.params, batch, int(tbptt_length), dropout_key(state)
+            grads, metrics, cache = _truncated_bptt(
+                model, state.params, batch, int(tbptt_length), dropout_key(state), carried
             )
             loss = metrics.pop("loss")
         grad_norm = optax.tree.norm(grads)
@@ -287,7 +354,9 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         largest = _param_max_abs(params)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _params_ok(largest, max_param_abs)
-        updated = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
+        updated = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        if carried is not None:
+            updated = updated.replace(carry=_carry_out(cache, state.carry))
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
         metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "finite": finite}
         return new_state, {**metrics, "param_max_abs": largest}

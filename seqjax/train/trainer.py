@@ -28,6 +28,9 @@
 
 Data: batch `i` is elements [i·B, (i+1)·B) of a grain-shuffled, repeated stream over the training split
 (`seqjax.data.pipeline.TrainBatches`); each process builds its own rows, and the iterator state is `i`.
+With `config.segment_recurrence` (LM on documents), batch `i` is segment `i` of B contiguous lanes of the
+split's token stream (`seqjax.data.stream.StreamBatches`), and every layer's state is carried from one
+step to the next in the train state (`seqjax.train.segments`), checkpointed with it.
 """
 
 from __future__ import annotations
@@ -51,9 +54,10 @@ from jax.sharding import NamedSharding
 from seqjax import models
 from seqjax.common.xla import plan_bytes
 from seqjax.data.pipeline import IndexedSource, TrainBatches, eval_batches, spread_indices
+from seqjax.data.stream import StreamBatches, stream_eval_batches
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
-from seqjax.train import run_config
+from seqjax.train import run_config, segments
 from seqjax.train import workdir as workdir_lib
 from seqjax.train.checkpoint import CheckpointError, Checkpoints, Restored
 from seqjax.train.evaluation import collect_split, evaluate_split, make_eval_fn, split_metrics
@@ -70,6 +74,7 @@ __all__ = [
     "NonFiniteLossError",
     "build_sources",
     "evaluate",
+    "evaluate_carried",
     "load_config",
     "setup",
     "train",
@@ -205,6 +210,8 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
 
     batch_shardings = {k: sharding_for(v.ndim + 1) for k, v in first.items()}
     abstract, shardings = state_shardings(model, tx, example, mesh, rules)
+    if config.segment_recurrence:  # the carried state is part of the train state, and of its checkpoints
+        abstract, shardings = segments.with_carry(abstract, shardings, model, batch_size, mesh, rules)
     return {
         "config": config,
         "mesh": mesh,
@@ -218,6 +225,22 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
         "state_shardings": shardings,
         "tokens_per_example": int(inputs.shape[0]),
     }
+
+
+def _train_batches(config: RunConfig, source: Any, length: int, start: int) -> TrainBatches | StreamBatches:
+    """The training batches from `start`: shuffled examples, or with segment recurrence the contiguous
+    lanes of the split's stream (`config.data.shuffled` then shifts the lanes by a seeded offset each
+    epoch)."""
+    common = {
+        "seed": config.seed,
+        "shuffle": config.data.shuffled,
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "start": start,
+    }
+    if config.segment_recurrence:
+        return StreamBatches(source, config.batch_size, length, **common)
+    return TrainBatches(source, config.batch_size, **common)
 
 
 def run_eval(
@@ -320,7 +343,7 @@ def train(
         raise
     # The async checkpointer, the batch prefetch thread and the TensorBoard writer are closed on every
     # way out of the loop, an exception included.
-    batches: TrainBatches | None = None
+    batches: TrainBatches | StreamBatches | None = None
     summary = None
     closed = False
 
@@ -355,20 +378,22 @@ def train(
             state, _ = init_train_state(
                 model, tx, parts["example"], parts["mesh"], parts["rules"], seed=config.seed
             )
+            if config.segment_recurrence:
+                state = segments.add_initial_carry(state, model, batch_size, shardings)
             next_batch = 0
         else:
             state: TrainState = restored.state
             next_batch = int(restored.data_state["next_batch"])
             log.info("resumed from step %d (data position %d)", restored.step, next_batch)
-        batches = TrainBatches(
-            sources["train"],
-            batch_size,
-            seed=config.seed,
-            shuffle=config.data.shuffled,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            start=next_batch,
-        )
+        batches = _train_batches(config, sources["train"], parts["tokens_per_example"], next_batch)
+        if isinstance(batches, StreamBatches):
+            log.info(
+                "segment recurrence: %d lanes of %d tokens, %d segments of %d per epoch",
+                batch_size,
+                batches.lane_tokens,
+                batches.segments_per_epoch,
+                batches.length,
+            )
         if config.tbptt_updates == "chunk" and config.tbptt_length is not None:
             log.info(
                 "tbptt_updates=chunk: %d optimizer updates per batch; the LR schedule is scaled to match.",
@@ -383,6 +408,7 @@ def train(
             tbptt_length=config.tbptt_length,
             tbptt_updates=config.tbptt_updates,
             max_param_abs=config.max_param_abs,
+            segment_recurrence=config.segment_recurrence,
         )
         eval_fn = make_eval_fn(model, config.task, shardings.params, batch_shardings)
         config_json = config.to_dict()
@@ -574,15 +600,30 @@ def evaluate(
     *,
     per_example: bool = False,
     examples: int | None = None,
+    carried_state: bool = False,
 ) -> dict[str, Any]:
     """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
     metrics on the whole `split` (or, with `examples`, on that many spread evenly over it:
     `pipeline.spread_indices`). Returns {"step", "split", "metrics"}; with `per_example`, also
-    "per_example" (`evaluation.collect_split`'s arrays), "source" (the split's source) and "indices"."""
+    "per_example" (`evaluation.collect_split`'s arrays), "source" (the split's source) and "indices".
+
+    `carried_state` (an LM on a token stream, e.g. documents): instead of scoring every sequence from the
+    initial state, the split is cut into `config.eval_batch` contiguous lanes, read in segments of the
+    config's length with every layer's state carried from one segment to the next
+    (`seqjax.data.stream.stream_eval_batches`, `seqjax.train.segments`). The metrics are the same, over
+    the same targets; the whole split is always read (`examples` and `config.eval_examples` do not
+    apply), and the result has "per_lane" ({"nll", "tokens"} per lane) instead of per-example outputs."""
+    if carried_state and (per_example or examples is not None):
+        raise ValueError(
+            "evaluate(carried_state=True) reads the whole split as contiguous lanes: per_example and "
+            "examples select sequences, which it does not have; leave them out."
+        )
     parts = setup(config)
     config = parts["config"]
     if split not in parts["sources"]:
         raise ValueError(f"evaluate: split must be one of {sorted(parts['sources'])}, got {split!r}.")
+    if carried_state:
+        segments.check_stream_lm(config, "evaluate(carried_state=True)")
     ckpt = Checkpoints(
         os.path.join(workdir, "checkpoints"),
         best_metric=config.checkpoint.best_metric,
@@ -601,10 +642,14 @@ def evaluate(
         restored = ckpt.restore(parts["abstract_state"], step=chosen)
     finally:
         ckpt.close()
+    source = parts["sources"][split]
+    bytes_per_token = float(getattr(source, "bytes_per_token", 1.0))
+    if carried_state:
+        metrics, lanes = evaluate_carried(parts, restored.state.params, source)
+        return {"step": restored.step, "split": split, "metrics": metrics, "per_lane": lanes}
     eval_fn = make_eval_fn(
         parts["model"], config.task, parts["state_shardings"].params, parts["batch_shardings"]
     )
-    source = parts["sources"][split]
     indices = spread_indices(len(source), examples)
     batches = eval_batches(
         IndexedSource(source, indices),
@@ -620,8 +665,36 @@ def evaluate(
         config.task,
         lambda host: _global_batch(host, parts["batch_shardings"]),
     )
-    metrics = split_metrics(data, config.task, bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)))
+    metrics = split_metrics(data, config.task, bytes_per_token=bytes_per_token)
     result = {"step": restored.step, "split": split, "metrics": metrics}
     if per_example:
         result.update(per_example=data, source=source, indices=indices)
     return result
+
+
+def evaluate_carried(
+    parts: Mapping[str, Any], params: Any, source: Any
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The LM metrics of `params` on the whole `source` read as `config.eval_batch` contiguous lanes with
+    the state carried across segments (`parts`: `setup`'s), and {"nll", "tokens"} per lane."""
+    config, model = parts["config"], parts["model"]
+    rows = config.eval_batch
+    carry_sh = segments.model_carry_shardings(model, rows, parts["mesh"], parts["rules"])
+    eval_fn = segments.make_stream_eval_fn(
+        model, parts["state_shardings"].params, carry_sh, parts["batch_shardings"]
+    )
+    batches = stream_eval_batches(
+        source,
+        rows,
+        parts["tokens_per_example"],
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return segments.evaluate_stream(
+        eval_fn,
+        params,
+        segments.initial_carry(model, rows, carry_sh),
+        batches,
+        lambda host: _global_batch(host, parts["batch_shardings"]),
+        bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)),
+    )

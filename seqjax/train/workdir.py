@@ -10,9 +10,10 @@
   network filesystem without flock support, two hosts are not kept apart.
 - A resumed run compares the config saved with the checkpoint to its own (both as `RunConfig.to_dict()`):
   `OPERATIONAL_KEYS` (logging, eval cadence, checkpoint cadence, mesh, time budget, the parameter bound)
-  may change freely; `FIXED_KEYS` (the task, batch size, model, head and data: what the parameters and
-  the data position mean) never; any other key (seed, total steps, optimizer, TBPTT) only when named in
-  `allow` (`scripts/train.py --allow_config_change=total_steps,optimizer.learning_rate`).
+  may change freely; `FIXED_KEYS` (the task, batch size, model, head, data and segment recurrence: what
+  the parameters, the data position and the saved state mean) never; any other key (seed, total steps,
+  optimizer, TBPTT) only when named in `allow`
+  (`scripts/train.py --allow_config_change=total_steps,optimizer.learning_rate`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ OPERATIONAL_KEYS = (
     "logical_rules",
 )
 #: Keys (or sections) that fix what the saved parameters and data position mean: never changed on resume.
-FIXED_KEYS = ("task", "batch_size", "model", "head", "data")
+FIXED_KEYS = ("task", "batch_size", "model", "head", "data", "segment_recurrence")
 #: Allowing a key allows these too (the configs' optimizer.total_steps is a reference to total_steps).
 _ALSO_ALLOWS = {"total_steps": ("optimizer.total_steps",)}
 

@@ -20,6 +20,7 @@ from seqjax.data.documents.builder import prepare_builder, read_split_documents
 from seqjax.data.documents.catalog import PACKINGS, resolve_config
 from seqjax.data.documents.tokenizers import ByteTokenizer, bpe_tokenizer
 from seqjax.data.preparation import route_dir
+from seqjax.data.stream import TokenStream
 
 __all__ = ["DocumentSplit", "make_sources", "prepare", "unigram_bits_per_byte"]
 
@@ -140,6 +141,21 @@ class DocumentSplit:
         example["weights"][:count] = 1.0
         example["mask"][:count] = True
         return example
+
+    def token_stream(self) -> TokenStream:
+        """The whole split as one stream (documents in order, whatever `packing` and
+        `max_examples_per_split`), for segment recurrence (`seqjax.data.stream`).
+
+        `counted` follows this split's examples: every target for "packed" (a target that starts the
+        next document counts there too), none that is a document's first token for "padded".
+        """
+        lengths = np.diff(np.append(self._starts, len(self._stream)))
+        starts = np.zeros(len(self._stream), dtype=bool)
+        starts[self._starts[lengths > 0]] = True
+        counted = np.ones(max(len(self._stream) - 1, 0), dtype=bool)
+        if self.packing == "padded":
+            counted &= ~starts[1:]
+        return TokenStream(self._stream, starts, counted)
 
     def target_byte_histogram(self) -> np.ndarray:
         """float64[256]: how often each byte value is covered by a counted target of this source's

@@ -1,0 +1,241 @@
+"""Contiguous stream batching for segment recurrence: row b of batch s+1 continues row b of batch s.
+
+A split's token stream (its documents in order, document starts marked) is cut into `batch_size`
+contiguous lanes, one per batch row, and batch s holds segment s (the next `length` tokens) of every
+lane. A model that carries each layer's state from one batch to the next (`RunConfig.segment_recurrence`)
+then reads every lane as one long sequence, however long its documents are.
+
+Training (`StreamBatches`): the inputs with a target are stream positions [0, N - 1). Each lane is
+`lane_tokens = (N - 1) // batch_size` of them (lane b starts at b · lane_tokens; the last
+(N - 1) % batch_size positions are never read), and an epoch is the `segments_per_epoch` whole segments
+that fit in a lane: `lane_tokens // length`, or, when shuffled, `(lane_tokens - length + 1) // length`,
+because each epoch then shifts every lane by a seeded offset in [0, length) so that segments cut the
+text at other places each epoch (lanes are not reordered: contiguity is the point). A lane's tail past
+its last whole segment is not read that epoch. Global batch i is segment i % S of epoch i // S: a pure
+function of (split, batch_size, length, seed, shuffle, i), so the iterator state is the integer i.
+
+Evaluation (`stream_eval_batches`): the lanes cover the whole split, `ceil((N - 1) / batch_size)`
+positions each, the last segment of each lane padded (mask False, weight 0), so every target the
+per-sequence evaluation counts is counted exactly once.
+
+Every batch has the keys of the per-sequence examples ("inputs", "targets", "weights", "resets", "mask",
+[rows, length]), so it goes through the same shardings and loss. `resets` marks document starts and the
+first token of every lane in an epoch: a lane's first segment never continues the state another
+epoch (or the previous lane) left behind. A target counts (weight 1) where the source's `TokenStream`
+says it does: every target for "packed" documents; not a document's first token for "padded" ones,
+as their per-sequence examples count it.
+
+    >>> import numpy as np
+    >>> stream = TokenStream(np.arange(11), np.eye(11, dtype=bool)[0], np.ones(10, bool))
+    >>> batches = StreamBatches(stream, batch_size=2, length=2, shuffle=False)
+    >>> [batches.local_batch(s)["inputs"].tolist() for s in range(3)]  # lanes [0, 5) and [5, 10)
+    [[[0, 1], [5, 6]], [[2, 3], [7, 8]], [[0, 1], [5, 6]]]
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+from collections.abc import Iterator
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+__all__ = ["StreamBatches", "StreamSource", "TokenStream", "stream_eval_batches", "token_stream_of"]
+
+
+class TokenStream(NamedTuple):
+    """A split as one stream: `tokens` [N] (ids), `starts` [N] bool (True at each document's first
+    token), `counted` [N - 1] bool (whether the target tokens[t + 1] of input t counts)."""
+
+    tokens: np.ndarray
+    starts: np.ndarray
+    counted: np.ndarray
+
+
+class StreamSource(Protocol):
+    """A split that can serve its tokens as one stream (`DocumentSplit`)."""
+
+    def token_stream(self) -> TokenStream: ...
+
+
+def token_stream_of(source: Any) -> TokenStream:
+    """`source.token_stream()`, checked; a TypeError naming what it needs for any other source."""
+    if isinstance(source, TokenStream):
+        return source
+    if not callable(getattr(source, "token_stream", None)):
+        raise TypeError(
+            f"segment recurrence reads a split as one token stream, but {type(source).__name__} has no "
+            f"token_stream(); use data.kind='documents' (seqjax.data.documents.DocumentSplit)."
+        )
+    stream = source.token_stream()
+    n = len(stream.tokens)
+    if len(stream.starts) != n or len(stream.counted) != max(n - 1, 0):
+        raise ValueError(
+            f"token_stream: tokens [{n}], starts [{len(stream.starts)}] and counted [{len(stream.counted)}] "
+            f"do not match (counted has one entry per input with a target, N - 1)."
+        )
+    return stream
+
+
+def _segment(
+    stream: TokenStream, start: int, stop: int, length: int, lane_start: bool
+) -> dict[str, np.ndarray]:
+    """Inputs [start, stop) of the stream (stop - start <= length) as one row of `length` tokens,
+    padded after stop; `lane_start` resets the state before its first token."""
+    count = max(stop - start, 0)
+    row = {
+        "inputs": np.zeros(length, np.int32),
+        "targets": np.zeros(length, np.int32),
+        "weights": np.zeros(length, np.float32),
+        "resets": np.zeros(length, bool),
+        "mask": np.zeros(length, bool),
+    }
+    row["inputs"][:count] = stream.tokens[start:stop]
+    row["targets"][:count] = stream.tokens[start + 1 : stop + 1]
+    row["weights"][:count] = stream.counted[start:stop]
+    row["resets"][:count] = stream.starts[start:stop]
+    row["mask"][:count] = True
+    if lane_start and count:
+        row["resets"][0] = True
+    return row
+
+
+def _stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _check_rows(batch_size: int, process_count: int, process_index: int) -> int:
+    if batch_size < 1 or process_count < 1 or batch_size % process_count:
+        raise ValueError(
+            f"batch_size={batch_size} does not divide over {process_count} processes; make it a multiple."
+        )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
+    return batch_size // process_count
+
+
+class StreamBatches:
+    """Global training batch `i` of a split's stream (this process's rows), prefetched on a thread.
+
+    The interface of `seqjax.data.pipeline.TrainBatches` (`next()`, `local_batch(i)`, `state()`,
+    `close()`, `start=`); the layout is the module docstring's.
+
+    Args:
+      source: the training split (a `StreamSource`, or a `TokenStream`).
+      batch_size: the global batch = the number of lanes; must divide by `process_count`.
+      length: tokens per segment (the config's `length`).
+      seed, shuffle: with `shuffle`, epoch e shifts every lane by an offset in [0, length) drawn from
+        (seed, e); without, lanes start at their first token every epoch.
+      process_index, process_count: which rows (lanes) of each global batch this process builds.
+      start: the first batch index (the resumed data position).
+    """
+
+    def __init__(
+        self,
+        source: StreamSource | TokenStream,
+        batch_size: int,
+        length: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        process_index: int = 0,
+        process_count: int = 1,
+        start: int = 0,
+        prefetch: int = 2,
+    ) -> None:
+        self._rows = _check_rows(batch_size, process_count, process_index)
+        if length < 1:
+            raise ValueError(f"StreamBatches: length={length}; a segment needs at least one token.")
+        self._stream = token_stream_of(source)
+        self.batch_size = batch_size
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.lane_tokens = max(len(self._stream.tokens) - 1, 0) // batch_size
+        self.max_offset = length - 1 if shuffle else 0
+        self.segments_per_epoch = max(self.lane_tokens - self.max_offset, 0) // length
+        if self.segments_per_epoch < 1:
+            raise ValueError(
+                f"StreamBatches: the split's {len(self._stream.tokens)} tokens make {batch_size} lanes of "
+                f"{self.lane_tokens} tokens, too short for one segment of length={length}"
+                + (f" after a shift of up to {self.max_offset}" if shuffle else "")
+                + "; use a smaller batch_size or length."
+            )
+        self._first_lane = process_index * self._rows
+        self.next_batch = start
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._prefetch = prefetch
+
+    def epoch_offset(self, epoch: int) -> int:
+        """How far every lane is shifted in `epoch` (0 without shuffling)."""
+        if not self.shuffle:
+            return 0
+        return int(np.random.default_rng([self.seed, epoch]).integers(0, self.max_offset + 1))
+
+    def lane_span(self, index: int, lane: int) -> tuple[int, int]:
+        """[start, stop) stream positions of the inputs of global batch `index`, row `lane`."""
+        epoch, segment = divmod(index, self.segments_per_epoch)
+        start = lane * self.lane_tokens + self.epoch_offset(epoch) + segment * self.length
+        return start, start + self.length
+
+    def local_batch(self, index: int) -> dict[str, np.ndarray]:
+        """This process's rows of global batch `index` (pure: no iterator state involved)."""
+        if index < 0:
+            raise IndexError(f"StreamBatches: batch index {index} is negative.")
+        first = index % self.segments_per_epoch == 0
+        rows = []
+        for lane in range(self._first_lane, self._first_lane + self._rows):
+            start, stop = self.lane_span(index, lane)
+            rows.append(_segment(self._stream, start, stop, self.length, first))
+        return _stack(rows)
+
+    def state(self) -> dict[str, int]:
+        return {"next_batch": self.next_batch}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        index = self.next_batch
+        for ahead in range(index, index + self._prefetch + 1):
+            if ahead not in self._pending:
+                self._pending[ahead] = self._pool.submit(self.local_batch, ahead)
+        batch = self._pending.pop(index).result()
+        self.next_batch = index + 1
+        return batch
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def stream_eval_batches(
+    source: StreamSource | TokenStream,
+    batch_size: int,
+    length: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The whole split as `batch_size` contiguous lanes of ceil((N - 1) / batch_size) inputs, in
+    segments of `length` (this process's rows); the last segment of each lane is padded.
+
+    >>> stream = TokenStream(np.arange(8), np.eye(8, dtype=bool)[0], np.ones(7, bool))
+    >>> [b["mask"].sum(-1).tolist() for b in stream_eval_batches(stream, 2, 3)]  # lanes [0, 4), [4, 7)
+    [[3, 3], [1, 0]]
+    """
+    rows = _check_rows(batch_size, process_count, process_index)
+    stream = token_stream_of(source)
+    inputs = max(len(stream.tokens) - 1, 0)
+    if inputs == 0:
+        raise ValueError("stream_eval_batches: the split has no targets; nothing to evaluate.")
+    lane_tokens = math.ceil(inputs / batch_size)
+    first_lane = process_index * rows
+    for segment in range(math.ceil(lane_tokens / length)):
+        batch = []
+        for lane in range(first_lane, first_lane + rows):
+            start = lane * lane_tokens + segment * length
+            stop = min(start + length, (lane + 1) * lane_tokens, inputs)
+            batch.append(_segment(stream, start, stop, length, segment == 0))
+        yield _stack(batch)
