@@ -51,6 +51,14 @@ flags.DEFINE_list(
     "learning_rates", ["1e-3", "3e-3", "1e-2"], "The learning-rate grid (chosen on validation)."
 )
 flags.DEFINE_integer("seeds", 5, "Seeds per model and length at the chosen rate.")
+flags.DEFINE_bool(
+    "step_memory", True, "Measure XLA's memory plan of a train step (one more compile per run)."
+)
+flags.DEFINE_bool(
+    "compilation_cache",
+    True,
+    "Keep compiled programs in <workdir>/.jax_cache (seeds and reruns compile once).",
+)
 flags.DEFINE_integer(
     "evaluation_examples",
     None,
@@ -80,12 +88,14 @@ def _settings():
             learning_rates=(3e-3,),
             seeds=2,
             evaluation_examples=FLAGS.evaluation_examples,
+            measure_step_memory=FLAGS.step_memory,
         )
     return ProtocolSettings(
         train_tokens=FLAGS.train_tokens,
         learning_rates=tuple(float(x) for x in FLAGS.learning_rates),
         seeds=FLAGS.seeds,
         evaluation_examples=FLAGS.evaluation_examples,
+        measure_step_memory=FLAGS.step_memory,
     )
 
 
@@ -163,8 +173,11 @@ def _main(argv: list[str]) -> None:
 
     from seqjax.experiment import plots
     from seqjax.experiment.comparison import compare_at_length
+    from seqjax.experiment.protocol import use_compilation_cache
     from seqjax.experiment.report import Claim, judge
 
+    if FLAGS.compilation_cache:
+        use_compilation_cache(Path(FLAGS.workdir) / ".jax_cache")
     lengths = sorted(int(n) for n in FLAGS.lengths)
     level = 1.0 - 0.05 / len(lengths)
     claim = Claim(CLAIM_TEXT, "recurrent", "attention")

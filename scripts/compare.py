@@ -47,6 +47,14 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_list("learning_rates", ["1e-3", "3e-3", "1e-2"], "The learning-rate grid, chosen on validation.")
 flags.DEFINE_integer("seeds", 5, "Seeds per model at the chosen rate (initialisation and data order).")
+flags.DEFINE_bool(
+    "step_memory", True, "Measure XLA's memory plan of a train step (one more compile per run)."
+)
+flags.DEFINE_bool(
+    "compilation_cache",
+    True,
+    "Keep compiled programs in <workdir>/.jax_cache (seeds and reruns compile once).",
+)
 flags.DEFINE_integer(
     "evaluation_examples",
     None,
@@ -157,12 +165,14 @@ def _main(argv: list[str]) -> None:
 
     from seqjax.experiment import plots
     from seqjax.experiment.comparison import compare_at_length
-    from seqjax.experiment.protocol import ProtocolSettings
+    from seqjax.experiment.protocol import ProtocolSettings, use_compilation_cache
     from seqjax.experiment.report import Claim, judge
 
     if FLAGS.fresh and os.path.isdir(FLAGS.workdir):
         shutil.rmtree(FLAGS.workdir)
     os.makedirs(FLAGS.workdir, exist_ok=True)
+    if FLAGS.compilation_cache:
+        use_compilation_cache(os.path.join(FLAGS.workdir, ".jax_cache"))
     configs = {preset: _config(preset) for preset in FLAGS.presets}
     length = int(next(iter(configs.values())).data.get("length", 0) or 0)
     if not length:
@@ -176,6 +186,7 @@ def _main(argv: list[str]) -> None:
         learning_rates=tuple(float(x) for x in FLAGS.learning_rates),
         seeds=FLAGS.seeds,
         evaluation_examples=FLAGS.evaluation_examples,
+        measure_step_memory=FLAGS.step_memory,
     )
     claim = Claim(CLAIMS_TEXT, "recurrent", "attention")
     summary = compare_at_length(

@@ -56,6 +56,7 @@ __all__ = [
     "exit_when_interrupted",
     "run_comparison",
     "run_predictions",
+    "use_compilation_cache",
 ]
 
 #: The task's headline metric and whether larger is better.
@@ -72,6 +73,16 @@ _ATTENTION_CELLS = ("attention", "sliding_window_attention", "longformer", "linf
 
 class RunInterrupted(RuntimeError):
     """A run stopped by SIGTERM/SIGINT before its budget: the experiment stops; finished runs are kept."""
+
+
+def use_compilation_cache(directory: str | os.PathLike[str]) -> None:
+    """Keeps compiled programs in `directory` (JAX's persistent cache), so the seeds of one model, which
+    compile to the same program, and a rerun of a driver compile once. Call before the first compile."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def exit_when_interrupted(main: Callable[[list[str]], None], argv: list[str]) -> None:
@@ -96,6 +107,7 @@ class ProtocolSettings:
     # Validation and test examples evaluated (spread evenly over each split, the same for every model
     # and seed); None: the whole split.
     evaluation_examples: int | None = None
+    measure_step_memory: bool = True  # XLA's plan of one train step (one more compile per run)
 
     def __post_init__(self) -> None:
         check_positive_int("ProtocolSettings", "train_tokens", self.train_tokens)
@@ -205,7 +217,7 @@ def _run_config(
         config.log_every = max(1, steps // settings.log_points)
         config.checkpoint.every = steps
         config.checkpoint.keep = 1
-        config.report_step_memory = True
+        config.report_step_memory = settings.measure_step_memory
         config.tensorboard = False
     return config
 
