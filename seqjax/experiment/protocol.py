@@ -17,10 +17,10 @@ For one task at one sequence length, `run_comparison` does, for every model conf
    `predictions/<model>/seed<k>.npz` (`seqjax.experiment.predictions`), with the examples' cluster ids
    (`seqjax.experiment.clusters`), so every statistic can be recomputed without retraining.
 
-Every finished run writes `run.json` in its folder; a rerun over the same `workdir` reads it instead of
-training again, and a run stopped by SIGTERM/SIGINT (`RunInterrupted`) resumes from its checkpoint, so an
-interrupted experiment continues where it stopped. (Change anything about the run
-and use a fresh `workdir`: a finished run is matched by its folder name, not by its config.)
+Every finished run writes `run.json` in its folder (with a digest of its config); a rerun over the same
+`workdir` reads it instead of training again, after checking the digest, and a run stopped by
+SIGTERM/SIGINT (`RunInterrupted`) resumes from its checkpoint, so an interrupted experiment continues
+where it stopped. A record trained with another config under the same folder name is an error.
 
     >>> settings = ProtocolSettings(train_tokens=8192 * 100, learning_rates=(1e-3, 3e-3), seeds=5)
     >>> settings.total_steps(tokens_per_batch=8192), settings.warmup_steps(100)
@@ -30,6 +30,7 @@ and use a fresh `workdir`: a finished run is matched by its folder name, not by 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -151,6 +152,29 @@ class RunRecord:
     validation: dict[str, float]
     test: dict[str, float] | None
     workdir: str
+    # sha256 of the model/data/optimizer config the run trained with: a record is reused only for the
+    # same config ("" in records written before it was kept: not checked)
+    config_sha256: str = ""
+
+
+def _config_sha256(config: Any) -> str:
+    """The digest of what makes two runs the same run: model, head, data, task, optimizer, seed, steps."""
+    values = config.to_dict()
+    kept = {k: values.get(k) for k in ("task", "model", "head", "data", "optimizer", "seed", "total_steps")}
+    kept["batch_size"] = values.get("batch_size")
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_record(path: Path, config_sha256: str) -> RunRecord:
+    record = RunRecord(**json.loads(path.read_text()))
+    if record.config_sha256 and record.config_sha256 != config_sha256:
+        raise ValueError(
+            f"{path} records a run trained with another config than this experiment asks for (a different "
+            "model size, parameter match, data or optimizer under the same folder name); use a fresh "
+            "--workdir, or delete that run's folder to train it again."
+        )
+    return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,13 +340,14 @@ def _train_once(
     evaluation of the final parameters."""
     from seqjax.train import trainer
 
+    run_config = _run_config(config, settings, lr, seed, tokens_per_batch)
+    digest = _config_sha256(run_config)
     done = workdir / "run.json"
     if done.exists() and (predictions_path is None or predictions_path.exists()):
-        return RunRecord(**json.loads(done.read_text()))
+        return _read_record(done, digest)
     # An unfinished run (stopped by a signal) resumes from its checkpoint, as the trainer resumes any run;
     # its record then times only the part after the resume.
     workdir.mkdir(parents=True, exist_ok=True)
-    run_config = _run_config(config, settings, lr, seed, tokens_per_batch)
     splits = ("validation", "test") if predictions_path is not None else ("validation",)
     started = time.perf_counter()
     result = trainer.train(
@@ -349,6 +374,7 @@ def _train_once(
         write_predictions(predictions_path, run)
     tokens = int(result["step"]) * tokens_per_batch
     record = _record(model, lr, seed, result, tokens, workdir, final["validation"]["metrics"], test)
+    record = dataclasses.replace(record, config_sha256=digest)
     _atomic_json(done, dataclasses.asdict(record))
     metric, _ = HEADLINE[run_config.task]
     log(
