@@ -14,7 +14,8 @@ ending at the budget), parameters matched within ±5%, a learning rate chosen on
 the task are in every table. Tokens per batch are held fixed (batch = --tokens_per_batch // L, at least
 1), so a longer sequence does not also mean a bigger batch.
 
-    python experiments/length_crossover.py --size=smoke                   # a few minutes: checks the wiring
+    python experiments/length_crossover.py --size=smoke --config=configs/genomic.py --options=task=species \
+        --presets=lstm,attention --lengths=256,512 --tokens_per_batch=1024   # ~1 minute: the wiring
     python experiments/length_crossover.py --config=configs/genomic.py --options=task=species \
         --presets=lstm,elstm,mamba,attention,longformer --lengths=1024,4096,16384
     python experiments/length_crossover.py --options=corpus=python_docs,route=offline   # document LM
