@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "IndexedSource",
+    "PrefetchedBatches",
     "RandomAccessSource",
     "TrainBatches",
     "eval_batches",
@@ -40,7 +41,42 @@ def stack_examples(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarra
     return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
 
 
-class TrainBatches:
+class PrefetchedBatches:
+    """Global batch `i` (this process's rows) by index, the next ones built ahead on a background thread.
+
+    Subclasses define `local_batch(index)`, a pure function of the index; iterating yields batches
+    `start`, `start + 1`, ... and `state()` is the data position a checkpoint saves.
+    """
+
+    def __init__(self, *, start: int = 0, prefetch: int = 2) -> None:
+        self.next_batch = start
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._prefetch = prefetch
+
+    def local_batch(self, index: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, int]:
+        return {"next_batch": self.next_batch}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        index = self.next_batch
+        for ahead in range(index, index + self._prefetch + 1):
+            if ahead not in self._pending:
+                self._pending[ahead] = self._pool.submit(self.local_batch, ahead)
+        batch = self._pending.pop(index).result()
+        self.next_batch = index + 1
+        return batch
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class TrainBatches(PrefetchedBatches):
     """Global training batch `i` (this process's rows), prefetched on a background thread.
 
     Args:
@@ -76,33 +112,12 @@ class TrainBatches:
         self.batch_size = batch_size
         self._rows = batch_size // process_count
         self._offset = process_index * self._rows
-        self.next_batch = start
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self._pending: dict[int, concurrent.futures.Future] = {}
-        self._prefetch = prefetch
+        super().__init__(start=start, prefetch=prefetch)
 
     def local_batch(self, index: int) -> dict[str, np.ndarray]:
         """This process's rows of global batch `index` (pure: no iterator state involved)."""
         start = index * self.batch_size + self._offset
         return stack_examples([self._dataset[start + r] for r in range(self._rows)])
-
-    def state(self) -> dict[str, int]:
-        return {"next_batch": self.next_batch}
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        index = self.next_batch
-        for ahead in range(index, index + self._prefetch + 1):
-            if ahead not in self._pending:
-                self._pending[ahead] = self._pool.submit(self.local_batch, ahead)
-        batch = self._pending.pop(index).result()
-        self.next_batch = index + 1
-        return batch
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def eval_batches(

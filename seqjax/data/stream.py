@@ -34,12 +34,13 @@ as their per-sequence examples count it.
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+
+from seqjax.data.pipeline import PrefetchedBatches
 
 __all__ = ["StreamBatches", "StreamSource", "TokenStream", "stream_eval_batches", "token_stream_of"]
 
@@ -115,7 +116,7 @@ def _check_rows(batch_size: int, process_count: int, process_index: int) -> int:
     return batch_size // process_count
 
 
-class StreamBatches:
+class StreamBatches(PrefetchedBatches):
     """Global training batch `i` of a split's stream (this process's rows), prefetched on a thread.
 
     The interface of `seqjax.data.pipeline.TrainBatches` (`next()`, `local_batch(i)`, `state()`,
@@ -163,10 +164,7 @@ class StreamBatches:
                 + "; use a smaller batch_size or length."
             )
         self._first_lane = process_index * self._rows
-        self.next_batch = start
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self._pending: dict[int, concurrent.futures.Future] = {}
-        self._prefetch = prefetch
+        super().__init__(start=start, prefetch=prefetch)
 
     def epoch_offset(self, epoch: int) -> int:
         """How far every lane is shifted in `epoch` (0 without shuffling)."""
@@ -190,24 +188,6 @@ class StreamBatches:
             start, stop = self.lane_span(index, lane)
             rows.append(_segment(self._stream, start, stop, self.length, first))
         return _stack(rows)
-
-    def state(self) -> dict[str, int]:
-        return {"next_batch": self.next_batch}
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        index = self.next_batch
-        for ahead in range(index, index + self._prefetch + 1):
-            if ahead not in self._pending:
-                self._pending[ahead] = self._pool.submit(self.local_batch, ahead)
-        batch = self._pending.pop(index).result()
-        self.next_batch = index + 1
-        return batch
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def stream_eval_batches(
