@@ -51,6 +51,9 @@ flags.DEFINE_integer("train_tokens", 8192 * 100, "Training tokens per run (every
 flags.DEFINE_list(
     "learning_rates", ["1e-3", "3e-3", "1e-2"], "The learning-rate grid (chosen on validation)."
 )
+flags.DEFINE_integer(
+    "grid_extensions", 1, "Rates tried past the grid's edge when the best rate lies on it (per model)."
+)
 flags.DEFINE_integer("seeds", 5, "Seeds per model and length at the chosen rate.")
 flags.DEFINE_bool(
     "step_memory", True, "Measure XLA's memory plan of a train step (one more compile per run)."
@@ -95,6 +98,7 @@ def _settings():
         train_tokens=FLAGS.train_tokens,
         learning_rates=tuple(float(x) for x in FLAGS.learning_rates),
         seeds=FLAGS.seeds,
+        grid_extensions=FLAGS.grid_extensions,
         evaluation_examples=FLAGS.evaluation_examples,
         measure_step_memory=FLAGS.step_memory,
     )
@@ -130,7 +134,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- command: `{results['command']}`",
         f"- {results['config']} ({results['options'] or 'defaults'}); {results['tokens_per_batch']:,} tokens "
         f"per batch at every length; {p['train_tokens']:,} training tokens per run, warmup + cosine to the "
-        f"budget; learning rate from {p['learning_rates']} chosen on validation (seed 0); {p['seeds']} seeds "
+        f"budget; learning rate from {p['learning_rates']} (extended by up to {p.get('grid_extensions', 0)} "
+        f"rate past an edge it lands on) chosen on validation (seed 0); {p['seeds']} seeds "
         f"at the chosen rate; parameters matched within ±{p['param_tolerance']:.0%} at each length.",
         f"- {metric}: {'higher' if larger else 'lower'} is better. "
         f"Intervals: {first['confidence_level']:.2%} "

@@ -46,6 +46,9 @@ flags.DEFINE_integer(
     "train_tokens", 8192 * 60, "Training tokens per run (every model, rate and seed): the budget."
 )
 flags.DEFINE_list("learning_rates", ["1e-3", "3e-3", "1e-2"], "The learning-rate grid, chosen on validation.")
+flags.DEFINE_integer(
+    "grid_extensions", 1, "Rates tried past the grid's edge when the best rate lies on it (per model)."
+)
 flags.DEFINE_integer("seeds", 5, "Seeds per model at the chosen rate (initialisation and data order).")
 flags.DEFINE_bool(
     "step_memory", True, "Measure XLA's memory plan of a train step (one more compile per run)."
@@ -126,7 +129,8 @@ def markdown(summary: dict, command: str) -> str:
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; platform {summary['platform']}",
         f"- command: `{command}`",
         f"- protocol: {p['train_tokens']:,} training tokens per run (batch {p['batch_size']}), warmup "
-        f"{p['warmup_fraction']:.0%} + cosine to the budget; learning rate from {p['learning_rates']} chosen "
+        f"{p['warmup_fraction']:.0%} + cosine to the budget; learning rate from {p['learning_rates']} "
+        f"(extended by up to {p.get('grid_extensions', 0)} rate past an edge it lands on) chosen "
         f"on validation with seed 0; {p['seeds']} seeds at the chosen rate (initialisation and data order); "
         f"parameters matched within ±{p['param_tolerance']:.0%}.",
         f"- {metric}: {'higher' if summary['larger_is_better'] else 'lower'} is better; [low, high] is a "
@@ -185,6 +189,7 @@ def _main(argv: list[str]) -> None:
         train_tokens=FLAGS.train_tokens,
         learning_rates=tuple(float(x) for x in FLAGS.learning_rates),
         seeds=FLAGS.seeds,
+        grid_extensions=FLAGS.grid_extensions,
         evaluation_examples=FLAGS.evaluation_examples,
         measure_step_memory=FLAGS.step_memory,
     )

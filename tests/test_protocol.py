@@ -65,6 +65,32 @@ def test_learning_rate_is_chosen_on_validation():
     assert protocol._choose(grid, "bpb", larger=True).learning_rate == 1e-3
 
 
+def test_a_rate_on_the_grid_edge_extends_the_grid(tmp_path, monkeypatch):
+    # validation balanced accuracy peaks at 3e-2: 1e-2 (the top of the grid) is chosen first, so the
+    # grid grows to 3e-2, which wins; its seeds train there. Another extension is not allowed.
+    score = {1e-3: 0.3, 3e-3: 0.4, 1e-2: 0.5, 3e-2: 0.6, 1e-1: 0.9}
+    trained = []
+
+    def fake_train_once(model, config, settings, lr, seed, tokens_per_batch, folder, length, path, log):
+        trained.append((lr, seed))
+        return protocol.RunRecord(
+            model, lr, seed, 1, 1, 1.0, 1.0, 0.0, 1.0, None, 1, 1, {"balanced_accuracy": score[lr]}, None, "w"
+        )
+
+    monkeypatch.setattr(protocol, "_train_once", fake_train_once)
+    monkeypatch.setattr(protocol, "_test_from_checkpoint", lambda name, c, s, chosen, *a: chosen)
+    config = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    settings = protocol.ProtocolSettings(train_tokens=8192, learning_rates=(1e-3, 3e-3, 1e-2), seeds=2)
+    result = protocol.run_comparison({"lstm": config}, settings, tmp_path, length=1024)["lstm"]
+    assert [r.learning_rate for r in result.grid] == [1e-3, 3e-3, 1e-2, 3e-2]
+    assert result.learning_rate == 3e-2 and trained[-1] == (3e-2, 1)
+    none = dataclasses.replace(settings, grid_extensions=0)
+    unextended = protocol.run_comparison({"lstm": config}, none, tmp_path, length=1024)["lstm"]
+    assert unextended.learning_rate == 1e-2
+    with pytest.raises(ValueError, match="grid_extensions"):
+        dataclasses.replace(settings, grid_extensions=-1)
+
+
 def test_analytic_flops_count_attention_context():
     attention = load_config_file(ROOT / "configs/documents.py", "attention")
     lstm = load_config_file(ROOT / "configs/documents.py", "lstm")

@@ -92,6 +92,7 @@ def compare_at_length(
     summary["protocol"] = {
         "train_tokens": settings.train_tokens,
         "learning_rates": list(settings.learning_rates),
+        "grid_extensions": settings.grid_extensions,
         "seeds": settings.seeds,
         "warmup_fraction": settings.warmup_fraction,
         "param_tolerance": settings.param_tolerance,

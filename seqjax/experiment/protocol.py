@@ -10,7 +10,10 @@ For one task at one sequence length, `run_comparison` does, for every model conf
 2. **Matched parameters.** Before training, every model's MLP (else cell) width is set so its parameter
    count is within `param_tolerance` of the largest (`seqjax.experiment.matching`).
 3. **Learning rate.** Each model trains with seed 0 at every rate of `learning_rates`; the rate with the
-   best final validation metric is chosen. The test split has not been read yet.
+   best final validation metric is chosen. When that rate is the grid's largest or smallest, the grid
+   is extended one step beyond it (the ratio of the two outer rates, rounded to one significant digit),
+   up to `grid_extensions` times, so the chosen rate is not an artefact of where the grid stopped. The
+   test split has not been read yet.
 4. **Seeds.** The chosen rate's seed-0 run is evaluated on the test split from its final checkpoint, and
    seeds 1 .. `seeds - 1` train with that rate; the seed sets both the initialisation and the order of
    the training batches. Every seed's per-example test outputs are written as
@@ -55,6 +58,7 @@ __all__ = [
     "RunRecord",
     "analytic_train_flops_per_token",
     "exit_when_interrupted",
+    "next_rate_beyond_edge",
     "run_comparison",
     "run_predictions",
     "use_compilation_cache",
@@ -109,6 +113,8 @@ class ProtocolSettings:
     # and seed); None: the whole split.
     evaluation_examples: int | None = None
     measure_step_memory: bool = True  # XLA's plan of one train step (one more compile per run)
+    # Rates added beyond the grid's edge when the best rate lies on it (module docstring, step 3)
+    grid_extensions: int = 1
 
     def __post_init__(self) -> None:
         check_positive_int("ProtocolSettings", "train_tokens", self.train_tokens)
@@ -121,6 +127,8 @@ class ProtocolSettings:
                 f"ProtocolSettings: learning_rates={self.learning_rates!r}; give one or more positive rates, "
                 "e.g. (3e-4, 1e-3, 3e-3)."
             )
+        if self.grid_extensions < 0:
+            raise ValueError(f"ProtocolSettings: grid_extensions={self.grid_extensions} must be >= 0.")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"ProtocolSettings: warmup_fraction={self.warmup_fraction} must be in [0, 1).")
 
@@ -428,6 +436,23 @@ def _choose(grid: Sequence[RunRecord], metric: str, larger: bool) -> RunRecord:
     return ranked[0]
 
 
+def next_rate_beyond_edge(rates: Sequence[float], chosen: float) -> float | None:
+    """The rate one step beyond the grid's edge when `chosen` lies on it, else None. The step is the
+    ratio of the two outer rates on that side, and the new rate is rounded to one significant digit.
+
+    >>> next_rate_beyond_edge([1e-3, 3e-3, 1e-2], 1e-2), next_rate_beyond_edge([1e-3, 3e-3, 1e-2], 1e-3)
+    (0.03, 0.0003)
+    >>> next_rate_beyond_edge([1e-3, 3e-3, 1e-2], 3e-3) is None
+    True
+    """
+    ordered = sorted(set(float(r) for r in rates))
+    if len(ordered) < 2 or chosen not in (ordered[0], ordered[-1]):
+        return None
+    step = ordered[-1] / ordered[-2] if chosen == ordered[-1] else ordered[0] / ordered[1]
+    rate = chosen * step
+    return float(f"{rate:.0e}")
+
+
 def _forecast_shapes(config: Any) -> dict[str, int]:
     """A forecaster's encoder and head are sized by the data (variables, horizon): read one example."""
     if config.task != "forecast":
@@ -475,22 +500,20 @@ def run_comparison(
     for m in report:
         name, config = m.name, matched[m.name]
         log(f"match {name}: {m.parameters:,} parameters ({m.ratio:.3f} x {m.target:,}), {m.override}")
-        grid = [
-            _train_once(
-                name,
-                config,
-                settings,
-                lr,
-                0,
-                tokens_per_batch,
-                root / name / f"lr{lr:g}" / "seed0",
-                length,
-                None,
-                log,
-            )
-            for lr in settings.learning_rates
-        ]
+
+        def seed0(lr: float, name: str = name, config: Any = config) -> RunRecord:
+            folder = root / name / f"lr{lr:g}" / "seed0"
+            return _train_once(name, config, settings, lr, 0, tokens_per_batch, folder, length, None, log)
+
+        grid = [seed0(lr) for lr in settings.learning_rates]
         chosen = _choose(grid, metric, larger)
+        for _ in range(settings.grid_extensions):
+            rate = next_rate_beyond_edge([r.learning_rate for r in grid], chosen.learning_rate)
+            if rate is None:
+                break
+            log(f"{name}: lr={chosen.learning_rate:g} is at the grid's edge; trying lr={rate:g}")
+            grid.append(seed0(rate))
+            chosen = _choose(grid, metric, larger)
         log(f"{name}: chose lr={chosen.learning_rate:g} on validation {metric}")
         paths = [root / "predictions" / name / f"seed{k}.npz" for k in range(settings.seeds)]
         seeds = [_test_from_checkpoint(name, config, settings, chosen, tokens_per_batch, length, paths[0])]
