@@ -38,8 +38,11 @@ from typing import Any
 
 from absl import app, flags
 
+from seqjax.experiment.flags import define_protocol_flags, protocol_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
+define_protocol_flags(FLAGS, train_tokens=8192 * 100)
 flags.DEFINE_string("config", "configs/documents.py", "Task config file.")
 flags.DEFINE_string("options", "", "Extra config-arg options for every run, e.g. corpus=python_docs.")
 flags.DEFINE_list(
@@ -47,29 +50,7 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "Sequence lengths.")
 flags.DEFINE_integer("tokens_per_batch", 8192, "Tokens per training batch at every length.")
-flags.DEFINE_integer("train_tokens", 8192 * 100, "Training tokens per run (every model, length, rate, seed).")
-flags.DEFINE_list(
-    "learning_rates", ["1e-3", "3e-3", "1e-2"], "The learning-rate grid (chosen on validation)."
-)
-flags.DEFINE_integer(
-    "grid_extensions", 1, "Rates tried past the grid's edge when the best rate lies on it (per model)."
-)
-flags.DEFINE_integer("seeds", 5, "Seeds per model and length at the chosen rate.")
-flags.DEFINE_bool(
-    "step_memory", True, "Measure XLA's memory plan of a train step (one more compile per run)."
-)
-flags.DEFINE_bool(
-    "compilation_cache",
-    True,
-    "Keep compiled programs in <workdir>/.jax_cache (seeds and reruns compile once).",
-)
-flags.DEFINE_integer(
-    "evaluation_examples",
-    None,
-    "Validation and test examples per evaluation, spread evenly over each split (default: every one).",
-)
 flags.DEFINE_integer("claim_from", 8192, "The claim covers lengths >= this (all lengths if none is).")
-flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
 flags.DEFINE_string(
     "size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': cpu models, 2 steps, 2 seeds, 1 rate."
 )
@@ -84,24 +65,11 @@ CLAIM_TEXT = "recurrent beats attention"
 
 
 def _settings():
-    from seqjax.experiment.protocol import ProtocolSettings
-
     if FLAGS.size == "smoke":
-        return ProtocolSettings(
-            train_tokens=2 * FLAGS.tokens_per_batch,
-            learning_rates=(3e-3,),
-            seeds=2,
-            evaluation_examples=FLAGS.evaluation_examples,
-            measure_step_memory=FLAGS.step_memory,
+        return protocol_settings(
+            FLAGS, train_tokens=2 * FLAGS.tokens_per_batch, learning_rates=(3e-3,), seeds=2
         )
-    return ProtocolSettings(
-        train_tokens=FLAGS.train_tokens,
-        learning_rates=tuple(float(x) for x in FLAGS.learning_rates),
-        seeds=FLAGS.seeds,
-        grid_extensions=FLAGS.grid_extensions,
-        evaluation_examples=FLAGS.evaluation_examples,
-        measure_step_memory=FLAGS.step_memory,
-    )
+    return protocol_settings(FLAGS)
 
 
 def _configs(length: int) -> dict[str, Any]:

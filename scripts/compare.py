@@ -32,6 +32,8 @@ import sys
 
 from absl import app, flags
 
+from seqjax.experiment.flags import define_protocol_flags, protocol_settings
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 flags.DEFINE_string(
@@ -42,30 +44,8 @@ flags.DEFINE_string(
     "options", None, "Config-arg options, e.g. 'task=promoter,length=4096'; default: DEFAULT_OPTIONS."
 )
 flags.DEFINE_string("size", "cpu", "cpu or accelerator.")
-flags.DEFINE_integer(
-    "train_tokens", 8192 * 60, "Training tokens per run (every model, rate and seed): the budget."
-)
-flags.DEFINE_list("learning_rates", ["1e-3", "3e-3", "1e-2"], "The learning-rate grid, chosen on validation.")
-flags.DEFINE_integer(
-    "grid_extensions", 1, "Rates tried past the grid's edge when the best rate lies on it (per model)."
-)
-flags.DEFINE_integer("seeds", 5, "Seeds per model at the chosen rate (initialisation and data order).")
-flags.DEFINE_bool(
-    "step_memory", True, "Measure XLA's memory plan of a train step (one more compile per run)."
-)
-flags.DEFINE_bool(
-    "compilation_cache",
-    True,
-    "Keep compiled programs in <workdir>/.jax_cache (seeds and reruns compile once).",
-)
-flags.DEFINE_integer(
-    "evaluation_examples",
-    None,
-    "Validation and test examples per evaluation, spread evenly over each split (default: every one).",
-)
 flags.DEFINE_integer("batch_size", None, "Batch size of every model (default: the size's).")
 flags.DEFINE_float("confidence", 0.95, "Confidence level of every interval.")
-flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
 flags.DEFINE_string("workdir", "/tmp/seqjax_compare", "Runs go to <workdir>/<preset>/...")
 flags.DEFINE_list("config_overrides", [], "Extra config overrides for every model, key=value.")
 flags.DEFINE_bool("fresh", False, "Delete the workdir's previous runs first (else reuse finished ones).")
@@ -75,6 +55,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("out", None, "Also copy comparison.md/.json/.png to this path (without extension).")
 FLAGS = flags.FLAGS
+define_protocol_flags(FLAGS, train_tokens=8192 * 60)
 
 #: Options used when --options is not given: the species task learns visibly within minutes on CPU.
 DEFAULT_OPTIONS = {"genomic.py": "task=species,length=1024"}
@@ -169,7 +150,7 @@ def _main(argv: list[str]) -> None:
 
     from seqjax.experiment import plots
     from seqjax.experiment.comparison import compare_at_length
-    from seqjax.experiment.protocol import ProtocolSettings, use_compilation_cache
+    from seqjax.experiment.protocol import use_compilation_cache
     from seqjax.experiment.report import Claim, judge
 
     if FLAGS.fresh and os.path.isdir(FLAGS.workdir):
@@ -185,14 +166,7 @@ def _main(argv: list[str]) -> None:
 
         run = resolve(next(iter(configs.values())))
         length = int(build_sources(run.data, run.data_dir)["train"][0]["inputs"].shape[0])
-    settings = ProtocolSettings(
-        train_tokens=FLAGS.train_tokens,
-        learning_rates=tuple(float(x) for x in FLAGS.learning_rates),
-        seeds=FLAGS.seeds,
-        grid_extensions=FLAGS.grid_extensions,
-        evaluation_examples=FLAGS.evaluation_examples,
-        measure_step_memory=FLAGS.step_memory,
-    )
+    settings = protocol_settings(FLAGS)
     claim = Claim(CLAIMS_TEXT, "recurrent", "attention")
     summary = compare_at_length(
         configs,
