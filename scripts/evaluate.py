@@ -4,6 +4,7 @@
     python scripts/evaluate.py --workdir=/tmp/run --split=validation --step=latest
     python scripts/evaluate.py --workdir=/tmp/run --config=configs/genomic.py:lstm --config.eval_examples=512
     python scripts/evaluate.py --workdir=/tmp/docs --carried_state    # LM: lanes with the state carried
+    python scripts/evaluate.py --workdir=/tmp/docs --by_document --carried_state  # each document whole
 
 Without --config it uses the config saved with the checkpoint. Metrics: accuracy, balanced accuracy,
 MCC and AUROC (classification); MSE and MAE on the normalised scale (forecasting); bits per byte and
@@ -13,6 +14,11 @@ perplexity (language modeling). `--output` writes them as JSON too.
 lanes, in segments of the config's length, with every layer's state carried from one segment to the next
 (segment recurrence), instead of every sequence from the initial state; same metrics over the same
 targets, the whole split (no --max_examples). See docs/training.md, "Segment recurrence".
+
+`--by_document` (the same models): every document is its own lane, read from its first token in segments
+of the config's length, with the state carried through the document (with `--carried_state`: the
+long-context evaluation Transformer-XL reports) or reset at every segment (without). Both score the same
+targets, so the two numbers differ only by the context the carried state gives.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ flags.DEFINE_bool(
     "LM on a token stream: read the split as contiguous lanes with every layer's state carried across "
     "segments, instead of each sequence from the initial state.",
 )
+flags.DEFINE_bool(
+    "by_document",
+    False,
+    "LM on a token stream: every document as its own lane, the state carried through it "
+    "(--carried_state) or reset at each segment.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -49,22 +61,32 @@ def main(argv: list[str]) -> None:
         tfds.disable_progress_bar()  # one-off preparation bars would bury the training log
     from seqjax.train.trainer import evaluate, load_config
 
-    if FLAGS.carried_state and FLAGS.max_examples is not None:
-        raise app.UsageError("--carried_state reads the whole split as lanes; leave out --max_examples.")
+    if (FLAGS.carried_state or FLAGS.by_document) and FLAGS.max_examples is not None:
+        raise app.UsageError(
+            "--carried_state and --by_document read the whole split as lanes; leave out --max_examples."
+        )
     config = FLAGS.config if FLAGS.config is not None else load_config(FLAGS.workdir)
     with config.unlocked():
         config.eval_examples = FLAGS.max_examples  # the whole split, not the training run's eval cap
     result = evaluate(
-        config, FLAGS.workdir, split=FLAGS.split, step=FLAGS.step, carried_state=FLAGS.carried_state
+        config,
+        FLAGS.workdir,
+        split=FLAGS.split,
+        step=FLAGS.step,
+        carried_state=FLAGS.carried_state,
+        by_document=FLAGS.by_document,
     )
     mode = " (carried state)" if FLAGS.carried_state else ""
+    if FLAGS.by_document:
+        mode = " (by document, state carried)" if FLAGS.carried_state else " (by document, reset per segment)"
     print(
         f"step {result['step']} {result['split']}{mode}: "
         + " ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     )
     if FLAGS.output:
-        written = {k: v for k, v in result.items() if k != "per_lane"}  # arrays: not JSON
+        written = {k: v for k, v in result.items() if k not in ("per_lane", "per_document")}  # arrays
         written["carried_state"] = FLAGS.carried_state
+        written["by_document"] = FLAGS.by_document
         with open(FLAGS.output, "w") as f:
             json.dump(written, f, indent=1)
 

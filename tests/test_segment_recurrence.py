@@ -372,6 +372,21 @@ def test_carried_evaluation_counts_the_per_sequence_targets(runs):
         evaluate(config, workdir, split="test", carried_state=True, per_example=True)
 
 
+def test_evaluation_by_document_carried_and_reset_score_the_same_targets(runs):
+    config = _config(runs["data_dir"])
+    workdir = str(runs["root"] / "whole")
+    plain = evaluate(config, workdir, split="test", step="latest")
+    carried = evaluate(config, workdir, split="test", step="latest", carried_state=True, by_document=True)
+    reset = evaluate(config, workdir, split="test", step="latest", by_document=True)
+    assert carried["metrics"]["tokens"] == reset["metrics"]["tokens"] == plain["metrics"]["tokens"]
+    np.testing.assert_array_equal(carried["per_document"]["tokens"], reset["per_document"]["tokens"])
+    documents_in_split = int(setup(config)["sources"]["test"].token_stream().starts.sum())
+    assert len(carried["per_document"]["nll"]) == documents_in_split  # one entry per document
+    assert carried["metrics"]["bits_per_byte"] != reset["metrics"]["bits_per_byte"]
+    with pytest.raises(ValueError, match="per_example"):
+        evaluate(config, workdir, split="test", by_document=True, examples=4)
+
+
 def test_stream_evaluation_equals_each_lane_in_one_pass():
     """`evaluate_stream` over padded segments == each lane's whole sequence scored at once."""
     model, rows, length = _step_model(), 4, 8

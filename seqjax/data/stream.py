@@ -18,6 +18,12 @@ Evaluation (`stream_eval_batches`): the lanes cover the whole split, `ceil((N - 
 positions each, the last segment of each lane padded (mask False, weight 0), so every target the
 per-sequence evaluation counts is counted exactly once.
 
+Evaluation by document (`document_eval_batches`): every document is its own lane, read from its first
+token in segments of `length`, `batch_size` documents at a time (longest first, so lanes pad little),
+with the state carried across a document's segments or reset at each one: the long-context evaluation
+Transformer-XL reports, and the per-segment one, over the same targets. Each batch also has "document"
+[batch_size] (the global rows' document index, -1 for an empty lane) for per-document sums.
+
 Every batch has the keys of the per-sequence examples ("inputs", "targets", "weights", "resets", "mask",
 [rows, length]), so it goes through the same shardings and loss. `resets` marks document starts and the
 first token of every lane in an epoch: a lane's first segment never continues the state another
@@ -42,7 +48,15 @@ import numpy as np
 
 from seqjax.data.pipeline import PrefetchedBatches
 
-__all__ = ["StreamBatches", "StreamSource", "TokenStream", "stream_eval_batches", "token_stream_of"]
+__all__ = [
+    "StreamBatches",
+    "StreamSource",
+    "TokenStream",
+    "document_eval_batches",
+    "document_spans",
+    "stream_eval_batches",
+    "token_stream_of",
+]
 
 
 class TokenStream(NamedTuple):
@@ -219,3 +233,66 @@ def stream_eval_batches(
             stop = min(start + length, (lane + 1) * lane_tokens, inputs)
             batch.append(_segment(stream, start, stop, length, segment == 0))
         yield _stack(batch)
+
+
+def document_spans(stream: TokenStream) -> np.ndarray:
+    """[documents, 2] int64: the [start, stop) input positions of each document of `stream` (inputs are
+    the positions with a target, [0, N - 1); a document's last input predicts the next one's first
+    token, counted or not as `stream.counted` says).
+
+    >>> document_spans(TokenStream(np.arange(7), np.array([1, 0, 0, 1, 0, 0, 0], bool), np.ones(6, bool)))
+    array([[0, 3],
+           [3, 6]])
+    """
+    inputs = max(len(stream.tokens) - 1, 0)
+    starts = np.flatnonzero(stream.starts[:inputs])
+    if inputs and (not len(starts) or starts[0] != 0):
+        starts = np.concatenate([[0], starts])
+    stops = np.append(starts[1:], inputs)
+    return np.stack([starts, stops], axis=-1).astype(np.int64)
+
+
+def document_eval_batches(
+    source: StreamSource | TokenStream,
+    batch_size: int,
+    length: int,
+    *,
+    carried: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every document of the split as its own lane, `batch_size` documents at a time (longest first),
+    in segments of `length` (this process's rows; the module docstring). With `carried` the state runs
+    through each document's segments (only its first token resets); without, every segment starts from
+    a reset, so no target sees context from an earlier segment. "document" [batch_size] holds the
+    global rows' document indices (-1: no document), the same in every process.
+
+    >>> stream = TokenStream(np.arange(8), np.array([1, 0, 0, 0, 0, 1, 0, 0], bool), np.ones(7, bool))
+    >>> batches = list(document_eval_batches(stream, 2, 3, carried=False))
+    >>> [(b["document"].tolist(), b["mask"].sum(-1).tolist(), b["resets"][:, 0].tolist()) for b in batches]
+    [([0, 1], [3, 2], [True, True]), ([0, 1], [2, 0], [True, False])]
+    """
+    rows = _check_rows(batch_size, process_count, process_index)
+    if length < 1:
+        raise ValueError(f"document_eval_batches: length={length}; a segment needs at least one token.")
+    stream = token_stream_of(source)
+    spans = document_spans(stream)
+    if not len(spans):
+        raise ValueError("document_eval_batches: the split has no targets; nothing to evaluate.")
+    order = np.argsort(-(spans[:, 1] - spans[:, 0]), kind="stable")
+    first_row = process_index * rows
+    for group in range(0, len(order), batch_size):
+        documents = np.full(batch_size, -1, np.int64)
+        members = order[group : group + batch_size]
+        documents[: len(members)] = members
+        longest = max(int(spans[d, 1] - spans[d, 0]) for d in members)
+        for segment in range(math.ceil(longest / length)):
+            batch = []
+            for row in range(first_row, first_row + rows):
+                d = documents[row]
+                start, stop = (0, 0) if d < 0 else spans[d]
+                begin = start + segment * length
+                batch.append(
+                    _segment(stream, begin, min(begin + length, stop), length, segment == 0 or not carried)
+                )
+            yield _stack(batch) | {"document": documents.copy()}

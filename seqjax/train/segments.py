@@ -235,17 +235,29 @@ def evaluate_stream(
     *,
     bytes_per_token: float = 1.0,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Runs `eval_fn` (`make_stream_eval_fn`) over `batches` (`seqjax.data.stream.stream_eval_batches`),
-    carrying the state from each segment to the next. Returns (the LM metrics, as
-    `evaluation.split_metrics` computes them, and {"nll", "tokens"} summed per lane)."""
+    """Runs `eval_fn` (`make_stream_eval_fn`) over `batches`, carrying the state from each segment to the
+    next. Returns (the LM metrics, as `evaluation.split_metrics` computes them, and {"nll", "tokens"}
+    summed per lane). Batches of `seqjax.data.stream.document_eval_batches` carry "document" (each global
+    row's document, -1 for none): the sums are then per document, [max document + 1]."""
     nll: np.ndarray | None = None
     tokens: np.ndarray | None = None
-    for batch in batches:
-        sums, carry = eval_fn(params, carry, to_device(batch))
-        lane_nll = np.asarray(sums["nll"], np.float64)
-        lane_tokens = np.asarray(sums["tokens"], np.float64)
-        nll = lane_nll if nll is None else nll + lane_nll
-        tokens = lane_tokens if tokens is None else tokens + lane_tokens
+    for host in batches:
+        documents = host.get("document")
+        sums, carry = eval_fn(params, carry, to_device({k: v for k, v in host.items() if k != "document"}))
+        row_nll = np.asarray(sums["nll"], np.float64)
+        row_tokens = np.asarray(sums["tokens"], np.float64)
+        if documents is None:
+            nll = row_nll if nll is None else nll + row_nll
+            tokens = row_tokens if tokens is None else tokens + row_tokens
+            continue
+        size = int(documents.max()) + 1
+        if nll is None:
+            nll, tokens = np.zeros(size), np.zeros(size)
+        elif size > len(nll):
+            nll, tokens = (np.pad(a, (0, size - len(a))) for a in (nll, tokens))
+        used = documents >= 0
+        np.add.at(nll, documents[used], row_nll[used])
+        np.add.at(tokens, documents[used], row_tokens[used])
     if nll is None:
         raise ValueError("evaluate_stream: no batches; nothing to evaluate.")
     data = {"nll": nll, "tokens": tokens}

@@ -54,7 +54,7 @@ from jax.sharding import NamedSharding
 from seqjax import models
 from seqjax.common.xla import plan_bytes
 from seqjax.data.pipeline import IndexedSource, TrainBatches, eval_batches, spread_indices
-from seqjax.data.stream import StreamBatches, stream_eval_batches
+from seqjax.data.stream import StreamBatches, document_eval_batches, stream_eval_batches
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
 from seqjax.train import run_config, segments
@@ -601,6 +601,7 @@ def evaluate(
     per_example: bool = False,
     examples: int | None = None,
     carried_state: bool = False,
+    by_document: bool = False,
 ) -> dict[str, Any]:
     """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
     metrics on the whole `split` (or, with `examples`, on that many spread evenly over it:
@@ -612,18 +613,24 @@ def evaluate(
     config's length with every layer's state carried from one segment to the next
     (`seqjax.data.stream.stream_eval_batches`, `seqjax.train.segments`). The metrics are the same, over
     the same targets; the whole split is always read (`examples` and `config.eval_examples` do not
-    apply), and the result has "per_lane" ({"nll", "tokens"} per lane) instead of per-example outputs."""
-    if carried_state and (per_example or examples is not None):
+    apply), and the result has "per_lane" ({"nll", "tokens"} per lane) instead of per-example outputs.
+
+    `by_document` (an LM on a token stream): every document is its own lane, read from its first token
+    in segments of the config's length (`seqjax.data.stream.document_eval_batches`), with the state
+    carried through the document (`carried_state=True`: Transformer-XL's long-context evaluation) or
+    reset at every segment (False); both score the same targets. The result has "per_document"
+    ({"nll", "tokens"} per document of the split, in order)."""
+    if (carried_state or by_document) and (per_example or examples is not None):
         raise ValueError(
-            "evaluate(carried_state=True) reads the whole split as contiguous lanes: per_example and "
-            "examples select sequences, which it does not have; leave them out."
+            "evaluate(carried_state=True or by_document=True) reads the whole split as lanes: per_example "
+            "and examples select sequences, which it does not have; leave them out."
         )
     parts = setup(config)
     config = parts["config"]
     if split not in parts["sources"]:
         raise ValueError(f"evaluate: split must be one of {sorted(parts['sources'])}, got {split!r}.")
-    if carried_state:
-        segments.check_stream_lm(config, "evaluate(carried_state=True)")
+    if carried_state or by_document:
+        segments.check_stream_lm(config, "evaluate(carried_state=True or by_document=True)")
     ckpt = Checkpoints(
         os.path.join(workdir, "checkpoints"),
         best_metric=config.checkpoint.best_metric,
@@ -644,6 +651,11 @@ def evaluate(
         ckpt.close()
     source = parts["sources"][split]
     bytes_per_token = float(getattr(source, "bytes_per_token", 1.0))
+    if by_document:
+        metrics, documents = evaluate_carried(
+            parts, restored.state.params, source, by_document=True, carried=carried_state
+        )
+        return {"step": restored.step, "split": split, "metrics": metrics, "per_document": documents}
     if carried_state:
         metrics, lanes = evaluate_carried(parts, restored.state.params, source)
         return {"step": restored.step, "split": split, "metrics": metrics, "per_lane": lanes}
@@ -673,23 +685,23 @@ def evaluate(
 
 
 def evaluate_carried(
-    parts: Mapping[str, Any], params: Any, source: Any
+    parts: Mapping[str, Any], params: Any, source: Any, *, by_document: bool = False, carried: bool = True
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The LM metrics of `params` on the whole `source` read as `config.eval_batch` contiguous lanes with
-    the state carried across segments (`parts`: `setup`'s), and {"nll", "tokens"} per lane."""
+    the state carried across segments (`parts`: `setup`'s), and {"nll", "tokens"} per lane. With
+    `by_document`, each lane is one document, carried through (or, without `carried`, reset at each
+    segment), and the sums are per document."""
     config, model = parts["config"], parts["model"]
     rows = config.eval_batch
     carry_sh = segments.model_carry_shardings(model, rows, parts["mesh"], parts["rules"])
     eval_fn = segments.make_stream_eval_fn(
         model, parts["state_shardings"].params, carry_sh, parts["batch_shardings"]
     )
-    batches = stream_eval_batches(
-        source,
-        rows,
-        parts["tokens_per_example"],
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    if by_document:
+        batches = document_eval_batches(source, rows, parts["tokens_per_example"], carried=carried, **where)
+    else:
+        batches = stream_eval_batches(source, rows, parts["tokens_per_example"], **where)
     return segments.evaluate_stream(
         eval_fn,
         params,
