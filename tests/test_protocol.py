@@ -275,6 +275,37 @@ def test_length_crossover_smoke_run(tmp_path):
         assert (tmp_path / f"out{suffix}").stat().st_size > 1000
 
 
+def test_segment_recurrence_smoke_run(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    args = [
+        sys.executable,
+        str(ROOT / "experiments" / "segment_recurrence.py"),
+        "--size=smoke",
+        "--presets=lstm",
+        "--options=corpus=python_docs",  # the embedded sample: 2 test documents
+        "--length=64",
+        "--tokens_per_batch=512",
+        "--resamples=200",
+        "--nostep_memory",
+        f"--workdir={tmp_path / 'runs'}",
+        f"--out={tmp_path / 'out'}",
+    ]
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "out.json").read_text())
+    row = results["models"]["lstm"]
+    assert row["seeds"] == 2 and row["documents"] == 2 and row["train_tokens"] == 1024
+    for key in ("carried", "reset", "difference"):
+        assert row[key]["low"] <= row[key]["estimate"] <= row[key]["high"]
+    gap = row["reset"]["estimate"] - row["carried"]["estimate"]
+    assert row["difference"]["estimate"] == pytest.approx(gap)
+    assert results["verdict"] in ("supported", "contradicted", "depends", "inconclusive")
+    assert any("Kneser" in b["model"] for b in results["baselines"])
+    for seed in (0, 1):  # every seed's per-document sums are kept for a rerun
+        assert list((tmp_path / "runs" / "lstm").glob(f"lr*/seed{seed}/documents_carried.npz"))
+    assert "## Verdict: the carried state lowers bits per byte" in (tmp_path / "out.md").read_text()
+
+
 def test_a_finished_run_is_read_back_not_retrained(tmp_path, monkeypatch):
     from seqjax.train import trainer
 

@@ -22,7 +22,35 @@ import numpy as np
 from seqjax.experiment.protocol import HEADLINE, ModelResult
 from seqjax.experiment.report import Claim, baseline_interval, family_of, metric_interval, paired_difference
 
-__all__ = ["best_by_family", "model_table", "summarize_length"]
+__all__ = ["baseline_rows", "best_by_family", "model_table", "summarize_length"]
+
+
+def baseline_rows(
+    baselines: Sequence[Any],
+    task: str,
+    clusters: np.ndarray | None,
+    *,
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+) -> list[dict[str, Any]]:
+    """One row per `BaselineResult`: its headline metric with a cluster bootstrap interval (NaN ends when
+    the baseline has no per-example values), name and settings (`baseline_table`'s input)."""
+    metric = HEADLINE[task][0]
+    rows = []
+    for b in baselines:
+        interval = baseline_interval(
+            b, task, clusters, confidence_level=confidence_level, n_resamples=n_resamples
+        )
+        rows.append(
+            {
+                "model": b.name,
+                "estimate": float(b.metrics.get(metric, math.nan)) if interval is None else interval.estimate,
+                "low": math.nan if interval is None else interval.low,
+                "high": math.nan if interval is None else interval.high,
+                "settings": {k: str(v) for k, v in b.settings.items()},
+            }
+        )
+    return rows
 
 
 def _median(values: Sequence[float]) -> float:
@@ -93,20 +121,9 @@ def summarize_length(
                 "workdirs": [r.workdir for r in seeds],
             }
         )
-    baseline_rows = []
-    for b in baselines:
-        interval = baseline_interval(
-            b, task, baseline_clusters, confidence_level=confidence_level, n_resamples=n_resamples
-        )
-        baseline_rows.append(
-            {
-                "model": b.name,
-                "estimate": float(b.metrics.get(metric, math.nan)) if interval is None else interval.estimate,
-                "low": math.nan if interval is None else interval.low,
-                "high": math.nan if interval is None else interval.high,
-                "settings": {k: str(v) for k, v in b.settings.items()},
-            }
-        )
+    baselines_found = baseline_rows(
+        baselines, task, baseline_clusters, confidence_level=confidence_level, n_resamples=n_resamples
+    )
     best = best_by_family(results, metric, larger)
     comparisons = []
     for claim in claims:
@@ -124,7 +141,7 @@ def summarize_length(
             n_resamples=n_resamples,
         )
         comparisons.append({"claim": claim.name, "better": a, "worse": b, **difference})
-    finite = [r for r in baseline_rows if math.isfinite(r["estimate"])]
+    finite = [r for r in baselines_found if math.isfinite(r["estimate"])]
     strongest = (max if larger else min)(finite, key=lambda r: r["estimate"]) if finite else None
     return {
         "task": task,
@@ -132,7 +149,7 @@ def summarize_length(
         "larger_is_better": larger,
         "confidence_level": confidence_level,
         "models": rows,
-        "baselines": baseline_rows,
+        "baselines": baselines_found,
         "strongest_baseline": None if strongest is None else strongest["model"],
         "best_by_family": best,
         "comparisons": comparisons,
