@@ -34,6 +34,17 @@ CELL_CASES = [
         "sliding-window-global-gqa",
         cells.SlidingWindowAttention(num_heads=4, head_dim=2, num_kv_heads=2, window=3, num_global=2),
     ),
+    # Transformer-XL's apply equals the step loop only when the memory covers the sequence: 24 holds the
+    # < 8 tokens of `random_state` plus the contract's 13 (test_cell_contract.py::
+    # test_apply_equals_step_loop skips shorter memories; tests/test_xl_attention.py checks those).
+    (
+        "xl-attention-gqa",
+        cells.TransformerXLAttention(num_heads=4, head_dim=2, num_kv_heads=2, memory_length=24),
+    ),
+    (
+        "xl-attention-short-memory-alibi",
+        cells.TransformerXLAttention(num_heads=2, head_dim=4, memory_length=3, positional="alibi"),
+    ),
     # no step (an encoder): the contract runs its apply-only checks
     ("longformer-gqa", cells.Longformer(num_heads=4, head_dim=2, num_kv_heads=2, window=4, num_global=2)),
     # no step (an encoder); n = 64 holds the float64 test's 64 tokens, k < n so the projection compresses

@@ -81,6 +81,15 @@ def test_presets_build_the_cells_they_name():
     assert no_stream == ENCODER_PRESETS
 
 
+def test_xl_attention_preset_remembers_one_segment():
+    """The xl_attention preset's memory is the task's length (the training segment), unless overridden."""
+    cell = _first_cell("xl_attention")
+    assert isinstance(cell, cells.TransformerXLAttention) and cell.memory_length == 32
+    config = documents.get_config("xl_attention,length=64")
+    assert config.model.mixers.xl_attention.to_dict() == {"cell": "xl_attention", "memory_length": 64}
+    assert cell.step_unsupported() is None
+
+
 def _first_cell(preset: str) -> cells.Cell:
     config = genomic.get_config(f"{preset},length=32")
     return BackboneConfig.from_dict(config.model.to_dict()).layer_cells()[0]

@@ -11,7 +11,7 @@
   uninterrupted run, on the same mesh (bitwise) and on another mesh (float round-off); carried
   evaluation counts the targets per-sequence evaluation counts.
 - Errors: softmax attention (a growing state), encoders, other tasks and other data are refused, naming
-  the layer and the cell.
+  the layer and the cell; Transformer-XL attention (a fixed memory) is allowed and its preset trains.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ CARRIABLE = [
     ("gla", cells.GatedLinearAttention(num_heads=2, head_dim=D // 2, chunk_size=4)),
     ("performer", cells.Performer(num_heads=2, head_dim=D // 2, num_features=8, chunk_size=4)),
     ("sliding-window", cells.SlidingWindowAttention(num_heads=2, head_dim=D // 2, window=4, num_global=1)),
+    # Transformer-XL equals the whole sequence when its memory covers the stream (M = the 4 segments);
+    # with a shorter memory it is another function (tests/test_xl_attention.py checks that one).
+    ("xl-attention", cells.TransformerXLAttention(num_heads=2, head_dim=D // 2, memory_length=4 * SEGMENT)),
 ]
 
 
@@ -440,7 +443,7 @@ def test_softmax_attention_is_refused_naming_the_layer_and_cell(tmp_path):
     config = _recurrent_documents("attention")
     with pytest.raises(ConfigError, match=r"layer 0 \(blocks_0, mixer 'attention'\) uses cell 'attention'"):
         segments.check_segment_recurrence(resolve(config))
-    with pytest.raises(ConfigError, match=r"Transformer-XL memory .* is not implemented yet"):
+    with pytest.raises(ConfigError, match=r"for softmax attention across segments use xl_attention"):
         train(config, str(tmp_path / "run"))  # before any data or compile work
     hybrid = _recurrent_documents("lstm")
     hybrid.model.pattern = ("lstm", "attention")
@@ -455,8 +458,29 @@ def test_softmax_attention_is_refused_naming_the_layer_and_cell(tmp_path):
 
 def test_bounded_attention_is_allowed_and_recurrence_is_off_by_default():
     segments.check_segment_recurrence(resolve(_recurrent_documents("swa")))
+    segments.check_segment_recurrence(resolve(_recurrent_documents("xl_attention")))
     segments.check_segment_recurrence(resolve(_recurrent_documents("mamba")))
     assert resolve(documents.get_config("attention")).segment_recurrence is False
+
+
+def test_xl_attention_preset_trains_with_segment_recurrence(tmp_path):
+    """A short run of the xl_attention preset: its memory (the segment length) is carried across
+    batches, checkpointed with the parameters, and read by the carried evaluation."""
+    config = _recurrent_documents("xl_attention")
+    assert config.model.mixers.xl_attention.memory_length == 32  # the training segment length
+    config.total_steps, config.batch_size, config.eval_batch_size = 2, 8, 8
+    config.model.d_model, config.model.num_layers = 8, 1
+    config.log_every, config.eval_every, config.tensorboard = 1, 0, False
+    config.checkpoint.every, config.checkpoint.async_save = 2, False
+    config.optimizer.warmup_steps = 1
+    config.data_dir = str(tmp_path / "data")
+    result = train(config, str(tmp_path / "run"))
+    assert result["step"] == 2
+    carry = result["state"].carry[0]
+    assert isinstance(carry, cells.XLAttentionState) and carry.k.shape[:2] == (8, 32)
+    assert (np.asarray(carry.length) > 0).all() and np.abs(np.asarray(carry.k)).max() > 0
+    carried = evaluate(config, str(tmp_path / "run"), split="test", step="latest", carried_state=True)
+    assert np.isfinite(carried["metrics"]["bits_per_byte"])
 
 
 def test_other_tasks_and_data_are_refused():

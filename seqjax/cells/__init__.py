@@ -29,6 +29,7 @@ from seqjax.cells.lstm import LSTM, LSTMState
 from seqjax.cells.mamba import Mamba, MambaState
 from seqjax.cells.registry import get, names, register
 from seqjax.cells.ssm import LRU, S4D, S5
+from seqjax.cells.xl_attention import TransformerXLAttention, XLAttentionState
 
 __all__ = [
     "ELSTM",
@@ -60,6 +61,8 @@ __all__ = [
     "SlidingWindowAttention",
     "SlidingWindowState",
     "State",
+    "TransformerXLAttention",
+    "XLAttentionState",
     "get",
     "names",
     "register",

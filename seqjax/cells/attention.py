@@ -35,7 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
-from seqjax.cells.kv_cache import clear_rows, ring_positions, scatter_rows, segments_and_positions
+from seqjax.cells.kv_cache import (
+    clear_rows,
+    ring_positions,
+    ring_write_index,
+    scatter_rows,
+    segments_and_positions,
+)
 from seqjax.cells.positional import POSITIONALS, alibi_slopes, rotary_embedding, sinusoidal_embedding
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
@@ -668,9 +674,7 @@ class SlidingWindowAttention(_SoftmaxAttention):
         length: jax.Array,
     ) -> SlidingWindowState:
         g, w = self.num_global, self.window
-        # Only the last `window` tokens reach the ring (earlier ones would be overwritten), so every
-        # slot is written at most once.
-        ring_index = jnp.where(in_last & (pos >= length[..., None] - w), pos % w, w)
+        ring_index = ring_write_index(pos, in_last, length, w)
         glob_index = jnp.where(in_last & (pos < g), pos, g)
         return SlidingWindowState(
             k=scatter_rows(self._kept(cont, state.k), k, ring_index),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["clear_rows", "ring_positions", "scatter_rows", "segments_and_positions"]
+__all__ = ["clear_rows", "ring_positions", "ring_write_index", "scatter_rows", "segments_and_positions"]
 
 
 def segments_and_positions(
@@ -72,3 +72,12 @@ def ring_positions(length: jax.Array, window: int) -> jax.Array:
     Slot s holds the latest position p < length with p ≡ s (mod window)."""
     last = length[..., None] - 1
     return last - jnp.mod(last - jnp.arange(window), window)
+
+
+def ring_write_index(pos: jax.Array, written: jax.Array, length: jax.Array, size: int) -> jax.Array:
+    """[*batch, T] the ring slot (`scatter_rows` index) each token of a sequence is written to, for a ring
+    of `size` slots that must end holding the last `size` of the `written` [*batch, T] tokens, whose
+    positions are `pos` [*batch, T] and which end at `length` [*batch] tokens. Earlier tokens (which
+    later ones would overwrite) and unwritten ones get `size`: skipped, so every slot is written at most
+    once."""
+    return jnp.where(written & (pos >= length[..., None] - size), pos % size, size)

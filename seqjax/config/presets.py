@@ -29,6 +29,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gla": {"cell": "gla"},
     "attention": {"cell": "attention"},
     "swa": {"cell": "sliding_window_attention", "window": 256},
+    # Transformer-XL: softmax attention with a memory of the previous segments' keys and values; the
+    # memory is the task's length (the training segment) unless overridden (`preset_mixer`).
+    "xl_attention": {"cell": "xl_attention"},
     "s4d": {"cell": "s4d", "state_size": 64},
     "performer": {"cell": "performer"},
     # Encoders: they read future tokens, so they serve classification (Linformer also forecasting; see
@@ -83,17 +86,22 @@ def check_preset_task(preset: str, task: str) -> None:
 
 
 def preset_mixer(preset: str, *, max_length: int, **overrides: Any) -> dict[str, Any]:
-    """The mixer spec of `preset`; exact attention gets `max_length` (its KV cache) and Linformer gets it
-    as its n (E and F are k x n) unless overridden.
+    """The mixer spec of `preset`; exact attention gets `max_length` (its KV cache), Transformer-XL
+    attention gets it as its `memory_length` (the training segment length, as in the paper) and
+    Linformer as its n (E and F are k x n), unless overridden.
 
     preset_mixer("swa", max_length=1024, window=64)  # {"cell": "sliding_window_attention", "window": 64}
 
     >>> preset_mixer("linformer", max_length=128)
     {'cell': 'linformer', 'k': 128, 'sharing': 'key_value', 'max_length': 128}
+    >>> preset_mixer("xl_attention", max_length=512)
+    {'cell': 'xl_attention', 'memory_length': 512}
     """
     mixer = dict(PRESETS[preset])
     if mixer["cell"] in ("attention", "linformer"):
         mixer["max_length"] = max_length
+    if mixer["cell"] == "xl_attention":
+        mixer["memory_length"] = max_length
     if mixer["cell"] == "linformer":
         mixer["k"] = min(mixer["k"], max_length)  # k > n projects to more rows than there are tokens
     mixer.update(overrides)

@@ -73,7 +73,7 @@ HEADLINE: dict[str, tuple[str, bool]] = {
 
 #: Cells whose every query attends a window of positions (softmax attention): the attended positions
 #: add 6 * layers * positions * d_model FLOPs per token to a train step (Kaplan et al. 2020, eq. 2.2).
-_ATTENTION_CELLS = ("attention", "sliding_window_attention", "longformer", "linformer")
+_ATTENTION_CELLS = ("attention", "sliding_window_attention", "xl_attention", "longformer", "linformer")
 
 
 class RunInterrupted(RuntimeError):
@@ -201,13 +201,17 @@ class ModelResult:
 def analytic_train_flops_per_token(config: Any, num_params: int, length: int) -> float:
     """Approximate train-step FLOPs per token: 6 x parameters (forward and backward matmuls) plus, for
     softmax-attention layers, 6 x d_model x the positions each query attends (L for exact attention, the
-    window for sliding-window and Longformer layers, k for Linformer). Elementwise recurrences are not
+    window for sliding-window and Longformer layers, k for Linformer, the memory M + L for Transformer-XL,
+    whose segment's queries also attend M keys of the previous segments). Elementwise recurrences are not
     counted.
 
     >>> from seqjax.config import load_config_file
     >>> config = load_config_file("configs/documents.py", "attention")
     >>> analytic_train_flops_per_token(config, 1000, 1024)
     792432.0
+    >>> config = load_config_file("configs/documents.py", "xl_attention,length=1024")  # M = 1024
+    >>> analytic_train_flops_per_token(config, 1000, 1024)
+    1578864.0
     """
     model = config.model
     mixers = dict(model.mixers)
@@ -221,6 +225,10 @@ def analytic_train_flops_per_token(config: Any, num_params: int, length: int) ->
             continue
         window = mixer.get("k") if cell == "linformer" else mixer.get("window")  # Linformer: k projected rows
         attended = length if window is None else min(int(window), length)
+        if cell == "xl_attention":
+            from seqjax.cells import TransformerXLAttention  # its default memory_length
+
+            attended += int(mixer.get("memory_length", TransformerXLAttention.memory_length))
         attended += int(mixer.get("num_global", 0) or 0)
         attention += 6.0 * int(model.d_model) * attended
     return 6.0 * num_params + attention

@@ -43,7 +43,16 @@ __all__ = [
 FAMILIES: dict[str, str] = {
     **{
         p: "attention"
-        for p in ("attention", "swa", "longformer", "encoder", "performer", "linear_attention", "linformer")
+        for p in (
+            "attention",
+            "swa",
+            "xl_attention",
+            "longformer",
+            "encoder",
+            "performer",
+            "linear_attention",
+            "linformer",
+        )
     },
     **{
         p: "recurrent"

@@ -9,9 +9,10 @@ for cells whose state has a fixed size).
   with the parameters; the train step runs from it and stops the gradient at the batch boundary
   (`seqjax.train.step`).
 - Which models: a language model on data whose splits are token streams ("documents"), made of cells
-  whose state has a fixed size and runs left to right. Softmax attention keeps every token in its KV
-  cache, so it is refused until Transformer-XL's bounded memory exists; sliding-window attention
-  carries its window (a ring buffer) and is allowed.
+  whose state has a fixed size and runs left to right. Softmax attention (`Attention`) keeps every
+  token in its KV cache, so it is refused; Transformer-XL attention (`TransformerXLAttention`, the
+  last `memory_length` keys and values) and sliding-window attention (its window) carry a ring buffer
+  and are allowed.
 - Evaluation: `make_stream_eval_fn` and `evaluate_stream` score the split as contiguous lanes with the
   state carried across segments; the metrics are those of the per-sequence evaluation, over the same
   targets.
@@ -62,6 +63,8 @@ def carried_state_problem(cell: Cell) -> str | None:
     >>> from seqjax import cells
     >>> carried_state_problem(cells.SlidingWindowAttention(num_heads=1, head_dim=4, window=8)) is None
     True
+    >>> carried_state_problem(cells.TransformerXLAttention(num_heads=1, head_dim=4, memory_length=8)) is None
+    True
     >>> print(carried_state_problem(cells.Attention(num_heads=1, head_dim=4)))  # doctest: +ELLIPSIS
     keeps every token of the segment in its state (a KV cache of max_length=2048 slots)...
     """
@@ -73,8 +76,8 @@ def carried_state_problem(cell: Cell) -> str | None:
         slots = f" of max_length={capacity} slots" if capacity is not None else ""
         return (
             f"keeps every token of the segment in its state (a KV cache{slots}), which a stream carried "
-            f"across batches would overflow; Transformer-XL memory (a bounded window of past keys and "
-            f"values) is not implemented yet"
+            f"across batches would overflow; for softmax attention across segments use xl_attention "
+            f"(TransformerXLAttention: Transformer-XL's memory of the last memory_length keys and values)"
         )
     return None
 
@@ -90,8 +93,9 @@ def check_carried_state_model(config: models.BackboneConfig | Mapping[str, Any],
             raise ConfigError(
                 f"{where}: layer {i} (blocks_{i}, mixer {mixer!r}) uses cell {cell.name!r} "
                 f"({type(cell).__name__}), which {problem}. Use cells with a fixed-size causal state (lstm, "
-                f"gru, elstm, s4d, s5, lru, mamba, linear_attention, gla, performer, or "
-                f"sliding_window_attention, which carries its window), or turn segment recurrence off."
+                f"gru, elstm, s4d, s5, lru, mamba, linear_attention, gla, performer, "
+                f"sliding_window_attention, which carries its window, or xl_attention, which carries "
+                f"Transformer-XL's memory), or turn segment recurrence off."
             )
 
 
