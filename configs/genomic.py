@@ -6,17 +6,18 @@ bytes by the DNA encoder.
     python scripts/train.py --config=configs/genomic.py:lstm,task=promoter,route=auto,size=accelerator
     python scripts/train.py --config=configs/genomic.py:lstm,task=human_or_worm --workdir=/tmp/hw
 
-Arg: `preset[,task=..,length=..,route=..,size=..]`. `route=sample` (default) trains on the real sample
-embedded in the repository; `auto`/`offline`/`online` fetch and prepare the full data (see
-`scripts/prepare_data.py`). Lengths: 8192/16384/32768 are the documented full-data windows; the CPU
-default is 2048.
+Arg: `preset[,task=..,length=..,route=..,size=..]`, and for `linformer` `sharing=..` (e.g.
+`linformer,sharing=layerwise`: one E for the whole model; `seqjax.config.PRESET_OPTIONS`). `route=sample`
+(default) trains on the real sample embedded in the repository; `auto`/`offline`/`online` fetch and prepare
+the full data (see `scripts/prepare_data.py`). Lengths: 8192/16384/32768 are the documented full-data windows;
+the CPU default is 2048.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from seqjax.config import base_config, data_section, parse_arg
+from seqjax.config import base_config, data_section, parse_arg, preset_options
 
 NUM_CLASSES = {"genic_vs_intergenic": 2, "promoter": 2, "species": 4, "human_or_worm": 2}
 
@@ -28,7 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if task not in NUM_CLASSES:
         raise ValueError(f"configs/genomic.py: task must be one of {sorted(NUM_CLASSES)}, got {task!r}.")
     length = options.get("length", 2048 if size == "cpu" else 16384)
-    c = base_config(preset, size, task="classification", max_length=length)
+    c = base_config(
+        preset, size, task="classification", max_length=length, mixer=preset_options(preset, options)
+    )
     c.data = data_section(
         "genomic",
         shuffle=True,

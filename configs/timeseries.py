@@ -4,15 +4,16 @@ traffic, with the LTSF protocol (chronological splits, training-set z-scores, MS
     python scripts/train.py --config=configs/timeseries.py:mamba --workdir=/tmp/ts
     python scripts/train.py --config=configs/timeseries.py:s5,lookback=4096,horizon=720
 
-Arg: `preset[,dataset=..,lookback=..,horizon=..,route=..,size=..]`; `route=sample` (default) uses the
-real sample embedded in the repository.
+Arg: `preset[,dataset=..,lookback=..,horizon=..,route=..,size=..]`, and for `linformer` `sharing=..` (e.g.
+`linformer,sharing=layerwise`: one E for the whole model); `route=sample` (default) uses the real sample
+embedded in the repository.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from seqjax.config import base_config, data_section, parse_arg
+from seqjax.config import base_config, data_section, parse_arg, preset_options
 
 OPTIONS = {"dataset": str, "lookback": int, "horizon": int, "route": str}
 
@@ -21,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset, options = parse_arg(arg, "lstm", OPTIONS, "configs/timeseries.py")
     size = options.get("size", "cpu")
     lookback = options.get("lookback", 512 if size == "cpu" else 4096)
-    c = base_config(preset, size, task="forecast", max_length=lookback)
+    c = base_config(preset, size, task="forecast", max_length=lookback, mixer=preset_options(preset, options))
     c.data = data_section(
         "timeseries",
         shuffle=True,

@@ -1,21 +1,24 @@
 """Linformer: with k = n and E = F = identity it is exact bidirectional attention (a dense reference
-written plainly here); padding is masked; the sharing modes have the paper's parameter counts; causal
-use, step mode and inputs longer than n are clear errors."""
+written plainly here); padding is masked; the sharing modes have the paper's parameter counts; layerwise
+sharing (one E held by the model) equals per-layer projections all set to that matrix, values and
+gradients; causal use, step mode, inputs longer than n and invalid sharing settings are clear errors."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import genomic, timeseries
 from seqjax import cells, models
-from seqjax.config import check_preset_task
+from seqjax.config import check_preset_task, parse_arg
 
 D = 5  # input width
-SHARING = ["none", "headwise", "key_value"]
+SHARING = ["none", "headwise", "key_value", "layerwise"]
 
 
 def dense_bidirectional_attention(params, xs, num_heads: int, head_dim: int):
@@ -181,6 +184,7 @@ def test_a_given_state_continues_positions():
         ("none", lambda h, k, n: 2 * h * k * n),  # an E and an F per head
         ("headwise", lambda h, k, n: 2 * k * n),  # one E and one F per layer
         ("key_value", lambda h, k, n: k * n),  # E = F
+        ("layerwise", lambda h, k, n: k * n),  # the cell alone holds its E (a model holds one for all)
     ],
 )
 def test_parameter_counts_follow_the_paper(sharing, projection_params):
@@ -209,6 +213,121 @@ def test_bfloat16_compute_keeps_float32_parameters():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     ys, _ = cell.apply(params, jax.random.normal(jax.random.PRNGKey(1), (2, 20, D)))
     assert ys.dtype == jnp.bfloat16
+
+
+# ------------------------------------------------------------------------------------------------------
+# Layerwise sharing: one E for every layer of the model.
+# ------------------------------------------------------------------------------------------------------
+LAYERS, K, N, WIDTH = 3, 4, 12, 8  # a backbone of three Linformer layers over [*, N, WIDTH] features
+
+
+def _backbone(sharing: str, num_layers: int = LAYERS) -> models.Backbone:
+    mixer = {"cell": "linformer", "num_heads": 2, "head_dim": 4, "max_length": N, "k": K, "sharing": sharing}
+    config = models.BackboneConfig(
+        d_model=WIDTH, num_layers=num_layers, encoder="none", pattern="lin", mixers={"lin": mixer}
+    )
+    return models.Backbone(config)
+
+
+def _params(sharing: str) -> dict:
+    xs = jnp.ones((1, N, WIDTH))
+    return nn.unbox(_backbone(sharing).init(jax.random.PRNGKey(0), xs))["params"]
+
+
+def _count(params) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def test_layerwise_sharing_holds_one_k_by_n_matrix_for_the_model():
+    """The paper's layerwise count: one k x n matrix for all layers, where key-value sharing has one per
+    layer and headwise sharing two per layer; the rest of the model is the same."""
+    layerwise = _params("layerwise")
+    assert jax.tree.map(jnp.shape, layerwise["shared"]) == {"linformer": {"e": (K, N)}}
+    for i in range(LAYERS):
+        assert sorted(layerwise[f"blocks_{i}"]["mixer"]["cell"]) == ["w_k", "w_o", "w_q", "w_v"]
+    count = _count(layerwise)
+    assert count == _count(_params("key_value")) - (LAYERS - 1) * K * N
+    assert count == _count(_params("headwise")) - (2 * LAYERS - 1) * K * N
+    # Boxed like a layer's E: its logical axes shard it, its optimizer group is the cell's.
+    boxed = _backbone("layerwise").init(jax.random.PRNGKey(0), jnp.ones((1, N, WIDTH)))["params"]
+    e = boxed["shared"]["linformer"]["e"]
+    assert e.names == ("projected_length", "length") and e.group == "default"
+
+
+def test_layerwise_sharing_equals_per_layer_projections_set_to_one_matrix():
+    """Values and gradients: the layerwise model equals the headwise model whose every E and F is the
+    shared matrix, and the shared matrix's gradient is the sum of those E's and F's gradients."""
+    shared = _params("layerwise")
+    e = shared["shared"]["linformer"]["e"] + 0.1 * jax.random.normal(jax.random.PRNGKey(3), (K, N))
+    shared["shared"]["linformer"]["e"] = e
+    per_layer = {name: value for name, value in shared.items() if name != "shared"}
+    per_layer = jax.tree.map(lambda x: x, per_layer)  # a copy: the layers' trees are edited below
+    for i in range(LAYERS):
+        per_layer[f"blocks_{i}"]["mixer"]["cell"] = {
+            **per_layer[f"blocks_{i}"]["mixer"]["cell"],
+            "e": e,
+            "f": e,
+        }
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, N, WIDTH))
+    mask = jnp.arange(N) < jnp.array([[N], [N - 3]])  # row 1 padded: the masked path too
+
+    def loss(model):
+        return lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, xs, mask=mask)[0]))
+
+    value, grads = jax.jit(jax.value_and_grad(loss(_backbone("layerwise"))))(shared)
+    ref_value, ref_grads = jax.jit(jax.value_and_grad(loss(_backbone("headwise"))))(per_layer)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    summed = sum(
+        ref_grads[f"blocks_{i}"]["mixer"]["cell"][name] for i in range(LAYERS) for name in ("e", "f")
+    )
+    np.testing.assert_allclose(grads["shared"]["linformer"]["e"], summed, rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(summed).max()) > 0
+    for i in range(LAYERS):  # every other parameter's gradient is the unshared model's
+        cell_grads = ref_grads[f"blocks_{i}"]["mixer"]["cell"]
+        ref_grads[f"blocks_{i}"]["mixer"]["cell"] = {k: v for k, v in cell_grads.items() if k not in "ef"}
+    del grads["shared"]
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_layerwise_sharing_from_the_preset_option_and_its_errors():
+    for module, arg in ((genomic, "linformer,length=32"), (timeseries, "linformer,lookback=32")):
+        config = module.get_config(f"{arg},sharing=layerwise")
+        assert config.model.mixers.linformer.sharing == "layerwise"
+        model = {**config.model.to_dict(), "input_size": 3}  # forecasting: the trainer sets it from the data
+        cell = models.BackboneConfig.from_dict(model).layer_cells()[0]
+        assert cell.shared_params() == ("e",)
+        assert module.get_config(arg).model.mixers.linformer.sharing == "key_value"  # the preset's default
+    with pytest.raises(ValueError, match=r"option 'sharing' is for preset\(s\) \['linformer'\], not 'lstm'"):
+        genomic.get_config("lstm,sharing=layerwise")
+    with pytest.raises(
+        ValueError, match=r"sharing='layer' of preset 'linformer' must be one of .*'layerwise'"
+    ):
+        parse_arg("linformer,sharing=layer", "lstm", {}, "configs/genomic.py")
+    # Layers that share one E must build it in one shape.
+    base = {"cell": "linformer", "num_heads": 2, "head_dim": 4, "max_length": N, "sharing": "layerwise"}
+    with pytest.raises(
+        ValueError,
+        match=r"mixers 'a' and 'b' are Linformer layers whose \['e'\] .*"
+        r"sharing='layerwise'.*e float32\[4, 12\] vs e float32\[6, 12\]",
+    ):
+        models.BackboneConfig(
+            d_model=WIDTH,
+            encoder="none",
+            pattern=("a", "b"),
+            mixers={"a": {**base, "k": 4}, "b": {**base, "k": 6}},
+        )
+    # A layer that does not hold E must be given it.
+    cell = cells.Linformer(num_heads=2, head_dim=4, max_length=N, k=K, sharing="layerwise")
+    layer = models.CellLayer(cell, input_size=WIDTH, external_params=("e",))
+    xs = jnp.ones((1, N, WIDTH))
+    variables = layer.init(jax.random.PRNGKey(0), xs, shared={"e": jnp.zeros((K, N))})
+    assert "e" not in variables["params"]["cell"]
+    with pytest.raises(ValueError, match=r"holds no \['e'\] .* pass shared=\{'e': \.\.\.\}"):
+        layer.apply(variables, xs)
+    # Alone (no external_params), a layerwise cell's layer holds its E like key-value sharing.
+    alone = models.CellLayer(cell).init(jax.random.PRNGKey(0), xs)
+    assert "e" in alone["params"]["cell"]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -272,4 +391,4 @@ def test_alibi_and_unknown_sharing_are_refused():
     with pytest.raises(ValueError, match=r"alibi.*mixes every position and has none"):
         cells.Linformer(num_heads=2, head_dim=4, positional="alibi")
     with pytest.raises(ValueError, match="sharing must be one of"):
-        cells.Linformer(num_heads=2, head_dim=4, sharing="layerwise")
+        cells.Linformer(num_heads=2, head_dim=4, sharing="sequence")

@@ -65,6 +65,18 @@ def test_preset_trains_on_genomic_classification(preset, data_dir, tmp_path):
     assert np.isfinite(result["eval"]["balanced_accuracy"])
 
 
+def test_linformer_layerwise_sharing_trains_with_one_projection(data_dir, tmp_path):
+    """`linformer,sharing=layerwise`: the trainer shards, optimises and checkpoints the model's one E."""
+    config = _tiny(genomic.get_config("linformer,length=32,sharing=layerwise"), data_dir)
+    config.model.mixers.linformer.k = 8
+    config.model.num_layers = 2
+    result = train(config, str(tmp_path / "run"))
+    assert result["step"] == 2 and np.isfinite(result["eval"]["balanced_accuracy"])
+    params = result["state"].params
+    assert params["backbone"]["shared"]["linformer"]["e"].shape == (8, 32)
+    assert all("e" not in params["backbone"][f"blocks_{i}"]["mixer"]["cell"] for i in range(2))
+
+
 def test_presets_build_the_cells_they_name():
     built = {name: _first_cell(name) for name in NEW_PRESETS}
     assert isinstance(built["bilstm"], cells.Bidirectional)

@@ -8,8 +8,9 @@
 - Train step: with learning rate 0, the losses of consecutive carried steps are the whole stream's, with
   or without truncated BPTT inside the batch.
 - Trainer: a run stopped at step k and resumed ends with the parameters and carried state of the
-  uninterrupted run, on the same mesh (bitwise) and on another mesh (float round-off); carried
-  evaluation counts the targets per-sequence evaluation counts.
+  uninterrupted run, on the same mesh (bitwise) and on another mesh (float round-off); so does
+  `scripts/train.py` killed with SIGKILL mid-stream and rerun (bitwise); carried evaluation counts the
+  targets per-sequence evaluation counts.
 - Errors: softmax attention (a growing state), encoders, other tasks and other data are refused, naming
   the layer and the cell; Transformer-XL attention (a fixed memory) is allowed and its preset trains.
 """
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +39,14 @@ from seqjax.train.step import LOSSES, make_train_step
 from seqjax.train.trainer import evaluate, setup, train
 from tests.cell_cases import contract_cases
 from tests.models_helpers import VOCAB, B, D, assert_close, fast_variables, lm, tokens
+from tests.train_subprocess import (
+    checkpoint_steps,
+    finish,
+    start,
+    start_and_wait,
+    train_command,
+    with_overrides,
+)
 
 SEGMENT = 5  # tokens per segment; sliding-window attention's window (4) crosses segment boundaries
 
@@ -359,6 +369,77 @@ def test_carried_state_restores_onto_another_mesh(runs, tmp_path):
     leaf = jax.tree.leaves(h)[0]
     assert leaf.sharding.mesh.size == 4
     assert leaf.sharding.spec[0] == ("data", "fsdp")  # the batch axis, as the batch is placed
+
+
+KILL_TOTAL, KILL_EVERY = 40, 4
+KILL_CONFIG = "documents.py:gla,length=32"
+
+
+def _kill_overrides(data_dir: str) -> dict:
+    """A run of KILL_TOTAL steps on the documents stream, a checkpoint every KILL_EVERY steps (all kept, to
+    compare the killed run's last one with the uninterrupted run's at the same step). One GLA layer on a
+    2-device mesh (the carried state sharded by lane), without truncated BPTT (the in-process resume test
+    above has it): each subprocess spends most of its ~15 s on imports and compiles."""
+    return {
+        "segment_recurrence": True,
+        "total_steps": KILL_TOTAL,
+        "batch_size": 8,
+        "eval_batch_size": 8,
+        "model.d_model": 16,
+        "model.num_layers": 1,
+        "mesh.num_devices": 2,
+        "log_every": 1000,
+        "eval_every": 0,
+        "tensorboard": False,
+        "checkpoint.every": KILL_EVERY,
+        "checkpoint.keep": KILL_TOTAL // KILL_EVERY,
+        "checkpoint.async_save": False,  # as test_train_resume's SIGKILL test
+        "data_dir": data_dir,
+    }
+
+
+def test_sigkill_mid_stream_then_rerun_equals_uninterrupted(tmp_path):
+    """`scripts/train.py` killed (SIGKILL) mid-stream and rerun with the same command ends with the
+    parameters and carried state of the same command run uninterrupted in another workdir."""
+    overrides = _kill_overrides(str(tmp_path / "data"))
+    whole_dir, killed_dir = str(tmp_path / "whole"), str(tmp_path / "killed")
+    # The uninterrupted run goes alongside the one that is killed (the data set is prepared once, under a
+    # lock the other waits on).
+    whole = start(train_command(KILL_CONFIG, whole_dir, overrides))
+    command = train_command(KILL_CONFIG, killed_dir, overrides)
+    proc = start_and_wait(command, killed_dir, at_least=2 * KILL_EVERY)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(checkpoint_steps(killed_dir))
+    assert killed_at < KILL_TOTAL, "the run finished before it could be killed; the test proved nothing"
+    out = finish(start(command))
+    assert f"resumed from step {killed_at} (data position {killed_at})" in out, out[-3000:]
+    finish(whole)
+
+    parts = setup(with_overrides(documents.get_config(KILL_CONFIG.split(":")[1]), overrides))
+
+    def restore(workdir: str, step: int):
+        with Checkpoints(f"{workdir}/checkpoints", async_save=False) as ckpt:
+            restored = ckpt.restore(parts["abstract_state"], step=step)
+        # One batch per step: the stream position saved with the state is the step's.
+        assert restored.data_state == {"next_batch": step} and int(restored.state.step) == step
+        return restored.state
+
+    # Killed mid-stream: the last checkpoint before the kill holds a carried state past the stream's start,
+    # and the killed run had got there as the uninterrupted run did.
+    at_kill = restore(killed_dir, killed_at)
+    assert all(np.abs(x).max() > 0 for x in _leaves(at_kill.carry))
+    for a, b in zip(_leaves(at_kill), _leaves(restore(whole_dir, killed_at)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Bitwise, as test_train_resume's SIGKILL test: both processes run the same compiled step (the same
+    # command, mesh and XLA flags), on the same batches (each a pure function of `next_batch`), from the
+    # same state (the parameters, optimizer state, dropout key and carried state restore exactly).
+    resumed, uninterrupted = restore(killed_dir, KILL_TOTAL), restore(whole_dir, KILL_TOTAL)
+    for part in ("params", "carry"):
+        for a, b in zip(_leaves(getattr(resumed, part)), _leaves(getattr(uninterrupted, part)), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=part)
+    for a, b in zip(_leaves(resumed), _leaves(uninterrupted), strict=True):
+        np.testing.assert_array_equal(a, b)  # the optimizer state and the step too
 
 
 def test_carried_evaluation_counts_the_per_sequence_targets(runs):

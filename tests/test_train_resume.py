@@ -21,60 +21,38 @@ import pytest
 from configs import synthetic
 from seqjax.train.metrics_log import read_records
 from seqjax.train.trainer import train
+from tests.train_subprocess import (
+    ROOT,
+    checkpoint_steps,
+    start,
+    start_and_wait,
+    train_command,
+    with_overrides,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 40
+CONFIG = "synthetic.py:gru,length=24"
+OVERRIDES = {
+    "total_steps": TOTAL,
+    "batch_size": 8,
+    "model.d_model": 16,
+    "log_every": 1000,
+    "eval_every": 0,
+    "checkpoint.every": 4,
+    "checkpoint.async_save": False,
+}
 
 
 def _config():
-    config = synthetic.get_config("gru,length=24")
-    config.total_steps = TOTAL
-    config.batch_size = 8
-    config.model.d_model = 16
-    config.log_every = 1000
-    config.eval_every = 0
-    config.checkpoint.every = 4
-    config.checkpoint.async_save = False
-    return config
+    return with_overrides(synthetic.get_config(CONFIG.split(":")[1]), OVERRIDES)
 
 
 def _command(workdir: str) -> list[str]:
-    return [
-        sys.executable,
-        os.path.join(ROOT, "scripts", "train.py"),
-        "--config=" + os.path.join(ROOT, "configs", "synthetic.py") + ":gru,length=24",
-        f"--workdir={workdir}",
-        f"--config.total_steps={TOTAL}",
-        "--config.batch_size=8",
-        "--config.model.d_model=16",
-        "--config.log_every=1000",
-        "--config.eval_every=0",
-        "--config.checkpoint.every=4",
-        "--config.checkpoint.async_save=False",
-    ]
-
-
-def _steps(workdir: str) -> list[int]:
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+    return train_command(CONFIG, workdir, OVERRIDES)
 
 
 def _start_and_wait(workdir: str, at_least: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    proc = subprocess.Popen(
-        _command(workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.time() + 240
-    while not any(s >= at_least for s in _steps(workdir)):
-        if proc.poll() is not None:
-            pytest.fail(f"training exited early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail("no checkpoint appeared within 240 s")
-        time.sleep(0.02)
-    return proc
+    return start_and_wait(_command(workdir), workdir, at_least)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +67,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
     proc = _start_and_wait(workdir, at_least=8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(_steps(workdir))
+    killed_at = max(checkpoint_steps(workdir))
     assert killed_at < TOTAL, "the run finished before it could be killed; the test proved nothing"
     result = train(_config(), workdir)
     assert result["step"] == TOTAL
@@ -106,7 +84,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "SIGTERM: saved step" in out
     saved = int(out.split("SIGTERM: saved step")[1].split(";")[0])
-    assert saved in _steps(workdir) and saved < TOTAL
+    assert saved in checkpoint_steps(workdir) and saved < TOTAL
 
 
 def test_sigint_saves_and_exits_cleanly(tmp_path):
@@ -118,7 +96,7 @@ def test_sigint_saves_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "SIGINT: saved step" in out and "Traceback" not in out, out[-3000:]
     saved = int(out.split("SIGINT: saved step")[1].split(";")[0])
-    assert saved in _steps(workdir) and saved < TOTAL
+    assert saved in checkpoint_steps(workdir) and saved < TOTAL
     left = os.listdir(os.path.join(workdir, "checkpoints"))
     assert not [name for name in left if "tmp" in name], left
 
@@ -164,10 +142,10 @@ def test_resume_logs_every_step_once(tmp_path):
 
 def test_unknown_config_key_is_named(tmp_path):
     command = [*_command(str(tmp_path)), "--config.optimiser.learning_rate=0.1"]
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    proc = start(command)
+    out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert "optimiser" in proc.stderr + proc.stdout
+    assert "optimiser" in out
 
 
 def test_ctrl_c_during_set_up_is_a_message_not_a_traceback(tmp_path):
@@ -188,8 +166,7 @@ def test_ctrl_c_during_set_up_is_a_message_not_a_traceback(tmp_path):
         f"--config.data_dir={data_dir}",
     ]
     with preparation_lock(lock):
-        env = {**os.environ, "PYTHONPATH": ROOT}
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = start(command)
         os.set_blocking(proc.stdout.fileno(), False)
         deadline = time.time() + 120
         output = ""

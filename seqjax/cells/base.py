@@ -2,9 +2,10 @@
 
 Two bases:
 - `Cell`: what every sequence cell offers (`init`, `initial_state`, `step`, `apply`, `param_axes`,
-  `param_groups`, `input_size_of`, `output_size`, `step_unsupported`, which says whether `step`
-  exists and, when it does not, why, and `causal_unsupported`, which says why a cell can never be
-  causal). The model layer types and queries cells through it.
+  `param_groups`, `shared_params` (the parameters a model may hold once for all its layers),
+  `input_size_of`, `output_size`, `step_unsupported`, which says whether `step` exists and, when it
+  does not, why, and `causal_unsupported`, which says why a cell can never be causal). The model layer
+  types and queries cells through it.
 - `RecurrentCell(Cell)`: cells that split one token's work in two:
   - `project_inputs(params, x)`: everything that depends on the input only (input projections, biases).
     It is applied to a whole sequence at once, outside the time loop.
@@ -125,6 +126,22 @@ class Cell(abc.ABC):
         Mamba train at their own learning rate and without weight decay. The trainer reads these.
         """
         return jax.tree.map(lambda _: "default", self.param_axes(), is_leaf=lambda x: isinstance(x, tuple))
+
+    def shared_params(self) -> tuple[str, ...]:
+        """Names of the parameters (keys of `init`'s result) that a model holds once for all its layers of
+        this cell type, e.g. Linformer's E with `sharing="layerwise"`; () for every other cell.
+
+        The cell itself is unchanged by it: `init` still creates them and `apply` reads them from its
+        `params`, so the cell works alone. Sharing is the owner's choice: `seqjax.models.Backbone` creates
+        them once (`params["backbone"]["shared"][cell.name]`) and passes the same arrays to every such
+        layer, so their gradient sums over the layers. By hand, put the same arrays in each layer's
+        params: `cell.apply({**params_i, "e": e}, xs)`.
+
+        >>> from seqjax.cells import GRU
+        >>> GRU(hidden_size=4).shared_params()
+        ()
+        """
+        return ()
 
     @abc.abstractmethod
     def input_size_of(self, params: Params) -> int:

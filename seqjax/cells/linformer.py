@@ -41,8 +41,9 @@ from seqjax.scan.attention import Visibility
 __all__ = ["CAUSAL_ALTERNATIVES", "SHARING_MODES", "Linformer", "LinformerState"]
 
 #: How E and F are shared: one pair per key/value head, one pair for all heads (the paper's headwise
-#: sharing), or one matrix for keys and values of all heads (key-value sharing).
-SHARING_MODES = ("none", "headwise", "key_value")
+#: sharing), one matrix for keys and values of all heads (key-value sharing), or that one matrix for every
+#: layer of the model too (the paper's layerwise sharing: `Linformer.shared_params`).
+SHARING_MODES = ("none", "headwise", "key_value", "layerwise")
 #: Registered cells that can serve causal models and streaming, named by Linformer's errors.
 CAUSAL_ALTERNATIVES = ("attention", "sliding_window_attention", "performer", "linear_attention")
 
@@ -73,19 +74,21 @@ class Linformer(_SoftmaxAttention):
       max_length: n, the longest input (time axis) the cell is built for; E and F are k × n.
       k: the projected length (the paper's k; 256 is its main setting).
       sharing: "headwise" (default, the paper's: one E and one F per layer, shared by the heads),
-        "key_value" (one matrix, E = F, shared by the heads) or "none" (an E and an F per key/value head).
-        The paper's layerwise sharing (one E for every layer of a model) is not offered: a seqjax cell
-        owns its parameters, and the model layer gives each layer its own; see docs/cells.md.
+        "key_value" (one matrix, E = F, shared by the heads), "layerwise" (the paper's: key_value, and
+        one E for every layer of the model) or "none" (an E and an F per key/value head). Within one
+        layer "layerwise" is "key_value"; the difference is `shared_params()` == ("e",), which tells a
+        model (`seqjax.models.Backbone`) to hold one E for all its layers of this cell instead of one
+        per layer. The cell alone still creates and reads its own E (see the last example).
       positional: "sinusoidal" (default: added to the input, standing in for the paper's learned
         absolute embeddings), "rotary" or "none". "alibi" is refused: it biases logits by key position,
         and a projected key row has no single position.
       causal: must stay False (see `step_unsupported`).
 
     Parameters: `w_q`, `w_k`, `w_v`, `w_o` as `Attention`; `e` [k, n] (keys' projection, the paper's E)
-    and `f` [k, n] (values', F) for "headwise"; `e` only for "key_value"; `e`, `f` [H_kv, k, n] for
-    "none". E and F are initialised as in the authors' fairseq code: Glorot uniform with gain 1/√2, i.e.
-    U(±√(3 / (n + k))). Per layer they add 2·k·n ("headwise"), k·n ("key_value") or 2·H_kv·k·n
-    ("none") parameters to the four projections.
+    and `f` [k, n] (values', F) for "headwise"; `e` only for "key_value" and "layerwise"; `e`, `f`
+    [H_kv, k, n] for "none". E and F are initialised as in the authors' fairseq code: Glorot uniform with
+    gain 1/√2, i.e. U(±√(3 / (n + k))). Per layer they add 2·k·n ("headwise"), k·n ("key_value") or
+    2·H_kv·k·n ("none") parameters to the four projections; "layerwise" adds k·n to the whole model.
 
     State (`LinformerState`): only `length`, the valid tokens of the last segment; a given state
     continues positions (its tokens are not seen again).
@@ -98,6 +101,21 @@ class Linformer(_SoftmaxAttention):
     >>> ys, state = cell.apply(params, jnp.ones((2, 10, 3)))    # shorter than n: uses E[:, :10]
     >>> ys.shape, state.length.tolist(), cell.step_unsupported() is not None
     ((2, 10, 8), [10, 10], True)
+
+    Layerwise sharing by hand: layers of a "layerwise" cell given the same E (one k × n matrix for the
+    stack); `jax.grad` with respect to that E sums the layers' gradients. A `Backbone` does this itself.
+
+    >>> shared = Linformer(num_heads=2, head_dim=4, max_length=16, k=4, sharing="layerwise")
+    >>> shared.shared_params()
+    ('e',)
+    >>> keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    >>> e = shared.init(keys[0], 8)["e"]                           # [k, n]: the one projection
+    >>> layers = [{**shared.init(key, 8), "e": e} for key in keys[1:]]
+    >>> xs = jnp.ones((2, 10, 8))
+    >>> for params in layers:
+    ...     xs, _ = shared.apply(params, xs)
+    >>> xs.shape
+    (2, 10, 8)
     """
 
     max_length: int = 512
@@ -131,7 +149,15 @@ class Linformer(_SoftmaxAttention):
 
     @property
     def _projection_names(self) -> tuple[str, ...]:
-        return ("e",) if self.sharing == "key_value" else ("e", "f")
+        return ("e",) if self.sharing in ("key_value", "layerwise") else ("e", "f")
+
+    def shared_params(self) -> tuple[str, ...]:
+        """("e",) with sharing="layerwise" (a model holds one E for all its Linformer layers), else ().
+
+        >>> Linformer(num_heads=1, head_dim=2, sharing="layerwise").shared_params()
+        ('e',)
+        """
+        return ("e",) if self.sharing == "layerwise" else ()
 
     def init(self, key: jax.Array, input_size: int) -> Params:
         k_attention, *k_projections = jax.random.split(key, 1 + len(self._projection_names))
@@ -208,7 +234,7 @@ class Linformer(_SoftmaxAttention):
         self._check_length(state, given, length, resets, mask, valid, pos)
         q, k, v = self._project(params, xs, pos)
         e = params["e"]
-        f = params["e" if self.sharing == "key_value" else "f"]
+        f = params["f" if "f" in self._projection_names else "e"]
         if resets is None:
             y = self._attend_projected(q, k, v, e, f, pos, valid, mask is not None, given, length)
         else:

@@ -18,10 +18,12 @@ from seqjax.config.files import load_config_file
 from seqjax.config.presets import (
     ENCODER_PRESETS,
     FORECASTING_ENCODER_PRESETS,
+    PRESET_OPTIONS,
     PRESETS,
     SIZES,
     check_preset_task,
     preset_mixer,
+    preset_options,
 )
 from seqjax.config.rules import LOGICAL_RULES
 from seqjax.config.sections import (
@@ -39,6 +41,7 @@ __all__ = [
     "FORECASTING_ENCODER_PRESETS",
     "LOGICAL_RULES",
     "PRESETS",
+    "PRESET_OPTIONS",
     "SIZES",
     "add_run_sections",
     "apply_overrides",
@@ -51,5 +54,6 @@ __all__ = [
     "optimizer_section",
     "parse_arg",
     "preset_mixer",
+    "preset_options",
     "section",
 ]

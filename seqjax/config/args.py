@@ -10,7 +10,7 @@ import ast
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from seqjax.config.presets import PRESETS, SIZES
+from seqjax.config.presets import PRESET_OPTIONS, PRESETS, SIZES
 
 __all__ = ["apply_overrides", "parse_arg"]
 
@@ -21,21 +21,40 @@ def parse_arg(
     arg: str | None, default: str, options: Mapping[str, type], where: str
 ) -> tuple[str, dict[str, int | float | str]]:
     """`"preset,key=value,..."` → (preset, {key: value as `options[key]`}); `size` ("cpu" or
-    "accelerator") is always an option. Unknown presets, options and sizes, and values of the wrong
-    type, are errors that name `where` and the fix."""
-    options = {**options, "size": str}
+    "accelerator") is always an option, and so are the preset's own `PRESET_OPTIONS` (e.g. Linformer's
+    `sharing`; `preset_options` picks them out). Unknown presets, options and sizes, values of the wrong
+    type, and another preset's options are errors that name `where` and the fix.
+
+    >>> parse_arg("linformer,sharing=layerwise", "lstm", {}, "configs/x.py")
+    ('linformer', {'sharing': 'layerwise'})
+    >>> parse_arg("lstm,sharing=layerwise", "lstm", {}, "configs/x.py")
+    Traceback (most recent call last):
+    ...
+    ValueError: configs/x.py: option 'sharing' is for preset(s) ['linformer'], not 'lstm'.
+    """
     parts = [p for p in (arg or default).split(",") if p]
     preset, raw = parts[0], {}
+    if preset not in PRESETS:
+        raise ValueError(f"{where}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    choices = PRESET_OPTIONS.get(preset, {})
+    options = {**options, "size": str, **dict.fromkeys(choices, str)}
     for part in parts[1:]:
         if "=" not in part:
             raise ValueError(f"{where}: option {part!r} is not key=value.")
         key, value = part.split("=", 1)
         raw[key] = value
+    for key in sorted(set(raw) - set(options)):
+        owners = sorted(name for name, theirs in PRESET_OPTIONS.items() if key in theirs)
+        if owners:
+            raise ValueError(f"{where}: option {key!r} is for preset(s) {owners}, not {preset!r}.")
     unknown = sorted(set(raw) - set(options))
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {unknown}; known: {sorted(options)}.")
-    if preset not in PRESETS:
-        raise ValueError(f"{where}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    for key, allowed in choices.items():
+        if key in raw and raw[key] not in allowed:
+            raise ValueError(
+                f"{where}: option {key}={raw[key]!r} of preset {preset!r} must be one of {list(allowed)}."
+            )
     if raw.get("size", "cpu") not in SIZES:
         raise ValueError(f"{where}: size must be one of {sorted(SIZES)}, got {raw['size']!r}.")
     values: dict[str, int | float | str] = {}

@@ -6,15 +6,20 @@ SIZES["cpu"]["d_model"]
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from seqjax.cells.linformer import SHARING_MODES
 
 __all__ = [
     "ENCODER_PRESETS",
     "FORECASTING_ENCODER_PRESETS",
     "PRESETS",
+    "PRESET_OPTIONS",
     "SIZES",
     "check_preset_task",
     "preset_mixer",
+    "preset_options",
 ]
 
 #: Mixer presets (a `BackboneConfig.mixers` entry each); a config's `pattern` repeats one over the layers.
@@ -45,6 +50,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # size it holds most of the model's parameters (docs/cells.md).
     "linformer": {"cell": "linformer", "k": 256, "sharing": "key_value"},
 }
+#: Mixer hyperparameters a task config's arg may set for one preset, with their allowed values:
+#: `configs/genomic.py:linformer,sharing=layerwise` is the paper's layerwise sharing (one E for the whole
+#: model). `parse_arg` refuses them for other presets; `preset_options` picks them out of its options.
+PRESET_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {"linformer": {"sharing": SHARING_MODES}}
 #: Presets whose every output reads later tokens: refused for language modelling, and for forecasting
 #: unless listed in FORECASTING_ENCODER_PRESETS.
 ENCODER_PRESETS: frozenset[str] = frozenset({"bilstm", "encoder", "longformer", "linformer"})
@@ -83,6 +92,18 @@ def check_preset_task(preset: str, task: str) -> None:
             f"{task!r} would see its own targets. Use it for classification, or a causal preset for {task!r} "
             f"(e.g. {', '.join(sorted(set(PRESETS) - ENCODER_PRESETS)[:4])})."
         )
+
+
+def preset_options(preset: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The mixer overrides among `options` (as `parse_arg` returns them): the `PRESET_OPTIONS` of
+    `preset` that were given.
+
+    >>> preset_options("linformer", {"length": 512, "sharing": "layerwise"})
+    {'sharing': 'layerwise'}
+    >>> preset_options("lstm", {"length": 512})
+    {}
+    """
+    return {key: options[key] for key in PRESET_OPTIONS.get(preset, {}) if key in options}
 
 
 def preset_mixer(preset: str, *, max_length: int, **overrides: Any) -> dict[str, Any]:

@@ -87,9 +87,11 @@ def data_section(kind: str, *, shuffle: bool, **options: Any) -> ml_collections.
     return ml_collections.ConfigDict({"kind": kind, "shuffle": shuffle, **options})
 
 
-def base_config(preset: str, size_name: str, *, task: str, max_length: int) -> ml_collections.ConfigDict:
+def base_config(
+    preset: str, size_name: str, *, task: str, max_length: int, mixer: dict | None = None
+) -> ml_collections.ConfigDict:
     """Every section but `data` for `preset` at `size_name` (`SIZES`); `max_length` sizes attention KV
-    caches."""
+    caches; `mixer` overrides some of the preset's hyperparameters (`preset_options`)."""
     check_preset_task(preset, task)
     size = SIZES[size_name]
     c = ml_collections.ConfigDict()
@@ -100,7 +102,7 @@ def base_config(preset: str, size_name: str, *, task: str, max_length: int) -> m
     # dtype "bfloat16" is mixed precision (parameters and optimizer state stay f32); remat takes a
     # models.REMAT_POLICIES name, e.g. "full" or "dots_saveable".
     c.model = model_section(
-        preset, d_model=size["d_model"], num_layers=size["num_layers"], max_length=max_length
+        preset, d_model=size["d_model"], num_layers=size["num_layers"], max_length=max_length, mixer=mixer
     )
     c.head = head_section(task)
     c.optimizer = optimizer_section(

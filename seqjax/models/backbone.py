@@ -7,6 +7,13 @@
     cache, feats_t = backbone.apply(variables, tokens[:, 0], cache, method=Backbone.step)   # one token
 
 `cache` is a tuple with one cell state per layer; `resets` and `mask` reach every block.
+
+Parameters shared across layers: a cell whose `shared_params()` names some (Linformer with
+sharing="layerwise": its E) gets them from the backbone, which holds one copy per cell type,
+`params["backbone"]["shared"][cell.name]`, and passes it to every layer of that type; the layers' own
+parameter trees (`blocks_i/mixer/cell`) leave them out. The gradient of a shared parameter is the sum of
+what each layer contributes.
+ See `Backbone`'s example.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from seqjax.models.block import make_norm, remat_block
 from seqjax.models.config import BackboneConfig
 from seqjax.models.encoders import DNAEncoder, LinearEncoder, TokenEmbedding
 from seqjax.models.heads import gather_time, last_valid_index
-from seqjax.models.layer import step_error
+from seqjax.models.layer import init_shared_params, step_error
 
 __all__ = ["Backbone", "Cache", "check_causal", "check_streamable"]
 
@@ -69,7 +76,20 @@ def check_causal(config: BackboneConfig, owner: str = "model") -> None:
 
 
 class Backbone(nn.Module):
-    """Encoder → `num_layers` blocks → final norm; see `BackboneConfig` for every option."""
+    """Encoder → `num_layers` blocks → final norm; see `BackboneConfig` for every option.
+
+    Linformer's layerwise sharing: one E ([k, n]) for the whole model, held by the backbone.
+
+    >>> import jax, jax.numpy as jnp
+    >>> lin = {"cell": "linformer", "max_length": 16, "k": 4, "sharing": "layerwise"}
+    >>> config = BackboneConfig(d_model=8, num_layers=3, encoder="none", pattern="lin", mixers={"lin": lin})
+    >>> variables = Backbone(config).init(jax.random.PRNGKey(0), jnp.ones((2, 16, 8)))
+    >>> params = nn.unbox(variables)["params"]
+    >>> params["shared"]["linformer"]["e"].shape        # the one E of the whole model
+    (4, 16)
+    >>> sorted(params["blocks_0"]["mixer"]["cell"])     # each layer's own: no E
+    ['w_k', 'w_o', 'w_q', 'w_v']
+    """
 
     config: BackboneConfig
 
@@ -91,6 +111,22 @@ class Backbone(nn.Module):
         else:
             self.encoder = None
         block_cls = remat_block(c.remat)
+        layer_cells = c.layer_cells()
+        # One copy of each cell type's shared parameters (`Cell.shared_params`) for all its layers.
+        sharing = {cell.name: cell for cell in layer_cells if cell.shared_params()}
+        self.shared_by_layer = tuple(cell.name if cell.shared_params() else None for cell in layer_cells)
+        if sharing:
+
+            def init_shared(key: jax.Array) -> dict[str, Any]:
+                keys = jax.random.split(key, len(sharing))
+                return {
+                    name: init_shared_params(cell, k, d)
+                    for (name, cell), k in zip(sharing.items(), keys, strict=True)
+                }
+
+            self.shared = self.param("shared", init_shared)
+        else:
+            self.shared = None
         self.blocks = [
             block_cls(
                 cell=cell,
@@ -104,8 +140,9 @@ class Backbone(nn.Module):
                 use_bias=bool(c.use_bias),
                 dtype=dtype,
                 param_dtype=pdtype,
+                external_params=cell.shared_params(),
             )
-            for cell in c.layer_cells()
+            for cell in layer_cells
         ]
         self.final_norm = (
             make_norm(c.norm, eps=float(c.norm_eps), dtype=dtype, param_dtype=pdtype)
@@ -147,7 +184,8 @@ class Backbone(nn.Module):
         x = self.embed_dropout(self.encode(inputs), deterministic=deterministic)
         states = []
         for i, block in enumerate(self.blocks):
-            x, state = block(x, None if cache is None else cache[i], resets, mask, deterministic)
+            state = None if cache is None else cache[i]
+            x, state = block(x, state, resets, mask, deterministic, self._shared(i))
             states.append(state)
         if self.final_norm is not None:
             x = self.final_norm(x)
@@ -168,12 +206,17 @@ class Backbone(nn.Module):
             )
         x = self.encode(inputs)
         states = []
-        for block, state in zip(self.blocks, cache, strict=True):
-            state, x = block.step(x, state, reset, mask)
+        for i, (block, state) in enumerate(zip(self.blocks, cache, strict=True)):
+            state, x = block.step(x, state, reset, mask, self._shared(i))
             states.append(state)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return tuple(states), x
+
+    def _shared(self, layer: int) -> dict[str, Any] | None:
+        """The shared parameters layer `layer`'s cell reads (None when it holds all of its own)."""
+        name = self.shared_by_layer[layer]
+        return None if name is None else self.shared[name]
 
     def prefill(self, inputs: jax.Array, *, mask: jax.Array | None = None) -> tuple[Cache, jax.Array]:
         """(cache, features at each row's last valid token [*batch, d_model])."""

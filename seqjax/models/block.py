@@ -133,6 +133,8 @@ class Block(nn.Module):
       use_bias: biases in the MLP and the output projection.
       dtype: compute dtype of norms, MLP and projection (None: from the inputs); the cell computes in its
         own `dtype`. param_dtype: parameter dtype of the block's own layers.
+      external_params: the cell's parameters the block does not hold (`CellLayer.external_params`): the
+        model shares them across layers and passes them to each call as `shared`.
     """
 
     cell: Cell
@@ -146,11 +148,12 @@ class Block(nn.Module):
     use_bias: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    external_params: tuple[str, ...] = ()
 
     def setup(self) -> None:
         norm = dict(eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
         self.mixer_norm = make_norm(self.norm, **norm)
-        self.mixer = CellLayer(self.cell, input_size=self.d_model)
+        self.mixer = CellLayer(self.cell, input_size=self.d_model, external_params=self.external_params)
         if int(self.cell.output_size) != int(self.d_model):
             self.mixer_proj = dense(
                 self.d_model,
@@ -187,20 +190,22 @@ class Block(nn.Module):
         resets: jax.Array | None = None,
         mask: jax.Array | None = None,
         deterministic: bool = True,
+        shared: Any = None,
     ) -> tuple[jax.Array, State]:
-        """xs [*batch, time, d_model] → (ys [*batch, time, d_model], the cell's final state).
+        """xs [*batch, time, d_model] → (ys [*batch, time, d_model], the cell's final state). `shared`:
+        the `external_params` the model holds.
 
         Arguments are positional-or-keyword (not keyword-only) so `nn.remat` can mark `deterministic`
         static.
         """
         drop = lambda h: self.dropout(h, deterministic=deterministic)
         if self.prenorm:
-            h, state = self.mixer(self.mixer_norm(xs), state, resets=resets, mask=mask)
+            h, state = self.mixer(self.mixer_norm(xs), state, resets=resets, mask=mask, shared=shared)
             x = xs + drop(self._mix_out(h))
             if self.mlp is not None:
                 x = x + drop(self.mlp(self.mlp_norm(x)))
         else:
-            h, state = self.mixer(xs, state, resets=resets, mask=mask)
+            h, state = self.mixer(xs, state, resets=resets, mask=mask, shared=shared)
             x = self.mixer_norm(xs + drop(self._mix_out(h)))
             if self.mlp is not None:
                 x = self.mlp_norm(x + drop(self.mlp(x)))
@@ -212,15 +217,16 @@ class Block(nn.Module):
         state: State,
         reset: jax.Array | None = None,
         mask: jax.Array | None = None,
+        shared: Any = None,
     ) -> tuple[State, jax.Array]:
         """One token x [*batch, d_model] through norm → cell.step → MLP: returns (state, y)."""
         if self.prenorm:
-            state, h = self.mixer.step(self.mixer_norm(x), state, reset=reset, mask=mask)
+            state, h = self.mixer.step(self.mixer_norm(x), state, reset=reset, mask=mask, shared=shared)
             y = x + self._mix_out(h)
             if self.mlp is not None:
                 y = y + self.mlp(self.mlp_norm(y))
         else:
-            state, h = self.mixer.step(x, state, reset=reset, mask=mask)
+            state, h = self.mixer.step(x, state, reset=reset, mask=mask, shared=shared)
             y = self.mixer_norm(x + self._mix_out(h))
             if self.mlp is not None:
                 y = self.mlp_norm(y + self.mlp(y))
@@ -241,5 +247,5 @@ def remat_block(policy: str) -> type[Block]:
         raise ValueError(f"unknown remat policy {policy!r}; choose one of {tuple(REMAT_POLICIES)}.")
     if policy == "none":
         return Block
-    # static_argnums counts `self`: (self, xs, state, resets, mask, deterministic).
+    # static_argnums counts `self`: (self, xs, state, resets, mask, deterministic, shared).
     return nn.remat(Block, policy=REMAT_POLICIES[policy], static_argnums=(5,))

@@ -252,15 +252,26 @@ class BackboneConfig:
         if not 0.0 <= float(self.dropout_rate) < 1.0:
             raise ValueError(f"BackboneConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
         # Build every mixer once so a bad spec fails here, naming the mixer, not deep inside init.
+        shared: dict[str, tuple[str, Any]] = {}  # cell type -> (first mixer, its shared parameters' shapes)
         for name in dict.fromkeys(pattern):
             cell = self.mixer_cell(name)
             try:
-                jax.eval_shape(lambda c=cell: c.init(jax.random.PRNGKey(0), int(self.d_model)))
+                shapes = jax.eval_shape(lambda c=cell: c.init(jax.random.PRNGKey(0), int(self.d_model)))
             except Exception as err:
                 raise ValueError(
                     f"BackboneConfig: mixer {name!r} ({type(cell).__name__}) cannot read "
                     f"d_model={self.d_model} features: {err}"
                 ) from err
+            if cell.shared_params():
+                mine = {p: shapes[p] for p in cell.shared_params()}
+                first, theirs = shared.setdefault(cell.name, (name, mine))
+                if theirs != mine:
+                    raise ValueError(
+                        f"BackboneConfig: mixers {first!r} and {name!r} are {type(cell).__name__} layers "
+                        f"whose {list(mine)} the model holds once for all of them ({_sharing_hint(cell)}), "
+                        f"but they build it in different shapes: {_shapes(theirs)} vs {_shapes(mine)}. Give "
+                        f"them the same sizes, or let each layer hold its own."
+                    )
 
     # -- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -323,6 +334,16 @@ class BackboneConfig:
         """The cell of every layer."""
         built = {name: self.mixer_cell(name) for name in dict.fromkeys(self.pattern)}
         return tuple(built[name] for name in self.layer_mixers())
+
+
+def _shapes(tree: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {x.dtype}{list(x.shape)}" for name, x in tree.items())
+
+
+def _sharing_hint(cell: Cell) -> str:
+    """How `cell` came to share parameters across layers, for errors."""
+    sharing = getattr(cell, "sharing", None)
+    return f"sharing={sharing!r}" if sharing is not None else f"{type(cell).__name__}.shared_params()"
 
 
 def _cell_to_dict(cell: Cell) -> dict[str, Any]:
