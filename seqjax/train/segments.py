@@ -92,7 +92,10 @@ def check_carried_state_model(config: models.BackboneConfig | Mapping[str, Any],
     """Raises ConfigError (prefixed `where`) naming the first layer, its mixer and its cell, when a
     layer's state cannot be carried across segments (`carried_state_problem`)."""
     if not isinstance(config, models.BackboneConfig):
-        config = models.BackboneConfig.from_dict(dict(config))
+        values = dict(config)
+        if values.get("encoder") == "linear" and not values.get("input_size"):
+            values["input_size"] = 1  # a forecaster's: the trainer sets it from the data; no cell reads it
+        config = models.BackboneConfig.from_dict(values)
     for i, (mixer, cell) in enumerate(zip(config.layer_mixers(), config.layer_cells(), strict=True)):
         problem = carried_state_problem(cell)
         if problem is not None:
