@@ -462,7 +462,7 @@ def test_bounded_attention_is_allowed_and_recurrence_is_off_by_default():
 def test_other_tasks_and_data_are_refused():
     classification = genomic.get_config("lstm,task=species,length=512")
     classification.segment_recurrence = True
-    with pytest.raises(ConfigError, match="only the language model task reads; task 'classification'"):
+    with pytest.raises(ConfigError, match="task 'classification' scores each sequence on its own"):
         segments.check_segment_recurrence(resolve(classification))
     stream_free = synthetic.get_config("lstm,length=24")
     stream_free.segment_recurrence = True
