@@ -27,9 +27,7 @@ import pytest
 
 from configs import documents, timeseries
 from seqjax import cells, models
-from seqjax.config import LOGICAL_RULES
 from seqjax.data.stream import SeriesStream, StreamBatches, stream_eval_batches
-from seqjax.train import mesh as mesh_lib
 from seqjax.train import segments
 from seqjax.train.checkpoint import Checkpoints
 from seqjax.train.run_config import ConfigError, resolve
@@ -37,7 +35,7 @@ from seqjax.train.state import CarriedTrainState
 from seqjax.train.step import forecast_loss
 from seqjax.train.trainer import evaluate, setup, train
 from tests.models_helpers import D, assert_close, fast_variables
-from tests.test_segment_recurrence import HALF, TOTAL, _killed_at_half, _leaves, _mesh
+from tests.test_segment_recurrence import HALF, TOTAL, _killed_at_half, _leaves, _mesh, carried_evaluation
 
 # --------------------------------------------------------------------------------------------------
 # Data: the series stream batcher.
@@ -206,24 +204,9 @@ def test_carried_forecast_evaluation_equals_each_lane_in_one_pass():
         values=rng.standard_normal((T, V)).astype(np.float32), horizon=HORIZON, origins=None
     )
     stream = stream._replace(origins=np.arange(stream.positions) % 5 == 1)
-    mesh = mesh_lib.make_mesh((2,), ("data",), devices=jax.devices()[:2])
-    rules = mesh_lib.rules_from_config(LOGICAL_RULES, mesh)
     variables = fast_variables(model, jnp.zeros((rows, length, V)))
-    params = variables["params"]
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    by_row = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    carry_sh = segments.model_carry_shardings(model, rows, mesh, rules)
-    batch_sh = dict.fromkeys(("inputs", "targets", "weights", "resets", "mask", "origins"), by_row)
-    eval_fn = segments.make_stream_eval_fn(
-        model, jax.tree.map(lambda _: replicated, params), carry_sh, batch_sh, task="forecast"
-    )
-    metrics, lanes = segments.evaluate_stream(
-        eval_fn,
-        params,
-        segments.initial_carry(model, rows, carry_sh),
-        stream_eval_batches(stream, rows, length),
-        lambda batch: {k: jnp.asarray(v) for k, v in batch.items()},
-    )
+    batches = stream_eval_batches(stream, rows, length)
+    metrics, lanes = carried_evaluation(model, variables, rows, batches, task="forecast")
     # Each lane as one row of ceil(positions / rows) inputs (the last padded), forecast in one pass.
     lane = -(-stream.positions // rows)
     whole = [stream.segment(r * lane, min((r + 1) * lane, stream.positions), lane, True) for r in range(rows)]
