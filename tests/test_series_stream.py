@@ -226,9 +226,7 @@ def test_carried_forecast_evaluation_equals_each_lane_in_one_pass():
 # The trainer: configs/timeseries.py with segment recurrence, resumed; carried evaluation.
 # --------------------------------------------------------------------------------------------------
 def _config(data_dir: str):
-    config = timeseries.get_config("gla,lookback=16,horizon=4")
-    config.segment_recurrence = True
-    config.head.revin = False
+    config = timeseries.get_config("gla,lookback=16,horizon=4,stream=1")
     config.total_steps = TOTAL
     config.batch_size = 8
     config.eval_batch_size = 8
