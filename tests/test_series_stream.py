@@ -27,6 +27,7 @@ import pytest
 
 from configs import documents, timeseries
 from seqjax import cells, models
+from seqjax.data import metrics as metrics_lib
 from seqjax.data.stream import SeriesStream, StreamBatches, stream_eval_batches
 from seqjax.train import segments
 from seqjax.train.checkpoint import Checkpoints
@@ -194,6 +195,18 @@ def test_forecast_loss_weighs_positions():
     assert metrics["forecasts"] == 2
     windowed, _ = forecast_loss(forecast[:, 0], {"targets": targets[:, 0]})  # windows: every value
     np.testing.assert_allclose(windowed, np.mean(np.asarray(forecast[:, 0] - targets[:, 0]) ** 2), rtol=1e-6)
+
+
+def test_forecast_metrics_from_sums_equal_the_windowed_metrics():
+    rng = np.random.default_rng(2)
+    forecasts, targets = rng.normal(size=(2, 7, 200, V))
+    squared = ((forecasts - targets) ** 2).mean(-1)  # [forecasts, horizon], averaged over the variables
+    absolute = np.abs(forecasts - targets).mean(-1)
+    from_sums = metrics_lib.forecast_metrics_from_sums(squared, absolute, 7, horizons=(96, 200))
+    windowed = metrics_lib.forecast_metrics(forecasts, targets, horizons=(96, 200))
+    assert from_sums.keys() == windowed.keys() and "mse@96" in windowed
+    for key, value in windowed.items():
+        assert from_sums[key] == pytest.approx(value, rel=1e-12)
 
 
 def test_carried_forecast_evaluation_equals_each_lane_in_one_pass():
