@@ -3,10 +3,13 @@ traffic, with the LTSF protocol (chronological splits, training-set z-scores, MS
 
     python scripts/train.py --config=configs/timeseries.py:mamba --workdir=/tmp/ts
     python scripts/train.py --config=configs/timeseries.py:s5,lookback=4096,horizon=720
+    python scripts/train.py --config=configs/timeseries.py:gla,stream=1 --workdir=/tmp/ts_stream
 
-Arg: `preset[,dataset=..,lookback=..,horizon=..,route=..,size=..]`, and for `linformer` `sharing=..` (e.g.
-`linformer,sharing=layerwise`: one E for the whole model); `route=sample` (default) uses the real sample
-embedded in the repository.
+Arg: `preset[,dataset=..,lookback=..,horizon=..,route=..,size=..,stream=1]`, and for `linformer`
+`sharing=..` (e.g. `linformer,sharing=layerwise`: one E for the whole model); `route=sample` (default)
+uses the real sample embedded in the repository. `stream=1` trains with segment recurrence: the training
+split's rows as contiguous lanes read in segments of `lookback` rows, every layer's state carried across
+batches, a forecast at every position, and no RevIN (docs/training.md, "Segment recurrence").
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import ml_collections
 
 from seqjax.config import base_config, data_section, parse_arg, preset_options
 
-OPTIONS = {"dataset": str, "lookback": int, "horizon": int, "route": str}
+OPTIONS = {"dataset": str, "lookback": int, "horizon": int, "route": str, "stream": int}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,6 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The trainer sizes the linear encoder (input_size) and, with horizon None, the head from the data.
     c.model.encoder = "linear"
     c.head.revin = True
+    if options.get("stream"):  # the per-position forecaster reads the split's standardisation, not RevIN
+        c.segment_recurrence = True
+        c.head.revin = False
     c.checkpoint.best_metric = "mse"
     c.checkpoint.best_mode = "min"
     return c

@@ -5,6 +5,7 @@
     python scripts/evaluate.py --workdir=/tmp/run --config=configs/genomic.py:lstm --config.eval_examples=512
     python scripts/evaluate.py --workdir=/tmp/docs --carried_state    # LM: lanes with the state carried
     python scripts/evaluate.py --workdir=/tmp/docs --by_document --carried_state  # each document whole
+    python scripts/evaluate.py --workdir=/tmp/ts_stream --carried_state  # forecaster: series lanes
 
 Without --config it uses the config saved with the checkpoint. Metrics: accuracy, balanced accuracy,
 MCC and AUROC (classification); MSE and MAE on the normalised scale (forecasting); bits per byte and
@@ -13,7 +14,10 @@ perplexity (language modeling). `--output` writes them as JSON too.
 `--carried_state` (a language model on documents): the split is read as `eval_batch_size` contiguous
 lanes, in segments of the config's length, with every layer's state carried from one segment to the next
 (segment recurrence), instead of every sequence from the initial state; same metrics over the same
-targets, the whole split (no --max_examples). See docs/training.md, "Segment recurrence".
+targets, the whole split (no --max_examples). A forecaster trained with segment recurrence (time series)
+reads the split's rows so, forecasting at every position: MSE/MAE over the positions that count, and
+`origin_mse`/`origin_mae` at exactly the windows' forecast origins (comparable with the windowed
+number). See docs/training.md, "Segment recurrence".
 
 `--by_document` (the same models): every document is its own lane, read from its first token in segments
 of the config's length, with the state carried through the document (with `--carried_state`: the
@@ -39,8 +43,9 @@ flags.DEFINE_string("output", None, "Also write the result as JSON here.")
 flags.DEFINE_bool(
     "carried_state",
     False,
-    "LM on a token stream: read the split as contiguous lanes with every layer's state carried across "
-    "segments, instead of each sequence from the initial state.",
+    "LM on a token stream, or a stream-trained forecaster on a time series: read the split as contiguous "
+    "lanes with every layer's state carried across segments, instead of each sequence from the initial "
+    "state.",
 )
 flags.DEFINE_bool(
     "by_document",

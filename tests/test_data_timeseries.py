@@ -151,6 +151,38 @@ def test_windows_are_the_normalized_series(data_dir: str, household: ts.Series) 
     np.testing.assert_allclose(window, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_series_stream_is_the_split_and_marks_its_windows_origins(
+    data_dir: str, household: ts.Series
+) -> None:
+    """Segment recurrence reads a split as one stream: its rows after `lookback` rows of context, a
+    position counting when its whole horizon is in the split and observed; the windows' origins marked."""
+    sources = ts.make_sources({**HOUSEHOLD, "max_examples_per_split": 300}, data_dir)
+    for split in ("train", "test"):
+        source = sources[split]
+        stream = source.series_stream(origins=True)
+        first, stop = source.split_rows
+        begin = max(first - 512, 0)
+        assert (stream.context, len(stream.values), stream.horizon) == (first - begin, stop - begin, 96)
+        origins = np.flatnonzero(stream.origins)
+        assert len(origins) == len(source) == 300
+        for i in (0, 150, 299):  # the origin's targets and input are the window's
+            row = stream.segment(int(origins[i]), int(origins[i]) + 1, 1, False)
+            np.testing.assert_array_equal(row["targets"][0], source[i]["targets"])
+            np.testing.assert_array_equal(row["inputs"][0], source[i]["inputs"][-1])
+        weights = np.concatenate(
+            [
+                stream.segment(s, min(s + 4096, stream.positions), 4096, False)["weights"]
+                for s in range(0, stream.positions, 4096)
+            ]
+        )[: stream.positions]
+        whole_row = household.observed[begin:stop].all(-1)
+        expected = [
+            t + 1 >= stream.context and whole_row[t + 1 : t + 97].all() for t in range(stream.positions)
+        ]
+        np.testing.assert_array_equal(weights, expected)
+        assert 0 < (weights[stream.context :] == 0).sum() < 500  # the few missing rows' horizons
+
+
 def test_statistics_use_training_rows_only(household: ts.Series) -> None:
     windows = dict(lookback=512, horizon=96, stride=13)
     sources = ts.make_window_sources(household, **windows)

@@ -293,10 +293,9 @@ def test_carried_steps_score_the_whole_stream(tbptt):
 TOTAL, HALF = 6, 3
 
 
-def _config(data_dir: str):
-    config = documents.get_config("gla,length=32")
-    config.segment_recurrence = True
-    config.tbptt_length = 16  # chunks inside the batch, the first from the carried state
+def small_run(config, data_dir: str):
+    """`config` as the trainer tests run it: TOTAL steps of batch 8, a 2-layer width-16 model, checkpoints
+    at HALF and TOTAL (synchronous), no logging, TensorBoard or periodic evaluation."""
     config.total_steps = TOTAL
     config.batch_size = 8
     config.eval_batch_size = 8
@@ -310,6 +309,13 @@ def _config(data_dir: str):
     config.optimizer.warmup_steps = 2
     config.data_dir = data_dir
     return config
+
+
+def _config(data_dir: str):
+    config = documents.get_config("gla,length=32")
+    config.segment_recurrence = True
+    config.tbptt_length = 16  # chunks inside the batch, the first from the carried state
+    return small_run(config, data_dir)
 
 
 def _mesh(config, shape, axes, devices):
@@ -476,23 +482,8 @@ def test_stream_evaluation_equals_each_lane_in_one_pass():
     model, rows, length = _step_model(), 4, 8
     stream = _positions_stream()
     stream = stream._replace(tokens=np.asarray(tokens(7, (1, N)))[0])
-    mesh = mesh_lib.make_mesh((2,), ("data",), devices=jax.devices()[:2])
-    rules = mesh_lib.rules_from_config(LOGICAL_RULES, mesh)
     variables = fast_variables(model, jnp.zeros((rows, length), jnp.int32))
-    params = variables["params"]
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    by_row = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    params_sh = jax.tree.map(lambda _: replicated, params)
-    carry_sh = segments.model_carry_shardings(model, rows, mesh, rules)
-    batch_sh = dict.fromkeys(("inputs", "targets", "weights", "resets", "mask"), by_row)
-    eval_fn = segments.make_stream_eval_fn(model, params_sh, carry_sh, batch_sh)
-    metrics, lanes = segments.evaluate_stream(
-        eval_fn,
-        params,
-        segments.initial_carry(model, rows, carry_sh),
-        stream_eval_batches(stream, rows, length),
-        lambda batch: {k: jnp.asarray(v) for k, v in batch.items()},
-    )
+    metrics, lanes = carried_evaluation(model, variables, rows, stream_eval_batches(stream, rows, length))
     # Each lane as one right-padded row of ceil((N - 1) / rows) inputs, scored in one pass.
     lane = -(-(N - 1) // rows)
     whole = {k: np.zeros((rows, lane), t) for k, t in (("inputs", int), ("targets", int), ("resets", bool))}
@@ -567,7 +558,7 @@ def test_xl_attention_preset_trains_with_segment_recurrence(tmp_path):
 def test_other_tasks_and_data_are_refused():
     classification = genomic.get_config("lstm,task=species,length=512")
     classification.segment_recurrence = True
-    with pytest.raises(ConfigError, match="only the language model task reads; task 'classification'"):
+    with pytest.raises(ConfigError, match="task 'classification' scores each sequence on its own"):
         segments.check_segment_recurrence(resolve(classification))
     stream_free = synthetic.get_config("lstm,length=24")
     stream_free.segment_recurrence = True
@@ -577,3 +568,28 @@ def test_other_tasks_and_data_are_refused():
     subset.train_examples = 10
     with pytest.raises(ConfigError, match="train_examples"):
         segments.check_segment_recurrence(resolve(subset))
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers shared with tests/test_series_stream.py.
+# --------------------------------------------------------------------------------------------------
+def carried_evaluation(model, variables, rows: int, batches, task: str = "lm"):
+    """`segments.evaluate_stream` of `model` over `batches` (each key's rows split over a 2-device data
+    mesh, the parameters replicated), from the initial state: (metrics, sums per lane)."""
+    mesh = mesh_lib.make_mesh((2,), ("data",), devices=jax.devices()[:2])
+    rules = mesh_lib.rules_from_config(LOGICAL_RULES, mesh)
+    batches = list(batches)
+    params = variables["params"]
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    by_row = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    carry_sh = segments.model_carry_shardings(model, rows, mesh, rules)
+    params_sh = jax.tree.map(lambda _: replicated, params)
+    batch_sh = dict.fromkeys(batches[0], by_row)
+    eval_fn = segments.make_stream_eval_fn(model, params_sh, carry_sh, batch_sh, task)
+    return segments.evaluate_stream(
+        eval_fn,
+        params,
+        segments.initial_carry(model, rows, carry_sh),
+        batches,
+        lambda batch: {k: jnp.asarray(v) for k, v in batch.items()},
+    )

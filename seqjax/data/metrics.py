@@ -22,6 +22,7 @@ __all__ = [
     "auroc",
     "classification_metrics",
     "forecast_metrics",
+    "forecast_metrics_from_sums",
     "lm_metrics",
     "majority_class_metrics",
     "matthews_corrcoef",
@@ -111,8 +112,12 @@ def majority_class_metrics(train_labels: np.ndarray, eval_labels: np.ndarray, nu
     return classification_metrics(eval_labels, logits)
 
 
+#: The horizon prefixes (`mse@h`, `mae@h`) reported when a model forecasts further.
+FORECAST_HORIZONS = (96, 192, 336, 720)
+
+
 def forecast_metrics(
-    forecasts: np.ndarray, targets: np.ndarray, horizons: Sequence[int] = (96, 192, 336, 720)
+    forecasts: np.ndarray, targets: np.ndarray, horizons: Sequence[int] = FORECAST_HORIZONS
 ) -> dict[str, float]:
     """MSE and MAE over [N, horizon, V]; `mse@h`/`mae@h` for each listed h shorter than the horizon."""
     forecasts = np.asarray(forecasts, np.float64)
@@ -128,6 +133,27 @@ def forecast_metrics(
         if h < error.shape[1]:
             out[f"mse@{h}"] = float(np.mean(error[:, :h] ** 2))
             out[f"mae@{h}"] = float(np.mean(np.abs(error[:, :h])))
+    return out
+
+
+def forecast_metrics_from_sums(
+    squared: np.ndarray, absolute: np.ndarray, count: float, horizons: Sequence[int] = FORECAST_HORIZONS
+) -> dict[str, float]:
+    """`forecast_metrics` from sums: `squared` and `absolute` [..., horizon] the errors of `count`
+    forecasts summed over every axis but the horizon step and averaged over the variables (a carried
+    stream evaluation cannot keep every forecast). "examples" is `count`."""
+    squared = np.asarray(squared, np.float64).reshape(-1, np.shape(squared)[-1]).sum(0)
+    absolute = np.asarray(absolute, np.float64).reshape(-1, np.shape(absolute)[-1]).sum(0)
+    per_step = max(float(count), 1.0)
+    out = {
+        "mse": float(squared.sum() / per_step / len(squared)),
+        "mae": float(absolute.sum() / per_step / len(absolute)),
+        "examples": float(count),
+    }
+    for h in horizons:
+        if h < len(squared):
+            out[f"mse@{h}"] = float(squared[:h].sum() / per_step / h)
+            out[f"mae@{h}"] = float(absolute[:h].sum() / per_step / h)
     return out
 
 

@@ -24,12 +24,19 @@ with the state carried across a document's segments or reset at each one: the lo
 Transformer-XL reports, and the per-segment one, over the same targets. Each batch also has "document"
 [batch_size] (the global rows' document index, -1 for an empty lane) for per-document sums.
 
-Every batch has the keys of the per-sequence examples ("inputs", "targets", "weights", "resets", "mask",
-[rows, length]), so it goes through the same shardings and loss. `resets` marks document starts and the
-first token of every lane in an epoch: a lane's first segment never continues the state another
-epoch (or the previous lane) left behind. A target counts (weight 1) where the source's `TokenStream`
-says it does: every target for "packed" documents; not a document's first token for "padded" ones,
-as their per-sequence examples count it.
+Every batch of a token stream has the keys of the per-sequence examples ("inputs", "targets",
+"weights", "resets", "mask", [rows, length]), so it goes through the same shardings and loss. `resets`
+marks document starts and the first token of every lane in an epoch: a lane's first segment never
+continues the state another epoch (or the previous lane) left behind. A target counts (weight 1) where
+the source's `TokenStream` says it does: every target for "packed" documents; not a document's first
+token for "padded" ones, as their per-sequence examples count it.
+
+Time series (`SeriesStream`, `TimeSeriesSplit.series_stream()`): the same lanes and segments over the
+split's rows. A row is a position; its target is the next `horizon` rows, so the positions are
+[0, T - horizon). A batch has "inputs" [rows, length, V], "targets" [rows, length, horizon, V]
+(standardised as the split's windows), "weights" and "mask" [rows, length] (a position counts only when
+its whole horizon lies inside the split and is observed), "resets" [rows, length] (lane starts only).
+The batchers read any `Stream` (a `positions` count and a `segment` of rows), the protocol both meet.
 
     >>> import numpy as np
     >>> stream = TokenStream(np.arange(11), np.eye(11, dtype=bool)[0], np.ones(10, bool))
@@ -49,14 +56,50 @@ import numpy as np
 from seqjax.data.pipeline import PrefetchedBatches
 
 __all__ = [
+    "SeriesStream",
+    "Stream",
     "StreamBatches",
     "StreamSource",
     "TokenStream",
     "document_eval_batches",
     "document_spans",
+    "series_stream_of",
     "stream_eval_batches",
+    "stream_of",
     "token_stream_of",
 ]
+
+
+class Stream(Protocol):
+    """A split as one stream of positions, what the lane batchers read: `positions` inputs that have a
+    target, [0, positions), and `segment`, inputs [start, stop) as one batch row. `TokenStream` (documents)
+    and `SeriesStream` (a time series) are the two."""
+
+    @property
+    def positions(self) -> int: ...
+
+    def segment(self, start: int, stop: int, length: int, lane_start: bool) -> dict[str, np.ndarray]:
+        """Inputs [start, stop) of the stream (stop - start <= length) as one row of `length` positions,
+        padded after stop (mask False, weight 0); `lane_start` resets the state before its first input."""
+        ...
+
+
+def _row(
+    count: int, length: int, lane_start: bool, starts: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The keys every stream row has but its inputs and targets: "weights" (zero: the stream fills in
+    what counts), "resets" (`starts` of the `count` real positions, and the lane start), "mask"."""
+    row = {
+        "weights": np.zeros(length, np.float32),
+        "resets": np.zeros(length, bool),
+        "mask": np.zeros(length, bool),
+    }
+    if starts is not None:
+        row["resets"][:count] = starts
+    row["mask"][:count] = True
+    if lane_start and count:
+        row["resets"][0] = True
+    return row
 
 
 class TokenStream(NamedTuple):
@@ -66,6 +109,71 @@ class TokenStream(NamedTuple):
     tokens: np.ndarray
     starts: np.ndarray
     counted: np.ndarray
+
+    @property
+    def positions(self) -> int:
+        """Inputs with a target: every token but the last."""
+        return max(len(self.tokens) - 1, 0)
+
+    def segment(self, start: int, stop: int, length: int, lane_start: bool) -> dict[str, np.ndarray]:
+        """`Stream.segment`: "inputs" and "targets" (the next token) [length] int32."""
+        count = max(stop - start, 0)
+        row = {"inputs": np.zeros(length, np.int32), "targets": np.zeros(length, np.int32)}
+        row |= _row(count, length, lane_start, self.starts[start:stop])
+        row["inputs"][:count] = self.tokens[start:stop]
+        row["targets"][:count] = self.tokens[start + 1 : stop + 1]
+        row["weights"][:count] = self.counted[start:stop]
+        return row
+
+
+class SeriesStream(NamedTuple):
+    """A split of a time series as one stream (`TimeSeriesSplit.series_stream()`): `values` [T, V]
+    float32 (standardised as the split's windows are), `observed` [T, V] bool, and the `horizon`.
+
+    Input position t (a row) has the target rows t + 1 ... t + horizon, so the positions are
+    [0, T - horizon). The first `context` rows belong to the previous split (the look-back a validation
+    or test window may read): they are inputs, never targets, so position t counts (weight 1) only when
+    t + 1 >= context and every value of its `horizon` target rows is observed. `origins` (bool
+    [positions], optional) marks the forecast origins of the split's windows (the last look-back row of
+    each window): a row then also has "origins", scored apart by the carried evaluation.
+    """
+
+    values: np.ndarray
+    observed: np.ndarray
+    horizon: int
+    context: int = 0
+    origins: np.ndarray | None = None
+
+    @property
+    def positions(self) -> int:
+        """Rows whose whole horizon lies in the stream."""
+        return max(len(self.values) - self.horizon, 0)
+
+    def segment(self, start: int, stop: int, length: int, lane_start: bool) -> dict[str, np.ndarray]:
+        """`Stream.segment`: "inputs" [length, V], "targets" [length, horizon, V] (the next `horizon`
+        rows of each input) float32; "weights" 1 where the position counts (the class docstring)."""
+        count, horizon = max(stop - start, 0), self.horizon
+        variables = self.values.shape[-1]
+        row = {
+            "inputs": np.zeros((length, variables), np.float32),
+            "targets": np.zeros((length, horizon, variables), np.float32),
+        }
+        row |= _row(count, length, lane_start)
+        if self.origins is not None:
+            row["origins"] = np.zeros(length, np.float32)
+        if not count:
+            return row
+        row["inputs"][:count] = self.values[start:stop]
+        ahead = self.values[start + 1 : stop + horizon]  # every target row of the segment
+        windows = np.lib.stride_tricks.sliding_window_view(ahead, horizon, axis=0)  # [count, V, horizon]
+        row["targets"][:count] = np.swapaxes(windows, -1, -2)
+        missing = np.concatenate([[0], np.cumsum(~self.observed[start + 1 : stop + horizon].all(-1))])
+        observed = missing[horizon:] == missing[:-horizon]  # no unobserved value in the horizon
+        inside = np.arange(start, stop) + 1 >= self.context
+        row["weights"][:count] = observed & inside
+        if self.origins is not None:
+            row["origins"][:count] = self.origins[start:stop]
+        return row
 
 
 class StreamSource(Protocol):
@@ -93,27 +201,40 @@ def token_stream_of(source: Any) -> TokenStream:
     return stream
 
 
-def _segment(
-    stream: TokenStream, start: int, stop: int, length: int, lane_start: bool
-) -> dict[str, np.ndarray]:
-    """Inputs [start, stop) of the stream (stop - start <= length) as one row of `length` tokens,
-    padded after stop; `lane_start` resets the state before its first token."""
-    count = max(stop - start, 0)
-    row = {
-        "inputs": np.zeros(length, np.int32),
-        "targets": np.zeros(length, np.int32),
-        "weights": np.zeros(length, np.float32),
-        "resets": np.zeros(length, bool),
-        "mask": np.zeros(length, bool),
-    }
-    row["inputs"][:count] = stream.tokens[start:stop]
-    row["targets"][:count] = stream.tokens[start + 1 : stop + 1]
-    row["weights"][:count] = stream.counted[start:stop]
-    row["resets"][:count] = stream.starts[start:stop]
-    row["mask"][:count] = True
-    if lane_start and count:
-        row["resets"][0] = True
-    return row
+def series_stream_of(source: Any) -> SeriesStream:
+    """`source.series_stream()` (or a `SeriesStream`), checked."""
+    stream = source if isinstance(source, SeriesStream) else source.series_stream()
+    values, observed = np.asarray(stream.values), np.asarray(stream.observed)
+    if values.ndim != 2 or observed.shape != values.shape:
+        raise ValueError(
+            f"series_stream: values {values.shape} must be [T, V] and observed {observed.shape} the same."
+        )
+    if stream.horizon < 1 or not 0 <= stream.context <= len(values):
+        raise ValueError(
+            f"series_stream: horizon={stream.horizon} must be >= 1 and context={stream.context} in "
+            f"[0, {len(values)}] (the rows)."
+        )
+    if stream.origins is not None and len(stream.origins) != stream.positions:
+        raise ValueError(
+            f"series_stream: origins [{len(stream.origins)}] must have one entry per position "
+            f"({stream.positions})."
+        )
+    return stream
+
+
+def stream_of(source: Any) -> Stream:
+    """The stream a split serves: a `TokenStream` (`token_stream()`, documents) or a `SeriesStream`
+    (`series_stream()`, time series), checked; a TypeError naming what it needs for any other source."""
+    if isinstance(source, SeriesStream) or callable(getattr(source, "series_stream", None)):
+        return series_stream_of(source)
+    if isinstance(source, TokenStream) or callable(getattr(source, "token_stream", None)):
+        return token_stream_of(source)
+    raise TypeError(
+        f"segment recurrence reads a split as one stream, but {type(source).__name__} has neither "
+        f"token_stream() nor series_stream(); use data.kind='documents' "
+        f"(seqjax.data.documents.DocumentSplit) or data.kind='timeseries' "
+        f"(seqjax.data.timeseries.TimeSeriesSplit)."
+    )
 
 
 def _stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -137,9 +258,10 @@ class StreamBatches(PrefetchedBatches):
     `close()`, `start=`); the layout is the module docstring's.
 
     Args:
-      source: the training split (a `StreamSource`, or a `TokenStream`).
+      source: the training split (one with `token_stream()` or `series_stream()`: `stream_of`), or a
+        `Stream` (`TokenStream`, `SeriesStream`).
       batch_size: the global batch = the number of lanes; must divide by `process_count`.
-      length: tokens per segment (the config's `length`).
+      length: positions (tokens, time steps) per segment (the config's `length`).
       seed, shuffle: with `shuffle`, epoch e shifts every lane by an offset in [0, length) drawn from
         (seed, e); without, lanes start at their first token every epoch.
       process_index, process_count: which rows (lanes) of each global batch this process builds.
@@ -148,7 +270,7 @@ class StreamBatches(PrefetchedBatches):
 
     def __init__(
         self,
-        source: StreamSource | TokenStream,
+        source: Any,
         batch_size: int,
         length: int,
         *,
@@ -162,18 +284,18 @@ class StreamBatches(PrefetchedBatches):
         self._rows = _check_rows(batch_size, process_count, process_index)
         if length < 1:
             raise ValueError(f"StreamBatches: length={length}; a segment needs at least one token.")
-        self._stream = token_stream_of(source)
+        self._stream = stream_of(source)
         self.batch_size = batch_size
         self.length = length
         self.seed = seed
         self.shuffle = shuffle
-        self.lane_tokens = max(len(self._stream.tokens) - 1, 0) // batch_size
+        self.lane_tokens = self._stream.positions // batch_size  # positions (tokens, time steps) per lane
         self.max_offset = length - 1 if shuffle else 0
         self.segments_per_epoch = max(self.lane_tokens - self.max_offset, 0) // length
         if self.segments_per_epoch < 1:
             raise ValueError(
-                f"StreamBatches: the split's {len(self._stream.tokens)} tokens make {batch_size} lanes of "
-                f"{self.lane_tokens} tokens, too short for one segment of length={length}"
+                f"StreamBatches: the split's {self._stream.positions} positions make {batch_size} lanes of "
+                f"{self.lane_tokens} positions, too short for one segment of length={length}"
                 + (f" after a shift of up to {self.max_offset}" if shuffle else "")
                 + "; use a smaller batch_size or length."
             )
@@ -200,28 +322,29 @@ class StreamBatches(PrefetchedBatches):
         rows = []
         for lane in range(self._first_lane, self._first_lane + self._rows):
             start, stop = self.lane_span(index, lane)
-            rows.append(_segment(self._stream, start, stop, self.length, first))
+            rows.append(self._stream.segment(start, stop, self.length, first))
         return _stack(rows)
 
 
 def stream_eval_batches(
-    source: StreamSource | TokenStream,
+    source: Any,
     batch_size: int,
     length: int,
     *,
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The whole split as `batch_size` contiguous lanes of ceil((N - 1) / batch_size) inputs, in
-    segments of `length` (this process's rows); the last segment of each lane is padded.
+    """The whole split (any `stream_of` source) as `batch_size` contiguous lanes of
+    ceil(positions / batch_size) inputs (for tokens, positions = N - 1), in segments of `length` (this
+    process's rows); the last segment of each lane is padded.
 
     >>> stream = TokenStream(np.arange(8), np.eye(8, dtype=bool)[0], np.ones(7, bool))
     >>> [b["mask"].sum(-1).tolist() for b in stream_eval_batches(stream, 2, 3)]  # lanes [0, 4), [4, 7)
     [[3, 3], [1, 0]]
     """
     rows = _check_rows(batch_size, process_count, process_index)
-    stream = token_stream_of(source)
-    inputs = max(len(stream.tokens) - 1, 0)
+    stream = stream_of(source)
+    inputs = stream.positions
     if inputs == 0:
         raise ValueError("stream_eval_batches: the split has no targets; nothing to evaluate.")
     lane_tokens = math.ceil(inputs / batch_size)
@@ -231,7 +354,7 @@ def stream_eval_batches(
         for lane in range(first_lane, first_lane + rows):
             start = lane * lane_tokens + segment * length
             stop = min(start + length, (lane + 1) * lane_tokens, inputs)
-            batch.append(_segment(stream, start, stop, length, segment == 0))
+            batch.append(stream.segment(start, stop, length, segment == 0))
         yield _stack(batch)
 
 
@@ -292,7 +415,6 @@ def document_eval_batches(
                 d = documents[row]
                 start, stop = (0, 0) if d < 0 else spans[d]
                 begin = start + segment * length
-                batch.append(
-                    _segment(stream, begin, min(begin + length, stop), length, segment == 0 or not carried)
-                )
+                lane_start = segment == 0 or not carried
+                batch.append(stream.segment(begin, min(begin + length, stop), length, lane_start))
             yield _stack(batch) | {"document": documents.copy()}

@@ -5,7 +5,8 @@
 - `SequenceClassifier`: inputs [*batch, time, ...] → logits [*batch, num_classes] (masked mean, last- or
   first-valid-token pooling).
 - `Forecaster`: series [*batch, time, num_variables] → forecast [*batch, horizon, num_variables], with
-  RevIN and a direct multi-horizon head on the last valid token.
+  RevIN and a direct multi-horizon head on the last valid token; with `per_position` (segment
+  recurrence on a series stream), a forecast at every position [*batch, time, horizon, num_variables].
 
 The step-mode methods (`prefill`, `step`) back `seqjax.models.generation`.
 """
@@ -185,6 +186,14 @@ class Forecaster(_StepMixin, nn.Module):
 
     `config.encoder` must be "linear" with `input_size` = number of variables. The step-mode cache is
     `(layer_states, revin_stats)`; see `seqjax.models.generation.forecast_step`.
+
+    `per_position` (the stream form, set by the trainer with `segment_recurrence`): the same head on
+    every position's features, series [*batch, time, V] → forecasts [*batch, time, horizon, V], the
+    forecast at t being the `horizon` steps after t, as `stream_forecasts` produces them step by step.
+    It has no RevIN (`revin` must be False): RevIN's statistics are those of the whole input sequence,
+    so a forecast at t would read the segment's later steps (future values), and a stream carried
+    across segments has no fixed window to take them from. The stream model relies on the split's own
+    standardisation (per-variable training statistics) instead. Default: the last-token head.
     """
 
     config: BackboneConfig
@@ -192,12 +201,19 @@ class Forecaster(_StepMixin, nn.Module):
     revin: bool = True
     revin_affine: bool = True
     revin_eps: float = 1e-5
+    per_position: bool = False
 
     def setup(self) -> None:
         c = self.config
         if c.encoder != "linear":
             raise ValueError(
                 f"Forecaster needs encoder='linear' with input_size = number of variables, got {c.encoder!r}."
+            )
+        if self.per_position and self.revin:
+            raise ValueError(
+                "Forecaster(per_position=True) forecasts at every position, where RevIN's statistics over "
+                "the sequence would read future steps; set revin=False (the stream relies on the split's "
+                "standardisation)."
             )
         dtype, pdtype = _dtypes(c)
         self.backbone = Backbone(c)
@@ -223,7 +239,8 @@ class Forecaster(_StepMixin, nn.Module):
         deterministic: bool = True,
         stats: Any = None,
     ) -> jax.Array:
-        """series [*batch, time, V] → forecast [*batch, horizon, V] for the steps after the last valid one.
+        """series [*batch, time, V] → forecast [*batch, horizon, V] for the steps after the last valid one
+        (`per_position`: [*batch, time, horizon, V], the forecast after each step).
 
         `stats` overrides RevIN's statistics (default: those of `series`' valid steps).
         """
@@ -245,14 +262,18 @@ class Forecaster(_StepMixin, nn.Module):
             stats = self.statistics(series, mask)
         x = series if self.norm is None else self.norm.normalize(series, stats, mask)
         features, layers = self.backbone(x, cache, resets=resets, mask=mask, deterministic=deterministic)
-        y = self.head(_last_features(features, mask))
+        y = self.head(features if self.per_position else _last_features(features, mask))
         if self.norm is not None:
             y = self.norm.denormalize(y, stats)
         return y, (layers, stats)
 
     def prefill(self, series: jax.Array, *, mask: jax.Array | None = None) -> tuple[Any, jax.Array]:
-        """((layer_states, revin_stats), forecast); the stats stay fixed while streaming."""
+        """((layer_states, revin_stats), forecast at each row's last valid step); the stats stay fixed
+        while streaming."""
         forecast, cache = self.forward(series, mask=mask)
+        if self.per_position:  # the forecast after the last valid step
+            flat = forecast.reshape(*forecast.shape[:-2], -1)
+            forecast = _last_features(flat, mask).reshape(*flat.shape[:-2], *forecast.shape[-2:])
         return cache, forecast
 
     def step(
@@ -287,7 +308,7 @@ HEAD_KEYS: dict[str, tuple[str, ...]] = {
     "backbone": (),
     "lm": ("tie_embeddings",),
     "classification": ("num_classes", "pooling"),
-    "forecast": ("horizon", "revin", "revin_affine", "revin_eps"),
+    "forecast": ("horizon", "revin", "revin_affine", "revin_eps", "per_position"),
 }
 
 

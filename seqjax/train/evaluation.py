@@ -3,7 +3,8 @@
 The step returns small per-example arrays, replicated so every process can read them:
 - lm: summed next-token NLL (nats) and counted tokens per example;
 - classification: logits [B, num_classes];
-- forecast: forecasts [B, horizon, V] (targets come from the batch on the host).
+- forecast: forecasts [B, horizon, V] (targets come from the batch on the host); a forecaster with a
+  forecast at every position (segment recurrence) is scored at each window's last step, its origin.
 Padded rows of the last batch (`valid` = False) are dropped before the metrics, so nothing is counted
 twice and nothing is dropped (`seqjax.data.pipeline.eval_batches`).
 """
@@ -33,6 +34,8 @@ def _per_example(task: str, outputs: jax.Array, batch: Batch) -> dict[str, jax.A
     if task == "classification":
         return {"logits": outputs.astype(jnp.float32)}
     if task == "forecast":
+        if outputs.ndim == batch["targets"].ndim + 1:  # per position: the forecast after the look-back
+            outputs = outputs[:, -1]
         return {"forecast": outputs.astype(jnp.float32)}
     raise ValueError(f"evaluation: unknown task {task!r}; known: lm, classification, forecast.")
 

