@@ -327,13 +327,18 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+def uninterrupted_run(root, make_config) -> dict:
+    """`make_config(data_dir)` trained uninterrupted on a 4 x 2 mesh under `root` (checkpointed at HALF and
+    TOTAL): {"root", "data_dir", "whole" (train's result)}, for the resume tests to copy and cut."""
+    data_dir = str(root / "data")
+    whole = train(_mesh(make_config(data_dir), (4, 2), ("data", "model"), 8), str(root / "whole"))
+    return {"root": root, "data_dir": data_dir, "whole": whole}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An uninterrupted run with segment recurrence on a 4 x 2 mesh, checkpointed at HALF and TOTAL."""
-    root = tmp_path_factory.mktemp("segments")
-    data_dir = str(root / "data")
-    whole = train(_mesh(_config(data_dir), (4, 2), ("data", "model"), 8), str(root / "whole"))
-    return {"root": root, "data_dir": data_dir, "whole": whole}
+    return uninterrupted_run(tmp_path_factory.mktemp("segments"), _config)
 
 
 def _killed_at_half(runs, workdir: str) -> str:
