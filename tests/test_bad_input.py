@@ -36,8 +36,8 @@ def test_mask_and_resets_of_wrong_shape(lstm_and_params):
     xs = jnp.zeros((2, 7, 3))
     with pytest.raises(ValueError, match=r"`mask` has shape \(2, 6\), expected \(2, 7\)"):
         cell.apply(params, xs, mask=jnp.ones((2, 6), bool))
-    with pytest.raises(ValueError, match=r"`resets` has shape \(7,\), expected \(2, 7\)"):
-        cell.apply(params, xs, resets=jnp.ones((7,), bool))
+    with pytest.raises(ValueError, match=r"`resets` has shape \(6,\), expected \(2, 7\)"):
+        cell.apply(params, xs, resets=jnp.ones((6,), bool))
     with pytest.raises(TypeError, match="`mask` must be boolean"):
         cell.apply(params, xs, mask=jnp.ones((2, 7), jnp.float32))
     with pytest.raises(ValueError, match=r"`reset` has shape"):

@@ -254,3 +254,59 @@ def test_state_is_constant_in_length(cell, key):
     _, short = jax.eval_shape(cell.apply, params, _inputs(key, (2,), 4))
     _, long = jax.eval_shape(cell.apply, params, _inputs(key, (2,), 4000))
     assert [a.shape for a in jax.tree.leaves(short)] == [a.shape for a in jax.tree.leaves(long)]
+
+
+@pytest.mark.parametrize("cell", CASES, ids=IDS)
+def test_flags_broadcast_in_apply(cell, key):
+    """`resets` and `mask` of shape [1, time] or [time] act as their explicit broadcast to [*batch, time]
+    (the README's `jnp.arange(T)[None] < n`); a shape that does not broadcast names itself."""
+    _require_case(cell)
+    params = cell.init(key, INPUT_SIZE)
+    xs = _inputs(jax.random.PRNGKey(1))
+    resets = random_flags(3, (1, T), 0.25)
+    mask = random_flags(4, (1, T), 0.7)
+    full = lambda f: jnp.broadcast_to(f, (B, T))
+
+    @jax.jit  # the three forms in one compiled program
+    def run(params, xs):
+        return [
+            cell.apply(params, xs, resets=r, mask=m)
+            for r, m in [(full(resets), full(mask)), (resets, mask), (resets[0], mask[0])]
+        ]
+
+    (ys, final), *broadcast = run(params, xs)
+    for ys_b, final_b in broadcast:
+        np.testing.assert_allclose(ys_b, ys, rtol=1e-6, atol=1e-6)
+        assert max_abs_diff(final_b, final) < 1e-6
+    with pytest.raises(ValueError, match=rf"`mask` has shape \({B}, {T + 1}\), expected \({B}, {T}\)"):
+        cell.apply(params, xs, mask=jnp.ones((B, T + 1), bool))
+    with pytest.raises(ValueError, match=rf"`resets` has shape \(2, {T}\), expected \({B}, {T}\)"):
+        cell.apply(params, xs, resets=jnp.zeros((2, T), bool))
+
+
+@pytest.mark.parametrize("cell", CASES, ids=IDS)
+def test_flags_broadcast_in_step(cell, key):
+    """`reset` and `mask` of shape [1] or [] act as their explicit broadcast to [*batch]."""
+    _require_step(cell)
+    params = cell.init(key, INPUT_SIZE)
+    x = _inputs(jax.random.PRNGKey(1))[:, 0]
+    state = random_state(cell, jax.random.PRNGKey(2), (B,))
+
+    @jax.jit
+    def run(params, state, x):
+        out = []
+        for reset, mask in [(True, False), (True, True), (False, True)]:
+            r, m = jnp.array([reset]), jnp.array([mask])
+            full = (jnp.broadcast_to(r, (B,)), jnp.broadcast_to(m, (B,)))
+            forms = [full, (r, m), (r[0], m[0])]
+            out.append([cell.step(params, state, x, reset=a, mask=b) for a, b in forms])
+        return out
+
+    for (state_full, y), *broadcast in run(params, state, x):
+        for state_b, y_b in broadcast:
+            np.testing.assert_allclose(y_b, y, rtol=1e-6, atol=1e-6)
+            assert max_abs_diff(state_b, state_full) < 1e-6
+    with pytest.raises(ValueError, match=rf"`mask` has shape \({B + 1},\), expected \({B},\)"):
+        cell.step(params, state, x, mask=jnp.ones((B + 1,), bool))
+    with pytest.raises(ValueError, match=rf"`reset` has shape \({B}, 1\), expected \({B},\)"):
+        cell.step(params, state, x, reset=jnp.ones((B, 1), bool))

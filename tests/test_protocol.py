@@ -234,6 +234,7 @@ def test_forecast_difference_reports_diebold_mariano(tmp_path):
 # The driver end to end at smoke size: trains, saves predictions, tabulates, judges, plots, resumes.
 
 
+@pytest.mark.slow
 def test_length_crossover_smoke_run(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     args = [
@@ -275,6 +276,7 @@ def test_length_crossover_smoke_run(tmp_path):
         assert (tmp_path / f"out{suffix}").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_segment_recurrence_smoke_run(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     args = [
@@ -345,6 +347,7 @@ def test_train_examples_subsets_only_the_train_split():
     )
 
 
+@pytest.mark.slow
 def test_main_job_smoke_run_says_when_a_baseline_solves_the_task(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     args = [

@@ -22,6 +22,8 @@ from seqjax.data import metrics
 from seqjax.data.timeseries import baseline_forecasts
 from seqjax.train.trainer import build_sources, evaluate, train
 
+# Whole training runs (subprocesses or real tasks): `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 sys.dont_write_bytecode = True
 
 

@@ -409,6 +409,7 @@ def _kill_overrides(data_dir: str) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_sigkill_mid_stream_then_rerun_equals_uninterrupted(tmp_path):
     """`scripts/train.py` killed (SIGKILL) mid-stream and rerun with the same command ends with the
     parameters and carried state of the same command run uninterrupted in another workdir."""

@@ -16,6 +16,8 @@ import time
 import numpy as np
 import pytest
 
+# Whole training runs (subprocesses or real tasks): `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
 

@@ -62,6 +62,7 @@ def uninterrupted(tmp_path_factory):
     return jax.tree.map(np.asarray, result["state"].params)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
     workdir = str(tmp_path)
     proc = _start_and_wait(workdir, at_least=8)
@@ -76,6 +77,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
     jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     workdir = str(tmp_path)
     proc = _start_and_wait(workdir, at_least=4)
@@ -87,6 +89,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert saved in checkpoint_steps(workdir) and saved < TOTAL
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_exits_cleanly(tmp_path):
     """Ctrl-C is a stop request like SIGTERM: a saved step, exit 0, no traceback, no half-written save."""
     workdir = str(tmp_path)
@@ -148,6 +151,7 @@ def test_unknown_config_key_is_named(tmp_path):
     assert "optimiser" in out
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_set_up_is_a_message_not_a_traceback(tmp_path):
     """Before: Ctrl-C while the data set was being prepared printed a KeyboardInterrupt traceback. The test
     holds the data set's preparation lock, so the run waits inside set-up when SIGINT arrives."""

@@ -43,19 +43,41 @@ __all__ = ["Axes", "Cell", "Params", "RecurrentCell", "State", "accumulation_dty
 
 
 def _check_flags(cell_name: str, what: str, flags: Any, expected_shape: tuple[int, ...]) -> jax.Array:
+    """`flags` as a boolean array of exactly `expected_shape`.
+
+    Any shape that broadcasts to `expected_shape` under numpy's rules is accepted and broadcast: a mask
+    [1, time] or [time] shared by the whole batch, a scalar, a per-sequence flag [*batch, 1]. Any other
+    shape is a ValueError naming the argument, its shape and the expected one.
+
+    >>> _check_flags("LSTM", "mask", jnp.arange(4)[None] < 3, (2, 4))
+    Array([[ True,  True,  True, False],
+           [ True,  True,  True, False]], dtype=bool)
+    >>> _check_flags("LSTM", "mask", jnp.ones((2, 3), bool), (2, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: LSTM: `mask` has shape (2, 3), expected (2, 4) or a shape that broadcasts to it ...
+    """
     flags = jnp.asarray(flags)
-    if flags.shape != tuple(expected_shape):
-        raise ValueError(
-            f"{cell_name}: `{what}` has shape {flags.shape}, expected {tuple(expected_shape)} "
-            f"(the input's shape without its feature axis, i.e. [*batch, time] for apply or [*batch] for "
-            f"step)."
-        )
+    expected_shape = tuple(expected_shape)
+    if flags.shape != expected_shape:
+        try:
+            broadcastable = jnp.broadcast_shapes(flags.shape, expected_shape) == expected_shape
+        except ValueError:
+            broadcastable = False
+        if not broadcastable:
+            raise ValueError(
+                f"{cell_name}: `{what}` has shape {flags.shape}, expected {expected_shape} or a shape that "
+                f"broadcasts to it (the input's shape without its feature axis, i.e. [*batch, time] for "
+                f"apply or [*batch] for step; e.g. [1, time] or [time] for one mask shared by the batch)."
+            )
     if flags.dtype != jnp.bool_:
         if not (jnp.issubdtype(flags.dtype, jnp.integer) or jnp.issubdtype(flags.dtype, jnp.bool_)):
             raise TypeError(
                 f"{cell_name}: `{what}` must be boolean (True/False per token), got dtype {flags.dtype}."
             )
         flags = flags.astype(jnp.bool_)
+    if flags.shape != expected_shape:
+        flags = jnp.broadcast_to(flags, expected_shape)
     return flags
 
 
@@ -165,8 +187,8 @@ class Cell(abc.ABC):
         """Processes one token `x` [*batch, input_size].
 
         `reset` [*batch] clears the state before this token; `mask` [*batch] == False marks padding: the
-        state is returned unchanged and the output is zero. Raises TypeError when `step_unsupported(
-        streaming=False)` gives a reason.
+        state is returned unchanged and the output is zero. Either flag may have any shape that
+        broadcasts to [*batch]. Raises TypeError when `step_unsupported(streaming=False)` gives a reason.
         """
 
     @abc.abstractmethod
@@ -181,8 +203,9 @@ class Cell(abc.ABC):
     ) -> tuple[jax.Array, State]:
         """Processes a whole sequence `xs` [*batch, time, input_size].
 
-        Returns `ys` [*batch, time, output_size] and the state after the last valid token (the first
-        one when the cell runs in reverse).
+        `resets` and `mask` are [*batch, time] or any shape that broadcasts to it (e.g. [1, time] or
+        [time]: one mask for the whole batch). Returns `ys` [*batch, time, output_size] and the state
+        after the last valid token (the first one when the cell runs in reverse).
         """
 
     #: whether `apply` runs right to left; cells with a `reverse` field override this.

@@ -39,7 +39,7 @@ cross-process lock of `seqjax.data.preparation`), `tokenizers` (bytes, BPE), `sp
 
     >>> from seqjax.data import documents
     >>> config = {"corpus": "perl_docs", "length": 512}
-    >>> splits = documents.make_sources(config, "/tmp/data")  # doctest: +SKIP
+    >>> splits = documents.make_sources(config, "datasets")  # doctest: +SKIP
     >>> sorted(splits["train"][0])  # doctest: +SKIP
     ['inputs', 'mask', 'resets', 'targets', 'weights']
 """

@@ -1,7 +1,7 @@
 """The embedded documents sample (seqjax/data/samples/documents): `make_sample` cuts it from the real
 package files and writes its README. Maintainers only.
 
-    >>> make_sample("/tmp/documents_sample")  # doctest: +SKIP
+    >>> make_sample("documents_sample")  # doctest: +SKIP
 """
 
 from __future__ import annotations

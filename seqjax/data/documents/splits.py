@@ -1,7 +1,7 @@
 """The documents entry points: `make_sources` (the splits as `DocumentSplit`s of fixed-shape next-token
 examples), `prepare`, and the unigram baseline `unigram_bits_per_byte`.
 
-    >>> splits = make_sources({"corpus": "gutenberg", "length": 512}, "/tmp/data")  # doctest: +SKIP
+    >>> splits = make_sources({"corpus": "gutenberg", "length": 512}, "datasets")  # doctest: +SKIP
     >>> splits["train"][0]["inputs"].shape  # doctest: +SKIP
     (512,)
 """

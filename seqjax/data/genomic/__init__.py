@@ -58,7 +58,7 @@ only). Preparation holds a cross-process lock (`seqjax.data.preparation`), so tr
 start together build the data set once.
 
     >>> from seqjax.data import genomic
-    >>> splits = genomic.make_sources({"task": "species", "length": 1024}, "/tmp/data")  # doctest: +SKIP
+    >>> splits = genomic.make_sources({"task": "species", "length": 1024}, "datasets")  # doctest: +SKIP
     >>> splits["train"].describe()["class_counts"]  # doctest: +SKIP
     {'E.Coli': 78, 'H.Pylori': 78, 'S.Aureus': 78, 'V.Cholerae': 78}
 """

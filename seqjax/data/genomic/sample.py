@@ -1,7 +1,7 @@
 """The embedded genomic sample (seqjax/data/samples/genomic): `make_sample` cuts it from the real files.
 Maintainers only; the tests check it reproduces the embedded bytes.
 
-    >>> make_sample("/tmp/genomic_sample")  # doctest: +SKIP
+    >>> make_sample("genomic_sample")  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The genomic entry points: `make_sources` (the splits as `GenomicSplit`s) and `prepare` (a summary).
 
->>> splits = make_sources({"task": "species", "length": 1024}, "/tmp/data")  # doctest: +SKIP
+>>> splits = make_sources({"task": "species", "length": 1024}, "datasets")  # doctest: +SKIP
 >>> splits["train"][0]["inputs"].shape  # doctest: +SKIP
 (1024,)
 """

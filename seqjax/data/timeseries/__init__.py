@@ -61,7 +61,7 @@ maintainers only).
 
     >>> from seqjax.data import timeseries
     >>> config = {"dataset": "electricity", "lookback": 96}
-    >>> splits = timeseries.make_sources(config, "/tmp/data")  # doctest: +SKIP
+    >>> splits = timeseries.make_sources(config, "datasets")  # doctest: +SKIP
     >>> splits["train"][0]["inputs"].shape  # doctest: +SKIP
     (96, 1)
 """

@@ -1,7 +1,7 @@
 """The time-series TFDS builder `TimeSeriesBuilder` (the cleaned series in blocks of rows) and
 `load_series`, which prepares it once (across processes) and reassembles the series.
 
-    >>> series = load_series("electricity", "sample", "/tmp/data")  # doctest: +SKIP
+    >>> series = load_series("electricity", "sample", "datasets")  # doctest: +SKIP
     >>> len(series)  # doctest: +SKIP
     26304
 """

