@@ -158,7 +158,11 @@ def _main(argv: list[str]) -> None:
     os.makedirs(FLAGS.workdir, exist_ok=True)
     if FLAGS.compilation_cache:
         use_compilation_cache(os.path.join(FLAGS.workdir, ".jax_cache"))
-    configs = {preset: _config(preset) for preset in FLAGS.presets}
+    try:
+        configs = {preset: _config(preset) for preset in FLAGS.presets}
+    except (KeyError, ValueError) as bad:  # a config file's own check, or an unknown override key
+        print(f"scripts/compare.py: {bad.args[0] if bad.args else bad}", file=sys.stderr)
+        raise SystemExit(2) from None
     length = int(next(iter(configs.values())).data.get("length", 0) or 0)
     if not length:
         from seqjax.train.run_config import resolve
