@@ -120,9 +120,12 @@ def _main(argv: list[str]) -> None:
         with open(FLAGS.result_json, "w") as f:
             json.dump({k: result[k] for k in (*keys, "num_params")}, f, indent=1)
     if jax.process_index() == 0:
-        print(
-            f"done: step {result['step']}, loss {result['metrics'].get('loss', float('nan')):.4f}", flush=True
-        )
+        loss = result["metrics"].get("loss")
+        shown = "" if loss is None else f", loss {loss:.4f}"  # unknown (nothing logged): not "nan"
+        if result["already_complete"]:
+            print(f"already complete: step {result['step']}{shown}; nothing was trained.", flush=True)
+        else:
+            print(f"done: step {result['step']}{shown}", flush=True)
 
 
 if __name__ == "__main__":
