@@ -105,7 +105,7 @@ def test_analytic_flops_count_attention_context():
 def test_apply_overrides_names_a_missing_key():
     config = load_config_file(ROOT / "configs/genomic.py", "lstm")
     assert apply_overrides(config, ["batch_size=2", "optimizer.clip_norm=None"]).batch_size == 2
-    with pytest.raises(KeyError, match="no key 'batch_sise'"):
+    with pytest.raises(KeyError, match="unknown config key 'batch_sise'; did you mean 'batch_size'"):
         apply_overrides(config, ["batch_sise=2"])
     with pytest.raises(ValueError, match=r"dotted\.key=value"):
         apply_overrides(config, ["batch_size"])
