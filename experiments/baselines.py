@@ -96,4 +96,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    app.run(main)
+    from seqjax.config.cli import config_flags_parser
+
+    app.run(main, flags_parser=config_flags_parser())

@@ -13,10 +13,13 @@ its verdict (supported / contradicted / inconclusive).
     python scripts/compare.py --config=configs/documents.py --options=length=4096,corpus=python_docs
     python scripts/compare.py --size=accelerator --options=task=species,route=auto,length=16384
 
-Runs go to `<workdir>/<model>/lr<rate>/seed<k>/`, per-example test predictions to
-`<workdir>/predictions/`; the table to stdout and `<workdir>/comparison.md`, the numbers behind it to
-`comparison.json`, plots to `comparison_*.png`. A rerun over the same workdir reuses finished runs
-(`--fresh` deletes them first).
+The workdir (default `runs/compare/<config>-<options>[-<size>]` in the repository, git-ignored; printed
+at the start and the end) holds the runs, `<workdir>/<model>/lr<rate>/seed<k>/`, the per-example test
+predictions, `<workdir>/predictions/`, the table, `<workdir>/comparison.md` (also printed), the numbers
+behind it, `comparison.json`, and plots, `comparison_*.png`. A rerun with the same settings reuses the
+finished runs and resumes an interrupted one; a rerun with other settings (`settings.json` in the
+workdir: budget, evaluation examples, batch size, overrides, parameter target) is an error naming the
+folder: give another `--workdir`, or `--fresh` to delete the old runs first.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import sys
 
 from absl import app, flags
 
-from seqjax.experiment.flags import define_protocol_flags, protocol_settings
+from seqjax.experiment.flags import check_settings, default_workdir, define_protocol_flags, protocol_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +49,11 @@ flags.DEFINE_string(
 flags.DEFINE_string("size", "cpu", "cpu or accelerator.")
 flags.DEFINE_integer("batch_size", None, "Batch size of every model (default: the size's).")
 flags.DEFINE_float("confidence", 0.95, "Confidence level of every interval.")
-flags.DEFINE_string("workdir", "/tmp/seqjax_compare", "Runs go to <workdir>/<preset>/...")
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "Runs, table and plots go here (default: runs/compare/<config>-<options>[-<size>] in the repository).",
+)
 flags.DEFINE_list("config_overrides", [], "Extra config overrides for every model, key=value.")
 flags.DEFINE_bool("fresh", False, "Delete the workdir's previous runs first (else reuse finished ones).")
 flags.DEFINE_bool("baselines", True, "Score the task's non-neural baselines too.")
@@ -78,6 +85,20 @@ def _config(preset: str):
     if FLAGS.batch_size:
         overrides += [f"batch_size={FLAGS.batch_size}", f"eval_batch_size={FLAGS.batch_size}"]
     return apply_overrides(config, overrides)
+
+
+#: The flags whose change makes a workdir's finished runs another experiment's: a rerun with other values
+#: is refused (the runs' config digests do not cover what the protocol evaluates on).
+SETTINGS_FLAGS = (
+    "config",
+    "options",
+    "size",
+    "batch_size",
+    "config_overrides",
+    "match_target",
+    "train_tokens",
+    "evaluation_examples",
+)
 
 
 def _composition_note(summary: dict) -> str:
@@ -113,7 +134,9 @@ def markdown(summary: dict, command: str) -> str:
         f"{p['warmup_fraction']:.0%} + cosine to the budget; learning rate from {p['learning_rates']} "
         f"(extended by up to {p.get('grid_extensions', 0)} rate past an edge it lands on) chosen "
         f"on validation with seed 0; {p['seeds']} seeds at the chosen rate (initialisation and data order); "
-        f"parameters matched within ±{p['param_tolerance']:.0%}.",
+        f"parameters matched within ±{p['param_tolerance']:.0%}. Every run is scored at its last step (the "
+        "final parameters; no best-checkpoint selection), so `steps` is both the steps trained and the "
+        "step scored.",
         f"- {metric}: {'higher' if summary['larger_is_better'] else 'lower'} is better; [low, high] is a "
         f"{level:.0%} bootstrap interval over test clusters and seeds ({p['n_resamples']} resamples). "
         "tokens/s and train s exclude compiling and evaluation (median over seeds); FLOPs/token is the "
@@ -153,12 +176,26 @@ def _main(argv: list[str]) -> None:
     from seqjax.experiment.protocol import use_compilation_cache
     from seqjax.experiment.report import Claim, judge
 
-    if FLAGS.fresh and os.path.isdir(FLAGS.workdir):
-        shutil.rmtree(FLAGS.workdir)
-    os.makedirs(FLAGS.workdir, exist_ok=True)
+    try:
+        configs = {preset: _config(preset) for preset in FLAGS.presets}
+    except (KeyError, ValueError) as bad:  # a config file's own check, or an unknown override key
+        print(f"scripts/compare.py: {bad.args[0] if bad.args else bad}", file=sys.stderr)
+        raise SystemExit(2) from None
+    workdir = FLAGS.workdir or default_workdir(ROOT, "compare", FLAGS.config, _options(), FLAGS.size)
+    if FLAGS.fresh and os.path.isdir(workdir):
+        print(f"--fresh: deleting the previous runs in {workdir}", flush=True)
+        shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    settings_now = {name: FLAGS[name].value for name in SETTINGS_FLAGS}
+    settings_now["options"] = _options()
+    try:
+        check_settings(workdir, settings_now)
+    except ValueError as changed:
+        print(f"scripts/compare.py: {changed}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"workdir: {workdir} (finished runs there are reused; --fresh starts over)", flush=True)
     if FLAGS.compilation_cache:
-        use_compilation_cache(os.path.join(FLAGS.workdir, ".jax_cache"))
-    configs = {preset: _config(preset) for preset in FLAGS.presets}
+        use_compilation_cache(os.path.join(workdir, ".jax_cache"))
     length = int(next(iter(configs.values())).data.get("length", 0) or 0)
     if not length:
         from seqjax.train.run_config import resolve
@@ -171,7 +208,7 @@ def _main(argv: list[str]) -> None:
     summary = compare_at_length(
         configs,
         settings,
-        FLAGS.workdir,
+        workdir,
         length=length,
         claims=[claim],
         baselines=FLAGS.baselines,
@@ -188,7 +225,7 @@ def _main(argv: list[str]) -> None:
     command = "python scripts/compare.py " + " ".join(map(shlex.quote, sys.argv[1:]))
     summary["command"] = command
     text = markdown(summary, command)
-    base = os.path.join(FLAGS.workdir, "comparison")
+    base = os.path.join(workdir, "comparison")
     with open(base + ".md", "w") as f:
         f.write(text)
     with open(base + ".json", "w") as f:
@@ -201,6 +238,7 @@ def _main(argv: list[str]) -> None:
         for suffix in (".md", ".json", "_metric.png", "_learning_curves.png"):
             shutil.copyfile(base + suffix, FLAGS.out + suffix)
     print("\n" + text)
+    print(f"runs, predictions, comparison.md/.json and plots: {workdir}", flush=True)
 
 
 if __name__ == "__main__":

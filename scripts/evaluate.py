@@ -97,4 +97,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from seqjax.config.cli import config_flags_parser
+
+    app.run(main, flags_parser=config_flags_parser())

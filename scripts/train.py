@@ -4,7 +4,10 @@
 
 Restarting with the same --workdir resumes from its newest readable checkpoint. SIGTERM or SIGINT
 (Ctrl-C) saves and exits 0; in a multi-process run, a signal to any one process stops them all at the
-same step. An unknown `--config.*` key is an error that names it (ml_collections).
+same step. An unknown `--config.*` key is a one-line error naming the closest valid keys; every key, its
+value, default and meaning:
+
+    python scripts/train.py --config=configs/genomic.py:lstm --print_config
 
 Multi-process (one command per process; process 0's host:port is the coordinator):
 
@@ -31,7 +34,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Checkpoints and metrics go here; an existing one is resumed.")
-flags.mark_flag_as_required("workdir")
 config_flags.DEFINE_config_file(
     "config", None, "A configs/*.py file with an optional :arg.", lock_config=True
 )
@@ -52,10 +54,26 @@ flags.DEFINE_list(
     "resuming; the model, head, data, task and batch_size never may.",
 )
 flags.DEFINE_string("result_json", None, "Write the run's summary (steps, tokens/s, peak memory, eval) here.")
+flags.DEFINE_bool(
+    "print_config",
+    False,
+    "Print every config key (with the --config.* overrides applied), its value, default and meaning, and "
+    "exit without training.",
+)
+flags.register_multi_flags_validator(
+    ["workdir", "print_config"],
+    lambda values: values["workdir"] is not None or values["print_config"],
+    message="--workdir is required (unless --print_config).",
+)
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
+    if FLAGS.print_config:
+        from seqjax.config.cli import print_config
+
+        print_config(FLAGS.config)
+        return
     try:
         _main(argv)
     except KeyboardInterrupt:
@@ -102,10 +120,15 @@ def _main(argv: list[str]) -> None:
         with open(FLAGS.result_json, "w") as f:
             json.dump({k: result[k] for k in (*keys, "num_params")}, f, indent=1)
     if jax.process_index() == 0:
-        print(
-            f"done: step {result['step']}, loss {result['metrics'].get('loss', float('nan')):.4f}", flush=True
-        )
+        loss = result["metrics"].get("loss")
+        shown = "" if loss is None else f", loss {loss:.4f}"  # unknown (nothing logged): not "nan"
+        if result["already_complete"]:
+            print(f"already complete: step {result['step']}{shown}; nothing was trained.", flush=True)
+        else:
+            print(f"done: step {result['step']}{shown}", flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from seqjax.config.cli import config_flags_parser
+
+    app.run(main, flags_parser=config_flags_parser())

@@ -34,3 +34,20 @@ def compile_as_users_do() -> Callable[[jax.stages.Lowered], jax.stages.Compiled]
         return lowered.compile(compiler_options=DEFAULT_OPTIMISATION)
 
     return compile_
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Collects garbage now and freezes what is left, so pytest's own `gc.collect()` after the session
+    (unraisable-exception check, in `pytest_unconfigure`) has almost nothing to walk.
+
+    Why: under pytest-xdist a worker reports "finished" at the end of this hook; the controller then
+    shuts the worker down and execnet, if the worker has not returned within 5 s, sends it a SIGINT
+    (execnet.gateway_base.WorkerGateway._terminate_execution). A full collection of a session's JAX
+    objects (each runs JAX's `_xla_gc_callback`) on 2 busy cores can take that long, and the SIGINT's
+    KeyboardInterrupt then lands inside the gc callback: pytest reports it as a
+    `PytestUnraisableExceptionWarning ... _xla_gc_callback ... KeyboardInterrupt` after a passing run.
+    Collecting here, before the worker reports, moves that time before the shutdown clock starts."""
+    import gc
+
+    gc.collect()
+    gc.freeze()

@@ -448,3 +448,23 @@ def test_documented_length_by_name(tmp_path: pathlib.Path) -> None:
     splits = genomic.make_sources({"task": "species", "length": 8192}, str(tmp_path))
     assert splits["train"][0]["inputs"].shape == (8192,)
     assert len(splits["test"]) == 4 * (75_000 // 8192)  # one 75 kbp test genome (or half) per species
+
+
+def test_preparing_the_embedded_sample_is_quiet(tmp_path, capfd, caplog):
+    """Before: every train and eval process logged absl's `Using custom data configuration:
+    GenomicConfig(...)` and TFDS printed `Downloading and preparing dataset Unknown size` for data that
+    is embedded in the repository. Now: neither, and one log line says where the sample was prepared."""
+    import logging
+
+    from seqjax.data.genomic.splits import make_sources
+
+    data = {"kind": "genomic", "task": "species", "length": 512, "route": "sample"}
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):  # preparing, then reading the prepared data set
+            splits = make_sources(data, str(tmp_path))
+    out, _ = capfd.readouterr()
+    assert len(splits["test"]) > 0
+    assert "Downloading and preparing" not in out and "downloaded and prepared" not in out, out
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "Using custom data configuration" in m], messages
+    assert sum("from the sample embedded in the repository" in m for m in messages) == 1, messages

@@ -105,7 +105,7 @@ def test_analytic_flops_count_attention_context():
 def test_apply_overrides_names_a_missing_key():
     config = load_config_file(ROOT / "configs/genomic.py", "lstm")
     assert apply_overrides(config, ["batch_size=2", "optimizer.clip_norm=None"]).batch_size == 2
-    with pytest.raises(KeyError, match="no key 'batch_sise'"):
+    with pytest.raises(KeyError, match="unknown config key 'batch_sise'; did you mean 'batch_size'"):
         apply_overrides(config, ["batch_sise=2"])
     with pytest.raises(ValueError, match=r"dotted\.key=value"):
         apply_overrides(config, ["batch_size"])
@@ -328,8 +328,9 @@ def test_a_finished_run_is_read_back_not_retrained(tmp_path, monkeypatch):
         protocol._train_once("lstm", base, settings, 1e-3, 0, 8 * 1024, folder, 1024, None, print).steps == 10
     )
     wider = apply_overrides(base, ["model.mlp_expansion=5.0"])  # another parameter match, same folder
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match="another config") as refused:
         protocol._train_once("lstm", wider, settings, 1e-3, 0, 8 * 1024, folder, 1024, None, print)
+    assert f"folder is {tmp_path}: rerun with --fresh" in str(refused.value)  # which folder, which flag
 
 
 def test_train_examples_subsets_only_the_train_split():
@@ -393,3 +394,33 @@ def test_a_run_stopped_by_a_signal_stops_the_experiment_unrecorded(tmp_path, mon
     with pytest.raises(protocol.RunInterrupted, match="resumes"):
         protocol._train_once("lstm", base, settings, 1e-3, 0, 8 * 1024, folder, 1024, None, print)
     assert seen == [str(folder)] and not (folder / "run.json").exists()
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_the_folder_and_fresh(tmp_path):
+    """Before: the main job wrote to a fixed /tmp/seqjax_compare and a rerun with another evaluation size
+    silently reused the first run's records (their config digest does not cover it)."""
+    from seqjax.experiment.flags import check_settings
+
+    first = {"train_tokens": 491520, "evaluation_examples": None, "config_overrides": []}
+    check_settings(str(tmp_path), first)
+    check_settings(str(tmp_path), first)  # the same settings: the runs are reused (resumed)
+    with pytest.raises(ValueError) as refused:
+        check_settings(str(tmp_path), {**first, "evaluation_examples": 48})
+    message = str(refused.value)
+    assert str(tmp_path) in message and "--fresh" in message and "evaluation_examples None -> 48" in message
+
+
+def test_every_run_is_scored_at_its_last_step_as_the_table_says():
+    """The table's `steps` column says the step scored is the step trained: the protocol's runs evaluate
+    only after their last step, and keep only that checkpoint (no best-checkpoint selection)."""
+    from seqjax.experiment.summary import model_table
+
+    base = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    settings = protocol.ProtocolSettings(train_tokens=8 * 1024 * 10)
+    config = protocol._run_config(base, settings, 1e-3, 0, 8 * 1024)
+    assert config.eval_every == 0 and config.checkpoint.every == config.total_steps == 10
+    assert config.checkpoint.keep == 1
+    row = {"model": "lstm", "estimate": 0.5, "low": 0.4, "high": 0.6, "seeds": 1, "parameters": 1}
+    row |= {"ratio": 1.0, "learning_rate": 1e-3, "train_tokens": 1, "steps": 10, "tokens_per_s": 1.0}
+    row |= {"flops_per_token": 1.0, "train_seconds": 1.0}
+    assert "| steps (trained = scored) |" in model_table([row], "balanced_accuracy").splitlines()[0]

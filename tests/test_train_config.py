@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -161,3 +163,84 @@ def test_train_closes_the_checkpointer_and_batches_on_any_error(tmp_path, monkey
     with pytest.raises(RuntimeError, match="eval failed"):
         trainer.train(config, str(tmp_path))
     assert closed.count(checkpoint.Checkpoints) == 1 and closed.count(pipeline.TrainBatches) == 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command line: every key's meaning, and a misspelled key as a one-line error.
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_every_config_key_has_a_meaning(path):
+    """`--print_config` reads each key's meaning from run_config.FIELD_DOCS: a key added without one
+    fails here (the task configs' data keys included)."""
+    from seqjax.config.cli import config_keys
+
+    config = load_config_file(path, "lstm")
+    keys = [k for k, v in config_keys(config).items() if not isinstance(v, dict)]
+    missing = [k for k in keys if run_config.field_doc(k) is None]
+    assert not missing, missing
+    for task in run_config.TASKS:
+        leaves = config_keys(schema(task, "synthetic"))
+        keys = [k for k, v in leaves.items() if not isinstance(v, dict)]
+        assert not [k for k in keys if run_config.field_doc(k) is None]
+
+
+@pytest.mark.parametrize(
+    ("override", "closest"),
+    [
+        ("total_stepz", "total_steps"),
+        ("trainer.num_steps", "total_steps"),
+        ("optimiser.learning_rate", "optimizer.learning_rate"),
+        ("lr", "optimizer.learning_rate"),
+        ("data.lenght", "data.length"),
+    ],
+)
+def test_an_unknown_override_names_the_closest_keys(override, closest):
+    from seqjax.config.cli import unknown_override
+
+    config = load_config_file(os.path.join(ROOT, "configs", "genomic.py"), "lstm")
+    message = unknown_override(config, override)
+    assert message.startswith(f"unknown config key {override!r}; did you mean {closest!r}"), message
+    assert unknown_override(config, "optimizer.learning_rate") is None
+    assert unknown_override(config, "model.mixers.lstm.cell") is None
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "closest"), [("total_stepz", "total_steps"), ("trainer.num_steps", "total_steps")]
+)
+def test_a_misspelled_key_on_the_command_line_is_one_line(tmp_path, override, closest):
+    """Before: an escaped AttributeError ('\\'total_stepz\\'\\nDid you mean ...') or a 40-line traceback
+    ending in KeyError: "'trainer'"."""
+    done = _script(
+        "scripts/train.py",
+        "--config=configs/genomic.py:lstm",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.{override}=5",
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"unknown config key {override!r}; did you mean {closest!r}" in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_print_config_lists_every_key_and_exits_without_training(tmp_path):
+    from seqjax.config.cli import config_keys
+
+    done = _script(
+        "scripts/train.py", "--config=configs/genomic.py:lstm", "--config.total_steps=7", "--print_config"
+    )
+    assert done.returncode == 0, done.stderr
+    config = load_config_file(os.path.join(ROOT, "configs", "genomic.py"), "lstm")
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    keys = [k for k, v in config_keys(config).items() if not isinstance(v, dict)]
+    assert sorted(rows) == sorted(keys)
+    assert rows["total_steps"].split()[1] == "7"  # the override applied
+    assert run_config.FIELD_DOCS["total_steps"] in rows["total_steps"]
+    assert "default 0.001" in rows["optimizer.learning_rate"]  # the trainer's default beside the value

@@ -93,3 +93,41 @@ def test_bf16_compute_keeps_f32_params_and_remat_keeps_values(tmp_path):
     losses = {step: v for tag, step, v in scalars if tag == "train/loss"}
     assert sorted(losses) == [4, 8, 12]
     assert losses[12] == pytest.approx(plain["metrics"]["loss"], rel=1e-6)
+
+
+def test_a_finished_run_rerun_says_it_is_complete_with_its_last_loss(tmp_path, capsys):
+    """Before: re-running a finished run printed `done: step 12, loss nan` (no step was trained)."""
+    config = _config()
+    first = train(config, str(tmp_path))
+    capsys.readouterr()
+    again = train(_config(), str(tmp_path))
+    out = capsys.readouterr().out
+    assert again["already_complete"] and not first["already_complete"]
+    assert f"the run is already complete at step {TOTAL} of total_steps={TOTAL}" in out, out
+    assert "compiling the train step" not in out
+    assert again["metrics"]["loss"] == pytest.approx(first["metrics"]["loss"])
+
+
+def test_progress_shows_the_time_budgets_end_and_says_when_it_compiles(tmp_path, capsys):
+    """With max_train_seconds ending the run long before total_steps, the progress line shows the
+    budget's end (not `step 30/100000`); compiling is announced once for training and once for eval."""
+    config = _config()
+    config.total_steps = 100_000
+    config.optimizer.total_steps = 100_000
+    config.max_train_seconds = 0.5
+    config.log_every = 5
+    config.eval_every = 100_000  # one evaluation: when the budget runs out
+    config.eval_examples = 16
+    result = train(config, str(tmp_path))
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert result["step"] < 100_000
+    progress = [line for line in lines if line.startswith("step ")]
+    timed = [line for line in progress if "steps/s" in line and " nan steps/s" not in line]
+    assert timed and all("/100000 " not in line for line in timed), progress
+    assert all("max_train_seconds 0.5: " in line and " s left" in line for line in timed), timed
+    assert lines.count("compiling evaluation...") == 1
+    compiling = [i for i, line in enumerate(lines) if line.startswith("compiling the train step")]
+    assert len(compiling) == 1 and compiling[0] < lines.index(progress[0])
+    first_eval = next(i for i, line in enumerate(lines) if line.startswith("eval step"))
+    assert lines.index("compiling evaluation...") < first_eval

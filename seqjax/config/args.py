@@ -88,14 +88,15 @@ def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             value = text
+        from seqjax.config.cli import unknown_override
+
+        unknown = unknown_override(config, key)
+        if unknown:
+            raise KeyError(f"config override {item!r}: {unknown}")
         *parents, leaf = key.split(".")
         node = config
         for part in parents:
-            if part not in node:
-                raise KeyError(f"config override {item!r}: the config has no section {part!r} under {key!r}.")
             node = node[part]
-        if leaf not in node:
-            raise KeyError(f"config override {item!r}: the config has no key {key!r}.")
         with config.unlocked():
             node[leaf] = value
     return config

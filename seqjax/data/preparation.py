@@ -28,6 +28,7 @@ import contextlib
 import difflib
 import fcntl
 import gzip
+import io
 import logging
 import lzma
 import os
@@ -61,6 +62,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+
+
+class _NotCustomConfigWarning(logging.Filter):
+    """Drops TFDS's "Using custom data configuration: <config>" warning (absl logger): every seqjax data
+    set is a builder with a config made from the run's options, so each train and eval process would
+    repeat it, config and all, for nothing that needs attention."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Using custom data configuration")
+
+
+_CUSTOM_CONFIG_FILTER = _NotCustomConfigWarning()
 
 
 class SplitSource(Protocol):
@@ -238,7 +251,7 @@ def preparation_lock(
 
 
 def prepared_builder(
-    make_builder: Callable[[], Builder], data_dir: str | os.PathLike[str], name: str
+    make_builder: Callable[[], Builder], data_dir: str | os.PathLike[str], name: str, *, quiet: bool = False
 ) -> Builder:
     """`make_builder()` constructed and prepared under the lock `<data_dir>/.<name>.lock`.
 
@@ -248,11 +261,23 @@ def prepared_builder(
     process writes would not see the finished data set. `download_and_prepare` is a no-op when ready.
     Before preparing, the `incomplete.*` folders a killed preparation of this data set left next to its
     version folder are removed: under the lock no live preparation of it can own one.
+
+    TFDS's "Using custom data configuration" warning is dropped (`_NotCustomConfigWarning`). With
+    `quiet` (data embedded in the repository: nothing is downloaded), so is what TFDS prints to stdout
+    while preparing ("Downloading and preparing dataset Unknown size ...", "... downloaded and
+    prepared"); one log line says the data set was prepared instead.
     """
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_CUSTOM_CONFIG_FILTER)  # the logger TFDS warns on; one filter, added once
     with preparation_lock(pathlib.Path(data_dir) / f".{name}.lock"):
         builder = make_builder()
         remove_incomplete_preparations(builder.data_dir)  # type: ignore[attr-defined]
-        builder.download_and_prepare()  # type: ignore[attr-defined]
+        if quiet and not builder.is_prepared():  # type: ignore[attr-defined]
+            with contextlib.redirect_stdout(io.StringIO()):
+                builder.download_and_prepare()  # type: ignore[attr-defined]
+            log.info("Prepared %s from the sample embedded in the repository, in %s.", name, builder.data_dir)
+        else:
+            builder.download_and_prepare()  # type: ignore[attr-defined]  # a no-op when prepared
     return builder
 
 

@@ -13,13 +13,16 @@ and the `ProtocolSettings` they give, so one knob has one name, default and help
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from absl import flags
 
 from seqjax.experiment.protocol import ProtocolSettings
 
-__all__ = ["define_protocol_flags", "protocol_settings"]
+__all__ = ["check_settings", "default_workdir", "define_protocol_flags", "protocol_settings"]
 
 
 def define_protocol_flags(registry: flags.FlagValues = flags.FLAGS, *, train_tokens: int) -> None:
@@ -80,3 +83,44 @@ def protocol_settings(registry: flags.FlagValues = flags.FLAGS, **overrides: Any
         "measure_step_memory": registry.step_memory,
     }
     return ProtocolSettings(**(values | overrides))
+
+
+def default_workdir(root: str, driver: str, config: str, options: str, size: str) -> str:
+    """`<root>/runs/<driver>/<config>-<options>[-<size>]`: one folder per task set-up, in the repository
+    (`runs/` is git-ignored), so a driver's runs are found where it says and another task's runs are
+    never reused.
+
+    >>> default_workdir("/repo", "compare", "configs/genomic.py", "task=species,length=1024", "cpu")
+    '/repo/runs/compare/genomic-task_species-length_1024'
+    >>> default_workdir("/repo", "compare", "configs/timeseries.py", "", "accelerator")
+    '/repo/runs/compare/timeseries-accelerator'
+    """
+    stem = os.path.splitext(os.path.basename(config))[0]
+    parts = [stem] + [o.replace("=", "_") for o in options.split(",") if o]
+    if size != "cpu":
+        parts.append(size)
+    return os.path.join(root, "runs", driver, "-".join(parts).replace("/", "_"))
+
+
+def check_settings(workdir: str, settings: Mapping[str, Any]) -> None:
+    """Records `settings` (JSON values) in `<workdir>/settings.json`, or checks them against the ones
+    recorded there: a changed value is a ValueError naming the folder, each change and the two ways out
+    (another `--workdir`, or `--fresh`). A run's config digest (`protocol.RunRecord.config_sha256`) does not
+    cover what the protocol evaluates on, so without this a rerun with other settings would silently reuse
+    the first one's runs. Settings the record lacks are added to it."""
+    path = os.path.join(workdir, "settings.json")
+    settings = json.loads(json.dumps(dict(settings)))  # tuples as lists, as read back
+    saved: dict[str, Any] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = [k for k in settings if k in saved and saved[k] != settings[k]]
+        if changed:
+            what = ", ".join(f"{k} {saved[k]!r} -> {settings[k]!r}" for k in changed)
+            raise ValueError(
+                f"{workdir} holds runs made with other settings ({what}); give another --workdir, or "
+                "--fresh to delete those runs and train again."
+            )
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({**saved, **settings}, f, indent=1)

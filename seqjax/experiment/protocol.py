@@ -177,10 +177,12 @@ def _config_sha256(config: Any) -> str:
 def _read_record(path: Path, config_sha256: str) -> RunRecord:
     record = RunRecord(**json.loads(path.read_text()))
     if record.config_sha256 and record.config_sha256 != config_sha256:
+        workdir = path.parents[3] if len(path.parents) > 3 else path.parent  # <workdir>/<model>/lr<r>/seed<k>
         raise ValueError(
             f"{path} records a run trained with another config than this experiment asks for (a different "
-            "model size, parameter match, data or optimizer under the same folder name); use a fresh "
-            "--workdir, or delete that run's folder to train it again."
+            "model size, parameter match, data, budget or optimizer under the same folder name). Its "
+            f"experiment's folder is {workdir}: rerun with --fresh (scripts/compare.py: deletes its runs) "
+            f"or another --workdir, or delete {path.parent} to train that run again."
         )
     return record
 

@@ -171,7 +171,7 @@ def model_table(rows: Sequence[Mapping[str, Any]], metric: str, confidence_level
         "parameters (x target)",
         "lr",
         "train tokens",
-        "steps",
+        "steps (trained = scored)",
         "tokens/s",
         "FLOPs/token",
         "train s",

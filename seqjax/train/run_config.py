@@ -45,6 +45,7 @@ from seqjax.train.step import LOSSES, TBPTT_UPDATES
 
 __all__ = [
     "DATA_KINDS",
+    "FIELD_DOCS",
     "TASKS",
     "CheckpointConfig",
     "ConfigError",
@@ -53,6 +54,7 @@ __all__ = [
     "MeshConfig",
     "RunConfig",
     "SyntheticDataConfig",
+    "field_doc",
     "resolve",
     "resolve_data",
     "schema",
@@ -473,3 +475,116 @@ def resolve(config: Any) -> RunConfig:
         checkpoint=_section(CheckpointConfig, "config.checkpoint", values.get("checkpoint", {})),
         logical_rules=rules,
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# What every key means: one line each, the one place `scripts/train.py --print_config` and the docs read.
+# ----------------------------------------------------------------------------------------------------
+#: Dotted config key -> its one-line meaning. Every key of `schema(task, kind)` for every task has one
+#: (tests/test_train_config.py checks), and so do the real data kinds' own keys that the configs set.
+FIELD_DOCS: dict[str, str] = {
+    # run and loop
+    "task": "what is learned: lm (next token), classification (a label per sequence) or forecast",
+    "batch_size": "training examples per step, over all devices and processes",
+    "total_steps": "training steps of the run (the step cap; also the LR schedule's length)",
+    "seed": "seed of the initialisation and of the training batches' order",
+    "eval_batch_size": "examples per evaluation batch (None: batch_size)",
+    "eval_examples": "validation examples per evaluation during training (None: the whole split)",
+    "train_examples": "train on this many examples spread over the train split (None: all of it)",
+    "tbptt_length": "LM only: truncated BPTT over chunks of this many tokens (None: full BPTT)",
+    "tbptt_updates": "with tbptt_length: 'batch' (one update per batch) or 'chunk' (one per chunk)",
+    "segment_recurrence": "carry every layer's state from one batch to the next over contiguous lanes",
+    "max_train_seconds": "budget of training-step seconds (no compile/eval): eval, save, stop when spent",
+    "max_param_abs": "stop (unsaved) if an update leaves any |parameter| above this (None: finite only)",
+    "log_every": "steps between progress lines and train-metric records",
+    "eval_every": "steps between validation evaluations (0: none during training)",
+    "report_step_memory": "compile once more to log XLA's memory estimate of a train step",
+    "tensorboard": "write TensorBoard event files in <workdir>/tensorboard",
+    "data_dir": "where prepared data sets live (None: $SEQJAX_DATA_DIR or ~/.cache/seqjax/datasets)",
+    "logical_rules": "logical axis -> mesh axes for sharding (seqjax.config.LOGICAL_RULES)",
+    # model (BackboneConfig)
+    "model.d_model": "residual-stream width",
+    "model.num_layers": "number of blocks",
+    "model.pattern": "mixer names cycled over the layers",
+    "model.mixers": "mixer name -> its spec (cell and hyperparameters)",
+    "model.encoder": "input encoder: embedding (token ids), dna, linear (features) or none",
+    "model.vocab_size": "token vocabulary of the embedding encoder and LM head (None: from the data)",
+    "model.input_size": "features per step of the linear encoder (None: from the data)",
+    "model.dna_input": "how the dna encoder reads its input: auto, ids or bytes",
+    "model.mlp_expansion": "MLP width as a multiple of d_model",
+    "model.mlp_activation": "the blocks' MLP activation",
+    "model.norm": "the blocks' normalisation",
+    "model.norm_eps": "epsilon of the normalisation",
+    "model.prenorm": "normalise before each sublayer (else after)",
+    "model.final_norm": "a norm after the last block",
+    "model.dropout_rate": "dropout rate in the blocks",
+    "model.use_bias": "biases in the blocks' dense layers",
+    "model.remat": "rematerialisation policy (none, full, dots_saveable, ...)",
+    "model.dtype": "compute dtype (bfloat16: mixed precision)",
+    "model.param_dtype": "parameter dtype",
+    # heads
+    "head.tie_embeddings": "LM: reuse the embedding table as the output projection",
+    "head.num_classes": "classification: number of classes",
+    "head.pooling": "classification: how the sequence is pooled (mean, last, first)",
+    "head.horizon": "forecast: steps forecast ahead (None: the data's horizon)",
+    "head.revin": "forecast: reversible instance normalisation of each window",
+    "head.revin_affine": "forecast: learned affine parameters in RevIN",
+    "head.revin_eps": "forecast: epsilon of RevIN",
+    "head.per_position": "forecast: a forecast at every position (set by segment_recurrence)",
+    # optimizer (OptimizerConfig)
+    "optimizer.name": "adamw, adam, sgd or lion",
+    "optimizer.learning_rate": "peak learning rate",
+    "optimizer.schedule": "decay after warmup: cosine, linear or constant",
+    "optimizer.warmup_steps": "steps of linear warmup",
+    "optimizer.total_steps": "the schedule's length (follows total_steps in the task configs)",
+    "optimizer.end_learning_rate_fraction": "final learning rate as a fraction of the peak",
+    "optimizer.weight_decay": "decoupled weight decay",
+    "optimizer.b1": "Adam/Lion first-moment decay",
+    "optimizer.b2": "Adam/Lion second-moment decay",
+    "optimizer.eps": "Adam epsilon",
+    "optimizer.momentum": "sgd only: momentum",
+    "optimizer.nesterov": "sgd only: Nesterov momentum",
+    "optimizer.clip_norm": "clip the gradient's global norm to this (None: no clipping)",
+    "optimizer.grad_accum_steps": "micro-steps whose gradients are summed per update",
+    "optimizer.ssm_learning_rate": "learning rate of SSM dynamics parameters (None: learning_rate)",
+    # mesh, checkpoint
+    "mesh.shape": "device mesh shape (one -1 takes the devices that remain)",
+    "mesh.axes": "mesh axis names, e.g. data, fsdp, model",
+    "mesh.num_devices": "use the first N devices (None: every device; one process)",
+    "checkpoint.every": "steps between checkpoints",
+    "checkpoint.keep": "newest checkpoints kept",
+    "checkpoint.best_metric": "eval metric whose best step is kept too (None: none)",
+    "checkpoint.best_mode": "min or max: which way best_metric is better",
+    "checkpoint.async_save": "save checkpoints in the background",
+    # data: the trainer's keys, then the data kinds' own
+    "data.kind": "synthetic, genomic, timeseries or documents",
+    "data.shuffle": "shuffle the training stream (None: real data yes, synthetic no)",
+    "data.task": "the data set's task (synthetic: copy, associative_recall, ...; genomic: promoter, ...)",
+    "data.length": "tokens per example (the sequence length)",
+    "data.num_symbols": "synthetic: distinct symbols of the task",
+    "data.num_queries": "synthetic: queries per example",
+    "data.vocab_size": "synthetic: token vocabulary",
+    "data.seed": "synthetic: seed of the generated examples",
+    "data.eval_size": "synthetic: examples in the validation and test sets",
+    "data.route": "sample (embedded in the repository), auto, offline or online (fetch the full data)",
+    "data.max_examples_per_split": "cap on every split's examples (None: all)",
+    "data.dataset": "timeseries: which series (e.g. household_power)",
+    "data.horizon": "timeseries: steps forecast ahead",
+    "data.lookback": "timeseries: steps of history in each window",
+    "data.stride": "timeseries: steps between consecutive training windows",
+    "data.split_fractions": "fractions of the data in train, validation and test",
+    "data.corpus": "documents: which corpus (e.g. gutenberg)",
+    "data.tokenizer": "documents: bytes or bpe",
+    "data.bpe_vocab_size": "documents: vocabulary of the BPE tokenizer",
+    "data.packing": "documents: packed (documents concatenated) or padded (one document per example)",
+}
+
+
+def field_doc(key: str) -> str | None:
+    """The one-line meaning of a dotted config key (`FIELD_DOCS`); a mixer's own keys
+    (`model.mixers.<name>.<key>`) share the one of `model.mixers`. None for a key with none."""
+    if key in FIELD_DOCS:
+        return FIELD_DOCS[key]
+    if key.startswith("model.mixers."):
+        return FIELD_DOCS["model.mixers"]
+    return None

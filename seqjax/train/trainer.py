@@ -62,7 +62,7 @@ from seqjax.train import run_config, segments
 from seqjax.train import workdir as workdir_lib
 from seqjax.train.checkpoint import CheckpointError, Checkpoints, Restored
 from seqjax.train.evaluation import collect_split, evaluate_split, make_eval_fn, split_metrics
-from seqjax.train.metrics_log import MetricsLog
+from seqjax.train.metrics_log import MetricsLog, read_records
 from seqjax.train.optimizer import make_optimizer
 from seqjax.train.preemption import StopSignals, signal_name
 from seqjax.train.preflight import check_before_work
@@ -468,6 +468,7 @@ def train(
         def final_evaluation() -> dict[str, Any]:
             out = {}
             for name in final_splits:
+                say_compiling_eval()
                 if name not in sources:
                     raise ValueError(f"train: final_splits names {name!r}; the splits are {sorted(sources)}.")
                 source = sources[name]
@@ -498,14 +499,20 @@ def train(
         def finish(preempted: bool) -> dict[str, Any]:
             close()
             final = {} if preempted else final_evaluation()
+            metrics = last
+            if not metrics and is_chief:  # nothing trained here (already complete): the logged last step
+                trained = [r for r in read_records(workdir) if r["split"] == "train" and r["step"] == step]
+                if trained:
+                    metrics = {k: v for k, v in trained[-1].items() if k not in ("step", "split")}
             timed = step - step_first - 1  # steps after the compiling one
             rate = timed / train_seconds if timed > 0 and train_seconds > 0 else math.nan
             return {
                 "step": step,
                 "state": state,
-                "metrics": last,
+                "metrics": metrics,
                 "eval": eval_metrics,
                 "preempted": preempted,
+                "already_complete": already_complete,
                 "steps_per_s": rate,
                 "tokens_per_s": rate * tokens_per_batch,
                 "train_seconds": train_seconds,
@@ -518,8 +525,25 @@ def train(
             }
 
         budget = config.max_train_seconds
+        already_complete = step >= total
+        if already_complete and is_chief:
+            print(
+                f"{workdir}: the run is already complete at step {step} of total_steps={total}; nothing to "
+                f"train. To train further: --config.total_steps=<more> --allow_config_change=total_steps.",
+                flush=True,
+            )
+        eval_compiled = False  # "compiling evaluation..." once, before the first evaluation
+
+        def say_compiling_eval() -> None:
+            nonlocal eval_compiled
+            if is_chief and not eval_compiled:
+                print("compiling evaluation...", flush=True)
+            eval_compiled = True
+
         with StopSignals() as stop_signals:
             while step < total:
+                if step == step_first and is_chief:
+                    print(f"compiling the train step (step {step + 1} of {total})...", flush=True)
                 t_step = time.perf_counter()
                 batch = _global_batch(next(batches), train_shardings)
                 if step_memory is None and config.report_step_memory:
@@ -547,8 +571,13 @@ def train(
                     timed = step - step_first - 1
                     rate = timed / train_seconds if timed > 0 and train_seconds > 0 else math.nan
                     eta = (total - step) / rate if rate > 0 else math.nan
-                    if budget is not None:
-                        eta = min(eta, budget - train_seconds)
+                    end = f"{step}/{total}"
+                    if budget is not None and budget - train_seconds < eta:
+                        # the time budget, not the step cap, ends the run: show where it will end
+                        left = max(budget - train_seconds, 0.0)
+                        eta = left
+                        end = f"{step}/~{min(total, step + math.ceil(left * rate))} (max_train_seconds "
+                        end += f"{budget:g}: {left:.0f} s left; total_steps {total})"
                     record = {"step": step, "split": "train", **last, "steps_per_s": rate}
                     record["tokens_per_s"] = rate * tokens_per_batch
                     write(record)
@@ -557,7 +586,7 @@ def train(
                             f"{k} {last[k]:.4f}" for k in ("loss", "accuracy", "mae") if k in last
                         )
                         print(
-                            f"step {step}/{total} {shown} {rate:.2f} steps/s "
+                            f"step {end} {shown} {rate:.2f} steps/s "
                             f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f} s",
                             flush=True,
                         )
@@ -566,6 +595,7 @@ def train(
                     step % config.eval_every == 0 or step == total or out_of_time
                 )
                 if eval_now:
+                    say_compiling_eval()
                     t_eval = time.perf_counter()
                     eval_metrics = run_eval(
                         config, eval_fn, state.params, sources["validation"], batch_shardings

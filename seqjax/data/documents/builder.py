@@ -132,6 +132,7 @@ def prepare_builder(config: Mapping[str, Any], data_dir: str | os.PathLike[str])
         ),
         folder,
         f"{Documents.name}-{name}",
+        quiet=config["route"] == "sample",
     )
 
 

@@ -85,7 +85,10 @@ def make_sources(data: Mapping[str, Any], data_dir: str | os.PathLike[str]) -> d
     its splits {"train", "validation", "test"} as random-access sources."""
     config = resolve_config(data)
     builder = prepared_builder(
-        lambda: make_builder(config, data_dir), route_dir(data_dir, config["route"]), builder_name(config)
+        lambda: make_builder(config, data_dir),
+        route_dir(data_dir, config["route"]),
+        builder_name(config),
+        quiet=config["route"] == "sample",
     )
     sources = builder.as_data_source()
     names = LABEL_NAMES[config["task"]]

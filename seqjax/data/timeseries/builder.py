@@ -137,6 +137,7 @@ def _load_series_cached(dataset: str, route: str, folder: str) -> Series:
         lambda: TimeSeriesBuilder(data_dir=folder, config=dataset, route=route, file_format="array_record"),
         folder,
         f"{TimeSeriesBuilder.name}-{dataset}",
+        quiet=route == "sample",
     )
     blocks = builder.as_data_source()[TimeSeriesBuilder.SPLIT_NAME]
     examples = sorted((blocks[i] for i in range(len(blocks))), key=lambda e: int(e["start_row"]))
