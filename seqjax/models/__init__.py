@@ -33,6 +33,7 @@ from seqjax.models.generation import (
 )
 from seqjax.models.heads import POOLINGS, ClassificationHead, ForecastHead, RevIN
 from seqjax.models.layer import CellLayer
+from seqjax.models.nnx_layer import NnxCellLayer
 from seqjax.models.partitioning import GROUPS, param_groups, weight_decay_mask
 from seqjax.models.tasks import (
     TASKS,
@@ -67,6 +68,7 @@ __all__ = [
     "GatedMLP",
     "LanguageModel",
     "LinearEncoder",
+    "NnxCellLayer",
     "RevIN",
     "SequenceClassifier",
     "TokenEmbedding",
