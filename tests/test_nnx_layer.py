@@ -13,7 +13,7 @@ from flax import nnx
 from flax.core import meta
 
 from seqjax import cells
-from seqjax.models import CellLayer, NnxCellLayer
+from seqjax.models import CellLayer, NnxCellLayer  # NnxCellLayer: a lazy export
 
 FEATURES, BATCH, TIME = 5, 2, 6
 
@@ -50,53 +50,54 @@ def test_matches_linen_apply_step_and_grad(cell):
     xs, mask, resets = _inputs()
     assert layer.input_size == FEATURES and layer.output_size == cell.output_size
 
-    # Each side runs under one jit (eager dispatch of the step loops would dominate the test's time).
+    # Each side runs under one jit, the step loop as a scan over time (eager dispatch would dominate).
     @jax.jit
     def run_linen(variables):
         out = linen.apply(variables, xs, resets=resets, mask=mask)
-        state, ys = linen.initial_state((BATCH,)), []
-        for t in range(TIME):
-            state, y = linen.apply(variables, xs[:, t], state, mask=mask[:, t], method=CellLayer.step)
-            ys.append(y)
+
+        def step(state, inputs):
+            return linen.apply(variables, *inputs[:1], state, mask=inputs[1], method=CellLayer.step)
+
+        steps = jax.lax.scan(step, linen.initial_state((BATCH,)), (xs.swapaxes(0, 1), mask.T))
 
         def loss(params):
             return jnp.sum(linen.apply({"params": params}, xs, mask=mask)[0] ** 2)
 
-        return out, (state, ys), meta.unbox(jax.grad(loss)(variables["params"]))["cell"]
+        return out, steps, meta.unbox(jax.grad(loss)(variables["params"]))["cell"]
 
     @nnx.jit
     def run_nnx(layer):
         out = layer(xs, resets=resets, mask=mask)
-        state, ys = layer.initial_state((BATCH,)), []
-        for t in range(TIME):
-            state, y = layer.step(xs[:, t], state, mask=mask[:, t])
-            ys.append(y)
+
+        def step(state, inputs):
+            return layer.step(inputs[0], state, mask=inputs[1])
+
+        steps = jax.lax.scan(step, layer.initial_state((BATCH,)), (xs.swapaxes(0, 1), mask.T))
         grads = nnx.grad(lambda m: jnp.sum(m(xs, mask=mask)[0] ** 2))(layer)
-        return out, (state, ys), nnx.to_pure_dict(grads)["params"]
+        return out, steps, nnx.to_pure_dict(grads)["params"]
 
     _close(run_nnx(layer), run_linen(variables))
+
+
+def _flat(tree, leaf_type):
+    return dict(jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, leaf_type))[0])
 
 
 def test_param_metadata_carries_linen_axes_and_groups():
     cell = cells.S5(hidden_size=FEATURES, state_size=4, blocks=2)  # has "ssm" and "default" groups
     _, variables, layer = _both(cell)
-    boxes = variables["params"]["cell"]
-    is_box = lambda x: isinstance(x, meta.AxisMetadata)  # noqa: E731
-    flat_boxes = dict(jax.tree_util.tree_flatten_with_path(boxes, is_leaf=is_box)[0])
-    flat_params = dict(jax.tree_util.tree_flatten_with_path(layer.params, is_leaf=lambda x: isinstance(x, nnx.Variable))[0])
-    assert flat_boxes.keys() == flat_params.keys()
-    for path, box in flat_boxes.items():
-        param = flat_params[path]
-        assert isinstance(param, nnx.Param)
-        assert param.out_sharding == box.names
-        assert param.get_metadata("group") == box.group
-    assert {p.get_metadata("group") for p in flat_params.values()} == {"ssm", "default"}
-    # nnx's own reader gives the linen partition specs
-    specs = nnx.get_partition_spec(nnx.state(layer, nnx.Param))
+    boxes = _flat(variables["params"]["cell"], meta.AxisMetadata)
+    params = _flat(layer.params, nnx.Variable)
+    assert boxes.keys() == params.keys()
+    for path, box in boxes.items():
+        assert isinstance(params[path], nnx.Param)
+        assert params[path].out_sharding == box.names
+        assert params[path].get_metadata("group") == box.group
+    assert {p.get_metadata("group") for p in params.values()} == {"ssm", "default"}
+    # nnx's own reader gives linen's partition specs
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(layer, nnx.Param)))["params"]
     want = nn.get_partition_spec(variables)["params"]["cell"]
-    flat_specs = dict(jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(specs)["params"], is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0])
-    flat_want = dict(jax.tree_util.tree_flatten_with_path(want, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0])
-    assert flat_specs == flat_want
+    assert _flat(specs, jax.sharding.PartitionSpec) == _flat(want, jax.sharding.PartitionSpec)
 
 
 def test_rngs_init_is_cell_init():
@@ -106,7 +107,8 @@ def test_rngs_init_is_cell_init():
 
 
 def test_nnx_jit_and_optimizer_step():
-    layer = NnxCellLayer(cells.GatedLinearAttention(num_heads=2, head_dim=3, chunk_size=4), FEATURES, rngs=nnx.Rngs(0))
+    cell = cells.GatedLinearAttention(num_heads=2, head_dim=3, chunk_size=4)
+    layer = NnxCellLayer(cell, FEATURES, rngs=nnx.Rngs(0))
     xs, mask, _ = _inputs()
     eager = layer(xs, mask=mask)
     _close(nnx.jit(lambda m, xs: m(xs, mask=mask))(layer, xs), eager)

@@ -33,7 +33,6 @@ from seqjax.models.generation import (
 )
 from seqjax.models.heads import POOLINGS, ClassificationHead, ForecastHead, RevIN
 from seqjax.models.layer import CellLayer
-from seqjax.models.nnx_layer import NnxCellLayer
 from seqjax.models.partitioning import GROUPS, param_groups, weight_decay_mask
 from seqjax.models.tasks import (
     TASKS,
@@ -43,6 +42,16 @@ from seqjax.models.tasks import (
     build_task_model,
     from_config,
 )
+
+
+def __getattr__(name: str):
+    # NnxCellLayer imports flax.nnx (~0.2 s on top of linen), so it loads on first use only.
+    if name == "NnxCellLayer":
+        from seqjax.models.nnx_layer import NnxCellLayer
+
+        return NnxCellLayer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # What users build with. Internals (`box_cell_params`, `step_error`, `GroupedPartitioned`, `boxed`,
 # `build_mixer`, `remat_block`, `pool`, the valid-index helpers, `IUPAC`, ...) stay importable from

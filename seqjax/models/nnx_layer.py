@@ -30,6 +30,15 @@ def _is_variable(x: Any) -> bool:
     return isinstance(x, nnx.Variable)
 
 
+def _is_box(x: Any) -> bool:
+    return isinstance(x, meta.AxisMetadata)
+
+
+def _to_param(box: Any) -> nnx.Param:
+    """A `GroupedPartitioned` box as an `nnx.Param` with the same logical axes and group."""
+    return nnx.Param(box.value, out_sharding=box.names, group=box.group, eager_sharding=False)
+
+
 class NnxCellLayer(nnx.Module):
     """Any seqjax cell as a Flax NNX layer.
 
@@ -79,7 +88,7 @@ class NnxCellLayer(nnx.Module):
             )
         if params is None:
             if input_size is None:
-                raise ValueError(f"NnxCellLayer({label}): `input_size` is required to initialise the parameters.")
+                raise ValueError(f"NnxCellLayer({label}): give `input_size` to initialise the parameters.")
             params = cell.init(rngs.params(), int(input_size))
         else:
             params = meta.unbox(params)
@@ -94,13 +103,9 @@ class NnxCellLayer(nnx.Module):
         self.input_size = int(input_size)
         # The same axes and groups (and the same checks) as CellLayer's boxed parameters.
         boxes = box_cell_params(cell, dict(params))
-        self.params = nnx.data(
-            jax.tree.map(
-                lambda box: nnx.Param(box.value, out_sharding=box.names, group=box.group, eager_sharding=False),
-                boxes,
-                is_leaf=lambda x: isinstance(x, meta.AxisMetadata),
-            )
-        )
+        # eager_sharding=False: logical names are not mesh axes; map them with the user's rules
+        # (nnx.get_partition_spec + nn.logical_to_mesh_sharding) as for linen variables.
+        self.params = nnx.data(jax.tree.map(_to_param, boxes, is_leaf=_is_box))
 
     def cell_params(self) -> Params:
         """The cell's parameter tree as plain arrays (what `cell.apply` and `cell.step` read)."""
@@ -129,7 +134,8 @@ class NnxCellLayer(nnx.Module):
         state first like `cell.step` and `CellLayer.step` (a `lax.scan` carry)."""
         problem = step_error(self.cell, streaming=False)
         if problem is not None:
-            raise TypeError(f"NnxCellLayer({type(self.cell).__name__}): {problem}. Call the layer on whole sequences.")
+            label = type(self.cell).__name__
+            raise TypeError(f"NnxCellLayer({label}): {problem}. Call the layer on whole sequences.")
         return self.cell.step(self.cell_params(), state, x, reset=reset, mask=mask)
 
     def initial_state(self, batch_shape: Sequence[int] = (), dtype: Any = jnp.float32) -> State:
