@@ -111,13 +111,11 @@ def _positions_and_segments(valid, resets):
     return pos, seg
 
 
-def naive(cell, params, xs, *, resets=None, mask=None):
-    """The cell from its definition, in float64 NumPy, for xs [B, T, input_size] and no given state."""
-    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
-    x = np.asarray(xs, np.float64)
+def reference_qkv(cell, p: dict, x: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, ...]:
+    """q [B, T, H, d], k, v [B, T, H_kv, d] in float64 from the definition: the sinusoidal embedding added
+    to x, the projections, and rotary positions (pairs (i, i + d/2) as complex numbers times
+    e^{i·pos·θ_i}), each read at the integer positions `pos` [B, T]."""
     nb, nt, n_in = x.shape
-    valid = np.ones((nb, nt), bool) if mask is None else np.asarray(mask)
-    pos, seg = _positions_and_segments(valid, np.zeros_like(valid) if resets is None else np.asarray(resets))
     if cell.positional == "sinusoidal":
         pe = np.zeros((nb, nt, n_in))
         for i in range(n_in):
@@ -128,7 +126,7 @@ def naive(cell, params, xs, *, resets=None, mask=None):
     k = np.einsum("bti,ihd->bthd", x, p["w_k"])
     v = np.einsum("bti,ihd->bthd", x, p["w_v"])
     d = cell.head_dim
-    if cell.positional == "rotary":  # pairs (i, i + d/2) as complex numbers, times e^{i·pos·θ_i}
+    if cell.positional == "rotary":
 
         def rotate(a):
             theta = cell.rotary_base ** (-2.0 * np.arange(d // 2) / d)
@@ -136,6 +134,18 @@ def naive(cell, params, xs, *, resets=None, mask=None):
             return np.concatenate([z.real, z.imag], -1)
 
         q, k = rotate(q), rotate(k)
+    return q, k, v
+
+
+def naive(cell, params, xs, *, resets=None, mask=None):
+    """The cell from its definition, in float64 NumPy, for xs [B, T, input_size] and no given state."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    x = np.asarray(xs, np.float64)
+    nb, nt = x.shape[:2]
+    valid = np.ones((nb, nt), bool) if mask is None else np.asarray(mask)
+    pos, seg = _positions_and_segments(valid, np.zeros_like(valid) if resets is None else np.asarray(resets))
+    q, k, v = reference_qkv(cell, p, x, pos)
+    d = cell.head_dim
     group = cell.num_heads // cell.kv_heads  # query head h reads key/value head h // group
     k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
     logits = np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)

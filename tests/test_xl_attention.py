@@ -17,6 +17,7 @@ import pytest
 from seqjax import cells
 from seqjax.cells.positional import alibi_slopes
 from tests.cell_cases import random_flags, split_floats, step_loop
+from tests.test_attention_cells import reference_qkv
 
 B, INPUT_SIZE = 2, 5
 SEGMENTS = (5, 3, 6)  # segment lengths of the stream (unequal: the memory crosses every boundary)
@@ -101,7 +102,7 @@ def xl_reference(cell, params, xs, *, segment_lengths, resets=None, mask=None):
     at positions in [max(0, s − M), p]."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     x = np.asarray(xs, np.float64)
-    nb, nt, n_in = x.shape
+    nb, nt = x.shape[:2]
     valid = np.ones((nb, nt), bool) if mask is None else np.asarray(mask)
     resets = np.zeros((nb, nt), bool) if resets is None else np.asarray(resets)
     starts = np.cumsum([0, *segment_lengths])[:-1]
@@ -118,24 +119,8 @@ def xl_reference(cell, params, xs, *, segment_lengths, resets=None, mask=None):
         for t in range(nt):
             before = np.arange(nt) < starts[segment_of[t]]
             seg_start_pos[b, t] = np.sum(before & valid[b] & (doc[b] == doc[b, t]))
-    if cell.positional == "sinusoidal":
-        pe = np.zeros((nb, nt, n_in))
-        for i in range(n_in):
-            angle = pos / 10000.0 ** (2 * (i // 2) / n_in)
-            pe[..., i] = np.sin(angle) if i % 2 == 0 else np.cos(angle)
-        x = x + pe
-    q = np.einsum("bti,ihd->bthd", x, p["w_q"])
-    k = np.einsum("bti,ihd->bthd", x, p["w_k"])
-    v = np.einsum("bti,ihd->bthd", x, p["w_v"])
+    q, k, v = reference_qkv(cell, p, x, pos)
     d = cell.head_dim
-    if cell.positional == "rotary":  # pairs (i, i + d/2) as complex numbers, times e^{i·pos·θ_i}
-
-        def rotate(a):
-            theta = cell.rotary_base ** (-2.0 * np.arange(d // 2) / d)
-            z = (a[..., : d // 2] + 1j * a[..., d // 2 :]) * np.exp(1j * pos[..., None, None] * theta)
-            return np.concatenate([z.real, z.imag], -1)
-
-        q, k = rotate(q), rotate(k)
     group = cell.num_heads // cell.kv_heads
     k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
     logits = np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)
