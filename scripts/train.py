@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 
 from absl import app, flags
@@ -108,12 +107,11 @@ def _main(argv: list[str]) -> None:
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()  # one-off preparation bars would bury the training log
-    result = train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
-    if result["preempted"]:
-        # Saved and shutting down: a late SIGTERM/SIGINT (e.g. to each process in turn) must not kill the
-        # exit (JAX's distributed shutdown) and turn a clean stop into a nonzero status.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, signal.SIG_IGN)
+    # exit_after_stop: once a signal has stopped the run (saved), a late SIGTERM/SIGINT (e.g. to each
+    # process in turn) must not kill the exit (JAX's distributed shutdown) into a nonzero status.
+    result = train(
+        FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change, exit_after_stop=True
+    )
     if jax.process_index() == 0 and FLAGS.result_json:
         keys = ("step", "metrics", "eval", "preempted", "steps_per_s", "tokens_per_s", "peak_memory_bytes")
         keys += ("step_memory_bytes", "train_seconds", "compile_seconds", "eval_seconds")

@@ -53,14 +53,23 @@ class StopSignals:
     """Installs handlers for `signals` (in the main thread; elsewhere none) and restores the previous
     ones on exit. `requested` is the last signal this process received (0: none); `stop_signal()` the one
     the run acts on. `agree` combines the processes' values (default: `agree_across_processes` when
-    `jax.process_count() > 1`)."""
+    `jax.process_count() > 1`).
+
+    `ignore_after_stop` (for a process that exits once the run has stopped, e.g. `scripts/train.py`): if a
+    stop was requested, the exit sets the signals to be ignored instead of restoring the previous
+    handlers, so a late signal (a scheduler signalling each process in turn) cannot kill the shutdown
+    and turn a clean, saved stop into a nonzero exit status. Without a stop, the previous handlers come
+    back as usual."""
 
     def __init__(
         self,
         signals: tuple[int, ...] = STOP_SIGNALS,
         agree: Callable[[int], int] | None = None,
+        *,
+        ignore_after_stop: bool = False,
     ) -> None:
         self.signals = signals
+        self.ignore_after_stop = ignore_after_stop
         self.requested = 0
         if agree is None and jax.process_count() > 1:
             agree = agree_across_processes
@@ -81,8 +90,11 @@ class StopSignals:
 
     def __exit__(self, *exc: object) -> None:
         for signum, previous in self._previous.items():
-            # None: the previous handler was not set from Python; the default is the closest.
-            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+            if self.ignore_after_stop and self.requested:
+                signal.signal(signum, signal.SIG_IGN)  # stopping: the process exits next
+            else:
+                # None: the previous handler was not set from Python; the default is the closest.
+                signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
 
     def stop_signal(self) -> int:

@@ -320,6 +320,7 @@ def train(
     allow_config_change: Iterable[str] = (),
     final_splits: Iterable[str] = (),
     final_examples: int | None = None,
+    exit_after_stop: bool = False,
 ) -> dict[str, Any]:
     """Trains as `config` says; returns the last step, state, train metrics and eval metrics, tokens/s
     (after the first, compiling step), peak memory and the parameter count.
@@ -333,7 +334,12 @@ def train(
 
     `workdir` is locked for the run (`WorkdirLockedError` if another run holds it). Resuming a run saved
     with another config is a `ConfigChangedError` unless every changed key is operational or named in
-    `allow_config_change` (`seqjax.train.workdir.check_resume_config`)."""
+    `allow_config_change` (`seqjax.train.workdir.check_resume_config`).
+
+    SIGTERM or SIGINT saves the current step and returns with "preempted" True. `exit_after_stop` (a
+    script that exits after a stop): from that stop on, further SIGTERM/SIGINT are ignored rather than
+    given back to the previous handlers, so a late signal cannot kill the process while it shuts down
+    (`preemption.StopSignals`)."""
     # ----------------------------------------------------------------------------------------------
     # Setup: the typed config, mesh, data, model, optimizer, shardings.
     # ----------------------------------------------------------------------------------------------
@@ -540,7 +546,7 @@ def train(
                 print("compiling evaluation...", flush=True)
             eval_compiled = True
 
-        with StopSignals() as stop_signals:
+        with StopSignals(ignore_after_stop=exit_after_stop) as stop_signals:
             while step < total:
                 if step == step_first and is_chief:
                     print(f"compiling the train step (step {step + 1} of {total})...", flush=True)
