@@ -76,6 +76,39 @@ def test_classifier_pooling_ignores_padding(pooling, pattern, mixers):
     assert_close(logits[1:], alone)
 
 
+def test_models_broadcast_a_shared_mask_as_the_cells_do():
+    """A mask [1, time] or [time] shared by the batch equals the same mask repeated for every row, in the
+    classifier's pooling, an LM's prefill and a forecaster's RevIN; a mask that does not broadcast is a
+    ValueError naming the mask and the expected shape."""
+    toks = tokens(7, (B, T))
+    shared = np.arange(T) < 7
+    full = jnp.asarray(np.broadcast_to(shared, (B, T)))
+    model = classifier("last")
+    variables = fast_variables(model, toks)
+    forward = jax.jit(lambda v, x, m: model.apply(v, x, mask=m))
+    expected = forward(variables, toks, full)
+    for mask in (shared[None], shared):
+        np.testing.assert_array_equal(forward(variables, toks, jnp.asarray(mask)), expected)
+    with pytest.raises(ValueError, match=r"`mask` has shape \(2, 9\), expected \(2, 10\)"):
+        model.apply(variables, toks, mask=jnp.ones((B, T - 1), bool))
+
+    lm = models.LanguageModel(
+        models.BackboneConfig(d_model=D, num_layers=1, vocab_size=VOCAB, pattern=("gru",))
+    )
+    lm_variables = fast_variables(lm, toks)
+    prefill = jax.jit(lambda v, x, m: models.prefill(lm, v, x, mask=m)[1])
+    np.testing.assert_array_equal(
+        prefill(lm_variables, toks, shared[None]), prefill(lm_variables, toks, full)
+    )
+
+    fc, fc_variables = forecaster_and_variables()
+    x = series(3)
+    fc_forward = jax.jit(lambda v, x, m: fc.apply(v, x, mask=m))
+    np.testing.assert_array_equal(
+        fc_forward(fc_variables, x, shared[None]), fc_forward(fc_variables, x, full)
+    )
+
+
 # -- forecasting --------------------------------------------------------------------------------------------
 V, H = 3, 4
 

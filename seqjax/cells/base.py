@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from seqjax.common.checks import check_flags
 from seqjax.common.dtypes import accumulation_dtype
 from seqjax.scan.sequential import broadcast_flags, reverse_resets, scan_recurrence, select_tree
 
@@ -40,45 +41,6 @@ Axes = tuple[str | None, ...]
 DType = Any
 
 __all__ = ["Axes", "Cell", "Params", "RecurrentCell", "State", "accumulation_dtype"]
-
-
-def _check_flags(cell_name: str, what: str, flags: Any, expected_shape: tuple[int, ...]) -> jax.Array:
-    """`flags` as a boolean array of exactly `expected_shape`.
-
-    Any shape that broadcasts to `expected_shape` under numpy's rules is accepted and broadcast: a mask
-    [1, time] or [time] shared by the whole batch, a scalar, a per-sequence flag [*batch, 1]. Any other
-    shape is a ValueError naming the argument, its shape and the expected one.
-
-    >>> _check_flags("LSTM", "mask", jnp.arange(4)[None] < 3, (2, 4))
-    Array([[ True,  True,  True, False],
-           [ True,  True,  True, False]], dtype=bool)
-    >>> _check_flags("LSTM", "mask", jnp.ones((2, 3), bool), (2, 4))
-    Traceback (most recent call last):
-    ...
-    ValueError: LSTM: `mask` has shape (2, 3), expected (2, 4) or a shape that broadcasts to it ...
-    """
-    flags = jnp.asarray(flags)
-    expected_shape = tuple(expected_shape)
-    if flags.shape != expected_shape:
-        try:
-            broadcastable = jnp.broadcast_shapes(flags.shape, expected_shape) == expected_shape
-        except ValueError:
-            broadcastable = False
-        if not broadcastable:
-            raise ValueError(
-                f"{cell_name}: `{what}` has shape {flags.shape}, expected {expected_shape} or a shape that "
-                f"broadcasts to it (the input's shape without its feature axis, i.e. [*batch, time] for "
-                f"apply or [*batch] for step; e.g. [1, time] or [time] for one mask shared by the batch)."
-            )
-    if flags.dtype != jnp.bool_:
-        if not (jnp.issubdtype(flags.dtype, jnp.integer) or jnp.issubdtype(flags.dtype, jnp.bool_)):
-            raise TypeError(
-                f"{cell_name}: `{what}` must be boolean (True/False per token), got dtype {flags.dtype}."
-            )
-        flags = flags.astype(jnp.bool_)
-    if flags.shape != expected_shape:
-        flags = jnp.broadcast_to(flags, expected_shape)
-    return flags
 
 
 def _adopt_legacy_recurrent_cell(cls: type) -> None:
@@ -305,9 +267,9 @@ class Cell(abc.ABC):
         batch_shape = x.shape[:-1]
         self._check_state(state, batch_shape)
         if reset is not None:
-            reset = _check_flags(self._label, "reset", reset, batch_shape)
+            reset = check_flags(self._label, "reset", reset, batch_shape)
         if mask is not None:
-            mask = _check_flags(self._label, "mask", mask, batch_shape)
+            mask = check_flags(self._label, "mask", mask, batch_shape)
         return x, reset, mask
 
     def _step_with_flags(
@@ -345,11 +307,11 @@ class Cell(abc.ABC):
         else:
             self._check_state(state, batch_shape)
         if resets is not None:
-            resets = _check_flags(self._label, "resets", resets, xs.shape[:-1])
+            resets = check_flags(self._label, "resets", resets, xs.shape[:-1])
             if self.is_reversed:
                 resets = reverse_resets(resets, time_axis=len(batch_shape))
         if mask is not None:
-            mask = _check_flags(self._label, "mask", mask, xs.shape[:-1])
+            mask = check_flags(self._label, "mask", mask, xs.shape[:-1])
         return xs, state, resets, mask
 
 

@@ -29,7 +29,7 @@ from seqjax.cells.base import State
 from seqjax.models.block import make_norm, remat_block
 from seqjax.models.config import BackboneConfig
 from seqjax.models.encoders import DNAEncoder, LinearEncoder, TokenEmbedding
-from seqjax.models.heads import gather_time, last_valid_index
+from seqjax.models.heads import pool
 from seqjax.models.layer import init_shared_params, step_error
 
 __all__ = ["Backbone", "Cache", "check_causal", "check_streamable"]
@@ -221,9 +221,7 @@ class Backbone(nn.Module):
     def prefill(self, inputs: jax.Array, *, mask: jax.Array | None = None) -> tuple[Cache, jax.Array]:
         """(cache, features at each row's last valid token [*batch, d_model])."""
         features, cache = self(inputs, mask=mask)
-        if mask is None:
-            return cache, features[..., -1, :]
-        return cache, gather_time(features, last_valid_index(mask))
+        return cache, pool(features, mask, "last")
 
     @nn.nowrap
     def initial_cache(self, batch_shape: Sequence[int] = ()) -> Cache:

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seqjax.common.checks import check_flags
 from seqjax.models.block import dense
 from seqjax.models.partitioning import boxed
 
@@ -45,13 +46,12 @@ __all__ = [
 POOLINGS = ("mean", "last", "first")
 
 
-def _mask_or_ones(features: jax.Array, mask: jax.Array | None) -> jax.Array:
+def _mask_or_ones(features: jax.Array, mask: jax.Array | None, owner: str = "pooling") -> jax.Array:
+    """The [*batch, time] mask of `features` [*batch, time, d]: all True for None; any shape that
+    broadcasts to [*batch, time] (e.g. [1, time] shared by the batch) is broadcast, as the cells do."""
     if mask is None:
         return jnp.ones(features.shape[:-1], bool)
-    mask = jnp.asarray(mask)
-    if mask.shape != features.shape[:-1]:
-        raise ValueError(f"mask has shape {mask.shape}, expected {features.shape[:-1]} ([*batch, time]).")
-    return mask.astype(bool)
+    return check_flags(owner, "mask", mask, features.shape[:-1])
 
 
 def masked_mean(features: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -146,7 +146,7 @@ class RevIN(nn.Module):
 
     def statistics(self, x: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         x = jnp.asarray(x, jnp.float32)
-        m = _mask_or_ones(x, mask)[..., None]
+        m = _mask_or_ones(x, mask, "RevIN")[..., None]
         count = jnp.maximum(jnp.sum(m, axis=-2, dtype=jnp.float32), 1.0)
         mean = jnp.sum(jnp.where(m, x, 0.0), axis=-2) / count
         var = jnp.sum(jnp.where(m, jnp.square(x - mean[..., None, :]), 0.0), axis=-2) / count
@@ -163,7 +163,7 @@ class RevIN(nn.Module):
         if self.affine:
             out = out * self.weight + self.bias
         if mask is not None:
-            out = jnp.where(jnp.asarray(mask, bool)[..., None], out, 0.0)
+            out = jnp.where(_mask_or_ones(x, mask, "RevIN")[..., None], out, 0.0)
         return out
 
     def denormalize(self, y: jax.Array, stats: tuple[jax.Array, jax.Array]) -> jax.Array:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from seqjax.models.backbone import Backbone, Cache, check_causal, check_streamable
 from seqjax.models.block import dense
 from seqjax.models.config import BackboneConfig
-from seqjax.models.heads import ClassificationHead, ForecastHead, RevIN, gather_time, last_valid_index, pool
+from seqjax.models.heads import ClassificationHead, ForecastHead, RevIN, pool
 
 __all__ = [
     "HEAD_KEYS",
@@ -39,12 +39,6 @@ __all__ = [
 
 def _dtypes(config: BackboneConfig) -> tuple[Any, Any]:
     return (None if config.dtype == "float32" else jnp.dtype(config.dtype)), jnp.dtype(config.param_dtype)
-
-
-def _last_features(features: jax.Array, mask: jax.Array | None) -> jax.Array:
-    if mask is None:
-        return features[..., -1, :]
-    return gather_time(features, last_valid_index(mask))
 
 
 class _StepMixin:
@@ -125,7 +119,7 @@ class LanguageModel(_StepMixin, nn.Module):
     def prefill(self, tokens: jax.Array, *, mask: jax.Array | None = None) -> tuple[Cache, jax.Array]:
         """(cache, logits at each row's last valid token [*batch, vocab])."""
         features, cache = self.backbone(tokens, mask=mask)
-        return cache, self.logits(_last_features(features, mask))
+        return cache, self.logits(pool(features, mask, "last"))
 
     def step(
         self, token: jax.Array, cache: Cache, *, mask: jax.Array | None = None
@@ -262,7 +256,7 @@ class Forecaster(_StepMixin, nn.Module):
             stats = self.statistics(series, mask)
         x = series if self.norm is None else self.norm.normalize(series, stats, mask)
         features, layers = self.backbone(x, cache, resets=resets, mask=mask, deterministic=deterministic)
-        y = self.head(features if self.per_position else _last_features(features, mask))
+        y = self.head(features if self.per_position else pool(features, mask, "last"))
         if self.norm is not None:
             y = self.norm.denormalize(y, stats)
         return y, (layers, stats)
@@ -273,7 +267,7 @@ class Forecaster(_StepMixin, nn.Module):
         forecast, cache = self.forward(series, mask=mask)
         if self.per_position:  # the forecast after the last valid step
             flat = forecast.reshape(*forecast.shape[:-2], -1)
-            forecast = _last_features(flat, mask).reshape(*flat.shape[:-2], *forecast.shape[-2:])
+            forecast = pool(flat, mask, "last").reshape(*flat.shape[:-2], *forecast.shape[-2:])
         return cache, forecast
 
     def step(
