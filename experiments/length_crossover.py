@@ -38,7 +38,7 @@ from typing import Any
 
 from absl import app, flags
 
-from seqjax.experiment.flags import define_protocol_flags, protocol_settings
+from seqjax.experiment.flags import define_protocol_flags, driver_settings, preset_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -64,27 +64,16 @@ flags.DEFINE_string(
 CLAIM_TEXT = "recurrent beats attention"
 
 
-def _settings():
-    if FLAGS.size == "smoke":
-        return protocol_settings(
-            FLAGS, train_tokens=2 * FLAGS.tokens_per_batch, learning_rates=(3e-3,), seeds=2
-        )
-    return protocol_settings(FLAGS)
-
-
 def _configs(length: int) -> dict[str, Any]:
-    from seqjax.config import apply_overrides, load_config_file
-
-    size = "cpu" if FLAGS.size == "smoke" else FLAGS.size
-    batch = max(1, FLAGS.tokens_per_batch // length)
-    options = [o for o in FLAGS.options.split(",") if o]
-    configs = {}
-    for preset in FLAGS.presets:
-        arg = ",".join([preset, f"size={size}", f"length={length}", *options])
-        config = load_config_file(ROOT / FLAGS.config, arg)
-        overrides = [f"batch_size={batch}", f"eval_batch_size={batch}", *FLAGS.config_overrides]
-        configs[preset] = apply_overrides(config, overrides)
-    return configs
+    return preset_configs(
+        ROOT / FLAGS.config,
+        FLAGS.presets,
+        length=length,
+        tokens_per_batch=FLAGS.tokens_per_batch,
+        size=FLAGS.size,
+        options=FLAGS.options,
+        overrides=FLAGS.config_overrides,
+    )
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -155,7 +144,7 @@ def _main(argv: list[str]) -> None:
     lengths = sorted(int(n) for n in FLAGS.lengths)
     level = 1.0 - 0.05 / len(lengths)
     claim = Claim(CLAIM_TEXT, "recurrent", "attention")
-    settings = _settings()
+    settings = driver_settings(FLAGS)
     summaries = []
     for length in lengths:
         workdir = Path(FLAGS.workdir) / f"L{length}"

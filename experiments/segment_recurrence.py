@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from seqjax.experiment.flags import define_protocol_flags, protocol_settings
+from seqjax.experiment.flags import define_protocol_flags, driver_settings, preset_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -59,31 +59,16 @@ CLAIM_TEXT = "the carried state lowers bits per byte"
 MODES = ("carried", "reset")
 
 
-def _settings():
-    if FLAGS.size == "smoke":
-        smoke_tokens = 2 * FLAGS.tokens_per_batch
-        return protocol_settings(FLAGS, train_tokens=smoke_tokens, learning_rates=(3e-3,), seeds=2)
-    return protocol_settings(FLAGS)
-
-
 def _configs() -> dict[str, Any]:
-    from seqjax.config import apply_overrides, load_config_file
-
-    size = "cpu" if FLAGS.size == "smoke" else FLAGS.size
-    batch = max(1, FLAGS.tokens_per_batch // FLAGS.length)
-    options = [o for o in FLAGS.options.split(",") if o]
-    configs = {}
-    for preset in FLAGS.presets:
-        arg = ",".join([preset, f"size={size}", f"length={FLAGS.length}", *options])
-        config = load_config_file(ROOT / FLAGS.config, arg)
-        overrides = [
-            "segment_recurrence=True",
-            f"batch_size={batch}",
-            f"eval_batch_size={batch}",
-            *FLAGS.config_overrides,
-        ]
-        configs[preset] = apply_overrides(config, overrides)
-    return configs
+    return preset_configs(
+        ROOT / FLAGS.config,
+        FLAGS.presets,
+        length=FLAGS.length,
+        tokens_per_batch=FLAGS.tokens_per_batch,
+        size=FLAGS.size,
+        options=FLAGS.options,
+        overrides=["segment_recurrence=True", *FLAGS.config_overrides],
+    )
 
 
 def document_sums(workdir: str, carried: bool) -> dict[str, np.ndarray]:
@@ -229,7 +214,7 @@ def _main(argv: list[str]) -> None:
     if FLAGS.compilation_cache:
         use_compilation_cache(Path(FLAGS.workdir) / ".jax_cache")
     configs = _configs()
-    settings = _settings()
+    settings = driver_settings(FLAGS)
     trained = run_comparison(configs, settings, FLAGS.workdir, length=FLAGS.length)
     first = next(iter(configs.values()))
     run = resolve(first)

@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import flags
 
 from seqjax.experiment.protocol import ProtocolSettings
 
-__all__ = ["check_settings", "default_workdir", "define_protocol_flags", "protocol_settings"]
+__all__ = [
+    "check_settings",
+    "default_workdir",
+    "define_protocol_flags",
+    "driver_settings",
+    "preset_configs",
+    "protocol_settings",
+]
 
 
 def define_protocol_flags(registry: flags.FlagValues = flags.FLAGS, *, train_tokens: int) -> None:
@@ -83,6 +90,49 @@ def protocol_settings(registry: flags.FlagValues = flags.FLAGS, **overrides: Any
         "measure_step_memory": registry.step_memory,
     }
     return ProtocolSettings(**(values | overrides))
+
+
+def driver_settings(registry: flags.FlagValues = flags.FLAGS) -> ProtocolSettings:
+    """`protocol_settings`, except `--size=smoke` (a check that a driver runs end to end, not a result):
+    two batches of `--tokens_per_batch`, one learning rate (3e-3), two seeds."""
+    if registry.size == "smoke":
+        return protocol_settings(
+            registry, train_tokens=2 * registry.tokens_per_batch, learning_rates=(3e-3,), seeds=2
+        )
+    return protocol_settings(registry)
+
+
+def preset_configs(
+    config_file: str | os.PathLike[str],
+    presets: Sequence[str],
+    *,
+    length: int,
+    tokens_per_batch: int,
+    size: str,
+    options: str = "",
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """{preset: ConfigDict} for a driver: `config_file` with `<preset>,size=<size>,length=<length>,
+    <options>`, batch = tokens_per_batch // length (at least 1) for training and evaluation, then
+    `overrides` (key=value). `size="smoke"` builds the "cpu" size (`driver_settings` shrinks the budget).
+
+        >>> configs = preset_configs("configs/genomic.py", ["lstm"], length=1024, tokens_per_batch=8192,
+        ...                          size="cpu", options="task=species")  # doctest: +SKIP
+        >>> configs["lstm"].batch_size  # doctest: +SKIP
+        8
+    """
+    from seqjax.config import apply_overrides, load_config_file
+
+    size = "cpu" if size == "smoke" else size
+    batch = max(1, tokens_per_batch // length)
+    extra = [o for o in options.split(",") if o]
+    configs = {}
+    for preset in presets:
+        config = load_config_file(config_file, ",".join([preset, f"size={size}", f"length={length}", *extra]))
+        configs[preset] = apply_overrides(
+            config, [f"batch_size={batch}", f"eval_batch_size={batch}", *overrides]
+        )
+    return configs
 
 
 def default_workdir(root: str, driver: str, config: str, options: str, size: str) -> str:
