@@ -15,7 +15,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing seqjax[test] into $venv (first run takes a few minutes)" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
   "$venv/bin/python" -m pip install --quiet -e "$root[test]" 2>&1 | grep -v '^WARNING: Location' >&2 || true
-  "$venv/bin/python" -c 'import seqjax, jax, flax, optax, orbax.checkpoint, pytest' # fail loudly if the install did not take
+  # fail loudly if the install did not take: the core and the trainer import, and every extra's modules are there
+  "$venv/bin/python" -c 'import seqjax, jax, flax, optax, orbax.checkpoint, pytest'
+  "$venv/bin/python" -c '
+from seqjax.common import extras
+missing = extras.missing_modules(*extras.EXPERIMENT_MODULES, *extras.BASELINES_MODULES, "matplotlib", "tensorboard",
+                                 "ipykernel", "nbclient", "nbformat", "torch", "pytest", "xdist")
+assert not missing, f"seqjax[test] installed without {missing}"'
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -8,6 +8,11 @@ reason visible to whoever reads the markdown:
     ```python no-test: needs a GPU
 
 Such a block is still compiled, so it stays valid Python. Keep these exceptions rare.
+
+A block that needs an optional dependency (an extra of setup.cfg) names it, and is skipped, with the
+blocks after it in its file, where that module is not installed:
+
+    ```python needs: torch
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import traceback
 from pathlib import Path
 
 import pytest
+
+from seqjax.common.extras import missing_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The markdown files whose python blocks run (those that exist).
@@ -31,6 +38,7 @@ DOC_FILES = [p.relative_to(ROOT).as_posix() for p in _CANDIDATES if p.exists()]
 
 _OPEN = re.compile(r"^(?P<indent> *)```(?P<info>\S.*)?$")
 _NO_TEST = re.compile(r"^no-test(?::\s*(?P<reason>.*\S))?\s*$")
+_NEEDS = re.compile(r"^needs:\s*(?P<modules>[\w.]+(?:\s*,\s*[\w.]+)*)\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +48,8 @@ class Block:
     source: str
     #: why the block is not run ("" when it runs); None when the fence says no-test without a reason
     skip: str | None
+    #: the optional modules the block imports (fence `python needs: torch`); it runs only where they are
+    needs: tuple[str, ...] = ()
 
 
 def python_blocks(path: str) -> list[Block]:
@@ -62,14 +72,19 @@ def python_blocks(path: str) -> list[Block]:
                 line[len(indent) :] if line.startswith(indent) else line.lstrip() for line in lines[i + 1 : j]
             ]
             skip: str | None = ""
+            needs: tuple[str, ...] = ()
             if rest.strip():
-                marker = _NO_TEST.match(rest.strip())
-                if marker is None:
+                marker, needed = _NO_TEST.match(rest.strip()), _NEEDS.match(rest.strip())
+                if marker is None and needed is None:
                     raise ValueError(
-                        f"{path}:{i + 1}: unknown fence info {info!r}; use `python no-test: <reason>`"
+                        f"{path}:{i + 1}: unknown fence info {info!r}; use `python no-test: <reason>` "
+                        "or `python needs: <module>[, <module>]`"
                     )
-                skip = marker["reason"]
-            blocks.append(Block(path, i + 2, "\n".join(body) + "\n", skip))
+                if marker is not None:
+                    skip = marker["reason"]
+                else:
+                    needs = tuple(name.strip() for name in needed["modules"].split(","))
+            blocks.append(Block(path, i + 2, "\n".join(body) + "\n", skip, needs))
         i = j + 1
     return blocks
 
@@ -102,6 +117,12 @@ def test_python_blocks_run(path, monkeypatch):
     for block in python_blocks(path):
         if block.skip:
             continue
+        missing = missing_modules(*block.needs)
+        if missing:  # the later blocks may use this one's names, so they stop here too
+            pytest.skip(
+                f"the python block at {path}:{block.line - 1} needs {', '.join(missing)}, which is not "
+                "installed here (an extra of setup.cfg); the blocks before it ran"
+            )
         error = None
         try:
             exec(_compiled(block), namespace)

@@ -15,6 +15,11 @@ Each family module has `evaluate_baselines(data, data_dir, split)` over the proj
     'BaselineResult'
 """
 
+from seqjax.common.extras import BASELINES_MODULES, require
+
+# Before the imports below: without its extra, importing seqjax.baselines is one ImportError naming the fix.
+require(__name__, "experiments", *BASELINES_MODULES)
+
 from seqjax.baselines.result import BaselineResult
 
 __all__ = ["BaselineResult"]

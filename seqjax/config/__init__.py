@@ -13,6 +13,11 @@ defaults (`seqjax.train.run_config`).
 A layer above `seqjax.train` (it builds the trainer's config) and below `configs/` and `scripts/`.
 """
 
+from seqjax.common.extras import TRAIN_MODULES, require
+
+# Before the imports below: without its extra, importing seqjax.config is one ImportError naming the fix.
+require(__name__, "train", *TRAIN_MODULES)
+
 from seqjax.config.args import apply_overrides, parse_arg
 from seqjax.config.files import load_config_file
 from seqjax.config.presets import (

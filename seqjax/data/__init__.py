@@ -12,6 +12,11 @@
 - `synthetic`: memory probes (copy, selective copy, associative recall) for diagnostics.
 """
 
+from seqjax.common.extras import DATA_MODULES, require
+
+# Before the imports below: without its extra, importing seqjax.data is one ImportError naming the fix.
+require(__name__, "data", *DATA_MODULES)
+
 from seqjax.data.synthetic import SyntheticTask
 
 __all__ = ["SyntheticTask"]

@@ -9,6 +9,11 @@ The computations are numpy and scipy; none of them needs jax or a device, except
 counts of task models (abstract, no allocation) and per-model MLP or cell widths that match them.
 """
 
+from seqjax.common.extras import EXPERIMENT_MODULES, require
+
+# Before the imports below: without its extra, importing seqjax.experiment is one ImportError naming the fix.
+require(__name__, "experiments", *EXPERIMENT_MODULES)
+
 from seqjax.experiment.matching import (
     CELL_WIDTH_FIELDS,
     KNOBS,

@@ -5,7 +5,8 @@
 - `metric_by_length`: the headline metric against sequence length with interval bands.
 - `cost_by_length`: tokens/s and train-step memory against length, log-log.
 
-matplotlib comes with the `notebook` and `test` extras (`pip install seqjax[notebook]`).
+matplotlib comes with the `experiments` extra (and `notebook`, `all`, `test`); without it the first plot
+raises an ImportError naming it (`seqjax.common.extras.require`).
 """
 
 from __future__ import annotations
@@ -18,17 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from seqjax.common.extras import require
+
 __all__ = ["cost_by_length", "learning_curves", "metric_by_length", "metric_by_model", "read_train_losses"]
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError(
-            "seqjax.experiment.plots needs matplotlib: pip install 'seqjax[notebook]' "
-            "(or pip install matplotlib)."
-        ) from None
+    require(__name__, "experiments", "matplotlib")
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -10,6 +10,11 @@
 See docs/models.md.
 """
 
+from seqjax.common.extras import MODELS_MODULES, require
+
+# Before the imports below: without its extra, importing seqjax.models is one ImportError naming the fix.
+require(__name__, "models", *MODELS_MODULES)
+
 from seqjax.models.backbone import Backbone, Cache
 from seqjax.models.block import MLP_ACTIVATIONS, NORMS, REMAT_POLICIES, Block, GatedMLP
 from seqjax.models.config import BackboneConfig
