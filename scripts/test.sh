@@ -6,4 +6,5 @@ source "$root/scripts/setup_env.sh"
 cd "$root"
 ruff check .
 ruff format --check .
-exec python -m pytest -n "${SEQJAX_TEST_WORKERS:-2}" "$@"
+# --durations: the slowest tests, printed at the end of every run (CI too), to keep the suite within budget
+exec python -m pytest -n "${SEQJAX_TEST_WORKERS:-2}" --durations=30 "$@"
