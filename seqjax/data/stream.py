@@ -22,7 +22,9 @@ Evaluation by document (`document_eval_batches`): every document is its own lane
 token in segments of `length`, `batch_size` documents at a time (longest first, so lanes pad little),
 with the state carried across a document's segments or reset at each one: the long-context evaluation
 Transformer-XL reports, and the per-segment one, over the same targets. Each batch also has "document"
-[batch_size] (the global rows' document index, -1 for an empty lane) for per-document sums.
+[batch_size] (the global rows' document index, -1 for an empty lane) for per-document sums, and on
+request each target's byte offset from its document's start and its bytes (`target_byte_offsets`: a
+BPE token counts the bytes of its decoded piece, `TokenStream.token_bytes`), for sums by position.
 
 Every batch of a token stream has the keys of the per-sequence examples ("inputs", "targets",
 "weights", "resets", "mask", [rows, length]), so it goes through the same shardings and loss. `resets`
@@ -61,11 +63,13 @@ __all__ = [
     "StreamBatches",
     "StreamSource",
     "TokenStream",
+    "check_position_buckets",
     "document_eval_batches",
     "document_spans",
     "series_stream_of",
     "stream_eval_batches",
     "stream_of",
+    "target_byte_offsets",
     "token_stream_of",
 ]
 
@@ -104,11 +108,15 @@ def _row(
 
 class TokenStream(NamedTuple):
     """A split as one stream: `tokens` [N] (ids), `starts` [N] bool (True at each document's first
-    token), `counted` [N - 1] bool (whether the target tokens[t + 1] of input t counts)."""
+    token), `counted` [N - 1] bool (whether the target tokens[t + 1] of input t counts), and optionally
+    `token_bytes` [N] (how many bytes of text each token stands for: its decoded byte string's length
+    for BPE; None means one byte per token, the byte-level tokenizer), which positions in bytes read
+    (`target_byte_offsets`)."""
 
     tokens: np.ndarray
     starts: np.ndarray
     counted: np.ndarray
+    token_bytes: np.ndarray | None = None
 
     @property
     def positions(self) -> int:
@@ -197,6 +205,10 @@ def token_stream_of(source: Any) -> TokenStream:
         raise ValueError(
             f"token_stream: tokens [{n}], starts [{len(stream.starts)}] and counted [{len(stream.counted)}] "
             f"do not match (counted has one entry per input with a target, N - 1)."
+        )
+    if stream.token_bytes is not None and len(stream.token_bytes) != n:
+        raise ValueError(
+            f"token_stream: token_bytes [{len(stream.token_bytes)}] must be [{n}] (one per token)."
         )
     return stream
 
@@ -375,12 +387,58 @@ def document_spans(stream: TokenStream) -> np.ndarray:
     return np.stack([starts, stops], axis=-1).astype(np.int64)
 
 
+def check_position_buckets(edges: Any) -> np.ndarray:
+    """`edges` (byte offsets from a document's start) checked and returned as int64: the buckets are
+    [edges[i], edges[i + 1]) and [edges[-1], infinity), so they must start at 0 (every target falls in
+    one) and strictly increase.
+
+    >>> check_position_buckets((0, 1024, 2048)).tolist()
+    [0, 1024, 2048]
+    """
+    array = np.asarray(edges)
+    if array.ndim != 1 or not len(array) or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"position_buckets must be a non-empty sequence of integer byte offsets, e.g. (0, 1024, 2048, "
+            f"4096, 8192, 16384); got {edges!r}."
+        )
+    if array[0] != 0 or np.any(np.diff(array) <= 0):
+        raise ValueError(
+            f"position_buckets={array.tolist()} must start at 0 and strictly increase: bucket i is "
+            f"[edges[i], edges[i + 1]) bytes from the document's start, the last one open-ended."
+        )
+    return array.astype(np.int64)
+
+
+def target_byte_offsets(stream: TokenStream) -> tuple[np.ndarray, np.ndarray]:
+    """Per input t of `stream` ([N - 1]): the byte offset of its target (token t + 1) from the first
+    byte of input t's document (`document_spans`), int64, and the bytes the target stands for, float64
+    (`stream.token_bytes`, else 1: byte-level). A document's first target sits after its first token
+    (offset = that token's bytes); its last input's target is the next document's first token, at the
+    document's byte length (counted or not as `stream.counted` says).
+
+    >>> stream = TokenStream(np.arange(6), np.array([1, 0, 0, 1, 0, 0], bool), np.ones(5, bool),
+    ...                      np.array([2, 1, 3, 1, 2, 2]))
+    >>> [a.tolist() for a in target_byte_offsets(stream)]
+    [[2, 3, 6, 1, 3], [1.0, 3.0, 1.0, 2.0, 2.0]]
+    """
+    inputs = max(len(stream.tokens) - 1, 0)
+    sizes = np.ones(len(stream.tokens), np.int64)
+    if stream.token_bytes is not None:
+        sizes = np.asarray(stream.token_bytes, np.int64)
+    before = np.concatenate([[0], np.cumsum(sizes)])  # before[i]: bytes of the stream before token i
+    spans = document_spans(stream)
+    first = np.repeat(spans[:, 0], spans[:, 1] - spans[:, 0])  # each input's document start
+    offsets = before[1 : inputs + 1] - before[first]
+    return offsets.astype(np.int64), sizes[1 : inputs + 1].astype(np.float64)
+
+
 def document_eval_batches(
     source: StreamSource | TokenStream,
     batch_size: int,
     length: int,
     *,
     carried: bool = True,
+    byte_offsets: bool = False,
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -388,7 +446,10 @@ def document_eval_batches(
     in segments of `length` (this process's rows; the module docstring). With `carried` the state runs
     through each document's segments (only its first token resets); without, every segment starts from
     a reset, so no target sees context from an earlier segment. "document" [batch_size] holds the
-    global rows' document indices (-1: no document), the same in every process.
+    global rows' document indices (-1: no document), the same in every process. With `byte_offsets`,
+    also "target_offset" [batch_size, length] int64 (each target's byte offset from its document's
+    start, `target_byte_offsets`; -1 on padding) and "target_bytes" [batch_size, length] float64 (the
+    bytes it stands for; 0 on padding), for the global rows too: what per-position sums read.
 
     >>> stream = TokenStream(np.arange(8), np.array([1, 0, 0, 0, 0, 1, 0, 0], bool), np.ones(7, bool))
     >>> batches = list(document_eval_batches(stream, 2, 3, carried=False))
@@ -403,6 +464,7 @@ def document_eval_batches(
     if not len(spans):
         raise ValueError("document_eval_batches: the split has no targets; nothing to evaluate.")
     order = np.argsort(-(spans[:, 1] - spans[:, 0]), kind="stable")
+    offsets, sizes = target_byte_offsets(stream) if byte_offsets else (None, None)
     first_row = process_index * rows
     for group in range(0, len(order), batch_size):
         documents = np.full(batch_size, -1, np.int64)
@@ -417,4 +479,15 @@ def document_eval_batches(
                 begin = start + segment * length
                 lane_start = segment == 0 or not carried
                 batch.append(stream.segment(begin, min(begin + length, stop), length, lane_start))
-            yield _stack(batch) | {"document": documents.copy()}
+            extra = {"document": documents.copy()}
+            if offsets is not None:
+                extra["target_offset"] = np.full((batch_size, length), -1, np.int64)
+                extra["target_bytes"] = np.zeros((batch_size, length), np.float64)
+                for row, d in enumerate(documents):  # every global row: the sums are global
+                    if d < 0:
+                        continue
+                    begin = int(spans[d, 0]) + segment * length
+                    count = max(min(begin + length, int(spans[d, 1])) - begin, 0)  # 0: document done
+                    extra["target_offset"][row, :count] = offsets[begin : begin + count]
+                    extra["target_bytes"][row, :count] = sizes[begin : begin + count]
+            yield _stack(batch) | extra

@@ -23,7 +23,7 @@ the next (the recurrence of Transformer-XL, Dai et al. 2019, for cells whose sta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -36,11 +36,12 @@ from jax.sharding import PartitionSpec as P
 from seqjax import models
 from seqjax.cells.base import Cell
 from seqjax.data.metrics import forecast_metrics_from_sums
+from seqjax.data.stream import check_position_buckets
 from seqjax.train.evaluation import split_metrics
 from seqjax.train.mesh import LogicalRules, spec_for
 from seqjax.train.run_config import ConfigError, RunConfig
 from seqjax.train.state import CarriedTrainState, TrainState
-from seqjax.train.step import Batch, forecast_sums, forward_from, token_losses
+from seqjax.train.step import Batch, forecast_sums, forward, forward_from, token_losses
 
 __all__ = [
     "STREAM_DATA_KINDS",
@@ -111,11 +112,12 @@ def check_carried_state_model(config: models.BackboneConfig | Mapping[str, Any],
             )
 
 
-def check_stream_task(run: RunConfig, where: str) -> None:
+def check_stream_task(run: RunConfig, where: str, *, carried: bool = True) -> None:
     """Raises ConfigError (prefixed `where`) unless `run` is a task that reads a stream on data whose
     splits serve one (`STREAM_DATA_KINDS`: an LM on documents, a forecaster on time series; the
     forecaster without RevIN), every layer's state carriable: what training and evaluating with a
-    carried state need."""
+    carried state need. Without `carried` (a stream read in segments each from the initial state) the
+    layers are not checked: any model reads it."""
     kinds = STREAM_DATA_KINDS.get(run.task)
     if kinds is None:
         raise ConfigError(
@@ -134,7 +136,8 @@ def check_stream_task(run: RunConfig, where: str) -> None:
             f"(over the whole segment) would read future steps; set config.head.revin=False (the stream "
             f"relies on the split's standardisation by training statistics)."
         )
-    check_carried_state_model(run.model, where)
+    if carried:
+        check_carried_state_model(run.model, where)
 
 
 #: The LM's check, by its first name.
@@ -262,18 +265,40 @@ def _stream_sums(task: str, outputs: jax.Array, batch: Batch) -> dict[str, jax.A
 
 
 def make_stream_eval_fn(
-    model: nn.Module, params_shardings: Any, carry_shardings_: Any, batch_shardings: Any, task: str = "lm"
+    model: nn.Module,
+    params_shardings: Any,
+    carry_shardings_: Any,
+    batch_shardings: Any,
+    task: str = "lm",
+    *,
+    per_position: bool = False,
+    carried: bool = True,
 ) -> Callable[[Any, Any, Batch], tuple[dict[str, jax.Array], Any]]:
     """`fn(params, carry, batch) -> (sums per row, carry after the batch)`: the model run from `carry`,
     deterministic; the sums (`task` "lm": {"nll", "tokens"}; "forecast": squared and absolute errors
     per horizon step and counts, see `stream_metrics`) are replicated (every process reads them), the
-    carry stays sharded like the batch and is donated."""
+    carry stays sharded like the batch and is donated.
+
+    `per_position` (LM): the sums also hold each position's counted NLL and weight, "position_nll" and
+    "position_weights" [rows, length] (for sums by position in a document, `evaluate_stream`).
+    Without `carried`, every batch runs from the initial state, exactly as the per-sequence evaluation
+    runs a sequence (no cache in or out: any causal LM, softmax attention included); `carry` is passed
+    through untouched (pass None, with `carry_shardings_` None)."""
     mesh = jax.tree.leaves(params_shardings)[0].mesh
 
+    def sums(outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+        out = _stream_sums(task, outputs, batch)
+        if per_position:
+            nll, weights, _ = token_losses(outputs, batch)
+            out |= {"position_nll": nll * weights, "position_weights": weights}
+        return out
+
     def fn(params: Any, carry: Any, batch: Batch) -> tuple[dict[str, jax.Array], Any]:
+        if not carried:
+            return sums(forward(model, params, batch, deterministic=True, rng=None), batch), carry
         outputs, cache = forward_from(model, params, batch, carry, deterministic=True, rng=None)
         cache = jax.tree.map(lambda new, old: new.astype(old.dtype), cache, carry)
-        return _stream_sums(task, outputs, batch), cache
+        return sums(outputs, batch), cache
 
     return jax.jit(
         fn,
@@ -306,17 +331,29 @@ def evaluate_stream(
     to_device: Callable[[Mapping[str, np.ndarray]], Batch],
     *,
     bytes_per_token: float = 1.0,
+    position_buckets: Sequence[int] | np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Runs `eval_fn` (`make_stream_eval_fn`) over `batches`, carrying the state from each segment to the
     next. Returns (the metrics, `stream_metrics`: for the LM as `evaluation.split_metrics` computes
     them, and the sums per lane: {"nll", "tokens"}, or the forecaster's). Batches of
     `seqjax.data.stream.document_eval_batches` carry "document" (each global row's document, -1 for
-    none): the sums are then per document, [max document + 1]."""
+    none): the sums are then per document, [max document + 1].
+
+    `position_buckets` (byte offsets, `stream.check_position_buckets`; by document only, with
+    `make_stream_eval_fn(per_position=True)` and `document_eval_batches(byte_offsets=True)`): the sums
+    also have "bucket_nll", "bucket_tokens" and "bucket_bytes" [documents, buckets]: each document's
+    counted target NLL (nats), targets and the bytes those targets stand for, by the bucket of the
+    target's byte offset from the document's start. "nll" and "tokens" are then the same per-position
+    values summed (float64), so the buckets add up to them to float64 round-off."""
+    edges = None if position_buckets is None else check_position_buckets(position_buckets)
     totals: dict[str, np.ndarray] | None = None
     for host in batches:
         documents = host.get("document")
-        sums, carry = eval_fn(params, carry, to_device({k: v for k, v in host.items() if k != "document"}))
+        sent = {k: v for k, v in host.items() if k not in _HOST_KEYS}
+        sums, carry = eval_fn(params, carry, to_device(sent))
         rows = {k: np.asarray(v, np.float64) for k, v in sums.items()}
+        if edges is not None:
+            rows = _bucket_rows(rows, host, documents, edges)
         if documents is None:
             totals = rows if totals is None else {k: totals[k] + v for k, v in rows.items()}
             continue
@@ -330,6 +367,41 @@ def evaluate_stream(
     if totals is None:
         raise ValueError("evaluate_stream: no batches; nothing to evaluate.")
     return stream_metrics(totals, bytes_per_token=bytes_per_token), totals
+
+
+#: Host-only keys of document batches: never sent to the device.
+_HOST_KEYS = ("document", "target_offset", "target_bytes")
+
+
+def _bucket_rows(
+    rows: dict[str, np.ndarray],
+    host: Mapping[str, np.ndarray],
+    documents: np.ndarray | None,
+    edges: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """One batch's per-row sums with the per-position values turned into per-row bucket sums
+    [rows, buckets] ("bucket_nll", "bucket_tokens", "bucket_bytes"), and "nll", "tokens" re-summed from
+    the same per-position values (so the buckets add up to them)."""
+    if documents is None or "target_offset" not in host:
+        raise ValueError(
+            "evaluate_stream(position_buckets=...) needs document batches with byte offsets "
+            "(seqjax.data.stream.document_eval_batches(..., byte_offsets=True))."
+        )
+    if "position_nll" not in rows:
+        raise ValueError(
+            "evaluate_stream(position_buckets=...) needs per-position sums: "
+            "make_stream_eval_fn(..., per_position=True)."
+        )
+    nll, weights = rows.pop("position_nll"), rows.pop("position_weights")
+    offsets = np.asarray(host["target_offset"])
+    bucket = np.searchsorted(edges, np.maximum(offsets, 0), side="right") - 1  # [rows, length]
+    one_hot = bucket[..., None] == np.arange(len(edges))  # [rows, length, buckets]
+    weighted_bytes = weights * np.asarray(host["target_bytes"], np.float64)
+    rows["bucket_nll"] = np.einsum("rl,rlb->rb", nll, one_hot)
+    rows["bucket_tokens"] = np.einsum("rl,rlb->rb", weights, one_hot)
+    rows["bucket_bytes"] = np.einsum("rl,rlb->rb", weighted_bytes, one_hot)
+    rows["nll"], rows["tokens"] = nll.sum(-1), weights.sum(-1)
+    return rows
 
 
 def _grown(sums: np.ndarray, size: int) -> np.ndarray:

@@ -44,7 +44,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -55,7 +55,13 @@ from jax.sharding import NamedSharding
 from seqjax import models
 from seqjax.common.xla import plan_bytes
 from seqjax.data.pipeline import IndexedSource, TrainBatches, eval_batches, spread_indices
-from seqjax.data.stream import StreamBatches, document_eval_batches, stream_eval_batches, stream_of
+from seqjax.data.stream import (
+    StreamBatches,
+    check_position_buckets,
+    document_eval_batches,
+    stream_eval_batches,
+    stream_of,
+)
 from seqjax.data.synthetic import SyntheticTask
 from seqjax.train import mesh as mesh_lib
 from seqjax.train import run_config, segments
@@ -659,6 +665,7 @@ def evaluate(
     examples: int | None = None,
     carried_state: bool = False,
     by_document: bool = False,
+    position_buckets: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
     metrics on the whole `split` (or, with `examples`, on that many spread evenly over it:
@@ -682,18 +689,49 @@ def evaluate(
     in segments of the config's length (`seqjax.data.stream.document_eval_batches`), with the state
     carried through the document (`carried_state=True`: Transformer-XL's long-context evaluation) or
     reset at every segment (False); both score the same targets. The result has "per_document"
-    ({"nll", "tokens"} per document of the split, in order)."""
+    ({"nll", "tokens"} per document of the split, in order). Reset means every segment runs from the
+    initial state, as the per-sequence evaluation runs each sequence: exactly what a model trained on
+    sequences of the config's length (no segment recurrence) sees, so `by_document=True,
+    carried_state=False` scores any causal LM on documents, softmax attention included (only the
+    carried mode needs cells whose state can be carried, `segments.check_stream_task`). Evaluate a
+    model trained at length L with its own config (length L) to read documents in segments of L.
+
+    `position_buckets` (with `by_document`): byte offsets from a document's start, starting at 0 and
+    increasing, e.g. (0, 1024, 2048, 4096, 8192, 16384): bucket i is [edges[i], edges[i + 1]) bytes, the
+    last one [edges[-1], ∞). A target's bucket is its byte offset from its document's first byte
+    (`seqjax.data.stream.target_byte_offsets`: for byte-level tokens its position, for BPE the bytes of
+    the tokens before it). "per_document" then also has "bucket_nll" (summed NLL, nats),
+    "bucket_tokens" (counted targets) and "bucket_bytes" (the bytes those targets stand for: 1 per
+    byte-level token, each BPE token's decoded length) [documents, buckets], which add up to "nll" and
+    "tokens" (and the bytes of the counted targets); the result has "position_buckets" (the edges).
+    Both modes give them, so one model yields the curve with and without the carried state
+    (`seqjax.experiment.positions.position_curve` turns them into bits per byte by position).
+
+        >>> result = evaluate(config, workdir, by_document=True, carried_state=True,  # doctest: +SKIP
+        ...                   position_buckets=(0, 1024, 2048, 4096, 8192, 16384))
+        >>> result["per_document"]["bucket_bytes"].shape  # doctest: +SKIP
+        (48, 6)
+    """
     if (carried_state or by_document) and (per_example or examples is not None):
         raise ValueError(
             "evaluate(carried_state=True or by_document=True) reads the whole split as lanes: per_example "
             "and examples select sequences, which it does not have; leave them out."
         )
+    if position_buckets is not None:
+        if not by_document:
+            raise ValueError(
+                "evaluate(position_buckets=...) sums by position in a document, which only by_document=True "
+                "reads (every document from its first token); pass by_document=True."
+            )
+        position_buckets = check_position_buckets(position_buckets).tolist()
     parts = setup(config)
     config = parts["config"]
     if split not in parts["sources"]:
         raise ValueError(f"evaluate: split must be one of {sorted(parts['sources'])}, got {split!r}.")
-    if carried_state or by_document:
-        segments.check_stream_task(config, "evaluate(carried_state=True or by_document=True)")
+    if carried_state:
+        segments.check_stream_task(config, "evaluate(carried_state=True)")
+    elif by_document:  # every segment from the initial state: any causal LM on documents
+        segments.check_stream_task(config, "evaluate(by_document=True)", carried=False)
     if by_document and config.task != "lm":
         raise ValueError(
             f"evaluate(by_document=True) makes every document its own lane; task {config.task!r} has no "
@@ -721,9 +759,17 @@ def evaluate(
     bytes_per_token = float(getattr(source, "bytes_per_token", 1.0))
     if by_document:
         metrics, documents = evaluate_carried(
-            parts, restored.state.params, source, by_document=True, carried=carried_state
+            parts,
+            restored.state.params,
+            source,
+            by_document=True,
+            carried=carried_state,
+            position_buckets=position_buckets,
         )
-        return {"step": restored.step, "split": split, "metrics": metrics, "per_document": documents}
+        result = {"step": restored.step, "split": split, "metrics": metrics, "per_document": documents}
+        if position_buckets is not None:
+            result["position_buckets"] = position_buckets
+        return result
     if carried_state:
         metrics, lanes = evaluate_carried(parts, restored.state.params, source)
         return {"step": restored.step, "split": split, "metrics": metrics, "per_lane": lanes}
@@ -753,33 +799,55 @@ def evaluate(
 
 
 def evaluate_carried(
-    parts: Mapping[str, Any], params: Any, source: Any, *, by_document: bool = False, carried: bool = True
+    parts: Mapping[str, Any],
+    params: Any,
+    source: Any,
+    *,
+    by_document: bool = False,
+    carried: bool = True,
+    position_buckets: Sequence[int] | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The metrics of `params` on the whole `source` read as `config.eval_batch` contiguous lanes with
     the state carried across segments (`parts`: `setup`'s), and the sums per lane: the LM's {"nll",
     "tokens"}, or a forecaster's (`segments.stream_metrics`; the forecast origins of the split's windows
     scored apart). With `by_document` (LM), each lane is one document, carried through (or, without
-    `carried`, reset at each segment), and the sums are per document."""
+    `carried`, every segment from the initial state), and the sums are per document; `position_buckets`
+    (by document) adds the sums by byte position (`evaluate`)."""
     config, model = parts["config"], parts["model"]
     rows, length = config.eval_batch, parts["tokens_per_example"]
     if isinstance(model, models.Forecaster):  # a forecast at every position, its windows' origins marked
         model = model.clone(per_position=True)
         source = source.series_stream(origins=True)
+    if position_buckets is not None and not by_document:
+        raise ValueError("evaluate_carried: position_buckets needs by_document=True.")
     batch_sh = _stream_batch_shardings(stream_of(source), length, parts["mesh"], parts["rules"])
-    carry_sh = segments.model_carry_shardings(model, rows, parts["mesh"], parts["rules"])
+    # Reset by document: no state crosses a segment, so none is kept (any causal model, its own view).
+    stateless = by_document and not carried
+    carry_sh = (
+        None if stateless else segments.model_carry_shardings(model, rows, parts["mesh"], parts["rules"])
+    )
     eval_fn = segments.make_stream_eval_fn(
-        model, parts["state_shardings"].params, carry_sh, batch_sh, task=config.task
+        model,
+        parts["state_shardings"].params,
+        carry_sh,
+        batch_sh,
+        task=config.task,
+        per_position=position_buckets is not None,
+        carried=not stateless,
     )
     where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     if by_document:
-        batches = document_eval_batches(source, rows, length, carried=carried, **where)
+        batches = document_eval_batches(
+            source, rows, length, carried=carried, byte_offsets=position_buckets is not None, **where
+        )
     else:
         batches = stream_eval_batches(source, rows, length, **where)
     return segments.evaluate_stream(
         eval_fn,
         params,
-        segments.initial_carry(model, rows, carry_sh),
+        None if stateless else segments.initial_carry(model, rows, carry_sh),
         batches,
         lambda host: _global_batch(host, batch_sh),
         bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)),
+        position_buckets=position_buckets,
     )

@@ -148,6 +148,8 @@ class DocumentSplit:
 
         `counted` follows this split's examples: every target for "packed" (a target that starts the
         next document counts there too), none that is a document's first token for "padded".
+        `token_bytes` is each token's byte length (1 for bytes; for BPE the length of its decoded byte
+        string, from the tokenizer's byte histograms), so positions in a document count bytes.
         """
         lengths = np.diff(np.append(self._starts, len(self._stream)))
         starts = np.zeros(len(self._stream), dtype=bool)
@@ -155,7 +157,8 @@ class DocumentSplit:
         counted = np.ones(max(len(self._stream) - 1, 0), dtype=bool)
         if self.packing == "padded":
             counted &= ~starts[1:]
-        return TokenStream(self._stream, starts, counted)
+        byte_lengths = np.rint(self._token_byte_histograms.sum(axis=1)).astype(np.int64)
+        return TokenStream(self._stream, starts, counted, byte_lengths[self._stream.astype(np.int64)])
 
     def target_byte_histogram(self) -> np.ndarray:
         """float64[256]: how often each byte value is covered by a counted target of this source's
