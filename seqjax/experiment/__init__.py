@@ -4,6 +4,7 @@ verdict rule fixed before any run.
 `statistics`: two-level (cluster x seed) bootstrap intervals, the paired bootstrap of a difference,
 McNemar's exact test, the Diebold-Mariano test, Holm's correction. `weighted_metrics`: metrics evaluated
 under many bootstrap weightings at once. `verdict`: supported / contradicted / depends / inconclusive.
+`positions`: bits per byte by position in the document, with intervals and a late-minus-early contrast.
 `predictions`: the saved per-example records of a run (versioned .npz, atomic write, validating reader).
 The computations are numpy and scipy; none of them needs jax or a device, except `matching`: parameter
 counts of task models (abstract, no allocation) and per-model MLP or cell widths that match them.
@@ -21,6 +22,7 @@ from seqjax.experiment.matching import (
     count_parameters,
     match_parameters,
 )
+from seqjax.experiment.positions import position_curve
 from seqjax.experiment.predictions import (
     FORMAT_VERSION,
     RunPredictions,
@@ -72,6 +74,7 @@ __all__ = [
     "mcnemar_exact",
     "mean_value",
     "paired_bootstrap",
+    "position_curve",
     "read_predictions",
     "stack_seeds",
     "verdict",

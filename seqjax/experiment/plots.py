@@ -4,6 +4,8 @@
 - `metric_by_model`: each model's headline metric with its interval, baselines as horizontal lines.
 - `metric_by_length`: the headline metric against sequence length with interval bands.
 - `cost_by_length`: tokens/s and train-step memory against length, log-log.
+- `metric_by_position`: bits per byte against position in the document (bucket midpoints, log x), one
+  line and interval band per model (`seqjax.experiment.positions.position_curve`).
 
 matplotlib comes with the `experiments` extra (and `notebook`, `all`, `test`); without it the first plot
 raises an ImportError naming it (`seqjax.common.extras.require`).
@@ -21,7 +23,14 @@ import numpy as np
 
 from seqjax.common.extras import require
 
-__all__ = ["cost_by_length", "learning_curves", "metric_by_length", "metric_by_model", "read_train_losses"]
+__all__ = [
+    "cost_by_length",
+    "learning_curves",
+    "metric_by_length",
+    "metric_by_model",
+    "metric_by_position",
+    "read_train_losses",
+]
 
 
 def _pyplot() -> Any:
@@ -164,4 +173,45 @@ def cost_by_length(summaries: Mapping[int, Mapping[str, Any]], path: str | Path,
         ax.set_ylabel(label)
     left.legend(fontsize=7)
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def metric_by_position(
+    curves: Mapping[str, Mapping[str, Any]],
+    path: str | Path,
+    *,
+    metric: str = "bits_per_byte",
+    title: str = "",
+) -> Path:
+    """`metric` ("bits_per_byte" or "perplexity") against position in the document, one line and
+    interval band per model: `curves` maps a model's name (e.g. "lstm 4k, carried") to its
+    `position_curve`. x is each bucket's midpoint in bytes (log scale; the open last bucket at 1.5 × its
+    start), so a model that uses long context slopes down.
+
+    >>> from seqjax.experiment.positions import position_curve  # doctest: +SKIP
+    >>> metric_by_position({"gla": position_curve(seeds, edges)}, "positions.png")  # doctest: +SKIP
+    """
+    if metric not in ("bits_per_byte", "perplexity"):
+        raise ValueError(
+            f"metric_by_position: metric must be 'bits_per_byte' or 'perplexity', got {metric!r}."
+        )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    level = None
+    for i, (model, curve) in enumerate(curves.items()):
+        rows = [b for b in curve["buckets"] if b["documents"] > 0]
+        if not rows:
+            continue
+        xs = [b["midpoint"] for b in rows]
+        values = [b[metric] for b in rows]
+        color = f"C{i % 10}"
+        ax.plot(xs, [v["estimate"] for v in values], marker="o", color=color, label=model)
+        ax.fill_between(xs, [v["low"] for v in values], [v["high"] for v in values], color=color, alpha=0.15)
+        level = curve.get("confidence_level", level)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("position in the document (bytes, bucket midpoint)")
+    interval = f" ({level:.0%} CI)" if level else " (bootstrap CI)"
+    ax.set_ylabel(("bits per byte" if metric == "bits_per_byte" else "perplexity per token") + interval)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
     return _save(fig, path)
