@@ -141,11 +141,11 @@ def position_curve(
 
     Returns {"edges", "confidence_level", "seeds", "buckets": [...], "contrast": {...} or None}. Each
     bucket: "start", "stop" (None: open), "label", "midpoint" (bytes; the open bucket's is 1.5 × its
-    start), "documents" (that reach it), "tokens", "bytes" (summed over documents), "bits_per_byte" and "perplexity" ({"estimate",
-    "low", "high"}: a ratio of sums per seed, averaged over seeds; perplexity per token = exp(nats per
-    token), its interval the exp of the nats interval; NaN bounds for a bucket with fewer than 2
-    documents, all NaN for an empty one). The contrast: "late", "early" (labels), "documents",
-    "estimate", "low", "high".
+    start), "documents" (that reach it), "tokens", "bytes" (summed over documents), "bits_per_byte"
+    and "perplexity" ({"estimate", "low", "high"}: a ratio of sums per seed, averaged over seeds;
+    perplexity per token = exp(nats per token), its interval the exp of the nats interval; NaN bounds
+    for a bucket with fewer than 2 documents, all NaN for an empty one). The contrast: "late", "early"
+    (labels), "documents", "estimate", "low", "high".
 
     >>> ones = np.ones((4, 2))
     >>> sums = {"bucket_nll": ones * np.log(2), "bucket_tokens": ones, "bucket_bytes": ones}
