@@ -5,6 +5,8 @@
     python scripts/evaluate.py --workdir=/tmp/run --config=configs/genomic.py:lstm --config.eval_examples=512
     python scripts/evaluate.py --workdir=/tmp/docs --carried_state    # LM: lanes with the state carried
     python scripts/evaluate.py --workdir=/tmp/docs --by_document --carried_state  # each document whole
+    python scripts/evaluate.py --workdir=/tmp/docs --by_document --carried_state \
+        --position_buckets=0,1024,2048,4096,8192,16384                  # bits per byte by position
     python scripts/evaluate.py --workdir=/tmp/ts_stream --carried_state  # forecaster: series lanes
 
 Without --config it uses the config saved with the checkpoint. Metrics: accuracy, balanced accuracy,
@@ -22,7 +24,15 @@ number). See docs/training.md, "Segment recurrence".
 `--by_document` (the same models): every document is its own lane, read from its first token in segments
 of the config's length, with the state carried through the document (with `--carried_state`: the
 long-context evaluation Transformer-XL reports) or reset at every segment (without). Both score the same
-targets, so the two numbers differ only by the context the carried state gives.
+targets, so the two numbers differ only by the context the carried state gives. Without
+--carried_state every segment runs from the initial state, as a model trained on sequences of the
+config's length reads them, so any causal LM (softmax attention too) can be evaluated by document.
+
+`--position_buckets=0,1024,...` (with --by_document): bucket edges in bytes from a document's start
+(the last bucket open-ended); prints per bucket the documents that reach it, targets, bytes, bits per
+byte and perplexity per token with 95% bootstrap intervals over documents
+(`seqjax.experiment.positions.position_curve`), and bpb(last bucket reached by 2+ documents) -
+bpb(first) with its paired interval. `--output` then also holds the curve.
 """
 
 from __future__ import annotations
@@ -53,7 +63,35 @@ flags.DEFINE_bool(
     "LM on a token stream: every document as its own lane, the state carried through it "
     "(--carried_state) or reset at each segment.",
 )
+flags.DEFINE_list(
+    "position_buckets",
+    None,
+    "With --by_document: byte offsets from a document's start, e.g. 0,1024,2048,4096,8192,16384; prints "
+    "bits per byte and perplexity per token by position (bucket).",
+)
 FLAGS = flags.FLAGS
+
+
+def position_table(curve: dict) -> str:
+    """The per-bucket lines of a `position_curve`: bucket, documents, targets, bytes, bpb [CI], ppl [CI]."""
+
+    def cell(v: dict) -> str:
+        return f"{v['estimate']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
+
+    lines = [f"{'bucket (bytes)':>14} {'documents':>9} {'targets':>10} {'bytes':>11}  bits/byte [95% CI]"]
+    lines[0] += "            perplexity/token [95% CI]"
+    for b in curve["buckets"]:
+        lines.append(
+            f"{b['label']:>14} {b['documents']:>9} {b['tokens']:>10.0f} {b['bytes']:>11.0f}  "
+            f"{cell(b['bits_per_byte']):<32} {cell(b['perplexity'])}"
+        )
+    c = curve["contrast"]
+    if c is not None:
+        lines.append(
+            f"bpb({c['late']}) - bpb({c['early']}) over the {c['documents']} documents reaching both: "
+            f"{c['estimate']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
@@ -70,6 +108,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(
             "--carried_state and --by_document read the whole split as lanes; leave out --max_examples."
         )
+    buckets = None
+    if FLAGS.position_buckets:
+        if not FLAGS.by_document:
+            raise app.UsageError("--position_buckets needs --by_document (positions in a document).")
+        try:
+            buckets = [int(v) for v in FLAGS.position_buckets]
+        except ValueError as e:
+            raise app.UsageError(f"--position_buckets must be integers (bytes): {e}") from None
     config = FLAGS.config if FLAGS.config is not None else load_config(FLAGS.workdir)
     with config.unlocked():
         config.eval_examples = FLAGS.max_examples  # the whole split, not the training run's eval cap
@@ -80,6 +126,7 @@ def main(argv: list[str]) -> None:
         step=FLAGS.step,
         carried_state=FLAGS.carried_state,
         by_document=FLAGS.by_document,
+        position_buckets=buckets,
     )
     mode = " (carried state)" if FLAGS.carried_state else ""
     if FLAGS.by_document:
@@ -88,8 +135,19 @@ def main(argv: list[str]) -> None:
         f"step {result['step']} {result['split']}{mode}: "
         + " ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     )
+    curve = None
+    if buckets is not None:
+        from seqjax.experiment.positions import position_curve
+
+        documents = result["per_document"]
+        reached = [k for k in range(len(buckets)) if (documents["bucket_bytes"][:, k] > 0).sum() >= 2]
+        contrast = (buckets[reached[-1]], buckets[0]) if len(reached) >= 2 else None
+        curve = position_curve([documents], buckets, contrast=contrast)
+        print(position_table(curve))
     if FLAGS.output:
         written = {k: v for k, v in result.items() if k not in ("per_lane", "per_document")}  # arrays
+        if curve is not None:
+            written["positions"] = curve
         written["carried_state"] = FLAGS.carried_state
         written["by_document"] = FLAGS.by_document
         with open(FLAGS.output, "w") as f:

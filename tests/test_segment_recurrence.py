@@ -483,6 +483,43 @@ def test_evaluation_by_document_carried_and_reset_score_the_same_targets(runs):
         evaluate(config, workdir, split="test", by_document=True, examples=4)
 
 
+def test_evaluation_by_position_in_both_modes(runs):
+    config = _config(runs["data_dir"])
+    workdir = str(runs["root"] / "whole")
+    edges = (0, 16, 64, 256)
+    results = {
+        carried: evaluate(
+            config,
+            workdir,
+            split="test",
+            step="latest",
+            carried_state=carried,
+            by_document=True,
+            position_buckets=edges,
+        )
+        for carried in (True, False)
+    }
+    stream = setup(config)["sources"]["test"].token_stream()
+    for result in results.values():
+        documents = result["per_document"]
+        assert result["position_buckets"] == list(edges)
+        assert documents["bucket_nll"].shape == (int(stream.starts.sum()), len(edges))
+        np.testing.assert_allclose(documents["bucket_nll"].sum(-1), documents["nll"], rtol=1e-12)
+        np.testing.assert_array_equal(documents["bucket_tokens"].sum(-1), documents["tokens"])
+        np.testing.assert_array_equal(documents["bucket_bytes"], documents["bucket_tokens"])  # byte-level
+        assert (documents["bucket_tokens"][:, -1] > 0).any()  # some document reaches 256 bytes
+        assert result["metrics"]["tokens"] == stream.counted.sum()
+    carried, reset = (results[k]["per_document"] for k in (True, False))
+    np.testing.assert_array_equal(carried["bucket_tokens"], reset["bucket_tokens"])
+    # The first segment (32 tokens) of every document is scored alike; the carried state changes the rest.
+    np.testing.assert_allclose(carried["bucket_nll"][:, 0], reset["bucket_nll"][:, 0], rtol=1e-5)
+    assert not np.allclose(carried["bucket_nll"][:, 2:], reset["bucket_nll"][:, 2:])
+    with pytest.raises(ValueError, match="by_document=True"):
+        evaluate(config, workdir, split="test", position_buckets=edges)
+    with pytest.raises(ValueError, match="strictly increase"):
+        evaluate(config, workdir, split="test", by_document=True, position_buckets=(0, 64, 16))
+
+
 def test_stream_evaluation_equals_each_lane_in_one_pass():
     """`evaluate_stream` over padded segments == each lane's whole sequence scored at once."""
     model, rows, length = _step_model(), 4, 8
