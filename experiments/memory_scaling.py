@@ -584,9 +584,7 @@ def measured_markdown(results: dict[str, Any]) -> list[str]:
         for v in variants:
             cells = [runs.get((v, n)) for n in lengths]
             params = next((f"{c['param_count']:,}" for c in cells if c and "param_count" in c), "n/a")
-            lines.append(
-                f"| {v} | {params} | " + " | ".join(_cell(c, render) for c in cells) + " |"
-            )
+            lines.append(f"| {v} | {params} | " + " | ".join(_cell(c, render) for c in cells) + " |")
         return lines
 
     sources = sorted({r.get("peak_source") for r in runs.values() if r.get("peak_source")})
