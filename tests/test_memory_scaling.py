@@ -19,6 +19,7 @@ from seqjax.experiment.scaling import (
     doubling_increments,
     fit_exponent,
     fit_increment_exponent,
+    memory_exponent,
     quadratic_memory_verdict,
 )
 
@@ -92,6 +93,19 @@ def test_quadratic_memory_verdict_rule():
     linear = fit_exponent(LENGTHS, _noisy([n for n in LENGTHS], seed=0))
     assert quadratic_memory_verdict(quadratic) == "supported"
     assert quadratic_memory_verdict(linear) == "contradicted"
+
+
+def test_memory_exponent_falls_back_to_log_m_only_for_a_flat_memory():
+    quadratic = _noisy([2e9 + 40.0 * n**2 for n in LENGTHS], seed=2, scale=0.002)
+    fit, which = memory_exponent(LENGTHS, quadratic)
+    assert which == "increments" and quadratic_memory_verdict(fit) == "supported"
+    linear = _noisy([3e8 + 2e4 * n for n in LENGTHS], seed=2, scale=0.002)
+    fit, which = memory_exponent(LENGTHS, linear)
+    assert which == "increments" and quadratic_memory_verdict(fit) == "contradicted"
+    flat = [1.6e8, 1.58e8, 1.61e8, 1.59e8, 1.6e8, 1.62e8]  # TBPTT: the increments are noise
+    fit, which = memory_exponent(LENGTHS, flat)
+    assert which == "log M" and abs(fit.slope) < 0.05
+    assert quadratic_memory_verdict(fit) == "contradicted"
 
 
 @pytest.mark.slow

@@ -12,6 +12,13 @@ exponent does: for each L with 2L also measured, ΔM(L) = M(2L) − M(L) = b·(2
 slope of log ΔM on log L is p whatever c is. Increments that are not positive (noise larger than the
 growth, as for a flat memory) cannot be logged and are left out.
 
+`memory_exponent(lengths, values)` is the fit the verdict reads: the increments' fit where its interval
+excludes 1.5; else the fit of log M itself where its interval excludes 1.5; else the increments' fit (or
+log M's, where the increments give no interval), which is inconclusive. The increments of a memory that
+does not measurably grow (truncated BPTT) are noise, and their interval is wide; log M then shows the
+flat growth. A constant part can only pull log M's slope down: its "supported" is conservative, and its
+"contradicted" says that no growth like L² is visible up to the longest length measured.
+
 `quadratic_memory_verdict(fit)` is the rule of issue 18, written before any run: the claim "this
 model's training memory grows as O(n²)" is
 
@@ -46,6 +53,7 @@ __all__ = [
     "doubling_increments",
     "fit_exponent",
     "fit_increment_exponent",
+    "memory_exponent",
     "quadratic_memory_verdict",
 ]
 
@@ -137,6 +145,25 @@ def fit_increment_exponent(
     2.0
     """
     return fit_exponent(*doubling_increments(lengths, values), confidence=confidence)
+
+
+def memory_exponent(
+    lengths: Sequence[float], values: Sequence[float], confidence: float = 0.95
+) -> tuple[ExponentFit, str]:
+    """(fit, which): the memory exponent the verdict reads (module docstring); `which` is "increments"
+    or "log M".
+
+    >>> fit, which = memory_exponent([1024, 2048, 4096, 8192], [100.0, 99.0, 101.0, 100.5])
+    >>> which, fit.high < 1.5
+    ('log M', True)
+    """
+    increments = fit_increment_exponent(lengths, values, confidence)
+    if quadratic_memory_verdict(increments) != "inconclusive":
+        return increments, "increments"
+    direct = fit_exponent(lengths, values, confidence)
+    if quadratic_memory_verdict(direct) != "inconclusive" or not increments.has_interval:
+        return direct, "log M"
+    return increments, "increments"
 
 
 def quadratic_memory_verdict(fit: ExponentFit, threshold: float = QUADRATIC_THRESHOLD) -> Label:
