@@ -136,6 +136,12 @@ flags.DEFINE_float("point_timeout_s", 900.0, "run: a point's worker (start, comp
 flags.DEFINE_float(
     "run_max_gib", 0.0, "run, CPU: a point whose plan exceeds this does not run (0: 80% of MemAvailable)."
 )
+flags.DEFINE_float(
+    "run_plan_factor",
+    2.0,
+    "run, CPU: a point runs only if this × XLA's plan is under the limit (the measured peak RSS of "
+    "materialised attention reached 1.75× its plan at 8k).",
+)
 flags.DEFINE_list(
     "inject_failure", [], "run, for tests: VARIANT@LENGTH points whose worker crashes on purpose."
 )

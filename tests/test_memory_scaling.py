@@ -168,3 +168,30 @@ def test_measured_sweep_runs_each_point_in_a_fresh_process_and_stops_at_a_failur
     assert "## Measured: peak memory of the train step" in text
     assert "| lstm:tbptt=64 | n/a | failed | skipped |" in text
     assert "lstm:tbptt=64 at L=64: failed" in text
+
+
+@pytest.mark.slow
+def test_measured_sweep_records_a_point_past_its_time_limit(tmp_path):
+    out = tmp_path / "timeout"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "memory_scaling.py"),
+            "--measure=run",
+            "--variants=gla",
+            "--lengths=64,128",
+            "--point_timeout_s=0.5",
+            f"--out={out}",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [r["run"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]]
+    assert [r["status"] for r in runs] == ["timed out", "skipped"]
+    assert "--point_timeout_s=0.5" in runs[0]["reason"]
+    assert "| gla | n/a | timed out | skipped |" in out.with_suffix(".md").read_text()
