@@ -5,6 +5,7 @@ verdict rule fixed before any run.
 McNemar's exact test, the Diebold-Mariano test, Holm's correction. `weighted_metrics`: metrics evaluated
 under many bootstrap weightings at once. `verdict`: supported / contradicted / depends / inconclusive.
 `predictions`: the saved per-example records of a run (versioned .npz, atomic write, validating reader).
+`scaling`: exponents of memory or time in the sequence length with t-intervals, and the O(n²) rule.
 The computations are numpy and scipy; none of them needs jax or a device, except `matching`: parameter
 counts of task models (abstract, no allocation) and per-model MLP or cell widths that match them.
 """
