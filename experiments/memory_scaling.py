@@ -356,9 +356,10 @@ def run_point(variant: str, length: int, memory_limit_bytes: int, fail: bool = F
 
     Called by the worker before anything else touched a device. Steps: the baseline RSS after imports,
     backend start and the data; build the model and train step as the plan mode does; compile (timed);
-    refuse to run where XLA's plan exceeds `memory_limit_bytes` (CPU, where running out of memory means
-    the kernel kills the process and starves the machine); initialise the state; reset the peak RSS;
-    run `--warmup_steps` and `--timed_steps` steps on real bytes, each blocked until ready."""
+    refuse to run where `--run_plan_factor` × XLA's plan exceeds `memory_limit_bytes` (CPU, where running
+    out of memory means the kernel kills the process and starves the machine); initialise the state;
+    return the heap's free pages and reset the peak RSS; run `--warmup_steps` and `--timed_steps` steps on
+    real bytes, each blocked until ready."""
     row: dict[str, Any] = {"variant": variant, "length": length, "pid": os.getpid()}
     platform = jax.default_backend()
     device = jax.devices()[0]
