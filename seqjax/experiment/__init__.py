@@ -6,6 +6,7 @@ McNemar's exact test, the Diebold-Mariano test, Holm's correction. `weighted_met
 under many bootstrap weightings at once. `verdict`: supported / contradicted / depends / inconclusive.
 `positions`: bits per byte by position in the document, with intervals and a late-minus-early contrast.
 `predictions`: the saved per-example records of a run (versioned .npz, atomic write, validating reader).
+`scaling`: exponents of memory or time in the sequence length with t-intervals, and the O(n²) rule.
 The computations are numpy and scipy; none of them needs jax or a device, except `matching`: parameter
 counts of task models (abstract, no allocation) and per-model MLP or cell widths that match them.
 """
