@@ -57,6 +57,8 @@ flags.DEFINE_string(
 
 CLAIM_TEXT = "the carried state lowers bits per byte"
 MODES = ("carried", "reset")
+#: A model's own interval class (`seqjax.experiment.verdict.classify_interval`) in the rule's words.
+MODEL_VERDICT = {"claimed": "supported", "opposite": "contradicted", "neither": "inconclusive"}
 
 
 def _configs() -> dict[str, Any]:
@@ -123,11 +125,19 @@ def summarize(
             **{mode: _interval(intervals[mode]) for mode in MODES},
             "difference": _interval(difference),
             "class": classify_interval("greater", difference.low, difference.high),
+            # the rule's word for this model alone (the verdict over models is the table's headline)
+            "model_verdict": MODEL_VERDICT[classify_interval("greater", difference.low, difference.high)],
             "documents": len(tokens),
             "tokens": int(tokens.sum()),
             "longest_document_tokens": int(tokens.max()),
             "seeds": len(result.seeds),
             "learning_rate": result.learning_rate,
+            "grid": {f"{r.learning_rate:g}": r.validation.get("bits_per_byte") for r in result.grid},
+            # the chosen rate is the largest or smallest one tried (after any extension): a better rate
+            # may lie beyond it
+            "grid_edge": len(result.grid) > 1
+            and result.learning_rate
+            in (min(r.learning_rate for r in result.grid), max(r.learning_rate for r in result.grid)),
             "parameters": result.matched["parameters"],
             "step_memory_bytes": record.step_memory_bytes,
             "tokens_per_s": float(np.median([r.tokens_per_s for r in result.seeds])),
@@ -159,10 +169,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"## Verdict: {CLAIM_TEXT}: **{results['verdict']}**",
         "",
         "Rule (fixed before the run): per model, supported if the interval of bpb(reset) - bpb(carried) "
-        "lies above zero, contradicted if below, else inconclusive; over models, depends if both occur.",
+        "lies above zero, contradicted if below, else inconclusive; over the models, supported only if "
+        "every model's is, depends if some are supported and some contradicted, else inconclusive "
+        "(`seqjax.experiment.verdict`). The column *for this model* gives each model's own verdict.",
         "",
-        f"| model | bpb carried [{level:.0%} CI] | bpb reset per segment | reset - carried | class | seeds "
-        "| parameters | lr | step memory | tokens/s | longest test document |",
+        f"| model | bpb carried [{level:.0%} CI] | bpb reset per segment | reset - carried | for this model "
+        "| seeds | parameters | lr | step memory | tokens/s | longest test document |",
         "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
 
@@ -174,15 +186,24 @@ def markdown(results: dict[str, Any]) -> str:
         memory = "n/a" if r["step_memory_bytes"] is None else f"{r['step_memory_bytes'] / 2**20:.1f} MiB"
         lines.append(
             f"| {model} | {cell(r['carried'])} | {cell(r['reset'])} | {cell(r['difference'], True)} | "
-            f"{r['class']} | {r['seeds']} | {r['parameters']:,} | {r['learning_rate']:.0e} | {memory} | "
+            f"{r.get('model_verdict', r['class'])} | {r['seeds']} | {r['parameters']:,} | "
+            f"{r['learning_rate']:.0e}{' (edge)' if r.get('grid_edge') else ''} | {memory} | "
             f"{r['tokens_per_s']:,.0f} | {r['longest_document_tokens']:,} tokens |"
         )
     first = next(iter(results["models"].values()))
     lines += [
         "",
-        f"{first['documents']} test documents, {first['tokens']:,} scored tokens.",
+        f"{first['documents']} test documents, {first['tokens']:,} scored tokens. (edge): the chosen "
+        "learning rate is the largest or smallest tried, after one extension past the grid; a better "
+        "rate may lie beyond it. Validation bits per byte by learning rate (seed 0):",
         "",
     ]
+    for model, r in results["models"].items():
+        if r.get("grid"):
+            rates = [(rate, value) for rate, value in r["grid"].items() if value is not None]
+            shown = ", ".join(f"{rate}: {value:.4f}" for rate, value in rates)
+            lines.append(f"- {model}: {shown}")
+    lines.append("")
     if results["baselines"]:
         lines += [
             "Strong non-neural baselines (fit on the train split, the same test documents):",
