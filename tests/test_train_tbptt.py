@@ -1,7 +1,8 @@
-"""Truncated BPTT: the chunked forward carries every cell's state, so its loss is the full-sequence loss;
-with the truncation length equal to the sequence length its gradients are full BPTT's; shorter chunks cut
-gradient paths (the gradients differ) but not the forward values. With `tbptt_updates="chunk"` the optimizer
-updates after every chunk: the next chunk runs from the carried state with the updated parameters."""
+"""Truncated BPTT of the LM (the stream forecaster's: tests/test_series_tbptt.py): the chunked forward
+carries every cell's state, so its loss is the full-sequence loss; with the truncation length equal to the
+sequence length its gradients are full BPTT's; shorter chunks cut gradient paths (the gradients differ) but
+not the forward values. With `tbptt_updates="chunk"` the optimizer updates after every chunk: the next chunk
+runs from the carried state with the updated parameters."""
 
 from __future__ import annotations
 
@@ -90,8 +91,9 @@ def test_tbptt_length_must_divide_the_length():
         truncated_bptt_grads(model, params, batch, 5, None)
 
 
-def test_tbptt_is_lm_only():
-    with pytest.raises(ValueError, match="LM task only"):
+def test_tbptt_needs_a_loss_at_every_position():
+    # The LM and the stream forecaster (tests/test_series_tbptt.py); not a loss at the sequence's end.
+    with pytest.raises(ValueError, match="tbptt_length: truncated BPTT needs a loss at every position"):
         make_train_step(_model(), None, LOSSES["classification"], None, None, tbptt_length=8)
 
 

@@ -9,9 +9,10 @@ evaluation.
 most the devices there are, `mesh.shape` fitting them, every `mesh.axes` name one that
 `logical_rules` shards over), the batch sizes (`batch_size` and the eval batch divide over the
 data-parallel mesh axes and the processes), a real data kind's own options (its module's
-`resolve_config`), `checkpoint.best_metric` (one of the task's eval metrics, `seqjax.data.metrics`) and
-`segment_recurrence` (an LM on a token stream whose every layer's state can be carried:
-`seqjax.train.segments.check_segment_recurrence`).
+`resolve_config`), `checkpoint.best_metric` (one of the task's eval metrics, `seqjax.data.metrics`),
+`segment_recurrence` (an LM on a token stream or a forecaster on a time series, whose every layer's
+state can be carried: `seqjax.train.segments.check_segment_recurrence`) and `tbptt_length` (a task whose
+loss sits at every position: `check_tbptt`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from seqjax.train.mesh import resolve_mesh_shape
 from seqjax.train.run_config import ConfigError, RunConfig
 from seqjax.train.segments import check_segment_recurrence
 
-__all__ = ["check_before_work", "data_parallel_size", "eval_metric_names"]
+__all__ = ["check_before_work", "check_tbptt", "data_parallel_size", "eval_metric_names"]
 
 #: Counts the metrics report alongside the scores; not something to pick a best checkpoint by.
 _COUNTS = ("examples", "tokens")
@@ -116,6 +117,35 @@ def _check_batch(key: str, value: int, data_parallel: int, process_count: int) -
             )
 
 
+def check_tbptt(run: RunConfig) -> None:
+    """Raises a ConfigError naming `config.tbptt_length`, why and the fix, when truncated BPTT cannot
+    train `run`'s task. It needs a loss at every position, so that every chunk has its own: the LM
+    (every token) and the stream forecaster (`segment_recurrence`: a forecast at every position). A
+    classifier's loss and a windowed forecaster's (RevIN over the window, one forecast after its last
+    step) sit at the sequence's end: every chunk but the last would have no loss, and the only gradient
+    the earlier chunks get, through the carried state, is exactly what truncation cuts."""
+    if run.tbptt_length is None or run.task == "lm":
+        return
+    why = (
+        "truncated BPTT needs a loss at every position, so that each chunk has its own; {what}, so "
+        "every chunk but the last would have no loss and the earlier chunks' only gradient (through "
+        "the carried state) is exactly what truncation cuts."
+    )
+    if run.task == "forecast":
+        if run.segment_recurrence:
+            return  # the stream forecaster: a forecast at every position (`check_segment_recurrence`)
+        what = "the windowed forecaster's loss is one forecast after the window's last step"
+        fix = (
+            "Train the stream forecaster (config.segment_recurrence=True and config.head.revin=False, "
+            "e.g. configs/timeseries.py:<preset>,stream=1: a forecast at every position), or set "
+            "config.tbptt_length=None (full BPTT over the window)."
+        )
+    else:
+        what = f"task {run.task!r} has one output per sequence (its loss at the sequence's end)"
+        fix = "Set config.tbptt_length=None (full BPTT over the sequence)."
+    raise ConfigError(f"config.tbptt_length={run.tbptt_length}: {why.format(what=what)} {fix}")
+
+
 def check_before_work(run: RunConfig, devices: Sequence[Any], process_count: int = 1) -> None:
     """Raises a ConfigError naming `config.<key>`, its value and the fix, for anything in `run` that
     cannot work on `devices` (all of the run's processes' devices) or for its task; see the module
@@ -129,6 +159,7 @@ def check_before_work(run: RunConfig, devices: Sequence[Any], process_count: int
     _check_batch(eval_key, run.eval_batch, data_parallel, process_count)
     options = _data_options(run)
     check_segment_recurrence(run)
+    check_tbptt(run)
     metric = run.checkpoint.best_metric
     if metric is not None:
         horizon = run.head.get("horizon") or options.get("horizon")

@@ -197,7 +197,9 @@ class RunConfig:
     # Train on this many examples spread evenly over the train split (None: all), for learning curves;
     # validation and test stay whole (data.max_examples_per_split caps every split).
     train_examples: int | None = dataclasses.field(default=None, metadata=_at_least(1))
-    tbptt_length: int | None = dataclasses.field(default=None, metadata=_at_least(1))  # LM only; None: BPTT
+    # Truncated BPTT over chunks of this many positions (None: full BPTT): the LM, or the forecaster with
+    # segment_recurrence (a forecast at every position); refused for a loss at the sequence's end
+    tbptt_length: int | None = dataclasses.field(default=None, metadata=_at_least(1))
     # "batch": one update per batch (chunk gradients summed); "chunk": one per chunk (the optimizer's count
     # and LR schedule then advance per chunk, while `step` still counts batches)
     tbptt_updates: str = dataclasses.field(default="batch", metadata=_choices(TBPTT_UPDATES))
@@ -491,7 +493,8 @@ FIELD_DOCS: dict[str, str] = {
     "eval_batch_size": "examples per evaluation batch (None: batch_size)",
     "eval_examples": "validation examples per evaluation during training (None: the whole split)",
     "train_examples": "train on this many examples spread over the train split (None: all of it)",
-    "tbptt_length": "LM only: truncated BPTT over chunks of this many tokens (None: full BPTT)",
+    "tbptt_length": "truncated BPTT over chunks of this many positions: lm, or forecast with "
+    "segment_recurrence (None: full BPTT)",
     "tbptt_updates": "with tbptt_length: 'batch' (one update per batch) or 'chunk' (one per chunk)",
     "segment_recurrence": "carry every layer's state from one batch to the next over contiguous lanes",
     "max_train_seconds": "budget of training-step seconds (no compile/eval): eval, save, stop when spent",

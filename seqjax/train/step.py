@@ -23,7 +23,7 @@ from; it returns the state after this batch as the new `carry`. The gradient sto
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -32,7 +32,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from seqjax.models.tasks import Forecaster
+from seqjax.models.tasks import Forecaster, LanguageModel
 from seqjax.train.state import CarriedTrainState, TrainState, dropout_key
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "forward",
     "forward_from",
     "make_train_step",
+    "tbptt_problem",
     "token_losses",
     "truncated_bptt_chunk_updates",
     "truncated_bptt_grads",
@@ -167,13 +168,90 @@ def _split_chunks(batch: Batch, chunk: int) -> tuple[int, dict[str, jax.Array]]:
     return count, chunks
 
 
-def _chunk_sums(
-    model: nn.Module, params: Any, piece: Batch, cache: Any, key: jax.Array | None
-) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
-    """One chunk from `cache`: (weighted NLL sum, (cache after it, weight sum, weighted correct sum))."""
-    logits, new_cache = forward_from(model, params, piece, cache, deterministic=key is None, rng=key)
+class _ChunkScore(NamedTuple):
+    """How truncated BPTT scores one chunk of a task whose loss sits at every position.
+
+    `sums(outputs, piece)` is float32 [2 + len(metrics)]: the chunk's weighted loss sum, its weight sum
+    (the loss's denominator), then one weighted sum per name of `metrics`. Summed over the chunks and
+    divided by the total weight, they are the unchunked loss and metrics of `LOSSES[task]`; `count`
+    names the weight sum in the metrics.
+    """
+
+    sums: Callable[[jax.Array, Batch], jax.Array]
+    count: str
+    metrics: tuple[str, ...]
+
+
+def _lm_chunk_sums(logits: jax.Array, piece: Batch) -> jax.Array:
+    """[weighted NLL sum, weight sum, weighted correct sum]: `lm_loss`'s numerators and denominator."""
     nll, weight, correct = token_losses(logits, piece)
-    return (nll * weight).sum(), (new_cache, weight.sum(), (correct * weight).sum())
+    return jnp.stack([(nll * weight).sum(), weight.sum(), (correct * weight).sum()])
+
+
+def _forecast_chunk_sums(forecast: jax.Array, piece: Batch) -> jax.Array:
+    """[weighted squared-error sum, weight sum, the same squared sum (mse), weighted absolute sum (mae)],
+    the error sums divided by the values per forecast (horizon x variables), so that over the chunks
+    sum / total weight is `forecast_loss`'s mean over the counted forecasts' values. A position whose
+    horizon leaves the data or is unobserved has weight 0 and counts in no chunk."""
+    squared, absolute, weights = forecast_sums(forecast, piece)
+    values = squared.shape[-1] * forecast.shape[-1]
+    se = (squared.sum(-1) * weights).sum() / values
+    return jnp.stack([se, weights.sum(), se, (absolute.sum(-1) * weights).sum() / values])
+
+
+_LM_CHUNKS = _ChunkScore(_lm_chunk_sums, "tokens", ("accuracy",))
+_FORECAST_CHUNKS = _ChunkScore(_forecast_chunk_sums, "forecasts", ("mse", "mae"))
+
+
+def tbptt_problem(model: nn.Module) -> str | None:
+    """Why truncated BPTT cannot train `model`, or None when it can: a language model (a loss at every
+    token) or a per-position forecaster (`Forecaster(per_position=True)`, the stream form: a loss at
+    every position). A model whose loss sits at the sequence's end (a classifier, a windowed
+    forecaster) has no loss in any chunk but the last, and its gradient to the earlier chunks is
+    exactly what truncation removes."""
+    if isinstance(model, Forecaster):
+        if model.per_position:
+            return None
+        return (
+            "the windowed forecaster's loss is one forecast at the window's end, so every chunk but the "
+            "last has no loss and the gradient to the earlier chunks is exactly what truncation cuts; "
+            "train the stream forecaster (segment_recurrence=True, per_position forecasts) or drop "
+            "tbptt_length"
+        )
+    if isinstance(model, LanguageModel):
+        return None
+    return (
+        f"{type(model).__name__}'s loss sits at the sequence's end (one output per sequence), so every "
+        f"chunk but the last has no loss and the gradient to the earlier chunks is exactly what "
+        f"truncation cuts; drop tbptt_length (truncated BPTT needs a loss at every position: the LM or "
+        f"the stream forecaster)"
+    )
+
+
+def _chunk_score(model: nn.Module) -> _ChunkScore:
+    """The chunk scoring of `model`'s task; a ValueError saying why for a model truncated BPTT cannot
+    train (`tbptt_problem`)."""
+    problem = tbptt_problem(model)
+    if problem is not None:
+        raise ValueError(f"tbptt_length: {problem}.")
+    return _FORECAST_CHUNKS if isinstance(model, Forecaster) else _LM_CHUNKS
+
+
+def _chunk_metrics(score: _ChunkScore, sums: jax.Array, total: jax.Array) -> Metrics:
+    """The batch's metrics from the chunks' summed `sums` (`_ChunkScore`): loss, the task's metrics and
+    the weight sum under its name."""
+    metrics = {"loss": sums[0] / total}
+    metrics |= {name: sums[2 + i] / total for i, name in enumerate(score.metrics)}
+    return {**metrics, score.count: sums[1]}
+
+
+def _chunk_sums(
+    model: nn.Module, params: Any, piece: Batch, cache: Any, key: jax.Array | None, score: _ChunkScore
+) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+    """One chunk from `cache`: (weighted loss sum, (cache after it, every sum of `score.sums`))."""
+    outputs, new_cache = forward_from(model, params, piece, cache, deterministic=key is None, rng=key)
+    sums = score.sums(outputs, piece)
+    return sums[0], (new_cache, sums)
 
 
 def truncated_bptt_grads(
@@ -184,13 +262,21 @@ def truncated_bptt_grads(
     rng: jax.Array | None,
     cache: Any = None,
 ) -> tuple[Any, Metrics]:
-    """Gradients of the LM loss by truncated BPTT over chunks of `chunk` tokens.
+    """Gradients of the task's loss by truncated BPTT over chunks of `chunk` positions.
+
+    The task follows the model (`tbptt_problem`): a language model's token NLL (`lm_loss`), or a
+    per-position (stream) forecaster's forecast MSE (`forecast_loss`); each chunk contributes its
+    weighted loss sum, and the total is divided by the batch's total weight, so positions that do not
+    count (padding; a forecast whose horizon leaves the data or is unobserved) count in no chunk.
 
     The forward pass carries every cell's state across chunks, so the loss equals the full-sequence
     loss; the backward pass stops at each chunk boundary (`stop_gradient` on the carried state), so
     activation memory is one chunk's, whatever the sequence length. Gradients are summed over chunks
     (one optimizer update per batch); with `chunk` = the full length this is ordinary BPTT. The first
     chunk starts from `cache` (every layer's state; None: the initial states).
+
+    Metrics: "loss" and the task's own (LM: "accuracy", "tokens"; forecast: "mse", "mae",
+    "forecasts"), as the unchunked loss function reports them.
     """
     grads, metrics, _ = _truncated_bptt(model, params, batch, chunk, rng, cache)
     return grads, metrics
@@ -200,6 +286,7 @@ def _truncated_bptt(
     model: nn.Module, params: Any, batch: Batch, chunk: int, rng: jax.Array | None, cache: Any
 ) -> tuple[Any, Metrics, Any]:
     """`truncated_bptt_grads`, also returning every layer's state after the last chunk."""
+    score = _chunk_score(model)
     count, chunks = _split_chunks(batch, chunk)
     if cache is None:
         cache = model.initial_cache((batch["inputs"].shape[0],))
@@ -209,17 +296,17 @@ def _truncated_bptt(
         cache, grads, sums = carry
         piece, key = xs
         cache = jax.lax.stop_gradient(cache)
-        grad_fn = jax.value_and_grad(lambda p: _chunk_sums(model, p, piece, cache, key), has_aux=True)
-        (nll, (cache, weight, correct)), g = grad_fn(params)
+        grad_fn = jax.value_and_grad(lambda p: _chunk_sums(model, p, piece, cache, key, score), has_aux=True)
+        (_, (cache, chunk_sums)), g = grad_fn(params)
         grads = jax.tree.map(jnp.add, grads, g)
-        return (cache, grads, sums + jnp.stack([nll, weight, correct])), None
+        return (cache, grads, sums + chunk_sums), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (cache, grads, sums), _ = jax.lax.scan(body, (cache, zeros, jnp.zeros(3)), (chunks, rngs))
+    width = 2 + len(score.metrics)
+    (cache, grads, sums), _ = jax.lax.scan(body, (cache, zeros, jnp.zeros(width)), (chunks, rngs))
     total = jnp.maximum(sums[1], 1.0)
     grads = jax.tree.map(lambda g: g / total, grads)
-    loss = sums[0] / total
-    return grads, {"loss": loss, "accuracy": sums[2] / total, "tokens": sums[1]}, cache
+    return grads, _chunk_metrics(score, sums, total), cache
 
 
 def _param_max_abs(params: Any) -> jax.Array:
@@ -245,18 +332,23 @@ def truncated_bptt_chunk_updates(
 
     A `lax.scan` over the chunks carries (params, optimizer state, every cell's state): chunk k runs
     from chunk k-1's final state (gradients stopped there) with the parameters chunk k-1's update
-    produced, and its gradient is that of its own loss, the mean NLL over its weighted tokens
-    (`token_losses`). A chunk whose loss or gradient is not finite applies no update (the carried
-    state still moves on). `state.step` advances by one per batch (unless no chunk updated); the
-    optimizer's own count, and with it any LR schedule, advances once per applied chunk.
+    produced, and its gradient is that of its own loss: the task's (`tbptt_problem`) mean over its own
+    weighted positions, the mean NLL over its weighted tokens (`token_losses`) for the LM, the MSE over
+    its counted forecasts' values (`forecast_sums`) for the per-position forecaster. A chunk with no
+    weighted position has loss 0 and a zero gradient (the optimizer still steps, as for any zero
+    gradient). A chunk whose loss or gradient is not finite applies no update (the carried state still
+    moves on). `state.step` advances by one per batch (unless no chunk updated); the optimizer's own
+    count, and with it any LR schedule, advances once per applied chunk.
 
-    Metrics: loss, accuracy and tokens over the whole batch (token-weighted, each chunk scored with the
-    parameters it was trained from); `grad_norm` is the mean over chunks of each chunk's gradient norm;
-    `finite` is False if any chunk was not finite.
+    Metrics: the loss and the task's metrics over the whole batch (LM: accuracy, tokens; forecast: mse,
+    mae, forecasts; weighted by position, each chunk scored with the parameters it was trained from);
+    `grad_norm` is the mean over chunks of each chunk's gradient norm; `finite` is False if any chunk
+    was not finite.
 
     A `CarriedTrainState` (segment recurrence) starts the first chunk from its `carry` and returns the
     state after the last chunk as the new `carry`.
     """
+    score = _chunk_score(model)
     count, chunks = _split_chunks(batch, chunk)
     carried = _carry_in(state)
     cache = model.initial_cache((batch["inputs"].shape[0],)) if carried is None else carried
@@ -268,10 +360,10 @@ def truncated_bptt_chunk_updates(
         cache = jax.lax.stop_gradient(cache)
 
         def loss_of(p: Any) -> Any:
-            nll, (new_cache, weight, correct) = _chunk_sums(model, p, piece, cache, key)
-            return nll / jnp.maximum(weight, 1.0), (new_cache, nll, weight, correct)
+            total, (new_cache, sums) = _chunk_sums(model, p, piece, cache, key, score)
+            return total / jnp.maximum(sums[1], 1.0), (new_cache, sums)
 
-        (loss, (cache, nll, weight, correct)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        (loss, (cache, sums)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
         grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -280,7 +372,7 @@ def truncated_bptt_chunk_updates(
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old), (new_params, new_opt_state), (params, opt_state)
         )
-        return (params, opt_state, cache), (jnp.stack([nll, weight, correct]), grad_norm, finite, largest)
+        return (params, opt_state, cache), (sums, grad_norm, finite, largest)
 
     (params, opt_state, cache), (sums, grad_norms, finite, largest) = jax.lax.scan(
         body, (state.params, state.opt_state, cache), (chunks, keys)
@@ -294,9 +386,7 @@ def truncated_bptt_chunk_updates(
     if carried is not None:
         new_state = new_state.replace(carry=_carry_out(cache, state.carry))
     metrics = {
-        "loss": sums[0] / total,
-        "accuracy": sums[2] / total,
-        "tokens": sums[1],
+        **_chunk_metrics(score, sums, total),
         "grad_norm": grad_norms.mean(),
         "finite": jnp.all(finite),
         "param_max_abs": jnp.max(largest),
@@ -318,7 +408,10 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; the old state is donated.
 
-    `tbptt_length` (LM only) trains by truncated BPTT over chunks of that many tokens. `tbptt_updates`:
+    `tbptt_length` trains by truncated BPTT over chunks of that many positions: for the LM (`lm_loss`)
+    and for the per-position (stream) forecaster (`forecast_loss` with `Forecaster(per_position=True)`),
+    whose losses sit at every position; a classifier or a windowed forecaster (one loss at the
+    sequence's end) is refused (`tbptt_problem`). `tbptt_updates`:
     "batch" sums the chunks' gradients into one update per batch (`truncated_bptt_grads`); "chunk"
     applies an optimizer update after every chunk (`truncated_bptt_chunk_updates`). An update that would
     leave a parameter non-finite or above `max_param_abs` in absolute value is not applied (`finite`
@@ -335,8 +428,15 @@ def make_train_step(
             'tbptt_updates="chunk" updates the parameters after every truncated-BPTT chunk and needs '
             "tbptt_length (the chunk length in tokens); set it, or use tbptt_updates='batch'."
         )
-    if tbptt_length is not None and loss_fn is not lm_loss:
-        raise ValueError("tbptt_length: truncated BPTT is implemented for the LM task only.")
+    if tbptt_length is not None:
+        if loss_fn not in (lm_loss, forecast_loss):
+            raise ValueError(
+                "tbptt_length: truncated BPTT needs a loss at every position (the LM task, or the forecast "
+                "task with per-position stream forecasts); this task's loss sits at the sequence's end, so "
+                "every chunk but the last would have no loss and the gradient to the earlier chunks is "
+                "exactly what truncation cuts. Drop tbptt_length."
+            )
+        _chunk_score(model)  # the model matches the loss: a windowed forecaster is refused, saying why
     if segment_recurrence and loss_fn not in (lm_loss, forecast_loss):
         raise ValueError(
             "segment_recurrence: a state carried across batches is implemented for the LM and forecast "

@@ -72,7 +72,7 @@ from seqjax.train.metrics_log import MetricsLog, read_records
 from seqjax.train.optimizer import make_optimizer
 from seqjax.train.preemption import StopSignals, signal_name
 from seqjax.train.preflight import check_before_work
-from seqjax.train.run_config import DataConfig, RunConfig, resolve
+from seqjax.train.run_config import ConfigError, DataConfig, RunConfig, resolve
 from seqjax.train.state import TrainState, init_train_state, state_shardings
 from seqjax.train.step import LOSSES, make_train_step
 
@@ -226,7 +226,15 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
     backbone, head = _fit_to_data(config, first)
     model = models.build_task_model(config.task, backbone, head)
     inputs = first["inputs"]
-    tx = make_optimizer(_optimizer_options(config, int(inputs.shape[0])), models.param_groups(model))
+    length = int(inputs.shape[0])
+    if config.tbptt_length is not None and length % config.tbptt_length:
+        # Here, not at the first step's trace: the data's length is known before anything compiles.
+        divisors = [d for d in range(1, length + 1) if length % d == 0]
+        raise ConfigError(
+            f"config.tbptt_length={config.tbptt_length} must divide the sequence length {length} (the "
+            f"chunks cut every batch row); choose a divisor of {length}: {divisors}."
+        )
+    tx = make_optimizer(_optimizer_options(config, length), models.param_groups(model))
     example = (np.zeros((batch_size, *inputs.shape), inputs.dtype),)
 
     batch_shardings = _batch_shardings(first, mesh, rules)
