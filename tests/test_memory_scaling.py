@@ -108,32 +108,31 @@ def test_memory_exponent_falls_back_to_log_m_only_for_a_flat_memory():
     assert quadratic_memory_verdict(fit) == "contradicted"
 
 
+def _measured_sweep(out, *flags: str, timeout: int) -> dict:
+    """Runs the driver's measured mode with `flags` into `out`; returns its JSON (exit 0 asserted)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "experiments" / "memory_scaling.py"), "--measure=run", *flags]
+    done = subprocess.run(
+        [*command, f"--out={out}"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.with_suffix(".json").read_text())
+
+
 @pytest.mark.slow
 def test_measured_sweep_runs_each_point_in_a_fresh_process_and_stops_at_a_failure(tmp_path):
     """Two variants at two short lengths; the second variant's first point crashes on purpose, so its
     second point is skipped, and the crash is a recorded row with its reason."""
     out = tmp_path / "measured"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "memory_scaling.py"),
-            "--measure=run",
-            "--variants=gla,lstm:tbptt=64",
-            "--lengths=64,128",
-            "--warmup_steps=1",
-            "--timed_steps=2",
-            "--inject_failure=lstm:tbptt=64@64",
-            f"--out={out}",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    results = _measured_sweep(
+        out,
+        "--variants=gla,lstm:tbptt=64",
+        "--lengths=64,128",
+        "--warmup_steps=1",
+        "--timed_steps=2",
+        "--inject_failure=lstm:tbptt=64@64",
         timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(out.with_suffix(".json").read_text())
     assert results["measure"] == ["run"]
     runs = {(r["variant"], r["length"]): r["run"] for r in results["rows"]}
     assert set(runs) == {("gla", 64), ("gla", 128), ("lstm:tbptt=64", 64), ("lstm:tbptt=64", 128)}
@@ -173,25 +172,8 @@ def test_measured_sweep_runs_each_point_in_a_fresh_process_and_stops_at_a_failur
 @pytest.mark.slow
 def test_measured_sweep_records_a_point_past_its_time_limit(tmp_path):
     out = tmp_path / "timeout"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "memory_scaling.py"),
-            "--measure=run",
-            "--variants=gla",
-            "--lengths=64,128",
-            "--point_timeout_s=0.5",
-            f"--out={out}",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = [r["run"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]]
+    results = _measured_sweep(out, "--variants=gla", "--lengths=64,128", "--point_timeout_s=0.5", timeout=120)
+    runs = [r["run"] for r in results["rows"]]
     assert [r["status"] for r in runs] == ["timed out", "skipped"]
     assert "--point_timeout_s=0.5" in runs[0]["reason"]
     assert "| gla | n/a | timed out | skipped |" in out.with_suffix(".md").read_text()
