@@ -1,0 +1,572 @@
+"""Experiment (issue 18 §1 and §5): does a document language model use long context, and what does
+truncated backpropagation through time cost?
+
+A variant is `<preset>@<length>[:key=value...]`: a preset of `--config` trained on sequences of
+`<length>` tokens with those config overrides, e.g. `lstm@1024`, `attention@4096`,
+`lstm@16384:tbptt_length=256`, `gla@512:segment_recurrence=True`. Every variant trains on the protocol
+(`seqjax.experiment.protocol`): equal training tokens, the same tokens per batch at every length (batch
+= --tokens_per_batch // length, which must divide exactly), parameters matched within ±5% of one target
+for all variants (the largest count among them), its own learning rate chosen on validation, --seeds
+seeds. Variants of one length train in one `run_comparison` under `<workdir>/L<length>/`.
+
+Each seed's final parameters then score every test document whole (`trainer.evaluate(by_document=True,
+position_buckets=--position_buckets)`), summed by byte offset from the document's start: a plain
+variant in segments of its training length, each from a fresh state (*reset*, `carried_state=False`: the
+context it was trained to use); a segment-recurrent variant with the state *carried* through the
+document and, as the contrast, *reset* at every segment. Only test documents with at least
+--min_document_bytes scored bytes (the bytes of their targets: a document's length less its first
+token) count; the report states how many qualify out of how many. Intervals: 95% bootstrap over those
+documents and the seeds (`seqjax.experiment.positions.position_curve`, `statistics.paired_bootstrap`).
+
+Verdict rules, fixed before any run:
+
+1. *Model X uses context beyond 1k bytes* (per variant and evaluation mode): **supported** when the
+   interval of the contrast bpb(4k-8k) - bpb(0-1k) (`--contrast`; over the documents that reach both
+   buckets, paired by document) lies below zero, **contradicted** when it lies above, **inconclusive**
+   otherwise.
+2. *Recurrent beats attention past 8k* (`--claim_bucket`, the 8k-16k bucket): the best recurrent and
+   the best attention variant, each chosen on its validation bits per byte (a segment-recurrent variant
+   in its carried mode, a plain one reset); the paired bootstrap interval (documents and seeds) of
+   bpb(recurrent) - bpb(attention) on that bucket, over the qualifying documents that reach it. The
+   claim is **supported** when the interval lies below zero, **contradicted** above, else
+   **inconclusive** (`seqjax.experiment.verdict`, direction "less").
+3. *The cost of truncation* (§5): for every variant with `tbptt_length` or `segment_recurrence` whose
+   preset also has a plain (full-BPTT) variant, bpb(truncated) - bpb(full) per bucket with its paired
+   interval, against the plain variant of the longest length; a bucket's interval above zero means
+   truncation costs bits there, below zero that it helps, else no measurable cost. Reported per bucket,
+   not pooled into one word.
+
+    python experiments/context_use.py --size=smoke --variants=lstm@64,gla@32:segment_recurrence=True \
+        --options=corpus=python_docs --tokens_per_batch=512 --position_buckets=0,64,128,256 \
+        --contrast=128,0 --claim_bucket=128 --min_document_bytes=256        # ~1 minute: the wiring
+    python experiments/context_use.py                        # §1 at CPU size
+    python experiments/context_use.py --study=truncation     # §5 at CPU size
+
+Results: `experiments/results/context_use_{study}_{size}_{platform}.md`, `.json` and `_bpb.png`,
+`_perplexity.png`. An interrupted run resumes from the finished runs and cached evaluations in
+--workdir; `settings.json` there refuses a rerun with other settings (`--fresh` starts over).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+from seqjax.experiment.flags import check_settings, define_protocol_flags, driver_settings, preset_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+define_protocol_flags(FLAGS, train_tokens=16384 * 60)
+flags.DEFINE_string("config", "configs/documents.py", "Task config file (a document LM).")
+flags.DEFINE_string("options", "corpus=python_docs,route=offline", "Config-arg options for every variant.")
+flags.DEFINE_enum(
+    "study", "context", ["context", "truncation"], "Default variants: §1 (context) or §5 (truncation)."
+)
+flags.DEFINE_list("variants", [], "Variants <preset>@<length>[:key=value...] (default: --study's set).")
+flags.DEFINE_integer("truncation_length", 16384, "The sequence length of --study=truncation's variants.")
+flags.DEFINE_integer("tokens_per_batch", 16384, "Tokens per training batch at every length.")
+flags.DEFINE_list(
+    "position_buckets", ["0", "1024", "2048", "4096", "8192", "16384"], "Bucket edges (byte offsets)."
+)
+flags.DEFINE_list("contrast", ["4096", "0"], "Rule 1: the late and early bucket starts.")
+flags.DEFINE_integer("claim_bucket", 8192, "Rule 2: the start of the bucket recurrent vs attention is on.")
+flags.DEFINE_integer("min_document_bytes", 16384, "Test documents with fewer scored bytes do not count.")
+flags.DEFINE_string("size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': 2 steps, 2 seeds, 1 rate.")
+flags.DEFINE_string("workdir", "/tmp/seqjax_context", "Runs go to <workdir>/L<length>/<variant>/.")
+flags.DEFINE_bool("fresh", False, "Delete --workdir's runs first and train again.")
+flags.DEFINE_list("config_overrides", [], "Extra key=value config overrides for every run.")
+flags.DEFINE_string(
+    "out", "experiments/results/context_use_{study}_{size}_{platform}", "Output path without extension."
+)
+
+CLAIM_CONTEXT = "uses context beyond the early bucket"
+CLAIM_RECURRENT = "recurrent beats attention"
+WORD = {"claimed": "supported", "opposite": "contradicted", "neither": "inconclusive"}
+#: Rule 3's words for bpb(truncated) - bpb(full)'s interval: above zero, below zero, containing it.
+TRUNCATION_WORD = {"supported": "costs", "contradicted": "helps", "inconclusive": "no measurable cost"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One parsed `<preset>@<length>[:key=value...]`."""
+
+    name: str
+    preset: str
+    length: int
+    overrides: tuple[str, ...]
+
+    @property
+    def segment_recurrent(self) -> bool:
+        return any(o.replace(" ", "").lower() == "segment_recurrence=true" for o in self.overrides)
+
+    @property
+    def truncated(self) -> bool:
+        return self.segment_recurrent or any(o.startswith("tbptt_length=") for o in self.overrides)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The evaluation modes: carried (and reset, the contrast) with segment recurrence, else reset."""
+        return ("carried", "reset") if self.segment_recurrent else ("reset",)
+
+    @property
+    def main_mode(self) -> str:
+        return self.modes[0]
+
+
+def parse_variant(text: str) -> Variant:
+    """`<preset>@<length>[:key=value...]` as a `Variant`.
+
+    >>> parse_variant("lstm@16384:tbptt_length=256")
+    Variant(name='lstm@16384:tbptt_length=256', preset='lstm', length=16384, overrides=('tbptt_length=256',))
+    >>> parse_variant("gla@512:segment_recurrence=True").modes
+    ('carried', 'reset')
+    """
+    head, *overrides = text.strip().split(":")
+    preset, _, length = head.partition("@")
+    if not preset or not length.isdigit() or int(length) < 1 or any("=" not in o for o in overrides):
+        raise ValueError(
+            f"context_use: variant {text!r} is not <preset>@<length>[:key=value...], e.g. lstm@1024 or "
+            "lstm@16384:tbptt_length=256."
+        )
+    return Variant(text.strip(), preset, int(length), tuple(overrides))
+
+
+def default_variants(study: str, size: str, truncation_length: int) -> list[str]:
+    """§1's set (lstm, elstm, gla, attention, swa at 1k and 4k, 16k too at accelerator size, and the
+    segment-recurrent lstm, gla and xl_attention at 512) or §5's (lstm at `truncation_length` with full
+    BPTT and tbptt_length 256, 1024, 4096, and the segment-recurrent lstm at 512)."""
+    if study == "truncation":
+        full = f"lstm@{truncation_length}"
+        chunks = [k for k in (256, 1024, 4096) if k < truncation_length]
+        return [full, *(f"{full}:tbptt_length={k}" for k in chunks), "lstm@512:segment_recurrence=True"]
+    lengths = (1024, 4096, 16384) if size == "accelerator" else (1024, 4096)
+    plain = [f"{p}@{n}" for n in lengths for p in ("lstm", "elstm", "gla", "attention", "swa")]
+    return plain + [f"{p}@512:segment_recurrence=True" for p in ("lstm", "gla", "xl_attention")]
+
+
+def _configs(variants: Sequence[Variant]) -> dict[str, Any]:
+    """{variant name: config}, its preset at its length with its overrides, batch = tokens_per_batch //
+    length (which must divide, so every variant trains on the same tokens per batch)."""
+    configs = {}
+    for v in variants:
+        if FLAGS.tokens_per_batch % v.length:
+            raise ValueError(
+                f"context_use: --tokens_per_batch={FLAGS.tokens_per_batch} is not a multiple of {v.name}'s "
+                "length; every variant must train on the same tokens per batch."
+            )
+        configs[v.name] = preset_configs(
+            ROOT / FLAGS.config,
+            [v.preset],
+            length=v.length,
+            tokens_per_batch=FLAGS.tokens_per_batch,
+            size=FLAGS.size,
+            options=FLAGS.options,
+            overrides=[*v.overrides, *FLAGS.config_overrides],
+        )[v.preset]
+    return configs
+
+
+def document_sums(workdir: str, mode: str, edges: Sequence[int]) -> dict[str, np.ndarray]:
+    """The per-document sums ("nll", "tokens", "bucket_nll", "bucket_tokens", "bucket_bytes") of the
+    run in `workdir` (its last checkpoint) on the test documents, state carried or reset (`mode`),
+    cached in `<workdir>/positions_<mode>.npz` (with the edges: other edges evaluate again)."""
+    from seqjax.train.trainer import evaluate, load_config
+
+    cache = Path(workdir) / f"positions_{mode}.npz"
+    if cache.exists():
+        with np.load(cache) as saved:
+            if np.array_equal(saved["edges"], np.asarray(edges)):
+                return {k: saved[k] for k in saved.files if k != "edges"}
+    result = evaluate(
+        load_config(workdir),
+        workdir,
+        split="test",
+        step="latest",
+        carried_state=mode == "carried",
+        by_document=True,
+        position_buckets=tuple(edges),
+    )
+    sums = {k: np.asarray(v, np.float64) for k, v in result["per_document"].items()}
+    partial = cache.with_suffix(".tmp.npz")
+    np.savez(partial, edges=np.asarray(edges), **sums)
+    os.replace(partial, cache)  # a killed evaluation leaves no half-written cache
+    return sums
+
+
+def _interval(value: Any) -> dict[str, float]:
+    return {"estimate": float(value.estimate), "low": float(value.low), "high": float(value.high)}
+
+
+def _classify(direction: str, interval: dict[str, float]) -> str:
+    from seqjax.experiment.verdict import classify_interval
+
+    if not (math.isfinite(interval["low"]) and math.isfinite(interval["high"])):
+        return "inconclusive"  # fewer than 2 documents: no interval
+    return WORD[classify_interval(direction, interval["low"], interval["high"])]  # type: ignore[arg-type]
+
+
+def _bucket_difference(
+    a: list[dict[str, np.ndarray]],
+    b: list[dict[str, np.ndarray]],
+    k: int,
+    level: float,
+    resamples: int,
+) -> dict[str, Any]:
+    """bpb(a) - bpb(b) on bucket k, paired by document over those that reach it, with its interval."""
+    from seqjax.experiment import statistics, weighted_metrics
+
+    size = a[0]["bucket_bytes"][:, k]
+    if not np.array_equal(size, b[0]["bucket_bytes"][:, k]):
+        raise ValueError("context_use: two variants scored other bytes in one bucket; same documents needed.")
+    reached = size > 0
+    out: dict[str, Any] = {"documents": int(reached.sum())}
+    if reached.sum() < 2:
+        return out | {"estimate": math.nan, "low": math.nan, "high": math.nan}
+    nll_a = np.stack([s["bucket_nll"][reached, k] for s in a])
+    nll_b = np.stack([s["bucket_nll"][reached, k] for s in b])
+    difference = statistics.paired_bootstrap(
+        nll_a,
+        nll_b,
+        targets=size[reached],
+        metric=weighted_metrics.bits_per_byte,
+        confidence_level=level,
+        n_resamples=resamples,
+    )
+    return out | _interval(difference)
+
+
+def summarize(
+    trained: dict[str, Any],
+    variants: Sequence[Variant],
+    edges: Sequence[int],
+    level: float,
+    resamples: int,
+) -> dict[str, Any]:
+    """Per variant: its protocol record, and per mode the position curve over the qualifying documents
+    with rule 1's verdict; rule 2's comparison; rule 3's truncation costs. `trained`: {variant name:
+    `ModelResult`}."""
+    from seqjax.experiment.positions import bucket_label, position_curve
+    from seqjax.experiment.report import family_of
+    from seqjax.experiment.verdict import verdict
+
+    contrast = (int(FLAGS.contrast[0]), int(FLAGS.contrast[1]))
+    sums: dict[tuple[str, str], list[dict[str, np.ndarray]]] = {}
+    for v in variants:
+        for mode in v.modes:
+            sums[v.name, mode] = [document_sums(r.workdir, mode, edges) for r in trained[v.name].seeds]
+    first = next(iter(sums.values()))[0]
+    scored_bytes = first["bucket_bytes"].sum(1)
+    keep = scored_bytes >= FLAGS.min_document_bytes
+    for runs in sums.values():
+        for s in runs:
+            if not np.array_equal(s["bucket_bytes"].sum(1), scored_bytes):
+                raise ValueError("context_use: the variants scored different documents; same split needed.")
+    kept = {key: [{k: v[keep] for k, v in s.items()} for s in runs] for key, runs in sums.items()}
+    documents = {
+        "total": len(keep),
+        "qualifying": int(keep.sum()),
+        "min_document_bytes": FLAGS.min_document_bytes,
+        "qualifying_bytes": float(scored_bytes[keep].sum()),
+    }
+    rows: dict[str, Any] = {}
+    for v in variants:
+        result = trained[v.name]
+        record = result.seeds[0]
+        chosen = next(r for r in result.grid if r.learning_rate == result.learning_rate)
+        row: dict[str, Any] = {
+            "preset": v.preset,
+            "length": v.length,
+            "overrides": list(v.overrides),
+            "family": family_of(v.preset),
+            "modes": {},
+            "seeds": len(result.seeds),
+            "learning_rate": result.learning_rate,
+            "validation_bits_per_byte": chosen.validation.get("bits_per_byte"),
+            "grid": {f"{r.learning_rate:g}": r.validation.get("bits_per_byte") for r in result.grid},
+            "parameters": result.matched["parameters"],
+            "step_memory_bytes": record.step_memory_bytes,
+            "peak_memory_bytes": record.peak_memory_bytes,
+            "tokens_per_s": float(np.median([r.tokens_per_s for r in result.seeds])),
+            "train_tokens": record.train_tokens,
+            "batch_size": FLAGS.tokens_per_batch // v.length,
+        }
+        for mode in v.modes:
+            if not keep.any():
+                continue
+            curve = position_curve(
+                kept[v.name, mode], edges, contrast=contrast, confidence_level=level, n_resamples=resamples
+            )
+            curve["verdict"] = _classify("less", curve["contrast"])
+            row["modes"][mode] = curve
+        rows[v.name] = row
+
+    # Rule 2: best recurrent vs best attention (validation bpb), on the claim bucket.
+    k = list(edges).index(FLAGS.claim_bucket) if FLAGS.claim_bucket in edges else None
+    rule2: dict[str, Any] = {"claim": CLAIM_RECURRENT, "bucket": None, "verdict": "inconclusive"}
+    best = {}
+    for family in ("recurrent", "attention"):
+        ranked = [
+            v
+            for v in variants
+            if rows[v.name]["family"] == family and rows[v.name]["validation_bits_per_byte"] is not None
+        ]
+        if ranked:
+            best[family] = min(ranked, key=lambda v: rows[v.name]["validation_bits_per_byte"])
+    if k is None:
+        rule2["note"] = f"--claim_bucket={FLAGS.claim_bucket} is not a bucket start"
+    elif len(best) < 2:
+        rule2["note"] = "needs a recurrent and an attention variant"
+    elif not keep.any():
+        rule2["note"] = "no qualifying documents"
+    else:
+        rec, att = best["recurrent"], best["attention"]
+        diff = _bucket_difference(
+            kept[rec.name, rec.main_mode], kept[att.name, att.main_mode], k, level, resamples
+        )
+        label = bucket_label(edges, k)
+        rule2 |= {
+            "bucket": label,
+            "recurrent": f"{rec.name} ({rec.main_mode})",
+            "attention": f"{att.name} ({att.main_mode})",
+            "difference": diff,
+        }
+        if math.isfinite(diff["low"]):
+            rule2["verdict"] = verdict("less", {label: (diff["low"], diff["high"])})
+        else:
+            rule2["note"] = "fewer than 2 qualifying documents reach the bucket"
+
+    # Rule 3: truncation cost against the preset's full-BPTT variant of the longest length.
+    truncation = {}
+    for v in variants:
+        full = [w for w in variants if w.preset == v.preset and not w.overrides]
+        if not v.truncated or not full or not keep.any():
+            continue
+        ref = max(full, key=lambda w: w.length)
+        per_bucket = []
+        for j in range(len(edges)):
+            diff = _bucket_difference(
+                kept[v.name, v.main_mode], kept[ref.name, ref.main_mode], j, level, resamples
+            )
+            cost = TRUNCATION_WORD[_classify("greater", diff)]
+            per_bucket.append(diff | {"label": bucket_label(edges, j), "class": cost})
+        truncation[v.name] = {"full": ref.name, "mode": v.main_mode, "buckets": per_bucket}
+    return {"documents": documents, "variants": rows, "rule2": rule2, "truncation": truncation}
+
+
+def _cell(v: dict[str, float], signed: bool = False, digits: int = 3) -> str:
+    if not math.isfinite(v["estimate"]):
+        return "—"
+    f = f"+.{digits}f" if signed else f".{digits}f"
+    if not math.isfinite(v["low"]):
+        return f"{v['estimate']:{f}}"
+    return f"{v['estimate']:{f}} [{v['low']:{f}}, {v['high']:{f}}]"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The report: settings, the three verdicts, bpb and perplexity per bucket, the truncation costs."""
+    from seqjax.experiment.positions import bucket_label
+
+    p = results["protocol"]
+    level = results["confidence_level"]
+    edges = results["position_buckets"]
+    labels = [bucket_label(edges, i) for i in range(len(edges))]
+    d = results["documents"]
+    contrast = results["contrast"]
+    lines = [
+        f"# Does the model use long context? ({results['study']})",
+        "",
+        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
+        f"- command: `{results['command']}`",
+        f"- {results['config']} ({results['options']}); {results['tokens_per_batch']:,} tokens per batch at "
+        f"every length; {p['train_tokens']:,} training tokens per run, warmup + cosine to the budget; "
+        f"learning rate from {p['learning_rates']} chosen on validation (seed 0) per variant; {p['seeds']} "
+        f"seeds; parameters matched within ±{p['param_tolerance']:.0%} of one target for every variant.",
+        f"- Test documents: **{d['qualifying']} of {d['total']}** have at least {d['min_document_bytes']:,} "
+        f"scored bytes and count ({d['qualifying_bytes']:,.0f} bytes). Each is scored whole, summed by "
+        "byte offset from its start: plain variants in segments of their training length from a fresh "
+        "state (*reset*); segment-recurrent ones with the state *carried* through the document, and reset "
+        f"as the contrast. bits per byte: lower is better; [low, high]: {level:.0%} bootstrap over "
+        "documents and seeds.",
+        "",
+        "## Verdicts",
+        "",
+        "Rules (fixed before the run; `experiments/context_use.py`'s docstring): (1) a variant uses context "
+        f"beyond the early bucket when the interval of bpb({contrast[0]}) - bpb({contrast[1]}) lies below "
+        "zero; (2) recurrent beats attention when the interval of bpb(best recurrent) - bpb(best "
+        "attention), each chosen on validation, on the claim bucket lies below zero; (3) truncation costs "
+        "bits in a bucket when the interval of bpb(truncated) - bpb(full BPTT) lies above zero.",
+        "",
+    ]
+    r2 = results["rule2"]
+    if r2.get("bucket"):
+        diff = r2["difference"]
+        lines.append(
+            f"- (2) {CLAIM_RECURRENT} on {r2['bucket']}: **{r2['verdict']}** — {r2['recurrent']} minus "
+            f"{r2['attention']}: {_cell(diff, True, 4)} bpb over {diff['documents']} documents."
+        )
+    else:
+        lines.append(f"- (2) {CLAIM_RECURRENT}: **{r2['verdict']}** ({r2.get('note', '')}).")
+    lines += [
+        "",
+        f"## (1) Bits per byte by position; contrast late - early ({level:.0%} CI)",
+        "",
+        "| variant | mode | "
+        + " | ".join(labels)
+        + " | late - early | (1) | lr | parameters | step memory |",
+        "|---|---|" + "---:|" * len(labels) + "---:|---|---:|---:|---:|",
+    ]
+    for name, row in results["variants"].items():
+        memory = "n/a" if row["step_memory_bytes"] is None else f"{row['step_memory_bytes'] / 2**20:.1f} MiB"
+        for mode, curve in row["modes"].items():
+            cells = " | ".join(_cell(b["bits_per_byte"]) for b in curve["buckets"])
+            lines.append(
+                f"| {name} | {mode} | {cells} | {_cell(curve['contrast'], True)} | {curve['verdict']} | "
+                f"{row['learning_rate']:.0e} | {row['parameters']:,} | {memory} |"
+            )
+    lines += [
+        "",
+        "Documents reaching each bucket: "
+        + ", ".join(
+            f"{b['label']}: {b['documents']}"
+            for b in next(iter(next(iter(results["variants"].values()))["modes"].values()), {}).get(
+                "buckets", []
+            )
+        ),
+        "",
+        "## Perplexity per token by position",
+        "",
+        "| variant | mode | " + " | ".join(labels) + " |",
+        "|---|---|" + "---:|" * len(labels),
+    ]
+    for name, row in results["variants"].items():
+        for mode, curve in row["modes"].items():
+            cells = " | ".join(_cell(b["perplexity"], digits=2) for b in curve["buckets"])
+            lines.append(f"| {name} | {mode} | {cells} |")
+    if results["truncation"]:
+        lines += [
+            "",
+            "## (3) What truncation costs: bpb(truncated) - bpb(full BPTT) by position",
+            "",
+            "| variant | against | " + " | ".join(labels) + " |",
+            "|---|---|" + "---:|" * len(labels),
+        ]
+        for name, t in results["truncation"].items():
+            cells = " | ".join(
+                f"{_cell(b, True, 4)} ({b['class']})" if math.isfinite(b["estimate"]) else "—"
+                for b in t["buckets"]
+            )
+            lines.append(f"| {name} ({t['mode']}) | {t['full']} | {cells} |")
+    lines += ["", "Validation bits per byte by learning rate (seed 0):", ""]
+    for name, row in results["variants"].items():
+        shown = ", ".join(f"{rate}: {value:.4f}" for rate, value in row["grid"].items() if value is not None)
+        lines.append(f"- {name}: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    from seqjax.experiment.protocol import exit_when_interrupted
+
+    exit_when_interrupted(_main, argv)  # SIGTERM/SIGINT: finished runs are kept, the next call resumes
+
+
+def _main(argv: list[str]) -> None:
+    del argv
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    import jax
+
+    from seqjax.experiment import plots
+    from seqjax.experiment.matching import count_parameters
+    from seqjax.experiment.protocol import run_comparison, use_compilation_cache
+
+    names = FLAGS.variants or default_variants(FLAGS.study, FLAGS.size, FLAGS.truncation_length)
+    variants = [parse_variant(n) for n in names]
+    edges = [int(e) for e in FLAGS.position_buckets]
+    configs = _configs(variants)
+    workdir = Path(FLAGS.workdir)
+    if FLAGS.fresh and workdir.is_dir():
+        print(f"--fresh: deleting the previous runs in {workdir}", flush=True)
+        shutil.rmtree(workdir)
+    settings = driver_settings(FLAGS)
+    check_settings(
+        str(workdir),
+        {
+            "config": FLAGS.config,
+            "options": FLAGS.options,
+            "size": FLAGS.size,
+            "train_tokens": settings.train_tokens,
+            "learning_rates": list(settings.learning_rates),
+            "seeds": settings.seeds,
+            "grid_extensions": settings.grid_extensions,
+            "evaluation_examples": settings.evaluation_examples,
+            "tokens_per_batch": FLAGS.tokens_per_batch,
+            "config_overrides": list(FLAGS.config_overrides),
+        },
+    )
+    if FLAGS.compilation_cache:
+        use_compilation_cache(workdir / ".jax_cache")
+    # One parameter target for every length: the largest count among all variants.
+    target = max(count_parameters(c) for c in configs.values())
+    trained: dict[str, Any] = {}
+    for length in sorted({v.length for v in variants}):
+        group = {v.name: configs[v.name] for v in variants if v.length == length}
+        trained |= run_comparison(group, settings, workdir / f"L{length}", length=length, match_target=target)
+    level = 0.95
+    summary = summarize(trained, variants, edges, level, FLAGS.resamples)
+    platform = jax.default_backend()
+    results = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "platform": platform,
+        "command": " ".join(["python", *map(shlex.quote, sys.argv)]),
+        "study": FLAGS.study,
+        "config": FLAGS.config,
+        "options": FLAGS.options,
+        "size": FLAGS.size,
+        "tokens_per_batch": FLAGS.tokens_per_batch,
+        "position_buckets": edges,
+        "contrast": [int(c) for c in FLAGS.contrast],
+        "claim_bucket": FLAGS.claim_bucket,
+        "confidence_level": level,
+        "protocol": {
+            "train_tokens": settings.train_tokens,
+            "learning_rates": list(settings.learning_rates),
+            "seeds": settings.seeds,
+            "param_tolerance": settings.param_tolerance,
+            "parameter_target": target,
+        },
+        **summary,
+    }
+    out = ROOT / FLAGS.out.format(study=FLAGS.study, size=FLAGS.size, platform=platform)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    text = markdown(results)
+    out.with_suffix(".md").write_text(text)
+    curves = {
+        f"{name}, {mode}": curve
+        for name, row in results["variants"].items()
+        for mode, curve in row["modes"].items()
+    }
+    if curves:
+        title = f"{FLAGS.options}: loss by position"
+        plots.metric_by_position(curves, f"{out}_bpb.png", title=title)
+        plots.metric_by_position(curves, f"{out}_perplexity.png", metric="perplexity", title=title)
+    print(text)
+    print(f"wrote {out}.md, .json and plots")
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    app.run(main)
