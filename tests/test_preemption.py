@@ -54,3 +54,17 @@ def test_after_a_stop_late_signals_are_ignored_when_asked(recorded_sigterm):
     os.kill(os.getpid(), signal.SIGTERM)  # the late signal: neither kills nor reaches the old handler
     assert received == []
     signal.signal(signal.SIGINT, previous_sigint)  # pytest's Ctrl-C again
+
+
+def test_a_stop_agreed_with_a_peer_also_ignores_late_signals(recorded_sigterm):
+    """In a multi-process run the stop may come from a peer's signal (the agreement), with none received
+    here; this process then exits too, and a late signal to it must not kill that exit."""
+    _, received = recorded_sigterm
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    with StopSignals(agree=lambda local: max(local, signal.SIGTERM), ignore_after_stop=True) as stop:
+        assert stop.requested == 0
+        assert stop.stop_signal() == signal.SIGTERM  # the peer's signal, agreed
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert received == []
+    signal.signal(signal.SIGINT, previous_sigint)

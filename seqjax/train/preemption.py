@@ -56,8 +56,9 @@ class StopSignals:
     `jax.process_count() > 1`).
 
     `ignore_after_stop` (for a process that exits once the run has stopped, e.g. `scripts/train.py`): if a
-    stop was requested, the exit sets the signals to be ignored instead of restoring the previous
-    handlers, so a late signal (a scheduler signalling each process in turn) cannot kill the shutdown
+    stop was requested here or agreed with a peer (`stop_signal()` nonzero: a process told to stop by its
+    peer gets the same late signals), the exit sets the signals to be ignored instead of restoring the
+    previous handlers, so a late signal (a scheduler signalling each process in turn) cannot kill the shutdown
     and turn a clean, saved stop into a nonzero exit status. Without a stop, the previous handlers come
     back as usual."""
 
@@ -71,6 +72,7 @@ class StopSignals:
         self.signals = signals
         self.ignore_after_stop = ignore_after_stop
         self.requested = 0
+        self.stopped = 0  # the last nonzero stop_signal(): this process's signal or a peer's
         if agree is None and jax.process_count() > 1:
             agree = agree_across_processes
         self._agree = agree
@@ -90,7 +92,7 @@ class StopSignals:
 
     def __exit__(self, *exc: object) -> None:
         for signum, previous in self._previous.items():
-            if self.ignore_after_stop and self.requested:
+            if self.ignore_after_stop and (self.requested or self.stopped):
                 signal.signal(signum, signal.SIG_IGN)  # stopping: the process exits next
             else:
                 # None: the previous handler was not set from Python; the default is the closest.
@@ -100,6 +102,7 @@ class StopSignals:
     def stop_signal(self) -> int:
         """The signal to stop on (0: go on); a collective in a multi-process run, so every process
         calls it at the same point of every step."""
-        if self._agree is None:
-            return self.requested
-        return self._agree(self.requested)
+        agreed = self.requested if self._agree is None else self._agree(self.requested)
+        if agreed:
+            self.stopped = agreed
+        return agreed
