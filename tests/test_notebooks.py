@@ -91,15 +91,19 @@ def _kernel_environment(tmp_path: Path) -> dict[str, str]:
     bool(_MISSING), reason=f"running notebooks needs {', '.join(_MISSING)} (the notebook extra)"
 )
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_top_to_bottom(name, tmp_path):
+def test_notebook_runs_top_to_bottom(name, tmp_path, request):
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     notebook = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    km = _kernel_manager(tmp_path)
+    # nbclient shuts down only the kernels it creates: one started from a manager passed in stays alive
+    # (1.3 GB and some CPU each, for the rest of the suite) unless shut down here.
+    request.addfinalizer(lambda: km.shutdown_kernel(now=True) if km.has_kernel else None)
     client = NotebookClient(
         notebook,
-        km=_kernel_manager(tmp_path),
+        km=km,
         timeout=CELL_TIMEOUT,
         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},  # the kernel's working folder
     )

@@ -11,6 +11,7 @@ what makes their results comparable bitwise.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -58,9 +59,18 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 
 def start(command: list[str]) -> subprocess.Popen:
-    """`command` running with this repository on its path, stdout and stderr together in `.stdout`."""
+    """`command` running with this repository on its path, stdout and stderr together in `.stdout`.
+
+    The child starts with SIGINT's default disposition, as from a shell: an ignored signal is inherited
+    across exec, and a full-suite run once left the test worker's SIGINT ignored (some library, not
+    seqjax: reproduced by none of the suspects alone), so a child signalled with SIGINT never stopped.
+    A handler set here is reset to the default in the child by exec; the worker's own is restored."""
     env = {**os.environ, "PYTHONPATH": ROOT}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def start_and_wait(command: list[str], workdir: str, at_least: int, timeout: float = 240) -> subprocess.Popen:
