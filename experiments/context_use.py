@@ -15,8 +15,10 @@ variant in segments of its training length, each from a fresh state (*reset*, `c
 context it was trained to use); a segment-recurrent variant with the state *carried* through the
 document and, as the contrast, *reset* at every segment. Only test documents with at least
 --min_document_bytes scored bytes (the bytes of their targets: a document's length less its first
-token) count; the report states how many qualify out of how many. Intervals: 95% bootstrap over those
-documents and the seeds (`seqjax.experiment.positions.position_curve`, `statistics.paired_bootstrap`).
+token) count; the report states how many qualify out of how many. `--max_document_tokens` scores only
+each document's first that many tokens (the last bucket then ends there; the report says so).
+Intervals: 95% bootstrap over those documents and the seeds
+(`seqjax.experiment.positions.position_curve`, `statistics.paired_bootstrap`).
 
 Verdict rules, fixed before any run:
 
@@ -84,6 +86,9 @@ flags.DEFINE_list(
 flags.DEFINE_list("contrast", ["4096", "0"], "Rule 1: the late and early bucket starts.")
 flags.DEFINE_integer("claim_bucket", 8192, "Rule 2: the start of the bucket recurrent vs attention is on.")
 flags.DEFINE_integer("min_document_bytes", 16384, "Test documents with fewer scored bytes do not count.")
+flags.DEFINE_integer(
+    "max_document_tokens", None, "Score only each test document's first this many tokens (default: all)."
+)
 flags.DEFINE_string("size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': 2 steps, 2 seeds, 1 rate.")
 flags.DEFINE_string("workdir", "/tmp/seqjax_context", "Runs go to <workdir>/L<length>/<variant>/.")
 flags.DEFINE_bool("fresh", False, "Delete --workdir's runs first and train again.")
@@ -179,17 +184,26 @@ def _configs(variants: Sequence[Variant]) -> dict[str, Any]:
     return configs
 
 
-def document_sums(workdir: str, mode: str, edges: Sequence[int]) -> dict[str, np.ndarray]:
+def document_sums(
+    workdir: str, mode: str, edges: Sequence[int], max_tokens: int | None = None
+) -> dict[str, np.ndarray]:
     """The per-document sums ("nll", "tokens", "bucket_nll", "bucket_tokens", "bucket_bytes") of the
-    run in `workdir` (its last checkpoint) on the test documents, state carried or reset (`mode`),
-    cached in `<workdir>/positions_<mode>.npz` (with the edges: other edges evaluate again)."""
+    run in `workdir` (its last checkpoint) on the test documents (the first `max_tokens` of each, or
+    all), state carried or reset (`mode`), cached in `<workdir>/positions_<mode>.npz` (with the edges and
+    the bound: others evaluate again)."""
     from seqjax.train.trainer import evaluate, load_config
 
     cache = Path(workdir) / f"positions_{mode}.npz"
+    bound = np.asarray(-1 if max_tokens is None else max_tokens)
     if cache.exists():
         with np.load(cache) as saved:
-            if np.array_equal(saved["edges"], np.asarray(edges)):
-                return {k: saved[k] for k in saved.files if k != "edges"}
+            same_bound = (
+                np.array_equal(saved["max_tokens"], bound)
+                if "max_tokens" in saved.files
+                else max_tokens is None
+            )
+            if np.array_equal(saved["edges"], np.asarray(edges)) and same_bound:
+                return {k: saved[k] for k in saved.files if k not in ("edges", "max_tokens")}
     result = evaluate(
         load_config(workdir),
         workdir,
@@ -198,10 +212,11 @@ def document_sums(workdir: str, mode: str, edges: Sequence[int]) -> dict[str, np
         carried_state=mode == "carried",
         by_document=True,
         position_buckets=tuple(edges),
+        max_document_tokens=max_tokens,
     )
     sums = {k: np.asarray(v, np.float64) for k, v in result["per_document"].items()}
     partial = cache.with_suffix(".tmp.npz")
-    np.savez(partial, edges=np.asarray(edges), **sums)
+    np.savez(partial, edges=np.asarray(edges), max_tokens=bound, **sums)
     os.replace(partial, cache)  # a killed evaluation leaves no half-written cache
     return sums
 
@@ -266,7 +281,10 @@ def summarize(
     sums: dict[tuple[str, str], list[dict[str, np.ndarray]]] = {}
     for v in variants:
         for mode in v.modes:
-            sums[v.name, mode] = [document_sums(r.workdir, mode, edges) for r in trained[v.name].seeds]
+            sums[v.name, mode] = [
+                document_sums(r.workdir, mode, edges, FLAGS.max_document_tokens)
+                for r in trained[v.name].seeds
+            ]
     first = next(iter(sums.values()))[0]
     scored_bytes = first["bucket_bytes"].sum(1)
     keep = scored_bytes >= FLAGS.min_document_bytes
@@ -279,6 +297,7 @@ def summarize(
         "total": len(keep),
         "qualifying": int(keep.sum()),
         "min_document_bytes": FLAGS.min_document_bytes,
+        "max_document_tokens": FLAGS.max_document_tokens,
         "qualifying_bytes": float(scored_bytes[keep].sum()),
     }
     rows: dict[str, Any] = {}
@@ -395,11 +414,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"learning rate from {p['learning_rates']} chosen on validation (seed 0) per variant; {p['seeds']} "
         f"seeds; parameters matched within ±{p['param_tolerance']:.0%} of one target for every variant.",
         f"- Test documents: **{d['qualifying']} of {d['total']}** have at least {d['min_document_bytes']:,} "
-        f"scored bytes and count ({d['qualifying_bytes']:,.0f} bytes). Each is scored whole, summed by "
-        "byte offset from its start: plain variants in segments of their training length from a fresh "
-        "state (*reset*); segment-recurrent ones with the state *carried* through the document, and reset "
-        f"as the contrast. bits per byte: lower is better; [low, high]: {level:.0%} bootstrap over "
-        "documents and seeds.",
+        f"scored bytes and count ({d['qualifying_bytes']:,.0f} bytes). Each is scored "
+        + (
+            "whole"
+            if d.get("max_document_tokens") is None
+            else f"over its first {d['max_document_tokens']:,} tokens (the last bucket ends there)"
+        )
+        + ", summed by byte offset from its start: plain variants in segments of their training length "
+        "from a fresh state (*reset*); segment-recurrent ones with the state *carried* through the "
+        f"document, and reset as the contrast. bits per byte: lower is better; [low, high]: {level:.0%} "
+        "bootstrap over documents and seeds.",
         "",
         "## Verdicts",
         "",

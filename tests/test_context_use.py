@@ -30,6 +30,7 @@ def test_context_use_smoke_run(tmp_path):
         "--contrast=128,0",
         "--claim_bucket=128",
         "--min_document_bytes=256",
+        "--max_document_tokens=512",
         "--resamples=200",
         "--nostep_memory",
         f"--workdir={tmp_path / 'runs'}",

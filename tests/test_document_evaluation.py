@@ -103,6 +103,24 @@ def test_every_input_of_every_document_is_read_once(carried, process_count):
     assert weights == stream.counted.sum()  # the same targets the stream evaluation counts
 
 
+@pytest.mark.parametrize("carried", [True, False])
+def test_max_document_tokens_reads_each_documents_first_tokens_only(carried):
+    stream, bound = _stream(), 20
+    batches = list(document_eval_batches(stream, 4, 8, carried=carried, max_document_tokens=bound))
+    read: dict[int, list[np.ndarray]] = {}
+    for batch in batches:
+        for r, d in enumerate(batch["document"]):
+            if d >= 0:
+                read.setdefault(int(d), []).append(batch["inputs"][r][batch["mask"][r]])
+    for d, (start, stop) in enumerate(document_spans(stream)):
+        np.testing.assert_array_equal(
+            np.concatenate(read[d]), stream.tokens[start : min(stop, start + bound)]
+        )
+    assert len(batches) == 3 + 1  # ceil(20 / 8) segments for the first group, one for the last document
+    with pytest.raises(ValueError, match="max_document_tokens=0"):
+        next(document_eval_batches(stream, 4, 8, max_document_tokens=0))
+
+
 MODEL = models.LanguageModel(
     models.BackboneConfig(
         d_model=D,

@@ -674,6 +674,7 @@ def evaluate(
     carried_state: bool = False,
     by_document: bool = False,
     position_buckets: Sequence[int] | None = None,
+    max_document_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
     metrics on the whole `split` (or, with `examples`, on that many spread evenly over it:
@@ -714,6 +715,8 @@ def evaluate(
     "tokens" (and the bytes of the counted targets); the result has "position_buckets" (the edges).
     Both modes give them, so one model yields the curve with and without the carried state
     (`seqjax.experiment.positions.position_curve` turns them into bits per byte by position).
+    `max_document_tokens` (with `by_document`) reads and scores only each document's first that many
+    tokens, so the cost of a curve up to a bound does not grow with the longest document.
 
         >>> result = evaluate(config, workdir, by_document=True, carried_state=True,  # doctest: +SKIP
         ...                   position_buckets=(0, 1024, 2048, 4096, 8192, 16384))
@@ -732,6 +735,11 @@ def evaluate(
                 "reads (every document from its first token); pass by_document=True."
             )
         position_buckets = check_position_buckets(position_buckets).tolist()
+    if max_document_tokens is not None and not by_document:
+        raise ValueError(
+            "evaluate(max_document_tokens=...) bounds each document's lane, which only by_document=True "
+            "reads; pass by_document=True."
+        )
     parts = setup(config)
     config = parts["config"]
     if split not in parts["sources"]:
@@ -773,6 +781,7 @@ def evaluate(
             by_document=True,
             carried=carried_state,
             position_buckets=position_buckets,
+            max_document_tokens=max_document_tokens,
         )
         result = {"step": restored.step, "split": split, "metrics": metrics, "per_document": documents}
         if position_buckets is not None:
@@ -814,13 +823,15 @@ def evaluate_carried(
     by_document: bool = False,
     carried: bool = True,
     position_buckets: Sequence[int] | None = None,
+    max_document_tokens: int | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The metrics of `params` on the whole `source` read as `config.eval_batch` contiguous lanes with
     the state carried across segments (`parts`: `setup`'s), and the sums per lane: the LM's {"nll",
     "tokens"}, or a forecaster's (`segments.stream_metrics`; the forecast origins of the split's windows
     scored apart). With `by_document` (LM), each lane is one document, carried through (or, without
     `carried`, every segment from the initial state), and the sums are per document; `position_buckets`
-    (by document) adds the sums by byte position (`evaluate`)."""
+    (by document) adds the sums by byte position, and `max_document_tokens` bounds each document
+    (`evaluate`)."""
     config, model = parts["config"], parts["model"]
     rows, length = config.eval_batch, parts["tokens_per_example"]
     if isinstance(model, models.Forecaster):  # a forecast at every position, its windows' origins marked
@@ -846,7 +857,13 @@ def evaluate_carried(
     where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     if by_document:
         batches = document_eval_batches(
-            source, rows, length, carried=carried, byte_offsets=position_buckets is not None, **where
+            source,
+            rows,
+            length,
+            carried=carried,
+            byte_offsets=position_buckets is not None,
+            max_document_tokens=max_document_tokens,
+            **where,
         )
     else:
         batches = stream_eval_batches(source, rows, length, **where)
