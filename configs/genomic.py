@@ -5,12 +5,16 @@ bytes by the DNA encoder.
     python scripts/train.py --config=configs/genomic.py:mamba --workdir=/tmp/genomic
     python scripts/train.py --config=configs/genomic.py:lstm,task=promoter,route=auto,size=accelerator
     python scripts/train.py --config=configs/genomic.py:lstm,task=human_or_worm --workdir=/tmp/hw
+    python scripts/train.py --config=configs/genomic.py:lstm,task=promoter,length=1024,nested=16384
 
 Arg: `preset[,task=..,length=..,route=..,size=..]`, and for `linformer` `sharing=..` (e.g.
 `linformer,sharing=layerwise`: one E for the whole model; `seqjax.config.PRESET_OPTIONS`). `route=sample`
 (default) trains on the real sample embedded in the repository; `auto`/`offline`/`online` fetch and prepare
 the full data (see `scripts/prepare_data.py`). Lengths: 8192/16384/32768 are the documented full-data windows;
-the CPU default is 2048.
+the CPU default is 2048. `nested=ANCHOR` (an int >= length, e.g. 16384; default off): the windows and
+their labels are chosen once at ANCHOR bp and a run at `length` reads the centre `length` bp of each, so
+runs at 1k, 4k, 8k and 16k with `nested=16384` see the same loci and labels with more or less context
+around them (`seqjax.data.genomic`; `experiments/dna_windows.py` sweeps it).
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ NUM_CLASSES = {"genic_vs_intergenic": 2, "promoter": 2, "species": 4, "human_or_
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    preset, options = parse_arg(arg, "lstm", {"task": str, "length": int, "route": str}, "configs/genomic.py")
+    preset, options = parse_arg(
+        arg, "lstm", {"task": str, "length": int, "route": str, "nested": int}, "configs/genomic.py"
+    )
     size = options.get("size", "cpu")
     task = options.get("task", "genic_vs_intergenic")
     if task not in NUM_CLASSES:
         raise ValueError(f"configs/genomic.py: task must be one of {sorted(NUM_CLASSES)}, got {task!r}.")
     length = options.get("length", 2048 if size == "cpu" else 16384)
+    if "nested" in options:  # refused here, not only once the data is read
+        from seqjax.data.genomic.catalog import check_nested
+
+        try:
+            check_nested({"task": task, "length": length, "nested": options["nested"]})
+        except ValueError as e:
+            raise ValueError(f"configs/genomic.py: {e}") from None
     c = base_config(
         preset, size, task="classification", max_length=length, mixer=preset_options(preset, options)
     )
@@ -39,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         length=length,
         route=options.get("route", "sample"),
         max_examples_per_split=ml_collections.FieldReference(None, field_type=int),
+        nested=ml_collections.FieldReference(options.get("nested"), field_type=int),
     )
     c.model.encoder = "dna"
     c.head.num_classes = NUM_CLASSES[task]

@@ -468,3 +468,146 @@ def test_preparing_the_embedded_sample_is_quiet(tmp_path, capfd, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "Using custom data configuration" in m], messages
     assert sum("from the sample embedded in the repository" in m for m in messages) == 1, messages
+
+
+# ----------------------------------------------------------------------------------------------------
+# Nested centre crops: the same loci and labels at every length.
+
+NESTED_LENGTHS = (1024, 4096, 8192, 16384)
+ANCHOR = 16384
+
+
+@pytest.fixture(scope="module")
+def nested(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, dict[str, genomic.GenomicSplit]]]:
+    data_dir = str(tmp_path_factory.mktemp("nested"))
+    return {
+        task: {
+            length: genomic.make_sources({"task": task, "length": length, "nested": ANCHOR}, data_dir)
+            for length in NESTED_LENGTHS
+        }
+        for task in ("genic_vs_intergenic", "promoter", "species")
+    }
+
+
+@pytest.mark.parametrize("task", ["genic_vs_intergenic", "promoter", "species"])
+def test_nested_crops_share_loci_order_and_labels(nested, task: str) -> None:
+    by_length = nested[task]
+    anchor = by_length[ANCHOR]
+    for name in genomic.SPLITS:
+        a = anchor[name].coordinates()
+        assert len(anchor[name]) > 0 and np.all(a["end"] - a["start"] == ANCHOR)
+        for length in NESTED_LENGTHS:
+            split = by_length[length][name]
+            c = split.coordinates()
+            assert len(split) == len(anchor[name]), (task, name, length)
+            np.testing.assert_array_equal(c["start"] + c["end"], a["start"] + a["end"])  # same centres
+            np.testing.assert_array_equal(c["end"] - c["start"], length)
+            for key in ("genome", "chrom", "strand"):
+                np.testing.assert_array_equal(c[key], a[key])
+            np.testing.assert_array_equal(split.labels(), anchor[name].labels())
+            margin = (ANCHOR - length) // 2
+            for i in range(0, len(split), max(1, len(split) // 7)):  # the crop is the anchor's centre
+                long = anchor[name][i]["inputs"]
+                np.testing.assert_array_equal(split[i]["inputs"], long[margin : ANCHOR - margin])
+        assert len(set(anchor[name].labels().tolist())) > 1, (task, name)  # both (all) classes present
+
+
+@pytest.mark.parametrize("task", ["genic_vs_intergenic", "promoter"])
+def test_nested_anchor_windows_stay_in_their_block_and_pass_the_n_rule(nested, task: str) -> None:
+    blocks = genomic.region_blocks(genomic.SAMPLE_REGION[1], genomic.SAMPLE_REGION[2])
+    for name, split in nested[task][ANCHOR].items():
+        c = split.coordinates()
+        inside = [
+            any(s >= b0 and e <= b1 and sp == name for b0, b1, sp in blocks)
+            for s, e in zip(c["start"], c["end"], strict=True)
+        ]
+        assert all(inside), (task, name)
+        for i in range(len(split)):
+            assert np.mean(split[i]["inputs"] == ord("N")) <= genomic.MAX_N_FRACTION
+
+
+def test_nested_genic_labels_come_from_the_centre_core(nested, sample_chr20) -> None:
+    _, genes = sample_chr20
+    genic = np.zeros(genomic.SAMPLE_REGION[2] + 100_000, dtype=bool)
+    near = np.zeros_like(genic)
+    for g in genes:
+        genic[g.start : g.end] = True
+        near[max(0, g.start - genomic.INTERGENIC_MARGIN) : g.end + genomic.INTERGENIC_MARGIN] = True
+    core = genomic.NESTED_CORE
+    whole_window_disagrees = 0
+    for split in nested["genic_vs_intergenic"][ANCHOR].values():
+        c = split.coordinates()
+        for s, e, label in zip(c["start"], c["end"], split.labels(), strict=True):
+            lo = (s + e) // 2 - core // 2
+            if label == 1:
+                assert genic[lo : lo + core].mean() > 0.5
+                whole_window_disagrees += genic[s:e].mean() <= 0.5
+            else:
+                assert not near[lo : lo + core].any()
+                whole_window_disagrees += near[s:e].any()
+    # The label is the centre's, not the anchor window's: some 16 kb windows would get another label.
+    assert whole_window_disagrees > 0
+
+
+def test_nested_promoters_keep_the_tss_at_the_centre_and_negatives_far_from_any(nested, sample_chr20) -> None:
+    _, genes = sample_chr20
+    tss = {(g.tss, g.strand) for g in genes}
+    all_tss = np.array(sorted(t for t, _ in tss))
+    for length in NESTED_LENGTHS:
+        for split in nested["promoter"][length].values():
+            c, labels = split.coordinates(), split.labels()
+            for s, e, strand, label in zip(c["start"], c["end"], c["strand"], labels, strict=True):
+                if label == 1:
+                    centre = s + length // 2 if strand == "+" else e - 1 - length // 2
+                    assert (centre, strand) in tss
+                else:  # TSS-free across the whole anchor window, with the margin
+                    margin = genomic.PROMOTER_NEGATIVE_MARGIN + (ANCHOR - length) // 2
+                    assert not np.any((all_tss >= s - margin) & (all_tss < e + margin))
+
+
+def test_nested_data_has_its_own_builder_config_and_folder(tmp_path: pathlib.Path) -> None:
+    plain = genomic.make_builder({"task": "species", "length": 1024}, tmp_path)
+    crop = genomic.make_builder({"task": "species", "length": 1024, "nested": 16384}, tmp_path)
+    assert crop.builder_config.name == "species_1024_nested16384" and crop.builder_config.nested == 16384
+    assert plain.builder_config.name == "species_1024" and plain.data_dir != crop.data_dir
+    whole = genomic.make_builder({"task": "species", "length": 16384, "nested": 16384}, tmp_path)
+    assert whole.builder_config.name == "species_16384_nested16384"  # not the documented species_16384
+    from seqjax.data.genomic.builder import builder_name
+
+    assert builder_name({"task": "species", "length": 1024, "nested": 4096}).endswith(
+        "species_1024_nested4096"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"length": 4096, "nested": 1024}, r"nested=1024 is shorter than length=4096.*set nested >= 4096"),
+        ({"length": 1024, "nested": 4097}, r"differ by an odd number of bp"),
+        ({"length": 1024, "nested": "16384"}, r"nested must be None or an int"),
+        ({"length": 1024, "nested": True}, r"nested must be None or an int"),
+        (
+            {"length": 512, "nested": 4096},
+            r"length=512 is shorter than the 1024 bp centre core.*length >= 1024",
+        ),
+    ],
+)
+def test_nested_bad_input_names_the_option_and_the_fix(tmp_path: pathlib.Path, options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        genomic.make_sources({"task": "genic_vs_intergenic", **options}, str(tmp_path))
+    from configs import genomic as genomic_config
+
+    if isinstance(options["nested"], int) and not isinstance(options["nested"], bool):
+        arg = f"lstm,length={options['length']},nested={options['nested']}"
+        with pytest.raises(ValueError, match="configs/genomic.py: .*" + message):
+            genomic_config.get_config(arg)
+    with pytest.raises(ValueError, match=r"option nested='16k' must be an int"):
+        genomic_config.get_config("lstm,nested=16k")
+
+
+def test_centre_crop_refuses_a_crop_it_cannot_centre() -> None:
+    windows = {"train": [genomic.Window("g", "1", 0, 10, "+", 0)], "validation": [], "test": []}
+    assert genomic_windows.centre_crop(windows, 4)["train"][0] == genomic.Window("g", "1", 3, 7, "+", 0)
+    for length in (5, 12):
+        with pytest.raises(ValueError, match="no centred crop"):
+            genomic_windows.centre_crop(windows, length)

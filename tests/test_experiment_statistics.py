@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 from scipy import stats
-from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, matthews_corrcoef
 
 from seqjax.experiment import statistics
 from seqjax.experiment.statistics import (
@@ -23,7 +23,14 @@ from seqjax.experiment.statistics import (
     paired_bootstrap,
 )
 from seqjax.experiment.verdict import classify_intervals, verdict
-from seqjax.experiment.weighted_metrics import accuracy, balanced_accuracy, from_sklearn, mean_value
+from seqjax.experiment.weighted_metrics import (
+    accuracy,
+    balanced_accuracy,
+    from_sklearn,
+    macro_f1,
+    mcc,
+    mean_value,
+)
 
 
 def _endpoint_tolerance(sample: np.ndarray, n_resamples: int) -> float:
@@ -60,6 +67,24 @@ def test_weighted_metrics_equal_sklearn_with_sample_weight():
     np.testing.assert_allclose(
         mean_value(values, None, weights[1:]), [np.average(values, weights=w) for w in weights[1:]]
     )
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_weighted_macro_f1_and_mcc_equal_sklearn_with_sample_weight(num_classes):
+    rng = np.random.default_rng(num_classes)
+    targets = rng.integers(0, num_classes, 80)
+    predictions = np.where(rng.random(80) < 0.5, targets, rng.integers(0, num_classes, 80))
+    predictions[predictions == 1] = 0  # a class never predicted: its F1 is 0
+    weights = rng.integers(0, 4, (20, 80)).astype(np.float64)
+    weights[0, targets == 0] = 0.0  # a class absent from one resample
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about undefined F1 / MCC terms
+        f1 = [f1_score(targets, predictions, average="macro", sample_weight=w) for w in weights]
+        phi = [matthews_corrcoef(targets, predictions, sample_weight=w) for w in weights]
+    np.testing.assert_allclose(macro_f1(predictions, targets, weights), f1, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(mcc(predictions, targets, weights), phi, rtol=1e-12, atol=1e-15)
+    constant = np.zeros(80, np.int64)  # MCC undefined (one predicted class): 0, as sklearn
+    np.testing.assert_allclose(mcc(constant, targets, weights[:2]), 0.0)
 
 
 def test_metrics_that_need_targets_say_so():

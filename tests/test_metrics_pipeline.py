@@ -36,13 +36,24 @@ def test_binary_metrics_match_definitions():
     assert out["accuracy"] == pytest.approx((tp + tn) / 200)
     assert out["balanced_accuracy"] == pytest.approx((tp / (tp + fn) + tn / (tn + fp)) / 2)
     assert out["auroc"] == pytest.approx(_auroc_by_pairs(labels, logits[:, 1] - logits[:, 0]), abs=1e-12)
+    f1_positive, f1_negative = 2 * tp / (2 * tp + fp + fn), 2 * tn / (2 * tn + fn + fp)
+    assert out["macro_f1"] == pytest.approx((f1_positive + f1_negative) / 2, abs=1e-12)
+
+
+def test_macro_f1_hand_case_and_absent_classes():
+    # class 0: TP 1, FN 1 -> F1 2/3; class 1: TP 2, FP 1 -> 4/5; class 2: never seen or predicted (left out)
+    labels, predictions = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
+    assert metrics.macro_f1(labels, predictions, 3) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    # a class predicted but never true counts, with F1 0 (scikit-learn's f1_score(average="macro"))
+    assert metrics.macro_f1(np.array([0, 0]), np.array([0, 2]), 3) == pytest.approx((2 / 3 + 0) / 2)
+    assert math.isnan(metrics.macro_f1(np.zeros(0, int), np.zeros(0, int), 2))
 
 
 def test_multiclass_metrics_and_majority_baseline():
     labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
     perfect = np.eye(4)[labels] * 5
     out = metrics.classification_metrics(labels, perfect)
-    assert out["accuracy"] == out["balanced_accuracy"] == out["mcc"] == out["auroc"] == 1.0
+    assert out["accuracy"] == out["balanced_accuracy"] == out["mcc"] == out["auroc"] == out["macro_f1"] == 1.0
     base = metrics.majority_class_metrics(labels, labels, 4)
     assert base["accuracy"] == pytest.approx(0.4)
     assert base["balanced_accuracy"] == pytest.approx(0.25)

@@ -1,7 +1,9 @@
 """Task metrics, computed on the host from whole-split predictions (NumPy, float64).
 
-- Classification: accuracy, balanced accuracy, Matthews correlation (MCC, multiclass by Gorodkin's
-  R_K), AUROC (binary; macro one-vs-rest for more classes). Computed from every example of the split,
+- Classification: accuracy, balanced accuracy, macro-F1 (the unweighted mean of the per-class F1 over
+  the classes in the labels or the predictions, as scikit-learn's `f1_score(average="macro")`),
+  Matthews correlation (MCC, multiclass by Gorodkin's R_K), AUROC (binary; macro one-vs-rest for more
+  classes). Computed from every example of the split,
   since AUROC and MCC are not means of per-batch values.
 - Forecasting: MSE and MAE on the normalised scale over every (example, step, variable), plus per
   horizon prefix (`mse@96` = the first 96 steps) when the model forecasts further.
@@ -24,12 +26,13 @@ __all__ = [
     "forecast_metrics",
     "forecast_metrics_from_sums",
     "lm_metrics",
+    "macro_f1",
     "majority_class_metrics",
     "matthews_corrcoef",
 ]
 
 #: Per-task name of the eval metric that is better when larger (for best-checkpoint selection).
-HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "mcc", "auroc"}
+HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "macro_f1", "mcc", "auroc"}
 
 
 def _confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -45,6 +48,22 @@ def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray, num_classes: 
     n, correct = c.sum(), np.trace(c)
     denominator = math.sqrt((n**2 - p @ p) * (n**2 - t @ t))
     return float((correct * n - t @ p) / denominator) if denominator > 0 else 0.0
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """Mean over the classes present in `labels` or `predictions` of F1 = 2 TP / (2 TP + FP + FN)
+    (scikit-learn's `f1_score(average="macro")`); NaN with no examples.
+
+    >>> macro_f1(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)  # F1 2/3 and 4/5
+    0.7333333333333334
+    """
+    labels, predictions = np.asarray(labels, np.int64), np.asarray(predictions, np.int64)
+    c = _confusion(labels, predictions, num_classes).astype(np.float64)
+    tp, true, predicted = np.diag(c), c.sum(1), c.sum(0)
+    present = (true + predicted) > 0
+    if not present.any():
+        return math.nan
+    return float(np.mean(2 * tp[present] / (true + predicted)[present]))
 
 
 def _binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
@@ -80,7 +99,7 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """accuracy, balanced_accuracy (mean recall over the classes present), mcc, auroc."""
+    """accuracy, balanced_accuracy (mean recall over the classes present), macro_f1, mcc, auroc."""
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
     logits = np.asarray(logits, np.float64)
     if logits.ndim != 2 or logits.shape[0] != labels.size:
@@ -98,6 +117,7 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, 
     return {
         "accuracy": float((predictions == labels).mean()) if labels.size else math.nan,
         "balanced_accuracy": float(recall.mean()) if recall.size else math.nan,
+        "macro_f1": macro_f1(labels, predictions, num_classes),
         "mcc": matthews_corrcoef(labels, predictions, num_classes),
         "auroc": auroc(labels, logits),
         "examples": float(labels.size),

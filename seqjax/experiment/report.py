@@ -1,8 +1,10 @@
 """The statistics side of the experiment protocol: intervals, paired differences and verdicts from the
 saved predictions of `seqjax.experiment.protocol`, and the markdown table.
 
-- `metric_interval`: a model's headline metric with a bootstrap interval that resamples the test
-  clusters (genome block, document, time block) and the seeds (`statistics.cluster_bootstrap`).
+- `metric_interval`: a model's headline metric (or, for classification, another one: `metric=`
+  "macro_f1", "mcc", "accuracy"; `SECONDARY` lists those the summaries add) with a bootstrap interval
+  that resamples the test clusters (genome block, document, time block) and the seeds
+  (`statistics.cluster_bootstrap`).
 - `baseline_interval`: the same for a non-neural baseline (one deterministic "seed").
 - `paired_difference`: metric(a) - metric(b) on the same test examples (`statistics.paired_bootstrap`),
   with a two-sided bootstrap p-value, and McNemar's exact test (classification; majority vote over
@@ -29,6 +31,7 @@ from seqjax.experiment.verdict import classify_interval, verdict
 
 __all__ = [
     "FAMILIES",
+    "SECONDARY",
     "Claim",
     "baseline_interval",
     "family_of",
@@ -61,18 +64,36 @@ FAMILIES: dict[str, str] = {
 }
 
 
+#: Metrics reported beside the headline one, with the same intervals, per task.
+SECONDARY: dict[str, tuple[str, ...]] = {"classification": ("macro_f1", "mcc")}
+
+
+def _weighted_metric(task: str, metric: str | None) -> Any:
+    """The weighted metric `metric` of a classification task (None: the headline one)."""
+    choices = weighted_metrics.CLASSIFICATION_METRICS
+    if metric is None:
+        return choices["balanced_accuracy"]
+    if task != "classification" or metric not in choices:
+        known = sorted(choices) if task == "classification" else "only the headline metric (metric=None)"
+        raise ValueError(f"report: no metric {metric!r} for task {task!r}; known: {known}.")
+    return choices[metric]
+
+
 def family_of(model: str) -> str:
     """The family of a preset name ("name" or "name@anything"); unknown names are their own family."""
     return FAMILIES.get(model.split("@")[0], model)
 
 
 def _inputs(
-    runs: Sequence[RunPredictions], task: str
+    runs: Sequence[RunPredictions], task: str, metric: str | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, Any]:
-    """(per-seed values [seeds, n], targets, clusters, weighted metric) of the task's headline metric."""
+    """(per-seed values [seeds, n], targets, clusters, weighted metric) of the task's headline metric, or
+    of classification metric `metric`."""
+    if metric is not None:
+        _weighted_metric(task, metric)  # a clear error for a metric the task lacks
     if task == "classification":
         logits, targets, clusters = stack_seeds(runs, "predictions")
-        return logits.argmax(-1), targets, clusters, weighted_metrics.balanced_accuracy
+        return logits.argmax(-1), targets, clusters, _weighted_metric(task, metric)
     if task == "forecast":
         losses, _, clusters = stack_seeds(runs, "losses")
         return losses, None, clusters, weighted_metrics.mean_value
@@ -87,15 +108,24 @@ def _load(paths: Sequence[str]) -> list[RunPredictions]:
 
 
 def metric_interval(
-    paths: Sequence[str], task: str, *, confidence_level: float = 0.95, n_resamples: int = 2000
+    paths: Sequence[str],
+    task: str,
+    *,
+    metric: str | None = None,
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
 ) -> statistics.BootstrapInterval:
-    """The headline metric of one model's seeds (their predictions files) with its cluster x seed
-    bootstrap interval."""
-    values, targets, clusters, metric = _inputs(_load(paths), task)
+    """The headline metric (or classification metric `metric`) of one model's seeds (their predictions
+    files) with its cluster x seed bootstrap interval.
+
+        >>> metric_interval(["seed0.npz", "seed1.npz"], "classification", metric="mcc")  # doctest: +SKIP
+        BootstrapInterval(estimate=0.61, low=0.48, high=0.72, ...)
+    """
+    values, targets, clusters, weighted = _inputs(_load(paths), task, metric)
     return statistics.cluster_bootstrap(
         values,
         targets=targets,
-        metric=metric,
+        metric=weighted,
         cluster_ids=clusters,
         confidence_level=confidence_level,
         n_resamples=n_resamples,
@@ -107,12 +137,15 @@ def baseline_interval(
     task: str,
     clusters: np.ndarray | None,
     *,
+    metric: str | None = None,
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
 ) -> statistics.BootstrapInterval | None:
     """A `BaselineResult`'s headline metric with a cluster bootstrap interval (None when the baseline has
     no per-example values, e.g. skipped). Document baselines are per document, so each document is its
-    own cluster there; other baselines score the split's examples in order and take `clusters`."""
+    own cluster there; other baselines score the split's examples in order and take `clusters`.
+    `metric`: another classification metric than the headline one (as `metric_interval`)."""
+    weighted = _weighted_metric(task, metric) if task == "classification" or metric is not None else None
     per_example = result.per_example
     if not per_example:
         return None
@@ -121,7 +154,7 @@ def baseline_interval(
         return statistics.cluster_bootstrap(
             per_example["prediction"],
             targets=per_example["label"],
-            metric=weighted_metrics.balanced_accuracy,
+            metric=weighted,
             cluster_ids=clusters,
             **kwargs,
         )
@@ -145,17 +178,30 @@ def paired_difference(
     paths_b: Sequence[str],
     task: str,
     *,
+    clusters: np.ndarray | None = None,
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
 ) -> dict[str, Any]:
     """metric(a) - metric(b) on the same test examples: estimate, interval, bootstrap p-value, and the
-    task's classical paired test (McNemar or Diebold-Mariano)."""
+    task's classical paired test (McNemar or Diebold-Mariano).
+
+    `clusters`: the cluster ids to resample for both, instead of those saved with the runs, which must
+    then score the same example ids (in order) with the same targets. For the same loci cropped to two
+    lengths (`seqjax.data.genomic`'s nested windows), whose start-based ids may differ across a block
+    edge: pass the longer crop's ids.
+
+        >>> paired_difference(long_paths, short_paths, "classification", clusters=ids)  # doctest: +SKIP
+    """
     runs_a, runs_b = _load(paths_a), _load(paths_b)
-    values_a, targets, clusters, metric = _inputs(runs_a, task)
+    values_a, targets, saved_clusters, metric = _inputs(runs_a, task)
     values_b, targets_b, clusters_b, _ = _inputs(runs_b, task)
-    if not np.array_equal(clusters, clusters_b) or (
-        targets is not None and not np.array_equal(targets, targets_b)
-    ):
+    if clusters is None:
+        same = np.array_equal(saved_clusters, clusters_b)
+        clusters = saved_clusters
+    else:
+        same = np.array_equal(runs_a[0].example_ids, runs_b[0].example_ids)
+        clusters = np.asarray(clusters)
+    if not same or (targets is not None and not np.array_equal(targets, targets_b)):
         raise ValueError(
             "paired_difference: the two models scored different test examples; pair runs of one split."
         )

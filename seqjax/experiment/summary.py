@@ -1,4 +1,5 @@
-"""One comparison (one task, one length) summarised: every model's metric with its interval, cost and
+"""One comparison (one task, one length) summarised: every model's metric with its interval (and, for
+classification, macro-F1 and MCC with the same cluster x seed bootstrap under "secondary"), cost and
 matched size, the strong baselines with theirs, the best of each family (chosen on validation) and their
 paired difference; and the markdown table of it. The summary is plain JSON-able data, so a table or a
 plot can be redrawn from `*.json` without the predictions.
@@ -20,9 +21,22 @@ from typing import Any
 import numpy as np
 
 from seqjax.experiment.protocol import HEADLINE, ModelResult
-from seqjax.experiment.report import Claim, baseline_interval, family_of, metric_interval, paired_difference
+from seqjax.experiment.report import (
+    SECONDARY,
+    Claim,
+    baseline_interval,
+    family_of,
+    metric_interval,
+    paired_difference,
+)
 
-__all__ = ["baseline_rows", "best_by_family", "model_table", "summarize_length"]
+__all__ = ["baseline_rows", "best_by_family", "metrics_table", "model_table", "summarize_length"]
+
+
+def _ends(interval: Any) -> dict[str, float]:
+    if interval is None:
+        return {"estimate": math.nan, "low": math.nan, "high": math.nan}
+    return {"estimate": interval.estimate, "low": interval.low, "high": interval.high}
 
 
 def baseline_rows(
@@ -36,11 +50,16 @@ def baseline_rows(
     """One row per `BaselineResult`: its headline metric with a cluster bootstrap interval (NaN ends when
     the baseline has no per-example values), name and settings (`baseline_table`'s input)."""
     metric = HEADLINE[task][0]
+    kwargs = {"confidence_level": confidence_level, "n_resamples": n_resamples}
     rows = []
     for b in baselines:
-        interval = baseline_interval(
-            b, task, clusters, confidence_level=confidence_level, n_resamples=n_resamples
-        )
+        interval = baseline_interval(b, task, clusters, **kwargs)
+        secondary = {
+            name: {"estimate": float(b.metrics.get(name, math.nan)), "low": math.nan, "high": math.nan}
+            if interval is None
+            else _ends(baseline_interval(b, task, clusters, metric=name, **kwargs))
+            for name in SECONDARY.get(task, ())
+        }
         rows.append(
             {
                 "model": b.name,
@@ -48,6 +67,7 @@ def baseline_rows(
                 "low": math.nan if interval is None else interval.low,
                 "high": math.nan if interval is None else interval.high,
                 "settings": {k: str(v) for k, v in b.settings.items()},
+                "secondary": secondary,
             }
         )
     return rows
@@ -89,6 +109,18 @@ def summarize_length(
             result.predictions, task, confidence_level=confidence_level, n_resamples=n_resamples
         )
         seeds = result.seeds
+        secondary = {
+            name: _ends(
+                metric_interval(
+                    result.predictions,
+                    task,
+                    metric=name,
+                    confidence_level=confidence_level,
+                    n_resamples=n_resamples,
+                )
+            )
+            for name in SECONDARY.get(task, ())
+        }
         rows.append(
             {
                 "model": name,
@@ -97,6 +129,7 @@ def summarize_length(
                 "low": interval.low,
                 "high": interval.high,
                 "n_clusters": interval.n_clusters,
+                "secondary": secondary,
                 "seeds": len(seeds),
                 "seed_values": [r.test[metric] for r in seeds],
                 "validation": float(np.mean([r.validation[metric] for r in seeds])),
@@ -198,6 +231,33 @@ def model_table(rows: Sequence[Mapping[str, Any]], metric: str, confidence_level
             )
             + " |"
         )
+    return "\n".join(lines)
+
+
+def metrics_table(
+    rows: Sequence[Mapping[str, Any]], metric: str, confidence_level: float = 0.95, label: str = "model"
+) -> str:
+    """One row per model or baseline: the headline `metric` and each secondary metric (the rows'
+    "secondary", e.g. macro_f1 and mcc), each with its interval.
+
+    >>> row = {"model": "lstm", "estimate": 0.8, "low": 0.7, "high": 0.9,
+    ...        "secondary": {"mcc": {"estimate": 0.6, "low": 0.4, "high": 0.8}}}
+    >>> metrics_table([row], "balanced_accuracy").splitlines()[2]
+    '| lstm | 0.800 [0.700, 0.900] | 0.600 [0.400, 0.800] |'
+    """
+    names = list(dict.fromkeys(name for r in rows for name in r.get("secondary", {})))
+
+    def cell(v: Mapping[str, float] | None) -> str:
+        if v is None or not math.isfinite(v["estimate"]):
+            return "n/a"
+        interval = f" [{v['low']:.3f}, {v['high']:.3f}]" if math.isfinite(v["low"]) else ""
+        return f"{v['estimate']:.3f}{interval}"
+
+    header = [label, *(f"{m} [{confidence_level:.1%} CI]" for m in [metric, *names])]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for r in rows:
+        cells = [cell(r), *(cell(r.get("secondary", {}).get(m)) for m in names)]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -16,7 +16,17 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["WeightedMetric", "accuracy", "balanced_accuracy", "bits_per_byte", "from_sklearn", "mean_value"]
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "WeightedMetric",
+    "accuracy",
+    "balanced_accuracy",
+    "bits_per_byte",
+    "from_sklearn",
+    "macro_f1",
+    "mcc",
+    "mean_value",
+]
 
 # (predictions [examples], targets [examples] or None, weights [resamples, examples]) -> [resamples]
 WeightedMetric = Callable[[np.ndarray, np.ndarray | None, np.ndarray], np.ndarray]
@@ -68,6 +78,53 @@ def balanced_accuracy(predictions: np.ndarray, targets: np.ndarray | None, weigh
     return recall.sum(axis=1) / present.sum(axis=1)
 
 
+def _weighted_confusion(predictions: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[resamples, K, K] weighted confusion matrices (rows: target, columns: prediction) over the K
+    classes that occur in the targets or the predictions."""
+    classes, index = np.unique(np.concatenate([targets, predictions]), return_inverse=True)
+    k, n = classes.shape[0], targets.shape[0]
+    cell = index[:n] * k + index[n:]  # (target, prediction) pair of every example
+    one_hot = np.zeros((n, k * k))
+    one_hot[np.arange(n), cell] = 1.0
+    return (weights @ one_hot).reshape(-1, k, k)
+
+
+def macro_f1(predictions: np.ndarray, targets: np.ndarray | None, weights: np.ndarray) -> np.ndarray:
+    """Mean over classes of the weighted F1 = 2 TP / (2 TP + FP + FN), as `sklearn.metrics.f1_score(
+    average="macro")` with `sample_weight`: the classes are those in the targets or the predictions
+    (of all examples, whatever their weight), and a class with no weighted TP, FP or FN scores 0.
+
+    >>> macro_f1(np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1]), np.ones((1, 4)))
+    array([0.73333333])
+    """
+    targets = _require_targets("macro_f1", targets)
+    confusion = _weighted_confusion(predictions, targets, weights)
+    tp = np.diagonal(confusion, axis1=1, axis2=2)
+    denominator = confusion.sum(axis=2) + confusion.sum(axis=1)  # 2 TP + FP + FN
+    f1 = np.where(denominator > 0, 2 * tp / np.where(denominator > 0, denominator, 1.0), 0.0)
+    return f1.mean(axis=1)
+
+
+def mcc(predictions: np.ndarray, targets: np.ndarray | None, weights: np.ndarray) -> np.ndarray:
+    """The weighted Matthews correlation (Gorodkin's R_K for more than two classes), as
+    `sklearn.metrics.matthews_corrcoef` with `sample_weight`; 0 where it is undefined.
+
+    >>> mcc(np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1]), np.ones((1, 4)))
+    array([0.57735027])
+    """
+    targets = _require_targets("mcc", targets)
+    confusion = _weighted_confusion(predictions, targets, weights)
+    t, p = confusion.sum(axis=2), confusion.sum(axis=1)  # weighted true and predicted counts per class
+    n = t.sum(axis=1)
+    correct = np.trace(confusion, axis1=1, axis2=2)
+    tp_sum = (t * p).sum(axis=1)
+    denominator = np.sqrt(
+        np.maximum(n**2 - (p * p).sum(axis=1), 0.0) * np.maximum(n**2 - (t * t).sum(axis=1), 0.0)
+    )
+    ok = denominator > 0
+    return np.where(ok, (correct * n - tp_sum) / np.where(ok, denominator, 1.0), 0.0)
+
+
 def bits_per_byte(nll_nats: np.ndarray, num_bytes: np.ndarray | None, weights: np.ndarray) -> np.ndarray:
     """Weighted total negative log-likelihood (nats) over weighted total bytes, in bits per byte: the
     language-modelling metric of a split, a ratio of sums (not a mean of per-example ratios).
@@ -95,3 +152,12 @@ def from_sklearn(score: Callable[..., float]) -> WeightedMetric:
 
     metric.__name__ = getattr(score, "__name__", "sklearn_score")
     return metric
+
+
+#: The classification metrics by name, for intervals of secondary metrics from saved predicted labels.
+CLASSIFICATION_METRICS: dict[str, WeightedMetric] = {
+    "accuracy": accuracy,
+    "balanced_accuracy": balanced_accuracy,
+    "macro_f1": macro_f1,
+    "mcc": mcc,
+}

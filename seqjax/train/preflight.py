@@ -40,7 +40,7 @@ def eval_metric_names(task: str, horizon: int | None = None) -> tuple[str, ...]:
     """The names of the metrics an evaluation of `task` reports (`seqjax.data.metrics`), counts left
     out; a forecaster's `mse@h`/`mae@h` are those shorter than `horizon` (all of them when None).
 
-        eval_metric_names("classification")  # ('accuracy', 'auroc', 'balanced_accuracy', 'mcc')
+        eval_metric_names("classification")  # ('accuracy', 'auroc', 'balanced_accuracy', 'macro_f1', 'mcc')
     """
     if task == "lm":
         names = metrics_lib.lm_metrics(1.0, 1.0)

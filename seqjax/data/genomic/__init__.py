@@ -25,6 +25,28 @@ Four tasks, all built from real sequence and real annotation that CI machines ca
   A length too long for some split to hold a window of both classes is an error naming the longest
   that fits.
 
+Nested centre crops (`nested=ANCHOR`, an int >= length; None, the default, is off): the windows (their
+centres), their split and their labels are chosen once, at the anchor length, by the rules above (a
+promoter negative is TSS-free, with the margin, across the whole anchor window; a species or
+human_or_worm window tiles at the anchor), and a data set at `length` holds the centre `length` bp of
+each anchor window. So the examples, their order and their labels are the same at every length of a
+sweep that shares the anchor, and a short crop's bases are the centre of a long one's: only the context
+around the same label changes with length. The anchor passes the N rule and lies inside one split block.
+genic_vs_intergenic is then labelled by the centre core (`NESTED_CORE` = 1,024 bp, or the anchor if
+shorter): genic if more than half of the core lies in gene spans, intergenic if the core is at least
+`INTERGENIC_MARGIN` from every span, else dropped; its crops must hold the core (length >= core). The
+anchor minus the length must be even (the crop sits at the exact centre: a promoter's TSS stays at
+index `length // 2`). The builder config is `<task>_<length>_nested<anchor>`, so nested and plain data
+never share a prepared folder. Window counts with the full data (`route=offline`), anchor 16,384 bp,
+checked identical (coordinates' centres, order, labels) at 1,024 and 16,384 bp; per split, the total
+and the count of each class in `LABEL_NAMES` order:
+
+| task | train | validation | test |
+|---|---:|---:|---:|
+| genic_vs_intergenic | 2,862 (1,625 + 1,237) | 377 (135 + 242) | 283 (85 + 198) |
+| promoter | 984 (492 + 492) | 122 (61 + 61) | 268 (134 + 134) |
+| species | 1,610 (282 + 305 + 520 + 503) | 652 (141 + 99 + 167 + 245) | 668 (141 + 101 + 175 + 251) |
+
 Splits of the chr20 tasks are by chromosome region: the covered region (all of chr20, or the sample's
 4.5 Mbp cut) is cut into `NUM_REGION_BLOCKS` = 20 equal contiguous blocks; blocks 4 and 14 are
 validation, 9 and 19 test, the others train (80/10/10). A window lies inside one block, so no window of
@@ -61,6 +83,8 @@ start together build the data set once.
     >>> splits = genomic.make_sources({"task": "species", "length": 1024}, "datasets")  # doctest: +SKIP
     >>> splits["train"].describe()["class_counts"]  # doctest: +SKIP
     {'E.Coli': 78, 'H.Pylori': 78, 'S.Aureus': 78, 'V.Cholerae': 78}
+    >>> config = {"task": "promoter", "length": 1024, "nested": 16384}  # the centre 1k of 16k windows
+    >>> nested = genomic.make_sources(config, "datasets")  # doctest: +SKIP
 """
 
 from seqjax.data.genomic.builder import GenomicConfig, GenomicWindows, make_builder, make_config
@@ -72,6 +96,7 @@ from seqjax.data.genomic.catalog import (
     INTERGENIC_MARGIN,
     LABEL_NAMES,
     MAX_N_FRACTION,
+    NESTED_CORE,
     PROMOTER_NEGATIVE_MARGIN,
     REFSEQ_EXONS,
     SAMPLE_REGION,
@@ -94,6 +119,7 @@ __all__ = [
     "INTERGENIC_MARGIN",
     "LABEL_NAMES",
     "MAX_N_FRACTION",
+    "NESTED_CORE",
     "PROMOTER_NEGATIVE_MARGIN",
     "REFSEQ_EXONS",
     "SAMPLE_REGION",

@@ -1,7 +1,10 @@
-"""The genomic TFDS builder `GenomicWindows` (one config per task and window length) and `make_builder`.
+"""The genomic TFDS builder `GenomicWindows` (one config per task, window length and, for nested centre
+crops, anchor length) and `make_builder`.
 
 >>> make_config("promoter", 1024).name
 'promoter_1024'
+>>> make_config("promoter", 1024, nested=16384).name
+'promoter_1024_nested16384'
 """
 
 from __future__ import annotations
@@ -27,35 +30,61 @@ from seqjax.data.genomic.catalog import (
     TASKS,
     WORM_CHROM,
     WORM_CHRX,
+    nested_core,
     resolve_config,
 )
 from seqjax.data.genomic.reading import load_bacteria, load_chr20, load_chromosome
 from seqjax.data.genomic.windows import (
     Sequence,
     Window,
+    centre_crop,
     genic_windows,
     human_or_worm_windows,
     promoter_windows,
     species_windows,
 )
-from seqjax.data.preparation import check_choice, route_dir
+from seqjax.data.preparation import route_dir
 from seqjax.data.sources import ROUTES
 
-__all__ = ["GenomicConfig", "GenomicWindows", "builder_name", "make_builder", "make_config"]
+__all__ = ["GenomicConfig", "GenomicWindows", "builder_name", "config_name", "make_builder", "make_config"]
 
 
 @dataclasses.dataclass(eq=False)
 class GenomicConfig(tfds.core.BuilderConfig):
-    """One task at one window length; name it `<task>_<length>` (see `make_config`)."""
+    """One task at one window length; name it `<task>_<length>`, or `<task>_<length>_nested<anchor>` for
+    the centre crops of anchor windows (see `make_config`)."""
 
     task: str = "genic_vs_intergenic"
     length: int = 16384
+    nested: int | None = None
 
 
-def make_config(task: str, length: int) -> GenomicConfig:
-    """The config of `task` with windows of `length` bp (any positive length, not only the listed ones)."""
-    check_choice({"task": task}, "task", TASKS, "genomic")
-    return GenomicConfig(name=f"{task}_{length}", description=DESCRIPTIONS[task], task=task, length=length)
+def config_name(task: str, length: int, nested: int | None = None) -> str:
+    """The builder config's (and prepared folder's) name: the anchor is part of it, so nested and
+    non-nested windows of one length never share a prepared data set.
+
+    >>> config_name("species", 1024), config_name("species", 1024, 16384)
+    ('species_1024', 'species_1024_nested16384')
+    """
+    return f"{task}_{length}" if nested is None else f"{task}_{length}_nested{nested}"
+
+
+def make_config(task: str, length: int, nested: int | None = None) -> GenomicConfig:
+    """The config of `task` with windows of `length` bp (any positive length, not only the listed ones);
+    with `nested`, the centre `length` bp of the windows chosen at `nested` bp (package docstring)."""
+    config = resolve_config({"task": task, "length": length, "nested": nested})
+    description = DESCRIPTIONS[task]
+    if nested is not None:
+        description += (
+            f" Nested: the centre {length} bp of windows chosen and labelled at {config['nested']} bp."
+        )
+    return GenomicConfig(
+        name=config_name(task, length, config["nested"]),
+        description=description,
+        task=task,
+        length=length,
+        nested=config["nested"],
+    )
 
 
 class GenomicWindows(tfds.core.GeneratorBasedBuilder):
@@ -107,21 +136,27 @@ class GenomicWindows(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
         del dl_manager  # raw files come through seqjax.data.sources
         task, length = self.builder_config.task, self.builder_config.length
+        # Nested: every window is chosen and labelled at the anchor length, then cropped to its centre.
+        anchor = self.builder_config.nested or length
         if task == "species":
             genomes = load_bacteria(self.route)
-            windows = species_windows(genomes, length)
+            windows = species_windows(genomes, anchor)
             sequences = {(r.genome, r.chrom): r for _, _, records in genomes for r in records}
         elif task == "human_or_worm":
             human = load_chromosome(CHR20, self.route, "hg19", CHROM)
             worm = load_chromosome(WORM_CHRX, self.route, "ce2", WORM_CHROM)
-            windows = human_or_worm_windows(human, worm, length, self.route)
+            windows = human_or_worm_windows(human, worm, anchor, self.route)
             sequences = {(r.genome, r.chrom): r for r in (human, worm)}
         else:
             sequence, genes = load_chr20(self.route)
-            windows = (genic_windows if task == "genic_vs_intergenic" else promoter_windows)(
-                sequence, genes, length
-            )
+            if task == "promoter":
+                windows = promoter_windows(sequence, genes, anchor)
+            else:
+                core = None if self.builder_config.nested is None else nested_core(anchor)
+                windows = genic_windows(sequence, genes, anchor, core)
             sequences = {(sequence.genome, sequence.chrom): sequence}
+        if anchor != length:
+            windows = centre_crop(windows, length)
         return {split: self._generate_examples(windows[split], sequences) for split in SPLITS}
 
     def _generate_examples(self, windows: list[Window], sequences: dict[tuple[str, str], Sequence]) -> Any:
@@ -140,10 +175,10 @@ class GenomicWindows(tfds.core.GeneratorBasedBuilder):
             )
 
 
-def _builder_config(task: str, length: int) -> str | GenomicConfig:
+def _builder_config(task: str, length: int, nested: int | None) -> str | GenomicConfig:
     # TFDS refuses a custom config named like a listed one: the documented lengths go by name.
-    name = f"{task}_{length}"
-    return name if name in GenomicWindows.builder_configs else make_config(task, length)
+    name = config_name(task, length, nested)
+    return name if name in GenomicWindows.builder_configs else make_config(task, length, nested)
 
 
 def make_builder(data: Mapping[str, Any], data_dir: str | os.PathLike[str]) -> GenomicWindows:
@@ -151,7 +186,7 @@ def make_builder(data: Mapping[str, Any], data_dir: str | os.PathLike[str]) -> G
     config = resolve_config(data)
     return GenomicWindows(
         route=config["route"],
-        config=_builder_config(config["task"], config["length"]),
+        config=_builder_config(config["task"], config["length"], config["nested"]),
         data_dir=os.fspath(route_dir(data_dir, config["route"])),
         file_format="array_record",
     )
@@ -160,4 +195,4 @@ def make_builder(data: Mapping[str, Any], data_dir: str | os.PathLike[str]) -> G
 def builder_name(data: Mapping[str, Any]) -> str:
     """The data set's name (builder and config), e.g. "genomic_windows-species_1024": its lock's name."""
     config = resolve_config(data)
-    return f"{GenomicWindows.name}-{config['task']}_{config['length']}"
+    return f"{GenomicWindows.name}-{config_name(config['task'], config['length'], config['nested'])}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from seqjax.data.preparation import SPLITS, check_choice, check_int
 from seqjax.data.preparation import resolve_config as resolve_over
 from seqjax.data.sources import ROUTES, DebianPackage, Source
@@ -20,6 +22,7 @@ __all__ = [
     "DEFAULTS",
     "GENOME_SPLITS",
     "LABEL_NAMES",
+    "NESTED_CORE",
     "REFSEQ_EXONS",
     "SAMPLE_REGION",
     "SPLITS",
@@ -45,12 +48,14 @@ DEFAULTS: dict[str, Any] = {
     "length": 16384,
     "route": "sample",
     "max_examples_per_split": None,
+    "nested": None,
 }
 
 MAX_N_FRACTION = 0.10  # windows with more N than this are dropped (other IUPAC codes do not count)
 GENIC_MIN_FRACTION = 0.5  # a "genic" window is more than this fraction inside gene spans
 INTERGENIC_MARGIN = 1000  # bp between an "intergenic" window and the nearest gene span, at least
 PROMOTER_NEGATIVE_MARGIN = 2000  # bp between a non-promoter window and the nearest TSS, at least
+NESTED_CORE = 1024  # bp at the centre of a nested anchor window that labels genic_vs_intergenic
 NUM_REGION_BLOCKS = 20
 VALIDATION_BLOCKS = (4, 14)
 TEST_BLOCKS = (9, 19)
@@ -215,4 +220,55 @@ def resolve_config(data: Mapping[str, Any]) -> dict[str, Any]:
     check_int(config, "length", "genomic")
     check_choice(config, "route", ROUTES, "genomic")
     check_int(config, "max_examples_per_split", "genomic", allow_none=True)
+    check_nested(config)
     return config
+
+
+def nested_core(anchor: int) -> int:
+    """The centre stretch whose annotation labels a nested genic_vs_intergenic window: `NESTED_CORE` bp,
+    or the whole anchor when the anchor is shorter.
+
+    >>> nested_core(16384), nested_core(512)
+    (1024, 512)
+    """
+    return min(NESTED_CORE, anchor)
+
+
+def check_nested(config: dict[str, Any]) -> None:
+    """`config["nested"]` (the anchor length of nested centre crops, or None) must be an int >= length
+    with (anchor - length) even, so the crop is centred to the base; a genic_vs_intergenic crop must
+    also hold the labelling core (`nested_core`). Stored back as a plain int; errors name the fix.
+
+    >>> config = {"task": "species", "length": 1024, "nested": 16384}
+    >>> check_nested(config); config["nested"]
+    16384
+    """
+    anchor, length = config["nested"], config["length"]
+    if anchor is None:
+        return
+    if isinstance(anchor, bool) or not isinstance(anchor, int | np.integer):
+        raise ValueError(
+            f"genomic data config: nested must be None or an int (the anchor window length in bp, e.g. "
+            f"nested=16384), got {anchor!r}."
+        )
+    anchor = int(anchor)
+    if anchor < length:
+        raise ValueError(
+            f"genomic data config: nested={anchor} is shorter than length={length}; nested is the anchor "
+            f"(the longest window, whose centre every shorter length crops): set nested >= {length}, e.g. "
+            "the largest length of the sweep."
+        )
+    if (anchor - length) % 2:
+        raise ValueError(
+            f"genomic data config: nested={anchor} and length={length} differ by an odd number of bp, so "
+            "the crop cannot sit at the anchor's exact centre; use lengths of the same parity (powers of "
+            "two, say)."
+        )
+    core = nested_core(anchor)
+    if config["task"] == "genic_vs_intergenic" and length < core:
+        raise ValueError(
+            f"genomic data config: length={length} is shorter than the {core} bp centre core that labels "
+            f"nested genic_vs_intergenic windows (nested={anchor}), so a crop could disagree with its "
+            f"label; use length >= {core}."
+        )
+    config["nested"] = anchor

@@ -31,6 +31,7 @@ from seqjax.data.genomic.catalog import (
 __all__ = [
     "Sequence",
     "Window",
+    "centre_crop",
     "genic_windows",
     "human_or_worm_windows",
     "promoter_windows",
@@ -121,7 +122,13 @@ def _tile(block_start: int, block_end: int, length: int) -> np.ndarray:
     return np.arange(block_start, block_end - length + 1, length, dtype=np.int64)
 
 
-def genic_windows(sequence: Sequence, genes: list[fasta.Gene], length: int) -> dict[str, list[Window]]:
+def genic_windows(
+    sequence: Sequence, genes: list[fasta.Gene], length: int, core: int | None = None
+) -> dict[str, list[Window]]:
+    """Windows tiling each split block, labelled genic / intergenic (package docstring). With `core`,
+    the label is the centre `core` bp's (genic if more than half of it lies in gene spans, intergenic if
+    it is at least INTERGENIC_MARGIN from every span), so every centre crop of at least `core` bp shares
+    it; the N rule still covers the whole window."""
     spans = _Coverage(np.array([g.start for g in genes]), np.array([g.end for g in genes]))
     near = _Coverage(
         np.array([g.start - INTERGENIC_MARGIN for g in genes]),
@@ -133,8 +140,10 @@ def genic_windows(sequence: Sequence, genes: list[fasta.Gene], length: int) -> d
         starts = _tile(block_start, block_end, length)
         ends = starts + length
         clean = n_runs(starts, ends) <= MAX_N_FRACTION * length
-        genic = spans(starts, ends) > GENIC_MIN_FRACTION * length
-        intergenic = near(starts, ends) == 0
+        size = length if core is None else core
+        label_starts = starts + (length - size) // 2
+        genic = spans(label_starts, label_starts + size) > GENIC_MIN_FRACTION * size
+        intergenic = near(label_starts, label_starts + size) == 0
         for s, e, ok, g, ig in zip(starts, ends, clean, genic, intergenic, strict=True):
             if ok and (g or ig):
                 out[split].append(Window("hg19", sequence.chrom, int(s), int(e), "+", int(g)))
@@ -198,6 +207,29 @@ def _promoter_negatives(
         chosen.append((start, strand))
         taken = np.append(taken, start)
     return sorted(chosen)
+
+
+def centre_crop(windows: dict[str, list[Window]], length: int) -> dict[str, list[Window]]:
+    """The centre `length` bp of every window (same split, order, strand and label): the nested-crop
+    design's windows at `length`, from the anchor windows. The windows and `length` must differ by an
+    even number of bp, so the crop sits at the exact centre (a promoter's TSS stays at `length // 2`).
+
+    >>> anchor = {"train": [Window("g", "1", 100, 116, "-", 1)], "validation": [], "test": []}
+    >>> centre_crop(anchor, 4)["train"]
+    [Window(genome='g', chrom='1', start=106, end=110, strand='-', label=1)]
+    """
+    out: dict[str, list[Window]] = {}
+    for split, kept in windows.items():
+        out[split] = []
+        for w in kept:
+            margin = w.end - w.start - length
+            if margin < 0 or margin % 2:
+                raise ValueError(
+                    f"centre_crop: a {w.end - w.start} bp window has no centred crop of {length} bp (the "
+                    "crop must be no longer, and differ by an even number of bp)."
+                )
+            out[split].append(dataclasses.replace(w, start=w.start + margin // 2, end=w.end - margin // 2))
+    return out
 
 
 def species_windows(genomes: list[tuple[str, str, list[Sequence]]], length: int) -> dict[str, list[Window]]:
