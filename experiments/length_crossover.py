@@ -135,44 +135,24 @@ def _main(argv: list[str]) -> None:
     import jax
 
     from seqjax.experiment import plots
-    from seqjax.experiment.comparison import compare_at_length
     from seqjax.experiment.protocol import use_compilation_cache
-    from seqjax.experiment.report import Claim, judge
+    from seqjax.experiment.report import Claim
+    from seqjax.experiment.sweep import claim_verdict, compare_lengths
 
     if FLAGS.compilation_cache:
         use_compilation_cache(Path(FLAGS.workdir) / ".jax_cache")
     lengths = sorted(int(n) for n in FLAGS.lengths)
-    level = 1.0 - 0.05 / len(lengths)
     claim = Claim(CLAIM_TEXT, "recurrent", "attention")
-    settings = driver_settings(FLAGS)
-    summaries = []
-    for length in lengths:
-        workdir = Path(FLAGS.workdir) / f"L{length}"
-        if not FLAGS.retrain and not workdir.exists():
-            raise FileNotFoundError(f"{workdir} is missing: run with --retrain first (or check --workdir).")
-        summary = compare_at_length(
-            _configs(length),
-            settings,
-            workdir,
-            length=length,
-            claims=[claim],
-            confidence_level=level,
-            n_resamples=FLAGS.resamples,
-        )
-        summaries.append(summary)
-    covered = [s for s in summaries if s["length"] >= FLAGS.claim_from] or summaries
-    differences = {
-        s["length"]: c
-        for s in covered
-        for c in s["comparisons"]
-        if c["claim"] == CLAIM_TEXT and "missing" not in c
-    }
-    larger = summaries[0]["larger_is_better"]
-    verdict = (
-        judge(claim, differences, larger_is_better=larger)
-        if differences
-        else {"claim": CLAIM_TEXT, "verdict": "inconclusive", "per_key": {}, "note": "no pair to compare"}
+    summaries = compare_lengths(
+        _configs,
+        driver_settings(FLAGS),
+        FLAGS.workdir,
+        lengths,
+        claims=[claim],
+        n_resamples=FLAGS.resamples,
+        retrain=FLAGS.retrain,
     )
+    verdict, claim_from = claim_verdict(summaries, claim, FLAGS.claim_from)
     platform = jax.default_backend()
     results = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -182,7 +162,7 @@ def _main(argv: list[str]) -> None:
         "options": FLAGS.options,
         "size": FLAGS.size,
         "tokens_per_batch": FLAGS.tokens_per_batch,
-        "claim_from": FLAGS.claim_from if covered is not summaries else min(lengths),
+        "claim_from": claim_from,
         "presets": list(FLAGS.presets),
         "verdict": verdict,
         "summaries": summaries,

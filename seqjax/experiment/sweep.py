@@ -1,0 +1,96 @@
+"""A comparison at every length of a sweep, and the verdict of one claim over the longer lengths: what the
+length drivers share (`experiments/length_crossover.py`, `experiments/dna_windows.py`).
+
+- `compare_lengths`: `comparison.compare_at_length` at each length, under `<workdir>/L<length>/`, with
+  intervals at 1 - 0.05 / m over the m lengths (Bonferroni), so they hold jointly.
+- `claim_verdict`: the claim's paired differences at the lengths >= `claim_from` (all lengths when
+  none is that long), judged by `report.judge` (Holm-adjusted p-values beside it).
+
+    >>> summaries = [{"length": 1024, "larger_is_better": True, "comparisons": []}]
+    >>> verdict, covered_from = claim_verdict(summaries, Claim("r beats a", "recurrent", "attention"), 8192)
+    >>> verdict["verdict"], covered_from
+    ('inconclusive', 1024)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from seqjax.experiment.protocol import ProtocolSettings
+from seqjax.experiment.report import Claim, judge
+
+__all__ = ["claim_verdict", "compare_lengths", "joint_level"]
+
+
+def joint_level(lengths: Sequence[int], alpha: float = 0.05) -> float:
+    """The confidence of each interval so that those of all `lengths` hold jointly (Bonferroni).
+
+    >>> joint_level([1024, 4096, 8192, 16384])
+    0.9875
+    """
+    return 1.0 - alpha / max(1, len(lengths))
+
+
+def compare_lengths(
+    configs_at: Callable[[int], Mapping[str, Any]],
+    settings: ProtocolSettings,
+    workdir: str | os.PathLike[str],
+    lengths: Sequence[int],
+    *,
+    claims: Sequence[Claim] = (),
+    n_resamples: int = 2000,
+    retrain: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """The summary (`compare_at_length`) of every length in increasing order, each trained under
+    `<workdir>/L<length>/` from `configs_at(length)` ({model: config}); with `retrain=False`, a missing
+    length folder is an error (re-tabulate finished runs only).
+
+        >>> summaries = compare_lengths(lambda n: preset_configs(..., length=n, ...), settings,
+        ...                             "runs/x", [1024, 4096])  # doctest: +SKIP
+    """
+    from seqjax.experiment.comparison import compare_at_length
+
+    lengths = sorted(int(n) for n in lengths)
+    level = joint_level(lengths)
+    summaries = []
+    for length in lengths:
+        folder = Path(workdir) / f"L{length}"
+        if not retrain and not folder.exists():
+            raise FileNotFoundError(f"{folder} is missing: run with --retrain first (or check --workdir).")
+        summaries.append(
+            compare_at_length(
+                configs_at(length),
+                settings,
+                folder,
+                length=length,
+                claims=claims,
+                confidence_level=level,
+                n_resamples=n_resamples,
+                log=log,
+            )
+        )
+    return summaries
+
+
+def claim_verdict(
+    summaries: Sequence[Mapping[str, Any]], claim: Claim, claim_from: int
+) -> tuple[dict[str, Any], int]:
+    """(the verdict of `claim` over the summaries' lengths >= `claim_from`, the first length it covers).
+    With no length that long, every length is covered; with no pair to compare, "inconclusive"."""
+    covered = [s for s in summaries if s["length"] >= claim_from] or list(summaries)
+    differences = {
+        s["length"]: c
+        for s in covered
+        for c in s["comparisons"]
+        if c["claim"] == claim.name and "missing" not in c
+    }
+    if not differences:
+        note = "no pair to compare"
+        verdict = {"claim": claim.name, "verdict": "inconclusive", "per_key": {}, "note": note}
+    else:
+        verdict = judge(claim, differences, larger_is_better=summaries[0]["larger_is_better"])
+    return verdict, min(s["length"] for s in covered)

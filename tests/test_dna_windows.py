@@ -1,0 +1,118 @@
+"""experiments/dna_windows.py (issue 18 §2): its pure helpers, and the driver end to end at
+`--size=smoke` on the embedded sample (two presets, two short nested lengths, one task)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqjax.experiment.predictions import read_predictions
+from seqjax.experiment.sweep import claim_verdict, joint_level
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _driver():
+    spec = importlib.util.spec_from_file_location("dna_windows", ROOT / "experiments" / "dna_windows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_helpers_pick_the_anchor_options_and_kmer_baseline() -> None:
+    dna = _driver()
+    assert dna.anchor_length([1024, 16384, 4096]) == 16384 and dna.anchor_length([256], 512) == 512
+    assert dna.task_options("species", "sample", 512, "x=1") == "task=species,route=sample,nested=512,x=1"
+    summaries = [
+        {
+            "larger_is_better": True,
+            "baselines": [
+                {"model": "3-mer frequencies + logistic regression", "estimate": 0.7},
+                {"model": "6-mer frequencies + logistic regression", "estimate": 0.9},
+                {"model": "GC content + logistic regression", "estimate": 0.95},
+                {"model": "majority class", "estimate": math.nan},
+            ],
+        }
+    ]
+    assert dna.kmer_baseline(summaries) == "6-mer frequencies + logistic regression"
+    assert dna.kmer_baseline([{"larger_is_better": True, "baselines": []}]) is None
+    assert joint_level([1, 2, 3, 4]) == pytest.approx(0.9875)
+    assert "not the same numbers" in dna.PAPER_CAVEAT and "tokenizer" in dna.PAPER_CAVEAT
+
+
+def test_claim_verdict_covers_lengths_from_claim_from() -> None:
+    from seqjax.experiment.report import Claim
+
+    claim = Claim("r", "recurrent", "attention")
+    summaries = [
+        {
+            "length": n,
+            "larger_is_better": True,
+            "comparisons": [{"claim": "r", "low": lo, "high": hi, "p_value": p}],
+        }
+        for n, lo, hi, p in [(1024, -0.3, -0.1, 0.01), (8192, 0.1, 0.2, 0.01), (16384, 0.05, 0.3, 0.02)]
+    ]
+    verdict, covered_from = claim_verdict(summaries, claim, 8192)
+    assert covered_from == 8192 and verdict["verdict"] == "supported"
+    assert list(verdict["per_key"]) == ["8192", "16384"]
+    verdict, covered_from = claim_verdict(summaries, claim, 1024)
+    assert covered_from == 1024 and verdict["verdict"] == "depends"
+
+
+@pytest.mark.slow
+def test_dna_windows_smoke_run(tmp_path: Path) -> None:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    args = [
+        sys.executable,
+        str(ROOT / "experiments" / "dna_windows.py"),
+        "--size=smoke",
+        "--route=sample",
+        "--tasks=species",
+        "--presets=lstm,attention",
+        "--lengths=128,256",
+        "--tokens_per_batch=512",
+        "--claim_from=256",
+        "--resamples=100",
+        "--evaluation_examples=32",
+        "--nostep_memory",
+        "--config_overrides=data.max_examples_per_split=128",  # the baselines fit on 128 windows
+        f"--workdir={tmp_path / 'runs'}",
+        f"--out={tmp_path / 'out_{task}'}",
+    ]
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "out_species.json").read_text())
+    assert results["nested"] == 256 and results["lengths"] == [128, 256] and results["route"] == "sample"
+    assert results["verdict"]["verdict"] in ("supported", "contradicted", "depends", "inconclusive")
+    assert list(results["verdict"]["per_key"]) == ["256"]
+    assert set(results["context"]) == {"lstm", "attention"}
+    for gain in results["context"].values():
+        assert gain["class"] in ("helps", "hurts", "no measurable change")
+        assert gain["low"] <= gain["estimate"] <= gain["high"]
+        assert gain["estimate"] == pytest.approx(gain["long"] - gain["short"])
+    short, long = results["summaries"]
+    for summary in (short, long):
+        for row in summary["models"]:
+            assert set(row["secondary"]) == {"macro_f1", "mcc"}
+            for v in row["secondary"].values():
+                assert v["low"] <= v["estimate"] <= v["high"]
+        assert any("6-mer" in b["model"] and "macro_f1" in b["secondary"] for b in summary["baselines"])
+    for a, b in zip(short["models"], long["models"], strict=True):  # the same test loci at both lengths
+        first, second = read_predictions(a["predictions"][0]), read_predictions(b["predictions"][0])
+        assert (first.length, second.length) == (128, 256) and first.n_examples == 32
+        np.testing.assert_array_equal(first.example_ids, second.example_ids)
+        np.testing.assert_array_equal(first.targets, second.targets)
+    text = (tmp_path / "out_species.md").read_text()
+    for phrase in ("Verdict (a): recurrent beats attention", "Verdict (b): longer context helps", "macro_f1"):
+        assert phrase in text
+    assert "not the same numbers" in text
+    for suffix in ("_metric.png", "_cost.png"):
+        assert (tmp_path / f"out_species{suffix}").stat().st_size > 1000
