@@ -143,11 +143,16 @@ def test_guide_figures_come_from_the_committed_files(tmp_path):
             )
 
 
-def test_crossover_figure_draws_the_committed_verdict():
-    path = next((ROOT / "experiments" / "results").glob("length_crossover_*.json"))
+@pytest.mark.parametrize("task", ["classification", "lm"])
+def test_crossover_figure_draws_the_committed_verdict(task):
+    path = ROOT / "experiments" / "results" / f"length_crossover_{task}_cpu_cpu.json"
     figure = plots.crossover_figure(path)
-    verdict = json.loads(path.read_text())["verdict"]["verdict"]
-    assert verdict in figure.axes[0].get_title()
+    data = json.loads(path.read_text())
+    assert data["verdict"]["verdict"] in figure.axes[0].get_title()
     labels = [line.get_label() for line in figure.axes[0].get_lines()]
-    assert set(plots.GUIDE_BASELINES) <= set(labels)
+    # Genomic: GC content and 6-mer counts; other tasks: the table's strongest baseline.
+    expected = (
+        plots.GUIDE_BASELINES if task == "classification" else [data["summaries"][0]["strongest_baseline"]]
+    )
+    assert set(expected) <= set(labels)
     plots._pyplot().close(figure)

@@ -441,13 +441,17 @@ def memory_scaling_figure(results: str | Path, path: str | Path | None = None) -
 
 
 def crossover_figure(
-    results: str | Path, path: str | Path | None = None, *, baselines: Sequence[str] = GUIDE_BASELINES
+    results: str | Path, path: str | Path | None = None, *, baselines: Sequence[str] | None = None
 ) -> Path | Figure:
     """`experiments/length_crossover.py`'s JSON: the headline metric by length with its intervals, the
-    named baselines dashed, and the claim's verdict in the title."""
+    named baselines dashed (default: `GUIDE_BASELINES` where the task has them, else the table's
+    strongest baseline, e.g. a Kneser–Ney model for documents), and the claim's verdict in the title."""
     data = json.loads(Path(results).read_text())
     summaries = {s["length"]: s for s in data["summaries"]}
     present = {b["model"] for s in data["summaries"] for b in s["baselines"]}
+    if baselines is None:
+        strongest = data["summaries"][0].get("strongest_baseline")
+        baselines = [b for b in GUIDE_BASELINES if b in present] or ([strongest] if strongest else [])
     title = (
         f"{data['config']} {data['options']}, platform {data['platform']}: "
         f"{data['verdict']['claim']}? {data['verdict']['verdict']}"
