@@ -571,6 +571,7 @@ FIELD_DOCS: dict[str, str] = {
     "data.eval_size": "synthetic: examples in the validation and test sets",
     "data.route": "sample (embedded in the repository), auto, offline or online (fetch the full data)",
     "data.max_examples_per_split": "cap on every split's examples (None: all)",
+    "data.nested": "genomic: windows chosen at this anchor length and centre-cropped to length (None: off)",
     "data.dataset": "timeseries: which series (e.g. household_power)",
     "data.horizon": "timeseries: steps forecast ahead",
     "data.lookback": "timeseries: steps of history in each window",
