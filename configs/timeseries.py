@@ -10,6 +10,13 @@ Arg: `preset[,dataset=..,lookback=..,horizon=..,route=..,size=..,stream=1]`, and
 uses the real sample embedded in the repository. `stream=1` trains with segment recurrence: the training
 split's rows as contiguous lanes read in segments of `lookback` rows, every layer's state carried across
 batches, a forecast at every position, and no RevIN (docs/training.md, "Segment recurrence").
+
+`length=..` is the protocol drivers' name for the sequence a model reads (`experiments/lookback.py`,
+`seqjax.experiment.flags.preset_configs`): here the look-back. Giving both `length` and `lookback` with
+different values is an error.
+
+    >>> get_config("lstm,length=2048,horizon=720").data.lookback
+    2048
 """
 
 from __future__ import annotations
@@ -18,13 +25,23 @@ import ml_collections
 
 from seqjax.config import base_config, data_section, parse_arg, preset_options
 
-OPTIONS = {"dataset": str, "lookback": int, "horizon": int, "route": str, "stream": int}
+OPTIONS = {"dataset": str, "lookback": int, "length": int, "horizon": int, "route": str, "stream": int}
+
+
+def _lookback(options: dict, size: str) -> int:
+    """The look-back: `lookback`, else `length` (the drivers' name for it), else the size's default."""
+    if "lookback" in options and "length" in options and options["lookback"] != options["length"]:
+        raise ValueError(
+            f"configs/timeseries.py: length={options['length']} and lookback={options['lookback']} differ; "
+            "`length` is the look-back here, so give one of them (or the same value)."
+        )
+    return int(options.get("lookback", options.get("length", 512 if size == "cpu" else 4096)))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset, options = parse_arg(arg, "lstm", OPTIONS, "configs/timeseries.py")
     size = options.get("size", "cpu")
-    lookback = options.get("lookback", 512 if size == "cpu" else 4096)
+    lookback = _lookback(options, size)
     c = base_config(preset, size, task="forecast", max_length=lookback, mixer=preset_options(preset, options))
     c.data = data_section(
         "timeseries",

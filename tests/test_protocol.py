@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from seqjax.config import apply_overrides, load_config_file
-from seqjax.experiment import bits_per_byte, protocol, report
+from seqjax.experiment import bits_per_byte, protocol, report, statistics
 from seqjax.experiment.clusters import example_clusters
 from seqjax.experiment.predictions import RunPredictions, read_predictions, write_predictions
 from seqjax.experiment.report import Claim, judge, metric_interval, paired_difference
@@ -194,9 +194,9 @@ def test_paired_difference_and_verdicts_from_saved_predictions(tmp_path):
 
 
 def test_bootstrap_p_value_is_two_sided():
-    assert report._p_value(np.array([1.0, 2.0, 3.0])) == 0.0
-    assert report._p_value(np.array([-1.0, 1.0])) == 1.0
-    assert report._p_value(np.array([-1.0, 1.0, 2.0, 3.0])) == pytest.approx(0.5)
+    assert statistics.bootstrap_p_value(np.array([1.0, 2.0, 3.0])) == 0.0
+    assert statistics.bootstrap_p_value(np.array([-1.0, 1.0])) == 1.0
+    assert statistics.bootstrap_p_value(np.array([-1.0, 1.0, 2.0, 3.0])) == pytest.approx(0.5)
 
 
 def test_best_of_each_family_is_chosen_on_validation():

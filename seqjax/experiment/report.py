@@ -166,13 +166,6 @@ def baseline_interval(
     )
 
 
-def _p_value(distribution: np.ndarray) -> float:
-    """Two-sided bootstrap p-value of "the difference is zero": twice the smaller tail mass at zero."""
-    d = np.asarray(distribution, np.float64)
-    tail = min(np.mean(d <= 0.0), np.mean(d >= 0.0))
-    return float(min(1.0, 2.0 * tail))
-
-
 def paired_difference(
     paths_a: Sequence[str],
     paths_b: Sequence[str],
@@ -220,7 +213,7 @@ def paired_difference(
         "high": interval.high,
         "confidence_level": confidence_level,
         "n_clusters": interval.n_clusters,
-        "p_value": _p_value(interval.distribution),
+        "p_value": statistics.bootstrap_p_value(interval.distribution),
     }
     if task == "classification":
 

@@ -9,7 +9,9 @@ averaged over the resampled seeds.
 
 Paired comparisons. Two models scored on the same test examples are compared on the same cluster
 resample (`paired_bootstrap`), which removes the between-example variance both share. Their seeds are
-separate trainings, so each model's seeds are resampled on their own. `mcnemar_exact` is the exact
+separate trainings, so each model's seeds are resampled on their own. `contrast_bootstrap` does the same
+for any signed sum of several models' metrics on the same examples, e.g. a difference of differences
+(how much more one model gains from a longer look-back than another). `mcnemar_exact` is the exact
 paired test of two classifiers' correct/incorrect on the same examples (it assumes independent
 examples: with clustered examples prefer `paired_bootstrap`); `diebold_mariano` compares two forecast
 loss series with the Harvey-Leybourne-Newbold small-sample correction; `holm_adjusted_p_values` corrects
@@ -20,6 +22,7 @@ Everything is numpy/scipy, with a fixed `rng_seed` so a rerun gives the same int
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,10 +36,12 @@ from seqjax.experiment.weighted_metrics import WeightedMetric, mean_value
 
 __all__ = [
     "BootstrapInterval",
+    "bootstrap_p_value",
     "DieboldMarianoResult",
     "McNemarResult",
     "cluster_bootstrap",
     "contiguous_block_ids",
+    "contrast_bootstrap",
     "diebold_mariano",
     "holm_adjusted_p_values",
     "mcnemar_exact",
@@ -378,6 +383,61 @@ def paired_bootstrap(
         method,
         rng_seed,
     )
+
+
+def contrast_bootstrap(
+    predictions: Sequence[ArrayLike],
+    coefficients: Sequence[float],
+    *,
+    targets: ArrayLike | None = None,
+    metric: WeightedMetric = mean_value,
+    cluster_ids: ArrayLike | None = None,
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+    method: IntervalMethod = "percentile",
+    rng_seed: int = 0,
+) -> BootstrapInterval:
+    """Bootstrap interval of sum_i coefficients[i] * metric(predictions[i]) for models scored on the same
+    examples: every model sees the same cluster resample (the pairing), and each model's seeds
+    ([seeds, examples]; counts may differ) are resampled on their own. `paired_bootstrap` is the contrast
+    (1, -1); (1, -1, -1, 1) is a difference of differences, e.g. (a_long - a_short) - (b_long - b_short).
+
+    >>> result = contrast_bootstrap([[4.0, 5.0], [1.0, 2.0], [3.0, 3.0], [2.0, 2.0]], [1, -1, -1, 1],
+    ...                             n_resamples=100)
+    >>> result.estimate, [round(end, 9) for end in result.interval]
+    (2.0, [2.0, 2.0])
+    """
+    owner = "contrast_bootstrap"
+    if len(predictions) == 0 or len(predictions) != len(coefficients):
+        raise ValueError(
+            f"{owner}: got {len(predictions)} models and {len(coefficients)} coefficients; pass one "
+            "coefficient per model (at least one model)."
+        )
+    models = [_seed_matrix(owner, f"predictions[{i}]", p) for i, p in enumerate(predictions)]
+    sizes = sorted({m.shape[1] for m in models})
+    if len(sizes) != 1:
+        raise ValueError(
+            f"{owner}: the models have {sizes} examples; a paired contrast needs every model scored on the "
+            "same examples, in the same order."
+        )
+    signs = [float(c) for c in coefficients]
+    if not all(np.isfinite(signs)):
+        raise ValueError(f"{owner}: coefficients must be finite numbers, got {list(coefficients)!r}.")
+    return _bootstrap(
+        owner, models, signs, targets, metric, cluster_ids, confidence_level, n_resamples, method, rng_seed
+    )
+
+
+def bootstrap_p_value(distribution: ArrayLike) -> float:
+    """Two-sided bootstrap p-value of "the difference is zero": twice the smaller tail mass at zero of a
+    bootstrap distribution (`BootstrapInterval.distribution`), at most 1.
+
+    >>> bootstrap_p_value([0.5, 1.0, 2.0, -0.1])
+    0.5
+    """
+    d = np.asarray(distribution, np.float64)
+    tail = min(np.mean(d <= 0.0), np.mean(d >= 0.0))
+    return float(min(1.0, 2.0 * tail))
 
 
 def _correct_vector(name: str, values: ArrayLike) -> np.ndarray:
