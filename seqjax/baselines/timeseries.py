@@ -254,13 +254,21 @@ def evaluate_baselines(
     ridge: float = DEFAULT_RIDGE,
     kernel: int = DLINEAR_KERNEL,
     fit_stride: int | None = 1,
+    fit_windows: int | None = None,
+    examples: int | None = None,
 ) -> list[BaselineResult]:
     """Mean, last value, seasonal-naive, NLinear and DLinear on the `split` windows of the time-series
     task `data`; the linear maps are fit on the train windows only, taken every `fit_stride` rows
     (default 1: every train window, since a closed-form fit is cheap; None keeps the config's training
     stride, which the trainer uses only to bound its epoch). Seasonal-naive with a period longer than
-    the look-back is reported with NaN metrics and the reason in its settings."""
+    the look-back is reported with NaN metrics and the reason in its settings.
+
+    `fit_windows` caps the fit at that many of those train windows, spread evenly over the split (a
+    fit costs windows x look-back^2: at look-backs of thousands of steps every window is hours), and
+    `examples` scores only that many `split` windows, spread evenly (`pipeline.spread_indices`: the
+    windows a model evaluated with the same `evaluation_examples` is scored on); None: all of them."""
     from seqjax.data import timeseries  # pulls in tensorflow_datasets
+    from seqjax.data.pipeline import IndexedSource, spread_indices
 
     config = timeseries.resolve_config(data)
     sources = timeseries.make_sources(config, data_dir)
@@ -273,6 +281,11 @@ def evaluate_baselines(
         fit_source = timeseries.make_sources({**config, "stride": fit_stride}, data_dir)["train"]
     else:
         fit_source = sources["train"]
+    if fit_windows is not None and fit_windows < len(fit_source):
+        fit_source = IndexedSource(fit_source, spread_indices(len(fit_source), fit_windows))
+    scored = sources[split]
+    if examples is not None and examples < len(scored):
+        scored = IndexedSource(scored, spread_indices(len(scored), examples))
     linear = {
         kind: fit_linear_forecaster(window_batches(fit_source), kind, ridge=ridge, kernel=kernel)
         for kind in LINEAR_KINDS
@@ -286,7 +299,7 @@ def evaluate_baselines(
     }
     seasonal_ok = period <= lookback
     errors: dict[str, tuple[list, list]] = {name: ([], []) for name in forecasters}
-    for inputs, targets in window_batches(sources[split]):
+    for inputs, targets in window_batches(scored):
         for name, forecast in forecasters.items():
             if name.startswith("seasonal") and not seasonal_ok:
                 continue

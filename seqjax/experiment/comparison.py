@@ -26,11 +26,22 @@ __all__ = ["BASELINE_FAMILIES", "compare_at_length", "task_baselines"]
 BASELINE_FAMILIES = ("genomic", "documents", "timeseries")
 
 
-def task_baselines(config: Any, split: str = "test", examples: int | None = None) -> tuple[list[Any], Any]:
+def task_baselines(
+    config: Any,
+    split: str = "test",
+    examples: int | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[list[Any], Any]:
     """(the data kind's baselines fit on train and scored on `split`, the cluster id of each `split`
     example) for a task config; ([], None) for data without baselines (synthetic). With `examples`, the
     per-example values and clusters are those of the examples the models are evaluated on
-    (`pipeline.spread_indices`), except for document baselines, which score whole documents."""
+    (`pipeline.spread_indices`), except for document baselines, which score whole documents. `options`
+    are keyword arguments of the kind's `evaluate_baselines` (e.g. time series' `fit_windows`).
+
+        >>> results, clusters = task_baselines(config, examples=256)  # doctest: +SKIP
+        >>> [r.name for r in results][:2]  # doctest: +SKIP
+        ['mean', 'last value']
+    """
     from seqjax.train.run_config import resolve
     from seqjax.train.trainer import build_sources, default_data_dir
 
@@ -41,7 +52,7 @@ def task_baselines(config: Any, split: str = "test", examples: int | None = None
         return [], None
     data_dir = run.data_dir or default_data_dir()
     module = importlib.import_module(f"seqjax.baselines.{kind}")
-    results = module.evaluate_baselines(data, data_dir, split)
+    results = module.evaluate_baselines(data, data_dir, split, **(options or {}))
     clusters = example_clusters(build_sources(run.data, data_dir)[split])
     if examples is not None and kind != "documents":
         indices = spread_indices(len(clusters), examples)
@@ -52,8 +63,12 @@ def task_baselines(config: Any, split: str = "test", examples: int | None = None
 
 def _subset(result: Any, indices: np.ndarray, total: int) -> Any:
     """A `BaselineResult` with its per-example arrays cut to `indices` (its split metrics are kept; the
-    summary's estimate comes from the per-example values)."""
-    per_example = {k: np.asarray(v)[indices] if len(v) == total else v for k, v in result.per_example.items()}
+    summary's estimate comes from the per-example values); arrays already of len(indices) (a baseline
+    that scored only those examples) are kept."""
+    per_example = {
+        k: np.asarray(v)[indices] if len(v) == total != len(indices) else v
+        for k, v in result.per_example.items()
+    }
     return dataclasses.replace(
         result, per_example=per_example, settings={**result.settings, "examples": len(indices)}
     )
@@ -70,14 +85,17 @@ def compare_at_length(
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
     match_target: str | None = None,
+    baseline_options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Trains, scores and summarises one comparison; returns the summary (`summarize_length`) with the
-    protocol's settings under "protocol"."""
+    protocol's settings under "protocol". `baseline_options` go to `task_baselines`."""
     results = run_comparison(configs, settings, workdir, length=length, match_target=match_target, log=log)
     first = next(iter(configs.values()))
     found, clusters = (
-        task_baselines(first, examples=settings.evaluation_examples) if baselines else ([], None)
+        task_baselines(first, examples=settings.evaluation_examples, options=baseline_options)
+        if baselines
+        else ([], None)
     )
     summary = summarize_length(
         results,

@@ -176,9 +176,10 @@ def metric_by_length(
     *,
     title: str = "",
     baselines: Sequence[str] = (),
+    xlabel: str = "sequence length",
 ) -> Path | Figure:
     """The headline metric against length, one line and interval band per model (log-2 length axis);
-    the named baselines dashed."""
+    the named baselines dashed. `xlabel` names the length (e.g. "look-back (steps)")."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lengths = sorted(summaries)
@@ -206,7 +207,7 @@ def metric_by_length(
     first = summaries[lengths[0]]
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(_length_formatter())
-    ax.set_xlabel("sequence length")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{first['metric']} ({first['confidence_level']:.1%} CI)")
     ax.set_title(title)
     ax.legend(fontsize=7)

@@ -35,7 +35,9 @@ __all__ = [
     "Claim",
     "baseline_interval",
     "family_of",
+    "forecast_errors",
     "judge",
+    "mae_interval",
     "metric_interval",
     "paired_difference",
 ]
@@ -132,6 +134,42 @@ def metric_interval(
     )
 
 
+def forecast_errors(
+    paths: Sequence[str], error: str = "mse"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([seeds, examples] per-example forecast errors, example ids, cluster ids) of one model's seeds:
+    `error` "mse" (the saved losses) or "mae" (mean |forecast - truth| over horizon and variables), on
+    the normalised scale the forecasts are saved in.
+
+        >>> errors, ids, clusters = forecast_errors(["predictions/lstm/seed0.npz"], "mae")  # doctest: +SKIP
+    """
+    runs = _load(paths)
+    if error == "mse":
+        values, _, clusters = stack_seeds(runs, "losses")
+    elif error == "mae":
+        forecasts, targets, clusters = stack_seeds(runs, "predictions")
+        axes = tuple(range(2, forecasts.ndim))
+        values = np.abs(forecasts.astype(np.float64) - targets[None]).mean(axis=axes)
+    else:
+        raise ValueError(f"forecast_errors: error must be 'mse' or 'mae', got {error!r}.")
+    return values, np.asarray(runs[0].example_ids), clusters
+
+
+def mae_interval(
+    paths: Sequence[str], *, confidence_level: float = 0.95, n_resamples: int = 2000
+) -> statistics.BootstrapInterval:
+    """A forecaster's MAE (normalised scale) over its seeds with the cluster x seed bootstrap interval,
+    the companion of `metric_interval`'s MSE.
+
+        >>> mae_interval(["predictions/lstm/seed0.npz"]).estimate  # doctest: +SKIP
+        0.41
+    """
+    values, _, clusters = forecast_errors(paths, "mae")
+    return statistics.cluster_bootstrap(
+        values, cluster_ids=clusters, confidence_level=confidence_level, n_resamples=n_resamples
+    )
+
+
 def baseline_interval(
     result: Any,
     task: str,
@@ -140,11 +178,13 @@ def baseline_interval(
     metric: str | None = None,
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
+    error: str = "mse",
 ) -> statistics.BootstrapInterval | None:
     """A `BaselineResult`'s headline metric with a cluster bootstrap interval (None when the baseline has
     no per-example values, e.g. skipped). Document baselines are per document, so each document is its
     own cluster there; other baselines score the split's examples in order and take `clusters`.
-    `metric`: another classification metric than the headline one (as `metric_interval`)."""
+    `metric`: another classification metric than the headline one (as `metric_interval`); a
+    forecaster's `error` is "mse" (the headline) or "mae"."""
     weighted = _weighted_metric(task, metric) if task == "classification" or metric is not None else None
     per_example = result.per_example
     if not per_example:
@@ -159,7 +199,7 @@ def baseline_interval(
             **kwargs,
         )
     if task == "forecast":
-        return statistics.cluster_bootstrap(per_example["mse"], cluster_ids=clusters, **kwargs)
+        return statistics.cluster_bootstrap(per_example[error], cluster_ids=clusters, **kwargs)
     bits = np.asarray(per_example["bits"], np.float64)
     return statistics.cluster_bootstrap(
         bits * np.log(2.0), targets=per_example["bytes"], metric=weighted_metrics.bits_per_byte, **kwargs

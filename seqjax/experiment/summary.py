@@ -26,6 +26,7 @@ from seqjax.experiment.report import (
     Claim,
     baseline_interval,
     family_of,
+    mae_interval,
     metric_interval,
     paired_difference,
 )
@@ -33,9 +34,10 @@ from seqjax.experiment.report import (
 __all__ = ["baseline_rows", "best_by_family", "metrics_table", "model_table", "summarize_length"]
 
 
-def _ends(interval: Any) -> dict[str, float]:
+def _ends(interval: Any, fallback: float = math.nan) -> dict[str, float]:
+    """{estimate, low, high} of a `BootstrapInterval` (NaN ends and `fallback` when it is None)."""
     if interval is None:
-        return {"estimate": math.nan, "low": math.nan, "high": math.nan}
+        return {"estimate": float(fallback), "low": math.nan, "high": math.nan}
     return {"estimate": interval.estimate, "low": interval.low, "high": interval.high}
 
 
@@ -70,6 +72,11 @@ def baseline_rows(
                 "secondary": secondary,
             }
         )
+        if task == "forecast":  # MAE beside MSE, on the same scale and clusters
+            mae = baseline_interval(
+                b, task, clusters, confidence_level=confidence_level, n_resamples=n_resamples, error="mae"
+            )
+            rows[-1]["mae"] = _ends(mae, b.metrics.get("mae", math.nan))
     return rows
 
 
@@ -154,6 +161,11 @@ def summarize_length(
                 "workdirs": [r.workdir for r in seeds],
             }
         )
+        if task == "forecast":
+            interval = mae_interval(
+                result.predictions, confidence_level=confidence_level, n_resamples=n_resamples
+            )
+            rows[-1]["mae"] = _ends(interval)
     baselines_found = baseline_rows(
         baselines, task, baseline_clusters, confidence_level=confidence_level, n_resamples=n_resamples
     )
