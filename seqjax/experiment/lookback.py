@@ -59,7 +59,7 @@ FAMILY_GAIN_CLASSES = {
 
 
 def gain_class(low: float, high: float) -> str:
-    """"helps" (interval of err(long) - err(short) below zero), "hurts" (above) or "no clear difference".
+    """ "helps" (interval of err(long) - err(short) below zero), "hurts" (above) or "no clear difference".
 
     >>> gain_class(-0.2, -0.1), gain_class(0.1, 0.2), gain_class(-0.1, 0.1)
     ('helps', 'hurts', 'no clear difference')

@@ -134,9 +134,7 @@ def metric_interval(
     )
 
 
-def forecast_errors(
-    paths: Sequence[str], error: str = "mse"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def forecast_errors(paths: Sequence[str], error: str = "mse") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """([seeds, examples] per-example forecast errors, example ids, cluster ids) of one model's seeds:
     `error` "mse" (the saved losses) or "mae" (mean |forecast - truth| over horizon and variables), on
     the normalised scale the forecasts are saved in.

@@ -36,9 +36,9 @@ from seqjax.experiment.weighted_metrics import WeightedMetric, mean_value
 
 __all__ = [
     "BootstrapInterval",
-    "bootstrap_p_value",
     "DieboldMarianoResult",
     "McNemarResult",
+    "bootstrap_p_value",
     "cluster_bootstrap",
     "contiguous_block_ids",
     "contrast_bootstrap",
