@@ -17,8 +17,9 @@ gives every look-back the same forecast windows, --train_windows in batches of -
 longer look-back reads more rows, as in the LTSF papers' look-back studies; with equal tokens a look-back
 of 8192 would train on 85x fewer targets than one of 96, and "a longer look-back hurts" would only
 measure that); "tokens" holds --train_tokens and --tokens_per_batch fixed instead (the length-crossover
-protocol). Look-backs >= --few_seeds_from train --few_seeds seeds (3: a cell there takes over 20
-minutes at CPU size); the tables give every model's seeds.
+protocol). Look-backs >= --few_seeds_from (2048) train --few_seeds (3) seeds, --seeds (5) below: at CPU
+size one LSTM run at look-back 2048 takes ~9 minutes on 2 cores, so a cell (6-8 runs) there takes over
+20 minutes, and one at 512 under 20; the tables give every model's seeds.
 
 Intervals: a block bootstrap over the test windows (non-overlapping time blocks of look-back + horizon
 rows, `seqjax.experiment.clusters`; all windows of a block are drawn together) and over the seeds.
@@ -84,7 +85,7 @@ flags.DEFINE_enum("budget", "windows", ["windows", "tokens"], "Equal forecast wi
 flags.DEFINE_integer("windows_per_batch", 32, "--budget=windows: windows per training batch.")
 flags.DEFINE_integer("train_windows", 32 * 100, "--budget=windows: training windows per run.")
 flags.DEFINE_integer("tokens_per_batch", 8192, "--budget=tokens: look-back rows per training batch.")
-flags.DEFINE_integer("few_seeds_from", 8192, "Look-backs >= this train --few_seeds seeds.")
+flags.DEFINE_integer("few_seeds_from", 2048, "Look-backs >= this train --few_seeds seeds (cells > 20 min).")
 flags.DEFINE_integer("few_seeds", 3, "Seeds at look-backs >= --few_seeds_from.")
 flags.DEFINE_integer("claim_from", 8192, "Claim (a) covers look-backs >= this (else the longest).")
 flags.DEFINE_integer("baseline_fit_windows", 20000, "NLinear/DLinear fit on at most this many windows.")
@@ -98,6 +99,11 @@ flags.DEFINE_string(
 )
 
 CLAIM_TEXT = "recurrent beats attention"
+#: What to run instead of a preset that cannot forecast.
+CAUSAL_STAND_INS = {
+    "longformer": " Its causal counterpart is `swa` (causal sliding-window attention, Longformer's local "
+    "pattern without its global tokens): add it to --presets."
+}
 
 
 def _route() -> str:
@@ -129,7 +135,7 @@ def supported_presets(presets: Sequence[str]) -> tuple[list[str], dict[str, str]
             check_preset_task(preset, "forecast")
             ok.append(preset)
         except ValueError as error:
-            not_run[preset] = str(error)
+            not_run[preset] = str(error) + CAUSAL_STAND_INS.get(preset, "")
     return ok, not_run
 
 
@@ -319,7 +325,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     cells, claim, gains = results["cells"], results["claim"], results["gains"]
     p = cells[0]["protocol"]
     budget = (
-        f"{results['train_windows']:,} training windows per run in batches of "
+        f"{p['train_tokens'] // cells[0]['lookback']:,} training windows per run in batches of "
         f"{results['windows_per_batch']} at every look-back (equal forecast targets)"
         if results["budget"] == "windows"
         else f"{p['train_tokens']:,} training rows per run, {results['tokens_per_batch']:,} per batch "
