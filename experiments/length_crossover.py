@@ -27,11 +27,8 @@ Runs go to `<workdir>/L<length>/`; an interrupted run resumes from the finished 
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -135,6 +132,7 @@ def _main(argv: list[str]) -> None:
     import jax
 
     from seqjax.experiment import plots
+    from seqjax.experiment.outputs import run_header, write_results
     from seqjax.experiment.protocol import use_compilation_cache
     from seqjax.experiment.report import Claim
     from seqjax.experiment.sweep import claim_verdict, compare_lengths
@@ -155,9 +153,7 @@ def _main(argv: list[str]) -> None:
     verdict, claim_from = claim_verdict(summaries, claim, FLAGS.claim_from)
     platform = jax.default_backend()
     results = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "platform": platform,
-        "command": " ".join(["python", *map(shlex.quote, sys.argv)]),
+        **run_header(sys.argv, platform),
         "config": FLAGS.config,
         "options": FLAGS.options,
         "size": FLAGS.size,
@@ -169,10 +165,8 @@ def _main(argv: list[str]) -> None:
     }
     task = summaries[0]["task"]
     out = ROOT / FLAGS.out.format(task=task, size=FLAGS.size, platform=platform)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     text = markdown(results)
-    out.with_suffix(".md").write_text(text)
+    write_results(out, results, text)
     by_length = {s["length"]: s for s in summaries}
     strongest = summaries[0]["strongest_baseline"]
     baselines = [] if strongest is None else [strongest]

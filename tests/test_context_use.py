@@ -4,24 +4,18 @@ the table, JSON, plots and the truncation cost, and reads its cached evaluations
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.driver_helpers import run_driver
 
 
 @pytest.mark.slow
 def test_context_use_smoke_run(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    args = [
-        sys.executable,
-        str(ROOT / "experiments" / "context_use.py"),
+    results = run_driver(
+        "context_use.py",
+        tmp_path,
         "--size=smoke",
         "--variants=lstm@64,lstm@32:segment_recurrence=True",
         "--options=corpus=python_docs",  # the embedded sample: 2 test documents
@@ -33,12 +27,7 @@ def test_context_use_smoke_run(tmp_path):
         "--max_document_tokens=512",
         "--resamples=200",
         "--nostep_memory",
-        f"--workdir={tmp_path / 'runs'}",
-        f"--out={tmp_path / 'out'}",
-    ]
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "out.json").read_text())
+    )
     assert results["documents"]["qualifying"] == results["documents"]["total"] == 2
     plain, recurrent = results["variants"]["lstm@64"], results["variants"]["lstm@32:segment_recurrence=True"]
     assert list(plain["modes"]) == ["reset"] and list(recurrent["modes"]) == ["carried", "reset"]

@@ -4,10 +4,6 @@ at smoke size."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +19,7 @@ from seqjax.experiment.lookback import (
     paired_errors,
 )
 from seqjax.experiment.predictions import RunPredictions, read_predictions, write_predictions
+from tests.driver_helpers import run_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTERS = np.repeat(np.arange(40), 5)  # 200 windows in 40 time blocks
@@ -128,10 +125,9 @@ def test_timeseries_config_takes_length_as_the_lookback():
 
 @pytest.mark.slow
 def test_lookback_smoke_run(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    args = [
-        sys.executable,
-        str(ROOT / "experiments" / "lookback.py"),
+    results = run_driver(
+        "lookback.py",
+        tmp_path,
         "--size=smoke",  # route=sample: the embedded household power sample
         "--presets=lstm,attention,longformer",  # longformer cannot forecast: listed, not run
         "--lookbacks=48,96",
@@ -141,12 +137,7 @@ def test_lookback_smoke_run(tmp_path):
         "--resamples=100",
         "--evaluation_examples=32",
         "--nostep_memory",
-        f"--workdir={tmp_path / 'runs'}",
-        f"--out={tmp_path / 'out'}",
-    ]
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "out.json").read_text())
+    )
     assert list(results["not_run"]) == ["longformer"] and "swa" in results["not_run"]["longformer"]
     assert results["claim"]["verdict"] in ("supported", "contradicted", "depends", "inconclusive")
     assert list(results["claim"]["per_key"]) == ["H24/L96"]
