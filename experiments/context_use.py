@@ -51,12 +51,9 @@ Results: `experiments/results/context_use_{study}_{size}_{platform}.md`, `.json`
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import math
 import os
-import shlex
 import shutil
 import sys
 from collections.abc import Sequence
@@ -513,6 +510,7 @@ def _main(argv: list[str]) -> None:
 
     from seqjax.experiment import plots
     from seqjax.experiment.matching import count_parameters
+    from seqjax.experiment.outputs import run_header, write_results
     from seqjax.experiment.protocol import run_comparison, use_compilation_cache
 
     names = FLAGS.variants or default_variants(FLAGS.study, FLAGS.size, FLAGS.truncation_length)
@@ -551,9 +549,7 @@ def _main(argv: list[str]) -> None:
     summary = summarize(trained, variants, edges, level, FLAGS.resamples)
     platform = jax.default_backend()
     results = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "platform": platform,
-        "command": " ".join(["python", *map(shlex.quote, sys.argv)]),
+        **run_header(sys.argv, platform),
         "study": FLAGS.study,
         "config": FLAGS.config,
         "options": FLAGS.options,
@@ -573,10 +569,7 @@ def _main(argv: list[str]) -> None:
         **summary,
     }
     out = ROOT / FLAGS.out.format(study=FLAGS.study, size=FLAGS.size, platform=platform)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    text = markdown(results)
-    out.with_suffix(".md").write_text(text)
+    write_results(out, results, markdown(results))
     curves = {
         f"{name}, {mode}": curve
         for name, row in results["variants"].items()
@@ -586,8 +579,6 @@ def _main(argv: list[str]) -> None:
         title = f"{FLAGS.options}: loss by position"
         plots.metric_by_position(curves, f"{out}_bpb.png", title=title)
         plots.metric_by_position(curves, f"{out}_perplexity.png", metric="perplexity", title=title)
-    print(text)
-    print(f"wrote {out}.md, .json and plots")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ Verdict rules, fixed here before any run:
     shortest, on the same loci (the nested design pairs the examples), with a paired bootstrap over the
     test clusters (those of the longest crop) and each length's seeds, at 1 - 0.05 / k over the k
     models of the task (Bonferroni). *helps* when the interval lies above zero, *hurts* when below,
-    *no measurable change* otherwise. The promoter task is the negative control: its signal sits at the
-    centre (the TSS at index L // 2), so no gain from context is expected there; a "helps" on promoter
-    would point at a confound in how the negatives are drawn rather than at a use of long context.
+    *no clear difference* otherwise (`seqjax.experiment.sweep.length_gain`). The promoter task is the
+    negative control: its signal sits at the centre (the TSS at index L // 2), so no gain from context
+    is expected there; a "helps" on promoter would point at a confound in how the negatives are drawn
+    rather than at a use of long context.
 
 Linformer is not in the default --presets: its E matrix has k x n parameters (k = 256), 4.2M per layer
 at n = 16,384, and the protocol matches every model's parameter count to the largest within ±5%, so with
@@ -51,12 +52,9 @@ accuracy against context length, the best k-mer baseline dashed) and `_cost.png`
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import math
 import os
-import shlex
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -128,38 +126,29 @@ def context_gain(
     short: Mapping[str, Any], long: Mapping[str, Any], *, confidence_level: float, n_resamples: int
 ) -> dict[str, dict[str, Any]]:
     """Rule (b): per model in both summaries, headline metric at `long`'s length minus at `short`'s on
-    the same test examples (their saved predictions), paired bootstrap over `long`'s test clusters and
-    each length's seeds; with its class ("helps", "hurts", "no measurable change").
+    the same test examples (`sweep.length_gain`: paired bootstrap over `long`'s test clusters and each
+    length's seeds), with its class ("helps", "hurts", "no clear difference").
 
         >>> context_gain(summaries[0], summaries[-1], confidence_level=0.99,
         ...              n_resamples=2000)  # doctest: +SKIP
         {'lstm': {'estimate': 0.04, 'low': 0.01, 'high': 0.07, 'class': 'helps', ...}, ...}
     """
-    from seqjax.experiment.predictions import read_predictions
-    from seqjax.experiment.report import paired_difference
-    from seqjax.experiment.verdict import classify_interval
+    from seqjax.experiment.sweep import length_gain
 
-    words = {"claimed": "helps", "opposite": "hurts", "neither": "no measurable change"}
-    task = long["task"]
-    direction = "greater" if long["larger_is_better"] else "less"
     shorter = {r["model"]: r for r in short["models"]}
     out = {}
     for row in long["models"]:
         if row["model"] not in shorter:
             continue
-        paths_long, paths_short = row["predictions"], shorter[row["model"]]["predictions"]
-        clusters = read_predictions(paths_long[0]).cluster_ids
-        d = paired_difference(
-            paths_long,
-            paths_short,
-            task,
-            clusters=clusters,
+        d = length_gain(
+            row["predictions"],
+            shorter[row["model"]]["predictions"],
+            long["task"],
+            larger_is_better=long["larger_is_better"],
             confidence_level=confidence_level,
             n_resamples=n_resamples,
         )
-        d["class"] = words[classify_interval(direction, d["low"], d["high"])]
-        d["short"], d["long"] = shorter[row["model"]]["estimate"], row["estimate"]
-        out[row["model"]] = d
+        out[row["model"]] = {**d, "short": shorter[row["model"]]["estimate"], "long": row["estimate"]}
     return out
 
 
@@ -373,6 +362,7 @@ def _main(argv: list[str]) -> None:
     import jax
 
     from seqjax.experiment import plots
+    from seqjax.experiment.outputs import run_header, write_results
     from seqjax.experiment.protocol import use_compilation_cache
 
     if FLAGS.compilation_cache:
@@ -382,9 +372,7 @@ def _main(argv: list[str]) -> None:
     platform = jax.default_backend()
     for task in FLAGS.tasks:
         results = {
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "platform": platform,
-            "command": " ".join(["python", *map(shlex.quote, sys.argv)]),
+            **run_header(sys.argv, platform),
             "size": FLAGS.size,
             "tokens_per_batch": FLAGS.tokens_per_batch,
             "presets": list(FLAGS.presets),
@@ -392,10 +380,7 @@ def _main(argv: list[str]) -> None:
             **run_task(task, lengths, anchor),
         }
         out = ROOT / FLAGS.out.format(task=task, size=FLAGS.size, platform=platform)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-        text = markdown(results)
-        out.with_suffix(".md").write_text(text)
+        write_results(out, results, markdown(results))
         summaries = results["summaries"]
         by_length = {s["length"]: s for s in summaries}
         kmer = kmer_baseline(summaries)
@@ -406,8 +391,6 @@ def _main(argv: list[str]) -> None:
             baselines=[] if kmer is None else [kmer],
         )
         plots.cost_by_length(by_length, f"{out}_cost.png", title=task)
-        print(text)
-        print(f"wrote {out}.md, .json and plots")
 
 
 if __name__ == "__main__":

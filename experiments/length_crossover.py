@@ -165,8 +165,7 @@ def _main(argv: list[str]) -> None:
     }
     task = summaries[0]["task"]
     out = ROOT / FLAGS.out.format(task=task, size=FLAGS.size, platform=platform)
-    text = markdown(results)
-    write_results(out, results, text)
+    write_results(out, results, markdown(results))
     by_length = {s["length"]: s for s in summaries}
     strongest = summaries[0]["strongest_baseline"]
     baselines = [] if strongest is None else [strongest]
@@ -176,8 +175,6 @@ def _main(argv: list[str]) -> None:
     plots.cost_by_length(by_length, f"{out}_cost.png", title=task)
     for s in summaries:
         plots.learning_curves(s, f"{out}_curves_L{s['length']}.png", title=f"{task} L={s['length']}")
-    print(text)
-    print(f"wrote {out}.md, .json and plots")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,31 @@ gives every look-back the same forecast windows, --train_windows in batches of -
 longer look-back reads more rows, as in the LTSF papers' look-back studies; with equal tokens a look-back
 of 8192 would train on 85x fewer targets than one of 96, and "a longer look-back hurts" would only
 measure that); "tokens" holds --train_tokens and --tokens_per_batch fixed instead (the length-crossover
-protocol). Look-backs >= --few_seeds_from (2048) train --few_seeds (3) seeds, --seeds (5) below: at CPU
-size one LSTM run at look-back 2048 takes ~9 minutes on 2 cores, so a cell (6-8 runs) there takes over
-20 minutes, and one at 512 under 20; the tables give every model's seeds.
+protocol). Look-backs >= --few_seeds_from train --few_seeds (3) seeds, --seeds (5) below, so that 5
+seeds are spent where a cell (every model at one horizon and look-back) takes under 20 minutes and 3
+where it takes more; the tables give every model's seeds. The 3-rate learning-rate grid is kept at
+every size. NLinear/DLinear are fit in closed form on at most --baseline_fit_windows (16,384) train
+windows spread evenly over the split (`seqjax.baselines.timeseries.fit_linear_forecasters`).
+
+Default design per --size (`DESIGN`; a flag given on the command line wins):
+
+| | cpu (the default) | accelerator |
+|---|---|---|
+| look-backs | 96, 512, 2048 | 96, 512, 2048, 8192 |
+| training windows per run | 768, in 48 batches of 16 | 3,200, in 100 batches of 32 |
+| validation and test windows | 256 each | 2,048 each |
+| seeds | 5 at 96; 3 from 512 (cells over 20 min) | 5 below 2048; 3 from it |
+
+Cost at cpu size (household power, 7 forecasting presets, both horizons, 2 CPU cores shared with
+another job): measured at look-back 2048 and 16 windows per batch, training runs at 12.8k rows/s
+(lstm), 6.5k (mamba) and 7.4k (attention); with the other presets' relative step times
+(`experiments/results/memory_scaling_measured_cpu_cpu.md`) a cell takes ~17 min at look-back 96 (5
+seeds), ~40 min at 512 and ~2.5 h at 2048 (3 seeds), compiling and evaluation included: ~3.5 h per
+horizon, **~7 h** in all. Look-back 8192 is left out of the cpu default because it alone would cost
+~12 h per horizon at this budget (rows x 4, attention's quadratic cost); add it with
+--lookbacks=96,512,2048,8192 or run --size=accelerator. Without it claim (a) covers the longest
+look-back, 2048, and the report says so. The NLinear/DLinear fit (16,384 windows) took 20-40 s per
+cell at look-back 2048 and 5 min at 8192 (measured, same machine).
 
 Intervals: a block bootstrap over the test windows (non-overlapping time blocks of look-back + horizon
 rows, `seqjax.experiment.clusters`; all windows of a block are drawn together) and over the seeds.
@@ -44,7 +66,7 @@ Verdict rules, fixed before any run:
 
     python experiments/lookback.py --size=smoke --presets=lstm,attention --lookbacks=96,192 \
         --horizons=96      # ~1 minute on the embedded sample: the wiring
-    python experiments/lookback.py            # household power, CPU size, route=offline (not run yet)
+    python experiments/lookback.py            # household power, CPU size, route=offline: ~7 h (not run yet)
     python experiments/lookback.py --datasets=electricity,traffic
     python experiments/lookback.py --size=accelerator --datasets=household_power,electricity,traffic
 
@@ -71,10 +93,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "timeseries.py"
 FLAGS = flags.FLAGS
 define_protocol_flags(FLAGS, train_tokens=8192 * 100)
-FLAGS.set_default("evaluation_examples", 2048)
 flags.DEFINE_list("datasets", ["household_power"], "Series (seqjax/data/timeseries/catalog.py).")
 flags.DEFINE_list("horizons", ["96", "720"], "Forecast horizons.")
-flags.DEFINE_list("lookbacks", ["96", "512", "2048", "8192"], "Look-backs (capped per dataset).")
+flags.DEFINE_list("lookbacks", None, "Look-backs (capped per dataset; default: DESIGN).")
 flags.DEFINE_list(
     "presets",
     ["lstm", "elstm", "mamba", "gla", "s5", "attention", "longformer", "linformer"],
@@ -82,13 +103,15 @@ flags.DEFINE_list(
 )
 flags.DEFINE_string("route", None, "Data route (default: sample at --size=smoke, else offline).")
 flags.DEFINE_enum("budget", "windows", ["windows", "tokens"], "Equal forecast windows or equal tokens.")
-flags.DEFINE_integer("windows_per_batch", 32, "--budget=windows: windows per training batch.")
-flags.DEFINE_integer("train_windows", 32 * 100, "--budget=windows: training windows per run.")
+flags.DEFINE_integer("windows_per_batch", None, "--budget=windows: windows per batch (default: DESIGN).")
+flags.DEFINE_integer("train_windows", None, "--budget=windows: training windows per run (default: DESIGN).")
 flags.DEFINE_integer("tokens_per_batch", 8192, "--budget=tokens: look-back rows per training batch.")
-flags.DEFINE_integer("few_seeds_from", 2048, "Look-backs >= this train --few_seeds seeds (cells > 20 min).")
+flags.DEFINE_integer(
+    "few_seeds_from", None, "Look-backs >= this train --few_seeds seeds (cells > 20 min; default: DESIGN)."
+)
 flags.DEFINE_integer("few_seeds", 3, "Seeds at look-backs >= --few_seeds_from.")
 flags.DEFINE_integer("claim_from", 8192, "Claim (a) covers look-backs >= this (else the longest).")
-flags.DEFINE_integer("baseline_fit_windows", 20000, "NLinear/DLinear fit on at most this many windows.")
+flags.DEFINE_integer("baseline_fit_windows", 16384, "NLinear/DLinear fit on at most this many windows.")
 flags.DEFINE_string("size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': cpu models, 2 steps.")
 flags.DEFINE_string("workdir", "/tmp/seqjax_lookback", "Runs go to <workdir>/<dataset>/H<h>/L<lookback>/.")
 flags.DEFINE_bool("fresh", False, "Delete --workdir's runs first.")
@@ -99,11 +122,53 @@ flags.DEFINE_string(
 )
 
 CLAIM_TEXT = "recurrent beats attention"
+#: The default design of each --size (module docstring); a flag given on the command line wins. "smoke"
+#: takes the cpu design with 2 steps of training.
+DESIGN: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "lookbacks": [96, 512, 2048],
+        "windows_per_batch": 16,
+        "train_windows": 16 * 48,
+        "evaluation_examples": 256,
+        "few_seeds_from": 512,
+    },
+    "accelerator": {
+        "lookbacks": [96, 512, 2048, 8192],
+        "windows_per_batch": 32,
+        "train_windows": 32 * 100,
+        "evaluation_examples": 2048,
+        "few_seeds_from": 2048,
+    },
+}
 #: What to run instead of a preset that cannot forecast.
 CAUSAL_STAND_INS = {
     "longformer": " Its causal counterpart is `swa` (causal sliding-window attention, Longformer's local "
     "pattern without its global tokens): add it to --presets."
 }
+
+
+def apply_design(registry: flags.FlagValues = FLAGS) -> dict[str, Any]:
+    """Fills the design flags left unset with `DESIGN[--size]` ("cpu" for smoke and unknown sizes);
+    returns the design in effect.
+
+    >>> registry = flags.FlagValues()
+    >>> for name in ("size", "windows_per_batch"):
+    ...     _ = flags.DEFINE_string(name, None, "", flag_values=registry)
+    >>> registry(["x", "--size=accelerator", "--windows_per_batch=8"])  # doctest: +ELLIPSIS
+    [...]
+    >>> apply_design(registry)["windows_per_batch"], apply_design(registry)["train_windows"]
+    (8, 3200)
+    """
+    defaults = DESIGN.get(registry.size, DESIGN["cpu"])
+    design = {}
+    for name, default in defaults.items():
+        value = registry[name].value if name in registry else None
+        if value is None:
+            value = [str(v) for v in default] if isinstance(default, list) else default
+            if name in registry:
+                registry[name].value = value
+        design[name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+    return design
 
 
 def _route() -> str:
@@ -237,7 +302,8 @@ def claim_differences(cells: Sequence[Mapping[str, Any]], n_resamples: int) -> d
 def lookback_gains(cells: Sequence[Mapping[str, Any]], n_resamples: int) -> dict[str, Any]:
     """Rule (b): per model and horizon, err(L_max) - err(L_min) (MSE, MAE) with its class, and per
     horizon which family gains more (module docstring)."""
-    from seqjax.experiment.lookback import family_gain_interval, gain_interval, paired_errors
+    from seqjax.experiment.lookback import family_gain_interval, paired_errors
+    from seqjax.experiment.sweep import length_gain
 
     horizons = sorted({c["horizon"] for c in cells})
     by_key = {(c["horizon"], c["lookback"]): c for c in cells}
@@ -258,9 +324,14 @@ def lookback_gains(cells: Sequence[Mapping[str, Any]], n_resamples: int) -> dict
             paths[model] = [rows[0]["predictions"], rows[1]["predictions"]]
             row = {"horizon": horizon, "model": model, "short": lookbacks[0], "long": lookbacks[-1]}
             for error in ("mse", "mae"):
-                (e_short, e_long), _, clusters = paired_errors(paths[model], error)
-                row[error] = gain_interval(
-                    e_short, e_long, clusters, confidence_level=level, n_resamples=n_resamples
+                row[error] = length_gain(
+                    paths[model][1],
+                    paths[model][0],
+                    "forecast",
+                    larger_is_better=False,
+                    metric=error,
+                    confidence_level=level,
+                    n_resamples=n_resamples,
                 )
             gains.append(row)
         pair = [_family_paths(long, f) for f in ("recurrent", "attention")]
@@ -314,7 +385,7 @@ def _by_lookback_table(cells: Sequence[Mapping[str, Any]]) -> list[str]:
                     row.append("—")
                     continue
                 seeds = f" ({r['seeds']} seeds)" if kind == "models" else ""
-                row.append(f"{_cell(r)} / {_cell(r.get('mae'))}{seeds}")
+                row.append(f"{_cell(r)} / {_cell(r.get('secondary', {}).get('mae'))}{seeds}")
             lines.append(f"| {name if kind == 'models' else '*' + name + '*'} | " + " | ".join(row) + " |")
     return lines
 
@@ -462,7 +533,11 @@ def _run_dataset(dataset: str, presets: list[str], base: Any, level: float, work
                 claims=[Claim(CLAIM_TEXT, "recurrent", "attention")],
                 confidence_level=level,
                 n_resamples=FLAGS.resamples,
-                baseline_options={"fit_windows": FLAGS.baseline_fit_windows},
+                # the baselines score only the models' test windows (all 400k+ at stride 1 would take hours)
+                baseline_options={
+                    "fit_windows": FLAGS.baseline_fit_windows,
+                    "examples": settings.evaluation_examples,
+                },
             )
             cells.append({**summary, "dataset": dataset, "horizon": horizon, "lookback": lookback})
     return {"cells": cells, "dropped_lookbacks": {h: d for h, d in dropped.items() if d}}
@@ -481,6 +556,7 @@ def _main(argv: list[str]) -> None:
     if FLAGS.fresh and workdir.is_dir():
         print(f"--fresh: deleting the previous runs in {workdir}", flush=True)
         shutil.rmtree(workdir)
+    apply_design(FLAGS)
     base = driver_settings(FLAGS)
     recorded = (
         "size",
@@ -527,8 +603,7 @@ def _main(argv: list[str]) -> None:
             "cells": cells,
         }
         out = ROOT / FLAGS.out.format(dataset=dataset, size=FLAGS.size, platform=platform)
-        text = markdown(results)
-        write_results(out, results, text)
+        write_results(out, results, markdown(results))
         for horizon in sorted({c["horizon"] for c in cells}):
             group = {c["lookback"]: c for c in cells if c["horizon"] == horizon}
             strongest = sorted({c["strongest_baseline"] for c in group.values() if c["strongest_baseline"]})
@@ -539,8 +614,6 @@ def _main(argv: list[str]) -> None:
                 title=f"{dataset}, horizon {horizon}: MSE by look-back",
                 xlabel="look-back (steps)",
             )
-        print(text)
-        print(f"wrote {out}.md, .json and plots")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def test_dna_windows_smoke_run(tmp_path: Path) -> None:
     assert list(results["verdict"]["per_key"]) == ["256"]
     assert set(results["context"]) == {"lstm", "attention"}
     for gain in results["context"].values():
-        assert gain["class"] in ("helps", "hurts", "no measurable change")
+        assert gain["class"] in ("helps", "hurts", "no clear difference")
         assert gain["low"] <= gain["estimate"] <= gain["high"]
         assert gain["estimate"] == pytest.approx(gain["long"] - gain["short"])
     short, long = results["summaries"]

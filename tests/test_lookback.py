@@ -1,6 +1,6 @@
-"""The look-back study (issue 18 §3): the gain statistics (`seqjax.experiment.lookback`,
-`statistics.contrast_bootstrap`), the config's `length` option, and `experiments/lookback.py` end to end
-at smoke size."""
+"""The look-back study (issue 18 §3): the gain statistics (`seqjax.experiment.sweep.length_gain`,
+`seqjax.experiment.lookback`, `statistics.contrast_bootstrap`), the config's `length` option, and
+`experiments/lookback.py` end to end at smoke size."""
 
 from __future__ import annotations
 
@@ -11,14 +11,9 @@ import pytest
 
 from seqjax.config import load_config_file
 from seqjax.experiment import statistics
-from seqjax.experiment.lookback import (
-    family_gain_interval,
-    forecast_diebold_mariano,
-    gain_class,
-    gain_interval,
-    paired_errors,
-)
+from seqjax.experiment.lookback import family_gain_interval, forecast_diebold_mariano, paired_errors
 from seqjax.experiment.predictions import RunPredictions, read_predictions, write_predictions
+from seqjax.experiment.sweep import length_gain
 from tests.driver_helpers import run_driver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,25 +42,42 @@ def test_contrast_bootstrap_checks_its_inputs():
         statistics.contrast_bootstrap([[1.0, 2.0], [1.0, 2.0, 3.0]], [1, -1])
 
 
-def test_gain_interval_classes_a_clear_gain_a_clear_loss_and_no_change():
+def _saved(folder: Path, lookback: int, errors: np.ndarray) -> list[str]:
+    """Predictions files of one model's seeds whose per-window MSE is `errors` [seeds, 200] and MAE its
+    square root (one forecast value per window, the target 0)."""
+    ids = np.arange(200) * 10
+    paths = []
+    for seed, row in enumerate(errors):
+        targets = np.zeros((200, 1, 1), np.float32)
+        forecasts = np.sqrt(row).astype(np.float32)[:, None, None]
+        losses = forecasts[:, 0, 0].astype(np.float64) ** 2
+        run = RunPredictions("lstm", seed, lookback, ids, CLUSTERS, targets, forecasts, losses)
+        paths.append(str(write_predictions(folder / f"L{lookback}-{seed}.npz", run)))
+    return paths
+
+
+def test_length_gain_classes_a_clear_gain_a_clear_loss_and_no_change(tmp_path):
     rng = np.random.default_rng(1)
-    short = _errors(rng, 1.0)
-    helps = gain_interval(short, _errors(rng, 0.7), CLUSTERS, n_resamples=500)
+    short_errors = _errors(rng, 1.0)
+    short = _saved(tmp_path / "short", 96, short_errors)
+
+    def gain(level: float, metric: str = "mse") -> dict:
+        long = _saved(tmp_path / f"long{level}", 512, _errors(rng, level))
+        return length_gain(long, short, "forecast", larger_is_better=False, metric=metric, n_resamples=500)
+
+    helps = gain(0.7)
     assert helps["class"] == "helps" and helps["high"] < 0
     assert helps["estimate"] == pytest.approx(-0.3, abs=0.03)
-    hurts = gain_interval(short, _errors(rng, 1.3), CLUSTERS, n_resamples=500)
+    hurts = gain(1.3)
     assert hurts["class"] == "hurts" and hurts["low"] > 0
-    same = gain_interval(short, _errors(rng, 1.0), CLUSTERS, n_resamples=500)
+    same = gain(1.0)
     assert same["class"] == "no clear difference" and same["low"] < 0 < same["high"]
     # pairing matters: the block effect is shared, so the interval is far narrower than the spread of
     # either look-back's errors
-    assert helps["high"] - helps["low"] < 0.1 < short.std()
-
-
-def test_gain_class_reads_the_interval_not_the_estimate():
-    assert gain_class(-0.3, -0.01) == "helps"
-    assert gain_class(0.01, 0.3) == "hurts"
-    assert gain_class(-0.3, 0.0) == "no clear difference"  # an end at zero contains zero
+    assert helps["high"] - helps["low"] < 0.1 < short_errors.std()
+    mae = gain(0.7, "mae")  # MAE = sqrt(MSE) here, lower too
+    assert mae["class"] == "helps" and mae["estimate"] < 0
+    assert "Diebold-Mariano" in helps["paired_test"]["name"]
 
 
 def test_family_gain_interval_says_which_family_gains_more():
@@ -134,8 +146,9 @@ def test_lookback_smoke_run(tmp_path):
         "--horizons=24",
         "--claim_from=96",
         "--windows_per_batch=8",
-        "--resamples=100",
-        "--evaluation_examples=32",
+        "--resamples=50",
+        "--evaluation_examples=16",
+        "--baseline_fit_windows=256",
         "--nostep_memory",
     )
     assert list(results["not_run"]) == ["longformer"] and "swa" in results["not_run"]["longformer"]
@@ -160,10 +173,11 @@ def test_lookback_smoke_run(tmp_path):
     for c in cells:
         assert c["protocol"]["batch_size"] == 8 and c["protocol"]["train_tokens"] == 2 * 8 * c["lookback"]
         for row in c["models"]:
-            assert row["seeds"] == 2 and row["mae"]["low"] <= row["mae"]["estimate"] <= row["mae"]["high"]
+            mae = row["secondary"]["mae"]
+            assert row["seeds"] == 2 and mae["low"] <= mae["estimate"] <= mae["high"]
         names = [b["model"] for b in c["baselines"]]
         assert any(n.startswith("DLinear") for n in names) and any(n.startswith("NLinear") for n in names)
-        assert all("mae" in b for b in c["baselines"])
+        assert all("mae" in b["secondary"] for b in c["baselines"])
     text = (tmp_path / "out.md").read_text()
     assert "## (a) Verdict: recurrent beats attention (look-backs >= 96)" in text
     assert "not run: longformer" in text and "## (b) Does a longer look-back help?" in text

@@ -17,8 +17,11 @@ for one or 28 variables. They are fit in closed form, ridge least squares with a
     minimise  mean over rows ||x W + b - y||^2 + ridge * ||W||^2,
 
 from float64 sufficient statistics accumulated over chunks of train windows (so memory does not grow
-with the split), and solved by `scipy.linalg.lstsq` (which also takes ridge = 0 on collinear
-features: DLinear's trend and seasonal parts sum to the input).
+with the split). Both feature maps are linear in the raw look-back, so one pass accumulates x^T x and
+x^T y of the raw rows and each kind's statistics follow from them (`fit_linear_forecasters`); the
+system is solved by Cholesky (ridge > 0) or `scipy.linalg.lstsq` (ridge = 0, on collinear features:
+DLinear's trend and seasonal parts sum to the input). At look-back L the fit costs rows x L^2 for the
+sums and (2L)^3 / 3 for DLinear's solve: cap the windows (`evaluate_baselines(fit_windows=...)`).
 
     >>> import numpy as np
     >>> x = np.arange(6, dtype=np.float32).reshape(1, 6, 1)
@@ -28,6 +31,7 @@ features: DLinear's trend and seasonal parts sum to the input).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,6 +39,8 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
+import scipy.sparse
 
 from seqjax.baselines.result import BaselineResult
 
@@ -45,6 +51,7 @@ __all__ = [
     "errors_to_metrics",
     "evaluate_baselines",
     "fit_linear_forecaster",
+    "fit_linear_forecasters",
     "moving_average_trend",
     "seasonal_naive_forecasts",
     "window_batches",
@@ -162,26 +169,20 @@ class LinearForecaster:
         return rows.reshape(n, v, -1).transpose(0, 2, 1).astype(inputs.dtype)
 
 
-def fit_linear_forecaster(
-    batches: Iterable[tuple[np.ndarray, np.ndarray]],
-    kind: str,
-    *,
-    ridge: float = DEFAULT_RIDGE,
-    kernel: int = DLINEAR_KERNEL,
-) -> LinearForecaster:
-    """Closed-form ridge fit of NLinear or DLinear on (inputs [N, L, V], targets [N, H, V]) batches of
-    train windows (one map shared by the variables).
+def _trend_matrix(lookback: int, kernel: int) -> scipy.sparse.csr_matrix:
+    """The sparse [L, L] map A with `moving_average_trend(x) == x @ A` for look-backs x [rows, L]."""
+    pad = (kernel - 1) // 2
+    columns = np.repeat(np.arange(lookback), kernel)
+    rows = np.clip(columns + np.tile(np.arange(-pad, pad + 1), lookback), 0, lookback - 1)
+    values = np.full(len(rows), 1.0 / kernel)
+    return scipy.sparse.coo_matrix((values, (rows, columns)), shape=(lookback, lookback)).tocsr()
 
-    >>> x, y = windows_from_series(np.arange(40.0)[:, None], lookback=4, horizon=2)
-    >>> model = fit_linear_forecaster([(x, y)], "nlinear", ridge=0.0)
-    >>> np.round(model.forecast(np.array([[[10.0], [11.0], [12.0], [13.0]]]))[0, :, 0], 6).tolist()
-    [14.0, 15.0]
-    """
-    if kind not in LINEAR_KINDS:
-        raise ValueError(f"fit_linear_forecaster: kind must be one of {LINEAR_KINDS}, got {kind!r}.")
-    if ridge < 0:
-        raise ValueError(f"fit_linear_forecaster: ridge must be >= 0, got {ridge}.")
-    count, sum_x, sum_y, xtx, xty = 0, None, None, None, None
+
+def _raw_statistics(batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Float64 sums over the (window, variable) rows of the batches: count, x, y, x^T x, x^T y, with x
+    the raw look-back [rows, L] and y the horizon [rows, H] (one pass; x^T x by a symmetric rank-k
+    update, half a matrix product)."""
+    stats: dict[str, Any] = {}
     for inputs, targets in batches:
         inputs = _check_inputs(inputs, "fit_linear_forecaster")
         targets = np.asarray(targets)
@@ -190,24 +191,125 @@ def fit_linear_forecaster(
                 f"fit_linear_forecaster: targets {targets.shape} must be [windows, horizon, variables] "
                 f"matching inputs {inputs.shape}."
             )
-        features, level = _rows(inputs, kind, kernel)
-        y = np.asarray(targets, np.float64).transpose(0, 2, 1).reshape(len(features), -1) - level
-        if xtx is None:
-            sum_x, sum_y = np.zeros(features.shape[1]), np.zeros(y.shape[1])
-            xtx, xty = np.zeros((features.shape[1],) * 2), np.zeros((features.shape[1], y.shape[1]))
-        count += len(features)
-        sum_x += features.sum(0)
-        sum_y += y.sum(0)
-        xtx += features.T @ features
-        xty += features.T @ y
-    if xtx is None:
+        x = np.asarray(inputs, np.float64).transpose(0, 2, 1).reshape(-1, inputs.shape[1])
+        y = np.asarray(targets, np.float64).transpose(0, 2, 1).reshape(len(x), -1)
+        if not stats:
+            lookback, horizon = x.shape[1], y.shape[1]
+            stats = {
+                "count": 0,
+                "x": np.zeros(lookback),
+                "y": np.zeros(horizon),
+                "xx": np.zeros((lookback, lookback), order="F"),
+                "xy": np.zeros((lookback, horizon)),
+            }
+        stats["count"] += len(x)
+        stats["x"] += x.sum(0)
+        stats["y"] += y.sum(0)
+        stats["xx"] = scipy.linalg.blas.dsyrk(1.0, x, beta=1.0, c=stats["xx"], trans=1, overwrite_c=1)
+        stats["xy"] += x.T @ y
+    if not stats:
         raise ValueError("fit_linear_forecaster: no train window; fit on a split with windows.")
-    mean_x, mean_y = sum_x / count, sum_y / count
-    # centring removes the bias from the penalised system, so the bias is not shrunk
-    centred_xtx = xtx / count - np.outer(mean_x, mean_x)
-    centred_xty = xty / count - np.outer(mean_x, mean_y)
-    weights = scipy.linalg.lstsq(centred_xtx + ridge * np.eye(len(mean_x)), centred_xty)[0]
-    return LinearForecaster(kind, weights, mean_y - mean_x @ weights, kernel)
+    upper = stats["xx"]  # dsyrk fills the upper triangle
+    stats["xx"] = np.triu(upper) + np.triu(upper, 1).T
+    return stats
+
+
+def _feature_statistics(
+    stats: Mapping[str, Any], kind: str, kernel: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(sum f, sum y', f^T f, f^T y') of the kind's regression rows f (features) and y' (the target less
+    the level added back), from the raw sums: both feature maps are linear in x (NLinear: x - x_L;
+    DLinear: [x - x A, x A] with the sparse moving-average map A), so one pass serves both."""
+    s_x, s_y, xx, xy = stats["x"], stats["y"], stats["xx"], stats["xy"]
+    if kind == "nlinear":  # f = x P, P = I - e_L 1^T; y' = y - x_L
+        level_x = xx - xx[:, -1:]
+        ff = level_x - level_x[-1:, :]
+        level_y = xy - xx[:, -1:]
+        return s_x - s_x[-1], s_y - s_x[-1], ff, level_y - level_y[-1:, :]
+    a = _trend_matrix(len(s_x), kernel)
+    at_xx = np.asarray(a.T @ xx)  # A^T S = (S A)^T, S symmetric
+    at_xx_a = np.asarray(a.T @ at_xx.T)  # A^T S A
+    cross = at_xx.T - at_xx_a  # (I - A)^T S A
+    ff = np.block([[xx - at_xx - at_xx.T + at_xx_a, cross], [cross.T, at_xx_a]])
+    at_xy = np.asarray(a.T @ xy)
+    trend_x = np.asarray(a.T @ s_x)
+    return np.concatenate([s_x - trend_x, trend_x]), s_y, ff, np.concatenate([xy - at_xy, at_xy])
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:
+    """BLAS limited to one thread (threadpoolctl, a scikit-learn dependency), if it is installed: the
+    multithreaded Cholesky of scipy's bundled OpenBLAS segfaulted on 16,384 x 16,384 systems (DLinear at
+    look-back 8192), single-threaded it takes ~30 s."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def fit_linear_forecasters(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    kinds: Iterable[str] = LINEAR_KINDS,
+    *,
+    ridge: float = DEFAULT_RIDGE,
+    kernel: int = DLINEAR_KERNEL,
+) -> dict[str, LinearForecaster]:
+    """Closed-form ridge fits of NLinear and/or DLinear on (inputs [N, L, V], targets [N, H, V]) batches
+    of train windows (one map shared by the variables), from one pass over the windows: the raw sums
+    x^T x and x^T y (cost rows x L^2), mapped to each kind's features in O(L^2) (`_feature_statistics`),
+    then a Cholesky solve (ridge > 0; least squares at ridge = 0, where DLinear's parts are collinear).
+
+    >>> x, y = windows_from_series(np.arange(40.0)[:, None], lookback=4, horizon=2)
+    >>> model = fit_linear_forecasters([(x, y)], ["nlinear"], ridge=0.0)["nlinear"]
+    >>> np.round(model.forecast(np.array([[[10.0], [11.0], [12.0], [13.0]]]))[0, :, 0], 6).tolist()
+    [14.0, 15.0]
+    """
+    kinds = list(kinds)
+    for kind in kinds:
+        if kind not in LINEAR_KINDS:
+            raise ValueError(f"fit_linear_forecaster: kind must be one of {LINEAR_KINDS}, got {kind!r}.")
+    if ridge < 0:
+        raise ValueError(f"fit_linear_forecaster: ridge must be >= 0, got {ridge}.")
+    stats = _raw_statistics(batches)
+    count = stats["count"]
+    models = {}
+    for kind in kinds:
+        sum_x, sum_y, xtx, xty = _feature_statistics(stats, kind, kernel)
+        mean_x, mean_y = sum_x / count, sum_y / count
+        # centring removes the bias from the penalised system, so the bias is not shrunk; in place (the
+        # DLinear system at look-back 8192 is 2 GiB)
+        system = xtx
+        system /= count
+        system -= np.outer(mean_x, mean_x)
+        system[np.diag_indices_from(system)] += ridge
+        centred_xty = xty / count - np.outer(mean_x, mean_y)
+        try:
+            if ridge == 0:
+                raise np.linalg.LinAlgError("ridge 0: least squares")
+            with _one_blas_thread():  # threaded OpenBLAS potrf crashes (SIGSEGV) at n ~ 16k
+                factor = scipy.linalg.cho_factor(system, overwrite_a=True, check_finite=False)
+                weights = scipy.linalg.cho_solve(factor, centred_xty, check_finite=False)
+        except np.linalg.LinAlgError:
+            weights = scipy.linalg.lstsq(system, centred_xty)[0]
+        models[kind] = LinearForecaster(kind, weights, mean_y - mean_x @ weights, kernel)
+    return models
+
+
+def fit_linear_forecaster(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    kind: str,
+    *,
+    ridge: float = DEFAULT_RIDGE,
+    kernel: int = DLINEAR_KERNEL,
+) -> LinearForecaster:
+    """Closed-form ridge fit of NLinear or DLinear (`fit_linear_forecasters` of one kind).
+
+    >>> x, y = windows_from_series(np.arange(40.0)[:, None], lookback=4, horizon=2)
+    >>> model = fit_linear_forecaster([(x, y)], "nlinear", ridge=0.0)
+    >>> np.round(model.forecast(np.array([[[10.0], [11.0], [12.0], [13.0]]]))[0, :, 0], 6).tolist()
+    [14.0, 15.0]
+    """
+    return fit_linear_forecasters(batches, [kind], ridge=ridge, kernel=kernel)[kind]
 
 
 def errors_to_metrics(squared: np.ndarray, absolute: np.ndarray) -> dict[str, float]:
@@ -286,10 +388,7 @@ def evaluate_baselines(
     scored = sources[split]
     if examples is not None and examples < len(scored):
         scored = IndexedSource(scored, spread_indices(len(scored), examples))
-    linear = {
-        kind: fit_linear_forecaster(window_batches(fit_source), kind, ridge=ridge, kernel=kernel)
-        for kind in LINEAR_KINDS
-    }
+    linear = fit_linear_forecasters(window_batches(fit_source), LINEAR_KINDS, ridge=ridge, kernel=kernel)
     forecasters = {
         "mean": lambda x: timeseries.baseline_forecasts(x, horizon, "mean"),
         "last value": lambda x: timeseries.baseline_forecasts(x, horizon, "last_value"),

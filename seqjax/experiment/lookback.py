@@ -1,28 +1,27 @@
-"""The statistics of the look-back study (`experiments/lookback.py`, issue 18 §3): does a longer
-look-back lower a forecaster's error, and which model family gains more from it.
+"""The statistics of the look-back study (`experiments/lookback.py`, issue 18 §3): which model family
+gains more from a longer look-back, and the paired tests of forecasters on the same windows.
 
 Every forecast window of the validation and test splits has the same targets at every look-back that fits
 before the split (`seqjax.data.timeseries.make_window_sources`: the first target row is the split's
-first row), so one model's errors at two look-backs are paired, window by window.
+first row), so one model's errors at two look-backs are paired, window by window. One model's gain,
+err(long) - err(short), is the length sweeps' `seqjax.experiment.sweep.length_gain` ("helps",
+"hurts", "no clear difference"), shared with `experiments/dna_windows.py`.
 
-- `gain_interval`: err(long) - err(short) of one model, on the same test windows: a paired bootstrap
-  over time blocks and both look-backs' seeds (each resampled on its own: separate trainings). Its
-  class (`gain_class`): "helps" when the interval lies below zero, "hurts" above, else
-  "no clear difference".
 - `family_gain_interval`: (recurrent's gain) - (attention's gain) =
   [err(rec, long) - err(rec, short)] - [err(att, long) - err(att, short)], the four models on one
-  resample of the blocks (`statistics.contrast_bootstrap`). Below zero: the recurrent model's error falls
-  more ("recurrent gains more"); above: "attention gains more"; else "no clear difference".
+  resample of the blocks (`statistics.contrast_bootstrap`; each model's seeds resampled on their own).
+  Below zero: the recurrent model's error falls more ("recurrent gains more"); above: "attention gains
+  more"; else "no clear difference".
+- `paired_errors`: several forecasters' per-window errors, checked to be on the same windows.
 - `forecast_diebold_mariano`: the DM test of two forecasters' seed-mean losses, with the overlap of
   their windows' targets in its lag window (the test windows are spread over the split: windows closer
   than a horizon share target rows).
 
-    >>> import numpy as np
-    >>> short = np.array([[1.0, 1.2, 0.9, 1.1]])      # [seeds, windows]
-    >>> long = short - 0.3                               # the longer look-back is better everywhere
-    >>> gain = gain_interval(short, long, [0, 0, 1, 1], n_resamples=200)
+    >>> flat = [[1.0, 1.0, 1.0, 1.0]]                   # [seeds, windows]
+    >>> better = [[0.5, 0.6, 0.4, 0.5]]                 # the recurrent model at the longer look-back
+    >>> gain = family_gain_interval(flat, better, flat, flat, [0, 0, 1, 1], n_resamples=200)
     >>> round(gain["estimate"], 6), gain["class"]
-    (-0.3, 'helps')
+    (-0.5, 'recurrent gains more')
 """
 
 from __future__ import annotations
@@ -35,73 +34,17 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from seqjax.experiment import statistics
-from seqjax.experiment.report import forecast_errors
+from seqjax.experiment.report import difference_fields, forecast_errors
 from seqjax.experiment.verdict import classify_interval
 
-__all__ = [
-    "FAMILY_GAIN_CLASSES",
-    "GAIN_CLASSES",
-    "family_gain_interval",
-    "forecast_diebold_mariano",
-    "gain_class",
-    "gain_interval",
-    "paired_errors",
-]
+__all__ = ["FAMILY_GAIN_CLASSES", "family_gain_interval", "forecast_diebold_mariano", "paired_errors"]
 
-#: The class of an interval of err(long) - err(short) (`verdict.classify_interval`, claimed "less").
-GAIN_CLASSES = {"claimed": "helps", "opposite": "hurts", "neither": "no clear difference"}
 #: The class of an interval of gain(recurrent) - gain(attention).
 FAMILY_GAIN_CLASSES = {
     "claimed": "recurrent gains more",
     "opposite": "attention gains more",
     "neither": "no clear difference",
 }
-
-
-def gain_class(low: float, high: float) -> str:
-    """ "helps" (interval of err(long) - err(short) below zero), "hurts" (above) or "no clear difference".
-
-    >>> gain_class(-0.2, -0.1), gain_class(0.1, 0.2), gain_class(-0.1, 0.1)
-    ('helps', 'hurts', 'no clear difference')
-    """
-    return GAIN_CLASSES[classify_interval("less", low, high)]
-
-
-def _result(interval: statistics.BootstrapInterval, classes: dict[str, str]) -> dict[str, Any]:
-    return {
-        "estimate": interval.estimate,
-        "low": interval.low,
-        "high": interval.high,
-        "confidence_level": interval.confidence_level,
-        "n_clusters": interval.n_clusters,
-        "p_value": statistics.bootstrap_p_value(interval.distribution),
-        "class": classes[classify_interval("less", interval.low, interval.high)],
-    }
-
-
-def gain_interval(
-    short: ArrayLike,
-    long: ArrayLike,
-    cluster_ids: ArrayLike | None,
-    *,
-    confidence_level: float = 0.95,
-    n_resamples: int = 2000,
-) -> dict[str, Any]:
-    """err(long) - err(short) of one model on the same windows, from per-window errors [seeds, windows]
-    at the two look-backs: estimate, interval, bootstrap p-value and class (module docstring).
-
-    >>> gain = gain_interval([[1.0, 1.0, 1.0, 1.0]], [[1.5, 1.4, 1.6, 1.5]], [0, 0, 1, 1], n_resamples=200)
-    >>> gain["class"], gain["estimate"] > 0
-    ('hurts', True)
-    """
-    interval = statistics.contrast_bootstrap(
-        [long, short],
-        [1.0, -1.0],
-        cluster_ids=cluster_ids,
-        confidence_level=confidence_level,
-        n_resamples=n_resamples,
-    )
-    return _result(interval, GAIN_CLASSES)
 
 
 def family_gain_interval(
@@ -129,7 +72,8 @@ def family_gain_interval(
         confidence_level=confidence_level,
         n_resamples=n_resamples,
     )
-    return _result(interval, FAMILY_GAIN_CLASSES)
+    side = classify_interval("less", interval.low, interval.high)
+    return {**difference_fields(interval), "class": FAMILY_GAIN_CLASSES[side]}
 
 
 def paired_errors(

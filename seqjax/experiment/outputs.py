@@ -27,12 +27,13 @@ def run_header(argv: Sequence[str], platform: str) -> dict[str, str]:
     }
 
 
-def write_results(out: str | Path, results: Mapping[str, Any], text: str) -> Path:
-    """Writes `<out>.json` (the results) and `<out>.md` (`text`), making the folder; returns `out`.
+def write_results(out: str | Path, results: Mapping[str, Any], text: str, *, echo: bool = True) -> Path:
+    """Writes `<out>.json` (the results) and `<out>.md` (`text`), making the folder; returns `out`. With
+    `echo`, prints the report and where it went (the drivers' plots follow it).
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as folder:
-    ...     path = write_results(Path(folder) / "r" / "x", {"a": 1}, "# x\\n")
+    ...     path = write_results(Path(folder) / "r" / "x", {"a": 1}, "# x\\n", echo=False)
     ...     (path.with_suffix(".json").read_text(), path.with_suffix(".md").read_text())
     ('{\\n "a": 1\\n}\\n', '# x\\n')
     """
@@ -40,4 +41,7 @@ def write_results(out: str | Path, results: Mapping[str, Any], text: str) -> Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     out.with_suffix(".md").write_text(text)
+    if echo:
+        print(text)
+        print(f"wrote {out}.md and .json", flush=True)
     return out

@@ -31,13 +31,14 @@ from seqjax.experiment.verdict import classify_interval, verdict
 
 __all__ = [
     "FAMILIES",
+    "FORECAST_ERRORS",
     "SECONDARY",
     "Claim",
     "baseline_interval",
+    "difference_fields",
     "family_of",
     "forecast_errors",
     "judge",
-    "mae_interval",
     "metric_interval",
     "paired_difference",
 ]
@@ -66,17 +67,25 @@ FAMILIES: dict[str, str] = {
 }
 
 
-#: Metrics reported beside the headline one, with the same intervals, per task.
-SECONDARY: dict[str, tuple[str, ...]] = {"classification": ("macro_f1", "mcc")}
+#: Metrics reported beside the headline one, with the same intervals, per task (a forecaster's MAE on
+#: the normalised scale beside its MSE).
+SECONDARY: dict[str, tuple[str, ...]] = {"classification": ("macro_f1", "mcc"), "forecast": ("mae",)}
+#: A forecaster's per-window errors by name: the headline MSE first.
+FORECAST_ERRORS = ("mse", "mae")
 
 
 def _weighted_metric(task: str, metric: str | None) -> Any:
-    """The weighted metric `metric` of a classification task (None: the headline one)."""
+    """The weighted metric `metric` of a task (None: the headline one): a classification metric, or a
+    forecast error (`FORECAST_ERRORS`, each a mean over windows)."""
     choices = weighted_metrics.CLASSIFICATION_METRICS
+    if task == "forecast" and metric in (None, *FORECAST_ERRORS):
+        return weighted_metrics.mean_value
     if metric is None:
         return choices["balanced_accuracy"]
-    if task != "classification" or metric not in choices:
-        known = sorted(choices) if task == "classification" else "only the headline metric (metric=None)"
+    if task not in ("classification", "forecast") or (task == "classification" and metric not in choices):
+        known = {"classification": sorted(choices), "forecast": list(FORECAST_ERRORS)}.get(
+            task, "only the headline metric (metric=None)"
+        )
         raise ValueError(f"report: no metric {metric!r} for task {task!r}; known: {known}.")
     return choices[metric]
 
@@ -90,15 +99,15 @@ def _inputs(
     runs: Sequence[RunPredictions], task: str, metric: str | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, Any]:
     """(per-seed values [seeds, n], targets, clusters, weighted metric) of the task's headline metric, or
-    of classification metric `metric`."""
+    of classification metric / forecast error `metric`."""
     if metric is not None:
         _weighted_metric(task, metric)  # a clear error for a metric the task lacks
     if task == "classification":
         logits, targets, clusters = stack_seeds(runs, "predictions")
         return logits.argmax(-1), targets, clusters, _weighted_metric(task, metric)
     if task == "forecast":
-        losses, _, clusters = stack_seeds(runs, "losses")
-        return losses, None, clusters, weighted_metrics.mean_value
+        errors, clusters = _forecast_errors(runs, metric or "mse")
+        return errors, None, clusters, weighted_metrics.mean_value
     if task == "lm":
         nll, targets, clusters = stack_seeds(runs, "predictions")
         return nll, targets, clusters, weighted_metrics.bits_per_byte
@@ -117,8 +126,8 @@ def metric_interval(
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
 ) -> statistics.BootstrapInterval:
-    """The headline metric (or classification metric `metric`) of one model's seeds (their predictions
-    files) with its cluster x seed bootstrap interval.
+    """The headline metric (or classification metric / forecast error `metric`, e.g. "mcc", "mae") of
+    one model's seeds (their predictions files) with its cluster x seed bootstrap interval.
 
         >>> metric_interval(["seed0.npz", "seed1.npz"], "classification", metric="mcc")  # doctest: +SKIP
         BootstrapInterval(estimate=0.61, low=0.48, high=0.72, ...)
@@ -134,38 +143,29 @@ def metric_interval(
     )
 
 
+def _forecast_errors(runs: Sequence[RunPredictions], error: str) -> tuple[np.ndarray, np.ndarray]:
+    """([seeds, windows] per-window `error` of a forecaster's seeds, cluster ids): "mse" (the saved
+    losses) or "mae" (mean |forecast - truth| over horizon and variables), normalised scale."""
+    if error == "mse":
+        values, _, clusters = stack_seeds(runs, "losses")
+        return values, clusters
+    forecasts, targets, clusters = stack_seeds(runs, "predictions")
+    axes = tuple(range(2, forecasts.ndim))
+    return np.abs(forecasts.astype(np.float64) - targets[None]).mean(axis=axes), clusters
+
+
 def forecast_errors(paths: Sequence[str], error: str = "mse") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """([seeds, examples] per-example forecast errors, example ids, cluster ids) of one model's seeds:
-    `error` "mse" (the saved losses) or "mae" (mean |forecast - truth| over horizon and variables), on
-    the normalised scale the forecasts are saved in.
+    `error` one of `FORECAST_ERRORS` ("mse": the saved losses; "mae": mean |forecast - truth| over
+    horizon and variables), on the normalised scale the forecasts are saved in.
 
         >>> errors, ids, clusters = forecast_errors(["predictions/lstm/seed0.npz"], "mae")  # doctest: +SKIP
     """
+    if error not in FORECAST_ERRORS:
+        raise ValueError(f"forecast_errors: error must be one of {FORECAST_ERRORS}, got {error!r}.")
     runs = _load(paths)
-    if error == "mse":
-        values, _, clusters = stack_seeds(runs, "losses")
-    elif error == "mae":
-        forecasts, targets, clusters = stack_seeds(runs, "predictions")
-        axes = tuple(range(2, forecasts.ndim))
-        values = np.abs(forecasts.astype(np.float64) - targets[None]).mean(axis=axes)
-    else:
-        raise ValueError(f"forecast_errors: error must be 'mse' or 'mae', got {error!r}.")
+    values, clusters = _forecast_errors(runs, error)
     return values, np.asarray(runs[0].example_ids), clusters
-
-
-def mae_interval(
-    paths: Sequence[str], *, confidence_level: float = 0.95, n_resamples: int = 2000
-) -> statistics.BootstrapInterval:
-    """A forecaster's MAE (normalised scale) over its seeds with the cluster x seed bootstrap interval,
-    the companion of `metric_interval`'s MSE.
-
-        >>> mae_interval(["predictions/lstm/seed0.npz"]).estimate  # doctest: +SKIP
-        0.41
-    """
-    values, _, clusters = forecast_errors(paths, "mae")
-    return statistics.cluster_bootstrap(
-        values, cluster_ids=clusters, confidence_level=confidence_level, n_resamples=n_resamples
-    )
 
 
 def baseline_interval(
@@ -176,13 +176,12 @@ def baseline_interval(
     metric: str | None = None,
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
-    error: str = "mse",
 ) -> statistics.BootstrapInterval | None:
     """A `BaselineResult`'s headline metric with a cluster bootstrap interval (None when the baseline has
     no per-example values, e.g. skipped). Document baselines are per document, so each document is its
     own cluster there; other baselines score the split's examples in order and take `clusters`.
-    `metric`: another classification metric than the headline one (as `metric_interval`); a
-    forecaster's `error` is "mse" (the headline) or "mae"."""
+    `metric`: another classification metric or forecast error than the headline one (as
+    `metric_interval`)."""
     weighted = _weighted_metric(task, metric) if task == "classification" or metric is not None else None
     per_example = result.per_example
     if not per_example:
@@ -197,7 +196,7 @@ def baseline_interval(
             **kwargs,
         )
     if task == "forecast":
-        return statistics.cluster_bootstrap(per_example[error], cluster_ids=clusters, **kwargs)
+        return statistics.cluster_bootstrap(per_example[metric or "mse"], cluster_ids=clusters, **kwargs)
     bits = np.asarray(per_example["bits"], np.float64)
     return statistics.cluster_bootstrap(
         bits * np.log(2.0), targets=per_example["bytes"], metric=weighted_metrics.bits_per_byte, **kwargs
@@ -209,28 +208,33 @@ def paired_difference(
     paths_b: Sequence[str],
     task: str,
     *,
+    metric: str | None = None,
     clusters: np.ndarray | None = None,
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
 ) -> dict[str, Any]:
     """metric(a) - metric(b) on the same test examples: estimate, interval, bootstrap p-value, and the
-    task's classical paired test (McNemar or Diebold-Mariano).
+    task's classical paired test (McNemar or Diebold-Mariano). `metric`: the headline one (None) or
+    another (as `metric_interval`, e.g. a forecaster's "mae").
 
     `clusters`: the cluster ids to resample for both, instead of those saved with the runs, which must
     then score the same example ids (in order) with the same targets. For the same loci cropped to two
     lengths (`seqjax.data.genomic`'s nested windows), whose start-based ids may differ across a block
-    edge: pass the longer crop's ids.
+    edge, or the same forecast windows read with two look-backs (whose time blocks differ): pass the
+    longer one's ids.
 
         >>> paired_difference(long_paths, short_paths, "classification", clusters=ids)  # doctest: +SKIP
     """
     runs_a, runs_b = _load(paths_a), _load(paths_b)
-    values_a, targets, saved_clusters, metric = _inputs(runs_a, task)
-    values_b, targets_b, clusters_b, _ = _inputs(runs_b, task)
+    values_a, targets, saved_clusters, weighted = _inputs(runs_a, task, metric)
+    values_b, targets_b, clusters_b, _ = _inputs(runs_b, task, metric)
     if clusters is None:
         same = np.array_equal(saved_clusters, clusters_b)
         clusters = saved_clusters
     else:
-        same = np.array_equal(runs_a[0].example_ids, runs_b[0].example_ids)
+        same = np.array_equal(runs_a[0].example_ids, runs_b[0].example_ids) and np.array_equal(
+            runs_a[0].targets, runs_b[0].targets
+        )
         clusters = np.asarray(clusters)
     if not same or (targets is not None and not np.array_equal(targets, targets_b)):
         raise ValueError(
@@ -240,19 +244,12 @@ def paired_difference(
         values_a,
         values_b,
         targets=targets,
-        metric=metric,
+        metric=weighted,
         cluster_ids=clusters,
         confidence_level=confidence_level,
         n_resamples=n_resamples,
     )
-    out: dict[str, Any] = {
-        "estimate": interval.estimate,
-        "low": interval.low,
-        "high": interval.high,
-        "confidence_level": confidence_level,
-        "n_clusters": interval.n_clusters,
-        "p_value": statistics.bootstrap_p_value(interval.distribution),
-    }
+    out = difference_fields(interval)
     if task == "classification":
 
         def vote(values: np.ndarray) -> np.ndarray:  # majority label over seeds (ties: the smaller label)
@@ -272,6 +269,24 @@ def paired_difference(
             p_value = float("nan")
         out["paired_test"] = {"name": name, "p_value": p_value}
     return out
+
+
+def difference_fields(interval: statistics.BootstrapInterval) -> dict[str, Any]:
+    """The JSON fields of a difference's bootstrap interval: estimate, low, high, confidence_level,
+    n_clusters and the two-sided bootstrap p-value (`statistics.bootstrap_p_value`).
+
+    >>> d = difference_fields(statistics.paired_bootstrap([3.0, 4.0], [1.0, 2.0], n_resamples=50))
+    >>> d["estimate"], d["p_value"]
+    (2.0, 0.0)
+    """
+    return {
+        "estimate": interval.estimate,
+        "low": interval.low,
+        "high": interval.high,
+        "confidence_level": interval.confidence_level,
+        "n_clusters": interval.n_clusters,
+        "p_value": statistics.bootstrap_p_value(interval.distribution),
+    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ Everything is numpy/scipy, with a fixed `rng_seed` so a rerun gives the same int
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -363,17 +363,9 @@ def paired_bootstrap(
     >>> result.estimate, [round(end, 9) for end in result.interval]
     (2.0, [2.0, 2.0])
     """
-    owner = "paired_bootstrap"
-    model_a = _seed_matrix(owner, "predictions_a", predictions_a)
-    model_b = _seed_matrix(owner, "predictions_b", predictions_b)
-    if model_a.shape[1] != model_b.shape[1]:
-        raise ValueError(
-            f"{owner}: predictions_a has {model_a.shape[1]} examples and predictions_b {model_b.shape[1]}; "
-            "a paired comparison needs both models scored on the same examples, in the same order."
-        )
-    return _bootstrap(
-        owner,
-        [model_a, model_b],
+    return _contrast(
+        "paired_bootstrap",
+        {"predictions_a": predictions_a, "predictions_b": predictions_b},
         [1.0, -1.0],
         targets,
         metric,
@@ -413,18 +405,48 @@ def contrast_bootstrap(
             f"{owner}: got {len(predictions)} models and {len(coefficients)} coefficients; pass one "
             "coefficient per model (at least one model)."
         )
-    models = [_seed_matrix(owner, f"predictions[{i}]", p) for i, p in enumerate(predictions)]
-    sizes = sorted({m.shape[1] for m in models})
-    if len(sizes) != 1:
-        raise ValueError(
-            f"{owner}: the models have {sizes} examples; a paired contrast needs every model scored on the "
-            "same examples, in the same order."
-        )
     signs = [float(c) for c in coefficients]
     if not all(np.isfinite(signs)):
         raise ValueError(f"{owner}: coefficients must be finite numbers, got {list(coefficients)!r}.")
+    named = {f"predictions[{i}]": p for i, p in enumerate(predictions)}
+    return _contrast(
+        owner, named, signs, targets, metric, cluster_ids, confidence_level, n_resamples, method, rng_seed
+    )
+
+
+def _contrast(
+    owner: str,
+    predictions: Mapping[str, ArrayLike],
+    signs: Sequence[float],
+    targets: ArrayLike | None,
+    metric: WeightedMetric,
+    cluster_ids: ArrayLike | None,
+    confidence_level: float,
+    n_resamples: int,
+    method: IntervalMethod,
+    rng_seed: int,
+) -> BootstrapInterval:
+    """`_bootstrap` of sum_i signs[i] * metric(model i) after checking that every model ({name: [seeds,
+    examples]}) scored the same number of examples (`paired_bootstrap`, `contrast_bootstrap`)."""
+    models = [_seed_matrix(owner, name, p) for name, p in predictions.items()]
+    sizes = [m.shape[1] for m in models]
+    if len(set(sizes)) != 1:
+        counts = ", ".join(f"{name} {n}" for name, n in zip(predictions, sizes, strict=True))
+        raise ValueError(
+            f"{owner}: the models have different numbers of examples ({counts}); a paired comparison "
+            "needs every model scored on the same examples, in the same order."
+        )
     return _bootstrap(
-        owner, models, signs, targets, metric, cluster_ids, confidence_level, n_resamples, method, rng_seed
+        owner,
+        models,
+        list(signs),
+        targets,
+        metric,
+        cluster_ids,
+        confidence_level,
+        n_resamples,
+        method,
+        rng_seed,
     )
 
 

@@ -1,5 +1,6 @@
-"""One comparison (one task, one length) summarised: every model's metric with its interval (and, for
-classification, macro-F1 and MCC with the same cluster x seed bootstrap under "secondary"), cost and
+"""One comparison (one task, one length) summarised: every model's metric with its interval (and, under
+"secondary" with the same cluster x seed bootstrap, `report.SECONDARY`: macro-F1 and MCC for
+classification, MAE for forecasts), cost and
 matched size, the strong baselines with theirs, the best of each family (chosen on validation) and their
 paired difference; and the markdown table of it. The summary is plain JSON-able data, so a table or a
 plot can be redrawn from `*.json` without the predictions.
@@ -26,7 +27,6 @@ from seqjax.experiment.report import (
     Claim,
     baseline_interval,
     family_of,
-    mae_interval,
     metric_interval,
     paired_difference,
 )
@@ -34,10 +34,10 @@ from seqjax.experiment.report import (
 __all__ = ["baseline_rows", "best_by_family", "metrics_table", "model_table", "summarize_length"]
 
 
-def _ends(interval: Any, fallback: float = math.nan) -> dict[str, float]:
-    """{estimate, low, high} of a `BootstrapInterval` (NaN ends and `fallback` when it is None)."""
+def _ends(interval: Any) -> dict[str, float]:
+    """{estimate, low, high} of a `BootstrapInterval` (NaN when it is None)."""
     if interval is None:
-        return {"estimate": float(fallback), "low": math.nan, "high": math.nan}
+        return {"estimate": math.nan, "low": math.nan, "high": math.nan}
     return {"estimate": interval.estimate, "low": interval.low, "high": interval.high}
 
 
@@ -72,11 +72,6 @@ def baseline_rows(
                 "secondary": secondary,
             }
         )
-        if task == "forecast":  # MAE beside MSE, on the same scale and clusters
-            mae = baseline_interval(
-                b, task, clusters, confidence_level=confidence_level, n_resamples=n_resamples, error="mae"
-            )
-            rows[-1]["mae"] = _ends(mae, b.metrics.get("mae", math.nan))
     return rows
 
 
@@ -161,11 +156,6 @@ def summarize_length(
                 "workdirs": [r.workdir for r in seeds],
             }
         )
-        if task == "forecast":
-            interval = mae_interval(
-                result.predictions, confidence_level=confidence_level, n_resamples=n_resamples
-            )
-            rows[-1]["mae"] = _ends(interval)
     baselines_found = baseline_rows(
         baselines, task, baseline_clusters, confidence_level=confidence_level, n_resamples=n_resamples
     )

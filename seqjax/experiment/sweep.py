@@ -5,6 +5,10 @@ length drivers share (`experiments/length_crossover.py`, `experiments/dna_window
   intervals at 1 - 0.05 / m over the m lengths (Bonferroni), so they hold jointly.
 - `claim_verdict`: the claim's paired differences at the lengths >= `claim_from` (all lengths when
   none is that long), judged by `report.judge` (Holm-adjusted p-values beside it).
+- `length_gain`: one model's metric at a longer length minus at a shorter one on the same test
+  examples (nested DNA crops of the same loci; the same forecast windows read with two look-backs),
+  paired over the longer run's clusters, with its class: "helps", "hurts" or "no clear difference"
+  (`experiments/dna_windows.py` rule (b), `experiments/lookback.py` rule (b)).
 
     >>> summaries = [{"length": 1024, "larger_is_better": True, "comparisons": []}]
     >>> verdict, covered_from = claim_verdict(summaries, Claim("r beats a", "recurrent", "attention"), 8192)
@@ -22,7 +26,11 @@ from typing import Any
 from seqjax.experiment.protocol import ProtocolSettings
 from seqjax.experiment.report import Claim, judge
 
-__all__ = ["claim_verdict", "compare_lengths", "joint_level"]
+__all__ = ["GAIN_CLASSES", "claim_verdict", "compare_lengths", "joint_level", "length_gain"]
+
+#: The class of an interval of metric(longer) - metric(shorter) (`verdict.classify_interval`, the
+#: better side of zero claimed).
+GAIN_CLASSES = {"claimed": "helps", "opposite": "hurts", "neither": "no clear difference"}
 
 
 def joint_level(lengths: Sequence[int], alpha: float = 0.05) -> float:
@@ -94,3 +102,39 @@ def claim_verdict(
     else:
         verdict = judge(claim, differences, larger_is_better=summaries[0]["larger_is_better"])
     return verdict, min(s["length"] for s in covered)
+
+
+def length_gain(
+    long: Sequence[str],
+    short: Sequence[str],
+    task: str,
+    *,
+    larger_is_better: bool,
+    metric: str | None = None,
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+) -> dict[str, Any]:
+    """metric(long) - metric(short) of one model from its seeds' predictions files at two lengths, on the
+    same test examples: `report.paired_difference` over the longer run's clusters (the coarser blocks,
+    which also hold the shorter run's correlation) and each length's seeds resampled on their own, with
+    its class (`GAIN_CLASSES`: "helps" when the interval lies on the better side of zero).
+
+        >>> length_gain(lstm_16k_paths, lstm_1k_paths, "classification",
+        ...             larger_is_better=True)["class"]  # doctest: +SKIP
+        'helps'
+    """
+    from seqjax.experiment.predictions import read_predictions
+    from seqjax.experiment.report import paired_difference
+    from seqjax.experiment.verdict import classify_interval
+
+    difference = paired_difference(
+        long,
+        short,
+        task,
+        metric=metric,
+        clusters=read_predictions(long[0]).cluster_ids,
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+    )
+    side = classify_interval("greater" if larger_is_better else "less", difference["low"], difference["high"])
+    return {**difference, "class": GAIN_CLASSES[side]}
