@@ -15,7 +15,11 @@ variant in segments of its training length, each from a fresh state (*reset*, `c
 context it was trained to use); a segment-recurrent variant with the state *carried* through the
 document and, as the contrast, *reset* at every segment. Only test documents with at least
 --min_document_bytes scored bytes (the bytes of their targets: a document's length less its first
-token) count; the report states how many qualify out of how many. `--max_document_tokens` scores only
+token) count; the report states how many qualify out of how many. With `--reuse_runs=<a
+length_crossover.py --workdir>`, a length whose variants are all plain presets is not trained here: its
+runs are read from that crossover (its own per-length parameter matching; the flags must repeat its
+budget, tokens per batch, rate grid, seeds and evaluation examples, or the protocol refuses the runs as
+trained with another config), and only the scoring by position is new. `--max_document_tokens` scores only
 each document's first that many tokens (the last bucket then ends there; the report says so).
 Intervals: 95% bootstrap over those documents and the seeds
 (`seqjax.experiment.positions.position_curve`, `statistics.paired_bootstrap`).
@@ -89,6 +93,11 @@ flags.DEFINE_integer(
 flags.DEFINE_string("size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': 2 steps, 2 seeds, 1 rate.")
 flags.DEFINE_string("workdir", "/tmp/seqjax_context", "Runs go to <workdir>/L<length>/<variant>/.")
 flags.DEFINE_bool("fresh", False, "Delete --workdir's runs first and train again.")
+flags.DEFINE_string(
+    "reuse_runs",
+    None,
+    "A length_crossover.py --workdir whose runs the plain variants of a length reuse (module docstring).",
+)
 flags.DEFINE_list("config_overrides", [], "Extra key=value config overrides for every run.")
 flags.DEFINE_string(
     "out", "experiments/results/context_use_{study}_{size}_{platform}", "Output path without extension."
@@ -512,6 +521,7 @@ def _main(argv: list[str]) -> None:
     from seqjax.experiment.matching import count_parameters
     from seqjax.experiment.outputs import run_header, write_results
     from seqjax.experiment.protocol import run_comparison, use_compilation_cache
+    from seqjax.experiment.sweep import finished_models_at
 
     names = FLAGS.variants or default_variants(FLAGS.study, FLAGS.size, FLAGS.truncation_length)
     variants = [parse_variant(n) for n in names]
@@ -543,8 +553,19 @@ def _main(argv: list[str]) -> None:
     target = max(count_parameters(c) for c in configs.values())
     trained: dict[str, Any] = {}
     for length in sorted({v.length for v in variants}):
-        group = {v.name: configs[v.name] for v in variants if v.length == length}
-        trained |= run_comparison(group, settings, workdir / f"L{length}", length=length, match_target=target)
+        group = [v for v in variants if v.length == length]
+        if FLAGS.reuse_runs and not any(v.overrides for v in group):
+            # The crossover's own configs and per-length matching, so its runs' digests match.
+            reused = finished_models_at(FLAGS.reuse_runs, length, [v.preset for v in group])
+            by_preset = run_comparison(
+                {v.preset: configs[v.name] for v in group}, settings, reused, length=length
+            )
+            trained |= {v.name: by_preset[v.preset] for v in group}
+            continue
+        configs_here = {v.name: configs[v.name] for v in group}
+        trained |= run_comparison(
+            configs_here, settings, workdir / f"L{length}", length=length, match_target=target
+        )
     level = 0.95
     summary = summarize(trained, variants, edges, level, FLAGS.resamples)
     platform = jax.default_backend()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from seqjax.experiment.predictions import read_predictions
-from seqjax.experiment.sweep import claim_verdict, joint_level
+from seqjax.experiment.sweep import claim_verdict, finished_models_at, joint_level
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,16 @@ def _driver():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_reused_runs_must_exist_for_every_model(tmp_path) -> None:
+    # context_use.py --reuse_runs reads another sweep's runs; a model it lacks is an error, not a new run
+    (tmp_path / "L1024" / "lstm").mkdir(parents=True)
+    assert finished_models_at(tmp_path, 1024, ["lstm"]) == tmp_path / "L1024"
+    with pytest.raises(ValueError, match=r"has no runs of \['attention'\] \(length 1024\)"):
+        finished_models_at(tmp_path, 1024, ["lstm", "attention"])
+    with pytest.raises(ValueError, match="length 4096"):
+        finished_models_at(tmp_path, 4096, ["lstm"])
 
 
 def test_helpers_pick_the_anchor_options_and_kmer_baseline() -> None:

@@ -26,7 +26,15 @@ from typing import Any
 from seqjax.experiment.protocol import ProtocolSettings
 from seqjax.experiment.report import Claim, judge
 
-__all__ = ["GAIN_CLASSES", "claim_verdict", "compare_lengths", "joint_level", "length_gain"]
+__all__ = [
+    "GAIN_CLASSES",
+    "claim_verdict",
+    "compare_lengths",
+    "finished_models_at",
+    "joint_level",
+    "length_folder",
+    "length_gain",
+]
 
 #: The class of an interval of metric(longer) - metric(shorter) (`verdict.classify_interval`, the
 #: better side of zero claimed).
@@ -40,6 +48,30 @@ def joint_level(lengths: Sequence[int], alpha: float = 0.05) -> float:
     0.9875
     """
     return 1.0 - alpha / max(1, len(lengths))
+
+
+def length_folder(workdir: str | os.PathLike[str], length: int) -> Path:
+    """Where a sweep keeps the runs of one length: `<workdir>/L<length>`.
+
+    >>> length_folder("runs/crossover_lm", 8192).as_posix()
+    'runs/crossover_lm/L8192'
+    """
+    return Path(workdir) / f"L{int(length)}"
+
+
+def finished_models_at(workdir: str | os.PathLike[str], length: int, models: Sequence[str]) -> Path:
+    """`length_folder(workdir, length)`, checked to hold a folder for every one of `models`: what a driver
+    that reuses another sweep's runs (e.g. `experiments/context_use.py --reuse_runs`) reads them from. A
+    model without runs there is a ValueError naming the folder and the models, so reusing never trains
+    into another experiment's folder by mistake."""
+    folder = length_folder(workdir, length)
+    missing = [m for m in models if not (folder / m).is_dir()]
+    if missing:
+        raise ValueError(
+            f"{folder} has no runs of {missing} (length {length}); give the models and lengths that sweep "
+            "trained, or train them in this experiment's own workdir."
+        )
+    return folder
 
 
 def compare_lengths(
@@ -66,7 +98,7 @@ def compare_lengths(
     level = joint_level(lengths)
     summaries = []
     for length in lengths:
-        folder = Path(workdir) / f"L{length}"
+        folder = length_folder(workdir, length)
         if not retrain and not folder.exists():
             raise FileNotFoundError(f"{folder} is missing: run with --retrain first (or check --workdir).")
         summaries.append(
