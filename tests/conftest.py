@@ -3,10 +3,10 @@
 import os
 
 # Tests check algorithms, not XLA's optimisation passes; at -O0 the many small programs compile ~25% faster.
+from tests.driver_helpers import FAST_COMPILE_FLAGS
+
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_force_host_platform_device_count=8"
-    + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " + FAST_COMPILE_FLAGS
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from seqjax.experiment.predictions import read_predictions
 from seqjax.experiment.sweep import claim_verdict, finished_models_at, joint_level
+from tests.driver_helpers import driver_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_claim_verdict_covers_lengths_from_claim_from() -> None:
 
 @pytest.mark.slow
 def test_dna_windows_smoke_run(tmp_path: Path) -> None:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = driver_env()
     args = [
         sys.executable,
         str(ROOT / "experiments" / "dna_windows.py"),

@@ -22,6 +22,7 @@ from seqjax.experiment.scaling import (
     memory_exponent,
     quadratic_memory_verdict,
 )
+from tests.driver_helpers import driver_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768]
@@ -110,7 +111,7 @@ def test_memory_exponent_falls_back_to_log_m_only_for_a_flat_memory():
 
 def _measured_sweep(out, *flags: str, timeout: int) -> dict:
     """Runs the driver's measured mode with `flags` into `out`; returns its JSON (exit 0 asserted)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+    env = driver_env(PYTHONPATH=str(ROOT))
     command = [sys.executable, str(ROOT / "experiments" / "memory_scaling.py"), "--measure=run", *flags]
     done = subprocess.run(
         [*command, f"--out={out}"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout

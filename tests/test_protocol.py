@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from seqjax.experiment.clusters import example_clusters
 from seqjax.experiment.predictions import RunPredictions, read_predictions, write_predictions
 from seqjax.experiment.report import Claim, judge, metric_interval, paired_difference
 from seqjax.experiment.summary import best_by_family
+from tests.driver_helpers import driver_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,7 +236,7 @@ def test_forecast_difference_reports_diebold_mariano(tmp_path):
 
 @pytest.mark.slow
 def test_length_crossover_smoke_run(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = driver_env()
     args = [
         sys.executable,
         str(ROOT / "experiments" / "length_crossover.py"),
@@ -278,7 +278,7 @@ def test_length_crossover_smoke_run(tmp_path):
 
 @pytest.mark.slow
 def test_segment_recurrence_smoke_run(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = driver_env()
     args = [
         sys.executable,
         str(ROOT / "experiments" / "segment_recurrence.py"),
@@ -350,7 +350,7 @@ def test_train_examples_subsets_only_the_train_split():
 
 @pytest.mark.slow
 def test_main_job_smoke_run_says_when_a_baseline_solves_the_task(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = driver_env()
     args = [
         sys.executable,
         str(ROOT / "scripts" / "compare.py"),
