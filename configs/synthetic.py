@@ -5,7 +5,8 @@
         --config.total_steps=2000 --config.mesh.shape='(-1,1)'
 
 The arg is `preset[,key=value...]`: the preset names the mixer (any of `seqjax.config.PRESETS`); `length`,
-`task` and `size` ("cpu" default, or "accelerator") adjust the data and model size.
+`task`, `delay` (copy only: blanks between the symbols and GO; default the whole length) and `size` ("cpu"
+default, or "accelerator") adjust the data and model size.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ SIZES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    preset, options = parse_arg(arg, "lstm", {"length": int, "task": str}, "configs/synthetic.py")
+    preset, options = parse_arg(
+        arg, "lstm", {"length": int, "task": str, "delay": int}, "configs/synthetic.py"
+    )
     size = SIZES[options.get("size", "cpu")]
     length = options.get("length", 64)
     c = ml_collections.ConfigDict()
@@ -36,9 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = ml_collections.FieldReference(size["total_steps"])
     c.seed = 0
     c.task = "lm"
-    c.data = data_section(
-        "synthetic", shuffle=False, task=options.get("task", "associative_recall"), length=length
-    )
+    data = {"task": options.get("task", "associative_recall"), "length": length}
+    if "delay" in options:
+        data["delay"] = options["delay"]
+    c.data = data_section("synthetic", shuffle=False, **data)
     c.model = model_section(
         preset,
         d_model=size["d_model"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,41 @@ def test_bad_configurations_are_named():
         SyntheticTask("associative_recall", length=64, num_symbols=10, vocab_size=8)
     with pytest.raises(IndexError):
         SyntheticTask("copy", length=40, size=5)[5]
+
+
+@pytest.mark.parametrize("delay", [0, 7, 40])
+def test_copy_delay_is_the_gap_between_symbols_and_go(delay):
+    task = SyntheticTask("copy", length=64, num_symbols=4, vocab_size=10, delay=delay, seed=3)
+    for index in (0, 5):
+        ex = task[index]
+        go = int(np.flatnonzero(ex["inputs"] == GO)[0])
+        symbols = np.flatnonzero(ex["inputs"][:go] != BLANK)
+        # 4 symbols in a row, then exactly `delay` blanks, then GO; the answer stays at the end
+        assert go == 64 - 4 - 1
+        np.testing.assert_array_equal(symbols, np.arange(go - delay - 4, go - delay))
+        weighted = ex["weights"] > 0
+        np.testing.assert_array_equal(_solve(task, ex)[weighted], ex["targets"][weighted])
+    # without a delay the symbols start the sequence: the old examples, unchanged
+    full = SyntheticTask("copy", length=64, num_symbols=4, vocab_size=10, seed=3)
+    same = SyntheticTask("copy", length=64, num_symbols=4, vocab_size=10, seed=3, delay=64 - 2 * 4 - 1)
+    np.testing.assert_array_equal(full[2]["inputs"], same[2]["inputs"])
+
+
+def test_bad_delays_are_named():
+    with pytest.raises(ValueError, match="delay is for task 'copy' only"):
+        SyntheticTask("selective_copy", length=64, delay=5)
+    with pytest.raises(ValueError, match="delay must be an integer >= 0"):
+        SyntheticTask("copy", length=64, delay=-1)
+    with pytest.raises(ValueError, match=r"too short .* at least 27"):
+        SyntheticTask("copy", length=20, num_symbols=8, delay=10)
+
+
+def test_config_delay_reaches_the_data():
+    from seqjax.config import load_config_file
+    from seqjax.train.trainer import build_sources
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config_file(root / "configs" / "synthetic.py", "lstm,task=copy,length=40,delay=3")
+    ex = build_sources(config.data)["test"][0]
+    go = int(np.flatnonzero(ex["inputs"] == GO)[0])
+    assert go == 40 - 8 - 1 and np.all(ex["inputs"][go - 3 : go] == BLANK) and ex["inputs"][go - 4] != BLANK

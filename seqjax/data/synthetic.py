@@ -31,14 +31,17 @@ class SyntheticTask:
     """A random-access synthetic task.
 
     Args:
-      task: "copy" (K symbols, `length - 2K - 1` blanks, GO, then the K symbols to reproduce: the delay
-        grows with length), "selective_copy" (K symbols scattered among blanks, GO, then the K symbols
-        in order), or "associative_recall" (K key/value pairs, blanks, then `num_queries` keys whose
-        values must be recalled).
+      task: "copy" (K symbols, `delay` blanks, GO, then the K symbols to reproduce; by default the
+        delay is `length - 2K - 1`, so it grows with length), "selective_copy" (K symbols scattered
+        among blanks, GO, then the K symbols in order), or "associative_recall" (K key/value pairs,
+        blanks, then `num_queries` keys whose values must be recalled).
       length: tokens per example.
       num_symbols: K, the symbols (or pairs) to remember.
       vocab_size: total ids, including BLANK and GO; data symbols are 2..vocab_size-1.
       num_queries: associative recall only.
+      delay: copy only: the blanks between the last symbol and GO (None: `length - 2K - 1`, the whole
+        sequence). A shorter delay puts blanks before the symbols, so the answer stays at the end and the
+        distance to remember is `delay + K + 1` tokens whatever the length.
       seed: examples are a pure function of (seed, index).
     """
 
@@ -47,6 +50,7 @@ class SyntheticTask:
     num_symbols: int = 8
     vocab_size: int = 16
     num_queries: int = 4
+    delay: int | None = None
     seed: int = 0
     size: int = 2**31 - 1
 
@@ -57,6 +61,11 @@ class SyntheticTask:
             raise ValueError(
                 f"SyntheticTask: vocab_size must be >= 4 (blank, go, 2+ symbols), got {self.vocab_size}."
             )
+        if self.delay is not None:
+            if self.task != "copy":
+                raise ValueError(f"SyntheticTask: delay is for task 'copy' only, not {self.task!r}.")
+            if isinstance(self.delay, bool) or not isinstance(self.delay, int) or self.delay < 0:
+                raise ValueError(f"SyntheticTask: delay must be an integer >= 0, got {self.delay!r}.")
         needed = self.min_length
         if self.length < needed:
             raise ValueError(
@@ -79,7 +88,7 @@ class SyntheticTask:
     def min_length(self) -> int:
         if self.task == "associative_recall":
             return 2 * self.num_symbols + 2 * self.num_queries
-        return 2 * self.num_symbols + 1
+        return 2 * self.num_symbols + 1 + (self.delay or 0)
 
     def __len__(self) -> int:
         return self.size
@@ -105,7 +114,8 @@ class SyntheticTask:
         inputs, targets, weights = self._empty()
         k = self.num_symbols
         symbols = self._symbols(rng, k)
-        inputs[:k] = symbols
+        start = 0 if self.delay is None else self.length - 2 * k - 1 - self.delay
+        inputs[start : start + k] = symbols
         self._answer(inputs, targets, weights, symbols)
         return {"inputs": inputs, "targets": targets, "weights": weights}
 

@@ -153,6 +153,8 @@ class SyntheticDataConfig:
     num_symbols: int = dataclasses.field(default=8, metadata=_at_least(1))
     num_queries: int = dataclasses.field(default=4, metadata=_at_least(1))
     vocab_size: int = dataclasses.field(default=16, metadata=_at_least(1))
+    # copy only: blanks between the symbols and GO (None: the whole length, so the delay grows with it)
+    delay: int | None = None
     seed: int = 0
     # examples in the fixed validation and test sets
     eval_size: int = dataclasses.field(default=1024, metadata=_at_least(1))
@@ -567,6 +569,7 @@ FIELD_DOCS: dict[str, str] = {
     "data.num_symbols": "synthetic: distinct symbols of the task",
     "data.num_queries": "synthetic: queries per example",
     "data.vocab_size": "synthetic: token vocabulary",
+    "data.delay": "synthetic copy: blanks between the symbols and GO (None: the whole length)",
     "data.seed": "synthetic: seed of the generated examples",
     "data.eval_size": "synthetic: examples in the validation and test sets",
     "data.route": "sample (embedded in the repository), auto, offline or online (fetch the full data)",

@@ -120,6 +120,7 @@ def build_sources(data: DataConfig | Mapping[str, Any], data_dir: str | None = N
                 num_symbols=options.num_symbols,
                 vocab_size=options.vocab_size,
                 num_queries=options.num_queries,
+                delay=options.delay,
                 seed=options.seed + offset,
                 size=size,
             )
