@@ -55,7 +55,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,7 +62,7 @@ from typing import Any
 
 from absl import app, flags
 
-from seqjax.experiment.flags import check_settings, define_protocol_flags, driver_settings, preset_configs
+from seqjax.experiment.flags import define_protocol_flags, driver_settings, prepare_workdir, preset_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -302,12 +301,9 @@ def run_task(task: str, lengths: Sequence[int], anchor: int) -> dict[str, Any]:
         )
 
     workdir = Path(FLAGS.workdir) / task
-    if FLAGS.fresh and workdir.is_dir():
-        print(f"--fresh: deleting the previous runs in {workdir}", flush=True)
-        shutil.rmtree(workdir)
     settings = driver_settings(FLAGS)
-    check_settings(
-        str(workdir),
+    prepare_workdir(
+        workdir,
         {
             "options": options,
             "size": FLAGS.size,
@@ -319,6 +315,7 @@ def run_task(task: str, lengths: Sequence[int], anchor: int) -> dict[str, Any]:
             "tokens_per_batch": FLAGS.tokens_per_batch,
             "config_overrides": list(FLAGS.config_overrides),
         },
+        fresh=FLAGS.fresh,
     )
     claim = Claim(CLAIM_TEXT, "recurrent", "attention")
     summaries = compare_lengths(

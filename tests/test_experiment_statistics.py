@@ -509,3 +509,42 @@ def test_verdict_takes_bootstrap_intervals_and_reports_each_key():
 def test_verdict_bad_input(direction, intervals, message):
     with pytest.raises(ValueError, match=message):
         verdict(direction, intervals)
+
+
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.99, 1 - 0.05 / 9])
+@pytest.mark.parametrize(("k", "n"), [(0, 1), (0, 30), (1, 30), (15, 30), (29, 30), (30, 30), (617, 1000)])
+def test_wilson_interval_matches_scipy(k, n, level):
+    from scipy.stats import binomtest
+
+    from seqjax.experiment.statistics import wilson_interval
+
+    reference = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    low, high = wilson_interval(k, n, level)
+    assert (low, high) == pytest.approx((reference.low, reference.high), abs=1e-12)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+    assert (low == 0.0) == (k == 0) and (high == 1.0) == (k == n)  # exact at the ends
+
+
+def test_wilson_interval_narrows_with_trials_and_rejects_bad_counts():
+    from seqjax.experiment.statistics import wilson_interval
+
+    few, many = wilson_interval(9, 10), wilson_interval(900, 1000)
+    assert many[1] - many[0] < few[1] - few[0]
+    for k, n, match in [
+        (11, 10, "successes"),
+        (-1, 10, "successes"),
+        (2.5, 10, "successes"),
+        (0, 0, "trials"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            wilson_interval(k, n)
+    with pytest.raises(ValueError, match="confidence_level"):
+        wilson_interval(1, 10, 1.0)
+
+
+def test_bootstrap_p_value_is_twice_the_smaller_tail():
+    from seqjax.experiment.statistics import bootstrap_p_value
+
+    assert bootstrap_p_value(np.linspace(0.1, 1.0, 10)) == 0.0
+    assert bootstrap_p_value([-1.0, 1.0, 2.0, 3.0]) == 0.5
+    assert bootstrap_p_value(np.zeros(5)) == 1.0

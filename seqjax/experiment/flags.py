@@ -23,10 +23,12 @@ from absl import flags
 from seqjax.experiment.protocol import ProtocolSettings
 
 __all__ = [
+    "apply_size_defaults",
     "check_settings",
     "default_workdir",
     "define_protocol_flags",
     "driver_settings",
+    "prepare_workdir",
     "preset_configs",
     "protocol_settings",
 ]
@@ -174,3 +176,37 @@ def check_settings(workdir: str, settings: Mapping[str, Any]) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
         json.dump({**saved, **settings}, f, indent=1)
+
+
+def apply_size_defaults(registry: flags.FlagValues, defaults: Mapping[str, Any]) -> list[str]:
+    """Sets each flag of `defaults` ({name: value}) that the command line did not give, so a driver's
+    `--size` can bring its own budget and sweep while an explicit flag still wins; returns the names set.
+
+    >>> registry = flags.FlagValues()
+    >>> _ = flags.DEFINE_integer("seeds", 3, "", flag_values=registry)
+    >>> _ = flags.DEFINE_list("lengths", ["256"], "", flag_values=registry)
+    >>> registry(["driver", "--seeds=5"])  # doctest: +ELLIPSIS
+    [...]
+    >>> apply_size_defaults(registry, {"seeds": 2, "lengths": ["32", "64"]}), registry.seeds
+    (['lengths'], 5)
+    """
+    changed = []
+    for name, value in defaults.items():
+        if not registry[name].present:
+            registry[name].value = value
+            changed.append(name)
+    return changed
+
+
+def prepare_workdir(workdir: str | os.PathLike[str], settings: Mapping[str, Any], *, fresh: bool) -> None:
+    """A driver's experiment folder: deleted first with `fresh`, then its `settings.json` recorded or
+    checked (`check_settings`), so a rerun with other settings never reuses the first one's runs.
+
+        >>> prepare_workdir("/tmp/runs/copy", {"size": "cpu", "seeds": 3}, fresh=False)  # doctest: +SKIP
+    """
+    import shutil
+
+    if fresh and os.path.isdir(workdir):
+        print(f"--fresh: deleting the previous runs in {workdir}", flush=True)
+        shutil.rmtree(workdir)
+    check_settings(str(workdir), settings)

@@ -177,9 +177,11 @@ def metric_by_length(
     title: str = "",
     baselines: Sequence[str] = (),
     xlabel: str = "sequence length",
+    reference: tuple[float, str] | None = None,
 ) -> Path | Figure:
     """The headline metric against length, one line and interval band per model (log-2 length axis);
-    the named baselines dashed. `xlabel` names the length (e.g. "look-back (steps)")."""
+    the named baselines dashed; `xlabel` names the length (e.g. "look-back (steps)"); `reference` =
+    (value, label): a dotted horizontal line (a threshold)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lengths = sorted(summaries)
@@ -204,6 +206,8 @@ def metric_by_length(
                 linewidth=0.9,
                 label=name,
             )
+    if reference is not None:
+        ax.axhline(reference[0], color="0.4", linestyle=":", linewidth=0.9, label=reference[1])
     first = summaries[lengths[0]]
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(_length_formatter())

@@ -52,6 +52,7 @@ from seqjax.experiment.predictions import RunPredictions, write_predictions
 
 __all__ = [
     "HEADLINE",
+    "LM_COLUMNS",
     "ModelResult",
     "ProtocolSettings",
     "RunInterrupted",
@@ -70,6 +71,9 @@ HEADLINE: dict[str, tuple[str, bool]] = {
     "forecast": ("mse", False),
     "lm": ("bits_per_byte", False),
 }
+
+#: The columns of an LM run's [n, 3] predictions (`run_predictions`); older runs saved the NLL alone [n].
+LM_COLUMNS = ("nll", "correct", "tokens")
 
 #: Cells whose every query attends a window of positions (softmax attention): the attended positions
 #: add 6 * layers * positions * d_model FLOPs per token to a train step (Kaplan et al. 2020, eq. 2.2).
@@ -278,7 +282,10 @@ def run_predictions(
     - classification: predictions = logits [n, classes], targets = labels, losses = cross-entropy;
     - forecast: predictions = forecasts [n, horizon, variables], targets = the truth, losses = MSE;
     - lm: predictions = the example's summed NLL in nats, targets = the bytes its targets stand for,
-      losses = NLL per byte in bits (the headline metric is the ratio of sums, `bits_per_byte`).
+      losses = NLL per byte in bits (the headline metric is the ratio of sums, `bits_per_byte`); with the
+      evaluation's "correct" counts, predictions = [n, 3] columns (`LM_COLUMNS`: summed NLL in nats,
+      counted tokens whose argmax is the target, counted tokens), so accuracies can be recomputed too
+      (`seqjax.experiment.answers`).
 
     `indices`: the examples of `source` that were evaluated, in order (default: all of them).
     """
@@ -297,9 +304,13 @@ def run_predictions(
         targets = np.asarray(per_example["targets"], np.float32)
         losses = np.mean((predictions.astype(np.float64) - targets) ** 2, axis=(1, 2))
     elif task == "lm":
-        predictions = np.asarray(per_example["nll"], np.float64)
+        nll = np.asarray(per_example["nll"], np.float64)
         targets = example_bytes(source, per_example["tokens"])
-        losses = predictions / np.log(2.0) / np.maximum(targets, 1e-9)
+        losses = nll / np.log(2.0) / np.maximum(targets, 1e-9)
+        predictions = nll
+        if "correct" in per_example:
+            counts = (per_example["correct"], per_example["tokens"])
+            predictions = np.stack([nll, *(np.asarray(c, np.float64) for c in counts)], axis=-1)
     else:
         raise ValueError(f"run_predictions: unknown task {task!r}; known: {sorted(HEADLINE)}.")
     n = len(losses)

@@ -110,6 +110,8 @@ def _inputs(
         return errors, None, clusters, weighted_metrics.mean_value
     if task == "lm":
         nll, targets, clusters = stack_seeds(runs, "predictions")
+        if nll.ndim == 3:  # [seeds, n, LM_COLUMNS]: the summed NLL is the first column
+            nll = nll[..., 0]
         return nll, targets, clusters, weighted_metrics.bits_per_byte
     raise ValueError(f"report: unknown task {task!r}; known: classification, forecast, lm.")
 

@@ -15,7 +15,8 @@ for any signed sum of several models' metrics on the same examples, e.g. a diffe
 paired test of two classifiers' correct/incorrect on the same examples (it assumes independent
 examples: with clustered examples prefer `paired_bootstrap`); `diebold_mariano` compares two forecast
 loss series with the Harvey-Leybourne-Newbold small-sample correction; `holm_adjusted_p_values` corrects
-a family of p-values (one per sequence length, say) for multiple comparisons.
+a family of p-values (one per sequence length, say) for multiple comparisons. `wilson_interval` is the
+score interval of a binomial proportion (k successes in n independent trials, e.g. sequences solved).
 
 Everything is numpy/scipy, with a fixed `rng_seed` so a rerun gives the same interval.
 """
@@ -46,6 +47,7 @@ __all__ = [
     "holm_adjusted_p_values",
     "mcnemar_exact",
     "paired_bootstrap",
+    "wilson_interval",
 ]
 
 IntervalMethod = Literal["percentile", "bca"]
@@ -594,3 +596,31 @@ def holm_adjusted_p_values(p_values: ArrayLike) -> np.ndarray:
     adjusted = np.empty(m)
     adjusted[order] = np.maximum.accumulate(scaled)
     return adjusted
+
+
+def wilson_interval(successes: int, trials: int, confidence_level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion: `successes` of `trials` independent trials.
+    Unlike the normal (Wald) interval it stays inside [0, 1] and keeps its coverage near 0 and 1, where
+    a task is solved or failed. Equals `scipy.stats.binomtest(k, n).proportion_ci(method="wilson")`.
+
+    >>> [round(end, 4) for end in wilson_interval(7, 10)]
+    [0.3968, 0.8922]
+    >>> wilson_interval(0, 50)[0], round(wilson_interval(0, 50)[1], 4)
+    (0.0, 0.0713)
+    """
+    check_positive_int("wilson_interval", "trials", trials)
+    if isinstance(successes, bool) or not 0 <= int(successes) <= trials or int(successes) != successes:
+        raise ValueError(
+            f"wilson_interval: successes must be an integer in [0, {trials}], got {successes!r}."
+        )
+    if not 0.0 < confidence_level < 1.0:
+        raise ValueError(f"wilson_interval: confidence_level must be in (0, 1), got {confidence_level}.")
+    z = float(scipy_stats.norm.ppf(0.5 + confidence_level / 2.0))
+    p = int(successes) / trials
+    denominator = 1.0 + z * z / trials
+    centre = (p + z * z / (2.0 * trials)) / denominator
+    half = z * np.sqrt(p * (1.0 - p) / trials + z * z / (4.0 * trials * trials)) / denominator
+    # At k = 0 (k = n) the lower (upper) end is exactly 0 (1); the formula leaves rounding there.
+    low = 0.0 if successes == 0 else max(0.0, float(centre - half))
+    high = 1.0 if successes == trials else min(1.0, float(centre + half))
+    return low, high

@@ -1,7 +1,8 @@
 """Evaluation over a whole split: a jitted per-example step, then the task's metrics on the host.
 
 The step returns small per-example arrays, replicated so every process can read them:
-- lm: summed next-token NLL (nats) and counted tokens per example;
+- lm: summed next-token NLL (nats), counted tokens and, of those, the ones whose argmax is the target
+  ("correct") per example;
 - classification: logits [B, num_classes];
 - forecast: forecasts [B, horizon, V] (targets come from the batch on the host); a forecaster with a
   forecast at every position (segment recurrence) is scored at each window's last step, its origin.
@@ -29,8 +30,12 @@ __all__ = ["collect_split", "evaluate_split", "make_eval_fn", "split_metrics"]
 
 def _per_example(task: str, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
     if task == "lm":
-        nll, weights, _ = token_losses(outputs, batch)
-        return {"nll": (nll * weights).sum(-1), "tokens": weights.sum(-1)}
+        nll, weights, correct = token_losses(outputs, batch)
+        return {
+            "nll": (nll * weights).sum(-1),
+            "tokens": weights.sum(-1),
+            "correct": (correct * weights).sum(-1),
+        }
     if task == "classification":
         return {"logits": outputs.astype(jnp.float32)}
     if task == "forecast":
@@ -63,8 +68,8 @@ def collect_split(
     to_device: Callable[[Mapping[str, np.ndarray]], Batch],
 ) -> dict[str, np.ndarray]:
     """Runs `eval_fn` over `batches` (from `eval_batches`) and returns its per-example outputs over the
-    whole split, in the split's order, padded rows dropped: "nll" and "tokens" (lm), "logits" and "label"
-    (classification), "forecast" and "targets" (forecast)."""
+    whole split, in the split's order, padded rows dropped: "nll", "tokens" and "correct" (lm), "logits"
+    and "label" (classification), "forecast" and "targets" (forecast)."""
     collected: dict[str, list[np.ndarray]] = {}
     for batch in batches:
         host = {k: v for k, v in batch.items() if k != "valid"}
@@ -84,10 +89,14 @@ def collect_split(
 def split_metrics(
     data: Mapping[str, np.ndarray], task: str, *, bytes_per_token: float = 1.0
 ) -> dict[str, float]:
-    """The task's metrics from `collect_split`'s per-example outputs."""
+    """The task's metrics from `collect_split`'s per-example outputs (lm: with "correct", also the
+    "accuracy" of the argmax over the counted tokens)."""
     if task == "lm":
         tokens = float(data["tokens"].sum())
-        return metrics_lib.lm_metrics(float(data["nll"].sum()), tokens, tokens * bytes_per_token)
+        metrics = metrics_lib.lm_metrics(float(data["nll"].sum()), tokens, tokens * bytes_per_token)
+        if "correct" in data:
+            metrics["accuracy"] = float(data["correct"].sum()) / max(tokens, 1.0)
+        return metrics
     if task == "classification":
         return metrics_lib.classification_metrics(data["label"], data["logits"])
     return metrics_lib.forecast_metrics(data["forecast"], data["targets"])
