@@ -540,11 +540,3 @@ def test_wilson_interval_narrows_with_trials_and_rejects_bad_counts():
             wilson_interval(k, n)
     with pytest.raises(ValueError, match="confidence_level"):
         wilson_interval(1, 10, 1.0)
-
-
-def test_bootstrap_p_value_is_twice_the_smaller_tail():
-    from seqjax.experiment.statistics import bootstrap_p_value
-
-    assert bootstrap_p_value(np.linspace(0.1, 1.0, 10)) == 0.0
-    assert bootstrap_p_value([-1.0, 1.0, 2.0, 3.0]) == 0.5
-    assert bootstrap_p_value(np.zeros(5)) == 1.0
