@@ -58,7 +58,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,7 +67,13 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from seqjax.experiment.flags import check_settings, define_protocol_flags, driver_settings, preset_configs
+from seqjax.experiment.flags import (
+    define_protocol_flags,
+    driver_settings,
+    prepare_workdir,
+    preset_configs,
+    protocol_record,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -528,24 +533,11 @@ def _main(argv: list[str]) -> None:
     edges = [int(e) for e in FLAGS.position_buckets]
     configs = _configs(variants)
     workdir = Path(FLAGS.workdir)
-    if FLAGS.fresh and workdir.is_dir():
-        print(f"--fresh: deleting the previous runs in {workdir}", flush=True)
-        shutil.rmtree(workdir)
     settings = driver_settings(FLAGS)
-    check_settings(
-        str(workdir),
-        {
-            "config": FLAGS.config,
-            "options": FLAGS.options,
-            "size": FLAGS.size,
-            "train_tokens": settings.train_tokens,
-            "learning_rates": list(settings.learning_rates),
-            "seeds": settings.seeds,
-            "grid_extensions": settings.grid_extensions,
-            "evaluation_examples": settings.evaluation_examples,
-            "tokens_per_batch": FLAGS.tokens_per_batch,
-            "config_overrides": list(FLAGS.config_overrides),
-        },
+    prepare_workdir(
+        workdir,
+        protocol_record(FLAGS, settings, config=FLAGS.config, options=FLAGS.options),
+        fresh=FLAGS.fresh,
     )
     if FLAGS.compilation_cache:
         use_compilation_cache(workdir / ".jax_cache")

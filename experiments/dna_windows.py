@@ -62,7 +62,13 @@ from typing import Any
 
 from absl import app, flags
 
-from seqjax.experiment.flags import define_protocol_flags, driver_settings, prepare_workdir, preset_configs
+from seqjax.experiment.flags import (
+    define_protocol_flags,
+    driver_settings,
+    prepare_workdir,
+    preset_configs,
+    protocol_record,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -304,17 +310,7 @@ def run_task(task: str, lengths: Sequence[int], anchor: int) -> dict[str, Any]:
     settings = driver_settings(FLAGS)
     prepare_workdir(
         workdir,
-        {
-            "options": options,
-            "size": FLAGS.size,
-            "train_tokens": settings.train_tokens,
-            "learning_rates": list(settings.learning_rates),
-            "seeds": settings.seeds,
-            "grid_extensions": settings.grid_extensions,
-            "evaluation_examples": settings.evaluation_examples,
-            "tokens_per_batch": FLAGS.tokens_per_batch,
-            "config_overrides": list(FLAGS.config_overrides),
-        },
+        protocol_record(FLAGS, settings, options=options),
         fresh=FLAGS.fresh,
     )
     claim = Claim(CLAIM_TEXT, "recurrent", "attention")

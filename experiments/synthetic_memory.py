@@ -71,7 +71,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ from seqjax.experiment.flags import (
     driver_settings,
     prepare_workdir,
     preset_configs,
+    protocol_record,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,9 +210,11 @@ def _interval(v: Mapping[str, float], signed: bool = False) -> str:
     return f"{v['estimate']:{f}} [{v['low']:{f}}, {v['high']:{f}}]"
 
 
-def accuracy_table(by_length: Mapping[int, Mapping[str, Any]]) -> str:
-    """Models (rows) by length (columns): exact match (seed mean) [pooled Wilson], rule (b)'s class, and
-    each seed's exact match."""
+def by_length_table(
+    by_length: Mapping[int, Mapping[str, Any]], cell: Callable[[Mapping[str, Any]], str]
+) -> str:
+    """Models (rows) by length (columns) of one task, each cell `cell(row)` of the model's exact-match row
+    (`accuracy_by_length`)."""
     lengths = sorted(by_length)
     models = list(dict.fromkeys(r["model"] for n in lengths for r in by_length[n]["models"]))
     lines = [
@@ -219,31 +222,20 @@ def accuracy_table(by_length: Mapping[int, Mapping[str, Any]]) -> str:
         "|---|" + "---|" * len(lengths),
     ]
     for model in models:
-        cells = []
-        for n in lengths:
-            row = next((r for r in by_length[n]["models"] if r["model"] == model), None)
-            if row is None:
-                cells.append("")
-                continue
-            seeds = ", ".join(f"{s['accuracy']:.2f}" for s in row["seeds"])
-            cells.append(f"{_interval(row)} **{row['class']}** (seeds {seeds})")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def token_table(by_length: Mapping[int, Mapping[str, Any]]) -> str:
-    """Models by length: token accuracy on the answers [sequence x seed bootstrap] (a diagnostic)."""
-    lengths = sorted(by_length)
-    models = list(dict.fromkeys(r["model"] for n in lengths for r in by_length[n]["models"]))
-    lines = [
-        "| model | " + " | ".join(f"L = {n:,}" for n in lengths) + " |",
-        "|---|" + "---:|" * len(lengths),
-    ]
-    for model in models:
         rows = [next((r for r in by_length[n]["models"] if r["model"] == model), None) for n in lengths]
-        cells = ["" if r is None else _interval(r["token_accuracy"]) for r in rows]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model} | " + " | ".join("" if r is None else cell(r) for r in rows) + " |")
     return "\n".join(lines)
+
+
+def _exact_match_cell(row: Mapping[str, Any]) -> str:
+    """exact match (seed mean) [pooled Wilson], rule (b)'s class, and each seed's exact match."""
+    seeds = ", ".join(f"{s['accuracy']:.2f}" for s in row["seeds"])
+    return f"{_interval(row)} **{row['class']}** (seeds {seeds})"
+
+
+def _token_cell(row: Mapping[str, Any]) -> str:
+    """token accuracy on the answers [sequence x seed bootstrap] (a diagnostic)."""
+    return _interval(row["token_accuracy"])
 
 
 def markdown(results: Mapping[str, Any]) -> str:
@@ -303,11 +295,11 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines += [
             f"### {task}",
             "",
-            accuracy_table(by_length),
+            by_length_table(by_length, _exact_match_cell),
             "",
             "Token accuracy on the answers (diagnostic; bootstrap over sequences and seeds):",
             "",
-            token_table(by_length),
+            by_length_table(by_length, _token_cell),
             "",
         ]
     for task, t in results["tasks"].items():
@@ -345,17 +337,7 @@ def run_task(task: str, lengths: Sequence[int]) -> dict[str, Any]:
     settings = driver_settings(FLAGS)
     prepare_workdir(
         workdir,
-        {
-            "options": options,
-            "size": FLAGS.size,
-            "train_tokens": settings.train_tokens,
-            "learning_rates": list(settings.learning_rates),
-            "seeds": settings.seeds,
-            "grid_extensions": settings.grid_extensions,
-            "evaluation_examples": settings.evaluation_examples,
-            "tokens_per_batch": FLAGS.tokens_per_batch,
-            "config_overrides": list(FLAGS.config_overrides),
-        },
+        protocol_record(FLAGS, settings, options=options),
         fresh=FLAGS.fresh,
     )
     summaries = compare_lengths(

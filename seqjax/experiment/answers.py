@@ -33,6 +33,7 @@ import numpy as np
 
 from seqjax.experiment import statistics
 from seqjax.experiment.predictions import read_predictions, stack_seeds
+from seqjax.experiment.report import difference_fields
 
 __all__ = ["accuracy_row", "answer_counts", "exact_match", "paired_exact_match", "solved_class"]
 
@@ -138,12 +139,7 @@ def paired_exact_match(
     interval = statistics.paired_bootstrap(a, b, confidence_level=confidence_level, n_resamples=n_resamples)
     test = statistics.mcnemar_exact(a.mean(0) > 0.5, b.mean(0) > 0.5)
     return {
-        "estimate": interval.estimate,
-        "low": interval.low,
-        "high": interval.high,
-        "confidence_level": confidence_level,
-        "n_clusters": interval.n_clusters,
-        "p_value": statistics.bootstrap_p_value(interval.distribution),
+        **difference_fields(interval),
         "paired_test": {
             "name": "McNemar exact (majority vote over seeds)",
             "only_a": test.only_a_correct,

@@ -30,6 +30,7 @@ __all__ = [
     "driver_settings",
     "prepare_workdir",
     "preset_configs",
+    "protocol_record",
     "protocol_settings",
 ]
 
@@ -210,3 +211,23 @@ def prepare_workdir(workdir: str | os.PathLike[str], settings: Mapping[str, Any]
         print(f"--fresh: deleting the previous runs in {workdir}", flush=True)
         shutil.rmtree(workdir)
     check_settings(str(workdir), settings)
+
+
+def protocol_record(registry: flags.FlagValues, settings: ProtocolSettings, **extra: Any) -> dict[str, Any]:
+    """What a driver's `settings.json` records (`prepare_workdir`): the protocol's settings, the size,
+    tokens per batch and config overrides from the flags, and the driver's `extra` values (its options).
+
+        >>> protocol_record(FLAGS, driver_settings(FLAGS), options="task=copy")  # doctest: +SKIP
+        {'size': 'cpu', 'train_tokens': 307200, ..., 'options': 'task=copy'}
+    """
+    return {
+        "size": registry.size,
+        "train_tokens": settings.train_tokens,
+        "learning_rates": list(settings.learning_rates),
+        "seeds": settings.seeds,
+        "grid_extensions": settings.grid_extensions,
+        "evaluation_examples": settings.evaluation_examples,
+        "tokens_per_batch": registry.tokens_per_batch,
+        "config_overrides": list(registry.config_overrides),
+        **extra,
+    }
