@@ -48,9 +48,9 @@ the 8 models at 4,096 takes ~8 min together (S4D's ~80 s of training the largest
 makes ~5.5 runs per (task, length) (3 rates, ~0.5 extension, 2 more seeds), and the shorter lengths
 cost ~60% of that: ~1.6 h per task, **~5 h (4-6 h) for the whole CPU run**. A small budget: at CPU
 size "not solved" means "not within 307k tokens at 57k parameters", nothing about an architecture's
-limit. The accelerator size (d_model 256, 4 layers, 65,536 tokens per batch, 33M tokens per run, every
-validation and test sequence) is the experiment proper; its cost is not measured (no device in the
-session that wrote this).
+limit. The accelerator size (d_model 256, 4 layers, ~5.5M parameters, 65,536 tokens per batch, 33M
+tokens per run, every validation and test sequence) is the experiment proper; its cost is not measured
+(no device in the session that wrote this).
 
     python experiments/synthetic_memory.py --size=smoke           # ~30 s: the wiring (2 models, copy)
     python experiments/synthetic_memory.py                        # CPU size, ~5 h on 2 cores
