@@ -174,7 +174,11 @@ def claim_a(
     tasks: Mapping[str, Sequence[Mapping[str, Any]]], claim_from: int, n_resamples: int
 ) -> dict[str, Any]:
     """Rule (a) over every task's summaries: S4D minus LSTM exact match per covered (task, length),
-    judged at 1 - 0.05 / m over the m covered keys (module docstring)."""
+    judged at 1 - 0.05 / m over the m covered keys (module docstring).
+
+        >>> claim_a({"copy": summaries}, claim_from=1024, n_resamples=2000)["verdict"]  # doctest: +SKIP
+        'inconclusive'
+    """
     from seqjax.experiment.answers import paired_exact_match
     from seqjax.experiment.report import Claim, judge
     from seqjax.experiment.sweep import joint_level
@@ -214,7 +218,12 @@ def by_length_table(
     by_length: Mapping[int, Mapping[str, Any]], cell: Callable[[Mapping[str, Any]], str]
 ) -> str:
     """Models (rows) by length (columns) of one task, each cell `cell(row)` of the model's exact-match row
-    (`accuracy_by_length`)."""
+    (`accuracy_by_length`).
+
+    >>> rows = {256: {"models": [{"model": "lstm", "estimate": 0.5}]}}
+    >>> by_length_table(rows, lambda r: f"{r['estimate']:.2f}").splitlines()[2]
+    '| lstm | 0.50 |'
+    """
     lengths = sorted(by_length)
     models = list(dict.fromkeys(r["model"] for n in lengths for r in by_length[n]["models"]))
     lines = [
@@ -240,7 +249,12 @@ def _token_cell(row: Mapping[str, Any]) -> str:
 
 def markdown(results: Mapping[str, Any]) -> str:
     """The report: protocol, rule (a)'s verdict, then per task rule (b)'s table and the per-length
-    protocol tables (answer-token bits, parameters, rates, cost)."""
+    protocol tables (answer-token bits, parameters, rates, cost).
+
+        >>> path = Path("experiments/results/synthetic_memory_cpu_cpu.json")
+        >>> markdown(json.loads(path.read_text())).splitlines()[0]  # doctest: +SKIP
+        '# Synthetic memory tasks: exact match at equal training tokens, by sequence length'
+    """
     from seqjax.experiment.summary import model_table
 
     v = results["verdict"]
@@ -317,7 +331,11 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 def run_task(task: str, lengths: Sequence[int]) -> dict[str, Any]:
     """Trains (or reads) every model at every length of one task; returns its protocol summaries and
-    exact-match rows."""
+    exact-match rows (after the flags are parsed).
+
+        >>> run_task("copy", [256, 1024])["accuracy"][256]["models"][0]["class"]  # doctest: +SKIP
+        'not solved'
+    """
     from seqjax.experiment.sweep import compare_lengths
 
     options = ",".join([f"task={task}", *(o for o in FLAGS.options.split(",") if o)])
