@@ -64,10 +64,11 @@ from absl import app, flags
 
 from seqjax.experiment.flags import (
     define_protocol_flags,
+    define_run_flags,
     driver_settings,
     prepare_workdir,
-    preset_configs,
     protocol_record,
+    sweep_configs,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,12 +89,11 @@ flags.DEFINE_integer("claim_from", 8192, "Rule (a) covers lengths >= this (all l
 flags.DEFINE_string(
     "size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': cpu models, 2 steps, 2 seeds, 1 rate."
 )
-flags.DEFINE_string("workdir", "/tmp/seqjax_dna_windows", "Runs go to <workdir>/<task>/L<length>/.")
-flags.DEFINE_list("config_overrides", [], "Extra key=value config overrides for every run.")
-flags.DEFINE_bool("retrain", True, "Train missing runs (else only re-tabulate the finished ones).")
-flags.DEFINE_bool("fresh", False, "Delete each task's runs under --workdir first and train again.")
-flags.DEFINE_string(
-    "out", "experiments/results/dna_windows_{task}_{size}_{platform}", "Output path without extension."
+define_run_flags(
+    FLAGS,
+    workdir="/tmp/seqjax_dna_windows",
+    runs="<workdir>/<task>/L<length>/",
+    out="experiments/results/dna_windows_{task}_{size}_{platform}",
 )
 
 CLAIM_TEXT = "recurrent beats attention"
@@ -295,16 +295,7 @@ def run_task(task: str, lengths: Sequence[int], anchor: int) -> dict[str, Any]:
 
     options = task_options(task, FLAGS.route, anchor, FLAGS.options)
 
-    def configs_at(length: int) -> dict[str, Any]:
-        return preset_configs(
-            ROOT / "configs" / "genomic.py",
-            FLAGS.presets,
-            length=length,
-            tokens_per_batch=FLAGS.tokens_per_batch,
-            size=FLAGS.size,
-            options=options,
-            overrides=FLAGS.config_overrides,
-        )
+    configs_at = sweep_configs(ROOT / "configs" / "genomic.py", options)
 
     workdir = Path(FLAGS.workdir) / task
     settings = driver_settings(FLAGS)

@@ -35,7 +35,7 @@ from typing import Any
 
 from absl import app, flags
 
-from seqjax.experiment.flags import define_protocol_flags, driver_settings, preset_configs
+from seqjax.experiment.flags import define_protocol_flags, driver_settings, sweep_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -59,18 +59,6 @@ flags.DEFINE_string(
 )
 
 CLAIM_TEXT = "recurrent beats attention"
-
-
-def _configs(length: int) -> dict[str, Any]:
-    return preset_configs(
-        ROOT / FLAGS.config,
-        FLAGS.presets,
-        length=length,
-        tokens_per_batch=FLAGS.tokens_per_batch,
-        size=FLAGS.size,
-        options=FLAGS.options,
-        overrides=FLAGS.config_overrides,
-    )
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -142,7 +130,7 @@ def _main(argv: list[str]) -> None:
     lengths = sorted(int(n) for n in FLAGS.lengths)
     claim = Claim(CLAIM_TEXT, "recurrent", "attention")
     summaries = compare_lengths(
-        _configs,
+        sweep_configs(ROOT / FLAGS.config, FLAGS.options),
         driver_settings(FLAGS),
         FLAGS.workdir,
         lengths,

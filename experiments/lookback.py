@@ -79,7 +79,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -87,7 +86,15 @@ from typing import Any
 
 from absl import app, flags
 
-from seqjax.experiment.flags import check_settings, define_protocol_flags, driver_settings, preset_configs
+from seqjax.experiment.flags import (
+    apply_size_defaults,
+    define_protocol_flags,
+    define_run_flags,
+    driver_settings,
+    prepare_workdir,
+    preset_configs,
+    protocol_record,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "timeseries.py"
@@ -113,17 +120,18 @@ flags.DEFINE_integer("few_seeds", 3, "Seeds at look-backs >= --few_seeds_from.")
 flags.DEFINE_integer("claim_from", 8192, "Claim (a) covers look-backs >= this (else the longest).")
 flags.DEFINE_integer("baseline_fit_windows", 16384, "NLinear/DLinear fit on at most this many windows.")
 flags.DEFINE_string("size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': cpu models, 2 steps.")
-flags.DEFINE_string("workdir", "/tmp/seqjax_lookback", "Runs go to <workdir>/<dataset>/H<h>/L<lookback>/.")
-flags.DEFINE_bool("fresh", False, "Delete --workdir's runs first.")
-flags.DEFINE_list("config_overrides", [], "Extra key=value config overrides for every run.")
-flags.DEFINE_bool("retrain", True, "Train missing runs (else only re-tabulate the finished ones).")
-flags.DEFINE_string(
-    "out", "experiments/results/lookback_{dataset}_{size}_{platform}", "Output path without extension."
+define_run_flags(
+    FLAGS,
+    workdir="/tmp/seqjax_lookback",
+    runs="<workdir>/<dataset>/H<h>/L<lookback>/",
+    out="experiments/results/lookback_{dataset}_{size}_{platform}",
+    fresh="Delete --workdir's runs first.",
 )
 
 CLAIM_TEXT = "recurrent beats attention"
-#: The default design of each --size (module docstring); a flag given on the command line wins. "smoke"
-#: takes the cpu design with 2 steps of training.
+#: The default design of each --size (module docstring), set by `flags.apply_size_defaults` on the flags
+#: the command line leaves out. "smoke" (and a size not listed) takes the cpu design, with 2 steps of
+#: training.
 DESIGN: dict[str, dict[str, Any]] = {
     "cpu": {
         "lookbacks": [96, 512, 2048],
@@ -145,30 +153,6 @@ CAUSAL_STAND_INS = {
     "longformer": " Its causal counterpart is `swa` (causal sliding-window attention, Longformer's local "
     "pattern without its global tokens): add it to --presets."
 }
-
-
-def apply_design(registry: flags.FlagValues = FLAGS) -> dict[str, Any]:
-    """Fills the design flags left unset with `DESIGN[--size]` ("cpu" for smoke and unknown sizes);
-    returns the design in effect.
-
-    >>> registry = flags.FlagValues()
-    >>> for name in ("size", "windows_per_batch"):
-    ...     _ = flags.DEFINE_string(name, None, "", flag_values=registry)
-    >>> registry(["x", "--size=accelerator", "--windows_per_batch=8"])  # doctest: +ELLIPSIS
-    [...]
-    >>> apply_design(registry)["windows_per_batch"], apply_design(registry)["train_windows"]
-    (8, 3200)
-    """
-    defaults = DESIGN.get(registry.size, DESIGN["cpu"])
-    design = {}
-    for name, default in defaults.items():
-        value = registry[name].value if name in registry else None
-        if value is None:
-            value = [str(v) for v in default] if isinstance(default, list) else default
-            if name in registry:
-                registry[name].value = value
-        design[name] = [int(v) for v in value] if isinstance(value, list) else int(value)
-    return design
 
 
 def _route() -> str:
@@ -553,10 +537,7 @@ def _main(argv: list[str]) -> None:
     from seqjax.experiment.protocol import use_compilation_cache
 
     workdir = Path(FLAGS.workdir)
-    if FLAGS.fresh and workdir.is_dir():
-        print(f"--fresh: deleting the previous runs in {workdir}", flush=True)
-        shutil.rmtree(workdir)
-    apply_design(FLAGS)
+    apply_size_defaults(FLAGS, DESIGN.get(FLAGS.size, DESIGN["cpu"]))
     base = driver_settings(FLAGS)
     recorded = (
         "size",
@@ -569,16 +550,10 @@ def _main(argv: list[str]) -> None:
         "baseline_fit_windows",
         "config_overrides",
     )
-    check_settings(
-        str(workdir),
-        {
-            "route": _route(),
-            "learning_rates": list(base.learning_rates),
-            "seeds": base.seeds,
-            "train_tokens": base.train_tokens,
-            "evaluation_examples": base.evaluation_examples,
-            **{k: FLAGS[k].value for k in recorded},
-        },
+    prepare_workdir(
+        workdir,
+        protocol_record(FLAGS, base, route=_route(), **{k: FLAGS[k].value for k in recorded}),
+        fresh=FLAGS.fresh,
     )
     if FLAGS.compilation_cache:
         use_compilation_cache(workdir / ".jax_cache")

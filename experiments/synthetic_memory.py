@@ -65,11 +65,8 @@ task's `settings.json` refuses a rerun with other settings (`--fresh` starts ove
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import os
-import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -80,10 +77,11 @@ from absl import app, flags
 from seqjax.experiment.flags import (
     apply_size_defaults,
     define_protocol_flags,
+    define_run_flags,
     driver_settings,
     prepare_workdir,
-    preset_configs,
     protocol_record,
+    sweep_configs,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,14 +103,11 @@ flags.DEFINE_string(
     "cpu",
     "cpu, accelerator, or smoke: 2 one-layer models, copy at 32 and 64 tokens, 2 steps, 2 seeds.",
 )
-flags.DEFINE_string(
-    "workdir", "/tmp/seqjax_synthetic_memory", "Runs go to <workdir>/<size>/<task>/L<length>/."
-)
-flags.DEFINE_list("config_overrides", [], "Extra key=value config overrides for every run.")
-flags.DEFINE_bool("retrain", True, "Train missing runs (else only re-tabulate the finished ones).")
-flags.DEFINE_bool("fresh", False, "Delete each task's runs under --workdir first and train again.")
-flags.DEFINE_string(
-    "out", "experiments/results/synthetic_memory_{size}_{platform}", "Output path without extension."
+define_run_flags(
+    FLAGS,
+    workdir="/tmp/seqjax_synthetic_memory",
+    runs="<workdir>/<size>/<task>/L<length>/",
+    out="experiments/results/synthetic_memory_{size}_{platform}",
 )
 FLAGS.set_default("seeds", 3)
 FLAGS.set_default("evaluation_examples", 128)
@@ -340,16 +335,7 @@ def run_task(task: str, lengths: Sequence[int]) -> dict[str, Any]:
 
     options = ",".join([f"task={task}", *(o for o in FLAGS.options.split(",") if o)])
 
-    def configs_at(length: int) -> dict[str, Any]:
-        return preset_configs(
-            ROOT / "configs" / "synthetic.py",
-            FLAGS.presets,
-            length=length,
-            tokens_per_batch=FLAGS.tokens_per_batch,
-            size=FLAGS.size,
-            options=options,
-            overrides=FLAGS.config_overrides,
-        )
+    configs_at = sweep_configs(ROOT / "configs" / "synthetic.py", options)
 
     workdir = Path(FLAGS.workdir) / FLAGS.size / task
     settings = driver_settings(FLAGS)
@@ -380,6 +366,7 @@ def _main(argv: list[str]) -> None:
     import jax
 
     from seqjax.experiment import plots
+    from seqjax.experiment.outputs import run_header, write_results
     from seqjax.experiment.protocol import use_compilation_cache
 
     if FLAGS.compilation_cache:
@@ -390,9 +377,7 @@ def _main(argv: list[str]) -> None:
     covered = [n for n in lengths if n >= FLAGS.claim_from] or lengths
     platform = jax.default_backend()
     results = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "platform": platform,
-        "command": " ".join(["python", *map(shlex.quote, sys.argv)]),
+        **run_header(sys.argv, platform),
         "size": FLAGS.size,
         "tokens_per_batch": FLAGS.tokens_per_batch,
         "presets": list(FLAGS.presets),
@@ -403,10 +388,7 @@ def _main(argv: list[str]) -> None:
         "tasks": tasks,
     }
     out = ROOT / FLAGS.out.format(size=FLAGS.size, platform=platform)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    text = markdown(results)
-    out.with_suffix(".md").write_text(text)
+    write_results(out, results, markdown(results))
     for task, t in tasks.items():
         plots.metric_by_length(
             t["accuracy"],
@@ -414,8 +396,6 @@ def _main(argv: list[str]) -> None:
             title=f"{task}: exact match by length (Wilson bands, seeds pooled)",
             reference=(FLAGS.solve_threshold, "solve threshold"),
         )
-    print(text)
-    print(f"wrote {out}.md, .json and {len(tasks)} plot(s)")
 
 
 if __name__ == "__main__":

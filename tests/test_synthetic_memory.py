@@ -3,10 +3,6 @@ correct-token counts it reads, and the driver `experiments/synthetic_memory.py` 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +11,7 @@ import pytest
 from seqjax.experiment import answers, protocol, report
 from seqjax.experiment.predictions import write_predictions
 from seqjax.train.evaluation import split_metrics
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.driver_helpers import run_driver
 
 
 def _write(folder: Path, model: str, correct: np.ndarray, tokens: np.ndarray) -> list[str]:
@@ -107,17 +102,7 @@ def test_paired_exact_match_finds_a_real_difference_and_not_a_tie(tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_memory_smoke_run(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    args = [
-        sys.executable,
-        str(ROOT / "experiments" / "synthetic_memory.py"),
-        "--size=smoke",
-        f"--workdir={tmp_path / 'runs'}",
-        f"--out={tmp_path / 'out'}",
-    ]
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "out.json").read_text())
+    results = run_driver("synthetic_memory.py", tmp_path, "--size=smoke")
     assert results["presets"] == ["s4d", "lstm"] and results["lengths"] == [32, 64]
     verdict = results["verdict"]
     assert verdict["verdict"] in ("supported", "contradicted", "depends", "inconclusive")

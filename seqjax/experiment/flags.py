@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from absl import flags
@@ -27,11 +27,13 @@ __all__ = [
     "check_settings",
     "default_workdir",
     "define_protocol_flags",
+    "define_run_flags",
     "driver_settings",
     "prepare_workdir",
     "preset_configs",
     "protocol_record",
     "protocol_settings",
+    "sweep_configs",
 ]
 
 
@@ -80,6 +82,36 @@ def define_protocol_flags(registry: flags.FlagValues = flags.FLAGS, *, train_tok
         flag_values=registry,
     )
     flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.", flag_values=registry)
+
+
+def define_run_flags(
+    registry: flags.FlagValues = flags.FLAGS,
+    *,
+    workdir: str,
+    runs: str,
+    out: str,
+    fresh: str = "Delete each task's runs under --workdir first and train again.",
+) -> None:
+    """Defines the flags of where a length driver's runs and results go: --workdir (default `workdir`;
+    `runs` says where under it the runs go), --config_overrides, --retrain, --fresh (`fresh`: its help)
+    and --out (default `out`, a path without extension formatted with the driver's fields).
+
+    >>> registry = flags.FlagValues()
+    >>> define_run_flags(registry, workdir="/tmp/x", runs="<workdir>/L<length>/", out="results/x_{size}")
+    >>> registry(["driver", "--noretrain"])  # doctest: +ELLIPSIS
+    [...]
+    >>> registry.workdir, registry.retrain, registry.fresh, registry.config_overrides
+    ('/tmp/x', False, False, [])
+    """
+    flags.DEFINE_string("workdir", workdir, f"Runs go to {runs}.", flag_values=registry)
+    flags.DEFINE_list(
+        "config_overrides", [], "Extra key=value config overrides for every run.", flag_values=registry
+    )
+    flags.DEFINE_bool(
+        "retrain", True, "Train missing runs (else only re-tabulate the finished ones).", flag_values=registry
+    )
+    flags.DEFINE_bool("fresh", False, fresh, flag_values=registry)
+    flags.DEFINE_string("out", out, "Output path without extension.", flag_values=registry)
 
 
 def protocol_settings(registry: flags.FlagValues = flags.FLAGS, **overrides: Any) -> ProtocolSettings:
@@ -136,6 +168,31 @@ def preset_configs(
             config, [f"batch_size={batch}", f"eval_batch_size={batch}", *overrides]
         )
     return configs
+
+
+def sweep_configs(
+    config_file: str | os.PathLike[str], options: str = "", registry: flags.FlagValues = flags.FLAGS
+) -> Callable[[int], dict[str, Any]]:
+    """A length driver's `configs_at(length)` (`sweep.compare_lengths`): `preset_configs` of --presets
+    from `config_file` at that length, with --tokens_per_batch, --size, `options` and --config_overrides.
+
+        >>> configs_at = sweep_configs("configs/synthetic.py", "task=copy")  # doctest: +SKIP
+        >>> sorted(configs_at(256))  # doctest: +SKIP
+        ['lstm', 's4d']
+    """
+
+    def configs_at(length: int) -> dict[str, Any]:
+        return preset_configs(
+            config_file,
+            registry.presets,
+            length=length,
+            tokens_per_batch=registry.tokens_per_batch,
+            size=registry.size,
+            options=options,
+            overrides=registry.config_overrides,
+        )
+
+    return configs_at
 
 
 def default_workdir(root: str, driver: str, config: str, options: str, size: str) -> str:
