@@ -40,7 +40,9 @@ Verdict rules, fixed before any run:
    preset also has a plain (full-BPTT) variant, bpb(truncated) - bpb(full) per bucket with its paired
    interval, against the plain variant of the longest length; a bucket's interval above zero means
    truncation costs bits there, below zero that it helps, else no measurable cost. Reported per bucket,
-   not pooled into one word.
+   not pooled into one word. (Beside it, added after the first §5 run and not part of the rule: the same
+   difference with the seeds paired too, `statistics.paired_bootstrap(paired_seeds=True)`: seed i of
+   two variants of one preset starts from the same initialisation.)
 
     python experiments/context_use.py --size=smoke --variants=lstm@64,gla@32:segment_recurrence=True \
         --options=corpus=python_docs --tokens_per_batch=512 --position_buckets=0,64,128,256 \
@@ -250,8 +252,11 @@ def _bucket_difference(
     k: int,
     level: float,
     resamples: int,
+    paired_seeds: bool = False,
 ) -> dict[str, Any]:
-    """bpb(a) - bpb(b) on bucket k, paired by document over those that reach it, with its interval."""
+    """bpb(a) - bpb(b) on bucket k, paired by document over those that reach it (and by seed with
+    `paired_seeds`: two variants of one preset, seed i of each from the same initialisation), with its
+    interval."""
     from seqjax.experiment import statistics, weighted_metrics
 
     size = a[0]["bucket_bytes"][:, k]
@@ -270,6 +275,7 @@ def _bucket_difference(
         metric=weighted_metrics.bits_per_byte,
         confidence_level=level,
         n_resamples=resamples,
+        paired_seeds=paired_seeds,
     )
     return out | _interval(difference)
 
@@ -386,12 +392,16 @@ def summarize(
             continue
         ref = max(full, key=lambda w: w.length)
         per_bucket = []
+        pairable = len(kept[v.name, v.main_mode]) == len(kept[ref.name, ref.main_mode])
         for j in range(len(edges)):
-            diff = _bucket_difference(
-                kept[v.name, v.main_mode], kept[ref.name, ref.main_mode], j, level, resamples
-            )
+            a, b = kept[v.name, v.main_mode], kept[ref.name, ref.main_mode]
+            diff = _bucket_difference(a, b, j, level, resamples)
             cost = TRUNCATION_WORD[_classify("greater", diff)]
-            per_bucket.append(diff | {"label": bucket_label(edges, j), "class": cost})
+            row = diff | {"label": bucket_label(edges, j), "class": cost}
+            if pairable:  # secondary: seed i of both shares its initialisation (one preset, one size)
+                paired = _bucket_difference(a, b, j, level, resamples, paired_seeds=True)
+                row["seed_paired"] = paired | {"class": TRUNCATION_WORD[_classify("greater", paired)]}
+            per_bucket.append(row)
         truncation[v.name] = {"full": ref.name, "mode": v.main_mode, "buckets": per_bucket}
     return {"documents": documents, "variants": rows, "rule2": rule2, "truncation": truncation}
 
@@ -504,6 +514,27 @@ def markdown(results: dict[str, Any]) -> str:
                 for b in t["buckets"]
             )
             lines.append(f"| {name} ({t['mode']}) | {t['full']} | {cells} |")
+        paired_rows = [
+            (name, t) for name, t in results["truncation"].items() if "seed_paired" in t["buckets"][0]
+        ]
+        if paired_rows:
+            lines += [
+                "",
+                "The same differences paired by seed as well as by document (seed i of both variants starts "
+                "from the same initialisation, so what the seeds share cancels). A secondary analysis, added "
+                "after the first run: the verdict is the table above.",
+                "",
+                "| variant | against | " + " | ".join(labels) + " |",
+                "|---|---|" + "---:|" * len(labels),
+            ]
+            for name, t in paired_rows:
+                cells = " | ".join(
+                    f"{_cell(b['seed_paired'], True, 4)} ({b['seed_paired']['class']})"
+                    if math.isfinite(b["seed_paired"]["estimate"])
+                    else "—"
+                    for b in t["buckets"]
+                )
+                lines.append(f"| {name} ({t['mode']}) | {t['full']} | {cells} |")
     lines += ["", "Validation bits per byte by learning rate (seed 0):", ""]
     for name, row in results["variants"].items():
         shown = ", ".join(f"{rate}: {value:.4f}" for rate, value in row["grid"].items() if value is not None)

@@ -540,3 +540,22 @@ def test_wilson_interval_narrows_with_trials_and_rejects_bad_counts():
             wilson_interval(k, n)
     with pytest.raises(ValueError, match="confidence_level"):
         wilson_interval(1, 10, 1.0)
+
+
+def test_paired_seeds_cancel_what_the_seeds_share():
+    # Two variants of one model: seed i of each is the same run up to a small constant offset, while the
+    # seeds differ a lot. Unpaired seeds bury the offset in seed noise; paired seeds recover it exactly.
+    rng = np.random.default_rng(0)
+    seed_effect = rng.normal(0.0, 1.0, size=(5, 1))
+    a = seed_effect + rng.normal(0.0, 0.1, size=(5, 40))
+    b = a - 0.01
+    unpaired = statistics.paired_bootstrap(a, b, n_resamples=500)
+    paired = statistics.paired_bootstrap(a, b, n_resamples=500, paired_seeds=True)
+    assert unpaired.estimate == pytest.approx(0.01) and paired.estimate == pytest.approx(0.01)
+    assert unpaired.low < 0.0 < unpaired.high
+    assert paired.low == pytest.approx(0.01) and paired.high == pytest.approx(0.01)
+    # Without the option, the draws are those of before (independent seed resamples per model).
+    again = statistics.paired_bootstrap(a, b, n_resamples=500, paired_seeds=False)
+    np.testing.assert_array_equal(again.distribution, unpaired.distribution)
+    with pytest.raises(ValueError, match="paired_seeds=True pairs seed i"):
+        statistics.paired_bootstrap(a, b[:3], paired_seeds=True)

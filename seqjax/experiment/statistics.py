@@ -190,9 +190,11 @@ def _resampled_metrics(
     n_clusters: int,
     n_resamples: int,
     rng: np.random.Generator,
+    paired_seeds: bool = False,
 ) -> list[np.ndarray]:
     """Per model, the [n_resamples] metric of each two-level resample. All models share each cluster
-    resample (the pairing); each model's seeds are resampled independently (separate trainings)."""
+    resample (the pairing); each model's seeds are resampled independently (separate trainings), or,
+    with `paired_seeds`, with one seed resample shared by every model (seed i of each is one pair)."""
     n_examples = cluster_index.shape[0]
     per_seed = [np.empty((n_resamples, predictions.shape[0])) for predictions in models]
     chunk = max(1, _MAX_WEIGHT_ELEMENTS // n_examples)
@@ -205,10 +207,12 @@ def _resampled_metrics(
         for model_values, predictions in zip(per_seed, models, strict=True):
             model_values[start:stop] = _seed_mean(owner, metric, predictions, targets, weights)
     resampled = []
+    shared = None
     for model_values in per_seed:
         n_seeds = model_values.shape[1]
-        seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_resamples)
-        resampled.append((seed_counts * model_values).sum(axis=1) / n_seeds)
+        if shared is None or not paired_seeds:
+            shared = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_resamples)
+        resampled.append((shared * model_values).sum(axis=1) / n_seeds)
     return resampled
 
 
@@ -272,8 +276,15 @@ def _bootstrap(
     n_resamples: int,
     method: str,
     rng_seed: int,
+    paired_seeds: bool = False,
 ) -> BootstrapInterval:
     _check_interval_settings(owner, confidence_level, n_resamples, method)
+    if paired_seeds and len({m.shape[0] for m in models}) != 1:
+        seeds = ", ".join(str(m.shape[0]) for m in models)
+        raise ValueError(
+            f"{owner}: paired_seeds=True pairs seed i of every model, but the models have {seeds} seeds; "
+            "give each the same seeds, or paired_seeds=False."
+        )
     n_examples = models[0].shape[1]
     target_vector = None if targets is None else _example_vector(owner, "targets", targets, n_examples)
     cluster_index, n_clusters = _cluster_index(owner, cluster_ids, n_examples)
@@ -286,7 +297,7 @@ def _bootstrap(
     )
     rng = np.random.default_rng(rng_seed)
     resampled = _resampled_metrics(
-        owner, models, target_vector, metric, cluster_index, n_clusters, n_resamples, rng
+        owner, models, target_vector, metric, cluster_index, n_clusters, n_resamples, rng, paired_seeds
     )
     distribution = sum(sign * values for sign, values in zip(signs, resampled, strict=True))
     jackknife = None
@@ -354,12 +365,15 @@ def paired_bootstrap(
     n_resamples: int = 2000,
     method: IntervalMethod = "percentile",
     rng_seed: int = 0,
+    paired_seeds: bool = False,
 ) -> BootstrapInterval:
     """Bootstrap interval of metric(a) - metric(b) for two models scored on the same examples.
 
     Both models see the same cluster resample each time (the pairing); their seeds ([seeds, examples],
     the counts may differ) are resampled independently, since seed i of one model is no pair of seed i of
-    the other.
+    the other. `paired_seeds=True` is for two variants of one model where seed i of each shares its
+    initialisation and data order (the same architecture trained with and without truncated BPTT, say):
+    one seed resample serves both, so what the seeds share cancels in the difference.
 
     >>> result = paired_bootstrap([3.0, 4.0, 5.0], [1.0, 2.0, 3.0], n_resamples=100)
     >>> result.estimate, [round(end, 9) for end in result.interval]
@@ -376,6 +390,7 @@ def paired_bootstrap(
         n_resamples,
         method,
         rng_seed,
+        paired_seeds,
     )
 
 
@@ -427,6 +442,7 @@ def _contrast(
     n_resamples: int,
     method: IntervalMethod,
     rng_seed: int,
+    paired_seeds: bool = False,
 ) -> BootstrapInterval:
     """`_bootstrap` of sum_i signs[i] * metric(model i) after checking that every model ({name: [seeds,
     examples]}) scored the same number of examples (`paired_bootstrap`, `contrast_bootstrap`)."""
@@ -449,6 +465,7 @@ def _contrast(
         n_resamples,
         method,
         rng_seed,
+        paired_seeds,
     )
 
 
