@@ -44,7 +44,7 @@ TRAIN_MODULES: tuple[str, ...] = (
     "tensorboardX",
 )
 #: seqjax.baselines (extra `experiments`): the non-neural baselines over the data's splits.
-BASELINES_MODULES: tuple[str, ...] = (*DATA_MODULES, "scipy", "sklearn")
+BASELINES_MODULES: tuple[str, ...] = (*DATA_MODULES, "scipy", "sklearn", "threadpoolctl")
 #: seqjax.experiment (extra `experiments`): the protocol runs the trainer and the baselines.
 EXPERIMENT_MODULES: tuple[str, ...] = (*TRAIN_MODULES, "scipy", "sklearn")
 
