@@ -20,7 +20,7 @@ token), in the layout of fla's `naive_recurrent_gated_delta_rule` (state S ∈ R
       (I + tril(diag(β) (Γ ⊙ K Kᵀ), −1)) Δ = diag(β) (V − diag(γ) K S_0),
 
   i.e. Δ = U − W S_0 with the WY/UT representation T = (I + tril(..., −1))^{-1} diag(β), U = T V,
-  W = T (γ ⊙ K). Then
+  W = T (γ ⊙ K) (`unit_lower_inverse`: recursive block inversion by matmuls). Then
 
       Y   = diag(γ) Q S_0 + (Q Kᵀ ⊙ Γ ⊙ causal) Δ
       S_C = γ_C S_0 + (K ⊙ Γ_{C,·})ᵀ Δ.
@@ -42,7 +42,7 @@ Resets and padding:
   through unchanged, and its output is 0. Padding wins over a reset at the same token.
 
 Dtypes: the whole recurrence runs in the accumulation dtype (float32 for float32 or bfloat16 inputs,
-float64 for float64 ones): the triangular solve and the subtractive correction v − Sᵀk lose too much in
+float64 for float64 ones): the triangular inverse and the subtractive correction v − Sᵀk lose too much in
 bfloat16. States and outputs are in that dtype.
 """
 
@@ -63,6 +63,7 @@ __all__ = [
     "delta_rule_chunked",
     "delta_rule_recurrent",
     "delta_rule_step",
+    "unit_lower_inverse",
 ]
 
 Method = Literal["auto", "chunked", "recurrent"]
@@ -223,6 +224,41 @@ def delta_rule_recurrent(
 # --------------------------------------------------------------------------------------------------
 # The chunked form
 # --------------------------------------------------------------------------------------------------
+def unit_lower_inverse(a: jax.Array) -> jax.Array:
+    """(I + a)⁻¹ for strictly lower-triangular a [..., C, C], by recursive block doubling.
+
+    The inverses of the diagonal blocks of size s give those of size 2s:
+    [[M₁₁, 0], [M₂₁, M₂₂]]⁻¹ = [[M₁₁⁻¹, 0], [−M₂₂⁻¹ M₂₁ M₁₁⁻¹, M₂₂⁻¹]], starting from 1 × 1 blocks (the unit
+    diagonal) — log₂ C levels of batched matmuls, O(C³) work, and nothing but matmuls, so it
+    differentiates and batches like any other op. (LAPACK's batched `trsm`, which
+    `jax.scipy.linalg.solve_triangular` calls on CPU, deadlocked in XLA's thread pool on a 2-core host.)
+    C is padded to a power of two with an identity block, which leaves the top-left inverse unchanged.
+
+    >>> import jax.numpy as jnp
+    >>> a = jnp.tril(jnp.full((3, 3), 0.5), -1)
+    >>> bool(jnp.allclose(unit_lower_inverse(a) @ (jnp.eye(3) + a), jnp.eye(3)))
+    True
+    """
+    c = a.shape[-1]
+    size = 1 << max(c - 1, 0).bit_length()
+    lead = a.shape[:-2]
+    m = jnp.eye(size, dtype=a.dtype) + jnp.pad(a, [(0, 0)] * len(lead) + [(0, size - c)] * 2)
+    inv = jnp.ones((*lead, size, 1, 1), a.dtype)  # the inverses of the 1 × 1 diagonal blocks
+    s = 1
+    while s < size:
+        nb = size // (2 * s)
+        # the nb diagonal blocks of size 2s of M, [..., nb, 2s, 2s]; their lower-left quarter is M₂₁
+        blocks = jnp.diagonal(m.reshape(*lead, nb, 2 * s, nb, 2 * s), axis1=-4, axis2=-2)
+        m21 = jnp.moveaxis(blocks, -1, -3)[..., s:, :s]
+        i11, i22 = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
+        i21 = -jnp.einsum("...ij,...jk,...kl->...il", i22, m21, i11)
+        top = jnp.concatenate([i11, jnp.zeros_like(i11)], axis=-1)
+        bottom = jnp.concatenate([i21, i22], axis=-1)
+        inv = jnp.concatenate([top, bottom], axis=-2)  # [..., nb, 2s, 2s]
+        s *= 2
+    return inv[..., 0, :c, :c]
+
+
 def _chunk_body(s0, chunk):
     """One chunk for all batch rows and heads at once, in the accumulation dtype.
 
@@ -230,7 +266,7 @@ def _chunk_body(s0, chunk):
     seg [B, C] int32, the segment id of each token within the chunk.
     """
     q, k, v, beta, la, seg = chunk
-    c, dv = q.shape[-2], v.shape[-1]
+    c = q.shape[-2]
     causal = jnp.tril(jnp.ones((c, c), bool))
     same = seg[:, :, None] == seg[:, None, :]  # [B, C, C]
     visible = (causal & same)[:, None]  # [B, 1, C, C]: i reads j (j ≤ i, no reset in (j, i])
@@ -254,11 +290,10 @@ def _chunk_body(s0, chunk):
         carry_scale = jnp.where(carries, jnp.exp(b[..., -1]), 0.0)
     kk = jnp.einsum("bhik,bhjk->bhij", k, k)
     a = jnp.where(strict, beta[..., :, None] * decay * kk, 0.0)
-    eye = jnp.eye(c, dtype=q.dtype)
-    # WY/UT: [U | W] = (I + A)^{-1} [β V | β γ K], a unit lower-triangular solve.
-    rhs = jnp.concatenate([beta[..., None] * v, (beta * gamma)[..., None] * k], axis=-1)
-    sol = jax.scipy.linalg.solve_triangular(eye + a, rhs, lower=True, unit_diagonal=True)
-    u, w = sol[..., :dv], sol[..., dv:]
+    # WY/UT: T = (I + A)⁻¹ diag(β), U = T V, W = T (γ ⊙ K).
+    t_mat = unit_lower_inverse(a) * beta[..., None, :]
+    u = jnp.einsum("bhij,bhjv->bhiv", t_mat, v)
+    w = jnp.einsum("bhij,bhjk->bhik", t_mat, gamma[..., None] * k)
     delta = u - jnp.einsum("bhik,bhkv->bhiv", w, s0)  # the pseudo-values Δ
     scores = jnp.einsum("bhik,bhjk->bhij", q, k) * decay
     y = gamma[..., None] * jnp.einsum("bhik,bhkv->bhiv", q, s0) + jnp.einsum("bhij,bhjv->bhiv", scores, delta)
@@ -280,10 +315,10 @@ def delta_rule_chunked(
 ) -> tuple[jax.Array, jax.Array]:
     """The chunkwise-parallel form with the WY/UT representation (module docstring).
 
-    Each chunk solves one unit lower-triangular [C, C] system per head for its pseudo-values, computes
+    Each chunk inverts one unit lower-triangular [C, C] matrix per head for its pseudo-values, computes
     its outputs with two matmuls against them and S_prev, and passes S on; a `lax.scan` over chunks
     carries S. The chunk body is rematerialised in the backward pass (`jax.checkpoint`), so autodiff
-    stores the inputs and the state at each chunk start. Work is O(T · C · (d_k + d_v) + T · d_k · d_v)
+    stores the inputs and the state at each chunk start. Work is O(T · C · (C + d_k + d_v) + T · d_k · d_v)
     per head. Lengths that are not a multiple of `chunk_size` are padded internally with padding tokens.
 
     Args:
