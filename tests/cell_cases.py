@@ -28,6 +28,9 @@ CELL_CASES = [
     ("gla", cells.GatedLinearAttention(num_heads=2, head_dim=3, chunk_size=4)),
     # 5 features with head_dim 3: a full orthogonal block and a truncated one
     ("performer", cells.Performer(num_heads=2, head_dim=3, num_features=5, chunk_size=4)),
+    # delta rule: 13 tokens over chunks of 4 put resets and padding inside and across chunks
+    ("deltanet", cells.DeltaNet(num_heads=2, head_dim=3, chunk_size=4)),
+    ("gated-deltanet", cells.GatedDeltaNet(num_heads=2, head_dim=3, chunk_size=4)),
     # MAX_LENGTH holds the float64 test's 64 tokens; the states of `random_state` hold < 8
     ("attention", cells.Attention(num_heads=2, head_dim=4, max_length=64)),
     (

@@ -26,6 +26,9 @@ NEW_PRESETS = [
     "encoder",
     "longformer",
     "linformer",
+    # issue 22; `deltanet` is the same cell without the decay and the output gate, so only its build is
+    # checked here (the cell contract runs both cells)
+    "gated_deltanet",
 ]
 
 
@@ -78,7 +81,7 @@ def test_linformer_layerwise_sharing_trains_with_one_projection(data_dir, tmp_pa
 
 
 def test_presets_build_the_cells_they_name():
-    built = {name: _first_cell(name) for name in NEW_PRESETS}
+    built = {name: _first_cell(name) for name in [*NEW_PRESETS, "deltanet"]}
     assert isinstance(built["bilstm"], cells.Bidirectional)
     assert isinstance(built["bilstm"].forward, cells.LSTM)
     assert isinstance(built["encoder"], cells.Attention) and not built["encoder"].causal
@@ -88,6 +91,8 @@ def test_presets_build_the_cells_they_name():
     assert isinstance(built["performer"], cells.Performer)
     assert isinstance(built["elstm"], cells.ELSTM)
     assert isinstance(built["linear_attention"], cells.LinearAttention)
+    assert type(built["deltanet"]) is cells.DeltaNet and built["deltanet"].chunk_size == 64
+    assert isinstance(built["gated_deltanet"], cells.GatedDeltaNet) and built["gated_deltanet"].output_gate
     # exactly the presets whose cells cannot stream left to right are the encoder presets
     no_stream = {name for name, cell in built.items() if cell.step_unsupported() is not None}
     assert no_stream == ENCODER_PRESETS

@@ -14,6 +14,7 @@ from seqjax.cells.attention import (
 )
 from seqjax.cells.base import Axes, Cell, Params, RecurrentCell, State
 from seqjax.cells.bidirectional import Bidirectional
+from seqjax.cells.delta_net import DeltaNet, DeltaNetState, GatedDeltaNet
 from seqjax.cells.elstm import ELSTM, ELSTMState
 from seqjax.cells.gru import GRU
 from seqjax.cells.linear_attention import (
@@ -43,8 +44,11 @@ __all__ = [
     "Axes",
     "Bidirectional",
     "Cell",
+    "DeltaNet",
+    "DeltaNetState",
     "ELSTMState",
     "GLAState",
+    "GatedDeltaNet",
     "GatedLinearAttention",
     "LSTMState",
     "LinearAttention",

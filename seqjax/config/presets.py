@@ -32,6 +32,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mamba": {"cell": "mamba", "state_size": 16},
     "linear_attention": {"cell": "linear_attention"},
     "gla": {"cell": "gla"},
+    # The delta rule (fla's layers): DeltaNet, and Gated DeltaNet with Mamba-2's decay and an output gate.
+    "deltanet": {"cell": "deltanet"},
+    "gated_deltanet": {"cell": "gated_deltanet"},
     "attention": {"cell": "attention"},
     "swa": {"cell": "sliding_window_attention", "window": 256},
     # Transformer-XL: softmax attention with a memory of the previous segments' keys and values; the

@@ -45,7 +45,8 @@ __all__ = [
 
 #: Which side of "recurrent vs transformer" each preset is on. Softmax and kernelised attention
 #: (Performer, linear attention) are transformer layers; every model with a fixed-size recurrent state
-#: that is not an attention kernel (RNNs, SSMs, Mamba, GLA's gated recurrence) is recurrent.
+#: that is not an attention kernel (RNNs, SSMs, Mamba, GLA's gated recurrence, (Gated) DeltaNet's delta
+#: rule) is recurrent.
 FAMILIES: dict[str, str] = {
     **{
         p: "attention"
@@ -64,6 +65,7 @@ FAMILIES: dict[str, str] = {
         p: "recurrent"
         for p in ("lstm", "elstm", "gru", "bilstm", "mamba", "s5", "s4d", "lru", "gla", "mlstm", "slstm")
     },
+    **{p: "recurrent" for p in ("deltanet", "gated_deltanet")},
 }
 
 
