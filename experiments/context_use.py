@@ -280,16 +280,58 @@ def _bucket_difference(
     return out | _interval(difference)
 
 
+#: The n-gram orders scored by position beside the models.
+BASELINE_ORDERS = (3, 5)
+#: Bytes a baseline's scored span may differ from the models' per document (a BPE first token, the
+#: end-of-document target); more means the documents are not the same ones, in the same order.
+SPAN_SLACK_BYTES = 16
+
+
+def ngram_baseline_sums(
+    config: Any, scored_bytes: np.ndarray, edges: Sequence[int], orders: Sequence[int] = BASELINE_ORDERS
+) -> dict[str, dict[str, np.ndarray]]:
+    """{name: per-document sums by position} of Kneser–Ney byte n-gram models fit on the train split
+    of `config`'s documents and scored on its test documents over the models' spans (`scored_bytes` per
+    document, `seqjax.baselines.documents.ngram_position_sums`): the control for the position effect
+    that needs no long context."""
+    from seqjax.baselines.documents import ngram_position_sums, read_split_documents
+    from seqjax.baselines.kneser_ney import KneserNeyBytes
+    from seqjax.train.run_config import resolve
+    from seqjax.train.trainer import default_data_dir
+
+    run = resolve(config)
+    documents = read_split_documents(run.data.source_options(), run.data_dir or default_data_dir())
+    test = documents["test"]
+    if len(test) != len(scored_bytes):
+        raise ValueError(
+            f"context_use: the test split has {len(test)} documents but the models scored "
+            f"{len(scored_bytes)}; the baselines need the models' documents."
+        )
+    out = {}
+    for order in orders:
+        sums = ngram_position_sums(KneserNeyBytes(documents["train"], order), test, edges, scored_bytes)
+        off = np.abs(sums["bucket_bytes"].sum(1) - scored_bytes)
+        if off.max() > SPAN_SLACK_BYTES:
+            raise ValueError(
+                f"context_use: the {order}-gram baseline scored {off.max():.0f} bytes more or fewer than "
+                f"the models in document {int(off.argmax())}; the documents are not in the models' order."
+            )
+        out[f"{order}-gram Kneser–Ney"] = sums
+    return out
+
+
 def summarize(
     trained: dict[str, Any],
     variants: Sequence[Variant],
     edges: Sequence[int],
     level: float,
     resamples: int,
+    baseline_config: Any | None = None,
 ) -> dict[str, Any]:
     """Per variant: its protocol record, and per mode the position curve over the qualifying documents
-    with rule 1's verdict; rule 2's comparison; rule 3's truncation costs. `trained`: {variant name:
-    `ModelResult`}."""
+    with rule 1's verdict; rule 2's comparison; rule 3's truncation costs; with `baseline_config`, the
+    n-gram baselines' position curves on the same documents and spans (`ngram_baseline_sums`).
+    `trained`: {variant name: `ModelResult`}."""
     from seqjax.experiment.positions import bucket_label, position_curve
     from seqjax.experiment.report import family_of
     from seqjax.experiment.verdict import verdict
@@ -317,6 +359,17 @@ def summarize(
         "max_document_tokens": FLAGS.max_document_tokens,
         "qualifying_bytes": float(scored_bytes[keep].sum()),
     }
+    baselines: dict[str, Any] = {}
+    if baseline_config is not None and keep.any():
+        for name, b in ngram_baseline_sums(baseline_config, scored_bytes, edges).items():
+            curve = position_curve(
+                [{k: x[keep] for k, x in b.items()}],
+                edges,
+                contrast=contrast,
+                confidence_level=level,
+                n_resamples=resamples,
+            )
+            baselines[name] = curve | {"verdict": _classify("less", curve["contrast"])}
     rows: dict[str, Any] = {}
     for v in variants:
         result = trained[v.name]
@@ -403,7 +456,13 @@ def summarize(
                 row["seed_paired"] = paired | {"class": TRUNCATION_WORD[_classify("greater", paired)]}
             per_bucket.append(row)
         truncation[v.name] = {"full": ref.name, "mode": v.main_mode, "buckets": per_bucket}
-    return {"documents": documents, "variants": rows, "rule2": rule2, "truncation": truncation}
+    return {
+        "documents": documents,
+        "variants": rows,
+        "baselines": baselines,
+        "rule2": rule2,
+        "truncation": truncation,
+    }
 
 
 def _cell(v: dict[str, float], signed: bool = False, digits: int = 3) -> str:
@@ -481,6 +540,20 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {name} | {mode} | {cells} | {_cell(curve['contrast'], True)} | {curve['verdict']} | "
                 f"{row['learning_rate']:.0e} | {row['parameters']:,} | {memory} |"
             )
+    for name, curve in results.get("baselines", {}).items():
+        cells = " | ".join(_cell(b["bits_per_byte"]) for b in curve["buckets"])
+        lines.append(
+            f"| {name} (baseline) | its {name.split('-')[0]} - 1 bytes | {cells} | "
+            f"{_cell(curve['contrast'], True)} | {curve['verdict']} | — | — | — |"
+        )
+    if results.get("baselines"):
+        lines += [
+            "",
+            "The n-gram rows are the control for rule (1): fit on the train split and scored on the same "
+            "documents and spans, they see only their last few bytes, so a fall of their loss along the "
+            "document is the documents' content changing with position, not context use. (Added after "
+            "the first §1 and §5 runs; interval over documents only.)",
+        ]
     lines += [
         "",
         "Documents reaching each bucket: "
@@ -590,7 +663,9 @@ def _main(argv: list[str]) -> None:
             configs_here, settings, workdir / f"L{length}", length=length, match_target=target
         )
     level = 0.95
-    summary = summarize(trained, variants, edges, level, FLAGS.resamples)
+    summary = summarize(
+        trained, variants, edges, level, FLAGS.resamples, baseline_config=next(iter(configs.values()))
+    )
     platform = jax.default_backend()
     results = {
         **run_header(sys.argv, platform),
@@ -621,7 +696,7 @@ def _main(argv: list[str]) -> None:
     }
     if curves:
         title = f"{FLAGS.options}: loss by position"
-        plots.metric_by_position(curves, f"{out}_bpb.png", title=title)
+        plots.metric_by_position(curves, f"{out}_bpb.png", title=title, baselines=results["baselines"])
         plots.metric_by_position(curves, f"{out}_perplexity.png", metric="perplexity", title=title)
 
 

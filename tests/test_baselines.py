@@ -166,6 +166,27 @@ def test_document_nats_are_the_chain_of_next_byte_probabilities():
     np.testing.assert_allclose(model.document_nats(document), chained, rtol=1e-12)
 
 
+def test_ngram_position_sums_bucket_every_byte_after_the_first():
+    model = KneserNeyBytes([b"hello world, hello there"], order=3)
+    docs = [b"hello who is there", b"hi"]
+    sums = documents.ngram_position_sums(model, docs, edges=(0, 4, 8))
+    for i, doc in enumerate(docs):
+        nats = model.document_nats(doc)[1:]  # byte 0 is the models' first input, never a target
+        offsets = np.arange(1, len(doc))
+        for k, (lo, hi) in enumerate([(0, 4), (4, 8), (8, 10**9)]):
+            inside = (offsets >= lo) & (offsets < hi)
+            assert sums["bucket_bytes"][i, k] == inside.sum() == sums["bucket_tokens"][i, k]
+            assert sums["bucket_nll"][i, k] == pytest.approx(nats[inside].sum(), rel=1e-12)
+        assert sums["nll"][i] == pytest.approx(nats.sum(), rel=1e-12)
+    # a bound on the scored span (a model's max_document_tokens) cuts each document's targets
+    bounded = documents.ngram_position_sums(model, docs, edges=(0, 4, 8), scored_bytes=[5, 5])
+    assert bounded["bucket_bytes"].tolist() == [[3.0, 2.0, 0.0], [1.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="one count per document"):
+        documents.ngram_position_sums(model, docs, edges=(0, 4), scored_bytes=[5])
+    with pytest.raises(ValueError, match="position_buckets"):
+        documents.ngram_position_sums(model, docs, edges=(4, 8))
+
+
 # --- documents: compressors and the real sample --------------------------------------------------------
 
 

@@ -53,7 +53,17 @@ def test_context_use_smoke_run(tmp_path):
     assert cost["full"] == "lstm@64" and cost["mode"] == "carried" and len(cost["buckets"]) == 4
     assert all(math.isfinite(b["low"]) for b in cost["buckets"])
     assert {b["class"] for b in cost["buckets"]} <= {"costs", "helps", "no measurable cost"}
+    # the n-gram control, scored by position on the same documents and spans as the models
+    assert list(results["baselines"]) == ["3-gram Kneser–Ney", "5-gram Kneser–Ney"]
+    for curve in results["baselines"].values():
+        reached = [b["documents"] for b in curve["buckets"]]
+        assert reached == [b["documents"] for b in plain["modes"]["reset"]["buckets"]]
+        assert (
+            curve["buckets"][0]["bits_per_byte"]["estimate"]
+            < plain["modes"]["reset"]["buckets"][0]["bits_per_byte"]["estimate"]
+        )  # 2 training steps: the n-gram model is far ahead
     text = (tmp_path / "out.md").read_text()
+    assert "| 5-gram Kneser–Ney (baseline) |" in text
     assert "**2 of 2** have at least 256 scored bytes" in text and "## (3) What truncation costs" in text
     for suffix in ("_bpb.png", "_perplexity.png"):
         assert (tmp_path / f"out{suffix}").stat().st_size > 1000

@@ -39,6 +39,7 @@ __all__ = [
     "compressor_document_bits",
     "evaluate_baselines",
     "ngram_document_bits",
+    "ngram_position_sums",
     "read_split_documents",
     "unigram_document_bits",
 ]
@@ -83,6 +84,51 @@ def ngram_document_bits(
     """
     model = KneserNeyBytes(_check_documents(train_documents, "ngram_document_bits"), order)
     return np.array([model.document_nats(bytes(d)).sum() / math.log(2.0) for d in documents])
+
+
+def ngram_position_sums(
+    model: KneserNeyBytes,
+    documents: Sequence[bytes],
+    edges: Sequence[int],
+    scored_bytes: Sequence[int] | np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The n-gram model's loss by position in each document, in the per-document sums a model's
+    `trainer.evaluate(by_document=True, position_buckets=edges)` returns (`seqjax.experiment.positions`):
+    "bucket_nll" (nats), "bucket_tokens" and "bucket_bytes" [documents, buckets], and "nll", "tokens"
+    [documents]. A byte is a token here.
+
+    The targets are a model's: every byte after a document's first (the first is the model's first
+    input, never a target), at byte offsets 1, 2, ... from the document's start; with `scored_bytes`
+    (per document, e.g. a model's `bucket_bytes.sum(1)` under `max_document_tokens`) only the first that
+    many, so the baseline covers the same span as the models it sits beside. Why this baseline by
+    position: an n-gram model sees only `order - 1` bytes, so whatever its loss does along a document
+    is the documents' content changing with position (boilerplate up front, say), not context use.
+
+        >>> model = KneserNeyBytes([b"abcabcabc"], order=3)
+        >>> sums = ngram_position_sums(model, [b"abcabc"], edges=(0, 4))
+        >>> sums["bucket_bytes"].tolist()  # offsets 1-3 and 4-5
+        [[3.0, 2.0]]
+    """
+    from seqjax.data.stream import check_position_buckets
+
+    edges = check_position_buckets(edges)
+    documents = _check_documents(documents, "ngram_position_sums")
+    if scored_bytes is not None and len(scored_bytes) != len(documents):
+        raise ValueError(
+            f"ngram_position_sums: scored_bytes has {len(scored_bytes)} entries for {len(documents)} "
+            f"documents; pass one count per document (in the split's order)."
+        )
+    out = {k: np.zeros((len(documents), len(edges))) for k in ("bucket_nll", "bucket_tokens", "bucket_bytes")}
+    for i, document in enumerate(documents):
+        end = len(document) if scored_bytes is None else min(len(document), 1 + int(scored_bytes[i]))
+        nats = model.document_nats(document[:end])[1:]  # targets at offsets 1 .. end - 1
+        bucket = np.searchsorted(edges, np.arange(1, end), side="right") - 1
+        out["bucket_nll"][i] = np.bincount(bucket, weights=nats, minlength=len(edges))
+        out["bucket_bytes"][i] = np.bincount(bucket, minlength=len(edges))
+    out["bucket_tokens"] = out["bucket_bytes"].copy()
+    out["nll"] = out["bucket_nll"].sum(1)
+    out["tokens"] = out["bucket_bytes"].sum(1)
+    return out
 
 
 def compressor_document_bits(documents: Sequence[bytes], compressor: str) -> np.ndarray:

@@ -531,11 +531,13 @@ def metric_by_position(
     *,
     metric: str = "bits_per_byte",
     title: str = "",
+    baselines: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path | Figure:
     """`metric` ("bits_per_byte" or "perplexity") against position in the document, one line and
     interval band per model: `curves` maps a model's name (e.g. "lstm 4k, carried") to its
     `position_curve`. x is each bucket's midpoint in bytes (log scale; the open last bucket at 1.5 × its
-    start), so a model that uses long context slopes down.
+    start), so a model that uses long context slopes down. `baselines` (name: `position_curve`, e.g. an
+    n-gram model's) are drawn dashed in grey, without bands.
 
     >>> from seqjax.experiment.positions import position_curve  # doctest: +SKIP
     >>> metric_by_position({"gla": position_curve(seeds, edges)}, "positions.png")  # doctest: +SKIP
@@ -557,6 +559,11 @@ def metric_by_position(
         ax.plot(xs, [v["estimate"] for v in values], marker="o", color=color, label=model)
         ax.fill_between(xs, [v["low"] for v in values], [v["high"] for v in values], color=color, alpha=0.15)
         level = curve.get("confidence_level", level)
+    for j, (name, curve) in enumerate((baselines or {}).items()):
+        rows = [b for b in curve["buckets"] if b["documents"] > 0]
+        style = ("--", ":", "-.")[j % 3]
+        ys = [b[metric]["estimate"] for b in rows]
+        ax.plot([b["midpoint"] for b in rows], ys, style, color="0.4", marker="x", label=f"{name} (baseline)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("position in the document (bytes, bucket midpoint)")
     interval = f" ({level:.0%} CI)" if level else " (bootstrap CI)"
