@@ -77,6 +77,15 @@ def test_mamba_initialisation(key):
     np.testing.assert_allclose(p["D"], 1.0)
     assert cell.param_groups()["A_log"] == "ssm" and cell.param_groups()["in_proj"] == "default"
     assert p["x_proj"].shape == (16, cell.rank + 12)
+    # torch's defaults, as the reference: Linear uniform in ±fan_in^-1/2, Conv1d weight and bias in
+    # ±d_conv^-1/2 (the conv bias is not zero)
+    for name, fan_in in (("in_proj", 8), ("x_proj", 16), ("out_proj", 16)):
+        w = np.asarray(p[name])
+        assert np.abs(w).max() <= fan_in**-0.5 and np.abs(w).max() > 0.8 * fan_in**-0.5, name
+        assert np.std(w) == pytest.approx(fan_in**-0.5 / np.sqrt(3), rel=0.2), name
+    bound = cell.d_conv**-0.5
+    for name in ("conv_w", "conv_b"):
+        assert 0.5 * bound < np.abs(np.asarray(p[name])).max() <= bound, name
 
 
 def test_padding_does_not_decay_the_state(key):

@@ -301,6 +301,17 @@ def test_hippo_n_eigendecomposition_reconstructs_the_normal_matrix():
     np.testing.assert_allclose(v_inv @ v, np.eye(6), atol=1e-10)
 
 
+def test_s5_b_is_lecun_normal_with_the_references_fan_in(key):
+    """lindermanlab/S5 draws B with `lecun_normal()` on shape (P, H): fan-in P, so Var(B) = 1/P (not
+    1/H); B = V B̃ recovers it from the stored B̃ = V⁻¹B."""
+    h, p = 12, 64
+    params = S5(h, p).init(key, h)
+    _, v, _ = block_hippo_n(p, 1)
+    b_tilde = np.asarray(params["b_re"]) + 1j * np.asarray(params["b_im"])  # [H, P/2]
+    b = 2 * (np.asarray(v) @ b_tilde.T).real  # B = V B̃ + conj(V B̃): the conjugate half mirrors it
+    assert np.var(b) == pytest.approx(1 / p, rel=0.2), np.var(b)
+
+
 def test_s5_keeps_one_eigenvalue_per_conjugate_pair(key):
     cell = S5(H, 16, blocks=2)
     params = cell.init(key, H)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
+from seqjax.cells.initializers import torch_linear_uniform
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.diagonal import linear_recurrence
@@ -49,11 +50,15 @@ class Mamba(RecurrentCell):
         h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) B_tᵀ,  A = −exp(A_log) ∈ R^{d_inner × N}
         y = (h_t C_t + D ⊙ x) ⊙ SiLU(z);  out = W_out y
 
-    Initialisation as in the reference implementation: `A_log[d, n] = log(n + 1)` (S4D-Real), the Δ
-    bias is the inverse softplus of a draw log-uniform in [dt_min, dt_max] = [1e-3, 0.1], the Δ
-    projection is uniform in ±dt_rank^-½, D = 1, the projections Glorot-uniform, the conv uniform in
-    ±(d_conv)^-½. `A_log`, `dt_bias` and `D` are in the "ssm" parameter group (own learning rate, no
-    weight decay in the trainer).
+    Initialisation as in the reference implementation (state-spaces/mamba `mamba_simple.py`):
+    `A_log[d, n] = log(n + 1)` (S4D-Real), the Δ bias is the inverse softplus of a draw log-uniform in
+    [dt_min, dt_max] = [1e-3, 0.1] (floored at `dt_floor`), the Δ projection is uniform in ±dt_rank^-½,
+    D = 1, the conv weight and bias uniform in ±(d_conv)^-½ (torch's `Conv1d` default), and the in, x
+    and out projections uniform in ±(fan-in)^-½ (torch's `Linear` default). One difference, on
+    purpose: the reference's language model (`MixerModel`, `rescale_prenorm_residual`) then divides
+    every block's `out_proj` by √n_layer, a model-level choice this cell cannot see; scale `out_proj`
+    yourself to match it. `A_log`, `dt_bias` and `D` are in the "ssm" parameter group (own learning
+    rate, no weight decay in the trainer).
 
     Padding: Δ is zeroed at padded tokens, so exp(ΔA) = 1 and the drive is 0: the state does not decay.
     The conv skips padded tokens too: its window holds the last valid tokens. Resets clear both
@@ -119,22 +124,21 @@ class Mamba(RecurrentCell):
                 f"d_model, so build it with d_model={input_size} or project the inputs first."
             )
         d, di, n, r, pd = self.d_model, self.d_inner, self.state_size, self.rank, self.param_dtype
-        keys = jax.random.split(key, 6)
-        glorot = jax.nn.initializers.glorot_uniform()
+        keys = jax.random.split(key, 7)
         log_dt = jax.random.uniform(keys[4], (di,), pd, math.log(self.dt_min), math.log(self.dt_max))
         dt = jnp.maximum(jnp.exp(log_dt), self.dt_floor)
         conv_bound = 1 / math.sqrt(self.d_conv)
         dt_bound = r**-0.5
         return {
-            "in_proj": glorot(keys[0], (d, 2 * di), pd),
+            "in_proj": torch_linear_uniform(keys[0], (d, 2 * di), pd),
             "conv_w": jax.random.uniform(keys[1], (self.d_conv, di), pd, -conv_bound, conv_bound),
-            "conv_b": jnp.zeros((di,), pd),
-            "x_proj": glorot(keys[2], (di, r + 2 * n), pd),
+            "conv_b": jax.random.uniform(keys[6], (di,), pd, -conv_bound, conv_bound),
+            "x_proj": torch_linear_uniform(keys[2], (di, r + 2 * n), pd),
             "dt_proj": jax.random.uniform(keys[3], (r, di), pd, -dt_bound, dt_bound),
             "dt_bias": _inverse_softplus(dt).astype(pd),
             "A_log": jnp.log(jnp.broadcast_to(jnp.arange(1, n + 1, dtype=pd), (di, n))),
             "D": jnp.ones((di,), pd),
-            "out_proj": glorot(keys[5], (di, d), pd),
+            "out_proj": torch_linear_uniform(keys[5], (di, d), pd),
         }
 
     def param_axes(self) -> dict[str, tuple[str, ...]]:

@@ -309,9 +309,10 @@ class S5(_DiagonalSSM):
 
     Initialisation: Λ and V from the normal part of HiPPO-LegS ("HiPPO-N"), block-diagonal with
     `blocks` blocks of P/blocks dimensions (which must be even, one conjugate pair per kept mode);
-    B ~ LeCun-normal [P, H] then B̃ = V⁻¹B; C ~ complex LeCun-normal [H, P] then C̃ = C V; D ~ N(0, 1);
-    log Δ log-uniform in [dt_min, dt_max]. `clip_eigs=True` uses min(Re Λ, −1e-4) so every mode stays
-    stable (recommended for long or unbounded sequences).
+    B ~ LeCun-normal [P, H] with fan-in P (the reference's `lecun_normal()` axes) then B̃ = V⁻¹B;
+    C ~ complex LeCun-normal [H, P] then C̃ = C V; D ~ N(0, 1); log Δ log-uniform in [dt_min, dt_max].
+    `clip_eigs=True` uses min(Re Λ, −1e-4) so every mode stays stable
+    (recommended for long or unbounded sequences).
 
     Parameters (float32; stored input-major like `w_ih`, i.e. transposed relative to the paper):
       lambda_re, lambda_im [P/2]      Λ.
@@ -393,8 +394,9 @@ class S5(_DiagonalSSM):
         h, p, pd = self.hidden_size, self.state_size, self.param_dtype
         lam, v, v_inv = block_hippo_n(p, self.blocks)
         k_b, k_c, k_cb, k_d, k_dt = jax.random.split(key, 5)
-        # LeCun-normal: B maps H inputs (fan-in H), C maps P state dimensions (fan-in P).
-        b = jax.nn.initializers.lecun_normal(in_axis=1, out_axis=0)(k_b, (p, h), jnp.float32)
+        # LeCun-normal on shape (P, H) with the reference's axes (lindermanlab/S5 `init_VinvB` calls
+        # `lecun_normal()` on (P, H): fan-in P, not the H inputs B maps); C on (H, P): fan-in P.
+        b = jax.nn.initializers.lecun_normal()(k_b, (p, h), jnp.float32)
         b_tilde = jnp.asarray(v_inv, jnp.complex64) @ b.astype(jnp.complex64)  # [P/2, H]
 
         def c_tilde(k: jax.Array) -> jax.Array:  # [P/2, H], i.e. (C V)ᵀ
