@@ -543,7 +543,7 @@ def markdown(results: dict[str, Any]) -> str:
     for name, curve in results.get("baselines", {}).items():
         cells = " | ".join(_cell(b["bits_per_byte"]) for b in curve["buckets"])
         lines.append(
-            f"| {name} (baseline) | its {name.split('-')[0]} - 1 bytes | {cells} | "
+            f"| {name} (baseline) | {int(name.split('-')[0]) - 1}-byte context | {cells} | "
             f"{_cell(curve['contrast'], True)} | {curve['verdict']} | — | — | — |"
         )
     if results.get("baselines"):
