@@ -368,11 +368,10 @@ class RGLRU(RecurrentCell):
         if valid is not None:
             ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
             ys = jnp.take_along_axis(ys, jnp.argsort(order, axis=1)[..., None], axis=1)
+        started = jnp.where(any_token, 1, started0).reshape(state.started.shape)
         final = RGLRUState(
             conv=window.reshape(state.conv.shape).astype(state.conv.dtype),
             h=h_last.reshape(state.h.shape).astype(state.h.dtype),
-            started=jnp.where(any_token, 1, started0)
-            .reshape(state.started.shape)
-            .astype(state.started.dtype),
+            started=started.astype(state.started.dtype),
         )
         return ys.reshape(*batch_shape, length, self.d_model), final
