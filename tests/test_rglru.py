@@ -124,10 +124,15 @@ def _as64(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
 
-def test_matches_recurrentgemma_recurrent_block():
+@pytest.mark.parametrize(
+    "cell",
+    [CELL, cells.RGLRU(d_model=D, lru_width=4, conv_size=2, method="sequential")],
+    ids=["2-heads-conv4", "1-head-conv2"],
+)
+def test_matches_recurrentgemma_recurrent_block(cell):
     """apply (resets = document starts) equals the reference's training call, float32 to ~1e-5 and
     float64 to 1e-10; then `step` from apply's state equals the reference's decoding with its cache."""
-    params = _init(CELL, 0)
+    params = _init(cell, 0)
     xs = _normal(1, (B, T, D))
     resets = np.zeros((B, T), bool)
     resets[1, [5, 6, 13]] = True  # two documents back to back, one of a single token
@@ -154,11 +159,11 @@ def test_matches_recurrentgemma_recurrent_block():
             outs.append(y[:, None])
         return jnp.concatenate([ys, *outs], axis=1), state
 
-    ys32, state32 = jax.jit(lambda p, x: run(CELL, p, x))(params, jnp.asarray(xs, jnp.float32))
+    ys32, state32 = jax.jit(lambda p, x: run(cell, p, x))(params, jnp.asarray(xs, jnp.float32))
     np.testing.assert_allclose(ys32, ref, atol=1e-5 * np.max(np.abs(ref)))
     np.testing.assert_allclose(state32.h, cache[0], atol=1e-5)
     with jax.enable_x64(True):
-        cell64 = dataclasses.replace(CELL, dtype=jnp.float64, param_dtype=jnp.float64)
+        cell64 = dataclasses.replace(cell, dtype=jnp.float64, param_dtype=jnp.float64)
         ys64, state64 = jax.jit(lambda p, x: run(cell64, p, x))(_as64(params), jnp.asarray(xs))
         assert ys64.dtype == jnp.float64
         np.testing.assert_allclose(np.asarray(ys64), ref, atol=1e-10)
