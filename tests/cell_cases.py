@@ -31,6 +31,8 @@ CELL_CASES = [
     # delta rule: 13 tokens over chunks of 4 put resets and padding inside and across chunks
     ("deltanet", cells.DeltaNet(num_heads=2, head_dim=3, chunk_size=4)),
     ("gated-deltanet", cells.GatedDeltaNet(num_heads=2, head_dim=3, chunk_size=4)),
+    # Griffin's recurrent block: 2 gate blocks of 3; chunks of 4 put resets and padding across chunks
+    ("rglru-chunked", cells.RGLRU(d_model=5, lru_width=6, num_heads=2, method="chunked", chunk_size=4)),
     # MAX_LENGTH holds the float64 test's 64 tokens; the states of `random_state` hold < 8
     ("attention", cells.Attention(num_heads=2, head_dim=4, max_length=64)),
     (

@@ -11,7 +11,7 @@ import pytest
 
 from configs import documents, genomic, timeseries
 from seqjax import cells
-from seqjax.config import ENCODER_PRESETS, FORECASTING_ENCODER_PRESETS, PRESETS
+from seqjax.config import ENCODER_PRESETS, FORECASTING_ENCODER_PRESETS, HYBRID_PRESETS, PRESETS
 from seqjax.models.config import BackboneConfig
 from seqjax.train.trainer import train
 
@@ -29,6 +29,8 @@ NEW_PRESETS = [
     # issue 22; `deltanet` is the same cell without the decay and the output gate, so only its build is
     # checked here (the cell contract runs both cells)
     "gated_deltanet",
+    # Griffin: two RG-LRU blocks per local-attention block (`rglru` alone is checked by its build)
+    "griffin",
 ]
 
 
@@ -63,6 +65,9 @@ def test_preset_trains_on_genomic_classification(preset, data_dir, tmp_path):
     if preset == "linformer":
         assert config.model.mixers.linformer.max_length == 32  # n is the task's length
         config.model.mixers.linformer.k = 8  # shorter than the sequence, so the projection compresses
+    if preset == "griffin":
+        config.model.num_layers = 3  # one whole pattern: RG-LRU, RG-LRU, local attention
+        config.model.mixers.local_attention.window = 8  # shorter than the sequence, so the window matters
     result = train(_tiny(config, data_dir), str(tmp_path / "run"))
     assert result["step"] == 2
     assert np.isfinite(result["eval"]["balanced_accuracy"])
@@ -81,7 +86,7 @@ def test_linformer_layerwise_sharing_trains_with_one_projection(data_dir, tmp_pa
 
 
 def test_presets_build_the_cells_they_name():
-    built = {name: _first_cell(name) for name in [*NEW_PRESETS, "deltanet"]}
+    built = {name: _first_cell(name) for name in [*NEW_PRESETS, "deltanet", "rglru"]}
     assert isinstance(built["bilstm"], cells.Bidirectional)
     assert isinstance(built["bilstm"].forward, cells.LSTM)
     assert isinstance(built["encoder"], cells.Attention) and not built["encoder"].causal
@@ -93,9 +98,25 @@ def test_presets_build_the_cells_they_name():
     assert isinstance(built["linear_attention"], cells.LinearAttention)
     assert type(built["deltanet"]) is cells.DeltaNet and built["deltanet"].chunk_size == 64
     assert isinstance(built["gated_deltanet"], cells.GatedDeltaNet) and built["gated_deltanet"].output_gate
+    assert isinstance(built["rglru"], cells.RGLRU) and built["rglru"].d_model == 64
     # exactly the presets whose cells cannot stream left to right are the encoder presets
     no_stream = {name for name, cell in built.items() if cell.step_unsupported() is not None}
     assert no_stream == ENCODER_PRESETS
+
+
+def test_griffin_preset_is_two_rglru_blocks_per_local_attention_block():
+    """Griffin's layer pattern (cpu: 2 layers rounded up to one whole pattern of 3), multi-query local
+    attention and Griffin's GeLU-gated MLP of expansion 3."""
+    config = genomic.get_config("griffin,length=32")
+    backbone = BackboneConfig.from_dict(config.model.to_dict())
+    assert backbone.layer_mixers() == ("rglru", "rglru", "local_attention")
+    kinds = [type(cell) for cell in backbone.layer_cells()]
+    assert kinds == [cells.RGLRU, cells.RGLRU, cells.SlidingWindowAttention]
+    local = backbone.layer_cells()[2]
+    assert (local.window, local.kv_heads) == (256, 1)
+    assert (backbone.mlp_activation, backbone.mlp_expansion) == ("geglu", 3.0)
+    assert genomic.get_config("griffin,size=accelerator").model.num_layers == 6
+    assert all(cell.step_unsupported() is None for cell in backbone.layer_cells())
 
 
 def test_xl_attention_preset_remembers_one_segment():
@@ -140,5 +161,5 @@ def test_linformer_trains_on_forecasting(data_dir, tmp_path):
 def test_every_preset_is_documented_in_the_readme():
     with open("README.md") as f:
         readme = f.read()
-    for name in PRESETS:
+    for name in [*PRESETS, *HYBRID_PRESETS]:
         assert f"`{name}`" in readme, name

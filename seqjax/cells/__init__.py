@@ -29,6 +29,7 @@ from seqjax.cells.longformer import Longformer, LongformerState
 from seqjax.cells.lstm import LSTM, LSTMState
 from seqjax.cells.mamba import Mamba, MambaState
 from seqjax.cells.registry import get, names, register
+from seqjax.cells.rglru import RGLRU, RGLRUState
 from seqjax.cells.ssm import LRU, S4D, S5
 from seqjax.cells.xl_attention import TransformerXLAttention, XLAttentionState
 
@@ -37,6 +38,7 @@ __all__ = [
     "GRU",
     "LRU",
     "LSTM",
+    "RGLRU",
     "S4D",
     "S5",
     "Attention",
@@ -61,6 +63,7 @@ __all__ = [
     "MambaState",
     "Params",
     "Performer",
+    "RGLRUState",
     "RecurrentCell",
     "SlidingWindowAttention",
     "SlidingWindowState",

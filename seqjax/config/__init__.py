@@ -23,11 +23,13 @@ from seqjax.config.files import load_config_file
 from seqjax.config.presets import (
     ENCODER_PRESETS,
     FORECASTING_ENCODER_PRESETS,
+    HYBRID_PRESETS,
     PRESET_OPTIONS,
     PRESETS,
     SIZES,
     check_preset_task,
     preset_mixer,
+    preset_model,
     preset_options,
 )
 from seqjax.config.rules import LOGICAL_RULES
@@ -44,6 +46,7 @@ from seqjax.config.sections import (
 __all__ = [
     "ENCODER_PRESETS",
     "FORECASTING_ENCODER_PRESETS",
+    "HYBRID_PRESETS",
     "LOGICAL_RULES",
     "PRESETS",
     "PRESET_OPTIONS",
@@ -59,6 +62,7 @@ __all__ = [
     "optimizer_section",
     "parse_arg",
     "preset_mixer",
+    "preset_model",
     "preset_options",
     "section",
 ]

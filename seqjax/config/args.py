@@ -10,7 +10,7 @@ import ast
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from seqjax.config.presets import PRESET_OPTIONS, PRESETS, SIZES
+from seqjax.config.presets import HYBRID_PRESETS, PRESET_OPTIONS, PRESETS, SIZES
 
 __all__ = ["apply_overrides", "parse_arg"]
 
@@ -34,8 +34,9 @@ def parse_arg(
     """
     parts = [p for p in (arg or default).split(",") if p]
     preset, raw = parts[0], {}
-    if preset not in PRESETS:
-        raise ValueError(f"{where}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    if preset not in PRESETS and preset not in HYBRID_PRESETS:
+        known = sorted([*PRESETS, *HYBRID_PRESETS])
+        raise ValueError(f"{where}: unknown preset {preset!r}; choose one of {known}.")
     choices = PRESET_OPTIONS.get(preset, {})
     options = {**options, "size": str, **dict.fromkeys(choices, str)}
     for part in parts[1:]:

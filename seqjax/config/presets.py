@@ -1,6 +1,7 @@
 """Model presets (one mixer each) and the CPU / accelerator sizes that the task configs share.
 
 PRESETS["mamba"]  # {"cell": "mamba", "state_size": 16}: a `BackboneConfig.mixers` entry
+HYBRID_PRESETS["griffin"]["pattern"]  # ("rglru", "rglru", "local_attention"): several mixers over the layers
 SIZES["cpu"]["d_model"]
 """
 
@@ -14,11 +15,13 @@ from seqjax.cells.linformer import SHARING_MODES
 __all__ = [
     "ENCODER_PRESETS",
     "FORECASTING_ENCODER_PRESETS",
+    "HYBRID_PRESETS",
     "PRESETS",
     "PRESET_OPTIONS",
     "SIZES",
     "check_preset_task",
     "preset_mixer",
+    "preset_model",
     "preset_options",
 ]
 
@@ -35,6 +38,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The delta rule (fla's layers): DeltaNet, and Gated DeltaNet with Mamba-2's decay and an output gate.
     "deltanet": {"cell": "deltanet"},
     "gated_deltanet": {"cell": "gated_deltanet"},
+    # Griffin's recurrent block (RG-LRU), the mixer of RecurrentGemma's recurrent layers (and of Hawk).
+    "rglru": {"cell": "rglru"},
     "attention": {"cell": "attention"},
     "swa": {"cell": "sliding_window_attention", "window": 256},
     # Transformer-XL: softmax attention with a memory of the previous segments' keys and values; the
@@ -52,6 +57,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # of the paper's sharing modes); n is the task's length (`preset_mixer`). E grows with n: at the CPU
     # size it holds most of the model's parameters (docs/cells.md).
     "linformer": {"cell": "linformer", "k": 256, "sharing": "key_value"},
+}
+#: Hybrid presets: a layer pattern over several mixers, and the block options it needs (`preset_model`).
+#: Griffin (De et al. 2024): two RG-LRU blocks per local (sliding-window, multi-query) attention block,
+#: with Griffin's MLP (GeLU-gated, expansion 3). num_layers is rounded up to whole patterns.
+HYBRID_PRESETS: dict[str, dict[str, Any]] = {
+    "griffin": {
+        "pattern": ("rglru", "rglru", "local_attention"),
+        "mixers": {
+            "rglru": {"cell": "rglru"},
+            "local_attention": {"cell": "sliding_window_attention", "window": 256, "num_kv_heads": 1},
+        },
+        "block": {"mlp_activation": "geglu", "mlp_expansion": 3.0},
+    },
 }
 #: Mixer hyperparameters a task config's arg may set for one preset, with their allowed values:
 #: `configs/genomic.py:linformer,sharing=layerwise` is the paper's layerwise sharing (one E for the whole
@@ -121,7 +139,10 @@ def preset_mixer(preset: str, *, max_length: int, **overrides: Any) -> dict[str,
     >>> preset_mixer("xl_attention", max_length=512)
     {'cell': 'xl_attention', 'memory_length': 512}
     """
-    mixer = dict(PRESETS[preset])
+    return _sized(dict(PRESETS[preset]), max_length, overrides)
+
+
+def _sized(mixer: dict[str, Any], max_length: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
     if mixer["cell"] in ("attention", "linformer"):
         mixer["max_length"] = max_length
     if mixer["cell"] == "xl_attention":
@@ -130,3 +151,29 @@ def preset_mixer(preset: str, *, max_length: int, **overrides: Any) -> dict[str,
         mixer["k"] = min(mixer["k"], max_length)  # k > n projects to more rows than there are tokens
     mixer.update(overrides)
     return mixer
+
+
+def preset_model(preset: str, *, max_length: int, num_layers: int, **overrides: Any) -> dict[str, Any]:
+    """The `config.model` entries a preset sets: `pattern`, `mixers` and `num_layers`, and for a hybrid
+    preset (`HYBRID_PRESETS`) its block options, with num_layers rounded up to whole patterns. Each
+    mixer is sized as `preset_mixer` sizes it; `overrides` apply to a one-mixer preset only.
+
+    >>> preset_model("lstm", max_length=64, num_layers=2)
+    {'pattern': ('lstm',), 'mixers': {'lstm': {'cell': 'lstm'}}, 'num_layers': 2}
+    >>> model = preset_model("griffin", max_length=64, num_layers=2)
+    >>> model["pattern"], model["num_layers"], model["mlp_activation"]
+    (('rglru', 'rglru', 'local_attention'), 3, 'geglu')
+    """
+    if preset not in HYBRID_PRESETS:
+        mixer = preset_mixer(preset, max_length=max_length, **overrides)
+        return {"pattern": (preset,), "mixers": {preset: mixer}, "num_layers": num_layers}
+    if overrides:
+        raise ValueError(
+            f"preset {preset!r} mixes several cells; set their hyperparameters in the config "
+            f"(config.model.mixers.<name>.<key>), not as mixer overrides {sorted(overrides)}."
+        )
+    spec = HYBRID_PRESETS[preset]
+    pattern = tuple(spec["pattern"])
+    mixers = {name: _sized(dict(mixer), max_length, {}) for name, mixer in spec["mixers"].items()}
+    layers = -(-int(num_layers) // len(pattern)) * len(pattern)
+    return {"pattern": pattern, "mixers": mixers, "num_layers": layers, **spec["block"]}

@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from seqjax.config.presets import SIZES, check_preset_task, preset_mixer
+from seqjax.config.presets import SIZES, check_preset_task, preset_model
 from seqjax.config.rules import LOGICAL_RULES
 from seqjax.train.run_config import Field, section_fields
 
@@ -55,16 +55,9 @@ def model_section(
     preset: str, *, d_model: int, num_layers: int, max_length: int, mixer: dict | None = None, **values: Any
 ) -> ml_collections.ConfigDict:
     """`config.model`: every `BackboneConfig` key; the pattern repeats `preset`'s mixer (`mixer` overrides
-    some of its hyperparameters)."""
-    spec = preset_mixer(preset, max_length=max_length, **(mixer or {}))
-    return section(
-        section_fields("model"),
-        d_model=d_model,
-        num_layers=num_layers,
-        pattern=(preset,),
-        mixers={preset: spec},
-        **values,
-    )
+    some of its hyperparameters), or is a hybrid preset's pattern (`preset_model`)."""
+    model = preset_model(preset, max_length=max_length, num_layers=num_layers, **(mixer or {}))
+    return section(section_fields("model"), d_model=d_model, **{**model, **values})
 
 
 def head_section(task: str, **values: Any) -> ml_collections.ConfigDict:

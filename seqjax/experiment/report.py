@@ -66,6 +66,9 @@ FAMILIES: dict[str, str] = {
         for p in ("lstm", "elstm", "gru", "bilstm", "mamba", "s5", "s4d", "lru", "gla", "mlstm", "slstm")
     },
     **{p: "recurrent" for p in ("deltanet", "gated_deltanet")},
+    "rglru": "recurrent",
+    # Griffin mixes RG-LRU and local-attention layers: a family of its own, on neither side.
+    "griffin": "hybrid",
 }
 
 
