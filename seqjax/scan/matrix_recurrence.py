@@ -1,9 +1,10 @@
 """The matrix-valued recurrence engine behind linear attention, Performer and gated linear attention.
 
-Per head, with a scalar decay γ_t ∈ (0, 1] per (batch, head, token):
+Per head, with a decay γ_t ∈ (0, 1] per (batch, head, token), either one scalar or one per key channel:
 
-    S_t = γ_t S_{t-1} + k_t v_tᵀ        S ∈ R^{d_k × d_v}
-    y_t = S_tᵀ q_t
+    S_t = γ_t S_{t-1} + k_t v_tᵀ             (scalar: log_gamma [*batch, T, H])
+    S_t = diag(γ_t) S_{t-1} + k_t v_tᵀ       (per key channel, GLA: log_gamma [*batch, T, H, d_k])
+    y_t = S_tᵀ q_t                           S ∈ R^{d_k × d_v}
 
 (γ ≡ 1 when `log_gamma` is None). Two forms compute the same thing:
 
@@ -17,9 +18,20 @@ Per head, with a scalar decay γ_t ∈ (0, 1] per (batch, head, token):
   over chunks, S_next = exp(b_C) S_prev + Σ_j exp(b_C − b_j) k_j v_jᵀ. Only the chunk-boundary states
   exist, never every S_t.
 
+  With a per-channel decay (b_i ∈ R^{d_k}) the decay no longer factors out of q_i·k_j:
+  A[i, j] = Σ_c q_ic k_jc exp(b_ic − b_jc). Writing it as (q ⊙ exp(b))·(k ⊙ exp(−b)) overflows as soon as
+  the decays over a chunk are small (exp(−b) > 1e38 once b < −88), so the per-channel chunk body
+  (`_channel_chunk_body`) never forms exp(−b): every exponent it takes is ≤ 0. As in fla's `chunk_gla`,
+  a chunk is split into sub-chunks of `CHANNEL_SUB_CHUNK` (16) tokens. Within a sub-chunk A is formed
+  channel by channel, Σ_c q_ic k_jc exp(b_ic − b_jc) for j ≤ i (a [16, 16, d_k] tensor); between
+  sub-chunks u < s it is one matmul of q_i exp(b_i − r_s) and k_j exp(r_s − b_j), r_s the cumulative
+  log-decay at the start of sub-chunk s (j < r_s ≤ i makes both exponents ≤ 0). The inter-chunk terms
+  use exp(b_i) ≤ 1 and exp(b_C − b_j) ≤ 1. The cumulative sums run within sub-chunks first, then over
+  the sub-chunk totals, so a sub-chunk's decays are differences of at most 16 terms.
+
 Layout: batch-major, heads after time, as a cell's input projection produces them without a transpose:
-q, k [*batch, T, H, d_k], v [*batch, T, H, d_v], log_gamma [*batch, T, H], resets and mask [*batch, T],
-states [*batch, H, d_k, d_v].
+q, k [*batch, T, H, d_k], v [*batch, T, H, d_v], log_gamma [*batch, T, H] or [*batch, T, H, d_k], resets
+and mask [*batch, T], states [*batch, H, d_k, d_v].
 
 Resets and padding, exactly as for every seqjax cell:
 - `resets[..., t]` zeroes the state before token t. The chunked form gives each token a segment id
@@ -27,8 +39,8 @@ Resets and padding, exactly as for every seqjax cell:
   segment, and S_prev only while no reset has happened yet in the chunk. That is the effect of
   log γ_t = −∞ at a reset, without ever forming −∞ − (−∞) or exp of a large positive number, so values
   and gradients stay finite.
-- `mask[..., t] == False` marks padding: the token gets γ = 1 and k = 0, so the state passes through
-  unchanged, and its output is 0. Padding wins over a reset at the same token.
+- `mask[..., t] == False` marks padding: the token gets γ = 1 (every channel) and k = 0, so the state
+  passes through unchanged, and its output is 0. Padding wins over a reset at the same token.
 
 Dtypes: the matmul operands are in q/k/v's dtype (bfloat16 allowed) and accumulate in float32
 (`preferred_element_type`); decays, states and outputs are in the accumulation dtype (float32, or
@@ -62,24 +74,36 @@ __all__ = [
 Method = Literal["auto", "chunked", "recurrent"]
 METHODS: tuple[str, ...] = ("auto", "chunked", "recurrent")
 DEFAULT_CHUNK = 64
+#: Tokens per sub-chunk of the per-channel chunk body (fla's `chunk_gla`: chunks of 64, sub-chunks of 16):
+#: a sub-chunk forms a [16, 16, d_k] tensor of per-channel decays, sub-chunks meet in matmuls.
+CHANNEL_SUB_CHUNK = 16
 
 
 def matrix_step(
     s: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, log_gamma: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """One token of S' = γ S + k vᵀ, y = S'ᵀ q, for every head.
+    """One token of S' = γ S + k vᵀ (or diag(γ) S + k vᵀ), y = S'ᵀ q, for every head.
 
     Args:
       s: [*batch, H, d_k, d_v] state, in the accumulation dtype.
       q, k: [*batch, H, d_k]; v: [*batch, H, d_v] (compute dtype).
-      log_gamma: [*batch, H] or None (γ = 1).
+      log_gamma: [*batch, H] (a scalar decay per head), [*batch, H, d_k] (one per key channel: row c of
+        S decays by γ_c) or None (γ = 1).
 
     Returns:
       (S' [*batch, H, d_k, d_v], y [*batch, H, d_v]), both in `s`'s dtype.
+
+    >>> import jax.numpy as jnp
+    >>> s, y = matrix_step(jnp.ones((1, 2, 1)), jnp.ones((1, 2)), jnp.zeros((1, 2)), jnp.ones((1, 1)),
+    ...                    jnp.log(jnp.array([[0.5, 0.25]])))      # one head, d_k = 2, per-channel γ
+    >>> s[0, :, 0], y
+    (Array([0.5 , 0.25], dtype=float32), Array([[0.75]], dtype=float32))
     """
     acc = s.dtype
     if log_gamma is not None:
-        s = jnp.exp(log_gamma.astype(acc))[..., None, None] * s
+        decay = jnp.exp(log_gamma.astype(acc))
+        per_channel = log_gamma.ndim == s.ndim - 1  # [*batch, H, d_k]: one decay per row of S
+        s = (decay[..., None] if per_channel else decay[..., None, None]) * s
     # The product of two compute-dtype numbers is exact in float32, so the rank-1 update loses nothing.
     s = s + k.astype(acc)[..., :, None] * v.astype(acc)[..., None, :]
     y = jnp.einsum("...k,...kv->...v", q, s.astype(q.dtype), preferred_element_type=acc)
@@ -116,10 +140,12 @@ def _check_inputs(
     batch, (heads, dk), dv = q.shape[:-3], q.shape[-2:], v.shape[-1]
     if log_gamma is not None:
         log_gamma = jnp.asarray(log_gamma)
-        if log_gamma.shape != q.shape[:-1]:
+        per_head, per_channel = v.shape[:-1], (*v.shape[:-1], q.shape[-1])
+        if log_gamma.shape not in (per_head, per_channel):
             raise ValueError(
-                f"{fn}: `log_gamma` has shape {log_gamma.shape}, expected {q.shape[:-1]} "
-                f"([*batch, time, heads], one scalar decay per head and token)."
+                f"{fn}: `log_gamma` has shape {log_gamma.shape}, expected {per_head} ([*batch, time, "
+                f"heads], one scalar decay per head and token) or {per_channel} ([*batch, time, heads, "
+                f"d_k], one decay per key channel)."
             )
     if s0 is not None:
         s0 = jnp.asarray(s0)
@@ -157,7 +183,8 @@ def _apply_flags(
         if resets is not None:
             keep = ~resets if keep is None else keep & ~resets
         if keep is not None:
-            log_gamma = jnp.where(keep[..., None], log_gamma, jnp.zeros((), log_gamma.dtype))
+            keep = keep.reshape(keep.shape + (1,) * (log_gamma.ndim - keep.ndim))  # over heads (, d_k)
+            log_gamma = jnp.where(keep, log_gamma, jnp.zeros((), log_gamma.dtype))
     return k, log_gamma, resets
 
 
@@ -217,9 +244,12 @@ def linear_attention_recurrent(
 def _chunk_body(s_prev, chunk):
     """One chunk for all batch rows and heads at once.
 
-    s_prev [B, H, d_k, d_v]; q, k [B, H, C, d_k]; v [B, H, C, d_v]; lg [B, H, C] or None; seg [B, C].
+    s_prev [B, H, d_k, d_v]; q, k [B, H, C, d_k]; v [B, H, C, d_v]; lg [B, H, C], [B, H, C, d_k] (per
+    channel: `_channel_chunk_body`) or None; seg [B, C].
     """
     q, k, v, lg, seg = chunk
+    if lg is not None and lg.ndim == q.ndim:
+        return _channel_chunk_body(s_prev, chunk)
     acc = s_prev.dtype
     cd = q.dtype
     c = q.shape[-2]
@@ -253,6 +283,76 @@ def _chunk_body(s_prev, chunk):
         "bhjk,bhjv->bhkv", k_dec, v, preferred_element_type=acc
     )
     return s_next, y
+
+
+def _channel_chunk_body(s_prev, chunk):
+    """`_chunk_body` with a decay per key channel, lg [B, H, C, d_k]; every exponent taken is ≤ 0.
+
+    The chunk is split into ns sub-chunks of `sub` tokens (padded at the end with tokens of k = 0, log γ = 0
+    and the last token's segment, which change nothing). With b the cumulative log-decay from the chunk
+    start (b_i ≤ b_j for j ≤ i, elementwise) and r_s that at the start of sub-chunk s:
+      A_ij = Σ_c q_ic k_jc exp(b_ic − b_jc)                 j ≤ i in one sub-chunk: a [sub, sub, d_k] tensor
+      A_ij = (q_i ⊙ exp(b_i − r_s)) · (k_j ⊙ exp(r_s − b_j))  j in an earlier sub-chunk u < s: a matmul
+      y_i = Σ_j A_ij v_j + (q_i ⊙ exp(b_i))ᵀ S_prev
+      S_next = diag(exp(b_C)) S_prev + Σ_j (k_j ⊙ exp(b_C − b_j)) v_jᵀ
+    with visibility (segments) as in `_chunk_body`.
+    """
+    q, k, v, lg, seg = chunk
+    acc = s_prev.dtype
+    cd = q.dtype
+    bsz, heads, c, dk = q.shape
+    dv = v.shape[-1]
+    sub = min(CHANNEL_SUB_CHUNK, c)
+    ns = -(-c // sub)
+    cp = ns * sub
+    if cp != c:
+        pad = lambda a: jnp.pad(a, [(0, 0), (0, 0), (0, cp - c), (0, 0)])
+        q, k, v, lg = pad(q), pad(k), pad(v), pad(lg)
+        seg = jnp.pad(seg, [(0, 0), (0, cp - c)], mode="edge")
+    lg = lg.astype(acc)
+    # Cumulative log-decays in two stages: within each sub-chunk (lb), then over the sub-chunk totals
+    # (r: the log-decay from the chunk start to each sub-chunk's start). Partial sums of non-positive
+    # terms are non-increasing in floating point too, so b_i − b_j ≤ 0 and r_s − b_j ≤ 0 for j before i
+    # and before sub-chunk s, exactly.
+    lb = jnp.cumsum(lg.reshape(bsz, heads, ns, sub, dk), axis=3)  # [B, H, ns, sub, d_k]
+    totals = jnp.cumsum(lb[:, :, :, -1], axis=2)  # [B, H, ns, d_k]: through each sub-chunk's end
+    r = jnp.concatenate([jnp.zeros_like(totals[:, :, :1]), totals[:, :, :-1]], axis=2)  # sub-chunk starts
+    b = (r[:, :, :, None] + lb).reshape(bsz, heads, cp, dk)  # [B, H, cp, d_k]
+    b_end = totals[:, :, -1]  # [B, H, d_k]
+
+    causal = jnp.tril(jnp.ones((cp, cp), bool))
+    visible = causal & (seg[:, :, None] == seg[:, None, :])  # [B, cp, cp]
+    sees_prev = seg == 0  # [B, cp]: no reset yet in this chunk
+    in_last = seg == seg[:, -1:]  # [B, cp]: tokens whose keys reach the chunk's end state
+
+    def exp_where(m, x):  # exp(x) where m, else 0; the inner where keeps exp's argument finite and ≤ 0
+        return jnp.where(m, jnp.exp(jnp.where(m, x, 0.0)), 0.0)
+
+    q32, k32 = q.astype(acc), k.astype(acc)
+    split = lambda a: a.reshape(bsz, heads, ns, sub, *a.shape[3:])
+    # Within a sub-chunk: channel by channel.
+    seg_sub = seg.reshape(bsz, ns, sub)
+    vis_sub = jnp.tril(jnp.ones((sub, sub), bool)) & (seg_sub[..., :, None] == seg_sub[..., None, :])
+    vis_sub = vis_sub[:, None, :, :, :, None]  # [B, 1, ns, sub, sub, 1]
+    decay = exp_where(vis_sub, lb[..., :, None, :] - lb[..., None, :, :])  # [B, H, ns, sub, sub, d_k]
+    a_diag = jnp.einsum("bhsik,bhsjk,bhsijk->bhsij", split(q32), split(k32), decay)
+    y = jnp.einsum("bhsij,bhsjv->bhsiv", a_diag.astype(cd), split(v), preferred_element_type=acc)
+    if ns > 1:  # between sub-chunks: key j of an earlier sub-chunk, decayed to the start of i's sub-chunk
+        q_dec = (split(q32) * jnp.exp(lb)).astype(cd)  # exp(b_i − r_s)
+        earlier = (jnp.arange(cp)[None, :] < sub * jnp.arange(ns)[:, None])[None, None, :, :, None]
+        # [B, H, ns, cp, d_k]: exp(r_s − b_j) for the keys j before sub-chunk s
+        k_dec = k32[:, :, None] * exp_where(earlier, r[:, :, :, None, :] - b[:, :, None])
+        a_off = jnp.einsum("bhsik,bhsjk->bhsij", q_dec, k_dec.astype(cd), preferred_element_type=acc)
+        a_off = a_off * visible.reshape(bsz, 1, ns, sub, cp)
+        y = y + jnp.einsum("bhsij,bhjv->bhsiv", a_off.astype(cd), v, preferred_element_type=acc)
+    y = y.reshape(bsz, heads, cp, dv)
+    # The state before the chunk, for the tokens before the chunk's first reset.
+    q_prev = (q32 * exp_where(sees_prev[:, None, :, None], b)).astype(cd)
+    y = y + jnp.einsum("bhik,bhkv->bhiv", q_prev, s_prev.astype(cd), preferred_element_type=acc)
+    k_end = (k32 * exp_where(in_last[:, None, :, None], b_end[:, :, None] - b)).astype(cd)
+    carry = jnp.where(sees_prev[:, None, -1:], jnp.exp(b_end), 0.0)  # [B, H, d_k]
+    s_next = carry[..., None] * s_prev + jnp.einsum("bhjk,bhjv->bhkv", k_end, v, preferred_element_type=acc)
+    return s_next, y[:, :, :c]
 
 
 def _to_body(x: jax.Array) -> jax.Array:
