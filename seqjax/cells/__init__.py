@@ -23,6 +23,7 @@ from seqjax.cells.linear_attention import (
     LinearAttention,
     LinearAttentionState,
     Performer,
+    ScalarGatedLinearAttention,
 )
 from seqjax.cells.linformer import Linformer, LinformerState
 from seqjax.cells.longformer import Longformer, LongformerState
@@ -65,6 +66,7 @@ __all__ = [
     "Performer",
     "RGLRUState",
     "RecurrentCell",
+    "ScalarGatedLinearAttention",
     "SlidingWindowAttention",
     "SlidingWindowState",
     "State",

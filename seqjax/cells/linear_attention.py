@@ -6,19 +6,24 @@
 - `LinearAttention` (Katharopoulos et al. 2020): φ = elu + 1, γ ≡ 1, normalised.
 - `Performer` (FAVOR+, Choromanski et al. 2021): φ = positive orthogonal random features of the softmax
   kernel, γ ≡ 1, normalised.
-- `GatedLinearAttention`: φ = identity, a scalar decay per head (data-dependent as in GLA, Yang et al.
-  2024, or fixed as in RetNet), no normaliser, optional SiLU output gate and per-head norm.
+- `GatedLinearAttention` (GLA, Yang et al. 2024; fla's `GatedLinearAttention` layer): φ = identity, a
+  data-dependent decay per key channel, diag(γ_t) S_{t-1}, from a low-rank projection; no normaliser;
+  per-head RMSNorm gated by SiLU(W_g x). Keys are half as wide as values (`expand_k`).
+- `ScalarGatedLinearAttention`: φ = identity, one scalar decay per head (data-dependent: RetNet's decay
+  made a function of the input; or RetNet's fixed decays), no normaliser, optional SiLU output gate and
+  per-head norm. Registered "gla_scalar"; it was registered "gla" before GLA got its per-channel gate.
 
-Every cell projects x [*, input_size] to q, k, v [*, heads, head_dim] with one matmul (`w_qkv`
-[input_size, 3, heads, head_dim], no bias), runs the recurrence per head, and projects the concatenated
-heads back with `w_o` [heads, head_dim, output_size]; `output_size` is `out_features`, by default
-`num_heads * head_dim`. `step` carries S (and z): the recurrent form. `apply` runs the engine in
-`seqjax.scan.matrix_recurrence`: the chunkwise-parallel form for `method="chunked"` or `"auto"`, the
-token-by-token scan for `"recurrent"`. With `fused=True` (the default) the chunked form runs the whole
-layer inside its chunk loop (`linear_attention_fused`): the projections, gates, norm and output
-projection of a chunk are computed from that chunk's input and recomputed in the backward pass, so
-training keeps no full-length [*, T, heads, head_dim] activation (a 5x smaller plan and a faster step
-at 16k; docs/performance.md).
+`LinearAttention`, `Performer` and `ScalarGatedLinearAttention` project x [*, input_size] to q, k, v [*,
+heads, head_dim] with one matmul (`w_qkv` [input_size, 3, heads, head_dim], no bias); `GatedLinearAttention`
+has one projection each for q, k (d_k wide) and v (head_dim wide). Every cell runs the recurrence per head and
+projects the concatenated heads back with `w_o` [heads, head_dim, output_size]; `output_size` is
+`out_features`, by default `num_heads * head_dim`. `step` carries S (and z): the recurrent form. `apply` runs
+the engine in `seqjax.scan.matrix_recurrence`: the chunkwise-parallel form for `method="chunked"` or `"auto"`,
+the token-by-token scan for `"recurrent"`. With `fused=True` (the default) the chunked form runs the whole
+layer inside its chunk loop (`linear_attention_fused`): the projections, gates, norm and output projection of
+a chunk are computed from that chunk's input and recomputed in the backward pass, so training keeps no
+full-length [*, T, heads, head_dim] activation (a 5x smaller plan and a faster step at 16k;
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ __all__ = [
     "LinearAttention",
     "LinearAttentionState",
     "Performer",
+    "ScalarGatedLinearAttention",
     "orthogonal_random_features",
     "positive_random_features",
 ]
@@ -62,7 +68,7 @@ class LinearAttentionState(NamedTuple):
 
 
 class GLAState(NamedTuple):
-    s: jax.Array  # [*batch, heads, head_dim, head_dim]
+    s: jax.Array  # [*batch, heads, d_k, head_dim]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -439,20 +445,25 @@ class Performer(_MatrixAttention):
         )
 
 
-@register("gla")
+@register("gla_scalar")
 @dataclasses.dataclass(frozen=True)
-class GatedLinearAttention(_MatrixAttention):
-    """Gated linear attention with a scalar decay per head:
+class ScalarGatedLinearAttention(_MatrixAttention):
+    """Gated linear attention with one scalar decay per head: the data-dependent form of RetNet's decay.
 
         q = W_q x / √d ,  k = W_k x ,  v = W_v x
         S_t = γ_t S_{t-1} + k_t v_tᵀ ;  o_t = S_tᵀ q_t                       (per head; no normaliser)
         y_t = W_o [ norm(o_t) ⊙ silu(W_r x_t) ]_heads
 
     Decay:
-      gate="data": log γ_t = logsigmoid(W_g x_t + b_g) / τ, one scalar per head and token (GLA, Yang et
-        al. 2024, with the head-wise instead of the per-channel gate); τ = `gate_temperature` (16 as in
-        GLA) keeps γ near 1 at init (γ = 2^{-1/16} ≈ 0.958 for a zero pre-activation).
+      gate="data": log γ_t = logsigmoid(W_g x_t + b_g) / τ, one scalar per head and token: RetNet's
+        decay made a function of the input, or GLA (Yang et al. 2024) with a head-wise instead of its
+        per-channel gate; τ = `gate_temperature` (16 as in GLA) keeps γ near 1 at init (γ = 2^{-1/16} ≈
+        0.958 for a zero pre-activation).
       gate="fixed": γ_h = 1 − 2^{−5−h} for head h = 0..H−1 (RetNet's multi-scale decays).
+
+    Registered "gla_scalar" (preset "gla_scalar"). Until December 2026 this cell was `GatedLinearAttention`,
+    registered "gla"; that name is now the per-channel GLA of the paper and fla. One scalar per head lets
+    the engine factor the decay out of q·k, so its chunks are plain matmuls.
 
     `output_gate` (default True) multiplies each head output by silu(W_r x) as GLA does; `group_norm`
     (default True) normalises each head's output over head_dim (mean and variance, eps 1e-5) with a
@@ -465,11 +476,11 @@ class GatedLinearAttention(_MatrixAttention):
 
     >>> import jax, jax.numpy as jnp
     >>> from seqjax import cells
-    >>> cell = cells.GatedLinearAttention(num_heads=2, head_dim=3)
+    >>> cell = cells.ScalarGatedLinearAttention(num_heads=2, head_dim=3)
     >>> params = cell.init(jax.random.PRNGKey(0), 4)
     >>> ys, state = cell.apply(params, jnp.ones((2, 5, 4)))
-    >>> ys.shape, state.s.shape
-    ((2, 5, 6), (2, 2, 3, 3))
+    >>> ys.shape, state.s.shape, params["w_g"].shape           # one gate logit per head
+    ((2, 5, 6), (2, 2, 3, 3), (4, 2))
     """
 
     gate: str = "data"
@@ -480,10 +491,10 @@ class GatedLinearAttention(_MatrixAttention):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.gate not in GATES:
-            raise ValueError(f"GatedLinearAttention: gate must be one of {GATES}, got {self.gate!r}.")
+            raise ValueError(f"ScalarGatedLinearAttention: gate must be one of {GATES}, got {self.gate!r}.")
         if not self.gate_temperature > 0:
             raise ValueError(
-                f"GatedLinearAttention: gate_temperature must be > 0, got {self.gate_temperature!r}."
+                f"ScalarGatedLinearAttention: gate_temperature must be > 0, got {self.gate_temperature!r}."
             )
 
     def init(self, key: jax.Array, input_size: int) -> Params:
@@ -535,6 +546,156 @@ class GatedLinearAttention(_MatrixAttention):
             mean = jnp.mean(y, axis=-1, keepdims=True)
             var = jnp.mean(jnp.square(y - mean), axis=-1, keepdims=True)
             y = (y - mean) * jax.lax.rsqrt(var + 1e-5) * params["norm_scale"].astype(y.dtype)
+        if self.output_gate:
+            y = y * jax.nn.silu(projected["r"])
+        return y
+
+
+@register("gla")
+@dataclasses.dataclass(frozen=True)
+class GatedLinearAttention(_MatrixAttention):
+    """Gated linear attention (Yang et al. 2024), the layer of fla's `GatedLinearAttention` (defaults),
+    multi-head, with a decay per key channel:
+
+        q = W_q x ,  k = W_k x   [H, d_k] ;  v = W_v x   [H, d_v]          (no biases, no feature map)
+        log α_t = logsigmoid(W_gk2 W_gk1 x_t + b_gk) / τ                     [H, d_k], rank-r gate
+        S_t = diag(α_t) S_{t-1} + k_t v_tᵀ ;  o_t = S_tᵀ (q_t / √d_k)       (per head; no normaliser)
+        y_t = W_o [ RMSNorm(o_t) ⊙ w_norm ⊙ SiLU(W_g x_t) ]_heads
+
+    with d_v = `head_dim`, d_k = max(1, ⌊head_dim · expand_k⌋), r = `gate_low_rank_dim` (16) and τ =
+    `gate_logit_normalizer` (16): fla's `gk_proj` (Linear(hidden, 16) then Linear(16, key_dim) with bias),
+    its `logsigmoid(gk) / gate_logit_normalizer`, `naive_recurrent_gla`'s recurrence and scale K^-½, and
+    its `FusedRMSNormGated` (the norm over each head's d_v outputs, one scale `w_norm` [d_v] shared by the
+    heads, then the SiLU gate). Each channel decays by α ∈ (0, 1); τ = 16 keeps α ≥ 2^{-1/16} ≈ 0.958 for
+    non-negative gate logits. With `clamp_min` set, log α is clamped from below (fla's `clamp_min`).
+
+    State `GLAState` (S [*batch, H, d_k, d_v]): O(H · d_k · d_v), constant in length. `apply` runs the
+    per-channel chunked engine (`seqjax.scan.matrix_recurrence`; sub-chunks of 16, only non-positive
+    exponents), fused with the projections by default (`fused=True`), so training keeps the input and one
+    state per chunk.
+
+    Hyperparameters:
+      num_heads, head_dim: H and d_v. fla's layer has head_v_dim = expand_v · hidden / H; the mixer
+        defaults (`BackboneConfig`) keep H · head_dim = d_model, fla's expand_v = 1.
+      expand_k: d_k / d_v (0.5: fla's expand_k = 0.5 with expand_v = 1).
+      gate_low_rank_dim, gate_logit_normalizer, clamp_min: the decay gate (16, 16, None as in fla).
+      output_gate: multiply the normalised outputs by SiLU(W_g x) (fla's use_output_gate, True); without
+        it only the RMSNorm.
+      norm_eps: the RMSNorm's epsilon (1e-5, the layer's default; fla's GLAConfig passes 1e-6).
+      out_features, method, chunk_size, fused, dtype, param_dtype: as `LinearAttention`; the recurrence,
+        gates and norm run in float32 whatever `dtype` is.
+
+    Parameters: `w_q`, `w_k` [input_size, H, d_k], `w_v` [input_size, H, d_v], `w_gk1` [input_size, r],
+    `w_gk2` [r, H, d_k], `b_gk` [H, d_k] (zeros), `w_g` [input_size, H, d_v] (with output_gate),
+    `norm_scale` [d_v] (ones), `w_o` [H, d_v, out]; weights Glorot-uniform.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.GatedLinearAttention(num_heads=2, head_dim=4)   # d_k = 2
+    >>> params = cell.init(jax.random.PRNGKey(0), 5)
+    >>> ys, state = cell.apply(params, jnp.ones((2, 7, 5)))
+    >>> ys.shape, state.s.shape, params["b_gk"].shape                # a gate bias per key channel
+    ((2, 7, 8), (2, 2, 2, 4), (2, 2))
+    """
+
+    expand_k: float = 0.5
+    gate_low_rank_dim: int = 16
+    gate_logit_normalizer: float = 16.0
+    clamp_min: float | None = None
+    output_gate: bool = True
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        label = "GatedLinearAttention"
+        check_positive_int(label, "gate_low_rank_dim", self.gate_low_rank_dim)
+        if not (isinstance(self.expand_k, int | float) and self.expand_k > 0):
+            raise ValueError(f"{label}: expand_k must be > 0, got {self.expand_k!r}.")
+        if not self.gate_logit_normalizer > 0:
+            raise ValueError(
+                f"{label}: gate_logit_normalizer must be > 0, got {self.gate_logit_normalizer!r}."
+            )
+        if self.clamp_min is not None and not self.clamp_min < 0:
+            raise ValueError(f"{label}: clamp_min must be None or < 0 (a log-decay), got {self.clamp_min!r}.")
+        if not isinstance(self.output_gate, bool):
+            raise ValueError(f"{label}: output_gate must be True or False, got {self.output_gate!r}.")
+        if not self.norm_eps > 0:
+            raise ValueError(f"{label}: norm_eps must be > 0, got {self.norm_eps!r}.")
+
+    @property
+    def key_dim(self) -> int:
+        """d_k = max(1, ⌊head_dim · expand_k⌋): the width of q and k per head, the rows of S."""
+        return max(1, int(self.head_dim * self.expand_k))
+
+    def input_size_of(self, params: Params) -> int:
+        return params["w_q"].shape[0]
+
+    def init(self, key: jax.Array, input_size: int) -> Params:
+        h, dk, dv, pd = self.num_heads, self.key_dim, self.head_dim, self.param_dtype
+        r = self.gate_low_rank_dim
+        keys = jax.random.split(key, 7)
+        proj = jax.nn.initializers.glorot_uniform(in_axis=0, out_axis=(1, 2))
+        params = {
+            "w_q": proj(keys[0], (input_size, h, dk), pd),
+            "w_k": proj(keys[1], (input_size, h, dk), pd),
+            "w_v": proj(keys[2], (input_size, h, dv), pd),
+            "w_gk1": jax.nn.initializers.glorot_uniform()(keys[3], (input_size, r), pd),
+            "w_gk2": proj(keys[4], (r, h, dk), pd),
+            "b_gk": jnp.zeros((h, dk), pd),
+            "norm_scale": jnp.ones((dv,), pd),
+            "w_o": jax.nn.initializers.glorot_uniform(in_axis=(0, 1), out_axis=2)(
+                keys[5], (h, dv, self.output_size), pd
+            ),
+        }
+        if self.output_gate:
+            params["w_g"] = proj(keys[6], (input_size, h, dv), pd)
+        return params
+
+    def param_axes(self) -> dict[str, tuple[str, ...]]:
+        axes = {
+            "w_q": ("embed", "heads", "head_dim"),
+            "w_k": ("embed", "heads", "head_dim"),
+            "w_v": ("embed", "heads", "head_dim"),
+            "w_gk1": ("embed", "gate_rank"),
+            "w_gk2": ("gate_rank", "heads", "head_dim"),
+            "b_gk": ("heads", "head_dim"),
+            "norm_scale": ("head_dim",),
+            "w_o": ("heads", "head_dim", "embed"),
+        }
+        if self.output_gate:
+            axes["w_g"] = ("embed", "heads", "head_dim")
+        return axes
+
+    def _qkv(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        spec = "...i,ihd->...hd"
+        return (
+            self._mm(x, params["w_q"], spec),
+            self._mm(x, params["w_k"], spec),
+            self._mm(x, params["w_v"], spec),
+        )
+
+    def _features(self, params: Params, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return q * self.key_dim**-0.5, k
+
+    def log_decay(self, params: Params, x: jax.Array) -> jax.Array:
+        """log α [..., H, d_k] = logsigmoid(W_gk2 W_gk1 x + b_gk) / τ (clamped below at `clamp_min`), in
+        the accumulation dtype: each key channel's log-decay per token, in (−∞, 0)."""
+        low = self._mm(x, params["w_gk1"], "...i,ir->...r")
+        pre = self._mm(low, params["w_gk2"], "...r,rhd->...hd") + params["b_gk"].astype(self._acc)
+        log_alpha = jax.nn.log_sigmoid(pre) / self.gate_logit_normalizer
+        if self.clamp_min is not None:
+            log_alpha = jnp.maximum(log_alpha, self.clamp_min)
+        return log_alpha
+
+    def _extra_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
+        out = {"log_gamma": self.log_decay(params, x)}
+        if self.output_gate:
+            out["r"] = self._mm(x, params["w_g"], "...i,ihd->...hd")
+        return out
+
+    def _head_output(self, params: Params, y: jax.Array, projected: dict[str, jax.Array]) -> jax.Array:
+        y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + self.norm_eps)
+        y = y * params["norm_scale"].astype(y.dtype)
         if self.output_gate:
             y = y * jax.nn.silu(projected["r"])
         return y

@@ -205,7 +205,8 @@ def linear_attention_recurrent(
 
     Args:
       q, k: [*batch, T, H, d_k]; v: [*batch, T, H, d_v] (compute dtype; bf16 allowed).
-      log_gamma: [*batch, T, H], log γ_t ≤ 0 and finite; None means γ ≡ 1.
+      log_gamma: [*batch, T, H] (a scalar decay per head) or [*batch, T, H, d_k] (one per key channel),
+        log γ_t ≤ 0 and finite; None means γ ≡ 1.
       s0: [*batch, H, d_k, d_v] state before the first token; zeros if None.
       resets: [*batch, T] bool, zero the state before token t.
       mask: [*batch, T] bool, False = padding (state unchanged, output 0).
@@ -476,13 +477,16 @@ def linear_attention_chunked(
     (O(inputs) + O(chunks · d_k · d_v)); the backward loops over the chunks in reverse, recomputes each
     chunk's [C, C] matrices with `jax.vjp` of the chunk body from its inputs and start state, carries
     dS backwards, and writes the chunk's dq, dk, dv, d log γ into full-size gradient buffers in place.
-    Only reverse mode is defined (no `jax.jvp`). Work is O(T · C · d + T · d_k · d_v) per head; lengths
-    that are not a multiple of `chunk_size` are padded internally with padding tokens (γ = 1, k = 0),
-    which leave the state unchanged.
+    Only reverse mode is defined (no `jax.jvp`). Work is O(T · C · d + T · d_k · d_v) per head (with a
+    per-channel decay, plus O(T · 16 · d_k) exponentials for the sub-chunks' [16, 16, d_k] decays and
+    O(T · C / 16 · d_k) for the keys decayed to each sub-chunk start); lengths that are not a multiple of
+    `chunk_size` are padded internally with padding tokens (γ = 1, k = 0), which leave the state
+    unchanged.
 
     Args:
       q, k: [*batch, T, H, d_k]; v: [*batch, T, H, d_v] (compute dtype; bf16 allowed).
-      log_gamma: [*batch, T, H], log γ_t ≤ 0 and finite; None means γ ≡ 1.
+      log_gamma: [*batch, T, H] (a scalar decay per head) or [*batch, T, H, d_k] (one per key channel),
+        log γ_t ≤ 0 and finite; None means γ ≡ 1.
       s0: [*batch, H, d_k, d_v] state before the first token; zeros if None.
       resets: [*batch, T] bool, zero the state before token t.
       mask: [*batch, T] bool, False = padding (state unchanged, output 0).
@@ -537,7 +541,8 @@ def linear_attention_chunked(
 # --------------------------------------------------------------------------------------------------
 # The chunked form with the cell's projections fused into the chunk loop
 # --------------------------------------------------------------------------------------------------
-#: x [B, C, input] -> (q, k [B, C, H, d_k], v [B, C, H, d_v], log γ [B, C, H] or None, extras)
+#: x [B, C, input] -> (q, k [B, C, H, d_k], v [B, C, H, d_v], log γ [B, C, H] or [B, C, H, d_k] or None,
+#: extras)
 Project = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, Any]]
 #: (y [B, C, H, d_v], extras) -> outputs [B, C, output]
 Finish = Callable[[Any, jax.Array, Any], jax.Array]
@@ -645,7 +650,7 @@ def linear_attention_fused(
 
     Args:
       project: (params, x [B, C, input]) -> (q, k [B, C, H, d_k], v [B, C, H, d_v] in the compute
-        dtype, log γ [B, C, H] in the accumulation dtype or None, extras: any pytree).
+        dtype, log γ [B, C, H] or [B, C, H, d_k] in the accumulation dtype or None, extras: any pytree).
       finish: (params, y [B, C, H, d_v] in the accumulation dtype, extras) -> outputs [B, C, output].
       params: the pytree of floating arrays `project` and `finish` read; gradients flow to all of it.
       xs: [*batch, T, input]; s0: [*batch, H, d_k, d_v] in the accumulation dtype.
