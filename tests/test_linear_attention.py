@@ -1,5 +1,7 @@
-"""Linear attention: the matrix recurrence engine (chunked == recurrent == explicit attention) and the
-LinearAttention, Performer and GatedLinearAttention cells (apply == loop of step, dtypes, features).
+"""Linear attention: the matrix recurrence engine (chunked == recurrent == explicit attention, with no,
+a per-head or a per-channel decay) and the LinearAttention, Performer, GatedLinearAttention and
+ScalarGatedLinearAttention cells (apply == loop of step, dtypes, features). GLA against fla's references:
+tests/test_gla.py.
 
 Everything runs under `jit`: on a small CPU, op-by-op dispatch of the eager path costs more than the
 compiles it saves.
@@ -19,6 +21,7 @@ from seqjax.cells.linear_attention import (
     GatedLinearAttention,
     LinearAttention,
     Performer,
+    ScalarGatedLinearAttention,
     orthogonal_random_features,
     positive_random_features,
 )
@@ -55,32 +58,42 @@ def _normal(seed: int, shape: tuple[int, ...], scale: float = 1.0) -> jax.Array:
     return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-def _engine_inputs(seed: int, batch=(B,), length=T, dk=D, dv=D):
+def _engine_inputs(seed: int, batch=(B,), length=T, dk=D, dv=D, channel=False):
+    """q, k, v, log γ, s0; log γ [*batch, T, H] or, with `channel`, [*batch, T, H, d_k]."""
     q = _normal(seed, (*batch, length, H, dk))
     k = _normal(seed + 1000, (*batch, length, H, dk))
     v = _normal(seed + 2000, (*batch, length, H, dv))
     # decays between ~0.5 and ~1, so the gated case mixes short and long memories
-    log_gamma = -jnp.logaddexp(0.0, -(1.5 + _normal(seed + 3000, (*batch, length, H))))
+    decay_shape = (*batch, length, H, dk) if channel else (*batch, length, H)
+    log_gamma = -jnp.logaddexp(0.0, -(1.5 + _normal(seed + 3000, decay_shape)))
     s0 = _normal(seed + 4000, (*batch, H, dk, dv), 0.5)
     return q, k, v, log_gamma, s0
 
 
 ENGINE_CASES = [
-    # (id, gated, flags, chunk_size)
-    ("ungated-resets-mask", False, True, C),
-    ("gated-chunk>T", True, False, 64),
-    ("gated-resets-mask", True, True, C),
-    ("gated-resets-mask-chunk1", True, True, 1),
+    # (id, decay: None / "head" / "channel", flags, chunk_size). Per channel, chunks of up to 16 tokens are
+    # one sub-chunk; chunk 20 over 21 tokens is two chunks of two sub-chunks (the second padded), and
+    # chunk 64 one chunk of 21 tokens in two sub-chunks.
+    ("ungated-resets-mask", None, True, C),
+    ("gated-chunk>T", "head", False, 64),
+    ("gated-resets-mask", "head", True, C),
+    ("gated-resets-mask-chunk1", "head", True, 1),
+    ("channel-chunk>T", "channel", False, 64),
+    ("channel-resets-mask", "channel", True, C),
+    ("channel-resets-mask-subchunks", "channel", True, 20),
+    ("channel-resets-mask-chunk1", "channel", True, 1),
 ]
 
 
 @pytest.mark.parametrize(
-    ("gated", "flags", "chunk"), [c[1:] for c in ENGINE_CASES], ids=[c[0] for c in ENGINE_CASES]
+    ("decay", "flags", "chunk"), [c[1:] for c in ENGINE_CASES], ids=[c[0] for c in ENGINE_CASES]
 )
-def test_chunked_equals_recurrent_values_and_gradients(gated, flags, chunk):
+def test_chunked_equals_recurrent_values_and_gradients(decay, flags, chunk):
     """In float64, so any difference beyond rounding would be a real discrepancy."""
+    gated = decay is not None
     with jax.enable_x64(True):
-        q, k, v, lg, s0 = (jnp.asarray(np.asarray(a), jnp.float64) for a in _engine_inputs(0))
+        inputs = _engine_inputs(0, channel=decay == "channel")
+        q, k, v, lg, s0 = (jnp.asarray(np.asarray(a), jnp.float64) for a in inputs)
         resets = random_flags(1, (B, T), 0.2) if flags else None
         mask = random_flags(2, (B, T), 0.7) if flags else None
 
@@ -125,7 +138,12 @@ def _explicit_attention(phi_q, phi_k, v, log_gamma=None, normalize=False, eps=1e
     scores = jnp.einsum("bihd,bjhd->bhij", phi_q, phi_k)
     causal = jnp.tril(jnp.ones((phi_q.shape[1],) * 2, bool))
     weights = jnp.where(causal, scores, 0.0)
-    if log_gamma is not None:
+    if log_gamma is not None and log_gamma.ndim == phi_q.ndim:  # per channel: inside the sum over d
+        cum = jnp.cumsum(log_gamma, axis=1)  # [B, T, H, d]
+        decay = jnp.exp(cum[:, :, None] - cum[:, None, :])  # [B, i, j, H, d]; overflows only above i
+        decay = jnp.where(causal[None, :, :, None, None], decay, 0.0)
+        weights = jnp.einsum("bihd,bjhd,bijhd->bhij", phi_q, phi_k, decay)
+    elif log_gamma is not None:
         cum = jnp.cumsum(log_gamma, axis=1).transpose(0, 2, 1)  # [B, H, T]
         weights = weights * jnp.where(causal, jnp.exp(cum[..., :, None] - cum[..., None, :]), 0.0)
     ys = jnp.einsum("bhij,bjhd->bihd", weights, v)
@@ -134,10 +152,10 @@ def _explicit_attention(phi_q, phi_k, v, log_gamma=None, normalize=False, eps=1e
     return ys
 
 
-@pytest.mark.parametrize("variant", ["plain", "normalised", "gated"])
+@pytest.mark.parametrize("variant", ["plain", "normalised", "gated", "channel"])
 def test_chunked_equals_explicit_causal_attention(variant):
-    q, k, v, lg, _ = _engine_inputs(6, length=29)
-    lg = lg if variant == "gated" else None
+    q, k, v, lg, _ = _engine_inputs(6, length=29, channel=variant == "channel")
+    lg = lg if variant in ("gated", "channel") else None
 
     @jax.jit
     def both(q, k, v, lg):
@@ -156,10 +174,12 @@ def test_chunked_equals_explicit_causal_attention(variant):
     assert_close(ys, ref, 1e-5)
 
 
-def test_chunked_backward_stores_no_per_token_states_or_chunk_matrices():
-    """The VJP's residuals are O(inputs) + one state per chunk: no [C, C] matrix or S_t per token."""
+@pytest.mark.parametrize("channel", [False, True], ids=["head", "channel"])
+def test_chunked_backward_stores_no_per_token_states_or_chunk_matrices(channel):
+    """The VJP's residuals are O(inputs) + one state per chunk: no [C, C] matrix or S_t per token (nor,
+    per channel, a [C, C, d_k] decay)."""
     length = 64
-    q, k, v, lg, s0 = _engine_inputs(7, length=length)
+    q, k, v, lg, s0 = _engine_inputs(7, length=length, channel=channel)
     resets, mask = random_flags(8, (B, length), 0.1), random_flags(9, (B, length), 0.9)
     chunks = length // C
 
@@ -175,10 +195,11 @@ def test_chunked_backward_stores_no_per_token_states_or_chunk_matrices():
     assert max(map(np.prod, residual_shapes(linear_attention_recurrent))) >= length * B * H * D * D
 
 
-def test_chunked_bfloat16_gradients_and_empty_sequence():
+@pytest.mark.parametrize("channel", [False, True], ids=["head", "channel"])
+def test_chunked_bfloat16_gradients_and_empty_sequence(channel):
     """bf16 operands: values and all gradients (in the operands' dtypes) track the float32 result; T = 0
     returns no outputs and s0 unchanged."""
-    q, k, v, lg, s0 = _engine_inputs(11)
+    q, k, v, lg, s0 = _engine_inputs(11, channel=channel)
     resets, mask = random_flags(12, (B, T), 0.2), random_flags(13, (B, T), 0.8)
 
     def loss(q, k, v, lg, s0):
@@ -197,6 +218,9 @@ def test_chunked_bfloat16_gradients_and_empty_sequence():
     ys, final = jax.jit(linear_attention_chunked)(empty(q), empty(k), empty(v), empty(lg), s0)
     assert ys.shape == (B, 0, H, D)
     np.testing.assert_array_equal(final, s0)
+    ys, final = jax.jit(linear_attention_recurrent)(empty(q), empty(k), empty(v), empty(lg), s0)
+    assert ys.shape == (B, 0, H, D)
+    np.testing.assert_array_equal(final, s0)
 
 
 def test_engine_rejects_bad_inputs():
@@ -207,6 +231,8 @@ def test_engine_rejects_bad_inputs():
         linear_attention_recurrent(q, k, v[:, :5])
     with pytest.raises(ValueError, match="`log_gamma` has shape"):
         linear_attention_chunked(q, k, v, lg[..., :1])
+    with pytest.raises(ValueError, match=r"`log_gamma` has shape .* one decay per key channel"):
+        linear_attention_recurrent(q, k, v, jnp.zeros((B, T, H, D + 1)))
     with pytest.raises(ValueError, match="`s0` has shape"):
         linear_attention_chunked(q, k, v, lg, s0[..., :2])
     with pytest.raises(ValueError, match=r"`resets` has shape .*\[\*batch, time\]"):
@@ -226,10 +252,12 @@ CELL_CASES = [
     ("linear_attention", LinearAttention(num_heads=H, head_dim=D, chunk_size=C)),
     # 10 features with head_dim 4: two full orthogonal blocks and a truncated one
     ("performer", Performer(num_heads=H, head_dim=D, num_features=10, chunk_size=C)),
-    ("gla-data", GatedLinearAttention(num_heads=H, head_dim=D, chunk_size=C)),
+    # per-channel GLA: d_k = 2; chunks of 8 are one sub-chunk each (tests/test_gla.py covers more)
+    ("gla", GatedLinearAttention(num_heads=H, head_dim=D, chunk_size=C)),
+    ("gla_scalar-data", ScalarGatedLinearAttention(num_heads=H, head_dim=D, chunk_size=C)),
     (
-        "gla-fixed",
-        GatedLinearAttention(
+        "gla_scalar-fixed",
+        ScalarGatedLinearAttention(
             num_heads=H,
             head_dim=D,
             chunk_size=C,
@@ -336,10 +364,11 @@ def test_fused_projections_equal_unfused_values_and_gradients(cell):
     assert_close(final, state, 0.0)
 
 
-def test_fused_backward_keeps_the_input_and_chunk_states_only():
+@pytest.mark.parametrize("name", ["gla", "gla_scalar-data"])
+def test_fused_backward_keeps_the_input_and_chunk_states_only(name):
     """The fused layer's VJP residuals: xs, the flags, one state per chunk and the parameters; none of
     the [B, T, H, d] projections, gates or norms the unfused form keeps (which the check can see)."""
-    cell = CELLS[2]  # gla-data, C = 8: projections, gate, norm, output gate
+    cell = CELLS[CELL_IDS.index(name)]  # C = 8: projections, gate, norm, output gate
     params, length = _params(cell), 64
     xs, state = _xs(9, length=length), cell.initial_state((B,))
 
@@ -382,8 +411,8 @@ def test_padding_resets_and_constant_state(cell):
     assert state.s.shape == (1, H, cell.key_dim, D)
 
 
-# gla-fixed differs from gla-data only in where log γ comes from
-@pytest.mark.parametrize("cell", CELLS[:3], ids=CELL_IDS[:3])
+# gla_scalar-fixed differs from gla_scalar-data only in where log γ comes from
+@pytest.mark.parametrize("cell", CELLS[:4], ids=CELL_IDS[:4])
 def test_dtypes_bfloat16_and_float64_reference(cell):
     """float32 against a float64 reference (values and parameter gradients), and bfloat16 compute close
     to float32 with a float32 state."""
@@ -423,9 +452,9 @@ def test_dtypes_bfloat16_and_float64_reference(cell):
     assert float(jnp.mean(err)) < 0.01 * scale
 
 
-# The contract (tests/test_cell_contract.py) checks this for linear attention, Performer and GLA with the
-# data gate; the fixed gate without output gate and norm has a different parameter set.
-@pytest.mark.parametrize("cell", CELLS[3:], ids=CELL_IDS[3:])
+# The contract (tests/test_cell_contract.py) checks this for linear attention, Performer, GLA and the
+# scalar GLA with the data gate; the fixed gate without output gate and norm has a different parameter set.
+@pytest.mark.parametrize("cell", CELLS[4:], ids=CELL_IDS[4:])
 def test_param_axes_groups_and_registry(cell):
     params = _params(cell)
     axes, groups = cell.param_axes(), cell.param_groups()
@@ -441,11 +470,13 @@ def test_param_axes_groups_and_registry(cell):
 def test_registry_names():
     assert isinstance(get("linear_attention", num_heads=2, head_dim=4), LinearAttention)
     assert isinstance(get("Performer", num_heads=2, head_dim=4), Performer)
-    assert isinstance(get("gla", num_heads=2, head_dim=4, gate="fixed"), GatedLinearAttention)
+    assert type(get("gla", num_heads=2, head_dim=4)) is GatedLinearAttention
+    scalar = get("gla_scalar", num_heads=2, head_dim=4, gate="fixed")
+    assert type(scalar) is ScalarGatedLinearAttention
 
 
-def test_gla_fixed_decays_are_retnet():
-    cell = GatedLinearAttention(num_heads=3, head_dim=D, gate="fixed", output_gate=False)
+def test_gla_scalar_fixed_decays_are_retnet():
+    cell = ScalarGatedLinearAttention(num_heads=3, head_dim=D, gate="fixed", output_gate=False)
     log_gamma = cell._extra_inputs({}, _xs(1))["log_gamma"]
     assert log_gamma.shape == (B, T, 3)
     np.testing.assert_allclose(jnp.exp(log_gamma[0, 0]), [1 - 2**-5, 1 - 2**-6, 1 - 2**-7], rtol=1e-6)
@@ -547,10 +578,18 @@ def test_performer_approximates_causal_softmax_attention():
         (lambda: LinearAttention(num_heads=2, head_dim=4, method="fast"), "method must be one of"),
         (lambda: LinearAttention(num_heads=2, head_dim=4, chunk_size=0), "chunk_size must be a positive"),
         (lambda: Performer(num_heads=2, head_dim=4, num_features=0), "num_features must be a positive"),
-        (lambda: GatedLinearAttention(num_heads=2, head_dim=4, gate="lstm"), "gate must be one of"),
-        (lambda: GatedLinearAttention(num_heads=2, head_dim=4, gate_temperature=0.0), "gate_temperature"),
+        (lambda: ScalarGatedLinearAttention(num_heads=2, head_dim=4, gate="lstm"), "gate must be one of"),
+        (
+            lambda: ScalarGatedLinearAttention(num_heads=2, head_dim=4, gate_temperature=0.0),
+            "gate_temperature",
+        ),
         (lambda: LinearAttention(num_heads=2, head_dim=4, eps=0.0), "eps must be > 0"),
         (lambda: GatedLinearAttention(num_heads=2, head_dim=4, fused="yes"), "fused must be True or False"),
+        (lambda: GatedLinearAttention(num_heads=2, head_dim=4, expand_k=0.0), "expand_k must be > 0"),
+        (lambda: GatedLinearAttention(num_heads=2, head_dim=4, gate_low_rank_dim=0), "gate_low_rank_dim"),
+        (lambda: GatedLinearAttention(num_heads=2, head_dim=4, gate_logit_normalizer=-1), "normalizer"),
+        (lambda: GatedLinearAttention(num_heads=2, head_dim=4, clamp_min=0.5), "clamp_min must be None"),
+        (lambda: GatedLinearAttention(num_heads=2, head_dim=4, norm_eps=0.0), "norm_eps must be > 0"),
     ],
 )
 def test_bad_hyperparameters(build, message):
