@@ -25,7 +25,9 @@ CELL_CASES = [
     ("s5-reverse", cells.S5(hidden_size=5, state_size=8, blocks=2, reverse=True)),
     ("lru-associative", cells.LRU(hidden_size=5, state_size=6, method="associative")),
     ("linear-attention", cells.LinearAttention(num_heads=2, head_dim=3, chunk_size=4)),
-    ("gla", cells.GatedLinearAttention(num_heads=2, head_dim=3, chunk_size=4)),
+    # GLA's per-channel decay (d_k = 2), and the per-head decay of `gla_scalar`
+    ("gla", cells.GatedLinearAttention(num_heads=2, head_dim=4, chunk_size=4)),
+    ("gla-scalar", cells.ScalarGatedLinearAttention(num_heads=2, head_dim=3, chunk_size=4)),
     # 5 features with head_dim 3: a full orthogonal block and a truncated one
     ("performer", cells.Performer(num_heads=2, head_dim=3, num_features=5, chunk_size=4)),
     # delta rule: 13 tokens over chunks of 4 put resets and padding inside and across chunks
