@@ -525,7 +525,7 @@ def implementations(families: list[str], peers: bool) -> list[Impl]:
                     seqjax_workload(dataclasses.replace(gla, method="recurrent")),
                 )
             )
-            for cls in (cells.LinearAttention, cells.Performer):
+            for cls in (cells.LinearAttention, cells.Performer, cells.ScalarGatedLinearAttention):
                 cell = cls(num_heads=heads, head_dim=d)
                 impls.append(Impl(family, f"seqjax {cls.__name__} chunked", "jax", seqjax_workload(cell)))
             impls.append(
@@ -698,7 +698,12 @@ def step_cells(family: str) -> list[tuple[str, cells.Cell, int]]:
         ],
         "linear_attention": [
             (cls.__name__, cls(num_heads=FLAGS.heads, head_dim=FLAGS.head_dim), FLAGS.heads * FLAGS.head_dim)
-            for cls in (cells.LinearAttention, cells.Performer, cells.GatedLinearAttention)
+            for cls in (
+                cells.LinearAttention,
+                cells.Performer,
+                cells.GatedLinearAttention,
+                cells.ScalarGatedLinearAttention,
+            )
         ],
     }
     return table.get(family, [])

@@ -31,6 +31,8 @@ NEW_PRESETS = [
     "gated_deltanet",
     # Griffin: two RG-LRU blocks per local-attention block (`rglru` alone is checked by its build)
     "griffin",
+    # GLA is fla's per-channel layer since issue 22 (`gla_scalar`, the per-head form, is checked by its build)
+    "gla",
 ]
 
 
@@ -86,7 +88,7 @@ def test_linformer_layerwise_sharing_trains_with_one_projection(data_dir, tmp_pa
 
 
 def test_presets_build_the_cells_they_name():
-    built = {name: _first_cell(name) for name in [*NEW_PRESETS, "deltanet", "rglru"]}
+    built = {name: _first_cell(name) for name in [*NEW_PRESETS, "deltanet", "rglru", "gla_scalar"]}
     assert isinstance(built["bilstm"], cells.Bidirectional)
     assert isinstance(built["bilstm"].forward, cells.LSTM)
     assert isinstance(built["encoder"], cells.Attention) and not built["encoder"].causal
@@ -99,6 +101,8 @@ def test_presets_build_the_cells_they_name():
     assert type(built["deltanet"]) is cells.DeltaNet and built["deltanet"].chunk_size == 64
     assert isinstance(built["gated_deltanet"], cells.GatedDeltaNet) and built["gated_deltanet"].output_gate
     assert isinstance(built["rglru"], cells.RGLRU) and built["rglru"].d_model == 64
+    assert type(built["gla"]) is cells.GatedLinearAttention and built["gla"].key_dim == 32  # d_v = 64
+    assert type(built["gla_scalar"]) is cells.ScalarGatedLinearAttention
     # exactly the presets whose cells cannot stream left to right are the encoder presets
     no_stream = {name for name, cell in built.items() if cell.step_unsupported() is not None}
     assert no_stream == ENCODER_PRESETS

@@ -34,7 +34,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lru": {"cell": "lru", "state_size": 32},
     "mamba": {"cell": "mamba", "state_size": 16},
     "linear_attention": {"cell": "linear_attention"},
+    # GLA (fla's layer: a decay per key channel); gla_scalar: one decay per head (the per-head form, which
+    # ran as "gla" before December 2026).
     "gla": {"cell": "gla"},
+    "gla_scalar": {"cell": "gla_scalar"},
     # The delta rule (fla's layers): DeltaNet, and Gated DeltaNet with Mamba-2's decay and an output gate.
     "deltanet": {"cell": "deltanet"},
     "gated_deltanet": {"cell": "gated_deltanet"},

@@ -65,6 +65,7 @@ FAMILIES: dict[str, str] = {
         p: "recurrent"
         for p in ("lstm", "elstm", "gru", "bilstm", "mamba", "s5", "s4d", "lru", "gla", "mlstm", "slstm")
     },
+    "gla_scalar": "recurrent",
     **{p: "recurrent" for p in ("deltanet", "gated_deltanet")},
     "rglru": "recurrent",
     # Griffin mixes RG-LRU and local-attention layers: a family of its own, on neither side.

@@ -106,7 +106,7 @@ def check_carried_state_model(config: models.BackboneConfig | Mapping[str, Any],
             raise ConfigError(
                 f"{where}: layer {i} (blocks_{i}, mixer {mixer!r}) uses cell {cell.name!r} "
                 f"({type(cell).__name__}), which {problem}. Use cells with a fixed-size causal state (lstm, "
-                f"gru, elstm, s4d, s5, lru, mamba, linear_attention, gla, performer, "
+                f"gru, elstm, s4d, s5, lru, mamba, linear_attention, gla, gla_scalar, performer, "
                 f"sliding_window_attention, which carries its window, or xl_attention, which carries "
                 f"Transformer-XL's memory), or turn segment recurrence off."
             )
