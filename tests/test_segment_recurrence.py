@@ -60,6 +60,7 @@ CARRIABLE = [
     ("mamba", cells.Mamba(d_model=D, state_size=4, chunk_size=4)),
     ("linear-attention", cells.LinearAttention(num_heads=2, head_dim=D // 2, chunk_size=4)),
     ("gla", cells.GatedLinearAttention(num_heads=2, head_dim=D // 2, chunk_size=4)),
+    ("gla-scalar", cells.ScalarGatedLinearAttention(num_heads=2, head_dim=D // 2, chunk_size=4)),
     ("performer", cells.Performer(num_heads=2, head_dim=D // 2, num_features=8, chunk_size=4)),
     ("sliding-window", cells.SlidingWindowAttention(num_heads=2, head_dim=D // 2, window=4, num_global=1)),
     # Transformer-XL equals the whole sequence when its memory covers the stream (M = the 4 segments);
