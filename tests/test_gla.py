@@ -35,7 +35,7 @@ from seqjax.scan.matrix_recurrence import (
 )
 from tests.cell_cases import max_abs_diff, random_flags
 
-B, T, H, DK, DV = 2, 37, 2, 3, 4  # 37 tokens: chunks of 32 in sub-chunks of 16, the last ones padded
+B, T, H, DK, DV = 2, 37, 2, 3, 4  # 37 tokens: chunks of 32 in sub-chunks of 8, the last ones padded
 INPUT_SIZE = 5
 
 
@@ -102,11 +102,11 @@ def paper_loop(q, k, v, log_alpha, s0, resets=None, mask=None):
 # --------------------------------------------------------------------------------------------------
 # Engine
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("chunk", [1, 16, 32, 64])
+@pytest.mark.parametrize("chunk", [1, 8, 12, 32, 64])
 def test_engine_equals_the_papers_loop_values_and_gradients_float64(chunk):
-    """Chunked (one sub-chunk, two sub-chunks with padding, chunk > T) and the token scan against the
-    paper's loop in float64, with a given state, resets and padding: values and gradients wrt q, k, v,
-    log α and s0 to 1e-10."""
+    """Chunked (one sub-chunk of 8; two, the second padded; four; chunk > T) and the token scan against
+    the paper's loop in float64, with a given state, resets and padding: values and gradients wrt q, k,
+    v, log α and s0 to 1e-10."""
     q, k, v, gk, s0 = _engine_inputs(0)
     resets, mask = random_flags(1, (B, T), 0.1), random_flags(2, (B, T), 0.8)
     with jax.enable_x64(True):
@@ -170,7 +170,7 @@ def _extreme_log_decays(length: int) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 def test_engine_extreme_gates_2048_tokens(dtype):
     """Per-channel log-decays from −1e4 to −1e-7 over 2048 tokens, with resets: the chunked form (chunks
-    of 64 in sub-chunks of 16) has finite values and gradients, float32 states, and tracks the float64
+    of 64 in sub-chunks of 8) has finite values and gradients, float32 states, and tracks the float64
     reference (float32 to 1e-5 of the output's scale; bfloat16 q, k, v to 2%)."""
     length, dk = 2048, 4
     gk = _extreme_log_decays(length)
@@ -218,7 +218,7 @@ def test_engine_backward_keeps_no_per_token_states_or_decay_tensors():
     per_token_states = length * B * H * DK * DV
     chunk_states = (length // chunk) * B * H * DK * DV
     inputs = B * length * H * DV
-    assert (length // chunk) * B * H * chunk * 16 * DK > max(inputs, chunk_states)  # the sub-chunk decays
+    assert (length // chunk) * B * H * chunk * 8 * DK > max(inputs, chunk_states)  # the sub-chunk decays
     chunked = residual_sizes(lambda *a, **kw: linear_attention_chunked(*a, **kw, chunk_size=chunk))
     assert max(chunked) <= max(inputs, chunk_states), chunked
     assert sum(chunked) < 10 * inputs + 2 * chunk_states  # inputs, flags, masks: a few of each

@@ -71,9 +71,9 @@ def _engine_inputs(seed: int, batch=(B,), length=T, dk=D, dv=D, channel=False):
 
 
 ENGINE_CASES = [
-    # (id, decay: None / "head" / "channel", flags, chunk_size). Per channel, chunks of up to 16 tokens are
-    # one sub-chunk; chunk 20 over 21 tokens is two chunks of two sub-chunks (the second padded), and
-    # chunk 64 one chunk of 21 tokens in two sub-chunks.
+    # (id, decay: None / "head" / "channel", flags, chunk_size). Per channel, chunks of up to 8 tokens are
+    # one sub-chunk; chunk 20 over 21 tokens is two chunks of three sub-chunks of 8 (the last ones padded),
+    # and chunk 64 one chunk of 21 tokens in three sub-chunks.
     ("ungated-resets-mask", None, True, C),
     ("gated-chunk>T", "head", False, 64),
     ("gated-resets-mask", "head", True, C),

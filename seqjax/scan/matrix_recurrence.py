@@ -21,13 +21,17 @@ Per head, with a decay γ_t ∈ (0, 1] per (batch, head, token), either one scal
   With a per-channel decay (b_i ∈ R^{d_k}) the decay no longer factors out of q_i·k_j:
   A[i, j] = Σ_c q_ic k_jc exp(b_ic − b_jc). Writing it as (q ⊙ exp(b))·(k ⊙ exp(−b)) overflows as soon as
   the decays over a chunk are small (exp(−b) > 1e38 once b < −88), so the per-channel chunk body
-  (`_channel_chunk_body`) never forms exp(−b): every exponent it takes is ≤ 0. As in fla's `chunk_gla`,
-  a chunk is split into sub-chunks of `CHANNEL_SUB_CHUNK` (16) tokens. Within a sub-chunk A is formed
-  channel by channel, Σ_c q_ic k_jc exp(b_ic − b_jc) for j ≤ i (a [16, 16, d_k] tensor); between
-  sub-chunks u < s it is one matmul of q_i exp(b_i − r_s) and k_j exp(r_s − b_j), r_s the cumulative
-  log-decay at the start of sub-chunk s (j < r_s ≤ i makes both exponents ≤ 0). The inter-chunk terms
-  use exp(b_i) ≤ 1 and exp(b_C − b_j) ≤ 1. The cumulative sums run within sub-chunks first, then over
-  the sub-chunk totals, so a sub-chunk's decays are differences of at most 16 terms.
+  (`_channel_chunk_body`) never forms exp(−b): every exponent it takes is ≤ 0. A chunk is split into
+  sub-chunks of `CHANNEL_SUB_CHUNK` (8) tokens, with b now cumulative from the sub-chunk's start. Within
+  a sub-chunk A is formed channel by channel, Σ_c q_ic k_jc exp(b_ic − b_jc) for j ≤ i (an [8, 8, d_k]
+  tensor). Earlier tokens reach it through the state at the sub-chunk's start, H_s, read as
+  (q_i ⊙ exp(b_i))ᵀ H_s; the states at the sub-chunk starts follow one another inside the chunk,
+  H_{u+1} = diag(exp(g_u)) H_u + Σ_{j in u} (k_j ⊙ exp(g_u − b_j)) v_jᵀ, g_u the log-decay over sub-chunk
+  u, H_0 = S_prev and S_next the last. Every cumulative sum covers at most 8 tokens, and partial sums of
+  non-positive numbers are ordered in floating point too, so no exponent can round above 0. (fla's
+  `chunk_gla` forms the same sub-chunk tensors, in sub-chunks of 16, and joins sub-chunks by matmuls of
+  decayed queries and keys; on the CPU, sub-chunks of 8 joined through their start states measured
+  1.3–2x faster than sub-chunks of 16 or 4, forward and backward.)
 
 Layout: batch-major, heads after time, as a cell's input projection produces them without a transpose:
 q, k [*batch, T, H, d_k], v [*batch, T, H, d_v], log_gamma [*batch, T, H] or [*batch, T, H, d_k], resets
@@ -74,9 +78,9 @@ __all__ = [
 Method = Literal["auto", "chunked", "recurrent"]
 METHODS: tuple[str, ...] = ("auto", "chunked", "recurrent")
 DEFAULT_CHUNK = 64
-#: Tokens per sub-chunk of the per-channel chunk body (fla's `chunk_gla`: chunks of 64, sub-chunks of 16):
-#: a sub-chunk forms a [16, 16, d_k] tensor of per-channel decays, sub-chunks meet in matmuls.
-CHANNEL_SUB_CHUNK = 16
+#: Tokens per sub-chunk of the per-channel chunk body: a sub-chunk forms an [8, 8, d_k] tensor of
+#: per-channel decays; sub-chunks meet through the state at their starts (fla's `chunk_gla` uses 16 on GPUs).
+CHANNEL_SUB_CHUNK = 8
 
 
 def matrix_step(
@@ -290,18 +294,19 @@ def _channel_chunk_body(s_prev, chunk):
     """`_chunk_body` with a decay per key channel, lg [B, H, C, d_k]; every exponent taken is ≤ 0.
 
     The chunk is split into ns sub-chunks of `sub` tokens (padded at the end with tokens of k = 0, log γ = 0
-    and the last token's segment, which change nothing). With b the cumulative log-decay from the chunk
-    start (b_i ≤ b_j for j ≤ i, elementwise) and r_s that at the start of sub-chunk s:
-      A_ij = Σ_c q_ic k_jc exp(b_ic − b_jc)                 j ≤ i in one sub-chunk: a [sub, sub, d_k] tensor
-      A_ij = (q_i ⊙ exp(b_i − r_s)) · (k_j ⊙ exp(r_s − b_j))  j in an earlier sub-chunk u < s: a matmul
-      y_i = Σ_j A_ij v_j + (q_i ⊙ exp(b_i))ᵀ S_prev
-      S_next = diag(exp(b_C)) S_prev + Σ_j (k_j ⊙ exp(b_C − b_j)) v_jᵀ
-    with visibility (segments) as in `_chunk_body`.
+    and the last token's segment, which change nothing). With lb_i the cumulative log-decay from the start
+    of token i's sub-chunk through i (lb_i ≤ lb_j ≤ 0 for j ≤ i, elementwise) and g_u = lb at the end of
+    sub-chunk u:
+      y_i = Σ_{j ≤ i in i's sub-chunk} (Σ_c q_ic k_jc exp(lb_ic − lb_jc)) v_j    a [sub, sub, d_k] tensor
+            + (q_i ⊙ exp(lb_i))ᵀ H_s                                  H_s: S at the start of i's sub-chunk
+      H_0 = S_prev ;  H_{u+1} = diag(exp(g_u)) H_u + Σ_{j in u} (k_j ⊙ exp(g_u − lb_j)) v_jᵀ ;  S_next = H_ns
+    with visibility (segments) as in `_chunk_body`: a reset inside sub-chunk u drops H_u, and only the
+    keys of u's last segment reach H_{u+1}.
     """
     q, k, v, lg, seg = chunk
     acc = s_prev.dtype
     cd = q.dtype
-    bsz, heads, c, dk = q.shape
+    bsz, heads, c, _ = q.shape
     dv = v.shape[-1]
     sub = min(CHANNEL_SUB_CHUNK, c)
     ns = -(-c // sub)
@@ -310,50 +315,41 @@ def _channel_chunk_body(s_prev, chunk):
         pad = lambda a: jnp.pad(a, [(0, 0), (0, 0), (0, cp - c), (0, 0)])
         q, k, v, lg = pad(q), pad(k), pad(v), pad(lg)
         seg = jnp.pad(seg, [(0, 0), (0, cp - c)], mode="edge")
-    lg = lg.astype(acc)
-    # Cumulative log-decays in two stages: within each sub-chunk (lb), then over the sub-chunk totals
-    # (r: the log-decay from the chunk start to each sub-chunk's start). Partial sums of non-positive
-    # terms are non-increasing in floating point too, so b_i − b_j ≤ 0 and r_s − b_j ≤ 0 for j before i
-    # and before sub-chunk s, exactly.
-    lb = jnp.cumsum(lg.reshape(bsz, heads, ns, sub, dk), axis=3)  # [B, H, ns, sub, d_k]
-    totals = jnp.cumsum(lb[:, :, :, -1], axis=2)  # [B, H, ns, d_k]: through each sub-chunk's end
-    r = jnp.concatenate([jnp.zeros_like(totals[:, :, :1]), totals[:, :, :-1]], axis=2)  # sub-chunk starts
-    b = (r[:, :, :, None] + lb).reshape(bsz, heads, cp, dk)  # [B, H, cp, d_k]
-    b_end = totals[:, :, -1]  # [B, H, d_k]
+    split = lambda a: a.reshape(bsz, heads, ns, sub, a.shape[-1])
+    q32, k32, v_s = split(q.astype(acc)), split(k.astype(acc)), split(v)
+    # Partial sums of non-positive terms are non-increasing in floating point too: lb_i − lb_j ≤ 0 for
+    # j ≤ i and g_u − lb_j ≤ 0 exactly, and each is a sum of at most `sub` log-decays.
+    lb = jnp.cumsum(split(lg.astype(acc)), axis=3)  # [B, H, ns, sub, d_k]
+    g = lb[:, :, :, -1]  # [B, H, ns, d_k]: the log-decay over each sub-chunk
 
-    causal = jnp.tril(jnp.ones((cp, cp), bool))
-    visible = causal & (seg[:, :, None] == seg[:, None, :])  # [B, cp, cp]
-    sees_prev = seg == 0  # [B, cp]: no reset yet in this chunk
-    in_last = seg == seg[:, -1:]  # [B, cp]: tokens whose keys reach the chunk's end state
+    seg_s = seg.reshape(bsz, ns, sub)
+    seg_end = seg_s[:, :, -1]  # [B, ns]: the segment at each sub-chunk's end
+    seg_start = jnp.concatenate([jnp.zeros_like(seg_end[:, :1]), seg_end[:, :-1]], axis=1)  # before it
 
     def exp_where(m, x):  # exp(x) where m, else 0; the inner where keeps exp's argument finite and ≤ 0
         return jnp.where(m, jnp.exp(jnp.where(m, x, 0.0)), 0.0)
 
-    q32, k32 = q.astype(acc), k.astype(acc)
-    split = lambda a: a.reshape(bsz, heads, ns, sub, *a.shape[3:])
     # Within a sub-chunk: channel by channel.
-    seg_sub = seg.reshape(bsz, ns, sub)
-    vis_sub = jnp.tril(jnp.ones((sub, sub), bool)) & (seg_sub[..., :, None] == seg_sub[..., None, :])
-    vis_sub = vis_sub[:, None, :, :, :, None]  # [B, 1, ns, sub, sub, 1]
-    decay = exp_where(vis_sub, lb[..., :, None, :] - lb[..., None, :, :])  # [B, H, ns, sub, sub, d_k]
-    a_diag = jnp.einsum("bhsik,bhsjk,bhsijk->bhsij", split(q32), split(k32), decay)
-    y = jnp.einsum("bhsij,bhsjv->bhsiv", a_diag.astype(cd), split(v), preferred_element_type=acc)
-    if ns > 1:  # between sub-chunks: key j of an earlier sub-chunk, decayed to the start of i's sub-chunk
-        q_dec = (split(q32) * jnp.exp(lb)).astype(cd)  # exp(b_i − r_s)
-        earlier = (jnp.arange(cp)[None, :] < sub * jnp.arange(ns)[:, None])[None, None, :, :, None]
-        # [B, H, ns, cp, d_k]: exp(r_s − b_j) for the keys j before sub-chunk s
-        k_dec = k32[:, :, None] * exp_where(earlier, r[:, :, :, None, :] - b[:, :, None])
-        a_off = jnp.einsum("bhsik,bhsjk->bhsij", q_dec, k_dec.astype(cd), preferred_element_type=acc)
-        a_off = a_off * visible.reshape(bsz, 1, ns, sub, cp)
-        y = y + jnp.einsum("bhsij,bhjv->bhsiv", a_off.astype(cd), v, preferred_element_type=acc)
-    y = y.reshape(bsz, heads, cp, dv)
-    # The state before the chunk, for the tokens before the chunk's first reset.
-    q_prev = (q32 * exp_where(sees_prev[:, None, :, None], b)).astype(cd)
-    y = y + jnp.einsum("bhik,bhkv->bhiv", q_prev, s_prev.astype(cd), preferred_element_type=acc)
-    k_end = (k32 * exp_where(in_last[:, None, :, None], b_end[:, :, None] - b)).astype(cd)
-    carry = jnp.where(sees_prev[:, None, -1:], jnp.exp(b_end), 0.0)  # [B, H, d_k]
-    s_next = carry[..., None] * s_prev + jnp.einsum("bhjk,bhjv->bhkv", k_end, v, preferred_element_type=acc)
-    return s_next, y[:, :, :c]
+    vis = jnp.tril(jnp.ones((sub, sub), bool)) & (seg_s[..., :, None] == seg_s[..., None, :])
+    decay = exp_where(vis[:, None, :, :, :, None], lb[..., :, None, :] - lb[..., None, :, :])
+    a = jnp.einsum("bhsik,bhsjk,bhsijk->bhsij", q32, k32, decay)  # [B, H, ns, sub, sub]
+    y = jnp.einsum("bhsij,bhsjv->bhsiv", a.astype(cd), v_s, preferred_element_type=acc)
+    # Each sub-chunk's keys decayed to its end (its last segment only), then the states at the sub-chunk
+    # starts, one sub-chunk after the other.
+    in_last = (seg_s == seg_end[..., None])[:, None, :, :, None]
+    k_end = (k32 * exp_where(in_last, g[:, :, :, None] - lb)).astype(cd)
+    writes = jnp.einsum("bhsjk,bhsjv->bhskv", k_end, v_s, preferred_element_type=acc)  # [B, H, ns, d_k, d_v]
+    no_reset = (seg_end == seg_start)[:, None, :, None]  # [B, 1, ns, 1]
+    carry = jnp.where(no_reset, jnp.exp(g), 0.0)  # [B, H, ns, d_k]
+    states = [s_prev]
+    for u in range(ns):
+        states.append(carry[:, :, u, :, None] * states[-1] + writes[:, :, u])
+    starts = jnp.stack(states[:-1], axis=2)  # [B, H, ns, d_k, d_v]
+    # The state at the sub-chunk's start, for the tokens before the sub-chunk's first reset.
+    sees = (seg_s == seg_start[..., None])[:, None, :, :, None]
+    q_dec = (q32 * exp_where(sees, lb)).astype(cd)
+    y = y + jnp.einsum("bhsik,bhskv->bhsiv", q_dec, starts.astype(cd), preferred_element_type=acc)
+    return states[-1], y.reshape(bsz, heads, cp, dv)[:, :, :c]
 
 
 def _to_body(x: jax.Array) -> jax.Array:
@@ -478,8 +474,8 @@ def linear_attention_chunked(
     chunk's [C, C] matrices with `jax.vjp` of the chunk body from its inputs and start state, carries
     dS backwards, and writes the chunk's dq, dk, dv, d log γ into full-size gradient buffers in place.
     Only reverse mode is defined (no `jax.jvp`). Work is O(T · C · d + T · d_k · d_v) per head (with a
-    per-channel decay, plus O(T · 16 · d_k) exponentials for the sub-chunks' [16, 16, d_k] decays and
-    O(T · C / 16 · d_k) for the keys decayed to each sub-chunk start); lengths that are not a multiple of
+    per-channel decay, O(T · (8 · (d_k + d_v) + d_k · d_v)): the sub-chunks' [8, 8, d_k] decays, and
+    the states at the sub-chunk starts); lengths that are not a multiple of
     `chunk_size` are padded internally with padding tokens (γ = 1, k = 0), which leave the state
     unchanged.
 
