@@ -624,7 +624,11 @@ class GatedLinearAttention(_MatrixAttention):
 
     @property
     def key_dim(self) -> int:
-        """d_k = max(1, ⌊head_dim · expand_k⌋): the width of q and k per head, the rows of S."""
+        """d_k = max(1, ⌊head_dim · expand_k⌋): the width of q and k per head, the rows of S.
+
+        >>> GatedLinearAttention(num_heads=4, head_dim=64).key_dim
+        32
+        """
         return max(1, int(self.head_dim * self.expand_k))
 
     def input_size_of(self, params: Params) -> int:
@@ -679,7 +683,15 @@ class GatedLinearAttention(_MatrixAttention):
 
     def log_decay(self, params: Params, x: jax.Array) -> jax.Array:
         """log α [..., H, d_k] = logsigmoid(W_gk2 W_gk1 x + b_gk) / τ (clamped below at `clamp_min`), in
-        the accumulation dtype: each key channel's log-decay per token, in (−∞, 0)."""
+        the accumulation dtype: each key channel's log-decay per token, in (−∞, 0).
+
+        >>> import jax, jax.numpy as jnp
+        >>> cell = GatedLinearAttention(num_heads=2, head_dim=4)
+        >>> params = cell.init(jax.random.PRNGKey(0), 3)
+        >>> log_alpha = cell.log_decay(params, jnp.zeros((5, 3)))  # x = 0: logsigmoid(b_gk = 0) / 16
+        >>> log_alpha.shape, bool(jnp.allclose(log_alpha, jnp.log(0.5) / 16))
+        ((5, 2, 2), True)
+        """
         low = self._mm(x, params["w_gk1"], "...i,ir->...r")
         pre = self._mm(low, params["w_gk2"], "...r,rhd->...hd") + params["b_gk"].astype(self._acc)
         log_alpha = jax.nn.log_sigmoid(pre) / self.gate_logit_normalizer

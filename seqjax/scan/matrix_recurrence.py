@@ -290,7 +290,7 @@ def _chunk_body(s_prev, chunk):
     return s_next, y
 
 
-def _channel_chunk_body(s_prev, chunk):
+def _channel_chunk_body(s_prev: jax.Array, chunk: tuple[Any, ...]) -> tuple[jax.Array, jax.Array]:
     """`_chunk_body` with a decay per key channel, lg [B, H, C, d_k]; every exponent taken is ≤ 0.
 
     The chunk is split into ns sub-chunks of `sub` tokens (padded at the end with tokens of k = 0, log γ = 0
@@ -714,6 +714,13 @@ def linear_attention(
 
     "auto" is the chunked form: it is the training form on every platform (matmuls of C tokens instead of
     T rank-1 updates, and O(T / C) stored states instead of O(T)).
+
+    >>> import jax.numpy as jnp
+    >>> q = k = jnp.ones((1, 5, 2, 3)); v = jnp.ones((1, 5, 2, 4))     # [batch, T, H, d_k / d_v]
+    >>> per_channel = jnp.log(jnp.full((1, 5, 2, 3), 0.5))            # one decay per key channel
+    >>> ys, s = linear_attention(q, k, v, per_channel, chunk_size=2)
+    >>> ys.shape, s.shape, float(s[0, 0, 0, 0])                       # 1 + 1/2 + 1/4 + 1/8 + 1/16
+    ((1, 5, 2, 4), (1, 2, 3, 4), 1.9375)
     """
     if method not in METHODS:
         raise ValueError(f"linear_attention: unknown method {method!r}; choose one of {', '.join(METHODS)}.")
