@@ -365,11 +365,18 @@ class Mamba2(RecurrentCell):
             resets = None if resets is None else jnp.take_along_axis(resets, order, axis=1) & valid
         else:
             n_valid, valid = None, None
-        z, xbc, dt = self._split_projection(self._mm(u, params["in_proj"]))
-        conv, window = short_conv(
-            xbc, flat(state.conv).astype(acc), params["conv_w"].astype(acc), resets, n_valid
+
+        def prepare(in_proj, conv_w, conv_b, u, window):
+            """in_proj, the conv over xBC and its SiLU -> z, xBC, dt's pre-activation, the new window."""
+            z, xbc, dt = self._split_projection(self._mm(u, in_proj))
+            conv, window = short_conv(xbc, window, conv_w.astype(acc), resets, n_valid)
+            return z, jax.nn.silu(conv + conv_b.astype(acc)), dt, window
+
+        # Rematerialised: autodiff would keep every tap of the conv (a dozen [B, T, conv_dim] tensors);
+        # recomputed in the backward pass from u, it costs one more input projection and conv.
+        z, xbc, dt, window = jax.checkpoint(prepare)(
+            params["in_proj"], params["conv_w"], params["conv_b"], u, flat(state.conv).astype(acc)
         )
-        xbc = jax.nn.silu(conv + params["conv_b"].astype(acc))
         s0 = flat(state.ssm).astype(acc)
         method = "chunked" if self.method == "auto" else self.method
         if method == "chunked" and self.fused:
