@@ -464,7 +464,8 @@ def test_sizes_registry_and_defaults():
         1,
     )
     assert cell.conv_dim == 128 + 2 * 128 and cell.output_size == 64
-    assert cells.Mamba2(d_model=8).head_width == 16  # min(64, d_inner) when head_dim is not given
+    # head_dim not given: gcd(64, d_inner), so every d_model has heads that divide d_inner
+    assert [cells.Mamba2(d_model=d).head_width for d in (8, 40, 96, 5)] == [16, 16, 64, 2]
     with pytest.raises(ValueError, match="input_size=5 but d_model=4"):
         cells.Mamba2(d_model=4, head_dim=2).init(jax.random.PRNGKey(0), 5)
 

@@ -111,7 +111,8 @@ class Mamba2(RecurrentCell):
       d_model: input and output width.
       state_size: N (Mamba-2's d_state, 128).
       expand: d_inner = expand · d_model (2).
-      head_dim: P; None gives min(64, d_inner) (the reference's 64 wherever d_inner ≥ 64).
+      head_dim: P; None gives gcd(64, d_inner): the reference's 64 where d_inner is a multiple of 64,
+        else the largest power of two that divides d_inner (so any d_model has a default).
       num_groups: G, the groups of B and C (1); must divide H = d_inner / P.
       d_conv: conv taps (4).
       dt_min, dt_max, dt_floor, a_min, a_max: the initialisation ranges above.
@@ -194,8 +195,8 @@ class Mamba2(RecurrentCell):
 
     @property
     def head_width(self) -> int:
-        """P: `head_dim`, or min(64, d_inner) when it is None."""
-        return min(64, self.d_inner) if self.head_dim is None else self.head_dim
+        """P: `head_dim`, or gcd(64, d_inner) when it is None (64 when d_inner is a multiple of 64)."""
+        return math.gcd(64, self.d_inner) if self.head_dim is None else self.head_dim
 
     @property
     def num_heads(self) -> int:
