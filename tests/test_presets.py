@@ -29,6 +29,7 @@ NEW_PRESETS = [
     # issue 22; `deltanet` is the same cell without the decay and the output gate, so only its build is
     # checked here (the cell contract runs both cells)
     "gated_deltanet",
+    "mamba2",
 ]
 
 
@@ -93,6 +94,7 @@ def test_presets_build_the_cells_they_name():
     assert isinstance(built["linear_attention"], cells.LinearAttention)
     assert type(built["deltanet"]) is cells.DeltaNet and built["deltanet"].chunk_size == 64
     assert isinstance(built["gated_deltanet"], cells.GatedDeltaNet) and built["gated_deltanet"].output_gate
+    assert isinstance(built["mamba2"], cells.Mamba2) and built["mamba2"].state_size == 128
     # exactly the presets whose cells cannot stream left to right are the encoder presets
     no_stream = {name for name, cell in built.items() if cell.step_unsupported() is not None}
     assert no_stream == ENCODER_PRESETS

@@ -66,6 +66,7 @@ FAMILIES: dict[str, str] = {
         for p in ("lstm", "elstm", "gru", "bilstm", "mamba", "s5", "s4d", "lru", "gla", "mlstm", "slstm")
     },
     **{p: "recurrent" for p in ("deltanet", "gated_deltanet")},
+    **{p: "recurrent" for p in ("mamba2",)},  # Mamba-2's SSD: a scalar-decay matrix state per head
 }
 
 
