@@ -329,9 +329,9 @@ class Mamba2(RecurrentCell):
     # -- the fused chunked form: the engine calls these once per chunk --------------------------------
     def _project_chunk(self, params: Params, chunk: jax.Array) -> tuple[Any, ...]:
         """[B, C, d_inner + conv_dim + H] (z, SiLU(conv(xBC)), dt) -> the engine's q, k, v, log γ, extras."""
-        di, cd = self.d_inner, self.conv_dim
-        inputs = self._ssm_inputs(params, chunk[..., di : di + cd], chunk[..., di + cd :])
-        extras = {"x": inputs["x"], "z": chunk[..., :di]}
+        z, xbc, dt = self._split_projection(chunk)
+        inputs = self._ssm_inputs(params, xbc, dt)
+        extras = {"x": inputs["x"], "z": z}
         return inputs["q"], inputs["k"], inputs["v"], inputs["log_gamma"], extras
 
     def _finish_chunk(self, params: Params, y: jax.Array, extras: dict[str, jax.Array]) -> jax.Array:
@@ -368,14 +368,17 @@ class Mamba2(RecurrentCell):
             n_valid, valid = None, None
 
         def prepare(in_proj, conv_w, conv_b, u, window):
-            """in_proj, the conv over xBC and its SiLU -> z, xBC, dt's pre-activation, the new window."""
-            z, xbc, dt = self._split_projection(self._mm(u, in_proj))
+            """in_proj, then SiLU(conv(xBC) + b) written over its xBC columns (in place: one buffer of
+            [z, x, B, C, dt]), and the new conv window."""
+            projected = self._mm(u, in_proj)
+            _, xbc, _ = self._split_projection(projected)
             conv, window = short_conv(xbc, window, conv_w.astype(acc), resets, n_valid)
-            return z, jax.nn.silu(conv + conv_b.astype(acc)), dt, window
+            xbc = jax.nn.silu(conv + conv_b.astype(acc))
+            return projected.at[..., self.d_inner : self.d_inner + self.conv_dim].set(xbc), window
 
         # Rematerialised: autodiff would keep every tap of the conv (a dozen [B, T, conv_dim] tensors);
         # recomputed in the backward pass from u, it costs one more input projection and conv.
-        z, xbc, dt, window = jax.checkpoint(prepare)(
+        projected, window = jax.checkpoint(prepare)(
             params["in_proj"], params["conv_w"], params["conv_b"], u, flat(state.conv).astype(acc)
         )
         s0 = flat(state.ssm).astype(acc)
@@ -385,13 +388,14 @@ class Mamba2(RecurrentCell):
                 self._project_chunk,
                 self._finish_chunk,
                 {name: params[name] for name in _FUSED_PARAMS},
-                jnp.concatenate([z, xbc, dt], axis=-1),
+                projected,
                 s0,
                 resets=resets,
                 mask=valid,
                 chunk_size=self.chunk_size,
             )
         else:
+            z, xbc, dt = self._split_projection(projected)
             inputs = self._ssm_inputs(params, xbc, dt)
             y, s = linear_attention(
                 inputs["q"],

@@ -284,10 +284,11 @@ def _chunk_body(s_prev, chunk):
     intra = jnp.einsum("bgrij,bgrjv->bgriv", scores.astype(cd), v_g, preferred_element_type=acc)
     inter = jnp.einsum("bgik,bgrkv->bgriv", q, s_g.astype(cd), preferred_element_type=acc)
     y = intra + grouped(q_scale)[..., None] * inter
-    k_dec = k.astype(acc)[:, :, None] * grouped(k_scale)[..., None]  # per head
-    k_dec = jnp.broadcast_to(k_dec, (*v_g.shape[:3], *k.shape[2:])).astype(cd)
+    # The decay to the chunk's end scales the values (per head), so the group's keys stay shared: one
+    # [d_k, C] x [C, H/G · d_v] matmul per group instead of one per head.
+    v_dec = jnp.broadcast_to(v_g.astype(acc) * grouped(k_scale)[..., None], v_g.shape).astype(cd)
     s_next = grouped(carry_scale)[..., None, None] * s_g + jnp.einsum(
-        "bgrjk,bgrjv->bgrkv", k_dec, v_g, preferred_element_type=acc
+        "bgjk,bgrjv->bgrkv", k, v_dec, preferred_element_type=acc
     )
     return s_next.reshape(s_prev.shape), y.reshape(bsz, heads, c, v.shape[-1])
 
