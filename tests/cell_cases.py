@@ -33,6 +33,11 @@ CELL_CASES = [
     ("gated-deltanet", cells.GatedDeltaNet(num_heads=2, head_dim=3, chunk_size=4)),
     # Griffin's recurrent block: 2 gate blocks of 3; chunks of 4 put resets and padding across chunks
     ("rglru-chunked", cells.RGLRU(d_model=5, lru_width=6, num_heads=2, method="chunked", chunk_size=4)),
+    # Mamba-2: d_inner 20 = 4 heads of 5 sharing 2 groups of B, C; chunks of 4 as for the delta rule
+    (
+        "mamba2-groups",
+        cells.Mamba2(d_model=5, state_size=3, expand=4, head_dim=5, num_groups=2, chunk_size=4),
+    ),
     # MAX_LENGTH holds the float64 test's 64 tokens; the states of `random_state` hold < 8
     ("attention", cells.Attention(num_heads=2, head_dim=4, max_length=64)),
     (

@@ -31,6 +31,7 @@ NEW_PRESETS = [
     "gated_deltanet",
     # Griffin: two RG-LRU blocks per local-attention block (`rglru` alone is checked by its build)
     "griffin",
+    "mamba2",
 ]
 
 
@@ -99,6 +100,7 @@ def test_presets_build_the_cells_they_name():
     assert type(built["deltanet"]) is cells.DeltaNet and built["deltanet"].chunk_size == 64
     assert isinstance(built["gated_deltanet"], cells.GatedDeltaNet) and built["gated_deltanet"].output_gate
     assert isinstance(built["rglru"], cells.RGLRU) and built["rglru"].d_model == 64
+    assert isinstance(built["mamba2"], cells.Mamba2) and built["mamba2"].state_size == 128
     # exactly the presets whose cells cannot stream left to right are the encoder presets
     no_stream = {name for name, cell in built.items() if cell.step_unsupported() is not None}
     assert no_stream == ENCODER_PRESETS

@@ -28,6 +28,7 @@ from seqjax.cells.linformer import Linformer, LinformerState
 from seqjax.cells.longformer import Longformer, LongformerState
 from seqjax.cells.lstm import LSTM, LSTMState
 from seqjax.cells.mamba import Mamba, MambaState
+from seqjax.cells.mamba2 import Mamba2, Mamba2State
 from seqjax.cells.registry import get, names, register
 from seqjax.cells.rglru import RGLRU, RGLRUState
 from seqjax.cells.ssm import LRU, S4D, S5
@@ -60,6 +61,8 @@ __all__ = [
     "Longformer",
     "LongformerState",
     "Mamba",
+    "Mamba2",
+    "Mamba2State",
     "MambaState",
     "Params",
     "Performer",

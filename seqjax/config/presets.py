@@ -33,6 +33,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "s5": {"cell": "s5", "state_size": 32},
     "lru": {"cell": "lru", "state_size": 32},
     "mamba": {"cell": "mamba", "state_size": 16},
+    # Mamba-2 (SSD): the reference's d_state = 128, head_dim 64 (gcd(64, d_inner)), one group of B and C.
+    "mamba2": {"cell": "mamba2", "state_size": 128},
     "linear_attention": {"cell": "linear_attention"},
     "gla": {"cell": "gla"},
     # The delta rule (fla's layers): DeltaNet, and Gated DeltaNet with Mamba-2's decay and an output gate.

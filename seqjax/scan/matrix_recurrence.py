@@ -18,8 +18,13 @@ Per head, with a scalar decay γ_t ∈ (0, 1] per (batch, head, token):
   exist, never every S_t.
 
 Layout: batch-major, heads after time, as a cell's input projection produces them without a transpose:
-q, k [*batch, T, H, d_k], v [*batch, T, H, d_v], log_gamma [*batch, T, H], resets and mask [*batch, T],
+q, k [*batch, T, G, d_k], v [*batch, T, H, d_v], log_gamma [*batch, T, H], resets and mask [*batch, T],
 states [*batch, H, d_k, d_v].
+
+Grouped queries and keys: G = H for linear attention (one q, k per head); G < H (G dividing H) shares
+group g's q and k by the H / G consecutive heads g·H/G … (g+1)·H/G − 1, as Mamba-2's grouped C and B are
+shared over its heads (what `jnp.repeat(q, H // G, axis=-2)` would give, without forming it). The chunked
+form then computes each group's Q Kᵀ once for all its heads.
 
 Resets and padding, exactly as for every seqjax cell:
 - `resets[..., t]` zeroes the state before token t. The chunked form gives each token a segment id
@@ -71,13 +76,18 @@ def matrix_step(
 
     Args:
       s: [*batch, H, d_k, d_v] state, in the accumulation dtype.
-      q, k: [*batch, H, d_k]; v: [*batch, H, d_v] (compute dtype).
+      q, k: [*batch, G, d_k], G dividing H (grouped: see the module doc); v: [*batch, H, d_v] (compute
+        dtype).
       log_gamma: [*batch, H] or None (γ = 1).
 
     Returns:
       (S' [*batch, H, d_k, d_v], y [*batch, H, d_v]), both in `s`'s dtype.
     """
     acc = s.dtype
+    heads = s.shape[-3]
+    if q.shape[-2] != heads:  # grouped: one token, so forming the per-head copies costs nothing
+        q = jnp.repeat(q, heads // q.shape[-2], axis=-2)
+        k = jnp.repeat(k, heads // k.shape[-2], axis=-2)
     if log_gamma is not None:
         s = jnp.exp(log_gamma.astype(acc))[..., None, None] * s
     # The product of two compute-dtype numbers is exact in float32, so the rank-1 update loses nothing.
@@ -106,19 +116,21 @@ def _check_inputs(
             raise TypeError(f"{fn}: `{name}` must be floating point, got dtype {x.dtype}.")
     if k.shape != q.shape:
         raise ValueError(
-            f"{fn}: `k` has shape {k.shape} but `q` has shape {q.shape}; both are [*batch, time, heads, d_k]."
+            f"{fn}: `k` has shape {k.shape} but `q` has shape {q.shape}; both are [*batch, time, groups, "
+            f"d_k]."
         )
-    if v.shape[:-1] != q.shape[:-1]:
+    if v.ndim != q.ndim or v.shape[:-2] != q.shape[:-2] or v.shape[-2] % q.shape[-2]:
         raise ValueError(
-            f"{fn}: `v` has shape {v.shape}, expected {q.shape[:-1]} + (d_v,) to match `q` {q.shape}."
+            f"{fn}: `v` has shape {v.shape}, expected {q.shape[:-2]} + (heads, d_v) with heads a multiple "
+            f"of `q`'s {q.shape[-2]} groups (`q` has shape {q.shape})."
         )
     lead = q.shape[:-2]  # [*batch, time]
-    batch, (heads, dk), dv = q.shape[:-3], q.shape[-2:], v.shape[-1]
+    batch, heads, dk, dv = q.shape[:-3], v.shape[-2], q.shape[-1], v.shape[-1]
     if log_gamma is not None:
         log_gamma = jnp.asarray(log_gamma)
-        if log_gamma.shape != q.shape[:-1]:
+        if log_gamma.shape != v.shape[:-1]:
             raise ValueError(
-                f"{fn}: `log_gamma` has shape {log_gamma.shape}, expected {q.shape[:-1]} "
+                f"{fn}: `log_gamma` has shape {log_gamma.shape}, expected {v.shape[:-1]} "
                 f"([*batch, time, heads], one scalar decay per head and token)."
             )
     if s0 is not None:
@@ -177,7 +189,8 @@ def linear_attention_recurrent(
     """The reference: `lax.scan` over tokens carrying S, with autodiff through the scan.
 
     Args:
-      q, k: [*batch, T, H, d_k]; v: [*batch, T, H, d_v] (compute dtype; bf16 allowed).
+      q, k: [*batch, T, G, d_k] (G = H, or G groups shared by H / G heads each); v: [*batch, T, H, d_v]
+        (compute dtype; bf16 allowed).
       log_gamma: [*batch, T, H], log γ_t ≤ 0 and finite; None means γ ≡ 1.
       s0: [*batch, H, d_k, d_v] state before the first token; zeros if None.
       resets: [*batch, T] bool, zero the state before token t.
@@ -191,7 +204,7 @@ def linear_attention_recurrent(
         "linear_attention_recurrent", q, k, v, log_gamma, s0, resets, mask
     )
     acc = accumulation_dtype(jnp.result_type(q, k, v))
-    batch, (heads, dk), dv = q.shape[:-3], q.shape[-2:], v.shape[-1]
+    batch, heads, dk, dv = q.shape[:-3], v.shape[-2], q.shape[-1], v.shape[-1]
     s0 = jnp.zeros((*batch, heads, dk, dv), acc) if s0 is None else s0.astype(acc)
     nb = len(batch)
     tm = lambda x: None if x is None else jnp.moveaxis(x, nb, 0)
@@ -217,12 +230,22 @@ def linear_attention_recurrent(
 def _chunk_body(s_prev, chunk):
     """One chunk for all batch rows and heads at once.
 
-    s_prev [B, H, d_k, d_v]; q, k [B, H, C, d_k]; v [B, H, C, d_v]; lg [B, H, C] or None; seg [B, C].
+    s_prev [B, H, d_k, d_v]; q, k [B, G, C, d_k] (G dividing H); v [B, H, C, d_v]; lg [B, H, C] or None;
+    seg [B, C]. Heads are computed as [B, G, H / G, ...], so a group's Q Kᵀ is formed once.
     """
     q, k, v, lg, seg = chunk
     acc = s_prev.dtype
     cd = q.dtype
-    c = q.shape[-2]
+    bsz, groups, c = q.shape[0], q.shape[1], q.shape[-2]
+    heads = v.shape[1]
+    per_group = heads // groups
+
+    def grouped(a):
+        """[B, H or 1, ...] -> [B, G or 1, H / G or 1, ...]."""
+        if a.shape[1] == 1:
+            return a[:, :, None]
+        return a.reshape(bsz, groups, per_group, *a.shape[2:])
+
     causal = jnp.tril(jnp.ones((c, c), bool))
     # Token i sees token j iff j ≤ i and no reset lies in (j, i]: same segment id.
     visible = causal & (seg[:, :, None] == seg[:, None, :])  # [B, C, C]
@@ -244,15 +267,30 @@ def _chunk_body(s_prev, chunk):
         q_scale = jnp.where(sees_prev, jnp.exp(b), 0.0)
         k_scale = jnp.where(in_last, jnp.exp(b[..., -1:] - b), 0.0)
         carry_scale = jnp.where(sees_prev[:, :, -1], jnp.exp(b[..., -1]), 0.0)
-    scores = jnp.einsum("bhik,bhjk->bhij", q, k, preferred_element_type=acc) * decay
-    intra = jnp.einsum("bhij,bhjv->bhiv", scores.astype(cd), v, preferred_element_type=acc)
-    inter = jnp.einsum("bhik,bhkv->bhiv", q, s_prev.astype(cd), preferred_element_type=acc)
-    y = intra + q_scale[..., None] * inter
-    k_dec = (k.astype(acc) * k_scale[..., None]).astype(cd)
-    s_next = carry_scale[..., None, None] * s_prev + jnp.einsum(
-        "bhjk,bhjv->bhkv", k_dec, v, preferred_element_type=acc
+    if groups == heads:  # one q, k per head (linear attention)
+        scores = jnp.einsum("bhik,bhjk->bhij", q, k, preferred_element_type=acc) * decay
+        intra = jnp.einsum("bhij,bhjv->bhiv", scores.astype(cd), v, preferred_element_type=acc)
+        inter = jnp.einsum("bhik,bhkv->bhiv", q, s_prev.astype(cd), preferred_element_type=acc)
+        y = intra + q_scale[..., None] * inter
+        k_dec = (k.astype(acc) * k_scale[..., None]).astype(cd)
+        s_next = carry_scale[..., None, None] * s_prev + jnp.einsum(
+            "bhjk,bhjv->bhkv", k_dec, v, preferred_element_type=acc
+        )
+        return s_next, y
+    v_g, s_g = grouped(v), grouped(s_prev)  # [B, G, H/G, C, d_v], [B, G, H/G, d_k, d_v]
+    qk = jnp.einsum("bgik,bgjk->bgij", q, k, preferred_element_type=acc)  # once per group
+    # (ungated, the decay mask is shared by the heads: broadcast it to the group's heads explicitly)
+    scores = jnp.broadcast_to(qk[:, :, None] * grouped(decay), (*v_g.shape[:3], c, c))
+    intra = jnp.einsum("bgrij,bgrjv->bgriv", scores.astype(cd), v_g, preferred_element_type=acc)
+    inter = jnp.einsum("bgik,bgrkv->bgriv", q, s_g.astype(cd), preferred_element_type=acc)
+    y = intra + grouped(q_scale)[..., None] * inter
+    # The decay to the chunk's end scales the values (per head), so the group's keys stay shared: one
+    # [d_k, C] x [C, H/G · d_v] matmul per group instead of one per head.
+    v_dec = jnp.broadcast_to(v_g.astype(acc) * grouped(k_scale)[..., None], v_g.shape).astype(cd)
+    s_next = grouped(carry_scale)[..., None, None] * s_g + jnp.einsum(
+        "bgjk,bgrjv->bgrkv", k, v_dec, preferred_element_type=acc
     )
-    return s_next, y
+    return s_next.reshape(s_prev.shape), y.reshape(bsz, heads, c, v.shape[-1])
 
 
 def _to_body(x: jax.Array) -> jax.Array:
@@ -297,7 +335,7 @@ def _chunk_inputs(i, q, k, v, lg, seg):
 
 def _chunked_forward(q, k, v, lg, seg, s0, keep_states):
     """Loop over chunks; chunk i's outputs go straight into a [B, n, C, H, d_v] buffer in place."""
-    b, n, c, heads, _ = q.shape
+    b, n, c, heads = v.shape[:4]
     ys0 = jnp.zeros((b, n, c, heads, v.shape[-1]), s0.dtype)
 
     def body(carry, i):
@@ -381,7 +419,8 @@ def linear_attention_chunked(
     which leave the state unchanged.
 
     Args:
-      q, k: [*batch, T, H, d_k]; v: [*batch, T, H, d_v] (compute dtype; bf16 allowed).
+      q, k: [*batch, T, G, d_k] (G = H, or G groups shared by H / G heads each); v: [*batch, T, H, d_v]
+        (compute dtype; bf16 allowed).
       log_gamma: [*batch, T, H], log γ_t ≤ 0 and finite; None means γ ≡ 1.
       s0: [*batch, H, d_k, d_v] state before the first token; zeros if None.
       resets: [*batch, T] bool, zero the state before token t.
@@ -402,7 +441,7 @@ def linear_attention_chunked(
     q, k, v = q.astype(cd), k.astype(cd), v.astype(cd)
     if log_gamma is not None:
         log_gamma = log_gamma.astype(acc)
-    batch, t, (heads, dk), dv = q.shape[:-3], q.shape[-3], q.shape[-2:], v.shape[-1]
+    batch, t, heads, dk, dv = q.shape[:-3], q.shape[-3], v.shape[-2], q.shape[-1], v.shape[-1]
     s0 = jnp.zeros((*batch, heads, dk, dv), acc) if s0 is None else s0.astype(acc)
     k, log_gamma, resets = _apply_flags(k, log_gamma, resets, mask)
 
@@ -437,7 +476,7 @@ def linear_attention_chunked(
 # --------------------------------------------------------------------------------------------------
 # The chunked form with the cell's projections fused into the chunk loop
 # --------------------------------------------------------------------------------------------------
-#: x [B, C, input] -> (q, k [B, C, H, d_k], v [B, C, H, d_v], log γ [B, C, H] or None, extras)
+#: x [B, C, input] -> (q, k [B, C, G, d_k], v [B, C, H, d_v], log γ [B, C, H] or None, extras)
 Project = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, Any]]
 #: (y [B, C, H, d_v], extras) -> outputs [B, C, output]
 Finish = Callable[[Any, jax.Array, Any], jax.Array]
@@ -544,8 +583,9 @@ def linear_attention_fused(
     is defined (no `jax.jvp`), as for `linear_attention_chunked`; the recurrent form has both.
 
     Args:
-      project: (params, x [B, C, input]) -> (q, k [B, C, H, d_k], v [B, C, H, d_v] in the compute
-        dtype, log γ [B, C, H] in the accumulation dtype or None, extras: any pytree).
+      project: (params, x [B, C, input]) -> (q, k [B, C, G, d_k] (G = H or grouped, as in
+        `linear_attention_chunked`), v [B, C, H, d_v] in the compute dtype, log γ [B, C, H] in the
+        accumulation dtype or None, extras: any pytree).
       finish: (params, y [B, C, H, d_v] in the accumulation dtype, extras) -> outputs [B, C, output].
       params: the pytree of floating arrays `project` and `finish` read; gradients flow to all of it.
       xs: [*batch, T, input]; s0: [*batch, H, d_k, d_v] in the accumulation dtype.
@@ -652,7 +692,7 @@ def normalized_linear_attention(
     s_aug = None
     if s0 is not None or z0 is not None:
         acc = accumulation_dtype(jnp.result_type(q, k, v))
-        batch, (heads, dk), dv = q.shape[:-3], q.shape[-2:], v.shape[-1]
+        batch, heads, dk, dv = q.shape[:-3], v.shape[-2], q.shape[-1], v.shape[-1]
         s0 = jnp.zeros((*batch, heads, dk, dv), acc) if s0 is None else jnp.asarray(s0).astype(acc)
         z0 = jnp.zeros((*batch, heads, dk), acc) if z0 is None else jnp.asarray(z0).astype(acc)
         if z0.shape != s0.shape[:-1]:
