@@ -97,7 +97,9 @@ from seqjax.experiment.flags import (
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 define_protocol_flags(FLAGS, train_tokens=8192 * 60)
-flags.DEFINE_string("size", "cpu", "cpu, accelerator, or smoke: a tiny softmax model trained here.")
+flags.DEFINE_enum(
+    "size", "cpu", ["cpu", "accelerator", "smoke"], "Defaults per size (smoke: a tiny model trained here)."
+)
 flags.DEFINE_list("runs", [], "Run folders (with checkpoints) of trained softmax models; overrides the rest.")
 flags.DEFINE_string(
     "reuse_runs", None, "A length_crossover.py --workdir: its <preset> runs at --length (module docstring)."
@@ -307,7 +309,7 @@ def score_run(
             add(f"nll/performer-{m}", nll)
         done = min(first + window_batch, len(indices))
         log(f"  {run}: {done}/{len(indices)} windows, {time.perf_counter() - start:.0f} s")
-    # Windows on the last axis of each per-window array (draws first for the Performer).
+    # Windows on axis 0 of each array (axis 1 for the Performer's, whose draws come first).
     axis = lambda name: 1 if name.split("/")[-1].startswith("performer-") else 0
     scores = {name: np.concatenate(values, axis=axis(name)) for name, values in parts_out.items()}
     return scores | {"seconds": np.asarray(time.perf_counter() - start)}
@@ -495,16 +497,20 @@ def summarize(
     ranked = [k for k in claimed]
     kl_order = sorted(ranked, key=lambda k: rows[k]["kl"]["estimate"])
     bpb_order = sorted(ranked, key=lambda k: rows[k]["delta_bpb"]["estimate"])
-    correlation = {}
-    for k in kernels:
-        delta_window = (nll[k] - nll["softmax"]) / window_bytes / math.log(2)
-        rho = scipy_stats.spearmanr(window_kl[k].ravel(), delta_window.ravel()).statistic
-        correlation[k] = float(rho)
+    rho = lambda a, b: float(scipy_stats.spearmanr(a.ravel(), b.ravel()).statistic)
+    softmax_window = nll["softmax"] / window_bytes / math.log(2)
+    delta_window = {k: (nll[k] - nll["softmax"]) / window_bytes / math.log(2) for k in kernels}
     descriptive = {
         "kl_order": kl_order,
         "delta_bpb_order": bpb_order,
         "same_order": kl_order == bpb_order,
-        "window_spearman": correlation,
+        "window_spearman": {k: rho(window_kl[k], delta_window[k]) for k in kernels},
+        # Added after the CPU-size run, descriptive: a window's Δbpb against the softmax model's own
+        # bits per byte on it, and elu+1's Δbpb against uniform attention's, window by window.
+        "window_spearman_softmax_bpb": {k: rho(delta_window[k], softmax_window) for k in kernels},
+        "elu_uniform_window_spearman": (
+            rho(delta_window["elu+1"], delta_window["uniform"]) if "uniform" in delta_window else None
+        ),
     }
     return {
         "kernels": rows,
@@ -573,6 +579,15 @@ def markdown(results: Mapping[str, Any]) -> str:
         "KL with its Δbpb within each kernel: "
         + ", ".join(f"{k} {v:+.2f}" for k, v in d["window_spearman"].items())
         + ".",
+        "- Added after the CPU-size run (descriptive, not part of the rules): rank correlation of a window's "
+        "Δbpb with the softmax model's own bits per byte on it: "
+        + ", ".join(f"{k} {v:+.2f}" for k, v in d["window_spearman_softmax_bpb"].items())
+        + (
+            "; of elu+1's Δbpb with uniform attention's, window by window: "
+            f"{d['elu_uniform_window_spearman']:+.2f}."
+            if d.get("elu_uniform_window_spearman") is not None
+            else "."
+        ),
         "",
         "## By kernel",
         "",
@@ -631,7 +646,7 @@ def _uniform_entropy(length: int) -> float:
 
 def plot(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """KL and Δbpb against the Performer's number of features (log x) with intervals; elu+1 and uniform
-    as separate points at the right."""
+    as separate points at the right, past a dashed line."""
     from seqjax.experiment.plots import _finish, _pyplot
 
     plt = _pyplot()
@@ -639,29 +654,25 @@ def plot(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     performers = [r for r in rows.values() if r.get("features")]
     ms = [r["features"] for r in performers]
     others = [k for k in ("elu+1", "uniform") if k in rows]
+    x_others = [max(ms) * 4 * 2**i for i in range(len(others))]
+    level = results["rule_a"]["confidence_level"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in (
-        (axes[0], "kl", "KL(softmax ‖ kernel), nats per row"),
-        (axes[1], "delta_bpb", "Δ bits per byte vs softmax"),
+        (axes[0], "kl", "KL(softmax ‖ kernel), nats per row (95%)"),
+        (axes[1], "delta_bpb", f"Δ bits per byte vs softmax ({level:.2%})"),
     ):
+        error = lambda r: [[r["estimate"] - r["low"]], [r["high"] - r["estimate"]]]
         est = [r[key]["estimate"] for r in performers]
-        low = [r[key]["estimate"] - r[key]["low"] for r in performers]
-        high = [r[key]["high"] - r[key]["estimate"] for r in performers]
-        ax.errorbar(ms, est, yerr=[low, high], marker="o", capsize=3, label="Performer (FAVOR+)")
-        x_other = max(ms) * 4
-        for i, k in enumerate(others):
+        bars = np.concatenate([error(r[key]) for r in performers], axis=1)
+        ax.errorbar(ms, est, yerr=bars, marker="o", capsize=3, label="Performer (FAVOR+)")
+        for x, k in zip(x_others, others, strict=True):
             r = rows[k][key]
-            ax.errorbar(
-                [x_other * (2**i)],
-                [r["estimate"]],
-                yerr=[[r["estimate"] - r["low"]], [r["high"] - r["estimate"]]],
-                marker="s",
-                capsize=3,
-                linestyle="none",
-                label=k,
-            )
+            ax.errorbar([x], [r["estimate"]], yerr=error(r), marker="s", capsize=3, linestyle="none", label=k)
+        ax.axvline(max(ms) * 2, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("random features m (elu+1, uniform: right)")
+        ax.set_xticks(ms + x_others, [str(m) for m in ms] + others)
+        ax.minorticks_off()
+        ax.set_xlabel("random features m (Performer); other kernels")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[1].axhline(0.0, color="black", linewidth=0.8)
