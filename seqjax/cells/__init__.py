@@ -31,14 +31,17 @@ from seqjax.cells.mamba import Mamba, MambaState
 from seqjax.cells.registry import get, names, register
 from seqjax.cells.ssm import LRU, S4D, S5
 from seqjax.cells.xl_attention import TransformerXLAttention, XLAttentionState
+from seqjax.cells.xlstm import MLSTM, SLSTM, MLSTMState, SLSTMState
 
 __all__ = [
     "ELSTM",
     "GRU",
     "LRU",
     "LSTM",
+    "MLSTM",
     "S4D",
     "S5",
+    "SLSTM",
     "Attention",
     "AttentionState",
     "Axes",
@@ -57,11 +60,13 @@ __all__ = [
     "LinformerState",
     "Longformer",
     "LongformerState",
+    "MLSTMState",
     "Mamba",
     "MambaState",
     "Params",
     "Performer",
     "RecurrentCell",
+    "SLSTMState",
     "SlidingWindowAttention",
     "SlidingWindowState",
     "State",
