@@ -70,11 +70,11 @@ __all__ = [
     "EPS",
     "METHODS",
     "MLSTMMemory",
+    "compensated_cumsum",
     "mlstm",
     "mlstm_chunked",
     "mlstm_recurrent",
     "mlstm_step",
-    "segment_sums",
 ]
 
 Method = Literal["auto", "chunked", "recurrent"]
@@ -248,60 +248,69 @@ def _expand(flags: jax.Array, like: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 # The chunked form
 # --------------------------------------------------------------------------------------------------
-def segment_sums(x: jax.Array) -> jax.Array:
-    """F [..., L, L] with F_ij = Σ_{j<l≤i} x_l for j ≤ i (0 on the diagonal) and 0 above it.
+def compensated_cumsum(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The cumulative sum b of x over its last axis as b + comp, comp the rounding error of b.
 
-    Each entry sums only the terms between j and i (a cumulative sum down a masked copy of x), so its
-    rounding error scales with |F_ij|, not with the magnitude of the whole chunk's cumulative sum as
-    b_i − b_j would.
+    b is `jnp.cumsum`'s float result; comp, the error of every partial sum (each step's exact error by
+    Knuth's TwoSum, summed), is small, so b_i − b_j + (comp_i − comp_j) gives Σ_{j<l≤i} x_l to a
+    rounding error of the size of that sum, where b_i − b_j alone errs by the size of b. For the log
+    forget gates of a chunk that matters: after a run of forget gates near 0, |b| reaches thousands
+    while the sums that carry weight are small.
 
     >>> import jax.numpy as jnp
-    >>> segment_sums(jnp.array([1.0, 2.0, 4.0]))
-    Array([[0., 0., 0.],
-           [2., 0., 0.],
-           [6., 4., 0.]], dtype=float32)
+    >>> x = jnp.array([-1e4, -1e-3, -1e-3, -1e-3])
+    >>> b, comp = compensated_cumsum(x)
+    >>> float(b[3] - b[0]), round(float(b[3] - b[0] + comp[3] - comp[0]), 9)   # the true sum is -0.003
+    (-0.0029296875, -0.003)
     """
-    size = x.shape[-1]
-    strict = jnp.tril(jnp.ones((size, size), bool), -1)  # l > j, as the row index l of the copy
-    rows = jnp.where(strict, jnp.broadcast_to(x[..., :, None], (*x.shape, size)), jnp.zeros((), x.dtype))
-    return jnp.cumsum(rows, axis=-2)
+    b = jnp.cumsum(x, axis=-1)
+    prev = jnp.concatenate([jnp.zeros_like(b[..., :1]), b[..., :-1]], axis=-1)
+    s = prev + x
+    bb = s - prev
+    err = (prev - (s - bb)) + (x - bb)  # s + err == prev + x exactly (TwoSum)
+    # prev + x − b exactly: s and b are rounded partial sums of the same terms, so s − b is exact.
+    return b, jnp.cumsum((s - b) + err, axis=-1)
 
 
-def _chunk_body(eps: float, memory: MLSTMMemory, chunk):
+def _chunk_body(eps: float, has_resets: bool, has_mask: bool, memory, chunk):
     """One chunk for all batch rows and heads at once, in the accumulation dtype.
 
-    memory: c0 [B, H, d_k, d_v], n0 [B, H, d_k], m0 [B, H]; q, k [B, H, L, d_k]; v [B, H, L, d_v];
+    memory: (c0 [B, H, d_k, d_v + 1], the memory C with n as its last column; m0 [B, H]);
+    q, k [B, H, L, d_k]; v [B, H, L, d_v + 1] (a column of ones last: it computes the denominator);
     ig, lf [B, H, L] (ĩ and log f, 0 at padding); seg [B, L] int32 (segment id within the chunk);
     rs, valid [B, L] bool (a reset opens a segment at the token; the token is not padding).
     """
-    c0, n0, m0 = memory
+    c0, m0 = memory
     q, k, v, ig, lf, seg, rs, valid = chunk
     size = q.shape[-2]
     k = k * k.shape[-1] ** -0.5
-    causal = jnp.tril(jnp.ones((size, size), bool))
-    same = causal & (seg[:, :, None] == seg[:, None, :])  # [B, L, L]: j ≤ i, no reset in (j, i]
-    visible = (same & valid[:, None, :])[:, None]  # [B, 1, L, L]: row i reads token j
-    opens = (same & rs[:, None, :])[:, None]  # [B, 1, L, L]: j is the reset that opened i's segment
-    sees_prev = (seg == 0)[:, None, :]  # [B, 1, L]: no reset yet in this chunk
-    f_sums = segment_sums(lf)  # [B, H, L, L]
-    log_d = jnp.where(visible, f_sums + ig[..., None, :], -jnp.inf)
-    b = jnp.cumsum(lf, axis=-1)
-    # After a reset at r, the recurrence restarts from m = 0 and decays it by log f_r, ..., log f_i.
-    since_reset = jnp.sum(jnp.where(opens, f_sums + lf[..., None, :], 0.0), axis=-1)
-    start = jnp.where(sees_prev, m0[..., None] + b, since_reset)
+    b, comp = compensated_cumsum(lf)  # [B, H, L]
+    f_sums = (b[..., :, None] - b[..., None, :]) + (comp[..., :, None] - comp[..., None, :])  # F_ij
+    visible = jnp.tril(jnp.ones((size, size), bool))[None]  # [B | 1, L, L]: row i reads token j
+    if has_resets:
+        visible = visible & (seg[:, :, None] == seg[:, None, :])  # no reset in (j, i]
+    if has_mask:
+        visible = visible & valid[:, None, :]
+    log_d = jnp.where(visible[:, None], f_sums + ig[..., None, :], -jnp.inf)
+    start = m0[..., None] + (b + comp)  # the memory at the chunk start, decayed to row i
+    if has_resets:
+        sees_prev = (seg == 0)[:, None, :]  # [B, 1, L]: no reset yet in this chunk
+        # After a reset at r the recurrence restarts from m = 0, decayed by log f_r, ..., log f_i.
+        opens = jnp.tril(jnp.ones((size, size), bool)) & (seg[:, :, None] == seg[:, None, :]) & rs[:, None, :]
+        since_reset = jnp.sum(jnp.where(opens[:, None], f_sums + lf[..., None, :], 0.0), axis=-1)
+        start = jnp.where(sees_prev, start, since_reset)
     m = jnp.maximum(start, jnp.max(log_d, axis=-1))  # [B, H, L]: the recurrent m of every row
-    # The inner `where`s keep exp's argument finite and ≤ 0 where the entry is unused, so neither the
-    # values nor the gradients can meet inf · 0.
-    d = jnp.where(visible, jnp.exp(jnp.where(visible, log_d - m[..., None], 0.0)), 0.0)
-    w = jnp.where(sees_prev, jnp.exp(jnp.where(sees_prev, m0[..., None] + b - m, 0.0)), 0.0)
+    d = jnp.exp(log_d - m[..., None])  # exp(−inf) = 0 where j is not visible: no NaN, value or gradient
+    if has_resets:
+        # The inner `where` keeps exp's argument ≤ 0 on rows that do not see the previous memory.
+        w = jnp.where(sees_prev, jnp.exp(jnp.where(sees_prev, start - m, 0.0)), 0.0)
+    else:
+        w = jnp.exp(start - m)
     scores = jnp.einsum("bhik,bhjk->bhij", q, k) * d
-    num = jnp.einsum("bhij,bhjv->bhiv", scores, v) + w[..., None] * jnp.einsum("bhik,bhkv->bhiv", q, c0)
-    den = jnp.sum(scores, axis=-1) + w * jnp.einsum("bhik,bhk->bhi", q, n0)
-    h = num / (jnp.maximum(jnp.abs(den), jnp.exp(-m)) + eps)[..., None]
-    d_last, w_last = d[..., -1, :], w[..., -1]
-    c_next = w_last[..., None, None] * c0 + jnp.einsum("bhj,bhjk,bhjv->bhkv", d_last, k, v)
-    n_next = w_last[..., None] * n0 + jnp.einsum("bhj,bhjk->bhk", d_last, k)
-    return MLSTMMemory(c_next, n_next, m[..., -1]), h
+    out = jnp.einsum("bhij,bhjv->bhiv", scores, v) + w[..., None] * jnp.einsum("bhik,bhkv->bhiv", q, c0)
+    h = out[..., :-1] / (jnp.maximum(jnp.abs(out[..., -1]), jnp.exp(-m)) + eps)[..., None]
+    c_next = w[..., -1, None, None] * c0 + jnp.einsum("bhjk,bhjv->bhkv", d[..., -1, :, None] * k, v)
+    return (c_next, m[..., -1]), h
 
 
 def mlstm_chunked(
@@ -352,8 +361,12 @@ def mlstm_chunked(
     log_f = jax.nn.log_sigmoid(fgate)
     if mask is not None:
         log_f = jnp.where(mask[..., None], log_f, jnp.zeros((), acc))
+    # Padding up to a whole number of chunks makes padding tokens too.
+    has_resets, has_mask = resets is not None, mask is not None or pad > 0
     valid = jnp.ones((*batch, t), bool) if mask is None else mask
     resets = jnp.zeros((*batch, t), bool) if resets is None else resets
+    # The denominator nᵀq rides along as one more value column (v | 1) and memory column (C | n).
+    v = jnp.concatenate([v, jnp.ones((*v.shape[:-1], 1), acc)], axis=-1)
 
     def chunked(x, heads_axis=True):
         # [*batch, T, (H, d)] -> [n, B, (H,) L, (d)]: chunks first for the scan, heads before time.
@@ -366,11 +379,13 @@ def mlstm_chunked(
     rs = chunked(resets, False)
     seg = jnp.cumsum(rs.astype(jnp.int32), axis=-1)
     xs = (chunked(q), chunked(k), chunked(v), chunked(igate), chunked(log_f), seg, rs, chunked(valid, False))
-    flat = MLSTMMemory(*(a.reshape(bsz, *a.shape[nb:]) for a in memory))
-    final, hs = lax.scan(jax.checkpoint(functools.partial(_chunk_body, eps)), flat, xs)  # [n, B, H, L, d_v]
+    c0 = jnp.concatenate([memory.c, memory.n[..., None]], axis=-1).reshape(bsz, heads, -1, dv + 1)
+    body = jax.checkpoint(functools.partial(_chunk_body, eps, has_resets, has_mask))
+    (c_aug, m), hs = lax.scan(body, (c0, memory.m.reshape(bsz, heads)), xs)  # hs [n, B, H, L, d_v]
     hs = jnp.swapaxes(jnp.moveaxis(hs, 0, 1), 2, 3).reshape(bsz, n * size, heads, dv)[:, :t]
     if mask is not None:
         hs = jnp.where(mask.reshape(bsz, t)[..., None, None], hs, jnp.zeros((), acc))
+    final = MLSTMMemory(c_aug[..., :-1], c_aug[..., -1], m)
     final = MLSTMMemory(*(a.reshape(like.shape) for a, like in zip(final, memory, strict=True)))
     return hs.reshape(*batch, t, heads, dv), final
 
