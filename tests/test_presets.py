@@ -29,6 +29,9 @@ NEW_PRESETS = [
     # issue 22; `deltanet` is the same cell without the decay and the output gate, so only its build is
     # checked here (the cell contract runs both cells)
     "gated_deltanet",
+    # xLSTM (mLSTM and sLSTM layers)
+    "mlstm",
+    "slstm",
 ]
 
 
@@ -93,6 +96,8 @@ def test_presets_build_the_cells_they_name():
     assert isinstance(built["linear_attention"], cells.LinearAttention)
     assert type(built["deltanet"]) is cells.DeltaNet and built["deltanet"].chunk_size == 64
     assert isinstance(built["gated_deltanet"], cells.GatedDeltaNet) and built["gated_deltanet"].output_gate
+    assert isinstance(built["mlstm"], cells.MLSTM) and built["mlstm"].inner_size == 2 * built["mlstm"].d_model
+    assert isinstance(built["slstm"], cells.SLSTM) and built["slstm"].num_heads == 4
     # exactly the presets whose cells cannot stream left to right are the encoder presets
     no_stream = {name for name, cell in built.items() if cell.step_unsupported() is not None}
     assert no_stream == ENCODER_PRESETS

@@ -35,6 +35,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The delta rule (fla's layers): DeltaNet, and Gated DeltaNet with Mamba-2's decay and an output gate.
     "deltanet": {"cell": "deltanet"},
     "gated_deltanet": {"cell": "gated_deltanet"},
+    # xLSTM's layers (Beck et al. 2024): the mLSTM layer (matrix memory, up-projection inside) and the
+    # sLSTM layer (scalar memory, headwise recurrence), 4 heads each as the authors' defaults.
+    "mlstm": {"cell": "mlstm"},
+    "slstm": {"cell": "slstm"},
     "attention": {"cell": "attention"},
     "swa": {"cell": "sliding_window_attention", "window": 256},
     # Transformer-XL: softmax attention with a memory of the previous segments' keys and values; the

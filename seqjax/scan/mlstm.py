@@ -18,9 +18,7 @@ Two forms compute the same function:
 
 - `mlstm_recurrent`: `lax.scan` over tokens carrying (C, n, m); the reference, and what `step` uses.
 - `mlstm_chunked`: the stabilised chunkwise form. Inside a chunk of L tokens, with the log-gate
-  segment sums F_ij = Σ_{j<l≤i} log f_l (computed as sums of the terms between j and i, not as a
-  difference of cumulative sums, so a long run of tiny forget gates costs no precision) and
-  b_i = Σ_{l≤i} log f_l:
+  sums F_ij = Σ_{j<l≤i} log f_l and b_i = Σ_{l≤i} log f_l:
 
       log D_ij = F_ij + ĩ_j  (j ≤ i)           the intra-chunk gate matrix
       m_i      = max(m_prev + b_i, max_j log D_ij)                         per row: the recurrent m_i
@@ -30,9 +28,13 @@ Two forms compute the same function:
 
   and the state passed to the next chunk is the last row's: m_next = m_L, C_next = w_L C_prev +
   Σ_j D'_Lj k̂_j v_jᵀ, n_next = w_L n_prev + Σ_j D'_Lj k̂_j (the inter-chunk state passing of the
-  authors' `chunkwise_simple` and of mlstm_kernels' `mlstm_chunkwise__recurrent_fw_C`). A `lax.scan`
-  over chunks carries (C, n, m); its body is rematerialised (`jax.checkpoint`), so autodiff stores the
-  inputs and one state per chunk, never a state per token or an [L, L] matrix per chunk.
+  authors' `chunkwise_simple` and of mlstm_kernels' `mlstm_chunkwise__recurrent_fw_C`). n rides along
+  as one more column of C (and den as one more column of the values), so one matmul gives both. F_ij is
+  b_i − b_j corrected by the rounding error of the cumulative sums (`compensated_cumsum`): after a run
+  of forget gates near 0, |b| reaches thousands within a chunk while the F_ij that carry weight are
+  small, and the plain difference would lose float32 digits there. A `lax.scan` over chunks carries
+  (C, n, m); its body is rematerialised (`jax.checkpoint`), so autodiff stores the inputs and one state
+  per chunk, never a state per token or an [L, L] matrix per chunk.
 
 Layout (as in `seqjax.scan.matrix_recurrence`): q, k [*batch, T, H, d_k], v [*batch, T, H, d_v], igate
 and fgate [*batch, T, H] (pre-activations), resets and mask [*batch, T]; the memory is `MLSTMMemory(c
@@ -43,7 +45,8 @@ Resets and padding:
   reset does for every seqjax cell. The chunked form gives each token a segment id within its chunk:
   token i reads token j only inside one segment, m_prev reaches only the rows before the chunk's first
   reset, and a row after a reset at r starts from m = 0 decayed by the forget gates since r
-  (Σ_{r≤l≤i} log f_l), exactly as the recurrence does. No −∞ log-gate is ever formed.
+  (Σ_{r≤l≤i} log f_l), exactly as the recurrence does. Entries of log D that a row does not read are
+  −∞ (exp gives 0, and its gradient 0 · finite), never a −∞ log-gate in a sum.
 - `mask[..., t] == False` marks padding: the memory passes through unchanged (log f = 0, and the token
   is not written) and the output is 0. Padding wins over a reset at the same token.
 
@@ -329,7 +332,7 @@ def mlstm_chunked(
     """The stabilised chunkwise-parallel form (module docstring); same arguments and results as
     `mlstm_recurrent`, plus `chunk_size`.
 
-    Each chunk forms its [L, L] gate matrix from the log-gate segment sums, stabilises every row by the
+    Each chunk forms its [L, L] gate matrix from the log-gate sums, stabilises every row by the
     recurrent m of that token, and computes its outputs with two matmuls against the values and the
     memory at the chunk start; a `lax.scan` over chunks carries (C, n, m). The chunk body is
     rematerialised in the backward pass (`jax.checkpoint`), so autodiff stores the inputs and the memory
