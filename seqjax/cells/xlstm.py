@@ -316,25 +316,42 @@ class MLSTM(RecurrentCell):
         }
 
     def _blocks(self, x: jax.Array, w: jax.Array) -> jax.Array:
-        """The block-diagonal projection of x [..., D_i] -> [..., H, d], in float32 whatever `dtype` is:
-        it is D_i · qkv_block_size multiply-adds per token, and XLA's CPU runtime has no batched bfloat16
-        matmul with a float32 result."""
-        bs = self.qkv_block_size
+        """The block-diagonal projection of x [..., D_i] -> [..., H, d] (w [blocks, in, out]), in float32
+        whatever `dtype` is: it is D_i · qkv_block_size multiply-adds per token, and XLA's CPU runtime has
+        no batched bfloat16 matmul with a float32 result. (A batched matmul: on CPU its forward and
+        backward together beat broadcast multiply-adds and a dense block-diagonal matmul.)"""
+        bs, acc = self.qkv_block_size, self._acc
         lead = x.shape[:-1]
-        blocks = x.astype(self._acc).reshape(*lead, -1, bs)
-        out = jnp.einsum("...bi,bio->...bo", blocks, w.astype(self._acc))
+        blocks = x.astype(acc).reshape(*lead, -1, bs)
+        out = jnp.einsum("...bi,bio->...bo", blocks, w.astype(acc))
         return out.reshape(*lead, self.num_heads, self.head_dim)
 
+    def _gate_weights(self, params: Params) -> tuple[jax.Array, jax.Array]:
+        """W_i [q; k; v] and W_f [q; k; v] as maps of the conv branch and of x_m: q and k are
+        block-diagonal maps of x_c and v of x_m, so the gates are x_c (BD_q W_q + BD_k W_k) + x_m BD_v W_v
+        (each [D_i, 2H], ĩ then f̃). Composing the small weights once replaces three skinny matmuls over
+        the sequence (and a [.., 3, D_i] copy) by two."""
+        acc, bs = self._acc, self.qkv_block_size
+        w = jnp.concatenate([params["w_i"], params["w_f"]], axis=-1).astype(acc)  # [3, D_i, 2H]
+        compose = lambda bd, w_s: jnp.einsum(
+            "bio,boh->bih", bd.astype(acc), w_s.reshape(-1, bs, w_s.shape[-1])
+        )
+        conv = compose(params["w_q"], w[0]) + compose(params["w_k"], w[1])
+        return conv.reshape(self.inner_size, -1), compose(params["w_v"], w[2]).reshape(self.inner_size, -1)
+
     def _features(self, params: Params, x_m: jax.Array, x_c: jax.Array) -> tuple[jax.Array, ...]:
-        """q, k [..., H, d] from the conv branch, v from x_m, and the gate pre-activations ĩ, f̃ [..., H]."""
+        """q, k [..., H, d] from the conv branch, v from x_m, and the gate pre-activations ĩ, f̃ [..., H]
+        (float32: the input gate is exponentiated)."""
         q, k, v = (
             self._blocks(x_c, params["w_q"]),
             self._blocks(x_c, params["w_k"]),
             self._blocks(x_m, params["w_v"]),
         )
-        qkv = jnp.stack([a.reshape(*a.shape[:-2], -1) for a in (q, k, v)], axis=-2)  # [..., 3, D_i]
-        ig = self._mm(qkv, params["w_i"], "...si,sih->...h") + params["b_i"].astype(self._acc)
-        fg = self._mm(qkv, params["w_f"], "...si,sih->...h") + params["b_f"].astype(self._acc)
+        acc, h = self._acc, self.num_heads
+        w_c, w_m = self._gate_weights(params)
+        gates = jnp.matmul(x_c.astype(acc), w_c) + jnp.matmul(x_m.astype(acc), w_m)
+        ig = gates[..., :h] + params["b_i"].astype(acc)
+        fg = gates[..., h:] + params["b_f"].astype(acc)
         return q, k, v, ig, fg
 
     def _output(self, params: Params, h: jax.Array, x_c: jax.Array, z: jax.Array) -> jax.Array:

@@ -279,12 +279,16 @@ def _chunk_body(eps: float, has_resets: bool, has_mask: bool, memory, chunk):
     """One chunk for all batch rows and heads at once, in the accumulation dtype.
 
     memory: (c0 [B, H, d_k, d_v + 1], the memory C with n as its last column; m0 [B, H]);
-    q, k [B, H, L, d_k]; v [B, H, L, d_v + 1] (a column of ones last: it computes the denominator);
-    ig, lf [B, H, L] (ĩ and log f, 0 at padding); seg [B, L] int32 (segment id within the chunk);
+    q, k [B, L, H, d_k]; v [B, L, H, d_v + 1] (a column of ones last: it computes the denominator);
+    ig, lf [B, L, H] (ĩ and log f, 0 at padding); seg [B, L] int32 (segment id within the chunk);
     rs, valid [B, L] bool (a reset opens a segment at the token; the token is not padding).
+    Returns the memory after the chunk and h [B, L, H, d_v].
     """
     c0, m0 = memory
-    q, k, v, ig, lf, seg, rs, valid = chunk
+    # The chunk arrives time-major within the batch row ([B, L, H, ...], a slice of the inputs' own
+    # layout); heads go first here, where the chunk is small.
+    q, k, v, ig, lf = (jnp.swapaxes(a, 1, 2) for a in chunk[:5])
+    seg, rs, valid = chunk[5:]
     size = q.shape[-2]
     k = k * k.shape[-1] ** -0.5
     b, comp = compensated_cumsum(lf)  # [B, H, L]
@@ -313,7 +317,7 @@ def _chunk_body(eps: float, has_resets: bool, has_mask: bool, memory, chunk):
     out = jnp.einsum("bhij,bhjv->bhiv", scores, v) + w[..., None] * jnp.einsum("bhik,bhkv->bhiv", q, c0)
     h = out[..., :-1] / (jnp.maximum(jnp.abs(out[..., -1]), jnp.exp(-m)) + eps)[..., None]
     c_next = w[..., -1, None, None] * c0 + jnp.einsum("bhjk,bhjv->bhkv", d[..., -1, :, None] * k, v)
-    return (c_next, m[..., -1]), h
+    return (c_next, m[..., -1]), jnp.swapaxes(h, 1, 2)
 
 
 def mlstm_chunked(
@@ -371,21 +375,20 @@ def mlstm_chunked(
     # The denominator nᵀq rides along as one more value column (v | 1) and memory column (C | n).
     v = jnp.concatenate([v, jnp.ones((*v.shape[:-1], 1), acc)], axis=-1)
 
-    def chunked(x, heads_axis=True):
-        # [*batch, T, (H, d)] -> [n, B, (H,) L, (d)]: chunks first for the scan, heads before time.
+    def chunked(x):
+        # [*batch, T, ...] -> [n, B, L, ...]: chunks first for the scan (whole [L, ...] blocks move).
         x = x.reshape(bsz, t, *x.shape[nb + 1 :])
         if pad:  # padding tokens: not valid, log f = 0, no reset
             x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        x = jnp.moveaxis(x.reshape(bsz, n, size, *x.shape[2:]), 1, 0)  # [n, B, L, ...]
-        return jnp.moveaxis(x, 3, 2) if heads_axis and x.ndim > 3 else x
+        return jnp.moveaxis(x.reshape(bsz, n, size, *x.shape[2:]), 1, 0)
 
-    rs = chunked(resets, False)
+    rs = chunked(resets)
     seg = jnp.cumsum(rs.astype(jnp.int32), axis=-1)
-    xs = (chunked(q), chunked(k), chunked(v), chunked(igate), chunked(log_f), seg, rs, chunked(valid, False))
+    xs = tuple(chunked(a) for a in (q, k, v, igate, log_f)) + (seg, rs, chunked(valid))
     c0 = jnp.concatenate([memory.c, memory.n[..., None]], axis=-1).reshape(bsz, heads, -1, dv + 1)
     body = jax.checkpoint(functools.partial(_chunk_body, eps, has_resets, has_mask))
-    (c_aug, m), hs = lax.scan(body, (c0, memory.m.reshape(bsz, heads)), xs)  # hs [n, B, H, L, d_v]
-    hs = jnp.swapaxes(jnp.moveaxis(hs, 0, 1), 2, 3).reshape(bsz, n * size, heads, dv)[:, :t]
+    (c_aug, m), hs = lax.scan(body, (c0, memory.m.reshape(bsz, heads)), xs)  # hs [n, B, L, H, d_v]
+    hs = jnp.moveaxis(hs, 0, 1).reshape(bsz, n * size, heads, dv)[:, :t]
     if mask is not None:
         hs = jnp.where(mask.reshape(bsz, t)[..., None, None], hs, jnp.zeros((), acc))
     final = MLSTMMemory(c_aug[..., :-1], c_aug[..., -1], m)
