@@ -13,7 +13,7 @@ as the authors' layer (`xlstm/blocks/mlstm/layer.py`, `xlstm/blocks/slstm/layer.
 
 The rest of the xLSTM blocks is `seqjax.models.Block`'s: the pre-norm and the residual connection
 around the layer, and for the sLSTM block the gated feed-forward after it (`mlp_expansion`; the authors
-use a GeLU-gated MLP of factor 4/3, and none after mLSTM layers, whose up-projection lives in the layer).
+use a GeLU-gated MLP of factor 1.3, and none after mLSTM layers, whose up-projection lives in the layer).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _conv_step(window: jax.Array, x: jax.Array, params: Params) -> tuple[jax.Arr
 
 
 def _compact(u, resets, mask):
-    """Valid tokens to the front of each row (stable), as fla's / the Mamba cells' unpadded path does, so
+    """Valid tokens to the front of each row (stable), as DeltaNet does (fla's unpadded path), so
     the conv and the recurrence see exactly the valid tokens in order; padding then sits at the end.
     Returns (u, resets, order, n_valid, valid); order is None without a mask."""
     if mask is None:
@@ -168,8 +168,9 @@ class MLSTM(RecurrentCell):
       conv_size: taps of the causal conv (4); qkv_block_size: block size of the q/k/v projections (4).
       method: "auto" (= "chunked"), "chunked" or "recurrent"; chunk_size: tokens per chunk (64).
       eps: the denominator's eps (1e-6); norm_eps: the per-head LayerNorm's (1e-5).
-      dtype: compute dtype of the projections (bfloat16 allowed); conv, gates, norm and the whole
-        recurrence run in float32 (float64 when dtype is float64). param_dtype: the parameters' dtype.
+      dtype: compute dtype of the up- and down-projections (bfloat16 allowed); the conv, the
+        block-diagonal q/k/v, the gates, the norm and the whole recurrence run in float32 (float64 when
+        dtype is float64). param_dtype: the parameters' dtype.
 
     Initialisation (the authors', but for `w_down`): `w_x`, `w_z`, `w_q`, `w_k`, `w_v` ~ N(0, 2 / (5
     d_model)) ("small init"); the conv U(±conv_size^-½) (torch's default); gate weights `w_i`, `w_f`

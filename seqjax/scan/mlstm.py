@@ -384,7 +384,7 @@ def mlstm_chunked(
 
     rs = chunked(resets)
     seg = jnp.cumsum(rs.astype(jnp.int32), axis=-1)
-    xs = tuple(chunked(a) for a in (q, k, v, igate, log_f)) + (seg, rs, chunked(valid))
+    xs = (*(chunked(a) for a in (q, k, v, igate, log_f)), seg, rs, chunked(valid))
     c0 = jnp.concatenate([memory.c, memory.n[..., None]], axis=-1).reshape(bsz, heads, -1, dv + 1)
     body = jax.checkpoint(functools.partial(_chunk_body, eps, has_resets, has_mask))
     (c_aug, m), hs = lax.scan(body, (c0, memory.m.reshape(bsz, heads)), xs)  # hs [n, B, L, H, d_v]
