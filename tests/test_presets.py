@@ -32,6 +32,9 @@ NEW_PRESETS = [
     # Griffin: two RG-LRU blocks per local-attention block (`rglru` alone is checked by its build)
     "griffin",
     "mamba2",
+    # xLSTM (mLSTM and sLSTM layers)
+    "mlstm",
+    "slstm",
 ]
 
 
@@ -101,6 +104,8 @@ def test_presets_build_the_cells_they_name():
     assert isinstance(built["gated_deltanet"], cells.GatedDeltaNet) and built["gated_deltanet"].output_gate
     assert isinstance(built["rglru"], cells.RGLRU) and built["rglru"].d_model == 64
     assert isinstance(built["mamba2"], cells.Mamba2) and built["mamba2"].state_size == 128
+    assert isinstance(built["mlstm"], cells.MLSTM) and built["mlstm"].inner_size == 2 * built["mlstm"].d_model
+    assert isinstance(built["slstm"], cells.SLSTM) and built["slstm"].num_heads == 4
     # exactly the presets whose cells cannot stream left to right are the encoder presets
     no_stream = {name for name, cell in built.items() if cell.step_unsupported() is not None}
     assert no_stream == ENCODER_PRESETS

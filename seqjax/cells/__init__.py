@@ -33,15 +33,18 @@ from seqjax.cells.registry import get, names, register
 from seqjax.cells.rglru import RGLRU, RGLRUState
 from seqjax.cells.ssm import LRU, S4D, S5
 from seqjax.cells.xl_attention import TransformerXLAttention, XLAttentionState
+from seqjax.cells.xlstm import MLSTM, SLSTM, MLSTMState, SLSTMState
 
 __all__ = [
     "ELSTM",
     "GRU",
     "LRU",
     "LSTM",
+    "MLSTM",
     "RGLRU",
     "S4D",
     "S5",
+    "SLSTM",
     "Attention",
     "AttentionState",
     "Axes",
@@ -60,6 +63,7 @@ __all__ = [
     "LinformerState",
     "Longformer",
     "LongformerState",
+    "MLSTMState",
     "Mamba",
     "Mamba2",
     "Mamba2State",
@@ -68,6 +72,7 @@ __all__ = [
     "Performer",
     "RGLRUState",
     "RecurrentCell",
+    "SLSTMState",
     "SlidingWindowAttention",
     "SlidingWindowState",
     "State",

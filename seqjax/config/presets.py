@@ -42,6 +42,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gated_deltanet": {"cell": "gated_deltanet"},
     # Griffin's recurrent block (RG-LRU), the mixer of RecurrentGemma's recurrent layers (and of Hawk).
     "rglru": {"cell": "rglru"},
+    # xLSTM's layers (Beck et al. 2024): the mLSTM layer (matrix memory, up-projection inside) and the
+    # sLSTM layer (scalar memory, headwise recurrence), 4 heads each as the authors' defaults.
+    "mlstm": {"cell": "mlstm"},
+    "slstm": {"cell": "slstm"},
     "attention": {"cell": "attention"},
     "swa": {"cell": "sliding_window_attention", "window": 256},
     # Transformer-XL: softmax attention with a memory of the previous segments' keys and values; the
