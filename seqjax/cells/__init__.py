@@ -12,7 +12,15 @@ from seqjax.cells.attention import (
     SlidingWindowAttention,
     SlidingWindowState,
 )
-from seqjax.cells.base import Axes, Cell, Params, RecurrentCell, State
+from seqjax.cells.base import (
+    Axes,
+    Cell,
+    Params,
+    RecurrentCell,
+    State,
+    check_sequence_parallel,
+    with_sequence_axis,
+)
 from seqjax.cells.bidirectional import Bidirectional
 from seqjax.cells.delta_net import DeltaNet, DeltaNetState, GatedDeltaNet
 from seqjax.cells.elstm import ELSTM, ELSTMState
@@ -78,7 +86,9 @@ __all__ = [
     "State",
     "TransformerXLAttention",
     "XLAttentionState",
+    "check_sequence_parallel",
     "get",
     "names",
     "register",
+    "with_sequence_axis",
 ]
