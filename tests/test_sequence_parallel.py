@@ -232,6 +232,37 @@ def test_linear_attention_per_channel_decay_where_the_engine_takes_it():
     _close(got, want, rtol=1e-10, atol=1e-11)
 
 
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-head", "per-channel"])
+def test_shard_summary_of_the_matrix_state_is_the_recurrence(per_channel):
+    """A shard's summary (total decay, final state from zero) by one contraction equals the token loop
+    S_t = diag(γ_t) S_{t-1} + k_t v_tᵀ with the reset and padding rules, for a decay per head and per
+    key channel (which the sequence-parallel engine uses wherever the engine takes it)."""
+    from seqjax.scan.sequence_parallel import _matrix_summary
+
+    with jax.enable_x64(True):
+        _, k, v, _, _ = _attention_inputs(1)
+        shape = (2, T, 2, 3) if per_channel else (2, T, 2)
+        log_gamma = -jax.random.uniform(jax.random.PRNGKey(12), shape, jnp.float64, 0.0, 0.3)
+        resets, mask = _flags()
+        resets = resets.at[1].set(False)  # row 1: padding only, so its total decay is not 0
+        total, state = _matrix_summary(k, v, log_gamma, resets, mask, 1, jnp.float64)
+        k_np, v_np, lg_np = (np.asarray(x) for x in (k, v, log_gamma))
+        for row in range(2):
+            s, decay = np.zeros((2, 3, 4)), np.ones(shape[2:])
+            for t in range(T):
+                if not mask[row, t]:
+                    continue
+                gamma = np.exp(lg_np[row, t])
+                if resets[row, t]:
+                    s, decay = np.zeros_like(s), np.zeros_like(decay)
+                    gamma = np.ones_like(gamma)
+                s = (gamma[..., None] if per_channel else gamma[:, None, None]) * s
+                s = s + k_np[row, t, 0][None, :, None] * v_np[row, t][:, None, :]
+                decay = decay * gamma
+            np.testing.assert_allclose(state[row], s, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(total[row], decay, rtol=1e-12, atol=1e-14)
+
+
 # --------------------------------------------------------------------------------------------------
 # Selective scan
 # --------------------------------------------------------------------------------------------------
