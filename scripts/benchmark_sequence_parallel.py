@@ -1,7 +1,7 @@
 """Sequence parallelism (issue 21): per-device memory, step time and communication against length, with
 the time axis split over 1, 2, 4 and 8 devices.
 
-Every measurement is one training step of an engine alone: the gradient of `sum(y)` with respect to all
+Every measurement is one training step of an engine alone: the gradient of `sum(y**2)` with respect to all
 its inputs, in one `jax.jit`, float32, batch 1, the inputs placed split along time on a
 `jax.make_mesh((n,), ("sequence",))`. One shard is the single-device engine itself.
 
@@ -118,7 +118,7 @@ def _problem(engine: str, length: int, n: int):
             y, _ = fn(
                 x, jax.nn.softplus(dt), a, b, c, chunk_size=FLAGS.chunk, method="remat_sequential", **extra
             )
-            return jnp.sum(y)
+            return jnp.sum(y**2)
 
     elif engine == "gla":
         h, e = FLAGS.heads, FLAGS.head_dim
@@ -129,7 +129,7 @@ def _problem(engine: str, length: int, n: int):
 
         def loss(q, k, v, lg):
             y, _ = fn(q, k, v, -jax.nn.softplus(lg), chunk_size=FLAGS.chunk, method="chunked", **extra)
-            return jnp.sum(y)
+            return jnp.sum(y**2)
 
     elif engine == "diagonal":
         fn = sequence_parallel_linear_recurrence if n > 1 else linear_recurrence
@@ -139,7 +139,7 @@ def _problem(engine: str, length: int, n: int):
 
         def loss(a, b):
             hs, _ = fn(jax.nn.sigmoid(a), b, axis=1, method="sequential", **extra)
-            return jnp.sum(hs)
+            return jnp.sum(hs**2)
 
     else:
         raise app.UsageError(f"unknown engine {engine!r}")
@@ -220,7 +220,7 @@ def write(rows: list[dict[str, object]], path: Path, command: str) -> None:
         f"- versions: jax {jax.__version__}, Python {pyplatform.python_version()}; "
         f"`os.cpu_count()` = {os.cpu_count()}",
         f"- devices: {len(jax.devices())} × `{jax.devices()[0].device_kind}`{fake}",
-        "- workload: gradient of `sum(y)` with respect to every input of the engine alone, one `jax.jit`, "
+        "- workload: gradient of `sum(y**2)` with respect to every input of the engine alone, one `jax.jit`, "
         "float32, batch 1, the inputs split along time over `shards` devices of a `sequence` mesh axis "
         "(1 shard: the single-device engine)",
         f"- command: `{command}`",

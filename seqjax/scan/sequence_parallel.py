@@ -4,8 +4,8 @@ A linear recurrence h_t = a_t ⊙ h_{t−1} + b_t composes associatively (`seqja
 sequence cut into n shards, one per device of the mesh axis `sequence_axis`, runs in three steps:
 
 1. every shard computes its summary (A, H): the product of its decays and its last state from a zero
-   state (diagonal recurrence and selective scan: a scan that keeps no states; matrix state: one
-   contraction, Σ_j exp(Σ_{s>j} log γ_s) k_j v_jᵀ, no engine pass);
+   state (diagonal recurrence and selective scan: a scan from zero of which only the last state is
+   kept; matrix state: one contraction, Σ_j exp(Σ_{s>j} log γ_s) k_j v_jᵀ, no engine pass);
 2. the n summaries are all-gathered (n · state elements per device) and every shard folds them from
    the initial state h0, h ← A_j ⊙ h + H_j over the shards before it: the state entering it, h_in;
 3. every shard runs the single-device engine on its tokens from h_in.
@@ -160,19 +160,20 @@ class _Plan:
     chunk_size: int
 
 
-def _local_summary(a: jax.Array, b: jax.Array, reverse: bool) -> tuple[jax.Array, jax.Array]:
-    """(Π a, last state from zero) of one shard; time-major. Keeps no states."""
-
-    def step(h, ab):
-        return ab[0] * h + ab[1], None
-
-    last, _ = lax.scan(step, jnp.zeros_like(b[0]), (a, b), reverse=reverse)
+def _local_summary(plan: _Plan, a: jax.Array, b: jax.Array, reverse: bool) -> tuple[jax.Array, jax.Array]:
+    """(Π a, last state from zero) of one shard; time-major. The sequential backend carries only the
+    state; the others run as the engine (log depth on accelerators) and keep the last state."""
+    zeros = jnp.zeros_like(b[0])
+    if plan.method == "sequential":
+        last, _ = lax.scan(lambda h, ab: (ab[0] * h + ab[1], None), zeros, (a, b), reverse=reverse)
+    else:
+        last = diagonal._run(plan.method, a, b, zeros, reverse, plan.chunk_size)[0 if reverse else -1]
     return jnp.prod(a, axis=0), last
 
 
 def _diag_shard(plan: _Plan, a, b, h0, reverse):
     """One shard's states (time-major a, b), its incoming state and the global final state."""
-    decay, last = _local_summary(a, b, reverse)
+    decay, last = _local_summary(plan, a, b, reverse)
     entering, final = _fold(
         _gather(decay, plan.axis_name), _gather(last, plan.axis_name), h0, reverse, lambda x: x
     )
@@ -208,20 +209,21 @@ def _diag_backward_map(plan: _Plan):
         a, hs, g = jnp.moveaxis(a, t, 0), jnp.moveaxis(hs, t, 0), jnp.moveaxis(g, t, 0)
         h_in = h_in[0]
         idx = lax.axis_index(name)
-        # The final state is the last processed token's state: its cotangent joins that token's.
-        end = 0 if plan.reverse else -1
+        # λ_t = g_t + a_{t+1} λ_{t+1}: a shifted by one token against the scan, across shard boundaries
+        # (a halo of one token). The final state's cotangent enters as the adjoint's initial state,
+        # through a_{T+1} = 1 after the last token.
         end_shard = 0 if plan.reverse else n - 1
-        g = g.at[end].add(jnp.where(idx == end_shard, g_final, jnp.zeros_like(g_final)))
-        # λ_t = g_t + a_{t+1} λ_{t+1}: a shifted by one token against the scan, across shard boundaries.
         if plan.reverse:
             halo = lax.ppermute(a[-1:], name, [(i, i + 1) for i in range(n - 1)])
+            halo = jnp.where(idx == end_shard, jnp.ones_like(halo), halo)
             a_next = jnp.concatenate([halo, a[:-1]], axis=0)
             h_prev = jnp.concatenate([hs[1:], h_in[None]], axis=0)
         else:
             halo = lax.ppermute(a[:1], name, [(i + 1, i) for i in range(n - 1)])
+            halo = jnp.where(idx == end_shard, jnp.ones_like(halo), halo)
             a_next = jnp.concatenate([a[1:], halo], axis=0)
             h_prev = jnp.concatenate([h_in[None], hs[:-1]], axis=0)
-        lam, _, _ = _diag_shard(plan, a_next, g, jnp.zeros_like(g_final), not plan.reverse)
+        lam, _, _ = _diag_shard(plan, a_next, g, g_final, not plan.reverse)
         first = -1 if plan.reverse else 0
         first_shard = n - 1 if plan.reverse else 0
         dh0 = jnp.where(idx == first_shard, a[first] * lam[first], jnp.zeros_like(lam[first]))
