@@ -320,7 +320,13 @@ def test_shard_count_and_missing_mesh():
 
 
 @pytest.mark.parametrize(
-    "cell", [cells.LSTM(hidden_size=4), cells.GRU(hidden_size=4), cells.ELSTM(hidden_size=4)]
+    "cell",
+    [
+        cells.LSTM(hidden_size=4),
+        cells.GRU(hidden_size=4),
+        cells.ELSTM(hidden_size=4),
+        cells.SLSTM(hidden_size=4, num_heads=2),
+    ],
 )
 def test_nonlinear_rnns_refuse_to_split_time(cell):
     with pytest.raises(ValueError, match="nonlinear recurrence") as err:
@@ -334,6 +340,8 @@ def test_nonlinear_rnns_refuse_to_split_time(cell):
 def test_cells_without_a_sequence_parallel_form_say_so():
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
         cells.check_sequence_parallel(cells.Attention(num_heads=2, head_dim=4))
+    with pytest.raises(ValueError, match="no sequence-parallel form yet"):
+        cells.check_sequence_parallel(cells.Mamba(d_model=4))
     assert cells.with_sequence_axis(cells.S4D(hidden_size=4), "sequence").sequence_axis == "sequence"
     assert cells.with_sequence_axis(cells.LSTM(hidden_size=4), None) == cells.LSTM(hidden_size=4)
 

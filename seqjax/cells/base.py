@@ -101,8 +101,8 @@ class Cell(abc.ABC):
     #: Whether the state holds every token seen (a KV cache that fills up: `Attention`) rather than a
     #: fixed summary, so it cannot be carried along an unbounded stream (segment recurrence refuses it).
     state_grows_with_sequence: ClassVar[bool] = False
-    #: Whether the state update is a nonlinear function of the previous state (LSTM, GRU, E-LSTM), so the
-    #: time axis cannot be split over devices (`sequence_parallel_unsupported`).
+    #: Whether the state update is a nonlinear function of the previous state (LSTM, GRU, E-LSTM, sLSTM),
+    #: so the time axis cannot be split over devices (`sequence_parallel_unsupported`).
     nonlinear_recurrence: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -514,6 +514,8 @@ class SLSTM(RecurrentCell):
     >>> ys.shape, state.c.shape, state.conv.shape, params["r"].shape
     ((2, 7, 8), (2, 8), (2, 3, 8), (2, 4, 4, 4))
     """
+
+    nonlinear_recurrence: ClassVar[bool] = True
 
     hidden_size: int
     num_heads: int = 4
