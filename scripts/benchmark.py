@@ -34,6 +34,7 @@ measurement, so an interrupted run still leaves the rows it finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -71,7 +72,22 @@ except Exception:  # torch is optional; its absence only drops the torch rows.
 
 FLAGS = flags.FLAGS
 
-FAMILIES = ("lstm", "gru", "elstm", "scan", "selective", "ssm", "linear_attention", "attention", "linformer")
+#: Issue 22's cells, each its own family: its training form (the baseline) against its own `step`
+#: under `lax.scan` (and its token-scan method where it has one), --heads x --head_dim where the cell has
+#: heads. Only the cells this checkout registers are offered (`recent_cell`).
+RECENT_FAMILIES = ("deltanet", "gated_deltanet", "mamba2", "rglru", "mlstm", "slstm", "gla_channel")
+FAMILIES = (
+    "lstm",
+    "gru",
+    "elstm",
+    "scan",
+    "selective",
+    "ssm",
+    "linear_attention",
+    "attention",
+    "linformer",
+    *RECENT_FAMILIES,
+)
 flags.DEFINE_list("cells", ["lstm", "gru", "elstm"], f"Cell families to benchmark: {', '.join(FAMILIES)}.")
 flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "Sequence lengths (tokens), comma-separated ints.")
 flags.DEFINE_integer("batch", 8, "Batch size.")
@@ -118,9 +134,22 @@ FAMILY_TITLES = {
     "linear_attention": "Linear-attention cells and the matrix-state engine",
     "attention": "Exact causal softmax attention: q, k, v [batch, L, 1 head, --hidden]",
     "linformer": "Exact bidirectional attention vs Linformer: cells of --heads x --head_dim, n = L",
+    "deltanet": "DeltaNet (chunked WY/UT) against its own step",
+    "gated_deltanet": "Gated DeltaNet (chunked WY/UT) against its own step",
+    "mamba2": "Mamba-2 (chunked SSD) against its own step",
+    "rglru": "Griffin's RG-LRU block (diagonal engine) against its own step",
+    "mlstm": "mLSTM (stabilised chunkwise form) against its own step",
+    "slstm": "sLSTM (lax.scan; no parallel form) against its own step",
+    "gla_channel": "GLA, per-channel decay (chunked) against its own step",
 }
 #: How to read a family's `vs seqjax` column when its baseline is not a seqjax-vs-peer comparison.
-RATIO_MEANING = {"linformer": "(< 1: faster than exact attention)."}
+RATIO_MEANING = {
+    "linformer": "(< 1: faster than exact attention).",
+    **{
+        f: "(> 1: slower than the chunked training form; issue 22's target is >= 5 for `step`)."
+        for f in RECENT_FAMILIES
+    },
+}
 MIB = 2**20
 # Fine enough to see a buffer that lives for one matmul at 1k tokens, coarse enough that the sampler's
 # own CPU use (a /proc read) stays well under 1% of one core.
@@ -251,6 +280,63 @@ def seqjax_workload(cell: cells.Cell) -> Callable[[int], tuple[Callable[..., jax
         return loss, (params, _inputs(length))
 
     return build
+
+
+def step_scan_workload(cell: cells.Cell) -> Callable[[int], tuple[Callable[..., jax.Array], tuple[Any, ...]]]:
+    """The cell's own `step` under `lax.scan` over time (compiled, from its initial state): the plain
+    form its training form must beat."""
+
+    def build(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+        params = cell.init(jax.random.key(0), FLAGS.hidden)
+
+        def loss(params: Any, xs: jax.Array) -> jax.Array:
+            def body(state: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+                return cell.step(params, state, x)
+
+            _, ys = lax.scan(body, cell.initial_state((xs.shape[0],)), jnp.swapaxes(xs, 0, 1))
+            return jnp.sum(ys**2)
+
+        return loss, (params, _inputs(length))
+
+    return build
+
+
+def recent_cell(family: str) -> cells.Cell | None:
+    """Issue 22's cell of a family at --hidden input width and --heads x --head_dim, or None when this
+    checkout does not register it."""
+    heads, d, h = FLAGS.heads, FLAGS.head_dim, FLAGS.hidden
+    name = {"gla_channel": "gla"}.get(family, family)
+    if name not in cells.registry.names():
+        return None
+    if family in ("deltanet", "gated_deltanet"):
+        return cells.get(name, num_heads=heads, head_dim=d)
+    if family == "mamba2":  # d_inner = heads * head_dim, one group of B and C
+        return cells.get(name, d_model=h, expand=max(1, heads * d // h), head_dim=d)
+    if family == "rglru":
+        return cells.get(name, d_model=h, lru_width=heads * d, num_heads=heads)
+    return cells.get(name, num_heads=heads, head_dim=d)
+
+
+def recent_implementations(family: str) -> list[Impl]:
+    cell = recent_cell(family)
+    if cell is None:
+        raise app.UsageError(f"--cells={family}: this checkout has no {family} cell (issue 22).")
+    rows = [
+        Impl(
+            family,
+            f"seqjax {type(cell).__name__} apply (method={cell.method})",
+            "jax",
+            seqjax_workload(cell),
+            True,
+        )
+    ]
+    if family not in ("slstm", "rglru"):  # the others have a token-scan method besides their chunks
+        with contextlib.suppress(TypeError, ValueError):  # a cell that refuses method="recurrent"
+            recurrent = dataclasses.replace(cell, method="recurrent")
+            name = f"seqjax {type(cell).__name__} apply (method=recurrent)"
+            rows.append(Impl(family, name, "jax", seqjax_workload(recurrent)))
+    rows.append(Impl(family, f"lax.scan over {type(cell).__name__}.step", "jax", step_scan_workload(cell)))
+    return rows
 
 
 def cell_workload(make_cell: Callable[[int], cells.Cell]) -> Callable[[int], Any]:
@@ -580,6 +666,8 @@ def implementations(families: list[str], peers: bool) -> list[Impl]:
             )
         elif family == "linformer":
             impls += linformer_implementations(peers)
+        elif family in RECENT_FAMILIES:
+            impls += recent_implementations(family)
         else:
             raise app.UsageError(f"--cells: unknown family {family!r}; choose from {', '.join(FAMILIES)}.")
     return impls

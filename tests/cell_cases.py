@@ -35,6 +35,16 @@ CELL_CASES = [
     ("gated-deltanet", cells.GatedDeltaNet(num_heads=2, head_dim=3, chunk_size=4)),
     # Griffin's recurrent block: 2 gate blocks of 3; chunks of 4 put resets and padding across chunks
     ("rglru-chunked", cells.RGLRU(d_model=5, lru_width=6, num_heads=2, method="chunked", chunk_size=4)),
+    # Mamba-2: d_inner 20 = 4 heads of 5 sharing 2 groups of B, C; chunks of 4 as for the delta rule
+    (
+        "mamba2-groups",
+        cells.Mamba2(d_model=5, state_size=3, expand=4, head_dim=5, num_groups=2, chunk_size=4),
+    ),
+    # xLSTM: 13 tokens over mLSTM chunks of 4 put resets and padding inside and across chunks; sLSTM with
+    # R drawn (the authors' "standard" init; their default R = 0 would leave the recurrence untested)
+    ("mlstm", cells.MLSTM(d_model=5, num_heads=2, qkv_block_size=5, chunk_size=4)),
+    ("slstm", cells.SLSTM(hidden_size=5, num_heads=1, conv_size=3, recurrent_init="standard")),
+    ("slstm-heads-noconv", cells.SLSTM(hidden_size=6, num_heads=2, conv_size=0, recurrent_init="standard")),
     # MAX_LENGTH holds the float64 test's 64 tokens; the states of `random_state` hold < 8
     ("attention", cells.Attention(num_heads=2, head_dim=4, max_length=64)),
     (
@@ -123,6 +133,9 @@ def random_state(cell: cells.Cell, key: jax.Array, batch_shape: tuple[int, ...])
         # The normaliser z sums positive features, so any reachable z is non-negative; a negative one
         # can put the output's denominator near zero, where float32 rounding is amplified.
         state = state._replace(z=jnp.abs(state.z))
+    if isinstance(state, cells.SLSTMState):
+        # Every state the sLSTM reaches from its initial one has n >= 1 (one of its gates is 1 each step).
+        state = state._replace(n=1.0 + jnp.abs(state.n))
     return state
 
 

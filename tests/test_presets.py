@@ -31,6 +31,10 @@ NEW_PRESETS = [
     "gated_deltanet",
     # Griffin: two RG-LRU blocks per local-attention block (`rglru` alone is checked by its build)
     "griffin",
+    "mamba2",
+    # xLSTM (mLSTM and sLSTM layers)
+    "mlstm",
+    "slstm",
     # GLA is fla's per-channel layer since issue 22 (`gla_scalar`, the per-head form, is checked by its build)
     "gla",
 ]
@@ -101,6 +105,9 @@ def test_presets_build_the_cells_they_name():
     assert type(built["deltanet"]) is cells.DeltaNet and built["deltanet"].chunk_size == 64
     assert isinstance(built["gated_deltanet"], cells.GatedDeltaNet) and built["gated_deltanet"].output_gate
     assert isinstance(built["rglru"], cells.RGLRU) and built["rglru"].d_model == 64
+    assert isinstance(built["mamba2"], cells.Mamba2) and built["mamba2"].state_size == 128
+    assert isinstance(built["mlstm"], cells.MLSTM) and built["mlstm"].inner_size == 2 * built["mlstm"].d_model
+    assert isinstance(built["slstm"], cells.SLSTM) and built["slstm"].num_heads == 4
     assert type(built["gla"]) is cells.GatedLinearAttention and built["gla"].key_dim == 32  # d_v = 64
     assert type(built["gla_scalar"]) is cells.ScalarGatedLinearAttention
     # exactly the presets whose cells cannot stream left to right are the encoder presets

@@ -12,7 +12,15 @@ from seqjax.cells.attention import (
     SlidingWindowAttention,
     SlidingWindowState,
 )
-from seqjax.cells.base import Axes, Cell, Params, RecurrentCell, State
+from seqjax.cells.base import (
+    Axes,
+    Cell,
+    Params,
+    RecurrentCell,
+    State,
+    check_sequence_parallel,
+    with_sequence_axis,
+)
 from seqjax.cells.bidirectional import Bidirectional
 from seqjax.cells.delta_net import DeltaNet, DeltaNetState, GatedDeltaNet
 from seqjax.cells.elstm import ELSTM, ELSTMState
@@ -29,19 +37,23 @@ from seqjax.cells.linformer import Linformer, LinformerState
 from seqjax.cells.longformer import Longformer, LongformerState
 from seqjax.cells.lstm import LSTM, LSTMState
 from seqjax.cells.mamba import Mamba, MambaState
+from seqjax.cells.mamba2 import Mamba2, Mamba2State
 from seqjax.cells.registry import get, names, register
 from seqjax.cells.rglru import RGLRU, RGLRUState
 from seqjax.cells.ssm import LRU, S4D, S5
 from seqjax.cells.xl_attention import TransformerXLAttention, XLAttentionState
+from seqjax.cells.xlstm import MLSTM, SLSTM, MLSTMState, SLSTMState
 
 __all__ = [
     "ELSTM",
     "GRU",
     "LRU",
     "LSTM",
+    "MLSTM",
     "RGLRU",
     "S4D",
     "S5",
+    "SLSTM",
     "Attention",
     "AttentionState",
     "Axes",
@@ -60,19 +72,25 @@ __all__ = [
     "LinformerState",
     "Longformer",
     "LongformerState",
+    "MLSTMState",
     "Mamba",
+    "Mamba2",
+    "Mamba2State",
     "MambaState",
     "Params",
     "Performer",
     "RGLRUState",
     "RecurrentCell",
+    "SLSTMState",
     "ScalarGatedLinearAttention",
     "SlidingWindowAttention",
     "SlidingWindowState",
     "State",
     "TransformerXLAttention",
     "XLAttentionState",
+    "check_sequence_parallel",
     "get",
     "names",
     "register",
+    "with_sequence_axis",
 ]

@@ -40,7 +40,16 @@ State = PyTree
 Axes = tuple[str | None, ...]
 DType = Any
 
-__all__ = ["Axes", "Cell", "Params", "RecurrentCell", "State", "accumulation_dtype"]
+__all__ = [
+    "Axes",
+    "Cell",
+    "Params",
+    "RecurrentCell",
+    "State",
+    "accumulation_dtype",
+    "check_sequence_parallel",
+    "with_sequence_axis",
+]
 
 
 def _adopt_legacy_recurrent_cell(cls: type) -> None:
@@ -70,6 +79,15 @@ def _adopt_legacy_recurrent_cell(cls: type) -> None:
     )
 
 
+#: What to do instead of splitting time, in every refusal of sequence parallelism.
+_SEQUENCE_ALTERNATIVES = (
+    "Alternatives: shard the batch (data parallelism: mesh axes `data`/`fsdp`), shard the layer's width "
+    "(model parallelism: mesh axis `model`), train on shorter segments with truncated BPTT (the trainer's "
+    "`tbptt`), or use a linear-recurrence cell whose time axis can be split (S4D, S5, LRU, "
+    "LinearAttention, Performer, GatedLinearAttention, ScalarGatedLinearAttention)."
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell(abc.ABC):
     """Base class of all seqjax cells: the interface the model layer relies on.
@@ -83,6 +101,9 @@ class Cell(abc.ABC):
     #: Whether the state holds every token seen (a KV cache that fills up: `Attention`) rather than a
     #: fixed summary, so it cannot be carried along an unbounded stream (segment recurrence refuses it).
     state_grows_with_sequence: ClassVar[bool] = False
+    #: Whether the state update is a nonlinear function of the previous state (LSTM, GRU, E-LSTM, sLSTM),
+    #: so the time axis cannot be split over devices (`sequence_parallel_unsupported`).
+    nonlinear_recurrence: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -203,6 +224,31 @@ class Cell(abc.ABC):
         """
         return None
 
+    def sequence_parallel_unsupported(self) -> str | None:
+        """Why this cell's time axis cannot be split over a `sequence` mesh axis, or None if it can.
+
+        Cells that can (S4D, S5, LRU, the linear-attention cells) have a `sequence_axis` field: set it
+        with `with_sequence_axis`, and `apply` runs the sequence-parallel engine
+        (`seqjax.scan.sequence_parallel`) inside `jax.set_mesh`. A nonlinear recurrence can never be
+        split; other cells have no sequence-parallel form yet.
+
+        >>> from seqjax.cells import LSTM, S4D
+        >>> S4D(hidden_size=4).sequence_parallel_unsupported() is None
+        True
+        >>> "truncated BPTT" in LSTM(hidden_size=4).sequence_parallel_unsupported()
+        True
+        """
+        if "sequence_axis" in {f.name for f in dataclasses.fields(self)}:
+            return None
+        if self.nonlinear_recurrence:
+            return (
+                f"{self._label} is a nonlinear recurrence: h_t depends on h_(t-1) through a nonlinearity, so "
+                f"there is no associative combine that lets a device start its part of the sequence before "
+                f"the previous device has finished; its time axis cannot be split over devices. "
+                f"{_SEQUENCE_ALTERNATIVES}"
+            )
+        return f"{self._label} has no sequence-parallel form yet. {_SEQUENCE_ALTERNATIVES}"
+
     # ----------------------------------------------------------------------------------------------
     # Validation and the reset/padding rule, shared by every cell.
     # ----------------------------------------------------------------------------------------------
@@ -313,6 +359,38 @@ class Cell(abc.ABC):
         if mask is not None:
             mask = check_flags(self._label, "mask", mask, xs.shape[:-1])
         return xs, state, resets, mask
+
+
+def check_sequence_parallel(cell: Cell) -> None:
+    """Raises ValueError, with the reason and the alternatives, unless `cell`'s time axis can be split
+    over devices (a `sequence` mesh axis). The trainer calls it for every cell of a model on a mesh with
+    a `sequence` axis of size > 1.
+
+    >>> from seqjax.cells import GRU
+    >>> check_sequence_parallel(GRU(hidden_size=4))
+    Traceback (most recent call last):
+    ...
+    ValueError: GRU is a nonlinear recurrence: ...
+    """
+    reason = cell.sequence_parallel_unsupported()
+    if reason is not None:
+        raise ValueError(reason)
+
+
+def with_sequence_axis(cell: Cell, sequence_axis: str | None) -> Cell:
+    """`cell` with its time axis split over the mesh axis `sequence_axis` (None: not split).
+
+    Checks with `check_sequence_parallel` first. The cell's `apply` must then run where the mesh is set
+    (`with jax.set_mesh(mesh):`, or pass through the trainer).
+
+    >>> from seqjax.cells import LRU
+    >>> with_sequence_axis(LRU(hidden_size=4), "sequence").sequence_axis
+    'sequence'
+    """
+    if sequence_axis is None and "sequence_axis" not in {f.name for f in dataclasses.fields(cell)}:
+        return cell
+    check_sequence_parallel(cell)
+    return dataclasses.replace(cell, sequence_axis=sequence_axis)
 
 
 @dataclasses.dataclass(frozen=True)

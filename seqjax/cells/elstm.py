@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,8 @@ class ELSTM(RecurrentCell):
     >>> ys.shape, state.memory.shape
     ((2, 5, 4), (2, 2, 3))
     """
+
+    nonlinear_recurrence: ClassVar[bool] = True
 
     hidden_size: int
     memory_slots: int = 16

@@ -46,6 +46,7 @@ class GRU(TorchRNNPort, RecurrentCell):
     """
 
     torch_kind: ClassVar[str] = "GRU"
+    nonlinear_recurrence: ClassVar[bool] = True
     torch_gates: ClassVar[int] = 3
 
     hidden_size: int

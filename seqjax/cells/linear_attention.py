@@ -23,12 +23,14 @@ the token-by-token scan for `"recurrent"`. With `fused=True` (the default) the c
 layer inside its chunk loop (`linear_attention_fused`): the projections, gates, norm and output projection of
 a chunk are computed from that chunk's input and recomputed in the backward pass, so training keeps no
 full-length [*, T, heads, head_dim] activation (a 5x smaller plan and a faster step at 16k;
-docs/performance.md).
+docs/performance.md). With `sequence_axis` set (a mesh axis name), `apply` splits the time axis over that
+mesh axis (`seqjax.scan.sequence_parallel_linear_attention`, under the mesh of `jax.set_mesh`), unfused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
@@ -47,6 +49,7 @@ from seqjax.scan.matrix_recurrence import (
     matrix_step,
     split_normalized,
 )
+from seqjax.scan.sequence_parallel import sequence_parallel_linear_attention
 
 __all__ = [
     "GLAState",
@@ -127,6 +130,7 @@ class _MatrixAttention(RecurrentCell):
     method: str = "auto"
     chunk_size: int = 64
     fused: bool = True
+    sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
@@ -144,6 +148,12 @@ class _MatrixAttention(RecurrentCell):
             check_positive_int(label, "out_features", self.out_features)
         if self.method not in METHODS:
             raise ValueError(f"{label}: method must be one of {METHODS}, got {self.method!r}.")
+        if self.sequence_axis is not None and (
+            not isinstance(self.sequence_axis, str) or not self.sequence_axis
+        ):
+            raise ValueError(
+                f"{label}: sequence_axis must be a mesh axis name or None, got {self.sequence_axis!r}."
+            )
 
     # -- sizes ---------------------------------------------------------------------------------------
     @property
@@ -271,7 +281,12 @@ class _MatrixAttention(RecurrentCell):
         token. Runs the chunkwise-parallel engine ("auto", "chunked") or the token scan ("recurrent")."""
         xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
         method = "chunked" if self.method == "auto" else self.method
-        if method == "chunked" and self.fused:
+        engine = linear_attention
+        if self.sequence_axis is not None:
+            # The fused loop applies `finish` inside each chunk, but the state entering a shard adds to
+            # the per-head outputs before it: under sequence parallelism the layer runs unfused.
+            engine = functools.partial(sequence_parallel_linear_attention, sequence_axis=self.sequence_axis)
+        elif method == "chunked" and self.fused:
             ys, s = linear_attention_fused(
                 self._project_chunk,
                 self._finish_chunk,
@@ -284,7 +299,7 @@ class _MatrixAttention(RecurrentCell):
             )
             return ys, self._unpack(s, state)
         p = self.project_inputs(params, xs)
-        y, s = linear_attention(
+        y, s = engine(
             p["q"],
             p["k"],
             self._values(p["v"]),
@@ -325,6 +340,8 @@ class LinearAttention(_MatrixAttention):
       chunk_size: tokens per chunk of the chunked engine.
       fused: run the projections inside the chunk loop (recomputed in the backward pass) instead of
         over the whole sequence; same values and gradients, far less activation memory.
+      sequence_axis: a mesh axis name that splits the time axis over devices (None: not split); see
+        docs/scan.md, "Sequence parallelism".
       eps: added to the normaliser's denominator.
       dtype: compute dtype of the matmuls (bfloat16 allowed); state, normaliser and feature maps float32.
       param_dtype: dtype of the parameters.

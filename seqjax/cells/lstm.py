@@ -65,6 +65,7 @@ class LSTM(TorchRNNPort, RecurrentCell):
     """
 
     torch_kind: ClassVar[str] = "LSTM"
+    nonlinear_recurrence: ClassVar[bool] = True
     torch_gates: ClassVar[int] = 4
 
     hidden_size: int

@@ -19,6 +19,9 @@ Shared conventions:
   accumulation); discretisation, the recurrence and the state are float32/complex64 (float64/complex128
   when `dtype=float64`). Outputs are in `dtype`.
 - `reverse=True` runs right to left; `method` and `chunk_size` choose the engine's backend.
+- `sequence_axis` (None by default) names a mesh axis that splits the time axis: `apply` then runs
+  `seqjax.scan.sequence_parallel_linear_recurrence` under the mesh of `jax.set_mesh` (docs/scan.md,
+  "Sequence parallelism"). Values and gradients equal the single-device ones up to rounding.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from seqjax.cells.registry import register
 from seqjax.cells.ssm_init import S4D_INITS, block_hippo_n, log_uniform, s4d_modes
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.diagonal import DEFAULT_CHUNK, METHODS, linear_recurrence
+from seqjax.scan.sequence_parallel import sequence_parallel_linear_recurrence
 from seqjax.scan.sequential import reverse_resets
 
 __all__ = ["DISCRETIZATIONS", "LRU", "S4D", "S5", "complex_dtype"]
@@ -80,6 +84,12 @@ class _DiagonalSSM(RecurrentCell):
             )
         if int(self.chunk_size) < 1:
             raise ValueError(f"{label}: chunk_size must be >= 1, got {self.chunk_size}.")
+        if self.sequence_axis is not None and (
+            not isinstance(self.sequence_axis, str) or not self.sequence_axis
+        ):
+            raise ValueError(
+                f"{label}: sequence_axis must be a mesh axis name or None, got {self.sequence_axis!r}."
+            )
 
     def _check_even_state(self) -> None:
         if int(self.state_size) % 2:
@@ -144,6 +154,12 @@ class _DiagonalSSM(RecurrentCell):
     def _readout(self, params: Params, h: jax.Array, skip: jax.Array) -> jax.Array:
         """y [..., H] in `dtype` from the (complex) state h and the skip term D ⊙ x."""
 
+    def _recurrence(self, *args: Any, **kwargs: Any) -> tuple[jax.Array, jax.Array]:
+        """`linear_recurrence`, or its sequence-parallel form over the mesh axis `sequence_axis`."""
+        if self.sequence_axis is None:
+            return linear_recurrence(*args, **kwargs)
+        return sequence_parallel_linear_recurrence(*args, sequence_axis=self.sequence_axis, **kwargs)
+
     def recur(self, params: Params, state: jax.Array, projected: Projected) -> tuple[jax.Array, jax.Array]:
         bu, skip = projected
         h = self.decay(params) * state.astype(self._cdtype) + bu
@@ -161,7 +177,7 @@ class _DiagonalSSM(RecurrentCell):
         """`xs` [*batch, T, H] -> (`ys` [*batch, T, H], state after the last valid token)."""
         xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
         bu, skip = self.project_inputs(params, xs)
-        hs, final = linear_recurrence(
+        hs, final = self._recurrence(
             self.decay(params),
             bu,
             state,
@@ -225,6 +241,7 @@ class S4D(_DiagonalSSM):
     reverse: bool = False
     method: str = "auto"
     chunk_size: int = DEFAULT_CHUNK
+    sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
@@ -351,6 +368,7 @@ class S5(_DiagonalSSM):
     reverse: bool = False
     method: str = "auto"
     chunk_size: int = DEFAULT_CHUNK
+    sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
@@ -529,7 +547,7 @@ class S5(_DiagonalSSM):
         axis = xs.ndim - 2
         bu, skip = self.project_inputs(params, xs)
         lam_bar = self.decay(params)
-        run = lambda h0, flags, reverse: linear_recurrence(
+        run = lambda h0, flags, reverse: self._recurrence(
             lam_bar,
             bu,
             h0,
@@ -595,6 +613,7 @@ class LRU(_DiagonalSSM):
     reverse: bool = False
     method: str = "auto"
     chunk_size: int = DEFAULT_CHUNK
+    sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 

@@ -33,6 +33,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "s5": {"cell": "s5", "state_size": 32},
     "lru": {"cell": "lru", "state_size": 32},
     "mamba": {"cell": "mamba", "state_size": 16},
+    # Mamba-2 (SSD): the reference's d_state = 128, head_dim 64 (gcd(64, d_inner)), one group of B and C.
+    "mamba2": {"cell": "mamba2", "state_size": 128},
     "linear_attention": {"cell": "linear_attention"},
     # GLA (fla's layer: a decay per key channel); gla_scalar: one decay per head (the per-head form, which
     # ran as "gla" before December 2026).
@@ -43,6 +45,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gated_deltanet": {"cell": "gated_deltanet"},
     # Griffin's recurrent block (RG-LRU), the mixer of RecurrentGemma's recurrent layers (and of Hawk).
     "rglru": {"cell": "rglru"},
+    # xLSTM's layers (Beck et al. 2024): the mLSTM layer (matrix memory, up-projection inside) and the
+    # sLSTM layer (scalar memory, headwise recurrence), 4 heads each as the authors' defaults.
+    "mlstm": {"cell": "mlstm"},
+    "slstm": {"cell": "slstm"},
     "attention": {"cell": "attention"},
     "swa": {"cell": "sliding_window_attention", "window": 256},
     # Transformer-XL: softmax attention with a memory of the previous segments' keys and values; the

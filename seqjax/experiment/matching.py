@@ -156,6 +156,8 @@ def _cell_widths(model: dict[str, Any], name: str) -> tuple[str, dict[str, Any],
     ((_, normalized),) = normalize_mixers({key: spec})
     cell = build_mixer(normalized, d_model=int(model["d_model"]), where=f"model {name!r}, mixer {key!r}")
     fields = {f.name for f in dataclasses.fields(registry.lookup(spec["cell"])) if f.init}
+    if "num_heads" not in fields:  # Mamba-2's head_dim splits a width that `expand` sets: not a width
+        fields.discard("head_dim")
     return key, spec, cell, [f for f in CELL_WIDTH_FIELDS if f in fields]
 
 

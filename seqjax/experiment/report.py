@@ -70,6 +70,7 @@ FAMILIES: dict[str, str] = {
     "rglru": "recurrent",
     # Griffin mixes RG-LRU and local-attention layers: a family of its own, on neither side.
     "griffin": "hybrid",
+    **{p: "recurrent" for p in ("mamba2",)},  # Mamba-2's SSD: a scalar-decay matrix state per head
 }
 
 

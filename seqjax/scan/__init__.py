@@ -11,6 +11,13 @@ from seqjax.scan.matrix_recurrence import (
     normalized_linear_attention,
 )
 from seqjax.scan.selective import selective_scan
+from seqjax.scan.sequence_parallel import (
+    sequence_halo,
+    sequence_parallel_linear_attention,
+    sequence_parallel_linear_recurrence,
+    sequence_parallel_selective_scan,
+    sequence_shards,
+)
 from seqjax.scan.sequential import reverse_resets, scan_recurrence
 
 __all__ = [
@@ -30,4 +37,9 @@ __all__ = [
     "reverse_resets",
     "scan_recurrence",
     "selective_scan",
+    "sequence_halo",
+    "sequence_parallel_linear_attention",
+    "sequence_parallel_linear_recurrence",
+    "sequence_parallel_selective_scan",
+    "sequence_shards",
 ]

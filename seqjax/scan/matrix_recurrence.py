@@ -34,8 +34,13 @@ Per head, with a decay γ_t ∈ (0, 1] per (batch, head, token), either one scal
   1.3–2x faster than sub-chunks of 16 or 4, forward and backward.)
 
 Layout: batch-major, heads after time, as a cell's input projection produces them without a transpose:
-q, k [*batch, T, H, d_k], v [*batch, T, H, d_v], log_gamma [*batch, T, H] or [*batch, T, H, d_k], resets
+q, k [*batch, T, G, d_k], v [*batch, T, H, d_v], log_gamma [*batch, T, H] or [*batch, T, H, d_k], resets
 and mask [*batch, T], states [*batch, H, d_k, d_v].
+
+Grouped queries and keys: G = H for linear attention (one q, k per head); G < H (G dividing H) shares
+group g's q and k by the H / G consecutive heads g·H/G … (g+1)·H/G − 1, as Mamba-2's grouped C and B are
+shared over its heads (what `jnp.repeat(q, H // G, axis=-2)` would give, without forming it). The chunked
+form then computes each group's Q Kᵀ once for all its heads.
 
 Resets and padding, exactly as for every seqjax cell:
 - `resets[..., t]` zeroes the state before token t. The chunked form gives each token a segment id
@@ -90,7 +95,8 @@ def matrix_step(
 
     Args:
       s: [*batch, H, d_k, d_v] state, in the accumulation dtype.
-      q, k: [*batch, H, d_k]; v: [*batch, H, d_v] (compute dtype).
+      q, k: [*batch, G, d_k], G dividing H (grouped: see the module doc); v: [*batch, H, d_v] (compute
+        dtype).
       log_gamma: [*batch, H] (a scalar decay per head), [*batch, H, d_k] (one per key channel: row c of
         S decays by γ_c) or None (γ = 1).
 
@@ -104,6 +110,10 @@ def matrix_step(
     (Array([0.5 , 0.25], dtype=float32), Array([[0.75]], dtype=float32))
     """
     acc = s.dtype
+    heads = s.shape[-3]
+    if q.shape[-2] != heads:  # grouped: one token, so forming the per-head copies costs nothing
+        q = jnp.repeat(q, heads // q.shape[-2], axis=-2)
+        k = jnp.repeat(k, heads // k.shape[-2], axis=-2)
     if log_gamma is not None:
         decay = jnp.exp(log_gamma.astype(acc))
         per_channel = log_gamma.ndim == s.ndim - 1  # [*batch, H, d_k]: one decay per row of S
@@ -134,14 +144,16 @@ def _check_inputs(
             raise TypeError(f"{fn}: `{name}` must be floating point, got dtype {x.dtype}.")
     if k.shape != q.shape:
         raise ValueError(
-            f"{fn}: `k` has shape {k.shape} but `q` has shape {q.shape}; both are [*batch, time, heads, d_k]."
+            f"{fn}: `k` has shape {k.shape} but `q` has shape {q.shape}; both are [*batch, time, groups, "
+            f"d_k]."
         )
-    if v.shape[:-1] != q.shape[:-1]:
+    if v.ndim != q.ndim or v.shape[:-2] != q.shape[:-2] or v.shape[-2] % q.shape[-2]:
         raise ValueError(
-            f"{fn}: `v` has shape {v.shape}, expected {q.shape[:-1]} + (d_v,) to match `q` {q.shape}."
+            f"{fn}: `v` has shape {v.shape}, expected {q.shape[:-2]} + (heads, d_v) with heads a multiple "
+            f"of `q`'s {q.shape[-2]} groups (`q` has shape {q.shape})."
         )
     lead = q.shape[:-2]  # [*batch, time]
-    batch, (heads, dk), dv = q.shape[:-3], q.shape[-2:], v.shape[-1]
+    batch, heads, dk, dv = q.shape[:-3], v.shape[-2], q.shape[-1], v.shape[-1]
     if log_gamma is not None:
         log_gamma = jnp.asarray(log_gamma)
         per_head, per_channel = v.shape[:-1], (*v.shape[:-1], q.shape[-1])
@@ -208,7 +220,8 @@ def linear_attention_recurrent(
     """The reference: `lax.scan` over tokens carrying S, with autodiff through the scan.
 
     Args:
-      q, k: [*batch, T, H, d_k]; v: [*batch, T, H, d_v] (compute dtype; bf16 allowed).
+      q, k: [*batch, T, G, d_k] (G = H, or G groups shared by H / G heads each); v: [*batch, T, H, d_v]
+        (compute dtype; bf16 allowed).
       log_gamma: [*batch, T, H] (a scalar decay per head) or [*batch, T, H, d_k] (one per key channel),
         log γ_t ≤ 0 and finite; None means γ ≡ 1.
       s0: [*batch, H, d_k, d_v] state before the first token; zeros if None.
@@ -223,7 +236,7 @@ def linear_attention_recurrent(
         "linear_attention_recurrent", q, k, v, log_gamma, s0, resets, mask
     )
     acc = accumulation_dtype(jnp.result_type(q, k, v))
-    batch, (heads, dk), dv = q.shape[:-3], q.shape[-2:], v.shape[-1]
+    batch, heads, dk, dv = q.shape[:-3], v.shape[-2], q.shape[-1], v.shape[-1]
     s0 = jnp.zeros((*batch, heads, dk, dv), acc) if s0 is None else s0.astype(acc)
     nb = len(batch)
     tm = lambda x: None if x is None else jnp.moveaxis(x, nb, 0)
@@ -249,15 +262,25 @@ def linear_attention_recurrent(
 def _chunk_body(s_prev, chunk):
     """One chunk for all batch rows and heads at once.
 
-    s_prev [B, H, d_k, d_v]; q, k [B, H, C, d_k]; v [B, H, C, d_v]; lg [B, H, C], [B, H, C, d_k] (per
-    channel: `_channel_chunk_body`) or None; seg [B, C].
+    s_prev [B, H, d_k, d_v]; q, k [B, G, C, d_k] (G dividing H); v [B, H, C, d_v]; lg [B, H, C],
+    [B, H, C, d_k] (per channel: `_channel_chunk_body`) or None; seg [B, C]. Heads are computed as [B, G,
+    H / G, ...], so a group's Q Kᵀ is formed once.
     """
     q, k, v, lg, seg = chunk
     if lg is not None and lg.ndim == q.ndim:
         return _channel_chunk_body(s_prev, chunk)
     acc = s_prev.dtype
     cd = q.dtype
-    c = q.shape[-2]
+    bsz, groups, c = q.shape[0], q.shape[1], q.shape[-2]
+    heads = v.shape[1]
+    per_group = heads // groups
+
+    def grouped(a):
+        """[B, H or 1, ...] -> [B, G or 1, H / G or 1, ...]."""
+        if a.shape[1] == 1:
+            return a[:, :, None]
+        return a.reshape(bsz, groups, per_group, *a.shape[2:])
+
     causal = jnp.tril(jnp.ones((c, c), bool))
     # Token i sees token j iff j ≤ i and no reset lies in (j, i]: same segment id.
     visible = causal & (seg[:, :, None] == seg[:, None, :])  # [B, C, C]
@@ -279,15 +302,30 @@ def _chunk_body(s_prev, chunk):
         q_scale = jnp.where(sees_prev, jnp.exp(b), 0.0)
         k_scale = jnp.where(in_last, jnp.exp(b[..., -1:] - b), 0.0)
         carry_scale = jnp.where(sees_prev[:, :, -1], jnp.exp(b[..., -1]), 0.0)
-    scores = jnp.einsum("bhik,bhjk->bhij", q, k, preferred_element_type=acc) * decay
-    intra = jnp.einsum("bhij,bhjv->bhiv", scores.astype(cd), v, preferred_element_type=acc)
-    inter = jnp.einsum("bhik,bhkv->bhiv", q, s_prev.astype(cd), preferred_element_type=acc)
-    y = intra + q_scale[..., None] * inter
-    k_dec = (k.astype(acc) * k_scale[..., None]).astype(cd)
-    s_next = carry_scale[..., None, None] * s_prev + jnp.einsum(
-        "bhjk,bhjv->bhkv", k_dec, v, preferred_element_type=acc
+    if groups == heads:  # one q, k per head (linear attention)
+        scores = jnp.einsum("bhik,bhjk->bhij", q, k, preferred_element_type=acc) * decay
+        intra = jnp.einsum("bhij,bhjv->bhiv", scores.astype(cd), v, preferred_element_type=acc)
+        inter = jnp.einsum("bhik,bhkv->bhiv", q, s_prev.astype(cd), preferred_element_type=acc)
+        y = intra + q_scale[..., None] * inter
+        k_dec = (k.astype(acc) * k_scale[..., None]).astype(cd)
+        s_next = carry_scale[..., None, None] * s_prev + jnp.einsum(
+            "bhjk,bhjv->bhkv", k_dec, v, preferred_element_type=acc
+        )
+        return s_next, y
+    v_g, s_g = grouped(v), grouped(s_prev)  # [B, G, H/G, C, d_v], [B, G, H/G, d_k, d_v]
+    qk = jnp.einsum("bgik,bgjk->bgij", q, k, preferred_element_type=acc)  # once per group
+    # (ungated, the decay mask is shared by the heads: broadcast it to the group's heads explicitly)
+    scores = jnp.broadcast_to(qk[:, :, None] * grouped(decay), (*v_g.shape[:3], c, c))
+    intra = jnp.einsum("bgrij,bgrjv->bgriv", scores.astype(cd), v_g, preferred_element_type=acc)
+    inter = jnp.einsum("bgik,bgrkv->bgriv", q, s_g.astype(cd), preferred_element_type=acc)
+    y = intra + grouped(q_scale)[..., None] * inter
+    # The decay to the chunk's end scales the values (per head), so the group's keys stay shared: one
+    # [d_k, C] x [C, H/G · d_v] matmul per group instead of one per head.
+    v_dec = jnp.broadcast_to(v_g.astype(acc) * grouped(k_scale)[..., None], v_g.shape).astype(cd)
+    s_next = grouped(carry_scale)[..., None, None] * s_g + jnp.einsum(
+        "bgjk,bgrjv->bgrkv", k, v_dec, preferred_element_type=acc
     )
-    return s_next, y
+    return s_next.reshape(s_prev.shape), y.reshape(bsz, heads, c, v.shape[-1])
 
 
 def _channel_chunk_body(s_prev: jax.Array, chunk: tuple[Any, ...]) -> tuple[jax.Array, jax.Array]:
@@ -301,13 +339,16 @@ def _channel_chunk_body(s_prev: jax.Array, chunk: tuple[Any, ...]) -> tuple[jax.
             + (q_i ⊙ exp(lb_i))ᵀ H_s                                  H_s: S at the start of i's sub-chunk
       H_0 = S_prev ;  H_{u+1} = diag(exp(g_u)) H_u + Σ_{j in u} (k_j ⊙ exp(g_u − lb_j)) v_jᵀ ;  S_next = H_ns
     with visibility (segments) as in `_chunk_body`: a reset inside sub-chunk u drops H_u, and only the
-    keys of u's last segment reach H_{u+1}.
+    keys of u's last segment reach H_{u+1}. Grouped q, k [B, G, C, d_k] are repeated over their heads
+    first: per channel, each head's decays differ, so a group's scores cannot be shared.
     """
     q, k, v, lg, seg = chunk
     acc = s_prev.dtype
     cd = q.dtype
-    bsz, heads, c, _ = q.shape
-    dv = v.shape[-1]
+    bsz, c = q.shape[0], q.shape[2]
+    heads, dv = v.shape[1], v.shape[-1]
+    if q.shape[1] != heads:
+        q, k = (jnp.repeat(a, heads // a.shape[1], axis=1) for a in (q, k))
     sub = min(CHANNEL_SUB_CHUNK, c)
     ns = -(-c // sub)
     cp = ns * sub
@@ -394,7 +435,7 @@ def _chunk_inputs(i, q, k, v, lg, seg):
 
 def _chunked_forward(q, k, v, lg, seg, s0, keep_states):
     """Loop over chunks; chunk i's outputs go straight into a [B, n, C, H, d_v] buffer in place."""
-    b, n, c, heads, _ = q.shape
+    b, n, c, heads = v.shape[:4]
     ys0 = jnp.zeros((b, n, c, heads, v.shape[-1]), s0.dtype)
 
     def body(carry, i):
@@ -480,7 +521,8 @@ def linear_attention_chunked(
     unchanged.
 
     Args:
-      q, k: [*batch, T, H, d_k]; v: [*batch, T, H, d_v] (compute dtype; bf16 allowed).
+      q, k: [*batch, T, G, d_k] (G = H, or G groups shared by H / G heads each); v: [*batch, T, H, d_v]
+        (compute dtype; bf16 allowed).
       log_gamma: [*batch, T, H] (a scalar decay per head) or [*batch, T, H, d_k] (one per key channel),
         log γ_t ≤ 0 and finite; None means γ ≡ 1.
       s0: [*batch, H, d_k, d_v] state before the first token; zeros if None.
@@ -502,7 +544,7 @@ def linear_attention_chunked(
     q, k, v = q.astype(cd), k.astype(cd), v.astype(cd)
     if log_gamma is not None:
         log_gamma = log_gamma.astype(acc)
-    batch, t, (heads, dk), dv = q.shape[:-3], q.shape[-3], q.shape[-2:], v.shape[-1]
+    batch, t, heads, dk, dv = q.shape[:-3], q.shape[-3], v.shape[-2], q.shape[-1], v.shape[-1]
     s0 = jnp.zeros((*batch, heads, dk, dv), acc) if s0 is None else s0.astype(acc)
     k, log_gamma, resets = _apply_flags(k, log_gamma, resets, mask)
 
@@ -537,7 +579,7 @@ def linear_attention_chunked(
 # --------------------------------------------------------------------------------------------------
 # The chunked form with the cell's projections fused into the chunk loop
 # --------------------------------------------------------------------------------------------------
-#: x [B, C, input] -> (q, k [B, C, H, d_k], v [B, C, H, d_v], log γ [B, C, H] or [B, C, H, d_k] or None,
+#: x [B, C, input] -> (q, k [B, C, G, d_k], v [B, C, H, d_v], log γ [B, C, H] or [B, C, H, d_k] or None,
 #: extras)
 Project = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, Any]]
 #: (y [B, C, H, d_v], extras) -> outputs [B, C, output]
@@ -645,8 +687,9 @@ def linear_attention_fused(
     is defined (no `jax.jvp`), as for `linear_attention_chunked`; the recurrent form has both.
 
     Args:
-      project: (params, x [B, C, input]) -> (q, k [B, C, H, d_k], v [B, C, H, d_v] in the compute
-        dtype, log γ [B, C, H] or [B, C, H, d_k] in the accumulation dtype or None, extras: any pytree).
+      project: (params, x [B, C, input]) -> (q, k [B, C, G, d_k] (G = H or grouped, as in
+        `linear_attention_chunked`), v [B, C, H, d_v] in the compute dtype, log γ [B, C, H] or [B, C, H,
+        d_k] in the accumulation dtype or None, extras: any pytree).
       finish: (params, y [B, C, H, d_v] in the accumulation dtype, extras) -> outputs [B, C, output].
       params: the pytree of floating arrays `project` and `finish` read; gradients flow to all of it.
       xs: [*batch, T, input]; s0: [*batch, H, d_k, d_v] in the accumulation dtype.
@@ -760,7 +803,7 @@ def normalized_linear_attention(
     s_aug = None
     if s0 is not None or z0 is not None:
         acc = accumulation_dtype(jnp.result_type(q, k, v))
-        batch, (heads, dk), dv = q.shape[:-3], q.shape[-2:], v.shape[-1]
+        batch, heads, dk, dv = q.shape[:-3], v.shape[-2], q.shape[-1], v.shape[-1]
         s0 = jnp.zeros((*batch, heads, dk, dv), acc) if s0 is None else jnp.asarray(s0).astype(acc)
         z0 = jnp.zeros((*batch, heads, dk), acc) if z0 is None else jnp.asarray(z0).astype(acc)
         if z0.shape != s0.shape[:-1]:
