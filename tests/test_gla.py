@@ -157,6 +157,32 @@ def test_engine_matches_fla_naive_recurrent_gla():
                 assert max_abs_diff(got, want) < tol * scale
 
 
+def test_engine_grouped_queries_and_keys_with_a_per_channel_decay():
+    """One group of q, k shared by both heads (Mamba-2's grouping) with a decay per head and key channel:
+    chunked and token scan equal the per-head copies of q and k, values and gradients, in float64."""
+    q, k, v, gk, s0 = _engine_inputs(90)
+    q, k = q[:, :, :1], k[:, :, :1]  # [B, T, 1, d_k]
+    resets, mask = random_flags(91, (B, T), 0.1), random_flags(92, (B, T), 0.8)
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a) for a in (q, k, v, gk, s0)]
+
+        def grads(fn, repeat):
+            def loss(q, k, v, gk, s0):
+                if repeat:
+                    q, k = jnp.repeat(q, H, axis=2), jnp.repeat(k, H, axis=2)
+                ys, final = fn(q, k, v, gk, s0, resets=resets, mask=mask)
+                return jnp.sum(jnp.sin(ys)) + jnp.sum(jnp.cos(final)), (ys, final)
+
+            return jax.jit(jax.grad(loss, argnums=range(5), has_aux=True))(*args)
+
+        want = grads(linear_attention_recurrent, True)
+        chunked = lambda *a, **kw: linear_attention_chunked(*a, **kw, chunk_size=16)
+        for fn in (chunked, linear_attention_recurrent):
+            got = grads(fn, False)
+            assert got[0][0].shape == q.shape
+            assert max_abs_diff(got, want) < 1e-10
+
+
 def _extreme_log_decays(length: int) -> np.ndarray:
     """[1, T, H, 4] log-decays per key channel: −1e4 (forget at once), −30 (exp(−b) would overflow
     float32 within 3 tokens), −1e-7 (keep everything: γ ≈ 1 for 2048 tokens) and a per-token mix of
