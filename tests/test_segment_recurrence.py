@@ -62,6 +62,12 @@ CARRIABLE = [
     ("gla", cells.GatedLinearAttention(num_heads=2, head_dim=D // 2, chunk_size=4)),
     ("gla-scalar", cells.ScalarGatedLinearAttention(num_heads=2, head_dim=D // 2, chunk_size=4)),
     ("performer", cells.Performer(num_heads=2, head_dim=D // 2, num_features=8, chunk_size=4)),
+    ("deltanet", cells.DeltaNet(num_heads=2, head_dim=D // 2, chunk_size=4)),
+    ("gated-deltanet", cells.GatedDeltaNet(num_heads=2, head_dim=D // 2, chunk_size=4)),
+    ("mamba2", cells.Mamba2(d_model=D, state_size=4, expand=2, head_dim=D // 2, chunk_size=4)),
+    ("rglru", cells.RGLRU(d_model=D, num_heads=2, chunk_size=4)),
+    ("mlstm", cells.MLSTM(d_model=D, num_heads=2, qkv_block_size=2, chunk_size=4)),
+    ("slstm", cells.SLSTM(hidden_size=D, num_heads=2, recurrent_init="standard")),
     ("sliding-window", cells.SlidingWindowAttention(num_heads=2, head_dim=D // 2, window=4, num_global=1)),
     # Transformer-XL equals the whole sequence when its memory covers the stream (M = the 4 segments);
     # with a shorter memory it is another function (tests/test_xl_attention.py checks that one).
