@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
+from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.delta_rule import METHODS, delta_rule, delta_rule_step
@@ -313,17 +314,8 @@ class _DeltaRuleCell(RecurrentCell):
         bsz = math.prod(batch_shape)
         acc = self._acc
         flat = lambda a: None if a is None else a.reshape(bsz, *a.shape[len(batch_shape) :])
-        u, resets, mask = flat(xs), flat(resets), flat(mask)
-        if mask is not None:
-            # Valid tokens to the front (stable), so the convs and the recurrence see exactly the valid
-            # tokens in order, as fla's unpadded (varlen) path does; padding then sits at the end.
-            order = jnp.argsort(~mask, axis=1, stable=True)
-            u = jnp.take_along_axis(u, order[..., None], axis=1)
-            n_valid = mask.sum(axis=1)
-            valid = jnp.arange(length)[None] < n_valid[:, None]
-            resets = None if resets is None else jnp.take_along_axis(resets, order, axis=1) & valid
-        else:
-            n_valid, valid = None, None
+        # Valid tokens first, as fla's unpadded (varlen) path: the convs and the recurrence see them in order.
+        u, resets, order, n_valid, valid = valid_tokens_first(flat(xs), flat(resets), flat(mask))
         p = self.project_inputs(params, u)
         convolved, windows = {}, {}
         for name in ("q", "k", "v"):
@@ -348,9 +340,7 @@ class _DeltaRuleCell(RecurrentCell):
             chunk_size=self.chunk_size,
         )
         ys = self._output(params, o, p)
-        if valid is not None:
-            ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
-            ys = jnp.take_along_axis(ys, jnp.argsort(order, axis=1)[..., None], axis=1)
+        ys = restore_token_order(ys, order, valid)
         unflat = lambda a, like: a.reshape(like.shape).astype(like.dtype)
         final = DeltaNetState(
             conv_q=unflat(windows["q"], state.conv_q),

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.delta_net import short_conv
+from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.matrix_recurrence import METHODS, linear_attention, linear_attention_fused, matrix_step
@@ -355,17 +356,9 @@ class Mamba2(RecurrentCell):
         bsz = math.prod(batch_shape)
         acc = self._acc
         flat = lambda a: None if a is None else a.reshape(bsz, *a.shape[len(batch_shape) :])
-        u, resets, mask = flat(xs), flat(resets), flat(mask)
-        if mask is not None:
-            # Valid tokens to the front (stable), so the conv and the SSM see exactly the valid tokens in
-            # order; padding then sits at the end, where the engine leaves the state alone.
-            order = jnp.argsort(~mask, axis=1, stable=True)
-            u = jnp.take_along_axis(u, order[..., None], axis=1)
-            n_valid = mask.sum(axis=1)
-            valid = jnp.arange(length)[None] < n_valid[:, None]
-            resets = None if resets is None else jnp.take_along_axis(resets, order, axis=1) & valid
-        else:
-            n_valid, valid = None, None
+        # Valid tokens first: the conv and the SSM see them in order; the engine leaves the state alone
+        # through the padding at the end.
+        u, resets, order, n_valid, valid = valid_tokens_first(flat(xs), flat(resets), flat(mask))
 
         def prepare(in_proj, conv_w, conv_b, u, window):
             """in_proj, then SiLU(conv(xBC) + b) written over its xBC columns (in place: one buffer of
@@ -411,8 +404,7 @@ class Mamba2(RecurrentCell):
             ys = self._output(params, y, inputs["x"], z)
             if valid is not None:
                 ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
-        if valid is not None:
-            ys = jnp.take_along_axis(ys, jnp.argsort(order, axis=1)[..., None], axis=1)
+        ys = restore_token_order(ys, order, valid)
         final = Mamba2State(
             conv=window.reshape(state.conv.shape).astype(state.conv.dtype),
             ssm=s.reshape(state.ssm.shape).astype(state.ssm.dtype),

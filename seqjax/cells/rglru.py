@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.delta_net import short_conv
+from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.diagonal import DEFAULT_CHUNK, METHODS, linear_recurrence
@@ -332,20 +333,11 @@ class RGLRU(RecurrentCell):
         bsz = math.prod(batch_shape)
         acc = self._acc
         flat = lambda a: None if a is None else a.reshape(bsz, *a.shape[len(batch_shape) :])
-        u, resets, mask = flat(xs), flat(resets), flat(mask)
         started0 = state.started.reshape(bsz)
-        if mask is not None:
-            # Valid tokens to the front (stable), so the conv and the recurrence see exactly the valid
-            # tokens in order; padding then sits at the end, where the engine passes the state through.
-            order = jnp.argsort(~mask, axis=1, stable=True)
-            u = jnp.take_along_axis(u, order[..., None], axis=1)
-            n_valid = mask.sum(axis=1)
-            valid = jnp.arange(length)[None] < n_valid[:, None]
-            resets = None if resets is None else jnp.take_along_axis(resets, order, axis=1) & valid
-            any_token = n_valid > 0
-        else:
-            n_valid, valid = None, None
-            any_token = jnp.full((bsz,), length > 0)
+        # Valid tokens first: the conv and the recurrence see them in order; the engine passes the state
+        # through the padding at the end.
+        u, resets, order, n_valid, valid = valid_tokens_first(flat(xs), flat(resets), flat(mask))
+        any_token = jnp.full((bsz,), length > 0) if n_valid is None else n_valid > 0
         p = self.project_inputs(params, u)
         conv, window = short_conv(
             p["x"], flat(state.conv).astype(acc), params["conv_w"].astype(acc), resets, n_valid
@@ -367,9 +359,7 @@ class RGLRU(RecurrentCell):
             chunk_size=self.chunk_size,
         )
         ys = self._output(params, hs, p["y"])
-        if valid is not None:
-            ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
-            ys = jnp.take_along_axis(ys, jnp.argsort(order, axis=1)[..., None], axis=1)
+        ys = restore_token_order(ys, order, valid)
         started = jnp.where(any_token, 1, started0).reshape(state.started.shape)
         final = RGLRUState(
             conv=window.reshape(state.conv.shape).astype(state.conv.dtype),

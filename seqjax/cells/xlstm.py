@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.delta_net import short_conv
+from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.mlstm import EPS, METHODS, MLSTMMemory, mlstm, mlstm_step
@@ -116,28 +117,6 @@ def _conv_step(window: jax.Array, x: jax.Array, params: Params) -> tuple[jax.Arr
     full = jnp.concatenate([window.astype(x.dtype), x[..., None, :]], axis=-2)  # [..., K, F]
     out = jnp.einsum("...kf,kf->...f", full, params["conv_w"].astype(x.dtype))
     return out + params["conv_b"].astype(x.dtype), full[..., 1:, :]
-
-
-def _compact(u, resets, mask):
-    """Valid tokens to the front of each row (stable), as DeltaNet does (fla's unpadded path), so
-    the conv and the recurrence see exactly the valid tokens in order; padding then sits at the end.
-    Returns (u, resets, order, n_valid, valid); order is None without a mask."""
-    if mask is None:
-        return u, resets, None, None, None
-    length = u.shape[1]
-    order = jnp.argsort(~mask, axis=1, stable=True)
-    u = jnp.take_along_axis(u, order[..., None], axis=1)
-    n_valid = mask.sum(axis=1)
-    valid = jnp.arange(length)[None] < n_valid[:, None]
-    resets = None if resets is None else jnp.take_along_axis(resets, order, axis=1) & valid
-    return u, resets, order, n_valid, valid
-
-
-def _uncompact(ys, order, valid):
-    if order is None:
-        return ys
-    ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
-    return jnp.take_along_axis(ys, jnp.argsort(order, axis=1)[..., None], axis=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,7 +377,7 @@ class MLSTM(RecurrentCell):
         bsz = math.prod(batch_shape)
         acc = self._acc
         flat = lambda a: None if a is None else a.reshape(bsz, *a.shape[len(batch_shape) :])
-        u, resets, order, n_valid, valid = _compact(flat(xs), flat(resets), flat(mask))
+        u, resets, order, n_valid, valid = valid_tokens_first(flat(xs), flat(resets), flat(mask))
         p = self.project_inputs(params, u)
         conv, window = short_conv(
             p["x"], flat(state.conv).astype(acc), params["conv_w"].astype(acc), resets, n_valid
@@ -420,7 +399,7 @@ class MLSTM(RecurrentCell):
             chunk_size=self.chunk_size,
             eps=self.eps,
         )
-        ys = _uncompact(self._output(params, h, x_c, p["z"]), order, valid)
+        ys = restore_token_order(self._output(params, h, x_c, p["z"]), order, valid)
         unflat = lambda a, like: a.reshape(like.shape).astype(like.dtype)
         final = MLSTMState(
             conv=unflat(window, state.conv),
@@ -679,7 +658,7 @@ class SLSTM(RecurrentCell):
         bsz = math.prod(batch_shape)
         acc = self._acc
         flat = lambda a: None if a is None else a.reshape(bsz, *a.shape[len(batch_shape) :])
-        u, resets, order, n_valid, valid = _compact(flat(xs), flat(resets), flat(mask))
+        u, resets, order, n_valid, valid = valid_tokens_first(flat(xs), flat(resets), flat(mask))
         p = self.project_inputs(params, u)
         window = flat(state.conv)
         if self.conv_size > 0:
@@ -701,7 +680,7 @@ class SLSTM(RecurrentCell):
             mask=time_major(valid),
             unroll=self.unroll,
         )
-        ys = _uncompact(self._output(params, time_major(heads)), order, valid)
+        ys = restore_token_order(self._output(params, time_major(heads)), order, valid)
         unflat = lambda a, like: a.reshape(like.shape).astype(like.dtype)
         final = SLSTMState(
             unflat(window, state.conv), *(unflat(a, like) for a, like in zip(core, state[1:], strict=True))
