@@ -83,7 +83,7 @@ def _adopt_legacy_recurrent_cell(cls: type) -> None:
 _SEQUENCE_ALTERNATIVES = (
     "Alternatives: shard the batch (data parallelism: mesh axes `data`/`fsdp`), shard the layer's width "
     "(model parallelism: mesh axis `model`), train on shorter segments with truncated BPTT (the trainer's "
-    "`tbptt`), or use a linear-recurrence cell whose time axis can be split (S4D, S5, LRU, "
+    "`tbptt_length`), or use a linear-recurrence cell whose time axis can be split (S4D, S5, LRU, "
     "LinearAttention, Performer, GatedLinearAttention, ScalarGatedLinearAttention)."
 )
 
