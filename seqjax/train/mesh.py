@@ -157,7 +157,7 @@ def sequence_axis(mesh: Mesh, rules: LogicalRules) -> str | None:
     """The mesh axis the time axis ("length") is split over, or None when time stays whole (no rule maps
     it, or its mesh axis has size 1: `rules_from_config` drops those). One axis at most.
 
-        >>> mesh = make_mesh((1,), ("sequence",))
+        >>> mesh = make_mesh((1,), ("sequence",), devices=jax.devices()[:1])
         >>> sequence_axis(mesh, rules_from_config({"length": "sequence"}, mesh)) is None
         True
     """
