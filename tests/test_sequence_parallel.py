@@ -341,7 +341,7 @@ def test_cells_without_a_sequence_parallel_form_say_so():
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
         cells.check_sequence_parallel(cells.Attention(num_heads=2, head_dim=4))
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
-        cells.check_sequence_parallel(cells.Mamba(d_model=4))
+        cells.check_sequence_parallel(cells.Mamba2(d_model=8))
     assert cells.with_sequence_axis(cells.S4D(hidden_size=4), "sequence").sequence_axis == "sequence"
     assert cells.with_sequence_axis(cells.LSTM(hidden_size=4), None) == cells.LSTM(hidden_size=4)
 
@@ -393,3 +393,59 @@ def test_cells_with_sequence_axis_equal_single_device(name):
         with jax.set_mesh(_mesh(4)):
             got = run(sharded)
     _close(got, want, rtol=1e-10, atol=1e-11)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mamba: the causal conv's halo and the sequence-parallel selective scan
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("n", "method", "length"),
+    [
+        (2, "auto", T),
+        (4, "auto", T),
+        (8, "auto", T),
+        (4, "materialized_sequential", T),
+        (8, "auto", 90),  # 8 does not divide 90: the conv runs on the global array, the scan pads
+    ],
+)
+def test_mamba_with_sequence_axis_equals_single_device(n, method, length):
+    """Mamba with `sequence_axis` on n shards equals plain `apply`: outputs, final state (conv window
+    and SSM state) and the gradients of parameters, inputs and initial state, float64, from a non-zero
+    initial state (the first shard's halo is its conv window), with resets and padding across shard
+    boundaries (a reset on token 12, 24, 36, 48: the first token of a shard for 2, 4 and 8 shards)."""
+    cell = cells.Mamba(d_model=4, state_size=3, d_conv=4, chunk_size=CHUNK, method=method, dtype=jnp.float64)
+    resets, mask = (f[:, :length] for f in _flags())
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), cell.init(jax.random.PRNGKey(3), 4))
+        xs = jax.random.normal(jax.random.PRNGKey(4), (2, length, 4), jnp.float64)
+        state = jax.tree.map(
+            lambda s: jax.random.normal(jax.random.PRNGKey(5), s.shape, jnp.float64),
+            cell.initial_state((2,), jnp.float64),
+        )
+
+        def run(c):
+            f = lambda params, xs, state: c.apply(params, xs, state, resets=resets, mask=mask)
+            out = jax.eval_shape(f, params, xs, state)
+            weights = _weights(jax.random.PRNGKey(6), out)
+            return jax.jit(_value_and_grads, static_argnums=0)(f, (params, xs, state), weights)
+
+        want = run(cell)
+        with jax.set_mesh(_mesh(n)):
+            got = run(cells.with_sequence_axis(cell, "sequence"))
+    _close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_mamba_sharded_conv_is_the_global_conv():
+    """The halo conv alone (no mask, no resets, zero state) is the single-device conv, and a sharded
+    input's output stays sharded along time."""
+    cell = cells.Mamba(d_model=4, state_size=3, d_conv=4)
+    params = cell.init(jax.random.PRNGKey(0), 4)
+    mesh = _mesh(8)
+    xs = jax.device_put(
+        jax.random.normal(jax.random.PRNGKey(1), (2, 64, 4)), NamedSharding(mesh, P(None, "sequence"))
+    )
+    want, _ = jax.jit(cell.apply)(params, xs)
+    with jax.set_mesh(mesh):
+        got, _ = jax.jit(cells.with_sequence_axis(cell, "sequence").apply)(params, xs)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    assert got.sharding.spec[1] == "sequence"

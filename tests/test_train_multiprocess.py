@@ -61,13 +61,14 @@ def _losses(workdir: str) -> np.ndarray:
     return np.asarray([r["loss"] for r in records if r["split"] == "train"])
 
 
-def _launch(command: list[str]) -> list[subprocess.Popen]:
-    """Both processes of a two-process run of `command` (a scripts/train.py command line)."""
+def _launch(command: list[str], devices: int = 2) -> list[subprocess.Popen]:
+    """Both processes of a two-process run of `command` (a scripts/train.py command line), `devices` CPU
+    devices each."""
     address = f"127.0.0.1:{_free_port()}"
     return [
         subprocess.Popen(
             [*command, f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-            env=_env(2),
+            env=_env(devices),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

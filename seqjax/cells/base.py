@@ -83,8 +83,8 @@ def _adopt_legacy_recurrent_cell(cls: type) -> None:
 _SEQUENCE_ALTERNATIVES = (
     "Alternatives: shard the batch (data parallelism: mesh axes `data`/`fsdp`), shard the layer's width "
     "(model parallelism: mesh axis `model`), train on shorter segments with truncated BPTT (the trainer's "
-    "`tbptt`), or use a linear-recurrence cell whose time axis can be split (S4D, S5, LRU, "
-    "LinearAttention, Performer, GatedLinearAttention, ScalarGatedLinearAttention)."
+    "`tbptt_length`), or use a linear-recurrence cell whose time axis can be split (S4D, S5, LRU, "
+    "Mamba, LinearAttention, Performer, GatedLinearAttention, ScalarGatedLinearAttention)."
 )
 
 
@@ -227,7 +227,7 @@ class Cell(abc.ABC):
     def sequence_parallel_unsupported(self) -> str | None:
         """Why this cell's time axis cannot be split over a `sequence` mesh axis, or None if it can.
 
-        Cells that can (S4D, S5, LRU, the linear-attention cells) have a `sequence_axis` field: set it
+        Cells that can (S4D, S5, LRU, Mamba, the linear-attention cells) have a `sequence_axis` field: set it
         with `with_sequence_axis`, and `apply` runs the sequence-parallel engine
         (`seqjax.scan.sequence_parallel`) inside `jax.set_mesh`. A nonlinear recurrence can never be
         split; other cells have no sequence-parallel form yet.

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.initializers import torch_linear_uniform
@@ -16,6 +17,12 @@ from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.diagonal import linear_recurrence
 from seqjax.scan.selective import SELECTIVE_METHODS, selective_scan
+from seqjax.scan.sequence_parallel import (
+    sequence_halo,
+    sequence_parallel_linear_recurrence,
+    sequence_parallel_selective_scan,
+    sequence_shards,
+)
 
 __all__ = ["Mamba", "MambaState"]
 
@@ -60,6 +67,15 @@ class Mamba(RecurrentCell):
     yourself to match it. `A_log`, `dt_bias` and `D` are in the "ssm" parameter group (own learning
     rate, no weight decay in the trainer).
 
+    `sequence_axis` (None by default) names a mesh axis that splits the time axis (sequence
+    parallelism, `seqjax.cells.with_sequence_axis`; `apply` runs under `jax.set_mesh`): the causal conv
+    runs per shard inside `shard_map`, each shard taking the last d_conv − 1 inputs (and their segment
+    ids) of the previous shard by `sequence_halo` (the first shard: the state's window), and the
+    selective scan is `seqjax.scan.sequence_parallel_selective_scan` (the materialised references:
+    `sequence_parallel_linear_recurrence`). A length the shards do not divide, or shards shorter than
+    d_conv − 1, runs the conv on the global array (XLA exchanges what it needs). With a mask, the
+    valid-tokens-first reorder is a gather over the whole (sharded) time axis.
+
     Padding: Δ is zeroed at padded tokens, so exp(ΔA) = 1 and the drive is 0: the state does not decay.
     The conv skips padded tokens too: its window holds the last valid tokens. Resets clear both
     the SSM state and the conv window, so packed sequences never see each other.
@@ -90,12 +106,19 @@ class Mamba(RecurrentCell):
     dt_floor: float = 1e-4
     method: str = "auto"
     chunk_size: int = 64
+    sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
     def __post_init__(self) -> None:
         for field in ("d_model", "state_size", "expand", "d_conv", "chunk_size"):
             check_positive_int("Mamba", field, getattr(self, field))
+        if self.sequence_axis is not None and (
+            not isinstance(self.sequence_axis, str) or not self.sequence_axis
+        ):
+            raise ValueError(
+                f"Mamba: sequence_axis must be a mesh axis name or None, got {self.sequence_axis!r}."
+            )
         if self.method in _RENAMED:
             raise ValueError(
                 f"Mamba: method {self.method!r} was renamed: use {_RENAMED[self.method]!r} (the selective "
@@ -269,12 +292,11 @@ class Mamba(RecurrentCell):
                 [jnp.zeros((x_in.shape[0], k - 1), jnp.int32), jnp.cumsum(resets, axis=1, dtype=jnp.int32)],
                 axis=1,
             )
-        out = jnp.zeros_like(x_in)
-        seg_now = seg[:, k - 1 :]
-        for tap in range(k):  # tap k-1 is the current token, tap 0 the oldest
-            window = ext[:, tap : tap + length]
-            same_segment = seg[:, tap : tap + length] == seg_now
-            out = out + jnp.where(same_segment[..., None], window, 0) * params["conv_w"][tap]
+        shards = sequence_shards(self.sequence_axis)
+        if shards > 1 and length % shards == 0 and length // shards >= k - 1:
+            out = self._sharded_conv(params["conv_w"], x_in, seg, conv0)
+        else:
+            out = _conv_taps(params["conv_w"], ext, seg, length)
         x = jax.nn.silu(out + params["conv_b"])
         # The new window: the last K-1 inputs up to the last valid token, cleared across a reset.
         idx = n_valid[:, None] + jnp.arange(k - 1)[None]  # positions in `ext`
@@ -284,14 +306,56 @@ class Mamba(RecurrentCell):
         window = jnp.where((window_seg == seg_last)[..., None], window, 0)
         return x, window
 
+    def _sharded_conv(self, conv_w, x_in, seg, conv0):
+        """The conv taps with the time axis split over `sequence_axis`: each shard prepends the last
+        d_conv − 1 inputs and segment ids of the previous shard (`sequence_halo`; the first shard: the
+        state's window, segment 0)."""
+        k, axis = self.d_conv, self.sequence_axis
+        spec = P(None, axis)
+
+        def body(conv_w, x_local, seg_local, conv0):
+            halo = sequence_halo(x_local, k - 1, axis, time_axis=1, initial=conv0.astype(x_local.dtype))
+            seg_halo = sequence_halo(
+                seg_local, k - 1, axis, time_axis=1, initial=jnp.zeros_like(seg_local[:, : k - 1])
+            )
+            ext = jnp.concatenate([halo, x_local], axis=1)
+            seg_ext = jnp.concatenate([seg_halo, seg_local], axis=1)
+            return _conv_taps(conv_w, ext, seg_ext, x_local.shape[1])
+
+        return jax.shard_map(
+            body,
+            mesh=jax.sharding.get_abstract_mesh(),
+            in_specs=(P(), spec, spec, P()),
+            out_specs=spec,
+            axis_names={axis},
+            check_vma=False,
+        )(conv_w, x_in, seg[:, k - 1 :], conv0.astype(x_in.dtype))
+
     def _scan(self, params, x, dt, b, c, h0, resets):
         a_mat = self._a_matrix(params)
+        parallel = {} if self.sequence_axis is None else {"sequence_axis": self.sequence_axis}
         if self.method in SELECTIVE_METHODS:
-            return selective_scan(
-                x, dt, a_mat, b, c, h0, resets, chunk_size=self.chunk_size, method=self.method
+            scan = selective_scan if not parallel else sequence_parallel_selective_scan
+            return scan(
+                x, dt, a_mat, b, c, h0, resets, chunk_size=self.chunk_size, method=self.method, **parallel
             )
         decay = jnp.exp(dt[..., None] * a_mat)
         drive = (dt * x)[..., None] * b[:, :, None, :]
         inner = self.method.removeprefix("materialized_")
-        hs, h = linear_recurrence(decay, drive, h0, axis=1, resets=resets, method=inner)
+        recurrence = linear_recurrence if not parallel else sequence_parallel_linear_recurrence
+        hs, h = recurrence(decay, drive, h0, axis=1, resets=resets, method=inner, **parallel)
         return jnp.einsum("bldn,bln->bld", hs, c), h
+
+
+def _conv_taps(conv_w: jax.Array, ext: jax.Array, seg: jax.Array, length: int) -> jax.Array:
+    """Σ_tap w[tap] · ext[t + tap] over the last d_conv tokens of each of the `length` positions, taps
+    in another segment than the current token (across a reset) zeroed. `ext` [B, K−1+length, Di] and
+    `seg` [B, K−1+length] hold the K − 1 tokens before the first position, then the positions."""
+    k = conv_w.shape[0]
+    out = jnp.zeros(ext[:, k - 1 :].shape, ext.dtype)
+    seg_now = seg[:, k - 1 :]
+    for tap in range(k):  # tap k-1 is the current token, tap 0 the oldest
+        window = ext[:, tap : tap + length]
+        same_segment = seg[:, tap : tap + length] == seg_now
+        out = out + jnp.where(same_segment[..., None], window, 0) * conv_w[tap]
+    return out

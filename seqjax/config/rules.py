@@ -10,10 +10,12 @@ __all__ = ["LOGICAL_RULES"]
 # FSDP shards the large input dimension of every weight ("embed", "vocab") over `fsdp`; tensor
 # parallelism shards heads and MLP/inner widths over `model`; the batch goes over both data axes.
 # Small dimensions (state sizes, gates of a recurrence, conv width) stay replicated: sharding them costs
-# a collective per time step.
+# a collective per time step. Sequence parallelism splits the time axis of the batches and activations
+# over `sequence` (a mesh axis of size > 1: the trainer then runs every cell in its sequence-parallel
+# form, `seqjax.scan.sequence_parallel`; a mesh without it keeps time whole).
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
-    ("length", None),
+    ("length", "sequence"),
     ("embed", "fsdp"),
     ("vocab", "model"),
     ("mlp", "model"),

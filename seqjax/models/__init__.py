@@ -15,7 +15,7 @@ from seqjax.common.extras import MODELS_MODULES, require
 # Before the imports below: without its extra, importing seqjax.models is one ImportError naming the fix.
 require(__name__, "models", *MODELS_MODULES)
 
-from seqjax.models.backbone import Backbone, Cache
+from seqjax.models.backbone import Backbone, Cache, sequence_parallel_config
 from seqjax.models.block import MLP_ACTIVATIONS, NORMS, REMAT_POLICIES, Block, GatedMLP
 from seqjax.models.config import BackboneConfig
 from seqjax.models.encoders import (
@@ -97,6 +97,7 @@ __all__ = [
     "param_groups",
     "prefill",
     "sample_token",
+    "sequence_parallel_config",
     "stream_forecasts",
     "weight_decay_mask",
 ]

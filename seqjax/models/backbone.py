@@ -18,6 +18,7 @@ what each layer contributes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,14 +26,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import State
+from seqjax.cells.base import State, with_sequence_axis
 from seqjax.models.block import make_norm, remat_block
 from seqjax.models.config import BackboneConfig
 from seqjax.models.encoders import DNAEncoder, LinearEncoder, TokenEmbedding
 from seqjax.models.heads import pool
 from seqjax.models.layer import init_shared_params, step_error
 
-__all__ = ["Backbone", "Cache", "check_causal", "check_streamable"]
+__all__ = ["Backbone", "Cache", "check_causal", "check_streamable", "sequence_parallel_config"]
 
 #: per-layer cell states, in layer order.
 Cache = tuple[State, ...]
@@ -73,6 +74,35 @@ def check_causal(config: BackboneConfig, owner: str = "model") -> None:
                 f"{owner} predicts each token from the tokens before it, but layer {i} (blocks_{i}, mixer "
                 f"{name!r}) uses {type(cell).__name__}: {problem}."
             )
+
+
+def sequence_parallel_config(
+    config: BackboneConfig, sequence_axis: str | None, owner: str = "model"
+) -> BackboneConfig:
+    """`config` with every layer's cell splitting its time axis over the mesh axis `sequence_axis`
+    (`cells.with_sequence_axis`; None: `config` unchanged). Raises ValueError naming the first layer (and
+    its mixer and cell) whose cell cannot be split, with the reason and the alternatives
+    (`Cell.sequence_parallel_unsupported`). The model must then run where the mesh is set
+    (`jax.set_mesh`; the trainer does).
+
+    >>> config = BackboneConfig(d_model=8, num_layers=1, vocab_size=11, pattern=("lstm",))
+    >>> sequence_parallel_config(config, "sequence")
+    Traceback (most recent call last):
+    ...
+    ValueError: model cannot split the time axis over the mesh axis 'sequence': layer 0 (blocks_0, ...
+    """
+    if sequence_axis is None:
+        return config
+    for i, (name, cell) in enumerate(zip(config.layer_mixers(), config.layer_cells(), strict=True)):
+        reason = cell.sequence_parallel_unsupported()
+        if reason is not None:
+            raise ValueError(
+                f"{owner} cannot split the time axis over the mesh axis {sequence_axis!r}: layer {i} "
+                f"(blocks_{i}, mixer {name!r}) uses {type(cell).__name__}, which cannot run sequence-"
+                f"parallel: {reason}"
+            )
+    mixers = {name: with_sequence_axis(config.mixer_cell(name), sequence_axis) for name in config.pattern}
+    return dataclasses.replace(config, mixers=mixers)
 
 
 class Backbone(nn.Module):

@@ -12,7 +12,7 @@ twice and nothing is dropped (`seqjax.data.pipeline.eval_batches`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -66,19 +66,25 @@ def collect_split(
     batches: Iterable[Mapping[str, Any]],
     task: str,
     to_device: Callable[[Mapping[str, np.ndarray]], Batch],
+    *,
+    row_processes: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Runs `eval_fn` over `batches` (from `eval_batches`) and returns its per-example outputs over the
     whole split, in the split's order, padded rows dropped: "nll", "tokens" and "correct" (lm), "logits"
-    and "label" (classification), "forecast" and "targets" (forecast)."""
+    and "label" (classification), "forecast" and "targets" (forecast).
+
+    `row_processes`: the processes whose host rows, in this order, make up each global batch (one per
+    block of rows: `seqjax.train.mesh.DataLayout.processes`, where processes that split the time axis
+    load the same rows); None: every process, in order."""
     collected: dict[str, list[np.ndarray]] = {}
     for batch in batches:
         host = {k: v for k, v in batch.items() if k != "valid"}
         out = {k: np.asarray(v) for k, v in eval_fn(params, to_device(host)).items()}
-        valid = _global_valid(batch["valid"])
+        valid = _global_rows(batch["valid"], row_processes).astype(bool)
         if task == "classification":
-            out["label"] = _global_rows(batch["label"])
+            out["label"] = _global_rows(batch["label"], row_processes)
         if task == "forecast":
-            out["targets"] = _global_rows(batch["targets"])
+            out["targets"] = _global_rows(batch["targets"], row_processes)
         for k, v in out.items():
             collected.setdefault(k, []).append(v[valid])
     if not collected:
@@ -110,21 +116,22 @@ def evaluate_split(
     to_device: Callable[[Mapping[str, np.ndarray]], Batch],
     *,
     bytes_per_token: float = 1.0,
+    row_processes: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """Runs `eval_fn` over `batches` (from `eval_batches`) and returns the task's metrics."""
-    data = collect_split(eval_fn, params, batches, task, to_device)
+    """Runs `eval_fn` over `batches` (from `eval_batches`) and returns the task's metrics
+    (`row_processes`: as `collect_split`'s)."""
+    data = collect_split(eval_fn, params, batches, task, to_device, row_processes=row_processes)
     return split_metrics(data, task, bytes_per_token=bytes_per_token)
 
 
-def _global_rows(local: np.ndarray) -> np.ndarray:
-    """All processes' rows of a host array, in global batch order (process-major)."""
+def _global_rows(local: np.ndarray, processes: Sequence[int] | None = None) -> np.ndarray:
+    """The global batch's rows of a host array, in order: every process's rows (process-major), or
+    those of `processes`, in that order (one per block of rows)."""
     if jax.process_count() == 1:
         return np.asarray(local)
     from jax.experimental import multihost_utils
 
-    gathered = multihost_utils.process_allgather(np.asarray(local))
-    return np.asarray(gathered).reshape(-1, *np.shape(local)[1:])
-
-
-def _global_valid(local: np.ndarray) -> np.ndarray:
-    return _global_rows(np.asarray(local)).astype(bool)
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(local)))
+    if processes is not None:
+        gathered = gathered[np.asarray(processes)]
+    return gathered.reshape(-1, *np.shape(local)[1:])

@@ -4,10 +4,16 @@ A run config names the mesh (`mesh.shape`, `mesh.axes`) and the rules (`logical_
 `seqjax.config.LOGICAL_RULES`) that map the cells' logical parameter axes ("embed", "heads", "mlp", ...)
 and the activations' ("batch", "length") onto mesh axes. Sharding is data in the config, as in
 big_vision and MaxText; nothing here knows about any particular model.
+
+Sequence parallelism: the rules map "length" onto a `sequence` mesh axis; on a mesh where it has size
+> 1 (`sequence_axis`), batches are placed split along time and the trainer runs every cell in its
+sequence-parallel form. When that axis spans processes, processes share rows of the batch: each loads
+the rows its devices hold (`DataLayout`, from the "batch" placement) and places its time slices.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,11 +23,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
+    "DataLayout",
     "LogicalRules",
+    "data_layout",
     "make_mesh",
     "named_sharding",
     "resolve_mesh_shape",
     "rules_from_config",
+    "sequence_axis",
+    "sequence_size",
     "spec_for",
 ]
 
@@ -141,3 +151,86 @@ def named_sharding(
 ) -> NamedSharding:
     """`spec_for` on `mesh`, as a NamedSharding."""
     return NamedSharding(mesh, spec_for(logical_axes, rules, shape=shape, mesh=mesh))
+
+
+def sequence_axis(mesh: Mesh, rules: LogicalRules) -> str | None:
+    """The mesh axis the time axis ("length") is split over, or None when time stays whole (no rule maps
+    it, or its mesh axis has size 1: `rules_from_config` drops those). One axis at most.
+
+        >>> mesh = make_mesh((1,), ("sequence",), devices=jax.devices()[:1])
+        >>> sequence_axis(mesh, rules_from_config({"length": "sequence"}, mesh)) is None
+        True
+    """
+    target = dict(rules).get("length")
+    if target is None:
+        return None
+    axes = (target,) if isinstance(target, str) else tuple(target)
+    axes = tuple(a for a in axes if a in mesh.axis_names and mesh.shape[a] > 1)
+    if len(axes) > 1:
+        raise ValueError(
+            f"logical_rules map 'length' onto {axes}; the time axis can be split over one mesh axis "
+            f"(e.g. 'sequence') only."
+        )
+    return axes[0] if axes else None
+
+
+def sequence_size(mesh: Mesh, rules: LogicalRules) -> int:
+    """How many shards the time axis is split into (1: not split)."""
+    axis = sequence_axis(mesh, rules)
+    return 1 if axis is None else int(mesh.shape[axis])
+
+
+@dataclasses.dataclass(frozen=True)
+class DataLayout:
+    """Which rows of every global batch this process loads.
+
+    The batch is cut into `count` equal blocks of rows; this process loads block `index`
+    (`TrainBatches(process_index=index, process_count=count)`), and `processes` names one process per
+    block, in block order (the ones whose rows make up the global batch when rows are gathered on the
+    host). Without sequence parallelism across processes, block i is process i's
+    (`index = jax.process_index()`, `count = jax.process_count()`); when the time axis spans processes,
+    the processes that hold different time slices of the same rows load the same block.
+    """
+
+    index: int = 0
+    count: int = 1
+    processes: tuple[int, ...] = (0,)
+
+    @classmethod
+    def per_process(cls) -> DataLayout:
+        """Block i is process i's (no rows shared between processes)."""
+        count = jax.process_count()
+        return cls(jax.process_index(), count, tuple(range(count)))
+
+
+def data_layout(mesh: Mesh, rules: LogicalRules) -> DataLayout:
+    """This process's `DataLayout` on `mesh`: read from where the "batch" placement puts each block of
+    rows (one row per batch shard)."""
+    spec = spec_for(("batch",), rules)
+    sharding = NamedSharding(mesh, spec)
+    shards = math.prod(
+        mesh.shape[a] for a in ((spec[0],) if isinstance(spec[0], str) else tuple(spec[0] or ()))
+    )
+    by_process: dict[int, set[int]] = {}
+    for device, index in sharding.devices_indices_map((shards,)).items():
+        rows = range(shards)[index[0]]
+        by_process.setdefault(device.process_index, set()).update(rows)
+    blocks: dict[int, tuple[int, ...]] = {p: tuple(sorted(rows)) for p, rows in by_process.items()}
+    sizes = {len(rows) for rows in blocks.values()}
+    for process, rows in blocks.items():
+        if len(sizes) != 1 or rows != tuple(range(rows[0], rows[0] + len(rows))) or rows[0] % len(rows):
+            raise ValueError(
+                f"data_layout: process {process} holds batch shards {rows} of {shards} on mesh "
+                f"{dict(mesh.shape)}; each process must hold one contiguous, equal block of the batch. "
+                f"Order the mesh axes so that the batch axes are split between processes in blocks."
+            )
+    size = sizes.pop()
+    count = shards // size
+    first: dict[int, int] = {}
+    for process in sorted(blocks):
+        first.setdefault(blocks[process][0] // size, process)
+    return DataLayout(
+        index=blocks[jax.process_index()][0] // size,
+        count=count,
+        processes=tuple(first[i] for i in range(count)),
+    )

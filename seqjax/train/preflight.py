@@ -11,8 +11,10 @@ most the devices there are, `mesh.shape` fitting them, every `mesh.axes` name on
 data-parallel mesh axes and the processes), a real data kind's own options (its module's
 `resolve_config`), `checkpoint.best_metric` (one of the task's eval metrics, `seqjax.data.metrics`),
 `segment_recurrence` (an LM on a token stream or a forecaster on a time series, whose every layer's
-state can be carried: `seqjax.train.segments.check_segment_recurrence`) and `tbptt_length` (a task whose
-loss sits at every position: `check_tbptt`).
+state can be carried: `seqjax.train.segments.check_segment_recurrence`), `tbptt_length` (a task whose
+loss sits at every position: `check_tbptt`) and, on a mesh whose `sequence` axis (the one the rules map
+"length" onto) has size > 1, every layer's cell (one whose time axis can be split:
+`check_sequence_parallel`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,19 @@ from typing import Any
 import numpy as np
 
 from seqjax.data import metrics as metrics_lib
+from seqjax.models import BackboneConfig, sequence_parallel_config
 from seqjax.train.mesh import resolve_mesh_shape
 from seqjax.train.run_config import ConfigError, RunConfig
 from seqjax.train.segments import check_segment_recurrence
 
-__all__ = ["check_before_work", "check_tbptt", "data_parallel_size", "eval_metric_names"]
+__all__ = [
+    "check_before_work",
+    "check_sequence_parallel",
+    "check_tbptt",
+    "data_parallel_size",
+    "eval_metric_names",
+    "sequence_parallel_size",
+]
 
 #: Counts the metrics report alongside the scores; not something to pick a best checkpoint by.
 _COUNTS = ("examples", "tokens")
@@ -64,6 +74,39 @@ def data_parallel_size(run: RunConfig, mesh_shape: Sequence[int]) -> int:
     target = dict(run.logical_rules).get("batch")
     axes = (target,) if isinstance(target, str) else tuple(target or ())
     return math.prod(sizes.get(axis, 1) for axis in axes)
+
+
+def sequence_parallel_size(run: RunConfig, mesh_shape: Sequence[int]) -> tuple[str | None, int]:
+    """(the mesh axis `run.logical_rules` maps the time axis "length" onto, how many ways it splits
+    time), with `mesh_shape` resolved; (None, 1) when time stays whole."""
+    sizes = dict(zip(run.mesh.axes, mesh_shape, strict=True))
+    target = dict(run.logical_rules).get("length")
+    axes = [a for a in ((target,) if isinstance(target, str) else tuple(target or ())) if sizes.get(a, 1) > 1]
+    if len(axes) > 1:
+        raise ConfigError(
+            f"config.logical_rules map 'length' onto the mesh axes {axes}; the time axis can be split over "
+            f"one mesh axis only (e.g. 'sequence')."
+        )
+    return (axes[0], sizes[axes[0]]) if axes else (None, 1)
+
+
+def check_sequence_parallel(run: RunConfig, mesh_shape: Sequence[int]) -> None:
+    """Raises a ConfigError naming `config.mesh.shape`, the first layer whose cell cannot split its time
+    axis, why, and the alternatives, when the mesh splits time (`sequence_parallel_size` > 1) and some
+    layer's cell has no sequence-parallel form (a nonlinear recurrence: LSTM, GRU, E-LSTM, ...; softmax
+    attention). Nothing is compiled: the cells are built from `config.model` and asked."""
+    axis, size = sequence_parallel_size(run, mesh_shape)
+    if axis is None:
+        return
+    values = dict(run.model)
+    values.update(encoder="none", input_size=None)  # the cells alone: the data decides the encoder's size
+    try:
+        sequence_parallel_config(BackboneConfig.from_dict(values), axis, "the model")
+    except ValueError as err:
+        raise ConfigError(
+            f"config.mesh.shape {tuple(run.mesh.shape)} with axes {tuple(run.mesh.axes)} splits the time "
+            f"axis {size} ways (sequence parallelism), but {err} Or set the {axis!r} axis to 1."
+        ) from None
 
 
 def _data_options(run: RunConfig) -> dict[str, Any]:
@@ -160,6 +203,7 @@ def check_before_work(run: RunConfig, devices: Sequence[Any], process_count: int
     options = _data_options(run)
     check_segment_recurrence(run)
     check_tbptt(run)
+    check_sequence_parallel(run, shape)
     metric = run.checkpoint.best_metric
     if metric is not None:
         horizon = run.head.get("horizon") or options.get("horizon")

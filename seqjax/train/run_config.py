@@ -127,7 +127,8 @@ class MeshConfig:
     """`config.mesh`: the device mesh (see `seqjax.train.mesh.make_mesh`)."""
 
     shape: tuple[int, ...] = (-1,)  # one -1 takes the devices that remain
-    axes: tuple[str, ...] = ("data",)  # e.g. ("data", "fsdp", "model")
+    # e.g. ("data", "fsdp", "model"); "sequence" splits the time axis (sequence parallelism)
+    axes: tuple[str, ...] = ("data",)
     # None: every device; else the first N (one process)
     num_devices: int | None = dataclasses.field(default=None, metadata=_at_least(1))
 
@@ -554,7 +555,7 @@ FIELD_DOCS: dict[str, str] = {
     "optimizer.ssm_learning_rate": "learning rate of SSM dynamics parameters (None: learning_rate)",
     # mesh, checkpoint
     "mesh.shape": "device mesh shape (one -1 takes the devices that remain)",
-    "mesh.axes": "mesh axis names, e.g. data, fsdp, model",
+    "mesh.axes": "mesh axis names, e.g. data, fsdp, model, sequence (splits the time axis)",
     "mesh.num_devices": "use the first N devices (None: every device; one process)",
     "checkpoint.every": "steps between checkpoints",
     "checkpoint.keep": "newest checkpoints kept",

@@ -36,6 +36,7 @@ StreamBatches`), and every layer's state is carried from one step to the next in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -151,13 +152,21 @@ def _fit_to_data(config: RunConfig, example: Mapping[str, np.ndarray]) -> tuple[
 
 
 def _batch_shardings(example: Mapping[str, np.ndarray], mesh: Any, rules: Any) -> dict[str, NamedSharding]:
-    """Each key of a batch of rows like `example` (one row) placed along ("batch", "length", ...)."""
+    """Each key of a batch of rows like `example` (one row) placed along ("batch", "length", ...).
 
-    def sharding_for(ndim: int) -> NamedSharding:
-        names = ("batch", "length", None, None)[:ndim]
+    With sequence parallelism (the rules map "length" onto a mesh axis of size n > 1), a key's second
+    axis is split over it when n divides it (every per-token key: the inputs' length is checked to
+    divide in `setup`); a forecaster's [horizon, V] targets whose horizon it does not divide stay whole.
+    """
+    shards = mesh_lib.sequence_size(mesh, rules)
+
+    def sharding_for(value: np.ndarray) -> NamedSharding:
+        names = ("batch", "length", None, None)[: np.ndim(value) + 1]
+        if len(names) > 1 and np.shape(value)[0] % shards:
+            names = ("batch", None, *names[2:])
         return NamedSharding(mesh, mesh_lib.spec_for(names, rules))
 
-    return {k: sharding_for(np.ndim(v) + 1) for k, v in example.items()}
+    return {k: sharding_for(v) for k, v in example.items()}
 
 
 def _stream_batch_shardings(stream: Any, length: int, mesh: Any, rules: Any) -> dict[str, NamedSharding]:
@@ -165,8 +174,29 @@ def _stream_batch_shardings(stream: Any, length: int, mesh: Any, rules: Any) -> 
     return _batch_shardings(stream.segment(0, 0, length, True), mesh, rules)
 
 
-def _global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+def _global_batch(
+    local: Mapping[str, np.ndarray],
+    shardings: Mapping[str, NamedSharding],
+    layout: mesh_lib.DataLayout | None = None,
+) -> dict:
+    """This process's rows (all of their tokens) as global arrays. With `layout` (`setup`'s
+    "data_layout"), the global batch is `layout.count` blocks of these rows, and every device takes its
+    slice of them, its part of the time axis included: processes that split the same rows' time axis
+    pass the same rows. Without, the global shape is inferred (each process holds only its own data)."""
+
+    def place(key: str, value: np.ndarray) -> jax.Array:
+        shape = None if layout is None else (value.shape[0] * layout.count, *value.shape[1:])
+        return jax.make_array_from_process_local_data(shardings[key], value, shape)
+
+    return {k: place(k, v) for k, v in local.items()}
+
+
+def _mesh_scope(parts: Mapping[str, Any]) -> Any:
+    """`jax.set_mesh(mesh)` when the cells run sequence-parallel (their `shard_map` reads the mesh when
+    traced: model init, the train and eval steps); otherwise nothing is set, as before."""
+    if parts.get("sequence_axis") is None:
+        return contextlib.nullcontext()
+    return jax.set_mesh(parts["mesh"])
 
 
 def _peak_memory_bytes() -> int:
@@ -215,6 +245,8 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
     devices = None if num_devices is None else jax.devices()[:num_devices]
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes, devices=devices)
     rules = mesh_lib.rules_from_config(config.logical_rules, mesh)
+    sequence_axis = mesh_lib.sequence_axis(mesh, rules)  # None: the time axis is not split
+    layout = mesh_lib.data_layout(mesh, rules)
     batch_size = config.batch_size
     sources = build_sources(config.data, config.data_dir)
     if config.train_examples is not None:  # a learning-curve point: a fixed subset spread over the split
@@ -226,8 +258,18 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
     first = {k: np.asarray(v) for k, v in sources["train"][0].items()}
     backbone, head = _fit_to_data(config, first)
     model = models.build_task_model(config.task, backbone, head)
+    if sequence_axis is not None:  # every cell sequence-parallel (preflight checked that each can be)
+        model = model.clone(config=models.sequence_parallel_config(model.config, sequence_axis))
     inputs = first["inputs"]
     length = int(inputs.shape[0])
+    shards = mesh_lib.sequence_size(mesh, rules)
+    if length % shards:
+        divisors = [d for d in range(1, length + 1) if length % d == 0]
+        raise ConfigError(
+            f"config.mesh.shape {tuple(config.mesh.shape)} splits the time axis {shards} ways (mesh axis "
+            f"{sequence_axis!r}), which does not divide the sequence length {length}; set that axis of "
+            f"config.mesh.shape to a divisor of {length} ({divisors}), or change the data's length."
+        )
     if config.tbptt_length is not None and length % config.tbptt_length:
         # Here, not at the first step's trace: the data's length is known before anything compiles.
         divisors = [d for d in range(1, length + 1) if length % d == 0]
@@ -235,12 +277,13 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
             f"config.tbptt_length={config.tbptt_length} must divide the sequence length {length} (the "
             f"chunks cut every batch row); choose a divisor of {length}: {divisors}."
         )
-    tx = make_optimizer(_optimizer_options(config, length), models.param_groups(model))
-    example = (np.zeros((batch_size, *inputs.shape), inputs.dtype),)
-
+    # Abstract inits trace the model: a sequence-parallel cell's shard_map reads the mesh.
+    with _mesh_scope({"mesh": mesh, "sequence_axis": sequence_axis}):
+        tx = make_optimizer(_optimizer_options(config, length), models.param_groups(model))
+        example = (np.zeros((batch_size, *inputs.shape), inputs.dtype),)
+        abstract, shardings = state_shardings(model, tx, example, mesh, rules)
     batch_shardings = _batch_shardings(first, mesh, rules)
     train_batch_shardings = batch_shardings
-    abstract, shardings = state_shardings(model, tx, example, mesh, rules)
     if config.segment_recurrence:  # the carried state is part of the train state, and of its checkpoints
         abstract, shardings = segments.with_carry(abstract, shardings, model, batch_size, mesh, rules)
         # Lane batches: a series stream's targets [rows, length, horizon, V] are not its windows'.
@@ -259,18 +302,24 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
         "abstract_state": abstract,
         "state_shardings": shardings,
         "tokens_per_example": int(inputs.shape[0]),
+        # the mesh axis the time axis is split over (None: not split); the model's cells run split
+        "sequence_axis": sequence_axis,
+        # which rows of each global batch this process loads (`mesh_lib.DataLayout`)
+        "data_layout": layout,
     }
 
 
-def _train_batches(config: RunConfig, source: Any, length: int, start: int) -> TrainBatches | StreamBatches:
-    """The training batches from `start`: shuffled examples, or with segment recurrence the contiguous
-    lanes of the split's stream (`config.data.shuffled` then shifts the lanes by a seeded offset each
-    epoch)."""
+def _train_batches(
+    config: RunConfig, source: Any, length: int, start: int, layout: mesh_lib.DataLayout
+) -> TrainBatches | StreamBatches:
+    """The training batches from `start` (this process's rows: `layout`): shuffled examples, or with
+    segment recurrence the contiguous lanes of the split's stream (`config.data.shuffled` then shifts
+    the lanes by a seeded offset each epoch)."""
     common = {
         "seed": config.seed,
         "shuffle": config.data.shuffled,
-        "process_index": jax.process_index(),
-        "process_count": jax.process_count(),
+        "process_index": layout.index,
+        "process_count": layout.count,
         "start": start,
     }
     if config.segment_recurrence:
@@ -284,22 +333,27 @@ def run_eval(
     params: Any,
     source: Any,
     batch_shardings: Mapping[str, NamedSharding],
+    layout: mesh_lib.DataLayout | None = None,
 ) -> dict[str, float]:
-    """The task's metrics on a whole split (capped at `config.eval_examples` when set)."""
+    """The task's metrics on a whole split (capped at `config.eval_examples` when set); `layout`: which
+    rows this process loads (None: its own block, `jax.process_index()` of `jax.process_count()`)."""
+    if layout is None:
+        layout = mesh_lib.DataLayout.per_process()
     batches = eval_batches(
         source,
         config.eval_batch,
         max_examples=config.eval_examples,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        process_index=layout.index,
+        process_count=layout.count,
     )
     return evaluate_split(
         eval_fn,
         params,
         batches,
         config.task,
-        lambda host: _global_batch(host, batch_shardings),
+        lambda host: _global_batch(host, batch_shardings, layout),
         bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)),
+        row_processes=layout.processes,
     )
 
 
@@ -360,7 +414,29 @@ def train(
     # ----------------------------------------------------------------------------------------------
     os.makedirs(workdir, exist_ok=True)
     parts = setup(config)
+    with _mesh_scope(parts):  # sequence parallelism: the cells' shard_map reads the mesh when traced
+        return _train(
+            parts,
+            workdir,
+            allow_config_change=allow_config_change,
+            final_splits=final_splits,
+            final_examples=final_examples,
+            exit_after_stop=exit_after_stop,
+        )
+
+
+def _train(
+    parts: Mapping[str, Any],
+    workdir: str,
+    *,
+    allow_config_change: Iterable[str],
+    final_splits: Iterable[str],
+    final_examples: int | None,
+    exit_after_stop: bool,
+) -> dict[str, Any]:
+    """`train`'s loop, on `setup`'s parts."""
     config = parts["config"]
+    layout = parts["data_layout"]
     model, tx, sources = parts["model"], parts["tx"], parts["sources"]
     batch_size = config.batch_size
     batch_shardings = parts["batch_shardings"]
@@ -427,7 +503,7 @@ def train(
             state: TrainState = restored.state
             next_batch = int(restored.data_state["next_batch"])
             log.info("resumed from step %d (data position %d)", restored.step, next_batch)
-        batches = _train_batches(config, sources["train"], parts["tokens_per_example"], next_batch)
+        batches = _train_batches(config, sources["train"], parts["tokens_per_example"], next_batch, layout)
         if isinstance(batches, StreamBatches):
             log.info(
                 "segment recurrence: %d lanes of %d tokens, %d segments of %d per epoch",
@@ -498,15 +574,16 @@ def train(
                     IndexedSource(source, indices),
                     config.eval_batch,
                     max_examples=None,
-                    process_index=jax.process_index(),
-                    process_count=jax.process_count(),
+                    process_index=layout.index,
+                    process_count=layout.count,
                 )
                 data = collect_split(
                     eval_fn,
                     state.params,
                     split_batches,
                     config.task,
-                    lambda h: _global_batch(h, batch_shardings),
+                    lambda h: _global_batch(h, batch_shardings, layout),
+                    row_processes=layout.processes,
                 )
                 bytes_per_token = float(getattr(source, "bytes_per_token", 1.0))
                 out[name] = {
@@ -566,7 +643,7 @@ def train(
                 if step == step_first and is_chief:
                     print(f"compiling the train step (step {step + 1} of {total})...", flush=True)
                 t_step = time.perf_counter()
-                batch = _global_batch(next(batches), train_shardings)
+                batch = _global_batch(next(batches), train_shardings, layout)
                 if step_memory is None and config.report_step_memory:
                     step_memory = _step_memory_bytes(train_step, state, batch)
                     t_step = time.perf_counter()  # the extra compile is not a training step
@@ -619,7 +696,7 @@ def train(
                     say_compiling_eval()
                     t_eval = time.perf_counter()
                     eval_metrics = run_eval(
-                        config, eval_fn, state.params, sources["validation"], batch_shardings
+                        config, eval_fn, state.params, sources["validation"], batch_shardings, layout
                     )
                     eval_seconds += time.perf_counter() - t_eval
                     write({"step": step, "split": "eval", **eval_metrics})
@@ -795,20 +872,23 @@ def evaluate(
         parts["model"], config.task, parts["state_shardings"].params, parts["batch_shardings"]
     )
     indices = spread_indices(len(source), examples)
+    layout = parts["data_layout"]
     batches = eval_batches(
         IndexedSource(source, indices),
         config.eval_batch,
         max_examples=config.eval_examples,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        process_index=layout.index,
+        process_count=layout.count,
     )
-    data = collect_split(
-        eval_fn,
-        restored.state.params,
-        batches,
-        config.task,
-        lambda host: _global_batch(host, parts["batch_shardings"]),
-    )
+    with _mesh_scope(parts):
+        data = collect_split(
+            eval_fn,
+            restored.state.params,
+            batches,
+            config.task,
+            lambda host: _global_batch(host, parts["batch_shardings"], layout),
+            row_processes=layout.processes,
+        )
     metrics = split_metrics(data, config.task, bytes_per_token=bytes_per_token)
     result = {"step": restored.step, "split": split, "metrics": metrics}
     if per_example:
@@ -855,7 +935,8 @@ def evaluate_carried(
         per_position=position_buckets is not None,
         carried=not stateless,
     )
-    where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    layout = parts.get("data_layout") or mesh_lib.DataLayout.per_process()
+    where = {"process_index": layout.index, "process_count": layout.count}
     if by_document:
         batches = document_eval_batches(
             source,
@@ -868,12 +949,13 @@ def evaluate_carried(
         )
     else:
         batches = stream_eval_batches(source, rows, length, **where)
-    return segments.evaluate_stream(
-        eval_fn,
-        params,
-        None if stateless else segments.initial_carry(model, rows, carry_sh),
-        batches,
-        lambda host: _global_batch(host, batch_sh),
-        bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)),
-        position_buckets=position_buckets,
-    )
+    with _mesh_scope(parts):
+        return segments.evaluate_stream(
+            eval_fn,
+            params,
+            None if stateless else segments.initial_carry(model, rows, carry_sh),
+            batches,
+            lambda host: _global_batch(host, batch_sh, layout),
+            bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)),
+            position_buckets=position_buckets,
+        )
