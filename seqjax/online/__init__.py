@@ -25,7 +25,7 @@ from seqjax.online.learner import (
     squared_error,
 )
 from seqjax.online.model import OnlineModel
-
+from seqjax.online.snap import SNAP_CELLS, SnAp1, SnApTracer, snap_owners
 
 
 __all__ = [
@@ -39,11 +39,12 @@ __all__ = [
     "LearnerState",
     "OnlineLearner",
     "OnlineModel",
-    "OnlineTBPTT",
+
     "SnAp1",
     "SnApTracer",
     "TraceLearner",
     "accumulate",
     "bptt_gradient",
+    "snap_owners",
     "squared_error",
 ]
