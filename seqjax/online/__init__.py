@@ -26,6 +26,7 @@ from seqjax.online.learner import (
 )
 from seqjax.online.model import OnlineModel
 from seqjax.online.snap import SNAP_CELLS, SnAp1, SnApTracer, snap_owners
+from seqjax.online.tbptt import OnlineTBPTT
 
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "LearnerState",
     "OnlineLearner",
     "OnlineModel",
+    "OnlineTBPTT",
 
     "SnAp1",
     "SnApTracer",
