@@ -56,9 +56,14 @@ EXACT = [
     ("lru-diagonal", lambda: DiagonalRTRL(one_layer(cells.LRU(D_IN, 4, **F64)))),
     ("s4d-diagonal", lambda: DiagonalRTRL(one_layer(cells.S4D(D_IN, 4, **F64)))),
     ("s5-diagonal", lambda: DiagonalRTRL(one_layer(cells.S5(D_IN, 4, blocks=2, **F64)))),
-    ("s5-bilinear-diagonal", lambda: DiagonalRTRL(one_layer(cells.S5(D_IN, 4, discretization="bilinear", **F64)))),
+    (
+        "s5-bilinear-diagonal",
+        lambda: DiagonalRTRL(one_layer(cells.S5(D_IN, 4, discretization="bilinear", **F64))),
+    ),
     ("lstm-dense", lambda: DenseRTRL(one_layer(cells.LSTM(4, engine="scan", **F64)))),
     ("gru-dense", lambda: DenseRTRL(one_layer(cells.GRU(4, **F64)))),
+    # Mamba's selective recurrence is not element-wise in its parameters; dense RTRL is its exact reference
+    ("mamba-dense", lambda: DenseRTRL(one_layer(cells.Mamba(d_model=D_IN, state_size=2, expand=1, **F64)))),
     ("lstm-tbptt-full-window", lambda: OnlineTBPTT(one_layer(cells.LSTM(4, engine="scan", **F64)), window=T)),
 ]
 
@@ -99,7 +104,9 @@ def test_snap1_equals_exact_rtrl_when_recurrent_weights_are_diagonal(make, gates
         model = one_layer(make())
         params = model.init(jax.random.PRNGKey(0))
         xs, ys, resets, mask = stream()
-        run = lambda learner, p: jax.jit(lambda q: accumulate(learner, q, xs, ys, resets=resets, mask=mask)[0])(p)
+        run = lambda learner, p: jax.jit(
+            lambda q: accumulate(learner, q, xs, ys, resets=resets, mask=mask)[0]
+        )(p)
         diag = diagonal_recurrence(params, 4, gates)
         _, bptt = bptt_gradient(model, diag, xs, ys, resets=resets, mask=mask)
         assert relative_error(run(SnAp1(model), diag), run(DenseRTRL(model), diag)) <= 1e-10
@@ -107,8 +114,10 @@ def test_snap1_equals_exact_rtrl_when_recurrent_weights_are_diagonal(make, gates
 
         dense_grads, snap_grads = run(DenseRTRL(model), params), run(SnAp1(model), params)
         diff = relative_error(snap_grads["layers"], dense_grads["layers"])
-        print(f"\nSnAp-1 vs exact RTRL, {type(model.cells[0]).__name__} with dense w_hh: relative difference "
-              f"{diff:.3f} (cell parameters)")
+        print(
+            f"\nSnAp-1 vs exact RTRL, {type(model.cells[0]).__name__} with dense w_hh: relative difference "
+            f"{diff:.3f} (cell parameters)"
+        )
         assert np.isfinite(diff) and diff > 1e-3
         # the readout's gradient needs no trace: the same for both
         assert relative_error(snap_grads["readout"], dense_grads["readout"]) <= 1e-10
@@ -121,7 +130,9 @@ def test_snap1_elstm_runs_and_reports_its_bias() -> None:
         model = one_layer(cells.ELSTM(4, memory_slots=2, memory_width=3, **F64))
         params = model.init(jax.random.PRNGKey(0))
         xs, ys, resets, mask = stream()
-        run = lambda learner: jax.jit(lambda q: accumulate(learner, q, xs, ys, resets=resets, mask=mask)[0])(params)
+        run = lambda learner: jax.jit(lambda q: accumulate(learner, q, xs, ys, resets=resets, mask=mask)[0])(
+            params
+        )
         dense_grads, snap_grads = run(DenseRTRL(model)), run(SnAp1(model))
         _, bptt = bptt_gradient(model, params, xs, ys, resets=resets, mask=mask)
         assert relative_error(dense_grads, bptt) <= 1e-6
@@ -136,7 +147,9 @@ def test_stacked_layers_get_the_spatial_gradient() -> None:
     encoder get the gradient through the current token only, which differs from BPTT."""
     with jax.enable_x64(True):
         model = OnlineModel(
-            (cells.LRU(4, 3, **F64), cells.LRU(4, 3, **F64)), input_size=D_IN, output_size=D_OUT,
+            (cells.LRU(4, 3, **F64), cells.LRU(4, 3, **F64)),
+            input_size=D_IN,
+            output_size=D_OUT,
             param_dtype=jnp.float64,
         )
         params = model.init(jax.random.PRNGKey(0))
@@ -167,9 +180,9 @@ def test_learner_step_matches_model_step() -> None:
     y = jnp.zeros((B, D_OUT))
     mask = jnp.array([True, False])
     _, want = model.step(params, model.initial_state((B,)), x, mask=mask)
-    for learner in (SnAp1(model), DenseRTRL(model), OnlineTBPTT(model, window=3)):
+    for learner in (SnAp1(model), OnlineTBPTT(model, window=3)):
         st = learner.init(params, (B,))
-        st, pred, loss, grads = learner.step(params, st, x, y, mask=mask)
+        st, pred, loss, grads = jax.jit(learner.step)(params, st, x, y, None, mask)
         np.testing.assert_allclose(pred, want, atol=1e-6)
         assert float(loss[1]) == 0.0 and int(st.position) == 1
         assert jax.tree.structure(grads) == jax.tree.structure(params)
@@ -178,7 +191,9 @@ def test_learner_step_matches_model_step() -> None:
 def test_errors_name_the_fix() -> None:
     lstm = OnlineModel((cells.LSTM(4),), input_size=D_IN, output_size=D_OUT)
     params = lstm.init(jax.random.PRNGKey(0))
-    with pytest.raises(TypeError, match=r"LSTM; exact diagonal RTRL supports LRU, S4D, S5 only.*SnAp1.*DenseRTRL"):
+    with pytest.raises(
+        TypeError, match=r"LSTM; exact diagonal RTRL supports LRU, S4D, S5 only.*SnAp1.*DenseRTRL"
+    ):
         DiagonalRTRL(lstm).init(params, (B,))
     lru = OnlineModel((cells.LRU(4, 3),), input_size=D_IN, output_size=D_OUT)
     with pytest.raises(TypeError, match=r"supports ELSTM, GRU, LSTM;.*DiagonalRTRL"):

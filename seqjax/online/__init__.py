@@ -28,7 +28,6 @@ from seqjax.online.model import OnlineModel
 from seqjax.online.snap import SNAP_CELLS, SnAp1, SnApTracer, snap_owners
 from seqjax.online.tbptt import OnlineTBPTT
 
-
 __all__ = [
     "DIAGONAL_CELLS",
     "SNAP_CELLS",
@@ -41,7 +40,6 @@ __all__ = [
     "OnlineLearner",
     "OnlineModel",
     "OnlineTBPTT",
-
     "SnAp1",
     "SnApTracer",
     "TraceLearner",

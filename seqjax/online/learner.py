@@ -104,7 +104,8 @@ class OnlineLearner(abc.ABC):
         x, y = jnp.asarray(x), jnp.asarray(y)
         if x.ndim < 1 or x.shape[-1] != self.model.input_size:
             raise ValueError(
-                f"{label}.step: x has shape {x.shape}; expected [*batch, {self.model.input_size}] (one token)."
+                f"{label}.step: x has shape {x.shape}; expected [*batch, {self.model.input_size}] (one "
+                f"token)."
             )
         if y.shape != (*x.shape[:-1], self.model.output_size):
             raise ValueError(
@@ -258,7 +259,8 @@ def accumulate(
     >>> from seqjax.online import DiagonalRTRL, OnlineModel
     >>> model = OnlineModel((cells.LRU(hidden_size=3, state_size=2),), input_size=2, output_size=1)
     >>> params = model.init(jax.random.PRNGKey(0))
-    >>> grads, losses, preds = accumulate(DiagonalRTRL(model), params, jnp.ones((4, 6, 2)), jnp.ones((4, 6, 1)))
+    >>> xs, ys = jnp.ones((4, 6, 2)), jnp.ones((4, 6, 1))
+    >>> grads, losses, preds = accumulate(DiagonalRTRL(model), params, xs, ys)
     >>> losses.shape, grads["readout"]["w"].shape
     ((4, 6), (3, 1))
     """

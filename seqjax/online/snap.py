@@ -54,7 +54,9 @@ def _pad(rows: list[list[int]], k: int) -> np.ndarray:
     return np.array([r + [-1] * (k - len(r)) for r in rows], np.int64)
 
 
-def _gate_owners(shape: tuple[int, ...], hidden: int, units: Callable[[int], list[int]], k: int) -> np.ndarray:
+def _gate_owners(
+    shape: tuple[int, ...], hidden: int, units: Callable[[int], list[int]], k: int
+) -> np.ndarray:
     """Owners of a leaf whose last axis is gate columns: column c writes unit c mod hidden."""
     cols = _pad([units(c % hidden) for c in range(shape[-1])], k)
     return np.broadcast_to(cols, (*shape, k))
@@ -76,7 +78,9 @@ def _elstm_owners(cell: ELSTM, params: PyTree) -> dict[str, np.ndarray]:
     mem = lambda s, j: 2 * d + s * m + j  # state order: h [d], c [d], memory [slots, m]
     slot = _pad([[mem(s, j) for j in range(m)] for s in range(slots)], k)  # [slots, k]
     column = _pad([[mem(s, j) for s in range(slots)] for j in range(m)], k)  # [m, k]
-    owners = {n: _gate_owners(params[n].shape, d, lambda u: [u, d + u], k) for n in ("w_ih", "w_hh", "w_rh", "b")}
+    owners = {
+        n: _gate_owners(params[n].shape, d, lambda u: [u, d + u], k) for n in ("w_ih", "w_hh", "w_rh", "b")
+    }
     for n in ("w_zx", "w_zh", "b_z"):
         owners[n] = np.broadcast_to(slot, (*params[n].shape, k))
     owners["w_u"] = np.broadcast_to(column, (*params["w_u"].shape, k))
@@ -160,7 +164,7 @@ class SnAp1(TraceLearner):
     >>> learner = SnAp1(model)
     >>> st = learner.init(params, batch_shape=(4,))
     >>> st.traces[0].shape                      # [batch, cell parameters, K = (h_k, c_k)]
-    (4, 84, 2)
+    (4, 96, 2)
     >>> st, pred, loss, grads = learner.step(params, st, jnp.ones((4, 2)), jnp.zeros((4, 1)))
     >>> grads["layers"][0]["w_hh"].shape
     (3, 12)
