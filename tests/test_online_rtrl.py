@@ -194,13 +194,13 @@ def test_errors_name_the_fix() -> None:
     with pytest.raises(
         TypeError, match=r"LSTM; exact diagonal RTRL supports LRU, S4D, S5 only.*SnAp1.*DenseRTRL"
     ):
-        DiagonalRTRL(lstm).init(params, (B,))
+        DiagonalRTRL(lstm)
     lru = OnlineModel((cells.LRU(4, 3),), input_size=D_IN, output_size=D_OUT)
     with pytest.raises(TypeError, match=r"supports ELSTM, GRU, LSTM;.*DiagonalRTRL"):
-        SnAp1(lru).init(lru.init(jax.random.PRNGKey(0)), (B,))
+        SnAp1(lru)
     mamba = OnlineModel((cells.Mamba(d_model=4, state_size=2),), input_size=D_IN, output_size=D_OUT)
     with pytest.raises(TypeError, match=r"Mamba; exact diagonal RTRL supports LRU, S4D, S5 only"):
-        DiagonalRTRL(mamba).init(mamba.init(jax.random.PRNGKey(0)), (B,))
+        DiagonalRTRL(mamba)
     with pytest.raises(ValueError, match=r"cannot run on a stream: LSTM with reverse=True"):
         OnlineModel((cells.LSTM(4, reverse=True),), input_size=D_IN, output_size=D_OUT)
     with pytest.raises(ValueError, match=r"y has shape \(2, 3\); expected \(2, 2\)"):

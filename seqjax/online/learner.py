@@ -152,6 +152,9 @@ class TraceLearner(OnlineLearner):
     advanced. Subclasses choose the tracer of each cell (`tracer_for`).
     """
 
+    def __post_init__(self) -> None:
+        self.tracers  # noqa: B018 -- refuses an unsupported cell when the learner is built
+
     @abc.abstractmethod
     def tracer_for(self, index: int, cell: Cell) -> LayerTracer:
         """The tracer of `model.cells[index]`; raises a clear error for a cell it cannot handle."""
