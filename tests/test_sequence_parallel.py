@@ -63,7 +63,12 @@ def _weights(key: jax.Array, tree):
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(key, len(leaves))
     return treedef.unflatten(
-        [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+        [
+            jax.random.normal(k, x.shape, x.dtype)
+            if jnp.issubdtype(x.dtype, jnp.inexact)
+            else jnp.zeros(x.shape)
+            for k, x in zip(keys, leaves, strict=True)
+        ]
     )
 
 
@@ -341,7 +346,7 @@ def test_cells_without_a_sequence_parallel_form_say_so():
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
         cells.check_sequence_parallel(cells.Attention(num_heads=2, head_dim=4))
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
-        cells.check_sequence_parallel(cells.Mamba2(d_model=8))
+        cells.check_sequence_parallel(cells.DeltaNet(num_heads=2, head_dim=4))
     assert cells.with_sequence_axis(cells.S4D(hidden_size=4), "sequence").sequence_axis == "sequence"
     assert cells.with_sequence_axis(cells.LSTM(hidden_size=4), None) == cells.LSTM(hidden_size=4)
 
@@ -449,3 +454,66 @@ def test_mamba_sharded_conv_is_the_global_conv():
         got, _ = jax.jit(cells.with_sequence_axis(cell, "sequence").apply)(params, xs)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
     assert got.sharding.spec[1] == "sequence"
+
+
+# --------------------------------------------------------------------------------------------------
+# RG-LRU and Mamba-2: the shared short conv's halo, then the diagonal or the matrix-state engine
+# --------------------------------------------------------------------------------------------------
+CONV_CELLS = {
+    # RG-LRU: a reset or a fresh state restarts h without the √(1 − a²) factor (`started`)
+    "rglru": cells.RGLRU(
+        d_model=4, lru_width=6, num_heads=2, method="chunked", chunk_size=CHUNK, dtype=jnp.float64
+    ),
+    # Mamba-2, grouped B and C; unsplit, the fused chunked SSD, split, the unfused engine
+    "mamba2": cells.Mamba2(
+        d_model=4, state_size=3, head_dim=2, num_groups=2, chunk_size=CHUNK, dtype=jnp.float64
+    ),
+}
+
+
+def _random_state(cell, key):
+    """A non-zero initial state (so the first shard's halo is the state's conv window); RG-LRU's
+    `started` flag is 1 for row 0 (h carries over) and 0 for row 1 (a fresh segment)."""
+    state = cell.initial_state((2,), jnp.float64)
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(key, len(leaves))
+    new = [
+        jax.random.normal(k, x.shape, x.dtype)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+        else jnp.array([1, 0], x.dtype).reshape(x.shape)
+        for k, x in zip(keys, leaves, strict=True)
+    ]
+    return treedef.unflatten(new)
+
+
+@pytest.mark.parametrize("n", [8])  # 8 shards of 12 tokens: every boundary of 2 and 4 shards, and more
+@pytest.mark.parametrize("name", list(CONV_CELLS))
+def test_conv_cells_with_sequence_axis_equal_single_device(name, n):
+    """RG-LRU and Mamba-2 with `sequence_axis` on n shards equal plain `apply`: outputs, final state and
+    the gradients of parameters, inputs and initial state, float64, with resets and padding across
+    shard boundaries."""
+    cell = CONV_CELLS[name]
+    resets, mask = _flags()
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), cell.init(jax.random.PRNGKey(3), 4))
+        xs = jax.random.normal(jax.random.PRNGKey(4), (2, T, 4), jnp.float64)
+        state = _random_state(cell, jax.random.PRNGKey(5))
+        floats = lambda tree: [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+
+        def run(c):
+            def f(params, xs, state_floats):
+                leaves = iter(state_floats)
+                full = jax.tree.map(
+                    lambda x: next(leaves) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+                )
+                return c.apply(params, xs, full, resets=resets, mask=mask)
+
+            inputs = (params, xs, floats(state))
+            out = jax.eval_shape(f, *inputs)
+            weights = _weights(jax.random.PRNGKey(6), out)
+            return jax.jit(_value_and_grads, static_argnums=0)(f, inputs, weights)
+
+        want = run(cell)
+        with jax.set_mesh(_mesh(n)):
+            got = run(cells.with_sequence_axis(cell, "sequence"))
+    _close(got, want, rtol=1e-9, atol=1e-10)

@@ -47,6 +47,7 @@ __all__ = [
     "RecurrentCell",
     "State",
     "accumulation_dtype",
+    "check_sequence_axis",
     "check_sequence_parallel",
     "with_sequence_axis",
 ]
@@ -227,9 +228,9 @@ class Cell(abc.ABC):
     def sequence_parallel_unsupported(self) -> str | None:
         """Why this cell's time axis cannot be split over a `sequence` mesh axis, or None if it can.
 
-        Cells that can (S4D, S5, LRU, Mamba, the linear-attention cells) have a `sequence_axis` field: set it
-        with `with_sequence_axis`, and `apply` runs the sequence-parallel engine
-        (`seqjax.scan.sequence_parallel`) inside `jax.set_mesh`. A nonlinear recurrence can never be
+        Cells that can (S4D, S5, LRU, Mamba, Mamba-2, RG-LRU, the linear-attention cells) have a
+        `sequence_axis` field: set it with `with_sequence_axis`, and `apply` runs the sequence-parallel
+        engine (`seqjax.scan.sequence_parallel`) inside `jax.set_mesh`. A nonlinear recurrence can never be
         split; other cells have no sequence-parallel form yet.
 
         >>> from seqjax.cells import LSTM, S4D
@@ -375,6 +376,19 @@ def check_sequence_parallel(cell: Cell) -> None:
     reason = cell.sequence_parallel_unsupported()
     if reason is not None:
         raise ValueError(reason)
+
+
+def check_sequence_axis(label: str, sequence_axis: object) -> None:
+    """Raises ValueError unless `sequence_axis` (a cell's field) is a mesh axis name or None.
+
+    >>> check_sequence_axis("LRU", "sequence")
+    >>> check_sequence_axis("LRU", 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: LRU: sequence_axis must be a mesh axis name or None, got 4.
+    """
+    if sequence_axis is not None and (not isinstance(sequence_axis, str) or not sequence_axis):
+        raise ValueError(f"{label}: sequence_axis must be a mesh axis name or None, got {sequence_axis!r}.")
 
 
 def with_sequence_axis(cell: Cell, sequence_axis: str | None) -> Cell:

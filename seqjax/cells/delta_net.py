@@ -32,10 +32,11 @@ import jax.numpy as jnp
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
+from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.delta_rule import METHODS, delta_rule, delta_rule_step
 
-__all__ = ["DeltaNet", "DeltaNetState", "GatedDeltaNet", "l2_normalize", "short_conv"]
+__all__ = ["DeltaNet", "DeltaNetState", "GatedDeltaNet", "l2_normalize"]
 
 #: fla's `l2norm` epsilon: x / sqrt(|x|² + eps).
 L2_EPS = 1e-6
@@ -56,57 +57,6 @@ def l2_normalize(x: jax.Array, eps: float = L2_EPS) -> jax.Array:
     Array([0.6, 0.8], dtype=float32)
     """
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
-
-
-def short_conv(
-    x: jax.Array,
-    window: jax.Array,
-    weight: jax.Array,
-    resets: jax.Array | None = None,
-    n_valid: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Depthwise causal conv over [window; x] (no bias, no activation) and the window after it.
-
-    Taps that reach across a segment start (a reset) read zeros, so packed sequences never see each
-    other; the returned window holds the last `K − 1` inputs up to the last valid token (the first
-    `n_valid` tokens of each row are the valid ones), cleared across a reset.
-
-    Args:
-      x: [B, L, *features]; window: [B, K − 1, *features] (the inputs before x); weight: [K, *features],
-        tap K − 1 on the current token.
-      resets: [B, L] bool or None; n_valid: [B] int or None (all L valid).
-
-    Returns:
-      (out [B, L, *features], new window [B, K − 1, *features]).
-
-    >>> import jax.numpy as jnp
-    >>> out, w = short_conv(jnp.ones((1, 3, 2)), jnp.zeros((1, 1, 2)), jnp.ones((2, 2)))
-    >>> out[0, :, 0], w.shape                     # taps [previous, current]; the window starts at zero
-    (Array([1., 2., 2.], dtype=float32), (1, 1, 2))
-    """
-    bsz, length = x.shape[:2]
-    taps = weight.shape[0]
-    ext = jnp.concatenate([window.astype(x.dtype), x], axis=1)  # [B, K-1+L, ...]
-    if resets is None:
-        seg = jnp.zeros((bsz, length + taps - 1), jnp.int32)
-    else:
-        seg = jnp.concatenate(
-            [jnp.zeros((bsz, taps - 1), jnp.int32), jnp.cumsum(resets, axis=1, dtype=jnp.int32)], axis=1
-        )
-    feat = (1,) * (x.ndim - 2)
-    seg_now = seg[:, taps - 1 :]
-    out = jnp.zeros_like(x)
-    for tap in range(taps):  # tap K-1 is the current token, tap 0 the oldest
-        same = (seg[:, tap : tap + length] == seg_now).reshape(bsz, length, *feat)
-        out = out + jnp.where(same, ext[:, tap : tap + length], 0.0) * weight[tap].astype(x.dtype)
-    if taps == 1:
-        return out, window
-    n_valid = jnp.full((bsz,), length) if n_valid is None else n_valid
-    idx = n_valid[:, None] + jnp.arange(taps - 1)[None]  # positions in `ext`
-    new = jnp.take_along_axis(ext, idx.reshape(bsz, taps - 1, *feat), axis=1)
-    seg_last = jnp.take_along_axis(seg, (n_valid + taps - 2)[:, None], axis=1)
-    keep = (jnp.take_along_axis(seg, idx, axis=1) == seg_last).reshape(bsz, taps - 1, *feat)
-    return out, jnp.where(keep, new, 0.0).astype(window.dtype)
 
 
 def _inverse_softplus(y: jax.Array) -> jax.Array:

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.matrix_recurrence import (
@@ -148,12 +148,7 @@ class _MatrixAttention(RecurrentCell):
             check_positive_int(label, "out_features", self.out_features)
         if self.method not in METHODS:
             raise ValueError(f"{label}: method must be one of {METHODS}, got {self.method!r}.")
-        if self.sequence_axis is not None and (
-            not isinstance(self.sequence_axis, str) or not self.sequence_axis
-        ):
-            raise ValueError(
-                f"{label}: sequence_axis must be a mesh axis name or None, got {self.sequence_axis!r}."
-            )
+        check_sequence_axis(label, self.sequence_axis)
 
     # -- sizes ---------------------------------------------------------------------------------------
     @property

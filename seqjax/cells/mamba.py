@@ -9,19 +9,17 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
 from seqjax.cells.initializers import torch_linear_uniform
 from seqjax.cells.registry import register
+from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.diagonal import linear_recurrence
 from seqjax.scan.selective import SELECTIVE_METHODS, selective_scan
 from seqjax.scan.sequence_parallel import (
-    sequence_halo,
     sequence_parallel_linear_recurrence,
     sequence_parallel_selective_scan,
-    sequence_shards,
 )
 
 __all__ = ["Mamba", "MambaState"]
@@ -113,12 +111,7 @@ class Mamba(RecurrentCell):
     def __post_init__(self) -> None:
         for field in ("d_model", "state_size", "expand", "d_conv", "chunk_size"):
             check_positive_int("Mamba", field, getattr(self, field))
-        if self.sequence_axis is not None and (
-            not isinstance(self.sequence_axis, str) or not self.sequence_axis
-        ):
-            raise ValueError(
-                f"Mamba: sequence_axis must be a mesh axis name or None, got {self.sequence_axis!r}."
-            )
+        check_sequence_axis("Mamba", self.sequence_axis)
         if self.method in _RENAMED:
             raise ValueError(
                 f"Mamba: method {self.method!r} was renamed: use {_RENAMED[self.method]!r} (the selective "
@@ -281,55 +274,13 @@ class Mamba(RecurrentCell):
         return ys.reshape(*batch_shape, length, self.d_model), final
 
     def _causal_conv(self, params, x_in, conv0, resets, n_valid):
-        """Depthwise causal conv over [window0; x_in] with taps across a reset zeroed; and the new window."""
-        k = self.d_conv
-        ext = jnp.concatenate([conv0.astype(x_in.dtype), x_in], axis=1)  # [B, K-1+L, Di]
-        length = x_in.shape[1]
-        if resets is None:
-            seg = jnp.zeros((x_in.shape[0], length + k - 1), jnp.int32)
-        else:
-            seg = jnp.concatenate(
-                [jnp.zeros((x_in.shape[0], k - 1), jnp.int32), jnp.cumsum(resets, axis=1, dtype=jnp.int32)],
-                axis=1,
-            )
-        shards = sequence_shards(self.sequence_axis)
-        if shards > 1 and length % shards == 0 and length // shards >= k - 1:
-            out = self._sharded_conv(params["conv_w"], x_in, seg, conv0)
-        else:
-            out = _conv_taps(params["conv_w"], ext, seg, length)
-        x = jax.nn.silu(out + params["conv_b"])
-        # The new window: the last K-1 inputs up to the last valid token, cleared across a reset.
-        idx = n_valid[:, None] + jnp.arange(k - 1)[None]  # positions in `ext`
-        window = jnp.take_along_axis(ext, idx[..., None], axis=1)
-        seg_last = jnp.take_along_axis(seg, (n_valid + k - 2)[:, None], axis=1)
-        window_seg = jnp.take_along_axis(seg, idx, axis=1)
-        window = jnp.where((window_seg == seg_last)[..., None], window, 0)
-        return x, window
-
-    def _sharded_conv(self, conv_w, x_in, seg, conv0):
-        """The conv taps with the time axis split over `sequence_axis`: each shard prepends the last
-        d_conv − 1 inputs and segment ids of the previous shard (`sequence_halo`; the first shard: the
-        state's window, segment 0)."""
-        k, axis = self.d_conv, self.sequence_axis
-        spec = P(None, axis)
-
-        def body(conv_w, x_local, seg_local, conv0):
-            halo = sequence_halo(x_local, k - 1, axis, time_axis=1, initial=conv0.astype(x_local.dtype))
-            seg_halo = sequence_halo(
-                seg_local, k - 1, axis, time_axis=1, initial=jnp.zeros_like(seg_local[:, : k - 1])
-            )
-            ext = jnp.concatenate([halo, x_local], axis=1)
-            seg_ext = jnp.concatenate([seg_halo, seg_local], axis=1)
-            return _conv_taps(conv_w, ext, seg_ext, x_local.shape[1])
-
-        return jax.shard_map(
-            body,
-            mesh=jax.sharding.get_abstract_mesh(),
-            in_specs=(P(), spec, spec, P()),
-            out_specs=spec,
-            axis_names={axis},
-            check_vma=False,
-        )(conv_w, x_in, seg[:, k - 1 :], conv0.astype(x_in.dtype))
+        """SiLU of the depthwise causal conv over [window0; x_in] (`short_conv`: taps across a reset zeroed;
+        split over `sequence_axis` with a halo of d_conv − 1 inputs), and the new window."""
+        dtype = jnp.promote_types(x_in.dtype, params["conv_w"].dtype)
+        out, window = short_conv(
+            x_in.astype(dtype), conv0, params["conv_w"], resets, n_valid, sequence_axis=self.sequence_axis
+        )
+        return jax.nn.silu(out + params["conv_b"]), window
 
     def _scan(self, params, x, dt, b, c, h0, resets):
         a_mat = self._a_matrix(params)
@@ -345,17 +296,3 @@ class Mamba(RecurrentCell):
         recurrence = linear_recurrence if not parallel else sequence_parallel_linear_recurrence
         hs, h = recurrence(decay, drive, h0, axis=1, resets=resets, method=inner, **parallel)
         return jnp.einsum("bldn,bln->bld", hs, c), h
-
-
-def _conv_taps(conv_w: jax.Array, ext: jax.Array, seg: jax.Array, length: int) -> jax.Array:
-    """Σ_tap w[tap] · ext[t + tap] over the last d_conv tokens of each of the `length` positions, taps
-    in another segment than the current token (across a reset) zeroed. `ext` [B, K−1+length, Di] and
-    `seg` [B, K−1+length] hold the K − 1 tokens before the first position, then the positions."""
-    k = conv_w.shape[0]
-    out = jnp.zeros(ext[:, k - 1 :].shape, ext.dtype)
-    seg_now = seg[:, k - 1 :]
-    for tap in range(k):  # tap k-1 is the current token, tap 0 the oldest
-        window = ext[:, tap : tap + length]
-        same_segment = seg[:, tap : tap + length] == seg_now
-        out = out + jnp.where(same_segment[..., None], window, 0) * conv_w[tap]
-    return out

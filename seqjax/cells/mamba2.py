@@ -13,12 +13,15 @@ q = C, k = B, v = Δ x, log γ = Δ A), with B and C grouped (one per group, sha
 carries the conv window and S: the recurrent form. `apply` runs the chunkwise SSD form for
 `method="auto"` / `"chunked"` (intra-chunk masked matmuls, inter-chunk state passing), with the SSD and
 the gated norm and output projection fused into the chunk loop (`fused=True`), or the token scan for
-`"recurrent"`.
+`"recurrent"`. With `sequence_axis` (a mesh axis name, inside `jax.set_mesh`), the time axis is split over
+devices: the conv takes a halo of d_conv − 1 inputs from the previous shard and the SSD runs
+`seqjax.scan.sequence_parallel_linear_attention` (unfused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -26,12 +29,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
-from seqjax.cells.delta_net import short_conv
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
+from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.matrix_recurrence import METHODS, linear_attention, linear_attention_fused, matrix_step
+from seqjax.scan.sequence_parallel import sequence_parallel_linear_attention
 
 __all__ = ["Mamba2", "Mamba2State", "gated_rms_norm"]
 
@@ -123,6 +127,8 @@ class Mamba2(RecurrentCell):
       chunk_size: tokens per chunk of the chunked form (64; the reference's GPU kernels use 256).
       fused: run the SSD, D skip, gated norm and output projection chunk by chunk inside the engine's
         loop, recomputed in the backward pass (`linear_attention_fused`); same values and gradients.
+      sequence_axis: a mesh axis name that splits the time axis over devices (None: not split; the SSD
+        then runs unfused); see `seqjax.cells.with_sequence_axis`.
       dtype: compute dtype of the matmuls (bfloat16 allowed); conv, gates, norm and S are float32.
       param_dtype: dtype of the parameters.
 
@@ -158,12 +164,14 @@ class Mamba2(RecurrentCell):
     method: str = "auto"
     chunk_size: int = 64
     fused: bool = True
+    sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
     def __post_init__(self) -> None:
         for field in ("d_model", "state_size", "expand", "num_groups", "d_conv", "chunk_size"):
             check_positive_int("Mamba2", field, getattr(self, field))
+        check_sequence_axis("Mamba2", self.sequence_axis)
         if self.head_dim is not None:
             check_positive_int("Mamba2", "head_dim", self.head_dim)
         if self.d_inner % self.head_width:
@@ -365,7 +373,9 @@ class Mamba2(RecurrentCell):
             [z, x, B, C, dt]), and the new conv window."""
             projected = self._mm(u, in_proj)
             _, xbc, _ = self._split_projection(projected)
-            conv, window = short_conv(xbc, window, conv_w.astype(acc), resets, n_valid)
+            conv, window = short_conv(
+                xbc, window, conv_w.astype(acc), resets, n_valid, sequence_axis=self.sequence_axis
+            )
             xbc = jax.nn.silu(conv + conv_b.astype(acc))
             return projected.at[..., self.d_inner : self.d_inner + self.conv_dim].set(xbc), window
 
@@ -376,7 +386,7 @@ class Mamba2(RecurrentCell):
         )
         s0 = flat(state.ssm).astype(acc)
         method = "chunked" if self.method == "auto" else self.method
-        if method == "chunked" and self.fused:
+        if method == "chunked" and self.fused and self.sequence_axis is None:
             ys, s = linear_attention_fused(
                 self._project_chunk,
                 self._finish_chunk,
@@ -390,7 +400,12 @@ class Mamba2(RecurrentCell):
         else:
             z, xbc, dt = self._split_projection(projected)
             inputs = self._ssm_inputs(params, xbc, dt)
-            y, s = linear_attention(
+            engine = linear_attention
+            if self.sequence_axis is not None:
+                engine = functools.partial(
+                    sequence_parallel_linear_attention, sequence_axis=self.sequence_axis
+                )
+            y, s = engine(
                 inputs["q"],
                 inputs["k"],
                 inputs["v"],

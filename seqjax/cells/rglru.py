@@ -18,7 +18,9 @@ At the first token of a segment (after a reset, or from the initial state) h_{tâ
 
 `step` is the recurrent form (conv window and h carried); `apply` runs the diagonal engine
 `seqjax.scan.linear_recurrence` (`method`: "sequential", "associative", "chunked" or "auto"), whose custom
-VJP keeps only a, h and h0 for the backward pass.
+VJP keeps only a, h and h0 for the backward pass. With `sequence_axis` (a mesh axis name, inside
+`jax.set_mesh`), the time axis is split over devices: the conv takes a halo of conv_size âˆ’ 1 inputs from
+the previous shard and the recurrence runs `seqjax.scan.sequence_parallel_linear_recurrence`.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
-from seqjax.cells.delta_net import short_conv
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
+from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.diagonal import DEFAULT_CHUNK, METHODS, linear_recurrence
+from seqjax.scan.sequence_parallel import sequence_parallel_linear_recurrence
 
 __all__ = ["RGLRU", "RGLRUState", "rglru_a_param_init", "sqrt_bound_derivative"]
 
@@ -127,6 +130,8 @@ class RGLRU(RecurrentCell):
       out_init_scale: variance scale of W_out (1; Griffin's models use 2 / num_layers).
       method: the diagonal engine's backend ("auto", "sequential", "associative", "chunked").
       chunk_size: tokens per chunk of the chunked backend (64).
+      sequence_axis: a mesh axis name that splits the time axis over devices (None: not split); see
+        `seqjax.cells.with_sequence_axis`.
       dtype: compute dtype of the projections (bfloat16 allowed); conv, gates and the recurrence are
         float32. param_dtype: dtype of the parameters.
 
@@ -158,12 +163,14 @@ class RGLRU(RecurrentCell):
     out_init_scale: float = 1.0
     method: str = "auto"
     chunk_size: int = DEFAULT_CHUNK
+    sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
     def __post_init__(self) -> None:
         for field in ("d_model", "conv_size", "chunk_size"):
             check_positive_int("RGLRU", field, getattr(self, field))
+        check_sequence_axis("RGLRU", self.sequence_axis)
         if self.lru_width is not None:
             check_positive_int("RGLRU", "lru_width", self.lru_width)
         if self.num_heads is not None:
@@ -340,7 +347,12 @@ class RGLRU(RecurrentCell):
         any_token = jnp.full((bsz,), length > 0) if n_valid is None else n_valid > 0
         p = self.project_inputs(params, u)
         conv, window = short_conv(
-            p["x"], flat(state.conv).astype(acc), params["conv_w"].astype(acc), resets, n_valid
+            p["x"],
+            flat(state.conv).astype(acc),
+            params["conv_w"].astype(acc),
+            resets,
+            n_valid,
+            sequence_axis=self.sequence_axis,
         )
         conv = conv + params["conv_b"].astype(acc)
         # A segment's first token: after a reset, or the first token from a state that has seen none.
@@ -348,7 +360,9 @@ class RGLRU(RecurrentCell):
         if resets is not None:
             fresh = fresh | resets
         log_a, b = self._gates(params, conv, fresh[..., None])
-        hs, h_last = linear_recurrence(
+        parallel = {} if self.sequence_axis is None else {"sequence_axis": self.sequence_axis}
+        recurrence = linear_recurrence if not parallel else sequence_parallel_linear_recurrence
+        hs, h_last = recurrence(
             jnp.exp(log_a),
             b,
             flat(state.h).astype(acc),
@@ -357,6 +371,7 @@ class RGLRU(RecurrentCell):
             mask=valid,
             method=self.method,
             chunk_size=self.chunk_size,
+            **parallel,
         )
         ys = self._output(params, hs, p["y"])
         ys = restore_token_order(ys, order, valid)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
 from seqjax.cells.registry import register
 from seqjax.cells.ssm_init import S4D_INITS, block_hippo_n, log_uniform, s4d_modes
 from seqjax.common.checks import check_positive_int
@@ -84,12 +84,7 @@ class _DiagonalSSM(RecurrentCell):
             )
         if int(self.chunk_size) < 1:
             raise ValueError(f"{label}: chunk_size must be >= 1, got {self.chunk_size}.")
-        if self.sequence_axis is not None and (
-            not isinstance(self.sequence_axis, str) or not self.sequence_axis
-        ):
-            raise ValueError(
-                f"{label}: sequence_axis must be a mesh axis name or None, got {self.sequence_axis!r}."
-            )
+        check_sequence_axis(label, self.sequence_axis)
 
     def _check_even_state(self) -> None:
         if int(self.state_size) % 2:

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
-from seqjax.cells.delta_net import short_conv
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
+from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.mlstm import EPS, METHODS, MLSTMMemory, mlstm, mlstm_step
 from seqjax.scan.sequential import scan_recurrence
