@@ -106,7 +106,11 @@ def generalized_delta_rule_step(
     acc = s.dtype
     r, k, v, a, b, log_w = (x.astype(acc) for x in (r, k, v, a, b, log_w))
     read = jnp.einsum("...k,...kv->...v", a, s)  # aᵀ H_{t-1}, before the decay
-    s = jnp.exp(log_w)[..., None] * s + b[..., :, None] * read[..., None, :] + k[..., :, None] * v[..., None, :]
+    s = (
+        jnp.exp(log_w)[..., None] * s
+        + b[..., :, None] * read[..., None, :]
+        + k[..., :, None] * v[..., None, :]
+    )
     y = jnp.einsum("...k,...kv->...v", r, s)
     return s, y
 
