@@ -437,6 +437,15 @@ def test_cell_extreme_gates_long_sequence_finite(extreme):
     assert max_abs_diff(ys_c, ys_r) < 1e-4 * max(1.0, float(jnp.max(jnp.abs(ys_r))))
 
 
+def test_zero_input_has_finite_gradients():
+    """An all-zero input makes k ⊙ k_k = 0: κ̂'s normalisation must give a zero gradient there, not NaN."""
+    cell = _cell()
+    params = jax.jit(cell.init, static_argnums=1)(jax.random.PRNGKey(6), INPUT_SIZE)
+    loss = lambda p, x: jnp.sum(jnp.sin(cell.apply(p, x)[0])) + jnp.sum(cell.apply(p, x)[1].s)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.zeros((1, 6, INPUT_SIZE)))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
 def test_bfloat16_inputs_float32_state():
     """dtype=bfloat16: bfloat16 projections and outputs, the recurrence and the state in float32, within
     bfloat16 rounding of the float32 cell."""

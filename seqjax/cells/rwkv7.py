@@ -294,7 +294,9 @@ class RWKV7(Cell):
             + self._mm(self._mm(mix["a"], params["a1"], "...i,ir->...r"), params["a2"], "...r,rhd->...hd")
         )
         kk = k * p("k_k")
-        kk = kk / jnp.maximum(jnp.linalg.norm(kk, axis=-1, keepdims=True), NORMALIZE_EPS)
+        # x / max(|x|, eps) as rsqrt(max(|x|², eps²)): the same value, and a zero gradient (not 0/0 = NaN,
+        # as jnp.linalg.norm's) where k ⊙ k_k = 0, e.g. for an all-zero input
+        kk = kk * jax.lax.rsqrt(jnp.maximum(jnp.sum(kk * kk, axis=-1, keepdims=True), NORMALIZE_EPS**2))
         k = k * (1.0 + (alpha - 1.0) * p("k_a"))
         out = {"r": r, "k": k, "v": v, "a": -kk, "b": kk * alpha, "log_w": log_w}
         if self.output_gate:
