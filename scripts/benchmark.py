@@ -75,7 +75,7 @@ FLAGS = flags.FLAGS
 #: Issue 22's cells, each its own family: its training form (the baseline) against its own `step`
 #: under `lax.scan` (and its token-scan method where it has one), --heads x --head_dim where the cell has
 #: heads. Only the cells this checkout registers are offered (`recent_cell`).
-RECENT_FAMILIES = ("deltanet", "gated_deltanet", "mamba2", "rglru", "mlstm", "slstm", "gla_channel")
+RECENT_FAMILIES = ("deltanet", "gated_deltanet", "mamba2", "rglru", "mlstm", "slstm", "gla_channel", "rwkv7")
 FAMILIES = (
     "lstm",
     "gru",
@@ -141,6 +141,7 @@ FAMILY_TITLES = {
     "mlstm": "mLSTM (stabilised chunkwise form) against its own step",
     "slstm": "sLSTM (lax.scan; no parallel form) against its own step",
     "gla_channel": "GLA, per-channel decay (chunked) against its own step",
+    "rwkv7": "RWKV-7 (chunked generalised delta rule) against its own step",
 }
 #: How to read a family's `vs seqjax` column when its baseline is not a seqjax-vs-peer comparison.
 RATIO_MEANING = {
@@ -314,6 +315,8 @@ def recent_cell(family: str) -> cells.Cell | None:
         return cells.get(name, d_model=h, expand=max(1, heads * d // h), head_dim=d)
     if family == "rglru":
         return cells.get(name, d_model=h, lru_width=heads * d, num_heads=heads)
+    if family == "rwkv7":  # the token shift carries the --hidden-wide input
+        return cells.get(name, num_heads=heads, head_dim=d, d_model=h)
     return cells.get(name, num_heads=heads, head_dim=d)
 
 

@@ -40,6 +40,21 @@ CELL_CASES = [
         "mamba2-groups",
         cells.Mamba2(d_model=5, state_size=3, expand=4, head_dim=5, num_groups=2, chunk_size=4),
     ),
+    # RWKV-7: 13 tokens over chunks of 4 put resets and padding inside and across chunks; the LoRA
+    # down-projections and W_o drawn (the authors' zeros would leave the output and the LoRAs untested)
+    (
+        "rwkv7",
+        cells.RWKV7(
+            num_heads=2,
+            head_dim=3,
+            d_model=5,
+            decay_rank=3,
+            a_rank=2,
+            gate_rank=4,
+            zero_init=False,
+            chunk_size=4,
+        ),
+    ),
     # xLSTM: 13 tokens over mLSTM chunks of 4 put resets and padding inside and across chunks; sLSTM with
     # R drawn (the authors' "standard" init; their default R = 0 would leave the recurrence untested)
     ("mlstm", cells.MLSTM(d_model=5, num_heads=2, qkv_block_size=5, chunk_size=4)),

@@ -37,6 +37,8 @@ NEW_PRESETS = [
     "slstm",
     # GLA is fla's per-channel layer since issue 22 (`gla_scalar`, the per-head form, is checked by its build)
     "gla",
+    # RWKV-7's time mixer (issue 22 §5)
+    "rwkv7",
 ]
 
 
@@ -110,6 +112,8 @@ def test_presets_build_the_cells_they_name():
     assert isinstance(built["slstm"], cells.SLSTM) and built["slstm"].num_heads == 4
     assert type(built["gla"]) is cells.GatedLinearAttention and built["gla"].key_dim == 32  # d_v = 64
     assert type(built["gla_scalar"]) is cells.ScalarGatedLinearAttention
+    assert isinstance(built["rwkv7"], cells.RWKV7) and built["rwkv7"].d_model == 64
+    assert built["rwkv7"].head_dim == 64 and built["rwkv7"].method == "auto"
     # exactly the presets whose cells cannot stream left to right are the encoder presets
     no_stream = {name for name, cell in built.items() if cell.step_unsupported() is not None}
     assert no_stream == ENCODER_PRESETS

@@ -64,6 +64,9 @@ CARRIABLE = [
     ("performer", cells.Performer(num_heads=2, head_dim=D // 2, num_features=8, chunk_size=4)),
     ("deltanet", cells.DeltaNet(num_heads=2, head_dim=D // 2, chunk_size=4)),
     ("gated-deltanet", cells.GatedDeltaNet(num_heads=2, head_dim=D // 2, chunk_size=4)),
+    # the token shift carries the previous input across segments (d_model = D); W_o and the LoRA
+    # down-projections drawn (the authors' zeros would make the layer's output 0)
+    ("rwkv7", cells.RWKV7(num_heads=2, head_dim=D // 2, d_model=D, zero_init=False, chunk_size=4)),
     ("mamba2", cells.Mamba2(d_model=D, state_size=4, expand=2, head_dim=D // 2, chunk_size=4)),
     ("rglru", cells.RGLRU(d_model=D, num_heads=2, chunk_size=4)),
     ("mlstm", cells.MLSTM(d_model=D, num_heads=2, qkv_block_size=2, chunk_size=4)),

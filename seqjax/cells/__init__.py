@@ -40,6 +40,7 @@ from seqjax.cells.mamba import Mamba, MambaState
 from seqjax.cells.mamba2 import Mamba2, Mamba2State
 from seqjax.cells.registry import get, names, register
 from seqjax.cells.rglru import RGLRU, RGLRUState
+from seqjax.cells.rwkv7 import RWKV7, RWKV7State
 from seqjax.cells.ssm import LRU, S4D, S5
 from seqjax.cells.xl_attention import TransformerXLAttention, XLAttentionState
 from seqjax.cells.xlstm import MLSTM, SLSTM, MLSTMState, SLSTMState
@@ -51,6 +52,7 @@ __all__ = [
     "LSTM",
     "MLSTM",
     "RGLRU",
+    "RWKV7",
     "S4D",
     "S5",
     "SLSTM",
@@ -80,6 +82,7 @@ __all__ = [
     "Params",
     "Performer",
     "RGLRUState",
+    "RWKV7State",
     "RecurrentCell",
     "SLSTMState",
     "ScalarGatedLinearAttention",

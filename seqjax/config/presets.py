@@ -43,6 +43,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The delta rule (fla's layers): DeltaNet, and Gated DeltaNet with Mamba-2's decay and an output gate.
     "deltanet": {"cell": "deltanet"},
     "gated_deltanet": {"cell": "gated_deltanet"},
+    # RWKV-7 "Goose" (the authors' time mixer): the generalised delta rule with a per-channel decay and
+    # in-context learning rate, token shift, LoRA gates; head size 64 as the authors'.
+    "rwkv7": {"cell": "rwkv7"},
     # Griffin's recurrent block (RG-LRU), the mixer of RecurrentGemma's recurrent layers (and of Hawk).
     "rglru": {"cell": "rglru"},
     # xLSTM's layers (Beck et al. 2024): the mLSTM layer (matrix memory, up-projection inside) and the

@@ -66,7 +66,7 @@ FAMILIES: dict[str, str] = {
         for p in ("lstm", "elstm", "gru", "bilstm", "mamba", "s5", "s4d", "lru", "gla", "mlstm", "slstm")
     },
     "gla_scalar": "recurrent",
-    **{p: "recurrent" for p in ("deltanet", "gated_deltanet")},
+    **{p: "recurrent" for p in ("deltanet", "gated_deltanet", "rwkv7")},
     "rglru": "recurrent",
     # Griffin mixes RG-LRU and local-attention layers: a family of its own, on neither side.
     "griffin": "hybrid",
