@@ -28,11 +28,15 @@ from seqjax.scan import (
     reverse_resets,
     selective_scan,
     sequence_halo,
+    sequence_parallel_delta_rule,
+    sequence_parallel_generalized_delta_rule,
     sequence_parallel_linear_attention,
     sequence_parallel_linear_recurrence,
     sequence_parallel_selective_scan,
     sequence_shards,
 )
+from seqjax.scan.delta_rule import delta_rule as linear_delta_rule
+from seqjax.scan.generalized_delta_rule import generalized_delta_rule
 
 T = 96
 CHUNK = 5
@@ -346,7 +350,7 @@ def test_cells_without_a_sequence_parallel_form_say_so():
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
         cells.check_sequence_parallel(cells.Attention(num_heads=2, head_dim=4))
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
-        cells.check_sequence_parallel(cells.DeltaNet(num_heads=2, head_dim=4))
+        cells.check_sequence_parallel(cells.MLSTM(d_model=8, num_heads=2))
     assert cells.with_sequence_axis(cells.S4D(hidden_size=4), "sequence").sequence_axis == "sequence"
     assert cells.with_sequence_axis(cells.LSTM(hidden_size=4), None) == cells.LSTM(hidden_size=4)
 
@@ -468,6 +472,11 @@ CONV_CELLS = {
     "mamba2": cells.Mamba2(
         d_model=4, state_size=3, head_dim=2, num_groups=2, chunk_size=CHUNK, dtype=jnp.float64
     ),
+    # the delta rules: affine shard summaries (the transition from the identity, the state from zero)
+    "gated-deltanet": cells.GatedDeltaNet(num_heads=2, head_dim=2, chunk_size=CHUNK, dtype=jnp.float64),
+    "rwkv7": cells.RWKV7(
+        num_heads=2, head_dim=2, d_model=4, zero_init=False, chunk_size=CHUNK, dtype=jnp.float64
+    ),
 }
 
 
@@ -489,9 +498,9 @@ def _random_state(cell, key):
 @pytest.mark.parametrize("n", [8])  # 8 shards of 12 tokens: every boundary of 2 and 4 shards, and more
 @pytest.mark.parametrize("name", list(CONV_CELLS))
 def test_conv_cells_with_sequence_axis_equal_single_device(name, n):
-    """RG-LRU and Mamba-2 with `sequence_axis` on n shards equal plain `apply`: outputs, final state and
-    the gradients of parameters, inputs and initial state, float64, with resets and padding across
-    shard boundaries."""
+    """RG-LRU, Mamba-2, Gated DeltaNet and RWKV-7 with `sequence_axis` on n shards equal plain `apply`:
+    outputs, final state and the gradients of parameters, inputs and initial state, float64, with resets
+    and padding across shard boundaries."""
     cell = CONV_CELLS[name]
     resets, mask = _flags()
     with jax.enable_x64(True):
@@ -516,4 +525,50 @@ def test_conv_cells_with_sequence_axis_equal_single_device(name, n):
         want = run(cell)
         with jax.set_mesh(_mesh(n)):
             got = run(cells.with_sequence_axis(cell, "sequence"))
+    _close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("engine", ["delta_rule", "generalized_delta_rule"])
+def test_delta_rules_on_a_length_the_shards_do_not_divide(engine):
+    """The delta-rule engines on 8 shards at T = 90 (padded to 96 inside, cut back) equal the
+    single-device engine, values and the gradients of every input and the initial state, float64."""
+    length, heads, dk, dv = 90, 2, 3, 2
+    resets, mask = (f[:, :length] for f in _flags())
+    with jax.enable_x64(True):
+        keys = iter(jax.random.split(jax.random.PRNGKey(7), 8))
+        normal = lambda *shape: jax.random.normal(next(keys), (2, *shape), jnp.float64)
+        unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+        s0 = normal(heads, dk, dv)
+        if engine == "delta_rule":
+            single, split = linear_delta_rule, sequence_parallel_delta_rule
+            inputs = (
+                normal(length, heads, dk),
+                unit(normal(length, heads, dk)),
+                normal(length, heads, dv),
+                jax.nn.sigmoid(normal(length, heads)),
+                -jax.nn.softplus(normal(length, heads)),
+                s0,
+            )
+        else:
+            single, split = generalized_delta_rule, sequence_parallel_generalized_delta_rule
+            kappa = unit(normal(length, heads, dk))
+            rate = jax.nn.sigmoid(normal(length, heads, dk))
+            inputs = (
+                normal(length, heads, dk),
+                normal(length, heads, dk),
+                normal(length, heads, dv),
+                -kappa,
+                kappa * rate,
+                -jax.nn.softplus(normal(length, heads, dk)),
+                s0,
+            )
+
+        def run(f, **kw):
+            g = lambda *xs: f(*xs, resets=resets, mask=mask, chunk_size=CHUNK, **kw)
+            weights = _weights(jax.random.PRNGKey(8), jax.eval_shape(g, *inputs))
+            return jax.jit(_value_and_grads, static_argnums=0)(g, inputs, weights)
+
+        want = run(single)
+        with jax.set_mesh(_mesh(8)):
+            got = run(split, sequence_axis="sequence")
     _close(got, want, rtol=1e-9, atol=1e-10)

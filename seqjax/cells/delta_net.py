@@ -22,6 +22,7 @@ chunkwise WY/UT form for `method="chunked"` or `"auto"`, the token scan for `"re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
@@ -29,12 +30,13 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.delta_rule import METHODS, delta_rule, delta_rule_step
+from seqjax.scan.sequence_parallel import sequence_parallel_delta_rule
 
 __all__ = ["DeltaNet", "DeltaNetState", "GatedDeltaNet", "l2_normalize"]
 
@@ -76,6 +78,7 @@ class _DeltaRuleCell(RecurrentCell):
     norm_eps: float = 1e-5
     method: str = "auto"
     chunk_size: int = 64
+    sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
@@ -86,6 +89,7 @@ class _DeltaRuleCell(RecurrentCell):
         label = type(self).__name__
         for field in ("num_heads", "head_dim", "conv_size", "chunk_size"):
             check_positive_int(label, field, getattr(self, field))
+        check_sequence_axis(label, self.sequence_axis)
         if self.out_features is not None:
             check_positive_int(label, "out_features", self.out_features)
         if not (self.expand_v > 0 and math.isclose(self.head_dim * self.expand_v, self.value_dim)):
@@ -271,13 +275,21 @@ class _DeltaRuleCell(RecurrentCell):
         for name in ("q", "k", "v"):
             window0 = flat(getattr(state, f"conv_{name}"))
             out, windows[name] = short_conv(
-                p[name], window0.astype(acc), params[f"conv_{name}"].astype(acc), resets, n_valid
+                p[name],
+                window0.astype(acc),
+                params[f"conv_{name}"].astype(acc),
+                resets,
+                n_valid,
+                sequence_axis=self.sequence_axis,
             )
             convolved[name] = jax.nn.silu(out)
         q, k = self._features(convolved["q"], convolved["k"])
         beta, log_alpha = self._gates(params, p)
         method = "chunked" if self.method == "auto" else self.method
-        o, s = delta_rule(
+        engine = delta_rule
+        if self.sequence_axis is not None:
+            engine = functools.partial(sequence_parallel_delta_rule, sequence_axis=self.sequence_axis)
+        o, s = engine(
             q,
             k,
             convolved["v"],
@@ -323,6 +335,9 @@ class DeltaNet(_DeltaRuleCell):
       norm_eps: the RMSNorm's epsilon (1e-5).
       method: "auto" (= "chunked"), "chunked" or "recurrent": the engine `apply` uses.
       chunk_size: tokens per chunk of the chunked engine (64).
+      sequence_axis: a mesh axis name that splits the time axis over devices (None: not split): the
+        convs take a halo from the previous shard and the recurrence runs
+        `seqjax.scan.sequence_parallel_delta_rule`; see `seqjax.cells.with_sequence_axis`.
       dtype: compute dtype of the projections (bfloat16 allowed); conv, norms, gates and the recurrence
         are float32. param_dtype: dtype of the parameters.
 

@@ -21,6 +21,7 @@ state H ∈ R^{d_k × d_v}, the layout of every seqjax matrix-state engine):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -29,11 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import Cell, DType, Params, accumulation_dtype, check_sequence_axis
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.generalized_delta_rule import METHODS, generalized_delta_rule, generalized_delta_rule_step
+from seqjax.scan.sequence_parallel import sequence_parallel_generalized_delta_rule
 
 __all__ = ["RWKV7", "RWKV7State", "lora_rank"]
 
@@ -85,6 +87,9 @@ class RWKV7(Cell):
       method: "auto" (= "chunked"), "chunked" or "recurrent": the engine `apply` uses.
       chunk_size: tokens per chunk of the chunked engine (16: the chunk body forms [C, C, N] decay
         tensors).
+      sequence_axis: a mesh axis name that splits the time axis over devices (None: not split): the
+        recurrence runs `seqjax.scan.sequence_parallel_generalized_delta_rule` (the token shift is a
+        shift of the sharded array, which XLA moves across shards); see `seqjax.cells.with_sequence_axis`.
       dtype: compute dtype of the projections (bfloat16 allowed); gates, norms and the recurrence are
         float32. param_dtype: dtype of the parameters.
 
@@ -118,6 +123,7 @@ class RWKV7(Cell):
     zero_init: bool = True
     method: str = "auto"
     chunk_size: int = 16
+    sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
@@ -125,6 +131,7 @@ class RWKV7(Cell):
         label = type(self).__name__
         for field in ("num_heads", "head_dim", "chunk_size", "num_layers"):
             check_positive_int(label, field, getattr(self, field))
+        check_sequence_axis(label, self.sequence_axis)
         for field in ("d_model", "out_features", "decay_rank", "a_rank", "gate_rank"):
             if getattr(self, field) is not None:
                 check_positive_int(label, field, getattr(self, field))
@@ -367,7 +374,12 @@ class RWKV7(Cell):
             prev = jnp.where(resets[..., None], 0.0, prev)
         p = self.project(params, u, prev)
         method = "chunked" if self.method == "auto" else self.method
-        o, s = generalized_delta_rule(
+        engine = generalized_delta_rule
+        if self.sequence_axis is not None:
+            engine = functools.partial(
+                sequence_parallel_generalized_delta_rule, sequence_axis=self.sequence_axis
+            )
+        o, s = engine(
             p["r"],
             p["k"],
             p["v"],

@@ -13,6 +13,8 @@ from seqjax.scan.matrix_recurrence import (
 from seqjax.scan.selective import selective_scan
 from seqjax.scan.sequence_parallel import (
     sequence_halo,
+    sequence_parallel_delta_rule,
+    sequence_parallel_generalized_delta_rule,
     sequence_parallel_linear_attention,
     sequence_parallel_linear_recurrence,
     sequence_parallel_selective_scan,
@@ -38,6 +40,8 @@ __all__ = [
     "scan_recurrence",
     "selective_scan",
     "sequence_halo",
+    "sequence_parallel_delta_rule",
+    "sequence_parallel_generalized_delta_rule",
     "sequence_parallel_linear_attention",
     "sequence_parallel_linear_recurrence",
     "sequence_parallel_selective_scan",

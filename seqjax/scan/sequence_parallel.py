@@ -57,12 +57,16 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from seqjax.common.dtypes import accumulation_dtype
+from seqjax.scan import delta_rule as delta_rule_lib
 from seqjax.scan import diagonal
+from seqjax.scan import generalized_delta_rule as generalized_delta_rule_lib
 from seqjax.scan.matrix_recurrence import linear_attention
 from seqjax.scan.selective import selective_scan
 
 __all__ = [
     "sequence_halo",
+    "sequence_parallel_delta_rule",
+    "sequence_parallel_generalized_delta_rule",
     "sequence_parallel_linear_attention",
     "sequence_parallel_linear_recurrence",
     "sequence_parallel_selective_scan",
@@ -485,6 +489,221 @@ def sequence_parallel_linear_attention(
     if pad:
         ys = lax.slice_in_dim(ys, 0, length, axis=t_axis)
     return ys, final
+
+
+# --------------------------------------------------------------------------------------------------
+# Delta rules (DeltaNet, Gated DeltaNet; RWKV-7's generalised delta rule): affine summaries
+# --------------------------------------------------------------------------------------------------
+def _affine_fold(transitions: jax.Array, lasts: jax.Array, s0: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The state entering every shard and the final state: S ← P_j S + Q_j over the gathered [n, ...]
+    summaries (P_j [*batch, H, d_k, d_k] acting on the key axis of S [*batch, H, d_k, d_v])."""
+
+    def step(s, summary):
+        p, q = summary
+        return jnp.einsum("...ij,...jv->...iv", p, s) + q, s
+
+    final, entering = lax.scan(step, s0, (transitions, lasts))
+    return entering, final
+
+
+def _sequence_parallel_affine(
+    engine: Any,
+    arrays: dict[str, jax.Array | None],
+    s0: jax.Array,
+    *,
+    value: str,
+    length: int,
+    t_axis: int,
+    sequence_axis: str,
+    mesh: Mesh,
+) -> tuple[jax.Array, jax.Array]:
+    """An engine whose state moves as S_t = A_t S_{t−1} + (input), with A_t [d_k, d_k] independent of S
+    and of the values, split over `sequence_axis`.
+
+    A shard's final state is P S_in + Q: Q is the engine's final state from zero, and P (the product of
+    the shard's transitions, resets and padding included) is the engine's final state from the identity
+    with zero values (`value` is the name of the values in `arrays`). The n summaries are all-gathered
+    and folded into the state entering each shard, and each shard runs the engine from it: three engine
+    passes per shard, the second on d_k-wide values. `engine(s0, **arrays)` -> (ys, final state).
+    """
+    n = sequence_shards(sequence_axis, mesh)
+    batch = s0.shape[:-3]
+    heads, dk = s0.shape[-3], s0.shape[-2]
+    local = -(-length // n)
+    pad = local * n - length
+    if pad:  # padding tokens at the end: the state passes through, the outputs are cut off
+        mask = arrays.get("mask")
+        arrays = {
+            name: _pad_time(x, t_axis, pad, False if name in ("mask", "resets") else 0)
+            for name, x in arrays.items()
+        }
+        arrays["mask"] = _pad_time(
+            jnp.ones((*batch, length), bool) if mask is None else mask, t_axis, pad, False
+        )
+    names = [name for name, x in arrays.items() if x is not None]
+    spec = _time_spec(t_axis, sequence_axis)
+
+    def body(s0, *xs):
+        x = dict(zip(names, xs, strict=True))
+        _, last = engine(jnp.zeros_like(s0), **x)
+        eye = jnp.broadcast_to(jnp.eye(dk, dtype=s0.dtype), (*batch, heads, dk, dk))
+        values = x[value]
+        _, transition = engine(eye, **{**x, value: jnp.zeros((*values.shape[:-1], dk), values.dtype)})
+        entering, final = _affine_fold(
+            _gather(transition, sequence_axis, invariant=False),
+            _gather(last, sequence_axis, invariant=False),
+            s0,
+        )
+        ys, _ = engine(entering[lax.axis_index(sequence_axis)], **x)
+        return ys, final[None]
+
+    # As sequence_parallel_linear_attention: the replication check is off, and the final state leaves
+    # every shard stacked; the last shard's copy is the result.
+    ys, finals = jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(P(), *([spec] * len(names))),
+        out_specs=(spec, P(sequence_axis)),
+        axis_names={sequence_axis},
+        check_vma=False,
+    )(s0, *(arrays[name] for name in names))
+    if pad:
+        ys = lax.slice_in_dim(ys, 0, length, axis=t_axis)
+    return ys, finals[-1]
+
+
+def _initial_matrix_state(fn: str, s0: jax.Array | None, shape: tuple[int, ...], acc: Any) -> jax.Array:
+    s0 = jnp.zeros(shape, acc) if s0 is None else jnp.asarray(s0).astype(acc)
+    if s0.shape != shape:
+        raise ValueError(f"{fn}: `s0` has shape {s0.shape}, expected {shape}.")
+    return s0
+
+
+def sequence_parallel_delta_rule(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    beta: jax.Array,
+    log_alpha: jax.Array | None = None,
+    s0: jax.Array | None = None,
+    *,
+    resets: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    method: str = "auto",
+    chunk_size: int = delta_rule_lib.DEFAULT_CHUNK,
+    sequence_axis: str = "sequence",
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """`seqjax.scan.delta_rule` (DeltaNet, Gated DeltaNet) with the time axis split over the mesh axis
+    `sequence_axis`.
+
+    Same arguments and results as `delta_rule` (q, k [*batch, T, H, d_k], v [*batch, T, H, d_v], beta,
+    log_alpha [*batch, T, H], s0 [*batch, H, d_k, d_v], resets, mask, method, chunk_size), plus
+    `sequence_axis` and `mesh`. The delta rule's transition α_t (I − β_t k_t k_tᵀ) is a d_k × d_k matrix
+    that does not depend on the state, so a shard's final state is P S_in + Q: each shard runs the
+    engine from zero (Q) and from the identity with zero values (P), the summaries are all-gathered and
+    folded, and each shard runs the engine from the state entering it. Gradients: autodiff (the
+    engine's own backward pass inside every shard).
+
+        >>> import jax, jax.numpy as jnp
+        >>> mesh = jax.make_mesh((1,), ("sequence",), axis_types=(jax.sharding.AxisType.Auto,))
+        >>> q = k = jnp.ones((6, 1, 2)) / 2.0
+        >>> ys, s = sequence_parallel_delta_rule(q, k, jnp.ones((6, 1, 3)), jnp.ones((6, 1)), mesh=mesh)
+        >>> ys.shape, s.shape
+        ((6, 1, 3), (1, 2, 3))
+    """
+    fn = "sequence_parallel_delta_rule"
+    mesh = _resolve_mesh(fn, mesh, sequence_axis)
+    run = functools.partial(delta_rule_lib.delta_rule, method=method, chunk_size=chunk_size)
+    if sequence_shards(sequence_axis, mesh) == 1:
+        return run(q, k, v, beta, log_alpha, s0, resets=resets, mask=mask)
+    q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    if q.ndim < 3 or v.ndim != q.ndim:
+        raise ValueError(
+            f"{fn}: q has shape {q.shape} and v {v.shape}; expected q, k [*batch, T, H, d_k] and v "
+            f"[*batch, T, H, d_v]."
+        )
+    t_axis = q.ndim - 3
+    batch, length = q.shape[:t_axis], q.shape[t_axis]
+    acc = accumulation_dtype(jnp.result_type(q, k, v))
+    s0 = _initial_matrix_state(fn, s0, (*batch, v.shape[-2], q.shape[-1], v.shape[-1]), acc)
+
+    def engine(s, q, k, v, beta, log_alpha=None, resets=None, mask=None):
+        return run(q, k, v, beta, log_alpha, s, resets=resets, mask=mask)
+
+    arrays = {"q": q, "k": k, "v": v, "beta": beta, "log_alpha": log_alpha, "resets": resets, "mask": mask}
+    return _sequence_parallel_affine(
+        engine,
+        arrays,
+        s0,
+        value="v",
+        length=length,
+        t_axis=t_axis,
+        sequence_axis=sequence_axis,
+        mesh=mesh,
+    )
+
+
+def sequence_parallel_generalized_delta_rule(
+    r: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    a: jax.Array,
+    b: jax.Array,
+    log_w: jax.Array,
+    s0: jax.Array | None = None,
+    *,
+    resets: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    method: str = "auto",
+    chunk_size: int = generalized_delta_rule_lib.DEFAULT_CHUNK,
+    sequence_axis: str = "sequence",
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """`seqjax.scan.generalized_delta_rule` (RWKV-7) with the time axis split over the mesh axis
+    `sequence_axis`: as `sequence_parallel_delta_rule`, the transition diag(w_t) + b_t a_tᵀ being a
+    d_k × d_k matrix independent of the state. Same arguments and results as `generalized_delta_rule`,
+    plus `sequence_axis` and `mesh`.
+
+        >>> import jax, jax.numpy as jnp
+        >>> mesh = jax.make_mesh((1,), ("sequence",), axis_types=(jax.sharding.AxisType.Auto,))
+        >>> x = jnp.ones((6, 1, 2)) / 2.0
+        >>> ys, s = sequence_parallel_generalized_delta_rule(x, x, jnp.ones((6, 1, 3)), -x, x, -x, mesh=mesh)
+        >>> ys.shape, s.shape
+        ((6, 1, 3), (1, 2, 3))
+    """
+    fn = "sequence_parallel_generalized_delta_rule"
+    mesh = _resolve_mesh(fn, mesh, sequence_axis)
+    run = functools.partial(
+        generalized_delta_rule_lib.generalized_delta_rule, method=method, chunk_size=chunk_size
+    )
+    if sequence_shards(sequence_axis, mesh) == 1:
+        return run(r, k, v, a, b, log_w, s0, resets=resets, mask=mask)
+    r, k, v = jnp.asarray(r), jnp.asarray(k), jnp.asarray(v)
+    if r.ndim < 3 or v.ndim != r.ndim:
+        raise ValueError(
+            f"{fn}: r has shape {r.shape} and v {v.shape}; expected r, k, a, b, log_w [*batch, T, H, d_k] "
+            f"and v [*batch, T, H, d_v]."
+        )
+    t_axis = r.ndim - 3
+    batch, length = r.shape[:t_axis], r.shape[t_axis]
+    acc = accumulation_dtype(jnp.result_type(r, k, v))
+    s0 = _initial_matrix_state(fn, s0, (*batch, v.shape[-2], r.shape[-1], v.shape[-1]), acc)
+
+    def engine(s, r, k, v, a, b, log_w, resets=None, mask=None):
+        return run(r, k, v, a, b, log_w, s, resets=resets, mask=mask)
+
+    arrays = {"r": r, "k": k, "v": v, "a": a, "b": b, "log_w": log_w, "resets": resets, "mask": mask}
+    return _sequence_parallel_affine(
+        engine,
+        arrays,
+        s0,
+        value="v",
+        length=length,
+        t_axis=t_axis,
+        sequence_axis=sequence_axis,
+        mesh=mesh,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
