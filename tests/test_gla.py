@@ -20,6 +20,7 @@ Everything runs under `jit`: on a small CPU, op-by-op dispatch costs more than t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -102,32 +103,43 @@ def paper_loop(q, k, v, log_alpha, s0, resets=None, mask=None):
 # --------------------------------------------------------------------------------------------------
 # Engine
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("chunk", [1, 8, 12, 32, 64])
-def test_engine_equals_the_papers_loop_values_and_gradients_float64(chunk):
-    """Chunked (one sub-chunk of 8; two, the second padded; four; chunk > T) and the token scan against
-    the paper's loop in float64, with a given state, resets and padding: values and gradients wrt q, k,
-    v, log α and s0 to 1e-10."""
+def _engine_grads(fn, resets, mask, args):
+    def loss(*a):
+        ys, final = fn(*a, resets=resets, mask=mask)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(jnp.cos(final)), (ys, final)
+
+    return jax.jit(jax.grad(loss, argnums=range(5), has_aux=True))(*args)
+
+
+@functools.cache
+def _engine_case():
+    """The float64 case of the engine tests and the paper loop's values and gradients on it (computed
+    once: the unrolled loop is the slowest compile here)."""
     q, k, v, gk, s0 = _engine_inputs(0)
     resets, mask = random_flags(1, (B, T), 0.1), random_flags(2, (B, T), 0.8)
     with jax.enable_x64(True):
         args = [jnp.asarray(a) for a in (q, k, v, gk, s0)]
+        g_ref, out_ref = _engine_grads(paper_loop, resets, mask, args)
+    return resets, mask, args, g_ref, out_ref
 
-        def grads(fn):
-            def loss(*a):
-                ys, final = fn(*a, resets=resets, mask=mask)
-                return jnp.sum(jnp.sin(ys)) + jnp.sum(jnp.cos(final)), (ys, final)
 
-            return jax.jit(jax.grad(loss, argnums=range(5), has_aux=True))(*args)
-
-        g_ref, out_ref = grads(paper_loop)
-        assert max(float(jnp.max(jnp.abs(g))) for g in g_ref) > 0.1  # not trivially zero
-        chunked = lambda *a, **kw: linear_attention_chunked(*a, **kw, chunk_size=chunk)
-        for fn in (chunked, linear_attention_recurrent):
-            g, out = grads(fn)
-            assert out[0].dtype == jnp.float64
-            assert max_abs_diff(out, out_ref) < 1e-10
-            assert max_abs_diff(g, g_ref) < 1e-10
-            np.testing.assert_array_equal(np.asarray(out[0])[~np.asarray(mask)], 0.0)
+@pytest.mark.parametrize("chunk", [1, 8, 12, 32, 64, "recurrent"])
+def test_engine_equals_the_papers_loop_values_and_gradients_float64(chunk):
+    """Chunked (one sub-chunk of 8; two, the second padded; four; chunk > T) and the token scan against
+    the paper's loop in float64, with a given state, resets and padding: values and gradients wrt q, k,
+    v, log α and s0 to 1e-10."""
+    resets, mask, args, g_ref, out_ref = _engine_case()
+    assert max(float(jnp.max(jnp.abs(g))) for g in g_ref) > 0.1  # not trivially zero
+    with jax.enable_x64(True):
+        if chunk == "recurrent":
+            fn = linear_attention_recurrent
+        else:
+            fn = lambda *a, **kw: linear_attention_chunked(*a, **kw, chunk_size=chunk)
+        g, out = _engine_grads(fn, resets, mask, args)
+        assert out[0].dtype == jnp.float64
+        assert max_abs_diff(out, out_ref) < 1e-10
+        assert max_abs_diff(g, g_ref) < 1e-10
+        np.testing.assert_array_equal(np.asarray(out[0])[~np.asarray(mask)], 0.0)
 
 
 def test_engine_matches_fla_naive_recurrent_gla():
