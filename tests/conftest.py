@@ -36,6 +36,21 @@ def compile_as_users_do() -> Callable[[jax.stages.Lowered], jax.stages.Compiled]
     return compile_
 
 
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    """A data folder every test of the session may prepare into and read from: under pytest-xdist the
+    workers share it (the parent of their base temp folders, which is this session's), so a data set
+    is prepared once per session rather than once per worker. Preparations of one data set serialise on
+    its lock (`seqjax.data.preparation.preparation_lock`) and a prepared data set is read-only.
+    Tests that check preparation itself use their own folders."""
+    base = tmp_path_factory.getbasetemp()
+    under_xdist = hasattr(request.config, "workerinput")  # a pytest-xdist worker
+    root = base.parent if under_xdist else base
+    folder = root / "shared_data"
+    folder.mkdir(exist_ok=True)
+    return str(folder)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Collects garbage now and freezes what is left, so pytest's own `gc.collect()` after the session
     (unraisable-exception check, in `pytest_unconfigure`) has almost nothing to walk.

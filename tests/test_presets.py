@@ -59,10 +59,10 @@ def _tiny(config, data_dir: str):
     return config
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    """One prepared copy of the embedded sample for every preset (preparing it is most of a test's time)."""
-    return str(tmp_path_factory.mktemp("presets_data"))
+@pytest.fixture
+def data_dir(shared_data_dir: str) -> str:
+    """The session's prepared data (preparing the embedded sample is most of a test's time)."""
+    return shared_data_dir
 
 
 @pytest.mark.parametrize("preset", NEW_PRESETS)
