@@ -237,6 +237,27 @@ def _zigzag_order(n: int) -> np.ndarray:
     return np.array([c for i in range(n) for c in (i, 2 * n - 1 - i)])
 
 
+def _zigzag(x: jax.Array, axis: str, n: int, inverse: bool = False) -> jax.Array:
+    """Inside `shard_map`: [B, l, ...] holding chunks 2r, 2r + 1 (time order) -> chunks r, 2n − 1 − r
+    (`inverse`: back). Two `ppermute`s of half a shard each: chunk c goes to shard c if c < n, else to
+    2n − 1 − c; of the two chunks a shard receives, one was the first half of its sender, one the
+    second, and the even one (r or 2n − 1 − r) is its first half exactly when r is even."""
+    owner = lambda c: c if c < n else 2 * n - 1 - c
+    half = x.shape[1] // 2
+    halves = (x[:, :half], x[:, half:])
+    even = lax.axis_index(axis) % 2 == 0
+    if not inverse:
+        got = [lax.ppermute(h, axis, [(r, owner(2 * r + s)) for r in range(n)]) for s, h in enumerate(halves)]
+        first = jnp.where(even, got[0], got[1])
+        second = jnp.where(even, got[1], got[0])
+        return jnp.concatenate([first, second], axis=1)
+    # Back: the even chunk (first half on an even shard) returns to slot 0 of its source.
+    ev = jnp.where(even, halves[0], halves[1])
+    od = jnp.where(even, halves[1], halves[0])
+    back = [lax.ppermute(h, axis, [(owner(2 * r + s), r) for r in range(n)]) for s, h in enumerate((ev, od))]
+    return jnp.concatenate(back, axis=1)
+
+
 def _chunks(x: jax.Array, order: np.ndarray) -> jax.Array:
     """[B, L, ...] cut into len(order) chunks along L and reordered."""
     bsz, length = x.shape[:2]
@@ -438,9 +459,6 @@ def sequence_parallel_attention(
     if windowed and vis.q_global is not None:
         qm["glob"] = tokens(vis.q_global, False)
     xs = (tokens(a.q, 0), tokens(a.k, 0), tokens(a.v, 0), qm, km)
-    if zigzag:
-        order = _zigzag_order(n)
-        xs = jax.tree.map(lambda x: _chunks(x, order), xs)
 
     # Keys per engine call: one shard (ring), all of them (all-gather), or a shard and its halos.
     keys = {"ring": local, "all_gather": padded, "halo": local + 2 * (vis.window or 1)}[strategy]
@@ -460,7 +478,10 @@ def sequence_parallel_attention(
 
     def body(q, k, v, qm, km, *rest):
         slopes = rest[0][0] if has_slopes else None
-        return run_local(plan, q, k, v, qm, km, slopes)
+        if zigzag:  # the balanced layout, by ppermute inside (a global reorder costs XLA far more)
+            q, k, v, qm, km = jax.tree.map(lambda x: _zigzag(x, sequence_axis, n), (q, k, v, qm, km))
+        out = run_local(plan, q, k, v, qm, km, slopes)
+        return _zigzag(out, sequence_axis, n, inverse=True) if zigzag else out
 
     spec = P(None, sequence_axis)
     # Replicated inputs enter stacked per shard ([n, Hq] slopes, split over the axis), so each shard's
@@ -474,8 +495,5 @@ def sequence_parallel_attention(
         axis_names={sequence_axis},
         check_vma=False,
     )
-    out = run(*xs, *extra)
-    if zigzag:
-        out = _chunks(out, np.argsort(_zigzag_order(n)))
-    out = out[:, :length]
+    out = run(*xs, *extra)[:, :length]
     return out.reshape(*batch, length, hq, dv).astype(a.q.dtype)
