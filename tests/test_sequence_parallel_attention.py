@@ -198,7 +198,7 @@ CELLS = {
         8,
         True,
     ),
-    "attention_bidirectional_alibi_ring": (
+    "attention_bidirectional_alibi_all_gather": (
         lambda: cells.Attention(
             num_heads=4,
             head_dim=4,
@@ -206,7 +206,7 @@ CELLS = {
             causal=False,
             positional="alibi",
             max_length=T,
-            sequence_strategy="ring",
+            sequence_strategy="all_gather",
             dtype=jnp.float64,
             param_dtype=jnp.float64,
         ),

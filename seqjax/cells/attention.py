@@ -27,8 +27,8 @@ Sequence parallelism. With `sequence_axis` set (a mesh axis name, inside `jax.se
 without a state splits the time axis over that axis: the positions and segment ids are computed on the
 whole sequence first (global positions, so rotary, ALiBi and sinusoidal encodings are those of one
 device), the projections are per token, and the engine is `sequence_parallel_attention` with
-`sequence_strategy` ("auto": the all-gather for `Attention`, a halo of `window` − 1 tokens for
-`SlidingWindowAttention` without global tokens, the all-gather with them; docs/scan.md).
+`sequence_strategy` ("auto": the ring for `Attention`, a halo of `window` − 1 tokens for
+`SlidingWindowAttention` without global tokens, the ring with them; docs/scan.md).
 """
 
 from __future__ import annotations
