@@ -11,6 +11,14 @@ its inputs, in one `jax.jit`, float32, batch 1, the inputs placed split along ti
   of d_k = d_v = --head_dim) against `sequence_parallel_linear_attention`.
 - `diagonal`: `linear_recurrence` (real decays, a state of --state per token) against
   `sequence_parallel_linear_recurrence`.
+- `attention_ring`, `attention_all_gather`: causal exact attention (`attention`, blockwise, --heads
+  heads of --head_dim) against `sequence_parallel_attention` with strategy "ring" or "all_gather"
+  (causal load balancing on); `attention_ring_unbalanced` without the balancing.
+- `swa_halo`, `swa_all_gather`: causal sliding-window attention (window --window) against
+  `sequence_parallel_attention` with strategy "halo" or "all_gather".
+
+The markdown file keeps the sections of engines this run does not measure (each section states when
+and how it was measured), so engines can be (re)measured separately.
 
 Columns: XLA's memory plan of the per-device program (arguments + outputs + temporaries,
 `seqjax.common.xla.plan_bytes`); the bytes every device's collectives produce per step, read from the
@@ -52,16 +60,23 @@ from jax.sharding import PartitionSpec as P
 
 from seqjax.common.xla import plan_bytes
 from seqjax.scan import (
+    attention,
     linear_attention,
     linear_recurrence,
     selective_scan,
+    sequence_parallel_attention,
     sequence_parallel_linear_attention,
     sequence_parallel_linear_recurrence,
     sequence_parallel_selective_scan,
 )
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("engines", ["mamba", "gla"], "mamba, gla, diagonal")
+flags.DEFINE_list(
+    "engines",
+    ["mamba", "gla"],
+    "mamba, gla, diagonal, attention_ring, attention_all_gather, attention_ring_unbalanced, swa_halo, "
+    "swa_all_gather",
+)
 flags.DEFINE_list("lengths", ["4096", "16384", "65536", "262144", "524288"], "sequence lengths")
 flags.DEFINE_list("shards", ["1", "2", "4", "8"], "devices on the sequence axis")
 flags.DEFINE_integer("time_max", 16384, "time steps only up to this length (longer: compile only)")
@@ -70,6 +85,7 @@ flags.DEFINE_integer("mamba_inner", 64, "Mamba's d_inner")
 flags.DEFINE_integer("mamba_state", 16, "Mamba's state size N")
 flags.DEFINE_integer("heads", 4, "GLA heads")
 flags.DEFINE_integer("head_dim", 32, "GLA d_k = d_v")
+flags.DEFINE_integer("window", 256, "sliding-window attention: the window")
 flags.DEFINE_integer("state", 64, "diagonal recurrence: state elements per token")
 flags.DEFINE_integer("chunk", 64, "chunk size of the chunked engines")
 flags.DEFINE_string("out", "benchmarks/sequence_parallel_{platform}.md", "markdown output")
@@ -141,6 +157,28 @@ def _problem(engine: str, length: int, n: int):
             hs, _ = fn(jax.nn.sigmoid(a), b, axis=1, method="sequential", **extra)
             return jnp.sum(hs**2)
 
+    elif engine.startswith(("attention_", "swa_")):
+        h, e = FLAGS.heads, FLAGS.head_dim
+        window = FLAGS.window if engine.startswith("swa_") else None
+        strategy = engine.split("_", 1)[1].removesuffix("_unbalanced")
+        shapes = [(1, length, h, e)] * 3
+        split = [True] * 3
+
+        def loss(q, k, v):
+            if n == 1:
+                y = attention(q, k, v, window=window, method="blockwise")
+            else:
+                y = sequence_parallel_attention(
+                    q,
+                    k,
+                    v,
+                    window=window,
+                    strategy=strategy,
+                    balance=not engine.endswith("_unbalanced"),
+                    **kw,
+                )
+            return jnp.sum(y**2)
+
     else:
         raise app.UsageError(f"unknown engine {engine!r}")
     del key
@@ -207,6 +245,21 @@ def write(rows: list[dict[str, object]], path: Path, command: str) -> None:
             f"chunks of {FLAGS.chunk}"
         ),
         "diagonal": f"diagonal recurrence: real decays, state {FLAGS.state}, sequential",
+        "attention_ring": f"causal attention, ring: {FLAGS.heads} heads, head_dim {FLAGS.head_dim}",
+        "attention_ring_unbalanced": (
+            f"causal attention, ring without load balancing: {FLAGS.heads} heads, head_dim {FLAGS.head_dim}"
+        ),
+        "attention_all_gather": (
+            f"causal attention, all-gather: {FLAGS.heads} heads, head_dim {FLAGS.head_dim}"
+        ),
+        "swa_halo": (
+            f"sliding-window attention, halo: window {FLAGS.window}, {FLAGS.heads} heads, "
+            f"head_dim {FLAGS.head_dim}"
+        ),
+        "swa_all_gather": (
+            f"sliding-window attention, all-gather: window {FLAGS.window}, {FLAGS.heads} heads, "
+            f"head_dim {FLAGS.head_dim}"
+        ),
     }
     fake = (
         " (fake CPU devices: `--xla_force_host_platform_device_count=8`)"
@@ -216,7 +269,8 @@ def write(rows: list[dict[str, object]], path: Path, command: str) -> None:
     lines = [
         f"# Sequence parallelism: memory, communication and step time ({jax.default_backend()})",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- date (of this file; each section states when it was measured): "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- versions: jax {jax.__version__}, Python {pyplatform.python_version()}; "
         f"`os.cpu_count()` = {os.cpu_count()}",
         f"- devices: {len(jax.devices())} × `{jax.devices()[0].device_kind}`{fake}",
@@ -238,8 +292,15 @@ def write(rows: list[dict[str, object]], path: Path, command: str) -> None:
             "measurement. The memory per device is the meaningful column.",
             "",
         ]
-    for engine in dict.fromkeys(r["engine"] for r in rows):
-        lines += [f"## {engines[engine]}", ""]
+    stamp = (
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
+        f"`os.cpu_count()` = {os.cpu_count()}, `{command}`"
+    )
+    measured = dict.fromkeys(r["engine"] for r in rows)
+    titles = {engines[e] for e in measured}
+    kept = [body for title, body in _sections(path) if title not in titles]
+    for engine in measured:
+        lines += [f"## {engines[engine]}", "", f"Measured {stamp}.", ""]
         lines += [
             "| length | shards | plan MiB / device | vs 1 shard | comm KiB / device | step s | compile s |"
         ]
@@ -256,7 +317,27 @@ def write(rows: list[dict[str, object]], path: Path, command: str) -> None:
                 f"{step} | {r['compile_s']:.1f} |"
             )
         lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text("\n".join(lines + kept), encoding="utf-8")
+
+
+def _sections(path: Path) -> list[tuple[str, str]]:
+    """The `## ` sections of an existing table file: (title, text), to keep those not re-measured."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    header, *parts = re.split(r"^## ", text, flags=re.M)
+    # Sections written before per-section stamps: the file header's date and command are theirs.
+    date = re.search(r"^- date: (.*)$", header, flags=re.M)
+    versions = re.search(r"^- versions: (.*)$", header, flags=re.M)
+    cmd = re.search(r"^- command: (.*)$", header, flags=re.M)
+    old = ", ".join(m.group(1) for m in (date, versions, cmd) if m)
+    out = []
+    for part in parts:
+        title, body = part.split("\n", 1)
+        if not body.lstrip().startswith("Measured ") and old:
+            body = f"\nMeasured {old}.\n" + body
+        out.append((title.strip(), f"## {title}\n{body.rstrip()}\n"))
+    return out
 
 
 def main(argv: list[str]) -> None:

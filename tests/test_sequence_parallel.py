@@ -348,7 +348,7 @@ def test_nonlinear_rnns_refuse_to_split_time(cell):
 
 def test_cells_without_a_sequence_parallel_form_say_so():
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
-        cells.check_sequence_parallel(cells.Attention(num_heads=2, head_dim=4))
+        cells.check_sequence_parallel(cells.TransformerXLAttention(num_heads=2, head_dim=4))
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
         cells.check_sequence_parallel(cells.MLSTM(d_model=8, num_heads=2))
     assert cells.with_sequence_axis(cells.S4D(hidden_size=4), "sequence").sequence_axis == "sequence"

@@ -22,6 +22,13 @@ state's dtype (`initial_state(dtype=...)`, float32 by default, which holds bfloa
 resets), a key mask (from padding) and the positions above. Given a state, the cached keys are placed
 before the new ones, so queries also see them; without one, nothing is cached and the cost is that of
 plain attention.
+
+Sequence parallelism. With `sequence_axis` set (a mesh axis name, inside `jax.set_mesh`), `apply`
+without a state splits the time axis over that axis: the positions and segment ids are computed on the
+whole sequence first (global positions, so rotary, ALiBi and sinusoidal encodings are those of one
+device), the projections are per token, and the engine is `sequence_parallel_attention` with
+`sequence_strategy` ("auto": the ring for `Attention`, a halo of `window` − 1 tokens for
+`SlidingWindowAttention` without global tokens, the ring with them; docs/scan.md).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype
+from seqjax.cells.base import Cell, DType, Params, accumulation_dtype, check_sequence_axis
 from seqjax.cells.kv_cache import (
     clear_rows,
     ring_positions,
@@ -45,7 +52,15 @@ from seqjax.cells.kv_cache import (
 from seqjax.cells.positional import POSITIONALS, alibi_slopes, rotary_embedding, sinusoidal_embedding
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
-from seqjax.scan.attention import METHODS, Visibility, attention, decode_attention
+from seqjax.scan.attention import (
+    METHODS,
+    SEQUENCE_PARALLEL_STRATEGIES,
+    Visibility,
+    attention,
+    decode_attention,
+    sequence_parallel_attention,
+)
+from seqjax.scan.sequence_parallel import sequence_shards
 
 __all__ = [
     "POSITIONALS",
@@ -100,9 +115,17 @@ class _SoftmaxAttention(Cell):
     block_size: int | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
+    sequence_axis: str | None = None
+    sequence_strategy: str = "auto"
 
     def __post_init__(self) -> None:
         label = type(self).__name__
+        check_sequence_axis(label, self.sequence_axis)
+        if self.sequence_strategy not in SEQUENCE_PARALLEL_STRATEGIES:
+            raise ValueError(
+                f"{label}: sequence_strategy must be one of {SEQUENCE_PARALLEL_STRATEGIES}, got "
+                f"{self.sequence_strategy!r}."
+            )
         check_positive_int(label, "num_heads", self.num_heads)
         check_positive_int(label, "head_dim", self.head_dim)
         if self.block_size is not None:
@@ -194,8 +217,22 @@ class _SoftmaxAttention(Cell):
             k = rotary_embedding(k, positions, self.rotary_base)
         return q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
 
-    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, visibility: Visibility) -> jax.Array:
+    def _attend(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, visibility: Visibility, split: bool = False
+    ) -> jax.Array:
         slopes = jnp.asarray(self.alibi_slopes(), self._acc) if self.positional == "alibi" else None
+        if split:  # the time axis over `sequence_axis` (apply without a state)
+            return sequence_parallel_attention(
+                q,
+                k,
+                v,
+                visibility,
+                alibi_slopes=slopes,
+                strategy=self.sequence_strategy,
+                block_q=self.block_size,
+                block_k=self.block_size,
+                sequence_axis=self.sequence_axis,
+            )
         return attention(
             q,
             k,
@@ -226,6 +263,14 @@ class _SoftmaxAttention(Cell):
         cache is read. The cells differ only in their cache (`_cached`, `_state_after`), in who sees
         whom (`_sequence_visibility`) and in capacity (`_check_apply_capacity`)."""
         given = state is not None
+        split = self.sequence_axis is not None and sequence_shards(self.sequence_axis) > 1
+        if split and given:
+            raise ValueError(
+                f"{self._label}.apply: with sequence_axis={self.sequence_axis!r} the time axis is split over "
+                f"devices, which `apply` supports without a state only (no cached tokens before the "
+                f"sequence); call apply(params, xs) or set sequence_axis=None."
+            )
+        # Positions and segment ids from the whole sequence (global positions under a split).
         xs, state, resets, mask, valid, seg, pos = self._begin_apply(params, xs, state, resets, mask)
         self._check_apply_capacity(state, given, xs.shape[-2], resets, mask, valid, pos)
         q, k, v = self._project(params, xs, pos)
@@ -248,7 +293,7 @@ class _SoftmaxAttention(Cell):
                 kv_mask=jnp.concatenate([c_ok, valid], axis=-1),
                 kv_global=kv_global,
             )
-        y = self._attend(q, keys, values, visible)
+        y = self._attend(q, keys, values, visible, split)
         ys = self._finish(self._output(params, y), mask)
 
         in_last, cont, length = self._last_segment(state, seg, valid)
@@ -361,6 +406,10 @@ class Attention(_SoftmaxAttention):
       method, block_size: the engine of `apply` (`seqjax.scan.attention.attention`: "auto",
         "blockwise", "naive" or "cudnn") and the blockwise form's block size for queries and keys
         (None: the engine chooses). `step` always uses `decode_attention`.
+      sequence_axis: a mesh axis name that splits the time axis of `apply` over devices (None: not
+        split); see `seqjax.cells.with_sequence_axis` and docs/scan.md, "Sequence parallelism".
+      sequence_strategy: `sequence_parallel_attention`'s strategy under the split ("auto", "ring",
+        "all_gather", "halo").
       dtype: compute dtype (bfloat16 allowed); softmax and sums accumulate in float32.
       param_dtype: dtype of the parameters.
 

@@ -1,6 +1,12 @@
 """Recurrence engines. Pure functions over arrays; cells choose among them."""
 
-from seqjax.scan.attention import Visibility, attention, attention_reference, choose_attention_method
+from seqjax.scan.attention import (
+    Visibility,
+    attention,
+    attention_reference,
+    choose_attention_method,
+    sequence_parallel_attention,
+)
 from seqjax.scan.diagonal import METHODS, choose_method, linear_recurrence
 from seqjax.scan.lstm import lstm_scan
 from seqjax.scan.matrix_recurrence import (
@@ -40,6 +46,7 @@ __all__ = [
     "scan_recurrence",
     "selective_scan",
     "sequence_halo",
+    "sequence_parallel_attention",
     "sequence_parallel_delta_rule",
     "sequence_parallel_generalized_delta_rule",
     "sequence_parallel_linear_attention",

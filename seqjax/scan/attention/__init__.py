@@ -9,6 +9,8 @@
   (benchmarks/attention_heuristics_cpu.md).
 - `dispatch`: `attention`, which validates a call (`inputs`) and runs the method it names.
 - `decode`: `decode_attention`, one query per row against a KV cache (the cells' `step`).
+- `sequence_parallel`: `sequence_parallel_attention`, the time axis split over a mesh axis (ring,
+  all-gather, or a halo for sliding windows).
 
 A query that sees no key returns zeros (and zero gradients), never NaN.
 
@@ -31,6 +33,7 @@ from seqjax.scan.attention.heuristics import (
     choose_blocks,
 )
 from seqjax.scan.attention.reference import attention_reference
+from seqjax.scan.attention.sequence_parallel import SEQUENCE_PARALLEL_STRATEGIES, sequence_parallel_attention
 from seqjax.scan.attention.visibility import Visibility
 
 __all__ = [
@@ -40,10 +43,12 @@ __all__ = [
     "MIN_BLOCK",
     "NAIVE_MAX_PAIRS",
     "NAIVE_MAX_QUERIES",
+    "SEQUENCE_PARALLEL_STRATEGIES",
     "Visibility",
     "attention",
     "attention_reference",
     "choose_attention_method",
     "choose_blocks",
     "decode_attention",
+    "sequence_parallel_attention",
 ]

@@ -87,11 +87,14 @@ def _take(tree, i):
     return jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, i, 0, keepdims=False), tree)
 
 
-def _forward(st, q, k, v, slopes, qinfo, kinfo, kv_lists):
+def _forward(st, q, k, v, slopes, qinfo, kinfo, kv_lists, partial: bool = False):
     """Block-major inputs: q [nq, B, H, G, bq, D], k [nk, B, H, bk, D], v [nk, B, H, bk, Dv],
     qinfo {name: [nq, B, bq]}, kinfo {name: [nk, B, bk]}, kv_lists = (order [nq, nk], count [nq]):
     the key blocks each query block visits. -> out [nq, B, H, G, bq, Dv] (q's dtype), logsumexp
-    [nq, B, H, G, bq] (accumulation dtype; 0 for a query that sees no key)."""
+    [nq, B, H, G, bq] (accumulation dtype; 0 for a query that sees no key).
+
+    `partial=True` (a part of the keys, merged with other parts by the sequence-parallel engine): out
+    stays in the accumulation dtype and the logsumexp of a query that sees no key is −inf."""
     acc = accumulation_dtype(q.dtype)
     dv = v.shape[-1]
 
@@ -123,8 +126,8 @@ def _forward(st, q, k, v, slopes, qinfo, kinfo, kv_lists):
         seen = den > 0
         den = jnp.where(seen, den, 1.0)
         out = o / den[..., None]
-        lse = jnp.where(seen, m + jnp.log(den), 0.0)
-        return None, (out.astype(q.dtype), lse)
+        lse = jnp.where(seen, m + jnp.log(den), -jnp.inf if partial else 0.0)
+        return None, (out if partial else out.astype(q.dtype), lse)
 
     order, count = kv_lists
     _, (out, lse) = lax.scan(per_q_block, None, (q, qinfo, order, count))
