@@ -26,6 +26,7 @@ through `verdict.verdict` on log(ratio / threshold).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -186,16 +187,26 @@ def _tokens(batch: int, length: int, vocab: int) -> Any:
     return jax.random.randint(jax.random.key(1), (batch, length), 0, vocab, jnp.int32)
 
 
-def _model(name: str, expansion: float, max_length: int, shape: Any) -> tuple[Any, Any]:
-    """(LanguageModel, its variables) of one mixer at its matched MLP expansion."""
+@functools.cache
+def _variables(name: str, expansion: float, shape: Any) -> Any:
+    """The variables of one mixer's LM, initialised once: they do not depend on attention's cache
+    capacity (`max_length`), so every length and batch reuses them (and their compile)."""
     import jax
 
     from seqjax import models
     from seqjax.experiment.equal_parameters import backbone_config
 
+    model = models.LanguageModel(backbone_config(name, expansion, 8, shape))
+    return jax.jit(model.init)(jax.random.key(0), _tokens(1, 8, shape.vocab))
+
+
+def _model(name: str, expansion: float, max_length: int, shape: Any) -> tuple[Any, Any]:
+    """(LanguageModel, its variables) of one mixer at its matched MLP expansion."""
+    from seqjax import models
+    from seqjax.experiment.equal_parameters import backbone_config
+
     model = models.LanguageModel(backbone_config(name, expansion, max_length, shape))
-    variables = jax.jit(model.init)(jax.random.key(0), _tokens(1, 8, shape.vocab))
-    return model, variables
+    return model, _variables(name, expansion, shape)
 
 
 def _prefill_call(name: str, expansion: float, batch: int, length: int, shape: Any) -> Callable[[], Any]:
