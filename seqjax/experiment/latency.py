@@ -170,14 +170,15 @@ def _compile(fn: Callable[..., Any], *args: Any, donate: tuple[int, ...] = ()) -
 def _timed_sweep(
     calls: Mapping[Hashable, Callable[[], Any]], budget_s: float, least: int, most: int
 ) -> tuple[dict[Hashable, np.ndarray], float]:
-    """Warm-up (one untimed call each), then interleaved rounds fitted to the budget; (times, warm-up s)."""
+    """Warm-up (one untimed call each), one untimed calibration round whose length sets the rounds
+    (`rounds_for`; a first call's one-off costs would make the warm-up a poor guide), then the
+    interleaved rounds; (times, seconds of the calibration round)."""
     import jax
 
-    start = time.perf_counter()
     for call in calls.values():
         jax.block_until_ready(call())
-    warm = time.perf_counter() - start
-    return interleaved_times(calls, rounds_for(warm, budget_s, least, most)), warm
+    per_round = float(sum(t[0] for t in interleaved_times(calls, 1).values()))
+    return interleaved_times(calls, rounds_for(per_round, budget_s, least, most)), per_round
 
 
 def _tokens(batch: int, length: int, vocab: int) -> Any:
@@ -242,7 +243,7 @@ def prefill_times(
         times, warm = _timed_sweep(calls, budget_s, least, most)
         out[length] = {str(n): t for n, t in times.items()}
         log(
-            f"prefill L={length:>6}: {len(times[names[0]])} rounds (warm-up {warm:.1f} s): "
+            f"prefill L={length:>6}: {len(times[names[0]])} rounds ({warm:.2f} s a round): "
             + ", ".join(f"{n} {1e3 * np.median(t):.2f} ms" for n, t in times.items())
         )
         for n, t in times.items():
@@ -266,7 +267,7 @@ def throughput_times(
     batching gains of two models are paired by round): {name: {batch: [rounds]}}."""
     calls = {(n, b): _prefill_call(n, sizes[n][0], b, length, shape) for n in sizes for b in sorted(batches)}
     times, warm = _timed_sweep(calls, budget_s, least, most)
-    log(f"throughput L={length}: {len(next(iter(times.values())))} rounds (warm-up {warm:.1f} s)")
+    log(f"throughput L={length}: {len(next(iter(times.values())))} rounds ({warm:.2f} s a round)")
     out: dict[str, dict[int, np.ndarray]] = {}
     for (n, b), t in times.items():
         out.setdefault(str(n), {})[int(b)] = t
