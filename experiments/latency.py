@@ -77,7 +77,10 @@ flags.DEFINE_list("contexts", None, "Decode contexts (prompt tokens before the t
 flags.DEFINE_integer("decode_steps", 30, "Timed decode steps (rounds) per context.")
 flags.DEFINE_integer("d_model", None, "Residual width (default: the size's).")
 flags.DEFINE_integer("num_layers", None, "Blocks per model (default: the size's).")
-flags.DEFINE_float("budget_s", 20.0, "Timed seconds aimed at per sweep (sets the rounds).")
+flags.DEFINE_float("budget_s", 20.0, "Timed seconds aimed at per length or context sweep (sets the rounds).")
+flags.DEFINE_float(
+    "throughput_budget_s", 150.0, "Timed seconds aimed at for the throughput sweep (every model and batch)."
+)
 flags.DEFINE_integer("min_rounds", 7, "Fewest timed rounds per sweep.")
 flags.DEFINE_integer("max_rounds", 25, "Most timed rounds per sweep.")
 flags.DEFINE_float("cap_s", 0.5, "A model whose median prefill exceeds this is not run at longer lengths.")
@@ -111,6 +114,7 @@ SIZE_DEFAULTS: dict[str, dict[str, Any]] = {
         "d_model": 16,
         "num_layers": 1,
         "budget_s": 0.5,
+        "throughput_budget_s": 0.5,
         "min_rounds": 5,
         "max_rounds": 5,
         "resamples": 200,
@@ -367,7 +371,12 @@ def main(argv: list[str]) -> None:
         sizes, [int(x) for x in FLAGS.lengths], shape, cap_s=FLAGS.cap_s, log=log, **rounds
     )
     throughput = latency.throughput_times(
-        sizes, FLAGS.throughput_length, [int(b) for b in FLAGS.batches], shape, log=log, **rounds
+        sizes,
+        FLAGS.throughput_length,
+        [int(b) for b in FLAGS.batches],
+        shape,
+        log=log,
+        **(rounds | {"budget_s": FLAGS.throughput_budget_s}),
     )
     decode = latency.decode_times(
         sizes, [int(c) for c in FLAGS.contexts], shape, steps=FLAGS.decode_steps, log=log
