@@ -41,7 +41,7 @@ Crossovers: for each model against each transformer, the lengths where the media
 1, interpolated on log-log axes between measured lengths (descriptive; the per-length intervals beside).
 
 Sizes: smoke (the wiring, ~30 s: d_model 16, 1 block, LSTM and attention, short lengths); cpu (d_model 64,
-2 blocks as `SIZES["cpu"]`, 10 families, L = 32 ... 16k with a cap, ~15 min on 2 shared cores);
+2 blocks as `SIZES["cpu"]`, 10 families, L = 32 ... 16k with a cap, 7-11 min on 2 shared cores);
 accelerator (d_model 256, 6 blocks as `SIZES["accelerator"]`, every family; run it on a GPU unchanged):
 
     python experiments/latency.py --size=smoke
@@ -89,7 +89,7 @@ flags.DEFINE_string("workdir", None, "With --compilation_cache: where compiled p
 flags.DEFINE_bool("compilation_cache", False, "Keep compiled programs in <workdir>/.jax_cache.")
 flags.DEFINE_string("out", "experiments/results/latency_{size}", "Output path without extension.")
 
-#: The CPU size's families (one preset each, so the CPU size runs in ~30 min on 2 loaded cores); the
+#: The CPU size's families (one preset each, so the CPU size runs in 7-11 min on 2 loaded cores); the
 #: accelerator size adds E-LSTM, S5 and LRU.
 CPU_PRESETS = [
     "lstm",
