@@ -42,8 +42,13 @@ from absl import app, flags
 
 from seqjax import models
 from seqjax.common.xla import plan_bytes
-from seqjax.config import PRESETS
-from seqjax.experiment import match_parameters
+from seqjax.experiment.equal_parameters import (
+    LABELS,
+    MIXERS,
+    ModelShape,
+    backbone_config,
+    equal_param_expansions,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", None, "Mixers to compare (default: all of MIXERS).")
@@ -72,46 +77,6 @@ flags.DEFINE_string(
 )
 
 GIB = 2**30
-
-# The config presets (seqjax.config.PRESETS), with larger SSM states and window for the long lengths
-# measured here; sizes not given follow d_model. Attention's cache capacity is set per length.
-MIXERS: dict[str, dict[str, Any]] = {
-    "lstm": PRESETS["lstm"],
-    "gru": PRESETS["gru"],
-    "elstm": PRESETS["elstm"],
-    "s5": {**PRESETS["s5"], "state_size": 64},
-    "lru": {**PRESETS["lru"], "state_size": 64},
-    "mamba": PRESETS["mamba"],
-    "linear_attention": PRESETS["linear_attention"],
-    "gla": PRESETS["gla"],
-    "deltanet": PRESETS["deltanet"],
-    "gated_deltanet": PRESETS["gated_deltanet"],
-    "mamba2": PRESETS["mamba2"],
-    "mlstm": PRESETS["mlstm"],
-    "slstm": PRESETS["slstm"],
-    "rglru": PRESETS["rglru"],
-    "attention": PRESETS["attention"],
-    "sliding_window": {**PRESETS["swa"], "window": 512},
-}
-LABELS = {
-    "lstm": "LSTM",
-    "gru": "GRU",
-    "elstm": "E-LSTM",
-    "s5": "S5 (N=64)",
-    "lru": "LRU (N=64)",
-    "mamba": "Mamba (N=16)",
-    "linear_attention": "Linear attention",
-    "gla": "GLA (per channel)",
-    "deltanet": "DeltaNet",
-    "gated_deltanet": "Gated DeltaNet",
-    "mamba2": "Mamba-2 (N=128)",
-    "mlstm": "mLSTM",
-    "slstm": "sLSTM",
-    "rglru": "RG-LRU",
-    "attention": "Attention (exact)",
-    "sliding_window": "Sliding window (w=512)",
-}
-REFERENCE = "attention"
 
 
 @dataclasses.dataclass
@@ -145,32 +110,12 @@ class GenRow:
 # --------------------------------------------------------------------------------------------------
 # Models at equal parameter count.
 # --------------------------------------------------------------------------------------------------
+def _shape() -> ModelShape:
+    return ModelShape(d_model=FLAGS.d_model, num_layers=FLAGS.num_layers, vocab=FLAGS.vocab)
+
+
 def config_for(name: str, expansion: float, max_length: int) -> models.BackboneConfig:
-    spec = dict(MIXERS[name])
-    if spec["cell"] == "attention":
-        spec["max_length"] = max_length
-    return models.BackboneConfig(
-        d_model=FLAGS.d_model,
-        num_layers=FLAGS.num_layers,
-        vocab_size=FLAGS.vocab,
-        pattern=(name,),
-        mixers={name: spec},
-        mlp_expansion=expansion,
-    )
-
-
-def _run_config(backbone: models.BackboneConfig) -> dict[str, Any]:
-    """A minimal LM run config around `backbone`, the form `seqjax.experiment.match_parameters` reads."""
-    return {"task": "lm", "batch_size": 1, "total_steps": 1, "model": backbone.to_dict(), "data": {}}
-
-
-def equal_param_expansions(names: list[str]) -> dict[str, tuple[float, int]]:
-    """MLP expansion per mixer so each model has the reference's parameter count; (expansion, params)."""
-    configs = {name: _run_config(config_for(name, 4.0, 1024)) for name in dict.fromkeys([REFERENCE, *names])}
-    # The shared solver (seqjax.experiment.matching): the MLP's width, exact since the count is affine in it.
-    _, report = match_parameters(configs, target=REFERENCE, knob="mlp")
-    by_name = {m.name: m for m in report}
-    return {name: (float(by_name[name].value), by_name[name].parameters) for name in names}
+    return backbone_config(name, expansion, max_length, _shape())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,7 +308,7 @@ def main(argv: list[str]) -> None:
     contexts = sorted(int(c) for c in FLAGS.gen_contexts)
     out = FLAGS.out.format(platform=jax.default_backend())
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    sizes = equal_param_expansions(names)
+    sizes = equal_param_expansions(names, _shape())
     train: list[TrainRow] = []
     gen: list[GenRow] = []
 
