@@ -255,8 +255,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"- date: {results['date']}; platform {results['platform']} ({results['machine']}); size "
         f"`{s['size']}`",
         f"- command: `{results['command']}`",
-        f"- {s['steps']:,} tokens per run{power}; {s['seeds']} seeds (initialisation; NARMA-10 input draw: stream seeds "
-        f"{results['narma_seeds']}, the first that stay bounded for the run); one layer, hidden "
+        f"- {s['steps']:,} tokens per run{power}; {s['seeds']} seeds (initialisation; NARMA-10 input "
+        f"draw: stream seeds {results['narma_seeds']}, the first that stay bounded for the run); one layer, hidden "
         f"{s['hidden']} (LRU: {s['hidden']} complex modes, linear encoder), GELU readout of {s['readout']}; "
         f"Adam {s['learning_rate']:g}, gradient norm clipped at 1; {s['chunk']} tokens per jitted call.",
         "- Prequential: every token is predicted with the parameters learnt from the tokens before it, "
