@@ -258,7 +258,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"- {s['steps']:,} tokens per run{power}; {s['seeds']} seeds (initialisation; NARMA-10 input "
         f"draw: stream seeds {results['narma_seeds']}, the first that stay bounded for the run); one "
         f"layer, hidden {s['hidden']} (LRU: {s['hidden']} complex modes, linear encoder), GELU readout "
-        f"of {s['readout']}; Adam {s['learning_rate']:g}, gradient norm clipped at 1; {s['chunk']} tokens per jitted call.",
+        f"of {s['readout']}; Adam {s['learning_rate']:g}, gradient norm clipped at 1; {s['chunk']} "
+        "tokens per jitted call.",
         "- Prequential: every token is predicted with the parameters learnt from the tokens before it, "
         "then learnt from. MSE of standardised targets (power: 7 variables, first-day statistics; "
         f"NARMA-10: raw y); lower is better. [low, high]: {level:.0%} bootstrap over {s['blocks']} "
