@@ -43,6 +43,7 @@ def test_block_means_and_paired_claims():
     assert claims["snap"]["verdict"] == "inconclusive"  # no LSTM runs
 
 
+@pytest.mark.slow
 def test_driver_smoke(tmp_path):
     results = run_driver("online_learning.py", tmp_path, "--size=smoke", "--windows=1", timeout=600)
     assert set(results["summary"]) == {"narma10", "power"}

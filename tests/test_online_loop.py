@@ -197,6 +197,7 @@ def _steps(workdir) -> list[int]:
     return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     """`scripts/online.py` killed with SIGKILL mid-stream and rerun with the same command ends with the
     parameters, optimizer state, traces and per-token scores of the same command run uninterrupted."""
