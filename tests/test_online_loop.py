@@ -241,3 +241,27 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
         online_loop.read_prequential(killed_dir), online_loop.read_prequential(whole_dir)
     )
     assert online_loop.read_prequential(killed_dir).shape == (KILL_TOTAL,)
+
+
+def test_a_gelu_readout_keeps_diagonal_rtrl_exact():
+    """`readout_hidden` acts after the state: exact RTRL still equals BPTT (float64, resets, padding)."""
+    from seqjax import cells
+    from seqjax.online import DiagonalRTRL, OnlineModel
+    from seqjax.online.learner import accumulate, bptt_gradient
+    from tests.test_online_rtrl import D_IN, D_OUT, F64, relative_error, stream
+
+    with jax.enable_x64(True):
+        model = OnlineModel(
+            (cells.LRU(D_IN, 4, **F64),),
+            D_IN,
+            D_OUT,
+            encoder=False,
+            readout_hidden=5,
+            param_dtype=jnp.float64,
+        )
+        params = model.init(jax.random.PRNGKey(0))
+        assert params["readout"]["w_hidden"].shape == (D_IN, 5) and params["readout"]["w"].shape == (5, D_OUT)
+        xs, ys, resets, mask = stream()
+        _, want = bptt_gradient(model, params, xs, ys, resets=resets, mask=mask)
+        got, _, _ = accumulate(DiagonalRTRL(model), params, xs, ys, resets=resets, mask=mask)
+        assert relative_error(got, want) < 1e-10
