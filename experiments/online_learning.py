@@ -144,6 +144,7 @@ def main(argv: list[str]) -> None:
         "narma_seeds": narma_seeds,
         "power_steps": p_steps,
         "confidence_level": level,
+        "resamples": FLAGS.resamples,
         "claims": claims,
         "summary": summary,
         "wall_seconds": time.time() - started,

@@ -243,6 +243,11 @@ def _mse(v: Mapping[str, float]) -> str:
     return f"{v['estimate']:.5f} [{v['low']:.5f}, {v['high']:.5f}]"
 
 
+def _p(value: float, resamples: int) -> str:
+    """A bootstrap p-value: 0 means below the resolution of the resamples."""
+    return f"< {1 / resamples:.1g}" if value == 0 else f"= {value:.3g}"
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     s = results["settings"]
     level = results["confidence_level"]
@@ -278,7 +283,7 @@ def markdown(results: Mapping[str, Any]) -> str:
             for key, d in claim["differences"].items():
                 lines.append(
                     f"- {key}: {d['estimate']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}] ({d['class']}; "
-                    f"bootstrap p = {d['p_value']:.3g})"
+                    f"bootstrap p {_p(d['p_value'], results['resamples'])})"
                 )
             lines.append("")
     lines += [
