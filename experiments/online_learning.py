@@ -52,6 +52,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "readout": 4,
         "blocks": 6,
         "chunk": 100,
+        "measure_memory": False,
     },
     "medium": {
         "steps": 20_000,

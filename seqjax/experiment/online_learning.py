@@ -77,6 +77,7 @@ def method_config(
     c.chunk = settings["chunk"]
     c.checkpoint_every = settings["chunk"] * max(1, settings.get("checkpoint_chunks", 20))
     c.optimizer.learning_rate = settings["learning_rate"]
+    c.measure_memory = settings.get("measure_memory", True)
     return c
 
 
