@@ -33,6 +33,11 @@ flags.DEFINE_integer("steps", None, "Tokens per run (default: the size's).")
 flags.DEFINE_integer("seeds", None, "Seeds per method (default: the size's).")
 flags.DEFINE_list("windows", None, "TBPTT windows k (default: the size's).")
 flags.DEFINE_list("streams", ["narma10", "power"], "Streams: narma10, power.")
+flags.DEFINE_list(
+    "methods",
+    None,
+    "Only these methods (default: all; e.g. to split a size over processes, each with its own --workdir).",
+)
 flags.DEFINE_integer("hidden", None, "Hidden size of the LRU and the LSTM (default: the size's).")
 flags.DEFINE_integer("blocks", None, "Contiguous time blocks for the intervals (default: the size's).")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam's learning rate, every method.")
@@ -102,6 +107,11 @@ def main(argv: list[str]) -> None:
     narma_seeds = bounded_seeds(s["seeds"], s["steps"])
     p_steps = ol.power_steps(s["steps"])
     methods = ol.methods(s["windows"])
+    if FLAGS.methods is not None:
+        unknown = sorted(set(FLAGS.methods) - set(methods))
+        if unknown:
+            raise app.UsageError(f"--methods: {unknown} are not among {methods}.")
+        methods = [m for m in methods if m in FLAGS.methods]
     runs: dict[str, dict[str, list]] = {}
     baselines: dict[str, dict[str, list]] = {}
     started = time.time()
