@@ -92,6 +92,8 @@ def run_method(config: Any, workdir: str | os.PathLike[str]) -> dict[str, Any]:
         result = json.loads(done.read_text())
     else:
         out = run(config, workdir, echo=None)
+        if out["preempted"]:  # stopped by SIGTERM/SIGINT (saved): the run is not finished
+            raise SystemExit(f"stopped by signal {out['preempted']} in {workdir}; rerun to resume.")
         keys = ("position", "prequential", "seconds_per_step", "step_memory_bytes")
         result = {k: out[k] for k in keys}
         partial = workdir / "result.json.tmp"
