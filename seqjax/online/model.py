@@ -29,6 +29,11 @@ class OnlineModel:
          "layers": (params of cells[0], params of cells[1], ...),
          "readout": {"w": [output_size_of_last_cell, output_size], "b": [output_size]}}
 
+    With `readout_hidden=M` the readout is a small MLP, `gelu(y W_h + b_h) W + b` with {"w_hidden":
+    [output_size_of_last_cell, M], "b_hidden": [M]} added: a linear recurrence (LRU, S5, S4D) with a
+    linear readout is a linear filter of its inputs, which cannot fit a nonlinear system such as
+    NARMA-10. The readout acts after the states, so every learner's gradient of it is exact.
+
     and of the tuple of the cells' states. Each cell reads the previous one's output, so a cell's input
     width must be what it accepts (S4D, S5 and LRU map `hidden_size` features to `hidden_size`).
     `width` is the encoder's output width; by default the first cell's output size. With
@@ -51,6 +56,7 @@ class OnlineModel:
     output_size: int
     width: int | None = None
     encoder: bool = True
+    readout_hidden: int | None = None
     param_dtype: DType = jnp.float32
 
     def __post_init__(self) -> None:
@@ -61,6 +67,8 @@ class OnlineModel:
         check_positive_int("OnlineModel", "output_size", self.output_size)
         if self.width is not None:
             check_positive_int("OnlineModel", "width", self.width)
+        if self.readout_hidden is not None:
+            check_positive_int("OnlineModel", "readout_hidden", self.readout_hidden)
         for i, cell in enumerate(self.cells):
             if not isinstance(cell, RecurrentCell):
                 raise TypeError(
@@ -91,8 +99,15 @@ class OnlineModel:
             layers.append(cell.init(keys[i + 1], width))
             width = cell.output_size
         params["layers"] = tuple(layers)
-        w = jax.random.normal(keys[-1], (width, self.output_size), pd) / math.sqrt(width)
-        params["readout"] = {"w": w, "b": jnp.zeros((self.output_size,), pd)}
+        readout: dict[str, Any] = {}
+        out_key = keys[-1]  # without readout_hidden, the same key (and weights) as before it existed
+        if self.readout_hidden is not None:
+            hidden_key, out_key = jax.random.split(out_key)
+            w = jax.random.normal(hidden_key, (width, self.readout_hidden), pd) / math.sqrt(width)
+            readout = {"w_hidden": w, "b_hidden": jnp.zeros((self.readout_hidden,), pd)}
+            width = self.readout_hidden
+        w = jax.random.normal(out_key, (width, self.output_size), pd) / math.sqrt(width)
+        params["readout"] = {**readout, "w": w, "b": jnp.zeros((self.output_size,), pd)}
         return params
 
     def initial_state(self, batch_shape: Sequence[int] = (), dtype: DType = jnp.float32) -> tuple[Any, ...]:
@@ -111,7 +126,10 @@ class OnlineModel:
         return cell.recur(params_l, state, cell.project_inputs(params_l, u))
 
     def readout(self, params: dict[str, Any], y: jax.Array) -> jax.Array:
-        return y @ params["readout"]["w"] + params["readout"]["b"]
+        r = params["readout"]
+        if "w_hidden" in r:  # readout_hidden: one GELU layer (after the state: exact in every learner)
+            y = jax.nn.gelu(y @ r["w_hidden"] + r["b_hidden"])
+        return y @ r["w"] + r["b"]
 
     def token(
         self, params: dict[str, Any], states: tuple[Any, ...], x: jax.Array

@@ -1,0 +1,172 @@
+"""Experiment (issue 20, seed 002): online learning on streams. Exact RTRL (LRU, `DiagonalRTRL`) and
+SnAp-1 (LSTM) against online truncated BPTT through the last k = 1, 4, 16, 64 tokens (the same LRU and
+LSTM models), prequentially (predict, then learn, at every token) on NARMA-10 and on household power one
+step ahead. Strong non-neural baselines in the same table: running mean, persistence, online RLS on
+lagged inputs. Logic, units of independence and the verdict rules (fixed before any run):
+`seqjax/experiment/online_learning.py`.
+
+    python experiments/online_learning.py --size=smoke     # ~1 min: the wiring (k = 1, 4; 600 tokens)
+    python experiments/online_learning.py --size=medium    # 20,000 tokens, 3 seeds, k = 1, 4, 16, 64
+    python experiments/online_learning.py --size=full      # the issue's: 10^5 tokens, 5 seeds
+
+Results: `experiments/results/online_learning_{size}_{platform}.md`, `.json` and `.png`. Runs go to
+`<workdir>/<size>/<stream>/<method>/seed<k>/` (each a `scripts/online.py`-style workdir); a killed
+driver resumes each run from its checkpoints and skips finished ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform as platform_module
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+flags.DEFINE_string("size", "full", "smoke, medium or full (the issue's: 10^5 tokens, 5 seeds).")
+flags.DEFINE_integer("steps", None, "Tokens per run (default: the size's).")
+flags.DEFINE_integer("seeds", None, "Seeds per method (default: the size's).")
+flags.DEFINE_list("windows", None, "TBPTT windows k (default: the size's).")
+flags.DEFINE_list("streams", ["narma10", "power"], "Streams: narma10, power.")
+flags.DEFINE_list(
+    "methods",
+    None,
+    "Only these methods (default: all; e.g. to split a size over processes, each with its own --workdir).",
+)
+flags.DEFINE_integer("hidden", None, "Hidden size of the LRU and the LSTM (default: the size's).")
+flags.DEFINE_integer("blocks", None, "Contiguous time blocks for the intervals (default: the size's).")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam's learning rate, every method.")
+flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
+flags.DEFINE_string("workdir", "/tmp/seqjax_online_learning", "Runs go to <workdir>/<size>/<stream>/...")
+flags.DEFINE_bool("fresh", False, "Delete this size's runs under --workdir first.")
+flags.DEFINE_string(
+    "out", "experiments/results/online_learning_{size}_{platform}", "Output path, no extension."
+)
+
+SIZES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "steps": 600,
+        "seeds": 2,
+        "windows": [1, 4],
+        "hidden": 4,
+        "readout": 4,
+        "blocks": 6,
+        "chunk": 100,
+        "measure_memory": False,
+    },
+    "medium": {
+        "steps": 20_000,
+        "seeds": 3,
+        "windows": [1, 4, 16, 64],
+        "hidden": 16,
+        "readout": 16,
+        "blocks": 40,
+        "chunk": 1000,
+    },
+    "full": {
+        "steps": 100_000,
+        "seeds": 5,
+        "windows": [1, 4, 16, 64],
+        "hidden": 32,
+        "readout": 32,
+        "blocks": 100,
+        "chunk": 1000,
+    },
+}
+ALPHA = 0.05
+LAGS = {"narma10": 20, "power": 8}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    import jax
+    import numpy as np
+
+    from seqjax.experiment import online_learning as ol
+    from seqjax.experiment.flags import prepare_workdir
+    from seqjax.experiment.outputs import run_header, write_results
+    from seqjax.online.streams import Narma10, bounded_seeds, household_power
+
+    if FLAGS.size not in SIZES:
+        raise app.UsageError(f"--size must be one of {sorted(SIZES)}, got {FLAGS.size!r}.")
+    s = dict(SIZES[FLAGS.size])
+    for name in ("steps", "seeds", "hidden", "blocks"):
+        if FLAGS[name].value is not None:
+            s[name] = FLAGS[name].value
+    if FLAGS.windows is not None:
+        s["windows"] = [int(k) for k in FLAGS.windows]
+    s |= {"learning_rate": FLAGS.learning_rate, "size": FLAGS.size}
+    workdir = Path(FLAGS.workdir) / FLAGS.size
+    prepare_workdir(workdir, {**s, "streams": FLAGS.streams}, fresh=FLAGS.fresh)
+    narma_seeds = bounded_seeds(s["seeds"], s["steps"])
+    p_steps = ol.power_steps(s["steps"])
+    methods = ol.methods(s["windows"])
+    if FLAGS.methods is not None:
+        unknown = sorted(set(FLAGS.methods) - set(methods))
+        if unknown:
+            raise app.UsageError(f"--methods: {unknown} are not among {methods}.")
+        methods = [m for m in methods if m in FLAGS.methods]
+    runs: dict[str, dict[str, list]] = {}
+    baselines: dict[str, dict[str, list]] = {}
+    started = time.time()
+    for stream in FLAGS.streams:
+        steps = s["steps"] if stream == "narma10" else p_steps
+        runs[stream] = {}
+        for method in methods:
+            runs[stream][method] = []
+            for seed in range(s["seeds"]):
+                config = ol.method_config(
+                    stream, method, seed=seed, stream_seed=narma_seeds[seed], steps=steps, settings=s
+                )
+                t0 = time.time()
+                result = ol.run_method(config, workdir / stream / method / f"seed{seed}")
+                print(
+                    f"{stream} {method} seed {seed}: MSE {result['prequential']:.5f} "
+                    f"({time.time() - t0:.0f} s)",
+                    flush=True,
+                )
+                runs[stream][method].append(result)
+        # baselines on exactly the tokens each seed's runs saw
+        per_seed = []
+        for seed in range(s["seeds"] if stream == "narma10" else 1):
+            source = Narma10(narma_seeds[seed]) if stream == "narma10" else household_power()
+            tokens = source.chunk(0, steps)
+            per_seed.append(
+                ol.online_baselines(tokens.x, tokens.y, lags=LAGS[stream], persistence=stream == "power")
+            )
+        baselines[stream] = {name: [b[name] for b in per_seed] for name in per_seed[0]}
+    level = 0.95
+    summary = ol.summarize(
+        runs, baselines, n_blocks=s["blocks"], confidence_level=level, n_resamples=FLAGS.resamples
+    )
+    claims = ol.claim_verdicts(summary, s["windows"], alpha=ALPHA, n_resamples=FLAGS.resamples)
+    platform = jax.default_backend()
+    results = {
+        **run_header(sys.argv, platform),
+        "machine": f"{platform_module.machine()}, {os.cpu_count()} CPU cores, shared with other jobs",
+        "settings": s,
+        "streams": FLAGS.streams,
+        "narma_seeds": narma_seeds,
+        "power_steps": p_steps,
+        "confidence_level": level,
+        "resamples": FLAGS.resamples,
+        "claims": claims,
+        "summary": summary,
+        "wall_seconds": time.time() - started,
+    }
+    out = ROOT / FLAGS.out.format(size=FLAGS.size, platform=platform)
+    write_results(out, results, ol.markdown(results))
+    ol.figure(results, out.with_suffix(".png"))
+    del np
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    app.run(main)

@@ -1,0 +1,55 @@
+"""Issue 20's experiment: the baselines and statistics of `seqjax.experiment.online_learning`, and the
+driver `experiments/online_learning.py` end to end (smoke)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqjax.experiment import online_learning as ol
+from tests.driver_helpers import run_driver
+
+
+def test_rls_baseline_predicts_before_it_learns_and_fits_a_linear_system():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    y = x @ [[1.0], [-2.0]] + 0.5  # y_t = linear in x_t: RLS on 1 lag + constant fits it exactly
+    errors = ol.online_baselines(x, y, lags=1, persistence=False)
+    rls = errors["RLS on 1 lags"]
+    assert rls[0] == pytest.approx(np.mean(y[0] ** 2))  # token 0: predicted with zero weights
+    assert rls[-100:].max() < 1e-6
+    # prequential: the running mean predicts token t from tokens before it
+    assert errors["running mean"][1] == pytest.approx(float((y[1, 0] - y[0, 0]) ** 2))
+
+
+def test_block_means_and_paired_claims():
+    scores = np.arange(12.0)
+    scores[3] = np.nan  # padding is skipped
+    assert ol.block_means(scores, 3).tolist() == [1.0, 5.5, 9.5]
+    rng = np.random.default_rng(1)
+    base = rng.uniform(1, 2, size=(2, 40))
+    runs = {
+        "narma10": {
+            "lru_rtrl": [{"scores": b, "seconds_per_step": 1e-5, "step_memory_bytes": 1} for b in base],
+            "lru_tbptt1": [
+                {"scores": b + 0.5, "seconds_per_step": 1e-5, "step_memory_bytes": 1} for b in base
+            ],
+        }
+    }
+    summary = ol.summarize(runs, {}, n_blocks=8, confidence_level=0.95, n_resamples=200)
+    claims = ol.claim_verdicts(summary, [1], alpha=0.05, n_resamples=200)
+    assert claims["rtrl"]["verdict"] == "supported"
+    assert claims["rtrl"]["differences"]["narma10/k=1"]["estimate"] == pytest.approx(0.5)
+    assert claims["snap"]["verdict"] == "inconclusive"  # no LSTM runs
+
+
+@pytest.mark.slow
+def test_driver_smoke(tmp_path):
+    results = run_driver("online_learning.py", tmp_path, "--size=smoke", "--windows=1", timeout=600)
+    assert set(results["summary"]) == {"narma10", "power"}
+    for stream in results["summary"].values():
+        assert set(stream["methods"]) == {"lru_rtrl", "lru_tbptt1", "lstm_snap", "lstm_tbptt1"}
+        assert all(np.isfinite(r["estimate"]) and r["low"] <= r["high"] for r in stream["methods"].values())
+    assert "RLS on 8 lags" in results["summary"]["power"]["baselines"]
+    assert results["claims"]["rtrl"]["verdict"] in ("supported", "contradicted", "depends", "inconclusive")
+    assert (tmp_path / "out.png").exists() and "## Verdict" in (tmp_path / "out.md").read_text()
