@@ -507,25 +507,41 @@ def _affine_fold(transitions: jax.Array, lasts: jax.Array, s0: jax.Array) -> tup
 
 
 def _sequence_parallel_affine(
-    engine: Any,
+    fn: str,
+    run: Any,
     arrays: dict[str, jax.Array | None],
-    s0: jax.Array,
+    s0: jax.Array | None,
     *,
+    query: str,
     value: str,
-    length: int,
-    t_axis: int,
     sequence_axis: str,
     mesh: Mesh,
 ) -> tuple[jax.Array, jax.Array]:
     """An engine whose state moves as S_t = A_t S_{t−1} + (input), with A_t [d_k, d_k] independent of S
-    and of the values, split over `sequence_axis`.
+    and of the values, split over `sequence_axis`; `run(**arrays, s0=state)` -> (ys, final state), with
+    `arrays[query]` [*batch, T, H, d_k] and `arrays[value]` [*batch, T, H, d_v].
 
     A shard's final state is P S_in + Q: Q is the engine's final state from zero, and P (the product of
     the shard's transitions, resets and padding included) is the engine's final state from the identity
-    with zero values (`value` is the name of the values in `arrays`). The n summaries are all-gathered
-    and folded into the state entering each shard, and each shard runs the engine from it: three engine
-    passes per shard, the second on d_k-wide values. `engine(s0, **arrays)` -> (ys, final state).
+    with zero values. The n summaries are all-gathered and folded into the state entering each shard,
+    and each shard runs the engine from it: three engine passes per shard, the second on d_k-wide
+    values.
     """
+    arrays = {**arrays, query: jnp.asarray(arrays[query]), value: jnp.asarray(arrays[value])}
+    xq, xv = arrays[query], arrays[value]
+    if xq.ndim < 3 or xv.ndim != xq.ndim:
+        raise ValueError(
+            f"{fn}: {query} has shape {xq.shape} and {value} {xv.shape}; expected {query} [*batch, T, H, "
+            f"d_k] and {value} [*batch, T, H, d_v]."
+        )
+    t_axis = xq.ndim - 3
+    length = xq.shape[t_axis]
+    acc = accumulation_dtype(jnp.result_type(xq, arrays["k"], xv))  # as the engines
+    shape = (*xq.shape[:t_axis], xv.shape[-2], xq.shape[-1], xv.shape[-1])
+    s0 = jnp.zeros(shape, acc) if s0 is None else jnp.asarray(s0).astype(acc)
+    if s0.shape != shape:
+        raise ValueError(f"{fn}: `s0` has shape {s0.shape}, expected {shape}.")
+    engine = lambda state, **x: run(**x, s0=state)
     n = sequence_shards(sequence_axis, mesh)
     batch = s0.shape[:-3]
     heads, dk = s0.shape[-3], s0.shape[-2]
@@ -572,13 +588,6 @@ def _sequence_parallel_affine(
     return ys, finals[-1]
 
 
-def _initial_matrix_state(fn: str, s0: jax.Array | None, shape: tuple[int, ...], acc: Any) -> jax.Array:
-    s0 = jnp.zeros(shape, acc) if s0 is None else jnp.asarray(s0).astype(acc)
-    if s0.shape != shape:
-        raise ValueError(f"{fn}: `s0` has shape {s0.shape}, expected {shape}.")
-    return s0
-
-
 def sequence_parallel_delta_rule(
     q: jax.Array,
     k: jax.Array,
@@ -615,32 +624,11 @@ def sequence_parallel_delta_rule(
     fn = "sequence_parallel_delta_rule"
     mesh = _resolve_mesh(fn, mesh, sequence_axis)
     run = functools.partial(delta_rule_lib.delta_rule, method=method, chunk_size=chunk_size)
-    if sequence_shards(sequence_axis, mesh) == 1:
-        return run(q, k, v, beta, log_alpha, s0, resets=resets, mask=mask)
-    q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
-    if q.ndim < 3 or v.ndim != q.ndim:
-        raise ValueError(
-            f"{fn}: q has shape {q.shape} and v {v.shape}; expected q, k [*batch, T, H, d_k] and v "
-            f"[*batch, T, H, d_v]."
-        )
-    t_axis = q.ndim - 3
-    batch, length = q.shape[:t_axis], q.shape[t_axis]
-    acc = accumulation_dtype(jnp.result_type(q, k, v))
-    s0 = _initial_matrix_state(fn, s0, (*batch, v.shape[-2], q.shape[-1], v.shape[-1]), acc)
-
-    def engine(s, q, k, v, beta, log_alpha=None, resets=None, mask=None):
-        return run(q, k, v, beta, log_alpha, s, resets=resets, mask=mask)
-
     arrays = {"q": q, "k": k, "v": v, "beta": beta, "log_alpha": log_alpha, "resets": resets, "mask": mask}
+    if sequence_shards(sequence_axis, mesh) == 1:
+        return run(**arrays, s0=s0)
     return _sequence_parallel_affine(
-        engine,
-        arrays,
-        s0,
-        value="v",
-        length=length,
-        t_axis=t_axis,
-        sequence_axis=sequence_axis,
-        mesh=mesh,
+        fn, run, arrays, s0, query="q", value="v", sequence_axis=sequence_axis, mesh=mesh
     )
 
 
@@ -677,32 +665,11 @@ def sequence_parallel_generalized_delta_rule(
     run = functools.partial(
         generalized_delta_rule_lib.generalized_delta_rule, method=method, chunk_size=chunk_size
     )
-    if sequence_shards(sequence_axis, mesh) == 1:
-        return run(r, k, v, a, b, log_w, s0, resets=resets, mask=mask)
-    r, k, v = jnp.asarray(r), jnp.asarray(k), jnp.asarray(v)
-    if r.ndim < 3 or v.ndim != r.ndim:
-        raise ValueError(
-            f"{fn}: r has shape {r.shape} and v {v.shape}; expected r, k, a, b, log_w [*batch, T, H, d_k] "
-            f"and v [*batch, T, H, d_v]."
-        )
-    t_axis = r.ndim - 3
-    batch, length = r.shape[:t_axis], r.shape[t_axis]
-    acc = accumulation_dtype(jnp.result_type(r, k, v))
-    s0 = _initial_matrix_state(fn, s0, (*batch, v.shape[-2], r.shape[-1], v.shape[-1]), acc)
-
-    def engine(s, r, k, v, a, b, log_w, resets=None, mask=None):
-        return run(r, k, v, a, b, log_w, s, resets=resets, mask=mask)
-
     arrays = {"r": r, "k": k, "v": v, "a": a, "b": b, "log_w": log_w, "resets": resets, "mask": mask}
+    if sequence_shards(sequence_axis, mesh) == 1:
+        return run(**arrays, s0=s0)
     return _sequence_parallel_affine(
-        engine,
-        arrays,
-        s0,
-        value="v",
-        length=length,
-        t_axis=t_axis,
-        sequence_axis=sequence_axis,
-        mesh=mesh,
+        fn, run, arrays, s0, query="r", value="v", sequence_axis=sequence_axis, mesh=mesh
     )
 
 
