@@ -22,7 +22,11 @@ from seqjax.train.run_config import ConfigError, resolve, schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
-CONFIG_FILES = [p for p in CONFIG_FILES if not os.path.basename(p).startswith("_")]
+# configs/online.py configures the online loop (seqjax.online.loop, tests/test_online_loop.py), not
+# the trainer: its arg is stream:method and its keys are the loop's.
+CONFIG_FILES = [
+    p for p in CONFIG_FILES if not os.path.basename(p).startswith("_") and os.path.basename(p) != "online.py"
+]
 ARGS = ["lstm", "attention", "swa,size=accelerator", "mamba"]
 
 

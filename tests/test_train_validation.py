@@ -78,7 +78,7 @@ FAULTS = [
     (
         "mesh.axes=('datta',)",
         _set("mesh.axes", ("datta",)),
-        r"config\.mesh\.axes: 'datta' .*\['data', 'fsdp', 'model'\]",
+        r"config\.mesh\.axes: 'datta' .*\['data', 'fsdp', 'model', 'sequence'\]",
     ),
     (
         "mesh.num_devices=16 on 8",

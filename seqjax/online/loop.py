@@ -41,6 +41,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from seqjax.common.extras import TRAIN_MODULES, require
+
+# The learners need only jax; the loop optimises with optax and checkpoints through seqjax.train, so
+# without the train extra importing it is one error naming the fix.
+require(__name__, "train", *TRAIN_MODULES)
+
 import jax
 import jax.numpy as jnp
 import numpy as np
