@@ -9,9 +9,14 @@ lagged inputs. Logic, units of independence and the verdict rules (fixed before 
     python experiments/online_learning.py --size=medium    # 20,000 tokens, 3 seeds, k = 1, 4, 16, 64
     python experiments/online_learning.py --size=full      # the issue's: 10^5 tokens, 5 seeds
 
+Each method's Adam rate is tuned per stream on the stream's first `--tune_steps` tokens, which are then
+not scored (the rule: `seqjax/experiment/online_learning.py`); `--learning_rate=R` fixes one rate for
+every method instead and scores every token.
+
 Results: `experiments/results/online_learning_{size}_{platform}.md`, `.json` and `.png`. Runs go to
-`<workdir>/<size>/<stream>/<method>/seed<k>/` (each a `scripts/online.py`-style workdir); a killed
-driver resumes each run from its checkpoints and skips finished ones.
+`<workdir>/<size>/<stream>/<method>/lr<rate>/seed<k>/`, tuning runs to `.../<method>/tune/lr<rate>/`
+(each a `scripts/online.py`-style workdir); a killed driver resumes each run from its checkpoints and
+skips finished ones.
 """
 
 from __future__ import annotations
@@ -40,7 +45,13 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("hidden", None, "Hidden size of the LRU and the LSTM (default: the size's).")
 flags.DEFINE_integer("blocks", None, "Contiguous time blocks for the intervals (default: the size's).")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam's learning rate, every method.")
+flags.DEFINE_float(
+    "learning_rate",
+    None,
+    "One Adam rate for every method, not tuned (default: tuned per method and stream on the tuning prefix).",
+)
+flags.DEFINE_list("learning_rates", None, "The rates tuned over (default: the size's).")
+flags.DEFINE_integer("tune_steps", None, "Tokens of the tuning prefix (default: the size's).")
 flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
 flags.DEFINE_string("workdir", "/tmp/seqjax_online_learning", "Runs go to <workdir>/<size>/<stream>/...")
 flags.DEFINE_bool("fresh", False, "Delete this size's runs under --workdir first.")
@@ -57,6 +68,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "readout": 4,
         "blocks": 6,
         "chunk": 100,
+        "tune_steps": 200,
+        "learning_rates": [1e-3],  # one rate: the tuning runs' wiring, not a search
         "measure_memory": False,
     },
     "medium": {
@@ -67,6 +80,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "readout": 16,
         "blocks": 40,
         "chunk": 1000,
+        "tune_steps": 2000,
+        "learning_rates": [3e-4, 1e-3, 3e-3, 1e-2],
     },
     "full": {
         "steps": 100_000,
@@ -76,6 +91,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "readout": 32,
         "blocks": 100,
         "chunk": 1000,
+        "tune_steps": 10_000,
+        "learning_rates": [3e-4, 1e-3, 3e-3, 1e-2],
     },
 }
 ALPHA = 0.05
@@ -96,12 +113,20 @@ def main(argv: list[str]) -> None:
     if FLAGS.size not in SIZES:
         raise app.UsageError(f"--size must be one of {sorted(SIZES)}, got {FLAGS.size!r}.")
     s = dict(SIZES[FLAGS.size])
-    for name in ("steps", "seeds", "hidden", "blocks"):
+    for name in ("steps", "seeds", "hidden", "blocks", "tune_steps"):
         if FLAGS[name].value is not None:
             s[name] = FLAGS[name].value
     if FLAGS.windows is not None:
         s["windows"] = [int(k) for k in FLAGS.windows]
-    s |= {"learning_rate": FLAGS.learning_rate, "size": FLAGS.size}
+    if FLAGS.learning_rates is not None:
+        s["learning_rates"] = [float(r) for r in FLAGS.learning_rates]
+    if FLAGS.learning_rate is not None:  # one fixed rate: nothing tuned, every token scored
+        s |= {"learning_rate": FLAGS.learning_rate, "tune_steps": 0, "learning_rates": []}
+    if s["tune_steps"] and s["tune_steps"] >= min(s["steps"], ol.power_steps(s["steps"])) // 2:
+        raise app.UsageError(
+            f"--tune_steps ({s['tune_steps']}) must be under half of the tokens per run ({s['steps']})."
+        )
+    s["size"] = FLAGS.size
     workdir = Path(FLAGS.workdir) / FLAGS.size
     prepare_workdir(workdir, {**s, "streams": FLAGS.streams}, fresh=FLAGS.fresh)
     narma_seeds = bounded_seeds(s["seeds"], s["steps"])
@@ -114,18 +139,35 @@ def main(argv: list[str]) -> None:
         methods = [m for m in methods if m in FLAGS.methods]
     runs: dict[str, dict[str, list]] = {}
     baselines: dict[str, dict[str, list]] = {}
+    tuning: dict[str, dict[str, Any]] = {}
     started = time.time()
     for stream in FLAGS.streams:
         steps = s["steps"] if stream == "narma10" else p_steps
-        runs[stream] = {}
+        runs[stream], tuning[stream] = {}, {}
         for method in methods:
+            rate = s.get("learning_rate")
+            if s["tune_steps"]:
+                tuned = ol.tune_learning_rate(
+                    stream,
+                    method,
+                    stream_seed=narma_seeds[0],
+                    settings=s,
+                    workdir=workdir / stream / method / "tune",
+                )
+                tuning[stream][method], rate = tuned, tuned["learning_rate"]
+                print(f"{stream} {method}: Adam rate {rate:g} (tuning MSE {tuned['scores']})", flush=True)
             runs[stream][method] = []
             for seed in range(s["seeds"]):
                 config = ol.method_config(
-                    stream, method, seed=seed, stream_seed=narma_seeds[seed], steps=steps, settings=s
+                    stream,
+                    method,
+                    seed=seed,
+                    stream_seed=narma_seeds[seed],
+                    steps=steps,
+                    settings={**s, "learning_rate": rate},
                 )
                 t0 = time.time()
-                result = ol.run_method(config, workdir / stream / method / f"seed{seed}")
+                result = ol.run_method(config, workdir / stream / method / f"lr{rate:g}" / f"seed{seed}")
                 print(
                     f"{stream} {method} seed {seed}: MSE {result['prequential']:.5f} "
                     f"({time.time() - t0:.0f} s)",
@@ -143,7 +185,12 @@ def main(argv: list[str]) -> None:
         baselines[stream] = {name: [b[name] for b in per_seed] for name in per_seed[0]}
     level = 0.95
     summary = ol.summarize(
-        runs, baselines, n_blocks=s["blocks"], confidence_level=level, n_resamples=FLAGS.resamples
+        runs,
+        baselines,
+        n_blocks=s["blocks"],
+        confidence_level=level,
+        n_resamples=FLAGS.resamples,
+        scored_from=s["tune_steps"],
     )
     claims = ol.claim_verdicts(summary, s["windows"], alpha=ALPHA, n_resamples=FLAGS.resamples)
     platform = jax.default_backend()
@@ -157,6 +204,7 @@ def main(argv: list[str]) -> None:
         "confidence_level": level,
         "resamples": FLAGS.resamples,
         "claims": claims,
+        "tuning": tuning,
         "summary": summary,
         "wall_seconds": time.time() - started,
     }

@@ -43,6 +43,48 @@ def test_block_means_and_paired_claims():
     assert claims["snap"]["verdict"] == "inconclusive"  # no LSTM runs
 
 
+def test_learning_rate_choice_takes_the_interior_minimum_without_extending():
+    tried = []
+
+    def score(rate):
+        tried.append(rate)
+        return abs(np.log10(rate) - np.log10(3e-3))
+
+    chosen = ol.choose_learning_rate([3e-4, 1e-3, 3e-3, 1e-2], score)
+    assert chosen["learning_rate"] == 3e-3 and not chosen["at_edge"]
+    assert tried == [3e-4, 1e-3, 3e-3, 1e-2]
+
+
+def test_learning_rate_choice_extends_past_an_edge_at_most_twice():
+    chosen = ol.choose_learning_rate([1e-3, 3e-3], lambda rate: -rate)  # larger is always better
+    assert sorted(chosen["scores"]) == [1e-3, 3e-3, 1e-2, 3e-2]
+    assert chosen["learning_rate"] == 3e-2 and chosen["at_edge"]
+    # the best rate at the lower edge extends downwards, and stops once the minimum is inside
+    chosen = ol.choose_learning_rate([1e-3, 3e-3], lambda rate: abs(rate - 3e-4))
+    assert sorted(chosen["scores"]) == [1e-4, 3e-4, 1e-3, 3e-3]
+    assert chosen["learning_rate"] == 3e-4 and not chosen["at_edge"]
+
+
+def test_learning_rate_choice_counts_divergence_as_worst_and_breaks_ties_downwards():
+    chosen = ol.choose_learning_rate(
+        [1e-3, 3e-3, 1e-2], {1e-3: 1.0, 3e-3: 1.0, 1e-2: float("nan")}.__getitem__, max_extensions=0
+    )
+    assert chosen["learning_rate"] == 1e-3 and chosen["scores"][1e-2] == float("inf")
+    with pytest.raises(ValueError, match="every rate tried diverged"):
+        ol.choose_learning_rate([1e-3, 1e-2], lambda rate: float("inf"), max_extensions=0)
+    with pytest.raises(ValueError, match="grid of learning rates is empty"):
+        ol.choose_learning_rate([], lambda rate: 0.0)
+
+
+def test_the_tuning_prefix_is_not_scored():
+    scores = np.concatenate([np.full(10, 100.0), np.ones(20)])  # the prefix is bad, the rest 1
+    runs = {"narma10": {"lru_rtrl": [{"scores": scores, "seconds_per_step": 1e-5, "step_memory_bytes": 1}]}}
+    base = {"narma10": {"running mean": [scores]}}
+    summary = ol.summarize(runs, base, n_blocks=4, confidence_level=0.95, n_resamples=50, scored_from=10)
+    assert summary["narma10"]["methods"]["lru_rtrl"]["estimate"] == pytest.approx(1.0)
+    assert summary["narma10"]["baselines"]["running mean"]["estimate"] == pytest.approx(1.0)
+
+
 @pytest.mark.slow
 def test_driver_smoke(tmp_path):
     results = run_driver("online_learning.py", tmp_path, "--size=smoke", "--windows=1", timeout=600)
@@ -52,4 +94,7 @@ def test_driver_smoke(tmp_path):
         assert all(np.isfinite(r["estimate"]) and r["low"] <= r["high"] for r in stream["methods"].values())
     assert "RLS on 8 lags" in results["summary"]["power"]["baselines"]
     assert results["claims"]["rtrl"]["verdict"] in ("supported", "contradicted", "depends", "inconclusive")
+    for stream in ("narma10", "power"):  # the smoke size tunes over one rate: the wiring
+        assert results["tuning"][stream]["lru_rtrl"]["learning_rate"] == pytest.approx(1e-3)
+    assert results["settings"]["tune_steps"] == 200
     assert (tmp_path / "out.png").exists() and "## Verdict" in (tmp_path / "out.md").read_text()

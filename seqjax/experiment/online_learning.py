@@ -19,6 +19,15 @@ Verdict rules, fixed here before any run (`seqjax.experiment.verdict`):
   when both occur, else *inconclusive*.
 - *SnAp-1 beats online TBPTT-k (LSTM)*: the same with `lstm_tbptt<k>` minus `lstm_snap`.
 
+Learning rates, tuned per method and stream (the protocol's rule, fixed before any run): each method's
+Adam rate is chosen from `LEARNING_RATES` by its prequential MSE over the stream's first `tune_steps`
+tokens (the *tuning prefix*; initialisation seed `TUNE_SEED`, not an evaluation seed; NARMA-10: the
+first evaluation stream's draw); a rate whose run became NaN/Inf scores +inf; when the best rate is
+at an edge of the rates tried, the grid is extended by one step of ×√10 past that edge, at most
+`MAX_EXTENSIONS` times; ties go to the smaller rate (`choose_learning_rate`). The evaluation runs then
+learn from token 0 with the chosen rate, and every method and baseline is *scored only after the
+tuning prefix* (tokens `tune_steps` onward), so the choice uses no token that is scored.
+
 Baselines in the same table (no neural network): the running mean of the targets seen so far, the
 persistence forecast (the current row; time series only: NARMA-10's input is u, not y), and online
 recursive least squares (RLS, no forgetting, ridge start P₀ = 100·I) on the last `lags` inputs and a
@@ -29,7 +38,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +46,9 @@ import numpy as np
 
 __all__ = [
     "CLAIMS",
+    "LEARNING_RATES",
     "block_means",
+    "choose_learning_rate",
     "claim_verdicts",
     "figure",
     "markdown",
@@ -45,7 +56,15 @@ __all__ = [
     "online_baselines",
     "run_method",
     "summarize",
+    "tune_learning_rate",
 ]
+
+#: Adam's rates tried per method and stream on the tuning prefix (module docstring).
+LEARNING_RATES: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+#: How many times the grid may be extended past an edge (one step of ×√10 each).
+MAX_EXTENSIONS = 2
+#: The initialisation seed of the tuning runs (the evaluation seeds are 0, 1, ...).
+TUNE_SEED = 1000
 
 #: claim name -> (text, the method every TBPTT-k is compared with, the TBPTT method's prefix)
 CLAIMS: dict[str, tuple[str, str, str]] = {
@@ -100,6 +119,99 @@ def run_method(config: Any, workdir: str | os.PathLike[str]) -> dict[str, Any]:
         partial.write_text(json.dumps(result))
         os.replace(partial, done)
     return {**result, "scores": read_prequential(workdir)[: int(config.total_steps)]}
+
+
+# ==================================================================================================
+# Learning rates
+# ==================================================================================================
+def _grid_step(rate: float, up: bool) -> float:
+    """The next rate of the 1–3–10 grid above or below `rate` (×√10, snapped to 1 or 3 × 10^k)."""
+    value = rate * 10**0.5 if up else rate / 10**0.5
+    exponent = np.floor(np.log10(value))
+    mantissa = min((1.0, 3.0, 10.0), key=lambda m: abs(np.log10(value / (m * 10**exponent))))
+    return float(f"{mantissa * 10**exponent:.0e}")
+
+
+def choose_learning_rate(
+    grid: Sequence[float],
+    score: Callable[[float], float],
+    *,
+    max_extensions: int = MAX_EXTENSIONS,
+) -> dict[str, Any]:
+    """The rate of `grid` with the lowest `score(rate)` (NaN counts as +inf; ties: the smaller rate),
+    extending the grid past an edge while the best rate sits on it, at most `max_extensions` times.
+
+    Returns {"learning_rate", "scores": {rate: score} of every rate tried, "at_edge": whether the choice
+    is still on an edge of the rates tried (the extensions ran out)}.
+
+    >>> choose_learning_rate([1e-3, 1e-2], lambda lr: abs(lr - 3e-3))["learning_rate"]
+    0.003
+    """
+    if not grid:
+        raise ValueError("choose_learning_rate: the grid of learning rates is empty.")
+    scores: dict[float, float] = {}
+
+    def measure(rate: float) -> None:
+        if rate not in scores:
+            value = float(score(rate))
+            scores[rate] = value if np.isfinite(value) else float("inf")
+
+    for rate in sorted(set(grid)):
+        measure(rate)
+    for _ in range(max_extensions):
+        tried = sorted(scores)
+        best = min(tried, key=lambda r: (scores[r], r))
+        if len(tried) < 2 or best not in (tried[0], tried[-1]):
+            break
+        measure(_grid_step(best, up=best == tried[-1]))
+    tried = sorted(scores)
+    best = min(tried, key=lambda r: (scores[r], r))
+    if not np.isfinite(scores[best]):
+        raise ValueError(f"choose_learning_rate: every rate tried diverged ({tried}).")
+    return {
+        "learning_rate": best,
+        "scores": {float(r): scores[r] for r in tried},
+        "at_edge": len(tried) > 1 and best in (tried[0], tried[-1]),
+    }
+
+
+def tune_learning_rate(
+    stream: str,
+    method: str,
+    *,
+    stream_seed: int,
+    settings: Mapping[str, Any],
+    workdir: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """`choose_learning_rate` over `settings["learning_rates"]` for one method on one stream: each rate
+    runs the first `settings["tune_steps"]` tokens (initialisation seed `TUNE_SEED`) in
+    `<workdir>/lr<rate>/`, scored by its prequential MSE; a run that becomes NaN/Inf scores +inf (and
+    says so in `<workdir>/lr<rate>/diverged.json`, so a rerun does not repeat it)."""
+    from seqjax.online.loop import NonFiniteLossError
+
+    workdir = Path(workdir)
+
+    def score(rate: float) -> float:
+        folder = workdir / f"lr{rate:g}"
+        diverged = folder / "diverged.json"
+        if diverged.exists():
+            return float("inf")
+        config = method_config(
+            stream,
+            method,
+            seed=TUNE_SEED,
+            stream_seed=stream_seed,
+            steps=int(settings["tune_steps"]),
+            settings={**settings, "learning_rate": rate, "measure_memory": False},
+        )
+        try:
+            result = run_method(config, folder)
+        except NonFiniteLossError as error:
+            diverged.write_text(json.dumps({"learning_rate": rate, "error": str(error)}))
+            return float("inf")
+        return float(np.nanmean(result["scores"]))
+
+    return choose_learning_rate(settings["learning_rates"], score)
 
 
 # ==================================================================================================
@@ -162,17 +274,19 @@ def summarize(
     n_blocks: int,
     confidence_level: float,
     n_resamples: int,
+    scored_from: int = 0,
 ) -> dict[str, Any]:
     """Per stream: each method's prequential MSE [interval over blocks and seeds], time and memory per
     step; each baseline's MSE the same way. `runs[stream][method]` is the list of `run_method` results,
-    one per seed; `baselines[stream][name]` the per-token errors, one array per seed's stream."""
+    one per seed; `baselines[stream][name]` the per-token errors, one array per seed's stream. Only
+    tokens from `scored_from` on are scored (the tuning prefix before it is not)."""
     from seqjax.experiment import statistics
 
     out: dict[str, Any] = {}
     for stream, by_method in runs.items():
         rows = {}
         for method, seeds in by_method.items():
-            blocks = np.stack([block_means(r["scores"], n_blocks) for r in seeds])
+            blocks = np.stack([block_means(r["scores"][scored_from:], n_blocks) for r in seeds])
             interval = statistics.cluster_bootstrap(
                 blocks, confidence_level=confidence_level, n_resamples=n_resamples
             )
@@ -185,7 +299,7 @@ def summarize(
             }
         base = {}
         for name, per_seed in baselines.get(stream, {}).items():
-            blocks = np.stack([block_means(e, n_blocks) for e in per_seed])
+            blocks = np.stack([block_means(e[scored_from:], n_blocks) for e in per_seed])
             interval = statistics.cluster_bootstrap(
                 blocks, confidence_level=confidence_level, n_resamples=n_resamples
             )
@@ -251,6 +365,26 @@ def _p(value: float, resamples: int) -> str:
     return f"< {1 / resamples:.1g}" if value == 0 else f"= {value:.3g}"
 
 
+def _rates_line(results: Mapping[str, Any]) -> str:
+    s = results["settings"]
+    if not s.get("tune_steps"):
+        return f"- Adam rate {s['learning_rate']:g} for every method (not tuned); every token is scored."
+    grid = ", ".join(f"{r:g}" for r in s["learning_rates"])
+    return (
+        f"- Adam rate tuned per method and stream: the lowest prequential MSE over the first "
+        f"{s['tune_steps']:,} tokens (initialisation seed {TUNE_SEED}) among {grid}, extended by ×√10 past "
+        f"an edge at most {MAX_EXTENSIONS} times; the evaluation runs learn from token 0 and are scored "
+        f"(with the baselines) from token {s['tune_steps']:,} on. `*`: the choice is on an edge of the "
+        "rates tried."
+    )
+
+
+def _rate_cell(tuned: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> str:
+    if tuned is None:
+        return f"{settings['learning_rate']:g}"
+    return f"{tuned['learning_rate']:g}" + ("*" if tuned["at_edge"] else "")
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     s = results["settings"]
     level = results["confidence_level"]
@@ -266,8 +400,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"- {s['steps']:,} tokens per run{power}; {s['seeds']} seeds (initialisation; NARMA-10 input "
         f"draw: stream seeds {results['narma_seeds']}, the first that stay bounded for the run); one "
         f"layer, hidden {s['hidden']} (LRU: {s['hidden']} complex modes, linear encoder), GELU readout "
-        f"of {s['readout']}; Adam {s['learning_rate']:g}, gradient norm clipped at 1; {s['chunk']} "
-        "tokens per jitted call.",
+        f"of {s['readout']}; Adam, gradient norm clipped at 1; {s['chunk']} tokens per jitted call.",
+        _rates_line(results),
         "- Prequential: every token is predicted with the parameters learnt from the tokens before it, "
         "then learnt from. MSE of standardised targets (power: 7 variables, first-day statistics; "
         f"NARMA-10: raw y); lower is better. [low, high]: {level:.0%} bootstrap over {s['blocks']} "
@@ -299,15 +433,17 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines += [
             f"## {stream}",
             "",
-            f"| method | prequential MSE [{level:.0%} CI] | µs / step | step memory |",
-            "|---|---:|---:|---:|",
+            f"| method | prequential MSE [{level:.0%} CI] | Adam rate | µs / step | step memory |",
+            "|---|---:|---:|---:|---:|",
         ]
+        tuning = results.get("tuning", {}).get(stream, {})
         for method, r in s_["methods"].items():
             mem = r["step_memory_bytes"]
             shown = "n/a" if mem is None else f"{mem / 2**10:,.0f} KiB"
-            lines.append(f"| {method} | {_mse(r)} | {r['seconds_per_step'] * 1e6:,.0f} | {shown} |")
+            rate = _rate_cell(tuning.get(method), s)
+            lines.append(f"| {method} | {_mse(r)} | {rate} | {r['seconds_per_step'] * 1e6:,.0f} | {shown} |")
         for name, r in s_["baselines"].items():
-            lines.append(f"| baseline: {name} | {_mse(r)} | | |")
+            lines.append(f"| baseline: {name} | {_mse(r)} | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
