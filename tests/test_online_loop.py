@@ -165,6 +165,18 @@ def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(online_loop.NonFiniteLossError, match=r"token \d+: .*NaN/Inf"):
         online_loop.run(c, tmp_path / "nan", echo=None)
     assert not [d for d in os.listdir(tmp_path / "nan" / "checkpoints") if d.isdigit()]
+    # a workdir another run holds is refused, naming the holder
+    from seqjax.train.workdir import WorkdirLock, WorkdirLockedError
+
+    held = WorkdirLock(str(tmp_path / "held"))
+    os.makedirs(tmp_path / "held")
+    held.acquire()
+    try:
+        with pytest.raises(WorkdirLockedError, match=rf"in use by another run \(pid {os.getpid()}"):
+            online_loop.run(_config(total_steps=20), tmp_path / "held", echo=None)
+    finally:
+        held.release()
+    assert not os.path.exists(tmp_path / "held" / "prequential.f32")
     # resuming with another config is refused
     online_loop.run(_config(total_steps=20), tmp_path / "c", echo=None)
     other = _config()
@@ -197,18 +209,31 @@ def _steps(workdir) -> list[int]:
     return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
 
 
+def _wait_for_checkpoint(proc, workdir, position: int) -> None:
+    deadline = time.time() + 180
+    while not any(s >= position for s in _steps(workdir)):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, f"no checkpoint at {position} or later appeared"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
-    """`scripts/online.py` killed with SIGKILL mid-stream and rerun with the same command ends with the
-    parameters, optimizer state, traces and per-token scores of the same command run uninterrupted."""
+def test_sigterm_then_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    """`scripts/online.py` stopped with SIGTERM (it saves and exits 0), rerun, killed with SIGKILL, and
+    rerun with the same command ends with the parameters, optimizer state, traces and per-token scores
+    of the same command run uninterrupted."""
     whole_dir, killed_dir = tmp_path / "whole", tmp_path / "killed"
     whole = start(_command(whole_dir))
     proc = start(_command(killed_dir))
-    deadline = time.time() + 180
-    while not any(s >= 4 * KILL_CHUNK for s in _steps(killed_dir)):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+    _wait_for_checkpoint(proc, killed_dir, 4 * KILL_CHUNK)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, proc.stdout.read()[-3000:]
+    termed_at = max(_steps(killed_dir))
+    assert f"stopped by signal {int(signal.SIGTERM)} at position {termed_at} (saved)" in proc.stdout.read()
+    assert termed_at < KILL_TOTAL, "the run finished before SIGTERM; the test proved nothing"
+    assert online_loop.read_prequential(killed_dir).shape == (termed_at,)  # logs end at the save
+    proc = start(_command(killed_dir))
+    _wait_for_checkpoint(proc, killed_dir, termed_at + 4 * KILL_CHUNK)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(_steps(killed_dir))

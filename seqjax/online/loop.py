@@ -308,16 +308,27 @@ def run(
 ) -> dict[str, Any]:
     """Runs (or resumes) the online loop of `config` in `workdir` until `config.total_steps` tokens.
 
-    `stop_at` (tests) stops after the chunk that reaches that position, with a checkpoint. Returns
+    The run holds `workdir`'s lock (`seqjax.train.workdir`: a second run on it is a
+    `WorkdirLockedError`). `stop_at` (tests) stops after the chunk that reaches that position, with a
+    checkpoint. Returns
     {"position", "prequential" (mean score so far), "metric", "seconds_per_step" (median over chunks
     after the first), "step_memory_bytes", "resumed_from", "preempted", "state"}.
     """
-    from seqjax.train.checkpoint import Checkpoints
-    from seqjax.train.preemption import StopSignals
+    from seqjax.train.workdir import lock_workdir
 
     c = config
     workdir = os.path.abspath(os.fspath(workdir))
-    os.makedirs(workdir, exist_ok=True)
+    lock = lock_workdir(workdir)  # two runs appending to one workdir's logs would corrupt both
+    try:
+        return _run_locked(c, workdir, say=echo or (lambda _: None), stop_at=stop_at)
+    finally:
+        lock.release()
+
+
+def _run_locked(c: Any, workdir: str, *, say: Callable[[str], None], stop_at: int | None) -> dict[str, Any]:
+    from seqjax.train.checkpoint import Checkpoints
+    from seqjax.train.preemption import StopSignals
+
     total, chunk = int(c.total_steps), int(c.chunk)
     if total < 1 or chunk < 1 or int(c.checkpoint_every) % chunk:
         raise ValueError(
@@ -330,7 +341,6 @@ def run(
             f"config: total_steps {total} exceeds the stream's {loop.stream.length} tokens "
             f"({loop.stream.describe()})."
         )
-    say = echo or (lambda _: None)
     current = _config_dict(c)
     state = loop.init_state()
     abstract = jax.eval_shape(lambda: _to_real(state))
