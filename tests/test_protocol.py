@@ -348,6 +348,33 @@ def test_train_examples_subsets_only_the_train_split():
     )
 
 
+def test_train_subset_seed_draws_stratified_subsets_and_data_seed_only_the_order():
+    from seqjax.train import trainer
+
+    config = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    parts = trainer.setup(apply_overrides(config, ["train_examples=40", "train_subset_seed=1"]))
+    train = parts["sources"]["train"]
+    labels = train.source.labels()
+    counts = np.bincount(labels[train.indices], minlength=labels.max() + 1)
+    expected = np.bincount(labels) * 40 / len(labels)
+    assert counts.sum() == 40 and np.all(np.abs(counts - expected) < 1) and np.all(counts >= 1)
+    again = trainer.setup(apply_overrides(config, ["train_examples=40", "train_subset_seed=1"]))
+    other = trainer.setup(apply_overrides(config, ["train_examples=40", "train_subset_seed=2"]))
+    np.testing.assert_array_equal(again["sources"]["train"].indices, train.indices)
+    assert not np.array_equal(other["sources"]["train"].indices, train.indices)
+    with pytest.raises(ValueError, match=r"train_examples=100000 exceeds the train split's \d+ examples"):
+        trainer.setup(apply_overrides(config, ["train_examples=100000"]))
+
+    def first_batch(overrides):
+        c = trainer.resolve(apply_overrides(config, overrides))
+        batches = trainer._train_batches(c, train, 1024, 0, parts["data_layout"])
+        return next(iter(batches))["label"]
+
+    by_seed = first_batch(["seed=3"])  # data_seed None: `seed` sets the order
+    np.testing.assert_array_equal(first_batch(["seed=0", "data_seed=3"]), by_seed)  # the init seed does not
+    assert not np.array_equal(first_batch(["seed=3", "data_seed=4"]), by_seed)
+
+
 @pytest.mark.slow
 def test_main_job_smoke_run_says_when_a_baseline_solves_the_task(tmp_path):
     env = driver_env()

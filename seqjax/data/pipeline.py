@@ -28,6 +28,7 @@ __all__ = [
     "eval_batches",
     "spread_indices",
     "stack_examples",
+    "stratified_indices",
 ]
 
 
@@ -156,6 +157,41 @@ def spread_indices(total: int, count: int | None) -> np.ndarray:
     if count < 1:
         raise ValueError(f"spread_indices: count={count}; pass a positive number of examples or None.")
     return (np.arange(count, dtype=np.int64) * total) // count
+
+
+def stratified_indices(labels: np.ndarray | None, total: int, count: int, seed: int) -> np.ndarray:
+    """A random subset of `count` of a split's `total` examples drawn with `seed`, in order: stratified
+    by `labels` (each class gets its share of `count`, largest remainders first, and at least one
+    example while `count` allows) or, with `labels` None, uniform. A learning-curve subsample: several
+    seeds give several subsets of one size.
+
+    >>> stratified_indices(np.array([0] * 8 + [1] * 2), 10, 5, seed=0).size
+    5
+    >>> np.bincount(np.array([0] * 8 + [1] * 2)[stratified_indices(np.array([0] * 8 + [1] * 2), 10, 5, 0)])
+    array([4, 1])
+    """
+    if count < 1 or count > total:
+        raise ValueError(f"stratified_indices: count={count}; pass a number of examples in [1, {total}].")
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(total, size=count, replace=False)).astype(np.int64)
+    labels = np.asarray(labels)
+    if labels.shape != (total,):
+        raise ValueError(f"stratified_indices: {labels.shape[0]} labels for a split of {total} examples.")
+    classes, sizes = np.unique(labels, return_counts=True)
+    share = sizes * count / total
+    quota = np.floor(share).astype(np.int64)
+    if count >= len(classes):  # every class present while the count allows
+        quota = np.maximum(quota, 1)
+    while quota.sum() > count:  # the minimum of one overshot: take back from the largest quotas
+        quota[np.argmax(quota - share)] -= 1
+    for i in np.argsort(-(share - quota), kind="stable")[: count - quota.sum()]:
+        quota[i] += 1
+    picked = [
+        rng.choice(np.flatnonzero(labels == c), size=min(int(q), int(n)), replace=False)
+        for c, q, n in zip(classes, quota, sizes, strict=True)
+    ]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 class IndexedSource:

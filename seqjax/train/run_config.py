@@ -200,6 +200,12 @@ class RunConfig:
     # Train on this many examples spread evenly over the train split (None: all), for learning curves;
     # validation and test stay whole (data.max_examples_per_split caps every split).
     train_examples: int | None = dataclasses.field(default=None, metadata=_at_least(1))
+    # With train_examples: a random subset drawn with this seed, stratified by label where the split has
+    # labels (None: the fixed subset spread evenly over the split)
+    train_subset_seed: int | None = None
+    # Seed of the training batches' order (None: `seed`, which then sets both the initialisation and the
+    # order); set apart from `seed` to separate the two sources of seed-to-seed variance
+    data_seed: int | None = None
     # Truncated BPTT over chunks of this many positions (None: full BPTT): the LM, or the forecaster with
     # segment_recurrence (a forecast at every position); refused for a loss at the sequence's end
     tbptt_length: int | None = dataclasses.field(default=None, metadata=_at_least(1))
@@ -492,10 +498,13 @@ FIELD_DOCS: dict[str, str] = {
     "task": "what is learned: lm (next token), classification (a label per sequence) or forecast",
     "batch_size": "training examples per step, over all devices and processes",
     "total_steps": "training steps of the run (the step cap; also the LR schedule's length)",
-    "seed": "seed of the initialisation and of the training batches' order",
+    "seed": "seed of the initialisation (and of the training batches' order unless data_seed is set)",
     "eval_batch_size": "examples per evaluation batch (None: batch_size)",
     "eval_examples": "validation examples per evaluation during training (None: the whole split)",
     "train_examples": "train on this many examples spread over the train split (None: all of it)",
+    "train_subset_seed": "with train_examples: a random subset drawn with this seed, stratified by label "
+    "(None: spread evenly)",
+    "data_seed": "seed of the training batches' order (None: seed, which then sets both)",
     "tbptt_length": "truncated BPTT over chunks of this many positions: lm, or forecast with "
     "segment_recurrence (None: full BPTT)",
     "tbptt_updates": "with tbptt_length: 'batch' (one update per batch) or 'chunk' (one per chunk)",

@@ -55,7 +55,7 @@ from jax.sharding import NamedSharding
 
 from seqjax import models
 from seqjax.common.xla import plan_bytes
-from seqjax.data.pipeline import IndexedSource, TrainBatches, eval_batches, spread_indices
+from seqjax.data.pipeline import IndexedSource, TrainBatches, eval_batches, spread_indices, stratified_indices
 from seqjax.data.stream import (
     StreamBatches,
     check_position_buckets,
@@ -249,12 +249,8 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
     layout = mesh_lib.data_layout(mesh, rules)
     batch_size = config.batch_size
     sources = build_sources(config.data, config.data_dir)
-    if config.train_examples is not None:  # a learning-curve point: a fixed subset spread over the split
-        train = sources["train"]
-        sources = {
-            **sources,
-            "train": IndexedSource(train, spread_indices(len(train), config.train_examples)),
-        }
+    if config.train_examples is not None:  # a learning-curve point: a subset of the train split
+        sources = {**sources, "train": _train_subset(config, sources["train"])}
     first = {k: np.asarray(v) for k, v in sources["train"][0].items()}
     backbone, head = _fit_to_data(config, first)
     model = models.build_task_model(config.task, backbone, head)
@@ -309,6 +305,21 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
     }
 
 
+def _train_subset(config: RunConfig, train: Any) -> IndexedSource:
+    """`config.train_examples` of the train split: spread evenly, or (`train_subset_seed`) drawn at
+    random, stratified by label when the split can list its labels (`labels()`)."""
+    if config.train_examples > len(train):
+        raise ConfigError(
+            f"config.train_examples={config.train_examples} exceeds the train split's {len(train)} "
+            f"examples; set it to at most {len(train)} (or None for the whole split)."
+        )
+    if config.train_subset_seed is None:
+        return IndexedSource(train, spread_indices(len(train), config.train_examples))
+    labels = train.labels() if callable(getattr(train, "labels", None)) else None
+    indices = stratified_indices(labels, len(train), config.train_examples, config.train_subset_seed)
+    return IndexedSource(train, indices)
+
+
 def _train_batches(
     config: RunConfig, source: Any, length: int, start: int, layout: mesh_lib.DataLayout
 ) -> TrainBatches | StreamBatches:
@@ -316,7 +327,7 @@ def _train_batches(
     segment recurrence the contiguous lanes of the split's stream (`config.data.shuffled` then shifts
     the lanes by a seeded offset each epoch)."""
     common = {
-        "seed": config.seed,
+        "seed": config.seed if config.data_seed is None else config.data_seed,
         "shuffle": config.data.shuffled,
         "process_index": layout.index,
         "process_count": layout.count,
