@@ -75,7 +75,7 @@ from typing import Any
 from absl import app, flags
 
 from seqjax.experiment.flags import (
-    apply_size_defaults,
+    apply_size,
     define_protocol_flags,
     define_run_flags,
     driver_settings,
@@ -360,9 +360,7 @@ def main(argv: list[str]) -> None:
 def _main(argv: list[str]) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
-    if FLAGS.size not in SIZE_DEFAULTS:
-        raise app.UsageError(f"--size must be one of {sorted(SIZE_DEFAULTS)}, got {FLAGS.size!r}.")
-    apply_size_defaults(FLAGS, SIZE_DEFAULTS[FLAGS.size])
+    apply_size(FLAGS, SIZE_DEFAULTS)
     import jax
 
     from seqjax.experiment import plots

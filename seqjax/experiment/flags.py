@@ -23,6 +23,7 @@ from absl import flags
 from seqjax.experiment.protocol import ProtocolSettings
 
 __all__ = [
+    "apply_size",
     "apply_size_defaults",
     "check_settings",
     "default_workdir",
@@ -254,6 +255,25 @@ def apply_size_defaults(registry: flags.FlagValues, defaults: Mapping[str, Any])
             registry[name].value = value
             changed.append(name)
     return changed
+
+
+def apply_size(registry: flags.FlagValues, by_size: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """`apply_size_defaults` with the defaults of `--size` ({size: {flag: value}}), after checking that
+    the size is one of them (else absl's UsageError, listing them); returns the names set.
+
+    >>> registry = flags.FlagValues()
+    >>> _ = flags.DEFINE_string("size", "cpu", "", flag_values=registry)
+    >>> _ = flags.DEFINE_integer("seeds", 3, "", flag_values=registry)
+    >>> registry(["driver", "--size=smoke"])  # doctest: +ELLIPSIS
+    [...]
+    >>> apply_size(registry, {"cpu": {}, "smoke": {"seeds": 2}}), registry.seeds
+    (['seeds'], 2)
+    """
+    from absl import app
+
+    if registry.size not in by_size:
+        raise app.UsageError(f"--size must be one of {sorted(by_size)}, got {registry.size!r}.")
+    return apply_size_defaults(registry, by_size[registry.size])
 
 
 def prepare_workdir(workdir: str | os.PathLike[str], settings: Mapping[str, Any], *, fresh: bool) -> None:

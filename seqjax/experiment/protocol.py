@@ -16,7 +16,8 @@ For one task at one sequence length, `run_comparison` does, for every model conf
    test split has not been read yet.
 4. **Seeds.** The chosen rate's seed-0 run is evaluated on the test split from its final checkpoint, and
    seeds 1 .. `seeds - 1` train with that rate; the seed sets both the initialisation and the order of
-   the training batches. Every seed's per-example test outputs are written as
+   the training batches (`train_run` takes a `data_seed` to set the order apart, as
+   `seqjax.experiment.stability` does). Every seed's per-example test outputs are written as
    `predictions/<model>/seed<k>.npz` (`seqjax.experiment.predictions`), with the examples' cluster ids
    (`seqjax.experiment.clusters`), so every statistic can be recomputed without retraining.
 
@@ -58,10 +59,15 @@ __all__ = [
     "RunInterrupted",
     "RunRecord",
     "analytic_train_flops_per_token",
+    "comparison_setup",
+    "evaluate_on_test",
     "exit_when_interrupted",
+    "model_result",
     "next_rate_beyond_edge",
     "run_comparison",
     "run_predictions",
+    "train_run",
+    "tune_learning_rate",
     "use_compilation_cache",
 ]
 
@@ -167,6 +173,8 @@ class RunRecord:
     # sha256 of the model/data/optimizer config the run trained with: a record is reused only for the
     # same config ("" in records written before it was kept: not checked)
     config_sha256: str = ""
+    # The seed of the training batches' order when set apart from `seed` (None: `seed` set both)
+    data_seed: int | None = None
 
 
 def _config_sha256(config: Any) -> str:
@@ -174,6 +182,8 @@ def _config_sha256(config: Any) -> str:
     values = config.to_dict()
     kept = {k: values.get(k) for k in ("task", "model", "head", "data", "optimizer", "seed", "total_steps")}
     kept["batch_size"] = values.get("batch_size")
+    if values.get("data_seed") is not None:  # kept only when set, so earlier records keep their digest
+        kept["data_seed"] = values["data_seed"]
     text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -247,12 +257,19 @@ def _atomic_json(path: Path, value: Any) -> None:
 
 
 def _run_config(
-    base: Any, settings: ProtocolSettings, learning_rate: float, seed: int, tokens_per_batch: int
+    base: Any,
+    settings: ProtocolSettings,
+    learning_rate: float,
+    seed: int,
+    tokens_per_batch: int,
+    data_seed: int | None = None,
 ) -> Any:
     config = base.copy_and_resolve_references()
     steps = settings.total_steps(tokens_per_batch)
     with config.unlocked():
         config.seed = int(seed)
+        if data_seed is not None:
+            config.data_seed = int(data_seed)
         config.total_steps = steps
         config.optimizer.total_steps = steps
         config.optimizer.learning_rate = float(learning_rate)
@@ -333,6 +350,7 @@ def _record(
     workdir: Path,
     validation: Mapping[str, float],
     test: Mapping[str, float] | None,
+    data_seed: int | None = None,
 ) -> RunRecord:
     return RunRecord(
         model=model,
@@ -350,6 +368,7 @@ def _record(
         validation={k: float(v) for k, v in validation.items()},
         test=None if test is None else {k: float(v) for k, v in test.items()},
         workdir=str(workdir),
+        data_seed=None if data_seed is None else int(data_seed),
     )
 
 
@@ -364,12 +383,13 @@ def _train_once(
     length: int,
     predictions_path: Path | None,
     log: Callable[[str], None],
+    data_seed: int | None = None,
 ) -> RunRecord:
     """One run (or its saved record): train, then the final validation and (with a predictions path) test
     evaluation of the final parameters."""
     from seqjax.train import trainer
 
-    run_config = _run_config(config, settings, lr, seed, tokens_per_batch)
+    run_config = _run_config(config, settings, lr, seed, tokens_per_batch, data_seed)
     digest = _config_sha256(run_config)
     done = workdir / "run.json"
     if done.exists() and (predictions_path is None or predictions_path.exists()):
@@ -384,8 +404,9 @@ def _train_once(
     )
     if result["preempted"]:  # SIGTERM/SIGINT: the trainer saved its step; this run is not finished
         raise RunInterrupted(
-            f"{model} lr={lr:g} seed={seed} stopped by a signal at step {result['step']}, saved in "
-            f"{workdir}. Run the same command again: finished runs are read back and this one resumes."
+            f"{model} lr={lr:g} {_seeds_text(seed, data_seed)} stopped by a signal at step "
+            f"{result['step']}, saved in {workdir}. Run the same command again: finished runs are read "
+            "back and this one resumes."
         )
     final = result["final"]
     test = None
@@ -402,12 +423,14 @@ def _train_once(
         )
         write_predictions(predictions_path, run)
     tokens = int(result["step"]) * tokens_per_batch
-    record = _record(model, lr, seed, result, tokens, workdir, final["validation"]["metrics"], test)
+    record = _record(
+        model, lr, seed, result, tokens, workdir, final["validation"]["metrics"], test, data_seed
+    )
     record = dataclasses.replace(record, config_sha256=digest)
     _atomic_json(done, dataclasses.asdict(record))
     metric, _ = HEADLINE[run_config.task]
     log(
-        f"{model} lr={lr:g} seed={seed}: {record.steps} steps, validation {metric} "
+        f"{model} lr={lr:g} {_seeds_text(seed, data_seed)}: {record.steps} steps, validation {metric} "
         f"{record.validation[metric]:.4f}"
         + ("" if test is None else f", test {test[metric]:.4f}")
         + f" ({time.perf_counter() - started:.0f} s)"
@@ -429,7 +452,9 @@ def _test_from_checkpoint(
 
     if record.test is not None and predictions_path.exists():
         return record
-    run_config = _run_config(config, settings, record.learning_rate, record.seed, tokens_per_batch)
+    run_config = _run_config(
+        config, settings, record.learning_rate, record.seed, tokens_per_batch, record.data_seed
+    )
     with run_config.unlocked():
         run_config.eval_examples = None
     out = trainer.evaluate(
@@ -447,6 +472,68 @@ def _test_from_checkpoint(
     updated = dataclasses.replace(record, test={k: float(v) for k, v in out["metrics"].items()})
     _atomic_json(Path(record.workdir) / "run.json", dataclasses.asdict(updated))
     return updated
+
+
+def _seeds_text(seed: int, data_seed: int | None) -> str:
+    """`seed=3`, or `seed=3 data_seed=1` for a run whose batches' order has a seed of its own."""
+    return f"seed={seed}" if data_seed is None else f"seed={seed} data_seed={data_seed}"
+
+
+def train_run(
+    model: str,
+    config: Any,
+    settings: ProtocolSettings,
+    learning_rate: float,
+    seed: int,
+    folder: str | os.PathLike[str],
+    *,
+    length: int,
+    tokens_per_batch: int,
+    predictions_path: str | os.PathLike[str] | None = None,
+    data_seed: int | None = None,
+    log: Callable[[str], None] = print,
+) -> RunRecord:
+    """One run of the protocol in `folder` (or its saved `run.json`, checked against the config's
+    digest): `config` trained for the budget at `learning_rate`, initialised with `seed` and with the
+    training batches in the order of `data_seed` (None: `seed` sets both), then its final validation and,
+    with `predictions_path`, test evaluation (the per-example outputs written there). A run stopped by a
+    signal raises `RunInterrupted` and resumes on the next call.
+
+        >>> record = train_run("lstm", config, settings, 3e-3, 2, "runs/lstm/lr0.003/seed2_data1",
+        ...                    length=4096, tokens_per_batch=16384, data_seed=1)  # doctest: +SKIP
+    """
+    path = None if predictions_path is None else Path(predictions_path)
+    return _train_once(
+        model,
+        config,
+        settings,
+        learning_rate,
+        seed,
+        tokens_per_batch,
+        Path(folder),
+        length,
+        path,
+        log,
+        data_seed=data_seed,
+    )
+
+
+def evaluate_on_test(
+    model: str,
+    config: Any,
+    settings: ProtocolSettings,
+    record: RunRecord,
+    predictions_path: str | os.PathLike[str],
+    *,
+    length: int,
+    tokens_per_batch: int,
+) -> RunRecord:
+    """`record` (a finished run trained without its test evaluation, e.g. a grid run) evaluated on the
+    test split from its final checkpoint, its outputs written to `predictions_path` and its `run.json`
+    updated; a record that already has both is returned as it is."""
+    return _test_from_checkpoint(
+        model, config, settings, record, tokens_per_batch, length, Path(predictions_path)
+    )
 
 
 def _choose(grid: Sequence[RunRecord], metric: str, larger: bool) -> RunRecord:
@@ -486,6 +573,94 @@ def _forecast_shapes(config: Any) -> dict[str, int]:
     return {"input_size": int(example["inputs"].shape[-1]), "horizon": int(example["targets"].shape[0])}
 
 
+def comparison_setup(
+    configs: Mapping[str, Any],
+    settings: ProtocolSettings,
+    *,
+    length: int,
+    match_target: str | None = None,
+) -> tuple[str, int, dict[str, Any], list[Any]]:
+    """What every model of a comparison shares, checked (one task, one batch size), and its matched
+    models (step 2): (task, tokens per batch, {model: matched config}, the `MatchedModel` report)."""
+    if not configs:
+        raise ValueError("run_comparison: configs is empty; pass {model name: config}.")
+    tasks = {c.task for c in configs.values()}
+    batches = {int(c.batch_size) for c in configs.values()}
+    if len(tasks) != 1 or len(batches) != 1:
+        raise ValueError(
+            f"run_comparison: the configs mix tasks {sorted(tasks)} or batch sizes {sorted(batches)}; a "
+            "comparison needs one task and one batch size (the same tokens per batch)."
+        )
+    matched, report = match_parameters(
+        configs,
+        target=match_target,
+        tolerance=settings.param_tolerance,
+        **_forecast_shapes(next(iter(configs.values()))),
+    )
+    return tasks.pop(), batches.pop() * int(length), matched, report
+
+
+def tune_learning_rate(
+    model: str,
+    config: Any,
+    settings: ProtocolSettings,
+    folder: str | os.PathLike[str],
+    *,
+    length: int,
+    tokens_per_batch: int,
+    log: Callable[[str], None] = print,
+) -> tuple[list[RunRecord], RunRecord]:
+    """Step 3 for one model: seed 0 at every rate of the grid, `<folder>/lr<rate>/seed0/`, the grid
+    extended past an edge the choice lands on; returns (the grid's runs, the one chosen on validation).
+    No run is evaluated on the test split."""
+    metric, larger = HEADLINE[config.task]
+    root = Path(folder)
+
+    def seed0(lr: float) -> RunRecord:
+        path = root / f"lr{lr:g}" / "seed0"
+        return _train_once(model, config, settings, lr, 0, tokens_per_batch, path, length, None, log)
+
+    grid = [seed0(lr) for lr in settings.learning_rates]
+    chosen = _choose(grid, metric, larger)
+    for _ in range(settings.grid_extensions):
+        rate = next_rate_beyond_edge([r.learning_rate for r in grid], chosen.learning_rate)
+        if rate is None:
+            break
+        log(f"{model}: lr={chosen.learning_rate:g} is at the grid's edge; trying lr={rate:g}")
+        grid.append(seed0(rate))
+        chosen = _choose(grid, metric, larger)
+    log(f"{model}: chose lr={chosen.learning_rate:g} on validation {metric}")
+    return grid, chosen
+
+
+def model_result(
+    match: Any,
+    config: Any,
+    grid: Sequence[RunRecord],
+    learning_rate: float,
+    seeds: Sequence[RunRecord],
+    predictions: Sequence[str | os.PathLike[str]],
+    *,
+    length: int,
+) -> ModelResult:
+    """A model's `ModelResult` from its `MatchedModel` (`comparison_setup`), matched config, grid runs,
+    chosen rate, the runs at that rate and their predictions files (in the same order)."""
+    return ModelResult(
+        model=match.name,
+        grid=list(grid),
+        learning_rate=float(learning_rate),
+        seeds=list(seeds),
+        predictions=[str(p) for p in predictions],
+        flops_per_token=analytic_train_flops_per_token(config, seeds[0].num_params, length),
+        matched={
+            "parameters": match.parameters,
+            "target": match.target,
+            "ratio": match.ratio,
+            "override": match.override,
+        },
+    )
+
+
 def run_comparison(
     configs: Mapping[str, Any],
     settings: ProtocolSettings,
@@ -498,44 +673,17 @@ def run_comparison(
     """Runs the protocol (module docstring) for every model config at one length, under `workdir`:
     `<workdir>/<model>/lr<rate>/seed<k>/` per run and `<workdir>/predictions/<model>/seed<k>.npz`.
     The configs must share the task, the data and the batch size (equal tokens per batch)."""
-    if not configs:
-        raise ValueError("run_comparison: configs is empty; pass {model name: config}.")
-    tasks = {c.task for c in configs.values()}
-    batches = {int(c.batch_size) for c in configs.values()}
-    if len(tasks) != 1 or len(batches) != 1:
-        raise ValueError(
-            f"run_comparison: the configs mix tasks {sorted(tasks)} or batch sizes {sorted(batches)}; a "
-            "comparison needs one task and one batch size (the same tokens per batch)."
-        )
-    task = tasks.pop()
-    metric, larger = HEADLINE[task]
-    tokens_per_batch = batches.pop() * int(length)
-    matched, report = match_parameters(
-        configs,
-        target=match_target,
-        tolerance=settings.param_tolerance,
-        **_forecast_shapes(next(iter(configs.values()))),
+    _, tokens_per_batch, matched, report = comparison_setup(
+        configs, settings, length=length, match_target=match_target
     )
     root = Path(workdir)
     results = {}
     for m in report:
         name, config = m.name, matched[m.name]
         log(f"match {name}: {m.parameters:,} parameters ({m.ratio:.3f} x {m.target:,}), {m.override}")
-
-        def seed0(lr: float, name: str = name, config: Any = config) -> RunRecord:
-            folder = root / name / f"lr{lr:g}" / "seed0"
-            return _train_once(name, config, settings, lr, 0, tokens_per_batch, folder, length, None, log)
-
-        grid = [seed0(lr) for lr in settings.learning_rates]
-        chosen = _choose(grid, metric, larger)
-        for _ in range(settings.grid_extensions):
-            rate = next_rate_beyond_edge([r.learning_rate for r in grid], chosen.learning_rate)
-            if rate is None:
-                break
-            log(f"{name}: lr={chosen.learning_rate:g} is at the grid's edge; trying lr={rate:g}")
-            grid.append(seed0(rate))
-            chosen = _choose(grid, metric, larger)
-        log(f"{name}: chose lr={chosen.learning_rate:g} on validation {metric}")
+        grid, chosen = tune_learning_rate(
+            name, config, settings, root / name, length=length, tokens_per_batch=tokens_per_batch, log=log
+        )
         paths = [root / "predictions" / name / f"seed{k}.npz" for k in range(settings.seeds)]
         seeds = [_test_from_checkpoint(name, config, settings, chosen, tokens_per_batch, length, paths[0])]
         for k in range(1, settings.seeds):
@@ -554,18 +702,5 @@ def run_comparison(
                     log,
                 )
             )
-        results[name] = ModelResult(
-            model=name,
-            grid=grid,
-            learning_rate=chosen.learning_rate,
-            seeds=seeds,
-            predictions=[str(p) for p in paths],
-            flops_per_token=analytic_train_flops_per_token(config, seeds[0].num_params, length),
-            matched={
-                "parameters": m.parameters,
-                "target": m.target,
-                "ratio": m.ratio,
-                "override": m.override,
-            },
-        )
+        results[name] = model_result(m, config, grid, chosen.learning_rate, seeds, paths, length=length)
     return results
