@@ -1,0 +1,351 @@
+"""Training stability across seeds (issue 19 §1): the statistics of `seqjax.experiment.stability` on
+constructed cases whose answers are known, its run orchestration with a fake trainer, and
+`experiments/stability.py --size=smoke` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from seqjax.config import load_config_file
+from seqjax.experiment import protocol, stability, statistics
+from seqjax.experiment.matching import MatchedModel
+from tests.driver_helpers import run_driver
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Variance components of the crossed init x data grid.
+
+
+def test_variance_components_recover_an_additive_grid_exactly():
+    init = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])  # sample variance 2.5
+    data = np.array([-0.5, 0.5])  # sample variance 0.5
+    matrix = 10.0 + init[:, None] + data[None, :]
+    c = stability.variance_components(matrix)
+    assert c["init"] == pytest.approx(2.5) and c["data"] == pytest.approx(0.5)
+    assert c["residual"] == pytest.approx(0.0, abs=1e-12) and c["total"] == pytest.approx(3.0)
+    assert c["df"] == {"init": 4, "data": 1, "residual": 4} and c["truncated"] == []
+
+    # an init x data interaction with zero row and column sums moves only the residual: its mean square
+    # is sum(e^2) / 4, and each effect's component loses MS_resid / (levels of the other factor)
+    interaction = np.array([1.0, -2.0, 0.5, 0.0, 0.5])[:, None] * np.array([1.0, -1.0])[None, :]
+    c = stability.variance_components(matrix + interaction)
+    ms_resid = float(np.sum(interaction**2)) / 4
+    assert c["residual"] == pytest.approx(ms_resid)
+    assert c["init"] == pytest.approx(2.5 - ms_resid / 2)
+    assert c["data"] == pytest.approx(max(0.5 - ms_resid / 5, 0.0))
+    # the ANOVA identity: the cells' sum of squares is the sum of the three parts
+    ms = c["mean_squares"]
+    total_ss = float(np.var(matrix + interaction, ddof=1)) * 9
+    assert 4 * ms["init"] + 1 * ms["data"] + 4 * ms["residual"] == pytest.approx(total_ss)
+
+
+def test_variance_components_truncate_negative_estimates_at_zero():
+    # identical row means (no init effect) but a large residual: the raw init estimate is negative
+    matrix = np.array([[0.0, 2.0], [2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [1.0, 1.0]])
+    c = stability.variance_components(matrix)
+    assert c["raw"]["init"] < 0 and c["init"] == 0.0 and "init" in c["truncated"]
+    assert c["total"] == pytest.approx(c["data"] + c["residual"])
+    with pytest.raises(ValueError, match="diverged"):
+        stability.variance_components([[1.0, math.nan], [2.0, 3.0]])
+    single = stability.variance_components([[1.0], [3.0]])  # one data seed: no residual, no components
+    assert math.isnan(single["init"]) and math.isnan(single["data"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The SD with its intervals, Brown-Forsythe, the variance ratio and power.
+
+
+def test_sd_interval_contains_the_sd_and_the_chi2_interval_is_normal_theory():
+    values = np.array([61.2, 58.9, 64.0, 60.3, 59.5, 66.1, 57.7, 62.4, 60.9, 63.0])
+    out = stability.sd_interval(values, n_resamples=1000)
+    sd = float(np.std(values, ddof=1))
+    assert out["estimate"] == pytest.approx(sd) and out["n"] == 10
+    assert out["low"] < sd < out["high"]
+    assert out["chi2_low"] == pytest.approx(math.sqrt(9 * sd**2 / scipy_stats.chi2.ppf(0.975, 9)))
+    assert out["chi2_high"] == pytest.approx(math.sqrt(9 * sd**2 / scipy_stats.chi2.ppf(0.025, 9)))
+    # the weighted SD under all-ones weights is the plain SD, and the bootstrap runs through statistics
+    assert stability.weighted_sd(values, None, np.ones((1, 10)))[0] == pytest.approx(sd)
+    constant = stability.sd_interval([3.0, 3.0, 3.0])
+    assert (constant["estimate"], constant["low"], constant["high"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        stability.sd_interval([1.0, math.nan, 2.0])
+
+
+def test_brown_forsythe_is_levenes_test_with_the_median():
+    rng = np.random.default_rng(3)
+    narrow = np.array([-1.0, -0.7, -0.4, -0.2, 0.0, 0.1, 0.3, 0.5, 0.8, 1.0])
+    wide = np.array([-8.0, -5.0, -3.5, -1.0, 0.5, 1.0, 2.5, 4.0, 6.0, 9.0])  # SD ~5x: a clear case
+    out = stability.brown_forsythe(wide, narrow)
+    reference = scipy_stats.levene(wide, narrow, center="median")
+    assert out["statistic"] == pytest.approx(reference.statistic) and out["p_value"] == pytest.approx(
+        reference.pvalue
+    )
+    # by hand: one-way ANOVA of the absolute deviations from each group's median
+    by_hand = scipy_stats.f_oneway(np.abs(wide - np.median(wide)), np.abs(narrow - np.median(narrow)))
+    assert out["statistic"] == pytest.approx(by_hand.statistic)
+    assert out["p_value"] < 0.05 and out["larger"] == "a" and out["sd_a"] > out["sd_b"]
+    assert stability.judge_variance(out) == "supported"
+    assert stability.judge_variance(stability.brown_forsythe(narrow, wide)) == "contradicted"
+    assert stability.judge_variance(stability.brown_forsythe(narrow, narrow + 1.0)) == "inconclusive"
+    # the vectorised form the power simulation uses gives scipy's p-values row by row
+    x, y = rng.normal(0, 2, (5, 10)), rng.normal(0, 1, (5, 10))
+    expected = [scipy_stats.levene(a, b, center="median").pvalue for a, b in zip(x, y, strict=True)]
+    np.testing.assert_allclose(stability._brown_forsythe_p(x, y), expected)
+
+
+def test_pairwise_tests_are_holm_adjusted_and_the_ratio_has_an_f_interval():
+    rng = np.random.default_rng(0)
+    groups = {"a": rng.normal(0, 1, 10), "b": rng.normal(0, 3, 10), "c": rng.normal(0, 1.5, 10)}
+    pairs = stability.pairwise_brown_forsythe(groups)
+    assert [(t["a"], t["b"]) for t in pairs] == [("a", "b"), ("a", "c"), ("b", "c")]
+    holm = statistics.holm_adjusted_p_values([t["p_value"] for t in pairs])
+    np.testing.assert_allclose([t["holm_p"] for t in pairs], holm)
+    ratio = stability.variance_ratio(groups["b"], groups["a"])
+    f = np.var(groups["b"], ddof=1) / np.var(groups["a"], ddof=1)
+    assert ratio["ratio"] == pytest.approx(math.sqrt(f)) and ratio["low"] < ratio["ratio"] < ratio["high"]
+    assert ratio["p_value"] == pytest.approx(2 * scipy_stats.f.sf(f, 9, 9))
+
+
+def test_power_of_ten_against_ten_runs():
+    assert stability.f_test_power(1.0, 10, 10) == pytest.approx(0.05)
+    assert stability.detectable_sd_ratio(10, 10, test="f") == pytest.approx(2.68, abs=0.01)
+    assert abs(stability.brown_forsythe_power(1.0, 10, 10) - 0.05) < 0.02  # its size, simulated
+    assert 3.5 < stability.detectable_sd_ratio(10, 10) < 4.5  # the docstring's "about 3.9"
+    assert stability.brown_forsythe_power(4.2 / 0.8, 10, 10) > 0.8
+
+
+# ----------------------------------------------------------------------------------------------------
+# Learning-rate sensitivity.
+
+
+def test_rate_spread_and_rule_b():
+    flat = stability.rate_spread(
+        {1e-3: [50.0, 51.0, 49.0], 3e-3: [50.5, 50.0, 51.0], 1e-2: [50.0, 49.5, 50.5]}
+    )
+    steep = stability.rate_spread(
+        {1e-3: [40.0, 41.0, 39.0], 3e-3: [50.5, 50.0, 51.0], 1e-2: [60.0, 61.0, 59.0]}
+    )
+    assert steep["estimate"] == pytest.approx(20.0) and steep["low"] <= 20.0 <= steep["high"]
+    assert flat["estimate"] == pytest.approx(0.5)
+    difference = stability.spread_difference(flat, steep)
+    assert difference["estimate"] == pytest.approx(-19.5) and difference["high"] < 0
+    assert stability.judge_spread(difference) == "supported"  # the first (attention) spread is smaller
+    assert stability.judge_spread(stability.spread_difference(steep, flat)) == "contradicted"
+    assert stability.judge_spread(stability.spread_difference(flat, flat)) == "inconclusive"
+    diverged = stability.rate_spread({1e-3: [1.0, 2.0], 1e-2: [math.nan, 2.0]})
+    assert diverged["estimate"] == math.inf and diverged["diverged_at"] == [1e-2]
+    assert stability.judge_spread(stability.spread_difference(diverged, flat)) == "contradicted"
+    assert stability.judge_spread(stability.spread_difference(diverged, diverged)) == "inconclusive"
+    with pytest.raises(ValueError, match="2 or more rates"):
+        stability.rate_spread({1e-3: [1.0]})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Runs, folders and the summary, with a fake trainer.
+
+
+def _record(model, lr, seed, data_seed, value, validation=0.6):
+    return protocol.RunRecord(
+        model, lr, seed, 2, 1024, 1.0, 1.0, 0.0, 1.0, None, 1, 100,
+        {"balanced_accuracy": validation}, {"macro_f1": value, "balanced_accuracy": value}, "w",
+        data_seed=data_seed,
+    )  # fmt: skip
+
+
+def test_run_stability_trains_the_design_and_records_divergence(tmp_path, monkeypatch):
+    from seqjax.train.trainer import NonFiniteLossError
+
+    config = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    match = MatchedModel("lstm", 100, 100, "reference", "model.mlp_expansion", 4.0)
+    monkeypatch.setattr(
+        stability, "comparison_setup", lambda *a, **k: ("classification", 8192, {"lstm": config}, [match])
+    )
+    grid = [
+        _record("lstm", lr, 0, None, 0.5, validation=v) for lr, v in ((1e-3, 0.5), (3e-3, 0.7), (1e-2, 0.6))
+    ]
+    monkeypatch.setattr(stability, "tune_learning_rate", lambda *a, **k: (grid, grid[1]))
+    evaluated, trained = [], []
+    monkeypatch.setattr(
+        stability,
+        "evaluate_on_test",
+        lambda model, c, s, record, path, **k: (
+            evaluated.append((record.learning_rate, Path(path).name)) or record
+        ),
+    )
+
+    def fake_train(model, c, s, lr, seed, folder, *, predictions_path, data_seed, **k):
+        trained.append((lr, seed, data_seed, Path(folder).relative_to(tmp_path).as_posix()))
+        if (lr, seed) == (1e-2, 2):
+            raise NonFiniteLossError("loss nan at step 1")
+        return _record(model, lr, seed, data_seed, 0.5 + 0.01 * seed + 0.001 * data_seed)
+
+    monkeypatch.setattr(stability, "train_run", fake_train)
+    settings = protocol.ProtocolSettings(train_tokens=8192, learning_rates=(1e-3, 3e-3, 1e-2))
+    runs = stability.run_stability(
+        {"lstm": config}, settings, tmp_path, length=1024, seeds=stability.SeedGrid()
+    )
+    lstm = runs["lstm"]
+    assert [(r.init_seed, r.data_seed) for r in lstm.crossed] == stability.SeedGrid().cells()
+    assert lstm.crossed[0].record is grid[1]  # the grid's run is the (0, 0) cell, evaluated on test
+    assert len(lstm.result.seeds) == 10 and lstm.result.learning_rate == 3e-3
+    assert ("lstm/lr0.003/seed2_data1") in [t[3] for t in trained]
+    assert (3e-3, 4, 1, "lstm/lr0.003/seed4_data1") in trained and (
+        3e-3,
+        0,
+        0,
+        "lstm/lr0.003/seed0",
+    ) not in trained
+    # every other rate: its grid run evaluated on test, seeds 1 and 2 with data seed 0
+    assert sorted(lstm.by_rate) == [1e-3, 3e-3, 1e-2]
+    assert (1e-3, "seed0_data0.npz") in evaluated and (1e-2, "seed0_data0.npz") in evaluated
+    assert [(r.init_seed, r.data_seed) for r in lstm.by_rate[1e-3]] == [(0, 0), (1, 0), (2, 0)]
+    assert [r.init_seed for r in lstm.by_rate[3e-3]] == [0, 1, 2]  # the crossed grid's (i, 0) cells
+    diverged = lstm.by_rate[1e-2][2]
+    assert diverged.record is None and "diverged" in diverged.note
+    assert (tmp_path / "lstm/lr0.01/seed2_data0/diverged.json").exists()
+    assert len(lstm.protocol_result().seeds) == 5  # one run per initialisation seed
+
+    trained.clear()
+    again = stability.run_stability({"lstm": config}, settings, tmp_path, length=1024)
+    assert (1e-2, 2, 0, "lstm/lr0.01/seed2_data0") not in trained  # a diverged run is not retried
+    assert "diverged" in again["lstm"].by_rate[1e-2][2].note
+
+
+def test_a_data_seed_changes_the_run_digest_and_none_keeps_the_old_one():
+    base = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    settings = protocol.ProtocolSettings(train_tokens=8192)
+    plain = protocol._run_config(base, settings, 1e-3, 1, 8192)
+
+    class Older:  # a config from before data_seed existed
+        def to_dict(self):
+            return {k: v for k, v in plain.to_dict().items() if k != "data_seed"}
+
+    before = protocol._config_sha256(Older())
+    assert protocol._config_sha256(plain) == before  # records written before data_seed keep their digest
+    ordered = protocol._run_config(base, settings, 1e-3, 1, 8192, data_seed=0)
+    assert ordered.seed == 1 and ordered.data_seed == 0
+    assert protocol._config_sha256(ordered) != before
+    assert stability.run_folder("w", "m", 1e-3, 0, 0) == Path("w/m/lr0.001/seed0")  # tune_learning_rate's
+
+
+def _fake_models(spread_attention: float, spread_elstm: float) -> dict[str, stability.ModelRuns]:
+    rng = np.random.default_rng(1)
+    out = {}
+    for name, sd, validation, spread in (
+        ("elstm", 0.5, 0.60, spread_elstm),
+        ("encoder", 6.0, 0.65, spread_attention),
+        ("lstm", 1.0, 0.55, 1.0),
+    ):
+        values = 60.0 + sd * rng.standard_normal((5, 2))
+        crossed = [
+            stability.StabilityRun(
+                i, j, 3e-3, _record(name, 3e-3, i, j, values[i, j] / 100, validation), f"p{i}{j}"
+            )
+            for i in range(5)
+            for j in range(2)
+        ]
+        by_rate = {3e-3: [r for r in crossed if r.data_seed == 0 and r.init_seed < 3]}
+        for lr, shift in ((1e-3, -spread), (1e-2, 0.0)):
+            by_rate[lr] = [
+                stability.StabilityRun(i, 0, lr, _record(name, lr, i, 0, (60.0 + shift + 0.1 * i) / 100), "p")
+                for i in range(3)
+            ]
+        match = MatchedModel(name, 100, 100, "reference", "model.mlp_expansion", 4.0)
+        config = load_config_file(ROOT / "configs/genomic.py", "lstm")
+        result = protocol.model_result(
+            match, config, [crossed[0].record], 3e-3, [r.record for r in crossed], ["p"] * 10, length=1024
+        )
+        out[name] = stability.ModelRuns(result, crossed, dict(sorted(by_rate.items())))
+    return out
+
+
+def test_summary_applies_both_rules_to_the_best_attention_model_and_the_elstm():
+    models = _fake_models(spread_attention=1.0, spread_elstm=15.0)
+    s = stability.summarize_stability(
+        models, "classification", shared_rates=(1e-3, 3e-3, 1e-2), n_resamples=500
+    )
+    rows = {r["model"]: r for r in s["models"]}
+    assert s["best_by_family"] == {"recurrent": "elstm", "attention": "encoder"}  # on validation
+    encoder = rows["encoder"]
+    values = np.array(encoder["matrix"])
+    assert encoder["sd"]["estimate"] == pytest.approx(np.std(values, ddof=1))
+    assert encoder["components"]["residual"] == pytest.approx(
+        stability.variance_components(values)["residual"]
+    )
+    assert encoder["mean"] == pytest.approx(values.mean())
+    assert s["verdicts"]["a"]["verdict"] == "supported" and s["verdicts"]["a"]["pair"] == ["encoder", "elstm"]
+    assert s["verdicts"]["a"]["test"] == s["brown_forsythe"]["vs_reference"]["encoder"]
+    assert set(s["brown_forsythe"]["vs_reference"]) == {"encoder", "lstm"}
+    assert len(s["brown_forsythe"]["pairs"]) == 3 and s["brown_forsythe"]["best_pair"]["recurrent"] == "elstm"
+    assert [r["learning_rate"] for r in encoder["rates"]] == [1e-3, 3e-3, 1e-2]
+    assert sum(r["chosen"] for r in encoder["rates"]) == 1
+    assert rows["elstm"]["spread"]["estimate"] > 10 > encoder["spread"]["estimate"]
+    assert s["verdicts"]["b"]["verdict"] == "supported"  # attention's spread is the smaller
+    json.dumps(s)  # plain data
+    flipped = stability.summarize_stability(
+        _fake_models(spread_attention=15.0, spread_elstm=1.0), "classification",
+        shared_rates=(1e-3, 3e-3, 1e-2), n_resamples=500,
+    )  # fmt: skip
+    assert flipped["verdicts"]["b"]["verdict"] == "contradicted"
+    without = stability.summarize_stability(
+        {k: v for k, v in models.items() if k != "elstm"},
+        "classification",
+        shared_rates=(1e-3,),
+        n_resamples=50,
+    )
+    assert (
+        without["verdicts"]["a"]["verdict"] == "inconclusive" and "elstm" in without["verdicts"]["a"]["note"]
+    )
+
+
+def test_lm_runs_causal_stand_ins_for_the_encoders():
+    assert stability.task_presets(["lstm", "elstm", "mamba", "encoder", "longformer"], "lm") == (
+        ["lstm", "elstm", "mamba", "attention", "swa"],
+        {"encoder": "attention", "longformer": "swa"},
+    )
+    assert stability.task_presets(["encoder", "longformer"], "classification") == (
+        ["encoder", "longformer"],
+        {},
+    )
+    with pytest.raises(ValueError, match="bidirectional encoder"):
+        stability.task_presets(["linformer"], "lm")  # no stand-in: refused, not silently run
+
+
+@pytest.mark.slow
+def test_stability_smoke_run(tmp_path: Path) -> None:
+    results = run_driver("stability.py", tmp_path, "--size=smoke")
+    s = results["stability"]
+    assert results["task"] == "genic_vs_intergenic" and results["length"] == 256
+    assert s["unit"] == "macro-F1 (F1 points)" and [r["model"] for r in s["models"]] == ["elstm", "encoder"]
+    for row in s["models"]:
+        assert [(r["init_seed"], r["data_seed"]) for r in row["runs"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        values = [r["value"] for r in row["runs"]]
+        assert all(0 <= v <= 100 for v in values) and np.array(row["matrix"]).shape == (2, 2)
+        assert row["sd"]["estimate"] == pytest.approx(np.std(values, ddof=1))
+        assert row["sd"]["low"] <= row["sd"]["estimate"] <= row["sd"]["high"]
+        assert row["components"]["df"] == {"init": 1, "data": 1, "residual": 1}
+        assert len({r["predictions"] for r in row["runs"]}) == 4
+        for r in row["runs"]:
+            assert Path(r["predictions"]).exists()
+            record = json.loads((Path(r["workdir"]) / "run.json").read_text())
+            assert record["seed"] == r["init_seed"]
+            # the grid's run (seed 0 set both) keeps data_seed None; every other cell records its own
+            assert record["data_seed"] == (
+                None if (r["init_seed"], r["data_seed"]) == (0, 0) else r["data_seed"]
+            )
+    assert s["verdicts"]["a"]["verdict"] in ("supported", "contradicted", "inconclusive")
+    assert s["verdicts"]["b"]["verdict"] == "inconclusive"  # one rate in the smoke grid
+    assert [r["seeds"] for r in results["summary"]["models"]] == [2, 2]  # data seed 0 only
+    text = (tmp_path / "out.md").read_text()
+    for phrase in ("Verdict (a): attention varies more", "Verdict (b): attention tolerates", "σ_init"):
+        assert phrase in text
+    for suffix in ("_runs.png", "_rates.png"):
+        assert (tmp_path / f"out{suffix}").stat().st_size > 1000
