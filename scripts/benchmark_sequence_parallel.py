@@ -11,6 +11,8 @@ its inputs, in one `jax.jit`, float32, batch 1, the inputs placed split along ti
   of d_k = d_v = --head_dim) against `sequence_parallel_linear_attention`.
 - `diagonal`: `linear_recurrence` (real decays, a state of --state per token) against
   `sequence_parallel_linear_recurrence`.
+- `mlstm`: xLSTM's mLSTM (`mlstm`, chunked, --heads heads of d_k = d_v = --head_dim, input and forget
+  gates per head) against `sequence_parallel_mlstm`.
 - `attention_ring`, `attention_all_gather`: causal exact attention (`attention`, blockwise, --heads
   heads of --head_dim) against `sequence_parallel_attention` with strategy "ring" or "all_gather"
   (causal load balancing on); `attention_ring_unbalanced` without the balancing.
@@ -67,14 +69,16 @@ from seqjax.scan import (
     sequence_parallel_attention,
     sequence_parallel_linear_attention,
     sequence_parallel_linear_recurrence,
+    sequence_parallel_mlstm,
     sequence_parallel_selective_scan,
 )
+from seqjax.scan.mlstm import mlstm
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
     "engines",
     ["mamba", "gla"],
-    "mamba, gla, diagonal, attention_ring, attention_all_gather, attention_ring_unbalanced, swa_halo, "
+    "mamba, gla, diagonal, mlstm, attention_ring, attention_all_gather, attention_ring_unbalanced, swa_halo, "
     "swa_all_gather",
 )
 flags.DEFINE_list("lengths", ["4096", "16384", "65536", "262144", "524288"], "sequence lengths")
@@ -83,8 +87,8 @@ flags.DEFINE_integer("time_max", 16384, "time steps only up to this length (long
 flags.DEFINE_integer("repeats", 3, "timed steps per point")
 flags.DEFINE_integer("mamba_inner", 64, "Mamba's d_inner")
 flags.DEFINE_integer("mamba_state", 16, "Mamba's state size N")
-flags.DEFINE_integer("heads", 4, "GLA heads")
-flags.DEFINE_integer("head_dim", 32, "GLA d_k = d_v")
+flags.DEFINE_integer("heads", 4, "GLA, mLSTM and attention heads")
+flags.DEFINE_integer("head_dim", 32, "GLA and mLSTM d_k = d_v, attention head_dim")
 flags.DEFINE_integer("window", 256, "sliding-window attention: the window")
 flags.DEFINE_integer("state", 64, "diagonal recurrence: state elements per token")
 flags.DEFINE_integer("chunk", 64, "chunk size of the chunked engines")
@@ -145,6 +149,17 @@ def _problem(engine: str, length: int, n: int):
 
         def loss(q, k, v, lg):
             y, _ = fn(q, k, v, -jax.nn.softplus(lg), chunk_size=FLAGS.chunk, method="chunked", **extra)
+            return jnp.sum(y**2)
+
+    elif engine == "mlstm":
+        h, e = FLAGS.heads, FLAGS.head_dim
+        fn = sequence_parallel_mlstm if n > 1 else mlstm
+        extra = kw if n > 1 else {}
+        shapes = [(1, length, h, e)] * 3 + [(1, length, h)] * 2
+        split = [True] * 5
+
+        def loss(q, k, v, igate, fgate):
+            y, _ = fn(q, k, v, igate, fgate, chunk_size=FLAGS.chunk, method="chunked", **extra)
             return jnp.sum(y**2)
 
     elif engine == "diagonal":
@@ -245,6 +260,9 @@ def write(rows: list[dict[str, object]], path: Path, command: str) -> None:
             f"chunks of {FLAGS.chunk}"
         ),
         "diagonal": f"diagonal recurrence: real decays, state {FLAGS.state}, sequential",
+        "mlstm": (
+            f"mLSTM (xLSTM): {FLAGS.heads} heads, d_k = d_v = {FLAGS.head_dim}, chunks of {FLAGS.chunk}"
+        ),
         "attention_ring": f"causal attention, ring: {FLAGS.heads} heads, head_dim {FLAGS.head_dim}",
         "attention_ring_unbalanced": (
             f"causal attention, ring without load balancing: {FLAGS.heads} heads, head_dim {FLAGS.head_dim}"

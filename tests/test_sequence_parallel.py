@@ -349,8 +349,6 @@ def test_nonlinear_rnns_refuse_to_split_time(cell):
 def test_cells_without_a_sequence_parallel_form_say_so():
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
         cells.check_sequence_parallel(cells.TransformerXLAttention(num_heads=2, head_dim=4))
-    with pytest.raises(ValueError, match="no sequence-parallel form yet"):
-        cells.check_sequence_parallel(cells.MLSTM(d_model=8, num_heads=2))
     assert cells.with_sequence_axis(cells.S4D(hidden_size=4), "sequence").sequence_axis == "sequence"
     assert cells.with_sequence_axis(cells.LSTM(hidden_size=4), None) == cells.LSTM(hidden_size=4)
 
@@ -477,6 +475,8 @@ CONV_CELLS = {
     "rwkv7": cells.RWKV7(
         num_heads=2, head_dim=2, d_model=4, zero_init=False, chunk_size=CHUNK, dtype=jnp.float64
     ),
+    # mLSTM: the stabilised summaries (F, M, C) folded by max; a random state, so m starts non-zero
+    "mlstm": cells.MLSTM(d_model=4, num_heads=2, qkv_block_size=2, chunk_size=CHUNK, dtype=jnp.float64),
 }
 
 
@@ -498,9 +498,9 @@ def _random_state(cell, key):
 @pytest.mark.parametrize("n", [8])  # 8 shards of 12 tokens: every boundary of 2 and 4 shards, and more
 @pytest.mark.parametrize("name", list(CONV_CELLS))
 def test_conv_cells_with_sequence_axis_equal_single_device(name, n):
-    """RG-LRU, Mamba-2, Gated DeltaNet and RWKV-7 with `sequence_axis` on n shards equal plain `apply`:
-    outputs, final state and the gradients of parameters, inputs and initial state, float64, with resets
-    and padding across shard boundaries."""
+    """RG-LRU, Mamba-2, Gated DeltaNet, RWKV-7 and mLSTM with `sequence_axis` on n shards equal plain
+    `apply`: outputs, final state and the gradients of parameters, inputs and initial state, float64,
+    with resets and padding across shard boundaries."""
     cell = CONV_CELLS[name]
     resets, mask = _flags()
     with jax.enable_x64(True):

@@ -85,7 +85,8 @@ _SEQUENCE_ALTERNATIVES = (
     "Alternatives: shard the batch (data parallelism: mesh axes `data`/`fsdp`), shard the layer's width "
     "(model parallelism: mesh axis `model`), train on shorter segments with truncated BPTT (the trainer's "
     "`tbptt_length`), or use a linear-recurrence cell whose time axis can be split (S4D, S5, LRU, "
-    "Mamba, LinearAttention, Performer, GatedLinearAttention, ScalarGatedLinearAttention)."
+    "Mamba, Mamba2, LinearAttention, Performer, GatedLinearAttention, ScalarGatedLinearAttention, and "
+    "xLSTM's matrix-memory layer MLSTM)."
 )
 
 
@@ -229,7 +230,7 @@ class Cell(abc.ABC):
         """Why this cell's time axis cannot be split over a `sequence` mesh axis, or None if it can.
 
         Cells that can (S4D, S5, LRU, Mamba, Mamba-2, RG-LRU, the delta rules, the linear-attention
-        cells, `Attention` and `SlidingWindowAttention`) have a `sequence_axis` field: set it with
+        cells, mLSTM, `Attention` and `SlidingWindowAttention`) have a `sequence_axis` field: set it with
         `with_sequence_axis`, and `apply` runs the sequence-parallel engine (`seqjax.scan.sequence_parallel`;
         for softmax attention `seqjax.scan.attention.sequence_parallel_attention`: a ring, an all-gather or
         a halo) inside `jax.set_mesh`. A nonlinear recurrence can never be split; other cells have no

@@ -5,11 +5,14 @@ as the authors' layer (`xlstm/blocks/mlstm/layer.py`, `xlstm/blocks/slstm/layer.
   a short causal conv + SiLU feeding q and k, block-diagonal q/k/v projections, the mLSTM matrix memory
   with exponential input gates and the max-stabilised normaliser (`seqjax.scan.mlstm`: chunkwise
   training form, recurrent `step`), a per-head LayerNorm, a learnable skip from the conv branch, the
-  SiLU output gate of the second branch, and the down-projection. Maps d_model to d_model.
+  SiLU output gate of the second branch, and the down-projection. Maps d_model to d_model. With
+  `sequence_axis` its time axis splits over devices (`seqjax.scan.sequence_parallel_mlstm`, the conv's
+  halo from `short_conv`).
 - `SLSTM` (`slstm`): the sLSTM layer of an xLSTM post-up-projection block. A short causal conv + SiLU
   feeding the input and forget gates, the sLSTM scalar memory with exponential gating, stabiliser and
   normaliser, block-diagonal (headwise) recurrent matrices, under `lax.scan`, and the per-head
-  LayerNorm. Maps its input to `hidden_size` features.
+  LayerNorm. Maps its input to `hidden_size` features. A nonlinear recurrence: its time axis cannot be
+  split over devices.
 
 The rest of the xLSTM blocks is `seqjax.models.Block`'s: the pre-norm and the residual connection
 around the layer, and for the sLSTM block the gated feed-forward after it (`mlp_expansion`; the authors
@@ -19,6 +22,7 @@ use a GeLU-gated MLP of factor 1.3, and none after mLSTM layers, whose up-projec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
@@ -26,12 +30,13 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.mlstm import EPS, METHODS, MLSTMMemory, mlstm, mlstm_step
+from seqjax.scan.sequence_parallel import sequence_parallel_mlstm
 from seqjax.scan.sequential import scan_recurrence
 
 __all__ = [
@@ -147,6 +152,9 @@ class MLSTM(RecurrentCell):
       conv_size: taps of the causal conv (4); qkv_block_size: block size of the q/k/v projections (4).
       method: "auto" (= "chunked"), "chunked" or "recurrent"; chunk_size: tokens per chunk (64).
       eps: the denominator's eps (1e-6); norm_eps: the per-head LayerNorm's (1e-5).
+      sequence_axis: a mesh axis name that splits the time axis over devices (None: not split): the conv
+        takes its K − 1 inputs from the previous shard and the recurrence runs
+        `seqjax.scan.sequence_parallel_mlstm`; see `seqjax.cells.with_sequence_axis`.
       dtype: compute dtype of the up- and down-projections (bfloat16 allowed); the conv, the
         block-diagonal q/k/v, the gates, the norm and the whole recurrence run in float32 (float64 when
         dtype is float64). param_dtype: the parameters' dtype.
@@ -180,12 +188,14 @@ class MLSTM(RecurrentCell):
     chunk_size: int = 64
     eps: float = EPS
     norm_eps: float = 1e-5
+    sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
     def __post_init__(self) -> None:
         for field in ("d_model", "num_heads", "conv_size", "qkv_block_size", "chunk_size"):
             check_positive_int("MLSTM", field, getattr(self, field))
+        check_sequence_axis("MLSTM", self.sequence_axis)
         if not (isinstance(self.proj_factor, int | float) and self.proj_factor > 0 and self.inner_size >= 1):
             raise ValueError(f"MLSTM: proj_factor must be > 0, got {self.proj_factor!r}.")
         for field, divisor in (("num_heads", self.num_heads), ("qkv_block_size", self.qkv_block_size)):
@@ -380,13 +390,21 @@ class MLSTM(RecurrentCell):
         u, resets, order, n_valid, valid = valid_tokens_first(flat(xs), flat(resets), flat(mask))
         p = self.project_inputs(params, u)
         conv, window = short_conv(
-            p["x"], flat(state.conv).astype(acc), params["conv_w"].astype(acc), resets, n_valid
+            p["x"],
+            flat(state.conv).astype(acc),
+            params["conv_w"].astype(acc),
+            resets,
+            n_valid,
+            sequence_axis=self.sequence_axis,
         )
         x_c = jax.nn.silu(conv + params["conv_b"].astype(acc))
         q, k, v, ig, fg = self._features(params, p["x"], x_c)
         memory = MLSTMMemory(*(flat(a).astype(acc) for a in (state.c, state.n, state.m)))
         method = "chunked" if self.method == "auto" else self.method
-        h, memory = mlstm(
+        engine = mlstm
+        if self.sequence_axis is not None:
+            engine = functools.partial(sequence_parallel_mlstm, sequence_axis=self.sequence_axis)
+        h, memory = engine(
             q,
             k,
             v,

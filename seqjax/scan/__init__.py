@@ -23,6 +23,7 @@ from seqjax.scan.sequence_parallel import (
     sequence_parallel_generalized_delta_rule,
     sequence_parallel_linear_attention,
     sequence_parallel_linear_recurrence,
+    sequence_parallel_mlstm,
     sequence_parallel_selective_scan,
     sequence_shards,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "sequence_parallel_generalized_delta_rule",
     "sequence_parallel_linear_attention",
     "sequence_parallel_linear_recurrence",
+    "sequence_parallel_mlstm",
     "sequence_parallel_selective_scan",
     "sequence_shards",
 ]

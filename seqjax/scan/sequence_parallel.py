@@ -15,6 +15,12 @@ incoming state stops at the reset, wherever the reset falls: on the shard's firs
 Padding has decay 1 and input 0, so it passes the incoming state through, across any boundary. The
 reverse direction (`reverse=True`) folds from the last shard, with h0 entering at the end.
 
+The delta rules' transitions are matrices independent of the state, so their summaries are affine,
+(P, Q) with the final state P S_in + Q (`_sequence_parallel_affine`). The mLSTM's memory is linear
+only once unstabilised (C̃ = e^m C) and its stabiliser m a max-plus recurrence: a shard's summary is
+its summed log forget gates F, its stabiliser M and memory C from the neutral memory (m = −∞), and the
+fold is m' = max(F + m, M), C' = exp(F + m − m') C + exp(M − m') C_local (`sequence_parallel_mlstm`).
+
 Why run the engine from h_in rather than correct a run from zero: the correction h_t += (Π_{s≤t} a_s) ⊙
 h_in needs the cumulative decay of every token, one more array of the states' size (for the selective
 scan [B, L, D, N], which it never forms whole) and one more scan of the same cost; the run from h_in
@@ -30,8 +36,9 @@ Gradients:
   next shard's first token, by `ppermute`). It keeps a, the states and each shard's h_in, as the
   single-device engine keeps a, the states and h0: per-device memory is the single-device engine's
   on T / n tokens.
-- matrix state and selective scan: JAX's autodiff through `shard_map`: the all-gather's transpose is a
-  reduce-scatter, exact; the engines inside keep their own memory-lean backward passes.
+- matrix state, selective scan, delta rules and mLSTM: JAX's autodiff through `shard_map`: the
+  all-gather's transpose is a reduce-scatter, exact; the engines inside keep their own memory-lean
+  backward passes.
 
 Every function takes global arrays (time on its usual axis, sharded or not) and a mesh: `mesh=None`
 uses the one set by `jax.set_mesh`. Only `sequence_axis` is manual inside; other mesh axes (data,
@@ -60,6 +67,7 @@ from seqjax.common.dtypes import accumulation_dtype
 from seqjax.scan import delta_rule as delta_rule_lib
 from seqjax.scan import diagonal
 from seqjax.scan import generalized_delta_rule as generalized_delta_rule_lib
+from seqjax.scan import mlstm as mlstm_lib
 from seqjax.scan.matrix_recurrence import linear_attention
 from seqjax.scan.selective import selective_scan
 
@@ -69,6 +77,7 @@ __all__ = [
     "sequence_parallel_generalized_delta_rule",
     "sequence_parallel_linear_attention",
     "sequence_parallel_linear_recurrence",
+    "sequence_parallel_mlstm",
     "sequence_parallel_selective_scan",
     "sequence_shards",
 ]
@@ -124,18 +133,83 @@ def _pad_time(x: jax.Array | None, time_axis: int, pad: int, fill: Any = 0) -> j
     return jnp.pad(x, widths, constant_values=fill)
 
 
+def _scan_fold(step, h0: Any, summaries: Any, reverse: bool = False) -> tuple[Any, Any]:
+    """The state entering every shard ([n, ...]) and the final state: h ← step(h, summary_j) over the
+    gathered summaries (pytrees with a leading shard axis), from the last shard when `reverse`."""
+    final, entering = lax.scan(lambda h, summary: (step(h, summary), h), h0, summaries, reverse=reverse)
+    return entering, final
+
+
+def _linear_step(expand):
+    """The fold's step of a linear recurrence: h ← expand(A) ⊙ h + H for a shard's summary (A, H)."""
+    return lambda h, summary: expand(summary[0]) * h + summary[1]
+
+
 def _fold(decays: jax.Array, lasts: jax.Array, h0: jax.Array, reverse: bool, expand) -> tuple[jax.Array, ...]:
     """The state entering every shard and the final state, from the gathered summaries [n, ...].
 
     h ← expand(A_j) ⊙ h + H_j shard by shard (from the last shard when `reverse`), starting at h0.
     """
+    return _scan_fold(_linear_step(expand), h0, (decays, lasts), reverse)
 
-    def step(h, summary):
-        a, last = summary
-        return expand(a) * h + last, h
 
-    final, entering = lax.scan(step, h0, (decays, lasts), reverse=reverse)
-    return entering, final
+def _pad_to_shards(
+    arrays: dict[str, jax.Array | None], time_axis: int, length: int, n: int
+) -> tuple[dict[str, jax.Array | None], int]:
+    """`arrays` (name -> [*batch, T, ...] or None, with the flags "mask" and "resets" [*batch, T]) padded
+    at the end to a multiple of n tokens with padding tokens (mask False, no reset, zeros elsewhere: the
+    engines pass their state through them and output zeros), and the number of tokens added."""
+    pad = -(-length // n) * n - length
+    if not pad:
+        return arrays, 0
+    mask = arrays.get("mask")
+    if mask is None:
+        lead = next(x for x in arrays.values() if x is not None).shape[: time_axis + 1]
+        mask = jnp.ones(lead, bool)
+    arrays = {
+        name: _pad_time(x, time_axis, pad, False if name in ("mask", "resets") else 0)
+        for name, x in arrays.items()
+    }
+    arrays["mask"] = _pad_time(mask, time_axis, pad, False)
+    return arrays, pad
+
+
+def _run_shards(
+    body,
+    replicated: Any,
+    arrays: dict[str, jax.Array | None],
+    *,
+    time_axis: int,
+    length: int,
+    sequence_axis: str,
+    mesh: Mesh,
+) -> tuple[jax.Array, Any]:
+    """`body(replicated, **shard)` -> (ys, final state) on every shard of `sequence_axis`, `shard` the
+    shard's part of `arrays` (split along `time_axis`; None entries left out), `replicated` (a pytree)
+    whole on every shard. Returns ys cut back to `length` tokens and the last shard's final state.
+
+    The engines' loops start from fresh (replicated) buffers, which shard_map's replication check refuses
+    to carry next to per-shard values: the check is off here. The final state then leaves every shard
+    stacked and only the last shard's copy is used, so its cotangent reaches one fold.
+    """
+    names = [name for name, x in arrays.items() if x is not None]
+    spec = _time_spec(time_axis, sequence_axis)
+
+    def run(replicated, *xs):
+        ys, final = body(replicated, **dict(zip(names, xs, strict=True)))
+        return ys, jax.tree.map(lambda a: a[None], final)
+
+    ys, finals = jax.shard_map(
+        run,
+        mesh=mesh,
+        in_specs=(P(), *([spec] * len(names))),
+        out_specs=(spec, P(sequence_axis)),
+        axis_names={sequence_axis},
+        check_vma=False,
+    )(replicated, *(arrays[name] for name in names))
+    if ys.shape[time_axis] != length:
+        ys = lax.slice_in_dim(ys, 0, length, axis=time_axis)
+    return ys, jax.tree.map(lambda a: a[-1], finals)
 
 
 def _gather(x: jax.Array, axis_name: str, *, invariant: bool = True) -> jax.Array:
@@ -147,6 +221,19 @@ def _gather(x: jax.Array, axis_name: str, *, invariant: bool = True) -> jax.Arra
     the reduce-scatter that sums every shard's cotangent).
     """
     return lax.all_gather(x, axis_name, to="invarying" if invariant else "varying")
+
+
+def _fold_shards(step, h0: Any, summary: Any, axis_name: str) -> tuple[Any, Any]:
+    """Inside `shard_map`: every shard's `summary` (a pytree) all-gathered and folded from h0 by
+    `step(h, summary_j)` over the shards in order: (the state entering this shard, the final state).
+
+    Plain all-gathers (`invariant=False`), for the bodies that autodiff differentiates with the
+    replication check off.
+    """
+    gathered = jax.tree.map(lambda x: _gather(x, axis_name, invariant=False), summary)
+    entering, final = _scan_fold(step, h0, gathered)
+    index = lax.axis_index(axis_name)
+    return jax.tree.map(lambda e: e[index], entering), final
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,6 +441,26 @@ def sequence_parallel_linear_recurrence(
 # --------------------------------------------------------------------------------------------------
 # Matrix-state recurrence (linear attention, GLA)
 # --------------------------------------------------------------------------------------------------
+def _shard_segments(
+    resets: jax.Array | None, mask: jax.Array | None, lead: tuple[int, ...], time_axis: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A shard's token flags ([*batch, T], time on `time_axis`): `keep`, the tokens whose decay reaches
+    the shard's final state (neither padding nor a reset: a reset's own decay acts on the cleared state);
+    `valid`, the tokens written into it (not padding, on or after the shard's last reset); `any_reset`
+    [*batch]. A reset on a padded token does not count: padding wins."""
+    keep = jnp.ones(lead, bool) if mask is None else mask
+    valid = keep
+    any_reset = jnp.zeros(lead[:-1], bool)
+    if resets is not None:
+        live = resets if mask is None else resets & mask
+        seg = jnp.cumsum(live.astype(jnp.int32), axis=time_axis)
+        last_seg = lax.index_in_dim(seg, -1, axis=time_axis)
+        valid = valid & (seg == last_seg)
+        keep = keep & ~live
+        any_reset = lax.squeeze(last_seg, (time_axis,)) > 0
+    return keep, valid, any_reset
+
+
 def _matrix_summary(k, v, log_gamma, resets, mask, time_axis, acc):
     """A shard's (total decay, final state from a zero state), without running the engine.
 
@@ -364,16 +471,7 @@ def _matrix_summary(k, v, log_gamma, resets, mask, time_axis, acc):
     """
     t = time_axis
     lead = v.shape[: t + 1]
-    keep = jnp.ones(lead, bool) if mask is None else mask
-    valid = keep
-    any_reset = jnp.zeros(lead[:-1], bool)
-    if resets is not None:
-        live = resets if mask is None else resets & mask
-        seg = jnp.cumsum(live.astype(jnp.int32), axis=t)
-        last_seg = lax.index_in_dim(seg, -1, axis=t)
-        valid = valid & (seg == last_seg)
-        keep = keep & ~live
-        any_reset = lax.squeeze(last_seg, (t,)) > 0
+    keep, valid, any_reset = _shard_segments(resets, mask, lead, t)
     heads, groups = v.shape[-2], k.shape[-2]
     if log_gamma is None:
         w = jnp.broadcast_to(valid.astype(acc)[..., None], (*lead, heads))
@@ -441,71 +539,27 @@ def sequence_parallel_linear_attention(
     s0 = jnp.zeros((*batch, heads, dk, dv), acc) if s0 is None else jnp.asarray(s0).astype(acc)
     if s0.shape != (*batch, heads, dk, dv):
         raise ValueError(f"{fn}: `s0` has shape {s0.shape}, expected {(*batch, heads, dk, dv)}.")
-    local = -(-length // n)
-    pad = local * n - length
-    if pad:  # padding tokens at the end: the state passes through, the outputs are cut off
-        mask = jnp.ones((*batch, length), bool) if mask is None else mask
-        mask = _pad_time(mask, t_axis, pad, False)
-        if resets is not None:
-            resets = _pad_time(resets, t_axis, pad, False)
-        q, k, v = (_pad_time(x, t_axis, pad) for x in (q, k, v))
-        log_gamma = _pad_time(log_gamma, t_axis, pad)
-    spec = _time_spec(t_axis, sequence_axis)
     arrays = {"q": q, "k": k, "v": v, "log_gamma": log_gamma, "resets": resets, "mask": mask}
-    names = [name for name, x in arrays.items() if x is not None]
+    arrays, _ = _pad_to_shards(arrays, t_axis, length, n)
 
-    def body(s0, *xs):
-        x = dict(zip(names, xs, strict=True))
-        lg, rs, mk = x.get("log_gamma"), x.get("resets"), x.get("mask")
-        total, s_local = _matrix_summary(x["k"], x["v"], lg, rs, mk, t_axis, acc)
+    def body(s0, q, k, v, log_gamma=None, resets=None, mask=None):
+        total, s_local = _matrix_summary(k, v, log_gamma, resets, mask, t_axis, acc)
         per_channel = total.ndim == s_local.ndim - 1  # [*batch, H, d_k]
         expand = (lambda d: d[..., None]) if per_channel else (lambda d: d[..., None, None])
-        entering, final = _fold(
-            _gather(total, sequence_axis, invariant=False),
-            _gather(s_local, sequence_axis, invariant=False),
-            s0,
-            False,
-            expand,
-        )
-        s_in = entering[lax.axis_index(sequence_axis)]  # [*batch, H, d_k, d_v]
+        s_in, final = _fold_shards(_linear_step(expand), s0, (total, s_local), sequence_axis)
         ys, _ = linear_attention(
-            x["q"], x["k"], x["v"], lg, s_in, resets=rs, mask=mk, method=method, chunk_size=chunk_size
+            q, k, v, log_gamma, s_in, resets=resets, mask=mask, method=method, chunk_size=chunk_size
         )
-        return ys, final[None]
+        return ys, final
 
-    # The engine's loops start from fresh (replicated) buffers, which shard_map's replication check
-    # refuses to carry next to per-shard values: the check is off here. The final state then leaves
-    # every shard stacked and only the last shard's copy is used, so its cotangent reaches one fold.
-    run = jax.shard_map(
-        body,
-        mesh=mesh,
-        in_specs=(P(), *([spec] * len(names))),
-        out_specs=(spec, P(sequence_axis)),
-        axis_names={sequence_axis},
-        check_vma=False,
+    return _run_shards(
+        body, s0, arrays, time_axis=t_axis, length=length, sequence_axis=sequence_axis, mesh=mesh
     )
-    ys, finals = run(s0, *(arrays[name] for name in names))
-    final = finals[-1]
-    if pad:
-        ys = lax.slice_in_dim(ys, 0, length, axis=t_axis)
-    return ys, final
 
 
 # --------------------------------------------------------------------------------------------------
 # Delta rules (DeltaNet, Gated DeltaNet; RWKV-7's generalised delta rule): affine summaries
 # --------------------------------------------------------------------------------------------------
-def _affine_fold(transitions: jax.Array, lasts: jax.Array, s0: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The state entering every shard and the final state: S ← P_j S + Q_j over the gathered [n, ...]
-    summaries (P_j [*batch, H, d_k, d_k] acting on the key axis of S [*batch, H, d_k, d_v])."""
-
-    def step(s, summary):
-        p, q = summary
-        return jnp.einsum("...ij,...jv->...iv", p, s) + q, s
-
-    final, entering = lax.scan(step, s0, (transitions, lasts))
-    return entering, final
-
-
 def _sequence_parallel_affine(
     fn: str,
     run: Any,
@@ -545,47 +599,26 @@ def _sequence_parallel_affine(
     n = sequence_shards(sequence_axis, mesh)
     batch = s0.shape[:-3]
     heads, dk = s0.shape[-3], s0.shape[-2]
-    local = -(-length // n)
-    pad = local * n - length
-    if pad:  # padding tokens at the end: the state passes through, the outputs are cut off
-        mask = arrays.get("mask")
-        arrays = {
-            name: _pad_time(x, t_axis, pad, False if name in ("mask", "resets") else 0)
-            for name, x in arrays.items()
-        }
-        arrays["mask"] = _pad_time(
-            jnp.ones((*batch, length), bool) if mask is None else mask, t_axis, pad, False
-        )
-    names = [name for name, x in arrays.items() if x is not None]
-    spec = _time_spec(t_axis, sequence_axis)
+    arrays, _ = _pad_to_shards(arrays, t_axis, length, n)
 
-    def body(s0, *xs):
-        x = dict(zip(names, xs, strict=True))
+    def body(s0, **x):
         _, last = engine(jnp.zeros_like(s0), **x)
         eye = jnp.broadcast_to(jnp.eye(dk, dtype=s0.dtype), (*batch, heads, dk, dk))
         values = x[value]
         _, transition = engine(eye, **{**x, value: jnp.zeros((*values.shape[:-1], dk), values.dtype)})
-        entering, final = _affine_fold(
-            _gather(transition, sequence_axis, invariant=False),
-            _gather(last, sequence_axis, invariant=False),
+        # S ← P_j S + Q_j, P_j acting on the key axis of S [*batch, H, d_k, d_v].
+        s_in, final = _fold_shards(
+            lambda s, pq: jnp.einsum("...ij,...jv->...iv", pq[0], s) + pq[1],
             s0,
+            (transition, last),
+            sequence_axis,
         )
-        ys, _ = engine(entering[lax.axis_index(sequence_axis)], **x)
-        return ys, final[None]
+        ys, _ = engine(s_in, **x)
+        return ys, final
 
-    # As sequence_parallel_linear_attention: the replication check is off, and the final state leaves
-    # every shard stacked; the last shard's copy is the result.
-    ys, finals = jax.shard_map(
-        body,
-        mesh=mesh,
-        in_specs=(P(), *([spec] * len(names))),
-        out_specs=(spec, P(sequence_axis)),
-        axis_names={sequence_axis},
-        check_vma=False,
-    )(s0, *(arrays[name] for name in names))
-    if pad:
-        ys = lax.slice_in_dim(ys, 0, length, axis=t_axis)
-    return ys, finals[-1]
+    return _run_shards(
+        body, s0, arrays, time_axis=t_axis, length=length, sequence_axis=sequence_axis, mesh=mesh
+    )
 
 
 def sequence_parallel_delta_rule(
@@ -707,45 +740,149 @@ def sequence_parallel_selective_scan(
     bsz, length, d = x.shape
     f32 = accumulation_dtype(x.dtype)
     h0 = jnp.zeros((bsz, d, a_mat.shape[-1]), f32) if h0 is None else jnp.asarray(h0).astype(f32)
-    local = -(-length // n)
-    pad = local * n - length
-    x, dt, b, c = (_pad_time(arr, 1, pad) for arr in (x, dt, b, c))  # Δ = 0: padding tokens
-    resets = _pad_time(resets, 1, pad, False)
-    spec = _time_spec(1, sequence_axis)
-    has_resets = resets is not None
+    pad = -(-length // n) * n - length
+    # Δ = 0: padding tokens (the selective scan has no mask).
+    arrays = {"x": x, "dt": dt, "b": b, "c": c}
+    arrays = {name: _pad_time(arr, 1, pad) for name, arr in arrays.items()}
+    arrays["resets"] = _pad_time(resets, 1, pad, False)
 
-    def body(a_mat, h0, x, dt, b, c, *rest):
-        rs = rest[0] if has_resets else None
+    def body(replicated, x, dt, b, c, resets=None):
+        a_mat, h0 = replicated
         scan = functools.partial(selective_scan, chunk_size=chunk_size, method=method)
-        _, last = scan(x, dt, a_mat, b, c, None, rs)
+        _, last = scan(x, dt, a_mat, b, c, None, resets)
         decay = jnp.exp(jnp.sum(dt.astype(f32), axis=1)[..., None] * a_mat.astype(f32))  # [B, D, N]
-        if rs is not None:
-            decay = jnp.where(jnp.any(rs, axis=1)[:, None, None], jnp.zeros((), f32), decay)
-        entering, final = _fold(
-            _gather(decay, sequence_axis, invariant=False),
-            _gather(last, sequence_axis, invariant=False),
-            h0,
-            False,
-            lambda z: z,
-        )
-        y, _ = scan(x, dt, a_mat, b, c, entering[lax.axis_index(sequence_axis)], rs)
-        return y, final[None]
+        if resets is not None:
+            decay = jnp.where(jnp.any(resets, axis=1)[:, None, None], jnp.zeros((), f32), decay)
+        h_in, final = _fold_shards(_linear_step(lambda z: z), h0, (decay, last), sequence_axis)
+        y, _ = scan(x, dt, a_mat, b, c, h_in, resets)
+        return y, final
 
-    # As for the matrix recurrence: the engine's loops carry fresh buffers, so the replication check is
-    # off, and the final state is taken from the last shard only.
-    run = jax.shard_map(
-        body,
-        mesh=mesh,
-        in_specs=(P(), P(), spec, spec, spec, spec, *([spec] if has_resets else [])),
-        out_specs=(spec, P(sequence_axis)),
-        axis_names={sequence_axis},
-        check_vma=False,
+    return _run_shards(
+        body, (a_mat, h0), arrays, time_axis=1, length=length, sequence_axis=sequence_axis, mesh=mesh
     )
-    y, finals = run(a_mat, h0, x, dt, b, c, *([resets] if has_resets else []))
-    final = finals[-1]
-    if pad:
-        y = y[:, :length]
-    return y, final
+
+
+# --------------------------------------------------------------------------------------------------
+# mLSTM (xLSTM): the matrix memory under a max stabiliser
+# --------------------------------------------------------------------------------------------------
+def _mlstm_summary(k, v, igate, log_f, resets, mask, time_axis):
+    """A shard's summary for the stabilised fold, from the neutral memory (nothing written, m = −∞),
+    by one contraction (no engine pass): (F, M, C, any_reset).
+
+    With S_j = Σ_{l>j} log f_l (compensated sums, as the engine's) and the tokens written since the
+    shard's last reset (not padding): M = max_j (s_j + S_j), the stabiliser the recurrence reaches from
+    m = −∞, where s_j = ĩ_j, and on the reset token max(ĩ_r, log f_r) (the recurrence restarts from m = 0
+    there, so m_r = max(log f_r + 0, ĩ_r)); −∞ if no token is written. C [*batch, H, d_k, d_v + 1] is
+    Σ_j exp(ĩ_j + S_j − M) k̂_j [v_j; 1]ᵀ: the memory with n as its last column, stabilised by M (every
+    weight ≤ 1). F [*batch, H] is Σ log f over the shard (0 at padding), which only matters without a
+    reset: a reset cuts the carry (`any_reset` [*batch]).
+    """
+    t = time_axis
+    _, valid, any_reset = _shard_segments(resets, mask, k.shape[: t + 1], t)
+    ig, lf = jnp.moveaxis(igate, t, -1), jnp.moveaxis(log_f, t, -1)  # [*batch, H, T]
+    b, comp = mlstm_lib.compensated_cumsum(lf)
+    after = (b[..., -1:] - b) + (comp[..., -1:] - comp)  # S_j
+    flags = lambda f: jnp.expand_dims(f, -2)  # [*batch, T] -> [*batch, 1, T]
+    source = ig
+    if resets is not None:
+        source = jnp.where(flags(resets & valid), jnp.maximum(ig, lf), ig)
+    m_local = jnp.max(jnp.where(flags(valid), source + after, -jnp.inf), axis=-1)
+    # Finite anchors and exponents ≤ 0 only, in either branch of each `where`: no NaN, value or gradient.
+    anchor = jnp.where(jnp.any(valid, axis=-1)[..., None], m_local, 0.0)
+    log_w = jnp.where(flags(valid), ig + after - anchor[..., None], 0.0)
+    weights = jnp.where(flags(valid), jnp.exp(log_w), 0.0)
+    k_w = k * k.shape[-1] ** -0.5 * jnp.moveaxis(weights, -1, t)[..., None]
+    v_aug = jnp.concatenate([v, jnp.ones((*v.shape[:-1], 1), v.dtype)], axis=-1)
+    c_local = jnp.einsum("...thk,...thv->...hkv", k_w, v_aug)
+    return b[..., -1] + comp[..., -1], m_local, c_local, any_reset
+
+
+def _mlstm_combine(state, summary):
+    """The stabilised fold's step: the memory (C with n as its last column, m) after a shard with summary
+    (F, M, C_local, any_reset) from the memory before it. In the unstabilised memory C̃ = e^m C the shard
+    maps C̃ to e^F C̃ + e^M C_local (C̃ dropped after a reset) and m to max(F + m, M) (M after a reset), so
+
+        m' = max(F + m, M) ;  C' = exp(F + m − m') C + exp(M − m') C_local       both factors ≤ 1
+    """
+    c, m = state
+    f_sum, m_local, c_local, reset = summary
+    reset = reset[..., None]  # [*batch, 1]: every head
+    carried = f_sum + m
+    m_new = jnp.where(reset, m_local, jnp.maximum(carried, m_local))
+    decay = jnp.where(reset, 0.0, jnp.exp(jnp.where(reset, 0.0, carried - m_new)))
+    scale = jnp.exp(m_local - m_new)  # 0 for a shard with nothing written (M = −∞)
+    return decay[..., None, None] * c + scale[..., None, None] * c_local, m_new
+
+
+def sequence_parallel_mlstm(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    igate: jax.Array,
+    fgate: jax.Array,
+    memory: mlstm_lib.MLSTMMemory | None = None,
+    *,
+    resets: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    method: str = "auto",
+    chunk_size: int = mlstm_lib.DEFAULT_CHUNK,
+    eps: float = mlstm_lib.EPS,
+    sequence_axis: str = "sequence",
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, mlstm_lib.MLSTMMemory]:
+    """`seqjax.scan.mlstm` (xLSTM's mLSTM) with the time axis split over the mesh axis `sequence_axis`.
+
+    Same arguments and results as `mlstm` (q, k [*batch, T, H, d_k], v [*batch, T, H, d_v], igate,
+    fgate [*batch, T, H] pre-activations, memory `MLSTMMemory`, resets, mask, method, chunk_size, eps),
+    plus `sequence_axis` and `mesh`. The unstabilised memory C̃ = e^m C is linear (C̃_t = f_t C̃_{t−1} +
+    e^{ĩ_t} k̂_t v_tᵀ) and the stabiliser a max-plus recurrence (m_t = max(log f_t + m_{t−1}, ĩ_t)), so a
+    shard acts on the memory through (F, M, C_local): its summed log forget gates, and its stabiliser
+    and stabilised memory from the neutral memory (m = −∞), one contraction per shard. The summaries are
+    all-gathered and folded, m ← max(F + m, M), C ← exp(F + m − m') C + exp(M − m') C_local (n as C's
+    last column; a reset drops the carry), from the initial memory; each shard runs the engine from the
+    memory entering it. The m entering every shard is the recurrence's (the initial m, or 0 after a
+    reset, and every ĩ, decayed), so values, stabiliser and the eps term equal the single-device
+    engine's up to rounding. Gradients: autodiff (through the maxima, as the engine's).
+
+        >>> import jax, jax.numpy as jnp
+        >>> mesh = jax.make_mesh((1,), ("sequence",), axis_types=(jax.sharding.AxisType.Auto,))
+        >>> q = k = jnp.ones((6, 1, 2)); gates = jnp.zeros((6, 1))
+        >>> hs, memory = sequence_parallel_mlstm(q, k, jnp.ones((6, 1, 3)), gates, gates, mesh=mesh)
+        >>> hs.shape, memory.c.shape
+        ((6, 1, 3), (1, 2, 3))
+    """
+    fn = "sequence_parallel_mlstm"
+    mesh = _resolve_mesh(fn, mesh, sequence_axis)
+    n = sequence_shards(sequence_axis, mesh)
+    engine = functools.partial(mlstm_lib.mlstm, method=method, chunk_size=chunk_size, eps=eps)
+    if n == 1:
+        return engine(q, k, v, igate, fgate, memory, resets=resets, mask=mask)
+    if method not in mlstm_lib.METHODS:
+        raise ValueError(f"{fn}: unknown method {method!r}; choose one of {', '.join(mlstm_lib.METHODS)}.")
+    q, k, v, igate, fgate, memory, resets, mask = mlstm_lib._prepare(
+        fn, q, k, v, igate, fgate, memory, resets, mask
+    )
+    t_axis = q.ndim - 3
+    length = q.shape[t_axis]
+    if length == 0:
+        return engine(q, k, v, igate, fgate, memory, resets=resets, mask=mask)
+    arrays = {"q": q, "k": k, "v": v, "igate": igate, "fgate": fgate, "resets": resets, "mask": mask}
+    arrays, _ = _pad_to_shards(arrays, t_axis, length, n)
+    as_memory = lambda c, m: mlstm_lib.MLSTMMemory(c[..., :-1], c[..., -1], m)
+
+    def body(memory, q, k, v, igate, fgate, resets=None, mask=None):
+        log_f = jax.nn.log_sigmoid(fgate)
+        if mask is not None:
+            log_f = jnp.where(mask[..., None], log_f, jnp.zeros((), log_f.dtype))  # padding: log f = 0
+        summary = _mlstm_summary(k, v, igate, log_f, resets, mask, t_axis)
+        c0 = jnp.concatenate([memory.c, memory.n[..., None]], axis=-1)
+        entering, final = _fold_shards(_mlstm_combine, (c0, memory.m), summary, sequence_axis)
+        ys, _ = engine(q, k, v, igate, fgate, as_memory(*entering), resets=resets, mask=mask)
+        return ys, as_memory(*final)
+
+    return _run_shards(
+        body, memory, arrays, time_axis=t_axis, length=length, sequence_axis=sequence_axis, mesh=mesh
+    )
 
 
 # --------------------------------------------------------------------------------------------------
