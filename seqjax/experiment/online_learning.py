@@ -144,7 +144,7 @@ def choose_learning_rate(
     Returns {"learning_rate", "scores": {rate: score} of every rate tried, "at_edge": whether the choice
     is still on an edge of the rates tried (the extensions ran out)}.
 
-    >>> choose_learning_rate([1e-3, 1e-2], lambda lr: abs(lr - 3e-3))["learning_rate"]
+    >>> choose_learning_rate([1e-3, 3e-3, 1e-2], lambda lr: abs(lr - 3e-3))["learning_rate"]
     0.003
     """
     if not grid:
