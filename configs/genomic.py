@@ -15,6 +15,10 @@ the CPU default is 2048. `nested=ANCHOR` (an int >= length, e.g. 16384; default 
 their labels are chosen once at ANCHOR bp and a run at `length` reads the centre `length` bp of each, so
 runs at 1k, 4k, 8k and 16k with `nested=16384` see the same loci and labels with more or less context
 around them (`seqjax.data.genomic`; `experiments/dna_windows.py` sweeps it).
+`augment=none|reverse_complement|shift|both` and `max_shift=BP` (default off; they enter `config.data`
+only when given, so configs without them are unchanged): training-time augmentation of the training
+batches only, e.g. `lstm,length=1024,nested=1280,augment=both,max_shift=128` (a shift needs nested >=
+length + 2 * max_shift; `seqjax.data.genomic.augment`, docs/training.md).
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ NUM_CLASSES = {"genic_vs_intergenic": 2, "promoter": 2, "species": 4, "human_or_
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset, options = parse_arg(
-        arg, "lstm", {"task": str, "length": int, "route": str, "nested": int}, "configs/genomic.py"
+        arg,
+        "lstm",
+        {"task": str, "length": int, "route": str, "nested": int, "augment": str, "max_shift": int},
+        "configs/genomic.py",
     )
     size = options.get("size", "cpu")
     task = options.get("task", "genic_vs_intergenic")
@@ -54,6 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_examples_per_split=ml_collections.FieldReference(None, field_type=int),
         nested=ml_collections.FieldReference(options.get("nested"), field_type=int),
     )
+    if "augment" in options or "max_shift" in options:  # only when asked: other configs keep their keys
+        c.data.augment = options.get("augment", "none")
+        c.data.max_shift = options.get("max_shift", 0)
     c.model.encoder = "dna"
     c.head.num_classes = NUM_CLASSES[task]
     # Longformer classifies from its first global token (it attends to every position); the others pool.

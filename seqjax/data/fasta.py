@@ -48,10 +48,12 @@ IUPAC_NUCLEOTIDES = b"ACGTURYSWKMBDHVN"
 _VALID = np.zeros(256, dtype=bool)
 _VALID[np.frombuffer(IUPAC_NUCLEOTIDES, dtype=np.uint8)] = True
 
-# Complement of every IUPAC code (U pairs with A; N, S, W are their own complements).
+# Complement of every IUPAC code (U pairs with A; N, S, W are their own complements), in either case
+# (a lowercase base keeps its case); every other byte (a gap "-" or ".") is left as it is.
 _COMPLEMENT = np.arange(256, dtype=np.uint8)
 for _a, _b in zip(b"ACGTURYSWKMBDHVN", b"TGCAAYRSWMKVHDBN", strict=True):
     _COMPLEMENT[_a] = _b
+    _COMPLEMENT[_a | 0x20] = _b | 0x20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +88,12 @@ def normalize_chrom(name: str) -> str:
 
 
 def reverse_complement(sequence: np.ndarray) -> np.ndarray:
-    """The other strand read 5' to 3' (IUPAC codes complemented), as uint8 ASCII."""
+    """The other strand read 5' to 3' (IUPAC codes complemented, either case; other bytes kept), as
+    uint8 ASCII.
+
+    >>> reverse_complement(np.frombuffer(b"AACGTNRy", np.uint8)).tobytes()
+    b'rYNACGTT'
+    """
     return _COMPLEMENT[np.asarray(sequence, dtype=np.uint8)[::-1]]
 
 

@@ -7,6 +7,10 @@ random access, so global batch `i` is always elements [i·B, (i+1)·B) of that s
 iterator state is the integer `i`. Each process builds only its own contiguous rows of a global batch,
 so 1 process or N processes see the same global batches.
 
+A training stream may take a `transform(example, position)` (training-time augmentation, e.g.
+`seqjax.data.genomic.augment`): it is applied to element `position` of the stream as the batch is built,
+so it stays a pure function of the position and never reaches evaluation.
+
 Evaluation walks a split once in order, with no `drop_last`: the last batch is padded by repeating
 its final example and marked by `valid` = False, so every example counts exactly once.
 """
@@ -14,7 +18,7 @@ its final example and marked by `valid` = False, so every example counts exactly
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import grain
@@ -29,6 +33,7 @@ __all__ = [
     "spread_indices",
     "stack_examples",
     "stratified_indices",
+    "subset_indices",
 ]
 
 
@@ -86,6 +91,9 @@ class TrainBatches(PrefetchedBatches):
       seed: shuffling seed (each epoch is a different permutation); `shuffle=False` keeps source order.
       process_index, process_count: which rows of each global batch this process builds.
       start: the first batch index (the resumed data position).
+      transform: None, or `transform(example, position)` -> the example trained on, applied to element
+        `position` (= i * batch_size + row of global batch i) of the stream: training-time augmentation,
+        a pure function of the position (module docstring).
     """
 
     def __init__(
@@ -99,6 +107,7 @@ class TrainBatches(PrefetchedBatches):
         process_count: int = 1,
         start: int = 0,
         prefetch: int = 2,
+        transform: Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]] | None = None,
     ) -> None:
         if batch_size % process_count:
             raise ValueError(
@@ -113,12 +122,16 @@ class TrainBatches(PrefetchedBatches):
         self.batch_size = batch_size
         self._rows = batch_size // process_count
         self._offset = process_index * self._rows
+        self._transform = transform
         super().__init__(start=start, prefetch=prefetch)
 
     def local_batch(self, index: int) -> dict[str, np.ndarray]:
         """This process's rows of global batch `index` (pure: no iterator state involved)."""
         start = index * self.batch_size + self._offset
-        return stack_examples([self._dataset[start + r] for r in range(self._rows)])
+        positions = range(start, start + self._rows)
+        if self._transform is None:
+            return stack_examples([self._dataset[p] for p in positions])
+        return stack_examples([self._transform(self._dataset[p], p) for p in positions])
 
 
 def eval_batches(
@@ -192,6 +205,21 @@ def stratified_indices(labels: np.ndarray | None, total: int, count: int, seed: 
         for c, q, n in zip(classes, quota, sizes, strict=True)
     ]
     return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def subset_indices(source: RandomAccessSource, count: int, seed: int | None = None) -> np.ndarray:
+    """`count` examples of `source`: spread evenly (`spread_indices`; `seed` None), or drawn with
+    `seed`, stratified by label where the source lists its labels (`labels()`, e.g. a genomic split;
+    `stratified_indices`). The trainer's `train_examples` / `train_subset_seed` subset, so anything fit
+    on "the same subset" (a baseline's learning curve) can draw it again.
+
+    >>> subset_indices(list(range(10)), 4).tolist()
+    [0, 2, 5, 7]
+    """
+    if seed is None:
+        return spread_indices(len(source), count)
+    labels = source.labels() if callable(getattr(source, "labels", None)) else None
+    return stratified_indices(labels, len(source), count, seed)
 
 
 class IndexedSource:

@@ -4,6 +4,8 @@
 - `metric_by_model`: each model's headline metric with its interval, baselines as horizontal lines.
 - `metric_by_length`: the headline metric against sequence length with interval bands.
 - `cost_by_length`: tokens/s and train-step memory against length, log-log.
+- `metric_by_training_examples`: a learning curve, the metric against the training examples (log x),
+  one color per model, solid without augmentation and dotted with, the baseline dashed.
 - `metric_by_position`: bits per byte against position in the document (bucket midpoints, log x), one
   line and interval band per model (`seqjax.experiment.positions.position_curve`).
 - `by_length`: any {label: {length: value}} series against length, one panel each (the benchmarks).
@@ -58,6 +60,7 @@ __all__ = [
     "metric_by_length",
     "metric_by_model",
     "metric_by_position",
+    "metric_by_training_examples",
     "models_figure",
     "read_train_losses",
     "run_metrics",
@@ -215,6 +218,73 @@ def metric_by_length(
     ax.set_ylabel(f"{first['metric']} ({first['confidence_level']:.1%} CI)")
     ax.set_title(title)
     ax.legend(fontsize=7)
+    return _finish(fig, path)
+
+
+def metric_by_training_examples(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path | None = None,
+    *,
+    title: str = "",
+    ylabel: str = "balanced accuracy",
+    baseline: Sequence[Mapping[str, Any]] = (),
+    styles: Mapping[str, str] | None = None,
+) -> Path | Figure:
+    """Learning curves: each row {"n", "model", "arm", "estimate", "low", "high"} is one point; one color
+    per model, one line style per arm (`styles`, default "none" solid and "augmented" dotted), interval
+    bands; `baseline` rows ({"n", "model", "estimate", "low", "high"}) black and dashed. Log-10 x axis.
+
+        >>> import matplotlib; matplotlib.use("Agg")
+        >>> rows = [{"n": n, "model": "lstm", "arm": a, "estimate": e, "low": e - 0.1, "high": e + 0.1}
+        ...         for n, e in ((50, 0.6), (500, 0.8)) for a in ("none", "augmented")]
+        >>> fig = metric_by_training_examples(rows)
+        >>> [line.get_label() for line in fig.axes[0].get_lines()]
+        ['lstm', 'lstm (augmented)']
+        >>> import matplotlib.pyplot as plt; plt.close(fig)
+    """
+    plt = _pyplot()
+    styles = dict(styles or {"none": "-", "augmented": ":"})
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for i, model in enumerate(models):
+        for arm, style in styles.items():
+            points = sorted((r["n"], r) for r in rows if r["model"] == model and r.get("arm") == arm)
+            if not points:
+                continue
+            xs = [n for n, _ in points]
+            label = model if arm == "none" else f"{model} ({arm})"
+            ax.plot(
+                xs,
+                [r["estimate"] for _, r in points],
+                style,
+                marker="o",
+                markersize=3.5,
+                color=f"C{i % 10}",
+                label=label,
+            )
+            ax.fill_between(
+                xs,
+                [r["low"] for _, r in points],
+                [r["high"] for _, r in points],
+                color=f"C{i % 10}",
+                alpha=0.12 if arm == "none" else 0.06,
+            )
+    if baseline:
+        points = sorted((r["n"], r) for r in baseline)
+        xs = [n for n, _ in points]
+        ax.plot(xs, [r["estimate"] for _, r in points], "k--", linewidth=1.0, label=points[0][1]["model"])
+        ax.fill_between(
+            xs, [r["low"] for _, r in points], [r["high"] for _, r in points], color="k", alpha=0.06
+        )
+    ax.set_xscale("log")
+    sizes = sorted({r["n"] for r in [*rows, *baseline]})
+    ax.set_xticks(sizes, [f"{n / 1000:g}k" if n >= 1000 else str(n) for n in sizes])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.set_xlabel("training examples")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     return _finish(fig, path)
 
 

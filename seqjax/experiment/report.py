@@ -9,6 +9,9 @@ saved predictions of `seqjax.experiment.protocol`, and the markdown table.
 - `paired_difference`: metric(a) - metric(b) on the same test examples (`statistics.paired_bootstrap`),
   with a two-sided bootstrap p-value, and McNemar's exact test (classification; majority vote over
   seeds) or Diebold-Mariano (forecasting; per-window loss averaged over seeds, in time order) beside it.
+- `contrast_interval`: sum_i c_i metric(model i) over several models' seeds on the same test examples
+  (`statistics.contrast_bootstrap`), with `paired_seeds` when seed i of every model shares something
+  (a learning curve's training subsample i).
 - `Claim` and `judge`: the verdict rule of `seqjax.experiment.verdict`, applied to the difference of the
   best model of one family against the best of another, each best chosen on validation (never on test).
 
@@ -35,6 +38,7 @@ __all__ = [
     "SECONDARY",
     "Claim",
     "baseline_interval",
+    "contrast_interval",
     "difference_fields",
     "family_of",
     "forecast_errors",
@@ -278,6 +282,46 @@ def paired_difference(
             p_value = float("nan")
         out["paired_test"] = {"name": name, "p_value": p_value}
     return out
+
+
+def contrast_interval(
+    runs: Sequence[Sequence[str]],
+    coefficients: Sequence[float],
+    task: str,
+    *,
+    metric: str | None = None,
+    paired_seeds: bool = False,
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+) -> statistics.BootstrapInterval:
+    """sum_i coefficients[i] * metric(model i) from each model's seeds (their predictions files, `runs`)
+    on the same test examples, with the cluster x seed bootstrap of `statistics.contrast_bootstrap`:
+    (1, -1) is a paired difference, (1, -1, -1, 1) a difference of differences. The runs must score
+    the same example ids with the same targets; the first run's clusters are resampled.
+
+        >>> contrast_interval([lstm_aug, lstm, attention_aug, attention], [1, -1, -1, 1], "classification",
+        ...                   paired_seeds=True)  # doctest: +SKIP
+    """
+    loaded = [_load(paths) for paths in runs]
+    inputs = [_inputs(r, task, metric) for r in loaded]
+    _, targets, clusters, weighted = inputs[0]
+    for r, (_, other_targets, _, _) in zip(loaded[1:], inputs[1:], strict=True):
+        same_ids = np.array_equal(r[0].example_ids, loaded[0][0].example_ids)
+        if not same_ids or (targets is not None and not np.array_equal(targets, other_targets)):
+            raise ValueError(
+                f"contrast_interval: {r[0].model} scored other test examples than {loaded[0][0].model}; a "
+                "contrast needs runs of one split, on the same examples."
+            )
+    return statistics.contrast_bootstrap(
+        [v for v, _, _, _ in inputs],
+        coefficients,
+        targets=targets,
+        metric=weighted,
+        cluster_ids=clusters,
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+        paired_seeds=paired_seeds,
+    )
 
 
 def difference_fields(interval: statistics.BootstrapInterval) -> dict[str, Any]:

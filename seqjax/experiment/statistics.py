@@ -405,11 +405,14 @@ def contrast_bootstrap(
     n_resamples: int = 2000,
     method: IntervalMethod = "percentile",
     rng_seed: int = 0,
+    paired_seeds: bool = False,
 ) -> BootstrapInterval:
     """Bootstrap interval of sum_i coefficients[i] * metric(predictions[i]) for models scored on the same
     examples: every model sees the same cluster resample (the pairing), and each model's seeds
     ([seeds, examples]; counts may differ) are resampled on their own. `paired_bootstrap` is the contrast
     (1, -1); (1, -1, -1, 1) is a difference of differences, e.g. (a_long - a_short) - (b_long - b_short).
+    `paired_seeds=True` (as `paired_bootstrap`'s): seed i of every model is one unit, resampled together
+    (e.g. one training subsample that every model of a learning curve trained on).
 
     >>> result = contrast_bootstrap([[4.0, 5.0], [1.0, 2.0], [3.0, 3.0], [2.0, 2.0]], [1, -1, -1, 1],
     ...                             n_resamples=100)
@@ -427,7 +430,17 @@ def contrast_bootstrap(
         raise ValueError(f"{owner}: coefficients must be finite numbers, got {list(coefficients)!r}.")
     named = {f"predictions[{i}]": p for i, p in enumerate(predictions)}
     return _contrast(
-        owner, named, signs, targets, metric, cluster_ids, confidence_level, n_resamples, method, rng_seed
+        owner,
+        named,
+        signs,
+        targets,
+        metric,
+        cluster_ids,
+        confidence_level,
+        n_resamples,
+        method,
+        rng_seed,
+        paired_seeds,
     )
 
 

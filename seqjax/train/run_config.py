@@ -585,6 +585,10 @@ FIELD_DOCS: dict[str, str] = {
     "data.route": "sample (embedded in the repository), auto, offline or online (fetch the full data)",
     "data.max_examples_per_split": "cap on every split's examples (None: all)",
     "data.nested": "genomic: windows chosen at this anchor length and centre-cropped to length (None: off)",
+    "data.augment": "genomic: training-time augmentation of the training batches only: none, "
+    "reverse_complement (p = 1/2), shift (the crop moved inside its nested anchor) or both",
+    "data.max_shift": "genomic, with augment shift or both: the crop's uniform random offset range, "
+    "+-max_shift bp (needs nested >= length + 2 * max_shift)",
     "data.dataset": "timeseries: which series (e.g. household_power)",
     "data.horizon": "timeseries: steps forecast ahead",
     "data.lookback": "timeseries: steps of history in each window",

@@ -28,6 +28,9 @@
 
 Data: batch `i` is elements [i·B, (i+1)·B) of a grain-shuffled, repeated stream over the training split
 (`seqjax.data.pipeline.TrainBatches`); each process builds its own rows, and the iterator state is `i`.
+A genomic `data.augment` (reverse complement, random shifts: `seqjax.data.genomic.augment`) transforms
+the examples of the training batches only, element `p` of the stream by a pure function of (data seed,
+p), so a resumed run is still the same run; validation, test and `evaluate` read the splits untouched.
 With `config.segment_recurrence` (LM on documents, or forecasting on time series), batch `i` is segment
 `i` of B contiguous lanes of the split's stream (its tokens, or its rows: `seqjax.data.stream.
 StreamBatches`), and every layer's state is carried from one step to the next in the train state
@@ -55,7 +58,7 @@ from jax.sharding import NamedSharding
 
 from seqjax import models
 from seqjax.common.xla import plan_bytes
-from seqjax.data.pipeline import IndexedSource, TrainBatches, eval_batches, spread_indices, stratified_indices
+from seqjax.data.pipeline import IndexedSource, TrainBatches, eval_batches, spread_indices, subset_indices
 from seqjax.data.stream import (
     StreamBatches,
     check_position_buckets,
@@ -249,8 +252,14 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
     layout = mesh_lib.data_layout(mesh, rules)
     batch_size = config.batch_size
     sources = build_sources(config.data, config.data_dir)
+    # Training-time augmentation (genomic `data.augment`): what the training stream reads (the train
+    # split, or a shift's anchor windows) and the transform of its examples; evaluation never sees it.
+    augmentation = _train_augmentation(config, sources["train"])
+    train_stream = sources["train"] if augmentation is None else augmentation.source
     if config.train_examples is not None:  # a learning-curve point: a subset of the train split
-        sources = {**sources, "train": _train_subset(config, sources["train"])}
+        indices = _train_subset(config, sources["train"])
+        sources = {**sources, "train": IndexedSource(sources["train"], indices)}
+        train_stream = IndexedSource(train_stream, indices)
     first = {k: np.asarray(v) for k, v in sources["train"][0].items()}
     backbone, head = _fit_to_data(config, first)
     model = models.build_task_model(config.task, backbone, head)
@@ -290,6 +299,10 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
         "mesh": mesh,
         "rules": rules,
         "sources": sources,
+        # the training batches' source (the train split, or the same examples' anchor windows) and the
+        # augmentation applied to its examples (None: none)
+        "train_stream": train_stream,
+        "train_augmentation": augmentation,
         "model": model,
         "tx": tx,
         "example": example,
@@ -305,29 +318,56 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
     }
 
 
-def _train_subset(config: RunConfig, train: Any) -> IndexedSource:
-    """`config.train_examples` of the train split: spread evenly, or (`train_subset_seed`) drawn at
-    random, stratified by label when the split can list its labels (`labels()`)."""
+def _train_subset(config: RunConfig, train: Any) -> np.ndarray:
+    """The indices of `config.train_examples` of the train split: spread evenly, or
+    (`train_subset_seed`) drawn at random, stratified by label when the split can list its labels
+    (`pipeline.subset_indices`)."""
     if config.train_examples > len(train):
         raise ConfigError(
             f"config.train_examples={config.train_examples} exceeds the train split's {len(train)} "
             f"examples; set it to at most {len(train)} (or None for the whole split)."
         )
-    if config.train_subset_seed is None:
-        return IndexedSource(train, spread_indices(len(train), config.train_examples))
-    labels = train.labels() if callable(getattr(train, "labels", None)) else None
-    indices = stratified_indices(labels, len(train), config.train_examples, config.train_subset_seed)
-    return IndexedSource(train, indices)
+    return subset_indices(train, config.train_examples, config.train_subset_seed)
+
+
+def _data_seed(config: RunConfig) -> int:
+    """The seed of the training stream (its order and its augmentation): `data_seed`, else `seed`."""
+    return config.seed if config.data_seed is None else config.data_seed
+
+
+def _train_augmentation(config: RunConfig, train: Any) -> Any:
+    """The data kind's training-time augmentation of `train` (`<module>.train_augmentation`, e.g.
+    `seqjax.data.genomic.augment`), or None: none asked for, or a kind without one."""
+    if config.data.kind == "synthetic":
+        return None
+    module = importlib.import_module(DATA_KINDS[config.data.kind])
+    make = getattr(module, "train_augmentation", None)
+    if make is None:
+        return None
+    data_dir = config.data_dir or default_data_dir()
+    augmentation = make(config.data.source_options(), data_dir, train, seed=_data_seed(config))
+    if augmentation is not None and config.segment_recurrence:
+        raise ConfigError(
+            "config.data.augment transforms shuffled training examples; config.segment_recurrence reads "
+            "contiguous lanes instead. Set one of them off."
+        )
+    return augmentation
 
 
 def _train_batches(
-    config: RunConfig, source: Any, length: int, start: int, layout: mesh_lib.DataLayout
+    config: RunConfig,
+    source: Any,
+    length: int,
+    start: int,
+    layout: mesh_lib.DataLayout,
+    transform: Callable[..., Any] | None = None,
 ) -> TrainBatches | StreamBatches:
-    """The training batches from `start` (this process's rows: `layout`): shuffled examples, or with
-    segment recurrence the contiguous lanes of the split's stream (`config.data.shuffled` then shifts
-    the lanes by a seeded offset each epoch)."""
+    """The training batches from `start` (this process's rows: `layout`): shuffled examples (each
+    through `transform(example, position)` when given: augmentation), or with segment recurrence the
+    contiguous lanes of the split's stream (`config.data.shuffled` then shifts the lanes by a seeded
+    offset each epoch)."""
     common = {
-        "seed": config.seed if config.data_seed is None else config.data_seed,
+        "seed": _data_seed(config),
         "shuffle": config.data.shuffled,
         "process_index": layout.index,
         "process_count": layout.count,
@@ -335,7 +375,7 @@ def _train_batches(
     }
     if config.segment_recurrence:
         return StreamBatches(source, config.batch_size, length, **common)
-    return TrainBatches(source, config.batch_size, **common)
+    return TrainBatches(source, config.batch_size, transform=transform, **common)
 
 
 def run_eval(
@@ -514,7 +554,14 @@ def _train(
             state: TrainState = restored.state
             next_batch = int(restored.data_state["next_batch"])
             log.info("resumed from step %d (data position %d)", restored.step, next_batch)
-        batches = _train_batches(config, sources["train"], parts["tokens_per_example"], next_batch, layout)
+        batches = _train_batches(
+            config,
+            parts["train_stream"],
+            parts["tokens_per_example"],
+            next_batch,
+            layout,
+            parts["train_augmentation"],
+        )
         if isinstance(batches, StreamBatches):
             log.info(
                 "segment recurrence: %d lanes of %d tokens, %d segments of %d per epoch",

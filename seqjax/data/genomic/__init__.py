@@ -57,6 +57,12 @@ test = [28,361,484, 31,512,760) and [59,874,244, 63,025,520) (0-based, half-open
 cuts worm chrX (17,718,849 bp, or the sample's 900 kbp cut) into blocks the same way (885,942 bp in
 full), so its splits never overlap either.
 
+Training-time augmentation (data options `augment` = "none" | "reverse_complement" | "shift" | "both"
+and `max_shift` in bp; `augment`): the trainer reverse-complements each training example with
+probability 1/2 and/or moves its crop by a uniform offset in [-max_shift, +max_shift] inside its
+anchor window (nested crops only, with nested - length >= 2 * max_shift); validation and test are never
+augmented, and the draws are a pure function of (seed, position in the training stream).
+
 Cleaning, the same for every task: lowercase soft-masking is uppercased (by `seqjax.data.fasta`);
 IUPAC ambiguity codes are kept; a window with more than `MAX_N_FRACTION` (10%) N is dropped.
 
@@ -74,6 +80,7 @@ Features of the TFDS builder `GenomicWindows` (one config per task and window le
 `<data_dir>/full` (routes auto/offline/online: the same files by any route), so the two never mix.
 
 The package, one file per role: `catalog` (tasks, labels, sources, DEFAULTS and `resolve_config`),
+`augment` (`train_augmentation`: the training-time transforms),
 `reading` (raw files by route), `windows` (which windows go to which split), `builder` (the TFDS
 builder), `splits` (`make_sources`, `prepare`, `GenomicSplit`), `sample` (`make_sample`, maintainers
 only). Preparation holds a cross-process lock (`seqjax.data.preparation`), so trainer processes that
@@ -87,8 +94,10 @@ start together build the data set once.
     >>> nested = genomic.make_sources(config, "datasets")  # doctest: +SKIP
 """
 
+from seqjax.data.genomic.augment import DnaAugmentation, train_augmentation
 from seqjax.data.genomic.builder import GenomicConfig, GenomicWindows, make_builder, make_config
 from seqjax.data.genomic.catalog import (
+    AUGMENTS,
     BACTERIA,
     CHR20,
     DEFAULTS,
@@ -112,6 +121,7 @@ from seqjax.data.genomic.splits import GenomicSplit, make_sources, prepare
 from seqjax.data.genomic.windows import Sequence, Window, region_blocks
 
 __all__ = [
+    "AUGMENTS",
     "BACTERIA",
     "CHR20",
     "DEFAULTS",
@@ -128,6 +138,7 @@ __all__ = [
     "TASKS",
     "WORM_CHRX",
     "WORM_SAMPLE_REGION",
+    "DnaAugmentation",
     "GenomicConfig",
     "GenomicSplit",
     "GenomicWindows",
@@ -140,4 +151,5 @@ __all__ = [
     "prepare",
     "region_blocks",
     "resolve_config",
+    "train_augmentation",
 ]

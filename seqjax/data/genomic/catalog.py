@@ -17,6 +17,7 @@ from seqjax.data.preparation import resolve_config as resolve_over
 from seqjax.data.sources import ROUTES, DebianPackage, Source
 
 __all__ = [
+    "AUGMENTS",
     "BACTERIA",
     "CHR20",
     "DEFAULTS",
@@ -29,6 +30,7 @@ __all__ = [
     "TASKS",
     "WORM_CHRX",
     "WORM_SAMPLE_REGION",
+    "check_augment",
     "resolve_config",
 ]
 
@@ -49,7 +51,12 @@ DEFAULTS: dict[str, Any] = {
     "route": "sample",
     "max_examples_per_split": None,
     "nested": None,
+    # Training-time augmentation (the trainer applies it to training batches only: `augment`)
+    "augment": "none",
+    "max_shift": 0,
 }
+#: `augment` values: the transforms applied to each training example (`seqjax.data.genomic.augment`).
+AUGMENTS = ("none", "reverse_complement", "shift", "both")
 
 MAX_N_FRACTION = 0.10  # windows with more N than this are dropped (other IUPAC codes do not count)
 GENIC_MIN_FRACTION = 0.5  # a "genic" window is more than this fraction inside gene spans
@@ -221,6 +228,7 @@ def resolve_config(data: Mapping[str, Any]) -> dict[str, Any]:
     check_choice(config, "route", ROUTES, "genomic")
     check_int(config, "max_examples_per_split", "genomic", allow_none=True)
     check_nested(config)
+    check_augment(config)
     return config
 
 
@@ -272,3 +280,45 @@ def check_nested(config: dict[str, Any]) -> None:
             f"label; use length >= {core}."
         )
     config["nested"] = anchor
+
+
+def check_augment(config: dict[str, Any]) -> None:
+    """`config["augment"]` must be one of `AUGMENTS` and `config["max_shift"]` an int >= 0 (bp), stored
+    back as a plain int. A shift ("shift", "both") moves the crop inside its anchor window, so it needs
+    `max_shift` >= 1 and nested crops with room for it: nested - length >= 2 * max_shift. `max_shift`
+    without a shift is an error too (it would be silently ignored). Errors name the fix.
+
+    >>> config = {"task": "species", "length": 1024, "nested": 1280, "augment": "both", "max_shift": 128}
+    >>> check_augment(config); config["max_shift"]
+    128
+    """
+    check_choice(config, "augment", AUGMENTS, "genomic")
+    check_int(config, "max_shift", "genomic", minimum=0)
+    augment, shift, length, anchor = (
+        config["augment"],
+        config["max_shift"],
+        config["length"],
+        config["nested"],
+    )
+    if augment in ("none", "reverse_complement"):
+        if shift:
+            raise ValueError(
+                f"genomic data config: max_shift={shift} with augment={augment!r}; max_shift is the random "
+                "shift's range, used only by augment='shift' or 'both': choose one of those or set "
+                "max_shift=0."
+            )
+        return
+    if shift < 1:
+        raise ValueError(
+            f"genomic data config: augment={augment!r} shifts each training crop by up to max_shift bp, but "
+            "max_shift=0; set max_shift >= 1 (e.g. 128)."
+        )
+    if anchor is None or anchor - length < 2 * shift:
+        need = length + 2 * shift
+        have = "no anchor (nested=None)" if anchor is None else f"nested={anchor} leaves {anchor - length} bp"
+        raise ValueError(
+            f"genomic data config: augment={augment!r} with max_shift={shift} moves the {length} bp crop up "
+            f"to {shift} bp either way inside the window it was cut from, so it needs nested crops with "
+            f"{2 * shift} bp of flanking sequence; {have}. Set nested >= {need} (e.g. nested={need}), or "
+            f"lower max_shift."
+        )
