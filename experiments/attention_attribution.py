@@ -16,8 +16,8 @@ tiny model on the embedded genomic sample, 2 steps, 2 seeds). Each run's last ch
 its own saved config: nothing is trained again. No document classifier exists in the project (the
 document task is a language model), so the genomic classifier is the only one.
 
-Windows. `--examples` test windows of L bp spread evenly over the test split (`spread_indices`, the
-windows the crossover scored at `--evaluation_examples` of the same number), the same for every seed. The
+Windows. `--examples` test windows of L bp spread evenly over the test split (`spread_indices`; the
+CPU size's 64 are every other one of the 128 the crossover scored), the same for every seed. The
 cluster of a window is its 100 kb genome block (`clusters.example_clusters`): intervals resample blocks,
 and the seeds as a second level.
 
@@ -132,7 +132,7 @@ flags.DEFINE_string("config", "configs/genomic.py", "Task config file, when trai
 flags.DEFINE_string("options", "task=species,route=offline", "Config-arg options, when training here.")
 flags.DEFINE_integer("tokens_per_batch", 8192, "Tokens per training batch, when training here.")
 flags.DEFINE_list("config_overrides", [], "Extra key=value config overrides, when training here.")
-flags.DEFINE_integer("examples", 128, "Test windows of L tokens, spread evenly over the test split.")
+flags.DEFINE_integer("examples", 64, "Test windows of L tokens, spread evenly over the test split.")
 flags.DEFINE_integer("window_batch", 8, "Windows per pass.")
 flags.DEFINE_integer("top_k", 10, "The claim's top-k of attribution.")
 flags.DEFINE_integer("ig_steps", 32, "Integrated gradients: points of the midpoint rule.")
@@ -466,6 +466,7 @@ def summarize(
             miss_a, tau_a, rank_a = np.stack(miss), np.stack(tau), np.stack(rank)
             row = {
                 "hits": round(float((1.0 - miss_a).sum())),
+                "hits_by_seed": [round(float(x)) for x in (1.0 - miss_a).sum(1)],
                 "pairs": int(miss_a.size),
                 "miss_rate": interval(miss_a),
                 "kendall_tau": interval(tau_a),
@@ -555,6 +556,12 @@ def summarize(
     top_position = np.concatenate([np.argmax(np.where(valid, a, -np.inf), -1) for a in mean_attention])
     edge = max(1, round(0.01 * valid.shape[-1]))
     peak = np.concatenate([a.max(-1) * lengths for a in mean_attention])
+    peak_by_unit = {
+        unit: float(
+            np.median(np.concatenate([_unit_scores(s["received"])[unit].max(-1) * lengths for s in scores]))
+        )
+        for unit in units
+    }
     accuracy = statistics.cluster_bootstrap(
         np.argmax(logits, -1),
         targets=labels,
@@ -576,6 +583,7 @@ def summarize(
         "peak_attention_times_length": {
             "median": float(np.median(peak)),
             "p95": float(np.quantile(peak, 0.95)),
+            "median_by_unit": peak_by_unit,
         },
         "top_attention_at_edges": float(
             np.mean((top_position < edge) | (top_position >= valid.shape[-1] - edge))
@@ -655,8 +663,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"## Is the top-attention token among the top-{k} attributed? (chance miss rate {chance:.4f})",
         "",
         f"Hits: (seed, window) pairs whose top-attention token is in the top-{k}, of "
-        f"{primary['pairs']}; a random token would hit {results['expected_hits_by_chance']:.1f} times on "
-        "average.",
+        f"{primary['pairs']} (by seed in brackets); a random token would hit "
+        f"{results['expected_hits_by_chance']:.1f} times on average.",
         "",
         "| attention | attribution | miss rate m | hits | Kendall τ (attention, \\|attribution\\|) | median "
         "rank of the top-attention token | (a) | (b) |",
@@ -665,7 +673,8 @@ def markdown(results: Mapping[str, Any]) -> str:
     for unit, by_attribution in agreement.items():
         for name, row in by_attribution.items():
             lines.append(
-                f"| {unit} | {ATTRIBUTIONS[name]} | {_cell(row['miss_rate'])} | {row['hits']} | "
+                f"| {unit} | {ATTRIBUTIONS[name]} | {_cell(row['miss_rate'])} | {row['hits']} "
+                f"({', '.join(map(str, row['hits_by_seed']))}) | "
                 f"{_cell(row['kendall_tau'], True)} | {row['median_rank']:.0f} of {results['length']} | "
                 f"{row['rule_a']} | {row['rule_b']} |"
             )
@@ -674,8 +683,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         "The (a) and (b) columns apply the rules' words to every row; the verdicts above are the "
         "averaged attention against integrated gradients. A row where no pair hits has the degenerate "
         "interval [1, 1], which rule (b)'s words call *contradicted* whatever the number of pairs; its hits "
-        "against the chance expectation say how much that means (added after a trial run on 16 windows of "
-        "one seed, descriptive).",
+        "against the chance expectation say how much that means (the hits added after a trial run on 16 "
+        "windows of one seed, their split by seed after the CPU-size run; descriptive).",
         "",
         "## Deletion: the top-k tokens replaced by 'N'",
         "",
@@ -720,7 +729,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{diag['ig_completeness_relative_error']['max']:.1e}.",
         f"- How peaked the averaged received attention is: its largest a_j × L (1 for uniform attention) has "
         f"median {diag['peak_attention_times_length']['median']:.2f} and 95th percentile "
-        f"{diag['peak_attention_times_length']['p95']:.2f}; the top-attention token lies within "
+        f"{diag['peak_attention_times_length']['p95']:.2f} (medians by unit, added after the run: "
+        + ", ".join(f"{u} {v:.2f}" for u, v in diag["peak_attention_times_length"]["median_by_unit"].items())
+        + f"); the top-attention token lies within "
         f"{diag['edge_tokens']} tokens of an end of the window in {diag['top_attention_at_edges']:.1%} of "
         "the windows.",
     ]
