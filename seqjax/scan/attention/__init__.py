@@ -2,7 +2,8 @@
 
 - `visibility`: `Visibility`, the one value that says which key each query sees (causal, window,
   segments, key padding, positions, global tokens).
-- `reference`: `attention_reference`, the materialised [Lq, Lk] softmax the engines are tested against.
+- `reference`: `attention_reference`, the materialised [Lq, Lk] softmax the engines are tested against,
+  and `attention_weights`, its weights (for analysis: the engines do not return them).
 - `blockwise`: the blockwise form with an online softmax, a custom VJP and block skipping (O(L·d) memory).
 - `cudnn`: the mapping onto `jax.nn.dot_product_attention` for the calls cuDNN's fused kernel computes.
 - `heuristics`: block sizes and the method "auto" runs, chosen from measurements
@@ -32,7 +33,7 @@ from seqjax.scan.attention.heuristics import (
     choose_attention_method,
     choose_blocks,
 )
-from seqjax.scan.attention.reference import attention_reference
+from seqjax.scan.attention.reference import attention_reference, attention_weights
 from seqjax.scan.attention.sequence_parallel import SEQUENCE_PARALLEL_STRATEGIES, sequence_parallel_attention
 from seqjax.scan.attention.visibility import Visibility
 
@@ -47,6 +48,7 @@ __all__ = [
     "Visibility",
     "attention",
     "attention_reference",
+    "attention_weights",
     "choose_attention_method",
     "choose_blocks",
     "decode_attention",
