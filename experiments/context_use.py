@@ -24,6 +24,16 @@ each document's first that many tokens (the last bucket then ends there; the rep
 Intervals: 95% bootstrap over those documents and the seeds
 (`seqjax.experiment.positions.position_curve`, `statistics.paired_bootstrap`).
 
+Beside bits per byte (and perplexity per byte), perplexity per BPE token (added after the first §1
+run, so a paper's perplexities have a unit to compare with; not part of the rules): the same scores
+regrouped by the tokens of a byte-level BPE of `--bpe_vocab_size` trained on the train split of the same
+corpus (`seqjax.experiment.bpe_perplexity`: exact by the chain rule; a token counts when all its bytes
+were scored, in the bucket of its first byte; each document's first token and the token across the
+end of a `--max_document_tokens` span are left out), per bucket and over all, with the same intervals.
+Every run's per-byte losses are cached beside its sums (`byte_losses_<mode>.npz`: per document, float32,
+with the document ids and offsets), so another vocabulary needs no scoring again; a cache of another
+format, or of other documents than the split's, is refused.
+
 Verdict rules, fixed before any run:
 
 1. *Model X uses context beyond 1k bytes* (per variant and evaluation mode): **supported** when the
@@ -52,7 +62,8 @@ Verdict rules, fixed before any run:
 
 Results: `experiments/results/context_use_{study}_{size}_{platform}.md`, `.json` and `_bpb.png`,
 `_perplexity.png`. An interrupted run resumes from the finished runs and cached evaluations in
---workdir; `settings.json` there refuses a rerun with other settings (`--fresh` starts over).
+--workdir; `settings.json` there refuses a rerun with other training settings (`--fresh` starts over);
+the scoring flags (buckets, bounds, BPE vocabulary) are not training settings and are not recorded there.
 """
 
 from __future__ import annotations
@@ -106,6 +117,13 @@ flags.DEFINE_string(
     "A length_crossover.py --workdir whose runs the plain variants of a length reuse (module docstring).",
 )
 flags.DEFINE_list("config_overrides", [], "Extra key=value config overrides for every run.")
+flags.DEFINE_integer(
+    "bpe_vocab_size",
+    8192,
+    "Perplexity per BPE token beside bits per byte: the vocabulary of a byte-level BPE trained on the "
+    "train split of the same corpus (seqjax.experiment.bpe_perplexity); 0: not reported, no per-byte "
+    "loss cache.",
+)
 flags.DEFINE_string(
     "out", "experiments/results/context_use_{study}_{size}_{platform}", "Output path without extension."
 )
@@ -198,16 +216,27 @@ def _configs(variants: Sequence[Variant]) -> dict[str, Any]:
 
 
 def document_sums(
-    workdir: str, mode: str, edges: Sequence[int], max_tokens: int | None = None
-) -> dict[str, np.ndarray]:
+    workdir: str,
+    mode: str,
+    edges: Sequence[int],
+    max_tokens: int | None = None,
+    byte_losses: bool = False,
+) -> tuple[dict[str, np.ndarray], Any]:
     """The per-document sums ("nll", "tokens", "bucket_nll", "bucket_tokens", "bucket_bytes") of the
     run in `workdir` (its last checkpoint) on the test documents (the first `max_tokens` of each, or
     all), state carried or reset (`mode`), cached in `<workdir>/positions_<mode>.npz` (with the edges and
-    the bound: others evaluate again)."""
+    the bound: others evaluate again); with `byte_losses`, also every scored byte's loss
+    (`seqjax.experiment.bpe_perplexity.ByteLosses`, else None), cached in
+    `<workdir>/byte_losses_<mode>.npz`, so perplexity per BPE token (any vocabulary) needs no scoring
+    again. Both come from one evaluation; a byte-loss cache of another format, or one that disagrees
+    with the sums (another scoring's), is refused."""
+    from seqjax.experiment.bpe_perplexity import ByteLosses, load_byte_losses, save_byte_losses
     from seqjax.train.trainer import evaluate, load_config
 
     cache = Path(workdir) / f"positions_{mode}.npz"
+    loss_cache = Path(workdir) / f"byte_losses_{mode}.npz"
     bound = np.asarray(-1 if max_tokens is None else max_tokens)
+    sums = losses = None
     if cache.exists():
         with np.load(cache) as saved:
             same_bound = (
@@ -216,7 +245,15 @@ def document_sums(
                 else max_tokens is None
             )
             if np.array_equal(saved["edges"], np.asarray(edges)) and same_bound:
-                return {k: saved[k] for k in saved.files if k not in ("edges", "max_tokens")}
+                sums = {k: saved[k] for k in saved.files if k not in ("edges", "max_tokens")}
+    if byte_losses and loss_cache.exists():
+        losses = load_byte_losses(loss_cache)  # another format: refused
+        if losses.max_tokens != max_tokens:
+            losses = None  # scored over another span: score again
+    if sums is not None and (losses is not None or not byte_losses):
+        if losses is not None:
+            _check_same_scoring(sums, losses, loss_cache)
+        return sums, losses
     result = evaluate(
         load_config(workdir),
         workdir,
@@ -226,12 +263,31 @@ def document_sums(
         by_document=True,
         position_buckets=tuple(edges),
         max_document_tokens=max_tokens,
+        per_target=byte_losses,
     )
     sums = {k: np.asarray(v, np.float64) for k, v in result["per_document"].items()}
+    if byte_losses:
+        ids = result.get("document_ids") or [str(d) for d in range(len(sums["nll"]))]
+        losses = ByteLosses.from_targets(result["per_target"], ids, max_tokens)
+        _check_same_scoring(sums, losses, loss_cache)
+        save_byte_losses(loss_cache, losses)
     partial = cache.with_suffix(".tmp.npz")
     np.savez(partial, edges=np.asarray(edges), max_tokens=bound, **sums)
     os.replace(partial, cache)  # a killed evaluation leaves no half-written cache
-    return sums
+    return sums, losses
+
+
+def _check_same_scoring(sums: dict[str, np.ndarray], losses: Any, path: Path) -> None:
+    """Refuses per-byte losses that are not the per-document sums' targets (another scoring's)."""
+    same = len(losses.document_ids) == len(sums["nll"]) and np.array_equal(
+        losses.targets_per_document(), sums["tokens"]
+    )
+    if not same or not np.allclose(losses.document_nats(), sums["nll"], rtol=1e-4, atol=1e-3):
+        raise ValueError(
+            f"context_use: {path} does not hold the per-byte losses of the sums beside it "
+            f"({path.with_name(path.name.replace('byte_losses', 'positions'))}): other documents or another "
+            "scoring. Delete both to score the run again."
+        )
 
 
 def _interval(value: Any) -> dict[str, float]:
@@ -320,6 +376,48 @@ def ngram_baseline_sums(
     return out
 
 
+#: The BPE sums `summarize` reports over the qualifying documents (one seed's: every seed has the same).
+BPE_COUNTS = ("bucket_tokens", "bucket_bytes", "partial_tokens", "excluded_bytes")
+
+
+def trained_config(trained: dict[str, Any]) -> Any:
+    """The config of one of `trained`'s runs (they share the task's data)."""
+    from seqjax.train.trainer import load_config
+
+    return load_config(next(iter(trained.values())).seeds[0].workdir)
+
+
+def bpe_sums(
+    losses: dict[tuple[str, str], list[Any]], edges: Sequence[int], vocab_size: int, config: Any
+) -> dict[str, Any]:
+    """{"sums": {(variant, mode): per seed, the BPE-token sums by position
+    (`bpe_perplexity.bpe_position_sums`)}, "about": the tokenizer's description}: a byte-level BPE of
+    `vocab_size` trained on the train split of `config`'s documents (`bpe_perplexity.split_bpe`), the
+    test documents tokenized with it, every run's cached per-byte losses regrouped by its tokens
+    (refused when they were scored on other documents)."""
+    from seqjax.experiment.bpe_perplexity import bpe_position_sums, split_bpe, token_boundaries
+    from seqjax.train.run_config import resolve
+    from seqjax.train.trainer import default_data_dir
+
+    run = resolve(config)
+    split = split_bpe(run.data.source_options(), run.data_dir or default_data_dir(), vocab_size)
+    boundaries = token_boundaries(split["tokenizer"], split["test_documents"])
+    sums = {}
+    for key, runs in losses.items():
+        for x in runs:
+            x.check_documents(split["test_ids"], f"context_use ({key[0]}, {key[1]})")
+        sums[key] = [bpe_position_sums(x, boundaries, edges) for x in runs]
+    about = {
+        "tokenizer": "byte-level BPE (seqjax.data.bpe.train_bpe, `tokenizers`)",
+        "vocab_size": vocab_size,
+        "trained_vocab_size": split["tokenizer"].trained_vocab_size,
+        "corpus": split["corpus"],
+        "train_documents": split["train_documents"],
+        "train_bytes": split["train_bytes"],
+    }
+    return {"sums": sums, "about": about}
+
+
 def summarize(
     trained: dict[str, Any],
     variants: Sequence[Variant],
@@ -332,18 +430,22 @@ def summarize(
     with rule 1's verdict; rule 2's comparison; rule 3's truncation costs; with `baseline_config`, the
     n-gram baselines' position curves on the same documents and spans (`ngram_baseline_sums`).
     `trained`: {variant name: `ModelResult`}."""
+    from seqjax.experiment.bpe_perplexity import perplexity_curve
     from seqjax.experiment.positions import bucket_label, position_curve
     from seqjax.experiment.report import family_of
     from seqjax.experiment.verdict import verdict
 
     contrast = (int(FLAGS.contrast[0]), int(FLAGS.contrast[1]))
     sums: dict[tuple[str, str], list[dict[str, np.ndarray]]] = {}
+    losses: dict[tuple[str, str], list[Any]] = {}
     for v in variants:
         for mode in v.modes:
-            sums[v.name, mode] = [
-                document_sums(r.workdir, mode, edges, FLAGS.max_document_tokens)
+            scored = [
+                document_sums(r.workdir, mode, edges, FLAGS.max_document_tokens, bool(FLAGS.bpe_vocab_size))
                 for r in trained[v.name].seeds
             ]
+            sums[v.name, mode] = [s for s, _ in scored]
+            losses[v.name, mode] = [x for _, x in scored]
     first = next(iter(sums.values()))[0]
     scored_bytes = first["bucket_bytes"].sum(1)
     keep = scored_bytes >= FLAGS.min_document_bytes
@@ -370,6 +472,9 @@ def summarize(
                 n_resamples=resamples,
             )
             baselines[name] = curve | {"verdict": _classify("less", curve["contrast"])}
+    bpe = None
+    if FLAGS.bpe_vocab_size and keep.any():
+        bpe = bpe_sums(losses, edges, FLAGS.bpe_vocab_size, baseline_config or trained_config(trained))
     rows: dict[str, Any] = {}
     for v in variants:
         result = trained[v.name]
@@ -399,6 +504,13 @@ def summarize(
                 kept[v.name, mode], edges, contrast=contrast, confidence_level=level, n_resamples=resamples
             )
             curve["verdict"] = _classify("less", curve["contrast"])
+            if bpe is not None:
+                curve["bpe"] = perplexity_curve(
+                    [{k: x[keep] for k, x in b.items()} for b in bpe["sums"][v.name, mode]],
+                    edges,
+                    confidence_level=level,
+                    n_resamples=resamples,
+                )
             row["modes"][mode] = curve
         rows[v.name] = row
 
@@ -456,13 +568,24 @@ def summarize(
                 row["seed_paired"] = paired | {"class": TRUNCATION_WORD[_classify("greater", paired)]}
             per_bucket.append(row)
         truncation[v.name] = {"full": ref.name, "mode": v.main_mode, "buckets": per_bucket}
-    return {
+    out = {
         "documents": documents,
         "variants": rows,
         "baselines": baselines,
         "rule2": rule2,
         "truncation": truncation,
     }
+    if bpe is not None:  # every run scored the same bytes, so one run's counts are every run's
+        first = next(iter(bpe["sums"].values()))[0]
+        counts = {k: float(first[k][keep].sum()) for k in BPE_COUNTS}
+        out["bpe"] = bpe["about"] | {
+            "tokens": counts["bucket_tokens"],
+            "bytes": counts["bucket_bytes"],
+            "bytes_per_token": counts["bucket_bytes"] / max(counts["bucket_tokens"], 1.0),
+            "partial_tokens": counts["partial_tokens"],
+            "excluded_bytes": counts["excluded_bytes"],
+        }
+    return out
 
 
 def _cell(v: dict[str, float], signed: bool = False, digits: int = 3) -> str:
@@ -564,7 +687,7 @@ def markdown(results: dict[str, Any]) -> str:
             )
         ),
         "",
-        "## Perplexity per token by position",
+        "## Perplexity per token (a byte: the models read bytes) by position",
         "",
         "| variant | mode | " + " | ".join(labels) + " |",
         "|---|---|" + "---:|" * len(labels),
@@ -573,6 +696,8 @@ def markdown(results: dict[str, Any]) -> str:
         for mode, curve in row["modes"].items():
             cells = " | ".join(_cell(b["perplexity"], digits=2) for b in curve["buckets"])
             lines.append(f"| {name} | {mode} | {cells} |")
+    if results.get("bpe"):
+        lines += bpe_markdown(results, labels)
     if results["truncation"]:
         lines += [
             "",
@@ -613,6 +738,42 @@ def markdown(results: dict[str, Any]) -> str:
         shown = ", ".join(f"{rate}: {value:.4f}" for rate, value in row["grid"].items() if value is not None)
         lines.append(f"- {name}: {shown}")
     return "\n".join(lines) + "\n"
+
+
+def bpe_markdown(results: dict[str, Any], labels: Sequence[str]) -> list[str]:
+    """The report's section on perplexity per BPE token: what was counted, the caveat, the table."""
+    b = results["bpe"]
+    lines = [
+        "",
+        f"## Perplexity per BPE token by position ({results['confidence_level']:.0%} CI)",
+        "",
+        f"The same scores regrouped by BPE token (exact by the chain rule: a token's log-probability is the "
+        f"sum of its bytes'): a byte-level BPE, vocabulary {b['vocab_size']:,} ({b['trained_vocab_size']:,} "
+        f"trained), trained on the train split of `{b['corpus']}` ({b['train_documents']:,} documents, "
+        f"{b['train_bytes']:,} bytes; `seqjax.data.bpe`). Perplexity per BPE token = 2^(bits of the counted "
+        "tokens' bytes / counted tokens); a token goes with all its bytes to the bucket of its first byte; a "
+        "token not wholly scored is left out with its bytes (each document's first token, whose first byte "
+        "is never a target, and the token across the end of the scored span), as is a scored byte outside "
+        f"the document (the next document's first byte). Counted: {b['tokens']:,.0f} tokens, "
+        f"{b['bytes']:,.0f} bytes ({b['bytes_per_token']:.2f} bytes per token); left out: "
+        f"{b['partial_tokens']:,.0f} partly scored tokens, {b['excluded_bytes']:,.0f} scored bytes. "
+        "[low, high]: the bootstrap over documents and seeds, as for bits per byte.",
+        "",
+        "Caveat: these are not comparable with a paper's perplexities (e.g. 18.3 vs 24.7), whose corpus "
+        "and tokenizer are unknown; perplexity per token depends on both (here: this BPE on this corpus).",
+        "",
+        "| variant | mode | " + " | ".join(labels) + " | all |",
+        "|---|---|" + "---:|" * (len(labels) + 1),
+    ]
+    for name, row in results["variants"].items():
+        for mode, curve in row["modes"].items():
+            if "bpe" in curve:
+                cells = [
+                    _cell(x["perplexity"], digits=2)
+                    for x in (*curve["bpe"]["buckets"], curve["bpe"]["overall"])
+                ]
+                lines.append(f"| {name} | {mode} | {' | '.join(cells)} |")
+    return lines
 
 
 def main(argv: list[str]) -> None:

@@ -287,6 +287,37 @@ def test_bucket_sums_add_up_and_follow_the_byte_offsets(carried):
     assert sums["bucket_tokens"][3, -1] > 0 and sums["bucket_tokens"][2, 1:].sum() == 0
 
 
+def test_target_losses_are_the_bucket_sums_target_by_target():
+    stream = _sized_stream()
+    eval_fn, variables, carry = _eval_setup(MODEL, carried=True)
+    targets: list = []
+    _, sums = segments.evaluate_stream(
+        eval_fn,
+        variables["params"],
+        carry,
+        document_eval_batches(stream, 4, 8, carried=True, byte_offsets=True),
+        lambda batch: {k: jnp.asarray(v) for k, v in batch.items()},
+        position_buckets=EDGES,
+        target_losses=targets,
+    )
+    joined = {k: np.concatenate([t[k] for t in targets]) for k in targets[0]}
+    assert joined["nll"].dtype == np.float32 and len(joined["nll"]) == stream.counted.sum()
+    offsets, sizes = target_byte_offsets(stream)
+    for d, (a, b) in enumerate(document_spans(stream)):
+        mine = joined["document"] == d
+        order = np.argsort(joined["offset"][mine])
+        counted = stream.counted[a:b]
+        np.testing.assert_array_equal(joined["offset"][mine][order], offsets[a:b][counted])
+        np.testing.assert_array_equal(joined["bytes"][mine][order], sizes[a:b][counted])
+        bucket = np.searchsorted(EDGES, joined["offset"][mine], side="right") - 1
+        regrouped = np.bincount(bucket, weights=joined["nll"][mine], minlength=len(EDGES))
+        np.testing.assert_allclose(regrouped, sums["bucket_nll"][d], rtol=1e-5)
+    with pytest.raises(ValueError, match="position_buckets"):
+        segments.evaluate_stream(
+            eval_fn, variables["params"], carry, [], lambda batch: batch, target_losses=[]
+        )
+
+
 def test_bucket_boundaries_on_a_hand_made_document():
     # One document of 12 byte-level tokens: inputs 0..10 predict tokens 1..11 at offsets 1..11.
     stream = TokenStream(np.arange(12) % VOCAB, np.eye(12, dtype=bool)[0], np.ones(11, bool))

@@ -332,6 +332,7 @@ def evaluate_stream(
     *,
     bytes_per_token: float = 1.0,
     position_buckets: Sequence[int] | np.ndarray | None = None,
+    target_losses: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Runs `eval_fn` (`make_stream_eval_fn`) over `batches`, carrying the state from each segment to the
     next. Returns (the metrics, `stream_metrics`: for the LM as `evaluation.split_metrics` computes
@@ -344,8 +345,15 @@ def evaluate_stream(
     also have "bucket_nll", "bucket_tokens" and "bucket_bytes" [documents, buckets]: each document's
     counted target NLL (nats), targets and the bytes those targets stand for, by the bucket of the
     target's byte offset from the document's start. "nll" and "tokens" are then the same per-position
-    values summed (float64), so the buckets add up to them to float64 round-off."""
+    values summed (float64), so the buckets add up to them to float64 round-off.
+
+    `target_losses` (a list, with `position_buckets`): each batch appends its counted targets as 1-D
+    arrays {"document", "offset" (byte offset from the document's start), "bytes", "nll" (nats,
+    float32)}, one entry per target, in no particular order (`trainer.evaluate(per_target=True)` sorts
+    them): the per-target losses the bucket sums are made of."""
     edges = None if position_buckets is None else check_position_buckets(position_buckets)
+    if target_losses is not None and edges is None:
+        raise ValueError("evaluate_stream(target_losses=...) needs position_buckets (the byte offsets).")
     totals: dict[str, np.ndarray] | None = None
     for host in batches:
         documents = host.get("document")
@@ -353,6 +361,8 @@ def evaluate_stream(
         sums, carry = eval_fn(params, carry, to_device(sent))
         rows = {k: np.asarray(v, np.float64) for k, v in sums.items()}
         if edges is not None:
+            if target_losses is not None:
+                target_losses.append(_counted_targets(rows, host, documents))
             rows = _bucket_rows(rows, host, documents, edges)
         if documents is None:
             totals = rows if totals is None else {k: totals[k] + v for k, v in rows.items()}
@@ -402,6 +412,28 @@ def _bucket_rows(
     rows["bucket_bytes"] = np.einsum("rl,rlb->rb", weighted_bytes, one_hot)
     rows["nll"], rows["tokens"] = nll.sum(-1), weights.sum(-1)
     return rows
+
+
+def _counted_targets(
+    rows: Mapping[str, np.ndarray], host: Mapping[str, np.ndarray], documents: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """One batch's counted targets (weight > 0, in a document) as 1-D arrays: "document", "offset",
+    "bytes" and "nll" (nats, float32), read before `_bucket_rows` sums them away."""
+    if documents is None or "target_offset" not in host or "position_nll" not in rows:
+        raise ValueError(
+            "evaluate_stream(target_losses=...) needs document batches with byte offsets and per-position "
+            "sums (document_eval_batches(byte_offsets=True), make_stream_eval_fn(per_position=True))."
+        )
+    weights = rows["position_weights"]
+    counted = (weights > 0) & (documents >= 0)[:, None]
+    row, _ = np.nonzero(counted)
+    return {
+        "document": documents[row].astype(np.int64),
+        "offset": np.asarray(host["target_offset"])[counted].astype(np.int64),
+        "bytes": np.asarray(host["target_bytes"])[counted].astype(np.int64),
+        # position_nll is nll * weight; a counted target's weight is 1 (0/1 weights), so this is its nll
+        "nll": (rows["position_nll"][counted] / weights[counted]).astype(np.float32),
+    }
 
 
 def _grown(sums: np.ndarray, size: int) -> np.ndarray:

@@ -811,6 +811,7 @@ def evaluate(
     by_document: bool = False,
     position_buckets: Sequence[int] | None = None,
     max_document_tokens: int | None = None,
+    per_target: bool = False,
 ) -> dict[str, Any]:
     """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
     metrics on the whole `split` (or, with `examples`, on that many spread evenly over it:
@@ -853,6 +854,11 @@ def evaluate(
     (`seqjax.experiment.positions.position_curve` turns them into bits per byte by position).
     `max_document_tokens` (with `by_document`) reads and scores only each document's first that many
     tokens, so the cost of a curve up to a bound does not grow with the longest document.
+    `per_target` (with `position_buckets`): the result also has "per_target", every counted target's
+    loss: {"document" (index in the split), "offset" (its byte offset from the document's start),
+    "bytes" (that it stands for), "nll" (nats, float32)}, 1-D and sorted by (document, offset), and
+    "document_ids" (the ids of the split's documents, when its source has them), so losses can be regrouped
+    later (e.g. per BPE token of a byte-level model) without scoring again.
 
         >>> result = evaluate(config, workdir, by_document=True, carried_state=True,  # doctest: +SKIP
         ...                   position_buckets=(0, 1024, 2048, 4096, 8192, 16384))
@@ -875,6 +881,11 @@ def evaluate(
         raise ValueError(
             "evaluate(max_document_tokens=...) bounds each document's lane, which only by_document=True "
             "reads; pass by_document=True."
+        )
+    if per_target and position_buckets is None:
+        raise ValueError(
+            "evaluate(per_target=True) reads each target's byte offset, which position_buckets brings; "
+            "pass by_document=True and position_buckets."
         )
     parts = setup(config)
     config = parts["config"]
@@ -910,6 +921,7 @@ def evaluate(
     source = parts["sources"][split]
     bytes_per_token = float(getattr(source, "bytes_per_token", 1.0))
     if by_document:
+        targets: list[dict[str, np.ndarray]] | None = [] if per_target else None
         metrics, documents = evaluate_carried(
             parts,
             restored.state.params,
@@ -918,10 +930,17 @@ def evaluate(
             carried=carried_state,
             position_buckets=position_buckets,
             max_document_tokens=max_document_tokens,
+            target_losses=targets,
         )
         result = {"step": restored.step, "split": split, "metrics": metrics, "per_document": documents}
         if position_buckets is not None:
             result["position_buckets"] = position_buckets
+        if targets is not None:
+            joined = {k: np.concatenate([t[k] for t in targets]) for k in targets[0]}
+            order = np.lexsort((joined["offset"], joined["document"]))
+            result["per_target"] = {k: v[order] for k, v in joined.items()}
+            if hasattr(source, "stream_document_ids"):  # a documents split: its documents' ids, in order
+                result["document_ids"] = list(source.stream_document_ids)
         return result
     if carried_state:
         metrics, lanes = evaluate_carried(parts, restored.state.params, source)
@@ -963,6 +982,7 @@ def evaluate_carried(
     carried: bool = True,
     position_buckets: Sequence[int] | None = None,
     max_document_tokens: int | None = None,
+    target_losses: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The metrics of `params` on the whole `source` read as `config.eval_batch` contiguous lanes with
     the state carried across segments (`parts`: `setup`'s), and the sums per lane: the LM's {"nll",
@@ -970,7 +990,8 @@ def evaluate_carried(
     scored apart). With `by_document` (LM), each lane is one document, carried through (or, without
     `carried`, every segment from the initial state), and the sums are per document; `position_buckets`
     (by document) adds the sums by byte position, and `max_document_tokens` bounds each document
-    (`evaluate`)."""
+    (`evaluate`); `target_losses` (a list) receives each batch's counted targets
+    (`segments.evaluate_stream`)."""
     config, model = parts["config"], parts["model"]
     rows, length = config.eval_batch, parts["tokens_per_example"]
     if isinstance(model, models.Forecaster):  # a forecast at every position, its windows' origins marked
@@ -1016,4 +1037,5 @@ def evaluate_carried(
             lambda host: _global_batch(host, batch_sh, layout),
             bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)),
             position_buckets=position_buckets,
+            target_losses=target_losses,
         )

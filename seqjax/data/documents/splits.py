@@ -75,6 +75,9 @@ class DocumentSplit:
         self.vocab_size = int(vocab_size)
         self._token_byte_histograms = token_byte_histograms
         lengths = np.asarray([len(t) for t in tokens], dtype=np.int64)
+        # the documents `token_stream()` holds (an empty one has no token there), in its order: what an
+        # evaluation by document indexes
+        self.stream_document_ids = [i for i, n in zip(self.document_ids, lengths, strict=True) if n > 0]
         self.num_documents = len(self.document_ids)
         self.num_bytes = int(np.sum(document_bytes))
         self.num_tokens = int(lengths.sum())
