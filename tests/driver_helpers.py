@@ -3,12 +3,16 @@ process on the CPU, its runs and outputs under the test's folder."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+from absl import flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +45,23 @@ def run_driver(script: str, folder: Path, *args: str, timeout: int = 900) -> dic
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((folder / "out.json").read_text())
+
+
+def load_driver(script: str) -> ModuleType:
+    """Imports `experiments/<script>` as a module for its helpers, then takes its flags out of
+    `absl.flags.FLAGS` again: drivers define their flags at import (absl's way), and two drivers loaded
+    into one test process (or one driver loaded twice) would otherwise define `--train_tokens` twice.
+    The module's own code that reads `FLAGS` is not for these tests.
+
+        >>> dna = load_driver("dna_windows.py")  # doctest: +SKIP
+    """
+    name = f"driver_{Path(script).stem}"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / script)
+    module = importlib.util.module_from_spec(spec)
+    before = set(flags.FLAGS)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        for added in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, added)
+    return module

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -15,16 +14,13 @@ import pytest
 
 from seqjax.experiment.predictions import read_predictions
 from seqjax.experiment.sweep import claim_verdict, finished_models_at, joint_level
-from tests.driver_helpers import driver_env
+from tests.driver_helpers import driver_env, load_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _driver():
-    spec = importlib.util.spec_from_file_location("dna_windows", ROOT / "experiments" / "dna_windows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_driver("dna_windows.py")
 
 
 def test_reused_runs_must_exist_for_every_model(tmp_path) -> None:

@@ -4,7 +4,6 @@ inconclusive), the paired subsamples, and `experiments/few_shot.py --size=smoke`
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from seqjax.experiment import few_shot, statistics
 from seqjax.experiment.few_shot import Budget
 from seqjax.experiment.predictions import RunPredictions, write_predictions
 from seqjax.experiment.report import family_of
-from tests.driver_helpers import run_driver
+from tests.driver_helpers import load_driver, run_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TEST = 200
@@ -25,10 +24,7 @@ RESAMPLES = 300
 
 
 def _driver():
-    spec = importlib.util.spec_from_file_location("few_shot_driver", ROOT / "experiments" / "few_shot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_driver("few_shot.py")
 
 
 # ----------------------------------------------------------------------------------------------------
