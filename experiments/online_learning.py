@@ -168,11 +168,11 @@ def main(argv: list[str]) -> None:
                 )
                 t0 = time.time()
                 result = ol.run_method(config, workdir / stream / method / f"lr{rate:g}" / f"seed{seed}")
-                print(
-                    f"{stream} {method} seed {seed}: MSE {result['prequential']:.5f} "
-                    f"({time.time() - t0:.0f} s)",
-                    flush=True,
-                )
+                if "diverged_at" in result:  # kept, and judged by the diverged-run rule
+                    done = f"diverged at token {result['diverged_at']:,}"
+                else:
+                    done = f"MSE {result['prequential']:.5f}"
+                print(f"{stream} {method} seed {seed}: {done} ({time.time() - t0:.0f} s)", flush=True)
                 runs[stream][method].append(result)
         # baselines on exactly the tokens each seed's runs saw
         per_seed = []

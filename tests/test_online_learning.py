@@ -85,6 +85,55 @@ def test_the_tuning_prefix_is_not_scored():
     assert summary["narma10"]["baselines"]["running mean"]["estimate"] == pytest.approx(1.0)
 
 
+def _run(scores):
+    return {"scores": scores, "seconds_per_step": 1e-5, "step_memory_bytes": 1}
+
+
+@pytest.mark.parametrize(
+    ("diverged", "expected"),
+    [
+        (["lru_rtrl"], "contradicted"),
+        (["lru_tbptt1"], "supported"),
+        (["lru_rtrl", "lru_tbptt1"], "inconclusive"),
+    ],
+)
+def test_a_diverged_method_has_no_mse_and_loses_its_key(diverged, expected):
+    base = np.random.default_rng(2).uniform(1, 2, size=(2, 40))
+    runs = {"narma10": {"lru_rtrl": [_run(b) for b in base], "lru_tbptt1": [_run(b + 0.5) for b in base]}}
+    for method in diverged:  # seed 1 of the method became NaN at token 17
+        runs["narma10"][method][1] = {"diverged_at": 17, "error": "token 17: NaN", "learning_rate": 1e-2}
+    summary = ol.summarize(runs, {}, n_blocks=8, confidence_level=0.95, n_resamples=200)
+    for method in diverged:
+        assert summary["narma10"]["methods"][method] == {"diverged": [{"seed": 1, "token": 17}], "seeds": 2}
+    claims = ol.claim_verdicts(summary, [1], alpha=0.05, n_resamples=200)
+    # without the divergence the claim is supported (TBPTT is 0.5 worse everywhere): the rule decides
+    assert claims["rtrl"]["verdict"] == expected
+    assert claims["rtrl"]["differences"]["narma10/k=1"]["diverged"] == diverged
+    results = {
+        "settings": {"size": "smoke", "steps": 40, "seeds": 2, "hidden": 4, "readout": 4, "chunk": 10,
+                     "blocks": 8, "tune_steps": 0, "learning_rate": 1e-2},
+        "date": "today", "platform": "cpu", "machine": "here", "command": "pytest", "power_steps": 40,
+        "narma_seeds": [0, 1], "confidence_level": 0.95, "resamples": 200, "claims": claims,
+        "summary": summary,
+    }  # fmt: skip
+    text = ol.markdown(results)
+    assert f"| {diverged[0]} | diverged (seed 1 at token 17) |" in text
+    assert f"narma10/k=1: {' and '.join(diverged)} diverged" in text
+    ol.figure(results)  # the diverged method is left out of the plot, not an error
+
+
+def test_a_diverged_evaluation_run_is_kept_and_not_run_again(tmp_path):
+    # a real run: the LRU under exact RTRL at Adam rate 1e3 becomes NaN at once
+    settings = {"hidden": 4, "readout": 4, "chunk": 50, "measure_memory": False, "learning_rate": 1e3}
+    config = ol.method_config("narma10", "lru_rtrl", seed=0, stream_seed=0, steps=200, settings=settings)
+    first = ol.run_method(config, tmp_path)
+    assert first["diverged_at"] == 1 and first["learning_rate"] == 1e3
+    assert "NaN/Inf" in first["error"] and not (tmp_path / "result.json").exists()
+    (tmp_path / "prequential.f32").unlink()  # a second call reads the record; it does not run again
+    assert ol.run_method(config, tmp_path) == first
+    assert not (tmp_path / "prequential.f32").exists()
+
+
 @pytest.mark.slow
 def test_driver_smoke(tmp_path):
     results = run_driver("online_learning.py", tmp_path, "--size=smoke", "--windows=1", timeout=600)

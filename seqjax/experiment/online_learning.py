@@ -28,6 +28,15 @@ at an edge of the rates tried, the grid is extended by one step of ×√10 past 
 learn from token 0 with the chosen rate, and every method and baseline is *scored only after the
 tuning prefix* (tokens `tune_steps` onward), so the choice uses no token that is scored.
 
+Diverged runs (rule added on 2026-12-01, when the first full-size run stopped at a NaN in one
+evaluation run, before any full-size result was tabulated): an evaluation run whose prequential loss or
+parameters become NaN/Inf at the tuned rate stops there and is kept as *diverged at token t*
+(`<run>/diverged.json`, so a rerun does not repeat it). A method with a diverged seed on a stream has
+no MSE there (the table names the seeds and tokens), and in the claims it *loses* that (stream, k) key:
+the key counts as claimed when only the TBPTT-k method diverged, as opposite when only the claim's
+method did, and as neither when both did. A method that cannot be run at its own tuned rate is not
+usable there, whatever its loss before the divergence.
+
 Baselines in the same table (no neural network): the running mean of the targets seen so far, the
 persistence forecast (the current row; time series only: NARMA-10's input is u, not y), and online
 recursive least squares (RLS, no forgetting, ridge start P₀ = 100·I) on the last `lags` inputs and a
@@ -65,6 +74,8 @@ LEARNING_RATES: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
 MAX_EXTENSIONS = 2
 #: The initialisation seed of the tuning runs (the evaluation seeds are 0, 1, ...).
 TUNE_SEED = 1000
+#: Written in an evaluation run's folder when it became NaN/Inf (the diverged-run rule).
+DIVERGED_FILE = "diverged.json"
 
 #: claim name -> (text, the method every TBPTT-k is compared with, the TBPTT method's prefix)
 CLAIMS: dict[str, tuple[str, str, str]] = {
@@ -102,15 +113,25 @@ def method_config(
 
 def run_method(config: Any, workdir: str | os.PathLike[str]) -> dict[str, Any]:
     """Runs one configuration (resuming a killed run) unless `<workdir>/result.json` says it finished;
-    returns {"scores": per-token scores, "seconds_per_step", "step_memory_bytes", "prequential"}."""
-    from seqjax.online.loop import read_prequential, run
+    returns {"scores": per-token scores, "seconds_per_step", "step_memory_bytes", "prequential"}, or,
+    for a run that became NaN/Inf (module docstring), {"diverged_at": token, "error", "learning_rate"}."""
+    from seqjax.online.loop import NonFiniteLossError, read_prequential, run
 
     workdir = Path(workdir)
-    done = workdir / "result.json"
+    done, diverged = workdir / "result.json", workdir / DIVERGED_FILE
+    if diverged.exists():
+        return json.loads(diverged.read_text())
     if done.exists():
         result = json.loads(done.read_text())
     else:
-        out = run(config, workdir, echo=None)
+        try:
+            out = run(config, workdir, echo=None)
+        except NonFiniteLossError as error:  # the rule of the module docstring: kept as diverged
+            record = {"diverged_at": error.token, "error": str(error), "learning_rate": _rate(config)}
+            partial = workdir / f"{DIVERGED_FILE}.tmp"
+            partial.write_text(json.dumps(record))
+            os.replace(partial, diverged)
+            return record
         if out["preempted"]:  # stopped by SIGTERM/SIGINT (saved): the run is not finished
             raise SystemExit(f"stopped by signal {out['preempted']} in {workdir}; rerun to resume.")
         keys = ("position", "prequential", "seconds_per_step", "step_memory_bytes")
@@ -119,6 +140,10 @@ def run_method(config: Any, workdir: str | os.PathLike[str]) -> dict[str, Any]:
         partial.write_text(json.dumps(result))
         os.replace(partial, done)
     return {**result, "scores": read_prequential(workdir)[: int(config.total_steps)]}
+
+
+def _rate(config: Any) -> float:
+    return float(config.optimizer.learning_rate)
 
 
 # ==================================================================================================
@@ -186,16 +211,10 @@ def tune_learning_rate(
     """`choose_learning_rate` over `settings["learning_rates"]` for one method on one stream: each rate
     runs the first `settings["tune_steps"]` tokens (initialisation seed `TUNE_SEED`) in
     `<workdir>/lr<rate>/`, scored by its prequential MSE; a run that becomes NaN/Inf scores +inf (and
-    says so in `<workdir>/lr<rate>/diverged.json`, so a rerun does not repeat it)."""
-    from seqjax.online.loop import NonFiniteLossError
-
+    says so in `<workdir>/lr<rate>/diverged.json`, so a rerun does not repeat it: `run_method`)."""
     workdir = Path(workdir)
 
     def score(rate: float) -> float:
-        folder = workdir / f"lr{rate:g}"
-        diverged = folder / "diverged.json"
-        if diverged.exists():
-            return float("inf")
         config = method_config(
             stream,
             method,
@@ -204,10 +223,8 @@ def tune_learning_rate(
             steps=int(settings["tune_steps"]),
             settings={**settings, "learning_rate": rate, "measure_memory": False},
         )
-        try:
-            result = run_method(config, folder)
-        except NonFiniteLossError as error:
-            diverged.write_text(json.dumps({"learning_rate": rate, "error": str(error)}))
+        result = run_method(config, workdir / f"lr{rate:g}")
+        if "scores" not in result:  # diverged (`run_method`)
             return float("inf")
         return float(np.nanmean(result["scores"]))
 
@@ -279,13 +296,20 @@ def summarize(
     """Per stream: each method's prequential MSE [interval over blocks and seeds], time and memory per
     step; each baseline's MSE the same way. `runs[stream][method]` is the list of `run_method` results,
     one per seed; `baselines[stream][name]` the per-token errors, one array per seed's stream. Only
-    tokens from `scored_from` on are scored (the tuning prefix before it is not)."""
+    tokens from `scored_from` on are scored (the tuning prefix before it is not). A method with a
+    diverged seed gets {"diverged": [{"seed", "token"}, ...], "seeds"} and no MSE."""
     from seqjax.experiment import statistics
 
     out: dict[str, Any] = {}
     for stream, by_method in runs.items():
         rows = {}
         for method, seeds in by_method.items():
+            diverged = [
+                {"seed": i, "token": int(r["diverged_at"])} for i, r in enumerate(seeds) if "diverged_at" in r
+            ]
+            if diverged:  # no MSE: the diverged-run rule (module docstring)
+                rows[method] = {"diverged": diverged, "seeds": len(seeds)}
+                continue
             blocks = np.stack([block_means(r["scores"][scored_from:], n_blocks) for r in seeds])
             interval = statistics.cluster_bootstrap(
                 blocks, confidence_level=confidence_level, n_resamples=n_resamples
@@ -312,9 +336,10 @@ def claim_verdicts(
     summary: Mapping[str, Any], windows: Sequence[int], *, alpha: float, n_resamples: int
 ) -> dict[str, Any]:
     """Each claim of `CLAIMS`: TBPTT-k minus the claim's method per (stream, k), paired bootstrap over
-    blocks and (paired) seeds at 1 − alpha/m, and the verdict over the m keys."""
+    blocks and (paired) seeds at 1 − alpha/m, and the verdict over the m keys; a key where a method
+    diverged is classed by the diverged-run rule (module docstring) and has no interval."""
     from seqjax.experiment import statistics
-    from seqjax.experiment.verdict import classify_interval, verdict
+    from seqjax.experiment.verdict import classify_interval, verdict_of_classes
 
     out = {}
     for name, (text, method, prefix) in CLAIMS.items():
@@ -331,6 +356,11 @@ def claim_verdicts(
         differences = {}
         for stream, k in keys:
             rows = summary[stream]["methods"]
+            lost = [m for m in (method, f"{prefix}{k}") if "diverged" in rows[m]]
+            if lost:  # the diverged-run rule: a diverged method loses the key
+                cls = "neither" if len(lost) == 2 else ("opposite" if lost[0] == method else "claimed")
+                differences[f"{stream}/k={k}"] = {"diverged": lost, "class": cls}
+                continue
             diff = statistics.paired_bootstrap(
                 np.asarray(rows[f"{prefix}{k}"]["blocks"]),
                 np.asarray(rows[method]["blocks"]),
@@ -343,10 +373,9 @@ def claim_verdicts(
                 "class": classify_interval("greater", diff.low, diff.high),
                 "p_value": statistics.bootstrap_p_value(diff.distribution),
             }
-        intervals = {key: (d["low"], d["high"]) for key, d in differences.items()}
         out[name] = {
             "claim": text,
-            "verdict": verdict("greater", intervals),
+            "verdict": verdict_of_classes(d["class"] for d in differences.values()),
             "confidence_level": level,
             "differences": differences,
         }
@@ -418,6 +447,11 @@ def markdown(results: Mapping[str, Any]) -> str:
             )
             lines.append("")
             for key, d in claim["differences"].items():
+                if "diverged" in d:
+                    lines.append(
+                        f"- {key}: {' and '.join(d['diverged'])} diverged ({d['class']}; the rule below)"
+                    )
+                    continue
                 lines.append(
                     f"- {key}: {d['estimate']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}] ({d['class']}; "
                     f"bootstrap p {_p(d['p_value'], results['resamples'])})"
@@ -426,7 +460,8 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines += [
         "Rule (fixed before the run, `seqjax/experiment/online_learning.py`): supported when every "
         "(stream, k) interval of TBPTT-k minus the claim's method lies above zero, contradicted when every "
-        "one lies below, depends when both occur, else inconclusive.",
+        "one lies below, depends when both occur, else inconclusive. A method whose run became NaN/Inf at "
+        "its tuned rate loses the key (neither when both did).",
         "",
     ]
     for stream, s_ in results["summary"].items():
@@ -438,9 +473,13 @@ def markdown(results: Mapping[str, Any]) -> str:
         ]
         tuning = results.get("tuning", {}).get(stream, {})
         for method, r in s_["methods"].items():
+            rate = _rate_cell(tuning.get(method), s)
+            if "diverged" in r:
+                where = ", ".join(f"seed {d['seed']} at token {d['token']:,}" for d in r["diverged"])
+                lines.append(f"| {method} | diverged ({where}) | {rate} | | |")
+                continue
             mem = r["step_memory_bytes"]
             shown = "n/a" if mem is None else f"{mem / 2**10:,.0f} KiB"
-            rate = _rate_cell(tuning.get(method), s)
             lines.append(f"| {method} | {_mse(r)} | {rate} | {r['seconds_per_step'] * 1e6:,.0f} | {shown} |")
         for name, r in s_["baselines"].items():
             lines.append(f"| baseline: {name} | {_mse(r)} | | | |")
@@ -458,7 +497,7 @@ def figure(results: Mapping[str, Any], path: str | Path | None = None) -> Any:
     fig, axes = plt.subplots(len(streams), 2, figsize=(12, 3.6 * len(streams)), squeeze=False)
     for row, stream in zip(axes, streams, strict=True):
         s = results["summary"][stream]
-        names = list(s["methods"])
+        names = [m for m, r in s["methods"].items() if "diverged" not in r]  # diverged: no MSE to plot
         est = np.array([s["methods"][m]["estimate"] for m in names])
         low = np.array([s["methods"][m]["low"] for m in names])
         high = np.array([s["methods"][m]["high"] for m in names])

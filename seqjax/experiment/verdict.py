@@ -28,12 +28,12 @@ For intervals that hold jointly across m tasks/lengths, compute each at confiden
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Literal, Protocol
 
 import numpy as np
 
-__all__ = ["Direction", "Label", "classify_interval", "classify_intervals", "verdict"]
+__all__ = ["Direction", "Label", "classify_interval", "classify_intervals", "verdict", "verdict_of_classes"]
 
 Direction = Literal["greater", "less"]
 Label = Literal["supported", "contradicted", "depends", "inconclusive"]
@@ -122,7 +122,19 @@ def verdict(
     >>> verdict("greater", {128: (0.01, 0.05), 1024: (-0.09, -0.02)})
     'depends'
     """
-    classes = set(classify_intervals(claimed_direction, intervals).values())
+    return verdict_of_classes(classify_intervals(claimed_direction, intervals).values())
+
+
+def verdict_of_classes(classes: Iterable[IntervalClass]) -> Label:
+    """The verdict from the keys' classes (`classify_interval`'s, or a class a rule sets for a key that
+    has no interval, such as a diverged run's): the rule of the module docstring.
+
+    >>> verdict_of_classes(["claimed", "neither"]), verdict_of_classes(["opposite", "opposite"])
+    ('inconclusive', 'contradicted')
+    """
+    classes = set(classes)
+    if not classes:
+        raise ValueError("verdict: no keys to judge.")
     if {"claimed", "opposite"} <= classes:
         return "depends"
     if classes == {"claimed"}:

@@ -97,7 +97,12 @@ CHUNKS_FILE = "chunks.jsonl"
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The prequential score or the parameters became NaN/Inf; nothing of the chunk was saved."""
+    """The prequential score or the parameters became NaN/Inf at stream position `token`; nothing of the
+    chunk was saved."""
+
+    def __init__(self, message: str, token: int) -> None:
+        super().__init__(message)
+        self.token = token
 
 
 # ==================================================================================================
@@ -383,7 +388,8 @@ def _run_locked(c: Any, workdir: str, *, say: Callable[[str], None], stop_at: in
                     raise NonFiniteLossError(
                         f"token {at}: the prequential loss or the parameters became NaN/Inf; stopped "
                         f"without saving (the last checkpoint, position {ckpt.latest_step() or 0}, is "
-                        f"kept). Lower optimizer.learning_rate or set optimizer.clip_norm."
+                        f"kept). Lower optimizer.learning_rate or set optimizer.clip_norm.",
+                        token=at,
                     )
                 state, position = new_state, position + n
                 seconds.append(elapsed / n)
