@@ -43,7 +43,10 @@ define_protocol_flags(FLAGS, train_tokens=8192 * 100)
 flags.DEFINE_string("config", "configs/documents.py", "Task config file.")
 flags.DEFINE_string("options", "", "Extra config-arg options for every run, e.g. corpus=python_docs.")
 flags.DEFINE_list(
-    "presets", ["lstm", "elstm", "mamba", "gla", "attention", "swa"], "Models (seqjax.config.PRESETS)."
+    "presets",
+    ["lstm", "elstm", "mamba", "gla", "mamba2", "gated_deltanet", "mlstm", "rglru", "attention", "swa"],
+    "Models (seqjax.config.PRESETS): the 2024 recurrent layers (Mamba-2, Gated DeltaNet, mLSTM, RG-LRU) "
+    "stand beside the RNNs, Mamba and GLA by default.",
 )
 flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "Sequence lengths.")
 flags.DEFINE_integer("tokens_per_batch", 8192, "Tokens per training batch at every length.")
