@@ -6,5 +6,7 @@ source "$root/scripts/setup_env.sh"
 cd "$root"
 ruff check .
 ruff format --check .
-# --durations: the slowest tests, printed at the end of every run (CI too), to keep the suite within budget
-exec python -m pytest -n "${SEQJAX_TEST_WORKERS:-2}" --durations=30 "$@"
+# --durations: the slowest tests, printed at the end of every run (CI too), to keep the suite within budget.
+# --reruns=1 --rerun-except=.: a test whose worker process died (a crash in native code) runs once more,
+# an ordinary failure never does; tests/worker_crashes.py prints why the worker died in the summary.
+exec python -m pytest -n "${SEQJAX_TEST_WORKERS:-2}" --durations=30 --reruns=1 --rerun-except=. "$@"

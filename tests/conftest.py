@@ -15,6 +15,9 @@ from collections.abc import Callable
 import jax
 import pytest
 
+# Why a crashed pytest-xdist worker died, in the run's own output (tests/worker_crashes.py).
+pytest_plugins = ["tests.worker_crashes"]
+
 # XLA's own defaults for the two flags above (xla/debug_options_flags.cc), restored for one compile.
 DEFAULT_OPTIMISATION = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
 
