@@ -317,6 +317,10 @@ def recent_cell(family: str) -> cells.Cell | None:
         return cells.get(name, d_model=h, lru_width=heads * d, num_heads=heads)
     if family == "rwkv7":  # the token shift carries the --hidden-wide input
         return cells.get(name, num_heads=heads, head_dim=d, d_model=h)
+    if family == "mlstm":  # the up-projection makes the heads x head_dim inner width from --hidden
+        return cells.get(name, d_model=h, num_heads=heads, proj_factor=heads * d / h)
+    if family == "slstm":  # heads x head_dim scalar memories, headwise recurrence
+        return cells.get(name, hidden_size=heads * d, num_heads=heads)
     return cells.get(name, num_heads=heads, head_dim=d)
 
 
@@ -327,7 +331,7 @@ def recent_implementations(family: str) -> list[Impl]:
     rows = [
         Impl(
             family,
-            f"seqjax {type(cell).__name__} apply (method={cell.method})",
+            f"seqjax {type(cell).__name__} apply (method={getattr(cell, 'method', 'scan')})",
             "jax",
             seqjax_workload(cell),
             True,
