@@ -41,6 +41,7 @@ from seqjax.cells.mamba2 import Mamba2, Mamba2State
 from seqjax.cells.registry import get, names, register
 from seqjax.cells.rglru import RGLRU, RGLRUState
 from seqjax.cells.rwkv7 import RWKV7, RWKV7State
+from seqjax.cells.segment_remat import SegmentRemat
 from seqjax.cells.ssm import LRU, S4D, S5
 from seqjax.cells.xl_attention import TransformerXLAttention, XLAttentionState
 from seqjax.cells.xlstm import MLSTM, SLSTM, MLSTMState, SLSTMState
@@ -86,6 +87,7 @@ __all__ = [
     "RecurrentCell",
     "SLSTMState",
     "ScalarGatedLinearAttention",
+    "SegmentRemat",
     "SlidingWindowAttention",
     "SlidingWindowState",
     "State",
