@@ -122,6 +122,18 @@ flags.DEFINE_integer(
     "block_k", None, "Key block of the attention family's blockwise rows (None: the default)."
 )
 flags.DEFINE_integer("linformer_k", 256, "Projected length k of the linformer family's Linformer row.")
+flags.DEFINE_boolean(
+    "plan_only",
+    False,
+    "Compile every row and report XLA's memory plan without running it (memory targets at lengths whose "
+    "runs would take minutes).",
+)
+flags.DEFINE_integer(
+    "segment_length",
+    1024,
+    "Issue 22's families also run as `SegmentRemat(cell, segment_length)` (apply in rematerialised time "
+    "segments); 0 leaves that row out.",
+)
 flags.DEFINE_boolean("step_mode", True, "Also time `step` (one token, jitted) for the cells of each family.")
 
 FAMILY_TITLES = {
@@ -165,7 +177,7 @@ class Measurement:
     family: str
     impl: str
     length: int
-    status: str = "ok"  # "ok", "failed" or "skipped"
+    status: str = "ok"  # "ok", "failed", "skipped" or "planned" (--plan_only: compiled, not run)
     reason: str = ""
     times_s: list[float] = dataclasses.field(default_factory=list)
     first_run_s: float | None = None
@@ -342,6 +354,10 @@ def recent_implementations(family: str) -> list[Impl]:
             recurrent = dataclasses.replace(cell, method="recurrent")
             name = f"seqjax {type(cell).__name__} apply (method=recurrent)"
             rows.append(Impl(family, name, "jax", seqjax_workload(recurrent)))
+    if FLAGS.segment_length:
+        segmented = cells.SegmentRemat(cell, segment_length=FLAGS.segment_length)
+        name = f"seqjax SegmentRemat({type(cell).__name__}, {FLAGS.segment_length}) apply"
+        rows.append(Impl(family, name, "jax", seqjax_workload(segmented)))
     rows.append(Impl(family, f"lax.scan over {type(cell).__name__}.step", "jax", step_scan_workload(cell)))
     return rows
 
@@ -759,6 +775,9 @@ def measure_jax(impl: Impl, length: int, repeats: int) -> Measurement:
     compiled = grad.lower(*args).compile()
     m.compile_s = time.perf_counter() - t0
     m.xla_peak_bytes = plan_bytes(compiled)
+    if FLAGS.plan_only:
+        m.status, m.reason = "planned", "compiled, not run (--plan_only)"
+        return m
     if m.xla_peak_bytes is not None and m.xla_peak_bytes > FLAGS.max_gib * 2**30:
         m.status = "skipped"
         m.reason = f"needs {m.xla_peak_bytes / 2**30:.1f} GiB (XLA plan) > --max_gib={FLAGS.max_gib:g}"
@@ -774,6 +793,9 @@ def measure_jax(impl: Impl, length: int, repeats: int) -> Measurement:
 
 def measure_torch(impl: Impl, length: int, repeats: int) -> Measurement:
     m = Measurement(impl.family, impl.name, length)
+    if FLAGS.plan_only:
+        m.status, m.reason = "skipped", "--plan_only: torch has no XLA plan"
+        return m
     _timed_runs(impl.build(length), m, repeats)
     return m
 
@@ -922,6 +944,12 @@ def render(
                 r = by_key.get((family, impl.name, length))
                 if r is None:
                     continue
+                if r.status == "planned":  # --plan_only: the plan and the compile time, no run
+                    lines.append(
+                        f"| {length} | {impl.name} | not run | | | {_mib(r.xla_peak_bytes)} | | "
+                        f"{_fmt(r.compile_s, '.2f')} | |"
+                    )
+                    continue
                 if r.status != "ok":
                     reason = r.reason.replace("|", "/")
                     lines.append(f"| {length} | {impl.name} | {r.status}: {reason} | | | | | | |")
@@ -1036,13 +1064,16 @@ def main(argv: list[str]) -> None:
                     f"Δ peak RSS {_mib(m.rss_delta_bytes)} MiB, "
                     f"other load {_fmt(m.other_load_cores, '.2f')} cores"
                 )
+            elif m.status == "planned":
+                compiled_in = _fmt(m.compile_s, ".2f")
+                detail = f"XLA peak {_mib(m.xla_peak_bytes)} MiB (compiled in {compiled_in} s, not run)"
             else:
                 detail = f"{m.status}: {m.reason}"
             print(f"[{index}/{total}] {impl.family} L={length} {impl.name}: {detail}", flush=True)
             out.write_text(render(results, impls, lengths, command, total))
 
     steps: list[tuple[str, str, float, int]] = []
-    if FLAGS.step_mode:
+    if FLAGS.step_mode and not FLAGS.plan_only:
         for family in families:
             for label, cell, width in step_cells(family):
                 seconds, state_bytes = measure_step(cell, width)
