@@ -94,8 +94,6 @@ rates against chance and the claim; deletion curves). Each run's scores are cach
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -107,14 +105,9 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from seqjax.experiment.flags import (
-    apply_size_defaults,
-    define_protocol_flags,
-    driver_settings,
-    prepare_workdir,
-    preset_configs,
-    protocol_record,
-)
+from seqjax.experiment.flags import apply_size_defaults, define_protocol_flags
+from seqjax.experiment.interval_format import interval_cell, interval_fields
+from seqjax.experiment.trained_runs import restore_run, score_trained_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -191,53 +184,14 @@ SIDE = {"contains": "contains", "above": "lies above", "below": "lies below"}
 # --------------------------------------------------------------------------------------------------
 # The runs
 # --------------------------------------------------------------------------------------------------
-def _trained_runs(workdir: Path) -> list[Path]:
-    """--preset trained here on the protocol at --length (smoke: tiny), its chosen rate's seed folders."""
-    from seqjax.experiment.protocol import run_comparison
-
-    config = preset_configs(
-        ROOT / FLAGS.config,
-        [FLAGS.preset],
-        length=FLAGS.length,
-        tokens_per_batch=FLAGS.tokens_per_batch,
-        size=FLAGS.size,
-        options=FLAGS.options,
-        overrides=FLAGS.config_overrides,
-    )[FLAGS.preset]
-    settings = driver_settings(FLAGS)
-    prepare_workdir(
-        workdir, protocol_record(FLAGS, settings, config=FLAGS.config, options=FLAGS.options), fresh=False
-    )
-    result = run_comparison(
-        {FLAGS.preset: config}, settings, workdir / f"L{FLAGS.length}", length=FLAGS.length
-    )
-    return [Path(r.workdir) for r in result[FLAGS.preset].seeds]
+def _require_classifier(run: Path, config: Any) -> None:
+    if config.task != "classification":
+        raise ValueError(f"attention_attribution: {run} is a {config.task!r} run; it needs a classifier.")
 
 
 def restore(run: Path) -> tuple[dict[str, Any], Any, int]:
-    """(`trainer.setup`'s parts of the run's own saved config, its last checkpoint's parameters, the
-    step), as `kernel_attention.py` reads its runs."""
-    import jax
-
-    from seqjax.train.checkpoint import Checkpoints
-    from seqjax.train.trainer import load_config, setup
-
-    parts = setup(load_config(str(run)))
-    config = parts["config"]
-    if config.task != "classification":
-        raise ValueError(f"attention_attribution: {run} is a {config.task!r} run; it needs a classifier.")
-    checkpoints = Checkpoints(
-        str(run / "checkpoints"),
-        best_metric=config.checkpoint.best_metric,
-        best_mode=config.checkpoint.best_mode,
-        async_save=False,
-    )
-    try:
-        step = checkpoints.latest_step()
-        restored = checkpoints.restore(parts["abstract_state"], step=step)
-    finally:
-        checkpoints.close()
-    return parts, jax.tree.map(jax.numpy.asarray, restored.state.params), int(step)
+    """`trained_runs.restore_run` of a classifier's run (any other task is a ValueError)."""
+    return restore_run(run, check=_require_classifier)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,33 +303,9 @@ def score_run(
     return scores | {"seconds": np.asarray(time.perf_counter() - start)}
 
 
-def cached_scores(workdir: Path, run: Path, indices: np.ndarray, **settings: Any) -> dict[str, np.ndarray]:
-    """`score_run`, cached in `<workdir>/scores/<digest>.npz` (the digest of the run folder, its last
-    checkpoint, the windows and the settings: anything else scores again)."""
-    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-    key = json.dumps(
-        {"run": str(run.resolve()), "step": steps[-1], "windows": indices.tolist(), **settings},
-        sort_keys=True,
-    )
-    path = workdir / "scores" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    if path.exists():
-        with np.load(path) as saved:
-            return {name: saved[name] for name in saved.files}
-    scores = score_run(run, indices, **settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp.npz")
-    np.savez(partial, **scores)
-    os.replace(partial, path)
-    return scores
-
-
 # --------------------------------------------------------------------------------------------------
 # The summary
 # --------------------------------------------------------------------------------------------------
-def _interval(value: Any) -> dict[str, float]:
-    return {"estimate": float(value.estimate), "low": float(value.low), "high": float(value.high)}
-
-
 def unit_names(layers: int, heads: int) -> list[str]:
     """The attention units compared: every layer and head, then their mean.
 
@@ -438,7 +368,7 @@ def summarize(
     from seqjax.experiment.verdict import classify_interval, verdict
 
     def interval(values: np.ndarray, level: float = 0.95) -> dict[str, float]:
-        return _interval(
+        return interval_fields(
             statistics.cluster_bootstrap(
                 values, cluster_ids=clusters, confidence_level=level, n_resamples=resamples
             )
@@ -530,7 +460,9 @@ def summarize(
                 n_resamples=resamples,
                 paired_seeds=True,
             )
-            per_k[str(k)] = _interval(diff) | {"class": WORD[classify_interval("less", diff.low, diff.high)]}
+            per_k[str(k)] = interval_fields(diff) | {
+                "class": WORD[classify_interval("less", diff.low, diff.high)]
+            }
         intervals = {k: (v["low"], v["high"]) for k, v in per_k.items()}
         return {"by_k": per_k, "verdict": verdict("less", intervals)}
 
@@ -576,7 +508,7 @@ def summarize(
             "p95": float(np.quantile(relative, 0.95)),
             "max": float(relative.max()),
         },
-        "balanced_accuracy": _interval(accuracy),
+        "balanced_accuracy": interval_fields(accuracy),
         "accuracy": interval((np.argmax(logits, -1) == labels[None]).astype(np.float64)),
         "p_predicted": float(p_pred0.mean()),
         "p_true": float(p_true0.mean()),
@@ -606,11 +538,6 @@ def summarize(
 # --------------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------------
-def _cell(v: Mapping[str, float], signed: bool = False, digits: int = 3) -> str:
-    f = f"+.{digits}f" if signed else f".{digits}f"
-    return f"{v['estimate']:{f}} [{v['low']:{f}}, {v['high']:{f}}]"
-
-
 def markdown(results: Mapping[str, Any]) -> str:
     """The report: set-up, the three verdicts, the agreement table, the deletion table, diagnostics."""
     rules, agreement, deletion = results["rules"], results["agreement"], results["deletion"]
@@ -649,11 +576,11 @@ def markdown(results: Mapping[str, Any]) -> str:
         "Rules (fixed before the run; `experiments/attention_attribution.py`'s docstring), on the miss rate "
         "m of the averaged attention against |integrated gradients|:",
         "",
-        f"- (a) *{CLAIM_A}*: **{a['verdict']}** — m = {_cell(primary['miss_rate'])} (the interval "
+        f"- (a) *{CLAIM_A}*: **{a['verdict']}** — m = {interval_cell(primary['miss_rate'])} (the interval "
         f"{SIDE[a['side']]} 0.43; "
         f"half-width {a['half_width']:.3f}, at most {MAX_HALF_WIDTH} to support).",
-        f"- (b) *{CLAIM_B}*: **{b['verdict']}** — m = {_cell(primary['miss_rate'])} against the chance "
-        f"miss rate 1 − {k}/L = {chance:.4f}.",
+        f"- (b) *{CLAIM_B}*: **{b['verdict']}** — m = {interval_cell(primary['miss_rate'])} against the "
+        f"chance miss rate 1 − {k}/L = {chance:.4f}.",
         f"- (c) *{CLAIM_C}* (on the predicted class's probability): **{c['verdict']}** — |IG| vs attention: "
         f"{c['predicted']['attribution_vs_attention']['verdict']}; attention vs random: "
         f"{c['predicted']['attention_vs_random']['verdict']}. On the true class's probability "
@@ -673,9 +600,10 @@ def markdown(results: Mapping[str, Any]) -> str:
     for unit, by_attribution in agreement.items():
         for name, row in by_attribution.items():
             lines.append(
-                f"| {unit} | {ATTRIBUTIONS[name]} | {_cell(row['miss_rate'])} | {row['hits']} "
+                f"| {unit} | {ATTRIBUTIONS[name]} | {interval_cell(row['miss_rate'])} | {row['hits']} "
                 f"({', '.join(map(str, row['hits_by_seed']))}) | "
-                f"{_cell(row['kendall_tau'], True)} | {row['median_rank']:.0f} of {results['length']} | "
+                f"{interval_cell(row['kendall_tau'], True)} | "
+                f"{row['median_rank']:.0f} of {results['length']} | "
                 f"{row['rule_a']} | {row['rule_b']} |"
             )
     lines += [
@@ -689,7 +617,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         "## Deletion: the top-k tokens replaced by 'N'",
         "",
         f"Intact windows: p(predicted class) {diag['p_predicted']:.3f}, p(true class) {diag['p_true']:.3f}, "
-        f"accuracy {_cell(diag['accuracy'])}.",
+        f"accuracy {interval_cell(diag['accuracy'])}.",
         "",
         "| deleted by | k | Δp(predicted class) | Δp(true class) | accuracy |",
         "|---|---:|---:|---:|---:|",
@@ -698,8 +626,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         for kk, row in by_k.items():
             lines.append(
                 f"| {ORDERS[order].replace('|', chr(92) + '|')} | {kk} | "
-                f"{_cell(row['delta_p_predicted'], True)} | {_cell(row['delta_p_true'], True)} | "
-                f"{_cell(row['accuracy'])} |"
+                f"{interval_cell(row['delta_p_predicted'], True)} | "
+                f"{interval_cell(row['delta_p_true'], True)} | "
+                f"{interval_cell(row['accuracy'])} |"
             )
     lines += [
         "",
@@ -713,14 +642,14 @@ def markdown(results: Mapping[str, Any]) -> str:
         second = c[name]["attention_vs_random"]["by_k"]
         for kk in first:
             lines.append(
-                f"| p({name} class) | {kk} | {_cell(first[kk], True)} ({first[kk]['class']}) | "
-                f"{_cell(second[kk], True)} ({second[kk]['class']}) |"
+                f"| p({name} class) | {kk} | {interval_cell(first[kk], True)} ({first[kk]['class']}) | "
+                f"{interval_cell(second[kk], True)} ({second[kk]['class']}) |"
             )
     lines += [
         "",
         "## Diagnostics",
         "",
-        f"- The models on these windows: balanced accuracy {_cell(diag['balanced_accuracy'])}.",
+        f"- The models on these windows: balanced accuracy {interval_cell(diag['balanced_accuracy'])}.",
         "- Analysis path against training path: largest |Δ logit| "
         f"{diag['analysis_max_abs_logit_difference']:.1e} over every window and seed.",
         "- Integrated gradients' completeness, |Σ IG − (F(x) − F(baseline))| / |F(x) − F(baseline)|: median "
@@ -791,18 +720,11 @@ def main(argv: list[str]) -> None:
     exit_when_interrupted(_main, argv)
 
 
-def _runs(workdir: Path) -> list[Path]:
+def _chosen_runs(folder: Path) -> list[Path]:
     from seqjax.experiment.attention_attribution import chosen_runs
     from seqjax.experiment.protocol import HEADLINE
 
-    if FLAGS.runs:
-        return [Path(r) for r in FLAGS.runs]
-    if FLAGS.reuse_runs:
-        from seqjax.experiment.sweep import finished_models_at
-
-        folder = finished_models_at(FLAGS.reuse_runs, FLAGS.length, [FLAGS.preset]) / FLAGS.preset
-        return chosen_runs(folder, metric=HEADLINE["classification"][0])
-    return _trained_runs(workdir)
+    return chosen_runs(folder, metric=HEADLINE["classification"][0])
 
 
 def _main(argv: list[str]) -> None:
@@ -811,29 +733,10 @@ def _main(argv: list[str]) -> None:
     apply_size_defaults(FLAGS, SIZE_DEFAULTS[FLAGS.size])
     import jax
 
-    from seqjax.data.pipeline import spread_indices
     from seqjax.experiment.attention_attribution import softmax_attention_layers
-    from seqjax.experiment.clusters import example_clusters
     from seqjax.experiment.outputs import run_header, write_results
-    from seqjax.experiment.protocol import use_compilation_cache
 
-    workdir = Path(FLAGS.workdir)
-    if FLAGS.fresh and workdir.is_dir():
-        import shutil
-
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if FLAGS.compilation_cache:
-        use_compilation_cache(workdir / ".jax_cache")
-    runs = _runs(workdir)
-    if not runs:
-        raise ValueError("attention_attribution: no runs to read; give --runs, --reuse_runs, or train here.")
     deletions = sorted(int(k) for k in FLAGS.deletions)
-    parts, _, _ = restore(runs[0])
-    source = parts["sources"]["test"]
-    length = int(parts["tokens_per_example"])
-    indices = spread_indices(len(source), FLAGS.examples)
-    clusters = example_clusters(source)[indices]
     settings = {
         "ig_steps": FLAGS.ig_steps,
         "ig_chunk": FLAGS.ig_chunk,
@@ -842,12 +745,17 @@ def _main(argv: list[str]) -> None:
         "deletion_seed": FLAGS.deletion_seed,
         "window_batch": FLAGS.window_batch,
     }
-    scores = []
-    for run in runs:
-        print(f"scoring {run}", flush=True)
-        scores.append(cached_scores(workdir, run, indices, **settings))
-    seconds = float(sum(s["seconds"] for s in scores))  # as first scored (a cached run costs nothing now)
-    summary = summarize(scores, clusters, FLAGS.top_k, deletions, FLAGS.resamples)
+    scored = score_trained_runs(
+        FLAGS,
+        score_run,
+        settings,
+        root=ROOT,
+        driver="attention_attribution",
+        chosen=_chosen_runs,
+        restore=restore,
+    )
+    parts = scored.parts
+    summary = summarize(scored.scores, scored.clusters, FLAGS.top_k, deletions, FLAGS.resamples)
     platform = jax.default_backend()
     config = parts["config"]
     cells = softmax_attention_layers(parts["model"])
@@ -861,11 +769,11 @@ def _main(argv: list[str]) -> None:
             f"{config.model['d_model']}, {config.head['pooling']} pooling, "
             f"{config.head['num_classes']} classes"
         ),
-        "runs": [str(r) for r in runs],
-        "length": length,
-        "windows": len(indices),
+        "runs": [str(r) for r in scored.runs],
+        "length": scored.length,
+        "windows": len(scored.indices),
         "resamples": FLAGS.resamples,
-        "score_seconds": seconds,
+        "score_seconds": scored.seconds,
         **settings,
         **summary,
     }

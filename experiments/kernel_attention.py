@@ -71,8 +71,6 @@ run resumes there.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -85,14 +83,9 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from seqjax.experiment.flags import (
-    apply_size_defaults,
-    define_protocol_flags,
-    driver_settings,
-    prepare_workdir,
-    preset_configs,
-    protocol_record,
-)
+from seqjax.experiment.flags import apply_size_defaults, define_protocol_flags
+from seqjax.experiment.interval_format import interval_cell, interval_fields
+from seqjax.experiment.trained_runs import restore_run, score_trained_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -142,56 +135,6 @@ WORD = {"claimed": "supported", "opposite": "contradicted", "neither": "inconclu
 
 
 # --------------------------------------------------------------------------------------------------
-# The runs
-# --------------------------------------------------------------------------------------------------
-def _trained_runs(workdir: Path) -> list[Path]:
-    """--preset trained here on the protocol at --length (smoke: tiny), its chosen rate's seed folders."""
-    from seqjax.experiment.protocol import run_comparison
-
-    config = preset_configs(
-        ROOT / FLAGS.config,
-        [FLAGS.preset],
-        length=FLAGS.length,
-        tokens_per_batch=FLAGS.tokens_per_batch,
-        size=FLAGS.size,
-        options=FLAGS.options,
-        overrides=FLAGS.config_overrides,
-    )[FLAGS.preset]
-    settings = driver_settings(FLAGS)
-    prepare_workdir(
-        workdir, protocol_record(FLAGS, settings, config=FLAGS.config, options=FLAGS.options), fresh=False
-    )
-    result = run_comparison(
-        {FLAGS.preset: config}, settings, workdir / f"L{FLAGS.length}", length=FLAGS.length
-    )
-    return [Path(r.workdir) for r in result[FLAGS.preset].seeds]
-
-
-def restore(run: Path) -> tuple[dict[str, Any], Any, int]:
-    """(`trainer.setup`'s parts of the run's own saved config, its last checkpoint's parameters, the
-    step)."""
-    import jax
-
-    from seqjax.train.checkpoint import Checkpoints
-    from seqjax.train.trainer import load_config, setup
-
-    parts = setup(load_config(str(run)))
-    config = parts["config"]
-    checkpoints = Checkpoints(
-        str(run / "checkpoints"),
-        best_metric=config.checkpoint.best_metric,
-        best_mode=config.checkpoint.best_mode,
-        async_save=False,
-    )
-    try:
-        step = checkpoints.latest_step()
-        restored = checkpoints.restore(parts["abstract_state"], step=step)
-    finally:
-        checkpoints.close()
-    return parts, jax.tree.map(jax.numpy.asarray, restored.state.params), int(step)
-
-
-# --------------------------------------------------------------------------------------------------
 # Scoring one run
 # --------------------------------------------------------------------------------------------------
 def kernel_keys(features: Sequence[int]) -> list[str]:
@@ -222,7 +165,7 @@ def score_run(
     from seqjax.experiment import kernel_attention as ka
     from seqjax.train.step import token_losses
 
-    parts, params, _ = restore(run)
+    parts, params, _ = restore_run(run)
     model, source = parts["model"], parts["sources"]["test"]
     cells = ka.attention_layers(model)
     shape = ka.swap_summary(cells)
@@ -324,33 +267,9 @@ def _mean_norm(x: Any, mask: Any) -> Any:
     return (norms * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
 
 
-def cached_scores(workdir: Path, run: Path, indices: np.ndarray, **settings: Any) -> dict[str, np.ndarray]:
-    """`score_run`, cached in `<workdir>/scores/<digest>.npz` (the digest of the run folder, its last
-    checkpoint, the windows and the settings: anything else scores again)."""
-    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-    key = json.dumps(
-        {"run": str(run.resolve()), "step": steps[-1], "windows": indices.tolist(), **settings},
-        sort_keys=True,
-    )
-    path = workdir / "scores" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    if path.exists():
-        with np.load(path) as saved:
-            return {name: saved[name] for name in saved.files}
-    scores = score_run(run, indices, **settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp.npz")
-    np.savez(partial, **scores)
-    os.replace(partial, path)
-    return scores
-
-
 # --------------------------------------------------------------------------------------------------
 # The summary
 # --------------------------------------------------------------------------------------------------
-def _interval(value: Any) -> dict[str, float]:
-    return {"estimate": float(value.estimate), "low": float(value.low), "high": float(value.high)}
-
-
 def _per_window(array: np.ndarray, performer: bool) -> np.ndarray:
     """A [draws?, windows, layers, heads] array as [windows]: draws, layers and heads averaged."""
     if performer:
@@ -385,7 +304,7 @@ def summarize(
     layers = scores[0]["entropy"].shape[1]
 
     def unit_interval(values: np.ndarray, level: float = 0.95) -> dict[str, float]:
-        return _interval(
+        return interval_fields(
             statistics.cluster_bootstrap(
                 values, cluster_ids=clusters, confidence_level=level, n_resamples=resamples
             )
@@ -403,7 +322,7 @@ def summarize(
     rows: dict[str, Any] = {
         "softmax": {
             "kernel": "softmax",
-            "bits_per_byte": _interval(softmax_bpb),
+            "bits_per_byte": interval_fields(softmax_bpb),
             "entropy_by_layer": [
                 float(np.mean([s["entropy"][:, i].mean() for s in scores])) for i in range(layers)
             ],
@@ -439,12 +358,12 @@ def summarize(
             "frobenius": unit_interval(frob),
             "frobenius_by_layer": per_layer("frobenius", k),
             "floored_weights": int(sum(s[f"floored/{k}"].sum() for s in scores)),
-            "bits_per_byte": _interval(
+            "bits_per_byte": interval_fields(
                 statistics.cluster_bootstrap(
                     nll[k], targets=window_bytes, metric=bpb, cluster_ids=clusters, n_resamples=resamples
                 )
             ),
-            "delta_bpb": _interval(delta) | {"confidence_level": joint},
+            "delta_bpb": interval_fields(delta) | {"confidence_level": joint},
         }
         if performer:  # the spread over draws: each draw's Δbpb over all windows and seeds
             per_draw = np.stack([s[f"nll/{k}"] for s in scores])  # [seeds, draws, windows]
@@ -489,7 +408,10 @@ def summarize(
             rule_b["verdict"] = "supported"
         elif kl_side == "claimed" and bpb_side == "opposite":
             rule_b["verdict"] = "contradicted"
-        rule_b |= {"kl_difference": _interval(kl_diff), "delta_bpb_difference": _interval(bpb_diff)}
+        rule_b |= {
+            "kl_difference": interval_fields(kl_diff),
+            "delta_bpb_difference": interval_fields(bpb_diff),
+        }
     else:
         rule_b["note"] = "one number of features: no knob"
 
@@ -524,11 +446,6 @@ def summarize(
 # --------------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------------
-def _cell(v: Mapping[str, float], signed: bool = False, digits: int = 3) -> str:
-    f = f"+.{digits}f" if signed else f".{digits}f"
-    return f"{v['estimate']:{f}} [{v['low']:{f}}, {v['high']:{f}}]"
-
-
 def markdown(results: Mapping[str, Any]) -> str:
     """The report: set-up, the two verdicts, the table by kernel, and the diagnostics."""
     rows = results["kernels"]
@@ -567,8 +484,9 @@ def markdown(results: Mapping[str, Any]) -> str:
     if "kl_difference" in b:
         lines.append(
             f"- (b) **{b['verdict']}** — KL({b['fewest']}) − KL({b['most']}) = "
-            f"{_cell(b['kl_difference'], True)} "
-            f"nats; Δbpb({b['fewest']}) − Δbpb({b['most']}) = {_cell(b['delta_bpb_difference'], True)}."
+            f"{interval_cell(b['kl_difference'], True)} "
+            f"nats; Δbpb({b['fewest']}) − Δbpb({b['most']}) = "
+            f"{interval_cell(b['delta_bpb_difference'], True)}."
         )
     else:
         lines.append(f"- (b) **{b['verdict']}** ({b.get('note', '')}).")
@@ -591,7 +509,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
         "## By kernel",
         "",
-        f"Softmax (the trained model): **{_cell(soft['bits_per_byte'])}** bits per byte on these windows.",
+        f"Softmax (the trained model): **{interval_cell(soft['bits_per_byte'])}** bits per byte on these "
+        "windows.",
         "",
         "| kernel | KL(softmax ‖ kernel), nats/row | "
         + " | ".join(f"KL layer {i}" for i in range(layers))
@@ -603,8 +522,8 @@ def markdown(results: Mapping[str, Any]) -> str:
             continue
         by_layer = " | ".join(f"{x:.3f}" for x in row["kl_by_layer"])
         lines.append(
-            f"| {k} | {_cell(row['kl'])} | {by_layer} | {_cell(row['frobenius'])} | "
-            f"{_cell(row['bits_per_byte'])} | {_cell(row['delta_bpb'], True)} | "
+            f"| {k} | {interval_cell(row['kl'])} | {by_layer} | {interval_cell(row['frobenius'])} | "
+            f"{interval_cell(row['bits_per_byte'])} | {interval_cell(row['delta_bpb'], True)} | "
             f"{row.get('verdict', '(reference)')} |"
         )
     lines += [
@@ -690,65 +609,32 @@ def main(argv: list[str]) -> None:
     exit_when_interrupted(_main, argv)
 
 
-def _runs(workdir: Path) -> list[Path]:
-    from seqjax.experiment import kernel_attention as ka
-
-    if FLAGS.runs:
-        return [Path(r) for r in FLAGS.runs]
-    if FLAGS.reuse_runs:
-        from seqjax.experiment.sweep import finished_models_at
-
-        return ka.chosen_runs(
-            finished_models_at(FLAGS.reuse_runs, FLAGS.length, [FLAGS.preset]) / FLAGS.preset
-        )
-    return _trained_runs(workdir)
-
-
 def _main(argv: list[str]) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
     apply_size_defaults(FLAGS, SIZE_DEFAULTS[FLAGS.size])
     import jax
 
-    from seqjax.data.pipeline import spread_indices
-    from seqjax.experiment.clusters import example_bytes, example_clusters
-    from seqjax.experiment.kernel_attention import attention_layers, swap_summary
+    from seqjax.experiment.clusters import example_bytes
+    from seqjax.experiment.kernel_attention import attention_layers, chosen_runs, swap_summary
     from seqjax.experiment.outputs import run_header, write_results
-    from seqjax.experiment.protocol import use_compilation_cache
 
-    workdir = Path(FLAGS.workdir)
-    if FLAGS.fresh and workdir.is_dir():
-        import shutil
-
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if FLAGS.compilation_cache:
-        use_compilation_cache(workdir / ".jax_cache")
-    runs = _runs(workdir)
-    if not runs:
-        raise ValueError("kernel_attention: no runs to read; give --runs, --reuse_runs, or train here.")
     features = sorted(int(m) for m in FLAGS.features)
-    parts, _, _ = restore(runs[0])
-    source = parts["sources"]["test"]
-    length = int(parts["tokens_per_example"])
-    indices = spread_indices(len(source), FLAGS.examples)
-    clusters = example_clusters(source)[indices]
     settings = {
         "features": features,
         "draws": FLAGS.draws,
         "feature_seed": FLAGS.feature_seed,
         "window_batch": FLAGS.window_batch,
     }
-    scores = []
-    for run in runs:
-        print(f"scoring {run}", flush=True)
-        scores.append(cached_scores(workdir, run, indices, **settings))
-    seconds = float(sum(s["seconds"] for s in scores))  # as first scored (a cached run costs nothing now)
+    scored = score_trained_runs(
+        FLAGS, score_run, settings, root=ROOT, driver="kernel_attention", chosen=chosen_runs
+    )
+    parts, scores = scored.parts, scored.scores
     tokens = scores[0]["tokens"]
     if any(not np.array_equal(s["tokens"], tokens) for s in scores):
         raise ValueError("kernel_attention: the runs scored other targets; they must share the data.")
-    window_bytes = example_bytes(source, tokens)
-    summary = summarize(scores, clusters, window_bytes, features, FLAGS.resamples)
+    window_bytes = example_bytes(parts["sources"]["test"], tokens)
+    summary = summarize(scores, scored.clusters, window_bytes, features, FLAGS.resamples)
     platform = jax.default_backend()
     config = parts["config"]
     shape = swap_summary(attention_layers(parts["model"]))
@@ -759,15 +645,15 @@ def _main(argv: list[str]) -> None:
             f"{FLAGS.preset}: {shape['layers']} softmax layers of {shape['heads']} head(s) of "
             f"{shape['head_dim']}, d_model {config.model['d_model']}"
         ),
-        "runs": [str(r) for r in runs],
-        "length": length,
-        "windows": len(indices),
+        "runs": [str(r) for r in scored.runs],
+        "length": scored.length,
+        "windows": len(scored.indices),
         "scored_bytes": float(window_bytes.sum()),
         "features": features,
         "draws": FLAGS.draws,
         "feature_seed": FLAGS.feature_seed,
         "resamples": FLAGS.resamples,
-        "score_seconds": seconds,
+        "score_seconds": scored.seconds,
         **summary,
     }
     out = ROOT / FLAGS.out.format(size=FLAGS.size, platform=platform)

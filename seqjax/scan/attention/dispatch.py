@@ -74,19 +74,7 @@ def attention(
     if method not in METHODS:
         raise ValueError(f"attention: unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     block_q, block_k = _check_block("block_q", block_q), _check_block("block_k", block_k)
-    vis = _from_call(
-        "attention",
-        visibility,
-        q_positions=q_positions,
-        kv_positions=kv_positions,
-        q_segment_ids=q_segment_ids,
-        kv_segment_ids=kv_segment_ids,
-        kv_mask=kv_mask,
-        kv_global=kv_global,
-        q_global=q_global,
-        causal=causal,
-        window=window,
-    )
+    vis = _from_call("attention", locals())
     a = _check("attention", q, k, v, vis, alibi_slopes=alibi_slopes, scale=scale)
     unsupported = _cudnn_unsupported(a)
     if method == "auto":

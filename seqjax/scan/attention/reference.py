@@ -52,19 +52,7 @@ def attention_reference(
       >>> attention_reference(q, k, v, causal=True).shape
       (2, 16, 4, 8)
     """
-    vis = _from_call(
-        "attention_reference",
-        visibility,
-        q_positions=q_positions,
-        kv_positions=kv_positions,
-        q_segment_ids=q_segment_ids,
-        kv_segment_ids=kv_segment_ids,
-        kv_mask=kv_mask,
-        kv_global=kv_global,
-        q_global=q_global,
-        causal=causal,
-        window=window,
-    )
+    vis = _from_call("attention_reference", locals())
     *batch, lq, hq, _ = q.shape
     acc = accumulation_dtype(q.dtype)
     weights = _grouped_weights("attention", q, k, vis, alibi_slopes, scale)
@@ -99,19 +87,7 @@ def attention_weights(
       >>> attention_weights(q, k, causal=True)[0, 0].tolist()
       [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.3333333432674408, 0.3333333432674408, 0.3333333432674408]]
     """
-    vis = _from_call(
-        "attention_weights",
-        visibility,
-        q_positions=q_positions,
-        kv_positions=kv_positions,
-        q_segment_ids=q_segment_ids,
-        kv_segment_ids=kv_segment_ids,
-        kv_mask=kv_mask,
-        kv_global=kv_global,
-        q_global=q_global,
-        causal=causal,
-        window=window,
-    )
+    vis = _from_call("attention_weights", locals())
     weights = _grouped_weights("attention_weights", q, k, vis, alibi_slopes, scale)
     *batch, hkv, group, lq, lk = weights.shape
     return weights.reshape(*batch, hkv * group, lq, lk)

@@ -397,19 +397,7 @@ def sequence_parallel_attention(
             f"{fn}: unknown strategy {strategy!r}; choose one of {', '.join(SEQUENCE_PARALLEL_STRATEGIES)}."
         )
     block_q, block_k = _check_block("block_q", block_q), _check_block("block_k", block_k)
-    vis = _from_call(
-        fn,
-        visibility,
-        q_positions=q_positions,
-        kv_positions=kv_positions,
-        q_segment_ids=q_segment_ids,
-        kv_segment_ids=kv_segment_ids,
-        kv_mask=kv_mask,
-        kv_global=kv_global,
-        q_global=q_global,
-        causal=causal,
-        window=window,
-    )
+    vis = _from_call(fn, locals())
     mesh = _resolve_mesh(fn, mesh, sequence_axis)
     n = sequence_shards(sequence_axis, mesh)
     if n == 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -33,6 +34,8 @@ _PER_TOKEN = (
     "kv_global",
     "q_global",
 )
+#: Every field, in order: the keywords an engine takes instead of a `Visibility` value.
+_FIELDS = (*_PER_TOKEN, "causal", "window")
 
 
 @functools.partial(
@@ -125,9 +128,18 @@ class Visibility:
         return tuple(name for name in _PER_TOKEN if getattr(self, name) is not None)
 
 
-def _from_call(fn: str, visibility: Visibility | None, **keywords: Any) -> Visibility:
-    """The visibility of an engine call: the `visibility` value, or one built from the keyword form
-    (`causal=`, `window=`, `kv_mask=`, ...); refuses both at once, so neither silently wins."""
+def _from_call(fn: str, arguments: Mapping[str, Any]) -> Visibility:
+    """The visibility of an engine call, from the engine's `arguments` (its `locals()` on entry): the
+    `visibility` value, or one built from the keyword form (`causal=`, `window=`, `kv_mask=`, ...: every
+    engine takes `Visibility`'s fields as keywords too, and they are read here by name so that the
+    engines do not each forward them); refuses both at once, so neither silently wins. `fn` names the
+    engine in errors.
+
+        >>> _from_call("attention", {"visibility": None, **vars(Visibility(window=4))}).window
+        4
+    """
+    visibility = arguments["visibility"]
+    keywords = {name: arguments[name] for name in _FIELDS}
     if visibility is None:
         return Visibility(**keywords)
     if not isinstance(visibility, Visibility):
