@@ -331,8 +331,8 @@ def recent_cell(family: str) -> cells.Cell | None:
         return cells.get(name, num_heads=heads, head_dim=d, d_model=h)
     if family == "mlstm":  # the up-projection makes the heads x head_dim inner width from --hidden
         return cells.get(name, d_model=h, num_heads=heads, proj_factor=heads * d / h)
-    if family == "slstm":  # heads x head_dim scalar memories, headwise recurrence
-        return cells.get(name, hidden_size=heads * d, num_heads=heads)
+    if family == "slstm":  # maps --hidden to --hidden (its conv needs it): --heads heads of hidden/heads
+        return cells.get(name, hidden_size=h, num_heads=heads)
     return cells.get(name, num_heads=heads, head_dim=d)
 
 
