@@ -111,6 +111,15 @@ class SegmentRemat(Cell):
     def causal_unsupported(self) -> str | None:
         return self.cell.causal_unsupported()
 
+    def sequence_parallel_unsupported(self) -> str | None:
+        inner = self.cell.sequence_parallel_unsupported()
+        if inner is not None:
+            return inner
+        return (
+            f"{self._label} segments the time axis on one device; to split it over devices instead, "
+            f"use the cell itself (model.segment_remat = 0) with the `sequence` mesh axis."
+        )
+
     def step(
         self,
         params: Params,

@@ -189,6 +189,11 @@ class BackboneConfig:
       mlp_expansion, mlp_activation, norm, norm_eps, prenorm, dropout_rate, use_bias: the blocks' options.
       final_norm: a norm after the last block.
       remat: a `REMAT_POLICIES` name ("none", "full", "dots_saveable", "nothing_saveable", ...).
+      segment_remat: 0 (off), or N: every layer whose cell carries a fixed-size state (all but softmax
+        attention's KV cache and the cells with no token-by-token form: Bidirectional, Linformer,
+        Longformer) runs its `apply` in rematerialised segments of N tokens (`cells.SegmentRemat`), so
+        training memory stops growing with the cells' activations; the function and the parameters are
+        unchanged. With `remat`, the blocks' MLPs are rematerialised too.
       dtype: compute dtype (str); param_dtype: parameter dtype (str).
     """
 
@@ -209,6 +214,7 @@ class BackboneConfig:
     dropout_rate: float = 0.0
     use_bias: bool = False
     remat: str = "none"
+    segment_remat: int = 0
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -248,6 +254,15 @@ class BackboneConfig:
         if self.remat not in REMAT_POLICIES:
             raise ValueError(
                 f"BackboneConfig.remat: unknown policy {self.remat!r}; choose one of {tuple(REMAT_POLICIES)}."
+            )
+        if (
+            isinstance(self.segment_remat, bool)
+            or not isinstance(self.segment_remat, int)
+            or self.segment_remat < 0
+        ):
+            raise ValueError(
+                f"BackboneConfig.segment_remat must be 0 (off) or a positive number of tokens, got "
+                f"{self.segment_remat!r}."
             )
         if not 0.0 <= float(self.dropout_rate) < 1.0:
             raise ValueError(f"BackboneConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
@@ -318,13 +333,16 @@ class BackboneConfig:
         )
 
     def mixer_cell(self, name: str) -> Cell:
-        return build_mixer(
+        cell = build_mixer(
             self.mixer_spec(name),
             d_model=int(self.d_model),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             where=f"mixer {name!r}",
         )
+        if self.segment_remat and _carries_fixed_state(cell):
+            cell = cells.SegmentRemat(cell, segment_length=int(self.segment_remat))
+        return cell
 
     def layer_mixers(self) -> tuple[str, ...]:
         """The mixer name of every layer (the pattern cycled to num_layers)."""
@@ -334,6 +352,12 @@ class BackboneConfig:
         """The cell of every layer."""
         built = {name: self.mixer_cell(name) for name in dict.fromkeys(self.pattern)}
         return tuple(built[name] for name in self.layer_mixers())
+
+
+def _carries_fixed_state(cell: Cell) -> bool:
+    """Whether `cell`'s apply can be cut at any token and resumed from a fixed-size state (what
+    `segment_remat` needs): not a growing KV cache, and a token-by-token form exists."""
+    return not cell.state_grows_with_sequence and cell.step_unsupported(streaming=False) is None
 
 
 def _shapes(tree: dict[str, Any]) -> str:

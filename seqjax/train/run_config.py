@@ -106,6 +106,7 @@ MODEL_BOUNDS = {
     "mlp_expansion": _above(0),
     "norm_eps": _at_least(0),
     "dropout_rate": _at_least(0),
+    "segment_remat": _at_least(0),
 }
 OPTIMIZER_BOUNDS = {
     "learning_rate": _at_least(0),  # a negative rate climbs the loss
@@ -535,6 +536,7 @@ FIELD_DOCS: dict[str, str] = {
     "model.dropout_rate": "dropout rate in the blocks",
     "model.use_bias": "biases in the blocks' dense layers",
     "model.remat": "rematerialisation policy (none, full, dots_saveable, ...)",
+    "model.segment_remat": "0, or N: recurrent layers run in rematerialised segments of N tokens",
     "model.dtype": "compute dtype (bfloat16: mixed precision)",
     "model.param_dtype": "parameter dtype",
     # heads
