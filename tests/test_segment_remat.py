@@ -108,25 +108,23 @@ def test_refusals_name_the_reason_and_the_fix():
 def test_a_model_with_segment_remat_computes_the_same_function():
     from seqjax.models import Backbone, BackboneConfig
 
-    # float64: this small model at initialisation is ill-conditioned in float32 (parameters moved by
-    # 1e-6 move its gradients by O(1)), so only a float64 comparison can tell exact from not
     base = {"d_model": 8, "num_layers": 2, "vocab_size": 11, "pattern": ("gated_deltanet", "attention")}
-    base |= {"dtype": "float64", "param_dtype": "float64"}
     plain, segmented = BackboneConfig(**base), BackboneConfig(**base, segment_remat=8)
     # the recurrent layer is wrapped, attention (a KV cache that grows) stays whole
     assert [type(c).__name__ for c in segmented.layer_cells()] == ["SegmentRemat", "Attention"]
     tokens = jax.random.randint(jax.random.PRNGKey(1), (2, LENGTH), 0, 11)
+    variables = Backbone(plain).init(jax.random.PRNGKey(0), tokens)
+    again = Backbone(segmented).init(jax.random.PRNGKey(0), tokens)
+    assert jax.tree.structure(again) == jax.tree.structure(variables)  # the same parameters
+    # a fixed projection of the features: their sum of squares after the final RMSNorm is a constant
+    projection = jax.random.normal(jax.random.PRNGKey(2), (8,))
 
     def loss(config):
-        return lambda v: jnp.sum(Backbone(config).apply(v, tokens)[0] ** 2)
+        return lambda v: jnp.sum(Backbone(config).apply(v, tokens)[0] @ projection)
 
-    with jax.enable_x64(True):
-        variables = Backbone(plain).init(jax.random.PRNGKey(0), tokens)
-        again = Backbone(segmented).init(jax.random.PRNGKey(0), tokens)
-        assert jax.tree.structure(again) == jax.tree.structure(variables)  # the same parameters
-        np.testing.assert_allclose(loss(segmented)(variables), loss(plain)(variables), rtol=1e-12)
-        grads, expected = jax.grad(loss(segmented))(variables), jax.grad(loss(plain))(variables)
+    np.testing.assert_allclose(loss(segmented)(variables), loss(plain)(variables), rtol=1e-5)
+    grads, expected = jax.grad(loss(segmented))(variables), jax.grad(loss(plain))(variables)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
     with pytest.raises(ValueError, match="segment_remat must be 0"):
         BackboneConfig(**base, segment_remat=-1)
