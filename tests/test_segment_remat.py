@@ -108,7 +108,7 @@ def test_refusals_name_the_reason_and_the_fix():
 def test_a_model_with_segment_remat_computes_the_same_function():
     from seqjax.models import Backbone, BackboneConfig
 
-    base = {"d_model": 8, "num_layers": 2, "vocab_size": 11, "pattern": ("gated_deltanet", "attention")}
+    base = {"d_model": 8, "num_layers": 2, "vocab_size": 11, "pattern": ("lru", "attention")}
     plain, segmented = BackboneConfig(**base), BackboneConfig(**base, segment_remat=8)
     # the recurrent layer is wrapped, attention (a KV cache that grows) stays whole
     assert [type(c).__name__ for c in segmented.layer_cells()] == ["SegmentRemat", "Attention"]

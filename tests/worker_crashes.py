@@ -28,9 +28,10 @@ import pytest
 
 #: The folder of the workers' logs, made by the controller and inherited by the workers it starts.
 LOG_FOLDER_VARIABLE = "SEQJAX_WORKER_LOGS"
-#: Lines of a crashed worker's log printed in the summary (its last tests, then the stacks).
-TAIL_LINES = 60
+#: At most this many lines of a crashed worker's log are printed (its last tests, then the stacks).
+TAIL_LINES = 120
 _FATAL = re.compile(r"Fatal Python error|Segmentation fault|Aborted")
+_START = re.compile(r"\d\d:\d\d:\d\d start ")
 _CRASHED = re.compile(r"worker '(gw\d+)' crashed while running")
 
 _log: IO[str] | None = None
@@ -88,7 +89,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if path.stem not in crashed and not _FATAL.search(text):
             continue
         terminalreporter.write_sep("=", f"worker {path.stem}: the end of its log ({path})")
-        tail = text.splitlines()[-TAIL_LINES:]
+        lines = [line for line in text.splitlines() if not line.startswith("Extension modules:")]
+        starts = [i for i, line in enumerate(lines) if _START.match(line)]
+        # from a few tests before the last one it started (their memory) through the stacks, if any
+        first = max(starts[-3] if len(starts) >= 3 else 0, len(lines) - TAIL_LINES)
+        tail = lines[first:]
         if not _FATAL.search(text):
             tail.append("(no fatal-signal stacks: the worker was killed, e.g. by the out-of-memory killer)")
         terminalreporter.write_line("\n".join(tail))
