@@ -64,6 +64,17 @@ def test_segments_compute_the_cells_function_values_and_gradients(name):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_bfloat16_inputs_keep_the_cells_own_state_dtype():
+    # the cell's apply starts from its default (float32) state for bf16 inputs; so must the segments
+    inner = CELLS["gated_deltanet"]()
+    params = inner.init(jax.random.PRNGKey(0), INPUT)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, LENGTH, INPUT)).astype(jnp.bfloat16)
+    ys_ref, final_ref = inner.apply(params, xs)
+    ys, final = cells.SegmentRemat(inner, segment_length=SEGMENT).apply(params, xs)
+    assert [a.dtype for a in jax.tree.leaves(final)] == [a.dtype for a in jax.tree.leaves(final_ref)]
+    np.testing.assert_allclose(np.asarray(ys, np.float32), np.asarray(ys_ref, np.float32), atol=1e-5)
+
+
 def test_step_and_parameters_are_the_wrapped_cells():
     inner = cells.GatedDeltaNet(num_heads=2, head_dim=4)
     wrapped = cells.SegmentRemat(inner, segment_length=4)

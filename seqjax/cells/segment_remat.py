@@ -147,8 +147,8 @@ class SegmentRemat(Cell):
         batch_shape = tuple(batch)
         if length <= self.segment_length:  # one segment: nothing to carry or to rematerialise
             return self.cell.apply(params, xs, state, resets=resets, mask=mask)
-        if state is None:
-            state = self.cell.initial_state(batch_shape, xs.dtype)
+        if state is None:  # the cell's own default, as its `apply` would take (float32 for bf16 inputs)
+            state = self.cell.initial_state(batch_shape)
         else:
             self._check_state(state, batch_shape)
         flags_shape = (*batch_shape, length)
