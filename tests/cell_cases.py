@@ -124,34 +124,51 @@ def random_flags(seed: int, shape: tuple[int, ...], p: float) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).random(shape) < p)
 
 
-def random_state(cell: cells.Cell, key: jax.Array, batch_shape: tuple[int, ...]):
+def init_params(cell: cells.Cell, seed: int = 0, input_size: int = INPUT_SIZE) -> dict:
+    """`cell.init(PRNGKey(seed), input_size)` as one compiled program: run eagerly, every random draw of
+    a new shape compiles a program of its own, and those small compiles were most of the contract's time."""
+    return _jitted_init(cell, input_size)(jax.random.PRNGKey(seed))
+
+
+@functools.cache
+def _jitted_init(cell: cells.Cell, input_size: int):
+    return jax.jit(lambda key: cell.init(key, input_size))
+
+
+def normal_inputs(seed: int, shape: tuple[int, ...]) -> jax.Array:
+    """Standard normal float32 inputs drawn by NumPy (no compiled program per shape)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def random_state(cell: cells.Cell, seed: int, batch_shape: tuple[int, ...]):
     """A non-zero state of the cell's own dtypes (complex for complex SSMs), so tests also cover a given
-    initial state and resets back to zero.
+    initial state and resets back to zero. Drawn by NumPy into the shapes of `cell.initial_state`
+    (traced, not run): no compiled program.
 
     Integer leaves are counts (the tokens in an attention cache): they get small non-negative values,
     so the state is one the cell can reach and continue (a cache of 64 slots holds < 8 + the test's
     tokens)."""
-    template = cell.initial_state(batch_shape)
+    template = jax.eval_shape(lambda: cell.initial_state(tuple(batch_shape)))
     leaves, treedef = jax.tree.flatten(template)
-    keys = jax.random.split(key, 2 * len(leaves))
+    rng = np.random.default_rng(seed)
     out = []
-    for k_re, k_im, leaf in zip(keys[::2], keys[1::2], leaves, strict=True):
+    for leaf in leaves:
         if jnp.issubdtype(leaf.dtype, jnp.integer):
-            out.append(jax.random.randint(k_re, leaf.shape, 0, 8).astype(leaf.dtype))
+            out.append(rng.integers(0, 8, leaf.shape))
             continue
-        value = 0.5 * jax.random.normal(k_re, leaf.shape)
-        if jnp.iscomplexobj(leaf):
-            value = value + 0.5j * jax.random.normal(k_im, leaf.shape)
-        out.append(value.astype(leaf.dtype))
+        value = 0.5 * rng.standard_normal(leaf.shape)
+        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+            value = value + 0.5j * rng.standard_normal(leaf.shape)
+        out.append(value)
     state = treedef.unflatten(out)
     if isinstance(state, cells.LinearAttentionState):
         # The normaliser z sums positive features, so any reachable z is non-negative; a negative one
         # can put the output's denominator near zero, where float32 rounding is amplified.
-        state = state._replace(z=jnp.abs(state.z))
+        state = state._replace(z=np.abs(state.z))
     if isinstance(state, cells.SLSTMState):
         # Every state the sLSTM reaches from its initial one has n >= 1 (one of its gates is 1 each step).
-        state = state._replace(n=1.0 + jnp.abs(state.n))
-    return state
+        state = state._replace(n=1.0 + np.abs(state.n))
+    return jax.tree.map(lambda v, t: jnp.asarray(np.asarray(v).astype(t.dtype)), state, template)
 
 
 def split_floats(state):
@@ -201,6 +218,27 @@ def step_loop(cell, params, xs, state=None, *, resets=None, mask=None):
 @functools.cache
 def _jitted_step(cell):
     return jax.jit(cell.step)
+
+
+def step_scan(cell, params, xs, state=None, *, resets=None, mask=None):
+    """The plain reference as one compiled loop: `step` under `lax.scan` over time, in the cell's scan
+    direction; the same function as `step_loop`, for checks that take gradients through it (the Python
+    loop's backward pass runs as many small eager programs, each compiled on first use)."""
+    batch_shape = xs.shape[:-2]
+    t_axis = len(batch_shape)
+    state = cell.initial_state(batch_shape) if state is None else state
+    if resets is not None and cell.is_reversed:
+        # Right to left, a new segment begins at t when t + 1 starts a segment going forward.
+        resets = jnp.concatenate([resets[..., 1:], jnp.zeros((*batch_shape, 1), bool)], -1)
+    time_first = lambda a: None if a is None else jnp.moveaxis(a, t_axis, 0)
+
+    def one_step(state, inputs):
+        x, reset, m = inputs
+        return cell.step(params, state, x, reset=reset, mask=m)
+
+    inputs = (jnp.moveaxis(xs, t_axis, 0), time_first(resets), time_first(mask))
+    state, ys = jax.lax.scan(one_step, state, inputs, reverse=cell.is_reversed)
+    return jnp.moveaxis(ys, 0, t_axis), state
 
 
 def unreversed(cell):

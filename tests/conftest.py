@@ -19,7 +19,11 @@ import pytest
 pytest_plugins = ["tests.worker_crashes"]
 
 # XLA's own defaults for the two flags above (xla/debug_options_flags.cc), restored for one compile.
-DEFAULT_OPTIMISATION = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+DEFAULT_OPTIMISATION = {
+    "xla_backend_optimization_level": 3,
+    "xla_llvm_disable_expensive_passes": False,
+    "xla_cpu_use_fusion_emitters": True,
+}
 
 
 @pytest.fixture
@@ -52,6 +56,19 @@ def shared_data_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fi
     folder = root / "shared_data"
     folder.mkdir(exist_ok=True)
     return str(folder)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After a test file's last test, drops JAX's compiled programs (`jax.clear_caches`) and collects
+    them. Each compiled XLA CPU program maps its code into the process, and a worker that keeps the
+    programs of a whole run crosses the kernel's limit on mappings (`vm.max_map_count`, 65,530 by
+    default; ~14,500 after 200 cell tests): mmap then fails inside XLA, seen as segfaults in compiling
+    or running a program on a different test each time. Programs are rarely shared across files."""
+    if nextitem is None or nextitem.path != item.path:  # (a doctest item has a path, not a module)
+        import gc
+
+        jax.clear_caches()
+        gc.collect()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

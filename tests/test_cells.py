@@ -115,7 +115,7 @@ def test_lstm_engines_agree_on_long_sequences(key):
     xs = jax.random.normal(jax.random.PRNGKey(1), (4, 300, 8))
     resets = random_flags(2, (4, 300), 0.01)
     mask = random_flags(3, (4, 300), 0.95)
-    state = random_state(fused, jax.random.PRNGKey(4), (4,))
+    state = random_state(fused, 4, (4,))
 
     def loss(cell, p, x, s):
         ys, final = cell.apply(p, x, s, resets=resets, mask=mask)

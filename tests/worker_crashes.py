@@ -4,13 +4,19 @@ When native code kills a worker (a segfault or abort inside XLA, or the kernel's
 xdist reports only "worker 'gw1' crashed while running <test>": the fatal-signal stacks that pytest's
 faulthandler writes go to the dead worker's stderr, which the run's output does not keep. Here each
 worker writes a log of its own instead: one line per test it starts (with its resident memory and the
-machine's available memory, to tell an out-of-memory kill from a fault), and faulthandler's stacks of
+machine's available memory, to tell an out-of-memory kill from a fault, and its count of memory
+mappings against `vm.max_map_count`, to tell a failed mmap), and faulthandler's stacks of
 every thread on a fatal signal. The controller prints, in the terminal summary, the tail of the log of
 every worker that crashed, and any fatal-signal stacks.
 
 `scripts/test.sh` runs a test that crashed its worker once more (pytest-rerunfailures' `--reruns=1`,
 with `--rerun-except=.` so that an ordinary failure is never rerun): the crash is still printed here,
 and the summary counts it as a rerun.
+
+The crashes seen until December 2026 (segfaults inside XLA, in compiling or running a program, on a
+different test each time, late in a run) came from the mappings: every compiled XLA CPU program maps its
+code, a worker kept every program of the run, and its count neared the limit (~14,500 after 200 cell
+tests, 65,530 allowed). conftest.py now drops JAX's compiled programs after each test file.
 """
 
 from __future__ import annotations
@@ -38,6 +44,18 @@ _log: IO[str] | None = None
 _made_folder: str | None = None  # the controller's, removed when the run ends
 
 
+def _memory_maps() -> str:
+    """How many memory mappings this process holds, against the kernel's limit (`vm.max_map_count`): each
+    compiled XLA CPU program maps its code, and mmap fails past the limit (e.g. as a segfault in LLVM)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            count = sum(1 for _ in maps)
+        limit = Path("/proc/sys/vm/max_map_count").read_text().strip()
+    except OSError:  # not Linux
+        return ""
+    return f", maps {count:,}/{int(limit):,}"
+
+
 def _memory_mib() -> tuple[float, float]:
     """(this process's resident memory, the machine's available memory) in MiB."""
     import psutil
@@ -63,7 +81,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
     if _log is not None:
         rss, available = _memory_mib()
-        memory = f"rss {rss:,.0f} MiB, available {available:,.0f} MiB"
+        memory = f"rss {rss:,.0f} MiB, available {available:,.0f} MiB{_memory_maps()}"
         _log.write(f"{time.strftime('%H:%M:%S')} start {nodeid} ({memory})\n")
 
 

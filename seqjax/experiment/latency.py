@@ -70,6 +70,7 @@ FAMILIES: dict[str, str] = {
     "gla": "linear attention",
     "deltanet": "linear attention",
     "gated_deltanet": "linear attention",
+    "rwkv7": "linear attention",
     "mlstm": "linear attention",
     "attention": "transformer",
     "sliding_window": "transformer",
