@@ -62,8 +62,9 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     """After a test file's last test, drops JAX's compiled programs (`jax.clear_caches`) and collects
     them. Each compiled XLA CPU program maps its code into the process, and a worker that keeps the
     programs of a whole run crosses the kernel's limit on mappings (`vm.max_map_count`, 65,530 by
-    default; ~14,500 after 200 cell tests): mmap then fails inside XLA, seen as segfaults in compiling
-    or running a program on a different test each time. Programs are rarely shared across files."""
+    default; ~14,500 after 200 cell tests), and a failed mmap inside XLA is the likely cause of the
+    segfaults seen late in runs, in compiling or running a program, on a different test each time (none
+    in the first fresh-clone run with this hook). Programs are rarely shared across files."""
     if nextitem is None or nextitem.path != item.path:  # (a doctest item has a path, not a module)
         import gc
 
