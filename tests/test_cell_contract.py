@@ -1,6 +1,7 @@
 """The cell contract, run over every registered cell (`cells.names()`): apply equals a loop of step with
-resets and padding (values and gradients), padding and resets, batch shapes under jit and vmap, float64
-and bfloat16, parameter axes and groups, a state constant in length.
+resets and padding (values and gradients; the loop as one `lax.scan` of step, `cell_cases.step_scan`,
+itself checked against the plain Python loop below), padding and resets, batch shapes under jit and
+vmap, float64 and bfloat16, parameter axes and groups, a state constant in length.
 
 The cases come from `tests.cell_cases.contract_cases()`: a registered cell gets these tests by
 registering (built from small default hyperparameters when CELL_CASES has no entry for it)."""
@@ -27,6 +28,7 @@ from tests.cell_cases import (
     relative_diff,
     split_floats,
     state_loss,
+    step_loop,
     step_scan,
 )
 
@@ -90,6 +92,22 @@ def test_apply_equals_step_loop(cell, flags):
     assert relative_diff(g_apply, g_steps) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["lstm-fused-reverse", "gated-deltanet", "xl-attention-gqa"])
+def test_step_scan_is_the_python_loop_of_step(name):
+    """The contract's reference (`step_scan`: step under one `lax.scan`) against the plain Python loop of
+    step (`step_loop`), with resets and padding: right to left (where a reset moves to the token after),
+    a matrix state, and a cache with an integer length."""
+    cell = dict(CASES_BY_ID)[name]
+    params = init_params(cell)
+    xs = _inputs(1)
+    state = random_state(cell, 2, (B,))
+    resets, mask = random_flags(3, (B, T), 0.25), random_flags(4, (B, T), 0.7)
+    ys, final = jax.jit(lambda p, x, s: step_scan(cell, p, x, s, resets=resets, mask=mask))(params, xs, state)
+    ref_ys, ref_final = step_loop(cell, params, xs, state, resets=resets, mask=mask)
+    np.testing.assert_allclose(ys, ref_ys, rtol=1e-6, atol=1e-6)
+    assert max_abs_diff(final, ref_final) < 1e-6
+
+
 @pytest.mark.parametrize("cell", CASES, ids=IDS)
 def test_padding_leaves_state_unchanged_and_outputs_zero(cell):
     """A right-padded sequence ends in exactly the state of the unpadded one; a left-padded one too."""
@@ -147,8 +165,9 @@ def test_resets_split_packed_segments(cell):
 @pytest.mark.parametrize("cell", CASES, ids=IDS)
 def test_batch_shapes_jit_vmap(cell):
     """No batch axis, vmap over batch axes and vmap over parameters agree with the call on two batch axes.
-    All forms run in one compiled program: eagerly, each small op compiles a program of its own, and
-    eager and jitted calls are the same function (tests/test_attention_cells.py::test_eager_equals_jit)."""
+    All forms run in one compiled program: run eagerly, each small op compiles a program of its own (an
+    eager call runs the same JAX function; tests/test_attention_cells.py::test_eager_equals_jit checks
+    one cell's, and the cells' own test files call apply eagerly)."""
     _require_case(cell)
     params = init_params(cell)
     xs = _inputs(1, (2, 3), 7)
