@@ -12,6 +12,7 @@ lengths (48, 24, 12).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -347,8 +348,18 @@ def test_nonlinear_rnns_refuse_to_split_time(cell):
 
 
 def test_cells_without_a_sequence_parallel_form_say_so():
+    # Every registered cell has a form or is a nonlinear recurrence; a user's cell without the field
+    # gets the generic message.
+    abstract = ("init", "initial_state", "param_axes", "input_size_of", "output_size", "step", "apply")
+    user_cell = dataclasses.dataclass(frozen=True)(
+        type("UserCell", (cells.Cell,), {name: lambda *a, **k: None for name in abstract})
+    )()
     with pytest.raises(ValueError, match="no sequence-parallel form yet"):
-        cells.check_sequence_parallel(cells.TransformerXLAttention(num_heads=2, head_dim=4))
+        cells.check_sequence_parallel(user_cell)
+    for name in cells.registry.names():
+        cls = cells.registry.lookup(name)
+        has_form = "sequence_axis" in {f.name for f in dataclasses.fields(cls)}
+        assert has_form != cls.nonlinear_recurrence, name
     assert cells.with_sequence_axis(cells.S4D(hidden_size=4), "sequence").sequence_axis == "sequence"
     assert cells.with_sequence_axis(cells.LSTM(hidden_size=4), None) == cells.LSTM(hidden_size=4)
 

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqjax import cells
 from seqjax.cells.kv_cache import segments_and_positions
-from seqjax.scan.attention import Visibility, attention, sequence_parallel_attention
+from seqjax.scan.attention import KVPrefix, Visibility, attention, sequence_parallel_attention
 from seqjax.scan.attention import sequence_parallel as sp
 
 T = 90
@@ -182,10 +182,27 @@ def test_refusals():
         sequence_parallel_attention(q, q, q, strategy="halo", mesh=_mesh(2))
     with pytest.raises(ValueError, match="self-attention"):
         sequence_parallel_attention(q, q[:, :6], q[:, :6], mesh=_mesh(2))
-    cell = cells.Attention(num_heads=2, head_dim=4, max_length=16, sequence_axis="sequence")
-    params = cell.init(jax.random.PRNGKey(0), 3)
-    with jax.set_mesh(_mesh(2)), pytest.raises(ValueError, match="without a state"):
-        cell.apply(params, jnp.ones((1, 8, 3)), cell.initial_state((1,)))
+    prefix = KVPrefix(k=q[:, :3], v=q[:, :3], positions=jnp.zeros((1, 3), int))
+    with pytest.raises(ValueError, match=r"kv_prefix.k has shape"):
+        sequence_parallel_attention(q, q, q, kv_prefix=prefix._replace(k=q[:, :3, :1]), mesh=_mesh(2))
+    with pytest.raises(ValueError, match=r"kv_prefix.v has shape"):
+        sequence_parallel_attention(q, q, q, kv_prefix=prefix._replace(v=q[:, :2]), mesh=_mesh(2))
+    with pytest.raises(ValueError, match=r"kv_prefix.positions has shape"):
+        sequence_parallel_attention(
+            q, q, q, kv_prefix=prefix._replace(positions=jnp.zeros((1, 4))), mesh=_mesh(2)
+        )
+    with pytest.raises(ValueError, match=r"kv_prefix.segment_ids must be given exactly when"):
+        sequence_parallel_attention(
+            q,
+            q,
+            q,
+            q_segment_ids=jnp.zeros((1, 8), int),
+            kv_segment_ids=jnp.zeros((1, 8), int),
+            kv_prefix=prefix,
+            mesh=_mesh(2),
+        )
+    with pytest.raises(TypeError, match="KVPrefix"):
+        sequence_parallel_attention(q, q, q, kv_prefix=(q, q, q), mesh=_mesh(2))
     with pytest.raises(ValueError, match="sequence_strategy"):
         cells.Attention(num_heads=2, head_dim=4, sequence_strategy="tree")
 
@@ -264,4 +281,168 @@ def test_cells_with_sequence_axis_equal_single_device(name):
         want = run(cell)
         with jax.set_mesh(_mesh(n)):
             got = run(sharded)
+    _close(got, want, rtol=1e-10, atol=1e-11)
+
+
+# (cell, shards, long padding): the cells whose state is a cache of keys and values, carried into a
+# split sequence. The cache is filled by a first apply of 11 tokens (a reset at 4 in row 1, so its
+# cache starts later).
+STATEFUL_CELLS = {
+    "attention_kv_cache_ring": (
+        lambda: cells.Attention(
+            num_heads=4,
+            head_dim=4,
+            num_kv_heads=2,
+            max_length=128,
+            dtype=jnp.float64,
+            param_dtype=jnp.float64,
+        ),
+        8,
+        True,
+    ),
+    "attention_kv_cache_all_gather_alibi": (
+        lambda: cells.Attention(
+            num_heads=4,
+            head_dim=4,
+            num_kv_heads=2,
+            max_length=128,
+            positional="alibi",
+            sequence_strategy="all_gather",
+            dtype=jnp.float64,
+            param_dtype=jnp.float64,
+        ),
+        4,
+        True,
+    ),
+    "sliding_window_ring_buffer_halo": (
+        lambda: cells.SlidingWindowAttention(
+            num_heads=4, head_dim=4, num_kv_heads=2, window=5, dtype=jnp.float64, param_dtype=jnp.float64
+        ),
+        8,
+        False,
+    ),
+    "sliding_window_global_ring": (
+        lambda: cells.SlidingWindowAttention(
+            num_heads=4,
+            head_dim=4,
+            num_kv_heads=2,
+            window=4,
+            num_global=2,
+            dtype=jnp.float64,
+            param_dtype=jnp.float64,
+        ),
+        2,
+        True,
+    ),
+    "xl_memory_ring": (
+        lambda: cells.TransformerXLAttention(
+            num_heads=4,
+            head_dim=4,
+            num_kv_heads=2,
+            memory_length=7,
+            dtype=jnp.float64,
+            param_dtype=jnp.float64,
+        ),
+        8,
+        True,
+    ),
+    "xl_memory_all_gather_sinusoidal": (
+        lambda: cells.TransformerXLAttention(
+            num_heads=4,
+            head_dim=4,
+            memory_length=16,
+            positional="sinusoidal",
+            sequence_strategy="all_gather",
+            dtype=jnp.float64,
+            param_dtype=jnp.float64,
+        ),
+        4,
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STATEFUL_CELLS))
+def test_cells_with_a_state_under_sequence_axis_equal_single_device(name):
+    """`apply(params, xs, state)` with `sequence_axis`: the cache (KV cache, window ring buffer, XL
+    memory) is attended by every shard as a replicated prefix. Outputs, the new state and gradients
+    (parameters, inputs and the cached keys and values) equal plain `apply`, float64, with resets and
+    padding across shard boundaries; the state it returns feeds a second split `apply` that also
+    matches."""
+    make, n, long_padding = STATEFUL_CELLS[name]
+    resets, mask = _flags(long_padding)
+    with jax.enable_x64(True):
+        cell = make()
+        sharded = cells.with_sequence_axis(cell, "sequence")
+        params = cell.init(jax.random.PRNGKey(9), 6)
+        first = jax.random.normal(jax.random.PRNGKey(12), (2, 11, 6), jnp.float64)
+        first_resets = jnp.zeros((2, 11), bool).at[1, 4].set(True)
+        _, state = jax.jit(
+            lambda p, x: cell.apply(p, x, cell.initial_state((2,), jnp.float64), resets=first_resets)
+        )(params, first)
+        xs = jax.random.normal(jax.random.PRNGKey(10), (2, T, 6), jnp.float64)
+        weights = jax.random.normal(jax.random.PRNGKey(11), (2, T, cell.output_size), jnp.float64)
+        tail = xs[:, :20]
+
+        def run(c):
+            def f(params, xs, state):
+                ys, after = c.apply(params, xs, state, resets=resets, mask=mask)
+                more, _ = c.apply(params, tail, after)  # the state the split apply returns, used again
+                return jnp.concatenate([ys, more], axis=1), after
+
+            def loss(params, xs, cached):  # cached: the state's float leaves (keys and values)
+                ys, after = f(params, xs, state._replace(**cached))
+                return jnp.sum(ys[:, :T] * weights) + jnp.sum(ys[:, T:] ** 2), (ys, after)
+
+            cached = {name: x for name, x in state._asdict().items() if name != "length"}
+            return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, cached)
+
+        want = run(cell)
+        with jax.set_mesh(_mesh(n)):
+            got = run(sharded)
+    assert np.max(np.abs(np.asarray(want[1][2]["k"]))) > 0  # the cache's keys receive a gradient
+    _close(got, want, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "n", "window"), [("ring", 8, None), ("all_gather", 4, 7), ("halo", 8, 5)]
+)
+def test_engine_with_a_prefix_equals_attention_over_the_concatenation(strategy, n, window):
+    """`kv_prefix`: 9 cached keys (2 empty slots) before the split sequence, in segment 0 at positions
+    −9..−1, with the sequence's resets and padding: equals `attention` over [prefix; k] on one device,
+    values and gradients (including the prefix's keys and values)."""
+    _, mask = _flags(long_padding=strategy != "halo")
+    cached = 9
+    with jax.enable_x64(True):
+        (q, k, v, _), weights = _inputs()
+        pk = jax.random.normal(jax.random.PRNGKey(5), (2, cached, 2, 8), jnp.float64)
+        pv = jax.random.normal(jax.random.PRNGKey(6), (2, cached, 2, 8), jnp.float64)
+        vis = _visibility(True, window, long_padding=strategy != "halo")
+        ppos = jnp.broadcast_to(jnp.arange(-cached, 0), (2, cached))
+        pmask = jnp.ones((2, cached), bool).at[0, :2].set(False)
+        pseg = jnp.zeros((2, cached), vis.q_segment_ids.dtype)
+        joined = Visibility(
+            q_positions=vis.q_positions,
+            kv_positions=jnp.concatenate([ppos, vis.kv_positions], 1),
+            q_segment_ids=vis.q_segment_ids,
+            kv_segment_ids=jnp.concatenate([pseg, vis.kv_segment_ids], 1),
+            kv_mask=jnp.concatenate([pmask, mask], 1),
+            window=window,
+        )
+
+        def reference(q, k, v, pk, pv):
+            return attention(
+                q, jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1), joined, method="naive"
+            )
+
+        def split(q, k, v, pk, pv):
+            prefix = KVPrefix(k=pk, v=pv, positions=ppos, mask=pmask, segment_ids=pseg)
+            return sequence_parallel_attention(
+                q, k, v, vis, kv_prefix=prefix, strategy=strategy, mesh=_mesh(n)
+            )
+
+        inputs = (q, k, v, pk, pv)
+        want = jax.jit(_value_and_grads, static_argnums=0)(reference, inputs, weights)
+        got = jax.jit(_value_and_grads, static_argnums=0)(split, inputs, weights)
+        assert np.max(np.abs(np.asarray(want[1][3]))) > 0  # the prefix's keys get a gradient
     _close(got, want, rtol=1e-10, atol=1e-11)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import synthetic
+from configs import documents, synthetic
 from seqjax.train.preflight import check_before_work
 from seqjax.train.run_config import ConfigError, resolve
 from seqjax.train.trainer import setup, train
@@ -195,3 +195,32 @@ def test_two_processes_with_the_sequence_axis_across_them_match_one(tmp_path):
     (eval_expected,), (eval_got,) = _records(single, "eval"), _records(multi, "eval")
     assert eval_got["tokens"] == eval_expected["tokens"] > 0  # each row counted once, not once per process
     np.testing.assert_allclose(eval_got["loss"], eval_expected["loss"], rtol=RTOL)
+
+
+def test_transformer_xl_segment_recurrence_split_four_ways_matches_whole(tmp_path):
+    """The xl_attention documents preset with segment recurrence: every batch attends the memory carried
+    from the previous one. With time split 4 ways the memory is a replicated prefix of every shard's
+    keys (`KVPrefix`); the losses, the carried memory and the parameters equal the unsplit run's."""
+    runs = {}
+    for name, shape, axes in (("whole", (8,), ("data",)), ("split", (2, 4), ("data", "sequence"))):
+        config = documents.get_config("xl_attention,length=32")
+        config.segment_recurrence = True
+        config.total_steps, config.batch_size, config.eval_batch_size = 3, 8, 8
+        config.model.d_model, config.model.num_layers = 8, 1
+        config.log_every, config.eval_every, config.tensorboard = 1, 0, False
+        config.checkpoint.every, config.checkpoint.async_save = 3, False
+        config.optimizer.schedule, config.optimizer.warmup_steps = "constant", 0
+        config.mesh.shape, config.mesh.axes = shape, axes
+        config.data_dir = str(tmp_path / "data")
+        runs[name] = (train(config, str(tmp_path / name)), _losses(str(tmp_path / name)))
+    (whole, expected), (split, got) = runs["whole"], runs["split"]
+    assert len(got) == 3
+    np.testing.assert_allclose(got, expected, rtol=RTOL)
+    memory = split["state"].carry[0]
+    assert np.abs(np.asarray(memory.k)).max() > 0  # a memory was carried (and attended at steps 2, 3)
+    for a, b in zip(
+        jax.tree.leaves(split["state"].carry), jax.tree.leaves(whole["state"].carry), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL, atol=1e-6)
+    for a, b in zip(_params(split), _params(whole), strict=True):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-6)

@@ -24,11 +24,13 @@ before the new ones, so queries also see them; without one, nothing is cached an
 plain attention.
 
 Sequence parallelism. With `sequence_axis` set (a mesh axis name, inside `jax.set_mesh`), `apply`
-without a state splits the time axis over that axis: the positions and segment ids are computed on the
-whole sequence first (global positions, so rotary, ALiBi and sinusoidal encodings are those of one
-device), the projections are per token, and the engine is `sequence_parallel_attention` with
-`sequence_strategy` ("auto": the ring for `Attention`, a halo of `window` − 1 tokens for
-`SlidingWindowAttention` without global tokens, the ring with them; docs/scan.md).
+splits the time axis over that axis: the positions and segment ids are computed on the whole sequence
+first (global positions, so rotary, ALiBi and sinusoidal encodings are those of one device), the
+projections are per token, and the engine is `sequence_parallel_attention` with `sequence_strategy`
+("auto": the ring for `Attention`, a halo of `window` − 1 tokens for `SlidingWindowAttention` without
+global tokens, the ring with them; docs/scan.md). Given a state, its cache (a KV cache, a window's ring
+buffer, Transformer-XL's memory) is not split: it goes to the engine as a replicated `KVPrefix` that
+every shard's queries attend, and the new state is taken from the sharded keys and values.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from seqjax.common.checks import check_positive_int
 from seqjax.scan.attention import (
     METHODS,
     SEQUENCE_PARALLEL_STRATEGIES,
+    KVPrefix,
     Visibility,
     attention,
     decode_attention,
@@ -218,10 +221,16 @@ class _SoftmaxAttention(Cell):
         return q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
 
     def _attend(
-        self, q: jax.Array, k: jax.Array, v: jax.Array, visibility: Visibility, split: bool = False
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        visibility: Visibility,
+        split: bool = False,
+        prefix: KVPrefix | None = None,
     ) -> jax.Array:
         slopes = jnp.asarray(self.alibi_slopes(), self._acc) if self.positional == "alibi" else None
-        if split:  # the time axis over `sequence_axis` (apply without a state)
+        if split:  # the time axis over `sequence_axis`, the cache (if any) replicated before it
             return sequence_parallel_attention(
                 q,
                 k,
@@ -232,6 +241,7 @@ class _SoftmaxAttention(Cell):
                 block_q=self.block_size,
                 block_k=self.block_size,
                 sequence_axis=self.sequence_axis,
+                kv_prefix=prefix,
             )
         return attention(
             q,
@@ -264,20 +274,24 @@ class _SoftmaxAttention(Cell):
         whom (`_sequence_visibility`) and in capacity (`_check_apply_capacity`)."""
         given = state is not None
         split = self.sequence_axis is not None and sequence_shards(self.sequence_axis) > 1
-        if split and given:
-            raise ValueError(
-                f"{self._label}.apply: with sequence_axis={self.sequence_axis!r} the time axis is split over "
-                f"devices, which `apply` supports without a state only (no cached tokens before the "
-                f"sequence); call apply(params, xs) or set sequence_axis=None."
-            )
         # Positions and segment ids from the whole sequence (global positions under a split).
         xs, state, resets, mask, valid, seg, pos = self._begin_apply(params, xs, state, resets, mask)
         self._check_apply_capacity(state, given, xs.shape[-2], resets, mask, valid, pos)
         q, k, v = self._project(params, xs, pos)
 
         visible = self._sequence_visibility(pos, valid, mask, seg if resets is not None else None)
-        keys, values = k, v
-        if given:  # the cached tokens go before the new ones, in segment 0
+        keys, values, prefix = k, v, None
+        if given and split:  # the cache, replicated, before every shard's keys (in segment 0)
+            c_keys, c_values, c_pos, c_ok, c_global = self._cached(state, state.length.astype(jnp.int32))
+            prefix = KVPrefix(
+                k=c_keys,
+                v=c_values,
+                positions=c_pos,
+                mask=c_ok,
+                segment_ids=None if visible.kv_segment_ids is None else jnp.zeros_like(c_pos),
+                is_global=None if visible.kv_global is None else c_global,
+            )
+        elif given:  # the cached tokens go before the new ones, in segment 0
             c_keys, c_values, c_pos, c_ok, c_global = self._cached(state, state.length.astype(jnp.int32))
             keys = jnp.concatenate([c_keys, k], axis=-3)
             values = jnp.concatenate([c_values, v], axis=-3)
@@ -293,7 +307,7 @@ class _SoftmaxAttention(Cell):
                 kv_mask=jnp.concatenate([c_ok, valid], axis=-1),
                 kv_global=kv_global,
             )
-        y = self._attend(q, keys, values, visible, split)
+        y = self._attend(q, keys, values, visible, split, prefix)
         ys = self._finish(self._output(params, y), mask)
 
         in_last, cont, length = self._last_segment(state, seg, valid)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.cells.attention import _SoftmaxAttention
-from seqjax.cells.base import _SEQUENCE_ALTERNATIVES, DType, Params
+from seqjax.cells.base import DType, Params
 from seqjax.cells.kv_cache import ring_positions, ring_write_index, scatter_rows
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
@@ -101,14 +101,6 @@ class TransformerXLAttention(_SoftmaxAttention):
                 f"TransformerXLAttention: causal must be True, got {self.causal!r}: the memory holds the "
                 f"past of a causal stream. For bidirectional attention use Attention(causal=False)."
             )
-
-    def sequence_parallel_unsupported(self) -> str | None:
-        # The `sequence_axis` field comes with the shared softmax-attention machinery, but XL's `apply`
-        # always attends from its carried memory, which the sequence-parallel engine does not take.
-        return (
-            f"{self._label} has no sequence-parallel form yet: its apply always attends from the carried "
-            f"segment memory. {_SEQUENCE_ALTERNATIVES}"
-        )
 
     def initial_state(self, batch_shape: Sequence[int] = (), dtype: DType = jnp.float32) -> XLAttentionState:
         shape = (*batch_shape, self.memory_length, self.kv_heads, self.head_dim)

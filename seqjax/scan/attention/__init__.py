@@ -34,7 +34,11 @@ from seqjax.scan.attention.heuristics import (
     choose_blocks,
 )
 from seqjax.scan.attention.reference import attention_reference, attention_weights
-from seqjax.scan.attention.sequence_parallel import SEQUENCE_PARALLEL_STRATEGIES, sequence_parallel_attention
+from seqjax.scan.attention.sequence_parallel import (
+    SEQUENCE_PARALLEL_STRATEGIES,
+    KVPrefix,
+    sequence_parallel_attention,
+)
 from seqjax.scan.attention.visibility import Visibility
 
 __all__ = [
@@ -45,6 +49,7 @@ __all__ = [
     "NAIVE_MAX_PAIRS",
     "NAIVE_MAX_QUERIES",
     "SEQUENCE_PARALLEL_STRATEGIES",
+    "KVPrefix",
     "Visibility",
     "attention",
     "attention_reference",

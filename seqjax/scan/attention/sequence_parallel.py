@@ -56,7 +56,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,13 +71,36 @@ from seqjax.scan.attention.inputs import _Args, _check, _check_block
 from seqjax.scan.attention.visibility import Visibility, _from_call
 from seqjax.scan.sequence_parallel import _resolve_mesh, sequence_halo, sequence_shards
 
-__all__ = ["SEQUENCE_PARALLEL_STRATEGIES", "sequence_parallel_attention"]
+__all__ = ["SEQUENCE_PARALLEL_STRATEGIES", "KVPrefix", "sequence_parallel_attention"]
 
 SEQUENCE_PARALLEL_STRATEGIES = ("auto", "ring", "all_gather", "halo")
 #: What "auto" runs for attention without a window (or with global tokens); see docs/scan.md.
 DEFAULT_STRATEGY = "ring"
 
 Mesh = Any
+
+
+class KVPrefix(NamedTuple):
+    """Keys and values before the sequence (a cache: `Attention`'s KV cache, a sliding window's ring
+    buffer, Transformer-XL's memory) that the queries of every shard may attend. Replicated over the
+    sequence axis, not split: each shard attends it locally, and its gradient is the sum of the shards'.
+
+    `sequence_parallel_attention(q, k, v, vis, kv_prefix=p)` computes `attention(q, [p.k; k], [p.v; v],
+    vis')`, where vis' puts p's positions, segment ids, mask and global flags before the sequence's own
+    kv arrays (q's unchanged).
+
+    >>> import jax.numpy as jnp
+    >>> p = KVPrefix(k=jnp.zeros((2, 3, 1, 4)), v=jnp.zeros((2, 3, 1, 4)), positions=jnp.zeros((2, 3), int))
+    >>> p.mask is None and p.segment_ids is None
+    True
+    """
+
+    k: jax.Array  # [*batch, C, Hkv, D]
+    v: jax.Array  # [*batch, C, Hkv, Dv]
+    positions: jax.Array  # [*batch, C] int: the keys' positions (as kv_positions)
+    mask: jax.Array | None = None  # [*batch, C] bool, False = an empty slot (None: every slot is a key)
+    segment_ids: jax.Array | None = None  # [*batch, C]: required when the call has segment ids
+    is_global: jax.Array | None = None  # [*batch, C] bool: global keys (windows only; None: none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +184,10 @@ def _q_blocks(x: jax.Array, hkv: int, nq: int, bq: int) -> jax.Array:
     return jnp.moveaxis(x, 2, 4)
 
 
-def _ring_forward(plan: _Plan, q, k, v, qm, km, slopes):
+def _ring_forward(plan: _Plan, q, k, v, qm, km, slopes, prefix):
     out, lse = _part(plan, q, (k, v, km), qm, slopes)
+    if prefix is not None:  # the replicated cache: one more (local) partial softmax
+        out, lse = _merge(out, lse, *_part(plan, q, prefix, qm, slopes))
 
     def step(carry, _):
         kv, out, lse = carry
@@ -179,17 +204,17 @@ def _ring_forward(plan: _Plan, q, k, v, qm, km, slopes):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _ring(plan: _Plan, q, k, v, qm, km, slopes):
-    return _ring_fwd(plan, q, k, v, qm, km, slopes)[0]
+def _ring(plan: _Plan, q, k, v, qm, km, slopes, prefix=None):
+    return _ring_fwd(plan, q, k, v, qm, km, slopes, prefix)[0]
 
 
-def _ring_fwd(plan: _Plan, q, k, v, qm, km, slopes):
-    out_b, lse = _ring_forward(plan, q, k, v, qm, km, slopes)
-    return _q_tokens(out_b, q.shape[1]), (q, k, v, qm, km, slopes, out_b, lse)
+def _ring_fwd(plan: _Plan, q, k, v, qm, km, slopes, prefix=None):
+    out_b, lse = _ring_forward(plan, q, k, v, qm, km, slopes, prefix)
+    return _q_tokens(out_b, q.shape[1]), (q, k, v, qm, km, slopes, prefix, out_b, lse)
 
 
 def _ring_bwd(plan: _Plan, res, dout):
-    q, k, v, qm, km, slopes, out_b, lse = res
+    q, k, v, qm, km, slopes, prefix, out_b, lse = res
     acc = lse.dtype
     hkv = k.shape[2]
     nq = out_b.shape[0]
@@ -208,6 +233,16 @@ def _ring_bwd(plan: _Plan, res, dout):
         return up(dq), up(dk), up(dv), up(dsl)
 
     dq, dk, dv, dsl = grads((k, v, km))
+    dprefix = None
+    if prefix is not None:  # this shard's queries' share of the cache's gradient (summed outside)
+        dq_p, dk_p, dv_p, dsl_p = grads(prefix)
+        dq, dsl = dq + dq_p, None if dsl is None else dsl + dsl_p
+        pk, pv, _ = prefix
+        dprefix = (
+            _kv_tokens(dk_p, pk.shape[1]).astype(pk.dtype),
+            _kv_tokens(dv_p, pv.shape[1]).astype(pv.dtype),
+            None,
+        )
 
     def step(carry, _):
         kv, (dk, dv), dq, dsl = carry
@@ -227,6 +262,7 @@ def _ring_bwd(plan: _Plan, res, dout):
         None,
         None,
         dslopes,
+        dprefix,
     )
 
 
@@ -284,12 +320,20 @@ def _engine(plan: _Plan, q, k, v, qm, km, slopes):
     )
 
 
-def _all_gather(plan: _Plan, q, k, v, qm, km, slopes):
+def _with_prefix(prefix, kv):
+    """The cache's keys, values and per-token arrays before a shard's (or the gathered) ones."""
+    if prefix is None:
+        return kv
+    return jax.tree.map(lambda p, x: jnp.concatenate([p, x], axis=1), prefix, kv)
+
+
+def _all_gather(plan: _Plan, q, k, v, qm, km, slopes, prefix=None):
     gather = lambda x: lax.all_gather(x, plan.axis, axis=1, tiled=True)
     k, v, km = jax.tree.map(gather, (k, v, km))
     if plan.zigzag:  # gathered in shard order: back to time order, so key blocks stay contiguous
         inverse = np.argsort(_zigzag_order(plan.n))
         k, v, km = jax.tree.map(lambda x: _chunks(x, inverse), (k, v, km))
+    k, v, km = _with_prefix(prefix, (k, v, km))
     return _engine(plan, q, k, v, qm, km, slopes)
 
 
@@ -325,7 +369,7 @@ def _halo_exact(plan: _Plan, qm, km, h: int) -> jax.Array:
     return lax.pmin(ok.astype(jnp.int32), axis) > 0
 
 
-def _halo(plan: _Plan, q, k, v, qm, km, slopes):
+def _halo(plan: _Plan, q, k, v, qm, km, slopes, prefix=None):
     n, axis, h = plan.n, plan.axis, plan.window - 1
     if "valid" not in km:
         km = {**km, "valid": jnp.ones(km["pos"].shape, bool)}
@@ -339,12 +383,87 @@ def _halo(plan: _Plan, q, k, v, qm, km, slopes):
     parts = [jax.tree.map(previous, (k, v, km)), (k, v, km)]
     if not plan.causal:
         parts.append(jax.tree.map(following, (k, v, km)))
-    hk, hv, hkm = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
+    hk, hv, hkm = _with_prefix(prefix, jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts))
+    # The halo check concerns the sequence's own keys only: every shard attends the whole cache.
     return lax.cond(
         _halo_exact(plan, qm, km, h),
         lambda: _engine(plan, q, hk, hv, qm, hkm, slopes),
-        lambda: _all_gather(plan, q, k, v, qm, km, slopes),
+        lambda: _all_gather(plan, q, k, v, qm, km, slopes, prefix),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The cache before the sequence
+# --------------------------------------------------------------------------------------------------
+def _check_prefix(fn: str, p: KVPrefix, a: _Args) -> KVPrefix:
+    """Refuses a prefix that does not fit the call (naming the field and the fix); k, v in a's dtypes."""
+    if not isinstance(p, KVPrefix):
+        raise TypeError(f"{fn}: kv_prefix must be a KVPrefix(k, v, positions, ...), got {type(p).__name__}.")
+    batch, nb = a.batch, len(a.batch)
+    k, v = jnp.asarray(p.k), jnp.asarray(p.v)
+    if k.ndim != nb + 3 or k.shape[:nb] != batch or k.shape[nb + 1 :] != a.k.shape[nb + 1 :]:
+        raise ValueError(
+            f"{fn}: kv_prefix.k has shape {k.shape}; it must be [*batch, C, Hkv, D] = "
+            f"[{', '.join(map(str, batch))}, C, {', '.join(map(str, a.k.shape[nb + 1 :]))}] like k."
+        )
+    cached = k.shape[nb]
+    if v.shape != (*batch, cached, *a.v.shape[nb + 1 :]):
+        raise ValueError(
+            f"{fn}: kv_prefix.v has shape {v.shape}; it must be {(*batch, cached, *a.v.shape[nb + 1 :])} "
+            "(the prefix's keys' length, v's heads and width)."
+        )
+    per_token = (*batch, cached)
+    for name in ("positions", "mask", "segment_ids", "is_global"):
+        x = getattr(p, name)
+        if x is not None and jnp.shape(x) != per_token:
+            raise ValueError(f"{fn}: kv_prefix.{name} has shape {jnp.shape(x)}; it must be {per_token}.")
+    if p.positions is None:
+        raise ValueError(f"{fn}: kv_prefix.positions is required ({per_token}): the cached keys' positions.")
+    has_seg = a.visibility.q_segment_ids is not None
+    if has_seg != (p.segment_ids is not None):
+        raise ValueError(
+            f"{fn}: kv_prefix.segment_ids must be given exactly when the call has segment ids (it has "
+            f"{'them' if has_seg else 'none'}); e.g. zeros for a cache that belongs to the first segment."
+        )
+    return p._replace(k=k.astype(a.k.dtype), v=v.astype(a.v.dtype))
+
+
+def _joined(p: KVPrefix, a: _Args) -> tuple[jax.Array, jax.Array, Visibility]:
+    """k, v and the visibility of the single-device call that the prefix stands for: the prefix's keys
+    before the sequence's."""
+    vis, batch, nb = a.visibility, a.batch, len(a.batch)
+    per_token = lambda length, x: jnp.broadcast_to(jnp.arange(length), (*batch, length)) if x is None else x
+    join = lambda first, second: jnp.concatenate([first, second], axis=-1)
+    fill = lambda x, length, value: jnp.full((*batch, length), value) if x is None else x
+    cached = p.k.shape[nb]
+    mask = None
+    if p.mask is not None or vis.kv_mask is not None:
+        mask = join(fill(p.mask, cached, True), fill(vis.kv_mask, a.lk, True))
+    kv_global = vis.kv_global
+    if p.is_global is not None or kv_global is not None:
+        kv_global = join(fill(p.is_global, cached, False), fill(kv_global, a.lk, False))
+    joined = dataclasses.replace(
+        vis,
+        q_positions=per_token(a.lq, vis.q_positions),
+        kv_positions=join(p.positions, per_token(a.lk, vis.kv_positions)),
+        kv_segment_ids=None if vis.kv_segment_ids is None else join(p.segment_ids, vis.kv_segment_ids),
+        kv_mask=mask,
+        kv_global=kv_global,
+    )
+    return jnp.concatenate([p.k, a.k], axis=nb), jnp.concatenate([p.v, a.v], axis=nb), joined
+
+
+def _prefix_tokens(p: KVPrefix, bsz: int, km: dict) -> tuple:
+    """The prefix in the shards' layout: (k [B, C, Hkv, D], v, per-token arrays with km's keys)."""
+    cached = p.positions.shape[-1]
+    flat = lambda x: x.reshape(bsz, cached, *x.shape[x.ndim - 2 :]) if x.ndim > 2 else x.reshape(bsz, cached)
+    pkm = {"pos": flat(p.positions).astype(km["pos"].dtype)}
+    if "seg" in km:
+        pkm["seg"] = flat(p.segment_ids).astype(km["seg"].dtype)
+    pkm["valid"] = jnp.ones((bsz, cached), bool) if p.mask is None else flat(p.mask)
+    if "glob" in km:
+        pkm["glob"] = jnp.zeros((bsz, cached), bool) if p.is_global is None else flat(p.is_global)
+    return flat(p.k), flat(p.v), pkm
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,6 +492,7 @@ def sequence_parallel_attention(
     block_k: int | None = None,
     sequence_axis: str = "sequence",
     mesh: Mesh | None = None,
+    kv_prefix: KVPrefix | None = None,
 ) -> jax.Array:
     """`attention` (self-attention) with the time axis of q, k, v split over the mesh axis
     `sequence_axis`: the same arguments and result, computed shard by shard (module docstring).
@@ -387,9 +507,25 @@ def sequence_parallel_attention(
       block_q, block_k: the blockwise engine's block sizes inside a shard (None: `choose_blocks`).
       sequence_axis, mesh: the mesh axis that splits time, and the mesh (None: the one set by
         `jax.set_mesh`). Other mesh axes stay automatic.
+      kv_prefix: cached keys and values before the sequence (`KVPrefix`), replicated, seen by every
+        shard's queries as the visibility allows: the result is `attention` over the prefix followed by
+        k, v. Every strategy takes it (the ring merges one more partial softmax per shard).
 
     Returns:
-      [*batch, T, Hq, Dv] in q's dtype; gradients reach q, k, v and alibi_slopes.
+      [*batch, T, Hq, Dv] in q's dtype; gradients reach q, k, v, alibi_slopes and the prefix's k, v.
+
+    >>> import jax, jax.numpy as jnp
+    >>> mesh = jax.make_mesh((2,), ("sequence",), axis_types=(jax.sharding.AxisType.Auto,),
+    ...                      devices=jax.devices()[:2])
+    >>> q = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 2, 4))
+    >>> cache = KVPrefix(k=q[:, :3], v=q[:, :3], positions=jnp.arange(3)[None])
+    >>> pos = jnp.arange(3, 11)[None]   # the sequence continues after the cache
+    >>> out = sequence_parallel_attention(q, q, q, q_positions=pos, kv_positions=pos, kv_prefix=cache,
+    ...                                   mesh=mesh)
+    >>> want = attention(q, jnp.concatenate([q[:, :3], q], 1), jnp.concatenate([q[:, :3], q], 1),
+    ...                  q_positions=pos, kv_positions=jnp.arange(11)[None])
+    >>> bool(jnp.allclose(out, want, atol=1e-5))
+    True
     """
     fn = "sequence_parallel_attention"
     if strategy not in SEQUENCE_PARALLEL_STRATEGIES:
@@ -400,7 +536,7 @@ def sequence_parallel_attention(
     vis = _from_call(fn, locals())
     mesh = _resolve_mesh(fn, mesh, sequence_axis)
     n = sequence_shards(sequence_axis, mesh)
-    if n == 1:
+    if n == 1 and kv_prefix is None:
         return attention(
             q, k, v, vis, alibi_slopes=alibi_slopes, scale=scale, block_q=block_q, block_k=block_k
         )
@@ -408,13 +544,28 @@ def sequence_parallel_attention(
     if a.lq != a.lk:
         raise ValueError(
             f"{fn}: q has {a.lq} tokens and k {a.lk}; the sequence-parallel form is self-attention (q, k, v "
-            "split the same way along one time axis)."
+            "split the same way along one time axis; cached keys before the sequence go in `kv_prefix`)."
         )
+    if kv_prefix is not None:
+        kv_prefix = _check_prefix(fn, kv_prefix, a)
+        if n == 1:
+            k_all, v_all, vis_all = _joined(kv_prefix, a)
+            return attention(
+                a.q,
+                k_all,
+                v_all,
+                vis_all,
+                alibi_slopes=alibi_slopes,
+                scale=scale,
+                block_q=block_q,
+                block_k=block_k,
+            )
     vis = a.visibility
     batch, length = a.batch, a.lq
     bsz = math.prod(batch)
     hq, dv = a.q.shape[-2], a.v.shape[-1]
-    has_global = vis.kv_global is not None or vis.q_global is not None
+    prefix_global = kv_prefix is not None and kv_prefix.is_global is not None
+    has_global = vis.kv_global is not None or vis.q_global is not None or prefix_global
     windowed = vis.window is not None
     if strategy == "auto":
         strategy = "halo" if windowed and not has_global else DEFAULT_STRATEGY
@@ -443,17 +594,21 @@ def sequence_parallel_attention(
     km = {"pos": tokens(arange if vis.kv_positions is None else vis.kv_positions)}
     if vis.q_segment_ids is not None:
         qm["seg"], km["seg"] = tokens(vis.q_segment_ids), tokens(vis.kv_segment_ids)
-    if vis.kv_mask is not None or pad:
+    if vis.kv_mask is not None or pad or kv_prefix is not None:
         valid = jnp.ones((*batch, length), bool) if vis.kv_mask is None else vis.kv_mask
         km["valid"] = tokens(valid, False)
-    if windowed and vis.kv_global is not None:
-        km["glob"] = tokens(vis.kv_global, False)
+    if windowed and (vis.kv_global is not None or prefix_global):
+        kv_global = jnp.zeros((*batch, length), bool) if vis.kv_global is None else vis.kv_global
+        km["glob"] = tokens(kv_global, False)
     if windowed and vis.q_global is not None:
         qm["glob"] = tokens(vis.q_global, False)
     xs = (tokens(a.q, 0), tokens(a.k, 0), tokens(a.v, 0), qm, km)
 
     # Keys per engine call: one shard (ring), all of them (all-gather), or a shard and its halos.
-    keys = {"ring": local, "all_gather": padded, "halo": local + 2 * (vis.window or 1)}[strategy]
+    cached = 0 if kv_prefix is None else kv_prefix.k.shape[len(batch)]
+    keys = {"ring": local, "all_gather": padded + cached, "halo": local + 2 * (vis.window or 1) + cached}[
+        strategy
+    ]
     bq, bk = choose_blocks(local, keys, block_q, block_k, rows=bsz * hq)
     plan = _Plan(
         axis=sequence_axis,
@@ -468,24 +623,29 @@ def sequence_parallel_attention(
     run_local = {"ring": _ring, "all_gather": _all_gather, "halo": _halo}[strategy]
     has_slopes = a.alibi_slopes is not None
 
-    def body(q, k, v, qm, km, *rest):
-        slopes = rest[0][0] if has_slopes else None
+    def body(q, k, v, qm, km, slopes, prefix):
+        slopes, prefix = jax.tree.map(lambda x: x[0], (slopes, prefix))  # this shard's copy
         if zigzag:  # the balanced layout, by ppermute inside (a global reorder costs XLA far more)
             q, k, v, qm, km = jax.tree.map(lambda x: _zigzag(x, sequence_axis, n), (q, k, v, qm, km))
-        out = run_local(plan, q, k, v, qm, km, slopes)
+        out = run_local(plan, q, k, v, qm, km, slopes, prefix)
         return _zigzag(out, sequence_axis, n, inverse=True) if zigzag else out
 
     spec = P(None, sequence_axis)
-    # Replicated inputs enter stacked per shard ([n, Hq] slopes, split over the axis), so each shard's
-    # slope gradient comes back as its own row and the sum over shards happens outside, by autodiff.
-    extra = (jnp.broadcast_to(a.alibi_slopes, (n, hq)),) if has_slopes else ()
+    # Replicated inputs enter stacked per shard ([n, Hq] slopes, [n, B, C, ...] prefix, split over the
+    # axis), so each shard's gradient comes back as its own row and the sum over shards happens outside,
+    # by autodiff.
+    stack = lambda x: jnp.broadcast_to(x, (n, *x.shape))
+    slopes = stack(a.alibi_slopes) if has_slopes else None
+    prefix = None
+    if kv_prefix is not None:
+        prefix = jax.tree.map(stack, _prefix_tokens(kv_prefix, bsz, km))
     run = jax.shard_map(
         body,
         mesh=mesh,
-        in_specs=(spec, spec, spec, spec, spec, *([P(sequence_axis)] * len(extra))),
+        in_specs=(spec, spec, spec, spec, spec, P(sequence_axis), P(sequence_axis)),
         out_specs=spec,
         axis_names={sequence_axis},
         check_vma=False,
     )
-    out = run(*xs, *extra)[:, :length]
+    out = run(*xs, slopes, prefix)[:, :length]
     return out.reshape(*batch, length, hq, dv).astype(a.q.dtype)
