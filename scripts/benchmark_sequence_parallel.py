@@ -72,14 +72,15 @@ from seqjax.scan import (
     sequence_parallel_mlstm,
     sequence_parallel_selective_scan,
 )
+from seqjax.scan.attention import KVPrefix
 from seqjax.scan.mlstm import mlstm
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
     "engines",
     ["mamba", "gla"],
-    "mamba, gla, diagonal, mlstm, attention_ring, attention_all_gather, attention_ring_unbalanced, swa_halo, "
-    "swa_all_gather",
+    "mamba, gla, gla_channel, diagonal, mlstm, attention_ring, attention_all_gather, "
+    "attention_ring_unbalanced, swa_halo, swa_all_gather, xl_ring",
 )
 flags.DEFINE_list("lengths", ["4096", "16384", "65536", "262144", "524288"], "sequence lengths")
 flags.DEFINE_list("shards", ["1", "2", "4", "8"], "devices on the sequence axis")
@@ -90,6 +91,7 @@ flags.DEFINE_integer("mamba_state", 16, "Mamba's state size N")
 flags.DEFINE_integer("heads", 4, "GLA, mLSTM and attention heads")
 flags.DEFINE_integer("head_dim", 32, "GLA and mLSTM d_k = d_v, attention head_dim")
 flags.DEFINE_integer("window", 256, "sliding-window attention: the window")
+flags.DEFINE_integer("memory", 512, "xl_ring: the cached keys and values before the sequence (XL's memory)")
 flags.DEFINE_integer("state", 64, "diagonal recurrence: state elements per token")
 flags.DEFINE_integer("chunk", 64, "chunk size of the chunked engines")
 flags.DEFINE_string("out", "benchmarks/sequence_parallel_{platform}.md", "markdown output")
@@ -140,11 +142,12 @@ def _problem(engine: str, length: int, n: int):
             )
             return jnp.sum(y**2)
 
-    elif engine == "gla":
+    elif engine in ("gla", "gla_channel"):
         h, e = FLAGS.heads, FLAGS.head_dim
         fn = sequence_parallel_linear_attention if n > 1 else linear_attention
         extra = kw if n > 1 else {}
-        shapes = [(1, length, h, e)] * 3 + [(1, length, h)]
+        # gla: one decay per head (the per-head form); gla_channel: one per key channel (GLA's own).
+        shapes = [(1, length, h, e)] * 3 + [(1, length, h, e) if engine == "gla_channel" else (1, length, h)]
         split = [True] * 4
 
         def loss(q, k, v, lg):
@@ -171,6 +174,30 @@ def _problem(engine: str, length: int, n: int):
         def loss(a, b):
             hs, _ = fn(jax.nn.sigmoid(a), b, axis=1, method="sequential", **extra)
             return jnp.sum(hs**2)
+
+    elif engine == "xl_ring":  # Transformer-XL's memory as a replicated prefix of every shard's keys
+        h, e, m = FLAGS.heads, FLAGS.head_dim, FLAGS.memory
+        shapes = [(1, length, h, e)] * 3 + [(1, m, h, e)] * 2
+        split = [True] * 3 + [False] * 2
+        memory_pos = jnp.arange(m)[None]
+        pos = jnp.arange(m, m + length)[None]
+
+        def loss(q, k, v, mk, mv):
+            if n == 1:
+                y = attention(
+                    q,
+                    jnp.concatenate([mk, k], 1),
+                    jnp.concatenate([mv, v], 1),
+                    q_positions=pos,
+                    kv_positions=jnp.concatenate([memory_pos, pos], 1),
+                    method="blockwise",
+                )
+            else:
+                prefix = KVPrefix(k=mk, v=mv, positions=memory_pos)
+                y = sequence_parallel_attention(
+                    q, k, v, q_positions=pos, kv_positions=pos, kv_prefix=prefix, strategy="ring", **kw
+                )
+            return jnp.sum(y**2)
 
     elif engine.startswith(("attention_", "swa_")):
         h, e = FLAGS.heads, FLAGS.head_dim
@@ -258,6 +285,14 @@ def write(rows: list[dict[str, object]], path: Path, command: str) -> None:
         "gla": (
             f"GLA (one decay per head): {FLAGS.heads} heads, d_k = d_v = {FLAGS.head_dim}, "
             f"chunks of {FLAGS.chunk}"
+        ),
+        "gla_channel": (
+            f"GLA (one decay per key channel): {FLAGS.heads} heads, d_k = d_v = {FLAGS.head_dim}, "
+            f"chunks of {FLAGS.chunk}"
+        ),
+        "xl_ring": (
+            f"Transformer-XL attention, ring, memory of {FLAGS.memory} cached tokens (replicated): "
+            f"{FLAGS.heads} heads, head_dim {FLAGS.head_dim}"
         ),
         "diagonal": f"diagonal recurrence: real decays, state {FLAGS.state}, sequential",
         "mlstm": (
