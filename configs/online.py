@@ -8,9 +8,9 @@ Arg: `stream:method[,key=value,...]`.
 - stream: `narma10` (NARMA-10, input u_t, target y_{t+1}; unbounded), `power` (household power, the
   embedded sample, one step ahead, standardised with its first day only), `bytes` (next byte over the
   embedded perl_docs sample; bits per byte).
-- method: `<cell>_<learner>` with cell lru, s5, s4d, lstm, gru, elstm and learner `rtrl` (exact
-  diagonal RTRL: lru, s5, s4d), `snap` (SnAp-1: lstm, gru, elstm), `dense` (exact dense RTRL, any cell,
-  small sizes) or `tbptt<k>` (online truncated BPTT through the last k tokens, any cell).
+- method: `<cell>_<learner>` with cell lru, s5, s4d, mamba, lstm, gru, elstm and learner `rtrl` (exact
+  diagonal RTRL: lru, s5, s4d, mamba), `snap` (SnAp-1: lstm, gru, elstm), `dense` (exact dense RTRL,
+  any cell, small sizes) or `tbptt<k>` (online truncated BPTT through the last k tokens, any cell).
 - options: hidden, state, readout, steps, lr, seed (init), stream_seed (NARMA), chunk.
 
     >>> c = get_config("narma10:lstm_tbptt16,hidden=8")
@@ -89,7 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         {
             "cell": cell,
             "hidden_size": hidden,
-            "state_size": o.get("state", hidden),  # lru, s5, s4d
+            # lru, s5, s4d: the state per layer; mamba: N per inner channel (its RTRL traces grow as
+            # hidden · inner² · N, so 16 by default)
+            "state_size": o.get("state", 16 if cell == "mamba" else hidden),
             "num_layers": 1,
             "readout_hidden": o.get("readout", 32),  # 0: a linear readout
             "encoder": "auto",  # auto: a linear encoder for lru/s5/s4d (width = hidden), none otherwise

@@ -15,6 +15,12 @@ from seqjax.online import DiagonalRTRL, OnlineModel, OnlineTBPTT, SnAp1
 B = 2
 LEARNERS = [
     ("lru-diagonal", lambda: DiagonalRTRL(OnlineModel((cells.LRU(4, 3),), input_size=3, output_size=2))),
+    (
+        "mamba-diagonal",
+        lambda: DiagonalRTRL(
+            OnlineModel((cells.Mamba(d_model=4, state_size=2),), input_size=3, output_size=2)
+        ),
+    ),
     ("lstm-snap1", lambda: SnAp1(OnlineModel((cells.LSTM(4),), input_size=3, output_size=2))),
     ("gru-tbptt", lambda: OnlineTBPTT(OnlineModel((cells.GRU(4),), input_size=3, output_size=2), window=4)),
 ]

@@ -62,8 +62,13 @@ EXACT = [
     ),
     ("lstm-dense", lambda: DenseRTRL(one_layer(cells.LSTM(4, engine="scan", **F64)))),
     ("gru-dense", lambda: DenseRTRL(one_layer(cells.GRU(4, **F64)))),
-    # Mamba's selective recurrence is not element-wise in its parameters; dense RTRL is its exact reference
+    # Mamba's selective recurrence: diagonal in the state, its traces over every parameter (shared
+    # projections included); dense RTRL is a second exact reference.
     ("mamba-dense", lambda: DenseRTRL(one_layer(cells.Mamba(d_model=D_IN, state_size=2, expand=1, **F64)))),
+    (
+        "mamba-diagonal",
+        lambda: DiagonalRTRL(one_layer(cells.Mamba(d_model=D_IN, state_size=3, expand=2, dt_rank=2, **F64))),
+    ),
     ("lstm-tbptt-full-window", lambda: OnlineTBPTT(one_layer(cells.LSTM(4, engine="scan", **F64)), window=T)),
 ]
 
@@ -192,15 +197,19 @@ def test_errors_name_the_fix() -> None:
     lstm = OnlineModel((cells.LSTM(4),), input_size=D_IN, output_size=D_OUT)
     params = lstm.init(jax.random.PRNGKey(0))
     with pytest.raises(
-        TypeError, match=r"LSTM; exact diagonal RTRL supports LRU, S4D, S5 only.*SnAp1.*DenseRTRL"
+        TypeError, match=r"LSTM; exact diagonal RTRL supports LRU, Mamba, S4D, S5 only.*SnAp1.*DenseRTRL"
     ):
         DiagonalRTRL(lstm)
     lru = OnlineModel((cells.LRU(4, 3),), input_size=D_IN, output_size=D_OUT)
     with pytest.raises(TypeError, match=r"supports ELSTM, GRU, LSTM;.*DiagonalRTRL"):
         SnAp1(lru)
-    mamba = OnlineModel((cells.Mamba(d_model=4, state_size=2),), input_size=D_IN, output_size=D_OUT)
-    with pytest.raises(TypeError, match=r"Mamba; exact diagonal RTRL supports LRU, S4D, S5 only"):
-        DiagonalRTRL(mamba)
+    gla = OnlineModel(
+        (cells.GatedLinearAttention(num_heads=2, head_dim=2),), input_size=D_IN, output_size=D_OUT
+    )
+    with pytest.raises(
+        TypeError, match=r"GatedLinearAttention; exact diagonal RTRL supports LRU, Mamba, S4D, S5"
+    ):
+        DiagonalRTRL(gla)
     with pytest.raises(ValueError, match=r"cannot run on a stream: LSTM with reverse=True"):
         OnlineModel((cells.LSTM(4, reverse=True),), input_size=D_IN, output_size=D_OUT)
     with pytest.raises(ValueError, match=r"y has shape \(2, 3\); expected \(2, 2\)"):

@@ -230,11 +230,12 @@ class Cell(abc.ABC):
         """Why this cell's time axis cannot be split over a `sequence` mesh axis, or None if it can.
 
         Cells that can (S4D, S5, LRU, Mamba, Mamba-2, RG-LRU, the delta rules, the linear-attention
-        cells, mLSTM, `Attention`, `SlidingWindowAttention` and `TransformerXLAttention`) have a `sequence_axis` field: set it with
-        `with_sequence_axis`, and `apply` runs the sequence-parallel engine (`seqjax.scan.sequence_parallel`;
-        for softmax attention `seqjax.scan.attention.sequence_parallel_attention`: a ring, an all-gather or
-        a halo) inside `jax.set_mesh`. A nonlinear recurrence can never be split; other cells have no
-        sequence-parallel form yet.
+        cells, mLSTM, `Attention`, `SlidingWindowAttention` and `TransformerXLAttention`) have a
+        `sequence_axis` field: set it with `with_sequence_axis`, and `apply` runs the sequence-parallel
+        engine (`seqjax.scan.sequence_parallel`; for softmax attention
+        `seqjax.scan.attention.sequence_parallel_attention`: a ring, an all-gather or a halo) inside
+        `jax.set_mesh`. A nonlinear recurrence can never be split; other cells have no sequence-parallel
+        form yet.
 
         >>> from seqjax.cells import LSTM, S4D
         >>> S4D(hidden_size=4).sequence_parallel_unsupported() is None

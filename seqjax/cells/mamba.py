@@ -212,13 +212,23 @@ class Mamba(RecurrentCell):
     def project_inputs(self, params: Params, x: jax.Array) -> jax.Array:
         return self._mm(x, params["in_proj"])
 
+    def conv_step(self, params: Params, conv: jax.Array, x_in: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One token of the causal conv: (the last K − 1 inputs [.., K−1, Di], x_in [.., Di]) -> (the
+        window [.., K, Di], the conv's pre-activation [.., Di]); x = SiLU(pre-activation)."""
+        window = jnp.concatenate([conv.astype(x_in.dtype), x_in[..., None, :]], axis=-2)
+        return window, jnp.einsum("...kd,kd->...d", window, params["conv_w"]) + params["conv_b"]
+
+    def ssm_update(self, params: Params, h: jax.Array, x: jax.Array) -> jax.Array:
+        """One token of the selective SSM: h [.., Di, N], x [.., Di] -> exp(Δ A) ⊙ h + (Δ x) ⊗ B."""
+        dt, b, _ = self._ssm_inputs(params, x)
+        return jnp.exp(dt[..., None] * self._a_matrix(params)) * h + (dt * x)[..., None] * b[..., None, :]
+
     def recur(self, params: Params, state: MambaState, projected: jax.Array) -> tuple[MambaState, jax.Array]:
         x_in, z = jnp.split(projected, 2, axis=-1)
-        window = jnp.concatenate([state.conv.astype(x_in.dtype), x_in[..., None, :]], axis=-2)  # [.., K, Di]
-        x = jax.nn.silu(jnp.einsum("...kd,kd->...d", window, params["conv_w"]) + params["conv_b"])
-        dt, b, c = self._ssm_inputs(params, x)
-        decay = jnp.exp(dt[..., None] * self._a_matrix(params))
-        h = decay * state.ssm + (dt * x)[..., None] * b[..., None, :]
+        window, pre = self.conv_step(params, state.conv, x_in)  # [.., K, Di], [.., Di]
+        x = jax.nn.silu(pre)
+        _, _, c = self._ssm_inputs(params, x)
+        h = self.ssm_update(params, state.ssm, x)
         y = jnp.einsum("...dn,...n->...d", h, c)
         new = MambaState(conv=window[..., 1:, :].astype(state.conv.dtype), ssm=h.astype(state.ssm.dtype))
         return new, self._output(params, y, x, z)

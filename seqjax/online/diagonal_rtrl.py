@@ -1,4 +1,5 @@
-"""Exact real-time recurrent learning for the diagonal linear recurrences S4D, S5 and LRU.
+"""Exact real-time recurrent learning for the diagonal linear recurrences S4D, S5 and LRU (and, through
+`seqjax.online.mamba_rtrl`, Mamba's selective recurrence).
 
 These cells update h_t = λ(θ) ⊙ h_{t−1} + b(θ, u_t) with a diagonal (complex) λ, so the sensitivity of
 the state to a recurrence parameter never mixes state units (Zucchet et al. 2023, "Online learning of
@@ -27,8 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.cells.base import Cell
+from seqjax.cells.mamba import Mamba
 from seqjax.cells.ssm import LRU, S4D, S5
 from seqjax.online.learner import LayerTracer, TraceLearner
+from seqjax.online.mamba_rtrl import MambaTracer
 
 __all__ = ["DIAGONAL_CELLS", "DiagonalRTRL", "DiagonalTracer"]
 
@@ -109,12 +112,14 @@ class DiagonalTracer(LayerTracer):
 
 @dataclasses.dataclass(frozen=True)
 class DiagonalRTRL(TraceLearner):
-    """Exact RTRL for models whose cells are all diagonal linear recurrences (S4D, S5, LRU).
+    """Exact RTRL for models whose cells are all diagonal recurrences (S4D, S5, LRU, Mamba).
 
     Each cell's traces are exact for its own recurrence; between layers (and into the encoder) the
     error flows through the current token only (the "spatial" gradient). So a one-layer model without
     encoder gets exactly BPTT's gradient; deeper models get the approximation of Zucchet et al. (2023).
-    Cost per token and example: O(state × recurrence parameters per unit), e.g. O(N·(3 + H_in)) for LRU.
+    Cost per token and example: O(state × recurrence parameters per unit), e.g. O(N·(3 + H_in)) for LRU;
+    for Mamba, whose decay and input depend on the token through shared projections, the traces are
+    larger (O(Di·N·(d_model + R + K)·Di); `seqjax.online.mamba_rtrl`).
 
     >>> import jax, jax.numpy as jnp
     >>> from seqjax import cells
@@ -129,8 +134,10 @@ class DiagonalRTRL(TraceLearner):
     """
 
     def tracer_for(self, index: int, cell: Cell) -> LayerTracer:
+        if type(cell) is Mamba:
+            return MambaTracer(cell)
         if type(cell) not in DIAGONAL_CELLS:
-            supported = ", ".join(sorted(c.__name__ for c in DIAGONAL_CELLS))
+            supported = ", ".join(sorted([c.__name__ for c in DIAGONAL_CELLS] + ["Mamba"]))
             if getattr(cell, "nonlinear_recurrence", False):
                 hint = (
                     f"{type(cell).__name__} is a nonlinear recurrence, whose state Jacobian is not "

@@ -81,13 +81,14 @@ CELLS: dict[str, Callable[..., Any]] = {
     "lru": lambda c: cells.LRU(c.hidden_size, state_size=c.state_size),
     "s5": lambda c: cells.S5(c.hidden_size, state_size=c.state_size),
     "s4d": lambda c: cells.S4D(c.hidden_size, state_size=c.state_size),
+    "mamba": lambda c: cells.Mamba(d_model=c.hidden_size, state_size=c.state_size),
     "lstm": lambda c: cells.LSTM(c.hidden_size),
     "gru": lambda c: cells.GRU(c.hidden_size),
     "elstm": lambda c: cells.ELSTM(c.hidden_size),
 }
 #: learner.kind -> (class, what it accepts, for the error message)
 LEARNERS: dict[str, tuple[type, str]] = {
-    "rtrl": (DiagonalRTRL, "exact diagonal RTRL: cells lru, s5, s4d"),
+    "rtrl": (DiagonalRTRL, "exact diagonal RTRL: cells lru, s5, s4d, mamba"),
     "snap1": (SnAp1, "SnAp-1: cells lstm, gru, elstm"),
     "dense_rtrl": (DenseRTRL, "exact dense RTRL: any cell, small hidden sizes"),
     "tbptt": (OnlineTBPTT, "online truncated BPTT: any cell (learner.window tokens)"),
@@ -135,7 +136,8 @@ def _model(c: Any, stream: Stream) -> OnlineModel:
     if c.cell not in CELLS:
         raise ValueError(f"config: model.cell must be one of {sorted(CELLS)}, got {c.cell!r}.")
     layers = tuple(CELLS[c.cell](c) for _ in range(int(c.num_layers)))
-    diagonal = type(layers[0]) in DIAGONAL_CELLS
+    # The diagonal recurrences (and Mamba) map hidden_size features to hidden_size: "auto" encodes.
+    diagonal = type(layers[0]) in DIAGONAL_CELLS or c.cell == "mamba"
     encoder = diagonal if c.encoder == "auto" else bool(c.encoder)
     if diagonal and not encoder and stream.input_size != c.hidden_size:
         raise ValueError(
