@@ -321,7 +321,8 @@ def test_a_finished_run_is_read_back_not_retrained(tmp_path, monkeypatch):
     base = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
     settings = protocol.ProtocolSettings(train_tokens=8 * 1024 * 10)
     again = protocol._train_once("lstm", base, settings, 1e-3, 0, 8 * 1024, folder, 1024, None, print)
-    assert again == record  # a record without a config digest (an older one) is read back as it is
+    # a record without a config digest (an older one) is read back as it is, in the folder it is in
+    assert again == dataclasses.replace(record, workdir=str(folder))
     digest = protocol._config_sha256(protocol._run_config(base, settings, 1e-3, 0, 8 * 1024))
     (folder / "run.json").write_text(json.dumps(dataclasses.asdict(record) | {"config_sha256": digest}))
     assert (

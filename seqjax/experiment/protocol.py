@@ -14,7 +14,9 @@ For one task at one sequence length, `run_comparison` does, for every model conf
    is extended one step beyond it (the ratio of the two outer rates, rounded to one significant digit),
    up to `grid_extensions` times, so the chosen rate is not an artefact of where the grid stopped. The
    test split has not been read yet.
-4. **Seeds.** The chosen rate's seed-0 run is evaluated on the test split from its final checkpoint, and
+4. **Seeds.** The chosen rate's seed-0 run is evaluated on the test split (every grid run computes its
+   test outputs when it finishes and keeps them unreported in its folder, `RunRecord.final_test`, so
+   that a finished run needs no checkpoint; older runs are evaluated from their final checkpoint), and
    seeds 1 .. `seeds - 1` train with that rate; the seed sets both the initialisation and the order of
    the training batches (`train_run` takes a `data_seed` to set the order apart, as
    `seqjax.experiment.stability` does). Every seed's per-example test outputs are written as
@@ -38,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -175,6 +178,12 @@ class RunRecord:
     config_sha256: str = ""
     # The seed of the training batches' order when set apart from `seed` (None: `seed` set both)
     data_seed: int | None = None
+    # The test metrics of the final parameters, computed when a run trained without test evaluation (a
+    # grid run) finished, with its per-example outputs in `FINAL_TEST_PREDICTIONS` in its folder. Never
+    # reported as they are: they become `test` only when validation has chosen the run
+    # (`evaluate_on_test`). They let the run's folder stand without its checkpoint
+    # (`seqjax.experiment.carry_over`). None in records written before they were kept.
+    final_test: dict[str, float] | None = None
 
 
 def _config_sha256(config: Any) -> str:
@@ -188,8 +197,14 @@ def _config_sha256(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: A grid run's test outputs, written in its folder when it finishes (see `RunRecord.final_test`).
+FINAL_TEST_PREDICTIONS = "final_test_predictions.npz"
+
+
 def _read_record(path: Path, config_sha256: str) -> RunRecord:
-    record = RunRecord(**json.loads(path.read_text()))
+    # The run is where its record is: a folder carried to another workdir (`carry_over`) or machine
+    # keeps working.
+    record = dataclasses.replace(RunRecord(**json.loads(path.read_text())), workdir=str(path.parent))
     if record.config_sha256 and record.config_sha256 != config_sha256:
         workdir = path.parents[3] if len(path.parents) > 3 else path.parent  # <workdir>/<model>/lr<r>/seed<k>
         raise ValueError(
@@ -397,7 +412,8 @@ def _train_once(
     # An unfinished run (stopped by a signal) resumes from its checkpoint, as the trainer resumes any run;
     # its record then times only the part after the resume.
     workdir.mkdir(parents=True, exist_ok=True)
-    splits = ("validation", "test") if predictions_path is not None else ("validation",)
+    # Test too for a grid run: kept in its folder, unreported unless validation chooses the run.
+    splits = ("validation", "test")
     started = time.perf_counter()
     result = trainer.train(
         run_config, str(workdir), final_splits=splits, final_examples=settings.evaluation_examples
@@ -409,24 +425,23 @@ def _train_once(
             "back and this one resumes."
         )
     final = result["final"]
-    test = None
-    if predictions_path is not None:
-        test = final["test"]["metrics"]
-        run = run_predictions(
-            model,
-            seed,
-            length,
-            run_config.task,
-            final["test"]["per_example"],
-            final["test"]["source"],
-            final["test"]["indices"],
-        )
-        write_predictions(predictions_path, run)
+    run = run_predictions(
+        model,
+        seed,
+        length,
+        run_config.task,
+        final["test"]["per_example"],
+        final["test"]["source"],
+        final["test"]["indices"],
+    )
+    test_metrics = {k: float(v) for k, v in final["test"]["metrics"].items()}
+    test, final_test = (test_metrics, None) if predictions_path is not None else (None, test_metrics)
+    write_predictions(predictions_path or workdir / FINAL_TEST_PREDICTIONS, run)
     tokens = int(result["step"]) * tokens_per_batch
     record = _record(
         model, lr, seed, result, tokens, workdir, final["validation"]["metrics"], test, data_seed
     )
-    record = dataclasses.replace(record, config_sha256=digest)
+    record = dataclasses.replace(record, config_sha256=digest, final_test=final_test)
     _atomic_json(done, dataclasses.asdict(record))
     metric, _ = HEADLINE[run_config.task]
     log(
@@ -447,11 +462,21 @@ def _test_from_checkpoint(
     length: int,
     predictions_path: Path,
 ) -> RunRecord:
-    """The chosen rate's seed-0 run, evaluated on the test split from its final checkpoint (once)."""
+    """The chosen rate's seed-0 run on the test split: its outputs kept when it finished (a run folder
+    without its checkpoint, e.g. carried over), else evaluated from its final checkpoint (once)."""
     from seqjax.train import trainer
 
     if record.test is not None and predictions_path.exists():
         return record
+    kept = Path(record.workdir) / FINAL_TEST_PREDICTIONS
+    if record.final_test is not None and kept.exists():
+        predictions_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = predictions_path.with_name(predictions_path.name + ".partial")
+        shutil.copyfile(kept, partial)
+        os.replace(partial, predictions_path)
+        updated = dataclasses.replace(record, test=dict(record.final_test))
+        _atomic_json(Path(record.workdir) / "run.json", dataclasses.asdict(updated))
+        return updated
     run_config = _run_config(
         config, settings, record.learning_rate, record.seed, tokens_per_batch, record.data_seed
     )

@@ -1,0 +1,174 @@
+"""Carrying finished runs between machines without checkpoints (`seqjax.experiment.carry_over`): what a
+pack holds and leaves out, refusals that write nothing, and a real protocol run whose chosen-rate test
+evaluation, after pack and unpack into a fresh workdir with no checkpoint, equals the evaluation from
+its checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqjax.config import apply_overrides, load_config_file
+from seqjax.experiment import carry_over, protocol
+from seqjax.experiment.predictions import read_predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _workdir(root: Path) -> Path:
+    """A workdir as the drivers leave it: settings, predictions, a finished run (record, metrics,
+    kept test outputs, checkpoint, lock), an unfinished run (metrics and checkpoint only), the JAX
+    cache and TensorBoard events."""
+    work = root / "work"
+    done = work / "lstm" / "lr0.001" / "seed0"
+    running = work / "lstm" / "lr0.003" / "seed0"
+    for folder in (done / "checkpoints" / "2", running / "checkpoints" / "1", work / ".jax_cache"):
+        folder.mkdir(parents=True)
+    (work / "settings.json").write_text('{"train_tokens": 1}')
+    (work / "predictions" / "lstm").mkdir(parents=True)
+    (work / "predictions" / "lstm" / "seed1.npz").write_bytes(b"npz")
+    (done / "run.json").write_text('{"model": "lstm"}')
+    (done / "metrics.jsonl").write_text('{"step": 2}\n')
+    (done / protocol.FINAL_TEST_PREDICTIONS).write_bytes(b"kept")
+    (done / "checkpoints" / "2" / "params").write_bytes(b"0" * 1000)
+    (done / ".lock").write_text("")
+    (done / "events.out.tfevents.1.host").write_bytes(b"tb")
+    (running / "metrics.jsonl").write_text('{"step": 1}\n')
+    diverged = work / "lstm" / "lr0.1" / "seed0"
+    (diverged / "checkpoints").mkdir(parents=True)
+    (diverged / "metrics.jsonl").write_text('{"step": 1}\n')
+    (diverged / "diverged.json").write_text('{"error": "loss nan at step 1"}')
+    (running / "checkpoints" / "1" / "params").write_bytes(b"0" * 1000)
+    (work / ".jax_cache" / "jit_step-cache").write_bytes(b"x")
+    return work
+
+
+def test_pack_keeps_finished_runs_small_files_and_leaves_out_the_rest(tmp_path):
+    work = _workdir(tmp_path)
+    manifest = carry_over.pack(work, tmp_path / "pack")
+    assert sorted(manifest["files"]) == [
+        "lstm/lr0.001/seed0/final_test_predictions.npz",
+        "lstm/lr0.001/seed0/metrics.jsonl",
+        "lstm/lr0.001/seed0/run.json",
+        "lstm/lr0.1/seed0/diverged.json",
+        "lstm/lr0.1/seed0/metrics.jsonl",
+        "predictions/lstm/seed1.npz",
+        "settings.json",
+    ]
+    assert manifest["finished_runs"] == 2  # a diverged run is finished: it is never retried
+    assert manifest["unfinished_runs_left_out"] == ["lstm/lr0.003/seed0"]
+    on_disk = sorted(
+        str(p.relative_to(tmp_path / "pack")) for p in (tmp_path / "pack").rglob("*") if p.is_file()
+    )
+    assert on_disk == sorted([*manifest["files"], carry_over.MANIFEST])
+    # a second pack replaces the first whole (a run finished in between is added)
+    (work / "lstm" / "lr0.003" / "seed0" / "run.json").write_text("{}")
+    again = carry_over.pack(work, tmp_path / "pack")
+    assert again["finished_runs"] == 3 and again["unfinished_runs_left_out"] == []
+    assert not list(tmp_path.glob("pack.*"))  # no staging or previous copy left behind
+
+
+def test_pack_refusals_write_nothing(tmp_path):
+    work = _workdir(tmp_path)
+    (work / "lstm" / "lr0.001" / "seed0" / "huge.npz").write_bytes(b"0" * 5000)
+    with pytest.raises(ValueError, match=r"1 file\(s\) over 4,000 bytes .*seed0/huge\.npz \(5,000 bytes\)"):
+        carry_over.pack(work, tmp_path / "pack", max_file_bytes=4000)
+    assert not (tmp_path / "pack").exists() and not list(tmp_path.glob("pack.*"))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not an earlier pack"):
+        carry_over.pack(work, other)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    with pytest.raises(FileNotFoundError, match="no workdir"):
+        carry_over.pack(tmp_path / "missing", tmp_path / "pack")
+
+
+def test_unpack_copies_keeps_identical_and_refuses_different_files(tmp_path):
+    work = _workdir(tmp_path)
+    carry_over.pack(work, tmp_path / "pack")
+    fresh = tmp_path / "fresh"
+    assert carry_over.unpack(tmp_path / "pack", fresh) == {"copied": 7, "kept": 0}
+    assert (fresh / "lstm" / "lr0.001" / "seed0" / "run.json").read_text() == '{"model": "lstm"}'
+    assert not (fresh / "lstm" / "lr0.001" / "seed0" / "checkpoints").exists()
+    assert carry_over.unpack(tmp_path / "pack", fresh) == {"copied": 0, "kept": 7}
+    (fresh / "settings.json").write_text('{"train_tokens": 2}')  # newer results under the same name
+    (fresh / "predictions" / "lstm" / "seed1.npz").unlink()
+    with pytest.raises(ValueError, match=r"settings.json exists and differs"):
+        carry_over.unpack(tmp_path / "pack", fresh)
+    assert not (fresh / "predictions" / "lstm" / "seed1.npz").exists()  # nothing copied
+    (tmp_path / "pack" / "settings.json").write_text("tampered")
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        carry_over.unpack(tmp_path / "pack", tmp_path / "third")
+    with pytest.raises(ValueError, match="is not a pack"):
+        carry_over.unpack(work, tmp_path / "fourth")
+
+
+def test_a_grid_run_carried_without_checkpoints_gives_its_checkpoints_test_evaluation(tmp_path, monkeypatch):
+    """A real grid run (no test reported): it keeps its test outputs, unreported. Packed and unpacked
+    into a fresh workdir (no checkpoint), it is read back, not retrained, and its test evaluation as the
+    chosen run equals the one made from its checkpoint in the original workdir."""
+    from seqjax.train import trainer
+
+    config = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=256")
+    config = apply_overrides(
+        config, ["model.d_model=8", "model.num_layers=1", "batch_size=8", "tensorboard=False"]
+    )
+    settings = protocol.ProtocolSettings(train_tokens=8 * 256 * 2, evaluation_examples=24)
+    kwargs = {"length": 256, "tokens_per_batch": 8 * 256}
+    folder = Path("lstm") / "lr0.003" / "seed0"
+    record = protocol.train_run("lstm", config, settings, 3e-3, 0, tmp_path / "work" / folder, **kwargs)
+    assert record.test is None and record.final_test is not None and record.steps == 2
+    assert (tmp_path / "work" / folder / protocol.FINAL_TEST_PREDICTIONS).exists()
+
+    manifest = carry_over.pack(tmp_path / "work", tmp_path / "pack")
+    assert manifest["finished_runs"] == 1 and not any("checkpoints" in f for f in manifest["files"])
+    # The reference: the same run evaluated on test from its checkpoint (as records without kept
+    # outputs are), in the original workdir after packing.
+    old_style = dataclasses.replace(record, final_test=None)
+    from_checkpoint = protocol.evaluate_on_test(
+        "lstm", config, settings, old_style, tmp_path / "from_checkpoint.npz", **kwargs
+    )
+    carry_over.unpack(tmp_path / "pack", tmp_path / "fresh")
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a carried run was trained again"))
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: pytest.fail("no checkpoint to evaluate"))
+    carried = protocol.train_run("lstm", config, settings, 3e-3, 0, tmp_path / "fresh" / folder, **kwargs)
+    assert carried.workdir == str(tmp_path / "fresh" / folder)  # the record follows its folder
+    chosen = protocol.evaluate_on_test("lstm", config, settings, carried, tmp_path / "carried.npz", **kwargs)
+    assert chosen.test == pytest.approx(from_checkpoint.test, rel=1e-6)
+    want, got = read_predictions(tmp_path / "from_checkpoint.npz"), read_predictions(tmp_path / "carried.npz")
+    np.testing.assert_array_equal(got.example_ids, want.example_ids)
+    np.testing.assert_allclose(got.predictions, want.predictions, rtol=1e-5, atol=1e-6)
+    saved = json.loads((tmp_path / "fresh" / folder / "run.json").read_text())
+    assert saved["test"] == chosen.test  # reported now that it is the chosen run
+
+
+def test_the_script_packs_and_unpacks(tmp_path):
+    work = _workdir(tmp_path)
+    script = str(ROOT / "scripts" / "carry_runs.py")
+    done = subprocess.run(
+        [sys.executable, script, "pack", f"--workdir={work}", f"--to={tmp_path / 'pack'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["finished_runs"] == 2
+    done = subprocess.run(
+        [sys.executable, script, "unpack", f"--from={tmp_path / 'pack'}", f"--workdir={tmp_path / 'fresh'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["copied"] == 7
+    bad = subprocess.run(
+        [sys.executable, script, "pack", f"--workdir={work}"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "pack needs --to" in bad.stderr
