@@ -30,6 +30,7 @@ flags.DEFINE_string("out", "benchmarks/online_{platform}.md", "Markdown output."
 
 METHODS = [
     ("lru_rtrl", "exact diagonal RTRL, LRU (state = hidden complex modes)"),
+    ("mamba_rtrl", "exact RTRL, Mamba (d_model = hidden, expand 2, N = 16)"),
     ("lstm_snap", "SnAp-1, LSTM"),
     ("lstm_dense", "exact dense RTRL, LSTM"),
     ("gru_dense", "exact dense RTRL, GRU"),

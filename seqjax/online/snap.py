@@ -23,9 +23,14 @@ E-LSTM, never: its read and write couple all units); otherwise it is biased, typ
 underestimating long-range credit assignment across units. Menick et al. found it a good trade-off in
 practice; tests/test_online_rtrl.py measures the difference to exact RTRL.
 
-Cost per token and example: stored traces O(P·K); this implementation forms J_t and I_t densely with
-`jax.jacfwd`/`jax.jacrev` of the cell's own `recur` (O(S) derivative passes of one step: O(H³) work for
-an LSTM/GRU of hidden size H, against O(H⁴) for exact RTRL) and then gathers the kept entries.
+Cost per token and example: stored traces O(P·K). For LSTM and GRU the kept entries of I_t and J_t
+come from a few forward-mode products of the cell's own `recur` (one per gate block of each bias, two
+along the state) and the weights' chain rule, so an update costs O(P·K²) = O(H²) work, SnAp-1's own
+order (`SnApTracer._gated_update`). E-LSTM, whose memory slots do not follow the gate-column pattern,
+forms J_t and I_t densely with `jax.jacfwd`/`jax.jacrev` (O(S) derivative passes of one step: O(H³))
+and gathers the kept entries; that generic form is also the reference the fast one is tested against.
+Measured (this machine, 2 cores shared with other jobs, LSTM, one example, median of 7 × 50 steps):
+about 1.5 ms against 6.9 ms per token at H = 32, and 1.2 ms against 175 ms at H = 64.
 """
 
 from __future__ import annotations
@@ -127,6 +132,80 @@ class SnApTracer(LayerTracer):
         return jnp.zeros(o.shape, ravel_pytree(state)[0].dtype)
 
     def update(self, params: PyTree, traces: jax.Array, state: PyTree, u: jax.Array) -> jax.Array:
+        if type(self.cell) in (LSTM, GRU):
+            return self._gated_update(params, traces, state, u)
+        return self._dense_update(params, traces, state, u)
+
+    def _gated_update(self, params: PyTree, traces: jax.Array, state: PyTree, u: jax.Array) -> jax.Array:
+        """SnAp-1 for LSTM and GRU in O(P·K²) per token, without forming J_t or I_t.
+
+        Both cells compute their gates from z_ih = u W_ih + b_ih and z_hh = h W_hh + b_hh (GRU: b_hh's
+        candidate block inside the reset gate, where z_hh is too), and column c of each belongs to unit
+        k = c mod H. So ∂s/∂W_ih[i, c] = u_i ∂s/∂b_ih[c] and ∂s/∂W_hh[i, c] = h_i ∂s/∂b_hh[c]: one jvp
+        per gate block of each bias gives every kept entry of I_t (column c's own unit is the only one
+        it reaches within a token). The kept blocks of J_t, ∂s_k/∂s_k(prev): the cell state c (LSTM)
+        feeds only its own unit, so one jvp along all of c gives them; h feeds every unit through W_hh,
+        so one jvp along all of h gives the direct path plus Σ_j W_hh[j, c] ∂s/∂z_hh[c], from which the
+        other units' share (j ≠ k) is removed. Equal to `_dense_update` (tested)."""
+        cell, hidden = self.cell, self.cell.hidden_size
+        gates = params["b_ih"].shape[0] // hidden
+        s_flat, unravel_s = ravel_pytree(state)
+        dtype = s_flat.dtype
+        cols = np.arange(gates * hidden)
+        own = cols % hidden  # column c's unit
+        owners = jnp.asarray(np.stack([own, hidden + own], -1) if type(cell) is LSTM else own[:, None])
+
+        def new_state(p: PyTree, s: jax.Array) -> jax.Array:
+            new, _ = cell.recur(p, unravel_s(s), cell.project_inputs(p, u))
+            return ravel_pytree(new)[0].astype(dtype)
+
+        def along(name: str, block: int) -> jax.Array:  # ∂s/∂(bias block), at each column's own unit
+            tangent = {k: jnp.zeros_like(v) for k, v in params.items()}
+            tangent[name] = tangent[name].at[block * hidden : (block + 1) * hidden].set(1)
+            d = jax.jvp(lambda p: new_state(p, s_flat), (params,), (tangent,))[1]
+            return d[owners[block * hidden : (block + 1) * hidden]]  # [H, K]
+
+        d_ih = jnp.concatenate([along("b_ih", g) for g in range(gates)])  # [G·H, K]
+        d_hh = jnp.concatenate([along("b_hh", g) for g in range(gates)])
+        h_prev = (state.h if type(cell) is LSTM else state).astype(dtype)
+        i_leaf = {
+            "w_ih": u.astype(dtype)[:, None, None] * d_ih[None],
+            "w_hh": h_prev[:, None, None] * d_hh[None],
+            "b_ih": d_ih,
+            "b_hh": d_hh,
+        }
+        # J's kept blocks [H, K, K]: column a of unit k's block is ∂s_k/∂(its a-th own state number).
+        ones = lambda part: jax.jvp(
+            lambda s: new_state(params, s), (s_flat,), (jnp.zeros_like(s_flat).at[part].set(1),)
+        )[1]
+        unit = owners[:hidden]  # [H, K]: unit k's state numbers
+        w_hh = params["w_hh"].astype(dtype)
+        own_w = w_hh[own, cols]  # W_hh[k, c] for c's own unit k
+        other_w = jnp.sum(w_hh, axis=0) - own_w  # Σ_{j≠k} W_hh[j, c]
+        through_others = jnp.sum((d_hh * other_w[:, None]).reshape(gates, hidden, -1), axis=0)  # [H, K]
+        h_column = ones(unit[:, 0])[unit] - through_others  # ∂s_k/∂h_k(prev) [H, K]
+        blocks = [h_column]
+        if type(cell) is LSTM:
+            blocks.append(ones(unit[:, 1])[unit])  # ∂s_k/∂c_k(prev): c feeds its own unit only
+        j_unit = jnp.stack(blocks, axis=-1)  # [H, K, K]
+        j_col = j_unit[own]  # [G·H, K, K]
+        updated = {}
+        leaf_traces = self._by_leaf(params, traces)
+        for name, tr in leaf_traces.items():
+            updated[name] = jnp.einsum("cab,...cb->...ca", j_col, tr) + i_leaf[name]
+        return jnp.concatenate([updated[name].reshape(-1, traces.shape[-1]) for name in sorted(updated)])
+
+    @staticmethod
+    def _by_leaf(params: PyTree, traces: jax.Array) -> dict[str, jax.Array]:
+        """The flat [P, K] traces as {leaf: [*leaf.shape, K]} (ravel_pytree's order: sorted keys)."""
+        out, start = {}, 0
+        for name in sorted(params):
+            size = int(np.prod(params[name].shape))
+            out[name] = traces[start : start + size].reshape(*params[name].shape, traces.shape[-1])
+            start += size
+        return out
+
+    def _dense_update(self, params: PyTree, traces: jax.Array, state: PyTree, u: jax.Array) -> jax.Array:
         cell = self.cell
         p_flat, unravel_p = ravel_pytree(params)
         s_flat, unravel_s = ravel_pytree(state)
