@@ -329,3 +329,50 @@ def test_registry_and_sizes():
     cell = cells.get("deltanet", num_heads=3, head_dim=4)
     assert isinstance(cell, cells.DeltaNet) and cell.value_dim == 4 and cell.output_size == 12
     assert cells.GatedDeltaNet(num_heads=3, head_dim=4).output_size == 24  # d_v = 2 d_k
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
+def test_auto_segments_long_sequences_as_the_chunked_form(name, monkeypatch):
+    """On CPU, "auto" runs sequences above `auto_segment_above` as rematerialised segments: the same
+    outputs, final state and gradients as "chunked" on the whole sequence, with resets and padding (a
+    segment boundary inside a padded stretch, another at a reset)."""
+    import seqjax.cells.delta_net as delta_net_module
+
+    calls = []
+    segment_apply = delta_net_module.SegmentRemat.apply
+    monkeypatch.setattr(
+        delta_net_module.SegmentRemat,
+        "apply",
+        lambda self, *a, **k: calls.append(1) or segment_apply(self, *a, **k),
+    )
+    cls = cells.DeltaNet if name == "deltanet" else cells.GatedDeltaNet
+    monkeypatch.setattr(cls, "auto_segment_above", 8)
+    monkeypatch.setattr(cls, "auto_segment_length", 6)
+    auto = cls(num_heads=2, head_dim=4, chunk_size=4)
+    chunked = dataclasses.replace(auto, method="chunked")
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.normal(size=(2, 23, 5)), jnp.float32)
+    resets = np.zeros((2, 23), bool)
+    resets[0, 10] = resets[1, 12] = True  # row 1: at a segment boundary
+    mask = np.ones((2, 23), bool)
+    mask[0, 4:8] = False
+    mask[1, 20:] = False
+    resets, mask = jnp.asarray(resets), jnp.asarray(mask)
+    params = auto.init(jax.random.PRNGKey(0), 5)
+    state = auto.initial_state((2,))
+    state = state._replace(s=jnp.asarray(rng.normal(size=state.s.shape), jnp.float32))
+
+    def run(cell, params, xs):
+        ys, final = cell.apply(params, xs, state, resets=resets, mask=mask)
+        return jnp.sum(ys**2) + jnp.sum(final.s**2), (ys, final)
+
+    (_, (ys_a, fin_a)), g_a = jax.value_and_grad(lambda p, x: run(auto, p, x), argnums=(0, 1), has_aux=True)(
+        params, xs
+    )
+    (_, (ys_c, fin_c)), g_c = jax.value_and_grad(
+        lambda p, x: run(chunked, p, x), argnums=(0, 1), has_aux=True
+    )(params, xs)
+    assert calls == ([1] if jax.default_backend() == "cpu" else [])
+    np.testing.assert_allclose(ys_a, ys_c, rtol=1e-5, atol=1e-5)
+    for a, c in zip(jax.tree.leaves((fin_a, g_a)), jax.tree.leaves((fin_c, g_c)), strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)

@@ -93,8 +93,9 @@ def test_step_and_parameters_are_the_wrapped_cells():
 
 def test_training_memory_no_longer_grows_with_the_cells_activations():
     # Gated DeltaNet's layer stores ~35 floats per input float for the backward pass; in segments it
-    # stores the inputs, one state per segment and one segment's activations
-    inner = cells.GatedDeltaNet(num_heads=4, head_dim=16)
+    # stores the inputs, one state per segment and one segment's activations. method="chunked": "auto"
+    # itself runs sequences this long in segments on CPU.
+    inner = cells.GatedDeltaNet(num_heads=4, head_dim=16, method="chunked")
     params = inner.init(jax.random.PRNGKey(0), 16)
     xs = jnp.ones((2, 4096, 16))
 
