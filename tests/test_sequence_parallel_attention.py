@@ -287,6 +287,7 @@ def test_cells_with_sequence_axis_equal_single_device(name):
 # (cell, shards, long padding): the cells whose state is a cache of keys and values, carried into a
 # split sequence. The cache is filled by a first apply of 11 tokens (a reset at 4 in row 1, so its
 # cache starts later).
+F64 = {"dtype": jnp.float64, "param_dtype": jnp.float64}
 STATEFUL_CELLS = {
     "attention_kv_cache_ring": (
         lambda: cells.Attention(
@@ -294,8 +295,7 @@ STATEFUL_CELLS = {
             head_dim=4,
             num_kv_heads=2,
             max_length=128,
-            dtype=jnp.float64,
-            param_dtype=jnp.float64,
+            **F64,
         ),
         8,
         True,
@@ -308,15 +308,18 @@ STATEFUL_CELLS = {
             max_length=128,
             positional="alibi",
             sequence_strategy="all_gather",
-            dtype=jnp.float64,
-            param_dtype=jnp.float64,
+            **F64,
         ),
         4,
         True,
     ),
     "sliding_window_ring_buffer_halo": (
         lambda: cells.SlidingWindowAttention(
-            num_heads=4, head_dim=4, num_kv_heads=2, window=5, dtype=jnp.float64, param_dtype=jnp.float64
+            num_heads=4,
+            head_dim=4,
+            num_kv_heads=2,
+            window=5,
+            **F64,
         ),
         8,
         False,
@@ -328,8 +331,7 @@ STATEFUL_CELLS = {
             num_kv_heads=2,
             window=4,
             num_global=2,
-            dtype=jnp.float64,
-            param_dtype=jnp.float64,
+            **F64,
         ),
         2,
         True,
@@ -340,8 +342,7 @@ STATEFUL_CELLS = {
             head_dim=4,
             num_kv_heads=2,
             memory_length=7,
-            dtype=jnp.float64,
-            param_dtype=jnp.float64,
+            **F64,
         ),
         8,
         True,
@@ -353,8 +354,7 @@ STATEFUL_CELLS = {
             memory_length=16,
             positional="sinusoidal",
             sequence_strategy="all_gather",
-            dtype=jnp.float64,
-            param_dtype=jnp.float64,
+            **F64,
         ),
         4,
         True,
