@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from seqjax import cells
+from seqjax.scan import matrix_recurrence as mr
 from seqjax.scan.matrix_recurrence import (
     linear_attention,
     linear_attention_chunked,
@@ -239,6 +240,36 @@ def test_engine_extreme_gates_2048_tokens(dtype):
     assert scale > 1.0  # the γ ≈ 1 channel accumulates: a real long memory
     assert float(np.max(np.abs(np.asarray(ys) - ref))) < tol * scale
     assert float(np.max(np.abs(np.asarray(final) - ref_s))) < tol * max(1.0, float(np.max(np.abs(ref_s))))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
+def test_engine_picks_the_factored_or_subchunked_path_per_chunk(dtype):
+    """Four chunks of 16 tokens; the third decays by −100 per token in one channel (exp(−b) would overflow
+    even float64). The factored form runs the others, the sub-chunk form that one, and the whole still
+    equals the token scan: values and gradients, with resets and padding, in float64 to 1e-10 (float32:
+    1e-4 of the scale)."""
+    length, chunk = 64, 16
+    with jax.enable_x64(dtype == jnp.float64):
+        q, k, v, lg, s0 = (jnp.asarray(np.asarray(a), dtype) for a in _engine_inputs(40, length))
+        lg = lg.at[:, 2 * chunk : 3 * chunk, :, 1].set(-100.0)
+        resets, mask = random_flags(41, (B, length), 0.1), random_flags(42, (B, length), 0.8)
+        # chunk i as the chunk body sees it: [B, H, C, d_k]
+        body_chunk = lambda a, i: jnp.swapaxes(a.reshape(B, length // chunk, chunk, *a.shape[2:])[:, i], 1, 2)
+        picks = [bool(mr._factorable(body_chunk(k, i), body_chunk(lg, i), dtype)) for i in range(4)]
+        assert picks == [True, True, False, True]
+
+        def loss(fn, q, k, v, lg, s0):
+            ys, final = fn(q, k, v, lg, s0, resets=resets, mask=mask)
+            return jnp.sum(jnp.sin(ys)) + jnp.sum(jnp.cos(final)), (ys, final)
+
+        chunked = lambda *a, **kw: linear_attention_chunked(*a, **kw, chunk_size=chunk)
+        grad = lambda fn: jax.jit(jax.grad(lambda *a: loss(fn, *a), argnums=range(5), has_aux=True))
+        g_c, out_c = grad(chunked)(q, k, v, lg, s0)
+        g_r, out_r = grad(linear_attention_recurrent)(q, k, v, lg, s0)
+        tol = 1e-10 if dtype == jnp.float64 else 1e-4 * max(1.0, float(jnp.max(jnp.abs(out_r[0]))))
+        assert max_abs_diff(out_c, out_r) < tol
+        assert max_abs_diff(g_c, g_r) < tol * 10
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in g_c)
 
 
 def test_engine_backward_keeps_no_per_token_states_or_decay_tensors():

@@ -54,6 +54,7 @@ from seqjax.cells.kv_cache import (
 from seqjax.cells.positional import POSITIONALS, alibi_slopes, rotary_embedding, sinusoidal_embedding
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
+from seqjax.common.dense import dense
 from seqjax.scan.attention import (
     METHODS,
     SEQUENCE_PARALLEL_STRATEGIES,
@@ -203,7 +204,7 @@ class _SoftmaxAttention(Cell):
     # depends on the token's position (rotary, sinusoidal), which depends on the state, so `step` and
     # `apply` project.
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return jnp.einsum(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
+        return dense(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
 
     def _project(
         self, params: Params, x: jax.Array, positions: jax.Array

@@ -14,6 +14,7 @@ from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
+from seqjax.common.dense import dense
 
 __all__ = ["ELSTM", "ELSTMState"]
 
@@ -117,8 +118,11 @@ class ELSTM(RecurrentCell):
         return self.hidden_size
 
     def _mm(self, a: jax.Array, w: jax.Array) -> jax.Array:
-        return jnp.matmul(
-            a.astype(self.dtype), w.astype(self.dtype), preferred_element_type=accumulation_dtype(self.dtype)
+        return dense(
+            "...i,io->...o",
+            a.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=accumulation_dtype(self.dtype),
         )
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:

@@ -15,6 +15,7 @@ from seqjax.cells.initializers import torch_linear_uniform
 from seqjax.cells.registry import register
 from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
+from seqjax.common.dense import dense
 from seqjax.scan.diagonal import linear_recurrence
 from seqjax.scan.selective import SELECTIVE_METHODS, selective_scan
 from seqjax.scan.sequence_parallel import (
@@ -190,8 +191,11 @@ class Mamba(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, a: jax.Array, w: jax.Array) -> jax.Array:
-        return jnp.matmul(
-            a.astype(self.dtype), w.astype(self.dtype), preferred_element_type=accumulation_dtype(self.dtype)
+        return dense(
+            "...i,io->...o",
+            a.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=accumulation_dtype(self.dtype),
         )
 
     def _ssm_inputs(self, params: Params, x: jax.Array):

@@ -19,9 +19,16 @@ Per head, with a decay γ_t ∈ (0, 1] per (batch, head, token), either one scal
   exist, never every S_t.
 
   With a per-channel decay (b_i ∈ R^{d_k}) the decay no longer factors out of q_i·k_j:
-  A[i, j] = Σ_c q_ic k_jc exp(b_ic − b_jc). Writing it as (q ⊙ exp(b))·(k ⊙ exp(−b)) overflows as soon as
-  the decays over a chunk are small (exp(−b) > 1e38 once b < −88), so the per-channel chunk body
-  (`_channel_chunk_body`) never forms exp(−b): every exponent it takes is ≤ 0. A chunk is split into
+  A[i, j] = Σ_c q_ic k_jc exp(b_ic − b_jc). Writing it as (q ⊙ exp(b))·(k ⊙ exp(−b)) is exact up to
+  rounding (each term is the same product) and runs as matmuls, but overflows as soon as the decays over
+  a chunk are small (exp(−b) > 1e38 once b < −88). So each chunk takes one of two paths, chosen per chunk
+  by `lax.cond` in the forward and in the backward pass (`_channel_chunk`, a custom VJP, so the backward
+  pass runs only the chosen path's VJP):
+  - factored (`_channel_chunk_factored`) when every channel's decay over the chunk keeps exp(−b) below
+    exp(¾ · log(dtype max)) (float32: a decay over the chunk down to 1e-29; at GLA's initialisation a
+    64-token chunk decays to about e^-3) and |k| · exp(−b) finite: the scalar-decay chunk's matmuls;
+  - sub-chunked (`_channel_chunk_subchunked`) otherwise, for any decays, forming no exp(−b): every
+    exponent it takes is ≤ 0. A chunk is split into
   sub-chunks of `CHANNEL_SUB_CHUNK` (8) tokens, with b now cumulative from the sub-chunk's start. Within
   a sub-chunk A is formed channel by channel, Σ_c q_ic k_jc exp(b_ic − b_jc) for j ≤ i (an [8, 8, d_k]
   tensor). Earlier tokens reach it through the state at the sub-chunk's start, H_s, read as
@@ -31,7 +38,8 @@ Per head, with a decay γ_t ∈ (0, 1] per (batch, head, token), either one scal
   non-positive numbers are ordered in floating point too, so no exponent can round above 0. (fla's
   `chunk_gla` forms the same sub-chunk tensors, in sub-chunks of 16, and joins sub-chunks by matmuls of
   decayed queries and keys; on the CPU, sub-chunks of 8 joined through their start states measured
-  1.3–2x faster than sub-chunks of 16 or 4, forward and backward.)
+  1.3–2x faster than sub-chunks of 16 or 4, forward and backward.) On the CPU the factored path is
+  1.5x faster again, forward and backward (`benchmarks/recent_cells_cpu.md`).
 
 Layout: batch-major, heads after time, as a cell's input projection produces them without a transpose:
 q, k [*batch, T, G, d_k], v [*batch, T, H, d_v], log_gamma [*batch, T, H] or [*batch, T, H, d_k], resets
@@ -329,7 +337,104 @@ def _chunk_body(s_prev, chunk):
 
 
 def _channel_chunk_body(s_prev: jax.Array, chunk: tuple[Any, ...]) -> tuple[jax.Array, jax.Array]:
-    """`_chunk_body` with a decay per key channel, lg [B, H, C, d_k]; every exponent taken is ≤ 0.
+    """`_chunk_body` with a decay per key channel, lg [B, H, C, d_k]: the factored form
+    (`_channel_chunk_factored`) where the chunk's decays allow it, else the sub-chunk form
+    (`_channel_chunk_subchunked`), chosen per chunk by `lax.cond` in both passes."""
+    q, k, v, lg, seg = chunk
+    heads = v.shape[1]
+    if q.shape[1] != heads:  # per channel, each head's decays differ: a group's scores cannot be shared
+        q, k = (jnp.repeat(a, heads // a.shape[1], axis=1) for a in (q, k))
+    return _channel_chunk(s_prev, q, k, v, lg, seg)
+
+
+def _factorable(k: jax.Array, lg: jax.Array, acc: jnp.dtype) -> jax.Array:
+    """Whether `_channel_chunk_factored` may run this chunk: exp(−b) ≤ exp(λ) with λ = ¾ log(max of k's
+    dtype) for every channel (b the cumulative log-decay over the chunk, so this bounds the whole chunk's
+    decay), and |k| · exp(λ) finite. Then no factor overflows and exp(b) ≥ exp(−λ) stays a normal number
+    (float32 and bfloat16: λ = 66.5, a decay over the chunk down to 1e-29 per channel; float16: λ = 8.3)."""
+    log_max = math.log(float(jnp.finfo(k.dtype).max))
+    bound = 0.75 * log_max
+    total = jnp.sum(lg.astype(acc), axis=2)  # [B, H, d_k]: ≤ every partial sum, up to rounding
+    key_max = jnp.max(jnp.abs(k.astype(acc)))
+    return jnp.all(total >= -bound) & (key_max <= math.exp(log_max - bound - 1.0))
+
+
+def _channel_chunk_factored(s_prev, q, k, v, lg, seg):
+    """The per-channel chunk as matmuls, like the scalar `_chunk_body`, by factoring the decay:
+    A[i, j] = Σ_c (q_ic exp(b_ic)) (k_jc exp(−b_jc)) for visible j ≤ i, b cumulative from the chunk's
+    start. Exact up to rounding (each term is the same product), but exp(−b) overflows unless the chunk's
+    decays are bounded: callers check `_factorable` first."""
+    acc = s_prev.dtype
+    cd = q.dtype
+    c = q.shape[2]
+    b = jnp.cumsum(lg.astype(acc), axis=2)  # [B, H, C, d_k], non-increasing
+    causal = jnp.tril(jnp.ones((c, c), bool))
+    visible = (causal & (seg[:, :, None] == seg[:, None, :]))[:, None]  # [B, 1, C, C]
+    sees_prev = (seg == 0)[:, None, :, None]  # [B, 1, C, 1]: no reset yet in this chunk
+    in_last = (seg == seg[:, -1:])[:, None, :, None]  # keys that reach the chunk's end state
+    b_last = b[:, :, -1:]
+    q_dec = (q.astype(acc) * jnp.exp(b)).astype(cd)
+    k_inv = (k.astype(acc) * jnp.exp(-b)).astype(cd)
+    scores = jnp.einsum("bhik,bhjk->bhij", q_dec, k_inv, preferred_element_type=acc)
+    scores = jnp.where(visible, scores, jnp.zeros((), acc))
+    y = jnp.einsum("bhij,bhjv->bhiv", scores.astype(cd), v, preferred_element_type=acc)
+    q_prev = jnp.where(sees_prev, q_dec, jnp.zeros((), cd))
+    y = y + jnp.einsum("bhik,bhkv->bhiv", q_prev, s_prev.astype(cd), preferred_element_type=acc)
+    k_end = jnp.where(in_last, k.astype(acc) * jnp.exp(b_last - b), jnp.zeros((), acc)).astype(cd)
+    carry = jnp.where((seg[:, -1] == 0)[:, None, None], jnp.exp(b_last[:, :, 0]), jnp.zeros((), acc))
+    s_next = carry[..., None] * s_prev + jnp.einsum("bhjk,bhjv->bhkv", k_end, v, preferred_element_type=acc)
+    return s_next, y
+
+
+@jax.custom_vjp
+def _channel_chunk(s_prev, q, k, v, lg, seg):
+    """The path chosen per chunk; a custom VJP so that the backward pass also runs only the chosen path's
+    VJP (differentiating a `lax.cond` would carry both branches' residuals)."""
+    ok = _factorable(k, lg, s_prev.dtype)
+    return lax.cond(ok, _channel_chunk_factored, _channel_chunk_subchunked, s_prev, q, k, v, lg, seg)
+
+
+def _chunk_body_vjp(s_prev, chunk, cts):
+    """The cotangents of `_chunk_body`'s (s_prev, q, k, v, lg) for cotangents `cts` of (s_next, y),
+    without its forward pass where the VJP recomputes what it needs anyway (the per-channel form)."""
+    q, k, v, lg, seg = chunk
+    if lg is None or lg.ndim != q.ndim:
+        _, vjp = jax.vjp(lambda *a: _chunk_body(a[0], (*a[1:], seg)), s_prev, q, k, v, lg)
+        return vjp(cts)
+    heads, groups = v.shape[1], q.shape[1]
+    if groups != heads:
+        q, k = (jnp.repeat(a, heads // groups, axis=1) for a in (q, k))
+    ds, dq, dk, dv, dlg = _channel_chunk_bwd((s_prev, q, k, v, lg, seg), cts)[:5]
+    if groups != heads:  # the repeat's transpose: sum each group's heads
+        dq, dk = (a.reshape(a.shape[0], groups, heads // groups, *a.shape[2:]).sum(2) for a in (dq, dk))
+    return ds, dq, dk, dv, dlg
+
+
+def _channel_chunk_fwd(s_prev, q, k, v, lg, seg):
+    return _channel_chunk(s_prev, q, k, v, lg, seg), (s_prev, q, k, v, lg, seg)
+
+
+def _channel_chunk_bwd(res, cts):
+    s_prev, q, k, v, lg, seg = res
+
+    def vjp_of(body):
+        def run(s_prev, q, k, v, lg):
+            _, vjp = jax.vjp(lambda *a: body(*a, seg), s_prev, q, k, v, lg)
+            return vjp(cts)
+
+        return run
+
+    ok = _factorable(k, lg, s_prev.dtype)
+    factored, subchunked = vjp_of(_channel_chunk_factored), vjp_of(_channel_chunk_subchunked)
+    grads = lax.cond(ok, factored, subchunked, s_prev, q, k, v, lg)
+    return (*grads, None)
+
+
+_channel_chunk.defvjp(_channel_chunk_fwd, _channel_chunk_bwd)
+
+
+def _channel_chunk_subchunked(s_prev, q, k, v, lg, seg):
+    """The per-channel chunk for any decays, q, k [B, H, C, d_k]; every exponent taken is ≤ 0.
 
     The chunk is split into ns sub-chunks of `sub` tokens (padded at the end with tokens of k = 0, log γ = 0
     and the last token's segment, which change nothing). With lb_i the cumulative log-decay from the start
@@ -339,16 +444,12 @@ def _channel_chunk_body(s_prev: jax.Array, chunk: tuple[Any, ...]) -> tuple[jax.
             + (q_i ⊙ exp(lb_i))ᵀ H_s                                  H_s: S at the start of i's sub-chunk
       H_0 = S_prev ;  H_{u+1} = diag(exp(g_u)) H_u + Σ_{j in u} (k_j ⊙ exp(g_u − lb_j)) v_jᵀ ;  S_next = H_ns
     with visibility (segments) as in `_chunk_body`: a reset inside sub-chunk u drops H_u, and only the
-    keys of u's last segment reach H_{u+1}. Grouped q, k [B, G, C, d_k] are repeated over their heads
-    first: per channel, each head's decays differ, so a group's scores cannot be shared.
+    keys of u's last segment reach H_{u+1}.
     """
-    q, k, v, lg, seg = chunk
     acc = s_prev.dtype
     cd = q.dtype
     bsz, c = q.shape[0], q.shape[2]
     heads, dv = v.shape[1], v.shape[-1]
-    if q.shape[1] != heads:
-        q, k = (jnp.repeat(a, heads // a.shape[1], axis=1) for a in (q, k))
     sub = min(CHANNEL_SUB_CHUNK, c)
     ns = -(-c // sub)
     cp = ns * sub
@@ -469,11 +570,9 @@ def _chunked_bwd(res, cts):
 
     def body(carry, i):
         ds, dq, dk, dv, dlg = carry
-        q_i, k_i, v_i, lg_i, seg_i = _chunk_inputs(i, q, k, v, lg, seg)
-        chunk = lambda s, q_i, k_i, v_i, lg_i: _chunk_body(s, (q_i, k_i, v_i, lg_i, seg_i))
-        _, vjp = jax.vjp(chunk, states[i], q_i, k_i, v_i, lg_i)
         dy_i = _to_body(lax.dynamic_slice_in_dim(dys, i, 1, axis=1))
-        ds, dq_i, dk_i, dv_i, dlg_i = vjp((ds, dy_i.astype(ds.dtype)))
+        chunk = _chunk_inputs(i, q, k, v, lg, seg)
+        ds, dq_i, dk_i, dv_i, dlg_i = _chunk_body_vjp(states[i], chunk, (ds, dy_i.astype(ds.dtype)))
 
         def put(buf, g, dtype):
             return lax.dynamic_update_slice_in_dim(buf, _bits(_from_body(g).astype(dtype)), i, axis=1)
@@ -515,8 +614,8 @@ def linear_attention_chunked(
     chunk's [C, C] matrices with `jax.vjp` of the chunk body from its inputs and start state, carries
     dS backwards, and writes the chunk's dq, dk, dv, d log γ into full-size gradient buffers in place.
     Only reverse mode is defined (no `jax.jvp`). Work is O(T · C · d + T · d_k · d_v) per head (with a
-    per-channel decay, O(T · (8 · (d_k + d_v) + d_k · d_v)): the sub-chunks' [8, 8, d_k] decays, and
-    the states at the sub-chunk starts); lengths that are not a multiple of
+    per-channel decay on the sub-chunked path, O(T · (8 · (d_k + d_v) + d_k · d_v)): the sub-chunks'
+    [8, 8, d_k] decays, and the states at the sub-chunk starts); lengths that are not a multiple of
     `chunk_size` are padded internally with padding tokens (γ = 1, k = 0), which leave the state
     unchanged.
 
