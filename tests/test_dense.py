@@ -68,3 +68,10 @@ def test_mismatched_shapes_are_refused():
     x, w = _arrays((2, 5, 3), (4, 4, 6), jnp.float32)
     with pytest.raises(ValueError, match=r"x has shape \(2, 5, 3\) and w \(4, 4, 6\)"):
         dense("...i,ihd->...hd", x, w)
+
+
+def test_flatten_false_is_the_einsum_as_written():
+    x, w = _arrays((2, 5, 3), (3, 4, 6), jnp.float32)
+    jaxpr = str(jax.make_jaxpr(lambda x, w: dense("...i,ihd->...hd", x, w, flatten=False))(x, w))
+    assert "reshape" not in jaxpr  # the einsum's dot_general alone: a sharded time axis stays sharded
+    assert "reshape" in str(jax.make_jaxpr(lambda x, w: dense("...i,ihd->...hd", x, w))(x, w))

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from seqjax import cells
+from seqjax.scan import generalized_delta_rule as gdr
 from seqjax.scan.generalized_delta_rule import (
     generalized_delta_rule,
     generalized_delta_rule_chunked,
@@ -238,6 +239,41 @@ def test_engine_extreme_decays_long_sequence():
     scale = max(np.max(np.abs(ref_ys)), 1.0)
     assert np.max(np.abs(np.asarray(ys) - ref_ys)) < 1e-5 * scale
     assert np.max(np.abs(np.asarray(h) - ref_h)) < 1e-5 * scale
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
+def test_engine_picks_the_factored_or_pairwise_path_per_chunk(dtype):
+    """Four chunks of 8 tokens; the third decays by −100 per token in one channel (exp(−G) would overflow
+    even float64). The factored chunk runs the others, the pairwise one that one, and the whole equals the
+    token scan: values and gradients, with resets and padding (float64 to 1e-10, float32 to 1e-4 of the
+    scale)."""
+    length, chunk = 32, 8
+    r, w, k, v, kappa, alpha, s0 = _paper_inputs(30, length)
+    args = list(_engine_args(r, w, k, v, kappa, alpha, s0))
+    args[5] = args[5].copy()
+    args[5][:, 2 * chunk : 3 * chunk, :, 1] = -100.0
+    resets, mask = random_flags(31, (B, length), 0.1), random_flags(32, (B, length), 0.8)
+    with jax.enable_x64(dtype == jnp.float64):
+        args = [jnp.asarray(a, dtype) for a in args]
+        # chunk i as the chunk body sees it: [B, H, C, N]
+        body_chunk = lambda a, i: jnp.swapaxes(a.reshape(B, length // chunk, chunk, H, N)[:, i], 1, 2)
+        picks = [bool(gdr._factorable(*(body_chunk(args[j], i) for j in (1, 4, 5)))) for i in range(4)]
+        assert picks == [True, True, False, True]
+
+        def loss(fn):
+            def run(*a):
+                ys, h = fn(*a, resets=resets, mask=mask)
+                return jnp.sum(jnp.sin(ys)) + jnp.sum(jnp.cos(h)), (ys, h)
+
+            return jax.jit(jax.grad(run, argnums=range(7), has_aux=True))
+
+        chunked = lambda *a, **kw: generalized_delta_rule_chunked(*a, **kw, chunk_size=chunk)
+        g_c, out_c = loss(chunked)(*args)
+        g_r, out_r = loss(generalized_delta_rule_recurrent)(*args)
+        tol = 1e-10 if dtype == jnp.float64 else 1e-4 * max(1.0, float(jnp.max(jnp.abs(out_r[0]))))
+        assert max_abs_diff(out_c, out_r) < tol
+        assert max_abs_diff(g_c, g_r) < tol * 10
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in g_c)
 
 
 def test_chunked_backward_stores_no_per_token_states():

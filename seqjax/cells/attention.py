@@ -204,7 +204,13 @@ class _SoftmaxAttention(Cell):
     # depends on the token's position (rotary, sinusoidal), which depends on the state, so `step` and
     # `apply` project.
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
+        return dense(
+            spec,
+            x.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=self._acc,
+            flatten=getattr(self, "sequence_axis", None) is None,
+        )
 
     def _project(
         self, params: Params, x: jax.Array, positions: jax.Array

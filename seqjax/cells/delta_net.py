@@ -197,7 +197,13 @@ class _DeltaRuleCell(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
+        return dense(
+            spec,
+            x.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=self._acc,
+            flatten=getattr(self, "sequence_axis", None) is None,
+        )
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
         """x [..., input_size] -> the conv inputs q, k [..., H, d_k], v [..., H, d_v], β's and (gated)

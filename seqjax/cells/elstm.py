@@ -123,6 +123,7 @@ class ELSTM(RecurrentCell):
             a.astype(self.dtype),
             w.astype(self.dtype),
             preferred_element_type=accumulation_dtype(self.dtype),
+            flatten=getattr(self, "sequence_axis", None) is None,
         )
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:

@@ -193,7 +193,13 @@ class _MatrixAttention(RecurrentCell):
 
     # -- per-cell pieces -----------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
+        return dense(
+            spec,
+            x.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=self._acc,
+            flatten=getattr(self, "sequence_axis", None) is None,
+        )
 
     def _qkv(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         qkv = self._mm(x, params["w_qkv"], "...i,ishd->...shd")

@@ -196,6 +196,7 @@ class Mamba(RecurrentCell):
             a.astype(self.dtype),
             w.astype(self.dtype),
             preferred_element_type=accumulation_dtype(self.dtype),
+            flatten=getattr(self, "sequence_axis", None) is None,
         )
 
     def _ssm_inputs(self, params: Params, x: jax.Array):

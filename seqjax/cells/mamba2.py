@@ -280,7 +280,11 @@ class Mamba2(RecurrentCell):
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array) -> jax.Array:
         return dense(
-            "...i,io->...o", x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc
+            "...i,io->...o",
+            x.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=self._acc,
+            flatten=getattr(self, "sequence_axis", None) is None,
         )
 
     def _split_projection(self, zxbcdt: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

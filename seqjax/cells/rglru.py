@@ -272,7 +272,13 @@ class RGLRU(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
+        return dense(
+            spec,
+            x.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=self._acc,
+            flatten=getattr(self, "sequence_axis", None) is None,
+        )
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
         """x [..., d_model] -> the conv input W_x x + b_x and the gate branch GeLU(W_y x + b_y), [..., W]

@@ -279,7 +279,13 @@ class RWKV7(Cell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
+        return dense(
+            spec,
+            x.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=self._acc,
+            flatten=getattr(self, "sequence_axis", None) is None,
+        )
 
     def project(self, params: Params, x: jax.Array, prev: jax.Array) -> dict[str, jax.Array]:
         """Tokens x [..., input_size] and the inputs before them, prev (zeros at a segment start) -> the

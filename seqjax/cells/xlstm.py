@@ -297,7 +297,13 @@ class MLSTM(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
+        return dense(
+            spec,
+            x.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=self._acc,
+            flatten=getattr(self, "sequence_axis", None) is None,
+        )
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
         """x [..., d_model] -> the two up-projected branches x_m and z [..., D_i], in float32."""
@@ -603,7 +609,13 @@ class SLSTM(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(spec, x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=self._acc)
+        return dense(
+            spec,
+            x.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=self._acc,
+            flatten=getattr(self, "sequence_axis", None) is None,
+        )
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
         """x [..., input] -> the conv input x and the pre-activations z̃, õ [..., 2, H, d] of x (with

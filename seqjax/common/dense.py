@@ -44,6 +44,7 @@ def dense(
     w: jax.Array,
     *,
     preferred_element_type: jnp.dtype | None = None,
+    flatten: bool = True,
 ) -> jax.Array:
     """`jnp.einsum(spec, x, w)` for a projection spec "...<in>,<in><out>->...<out>" (the weight's leading
     dimensions are x's trailing ones, contracted; its other dimensions are the output's), computed as one
@@ -54,6 +55,9 @@ def dense(
         (heads back to o features), "...i,io->...o".
       x: [..., *in]; w: [*in, *out].
       preferred_element_type: the accumulation and result dtype (float32 for bfloat16 operands).
+      flatten: False runs `jnp.einsum` as written. Cells pass False under sequence parallelism: merging a
+        time axis sharded over devices into the batch axis before it is not a sharding XLA can keep, so
+        the flattened matmul would gather the sequence onto every device.
 
     Returns:
       [..., *out].
@@ -65,7 +69,7 @@ def dense(
     >>> bool(jnp.allclose(dense("...i,ihd->...hd", x, w), jnp.einsum("...i,ihd->...hd", x, w)))
     True
     """
-    parts = _split_spec(spec)
+    parts = _split_spec(spec) if flatten else None
     if parts is None:
         return jnp.einsum(spec, x, w, preferred_element_type=preferred_element_type)
     x_dims, out_dims, _ = parts
