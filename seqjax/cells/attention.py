@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype, check_sequence_axis
+from seqjax.cells.base import Cell, DType, Params, accumulation_dtype, check_sequence_axis, projection
 from seqjax.cells.kv_cache import (
     clear_rows,
     ring_positions,
@@ -54,7 +54,6 @@ from seqjax.cells.kv_cache import (
 from seqjax.cells.positional import POSITIONALS, alibi_slopes, rotary_embedding, sinusoidal_embedding
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
-from seqjax.common.dense import dense
 from seqjax.scan.attention import (
     METHODS,
     SEQUENCE_PARALLEL_STRATEGIES,
@@ -204,13 +203,7 @@ class _SoftmaxAttention(Cell):
     # depends on the token's position (rotary, sinusoidal), which depends on the state, so `step` and
     # `apply` project.
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(
-            spec,
-            x.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=self._acc,
-            flatten=getattr(self, "sequence_axis", None) is None,
-        )
+        return projection(self, spec, x, w)
 
     def _project(
         self, params: Params, x: jax.Array, positions: jax.Array

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.common.checks import check_flags
+from seqjax.common.dense import dense
 from seqjax.common.dtypes import accumulation_dtype
 from seqjax.scan.sequential import broadcast_flags, reverse_resets, scan_recurrence, select_tree
 
@@ -49,6 +50,7 @@ __all__ = [
     "accumulation_dtype",
     "check_sequence_axis",
     "check_sequence_parallel",
+    "projection",
     "with_sequence_axis",
 ]
 
@@ -364,6 +366,27 @@ class Cell(abc.ABC):
         if mask is not None:
             mask = check_flags(self._label, "mask", mask, xs.shape[:-1])
         return xs, state, resets, mask
+
+
+def projection(cell: Cell, spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """A cell's projection `jnp.einsum(spec, x, w)`: operands in the cell's compute dtype (`cell.dtype`),
+    accumulated in its accumulation dtype, as one 2-D matmul (`seqjax.common.dense`) except under sequence
+    parallelism (`cell.sequence_axis` set), where the einsum keeps the time axis sharded.
+
+    >>> import jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.get("gla", num_heads=2, head_dim=4)
+    >>> projection(cell, "...i,ihd->...hd", jnp.ones((3, 5, 6)), jnp.ones((6, 2, 4))).shape
+    (3, 5, 2, 4)
+    """
+    dtype = cell.dtype
+    return dense(
+        spec,
+        x.astype(dtype),
+        w.astype(dtype),
+        preferred_element_type=accumulation_dtype(dtype),
+        flatten=getattr(cell, "sequence_axis", None) is None,
+    )
 
 
 def check_sequence_parallel(cell: Cell) -> None:

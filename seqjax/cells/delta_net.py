@@ -30,13 +30,19 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
+from seqjax.cells.base import (
+    DType,
+    Params,
+    RecurrentCell,
+    accumulation_dtype,
+    check_sequence_axis,
+    projection,
+)
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.cells.segment_remat import SegmentRemat
 from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
-from seqjax.common.dense import dense
 from seqjax.scan.delta_rule import METHODS, delta_rule, delta_rule_step
 from seqjax.scan.sequence_parallel import sequence_parallel_delta_rule
 
@@ -197,13 +203,7 @@ class _DeltaRuleCell(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(
-            spec,
-            x.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=self._acc,
-            flatten=getattr(self, "sequence_axis", None) is None,
-        )
+        return projection(self, spec, x, w)
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
         """x [..., input_size] -> the conv inputs q, k [..., H, d_k], v [..., H, d_v], β's and (gated)

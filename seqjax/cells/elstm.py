@@ -10,11 +10,10 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype
+from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, projection
 from seqjax.cells.initializers import stacked_glorot_uniform, stacked_orthogonal
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
-from seqjax.common.dense import dense
 
 __all__ = ["ELSTM", "ELSTMState"]
 
@@ -118,13 +117,7 @@ class ELSTM(RecurrentCell):
         return self.hidden_size
 
     def _mm(self, a: jax.Array, w: jax.Array) -> jax.Array:
-        return dense(
-            "...i,io->...o",
-            a.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=accumulation_dtype(self.dtype),
-            flatten=getattr(self, "sequence_axis", None) is None,
-        )
+        return projection(self, "...i,io->...o", a, w)
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
         acc = accumulation_dtype(self.dtype)

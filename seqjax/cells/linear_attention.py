@@ -39,10 +39,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
+from seqjax.cells.base import (
+    DType,
+    Params,
+    RecurrentCell,
+    accumulation_dtype,
+    check_sequence_axis,
+    projection,
+)
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
-from seqjax.common.dense import dense
 from seqjax.scan.matrix_recurrence import (
     METHODS,
     linear_attention,
@@ -193,13 +199,7 @@ class _MatrixAttention(RecurrentCell):
 
     # -- per-cell pieces -----------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(
-            spec,
-            x.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=self._acc,
-            flatten=getattr(self, "sequence_axis", None) is None,
-        )
+        return projection(self, spec, x, w)
 
     def _qkv(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         qkv = self._mm(x, params["w_qkv"], "...i,ishd->...shd")

@@ -10,12 +10,18 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
+from seqjax.cells.base import (
+    DType,
+    Params,
+    RecurrentCell,
+    accumulation_dtype,
+    check_sequence_axis,
+    projection,
+)
 from seqjax.cells.initializers import torch_linear_uniform
 from seqjax.cells.registry import register
 from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
-from seqjax.common.dense import dense
 from seqjax.scan.diagonal import linear_recurrence
 from seqjax.scan.selective import SELECTIVE_METHODS, selective_scan
 from seqjax.scan.sequence_parallel import (
@@ -191,13 +197,7 @@ class Mamba(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, a: jax.Array, w: jax.Array) -> jax.Array:
-        return dense(
-            "...i,io->...o",
-            a.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=accumulation_dtype(self.dtype),
-            flatten=getattr(self, "sequence_axis", None) is None,
-        )
+        return projection(self, "...i,io->...o", a, w)
 
     def _ssm_inputs(self, params: Params, x: jax.Array):
         """From the conv output x [.., d_inner]: Δ [.., d_inner], B and C [.., N]."""

@@ -29,12 +29,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
+from seqjax.cells.base import (
+    DType,
+    Params,
+    RecurrentCell,
+    accumulation_dtype,
+    check_sequence_axis,
+    projection,
+)
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
-from seqjax.common.dense import dense
 from seqjax.scan.matrix_recurrence import METHODS, linear_attention, linear_attention_fused, matrix_step
 from seqjax.scan.sequence_parallel import sequence_parallel_linear_attention
 
@@ -279,13 +285,7 @@ class Mamba2(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array) -> jax.Array:
-        return dense(
-            "...i,io->...o",
-            x.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=self._acc,
-            flatten=getattr(self, "sequence_axis", None) is None,
-        )
+        return projection(self, "...i,io->...o", x, w)
 
     def _split_projection(self, zxbcdt: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """in_proj's output [..., width] -> z [..., d_inner], xBC [..., conv_dim], dt [..., H]."""

@@ -34,12 +34,18 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
+from seqjax.cells.base import (
+    DType,
+    Params,
+    RecurrentCell,
+    accumulation_dtype,
+    check_sequence_axis,
+    projection,
+)
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
-from seqjax.common.dense import dense
 from seqjax.scan.diagonal import DEFAULT_CHUNK, METHODS, linear_recurrence
 from seqjax.scan.sequence_parallel import sequence_parallel_linear_recurrence
 
@@ -272,13 +278,7 @@ class RGLRU(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(
-            spec,
-            x.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=self._acc,
-            flatten=getattr(self, "sequence_axis", None) is None,
-        )
+        return projection(self, spec, x, w)
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
         """x [..., d_model] -> the conv input W_x x + b_x and the gate branch GeLU(W_y x + b_y), [..., W]

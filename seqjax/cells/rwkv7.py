@@ -30,11 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells.base import Cell, DType, Params, accumulation_dtype, check_sequence_axis
+from seqjax.cells.base import Cell, DType, Params, accumulation_dtype, check_sequence_axis, projection
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.common.checks import check_positive_int
-from seqjax.common.dense import dense
 from seqjax.scan.generalized_delta_rule import METHODS, generalized_delta_rule, generalized_delta_rule_step
 from seqjax.scan.sequence_parallel import sequence_parallel_generalized_delta_rule
 
@@ -279,13 +278,7 @@ class RWKV7(Cell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(
-            spec,
-            x.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=self._acc,
-            flatten=getattr(self, "sequence_axis", None) is None,
-        )
+        return projection(self, spec, x, w)
 
     def project(self, params: Params, x: jax.Array, prev: jax.Array) -> dict[str, jax.Array]:
         """Tokens x [..., input_size] and the inputs before them, prev (zeros at a segment start) -> the

@@ -30,12 +30,18 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import DType, Params, RecurrentCell, accumulation_dtype, check_sequence_axis
+from seqjax.cells.base import (
+    DType,
+    Params,
+    RecurrentCell,
+    accumulation_dtype,
+    check_sequence_axis,
+    projection,
+)
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
 from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
-from seqjax.common.dense import dense
 from seqjax.scan.mlstm import EPS, METHODS, MLSTMMemory, mlstm, mlstm_step
 from seqjax.scan.sequence_parallel import sequence_parallel_mlstm
 from seqjax.scan.sequential import scan_recurrence
@@ -297,13 +303,7 @@ class MLSTM(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(
-            spec,
-            x.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=self._acc,
-            flatten=getattr(self, "sequence_axis", None) is None,
-        )
+        return projection(self, spec, x, w)
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
         """x [..., d_model] -> the two up-projected branches x_m and z [..., D_i], in float32."""
@@ -609,13 +609,7 @@ class SLSTM(RecurrentCell):
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _mm(self, x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-        return dense(
-            spec,
-            x.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=self._acc,
-            flatten=getattr(self, "sequence_axis", None) is None,
-        )
+        return projection(self, spec, x, w)
 
     def project_inputs(self, params: Params, x: jax.Array) -> dict[str, jax.Array]:
         """x [..., input] -> the conv input x and the pre-activations z̃, õ [..., 2, H, d] of x (with
