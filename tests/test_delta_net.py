@@ -125,13 +125,41 @@ def test_engine_matches_fla_naive_recurrence(gated):
                 assert max_abs_diff((ys, s), (ref_ys, ref_s)) < tol
 
 
-@pytest.mark.parametrize("c", [1, 3, 8, 13])
+@pytest.mark.parametrize("c", [1, 3, 8, 13, 16, 40, 64])
 def test_unit_lower_inverse(c):
-    """(I + A)⁻¹ by block doubling equals NumPy's inverse, for sizes that are not powers of two too."""
-    a = np.tril(_normal(70 + c, (2, 3, c, c)), -1)
+    """(I + A)⁻¹ (substitution up to 16 × 16, doubling above) equals NumPy's inverse, for sizes that are
+    not powers of two too; entries on and above the diagonal are ignored."""
+    a = np.tril(_normal(70 + c, (2, 3, c, c)), -1) / np.sqrt(c)
     with jax.enable_x64(True):
-        got = np.asarray(jax.jit(unit_lower_inverse)(jnp.asarray(a)))
+        got = np.asarray(jax.jit(unit_lower_inverse)(jnp.asarray(a + np.triu(np.ones((c, c))))))
     np.testing.assert_allclose(got, np.linalg.inv(np.eye(c) + a), atol=1e-12)
+
+
+@pytest.mark.parametrize("c", [5, 40])
+def test_unit_lower_inverse_derivatives(c):
+    """The derivative rule dT = −T tril(dA, −1) T against finite differences in float64, forward and
+    reverse mode; entries on and above the diagonal get a zero gradient."""
+    from jax.test_util import check_grads
+
+    a = np.tril(_normal(90 + c, (2, c, c)), -1) / np.sqrt(c)
+    with jax.enable_x64(True):
+        args = (jnp.asarray(a),)
+        check_grads(unit_lower_inverse, args, order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+        w = jnp.asarray(_normal(91, (2, c, c)))
+        grad = jax.grad(lambda m: jnp.sum(w * unit_lower_inverse(m)))(jnp.asarray(a))
+    assert np.all(np.asarray(grad)[:, np.triu_indices(c)[0], np.triu_indices(c)[1]] == 0)
+
+
+def test_unit_lower_inverse_stable_for_parallel_keys():
+    """A = β · K Kᵀ with identical unit keys and β = 1 (the worst WY system: every power of A is large,
+    the inverse is not): float32 within 1e-5 of the float64 inverse at C = 64."""
+    c = 64
+    a = np.tril(np.ones((c, c)), -1)
+    with jax.enable_x64(True):
+        ref = np.asarray(unit_lower_inverse(jnp.asarray(a)))
+    got = np.asarray(jax.jit(unit_lower_inverse)(jnp.asarray(a, jnp.float32)))
+    np.testing.assert_allclose(ref, np.linalg.inv(np.eye(c) + a), atol=1e-12)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
 def test_chunked_float32_accurate_with_nearly_parallel_keys():

@@ -224,39 +224,77 @@ def delta_rule_recurrent(
 # --------------------------------------------------------------------------------------------------
 # The chunked form
 # --------------------------------------------------------------------------------------------------
-def unit_lower_inverse(a: jax.Array) -> jax.Array:
-    """(I + a)⁻¹ for strictly lower-triangular a [..., C, C], by recursive block doubling.
+#: Diagonal blocks up to this size are inverted by forward substitution (one row per step, vectorised
+#: over every block), larger ones by doubling. Measured on one CPU core for 4,096 matrices of 64 × 64:
+#: 183 ms with a base of 16 against 221 ms doubling from 1 × 1 blocks and 314 ms for the earlier
+#: three-operand einsum form.
+_SUBSTITUTION_BLOCK = 16
 
-    The inverses of the diagonal blocks of size s give those of size 2s:
-    [[M₁₁, 0], [M₂₁, M₂₂]]⁻¹ = [[M₁₁⁻¹, 0], [−M₂₂⁻¹ M₂₁ M₁₁⁻¹, M₂₂⁻¹]], starting from 1 × 1 blocks (the unit
-    diagonal) — log₂ C levels of batched matmuls, O(C³) work, and nothing but matmuls, so it
-    differentiates and batches like any other op. (LAPACK's batched `trsm`, which
+
+def _unit_lower_inverse_forward(a: jax.Array) -> jax.Array:
+    """(I + a)⁻¹ for strictly lower-triangular a [..., C, C] (values only; `unit_lower_inverse` adds the
+    derivative rule)."""
+    c = a.shape[-1]
+    size = 1 << max(c - 1, 0).bit_length()
+    lead = a.shape[:-2]
+    m = jnp.pad(a, [(0, 0)] * len(lead) + [(0, size - c)] * 2)  # strictly lower, padded to a power of 2
+    base = min(size, _SUBSTITUTION_BLOCK)
+    nb = size // base
+    # The diagonal blocks of size `base`, inverted by forward substitution: row i of (I + N)⁻¹ is
+    # e_i − N[i, :i] · rows[:i]. Substitution only adds products of already-inverted rows, so it keeps
+    # the stability of the triangular solve (a Neumann series would sum powers of N that grow
+    # combinatorially when keys are nearly parallel, and cancel in float32).
+    n_blocks = jnp.moveaxis(jnp.diagonal(m.reshape(*lead, nb, base, nb, base), axis1=-4, axis2=-2), -1, -3)
+    inv = jnp.broadcast_to(jnp.eye(base, dtype=a.dtype), n_blocks.shape)
+    for i in range(1, base):
+        row = inv[..., i, :] - jnp.einsum("...j,...jk->...k", n_blocks[..., i, :i], inv[..., :i, :])
+        inv = inv.at[..., i, :].set(row)
+    # Doubling: [[M₁₁, 0], [M₂₁, M₂₂]]⁻¹ = [[M₁₁⁻¹, 0], [−M₂₂⁻¹ M₂₁ M₁₁⁻¹, M₂₂⁻¹]].
+    s = base
+    while s < size:
+        nb = size // (2 * s)
+        blocks = jnp.diagonal(m.reshape(*lead, nb, 2 * s, nb, 2 * s), axis1=-4, axis2=-2)
+        m21 = jnp.moveaxis(blocks, -1, -3)[..., s:, :s]
+        i11, i22 = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
+        i21 = -(i22 @ (m21 @ i11))
+        top = jnp.concatenate([i11, jnp.zeros_like(i11)], axis=-1)
+        bottom = jnp.concatenate([i21, i22], axis=-1)
+        inv = jnp.concatenate([top, bottom], axis=-2)  # [..., nb, 2s, 2s]
+        s *= 2
+    return inv[..., 0, :c, :c]
+
+
+@jax.custom_jvp
+def unit_lower_inverse(a: jax.Array) -> jax.Array:
+    """(I + A)⁻¹ for strictly lower-triangular a [..., C, C], with matmuls only.
+
+    Diagonal blocks of up to 16 × 16 are inverted by forward substitution, then doubled:
+    [[M₁₁, 0], [M₂₁, M₂₂]]⁻¹ = [[M₁₁⁻¹, 0], [−M₂₂⁻¹ M₂₁ M₁₁⁻¹, M₂₂⁻¹]] gives the inverses of the diagonal
+    blocks of twice the size — log₂(C / 16) levels of batched matmuls. C is padded to a power of two,
+    which leaves the top-left inverse unchanged. (LAPACK's batched `trsm`, which
     `jax.scipy.linalg.solve_triangular` calls on CPU, deadlocked in XLA's thread pool on a 2-core host.)
-    C is padded to a power of two with an identity block, which leaves the top-left inverse unchanged.
+
+    Derivative: with T = (I + A)⁻¹, dT = −T · tril(dA, −1) · T (entries of `a` on or above the diagonal
+    are ignored, so their derivative is zero). Defined as a JVP, so forward mode works and reverse mode
+    is its transpose: two [C, C] matmuls against the saved T, instead of differentiating every level of
+    the construction (on one CPU core, 4,096 matrices of 64 × 64: 0.59 s against 1.06 s forward +
+    backward).
 
     >>> import jax.numpy as jnp
     >>> a = jnp.tril(jnp.full((3, 3), 0.5), -1)
     >>> bool(jnp.allclose(unit_lower_inverse(a) @ (jnp.eye(3) + a), jnp.eye(3)))
     True
     """
+    return _unit_lower_inverse_forward(a)
+
+
+@unit_lower_inverse.defjvp
+def _unit_lower_inverse_jvp(primals, tangents):
+    (a,), (da,) = primals, tangents
+    t = unit_lower_inverse(a)
     c = a.shape[-1]
-    size = 1 << max(c - 1, 0).bit_length()
-    lead = a.shape[:-2]
-    m = jnp.eye(size, dtype=a.dtype) + jnp.pad(a, [(0, 0)] * len(lead) + [(0, size - c)] * 2)
-    inv = jnp.ones((*lead, size, 1, 1), a.dtype)  # the inverses of the 1 × 1 diagonal blocks
-    s = 1
-    while s < size:
-        nb = size // (2 * s)
-        # the nb diagonal blocks of size 2s of M, [..., nb, 2s, 2s]; their lower-left quarter is M₂₁
-        blocks = jnp.diagonal(m.reshape(*lead, nb, 2 * s, nb, 2 * s), axis1=-4, axis2=-2)
-        m21 = jnp.moveaxis(blocks, -1, -3)[..., s:, :s]
-        i11, i22 = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
-        i21 = -jnp.einsum("...ij,...jk,...kl->...il", i22, m21, i11)
-        top = jnp.concatenate([i11, jnp.zeros_like(i11)], axis=-1)
-        bottom = jnp.concatenate([i21, i22], axis=-1)
-        inv = jnp.concatenate([top, bottom], axis=-2)  # [..., nb, 2s, 2s]
-        s *= 2
-    return inv[..., 0, :c, :c]
+    da = jnp.where(jnp.tri(c, k=-1, dtype=bool), da, jnp.zeros((), da.dtype))
+    return t, -(t @ (da @ t))
 
 
 def _chunk_body(s0, chunk):
