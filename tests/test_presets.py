@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -104,7 +105,8 @@ def test_presets_build_the_cells_they_name():
     assert isinstance(built["performer"], cells.Performer)
     assert isinstance(built["elstm"], cells.ELSTM)
     assert isinstance(built["linear_attention"], cells.LinearAttention)
-    assert type(built["deltanet"]) is cells.DeltaNet and built["deltanet"].chunk_size == 64
+    assert type(built["deltanet"]) is cells.DeltaNet and built["deltanet"].chunk_size is None
+    assert built["deltanet"].resolved_chunk_size == (32 if jax.default_backend() == "cpu" else 64)
     assert isinstance(built["gated_deltanet"], cells.GatedDeltaNet) and built["gated_deltanet"].output_gate
     assert isinstance(built["rglru"], cells.RGLRU) and built["rglru"].d_model == 64
     assert isinstance(built["mamba2"], cells.Mamba2) and built["mamba2"].state_size == 128

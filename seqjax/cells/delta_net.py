@@ -45,6 +45,7 @@ from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.delta_rule import METHODS, delta_rule, delta_rule_step
 from seqjax.scan.sequence_parallel import sequence_parallel_delta_rule
+from seqjax.scan.tuning import matrix_chunk_size
 
 __all__ = ["DeltaNet", "DeltaNetState", "GatedDeltaNet", "l2_normalize"]
 
@@ -85,7 +86,7 @@ class _DeltaRuleCell(RecurrentCell):
     output_gate: bool = False
     norm_eps: float = 1e-5
     method: str = "auto"
-    chunk_size: int = 64
+    chunk_size: int | None = None
     sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
@@ -100,10 +101,18 @@ class _DeltaRuleCell(RecurrentCell):
     auto_segment_above: ClassVar[int] = 2048
     auto_segment_length: ClassVar[int] = 1024
 
+    @property
+    def resolved_chunk_size(self) -> int:
+        """`chunk_size`, or where it is None the platform's default (`seqjax.scan.tuning.matrix_chunk_size`:
+        32 on CPU, 64 on GPU and TPU)."""
+        return self.chunk_size if self.chunk_size is not None else matrix_chunk_size()
+
     def __post_init__(self) -> None:
         label = type(self).__name__
-        for field in ("num_heads", "head_dim", "conv_size", "chunk_size"):
+        for field in ("num_heads", "head_dim", "conv_size"):
             check_positive_int(label, field, getattr(self, field))
+        if self.chunk_size is not None:
+            check_positive_int(label, "chunk_size", self.chunk_size)
         check_sequence_axis(label, self.sequence_axis)
         if self.out_features is not None:
             check_positive_int(label, "out_features", self.out_features)
@@ -325,7 +334,7 @@ class _DeltaRuleCell(RecurrentCell):
             resets=resets,
             mask=valid,
             method=method,
-            chunk_size=self.chunk_size,
+            chunk_size=self.resolved_chunk_size,
         )
         ys = self._output(params, o, p)
         ys = restore_token_order(ys, order, valid)
@@ -360,7 +369,8 @@ class DeltaNet(_DeltaRuleCell):
       output_gate: multiply the normalised head outputs by SiLU(W_g x) (fla's `use_gate`, off).
       norm_eps: the RMSNorm's epsilon (1e-5).
       method: "auto" (= "chunked"), "chunked" or "recurrent": the engine `apply` uses.
-      chunk_size: tokens per chunk of the chunked engine (64).
+      chunk_size: tokens per chunk of the chunked engine; None (the default): 32 on CPU, 64 on GPU and
+        TPU (`seqjax.scan.tuning.matrix_chunk_size`).
       sequence_axis: a mesh axis name that splits the time axis over devices (None: not split): the
         convs take a halo from the previous shard and the recurrence runs
         `seqjax.scan.sequence_parallel_delta_rule`; see `seqjax.cells.with_sequence_axis`.

@@ -57,6 +57,7 @@ from seqjax.scan.matrix_recurrence import (
     split_normalized,
 )
 from seqjax.scan.sequence_parallel import sequence_parallel_linear_attention
+from seqjax.scan.tuning import matrix_chunk_size
 
 __all__ = [
     "GLAState",
@@ -135,7 +136,7 @@ class _MatrixAttention(RecurrentCell):
     head_dim: int
     out_features: int | None = None
     method: str = "auto"
-    chunk_size: int = 64
+    chunk_size: int | None = None
     fused: bool = True
     sequence_axis: str | None = None
     dtype: DType = jnp.float32
@@ -148,7 +149,8 @@ class _MatrixAttention(RecurrentCell):
         label = type(self).__name__
         check_positive_int(label, "num_heads", self.num_heads)
         check_positive_int(label, "head_dim", self.head_dim)
-        check_positive_int(label, "chunk_size", self.chunk_size)
+        if self.chunk_size is not None:
+            check_positive_int(label, "chunk_size", self.chunk_size)
         if not isinstance(self.fused, bool):
             raise ValueError(f"{label}: fused must be True or False, got {self.fused!r}.")
         if self.out_features is not None:
@@ -158,6 +160,12 @@ class _MatrixAttention(RecurrentCell):
         check_sequence_axis(label, self.sequence_axis)
 
     # -- sizes ---------------------------------------------------------------------------------------
+    @property
+    def resolved_chunk_size(self) -> int:
+        """`chunk_size`, or where it is None the platform's default (`seqjax.scan.tuning.matrix_chunk_size`:
+        32 on CPU, 64 on GPU and TPU)."""
+        return self.chunk_size if self.chunk_size is not None else matrix_chunk_size()
+
     @property
     def key_dim(self) -> int:
         """d_k: the width of φ(k), the rows of S."""
@@ -297,7 +305,7 @@ class _MatrixAttention(RecurrentCell):
                 self._pack(state),
                 resets=resets,
                 mask=mask,
-                chunk_size=self.chunk_size,
+                chunk_size=self.resolved_chunk_size,
             )
             return ys, self._unpack(s, state)
         p = self.project_inputs(params, xs)
@@ -310,7 +318,7 @@ class _MatrixAttention(RecurrentCell):
             resets=resets,
             mask=mask,
             method=method,
-            chunk_size=self.chunk_size,
+            chunk_size=self.resolved_chunk_size,
         )
         ys = self._output(params, self._heads(y), p)
         if mask is not None:
@@ -339,7 +347,8 @@ class LinearAttention(_MatrixAttention):
       num_heads, head_dim: H and d (d_k = d_v = d).
       out_features: width of the output projection; default H · d.
       method: "auto" (= "chunked"), "chunked" or "recurrent": the engine `apply` uses.
-      chunk_size: tokens per chunk of the chunked engine.
+      chunk_size: tokens per chunk of the chunked engine; None (the default): 32 on CPU, 64 on GPU and
+        TPU (`seqjax.scan.tuning.matrix_chunk_size`).
       fused: run the projections inside the chunk loop (recomputed in the backward pass) instead of
         over the whole sequence; same values and gradients, far less activation memory.
       sequence_axis: a mesh axis name that splits the time axis over devices (None: not split); see
