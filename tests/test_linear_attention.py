@@ -606,3 +606,24 @@ def test_wrong_input_size_and_state(cell):
         cell.step(params, cell.initial_state((B,)), jnp.zeros((B, 7)))
     with pytest.raises(ValueError, match="state"):
         cell.apply(params, jnp.zeros((B, T, INPUT_SIZE)), cell.initial_state((B + 1,)))
+
+
+def test_default_chunk_is_the_platforms_measured_choice():
+    """chunk_size=None resolves per engine and platform (`matrix_chunk_size`); an explicit size wins and
+    a bad one is refused at construction."""
+    from seqjax import cells
+    from seqjax.scan.tuning import matrix_chunk_size
+
+    platform = jax.default_backend()
+    assert cells.LinearAttention(num_heads=2, head_dim=4).resolved_chunk_size == matrix_chunk_size(
+        "linear_attention", platform
+    )
+    assert cells.GatedLinearAttention(num_heads=2, head_dim=4).resolved_chunk_size == 64
+    assert cells.DeltaNet(num_heads=2, head_dim=4).resolved_chunk_size == matrix_chunk_size(
+        "delta_rule", platform
+    )
+    assert cells.LinearAttention(num_heads=2, head_dim=4, chunk_size=8).resolved_chunk_size == 8
+    with pytest.raises(ValueError, match="chunk_size"):
+        cells.GatedDeltaNet(num_heads=2, head_dim=4, chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        cells.Performer(num_heads=2, head_dim=4, chunk_size=-1)

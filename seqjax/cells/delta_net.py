@@ -105,7 +105,7 @@ class _DeltaRuleCell(RecurrentCell):
     def resolved_chunk_size(self) -> int:
         """`chunk_size`, or where it is None the platform's default (`seqjax.scan.tuning.matrix_chunk_size`:
         32 on CPU, 64 on GPU and TPU)."""
-        return self.chunk_size if self.chunk_size is not None else matrix_chunk_size()
+        return self.chunk_size if self.chunk_size is not None else matrix_chunk_size("delta_rule")
 
     def __post_init__(self) -> None:
         label = type(self).__name__

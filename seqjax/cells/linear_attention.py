@@ -144,6 +144,8 @@ class _MatrixAttention(RecurrentCell):
 
     #: whether the cell uses the normaliser z (state gets a `z`).
     normalized: ClassVar[bool] = False
+    #: the engine's name in `seqjax.scan.tuning.matrix_chunk_size` (its default chunk per platform).
+    chunk_engine: ClassVar[str] = "linear_attention"
 
     def __post_init__(self) -> None:
         label = type(self).__name__
@@ -162,9 +164,10 @@ class _MatrixAttention(RecurrentCell):
     # -- sizes ---------------------------------------------------------------------------------------
     @property
     def resolved_chunk_size(self) -> int:
-        """`chunk_size`, or where it is None the platform's default (`seqjax.scan.tuning.matrix_chunk_size`:
-        32 on CPU, 64 on GPU and TPU)."""
-        return self.chunk_size if self.chunk_size is not None else matrix_chunk_size()
+        """`chunk_size`, or where it is None the platform's default for the cell's engine
+        (`seqjax.scan.tuning.matrix_chunk_size`: 32 on CPU for the scalar-decay engine, 64 for the
+        per-channel GLA engine and on GPU and TPU)."""
+        return self.chunk_size if self.chunk_size is not None else matrix_chunk_size(self.chunk_engine)
 
     @property
     def key_dim(self) -> int:
@@ -347,8 +350,9 @@ class LinearAttention(_MatrixAttention):
       num_heads, head_dim: H and d (d_k = d_v = d).
       out_features: width of the output projection; default H · d.
       method: "auto" (= "chunked"), "chunked" or "recurrent": the engine `apply` uses.
-      chunk_size: tokens per chunk of the chunked engine; None (the default): 32 on CPU, 64 on GPU and
-        TPU (`seqjax.scan.tuning.matrix_chunk_size`).
+      chunk_size: tokens per chunk of the chunked engine; None (the default): the platform's measured
+        default (`seqjax.scan.tuning.matrix_chunk_size`: 32 on CPU, 64 on GPU and TPU; GLA's per-channel
+        engine 64 everywhere).
       fused: run the projections inside the chunk loop (recomputed in the backward pass) instead of
         over the whole sequence; same values and gradients, far less activation memory.
       sequence_axis: a mesh axis name that splits the time axis over devices (None: not split); see
@@ -625,6 +629,8 @@ class GatedLinearAttention(_MatrixAttention):
     >>> ys.shape, state.s.shape, params["b_gk"].shape                # a gate bias per key channel
     ((2, 7, 8), (2, 2, 2, 4), (2, 2))
     """
+
+    chunk_engine: ClassVar[str] = "gla"
 
     expand_k: float = 0.5
     gate_low_rank_dim: int = 16

@@ -233,24 +233,30 @@ def measured_method(
     return None
 
 
-#: Tokens per chunk of the matrix-state chunked engines (linear attention, GLA, the delta rules) for a
-#: cell whose `chunk_size` is None. GPU and TPU keep the references' 64 (flash-linear-attention's
-#: kernels). On CPU, 32 trained faster at 4,096 tokens (one core, batch 8, 8 heads of 64, input width
-#: 128, forward + backward, 2026-12-02): DeltaNet 3.83 s against 4.31 s, Gated DeltaNet 9.14 against
-#: 9.92, GLA 2.34 against 2.59, LinearAttention 2.10 against 2.44 (the per-head GLA: 3.02 against 2.94);
-#: the [C, C] blocks and the chunk's working set stay in cache.
-MATRIX_CHUNK_BY_PLATFORM: dict[str, int] = {"cpu": 32}
+#: Tokens per chunk of the matrix-state chunked engines for a cell whose `chunk_size` is None, by platform
+#: and engine; anything not listed takes `MATRIX_CHUNK_DEFAULT`, the references' 64
+#: (flash-linear-attention's kernels). On CPU, training at 4,096 tokens (batch 8, 8 heads of 64, input
+#: width 128, forward + backward, whole cells, 2026-12-02) with chunks of 32 against 64:
+#: - "delta_rule" (DeltaNet, Gated DeltaNet): 2 cores 3.62 and 3.27 s against 4.19 and 3.70 (DeltaNet,
+#:   two rounds); one core 3.83 against 4.31, Gated DeltaNet 9.14 against 9.92.
+#: - "linear_attention" (the scalar-decay engine: LinearAttention, Performer, the per-head GLA): 2 cores
+#:   2.58 and 2.53 s against 3.28 and 2.68 (LinearAttention); one core 2.10 against 2.44.
+#: - "gla" (the per-channel engine) stays at 64: 2 cores 2.61 and 3.27 s with 32 against 2.18 and 2.32
+#:   (one core preferred 32: 2.34 against 2.59).
+MATRIX_CHUNK_BY_PLATFORM: dict[str, dict[str, int]] = {"cpu": {"delta_rule": 32, "linear_attention": 32}}
 MATRIX_CHUNK_DEFAULT = 64
 
 
-def matrix_chunk_size(platform: str | None = None) -> int:
-    """The default chunk of the matrix-state chunked engines on `platform` (None: JAX's default backend).
+def matrix_chunk_size(engine: str, platform: str | None = None) -> int:
+    """The default chunk of a matrix-state chunked `engine` ("delta_rule", "linear_attention", "gla") on
+    `platform` (None: JAX's default backend).
 
-    >>> matrix_chunk_size("cpu"), matrix_chunk_size("gpu")
-    (32, 64)
+    >>> cases = [("delta_rule", "cpu"), ("delta_rule", "gpu"), ("gla", "cpu")]
+    >>> [matrix_chunk_size(engine, platform) for engine, platform in cases]
+    [32, 64, 64]
     """
     if platform is None:
         import jax  # here, not at import: the tables above must load without initialising a backend
 
         platform = jax.default_backend()
-    return MATRIX_CHUNK_BY_PLATFORM.get(platform, MATRIX_CHUNK_DEFAULT)
+    return MATRIX_CHUNK_BY_PLATFORM.get(platform, {}).get(engine, MATRIX_CHUNK_DEFAULT)
