@@ -75,6 +75,7 @@ from jax import lax
 
 from seqjax.common.dtypes import accumulation_dtype
 from seqjax.scan.delta_rule import unit_lower_inverse
+from seqjax.scan.matrix_recurrence import decay_factorable
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -290,15 +291,11 @@ def _chunk_pairwise(s0, chunk):
 
 
 def _factorable(k: jax.Array, b: jax.Array, log_w: jax.Array) -> jax.Array:
-    """Whether `_chunk_factored` may run this chunk (r, k, a, b, log_w [B, H, C, d_k]): every channel's
-    decay over the chunk keeps exp(−G) ≤ exp(λ), λ = ¾ log(max of the dtype), and |k|, |b| · exp(λ)
-    finite (as `matrix_recurrence._factorable`). RWKV-7's decays (log w > −0.6065 per token) always pass in
-    chunks of up to 109 tokens in float32."""
-    log_max = math.log(float(jnp.finfo(k.dtype).max))
-    bound = 0.75 * log_max
-    total = jnp.sum(log_w, axis=-2)  # [B, H, d_k]
+    """Whether `_chunk_factored` may run this chunk (r, k, a, b, log_w [B, H, C, d_k]):
+    `matrix_recurrence.decay_factorable` with k and b the factors multiplied by exp(−G). RWKV-7's decays
+    (log w > −0.6065 per token) always pass in chunks of up to 109 tokens in float32."""
     factor_max = jnp.maximum(jnp.max(jnp.abs(k)), jnp.max(jnp.abs(b)))
-    return jnp.all(total >= -bound) & (factor_max <= math.exp(log_max - bound - 1.0))
+    return decay_factorable(jnp.sum(log_w, axis=-2), factor_max, k.dtype)
 
 
 def _chunk_factored(s0, r, k, v, a, b, lw, seg):

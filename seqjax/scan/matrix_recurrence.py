@@ -79,6 +79,7 @@ from seqjax.common.dtypes import accumulation_dtype
 
 __all__ = [
     "METHODS",
+    "decay_factorable",
     "linear_attention",
     "linear_attention_chunked",
     "linear_attention_fused",
@@ -347,16 +348,27 @@ def _channel_chunk_body(s_prev: jax.Array, chunk: tuple[Any, ...]) -> tuple[jax.
     return _channel_chunk(s_prev, q, k, v, lg, seg)
 
 
-def _factorable(k: jax.Array, lg: jax.Array, acc: jnp.dtype) -> jax.Array:
-    """Whether `_channel_chunk_factored` may run this chunk: exp(−b) ≤ exp(λ) with λ = ¾ log(max of k's
-    dtype) for every channel (b the cumulative log-decay over the chunk, so this bounds the whole chunk's
-    decay), and |k| · exp(λ) finite. Then no factor overflows and exp(b) ≥ exp(−λ) stays a normal number
-    (float32 and bfloat16: λ = 66.5, a decay over the chunk down to 1e-29 per channel; float16: λ = 8.3)."""
-    log_max = math.log(float(jnp.finfo(k.dtype).max))
+def decay_factorable(total: jax.Array, factor_max: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Whether a chunk's pair decays exp(b_i − b_j) may be factored as exp(b_i) · exp(−b_j) in `dtype`:
+    exp(−b) ≤ exp(λ) with λ = ¾ log(max of dtype) for every channel (`total`, the log-decay summed over
+    the chunk, is ≤ every partial sum up to rounding, so it bounds the whole chunk), and every factor
+    multiplied by exp(−b) (largest magnitude `factor_max`) stays finite. exp(b) ≥ exp(−λ) then stays a
+    normal number (float32 and bfloat16: λ = 66.5, a decay over the chunk down to 1e-29 per channel;
+    float16: λ = 8.3). Used by GLA's per-channel chunks here and RWKV-7's (`generalized_delta_rule`).
+
+    >>> f32 = jnp.float32
+    >>> [bool(decay_factorable(jnp.array([b]), jnp.array(3.0), f32)) for b in (-10.0, -80.0)]
+    [True, False]
+    """
+    log_max = math.log(float(jnp.finfo(dtype).max))
     bound = 0.75 * log_max
-    total = jnp.sum(lg.astype(acc), axis=2)  # [B, H, d_k]: ≤ every partial sum, up to rounding
-    key_max = jnp.max(jnp.abs(k.astype(acc)))
-    return jnp.all(total >= -bound) & (key_max <= math.exp(log_max - bound - 1.0))
+    return jnp.all(total >= -bound) & (factor_max <= math.exp(log_max - bound - 1.0))
+
+
+def _factorable(k: jax.Array, lg: jax.Array, acc: jnp.dtype) -> jax.Array:
+    """Whether `_channel_chunk_factored` may run this chunk (`decay_factorable` over the chunk's keys)."""
+    total = jnp.sum(lg.astype(acc), axis=2)  # [B, H, d_k]
+    return decay_factorable(total, jnp.max(jnp.abs(k.astype(acc))), k.dtype)
 
 
 def _channel_chunk_factored(s_prev, q, k, v, lg, seg):
