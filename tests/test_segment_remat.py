@@ -4,6 +4,8 @@ no segment divides), in less training memory (XLA's plan), and clear refusals.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,3 +142,78 @@ def test_a_model_with_segment_remat_computes_the_same_function():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
     with pytest.raises(ValueError, match="segment_remat must be 0"):
         BackboneConfig(**base, segment_remat=-1)
+
+
+AUTO_SEGMENTED = {
+    "deltanet": dict(num_heads=2, head_dim=4, chunk_size=4),
+    "gated_deltanet": dict(num_heads=2, head_dim=4, chunk_size=4),
+    "mamba2": dict(d_model=8, head_dim=4, state_size=4, chunk_size=4),
+    "mlstm": dict(d_model=8, num_heads=2, chunk_size=4),
+    "rglru": dict(d_model=8, lru_width=8, num_heads=2),
+    "rwkv7": dict(num_heads=2, head_dim=4, d_model=8, chunk_size=4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTO_SEGMENTED))
+def test_auto_segments_long_sequences_on_cpu_as_the_whole_sequence(name, monkeypatch):
+    """On CPU, `method="auto"` runs sequences above the cell's `auto_segment_above` in rematerialised
+    segments (`cpu_auto_segments`): the same outputs, final state and gradients as the whole sequence
+    under an explicit method, with resets and padding (a segment boundary inside a padded stretch,
+    another at a reset) and a nonzero initial state. Elsewhere (GPU, TPU) "auto" never segments."""
+    from seqjax.cells import segment_remat
+
+    calls = []
+    segment_apply = segment_remat.SegmentRemat.apply
+    monkeypatch.setattr(
+        segment_remat.SegmentRemat,
+        "apply",
+        lambda self, *a, **k: calls.append(1) or segment_apply(self, *a, **k),
+    )
+    monkeypatch.setattr(type(cells.get(name, **AUTO_SEGMENTED[name])), "auto_segment_above", 8)
+    monkeypatch.setattr(segment_remat, "AUTO_SEGMENT_LENGTH", 6)
+    with jax.enable_x64(True):  # float64: the two forms round differently in float32
+        _check_auto_segments(name, calls)
+
+
+def _check_auto_segments(name: str, calls: list) -> None:
+    auto = cells.get(name, **AUTO_SEGMENTED[name], dtype=jnp.float64, param_dtype=jnp.float64)
+    whole = dataclasses.replace(auto, method="associative" if name == "rglru" else "chunked")
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.normal(size=(2, 23, 8)), jnp.float64)
+    resets = np.zeros((2, 23), bool)
+    resets[0, 10] = resets[1, 12] = True  # row 1: at a segment boundary
+    mask = np.ones((2, 23), bool)
+    mask[0, 4:8] = False
+    mask[1, 20:] = False
+    resets, mask = jnp.asarray(resets), jnp.asarray(mask)
+    params = auto.init(jax.random.PRNGKey(0), 8)
+    state = jax.tree.map(
+        lambda a: (
+            jnp.asarray(0.3 * rng.normal(size=a.shape), a.dtype)
+            if jnp.issubdtype(a.dtype, jnp.floating)
+            else a
+        ),
+        auto.initial_state((2,), jnp.float64),
+    )
+
+    def loss(cell, params, xs):
+        ys, final = cell.apply(params, xs, state, resets=resets, mask=mask)
+        floats = [a for a in jax.tree.leaves(final) if jnp.issubdtype(a.dtype, jnp.floating)]
+        return jnp.sum(ys**2) + sum(jnp.sum(a**2) for a in floats), (ys, final)
+
+    grad = lambda cell: jax.value_and_grad(lambda p, x: loss(cell, p, x), argnums=(0, 1), has_aux=True)(
+        params, xs
+    )
+    (_, (ys_a, fin_a)), g_a = grad(auto)
+    (_, (ys_w, fin_w)), g_w = grad(whole)
+    assert calls == ([1] if jax.default_backend() == "cpu" else [])
+    np.testing.assert_allclose(ys_a, ys_w, rtol=1e-9, atol=1e-9)
+    for a, w in zip(jax.tree.leaves((fin_a, g_a)), jax.tree.leaves((fin_w, g_w)), strict=True):
+        np.testing.assert_allclose(a, w, rtol=1e-8, atol=1e-9)
+
+
+def test_auto_segments_refuse_a_threshold_below_the_segment_length():
+    from seqjax.cells.segment_remat import AUTO_SEGMENT_LENGTH, cpu_auto_segments
+
+    with pytest.raises(ValueError, match="auto_segment_above"):
+        cpu_auto_segments(cells.Mamba2(d_model=8, head_dim=4), jnp.ones((1, 16, 8)), AUTO_SEGMENT_LENGTH - 1)

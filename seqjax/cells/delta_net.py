@@ -40,7 +40,7 @@ from seqjax.cells.base import (
 )
 from seqjax.cells.padding import restore_token_order, valid_tokens_first
 from seqjax.cells.registry import register
-from seqjax.cells.segment_remat import SegmentRemat
+from seqjax.cells.segment_remat import cpu_auto_segments
 from seqjax.cells.short_conv import short_conv
 from seqjax.common.checks import check_positive_int
 from seqjax.scan.delta_rule import METHODS, delta_rule, delta_rule_step
@@ -93,13 +93,11 @@ class _DeltaRuleCell(RecurrentCell):
 
     #: whether α_t comes from the Mamba-2-style decay (Gated DeltaNet) or is 1 (DeltaNet).
     gated: ClassVar[bool] = False
-    #: On CPU, `method="auto"` runs sequences longer than `auto_segment_above` tokens as `SegmentRemat`
-    #: segments of `auto_segment_length` (the same function: the cell contract makes `apply` splittable
-    #: at any token). The whole-sequence plan at 4k tokens (2.2 GiB for DeltaNet at 8 heads of 64, batch
-    #: 8) ran at 0.55 of the speed of 1024-token segments (benchmarks/recent_cells_cpu.md: 6.27 s
-    #: against 3.48 s; Gated DeltaNet 13.2 s against 10.9 s).
+    #: On CPU, `method="auto"` runs sequences longer than this in rematerialised segments
+    #: (`seqjax.cells.segment_remat.cpu_auto_segments`). The whole-sequence plan at 4k tokens (2.2 GiB
+    #: for DeltaNet at 8 heads of 64, batch 8) ran at 0.55 of the speed of 1024-token segments
+    #: (benchmarks/recent_cells_cpu.md: 6.27 s against 3.48 s; Gated DeltaNet 13.2 s against 10.9 s).
     auto_segment_above: ClassVar[int] = 2048
-    auto_segment_length: ClassVar[int] = 1024
 
     @property
     def resolved_chunk_size(self) -> int:
@@ -288,15 +286,8 @@ class _DeltaRuleCell(RecurrentCell):
         token. The recurrence runs in `seqjax.scan.delta_rule` ("auto"/"chunked": the chunkwise WY form;
         "recurrent": the token scan; "auto" on CPU runs long sequences in rematerialised segments,
         `auto_segment_above`)."""
-        if (
-            self.method == "auto"
-            and self.sequence_axis is None
-            and jnp.ndim(xs) >= 2
-            and jnp.shape(xs)[-2] > self.auto_segment_above
-            and jax.default_backend() == "cpu"
-        ):
-            inner = dataclasses.replace(self, method="chunked")
-            segmented = SegmentRemat(inner, segment_length=self.auto_segment_length)
+        segmented = cpu_auto_segments(self, xs, self.auto_segment_above)
+        if segmented is not None:
             return segmented.apply(params, xs, state, resets=resets, mask=mask)
         xs, state, resets, mask = self._prepare_apply(params, xs, state, resets, mask)
         batch_shape, length = xs.shape[:-2], xs.shape[-2]

@@ -29,7 +29,10 @@ from seqjax.cells.base import Cell, DType, Params, PyTree, State
 from seqjax.common.checks import check_flags
 from seqjax.scan.sequential import select_tree
 
-__all__ = ["SegmentRemat"]
+__all__ = ["AUTO_SEGMENT_LENGTH", "SegmentRemat", "cpu_auto_segments"]
+
+#: Tokens per segment of `cpu_auto_segments`.
+AUTO_SEGMENT_LENGTH = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,3 +199,38 @@ class SegmentRemat(Cell):
         ys = jnp.moveaxis(ys, 0, nb)  # [*batch, n, segment_length, features]
         ys = ys.reshape(*batch_shape, n * self.segment_length, ys.shape[-1])
         return ys[..., :length, :], final
+
+
+def cpu_auto_segments(cell: Cell, xs: jax.Array, above: int) -> SegmentRemat | None:
+    """The `SegmentRemat` in `AUTO_SEGMENT_LENGTH`-token segments that `cell.apply` runs instead of the
+    whole sequence, or None where it runs the whole sequence.
+
+    Cells whose `method="auto"` is memory-aware on CPU call this first in `apply`: on the CPU backend,
+    a sequence of more than `above` tokens (time is the second-to-last axis of xs) is run in segments,
+    when the cell's `method` is "auto" and its time axis is not split over devices (`sequence_axis`).
+    On CPU the whole-sequence plans of the layers grow to several GiB at 16k tokens (batch 8, 8 heads
+    of 64: 5.5 to 9.6 GiB) where segments plan under 1.1 GiB; each cell states its measured price in
+    time next to its `auto_segment_above`. Any other `method`, or another backend, runs the sequence
+    whole. Each segment calls `cell.apply` on at most `AUTO_SEGMENT_LENGTH` <= `above` tokens, so it
+    runs whole.
+
+    >>> import jax.numpy as jnp
+    >>> from seqjax import cells
+    >>> cell = cells.Mamba2(d_model=8, head_dim=4)
+    >>> cpu_auto_segments(cell, jnp.ones((1, 16, 8)), above=8192) is None   # short: whole sequence
+    True
+    """
+    if above < AUTO_SEGMENT_LENGTH:
+        raise ValueError(
+            f"{type(cell).__name__}: auto_segment_above ({above}) must be >= AUTO_SEGMENT_LENGTH "
+            f"({AUTO_SEGMENT_LENGTH}), or each segment would be split again."
+        )
+    if (
+        getattr(cell, "method", None) != "auto"
+        or getattr(cell, "sequence_axis", None) is not None
+        or jnp.ndim(xs) < 2
+        or jnp.shape(xs)[-2] <= above
+        or jax.default_backend() != "cpu"
+    ):
+        return None
+    return SegmentRemat(cell, segment_length=AUTO_SEGMENT_LENGTH)
