@@ -359,7 +359,8 @@ class DeltaNet(_DeltaRuleCell):
       conv_size: taps of the short convolutions (4).
       output_gate: multiply the normalised head outputs by SiLU(W_g x) (fla's `use_gate`, off).
       norm_eps: the RMSNorm's epsilon (1e-5).
-      method: "auto" (= "chunked"), "chunked" or "recurrent": the engine `apply` uses.
+      method: "auto" (= "chunked"; on CPU, sequences above `auto_segment_above` = 2048 tokens run in
+        rematerialised 1024-token segments), "chunked" or "recurrent": the engine `apply` uses.
       chunk_size: tokens per chunk of the chunked engine; None (the default): 32 on CPU, 64 on GPU and
         TPU (`seqjax.scan.tuning.matrix_chunk_size`).
       sequence_axis: a mesh axis name that splits the time axis over devices (None: not split): the

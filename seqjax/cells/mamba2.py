@@ -131,7 +131,8 @@ class Mamba2(RecurrentCell):
       dt_min, dt_max, dt_floor, a_min, a_max: the initialisation ranges above.
       norm_before_gate: False (the reference's): the gate multiplies before the norm.
       norm_eps: the gated RMSNorm's epsilon (1e-5).
-      method: "auto" (= "chunked"), "chunked" or "recurrent": the SSD engine `apply` uses.
+      method: "auto" (= "chunked"; on CPU, sequences above `auto_segment_above` = 8192 tokens run in
+        rematerialised 1024-token segments), "chunked" or "recurrent": the SSD engine `apply` uses.
       chunk_size: tokens per chunk of the chunked form (64; the reference's GPU kernels use 256).
       fused: run the SSD, D skip, gated norm and output projection chunk by chunk inside the engine's
         loop, recomputed in the backward pass (`linear_attention_fused`); same values and gradients.

@@ -136,7 +136,9 @@ class RGLRU(RecurrentCell):
       min_rad, max_rad: the ring a = exp(−softplus(Λ)) is initialised on ([0.9, 0.999]).
       max_sqrt_gradient: the bound on d√x/dx in √(1 − a²) (1000).
       out_init_scale: variance scale of W_out (1; Griffin's models use 2 / num_layers).
-      method: the diagonal engine's backend ("auto", "sequential", "associative", "chunked").
+      method: the diagonal engine's backend ("auto", "sequential", "associative", "chunked"); with
+        "auto" on CPU, sequences above `auto_segment_above` = 8192 tokens run in rematerialised
+        1024-token segments.
       chunk_size: tokens per chunk of the chunked backend (64).
       sequence_axis: a mesh axis name that splits the time axis over devices (None: not split); see
         `seqjax.cells.with_sequence_axis`.

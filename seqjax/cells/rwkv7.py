@@ -85,7 +85,8 @@ class RWKV7(Cell):
       zero_init: the authors' zeros for the LoRA down-projections (w1, a1, g1) and the output
         projection; False draws them (uniform ±input_size^-½, Glorot for w_o), so every path carries a
         gradient from the start (the tests' setting).
-      method: "auto" (= "chunked"), "chunked" or "recurrent": the engine `apply` uses.
+      method: "auto" (= "chunked"; on CPU, sequences above `auto_segment_above` = 8192 tokens run in
+        rematerialised 1024-token segments), "chunked" or "recurrent": the engine `apply` uses.
       chunk_size: tokens per chunk of the chunked engine (16: the chunk body forms [C, C, N] decay
         tensors).
       sequence_axis: a mesh axis name that splits the time axis over devices (None: not split): the

@@ -158,7 +158,8 @@ class MLSTM(RecurrentCell):
       d_model: input and output width (the model's width; `BackboneConfig` fills it in).
       num_heads: H (4, the authors' default); proj_factor: D_i / d_model (2.0).
       conv_size: taps of the causal conv (4); qkv_block_size: block size of the q/k/v projections (4).
-      method: "auto" (= "chunked"), "chunked" or "recurrent"; chunk_size: tokens per chunk (64).
+      method: "auto" (= "chunked"; on CPU, sequences above `auto_segment_above` = 8192 tokens run in
+        rematerialised 1024-token segments), "chunked" or "recurrent"; chunk_size: tokens per chunk (64).
       eps: the denominator's eps (1e-6); norm_eps: the per-head LayerNorm's (1e-5).
       sequence_axis: a mesh axis name that splits the time axis over devices (None: not split): the conv
         takes its K − 1 inputs from the previous shard and the recurrence runs
