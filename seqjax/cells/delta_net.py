@@ -96,7 +96,8 @@ class _DeltaRuleCell(RecurrentCell):
     #: On CPU, `method="auto"` runs sequences longer than this in rematerialised segments
     #: (`seqjax.cells.segment_remat.cpu_auto_segments`). The whole-sequence plan at 4k tokens (2.2 GiB
     #: for DeltaNet at 8 heads of 64, batch 8) ran at 0.55 of the speed of 1024-token segments
-    #: (benchmarks/recent_cells_cpu.md: 6.27 s against 3.48 s; Gated DeltaNet 13.2 s against 10.9 s).
+    #: (benchmarks/recent_cells_cpu.md of 2026-11-30: 6.27 s against 3.48 s; Gated DeltaNet 13.2 s
+    #: against 10.9 s).
     auto_segment_above: ClassVar[int] = 2048
 
     @property
