@@ -25,9 +25,9 @@ token), in the layout of fla's `naive_recurrent_gated_delta_rule` (state S ∈ R
       Y   = diag(γ) Q S_0 + (Q Kᵀ ⊙ Γ ⊙ causal) Δ
       S_C = γ_C S_0 + (K ⊙ Γ_{C,·})ᵀ Δ.
 
-  A `lax.scan` over chunks carries S; the chunk body is rematerialised (`jax.checkpoint`) in the
-  backward pass, so training stores the inputs and one state per chunk, never every S_t or a [C, C]
-  matrix per chunk.
+  A loop over chunks carries S (`seqjax.scan.chunk_loop`, with its own VJP); the backward pass
+  recomputes each chunk from its inputs and start state, so training stores the inputs and one state
+  per chunk, never every S_t or a [C, C] matrix per chunk.
 
 Layout (as in `seqjax.scan.matrix_recurrence`): q, k [*batch, T, H, d_k], v [*batch, T, H, d_v], beta
 and log_alpha [*batch, T, H], resets and mask [*batch, T], states [*batch, H, d_k, d_v].
@@ -56,6 +56,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.common.dtypes import accumulation_dtype
+from seqjax.scan.chunk_loop import chunk_loop
 
 __all__ = [
     "METHODS",
@@ -297,13 +298,13 @@ def _unit_lower_inverse_jvp(primals, tangents):
     return t, -(t @ (da @ t))
 
 
-def _chunk_body(s0, chunk):
-    """One chunk for all batch rows and heads at once, in the accumulation dtype.
+def _chunk_body(s0, chunk, seg):
+    """One chunk for all batch rows and heads at once, in the accumulation dtype (`chunk_loop`'s body).
 
     s0 [B, H, d_k, d_v]; q, k [B, H, C, d_k]; v [B, H, C, d_v]; beta, la [B, H, C] (la may be None);
     seg [B, C] int32, the segment id of each token within the chunk.
     """
-    q, k, v, beta, la, seg = chunk
+    q, k, v, beta, la = chunk
     c = q.shape[-2]
     causal = jnp.tril(jnp.ones((c, c), bool))
     same = seg[:, :, None] == seg[:, None, :]  # [B, C, C]
@@ -354,9 +355,10 @@ def delta_rule_chunked(
     """The chunkwise-parallel form with the WY/UT representation (module docstring).
 
     Each chunk inverts one unit lower-triangular [C, C] matrix per head for its pseudo-values, computes
-    its outputs with two matmuls against them and S_prev, and passes S on; a `lax.scan` over chunks
-    carries S. The chunk body is rematerialised in the backward pass (`jax.checkpoint`), so autodiff
-    stores the inputs and the state at each chunk start. Work is O(T · C · (C + d_k + d_v) + T · d_k · d_v)
+    its outputs with two matmuls against them and S_prev, and passes S on; a loop over chunks carries
+    S (`seqjax.scan.chunk_loop`: the inputs stay in their [B, T, H, d] layout). The backward pass
+    recomputes each chunk from its inputs and start state, so training stores the inputs and the state
+    at each chunk start. Work is O(T · C · (C + d_k + d_v) + T · d_k · d_v)
     per head. Lengths that are not a multiple of `chunk_size` are padded internally with padding tokens.
 
     Args:
@@ -389,24 +391,21 @@ def delta_rule_chunked(
     if n == 0:
         return jnp.zeros((*batch, 0, heads, dv), acc), s0
 
-    def chunked(x, heads_axis=True):
-        # [*batch, T, (H, d)] -> [n, B, (H,) C, (d)]: chunks first for the scan, heads before time.
+    def chunked(x):
+        # [*batch, T, ...] -> [B, n, C, ...]: a free reshape (plus a pad only when C does not divide T).
         x = x.reshape(bsz, t, *x.shape[nb + 1 :])
         if pad:  # zeros: k = β = 0, log α = 0 (padding tokens), and segment 0 for the flags below
             x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        x = x.reshape(bsz, n, c, *x.shape[2:])
-        x = jnp.moveaxis(x, 1, 0)  # [n, B, C, ...]
-        return jnp.moveaxis(x, 3, 2) if heads_axis and x.ndim > 3 else x
+        return x.reshape(bsz, n, c, *x.shape[2:])
 
     if resets is None:
-        seg = jnp.zeros((n, bsz, c), jnp.int32)
+        seg = jnp.zeros((bsz, n, c), jnp.int32)
     else:
-        seg = jnp.cumsum(chunked(resets, False).astype(jnp.int32), axis=-1)
+        seg = jnp.cumsum(chunked(resets).astype(jnp.int32), axis=-1)
     la = None if log_alpha is None else chunked(log_alpha)
-    xs = (chunked(q), chunked(k), chunked(v), chunked(beta), la, seg)
-    final, ys = lax.scan(jax.checkpoint(_chunk_body), s_flat, xs)  # ys [n, B, H, C, d_v]
-    ys = jnp.moveaxis(ys, 0, 1)  # [B, n, H, C, d_v]
-    ys = jnp.swapaxes(ys, 2, 3).reshape(bsz, n * c, heads, dv)[:, :t]
+    xs = (chunked(q), chunked(k), chunked(v), chunked(beta), la)
+    ys, final = chunk_loop(_chunk_body, s_flat, xs, seg)
+    ys = ys.reshape(bsz, n * c, heads, dv)[:, :t]
     if mask is not None:
         ys = jnp.where(mask.reshape(bsz, t)[..., None, None], ys, 0.0)
     return ys.reshape(*batch, t, heads, dv), final.reshape(*batch, heads, dk, dv)

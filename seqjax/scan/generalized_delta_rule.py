@@ -33,8 +33,8 @@ Two forms compute the same thing:
   (x ⊙ e^G)·(y ⊙ e^{−G}) is exact up to rounding and turns the pair products into matmuls, but overflows
   as soon as a chunk's decays are small (e^{−G} > 1e38 once G < −88; fla's kernels bound log w from
   below for this). So each chunk takes one of two paths, chosen per chunk by `lax.cond` in the forward
-  and in the backward pass (`_chunk`, a custom VJP that keeps the chunk's inputs and runs only the chosen
-  path's VJP): the factored matmuls (`_chunk_factored`) when every channel's decay over the chunk keeps
+  and in the backward pass (`_chunk` and `_chunk_vjp`: the backward pass runs only the chosen path's
+  VJP): the factored matmuls (`_chunk_factored`) when every channel's decay over the chunk keeps
   e^{−G} ≤ e^{¾·log(dtype max)} (float32: e^66.5; RWKV-7's decays, log w > −0.6065 per token, always
   pass in chunks of up to 109 tokens), and otherwise the pairwise form (`_chunk_pairwise`), which, as
   `matrix_recurrence`'s sub-chunk path, never forms e^{−G}: the pair tensors exp(G_i − G_j) [C, C, d_k]
@@ -44,10 +44,11 @@ Two forms compute the same thing:
   never as the difference of two prefix sums: after one very small decay in a channel (log w = −1e4,
   w = 0 in float32) the prefix sums are large, and their differences would lose the small decays that
   follow to rounding (measured in float32 over 512 tokens: a 5e-4 relative error, against 1.5e-7 now,
-  as the token scan). A `lax.scan` over chunks carries H; the chunk's custom VJP recomputes the chunk
-  in the backward pass, so training stores the inputs and one state per chunk, never every H_t or a
-  [C, C, d_k] tensor per chunk. On one CPU core the factored path made RWKV-7's layer train 1.6x
-  faster at 4,096 tokens (8 heads of 64, chunks of 16).
+  as the token scan). A loop over chunks carries H (`seqjax.scan.chunk_loop`: the inputs stay in their
+  [B, T, H, d] layout, with its own VJP); the backward pass recomputes each chunk, so training stores
+  the inputs and one state per chunk, never every H_t or a [C, C, d_k] tensor per chunk. On one CPU
+  core the factored path made RWKV-7's layer train 1.6x faster at 4,096 tokens (8 heads of 64, chunks
+  of 16).
 
 Layout (as `seqjax.scan.delta_rule`): r, k, a, b, log_w [*batch, T, H, d_k], v [*batch, T, H, d_v],
 resets and mask [*batch, T], states [*batch, H, d_k, d_v].
@@ -74,6 +75,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.common.dtypes import accumulation_dtype
+from seqjax.scan.chunk_loop import chunk_loop
 from seqjax.scan.delta_rule import unit_lower_inverse
 from seqjax.scan.matrix_recurrence import decay_factorable
 
@@ -341,20 +343,15 @@ def _pairwise(s0, r, k, v, a, b, lw, seg):
     return _chunk_pairwise(s0, (r, k, v, a, b, lw, seg))
 
 
-@jax.custom_vjp
-def _chunk(s0, r, k, v, a, b, lw, seg):
-    """One chunk on the path `_factorable` picks, in the forward and in the backward pass: a custom VJP
-    that keeps the chunk's inputs and runs only the chosen path's VJP (differentiating a `lax.cond`
-    would carry both branches' residuals)."""
-    return lax.cond(_factorable(k, b, lw), _chunk_factored, _pairwise, s0, r, k, v, a, b, lw, seg)
+def _chunk(s0, chunk, seg):
+    """One chunk (`chunk_loop`'s body: r, k, v, a, b, lw [B, H, C, d]) on the path `_factorable` picks."""
+    _, k, _, _, b, lw = chunk
+    return lax.cond(_factorable(k, b, lw), _chunk_factored, _pairwise, s0, *chunk, seg)
 
 
-def _chunk_fwd(s0, r, k, v, a, b, lw, seg):
-    return _chunk(s0, r, k, v, a, b, lw, seg), (s0, r, k, v, a, b, lw, seg)
-
-
-def _chunk_bwd(res, cts):
-    *args, seg = res
+def _chunk_vjp(s0, chunk, seg, cts):
+    """The VJP of `_chunk` on the path `_factorable` picks, in the backward pass too: only the chosen
+    path's VJP runs (differentiating a `lax.cond` would carry both branches' residuals)."""
 
     def vjp_of(body):
         def run(*args):
@@ -363,18 +360,9 @@ def _chunk_bwd(res, cts):
 
         return run
 
-    grads = lax.cond(
-        _factorable(args[2], args[5], args[6]), vjp_of(_chunk_factored), vjp_of(_pairwise), *args
-    )
-    return (*grads, None)
-
-
-_chunk.defvjp(_chunk_fwd, _chunk_bwd)
-
-
-def _chunk_body(s0, chunk):
-    """One chunk (`_chunk_pairwise`'s arguments) on the path `_factorable` picks."""
-    return _chunk(s0, *chunk)
+    _, k, _, _, b, lw = chunk
+    ds, *dchunk = lax.cond(_factorable(k, b, lw), vjp_of(_chunk_factored), vjp_of(_pairwise), s0, *chunk)
+    return ds, tuple(dchunk)
 
 
 def generalized_delta_rule_chunked(
@@ -393,10 +381,10 @@ def generalized_delta_rule_chunked(
     """The chunkwise-parallel form (module docstring): per chunk and head, four [C, C] pair matrices
     from [C, C, d_k] decay tensors, one unit lower-triangular inverse for the pseudo-values, and
     matmuls against them and the chunk's start state (or, where the chunk's decays allow, the pair
-    matrices as matmuls of decayed operands: module docstring); a `lax.scan` over chunks carries H, each
-    chunk recomputed in the backward pass (a custom VJP), so autodiff stores the inputs and the state at
-    each chunk start. Lengths that are not a multiple of `chunk_size` are padded internally with
-    padding tokens.
+    matrices as matmuls of decayed operands: module docstring); a loop over chunks carries H
+    (`seqjax.scan.chunk_loop`), each chunk recomputed in the backward pass, so training stores the
+    inputs and the state at each chunk start. Lengths that are not a multiple of `chunk_size` are padded
+    internally with padding tokens.
 
     Args:
       r, k, v, a, b, log_w, s0, resets, mask: as in `generalized_delta_rule_recurrent`.
@@ -428,21 +416,20 @@ def generalized_delta_rule_chunked(
     n = -(-t // c)
     pad = n * c - t
 
-    def chunked(x, heads_axis=True):
-        # [*batch, T, (H, d)] -> [n, B, (H,) C, (d)]: chunks first for the scan, heads before time.
+    def chunked(x):
+        # [*batch, T, ...] -> [B, n, C, ...]: a free reshape (plus a pad only when C does not divide T).
         x = x.reshape(bsz, t, *x.shape[nb + 1 :])
         if pad:  # zeros: k = a = b = 0, log w = 0 (padding tokens), and no reset
             x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        x = jnp.moveaxis(x.reshape(bsz, n, c, *x.shape[2:]), 1, 0)  # [n, B, C, ...]
-        return jnp.moveaxis(x, 3, 2) if heads_axis else x
+        return x.reshape(bsz, n, c, *x.shape[2:])
 
     if resets is None:
-        seg = jnp.zeros((n, bsz, c), jnp.int32)
+        seg = jnp.zeros((bsz, n, c), jnp.int32)
     else:
-        seg = jnp.cumsum(chunked(resets, False).astype(jnp.int32), axis=-1)
-    xs = (*(chunked(x) for x in (r, k, v, a, b, log_w)), seg)
-    final, ys = lax.scan(_chunk_body, s0.reshape(bsz, heads, dk, dv), xs)  # [n, B, H, C, d_v]
-    ys = jnp.swapaxes(jnp.moveaxis(ys, 0, 1), 2, 3).reshape(bsz, n * c, heads, dv)[:, :t]
+        seg = jnp.cumsum(chunked(resets).astype(jnp.int32), axis=-1)
+    xs = tuple(chunked(x) for x in (r, k, v, a, b, log_w))
+    ys, final = chunk_loop(_chunk, s0.reshape(bsz, heads, dk, dv), xs, seg, body_vjp=_chunk_vjp)
+    ys = ys.reshape(bsz, n * c, heads, dv)[:, :t]
     if mask is not None:
         ys = jnp.where(mask.reshape(bsz, t)[..., None, None], ys, 0.0)
     return ys.reshape(*batch, t, heads, dv), final.reshape(*batch, heads, dk, dv)
