@@ -358,8 +358,9 @@ def delta_rule_chunked(
     its outputs with two matmuls against them and S_prev, and passes S on; a loop over chunks carries
     S (`seqjax.scan.chunk_loop`: the inputs stay in their [B, T, H, d] layout). The backward pass
     recomputes each chunk from its inputs and start state, so training stores the inputs and the state
-    at each chunk start. Work is O(T · C · (C + d_k + d_v) + T · d_k · d_v)
-    per head. Lengths that are not a multiple of `chunk_size` are padded internally with padding tokens.
+    at each chunk start; only reverse mode is defined (`jax.jvp` needs `method="recurrent"`). Work is
+    O(T · C · (C + d_k + d_v) + T · d_k · d_v) per head. Lengths that are not a multiple of `chunk_size`
+    are padded internally with padding tokens.
 
     Args:
       q, k, v, beta, log_alpha, s0, resets, mask: as in `delta_rule_recurrent`.

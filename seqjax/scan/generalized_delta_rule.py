@@ -383,7 +383,8 @@ def generalized_delta_rule_chunked(
     matmuls against them and the chunk's start state (or, where the chunk's decays allow, the pair
     matrices as matmuls of decayed operands: module docstring); a loop over chunks carries H
     (`seqjax.scan.chunk_loop`), each chunk recomputed in the backward pass, so training stores the
-    inputs and the state at each chunk start. Lengths that are not a multiple of `chunk_size` are padded
+    inputs and the state at each chunk start; only reverse mode is defined (`jax.jvp` needs
+    `method="recurrent"`). Lengths that are not a multiple of `chunk_size` are padded
     internally with padding tokens.
 
     Args:
