@@ -160,7 +160,10 @@ def stability_table(summary: Mapping[str, Any], digits: int) -> str:
     for row in summary["models"]:
         sd, c = row["sd"], row["components"]
         finished = sum(1 for r in row["runs"] if math.isfinite(r["value"]))
-        runs = f"{finished}" + (f" ({row['diverged']} diverged)" if row["diverged"] else "")
+        notes = [f"{row['diverged']} diverged"] if row["diverged"] else []
+        if row.get("one_class_runs"):
+            notes.append(f"{row['one_class_runs']} one class")
+        runs = f"{finished}" + (f" ({', '.join(notes)})" if notes else "")
         if sd is None:
             sd_cell = chi_cell = "n/a"
         else:
@@ -251,6 +254,16 @@ def verdict_lines(summary: Mapping[str, Any], digits: int, lr_seeds: int) -> lis
             f"(the F test {_number(power['f_test_80'], 1)}); at the claim's ratio "
             f"{power['claim_ratio']:.2f} (4.2 / 0.8) its power is {power['brown_forsythe_at_claim']:.0%}.",
         ]
+        rows = {row["model"]: row for row in summary["models"]}
+        single = {name: rows[name].get("one_class_runs", 0) for name in (attention, reference)}
+        if any(single.values()):
+            counts = "; ".join(f"{name}: {n} of {len(rows[name]['runs'])}" for name, n in single.items())
+            lines.append(
+                f"- Runs that predict one class for every test example ({counts}) have not left the class "
+                "prior: their spread against the other runs is whether training moved the model at all, "
+                "not how a trained model varies with its seeds (descriptive; the rule above counts them "
+                "as any run)."
+            )
     lines += [
         "",
         f"## Verdict (b): {CLAIM_B}: **{b['verdict']}**",

@@ -15,7 +15,7 @@ from scipy import stats as scipy_stats
 from seqjax.config import load_config_file
 from seqjax.experiment import protocol, stability, statistics
 from seqjax.experiment.matching import MatchedModel
-from tests.driver_helpers import run_driver
+from tests.driver_helpers import load_driver, run_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -304,6 +304,48 @@ def test_summary_applies_both_rules_to_the_best_attention_model_and_the_elstm():
     assert (
         without["verdicts"]["a"]["verdict"] == "inconclusive" and "elstm" in without["verdicts"]["a"]["note"]
     )
+
+
+def test_runs_that_predict_one_class_are_counted_and_named_in_the_report(tmp_path):
+    """A run that predicts one class for every test example is flagged per run, counted per model and
+    named under verdict (a) for the claim's pair; the verdict itself is unchanged (descriptive only)."""
+    import dataclasses
+
+    from seqjax.experiment.predictions import RunPredictions, write_predictions
+
+    targets = np.array([0, 1, 0, 1, 1, 0])
+
+    def predictions(name, values):
+        path = tmp_path / f"{name}.npz"
+        run = RunPredictions("m", 0, 1024, np.arange(6), np.arange(6), targets, np.asarray(values),
+                             np.ones(6))  # fmt: skip
+        write_predictions(path, run)
+        return str(path)
+
+    constant, varied = predictions("constant", [0] * 6), predictions("varied", [0, 1, 0, 1, 0, 0])
+    models = _fake_models(spread_attention=1.0, spread_elstm=15.0)
+    crossed = [
+        dataclasses.replace(r, predictions=constant if r.data_seed == 1 else varied)
+        for r in models["encoder"].crossed
+    ]
+    models["encoder"] = dataclasses.replace(models["encoder"], crossed=crossed)
+    assert (
+        stability.predicts_one_class(crossed[1]) is True and stability.predicts_one_class(crossed[0]) is False
+    )
+    assert stability.predicts_one_class(models["elstm"].crossed[0]) is None  # no predictions file
+    s = stability.summarize_stability(
+        models, "classification", shared_rates=(1e-3, 3e-3, 1e-2), n_resamples=200
+    )
+    rows = {r["model"]: r for r in s["models"]}
+    assert rows["encoder"]["one_class_runs"] == 5 and rows["elstm"]["one_class_runs"] == 0
+    assert [r["one_class"] for r in rows["encoder"]["runs"][:2]] == [False, True]
+    reference = stability.summarize_stability(
+        _fake_models(spread_attention=1.0, spread_elstm=15.0), "classification",
+        shared_rates=(1e-3, 3e-3, 1e-2), n_resamples=200,
+    )  # fmt: skip
+    assert s["verdicts"]["a"]["verdict"] == reference["verdicts"]["a"]["verdict"]
+    text = "\n".join(load_driver("stability.py").verdict_lines(s, 2, 3))
+    assert "predict one class for every test example (encoder: 5 of 10; elstm: 0 of 10)" in text
 
 
 def test_lm_runs_causal_stand_ins_for_the_encoders():

@@ -128,6 +128,7 @@ __all__ = [
     "pairwise_brown_forsythe",
     "plot_rates",
     "plot_runs",
+    "predicts_one_class",
     "rate_spread",
     "run_stability",
     "sd_interval",
@@ -686,12 +687,30 @@ def _best_by_family(models: Mapping[str, ModelRuns], task: str) -> dict[str, str
     return best_by_family(finished, metric, larger)
 
 
+def predicts_one_class(run: StabilityRun) -> bool | None:
+    """Whether a finished classification run predicted the same class for every test example (None: it
+    diverged or its predictions file is missing). Such a run has not left the class prior: its metric is
+    the majority (or minority) constant's, whatever the seeds did to a model that learned the task.
+    Descriptive only: the verdict rules above do not use it.
+
+        >>> predicts_one_class(models["elstm"].crossed[1])  # doctest: +SKIP
+        True
+    """
+    from seqjax.experiment.predictions import read_predictions
+
+    if run.record is None or not Path(run.predictions).exists():
+        return None
+    predictions = np.asarray(read_predictions(run.predictions).predictions)
+    return bool(np.all(predictions == predictions[0]))
+
+
 def _model_row(
     name: str, runs: ModelRuns, task: str, shared_rates: Sequence[float], n_resamples: int
 ) -> dict[str, Any]:
     metric, larger = HEADLINE[task]
     result = runs.result
     values = [r.value(task) for r in runs.crossed]
+    one_class = [predicts_one_class(r) if task == "classification" else None for r in runs.crossed]
     finished = _finite(values)
     init_seeds = max(r.init_seed for r in runs.crossed) + 1
     data_seeds = max(r.data_seed for r in runs.crossed) + 1
@@ -734,9 +753,11 @@ def _model_row(
                 "note": r.note,
                 "predictions": r.predictions,
                 "workdir": None if r.record is None else r.record.workdir,
+                "one_class": single,
             }
-            for r, v in zip(runs.crossed, values, strict=True)
+            for r, v, single in zip(runs.crossed, values, one_class, strict=True)
         ],
+        "one_class_runs": sum(1 for single in one_class if single),
         "matrix": matrix.tolist(),
         "diverged": len(values) - len(finished),
         "mean": float(np.mean(finished)) if finished else math.nan,
