@@ -322,7 +322,9 @@ def test_runs_that_predict_one_class_are_counted_and_named_in_the_report(tmp_pat
         write_predictions(path, run)
         return str(path)
 
-    constant, varied = predictions("constant", [0] * 6), predictions("varied", [0, 1, 0, 1, 0, 0])
+    # Per-class scores, as the trainer writes them: different numbers, one predicted class.
+    constant = predictions("constant", [[0.9 - 0.1 * i, -0.5 + 0.1 * i] for i in range(6)])
+    varied = predictions("varied", [0, 1, 0, 1, 0, 0])
     models = _fake_models(spread_attention=1.0, spread_elstm=15.0)
     crossed = [
         dataclasses.replace(r, predictions=constant if r.data_seed == 1 else varied)

@@ -701,6 +701,8 @@ def predicts_one_class(run: StabilityRun) -> bool | None:
     if run.record is None or not Path(run.predictions).exists():
         return None
     predictions = np.asarray(read_predictions(run.predictions).predictions)
+    if predictions.ndim > 1:  # per-class scores [examples, classes]: the predicted class
+        predictions = predictions.argmax(axis=-1)
     return bool(np.all(predictions == predictions[0]))
 
 
