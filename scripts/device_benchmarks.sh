@@ -7,12 +7,14 @@
 #   bash scripts/device_benchmarks.sh /tmp/out                 # every step (about 20 min on one H200)
 #   bash scripts/device_benchmarks.sh /tmp/out rnn,models      # chosen steps only
 #   SEQJAX_DEVICE_QUICK=1 bash scripts/device_benchmarks.sh /tmp/out   # tiny sizes: checks the script
-# Steps: tune, rnn, scan, ssm, linear_attention, attention, models. On 2026-11-30 an H200 needed more
+# Steps: tune, rnn, scan, ssm, linear_attention, attention, models, recent (issue 22's cells against
+# their own step loops), recent_models (whole models of those cells). On 2026-11-30 an H200 needed more
 # than the limits below for every step but the linear_recurrence tuning (see benchmarks/*_gpu.md): with
-# a 15-minute device budget, run two or three steps per session.
+# a 15-minute device budget, run two or three steps per session (the recent steps have not run on a GPU
+# yet: start with them).
 set -uo pipefail
 out="${1:?usage: device_benchmarks.sh OUTDIR [STEPS]}"
-steps=",${2:-tune,rnn,scan,ssm,linear_attention,attention,models},"
+steps=",${2:-tune,rnn,scan,ssm,linear_attention,attention,models,recent,recent_models},"
 mkdir -p "$out"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -40,6 +42,8 @@ if [ -n "$quick" ]; then
   step rnn 120 scripts/benchmark.py --cells=lstm --lengths=$L --repeats=1 --nopeers
   step models 120 scripts/benchmark_models.py --models=lstm,mamba --lengths=$L --gen_contexts=64 --repeats=1 \
     --tokens_per_batch=256
+  step recent 120 scripts/benchmark.py --cells=deltanet,rwkv7 --lengths=$L --repeats=1 --segment_length=0 --heads=2 \
+    --head_dim=16 "--out=$out/recent_cells_quick_{platform}.md"
 else
   L=1024,4096,16384
   step tune 240 scripts/tune_scan.py --repeats=5 --min_seconds=0.2 --lengths=64,256,1024,4096,16384
@@ -52,6 +56,12 @@ else
   step attention 90 scripts/benchmark.py --cells=attention --lengths=$L --repeats=3 \
     '--out=benchmarks/attention_{platform}.md'
   step models 300 scripts/benchmark_models.py --lengths=$L --gen_contexts=1024,16384
+  recent=deltanet,gated_deltanet,mamba2,rglru,mlstm,slstm,gla_channel,rwkv7
+  step recent 300 scripts/benchmark.py --cells=$recent --lengths=1024,4096 --repeats=3 --max_gib=100 \
+    '--out=benchmarks/recent_cells_{platform}.md'
+  step recent_models 300 scripts/benchmark_models.py --lengths=1024,4096,16384 --gen_contexts=1024,16384 \
+    --models=deltanet,gated_deltanet,mamba2,rwkv7,gla,mlstm,slstm,rglru,attention \
+    '--out=benchmarks/models_recent_{platform}.md'
 fi
 platform="$("$py" -c 'import jax; print(jax.default_backend())' 2>/dev/null)"
 tar -czf "$out/device_results.tar.gz" "$log" $(ls seqjax/scan/tables/*_"$platform".json \
