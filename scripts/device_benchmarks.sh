@@ -42,8 +42,8 @@ if [ -n "$quick" ]; then
   step rnn 120 scripts/benchmark.py --cells=lstm --lengths=$L --repeats=1 --nopeers
   step models 120 scripts/benchmark_models.py --models=lstm,mamba --lengths=$L --gen_contexts=64 --repeats=1 \
     --tokens_per_batch=256
-  step recent 120 scripts/benchmark.py --cells=deltanet,rwkv7 --lengths=$L --repeats=1 --segment_length=0 --heads=2 \
-    --head_dim=16 "--out=$out/recent_cells_quick_{platform}.md"
+  step recent 120 scripts/benchmark.py --cells=deltanet,rwkv7 --lengths=$L --repeats=1 --segment_length=0 \
+    --heads=2 --head_dim=16 "--out=$out/recent_cells_quick_{platform}.md"
 else
   L=1024,4096,16384
   step tune 240 scripts/tune_scan.py --repeats=5 --min_seconds=0.2 --lengths=64,256,1024,4096,16384
