@@ -274,6 +274,26 @@ def test_deterministic_across_preparations_and_capped(prepared, tmp_path: pathli
     assert set(starts) <= set(again["train"].coordinates()["start"])
 
 
+def test_labels_are_read_once_per_prepared_data_set(prepared, tmp_path: pathlib.Path, monkeypatch) -> None:
+    """Sources built again for the same prepared data set (a driver does so every run) reuse the labels
+    already read; another cap, or the same task prepared into another folder, reads its own."""
+    data_dir, splits = prepared
+    config = {"task": "species", "length": LENGTH}
+    first = splits["species"]["train"].labels()
+    capped = genomic.make_sources({**config, "max_examples_per_split": 10}, data_dir)["train"].labels()
+    reads = []
+    original = genomic.GenomicSplit._record
+    monkeypatch.setattr(genomic.GenomicSplit, "_record", lambda self, i: reads.append(i) or original(self, i))
+    again = genomic.make_sources(config, data_dir)["train"].labels()
+    assert reads == [] and again is first and not again.flags.writeable
+    capped_again = genomic.make_sources({**config, "max_examples_per_split": 10}, data_dir)["train"].labels()
+    assert reads == [] and len(capped_again) == 10
+    np.testing.assert_array_equal(capped_again, capped)
+    elsewhere = genomic.make_sources(config, str(tmp_path))["train"].labels()  # prepared afresh there
+    assert len(reads) == len(first)
+    np.testing.assert_array_equal(elsewhere, first)
+
+
 def test_prepare_summary_and_config_errors(prepared) -> None:
     data_dir, _ = prepared
     summary = genomic.prepare({"task": "species", "length": LENGTH}, data_dir)
