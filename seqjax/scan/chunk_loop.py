@@ -1,5 +1,6 @@
 """A loop over chunks with its own VJP, for the matrix-state engines whose chunk body is a pure function
-of the state at the chunk's start and the chunk's inputs (`delta_rule`, `generalized_delta_rule`).
+of the state at the chunk's start and the chunk's inputs (`matrix_recurrence.linear_attention_chunked`,
+`delta_rule`, `generalized_delta_rule`).
 
 The inputs stay in their [B, n, C, H, ...] layout, a free reshape of [B, T, H, ...]: each step slices its
 chunk and turns it to the body's heads-first [B, H, C, ...] layout (a transpose of one chunk, in cache),
@@ -12,6 +13,10 @@ The backward pass loops over the chunks in reverse: it recomputes each chunk fro
 saved state at its start (training stores the inputs and one state per chunk, never a chunk's
 internals), carries dS backwards, and writes each chunk's input gradients into full-size buffers in
 place. Only reverse mode is defined (no `jax.jvp`).
+
+16-bit float inputs (bf16, f16) are sliced, and 16-bit gradient buffers updated, as uint16 (`as_bits`):
+XLA's CPU backend does not slice or update them natively, and would widen each whole array to float32
+once, before the loop (a full float32 copy of every input).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["ChunkBody", "ChunkVjp", "chunk_loop"]
+__all__ = ["ChunkBody", "ChunkVjp", "as_bits", "chunk_loop", "from_bits"]
 
 #: (S [B, H, d_k, d_v], chunk inputs in the body's layout, segment ids [B, C]) -> (S', y [B, H, C, d_v])
 ChunkBody = Callable[[jax.Array, tuple[Any, ...], jax.Array], tuple[jax.Array, jax.Array]]
@@ -37,16 +42,42 @@ def _heads_first(x: jax.Array | None) -> jax.Array | None:
     return x if x is None or x.ndim < 3 else jnp.swapaxes(x, 1, 2)
 
 
+def as_bits(x: jax.Array) -> jax.Array:
+    """16-bit floats as uint16 (a free bitcast), for slicing and in-place updates; other dtypes as they are.
+
+    XLA's CPU backend does not slice or update bf16 arrays natively: it widens the whole array to f32, and
+    hoists that convert out of the loop, a full f32 copy of every input. Integer slices stay narrow.
+
+    >>> as_bits(jnp.ones(2, jnp.bfloat16)).dtype, as_bits(jnp.ones(2)).dtype
+    (dtype('uint16'), dtype('float32'))
+    """
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2:
+        return lax.bitcast_convert_type(x, jnp.uint16)
+    return x
+
+
+def from_bits(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """The inverse of `as_bits` for an array of `dtype`.
+
+    >>> from_bits(as_bits(jnp.ones(2, jnp.bfloat16)), jnp.bfloat16).dtype
+    dtype(bfloat16)
+    """
+    return x if x.dtype == dtype else lax.bitcast_convert_type(x, dtype)
+
+
 def _take(x: jax.Array | None, i: jax.Array) -> jax.Array | None:
     """Chunk i of a [B, n, C, ...] array, as [B, C, ...]."""
-    return None if x is None else lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False)
+    if x is None:
+        return None
+    return from_bits(lax.dynamic_index_in_dim(as_bits(x), i, axis=1, keepdims=False), x.dtype)
 
 
-def _put(buf: jax.Array | None, chunk: jax.Array | None, i: jax.Array) -> jax.Array | None:
-    """Writes a [B, H, C, ...] chunk into slot i of a [B, n, C, H, ...] buffer, in place."""
+def _put(buf: jax.Array | None, chunk: jax.Array | None, i: jax.Array, dtype: jnp.dtype) -> jax.Array | None:
+    """Writes a [B, H, C, ...] chunk into slot i of a [B, n, C, H, ...] buffer of `dtype` (held as
+    `as_bits`), in place."""
     if buf is None:
         return None
-    return lax.dynamic_update_index_in_dim(buf, _heads_first(chunk).astype(buf.dtype), i, axis=1)
+    return lax.dynamic_update_index_in_dim(buf, as_bits(_heads_first(chunk).astype(dtype)), i, axis=1)
 
 
 def _default_vjp(body: ChunkBody) -> ChunkVjp:
@@ -62,15 +93,15 @@ def _forward(body, s0, xs, seg, keep_states):
     b, n, c = seg.shape
     inputs = lambda i: tuple(_heads_first(_take(x, i)) for x in xs)
     out = jax.eval_shape(body, s0, inputs(0), seg[:, 0])[1]  # [B, H, C, d_v]
-    ys0 = jnp.zeros((b, n, c, out.shape[1], *out.shape[3:]), out.dtype)
+    ys0 = as_bits(jnp.zeros((b, n, c, out.shape[1], *out.shape[3:]), out.dtype))
 
     def step(carry, i):
         s, ys = carry
         s_next, y = body(s, inputs(i), _take(seg, i))
-        return (s_next, _put(ys, y, i)), (s if keep_states else None)
+        return (s_next, _put(ys, y, i, out.dtype)), (s if keep_states else None)
 
     (final, ys), states = lax.scan(step, (s0, ys0), jnp.arange(n))
-    return ys, final, states
+    return from_bits(ys, out.dtype), final, states
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -93,12 +124,16 @@ def _loop_bwd(body, body_vjp, res, cts):
         chunk = tuple(_heads_first(_take(x, i)) for x in xs)
         dy = _heads_first(_take(dys, i)).astype(ds.dtype)
         ds, dchunk = body_vjp(states[i], chunk, _take(seg, i), (ds, dy))
-        return (ds, tuple(_put(buf, g, i) for buf, g in zip(dxs, dchunk, strict=True))), None
+        dxs = tuple(
+            _put(buf, g, i, None if x is None else x.dtype) for buf, g, x in zip(dxs, dchunk, xs, strict=True)
+        )
+        return (ds, dxs), None
 
-    zeros = tuple(None if x is None else jnp.zeros_like(x) for x in xs)
+    zeros = tuple(None if x is None else as_bits(jnp.zeros_like(x)) for x in xs)
     (ds0, dxs), _ = lax.scan(
         step, (dfinal.astype(states.dtype), zeros), jnp.arange(seg.shape[1]), reverse=True
     )
+    dxs = tuple(None if x is None else from_bits(g, x.dtype) for g, x in zip(dxs, xs, strict=True))
     return ds0, dxs, None
 
 

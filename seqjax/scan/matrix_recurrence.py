@@ -76,6 +76,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.common.dtypes import accumulation_dtype
+from seqjax.scan.chunk_loop import as_bits, chunk_loop, from_bits
 
 __all__ = [
     "METHODS",
@@ -506,101 +507,15 @@ def _channel_chunk_subchunked(s_prev, q, k, v, lg, seg):
     return states[-1], y.reshape(bsz, heads, cp, dv)[:, :, :c]
 
 
-def _to_body(x: jax.Array) -> jax.Array:
-    """Chunk [B, 1, C, H, ...] (sliced from the [B, n, C, H, ...] inputs) -> `_chunk_body` [B, H, C, ...]."""
-    return jnp.swapaxes(x[:, 0], 1, 2)
+def _loop_body(s_prev: jax.Array, chunk: tuple[Any, ...], seg: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`_chunk_body` as `chunk_loop` calls it: chunk = (q, k, v, lg), heads first, and seg [B, C]."""
+    return _chunk_body(s_prev, (*chunk, seg))
 
 
-def _from_body(x: jax.Array) -> jax.Array:
-    """`_chunk_body`'s [B, H, C, ...] -> one chunk [B, 1, C, H, ...] for a `dynamic_update_slice`."""
-    return jnp.swapaxes(x, 1, 2)[:, None]
-
-
-def _bits(x: jax.Array) -> jax.Array:
-    """16-bit floats as uint16 (a free bitcast) for slicing and in-place updates.
-
-    XLA's CPU backend does not slice or update bf16 arrays natively: it widens the whole array to f32,
-    and hoists that convert out of the loop, a full f32 copy of every input. Integer slices stay narrow.
-    """
-    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2:
-        return lax.bitcast_convert_type(x, jnp.uint16)
-    return x
-
-
-def _unbits(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    return x if x.dtype == dtype else lax.bitcast_convert_type(x, dtype)
-
-
-def _chunk_inputs(i, q, k, v, lg, seg):
-    """Chunk i of the [B, n, C, H, d] inputs, in `_chunk_body`'s layout (a per-chunk transpose)."""
-
-    def take(x):
-        return _unbits(lax.dynamic_slice_in_dim(_bits(x), i, 1, axis=1), x.dtype)
-
-    return (
-        _to_body(take(q)),
-        _to_body(take(k)),
-        _to_body(take(v)),
-        None if lg is None else _to_body(take(lg)),
-        take(seg)[:, 0],
-    )
-
-
-def _chunked_forward(q, k, v, lg, seg, s0, keep_states):
-    """Loop over chunks; chunk i's outputs go straight into a [B, n, C, H, d_v] buffer in place."""
-    b, n, c, heads = v.shape[:4]
-    ys0 = jnp.zeros((b, n, c, heads, v.shape[-1]), s0.dtype)
-
-    def body(carry, i):
-        s, ys = carry
-        s_next, y = _chunk_body(s, _chunk_inputs(i, q, k, v, lg, seg))
-        ys = lax.dynamic_update_slice_in_dim(ys, _from_body(y).astype(ys.dtype), i, axis=1)
-        return (s_next, ys), (s if keep_states else None)
-
-    (final, ys), states = lax.scan(body, (s0, ys0), jnp.arange(n))
-    return ys, final, states
-
-
-@jax.custom_vjp
-def _chunked(q, k, v, lg, seg, s0):
-    """q, k [B, n, C, H, d_k]; v [B, n, C, H, d_v]; lg [B, n, C, H] or None; seg [B, n, C] int32;
-    s0 [B, H, d_k, d_v] -> ys [B, n, C, H, d_v], final state."""
-    ys, final, _ = _chunked_forward(q, k, v, lg, seg, s0, keep_states=False)
-    return ys, final
-
-
-def _chunked_fwd(q, k, v, lg, seg, s0):
-    ys, final, states = _chunked_forward(q, k, v, lg, seg, s0, keep_states=True)
-    return (ys, final), (q, k, v, lg, seg, states)
-
-
-def _chunked_bwd(res, cts):
-    q, k, v, lg, seg, states = res
-    dys, dfinal = cts
-    n = q.shape[1]
-    zeros = lambda x: None if x is None else _bits(jnp.zeros_like(x))
-
-    def body(carry, i):
-        ds, dq, dk, dv, dlg = carry
-        dy_i = _to_body(lax.dynamic_slice_in_dim(dys, i, 1, axis=1))
-        chunk = _chunk_inputs(i, q, k, v, lg, seg)
-        ds, dq_i, dk_i, dv_i, dlg_i = _chunk_body_vjp(states[i], chunk, (ds, dy_i.astype(ds.dtype)))
-
-        def put(buf, g, dtype):
-            return lax.dynamic_update_slice_in_dim(buf, _bits(_from_body(g).astype(dtype)), i, axis=1)
-
-        dq, dk, dv = put(dq, dq_i, q.dtype), put(dk, dk_i, k.dtype), put(dv, dv_i, v.dtype)
-        if lg is not None:
-            dlg = put(dlg, dlg_i, lg.dtype)
-        return (ds, dq, dk, dv, dlg), None
-
-    init = (dfinal.astype(states.dtype), zeros(q), zeros(k), zeros(v), zeros(lg))
-    (ds0, dq, dk, dv, dlg), _ = lax.scan(body, init, jnp.arange(n), reverse=True)
-    dlg = None if lg is None else _unbits(dlg, lg.dtype)
-    return _unbits(dq, q.dtype), _unbits(dk, k.dtype), _unbits(dv, v.dtype), dlg, None, ds0
-
-
-_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+def _loop_body_vjp(s_prev, chunk, seg, cts):
+    """`_chunk_body_vjp` as `chunk_loop` calls it: (dS, (dq, dk, dv, d log γ))."""
+    ds, *dchunk = _chunk_body_vjp(s_prev, (*chunk, seg), cts)
+    return ds, tuple(dchunk)
 
 
 def linear_attention_chunked(
@@ -680,7 +595,9 @@ def linear_attention_chunked(
     if n == 0:  # no tokens: nothing to slice
         ys, final = jnp.zeros((b, 0, heads, dv), acc), s0.reshape(b, heads, dk, dv)
     else:
-        ys, final = _chunked(chunked(q), chunked(k), chunked(v), lgc, seg, s0.reshape(b, heads, dk, dv))
+        xs = (chunked(q), chunked(k), chunked(v), lgc)
+        s0 = s0.reshape(b, heads, dk, dv)
+        ys, final = chunk_loop(_loop_body, s0, xs, seg, body_vjp=_loop_body_vjp)
         ys = ys.reshape(b, n * c, heads, dv)[:, :t]
     if mask is not None:
         ys = jnp.where(mask.reshape(b, t)[..., None, None], ys, jnp.zeros((), acc))
@@ -713,19 +630,19 @@ def _fused_chunk(project, finish, params, s_prev, x, resets, mask):
 
 def _take(x: jax.Array, i: jax.Array) -> jax.Array:
     """Chunk i of a [B, n, C, ...] array as [B, C, ...]."""
-    return _unbits(lax.dynamic_slice_in_dim(_bits(x), i, 1, axis=1), x.dtype)[:, 0]
+    return from_bits(lax.dynamic_slice_in_dim(as_bits(x), i, 1, axis=1), x.dtype)[:, 0]
 
 
 def _put(buf: jax.Array, chunk: jax.Array, i: jax.Array) -> jax.Array:
     """Writes a [B, C, ...] chunk into slot i of a (bit-cast) [B, n, C, ...] buffer, in place."""
-    return lax.dynamic_update_slice_in_dim(buf, _bits(chunk)[:, None], i, axis=1)
+    return lax.dynamic_update_slice_in_dim(buf, as_bits(chunk)[:, None], i, axis=1)
 
 
 def _fused_forward(project, finish, params, x, resets, mask, s0, keep_states):
     b, n, c = x.shape[:3]
     chunk = functools.partial(_fused_chunk, project, finish, params)
     out = jax.eval_shape(chunk, s0, x[:, 0], resets[:, 0], mask[:, 0])[1]
-    ys0 = _bits(jnp.zeros((b, n, c, *out.shape[2:]), out.dtype))
+    ys0 = as_bits(jnp.zeros((b, n, c, *out.shape[2:]), out.dtype))
 
     def body(carry, i):
         s, ys = carry
@@ -733,7 +650,7 @@ def _fused_forward(project, finish, params, x, resets, mask, s0, keep_states):
         return (s_next, _put(ys, y, i)), (s if keep_states else None)
 
     (final, ys), states = lax.scan(body, (s0, ys0), jnp.arange(n))
-    return _unbits(ys, out.dtype), final, states
+    return from_bits(ys, out.dtype), final, states
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -763,10 +680,10 @@ def _fused_bwd(project, finish, res, cts):
         dparams = jax.tree.map(lambda a, g: a + g.astype(a.dtype), dparams, dp_i)
         return (ds, dparams, _put(dx, dx_i.astype(x.dtype), i)), None
 
-    init = (dfinal.astype(states.dtype), jax.tree.map(acc_like, params), _bits(jnp.zeros_like(x)))
+    init = (dfinal.astype(states.dtype), jax.tree.map(acc_like, params), as_bits(jnp.zeros_like(x)))
     (ds0, dparams, dx), _ = lax.scan(body, init, jnp.arange(n), reverse=True)
     dparams = jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params)
-    return dparams, _unbits(dx, x.dtype), None, None, ds0
+    return dparams, from_bits(dx, x.dtype), None, None, ds0
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
