@@ -1,6 +1,7 @@
 """`seqjax.scan.chunk_loop`: the loop over chunks in [B, n, C, H, ...] layout, with its own VJP, computes
 what a plain `lax.scan` over the chunks (laid out chunk-first, heads-first) computes, values and every
-gradient, in float64; an input may be None; a given `body_vjp` replaces `jax.vjp` of the body."""
+gradient, in float64; an input may be None; a given `body_vjp` replaces `jax.vjp` of the body; bf16
+inputs are sliced without a float32 copy and get bf16 gradients."""
 
 from __future__ import annotations
 
@@ -101,3 +102,30 @@ def test_a_given_body_vjp_is_the_one_the_backward_pass_runs():
     assert calls, "the backward pass did not call body_vjp"
     for got, want in zip(jax.tree.leaves(doubled), jax.tree.leaves(plain), strict=True):
         np.testing.assert_allclose(got, 2.0 * want, rtol=1e-5, atol=1e-6)
+
+
+def _body_f32(s, chunk, seg):
+    """`_body` on 16-bit chunk inputs, computed in float32 (as the engines do)."""
+    return _body(s, tuple(None if x is None else x.astype(jnp.float32) for x in chunk), seg)
+
+
+def test_bf16_inputs_are_sliced_narrow_and_their_gradients_come_back_in_bf16():
+    s0, xs, seg = _inputs(with_gate=True, dtype=jnp.float32)
+    xs16 = tuple(x.astype(jnp.bfloat16) for x in xs)
+
+    def loss(x):
+        ys, final = chunk_loop(_body_f32, s0, x, seg)
+        return jnp.sum(ys**2) + jnp.sum(final)
+
+    grads = jax.grad(loss)(xs16)
+    # the same function on the bf16 values widened up front: equal up to the bf16 rounding of the gradient
+    want = jax.grad(lambda x: loss(tuple(a.astype(jnp.float32) for a in x)))(xs16)
+    for got, ref, x in zip(grads, want, xs16, strict=True):
+        assert got.dtype == jnp.bfloat16 and got.shape == x.shape
+        np.testing.assert_allclose(np.asarray(got, np.float32), ref, rtol=2e-2, atol=2e-2)
+    # No float32 copy of a whole 16-bit input, or of a whole 16-bit gradient buffer, in the program: XLA's
+    # CPU backend would widen a bf16 array it slices in a loop (the reason for `as_bits`).
+    hlo = jax.jit(jax.grad(loss)).lower(xs16).compile().as_text()
+    for shape in ((B, N, C, H, DK), (B, N, C, H)):
+        widened = f"f32[{','.join(map(str, shape))}]"
+        assert widened not in hlo, f"a whole input was widened to {widened}"
