@@ -49,6 +49,16 @@ def test_committed_notebook_has_no_outputs(name):
     )
 
 
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_cell_has_a_unique_id(name):
+    # nbformat 4.5 requires cell ids; a cell added without one warns now and will be an error in nbformat
+    cells = json.loads((NOTEBOOK_DIR / name).read_text(encoding="utf-8"))["cells"]
+    missing = [i for i, cell in enumerate(cells) if not cell.get("id")]
+    assert not missing, f"{name}: cells {missing} have no id; give each a unique one (nbformat 4.5)"
+    ids = [cell["id"] for cell in cells]
+    assert len(set(ids)) == len(ids), f"{name}: repeated cell ids"
+
+
 def _kernel_manager(tmp_path: Path):
     """A kernel manager whose only kernel runs `sys.executable -m ipykernel_launcher`, so the notebook
     sees this interpreter's packages whatever kernelspecs the machine has installed."""

@@ -508,7 +508,8 @@ def figure(results: Mapping[str, Any], path: str | Path | None = None) -> Any:
         row[0].set_yscale("log")
         row[0].set_ylabel("prequential MSE")
         row[0].set_title(f"{stream}: MSE [{results['confidence_level']:.0%} CI]")
-        row[0].legend(fontsize=7)
+        if s["baselines"]:  # the only labelled lines here; no legend without them
+            row[0].legend(fontsize=7)
         for i, m in enumerate(names):
             blocks = np.mean(np.asarray(s["methods"][m]["blocks"]), axis=0)
             row[1].plot(np.arange(1, len(blocks) + 1) / len(blocks), blocks, label=m, color=f"C{i % 10}")
@@ -516,7 +517,8 @@ def figure(results: Mapping[str, Any], path: str | Path | None = None) -> Any:
         row[1].set_xlabel("fraction of the stream")
         row[1].set_ylabel("block MSE (mean over seeds)")
         row[1].set_title(f"{stream}: prequential MSE over time")
-        row[1].legend(fontsize=6, ncol=2)
+        if names:  # every method diverged: no curve, no legend
+            row[1].legend(fontsize=6, ncol=2)
     return _finish(fig, path)
 
 
