@@ -300,6 +300,9 @@ def test_prepare_summary_and_config_errors(prepared) -> None:
     assert summary["kind"] == "genomic" and summary["route"] == "sample"
     assert set(summary["splits"]) == set(genomic.SPLITS)
     assert sum(summary["splits"]["train"]["class_counts"].values()) == summary["splits"]["train"]["examples"]
+    for split in summary["splits"].values():  # GC by class for every species present; no AUROC for 4 classes
+        gc = [v for v in split["gc_by_class"].values() if v is not None]
+        assert gc and all(0.2 < v < 0.8 for v in gc) and "gc_auroc" not in split
     assert genomic.DEFAULTS["kind"] == "genomic" and genomic.DEFAULTS["length"] == 16384
     with pytest.raises(ValueError, match=r"unknown keys \['lenght'\]"):
         genomic.make_sources({"lenght": 10}, data_dir)
@@ -309,6 +312,33 @@ def test_prepare_summary_and_config_errors(prepared) -> None:
         genomic.make_sources({"length": 0}, data_dir)
     with pytest.raises(ValueError, match="route must be one of"):
         genomic.make_sources({"route": "s3"}, data_dir)
+
+
+def test_composition_is_gc_by_class_and_its_auroc() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from seqjax.data.genomic.splits import GenomicSplit
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    # label 1 a little GC-richer; some N (never counted) in every window
+    p_gc = np.where(labels == 1, 0.46, 0.42)
+    windows = []
+    for p in p_gc:
+        probabilities = [(1 - p) / 2, p / 2, p / 2, (1 - p) / 2]
+        bases = rng.choice(np.frombuffer(b"ACGT", np.uint8), size=300, p=probabilities)
+        bases[rng.integers(0, 300, 20)] = ord("N")
+        windows.append(bases)
+    source = [{"inputs": w, "label": y} for w, y in zip(windows, labels, strict=True)]
+    got = GenomicSplit(source, "validation", ("intergenic", "genic"), cap=None).composition()
+    acgt = [w[w != ord("N")] for w in windows]
+    gc = np.array([np.isin(a, np.frombuffer(b"GC", np.uint8)).mean() for a in acgt])
+    assert got["gc_by_class"] == {
+        "intergenic": pytest.approx(gc[labels == 0].mean(), abs=1e-4),
+        "genic": pytest.approx(gc[labels == 1].mean(), abs=1e-4),
+    }
+    assert got["gc_auroc"] == pytest.approx(roc_auc_score(labels, gc), abs=1e-4)
+    assert got["gc_auroc"] > 0.6  # the GC-richer class scores above chance
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -15,7 +15,11 @@ import numpy as np
 
 from seqjax.data.genomic.builder import builder_name, make_builder
 from seqjax.data.genomic.catalog import LABEL_NAMES, SPLITS, resolve_config
+from seqjax.data.metrics import auroc
 from seqjax.data.preparation import prepared_builder, route_dir
+
+#: The base letters as the windows store them (ASCII), for `GenomicSplit.composition`.
+_A, _C, _G, _T = (ord(b) for b in "ACGT")
 
 __all__ = ["GenomicSplit", "make_sources", "prepare"]
 
@@ -90,6 +94,36 @@ class GenomicSplit:
                 _LABELS[self._labels_key] = labels
         return self._labels
 
+    def composition(self) -> dict[str, Any]:
+        """GC content by class: per class, the mean fraction of G and C among the A, C, G, T of each window
+        (other bases, such as N, not counted), and for two classes the AUROC of a window's GC fraction
+        as a score for label 1. A split whose AUROC sits on the other side of 0.5 from the train split's
+        rewards what a model learns from composition alone with a score below chance there.
+
+        >>> windows = [b"GGCA", b"GCCC", b"ATTA", b"ATNN"]
+        >>> source = [{"inputs": np.frombuffer(w, np.uint8), "label": i // 2} for i, w in enumerate(windows)]
+        >>> split = GenomicSplit(source, "train", ("intergenic", "genic"), cap=None)
+        >>> c = split.composition()
+        >>> c["gc_by_class"], c["gc_auroc"]
+        ({'intergenic': 0.875, 'genic': 0.0}, 0.0)
+        """
+        gc = np.empty(len(self), np.float64)
+        for i in range(len(self)):
+            counts = np.bincount(np.asarray(self._record(i)["inputs"], np.uint8), minlength=256)
+            acgt = counts[_A] + counts[_C] + counts[_G] + counts[_T]
+            gc[i] = (counts[_C] + counts[_G]) / acgt if acgt else np.nan
+        labels = self.labels()
+        by_class = {
+            name: round(float(np.nanmean(gc[labels == k])), 4) if np.any(labels == k) else None
+            for k, name in enumerate(self.label_names)
+        }
+        out: dict[str, Any] = {"gc_by_class": by_class}
+        if len(self.label_names) == 2:
+            known = ~np.isnan(gc)
+            scores = np.stack([np.zeros(int(known.sum())), gc[known]], axis=1)
+            out["gc_auroc"] = round(auroc(labels[known], scores), 4)
+        return out
+
     def describe(self) -> dict[str, Any]:
         """Example count and class balance, for logs."""
         counts = np.bincount(self.labels(), minlength=len(self.label_names))
@@ -126,12 +160,12 @@ def make_sources(data: Mapping[str, Any], data_dir: str | os.PathLike[str]) -> d
 
 
 def prepare(data: Mapping[str, Any], data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Prepares the task and returns a summary: the config, where it lives, per split the example count
-    and class balance (after `max_examples_per_split`)."""
+    """Prepares the task and returns a summary: the config, where it lives, per split the example count,
+    class balance and GC content by class (`GenomicSplit.composition`; after `max_examples_per_split`)."""
     config = resolve_config(data)
     splits = make_sources(config, data_dir)
     return {
         **config,
         "data_dir": os.fspath(make_builder(config, data_dir).data_dir),
-        "splits": {name: split.describe() for name, split in splits.items()},
+        "splits": {name: {**split.describe(), **split.composition()} for name, split in splits.items()},
     }
