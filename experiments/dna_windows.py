@@ -197,7 +197,7 @@ def by_length_table(summaries: Sequence[Mapping[str, Any]], metric: str) -> str:
 
 def markdown(results: Mapping[str, Any]) -> str:
     """The report of one task (module docstring's rules, tables by length, per-length details)."""
-    from seqjax.experiment.summary import comparison_lines, metrics_table, model_table
+    from seqjax.experiment.summary import comparison_lines, composition_line, metrics_table, model_table
 
     summaries = results["summaries"]
     first = summaries[0]
@@ -226,6 +226,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         "clusters (100 kb genome blocks) and seeds.",
         f"- the paper: {PAPER_CAVEAT}",
     ]
+    composition = composition_line(results["data"]["splits"])
+    if composition:
+        lines.append(composition)
     if task == NEGATIVE_CONTROL:
         lines.append(
             "- **negative control**: the promoter signal sits at the window's centre (the TSS), so rule (b) "

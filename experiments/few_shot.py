@@ -259,6 +259,8 @@ def curve_table(key: Mapping[str, Any], metric: str | None = None) -> str:
 
 def markdown(results: Mapping[str, Any]) -> str:
     """The report: design, the three verdicts, the learning curves per key."""
+    from seqjax.experiment.summary import composition_line
+
     v = results["verdicts"]
     p = results["protocol"]
     lines = [
@@ -289,6 +291,12 @@ def markdown(results: Mapping[str, Any]) -> str:
         dropped = ", ".join(f"{n:,}" for n in key["dropped_sizes"]) or "none"
         sizes = ", ".join(f"{n:,}" for n in key["sizes"])
         lines.append(f"| {name} | {key['anchor']:,} | {splits} | {sizes} | {dropped} |")
+    compositions = {name: composition_line(key["splits"]) for name, key in results["keys"].items()}
+    compositions = {name: text for name, text in compositions.items() if text}
+    if compositions:
+        lines.append("")
+        for name, text in compositions.items():
+            lines.append(text.replace("- composition:", f"- {name}: composition:", 1))
     a, b, c = v["a"], v["b"], v["c"]
     lines += [
         "",
@@ -377,7 +385,7 @@ def run_one(task: str, length: int, anchor: int, settings: Any, budget: Any) -> 
     )
     first = resolve(next(iter(configs.values())))
     sources = build_sources(first.data, first.data_dir)
-    splits = {name: source.describe() for name, source in sources.items()}
+    splits = {name: {**source.describe(), **source.composition()} for name, source in sources.items()}
     sizes, dropped = few_shot.feasible_sizes([int(n) for n in FLAGS.sizes], len(sources["train"]))
     if dropped:
         print(

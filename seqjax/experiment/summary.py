@@ -288,3 +288,28 @@ def comparison_lines(comparisons: Sequence[Mapping[str, Any]], metric: str) -> l
             f"{c['n_clusters']} clusters; bootstrap p = {c['p_value']:.3g}{extra})"
         )
     return lines
+
+
+def composition_line(splits: Mapping[str, Mapping[str, Any]]) -> str | None:
+    r"""A report line on the GC-content cue of a two-class genomic task per split (the `gc_auroc` of
+    `GenomicSplit.composition`, in a data summary's splits), or None when the splits carry none. A cue
+    whose AUROC sits on the other side of 0.5 in a split than in train scores below chance there.
+
+    >>> line = composition_line({"train": {"gc_auroc": 0.574}, "validation": {"gc_auroc": 0.32}})
+    >>> print(line.replace("; ", ";\n"))
+    - composition: GC content as a score for label 1, AUROC train 0.574, validation 0.320;
+    validation on the other side of 0.5 from train (docs/data.md)
+    >>> composition_line({"train": {"examples": 3}}) is None
+    True
+    """
+    aurocs = {name: split["gc_auroc"] for name, split in splits.items() if "gc_auroc" in split}
+    if not aurocs:
+        return None
+    text = ", ".join(f"{name} {value:.3f}" for name, value in aurocs.items())
+    line = f"- composition: GC content as a score for label 1, AUROC {text}"
+    train = aurocs.get("train")
+    if train is not None:
+        flipped = [n for n, a in aurocs.items() if n != "train" and (a - 0.5) * (train - 0.5) < 0]
+        if flipped:
+            line += f"; {' and '.join(flipped)} on the other side of 0.5 from train (docs/data.md)"
+    return line
