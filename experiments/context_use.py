@@ -81,6 +81,7 @@ import numpy as np
 from absl import app, flags
 
 from seqjax.experiment.flags import (
+    data_record,
     define_protocol_flags,
     driver_settings,
     prepare_workdir,
@@ -801,7 +802,13 @@ def _main(argv: list[str]) -> None:
     settings = driver_settings(FLAGS)
     prepare_workdir(
         workdir,
-        protocol_record(FLAGS, settings, config=FLAGS.config, options=FLAGS.options),
+        protocol_record(
+            FLAGS,
+            settings,
+            config=FLAGS.config,
+            options=FLAGS.options,
+            **data_record(FLAGS.config),
+        ),
         fresh=FLAGS.fresh,
     )
     if FLAGS.compilation_cache:

@@ -63,6 +63,7 @@ from typing import Any
 from absl import app, flags
 
 from seqjax.experiment.flags import (
+    data_record,
     define_protocol_flags,
     define_run_flags,
     driver_settings,
@@ -72,6 +73,7 @@ from seqjax.experiment.flags import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+GENOMIC_CONFIG = ROOT / "configs" / "genomic.py"
 FLAGS = flags.FLAGS
 define_protocol_flags(FLAGS, train_tokens=16384 * 50)
 flags.DEFINE_list("tasks", ["genic_vs_intergenic", "promoter", "species"], "Genomic tasks.")
@@ -298,13 +300,13 @@ def run_task(task: str, lengths: Sequence[int], anchor: int) -> dict[str, Any]:
 
     options = task_options(task, FLAGS.route, anchor, FLAGS.options)
 
-    configs_at = sweep_configs(ROOT / "configs" / "genomic.py", options)
+    configs_at = sweep_configs(GENOMIC_CONFIG, options)
 
     workdir = Path(FLAGS.workdir) / task
     settings = driver_settings(FLAGS)
     prepare_workdir(
         workdir,
-        protocol_record(FLAGS, settings, options=options),
+        protocol_record(FLAGS, settings, options=options, **data_record(GENOMIC_CONFIG)),
         fresh=FLAGS.fresh,
     )
     claim = Claim(CLAIM_TEXT, "recurrent", "attention")

@@ -93,6 +93,7 @@ from absl import app, flags
 
 from seqjax.experiment.flags import (
     apply_size,
+    data_record,
     define_protocol_flags,
     define_run_flags,
     prepare_workdir,
@@ -459,6 +460,7 @@ def _main(argv: list[str]) -> None:
             **{k: FLAGS[k].value for k in recorded if k != "route"},
             route=_route(),
             anchors=anchor_of,
+            **data_record(CONFIG),
         ),
         fresh=FLAGS.fresh,
     )

@@ -88,6 +88,7 @@ from absl import app, flags
 
 from seqjax.experiment.flags import (
     apply_size_defaults,
+    data_record,
     define_protocol_flags,
     define_run_flags,
     driver_settings,
@@ -552,7 +553,13 @@ def _main(argv: list[str]) -> None:
     )
     prepare_workdir(
         workdir,
-        protocol_record(FLAGS, base, route=_route(), **{k: FLAGS[k].value for k in recorded}),
+        protocol_record(
+            FLAGS,
+            base,
+            route=_route(),
+            **data_record(CONFIG),
+            **{k: FLAGS[k].value for k in recorded},
+        ),
         fresh=FLAGS.fresh,
     )
     if FLAGS.compilation_cache:

@@ -52,6 +52,7 @@ from absl import app, flags
 
 from seqjax.experiment.flags import (
     apply_size,
+    data_record,
     define_protocol_flags,
     define_run_flags,
     prepare_workdir,
@@ -393,6 +394,7 @@ def run_task(task: str, settings: Any, seeds: Any) -> dict[str, Any]:
             FLAGS,
             settings,
             options=options,
+            **data_record(config_file),
             length=FLAGS.length,
             presets=presets,
             init_seeds=seeds.init_seeds,

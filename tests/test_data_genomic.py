@@ -95,6 +95,30 @@ def test_chr20_splits_never_overlap(prepared, task: str) -> None:
                 assert not overlap.any(), (task, a, b)
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "count"),
+    [
+        (0, 63_025_520, 200),  # full chr20: 20 validation and 20 test blocks spread along it
+        (0, 17_718_849, 60),  # full worm chrX
+        (*genomic.SAMPLE_REGION[1:], 20),  # the samples keep the layout of builder version 1.0.0
+        (*genomic.WORM_SAMPLE_REGION[1:], 20),
+    ],
+)
+def test_region_blocks_tile_the_region_in_runs_of_ten(start: int, end: int, count: int) -> None:
+    blocks = genomic.region_blocks(start, end)
+    assert len(blocks) == count == genomic.num_region_blocks(end - start)
+    edges = np.array([b[0] for b in blocks] + [blocks[-1][1]])
+    assert edges[0] == start and edges[-1] == end and np.all(edges[1:-1] == [b[1] for b in blocks[:-1]])
+    sizes = np.diff(edges)
+    assert sizes.max() - sizes.min() <= 1
+    assert sizes.max() <= max(genomic.MAX_REGION_BLOCK_BP, -(-(end - start) // 20))
+    splits = [b[2] for b in blocks]
+    assert [i for i, s in enumerate(splits) if s == "validation"] == list(range(4, count, 10))
+    assert [i for i, s in enumerate(splits) if s == "test"] == list(range(9, count, 10))
+    if count == 20:
+        assert splits.index("validation") == 4 and splits[14] == "validation" and splits[19] == "test"
+
+
 def test_species_split_by_genome(prepared) -> None:
     _, splits = prepared
     genomes = {name: set(split.coordinates()["genome"]) for name, split in splits["species"].items()}

@@ -438,6 +438,27 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_folder_and_fresh(tmp_
     assert str(tmp_path) in message and "--fresh" in message and "evaluation_examples None -> 48" in message
 
 
+def test_runs_on_an_older_data_version_are_refused(tmp_path):
+    """Genomic builder 2.0.0 re-cut chr20's splits. A workdir recorded before `data_version` was recorded
+    holds runs on 1.0.0 data: reusing them for genomic data is refused, for the unchanged documents not."""
+    import json
+
+    from seqjax.experiment.flags import check_settings, data_record
+
+    genomic, documents = tmp_path / "genic", tmp_path / "lm"
+    for workdir in (genomic, documents):
+        workdir.mkdir()
+        (workdir / "settings.json").write_text(json.dumps({"train_tokens": 8192}))
+    check_settings(str(documents), {"train_tokens": 8192, **data_record("configs/documents.py")})
+    assert json.loads((documents / "settings.json").read_text())["data_version"] == "1.0.0"
+    with pytest.raises(ValueError, match=r"data_version '1.0.0' -> '2.0.0'.*--fresh"):
+        check_settings(str(genomic), {"train_tokens": 8192, **data_record("configs/genomic.py")})
+    fresh = tmp_path / "new"  # a new workdir records the version and accepts it again
+    check_settings(str(fresh), {"train_tokens": 8192, **data_record("configs/genomic.py")})
+    check_settings(str(fresh), {"train_tokens": 8192, **data_record("configs/genomic.py")})
+    assert data_record("configs/synthetic.py") == {}
+
+
 def test_every_run_is_scored_at_its_last_step_as_the_table_says():
     """The table's `steps` column says the step scored is the step trained: the protocol's runs evaluate
     only after their last step, and keep only that checkpoint (no best-checkpoint selection)."""

@@ -26,6 +26,8 @@ __all__ = [
     "apply_size",
     "apply_size_defaults",
     "check_settings",
+    "data_record",
+    "data_version",
     "default_workdir",
     "define_protocol_flags",
     "define_run_flags",
@@ -213,18 +215,56 @@ def default_workdir(root: str, driver: str, config: str, options: str, size: str
     return os.path.join(root, "runs", driver, "-".join(parts).replace("/", "_"))
 
 
+# What a settings.json written before a setting was recorded implicitly held: every data builder was at
+# version 1.0.0 until `data_version` was recorded (the genomic builder's 2.0.0 changed the chr20 splits).
+SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"data_version": "1.0.0"}
+
+
+def data_version(config_file: str | os.PathLike[str]) -> str | None:
+    """The version of the TFDS builder that `configs/<kind>.py` reads, recorded with a driver's runs
+    (`protocol_record(..., data_version=...)`) so that runs trained on other data (another split) are
+    never reused; None for data made in memory (`configs/synthetic.py`).
+
+    >>> data_version("configs/genomic.py"), data_version("configs/synthetic.py")
+    ('2.0.0', None)
+    """
+    kind = os.path.splitext(os.path.basename(str(config_file)))[0]
+    if kind == "genomic":
+        from seqjax.data.genomic.builder import GenomicWindows as builder
+    elif kind == "documents":
+        from seqjax.data.documents.builder import Documents as builder
+    elif kind == "timeseries":
+        from seqjax.data.timeseries.builder import TimeSeriesBuilder as builder
+    else:
+        return None
+    return str(builder.VERSION)
+
+
+def data_record(config_file: str | os.PathLike[str]) -> dict[str, str]:
+    """`{"data_version": ...}` for a driver's settings record (`protocol_record(..., **data_record(c))`),
+    or nothing for data made in memory.
+
+    >>> data_record("configs/documents.py"), data_record("configs/synthetic.py")
+    ({'data_version': '1.0.0'}, {})
+    """
+    version = data_version(config_file)
+    return {} if version is None else {"data_version": version}
+
+
 def check_settings(workdir: str, settings: Mapping[str, Any]) -> None:
     """Records `settings` (JSON values) in `<workdir>/settings.json`, or checks them against the ones
     recorded there: a changed value is a ValueError naming the folder, each change and the two ways out
     (another `--workdir`, or `--fresh`). A run's config digest (`protocol.RunRecord.config_sha256`) does not
     cover what the protocol evaluates on, so without this a rerun with other settings would silently reuse
-    the first one's runs. Settings the record lacks are added to it."""
+    the first one's runs. Settings the record lacks are added to it, except those of
+    `SETTINGS_BEFORE_RECORDED`, which are first compared with the value a record of that time held."""
     path = os.path.join(workdir, "settings.json")
     settings = json.loads(json.dumps(dict(settings)))  # tuples as lists, as read back
     saved: dict[str, Any] = {}
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
+        saved = {**{k: v for k, v in SETTINGS_BEFORE_RECORDED.items() if k in settings}, **saved}
         changed = [k for k in settings if k in saved and saved[k] != settings[k]]
         if changed:
             what = ", ".join(f"{k} {saved[k]!r} -> {settings[k]!r}" for k in changed)

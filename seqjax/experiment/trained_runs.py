@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from seqjax.experiment.flags import driver_settings, prepare_workdir, preset_configs, protocol_record
+from seqjax.experiment.flags import (
+    data_record,
+    driver_settings,
+    prepare_workdir,
+    preset_configs,
+    protocol_record,
+)
 
 __all__ = [
     "ScoredRuns",
@@ -99,7 +105,13 @@ def train_preset_runs(registry: flags.FlagValues, workdir: Path, *, root: Path) 
     settings = driver_settings(registry)
     prepare_workdir(
         workdir,
-        protocol_record(registry, settings, config=registry.config, options=registry.options),
+        protocol_record(
+            registry,
+            settings,
+            config=registry.config,
+            options=registry.options,
+            **data_record(registry.config),
+        ),
         fresh=False,
     )
     result = run_comparison(

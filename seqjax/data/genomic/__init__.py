@@ -43,19 +43,23 @@ and the count of each class in `LABEL_NAMES` order:
 
 | task | train | validation | test |
 |---|---:|---:|---:|
-| genic_vs_intergenic | 2,862 (1,625 + 1,237) | 377 (135 + 242) | 283 (85 + 198) |
-| promoter | 984 (492 + 492) | 122 (61 + 61) | 268 (134 + 134) |
+| genic_vs_intergenic | 2,802 (1,452 + 1,350) | 332 (186 + 146) | 351 (184 + 167) |
+| promoter | 1,072 (536 + 536) | 136 (68 + 68) | 106 (53 + 53) |
 | species | 1,610 (282 + 305 + 520 + 503) | 652 (141 + 99 + 167 + 245) | 668 (141 + 101 + 175 + 251) |
 
 Splits of the chr20 tasks are by chromosome region: the covered region (all of chr20, or the sample's
-4.5 Mbp cut) is cut into `NUM_REGION_BLOCKS` = 20 equal contiguous blocks; blocks 4 and 14 are
-validation, 9 and 19 test, the others train (80/10/10). A window lies inside one block, so no window of
-one split overlaps a window of another (the tests check this by coordinates). Interleaved blocks rather
-than one cut keep gene-dense and gene-poor stretches in every split. With the full chr20 (63,025,520
-bp) the blocks are 3,151,276 bp: validation = [12,605,104, 15,756,380) and [44,117,864, 47,269,140),
-test = [28,361,484, 31,512,760) and [59,874,244, 63,025,520) (0-based, half-open). "human_or_worm"
-cuts worm chrX (17,718,849 bp, or the sample's 900 kbp cut) into blocks the same way (885,942 bp in
-full), so its splits never overlap either.
+4.5 Mbp cut) is cut into equal contiguous blocks, a multiple of ten of them, the fewest (at least
+`MIN_REGION_BLOCKS` = 20) that keeps every block within `MAX_REGION_BLOCK_BP` = 320 kbp
+(`num_region_blocks`); in each run of ten blocks the fifth is validation, the tenth test and the others
+train (80/10/10). A window lies inside one block, so no window of one split overlaps a window of another
+(the tests check this by coordinates). Many interleaved blocks rather than one cut put gene-dense and
+gene-poor, GC-rich and GC-poor stretches in every split: composition and gene density are regional,
+and the GC cue they carry differs from block to block (docs/data.md, "Why 200 blocks"). With the full
+chr20 (63,025,520 bp) there are 200 blocks of 315,127 or 315,128 bp (20 validation, 20 test); the
+sample's 4.5 Mbp cut has 20 blocks of 225 kbp (blocks 4 and 14 validation, 9 and 19 test).
+"human_or_worm" cuts worm chrX (17,718,849 bp: 60 blocks of 295 kbp; the sample's 900 kbp cut: 20 of
+45 kbp) the same way, so its splits never overlap either. Builder version 2.0.0; 1.0.0 cut the full
+chromosomes into 20 blocks too.
 
 Training-time augmentation (data options `augment` = "none" | "reverse_complement" | "shift" | "both"
 and `max_shift` in bp; `augment`): the trainer reverse-complements each training example with
@@ -105,6 +109,8 @@ from seqjax.data.genomic.catalog import (
     INTERGENIC_MARGIN,
     LABEL_NAMES,
     MAX_N_FRACTION,
+    MAX_REGION_BLOCK_BP,
+    MIN_REGION_BLOCKS,
     NESTED_CORE,
     PROMOTER_NEGATIVE_MARGIN,
     REFSEQ_EXONS,
@@ -118,7 +124,7 @@ from seqjax.data.genomic.catalog import (
 )
 from seqjax.data.genomic.sample import make_sample
 from seqjax.data.genomic.splits import GenomicSplit, make_sources, prepare
-from seqjax.data.genomic.windows import Sequence, Window, region_blocks
+from seqjax.data.genomic.windows import Sequence, Window, num_region_blocks, region_blocks
 
 __all__ = [
     "AUGMENTS",
@@ -129,6 +135,8 @@ __all__ = [
     "INTERGENIC_MARGIN",
     "LABEL_NAMES",
     "MAX_N_FRACTION",
+    "MAX_REGION_BLOCK_BP",
+    "MIN_REGION_BLOCKS",
     "NESTED_CORE",
     "PROMOTER_NEGATIVE_MARGIN",
     "REFSEQ_EXONS",
@@ -148,6 +156,7 @@ __all__ = [
     "make_config",
     "make_sample",
     "make_sources",
+    "num_region_blocks",
     "prepare",
     "region_blocks",
     "resolve_config",

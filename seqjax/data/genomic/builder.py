@@ -97,8 +97,11 @@ class GenomicWindows(tfds.core.GeneratorBasedBuilder):
     each kind under its own data_dir (`make_builder` does: `<data_dir>/sample`, `<data_dir>/full`).
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "Initial release.",
+        "2.0.0": "chr20 and worm chrX cut into blocks of at most 320 kbp (200 and 60; the samples keep 20).",
+    }
     BUILDER_CONFIGS: ClassVar[list[GenomicConfig]] = [
         make_config(task, length) for task in TASKS for length in DOCUMENTED_LENGTHS
     ]

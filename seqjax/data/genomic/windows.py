@@ -19,13 +19,14 @@ from seqjax.data.genomic.catalog import (
     INTERGENIC_MARGIN,
     LABEL_NAMES,
     MAX_N_FRACTION,
+    MAX_REGION_BLOCK_BP,
+    MIN_REGION_BLOCKS,
     NEGATIVE_SEED,
-    NUM_REGION_BLOCKS,
     PROMOTER_NEGATIVE_MARGIN,
     SPECIES,
     SPLITS,
-    TEST_BLOCKS,
-    VALIDATION_BLOCKS,
+    TEST_BLOCK_IN_TEN,
+    VALIDATION_BLOCK_IN_TEN,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "centre_crop",
     "genic_windows",
     "human_or_worm_windows",
+    "num_region_blocks",
     "promoter_windows",
     "region_blocks",
     "species_windows",
@@ -68,13 +70,25 @@ class Sequence:
         return fasta.reverse_complement(bases) if window.strand == "-" else bases
 
 
+def num_region_blocks(length: int) -> int:
+    """How many split blocks a region of `length` bp is cut into: the fewest multiple of ten, at least
+    MIN_REGION_BLOCKS, that keeps every block within MAX_REGION_BLOCK_BP.
+
+    >>> num_region_blocks(63_025_520), num_region_blocks(17_718_849), num_region_blocks(4_500_000)
+    (200, 60, 20)
+    """
+    return 10 * max(MIN_REGION_BLOCKS // 10, -(-length // (10 * MAX_REGION_BLOCK_BP)))
+
+
 def region_blocks(start: int, end: int) -> list[tuple[int, int, str]]:
-    """The split blocks of the region [start, end): NUM_REGION_BLOCKS equal (to 1 bp) contiguous blocks,
-    as (block_start, block_end, split)."""
-    edges = start + np.round(np.linspace(0, end - start, NUM_REGION_BLOCKS + 1)).astype(np.int64)
+    """The split blocks of the region [start, end): `num_region_blocks(end - start)` equal (to 1 bp)
+    contiguous blocks, as (block_start, block_end, split); in each run of ten, the fifth is validation
+    and the tenth test."""
+    count = num_region_blocks(end - start)
+    edges = start + np.round(np.linspace(0, end - start, count + 1)).astype(np.int64)
     blocks = []
-    for i in range(NUM_REGION_BLOCKS):
-        split = "validation" if i in VALIDATION_BLOCKS else "test" if i in TEST_BLOCKS else "train"
+    for i in range(count):
+        split = {VALIDATION_BLOCK_IN_TEN: "validation", TEST_BLOCK_IN_TEN: "test"}.get(i % 10, "train")
         blocks.append((int(edges[i]), int(edges[i + 1]), split))
     return blocks
 
@@ -283,13 +297,14 @@ def human_or_worm_windows(
             names = LABEL_NAMES["human_or_worm"]
             empty = next(names[k] for k, windows in enumerate(classes) if not windows[split])
             fits = min(min(e - s for s, e, _ in region_blocks(sq.offset, sq.end)) for sq in (human, worm))
+            human_blocks, worm_blocks = (num_region_blocks(sq.end - sq.offset) for sq in (human, worm))
             full = " or the full chromosomes (route='auto' or 'offline')" if route == "sample" else ""
             raise ValueError(
                 f"human_or_worm: no {empty} window of {length} bp fits in the {split} split: human "
                 f"chr{human.chrom} [{human.offset:,}, {human.end:,}) and worm chr{worm.chrom} "
-                f"[{worm.offset:,}, {worm.end:,}) are each cut into {NUM_REGION_BLOCKS} blocks and a window "
-                f"never crosses a block. Use a shorter length (at most {fits} bp with the {route} data)"
-                f"{full}."
+                f"[{worm.offset:,}, {worm.end:,}) are cut into {human_blocks} and {worm_blocks} blocks and "
+                f"a window never crosses a block. Use a shorter length (at most {fits} bp with the {route} "
+                f"data){full}."
             )
         out[split] = []
         for label, windows in enumerate(classes):
