@@ -159,7 +159,10 @@ def test_resets_split_packed_segments(cell):
         return ys, ys_a, ys_b
 
     ys, ys_a, ys_b = run(params, a, b, state)
-    np.testing.assert_allclose(ys, jnp.concatenate([ys_a, ys_b], 1), atol=1e-6)
+    # Packed, the second segment's tokens sit at other offsets inside the chunked engines' chunks, so
+    # float32 rounds differently (DeltaNet's chunk solve: up to 1.4e-5 relative, measured); a reset that
+    # leaks state differs by O(1).
+    np.testing.assert_allclose(ys, jnp.concatenate([ys_a, ys_b], 1), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cell", CASES, ids=IDS)
