@@ -45,7 +45,8 @@ several times as much (experiments/README.md: cost, ~20 h as it is). Rule (c) th
 at CPU size, and the report says which sizes ran.
 
 Metrics: balanced accuracy (headline) and macro-F1 on the test split, the mean over subsamples, with a
-bootstrap over the test windows' genome blocks (100 kb) and the subsamples (paired across models and
+bootstrap over the test windows' clusters (chr20's split blocks of 315 kbp; 100 kb blocks of the bacterial
+genomes) and the subsamples (paired across models and
 arms: subsample s is one training set).
 
 Verdict rules, fixed here before any run:
@@ -279,8 +280,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{p['learning_rates']} (one step past an edge) at n = {results['tune_size']} (subsample 0, no "
         "augmentation), used at every point.",
         f"- evaluation: {p['evaluation_examples'] or 'all'} validation and test examples per split "
-        "(spread evenly, the same for every run); intervals: bootstrap over 100 kb genome blocks and the "
-        "subsamples; learning-curve tables at 95%, verdicts Bonferroni as stated.",
+        "(spread evenly, the same for every run); intervals: bootstrap over the test clusters (chr20: "
+        "split blocks of 315 kbp; bacteria: 100 kb blocks) and the subsamples; learning-curve tables at "
+        "95%, verdicts Bonferroni as stated.",
         "",
         "## Data",
         "",

@@ -490,6 +490,7 @@ def test_offline_route_fetches_the_worm_chromosome() -> None:
         raise
     (record,) = fasta.read_fasta(path)
     assert record.name == "chrX" and len(record.sequence) == 17_718_849  # ce2 chrX as BSgenome ships it
+    assert genomic.WORM_FULL_REGION[1:] == (0, len(record.sequence))
     _, start, end = genomic.WORM_SAMPLE_REGION
     sample = genomic_reading.load_chromosome(genomic.WORM_CHRX, "sample", "ce2", "X")
     np.testing.assert_array_equal(record.sequence[start:end], sample.bases)
@@ -685,3 +686,38 @@ def test_centre_crop_refuses_a_crop_it_cannot_centre() -> None:
     for length in (5, 12):
         with pytest.raises(ValueError, match="no centred crop"):
             genomic_windows.centre_crop(windows, length)
+
+
+def test_bootstrap_clusters_of_chr20_windows_are_their_split_blocks(prepared) -> None:
+    """chr20's (and worm chrX's) windows cluster by the split block that holds them, since composition is
+    regional; bacterial windows, split by genome, by 100 kb blocks."""
+    from seqjax.experiment.clusters import example_clusters
+
+    _, splits = prepared
+    blocks = genomic.region_blocks(*genomic.SAMPLE_REGION[1:])
+    for name in ("train", "test"):
+        split = splits["genic_vs_intergenic"][name]
+        starts, index = split.coordinates()["start"], split.split_blocks()
+        for start, b in zip(starts, index, strict=True):
+            assert blocks[b][0] <= start < blocks[b][1] and blocks[b][2] == name
+        clusters = example_clusters(split)
+        assert set(clusters) == {f"hg19:20:split-block-{b}" for b in set(index.tolist())}
+    assert len(set(example_clusters(splits["genic_vs_intergenic"]["test"]))) == 2  # sample blocks 9 and 19
+    worm = splits["human_or_worm"]["test"]
+    assert set(example_clusters(worm)) == {
+        f"{g}:{c}:split-block-{b}" for g, c in (("hg19", "20"), ("ce2", "X")) for b in (9, 19)
+    }
+    species = splits["species"]["test"]
+    assert (species.split_blocks() == -1).all()
+    c = species.coordinates()
+    rows = zip(c["genome"], c["chrom"], c["start"], strict=True)
+    expected = [f"{g}:{ch}:{s // 100_000}" for g, ch, s in rows]
+    assert example_clusters(species).tolist() == expected
+
+
+def test_a_changed_chromosome_extent_is_refused_naming_the_constant() -> None:
+    from seqjax.data.genomic.builder import _check_blocked_region
+
+    bases = np.zeros(10, np.uint8)
+    with pytest.raises(ValueError, match=r"hg19 chr20: the offline data cover \[0, 10\).*FULL_REGION"):
+        _check_blocked_region(genomic.Sequence("hg19", "20", 0, bases), "offline")

@@ -30,6 +30,7 @@ from seqjax.data.genomic.catalog import (
     TASKS,
     WORM_CHROM,
     WORM_CHRX,
+    blocked_regions,
     nested_core,
     resolve_config,
 )
@@ -148,10 +149,13 @@ class GenomicWindows(tfds.core.GeneratorBasedBuilder):
         elif task == "human_or_worm":
             human = load_chromosome(CHR20, self.route, "hg19", CHROM)
             worm = load_chromosome(WORM_CHRX, self.route, "ce2", WORM_CHROM)
+            _check_blocked_region(human, self.route)
+            _check_blocked_region(worm, self.route)
             windows = human_or_worm_windows(human, worm, anchor, self.route)
             sequences = {(r.genome, r.chrom): r for r in (human, worm)}
         else:
             sequence, genes = load_chr20(self.route)
+            _check_blocked_region(sequence, self.route)
             if task == "promoter":
                 windows = promoter_windows(sequence, genes, anchor)
             else:
@@ -176,6 +180,19 @@ class GenomicWindows(tfds.core.GeneratorBasedBuilder):
                     "strand": window.strand,
                 },
             )
+
+
+def _check_blocked_region(sequence: Sequence, route: str) -> None:
+    # The split blocks are cut from the sequence's extent, and the clusters of the bootstrap
+    # (`GenomicSplit.split_blocks`) from `blocked_regions`: the two must be one region.
+    expected = tuple(blocked_regions(route)[(sequence.genome, sequence.chrom)])
+    if (sequence.offset, sequence.end) != expected:
+        raise ValueError(
+            f"{sequence.genome} chr{sequence.chrom}: the {route} data cover [{sequence.offset:,}, "
+            f"{sequence.end:,}) but seqjax.data.genomic.catalog.blocked_regions says [{expected[0]:,}, "
+            f"{expected[1]:,}); a changed source file changes the split blocks: update FULL_REGION / "
+            "WORM_FULL_REGION (and the builder version) to the new extent."
+        )
 
 
 def _builder_config(task: str, length: int, nested: int | None) -> str | GenomicConfig:

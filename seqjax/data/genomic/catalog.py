@@ -21,6 +21,7 @@ __all__ = [
     "BACTERIA",
     "CHR20",
     "DEFAULTS",
+    "FULL_REGION",
     "GENOME_SPLITS",
     "LABEL_NAMES",
     "NESTED_CORE",
@@ -29,7 +30,9 @@ __all__ = [
     "SPLITS",
     "TASKS",
     "WORM_CHRX",
+    "WORM_FULL_REGION",
     "WORM_SAMPLE_REGION",
+    "blocked_regions",
     "check_augment",
     "resolve_config",
 ]
@@ -116,6 +119,20 @@ SAMPLE_GENOMES = {
 # chromosome (away from the telomeric repeats at its ends; no N), about 270 kB gzipped. Its blocks are
 # 45 kbp, so windows up to 45,000 bp fit the sample's human_or_worm task.
 WORM_SAMPLE_REGION = (WORM_CHROM, 8_000_000, 8_900_000)
+# The full chromosomes: hg19 chr20 (vt-examples) and ce2 chrX (BSgenome), 0-based half-open.
+FULL_REGION = (CHROM, 0, 63_025_520)
+WORM_FULL_REGION = (WORM_CHROM, 0, 17_718_849)
+
+
+def blocked_regions(route: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """The regions cut into split blocks (`windows.region_blocks`) with the data of `route`, as
+    {(genome, chrom): (start, end)}: chr20 and worm chrX, whole or the sample's cuts. Bacterial genomes
+    are split by genome, not by blocks, and are not listed."""
+    human, worm = (
+        (SAMPLE_REGION, WORM_SAMPLE_REGION) if route == "sample" else (FULL_REGION, WORM_FULL_REGION)
+    )
+    return {("hg19", CHROM): human[1:], ("ce2", WORM_CHROM): worm[1:]}
+
 
 # Each package is pinned by version and the sha256 of its .deb (the Debian mirror's signed Packages index,
 # `apt-cache show NAME=VERSION`); the online files of UCSC have no pinned sha256 yet (not reachable from

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from seqjax.data.genomic.builder import builder_name, make_builder
-from seqjax.data.genomic.catalog import LABEL_NAMES, SPLITS, resolve_config
+from seqjax.data.genomic.catalog import LABEL_NAMES, SPLITS, blocked_regions, resolve_config
 from seqjax.data.metrics import auroc
 from seqjax.data.preparation import prepared_builder, route_dir
 
@@ -41,6 +41,8 @@ class GenomicSplit:
     order, so it is the same on every run and still spans the whole split.
 
     `labels_key`: where this split's labels are kept once read (`_LABELS`; None: on this object only).
+    `regions`: the chromosome regions cut into split blocks, {(genome, chrom): (start, end)}
+    (`catalog.blocked_regions`), for `split_blocks`.
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class GenomicSplit:
         label_names: tuple[str, ...],
         cap: int | None,
         labels_key: tuple[Any, ...] | None = None,
+        regions: Mapping[tuple[str, str], tuple[int, int]] | None = None,
     ) -> None:
         self._source = source
+        self._regions = dict(regions or {})
         self.name = name
         self.label_names = label_names
         total = len(source)
@@ -83,6 +87,31 @@ class GenomicSplit:
         text = {k: np.array([_text(r[k]) for r in rows], dtype=object) for k in ("genome", "chrom", "strand")}
         ints = {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("start", "end")}
         return {**text, **ints}
+
+    def split_blocks(self) -> np.ndarray:
+        """The index of the split block (`windows.region_blocks` of its region) that holds each example,
+        int64, or -1 where its chromosome is not cut into blocks (bacterial genomes, split by genome).
+        A window never crosses a block, so its start decides.
+
+        >>> rows = [{"genome": b"hg19", "chrom": b"20", "start": s, "inputs": b"", "label": 0}
+        ...         for s in (0, 250_000, 4_000_000)] + [{"genome": b"Ecoli", "chrom": b"1", "start": 9,
+        ...                                             "inputs": b"", "label": 0}]
+        >>> split = GenomicSplit(rows, "test", ("a", "b"), None, regions={("hg19", "20"): (0, 4_500_000)})
+        >>> split.split_blocks().tolist()  # 20 blocks of 225 kbp
+        [0, 1, 17, -1]
+        """
+        from seqjax.data.genomic.windows import region_blocks
+
+        edges = {
+            key: np.array([b[0] for b in region_blocks(*region)]) for key, region in self._regions.items()
+        }
+        out = np.full(len(self), -1, np.int64)
+        for i in range(len(self)):
+            record = self._record(i)
+            starts = edges.get((_text(record["genome"]), _text(record["chrom"])))
+            if starts is not None:
+                out[i] = int(np.searchsorted(starts, int(record["start"]), side="right")) - 1
+        return out
 
     def labels(self) -> np.ndarray:
         """All labels of the split (int32, read-only), read once per prepared data set and process."""
@@ -154,7 +183,9 @@ def make_sources(data: Mapping[str, Any], data_dir: str | os.PathLike[str]) -> d
     info = os.path.join(folder, "dataset_info.json")
     version = os.stat(info).st_mtime_ns if os.path.exists(info) else None
     return {
-        split: GenomicSplit(sources[split], split, names, cap, (folder, version, split, cap))
+        split: GenomicSplit(
+            sources[split], split, names, cap, (folder, version, split, cap), blocked_regions(config["route"])
+        )
         for split in SPLITS
     }
 
