@@ -222,7 +222,7 @@ SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"data_version": "1.0.0"}
 
 def data_version(config_file: str | os.PathLike[str]) -> str | None:
     """The version of the TFDS builder that `configs/<kind>.py` reads, recorded with a driver's runs
-    (`protocol_record(..., data_version=...)`) so that runs trained on other data (another split) are
+    (`protocol_record(..., **data_record(config))`) so that runs trained on other data (another split) are
     never reused; None for data made in memory (`configs/synthetic.py`).
 
     >>> data_version("configs/genomic.py"), data_version("configs/synthetic.py")
