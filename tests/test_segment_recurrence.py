@@ -217,6 +217,30 @@ def test_evaluation_lanes_count_every_target_once(counted_starts):
         assert not b["inputs"][~b["mask"]].any() and not b["weights"][~b["mask"]].any()
 
 
+@pytest.mark.parametrize("ahead", [0, 1, 3, 100])
+def test_stream_evaluation_with_segments_in_flight_reads_them_in_order(ahead, monkeypatch):
+    """`evaluate_stream` keeps segments dispatched ahead of the one it reads back; the carry must still
+    pass from each segment to the next and each segment's sums land on its own documents."""
+
+    @jax.jit
+    def eval_fn(params, carry, batch):  # the sums depend on the carry: a segment out of order shows
+        nll = (batch["inputs"].sum(-1) + carry) * params
+        return {"nll": nll, "tokens": jnp.ones_like(nll)}, carry + 1.0
+
+    rng = np.random.default_rng(0)
+    batches = [
+        {"inputs": rng.normal(size=(2, 4)).astype(np.float32), "document": np.array([i % 3, -1])}
+        for i in range(7)
+    ]
+    expected = np.zeros(3)
+    for i, b in enumerate(batches):
+        expected[i % 3] += 2.0 * (float(b["inputs"][0].astype(np.float64).sum()) + i)
+    monkeypatch.setattr(segments, "STREAM_EVAL_AHEAD", ahead)
+    _, totals = segments.evaluate_stream(eval_fn, 2.0, jnp.zeros(()), iter(batches), lambda host: host)
+    np.testing.assert_allclose(totals["nll"], expected, rtol=1e-6)
+    np.testing.assert_array_equal(totals["tokens"], [3.0, 2.0, 2.0])
+
+
 def test_document_split_serves_its_stream(tmp_path):
     from seqjax.data import documents
 

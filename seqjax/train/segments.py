@@ -23,7 +23,8 @@ the next (the recurrence of Transformer-XL, Dai et al. 2019, for cells whose sta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import collections
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -355,10 +356,8 @@ def evaluate_stream(
     if target_losses is not None and edges is None:
         raise ValueError("evaluate_stream(target_losses=...) needs position_buckets (the byte offsets).")
     totals: dict[str, np.ndarray] | None = None
-    for host in batches:
+    for host, sums in _dispatched_ahead(eval_fn, params, carry, batches, to_device, STREAM_EVAL_AHEAD):
         documents = host.get("document")
-        sent = {k: v for k, v in host.items() if k not in _HOST_KEYS}
-        sums, carry = eval_fn(params, carry, to_device(sent))
         rows = {k: np.asarray(v, np.float64) for k, v in sums.items()}
         if edges is not None:
             if target_losses is not None:
@@ -381,6 +380,34 @@ def evaluate_stream(
 
 #: Host-only keys of document batches: never sent to the device.
 _HOST_KEYS = ("document", "target_offset", "target_bytes")
+
+#: Segments `evaluate_stream` dispatches before it reads the first one's sums back.
+STREAM_EVAL_AHEAD = 16
+
+
+def _dispatched_ahead(
+    eval_fn: Callable[[Any, Any, Batch], tuple[dict[str, jax.Array], Any]],
+    params: Any,
+    carry: Any,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    to_device: Callable[[Mapping[str, np.ndarray]], Batch],
+    ahead: int,
+) -> Iterator[tuple[Mapping[str, np.ndarray], dict[str, jax.Array]]]:
+    """Yields (host batch, its device sums) in order, keeping up to `ahead` segments dispatched but
+    not yet read. Why: reading a segment's sums back (`np.asarray`) waits for it, so reading each one
+    at once leaves the device idle while the host builds and sends the next batch; with segments in
+    flight (JAX's dispatch is asynchronous) the host's work overlaps the device's. The carry still
+    passes from each segment to the next on the device, and the sums are read in order, so the totals
+    are the same."""
+    pending: collections.deque = collections.deque()
+    for host in batches:
+        sent = {k: v for k, v in host.items() if k not in _HOST_KEYS}
+        sums, carry = eval_fn(params, carry, to_device(sent))
+        pending.append((host, sums))
+        if len(pending) > ahead:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()
 
 
 def _bucket_rows(
