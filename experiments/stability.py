@@ -285,7 +285,7 @@ def verdict_lines(summary: Mapping[str, Any], digits: int, lr_seeds: int) -> lis
 
 def markdown(results: Mapping[str, Any]) -> str:
     """The report of one task (module docstring)."""
-    from seqjax.experiment.summary import model_table
+    from seqjax.experiment.summary import baseline_table, model_table
 
     s, p = results["stability"], results["protocol"]
     digits = 2 if s["task"] == "classification" else 4
@@ -363,11 +363,25 @@ def markdown(results: Mapping[str, Any]) -> str:
         "s measured while other jobs shared the machine).",
         "",
     ]
+    found = results["summary"].get("baselines")
+    if found:
+        where = (
+            "scored over the test split's whole documents, not the runs' test windows"
+            if s["task"] == "lm"
+            else "scored on the runs' test examples"
+        )
+        lines += [
+            f"## Strong non-neural baselines (fit on the train split; {where})",
+            "",
+            baseline_table(found, results["summary"]["metric"], 0.95),
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def run_task(task: str, settings: Any, seeds: Any) -> dict[str, Any]:
     """Trains (or reads) every run of one task; returns the results behind its report."""
+    from seqjax.experiment.comparison import task_baselines
     from seqjax.experiment.stability import run_stability, summarize_stability, task_presets
     from seqjax.experiment.summary import summarize_length
 
@@ -408,8 +422,15 @@ def run_task(task: str, settings: Any, seeds: Any) -> dict[str, Any]:
         models, kind, shared_rates=settings.learning_rates, n_resamples=FLAGS.resamples
     )
     protocol = {name: runs.protocol_result() for name, runs in models.items()}
+    # The strong non-neural baselines on the same test split (the k-mer models on the runs' own test
+    # examples; the n-gram and compressor baselines of documents over the whole test documents).
+    baselines, clusters = task_baselines(next(iter(configs.values())), examples=settings.evaluation_examples)
     table = summarize_length(
-        {k: v for k, v in protocol.items() if v.seeds}, kind, n_resamples=FLAGS.resamples
+        {k: v for k, v in protocol.items() if v.seeds},
+        kind,
+        baselines=baselines,
+        baseline_clusters=clusters,
+        n_resamples=FLAGS.resamples,
     )
     return {
         "task": task,

@@ -388,8 +388,18 @@ def test_stability_smoke_run(tmp_path: Path) -> None:
     assert s["verdicts"]["a"]["verdict"] in ("supported", "contradicted", "inconclusive")
     assert s["verdicts"]["b"]["verdict"] == "inconclusive"  # one rate in the smoke grid
     assert [r["seeds"] for r in results["summary"]["models"]] == [2, 2]  # data seed 0 only
+    # the k-mer baselines, scored on the runs' own test examples, beside the models
+    baselines = {b["model"]: b for b in results["summary"]["baselines"]}
+    assert any("mer" in name for name in baselines), sorted(baselines)
+    for b in baselines.values():
+        assert b["low"] <= b["estimate"] <= b["high"]
     text = (tmp_path / "out.md").read_text()
-    for phrase in ("Verdict (a): attention varies more", "Verdict (b): attention tolerates", "σ_init"):
+    for phrase in (
+        "Verdict (a): attention varies more",
+        "Verdict (b): attention tolerates",
+        "σ_init",
+        "## Strong non-neural baselines (fit on the train split; scored on the runs' test examples)",
+    ):
         assert phrase in text
     for suffix in ("_runs.png", "_rates.png"):
         assert (tmp_path / f"out{suffix}").stat().st_size > 1000
