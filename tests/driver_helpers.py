@@ -27,10 +27,12 @@ FAST_COMPILE_FLAGS = (
 )
 
 
-def driver_env(**extra: str) -> dict[str, str]:
-    """The environment of a driver run from a test: the CPU platform, one device, `FAST_COMPILE_FLAGS`
-    (not the suite's 8 fake devices), and `extra`."""
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE_FLAGS, **extra}
+def driver_env(*, optimised: bool = False, **extra: str) -> dict[str, str]:
+    """The environment of a driver run from a test: the CPU platform, one device (not the suite's 8 fake
+    devices), `FAST_COMPILE_FLAGS` unless `optimised` (XLA's defaults: for a driver whose time goes to
+    running few programs many times rather than to compiling many), and `extra`."""
+    xla_flags = "" if optimised else FAST_COMPILE_FLAGS
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags, **extra}
 
 
 def run_driver(script: str, folder: Path, *args: str, timeout: int = 900) -> dict[str, Any]:
