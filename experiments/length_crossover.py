@@ -65,7 +65,12 @@ CLAIM_TEXT = "recurrent beats attention"
 
 
 def markdown(results: dict[str, Any]) -> str:
-    from seqjax.experiment.summary import baseline_table, comparison_lines, model_table
+    from seqjax.experiment.summary import (
+        baseline_difference_table,
+        baseline_table,
+        comparison_lines,
+        model_table,
+    )
 
     summaries = results["summaries"]
     first = summaries[0]
@@ -104,6 +109,8 @@ def markdown(results: dict[str, Any]) -> str:
             model_table(s["models"], metric, s["confidence_level"]),
             "",
             baseline_table(s["baselines"], metric, s["confidence_level"]) if s["baselines"] else "",
+            "",
+            baseline_difference_table(s),
             "",
             *comparison_lines(s["comparisons"], metric),
             "",

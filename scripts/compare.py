@@ -148,6 +148,7 @@ def markdown(summary: dict, command: str) -> str:
         "",
         baseline_table(summary["baselines"], metric, level) if summary["baselines"] else "(none)",
         "",
+        *_against_baseline_lines(summary),
         "Paired difference of the best recurrent and the best attention model (each chosen on validation):",
         "",
         *comparison_lines(summary["comparisons"], metric),
@@ -158,6 +159,22 @@ def markdown(summary: dict, command: str) -> str:
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def _against_baseline_lines(summary: dict) -> list[str]:
+    """Each model against the strongest baseline on the same test examples, with its heading; [] when
+    the baseline has no per-example values for them."""
+    from seqjax.experiment.summary import baseline_difference_table
+
+    table = baseline_difference_table(summary)
+    if not table:
+        return []
+    return [
+        "Each model against the strongest baseline (paired: the same test examples and clusters):",
+        "",
+        table,
+        "",
+    ]
 
 
 def main(argv: list[str]) -> None:

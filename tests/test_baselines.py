@@ -225,6 +225,104 @@ def test_document_baselines_beat_unigram(data_dir):
     assert unigram == pytest.approx(unigram_bits_per_byte(sources["train"], sources["test"]), abs=2e-3)
 
 
+def _chained_window_bits(model: KneserNeyBytes, window: dict) -> float:
+    """Bits of a window's counted targets, each from `model.probabilities` given the window's bytes since
+    its last document start: the definition, one target at a time."""
+    bits, context = 0.0, b""
+    for t in range(int((window["weights"] > 0).sum())):
+        if window["resets"][t]:
+            context = b""
+        context += bytes([int(window["inputs"][t])])
+        bits -= math.log2(model.probabilities(context)[int(window["targets"][t])])
+    return bits
+
+
+def test_window_baselines_score_the_models_windows(data_dir):
+    from seqjax.data.documents import make_sources
+
+    config = {"corpus": "python_docs", "length": 512}
+    test = make_sources(config, data_dir)["test"]
+    train_documents = documents.read_split_documents(config, data_dir)["train"]
+    windows = [test[i] for i in range(len(test))]
+    results = documents.evaluate_window_baselines(train_documents, windows, orders=(3,), compressors=("xz",))
+    names = ["unigram (add-one)", "3-gram interpolated Kneser–Ney", "xz -9e (lzma)"]
+    assert [r.name for r in results] == names
+    counted = np.array([w["weights"].sum() for w in windows])
+    for r in results:
+        assert r.settings["scored"] == "windows" and len(r.per_example["bits"]) == len(windows)
+        np.testing.assert_array_equal(r.per_example["bytes"], counted)  # the models' targets, by window
+    assert counted.sum() == test.num_tokens - 1  # every byte of the split but its first, as the models
+    # The n-gram's bits of each window, by the definition: a window with a document start inside it, the
+    # first window (a document start at 0) and one that starts mid-document.
+    model = KneserNeyBytes(train_documents, 3)
+    inside = next(i for i, w in enumerate(windows) if w["resets"][1:].any())
+    mid = next(i for i, w in enumerate(windows) if not w["resets"][0])
+    for i in {0, inside, mid}:
+        by_definition = _chained_window_bits(model, windows[i])
+        assert results[1].per_example["bits"][i] == pytest.approx(by_definition, rel=1e-9)
+    # the compressor compresses each window's target bytes alone
+    targets = bytes(windows[mid]["targets"][: int(counted[mid])].astype(np.uint8))
+    xz = lzma.compress(targets, preset=9 | lzma.PRESET_EXTREME)
+    assert results[2].per_example["bits"][mid] == 8 * len(xz)
+    # aggregates are total bits / total bytes; the unigram's is the project's trivial baseline
+    from seqjax.data.documents import unigram_bits_per_byte
+
+    sources = make_sources(config, data_dir)
+    unigram = results[0].metrics["bits_per_byte"]
+    assert unigram == pytest.approx(unigram_bits_per_byte(sources["train"], sources["test"]), abs=2e-3)
+    assert results[1].metrics["bits_per_byte"] < unigram - 1.0
+
+
+def test_task_baselines_of_a_byte_documents_task_score_the_runs_windows(data_dir, tmp_path):
+    from configs import documents as documents_config
+    from seqjax.data.pipeline import spread_indices
+    from seqjax.experiment.comparison import task_baselines
+    from seqjax.experiment.summary import baseline_rows
+
+    config = documents_config.get_config("lstm,corpus=python_docs,length=256")
+    config.data_dir = data_dir
+    found, clusters = task_baselines(config, examples=16)
+    assert len(clusters) == 16 and all(r.settings["scored"] == "windows" for r in found)
+    from seqjax.data.documents import make_sources
+
+    test = make_sources({"corpus": "python_docs", "length": 256}, data_dir)["test"]
+    expected = [test[int(i)]["weights"].sum() for i in spread_indices(len(test), 16)]
+    for r in found:
+        np.testing.assert_array_equal(r.per_example["bytes"], expected)
+    # intervals resample the windows by the clusters given (the documents), as the models' do
+    assert len(set(clusters.tolist())) < 16  # several windows per document, so the clusters matter
+    rows = baseline_rows(found, "lm", clusters, n_resamples=300)
+    ngram = next(r for r in rows if "5-gram" in r["model"])
+    assert ngram["low"] < ngram["estimate"] < ngram["high"]
+    with pytest.raises(ValueError, match="form 1 cluster"):  # the clusters are used: one is refused
+        baseline_rows(found, "lm", np.zeros(16, int), n_resamples=300)
+    # a model's runs on those windows pair with the baseline: one 0.25 bits per byte worse on every
+    # window differs by +0.25 exactly, the interval too
+    from seqjax.experiment.predictions import RunPredictions, write_predictions
+    from seqjax.experiment.report import baseline_difference
+
+    ngram_bits, window_bytes = ngram.get("estimate"), found[2].per_example["bytes"]
+    nats = (found[2].per_example["bits"] + 0.25 * window_bytes) * math.log(2.0)
+    columns = np.stack([nats, np.zeros(16), window_bytes], axis=1)
+    ids = spread_indices(len(test), 16)
+    run = RunPredictions("lstm", 0, 256, ids, clusters, window_bytes, columns, nats / window_bytes)
+    paths = [str(write_predictions(tmp_path / "lstm.npz", run))]
+    d = baseline_difference(paths, found[2], "lm", n_resamples=200)
+    assert d["estimate"] == pytest.approx(0.25) and d["low"] == pytest.approx(0.25) == d["high"]
+    assert found[2].metrics["bits_per_byte"] == pytest.approx(ngram_bits)
+
+
+def test_window_baselines_refuse_token_ids_above_a_byte(data_dir):
+    window = {
+        "inputs": np.array([300, 2], np.int32),
+        "targets": np.array([2, 3], np.int32),
+        "weights": np.ones(2, np.float32),
+        "resets": np.array([True, False]),
+    }
+    with pytest.raises(ValueError, match="byte-tokenised documents only"):
+        documents.evaluate_window_baselines([b"abc"], [window])
+
+
 # --- time series ---------------------------------------------------------------------------------------
 
 

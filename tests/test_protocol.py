@@ -193,6 +193,48 @@ def test_paired_difference_and_verdicts_from_saved_predictions(tmp_path):
     assert holm["1024"]["holm_p"] <= holm["4096"]["holm_p"] <= 1.0
 
 
+def test_models_against_a_baseline_on_the_same_examples(tmp_path):
+    from seqjax.baselines.result import BaselineResult
+    from seqjax.experiment.summary import baseline_difference_table
+
+    rng = np.random.default_rng(2)
+    n = 400
+    strong = _write_runs(tmp_path, "lstm", rng.random(n) < 0.9, 5, rng)
+    labels = np.arange(n) % 2
+    right = rng.random(n) < 0.6  # a baseline right 60% of the time
+    kmer = BaselineResult(
+        "k-mer", {}, {"prediction": np.where(right, labels, 1 - labels), "label": labels}, {}
+    )
+    ahead = report.baseline_difference(strong, kmer, "classification", n_resamples=300)
+
+    # the estimate is the seeds' mean balanced accuracy minus the baseline's, on the same examples
+    def balanced_accuracy(predicted):
+        return np.mean([np.mean(predicted[labels == c] == c) for c in (0, 1)])
+
+    own = np.mean([balanced_accuracy(read_predictions(p).predictions.argmax(-1)) for p in strong])
+    base = balanced_accuracy(kmer.per_example["prediction"])
+    assert ahead["estimate"] == pytest.approx(own - base) and ahead["low"] > 0 and ahead["p_value"] < 0.01
+    # a baseline of other examples is refused; one without values for these examples gives None
+    shuffled = BaselineResult("k-mer", {}, {"prediction": labels, "label": 1 - labels}, {})
+    with pytest.raises(ValueError, match="scored other test examples"):
+        report.baseline_difference(strong, shuffled, "classification", n_resamples=50)
+    fewer = BaselineResult("k-mer", {}, {"prediction": labels[:10], "label": labels[:10]}, {})
+    assert report.baseline_difference(strong, fewer, "classification", n_resamples=50) is None
+    whole_documents = BaselineResult("5-gram", {}, {"bits": np.ones(n), "bytes": np.ones(n)}, {})
+    assert report._baseline_values(whole_documents, "lm", n) is None  # not the models' windows
+    table = baseline_difference_table(
+        {
+            "metric": "balanced_accuracy",
+            "confidence_level": 0.95,
+            "larger_is_better": True,
+            "strongest_baseline": "k-mer",
+            "against_strongest_baseline": {"lstm": ahead, "mamba": None, "s5": {"error": "other examples"}},
+        }
+    )
+    assert "| lstm | +" in table and table.splitlines()[2].endswith("| the model |")
+    assert "mamba" not in table and "| s5 | not paired: other examples |" in table
+
+
 def test_bootstrap_p_value_is_two_sided():
     assert statistics.bootstrap_p_value(np.array([1.0, 2.0, 3.0])) == 0.0
     assert statistics.bootstrap_p_value(np.array([-1.0, 1.0])) == 1.0
@@ -405,6 +447,10 @@ def test_main_job_smoke_run_says_when_a_baseline_solves_the_task(tmp_path):
     assert "6-mer frequencies + logistic regression" in text and "verdict (recurrent beats attention)" in text
     # two training steps learn nothing, while k-mer composition solves the species task
     assert "is better than every model, with intervals apart" in text
+    # ... and each model's paired difference to it, on the same test examples, says so too
+    against = summary["against_strongest_baseline"]
+    assert sorted(against) == ["attention", "lstm"] and all(d["high"] < 0 for d in against.values())
+    assert "Each model against the strongest baseline" in text and "| the baseline |" in text
     assert (tmp_path / "main_metric.png").stat().st_size > 1000
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from scipy import stats as scipy_stats
 from seqjax.config import load_config_file
 from seqjax.experiment import protocol, stability, statistics
 from seqjax.experiment.matching import MatchedModel
-from tests.driver_helpers import load_driver, run_driver
+from tests.driver_helpers import driver_env, load_driver, run_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -399,7 +401,25 @@ def test_stability_smoke_run(tmp_path: Path) -> None:
         "Verdict (b): attention tolerates",
         "σ_init",
         "## Strong non-neural baselines (fit on the train split; scored on the runs' test examples)",
+        "against the strongest baseline, paired on the same test examples",
     ):
         assert phrase in text
+    against = results["summary"]["against_strongest_baseline"]
+    assert sorted(against) == sorted(r["model"] for r in results["summary"]["models"])
+    for d in against.values():
+        assert d["low"] <= d["estimate"] <= d["high"]
+    # experiments/rescore_baselines.py, from the report's JSON and predictions alone (no training),
+    # refits the baselines and pairs the same runs with the same strongest one: the report's numbers
+    command = [sys.executable, str(ROOT / "experiments" / "rescore_baselines.py")]
+    command += [f"--results={tmp_path / 'out.json'}", "--resamples=200", f"--out={tmp_path / 'rescored'}"]
+    done = subprocess.run(command, env=driver_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rescored = json.loads((tmp_path / "rescored.json").read_text())
+    assert rescored["strongest_baseline"] == results["summary"]["strongest_baseline"]
+    for model, d in rescored["against_strongest_baseline"].items():
+        assert d["estimate"] == pytest.approx(against[model]["estimate"])
+        assert (d["low"], d["high"]) == pytest.approx((against[model]["low"], against[model]["high"]))
+    text = (tmp_path / "rescored.md").read_text()
+    assert "against the strongest baseline" in text and "Each model minus every baseline" in text
     for suffix in ("_runs.png", "_rates.png"):
         assert (tmp_path / f"out{suffix}").stat().st_size > 1000

@@ -14,6 +14,12 @@ Aggregates are bits per byte over the whole split (total bits / total bytes, thr
 scored on every byte of every document; the trainer's packed stream scores every byte but the split's
 first, a difference of one byte per split.
 
+`evaluate_window_baselines` scores the same baselines on a model's own evaluation windows instead (the
+fixed-length examples of a byte-tokenised split, `seqjax.data.documents.DocumentSplit`): each window's
+counted targets, each conditioned only on the window's bytes since its last document start, as a model
+that starts every window from a fresh state sees them. Its per-example values then pair exactly with
+the models' (same windows, same targets).
+
     >>> bits = compressor_document_bits([b"a" * 10_000], "bz2")
     >>> bool(bits[0] / 10_000 < 0.05)
     True
@@ -22,6 +28,7 @@ first, a difference of one byte per split.
 from __future__ import annotations
 
 import bz2
+import itertools
 import lzma
 import math
 import os
@@ -38,6 +45,7 @@ __all__ = [
     "COMPRESSORS",
     "compressor_document_bits",
     "evaluate_baselines",
+    "evaluate_window_baselines",
     "ngram_document_bits",
     "ngram_position_sums",
     "read_split_documents",
@@ -188,4 +196,84 @@ def evaluate_baselines(
         name = {"xz": "xz -9e (lzma)", "bz2": "bz2 -9"}.get(compressor, compressor)
         bits = compressor_document_bits(evaluated, compressor)
         results.append(_result(name, bits, evaluated, {"compressor": compressor}))
+    return results
+
+
+def _window_spans(window: Mapping[str, np.ndarray]) -> tuple[list[bytes], bytes]:
+    """(the byte strings to score a byte-token example's targets with, one per document span of the
+    window: the span's inputs and its last target, whose nats after the first byte are the span's
+    targets; the targets themselves). Only the counted targets (weight > 0, a prefix) are taken."""
+    counted = int(np.count_nonzero(np.asarray(window["weights"]) > 0))
+    inputs = np.asarray(window["inputs"])[:counted]
+    targets = np.asarray(window["targets"])[:counted]
+    if counted and (inputs.min() < 0 or max(inputs.max(), targets.max()) > 255):
+        raise ValueError(
+            "evaluate_window_baselines: the windows hold token ids above 255; the window baselines score "
+            "byte-tokenised documents only (tokenizer='bytes'); use `evaluate_baselines` for whole documents."
+        )
+    starts = [0, *(int(t) for t in np.flatnonzero(np.asarray(window["resets"])[:counted]) if t > 0), counted]
+    spans = [
+        bytes(np.append(inputs[a:b], targets[b - 1]).astype(np.uint8))
+        for a, b in itertools.pairwise(starts)
+        if b > a
+    ]
+    return spans, bytes(targets.astype(np.uint8))
+
+
+def _window_result(name: str, bits: np.ndarray, num_bytes: np.ndarray, settings: dict) -> BaselineResult:
+    scores = metrics.lm_metrics(float(bits.sum()) * math.log(2.0), float(num_bytes.sum()))
+    return BaselineResult(
+        name,
+        {"bits_per_byte": scores["bits_per_byte"], "bytes": float(num_bytes.sum()), "windows": len(bits)},
+        {"bits": bits, "bytes": num_bytes, "bits_per_byte": bits / np.maximum(num_bytes, 1.0)},
+        {**settings, "scored": "windows"},
+    )
+
+
+def evaluate_window_baselines(
+    train_documents: Sequence[bytes],
+    windows: Sequence[Mapping[str, np.ndarray]],
+    *,
+    orders: Sequence[int] = REPORTED_ORDERS,
+    compressors: Sequence[str] = tuple(COMPRESSORS),
+) -> list[BaselineResult]:
+    """`evaluate_baselines`' unigram, n-gram and compressor baselines on a model's evaluation windows:
+    each window (an example of a byte-tokenised `DocumentSplit`: "inputs", "targets", "weights",
+    "resets") scores its counted targets, the n-gram model conditioning each only on the window's
+    bytes since its last document start (a reset), and each compressor compressing the window's target
+    bytes alone (its header and checksum then weigh more than on a whole document: ~60 bytes for xz).
+    Per-example values are in the windows' order, with settings["scored"] = "windows".
+
+        >>> as_bytes = lambda text: np.frombuffer(text, np.uint8)
+        >>> window = {"inputs": as_bytes(b"abcab"), "targets": as_bytes(b"bcabc"), "weights": np.ones(5),
+        ...           "resets": np.array([True, False, False, False, False])}
+        >>> results = evaluate_window_baselines([b"abc" * 50], [window], compressors=())
+        >>> [r.name for r in results][1:]
+        ['3-gram interpolated Kneser–Ney', '5-gram interpolated Kneser–Ney']
+        >>> [float(r.per_example["bytes"][0]) for r in results]
+        [5.0, 5.0, 5.0]
+        >>> bool(results[1].metrics["bits_per_byte"] < results[0].metrics["bits_per_byte"])
+        True
+    """
+    train = _check_documents(train_documents, "evaluate_window_baselines")
+    for compressor in compressors:
+        if compressor not in COMPRESSORS:
+            raise ValueError(
+                f"evaluate_window_baselines: compressor must be one of {sorted(COMPRESSORS)}, "
+                f"got {compressor!r}."
+            )
+    spans, targets = zip(*(_window_spans(w) for w in windows), strict=True) if windows else ((), ())
+    num_bytes = np.array([len(t) for t in targets], np.float64)
+    results = [
+        _window_result("unigram (add-one)", unigram_document_bits(train, targets), num_bytes, {}),
+    ]
+    for order in orders:
+        model = KneserNeyBytes(train, order)
+        nats = np.array([sum(model.document_nats(s)[1:].sum() for s in span) for span in spans])
+        name = f"{order}-gram interpolated Kneser–Ney"
+        results.append(_window_result(name, nats / math.log(2.0), num_bytes, {"order": order}))
+    for compressor in compressors:
+        name = {"xz": "xz -9e (lzma)", "bz2": "bz2 -9"}.get(compressor, compressor)
+        bits = compressor_document_bits(targets, compressor)
+        results.append(_window_result(name, bits, num_bytes, {"compressor": compressor}))
     return results

@@ -35,8 +35,10 @@ def task_baselines(
     """(the data kind's baselines fit on train and scored on `split`, the cluster id of each `split`
     example) for a task config; ([], None) for data without baselines (synthetic). With `examples`, the
     per-example values and clusters are those of the examples the models are evaluated on
-    (`pipeline.spread_indices`), except for document baselines, which score whole documents. `options`
-    are keyword arguments of the kind's `evaluate_baselines` (e.g. time series' `fit_windows`).
+    (`pipeline.spread_indices`); document baselines then score those windows
+    (`documents.evaluate_window_baselines`, byte tokenizer), and otherwise whole documents (a BPE
+    tokenizer's windows are not bytes; settings["scored"] says which). `options` are keyword arguments
+    of the kind's `evaluate_baselines` (e.g. time series' `fit_windows`).
 
         >>> results, clusters = task_baselines(config, examples=256)  # doctest: +SKIP
         >>> [r.name for r in results][:2]  # doctest: +SKIP
@@ -52,8 +54,14 @@ def task_baselines(
         return [], None
     data_dir = run.data_dir or default_data_dir()
     module = importlib.import_module(f"seqjax.baselines.{kind}")
+    source = build_sources(run.data, data_dir)[split]
+    clusters = example_clusters(source)
+    if examples is not None and kind == "documents" and data.get("tokenizer") == "bytes":
+        indices = spread_indices(len(clusters), examples)
+        train = module.read_split_documents(data, data_dir)["train"]
+        windows = [source[int(i)] for i in indices]
+        return module.evaluate_window_baselines(train, windows, **(options or {})), clusters[indices]
     results = module.evaluate_baselines(data, data_dir, split, **(options or {}))
-    clusters = example_clusters(build_sources(run.data, data_dir)[split])
     if examples is not None and kind != "documents":
         indices = spread_indices(len(clusters), examples)
         results = [_subset(result, indices, len(clusters)) for result in results]

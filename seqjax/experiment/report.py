@@ -37,6 +37,7 @@ __all__ = [
     "FORECAST_ERRORS",
     "SECONDARY",
     "Claim",
+    "baseline_difference",
     "baseline_interval",
     "contrast_interval",
     "difference_fields",
@@ -191,8 +192,9 @@ def baseline_interval(
     n_resamples: int = 2000,
 ) -> statistics.BootstrapInterval | None:
     """A `BaselineResult`'s headline metric with a cluster bootstrap interval (None when the baseline has
-    no per-example values, e.g. skipped). Document baselines are per document, so each document is its
-    own cluster there; other baselines score the split's examples in order and take `clusters`.
+    no per-example values, e.g. skipped). Document baselines of whole documents are per document, so
+    each document is its own cluster there; other baselines (document baselines scored on the models'
+    windows too: settings["scored"] == "windows") score the examples in order and take `clusters`.
     `metric`: another classification metric or forecast error than the headline one (as
     `metric_interval`)."""
     weighted = _weighted_metric(task, metric) if task == "classification" or metric is not None else None
@@ -211,9 +213,71 @@ def baseline_interval(
     if task == "forecast":
         return statistics.cluster_bootstrap(per_example[metric or "mse"], cluster_ids=clusters, **kwargs)
     bits = np.asarray(per_example["bits"], np.float64)
+    by_window = result.settings.get("scored") == "windows"
     return statistics.cluster_bootstrap(
-        bits * np.log(2.0), targets=per_example["bytes"], metric=weighted_metrics.bits_per_byte, **kwargs
+        bits * np.log(2.0),
+        targets=per_example["bytes"],
+        metric=weighted_metrics.bits_per_byte,
+        cluster_ids=clusters if by_window else None,
+        **kwargs,
     )
+
+
+def _baseline_values(result: Any, task: str, n: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(per-example values of a `BaselineResult` in the form `_inputs` gives a model's seeds, its own
+    targets) for the headline metric, or None when it has none for the models' `n` examples (skipped, or
+    scored on whole documents rather than the models' windows)."""
+    per_example = result.per_example
+    if task == "classification" and "prediction" in per_example:
+        values, targets = np.asarray(per_example["prediction"]), np.asarray(per_example["label"])
+    elif task == "forecast" and "mse" in per_example:
+        values, targets = np.asarray(per_example["mse"], np.float64), None
+    elif task == "lm" and "bits" in per_example and result.settings.get("scored") == "windows":
+        values = np.asarray(per_example["bits"], np.float64) * np.log(2.0)
+        targets = np.asarray(per_example["bytes"], np.float64)
+    else:
+        return None
+    return (values, targets) if len(values) == n else None
+
+
+def baseline_difference(
+    paths: Sequence[str],
+    baseline: Any,
+    task: str,
+    *,
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+) -> dict[str, Any] | None:
+    """The headline metric of a model's seeds (their predictions files) minus that of a `BaselineResult`
+    scored on the same test examples, resampling the runs' clusters (both sides see each resample; the
+    model's seeds are resampled too): estimate, interval and bootstrap p-value (`difference_fields`).
+    None when the baseline has no values for those examples (`_baseline_values`). A baseline whose
+    targets differ from the runs' (another split, other examples) is an error.
+
+        >>> baseline_difference(mamba_paths, kmer_result, "classification")  # doctest: +SKIP
+        {'estimate': 0.041, 'low': 0.012, 'high': 0.069, ...}
+    """
+    values, targets, clusters, weighted = _inputs(_load(paths), task)
+    found = _baseline_values(baseline, task, values.shape[1])
+    if found is None:
+        return None
+    baseline_values, baseline_targets = found
+    if targets is not None and not np.array_equal(np.asarray(targets, np.float64), baseline_targets):
+        raise ValueError(
+            f"baseline_difference: {baseline.name!r} scored other test examples than the runs "
+            f"({paths[0]}); score it on the examples the models are evaluated on (`task_baselines` with "
+            "examples=the protocol's evaluation_examples)."
+        )
+    interval = statistics.paired_bootstrap(
+        values,
+        baseline_values[None],
+        targets=targets,
+        metric=weighted,
+        cluster_ids=clusters,
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+    )
+    return difference_fields(interval)
 
 
 def paired_difference(

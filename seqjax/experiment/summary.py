@@ -1,8 +1,9 @@
 """One comparison (one task, one length) summarised: every model's metric with its interval (and, under
 "secondary" with the same cluster x seed bootstrap, `report.SECONDARY`: macro-F1 and MCC for
 classification, MAE for forecasts), cost and
-matched size, the strong baselines with theirs, the best of each family (chosen on validation) and their
-paired difference; and the markdown table of it. The summary is plain JSON-able data, so a table or a
+matched size, the strong baselines with theirs, each model's paired difference to the strongest baseline
+on the same test examples, the best of each family (chosen on validation) and their paired difference;
+and the markdown tables of it. The summary is plain JSON-able data, so a table or a
 plot can be redrawn from `*.json` without the predictions.
 
     >>> row = {"model": "lstm", "family": "recurrent", "estimate": 0.8, "low": 0.7, "high": 0.9,
@@ -25,13 +26,21 @@ from seqjax.experiment.protocol import HEADLINE, ModelResult
 from seqjax.experiment.report import (
     SECONDARY,
     Claim,
+    baseline_difference,
     baseline_interval,
     family_of,
     metric_interval,
     paired_difference,
 )
 
-__all__ = ["baseline_rows", "best_by_family", "metrics_table", "model_table", "summarize_length"]
+__all__ = [
+    "baseline_difference_table",
+    "baseline_rows",
+    "best_by_family",
+    "metrics_table",
+    "model_table",
+    "summarize_length",
+]
 
 
 def _ends(interval: Any) -> dict[str, float]:
@@ -178,6 +187,20 @@ def summarize_length(
         comparisons.append({"claim": claim.name, "better": a, "worse": b, **difference})
     finite = [r for r in baselines_found if math.isfinite(r["estimate"])]
     strongest = (max if larger else min)(finite, key=lambda r: r["estimate"]) if finite else None
+    against = {}
+    if strongest is not None:
+        found = next(b for b in baselines if b.name == strongest["model"])
+        for name, result in results.items():
+            try:
+                against[name] = baseline_difference(
+                    result.predictions,
+                    found,
+                    task,
+                    confidence_level=confidence_level,
+                    n_resamples=n_resamples,
+                )
+            except ValueError as error:  # kept in the summary, not lost with the report
+                against[name] = {"error": str(error)}
     return {
         "task": task,
         "metric": metric,
@@ -186,9 +209,46 @@ def summarize_length(
         "models": rows,
         "baselines": baselines_found,
         "strongest_baseline": None if strongest is None else strongest["model"],
+        # model minus the strongest baseline on the same test examples (None: the baseline has no values
+        # for those examples, e.g. whole documents)
+        "against_strongest_baseline": against,
         "best_by_family": best,
         "comparisons": comparisons,
     }
+
+
+def baseline_difference_table(summary: Mapping[str, Any]) -> str:
+    """The markdown table of each model's paired difference to the strongest baseline (a summary's
+    "against_strongest_baseline"); "" when there is none to show.
+
+    >>> summary = {"metric": "bits_per_byte", "confidence_level": 0.95, "strongest_baseline": "5-gram",
+    ...            "larger_is_better": False,
+    ...            "against_strongest_baseline": {"lstm": {"estimate": 1.0, "low": 0.9, "high": 1.1,
+    ...                                                    "p_value": 0.0}}}
+    >>> baseline_difference_table(summary).splitlines()[-1]
+    '| lstm | +1.0000 [+0.9000, +1.1000] | 0.0000 | the baseline |'
+    """
+    against = {k: v for k, v in (summary.get("against_strongest_baseline") or {}).items() if v is not None}
+    if not against:
+        return ""
+    metric, level, larger = summary["metric"], summary["confidence_level"], summary["larger_is_better"]
+    lines = [
+        f"| model | {metric}: model − {summary['strongest_baseline']} [{level:.1%} CI] | bootstrap p | "
+        "better on this interval |",
+        "|---|---:|---:|---|",
+    ]
+    for model, d in against.items():
+        if "error" in d:
+            lines.append(f"| {model} | not paired: {d['error']} | | |")
+            continue
+        model_ahead = d["low"] > 0 if larger else d["high"] < 0
+        baseline_ahead = d["high"] < 0 if larger else d["low"] > 0
+        better = "the model" if model_ahead else "the baseline" if baseline_ahead else "neither"
+        lines.append(
+            f"| {model} | {d['estimate']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] | "
+            f"{d['p_value']:.4f} | {better} |"
+        )
+    return "\n".join(lines)
 
 
 def _memory(value: int | None) -> str:
