@@ -102,19 +102,27 @@ SETTINGS_FLAGS = (
 
 
 def _composition_note(summary: dict) -> str:
-    """Says when the strongest non-neural baseline's interval lies wholly past every model's."""
+    """Says when the strongest non-neural baseline is better than every model: on each model's paired
+    interval against it (the same test examples) where the summary has them, else where its interval
+    lies wholly past every model's."""
     larger = summary["larger_is_better"]
     finite = [b for b in summary["baselines"] if math.isfinite(b["low"])]
     if not finite or not summary["models"]:
         return ""
     best = (max if larger else min)(finite, key=lambda b: b["estimate"])
-    edge = best["low"] if larger else best["high"]
-    beaten = all((r["high"] < edge) if larger else (r["low"] > edge) for r in summary["models"])
+    paired = summary.get("against_strongest_baseline") or {}
+    if paired and all(d is not None and "error" not in d for d in paired.values()):
+        beaten = all((d["high"] < 0) if larger else (d["low"] > 0) for d in paired.values())
+        how = "every paired interval excludes zero"
+    else:
+        edge = best["low"] if larger else best["high"]
+        beaten = all((r["high"] < edge) if larger else (r["low"] > edge) for r in summary["models"])
+        how = "with intervals apart"
     if not beaten:
         return ""
     return (
-        f"**The strongest baseline ({best['model']}, {best['estimate']:.4f}) is better than every model, "
-        "with intervals apart.** This task is solved without learning long-range structure (for DNA: "
+        f"**The strongest baseline ({best['model']}, {best['estimate']:.4f}) is better than every model: "
+        f"{how}.** This task is solved without learning long-range structure (for DNA: "
         "from k-mer composition alone). At this budget the table measures how fast each model learns "
         "what the baseline already has, not which one uses long context."
     )

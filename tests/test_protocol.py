@@ -446,7 +446,7 @@ def test_main_job_smoke_run_says_when_a_baseline_solves_the_task(tmp_path):
     text = (tmp_path / "main.md").read_text()
     assert "6-mer frequencies + logistic regression" in text and "verdict (recurrent beats attention)" in text
     # two training steps learn nothing, while k-mer composition solves the species task
-    assert "is better than every model, with intervals apart" in text
+    assert "is better than every model: every paired interval excludes zero" in text
     # ... and each model's paired difference to it, on the same test examples, says so too
     against = summary["against_strongest_baseline"]
     assert sorted(against) == ["attention", "lstm"] and all(d["high"] < 0 for d in against.values())
