@@ -252,7 +252,9 @@ def baseline_difference(
     scored on the same test examples, resampling the runs' clusters (both sides see each resample; the
     model's seeds are resampled too): estimate, interval and bootstrap p-value (`difference_fields`).
     None when the baseline has no values for those examples (`_baseline_values`). A baseline whose
-    targets differ from the runs' (another split, other examples) is an error.
+    targets differ from the runs' (another split, other examples) is an error; forecast baselines carry
+    no targets, so for them only the number of windows is checked (both must be the split's windows at
+    `pipeline.spread_indices`, as `task_baselines` gives them).
 
         >>> baseline_difference(mamba_paths, kmer_result, "classification")  # doctest: +SKIP
         {'estimate': 0.041, 'low': 0.012, 'high': 0.069, ...}
