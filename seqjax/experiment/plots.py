@@ -112,6 +112,13 @@ def read_train_losses(workdir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(steps, np.float64), np.asarray(losses, np.float64)
 
 
+def _series_style(i: int) -> dict[str, str]:
+    """Color, marker and line style of the i-th model of a plot: the 10 default colors, and past 10 another
+    marker and dash, so that 11+ models (the synthetic-memory plots have 12) stay told apart."""
+    lap = i // 10
+    return {"color": f"C{i % 10}", "marker": "osD^v"[lap % 5], "linestyle": ("-", "--", "-.")[lap % 3]}
+
+
 def _finish(fig: Any, path: str | Path | None, *, bottom: float = 0.0) -> Path | Figure:
     """Writes `fig` to `path` and closes it (returns the path), or returns it open when `path` is None.
     `bottom`: the fraction of the height kept free under the axes (for a figure legend)."""
@@ -194,9 +201,14 @@ def metric_by_length(
         if not points:
             continue
         xs = [n for n, _ in points]
-        ax.plot(xs, [r["estimate"] for _, r in points], marker="o", color=f"C{i % 10}", label=model)
+        style = _series_style(i)
+        ax.plot(xs, [r["estimate"] for _, r in points], **style, label=model)
         ax.fill_between(
-            xs, [r["low"] for _, r in points], [r["high"] for _, r in points], color=f"C{i % 10}", alpha=0.15
+            xs,
+            [r["low"] for _, r in points],
+            [r["high"] for _, r in points],
+            color=style["color"],
+            alpha=0.15,
         )
     for j, name in enumerate(baselines):
         points = [(n, b) for n in lengths for b in summaries[n]["baselines"] if b["model"] == name]
@@ -299,14 +311,14 @@ def cost_by_length(
     for i, model in enumerate(models):
         rows = [(n, r) for n in lengths for r in summaries[n]["models"] if r["model"] == model]
         xs = [n for n, _ in rows]
-        left.plot(xs, [r["tokens_per_s"] for _, r in rows], marker="o", color=f"C{i % 10}", label=model)
+        style = _series_style(i)
+        left.plot(xs, [r["tokens_per_s"] for _, r in rows], **style, label=model)
         memory = [(n, r["step_memory_bytes"]) for n, r in rows if r.get("step_memory_bytes")]
         if memory:
             right.plot(
                 [n for n, _ in memory],
                 [m / 2**20 for _, m in memory],
-                marker="o",
-                color=f"C{i % 10}",
+                **style,
                 label=model,
             )
     for ax, label in ((left, "train tokens/s"), (right, "train-step memory (MiB, XLA plan)")):
@@ -625,8 +637,9 @@ def metric_by_position(
             continue
         xs = [b["midpoint"] for b in rows]
         values = [b[metric] for b in rows]
-        color = f"C{i % 10}"
-        ax.plot(xs, [v["estimate"] for v in values], marker="o", color=color, label=model)
+        style = _series_style(i)
+        color = style["color"]
+        ax.plot(xs, [v["estimate"] for v in values], **style, label=model)
         ax.fill_between(xs, [v["low"] for v in values], [v["high"] for v in values], color=color, alpha=0.15)
         level = curve.get("confidence_level", level)
     for j, (name, curve) in enumerate((baselines or {}).items()):
