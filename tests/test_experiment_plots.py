@@ -156,3 +156,20 @@ def test_crossover_figure_draws_the_committed_verdict(task):
     )
     assert set(expected) <= set(labels)
     plots._pyplot().close(figure)
+
+
+def test_metric_by_length_tells_twelve_models_apart() -> None:
+    """Past the 10 default colors, each model still gets its own (color, marker, dash)."""
+    import matplotlib.pyplot as plt
+
+    models = [f"m{i:02d}" for i in range(12)]
+    summary = {
+        "metric": "exact match",
+        "confidence_level": 0.95,
+        "models": [{"model": m, "estimate": 0.0, "low": 0.0, "high": 0.1} for m in models],
+    }
+    fig = plots.metric_by_length({256: summary, 1024: summary})
+    lines = [line for line in fig.axes[0].get_lines() if line.get_label() in models]
+    styles = {(line.get_color(), line.get_marker(), line.get_linestyle()) for line in lines}
+    assert len(lines) == 12 and len(styles) == 12
+    plt.close(fig)
