@@ -24,13 +24,17 @@ _A, _C, _G, _T = (ord(b) for b in "ACGT")
 __all__ = ["GenomicSplit", "make_sources", "prepare"]
 
 
-#: Labels already read in this process, by (prepared data set folder, split, cap). Reading a split's
-#: labels decodes every record, sequence included (about 1.3 s for a 5,000-example split of 4 kb
-#: windows); a driver builds the sources afresh for every run and asks for the labels several times a
-#: run (class balance, stratified subsets, the augmentation's check), so without this a few-shot smoke
-#: run spent a third of its time re-reading them. A prepared data set is read-only; one prepared again in
-#: the same folder rewrites its `dataset_info.json`, whose modification time is part of the key.
-_LABELS: dict[tuple[Any, ...], np.ndarray] = {}
+#: Labels and coordinates already read in this process, by (prepared data set folder, dataset_info.json
+#: modification time, split, cap). Reading them decodes every record, sequence included (about 1.3 s for
+#: a 5,000-example split of 4 kb windows); a driver builds the sources afresh for every run and asks for
+#: labels (class balance, stratified subsets, the augmentation's check) and clusters (coordinates, split
+#: blocks) several times a run, so one read serves them all: without this a few-shot smoke run spent a
+#: third of its time re-reading records. A prepared data set is read-only; one prepared again in the same
+#: folder rewrites its `dataset_info.json`, whose modification time is part of the key.
+_METADATA: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
+
+#: The per-example fields kept in `_METADATA` (besides "label"), where the records have them.
+_COORDINATES = ("genome", "chrom", "strand", "start", "end")
 
 
 class GenomicSplit:
@@ -40,7 +44,8 @@ class GenomicSplit:
     With a cap, the split is a seeded random subset of the prepared examples kept in their coordinate
     order, so it is the same on every run and still spans the whole split.
 
-    `labels_key`: where this split's labels are kept once read (`_LABELS`; None: on this object only).
+    `labels_key`: where this split's labels and coordinates are kept once read (`_METADATA`; None: on
+    this object only).
     `regions`: the chromosome regions cut into split blocks, {(genome, chrom): (start, end)}
     (`catalog.blocked_regions`), for `split_blocks`.
     """
@@ -64,7 +69,9 @@ class GenomicSplit:
         else:
             self._indices = np.arange(total)
         self._labels_key = labels_key
-        self._labels: np.ndarray | None = None if labels_key is None else _LABELS.get(labels_key)
+        self._metadata: dict[str, np.ndarray] | None = (
+            None if labels_key is None else _METADATA.get(labels_key)
+        )
 
     def __len__(self) -> int:
         return len(self._indices)
@@ -81,12 +88,34 @@ class GenomicSplit:
             "label": np.asarray(record["label"], dtype=np.int32),
         }
 
+    def _read_metadata(self) -> dict[str, np.ndarray]:
+        """Every example's label and coordinates (the fields the records have), read in one pass over the
+        split, once per prepared data set and process (`_METADATA`); the arrays are read-only."""
+        if self._metadata is None:
+            rows = [self._record(i) for i in range(len(self))]
+            present = [k for k in _COORDINATES if rows and k in rows[0]]
+            metadata = {"label": np.array([int(r["label"]) for r in rows], np.int32)}
+            for k in present:
+                if k in ("start", "end"):
+                    metadata[k] = np.array([int(r[k]) for r in rows], dtype=np.int64)
+                else:
+                    metadata[k] = np.array([_text(r[k]) for r in rows], dtype=object)
+            for values in metadata.values():
+                values.flags.writeable = False  # shared by every GenomicSplit of this data set
+            self._metadata = metadata
+            if self._labels_key is not None:
+                _METADATA[self._labels_key] = metadata
+        return self._metadata
+
     def coordinates(self) -> dict[str, np.ndarray]:
         """Where every example comes from: "genome", "chrom", "strand" (str), "start", "end" (int64)."""
-        rows = [self._record(i) for i in range(len(self))]
-        text = {k: np.array([_text(r[k]) for r in rows], dtype=object) for k in ("genome", "chrom", "strand")}
-        ints = {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("start", "end")}
-        return {**text, **ints}
+        metadata = self._read_metadata()
+        missing = [k for k in _COORDINATES if k not in metadata]
+        if missing:
+            raise KeyError(
+                f"{self.name}: the records have no {missing} fields; coordinates need all of {_COORDINATES}."
+            )
+        return {k: metadata[k].copy() for k in _COORDINATES}
 
     def split_blocks(self) -> np.ndarray:
         """The index of the split block (`windows.region_blocks` of its region) that holds each example,
@@ -102,26 +131,19 @@ class GenomicSplit:
         """
         from seqjax.data.genomic.windows import region_blocks
 
-        edges = {
-            key: np.array([b[0] for b in region_blocks(*region)]) for key, region in self._regions.items()
-        }
         out = np.full(len(self), -1, np.int64)
-        for i in range(len(self)):
-            record = self._record(i)
-            starts = edges.get((_text(record["genome"]), _text(record["chrom"])))
-            if starts is not None:
-                out[i] = int(np.searchsorted(starts, int(record["start"]), side="right")) - 1
+        if len(self) == 0 or not self._regions:
+            return out
+        metadata = self._read_metadata()
+        for (genome, chrom), region in self._regions.items():
+            starts = np.array([b[0] for b in region_blocks(*region)])
+            inside = (metadata["genome"] == genome) & (metadata["chrom"] == chrom)
+            out[inside] = np.searchsorted(starts, metadata["start"][inside], side="right") - 1
         return out
 
     def labels(self) -> np.ndarray:
         """All labels of the split (int32, read-only), read once per prepared data set and process."""
-        if self._labels is None:
-            labels = np.array([int(self._record(i)["label"]) for i in range(len(self))], np.int32)
-            labels.flags.writeable = False  # shared by every GenomicSplit of this data set
-            self._labels = labels
-            if self._labels_key is not None:
-                _LABELS[self._labels_key] = labels
-        return self._labels
+        return self._read_metadata()["label"]
 
     def composition(self) -> dict[str, Any]:
         """GC content by class: per class, the mean fraction of G and C among the A, C, G, T of each window
