@@ -378,6 +378,45 @@ def test_a_finished_run_is_read_back_not_retrained(tmp_path, monkeypatch):
     assert f"folder is {tmp_path}: rerun with --fresh" in str(refused.value)  # which folder, which flag
 
 
+def test_noretrain_reads_finished_runs_and_never_trains_a_missing_one(tmp_path, monkeypatch):
+    """--noretrain (train_missing=False) must not start training a run that has not finished (one still
+    running in another process, or never started): it names the run and the fix, and exits with 2."""
+    from absl import flags
+
+    from seqjax.experiment.flags import define_run_flags, protocol_settings
+    from seqjax.train import trainer
+
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("--noretrain trained a run"))
+    base = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    settings = protocol.ProtocolSettings(train_tokens=8 * 1024 * 10, train_missing=False)
+    folder = tmp_path / "lstm" / "lr0.001" / "seed1"
+    with pytest.raises(protocol.MissingRunError, match="without --noretrain") as missing:
+        protocol._train_once("lstm", base, settings, 1e-3, 1, 8 * 1024, folder, 1024, None, print)
+    assert str(folder) in str(missing.value) and "lstm lr=0.001 seed=1" in str(missing.value)
+    assert not folder.exists()  # nothing written for the missing run
+
+    def driver(argv):
+        protocol._train_once("lstm", base, settings, 1e-3, 1, 8 * 1024, folder, 1024, None, print)
+
+    with pytest.raises(SystemExit) as exited:
+        protocol.exit_when_interrupted(driver, [])
+    assert exited.value.code == 2
+
+    # the flag reaches the settings of every driver built on define_run_flags
+    registry = flags.FlagValues()
+    flags.DEFINE_integer("train_tokens", 1024, "", flag_values=registry)
+    flags.DEFINE_list("learning_rates", ["0.001"], "", flag_values=registry)
+    flags.DEFINE_integer("seeds", 2, "", flag_values=registry)
+    flags.DEFINE_integer("grid_extensions", 1, "", flag_values=registry)
+    flags.DEFINE_integer("evaluation_examples", None, "", flag_values=registry)
+    flags.DEFINE_bool("step_memory", False, "", flag_values=registry)
+    define_run_flags(registry, workdir="/tmp/x", runs="<workdir>/", out="x")
+    registry(["driver", "--noretrain"])
+    assert protocol_settings(registry).train_missing is False
+    registry(["driver", "--retrain"])
+    assert protocol_settings(registry).train_missing is True
+
+
 def test_train_examples_subsets_only_the_train_split():
     from seqjax.train import trainer
 

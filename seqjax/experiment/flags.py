@@ -126,6 +126,8 @@ def protocol_settings(registry: flags.FlagValues = flags.FLAGS, **overrides: Any
         "grid_extensions": registry.grid_extensions,
         "evaluation_examples": registry.evaluation_examples,
         "measure_step_memory": registry.step_memory,
+        # --noretrain (define_run_flags, or a driver's own --retrain): read finished runs, train none
+        "train_missing": registry["retrain"].value if "retrain" in registry else True,
     }
     return ProtocolSettings(**(values | overrides))
 

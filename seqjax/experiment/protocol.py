@@ -57,6 +57,7 @@ from seqjax.experiment.predictions import RunPredictions, write_predictions
 __all__ = [
     "HEADLINE",
     "LM_COLUMNS",
+    "MissingRunError",
     "ModelResult",
     "ProtocolSettings",
     "RunInterrupted",
@@ -89,6 +90,10 @@ LM_COLUMNS = ("nll", "correct", "tokens")
 _ATTENTION_CELLS = ("attention", "sliding_window_attention", "xl_attention", "longformer", "linformer")
 
 
+class MissingRunError(FileNotFoundError):
+    """A run that has not finished, asked for with `ProtocolSettings.train_missing` False (--noretrain)."""
+
+
 class RunInterrupted(RuntimeError):
     """A run stopped by SIGTERM/SIGINT before its budget: the experiment stops; finished runs are kept."""
 
@@ -104,12 +109,16 @@ def use_compilation_cache(directory: str | os.PathLike[str]) -> None:
 
 
 def exit_when_interrupted(main: Callable[[list[str]], None], argv: list[str]) -> None:
-    """Runs a driver's `main(argv)`; a `RunInterrupted` becomes a one-line message and exit status 130."""
+    """Runs a driver's `main(argv)`; a `RunInterrupted` becomes a one-line message and exit status 130,
+    a `MissingRunError` (--noretrain over a run that has not finished) one line and exit status 2."""
     try:
         main(argv)
     except RunInterrupted as stopped:
         print(f"stopped: {stopped}", file=sys.stderr)
         raise SystemExit(130) from None
+    except MissingRunError as missing:
+        print(f"error: {missing}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +137,10 @@ class ProtocolSettings:
     measure_step_memory: bool = True  # XLA's plan of one train step (one more compile per run)
     # Rates added beyond the grid's edge when the best rate lies on it (module docstring, step 3)
     grid_extensions: int = 1
+    # False (a driver's --noretrain): only finished runs are read back; a run that has not finished is a
+    # `MissingRunError`, never trained (a re-tabulation must not start hours of training). Not a protocol
+    # setting of the results: runs and their records are the same either way.
+    train_missing: bool = True
 
     def __post_init__(self) -> None:
         check_positive_int("ProtocolSettings", "train_tokens", self.train_tokens)
@@ -409,6 +422,12 @@ def _train_once(
     done = workdir / "run.json"
     if done.exists() and (predictions_path is None or predictions_path.exists()):
         return _read_record(done, digest)
+    if not settings.train_missing:
+        raise MissingRunError(
+            f"{model} lr={lr:g} {_seeds_text(seed, data_seed)}: {workdir} holds no finished run, and "
+            "--noretrain only re-tabulates finished runs. Run the same command without --noretrain to "
+            "train it (finished runs are read back), or check --workdir."
+        )
     # An unfinished run (stopped by a signal) resumes from its checkpoint, as the trainer resumes any run;
     # its record then times only the part after the resume.
     workdir.mkdir(parents=True, exist_ok=True)
