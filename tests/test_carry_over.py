@@ -16,7 +16,8 @@ import pytest
 
 from seqjax.config import apply_overrides, load_config_file
 from seqjax.experiment import carry_over, protocol
-from seqjax.experiment.predictions import read_predictions
+from seqjax.experiment.predictions import RunPredictions, read_predictions, stack_seeds, write_predictions
+from seqjax.experiment.report import forecast_errors, metric_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,6 +109,62 @@ def test_unpack_copies_keeps_identical_and_refuses_different_files(tmp_path):
         carry_over.unpack(tmp_path / "pack", tmp_path / "third")
     with pytest.raises(ValueError, match="is not a pack"):
         carry_over.unpack(work, tmp_path / "fourth")
+
+
+def _forecast_run(seed: int, rng: np.random.Generator) -> RunPredictions:
+    """A forecaster's test outputs as the protocol saves them: [windows, horizon, variables]."""
+    targets = rng.normal(size=(40, 24, 3)).astype(np.float32)
+    predictions = (targets + rng.normal(scale=0.5 + seed, size=targets.shape)).astype(np.float32)
+    losses = ((predictions.astype(np.float64) - targets) ** 2).mean(axis=(1, 2))
+    return RunPredictions("lstm", seed, 96, np.arange(40), np.arange(40) // 8, targets, predictions, losses)
+
+
+def test_forecasts_are_carried_as_their_errors_with_the_same_statistics(tmp_path):
+    rng = np.random.default_rng(0)
+    work = tmp_path / "work"
+    full = [
+        write_predictions(work / "predictions" / "lstm" / f"seed{s}.npz", _forecast_run(s, rng))
+        for s in (0, 1)
+    ]
+    labels = RunPredictions(
+        "enc",
+        0,
+        96,
+        np.arange(4),
+        np.arange(4),
+        np.array([0, 1, 1, 0]),
+        np.zeros((4, 2), np.float32),
+        np.ones(4),
+    )  # classification: carried as it is
+    write_predictions(work / "predictions" / "enc" / "seed0.npz", labels)
+    manifest = carry_over.pack(work, tmp_path / "pack")
+    assert manifest["reduced_forecasts"] == ["predictions/lstm/seed0.npz", "predictions/lstm/seed1.npz"]
+    carried = [tmp_path / "pack" / "predictions" / "lstm" / f"seed{s}.npz" for s in (0, 1)]
+    assert all(c.stat().st_size * 5 < f.stat().st_size for c, f in zip(carried, full, strict=True))
+    assert (tmp_path / "pack" / "predictions" / "enc" / "seed0.npz").read_bytes() == (
+        work / "predictions" / "enc" / "seed0.npz"
+    ).read_bytes()
+    for error in ("mse", "mae"):  # the same per-example errors, ids and clusters, so the same intervals
+        before, after = forecast_errors(full, error), forecast_errors(carried, error)
+        for a, b in zip(before, after, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-15)
+        mixed = forecast_errors([full[0], carried[1]], error)  # a resumed experiment holds both kinds
+        np.testing.assert_allclose(mixed[0], before[0], rtol=1e-15)
+        intervals = [
+            metric_interval(paths, "forecast", metric=error, n_resamples=200) for paths in (full, carried)
+        ]
+        assert intervals[0].estimate == pytest.approx(intervals[1].estimate, rel=1e-12)
+        assert (intervals[0].low, intervals[0].high) == pytest.approx((intervals[1].low, intervals[1].high))
+    with pytest.raises(ValueError, match="hold per-example errors, not predictions"):
+        stack_seeds([read_predictions(c) for c in carried], "predictions")
+    # unpacking into the workdir that still has the full forecasts keeps them; a fresh one gets the errors
+    assert carry_over.unpack(tmp_path / "pack", work) == {"copied": 0, "kept": 3}
+    assert read_predictions(full[0]).predictions.shape == (40, 24, 3)
+    assert carry_over.unpack(tmp_path / "pack", tmp_path / "fresh")["copied"] == 3
+    # a full file that is not the one the pack's errors came from is still refused
+    write_predictions(full[1], _forecast_run(1, rng))
+    with pytest.raises(ValueError, match="differs from the pack"):
+        carry_over.unpack(tmp_path / "pack", work)
 
 
 def test_a_grid_run_carried_without_checkpoints_gives_its_checkpoints_test_evaluation(tmp_path, monkeypatch):

@@ -11,11 +11,20 @@ One file per run (model, seed, sequence length): a numpy .npz (no pickle) holdin
     targets         [n, ...] numeric
     predictions     [n, ...] numeric (a label, a forecast vector, ...)
     losses          [n] float, finite: the per-example loss
+    reduced         str, optional: "" (the default, and files without the field) or "mae": a forecast
+                    run whose forecasts were reduced to their per-example mean absolute error for
+                    carrying (`reduce_forecasts`): then targets is zeros [n] and predictions that error
 
 `write_predictions` writes a temporary file next to the target and renames it over the target, so a
 reader sees the old file or the new one, never half a file. `read_predictions` checks every field.
 `stack_seeds` lines up the runs of one model and length as the [seeds, examples] arrays the bootstrap
 takes, after checking that they scored the same examples.
+
+A forecaster's file holds [n, horizon, variables] forecasts and targets: 10 MB at 256 windows of 720
+steps and 7 variables. The statistics of a forecast run use two per-example numbers only, the squared
+error (`losses`) and the absolute error (`per_example_mae`), so `reduce_forecasts` keeps those and drops
+the vectors: what an experiment carries in git between machines (`carry_over.pack`). A reduced run
+gives the same MSE and MAE statistics; anything that needs the forecasts themselves refuses it.
 """
 
 from __future__ import annotations
@@ -29,9 +38,20 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "RunPredictions", "read_predictions", "stack_seeds", "write_predictions"]
+__all__ = [
+    "FORMAT_VERSION",
+    "RunPredictions",
+    "per_example_mae",
+    "read_predictions",
+    "reduce_forecasts",
+    "stack_seeds",
+    "write_predictions",
+]
 
 FORMAT_VERSION = 1
+
+#: `RunPredictions.reduced`: a full run, or forecasts reduced to their per-example absolute error.
+_REDUCED = ("", "mae")
 
 _FIELDS = frozenset(
     {
@@ -73,6 +93,7 @@ class RunPredictions:
     targets: np.ndarray
     predictions: np.ndarray
     losses: np.ndarray
+    reduced: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -100,6 +121,12 @@ class RunPredictions:
                     f"RunPredictions: {name} must be a numeric array with one row per example ({n}), "
                     f"got shape {array.shape} and dtype {array.dtype}."
                 )
+        if self.reduced not in _REDUCED:
+            raise ValueError(f"RunPredictions: reduced must be one of {_REDUCED}, got {self.reduced!r}.")
+        if self.reduced and (np.asarray(self.predictions).shape != (n,) or np.any(np.asarray(self.targets))):
+            raise ValueError(
+                "RunPredictions: a reduced run holds one error per example in predictions and zero targets."
+            )
 
     @property
     def n_examples(self) -> int:
@@ -130,6 +157,8 @@ def write_predictions(path: str | os.PathLike, run: RunPredictions) -> Path:
         "predictions": np.asarray(run.predictions),
         "losses": np.asarray(run.losses),
     }
+    if run.reduced:  # a full run's file keeps exactly the fields of format version 1
+        fields["reduced"] = np.str_(run.reduced)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
@@ -174,6 +203,7 @@ def read_predictions(path: str | os.PathLike) -> RunPredictions:
             targets=archive["targets"],
             predictions=archive["predictions"],
             losses=archive["losses"],
+            reduced=str(archive["reduced"]) if "reduced" in archive.files else "",
         )
 
 
@@ -206,8 +236,55 @@ def stack_seeds(
                     f"stack_seeds: seed {run.seed} has other {name} than seed {first.seed}; every seed "
                     "must score the same test examples in the same order."
                 )
+    reduced = [run.seed for run in runs if run.reduced]
+    if field == "predictions" and reduced:
+        raise ValueError(
+            f"stack_seeds: seeds {reduced} of {first.model} hold per-example errors, not predictions "
+            "(reduced for carrying, `reduce_forecasts`); their MSE and MAE are in "
+            "`report.forecast_errors`. For the forecasts themselves, read the files of the run's own workdir."
+        )
     seeds = [run.seed for run in runs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"stack_seeds: seeds {seeds} repeat; pass each run once.")
     stacked = np.stack([np.asarray(getattr(run, field)) for run in runs])
     return stacked, np.asarray(first.targets), np.asarray(first.cluster_ids)
+
+
+def per_example_mae(run: RunPredictions) -> np.ndarray:
+    """float64[n]: each example's mean |forecast - target| over its horizon and variables (the reduced
+    run's saved value for a reduced one).
+
+    >>> run = RunPredictions("lstm", 0, 8, np.arange(2), np.arange(2), np.zeros((2, 3)),
+    ...                      np.array([[1.0, -1.0, 1.0], [0.0, 0.0, 3.0]]), np.array([1.0, 3.0]))
+    >>> per_example_mae(run).tolist(), per_example_mae(reduce_forecasts(run)).tolist()
+    ([1.0, 1.0], [1.0, 1.0])
+    """
+    if run.reduced == "mae":
+        return np.asarray(run.predictions, np.float64)
+    predictions = np.asarray(run.predictions)
+    if predictions.ndim < 2:
+        raise ValueError(
+            f"per_example_mae: {run.model} seed {run.seed} has predictions of shape {predictions.shape}; "
+            "a forecast run has [n, horizon, ...] forecasts."
+        )
+    error = np.abs(predictions.astype(np.float64) - np.asarray(run.targets))
+    return error.mean(axis=tuple(range(1, error.ndim)))
+
+
+def reduce_forecasts(run: RunPredictions) -> RunPredictions:
+    """`run` with its forecasts replaced by their per-example absolute error (`per_example_mae`) and its
+    targets by zeros: the MSE (`losses`) and MAE statistics are unchanged, the file ~100x smaller."""
+    if run.reduced:
+        return run
+    n = run.n_examples
+    return RunPredictions(
+        run.model,
+        run.seed,
+        run.length,
+        run.example_ids,
+        run.cluster_ids,
+        np.zeros(n),
+        per_example_mae(run),
+        run.losses,
+        reduced="mae",
+    )

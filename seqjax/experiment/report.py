@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from seqjax.experiment import statistics, weighted_metrics
-from seqjax.experiment.predictions import RunPredictions, read_predictions, stack_seeds
+from seqjax.experiment.predictions import RunPredictions, read_predictions, reduce_forecasts, stack_seeds
 from seqjax.experiment.verdict import classify_interval, verdict
 
 __all__ = [
@@ -159,13 +159,14 @@ def metric_interval(
 
 def _forecast_errors(runs: Sequence[RunPredictions], error: str) -> tuple[np.ndarray, np.ndarray]:
     """([seeds, windows] per-window `error` of a forecaster's seeds, cluster ids): "mse" (the saved
-    losses) or "mae" (mean |forecast - truth| over horizon and variables), normalised scale."""
-    if error == "mse":
-        values, _, clusters = stack_seeds(runs, "losses")
-        return values, clusters
-    forecasts, targets, clusters = stack_seeds(runs, "predictions")
-    axes = tuple(range(2, forecasts.ndim))
-    return np.abs(forecasts.astype(np.float64) - targets[None]).mean(axis=axes), clusters
+    losses) or "mae" (mean |forecast - truth| over horizon and variables), normalised scale. Runs whose
+    forecasts were reduced for carrying (`predictions.reduce_forecasts`) give the same values."""
+    # Reduced first, so full and carried seeds of one model stack together (their targets then agree).
+    runs = [reduce_forecasts(run) for run in runs]
+    if error == "mae":
+        runs = [dataclasses.replace(run, losses=run.predictions) for run in runs]
+    values, _, clusters = stack_seeds(runs, "losses")
+    return values, clusters
 
 
 def forecast_errors(paths: Sequence[str], error: str = "mse") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
