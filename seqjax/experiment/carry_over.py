@@ -90,8 +90,12 @@ def _forecast_run(path: Path) -> RunPredictions | None:
     except ValueError:  # not a predictions file (another cache of a run)
         return None
     predictions, targets = np.asarray(run.predictions), np.asarray(run.targets)
-    forecast = predictions.ndim >= 2 and predictions.shape == targets.shape and predictions.dtype.kind == "f"
-    return run if forecast and not run.reduced else None
+    shaped = predictions.ndim >= 2 and predictions.shape == targets.shape and predictions.dtype.kind == "f"
+    if run.reduced or not shaped:
+        return None
+    # and its losses are the forecasts' squared errors (protocol.run_predictions), so nothing else is cut
+    squared = ((predictions.astype(np.float64) - targets) ** 2).mean(axis=tuple(range(1, predictions.ndim)))
+    return run if np.allclose(run.losses, squared, rtol=1e-6, atol=0) else None
 
 
 def _same_run(a: RunPredictions, b: RunPredictions) -> bool:
