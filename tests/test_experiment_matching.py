@@ -11,6 +11,7 @@ import pytest
 from seqjax import models
 from seqjax.config import ENCODER_PRESETS, PRESETS, load_config_file
 from seqjax.experiment import count_parameters, match_parameters
+from seqjax.experiment.matching import LENGTH_AXES
 
 TOLERANCE = 0.05
 
@@ -67,16 +68,39 @@ def test_every_preset_matches_within_tolerance(path, options):
     # Encoder presets read future tokens: classification only (the LM config refuses them).
     names = [p for p in PRESETS if path == "configs/genomic.py" or p not in ENCODER_PRESETS]
     configs = {p: _config(path, ",".join(x for x in (p, "size=cpu", options) if x)) for p in names}
-    original = {name: count_parameters(c) for name, c in configs.items()}
+    original = {name: count_parameters(c, excluding_axes=LENGTH_AXES) for name, c in configs.items()}
     matched, report = match_parameters(configs, tolerance=TOLERANCE)
     target = max(original.values())
     assert [m.name for m in report] == names
     for m in report:
         assert m.target == target
         assert abs(m.ratio - 1) <= TOLERANCE, m
-        assert count_parameters(matched[m.name]) == m.parameters  # the config says what the report says
+        # the config says what the report says, the length-axis parameters (Linformer's E) apart
+        assert count_parameters(matched[m.name], excluding_axes=LENGTH_AXES) == m.parameters
+        assert count_parameters(matched[m.name]) == m.total
+        assert (m.unmatched > 0) == (m.name == "linformer"), m
     # The inputs are left as they were.
     assert all(c.model.mlp_expansion == 4.0 for c in configs.values())
+
+
+def test_one_target_at_every_length_with_the_linformer_projection_left_out():
+    # The Linformer's E is k x L per layer: counted, it would set the target and every model's size
+    # would follow the length (the look-back experiment's first runs: 237k, 438k, 1.22M at 96, 512, 2048).
+    def match_at(length: int, **kwargs):
+        arg = f"task=species,length={length}"
+        configs = {p: _config("configs/genomic.py", f"{p},{arg}") for p in ("lstm", "linformer")}
+        return {m.name: m for m in match_parameters(configs, tolerance=TOLERANCE, **kwargs)[1]}
+
+    short, long = match_at(1024), match_at(4096)
+    assert short["lstm"].target == long["lstm"].target  # one size at both lengths
+    assert short["lstm"].total == short["lstm"].parameters and short["lstm"].unmatched == 0
+    # E (256 x L, one per layer for keys and values: sharing="key_value") on top of the matched count
+    assert long["linformer"].unmatched == 2 * 256 * 4096 == 4 * short["linformer"].unmatched
+    assert long["linformer"].parameters == short["linformer"].parameters
+    # Counting every parameter (the old rule) puts the target at the Linformer's total, length by length.
+    everything = match_at(4096, excluding_axes=())
+    assert everything["lstm"].target == everything["linformer"].parameters > 4 * long["lstm"].target
+    assert everything["linformer"].unmatched == 0
 
 
 def test_named_target_and_cell_knob():

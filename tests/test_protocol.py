@@ -560,3 +560,15 @@ def test_every_run_is_scored_at_its_last_step_as_the_table_says():
     row |= {"ratio": 1.0, "learning_rate": 1e-3, "train_tokens": 1, "steps": 10, "tokens_per_s": 1.0}
     row |= {"flops_per_token": 1.0, "train_seconds": 1.0}
     assert "| steps (trained = scored) |" in model_table([row], "balanced_accuracy").splitlines()[0]
+
+
+def test_the_table_gives_the_parameters_outside_the_match():
+    """A Linformer's E (on the sequence-length axis) is outside the parameter match: its row gives the
+    model's whole count, the matched ratio and how many parameters the match left out."""
+    from seqjax.experiment.summary import model_table
+
+    row = {"model": "linformer", "estimate": 0.5, "low": 0.4, "high": 0.6, "seeds": 1}
+    row |= {"parameters": 1_285_998, "ratio": 0.999, "unmatched": 1_048_576, "learning_rate": 1e-3}
+    row |= {"train_tokens": 1, "steps": 10, "tokens_per_s": 1.0, "flops_per_token": 1.0, "train_seconds": 1.0}
+    assert "| 1,285,998 (0.999 without the 1,048,576 on the length axis) |" in model_table([row], "mse")
+    assert "| 1,285,998 (0.999) |" in model_table([{**row, "unmatched": 0}], "mse")

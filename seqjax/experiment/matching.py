@@ -17,6 +17,14 @@
   on one side of the default width (the count is monotone there; at the default the block's output
   projection disappears, so the count is not monotone across it).
 
+Parameters on a sequence-length axis (`LENGTH_AXES`: the Linformer's projections E and F, k x L each) are
+left out of the match by default (`excluding_axes`) and reported as each model's `unmatched` count. Why:
+they grow with the length the model is built for, so with them in the count the target would follow the
+Linformer's length (at look-backs 96, 512 and 2048 of a forecasting comparison the largest model was the
+Linformer at 194k, 438k and 1.22M parameters), and every other model would be a different size at each
+length: a comparison across lengths would then compare model sizes too. Without them one target holds
+at every length, and the Linformer carries its projections on top (the tables say how many).
+
 A model that no knob brings within the tolerance is a `ValueError` naming it and the gap.
 """
 
@@ -27,7 +35,7 @@ import copy
 import dataclasses
 import math
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -38,13 +46,22 @@ from seqjax.models.block import mlp_hidden_size
 from seqjax.models.config import build_mixer, normalize_mixers
 from seqjax.train.run_config import RunConfig, resolve
 
-__all__ = ["CELL_WIDTH_FIELDS", "KNOBS", "MatchedModel", "count_parameters", "match_parameters"]
+__all__ = [
+    "CELL_WIDTH_FIELDS",
+    "KNOBS",
+    "LENGTH_AXES",
+    "MatchedModel",
+    "count_parameters",
+    "match_parameters",
+]
 
 #: The knobs `match_parameters` turns: the MLP's width, or the mixer cell's.
 KNOBS = ("mlp", "cell")
 #: The cell fields that set a cell's width, in order: the first that the cell has and that can move
 #: (an SSM's hidden_size must equal d_model, so S5 and LRU move their state_size).
 CELL_WIDTH_FIELDS = ("hidden_size", "head_dim", "expand", "state_size")
+#: Logical axes of parameters whose size is the sequence length (module docstring): out of the match.
+LENGTH_AXES = ("length",)
 #: Width fields that move in steps: S5's state comes in complex-conjugate pairs.
 _WIDTH_STEPS = {"state_size": 2}
 #: How far above its default a cell width is searched when the target is larger (no MLP to grow).
@@ -57,6 +74,8 @@ class MatchedModel:
 
     `knob` is "mlp", "cell" or "reference" (the target model, left as it was); `override` is the dotted
     config key and value that reproduce the match on the command line (`model.mlp_expansion=2.5`).
+    `parameters` is the matched count; `unmatched` the parameters left out of it (on `LENGTH_AXES`), so
+    the model has `parameters + unmatched` in all (`total`).
     """
 
     name: str
@@ -65,6 +84,11 @@ class MatchedModel:
     knob: str
     key: str
     value: float | int
+    unmatched: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.unmatched
 
     @property
     def ratio(self) -> float:
@@ -100,18 +124,40 @@ def _task_model(config: Any, input_size: int | None, horizon: int | None) -> Any
     return models.build_task_model(run.task, backbone, head)
 
 
-def count_parameters(config: Any, *, input_size: int | None = None, horizon: int | None = None) -> int:
+def count_parameters(
+    config: Any,
+    *,
+    input_size: int | None = None,
+    horizon: int | None = None,
+    excluding_axes: Sequence[str] = (),
+) -> int:
     """Parameters of the model a run config (ConfigDict, nested dict or `RunConfig`) builds, unallocated.
 
     A forecast config needs `input_size` (the data's variables) unless its model section sets it.
+    `excluding_axes`: parameters with any of these logical axes are not counted (`LENGTH_AXES`: those
+    that grow with the sequence length).
 
     >>> from seqjax.config import load_config_file
     >>> count_parameters(load_config_file("configs/genomic.py", "lstm,task=species"))
     165764
+    >>> linformer = load_config_file("configs/genomic.py", "linformer,task=species,length=1024")
+    >>> count_parameters(linformer) - count_parameters(linformer, excluding_axes=LENGTH_AXES)
+    524288
+
+    (the Linformer's E: 256 x 1024 per layer, 2 layers).
     """
+    import flax.linen as nn  # (flax is this module's dependency through seqjax.models)
+
     model = _task_model(config, input_size, horizon)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs()))
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
+    left_out = set(excluding_axes)
+    total = 0
+    for leaf in jax.tree.leaves(shapes["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned)):
+        boxed = isinstance(leaf, nn.Partitioned)
+        if boxed and left_out.intersection(leaf.names):
+            continue
+        total += math.prod((leaf.value if boxed else leaf).shape)
+    return total
 
 
 # -- editing one model value of a config, of whichever kind it came as ------------------------------------
@@ -250,13 +296,16 @@ def match_parameters(
     knob: str = "mlp",
     input_size: int | None = None,
     horizon: int | None = None,
+    excluding_axes: Sequence[str] = LENGTH_AXES,
 ) -> tuple[dict[str, Any], list[MatchedModel]]:
     """Each config with one knob set so its parameter count is within `tolerance` of the target.
 
     `target`: None (the largest count among the configs), a name of `configs_by_name` (that model's count,
     its config left as it is) or a number of parameters. `knob`: "mlp" (the MLP's width, falling back to
-    the cell's width when the MLP cannot reach the target) or "cell" (the cell's width only). Returns
-    (the matched configs, of the kind given, and one `MatchedModel` per name, in the order given).
+    the cell's width when the MLP cannot reach the target) or "cell" (the cell's width only).
+    `excluding_axes`: parameters on these logical axes are left out of every count and of the target
+    (default `LENGTH_AXES`, module docstring; `()` counts every parameter) and reported as `unmatched`.
+    Returns (the matched configs, of the kind given, and one `MatchedModel` per name, in the order given).
 
     >>> from seqjax.config import load_config_file
     >>> configs = {p: load_config_file("configs/genomic.py", p) for p in ("lstm", "attention")}
@@ -272,7 +321,13 @@ def match_parameters(
         raise ValueError("match_parameters: configs_by_name is empty; give at least one name -> config.")
 
     def count(config: Any) -> int:
-        return count_parameters(config, input_size=input_size, horizon=horizon)
+        return count_parameters(config, input_size=input_size, horizon=horizon, excluding_axes=excluding_axes)
+
+    def with_unmatched(match: MatchedModel, config: Any) -> MatchedModel:
+        if not excluding_axes:
+            return match
+        total = count_parameters(config, input_size=input_size, horizon=horizon)
+        return dataclasses.replace(match, unmatched=total - match.parameters)
 
     counts = {name: count(config) for name, config in configs_by_name.items()}
     reference = None
@@ -292,7 +347,7 @@ def match_parameters(
             expansion = float(_model_values(config).get("mlp_expansion", 4.0))
             match = MatchedModel(name, counts[name], goal, "reference", "model.mlp_expansion", expansion)
             matched[name] = config
-            report.append(match)
+            report.append(with_unmatched(match, config))
             continue
         match = _solve_mlp(config, name, goal, count) if knob == "mlp" else None
         if match is None or abs(match.ratio - 1) > tolerance:
@@ -304,5 +359,5 @@ def match_parameters(
                 "config (width, layers, state size) or the target."
             )
         matched[name] = _apply(config, match)
-        report.append(match)
+        report.append(with_unmatched(match, matched[name]))
     return matched, report

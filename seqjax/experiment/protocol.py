@@ -8,7 +8,8 @@ For one task at one sequence length, `run_comparison` does, for every model conf
    exactly at the budget. No wall-clock limit: a slower model takes longer, not fewer tokens. Compiling
    and evaluation never count in a run's `train_seconds` or tokens/s (the trainer measures them apart).
 2. **Matched parameters.** Before training, every model's MLP (else cell) width is set so its parameter
-   count is within `param_tolerance` of the largest (`seqjax.experiment.matching`).
+   count is within `param_tolerance` of the largest (`seqjax.experiment.matching`), parameters on the
+   sequence-length axis (the Linformer's E) left out of the count, so one target holds at every length.
 3. **Learning rate.** Each model trains with seed 0 at every rate of `learning_rates`; the rate with the
    best final validation metric is chosen. When that rate is the grid's largest or smallest, the grid
    is extended one step beyond it (the ratio of the two outer rates, rounded to one significant digit),
@@ -700,6 +701,7 @@ def model_result(
             "parameters": match.parameters,
             "target": match.target,
             "ratio": match.ratio,
+            "unmatched": match.unmatched,
             "override": match.override,
         },
     )
@@ -724,7 +726,11 @@ def run_comparison(
     results = {}
     for m in report:
         name, config = m.name, matched[m.name]
-        log(f"match {name}: {m.parameters:,} parameters ({m.ratio:.3f} x {m.target:,}), {m.override}")
+        unmatched = f" + {m.unmatched:,} on the length axis (unmatched)" if m.unmatched else ""
+        log(
+            f"match {name}: {m.parameters:,} parameters{unmatched} ({m.ratio:.3f} x {m.target:,}), "
+            f"{m.override}"
+        )
         grid, chosen = tune_learning_rate(
             name, config, settings, root / name, length=length, tokens_per_batch=tokens_per_batch, log=log
         )

@@ -152,6 +152,8 @@ def summarize_length(
                 in (min(r.learning_rate for r in result.grid), max(r.learning_rate for r in result.grid)),
                 "parameters": seeds[0].num_params,
                 "ratio": result.matched["ratio"],
+                # parameters on the sequence-length axis (the Linformer's E), outside the match
+                "unmatched": result.matched.get("unmatched", 0),
                 "override": result.matched["override"],
                 "steps": seeds[0].steps,
                 "train_tokens": seeds[0].train_tokens,
@@ -251,6 +253,15 @@ def baseline_difference_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _parameters(row: Mapping[str, Any]) -> str:
+    """ "437,742 (1.000)"; a model with parameters outside the match (the Linformer's E, on the sequence
+    length axis) says how many: "1,224,174 (1.000 without the 786,432 on the length axis)"."""
+    text = f"{row['parameters']:,} ({row['ratio']:.3f}"
+    if row.get("unmatched"):
+        text += f" without the {row['unmatched']:,} on the length axis"
+    return text + ")"
+
+
 def _memory(value: int | None) -> str:
     if value is None:
         return "n/a"
@@ -281,7 +292,7 @@ def model_table(rows: Sequence[Mapping[str, Any]], metric: str, confidence_level
                     r["model"],
                     f"{r['estimate']:.4f} [{r['low']:.4f}, {r['high']:.4f}]",
                     str(r["seeds"]),
-                    f"{r['parameters']:,} ({r['ratio']:.3f})",
+                    _parameters(r),
                     f"{r['learning_rate']:.0e}" + (" (edge)" if r.get("grid_edge") else ""),
                     f"{r['train_tokens']:,}",
                     str(r["steps"]),
