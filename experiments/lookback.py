@@ -11,17 +11,18 @@ Design. The test windows are --evaluation_examples windows spread evenly over th
 targets are the same at every look-back that fits before the validation split (the first target row
 is the split's first row; `make_window_sources`), so two look-backs of one model are compared window by
 window. Look-backs that do not fit (L + H beyond the training rows, or fewer training windows than one
-batch) are dropped for that dataset and horizon, and the table says so; presets that cannot forecast
-(`seqjax.config.check_preset_task`) are listed with the reason. Budget (--budget): "windows" (default)
-gives every look-back the same forecast windows, --train_windows in batches of --windows_per_batch (so a
-longer look-back reads more rows, as in the LTSF papers' look-back studies; with equal tokens a look-back
-of 8192 would train on 85x fewer targets than one of 96, and "a longer look-back hurts" would only
-measure that); "tokens" holds --train_tokens and --tokens_per_batch fixed instead (the length-crossover
-protocol). Look-backs >= --few_seeds_from train --few_seeds (3) seeds, --seeds (5) below, so that 5
-seeds are spent where a cell (every model at one horizon and look-back) takes under 20 minutes and 3
-where it takes more; the tables give every model's seeds. The 3-rate learning-rate grid is kept at
-every size. NLinear/DLinear are fit in closed form on at most --baseline_fit_windows (16,384) train
-windows spread evenly over the split (`seqjax.baselines.timeseries.fit_linear_forecasters`).
+batch) are dropped for that dataset and horizon, and the table says so. The encoder presets (longformer,
+linformer) read the look-back window in both directions; every target lies after it. Budget (--budget):
+"windows" (default) gives every look-back the same forecast windows, --train_windows in batches of
+--windows_per_batch (so a longer look-back reads more rows, as in the LTSF papers' look-back studies;
+with equal tokens a look-back of 8192 would train on 85x fewer targets than one of 96, and "a longer
+look-back hurts" would only measure that); "tokens" holds --train_tokens and --tokens_per_batch fixed
+instead (the length-crossover protocol). Look-backs >= --few_seeds_from train --few_seeds (3) seeds,
+--seeds (5) below, so that 5 seeds are spent where a cell (every model at one horizon and look-back)
+takes under 20 minutes and 3 where it takes more; the tables give every model's seeds. The 3-rate
+learning-rate grid is kept at every size. NLinear/DLinear are fit in closed form on at most
+--baseline_fit_windows (16,384) train windows spread evenly over the split
+(`seqjax.baselines.timeseries.fit_linear_forecasters`).
 
 Default design per --size (`DESIGN`; a flag given on the command line wins):
 
@@ -32,7 +33,7 @@ Default design per --size (`DESIGN`; a flag given on the command line wins):
 | validation and test windows | 256 each | 2,048 each |
 | seeds | 5 at 96; 3 from 512 (cells over 20 min) | 5 below 2048; 3 from it |
 
-Cost at cpu size (household power, 7 forecasting presets, both horizons, 2 CPU cores shared with
+Cost at cpu size (household power, 8 presets, both horizons, 2 CPU cores shared with
 another job): measured at look-back 2048 and 16 windows per batch, training runs at 12.8k rows/s
 (lstm), 6.5k (mamba) and 7.4k (attention); with the other presets' relative step times
 (`experiments/results/memory_scaling_measured_cpu_cpu.md`) a cell takes ~17 min at look-back 96 (5
@@ -107,7 +108,8 @@ flags.DEFINE_list("lookbacks", None, "Look-backs (capped per dataset; default: D
 flags.DEFINE_list(
     "presets",
     ["lstm", "elstm", "mamba", "gla", "s5", "attention", "longformer", "linformer"],
-    "Models (seqjax.config.PRESETS); one that cannot forecast is listed as not run, with the reason.",
+    "Models (seqjax.config.PRESETS). The encoders (longformer, linformer) read the look-back window both "
+    "ways; every target lies after it.",
 )
 flags.DEFINE_string("route", None, "Data route (default: sample at --size=smoke, else offline).")
 flags.DEFINE_enum("budget", "windows", ["windows", "tokens"], "Equal forecast windows or equal tokens.")
@@ -149,11 +151,6 @@ DESIGN: dict[str, dict[str, Any]] = {
         "few_seeds_from": 2048,
     },
 }
-#: What to run instead of a preset that cannot forecast.
-CAUSAL_STAND_INS = {
-    "longformer": " Its causal counterpart is `swa` (causal sliding-window attention, Longformer's local "
-    "pattern without its global tokens): add it to --presets."
-}
 
 
 def _route() -> str:
@@ -169,24 +166,6 @@ def _batch(lookback: int) -> int:
     if FLAGS.budget == "windows":
         return FLAGS.windows_per_batch
     return max(1, FLAGS.tokens_per_batch // lookback)
-
-
-def supported_presets(presets: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """(presets that can forecast, {preset: why not} for the others).
-
-    >>> supported_presets(["lstm", "longformer"])[0]
-    ['lstm']
-    """
-    from seqjax.config.presets import check_preset_task
-
-    ok, not_run = [], {}
-    for preset in presets:
-        try:
-            check_preset_task(preset, "forecast")
-            ok.append(preset)
-        except ValueError as error:
-            not_run[preset] = str(error) + CAUSAL_STAND_INS.get(preset, "")
-    return ok, not_run
 
 
 def feasible_lookbacks(
@@ -403,8 +382,6 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"per-cell intervals at {cells[0]['confidence_level']:.2%} (Bonferroni over the "
         f"{len(cells)} cells).",
     ]
-    for preset, why in results["not_run"].items():
-        lines.append(f"- **not run: {preset}** — {why}")
     for horizon, dropped in results["dropped_lookbacks"].items():
         for lookback, why in dropped.items():
             lines.append(f"- **look-back {lookback} dropped at H = {horizon}**: {why}")
@@ -564,7 +541,7 @@ def _main(argv: list[str]) -> None:
     )
     if FLAGS.compilation_cache:
         use_compilation_cache(workdir / ".jax_cache")
-    presets, not_run = supported_presets(FLAGS.presets)
+    presets = list(FLAGS.presets)
     cells_total = len(FLAGS.horizons) * len(FLAGS.lookbacks)
     level = 1.0 - 0.05 / cells_total
     platform = jax.default_backend()
@@ -577,7 +554,6 @@ def _main(argv: list[str]) -> None:
             "size": FLAGS.size,
             "route": _route(),
             "presets": list(FLAGS.presets),
-            "not_run": not_run,
             **{k: FLAGS[k].value for k in recorded},
             "dropped_lookbacks": found["dropped_lookbacks"],
             "claim": claim_differences(cells, FLAGS.resamples),

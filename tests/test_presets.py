@@ -152,7 +152,7 @@ def _first_cell(preset: str) -> cells.Cell:
 
 REFUSED = [(preset, documents) for preset in sorted(ENCODER_PRESETS)] + [
     (preset, timeseries) for preset in sorted(ENCODER_PRESETS - FORECASTING_ENCODER_PRESETS)
-]
+]  # (every encoder forecasts: the second list is empty while FORECASTING_ENCODER_PRESETS has them all)
 
 
 @pytest.mark.parametrize(
@@ -165,11 +165,27 @@ def test_causal_tasks_refuse_encoder_presets(preset, config_module):
         config_module.get_config(preset)
 
 
-def test_linformer_trains_on_forecasting(data_dir, tmp_path):
-    """The forecaster reads the look-back window's last token once; its targets lie after the window."""
-    config = timeseries.get_config("linformer,lookback=32,horizon=4")
-    assert config.model.mixers.linformer.max_length == 32
-    config.model.mixers.linformer.k = 8
+@pytest.mark.parametrize("preset", sorted(ENCODER_PRESETS))
+def test_streaming_forecasters_refuse_encoder_presets(preset):
+    """An encoder forecasts one window at a time; a stream forecaster (stream=1: a forecast at every
+    position, the state carried across batches) would read later rows: the whole-config check refuses it."""
+    from seqjax.train.run_config import resolve
+    from seqjax.train.segments import check_segment_recurrence
+
+    config = timeseries.get_config(f"{preset},stream=1")
+    with pytest.raises(ValueError, match="cannot carry a state from one segment to the next"):
+        check_segment_recurrence(resolve(config))
+
+
+@pytest.mark.parametrize("preset", ["linformer", "longformer"])
+def test_encoders_train_on_forecasting(preset, data_dir, tmp_path):
+    """The forecaster reads the look-back window's last token once; its targets lie after the window, so
+    an encoder reading the window both ways sees none of them."""
+    assert preset in FORECASTING_ENCODER_PRESETS
+    config = timeseries.get_config(f"{preset},lookback=32,horizon=4")
+    if preset == "linformer":
+        assert config.model.mixers.linformer.max_length == 32
+        config.model.mixers.linformer.k = 8
     result = train(_tiny(config, data_dir), str(tmp_path / "run"))
     assert result["step"] == 2
     assert np.isfinite(result["eval"]["mse"])

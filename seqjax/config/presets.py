@@ -59,8 +59,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "xl_attention": {"cell": "xl_attention"},
     "s4d": {"cell": "s4d", "state_size": 64},
     "performer": {"cell": "performer"},
-    # Encoders: they read future tokens, so they serve classification (Linformer also forecasting; see
-    # ENCODER_PRESETS and FORECASTING_ENCODER_PRESETS).
+    # Encoders: they read future tokens, so they serve classification and forecasting, not language
+    # modelling (ENCODER_PRESETS and FORECASTING_ENCODER_PRESETS).
     "bilstm": {"cell": "lstm", "bidirectional": True},
     "encoder": {"cell": "attention", "causal": False},
     # Longformer's window 512 at its base size; one global token (the first: a classification token).
@@ -90,11 +90,11 @@ PRESET_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {"linformer": {"sharing"
 #: Presets whose every output reads later tokens: refused for language modelling, and for forecasting
 #: unless listed in FORECASTING_ENCODER_PRESETS.
 ENCODER_PRESETS: frozenset[str] = frozenset({"bilstm", "encoder", "longformer", "linformer"})
-#: Encoder presets that also serve forecasting. The forecaster's head reads the look-back window's last
-#: token once, and every target lies after the window, so an encoder reading the whole window in both
-#: directions sees no target. Linformer is an encoder-only design that issue 16 asks for in forecasting;
-#: the other encoders keep the classification-only scope issue 15 gave them.
-FORECASTING_ENCODER_PRESETS: frozenset[str] = frozenset({"linformer"})
+#: Encoder presets that also serve forecasting: all of them. The forecaster's head reads the look-back
+#: window's last token once, and every target lies after the window, so an encoder reading the whole
+#: window in both directions sees no target (encoder forecasters such as Informer and PatchTST do the
+#: same). Streaming forecasters (`stream=1`, state carried across batches) still refuse them.
+FORECASTING_ENCODER_PRESETS: frozenset[str] = ENCODER_PRESETS
 #: Model and run sizes: "cpu" trains for minutes on 2 cores; "accelerator" is a real run on a GPU/TPU.
 SIZES: dict[str, dict[str, Any]] = {
     "cpu": {"d_model": 64, "num_layers": 2, "batch_size": 8, "total_steps": 200, "learning_rate": 2e-3},
@@ -109,21 +109,24 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def check_preset_task(preset: str, task: str) -> None:
-    """Raises ValueError when `preset` cannot serve `task`: an encoder preset reads future tokens, so only
-    "classification" may use it (a language model or forecaster would see its targets), and "forecast"
-    too for the presets in FORECASTING_ENCODER_PRESETS.
+    """Raises ValueError when `preset` cannot serve `task`: an encoder preset reads future tokens, so a
+    language model would see its targets; "classification" may use it, and "forecast" (the presets in
+    FORECASTING_ENCODER_PRESETS: its targets lie after the window the encoder reads).
 
     >>> check_preset_task("longformer", "classification")
-    >>> check_preset_task("linformer", "forecast")
+    >>> check_preset_task("longformer", "forecast")
     >>> check_preset_task("lstm", "lm")
+    >>> check_preset_task("encoder", "lm")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: preset 'encoder' is a bidirectional encoder: ... Use it for classification or forecasting, ...
     """
     if preset in FORECASTING_ENCODER_PRESETS and task == "forecast":
         return
     if preset in ENCODER_PRESETS and task != "classification":
         raise ValueError(
             f"preset {preset!r} is a bidirectional encoder: every output reads later tokens, so task "
-            f"{task!r} would see its own targets. Use it for classification, or a causal preset for {task!r} "
-            f"(e.g. {', '.join(sorted(set(PRESETS) - ENCODER_PRESETS)[:4])})."
+            f"{task!r} would see its own targets. Use it for classification or forecasting, or a causal "
+            f"preset for {task!r} (e.g. {', '.join(sorted(set(PRESETS) - ENCODER_PRESETS)[:4])})."
         )
 
 
