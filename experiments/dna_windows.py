@@ -5,9 +5,16 @@ through --route=offline by default), the windows and their labels are chosen onc
 (the anchor, `nested=<max length>`), and a run at length L reads the centre L bp of each: the examples,
 their order and their labels are the same at every length, so the only thing that changes with length
 is the context around the same label. Every length runs the protocol (`seqjax.experiment.protocol`):
-equal training tokens, the same tokens per batch at every length (batch = --tokens_per_batch // L),
-parameters matched within ±5%, a learning rate chosen on validation, --seeds seeds, per-example test
-predictions saved; the majority, GC and k-mer (k = 3..6) logistic-regression baselines are scored on the
+parameters matched within ±5% (one size at every length), a learning rate chosen on validation, --seeds
+seeds, per-example test predictions saved. Budget (--budget, `seqjax.experiment.sweep.LengthBudget`):
+"windows" (the default) trains every length on the same --train_windows labelled windows in batches of
+--windows_per_batch, so the same steps see the same labels and only the context grows (a longer crop
+reads more tokens); "tokens" holds --train_tokens and --tokens_per_batch at every length (the
+length-crossover protocol), which gives a 16k crop 16x fewer labelled windows than a 1k one, so rule
+(b) would measure the number of labels as much as the context. Lengths >= --few_seeds_from train
+--few_seeds (3) seeds (cells over 20 minutes on 2 CPU cores); the tables give each row's seeds. The
+majority, GC and k-mer (k = 3..6) logistic-regression baselines are scored on the
+same test examples; the majority, GC and k-mer (k = 3..6) logistic-regression baselines are scored on the
 same test examples. Metrics: balanced accuracy (the headline), macro-F1 and MCC, each with a bootstrap
 interval over the test clusters (chr20's split blocks of 315 kbp; for species, 100 kb blocks of each
 genome) and the seeds, at 1 - 0.05 / m over the m lengths (Bonferroni).
@@ -38,8 +45,15 @@ The paper's comparison, stated honestly: its data set, its tokenizer and its E-L
 given, so these tables compare the same architectures (seqjax's E-LSTM definition, docs/cells.md) on
 these data, not the same numbers; they neither reproduce nor refute the paper's figures.
 
+Default design per --size (`DESIGN`; a flag given on the command line wins; smoke: 2 steps):
+
+| | cpu (the default) | accelerator |
+|---|---|---|
+| training windows per run | 200, in 50 batches of 4 | 3,200, in 200 batches of 16 |
+| seeds | 5 below 8,192 bp; 3 from it | 5 below 16,384 bp; 3 from it |
+
     python experiments/dna_windows.py --size=smoke --route=sample --tasks=species --presets=lstm,attention \
-        --lengths=256,512 --tokens_per_batch=1024            # ~40 s on 2 CPU cores: the wiring
+        --lengths=256,512                                    # ~40 s on 2 CPU cores: the wiring
     python experiments/dna_windows.py                          # CPU size, full data (route=offline)
     python experiments/dna_windows.py --size=accelerator       # on a GPU
     python experiments/dna_windows.py --noretrain              # re-tabulate finished runs (same workdir)
@@ -63,19 +77,20 @@ from typing import Any
 from absl import app, flags
 
 from seqjax.experiment.flags import (
+    apply_size_defaults,
     data_record,
     define_protocol_flags,
     define_run_flags,
     driver_settings,
     prepare_workdir,
+    preset_configs,
     protocol_record,
-    sweep_configs,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 GENOMIC_CONFIG = ROOT / "configs" / "genomic.py"
 FLAGS = flags.FLAGS
-define_protocol_flags(FLAGS, train_tokens=16384 * 50)
+define_protocol_flags(FLAGS, train_tokens=16384 * 50)  # (--budget=tokens)
 flags.DEFINE_list("tasks", ["genic_vs_intergenic", "promoter", "species"], "Genomic tasks.")
 flags.DEFINE_list(
     "presets",
@@ -86,7 +101,14 @@ flags.DEFINE_list("lengths", ["1024", "4096", "8192", "16384"], "Crop lengths (b
 flags.DEFINE_integer("nested", None, "The anchor length (bp) the windows are chosen at; default the largest.")
 flags.DEFINE_string("route", "offline", "Data route: offline/auto (full data) or sample (embedded).")
 flags.DEFINE_string("options", "", "Extra config-arg options for every run.")
-flags.DEFINE_integer("tokens_per_batch", 16384, "Tokens per training batch at every length.")
+flags.DEFINE_enum("budget", "windows", ["windows", "tokens"], "Equal labelled windows or equal tokens.")
+flags.DEFINE_integer("windows_per_batch", None, "--budget=windows: windows per batch (default: DESIGN).")
+flags.DEFINE_integer("train_windows", None, "--budget=windows: training windows per run (default: DESIGN).")
+flags.DEFINE_integer("tokens_per_batch", 16384, "--budget=tokens: tokens per training batch at every length.")
+flags.DEFINE_integer(
+    "few_seeds_from", None, "Lengths >= this train --few_seeds seeds (cells > 20 min; default: DESIGN)."
+)
+flags.DEFINE_integer("few_seeds", 3, "Seeds at lengths >= --few_seeds_from.")
 flags.DEFINE_integer("claim_from", 8192, "Rule (a) covers lengths >= this (all lengths if none is).")
 flags.DEFINE_string(
     "size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': cpu models, 2 steps, 2 seeds, 1 rate."
@@ -98,6 +120,12 @@ define_run_flags(
     out="experiments/results/dna_windows_{task}_{size}_{platform}",
 )
 
+#: The default design of each --size (module docstring), set on the flags the command line leaves out;
+#: "smoke" takes the cpu design with 2 steps of training.
+DESIGN: dict[str, dict[str, Any]] = {
+    "cpu": {"windows_per_batch": 4, "train_windows": 4 * 50, "few_seeds_from": 8192},
+    "accelerator": {"windows_per_batch": 16, "train_windows": 16 * 200, "few_seeds_from": 16384},
+}
 CLAIM_TEXT = "recurrent beats attention"
 CONTEXT_TEXT = "longer context helps"
 NEGATIVE_CONTROL = "promoter"
@@ -219,10 +247,11 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"- data: `{task}`, route `{results['route']}`, windows chosen and labelled at the anchor "
         f"{results['nested']:,} bp; every length reads their centre, so the examples and labels are the "
         f"same at every length. Windows per split: {counts}.",
-        f"- protocol: {results['tokens_per_batch']:,} tokens per batch at every length; "
-        f"{p['train_tokens']:,} training tokens per run, warmup + cosine to the budget; learning rate from "
-        f"{p['learning_rates']} chosen on validation (seed 0); {p['seeds']} seeds at the chosen rate; "
-        f"parameters matched within ±{p['param_tolerance']:.0%} at each length; "
+        f"- protocol: {results['budget_text']}; training tokens per run by length: "
+        + ", ".join(f"{s['length']:,}: {s['protocol']['train_tokens']:,}" for s in summaries)
+        + f"; warmup + cosine to the budget; learning rate from {p['learning_rates']} chosen on validation "
+        f"(seed 0); seeds at the chosen rate: each row says; parameters matched within "
+        f"±{p['param_tolerance']:.0%}, one size at every length; "
         f"{p['evaluation_examples'] or 'all'} test examples.",
         f"- intervals: {level:.2%} (95% Bonferroni over {len(summaries)} lengths) bootstrap over test "
         "clusters (chr20: its split blocks of 315 kbp; bacterial genomes: 100 kb blocks) and seeds.",
@@ -293,26 +322,56 @@ def _data_summary(config: Any) -> dict[str, Any]:
     return genomic.prepare(run.data.source_options(), run.data_dir or default_data_dir())
 
 
+def budget() -> Any:
+    """The sweep's budget from the flags (`seqjax.experiment.sweep.LengthBudget`; smoke: 2 steps)."""
+    from seqjax.experiment.sweep import LengthBudget
+
+    return LengthBudget(
+        FLAGS.budget,
+        windows_per_batch=FLAGS.windows_per_batch,
+        train_windows=FLAGS.train_windows,
+        tokens_per_batch=FLAGS.tokens_per_batch,
+        few_seeds_from=FLAGS.few_seeds_from,
+        few_seeds=FLAGS.few_seeds,
+        steps=2 if FLAGS.size == "smoke" else None,
+    )
+
+
+#: The flags of the budget, recorded in each task's settings.json (a rerun with others is refused).
+BUDGET_FLAGS = ("budget", "windows_per_batch", "train_windows", "few_seeds", "few_seeds_from")
+
+
 def run_task(task: str, lengths: Sequence[int], anchor: int) -> dict[str, Any]:
     """Trains (or reads) every model at every length of one task; returns the results behind its report."""
     from seqjax.experiment.report import Claim
     from seqjax.experiment.sweep import claim_verdict, compare_lengths, joint_level
 
     options = task_options(task, FLAGS.route, anchor, FLAGS.options)
+    spend = budget()
 
-    configs_at = sweep_configs(GENOMIC_CONFIG, options)
+    def configs_at(length: int) -> dict[str, Any]:
+        return preset_configs(
+            GENOMIC_CONFIG,
+            FLAGS.presets,
+            length=length,
+            tokens_per_batch=spend.batch(length) * length,
+            size=FLAGS.size,
+            options=options,
+            overrides=FLAGS.config_overrides,
+        )
 
     workdir = Path(FLAGS.workdir) / task
     settings = driver_settings(FLAGS)
+    recorded = {name: FLAGS[name].value for name in BUDGET_FLAGS}
     prepare_workdir(
         workdir,
-        protocol_record(FLAGS, settings, options=options, **data_record(GENOMIC_CONFIG)),
+        protocol_record(FLAGS, settings, options=options, **recorded, **data_record(GENOMIC_CONFIG)),
         fresh=FLAGS.fresh,
     )
     claim = Claim(CLAIM_TEXT, "recurrent", "attention")
     summaries = compare_lengths(
         configs_at,
-        settings,
+        lambda length: spend.settings(settings, length),
         workdir,
         lengths,
         claims=[claim],
@@ -354,6 +413,7 @@ def _main(argv: list[str]) -> None:
     from seqjax.experiment.outputs import run_header, write_results
     from seqjax.experiment.protocol import use_compilation_cache
 
+    apply_size_defaults(FLAGS, DESIGN.get(FLAGS.size, DESIGN["cpu"]))
     if FLAGS.compilation_cache:
         use_compilation_cache(Path(FLAGS.workdir) / ".jax_cache")
     lengths = sorted(int(n) for n in FLAGS.lengths)
@@ -364,6 +424,8 @@ def _main(argv: list[str]) -> None:
             **run_header(sys.argv, platform),
             "size": FLAGS.size,
             "tokens_per_batch": FLAGS.tokens_per_batch,
+            **{name: FLAGS[name].value for name in BUDGET_FLAGS},
+            "budget_text": budget().describe(lengths),
             "presets": list(FLAGS.presets),
             "paper_caveat": PAPER_CAVEAT,
             **run_task(task, lengths, anchor),

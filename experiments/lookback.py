@@ -77,7 +77,6 @@ Runs go to `<workdir>/<dataset>/H<h>/L<lookback>/`; an interrupted run resumes f
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -161,11 +160,24 @@ def _options(dataset: str, horizon: int) -> str:
     return f"dataset={dataset},horizon={horizon},route={_route()}"
 
 
+def _budget() -> Any:
+    """The sweep's budget from the flags (`seqjax.experiment.sweep.LengthBudget`; smoke: 2 steps)."""
+    from seqjax.experiment.sweep import LengthBudget
+
+    return LengthBudget(
+        FLAGS.budget,
+        windows_per_batch=FLAGS.windows_per_batch,
+        train_windows=FLAGS.train_windows,
+        tokens_per_batch=FLAGS.tokens_per_batch,
+        few_seeds_from=FLAGS.few_seeds_from,
+        few_seeds=FLAGS.few_seeds,
+        steps=2 if FLAGS.size == "smoke" else None,
+    )
+
+
 def _batch(lookback: int) -> int:
     """Windows per training batch at `lookback`."""
-    if FLAGS.budget == "windows":
-        return FLAGS.windows_per_batch
-    return max(1, FLAGS.tokens_per_batch // lookback)
+    return _budget().batch(lookback)
 
 
 def feasible_lookbacks(
@@ -199,21 +211,6 @@ def feasible_lookbacks(
                 f"{horizon} at stride {stride} (fewer than one batch of {_batch(lookback)})"
             )
     return ok, dropped
-
-
-def _settings(base: Any, lookback: int) -> Any:
-    """The protocol's settings at one look-back: the budget (module docstring) and the seeds."""
-    batch = _batch(lookback)
-    steps = 2 if FLAGS.size == "smoke" else None
-    if FLAGS.budget == "windows":
-        windows = batch * steps if steps else FLAGS.train_windows
-        tokens = windows * lookback
-    else:
-        tokens = base.train_tokens
-    seeds = base.seeds
-    if FLAGS.size != "smoke" and lookback >= FLAGS.few_seeds_from:
-        seeds = min(seeds, FLAGS.few_seeds)
-    return dataclasses.replace(base, train_tokens=tokens, seeds=seeds)
 
 
 def _family_paths(summary: Mapping[str, Any], family: str) -> tuple[str, list[str]] | None:
@@ -486,7 +483,7 @@ def _run_dataset(dataset: str, presets: list[str], base: Any, level: float, work
                 options=_options(dataset, horizon),
                 overrides=FLAGS.config_overrides,
             )
-            settings = _settings(base, lookback)
+            settings = _budget().settings(base, lookback)
             summary = compare_at_length(
                 configs,
                 settings,

@@ -84,7 +84,6 @@ def test_dna_windows_smoke_run(tmp_path: Path) -> None:
         "--tasks=species",
         "--presets=lstm,attention",
         "--lengths=128,256",
-        "--tokens_per_batch=512",
         "--claim_from=256",
         "--resamples=100",
         "--evaluation_examples=32",
@@ -105,6 +104,10 @@ def test_dna_windows_smoke_run(tmp_path: Path) -> None:
         assert gain["low"] <= gain["estimate"] <= gain["high"]
         assert gain["estimate"] == pytest.approx(gain["long"] - gain["short"])
     short, long = results["summaries"]
+    # the windows budget: the same labelled windows (2 batches of 4) at both lengths, not the same tokens
+    assert results["budget"] == "windows" and results["windows_per_batch"] == 4
+    assert [s["protocol"]["batch_size"] for s in (short, long)] == [4, 4]
+    assert [s["protocol"]["train_tokens"] for s in (short, long)] == [8 * 128, 8 * 256]
     for summary in (short, long):
         for row in summary["models"]:
             assert set(row["secondary"]) == {"macro_f1", "mcc"}
@@ -117,8 +120,35 @@ def test_dna_windows_smoke_run(tmp_path: Path) -> None:
         np.testing.assert_array_equal(first.example_ids, second.example_ids)
         np.testing.assert_array_equal(first.targets, second.targets)
     text = (tmp_path / "out_species.md").read_text()
-    for phrase in ("Verdict (a): recurrent beats attention", "Verdict (b): longer context helps", "macro_f1"):
+    for phrase in (
+        "Verdict (a): recurrent beats attention",
+        "Verdict (b): longer context helps",
+        "macro_f1",
+        "2 batches of 4 training windows per run at every length",
+    ):
         assert phrase in text
     assert "not the same numbers" in text
     for suffix in ("_metric.png", "_cost.png"):
         assert (tmp_path / f"out_species{suffix}").stat().st_size > 1000
+
+
+def test_length_budget_holds_windows_or_tokens_equal_and_names_a_missing_flag() -> None:
+    from seqjax.experiment.protocol import ProtocolSettings
+    from seqjax.experiment.sweep import LengthBudget
+
+    base = ProtocolSettings(train_tokens=16384 * 50, seeds=5)
+    windows = LengthBudget("windows", windows_per_batch=4, train_windows=200, few_seeds_from=8192)
+    tokens = LengthBudget("tokens", tokens_per_batch=16384, few_seeds_from=8192)
+    for length in (1024, 4096, 8192, 16384):
+        by_windows, by_tokens = windows.settings(base, length), tokens.settings(base, length)
+        # windows: the same labelled examples at every length; tokens: the same tokens, fewer examples
+        assert by_windows.train_tokens // length == 200 and windows.batch(length) == 4
+        assert by_tokens.train_tokens == base.train_tokens and tokens.batch(length) == 16384 // length
+        assert by_windows.seeds == by_tokens.seeds == (3 if length >= 8192 else 5)
+    smoke = LengthBudget("windows", windows_per_batch=4, few_seeds_from=8192, steps=2)
+    assert smoke.settings(base, 16384).train_tokens == 8 * 16384 and smoke.settings(base, 16384).seeds == 5
+    assert windows.describe([1024, 16384]).startswith("50 batches of 4 training windows per run")
+    with pytest.raises(ValueError, match="needs a positive train_windows"):
+        LengthBudget("windows", windows_per_batch=4)
+    with pytest.raises(ValueError, match="choose one of"):
+        LengthBudget("examples", windows_per_batch=4, train_windows=8)

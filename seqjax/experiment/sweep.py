@@ -5,6 +5,9 @@ length drivers share (`experiments/length_crossover.py`, `experiments/dna_window
   intervals at 1 - 0.05 / m over the m lengths (Bonferroni), so they hold jointly.
 - `claim_verdict`: the claim's paired differences at the lengths >= `claim_from` (all lengths when
   none is that long), judged by `report.judge` (Holm-adjusted p-values beside it).
+- `LengthBudget`: how a sweep spends its training budget at each length: the same labelled examples
+  (windows) at every length, or the same tokens (the length-crossover protocol), and fewer seeds at
+  the costly lengths.
 - `length_gain`: one model's metric at a longer length minus at a shorter one on the same test
   examples (nested DNA crops of the same loci; the same forecast windows read with two look-backs),
   paired over the longer run's clusters, with its class: "helps", "hurts" or "no clear difference"
@@ -18,6 +21,8 @@ length drivers share (`experiments/length_crossover.py`, `experiments/dna_window
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +32,9 @@ from seqjax.experiment.protocol import ProtocolSettings
 from seqjax.experiment.report import Claim, judge
 
 __all__ = [
+    "BUDGETS",
     "GAIN_CLASSES",
+    "LengthBudget",
     "claim_verdict",
     "compare_lengths",
     "finished_models_at",
@@ -39,6 +46,93 @@ __all__ = [
 #: The class of an interval of metric(longer) - metric(shorter) (`verdict.classify_interval`, the
 #: better side of zero claimed).
 GAIN_CLASSES = {"claimed": "helps", "opposite": "hurts", "neither": "no clear difference"}
+
+
+#: The ways a sweep spends its training budget (`LengthBudget.kind`).
+BUDGETS = ("windows", "tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthBudget:
+    """How a sweep over lengths spends its training budget, length by length.
+
+    - kind "windows": every length trains on `train_windows` examples in batches of `windows_per_batch`:
+      the same labelled examples and optimizer steps at every length, so a longer length reads more
+      tokens. What a claim about length needs: with equal tokens a 16k-bp crop sees 16x fewer labelled
+      windows than a 1k one (a 8192-step look-back 85x fewer forecast targets than a 96-step one), and
+      "longer hurts" would measure only that.
+    - kind "tokens": `tokens_per_batch` and the settings' `train_tokens` at every length (the
+      length-crossover protocol: the cost per run is the same at every length).
+
+    Lengths >= `few_seeds_from` train at most `few_seeds` seeds (cells that take over 20 minutes on the
+    machine at hand; the tables give each row's seeds). `steps` (a driver's smoke size) replaces
+    `train_windows` by `steps` batches and keeps every seed.
+
+    >>> budget = LengthBudget("windows", windows_per_batch=4, train_windows=200, few_seeds_from=8192)
+    >>> budget.batch(1024), budget.batch(16384)
+    (4, 4)
+    >>> s = budget.settings(ProtocolSettings(train_tokens=1, seeds=5), 16384)
+    >>> s.train_tokens == 200 * 16384, s.seeds
+    (True, 3)
+    >>> LengthBudget("tokens", tokens_per_batch=16384).batch(1024)
+    16
+    """
+
+    kind: str
+    windows_per_batch: int | None = None
+    train_windows: int | None = None
+    tokens_per_batch: int | None = None
+    few_seeds_from: int | None = None
+    few_seeds: int = 3
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGETS:
+            raise ValueError(f"LengthBudget: kind={self.kind!r}; choose one of {BUDGETS}.")
+        needed = ("windows_per_batch", "train_windows") if self.kind == "windows" else ("tokens_per_batch",)
+        for name in needed:
+            value = getattr(self, name)
+            if name == "train_windows" and self.steps is not None:
+                continue
+            if value is None or int(value) < 1:
+                raise ValueError(
+                    f"LengthBudget({self.kind!r}) needs a positive {name} (got {value!r}), e.g. "
+                    f"--{name}=... on the driver's command line."
+                )
+        if self.few_seeds < 1:
+            raise ValueError(f"LengthBudget: few_seeds={self.few_seeds} must be >= 1.")
+
+    def batch(self, length: int) -> int:
+        """Examples per training batch at `length`."""
+        if self.kind == "windows":
+            return int(self.windows_per_batch)
+        return max(1, int(self.tokens_per_batch) // int(length))
+
+    def settings(self, base: ProtocolSettings, length: int) -> ProtocolSettings:
+        """`base` with the training tokens and seeds of `length` (the class docstring)."""
+        if self.kind == "windows":
+            windows = self.batch(length) * self.steps if self.steps else int(self.train_windows)
+            tokens = windows * int(length)
+        else:
+            tokens = base.train_tokens
+        seeds = base.seeds
+        if self.steps is None and self.few_seeds_from is not None and length >= self.few_seeds_from:
+            seeds = min(seeds, self.few_seeds)
+        return dataclasses.replace(base, train_tokens=tokens, seeds=seeds)
+
+    def describe(self, lengths: Sequence[int]) -> str:
+        """One line for a report: what every length trained on."""
+        if self.kind == "windows":
+            steps = self.steps or math.ceil(int(self.train_windows) / int(self.windows_per_batch))
+            text = (
+                f"{steps} batches of {self.windows_per_batch} training windows per run at every length "
+                "(the same labelled examples and steps; a longer length reads more tokens)"
+            )
+        else:
+            text = f"{self.tokens_per_batch:,} tokens per batch at every length (equal training tokens)"
+        if self.steps is None and self.few_seeds_from is not None and max(lengths) >= self.few_seeds_from:
+            text += f"; {self.few_seeds} seeds at lengths >= {self.few_seeds_from:,}"
+        return text
 
 
 def joint_level(lengths: Sequence[int], alpha: float = 0.05) -> float:
@@ -76,7 +170,7 @@ def finished_models_at(workdir: str | os.PathLike[str], length: int, models: Seq
 
 def compare_lengths(
     configs_at: Callable[[int], Mapping[str, Any]],
-    settings: ProtocolSettings,
+    settings: ProtocolSettings | Callable[[int], ProtocolSettings],
     workdir: str | os.PathLike[str],
     lengths: Sequence[int],
     *,
@@ -86,7 +180,8 @@ def compare_lengths(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """The summary (`compare_at_length`) of every length in increasing order, each trained under
-    `<workdir>/L<length>/` from `configs_at(length)` ({model: config}); with `retrain=False`, a missing
+    `<workdir>/L<length>/` from `configs_at(length)` ({model: config}) and `settings` (one for every
+    length, or `settings(length)`, e.g. `LengthBudget.settings`); with `retrain=False`, a missing
     length folder is an error (re-tabulate finished runs only).
 
         >>> summaries = compare_lengths(lambda n: preset_configs(..., length=n, ...), settings,
@@ -104,7 +199,7 @@ def compare_lengths(
         summaries.append(
             compare_at_length(
                 configs_at(length),
-                settings,
+                settings(length) if callable(settings) else settings,
                 folder,
                 length=length,
                 claims=claims,
