@@ -79,6 +79,9 @@ def rescore(results: dict, predictions_root: str | None, *, confidence: float, r
         tokens_per_batch=results["tokens_per_batch"],
         size=results["size"],
         options=results["options"],
+        # the report's --config_overrides (reports before 2026-12-04 do not record them: none then);
+        # a data override (e.g. data.max_examples_per_split) changes the windows the baselines fit on
+        overrides=results.get("config_overrides", []),
     )[models[0]["model"]]
     examples = results["protocol"]["evaluation_examples"]
     found, clusters = task_baselines(config, examples=examples)
