@@ -154,6 +154,7 @@ SIZE_DEFAULTS: dict[str, dict[str, Any]] = {
         "resamples": 200,
         "step_memory": False,
         "evaluation_examples": 4,
+        "config_overrides": ["model.num_layers=2"],  # (a smoke size has 1 layer) per-layer results of 2
     },
 }
 #: The claim's miss rate, and the rules' claims.

@@ -117,9 +117,9 @@ SIZE_DEFAULTS: dict[str, dict[str, Any]] = {
         "evaluation_examples": 32,
         "step_memory": False,
         "resamples": 200,
-        # half the compiling; the baselines fit on 2,048 of the 13,653 sample windows (the k-mer fits took
-        # 26 s of the smoke run on all of them)
-        "config_overrides": ["model.num_layers=1", "data.max_examples_per_split=2048"],
+        # the baselines fit on 2,048 of the 13,653 sample windows (the k-mer fits took 26 s of the smoke
+        # run on all of them); the smoke size's models have one layer (`preset_configs`)
+        "config_overrides": ["data.max_examples_per_split=2048"],
     },
 }
 #: Per task: (config file, its config-arg options with {route} and {corpus}, the trainer's task).

@@ -145,7 +145,6 @@ SIZE_DEFAULTS: dict[str, dict[str, Any]] = {
         "evaluation_examples": 16,
         "step_memory": False,
         "resamples": 200,
-        "config_overrides": ["model.num_layers=1"],  # half the compiling
     },
 }
 CLAIM_TEXT = "S4D beats the LSTM on long synthetic sequences"
