@@ -199,13 +199,16 @@ def _run_shards(
         ys, final = body(replicated, **dict(zip(names, xs, strict=True)))
         return ys, jax.tree.map(lambda a: a[None], final)
 
-    ys, finals = jax.shard_map(
-        run,
-        mesh=mesh,
-        in_specs=(P(), *([spec] * len(names))),
-        out_specs=(spec, P(sequence_axis)),
-        axis_names={sequence_axis},
-        check_vma=False,
+    # jit: called eagerly, a shard_map runs its body op by op on every shard; inside a jit it is inlined.
+    ys, finals = jax.jit(
+        jax.shard_map(
+            run,
+            mesh=mesh,
+            in_specs=(P(), *([spec] * len(names))),
+            out_specs=(spec, P(sequence_axis)),
+            axis_names={sequence_axis},
+            check_vma=False,
+        )
     )(replicated, *(arrays[name] for name in names))
     if ys.shape[time_axis] != length:
         ys = lax.slice_in_dim(ys, 0, length, axis=time_axis)
@@ -282,12 +285,14 @@ def _diag_forward_map(plan: _Plan):
         hs, h_in, final = _diag_shard(plan, a, b, h0, plan.reverse)
         return jnp.moveaxis(hs, 0, t), h_in[None], final
 
-    return jax.shard_map(
-        body,
-        mesh=plan.mesh,
-        in_specs=(spec, spec, P()),
-        out_specs=(spec, P(plan.axis_name), P()),
-        axis_names={plan.axis_name},
+    return jax.jit(  # (eagerly, a shard_map runs op by op on every shard)
+        jax.shard_map(
+            body,
+            mesh=plan.mesh,
+            in_specs=(spec, spec, P()),
+            out_specs=(spec, P(plan.axis_name), P()),
+            axis_names={plan.axis_name},
+        )
     )
 
 
@@ -321,12 +326,14 @@ def _diag_backward_map(plan: _Plan):
         dh0 = lax.psum(dh0, name)
         return jnp.moveaxis(lam * h_prev, 0, t), jnp.moveaxis(lam, 0, t), dh0
 
-    return jax.shard_map(
-        body,
-        mesh=plan.mesh,
-        in_specs=(spec, spec, P(name), spec, P()),
-        out_specs=(spec, spec, P()),
-        axis_names={name},
+    return jax.jit(  # (eagerly, a shard_map runs op by op on every shard)
+        jax.shard_map(
+            body,
+            mesh=plan.mesh,
+            in_specs=(spec, spec, P(name), spec, P()),
+            out_specs=(spec, spec, P()),
+            axis_names={name},
+        )
     )
 
 
