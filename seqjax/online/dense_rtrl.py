@@ -81,7 +81,7 @@ class DenseRTRL(TraceLearner):
     >>> st = learner.init(params, batch_shape=(4,))
     >>> st.traces[0].shape                                  # [batch, state, cell parameters]
     (4, 3, 63)
-    >>> st, pred, loss, grads = learner.step(params, st, jnp.ones((4, 2)), jnp.zeros((4, 1)))
+    >>> st, pred, loss, grads = jax.jit(learner.step)(params, st, jnp.ones((4, 2)), jnp.zeros((4, 1)))
     >>> grads["layers"][0]["w_hh"].shape
     (3, 9)
     """

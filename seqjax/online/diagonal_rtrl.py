@@ -128,7 +128,7 @@ class DiagonalRTRL(TraceLearner):
     >>> params = model.init(jax.random.PRNGKey(0))
     >>> learner = DiagonalRTRL(model)
     >>> st = learner.init(params, batch_shape=(5,))
-    >>> st, pred, loss, grads = learner.step(params, st, jnp.ones((5, 2)), jnp.zeros((5, 1)))
+    >>> st, pred, loss, grads = jax.jit(learner.step)(params, st, jnp.ones((5, 2)), jnp.zeros((5, 1)))
     >>> pred.shape, loss.shape, grads["layers"][0]["nu_log"].shape
     ((5, 1), (5,), (3,))
     """

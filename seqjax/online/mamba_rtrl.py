@@ -59,7 +59,7 @@ class MambaTracer(LayerTracer):
     >>> params = cell.init(jax.random.PRNGKey(0), 3)
     >>> tracer = MambaTracer(cell)
     >>> traces = tracer.init(params, cell.initial_state(()), 3)
-    >>> traces = tracer.update(params, traces, cell.initial_state(()), jnp.ones(3))
+    >>> traces = jax.jit(tracer.update)(params, traces, cell.initial_state(()), jnp.ones(3))
     >>> traces["in_proj"].shape, traces["x_proj_delta"].shape   # [d_model, Di, Di, N], [Di, R, Di, N]
     ((3, 3, 3, 2), (3, 1, 3, 2))
     """

@@ -244,7 +244,7 @@ class SnAp1(TraceLearner):
     >>> st = learner.init(params, batch_shape=(4,))
     >>> st.traces[0].shape                      # [batch, cell parameters, K = (h_k, c_k)]
     (4, 96, 2)
-    >>> st, pred, loss, grads = learner.step(params, st, jnp.ones((4, 2)), jnp.zeros((4, 1)))
+    >>> st, pred, loss, grads = jax.jit(learner.step)(params, st, jnp.ones((4, 2)), jnp.zeros((4, 1)))
     >>> grads["layers"][0]["w_hh"].shape
     (3, 12)
     """

@@ -41,7 +41,7 @@ class OnlineTBPTT(OnlineLearner):
     >>> st = learner.init(params, batch_shape=(5,))
     >>> st.traces["x"].shape                                # the last 4 tokens
     (4, 5, 2)
-    >>> st, pred, loss, grads = learner.step(params, st, jnp.ones((5, 2)), jnp.zeros((5, 1)))
+    >>> st, pred, loss, grads = jax.jit(learner.step)(params, st, jnp.ones((5, 2)), jnp.zeros((5, 1)))
     >>> pred.shape, loss.shape
     ((5, 1), (5,))
     """
