@@ -182,15 +182,16 @@ def parse_variant(text: str) -> Variant:
 
 
 def default_variants(study: str, size: str, truncation_length: int) -> list[str]:
-    """§1's set (lstm, elstm, gla, attention, swa at 1k and 4k, 16k too at accelerator size, and the
-    segment-recurrent lstm, gla and xl_attention at 512) or §5's (lstm at `truncation_length` with full
-    BPTT and tbptt_length 256, 1024, 4096, and the segment-recurrent lstm at 512)."""
+    """§1's set (lstm, elstm, mamba, gla, s5, attention, swa at 1k and 4k, 16k too at accelerator size,
+    and the segment-recurrent lstm, gla and xl_attention at 512) or §5's (lstm at `truncation_length`
+    with full BPTT and tbptt_length 256, 1024, 4096, and the segment-recurrent lstm at 512)."""
     if study == "truncation":
         full = f"lstm@{truncation_length}"
         chunks = [k for k in (256, 1024, 4096) if k < truncation_length]
         return [full, *(f"{full}:tbptt_length={k}" for k in chunks), "lstm@512:segment_recurrence=True"]
     lengths = (1024, 4096, 16384) if size == "accelerator" else (1024, 4096)
-    plain = [f"{p}@{n}" for n in lengths for p in ("lstm", "elstm", "gla", "attention", "swa")]
+    presets = ("lstm", "elstm", "mamba", "gla", "s5", "attention", "swa")  # issue 18's models for the LM
+    plain = [f"{p}@{n}" for n in lengths for p in presets]
     return plain + [f"{p}@512:segment_recurrence=True" for p in ("lstm", "gla", "xl_attention")]
 
 

@@ -224,3 +224,14 @@ def test_context_use_smoke_run(tmp_path):
     assert done.returncode != 0 and "format 0" in done.stderr and str(caches[0]) in done.stderr
     assert not (tmp_path / "refused.json").exists()
     assert json.loads((tmp_path / "out.json").read_text())["bpe"]["vocab_size"] == 300
+
+
+def test_the_default_variants_hold_issue_18s_language_models():
+    from tests.driver_helpers import load_driver
+
+    driver = load_driver("context_use.py")
+    context = driver.default_variants("context", "cpu", 16384)
+    presets = {name.split("@")[0] for name in context}
+    assert {"lstm", "elstm", "mamba", "gla", "s5", "attention", "swa", "xl_attention"} <= presets
+    assert {int(name.split("@")[1].split(":")[0]) for name in context if ":" not in name} == {1024, 4096}
+    assert "lstm@16384:tbptt_length=256" in driver.default_variants("truncation", "cpu", 16384)
