@@ -65,6 +65,7 @@ def load_driver(script: str) -> ModuleType:
     name = f"driver_{Path(script).stem}"
     spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # (a dataclass with string annotations looks its module up there)
     before = set(flags.FLAGS)
     try:
         spec.loader.exec_module(module)
