@@ -59,7 +59,7 @@ class LengthBudget:
     - kind "windows": every length trains on `train_windows` examples in batches of `windows_per_batch`:
       the same labelled examples and optimizer steps at every length, so a longer length reads more
       tokens. What a claim about length needs: with equal tokens a 16k-bp crop sees 16x fewer labelled
-      windows than a 1k one (a 8192-step look-back 85x fewer forecast targets than a 96-step one), and
+      windows than a 1k one (an 8192-step look-back 85x fewer forecast targets than a 96-step one), and
       "longer hurts" would measure only that.
     - kind "tokens": `tokens_per_batch` and the settings' `train_tokens` at every length (the
       length-crossover protocol: the cost per run is the same at every length).
