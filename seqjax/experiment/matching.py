@@ -146,18 +146,27 @@ def count_parameters(
 
     (the Linformer's E: 256 x 1024 per layer, 2 layers).
     """
+    return _counts(config, input_size, horizon, excluding_axes)[0]
+
+
+def _counts(
+    config: Any, input_size: int | None, horizon: int | None, excluding_axes: Sequence[str]
+) -> tuple[int, int]:
+    """(the parameters off `excluding_axes`, those on them), from one abstract init."""
     import flax.linen as nn  # (flax is this module's dependency through seqjax.models)
 
     model = _task_model(config, input_size, horizon)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs()))
     left_out = set(excluding_axes)
-    total = 0
+    counted = excluded = 0
     for leaf in jax.tree.leaves(shapes["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned)):
         boxed = isinstance(leaf, nn.Partitioned)
+        size = math.prod((leaf.value if boxed else leaf).shape)
         if boxed and left_out.intersection(leaf.names):
-            continue
-        total += math.prod((leaf.value if boxed else leaf).shape)
-    return total
+            excluded += size
+        else:
+            counted += size
+    return counted, excluded
 
 
 # -- editing one model value of a config, of whichever kind it came as ------------------------------------
@@ -323,13 +332,14 @@ def match_parameters(
     def count(config: Any) -> int:
         return count_parameters(config, input_size=input_size, horizon=horizon, excluding_axes=excluding_axes)
 
-    def with_unmatched(match: MatchedModel, config: Any) -> MatchedModel:
-        if not excluding_axes:
-            return match
-        total = count_parameters(config, input_size=input_size, horizon=horizon)
-        return dataclasses.replace(match, unmatched=total - match.parameters)
+    # The knobs (MLP and cell widths) leave the length-axis parameters as they are (the Linformer's E is
+    # k x L), so each model's unmatched count is read once, from its config as given.
+    both = {name: _counts(c, input_size, horizon, excluding_axes) for name, c in configs_by_name.items()}
+    counts = {name: matched for name, (matched, _) in both.items()}
 
-    counts = {name: count(config) for name, config in configs_by_name.items()}
+    def with_unmatched(match: MatchedModel) -> MatchedModel:
+        return dataclasses.replace(match, unmatched=both[match.name][1])
+
     reference = None
     if target is None:
         reference = max(counts, key=counts.get)
@@ -347,7 +357,7 @@ def match_parameters(
             expansion = float(_model_values(config).get("mlp_expansion", 4.0))
             match = MatchedModel(name, counts[name], goal, "reference", "model.mlp_expansion", expansion)
             matched[name] = config
-            report.append(with_unmatched(match, config))
+            report.append(with_unmatched(match))
             continue
         match = _solve_mlp(config, name, goal, count) if knob == "mlp" else None
         if match is None or abs(match.ratio - 1) > tolerance:
@@ -359,5 +369,5 @@ def match_parameters(
                 "config (width, layers, state size) or the target."
             )
         matched[name] = _apply(config, match)
-        report.append(with_unmatched(match, matched[name]))
+        report.append(with_unmatched(match))
     return matched, report
