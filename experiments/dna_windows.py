@@ -82,6 +82,7 @@ from seqjax.experiment.flags import (
     define_protocol_flags,
     define_run_flags,
     driver_settings,
+    length_budget,
     prepare_workdir,
     preset_configs,
     protocol_record,
@@ -322,21 +323,6 @@ def _data_summary(config: Any) -> dict[str, Any]:
     return genomic.prepare(run.data.source_options(), run.data_dir or default_data_dir())
 
 
-def budget() -> Any:
-    """The sweep's budget from the flags (`seqjax.experiment.sweep.LengthBudget`; smoke: 2 steps)."""
-    from seqjax.experiment.sweep import LengthBudget
-
-    return LengthBudget(
-        FLAGS.budget,
-        windows_per_batch=FLAGS.windows_per_batch,
-        train_windows=FLAGS.train_windows,
-        tokens_per_batch=FLAGS.tokens_per_batch,
-        few_seeds_from=FLAGS.few_seeds_from,
-        few_seeds=FLAGS.few_seeds,
-        steps=2 if FLAGS.size == "smoke" else None,
-    )
-
-
 #: The flags of the budget, recorded in each task's settings.json (a rerun with others is refused).
 BUDGET_FLAGS = ("budget", "windows_per_batch", "train_windows", "few_seeds", "few_seeds_from")
 
@@ -347,7 +333,7 @@ def run_task(task: str, lengths: Sequence[int], anchor: int) -> dict[str, Any]:
     from seqjax.experiment.sweep import claim_verdict, compare_lengths, joint_level
 
     options = task_options(task, FLAGS.route, anchor, FLAGS.options)
-    spend = budget()
+    spend = length_budget(FLAGS)
 
     def configs_at(length: int) -> dict[str, Any]:
         return preset_configs(
@@ -425,7 +411,7 @@ def _main(argv: list[str]) -> None:
             "size": FLAGS.size,
             "tokens_per_batch": FLAGS.tokens_per_batch,
             **{name: FLAGS[name].value for name in BUDGET_FLAGS},
-            "budget_text": budget().describe(lengths),
+            "budget_text": length_budget(FLAGS).describe(lengths),
             "presets": list(FLAGS.presets),
             "paper_caveat": PAPER_CAVEAT,
             **run_task(task, lengths, anchor),

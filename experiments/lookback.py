@@ -92,6 +92,7 @@ from seqjax.experiment.flags import (
     define_protocol_flags,
     define_run_flags,
     driver_settings,
+    length_budget,
     prepare_workdir,
     preset_configs,
     protocol_record,
@@ -160,24 +161,9 @@ def _options(dataset: str, horizon: int) -> str:
     return f"dataset={dataset},horizon={horizon},route={_route()}"
 
 
-def _budget() -> Any:
-    """The sweep's budget from the flags (`seqjax.experiment.sweep.LengthBudget`; smoke: 2 steps)."""
-    from seqjax.experiment.sweep import LengthBudget
-
-    return LengthBudget(
-        FLAGS.budget,
-        windows_per_batch=FLAGS.windows_per_batch,
-        train_windows=FLAGS.train_windows,
-        tokens_per_batch=FLAGS.tokens_per_batch,
-        few_seeds_from=FLAGS.few_seeds_from,
-        few_seeds=FLAGS.few_seeds,
-        steps=2 if FLAGS.size == "smoke" else None,
-    )
-
-
 def _batch(lookback: int) -> int:
     """Windows per training batch at `lookback`."""
-    return _budget().batch(lookback)
+    return length_budget(FLAGS).batch(lookback)
 
 
 def feasible_lookbacks(
@@ -483,7 +469,7 @@ def _run_dataset(dataset: str, presets: list[str], base: Any, level: float, work
                 options=_options(dataset, horizon),
                 overrides=FLAGS.config_overrides,
             )
-            settings = _budget().settings(base, lookback)
+            settings = length_budget(FLAGS).settings(base, lookback)
             summary = compare_at_length(
                 configs,
                 settings,

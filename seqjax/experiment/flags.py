@@ -142,6 +142,26 @@ def driver_settings(registry: flags.FlagValues = flags.FLAGS) -> ProtocolSetting
     return protocol_settings(registry)
 
 
+def length_budget(registry: flags.FlagValues = flags.FLAGS) -> Any:
+    """A length driver's `seqjax.experiment.sweep.LengthBudget` from its --budget, --windows_per_batch,
+    --train_windows, --tokens_per_batch, --few_seeds_from and --few_seeds (`--size=smoke`: 2 steps,
+    every seed), as `experiments/lookback.py` and `experiments/dna_windows.py` define them.
+
+        >>> length_budget(FLAGS).settings(driver_settings(FLAGS), 16384)  # doctest: +SKIP
+    """
+    from seqjax.experiment.sweep import LengthBudget
+
+    return LengthBudget(
+        registry.budget,
+        windows_per_batch=registry.windows_per_batch,
+        train_windows=registry.train_windows,
+        tokens_per_batch=registry.tokens_per_batch,
+        few_seeds_from=registry.few_seeds_from,
+        few_seeds=registry.few_seeds,
+        steps=2 if registry.size == "smoke" else None,
+    )
+
+
 def preset_configs(
     config_file: str | os.PathLike[str],
     presets: Sequence[str],
