@@ -79,6 +79,7 @@ from absl import app, flags
 from seqjax.experiment.flags import (
     apply_size_defaults,
     data_record,
+    define_length_budget_flags,
     define_protocol_flags,
     define_run_flags,
     driver_settings,
@@ -102,14 +103,7 @@ flags.DEFINE_list("lengths", ["1024", "4096", "8192", "16384"], "Crop lengths (b
 flags.DEFINE_integer("nested", None, "The anchor length (bp) the windows are chosen at; default the largest.")
 flags.DEFINE_string("route", "offline", "Data route: offline/auto (full data) or sample (embedded).")
 flags.DEFINE_string("options", "", "Extra config-arg options for every run.")
-flags.DEFINE_enum("budget", "windows", ["windows", "tokens"], "Equal labelled windows or equal tokens.")
-flags.DEFINE_integer("windows_per_batch", None, "--budget=windows: windows per batch (default: DESIGN).")
-flags.DEFINE_integer("train_windows", None, "--budget=windows: training windows per run (default: DESIGN).")
-flags.DEFINE_integer("tokens_per_batch", 16384, "--budget=tokens: tokens per training batch at every length.")
-flags.DEFINE_integer(
-    "few_seeds_from", None, "Lengths >= this train --few_seeds seeds (cells > 20 min; default: DESIGN)."
-)
-flags.DEFINE_integer("few_seeds", 3, "Seeds at lengths >= --few_seeds_from.")
+define_length_budget_flags(FLAGS, examples="labelled windows", lengths="lengths", tokens_per_batch=16384)
 flags.DEFINE_integer("claim_from", 8192, "Rule (a) covers lengths >= this (all lengths if none is).")
 flags.DEFINE_string(
     "size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': cpu models, 2 steps, 2 seeds, 1 rate."

@@ -89,6 +89,7 @@ from absl import app, flags
 from seqjax.experiment.flags import (
     apply_size_defaults,
     data_record,
+    define_length_budget_flags,
     define_protocol_flags,
     define_run_flags,
     driver_settings,
@@ -112,14 +113,7 @@ flags.DEFINE_list(
     "ways; every target lies after it.",
 )
 flags.DEFINE_string("route", None, "Data route (default: sample at --size=smoke, else offline).")
-flags.DEFINE_enum("budget", "windows", ["windows", "tokens"], "Equal forecast windows or equal tokens.")
-flags.DEFINE_integer("windows_per_batch", None, "--budget=windows: windows per batch (default: DESIGN).")
-flags.DEFINE_integer("train_windows", None, "--budget=windows: training windows per run (default: DESIGN).")
-flags.DEFINE_integer("tokens_per_batch", 8192, "--budget=tokens: look-back rows per training batch.")
-flags.DEFINE_integer(
-    "few_seeds_from", None, "Look-backs >= this train --few_seeds seeds (cells > 20 min; default: DESIGN)."
-)
-flags.DEFINE_integer("few_seeds", 3, "Seeds at look-backs >= --few_seeds_from.")
+define_length_budget_flags(FLAGS, examples="forecast windows", lengths="look-backs", tokens_per_batch=8192)
 flags.DEFINE_integer("claim_from", 8192, "Claim (a) covers look-backs >= this (else the longest).")
 flags.DEFINE_integer("baseline_fit_windows", 16384, "NLinear/DLinear fit on at most this many windows.")
 flags.DEFINE_string("size", "cpu", "Model size (seqjax.config.SIZES), or 'smoke': cpu models, 2 steps.")

@@ -142,6 +142,48 @@ def driver_settings(registry: flags.FlagValues = flags.FLAGS) -> ProtocolSetting
     return protocol_settings(registry)
 
 
+def define_length_budget_flags(
+    registry: flags.FlagValues, *, examples: str, lengths: str, tokens_per_batch: int
+) -> None:
+    """The flags `length_budget` reads: --budget (equal `examples` per run, or equal tokens),
+    --windows_per_batch, --train_windows, --tokens_per_batch, --few_seeds_from, --few_seeds. `examples`
+    and `lengths` name the driver's units in the help ("forecast windows", "look-backs").
+
+        >>> define_length_budget_flags(FLAGS, examples="labelled windows", lengths="lengths",
+        ...                            tokens_per_batch=16384)  # doctest: +SKIP
+    """
+    from seqjax.experiment.sweep import BUDGETS
+
+    flags.DEFINE_enum(
+        "budget", "windows", list(BUDGETS), f"Equal {examples} or equal tokens.", flag_values=registry
+    )
+    flags.DEFINE_integer(
+        "windows_per_batch",
+        None,
+        "--budget=windows: windows per batch (default: DESIGN).",
+        flag_values=registry,
+    )
+    flags.DEFINE_integer(
+        "train_windows",
+        None,
+        "--budget=windows: training windows per run (default: DESIGN).",
+        flag_values=registry,
+    )
+    flags.DEFINE_integer(
+        "tokens_per_batch",
+        tokens_per_batch,
+        "--budget=tokens: tokens per training batch.",
+        flag_values=registry,
+    )
+    flags.DEFINE_integer(
+        "few_seeds_from",
+        None,
+        f"{lengths.capitalize()} >= this train --few_seeds seeds (cells > 20 min; default: DESIGN).",
+        flag_values=registry,
+    )
+    flags.DEFINE_integer("few_seeds", 3, f"Seeds at {lengths} >= --few_seeds_from.", flag_values=registry)
+
+
 def length_budget(registry: flags.FlagValues = flags.FLAGS) -> Any:
     """A length driver's `seqjax.experiment.sweep.LengthBudget` from its --budget, --windows_per_batch,
     --train_windows, --tokens_per_batch, --few_seeds_from and --few_seeds (`--size=smoke`: 2 steps,
