@@ -45,23 +45,20 @@ def test_segments_compute_the_cells_function_values_and_gradients(name):
     _, state = inner.apply(params, jax.random.normal(jax.random.PRNGKey(2), (2, 5, INPUT)))
 
     def run(cell, params, xs):
-        ys, final = cell.apply(params, xs, state, resets=resets, mask=mask)
-        return ys, final
+        return cell.apply(params, xs, state, resets=resets, mask=mask)
 
-    ys_ref, final_ref = run(inner, params, xs)
-    ys, final = run(wrapped, params, xs)
+    def loss(cell, params, xs):
+        ys, final = run(cell, params, xs)
+        return jnp.sum(ys**2) + sum(jnp.sum(jnp.abs(leaf)) for leaf in jax.tree.leaves(final))
+
+    def outputs_and_grads(cell):  # one compiled program per form (eager autodiff compiles op by op)
+        return jax.jit(lambda p, x: (run(cell, p, x), jax.grad(loss, argnums=(1, 2))(cell, p, x)))(params, xs)
+
+    (ys_ref, final_ref), grads_ref = outputs_and_grads(inner)
+    (ys, final), grads = outputs_and_grads(wrapped)
     np.testing.assert_allclose(ys, ys_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(final_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-    def loss(cell):
-        def f(params, xs):
-            ys, final = run(cell, params, xs)
-            return jnp.sum(ys**2) + sum(jnp.sum(jnp.abs(leaf)) for leaf in jax.tree.leaves(final))
-
-        return jax.grad(f, argnums=(0, 1))
-
-    grads, grads_ref = loss(wrapped)(params, xs), loss(inner)(params, xs)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -133,11 +130,16 @@ def test_a_model_with_segment_remat_computes_the_same_function():
     # a fixed projection of the features: their sum of squares after the final RMSNorm is a constant
     projection = jax.random.normal(jax.random.PRNGKey(2), (8,))
 
-    def loss(config):
-        return lambda v: jnp.sum(Backbone(config).apply(v, tokens)[0] @ projection)
+    def loss_and_grad(config):  # one compiled program per form
+        return jax.jit(
+            jax.value_and_grad(lambda v: jnp.sum(Backbone(config).apply(v, tokens)[0] @ projection))
+        )
 
-    np.testing.assert_allclose(loss(segmented)(variables), loss(plain)(variables), rtol=1e-5)
-    grads, expected = jax.grad(loss(segmented))(variables), jax.grad(loss(plain))(variables)
+    (value, grads), (expected_value, expected) = (
+        loss_and_grad(segmented)(variables),
+        loss_and_grad(plain)(variables),
+    )
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
     with pytest.raises(ValueError, match="segment_remat must be 0"):
@@ -201,9 +203,9 @@ def _check_auto_segments(name: str, calls: list) -> None:
         floats = [a for a in jax.tree.leaves(final) if jnp.issubdtype(a.dtype, jnp.floating)]
         return jnp.sum(ys**2) + sum(jnp.sum(a**2) for a in floats), (ys, final)
 
-    grad = lambda cell: jax.value_and_grad(lambda p, x: loss(cell, p, x), argnums=(0, 1), has_aux=True)(
-        params, xs
-    )
+    grad = lambda cell: jax.jit(
+        jax.value_and_grad(lambda p, x: loss(cell, p, x), argnums=(0, 1), has_aux=True)
+    )(params, xs)
     (_, (ys_a, fin_a)), g_a = grad(auto)
     (_, (ys_w, fin_w)), g_w = grad(whole)
     assert calls == ([1] if jax.default_backend() == "cpu" else [])
