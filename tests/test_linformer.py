@@ -65,11 +65,13 @@ def test_identity_projections_equal_exact_attention_values_and_gradients(sharing
     def dense_loss(p, x):
         return jnp.sum(jnp.sin(dense_bidirectional_attention(p, x, cell.num_heads, cell.head_dim)))
 
-    ys, _ = cell.apply(params, xs)
-    ref = dense_bidirectional_attention(attention_params, xs, cell.num_heads, cell.head_dim)
+    ys, _ = jax.jit(cell.apply)(params, xs)
+    ref = jax.jit(dense_bidirectional_attention, static_argnums=(2, 3))(
+        attention_params, xs, cell.num_heads, cell.head_dim
+    )
     np.testing.assert_allclose(ys, ref, rtol=1e-5, atol=1e-6)
-    grads = jax.grad(linformer_loss, argnums=(0, 1))(attention_params, xs)
-    ref_grads = jax.grad(dense_loss, argnums=(0, 1))(attention_params, xs)
+    grads = jax.jit(jax.grad(linformer_loss, argnums=(0, 1)))(attention_params, xs)
+    ref_grads = jax.jit(jax.grad(dense_loss, argnums=(0, 1)))(attention_params, xs)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -109,13 +111,14 @@ def test_padding_is_masked(sharing):
     np.testing.assert_array_equal(np.asarray(ys)[~np.asarray(mask)], 0.0)
     np.testing.assert_allclose(ys_changed, ys, atol=1e-6)
     # Gradients do not reach padded inputs.
-    grad = jax.grad(lambda x: jnp.sum(cell.apply(params, x, mask=mask)[0] ** 2))(xs)
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(cell.apply(params, x, mask=mask)[0] ** 2)))(xs)
     np.testing.assert_array_equal(np.asarray(grad)[~np.asarray(mask)], 0.0)
     # Left padding: the same as the valid tokens alone.
-    alone, _ = cell.apply(params, xs[1:2, 2:])
+    apply = jax.jit(cell.apply)  # a compiled program per shape, not op by op
+    alone, _ = apply(params, xs[1:2, 2:])
     np.testing.assert_allclose(ys[1:2, 2:], alone, atol=1e-6)
     # Right padding equals the shorter input, which uses E[:, :6] (zero rows for the rest of n).
-    short, _ = cell.apply(params, xs[0:1, :6])
+    short, _ = apply(params, xs[0:1, :6])
     np.testing.assert_allclose(ys[0:1, :6], short, atol=1e-6)
 
 

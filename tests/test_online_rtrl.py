@@ -46,7 +46,7 @@ def one_layer(cell) -> OnlineModel:
 
 def learner_vs_bptt(learner, params) -> tuple[dict, dict]:
     xs, ys, resets, mask = stream()
-    _, want = bptt_gradient(learner.model, params, xs, ys, resets=resets, mask=mask)
+    _, want = jax.jit(lambda p: bptt_gradient(learner.model, p, xs, ys, resets=resets, mask=mask))(params)
     got, losses, _ = jax.jit(lambda p: accumulate(learner, p, xs, ys, resets=resets, mask=mask))(params)
     assert not np.any(np.asarray(losses)[~np.asarray(mask)]), "padded tokens must not count"
     return got, want
@@ -113,7 +113,7 @@ def test_snap1_equals_exact_rtrl_when_recurrent_weights_are_diagonal(make, gates
             lambda q: accumulate(learner, q, xs, ys, resets=resets, mask=mask)[0]
         )(p)
         diag = diagonal_recurrence(params, 4, gates)
-        _, bptt = bptt_gradient(model, diag, xs, ys, resets=resets, mask=mask)
+        _, bptt = jax.jit(lambda p: bptt_gradient(model, p, xs, ys, resets=resets, mask=mask))(diag)
         assert relative_error(run(SnAp1(model), diag), run(DenseRTRL(model), diag)) <= 1e-10
         assert relative_error(run(SnAp1(model), diag), bptt) <= 1e-6
 
@@ -165,7 +165,7 @@ def test_snap1_elstm_runs_and_reports_its_bias() -> None:
             params
         )
         dense_grads, snap_grads = run(DenseRTRL(model)), run(SnAp1(model))
-        _, bptt = bptt_gradient(model, params, xs, ys, resets=resets, mask=mask)
+        _, bptt = jax.jit(lambda p: bptt_gradient(model, p, xs, ys, resets=resets, mask=mask))(params)
         assert relative_error(dense_grads, bptt) <= 1e-6
         diff = relative_error(snap_grads["layers"], dense_grads["layers"])
         print(f"\nSnAp-1 vs exact RTRL, ELSTM: relative difference {diff:.3f} (cell parameters)")

@@ -145,14 +145,14 @@ def _halo_exact(vis: Visibility, n: int, window: int) -> bool:
     qm["seg"] = jnp.pad(vis.q_segment_ids, ((0, 0), (0, pad)), mode="edge")
     km = dict(qm)
     plan = sp._Plan("sequence", n, vis.causal, window, 1.0, 4, 4, False)
-    run = jax.shard_map(
+    run = jax.shard_map(  # jitted below: an eager shard_map runs op by op on every shard
         lambda qm, km: sp._halo_exact(plan, qm, km, window - 1)[None],
         mesh=_mesh(n),
         in_specs=(P(None, "sequence"), P(None, "sequence")),
         out_specs=P("sequence"),
         check_vma=False,
     )
-    flags = np.asarray(run(qm, km))
+    flags = np.asarray(jax.jit(run)(qm, km))
     assert (flags == flags[0]).all()  # every shard takes the same branch
     return bool(flags[0])
 

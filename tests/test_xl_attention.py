@@ -230,19 +230,20 @@ def test_memory_stays_size_m_and_holds_the_last_m_keys(key):
 def test_a_reset_empties_the_memory(key):
     cell = cells.TransformerXLAttention(num_heads=2, head_dim=4, memory_length=6)
     params = cell.init(key, INPUT_SIZE)
-    _, memory = cell.apply(params, _inputs(1, 9))
+    apply = jax.jit(cell.apply)  # a compiled program per shape, not op by op
+    _, memory = apply(params, _inputs(1, 9))
     xs = _inputs(2, 5)
-    fresh_ys, fresh = cell.apply(params, xs)
+    fresh_ys, fresh = apply(params, xs)
     # A reset at a segment's first token: the memory is not read, and the state is the fresh one.
     resets = jnp.zeros((B, 5), bool).at[:, 0].set(True)
-    ys, state = cell.apply(params, xs, memory, resets=resets)
+    ys, state = apply(params, xs, memory, resets=resets)
     np.testing.assert_allclose(ys, fresh_ys, atol=1e-6)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(fresh), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     # A reset inside the segment: the new document's tokens alone fill the memory.
     resets = jnp.zeros((B, 5), bool).at[:, 3].set(True)
-    _, state = cell.apply(params, xs, memory, resets=resets)
-    _, alone = cell.apply(params, xs[:, 3:])
+    _, state = apply(params, xs, memory, resets=resets)
+    _, alone = apply(params, xs[:, 3:])
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(alone), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     # step: a reset starts the memory again from the one token
