@@ -120,12 +120,17 @@ def test_prequential_prediction_precedes_the_update_with_its_token():
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
     params, opt_state, ls = state0["params"], opt.init(state0["params"]), state0["learner"]
     step = jax.jit(loop.learner.step)
+
+    @jax.jit  # one program, not the optimizer's ops one by one for every token
+    def update(grads, opt_state, params):
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
     for t in range(30):
         ls, pred, _, grads = step(params, ls, tokens.x[t], tokens.y[t])
         np.testing.assert_allclose(preds[t], pred, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(scores[t], np.mean((np.asarray(pred) - tokens.y[t]) ** 2), rtol=1e-5)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state = update(grads, opt_state, params)
     # changing the target of token 10 leaves predictions 0..10 alone and changes 11 on
     ys = tokens.y.copy()
     ys[10] += 1.0
