@@ -102,8 +102,9 @@ def test_auto_runs_the_measured_backend_and_agrees_with_it(monkeypatch):
     calls = []
     real = tuning.measured_method
     monkeypatch.setattr(tuning, "measured_method", lambda *args: calls.append(args) or real(*args))
-    auto, _ = linear_recurrence(a, b, axis=1)
-    chunked, _ = linear_recurrence(a, b, axis=1, method="chunked")
+    # compiled (eager, the chunked scan runs op by op); the choice is made at trace time
+    auto, _ = jax.jit(lambda a, b: linear_recurrence(a, b, axis=1))(a, b)
+    chunked, _ = jax.jit(lambda a, b: linear_recurrence(a, b, axis=1, method="chunked"))(a, b)
     assert calls and calls[0][:2] == (37, 60)
     np.testing.assert_array_equal(auto, chunked)
 
