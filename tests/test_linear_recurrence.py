@@ -146,10 +146,9 @@ def test_gradients_match_float64_autodiff(complex_, reverse):
 def test_backends_agree_at_length_not_multiple_of_chunk():
     a, b, h0, resets, mask = _inputs(203, complex_=False, seed=2)
     args = [jnp.asarray(x, jnp.float32) for x in (a, b, h0)]
+    run = jax.jit(linear_recurrence, static_argnames=("axis", "method", "chunk_size"))  # not op by op
     outs = {
-        m: linear_recurrence(
-            *args, axis=1, resets=jnp.asarray(resets), mask=jnp.asarray(mask), method=m, chunk_size=32
-        )
+        m: run(*args, axis=1, resets=jnp.asarray(resets), mask=jnp.asarray(mask), method=m, chunk_size=32)
         for m in ("sequential", "associative", "chunked")
     }
     for m in ("associative", "chunked"):
