@@ -48,6 +48,10 @@ def _inputs(length: int, complex_: bool, seed: int = 0):
     return a, b, h0, resets, mask
 
 
+# The engine in one compiled program per case (eager, its scans and chunks run op by op).
+_compiled_recurrence = jax.jit(linear_recurrence, static_argnames=("axis", "reverse", "method", "chunk_size"))
+
+
 @pytest.mark.parametrize("method", ["sequential", "associative", "chunked"])
 @pytest.mark.parametrize("length", [1, 50])
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
@@ -58,7 +62,7 @@ def test_backends_match_float64_reference(method, length, complex_, reverse):
     # `resets` in processing order: going right to left the state clears after each segment's start.
     engine_resets = reverse_resets(jnp.asarray(resets), 1) if reverse else jnp.asarray(resets)
     ref = _reference(a, b, h0, np.asarray(engine_resets), mask, reverse)
-    hs, final = linear_recurrence(
+    hs, final = _compiled_recurrence(
         jnp.asarray(a, ctype),
         jnp.asarray(b, ctype),
         jnp.asarray(h0, ctype),
@@ -146,9 +150,10 @@ def test_gradients_match_float64_autodiff(complex_, reverse):
 def test_backends_agree_at_length_not_multiple_of_chunk():
     a, b, h0, resets, mask = _inputs(203, complex_=False, seed=2)
     args = [jnp.asarray(x, jnp.float32) for x in (a, b, h0)]
-    run = jax.jit(linear_recurrence, static_argnames=("axis", "method", "chunk_size"))  # not op by op
     outs = {
-        m: run(*args, axis=1, resets=jnp.asarray(resets), mask=jnp.asarray(mask), method=m, chunk_size=32)
+        m: _compiled_recurrence(
+            *args, axis=1, resets=jnp.asarray(resets), mask=jnp.asarray(mask), method=m, chunk_size=32
+        )
         for m in ("sequential", "associative", "chunked")
     }
     for m in ("associative", "chunked"):
