@@ -92,22 +92,21 @@ def test_apply_equals_step_loop(cell, key):
     resets = random_flags(3, (B, T), 0.25)
     mask = random_flags(4, (B, T), 0.7)
 
-    ys, final = cell.apply(params, xs, state, resets=resets, mask=mask)
-    ref_ys, ref_final = step_loop(cell, params, xs, state, resets=resets, mask=mask)
+    def loss(fn, p, x, s):
+        ys, final = fn(p, x, s)
+        return jnp.sum(jnp.sin(3 * ys)) + state_loss(final), (ys, final)
+
+    by_apply = lambda p, x, s: cell.apply(p, x, s, resets=resets, mask=mask)
+    by_steps = lambda p, x, s: step_loop(cell, p, x, s, resets=resets, mask=mask)
+    # apply's values and gradients in one compiled program; the reference, a Python loop of step, eager
+    grad = lambda fn: jax.grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2), has_aux=True)
+    g_apply, (ys, final) = jax.jit(grad(by_apply))(params, xs, state)
+    g_steps, (ref_ys, ref_final) = grad(by_steps)(params, xs, state)
     assert ys.shape == (B, T, H) and ys.dtype == jnp.float32
     assert final.shape == state.shape and final.dtype == jnp.complex64
     np.testing.assert_allclose(ys, ref_ys, atol=1e-5)
     assert cdiff(final, ref_final) < 1e-5
     np.testing.assert_array_equal(ys[~mask], 0.0)
-
-    def loss(fn, p, x, s):
-        ys, final = fn(p, x, s)
-        return jnp.sum(jnp.sin(3 * ys)) + state_loss(final)
-
-    by_apply = lambda p, x, s: cell.apply(p, x, s, resets=resets, mask=mask)
-    by_steps = lambda p, x, s: step_loop(cell, p, x, s, resets=resets, mask=mask)
-    g_apply = jax.jit(jax.grad(lambda *a: loss(by_apply, *a), argnums=(0, 1, 2)))(params, xs, state)
-    g_steps = jax.grad(lambda *a: loss(by_steps, *a), argnums=(0, 1, 2))(params, xs, state)
     assert scaled_diff(g_apply, g_steps) < 1e-4
 
 
