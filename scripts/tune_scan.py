@@ -59,7 +59,12 @@ flags.DEFINE_float(
     "min_seconds", 0.5, "Short points are repeated (up to 200 runs) until each backend has run this long."
 )
 flags.DEFINE_float("max_gib", 12.0, "Points whose XLA memory plan exceeds this are not run.")
-flags.DEFINE_integer("chunk_size", 64, "chunk_size of the chunked backends.")
+flags.DEFINE_integer(
+    "chunk_size",
+    None,
+    "chunk_size of the chunked backends (default: each backend's own, e.g. 64 tokens, or 8 for the "
+    "selective scan's remat_unrolled).",
+)
 flags.DEFINE_string(
     "out", "seqjax/scan/tables/{kind}_{platform}.json", "JSON table; {kind} and {platform} are filled in."
 )
@@ -73,6 +78,10 @@ DEFAULT_STATE_ELEMS = {
 }
 
 
+def _chunk_kwargs() -> dict[str, int]:
+    return {} if FLAGS.chunk_size is None else {"chunk_size": FLAGS.chunk_size}
+
+
 def _linear_recurrence_program(method: str, length: int, state_elems: int) -> tuple[Any, tuple]:
     rest = max(state_elems // FLAGS.batch, 1)
     shape = (FLAGS.batch, length, rest)
@@ -81,7 +90,7 @@ def _linear_recurrence_program(method: str, length: int, state_elems: int) -> tu
     b = jax.random.normal(key_b, shape, jnp.float32)
 
     def loss(a: jax.Array, b: jax.Array) -> jax.Array:
-        hs, _ = linear_recurrence(a, b, axis=1, method=method, chunk_size=FLAGS.chunk_size)
+        hs, _ = linear_recurrence(a, b, axis=1, method=method, **_chunk_kwargs())
         return jnp.sum(hs**2)
 
     return jax.grad(loss, argnums=(0, 1)), (a, b)
@@ -98,7 +107,7 @@ def _selective_scan_program(method: str, length: int, state_elems: int) -> tuple
     c = jax.random.normal(keys[4], (FLAGS.batch, length, n), jnp.float32)
 
     def loss(*args: jax.Array) -> jax.Array:
-        y, _ = selective_scan(*args, chunk_size=FLAGS.chunk_size, method=method)
+        y, _ = selective_scan(*args, method=method, **_chunk_kwargs())
         return jnp.sum(y**2)
 
     return jax.grad(loss, argnums=range(5)), (x, dt, a_mat, b, c)
@@ -164,7 +173,8 @@ def _markdown(table: dict[str, Any], methods: list[str]) -> str:
     lines = [
         f"# `{kind}` backends on {table['platform']} ({table['device_kind']})",
         "",
-        f"- date: {table['date']}; jax {table['jax']}; float32; chunk_size {FLAGS.chunk_size}; "
+        f"- date: {table['date']}; jax {table['jax']}; float32; "
+        f"chunk_size {FLAGS.chunk_size or 'each backend default'}; "
         f"batch {FLAGS.batch}",
         f"- command: `{table['command']}`",
         f"- forward + backward ({WORKLOAD[kind].format(n=FLAGS.state_size)}); median of the `runs` column "

@@ -26,8 +26,16 @@ def _scan_inputs(bsz=2, length=37, d=5, n=3, seed=0):
     return x, dt, a, b, c, h0, resets
 
 
-@pytest.mark.parametrize("method", ["remat_sequential", "remat_associative"])
-@pytest.mark.parametrize("chunk_size", [1, 8, 64])
+@pytest.mark.parametrize(
+    ("method", "chunk_size"),
+    [
+        *[(m, c) for m in ("remat_sequential", "remat_associative") for c in (1, 8, 64)],
+        # unrolled: its own default chunk (8), one token, and a chunk longer than the sequence (37)
+        ("remat_unrolled", None),
+        ("remat_unrolled", 1),
+        ("remat_unrolled", 40),
+    ],
+)
 def test_selective_scan_matches_materialised_scan(method, chunk_size):
     args = _scan_inputs()
     y, h = selective_scan(*args, chunk_size=chunk_size, method=method)
@@ -63,10 +71,12 @@ def test_selective_scan_training_memory_does_not_scale_with_l_d_n():
         return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
 
     expanded = bsz * length * d * n * 4  # one float32 [B, L, D, N] tensor: 32 MiB here
-    chunked = peak(lambda *a: selective_scan(*a, chunk_size=64))
+    chunked = peak(lambda *a: selective_scan(*a, chunk_size=64, method="remat_sequential"))
+    # 8-token chunks keep L/8 states of B·D·N: a quarter of one expanded tensor for N = 16
+    unrolled = peak(lambda *a: selective_scan(*a, method="remat_unrolled"))
     materialised = peak(selective_scan_reference)
-    assert chunked < expanded, (chunked, expanded)
-    assert materialised > 4 * chunked, (materialised, chunked)
+    assert chunked < expanded and unrolled < expanded, (chunked, unrolled, expanded)
+    assert materialised > 4 * max(chunked, unrolled), (materialised, chunked, unrolled)
 
 
 def test_mamba_initialisation(key):
@@ -135,6 +145,8 @@ def test_bad_input():
         cells.Mamba(d_model=4, method="chunked")
     with pytest.raises(ValueError, match="state_size must be a positive integer"):
         cells.Mamba(d_model=4, state_size=0)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        cells.Mamba(d_model=4, chunk_size=0)
     with pytest.raises(ValueError, match=r"input_size=3 but d_model=4"):
         cells.Mamba(d_model=4).init(jax.random.PRNGKey(0), 3)
     with pytest.raises(ValueError, match="dt_min < dt_max"):
@@ -142,8 +154,15 @@ def test_bad_input():
 
 
 def test_mamba_backends_agree(key):
-    """The chunked training form against both materialised forms: values and gradients, with flags."""
-    base = cells.Mamba(d_model=4, state_size=3, chunk_size=4)
+    """The chunked training form against the other chunked forms and both materialised forms: values
+    and gradients, with flags."""
+    base = cells.Mamba(d_model=4, state_size=3, chunk_size=4, method="remat_sequential")
+    alternatives = (
+        "remat_associative",
+        "remat_unrolled",
+        "materialized_sequential",
+        "materialized_associative",
+    )
     params = base.init(key, 4)
     xs = jax.random.normal(jax.random.PRNGKey(1), (2, 11, 4))
     resets = random_flags(5, (2, 11), 0.2)
@@ -158,14 +177,11 @@ def test_mamba_backends_agree(key):
 
     @jax.jit  # all three backends in one compiled program
     def all_methods(params, xs):
-        others = {
-            m: loss(dataclasses.replace(base, method=m))(params, xs)
-            for m in ("remat_associative", "materialized_sequential", "materialized_associative")
-        }
+        others = {m: loss(dataclasses.replace(base, method=m))(params, xs) for m in alternatives}
         return loss(base)(params, xs), others
 
     (value, grads), results = all_methods(params, xs)
-    for method in ("remat_associative", "materialized_sequential", "materialized_associative"):
+    for method in alternatives:
         other_value, other_grads = results[method]
         np.testing.assert_allclose(other_value, value, rtol=1e-5)
         assert max_abs_diff(other_grads, grads) < 1e-4, method

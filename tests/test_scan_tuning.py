@@ -270,7 +270,6 @@ def test_tuner_writes_a_selective_table(tmp_path, monkeypatch):
             "--state_elems=64",
             "--batch=2",
             "--state_size=4",
-            "--chunk_size=8",
             "--repeats=1",
             "--min_seconds=0",
             f"--out={out}",
@@ -284,5 +283,5 @@ def test_tuner_writes_a_selective_table(tmp_path, monkeypatch):
     )
     table = tuning.load_table(out)
     assert table.kind == "selective_scan" and table.platform == "cpu"
-    assert set(table.measurements[0].seconds) == {"remat_sequential", "remat_associative"}
+    assert set(table.measurements[0].seconds) == {"remat_sequential", "remat_associative", "remat_unrolled"}
     assert "# `selective_scan` backends" in md.read_text()

@@ -31,7 +31,7 @@ from seqjax.scan.sequence_parallel import (
 
 __all__ = ["Mamba", "MambaState"]
 
-#: the chunk-rematerialised selective scan ("auto" measures between its two forms), then the two
+#: the chunk-rematerialised selective scan ("auto" measures between its three forms), then the two
 #: materialised references built on `linear_recurrence`.
 METHODS = (*SELECTIVE_METHODS, "materialized_sequential", "materialized_associative")
 #: names used before the selective scan had its own; "chunked" meant something else in `linear_recurrence`.
@@ -86,8 +86,10 @@ class Mamba(RecurrentCell):
     the SSM state and the conv window, so packed sequences never see each other.
 
     `method`: "auto" (the default), "remat_sequential" and "remat_associative" form the [.., d_inner, N]
-    tensors one chunk at a time and recompute them in the backward pass (`seqjax.scan.selective_scan`;
-    "auto" picks the recurrence inside a chunk from measured tables). "materialized_sequential" and
+    tensors one chunk at a time and recompute them in the backward pass; "remat_unrolled" runs each
+    short chunk as straight-line code without forming them (`seqjax.scan.selective_scan`; "auto" picks
+    among the three from measured tables, and `chunk_size=None` takes the chosen form's default chunk:
+    64 tokens, or 8 unrolled). "materialized_sequential" and
     "materialized_associative" materialise them for every token and use `seqjax.scan.linear_recurrence`.
     They are the references; training the block with them took 7.4x the memory at L=16k
     (benchmarks/ssm_cpu.md).
@@ -110,14 +112,16 @@ class Mamba(RecurrentCell):
     dt_max: float = 0.1
     dt_floor: float = 1e-4
     method: str = "auto"
-    chunk_size: int = 64
+    chunk_size: int | None = None
     sequence_axis: str | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
 
     def __post_init__(self) -> None:
-        for field in ("d_model", "state_size", "expand", "d_conv", "chunk_size"):
+        for field in ("d_model", "state_size", "expand", "d_conv"):
             check_positive_int("Mamba", field, getattr(self, field))
+        if self.chunk_size is not None:
+            check_positive_int("Mamba", "chunk_size", self.chunk_size)
         check_sequence_axis("Mamba", self.sequence_axis)
         if self.method in _RENAMED:
             raise ValueError(

@@ -725,7 +725,7 @@ def sequence_parallel_selective_scan(
     h0: jax.Array | None = None,
     resets: jax.Array | None = None,
     *,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     method: str = "auto",
     sequence_axis: str = "sequence",
     mesh: Mesh | None = None,

@@ -2,8 +2,8 @@
 
 Two engines are tuned, each with its own backends (`BACKENDS_BY_KIND`):
 - `linear_recurrence` (the diagonal recurrence): "sequential", "associative", "chunked";
-- `selective_scan` (Mamba's chunk-rematerialised scan): "remat_sequential", "remat_associative", the
-  recurrence run inside each chunk.
+- `selective_scan` (Mamba's chunk-rematerialised scan): "remat_sequential", "remat_associative",
+  "remat_unrolled", the recurrence run inside each chunk.
 
 A table is the JSON that `scripts/tune_scan.py` writes after timing every backend of one engine (forward
 + backward) on one machine:
@@ -50,7 +50,7 @@ __all__ = [
 ENV_VAR = "SEQJAX_SCAN_TUNING"
 BACKENDS_BY_KIND: dict[str, tuple[str, ...]] = {
     "linear_recurrence": ("sequential", "associative", "chunked"),
-    "selective_scan": ("remat_sequential", "remat_associative"),
+    "selective_scan": ("remat_sequential", "remat_associative", "remat_unrolled"),
 }
 BACKENDS: tuple[str, ...] = BACKENDS_BY_KIND["linear_recurrence"]
 DEFAULT_KIND = "linear_recurrence"
