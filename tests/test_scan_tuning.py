@@ -53,6 +53,16 @@ def test_shipped_cpu_table_exists_and_matches_the_cpu_benchmarks():
         assert choose_method(length, 8 * 128 * 16, "cpu") == "sequential"
 
 
+def test_shipped_cpu_selective_table_chooses_the_unrolled_chunks():
+    from seqjax.scan.selective import DEFAULT_CHUNK, choose_selective_method
+
+    # benchmarks/selective_scan_tuning_cpu.md: remat_unrolled was the fastest at every measured point.
+    for length in (64, 1024, 16384):
+        for state in (16384, 131072):
+            assert choose_selective_method(length, state, "cpu") == "remat_unrolled"
+    assert DEFAULT_CHUNK["remat_unrolled"] < DEFAULT_CHUNK["remat_sequential"]
+
+
 def test_nearest_measured_point_decides(tmp_path):
     rows = [
         (64, 1024, {"sequential": 1.0, "associative": 2.0, "chunked": 3.0}),
