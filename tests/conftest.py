@@ -58,42 +58,18 @@ def shared_data_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fi
     return str(folder)
 
 
-def _mappings_and_rss() -> tuple[int, float] | None:
-    """This process's memory mappings and resident memory in GiB (None where /proc is not there)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            count = sum(1 for _ in maps)
-        with open("/proc/self/statm") as statm:
-            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
-    except (OSError, ValueError):
-        return None
-    return count, rss
-
-
-# A worker drops its compiled programs at the end of a test file once it holds more than this many memory
-# mappings or this much resident memory. Measured: the cell contract's 322 tests leave ~5,800 mappings and
-# 1.1 GiB, so a worker stays far below the kernel's 65,530 mappings and the suite's two workers below
-# ~2 x 3 GiB between clearings.
-MAPPINGS_BEFORE_CLEARING = 10_000
-GIB_BEFORE_CLEARING = 2.0
-
-
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """After a test file's last test, drops JAX's compiled programs (`jax.clear_caches`) and collects
-    them, once the worker is past MAPPINGS_BEFORE_CLEARING or GIB_BEFORE_CLEARING. Each compiled XLA CPU
-    program maps its code into the process, and a worker that keeps the programs of a whole run crosses
-    the kernel's limit on mappings (`vm.max_map_count`, 65,530 by default), and a failed mmap inside XLA
-    is the likely cause of the segfaults seen late in runs, in compiling or running a program, on a
-    different test each time (none in the first fresh-clone run with this hook). Programs are rarely
-    shared across files. Clearing after every file cost 0.3-2 s a file (~100 s of a run), hence the
-    thresholds."""
+    them. Each compiled XLA CPU program maps its code into the process, and a worker that keeps the
+    programs of a whole run crosses the kernel's limit on mappings (`vm.max_map_count`, 65,530 by
+    default; ~14,500 after 200 cell tests), and a failed mmap inside XLA is the likely cause of the
+    segfaults seen late in runs, in compiling or running a program, on a different test each time (none
+    in the first fresh-clone run with this hook). Programs are rarely shared across files."""
     if nextitem is None or nextitem.path != item.path:  # (a doctest item has a path, not a module)
-        usage = _mappings_and_rss()
-        if usage is None or usage[0] > MAPPINGS_BEFORE_CLEARING or usage[1] > GIB_BEFORE_CLEARING:
-            import gc
+        import gc
 
-            jax.clear_caches()
-            gc.collect()
+        jax.clear_caches()
+        gc.collect()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
