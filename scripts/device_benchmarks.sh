@@ -10,8 +10,13 @@
 # Steps: tune, rnn, scan, ssm, linear_attention, attention, models, recent (issue 22's cells against
 # their own step loops), recent_models (whole models of those cells). On 2026-11-30 an H200 needed more
 # than the limits below for every step but the linear_recurrence tuning (see benchmarks/*_gpu.md): with
-# a 15-minute device budget, run two or three steps per session (the recent steps have not run on a GPU
-# yet: start with them).
+# a 15-minute device budget, run two or three steps per session. On 2026-12-04 `recent` finished 1k for
+# every cell and 4k for five of eight in about 470 s, and `recent_models` GLA and RWKV-7 in 205 s
+# (benchmarks/recent_cells*_gpu.md, models_recent_gpu.md): next time start with the missing rows.
+# The device image has jax, flax, optax and orbax but not ml_collections, grain or array_record, which
+# benchmark_models.py imports (through seqjax.config), nor tensorflow_datasets and tensorboardX, which
+# seqjax.experiment only looks for: carry cp312 wheels of the first three and empty stand-in packages
+# for the other two on PYTHONPATH.
 set -uo pipefail
 out="${1:?usage: device_benchmarks.sh OUTDIR [STEPS]}"
 steps=",${2:-tune,rnn,scan,ssm,linear_attention,attention,models,recent,recent_models},"
