@@ -8,18 +8,19 @@
 #   bash scripts/device_benchmarks.sh /tmp/out rnn,models      # chosen steps only
 #   SEQJAX_DEVICE_QUICK=1 bash scripts/device_benchmarks.sh /tmp/out   # tiny sizes: checks the script
 # Steps: tune, rnn, scan, ssm, linear_attention, attention, models, recent (issue 22's cells against
-# their own step loops), recent_models (whole models of those cells). On 2026-11-30 an H200 needed more
-# than the limits below for every step but the linear_recurrence tuning (see benchmarks/*_gpu.md): with
-# a 15-minute device budget, run two or three steps per session. On 2026-12-04 `recent` finished 1k for
+# their own step loops), recent_models (whole models of those cells), recent_4k_rest, recent_models_rest.
+# On 2026-11-30 an H200 needed more than the limits below for every step but the linear_recurrence
+# tuning (see benchmarks/*_gpu.md): with a 15-minute device budget, run two or three steps per session. On 2026-12-04 `recent` finished 1k for
 # every cell and 4k for five of eight in about 470 s, and `recent_models` GLA and RWKV-7 in 205 s
 # (benchmarks/recent_cells*_gpu.md, models_recent_gpu.md): next time start with the missing rows.
 # The device image has jax, flax, optax and orbax but not ml_collections, grain or array_record, which
 # benchmark_models.py imports (through seqjax.config), nor tensorflow_datasets and tensorboardX, which
-# seqjax.experiment only looks for: carry cp312 wheels of the first three and empty stand-in packages
-# for the other two on PYTHONPATH.
+# seqjax.experiment only looks for: run `bash scripts/device_wheels.sh` here first and carry `.whl`;
+# this script installs it when present. Steps recent_4k_rest and recent_models_rest measure the rows
+# that 2026-12-04 left out.
 set -uo pipefail
 out="${1:?usage: device_benchmarks.sh OUTDIR [STEPS]}"
-steps=",${2:-tune,rnn,scan,ssm,linear_attention,attention,models,recent,recent_models},"
+steps=",${2:-tune,rnn,scan,ssm,linear_attention,attention,models,recent,recent_models,recent_4k_rest,recent_models_rest},"
 mkdir -p "$out"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -38,6 +39,12 @@ step() {  # step NAME LIMIT_SECONDS SCRIPT [FLAGS...]: one script, killed at its
   echo "=== exit $? after $((SECONDS - start))s total" | tee -a "$log"
 }
 start=$SECONDS
+if compgen -G ".whl/*.whl" >/dev/null; then  # from scripts/device_wheels.sh
+  site="${TMPDIR:-/tmp}/seqjax_device_site"
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+    >>"$log" 2>&1 || echo "installing .whl/ failed (see $log)" | tee -a "$log"
+  export PYTHONPATH="$PYTHONPATH:$site:$root/.whl/stubs"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$log" 2>&1 || true
 "$py" -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())' \
   >>"$log" 2>&1
@@ -67,6 +74,10 @@ else
   step recent_models 300 scripts/benchmark_models.py --lengths=1024,4096,16384 --gen_contexts=1024,16384 \
     --models=deltanet,gated_deltanet,mamba2,rwkv7,gla,mlstm,slstm,rglru,attention \
     '--out=benchmarks/models_recent_{platform}.md'
+  step recent_4k_rest 240 scripts/benchmark.py --cells=deltanet,mlstm,slstm,rglru --lengths=4096 --repeats=3 \
+    --max_gib=100 --nostep_mode '--out=benchmarks/recent_cells_4k_rest_{platform}.md'
+  step recent_models_rest 300 scripts/benchmark_models.py --lengths=1024,4096,16384 --gen_contexts=1024,16384 \
+    --models=gated_deltanet,mamba2,mlstm,deltanet,slstm,rglru,attention '--out=benchmarks/models_recent_rest_{platform}.md'
 fi
 platform="$("$py" -c 'import jax; print(jax.default_backend())' 2>/dev/null)"
 tar -czf "$out/device_results.tar.gz" "$log" $(ls seqjax/scan/tables/*_"$platform".json \
