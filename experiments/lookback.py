@@ -67,7 +67,7 @@ Verdict rules, fixed before any run:
 
     python experiments/lookback.py --size=smoke --presets=lstm,attention --lookbacks=96,192 \
         --horizons=96      # ~1 minute on the embedded sample: the wiring
-    python experiments/lookback.py            # household power, CPU size, route=offline: ~7 h (not run yet)
+    python experiments/lookback.py            # household power, CPU size, route=offline (done 2026-12-04)
     python experiments/lookback.py --datasets=electricity,traffic
     python experiments/lookback.py --size=accelerator --datasets=household_power,electricity,traffic
 
