@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Resumes the background experiments whose finished runs are carried in this folder, after the machine
+# that ran them has gone: unpacks each into a workdir under $RUNS (default /work/runs), restarts its
+# command at low priority with its log beside it, and packs the finished runs back here every 15 minutes
+# (commit them with `git add experiments/runs`). Finished runs are read back, unfinished ones start again.
+#   bash experiments/runs/resume.sh                 # all of them
+#   bash experiments/runs/resume.sh lookback        # one
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+source scripts/setup_env.sh
+runs="${RUNS:-/work/runs}"
+mkdir -p "$runs"
+
+declare -A command nice_level
+command[lookback]="experiments/lookback.py --datasets=electricity,traffic"
+nice_level[lookback]=10
+command[few_shot]="experiments/few_shot.py --keys=species@1024,genic_vs_intergenic@1024"
+nice_level[few_shot]=19
+command[crossover_lm]="experiments/length_crossover.py --config=configs/documents.py \
+--options=corpus=python_docs,route=offline \
+--presets=lstm,elstm,gla,mamba,s5,mamba2,gated_deltanet,mlstm,rglru,attention,swa,xl_attention \
+--lengths=1024,4096,8192 --tokens_per_batch=8192 --train_tokens=491520 --evaluation_examples=64 --claim_from=8192"
+nice_level[crossover_lm]=19
+
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=(lookback few_shot crossover_lm)
+for name in "${names[@]}"; do
+  [ -n "${command[$name]:-}" ] || { echo "unknown experiment '$name': one of ${!command[*]}" >&2; exit 2; }
+  if [ ! -d "$runs/$name" ] && [ -d "experiments/runs/${name}_cpu" ]; then
+    python scripts/carry_runs.py unpack --from="experiments/runs/${name}_cpu" --workdir="$runs/$name"
+  fi
+  # shellcheck disable=SC2086
+  nohup nice -n "${nice_level[$name]}" python ${command[$name]} --workdir="$runs/$name" \
+    >>"$runs/$name.log" 2>&1 &
+  echo "$name: pid $! (log $runs/$name.log)"
+done
+
+# the packer: every 15 minutes, the finished runs of every workdir back into this folder
+if ! pgrep -f "resume.sh packer" >/dev/null; then
+  nohup bash -c "exec -a 'resume.sh packer' bash -c '
+    while sleep 900; do
+      for name in ${names[*]}; do
+        [ -d \"$runs/\$name\" ] && python scripts/carry_runs.py pack --workdir=\"$runs/\$name\" \
+          --to=experiments/runs/\${name}_cpu >>\"$runs/packer.log\" 2>&1
+      done
+    done'" >/dev/null 2>&1 &
+  echo "packer: pid $!"
+fi
