@@ -3,6 +3,7 @@
 # that ran them has gone: unpacks each into a workdir under $RUNS (default /work/runs), restarts its
 # command at low priority with its log beside it, and packs the finished runs back here every 15 minutes
 # (commit them with `git add experiments/runs`). Finished runs are read back, unfinished ones start again.
+# Priorities: the two whose end closes an issue (few_shot: issue 19; crossover_lm: issue 22) before lookback.
 #   bash experiments/runs/resume.sh                 # all of them
 #   bash experiments/runs/resume.sh lookback        # one
 set -euo pipefail
@@ -14,14 +15,14 @@ mkdir -p "$runs"
 
 declare -A command nice_level
 command[lookback]="experiments/lookback.py --datasets=electricity,traffic"
-nice_level[lookback]=10
+nice_level[lookback]=19
 command[few_shot]="experiments/few_shot.py --keys=species@1024,genic_vs_intergenic@1024"
-nice_level[few_shot]=19
+nice_level[few_shot]=10
 command[crossover_lm]="experiments/length_crossover.py --config=configs/documents.py \
 --options=corpus=python_docs,route=offline \
 --presets=lstm,elstm,gla,mamba,s5,mamba2,gated_deltanet,mlstm,rglru,attention,swa,xl_attention \
 --lengths=1024,4096,8192 --tokens_per_batch=8192 --train_tokens=491520 --evaluation_examples=64 --claim_from=8192"
-nice_level[crossover_lm]=19
+nice_level[crossover_lm]=10
 
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(lookback few_shot crossover_lm)
