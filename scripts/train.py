@@ -114,7 +114,7 @@ def _main(argv: list[str]) -> None:
     )
     if jax.process_index() == 0 and FLAGS.result_json:
         keys = ("step", "metrics", "eval", "preempted", "steps_per_s", "tokens_per_s", "peak_memory_bytes")
-        keys += ("step_memory_bytes", "train_seconds", "compile_seconds", "eval_seconds")
+        keys += ("step_memory_bytes", "train_seconds", "train_cpu_seconds", "compile_seconds", "eval_seconds")
         with open(FLAGS.result_json, "w") as f:
             json.dump({k: result[k] for k in (*keys, "num_params")}, f, indent=1)
     if jax.process_index() == 0:

@@ -572,3 +572,19 @@ def test_the_table_gives_the_parameters_outside_the_match():
     row |= {"train_tokens": 1, "steps": 10, "tokens_per_s": 1.0, "flops_per_token": 1.0, "train_seconds": 1.0}
     assert "| 1,285,998 (0.999 without the 1,048,576 on the length axis) |" in model_table([row], "mse")
     assert "| 1,285,998 (0.999) |" in model_table([{**row, "unmatched": 0}], "mse")
+
+
+def test_the_table_says_what_its_times_measure():
+    """Wall-clock columns come with the note that they grow on a shared or paused machine; the CPU
+    seconds are shown where the runs kept them, n/a where they did not."""
+    from seqjax.experiment.summary import TIME_NOTE, model_table
+
+    row = {"model": "lstm", "estimate": 0.5, "low": 0.4, "high": 0.6, "seeds": 1, "parameters": 1}
+    row |= {"ratio": 1.0, "learning_rate": 1e-3, "train_tokens": 1, "steps": 10, "tokens_per_s": 1.0}
+    row |= {"flops_per_token": 1.0, "train_seconds": 120.0}
+    old, new = model_table([row], "mse"), model_table([{**row, "train_cpu_seconds": 97.4}], "mse")
+    header = old.splitlines()[0].split(" | ")
+    column = header.index("CPU s")
+    assert old.splitlines()[2].split(" | ")[column] == "n/a"
+    assert new.splitlines()[2].split(" | ")[column] == "97"
+    assert header[column - 1] == "train s" and new.endswith(TIME_NOTE)

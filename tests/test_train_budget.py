@@ -46,6 +46,28 @@ def test_evaluation_and_compile_are_not_training_time(tmp_path, monkeypatch):
     # 4 timed steps (the first compiles); the rate is theirs alone.
     assert result["train_seconds"] < wall - result["eval_seconds"] - result["compile_seconds"]
     assert abs(result["steps_per_s"] * result["train_seconds"] - 4) < 1e-6
+    # CPU time over the same steps: positive, and the evaluation's sleep (no CPU) is not in it.
+    assert 0 < result["train_cpu_seconds"] < result["eval_seconds"]
+
+
+def test_cpu_time_does_not_count_a_paused_step(tmp_path, monkeypatch):
+    """A step that waits (another job holds the cores, or the process is stopped) takes wall-clock time
+    but no CPU time: `train_seconds` counts the wait, `train_cpu_seconds` does not."""
+    real = trainer._global_batch
+    calls = []
+
+    def waiting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # a timed step (the first compiles)
+            time.sleep(EVAL_SLEEP)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_global_batch", waiting)
+    config = _config(4)
+    config.eval_every = 0  # every call above is then a training step's batch
+    result = trainer.train(config, str(tmp_path))
+    assert result["train_seconds"] >= EVAL_SLEEP
+    assert result["train_cpu_seconds"] < result["train_seconds"] - 0.5 * EVAL_SLEEP
 
 
 def test_a_slow_evaluation_does_not_spend_the_budget(tmp_path, monkeypatch):

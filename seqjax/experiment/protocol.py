@@ -198,6 +198,10 @@ class RunRecord:
     # (`evaluate_on_test`). They let the run's folder stand without its checkpoint
     # (`seqjax.experiment.carry_over`). None in records written before they were kept.
     final_test: dict[str, float] | None = None
+    # The process's CPU seconds over the timed training steps (the trainer's `train_cpu_seconds`): what
+    # a run cost on a CPU host that other jobs shared or that was paused, where `train_seconds` (wall
+    # clock) grows with the sharing. None in records written before it was kept.
+    train_cpu_seconds: float | None = None
 
 
 def _config_sha256(config: Any) -> str:
@@ -370,6 +374,10 @@ def run_predictions(
     )
 
 
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _record(
     model: str,
     lr: float,
@@ -389,6 +397,7 @@ def _record(
         train_tokens=int(tokens),
         train_seconds=float(result["train_seconds"]),
         compile_seconds=float(result["compile_seconds"]),
+        train_cpu_seconds=_float_or_none(result.get("train_cpu_seconds")),
         eval_seconds=float(result["eval_seconds"]),
         tokens_per_s=float(result["tokens_per_s"]),
         step_memory_bytes=result.get("step_memory_bytes"),

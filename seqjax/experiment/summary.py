@@ -159,6 +159,10 @@ def summarize_length(
                 "train_tokens": seeds[0].train_tokens,
                 "tokens_per_s": _median([r.tokens_per_s for r in seeds]),
                 "train_seconds": _median([r.train_seconds for r in seeds]),
+                # None unless every seed's record kept it (records before 2026-12-05 did not)
+                "train_cpu_seconds": None
+                if any(r.train_cpu_seconds is None for r in seeds)
+                else _median([r.train_cpu_seconds for r in seeds]),
                 "compile_seconds": _median([r.compile_seconds for r in seeds]),
                 "flops_per_token": result.flops_per_token,
                 "step_memory_bytes": seeds[0].step_memory_bytes,
@@ -268,6 +272,20 @@ def _memory(value: int | None) -> str:
     return f"{value / 2**20:.1f} MiB"
 
 
+#: Under every model table: what its time columns measure.
+TIME_NOTE = (
+    "tokens/s and train s: wall-clock time of the training steps (batch fetch to finished update; "
+    "medians over seeds), on the machine as it was: where other jobs shared the cores, or the run was "
+    "paused, they grow with that, so they compare models only on a machine given to one run (the "
+    "`benchmarks/` tables are timed so). CPU s: the process's CPU time over the same steps, which "
+    "pauses do not inflate (host time only on an accelerator; n/a for runs recorded before it was kept)."
+)
+
+
+def _cpu_seconds(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.0f}"
+
+
 def model_table(rows: Sequence[Mapping[str, Any]], metric: str, confidence_level: float = 0.95) -> str:
     """The per-model markdown table of a summary's "models"."""
     header = [
@@ -281,6 +299,7 @@ def model_table(rows: Sequence[Mapping[str, Any]], metric: str, confidence_level
         "tokens/s",
         "FLOPs/token",
         "train s",
+        "CPU s",
         "step memory",
     ]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
@@ -299,12 +318,13 @@ def model_table(rows: Sequence[Mapping[str, Any]], metric: str, confidence_level
                     f"{r['tokens_per_s']:,.0f}",
                     f"{r['flops_per_token']:.1e}",
                     f"{r['train_seconds']:.0f}",
+                    _cpu_seconds(r.get("train_cpu_seconds")),
                     _memory(r.get("step_memory_bytes")),
                 ]
             )
             + " |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + TIME_NOTE
 
 
 def metrics_table(

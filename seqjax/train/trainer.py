@@ -613,6 +613,10 @@ def _train(
         # count, so a model with a slow validation pass trains as long as one with a fast one.
         step_first = step
         train_seconds = 0.0  # steps after the first
+        # The process's CPU time (all its threads) over the same steps: on a CPU host it measures the
+        # work a step took, which wall-clock time does not once other jobs share the cores or the
+        # process is paused; on an accelerator it is host time only.
+        train_cpu_seconds = 0.0
         compile_seconds = math.nan  # the first step: compiling plus one step
         eval_seconds = 0.0
         step_memory: int | None = None
@@ -672,6 +676,7 @@ def _train(
                 "steps_per_s": rate,
                 "tokens_per_s": rate * tokens_per_batch,
                 "train_seconds": train_seconds,
+                "train_cpu_seconds": train_cpu_seconds,
                 "compile_seconds": compile_seconds,
                 "eval_seconds": eval_seconds,
                 "peak_memory_bytes": _peak_memory_bytes(),
@@ -700,17 +705,19 @@ def _train(
             while step < total:
                 if step == step_first and is_chief:
                     print(f"compiling the train step (step {step + 1} of {total})...", flush=True)
-                t_step = time.perf_counter()
+                t_step, cpu_step = time.perf_counter(), time.process_time()
                 batch = _global_batch(next(batches), train_shardings, layout)
                 if step_memory is None and config.report_step_memory:
                     step_memory = _step_memory_bytes(train_step, state, batch)
-                    t_step = time.perf_counter()  # the extra compile is not a training step
+                    # the extra compile is not a training step
+                    t_step, cpu_step = time.perf_counter(), time.process_time()
                 state, metrics = train_step(state, batch)
                 finite = bool(metrics["finite"])  # waits for the step: its time is then measured
                 if step == step_first:
                     compile_seconds = time.perf_counter() - t_step
                 else:
                     train_seconds += time.perf_counter() - t_step
+                    train_cpu_seconds += time.process_time() - cpu_step
                 if not finite:
                     close()  # waits for pending saves, so the message names the last one on disk
                     raise NonFiniteLossError(
