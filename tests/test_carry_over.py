@@ -161,6 +161,9 @@ def test_forecasts_are_carried_as_their_errors_with_the_same_statistics(tmp_path
     assert carry_over.unpack(tmp_path / "pack", work) == {"copied": 0, "kept": 3}
     assert read_predictions(full[0]).predictions.shape == (40, 24, 3)
     assert carry_over.unpack(tmp_path / "pack", tmp_path / "fresh")["copied"] == 3
+    # packed again from there (a resumed experiment), the manifest still names the reduced files
+    again = carry_over.pack(tmp_path / "fresh", tmp_path / "pack2")
+    assert again["reduced_forecasts"] == manifest["reduced_forecasts"]
     # a full file that is not the one the pack's errors came from is still refused
     write_predictions(full[1], _forecast_run(1, rng))
     with pytest.raises(ValueError, match="differs from the pack"):

@@ -160,7 +160,9 @@ def pack(
         "finished_runs": sum(1 for f in files if f.name in _FINISHED),
         "unfinished_runs_left_out": unfinished,
         "files": [str(f) for f in files],
-        "reduced_forecasts": sorted(str(f) for f in forecasts),
+        # every carried file of per-example errors in place of forecasts: reduced now, or already in a
+        # pack that was unpacked to resume the experiment and is packed again
+        "reduced_forecasts": sorted(str(f) for f in files if f in forecasts or _already_reduced(workdir / f)),
         "sha256": {str(f): _sha256(staging / f) for f in files},
     }
     staging.mkdir(parents=True, exist_ok=True)
@@ -173,6 +175,16 @@ def pack(
     os.replace(staging, destination)
     shutil.rmtree(previous, ignore_errors=True)
     return manifest
+
+
+def _already_reduced(path: Path) -> bool:
+    """Whether `path` is a predictions file that holds reduced forecasts (`reduce_forecasts`)."""
+    if path.suffix != ".npz":
+        return False
+    try:
+        return bool(read_predictions(path).reduced)
+    except ValueError:  # not a predictions file
+        return False
 
 
 def _reduces_to(full: Path, reduced: Path) -> bool:
