@@ -173,3 +173,22 @@ def test_metric_by_length_tells_twelve_models_apart() -> None:
     styles = {(line.get_color(), line.get_marker(), line.get_linestyle()) for line in lines}
     assert len(lines) == 12 and len(styles) == 12
     plt.close(fig)
+
+
+def test_cost_by_length_plots_tokens_per_cpu_second_where_every_run_kept_it() -> None:
+    """Runs on a shared or paused CPU host: their speed is drawn per CPU second when every run kept its
+    CPU time, else as wall-clock tokens/s, and the axis says which."""
+    import matplotlib.pyplot as plt
+
+    row = {"model": "lstm", "tokens_per_s": 1e3, "step_memory_bytes": 2**20}
+    timed = {**row, "tokens_per_cpu_s": 4e3}
+    fig = plots.cost_by_length(
+        {1024: {"models": [timed]}, 4096: {"models": [{**timed, "tokens_per_cpu_s": 2e3}]}}
+    )
+    assert fig.axes[0].get_ylabel() == "train tokens per CPU second"
+    assert list(fig.axes[0].get_lines()[0].get_ydata()) == [4e3, 2e3]
+    plt.close(fig)
+    fig = plots.cost_by_length({1024: {"models": [timed]}, 4096: {"models": [row]}})  # one run without
+    assert fig.axes[0].get_ylabel() == "train tokens/s (wall clock)"
+    assert list(fig.axes[0].get_lines()[0].get_ydata()) == [1e3, 1e3]
+    plt.close(fig)

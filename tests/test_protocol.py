@@ -306,6 +306,7 @@ def test_length_crossover_smoke_run(tmp_path):
         for row in summary["models"]:
             assert row["seeds"] == 2 and row["low"] <= row["estimate"] <= row["high"]
             assert abs(row["ratio"] - 1) <= 0.05 and row["train_tokens"] == 2048 and row["steps"] == 2
+            assert row["train_cpu_seconds"] > 0 and row["tokens_per_cpu_s"] > 0  # the runs kept CPU time
             for path in row["predictions"]:
                 run = read_predictions(path)  # 64 test examples spread evenly over the split
                 assert run.n_examples == 64 and run.example_ids[-1] > 200

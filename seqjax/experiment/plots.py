@@ -3,7 +3,8 @@
 - `learning_curves`: training loss against training tokens, the mean over seeds, one line per model.
 - `metric_by_model`: each model's headline metric with its interval, baselines as horizontal lines.
 - `metric_by_length`: the headline metric against sequence length with interval bands.
-- `cost_by_length`: tokens/s and train-step memory against length, log-log.
+- `cost_by_length`: training speed (tokens per CPU second, or tokens/s) and train-step memory against
+  length, log-log.
 - `metric_by_training_examples`: a learning curve, the metric against the training examples (log x),
   one color per model, solid without augmentation and dotted with, the baseline dashed.
 - `metric_by_position`: bits per byte against position in the document (bucket midpoints, log x), one
@@ -303,16 +304,23 @@ def metric_by_training_examples(
 def cost_by_length(
     summaries: Mapping[int, Mapping[str, Any]], path: str | Path | None = None, *, title: str = ""
 ) -> Path | Figure:
-    """Training tokens/s and XLA's train-step memory against length, log-log, one line per model."""
+    """Training speed and XLA's train-step memory against length, log-log, one line per model. The speed
+    is in training tokens per CPU second where every run kept its CPU time (`tokens_per_cpu_s`: on a
+    CPU host shared with other jobs, or paused, wall-clock tokens/s measure the sharing as much as the
+    model), else in wall-clock tokens/s, and the axis says which."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.0))
     lengths = sorted(summaries)
     models = sorted({r["model"] for s in summaries.values() for r in s["models"]})
+    every = [r for s in summaries.values() for r in s["models"]]
+    per_cpu = bool(every) and all(r.get("tokens_per_cpu_s") for r in every)
+    speed_key = "tokens_per_cpu_s" if per_cpu else "tokens_per_s"
+    speed_label = "train tokens per CPU second" if per_cpu else "train tokens/s (wall clock)"
     for i, model in enumerate(models):
         rows = [(n, r) for n in lengths for r in summaries[n]["models"] if r["model"] == model]
         xs = [n for n, _ in rows]
         style = _series_style(i)
-        left.plot(xs, [r["tokens_per_s"] for _, r in rows], **style, label=model)
+        left.plot(xs, [r[speed_key] for _, r in rows], **style, label=model)
         memory = [(n, r["step_memory_bytes"]) for n, r in rows if r.get("step_memory_bytes")]
         if memory:
             right.plot(
@@ -321,7 +329,7 @@ def cost_by_length(
                 **style,
                 label=model,
             )
-    for ax, label in ((left, "train tokens/s"), (right, "train-step memory (MiB, XLA plan)")):
+    for ax, label in ((left, speed_label), (right, "train-step memory (MiB, XLA plan)")):
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(_length_formatter())
         ax.set_yscale("log")

@@ -120,6 +120,7 @@ def summarize_length(
             result.predictions, task, confidence_level=confidence_level, n_resamples=n_resamples
         )
         seeds = result.seeds
+        no_cpu_time = any(r.train_cpu_seconds is None or not r.train_cpu_seconds > 0 for r in seeds)
         secondary = {
             name: _ends(
                 metric_interval(
@@ -160,9 +161,11 @@ def summarize_length(
                 "tokens_per_s": _median([r.tokens_per_s for r in seeds]),
                 "train_seconds": _median([r.train_seconds for r in seeds]),
                 # None unless every seed's record kept it (records before 2026-12-05 did not)
-                "train_cpu_seconds": None
-                if any(r.train_cpu_seconds is None for r in seeds)
-                else _median([r.train_cpu_seconds for r in seeds]),
+                "train_cpu_seconds": None if no_cpu_time else _median([r.train_cpu_seconds for r in seeds]),
+                # training tokens per CPU second (the timed steps'): a cost that sharing and pauses leave
+                "tokens_per_cpu_s": None
+                if no_cpu_time
+                else _median([r.tokens_per_s * r.train_seconds / r.train_cpu_seconds for r in seeds]),
                 "compile_seconds": _median([r.compile_seconds for r in seeds]),
                 "flops_per_token": result.flops_per_token,
                 "step_memory_bytes": seeds[0].step_memory_bytes,
