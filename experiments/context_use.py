@@ -19,7 +19,9 @@ token) count; the report states how many qualify out of how many. With `--reuse_
 length_crossover.py --workdir>`, a length whose variants are all plain presets is not trained here: its
 runs are read from that crossover (its own per-length parameter matching; the flags must repeat its
 budget, tokens per batch, rate grid, seeds and evaluation examples, or the protocol refuses the runs as
-trained with another config), and only the scoring by position is new. `--max_document_tokens` scores only
+trained with another config), and only the scoring by position is new (matched among every model of that crossover's length folder, as
+it was; a seed whose final checkpoint is gone, a carried run, is trained again under
+`<workdir>/retrained/` and must reproduce its record: `protocol.retrain_missing_checkpoints`). `--max_document_tokens` scores only
 each document's first that many tokens (the last bucket then ends there; the report says so).
 Intervals: 95% bootstrap over those documents and the seeds
 (`seqjax.experiment.positions.position_curve`, `statistics.paired_bootstrap`).
@@ -215,6 +217,43 @@ def _configs(variants: Sequence[Variant]) -> dict[str, Any]:
             overrides=[*v.overrides, *FLAGS.config_overrides],
         )[v.preset]
     return configs
+
+
+def _other_swept_configs(folder: Path, wanted: Sequence[str], length: int) -> dict[str, Any]:
+    """The configs of the models in a reused crossover's length folder besides `wanted`: the crossover
+    matched parameters among all of its models (the largest is the target), so its runs' digests are
+    reproduced only by matching among the same set."""
+    others = sorted(
+        p.name for p in folder.iterdir() if p.is_dir() and p.name != "predictions" and p.name not in wanted
+    )
+    if not others:
+        return {}
+    return preset_configs(
+        ROOT / FLAGS.config,
+        others,
+        length=length,
+        tokens_per_batch=FLAGS.tokens_per_batch,
+        size=FLAGS.size,
+        options=FLAGS.options,
+        overrides=list(FLAGS.config_overrides),
+    )
+
+
+def _read_reused(configs: dict[str, Any], settings: Any, folder: Path, length: int) -> dict[str, Any]:
+    """`run_comparison` over a reused crossover's finished runs, never training into its folder."""
+    import dataclasses
+
+    from seqjax.experiment.protocol import MissingRunError, run_comparison
+
+    try:
+        return run_comparison(
+            configs, dataclasses.replace(settings, train_missing=False), folder, length=length
+        )
+    except MissingRunError as e:
+        raise MissingRunError(
+            f"context_use --reuse_runs: {folder} does not hold every run of its models yet ({e}). Let that "
+            "crossover finish first, or train the variants here (leave --reuse_runs out)."
+        ) from e
 
 
 def document_sums(
@@ -792,7 +831,11 @@ def _main(argv: list[str]) -> None:
     from seqjax.experiment import plots
     from seqjax.experiment.matching import count_parameters
     from seqjax.experiment.outputs import run_header, write_results
-    from seqjax.experiment.protocol import run_comparison, use_compilation_cache
+    from seqjax.experiment.protocol import (
+        retrain_missing_checkpoints,
+        run_comparison,
+        use_compilation_cache,
+    )
     from seqjax.experiment.sweep import finished_models_at
 
     names = FLAGS.variants or default_variants(FLAGS.study, FLAGS.size, FLAGS.truncation_length)
@@ -822,8 +865,18 @@ def _main(argv: list[str]) -> None:
         if FLAGS.reuse_runs and not any(v.overrides for v in group):
             # The crossover's own configs and per-length matching, so its runs' digests match.
             reused = finished_models_at(FLAGS.reuse_runs, length, [v.preset for v in group])
-            by_preset = run_comparison(
-                {v.preset: configs[v.name] for v in group}, settings, reused, length=length
+            wanted = [v.preset for v in group]
+            configs_here = {v.preset: configs[v.name] for v in group} | _other_swept_configs(
+                reused, wanted, length
+            )
+            by_preset = _read_reused(configs_here, settings, reused, length)
+            # Carried runs keep no checkpoints: those are trained again here, checked against their records.
+            by_preset = retrain_missing_checkpoints(
+                {p: by_preset[p] for p in wanted},
+                configs_here,
+                settings,
+                workdir / "retrained" / f"L{length}",
+                length=length,
             )
             trained |= {v.name: by_preset[v.preset] for v in group}
             continue

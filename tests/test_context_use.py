@@ -235,3 +235,50 @@ def test_the_default_variants_hold_issue_18s_language_models():
     assert {"lstm", "elstm", "mamba", "gla", "s5", "attention", "swa", "xl_attention"} <= presets
     assert {int(name.split("@")[1].split(":")[0]) for name in context if ":" not in name} == {1024, 4096}
     assert "lstm@16384:tbptt_length=256" in driver.default_variants("truncation", "cpu", 16384)
+
+
+def test_reused_crossover_runs_without_checkpoints_are_trained_again_and_checked(tmp_path):
+    """`--reuse_runs` on a crossover whose runs were carried (no checkpoints): each scored seed is trained
+    again in context_use's own workdir, must reproduce its record, and is scored from there; the
+    crossover's folder is only read. The crossover matched parameters among all of its models, so reading
+    one of them back matches among the same set (else the digests differ). A record the retraining does
+    not reproduce is refused, naming both folders."""
+    import shutil
+
+    budget = ["--size=smoke", "--options=corpus=python_docs", "--tokens_per_batch=512", "--nostep_memory"]
+    crossover = [sys.executable, str(ROOT / "experiments" / "length_crossover.py"), *budget]
+    crossover += ["--config=configs/documents.py", "--presets=lstm,attention", "--lengths=64"]
+    crossover += ["--claim_from=64", "--resamples=100", f"--workdir={tmp_path / 'crossover'}"]
+    crossover += [f"--out={tmp_path / 'crossover_out'}"]
+    done = subprocess.run(crossover, env=driver_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seed1 = next((tmp_path / "crossover" / "L64" / "lstm").glob("lr*/seed1"))
+    shutil.rmtree(seed1 / "checkpoints")  # as scripts/carry_runs.py carries it
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "crossover").rglob("*") if p.is_file()}
+
+    scoring = [*budget, "--variants=lstm@64", f"--reuse_runs={tmp_path / 'crossover'}"]
+    scoring += ["--position_buckets=0,64,128", "--contrast=64,0", "--claim_bucket=64", "--resamples=100"]
+    scoring += ["--min_document_bytes=128", "--max_document_tokens=256", "--bpe_vocab_size=0"]
+    results = run_driver("context_use.py", tmp_path, *scoring)
+    assert results["variants"]["lstm@64"]["seeds"] == 2
+    retrained = tmp_path / "runs" / "retrained" / "L64" / "lstm" / seed1.parent.name / "seed1"
+    original = json.loads((seed1 / "run.json").read_text())
+    again = json.loads((retrained / "run.json").read_text())
+    assert again["validation"] == original["validation"]  # the same run, bit for bit on one machine
+    assert list(retrained.glob("positions_reset.npz"))  # scored from the retrained parameters
+    assert not list(seed1.glob("positions_*.npz"))  # seed 0 kept its checkpoint: scored in place
+    assert list(seed1.parent.parent.glob("lr*/seed0/positions_reset.npz"))
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "crossover").rglob("*") if p.is_file()}
+    assert {p: t for p, t in after.items() if p in before} == before  # nothing of the crossover rewritten
+    assert all(p.name.startswith("positions_") for p in set(after) - set(before))
+
+    # a record that the retraining does not reproduce (another machine, another code) is refused
+    shutil.rmtree(tmp_path / "runs" / "retrained")
+    record = json.loads((seed1 / "run.json").read_text())
+    record["validation"]["bits_per_byte"] += 0.1
+    (seed1 / "run.json").write_text(json.dumps(record))
+    command = [sys.executable, str(ROOT / "experiments" / "context_use.py"), *scoring]
+    command += [f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'refused'}"]
+    done = subprocess.run(command, env=driver_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode != 0 and "not the same run" in done.stderr and str(seed1) in done.stderr
+    assert not (tmp_path / "refused.json").exists()

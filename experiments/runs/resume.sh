@@ -4,8 +4,11 @@
 # command at low priority with its log beside it, and packs the finished runs back here every 15 minutes
 # (commit them with `git add experiments/runs`). Finished runs are read back, unfinished ones start again.
 # Priorities: the two whose end closes an issue (few_shot: issue 19; crossover_lm: issue 22) before lookback.
+# An experiment may name the one that follows it on its core (`then`): the genomic crossover rerun and then
+# the DNA windows start when the document-LM crossover ends, so the core never idles between sessions'
+# check-ins. Each driver reads its finished runs back, so rerunning a lane repeats no training.
 #   bash experiments/runs/resume.sh                 # all of them
-#   bash experiments/runs/resume.sh lookback        # one
+#   bash experiments/runs/resume.sh lookback        # one (and those that follow it)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -23,6 +26,18 @@ command[crossover_lm]="experiments/length_crossover.py --config=configs/document
 --presets=lstm,elstm,gla,mamba,s5,mamba2,gated_deltanet,mlstm,rglru,attention,swa,xl_attention \
 --lengths=1024,4096,8192 --tokens_per_batch=8192 --train_tokens=491520 --evaluation_examples=64 --claim_from=8192"
 nice_level[crossover_lm]=10
+command[crossover_genomic]="experiments/length_crossover.py --config=configs/genomic.py \
+--options=task=species,route=offline \
+--presets=lstm,elstm,gla,mamba,s5,mamba2,gated_deltanet,mlstm,rglru,encoder,longformer,linformer \
+--lengths=1024,4096,8192 --tokens_per_batch=8192 --train_tokens=491520 --evaluation_examples=128 --claim_from=8192"
+nice_level[crossover_genomic]=10
+command[dna_windows]="experiments/dna_windows.py"
+nice_level[dna_windows]=10
+
+# what follows each experiment on its core once it has finished (exit status 0)
+declare -A then
+then[crossover_lm]=crossover_genomic
+then[crossover_genomic]=dna_windows
 
 # On a 2-core machine the two experiments that close issues get a core each (taskset): two unpinned
 # processes on 2 cores trained 9-12% fewer tokens/s in all (measured 2026-12-05, AMD EPYC: two Mamba-2
@@ -34,26 +49,40 @@ if [ "$(nproc)" -eq 2 ]; then
   cpu[crossover_lm]=1
 fi
 
+# one experiment in the foreground: unpack its carried runs if its workdir is new, then run it
+run_one() {
+  local name=$1 pin=()
+  if [ ! -d "$runs/$name" ] && [ -d "experiments/runs/${name}_cpu" ]; then
+    python scripts/carry_runs.py unpack --from="experiments/runs/${name}_cpu" --workdir="$runs/$name"
+  fi
+  [ -n "${2:-}" ] && pin=(taskset -c "$2")
+  # shellcheck disable=SC2086
+  "${pin[@]}" nice -n "${nice_level[$name]}" python ${command[$name]} --workdir="$runs/$name" \
+    >>"$runs/$name.log" 2>&1
+}
+
+if [ "${1:-}" = "--lane" ]; then  # internal: an experiment and those that follow it, one after another
+  name=$2 core=${3:-}
+  while [ -n "$name" ]; do
+    run_one "$name" "$core" || { echo "$name: exit status $? (log $runs/$name.log)" >&2; exit 1; }
+    name=${then[$name]:-}
+  done
+  exit 0
+fi
+
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(lookback few_shot crossover_lm)
 for name in "${names[@]}"; do
   [ -n "${command[$name]:-}" ] || { echo "unknown experiment '$name': one of ${!command[*]}" >&2; exit 2; }
-  if [ ! -d "$runs/$name" ] && [ -d "experiments/runs/${name}_cpu" ]; then
-    python scripts/carry_runs.py unpack --from="experiments/runs/${name}_cpu" --workdir="$runs/$name"
-  fi
-  # shellcheck disable=SC2086
-  pin=()
-  [ -n "${cpu[$name]:-}" ] && pin=(taskset -c "${cpu[$name]}")
-  nohup "${pin[@]}" nice -n "${nice_level[$name]}" python ${command[$name]} --workdir="$runs/$name" \
-    >>"$runs/$name.log" 2>&1 &
+  nohup bash "$root/experiments/runs/resume.sh" --lane "$name" "${cpu[$name]:-}" >>"$runs/lanes.log" 2>&1 &
   echo "$name: pid $! (log $runs/$name.log)"
 done
 
-# the packer: every 15 minutes, the finished runs of every workdir back into this folder
+# the packer: every 15 minutes, the finished runs of every experiment's workdir back into this folder
 if ! pgrep -f "resume.sh packer" >/dev/null; then
   nohup bash -c "exec -a 'resume.sh packer' bash -c '
     while sleep 900; do
-      for name in ${names[*]}; do
+      for name in ${!command[*]}; do
         [ -d \"$runs/\$name\" ] && python scripts/carry_runs.py pack --workdir=\"$runs/\$name\" \
           --to=experiments/runs/\${name}_cpu >>\"$runs/packer.log\" 2>&1
       done

@@ -67,8 +67,10 @@ __all__ = [
     "comparison_setup",
     "evaluate_on_test",
     "exit_when_interrupted",
+    "has_final_checkpoint",
     "model_result",
     "next_rate_beyond_edge",
+    "retrain_missing_checkpoints",
     "run_comparison",
     "run_predictions",
     "train_run",
@@ -763,3 +765,72 @@ def run_comparison(
             )
         results[name] = model_result(m, config, grid, chosen.learning_rate, seeds, paths, length=length)
     return results
+
+
+def has_final_checkpoint(record: RunRecord) -> bool:
+    """Whether the run's folder still holds the checkpoint of its last step (a carried run has none:
+    `scripts/carry_runs.py` leaves checkpoints out)."""
+    return (Path(record.workdir) / "checkpoints" / str(record.steps)).is_dir()
+
+
+def retrain_missing_checkpoints(
+    results: Mapping[str, ModelResult],
+    configs: Mapping[str, Any],
+    settings: ProtocolSettings,
+    folder: str | os.PathLike[str],
+    *,
+    length: int,
+    tolerance: float = 1e-3,
+    log: Callable[[str], None] = print,
+) -> dict[str, ModelResult]:
+    """`results` (`run_comparison`'s, e.g. of another experiment's runs), with every seed run whose final
+    checkpoint is gone trained again under `<folder>/<model>/lr<rate>/seed<k>/` from the same matched
+    config (`configs`: the ones `run_comparison` was given), so a driver that re-reads parameters (scoring
+    by position, attention maps) can use carried runs. The retrained run must reproduce its record: its
+    validation headline metric within `tolerance` (absolute) of the record's, else a ValueError (the
+    training is not deterministic here, and scoring the new parameters would not score the reported
+    run). The returned records keep the original metrics and point `workdir` at the retrained folder.
+
+        >>> results = run_comparison(configs, settings, "runs/crossover/L1024", length=1024)  # doctest: +SKIP
+        >>> results = retrain_missing_checkpoints(results, configs, settings, "runs/regenerated/L1024",
+        ...                                       length=1024)  # doctest: +SKIP
+    """
+    _, tokens_per_batch, matched, _ = comparison_setup(configs, settings, length=length)
+    out = {}
+    for name, result in results.items():
+        metric, _ = HEADLINE[matched[name].task]
+        seeds = []
+        for record in result.seeds:
+            if has_final_checkpoint(record):
+                seeds.append(record)
+                continue
+            where = Path(folder) / name / f"lr{record.learning_rate:g}" / Path(record.workdir).name
+            log(
+                f"{name} lr={record.learning_rate:g} {_seeds_text(record.seed, record.data_seed)}: "
+                f"{record.workdir} has no checkpoint of step {record.steps}; training it again in {where}"
+            )
+            again = train_run(
+                name,
+                matched[name],
+                settings,
+                record.learning_rate,
+                record.seed,
+                where,
+                length=length,
+                tokens_per_batch=tokens_per_batch,
+                data_seed=record.data_seed,
+                log=log,
+            )
+            before, after = record.validation[metric], again.validation[metric]
+            if again.steps != record.steps or not abs(after - before) <= tolerance:
+                raise ValueError(
+                    f"{name} lr={record.learning_rate:g} {_seeds_text(record.seed, record.data_seed)}: "
+                    f"trained again in {where}, it ends at step {again.steps} with validation {metric} "
+                    f"{after:.6f}, where {record.workdir} recorded step {record.steps}, {before:.6f} "
+                    f"(tolerance {tolerance:g}): not the same run, so its parameters would not score the "
+                    "reported one. Check that the flags repeat the original experiment's settings, or "
+                    "score runs whose checkpoints were kept."
+                )
+            seeds.append(dataclasses.replace(record, workdir=str(where)))
+        out[name] = dataclasses.replace(result, seeds=seeds)
+    return out
