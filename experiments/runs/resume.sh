@@ -4,9 +4,9 @@
 # command at low priority with its log beside it, and packs the finished runs back here every 15 minutes
 # (commit them with `git add experiments/runs`). Finished runs are read back, unfinished ones start again.
 # Priorities: the two whose end closes an issue (few_shot: issue 19; crossover_lm: issue 22) before lookback.
-# An experiment may name the one that follows it on its core (`then`): the genomic crossover rerun and then
-# the DNA windows start when the document-LM crossover ends, so the core never idles between sessions'
-# check-ins. Each driver reads its finished runs back, so rerunning a lane repeats no training.
+# An experiment may name the one that follows it on its core (`then`): when the document-LM crossover ends,
+# the scoring of its runs by position (context_lm), the genomic crossover rerun and the DNA windows follow,
+# so the core never idles between check-ins. Each driver reads its finished runs back, so rerunning a lane repeats no training.
 #   bash experiments/runs/resume.sh                 # all of them
 #   bash experiments/runs/resume.sh lookback        # one (and those that follow it)
 set -euo pipefail
@@ -33,10 +33,25 @@ command[crossover_genomic]="experiments/length_crossover.py --config=configs/gen
 nice_level[crossover_genomic]=10
 command[dna_windows]="experiments/dna_windows.py"
 nice_level[dna_windows]=10
+# issue 18 §1 on the document-LM crossover's runs: scored by position (it re-reads their parameters, so it
+# is not carried; runs whose checkpoints are gone are trained again and checked against their records)
+context_variants=""
+for n in 1024 4096 8192; do
+  for p in lstm elstm mamba gla s5 attention swa; do context_variants+="$p@$n,"; done
+done
+context_variants+="lstm@512:segment_recurrence=True,gla@512:segment_recurrence=True"
+context_variants+=",xl_attention@512:segment_recurrence=True"
+command[context_lm]="experiments/context_use.py --options=corpus=python_docs,route=offline \
+--reuse_runs=$runs/crossover_lm --tokens_per_batch=8192 --train_tokens=491520 --evaluation_examples=64 \
+--max_document_tokens=32768 --out=$runs/context_lm_out --variants=$context_variants"
+nice_level[context_lm]=10
+declare -A not_carried
+not_carried[context_lm]=1
 
 # what follows each experiment on its core once it has finished (exit status 0)
 declare -A then
-then[crossover_lm]=crossover_genomic
+then[crossover_lm]=context_lm
+then[context_lm]=crossover_genomic
 then[crossover_genomic]=dna_windows
 
 # On a 2-core machine the two experiments that close issues get a core each (taskset): two unpinned
@@ -78,11 +93,13 @@ for name in "${names[@]}"; do
   echo "$name: pid $! (log $runs/$name.log)"
 done
 
+carried=()
+for name in "${!command[@]}"; do [ -z "${not_carried[$name]:-}" ] && carried+=("$name"); done
 # the packer: every 15 minutes, the finished runs of every experiment's workdir back into this folder
 if ! pgrep -f "resume.sh packer" >/dev/null; then
   nohup bash -c "exec -a 'resume.sh packer' bash -c '
     while sleep 900; do
-      for name in ${!command[*]}; do
+      for name in ${carried[*]}; do
         [ -d \"$runs/\$name\" ] && python scripts/carry_runs.py pack --workdir=\"$runs/\$name\" \
           --to=experiments/runs/\${name}_cpu >>\"$runs/packer.log\" 2>&1
       done
