@@ -17,12 +17,13 @@ document and, as the contrast, *reset* at every segment. Only test documents wit
 --min_document_bytes scored bytes (the bytes of their targets: a document's length less its first
 token) count; the report states how many qualify out of how many. With `--reuse_runs=<a
 length_crossover.py --workdir>`, a length whose variants are all plain presets is not trained here: its
-runs are read from that crossover (its own per-length parameter matching; the flags must repeat its
-budget, tokens per batch, rate grid, seeds and evaluation examples, or the protocol refuses the runs as
-trained with another config), and only the scoring by position is new (matched among every model of that crossover's length folder, as
-it was; a seed whose final checkpoint is gone, a carried run, is trained again under
-`<workdir>/retrained/` and must reproduce its record: `protocol.retrain_missing_checkpoints`). `--max_document_tokens` scores only
-each document's first that many tokens (the last bucket then ends there; the report says so).
+runs are read from that crossover (its own per-length parameter matching, among every model of that
+crossover's length folder, as it was; the flags must repeat its budget, tokens per batch, rate grid,
+seeds and evaluation examples, or the protocol refuses the runs as trained with another config), and
+only the scoring by position is new; a seed whose final checkpoint is gone (a carried run) is trained
+again under `<workdir>/retrained/` and must reproduce its record
+(`protocol.retrain_missing_checkpoints`). `--max_document_tokens` scores only each document's first
+that many tokens (the last bucket then ends there; the report says so).
 Intervals: 95% bootstrap over those documents and the seeds
 (`seqjax.experiment.positions.position_curve`, `statistics.paired_bootstrap`).
 
