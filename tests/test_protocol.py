@@ -100,6 +100,11 @@ def test_analytic_flops_count_attention_context():
     assert protocol.analytic_train_flops_per_token(attention, n, 4096) == 6 * n + 2 * 6 * 64 * 4096
     window = int(swa.model.mixers["swa"]["window"])
     assert protocol.analytic_train_flops_per_token(swa, n, 4096) == 6 * n + 2 * 6 * 64 * window
+    # Transformer-XL attends its memory only when segment recurrence carries it across batches.
+    xl = load_config_file(ROOT / "configs/documents.py", "xl_attention,length=4096")
+    assert protocol.analytic_train_flops_per_token(xl, n, 4096) == 6 * n + 2 * 6 * 64 * 4096
+    xl.segment_recurrence = True
+    assert protocol.analytic_train_flops_per_token(xl, n, 4096) == 6 * n + 2 * 6 * 64 * (4096 + 4096)
 
 
 def test_apply_overrides_names_a_missing_key():

@@ -252,15 +252,19 @@ class ModelResult:
 def analytic_train_flops_per_token(config: Any, num_params: int, length: int) -> float:
     """Approximate train-step FLOPs per token: 6 x parameters (forward and backward matmuls) plus, for
     softmax-attention layers, 6 x d_model x the positions each query attends (L for exact attention, the
-    window for sliding-window and Longformer layers, k for Linformer, the memory M + L for Transformer-XL,
-    whose segment's queries also attend M keys of the previous segments). Elementwise recurrences are not
-    counted.
+    window for sliding-window and Longformer layers, k for Linformer, the memory M + L for Transformer-XL
+    trained with segment recurrence, whose segment's queries also attend M keys of the previous segments;
+    without it each batch starts from an empty memory, so XL attends L, as exact attention does).
+    Elementwise recurrences are not counted.
 
     >>> from seqjax.config import load_config_file
     >>> config = load_config_file("configs/documents.py", "attention")
     >>> analytic_train_flops_per_token(config, 1000, 1024)
     792432.0
     >>> config = load_config_file("configs/documents.py", "xl_attention,length=1024")  # M = 1024
+    >>> analytic_train_flops_per_token(config, 1000, 1024)  # no carried memory: as attention
+    792432.0
+    >>> config.segment_recurrence = True  # the memory of the previous segment is attended too
     >>> analytic_train_flops_per_token(config, 1000, 1024)
     1578864.0
     """
@@ -276,7 +280,7 @@ def analytic_train_flops_per_token(config: Any, num_params: int, length: int) ->
             continue
         window = mixer.get("k") if cell == "linformer" else mixer.get("window")  # Linformer: k projected rows
         attended = length if window is None else min(int(window), length)
-        if cell == "xl_attention":
+        if cell == "xl_attention" and config.get("segment_recurrence"):
             from seqjax.cells import TransformerXLAttention  # its default memory_length
 
             attended += int(mixer.get("memory_length", TransformerXLAttention.memory_length))
