@@ -194,9 +194,11 @@ def metric_by_length(
     the named baselines dashed; `xlabel` names the length (e.g. "look-back (steps)"); `reference` =
     (value, label): a dotted horizontal line (a threshold)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lengths = sorted(summaries)
     models = sorted({r["model"] for s in summaries.values() for r in s["models"]})
+    # Past 8 lines a legend inside the axes hides the data: it goes to the right, in a wider figure.
+    outside = len(models) + len(baselines) > 8
+    fig, ax = plt.subplots(figsize=(8.4 if outside else 6.4, 4.2))
     for i, model in enumerate(models):
         points = [(n, r) for n in lengths for r in summaries[n]["models"] if r["model"] == model]
         if not points:
@@ -229,8 +231,11 @@ def metric_by_length(
     ax.xaxis.set_major_formatter(_length_formatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{first['metric']} ({first['confidence_level']:.1%} CI)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.set_title(textwrap.fill(title, width=70), fontsize=10)
+    if outside:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    else:
+        ax.legend(fontsize=7)
     return _finish(fig, path)
 
 
