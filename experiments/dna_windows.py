@@ -14,7 +14,6 @@ length-crossover protocol), which gives a 16k crop 16x fewer labelled windows th
 (b) would measure the number of labels as much as the context. Lengths >= --few_seeds_from train
 --few_seeds (3) seeds (cells over 20 minutes on 2 CPU cores); the tables give each row's seeds. The
 majority, GC and k-mer (k = 3..6) logistic-regression baselines are scored on the
-same test examples; the majority, GC and k-mer (k = 3..6) logistic-regression baselines are scored on the
 same test examples. Metrics: balanced accuracy (the headline), macro-F1 and MCC, each with a bootstrap
 interval over the test clusters (chr20's split blocks of 315 kbp; for species, 100 kb blocks of each
 genome) and the seeds, at 1 - 0.05 / m over the m lengths (Bonferroni).

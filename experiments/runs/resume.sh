@@ -5,8 +5,8 @@
 # (commit them with `git add experiments/runs`). Finished runs are read back, unfinished ones start again.
 # Priorities: the two whose end closes an issue (few_shot: issue 19; crossover_lm: issue 22) before lookback.
 # An experiment may name the one that follows it on its core (`then`): when the document-LM crossover ends,
-# the scoring of its runs by position (context_lm), the genomic crossover rerun and the DNA windows follow,
-# so the core never idles between check-ins. Each driver reads its finished runs back, so rerunning a lane repeats no training.
+# the scoring of its runs by position (context_lm) and the DNA windows follow it, and the genomic
+# crossover rerun follows few_shot, so no core idles between check-ins. Each driver reads its finished runs back, so rerunning a lane repeats no training.
 #   bash experiments/runs/resume.sh                 # all of them
 #   bash experiments/runs/resume.sh lookback        # one (and those that follow it)
 set -euo pipefail
@@ -50,9 +50,11 @@ not_carried[context_lm]=1
 
 # what follows each experiment on its core once it has finished (exit status 0)
 declare -A then
+# dna_windows (issue 18 §2: a table not yet begun) before the genomic crossover's rerun (a table that
+# exists, short of models); the rerun takes few_shot's core when few_shot ends.
 then[crossover_lm]=context_lm
-then[context_lm]=crossover_genomic
-then[crossover_genomic]=dna_windows
+then[context_lm]=dna_windows
+then[few_shot]=crossover_genomic
 
 # On a 2-core machine the two experiments that close issues get a core each (taskset): two unpinned
 # processes on 2 cores trained 9-12% fewer tokens/s in all (measured 2026-12-05, AMD EPYC: two Mamba-2
