@@ -531,6 +531,23 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_folder_and_fresh(tmp_
     assert str(tmp_path) in message and "--fresh" in message and "evaluation_examples None -> 48" in message
 
 
+def test_a_rerun_over_some_keys_of_a_per_key_setting_reuses_their_runs(tmp_path):
+    """few_shot records an anchor per task: re-tabulating one task of a two-task workdir is the same
+    experiment for that task (before: refused, anchors {both} -> {one}); another anchor for it is not."""
+    import json
+
+    from seqjax.experiment.flags import check_settings
+
+    both = {"train_tokens": 8192, "anchors": {"species": 4352, "genic_vs_intergenic": 4352}}
+    check_settings(str(tmp_path), both)
+    check_settings(str(tmp_path), {**both, "anchors": {"species": 4352}})
+    assert json.loads((tmp_path / "settings.json").read_text())["anchors"] == both["anchors"]  # kept
+    check_settings(str(tmp_path), {**both, "anchors": {"species": 4352, "promoter": 2048}})  # a new key
+    assert json.loads((tmp_path / "settings.json").read_text())["anchors"]["promoter"] == 2048
+    with pytest.raises(ValueError, match="anchors"):
+        check_settings(str(tmp_path), {**both, "anchors": {"species": 8448}})
+
+
 def test_runs_on_an_older_data_version_are_refused(tmp_path):
     """Genomic builder 2.0.0 re-cut chr20's splits. A workdir recorded before `data_version` was recorded
     holds runs on 1.0.0 data: reusing them for genomic data is refused, for the unchanged documents not."""

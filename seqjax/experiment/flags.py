@@ -326,7 +326,10 @@ def check_settings(workdir: str, settings: Mapping[str, Any]) -> None:
     (another `--workdir`, or `--fresh`). A run's config digest (`protocol.RunRecord.config_sha256`) does not
     cover what the protocol evaluates on, so without this a rerun with other settings would silently reuse
     the first one's runs. Settings the record lacks are added to it, except those of
-    `SETTINGS_BEFORE_RECORDED`, which are first compared with the value a record of that time held."""
+    `SETTINGS_BEFORE_RECORDED`, which are first compared with the value a record of that time held.
+    A setting whose value is a mapping holds one value per key of the sweep (few_shot's anchor per
+    task): it is compared key by key, so a rerun over some of the keys (e.g. re-tabulating one task
+    with --noretrain) reuses their runs when their values are unchanged, and new keys are added."""
     path = os.path.join(workdir, "settings.json")
     settings = json.loads(json.dumps(dict(settings)))  # tuples as lists, as read back
     saved: dict[str, Any] = {}
@@ -334,16 +337,28 @@ def check_settings(workdir: str, settings: Mapping[str, Any]) -> None:
         with open(path) as f:
             saved = json.load(f)
         saved = {**{k: v for k, v in SETTINGS_BEFORE_RECORDED.items() if k in settings}, **saved}
-        changed = [k for k in settings if k in saved and saved[k] != settings[k]]
+        changed = [k for k in settings if k in saved and _setting_changed(saved[k], settings[k])]
         if changed:
             what = ", ".join(f"{k} {saved[k]!r} -> {settings[k]!r}" for k in changed)
             raise ValueError(
                 f"{workdir} holds runs made with other settings ({what}); give another --workdir, or "
                 "--fresh to delete those runs and train again."
             )
+    merged = {**saved, **settings}
+    for k, value in settings.items():
+        if isinstance(value, dict) and isinstance(saved.get(k), dict):
+            merged[k] = {**saved[k], **value}  # a rerun over some keys keeps the others' record
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
-        json.dump({**saved, **settings}, f, indent=1)
+        json.dump(merged, f, indent=1)
+
+
+def _setting_changed(saved: Any, given: Any) -> bool:
+    """Whether a recorded setting differs from the one given: mappings key by key over their shared
+    keys (`check_settings`), other values as a whole."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return any(saved[k] != given[k] for k in saved.keys() & given.keys())
+    return saved != given
 
 
 def apply_size_defaults(registry: flags.FlagValues, defaults: Mapping[str, Any]) -> list[str]:
