@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _workdir(root: Path) -> Path:
     """A workdir as the drivers leave it: settings, predictions, a finished run (record, metrics,
-    kept test outputs, checkpoint, lock), an unfinished run (metrics and checkpoint only), the JAX
-    cache and TensorBoard events."""
+    kept test outputs, checkpoint, lock, context_use's scores by position and its per-byte loss cache), an
+    unfinished run (metrics and checkpoint only), the JAX cache and TensorBoard events."""
     work = root / "work"
     done = work / "lstm" / "lr0.001" / "seed0"
     running = work / "lstm" / "lr0.003" / "seed0"
@@ -40,6 +40,8 @@ def _workdir(root: Path) -> Path:
     (done / "checkpoints" / "2" / "params").write_bytes(b"0" * 1000)
     (done / ".lock").write_text("")
     (done / "events.out.tfevents.1.host").write_bytes(b"tb")
+    (done / "positions_reset.npz").write_bytes(b"sums")
+    (done / "byte_losses_reset.npz").write_bytes(b"0" * 1000)
     (running / "metrics.jsonl").write_text('{"step": 1}\n')
     diverged = work / "lstm" / "lr0.1" / "seed0"
     (diverged / "checkpoints").mkdir(parents=True)
@@ -56,6 +58,7 @@ def test_pack_keeps_finished_runs_small_files_and_leaves_out_the_rest(tmp_path):
     assert sorted(manifest["files"]) == [
         "lstm/lr0.001/seed0/final_test_predictions.npz",
         "lstm/lr0.001/seed0/metrics.jsonl",
+        "lstm/lr0.001/seed0/positions_reset.npz",
         "lstm/lr0.001/seed0/run.json",
         "lstm/lr0.1/seed0/diverged.json",
         "lstm/lr0.1/seed0/metrics.jsonl",
@@ -95,10 +98,10 @@ def test_unpack_copies_keeps_identical_and_refuses_different_files(tmp_path):
     work = _workdir(tmp_path)
     carry_over.pack(work, tmp_path / "pack")
     fresh = tmp_path / "fresh"
-    assert carry_over.unpack(tmp_path / "pack", fresh) == {"copied": 7, "kept": 0}
+    assert carry_over.unpack(tmp_path / "pack", fresh) == {"copied": 8, "kept": 0}
     assert (fresh / "lstm" / "lr0.001" / "seed0" / "run.json").read_text() == '{"model": "lstm"}'
     assert not (fresh / "lstm" / "lr0.001" / "seed0" / "checkpoints").exists()
-    assert carry_over.unpack(tmp_path / "pack", fresh) == {"copied": 0, "kept": 7}
+    assert carry_over.unpack(tmp_path / "pack", fresh) == {"copied": 0, "kept": 8}
     (fresh / "settings.json").write_text('{"train_tokens": 2}')  # newer results under the same name
     (fresh / "predictions" / "lstm" / "seed1.npz").unlink()
     with pytest.raises(ValueError, match=r"settings.json exists and differs"):
@@ -227,7 +230,7 @@ def test_the_script_packs_and_unpacks(tmp_path):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["copied"] == 7
+    assert json.loads(done.stdout)["copied"] == 8
     bad = subprocess.run(
         [sys.executable, script, "pack", f"--workdir={work}"], capture_output=True, text=True
     )

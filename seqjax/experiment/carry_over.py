@@ -12,9 +12,10 @@ resume an unfinished run. So:
   and the experiment's own files (`settings.json`, `predictions/`), with a forecaster's test outputs
   reduced to their per-example errors (`predictions.reduce_forecasts`: the same MSE and MAE statistics
   from ~1% of the bytes; 256 windows of 720 steps x 7 variables are 10 MB), and leaves out checkpoints,
-  the JAX compilation cache, lock files, TensorBoard events and every unfinished run's folder (it
-  restarts from step 0 next time). It writes `CARRIED.json` (what came from where, and each file's sha256) and
-  replaces `destination` only once the whole pack is written, so an interrupted pack loses nothing.
+  the JAX compilation cache, lock files, TensorBoard events, context_use's per-byte loss caches and
+  every unfinished run's folder (it restarts from step 0 next time). It writes `CARRIED.json` (what
+  came from where, and each file's sha256) and replaces `destination` only once the whole pack is
+  written, so an interrupted pack loses nothing.
 - `unpack(source, workdir)` copies a pack into a workdir; rerunning the experiment's command there reads
   the finished runs back (their digests are checked as always) and trains only what is missing. A file
   already in the workdir is kept when identical (a full forecast file: when it reduces to the pack's)
@@ -64,8 +65,13 @@ _SKIPPED_DIRS = {"checkpoints", ".jax_cache", "__pycache__", "tensorboard"}
 _FINISHED = {"run.json", "diverged.json"}
 
 
+#: Caches that another experiment writes into a run's folder and can write again: context_use's per-byte
+#: losses (`byte_losses_<mode>.npz`, ~2.5 MB a run; its per-bucket sums, `positions_<mode>.npz`, are kept).
+_SKIPPED_PREFIXES = ("events.out.tfevents", "byte_losses_")
+
+
 def _skipped_file(name: str) -> bool:
-    return name in (".lock", MANIFEST) or name.endswith(".partial") or name.startswith("events.out.tfevents")
+    return name in (".lock", MANIFEST) or name.endswith(".partial") or name.startswith(_SKIPPED_PREFIXES)
 
 
 def _is_run_folder(folder: Path, names: list[str]) -> bool:
