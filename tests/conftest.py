@@ -58,14 +58,41 @@ def shared_data_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fi
     return str(folder)
 
 
+#: A worker drops its compiled programs once it holds more memory mappings or resident memory than this
+#: (checked after each test file; see `pytest_runtest_teardown`): about a third of the kernel's default
+#: mapping limit, and a resident size two workers can hold on a small CI machine.
+DROP_PROGRAMS_PAST_MAPPINGS = 20_000
+DROP_PROGRAMS_PAST_RSS_MIB = 3_072
+
+
+def _worker_footprint() -> tuple[int, float] | None:
+    """(memory mappings, resident MiB) of this process, from /proc; None where there is no /proc."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            mappings = maps.read().count(b"\n")
+        with open("/proc/self/statm") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except OSError:
+        return None
+    return mappings, resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """After a test file's last test, drops JAX's compiled programs (`jax.clear_caches`) and collects
-    them. Each compiled XLA CPU program maps its code into the process, and a worker that keeps the
-    programs of a whole run crosses the kernel's limit on mappings (`vm.max_map_count`, 65,530 by
-    default; ~14,500 after 200 cell tests), and a failed mmap inside XLA is the likely cause of the
-    segfaults seen late in runs, in compiling or running a program, on a different test each time (none
-    in the first fresh-clone run with this hook). Programs are rarely shared across files."""
+    them, once the worker holds many (`DROP_PROGRAMS_PAST_MAPPINGS`, `DROP_PROGRAMS_PAST_RSS_MIB`).
+    Each compiled XLA CPU program maps its code into the process, and a worker that keeps the programs
+    of a whole run crosses the kernel's limit on mappings (`vm.max_map_count`, 65,530 by default;
+    ~14,500 after 200 cell tests), and a failed mmap inside XLA is the likely cause of the segfaults
+    seen late in runs, in compiling or running a program, on a different test each time (none since
+    this hook). Programs are rarely shared across files. Why not after every file: the full collection
+    (JAX runs a callback per collection) and the cache clearing took 87 s of CPU over a run (py-spy,
+    2026-12-05), about 3% of the suite."""
     if nextitem is None or nextitem.path != item.path:  # (a doctest item has a path, not a module)
+        footprint = _worker_footprint()
+        if footprint is not None:
+            mappings, resident_mib = footprint
+            if mappings < DROP_PROGRAMS_PAST_MAPPINGS and resident_mib < DROP_PROGRAMS_PAST_RSS_MIB:
+                return
         import gc
 
         jax.clear_caches()

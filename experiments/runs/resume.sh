@@ -64,6 +64,7 @@ declare -A cpu
 if [ "$(nproc)" -eq 2 ]; then
   cpu[few_shot]=0
   cpu[crossover_lm]=1
+  cpu[dna_windows]=1  # the lane that follows crossover_lm on its core
 fi
 
 # one experiment in the foreground: unpack its carried runs if its workdir is new, then run it
@@ -88,7 +89,7 @@ if [ "${1:-}" = "--lane" ]; then  # internal: an experiment and those that follo
 fi
 
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(lookback few_shot crossover_lm)
+[ ${#names[@]} -eq 0 ] && names=(lookback few_shot dna_windows)  # crossover_lm and context_lm have finished
 for name in "${names[@]}"; do
   [ -n "${command[$name]:-}" ] || { echo "unknown experiment '$name': one of ${!command[*]}" >&2; exit 2; }
   nohup bash "$root/experiments/runs/resume.sh" --lane "$name" "${cpu[$name]:-}" >>"$runs/lanes.log" 2>&1 &
