@@ -53,3 +53,21 @@ def test_every_issue_22_family_builds_its_workloads() -> None:
     }
     # the training form, the token-scan method (not sLSTM's: it has only its scan), SegmentRemat, step
     assert built["slstm"] == "3" and built["mlstm"] == "4"
+
+
+@pytest.mark.slow
+def test_projection_bound_writes_its_table(tmp_path) -> None:
+    """`benchmarks/projection_bound.py` at a tiny size: one row per cell, the bound (step loop over the
+    dense layers alone) beside the measured ratio."""
+    out = tmp_path / "bound.md"
+    command = [sys.executable, "benchmarks/projection_bound.py", "--cells=gla,deltanet", "--length=32"]
+    command += ["--batch=2", "--hidden=64", "--heads=2", "--head_dim=32", "--repeats=1", f"--out={out}"]
+    done = subprocess.run(command, cwd=ROOT, env=driver_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert [r[0].strip() for r in rows[1:]] == ["GatedLinearAttention", "DeltaNet"], rows
+    for row in rows[1:]:
+        chunked, step_loop, dense, gflop, ratio, bound = (float(x) for x in row[1:])
+        assert min(chunked, step_loop, dense) > 0 and gflop >= 0  # (GFLOP to one decimal: 0.0 here)
+        assert ratio == pytest.approx(step_loop / chunked, abs=0.01)
+        assert bound == pytest.approx(step_loop / dense, abs=0.01)
