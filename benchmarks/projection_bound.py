@@ -138,7 +138,7 @@ def main(argv: list[str]) -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['cell']} | {r['chunked']:.3f} | {r['step_loop']:.3f} | {r['projections']:.3f} | "
+            f"| {r['cell']} | {r['chunked']:.4f} | {r['step_loop']:.4f} | {r['projections']:.4f} | "
             f"{r['gflop']:.1f} | {r['step_loop'] / r['chunked']:.2f} | "
             f"{r['step_loop'] / r['projections']:.2f} |"
         )
