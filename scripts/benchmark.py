@@ -358,8 +358,43 @@ def recent_implementations(family: str) -> list[Impl]:
         segmented = cells.SegmentRemat(cell, segment_length=FLAGS.segment_length)
         name = f"seqjax SegmentRemat({type(cell).__name__}, {FLAGS.segment_length}) apply"
         rows.append(Impl(family, name, "jax", seqjax_workload(segmented)))
+    if family not in ("slstm", "rglru"):
+        rows.append(Impl(family, DENSE_LAYERS_ROW, "jax", dense_layers_workload(cell)))
     rows.append(Impl(family, f"lax.scan over {type(cell).__name__}.step", "jax", step_scan_workload(cell)))
     return rows
+
+
+#: The row of the projections a chunked form and its step loop both run: (step loop) / (this row) is the
+#: largest lead over its step that any chunked form of the cell could reach (its recurrence free).
+DENSE_LAYERS_ROW = "dense layers alone (the projections both forms run)"
+
+
+def dense_layers_workload(
+    cell: cells.Cell,
+) -> Callable[[int], tuple[Callable[..., jax.Array], tuple[Any, ...]]]:
+    """The cell's weights with a side as wide as the input or the heads (the smaller of --hidden and
+    --heads x --head_dim): its input, gate and output projections, low-rank gate factors included, not its
+    per-head vectors or convolution taps. Each is applied over the whole sequence as one matmul, from the
+    --hidden input when its first axis is that wide, else from an input of its fan-in."""
+
+    def build(length: int) -> tuple[Callable[..., jax.Array], tuple[Any, ...]]:
+        params = cell.init(jax.random.key(0), FLAGS.hidden)
+        weights = [
+            w.reshape(w.shape[0], -1) if w.shape[0] == FLAGS.hidden else w.reshape(-1, w.shape[-1])
+            for w in jax.tree.leaves(params)
+            if w.ndim >= 2 and max(w.shape) >= min(FLAGS.hidden, FLAGS.heads * FLAGS.head_dim)
+        ]
+
+        def loss(weights: list[jax.Array], xs: jax.Array) -> jax.Array:
+            total = jnp.zeros((), xs.dtype)
+            for w in weights:  # an input that depends on xs, so the backward pass reaches it
+                wide = jnp.broadcast_to(xs[..., :1], (*xs.shape[:-1], w.shape[0]))
+                total += jnp.sum(((xs if w.shape[0] == xs.shape[-1] else wide) @ w) ** 2)
+            return total
+
+        return loss, (weights, _inputs(length))
+
+    return build
 
 
 def cell_workload(make_cell: Callable[[int], cells.Cell]) -> Callable[[int], Any]:
@@ -997,6 +1032,10 @@ def render(
         f"{FLAGS.max_seconds_per_run:g} s (`--max_seconds_per_run`) or once it fails.",
         "- naive lax.scan: the textbook step (input matmul and four separate gate activations inside the "
         "scan body), differentiated by autodiff.",
+        f"- `{DENSE_LAYERS_ROW}`: the cell's weights as wide as the input or the heads, applied over "
+        "the whole sequence as matmuls, forward and backward. Both the chunked form and the step loop "
+        "run them, so the step loop's time over this row's is the largest lead any chunked form could "
+        "reach.",
         "",
     ]
     return "\n".join(lines)

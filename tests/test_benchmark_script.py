@@ -21,6 +21,8 @@ benchmark.FLAGS(["benchmark", "--batch=2", "--hidden=16", "--heads=4", "--head_d
 for family in benchmark.RECENT_FAMILIES:
     impls = benchmark.recent_implementations(family)
     assert impls[-1].name.startswith("lax.scan over"), (family, [i.name for i in impls])
+    dense = [i for i in impls if i.name == benchmark.DENSE_LAYERS_ROW]
+    assert len(dense) == (family not in ("slstm", "rglru")), family
     for impl in impls:
         loss, args = impl.build(16)
         grads = jax.eval_shape(jax.grad(loss, argnums=(0, 1)), *args)
@@ -51,26 +53,6 @@ def test_every_issue_22_family_builds_its_workloads() -> None:
         "gla_channel",
         "rwkv7",
     }
-    # the training form, the token-scan method (not sLSTM's: it has only its scan), SegmentRemat, step
-    assert built["slstm"] == "3" and built["mlstm"] == "4"
-
-
-@pytest.mark.slow
-def test_projection_bound_writes_its_table(tmp_path) -> None:
-    """`benchmarks/projection_bound.py` at a tiny size: one row per cell, the bound (step loop over the
-    dense layers alone) beside the measured ratio."""
-    out = tmp_path / "bound.md"
-    command = [sys.executable, "benchmarks/projection_bound.py", "--cells=gla,deltanet", "--length=32"]
-    command += ["--batch=2", "--hidden=64", "--heads=2", "--head_dim=32", "--repeats=1", f"--out={out}"]
-    done = subprocess.run(command, cwd=ROOT, env=driver_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ")]
-    assert [r[0].strip() for r in rows[1:]] == ["GatedLinearAttention", "DeltaNet"], rows
-    for row in rows[1:]:
-        chunked, step_loop, dense, gflop, ratio, bound = (float(x) for x in row[1:])
-        assert min(chunked, step_loop, dense) > 0 and gflop >= 0  # (GFLOP to one decimal: 0.0 here)
-        # the ratios come from the unrounded times: equal to the table's up to its rounding (0.00005 s)
-        for value, numerator, denominator in ((ratio, step_loop, chunked), (bound, step_loop, dense)):
-            low = (numerator - 5e-5) / (denominator + 5e-5) - 0.005
-            high = (numerator + 5e-5) / (denominator - 5e-5) + 0.005
-            assert low <= value <= high, (row, value, low, high)
+    # the training form, the token-scan method (not sLSTM's: it has only its scan), SegmentRemat, the dense
+    # layers alone (not sLSTM's or RG-LRU's: no chunked form to bound), step
+    assert built["slstm"] == "3" and built["mlstm"] == "5" and built["rglru"] == "3"
