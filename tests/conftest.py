@@ -1,6 +1,8 @@
 """Test setup: 8 fake CPU devices (for sharding tests), set before jax is imported anywhere."""
 
 import os
+import tempfile
+from collections.abc import Callable
 
 # Tests check algorithms, not XLA's optimisation passes; at -O0 the many small programs compile ~25% faster.
 from tests.driver_helpers import FAST_COMPILE_FLAGS
@@ -10,10 +12,25 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from collections.abc import Callable
+# One persistent compilation cache for the whole run (JAX's own: a compiled program is found again by a
+# fingerprint of its XLA module, its compile options and the backend), in a folder made here, before the
+# pytest-xdist workers start and before jax is imported, so the workers, and the `scripts/train.py`
+# processes the tests start, inherit it. A program compiled twice in a run (a killed run and its resume,
+# the seeds of one model, a test and its rerun in another process) then compiles once. A run begins with
+# an empty cache, so every program compiles at least once per run; the folder is removed at the end
+# (`pytest_unconfigure`). The drivers' smoke runs keep their own (`--compilation_cache`, in their workdir).
+_CACHE_MADE_HERE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE_MADE_HERE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+        prefix="seqjax-tests-jax-cache-"
+    )
+    # (a program compiled in under 0.1 s, as most eager operations are, is not worth the disk write)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
-import jax
-import pytest
+# (jax reads the environment above when it is imported)
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Why a crashed pytest-xdist worker died, in the run's own output (tests/worker_crashes.py).
 pytest_plugins = ["tests.worker_crashes"]
@@ -65,20 +82,9 @@ DROP_PROGRAMS_PAST_MAPPINGS = 20_000
 DROP_PROGRAMS_PAST_RSS_MIB = 3_072
 
 
-def _worker_footprint() -> tuple[int, float] | None:
-    """(memory mappings, resident MiB) of this process, from /proc; None where there is no /proc."""
-    try:
-        with open("/proc/self/maps", "rb") as maps:
-            mappings = maps.read().count(b"\n")
-        with open("/proc/self/statm") as statm:
-            resident_pages = int(statm.read().split()[1])
-    except OSError:
-        return None
-    return mappings, resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """After a test file's last test, drops JAX's compiled programs (`jax.clear_caches`) and collects
+    """After every test, forgets the runs' programs the trainer keeps (`seqjax.train.programs`). After a
+    test file's last test, drops JAX's compiled programs (`jax.clear_caches`) and collects
     them, once the worker holds many (`DROP_PROGRAMS_PAST_MAPPINGS`, `DROP_PROGRAMS_PAST_RSS_MIB`).
     Each compiled XLA CPU program maps its code into the process, and a worker that keeps the programs
     of a whole run crosses the kernel's limit on mappings (`vm.max_map_count`, 65,530 by default;
@@ -87,12 +93,17 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     this hook). Programs are rarely shared across files. Why not after every file: the full collection
     (JAX runs a callback per collection) and the cache clearing took 87 s of CPU over a run (py-spy,
     2026-12-05), about 3% of the suite."""
+    # A test starts with no run's programs kept (`seqjax.train.programs`): one that patches the code a
+    # step traces must not hand its programs to the next, nor be handed an earlier test's.
+    from seqjax.train.programs import drop_kept_programs
+    from tests.worker_crashes import memory_mappings, resident_mib  # (a plugin: imported once registered)
+
+    drop_kept_programs()
     if nextitem is None or nextitem.path != item.path:  # (a doctest item has a path, not a module)
-        footprint = _worker_footprint()
-        if footprint is not None:
-            mappings, resident_mib = footprint
-            if mappings < DROP_PROGRAMS_PAST_MAPPINGS and resident_mib < DROP_PROGRAMS_PAST_RSS_MIB:
-                return
+        mappings = memory_mappings()  # (None without /proc: drop them, as before this check)
+        small = mappings is not None and mappings < DROP_PROGRAMS_PAST_MAPPINGS
+        if small and resident_mib() < DROP_PROGRAMS_PAST_RSS_MIB:
+            return
         import gc
 
         jax.clear_caches()
@@ -114,3 +125,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     gc.collect()
     gc.freeze()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Removes the run's compilation cache, in the process that made it (the controller under xdist)."""
+    if _CACHE_MADE_HERE is not None:
+        import shutil
+
+        shutil.rmtree(_CACHE_MADE_HERE, ignore_errors=True)

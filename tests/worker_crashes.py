@@ -45,23 +45,38 @@ _log: IO[str] | None = None
 _made_folder: str | None = None  # the controller's, removed when the run ends
 
 
-def _memory_maps() -> str:
-    """How many memory mappings this process holds, against the kernel's limit (`vm.max_map_count`): each
-    compiled XLA CPU program maps its code, and mmap fails past the limit (e.g. as a segfault in LLVM)."""
+def memory_mappings() -> int | None:
+    """How many memory mappings this process holds (None where there is no /proc): each compiled XLA CPU
+    program maps its code, and mmap fails past the kernel's limit (e.g. as a segfault in LLVM)."""
     try:
         with open("/proc/self/maps", "rb") as maps:  # (bytes: 4x faster than lines of text)
-            count = maps.read().count(b"\n")
-        limit = Path("/proc/sys/vm/max_map_count").read_text().strip()
+            return maps.read().count(b"\n")
     except OSError:  # not Linux
+        return None
+
+
+def _memory_maps() -> str:
+    """ ", maps <count>/<vm.max_map_count>" for a worker's log line ("" where there is no /proc)."""
+    count = memory_mappings()
+    try:
+        limit = Path("/proc/sys/vm/max_map_count").read_text().strip()
+    except OSError:
         return ""
-    return f", maps {count:,}/{int(limit):,}"
+    return "" if count is None else f", maps {count:,}/{int(limit):,}"
+
+
+def resident_mib() -> float:
+    """This process's resident memory in MiB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def _memory_mib() -> tuple[float, float]:
     """(this process's resident memory, the machine's available memory) in MiB."""
     import psutil
 
-    return psutil.Process().memory_info().rss / 2**20, psutil.virtual_memory().available / 2**20
+    return resident_mib(), psutil.virtual_memory().available / 2**20
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own faulthandler plugin, which points it at stderr

@@ -8,7 +8,7 @@ a single device, which breaks multi-device checkpoint restore and donation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -119,6 +119,44 @@ def state_shardings(
     return with_shardings, shardings
 
 
+def make_state_init(
+    model: nn.Module, tx: optax.GradientTransformation, shardings: TrainState
+) -> Callable[..., TrainState]:
+    """`init(seed, *example_inputs) -> TrainState`: a fresh state, initialised directly into `shardings`
+    (no full copy on one device first). Parameters depend only on `seed`, not on the mesh.
+
+    One program serves every seed: the keys and the example are its arguments, not constants, so a
+    second seed neither traces nor compiles again (`seqjax.train.programs` keeps it for the next run).
+
+        >>> import optax
+        >>> from seqjax.train.mesh import make_mesh, rules_from_config
+        >>> mesh = make_mesh((1,), ("data",), devices=jax.devices()[:1])
+        >>> model, tx, example = nn.Dense(3), optax.sgd(0.1), (jnp.zeros((1, 2)),)
+        >>> _, shardings = state_shardings(model, tx, example, mesh, rules_from_config({}, mesh))
+        >>> init = make_state_init(model, tx, shardings)
+        >>> a, b = init(0, *example), init(1, *example)  # one program, two seeds
+        >>> a.params["kernel"].shape, bool((a.params["kernel"] == b.params["kernel"]).all())
+        ((2, 3), False)
+    """
+
+    def init(init_key: jax.Array, dropout_key: jax.Array, *inputs: Any) -> TrainState:
+        params = meta.unbox(unfreeze(model.init(init_key, *inputs))["params"])
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(dropout_key),
+        )
+
+    jitted = jax.jit(init, out_shardings=shardings)
+
+    def init_from_seed(seed: int, *example_inputs: Any) -> TrainState:
+        init_key, dropout_key = jax.random.split(jax.random.key(seed))
+        return jitted(init_key, dropout_key, *example_inputs)
+
+    return init_from_seed
+
+
 def init_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -127,24 +165,10 @@ def init_train_state(
     rules: LogicalRules,
     seed: int,
 ) -> tuple[TrainState, TrainState]:
-    """A fresh state, initialised directly into its shardings (no full copy on one device first).
-
-    Returns (state, shardings). Parameters depend only on `seed`, not on the mesh.
-    """
+    """A fresh state, initialised directly into its shardings (`make_state_init`). Returns (state,
+    shardings). Parameters depend only on `seed`, not on the mesh."""
     _, shardings = state_shardings(model, tx, example_inputs, mesh, rules)
-    init_key, dropout_key = jax.random.split(jax.random.key(seed))
-
-    def init() -> TrainState:
-        params = meta.unbox(unfreeze(model.init(init_key, *example_inputs))["params"])
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=jax.random.key_data(dropout_key),
-        )
-
-    state = jax.jit(init, out_shardings=shardings)()
-    return state, shardings
+    return make_state_init(model, tx, shardings)(seed, *example_inputs), shardings
 
 
 def dropout_key(state: TrainState) -> jax.Array:

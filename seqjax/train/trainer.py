@@ -76,8 +76,9 @@ from seqjax.train.metrics_log import MetricsLog, read_records
 from seqjax.train.optimizer import make_optimizer
 from seqjax.train.preemption import StopSignals, signal_name
 from seqjax.train.preflight import check_before_work
+from seqjax.train.programs import ProgramKey, run_programs
 from seqjax.train.run_config import ConfigError, DataConfig, RunConfig, resolve
-from seqjax.train.state import TrainState, init_train_state, state_shardings
+from seqjax.train.state import TrainState, make_state_init, state_shardings
 from seqjax.train.step import LOSSES, make_train_step
 
 __all__ = [
@@ -213,6 +214,60 @@ def _peak_memory_bytes() -> int:
 def _step_memory_bytes(train_step: Any, state: Any, batch: Any) -> int | None:
     """XLA's estimate of one train step's memory (arguments + outputs + temporaries), per device."""
     return plan_bytes(train_step.lower(state, batch).compile())  # None where the backend has no analysis
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPrograms:
+    """A run's jitted programs (`_run_programs`), shared with the later runs in the process that build
+    the same ones."""
+
+    init: Callable[..., TrainState]  # (seed, *example) -> a fresh state in its shardings
+    train_step: Callable[[TrainState, Any], tuple[TrainState, dict[str, Any]]]
+    eval_fn: Callable[[Any, Any], dict[str, jax.Array]]
+    step_memory: dict[str, int | None] = dataclasses.field(default_factory=dict)  # XLA's plan, once
+
+
+def _run_programs(parts: Mapping[str, Any]) -> RunPrograms:
+    """`setup`'s parts' programs: an earlier run's in this process where it built the same ones
+    (`seqjax.train.programs`: a driver's seeds of one model trace, lower and compile once)."""
+    config, model, tx = parts["config"], parts["model"], parts["tx"]
+    shardings, train_shardings = parts["state_shardings"], parts["train_batch_shardings"]
+    options = (
+        ("tbptt_length", config.tbptt_length),
+        ("tbptt_updates", config.tbptt_updates),
+        ("max_param_abs", config.max_param_abs),
+        ("segment_recurrence", config.segment_recurrence),
+    )
+    key = ProgramKey(
+        model=model,
+        optimizer=_optimizer_options(config, parts["tokens_per_example"]),
+        task=config.task,
+        options=options,
+        state_shardings=shardings,
+        batch_shardings=(train_shardings, parts["batch_shardings"]),
+        example=parts["example"],
+    )
+
+    fresh = TrainState(
+        step=shardings.step, params=shardings.params, opt_state=shardings.opt_state, rng=shardings.rng
+    )
+
+    def build() -> RunPrograms:
+        return RunPrograms(
+            # a fresh state without the carry (segment recurrence adds its initial carry after)
+            init=make_state_init(model, tx, fresh),
+            train_step=make_train_step(
+                model,
+                tx,
+                LOSSES[config.task],
+                shardings,
+                train_shardings,
+                **dict(options),
+            ),
+            eval_fn=make_eval_fn(model, config.task, shardings.params, parts["batch_shardings"]),
+        )
+
+    return run_programs(key, build)
 
 
 def _updates_per_batch(config: RunConfig, length: int) -> int:
@@ -488,7 +543,7 @@ def _train(
     """`train`'s loop, on `setup`'s parts."""
     config = parts["config"]
     layout = parts["data_layout"]
-    model, tx, sources = parts["model"], parts["tx"], parts["sources"]
+    model, sources = parts["model"], parts["sources"]
     batch_size = config.batch_size
     batch_shardings = parts["batch_shardings"]
     train_shardings = parts["train_batch_shardings"]
@@ -542,11 +597,10 @@ def _train(
             )
             if changes:
                 log.info("resuming with changed config keys: %s", ", ".join(changes))
+        programs = _run_programs(parts)
         restored = ckpt.restore(parts["abstract_state"], validate=_check_data_position)
         if restored is None:
-            state, _ = init_train_state(
-                model, tx, parts["example"], parts["mesh"], parts["rules"], seed=config.seed
-            )
+            state = programs.init(config.seed, *parts["example"])
             if config.segment_recurrence:
                 state = segments.add_initial_carry(state, model, batch_size, shardings)
             next_batch = 0
@@ -575,18 +629,7 @@ def _train(
                 "tbptt_updates=chunk: %d optimizer updates per batch; the LR schedule is scaled to match.",
                 _updates_per_batch(config, parts["tokens_per_example"]),
             )
-        train_step = make_train_step(
-            model,
-            tx,
-            LOSSES[config.task],
-            shardings,
-            train_shardings,
-            tbptt_length=config.tbptt_length,
-            tbptt_updates=config.tbptt_updates,
-            max_param_abs=config.max_param_abs,
-            segment_recurrence=config.segment_recurrence,
-        )
-        eval_fn = make_eval_fn(model, config.task, shardings.params, batch_shardings)
+        train_step, eval_fn = programs.train_step, programs.eval_fn
         config_json = config.to_dict()
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(parts["abstract_state"].params))
 
@@ -708,7 +751,9 @@ def _train(
                 t_step, cpu_step = time.perf_counter(), time.process_time()
                 batch = _global_batch(next(batches), train_shardings, layout)
                 if step_memory is None and config.report_step_memory:
-                    step_memory = _step_memory_bytes(train_step, state, batch)
+                    if "bytes" not in programs.step_memory:  # (measured once for the runs that share them)
+                        programs.step_memory["bytes"] = _step_memory_bytes(train_step, state, batch)
+                    step_memory = programs.step_memory["bytes"]
                     # the extra compile is not a training step
                     t_step, cpu_step = time.perf_counter(), time.process_time()
                 state, metrics = train_step(state, batch)
