@@ -16,8 +16,9 @@ and the summary counts it as a rerun.
 The crashes seen until December 2026 (segfaults inside XLA, in compiling or running a program, on a
 different test each time, late in a run) most likely came from the mappings: every compiled XLA CPU
 program maps its code, a worker kept every program of the run, and its count climbed toward the limit
-(~14,500 after 200 cell tests, 65,530 allowed). conftest.py now drops JAX's compiled programs after each
-test file; the first fresh-clone run with it had no crash.
+(~14,500 after 200 cell tests, 65,530 allowed). conftest.py drops JAX's compiled programs at a test file's
+end once a worker holds more than 20,000 mappings or 3 GiB (`memory_mappings`, `resident_mib`); no crash
+in the fresh-clone runs since.
 """
 
 from __future__ import annotations
