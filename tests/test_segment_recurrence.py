@@ -554,6 +554,41 @@ def test_evaluation_by_position_in_both_modes(runs):
         evaluate(config, workdir, split="test", by_document=True, position_buckets=(0, 64, 16))
 
 
+def test_repeated_evaluations_reuse_their_programs_and_score_as_fresh_ones(runs, monkeypatch):
+    """A driver scores the seeds of a model one after another, in each mode: an evaluation that would
+    build the same program as an earlier one in the process uses it (`seqjax.train.programs`), another
+    mode builds its own, and a reused program scores exactly what a fresh one does."""
+    from seqjax.train import programs, trainer
+
+    config = _config(runs["data_dir"])
+    workdir = str(runs["root"] / "whole")
+    built: list[str] = []
+    for module, name in ((segments, "make_stream_eval_fn"), (trainer, "make_eval_fn")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _r=real, _n=name, **k: built.append(_n) or _r(*a, **k))
+    programs.drop_kept_programs()
+    edges = (0, 16, 64)
+
+    def by_position(carried: bool) -> dict:
+        return evaluate(
+            config, workdir, split="test", by_document=True, carried_state=carried, position_buckets=edges
+        )
+
+    first, again = by_position(False), by_position(False)
+    by_position(True)  # the other mode: a program of its own
+    plain = [evaluate(config, workdir, split="test", step="latest") for _ in range(2)]
+    assert built == ["make_stream_eval_fn", "make_stream_eval_fn", "make_eval_fn"]
+    assert plain[0]["metrics"] == plain[1]["metrics"]
+
+    programs.drop_kept_programs()
+    fresh = by_position(False)
+    assert built[-1] == "make_stream_eval_fn"
+    for result in (first, again):
+        assert result["metrics"] == fresh["metrics"]
+        for name, values in fresh["per_document"].items():
+            np.testing.assert_array_equal(result["per_document"][name], values, err_msg=name)
+
+
 def test_stream_evaluation_equals_each_lane_in_one_pass():
     """`evaluate_stream` over padded segments == each lane's whole sequence scored at once."""
     model, rows, length = _step_model(), 4, 8

@@ -93,3 +93,19 @@ def test_a_run_that_differs_in_what_its_programs_are_built_from_builds_its_own(c
 def test_a_key_that_cannot_be_hashed_is_built_every_time():
     key = programs.ProgramKey(model=("a", ["list"]), optimizer={}, task="lm")
     assert programs.run_programs(key, list) is not programs.run_programs(key, list)
+
+
+def test_evaluating_a_run_trained_in_the_process_uses_its_evaluation_program(tmp_path, builds, monkeypatch):
+    evaluations: list[str] = []
+    real = trainer.make_eval_fn
+    monkeypatch.setattr(trainer, "make_eval_fn", lambda *a, **k: evaluations.append("eval") or real(*a, **k))
+    config, workdir = _config(), str(tmp_path / "run")
+    trainer.train(config, workdir)
+    reused = trainer.evaluate(config, workdir, step="latest", per_example=True)
+    assert evaluations == ["eval"]  # built for the run's periodic evaluation, not again
+    programs.drop_kept_programs()
+    fresh = trainer.evaluate(config, workdir, step="latest", per_example=True)
+    assert evaluations == ["eval", "eval"]
+    assert reused["metrics"] == fresh["metrics"]
+    for name, values in fresh["per_example"].items():
+        np.testing.assert_array_equal(reused["per_example"][name], values, err_msg=name)

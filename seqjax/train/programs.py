@@ -1,5 +1,6 @@
 """A run's jitted programs (state initialisation, train step, evaluation), kept for the next run in the
-same process that would build the same ones.
+same process that would build the same ones, and for `trainer.evaluate` (its per-sequence evaluation is
+the run's; the carried and by-document evaluations are kept under keys of their own).
 
 An experiment driver trains many runs in one process that differ only in their seeds or data: the seeds
 of a model, the subsets of a learning curve, a run killed and resumed. Their programs are the same, but

@@ -997,9 +997,8 @@ def evaluate(
     if carried_state:
         metrics, lanes = evaluate_carried(parts, restored.state.params, source)
         return {"step": restored.step, "split": split, "metrics": metrics, "per_lane": lanes}
-    eval_fn = make_eval_fn(
-        parts["model"], config.task, parts["state_shardings"].params, parts["batch_shardings"]
-    )
+    # the run's own evaluation program when it was trained (or evaluated) earlier in this process
+    eval_fn = _run_programs(parts).eval_fn
     indices = spread_indices(len(source), examples)
     layout = parts["data_layout"]
     batches = eval_batches(
@@ -1057,14 +1056,32 @@ def evaluate_carried(
     carry_sh = (
         None if stateless else segments.model_carry_shardings(model, rows, parts["mesh"], parts["rules"])
     )
-    eval_fn = segments.make_stream_eval_fn(
-        model,
-        parts["state_shardings"].params,
-        carry_sh,
-        batch_sh,
+    options = (
+        ("program", "stream evaluation"),
+        ("per_position", position_buckets is not None),
+        ("carried", not stateless),
+    )
+    # kept like a run's programs: the seeds of a model, and its modes, scored one after another in a
+    # driver trace and compile their evaluation once
+    key = ProgramKey(
+        model=model,
+        optimizer={},
         task=config.task,
-        per_position=position_buckets is not None,
-        carried=not stateless,
+        options=options,
+        state_shardings=parts["state_shardings"].params,
+        batch_shardings=(carry_sh, batch_sh),
+    )
+    eval_fn = run_programs(
+        key,
+        lambda: segments.make_stream_eval_fn(
+            model,
+            parts["state_shardings"].params,
+            carry_sh,
+            batch_sh,
+            task=config.task,
+            per_position=position_buckets is not None,
+            carried=not stateless,
+        ),
     )
     layout = parts.get("data_layout") or mesh_lib.DataLayout.per_process()
     where = {"process_index": layout.index, "process_count": layout.count}
