@@ -181,6 +181,24 @@ def context_gain(
     return out
 
 
+def above_chance(summaries: Sequence[Mapping[str, Any]], chance: float) -> dict[str, dict[str, bool]]:
+    """Per model and baseline, per length: does its balanced-accuracy interval lie above `chance`
+    (1 / classes: what any prediction made without the input scores, a constant one included)? A model
+    not above chance at either length may not have learned the task on this budget, so its rule (b) "no
+    clear difference" cannot tell whether context helps.
+
+        >>> rows = [{"model": "lstm", "low": 0.52}, {"model": "attention", "low": 0.47}]
+        >>> above_chance([{"length": 1024, "models": rows, "baselines": []}], 0.5)
+        {'lstm': {'1024': True}, 'attention': {'1024': False}}
+    """
+    out: dict[str, dict[str, bool]] = {}
+    for s in summaries:
+        for row in [*s["models"], *s["baselines"]]:
+            if math.isfinite(row["low"]):
+                out.setdefault(row["model"], {})[str(s["length"])] = bool(row["low"] > chance)
+    return out
+
+
 def kmer_baseline(summaries: Sequence[Mapping[str, Any]]) -> str | None:
     """The k-mer baseline with the best mean headline metric over the lengths (None if there is none)."""
     scores: dict[str, list[float]] = {}
@@ -219,6 +237,36 @@ def by_length_table(summaries: Sequence[Mapping[str, Any]], metric: str) -> str:
     return "\n".join(lines) + f"\n\n({metric}; intervals as in the per-length tables)"
 
 
+def _learned(learned: Mapping[str, Mapping[str, bool]], model: str, length: int) -> str:
+    value = learned.get(model, {}).get(str(length))
+    return "n/a" if value is None else ("yes" if value else "no")
+
+
+def _chance_lines(results: Mapping[str, Any], gain: Mapping[str, Any], short: int, long: int) -> list[str]:
+    """What rule (b) can say, given which models learned the task (`above_chance`)."""
+    learned = results.get("above_chance", {})
+    if not learned:
+        return []
+    chance = results["chance"]
+    never = [m for m in gain if not any(learned.get(m, {}).get(str(n), False) for n in (short, long))]
+    lines = [
+        f"Above chance: the model's balanced-accuracy interval (the per-length tables') lies above "
+        f"{chance:.3f} (1 / classes, what a prediction made without the input scores)."
+    ]
+    if never:
+        lines.append(
+            f"Not above chance at either length: {', '.join(never)}. Their intervals include chance, so "
+            'their "no clear difference" cannot tell whether context helps.'
+        )
+    lines.append("")
+    by_length = [
+        f"- L = {s['length']:,}: "
+        + (", ".join(m for m, v in learned.items() if v.get(str(s["length"]))) or "none")
+        for s in results["summaries"]
+    ]
+    return [*lines, "Models and baselines above chance, by length:", "", *by_length, ""]
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     """The report of one task (module docstring's rules, tables by length, per-length details)."""
     from seqjax.experiment.summary import comparison_lines, composition_line, metrics_table, model_table
@@ -233,6 +281,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         for split, c in results["data"]["splits"].items()
     )
     short, long = min(results["lengths"]), max(results["lengths"])
+    learned = results.get("above_chance", {})
     lines = [
         f"# DNA at growing windows: {task}, nested centre crops of the same loci",
         "",
@@ -276,13 +325,16 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"Paired bootstrap over test clusters and seeds at {results['context_level']:.2%} (95% Bonferroni "
         f"over {len(gain)} models): helps if the interval lies above zero, hurts if below.",
         "",
-        f"| model | L = {short:,} | L = {long:,} | difference | class |",
-        "|---|---:|---:|---:|---|",
+        f"| model | L = {short:,} | L = {long:,} | difference | class | above chance "
+        f"at {short:,} / {long:,} |",
+        "|---|---:|---:|---:|---|---|",
         *(
-            f"| {m} | {g['short']:.3f} | {g['long']:.3f} | {_cell(g, signed=True)} | {g['class']} |"
+            f"| {m} | {g['short']:.3f} | {g['long']:.3f} | {_cell(g, signed=True)} | {g['class']} | "
+            f"{_learned(learned, m, short)} / {_learned(learned, m, long)} |"
             for m, g in gain.items()
         ),
         "",
+        *_chance_lines(results, gain, short, long),
         "## Balanced accuracy against context length",
         "",
         by_length_table(summaries, metric),
@@ -363,6 +415,7 @@ def run_task(task: str, lengths: Sequence[int], anchor: int) -> dict[str, Any]:
         summaries[0], summaries[-1], confidence_level=context_level, n_resamples=FLAGS.resamples
     )
     data = _data_summary(next(iter(configs_at(max(lengths)).values())))
+    chance = 1.0 / len(data["splits"]["test"]["class_counts"])
     return {
         "task": task,
         "route": FLAGS.route,
@@ -372,6 +425,10 @@ def run_task(task: str, lengths: Sequence[int], anchor: int) -> dict[str, Any]:
         "verdict": verdict,
         "context_level": context_level,
         "context": context,
+        "chance": chance,
+        "above_chance": above_chance(summaries, chance)
+        if summaries[0]["metric"] == "balanced_accuracy"
+        else {},
         "data": {"splits": data["splits"], "data_dir": data["data_dir"]},
         "summaries": summaries,
     }

@@ -54,6 +54,29 @@ def test_helpers_pick_the_anchor_options_and_kmer_baseline() -> None:
     assert "not the same numbers" in dna.PAPER_CAVEAT and "tokenizer" in dna.PAPER_CAVEAT
 
 
+def test_rule_b_says_which_models_learned_the_task() -> None:
+    dna = _driver()
+    row = lambda model, low: {"model": model, "estimate": low + 0.02, "low": low, "high": low + 0.04}
+    summaries = [
+        {"length": 1024, "models": [row("lstm", 0.49), row("mamba", 0.55)], "baselines": [row("6-mer", 0.6)]},
+        {"length": 16384, "models": [row("lstm", 0.48), row("mamba", 0.47)], "baselines": []},
+    ]
+    learned = dna.above_chance(summaries, 0.5)
+    assert learned == {
+        "lstm": {"1024": False, "16384": False},
+        "mamba": {"1024": True, "16384": False},
+        "6-mer": {"1024": True},
+    }
+    results = {"chance": 0.5, "above_chance": learned, "summaries": summaries}
+    gain = {"lstm": {}, "mamba": {}}
+    text = "\n".join(dna._chance_lines(results, gain, 1024, 16384))
+    # the lstm is at chance at both lengths: its "no clear difference" cannot tell; mamba learned at 1k
+    assert "Not above chance at either length: lstm." in text
+    assert "- L = 1,024: mamba, 6-mer" in text and "- L = 16,384: none" in text
+    assert dna._learned(learned, "mamba", 16384) == "no" and dna._learned(learned, "s5", 1024) == "n/a"
+    assert dna._chance_lines({"above_chance": {}}, gain, 1024, 16384) == []
+
+
 def test_claim_verdict_covers_lengths_from_claim_from() -> None:
     from seqjax.experiment.report import Claim
 
@@ -128,6 +151,15 @@ def test_dna_windows_smoke_run(tmp_path: Path) -> None:
     ):
         assert phrase in text
     assert "not the same numbers" in text
+    # which models and baselines learned the task: their interval above 1 / classes, per length
+    classes = len(results["data"]["splits"]["test"]["class_counts"])
+    assert classes > 1 and results["chance"] == pytest.approx(1 / classes)
+    for summary in (short, long):
+        for row in [*summary["models"], *summary["baselines"]]:
+            if math.isfinite(row["low"]):
+                learned = results["above_chance"][row["model"]][str(summary["length"])]
+                assert learned == (row["low"] > results["chance"])
+    assert "Models and baselines above chance, by length:" in text
     for suffix in ("_metric.png", "_cost.png"):
         assert (tmp_path / f"out_species{suffix}").stat().st_size > 1000
 
