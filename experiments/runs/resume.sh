@@ -32,7 +32,7 @@ command[crossover_genomic]="experiments/length_crossover.py --config=configs/gen
 --lengths=1024,4096,8192 --tokens_per_batch=8192 --train_tokens=491520 --evaluation_examples=128 --claim_from=8192"
 nice_level[crossover_genomic]=10
 # species first (2026-12-05 18:40 UTC, genic vs intergenic half done): every model is near chance on genic
-# vs intergenic at 1k and 4k (validation balanced accuracy 0.44-0.55; the k-mer regression fit on all
+# vs intergenic at 1k and 4k (validation balanced accuracy 0.43-0.55; the k-mer regression fit on all
 # 2,802 training windows reaches 0.55-0.63), species is where the models learn, so its table says most
 command[dna_windows]="experiments/dna_windows.py --tasks=species,genic_vs_intergenic,promoter"
 nice_level[dna_windows]=10
