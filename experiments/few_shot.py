@@ -259,6 +259,41 @@ def curve_table(key: Mapping[str, Any], metric: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def chance_lines(key: Mapping[str, Any]) -> list[str]:
+    """Which models and arms are above chance at each n: their balanced-accuracy interval above
+    1 / classes (what any prediction made without the input scores). A family's comparison between
+    models that are all at chance cannot support or contradict a claim about learning from few examples.
+
+        >>> curve = [{"model": "lstm", "arm": "none", "n": n, "low": lo} for n, lo in [(50, 0.4), (500, 0.6)]]
+        >>> key = {"splits": {"test": {"class_counts": {"a": 5, "b": 5}}}, "curve": curve}
+        >>> chance_lines(key)[0]
+        'Above chance (balanced-accuracy interval above 1 / classes = 0.500): lstm (none) at n = 500.'
+    """
+    counts = key["splits"].get("test", {}).get("class_counts")
+    if not counts:
+        return []
+    chance = 1.0 / len(counts)
+    above: dict[tuple[str, str], list[int]] = {}
+    for r in key["curve"]:
+        above.setdefault((r["model"], r["arm"]), [])
+        if math.isfinite(r["low"]) and r["low"] > chance:
+            above[(r["model"], r["arm"])].append(r["n"])
+    learned = [
+        f"{m} ({arm}) at n = {', '.join(f'{n:,}' for n in sorted(ns))}"
+        for (m, arm), ns in above.items()
+        if ns
+    ]
+    never = [f"{m} ({arm})" for (m, arm), ns in above.items() if not ns]
+    lines = [
+        f"Above chance (balanced-accuracy interval above 1 / classes = {chance:.3f}): "
+        + ("; ".join(learned) if learned else "no model at any n")
+        + "."
+    ]
+    if never:
+        lines.append(f"Not above chance at any n: {', '.join(never)}.")
+    return lines
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     """The report: design, the three verdicts, the learning curves per key."""
     from seqjax.experiment.summary import composition_line
@@ -362,6 +397,8 @@ def markdown(results: Mapping[str, Any]) -> str:
             "Balanced accuracy (95% CI):",
             "",
             curve_table(key),
+            "",
+            *chance_lines(key),
             "",
             "Macro-F1 (95% CI):",
             "",

@@ -227,6 +227,25 @@ def test_kmer_curve_fits_on_the_trainers_subsets() -> None:
     assert counts.sum() == 64 and np.all(counts >= 1)
 
 
+def test_chance_lines_name_the_models_never_above_chance() -> None:
+    few_shot = load_driver("few_shot.py")
+    curve = [
+        {"model": model, "arm": arm, "n": n, "low": low}
+        for model, arm, n, low in [
+            ("lstm", "none", 50, 0.30),
+            ("lstm", "none", 500, 0.24),
+            ("attention", "none", 50, 0.20),
+            ("attention", "none", 500, 0.25),  # at chance: not above it
+            ("attention", "augmented", 500, float("nan")),  # no interval: not counted above
+        ]
+    ]
+    key = {"splits": {"test": {"class_counts": dict.fromkeys("abcd", 10)}}, "curve": curve}
+    first, second = few_shot.chance_lines(key)
+    assert first.endswith("= 0.250): lstm (none) at n = 50.")
+    assert second == "Not above chance at any n: attention (none), attention (augmented)."
+    assert few_shot.chance_lines({"splits": {}, "curve": curve}) == []
+
+
 # ----------------------------------------------------------------------------------------------------
 # The driver end to end.
 # ----------------------------------------------------------------------------------------------------
@@ -266,4 +285,5 @@ def test_few_shot_smoke_run(tmp_path: Path) -> None:
     text = (tmp_path / "out.md").read_text()
     for phrase in ("Verdict (a)", "Verdict (b)", "Verdict (c)", "k-mer logistic regression", "Macro-F1"):
         assert phrase in text
+    assert "Above chance (balanced-accuracy interval above 1 / classes = 0.250)" in text  # 4 species
     assert (tmp_path / "out_species_L128.png").stat().st_size > 1000
