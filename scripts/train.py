@@ -84,6 +84,21 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(130)
+    except _refusals() as refused:
+        # Raised before training starts: the message names the key (or the other run) and the fix, so it
+        # is the whole output, as for a misspelled key, rather than the last line of a traceback.
+        print(f"scripts/train.py: {refused}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _refusals() -> tuple[type[Exception], ...]:
+    """The trainer's refusals of a run as configured: a bad config value, a config that differs from the
+    one saved in the workdir, a workdir another run holds. (Imported when an error is matched, after
+    `_main` set up JAX: `jax.distributed.initialize` must come before the trainer's imports.)"""
+    from seqjax.train.run_config import ConfigError
+    from seqjax.train.workdir import ConfigChangedError, WorkdirLockedError
+
+    return ConfigError, ConfigChangedError, WorkdirLockedError
 
 
 def _main(argv: list[str]) -> None:

@@ -168,11 +168,44 @@ def test_the_training_script_exits_non_zero_naming_the_key(tmp_path):
         sys.executable,
         os.path.join(ROOT, "scripts", "train.py"),
         "--config=" + os.path.join(ROOT, "configs", "synthetic.py") + ":lstm,length=24",
-        f"--workdir={tmp_path}",
+        f"--workdir={tmp_path / 'run'}",
         "--config.total_steps=-5",
     ]
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "config.total_steps: -5" in proc.stderr
+    # one line naming the key, exit status 2 (a usage error), and no workdir left behind
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("W")]  # (absl logs)
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("scripts/train.py: config.total_steps: -5"), lines[0]
     assert "done:" not in proc.stdout
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_training_script_refuses_a_held_workdir_in_one_line(tmp_path):
+    """A workdir another run holds (its lock, taken here) is refused before training: exit status 2 and
+    one line naming the holder and the fix, as for a bad config value."""
+    from seqjax.train.workdir import WorkdirLock
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    held = WorkdirLock(str(workdir))
+    held.acquire()
+    try:
+        command = [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "train.py"),
+            "--config=" + os.path.join(ROOT, "configs", "synthetic.py") + ":lstm,length=24",
+            f"--workdir={workdir}",
+            "--config.total_steps=2",
+            "--config.optimizer.warmup_steps=1",
+        ]
+        env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        held.release()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("W")]  # (absl logs)
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"in use by another run (pid {os.getpid()}" in lines[0] and "another --workdir" in lines[0]
+    assert sorted(os.listdir(workdir)) == [".lock"]  # nothing else written

@@ -518,8 +518,8 @@ def train(
     # ----------------------------------------------------------------------------------------------
     # Setup: the typed config, mesh, data, model, optimizer, shardings.
     # ----------------------------------------------------------------------------------------------
+    parts = setup(config)  # (first: a config it refuses leaves no workdir behind)
     os.makedirs(workdir, exist_ok=True)
-    parts = setup(config)
     with _mesh_scope(parts):  # sequence parallelism: the cells' shard_map reads the mesh when traced
         return _train(
             parts,
