@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -95,6 +96,18 @@ def position_table(curve: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
+    from seqjax.train.run_config import ConfigError
+
+    try:
+        _main(argv)
+    except (ConfigError, FileNotFoundError) as refused:
+        # a config it refuses, or a workdir without checkpoints (or without the config saved with them):
+        # the message names the key or the folder and the fix, so it is the whole output
+        print(f"scripts/evaluate.py: {refused}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(argv: list[str]) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing (e.g. no libtpu) at INFO

@@ -209,3 +209,25 @@ def test_the_training_script_refuses_a_held_workdir_in_one_line(tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"in use by another run (pid {os.getpid()}" in lines[0] and "another --workdir" in lines[0]
     assert sorted(os.listdir(workdir)) == [".lock"]  # nothing else written
+
+
+def test_the_evaluation_script_names_a_workdir_without_checkpoints(tmp_path):
+    """A workdir with no checkpoints (a typo, a run not trained yet) is one line and exit status 2, before
+    any data is prepared, and nothing is written into it (before: a traceback, an Orbax thread's error at
+    exit, and an empty checkpoints folder left in the workdir)."""
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "evaluate.py"),
+        "--config=" + os.path.join(ROOT, "configs", "synthetic.py") + ":lstm,length=24",
+        f"--workdir={tmp_path}",
+    ]
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("W")]  # (absl logs)
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0] == (
+        f"scripts/evaluate.py: No checkpoints in {tmp_path / 'checkpoints'}: train the run first, or pass "
+        "the workdir of a trained run."
+    )
+    assert os.listdir(tmp_path) == []

@@ -939,6 +939,11 @@ def evaluate(
             "evaluate(per_target=True) reads each target's byte offset, which position_buckets brings; "
             "pass by_document=True and position_buckets."
         )
+    folder = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(folder):  # (before set-up: a wrong workdir prepares no data and writes nothing)
+        raise FileNotFoundError(
+            f"No checkpoints in {folder}: train the run first, or pass the workdir of a trained run."
+        )
     parts = setup(config)
     config = parts["config"]
     if split not in parts["sources"]:
@@ -953,7 +958,7 @@ def evaluate(
             f"documents. Use carried_state=True alone."
         )
     ckpt = Checkpoints(
-        os.path.join(workdir, "checkpoints"),
+        folder,
         best_metric=config.checkpoint.best_metric,
         best_mode=config.checkpoint.best_mode,
         async_save=False,
@@ -966,7 +971,10 @@ def evaluate(
         else:
             chosen = int(step)
         if chosen is None:
-            raise FileNotFoundError(f"No checkpoint to evaluate in {workdir}/checkpoints.")
+            raise FileNotFoundError(
+                f"No checkpoint to evaluate in {folder}: train the run first, or pass the workdir of a "
+                "trained run."
+            )
         restored = ckpt.restore(parts["abstract_state"], step=chosen)
     finally:
         ckpt.close()
