@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -29,6 +30,19 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
+    from seqjax.online.loop import ConfigRefused
+    from seqjax.train.workdir import WorkdirLockedError
+
+    try:
+        _main(argv)
+    except (ConfigRefused, WorkdirLockedError) as refused:
+        # raised before any training: the message names the key (or the workdir) and the fix, so it is
+        # the whole output rather than the last line of a traceback
+        print(f"scripts/online.py: {refused}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(argv: list[str]) -> None:
     del argv
     from seqjax.online.loop import run
 

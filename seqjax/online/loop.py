@@ -97,6 +97,12 @@ PREQUENTIAL_FILE = "prequential.f32"
 CHUNKS_FILE = "chunks.jsonl"
 
 
+class ConfigRefused(ValueError):
+    """A config the loop will not run: a value it does not accept (the message names `config.<key>` and
+    what it accepts), or a workdir that holds a run with another config. Raised before any training;
+    `scripts/online.py` prints the message alone and exits with status 2."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """The prequential score or the parameters became NaN/Inf at stream position `token`; nothing of the
     chunk was saved."""
@@ -118,7 +124,7 @@ def build_stream(c: Any) -> Stream:
         return household_power(int(c.warmup))
     if kind == "bytes":
         return document_bytes(c.corpus)
-    raise ValueError(f"config: stream.kind must be one of narma10, power, bytes; got {kind!r}.")
+    raise ConfigRefused(f"config: stream.kind must be one of narma10, power, bytes; got {kind!r}.")
 
 
 def _loss_and_score(kind: str) -> tuple[Callable, Callable]:
@@ -134,13 +140,13 @@ def _loss_and_score(kind: str) -> tuple[Callable, Callable]:
 
 def _model(c: Any, stream: Stream) -> OnlineModel:
     if c.cell not in CELLS:
-        raise ValueError(f"config: model.cell must be one of {sorted(CELLS)}, got {c.cell!r}.")
+        raise ConfigRefused(f"config: model.cell must be one of {sorted(CELLS)}, got {c.cell!r}.")
     layers = tuple(CELLS[c.cell](c) for _ in range(int(c.num_layers)))
     # The diagonal recurrences (and Mamba) map hidden_size features to hidden_size: "auto" encodes.
     diagonal = type(layers[0]) in DIAGONAL_CELLS or c.cell == "mamba"
     encoder = diagonal if c.encoder == "auto" else bool(c.encoder)
     if diagonal and not encoder and stream.input_size != c.hidden_size:
-        raise ValueError(
+        raise ConfigRefused(
             f"config: model.encoder=False needs model.hidden_size == the stream's input size "
             f"({stream.input_size}) for a {c.cell} cell (it maps hidden_size features to hidden_size)."
         )
@@ -156,14 +162,14 @@ def _model(c: Any, stream: Stream) -> OnlineModel:
 
 def _learner(c: Any, model: OnlineModel, loss_fn: Callable) -> OnlineLearner:
     if c.kind not in LEARNERS:
-        raise ValueError(f"config: learner.kind must be one of {sorted(LEARNERS)}, got {c.kind!r}.")
+        raise ConfigRefused(f"config: learner.kind must be one of {sorted(LEARNERS)}, got {c.kind!r}.")
     cls, accepts = LEARNERS[c.kind]
     try:
         if c.kind == "tbptt":
             return OnlineTBPTT(model, loss_fn=loss_fn, window=int(c.window))
         return cls(model, loss_fn=loss_fn)
     except (TypeError, ValueError) as e:
-        raise ValueError(
+        raise ConfigRefused(
             f"config: learner.kind={c.kind!r} ({accepts}) cannot train this model: {e}"
         ) from None
 
@@ -174,9 +180,9 @@ def _optimizer(c: Any) -> optax.GradientTransformation:
     elif c.name == "sgd":
         base = optax.sgd(c.learning_rate)
     else:
-        raise ValueError(f"config: optimizer.name must be adam or sgd, got {c.name!r}.")
+        raise ConfigRefused(f"config: optimizer.name must be adam or sgd, got {c.name!r}.")
     if not (c.learning_rate > 0 and math.isfinite(c.learning_rate)):
-        raise ValueError(f"config: optimizer.learning_rate must be positive, got {c.learning_rate!r}.")
+        raise ConfigRefused(f"config: optimizer.learning_rate must be positive, got {c.learning_rate!r}.")
     if c.clip_norm and c.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(c.clip_norm), base)
     return base
@@ -301,8 +307,17 @@ def _check_same_run(saved: Mapping[str, Any], current: Mapping[str, Any], workdi
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "total_steps")
     if changed:
         what = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:6])
-        raise ValueError(
+        raise ConfigRefused(
             f"{workdir} holds a run with another config ({what}); give another --workdir, or delete it."
+        )
+
+
+def _check_steps(c: Any) -> None:
+    total, chunk = int(c.total_steps), int(c.chunk)
+    if total < 1 or chunk < 1 or int(c.checkpoint_every) % chunk:
+        raise ConfigRefused(
+            f"config: total_steps ({total}) and chunk ({chunk}) must be positive and checkpoint_every "
+            f"({c.checkpoint_every}) a multiple of chunk (checkpoints fall at chunk ends)."
         )
 
 
@@ -324,6 +339,7 @@ def run(
     from seqjax.train.workdir import lock_workdir
 
     c = config
+    _check_steps(c)  # (before the lock: a config refused here leaves no workdir)
     workdir = os.path.abspath(os.fspath(workdir))
     lock = lock_workdir(workdir)  # two runs appending to one workdir's logs would corrupt both
     try:
@@ -337,14 +353,9 @@ def _run_locked(c: Any, workdir: str, *, say: Callable[[str], None], stop_at: in
     from seqjax.train.preemption import StopSignals
 
     total, chunk = int(c.total_steps), int(c.chunk)
-    if total < 1 or chunk < 1 or int(c.checkpoint_every) % chunk:
-        raise ValueError(
-            f"config: total_steps ({total}) and chunk ({chunk}) must be positive and checkpoint_every "
-            f"({c.checkpoint_every}) a multiple of chunk (checkpoints fall at chunk ends)."
-        )
     loop = OnlineLoop(c)
     if loop.stream.length is not None and total > loop.stream.length:
-        raise ValueError(
+        raise ConfigRefused(
             f"config: total_steps {total} exceeds the stream's {loop.stream.length} tokens "
             f"({loop.stream.describe()})."
         )
