@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from seqjax.config.presets import HYBRID_PRESETS, PRESET_OPTIONS, PRESETS, SIZES
+from seqjax.train.run_config import ConfigError
 
 __all__ = ["apply_overrides", "parse_arg"]
 
@@ -27,44 +28,44 @@ def parse_arg(
 
     >>> parse_arg("linformer,sharing=layerwise", "lstm", {}, "configs/x.py")
     ('linformer', {'sharing': 'layerwise'})
-    >>> parse_arg("lstm,sharing=layerwise", "lstm", {}, "configs/x.py")
+    >>> parse_arg("lstm,sharing=layerwise", "lstm", {}, "x.py")
     Traceback (most recent call last):
     ...
-    ValueError: configs/x.py: option 'sharing' is for preset(s) ['linformer'], not 'lstm'.
+    seqjax.train.run_config.ConfigError: x.py: option 'sharing' is for preset(s) ['linformer'], not 'lstm'.
     """
     parts = [p for p in (arg or default).split(",") if p]
     preset, raw = parts[0], {}
     if preset not in PRESETS and preset not in HYBRID_PRESETS:
         known = sorted([*PRESETS, *HYBRID_PRESETS])
-        raise ValueError(f"{where}: unknown preset {preset!r}; choose one of {known}.")
+        raise ConfigError(f"{where}: unknown preset {preset!r}; choose one of {known}.")
     choices = PRESET_OPTIONS.get(preset, {})
     options = {**options, "size": str, **dict.fromkeys(choices, str)}
     for part in parts[1:]:
         if "=" not in part:
-            raise ValueError(f"{where}: option {part!r} is not key=value.")
+            raise ConfigError(f"{where}: option {part!r} is not key=value.")
         key, value = part.split("=", 1)
         raw[key] = value
     for key in sorted(set(raw) - set(options)):
         owners = sorted(name for name, theirs in PRESET_OPTIONS.items() if key in theirs)
         if owners:
-            raise ValueError(f"{where}: option {key!r} is for preset(s) {owners}, not {preset!r}.")
+            raise ConfigError(f"{where}: option {key!r} is for preset(s) {owners}, not {preset!r}.")
     unknown = sorted(set(raw) - set(options))
     if unknown:
-        raise ValueError(f"{where}: unknown option(s) {unknown}; known: {sorted(options)}.")
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; known: {sorted(options)}.")
     for key, allowed in choices.items():
         if key in raw and raw[key] not in allowed:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: option {key}={raw[key]!r} of preset {preset!r} must be one of {list(allowed)}."
             )
     if raw.get("size", "cpu") not in SIZES:
-        raise ValueError(f"{where}: size must be one of {sorted(SIZES)}, got {raw['size']!r}.")
+        raise ConfigError(f"{where}: size must be one of {sorted(SIZES)}, got {raw['size']!r}.")
     values: dict[str, int | float | str] = {}
     for key, value in raw.items():
         kind = options[key]
         try:
             values[key] = kind(value)
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: option {key}={value!r} must be {_TYPE_NAMES.get(kind, kind.__name__)}."
             ) from None
     return preset, values
@@ -84,7 +85,7 @@ def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"config override {item!r}: write it as dotted.key=value, e.g. batch_size=4.")
+            raise ConfigError(f"config override {item!r}: write it as dotted.key=value, e.g. batch_size=4.")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):

@@ -113,14 +113,17 @@ def use_compilation_cache(directory: str | os.PathLike[str]) -> None:
 
 def exit_when_interrupted(main: Callable[[list[str]], None], argv: list[str]) -> None:
     """Runs a driver's `main(argv)`; a `RunInterrupted` becomes a one-line message and exit status 130,
-    a `MissingRunError` (--noretrain over a run that has not finished) one line and exit status 2."""
+    a `MissingRunError` (--noretrain over a run that has not finished) or a `ConfigError` (an unknown
+    preset or option, a bad config value: the message names it and the fix) one line and exit status 2."""
+    from seqjax.train.run_config import ConfigError
+
     try:
         main(argv)
     except RunInterrupted as stopped:
         print(f"stopped: {stopped}", file=sys.stderr)
         raise SystemExit(130) from None
-    except MissingRunError as missing:
-        print(f"error: {missing}", file=sys.stderr)
+    except (MissingRunError, ConfigError) as refused:
+        print(f"error: {refused}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
