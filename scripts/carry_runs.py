@@ -15,6 +15,7 @@ back, unfinished ones start again, and the tables come out once every run is in.
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags
 
@@ -28,6 +29,16 @@ flags.DEFINE_float("max_file_mib", carry_over.MAX_FILE_BYTES / 2**20, "pack: ref
 
 
 def main(argv: list[str]) -> None:
+    try:
+        _main(argv)
+    except (FileNotFoundError, ValueError) as refused:
+        # carry_over's refusals (no workdir, files over the limit, a manifest that does not match) name
+        # the folder and the fix, and nothing is half-written: the message is the whole output
+        print(f"scripts/carry_runs.py: {refused}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in ("pack", "unpack"):
         raise app.UsageError("usage: carry_runs.py pack --workdir=W --to=D | unpack --from=D --workdir=W")
     if not FLAGS.workdir:

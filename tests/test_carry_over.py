@@ -235,3 +235,16 @@ def test_the_script_packs_and_unpacks(tmp_path):
         [sys.executable, script, "pack", f"--workdir={work}"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "pack needs --to" in bad.stderr
+    # a refusal of carry_over's (here: no such workdir) is one line and exit status 2, nothing written
+    missing = subprocess.run(
+        [sys.executable, script, "pack", f"--workdir={tmp_path / 'nowhere'}", f"--to={tmp_path / 'pack2'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+    assert missing.stderr.strip() == (
+        f"scripts/carry_runs.py: carry_over.pack: no workdir {tmp_path / 'nowhere'}; pass the experiment's "
+        "--workdir."
+    )
+    assert not (tmp_path / "pack2").exists()
