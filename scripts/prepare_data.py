@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import sys
 import time
 
 from absl import app, flags
@@ -59,15 +60,23 @@ def main(argv: list[str]) -> None:
     from seqjax.train.trainer import DATA_KINDS, default_data_dir
 
     data_dir = FLAGS.data_dir or default_data_dir()
+    planned = []
     for kind in FLAGS.kinds:
         module = importlib.import_module(DATA_KINDS[kind]) if kind in DATA_KINDS else None
         for data in _data_configs(kind):
             data["route"] = FLAGS.route
-            started = time.perf_counter()
-            summary = module.prepare(data, data_dir)
-            seconds = time.perf_counter() - started
-            print(f"== {json.dumps(data)} ({seconds:.1f} s)")
-            print(json.dumps(summary, indent=1, default=str))
+            try:  # every data set's options, checked before any is prepared
+                module.resolve_config(data)
+            except ValueError as bad:  # names the option, what it accepts and the closest one
+                print(f"scripts/prepare_data.py: {bad}", file=sys.stderr)
+                sys.exit(2)
+            planned.append((module, data))
+    for module, data in planned:
+        started = time.perf_counter()
+        summary = module.prepare(data, data_dir)
+        seconds = time.perf_counter() - started
+        print(f"== {json.dumps(data)} ({seconds:.1f} s)")
+        print(json.dumps(summary, indent=1, default=str))
 
 
 if __name__ == "__main__":
