@@ -234,6 +234,26 @@ def test_a_misspelled_key_on_the_command_line_is_one_line(tmp_path, override, cl
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("configs/genomic.py:lstmm", "configs/genomic.py: unknown preset 'lstmm'; choose one of ["),
+        ("configs/genomic.py:lstm,task=specie", "configs/genomic.py: task must be one of ["),
+        ("configs/genomicc.py:lstm", "--config: no config file 'configs/genomicc.py'; give a configs/*.py"),
+    ],
+    ids=["preset", "option", "file"],
+)
+def test_a_config_file_that_refuses_its_argument_is_one_line(tmp_path, config, message):
+    """Before: absl's "FATAL Flags parsing error" around ml_collections' traceback of the config file's
+    ValueError, exit status 1; for a missing file, a traceback from the first use of the config."""
+    done = _script("scripts/train.py", f"--config={config}", f"--workdir={tmp_path / 'run'}")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"scripts/train.py: {message}"), lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_print_config_lists_every_key_and_exits_without_training(tmp_path):
     from seqjax.config.cli import config_keys
 

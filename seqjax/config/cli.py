@@ -155,20 +155,52 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> str | None:
 def config_flags_parser(flag: str = "config") -> Callable[[list[str]], list[str]]:
     """A `flags_parser` for `absl.app.run`: absl's own, except that an unknown `--<flag>.key` override
     (which ml_collections raises as a KeyError or AttributeError while parsing) is a one-line message on
-    stderr and exit status 2, naming the key and the closest valid ones."""
+    stderr and exit status 2, naming the key and the closest valid ones, and so is a config file's own
+    refusal of its argument (`--config=configs/genomic.py:lstmm`: an unknown preset or option, which
+    ml_collections and absl would print as a traceback inside a flags error)."""
     from absl import app
+    from absl import flags as absl_flags
 
     def parse(argv: list[str]) -> list[str]:
         try:
-            return app.parse_flags_with_usage(argv)
+            rest = absl_flags.FLAGS(argv)
+            # ml_collections defers a config file it cannot read until the config is first used
+            if flag in absl_flags.FLAGS and type(absl_flags.FLAGS[flag].value).__name__ == "_ErrorConfig":
+                path = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), "")
+                path = path.split(":", 1)[0]
+                print(
+                    f"{argv[0]}: --{flag}: no config file {path!r}; give a configs/*.py path.",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
+            return rest
         except (KeyError, AttributeError):
             message = check_overrides(argv[1:], flag)
             if message is None:
                 raise
             print(f"{argv[0]}: {message}", file=sys.stderr)
             sys.exit(2)
+        except absl_flags.Error as error:
+            refused = _config_file_refusal(error)
+            if refused is None:
+                return app.parse_flags_with_usage(argv)  # absl's own message (the same error again)
+            print(f"{argv[0]}: {refused}", file=sys.stderr)
+            sys.exit(2)
 
     return parse
+
+
+def _config_file_refusal(error: BaseException) -> ValueError | None:
+    """The ValueError a config file's `get_config` raised, from the flags error absl made of it
+    (ml_collections re-raises it as "Error whilst parsing config file" with the traceback in the text;
+    the original is that one's context), else None."""
+    seen = error
+    while seen.__context__ is not None:
+        if str(seen).startswith("Error whilst parsing config file"):
+            original = seen.__context__
+            return original if isinstance(original, ValueError) else None
+        seen = seen.__context__
+    return None
 
 
 def _data_defaults(kind: str) -> dict[str, Any]:
