@@ -281,16 +281,27 @@ def test_forecast_difference_reports_diebold_mariano(tmp_path):
 # The driver end to end at smoke size: trains, saves predictions, tabulates, judges, plots, resumes.
 
 
-def test_a_driver_refuses_an_unknown_preset_in_one_line(tmp_path):
-    """A driver given a preset that does not exist (a typo) names it and the presets there are, in one
-    line with exit status 2, before any work (before: a traceback ending in the same ValueError)."""
-    command = [sys.executable, str(ROOT / "experiments" / "length_crossover.py"), "--presets=lstm,lstmm"]
-    command += ["--size=smoke", f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}"]
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--presets=lstm,lstmm"], "configs/documents.py: unknown preset 'lstmm'; choose one of ["),
+        (
+            ["--presets=lstm", "--config_overrides=total_stepz=3"],
+            "config override 'total_stepz=3': unknown config key 'total_stepz'; did you mean 'total_steps'",
+        ),
+    ],
+    ids=["preset", "override"],
+)
+def test_a_driver_refuses_an_unknown_preset_or_key_in_one_line(tmp_path, args, message):
+    """A driver given a preset or a config key that does not exist (a typo) names it and the fix, in one
+    line with exit status 2, before any work (before: a traceback ending in a ValueError or KeyError)."""
+    command = [sys.executable, str(ROOT / "experiments" / "length_crossover.py"), *args, "--size=smoke"]
+    command += [f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}"]
     done = subprocess.run(command, env=driver_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-3000:]
     lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("W")]  # (absl logs)
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert lines[0].startswith("error: configs/documents.py: unknown preset 'lstmm'; choose one of [")
+    assert lines[0].startswith(f"error: {message}"), lines[0]
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("out*"))
 
 

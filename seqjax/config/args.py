@@ -71,6 +71,13 @@ def parse_arg(
     return preset, values
 
 
+class UnknownOverrideError(ConfigError, KeyError):
+    """An override of a key the config lacks: a `ConfigError` (drivers print it in one line) that is also
+    the KeyError ml_collections raises for such a key. Printed as its message, not a KeyError's repr."""
+
+    __str__ = BaseException.__str__
+
+
 def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
     """A copy of `config` with each `dotted.key=value` of `overrides` set, as `--config.dotted.key=value`
     would set it: the value is read as a Python literal (`3e-4`, `True`, `None`, `(2, 4)`), else kept as
@@ -94,7 +101,7 @@ def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
 
         unknown = unknown_override(config, key)
         if unknown:
-            raise KeyError(f"config override {item!r}: {unknown}")
+            raise UnknownOverrideError(f"config override {item!r}: {unknown}")
         *parents, leaf = key.split(".")
         node = config
         for part in parents:
