@@ -15,10 +15,10 @@ back, unfinished ones start again, and the tables come out once every run is in.
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import app, flags
 
+from seqjax.common.cli import run_or_refuse
 from seqjax.experiment import carry_over
 
 FLAGS = flags.FLAGS
@@ -29,13 +29,9 @@ flags.DEFINE_float("max_file_mib", carry_over.MAX_FILE_BYTES / 2**20, "pack: ref
 
 
 def main(argv: list[str]) -> None:
-    try:
-        _main(argv)
-    except (FileNotFoundError, ValueError) as refused:
-        # carry_over's refusals (no workdir, files over the limit, a manifest that does not match) name
-        # the folder and the fix, and nothing is half-written: the message is the whole output
-        print(f"scripts/carry_runs.py: {refused}", file=sys.stderr)
-        sys.exit(2)
+    # carry_over's refusals (no workdir, files over the limit, a manifest that does not match) name the
+    # folder and the fix, and nothing is half-written
+    run_or_refuse("scripts/carry_runs.py", _main, argv, lambda: (FileNotFoundError, ValueError))
 
 
 def _main(argv: list[str]) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -96,15 +95,11 @@ def position_table(curve: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
+    from seqjax.common.cli import run_or_refuse
     from seqjax.train.run_config import ConfigError
 
-    try:
-        _main(argv)
-    except (ConfigError, FileNotFoundError) as refused:
-        # a config it refuses, or a workdir without checkpoints (or without the config saved with them):
-        # the message names the key or the folder and the fix, so it is the whole output
-        print(f"scripts/evaluate.py: {refused}", file=sys.stderr)
-        sys.exit(2)
+    # a config it refuses, or a workdir without checkpoints (or without the config saved with them)
+    run_or_refuse("scripts/evaluate.py", _main, argv, lambda: (ConfigError, FileNotFoundError))
 
 
 def _main(argv: list[str]) -> None:

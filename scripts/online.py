@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -30,16 +29,12 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
+    from seqjax.common.cli import run_or_refuse
     from seqjax.online.loop import ConfigRefused
     from seqjax.train.workdir import WorkdirLockedError
 
-    try:
-        _main(argv)
-    except (ConfigRefused, WorkdirLockedError) as refused:
-        # raised before any training: the message names the key (or the workdir) and the fix, so it is
-        # the whole output rather than the last line of a traceback
-        print(f"scripts/online.py: {refused}", file=sys.stderr)
-        sys.exit(2)
+    # raised before any training, naming the key (or the workdir) and the fix
+    run_or_refuse("scripts/online.py", _main, argv, lambda: (ConfigRefused, WorkdirLockedError))
 
 
 def _main(argv: list[str]) -> None:

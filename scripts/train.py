@@ -73,8 +73,12 @@ def main(argv: list[str]) -> None:
 
         print_config(FLAGS.config)
         return
+    from seqjax.common.cli import run_or_refuse
+
     try:
-        _main(argv)
+        # Refusals are raised before training starts, naming the key (or the other run) and the fix: one
+        # line, as for a misspelled key, rather than the last line of a traceback.
+        run_or_refuse("scripts/train.py", _main, argv, _refusals)
     except KeyboardInterrupt:
         # Ctrl-C outside the training loop (imports, data preparation, set-up): inside it, the loop's own
         # handler saves the step and returns. Data sets and checkpoints publish atomically, so nothing
@@ -84,16 +88,11 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(130)
-    except _refusals() as refused:
-        # Raised before training starts: the message names the key (or the other run) and the fix, so it
-        # is the whole output, as for a misspelled key, rather than the last line of a traceback.
-        print(f"scripts/train.py: {refused}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _refusals() -> tuple[type[Exception], ...]:
     """The trainer's refusals of a run as configured: a bad config value, a config that differs from the
-    one saved in the workdir, a workdir another run holds. (Imported when an error is matched, after
+    one saved in the workdir, a workdir another run holds. (Imported only when an error is raised, after
     `_main` set up JAX: `jax.distributed.initialize` must come before the trainer's imports.)"""
     from seqjax.train.run_config import ConfigError
     from seqjax.train.workdir import ConfigChangedError, WorkdirLockedError
