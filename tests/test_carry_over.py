@@ -18,6 +18,7 @@ from seqjax.config import apply_overrides, load_config_file
 from seqjax.experiment import carry_over, protocol
 from seqjax.experiment.predictions import RunPredictions, read_predictions, stack_seeds, write_predictions
 from seqjax.experiment.report import forecast_errors, metric_interval
+from tests.train_subprocess import refusal_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,14 +237,10 @@ def test_the_script_packs_and_unpacks(tmp_path):
     )
     assert bad.returncode != 0 and "pack needs --to" in bad.stderr
     # a refusal of carry_over's (here: no such workdir) is one line and exit status 2, nothing written
-    missing = subprocess.run(
-        [sys.executable, script, "pack", f"--workdir={tmp_path / 'nowhere'}", f"--to={tmp_path / 'pack2'}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    line = refusal_line(
+        "scripts/carry_runs.py", "pack", f"--workdir={tmp_path / 'nowhere'}", f"--to={tmp_path / 'pack2'}"
     )
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
-    assert missing.stderr.strip() == (
+    assert line == (
         f"scripts/carry_runs.py: carry_over.pack: no workdir {tmp_path / 'nowhere'}; pass the experiment's "
         "--workdir."
     )

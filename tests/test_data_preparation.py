@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from seqjax.data import genomic, preparation
+from tests.train_subprocess import refusal_line
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -176,14 +177,14 @@ def test_two_processes_prepare_one_data_set_once(tmp_path: pathlib.Path) -> None
 def test_the_script_checks_every_data_sets_options_before_preparing_any(tmp_path):
     """scripts/prepare_data.py with a misspelled task (after a good one): one line naming the option, the
     choices and the closest one, exit status 2, and nothing prepared, not even the good one."""
-    command = [sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--kinds=timeseries,genomic"]
-    command += ["--timeseries_datasets=household_power", "--genomic_tasks=species,genic_vs_intergenicc"]
-    command += ["--route=sample", f"--data_dir={tmp_path / 'data'}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith(("W", "I"))]  # absl
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert lines[0].startswith("scripts/prepare_data.py: genomic data config: task must be one of (")
-    assert "(did you mean 'genic_vs_intergenic'?)" in lines[0]
+    line = refusal_line(
+        "scripts/prepare_data.py",
+        "--kinds=timeseries,genomic",
+        "--timeseries_datasets=household_power",
+        "--genomic_tasks=species,genic_vs_intergenicc",
+        "--route=sample",
+        f"--data_dir={tmp_path / 'data'}",
+    )
+    assert line.startswith("scripts/prepare_data.py: genomic data config: task must be one of (")
+    assert "(did you mean 'genic_vs_intergenic'?)" in line
     assert not (tmp_path / "data").exists()

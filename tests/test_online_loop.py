@@ -25,7 +25,7 @@ from seqjax.online.streams import (
     household_power,
     narma10_reference,
 )
-from tests.train_subprocess import ROOT, start
+from tests.train_subprocess import ROOT, refusal_line, start
 
 # -- streams ----------------------------------------------------------------------------------------
 
@@ -304,18 +304,12 @@ def test_the_script_refuses_a_bad_config_in_one_line(tmp_path):
     """scripts/online.py: a config value the loop refuses is one line naming `config.<key>`, exit status 2,
     and no workdir (before: a traceback, and the workdir with its lock file left behind)."""
     workdir = tmp_path / "run"
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "scripts", "online.py"),
-        "--config=" + os.path.join(ROOT, "configs", "online.py") + ":narma10:lru_rtrl",
+    line = refusal_line(
+        "scripts/online.py",
+        "--config=configs/online.py:narma10:lru_rtrl",
         f"--workdir={workdir}",
         "--config.total_steps=-3",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("W")]  # (absl logs)
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("scripts/online.py: config: total_steps (-3)"), lines[0]
+    )
+    assert line.startswith("scripts/online.py: config: total_steps (-3)"), line
     assert not workdir.exists()
     assert issubclass(online_loop.ConfigRefused, ValueError)  # (callers that catch ValueError still do)

@@ -20,6 +20,7 @@ from seqjax.experiment.predictions import RunPredictions, read_predictions, writ
 from seqjax.experiment.report import Claim, judge, metric_interval, paired_difference
 from seqjax.experiment.summary import best_by_family
 from tests.driver_helpers import driver_env
+from tests.train_subprocess import refusal_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -295,13 +296,9 @@ def test_forecast_difference_reports_diebold_mariano(tmp_path):
 def test_a_driver_refuses_an_unknown_preset_or_key_in_one_line(tmp_path, args, message):
     """A driver given a preset or a config key that does not exist (a typo) names it and the fix, in one
     line with exit status 2, before any work (before: a traceback ending in a ValueError or KeyError)."""
-    command = [sys.executable, str(ROOT / "experiments" / "length_crossover.py"), *args, "--size=smoke"]
-    command += [f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}"]
-    done = subprocess.run(command, env=driver_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr[-3000:]
-    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("W")]  # (absl logs)
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert lines[0].startswith(f"error: {message}"), lines[0]
+    where = [f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}"]
+    line = refusal_line("experiments/length_crossover.py", *args, "--size=smoke", *where, env=driver_env())
+    assert line.startswith(f"error: {message}"), line
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("out*"))
 
 

@@ -6,8 +6,6 @@ compiled (issue 14, "Config validation"). On 8 fake CPU devices (tests/conftest.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
@@ -19,6 +17,7 @@ from seqjax.config import load_config_file
 from seqjax.train import trainer
 from seqjax.train.preflight import check_before_work, data_parallel_size, eval_metric_names
 from seqjax.train.run_config import ConfigError, resolve
+from tests.train_subprocess import refusal_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -164,21 +163,14 @@ def test_every_config_takes_model_dtype_on_the_command_line(name):
 
 
 def test_the_training_script_exits_non_zero_naming_the_key(tmp_path):
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "scripts", "train.py"),
-        "--config=" + os.path.join(ROOT, "configs", "synthetic.py") + ":lstm,length=24",
+    # one line naming the key, exit status 2 (a usage error), and no workdir left behind
+    line = refusal_line(
+        "scripts/train.py",
+        "--config=configs/synthetic.py:lstm,length=24",
         f"--workdir={tmp_path / 'run'}",
         "--config.total_steps=-5",
-    ]
-    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    # one line naming the key, exit status 2 (a usage error), and no workdir left behind
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("W")]  # (absl logs)
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("scripts/train.py: config.total_steps: -5"), lines[0]
-    assert "done:" not in proc.stdout
+    )
+    assert line.startswith("scripts/train.py: config.total_steps: -5"), line
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -192,22 +184,16 @@ def test_the_training_script_refuses_a_held_workdir_in_one_line(tmp_path):
     held = WorkdirLock(str(workdir))
     held.acquire()
     try:
-        command = [
-            sys.executable,
-            os.path.join(ROOT, "scripts", "train.py"),
-            "--config=" + os.path.join(ROOT, "configs", "synthetic.py") + ":lstm,length=24",
+        line = refusal_line(
+            "scripts/train.py",
+            "--config=configs/synthetic.py:lstm,length=24",
             f"--workdir={workdir}",
             "--config.total_steps=2",
             "--config.optimizer.warmup_steps=1",
-        ]
-        env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        )
     finally:
         held.release()
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("W")]  # (absl logs)
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert f"in use by another run (pid {os.getpid()}" in lines[0] and "another --workdir" in lines[0]
+    assert f"in use by another run (pid {os.getpid()}" in line and "another --workdir" in line
     assert sorted(os.listdir(workdir)) == [".lock"]  # nothing else written
 
 
@@ -215,18 +201,10 @@ def test_the_evaluation_script_names_a_workdir_without_checkpoints(tmp_path):
     """A workdir with no checkpoints (a typo, a run not trained yet) is one line and exit status 2, before
     any data is prepared, and nothing is written into it (before: a traceback, an Orbax thread's error at
     exit, and an empty checkpoints folder left in the workdir)."""
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "scripts", "evaluate.py"),
-        "--config=" + os.path.join(ROOT, "configs", "synthetic.py") + ":lstm,length=24",
-        f"--workdir={tmp_path}",
-    ]
-    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("W")]  # (absl logs)
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0] == (
+    line = refusal_line(
+        "scripts/evaluate.py", "--config=configs/synthetic.py:lstm,length=24", f"--workdir={tmp_path}"
+    )
+    assert line == (
         f"scripts/evaluate.py: No checkpoints in {tmp_path / 'checkpoints'}: train the run first, or pass "
         "the workdir of a trained run."
     )

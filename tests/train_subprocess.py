@@ -11,6 +11,7 @@ what makes their results comparable bitwise.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,28 @@ def checkpoint_steps(workdir: str) -> list[int]:
     if not os.path.isdir(directory):
         return []
     return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+#: A line of absl's own logging (e.g. "W1205 18:10:00.545 ..."), which a script may print before it refuses.
+ABSL_LOG_LINE = re.compile(r"^[IWEF]\d{4} ")
+
+
+def refusal_line(script: str, *args: str, env: Mapping[str, str] | None = None) -> str:
+    """Runs `script` (a path in the repository, e.g. "scripts/train.py") with `args` on the CPU, asserts
+    that it refused them as the scripts do (`seqjax.common.cli.run_or_refuse`): exit status 2, no
+    traceback, one line on stderr besides absl's log lines; returns that line. `env` adds to (and wins
+    over) this process's environment.
+
+        >>> refusal_line("scripts/train.py", "--config=configs/genomic.py:lstmm")  # doctest: +SKIP
+        "scripts/train.py: configs/genomic.py: unknown preset 'lstmm'; choose one of [...]."
+    """
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", **(env or {})}
+    command = [sys.executable, script, *args]  # (from the repository, as the README runs scripts)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [line for line in done.stderr.strip().splitlines() if not ABSL_LOG_LINE.match(line)]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
 
 
 def start(command: list[str]) -> subprocess.Popen:
