@@ -213,6 +213,78 @@ def test_a_grid_run_carried_without_checkpoints_gives_its_checkpoints_test_evalu
     assert saved["test"] == chosen.test  # reported now that it is the chosen run
 
 
+def test_a_grid_run_already_beaten_reads_no_test_split_and_the_chosen_one_needs_no_checkpoint(
+    tmp_path, monkeypatch
+):
+    """Real grid runs, their validation scores set per rate over the trainer's result: a run that an
+    earlier run of the grid beats on validation reads no test split (the trainer evaluates validation
+    alone) and keeps no test outputs; the others keep them, evaluated from their checkpoint, equal to a
+    final evaluation of both splits inside training. Carried without checkpoints, the chosen run needs
+    nothing more; the beaten run, asked for its test, is refused with the fix."""
+    from seqjax.train import trainer
+
+    config = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=256")
+    config = apply_overrides(
+        config, ["model.d_model=8", "model.num_layers=1", "batch_size=8", "tensorboard=False"]
+    )
+    settings = protocol.ProtocolSettings(
+        train_tokens=8 * 256 * 2, evaluation_examples=24, learning_rates=(1e-3, 3e-3, 1e-2), grid_extensions=0
+    )
+    kwargs = {"length": 256, "tokens_per_batch": 8 * 256}
+    # 3e-3 finishes behind 1e-3: beaten; 1e-2 finishes ahead of both and is chosen
+    score = {1e-3: 0.6, 3e-3: 0.5, 1e-2: 0.7}
+    real_train, splits = trainer.train, {}
+
+    def train(run_config, workdir, **options):
+        result = real_train(run_config, workdir, **options)
+        rate = float(run_config.optimizer.learning_rate)
+        splits[rate] = options["final_splits"]
+        result["final"]["validation"]["metrics"]["balanced_accuracy"] = score[rate]
+        return result
+
+    monkeypatch.setattr(trainer, "train", train)
+    grid, chosen = protocol.tune_learning_rate("lstm", config, settings, tmp_path / "work" / "lstm", **kwargs)
+    assert chosen.learning_rate == 1e-2 and set(splits.values()) == {("validation",)}
+    kept = {r.learning_rate: r.final_test is not None for r in grid}
+    assert kept == {1e-3: True, 3e-3: False, 1e-2: True}
+    for r in grid:
+        assert (Path(r.workdir) / protocol.FINAL_TEST_PREDICTIONS).exists() == kept[r.learning_rate]
+        assert r.test is None  # nothing reported before the choice
+
+    # The reference: the chosen run trained again with both splits read at its end, inside training.
+    inside = protocol.train_run(
+        "lstm",
+        config,
+        settings,
+        1e-2,
+        0,
+        tmp_path / "inside",
+        predictions_path=tmp_path / "inside.npz",
+        **kwargs,
+    )
+    assert splits[1e-2] == ("validation", "test")
+    assert chosen.final_test == pytest.approx(inside.test, rel=1e-6)
+
+    carry_over.pack(tmp_path / "work", tmp_path / "pack")
+    carry_over.unpack(tmp_path / "pack", tmp_path / "fresh")
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a carried run was trained again"))
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: pytest.fail("no checkpoint to evaluate"))
+    grid, chosen = protocol.tune_learning_rate(
+        "lstm", config, settings, tmp_path / "fresh" / "lstm", **kwargs
+    )
+    reported = protocol.evaluate_on_test("lstm", config, settings, chosen, tmp_path / "chosen.npz", **kwargs)
+    assert reported.test == chosen.final_test
+    want, got = read_predictions(tmp_path / "inside.npz"), read_predictions(tmp_path / "chosen.npz")
+    np.testing.assert_array_equal(got.example_ids, want.example_ids)
+    np.testing.assert_allclose(got.predictions, want.predictions, rtol=1e-5, atol=1e-6)
+    beaten = next(r for r in grid if r.learning_rate == 3e-3)
+    with pytest.raises(
+        FileNotFoundError, match="keeps neither its test outputs nor the checkpoint"
+    ) as refused:
+        protocol.evaluate_on_test("lstm", config, settings, beaten, tmp_path / "beaten.npz", **kwargs)
+    assert "Remove its run.json" in str(refused.value) and not (tmp_path / "beaten.npz").exists()
+
+
 def test_the_script_packs_and_unpacks(tmp_path):
     work = _workdir(tmp_path)
     script = str(ROOT / "scripts" / "carry_runs.py")

@@ -64,6 +64,13 @@ def test_learning_rate_is_chosen_on_validation():
     # lower is better: 3e-3 and 1e-2 tie on validation; the smaller rate wins; test values are ignored
     assert protocol._choose(grid, "bpb", larger=False).learning_rate == 3e-3
     assert protocol._choose(grid, "bpb", larger=True).learning_rate == 1e-3
+    # a run whose metric is not finite is never chosen over a finite one, wherever it is in the grid
+    # (sorting by NaN leaves the order to the grid's: 1e-3 used to win here)
+    for position in range(3):
+        diverged = [record(1e-3, 2.0, 0.0), record(1e-2, 1.0, 0.0)]
+        diverged.insert(position, record(3e-3, float("nan"), 0.0))
+        assert protocol._choose(diverged, "bpb", larger=True).learning_rate == 1e-3
+        assert protocol._choose(diverged, "bpb", larger=False).learning_rate == 1e-2
 
 
 def test_a_rate_on_the_grid_edge_extends_the_grid(tmp_path, monkeypatch):
@@ -72,7 +79,7 @@ def test_a_rate_on_the_grid_edge_extends_the_grid(tmp_path, monkeypatch):
     score = {1e-3: 0.3, 3e-3: 0.4, 1e-2: 0.5, 3e-2: 0.6, 1e-1: 0.9}
     trained = []
 
-    def fake_train_once(model, config, settings, lr, seed, tokens_per_batch, folder, length, path, log):
+    def fake_train_once(model, config, settings, lr, seed, tokens_per_batch, folder, length, path, log, **kw):
         trained.append((lr, seed))
         return protocol.RunRecord(
             model, lr, seed, 1, 1, 1.0, 1.0, 0.0, 1.0, None, 1, 1, {"balanced_accuracy": score[lr]}, None, "w"
@@ -90,6 +97,38 @@ def test_a_rate_on_the_grid_edge_extends_the_grid(tmp_path, monkeypatch):
     assert unextended.learning_rate == 1e-2
     with pytest.raises(ValueError, match="grid_extensions"):
         dataclasses.replace(settings, grid_extensions=-1)
+
+
+def test_a_grid_run_keeps_its_test_outputs_only_while_validation_could_choose_it(tmp_path, monkeypatch):
+    # the grid in the order it trains: 1e-3, 3e-3 (beaten by 1e-3), 1e-2 (best so far), then the edge
+    # extension 3e-2, which ties 1e-2 (a tie goes to the smaller rate: beaten); a run whose metric is
+    # not finite comes after every finite one
+    score = {1e-3: 0.5, 3e-3: 0.4, 1e-2: 0.7, 3e-2: 0.7}
+    decided = {}
+
+    def fake_train_once(model, config, settings, lr, seed, tokens_per_batch, folder, length, path, log, **kw):
+        record = protocol.RunRecord(
+            model, lr, seed, 1, 1, 1.0, 1.0, 0.0, 1.0, None, 1, 1, {"balanced_accuracy": score[lr]}, None, "w"
+        )
+        decided[lr] = kw["keep_test"](record)
+        return record
+
+    monkeypatch.setattr(protocol, "_train_once", fake_train_once)
+    config = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    settings = protocol.ProtocolSettings(train_tokens=8192, learning_rates=(1e-3, 3e-3, 1e-2))
+    args = ("lstm", config, settings, tmp_path)
+    kwargs = {"length": 1024, "tokens_per_batch": 8192}
+    _, chosen = protocol.tune_learning_rate(*args, **kwargs)
+    assert chosen.learning_rate == 1e-2 and decided[1e-2]  # the chosen run always keeps them
+    assert decided == {1e-3: True, 3e-3: False, 1e-2: True, 3e-2: False}
+    protocol.tune_learning_rate(*args, test_every_rate=True, **kwargs)  # e.g. stability's rate sensitivity
+    assert all(decided.values())
+    score[3e-3] = float("nan")
+    _, chosen = protocol.tune_learning_rate(*args, **kwargs)
+    assert chosen.learning_rate == 1e-2 and decided == {1e-3: True, 3e-3: False, 1e-2: True, 3e-2: False}
+    score[1e-3] = float("nan")  # the first run keeps them whatever its metric
+    protocol.tune_learning_rate(*args, **kwargs)
+    assert decided == {1e-3: True, 3e-3: False, 1e-2: True, 3e-2: False}
 
 
 def test_analytic_flops_count_attention_context():

@@ -15,9 +15,11 @@ For one task at one sequence length, `run_comparison` does, for every model conf
    is extended one step beyond it (the ratio of the two outer rates, rounded to one significant digit),
    up to `grid_extensions` times, so the chosen rate is not an artefact of where the grid stopped. The
    test split has not been read yet.
-4. **Seeds.** The chosen rate's seed-0 run is evaluated on the test split (every grid run computes its
-   test outputs when it finishes and keeps them unreported in its folder, `RunRecord.final_test`, so
-   that a finished run needs no checkpoint; older runs are evaluated from their final checkpoint), and
+4. **Seeds.** The chosen rate's seed-0 run is evaluated on the test split (a grid run that validation
+   could still choose when it finishes, none of the grid's earlier runs being better, computes its test
+   outputs then and keeps them unreported in its folder, `RunRecord.final_test`, so that the chosen run
+   needs no checkpoint; a run already beaten skips the test split, which can cost as much as its
+   training; older runs are evaluated from their final checkpoint), and
    seeds 1 .. `seeds - 1` train with that rate; the seed sets both the initialisation and the order of
    the training batches (`train_run` takes a `data_seed` to set the order apart, as
    `seqjax.experiment.stability` does). Every seed's per-example test outputs are written as
@@ -431,9 +433,13 @@ def _train_once(
     predictions_path: Path | None,
     log: Callable[[str], None],
     data_seed: int | None = None,
+    keep_test: Callable[[RunRecord], bool] | None = None,
 ) -> RunRecord:
     """One run (or its saved record): train, then the final validation and (with a predictions path) test
-    evaluation of the final parameters."""
+    evaluation of the final parameters. A grid run (no predictions path) keeps its test outputs unreported
+    (`RunRecord.final_test`); with `keep_test`, only when `keep_test(record)` says validation could still
+    choose it (`tune_learning_rate`), the others skip the test split (the evaluation of a long split can
+    cost as much as the training)."""
     from seqjax.train import trainer
 
     run_config = _run_config(config, settings, lr, seed, tokens_per_batch, data_seed)
@@ -450,8 +456,10 @@ def _train_once(
     # An unfinished run (stopped by a signal) resumes from its checkpoint, as the trainer resumes any run;
     # its record then times only the part after the resume.
     workdir.mkdir(parents=True, exist_ok=True)
-    # Test too for a grid run: kept in its folder, unreported unless validation chooses the run.
-    splits = ("validation", "test")
+    # Test too for a grid run: kept in its folder, unreported unless validation chooses the run. With
+    # `keep_test`, the test split is read after validation, from the final checkpoint, and only for a run
+    # validation could still choose.
+    splits = ("validation",) if predictions_path is None and keep_test is not None else ("validation", "test")
     started = time.perf_counter()
     result = trainer.train(
         run_config, str(workdir), final_splits=splits, final_examples=settings.evaluation_examples
@@ -463,32 +471,64 @@ def _train_once(
             "back and this one resumes."
         )
     final = result["final"]
-    run = run_predictions(
-        model,
-        seed,
-        length,
-        run_config.task,
-        final["test"]["per_example"],
-        final["test"]["source"],
-        final["test"]["indices"],
-    )
-    test_metrics = {k: float(v) for k, v in final["test"]["metrics"].items()}
-    test, final_test = (test_metrics, None) if predictions_path is not None else (None, test_metrics)
-    write_predictions(predictions_path or workdir / FINAL_TEST_PREDICTIONS, run)
     tokens = int(result["step"]) * tokens_per_batch
     record = _record(
-        model, lr, seed, result, tokens, workdir, final["validation"]["metrics"], test, data_seed
+        model, lr, seed, result, tokens, workdir, final["validation"]["metrics"], None, data_seed
     )
-    record = dataclasses.replace(record, config_sha256=digest, final_test=final_test)
+    record = dataclasses.replace(record, config_sha256=digest)
+    if "test" in final:
+        test_metrics, run = _test_outputs(model, seed, length, run_config.task, final["test"])
+    elif keep_test(record):
+        test_metrics, run = _test_outputs(
+            model, seed, length, run_config.task, _evaluate_test(run_config, settings, workdir)
+        )
+    else:
+        test_metrics, run = None, None
+    if run is not None:
+        write_predictions(predictions_path or workdir / FINAL_TEST_PREDICTIONS, run)
+    if predictions_path is not None:
+        record = dataclasses.replace(record, test=test_metrics)
+    else:
+        record = dataclasses.replace(record, final_test=test_metrics)
+    # the record last: a run stopped before it is unfinished, and trains again
     _atomic_json(done, dataclasses.asdict(record))
     metric, _ = HEADLINE[run_config.task]
     log(
         f"{model} lr={lr:g} {_seeds_text(seed, data_seed)}: {record.steps} steps, validation {metric} "
         f"{record.validation[metric]:.4f}"
-        + ("" if test is None else f", test {test[metric]:.4f}")
+        + ("" if record.test is None else f", test {record.test[metric]:.4f}")
+        + ("" if run is not None else " (test not read: another rate of the grid is better on validation)")
         + f" ({time.perf_counter() - started:.0f} s)"
     )
     return record
+
+
+def _test_outputs(
+    model: str, seed: int, length: int, task: str, evaluated: Mapping[str, Any]
+) -> tuple[dict[str, float], RunPredictions]:
+    """A run's test metrics and per-example outputs from the trainer's evaluation of the test split (its
+    `final["test"]`, or `trainer.evaluate(..., per_example=True)`)."""
+    run = run_predictions(
+        model, seed, length, task, evaluated["per_example"], evaluated["source"], evaluated["indices"]
+    )
+    return {k: float(v) for k, v in evaluated["metrics"].items()}, run
+
+
+def _evaluate_test(run_config: Any, settings: ProtocolSettings, workdir: Path | str) -> dict[str, Any]:
+    """The test split evaluated from the run's last checkpoint, on the examples the final evaluation of a
+    training run reads (`settings.evaluation_examples`, spread over the split)."""
+    from seqjax.train import trainer
+
+    with run_config.unlocked():
+        run_config.eval_examples = None
+    return trainer.evaluate(
+        run_config,
+        str(workdir),
+        split="test",
+        step="latest",
+        per_example=True,
+        examples=settings.evaluation_examples,
+    )
 
 
 def _test_from_checkpoint(
@@ -502,8 +542,6 @@ def _test_from_checkpoint(
 ) -> RunRecord:
     """The chosen rate's seed-0 run on the test split: its outputs kept when it finished (a run folder
     without its checkpoint, e.g. carried over), else evaluated from its final checkpoint (once)."""
-    from seqjax.train import trainer
-
     if record.test is not None and predictions_path.exists():
         return record
     kept = Path(record.workdir) / FINAL_TEST_PREDICTIONS
@@ -515,24 +553,21 @@ def _test_from_checkpoint(
         updated = dataclasses.replace(record, test=dict(record.final_test))
         _atomic_json(Path(record.workdir) / "run.json", dataclasses.asdict(updated))
         return updated
+    if not has_final_checkpoint(record):
+        raise FileNotFoundError(
+            f"{model} lr={record.learning_rate:g} {_seeds_text(record.seed, record.data_seed)}: "
+            f"{record.workdir} keeps neither its test outputs nor the checkpoint of its last step "
+            f"(checkpoints/{record.steps}), so it cannot be evaluated on test. Remove its run.json and run "
+            "the same command again to train it again."
+        )
     run_config = _run_config(
         config, settings, record.learning_rate, record.seed, tokens_per_batch, record.data_seed
     )
-    with run_config.unlocked():
-        run_config.eval_examples = None
-    out = trainer.evaluate(
-        run_config,
-        record.workdir,
-        split="test",
-        step="latest",
-        per_example=True,
-        examples=settings.evaluation_examples,
-    )
-    run = run_predictions(
-        model, record.seed, length, run_config.task, out["per_example"], out["source"], out["indices"]
+    test, run = _test_outputs(
+        model, record.seed, length, run_config.task, _evaluate_test(run_config, settings, record.workdir)
     )
     write_predictions(predictions_path, run)
-    updated = dataclasses.replace(record, test={k: float(v) for k, v in out["metrics"].items()})
+    updated = dataclasses.replace(record, test=test)
     _atomic_json(Path(record.workdir) / "run.json", dataclasses.asdict(updated))
     return updated
 
@@ -599,12 +634,20 @@ def evaluate_on_test(
     )
 
 
+def _rank(record: RunRecord, metric: str, larger: bool) -> tuple[bool, float, float]:
+    """A grid run's place in the choice (smaller is better): a finite validation metric before a
+    non-finite one (NaN compares false both ways, which would leave the order to the grid's order), then
+    the metric, then the smaller rate."""
+    value = float(record.validation.get(metric, math.nan))
+    if not math.isfinite(value):
+        return (True, 0.0, record.learning_rate)
+    return (False, -value if larger else value, record.learning_rate)
+
+
 def _choose(grid: Sequence[RunRecord], metric: str, larger: bool) -> RunRecord:
-    """The grid run with the best validation metric (a tie goes to the smaller rate)."""
-    ranked = sorted(
-        grid, key=lambda r: (-r.validation[metric] if larger else r.validation[metric], r.learning_rate)
-    )
-    return ranked[0]
+    """The grid run with the best validation metric (a tie goes to the smaller rate; a non-finite metric
+    is never chosen over a finite one)."""
+    return min(grid, key=lambda r: _rank(r, metric, larger))
 
 
 def next_rate_beyond_edge(rates: Sequence[float], chosen: float) -> float | None:
@@ -672,18 +715,42 @@ def tune_learning_rate(
     length: int,
     tokens_per_batch: int,
     log: Callable[[str], None] = print,
+    test_every_rate: bool = False,
 ) -> tuple[list[RunRecord], RunRecord]:
     """Step 3 for one model: seed 0 at every rate of the grid, `<folder>/lr<rate>/seed0/`, the grid
     extended past an edge the choice lands on; returns (the grid's runs, the one chosen on validation).
-    No run is evaluated on the test split."""
+    No test metric is reported. A grid run that validation could still choose (none of the runs before it
+    is better) keeps its test outputs unreported, so the chosen run needs no checkpoint
+    (`RunRecord.final_test`); the others skip the test split. `test_every_rate`: every grid run keeps them
+    (for a caller that evaluates every rate on test, as `seqjax.experiment.stability` does)."""
     metric, larger = HEADLINE[config.task]
     root = Path(folder)
+    grid: list[RunRecord] = []
+
+    def could_be_chosen(record: RunRecord) -> bool:
+        # Beaten by a run already in the grid (`_choose`'s order), it can never be chosen: more runs
+        # only add rivals.
+        rank = _rank(record, metric, larger)
+        return test_every_rate or not any(_rank(r, metric, larger) < rank for r in grid)
 
     def seed0(lr: float) -> RunRecord:
         path = root / f"lr{lr:g}" / "seed0"
-        return _train_once(model, config, settings, lr, 0, tokens_per_batch, path, length, None, log)
+        return _train_once(
+            model,
+            config,
+            settings,
+            lr,
+            0,
+            tokens_per_batch,
+            path,
+            length,
+            None,
+            log,
+            keep_test=could_be_chosen,
+        )
 
-    grid = [seed0(lr) for lr in settings.learning_rates]
+    for lr in settings.learning_rates:
+        grid.append(seed0(lr))
     chosen = _choose(grid, metric, larger)
     for _ in range(settings.grid_extensions):
         rate = next_rate_beyond_edge([r.learning_rate for r in grid], chosen.learning_rate)

@@ -643,7 +643,8 @@ def run_stability(
     for m in report:
         name, config = m.name, matched[m.name]
         log(f"match {name}: {m.parameters:,} parameters ({m.ratio:.3f} x {m.target:,}), {m.override}")
-        grid, chosen = tune_learning_rate(name, config, settings, root / name, **kwargs)
+        # every rate's seed-0 run is evaluated on test below (the rate sensitivity)
+        grid, chosen = tune_learning_rate(name, config, settings, root / name, test_every_rate=True, **kwargs)
         rate = chosen.learning_rate
         crossed = [
             _run_cell(
