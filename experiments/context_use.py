@@ -474,6 +474,7 @@ def summarize(
     `trained`: {variant name: `ModelResult`}."""
     from seqjax.experiment.bpe_perplexity import perplexity_curve
     from seqjax.experiment.positions import bucket_label, position_curve
+    from seqjax.experiment.protocol import validation_rank
     from seqjax.experiment.report import family_of
     from seqjax.experiment.verdict import verdict
 
@@ -567,7 +568,9 @@ def summarize(
             if rows[v.name]["family"] == family and rows[v.name]["validation_bits_per_byte"] is not None
         ]
         if ranked:
-            best[family] = min(ranked, key=lambda v: rows[v.name]["validation_bits_per_byte"])
+            best[family] = min(
+                ranked, key=lambda v: validation_rank(rows[v.name]["validation_bits_per_byte"], larger=False)
+            )
     if k is None:
         rule2["note"] = f"--claim_bucket={FLAGS.claim_bucket} is not a bucket start"
     elif len(best) < 2:

@@ -248,6 +248,7 @@ def test_verdict_words():
 
 def test_chosen_runs_take_the_rate_with_the_best_validation(tmp_path):
     for rate, lr, metric, seeds in (
+        ("lr0.0003", 3e-4, float("nan"), 1),  # diverged: never chosen over a finite metric
         ("lr0.001", 1e-3, 0.60, 3),
         ("lr0.003", 3e-3, 0.60, 1),
         ("lr0.01", 1e-2, 0.5, 1),

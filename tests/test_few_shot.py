@@ -150,6 +150,20 @@ def test_the_best_model_is_chosen_on_validation_not_on_test(tmp_path: Path) -> N
     assert difference["better"] == "lstm" and difference["estimate"] == pytest.approx(-0.05)
 
 
+def test_best_of_family_puts_a_diverged_model_last_and_breaks_ties_by_name() -> None:
+    def run(model, validation):
+        return {"n": 50, "arm": "none", "model": model, "family": "recurrent", "validation": validation}
+
+    nan = float("nan")
+    for runs in (
+        [run("gla", [nan, 0.6]), run("lstm", [0.5, 0.5])],
+        [run("lstm", [0.5, 0.5]), run("gla", [nan])],
+    ):
+        assert few_shot.best_of_family({"runs": runs}, "recurrent", [50]) == "lstm"
+    tied = [run("elstm", [0.5]), run("mamba", [0.5]), run("lstm", [0.5])]
+    assert few_shot.best_of_family({"runs": tied}, "recurrent", [50]) == "mamba"  # as before: the later name
+
+
 def test_rule_b_the_interaction_of_model_and_augmentation(tmp_path: Path) -> None:
     rnn_gains = _key(tmp_path / "r", _both_arms({"lstm": 0.6, "attention": 0.6}, {"lstm": 0.25}))
     b = _verdicts({"g@1024": rnn_gains})["b"]

@@ -165,11 +165,13 @@ def test_capture_and_swap_on_a_model():
 
 
 def test_chosen_runs_take_the_rate_with_the_best_validation(tmp_path):
-    for rate, bpb, seeds in (("lr0.001", 4.2, 1), ("lr0.01", 4.0, 3), ("lr0.03", 4.1, 1)):
+    # lr0.0003 diverged (NaN): never chosen over a finite metric, wherever it sorts
+    rates = (("lr0.0003", 3e-4, float("nan"), 1), ("lr0.001", 1e-3, 4.2, 1), ("lr0.01", 1e-2, 4.0, 3))
+    for rate, lr, bpb, seeds in (*rates, ("lr0.03", 3e-2, 4.1, 1)):
         for seed in range(seeds):
             folder = tmp_path / rate / f"seed{seed}"
             (folder / "checkpoints").mkdir(parents=True)
-        record = {"validation": {"bits_per_byte": bpb}}
+        record = {"learning_rate": lr, "validation": {"bits_per_byte": bpb}}
         (tmp_path / rate / "seed0" / "run.json").write_text(json.dumps(record))
     runs = ka.chosen_runs(tmp_path)
     assert [r.relative_to(tmp_path).as_posix() for r in runs] == [

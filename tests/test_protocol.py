@@ -299,6 +299,13 @@ def test_best_of_each_family_is_chosen_on_validation():
         "attention": result("attention", 0.5, 0.5),
     }
     assert best_by_family(results, "acc", larger=True) == {"recurrent": "mamba", "attention": "attention"}
+    # a model whose mean is not finite (a diverged seed) comes after every finite one, met first or not
+    diverged = {"gla": result("gla", float("nan"), 0.0), **results}
+    assert best_by_family(diverged, "acc", larger=True)["recurrent"] == "mamba"
+    assert best_by_family(diverged, "acc", larger=False)["recurrent"] == "lstm"
+    assert best_by_family({"gla": result("gla", float("nan"), 0.0)}, "acc", larger=True) == {
+        "recurrent": "gla"
+    }
     assert report.family_of("longformer") == "attention" and report.family_of("elstm") == "recurrent"
 
 

@@ -51,6 +51,7 @@ from seqjax.experiment.protocol import (
     evaluate_on_test,
     train_run,
     tune_learning_rate,
+    validation_rank,
 )
 from seqjax.experiment.report import Claim, contrast_interval, difference_fields, family_of, judge
 from seqjax.experiment.statistics import bootstrap_p_value
@@ -331,7 +332,10 @@ def best_of_family(
             scores.setdefault(run["model"], []).extend(run["validation"])
     if not scores:
         return None
-    return max(scores, key=lambda m: (float(np.mean(scores[m])), m))
+    # a tie goes to the later name (met first in reverse order); a non-finite mean comes last
+    return min(
+        sorted(scores, reverse=True), key=lambda m: validation_rank(float(np.mean(scores[m])), larger=True)
+    )
 
 
 def family_difference(

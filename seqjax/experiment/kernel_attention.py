@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.cells.linear_attention import orthogonal_random_features, positive_random_features
+from seqjax.experiment.protocol import validation_rank
 
 __all__ = [
     "KERNELS",
@@ -477,10 +478,11 @@ def chosen_runs(folder: str | os.PathLike[str]) -> list[Path]:
     for rate in sorted(Path(folder).glob("lr*")):
         record = rate / "seed0" / "run.json"
         if record.exists():
-            rates.append((json.loads(record.read_text())["validation"]["bits_per_byte"], rate))
+            saved = json.loads(record.read_text())
+            rates.append((saved["validation"]["bits_per_byte"], float(saved["learning_rate"]), rate))
     if not rates:
         raise FileNotFoundError(f"{folder} has no finished runs (lr*/seed0/run.json); train them first.")
-    best = min(rates)[1]
+    best = min(rates, key=lambda r: (*validation_rank(r[0], larger=False), r[1]))[2]  # the protocol's choice
     return sorted(
         (p for p in best.glob("seed*") if (p / "checkpoints").is_dir()), key=lambda p: int(p.name[4:])
     )

@@ -78,6 +78,7 @@ __all__ = [
     "train_run",
     "tune_learning_rate",
     "use_compilation_cache",
+    "validation_rank",
 ]
 
 #: The task's headline metric and whether larger is better.
@@ -634,14 +635,24 @@ def evaluate_on_test(
     )
 
 
-def _rank(record: RunRecord, metric: str, larger: bool) -> tuple[bool, float, float]:
-    """A grid run's place in the choice (smaller is better): a finite validation metric before a
-    non-finite one (NaN compares false both ways, which would leave the order to the grid's order), then
-    the metric, then the smaller rate."""
-    value = float(record.validation.get(metric, math.nan))
+def validation_rank(value: float, larger: bool) -> tuple[bool, float]:
+    """The sort key of a validation metric in a choice, smaller is better: every finite value before any
+    non-finite one (a diverged run), then the value (`larger`: larger is better). A plain `min` or
+    `sorted` over NaN keys is not a choice: NaN compares false both ways, so the result depends on where
+    the NaN stands in the list.
+
+        >>> sorted([0.7, float("nan"), 0.9], key=lambda v: validation_rank(v, larger=True))
+        [0.9, 0.7, nan]
+    """
+    value = float(value)
     if not math.isfinite(value):
-        return (True, 0.0, record.learning_rate)
-    return (False, -value if larger else value, record.learning_rate)
+        return (True, 0.0)
+    return (False, -value if larger else value)
+
+
+def _rank(record: RunRecord, metric: str, larger: bool) -> tuple[bool, float, float]:
+    """A grid run's place in the choice (smaller is better): `validation_rank`, then the smaller rate."""
+    return (*validation_rank(record.validation.get(metric, math.nan), larger), record.learning_rate)
 
 
 def _choose(grid: Sequence[RunRecord], metric: str, larger: bool) -> RunRecord:

@@ -90,14 +90,17 @@ def _median(values: Sequence[float]) -> float:
 
 
 def best_by_family(results: Mapping[str, ModelResult], metric: str, larger: bool) -> dict[str, str]:
-    """Per family, the model whose seeds' mean validation metric is best (the test split is not used)."""
-    best: dict[str, tuple[float, str]] = {}
+    """Per family, the model whose seeds' mean validation metric is best (the test split is not used; a
+    model whose mean is not finite, a seed having diverged, only where no other model is finite; a tie
+    keeps the model met first)."""
+    from seqjax.experiment.protocol import validation_rank
+
+    best: dict[str, tuple[tuple[bool, float], str]] = {}
     for name, result in results.items():
-        value = float(np.mean([r.validation[metric] for r in result.seeds]))
-        score = value if larger else -value
+        rank = validation_rank(float(np.mean([r.validation[metric] for r in result.seeds])), larger)
         family = family_of(name)
-        if family not in best or score > best[family][0]:
-            best[family] = (score, name)
+        if family not in best or rank < best[family][0]:
+            best[family] = (rank, name)
     return {family: name for family, (_, name) in best.items()}
 
 
