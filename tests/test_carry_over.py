@@ -250,6 +250,7 @@ def test_a_grid_run_already_beaten_reads_no_test_split_and_the_chosen_one_needs_
     for r in grid:
         assert (Path(r.workdir) / protocol.FINAL_TEST_PREDICTIONS).exists() == kept[r.learning_rate]
         assert r.test is None  # nothing reported before the choice
+        assert r.final_eval_seconds > 0  # the evaluation's own time, apart from the training's
 
     # The reference: the chosen run trained again with both splits read at its end, inside training.
     inside = protocol.train_run(

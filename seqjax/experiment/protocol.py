@@ -210,6 +210,10 @@ class RunRecord:
     # a run cost on a CPU host that other jobs shared or that was paused, where `train_seconds` (wall
     # clock) grows with the sharing. None in records written before it was kept.
     train_cpu_seconds: float | None = None
+    # Wall-clock seconds of the run's final evaluation (validation, and test when it was read: the
+    # trainer's `final_eval_seconds` plus a test evaluation from the checkpoint), which no training time
+    # counts: on the DNA tasks it is as long as the training. None in records written before it was kept.
+    final_eval_seconds: float | None = None
 
 
 def _config_sha256(config: Any) -> str:
@@ -477,14 +481,17 @@ def _train_once(
         model, lr, seed, result, tokens, workdir, final["validation"]["metrics"], None, data_seed
     )
     record = dataclasses.replace(record, config_sha256=digest)
+    evaluating = float(result.get("final_eval_seconds", math.nan))
     if "test" in final:
         test_metrics, run = _test_outputs(model, seed, length, run_config.task, final["test"])
     elif keep_test(record):
-        test_metrics, run = _test_outputs(
-            model, seed, length, run_config.task, _evaluate_test(run_config, settings, workdir)
-        )
+        t_test = time.perf_counter()
+        evaluated = _evaluate_test(run_config, settings, workdir)
+        evaluating += time.perf_counter() - t_test
+        test_metrics, run = _test_outputs(model, seed, length, run_config.task, evaluated)
     else:
         test_metrics, run = None, None
+    record = dataclasses.replace(record, final_eval_seconds=evaluating)
     if run is not None:
         write_predictions(predictions_path or workdir / FINAL_TEST_PREDICTIONS, run)
     if predictions_path is not None:

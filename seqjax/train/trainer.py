@@ -504,8 +504,9 @@ def train(
     on each whole split (no `eval_examples` cap), and the result has "final": {split: {"metrics",
     "per_example", "source", "indices"}} with `evaluation.collect_split`'s per-example outputs. With
     `final_examples`, each split is evaluated on that many examples spread evenly over it
-    (`pipeline.spread_indices`; "indices" says which). This evaluation is not counted in any time of the
-    result. Not done for a preempted run.
+    (`pipeline.spread_indices`; "indices" says which). This evaluation is not counted in the training
+    times of the result; "final_eval_seconds" is its wall-clock time (compiling included). Not done for a
+    preempted run.
 
     `workdir` is locked for the run (`WorkdirLockedError` if another run holds it). Resuming a run saved
     with another config is a `ConfigChangedError` unless every changed key is operational or named in
@@ -701,7 +702,9 @@ def _train(
 
         def finish(preempted: bool) -> dict[str, Any]:
             close()
+            t_final = time.perf_counter()
             final = {} if preempted else final_evaluation()
+            final_eval_seconds = time.perf_counter() - t_final
             metrics = last
             if not metrics and is_chief:  # nothing trained here (already complete): the logged last step
                 trained = [r for r in read_records(workdir) if r["split"] == "train" and r["step"] == step]
@@ -722,6 +725,7 @@ def _train(
                 "train_cpu_seconds": train_cpu_seconds,
                 "compile_seconds": compile_seconds,
                 "eval_seconds": eval_seconds,
+                "final_eval_seconds": final_eval_seconds,  # `final_splits`, compiling included
                 "peak_memory_bytes": _peak_memory_bytes(),
                 "step_memory_bytes": step_memory,
                 "num_params": num_params,
