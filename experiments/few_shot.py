@@ -547,7 +547,7 @@ def _main(argv: list[str]) -> None:
         plots.metric_by_training_examples(
             key["curve"],
             f"{out}_{key['task']}_L{key['length']}.png",
-            title=f"{name}: balanced accuracy by training examples ({FLAGS.subsamples} subsamples)",
+            title=f"{name}\nbalanced accuracy by training examples ({FLAGS.subsamples} subsamples)",
             baseline=key["kmer"],
         )
 
