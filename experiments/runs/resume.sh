@@ -66,6 +66,7 @@ then[few_shot]=crossover_genomic
 declare -A cpu
 if [ "$(nproc)" -eq 2 ]; then
   cpu[few_shot]=0
+  cpu[crossover_genomic]=0  # the lane that followed few_shot on its core
   cpu[crossover_lm]=1
   cpu[dna_windows]=1  # the lane that follows crossover_lm on its core
 fi
@@ -92,7 +93,8 @@ if [ "${1:-}" = "--lane" ]; then  # internal: an experiment and those that follo
 fi
 
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(lookback few_shot dna_windows)  # crossover_lm and context_lm have finished
+# crossover_lm, context_lm and few_shot have finished; the genomic crossover rerun had followed few_shot
+[ ${#names[@]} -eq 0 ] && names=(lookback crossover_genomic dna_windows)
 for name in "${names[@]}"; do
   [ -n "${command[$name]:-}" ] || { echo "unknown experiment '$name': one of ${!command[*]}" >&2; exit 2; }
   nohup bash "$root/experiments/runs/resume.sh" --lane "$name" "${cpu[$name]:-}" >>"$runs/lanes.log" 2>&1 &
