@@ -10,6 +10,9 @@ back, unfinished ones start again, and the tables come out once every run is in.
     # next session
     python scripts/carry_runs.py unpack --from=experiments/runs/stability_cpu --workdir=/work/runs/stability
     python experiments/stability.py --workdir=/work/runs/stability
+
+At the end of a session, stop the experiment with SIGTERM first (its run saves its step, or its
+evaluation so far) and pack with --unfinished: that run then resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The experiment's --workdir (pack: read; unpack: written).")
 flags.DEFINE_string("to", None, "pack: the folder to write, e.g. experiments/runs/<experiment>_<size>.")
 flags.DEFINE_string("from", None, "unpack: a folder written by pack.")
+flags.DEFINE_bool(
+    "unfinished",
+    False,
+    "pack: also carry each unfinished run's last checkpoint and its evaluation kept so far, so it resumes "
+    "there (a few MB a run at CPU size; for the last pack of a session, after stopping the experiment with "
+    "SIGTERM).",
+)
 flags.DEFINE_float("max_file_mib", carry_over.MAX_FILE_BYTES / 2**20, "pack: refuse files larger than this.")
 
 
@@ -44,8 +54,14 @@ def _main(argv: list[str]) -> None:
             raise app.UsageError(
                 "pack needs --to: the folder to write (e.g. experiments/runs/stability_cpu)."
             )
-        manifest = carry_over.pack(FLAGS.workdir, FLAGS.to, max_file_bytes=int(FLAGS.max_file_mib * 2**20))
-        summary = {k: manifest[k] for k in ("source", "packed", "finished_runs", "unfinished_runs_left_out")}
+        manifest = carry_over.pack(
+            FLAGS.workdir,
+            FLAGS.to,
+            max_file_bytes=int(FLAGS.max_file_mib * 2**20),
+            unfinished=FLAGS.unfinished,
+        )
+        shown = ("source", "packed", "finished_runs", "unfinished_runs_left_out", "unfinished_runs_carried")
+        summary = {k: manifest[k] for k in shown}
         print(json.dumps({**summary, "files": len(manifest["files"]), "to": FLAGS.to}, indent=1))
     else:
         source = getattr(FLAGS, "from")

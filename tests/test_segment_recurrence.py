@@ -389,7 +389,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(runs, tmp_path):
     parts = setup(config)
     with Checkpoints(f"{workdir}/checkpoints", async_save=False) as ckpt:
         restored = ckpt.restore(parts["abstract_state"])
-    assert restored.step == HALF and restored.data_state == {"next_batch": HALF}
+    assert restored.step == HALF and restored.data_state["next_batch"] == HALF
     assert isinstance(restored.state, CarriedTrainState)
     assert all(np.abs(x).max() > 0 for x in _leaves(restored.state.carry))
     resumed = train(config, workdir)
@@ -468,7 +468,7 @@ def test_sigkill_mid_stream_then_rerun_equals_uninterrupted(tmp_path):
         with Checkpoints(f"{workdir}/checkpoints", async_save=False) as ckpt:
             restored = ckpt.restore(parts["abstract_state"], step=step)
         # One batch per step: the stream position saved with the state is the step's.
-        assert restored.data_state == {"next_batch": step} and int(restored.state.step) == step
+        assert restored.data_state["next_batch"] == step and int(restored.state.step) == step
         return restored.state
 
     # Killed mid-stream: the last checkpoint before the kill holds a carried state past the stream's start,

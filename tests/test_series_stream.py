@@ -269,7 +269,7 @@ def test_series_run_resumes_with_the_parameters_and_carried_state(runs, tmp_path
     assert parts["model"].per_position and not parts["model"].revin
     with Checkpoints(f"{workdir}/checkpoints", async_save=False) as ckpt:
         restored = ckpt.restore(parts["abstract_state"])
-    assert restored.step == HALF and restored.data_state == {"next_batch": HALF}
+    assert restored.step == HALF and restored.data_state["next_batch"] == HALF
     assert isinstance(restored.state, CarriedTrainState)
     assert all(np.abs(x).max() > 0 for x in _leaves(restored.state.carry))  # not the initial state
     resumed = train(config, workdir)

@@ -9,6 +9,8 @@
 # crossover rerun follows few_shot, so no core idles between check-ins. Each driver reads its finished runs back, so rerunning a lane repeats no training.
 #   bash experiments/runs/resume.sh                 # all of them
 #   bash experiments/runs/resume.sh lookback        # one (and those that follow it)
+#   bash experiments/runs/resume.sh --stop          # the end of a session: SIGTERM, then pack with the
+#                                                   # unfinished runs' checkpoints (they resume there)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -34,8 +36,16 @@ nice_level[crossover_genomic]=10
 # species first (2026-12-05 18:40 UTC, genic vs intergenic half done): every model is near chance on genic
 # vs intergenic at 1k and 4k (validation balanced accuracy 0.43-0.55; the k-mer regression fit on all
 # 2,802 training windows reaches 0.55-0.63), species is where the models learn, so its table says most
-command[dna_windows]="experiments/dna_windows.py --tasks=species,genic_vs_intergenic,promoter"
+# lengths up to 8k first, for all three tasks (rule (a) starts at 8k): a 16 kb exact-attention run costs
+# ~12x its 4 kb run (train step 3.81 s against 0.319 s, memory_scaling_measured), 2-3 h of one core with its
+# evaluation, so 16k alone is most of what is left; it follows, in the same workdir (dna_windows_16k), and
+# rewrites the tables with 16k added
+command[dna_windows]="experiments/dna_windows.py --tasks=species,genic_vs_intergenic,promoter \
+--lengths=1024,4096,8192 --nested=16384"
 nice_level[dna_windows]=10
+command[dna_windows_16k]="experiments/dna_windows.py --tasks=species,genic_vs_intergenic,promoter \
+--lengths=1024,4096,8192,16384"
+nice_level[dna_windows_16k]=10
 # issue 18 §1 on the document-LM crossover's runs: scored by position (it re-reads their parameters, so it
 # is not carried; runs whose checkpoints are gone are trained again and checked against their records)
 context_variants=""
@@ -48,8 +58,10 @@ command[context_lm]="experiments/context_use.py --options=corpus=python_docs,rou
 --reuse_runs=$runs/crossover_lm --tokens_per_batch=8192 --train_tokens=491520 --evaluation_examples=64 \
 --max_document_tokens=32768 --out=$runs/context_lm_out --variants=$context_variants"
 nice_level[context_lm]=10
-declare -A not_carried
+declare -A not_carried workdir_of
 not_carried[context_lm]=1
+workdir_of[dna_windows_16k]=dna_windows  # packed with dna_windows
+not_carried[dna_windows_16k]=1
 
 # what follows each experiment on its core once it has finished (exit status 0)
 declare -A then
@@ -58,6 +70,7 @@ declare -A then
 then[crossover_lm]=context_lm
 then[context_lm]=dna_windows
 then[few_shot]=crossover_genomic
+then[dna_windows]=dna_windows_16k
 
 # On a 2-core machine the two experiments that close issues get a core each (taskset): two unpinned
 # processes on 2 cores trained 9-12% fewer tokens/s in all (measured 2026-12-05, AMD EPYC: two Mamba-2
@@ -69,18 +82,19 @@ if [ "$(nproc)" -eq 2 ]; then
   cpu[crossover_genomic]=0  # the lane that followed few_shot on its core
   cpu[crossover_lm]=1
   cpu[dna_windows]=1  # the lane that follows crossover_lm on its core
+  cpu[dna_windows_16k]=1
 fi
 
 # one experiment in the foreground: unpack its carried runs if its workdir is new, then run it
 run_one() {
-  local name=$1 pin=()
-  if [ ! -d "$runs/$name" ] && [ -d "experiments/runs/${name}_cpu" ]; then
-    python scripts/carry_runs.py unpack --from="experiments/runs/${name}_cpu" --workdir="$runs/$name"
+  local name=$1 pin=() dir=${workdir_of[$1]:-$1}
+  if [ ! -d "$runs/$dir" ] && [ -d "experiments/runs/${dir}_cpu" ]; then
+    python scripts/carry_runs.py unpack --from="experiments/runs/${dir}_cpu" --workdir="$runs/$dir"
   fi
   [ -n "${2:-}" ] && pin=(taskset -c "$2")
   # shellcheck disable=SC2086
-  "${pin[@]}" nice -n "${nice_level[$name]}" python ${command[$name]} --workdir="$runs/$name" \
-    >>"$runs/$name.log" 2>&1
+  "${pin[@]}" nice -n "${nice_level[$name]}" python ${command[$name]} --workdir="$runs/$dir" \
+    >>"$runs/$dir.log" 2>&1
 }
 
 if [ "${1:-}" = "--lane" ]; then  # internal: an experiment and those that follow it, one after another
@@ -89,6 +103,24 @@ if [ "${1:-}" = "--lane" ]; then  # internal: an experiment and those that follo
     run_one "$name" "$core" || { echo "$name: exit status $? (log $runs/$name.log)" >&2; exit 1; }
     name=${then[$name]:-}
   done
+  exit 0
+fi
+
+carried=()
+for name in "${!command[@]}"; do [ -z "${not_carried[$name]:-}" ] && carried+=("$name"); done
+
+if [ "${1:-}" = "--stop" ]; then  # the end of a session: stop everything, then pack unfinished runs too
+  pkill -f "resume.sh packer" || true
+  pkill -f "resume.sh --lane" || true  # the lanes first, so that none starts the experiment that follows
+  # SIGTERM: a run in training saves its step, one in its final evaluation keeps the outputs so far
+  pkill -TERM -f "python experiments/" || true
+  for _ in $(seq 600); do pgrep -f "python experiments/" >/dev/null || break; sleep 1; done
+  if pgrep -af "python experiments/"; then echo "still running after 10 minutes; not packed" >&2; exit 1; fi
+  for name in "${carried[@]}"; do
+    [ -d "$runs/$name" ] && python scripts/carry_runs.py pack --unfinished --workdir="$runs/$name" \
+      --to="experiments/runs/${name}_cpu"
+  done
+  echo "packed; commit with: git add experiments/runs && git commit"
   exit 0
 fi
 
@@ -101,8 +133,6 @@ for name in "${names[@]}"; do
   echo "$name: pid $! (log $runs/$name.log)"
 done
 
-carried=()
-for name in "${!command[@]}"; do [ -z "${not_carried[$name]:-}" ] && carried+=("$name"); done
 # the packer: every 15 minutes, the finished runs of every experiment's workdir back into this folder
 if ! pgrep -f "resume.sh packer" >/dev/null; then
   nohup bash -c "exec -a 'resume.sh packer' bash -c '

@@ -16,6 +16,11 @@ resume an unfinished run. So:
   every unfinished run's folder (it restarts from step 0 next time). It writes `CARRIED.json` (what
   came from where, and each file's sha256) and replaces `destination` only once the whole pack is
   written, so an interrupted pack loses nothing.
+- `pack(..., unfinished=True)` (the end of a session, after the experiment was stopped with SIGTERM:
+  its run saved its step, or its evaluation so far) carries each unfinished run that has a checkpoint
+  too: its last checkpoint (a few MB at CPU size) and its kept evaluation progress
+  (`seqjax.train.evaluation.SplitProgress`), so it resumes where it stopped instead of at step 0. Not
+  for every pack: each carried checkpoint is a new blob in git.
 - `unpack(source, workdir)` copies a pack into a workdir; rerunning the experiment's command there reads
   the finished runs back (their digests are checked as always) and trains only what is missing. A file
   already in the workdir is kept when identical (a full forecast file: when it reduces to the pack's)
@@ -109,18 +114,45 @@ def _same_run(a: RunPredictions, b: RunPredictions) -> bool:
     return a.reduced == b.reduced and all(np.array_equal(getattr(a, f), getattr(b, f)) for f in fields)
 
 
-def _carried_files(workdir: Path) -> tuple[list[Path], list[str]]:
-    """(files to carry, relative to workdir; unfinished run folders left out)."""
-    files, unfinished = [], []
+def _latest_checkpoint(run: Path) -> Path | None:
+    """The run's newest finished checkpoint folder (`checkpoints/<step>`; Orbax writes a step under a
+    temporary name and renames it when complete), or None."""
+    folder = run / "checkpoints"
+    if not folder.is_dir():
+        return None
+    steps = [int(d.name) for d in folder.iterdir() if d.name.isdigit() and d.is_dir()]
+    return folder / str(max(steps)) if steps else None
+
+
+def _unfinished_run_files(run: Path, checkpoint: Path) -> list[Path]:
+    """Every file of an unfinished run's folder but the skipped ones, with one checkpoint: `checkpoint`."""
+    files = []
+    for folder, dirs, names in os.walk(run):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS - {"checkpoints"})
+        if here == run / "checkpoints":
+            dirs[:] = [checkpoint.name]
+        files += [here / n for n in sorted(names) if not _skipped_file(n)]
+    return files
+
+
+def _carried_files(workdir: Path, unfinished_too: bool = False) -> tuple[list[Path], list[str], list[str]]:
+    """(files to carry, relative to workdir; unfinished run folders left out; those carried)."""
+    files, left_out, carried = [], [], []
     for folder, dirs, names in os.walk(workdir):
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS)
         if _is_run_folder(here, names) and not _FINISHED.intersection(names):
-            unfinished.append(str(here.relative_to(workdir)))
             dirs[:] = []
+            checkpoint = _latest_checkpoint(here) if unfinished_too else None
+            if checkpoint is None:
+                left_out.append(str(here.relative_to(workdir)))
+                continue
+            carried.append(str(here.relative_to(workdir)))
+            files += [f.relative_to(workdir) for f in _unfinished_run_files(here, checkpoint)]
             continue
         files += [(here / n).relative_to(workdir) for n in sorted(names) if not _skipped_file(n)]
-    return files, unfinished
+    return files, left_out, carried
 
 
 def pack(
@@ -128,8 +160,11 @@ def pack(
     destination: str | os.PathLike[str],
     *,
     max_file_bytes: int = MAX_FILE_BYTES,
+    unfinished: bool = False,
 ) -> dict[str, Any]:
     """Copies the finished runs of `workdir` to `destination` (module docstring); returns the manifest.
+    With `unfinished`, also each unfinished run that has a checkpoint: its last one and its evaluation
+    kept so far, so it resumes there.
 
     Raises FileNotFoundError for a missing workdir, ValueError for a file over `max_file_bytes` (nothing
     is written) and for a destination that is neither empty nor an earlier pack.
@@ -142,7 +177,7 @@ def pack(
             f"carry_over.pack: {destination} exists and is not an earlier pack (no {MANIFEST}); choose an "
             "empty or new folder, e.g. experiments/runs/<experiment>_<size>."
         )
-    files, unfinished = _carried_files(workdir)
+    files, left_out, carried = _carried_files(workdir, unfinished)
     forecasts = {f: run for f in files if (run := _forecast_run(workdir / f)) is not None}
     sizes = {f: (workdir / f).stat().st_size for f in files if f not in forecasts}
     large = [f"{f} ({size:,} bytes)" for f, size in sizes.items() if size > max_file_bytes]
@@ -164,7 +199,8 @@ def pack(
         "source": str(workdir.resolve()),
         "packed": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "finished_runs": sum(1 for f in files if f.name in _FINISHED),
-        "unfinished_runs_left_out": unfinished,
+        "unfinished_runs_left_out": left_out,
+        "unfinished_runs_carried": carried,
         "files": [str(f) for f in files],
         # every carried file of per-example errors in place of forecasts: reduced now, or already in a
         # pack that was unpacked to resume the experiment and is packed again

@@ -458,8 +458,9 @@ def _train_once(
             "--noretrain only re-tabulates finished runs. Run the same command without --noretrain to "
             "train it (finished runs are read back), or check --workdir."
         )
-    # An unfinished run (stopped by a signal) resumes from its checkpoint, as the trainer resumes any run;
-    # its record then times only the part after the resume.
+    # An unfinished run (stopped by a signal) resumes from its checkpoint, as the trainer resumes any run
+    # (its training time so far is kept with the checkpoint), and an evaluation stopped part-way resumes
+    # at its next batch (`evaluation.SplitProgress`).
     workdir.mkdir(parents=True, exist_ok=True)
     # Test too for a grid run: kept in its folder, unreported unless validation chooses the run. With
     # `keep_test`, the test split is read after validation, from the final checkpoint, and only for a run
@@ -524,19 +525,28 @@ def _test_outputs(
 
 def _evaluate_test(run_config: Any, settings: ProtocolSettings, workdir: Path | str) -> dict[str, Any]:
     """The test split evaluated from the run's last checkpoint, on the examples the final evaluation of a
-    training run reads (`settings.evaluation_examples`, spread over the split)."""
+    training run reads (`settings.evaluation_examples`, spread over the split); kept as it goes in
+    `<workdir>/test_evaluation/`, so a stop part-way (`EvaluationStopped`) resumes there."""
     from seqjax.train import trainer
+    from seqjax.train.evaluation import EvaluationStopped
 
     with run_config.unlocked():
         run_config.eval_examples = None
-    return trainer.evaluate(
-        run_config,
-        str(workdir),
-        split="test",
-        step="latest",
-        per_example=True,
-        examples=settings.evaluation_examples,
-    )
+    try:
+        return trainer.evaluate(
+            run_config,
+            str(workdir),
+            split="test",
+            step="latest",
+            per_example=True,
+            examples=settings.evaluation_examples,
+            progress=os.path.join(workdir, "test_evaluation"),
+        )
+    except EvaluationStopped as stopped:  # kept part-way: the next call resumes it
+        raise RunInterrupted(
+            f"{workdir}: the test split's {stopped}. Run the same command again: finished runs are read "
+            "back and this evaluation resumes."
+        ) from None
 
 
 def _test_from_checkpoint(

@@ -71,7 +71,15 @@ from seqjax.train import mesh as mesh_lib
 from seqjax.train import run_config, segments
 from seqjax.train import workdir as workdir_lib
 from seqjax.train.checkpoint import CheckpointError, Checkpoints, Restored
-from seqjax.train.evaluation import collect_split, evaluate_split, make_eval_fn, split_metrics
+from seqjax.train.evaluation import (
+    EvaluationStopped,
+    SplitProgress,
+    collect_split,
+    evaluate_split,
+    make_eval_fn,
+    progress_key,
+    split_metrics,
+)
 from seqjax.train.metrics_log import MetricsLog, read_records
 from seqjax.train.optimizer import make_optimizer
 from seqjax.train.preemption import StopSignals, signal_name
@@ -605,10 +613,14 @@ def _train(
             if config.segment_recurrence:
                 state = segments.add_initial_carry(state, model, batch_size, shardings)
             next_batch = 0
+            train_seconds_before = train_cpu_seconds_before = 0.0
         else:
             state: TrainState = restored.state
             next_batch = int(restored.data_state["next_batch"])
             log.info("resumed from step %d (data position %d)", restored.step, next_batch)
+            # (0 for a checkpoint saved before the timing was kept with it)
+            train_seconds_before = float(restored.data_state.get("train_seconds", 0.0))
+            train_cpu_seconds_before = float(restored.data_state.get("train_cpu_seconds", 0.0))
         batches = _train_batches(
             config,
             parts["train_stream"],
@@ -666,7 +678,15 @@ def _train(
         step_memory: int | None = None
 
         def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
-            ckpt.save(step, state, data_state=batches.state(), config=config_json, metrics=metrics)
+            # the training time so far rides with the data position, so a resumed run reports all of it
+            timing = {
+                "train_seconds": train_seconds_before + train_seconds,
+                "train_cpu_seconds": train_cpu_seconds_before + train_cpu_seconds,
+            }
+            data_state = {**batches.state(), **timing}
+            ckpt.save(step, state, data_state=data_state, config=config_json, metrics=metrics)
+
+        progress_files: list[SplitProgress] = []
 
         def final_evaluation() -> dict[str, Any]:
             out = {}
@@ -676,6 +696,20 @@ def _train(
                     raise ValueError(f"train: final_splits names {name!r}; the splits are {sorted(sources)}.")
                 source = sources[name]
                 indices = spread_indices(len(source), final_examples)
+                # kept as it goes, so a stop (or a kill) part-way resumes at the next batch
+                progress = SplitProgress(
+                    os.path.join(workdir, "final_evaluation", f"{name}.npz"),
+                    progress_key(
+                        step=step,
+                        split=name,
+                        indices=np.asarray(indices),
+                        eval_batch=config.eval_batch,
+                        task=config.task,
+                        processes=layout.count,
+                    ),
+                    writer=is_chief,
+                )
+                progress_files.append(progress)
                 split_batches = eval_batches(
                     IndexedSource(source, indices),
                     config.eval_batch,
@@ -690,6 +724,9 @@ def _train(
                     config.task,
                     lambda h: _global_batch(h, batch_shardings, layout),
                     row_processes=layout.processes,
+                    progress=progress,
+                    stop=stop_signals.stop_signal,
+                    total_batches=-(-len(indices) // config.eval_batch),
                 )
                 bytes_per_token = float(getattr(source, "bytes_per_token", 1.0))
                 out[name] = {
@@ -698,12 +735,21 @@ def _train(
                     "source": source,
                     "indices": indices,
                 }
+            for progress in progress_files:  # every split evaluated: the outputs go back to the caller
+                progress.clear()
             return out
 
         def finish(preempted: bool) -> dict[str, Any]:
             close()
             t_final = time.perf_counter()
-            final = {} if preempted else final_evaluation()
+            final = {}
+            if not preempted:
+                try:
+                    final = final_evaluation()
+                except EvaluationStopped as stopped:  # SIGTERM/SIGINT part-way: kept, resumes next time
+                    if is_chief:
+                        print(f"{signal_name(stopped.signal)}: {stopped}; exiting.", flush=True)
+                    preempted = True
             final_eval_seconds = time.perf_counter() - t_final
             metrics = last
             if not metrics and is_chief:  # nothing trained here (already complete): the logged last step
@@ -721,8 +767,9 @@ def _train(
                 "already_complete": already_complete,
                 "steps_per_s": rate,
                 "tokens_per_s": rate * tokens_per_batch,
-                "train_seconds": train_seconds,
-                "train_cpu_seconds": train_cpu_seconds,
+                # over every part of a resumed run; `steps_per_s` is this part's rate
+                "train_seconds": train_seconds_before + train_seconds,
+                "train_cpu_seconds": train_cpu_seconds_before + train_cpu_seconds,
                 "compile_seconds": compile_seconds,
                 "eval_seconds": eval_seconds,
                 "final_eval_seconds": final_eval_seconds,  # `final_splits`, compiling included
@@ -733,7 +780,19 @@ def _train(
             }
 
         budget = config.max_train_seconds
+
+        def spent() -> float:  # the budget counts the run's training, every resumed part of it
+            return train_seconds_before + train_seconds
+
         already_complete = step >= total
+        spent_before_resume = budget is not None and spent() > budget and not already_complete
+        if spent_before_resume and is_chief:
+            print(
+                f"{workdir}: max_train_seconds={budget:g} was spent by step {step} ({spent():.0f} s of "
+                "training); nothing to train. To train further, raise max_train_seconds "
+                "(--allow_config_change is not needed: it is an operational key).",
+                flush=True,
+            )
         if already_complete and is_chief:
             print(
                 f"{workdir}: the run is already complete at step {step} of total_steps={total}; nothing to "
@@ -749,7 +808,7 @@ def _train(
             eval_compiled = True
 
         with StopSignals(ignore_after_stop=exit_after_stop) as stop_signals:
-            while step < total:
+            while step < total and not spent_before_resume:
                 if step == step_first and is_chief:
                     print(f"compiling the train step (step {step + 1} of {total})...", flush=True)
                 t_step, cpu_step = time.perf_counter(), time.process_time()
@@ -784,9 +843,9 @@ def _train(
                     rate = timed / train_seconds if timed > 0 and train_seconds > 0 else math.nan
                     eta = (total - step) / rate if rate > 0 else math.nan
                     end = f"{step}/{total}"
-                    if budget is not None and budget - train_seconds < eta:
+                    if budget is not None and budget - spent() < eta:
                         # the time budget, not the step cap, ends the run: show where it will end
-                        left = max(budget - train_seconds, 0.0)
+                        left = max(budget - spent(), 0.0)
                         eta = left
                         end = f"{step}/~{min(total, step + math.ceil(left * rate))} (max_train_seconds "
                         end += f"{budget:g}: {left:.0f} s left; total_steps {total})"
@@ -802,7 +861,7 @@ def _train(
                             f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f} s",
                             flush=True,
                         )
-                out_of_time = budget is not None and train_seconds > budget
+                out_of_time = budget is not None and spent() > budget
                 eval_now = config.eval_every and (
                     step % config.eval_every == 0 or step == total or out_of_time
                 )
@@ -868,6 +927,7 @@ def evaluate(
     position_buckets: Sequence[int] | None = None,
     max_document_tokens: int | None = None,
     per_target: bool = False,
+    progress: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
     metrics on the whole `split` (or, with `examples`, on that many spread evenly over it:
@@ -916,6 +976,11 @@ def evaluate(
     "document_ids" (the ids of the split's documents, when its source has them), so losses can be regrouped
     later (e.g. per BPE token of a byte-level model) without scoring again.
 
+    `progress` (a folder; per-sequence evaluation): the evaluation keeps its per-example outputs there as
+    it goes (`evaluation.SplitProgress`, `<split>.npz`, at least every minute) and stops at SIGTERM or
+    SIGINT with `evaluation.EvaluationStopped` after saving them; the next call with the same step, split
+    and examples resumes at the first batch not done. The file is removed once the split is done.
+
         >>> result = evaluate(config, workdir, by_document=True, carried_state=True,  # doctest: +SKIP
         ...                   position_buckets=(0, 1024, 2048, 4096, 8192, 16384))
         >>> result["per_document"]["bucket_bytes"].shape  # doctest: +SKIP
@@ -937,6 +1002,11 @@ def evaluate(
         raise ValueError(
             "evaluate(max_document_tokens=...) bounds each document's lane, which only by_document=True "
             "reads; pass by_document=True."
+        )
+    if progress is not None and (carried_state or by_document):
+        raise ValueError(
+            "evaluate(progress=...) keeps per-example outputs, which the lane evaluations (carried_state, "
+            "by_document) do not have; leave progress out."
         )
     if per_target and position_buckets is None:
         raise ValueError(
@@ -1020,7 +1090,24 @@ def evaluate(
         process_index=layout.index,
         process_count=layout.count,
     )
-    with _mesh_scope(parts):
+    kept = None
+    if progress is not None:
+        kept = SplitProgress(
+            os.path.join(progress, f"{split}.npz"),
+            progress_key(
+                step=restored.step,
+                split=split,
+                indices=np.asarray(indices),
+                eval_batch=config.eval_batch,
+                eval_examples=config.eval_examples,
+                task=config.task,
+                processes=layout.count,
+            ),
+            writer=jax.process_index() == 0,
+        )
+    # signals are taken over only where a stop can be saved; elsewhere they keep their handlers
+    signals = StopSignals() if kept is not None else contextlib.nullcontext()
+    with _mesh_scope(parts), signals as stop_signals:
         data = collect_split(
             eval_fn,
             restored.state.params,
@@ -1028,7 +1115,11 @@ def evaluate(
             config.task,
             lambda host: _global_batch(host, parts["batch_shardings"], layout),
             row_processes=layout.processes,
+            progress=kept,
+            stop=stop_signals.stop_signal if stop_signals is not None else None,
         )
+    if kept is not None:
+        kept.clear()
     metrics = split_metrics(data, config.task, bytes_per_token=bytes_per_token)
     result = {"step": restored.step, "split": split, "metrics": metrics}
     if per_example:
