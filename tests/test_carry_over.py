@@ -79,6 +79,36 @@ def test_pack_keeps_finished_runs_small_files_and_leaves_out_the_rest(tmp_path):
     assert not list(tmp_path.glob("pack.*"))  # no staging or previous copy left behind
 
 
+def test_pack_with_unfinished_carries_their_last_checkpoint_and_kept_evaluation(tmp_path):
+    """`unfinished=True` (the end of a session): an unfinished run with a checkpoint comes with its last
+    one (not the older, not a temporary one) and its evaluation kept so far, less lock and partial files;
+    one without a checkpoint is still left out; finished runs are carried as without it."""
+    work = _workdir(tmp_path)
+    running = work / "lstm" / "lr0.003" / "seed0"
+    (running / "checkpoints" / "3" / "state").mkdir(parents=True)
+    (running / "checkpoints" / "3" / "state" / "d").write_bytes(b"3" * 100)
+    (running / "checkpoints" / "4.orbax-checkpoint-tmp-1").mkdir()  # a save cut short
+    (running / "checkpoints" / "4.orbax-checkpoint-tmp-1" / "d").write_bytes(b"4")
+    (running / "final_evaluation").mkdir()
+    (running / "final_evaluation" / "validation.npz").write_bytes(b"so far")
+    (running / "final_evaluation" / "test.npz.partial").write_bytes(b"half")
+    (running / ".lock").write_text("")
+    fresh = work / "lstm" / "lr0.01" / "seed0"  # started, nothing saved yet
+    fresh.mkdir(parents=True)
+    (fresh / "metrics.jsonl").write_text('{"step": 1}\n')
+    plain = carry_over.pack(work, tmp_path / "plain")
+    manifest = carry_over.pack(work, tmp_path / "pack", unfinished=True)
+    assert manifest["unfinished_runs_carried"] == ["lstm/lr0.003/seed0"]
+    assert manifest["unfinished_runs_left_out"] == ["lstm/lr0.01/seed0"]
+    added = sorted(set(manifest["files"]) - set(plain["files"]))
+    assert added == [
+        "lstm/lr0.003/seed0/checkpoints/3/state/d",
+        "lstm/lr0.003/seed0/final_evaluation/validation.npz",
+        "lstm/lr0.003/seed0/metrics.jsonl",
+    ]
+    assert manifest["finished_runs"] == plain["finished_runs"] == 2
+
+
 def test_pack_refusals_write_nothing(tmp_path):
     work = _workdir(tmp_path)
     (work / "lstm" / "lr0.001" / "seed0" / "huge.npz").write_bytes(b"0" * 5000)
