@@ -107,6 +107,10 @@ def test_pack_with_unfinished_carries_their_last_checkpoint_and_kept_evaluation(
         "lstm/lr0.003/seed0/metrics.jsonl",
     ]
     assert manifest["finished_runs"] == plain["finished_runs"] == 2
+    # one over the size limit (a forecaster's evaluation so far can be hundreds of MB) only starts again
+    small = carry_over.pack(work, tmp_path / "small", unfinished=True, max_file_bytes=50)
+    assert small["unfinished_runs_carried"] == [] and small["files"] == plain["files"]
+    assert small["unfinished_runs_left_out"] == ["lstm/lr0.003/seed0", "lstm/lr0.01/seed0"]
 
 
 def test_pack_refusals_write_nothing(tmp_path):

@@ -136,8 +136,12 @@ def _unfinished_run_files(run: Path, checkpoint: Path) -> list[Path]:
     return files
 
 
-def _carried_files(workdir: Path, unfinished_too: bool = False) -> tuple[list[Path], list[str], list[str]]:
-    """(files to carry, relative to workdir; unfinished run folders left out; those carried)."""
+def _carried_files(
+    workdir: Path, unfinished_too: bool = False, max_file_bytes: int = MAX_FILE_BYTES
+) -> tuple[list[Path], list[str], list[str]]:
+    """(files to carry, relative to workdir; unfinished run folders left out; those carried). An
+    unfinished run with a file over `max_file_bytes` (e.g. a forecaster's evaluation so far: 256 windows
+    of 720 steps x 862 variables are 635 MB) is left out, not refused: it only starts again."""
     files, left_out, carried = [], [], []
     for folder, dirs, names in os.walk(workdir):
         here = Path(folder)
@@ -148,8 +152,12 @@ def _carried_files(workdir: Path, unfinished_too: bool = False) -> tuple[list[Pa
             if checkpoint is None:
                 left_out.append(str(here.relative_to(workdir)))
                 continue
+            run_files = _unfinished_run_files(here, checkpoint)
+            if any(f.stat().st_size > max_file_bytes for f in run_files):
+                left_out.append(str(here.relative_to(workdir)))
+                continue
             carried.append(str(here.relative_to(workdir)))
-            files += [f.relative_to(workdir) for f in _unfinished_run_files(here, checkpoint)]
+            files += [f.relative_to(workdir) for f in run_files]
             continue
         files += [(here / n).relative_to(workdir) for n in sorted(names) if not _skipped_file(n)]
     return files, left_out, carried
@@ -177,7 +185,7 @@ def pack(
             f"carry_over.pack: {destination} exists and is not an earlier pack (no {MANIFEST}); choose an "
             "empty or new folder, e.g. experiments/runs/<experiment>_<size>."
         )
-    files, left_out, carried = _carried_files(workdir, unfinished)
+    files, left_out, carried = _carried_files(workdir, unfinished, max_file_bytes)
     forecasts = {f: run for f in files if (run := _forecast_run(workdir / f)) is not None}
     sizes = {f: (workdir / f).stat().st_size for f in files if f not in forecasts}
     large = [f"{f} ({size:,} bytes)" for f, size in sizes.items() if size > max_file_bytes]
