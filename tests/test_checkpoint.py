@@ -141,3 +141,55 @@ def test_restore_onto_another_mesh_shape(tmp_path):
     assert restored.state["params"]["w"].sharding == target["params"]["w"]
     assert set(restored.state["params"]["w"].sharding.device_set) == set(jax.devices()[4:])
     jax.tree.map(np.testing.assert_array_equal, restored.state, state)
+
+
+def _mixed_state(mesh):
+    """Every kind of leaf a train state has, one of them sharded over the mesh's 8 devices."""
+    sharded = jax.device_put(jnp.arange(64.0).reshape(8, 8) / 7, NamedSharding(mesh, P("data", None)))
+    return {
+        "f32": sharded,
+        "bf16": (jnp.arange(12.0) / 3).astype(jnp.bfloat16),
+        "f16": jnp.linspace(-2, 2, 5, dtype=jnp.float16),
+        "i8": jnp.arange(-3, 4, dtype=jnp.int8),
+        "u32": jnp.asarray([0, 1, 2**32 - 1], jnp.uint32),
+        "i32": jnp.asarray(3, jnp.int32),
+        "bool": jnp.asarray([True, False, True]),
+        "key": jax.random.key(7),
+        "raw_key": jax.random.PRNGKey(8),
+    }
+
+
+def test_host_and_device_checks_give_the_same_digests_and_finiteness(monkeypatch):
+    """A small single-process state is checked in numpy (no per-state compile), a large or multi-process
+    one on its devices: the digests of every leaf type, a sharded one included, must agree, so a
+    checkpoint written by one is verified by the other; so must the non-finite check."""
+    from seqjax.train import checkpoint
+
+    mesh = make_mesh((8, 1), ("data", "model"))
+    state = _mixed_state(mesh)
+    assert checkpoint._on_host(jax.tree.leaves(state))
+    host = checkpoint._finite_and_digests(state)
+    monkeypatch.setattr(checkpoint, "HOST_CHECK_MAX_BYTES", 0)
+    assert not checkpoint._on_host(jax.tree.leaves(state))
+    device = checkpoint._finite_and_digests(state)
+    assert host == device and host[0] is True
+    assert len({tuple(d) for d in host[1].values()}) == len(host[1])  # no two leaves alike
+    for leaf in ("f32", "bf16", "f16"):
+        broken = {**state, leaf: state[leaf].at[1].set(jnp.nan)}
+        monkeypatch.setattr(checkpoint, "HOST_CHECK_MAX_BYTES", 0)
+        on_device = checkpoint._finite_and_digests(broken)
+        monkeypatch.setattr(checkpoint, "HOST_CHECK_MAX_BYTES", 2**30)
+        assert checkpoint._finite_and_digests(broken) == on_device and on_device[0] is False
+
+
+def test_a_checkpoint_checked_on_the_host_restores_with_the_device_check(tmp_path, monkeypatch):
+    from seqjax.train import checkpoint
+
+    state = _state()
+    with Checkpoints(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, state, data_state={"next_batch": 1})
+    monkeypatch.setattr(checkpoint, "HOST_CHECK_MAX_BYTES", 0)
+    with Checkpoints(tmp_path) as ckpt:
+        restored = ckpt.restore(_abstract(state))
+    assert restored.step == 1
+    jax.tree.map(np.testing.assert_array_equal, restored.state, state)
