@@ -64,8 +64,10 @@ class SplitProgress:
     """The per-example outputs of a split's evaluation so far, kept in one `.npz` file (`path`) so a
     stopped evaluation resumes at its next batch. `key` (JSON-able) says what is evaluated (step, split,
     examples, batch size, ...): a file saved under another key is stale and is not read. Saved atomically
-    (a partial file, then a rename) at most every `save_every_seconds` and on `save(force=True)`; only
-    where `writer` (process 0 of a multi-process run), so that processes do not race on the file.
+    (a partial file, then a rename) at most every `save_every_seconds`, and at most every 20 times the
+    last save's own time (a forecaster's outputs can be hundreds of MB: saving stays under ~5% of the
+    evaluation), and always on `save(force=True)`; only where `writer` (process 0 of a multi-process run),
+    so that processes do not race on the file.
 
         >>> import tempfile
         >>> path = Path(tempfile.mkdtemp(), "validation.npz")
@@ -91,6 +93,7 @@ class SplitProgress:
         self.save_every_seconds = float(save_every_seconds)
         self.writer = writer
         self._last_save = time.monotonic()
+        self._interval = self.save_every_seconds
 
     def load(self) -> tuple[int, dict[str, list[np.ndarray]]]:
         """(batches done, per-example outputs so far as one array per name, in a list), or (0, {})
@@ -110,8 +113,9 @@ class SplitProgress:
 
     def save(self, done: int, collected: Mapping[str, list[np.ndarray]], *, force: bool = False) -> None:
         """Writes `done` and the outputs so far, if `force` or `save_every_seconds` have passed."""
-        if not self.writer or (not force and time.monotonic() - self._last_save < self.save_every_seconds):
+        if not self.writer or (not force and time.monotonic() - self._last_save < self._interval):
             return
+        started = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")
         arrays = {k: np.concatenate(v) for k, v in collected.items()}
@@ -119,6 +123,7 @@ class SplitProgress:
             np.savez(f, __key__=np.asarray(self.key), __done__=np.asarray(done), **arrays)
         os.replace(partial, self.path)
         self._last_save = time.monotonic()
+        self._interval = max(self.save_every_seconds, 20 * (self._last_save - started))
 
     def clear(self) -> None:
         """Removes the file (the evaluation it kept has been used)."""
