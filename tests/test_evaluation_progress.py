@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import signal
 from pathlib import Path
 
@@ -42,6 +43,19 @@ def _stop_at(monkeypatch, calls: int) -> None:
     )
 
 
+def _signal_at_save(monkeypatch, calls: int) -> None:
+    """A real SIGTERM to this process during the `calls`-th `SplitProgress.save` (one per evaluated
+    batch): the evaluation sees it at its next stop check, after the next batch."""
+    counter, real = itertools.count(1), evaluation.SplitProgress.save
+
+    def save(self, *args, **kwargs):
+        if next(counter) == calls:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation.SplitProgress, "save", save)
+
+
 def _loads(monkeypatch) -> list[int]:
     """The batches done that every `SplitProgress.load` finds, in order."""
     found, real = [], evaluation.SplitProgress.load
@@ -71,7 +85,7 @@ def test_final_evaluation_stopped_part_way_is_carried_and_resumes_where_it_stopp
 ):
     want, want_path = uninterrupted
     work, run = tmp_path / "work", tmp_path / "work" / FOLDER
-    _stop_at(monkeypatch, STEPS + 2)  # after the second validation batch
+    _signal_at_save(monkeypatch, 2)  # SIGTERM during the second validation batch: stops after the third
     with pytest.raises(protocol.RunInterrupted, match="resumes"):
         protocol.train_run(
             "lstm", _config(), SETTINGS, 3e-3, 0, run, predictions_path=tmp_path / "t.npz", **RUN
@@ -96,7 +110,7 @@ def test_final_evaluation_stopped_part_way_is_carried_and_resumes_where_it_stopp
     got = protocol.train_run(
         "lstm", _config(), SETTINGS, 3e-3, 0, fresh, predictions_path=tmp_path / "t.npz", **RUN
     )
-    assert found == [2, 0]  # validation resumed after its 2 batches; test from its first
+    assert found == [3, 0]  # validation resumed after its 3 batches; test from its first
     assert got.steps == STEPS and got.workdir == str(fresh)
     assert got.validation == pytest.approx(want.validation, rel=1e-6)
     assert got.test == pytest.approx(want.test, rel=1e-6)
@@ -112,8 +126,8 @@ def test_a_test_evaluation_from_the_checkpoint_stopped_part_way_resumes(tmp_path
     record, want_path = uninterrupted
     old_style = dataclasses.replace(record, test=None, final_test=None)  # evaluated from its checkpoint
     kept = Path(record.workdir) / "test_evaluation" / "test.npz"
-    _stop_at(monkeypatch, 3)
-    with pytest.raises(protocol.RunInterrupted, match="stopped by signal 15 after 3 batches"):
+    _signal_at_save(monkeypatch, 2)
+    with pytest.raises(protocol.RunInterrupted, match="stopped by signal 15 after 3 of 5 batches"):
         protocol.evaluate_on_test("lstm", _config(), SETTINGS, old_style, tmp_path / "t.npz", **RUN)
     assert kept.exists() and not (tmp_path / "t.npz").exists()
     monkeypatch.undo()

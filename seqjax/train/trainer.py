@@ -893,7 +893,8 @@ def _train(
                             flush=True,
                         )
                     break
-        return finish(preempted=False)
+            # (inside: a stop during the final evaluation saves its progress rather than killing it)
+            return finish(preempted=False)
     finally:
         close()
 
@@ -1117,6 +1118,7 @@ def evaluate(
             row_processes=layout.processes,
             progress=kept,
             stop=stop_signals.stop_signal if stop_signals is not None else None,
+            total_batches=-(-min(len(indices), config.eval_examples or len(indices)) // config.eval_batch),
         )
     if kept is not None:
         kept.clear()
