@@ -118,6 +118,15 @@ def test_final_evaluation_stopped_part_way_is_carried_and_resumes_where_it_stopp
     np.testing.assert_array_equal(b.example_ids, a.example_ids)
     np.testing.assert_allclose(b.predictions, a.predictions, rtol=1e-6, atol=1e-7)
     assert not any((fresh / "final_evaluation").iterdir())  # used, then removed
+    # stopped in the test split, the finished validation split is not evaluated again
+    again, run2 = tmp_path / "again" / FOLDER, tmp_path / "t2.npz"
+    _signal_at_save(monkeypatch, 7)  # in test's 1st batch (validation: 5 saves, then its whole split)
+    with pytest.raises(protocol.RunInterrupted, match="resumes"):
+        protocol.train_run("lstm", _config(), SETTINGS, 3e-3, 0, again, predictions_path=run2, **RUN)
+    monkeypatch.undo()
+    found = _loads(monkeypatch)
+    protocol.train_run("lstm", _config(), SETTINGS, 3e-3, 0, again, predictions_path=run2, **RUN)
+    assert found == [5, 2]
     # nothing was trained here: the time reported is the training time saved with the checkpoint
     assert got.train_seconds > 0
 

@@ -224,6 +224,10 @@ def collect_split(
             raise EvaluationStopped(signum, i + 1, total_batches, where)
     if not collected:
         raise ValueError("evaluate_split: the split is empty; nothing to evaluate.")
+    if progress is not None and i + 1 > done:
+        # the whole split, kept: a stop during the next split (the final evaluation's test after its
+        # validation) then resumes there rather than redoing this split's batches since the last save
+        progress.save(i + 1, collected, force=True)
     return {k: np.concatenate(v) for k, v in collected.items()}
 
 
