@@ -978,7 +978,7 @@ def evaluate(
     later (e.g. per BPE token of a byte-level model) without scoring again.
 
     `progress` (a folder; per-sequence evaluation): the evaluation keeps its per-example outputs there as
-    it goes (`evaluation.SplitProgress`, `<split>.npz`, at least every minute) and stops at SIGTERM or
+    it goes (`evaluation.SplitProgress`, `<split>.npz`, about once a minute) and stops at SIGTERM or
     SIGINT with `evaluation.EvaluationStopped` after saving them; the next call with the same step, split
     and examples resumes at the first batch not done. The file is removed once the split is done.
 
