@@ -81,7 +81,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_final_evaluation_stopped_part_way_is_carried_and_resumes_where_it_stopped(
-    tmp_path, monkeypatch, uninterrupted
+    tmp_path, monkeypatch, capsys, uninterrupted
 ):
     want, want_path = uninterrupted
     work, run = tmp_path / "work", tmp_path / "work" / FOLDER
@@ -106,11 +106,14 @@ def test_final_evaluation_stopped_part_way_is_carried_and_resumes_where_it_stopp
 
     monkeypatch.undo()
     found = _loads(monkeypatch)
+    capsys.readouterr()
     fresh = tmp_path / "fresh" / FOLDER
     got = protocol.train_run(
         "lstm", _config(), SETTINGS, 3e-3, 0, fresh, predictions_path=tmp_path / "t.npz", **RUN
     )
     assert found == [3, 0]  # validation resumed after its 3 batches; test from its first
+    out = capsys.readouterr().out
+    assert f"already complete at step {STEPS}" in out and "Evaluating validation, test." in out, out
     assert got.steps == STEPS and got.workdir == str(fresh)
     assert got.validation == pytest.approx(want.validation, rel=1e-6)
     assert got.test == pytest.approx(want.test, rel=1e-6)

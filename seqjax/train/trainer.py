@@ -550,6 +550,7 @@ def _train(
     exit_after_stop: bool,
 ) -> dict[str, Any]:
     """`train`'s loop, on `setup`'s parts."""
+    final_splits = tuple(final_splits)  # (read more than once)
     config = parts["config"]
     layout = parts["data_layout"]
     model, sources = parts["model"], parts["sources"]
@@ -794,9 +795,12 @@ def _train(
                 flush=True,
             )
         if already_complete and is_chief:
+            # (a run resumed for its final evaluation, stopped part-way, says so rather than look idle)
+            then = f" Evaluating {', '.join(final_splits)}." if final_splits else ""
             print(
                 f"{workdir}: the run is already complete at step {step} of total_steps={total}; nothing to "
-                f"train. To train further: --config.total_steps=<more> --allow_config_change=total_steps.",
+                f"train. To train further: --config.total_steps=<more> --allow_config_change=total_steps."
+                + then,
                 flush=True,
             )
         eval_compiled = False  # "compiling evaluation..." once, before the first evaluation
