@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,12 @@ import pytest
 from seqjax.config import load_config_file
 from seqjax.experiment import statistics
 from seqjax.experiment.lookback import family_gain_interval, forecast_diebold_mariano, paired_errors
-from seqjax.experiment.predictions import RunPredictions, read_predictions, write_predictions
+from seqjax.experiment.predictions import (
+    RunPredictions,
+    read_predictions,
+    reduce_forecasts,
+    write_predictions,
+)
 from seqjax.experiment.sweep import length_gain
 from tests.driver_helpers import run_driver
 
@@ -115,6 +121,23 @@ def test_paired_errors_reads_mse_and_mae_and_refuses_other_windows(tmp_path):
     other = [_run(tmp_path / "other", 512, 0, ids + 1, 0.25)]
     with pytest.raises(ValueError, match="same test windows"):
         paired_errors([short, other])
+    # a run carried between machines keeps its errors, not its targets (reduce_forecasts): it pairs with
+    # a full run of the same windows, with the same errors (found when a carried table was made)
+    carried = [
+        str(write_predictions(tmp_path / f"carried{k}.npz", reduce_forecasts(read_predictions(p))))
+        for k, p in enumerate(short)
+    ]
+    (mse_carried, mse_long2), _, _ = paired_errors([carried, long])
+    assert np.allclose(mse_carried, mse_short) and np.allclose(mse_long2, mse_long)
+    (mae_carried, _), _, _ = paired_errors([carried, long], "mae")
+    assert np.allclose(mae_carried, mae_short)
+    with pytest.raises(ValueError, match="same test windows"):
+        paired_errors([carried, other])
+    shifted = [_run(tmp_path / "shifted", 512, 0, ids, 0.25)]
+    shifted_run = read_predictions(shifted[0])
+    write_predictions(shifted[0], dataclasses.replace(shifted_run, targets=shifted_run.targets + 1))
+    with pytest.raises(ValueError, match="same test windows"):  # full runs still compare their targets
+        paired_errors([short, carried, shifted])
 
 
 def test_forecast_diebold_mariano_counts_the_overlap_of_targets():

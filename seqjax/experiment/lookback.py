@@ -89,20 +89,25 @@ def paired_errors(
     from seqjax.experiment.predictions import read_predictions
 
     values, ids, clusters = [], None, None
-    reference = None
+    reference = None  # the targets of the last full (not reduced) run
     for paths in runs:
         errors, example_ids, cluster_ids = forecast_errors(paths, error)
-        targets = read_predictions(paths[0]).targets
-        if ids is not None and (
-            not np.array_equal(example_ids, ids) or not np.array_equal(targets, reference)
-        ):
+        run = read_predictions(paths[0])
+        # A run carried between machines keeps its errors, not its targets (`reduce_forecasts`): its
+        # windows are checked by their ids (their first target rows) alone.
+        targets = None if run.reduced else run.targets
+        other_targets = (
+            targets is not None and reference is not None and not np.array_equal(targets, reference)
+        )
+        if ids is not None and (not np.array_equal(example_ids, ids) or other_targets):
             raise ValueError(
                 f"paired_errors: {paths[0]} scored other windows or targets than {runs[0][0]}; a look-back "
                 "comparison needs the same test windows (a look-back that fits before the test split, "
                 "the same --evaluation_examples)."
             )
         values.append(errors)
-        ids, clusters, reference = example_ids, cluster_ids, targets
+        ids, clusters = example_ids, cluster_ids
+        reference = targets if targets is not None else reference
     assert ids is not None and clusters is not None
     return values, ids, clusters
 
