@@ -204,3 +204,26 @@ def test_lookback_smoke_run(tmp_path):
     assert "## (a) Verdict: recurrent beats attention (look-backs >= 96)" in text
     assert "| longformer |" in text and "## (b) Does a longer look-back help?" in text
     assert (tmp_path / "out_mse_H24.png").stat().st_size > 1000
+
+
+def test_a_carried_run_pairs_with_a_full_one_across_look_backs(tmp_path):
+    """`report.paired_difference(..., clusters=...)` (rule (b) of the look-back table): a run carried
+    between machines (errors kept, targets not) pairs with a full run of the same windows, with the
+    interval of the full pair; other windows are still refused."""
+    from seqjax.experiment.report import paired_difference
+
+    ids = np.arange(0, 60, 5)
+    short = [_run(tmp_path, 96, k, ids, 0.5 + 0.01 * k) for k in range(2)]
+    long = [_run(tmp_path, 512, k, ids, 0.25) for k in range(2)]
+    carried = [
+        str(write_predictions(tmp_path / f"carried{k}.npz", reduce_forecasts(read_predictions(p))))
+        for k, p in enumerate(short)
+    ]
+    full = paired_difference(long, short, "forecast", clusters=ids // 3, n_resamples=200)
+    mixed = paired_difference(long, carried, "forecast", clusters=ids // 3, n_resamples=200)
+    assert [mixed[k] for k in ("estimate", "low", "high")] == pytest.approx(
+        [full[k] for k in ("estimate", "low", "high")]
+    )
+    other = [_run(tmp_path / "other", 512, k, ids + 1, 0.25) for k in range(2)]
+    with pytest.raises(ValueError, match="different test examples"):
+        paired_difference(other, carried, "forecast", clusters=ids // 3, n_resamples=200)
