@@ -204,7 +204,9 @@ def collect_split(
             done, collected = 0, {}
         if done:
             log.info("%s: resuming after %d evaluated batches", progress.path, done)
+    seen = 0  # batches read, the passed-over ones included
     for i, batch in enumerate(batches):
+        seen = i + 1
         if i < done:
             continue
         host = {k: v for k, v in batch.items() if k != "valid"}
@@ -224,10 +226,10 @@ def collect_split(
             raise EvaluationStopped(signum, i + 1, total_batches, where)
     if not collected:
         raise ValueError("evaluate_split: the split is empty; nothing to evaluate.")
-    if progress is not None and i + 1 > done:
+    if progress is not None and seen > done:
         # the whole split, kept: a stop during the next split (the final evaluation's test after its
         # validation) then resumes there rather than redoing this split's batches since the last save
-        progress.save(i + 1, collected, force=True)
+        progress.save(seen, collected, force=True)
     return {k: np.concatenate(v) for k, v in collected.items()}
 
 
