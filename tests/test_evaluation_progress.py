@@ -120,7 +120,7 @@ def test_final_evaluation_stopped_part_way_is_carried_and_resumes_where_it_stopp
     a, b = read_predictions(want_path), read_predictions(tmp_path / "t.npz")
     np.testing.assert_array_equal(b.example_ids, a.example_ids)
     np.testing.assert_allclose(b.predictions, a.predictions, rtol=1e-6, atol=1e-7)
-    assert not any((fresh / "final_evaluation").iterdir())  # used, then removed
+    assert not (fresh / "final_evaluation").exists()  # used, then removed with the record written
     # stopped in the test split, the finished validation split is not evaluated again
     again, run2 = tmp_path / "again" / FOLDER, tmp_path / "t2.npz"
     _signal_at_save(monkeypatch, 7)  # in test's 1st batch (validation: 5 saves, then its whole split)
@@ -150,6 +150,33 @@ def test_a_test_evaluation_from_the_checkpoint_stopped_part_way_resumes(tmp_path
     np.testing.assert_allclose(
         read_predictions(tmp_path / "t.npz").predictions, read_predictions(want_path).predictions, rtol=1e-6
     )
+
+
+def test_a_grid_run_stopped_in_its_test_split_does_not_evaluate_validation_again(
+    tmp_path, monkeypatch, uninterrupted
+):
+    # A grid run (`keep_test`): validation in training, then the test split from its checkpoint.
+    want, _ = uninterrupted
+    run = tmp_path / FOLDER
+
+    def grid_run():
+        return protocol._train_once(
+            "lstm", _config(), SETTINGS, 3e-3, 0, BATCH * LENGTH, run, LENGTH, None, print,
+            keep_test=lambda record: True,
+        )  # fmt: skip
+
+    _signal_at_save(monkeypatch, 8)  # validation: 5 saves and its whole split; test: stops after 3
+    with pytest.raises(protocol.RunInterrupted, match="test split's evaluation stopped"):
+        grid_run()
+    assert sorted(p.name for p in (run / "final_evaluation").iterdir()) == ["validation.npz"]
+    assert (run / "test_evaluation" / "test.npz").exists()
+    monkeypatch.undo()
+    found = _loads(monkeypatch)
+    got = grid_run()
+    assert found == [5, 3]  # validation whole from its file, test resumed after its 3 batches
+    assert got.validation == pytest.approx(want.validation, rel=1e-6)
+    assert got.final_test == pytest.approx(want.test, rel=1e-6)
+    assert not (run / "final_evaluation").exists() and not (run / "test_evaluation").exists()
 
 
 def test_a_progress_file_of_another_evaluation_or_unreadable_is_not_read(tmp_path):

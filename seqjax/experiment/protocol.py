@@ -229,6 +229,8 @@ def _config_sha256(config: Any) -> str:
 
 #: A grid run's test outputs, written in its folder when it finishes (see `RunRecord.final_test`).
 FINAL_TEST_PREDICTIONS = "final_test_predictions.npz"
+#: The folder of a run where the test split evaluated from its checkpoint keeps its outputs as it goes.
+TEST_EVALUATION = "test_evaluation"
 
 
 def _read_record(path: Path, config_sha256: str) -> RunRecord:
@@ -467,8 +469,14 @@ def _train_once(
     # validation could still choose.
     splits = ("validation",) if predictions_path is None and keep_test is not None else ("validation", "test")
     started = time.perf_counter()
+    # Its final evaluation's outputs are kept until the record is written: a stop while the test split is
+    # read from the checkpoint (below) then resumes there, without evaluating validation again.
     result = trainer.train(
-        run_config, str(workdir), final_splits=splits, final_examples=settings.evaluation_examples
+        run_config,
+        str(workdir),
+        final_splits=splits,
+        final_examples=settings.evaluation_examples,
+        keep_final_evaluation=True,
     )
     if result["preempted"]:  # SIGTERM/SIGINT: the trainer saved its step; this run is not finished
         raise RunInterrupted(
@@ -499,8 +507,9 @@ def _train_once(
         record = dataclasses.replace(record, test=test_metrics)
     else:
         record = dataclasses.replace(record, final_test=test_metrics)
-    # the record last: a run stopped before it is unfinished, and trains again
+    # the record last: a run stopped before it is unfinished, and resumes
     _atomic_json(done, dataclasses.asdict(record))
+    _clear_kept_evaluations(workdir)
     metric, _ = HEADLINE[run_config.task]
     log(
         f"{model} lr={lr:g} {_seeds_text(seed, data_seed)}: {record.steps} steps, validation {metric} "
@@ -540,7 +549,7 @@ def _evaluate_test(run_config: Any, settings: ProtocolSettings, workdir: Path | 
             step="latest",
             per_example=True,
             examples=settings.evaluation_examples,
-            progress=os.path.join(workdir, "test_evaluation"),
+            progress=os.path.join(workdir, TEST_EVALUATION),
         )
     except EvaluationStopped as stopped:  # kept part-way: the next call resumes it
         raise RunInterrupted(
@@ -587,7 +596,20 @@ def _test_from_checkpoint(
     write_predictions(predictions_path, run)
     updated = dataclasses.replace(record, test=test)
     _atomic_json(Path(record.workdir) / "run.json", dataclasses.asdict(updated))
+    _clear_kept_evaluations(record.workdir)
     return updated
+
+
+def _clear_kept_evaluations(workdir: Path | str) -> None:
+    """Removes a recorded run's evaluation outputs kept for a resume (the trainer's final evaluation's and
+    `_evaluate_test`'s): the record holds what was needed of them."""
+    import jax
+
+    from seqjax.train import trainer
+
+    trainer.clear_final_evaluation(workdir)
+    if jax.process_index() == 0:
+        shutil.rmtree(Path(workdir) / TEST_EVALUATION, ignore_errors=True)
 
 
 def _seeds_text(seed: int, data_seed: int | None) -> str:

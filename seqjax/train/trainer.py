@@ -47,6 +47,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -496,6 +497,20 @@ def _with_defaults(saved: Mapping[str, Any]) -> Mapping[str, Any]:
         return saved
 
 
+#: The folder of a run's workdir where its final evaluation keeps its per-example outputs as it goes.
+FINAL_EVALUATION = "final_evaluation"
+
+
+def clear_final_evaluation(workdir: str | os.PathLike[str]) -> None:
+    """Removes the final evaluation's kept outputs (`train(..., keep_final_evaluation=True)`), once the
+    caller has recorded what it needed of them.
+
+        >>> clear_final_evaluation("runs/lstm")  # doctest: +SKIP
+    """
+    if jax.process_index() == 0:
+        shutil.rmtree(os.path.join(workdir, FINAL_EVALUATION), ignore_errors=True)
+
+
 def train(
     config: RunConfig | ml_collections.ConfigDict,
     workdir: str,
@@ -504,6 +519,7 @@ def train(
     final_splits: Iterable[str] = (),
     final_examples: int | None = None,
     exit_after_stop: bool = False,
+    keep_final_evaluation: bool = False,
 ) -> dict[str, Any]:
     """Trains as `config` says; returns the last step, state, train metrics and eval metrics, tokens/s
     (after the first, compiling step), peak memory and the parameter count.
@@ -514,7 +530,11 @@ def train(
     `final_examples`, each split is evaluated on that many examples spread evenly over it
     (`pipeline.spread_indices`; "indices" says which). This evaluation is not counted in the training
     times of the result; "final_eval_seconds" is its wall-clock time (compiling included). Not done for a
-    preempted run.
+    preempted run. Its per-example outputs are kept in `<workdir>/final_evaluation/` as it goes (a stop
+    part-way resumes at the next batch) and removed when it returns, unless `keep_final_evaluation`: for a
+    caller with more to do before the run is finished (the protocol reads the test split from the
+    checkpoint next), so a stop there does not evaluate these splits again on resume; that caller removes
+    them (`clear_final_evaluation`) once it has recorded the run.
 
     `workdir` is locked for the run (`WorkdirLockedError` if another run holds it). Resuming a run saved
     with another config is a `ConfigChangedError` unless every changed key is operational or named in
@@ -537,6 +557,7 @@ def train(
             final_splits=final_splits,
             final_examples=final_examples,
             exit_after_stop=exit_after_stop,
+            keep_final_evaluation=keep_final_evaluation,
         )
 
 
@@ -548,6 +569,7 @@ def _train(
     final_splits: Iterable[str],
     final_examples: int | None,
     exit_after_stop: bool,
+    keep_final_evaluation: bool,
 ) -> dict[str, Any]:
     """`train`'s loop, on `setup`'s parts."""
     final_splits = tuple(final_splits)  # (read more than once)
@@ -699,7 +721,7 @@ def _train(
                 indices = spread_indices(len(source), final_examples)
                 # kept as it goes, so a stop (or a kill) part-way resumes at the next batch
                 progress = SplitProgress(
-                    os.path.join(workdir, "final_evaluation", f"{name}.npz"),
+                    os.path.join(workdir, FINAL_EVALUATION, f"{name}.npz"),
                     progress_key(
                         step=step,
                         split=name,
@@ -736,8 +758,9 @@ def _train(
                     "source": source,
                     "indices": indices,
                 }
-            for progress in progress_files:  # every split evaluated: the outputs go back to the caller
-                progress.clear()
+            if not keep_final_evaluation:  # every split evaluated: the outputs go back to the caller
+                for progress in progress_files:
+                    progress.clear()
             return out
 
         def finish(preempted: bool) -> dict[str, Any]:
