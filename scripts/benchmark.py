@@ -25,6 +25,15 @@ Implementations per cell family:
          "auto" method), the same with the materialised engine (method="naive"), and `Linformer` with
          k = --linformer_k, built for n = the row's length:
          `--cells=linformer --out=benchmarks/linformer_{platform}.md`.
+  scan:  the diagonal engine `linear_recurrence` ("auto" the baseline; sequential, associative,
+         chunked) and autodiff through a plain lax.scan.
+  selective: Mamba's `selective_scan` (chunk 64, remat) against the materialised [B, L, C, N] scan.
+  ssm:   whole cells: Mamba (expand 1) chunked against materialised, S4D, S5 and LRU per method.
+  linear_attention: the linear-attention cells (GLA fused and unfused, its token scan, ...) and the
+         matrix-state engine.
+  deltanet, gated_deltanet, mamba2, rglru, mlstm, slstm, gla_channel, rwkv7 (issue 22's cells): each
+         cell's training form (baseline) against the loop of its own `step` under lax.scan, and its
+         token-scan method where it has one.
 Peers are included with --peers (the default); torch rows only when `import torch` works.
 
 Results are printed as they come and written as markdown to --out (default

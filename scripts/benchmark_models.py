@@ -1,9 +1,11 @@
 """Whole language models, one per cell type, at equal parameter count: the table for picking a cell.
 
-For every mixer (LSTM, GRU, E-LSTM, S5, LRU, Mamba, linear attention, GLA, exact attention, sliding
-window), a byte-level LM of `--num_layers` blocks of width `--d_model` is built with `seqjax.models`.
-Each model's MLP width is solved so that all models have the same parameter count as the exact-attention
-transformer with a 4× MLP (within a few percent; the table prints the actual counts).
+For every mixer of `seqjax.experiment.equal_parameters.MIXERS` (LSTM, GRU, E-LSTM, S5, LRU, Mamba,
+linear attention, GLA, DeltaNet, Gated DeltaNet, Mamba-2, RWKV-7, mLSTM, sLSTM, RG-LRU, exact attention,
+sliding window; `--models` picks some), a byte-level LM of `--num_layers` blocks of width `--d_model`
+is built with `seqjax.models`. Each model's MLP width is solved so that all models have the same
+parameter count as the exact-attention transformer with a 4× MLP (within a few percent; the table
+prints the actual counts).
 
 Training: one forward + backward of the next-token loss, jitted, at a fixed token budget per batch
 (`--tokens_per_batch`; batch = budget / L), so tokens/s at different L compare like with like. Peak

@@ -1,7 +1,7 @@
 """Per-token cost of the online learners against hidden size: time of one prequential step (the
 learner's step + Adam's update, inside the loop's jitted `lax.scan` over a chunk) and XLA's memory plan
-of one step, for exact diagonal RTRL (LRU), SnAp-1 (LSTM), exact dense RTRL (LSTM, GRU; small sizes
-only: O(H^4) work) and online truncated BPTT (LSTM) with k = 1, 4, 16, 64.
+of one step, for exact diagonal RTRL (LRU), exact RTRL (Mamba), SnAp-1 (LSTM), exact dense RTRL (LSTM,
+GRU; small sizes only: O(H^4) work) and online truncated BPTT (LSTM) with k = 1, 4, 16, 64.
 
     python scripts/benchmark_online.py                       # writes benchmarks/online_cpu.md
     python scripts/benchmark_online.py --hidden=8,16,32 --tokens=200 --out=/tmp/online.md

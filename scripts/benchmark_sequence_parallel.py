@@ -8,7 +8,8 @@ its inputs, in one `jax.jit`, float32, batch 1, the inputs placed split along ti
 - `mamba`: `selective_scan` (d_inner = --mamba_inner, N = --mamba_state, chunks of 64, remat_sequential)
   against `sequence_parallel_selective_scan`.
 - `gla`: the matrix-state recurrence with one decay per head (`linear_attention`, chunked, --heads heads
-  of d_k = d_v = --head_dim) against `sequence_parallel_linear_attention`.
+  of d_k = d_v = --head_dim) against `sequence_parallel_linear_attention`; `gla_channel`: the same with
+  one decay per key channel (GLA's own form).
 - `diagonal`: `linear_recurrence` (real decays, a state of --state per token) against
   `sequence_parallel_linear_recurrence`.
 - `mlstm`: xLSTM's mLSTM (`mlstm`, chunked, --heads heads of d_k = d_v = --head_dim, input and forget
@@ -18,6 +19,8 @@ its inputs, in one `jax.jit`, float32, batch 1, the inputs placed split along ti
   (causal load balancing on); `attention_ring_unbalanced` without the balancing.
 - `swa_halo`, `swa_all_gather`: causal sliding-window attention (window --window) against
   `sequence_parallel_attention` with strategy "halo" or "all_gather".
+- `xl_ring`: Transformer-XL attention, its memory of --memory cached keys and values before the sequence
+  as a prefix of every shard's keys, with strategy "ring".
 
 The markdown file keeps the sections of engines this run does not measure (each section states when
 and how it was measured), so engines can be (re)measured separately.

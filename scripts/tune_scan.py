@@ -1,6 +1,6 @@
 """Time every backend of a scan engine on this machine and write the table `method="auto"` reads.
 
-Two engines (--kind):
+Two engines (--kinds):
 - `linear_recurrence`: each point is one forward + backward pass (the gradient of `sum(hs**2)` with
   respect to `a` and `b`) of a [batch, length, state] float32 diagonal recurrence;
 - `selective_scan`: each point is one forward + backward pass (the gradient of `sum(y**2)` with respect
