@@ -71,6 +71,7 @@ the scoring flags (buckets, bounds, BPE vocabulary) are not training settings an
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -130,6 +131,9 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string(
     "out", "experiments/results/context_use_{study}_{size}_{platform}", "Output path without extension."
+)
+flags.DEFINE_bool(
+    "replot", False, "Redraw the plots from the JSON already at --out (nothing trained or scored), then exit."
 )
 
 CLAIM_CONTEXT = "uses context beyond the early bucket"
@@ -832,7 +836,6 @@ def _main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     import jax
 
-    from seqjax.experiment import plots
     from seqjax.experiment.matching import count_parameters
     from seqjax.experiment.outputs import run_header, write_results
     from seqjax.experiment.protocol import (
@@ -842,6 +845,15 @@ def _main(argv: list[str]) -> None:
     )
     from seqjax.experiment.sweep import finished_models_at
 
+    if FLAGS.replot:
+        out = ROOT / FLAGS.out.format(study=FLAGS.study, size=FLAGS.size, platform=jax.default_backend())
+        json_path = out.with_name(out.name + ".json")
+        if not json_path.exists():
+            raise app.UsageError(
+                f"--replot: no {json_path}; give --out (without extension) of a finished run's results."
+            )
+        draw_plots(out, json.loads(json_path.read_text()))
+        return
     names = FLAGS.variants or default_variants(FLAGS.study, FLAGS.size, FLAGS.truncation_length)
     variants = [parse_variant(n) for n in names]
     edges = [int(e) for e in FLAGS.position_buckets]
@@ -915,13 +927,21 @@ def _main(argv: list[str]) -> None:
     }
     out = ROOT / FLAGS.out.format(study=FLAGS.study, size=FLAGS.size, platform=platform)
     write_results(out, results, markdown(results))
+    draw_plots(out, results)
+
+
+def draw_plots(out: Path, results: dict[str, Any]) -> None:
+    """`<out>_bpb.png` and `<out>_perplexity.png`: each variant's and mode's loss by position, from the
+    results (as written to `<out>.json`)."""
+    from seqjax.experiment import plots
+
     curves = {
         f"{name}, {mode}": curve
         for name, row in results["variants"].items()
         for mode, curve in row["modes"].items()
     }
     if curves:
-        title = f"{FLAGS.options}: loss by position"
+        title = f"{results['options']}: loss by position"
         plots.metric_by_position(curves, f"{out}_bpb.png", title=title, baselines=results["baselines"])
         plots.metric_by_position(curves, f"{out}_perplexity.png", metric="perplexity", title=title)
 

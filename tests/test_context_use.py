@@ -282,3 +282,15 @@ def test_reused_crossover_runs_without_checkpoints_are_trained_again_and_checked
     done = subprocess.run(command, env=driver_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode != 0 and "not the same run" in done.stderr and str(seed1) in done.stderr
     assert not (tmp_path / "refused.json").exists()
+
+
+def test_plots_are_redrawn_from_a_results_json(tmp_path):
+    """`--replot`'s path: the committed truncation results redrawn without training or scoring, the
+    legend beside the axes (6 variants and 2 baselines would hide curves inside them)."""
+    from tests.driver_helpers import load_driver
+
+    driver = load_driver("context_use.py")
+    results = json.loads((ROOT / "experiments/results/context_use_truncation_cpu_cpu.json").read_text())
+    driver.draw_plots(tmp_path / "out", results)
+    for suffix in ("_bpb.png", "_perplexity.png"):
+        assert (tmp_path / f"out{suffix}").stat().st_size > 1000

@@ -642,7 +642,13 @@ def metric_by_position(
             f"metric_by_position: metric must be 'bits_per_byte' or 'perplexity', got {metric!r}."
         )
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    # Past 5 lines a legend inside the axes hides curves (they span the whole width): it goes to the
+    # right, in a wider figure, in two columns past 20 lines, and the figure is as tall as it needs.
+    lines = len(curves) + len(baselines or {})
+    outside = lines > 5
+    columns = 2 if lines > 20 else 1
+    height = max(4.2, 0.8 + 0.16 * math.ceil(lines / columns)) if outside else 4.2
+    fig, ax = plt.subplots(figsize=((6.4 + 2.6 * columns) if outside else 6.4, height))
     level = None
     for i, (model, curve) in enumerate(curves.items()):
         rows = [b for b in curve["buckets"] if b["documents"] > 0]
@@ -664,6 +670,9 @@ def metric_by_position(
     ax.set_xlabel("position in the document (bytes, bucket midpoint)")
     interval = f" ({level:.0%} CI)" if level else " (bootstrap CI)"
     ax.set_ylabel(("bits per byte" if metric == "bits_per_byte" else "perplexity per token") + interval)
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.set_title(textwrap.fill(title, width=70), fontsize=10)
+    if outside:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, ncol=columns)
+    else:
+        ax.legend(fontsize=7)
     return _finish(fig, path)
