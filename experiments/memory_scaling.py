@@ -57,7 +57,13 @@ A variant is a preset of `seqjax.config.PRESETS` with optional `:key=value` over
 truncated BPTT over N-token chunks (a chunk at least as long as the sequence is one chunk: full BPTT),
 and `method=naive` makes exact attention materialise its [L, L] scores (the textbook form), for contrast
 with the blockwise default. Results go to `experiments/results/memory_scaling_{size}_{platform}.md`
-(plan only) or `memory_scaling_measured_{size}_{platform}.md`, and a JSON file beside it.
+(plan only) or `memory_scaling_measured_{size}_{platform}.md`, and a JSON file beside it, with the
+figures (log-log, one line per variant, faint O(L) and O(L²) slopes; `plot_paths`): `<out>_memory.png`,
+the train step's plan, in the plan mode; `<out>_memory.png` (peak memory) and `<out>_time.png` (median
+step time) in the measured mode, a point that did not run marked ✕ (with both modes the plan's figure
+is `<out>_plan.png`). `--replot=<out>.json` redraws them from a result file and measures nothing:
+
+    python experiments/memory_scaling.py --replot=experiments/results/memory_scaling_measured_cpu_cpu.json
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -144,6 +151,12 @@ flags.DEFINE_float(
 )
 flags.DEFINE_list(
     "inject_failure", [], "run, for tests: VARIANT@LENGTH points whose worker crashes on purpose."
+)
+flags.DEFINE_string(
+    "replot",
+    "",
+    "A result JSON of this driver: redraw its PNG files (to --out if given, else beside the JSON) "
+    "and measure nothing. Relative paths are from the repository root, as for --out.",
 )
 flags.DEFINE_string("worker", "", "Internal: run one measured point VARIANT@LENGTH in this process.")
 flags.DEFINE_string("worker_out", "", "Internal: where the worker writes its JSON result.")
@@ -815,12 +828,262 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Plots.
+# --------------------------------------------------------------------------------------------------
+#: Statuses of a measured point that ran no step to the end: marked at the top of the measured plots.
+NOT_RUN = ("did not fit", "timed out", "failed")
+
+
+def plot_paths(out: str | os.PathLike[str], modes: list[str]) -> dict[str, Path]:
+    """The PNG files written beside `<out>.md`: `memory` and `time` for the measured mode, `plan` for
+    the plan mode (`<out>_memory.png` when it is the only mode, else `<out>_plan.png`).
+
+        >>> {k: p.name for k, p in plot_paths("r/x", ["plan"]).items()}
+        {'plan': 'x_memory.png'}
+        >>> sorted(p.name for p in plot_paths("r/x", ["plan", "run"]).values())
+        ['x_memory.png', 'x_plan.png', 'x_time.png']
+    """
+    out = Path(out)
+    paths = {}
+    if "plan" in modes:
+        paths["plan"] = out.with_name(out.name + ("_plan.png" if "run" in modes else "_memory.png"))
+    if "run" in modes:
+        paths["memory"] = out.with_name(out.name + "_memory.png")
+        paths["time"] = out.with_name(out.name + "_time.png")
+    return paths
+
+
+def _bytes_label(value: float, _position: Any = None) -> str:
+    """A binary-unit tick label: 2**25 → "32 MiB", 2**30 → "1 GiB", 3 * 2**29 → "1.5 GiB".
+
+    >>> [_bytes_label(v) for v in (2**10, 2**25, 2**30, 3 * 2**29)]
+    ['1 KiB', '32 MiB', '1 GiB', '1.5 GiB']
+    """
+    for unit, size in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.3g} B"
+
+
+def _machine(results: dict[str, Any]) -> str:
+    """The platform, and the device kinds of the measured points where they say more (e.g. a GPU's)."""
+    kinds = sorted(
+        {r["run"]["device_kind"] for r in results["rows"] if r.get("run", {}).get("device_kind")}
+        - {results["platform"]}
+    )
+    return f"platform {results['platform']}" + (f" ({', '.join(kinds)})" if kinds else "")
+
+
+def _reference_slopes(ax: Any, lengths: list[int], values: list[float]) -> None:
+    """Faint O(L) and O(L²) lines from half the smallest value at the shortest length, each ending at
+    the longest length or where it passes the largest value (so it does not stretch the axis)."""
+    first, top = 0.5 * min(values), max(values)
+    low, high = min(lengths), max(lengths)
+    for power, label in ((1, "O(L)"), (2, "O(L²)")):
+        end = min(high, low * (top / first) ** (1 / power))
+        xs = np.geomspace(low, end, 32)
+        ax.plot(xs, first * (xs / low) ** power, color="0.55", linestyle=":", linewidth=1.1, zorder=1)
+        ax.annotate(
+            label,
+            (end, first * (end / low) ** power),
+            xytext=(3, 0),
+            textcoords="offset points",
+            color="0.45",
+            fontsize=8,
+            va="center",
+        )
+
+
+def _length_axes(ax: Any, lengths: list[int]) -> None:
+    from seqjax.experiment.plots import _length_formatter
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths)
+    ax.xaxis.set_major_formatter(_length_formatter())
+    ax.xaxis.set_minor_formatter(_length_formatter())
+    ax.set_xlim(min(lengths) / 1.25, max(lengths) * 1.6)  # room for the reference slopes' labels
+    ax.set_xlabel("sequence length L (tokens)")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _bytes_axis(ax: Any) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_locator(LogLocator(base=2, numticks=9))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(_bytes_label))
+
+
+def _legend(ax: Any, count: int, title: str | None = None) -> None:
+    """Past 8 lines a legend inside the axes hides the data: it goes to the right of them."""
+    where = {"loc": "center left", "bbox_to_anchor": (1.01, 0.5), "frameon": False} if count > 8 else {}
+    ax.legend(fontsize=7, title=title, title_fontsize=7, alignment="left", **where)
+
+
+def plan_figure(results: dict[str, Any], path: str | os.PathLike[str] | None = None) -> Any:
+    """The plan mode's figure: XLA's plan of the train step against L, log-log, one line per variant,
+    with faint O(L) and O(L²) slopes. A variant whose longer lengths were not compiled (`--max_gib`)
+    says so in its label. Written to `path` (returned), or the open Figure where `path` is None."""
+    from seqjax.experiment.plots import _finish, _pyplot, _series_style
+
+    plt = _pyplot()
+    variants = results["variants"]
+    outside = len(variants) > 8
+    fig, ax = plt.subplots(figsize=(9.2 if outside else 6.8, 4.8))
+    lengths, values = [], []
+    for i, variant in enumerate(variants):
+        rows = [r for r in results["rows"] if r["variant"] == variant]
+        points = sorted((r["length"], r["train_bytes"]) for r in rows if r.get("train_bytes"))
+        if not points:
+            continue
+        skipped = sorted(r["length"] for r in rows if r.get("skipped"))
+        label = variant + (f" (L ≥ {skipped[0] // 1024}k not compiled)" if skipped else "")
+        last = exponents(rows, "train_bytes")[-1:]
+        if last:
+            label += ": flat" if last[0][1] is None else f": {last[0][1]:.2f}"
+        ax.plot(*zip(*points, strict=True), **_series_style(i), markersize=4, label=label)
+        lengths += [n for n, _ in points]
+        values += [m for _, m in points]
+    if values:
+        _reference_slopes(ax, sorted(set(lengths)), values)
+        _length_axes(ax, sorted(set(lengths)))
+    _bytes_axis(ax)
+    ax.set_ylabel("train step memory (XLA plan)")
+    title = (
+        f"Train step (forward + backward + AdamW) memory against length, XLA's plan, nothing run: "
+        f"document LM, size {results['size']}, batch {results['batch']}, float32; "
+        f"{_machine(results)}, jax {results['jax']}, {results['date']}"
+    )
+    ax.set_title(textwrap.fill(title, width=96 if outside else 75), fontsize=9)
+    _legend(ax, len(variants), title="variant: exponent p of the last L/4, L/2, L")
+    return _finish(fig, path)
+
+
+def measured_figure(results: dict[str, Any], key: str, path: str | os.PathLike[str] | None = None) -> Any:
+    """A measured-mode figure: `key` "peak_bytes" (peak memory) or "step_s" (median step time) against
+    L, log-log, one line per variant, with faint O(L) and O(L²) slopes. A point that did not fit, timed
+    out or failed is an ✕ in its variant's color at the top of the axes, and its label says where the
+    variant stopped. Written to `path` (returned), or the open Figure where `path` is None."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.transforms import blended_transform_factory
+
+    from seqjax.experiment.plots import _finish, _pyplot, _series_style
+
+    if key not in ("peak_bytes", "step_s"):
+        raise ValueError(f"measured_figure: key must be 'peak_bytes' or 'step_s', got {key!r}.")
+    plt = _pyplot()
+    variants = results["variants"]
+    runs = [r["run"] for r in results["rows"] if "run" in r]
+    outside = len(variants) > 8
+    fig, ax = plt.subplots(figsize=(11.0 if outside else 7.2, 5.0))
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    lengths, values, stops = [], [], 0
+    for i, variant in enumerate(variants):
+        rows = sorted((r for r in runs if r["variant"] == variant), key=lambda r: r["length"])
+        points = [(r["length"], r[key]) for r in rows if r.get("status") == "ok" and r.get(key)]
+        stop = next((r for r in rows if r.get("status") in NOT_RUN), None)
+        style = _series_style(i)
+        fit, which = memory_fit(rows) if key == "peak_bytes" else (fit_rows(rows, key), "")
+        label = variant + (f", {stop['status']} at {stop['length'] // 1024}k" if stop else "")
+        if math.isfinite(fit.slope):
+            label += f": {fit.describe()}" + (" (log M)" if which == "log M" else "")
+        if points:
+            ax.plot(*zip(*points, strict=True), **style, markersize=4, label=label)
+        else:
+            ax.plot([], [], **style, label=label)
+        if stop:
+            stops += 1
+            ax.plot(
+                stop["length"],
+                0.96,
+                "x",
+                color=style["color"],
+                markersize=9,
+                mew=2.2,
+                transform=top,
+                clip_on=False,
+            )
+            ax.annotate(
+                stop["status"],
+                (stop["length"], 0.96),
+                xycoords=top,
+                xytext=(-6, 0),
+                textcoords="offset points",
+                ha="right",
+                va="center",
+                fontsize=7,
+                color=style["color"],
+            )
+        lengths += [r["length"] for r in rows if r.get("status") != "skipped"]
+        values += [v for _, v in points]
+    if values:
+        _reference_slopes(ax, sorted(set(lengths)), values)
+        _length_axes(ax, sorted(set(lengths)))
+    if stops:
+        ax.plot([], [], "x", color="0.3", mew=2.2, label="did not run to the end (✕ at the top)")
+    sources = sorted({r["peak_source"] for r in runs if r.get("peak_source")})
+    if key == "peak_bytes":
+        _bytes_axis(ax)
+        ax.set_ylabel(f"peak memory ({'; '.join(sources) or 'n/a'})", fontsize=8)
+        what, exponent = "peak memory", "memory exponent p [95% CI]; (log M): the slope of log M"
+    else:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g} s"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel(f"median train step time (of {results.get('timed_steps', '?')} timed steps)")
+        what, exponent = "median step time", "step-time slope [95% CI]"
+    if stops and values:
+        # Headroom above the data for the ✕ row: the largest value at 85% of the axis height (log y).
+        low = ax.get_ylim()[0]
+        ax.set_ylim(low, low * (max(values) / low) ** (1 / 0.85))
+    title = (
+        f"Measured {what} of the train step (forward + backward + AdamW), a fresh process per point: "
+        f"document LM, size {results['size']}, batch {results['batch']}, float32; "
+        f"{_machine(results)}, jax {results['jax']}, {results['date']}"
+    )
+    ax.set_title(textwrap.fill(title, width=96 if outside else 75), fontsize=9)
+    _legend(ax, len(variants) + (1 if stops else 0), title=f"variant: {exponent}")
+    return _finish(fig, path)
+
+
+def write_plots(results: dict[str, Any], out: str | os.PathLike[str]) -> list[Path]:
+    """Writes the figures of `results` (the driver's JSON) to `plot_paths(out, ...)`; returns them."""
+    modes = results.get("measure", ["plan"])
+    paths = plot_paths(out, modes)
+    written = []
+    if "plan" in paths and any(r.get("train_bytes") for r in results["rows"]):
+        written.append(plan_figure(results, paths["plan"]))
+    if "memory" in paths and any("run" in r for r in results["rows"]):
+        written.append(measured_figure(results, "peak_bytes", paths["memory"]))
+        written.append(measured_figure(results, "step_s", paths["time"]))
+    return written
+
+
+def plot_results(
+    json_path: str | os.PathLike[str], out_prefix: str | os.PathLike[str] | None = None
+) -> list[Path]:
+    """Redraws the figures of an existing result JSON without measuring anything, to
+    `<out_prefix>_memory.png` etc. (default: beside the JSON, with its stem); returns their paths.
+
+        >>> plot_results("experiments/results/memory_scaling_measured_cpu_cpu.json")  # doctest: +SKIP
+    """
+    json_path = Path(json_path)
+    results = json.loads(json_path.read_text())
+    return write_plots(results, json_path.with_suffix("") if out_prefix is None else out_prefix)
+
+
+# --------------------------------------------------------------------------------------------------
 # Main.
 # --------------------------------------------------------------------------------------------------
 def main(argv: list[str]) -> None:
     del argv
     if FLAGS.worker:
         worker_main()
+        return
+    if FLAGS.replot:
+        for path in plot_results(FLAGS.replot, FLAGS.out):
+            print(f"wrote {path}")
         return
     modes = list(FLAGS.measure)
     if not modes or set(modes) - {"plan", "run"}:
@@ -845,6 +1108,7 @@ def main(argv: list[str]) -> None:
         "variants": variants,
         "rows": [],
     }
+    limit = 0
     if run_mode:
         limit = memory_limit_bytes()
         results.update(
@@ -858,6 +1122,34 @@ def main(argv: list[str]) -> None:
     )
     out = Path((FLAGS.out or default_out).format(size=FLAGS.size, platform=platform))
     out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sweep(variants, lengths, modes, results, out, limit, inject)
+    except BaseException:
+        # The figures of what was measured before the sweep stopped (interrupted, crashed), where they
+        # can be drawn; the error that stopped it is the one raised.
+        if results["rows"]:
+            try:
+                write_plots(results, out)
+            except Exception as e:
+                print(f"figures not written: {e!r}", file=sys.stderr)
+        raise
+    plots = write_plots(results, out)
+    print(markdown(results))
+    print(f"wrote {out}.md and {out}.json; figures " + ", ".join(map(str, plots)))
+
+
+def sweep(
+    variants: list[str],
+    lengths: list[int],
+    modes: list[str],
+    results: dict[str, Any],
+    out: Path,
+    limit: int,
+    inject: set[str],
+) -> None:
+    """Measures every (variant, length) point into `results["rows"]`, rewriting `<out>.json` and
+    `<out>.md` after each."""
+    run_mode = "run" in modes
     for variant in variants:
         too_big, stopped = "plan" not in modes, not run_mode
         for length in lengths:
@@ -896,8 +1188,6 @@ def main(argv: list[str]) -> None:
             # Rewritten after every row, so an interrupted sweep keeps what it measured.
             out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
             out.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
-    print(f"wrote {out}.md and {out}.json")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def test_memory_sweep_separates_linear_flat_and_quadratic(tmp_path):
     assert att_state[2] - att_state[1] == 2 * (att_state[1] - att_state[0]) > 0  # plus position counters
     text = out.with_suffix(".md").read_text()
     assert "| lstm:tbptt=128 | flat |" in text
+    assert (tmp_path / "mem_memory.png").stat().st_size > 1000  # the plan's figure, beside its table
 
 
 def test_memory_sweep_refuses_a_bad_variant(tmp_path):

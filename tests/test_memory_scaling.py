@@ -22,7 +22,7 @@ from seqjax.experiment.scaling import (
     memory_exponent,
     quadratic_memory_verdict,
 )
-from tests.driver_helpers import driver_env
+from tests.driver_helpers import driver_env, load_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768]
@@ -168,6 +168,24 @@ def test_measured_sweep_runs_each_point_in_a_fresh_process_and_stops_at_a_failur
     assert "## Measured: peak memory of the train step" in text
     assert "| lstm:tbptt=64 | n/a | failed | skipped |" in text
     assert "lstm:tbptt=64 at L=64: failed" in text
+    figures = [tmp_path / "measured_memory.png", tmp_path / "measured_time.png"]
+    assert [f.stat().st_size > 1000 for f in figures] == [True, True]
+    # --replot draws them again from the JSON alone, measuring nothing.
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "memory_scaling.py"),
+            f"--replot={out}.json",
+            f"--out={tmp_path / 'again'}",
+        ],
+        env=driver_env(PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "again_time.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
@@ -178,3 +196,82 @@ def test_measured_sweep_records_a_point_past_its_time_limit(tmp_path):
     assert [r["status"] for r in runs] == ["timed out", "skipped"]
     assert "--point_timeout_s=0.5" in runs[0]["reason"]
     assert "| gla | n/a | timed out | skipped |" in out.with_suffix(".md").read_text()
+    assert (tmp_path / "timeout_memory.png").stat().st_size > 1000  # drawn with no point that ran
+
+
+def _small_results() -> dict:
+    """A result JSON of both modes, as the driver writes it: a variant linear in L, and one quadratic
+    whose plan stops compiling past 2k (`--max_gib`) and whose 4k point did not fit (8k skipped)."""
+    rows = []
+    for variant, power in (("lstm", 1), ("attention:method=naive", 2)):
+        stopped = False
+        for n in (1024, 2048, 4096, 8192):
+            row = {"variant": variant, "length": n}
+            if power == 2 and n > 2048:
+                row["skipped"] = "skipped"
+            else:
+                row.update(
+                    train_bytes=2**24 + 2**12 * n**power // 1024 ** (power - 1),
+                    state_bytes=1024,
+                    param_count=10,
+                )
+            if stopped:
+                run = {"status": "skipped", "reason": "a shorter length did not run"}
+            elif power == 2 and n == 4096:
+                run, stopped = {"status": "did not fit", "reason": "2 × XLA's plan > the limit"}, True
+            else:
+                run = {
+                    "status": "ok",
+                    "peak_bytes": 2**27 + 2**14 * n**power // 1024 ** (power - 1),
+                    "step_s": 1e-5 * n**power,
+                    "compile_s": 2.0,
+                    "device_kind": "cpu",
+                    "peak_source": "peak RSS of the steps − baseline RSS",
+                }
+            row["run"] = {"variant": variant, "length": n, **run}
+            rows.append(row)
+    return {
+        "date": "2026-12-06 00:00 UTC",
+        "jax": "0.0",
+        "platform": "cpu",
+        "command": "python experiments/memory_scaling.py --measure=plan,run",
+        "size": "cpu",
+        "batch": 1,
+        "measure": ["plan", "run"],
+        "variants": ["lstm", "attention:method=naive"],
+        "rows": rows,
+        "warmup_steps": 1,
+        "timed_steps": 2,
+    }
+
+
+def test_figures_are_redrawn_from_a_result_json(tmp_path):
+    import matplotlib.pyplot as plt
+
+    driver = load_driver("memory_scaling.py")
+    results = _small_results()
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(results))
+    written = driver.plot_results(path)
+    assert sorted(p.name for p in written) == ["small_memory.png", "small_plan.png", "small_time.png"]
+    assert all(p.parent == tmp_path and p.stat().st_size > 1000 for p in written)
+    # A plan-only JSON (the committed one has no "measure": plan by default): one figure, _memory.png.
+    del results["measure"]
+    path.write_text(json.dumps(results))
+    assert [p.name for p in driver.plot_results(path, tmp_path / "plan")] == ["plan_memory.png"]
+
+    fig = driver.plan_figure(results)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0].startswith("lstm: 1.00") and "(L ≥ 4k not compiled)" in labels[1]
+    plt.close(fig)
+    fig = driver.measured_figure(results, "peak_bytes")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[1].startswith("attention:method=naive, did not fit at 4k")
+    assert labels[-1] == "did not run to the end (✕ at the top)"
+    assert "did not fit" in [t.get_text() for t in ax.texts]
+    title = " ".join(ax.get_title().split())  # unwrapped
+    assert "platform cpu" in title and "Measured peak memory" in title
+    plt.close(fig)
+    with pytest.raises(ValueError, match="key must be"):
+        driver.measured_figure(results, "compile_s")
