@@ -2,9 +2,10 @@
 NumPy float64 ports of the authors' recurrent, chunkwise and parallel references (NX-AI/xlstm and
 NX-AI/mlstm_kernels, tests/xlstm_reference.py); against a float64 loop written from the paper's
 equations, values and gradients; extreme gates over 2048 tokens; bfloat16 inputs; what the backward
-pass stores) and the MLSTM / SLSTM cells (against NumPy float64 ports of the authors' layers, state
-carried across calls, initialisation). The cell contract (tests/test_cell_contract.py) runs over both
-cells too.
+pass stores) and the MLSTM / SLSTM cells (against NumPy float64 ports of the authors' layers; the sLSTM
+against a float64 loop written from the paper's equations, values and gradients, extreme gates over 2048
+tokens and bfloat16 inputs; state carried across calls, initialisation). The cell contract
+(tests/test_cell_contract.py) runs over both cells too.
 
 Everything runs under `jit`: on a small CPU, op-by-op dispatch costs more than the compiles it saves.
 """
@@ -522,6 +523,293 @@ def test_slstm_matches_the_authors_layer():
         np.testing.assert_allclose(ys64, expected, atol=1e-11)
         np.testing.assert_allclose(np.stack([state64.h, state64.c, state64.n, state64.m]), final, atol=1e-11)
         np.testing.assert_allclose(np.asarray(ys32), expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells: the sLSTM against the paper's equations; numerics
+# --------------------------------------------------------------------------------------------------
+def paper_slstm(params, xs, state, resets, mask, num_heads, norm_eps=1e-5, stabilised=True):
+    """The sLSTM of Beck et al. 2024 (§2.2, with the stabilisation of its appendix) inside the layer that
+    `SLSTM` is (docs/cells.md: a causal conv + SiLU feeding ĩ and f̃, the per-head LayerNorm after h),
+    one token per step of a `lax.scan`, in jax.numpy so that it differentiates. Input weights as dense
+    [input, hidden] matrices, the recurrent matrices as dense block-diagonal [hidden, hidden] ones built
+    from the heads' blocks (row vectors: h R_g):
+
+        x_c = SiLU(Σ_k conv_w[k] ⊙ x_{t−K+1+k} + conv_b)        (no conv: x_c = x_t)
+        ĩ, f̃ = W_i x_c, W_f x_c ;  z̃, õ = W_z x_t, W_o x_t      each + R_g h_{t−1} + b_g
+        i_t = exp(ĩ_t), f_t = σ(f̃_t), z_t = tanh(z̃_t), o_t = σ(õ_t)      (the cell's forget gate is the
+                                                                 paper's sigmoid one, not exp(f̃_t))
+        c_t = f_t c_{t−1} + i_t z_t ;  n_t = f_t n_{t−1} + i_t ;  h_t = o_t c_t / n_t
+        stabilised: m_t = max(log f_t + m_{t−1}, log i_t), and i'_t = exp(log i_t − m_t),
+        f'_t = exp(log f_t + m_{t−1} − m_t) replace i_t, f_t
+        y_t = LN_heads(h_t): mean and biased variance over each head's units, scale 1 + norm_w
+
+    The paper's max holds at every token, the first after the zero state too, where the authors' code
+    (and the cell) take m = ĩ instead; the two then differ by a factor common to c and n, so h, c·e^m
+    and n·e^m agree, and so do all later outputs. Unstabilised (`stabilised=False`) the state holds the
+    paper's c̃ = e^m c, ñ = e^m n (returned with m = 0). A reset returns to the zero state (conv window
+    included) before its token; padding (which wins over a reset) leaves the state unchanged, output 0.
+    """
+    bsz, _, width = xs.shape
+    hidden = params["norm_w"].size
+    d = hidden // num_heads
+    w = {g: params[f"w_{g}"].reshape(width, hidden) for g in "ifzo"}
+    b = {g: params["b"][j].reshape(hidden) for j, g in enumerate("ifzo")}
+    rec = {
+        g: jax.scipy.linalg.block_diag(*(params["r"][h, :, j, :] for h in range(num_heads)))
+        for j, g in enumerate("ifzo")
+    }
+    window, h, c, n, m = state
+    if not stabilised:
+        c, n, m = c * jnp.exp(m), n * jnp.exp(m), jnp.zeros_like(m)
+    where = lambda flag, a, b: jnp.where(flag.reshape(-1, *(1,) * (a.ndim - 1)), a, b)
+
+    def step(carry, token):
+        x, reset, keep = token
+        window, h, c, n, m = (where(reset & keep, jnp.zeros_like(a), a) for a in carry)
+        if "conv_w" in params:
+            full = jnp.concatenate([window, x[:, None]], axis=1)  # [B, K, input]
+            u = jnp.sum(full * params["conv_w"], axis=1) + params["conv_b"]
+            x_c, window = u / (1.0 + jnp.exp(-u)), full[:, 1:]
+        else:
+            x_c = x
+        pre = {g: (x_c if g in "if" else x) @ w[g] + h @ rec[g] + b[g] for g in "ifzo"}
+        log_i, log_f = pre["i"], -jnp.logaddexp(0.0, -pre["f"])
+        z, o = jnp.tanh(pre["z"]), 1.0 / (1.0 + jnp.exp(-pre["o"]))
+        if stabilised:
+            m_new = jnp.maximum(log_f + m, log_i)
+            i_act, f_act = jnp.exp(log_i - m_new), jnp.exp(log_f + m - m_new)
+        else:
+            m_new, i_act, f_act = m, jnp.exp(log_i), jnp.exp(log_f)
+        c, n = f_act * c + i_act * z, f_act * n + i_act
+        h = o * c / n
+        heads = h.reshape(bsz, num_heads, d)
+        centred = heads - jnp.mean(heads, axis=-1, keepdims=True)
+        var = jnp.mean(centred**2, axis=-1, keepdims=True)
+        y = (centred / jnp.sqrt(var + norm_eps) * (1.0 + params["norm_w"])).reshape(bsz, hidden)
+        new = tuple(where(keep, a, old) for a, old in zip((window, h, c, n, m_new), carry, strict=True))
+        return new, where(keep, y, jnp.zeros_like(y))
+
+    tokens = tuple(jnp.moveaxis(a, 1, 0) for a in (xs, resets, mask))
+    final, ys = jax.lax.scan(step, (window, h, c, n, m), tokens)
+    return jnp.moveaxis(ys, 0, 1), cells.SLSTMState(*final)
+
+
+def _slstm_loss(ys, final, weights):
+    """A loss that reaches every output and every leaf of the final state, the state through what the
+    choice of stabiliser leaves unchanged: h, the conv window, c·e^m and n·e^m."""
+    scale = jnp.exp(final.m)
+    return (
+        jnp.sum(jnp.sin(ys) * weights)
+        + jnp.sum(jnp.cos(final.h))
+        + jnp.sum(jnp.sin(final.conv))
+        + jnp.sum(jnp.sin(final.c * scale))
+        + jnp.sum(jnp.cos(final.n * scale))
+    )
+
+
+def _slstm_random_params(seed: int, cell: cells.SLSTM, width: int) -> dict[str, np.ndarray]:
+    """Random parameters in the cell's layouts, none trivial (R, the biases and the norm weight are 0 at
+    init): input gates spread over about ±10, so that each side of the stabiliser's max wins somewhere,
+    and forget gates mostly remembering."""
+    nh, d = cell.num_heads, cell.head_dim
+    shapes = {f"w_{g}": ((width, nh, d), 0.6) for g in "ifzo"}
+    shapes.update(r=((nh, d, 4, d), 0.5), b=((4, nh, d), 1.0), norm_w=((nh, d), 0.3))
+    if cell.conv_size > 0:
+        shapes.update(conv_w=((cell.conv_size, width), 0.5), conv_b=((width,), 0.5))
+    p = {name: _normal(seed + i, shape, s) for i, (name, (shape, s)) in enumerate(shapes.items())}
+    p["w_i"] *= 3.0
+    p["b"][0] *= 2.0
+    p["b"][1] += 1.0
+    return p
+
+
+SLSTM_PAPER_CASES = [
+    # (id, cell, input width)
+    ("conv4-2heads", cells.SLSTM(hidden_size=6, num_heads=2, conv_size=4), 6),
+    ("noconv-3heads", cells.SLSTM(hidden_size=6, num_heads=3, conv_size=0), 5),
+]
+
+
+@pytest.mark.parametrize(
+    ("cell", "width"), [c[1:] for c in SLSTM_PAPER_CASES], ids=[c[0] for c in SLSTM_PAPER_CASES]
+)
+def test_slstm_matches_the_papers_equations_values_and_gradients(cell, width):
+    """`SLSTM.apply` against `paper_slstm` in float64, from a given state (conv window, h, c, n > 0, m)
+    with resets and padding: outputs, the final h and conv window, and c·e^m, n·e^m (the stabiliser-free
+    state) to rounding; gradients wrt every parameter, the inputs and every leaf of the initial state to
+    1e-10 of their size. And the stabilisation itself: the paper's unstabilised recurrence (exp(ĩ), σ(f̃)
+    used directly) gives the same outputs, and its c̃, ñ are the cell's c·e^m, n·e^m."""
+    bsz = 3
+    with jax.enable_x64(True):
+        cell64 = dataclasses.replace(cell, dtype=jnp.float64, param_dtype=jnp.float64)
+        params = jax.tree.map(jnp.asarray, _slstm_random_params(150, cell, width))
+        xs = jnp.asarray(_normal(160, (bsz, T, width)))
+        hid = cell.hidden_size
+        state = cells.SLSTMState(
+            conv=jnp.asarray(_normal(161, (bsz, max(cell.conv_size - 1, 0), hid), 0.5)),
+            h=jnp.asarray(_normal(162, (bsz, hid), 0.5)),
+            c=jnp.asarray(_normal(163, (bsz, hid))),
+            n=jnp.asarray(1.0 + 2.0 * np.random.default_rng(164).random((bsz, hid))),
+            m=jnp.asarray(_normal(165, (bsz, hid))),
+        )
+        resets = random_flags(166, (bsz, T), 0.2).at[0, 0].set(True)  # row 0 starts from the zero state
+        mask = random_flags(167, (bsz, T), 0.75).at[0, 0].set(True)
+        weights = jnp.asarray(_normal(168, (bsz, T, hid)))
+
+        def grad_fn(fn):
+            def loss(params, xs, state):
+                ys, final = fn(params, xs, state)
+                return _slstm_loss(ys, final, weights), (ys, final)
+
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+        g_c, (ys_c, f_c) = grad_fn(lambda p, x, s: cell64.apply(p, x, s, resets=resets, mask=mask))(
+            params, xs, state
+        )
+        g_p, (ys_p, f_p) = grad_fn(lambda p, x, s: paper_slstm(p, x, s, resets, mask, cell.num_heads))(
+            params, xs, state
+        )
+        assert ys_c.dtype == jnp.float64 and f_c.c.dtype == jnp.float64
+        assert float(jnp.max(jnp.abs(ys_p))) > 1.0
+        invariant = lambda f: (f.h, f.conv, f.c * jnp.exp(f.m), f.n * jnp.exp(f.m))
+        assert max_abs_diff(ys_c, ys_p) < 1e-12
+        for got, want in zip(invariant(f_c), invariant(f_p), strict=True):
+            assert max_abs_diff(got, want) < 1e-12 * max(1.0, float(np.max(np.abs(want), initial=0)))
+        # after a reset where log σ(f̃) > ĩ the paper's m and the cell's differ: the comparison above is
+        # of the stabiliser-free state, not of two identical computations
+        assert max_abs_diff(f_c.m, f_p.m) > 1.0, "no reset where the two stabilisers differ"
+        for (path, got), want in zip(
+            jax.tree_util.tree_flatten_with_path(g_c)[0], jax.tree.leaves(g_p), strict=True
+        ):
+            name = jax.tree_util.keystr(path)
+            if want.size == 0:  # no conv: an empty window
+                continue
+            size = float(jnp.max(jnp.abs(want)))
+            assert size > 1e-5, name  # every gradient is exercised (the initial m: 6e-4 without conv)
+            assert float(jnp.max(jnp.abs(got - want))) < 1e-10 * size, name
+
+        ys_u, f_u = jax.jit(
+            lambda p, x, s: paper_slstm(p, x, s, resets, mask, cell.num_heads, stabilised=False)
+        )(params, xs, state)
+        assert max_abs_diff(ys_u, ys_c) < 1e-11
+        for got, want in zip((f_u.c, f_u.n), invariant(f_c)[2:], strict=True):
+            assert max_abs_diff(got, want) < 1e-12 * float(jnp.max(jnp.abs(want)))
+
+
+def _slstm_extreme_case(length: int = 2048):
+    """An `SLSTM` of 2 heads of 4 without conv whose 4 input features drive its gates directly: feature 0
+    the input gates (weights 1 ± 5%) at ±30 and ±90 (beyond float32's exp range: e^88.8 overflows), feature
+    1 the forget gates at −30 (f ≈ 1e-13), +30 (f = 1 − 1e-13) or 0, in runs of 1 to 200 tokens, features
+    2 and 3 mostly z̃ and õ. R ~ U(±0.3) and |h| < 1, so the recurrence moves a gate by less than 1.2."""
+    cell = cells.SLSTM(hidden_size=8, num_heads=2, conv_size=0)
+    rng = np.random.default_rng(170)
+    w = {g: np.zeros((4, 8)) for g in "ifzo"}
+    w["i"][0] = 1.0 + 0.05 * rng.standard_normal(8)
+    w["f"][1] = 1.0 + 0.05 * rng.standard_normal(8)
+    for g in "ifzo":
+        w[g][2:] += (0.3 if g in "if" else 1.0) * rng.standard_normal((2, 8))
+    params = {f"w_{g}": w[g].reshape(4, 2, 4) for g in "ifzo"}
+    params.update(
+        r=rng.uniform(-0.3, 0.3, (2, 4, 4, 4)),
+        b=0.5 * rng.standard_normal((4, 2, 4)),
+        norm_w=0.3 * rng.standard_normal((2, 4)),
+    )
+    shape = (2, length)
+    xs = rng.standard_normal((*shape, 4))
+    xs[..., 0] += rng.choice([-90.0, -30.0, 30.0, 90.0], size=shape)
+    runs = np.repeat(rng.choice([-30.0, 30.0, 0.0], size=2 * length), rng.integers(1, 200, size=2 * length))
+    xs[..., 1] += runs[: 2 * length].reshape(shape)
+    return cell, params, xs
+
+
+def test_slstm_extreme_gates_over_2048_tokens():
+    """Input gates ±30 and ±90, forget gates near 0 and near 1, over 2048 tokens in float32
+    (`_slstm_extreme_case`): outputs, final state and gradients (wrt every parameter and the inputs) are
+    finite; `apply` equals a loop of `step` (outputs to 1e-5, the final state to 1e-5 relative);
+    against `paper_slstm` in float64, outputs agree to 3e-4, the final state to 3e-5 relative and the
+    gradients to 1e-4 of their size. The stabiliser is what makes this work: the paper's unstabilised
+    c̃ = e^m c, ñ = e^m n leave float32's range on both sides (log ñ = m + log n above 88.8 and below
+    −87.4, read from the step loop's states), and the unstabilised recurrence run in float32 gives
+    non-finite outputs; the stabilised n stays in [1, t] and |c| ≤ n."""
+    cell, params, xs = _slstm_extreme_case()
+    length = xs.shape[1]
+    weights = _normal(171, (2, length, cell.hidden_size))
+    no_flags = np.zeros((2, length), bool), np.ones((2, length), bool)
+
+    def grads_and_outputs(fn, params, xs, weights):
+        loss = lambda p, x: (lambda out: (jnp.sum(out[0] * weights), out))(fn(p, x))
+        return jax.grad(loss, argnums=(0, 1), has_aux=True)(params, xs)
+
+    @jax.jit
+    def run32(params, xs, weights):
+        grads, (ys, final) = grads_and_outputs(cell.apply, params, xs, weights)
+        step = lambda s, x: (lambda s, y: (s, (y, s)))(*cell.step(params, s, x))
+        init = cell.initial_state((2,))
+        _, (ys_step, states) = jax.lax.scan(step, init, jnp.swapaxes(xs, 0, 1))
+        ys_unstab, _ = paper_slstm(params, xs, init, *no_flags, cell.num_heads, stabilised=False)
+        return grads, ys, final, jnp.swapaxes(ys_step, 0, 1), states, ys_unstab
+
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    grads, ys, final, ys_step, states, ys_unstab = run32(jax.tree.map(f32, params), f32(xs), f32(weights))
+    with jax.enable_x64(True):
+        init64 = cell.initial_state((2,), jnp.float64)
+        paper = lambda p, x: paper_slstm(p, x, init64, *no_flags, cell.num_heads)
+        g64, (ys64, final64) = jax.jit(functools.partial(grads_and_outputs, paper))(
+            jax.tree.map(jnp.asarray, params), jnp.asarray(xs), jnp.asarray(weights)
+        )
+        g64, ys64, final64 = jax.tree.map(np.asarray, (g64, ys64, final64))
+
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves((grads, ys, final)))
+    # apply == a loop of step (the same float32 operations, but for the projections' summation order)
+    assert max_abs_diff(ys, ys_step) < 1e-5
+    for got, want in zip(final, jax.tree.map(lambda a: a[-1], states), strict=True):
+        assert max_abs_diff(got, want) < 1e-5 * max(1.0, float(np.max(np.abs(want), initial=0)))
+    # against float64: an input gate of 90 carries float32's absolute error of ~1e-5 into i = e^{ĩ − m},
+    # and the norm over a head's 4 units amplifies it where they nearly agree (seen: 7e-5 of outputs ~2)
+    assert max_abs_diff(ys, ys64) < 3e-4
+    for got, want in zip(final, final64, strict=True):  # the same m here: ĩ = 90 resets both stabilisers
+        assert max_abs_diff(got, want) < 3e-5 * max(1.0, float(np.max(np.abs(want), initial=0)))
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(g64), strict=True):  # seen: 3e-5
+        assert np.max(np.abs(np.asarray(got) - want)) < 1e-4 * np.max(np.abs(want))
+    # the stabiliser: the unstabilised state would leave float32's range on both sides ...
+    m, n, c = (np.asarray(a, np.float64) for a in (states.m, states.n, states.c))  # [T, 2, hidden]
+    log_n_tilde = m + np.log(n)
+    assert log_n_tilde.max() > np.log(np.finfo(np.float32).max) + 10
+    assert log_n_tilde.min() < np.log(np.finfo(np.float32).tiny) - 10
+    assert np.mean(np.isfinite(np.asarray(ys_unstab))) < 0.01  # ... and does: NaN from the first ĩ ≈ 90
+    # ... while the stabilised n stays between 1 (one of i, f is 1 at every token) and the token count
+    tokens = np.arange(1, length + 1)[:, None, None]
+    assert np.all(n >= 1 - 1e-6) and np.all(n <= tokens) and np.all(np.abs(c) <= n * (1 + 1e-6))
+
+
+def test_slstm_bfloat16_inputs_float32_state():
+    """`dtype=bfloat16, param_dtype=bfloat16` on `_slstm_extreme_case` (gates ±90 over 2048 tokens):
+    `init` makes bfloat16 parameters; `apply` on bfloat16 inputs gives bfloat16 outputs and a float32
+    state. Against the float32 cell on the same bfloat16 values: the projections multiply bfloat16
+    operands exactly and sum in float32, the recurrence is float32, so the state agrees to 1e-5 relative
+    (a loop of `step` carrying a bfloat16 state is off by 0.2 relative, its outputs by 1.8) and the
+    outputs to their bfloat16 rounding, 2^-8 relative (+ 1e-4: float32 summation order, through the
+    norm)."""
+    cell, params, xs = _slstm_extreme_case()
+    cell16 = dataclasses.replace(cell, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    shapes = jax.eval_shape(lambda key: cell16.init(key, xs.shape[-1]), jax.random.PRNGKey(0))
+    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(shapes))
+    params16 = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), params)
+    xs16 = jnp.asarray(xs, jnp.bfloat16)
+
+    @jax.jit
+    def run(params16, xs16):
+        up = lambda a: a.astype(jnp.float32)
+        return cell16.apply(params16, xs16), cell.apply(jax.tree.map(up, params16), up(xs16))
+
+    (ys16, state16), (ys32, state32) = run(params16, xs16)
+    assert ys16.dtype == jnp.bfloat16 and all(a.dtype == jnp.float32 for a in state16)
+    assert bool(jnp.all(jnp.isfinite(ys16.astype(jnp.float32))))
+    for got, want in zip(state16, state32, strict=True):
+        assert max_abs_diff(got, want) < 1e-5 * max(1.0, float(np.max(np.abs(want), initial=0)))
+    err = np.abs(np.asarray(ys16, np.float32) - np.asarray(ys32))
+    assert np.all(err <= 2.0**-8 * np.abs(np.asarray(ys32)) + 1e-4)  # seen: 0.99 of 2^-8 |y| + 1e-5
 
 
 # --------------------------------------------------------------------------------------------------
