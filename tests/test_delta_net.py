@@ -1,7 +1,9 @@
 """The delta rule: the engine (chunked WY form == token scan == a plain NumPy port of fla's
 `naive_recurrent_gated_delta_rule`, values and gradients) and the DeltaNet / GatedDeltaNet cells (against
-a plain NumPy float64 port of fla's layers, state carried across calls, chunked == recurrent gradients,
-initialisation). The cell contract (tests/test_cell_contract.py) runs over both cells too.
+a plain NumPy float64 port of fla's layers, against the papers' equations in float64 with gradients,
+state carried across calls, chunked == recurrent gradients, initialisation; numerics at saturated gates
+over 2048 tokens, at zero and tiny keys, and in bfloat16). The cell contract
+(tests/test_cell_contract.py) runs over both cells too.
 
 Everything runs under `jit`: on a small CPU, op-by-op dispatch costs more than the compiles it saves.
 """
@@ -297,6 +299,267 @@ def test_cell_chunked_equals_recurrent_gradients_float64(cell):
         g_r, out_r = grads(dataclasses.replace(cell, method="recurrent"))
         assert max_abs_diff(out_c, out_r) < 1e-11
         assert max_abs_diff(g_c, g_r) < 1e-9
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells: the papers' equations
+# --------------------------------------------------------------------------------------------------
+def _perturbed(params, seed: int, scale: float = 0.3):
+    """The initialisation with every parameter moved off its structured values (norm_scale = 1 would hide
+    a missing or misplaced scale), in the parameters' own dtype."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(params))
+    return {
+        name: a + scale * jax.random.normal(kk, a.shape, a.dtype)
+        for (name, a), kk in zip(sorted(params.items()), keys, strict=True)
+    }
+
+
+def paper_cell(cell, params, xs, state, resets=None, mask=None):
+    """The whole DeltaNet / Gated DeltaNet layer from the papers' equations, one token per step of a
+    `lax.scan`, in the papers' layout S ∈ R^{d_v × d_k} (the transpose of the cell's), in jax.numpy so
+    that it differentiates (float64 under `jax.enable_x64`). Per head, with the cell's projections and
+    short convs around the recurrence (docs/cells.md):
+
+        q, k, v = SiLU(Σ_tap w_tap · (W x)_{t−K+1+tap})      depthwise causal conv over the carried window
+        q ← q / √(|q|² + 1e-6) / √d_k ;  k ← k / √(|k|² + 1e-6) ;  β_t = σ(W_β x_t)
+        α_t = 1 (DeltaNet, Yang et al. 2024a) or exp(−exp(A_log) · softplus(W_a x_t + dt_bias)) (Gated
+        DeltaNet, Yang, Kautz & Hatamizadeh 2024)
+        S_t = α_t S_{t−1} (I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ ;  o_t = S_t q_t
+        y_t = W_o [ o_t / √(mean(o_t²) + norm_eps) ⊙ norm_scale (⊙ SiLU(W_g x_t)) ]_heads
+
+    The transition I − β_t k_t k_tᵀ is formed as a matrix, not as the engine's v − Sᵀk correction. A
+    reset clears S and the conv windows before its token; padding (which wins over a reset) leaves both
+    unchanged and outputs 0. `state` is a `DeltaNetState` in the cell's layout; returns (ys, final state)
+    in the same layout.
+    """
+    sigmoid = lambda a: 1 / (1 + jnp.exp(-a))
+    silu = lambda a: a * sigmoid(a)
+    l2 = lambda a: a / jnp.sqrt(jnp.sum(a * a, -1, keepdims=True) + 1e-6)
+    dk = cell.head_dim
+    eye = jnp.eye(dk, dtype=xs.dtype)
+    bsz, length = xs.shape[:2]
+    resets = jnp.zeros((bsz, length), bool) if resets is None else resets
+    mask = jnp.ones((bsz, length), bool) if mask is None else mask
+
+    def step(carry, token):
+        windows, s = carry
+        x, reset, keep = token
+        clear = (reset & keep)[:, None, None, None]
+        windows = {name: jnp.where(clear, 0.0, w) for name, w in windows.items()}
+        s = jnp.where(clear, 0.0, s)
+        feats, new_windows = {}, {}
+        for name in ("q", "k", "v"):
+            taps = jnp.concatenate(
+                [windows[name], jnp.einsum("bi,ihd->bhd", x, params[f"w_{name}"])[:, None]], 1
+            )
+            feats[name] = silu(jnp.einsum("bkhd,khd->bhd", taps, params[f"conv_{name}"]))
+            new_windows[name] = taps[:, 1:]
+        q, k, v = l2(feats["q"]) / math.sqrt(dk), l2(feats["k"]), feats["v"]
+        beta = sigmoid(x @ params["w_beta"])[..., None, None]  # [B, H, 1, 1]
+        if cell.gated:
+            g = -jnp.exp(params["A_log"]) * jnp.logaddexp(0.0, x @ params["w_a"] + params["dt_bias"])
+            alpha = jnp.exp(g)[..., None, None]
+        else:
+            alpha = 1.0
+        transition = eye - beta * k[..., :, None] * k[..., None, :]  # [B, H, d_k, d_k]
+        s_new = alpha * s @ transition + beta * v[..., :, None] * k[..., None, :]
+        o = jnp.einsum("bhvk,bhk->bhv", s_new, q)
+        o = o / jnp.sqrt(jnp.mean(o * o, -1, keepdims=True) + cell.norm_eps) * params["norm_scale"]
+        if cell.output_gate:
+            o = o * silu(jnp.einsum("bi,ihd->bhd", x, params["w_g"]))
+        y = jnp.einsum("bhd,hdo->bo", o, params["w_o"])
+        keep4 = keep[:, None, None, None]
+        windows = {name: jnp.where(keep4, new_windows[name], windows[name]) for name in windows}
+        return (windows, jnp.where(keep4, s_new, s)), jnp.where(keep[:, None], y, 0.0)
+
+    windows = {name: getattr(state, f"conv_{name}") for name in ("q", "k", "v")}
+    tokens = tuple(jnp.moveaxis(a, 1, 0) for a in (xs, resets, mask))
+    (windows, s), ys = jax.lax.scan(step, (windows, jnp.swapaxes(state.s, -1, -2)), tokens)
+    final = type(state)(windows["q"], windows["k"], windows["v"], jnp.swapaxes(s, -1, -2))
+    return jnp.moveaxis(ys, 0, 1), final
+
+
+def _loss(ys, final):
+    return jnp.sum(jnp.sin(3 * ys)) + sum(jnp.sum(jnp.cos(f)) for f in final)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_cell_matches_the_papers_equations_values_and_gradients(cell):
+    """apply (the default chunked form, chunks of 5 so resets and padding fall inside and across chunks,
+    and method="recurrent") against `paper_cell` in float64, from a random state (conv windows and S)
+    with resets and padding: values to 1e-12, gradients (up to ~100) wrt every parameter, the inputs and
+    every state leaf to 1e-10 (measured: 3e-15 and 3e-13). The fla port above checks the layer's forward
+    pass against fla's code; this checks it against the delta rule as the papers write it, derivatives
+    included."""
+    with jax.enable_x64(True):
+        cell = dataclasses.replace(cell, chunk_size=5, dtype=jnp.float64, param_dtype=jnp.float64)
+        params = _perturbed(jax.jit(cell.init, static_argnums=1)(jax.random.PRNGKey(4), INPUT_SIZE), 5)
+        xs = jnp.asarray(_normal(90, (B, T, INPUT_SIZE)))
+        template = cell.initial_state((B,), jnp.float64)
+        state = type(template)(*(jnp.asarray(_normal(91 + i, s.shape, 0.5)) for i, s in enumerate(template)))
+        resets, mask = random_flags(95, (B, T), 0.2), random_flags(96, (B, T), 0.75)
+
+        def grads(fn):
+            def loss(p, x, s):
+                ys, final = fn(p, x, s)
+                return _loss(ys, final), (ys, final)
+
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
+
+        g_ref, out_ref = grads(lambda p, x, s: paper_cell(cell, p, x, s, resets, mask))
+        assert float(jnp.max(jnp.abs(out_ref[0]))) > 0.1
+        assert all(float(jnp.max(jnp.abs(g))) > 1e-3 for g in jax.tree.leaves(g_ref)), "a zero gradient"
+        for method in ("auto", "recurrent"):
+            c = dataclasses.replace(cell, method=method)
+            g, out = grads(lambda p, x, s, c=c: c.apply(p, x, s, resets=resets, mask=mask))
+            assert out[0].dtype == jnp.float64
+            assert max_abs_diff(out, out_ref) < 1e-12, method
+            assert max_abs_diff(g, g_ref) < 1e-10, method
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells: numerics
+# --------------------------------------------------------------------------------------------------
+def _grads_and_outputs(cell, params, xs, state=None):
+    """d/d(params, xs) of `_loss` over apply's outputs and final state, under `jit`; returns (grads, out)."""
+
+    def loss(p, x):
+        ys, final = cell.apply(p, x, state)
+        return _loss(ys, final), (ys, final)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(params, xs)
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
+
+
+def _leafwise_relative_diff(a, b) -> float:
+    """max over leaves of max|a − b| / max|b|: every gradient leaf is held to its own scale, so a small
+    leaf (the decay parameters of a saturated gate) cannot hide under a large one."""
+    leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max(
+        float(np.max(np.abs(np.subtract(x, y, dtype=np.float64))) / np.max(np.abs(y))) for x, y in leaves
+    )
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [cells.DeltaNet(num_heads=H, head_dim=DK), cells.GatedDeltaNet(num_heads=H, head_dim=DK)],
+    ids=["deltanet", "gated-deltanet"],
+)
+def test_extreme_gates_over_2048_tokens(cell):
+    """β saturated (W_β × 20: about a third of the tokens have β < 1e-4 and a third β > 1 − 1e-4) and, for
+    Gated DeltaNet, α forced per head (W_a = 0, A = 1, dt_bias = softplus⁻¹(−log α)) to 1e-6 in head 0
+    and 1 − 1e-6 in head 1, over 2048 tokens (64 chunks of the CPU default 32; a chunk's cumulative log
+    decay reaches −442, where exp underflows in float32), float32: values and gradients wrt every
+    parameter and the inputs are finite, S stays bounded (the delta rule's transition is a contraction
+    for β ∈ [0, 1]), and the chunked form equals the token scan: values to 1e-5 of their scale, each
+    gradient leaf to 1e-4 of its own scale (measured: ≤ 2e-6 and ≤ 7e-6; the decay parameters'
+    gradients of the α = 1e-6 head were 6.5e-4 off before the chunk body stopped differentiating
+    Γ_ii = exp(b_i − b_i), see `seqjax.scan.delta_rule._chunk_body`)."""
+    length = 2048
+    params = jax.jit(cell.init, static_argnums=1)(jax.random.PRNGKey(7), INPUT_SIZE)
+    params = {**params, "w_beta": 20.0 * params["w_beta"]}
+    if cell.gated:
+        log_alpha = np.array([math.log(1e-6), math.log1p(-1e-6)])
+        dt_bias = np.log(np.expm1(-log_alpha))  # softplus(dt_bias) = −log α, with A = exp(A_log) = 1
+        params = {
+            **params,
+            "w_a": jnp.zeros_like(params["w_a"]),
+            "A_log": jnp.zeros((H,)),
+            "dt_bias": jnp.asarray(dt_bias, jnp.float32),
+        }
+    xs = jnp.asarray(_normal(100, (1, length, INPUT_SIZE)), jnp.float32)
+    beta = 1 / (1 + np.exp(-np.asarray(xs, np.float64) @ np.asarray(params["w_beta"], np.float64)))
+    assert np.mean(beta < 1e-4) > 0.25 and np.mean(beta > 1 - 1e-4) > 0.25
+    if cell.gated:
+        _, got_log_alpha = jax.jit(lambda p, x: cell._gates(p, cell.project_inputs(p, x)))(params, xs)
+        np.testing.assert_allclose(np.exp(np.asarray(got_log_alpha[0, 0])), [1e-6, 1 - 1e-6], rtol=1e-6)
+
+    g_c, out_c = _grads_and_outputs(cell, params, xs)
+    g_r, out_r = _grads_and_outputs(dataclasses.replace(cell, method="recurrent"), params, xs)
+    assert _all_finite((g_c, out_c, g_r, out_r))
+    assert float(jnp.max(jnp.abs(out_c[1].s))) < 10.0
+    scale = float(jnp.max(jnp.abs(out_r[0])))
+    assert max_abs_diff(out_c, out_r) < 1e-5 * scale
+    assert _leafwise_relative_diff(g_c, g_r) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        cells.DeltaNet(num_heads=H, head_dim=DK, chunk_size=8),
+        cells.GatedDeltaNet(num_heads=H, head_dim=DK, chunk_size=8),
+    ],
+    ids=["deltanet", "gated-deltanet"],
+)
+def test_zero_and_tiny_keys(cell):
+    """Keys at and below the L2 normalisation's epsilon (x / √(|x|² + 1e-6)): head 0 has W_k = 0 (k = 0
+    exactly: nothing is written, S only decays), head 1 has W_k × 1e-6 (|k|² ~ 1e-13 ≪ 1e-6), and batch
+    row 0 is an all-zero input (q = k = v = 0 and o = 0, where RMSNorm and the L2 norm are at their
+    epsilons). From a random S, float32: the chunked values and gradients wrt the parameters and the
+    inputs are finite and equal the float64 `paper_cell` to 1e-5 of each leaf's scale (values: of the
+    outputs' scale; measured ≤ 3e-7 for values, ≤ 2e-6 for gradients); a zero key leaves DeltaNet's S
+    exactly as it was."""
+    params = _perturbed(jax.jit(cell.init, static_argnums=1)(jax.random.PRNGKey(8), INPUT_SIZE), 9)
+    params = {**params, "w_k": params["w_k"] * jnp.asarray([0.0, 1e-6])[None, :, None]}
+    xs = jnp.asarray(_normal(110, (B, T, INPUT_SIZE)), jnp.float32).at[0].set(0.0)
+    template = cell.initial_state((B,))
+    state = template._replace(s=jnp.asarray(_normal(111, template.s.shape, 0.5), jnp.float32))
+
+    g, out = _grads_and_outputs(cell, params, xs, state)
+    assert _all_finite((g, out))
+    if not cell.gated:
+        np.testing.assert_array_equal(out[1].s[:, 0], state.s[:, 0])
+    with jax.enable_x64(True):
+        c64 = dataclasses.replace(cell, dtype=jnp.float64, param_dtype=jnp.float64)
+        to64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), tree)
+
+        def loss(p, x, s):
+            ys, final = paper_cell(c64, p, x, s)
+            return _loss(ys, final), (ys, final)
+
+        g64, out64 = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(
+            to64(params), to64(xs), to64(state)
+        )
+    assert np.max(np.abs(out64[0][1])) > 0.1  # the tiny-key rows are not trivially zero
+    assert max_abs_diff(out, out64) < 1e-5 * np.max(np.abs(out64[0]))
+    assert _leafwise_relative_diff(g, g64) < 1e-5
+
+
+@pytest.mark.parametrize("cell", CELLS[:2], ids=CELL_IDS[:2])
+def test_bfloat16_inputs_float32_state(cell):
+    """dtype=bfloat16 with param_dtype float32 and bfloat16 (`init` follows it; both runs read the
+    parameters rounded to bfloat16, as float32 or bfloat16 arrays), with resets and padding: bfloat16
+    operands into the projections, float32 accumulation, and float32 conv, features, gates, recurrence
+    and state (conv windows and S). Against the float32 cell on the same rounded inputs and parameters
+    the state agrees to 1e-6 (its computation sees the same numbers; measured 1.5e-8) and the bfloat16
+    outputs to 1e-2 of their scale (the head outputs are rounded to bfloat16 for W_o, and the result
+    again; measured 4e-3). Against the float32 cell on the unrounded inputs and parameters, outputs and S
+    within 5e-2 of their scales (measured 1.8e-2 and 6e-3)."""
+    params = _perturbed(jax.jit(cell.init, static_argnums=1)(jax.random.PRNGKey(10), INPUT_SIZE), 11)
+    rounded = jax.tree.map(lambda a: a.astype(jnp.bfloat16).astype(jnp.float32), params)
+    xs = jnp.asarray(_normal(120, (B, 64, INPUT_SIZE)), jnp.float32)
+    resets, mask = random_flags(121, (B, 64), 0.1), random_flags(122, (B, 64), 0.8)
+    run = lambda c: jax.jit(lambda p, x: c.apply(p, x, resets=resets, mask=mask))
+    ys32, s32 = run(cell)(params, xs)
+    ys_rounded, s_rounded = run(cell)(rounded, xs.astype(jnp.bfloat16).astype(jnp.float32))
+    scale, s_scale = float(jnp.max(jnp.abs(ys32))), float(jnp.max(jnp.abs(s32.s)))
+    for param_dtype in (jnp.float32, jnp.bfloat16):
+        c = dataclasses.replace(cell, dtype=jnp.bfloat16, param_dtype=param_dtype)
+        made = jax.eval_shape(lambda key, c=c: c.init(key, INPUT_SIZE), jax.random.PRNGKey(0))
+        assert all(leaf.dtype == param_dtype for leaf in jax.tree.leaves(made))
+        ys16, s16 = run(c)(
+            jax.tree.map(lambda a, d=param_dtype: a.astype(d), rounded), xs.astype(jnp.bfloat16)
+        )
+        assert ys16.dtype == jnp.bfloat16
+        assert all(leaf.dtype == jnp.float32 for leaf in s16)
+        assert _all_finite((ys16, s16))
+        assert max_abs_diff(s16, s_rounded) < 1e-6
+        assert max_abs_diff(ys16, ys_rounded) < 1e-2 * scale
+        assert max_abs_diff(ys16, ys32) < 5e-2 * scale
+        assert max_abs_diff(s16.s, s32.s) < 5e-2 * s_scale
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
