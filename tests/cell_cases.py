@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -268,3 +269,52 @@ def relative_diff(a, b) -> float:
         b,
     )
     return max(jax.tree.leaves(diffs))
+
+
+# Per-token log-decays of three heads for the chunked engines' numerics tests: strong (α = 1e-6), extreme
+# (e^-30: its d/d log α is ~1e-13 of the others) and near 1 (1 − 1e-6, a long memory).
+EXTREME_LOG_DECAYS = (math.log(1e-6), -30.0, math.log1p(-1e-6))
+
+
+def float32_and_float64_gradients(fn, reference, args, seed: int = 0):
+    """The gradients of Σ_leaves Σ w ⊙ out (fixed random weights w, one per output leaf) wrt every
+    argument: of `fn` on `args` cast to float32, and of `reference` on `args` in float64. A loss linear
+    in the outputs passes no rounding of its own into the gradients. Returns two lists of float64 NumPy
+    arrays."""
+    with jax.enable_x64(True):
+        args64 = [jnp.asarray(a, jnp.float64) for a in args]
+        shapes = jax.tree.leaves(jax.eval_shape(reference, *args64))
+        rng = np.random.default_rng(seed)
+        weights = [rng.standard_normal(s.shape) for s in shapes]
+
+        def grads(f, xs):
+            def loss(*a):
+                outs = jax.tree.leaves(f(*a))
+                return sum(jnp.sum(o * jnp.asarray(w, o.dtype)) for o, w in zip(outs, weights, strict=True))
+
+            return [np.asarray(g, np.float64) for g in jax.jit(jax.grad(loss, argnums=range(len(xs))))(*xs)]
+
+        g32 = grads(fn, [a.astype(jnp.float32) for a in args64])
+        g64 = grads(reference, args64)
+    return g32, g64
+
+
+def leafwise_relative_diffs(got, want) -> list[float]:
+    """max |got − want| / max |want|, leaf by leaf: each gradient leaf is held to its own scale."""
+    return [
+        float(np.max(np.abs(np.subtract(g, w, dtype=np.float64))) / np.max(np.abs(w)))
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
+    ]
+
+
+def headwise_relative_diffs(got, want, axis: int) -> list[float]:
+    """`leafwise_relative_diffs` of one array head by head (the slices along `axis`): a head whose
+    gradients are 1e-13 of another's (a decay of e^-30 per token) is held to its own scale."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return [
+        float(
+            np.max(np.abs(np.take(got, h, axis) - np.take(want, h, axis)))
+            / np.max(np.abs(np.take(want, h, axis)))
+        )
+        for h in range(want.shape[axis])
+    ]

@@ -20,7 +20,14 @@ import pytest
 
 from seqjax import cells
 from seqjax.scan.delta_rule import delta_rule, delta_rule_chunked, delta_rule_recurrent, unit_lower_inverse
-from tests.cell_cases import max_abs_diff, random_flags
+from tests.cell_cases import (
+    EXTREME_LOG_DECAYS,
+    float32_and_float64_gradients,
+    headwise_relative_diffs,
+    leafwise_relative_diffs,
+    max_abs_diff,
+    random_flags,
+)
 
 B, T, H, DK, DV = 2, 21, 2, 4, 3  # T is not a multiple of the chunk sizes below
 INPUT_SIZE = 5
@@ -196,6 +203,32 @@ def test_chunked_backward_stores_no_per_token_states():
     assert max(chunked) < per_token_states, chunked
     assert sum(chunked) < 12 * B * length * H * max(DK, DV) + 2 * (length // chunk) * B * H * DK * DV
     assert max(residual_sizes(delta_rule_recurrent)) >= per_token_states
+
+
+def test_engine_gradients_at_extreme_decays_with_trailing_padding():
+    """α = 1e-6, e^-30 and 1 − 1e-6 per token in three heads (`EXTREME_LOG_DECAYS`) over 2040 tokens,
+    float32: chunks of 64, so the last chunk ends in the engine's own padding, and the last 5 tokens
+    padded. The chunked form's gradients wrt q, k, v, β, log α and s0 equal the float64 token scan's,
+    each leaf to 1e-4 of its own largest entry and d/d log α head by head to 1e-4 of that head's largest
+    (measured ≤ 2e-5, in the 1e-6 head). Before a write's decay to the chunk's end was summed from the
+    tokens it spans (`delta_rule._chunk_body`), exp(b_C − b_j) at the last real token of a chunk that
+    ends in padding (b_C = b_j, log α = 0 after it) cancelled its O(1) gradient in float32: d/d log α was
+    4e-4 off in the 1e-6 head and 28% in the e^-30 head, which
+    `test_extreme_gates_over_2048_tokens` (2048 tokens, no padding) does not reach."""
+    length, heads = 2040, len(EXTREME_LOG_DECAYS)
+    rng = np.random.default_rng(24)
+    q, k = (rng.standard_normal((1, length, heads, DK)) for _ in range(2))
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    v = rng.standard_normal((1, length, heads, DV))
+    beta = 1 / (1 + np.exp(-rng.standard_normal((1, length, heads))))
+    log_alpha = np.broadcast_to(np.asarray(EXTREME_LOG_DECAYS), (1, length, heads))
+    s0 = rng.standard_normal((1, heads, DK, DV)) / 2
+    mask = jnp.arange(length)[None] < length - 5
+    chunked = lambda *a: delta_rule_chunked(*a, mask=mask, chunk_size=64)
+    recurrent = lambda *a: delta_rule_recurrent(*a, mask=mask)
+    g32, g64 = float32_and_float64_gradients(chunked, recurrent, (q, k, v, beta, log_alpha, s0))
+    assert max(leafwise_relative_diffs(g32, g64)) < 1e-4
+    assert max(headwise_relative_diffs(g32[4], g64[4], axis=-1)) < 1e-4
 
 
 def test_engine_empty_sequence_and_bad_inputs():

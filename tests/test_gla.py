@@ -35,7 +35,14 @@ from seqjax.scan.matrix_recurrence import (
     linear_attention_chunked,
     linear_attention_recurrent,
 )
-from tests.cell_cases import max_abs_diff, random_flags
+from tests.cell_cases import (
+    EXTREME_LOG_DECAYS,
+    float32_and_float64_gradients,
+    headwise_relative_diffs,
+    leafwise_relative_diffs,
+    max_abs_diff,
+    random_flags,
+)
 
 B, T, H, DK, DV = 2, 37, 2, 3, 4  # 37 tokens: chunks of 32 in sub-chunks of 8, the last ones padded
 INPUT_SIZE = 5
@@ -240,6 +247,37 @@ def test_engine_extreme_gates_2048_tokens(dtype):
     assert scale > 1.0  # the γ ≈ 1 channel accumulates: a real long memory
     assert float(np.max(np.abs(np.asarray(ys) - ref))) < tol * scale
     assert float(np.max(np.abs(np.asarray(final) - ref_s))) < tol * max(1.0, float(np.max(np.abs(ref_s))))
+
+
+@pytest.mark.parametrize(
+    ("chunk", "log_decays"),
+    [(64, EXTREME_LOG_DECAYS), (4, (-16.0, -14.0, EXTREME_LOG_DECAYS[2]))],
+    ids=["subchunked", "factored"],
+)
+def test_engine_gradients_at_extreme_decays(chunk, log_decays):
+    """Per-channel decays saturated per head over 2040 tokens, float32, the last 5 tokens padded: 1e-6,
+    e^-30 and 1 − 1e-6 per token in chunks of 64 (the sub-chunk path: the chunks decay far below
+    e^-66), and e^-16, e^-14 and 1 − 1e-6 in chunks of 4 (the factored path, (q ⊙ e^b)·(k ⊙ e^−b): a
+    chunk decays to e^-64). The chunked form's gradients wrt q, k, v, log γ and s0 equal the float64
+    token scan's, each leaf to 1e-4 of its own largest entry and d/d log γ head by head to 1e-4 of that
+    head's largest (measured ≤ 3e-6). Before both paths took the diagonal's decay and each key's decay
+    to the (sub-)chunk's end from the tokens they span (`matrix_recurrence._channel_chunk_factored`,
+    `_channel_chunk_subchunked`), d/d log γ of the strong heads was off by 6% and 2e4 times its scale on
+    the sub-chunk path, by 92% and 12% on the factored one."""
+    length, heads = 2040, len(log_decays)
+    rng = np.random.default_rng(15)
+    q, k = (rng.standard_normal((1, length, heads, DK)) / 2 for _ in range(2))
+    v = rng.standard_normal((1, length, heads, DV))
+    lg = np.broadcast_to(np.asarray(log_decays)[:, None], (1, length, heads, DK))
+    s0 = rng.standard_normal((1, heads, DK, DV)) / 2
+    mask = jnp.arange(length)[None] < length - 5
+    chunked = functools.partial(linear_attention_chunked, mask=mask, chunk_size=chunk)
+    recurrent = functools.partial(linear_attention_recurrent, mask=mask)
+    first_chunk = lambda a: jnp.swapaxes(jnp.asarray(a[:, :chunk], jnp.float32), 1, 2)  # as the body sees it
+    assert bool(mr._factorable(first_chunk(k), first_chunk(lg), jnp.float32)) == (chunk == 4)
+    g32, g64 = float32_and_float64_gradients(chunked, recurrent, (q, k, v, lg, s0))
+    assert max(leafwise_relative_diffs(g32, g64)) < 1e-4
+    assert max(headwise_relative_diffs(g32[3], g64[3], axis=-2)) < 1e-4
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])

@@ -57,6 +57,7 @@ from jax import lax
 
 from seqjax.common.dtypes import accumulation_dtype
 from seqjax.scan.chunk_loop import chunk_loop
+from seqjax.scan.matrix_recurrence import sum_after
 
 __all__ = [
     "METHODS",
@@ -321,16 +322,19 @@ def _chunk_body(s0, chunk, seg):
     else:
         b = jnp.cumsum(la, axis=-1)  # [B, H, C], non-increasing
         # The inner `where` keeps exp's argument ≤ 0 on pairs that are not visible too, so neither the
-        # value nor the gradient can overflow into inf · 0 = NaN. The diagonal Γ_ii = 1 and the last
-        # token's own scale exp(b_C − b_C) = 1 are constants, not exp(b_i − b_i): through b_i − b_i their
-        # O(1) gradients reach b_i twice with opposite signs and cancel only after being added to the
-        # small true gradient, which in float32 left an absolute error of ~1e-7 · |dL/dΓ| in d/d log α
-        # (at α = 1e-6 per token 6% of the largest d/d log α, at α = e^-30 more than the gradient itself;
-        # tests/test_delta_net.py::test_extreme_gates_over_2048_tokens).
+        # value nor the gradient can overflow into inf · 0 = NaN. The diagonal Γ_ii = 1 is a constant,
+        # not exp(b_i − b_i), and a write's decay to the chunk's end is exp(Σ_{m>j} log α_m), summed from
+        # its own tokens (0 for the last), not exp(b_C − b_j): through b_i − b_i (and b_C − b_j where only
+        # padding, log α = 0, follows j: the end of a sequence the chunk size does not divide) O(1)
+        # gradients reach b twice with opposite signs and cancel only after being added to the small true
+        # gradient, which in float32 left an absolute error of ~1e-7 · |dL/dΓ| in d/d log α (at α = 1e-6
+        # per token 6% of the largest d/d log α, at α = e^-30 more than the gradient itself;
+        # tests/test_delta_net.py::test_extreme_gates_over_2048_tokens and
+        # test_engine_gradients_at_extreme_decays_with_trailing_padding).
         diff = b[..., :, None] - b[..., None, :]
         decay = jnp.where(strict, jnp.exp(jnp.where(strict, diff, 0.0)), visible.astype(q.dtype))
         gamma = jnp.where(sees_prev, jnp.exp(b), 0.0)
-        k_scale = jnp.where(in_last, jnp.exp((b[..., -1:] - b).at[..., -1].set(0.0)), 0.0)
+        k_scale = jnp.where(in_last, jnp.exp(sum_after(la)), 0.0)
         carry_scale = jnp.where(carries, jnp.exp(b[..., -1]), 0.0)
     kk = jnp.einsum("bhik,bhjk->bhij", k, k)
     a = jnp.where(strict, beta[..., :, None] * decay * kk, 0.0)

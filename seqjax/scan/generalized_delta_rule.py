@@ -77,7 +77,7 @@ from jax import lax
 from seqjax.common.dtypes import accumulation_dtype
 from seqjax.scan.chunk_loop import chunk_loop
 from seqjax.scan.delta_rule import unit_lower_inverse
-from seqjax.scan.matrix_recurrence import decay_factorable
+from seqjax.scan.matrix_recurrence import decay_factorable, sum_after
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -272,8 +272,7 @@ def _chunk_pairwise(s0, chunk):
     e_strict = _exp_where(strict, d_strict)  # exp(G_{i−1} − G_j), j < i
     g = jnp.cumsum(lw, axis=-2)  # G_i [B, H, C, d_k], non-increasing along the chunk
     g_prev = jnp.concatenate([jnp.zeros_like(g[..., :1, :]), g[..., :-1, :]], axis=-2)  # G_{i-1}, exactly
-    suffix = jnp.cumsum(lw[..., ::-1, :], axis=-2)[..., ::-1, :]  # Σ_{m≥j} log w_m
-    tail_log = jnp.concatenate([suffix[..., 1:, :], jnp.zeros_like(suffix[..., :1, :])], axis=-2)  # G_C − G_j
+    tail_log = sum_after(lw, axis=-2)  # G_C − G_j = Σ_{m>j} log w_m
     pair = lambda x, y, e: jnp.einsum("bhijc,bhjc->bhij", x[..., :, None, :] * e, y)
     a_ab, a_ak = pair(a, b, e_strict), pair(a, k, e_strict)
     a_rb, a_rk = pair(r, b, e_incl), pair(r, k, e_incl)
@@ -325,6 +324,26 @@ def _chunk_factored(s0, r, k, v, a, b, lw, seg):
     right = jnp.concatenate([b * e_inv, k * e_inv], axis=-2)  # [B, H, 2C, d_k]
     visible = jnp.concatenate([strict, incl], axis=-2)  # [B, 1, 2C, C]: rows a (j < i), rows r (j ≤ i)
     pairs = jnp.einsum("bhic,bhjc->bhij", left, right)  # [[A_ab, A_ak], [A'_rb, A'_rk]]
+    # Where the decay is exp(G_i − G_i) = 1 (A_ab and A_ak at j = i − 1, A'_rb and A'_rk at j = i), the
+    # factored product sends an O(1) gradient into G_i twice with opposite signs, which cancel only
+    # after being added to the small true gradient: in float32 an absolute error of ~1e-7 · |dL/dA| in
+    # d/d log w (140% of a head's largest d/d log w at log w = −16 per token in chunks of 4;
+    # tests/test_rwkv7.py::test_engine_gradients_at_extreme_decays, and
+    # `seqjax.scan.delta_rule._chunk_body`). Those entries keep their value and take their gradient from
+    # the undecayed products (x_i·y_j plus an exact zero), so none of it reaches log w.
+    prev = lambda x: jnp.concatenate([jnp.zeros_like(x[..., :1, :]), x[..., :-1, :]], axis=-2)  # x_{i-1}
+    dot = lambda x, y: jnp.broadcast_to(jnp.sum(x * y, axis=-1)[..., None], (*x.shape[:-1], c))
+    own = jnp.concatenate(
+        [
+            jnp.concatenate([dot(a, prev(b)), dot(a, prev(k))], axis=-1),
+            jnp.concatenate([dot(r, b), dot(r, k)], axis=-1),
+        ],
+        axis=-2,
+    )
+    own = own - lax.stop_gradient(own)  # 0, with the undecayed products' gradients wrt a, b, r, k
+    sub, eye = jnp.eye(c, k=-1, dtype=bool), jnp.eye(c, dtype=bool)
+    unit = jnp.block([[sub, sub], [eye, eye]])  # [2C, 2C]: the entries whose decay is exactly 1
+    pairs = jnp.where(unit, lax.stop_gradient(pairs) + own, pairs)
     pairs = jnp.where(jnp.concatenate([visible, visible], axis=-1), pairs, 0.0)
     from_s0 = jnp.einsum(
         "bhik,bhkv->bhiv", jnp.where(jnp.concatenate([sees_prev, sees_prev], axis=-2), left, 0.0), s0
@@ -334,7 +353,7 @@ def _chunk_factored(s0, r, k, v, a, b, lw, seg):
     u = mm(unit_lower_inverse(-pairs[..., :c, :c]), rhs)
     uv = jnp.concatenate([u, v], axis=-2)  # [B, H, 2C, d_v]
     y = from_s0[..., c:, :] + mm(pairs[..., c:, :], uv)  # r_0 H_0 + A'_rb U + A'_rk V
-    tail = _exp_where(in_last, g[..., -1:, :] - g)  # exp(G_C − G_j)
+    tail = _exp_where(in_last, sum_after(lw, axis=-2))  # exp(G_C − G_j), summed as in `_chunk_pairwise`
     written = jnp.concatenate([b * tail, k * tail], axis=-2)  # [B, H, 2C, d_k]
     s_next = _exp_where(carries, g[..., -1, :])[..., None] * s0 + jnp.einsum("bhjk,bhjv->bhkv", written, uv)
     return s_next, y

@@ -88,6 +88,7 @@ __all__ = [
     "matrix_step",
     "normalized_linear_attention",
     "split_normalized",
+    "sum_after",
 ]
 
 Method = Literal["auto", "chunked", "recurrent"]
@@ -304,13 +305,22 @@ def _chunk_body(s_prev, chunk):
         k_scale = in_last.astype(acc)
         carry_scale = sees_prev[:, :, -1].astype(acc)
     else:
-        b = jnp.cumsum(lg.astype(acc), axis=-1)  # [B, H, C], non-increasing
+        lg = lg.astype(acc)
+        b = jnp.cumsum(lg, axis=-1)  # [B, H, C], non-increasing
         # The inner `where` keeps exp's argument ≤ 0 where the pair is not visible too, so neither the
-        # value nor the gradient can overflow into inf · 0 = NaN.
+        # value nor the gradient can overflow into inf · 0 = NaN. The diagonal D_ii = 1 is a constant,
+        # not exp(b_i − b_i), and a key's decay to the chunk's end is exp(Σ_{m>j} log γ_m), summed from
+        # its own tokens (0 for the last), not exp(b_C − b_j): through b_i − b_i (and b_C − b_j where
+        # only padding follows j, log γ = 0) O(1) gradients reach b twice with opposite signs and cancel
+        # only after being added to the small true gradient, which in float32 left an absolute error of
+        # ~1e-7 · |dL/dD| in d/d log γ (at γ = 1e-6 per token 3–8% of that head's largest d/d log γ, at
+        # γ = e^-30 as much as the gradient itself; tests/test_linear_attention.py::
+        # test_chunked_gradients_at_extreme_decays, and `seqjax.scan.delta_rule._chunk_body`).
+        strict = visible & ~jnp.eye(c, dtype=bool)
         diff = b[..., :, None] - b[..., None, :]
-        decay = jnp.where(visible, jnp.exp(jnp.where(visible, diff, 0.0)), 0.0)
+        decay = jnp.where(strict, jnp.exp(jnp.where(strict, diff, 0.0)), visible.astype(acc))
         q_scale = jnp.where(sees_prev, jnp.exp(b), 0.0)
-        k_scale = jnp.where(in_last, jnp.exp(b[..., -1:] - b), 0.0)
+        k_scale = jnp.where(in_last, jnp.exp(sum_after(lg)), 0.0)
         carry_scale = jnp.where(sees_prev[:, :, -1], jnp.exp(b[..., -1]), 0.0)
     if groups == heads:  # one q, k per head (linear attention)
         scores = jnp.einsum("bhik,bhjk->bhij", q, k, preferred_element_type=acc) * decay
@@ -336,6 +346,26 @@ def _chunk_body(s_prev, chunk):
         "bgjk,bgrjv->bgrkv", k, v_dec, preferred_element_type=acc
     )
     return s_next.reshape(s_prev.shape), y.reshape(bsz, heads, c, v.shape[-1])
+
+
+def sum_after(x: jax.Array, axis: int = -1) -> jax.Array:
+    """Σ_{m>j} x_m along `axis`, 0 at the last position: a token's log-decay to the end of its chunk (or
+    shard), summed from the tokens it covers.
+
+    The chunked engines take it instead of the difference b_C − b_j of two cumulative sums. That
+    difference loses the small terms to rounding once |b| is large, and where it is exactly zero (the
+    last token, and tokens followed only by padding, log γ = 0) its exp still sends an O(1) gradient
+    into b twice with opposite signs, which cancel only after being added to the small true gradient:
+    in float32 an error of ~1e-7 of that O(1) in d/d log γ, more than the whole d/d log γ of a decay of
+    e^-30 per token (see `_chunk_body`).
+
+    >>> sum_after(jnp.array([-1.0, -2.0, -3.0]))
+    Array([-5., -3.,  0.], dtype=float32)
+    """
+    axis = axis % x.ndim
+    rev = jnp.flip(jnp.cumsum(jnp.flip(x, axis), axis=axis), axis)  # Σ_{m≥j}
+    zero = jnp.zeros_like(lax.slice_in_dim(rev, 0, 1, axis=axis))
+    return jnp.concatenate([lax.slice_in_dim(rev, 1, None, axis=axis), zero], axis=axis)
 
 
 def _channel_chunk_body(s_prev: jax.Array, chunk: tuple[Any, ...]) -> tuple[jax.Array, jax.Array]:
@@ -385,16 +415,23 @@ def _channel_chunk_factored(s_prev, q, k, v, lg, seg):
     visible = (causal & (seg[:, :, None] == seg[:, None, :]))[:, None]  # [B, 1, C, C]
     sees_prev = (seg == 0)[:, None, :, None]  # [B, 1, C, 1]: no reset yet in this chunk
     in_last = (seg == seg[:, -1:])[:, None, :, None]  # keys that reach the chunk's end state
-    b_last = b[:, :, -1:]
     q_dec = (q.astype(acc) * jnp.exp(b)).astype(cd)
     k_inv = (k.astype(acc) * jnp.exp(-b)).astype(cd)
     scores = jnp.einsum("bhik,bhjk->bhij", q_dec, k_inv, preferred_element_type=acc)
+    # The diagonal's decay is exp(b_i − b_i) = 1, but as (q_i ⊙ e^{b_i})·(k_i ⊙ e^{−b_i}) its O(1)
+    # gradient reaches b_i twice with opposite signs (see `_chunk_body`): keep its value, take its
+    # gradient from Σ_c q_ic k_ic (plus an exact zero), so that none of it reaches b.
+    own = jnp.einsum("bhik,bhik->bhi", q, k, preferred_element_type=acc)
+    own = own - lax.stop_gradient(own)  # 0, with the undecayed diagonal's gradient wrt q and k
+    eye = jnp.eye(c, dtype=bool)
+    scores = jnp.where(eye, lax.stop_gradient(scores) + own[..., None], scores)
     scores = jnp.where(visible, scores, jnp.zeros((), acc))
     y = jnp.einsum("bhij,bhjv->bhiv", scores.astype(cd), v, preferred_element_type=acc)
     q_prev = jnp.where(sees_prev, q_dec, jnp.zeros((), cd))
     y = y + jnp.einsum("bhik,bhkv->bhiv", q_prev, s_prev.astype(cd), preferred_element_type=acc)
-    k_end = jnp.where(in_last, k.astype(acc) * jnp.exp(b_last - b), jnp.zeros((), acc)).astype(cd)
-    carry = jnp.where((seg[:, -1] == 0)[:, None, None], jnp.exp(b_last[:, :, 0]), jnp.zeros((), acc))
+    k_end = jnp.where(in_last, k.astype(acc) * jnp.exp(sum_after(lg.astype(acc), 2)), jnp.zeros((), acc))
+    k_end = k_end.astype(cd)
+    carry = jnp.where((seg[:, -1] == 0)[:, None, None], jnp.exp(b[:, :, -1]), jnp.zeros((), acc))
     s_next = carry[..., None] * s_prev + jnp.einsum("bhjk,bhjv->bhkv", k_end, v, preferred_element_type=acc)
     return s_next, y
 
@@ -456,8 +493,8 @@ def _channel_chunk_subchunked(s_prev, q, k, v, lg, seg):
       y_i = Σ_{j ≤ i in i's sub-chunk} (Σ_c q_ic k_jc exp(lb_ic − lb_jc)) v_j    a [sub, sub, d_k] tensor
             + (q_i ⊙ exp(lb_i))ᵀ H_s                                  H_s: S at the start of i's sub-chunk
       H_0 = S_prev ;  H_{u+1} = diag(exp(g_u)) H_u + Σ_{j in u} (k_j ⊙ exp(g_u − lb_j)) v_jᵀ ;  S_next = H_ns
-    with visibility (segments) as in `_chunk_body`: a reset inside sub-chunk u drops H_u, and only the
-    keys of u's last segment reach H_{u+1}.
+    (g_u − lb_j taken as Σ_{m>j in u} log γ_m) with visibility (segments) as in `_chunk_body`: a reset
+    inside sub-chunk u drops H_u, and only the keys of u's last segment reach H_{u+1}.
     """
     acc = s_prev.dtype
     cd = q.dtype
@@ -473,8 +510,9 @@ def _channel_chunk_subchunked(s_prev, q, k, v, lg, seg):
     split = lambda a: a.reshape(bsz, heads, ns, sub, a.shape[-1])
     q32, k32, v_s = split(q.astype(acc)), split(k.astype(acc)), split(v)
     # Partial sums of non-positive terms are non-increasing in floating point too: lb_i − lb_j ≤ 0 for
-    # j ≤ i and g_u − lb_j ≤ 0 exactly, and each is a sum of at most `sub` log-decays.
-    lb = jnp.cumsum(split(lg.astype(acc)), axis=3)  # [B, H, ns, sub, d_k]
+    # j ≤ i and Σ_{m>j} log γ_m ≤ 0 exactly, and each is a sum of at most `sub` log-decays.
+    lg_s = split(lg.astype(acc))
+    lb = jnp.cumsum(lg_s, axis=3)  # [B, H, ns, sub, d_k]
     g = lb[:, :, :, -1]  # [B, H, ns, d_k]: the log-decay over each sub-chunk
 
     seg_s = seg.reshape(bsz, ns, sub)
@@ -484,15 +522,19 @@ def _channel_chunk_subchunked(s_prev, q, k, v, lg, seg):
     def exp_where(m, x):  # exp(x) where m, else 0; the inner where keeps exp's argument finite and ≤ 0
         return jnp.where(m, jnp.exp(jnp.where(m, x, 0.0)), 0.0)
 
-    # Within a sub-chunk: channel by channel.
+    # Within a sub-chunk: channel by channel, the diagonal's decay the constant 1 and each key's decay to
+    # the sub-chunk's end summed from its own tokens: not exp(lb_i − lb_i) nor exp(g_u − lb_j), whose
+    # O(1) gradients would reach lb twice with opposite signs (see `_chunk_body`).
     vis = jnp.tril(jnp.ones((sub, sub), bool)) & (seg_s[..., :, None] == seg_s[..., None, :])
-    decay = exp_where(vis[:, None, :, :, :, None], lb[..., :, None, :] - lb[..., None, :, :])
+    vis = vis[:, None, :, :, :, None]  # [B, 1, ns, sub, sub, 1]
+    strict = vis & ~jnp.eye(sub, dtype=bool)[:, :, None]
+    decay = jnp.where(strict, exp_where(strict, lb[..., :, None, :] - lb[..., None, :, :]), vis.astype(acc))
     a = jnp.einsum("bhsik,bhsjk,bhsijk->bhsij", q32, k32, decay)  # [B, H, ns, sub, sub]
     y = jnp.einsum("bhsij,bhsjv->bhsiv", a.astype(cd), v_s, preferred_element_type=acc)
     # Each sub-chunk's keys decayed to its end (its last segment only), then the states at the sub-chunk
     # starts, one sub-chunk after the other.
     in_last = (seg_s == seg_end[..., None])[:, None, :, :, None]
-    k_end = (k32 * exp_where(in_last, g[:, :, :, None] - lb)).astype(cd)
+    k_end = (k32 * exp_where(in_last, sum_after(lg_s, 3))).astype(cd)  # exp(g_u − lb_j)
     writes = jnp.einsum("bhsjk,bhsjv->bhskv", k_end, v_s, preferred_element_type=acc)  # [B, H, ns, d_k, d_v]
     no_reset = (seg_end == seg_start)[:, None, :, None]  # [B, 1, ns, 1]
     carry = jnp.where(no_reset, jnp.exp(g), 0.0)  # [B, H, ns, d_k]

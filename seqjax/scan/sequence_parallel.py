@@ -68,7 +68,7 @@ from seqjax.scan import delta_rule as delta_rule_lib
 from seqjax.scan import diagonal
 from seqjax.scan import generalized_delta_rule as generalized_delta_rule_lib
 from seqjax.scan import mlstm as mlstm_lib
-from seqjax.scan.matrix_recurrence import linear_attention
+from seqjax.scan.matrix_recurrence import linear_attention, sum_after
 from seqjax.scan.selective import selective_scan
 
 __all__ = [
@@ -486,11 +486,15 @@ def _matrix_summary(k, v, log_gamma, resets, mask, time_axis, acc):
     else:
         lg = log_gamma.astype(acc)
         flags = lambda f: f.reshape(f.shape + (1,) * (lg.ndim - f.ndim))
-        cum = jnp.cumsum(jnp.where(flags(keep), lg, jnp.zeros((), acc)), axis=t)
-        end = lax.index_in_dim(cum, -1, axis=t)
-        # end - cum <= 0 everywhere (log γ <= 0), so exp cannot overflow where w is masked out.
-        w = jnp.where(flags(valid), jnp.exp(end - cum), jnp.zeros((), acc))
-        total = jnp.exp(lax.squeeze(end, (t,)))
+        kept = jnp.where(flags(keep), lg, jnp.zeros((), acc))
+        # Σ_{s>j} log γ_s ≤ 0 everywhere (log γ ≤ 0), so exp cannot overflow where w is masked out. It is
+        # summed from its own tokens, not taken as end − cum_j: that difference loses the small decays
+        # to rounding once |end| is large, and at the last token (and before trailing padding) it sends
+        # exp(0)'s O(1) gradient into log γ twice with opposite signs, which float32 resolves to ~1e-7 of
+        # it, more than the true d/d log γ of a strong decay (`matrix_recurrence.sum_after`;
+        # tests/test_sequence_parallel.py::test_summaries_gradients_at_extreme_decays).
+        w = jnp.where(flags(valid), jnp.exp(sum_after(kept, axis=t)), jnp.zeros((), acc))
+        total = jnp.exp(jnp.sum(kept, axis=t))
     total = jnp.where(any_reset.reshape(any_reset.shape + (1,) * (total.ndim - any_reset.ndim)), 0.0, total)
     cd = k.dtype
     if w.ndim == k.ndim:  # a decay per key channel
@@ -776,19 +780,22 @@ def _mlstm_summary(k, v, igate, log_f, resets, mask, time_axis):
     """A shard's summary for the stabilised fold, from the neutral memory (nothing written, m = −∞),
     by one contraction (no engine pass): (F, M, C, any_reset).
 
-    With S_j = Σ_{l>j} log f_l (compensated sums, as the engine's) and the tokens written since the
-    shard's last reset (not padding): M = max_j (s_j + S_j), the stabiliser the recurrence reaches from
-    m = −∞, where s_j = ĩ_j, and on the reset token max(ĩ_r, log f_r) (the recurrence restarts from m = 0
-    there, so m_r = max(log f_r + 0, ĩ_r)); −∞ if no token is written. C [*batch, H, d_k, d_v + 1] is
-    Σ_j exp(ĩ_j + S_j − M) k̂_j [v_j; 1]ᵀ: the memory with n as its last column, stabilised by M (every
-    weight ≤ 1). F [*batch, H] is Σ log f over the shard (0 at padding), which only matters without a
-    reset: a reset cuts the carry (`any_reset` [*batch]).
+    With S_j = Σ_{l>j} log f_l (summed from its own tokens, `matrix_recurrence.sum_after`) and the
+    tokens written since the shard's last reset (not padding): M = max_j (s_j + S_j), the stabiliser the
+    recurrence reaches from m = −∞, where s_j = ĩ_j, and on the reset token max(ĩ_r, log f_r) (the
+    recurrence restarts from m = 0 there, so m_r = max(log f_r + 0, ĩ_r)); −∞ if no token is written.
+    C [*batch, H, d_k, d_v + 1] is Σ_j exp(ĩ_j + S_j − M) k̂_j [v_j; 1]ᵀ: the memory with n as its last
+    column, stabilised by M (every weight ≤ 1). F [*batch, H] is Σ log f over the shard (0 at padding),
+    which only matters without a reset: a reset cuts the carry (`any_reset` [*batch]).
     """
     t = time_axis
     _, valid, any_reset = _shard_segments(resets, mask, k.shape[: t + 1], t)
     ig, lf = jnp.moveaxis(igate, t, -1), jnp.moveaxis(log_f, t, -1)  # [*batch, H, T]
     b, comp = mlstm_lib.compensated_cumsum(lf)
-    after = (b[..., -1:] - b) + (comp[..., -1:] - comp)  # S_j
+    # S_j summed from its own tokens, not (b_L − b_j) + (comp_L − comp_j): at the last token (and before
+    # trailing padding) that difference sends an O(1) gradient into log f twice with opposite signs
+    # (`matrix_recurrence.sum_after`).
+    after = sum_after(lf)  # S_j
     flags = lambda f: jnp.expand_dims(f, -2)  # [*batch, T] -> [*batch, 1, T]
     source = ig
     if resets is not None:
