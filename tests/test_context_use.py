@@ -294,3 +294,14 @@ def test_plots_are_redrawn_from_a_results_json(tmp_path):
     driver.draw_plots(tmp_path / "out", results)
     for suffix in ("_bpb.png", "_perplexity.png"):
         assert (tmp_path / f"out{suffix}").stat().st_size > 1000
+
+
+def test_replot_without_a_results_json_names_the_file(tmp_path):
+    """`--replot` of an --out that holds no results: a usage error naming the JSON it looked for, and
+    nothing drawn."""
+    command = [sys.executable, str(ROOT / "experiments" / "context_use.py"), "--replot"]
+    command += [f"--out={tmp_path / 'nothing'}"]
+    done = subprocess.run(command, env=driver_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert f"--replot: no {tmp_path / 'nothing.json'}" in done.stderr
+    assert list(tmp_path.iterdir()) == []
