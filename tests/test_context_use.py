@@ -23,6 +23,7 @@ from seqjax.experiment.bpe_perplexity import (
     save_byte_losses,
     token_boundaries,
 )
+from seqjax.experiment.outputs import code_version
 from tests.driver_helpers import ROOT, driver_env, run_driver
 
 
@@ -265,6 +266,9 @@ def test_reused_crossover_runs_without_checkpoints_are_trained_again_and_checked
     original = json.loads((seed1 / "run.json").read_text())
     again = json.loads((retrained / "run.json").read_text())
     assert again["validation"] == original["validation"]  # the same run, bit for bit on one machine
+    # each record says which code trained it, with which JAX, and when
+    assert again["code_version"] == code_version() and again["jax_version"] == original["jax_version"]
+    assert again["finished_utc"].endswith(" UTC") and again["finished_utc"] >= original["finished_utc"]
     assert list(retrained.glob("positions_reset.npz"))  # scored from the retrained parameters
     assert not list(seed1.glob("positions_*.npz"))  # seed 0 kept its checkpoint: scored in place
     assert list(seed1.parent.parent.glob("lr*/seed0/positions_reset.npz"))

@@ -1,5 +1,5 @@
 """What every experiment driver writes beside its results: when, where and by which command it ran,
-and the `.json` + `.md` pair (`experiments/*.py`).
+with which code (`code_version`), and the `.json` + `.md` pair (`experiments/*.py`).
 
     >>> header = run_header(["experiments/lookback.py", "--size=smoke"], "cpu")
     >>> header["command"], header["platform"]
@@ -9,13 +9,15 @@ and the `.json` + `.md` pair (`experiments/*.py`).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import shlex
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_header", "write_results"]
+__all__ = ["code_version", "run_header", "write_results"]
 
 
 def run_header(argv: Sequence[str], platform: str) -> dict[str, str]:
@@ -25,6 +27,33 @@ def run_header(argv: Sequence[str], platform: str) -> dict[str, str]:
         "platform": platform,
         "command": " ".join(["python", *map(shlex.quote, argv)]),
     }
+
+
+@functools.cache
+def code_version(package_dir: str | Path | None = None) -> str | None:
+    """The git commit of the checkout holding `package_dir` (default: this `seqjax` package), with
+    "+dirty" when a tracked file under that folder differs from it; None outside a git checkout or without
+    git. Only the package's own folder counts as dirty: the experiments rewrite tracked files of their
+    own (carried runs) while they run, and those do not change what a run computes.
+
+        >>> version = code_version()
+        >>> version is None or len(version.removesuffix("+dirty")) == 40
+        True
+    """
+    folder = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=folder, capture_output=True, text=True, timeout=30, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (an installed wheel)
+        return None
+    return commit + ("+dirty" if changed else "")
 
 
 def write_results(out: str | Path, results: Mapping[str, Any], text: str, *, echo: bool = True) -> Path:

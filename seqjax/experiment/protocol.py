@@ -26,7 +26,8 @@ For one task at one sequence length, `run_comparison` does, for every model conf
    `predictions/<model>/seed<k>.npz` (`seqjax.experiment.predictions`), with the examples' cluster ids
    (`seqjax.experiment.clusters`), so every statistic can be recomputed without retraining.
 
-Every finished run writes `run.json` in its folder (with a digest of its config); a rerun over the same
+Every finished run writes `run.json` in its folder (with a digest of its config, and the git commit, JAX
+version and time that produced it: `RunRecord.code_version`); a rerun over the same
 `workdir` reads it instead of training again, after checking the digest, and a run stopped by
 SIGTERM/SIGINT (`RunInterrupted`) resumes from its checkpoint, so an interrupted experiment continues
 where it stopped. A record trained with another config under the same folder name is an error.
@@ -39,6 +40,7 @@ where it stopped. A record trained with another config under the same folder nam
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
@@ -55,6 +57,7 @@ import numpy as np
 from seqjax.common.checks import check_positive_int
 from seqjax.experiment.clusters import example_bytes, example_clusters
 from seqjax.experiment.matching import match_parameters
+from seqjax.experiment.outputs import code_version
 from seqjax.experiment.predictions import RunPredictions, write_predictions
 
 __all__ = [
@@ -214,6 +217,13 @@ class RunRecord:
     # trainer's `final_eval_seconds` plus a test evaluation from the checkpoint), which no training time
     # counts: on the DNA tasks it is as long as the training. None in records written before it was kept.
     final_eval_seconds: float | None = None
+    # With what and when the run finished: seqjax's git commit (`outputs.code_version`: "+dirty" when the
+    # package's tracked files differed from it; None outside a checkout), JAX's version and the UTC time
+    # its record was written, so that a table built over days of runs can say which code trained each.
+    # None in records written before they were kept (2026-12-06).
+    code_version: str | None = None
+    jax_version: str | None = None
+    finished_utc: str | None = None
 
 
 def _config_sha256(config: Any) -> str:
@@ -396,6 +406,17 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _provenance() -> dict[str, str | None]:
+    """`RunRecord`'s code_version, jax_version and finished_utc, now."""
+    import jax
+
+    return {
+        "code_version": code_version(),
+        "jax_version": jax.__version__,
+        "finished_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
+
+
 def _record(
     model: str,
     lr: float,
@@ -507,6 +528,7 @@ def _train_once(
         record = dataclasses.replace(record, test=test_metrics)
     else:
         record = dataclasses.replace(record, final_test=test_metrics)
+    record = dataclasses.replace(record, **_provenance())
     # the record last: a run stopped before it is unfinished, and resumes
     _atomic_json(done, dataclasses.asdict(record))
     _clear_kept_evaluations(workdir)
