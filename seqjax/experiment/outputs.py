@@ -20,12 +20,14 @@ from typing import Any
 __all__ = ["code_version", "run_header", "write_results"]
 
 
-def run_header(argv: Sequence[str], platform: str) -> dict[str, str]:
-    """{"date" (UTC, minutes), "platform" (JAX's backend), "command" (argv, shell-quoted)}."""
+def run_header(argv: Sequence[str], platform: str) -> dict[str, str | None]:
+    """{"date" (UTC, minutes), "platform" (JAX's backend), "command" (argv, shell-quoted), "code_version"
+    (the git commit that wrote the results, `code_version`; each run's own is in its `run.json`)}."""
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform,
         "command": " ".join(["python", *map(shlex.quote, argv)]),
+        "code_version": code_version(),
     }
 
 
