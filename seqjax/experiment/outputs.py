@@ -36,7 +36,8 @@ def code_version(package_dir: str | Path | None = None) -> str | None:
     """The git commit of the checkout holding `package_dir` (default: this `seqjax` package), with
     "+dirty" when a tracked file under that folder differs from it; None outside a git checkout or without
     git. Only the package's own folder counts as dirty: the experiments rewrite tracked files of their
-    own (carried runs) while they run, and those do not change what a run computes.
+    own (carried runs) while they run, and those do not change what a run computes. The package's own
+    is resolved when this module is imported, so a long experiment reports the code it loaded.
 
         >>> version = code_version()
         >>> version is None or len(version.removesuffix("+dirty")) == 40
@@ -76,3 +77,8 @@ def write_results(out: str | Path, results: Mapping[str, Any], text: str, *, ech
         print(text)
         print(f"wrote {out}.md and .json", flush=True)
     return out
+
+
+# Resolved once, when the drivers import this module at their start: an experiment that runs for days
+# reports the code it loaded, not a commit made in its checkout while it ran.
+code_version()
