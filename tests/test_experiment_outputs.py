@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from seqjax.experiment.outputs import code_version
@@ -33,3 +34,24 @@ def test_code_version_is_the_commit_and_dirty_only_for_the_package_folder(tmp_pa
 
 def test_code_version_outside_a_checkout_is_none(tmp_path):
     assert code_version.__wrapped__(tmp_path) is None
+
+
+def test_write_results_keeps_files_that_hold_the_same_results(tmp_path):
+    """A driver restarted over finished runs re-tabulates them: the same results with a new date leave
+    the files (and their date) as they were; a changed number, or a changed report, rewrites both."""
+    from seqjax.experiment.outputs import write_results
+
+    out = tmp_path / "r"
+    first = {"date": "2026-12-06 02:48 UTC", "code_version": "a", "mse": 0.5}
+    write_results(out, first, "# r\n- date: 2026-12-06 02:48 UTC\nmse 0.5\n", echo=False)
+    again = {"date": "2026-12-06 06:50 UTC", "code_version": "b", "mse": 0.5}
+    write_results(out, again, "# r\n- date: 2026-12-06 06:50 UTC\nmse 0.5\n", echo=False)
+    assert json.loads(out.with_suffix(".json").read_text()) == first
+    assert "02:48" in out.with_suffix(".md").read_text()
+    # the report's text changed (a new column), the numbers did not: written again
+    write_results(out, again, "# r\n- date: 2026-12-06 06:50 UTC\nmse 0.5 (n=3)\n", echo=False)
+    assert "(n=3)" in out.with_suffix(".md").read_text()
+    assert json.loads(out.with_suffix(".json").read_text()) == again
+    changed = {**again, "mse": 0.4}
+    write_results(out, changed, "# r\n- date: 2026-12-06 06:50 UTC\nmse 0.4 (n=3)\n", echo=False)
+    assert json.loads(out.with_suffix(".json").read_text())["mse"] == 0.4

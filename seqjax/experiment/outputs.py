@@ -59,8 +59,37 @@ def code_version(package_dir: str | Path | None = None) -> str | None:
     return commit + ("+dirty" if changed else "")
 
 
+#: Header keys that say when and with what the results were written, not what they are.
+_WRITING_KEYS = ("date", "code_version")
+
+
+def _same_results(out: Path, payload: str, text: str) -> bool:
+    """Whether `<out>.json` and `<out>.md` already hold these results and this report apart from
+    `_WRITING_KEYS` (a driver restarted over finished runs re-tabulates them): then they stay as they
+    are, with the date they were made. A report whose text changed otherwise is written again."""
+    try:
+        old = json.loads(out.with_suffix(".json").read_text())
+        old_text = out.with_suffix(".md").read_text()
+    except (OSError, ValueError):
+        return False
+    new = json.loads(payload)
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return False
+
+    def kept(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if k not in _WRITING_KEYS}
+
+    if kept(old) != kept(new):
+        return False
+    old_date, new_date = old.get("date"), new.get("date")
+    if isinstance(old_date, str) and isinstance(new_date, str) and old_date:
+        old_text = old_text.replace(old_date, new_date)
+    return old_text == text
+
+
 def write_results(out: str | Path, results: Mapping[str, Any], text: str, *, echo: bool = True) -> Path:
-    """Writes `<out>.json` (the results) and `<out>.md` (`text`), making the folder; returns `out`. With
+    """Writes `<out>.json` (the results) and `<out>.md` (`text`), making the folder; returns `out`. Files
+    that already hold the same results (all but their date and commit) are left as they are. With
     `echo`, prints the report and where it went (the drivers' plots follow it).
 
     >>> import tempfile
@@ -71,11 +100,14 @@ def write_results(out: str | Path, results: Mapping[str, Any], text: str, *, ech
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    out.with_suffix(".md").write_text(text)
+    payload = json.dumps(results, indent=1, default=float) + "\n"
+    unchanged = _same_results(out, payload, text)
+    if not unchanged:
+        out.with_suffix(".json").write_text(payload)
+        out.with_suffix(".md").write_text(text)
     if echo:
         print(text)
-        print(f"wrote {out}.md and .json", flush=True)
+        print(f"{'unchanged (the same results)' if unchanged else 'wrote'} {out}.md and .json", flush=True)
     return out
 
 
