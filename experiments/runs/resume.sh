@@ -40,12 +40,19 @@ nice_level[crossover_genomic]=10
 # ~12x its 4 kb run (train step 3.81 s against 0.319 s, memory_scaling_measured), 2-3 h of one core with its
 # evaluation, so 16k alone is most of what is left; it follows, in the same workdir (dna_windows_16k), and
 # rewrites the tables with 16k added
-command[dna_windows]="experiments/dna_windows.py --tasks=species,genic_vs_intergenic,promoter \
+# promoter runs in a lane of its own (dna_promoter) on the core the genomic crossover leaves free when it
+# ends (2026-12-06): each task's runs and table are its own, in the same workdir, so two lanes never
+# share a run
+command[dna_windows]="experiments/dna_windows.py --tasks=species,genic_vs_intergenic \
 --lengths=1024,4096,8192 --nested=16384"
 nice_level[dna_windows]=10
-command[dna_windows_16k]="experiments/dna_windows.py --tasks=species,genic_vs_intergenic,promoter \
+command[dna_windows_16k]="experiments/dna_windows.py --tasks=species,genic_vs_intergenic \
 --lengths=1024,4096,8192,16384"
 nice_level[dna_windows_16k]=10
+command[dna_promoter]="experiments/dna_windows.py --tasks=promoter --lengths=1024,4096,8192 --nested=16384"
+nice_level[dna_promoter]=10
+command[dna_promoter_16k]="experiments/dna_windows.py --tasks=promoter --lengths=1024,4096,8192,16384"
+nice_level[dna_promoter_16k]=10
 # issue 18 §1 on the document-LM crossover's runs: scored by position (it re-reads their parameters, so it
 # is not carried; runs whose checkpoints are gone are trained again and checked against their records)
 context_variants=""
@@ -60,8 +67,10 @@ command[context_lm]="experiments/context_use.py --options=corpus=python_docs,rou
 nice_level[context_lm]=10
 declare -A not_carried workdir_of
 not_carried[context_lm]=1
-workdir_of[dna_windows_16k]=dna_windows  # packed with dna_windows
-not_carried[dna_windows_16k]=1
+for name in dna_windows_16k dna_promoter dna_promoter_16k; do
+  workdir_of[$name]=dna_windows  # packed with dna_windows
+  not_carried[$name]=1
+done
 
 # what follows each experiment on its core once it has finished (exit status 0)
 declare -A then
@@ -71,6 +80,8 @@ then[crossover_lm]=context_lm
 then[context_lm]=dna_windows
 then[few_shot]=crossover_genomic
 then[dna_windows]=dna_windows_16k
+then[crossover_genomic]=dna_promoter
+then[dna_promoter]=dna_promoter_16k
 
 # On a 2-core machine the two experiments that close issues get a core each (taskset): two unpinned
 # processes on 2 cores trained 9-12% fewer tokens/s in all (measured 2026-12-05, AMD EPYC: two Mamba-2
@@ -80,6 +91,8 @@ declare -A cpu
 if [ "$(nproc)" -eq 2 ]; then
   cpu[few_shot]=0
   cpu[crossover_genomic]=0  # the lane that followed few_shot on its core
+  cpu[dna_promoter]=0  # the lane that follows crossover_genomic on its core
+  cpu[dna_promoter_16k]=0
   cpu[crossover_lm]=1
   cpu[dna_windows]=1  # the lane that follows crossover_lm on its core
   cpu[dna_windows_16k]=1
@@ -94,7 +107,7 @@ run_one() {
   [ -n "${2:-}" ] && pin=(taskset -c "$2")
   # shellcheck disable=SC2086
   "${pin[@]}" nice -n "${nice_level[$name]}" python ${command[$name]} --workdir="$runs/$dir" \
-    >>"$runs/$dir.log" 2>&1
+    >>"$runs/$name.log" 2>&1  # a log per lane: two lanes may share a workdir
 }
 
 if [ "${1:-}" = "--lane" ]; then  # internal: an experiment and those that follow it, one after another
