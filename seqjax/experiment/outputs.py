@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -103,8 +104,11 @@ def write_results(out: str | Path, results: Mapping[str, Any], text: str, *, ech
     payload = json.dumps(results, indent=1, default=float) + "\n"
     unchanged = _same_results(out, payload, text)
     if not unchanged:
-        out.with_suffix(".json").write_text(payload)
-        out.with_suffix(".md").write_text(text)
+        for path, content in ((out.with_suffix(".json"), payload), (out.with_suffix(".md"), text)):
+            # a stop mid-write leaves the previous file whole, never half of one
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(content)
+            os.replace(partial, path)
     if echo:
         print(text)
         print(f"{'unchanged (the same results)' if unchanged else 'wrote'} {out}.md and .json", flush=True)
