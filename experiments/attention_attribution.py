@@ -107,6 +107,7 @@ from absl import app, flags
 
 from seqjax.experiment.flags import apply_size_defaults, define_protocol_flags
 from seqjax.experiment.interval_format import interval_cell, interval_fields
+from seqjax.experiment.outputs import provenance_lines
 from seqjax.experiment.trained_runs import restore_run, score_trained_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -551,8 +552,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [
         "# Attention weights against gradient attribution (issue 19 §3)",
         "",
-        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
-        f"- command: `{results['command']}`",
+        *provenance_lines(results),
         f"- models: {len(results['runs'])} trained runs ({results['model']}), each at its last "
         f"checkpoint: {', '.join(results['runs'])}",
         f"- windows: {results['windows']} test windows of {results['length']} bp spread over the test split "

@@ -92,6 +92,7 @@ from seqjax.experiment.flags import (
     preset_configs,
     protocol_record,
 )
+from seqjax.experiment.outputs import provenance_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -659,8 +660,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# Does the model use long context? ({results['study']})",
         "",
-        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
-        f"- command: `{results['command']}`",
+        *provenance_lines(results),
         f"- {results['config']} ({results['options']}); {results['tokens_per_batch']:,} tokens per batch at "
         f"every length; {p['train_tokens']:,} training tokens per run, warmup + cosine to the budget; "
         f"learning rate from {p['learning_rates']} chosen on validation (seed 0) per variant; {p['seeds']} "

@@ -87,6 +87,7 @@ from seqjax.experiment.flags import (
     preset_configs,
     protocol_record,
 )
+from seqjax.experiment.outputs import provenance_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 GENOMIC_CONFIG = ROOT / "configs" / "genomic.py"
@@ -285,8 +286,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# DNA at growing windows: {task}, nested centre crops of the same loci",
         "",
-        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
-        f"- command: `{results['command']}`",
+        *provenance_lines(results),
         f"- data: `{task}`, route `{results['route']}`, windows chosen and labelled at the anchor "
         f"{results['nested']:,} bp; every length reads their centre, so the examples and labels are the "
         f"same at every length. Windows per split: {counts}.",

@@ -102,6 +102,7 @@ from seqjax.experiment.flags import (
     protocol_record,
     protocol_settings,
 )
+from seqjax.experiment.outputs import provenance_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "genomic.py"
@@ -303,8 +304,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [
         "# Few-shot learning curves on DNA, with and without augmentation (issue 19 §2)",
         "",
-        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
-        f"- command: `{results['command']}`",
+        *provenance_lines(results),
         f"- models: {', '.join(results['presets'])}; arms: none, and augment `{results['augment']}` "
         f"(max_shift {results['max_shift']} bp); {results['subsamples']} subsamples per size (subsample s: "
         "train_subset_seed s and seed s, the same training set for every model and arm).",

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform as pyplatform
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,7 +63,9 @@ from typing import Any
 
 from absl import app, flags
 
+from seqjax.common.machine import describe_machine
 from seqjax.experiment.flags import apply_size_defaults
+from seqjax.experiment.outputs import short_code_version
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -160,7 +161,8 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# Latency and throughput by length and batch (issue 19 §4), size {results['size']}",
         "",
-        f"Generated {results['date']} by `{results['command']}` in {results['wall_s']:.0f} s.",
+        f"Generated {results['date']} by `{results['command']}` in {results['wall_s']:.0f} s, code "
+        f"{short_code_version(results.get('code_version'))}.",
         f"Platform: {results['platform']}; machine: {results['machine']}.",
         "",
         f"Byte-level LMs, {results['num_layers']} blocks of width {results['d_model']}, vocab 256, float32, "
@@ -332,15 +334,6 @@ def plot(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------------
-def _machine(platform: str) -> str:
-    import jax
-
-    if platform != "cpu":
-        return ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    processor = pyplatform.processor() or pyplatform.machine()
-    return f"{os.cpu_count()}-core CPU ({processor})"
-
-
 def main(argv: list[str]) -> None:
     del argv
     import time
@@ -386,7 +379,7 @@ def main(argv: list[str]) -> None:
     )
     platform = jax.default_backend()
     load = f"load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-    machine = _machine(platform)
+    machine = describe_machine(platform)
     if platform == "cpu":
         machine += f", shared with other jobs ({load})"
     results = {

@@ -36,6 +36,7 @@ from typing import Any
 from absl import app, flags
 
 from seqjax.experiment.flags import define_protocol_flags, driver_settings, sweep_configs
+from seqjax.experiment.outputs import provenance_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -80,8 +81,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# {first['task']}: {metric} at equal training tokens, by sequence length",
         "",
-        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
-        f"- command: `{results['command']}`",
+        *provenance_lines(results),
         f"- {results['config']} ({results['options'] or 'defaults'}); {results['tokens_per_batch']:,} tokens "
         f"per batch at every length; {p['train_tokens']:,} training tokens per run, warmup + cosine to the "
         f"budget; learning rate from {p['learning_rates']} (extended by up to {p.get('grid_extensions', 0)} "

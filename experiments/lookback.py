@@ -98,6 +98,7 @@ from seqjax.experiment.flags import (
     preset_configs,
     protocol_record,
 )
+from seqjax.experiment.outputs import provenance_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "timeseries.py"
@@ -346,9 +347,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# {results['dataset']}: forecasting MSE and MAE by look-back (issue 18 §3)",
         "",
-        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`; "
-        f"route `{results['route']}`",
-        f"- command: `{results['command']}`",
+        *provenance_lines(results, details=f"; route `{results['route']}`"),
         f"- {budget}; warmup + cosine to the budget; learning rate from {p['learning_rates']} chosen on "
         f"validation (seed 0); {p['seeds']} seeds (look-backs >= {results['few_seeds_from']:,}: "
         f"{results['few_seeds']}; each row says); parameters matched within ±{p['param_tolerance']:.0%}; "

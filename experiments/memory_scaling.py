@@ -69,12 +69,10 @@ is `<out>_plan.png`). `--replot=<out>.json` redraws them from a result file and 
 from __future__ import annotations
 
 import ctypes
-import datetime
 import json
 import math
 import os
 import resource
-import shlex
 import signal
 import subprocess
 import sys
@@ -98,6 +96,7 @@ from seqjax.data.documents import DocumentSplit, assign_splits, read_documents
 from seqjax.data.documents.catalog import SOURCES
 from seqjax.data.documents.tokenizers import ByteTokenizer
 from seqjax.data.sources import sample_path
+from seqjax.experiment.outputs import provenance_lines, run_header, write_results
 from seqjax.experiment.scaling import (
     QUADRATIC_THRESHOLD,
     ExponentFit,
@@ -817,8 +816,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Does training memory grow linearly with the sequence length?",
         "",
-        f"- date: {results['date']}; jax {results['jax']}; platform {results['platform']}",
-        f"- command: `{results['command']}`",
+        *provenance_lines(results, details=f"; jax {results['jax']}"),
         f"- task: document LM (`configs/documents.py`, bytes), size `{results['size']}`, batch "
         f"{results['batch']}, float32, one device; " + "; ".join(what),
         "",
@@ -1101,10 +1099,8 @@ def main(argv: list[str]) -> None:
     inject = set(FLAGS.inject_failure)
     platform = jax.default_backend()
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        **run_header(sys.argv, platform),
         "jax": jax.__version__,
-        "platform": platform,
-        "command": " ".join(["python", *map(shlex.quote, sys.argv)]),
         "size": FLAGS.size,
         "batch": FLAGS.batch,
         "measure": modes,
@@ -1189,8 +1185,7 @@ def sweep(
                 row["run"] = run
             results["rows"].append(row)
             # Rewritten after every row, so an interrupted sweep keeps what it measured.
-            out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-            out.with_suffix(".md").write_text(markdown(results))
+            write_results(out, results, markdown(results), echo=False)
 
 
 if __name__ == "__main__":

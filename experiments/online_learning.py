@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import os
-import platform as platform_module
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from absl import app, flags
+
+from seqjax.common.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -196,7 +197,9 @@ def main(argv: list[str]) -> None:
     platform = jax.default_backend()
     results = {
         **run_header(sys.argv, platform),
-        "machine": f"{platform_module.machine()}, {os.cpu_count()} CPU cores, shared with other jobs",
+        # (the load says whether other jobs shared the cores, which the timings depend on)
+        "machine": describe_machine(platform)
+        + (f", load average {os.getloadavg()[0]:.1f} at the end" if platform == "cpu" else ""),
         "settings": s,
         "streams": FLAGS.streams,
         "narma_seeds": narma_seeds,

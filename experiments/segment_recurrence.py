@@ -26,11 +26,8 @@ Results: `experiments/results/segment_recurrence_{size}_{platform}.md` and `.jso
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from seqjax.experiment.flags import define_protocol_flags, driver_settings, preset_configs
+from seqjax.experiment.outputs import provenance_lines, run_header, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -154,8 +152,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Segment recurrence: bits per byte with and without the carried state",
         "",
-        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
-        f"- command: `{results['command']}`",
+        *provenance_lines(results),
         f"- {results['config']} ({results['options']}); segments of {results['length']} tokens, batch "
         f"{p['batch_size']}; every model trains with its state carried across batches (gradient stopped "
         f"at the batch boundary); {p['train_tokens']:,} training tokens per run, warmup + cosine to the "
@@ -246,9 +243,7 @@ def _main(argv: list[str]) -> None:
     intervals = {model: (r["difference"]["low"], r["difference"]["high"]) for model, r in models.items()}
     platform = jax.default_backend()
     results = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "platform": platform,
-        "command": " ".join(["python", *map(shlex.quote, sys.argv)]),
+        **run_header(sys.argv, platform),
         "config": FLAGS.config,
         "options": FLAGS.options,
         "size": FLAGS.size,
@@ -269,12 +264,7 @@ def _main(argv: list[str]) -> None:
         ),
     }
     out = ROOT / FLAGS.out.format(size=FLAGS.size, platform=platform)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    text = markdown(results)
-    out.with_suffix(".md").write_text(text)
-    print(text)
-    print(f"wrote {out}.md and .json")
+    write_results(out, results, markdown(results))
 
 
 if __name__ == "__main__":

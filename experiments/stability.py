@@ -60,6 +60,7 @@ from seqjax.experiment.flags import (
     protocol_record,
     protocol_settings,
 )
+from seqjax.experiment.outputs import provenance_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -296,8 +297,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# Training stability across seeds: {results['task']} at {results['length']:,} tokens",
         "",
-        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
-        f"- command: `{results['command']}`",
+        *provenance_lines(results),
         f"- data: `{results['config']}` with `{results['options']}`; models {', '.join(results['presets'])}"
         + (f" (causal stand-ins for the LM: {stand_ins})" if stand_ins else ""),
         f"- protocol: {results['tokens_per_batch']:,} tokens per batch; {p['train_tokens']:,} training "

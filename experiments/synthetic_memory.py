@@ -85,6 +85,7 @@ from seqjax.experiment.flags import (
     protocol_record,
     sweep_configs,
 )
+from seqjax.experiment.outputs import provenance_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -274,8 +275,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [
         "# Synthetic memory tasks: exact match at equal training tokens, by sequence length",
         "",
-        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`",
-        f"- command: `{results['command']}`",
+        *provenance_lines(results),
         f"- protocol: {results['tokens_per_batch']:,} tokens per batch at every length; "
         f"{p['train_tokens']:,} training tokens per run, warmup + cosine to the budget; learning rate from "
         f"{p['learning_rates']} (extended past an edge up to {p['grid_extensions']} time) chosen on the "

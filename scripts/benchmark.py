@@ -69,6 +69,7 @@ from absl import app, flags
 from jax import lax
 
 from seqjax import cells
+from seqjax.common.machine import cpu_model
 from seqjax.common.xla import plan_bytes
 from seqjax.scan import linear_recurrence
 from seqjax.scan.attention import attention, attention_reference
@@ -911,16 +912,6 @@ def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / MIB:.1f}"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return pyplatform.processor() or "unknown CPU"
-
-
 def _versions() -> str:
     parts = [f"jax {jax.__version__}"]
     try:
@@ -949,7 +940,7 @@ def render(
     backend = jax.default_backend()
     device_desc = f"{backend}, device kind `{device.device_kind}`"
     if backend == "cpu":
-        device_desc += f" ({_cpu_model()})"
+        device_desc += f" ({cpu_model()})"
     lines = [
         f"# seqjax: forward + backward benchmark ({backend})",
         "",

@@ -28,7 +28,6 @@ import dataclasses
 import datetime
 import gc
 import os
-import platform as pyplatform
 import shlex
 import statistics
 import sys
@@ -43,6 +42,7 @@ import optax
 from absl import app, flags
 
 from seqjax import models
+from seqjax.common.machine import describe_machine
 from seqjax.common.xla import plan_bytes
 from seqjax.experiment.equal_parameters import (
     LABELS,
@@ -226,8 +226,8 @@ def render(
         "# Whole models at equal parameter count: which cell for which length",
         "",
         f"Generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by `{command}`.",
-        f"Platform: {jax.default_backend()} ({pyplatform.processor() or pyplatform.machine()}, "
-        f"{os.cpu_count()} cores), jax {jax.__version__}, flax {flax.__version__}.",
+        f"Platform: {jax.default_backend()} ({describe_machine()}), jax {jax.__version__}, flax "
+        f"{flax.__version__}.",
         "",
         f"Byte-level LMs: {FLAGS.num_layers} blocks of width {FLAGS.d_model} (pre-norm, SwiGLU MLP), vocab "
         f"{FLAGS.vocab}, float32. Each model's MLP width is set so its parameter count matches the exact-"

@@ -55,3 +55,24 @@ def test_write_results_keeps_files_that_hold_the_same_results(tmp_path):
     changed = {**again, "mse": 0.4}
     write_results(out, changed, "# r\n- date: 2026-12-06 06:50 UTC\nmse 0.4 (n=3)\n", echo=False)
     assert json.loads(out.with_suffix(".json").read_text())["mse"] == 0.4
+
+
+def test_a_report_rewritten_by_other_code_keeps_its_commit_unless_the_results_change(tmp_path):
+    """The report prints the commit that tabulated it (`provenance_lines`): a restart under a later
+    commit over the same finished runs leaves the report, and the commit it names, as they were."""
+    from seqjax.experiment.outputs import provenance_lines, write_results
+
+    def report(results):
+        return "\n".join(["# r", *provenance_lines(results), f"mse {results['mse']}", ""])
+
+    out = tmp_path / "r"
+    header = {"platform": "cpu", "size": "cpu", "command": "python experiments/x.py"}
+    first = {**header, "date": "2026-12-06 02:48 UTC", "code_version": "a" * 40, "mse": 0.5}
+    write_results(out, first, report(first), echo=False)
+    assert "code aaaaaaaaaaaa\n" in out.with_suffix(".md").read_text()
+    later = {**first, "date": "2026-12-07 09:00 UTC", "code_version": "b" * 40 + "+dirty"}
+    write_results(out, later, report(later), echo=False)
+    assert out.with_suffix(".md").read_text() == report(first)
+    changed = {**later, "mse": 0.4}
+    write_results(out, changed, report(changed), echo=False)
+    assert "code bbbbbbbbbbbb+dirty\n" in out.with_suffix(".md").read_text()

@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from seqjax.experiment.outputs import short_code_version
+
 __all__ = [
     "CLAIMS",
     "LEARNING_RATES",
@@ -424,7 +426,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         "# Online learning: RTRL and SnAp-1 against online truncated BPTT (prequential)",
         "",
         f"- date: {results['date']}; platform {results['platform']} ({results['machine']}); size "
-        f"`{s['size']}`",
+        f"`{s['size']}`; code {short_code_version(results.get('code_version'))}",
         f"- command: `{results['command']}`",
         f"- {s['steps']:,} tokens per run{power}; {s['seeds']} seeds (initialisation; NARMA-10 input "
         f"draw: stream seeds {results['narma_seeds']}, the first that stay bounded for the run); one "

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["code_version", "run_header", "write_results"]
+__all__ = ["code_version", "provenance_lines", "run_header", "short_code_version", "write_results"]
 
 
 def run_header(argv: Sequence[str], platform: str) -> dict[str, str | None]:
@@ -30,6 +30,37 @@ def run_header(argv: Sequence[str], platform: str) -> dict[str, str | None]:
         "command": " ".join(["python", *map(shlex.quote, argv)]),
         "code_version": code_version(),
     }
+
+
+def short_code_version(version: str | None) -> str:
+    """`code_version` as a report prints it: the commit's first 12 hex digits (and "+dirty"), or
+    "unknown" when the code ran outside a git checkout.
+
+        >>> short_code_version("0123456789abcdef0123456789abcdef01234567+dirty")
+        '0123456789ab+dirty'
+    """
+    if not version:
+        return "unknown"
+    commit, dirty, _ = version.partition("+dirty")
+    return commit[:12] + ("+dirty" if dirty else "")
+
+
+def provenance_lines(results: Mapping[str, Any], *, details: str = "") -> list[str]:
+    """The first two bullet lines of a driver's report: when, on what, at which size and with which code
+    (`run_header`'s keys and "size"; `details` is appended to the first line), and the command.
+
+        >>> results = {"date": "2026-12-06 13:00 UTC", "platform": "cpu", "size": "smoke",
+        ...            "command": "python experiments/lookback.py", "code_version": "0123456789abcdef"}
+        >>> print("\\n".join(provenance_lines(results, details="; route `offline`")))
+        - date: 2026-12-06 13:00 UTC; platform cpu; size `smoke`; route `offline`; code 0123456789ab
+        - command: `python experiments/lookback.py`
+    """
+    code = short_code_version(results.get("code_version"))
+    return [
+        f"- date: {results['date']}; platform {results['platform']}; size `{results['size']}`{details}; "
+        f"code {code}",
+        f"- command: `{results['command']}`",
+    ]
 
 
 @functools.cache
@@ -82,9 +113,15 @@ def _same_results(out: Path, payload: str, text: str) -> bool:
 
     if kept(old) != kept(new):
         return False
+    # the report prints the date and the commit (`provenance_lines`); only they may differ
     old_date, new_date = old.get("date"), new.get("date")
     if isinstance(old_date, str) and isinstance(new_date, str) and old_date:
         old_text = old_text.replace(old_date, new_date)
+    old_code, new_code = old.get("code_version"), new.get("code_version")
+    if isinstance(old_code, str) and isinstance(new_code, str) and old_code:
+        old_text = old_text.replace(
+            f"code {short_code_version(old_code)}", f"code {short_code_version(new_code)}"
+        )
     return old_text == text
 
 
