@@ -59,7 +59,7 @@ def test_size_in_bytes():
     [
         ("rnn_cpu.md", "cpu", "2-core CPU (Intel(R) Xeon(R) Processor)", False),
         ("rnn_gpu.md", "gpu", "NVIDIA H200", True),
-        ("models_cpu.md", "cpu", "2-core CPU", False),
+        ("models_cpu.md", "cpu", "2-core CPU (AMD EPYC)", False),
         ("models_gpu.md", "gpu", "NVIDIA H200", True),
         ("linformer_cpu.md", "cpu", "2-core CPU (AMD EPYC)", False),
     ],
