@@ -24,12 +24,9 @@ folder: give another `--workdir`, or `--fresh` to delete the old runs first.
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import math
 import os
-import shlex
 import shutil
 import sys
 
@@ -128,7 +125,8 @@ def _composition_note(summary: dict) -> str:
     )
 
 
-def markdown(summary: dict, command: str) -> str:
+def markdown(summary: dict) -> str:
+    from seqjax.experiment.outputs import short_code_version
     from seqjax.experiment.summary import baseline_table, comparison_lines, model_table
 
     p = summary["protocol"]
@@ -136,8 +134,9 @@ def markdown(summary: dict, command: str) -> str:
     lines = [
         f"## {FLAGS.config} ({_options() or 'defaults'}), L = {summary['length']:,}, test split",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; platform {summary['platform']}",
-        f"- command: `{command}`",
+        f"- date: {summary['date']}; platform {summary['platform']}; code "
+        f"{short_code_version(summary.get('code_version'))}",
+        f"- command: `{summary['command']}`",
         f"- protocol: {p['train_tokens']:,} training tokens per run (batch {p['batch_size']}), warmup "
         f"{p['warmup_fraction']:.0%} + cosine to the budget; learning rate from {p['learning_rates']} "
         f"(extended by up to {p.get('grid_extensions', 0)} rate past an edge it lands on) chosen "
@@ -198,6 +197,7 @@ def _main(argv: list[str]) -> None:
 
     from seqjax.experiment import plots
     from seqjax.experiment.comparison import compare_at_length
+    from seqjax.experiment.outputs import run_header, write_results
     from seqjax.experiment.protocol import use_compilation_cache
     from seqjax.experiment.report import Claim, judge
 
@@ -241,20 +241,15 @@ def _main(argv: list[str]) -> None:
         n_resamples=FLAGS.resamples,
         match_target=FLAGS.match_target,
     )
-    summary["platform"] = jax.default_backend()
+    summary.update(run_header(sys.argv, jax.default_backend()))
     summary["verdicts"] = [
         judge(claim, {length: c}, larger_is_better=summary["larger_is_better"])
         for c in summary["comparisons"]
         if "missing" not in c
     ]
-    command = "python scripts/compare.py " + " ".join(map(shlex.quote, sys.argv[1:]))
-    summary["command"] = command
-    text = markdown(summary, command)
+    text = markdown(summary)
     base = os.path.join(workdir, "comparison")
-    with open(base + ".md", "w") as f:
-        f.write(text)
-    with open(base + ".json", "w") as f:
-        json.dump(summary, f, indent=1, default=float)
+    write_results(base, summary, text, echo=False)
     title = f"{os.path.basename(FLAGS.config)} L={length}"
     plots.metric_by_model(summary, base + "_metric.png", title=title)
     plots.learning_curves(summary, base + "_learning_curves.png", title=title)
