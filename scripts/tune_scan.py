@@ -14,6 +14,13 @@ of them alike.
     python scripts/tune_scan.py                                    # the shipped tables for this platform
     python scripts/tune_scan.py --kinds=selective_scan --out=/tmp/t.json --lengths=256,4096
     SEQJAX_SCAN_TUNING=/tmp/t.json python scripts/train.py ...     # use a table without shipping it
+    python scripts/tune_scan.py --kinds=selective_scan --merge --batch=1 --lengths=65536 \
+        --state_elems=4096 --note="experiments paused"            # add points to the shipped table
+
+With --merge the new points join the table already at --out (same engine, platform and device kind):
+a point measured again at the same length, state size and batch replaces the old one, the others stay,
+and each row keeps the batch, date and command that measured it, so a table can be built up across
+runs (a device's time limit, a size the first run did not cover).
 
 The default --out is seqjax/scan/tables/{kind}_{platform}.json; the markdown summary goes to --markdown
 (default benchmarks/{kind}_tuning_{platform}.md). A point whose XLA memory plan exceeds --max_gib, or which
@@ -26,6 +33,7 @@ import datetime
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -37,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from seqjax.common.machine import describe_machine
 from seqjax.common.xla import plan_bytes
 from seqjax.scan import linear_recurrence
 from seqjax.scan.selective import selective_scan
@@ -69,6 +78,15 @@ flags.DEFINE_string(
     "out", "seqjax/scan/tables/{kind}_{platform}.json", "JSON table; {kind} and {platform} are filled in."
 )
 flags.DEFINE_string("markdown", "benchmarks/{kind}_tuning_{platform}.md", "Markdown summary ('' for none).")
+flags.DEFINE_bool(
+    "merge",
+    False,
+    "Add the points to the table at --out (same kind, platform and device kind) instead of replacing it; "
+    "a point measured again (same length, state_elems and batch) replaces its old row.",
+)
+flags.DEFINE_string(
+    "note", "", "Conditions of this run (load, what was paused), kept in the table and its markdown."
+)
 
 GIB = 2**30
 DEFAULT_STATE_ELEMS = {
@@ -156,6 +174,7 @@ def _point(kind: str, methods: list[str], length: int, state_elems: int) -> dict
     return {
         "length": length,
         "state_elems": state_elems,
+        "batch": FLAGS.batch,
         "seconds": seconds,
         "runs": repeats,
         "xla_peak_bytes": peaks,
@@ -164,29 +183,43 @@ def _point(kind: str, methods: list[str], length: int, state_elems: int) -> dict
 
 WORKLOAD = {
     "linear_recurrence": "gradient of `sum(hs**2)` w.r.t. `a` and `b`",
-    "selective_scan": "gradient of `sum(y**2)` w.r.t. x, Δ, A, B, C; N = {n}, D = state elems / (batch·N)",
+    "selective_scan": (
+        "gradient of `sum(y**2)` w.r.t. x, Δ, A, B, C; N of the run, D = state elems / (batch·N)"
+    ),
 }
 
 
-def _markdown(table: dict[str, Any], methods: list[str]) -> str:
+def _markdown(table: dict[str, Any]) -> str:
     kind = table["kind"]
+    timed_methods = {m for row in table["measurements"] for m in row["seconds"]}
+    methods = [m for m in BACKENDS_BY_KIND[kind] if m in timed_methods]
+    runs = table["commands"]
+    several = len(runs) > 1
     lines = [
         f"# `{kind}` backends on {table['platform']} ({table['device_kind']})",
         "",
-        f"- date: {table['date']}; jax {table['jax']}; float32; "
-        f"chunk_size {FLAGS.chunk_size or 'each backend default'}; "
-        f"batch {FLAGS.batch}",
-        f"- command: `{table['command']}`",
-        f"- forward + backward ({WORKLOAD[kind].format(n=FLAGS.state_size)}); median of the `runs` column "
-        f"(at least {FLAGS.repeats}, until each backend ran {FLAGS.min_seconds} s), backends interleaved",
+        f"- forward + backward ({WORKLOAD[kind]}), float32; median of the `runs` column (at least --repeats, "
+        "until each backend ran --min_seconds), backends interleaved",
         "- `auto` picks the fastest backend of the measured point nearest the call (log length, log state)",
-        f"- n/a: not run, because its XLA memory plan exceeded --max_gib={FLAGS.max_gib:g} or it failed "
-        "to compile",
+        "- n/a: not run, because its XLA memory plan exceeded --max_gib or it failed to compile",
+    ]
+    for i, run in enumerate(runs, 1):
+        label = f"run {i}" if several else "run"
+        details = [run["date"], run.get("machine"), f"jax {run['jax']}" if run.get("jax") else None]
+        if run.get("state_size") is not None and kind == "selective_scan":
+            details.append(f"N = {run['state_size']}")
+        if "chunk_size" in run:
+            details.append(f"chunk_size {run['chunk_size'] or 'each backend default'}")
+        lines.append(f"- {label} ({'; '.join(d for d in details if d)}): `{run['command']}`")
+        if run.get("note"):
+            lines.append(f"  - {run['note']}")
+    lines += [
         "",
-        "| length | state elems | runs | "
+        "| length | state elems | batch | runs | "
         + " | ".join(f"{m} s" for m in methods)
-        + " | fastest | slowest/fastest |",
-        "|---:|---:|---:|" + "---:|" * len(methods) + "---|---:|",
+        + " | fastest | slowest/fastest |"
+        + (" run |" if several else ""),
+        "|---:|---:|---:|---:|" + "---:|" * len(methods) + "---|---:|" + ("---:|" if several else ""),
     ]
     for row in table["measurements"]:
         timed = {m: s for m, s in row["seconds"].items() if s is not None}
@@ -196,11 +229,46 @@ def _markdown(table: dict[str, Any], methods: list[str]) -> str:
         fastest = min(timed, key=timed.get) if timed else "n/a"
         ratio = f"{max(timed.values()) / min(timed.values()):.2f}" if timed else "n/a"
         lines.append(
-            f"| {row['length']} | {row['state_elems']} | {row['runs']} | "
+            f"| {row['length']} | {row['state_elems']} | {row['batch']} | {row.get('runs', '')} | "
             + " | ".join(cells)
             + f" | {fastest} | {ratio} |"
+            + (f" {row['command'] + 1} |" if several else "")
         )
     return "\n".join(lines) + "\n"
+
+
+def _with_provenance(table: dict[str, Any]) -> dict[str, Any]:
+    """A table written before rows named their batch and run (one run per table): its one run becomes
+    `commands[0]`, and each row the batch that run's command gave (--batch, default 8 then as now)."""
+    if "commands" in table:
+        return table
+    match = re.search(r"--batch[= ](\d+)", table.get("command", ""))
+    batch = int(match.group(1)) if match else 8
+    run = {"date": table.get("date", "unknown"), "command": table.get("command", "unknown")}
+    if table.get("jax"):
+        run["jax"] = table["jax"]
+    return {
+        **table,
+        "commands": [run],
+        "measurements": [{"batch": batch, "command": 0, **row} for row in table["measurements"]],
+    }
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any], source: Path) -> dict[str, Any]:
+    """`old` with `new`'s run added: its points replace old ones at the same (length, state, batch)."""
+    for field in ("kind", "platform", "device_kind"):
+        if old.get(field) != new[field]:
+            raise app.UsageError(
+                f"--merge: {source} is a table for {field} {old.get(field)!r}, this run measures "
+                f"{new[field]!r}; give another --out, or drop --merge to replace it."
+            )
+    old = _with_provenance(old)
+    offset = len(old["commands"])
+    added = [{**row, "command": row["command"] + offset} for row in new["measurements"]]
+    at = {(r["length"], r["state_elems"], r["batch"]) for r in added}
+    kept = [r for r in old["measurements"] if (r["length"], r["state_elems"], r["batch"]) not in at]
+    rows = sorted(kept + added, key=lambda r: (r["length"], r["state_elems"], r["batch"]))
+    return {**old, "commands": old["commands"] + new["commands"], "measurements": rows}
 
 
 def main(argv: list[str]) -> None:
@@ -233,33 +301,55 @@ def _write(table: dict[str, Any], out: Path) -> None:
 def _tune(kind: str, methods: list[str]) -> None:
     platform = jax.default_backend()
     device_kind = jax.devices()[0].device_kind
-    table: dict[str, Any] = {
+    out = Path(FLAGS.out.format(kind=kind, platform=platform))
+    md = Path(FLAGS.markdown.format(kind=kind, platform=platform)) if FLAGS.markdown else None
+    old = None
+    if FLAGS.merge and out.exists():
+        table_from_dict(json.loads(out.read_text()), str(out))  # a broken table is refused before any timing
+        old = json.loads(out.read_text())
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # The note is kept on its own (below), not twice.
+    argv = [a for a in sys.argv if not a.startswith(("--note=", "-note="))]
+    command = " ".join(["python", *map(shlex.quote, argv)])
+    run: dict[str, Any] = {
+        "date": date,
+        "command": command,
+        "machine": describe_machine(platform),
+        "jax": jax.__version__,
+        "chunk_size": FLAGS.chunk_size,
+        "state_size": FLAGS.state_size if kind == "selective_scan" else None,
+    }
+    if FLAGS.note:
+        run["note"] = FLAGS.note
+    this_run: dict[str, Any] = {
         "kind": kind,
         "platform": platform,
         "device_kind": device_kind,
         "jax": jax.__version__,
         "dtype": "float32",
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(["python", *map(shlex.quote, sys.argv)]),
+        "date": date,
+        "command": command,
+        "commands": [run],
         "measurements": [],
     }
-    out = Path(FLAGS.out.format(kind=kind, platform=platform))
-    md = Path(FLAGS.markdown.format(kind=kind, platform=platform)) if FLAGS.markdown else None
+    if old is not None:
+        _merged(old, this_run, out)  # a mismatched table is refused before any timing
     if md is not None:
         md.parent.mkdir(parents=True, exist_ok=True)
     for length in map(int, FLAGS.lengths):
         for state_elems in map(int, FLAGS.state_elems or DEFAULT_STATE_ELEMS[kind]):
-            print(f"{kind}: length {length}, state {state_elems}", flush=True)
+            print(f"{kind}: length {length}, state {state_elems}, batch {FLAGS.batch}", flush=True)
             row = _point(kind, methods, length, state_elems)
             print(
                 "  " + ", ".join(f"{m} {s:.4f}s" if s else f"{m} n/a" for m, s in row["seconds"].items()),
                 flush=True,
             )
-            table["measurements"].append(row)
+            this_run["measurements"].append({**row, "command": 0})
+            table = this_run if old is None else _merged(old, this_run, out)
             # After every point, so a run stopped at a time limit keeps what it measured.
             _write(table, out)
             if md is not None:
-                md.write_text(_markdown(table, methods))
+                md.write_text(_markdown(table))
     print(f"wrote {out}" + (f" and {md}" if md is not None else ""))
 
 

@@ -20,9 +20,11 @@ The recurrence inside each chunk has three backends, the selective scan's own (n
   takes short chunks (`DEFAULT_CHUNK`: 8 tokens); its memory is then O(L/8 · B·D·N) for the saved chunk
   states, which for N = 16 is about two [B, L, D] arrays, the size of the layer's other activations. On
   2 CPU cores it ran forward + backward 1.5-3x faster than `remat_sequential` with 64-token chunks, at
-  every length (64 to 16k) and state size measured (`benchmarks/selective_scan_tuning_cpu.md`).
+  every length (64 to 16k) and state size measured at batch 8, and 1.7x at batch 4 and 64k; at batch
+  1 the two tie (within noise at 64k: the sequential chunks are then the bound)
+  (`benchmarks/selective_scan_tuning_cpu.md`).
 `method="auto"` picks the one measured fastest nearest the call's (length, B·D·N state size) on this
-platform, from the `selective_scan` tables that `scripts/tune_scan.py --kind=selective_scan` writes
+platform, from the `selective_scan` tables that `scripts/tune_scan.py --kinds=selective_scan` writes
 (`seqjax.scan.tuning`); without a table it is `remat_sequential`. `chunk_size=None` takes the chosen
 backend's `DEFAULT_CHUNK`.
 """
