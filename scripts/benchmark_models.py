@@ -20,6 +20,14 @@ Usage, from the repository root:
 
     python scripts/benchmark_models.py            # full sweep -> benchmarks/models_cpu.md
     python scripts/benchmark_models.py --models=lstm,mamba --lengths=1024,4096 --gen_contexts=1024
+    python scripts/benchmark_models.py --models=attention --lengths=65536 --gen_contexts=1024 \
+        --max_seconds_per_run=300 --merge --note="experiments paused"   # add a cell to the table
+
+The measurements are kept in `<out>.json` beside the markdown (rows, the machine and every run's date,
+command and --note). `--merge` adds this run's rows to that record instead of starting a new one, for the
+same platform and model shape (width, layers, vocab, tokens per batch, generation batch): a cell measured
+again replaces the old one (a row this run did not time leaves a timed old one in place), the other cells
+stay, and the markdown names the run behind every cell that a later run added.
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import gc
+import json
 import os
 import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import flax
@@ -77,6 +87,15 @@ flags.DEFINE_float("max_gib", 20.0, "Rows whose XLA memory plan exceeds this are
 flags.DEFINE_string(
     "out", "benchmarks/models_{platform}.md", "Markdown output; {platform} = jax.default_backend()."
 )
+flags.DEFINE_bool(
+    "merge",
+    False,
+    "Add this run's rows to the record beside --out (<out>.json) instead of starting a new table; the "
+    "platform and model shape must match.",
+)
+flags.DEFINE_string(
+    "note", "", "Conditions of this run (load, what was paused), kept in the record and table."
+)
 
 GIB = 2**30
 
@@ -91,6 +110,7 @@ class TrainRow:
     peak_bytes: int | None = None
     times_s: list[float] = dataclasses.field(default_factory=list)
     compile_s: float | None = None
+    run: int = 0  # which of the record's runs measured it (`Record.runs`)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -107,6 +127,7 @@ class GenRow:
     step_peak_bytes: int | None = None
     prefill_s: float | None = None
     per_token_s: float | None = None
+    run: int = 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,41 +232,136 @@ def _size(value: int | None) -> str:
     return f"{value / 2**20:.1f} MiB" if value >= 2**20 else f"{value / 2**10:.1f} KiB"
 
 
-def render(
-    names: list[str],
-    sizes: dict[str, tuple[float, int]],
-    train: list[TrainRow],
-    gen: list[GenRow],
-    lengths: list[int],
-    contexts: list[int],
-    command: str,
-) -> str:
-    by_train = {(r.model, r.length): r for r in train}
-    by_gen = {(r.model, r.context): r for r in gen}
+#: What must be equal for two runs' rows to share one table.
+SHAPE_FLAGS = ("d_model", "num_layers", "vocab", "tokens_per_batch", "gen_batch")
+
+
+@dataclasses.dataclass
+class Record:
+    """A table's measurements and where they come from: what `<out>.json` holds."""
+
+    platform: str
+    machine: str
+    shape: dict[str, int]
+    runs: list[dict[str, Any]]  # date, command, repeats, jax, flax, note
+    models: list[str]
+    sizes: dict[str, tuple[float, int]]
+    lengths: list[int]
+    contexts: list[int]
+    train: list[TrainRow]
+    gen: list[GenRow]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **{
+                f.name: getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name not in ("train", "gen")
+            },
+            "sizes": {name: list(size) for name, size in self.sizes.items()},
+            "train": [dataclasses.asdict(r) for r in self.train],
+            "gen": [dataclasses.asdict(r) for r in self.gen],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        return cls(
+            **{k: data[k] for k in ("platform", "machine", "shape", "runs", "models", "lengths", "contexts")},
+            sizes={name: (float(e), int(n)) for name, (e, n) in data["sizes"].items()},
+            train=[TrainRow(**r) for r in data["train"]],
+            gen=[GenRow(**r) for r in data["gen"]],
+        )
+
+
+def record_path(out: str | os.PathLike[str]) -> Path:
+    """The JSON record beside a markdown table: `models_cpu.md` -> `models_cpu.json`."""
+    return Path(out).with_suffix(".json")
+
+
+def _measured(row: TrainRow | GenRow) -> bool:
+    return bool(row.times_s) if isinstance(row, TrainRow) else row.per_token_s is not None
+
+
+def merged(old: Record, new: Record, source: Path) -> Record:
+    """`old` with `new`'s run added: a cell `new` measured replaces `old`'s, unless `new` did not time it
+    and `old` did (a row left untimed by this run's time guard keeps the timed one)."""
+    if old.platform != new.platform or old.shape != new.shape:
+        differ = {k: (old.shape.get(k), new.shape[k]) for k in new.shape if old.shape.get(k) != new.shape[k]}
+        if old.platform != new.platform:
+            differ["platform"] = (old.platform, new.platform)
+        raise app.UsageError(
+            f"--merge: {source} was measured with "
+            + ", ".join(f"{k}={a!r}" for k, (a, _) in differ.items())
+            + ", this run with "
+            + ", ".join(f"{k}={b!r}" for k, (_, b) in differ.items())
+            + "; give those flags as the record has them, another --out, or drop --merge to start anew."
+        )
+    offset = len(old.runs)
+
+    def combine(old_rows: list, new_rows: list, key: Callable[[Any], tuple]) -> list:
+        rows = {key(r): r for r in old_rows}
+        for r in new_rows:
+            before = rows.get(key(r))
+            if before is None or _measured(r) or not _measured(before):
+                rows[key(r)] = dataclasses.replace(r, run=r.run + offset)
+        return list(rows.values())
+
+    return Record(
+        platform=old.platform,
+        machine=old.machine if old.machine == new.machine else f"{old.machine}; {new.machine}",
+        shape=old.shape,
+        runs=old.runs + new.runs,
+        models=old.models + [m for m in new.models if m not in old.models],
+        sizes={**old.sizes, **new.sizes},
+        lengths=sorted(set(old.lengths) | set(new.lengths)),
+        contexts=sorted(set(old.contexts) | set(new.contexts)),
+        train=combine(old.train, new.train, lambda r: (r.model, r.length)),
+        gen=combine(old.gen, new.gen, lambda r: (r.model, r.context)),
+    )
+
+
+def _note(run: dict[str, Any]) -> str:
+    return f" ({run['note']})" if run.get("note") else ""
+
+
+def render(record: Record) -> str:
+    names, lengths, contexts, shape = record.models, record.lengths, record.contexts, record.shape
+    by_train = {(r.model, r.length): r for r in record.train}
+    by_gen = {(r.model, r.context): r for r in record.gen}
+    first, *later = record.runs
+    repeats = sorted({run["repeats"] for run in record.runs})
     lines = [
         "# Whole models at equal parameter count: which cell for which length",
         "",
-        f"Generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by `{command}`.",
-        f"Platform: {jax.default_backend()} ({describe_machine()}), jax {jax.__version__}, flax "
-        f"{flax.__version__}.",
+        f"Generated {first['date']} by `{first['command']}`{_note(first)}.",
+    ]
+    for i, run in enumerate(later, 2):
+        cells = [f"{LABELS[r.model]} at L={r.length:,} (training)" for r in record.train if r.run == i - 1]
+        cells += [f"{LABELS[r.model]} at C={r.context:,} (generation)" for r in record.gen if r.run == i - 1]
+        lines.append(
+            f"Run {i}, {run['date']}: `{run['command']}`{_note(run)}."
+            + (f" Its cells: {'; '.join(cells)}." if cells else " None of its cells is in the table.")
+        )
+    lines += [
+        f"Platform: {record.platform} ({record.machine}), jax {first['jax']}, flax {first['flax']}.",
         "",
-        f"Byte-level LMs: {FLAGS.num_layers} blocks of width {FLAGS.d_model} (pre-norm, SwiGLU MLP), vocab "
-        f"{FLAGS.vocab}, float32. Each model's MLP width is set so its parameter count matches the exact-"
-        "attention transformer with a 4x MLP.",
+        f"Byte-level LMs: {shape['num_layers']} blocks of width {shape['d_model']} (pre-norm, SwiGLU MLP), "
+        f"vocab {shape['vocab']}, float32. Each model's MLP width is set so its parameter count matches the "
+        "exact-attention transformer with a 4x MLP.",
         "",
         "| model | parameters | MLP expansion |",
         "|---|---:|---:|",
     ]
     for name in names:
-        expansion, params = sizes[name]
+        expansion, params = record.sizes[name]
         lines.append(f"| {LABELS[name]} | {params:,} | {expansion:.2f} |")
     lines += [
         "",
-        f"## Training: tokens/s (forward + backward, {FLAGS.tokens_per_batch:,} tokens per batch, median of "
-        f"{FLAGS.repeats})",
+        f"## Training: tokens/s (forward + backward, {shape['tokens_per_batch']:,} tokens per batch, "
+        f"median of {' or '.join(map(str, repeats))})",
         "",
         "| model | "
-        + " | ".join(f"L={n:,} (B={max(1, FLAGS.tokens_per_batch // n)})" for n in lengths)
+        + " | ".join(f"L={n:,} (B={max(1, shape['tokens_per_batch'] // n)})" for n in lengths)
         + " |",
         "|---|" + "---:|" * len(lengths),
     ]
@@ -275,7 +391,7 @@ def render(
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"## Generation at batch {FLAGS.gen_batch}: ms per token after a prompt of C tokens / cache size",
+        f"## Generation at batch {shape['gen_batch']}: ms per token after a prompt of C tokens / cache size",
         "",
         "| model | " + " | ".join(f"C={c:,}" for c in contexts) + " |",
         "|---|" + "---:|" * len(contexts),
@@ -291,13 +407,36 @@ def render(
             else:
                 cells.append(f"{1e3 * r.per_token_s:.2f} / {_size(r.cache_bytes)}")
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
-    notes = [r for r in [*train, *gen] if r.reason]
+    notes = [r for r in [*record.train, *record.gen] if r.reason]
     if notes:
         lines += ["", "Rows not run or not timed:", ""]
         for r in notes:
             where = f"L={r.length:,}" if isinstance(r, TrainRow) else f"C={r.context:,}"
             lines.append(f"- {LABELS[r.model]}, {where}: {r.status}: {r.reason}")
     return "\n".join(lines) + "\n"
+
+
+def _replace(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename: a stop mid-write keeps the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_record(path: Path) -> Record:
+    if not path.exists():
+        raise app.UsageError(
+            f"--merge: {path} does not exist, so there is no record to add to (tables written before "
+            "records were kept have none); drop --merge to start a table."
+        )
+    try:
+        return Record.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise app.UsageError(
+            f"--merge: {path} is not a benchmark_models record ({type(err).__name__}: {err}); "
+            "give another --out, or drop --merge to start anew."
+        ) from err
 
 
 def main(argv: list[str]) -> None:
@@ -308,19 +447,43 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--models: unknown {unknown}; choose from {', '.join(MIXERS)}.")
     lengths = sorted(int(n) for n in FLAGS.lengths)
     contexts = sorted(int(c) for c in FLAGS.gen_contexts)
-    out = FLAGS.out.format(platform=jax.default_backend())
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    sizes = equal_param_expansions(names, _shape())
-    train: list[TrainRow] = []
-    gen: list[GenRow] = []
+    out = Path(FLAGS.out.format(platform=jax.default_backend()))
+    # the note is kept on its own, not twice
+    argv_kept = [a for a in sys.argv if not a.startswith(("--note=", "-note="))]
+    run = {
+        "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        "command": "python " + " ".join(shlex.quote(a) for a in argv_kept),
+        "repeats": FLAGS.repeats,
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+    }
+    if FLAGS.note:
+        run["note"] = FLAGS.note
+    this_run = Record(
+        platform=jax.default_backend(),
+        machine=describe_machine(),
+        shape={name: getattr(FLAGS, name) for name in SHAPE_FLAGS},
+        runs=[run],
+        models=names,
+        sizes={},
+        lengths=lengths,
+        contexts=contexts,
+        train=[],
+        gen=[],
+    )
+    old = _read_record(record_path(out)) if FLAGS.merge else None
+    if old is not None:
+        merged(old, this_run, record_path(out))  # a mismatched record is refused before any measuring
+    this_run.sizes = equal_param_expansions(names, _shape())
+    train, gen = this_run.train, this_run.gen
 
     def write() -> None:
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        with open(out, "w") as f:
-            f.write(render(names, sizes, train, gen, lengths, contexts, command))
+        record = this_run if old is None else merged(old, this_run, record_path(out))
+        _replace(record_path(out), json.dumps(record.to_json(), indent=1) + "\n")
+        _replace(out, render(record))
 
     for name in names:
-        expansion = sizes[name][0]
+        expansion = this_run.sizes[name][0]
         time_it = True
         for n in lengths:
             row = _guarded(
@@ -355,7 +518,7 @@ def main(argv: list[str]) -> None:
                 flush=True,
             )
             write()
-    print(f"wrote {out}")
+    print(f"wrote {out} and {record_path(out)}")
 
 
 if __name__ == "__main__":
