@@ -48,7 +48,9 @@ flags.mark_flag_as_required("workdir")
 config_flags.DEFINE_config_file("config", None, "Optional: a configs/*.py file; default: the saved config.")
 flags.DEFINE_string("split", "test", "validation or test (synthetic data: validation).")
 flags.DEFINE_string("step", "best", "'best' (by checkpoint.best_metric), 'latest', or a step number.")
-flags.DEFINE_integer("max_examples", None, "Cap on the split's examples; default: the whole split.")
+flags.DEFINE_integer(
+    "max_examples", None, "Evaluate that many examples spread evenly over the split (default: all of it)."
+)
 flags.DEFINE_string("output", None, "Also write the result as JSON here.")
 flags.DEFINE_bool(
     "carried_state",

@@ -123,3 +123,18 @@ def test_eval_has_no_drop_last():
     halves = [list(eval_batches(source, 8, process_index=p, process_count=2)) for p in range(2)]
     union = sorted(v for h in halves for b in h for v in b["inputs"][b["valid"], 0].tolist())
     assert union == list(range(21))
+
+
+def test_an_eval_cap_reads_examples_spread_over_the_split_not_its_first_ones():
+    # e.g. a genomic split stored class by class: its first examples are all of one class
+    source = _Numbers(21)
+    capped = [v for b in eval_batches(source, 4, max_examples=6) for v in b["inputs"][b["valid"], 0].tolist()]
+    assert capped == [0, 3, 7, 10, 14, 17]
+    halves = [
+        list(eval_batches(source, 4, max_examples=6, process_index=p, process_count=2)) for p in range(2)
+    ]
+    union = sorted(v for h in halves for b in h for v in b["inputs"][b["valid"], 0].tolist())
+    assert union == capped
+    assert [v for b in eval_batches(source, 8, max_examples=99) for v in b["inputs"][b["valid"], 0]] == list(
+        range(21)
+    )

@@ -109,3 +109,23 @@ def test_evaluating_a_run_trained_in_the_process_uses_its_evaluation_program(tmp
     assert reused["metrics"] == fresh["metrics"]
     for name, values in fresh["per_example"].items():
         np.testing.assert_array_equal(reused["per_example"][name], values, err_msg=name)
+
+
+def test_an_evaluation_cap_reads_examples_spread_over_the_split_and_says_which(tmp_path):
+    # A split stored in order (of class, genome, document) must not be judged on its first examples.
+    from seqjax.data.pipeline import spread_indices
+
+    workdir = str(tmp_path / "run")
+    trainer.train(_config(), workdir)
+    whole = trainer.evaluate(_config(eval_examples=None), workdir, step="latest", per_example=True)
+    total = len(whole["indices"])
+    capped = trainer.evaluate(_config(eval_examples=5), workdir, step="latest", per_example=True)
+    assert capped["indices"].tolist() == spread_indices(total, 5).tolist()
+    assert capped["indices"][-1] >= total // 2  # not the first five
+    for name, values in capped["per_example"].items():
+        assert len(values) == 5, name
+        np.testing.assert_allclose(values, whole["per_example"][name][capped["indices"]], rtol=1e-6)
+    # `examples` and the config's cap together: the cap spread over the examples asked for
+    both = trainer.evaluate(_config(eval_examples=3), workdir, step="latest", per_example=True, examples=10)
+    assert both["indices"].tolist() == spread_indices(total, 10)[spread_indices(10, 3)].tolist()
+    assert all(len(values) == 3 for values in both["per_example"].values())

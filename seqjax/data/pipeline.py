@@ -142,18 +142,25 @@ def eval_batches(
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, Any]]:
-    """The split in order, once, in global batches of `batch_size` (this process's rows).
+    """The split in order, once, in global batches of `batch_size` (this process's rows); with
+    `max_examples`, that many examples spread evenly over the split (`spread_indices`), not its first
+    ones: a split stored in order of class, genome or document would otherwise be judged on one part.
 
-    Each batch carries `valid` [rows] bool; padded rows repeat the split's last example.
+    Each batch carries `valid` [rows] bool; padded rows repeat the last example read.
+
+        >>> split = [{"x": i} for i in range(10)]
+        >>> [b["x"][b["valid"]].tolist() for b in eval_batches(split, 2, max_examples=4)]
+        [[0, 2], [5, 7]]
     """
     if batch_size % process_count:
         raise ValueError(f"eval batch_size={batch_size} does not divide over {process_count} processes.")
-    total = len(source) if max_examples is None else min(len(source), int(max_examples))
+    chosen = spread_indices(len(source), max_examples)
+    total = len(chosen)
     rows = batch_size // process_count
     for start in range(0, total, batch_size):
-        indices = [start + process_index * rows + r for r in range(rows)]
-        valid = np.array([i < total for i in indices])
-        examples = [source[min(i, total - 1)] for i in indices]
+        positions = [start + process_index * rows + r for r in range(rows)]
+        valid = np.array([i < total for i in positions])
+        examples = [source[int(chosen[min(i, total - 1)])] for i in positions]
         yield {**stack_examples(examples), "valid": valid}
 
 

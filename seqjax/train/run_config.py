@@ -501,7 +501,7 @@ FIELD_DOCS: dict[str, str] = {
     "total_steps": "training steps of the run (the step cap; also the LR schedule's length)",
     "seed": "seed of the initialisation (and of the training batches' order unless data_seed is set)",
     "eval_batch_size": "examples per evaluation batch (None: batch_size)",
-    "eval_examples": "validation examples per evaluation during training (None: the whole split)",
+    "eval_examples": "validation examples per evaluation in training, spread over the split (None: all)",
     "train_examples": "train on this many examples spread over the train split (None: all of it)",
     "train_subset_seed": "with train_examples: a random subset drawn with this seed, stratified by label "
     "(None: spread evenly)",

@@ -959,7 +959,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Restores a checkpoint of `workdir` (`step`: "best", "latest" or a number) and computes the task's
     metrics on the whole `split` (or, with `examples`, on that many spread evenly over it:
-    `pipeline.spread_indices`). Returns {"step", "split", "metrics"}; with `per_example`, also
+    `pipeline.spread_indices`; `config.eval_examples`, when set, caps those, spread evenly too).
+    Returns {"step", "split", "metrics"}; with `per_example`, also
     "per_example" (`evaluation.collect_split`'s arrays), "source" (the split's source) and "indices".
 
     `carried_state` (an LM on a token stream, e.g. documents): instead of scoring every sequence from the
@@ -1110,11 +1111,12 @@ def evaluate(
     # the run's own evaluation program when it was trained (or evaluated) earlier in this process
     eval_fn = _run_programs(parts).eval_fn
     indices = spread_indices(len(source), examples)
+    if config.eval_examples is not None:  # the cap, spread over those examples too (what was read)
+        indices = indices[spread_indices(len(indices), config.eval_examples)]
     layout = parts["data_layout"]
     batches = eval_batches(
         IndexedSource(source, indices),
         config.eval_batch,
-        max_examples=config.eval_examples,
         process_index=layout.index,
         process_count=layout.count,
     )
@@ -1145,7 +1147,7 @@ def evaluate(
             row_processes=layout.processes,
             progress=kept,
             stop=stop_signals.stop_signal if stop_signals is not None else None,
-            total_batches=-(-min(len(indices), config.eval_examples or len(indices)) // config.eval_batch),
+            total_batches=-(-len(indices) // config.eval_batch),
         )
     if kept is not None:
         kept.clear()
