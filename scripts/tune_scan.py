@@ -229,7 +229,7 @@ def _markdown(table: dict[str, Any]) -> str:
         fastest = min(timed, key=timed.get) if timed else "n/a"
         ratio = f"{max(timed.values()) / min(timed.values()):.2f}" if timed else "n/a"
         lines.append(
-            f"| {row['length']} | {row['state_elems']} | {row['batch']} | {row.get('runs', '')} | "
+            f"| {row['length']} | {row['state_elems']} | {row['batch']} | {row.get('runs') or ''} | "
             + " | ".join(cells)
             + f" | {fastest} | {ratio} |"
             + (f" {row['command'] + 1} |" if several else "")
@@ -238,20 +238,25 @@ def _markdown(table: dict[str, Any]) -> str:
 
 
 def _with_provenance(table: dict[str, Any]) -> dict[str, Any]:
-    """A table written before rows named their batch and run (one run per table): its one run becomes
-    `commands[0]`, and each row the batch that run's command gave (--batch, default 8 then as now)."""
+    """A table written before rows named their batch and run: each command becomes an entry of
+    `commands` (the table's own, or each command a hand-assembled table's rows name), each row its index
+    and the batch its command gave (--batch, default 8 then as now)."""
     if "commands" in table:
         return table
-    match = re.search(r"--batch[= ](\d+)", table.get("command", ""))
-    batch = int(match.group(1)) if match else 8
-    run = {"date": table.get("date", "unknown"), "command": table.get("command", "unknown")}
-    if table.get("jax"):
-        run["jax"] = table["jax"]
-    return {
-        **table,
-        "commands": [run],
-        "measurements": [{"batch": batch, "command": 0, **row} for row in table["measurements"]],
-    }
+    commands: list[str] = []
+    rows = []
+    for row in table["measurements"]:
+        command = row.get("command")
+        command = command if isinstance(command, str) else table.get("command", "unknown")
+        if command not in commands:
+            commands.append(command)
+        match = re.search(r"--batch[= ](\d+)", command)
+        rows.append({**row, "batch": int(match.group(1)) if match else 8, "command": commands.index(command)})
+    runs = [{"date": table.get("date", "unknown"), "command": command} for command in commands]
+    for run in runs:
+        if table.get("jax"):
+            run["jax"] = table["jax"]
+    return {**table, "commands": runs, "measurements": rows}
 
 
 def _merged(old: dict[str, Any], new: dict[str, Any], source: Path) -> dict[str, Any]:

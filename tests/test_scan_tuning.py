@@ -316,12 +316,14 @@ def _tune(out: Path, md: Path, *flags: str) -> subprocess.CompletedProcess:
 def test_tuner_merges_points_into_a_table_written_before_rows_named_their_run(tmp_path):
     out, md = tmp_path / "t.json", tmp_path / "t.md"
     old_seconds = {"sequential": 1.0, "associative": 2.0, "chunked": 3.0}
-    # A table of the layout before --merge: one run, its command at the top, no batch per row.
+    # A table of the layout before --merge: its command at the top, no batch per row, and (assembled by
+    # hand from two runs, as the GPU selective-scan table was) one row naming its own command.
     legacy = {
         **_table("cpu", [(16, 64, old_seconds), (128, 64, old_seconds)], device_kind="cpu"),
         "date": "2026-11-22 04:42 UTC",
         "command": "python scripts/tune_scan.py --batch=2",
     }
+    legacy["measurements"][0]["command"] = "python scripts/tune_scan.py --batch=2 --lengths=16"
     out.write_text(json.dumps(legacy))
     done = _tune(out, md, "--merge", "--batch=2", "--lengths=128,512", "--note=quiet machine")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -329,13 +331,14 @@ def test_tuner_merges_points_into_a_table_written_before_rows_named_their_run(tm
     rows = {(r["length"], r["batch"]): r for r in table["measurements"]}
     assert sorted(rows) == [(16, 2), (128, 2), (512, 2)]
     assert rows[16, 2]["seconds"] == old_seconds and rows[16, 2]["command"] == 0  # kept, with its run
-    assert rows[128, 2]["seconds"] != old_seconds and rows[128, 2]["command"] == 1  # measured again
-    assert [r["command"] for r in table["commands"]] == [legacy["command"], table["commands"][1]["command"]]
-    assert "--merge" in table["commands"][1]["command"] and "--note" not in table["commands"][1]["command"]
-    assert table["commands"][1]["note"] == "quiet machine"
+    assert rows[128, 2]["seconds"] != old_seconds and rows[128, 2]["command"] == 2  # measured again
+    commands = [r["command"] for r in table["commands"]]
+    assert commands[:2] == [legacy["measurements"][0]["command"], legacy["command"]]
+    assert "--merge" in commands[2] and "--note" not in commands[2]
+    assert table["commands"][2]["note"] == "quiet machine"
     assert tuning.load_table(out).nearest(16, 64).seconds == old_seconds  # auto still reads it
     text = md.read_text()
-    assert "| 16 | 64 | 2 | " in text and "run 2 (" in text and "  - quiet machine" in text
+    assert "| 16 | 64 | 2 | " in text and "run 3 (" in text and "  - quiet machine" in text
 
     # Another batch at the same length and state is a new row, not a replacement.
     assert _tune(out, md, "--merge", "--batch=1", "--lengths=128").returncode == 0
