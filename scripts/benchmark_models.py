@@ -52,6 +52,7 @@ import optax
 from absl import app, flags
 
 from seqjax import models
+from seqjax.common.cli import command_without
 from seqjax.common.machine import describe_machine
 from seqjax.common.xla import plan_bytes
 from seqjax.experiment.equal_parameters import (
@@ -296,6 +297,18 @@ def merged(old: Record, new: Record, source: Path) -> Record:
             + ", ".join(f"{k}={b!r}" for k, (_, b) in differ.items())
             + "; give those flags as the record has them, another --out, or drop --merge to start anew."
         )
+    changed = {
+        name: (old.sizes[name][1], size[1])
+        for name, size in new.sizes.items()
+        if name in old.sizes and old.sizes[name][1] != size[1]
+    }
+    if changed:
+        raise app.UsageError(
+            f"--merge: in {source} "
+            + ", ".join(f"{name} has {a:,} parameters, built now {b:,}" for name, (a, b) in changed.items())
+            + " (the model or the matching changed since); measure it again into another --out, or drop "
+            "--merge to start anew."
+        )
     offset = len(old.runs)
 
     def combine(old_rows: list, new_rows: list, key: Callable[[Any], tuple]) -> list:
@@ -431,7 +444,12 @@ def _read_record(path: Path) -> Record:
             "records were kept have none); drop --merge to start a table."
         )
     try:
-        return Record.from_json(json.loads(path.read_text()))
+        record = Record.from_json(json.loads(path.read_text()))
+        unknown = [name for name in record.models if name not in MIXERS]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}")
+        render(record)  # every model, row and run it names is there: refused now, not after measuring
+        return record
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise app.UsageError(
             f"--merge: {path} is not a benchmark_models record ({type(err).__name__}: {err}); "
@@ -448,8 +466,12 @@ def main(argv: list[str]) -> None:
     lengths = sorted(int(n) for n in FLAGS.lengths)
     contexts = sorted(int(c) for c in FLAGS.gen_contexts)
     out = Path(FLAGS.out.format(platform=jax.default_backend()))
+    if out.suffix == ".json":
+        raise app.UsageError(
+            f"--out={out}: the markdown table; its JSON record goes beside it ({out.stem}.json)."
+        )
     # the note is kept on its own, not twice
-    argv_kept = [a for a in sys.argv if not a.startswith(("--note=", "-note="))]
+    argv_kept = command_without(sys.argv, "note")
     run = {
         "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         "command": "python " + " ".join(shlex.quote(a) for a in argv_kept),
@@ -472,9 +494,9 @@ def main(argv: list[str]) -> None:
         gen=[],
     )
     old = _read_record(record_path(out)) if FLAGS.merge else None
+    this_run.sizes = equal_param_expansions(names, _shape())
     if old is not None:
         merged(old, this_run, record_path(out))  # a mismatched record is refused before any measuring
-    this_run.sizes = equal_param_expansions(names, _shape())
     train, gen = this_run.train, this_run.gen
 
     def write() -> None:

@@ -50,15 +50,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$log" 2>
   >>"$log" 2>&1
 if [ -n "$quick" ]; then
   L=64,128
-  step tune 120 scripts/tune_scan.py --lengths=64 --state_elems=2048 --repeats=1 --min_seconds=0
-  step rnn 120 scripts/benchmark.py --cells=lstm --lengths=$L --repeats=1 --nopeers
+  # (a smoke check: its tables go to $out, not over the shipped and committed ones)
+  step tune 120 scripts/tune_scan.py --lengths=64 --state_elems=2048 --repeats=1 --min_seconds=0 \
+    "--out=$out/{kind}_{platform}.json" "--markdown=$out/{kind}_tuning_{platform}.md"
+  step rnn 120 scripts/benchmark.py --cells=lstm --lengths=$L --repeats=1 --nopeers "--out=$out/rnn_quick_{platform}.md"
   step models 120 scripts/benchmark_models.py --models=lstm,mamba --lengths=$L --gen_contexts=64 --repeats=1 \
-    --tokens_per_batch=256
+    --tokens_per_batch=256 "--out=$out/models_quick_{platform}.md"
   step recent 120 scripts/benchmark.py --cells=deltanet,rwkv7 --lengths=$L --repeats=1 --segment_length=0 \
     --heads=2 --head_dim=16 "--out=$out/recent_cells_quick_{platform}.md"
 else
   L=1024,4096,16384
-  step tune 240 scripts/tune_scan.py --repeats=5 --min_seconds=0.2 --lengths=64,256,1024,4096,16384
+  # --merge: a run cut off by its time limit adds what it measured to the shipped table instead of
+  # replacing it (points measured again replace theirs)
+  step tune 240 scripts/tune_scan.py --repeats=5 --min_seconds=0.2 --lengths=64,256,1024,4096,16384 --merge
   step rnn 150 scripts/benchmark.py --cells=lstm,gru,elstm --lengths=$L --repeats=3
   step scan 90 scripts/benchmark.py --cells=scan,selective --lengths=$L --repeats=3 --nostep_mode \
     '--out=benchmarks/scan_{platform}.md'
@@ -80,6 +84,7 @@ else
     --models=gated_deltanet,mamba2,mlstm,deltanet,slstm,rglru,attention '--out=benchmarks/models_recent_rest_{platform}.md'
 fi
 platform="$("$py" -c 'import jax; print(jax.default_backend())' 2>/dev/null)"
+# (benchmark_models.py's JSON records too, so a later device run can --merge into them)
 tar -czf "$out/device_results.tar.gz" "$log" $(ls seqjax/scan/tables/*_"$platform".json \
-  benchmarks/*_"$platform".md 2>/dev/null) 2>/dev/null
+  benchmarks/*_"$platform".md benchmarks/*_"$platform".json 2>/dev/null) 2>/dev/null
 echo "packed: $(tar -tzf "$out/device_results.tar.gz" | tr '\n' ' ')"

@@ -114,6 +114,8 @@ def _main(argv: list[str]) -> None:
         tfds.disable_progress_bar()  # one-off preparation bars would bury the training log
     from seqjax.train.trainer import evaluate, load_config
 
+    if FLAGS.max_examples is not None and FLAGS.max_examples < 1:
+        raise app.UsageError(f"--max_examples={FLAGS.max_examples}: give a positive count, or leave it out.")
     if (FLAGS.carried_state or FLAGS.by_document) and FLAGS.max_examples is not None:
         raise app.UsageError(
             "--carried_state and --by_document read the whole split as lanes; leave out --max_examples."

@@ -45,11 +45,12 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from seqjax.common.cli import command_without
 from seqjax.common.machine import describe_machine
 from seqjax.common.xla import plan_bytes
 from seqjax.scan import linear_recurrence
 from seqjax.scan.selective import selective_scan
-from seqjax.scan.tuning import BACKENDS_BY_KIND, table_from_dict
+from seqjax.scan.tuning import BACKENDS_BY_KIND, DEFAULT_KIND, table_from_dict
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("kinds", list(BACKENDS_BY_KIND), "Engines to tune: linear_recurrence, selective_scan.")
@@ -259,8 +260,15 @@ def _with_provenance(table: dict[str, Any]) -> dict[str, Any]:
     return {**table, "commands": runs, "measurements": rows}
 
 
+def _timed(row: dict[str, Any]) -> set[str]:
+    return {m for m, seconds in row["seconds"].items() if seconds is not None}
+
+
 def _merged(old: dict[str, Any], new: dict[str, Any], source: Path) -> dict[str, Any]:
-    """`old` with `new`'s run added: its points replace old ones at the same (length, state, batch)."""
+    """`old` with `new`'s run added: its points replace old ones at the same (length, state, batch),
+    unless the new point timed fewer backends (--methods, a lower --max_gib, a failed compile): a row
+    compares backends timed together, so then the old row stays whole."""
+    old = {**old, "kind": old.get("kind", DEFAULT_KIND)}  # a table without `kind` is a linear_recurrence one
     for field in ("kind", "platform", "device_kind"):
         if old.get(field) != new[field]:
             raise app.UsageError(
@@ -268,12 +276,24 @@ def _merged(old: dict[str, Any], new: dict[str, Any], source: Path) -> dict[str,
                 f"{new[field]!r}; give another --out, or drop --merge to replace it."
             )
     old = _with_provenance(old)
+    (run,) = new["commands"]
+    for field in ("chunk_size", "state_size"):  # what makes a point the same program
+        recorded = {r[field] for r in old["commands"] if field in r}
+        if recorded and recorded != {run[field]}:
+            raise app.UsageError(
+                f"--merge: {source} was measured with {field} {sorted(recorded, key=str)}, this run with "
+                f"{run[field]!r}; give --{field}={next(iter(recorded))} (None: leave it out), another "
+                "--out, or drop --merge to start a table."
+            )
     offset = len(old["commands"])
-    added = [{**row, "command": row["command"] + offset} for row in new["measurements"]]
-    at = {(r["length"], r["state_elems"], r["batch"]) for r in added}
-    kept = [r for r in old["measurements"] if (r["length"], r["state_elems"], r["batch"]) not in at]
-    rows = sorted(kept + added, key=lambda r: (r["length"], r["state_elems"], r["batch"]))
-    return {**old, "commands": old["commands"] + new["commands"], "measurements": rows}
+    rows = {(r["length"], r["state_elems"], r["batch"]): r for r in old["measurements"]}
+    for row in new["measurements"]:
+        key = (row["length"], row["state_elems"], row["batch"])
+        if key not in rows or _timed(rows[key]) <= _timed(row):
+            rows[key] = {**row, "command": row["command"] + offset}
+    measurements = [rows[key] for key in sorted(rows)]
+    latest = {"date": run["date"], "command": run["command"], "jax": run["jax"]}
+    return {**old, **latest, "commands": old["commands"] + new["commands"], "measurements": measurements}
 
 
 def main(argv: list[str]) -> None:
@@ -314,7 +334,7 @@ def _tune(kind: str, methods: list[str]) -> None:
         old = json.loads(out.read_text())
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     # The note is kept on its own (below), not twice.
-    argv = [a for a in sys.argv if not a.startswith(("--note=", "-note="))]
+    argv = command_without(sys.argv, "note")
     command = " ".join(["python", *map(shlex.quote, argv)])
     run: dict[str, Any] = {
         "date": date,

@@ -99,3 +99,21 @@ def test_merge_refuses_another_shape_or_a_missing_record_and_changes_nothing(tmp
     assert other.returncode != 0
     assert "measured with d_model=64, this run with d_model=16" in other.stderr
     assert json.loads(out.with_suffix(".json").read_text()) == good and out.read_text() == "the old table\n"
+
+    # The same shape, but a model whose parameter count has changed since: its old cells would mislead.
+    changed = {
+        **good,
+        "shape": {**good["shape"], "d_model": 16},
+        "models": ["lstm"],
+        "sizes": {"lstm": [2.5, 999]},
+    }
+    out.with_suffix(".json").write_text(json.dumps(changed))
+    refused = _benchmark(out, "--models=lstm", "--lengths=8", "--merge", *TINY)
+    assert refused.returncode != 0 and "lstm has 999 parameters, built now" in refused.stderr
+    unknown = {**changed, "models": ["no_such_model"]}
+    out.with_suffix(".json").write_text(json.dumps(unknown))
+    refused = _benchmark(out, "--models=lstm", "--lengths=8", "--merge", *TINY)
+    assert refused.returncode != 0 and "unknown models ['no_such_model']" in refused.stderr
+    assert out.read_text() == "the old table\n"
+    json_out = _benchmark(tmp_path / "models.json", "--models=lstm", "--lengths=8", *TINY)
+    assert json_out.returncode != 0 and "its JSON record goes beside it" in json_out.stderr

@@ -341,9 +341,22 @@ def test_tuner_merges_points_into_a_table_written_before_rows_named_their_run(tm
     assert "| 16 | 64 | 2 | " in text and "run 3 (" in text and "  - quiet machine" in text
 
     # Another batch at the same length and state is a new row, not a replacement.
-    assert _tune(out, md, "--merge", "--batch=1", "--lengths=128").returncode == 0
-    rows = [(r["length"], r["batch"]) for r in json.loads(out.read_text())["measurements"]]
-    assert rows == [(16, 2), (128, 1), (128, 2), (512, 2)]
+    assert _tune(out, md, "--merge", "--batch=1", "--lengths=128", "--note", "spaced note").returncode == 0
+    table = json.loads(out.read_text())
+    assert [(r["length"], r["batch"]) for r in table["measurements"]] == [
+        (16, 2),
+        (128, 1),
+        (128, 2),
+        (512, 2),
+    ]
+    assert table["commands"][3]["note"] == "spaced note" and "note" not in table["commands"][3]["command"]
+    assert table["command"] == table["commands"][3]["command"]  # the top names the latest run
+
+    # A point measured again with fewer backends (--methods) leaves the row of backends timed together.
+    before = {(r["length"], r["batch"]): r for r in table["measurements"]}
+    assert _tune(out, md, "--merge", "--batch=2", "--lengths=128", "--methods=sequential").returncode == 0
+    after = {(r["length"], r["batch"]): r for r in json.loads(out.read_text())["measurements"]}
+    assert after[128, 2] == before[128, 2]
 
 
 def test_tuner_refuses_to_merge_into_another_platforms_table_and_leaves_it(tmp_path):
@@ -354,3 +367,45 @@ def test_tuner_refuses_to_merge_into_another_platforms_table_and_leaves_it(tmp_p
     assert done.returncode != 0
     assert "--merge" in done.stderr and "platform 'gpu'" in done.stderr and "another --out" in done.stderr
     assert out.read_text() == before and not md.exists()
+
+    # Points of another chunk size are another program: refused too, naming the flag to give.
+    chunked = {
+        **_table("cpu", [(16, 64, {"sequential": 1.0})], device_kind="cpu"),
+        "commands": [{"date": "d", "command": "c", "chunk_size": 32, "state_size": None}],
+    }
+    chunked["measurements"][0].update(batch=8, command=0)
+    out.write_text(json.dumps(chunked))
+    before = out.read_text()
+    done = _tune(out, md, "--merge", "--lengths=16")
+    assert done.returncode != 0 and "chunk_size [32]" in done.stderr and "--chunk_size=32" in done.stderr
+    assert out.read_text() == before and not md.exists()
+
+
+def test_equally_near_points_are_chosen_the_same_whatever_the_rows_order():
+    rows = [
+        tuning.Measurement(1024, 4096, {"sequential": 1.0, "chunked": 2.0}, batch=1),
+        tuning.Measurement(1024, 16384, {"sequential": 2.0, "chunked": 1.0}, batch=4),
+        tuning.Measurement(4096, 8192, {"sequential": 2.0, "associative": 1.0}, batch=1),
+        tuning.Measurement(4096, 8192, {"sequential": 2.0, "chunked": 1.0}, batch=8),
+    ]
+    for order in (rows, rows[::-1]):
+        table = tuning.TuningTable("cpu", None, tuple(order))
+        assert table.nearest(1024, 8192).fastest() == "chunked"  # the larger state of two equally near
+        assert table.nearest(4096, 8192).batch == 8  # one point at two batches: the larger batch
+
+
+def test_shipped_selective_tables_are_their_markdown():
+    # benchmarks/selective_scan_tuning_{cpu,gpu}.md are what tune_scan.py writes from the shipped JSON,
+    # so a --merge into them rewrites nothing but the new rows (a subprocess: the script defines flags).
+    program = (
+        "import json, sys; sys.path.insert(0, 'scripts'); import tune_scan; "
+        "tune_scan.FLAGS(['tune_scan']); "
+        "[print(p, tune_scan._markdown(json.load(open(f'seqjax/scan/tables/selective_scan_{p}.json'))) == "
+        "open(f'benchmarks/selective_scan_tuning_{p}.md').read()) for p in ('cpu', 'gpu')]"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["cpu", "True", "gpu", "True"]

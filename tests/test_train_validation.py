@@ -6,6 +6,8 @@ compiled (issue 14, "Config validation"). On 8 fake CPU devices (tests/conftest.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -208,4 +210,18 @@ def test_the_evaluation_script_names_a_workdir_without_checkpoints(tmp_path):
         f"scripts/evaluate.py: No checkpoints in {tmp_path / 'checkpoints'}: train the run first, or pass "
         "the workdir of a trained run."
     )
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_evaluation_script_refuses_a_count_of_no_examples(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", f"--workdir={tmp_path}", "--max_examples=0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "--max_examples=0: give a positive count" in done.stderr
     assert os.listdir(tmp_path) == []

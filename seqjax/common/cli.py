@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-__all__ = ["run_or_refuse"]
+__all__ = ["command_without", "run_or_refuse"]
 
 
 def run_or_refuse(
@@ -35,3 +35,22 @@ def run_or_refuse(
             raise
         print(f"{script}: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def command_without(argv: list[str], flag: str) -> list[str]:
+    """`argv` less the string flag `flag` in either of absl's forms (`--flag=value`, `--flag value`, one
+    dash or two): for a command line recorded beside a value that is kept on its own (a run's --note).
+
+        >>> command_without(["run.py", "--note", "quiet", "--n=1", "--note=again"], "note")
+        ['run.py', '--n=1']
+    """
+    names = (f"--{flag}", f"-{flag}")
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{name}=" for name in names)):
+            kept.append(arg)
+    return kept

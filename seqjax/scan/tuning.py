@@ -64,6 +64,7 @@ class Measurement:
     length: int
     state_elems: int
     seconds: Mapping[str, float | None]
+    batch: int | None = None  # the leading batch of the point, where the table says (state_elems holds it)
 
     def fastest(self) -> str | None:
         timed = [(s, m) for m, s in self.seconds.items() if s is not None]
@@ -79,12 +80,21 @@ class TuningTable:
     kind: str = DEFAULT_KIND
 
     def nearest(self, length: int, state_elems: int) -> Measurement | None:
-        """The timed measurement closest to (length, state_elems) in log2 space."""
+        """The timed measurement closest to (length, state_elems) in log2 space; of points equally
+        close, the one with more state elements, then the longer one, then the larger batch (the larger
+        workload, where the choice costs the most time), whatever the order of the table's rows.
 
-        def distance(m: Measurement) -> float:
-            return (math.log2(m.length) - math.log2(max(length, 1))) ** 2 + (
+            >>> row = lambda n, s, best: Measurement(n, s, {best: 1.0})
+            >>> table = TuningTable("cpu", None, (row(1024, 4096, "a"), row(1024, 16384, "b")))
+            >>> table.nearest(1024, 8192).fastest()  # equally close to both: the larger state
+            'b'
+        """
+
+        def distance(m: Measurement) -> tuple[float, int, int, int]:
+            d = (math.log2(m.length) - math.log2(max(length, 1))) ** 2 + (
                 math.log2(m.state_elems) - math.log2(max(state_elems, 1))
             ) ** 2
+            return round(d, 9), -m.state_elems, -m.length, -(m.batch or 0)
 
         timed = [m for m in self.measurements if m.fastest() is not None]
         return min(timed, key=distance) if timed else None
@@ -142,7 +152,10 @@ def table_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Tuning
                 raise _bad(
                     source, f"measurements[{i}].seconds[{method!r}] must be > 0 or null, got {value!r}"
                 )
-        measurements.append(Measurement(length, state_elems, dict(seconds)))
+        batch = row.get("batch")
+        if batch is not None:
+            batch = _positive_int(batch, f"measurements[{i}].batch", source)
+        measurements.append(Measurement(length, state_elems, dict(seconds), batch))
     return TuningTable(platform, device_kind, tuple(measurements), source, kind)
 
 

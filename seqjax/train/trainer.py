@@ -450,7 +450,7 @@ def run_eval(
     batch_shardings: Mapping[str, NamedSharding],
     layout: mesh_lib.DataLayout | None = None,
 ) -> dict[str, float]:
-    """The task's metrics on a whole split (capped at `config.eval_examples` when set); `layout`: which
+    """The task's metrics on a whole split (or `config.eval_examples` of it, spread evenly); `layout`: which
     rows this process loads (None: its own block, `jax.process_index()` of `jax.process_count()`)."""
     if layout is None:
         layout = mesh_lib.DataLayout.per_process()
