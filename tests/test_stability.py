@@ -150,6 +150,57 @@ def test_rate_spread_and_rule_b():
         stability.rate_spread({1e-3: [1.0]})
 
 
+def test_rate_component_is_the_one_way_anova_component_and_unbiased_under_no_rate_effect():
+    by_rate = {1e-3: [40.0, 43.0, 38.0], 3e-3: [50.5, 47.0, 52.0], 1e-2: [60.0, 66.0, 59.0, 61.0]}
+    out = stability.rate_component(by_rate, n_resamples=400)
+    groups = [np.asarray(v) for v in by_rate.values()]
+    total = sum(g.size for g in groups)
+    grand = np.concatenate(groups).mean()
+    ms_between = sum(g.size * (g.mean() - grand) ** 2 for g in groups) / 2
+    ms_within = sum(((g - g.mean()) ** 2).sum() for g in groups) / (total - 3)
+    n0 = (total - sum(g.size**2 for g in groups) / total) / 2
+    assert out["estimate"] == pytest.approx((ms_between - ms_within) / n0)
+    f = scipy_stats.f_oneway(*groups).statistic  # the same mean squares
+    assert ms_between / ms_within == pytest.approx(f)
+    assert out["low"] > 0 and out["sd"] == pytest.approx(math.sqrt(out["estimate"]))
+    # no rate effect, a noisy model and a quiet one: the spread's difference is biased upward by the
+    # noise, the component's is not (its mean over many data sets is ~0)
+    rng = np.random.default_rng(0)
+    spreads, components = [], []
+    for _ in range(400):
+        noisy = {r: rng.normal(50, 4.2, 3) for r in (1e-3, 3e-3, 1e-2, 3e-2)}
+        quiet = {r: rng.normal(50, 0.8, 3) for r in (1e-3, 3e-3, 1e-2, 3e-2)}
+        spreads.append(
+            np.ptp([np.mean(v) for v in noisy.values()]) - np.ptp([np.mean(v) for v in quiet.values()])
+        )
+        components.append(
+            stability.rate_component(noisy, n_resamples=2)["estimate"]
+            - stability.rate_component(quiet, n_resamples=2)["estimate"]
+        )
+    assert np.mean(spreads) > 3.0  # E[range of 4 means] ~ 2.06 x 4.2 / sqrt(3) = 5.0, minus ~1.0
+    assert abs(np.mean(components)) < 3 * np.std(components) / math.sqrt(len(components))
+    assert stability.spread_null_rate(4.2, 0.8, rates=4, seeds=3, simulations=200, n_resamples=300) > 0.5
+    assert stability.spread_null_rate(1.0, 1.0, rates=4, seeds=3, simulations=200, n_resamples=300) < 0.1
+    diverged = stability.rate_component({1e-3: [1.0, 2.0], 1e-2: [math.nan, 2.0]})
+    assert diverged["estimate"] == math.inf and diverged["diverged_at"] == [1e-2]
+    with pytest.raises(ValueError, match="2 or more runs each"):
+        stability.rate_component({1e-3: [1.0, 2.0], 1e-2: [3.0]})
+
+
+def test_two_models_draw_independent_resamples():
+    models = _fake_models(spread_attention=1.0, spread_elstm=1.0)
+    s = stability.summarize_stability(
+        models, "classification", shared_rates=(1e-3, 3e-3, 1e-2), n_resamples=200
+    )
+    rows = {r["model"]: r for r in s["models"]}
+    same = stability.rate_spread(
+        {r["learning_rate"]: r["values"] for r in rows["encoder"]["rates"] if r["shared"]},
+        n_resamples=200,
+    )  # the default seed, which every model used before
+    own = rows["encoder"]["spread"]
+    assert (own["low"], own["high"]) != (same["low"], same["high"])
+
+
 # ----------------------------------------------------------------------------------------------------
 # Runs, folders and the summary, with a fake trainer.
 
@@ -291,12 +342,15 @@ def test_summary_applies_both_rules_to_the_best_attention_model_and_the_elstm():
     assert sum(r["chosen"] for r in encoder["rates"]) == 1
     assert rows["elstm"]["spread"]["estimate"] > 10 > encoder["spread"]["estimate"]
     assert s["verdicts"]["b"]["verdict"] == "supported"  # attention's spread is the smaller
+    assert s["verdicts"]["b_noise_corrected"]["verdict"] == "supported"
+    assert 0.0 <= s["verdicts"]["b"]["null_contradicted_rate"] <= 1.0
     json.dumps(s)  # plain data
     flipped = stability.summarize_stability(
         _fake_models(spread_attention=15.0, spread_elstm=1.0), "classification",
         shared_rates=(1e-3, 3e-3, 1e-2), n_resamples=500,
     )  # fmt: skip
     assert flipped["verdicts"]["b"]["verdict"] == "contradicted"
+    assert flipped["verdicts"]["b_noise_corrected"]["verdict"] == "contradicted"
     without = stability.summarize_stability(
         {k: v for k, v in models.items() if k != "elstm"},
         "classification",
@@ -423,3 +477,27 @@ def test_stability_smoke_run(tmp_path: Path) -> None:
     assert "against the strongest baseline" in text and "Each model minus every baseline" in text
     for suffix in ("_runs.png", "_rates.png"):
         assert (tmp_path / f"out{suffix}").stat().st_size > 1000
+    # --rejudge: the rate rules from the JSON's run values alone; here a second shared rate is added at
+    # which the encoder collapses and the E-LSTM does not, so (b) and (b') have something to judge
+    for row in results["stability"]["models"]:
+        low = row["model"] == "encoder"
+        row["rates"].append(
+            {**row["rates"][0], "learning_rate": 1.0, "chosen": False,
+             "values": [v - 30.0 if low else v for v in row["rates"][0]["values"]]}
+        )  # fmt: skip
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(results))
+    command = [sys.executable, str(ROOT / "experiments" / "stability.py"), f"--rejudge={edited}"]
+    done = subprocess.run(command, env=driver_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rejudged = json.loads(edited.read_text())
+    verdicts = rejudged["stability"]["verdicts"]
+    assert verdicts["b"]["verdict"] != "inconclusive" or "difference" in verdicts["b"]
+    assert "difference" in verdicts["b_noise_corrected"]
+    assert rejudged["rejudged"]["command"].endswith(f"--rejudge={edited}")
+    assert rejudged["summary"] == json.loads(json.dumps(results["summary"]))  # nothing else recomputed
+    text = (tmp_path / "edited.md").read_text()
+    assert "Verdict (b′), corrected for seed noise" in text and "rate rules re-judged" in text
+    command[-1] = f"--rejudge={tmp_path / 'missing.json'}"
+    done = subprocess.run(command, env=driver_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "--rejudge" in done.stderr
