@@ -61,6 +61,45 @@ def test_multiclass_metrics_and_majority_baseline():
     assert base["auroc"] == pytest.approx(0.5)
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
+
+
+def test_multiclass_auroc_is_one_vs_rest_on_softmax_probabilities():
+    # A raw logit k ranks examples differently from p_k (the other logits move p_k too): hand case where
+    # class 2's raw logits put a true 2 (-1.5) last, while its probability (0.31) puts it above both others.
+    labels = np.array([0, 1, 2, 2])
+    logits = np.array([[2.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 3.0, 3.5], [-2.0, -1.0, -1.5]])
+    probabilities = _softmax(logits)
+    by_pairs = np.mean([_auroc_by_pairs((labels == k).astype(int), probabilities[:, k]) for k in range(3)])
+    raw = np.mean([_auroc_by_pairs((labels == k).astype(int), logits[:, k]) for k in range(3)])
+    assert metrics.auroc(labels, logits) == pytest.approx(by_pairs) == 1.0
+    assert raw < 0.75
+    # log-probabilities (the baselines' scores) give the same as logits; a large shift changes nothing
+    assert metrics.auroc(labels, np.log(probabilities)) == pytest.approx(1.0)
+    assert metrics.auroc(labels, logits + 1e4) == pytest.approx(1.0)
+
+
+def test_auroc_matches_scikit_learn_on_random_logits():
+    roc_auc_score = pytest.importorskip("sklearn.metrics").roc_auc_score
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        k = (2, 3, 4)[trial % 3]
+        labels = rng.integers(0, k, 40)
+        labels[:k] = np.arange(k)  # every class present
+        logits = rng.normal(size=(40, k)) + np.eye(k)[labels]
+        logits[:5] = np.round(logits[:5])  # ties
+        probabilities = _softmax(logits)
+        expected = (
+            roc_auc_score(labels, probabilities[:, 1])
+            if k == 2
+            else roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")
+        )
+        assert metrics.auroc(labels, logits) == pytest.approx(expected, abs=1e-12)
+        assert metrics.classification_metrics(labels, logits)["auroc"] == pytest.approx(expected, abs=1e-12)
+
+
 def test_forecast_metrics_per_horizon_prefix():
     rng = np.random.default_rng(1)
     forecasts, targets = rng.normal(size=(2, 5, 200, 3))

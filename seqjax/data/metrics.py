@@ -2,8 +2,8 @@
 
 - Classification: accuracy, balanced accuracy, macro-F1 (the unweighted mean of the per-class F1 over
   the classes in the labels or the predictions, as scikit-learn's `f1_score(average="macro")`),
-  Matthews correlation (MCC, multiclass by Gorodkin's R_K), AUROC (binary; macro one-vs-rest for more
-  classes). Computed from every example of the split,
+  Matthews correlation (MCC, multiclass by Gorodkin's R_K), AUROC (binary; macro one-vs-rest of the
+  softmax probabilities for more classes). Computed from every example of the split,
   since AUROC and MCC are not means of per-batch values.
 - Forecasting: MSE and MAE on the normalised scale over every (example, step, variable), plus per
   horizon prefix (`mse@96` = the first 96 steps) when the model forecasts further.
@@ -85,15 +85,28 @@ def _binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """AUROC from class scores [N, K] (logits or probabilities): binary uses class 1's score minus
-    class 0's; K > 2 is the macro mean of one-vs-rest AUROCs over the classes present."""
+    """AUROC from class log-scores [N, K]: logits or log-probabilities (what `classification_metrics`
+    is given by the models and the baselines), not probabilities. Binary uses class 1's score minus
+    class 0's, the log-odds (any scores whose difference orders class 1 work, e.g. [0, GC fraction]).
+    K > 2 is the macro mean over the classes present of the one-vs-rest AUROC of the softmax probability
+    of class k, as scikit-learn's `roc_auc_score(multi_class="ovr")` on probabilities: a raw logit k
+    ranks examples differently from p_k (the other classes' logits move p_k too), so it is not used.
+    Probabilities: pass their logarithm.
+
+    >>> labels = np.array([0, 1, 2, 2])
+    >>> logits = np.array([[2.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 3.0, 3.5], [-2.0, -1.0, -1.5]])
+    >>> auroc(labels, logits)  # p_2 = 0.25, 0.21, 0.61, 0.31: both 2s first (raw logit 2 would give 0.72)
+    1.0
+    """
     labels = np.asarray(labels)
     scores = np.asarray(scores, np.float64)
     if scores.ndim != 2:
         raise ValueError(f"auroc: scores must be [N, num_classes], got shape {scores.shape}.")
     if scores.shape[1] == 2:
         return _binary_auroc(labels == 1, scores[:, 1] - scores[:, 0])
-    per_class = [_binary_auroc(labels == k, scores[:, k]) for k in range(scores.shape[1])]
+    shifted = scores - scores.max(1, keepdims=True)  # softmax, stable for large logits
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    per_class = [_binary_auroc(labels == k, probabilities[:, k]) for k in range(scores.shape[1])]
     present = [a for a in per_class if not math.isnan(a)]
     return float(np.mean(present)) if present else math.nan
 
