@@ -1,10 +1,14 @@
 """Batches from a random-access source: shuffled with grain, sharded by process, resumable by position.
 
 A source is anything with `len(source)` and `source[i] -> dict of NumPy arrays` (fixed shapes): the
-synthetic tasks and every real task's split. Training batches come from
-`grain.MapDataset.source(source).shuffle(seed).repeat()`, which reshuffles every epoch and is itself
+synthetic tasks and every real task's split. Training batches come from a stream of epochs, each a
+permutation of the source by grain (`grain.MapDataset.source(source).shuffle(epoch_seed)`), which is
 random access, so global batch `i` is always elements [i·B, (i+1)·B) of that stream and the whole
-iterator state is the integer `i`. Each process builds only its own contiguous rows of a global batch,
+iterator state is the integer `i`. Epoch 0 is shuffled with `seed` itself and epoch e > 0 with a seed
+mixed from (seed, e) (`epoch_seed`): grain's own `.shuffle(seed).repeat()` shuffles epoch e with
+seed + e, which made seed s + 1's stream seed s's with its first epoch dropped (two "independent" data
+orders that share all but one epoch; found 2026-12-06). Runs shorter than an epoch see the same
+examples as before the fix. Each process builds only its own contiguous rows of a global batch,
 so 1 process or N processes see the same global batches.
 
 A training stream may take a `transform(example, position)` (training-time augmentation, e.g.
@@ -18,6 +22,7 @@ its final example and marked by `valid` = False, so every example counts exactly
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -29,6 +34,7 @@ __all__ = [
     "PrefetchedBatches",
     "RandomAccessSource",
     "TrainBatches",
+    "epoch_seed",
     "eval_batches",
     "spread_indices",
     "stack_examples",
@@ -115,23 +121,50 @@ class TrainBatches(PrefetchedBatches):
             )
         if len(source) == 0:
             raise ValueError("TrainBatches: the training split is empty; check the data config.")
-        dataset = grain.MapDataset.source(source)
-        if shuffle:
-            dataset = dataset.shuffle(seed=seed)
-        self._dataset = dataset.repeat()
+        self._source = grain.MapDataset.source(source)
+        self._seed = seed
+        self._shuffle = shuffle
+        self._epochs: dict[int, Any] = {}  # epoch -> its shuffled dataset (a few at a time)
+        self._epochs_lock = threading.Lock()  # prefetching threads build batches concurrently
         self.batch_size = batch_size
         self._rows = batch_size // process_count
         self._offset = process_index * self._rows
         self._transform = transform
         super().__init__(start=start, prefetch=prefetch)
 
+    def element(self, position: int) -> dict[str, np.ndarray]:
+        """Element `position` of the training stream (before any transform)."""
+        epoch, index = divmod(position, len(self._source))
+        if not self._shuffle:
+            return self._source[index]
+        with self._epochs_lock:
+            dataset = self._epochs.get(epoch)
+            if dataset is None:
+                if len(self._epochs) > 4:  # batches move forward: keep the last few epochs' datasets
+                    self._epochs.pop(min(self._epochs))
+                dataset = self._epochs[epoch] = self._source.shuffle(seed=epoch_seed(self._seed, epoch))
+        return dataset[index]
+
     def local_batch(self, index: int) -> dict[str, np.ndarray]:
         """This process's rows of global batch `index` (pure: no iterator state involved)."""
         start = index * self.batch_size + self._offset
         positions = range(start, start + self._rows)
         if self._transform is None:
-            return stack_examples([self._dataset[p] for p in positions])
-        return stack_examples([self._transform(self._dataset[p], p) for p in positions])
+            return stack_examples([self.element(p) for p in positions])
+        return stack_examples([self._transform(self.element(p), p) for p in positions])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffling seed of `epoch` of a training stream seeded `seed` (module docstring): `seed` for
+    epoch 0, else 32 bits drawn from `numpy.random.SeedSequence([seed, epoch])`, so that no two
+    (seed, epoch) pairs share a permutation by construction.
+
+    >>> epoch_seed(3, 0), epoch_seed(3, 1) == epoch_seed(4, 0), epoch_seed(3, 1) == epoch_seed(3, 1)
+    (3, False, True)
+    """
+    if epoch == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint32)[0])
 
 
 def eval_batches(
