@@ -205,7 +205,6 @@ def _family_paths(summary: Mapping[str, Any], family: str) -> tuple[str, list[st
 def claim_differences(cells: Sequence[Mapping[str, Any]], n_resamples: int) -> dict[str, Any]:
     """Claim (a): per covered (H, L) key, MSE(best recurrent) - MSE(best attention) at the Bonferroni
     level over the covered keys, with the DM test beside, and the verdict (module docstring)."""
-    from seqjax.experiment.lookback import forecast_diebold_mariano, paired_errors
     from seqjax.experiment.report import Claim, judge, paired_difference
 
     longest = max(c["lookback"] for c in cells)
@@ -226,10 +225,13 @@ def claim_differences(cells: Sequence[Mapping[str, Any]], n_resamples: int) -> d
             continue
         (a, paths_a), (b, paths_b) = pair
         difference = paired_difference(
-            paths_a, paths_b, "forecast", confidence_level=level, n_resamples=n_resamples
+            paths_a,
+            paths_b,
+            "forecast",
+            horizon=cell["horizon"],
+            confidence_level=level,
+            n_resamples=n_resamples,
         )
-        (errors_a, errors_b), ids, _ = paired_errors([paths_a, paths_b])
-        difference["paired_test"] = forecast_diebold_mariano(errors_a, errors_b, ids, cell["horizon"])
         differences[key] = difference
         rows.append({"key": key, "better": a, "worse": b, **difference})
     claim = Claim(CLAIM_TEXT, "recurrent", "attention")
@@ -272,6 +274,7 @@ def lookback_gains(cells: Sequence[Mapping[str, Any]], n_resamples: int) -> dict
                     "forecast",
                     larger_is_better=False,
                     metric=error,
+                    horizon=horizon,
                     confidence_level=level,
                     n_resamples=n_resamples,
                 )
@@ -368,7 +371,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         "Rule (fixed before the run): per covered (horizon, look-back), MSE(best recurrent) − MSE(best "
         "attention), each chosen on validation, paired block bootstrap at "
         f"{claim['confidence_level']:.2%} (Bonferroni over the covered keys); supported if every interval "
-        "is below zero, contradicted if every one is above, depends if both, else inconclusive.",
+        "is below zero, contradicted if every one is above, depends if both, else inconclusive; a key "
+        "whose interval resampled fewer than 10 time blocks is not judged (it counts as neither side).",
         "",
         "| key | recurrent − attention | MSE difference [CI] | class | Holm p | Diebold–Mariano p |",
         "|---|---|---:|---|---:|---:|",
@@ -379,8 +383,9 @@ def markdown(results: Mapping[str, Any]) -> str:
             continue
         k = claim["per_key"][r["key"]]
         dm = r["paired_test"]
+        key_class = f"not judged ({k['not_judged']})" if "not_judged" in k else k["class"]
         lines.append(
-            f"| {r['key']} | {r['better']} − {r['worse']} | {_cell(r, True)} | {k['class']} | "
+            f"| {r['key']} | {r['better']} − {r['worse']} | {_cell(r, True)} | {key_class} | "
             f"{k['holm_p']:.3g} | {dm['p_value']:.3g} ({dm['lags']} lags) |"
         )
     lines += [
@@ -389,7 +394,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
         f"err(longest) − err(shortest) on the same test windows, {gains['confidence_level']:.2%} intervals "
         "(Bonferroni over models × horizons): *helps* when the MSE interval is below zero, *hurts* "
-        "above, else *no clear difference*.",
+        "above, else *no clear difference*; an interval over fewer than 10 time blocks (a short test "
+        "split at a long look-back) is *not judged*: a percentile bootstrap over so few blocks cannot "
+        "reach its level (`seqjax.experiment.verdict.MIN_CLUSTERS`).",
         "",
         "| H | model | look-backs | MSE difference [CI] | class | MAE difference [CI] |",
         "|---:|---|---|---:|---|---:|",
@@ -469,6 +476,7 @@ def _run_dataset(dataset: str, presets: list[str], base: Any, level: float, work
                 folder,
                 length=lookback,
                 claims=[Claim(CLAIM_TEXT, "recurrent", "attention")],
+                horizon=horizon,
                 confidence_level=level,
                 n_resamples=FLAGS.resamples,
                 # the baselines score only the models' test windows (all 400k+ at stride 1 would take hours)

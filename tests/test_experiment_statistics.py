@@ -487,12 +487,31 @@ def test_verdict_branches(direction, intervals, expected):
 
 
 def test_verdict_takes_bootstrap_intervals_and_reports_each_key():
-    better = paired_bootstrap([2.0, 3.0, 4.0, 5.0], [1.0, 1.5, 2.5, 3.0], n_resamples=200)
-    unclear = paired_bootstrap([1.0, -1.0, 2.0, -2.0], [0.0, 0.0, 0.0, 0.0], n_resamples=200)
+    better = paired_bootstrap([2.0, 3.0, 4.0, 5.0] * 3, [1.0, 1.5, 2.5, 3.0] * 3, n_resamples=200)
+    unclear = paired_bootstrap([1.0, -1.0, 2.0, -2.0] * 3, [0.0] * 12, n_resamples=200)
     intervals = {("dna", 1024): better, ("dna", 8192): unclear}
     assert classify_intervals("greater", intervals) == {("dna", 1024): "claimed", ("dna", 8192): "neither"}
     assert verdict("greater", {("dna", 1024): better}) == "supported"
     assert verdict("greater", intervals) == "inconclusive"
+    # the same clear difference over 4 resampled units (or 4 clusters) is not judged: too coarse
+    coarse = paired_bootstrap([2.0, 3.0, 4.0, 5.0], [1.0, 1.5, 2.5, 3.0], n_resamples=200)
+    assert coarse.low > 0 and coarse.n_clusters == 4
+    assert verdict("greater", {("dna", 1024): coarse}) == "inconclusive"
+
+
+def test_a_claim_over_too_few_clusters_is_not_judged():
+    from seqjax.experiment.report import Claim, judge
+
+    claim = Claim("rec beats att", "recurrent", "attention")
+    many = {"estimate": 1.0, "low": 0.5, "high": 1.5, "p_value": 0.001, "n_clusters": 27}
+    few = {**many, "n_clusters": 3}
+    assert judge(claim, {1024: many}, larger_is_better=True)["verdict"] == "supported"
+    judged = judge(claim, {1024: many, 8192: few}, larger_is_better=True)
+    assert judged["verdict"] == "inconclusive"
+    assert judged["per_key"]["8192"] == {
+        "class": "neither", "holm_p": pytest.approx(0.002), "not_judged": "3 clusters, fewer than 10"
+    }  # fmt: skip
+    assert "not_judged" not in judged["per_key"]["1024"]
 
 
 @pytest.mark.parametrize(

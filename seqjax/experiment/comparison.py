@@ -94,10 +94,12 @@ def compare_at_length(
     n_resamples: int = 2000,
     match_target: str | None = None,
     baseline_options: Mapping[str, Any] | None = None,
+    horizon: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Trains, scores and summarises one comparison; returns the summary (`summarize_length`) with the
-    protocol's settings under "protocol". `baseline_options` go to `task_baselines`."""
+    protocol's settings under "protocol". `baseline_options` go to `task_baselines`; `horizon` (a
+    forecaster's, in rows) to the claims' Diebold-Mariano tests (`report.paired_difference`)."""
     results = run_comparison(configs, settings, workdir, length=length, match_target=match_target, log=log)
     first = next(iter(configs.values()))
     found, clusters = (
@@ -111,6 +113,7 @@ def compare_at_length(
         baselines=found,
         baseline_clusters=clusters,
         claims=claims,
+        horizon=horizon,
         confidence_level=confidence_level,
         n_resamples=n_resamples,
     )

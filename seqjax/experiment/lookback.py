@@ -13,20 +13,21 @@ err(long) - err(short), is the length sweeps' `seqjax.experiment.sweep.length_ga
   Below zero: the recurrent model's error falls more ("recurrent gains more"); above: "attention gains
   more"; else "no clear difference".
 - `paired_errors`: several forecasters' per-window errors, checked to be on the same windows.
-- `forecast_diebold_mariano`: the DM test of two forecasters' seed-mean losses, with the overlap of
+- `forecast_diebold_mariano` (`seqjax.experiment.report`'s, re-exported): the DM test of two
+  forecasters' seed-mean losses, with the overlap of
   their windows' targets in its lag window (the test windows are spread over the split: windows closer
   than a horizon share target rows).
 
-    >>> flat = [[1.0, 1.0, 1.0, 1.0]]                   # [seeds, windows]
-    >>> better = [[0.5, 0.6, 0.4, 0.5]]                 # the recurrent model at the longer look-back
-    >>> gain = family_gain_interval(flat, better, flat, flat, [0, 0, 1, 1], n_resamples=200)
+    >>> flat = [[1.0] * 24]                             # [seeds, windows]
+    >>> better = [[0.5, 0.6, 0.4, 0.5] * 6]             # the recurrent model at the longer look-back
+    >>> blocks = np.repeat(np.arange(12), 2)            # 12 time blocks of 2 windows
+    >>> gain = family_gain_interval(flat, better, flat, flat, blocks, n_resamples=200)
     >>> round(gain["estimate"], 6), gain["class"]
     (-0.5, 'recurrent gains more')
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,8 +35,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from seqjax.experiment import statistics
-from seqjax.experiment.report import difference_fields, forecast_errors
-from seqjax.experiment.verdict import classify_interval
+from seqjax.experiment.report import difference_fields, forecast_diebold_mariano, forecast_errors
+from seqjax.experiment.verdict import classify_interval, not_judged, too_few_clusters
 
 __all__ = ["FAMILY_GAIN_CLASSES", "family_gain_interval", "forecast_diebold_mariano", "paired_errors"]
 
@@ -60,10 +61,14 @@ def family_gain_interval(
     """gain(recurrent) - gain(attention), each gain err(long) - err(short), from the four models'
     per-window errors [seeds, windows] on the same windows (module docstring).
 
-    >>> flat = [[1.0, 1.0, 1.0, 1.0]]
-    >>> better = [[0.5, 0.6, 0.4, 0.5]]
-    >>> family_gain_interval(flat, better, flat, flat, [0, 0, 1, 1], n_resamples=200)["class"]
+    An interval over fewer than `verdict.MIN_CLUSTERS` blocks is not judged.
+
+    >>> flat = [[1.0] * 24]
+    >>> better = [[0.5, 0.6, 0.4, 0.5] * 6]
+    >>> family_gain_interval(flat, better, flat, flat, np.repeat(np.arange(12), 2), n_resamples=200)["class"]
     'recurrent gains more'
+    >>> family_gain_interval(flat, better, flat, flat, np.repeat([0, 1], 12), n_resamples=200)["class"]
+    'not judged (2 blocks, fewer than 10)'
     """
     interval = statistics.contrast_bootstrap(
         [recurrent_long, recurrent_short, attention_long, attention_short],
@@ -72,6 +77,8 @@ def family_gain_interval(
         confidence_level=confidence_level,
         n_resamples=n_resamples,
     )
+    if too_few_clusters(interval.n_clusters):
+        return {**difference_fields(interval), "class": not_judged(interval.n_clusters)}
     side = classify_interval("less", interval.low, interval.high)
     return {**difference_fields(interval), "class": FAMILY_GAIN_CLASSES[side]}
 
@@ -110,33 +117,3 @@ def paired_errors(
         reference = targets if targets is not None else reference
     assert ids is not None and clusters is not None
     return values, ids, clusters
-
-
-def forecast_diebold_mariano(
-    losses_a: ArrayLike, losses_b: ArrayLike, example_ids: ArrayLike, horizon: int
-) -> dict[str, Any]:
-    """Diebold-Mariano (HLN) test of two forecasters' losses ([seeds, windows]: the seed means are
-    compared) on windows in time order whose first target rows are `example_ids` (stride-1 windows of
-    the split, as the evaluation numbers them). Windows closer than `horizon` rows share targets, so the
-    lag window is ceil(horizon / the median gap between windows), with Bartlett weights (never a
-    negative variance). A p-value of NaN when the test cannot be run (equal losses, too few windows).
-
-    >>> rng = np.random.default_rng(0)
-    >>> a = rng.normal(1.0, 0.1, (2, 50)); b = a + 0.2 + rng.normal(0, 0.05, (1, 50))
-    >>> result = forecast_diebold_mariano(a, b, np.arange(0, 500, 10), horizon=96)
-    >>> result["lags"], result["p_value"] < 0.01
-    (10, True)
-    """
-    a = np.asarray(losses_a, np.float64)
-    b = np.asarray(losses_b, np.float64)
-    a = a.mean(0) if a.ndim == 2 else a
-    b = b.mean(0) if b.ndim == 2 else b
-    gaps = np.diff(np.asarray(example_ids, np.int64))
-    gap = float(np.median(gaps)) if len(gaps) else 1.0
-    lags = max(1, math.ceil(horizon / max(gap, 1.0)))
-    name = f"Diebold-Mariano (HLN, Bartlett, {lags} lags, seed-mean losses)"
-    try:
-        result = statistics.diebold_mariano(a, b, horizon=lags, kernel="bartlett")
-    except ValueError as error:
-        return {"name": name, "p_value": math.nan, "lags": lags, "note": str(error)}
-    return {"name": name, "p_value": result.p_value, "statistic": result.statistic, "lags": lags}

@@ -33,7 +33,12 @@ from numpy.typing import ArrayLike
 
 from seqjax.experiment import statistics, weighted_metrics
 from seqjax.experiment.predictions import RunPredictions, read_predictions, reduce_forecasts, stack_seeds
-from seqjax.experiment.verdict import classify_interval, verdict
+from seqjax.experiment.verdict import (
+    MIN_CLUSTERS,
+    classify_interval,
+    too_few_clusters,
+    verdict_of_classes,
+)
 
 __all__ = [
     "FAMILIES",
@@ -520,15 +525,21 @@ def judge(
     the Holm-adjusted p-values across keys."""
     direction = claim.direction(larger_is_better=larger_is_better)
     keys = list(differences)
-    intervals = {k: (differences[k]["low"], differences[k]["high"]) for k in keys}
     p_values = [differences[k]["p_value"] for k in keys]
     adjusted = statistics.holm_adjusted_p_values(p_values) if keys else []
+    per_key = {}
+    for k, p in zip(keys, adjusted, strict=True):
+        d = differences[k]
+        n_clusters = d.get("n_clusters")
+        per_key[str(k)] = {
+            "class": classify_interval(direction, d["low"], d["high"], n_clusters=n_clusters),
+            "holm_p": float(p),
+        }
+        if too_few_clusters(n_clusters):
+            per_key[str(k)]["not_judged"] = f"{n_clusters} clusters, fewer than {MIN_CLUSTERS}"
     return {
         "claim": claim.name,
         "direction": direction,
-        "verdict": verdict(direction, intervals),
-        "per_key": {
-            str(k): {"class": classify_interval(direction, *intervals[k]), "holm_p": float(p)}
-            for k, p in zip(keys, adjusted, strict=True)
-        },
+        "verdict": verdict_of_classes(c["class"] for c in per_key.values()),
+        "per_key": per_key,
     }

@@ -111,11 +111,14 @@ def summarize_length(
     baselines: Sequence[Any] = (),
     baseline_clusters: np.ndarray | None = None,
     claims: Sequence[Claim] = (),
+    horizon: int | None = None,
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
 ) -> dict[str, Any]:
     """The summary of one comparison (module docstring). `confidence_level` applies to every interval:
-    pass 1 - alpha / m for intervals that hold jointly over m lengths (Bonferroni)."""
+    pass 1 - alpha / m for intervals that hold jointly over m lengths (Bonferroni). `horizon`: a
+    forecaster's, for the claims' Diebold-Mariano lag window (needed when runs were carried without
+    their targets)."""
     metric, larger = HEADLINE[task]
     rows = []
     for name, result in results.items():
@@ -193,6 +196,7 @@ def summarize_length(
             results[a].predictions,
             results[b].predictions,
             task,
+            horizon=horizon,
             confidence_level=confidence_level,
             n_resamples=n_resamples,
         )

@@ -238,6 +238,7 @@ def length_gain(
     *,
     larger_is_better: bool,
     metric: str | None = None,
+    horizon: int | None = None,
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
 ) -> dict[str, Any]:
@@ -252,7 +253,7 @@ def length_gain(
     """
     from seqjax.experiment.predictions import read_predictions
     from seqjax.experiment.report import paired_difference
-    from seqjax.experiment.verdict import classify_interval
+    from seqjax.experiment.verdict import classify_interval, not_judged, too_few_clusters
 
     difference = paired_difference(
         long,
@@ -260,8 +261,11 @@ def length_gain(
         task,
         metric=metric,
         clusters=read_predictions(long[0]).cluster_ids,
+        horizon=horizon,
         confidence_level=confidence_level,
         n_resamples=n_resamples,
     )
+    if too_few_clusters(difference["n_clusters"]):
+        return {**difference, "class": not_judged(difference["n_clusters"])}
     side = classify_interval("greater" if larger_is_better else "less", difference["low"], difference["high"])
     return {**difference, "class": GAIN_CLASSES[side]}

@@ -24,6 +24,12 @@ Sign changes of point estimates inside intervals that contain zero are noise, no
 
 For intervals that hold jointly across m tasks/lengths, compute each at confidence 1 - alpha/m
 (Bonferroni), or test with p-values and `statistics.holm_adjusted_p_values`.
+
+An interval from a bootstrap over fewer than `MIN_CLUSTERS` clusters (a few time blocks of a short test
+split) is not judged: it counts as "neither" whatever its ends. A percentile interval over G resampled
+clusters cannot reach its level when G is small: with a true difference of zero, a 97.5% paired interval
+excluded zero in 39% of simulated data sets at G = 2, 30% at 3, 14% at 4, 10% at 6 and 4% at 19 (3
+seeds a model, 40 examples a cluster, cluster effects of SD 1; found in a review, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -33,7 +39,20 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-__all__ = ["Direction", "Label", "classify_interval", "classify_intervals", "verdict", "verdict_of_classes"]
+__all__ = [
+    "MIN_CLUSTERS",
+    "Direction",
+    "Label",
+    "classify_interval",
+    "classify_intervals",
+    "not_judged",
+    "too_few_clusters",
+    "verdict",
+    "verdict_of_classes",
+]
+
+#: The fewest resampled clusters whose interval is judged (module docstring).
+MIN_CLUSTERS = 10
 
 Direction = Literal["greater", "less"]
 Label = Literal["supported", "contradicted", "depends", "inconclusive"]
@@ -73,16 +92,40 @@ def _check_direction(claimed_direction: str) -> None:
         )
 
 
-def classify_interval(claimed_direction: Direction, low: float, high: float) -> IntervalClass:
-    """Whether the interval (low, high) excludes zero on the claimed side, the opposite side, or neither.
+def too_few_clusters(n_clusters: int | None) -> bool:
+    """Whether a bootstrap over `n_clusters` clusters is too coarse to judge (`MIN_CLUSTERS`); None (an
+    interval that is not a cluster bootstrap's) never is.
+
+    >>> too_few_clusters(3), too_few_clusters(27), too_few_clusters(None)
+    (True, False, False)
+    """
+    return n_clusters is not None and n_clusters < MIN_CLUSTERS
+
+
+def not_judged(n_clusters: int) -> str:
+    """The class a report prints for an interval over too few clusters (`too_few_clusters`).
+
+    >>> not_judged(3)
+    'not judged (3 blocks, fewer than 10)'
+    """
+    return f"not judged ({n_clusters} blocks, fewer than {MIN_CLUSTERS})"
+
+
+def classify_interval(
+    claimed_direction: Direction, low: float, high: float, *, n_clusters: int | None = None
+) -> IntervalClass:
+    """Whether the interval (low, high) excludes zero on the claimed side, the opposite side, or neither;
+    "neither" whatever its ends when it resampled fewer than `MIN_CLUSTERS` clusters (`n_clusters`).
 
     >>> classify_interval("greater", 0.1, 0.4), classify_interval("greater", -0.4, -0.1)
     ('claimed', 'opposite')
-    >>> classify_interval("less", -0.2, 0.0)
-    'neither'
+    >>> classify_interval("less", -0.2, 0.0), classify_interval("greater", 0.1, 0.4, n_clusters=3)
+    ('neither', 'neither')
     """
     _check_direction(claimed_direction)
     low, high = _end_points("interval", (low, high))
+    if too_few_clusters(n_clusters):
+        return "neither"
     if low > 0:
         side = "greater"
     elif high < 0:
@@ -107,7 +150,9 @@ def classify_intervals(
             f"got {intervals!r}."
         )
     return {
-        key: classify_interval(claimed_direction, *_end_points(key, interval))
+        key: classify_interval(
+            claimed_direction, *_end_points(key, interval), n_clusters=getattr(interval, "n_clusters", None)
+        )
         for key, interval in intervals.items()
     }
 
