@@ -25,6 +25,8 @@ Transformer-XL reports, and the per-segment one, over the same targets. Each bat
 [batch_size] (the global rows' document index, -1 for an empty lane) for per-document sums, and on
 request each target's byte offset from its document's start and its bytes (`target_byte_offsets`: a
 BPE token counts the bytes of its decoded piece, `TokenStream.token_bytes`), for sums by position.
+Each also has "counted_bytes" [batch_size] (the bytes of each global row's counted targets,
+`counted_target_bytes`), which bits per byte divides by: exact for any span of a document read.
 
 Every batch of a token stream has the keys of the per-sequence examples ("inputs", "targets",
 "weights", "resets", "mask", [rows, length]), so it goes through the same shardings and loss. `resets`
@@ -64,6 +66,7 @@ __all__ = [
     "StreamSource",
     "TokenStream",
     "check_position_buckets",
+    "counted_target_bytes",
     "document_eval_batches",
     "document_spans",
     "series_stream_of",
@@ -432,6 +435,25 @@ def target_byte_offsets(stream: TokenStream) -> tuple[np.ndarray, np.ndarray]:
     return offsets.astype(np.int64), sizes[1 : inputs + 1].astype(np.float64)
 
 
+def counted_target_bytes(stream: TokenStream) -> np.ndarray:
+    """Per input t of `stream` ([N - 1], float64): the bytes its target (token t + 1) stands for when it
+    counts (`stream.token_bytes`, else 1: byte-level), 0 when it does not. Its sum over the inputs an
+    evaluation reads is the bytes bits per byte divides by; why not tokens x the split's bytes per token:
+    that average is exact only for the whole split, and a document's first tokens (what
+    `max_document_tokens` reads) can be much shorter than it.
+
+    >>> stream = TokenStream(np.arange(4), np.array([1, 0, 1, 0], bool), np.array([1, 0, 1], bool),
+    ...                      np.array([2, 3, 1, 4]))
+    >>> counted_target_bytes(stream).tolist()
+    [3.0, 0.0, 4.0]
+    """
+    inputs = max(len(stream.tokens) - 1, 0)
+    sizes = np.ones(inputs, np.float64)
+    if stream.token_bytes is not None:
+        sizes = np.asarray(stream.token_bytes[1 : inputs + 1], np.float64)
+    return sizes * np.asarray(stream.counted[:inputs], bool)
+
+
 def document_eval_batches(
     source: StreamSource | TokenStream,
     batch_size: int,
@@ -449,10 +471,12 @@ def document_eval_batches(
     no more for a 400 kB book than for a 40 kB one. With `carried` the state runs
     through each document's segments (only its first token resets); without, every segment starts from
     a reset, so no target sees context from an earlier segment. "document" [batch_size] holds the
-    global rows' document indices (-1: no document), the same in every process. With `byte_offsets`,
-    also "target_offset" [batch_size, length] int64 (each target's byte offset from its document's
-    start, `target_byte_offsets`; -1 on padding) and "target_bytes" [batch_size, length] float64 (the
-    bytes it stands for; 0 on padding), for the global rows too: what per-position sums read.
+    global rows' document indices (-1: no document), the same in every process, and "counted_bytes"
+    [batch_size] float64 the bytes of each global row's counted targets (`counted_target_bytes`). With
+    `byte_offsets`, also "target_offset" [batch_size, length] int64 (each target's byte offset from its
+    document's start, `target_byte_offsets`; -1 on padding) and "target_bytes" [batch_size, length]
+    float64 (the bytes it stands for; 0 on padding), for the global rows too: what per-position sums
+    read.
 
     >>> stream = TokenStream(np.arange(8), np.array([1, 0, 0, 0, 0, 1, 0, 0], bool), np.ones(7, bool))
     >>> batches = list(document_eval_batches(stream, 2, 3, carried=False))
@@ -478,6 +502,7 @@ def document_eval_batches(
         raise ValueError("document_eval_batches: the split has no targets; nothing to evaluate.")
     order = np.argsort(-(spans[:, 1] - spans[:, 0]), kind="stable")
     offsets, sizes = target_byte_offsets(stream) if byte_offsets else (None, None)
+    counted_before = np.concatenate([[0.0], np.cumsum(counted_target_bytes(stream))])
     first_row = process_index * rows
     for group in range(0, len(order), batch_size):
         documents = np.full(batch_size, -1, np.int64)
@@ -492,7 +517,12 @@ def document_eval_batches(
                 begin = start + segment * length
                 lane_start = segment == 0 or not carried
                 batch.append(stream.segment(begin, min(begin + length, stop), length, lane_start))
-            extra = {"document": documents.copy()}
+            extra = {"document": documents.copy(), "counted_bytes": np.zeros(batch_size, np.float64)}
+            for row, d in enumerate(documents):  # every global row: the sums are global
+                if d >= 0:
+                    begin = min(int(spans[d, 0]) + segment * length, int(spans[d, 1]))
+                    end = min(begin + length, int(spans[d, 1]))
+                    extra["counted_bytes"][row] = counted_before[end] - counted_before[begin]
             if offsets is not None:
                 extra["target_offset"] = np.full((batch_size, length), -1, np.int64)
                 extra["target_bytes"] = np.zeros((batch_size, length), np.float64)

@@ -2,7 +2,8 @@
 
 - Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it when the
   save is complete), so a run killed mid-save leaves no step directory that looks finished.
-- Retention: the latest `keep` steps, plus the `keep_best` best by an eval metric when one is named.
+- Retention: the latest `keep` steps, plus the `keep_best` best by an eval metric when one is named,
+  among the steps scored on the same evaluation subset (`Checkpoints.best_step`).
 - A state with a NaN or Inf is refused before anything is written.
 - Every checkpoint carries checksums: a digest of each array's values (computed on device, so every
   process of a multi-process run checks the whole state, whatever the mesh), and sha256 digests of the
@@ -34,7 +35,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-__all__ = ["UNREADABLE", "CheckpointError", "Checkpoints", "NonFiniteStateError", "Restored"]
+__all__ = ["SCORED_ON", "UNREADABLE", "CheckpointError", "Checkpoints", "NonFiniteStateError", "Restored"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 UNREADABLE = ".unreadable-"
 #: The array digest's name, saved with the checksums: a changed algorithm is never a mismatch.
 _DIGEST = "fmix32x2-v1"
+#: The key of a step's saved metrics that records which evaluation subset scored them (`Checkpoints.save`).
+SCORED_ON = "scored_on_examples"
 
 
 class CheckpointError(RuntimeError):
@@ -172,6 +175,31 @@ def _sha256(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
+def _scored_on(metrics: Mapping[str, Any]) -> int | None:
+    """The evaluation subset a step's saved metrics were scored on (`Checkpoints.save(scored_on=...)`);
+    None for a step saved without the record (an older seqjax): all such steps count as one subset."""
+    value = metrics.get(SCORED_ON)
+    return None if value is None else int(value)
+
+
+class _BestOfEachSubset(checkpoint_managers.BestN):
+    """`BestN` within each evaluation subset (`_scored_on`): the `n` best steps scored on each subset are
+    kept. Why not the `n` best over all: a step scored on a few examples can look better than the whole
+    split's best by noise alone and push it out, and `best_step` never picks across subsets."""
+
+    def should_preserve(self, checkpoints: Any, *, context: Any) -> list[bool]:
+        subsets: dict[int | None, list[int]] = {}
+        for i, info in enumerate(checkpoints):
+            if info.metrics is not None:
+                subsets.setdefault(_scored_on(info.metrics), []).append(i)
+        keep = [False] * len(checkpoints)
+        for members in subsets.values():
+            kept = super().should_preserve([checkpoints[i] for i in members], context=context)
+            for i, k in zip(members, kept, strict=True):
+                keep[i] = bool(k)
+        return keep
+
+
 def _all_agree(ok: bool) -> bool:
     """Whether `ok` holds on every process (every process must restore the same step)."""
     if jax.process_count() == 1:
@@ -187,7 +215,7 @@ class Checkpoints:
       save_every: `should_save(step)` is true every this many steps.
       keep: the latest checkpoints to keep.
       best_metric: name of an eval metric (a key of the `metrics` passed to `save`); the `keep_best` best
-        checkpoints by it are kept as well.
+        checkpoints by it are kept as well (of each evaluation subset: `save(scored_on=...)`).
       best_mode: "min" or "max".
       async_save: write in a background thread; `wait` blocks until written.
     """
@@ -214,7 +242,7 @@ class Checkpoints:
         policies: list[Any] = [checkpoint_managers.LatestN(n=keep)]
         if best_metric is not None:
             policies.append(
-                checkpoint_managers.BestN(
+                _BestOfEachSubset(
                     get_metric_fn=lambda metrics: float(metrics[best_metric]),
                     reverse=best_mode == "min",
                     n=keep_best,
@@ -244,9 +272,13 @@ class Checkpoints:
         data_state: Mapping[str, Any] | None = None,
         config: Any = None,
         metrics: Mapping[str, Any] | None = None,
+        scored_on: int | None = None,
     ) -> None:
         """Writes `state` (any pytree of arrays) with the data-iterator state and the config at `step`.
 
+        `scored_on` (with `metrics`): which evaluation subset scored `metrics`, recorded with them
+        (`SCORED_ON`) so that `best_step` compares only steps scored alike; the trainer passes the number
+        of validation examples read (spread evenly over a fixed split, the count names the subset).
         Raises NonFiniteStateError, before writing anything, if a floating leaf of `state` is NaN/Inf.
         Checksums of the state's arrays, the data state and the config are saved with them.
         """
@@ -261,6 +293,8 @@ class Checkpoints:
                 f"Checkpoints: metrics {sorted(metrics)} lack best_metric {self.best_metric!r}; log it at "
                 f"eval or change best_metric."
             )
+        if metrics is not None and scored_on is not None:
+            metrics = {**metrics, SCORED_ON: int(scored_on)}
         data_json = _json_ready(dict(data_state or {}))
         checksums: dict[str, Any] = {"digest": _DIGEST, "state": digests, "data_state": _sha256(data_json)}
         items = {"state": ocp.args.StandardSave(state), "data_state": ocp.args.JsonSave(data_json)}
@@ -300,17 +334,40 @@ class Checkpoints:
         return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        """The kept step with the best `best_metric` (None without a metric or without evals)."""
+        """The kept step with the best `best_metric` among those scored on the same evaluation subset as
+        the newest scored step (None without a metric or without evals); the others are set aside, and
+        logged.
+
+        Why: `eval_examples` may change on resume (it is operational, `seqjax.train.workdir`), and a
+        metric from a few examples is noisier than the whole split's, so the best over both would favour
+        whichever subset happened to look best. Refusing the change instead would make a long run
+        unresumable for want of a cheaper evaluation; grouping keeps it resumable and every comparison
+        fair. The newest subset decides because it is the one the run evaluates with now. Steps saved
+        without the record (an older seqjax) count as one subset of their own.
+        """
         if self.best_metric is None:
             return None
-        scored = []
+        scored = []  # (step, metric, subset), oldest first
         for step in self.all_steps():
             metrics = self._manager.metrics(step)
             if metrics and self.best_metric in metrics:
-                scored.append((float(metrics[self.best_metric]), step))
+                scored.append((step, float(metrics[self.best_metric]), _scored_on(metrics)))
         if not scored:
             return None
-        return (min(scored) if self.best_mode == "min" else max(scored))[1]
+        latest = scored[-1][2]
+        comparable = [(value, step) for step, value, subset in scored if subset == latest]
+        aside = [step for step, _, subset in scored if subset != latest]
+        if aside:
+            log.info(
+                "best_step: steps %s of %s were scored on another evaluation subset than the newest scored "
+                "step %d (%s); set aside, the best is chosen among %d comparable steps.",
+                aside,
+                self.directory,
+                scored[-1][0],
+                "unrecorded" if latest is None else f"{latest} examples",
+                len(comparable),
+            )
+        return (min(comparable) if self.best_mode == "min" else max(comparable))[1]
 
     def saved_config(self) -> tuple[int, dict[str, Any]] | None:
         """(step, config) of the newest step whose saved config reads, without restoring its arrays; None

@@ -2,7 +2,8 @@
 
 The step returns small per-example arrays, replicated so every process can read them:
 - lm: summed next-token NLL (nats), counted tokens and, of those, the ones whose argmax is the target
-  ("correct") per example;
+  ("correct") per example; with the split's per-token byte lengths, also the bytes the counted targets
+  stand for ("bytes", summed on the host from the batch), which bits per byte divides by;
 - classification: logits [B, num_classes];
 - forecast: forecasts [B, horizon, V] (targets come from the batch on the host); a forecaster with a
   forecast at every position (segment recurrence) is scored at each window's last step, its origin.
@@ -183,10 +184,16 @@ def collect_split(
     progress: SplitProgress | None = None,
     stop: Callable[[], int] | None = None,
     total_batches: int | None = None,
+    token_bytes: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Runs `eval_fn` over `batches` (from `eval_batches`) and returns its per-example outputs over the
     whole split, in the split's order, padded rows dropped: "nll", "tokens" and "correct" (lm), "logits"
     and "label" (classification), "forecast" and "targets" (forecast).
+
+    `token_bytes` (lm; `DocumentSplit.token_byte_lengths`: the bytes each token id stands for) adds
+    "bytes", each example's counted targets' bytes (float32 like "tokens", so 1 byte per token gives
+    the same array). Why: bits per byte divides by the bytes of the targets scored, and a split's
+    average bytes per token is exact only for the whole split, not for a subset of its examples.
 
     `row_processes`: the processes whose host rows, in this order, make up each global batch (one per
     block of rows: `seqjax.train.mesh.DataLayout.processes`, where processes that split the time axis
@@ -202,6 +209,9 @@ def collect_split(
         done, collected = progress.load()
         if jax.process_count() > 1 and _agreed_min(done) != done:  # a process without the file: start over
             done, collected = 0, {}
+        if done and token_bytes is not None and "bytes" not in collected:  # kept by an older seqjax
+            log.info("%s: kept without the targets' bytes; starting from the first batch", progress.path)
+            done, collected = 0, {}
         if done:
             log.info("%s: resuming after %d evaluated batches", progress.path, done)
     seen = 0  # batches read, the passed-over ones included
@@ -216,6 +226,8 @@ def collect_split(
             out["label"] = _global_rows(batch["label"], row_processes)
         if task == "forecast":
             out["targets"] = _global_rows(batch["targets"], row_processes)
+        if task == "lm" and token_bytes is not None:
+            out["bytes"] = _global_rows(_target_bytes(batch, token_bytes), row_processes)
         for k, v in out.items():
             collected.setdefault(k, []).append(v[valid])
         signum = stop() if stop is not None else 0
@@ -234,13 +246,23 @@ def collect_split(
 
 
 def split_metrics(
-    data: Mapping[str, np.ndarray], task: str, *, bytes_per_token: float = 1.0
+    data: Mapping[str, np.ndarray],
+    task: str,
+    *,
+    bytes_per_token: float = 1.0,
+    num_bytes: float | None = None,
 ) -> dict[str, float]:
     """The task's metrics from `collect_split`'s per-example outputs (lm: with "correct", also the
-    "accuracy" of the argmax over the counted tokens)."""
+    "accuracy" of the argmax over the counted tokens).
+
+    lm bits per byte divides by the bytes the counted targets stand for: `num_bytes` when given, else
+    the summed "bytes" when `data` has them (`collect_split(token_bytes=...)`), else tokens x
+    `bytes_per_token` (a source without byte lengths: 1 byte per token)."""
     if task == "lm":
         tokens = float(data["tokens"].sum())
-        metrics = metrics_lib.lm_metrics(float(data["nll"].sum()), tokens, tokens * bytes_per_token)
+        if num_bytes is None:
+            num_bytes = float(data["bytes"].sum()) if "bytes" in data else tokens * bytes_per_token
+        metrics = metrics_lib.lm_metrics(float(data["nll"].sum()), tokens, num_bytes)
         if "correct" in data:
             metrics["accuracy"] = float(data["correct"].sum()) / max(tokens, 1.0)
         return metrics
@@ -258,11 +280,22 @@ def evaluate_split(
     *,
     bytes_per_token: float = 1.0,
     row_processes: Sequence[int] | None = None,
+    token_bytes: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Runs `eval_fn` over `batches` (from `eval_batches`) and returns the task's metrics
-    (`row_processes`: as `collect_split`'s)."""
-    data = collect_split(eval_fn, params, batches, task, to_device, row_processes=row_processes)
+    (`row_processes`, `token_bytes`: as `collect_split`'s)."""
+    data = collect_split(
+        eval_fn, params, batches, task, to_device, row_processes=row_processes, token_bytes=token_bytes
+    )
     return split_metrics(data, task, bytes_per_token=bytes_per_token)
+
+
+def _target_bytes(batch: Mapping[str, np.ndarray], token_bytes: np.ndarray) -> np.ndarray:
+    """[rows] float32: the bytes of each host row's counted targets, weighted as `step.token_losses`
+    weighs them (`weights`, else `mask`, else 1)."""
+    targets = np.asarray(batch["targets"])
+    weights = batch.get("weights", batch.get("mask", np.ones(targets.shape, np.float32)))
+    return (np.asarray(token_bytes)[targets] * np.asarray(weights, np.float32)).sum(-1, dtype=np.float32)
 
 
 def _agreed_min(local: int) -> int:

@@ -309,12 +309,15 @@ def make_stream_eval_fn(
     )
 
 
-def stream_metrics(data: Mapping[str, np.ndarray], *, bytes_per_token: float = 1.0) -> dict[str, float]:
+def stream_metrics(
+    data: Mapping[str, np.ndarray], *, bytes_per_token: float = 1.0, num_bytes: float | None = None
+) -> dict[str, float]:
     """The metrics of `evaluate_stream`'s sums: the LM's (`evaluation.split_metrics`) from {"nll",
-    "tokens"}; the forecaster's MSE, MAE (and per horizon prefix) over the counted positions, "examples"
+    "tokens"} (bits per byte over `num_bytes`, else the summed "bytes", else tokens x `bytes_per_token`);
+    the forecaster's MSE, MAE (and per horizon prefix) over the counted positions, "examples"
     their count, and the same prefixed "origin_" over the windows' forecast origins when scored."""
     if "nll" in data:
-        return split_metrics(data, "lm", bytes_per_token=bytes_per_token)
+        return split_metrics(data, "lm", bytes_per_token=bytes_per_token, num_bytes=num_bytes)
     out = forecast_metrics_from_sums(data["se"], data["ae"], float(data["forecasts"].sum()))
     if "origin_se" in data:
         origins = forecast_metrics_from_sums(
@@ -332,6 +335,7 @@ def evaluate_stream(
     to_device: Callable[[Mapping[str, np.ndarray]], Batch],
     *,
     bytes_per_token: float = 1.0,
+    num_bytes: float | None = None,
     position_buckets: Sequence[int] | np.ndarray | None = None,
     target_losses: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -339,7 +343,10 @@ def evaluate_stream(
     next. Returns (the metrics, `stream_metrics`: for the LM as `evaluation.split_metrics` computes
     them, and the sums per lane: {"nll", "tokens"}, or the forecaster's). Batches of
     `seqjax.data.stream.document_eval_batches` carry "document" (each global row's document, -1 for
-    none): the sums are then per document, [max document + 1].
+    none): the sums are then per document, [max document + 1], with "bytes" (the bytes of the counted
+    targets, from the batches' "counted_bytes"), which bits per byte divides by. Batches without them
+    (`stream_eval_batches`: the whole split) divide by `num_bytes` (the caller's count of the split's
+    counted target bytes, `seqjax.data.stream.counted_target_bytes`), else tokens x `bytes_per_token`.
 
     `position_buckets` (byte offsets, `stream.check_position_buckets`; by document only, with
     `make_stream_eval_fn(per_position=True)` and `document_eval_batches(byte_offsets=True)`): the sums
@@ -359,6 +366,8 @@ def evaluate_stream(
     for host, sums in _dispatched_ahead(eval_fn, params, carry, batches, to_device, STREAM_EVAL_AHEAD):
         documents = host.get("document")
         rows = {k: np.asarray(v, np.float64) for k, v in sums.items()}
+        if "counted_bytes" in host:
+            rows["bytes"] = np.asarray(host["counted_bytes"], np.float64)
         if edges is not None:
             if target_losses is not None:
                 target_losses.append(_counted_targets(rows, host, documents))
@@ -375,11 +384,11 @@ def evaluate_stream(
             np.add.at(totals[k], documents[used], v[used])
     if totals is None:
         raise ValueError("evaluate_stream: no batches; nothing to evaluate.")
-    return stream_metrics(totals, bytes_per_token=bytes_per_token), totals
+    return stream_metrics(totals, bytes_per_token=bytes_per_token, num_bytes=num_bytes), totals
 
 
 #: Host-only keys of document batches: never sent to the device.
-_HOST_KEYS = ("document", "target_offset", "target_bytes")
+_HOST_KEYS = ("document", "counted_bytes", "target_offset", "target_bytes")
 
 #: Segments `evaluate_stream` dispatches before it reads the first one's sums back.
 STREAM_EVAL_AHEAD = 16

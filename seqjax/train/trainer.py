@@ -62,7 +62,9 @@ from seqjax.common.xla import plan_bytes
 from seqjax.data.pipeline import IndexedSource, TrainBatches, eval_batches, spread_indices, subset_indices
 from seqjax.data.stream import (
     StreamBatches,
+    TokenStream,
     check_position_buckets,
+    counted_target_bytes,
     document_eval_batches,
     stream_eval_batches,
     stream_of,
@@ -451,7 +453,9 @@ def run_eval(
     layout: mesh_lib.DataLayout | None = None,
 ) -> dict[str, float]:
     """The task's metrics on a whole split (or `config.eval_examples` of it, spread evenly); `layout`: which
-    rows this process loads (None: its own block, `jax.process_index()` of `jax.process_count()`)."""
+    rows this process loads (None: its own block, `jax.process_index()` of `jax.process_count()`). An LM
+    on documents divides by its counted targets' own bytes (`DocumentSplit.token_byte_lengths`), exact
+    for a subset as for the whole split."""
     if layout is None:
         layout = mesh_lib.DataLayout.per_process()
     batches = eval_batches(
@@ -469,6 +473,7 @@ def run_eval(
         lambda host: _global_batch(host, batch_shardings, layout),
         bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)),
         row_processes=layout.processes,
+        token_bytes=getattr(source, "token_byte_lengths", None),
     )
 
 
@@ -700,6 +705,11 @@ def _train(
         eval_seconds = 0.0
         step_memory: int | None = None
 
+        # which validation examples score the saved metrics (`eval_examples` spread over the split: the
+        # count names them), so that `best_step` compares only steps scored alike after a resume changes it
+        validation = sources.get("validation")
+        scored_on = None if validation is None else len(spread_indices(len(validation), config.eval_examples))
+
         def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
             # the training time so far rides with the data position, so a resumed run reports all of it
             timing = {
@@ -707,7 +717,9 @@ def _train(
                 "train_cpu_seconds": train_cpu_seconds_before + train_cpu_seconds,
             }
             data_state = {**batches.state(), **timing}
-            ckpt.save(step, state, data_state=data_state, config=config_json, metrics=metrics)
+            ckpt.save(
+                step, state, data_state=data_state, config=config_json, metrics=metrics, scored_on=scored_on
+            )
 
         progress_files: list[SplitProgress] = []
 
@@ -750,6 +762,7 @@ def _train(
                     progress=progress,
                     stop=stop_signals.stop_signal,
                     total_batches=-(-len(indices) // config.eval_batch),
+                    token_bytes=getattr(source, "token_byte_lengths", None),
                 )
                 bytes_per_token = float(getattr(source, "bytes_per_token", 1.0))
                 out[name] = {
@@ -962,6 +975,9 @@ def evaluate(
     `pipeline.spread_indices`; `config.eval_examples`, when set, caps those, spread evenly too).
     Returns {"step", "split", "metrics"}; with `per_example`, also
     "per_example" (`evaluation.collect_split`'s arrays), "source" (the split's source) and "indices".
+    An LM's bits per byte divides by the bytes its counted targets stand for (BPE: each token's decoded
+    length), in every mode, so a subset (`examples`, `eval_examples`, `max_document_tokens`) is exact,
+    not scaled by the split's average bytes per token.
 
     `carried_state` (an LM on a token stream, e.g. documents): instead of scoring every sequence from the
     initial state, the split is cut into `config.eval_batch` contiguous lanes, read in segments of the
@@ -980,12 +996,13 @@ def evaluate(
     in segments of the config's length (`seqjax.data.stream.document_eval_batches`), with the state
     carried through the document (`carried_state=True`: Transformer-XL's long-context evaluation) or
     reset at every segment (False); both score the same targets. The result has "per_document"
-    ({"nll", "tokens"} per document of the split, in order). Reset means every segment runs from the
-    initial state, as the per-sequence evaluation runs each sequence: exactly what a model trained on
-    sequences of the config's length (no segment recurrence) sees, so `by_document=True,
-    carried_state=False` scores any causal LM on documents, softmax attention included (only the
-    carried mode needs cells whose state can be carried, `segments.check_stream_task`). Evaluate a
-    model trained at length L with its own config (length L) to read documents in segments of L.
+    ({"nll", "tokens", "bytes": the bytes its counted targets stand for} per document of the split, in
+    order). Reset means every segment runs from the initial state, as the per-sequence evaluation runs
+    each sequence: exactly what a model trained on sequences of the config's length (no segment
+    recurrence) sees, so `by_document=True, carried_state=False` scores any causal LM on documents,
+    softmax attention included (only the carried mode needs cells whose state can be carried,
+    `segments.check_stream_task`). Evaluate a model trained at length L with its own config (length L)
+    to read documents in segments of L.
 
     `position_buckets` (with `by_document`): byte offsets from a document's start, starting at 0 and
     increasing, e.g. (0, 1024, 2048, 4096, 8192, 16384): bucket i is [edges[i], edges[i + 1]) bytes, the
@@ -1148,6 +1165,7 @@ def evaluate(
             progress=kept,
             stop=stop_signals.stop_signal if stop_signals is not None else None,
             total_batches=-(-len(indices) // config.eval_batch),
+            token_bytes=getattr(source, "token_byte_lengths", None),
         )
     if kept is not None:
         kept.clear()
@@ -1184,7 +1202,8 @@ def evaluate_carried(
         source = source.series_stream(origins=True)
     if position_buckets is not None and not by_document:
         raise ValueError("evaluate_carried: position_buckets needs by_document=True.")
-    batch_sh = _stream_batch_shardings(stream_of(source), length, parts["mesh"], parts["rules"])
+    stream = stream_of(source)
+    batch_sh = _stream_batch_shardings(stream, length, parts["mesh"], parts["rules"])
     # Reset by document: no state crosses a segment, so none is kept (any causal model, its own view).
     stateless = by_document and not carried
     carry_sh = (
@@ -1231,6 +1250,11 @@ def evaluate_carried(
         )
     else:
         batches = stream_eval_batches(source, rows, length, **where)
+    # bits per byte over the counted targets' own bytes: document batches carry them per row; the
+    # whole-split lanes read every counted target once
+    whole_split_bytes = None
+    if not by_document and isinstance(stream, TokenStream):
+        whole_split_bytes = float(counted_target_bytes(stream).sum())
     with _mesh_scope(parts):
         return segments.evaluate_stream(
             eval_fn,
@@ -1239,6 +1263,7 @@ def evaluate_carried(
             batches,
             lambda host: _global_batch(host, batch_sh, layout),
             bytes_per_token=float(getattr(source, "bytes_per_token", 1.0)),
+            num_bytes=whole_split_bytes,
             position_buckets=position_buckets,
             target_losses=target_losses,
         )

@@ -10,10 +10,11 @@
   network filesystem without flock support, two hosts are not kept apart.
 - A resumed run compares the config saved with the checkpoint to its own (both as `RunConfig.to_dict()`):
   `OPERATIONAL_KEYS` (logging, eval cadence, checkpoint cadence, mesh, time budget, the parameter bound)
-  may change freely; `FIXED_KEYS` (the task, batch size, model, head, data and segment recurrence: what
-  the parameters, the data position and the saved state mean) never; any other key (seed, total steps,
-  optimizer, TBPTT) only when named in `allow`
-  (`scripts/train.py --allow_config_change=total_steps,optimizer.learning_rate`).
+  may change freely (a changed `eval_examples` scores later steps on another validation subset: the best
+  checkpoint is then chosen among the steps scored like the newest, `Checkpoints.best_step`);
+  `FIXED_KEYS` (the task, batch size, model, head, data and segment recurrence: what the parameters, the
+  data position and the saved state mean) never; any other key (seed, total steps, optimizer, TBPTT) only
+  when named in `allow` (`scripts/train.py --allow_config_change=total_steps,optimizer.learning_rate`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ LOCK_FILE = ".lock"
 OPERATIONAL_KEYS = (
     "log_every",
     "eval_every",
-    "eval_examples",
+    "eval_examples",  # each saved metric records its subset; best_step compares only steps scored alike
     "eval_batch_size",
     "report_step_memory",
     "tensorboard",

@@ -45,8 +45,11 @@ class DocumentSplit:
 
     `max_examples_per_split` keeps that many examples spread evenly over the split (indices
     floor(j * n / max)), so a capped evaluation still sees every part of the split.
-    `bytes_per_token` is total bytes / total tokens of the split: bits per byte = nats per token /
-    ln 2 / bytes_per_token.
+    `token_byte_lengths` [vocab_size] int64 is the bytes each token id stands for (1 for bytes; for BPE
+    the length of its decoded byte string): bits per byte is NLL / ln 2 / the bytes of the counted
+    targets, summed through it (`seqjax.train.evaluation.collect_split`), exact on any subset of the
+    split. `bytes_per_token` (total bytes / total tokens of the split) only describes the split: a
+    subset's targets, or a document's first tokens, can be much shorter or longer than its average.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class DocumentSplit:
         self.tokenizer_name = tokenizer_name
         self.vocab_size = int(vocab_size)
         self._token_byte_histograms = token_byte_histograms
+        self.token_byte_lengths = np.rint(token_byte_histograms.sum(axis=1)).astype(np.int64)
         lengths = np.asarray([len(t) for t in tokens], dtype=np.int64)
         # the documents `token_stream()` holds (an empty one has no token there), in its order: what an
         # evaluation by document indexes
@@ -160,8 +164,8 @@ class DocumentSplit:
         counted = np.ones(max(len(self._stream) - 1, 0), dtype=bool)
         if self.packing == "padded":
             counted &= ~starts[1:]
-        byte_lengths = np.rint(self._token_byte_histograms.sum(axis=1)).astype(np.int64)
-        return TokenStream(self._stream, starts, counted, byte_lengths[self._stream.astype(np.int64)])
+        token_bytes = self.token_byte_lengths[self._stream.astype(np.int64)]
+        return TokenStream(self._stream, starts, counted, token_bytes)
 
     def target_byte_histogram(self) -> np.ndarray:
         """float64[256]: how often each byte value is covered by a counted target of this source's
