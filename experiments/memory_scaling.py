@@ -696,7 +696,9 @@ def measured_markdown(results: dict[str, Any]) -> list[str]:
         f"above {QUADRATIC_THRESHOLD}, *contradicted* when it lies below {QUADRATIC_THRESHOLD}, "
         "*inconclusive* otherwise. Where the interval of p contains 1.5 or is missing (the increments of "
         "a memory that does not measurably grow are noise), the rule reads the slope of log M instead "
-        "(marked *), which a constant part can only pull down.",
+        "(marked *), which a constant part can only pull down: a * verdict of *contradicted* says that "
+        "the total memory grew slower than L^1.5 up to the largest length measured, not that a term in "
+        "L² is absent (a large constant hides one: M = 4·10⁸ + L² over 1k–8k reads as contradicted *).",
         "",
         "| variant | points | largest L that fits | p (increments) | slope of log M | O(n²) memory "
         "| step-time slope | stopped by |",
@@ -764,8 +766,14 @@ def measured_markdown(results: dict[str, Any]) -> list[str]:
         if members:
             said = "; ".join(
                 f"`{v}` {quadratic_memory_verdict(fits[v]['memory'])} (memory exponent "
-                f"{fits[v]['memory'].describe()} from {fits[v]['which']}, "
-                f"step-time slope {fits[v]['time'].describe()})"
+                f"{fits[v]['memory'].describe()} from {fits[v]['which']}"
+                + (
+                    f": total memory up to the largest length measured, while the increments "
+                    f"({fits[v]['increments'].describe()}) cannot exclude L²"
+                    if fits[v]["which"] == "log M"
+                    else ""
+                )
+                + f", step-time slope {fits[v]['time'].describe()})"
                 for v in members
             )
             lines.append(f"- **{title}**: {said}.")
