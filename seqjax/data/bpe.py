@@ -3,7 +3,8 @@
 Why byte-level BPE: every byte string has an encoding (the 256 bytes are the initial alphabet), so no
 document can hold an unknown token, and decoding gives the original bytes back exactly. That makes
 bits per byte well defined for BPE models: each token stands for a known byte string
-(`token_byte_histograms`), so nats per token convert to bits per byte with the split's bytes/token.
+(`token_byte_histograms`), so a scored token's nats convert to bits per byte over the bytes of the
+targets actually scored (`DocumentSplit.token_byte_lengths`), not a split-wide average bytes/token.
 
 The vocabulary is a pure function of the training texts and `vocab_size` (the trainer is
 deterministic; tested), which is what keeps validation/test documents out of it.

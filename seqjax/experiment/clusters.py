@@ -94,6 +94,8 @@ def example_clusters(
 
 
 def example_bytes(source: Any, tokens: np.ndarray) -> np.ndarray:
-    """Bytes each LM example's counted targets stand for: tokens x the split's bytes per token (the
-    same conversion the split's bits-per-byte metric uses)."""
+    """Bytes each LM example's counted targets stand for, approximately: tokens x the split's bytes per
+    token. Exact for a byte-level split; for BPE use the evaluation's per-example "bytes"
+    (`seqjax.train.evaluation.collect_split` with the split's token byte lengths), which the protocol
+    prefers where present."""
     return np.asarray(tokens, np.float64) * float(getattr(source, "bytes_per_token", 1.0))

@@ -383,7 +383,13 @@ def run_predictions(
         losses = np.mean((predictions.astype(np.float64) - targets) ** 2, axis=(1, 2))
     elif task == "lm":
         nll = np.asarray(per_example["nll"], np.float64)
-        targets = example_bytes(source, per_example["tokens"])
+        # the bytes of each example's own scored targets where the evaluation kept them (BPE: exact);
+        # else tokens x the split's bytes per token (byte-level: the same)
+        targets = (
+            np.asarray(per_example["bytes"], np.float64)
+            if "bytes" in per_example
+            else example_bytes(source, per_example["tokens"])
+        )
         losses = nll / np.log(2.0) / np.maximum(targets, 1e-9)
         predictions = nll
         if "correct" in per_example:
