@@ -184,7 +184,8 @@ def test_clusters_and_lm_predictions():
     values = bits_per_byte(run.predictions, run.targets, np.ones((1, 4)))
     assert values[0] == pytest.approx(8.0 / 28.0)  # total bits over total bytes, not a mean of ratios
     # a BPE evaluation keeps each example's own target bytes: those, not tokens x the average
-    exact = protocol.run_predictions("lstm", 0, 4, "lm", {**per_example, "bytes": np.array([5, 9, 7, 3])}, source)
+    with_bytes = {**per_example, "bytes": np.array([5, 9, 7, 3])}
+    exact = protocol.run_predictions("lstm", 0, 4, "lm", with_bytes, source)
     assert exact.targets.tolist() == [5.0, 9.0, 7.0, 3.0]
 
 
