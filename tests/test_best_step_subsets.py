@@ -112,3 +112,25 @@ def test_a_run_resumed_with_fewer_eval_examples_picks_its_best_among_them(tmp_pa
     assert "steps [2, 4, 6] of" in caplog.text
     # `evaluate(step="best")` restores that step
     assert evaluate(_config(12, 4), workdir, "validation", "best")["step"] == comparable
+
+
+def test_retention_of_unscored_steps_is_orbax_bestn_s(tmp_path, monkeypatch):
+    # a step saved without metrics (a preemption save between evaluations): grouping by subset keeps or
+    # drops it exactly as orbax's BestN does
+    from orbax.checkpoint import checkpoint_managers
+
+    from seqjax.train import checkpoint
+
+    def kept(folder, policy) -> list[int]:
+        monkeypatch.setattr(checkpoint, "_BestOfEachSubset", policy)
+        ckpt = Checkpoints(folder, keep=1, best_metric="loss", keep_best=1, async_save=False)
+        _save(ckpt, {1: 3.0}, None)
+        ckpt.save(2, _state(2.0))  # no metrics
+        _save(ckpt, {3: 2.0, 4: 2.5}, None)
+        steps = ckpt.all_steps()
+        ckpt.close()
+        return steps
+
+    grouped = kept(tmp_path / "grouped", checkpoint._BestOfEachSubset)
+    assert grouped == kept(tmp_path / "bestn", checkpoint_managers.BestN)
+    assert 3 in grouped and 4 in grouped  # the best and the latest

@@ -192,7 +192,8 @@ class _BestOfEachSubset(checkpoint_managers.BestN):
         for i, info in enumerate(checkpoints):
             if info.metrics is not None:
                 subsets.setdefault(_scored_on(info.metrics), []).append(i)
-        keep = [False] * len(checkpoints)
+        # a step saved without metrics is kept as `BestN` keeps it (`keep_checkpoints_without_metrics`)
+        keep = [info.metrics is None and self.keep_checkpoints_without_metrics for info in checkpoints]
         for members in subsets.values():
             kept = super().should_preserve([checkpoints[i] for i in members], context=context)
             for i, k in zip(members, kept, strict=True):
