@@ -123,7 +123,11 @@ def test_dna_windows_smoke_run(tmp_path: Path) -> None:
     assert list(results["verdict"]["per_key"]) == ["256"]
     assert set(results["context"]) == {"lstm", "attention"}
     for gain in results["context"].values():
-        assert gain["class"] in ("helps", "hurts", "no clear difference")
+        # the embedded sample's test windows fall in a few genome blocks: under 10, a class is not judged
+        expected = ("helps", "hurts", "no clear difference")
+        if gain["n_clusters"] < 10:
+            expected = (f"not judged ({gain['n_clusters']} blocks, fewer than 10)",)
+        assert gain["class"] in expected
         assert gain["low"] <= gain["estimate"] <= gain["high"]
         assert gain["estimate"] == pytest.approx(gain["long"] - gain["short"])
     short, long = results["summaries"]
