@@ -97,6 +97,20 @@ def test_every_option_can_be_set_on_the_command_line():
     assert run.optimizer.total_steps == run.total_steps == 300  # one reference
 
 
+def test_a_comma_separated_pattern_on_the_command_line_is_a_layer_pattern():
+    # ml_collections keeps a tuple field's command-line string whole: ("lstm,gru",)
+    from seqjax.models.config import BackboneConfig
+
+    config = f"--config={ROOT}/configs/synthetic.py:lstm,length=24"
+    argv = ["train.py", config, "--config.model.pattern=lstm,gru"]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+    values(argv)
+    assert tuple(values.config.model.pattern) == ("lstm,gru",)
+    backbone = BackboneConfig(d_model=8, num_layers=3, vocab_size=5, pattern=values.config.model.pattern)
+    assert backbone.pattern == ("lstm", "gru") and backbone.layer_mixers() == ("lstm", "gru", "lstm")
+
+
 def test_wrong_type_or_value_names_the_key_and_what_it_accepts():
     config = load_config_file(os.path.join(ROOT, "configs", "genomic.py"), "lstm").to_dict()
     with pytest.raises(ConfigError, match=r"config\.checkpoint\.best_mode: 'maximum' .* \['min', 'max'\]"):

@@ -61,7 +61,7 @@ def model_section(
 
 
 def head_section(task: str, **values: Any) -> ml_collections.ConfigDict:
-    """`config.head`: every head option of `task` (`seqjax.models.HEAD_KEYS`)."""
+    """`config.head`: every head option of `task` (`seqjax.models.tasks.HEAD_KEYS`)."""
     return section(section_fields("head", task), **values)
 
 

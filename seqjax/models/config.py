@@ -222,8 +222,10 @@ class BackboneConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)
         pattern = self.pattern
         if isinstance(pattern, str):
-            pattern = [p.strip() for p in pattern.split(",") if p.strip()]
-        pattern = tuple(str(p) for p in pattern)
+            pattern = [pattern]
+        # `--config.model.pattern=lstm,swa` reaches here as ("lstm,swa",): ml_collections keeps a
+        # tuple field's command-line string whole, so every entry is split on commas
+        pattern = tuple(p.strip() for entry in pattern for p in str(entry).split(",") if p.strip())
         if not pattern:
             raise ValueError("BackboneConfig.pattern is empty; give at least one mixer name.")
         set_("pattern", pattern)
