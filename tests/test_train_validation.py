@@ -155,6 +155,33 @@ def test_a_real_data_kinds_options_are_checked_before_work(tmp_path, no_work):
         trainer.train(config, str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"tbptt_length": 300}, r"config\.tbptt_length=300 must divide the sequence length 1024.*\[1, 2, 4"),
+        (
+            {
+                "mesh.num_devices": 3,
+                "mesh.shape": (1, 3),
+                "mesh.axes": ("data", "sequence"),
+                "model.pattern": ("gla",),
+            },
+            r"splits the time axis 3 ways .*'sequence'.*does not divide the sequence length 1024",
+        ),
+    ],
+    ids=["tbptt_length", "sequence_axis"],
+)
+def test_a_length_that_does_not_divide_is_refused_before_the_documents_are_prepared(
+    tmp_path, no_work, override, message
+):
+    # the documents' length is known from their options: a full corpus is not downloaded first
+    config = load_config_file(os.path.join(ROOT, "configs", "documents.py"), "lstm,length=1024")
+    for key, value in override.items():
+        _set(key, value)(config)
+    with pytest.raises(ConfigError, match=message):
+        trainer.train(config, str(tmp_path))
+
+
 @pytest.mark.parametrize("name", ["synthetic", "genomic", "timeseries", "documents"])
 def test_every_config_takes_model_dtype_on_the_command_line(name):
     argv = ["train.py", f"--config={ROOT}/configs/{name}.py:lstm", "--config.model.dtype=bfloat16"]

@@ -189,6 +189,27 @@ def check_tbptt(run: RunConfig) -> None:
     raise ConfigError(f"config.tbptt_length={run.tbptt_length}: {why.format(what=what)} {fix}")
 
 
+def check_length_divides(run: RunConfig, mesh_shape: Sequence[int], length: int) -> None:
+    """Raises a ConfigError naming the key and the divisors of `length` (the model's input length) when
+    the mesh's time split (`sequence_parallel_size`) or `config.tbptt_length` does not divide it. The
+    trainer calls it with the data's length; `check_before_work` earlier, with the length the data
+    options name (genomic windows and documents), so that a wrong value is refused before any data is
+    prepared rather than after a download."""
+    divisors = lambda: [d for d in range(1, length + 1) if length % d == 0]
+    axis, shards = sequence_parallel_size(run, mesh_shape)
+    if length % shards:
+        raise ConfigError(
+            f"config.mesh.shape {tuple(run.mesh.shape)} splits the time axis {shards} ways (mesh axis "
+            f"{axis!r}), which does not divide the sequence length {length}; set that axis of "
+            f"config.mesh.shape to a divisor of {length} ({divisors()}), or change the data's length."
+        )
+    if run.tbptt_length is not None and length % run.tbptt_length:
+        raise ConfigError(
+            f"config.tbptt_length={run.tbptt_length} must divide the sequence length {length} (the "
+            f"chunks cut every batch row); choose a divisor of {length}: {divisors()}."
+        )
+
+
 def check_before_work(run: RunConfig, devices: Sequence[Any], process_count: int = 1) -> None:
     """Raises a ConfigError naming `config.<key>`, its value and the fix, for anything in `run` that
     cannot work on `devices` (all of the run's processes' devices) or for its task; see the module
@@ -204,6 +225,8 @@ def check_before_work(run: RunConfig, devices: Sequence[Any], process_count: int
     check_segment_recurrence(run)
     check_tbptt(run)
     check_sequence_parallel(run, shape)
+    if run.data.kind in ("genomic", "documents") and isinstance(options.get("length"), int):
+        check_length_divides(run, shape, options["length"])  # the model's input length, before any data
     metric = run.checkpoint.best_metric
     if metric is not None:
         horizon = run.head.get("horizon") or options.get("horizon")

@@ -86,7 +86,7 @@ from seqjax.train.evaluation import (
 from seqjax.train.metrics_log import MetricsLog, read_records
 from seqjax.train.optimizer import make_optimizer
 from seqjax.train.preemption import StopSignals, signal_name
-from seqjax.train.preflight import check_before_work
+from seqjax.train.preflight import check_before_work, check_length_divides
 from seqjax.train.programs import ProgramKey, run_programs
 from seqjax.train.run_config import ConfigError, DataConfig, RunConfig, resolve
 from seqjax.train.state import TrainState, make_state_init, state_shardings
@@ -333,21 +333,9 @@ def setup(config: RunConfig | ml_collections.ConfigDict) -> dict[str, Any]:
         model = model.clone(config=models.sequence_parallel_config(model.config, sequence_axis))
     inputs = first["inputs"]
     length = int(inputs.shape[0])
-    shards = mesh_lib.sequence_size(mesh, rules)
-    if length % shards:
-        divisors = [d for d in range(1, length + 1) if length % d == 0]
-        raise ConfigError(
-            f"config.mesh.shape {tuple(config.mesh.shape)} splits the time axis {shards} ways (mesh axis "
-            f"{sequence_axis!r}), which does not divide the sequence length {length}; set that axis of "
-            f"config.mesh.shape to a divisor of {length} ({divisors}), or change the data's length."
-        )
-    if config.tbptt_length is not None and length % config.tbptt_length:
-        # Here, not at the first step's trace: the data's length is known before anything compiles.
-        divisors = [d for d in range(1, length + 1) if length % d == 0]
-        raise ConfigError(
-            f"config.tbptt_length={config.tbptt_length} must divide the sequence length {length} (the "
-            f"chunks cut every batch row); choose a divisor of {length}: {divisors}."
-        )
+    # Here, not at the first step's trace: the data's length is known before anything compiles (for
+    # genomic windows and documents, preflight checked the length their options name before any data).
+    check_length_divides(config, tuple(mesh.devices.shape), length)
     # Abstract inits trace the model: a sequence-parallel cell's shard_map reads the mesh.
     with _mesh_scope({"mesh": mesh, "sequence_axis": sequence_axis}):
         tx = make_optimizer(_optimizer_options(config, length), models.param_groups(model))
