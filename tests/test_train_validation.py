@@ -102,6 +102,11 @@ FAULTS = [
         r"config\.eval_batch_size: 6 does not divide over the data-parallel mesh size 8",
     ),
     (
+        "model.pattern typo",
+        _set("model.pattern", ("lstm", "gruu")),
+        r"config\.model: .*pattern entry 'gruu' is neither a key of `mixers`",
+    ),
+    (
         "checkpoint.best_metric typo",
         _set("checkpoint.best_metric", "los"),
         r"config\.checkpoint\.best_metric: 'los' .*task 'lm'.*\['bits_per_byte', 'loss', 'perplexity'\]",

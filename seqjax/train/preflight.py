@@ -189,6 +189,18 @@ def check_tbptt(run: RunConfig) -> None:
     raise ConfigError(f"config.tbptt_length={run.tbptt_length}: {why.format(what=what)} {fix}")
 
 
+def check_model(run: RunConfig) -> None:
+    """Raises a ConfigError naming `config.model` when its cells cannot be built (a `pattern` entry that
+    names no mixer or registered cell, a mixer field its cell does not take): built here from the config
+    alone, so the refusal comes before any data is prepared, not after."""
+    values = dict(run.model)
+    values.update(encoder="none", input_size=None)  # the cells alone: the data decides the encoder's size
+    try:
+        BackboneConfig.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config.model: {err}") from None
+
+
 def check_length_divides(run: RunConfig, mesh_shape: Sequence[int], length: int) -> None:
     """Raises a ConfigError naming the key and the divisors of `length` (the model's input length) when
     the mesh's time split (`sequence_parallel_size`) or `config.tbptt_length` does not divide it. The
@@ -222,6 +234,7 @@ def check_before_work(run: RunConfig, devices: Sequence[Any], process_count: int
     )
     _check_batch(eval_key, run.eval_batch, data_parallel, process_count)
     options = _data_options(run)
+    check_model(run)
     check_segment_recurrence(run)
     check_tbptt(run)
     check_sequence_parallel(run, shape)
