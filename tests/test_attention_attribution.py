@@ -267,6 +267,19 @@ def test_chosen_runs_take_the_rate_with_the_best_validation(tmp_path):
         aa.chosen_runs(tmp_path / "none")
 
 
+def test_a_finished_seed_without_checkpoints_is_named_not_dropped_silently(tmp_path, capsys):
+    for seed in range(3):
+        (tmp_path / "lr0.001" / f"seed{seed}").mkdir(parents=True)
+        (tmp_path / "lr0.001" / f"seed{seed}" / "run.json").write_text(
+            json.dumps({"learning_rate": 1e-3, "validation": {"balanced_accuracy": 0.6}})
+        )
+    for seed in (0, 2):
+        (tmp_path / "lr0.001" / f"seed{seed}" / "checkpoints").mkdir()
+    runs = aa.chosen_runs(tmp_path)
+    assert [r.name for r in runs] == ["seed0", "seed2"]
+    assert "['seed1'] have no checkpoints here" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------------
 # The driver end to end
 # --------------------------------------------------------------------------------------------------

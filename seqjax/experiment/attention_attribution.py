@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.experiment.protocol import validation_rank
+from seqjax.experiment.protocol import seed_folders_with_checkpoints, validation_rank
 from seqjax.scan.attention import attention_weights
 
 __all__ = [
@@ -501,6 +501,4 @@ def chosen_runs(folder: str | os.PathLike[str], metric: str = "balanced_accuracy
     if not rates:
         raise FileNotFoundError(f"{folder} has no finished runs (lr*/seed0/run.json); train them first.")
     best = min(rates, key=lambda r: (*validation_rank(r[0], larger=True), r[1]))[2]  # the protocol's choice
-    return sorted(
-        (p for p in best.glob("seed*") if (p / "checkpoints").is_dir()), key=lambda p: int(p.name[4:])
-    )
+    return seed_folders_with_checkpoints(best)

@@ -717,6 +717,27 @@ def validation_rank(value: float, larger: bool) -> tuple[bool, float]:
     return (False, -value if larger else value)
 
 
+def seed_folders_with_checkpoints(rate_folder: str | os.PathLike[str]) -> list[Path]:
+    """The seed folders of one rate (`<model>/lr<rate>/seed<i>`) whose checkpoints are here, in seed
+    order, for the drivers that re-read trained parameters; a finished seed without them (a run carried
+    between machines keeps its record, not its parameters) is named on stderr, not dropped silently.
+
+        >>> seed_folders_with_checkpoints("runs/crossover_lm/L1024/attention/lr0.01")  # doctest: +SKIP
+        [PosixPath('runs/crossover_lm/L1024/attention/lr0.01/seed0'), ...]
+    """
+    seeds = sorted(Path(rate_folder).glob("seed*"), key=lambda p: int(p.name[4:]))
+    kept = [p for p in seeds if (p / "checkpoints").is_dir()]
+    left_out = [p.name for p in seeds if p not in kept and (p / "run.json").exists()]
+    if left_out:
+        print(
+            f"{rate_folder}: finished {left_out} have no checkpoints here (carried without parameters) and "
+            f"are left out; {len(kept)} of {len(kept) + len(left_out)} seeds are scored.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return kept
+
+
 def _rank(record: RunRecord, metric: str, larger: bool) -> tuple[bool, float, float]:
     """A grid run's place in the choice (smaller is better): `validation_rank`, then the smaller rate."""
     return (*validation_rank(record.validation.get(metric, math.nan), larger), record.learning_rate)
