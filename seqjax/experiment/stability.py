@@ -397,6 +397,13 @@ def detectable_sd_ratio(
     return high
 
 
+def _percentile_ends(distribution: ArrayLike, confidence_level: float) -> tuple[float, float]:
+    """The two-sided percentile interval's ends of a resampled `distribution` at `confidence_level`."""
+    alpha = (1.0 - confidence_level) / 2
+    low, high = np.quantile(distribution, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
 def rate_spread(
     by_rate: Mapping[float, ArrayLike],
     *,
@@ -434,8 +441,7 @@ def rate_spread(
         resampled.append(v[picks].mean(axis=1))
     stacked = np.stack(resampled, axis=1)
     distribution = stacked.max(axis=1) - stacked.min(axis=1)
-    alpha = (1.0 - confidence_level) / 2
-    low, high = np.quantile(distribution, [alpha, 1 - alpha])
+    low, high = _percentile_ends(distribution, confidence_level)
     return {
         "estimate": max(means.values()) - min(means.values()),
         "low": float(low),
@@ -454,8 +460,7 @@ def spread_difference(
         value = a["estimate"] - b["estimate"]  # inf - x, x - inf, or inf - inf (NaN)
         return {"estimate": value, "low": value, "high": value}
     distribution = np.asarray(a["distribution"]) - np.asarray(b["distribution"])
-    alpha = (1.0 - confidence_level) / 2
-    low, high = np.quantile(distribution, [alpha, 1 - alpha])
+    low, high = _percentile_ends(distribution, confidence_level)
     return {"estimate": a["estimate"] - b["estimate"], "low": float(low), "high": float(high)}
 
 
@@ -516,8 +521,7 @@ def rate_component(
     rng = np.random.default_rng(rng_seed)
     draws = means + rng.normal(0.0, within_sd, size=(n_resamples, flat.size))
     distribution = _between_rate_component(draws, counts)
-    alpha = (1.0 - confidence_level) / 2
-    low, high = np.quantile(distribution, [alpha, 1 - alpha])
+    low, high = _percentile_ends(distribution, confidence_level)
     return {
         "estimate": estimate,
         "low": float(low),
