@@ -455,6 +455,43 @@ def test_a_finished_run_is_read_back_not_retrained(tmp_path, monkeypatch):
     assert f"folder is {tmp_path}: rerun with --fresh" in str(refused.value)  # which folder, which flag
 
 
+def test_a_finished_run_evaluated_on_another_subset_is_refused(tmp_path, monkeypatch):
+    """A record's scores are comparable only on the same evaluation subset (--evaluation_examples): a
+    new record names its subset; an older one is refused when its kept test outputs hold more examples
+    than asked for, and read back otherwise (a split may hold fewer)."""
+    from seqjax.train import trainer
+
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    base = load_config_file(ROOT / "configs/genomic.py", "lstm,task=species,length=1024")
+    record = protocol.RunRecord(
+        "lstm", 1e-3, 0, 10, 81920, 1.0, 1.0, 0.0, 1.0, None, 1, 1, {"balanced_accuracy": 0.5}, None, "w"
+    )
+    folder = tmp_path / "lstm" / "lr0.001" / "seed0"
+    folder.mkdir(parents=True)
+
+    def read(examples):
+        settings = protocol.ProtocolSettings(train_tokens=8 * 1024 * 10, evaluation_examples=examples)
+        return protocol._train_once("lstm", base, settings, 1e-3, 0, 8 * 1024, folder, 1024, None, print)
+
+    (folder / "run.json").write_text(json.dumps(dataclasses.asdict(record) | {"evaluated_on": "256 spread"}))
+    assert read(256).evaluated_on == "256 spread"
+    for other, text in ((128, "128 spread"), (None, "all")):
+        with pytest.raises(ValueError, match=f"evaluated on 256 spread examples.*asks for {text}"):
+            read(other)
+    (folder / "run.json").write_text(json.dumps(dataclasses.asdict(record)))  # an older record
+    labels = np.arange(200) % 2
+    run = RunPredictions(
+        "lstm", 0, 1024, np.arange(200), labels // 50, labels, np.eye(2)[labels], labels * 0.1
+    )
+    write_predictions(folder / protocol.FINAL_TEST_PREDICTIONS, run)
+    assert read(256).steps == 10 and read(200).steps == 10 and read(None).steps == 10
+    with pytest.raises(
+        ValueError, match=r"evaluated on 200 \(its test outputs'\) examples.*--evaluation_examples"
+    ):
+        read(128)
+    assert protocol.evaluated_on(None) == "all" and protocol.evaluated_on(64) == "64 spread"
+
+
 def test_noretrain_reads_finished_runs_and_never_trains_a_missing_one(tmp_path, monkeypatch):
     """--noretrain (train_missing=False) must not start training a run that has not finished (one still
     running in another process, or never started): it names the run and the fix, and exits with 2."""

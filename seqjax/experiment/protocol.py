@@ -26,11 +26,12 @@ For one task at one sequence length, `run_comparison` does, for every model conf
    `predictions/<model>/seed<k>.npz` (`seqjax.experiment.predictions`), with the examples' cluster ids
    (`seqjax.experiment.clusters`), so every statistic can be recomputed without retraining.
 
-Every finished run writes `run.json` in its folder (with a digest of its config, and the git commit, JAX
-version and time that produced it: `RunRecord.code_version`); a rerun over the same
-`workdir` reads it instead of training again, after checking the digest, and a run stopped by
-SIGTERM/SIGINT (`RunInterrupted`) resumes from its checkpoint, so an interrupted experiment continues
-where it stopped. A record trained with another config under the same folder name is an error.
+Every finished run writes `run.json` in its folder (with a digest of its config, the evaluation subset
+it was scored on, and the git commit, JAX version and time that produced it: `RunRecord.code_version`);
+a rerun over the same `workdir` reads it instead of training again, after checking the digest and the
+subset, and a run stopped by SIGTERM/SIGINT (`RunInterrupted`) resumes from its checkpoint, so an
+interrupted experiment continues where it stopped. A record trained with another config, or scored on
+another `evaluation_examples`, under the same folder name is an error.
 
     >>> settings = ProtocolSettings(train_tokens=8192 * 100, learning_rates=(1e-3, 3e-3), seeds=5)
     >>> settings.total_steps(tokens_per_batch=8192), settings.warmup_steps(100)
@@ -224,6 +225,10 @@ class RunRecord:
     code_version: str | None = None
     jax_version: str | None = None
     finished_utc: str | None = None
+    # Which examples its final evaluations read (`evaluated_on`: "all" or "<n> spread", from
+    # `ProtocolSettings.evaluation_examples`): a record is reused only for the same subset. None in
+    # records written before it was kept (2026-12-06): their test outputs' count is checked instead.
+    evaluated_on: str | None = None
 
 
 def _config_sha256(config: Any) -> str:
@@ -243,19 +248,57 @@ FINAL_TEST_PREDICTIONS = "final_test_predictions.npz"
 TEST_EVALUATION = "test_evaluation"
 
 
-def _read_record(path: Path, config_sha256: str) -> RunRecord:
+def evaluated_on(examples: int | None) -> str:
+    """What a run's record says its final evaluations read: "all" (the whole split) or "<n> spread"
+    (`ProtocolSettings.evaluation_examples`, spread over the split).
+
+        >>> evaluated_on(None), evaluated_on(256)
+        ('all', '256 spread')
+    """
+    return "all" if examples is None else f"{int(examples)} spread"
+
+
+def _read_record(
+    path: Path, config_sha256: str, examples: int | None = None, kept: Sequence[Path] = ()
+) -> RunRecord:
     # The run is where its record is: a folder carried to another workdir (`carry_over`) or machine
     # keeps working.
     record = dataclasses.replace(RunRecord(**json.loads(path.read_text())), workdir=str(path.parent))
+    workdir = path.parents[3] if len(path.parents) > 3 else path.parent  # <workdir>/<model>/lr<r>/seed<k>
     if record.config_sha256 and record.config_sha256 != config_sha256:
-        workdir = path.parents[3] if len(path.parents) > 3 else path.parent  # <workdir>/<model>/lr<r>/seed<k>
         raise ValueError(
             f"{path} records a run trained with another config than this experiment asks for (a different "
             "model size, parameter match, data, budget or optimizer under the same folder name). Its "
             f"experiment's folder is {workdir}: rerun with --fresh (scripts/compare.py: deletes its runs) "
             f"or another --workdir, or delete {path.parent} to train that run again."
         )
+    asked = evaluated_on(examples)
+    if record.evaluated_on is not None:
+        found = record.evaluated_on
+    else:  # an older record: only its test outputs' count can tell (more than asked for: another subset)
+        found = _counted_subset([path.parent / FINAL_TEST_PREDICTIONS, *kept], examples)
+    if found is not None and found != asked:
+        raise ValueError(
+            f"{path} records a run evaluated on {found} examples of each split, and this experiment asks "
+            f"for {asked} (--evaluation_examples): its scores are not comparable. Use the value its runs "
+            f"were evaluated with, or rerun with --fresh or another --workdir (its experiment's folder is "
+            f"{workdir})."
+        )
     return record
+
+
+def _counted_subset(kept: Sequence[Path], examples: int | None) -> str | None:
+    """An older record's evaluated subset where its kept test outputs (`kept`: the run's prediction
+    files) show it is not `examples`'s (more test examples than asked for), else None (not known to
+    differ: a split may hold fewer examples than asked for)."""
+    if examples is None:
+        return None
+    counts = []
+    for path in kept:
+        if path.exists():
+            with np.load(path) as arrays:
+                counts.append(len(arrays["example_ids"]))
+    return f"{max(counts)} (its test outputs')" if counts and max(counts) > examples else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,7 +523,8 @@ def _train_once(
     digest = _config_sha256(run_config)
     done = workdir / "run.json"
     if done.exists() and (predictions_path is None or predictions_path.exists()):
-        return _read_record(done, digest)
+        kept = [] if predictions_path is None else [Path(predictions_path)]
+        return _read_record(done, digest, settings.evaluation_examples, kept)
     if not settings.train_missing:
         raise MissingRunError(
             f"{model} lr={lr:g} {_seeds_text(seed, data_seed)}: {workdir} holds no finished run, and "
@@ -516,7 +560,9 @@ def _train_once(
     record = _record(
         model, lr, seed, result, tokens, workdir, final["validation"]["metrics"], None, data_seed
     )
-    record = dataclasses.replace(record, config_sha256=digest)
+    record = dataclasses.replace(
+        record, config_sha256=digest, evaluated_on=evaluated_on(settings.evaluation_examples)
+    )
     evaluating = float(result.get("final_eval_seconds", math.nan))
     if "test" in final:
         test_metrics, run = _test_outputs(model, seed, length, run_config.task, final["test"])
