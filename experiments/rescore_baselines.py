@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -64,10 +65,10 @@ def relocated(path: str, root: str | None) -> Path:
 def rescore(results: dict, predictions_root: str | None, *, confidence: float, resamples: int) -> dict:
     """{task, metric, baselines (rows), strongest_baseline, against_strongest_baseline, files} for a
     stability report's JSON (module docstring)."""
-    from seqjax.experiment.comparison import task_baselines
+    from seqjax.experiment.comparison import baseline_validation_estimates, task_baselines
     from seqjax.experiment.flags import preset_configs
     from seqjax.experiment.report import baseline_difference
-    from seqjax.experiment.summary import baseline_rows
+    from seqjax.experiment.summary import baseline_rows, strongest_baseline
 
     summary = results["summary"]
     task, larger = summary["task"], summary["larger_is_better"]
@@ -86,7 +87,14 @@ def rescore(results: dict, predictions_root: str | None, *, confidence: float, r
     examples = results["protocol"]["evaluation_examples"]
     found, clusters = task_baselines(config, examples=examples)
     rows = baseline_rows(found, task, clusters, confidence_level=confidence, n_resamples=resamples)
-    strongest = (max if larger else min)(rows, key=lambda r: r["estimate"])
+    validation = baseline_validation_estimates(config, examples)
+    for row in rows:
+        row["validation"] = validation.get(row["model"], math.nan)
+    strongest, chosen_on = strongest_baseline(rows, larger, validation)
+    if strongest is None:
+        raise ValueError(
+            f"rescore: no baseline of {task!r} has finite test and validation scores to pair with."
+        )
     best = next(b for b in found if b.name == strongest["model"])
     against, every, files = {}, {}, {}
     for row in models:
@@ -108,6 +116,7 @@ def rescore(results: dict, predictions_root: str | None, *, confidence: float, r
         "evaluation_examples": examples,
         "baselines": rows,
         "strongest_baseline": strongest["model"],
+        "strongest_chosen_on": chosen_on,
         "against_strongest_baseline": against,
         # {model: {baseline: model minus baseline}}, every baseline with values for these examples
         "against_every_baseline": every,

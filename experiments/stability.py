@@ -441,7 +441,7 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 def run_task(task: str, settings: Any, seeds: Any) -> dict[str, Any]:
     """Trains (or reads) every run of one task; returns the results behind its report."""
-    from seqjax.experiment.comparison import task_baselines
+    from seqjax.experiment.comparison import baseline_validation_estimates, task_baselines
     from seqjax.experiment.stability import run_stability, summarize_stability, task_presets
     from seqjax.experiment.summary import summarize_length
 
@@ -484,13 +484,18 @@ def run_task(task: str, settings: Any, seeds: Any) -> dict[str, Any]:
     protocol = {name: runs.protocol_result() for name, runs in models.items()}
     # The strong non-neural baselines on the runs' own test examples (the k-mer models; the n-gram and
     # compressor baselines on the windows of a byte-tokenised documents task).
-    baselines, clusters = task_baselines(next(iter(configs.values())), examples=settings.evaluation_examples)
+    first = next(iter(configs.values()))
+    baselines, clusters = task_baselines(first, examples=settings.evaluation_examples)
     table = summarize_length(
         {k: v for k, v in protocol.items() if v.seeds},
         kind,
         baselines=baselines,
         baseline_clusters=clusters,
         n_resamples=FLAGS.resamples,
+        # validation, not test, chooses the strongest baseline the models are paired with
+        baseline_validation=baseline_validation_estimates(first, settings.evaluation_examples)
+        if baselines
+        else None,
     )
     return {
         "task": task,

@@ -106,7 +106,9 @@ def _composition_note(summary: dict) -> str:
     finite = [b for b in summary["baselines"] if math.isfinite(b["low"])]
     if not finite or not summary["models"]:
         return ""
-    best = (max if larger else min)(finite, key=lambda b: b["estimate"])
+    # the baseline the models are paired with (chosen on validation: `summary.strongest_baseline`)
+    named = [b for b in finite if b["model"] == summary.get("strongest_baseline")]
+    best = named[0] if named else (max if larger else min)(finite, key=lambda b: b["estimate"])
     paired = summary.get("against_strongest_baseline") or {}
     if paired and all(d is not None and "error" not in d for d in paired.values()):
         beaten = all((d["high"] < 0) if larger else (d["low"] > 0) for d in paired.values())

@@ -312,6 +312,33 @@ def test_task_baselines_of_a_byte_documents_task_score_the_runs_windows(data_dir
     assert found[2].metrics["bits_per_byte"] == pytest.approx(ngram_bits)
 
 
+def test_validation_scores_choose_the_strongest_baseline_not_the_test_split(data_dir):
+    """The strongest baseline (the one every model is paired with) is chosen on the validation windows
+    the models are scored on, as the models' rates are: its validation scores are the baselines' bits
+    per byte on those windows, by definition, and the test split plays no part in the choice."""
+    from configs import documents as documents_config
+    from seqjax.data.documents import make_sources
+    from seqjax.data.pipeline import spread_indices
+    from seqjax.experiment.comparison import baseline_validation_estimates
+    from seqjax.experiment.summary import strongest_baseline
+
+    config = documents_config.get_config("lstm,corpus=python_docs,length=256")
+    config.data_dir = data_dir
+    scores = baseline_validation_estimates(config, examples=12)
+    validation = make_sources({"corpus": "python_docs", "length": 256}, data_dir)["validation"]
+    windows = [validation[int(i)] for i in spread_indices(len(validation), 12)]
+    train = documents.read_split_documents({"corpus": "python_docs", "length": 256}, data_dir)["train"]
+    by_hand = documents.evaluate_window_baselines(train, windows)
+    assert scores == pytest.approx({r.name: r.metrics["bits_per_byte"] for r in by_hand}, rel=1e-9)
+    # a test split that favours another baseline does not move the choice
+    rows = [{"model": name, "estimate": 1.0 if "unigram" in name else 9.0} for name in scores]
+    chosen, on = strongest_baseline(rows, larger=False, validation=scores)
+    assert on == "validation" and chosen["model"] == min(scores, key=scores.get) != rows[0]["model"]
+    assert strongest_baseline(rows, larger=False)[0]["model"] == rows[0]["model"]  # on test: the unigram
+    rows.append({"model": "skipped", "estimate": float("nan")})  # no test values: never chosen
+    assert strongest_baseline(rows, larger=False, validation={**scores, "skipped": 0.0})[0] == chosen
+
+
 def test_window_baselines_refuse_token_ids_above_a_byte(data_dir):
     window = {
         "inputs": np.array([300, 2], np.int32),

@@ -604,6 +604,11 @@ def test_main_job_smoke_run_says_when_a_baseline_solves_the_task(tmp_path):
     against = summary["against_strongest_baseline"]
     assert sorted(against) == ["attention", "lstm"] and all(d["high"] < 0 for d in against.values())
     assert "Each model against the strongest baseline" in text and "| the baseline |" in text
+    # the baseline they are paired with is the best on validation (its score in the table), not on test
+    validation = {b["model"]: b["validation"] for b in summary["baselines"]}
+    assert summary["strongest_chosen_on"] == "validation"
+    assert summary["strongest_baseline"] == max(validation, key=validation.get)
+    assert "(chosen on validation)" in text and "| validation |" in text
     assert (tmp_path / "main_metric.png").stat().st_size > 1000
 
 

@@ -470,6 +470,7 @@ def test_stability_smoke_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     rescored = json.loads((tmp_path / "rescored.json").read_text())
     assert rescored["strongest_baseline"] == results["summary"]["strongest_baseline"]
+    assert rescored["strongest_chosen_on"] == results["summary"]["strongest_chosen_on"] == "validation"
     for model, d in rescored["against_strongest_baseline"].items():
         assert d["estimate"] == pytest.approx(against[model]["estimate"])
         assert (d["low"], d["high"]) == pytest.approx((against[model]["low"], against[model]["high"]))

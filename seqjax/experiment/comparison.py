@@ -16,11 +16,11 @@ import numpy as np
 
 from seqjax.data.pipeline import spread_indices
 from seqjax.experiment.clusters import example_clusters
-from seqjax.experiment.protocol import ProtocolSettings, run_comparison
+from seqjax.experiment.protocol import HEADLINE, ProtocolSettings, run_comparison
 from seqjax.experiment.report import Claim
 from seqjax.experiment.summary import summarize_length
 
-__all__ = ["BASELINE_FAMILIES", "compare_at_length", "task_baselines"]
+__all__ = ["BASELINE_FAMILIES", "baseline_validation_estimates", "compare_at_length", "task_baselines"]
 
 #: The baseline module of each data kind (`seqjax.baselines.<kind>`).
 BASELINE_FAMILIES = ("genomic", "documents", "timeseries")
@@ -69,6 +69,30 @@ def task_baselines(
     return results, clusters
 
 
+def baseline_validation_estimates(
+    config: Any, examples: int | None = None, options: Mapping[str, Any] | None = None
+) -> dict[str, float]:
+    """Each baseline's headline metric on the validation split, by name: fit on train as for test and
+    scored on the validation examples the models are scored on (`examples` spread over the split), so
+    that validation, not test, chooses the strongest baseline (`summary.strongest_baseline`), as it
+    chooses the models' rates. {} for data without baselines.
+
+        >>> baseline_validation_estimates(config, examples=256)  # doctest: +SKIP
+        {'majority class': 0.5, 'GC content + logistic regression': 0.61, ...}
+    """
+    from seqjax.experiment.report import baseline_interval
+
+    found, clusters = task_baselines(config, split="validation", examples=examples, options=options)
+    metric = HEADLINE[config.task][0]
+    estimates = {}
+    for result in found:
+        interval = baseline_interval(result, config.task, clusters)
+        estimates[result.name] = float(
+            result.metrics.get(metric, np.nan) if interval is None else interval.estimate
+        )
+    return estimates
+
+
 def _subset(result: Any, indices: np.ndarray, total: int) -> Any:
     """A `BaselineResult` with its per-example arrays cut to `indices` (its split metrics are kept; the
     summary's estimate comes from the per-example values); arrays already of len(indices) (a baseline
@@ -107,6 +131,11 @@ def compare_at_length(
         if baselines
         else ([], None)
     )
+    validation = (
+        baseline_validation_estimates(first, settings.evaluation_examples, baseline_options)
+        if found
+        else None
+    )
     summary = summarize_length(
         results,
         first.task,
@@ -116,6 +145,7 @@ def compare_at_length(
         horizon=horizon,
         confidence_level=confidence_level,
         n_resamples=n_resamples,
+        baseline_validation=validation,
     )
     summary["length"] = int(length)
     summary["protocol"] = {

@@ -2,7 +2,8 @@
 "secondary" with the same cluster x seed bootstrap, `report.SECONDARY`: macro-F1 and MCC for
 classification, MAE for forecasts), cost and
 matched size, the strong baselines with theirs, each model's paired difference to the strongest baseline
-on the same test examples, the best of each family (chosen on validation) and their paired difference;
+(chosen on validation where the baselines' validation scores are given: `strongest_baseline`) on the
+same test examples, the best of each family (chosen on validation) and their paired difference;
 and the markdown tables of it. The summary is plain JSON-able data, so a table or a
 plot can be redrawn from `*.json` without the predictions.
 
@@ -39,6 +40,7 @@ __all__ = [
     "best_by_family",
     "metrics_table",
     "model_table",
+    "strongest_baseline",
     "summarize_length",
 ]
 
@@ -84,6 +86,29 @@ def baseline_rows(
     return rows
 
 
+def strongest_baseline(
+    rows: Sequence[Mapping[str, Any]], larger: bool, validation: Mapping[str, float] | None = None
+) -> tuple[Mapping[str, Any] | None, str]:
+    """(the strongest of the baseline rows (`baseline_rows`) with a finite test estimate, what chose it):
+    the best on `validation` (each baseline's headline metric on the validation split, by name:
+    `comparison.baseline_validation_estimates`) when given, as the models' rates and families are
+    chosen, so no test number picks the row the models are paired with; else (summaries without
+    them) the best on test, which favours the baselines. (None, ...) when no row qualifies.
+
+        >>> rows = [{"model": "3-gram", "estimate": 2.10}, {"model": "5-gram", "estimate": 2.05}]
+        >>> strongest_baseline(rows, larger=False)[0]["model"]
+        '5-gram'
+        >>> strongest_baseline(rows, larger=False, validation={"3-gram": 2.0, "5-gram": 2.2})
+        ({'model': '3-gram', 'estimate': 2.1}, 'validation')
+    """
+    finite = [r for r in rows if math.isfinite(r["estimate"])]
+    pick = max if larger else min
+    if validation is None:
+        return (pick(finite, key=lambda r: r["estimate"]) if finite else None), "test"
+    scored = [r for r in finite if math.isfinite(validation.get(r["model"], math.nan))]
+    return (pick(scored, key=lambda r: validation[r["model"]]) if scored else None), "validation"
+
+
 def _median(values: Sequence[float]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.median(finite)) if finite else math.nan
@@ -114,11 +139,13 @@ def summarize_length(
     horizon: int | None = None,
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
+    baseline_validation: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The summary of one comparison (module docstring). `confidence_level` applies to every interval:
     pass 1 - alpha / m for intervals that hold jointly over m lengths (Bonferroni). `horizon`: a
     forecaster's, for the claims' Diebold-Mariano lag window (needed when runs were carried without
-    their targets)."""
+    their targets). `baseline_validation`: each baseline's validation score, by name, which chooses
+    the strongest baseline (`strongest_baseline`; without it, the test split chooses)."""
     metric, larger = HEADLINE[task]
     rows = []
     for name, result in results.items():
@@ -201,8 +228,10 @@ def summarize_length(
             n_resamples=n_resamples,
         )
         comparisons.append({"claim": claim.name, "better": a, "worse": b, **difference})
-    finite = [r for r in baselines_found if math.isfinite(r["estimate"])]
-    strongest = (max if larger else min)(finite, key=lambda r: r["estimate"]) if finite else None
+    if baseline_validation is not None:
+        for row in baselines_found:
+            row["validation"] = float(baseline_validation.get(row["model"], math.nan))
+    strongest, chosen_on = strongest_baseline(baselines_found, larger, baseline_validation)
     against = {}
     if strongest is not None:
         found = next(b for b in baselines if b.name == strongest["model"])
@@ -225,6 +254,8 @@ def summarize_length(
         "models": rows,
         "baselines": baselines_found,
         "strongest_baseline": None if strongest is None else strongest["model"],
+        # which split chose it: "validation", or "test" (no validation scores given; favours the baseline)
+        "strongest_chosen_on": chosen_on,
         # model minus the strongest baseline on the same test examples (None: the baseline has no values
         # for those examples, e.g. whole documents)
         "against_strongest_baseline": against,
@@ -248,9 +279,11 @@ def baseline_difference_table(summary: Mapping[str, Any]) -> str:
     if not against:
         return ""
     metric, level, larger = summary["metric"], summary["confidence_level"], summary["larger_is_better"]
+    # summaries written before 2026-12-07 chose it on test
+    chosen_on = summary.get("strongest_chosen_on", "test")
     lines = [
-        f"| model | {metric}: model − {summary['strongest_baseline']} [{level:.1%} CI] | bootstrap p | "
-        "better on this interval |",
+        f"| model | {metric}: model − {summary['strongest_baseline']} (chosen on {chosen_on}) "
+        f"[{level:.1%} CI] | bootstrap p | better on this interval |",
         "|---|---:|---:|---|",
     ]
     for model, d in against.items():
@@ -365,12 +398,22 @@ def metrics_table(
 
 
 def baseline_table(rows: Sequence[Mapping[str, Any]], metric: str, confidence_level: float = 0.95) -> str:
-    """The markdown table of a summary's "baselines"."""
-    lines = [f"| baseline | {metric} [{confidence_level:.1%} CI] | settings |", "|---|---:|---|"]
+    """The markdown table of a summary's "baselines", with their validation scores where the rows carry
+    them (what chose the strongest: `strongest_baseline`).
+
+        >>> rows = [{"model": "5-gram", "estimate": 2.0, "low": 1.9, "high": 2.1, "settings": {"order": 5},
+        ...          "validation": 2.2}]
+        >>> baseline_table(rows, "bits_per_byte").splitlines()[2]
+        '| 5-gram | 2.0000 [1.9000, 2.1000] | 2.2000 | order=5 |'
+    """
+    validated = any("validation" in r for r in rows)
+    head = f"| baseline | {metric} [{confidence_level:.1%} CI] |" + (" validation |" if validated else "")
+    lines = [f"{head} settings |", "|---|---:|" + ("---:|" if validated else "") + "---|"]
     for r in rows:
         interval = "" if not math.isfinite(r["low"]) else f" [{r['low']:.4f}, {r['high']:.4f}]"
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
-        lines.append(f"| {r['model']} | {r['estimate']:.4f}{interval} | {settings} |")
+        validation = f" {r.get('validation', math.nan):.4f} |" if validated else ""
+        lines.append(f"| {r['model']} | {r['estimate']:.4f}{interval} |{validation} {settings} |")
     return "\n".join(lines)
 
 
