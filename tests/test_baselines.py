@@ -339,6 +339,39 @@ def test_validation_scores_choose_the_strongest_baseline_not_the_test_split(data
     assert strongest_baseline(rows, larger=False, validation={**scores, "skipped": 0.0})[0] == chosen
 
 
+def test_a_baseline_estimate_is_its_interval_estimate_and_needs_no_clusters():
+    """The validation score that chooses the strongest baseline is the test table's estimate computed the
+    same way (balanced accuracy, mean squared error, bits per byte as a ratio of sums), and a split of one
+    time block, where no interval can be drawn, still has one."""
+    from seqjax.baselines.result import BaselineResult
+    from seqjax.experiment.report import baseline_estimate, baseline_interval
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    kinds = {
+        "classification": {"prediction": np.where(rng.random(60) < 0.7, labels, 0), "label": labels},
+        "forecast": {"mse": rng.random(60), "mae": rng.random(60)},
+        "lm": {"bits": rng.random(60) * 100, "bytes": rng.integers(20, 60, 60).astype(float)},
+    }
+    by_hand = {
+        "classification": np.mean(
+            [np.mean(kinds["classification"]["prediction"][labels == c] == c) for c in range(3)]
+        ),
+        "forecast": kinds["forecast"]["mse"].mean(),
+        "lm": kinds["lm"]["bits"].sum() / kinds["lm"]["bytes"].sum(),
+    }
+    clusters = np.arange(60) // 6
+    for task, per_example in kinds.items():
+        result = BaselineResult("b", {}, per_example, {"scored": "windows"})
+        estimate = baseline_estimate(result, task)
+        assert estimate == pytest.approx(by_hand[task], rel=1e-12)
+        assert estimate == pytest.approx(baseline_interval(result, task, clusters, n_resamples=50).estimate)
+        with pytest.raises(ValueError, match="1 cluster"):  # the interval needs clusters; the estimate not
+            baseline_interval(result, task, np.zeros(60, int), n_resamples=50)
+    skipped = BaselineResult("skipped", {"mse": 0.5}, {})
+    assert baseline_estimate(skipped, "forecast") == 0.5
+
+
 def test_window_baselines_refuse_token_ids_above_a_byte(data_dir):
     window = {
         "inputs": np.array([300, 2], np.int32),

@@ -46,6 +46,7 @@ __all__ = [
     "SECONDARY",
     "Claim",
     "baseline_difference",
+    "baseline_estimate",
     "baseline_interval",
     "contrast_interval",
     "difference_fields",
@@ -192,6 +193,26 @@ def forecast_errors(paths: Sequence[str], error: str = "mse") -> tuple[np.ndarra
     return values, np.asarray(runs[0].example_ids), clusters
 
 
+def _baseline_inputs(
+    result: Any, task: str, clusters: np.ndarray | None, metric: str | None
+) -> tuple[np.ndarray, np.ndarray | None, Any, np.ndarray | None] | None:
+    """(per-example values, targets, weighted metric, clusters) of a `BaselineResult`'s headline metric
+    (or `metric`), as `baseline_interval` resamples them; None when it has no per-example values."""
+    per_example = result.per_example
+    if not per_example:
+        return None
+    if task == "classification":
+        weighted = _weighted_metric(task, metric)
+        return np.asarray(per_example["prediction"]), np.asarray(per_example["label"]), weighted, clusters
+    if task == "forecast":
+        mean = _weighted_metric(task, metric)
+        return np.asarray(per_example[metric or "mse"], np.float64), None, mean, clusters
+    bits = np.asarray(per_example["bits"], np.float64)
+    by_window = result.settings.get("scored") == "windows"
+    nats, num_bytes = bits * np.log(2.0), np.asarray(per_example["bytes"], np.float64)
+    return nats, num_bytes, weighted_metrics.bits_per_byte, clusters if by_window else None
+
+
 def baseline_interval(
     result: Any,
     task: str,
@@ -207,30 +228,38 @@ def baseline_interval(
     windows too: settings["scored"] == "windows") score the examples in order and take `clusters`.
     `metric`: another classification metric or forecast error than the headline one (as
     `metric_interval`)."""
-    weighted = _weighted_metric(task, metric) if task == "classification" or metric is not None else None
-    per_example = result.per_example
-    if not per_example:
+    inputs = _baseline_inputs(result, task, clusters, metric)
+    if inputs is None:
         return None
-    kwargs = {"confidence_level": confidence_level, "n_resamples": n_resamples}
-    if task == "classification":
-        return statistics.cluster_bootstrap(
-            per_example["prediction"],
-            targets=per_example["label"],
-            metric=weighted,
-            cluster_ids=clusters,
-            **kwargs,
-        )
-    if task == "forecast":
-        return statistics.cluster_bootstrap(per_example[metric or "mse"], cluster_ids=clusters, **kwargs)
-    bits = np.asarray(per_example["bits"], np.float64)
-    by_window = result.settings.get("scored") == "windows"
+    values, targets, weighted, cluster_ids = inputs
     return statistics.cluster_bootstrap(
-        bits * np.log(2.0),
-        targets=per_example["bytes"],
-        metric=weighted_metrics.bits_per_byte,
-        cluster_ids=clusters if by_window else None,
-        **kwargs,
+        values,
+        targets=targets,
+        metric=weighted,
+        cluster_ids=cluster_ids,
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
     )
+
+
+def baseline_estimate(result: Any, task: str) -> float:
+    """A `BaselineResult`'s headline metric over all its per-example values: `baseline_interval`'s
+    estimate, with no interval (so no clusters: a split of one time block has an estimate too); its
+    split metric when it has no per-example values (NaN when it has none).
+
+        >>> from seqjax.baselines.result import BaselineResult
+        >>> per_example = {"prediction": np.array([0, 1, 1]), "label": np.array([0, 1, 0])}
+        >>> kmer = BaselineResult("k-mer", {}, per_example)
+        >>> baseline_estimate(kmer, "classification")  # balanced accuracy: (1/2 + 1/1) / 2
+        0.75
+    """
+    inputs = _baseline_inputs(result, task, None, None)
+    if inputs is None:
+        from seqjax.experiment.protocol import HEADLINE
+
+        return float(result.metrics.get(HEADLINE[task][0], math.nan))
+    values, targets, weighted, _ = inputs
+    return float(weighted(values, targets, np.ones((1, len(values))))[0])
 
 
 def _baseline_values(result: Any, task: str, n: int) -> tuple[np.ndarray, np.ndarray | None] | None:
