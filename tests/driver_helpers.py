@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -73,3 +74,109 @@ def load_driver(script: str) -> ModuleType:
         for added in set(flags.FLAGS) - before:
             delattr(flags.FLAGS, added)
     return module
+
+
+# ----------------------------------------------------------------------------------------------------
+# The verdict rule, restated: a driver's smoke run trains tiny models whose verdict is random, but the
+# verdict it records must still follow from the intervals it records. These restate the rule of
+# `seqjax.experiment.verdict`'s docstring instead of importing it, so that a driver that judges with the
+# wrong direction, the wrong ends or the wrong keys fails here rather than agreeing with itself.
+
+#: The fewest resampled clusters whose interval is judged (`seqjax.experiment.verdict`'s docstring).
+MIN_CLUSTERS = 10
+
+
+def rule_class(
+    direction: str, low: float, high: float, *, threshold: float = 0.0, n_clusters: int | None = None
+) -> str:
+    """The class of the interval (low, high): "claimed" when it lies strictly on the claimed side of
+    `threshold` ("greater": above it, "less": below it), "opposite" on the other side, "neither" when it
+    touches or contains it, or whatever its ends when it resampled fewer than `MIN_CLUSTERS` clusters."""
+    assert direction in ("greater", "less"), direction
+    assert low <= high, (low, high)
+    if n_clusters is not None and n_clusters < MIN_CLUSTERS:
+        return "neither"
+    if low > threshold:
+        side = "greater"
+    elif high < threshold:
+        side = "less"
+    else:
+        return "neither"
+    return "claimed" if side == direction else "opposite"
+
+
+def rule_verdict(classes: Iterable[str]) -> str:
+    """The verdict over the keys' classes: depends, supported, contradicted or inconclusive."""
+    classes = set(classes)
+    assert classes, "no keys to judge"
+    if {"claimed", "opposite"} <= classes:
+        return "depends"
+    if classes == {"claimed"}:
+        return "supported"
+    if classes == {"opposite"}:
+        return "contradicted"
+    return "inconclusive"
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, by the textbook step-down loop."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def assert_judged_by_rule(
+    judged: Mapping[str, Any], differences: Mapping[Any, Mapping[str, Any]], *, direction: str
+) -> None:
+    """`judged` (a `report.judge` record: verdict, per_key {key: class, holm_p}) is the rule applied to
+    `differences` ({key: {low, high, p_value, n_clusters}}): the same keys, each key's class from its own
+    interval, the verdict from the classes and the Holm-adjusted p-values of the keys' p-values."""
+    assert judged.get("direction", direction) == direction, (judged.get("direction"), direction)
+    keys = [str(k) for k in differences]
+    assert list(judged["per_key"]) == keys, (list(judged["per_key"]), keys)
+    expected = {
+        str(k): rule_class(direction, d["low"], d["high"], n_clusters=d.get("n_clusters"))
+        for k, d in differences.items()
+    }
+    assert {k: v["class"] for k, v in judged["per_key"].items()} == expected, (judged["per_key"], differences)
+    assert judged["verdict"] == rule_verdict(expected.values()), (judged["verdict"], expected)
+    adjusted = holm([d["p_value"] for d in differences.values()])
+    for key, p in zip(keys, adjusted, strict=True):
+        assert abs(judged["per_key"][key]["holm_p"] - p) <= 1e-9, (key, judged["per_key"][key], p)
+
+
+def assert_claim_follows_summaries(
+    judged: Mapping[str, Any],
+    summaries: list[Mapping[str, Any]],
+    claim_from: int,
+    *,
+    families: tuple[str, str] = ("recurrent", "attention"),
+) -> None:
+    """A length sweep's verdict (`sweep.claim_verdict`) is the rule applied to the claim's paired
+    differences at the lengths >= `claim_from` (every length when none is that long), in the
+    direction the summaries' metric sets (larger is better: "greater"); each difference pairs the best
+    model of each of the claim's `families` (chosen on validation) and its estimate is their rows'
+    difference."""
+    for s in summaries:
+        rows = {r["model"]: r for r in s["models"]}
+        for c in s["comparisons"]:
+            if c["claim"] != judged["claim"] or "missing" in c:
+                continue
+            best = s["best_by_family"]
+            assert (c["better"], c["worse"]) == (best[families[0]], best[families[1]]), (c, best)
+            expected = rows[c["better"]]["estimate"] - rows[c["worse"]]["estimate"]
+            assert abs(c["estimate"] - expected) <= 1e-9 * max(1.0, abs(expected)), (c, expected)
+    covered = [s for s in summaries if s["length"] >= claim_from] or list(summaries)
+    differences = {
+        s["length"]: c
+        for s in covered
+        for c in s["comparisons"]
+        if c["claim"] == judged["claim"] and "missing" not in c
+    }
+    assert differences, "no paired difference to judge"
+    direction = "greater" if summaries[0]["larger_is_better"] else "less"
+    assert_judged_by_rule(judged, differences, direction=direction)

@@ -18,7 +18,7 @@ from seqjax.experiment import attention_attribution as aa
 from seqjax.models.config import BackboneConfig
 from seqjax.models.tasks import SequenceClassifier
 from seqjax.scan.attention import Visibility, attention_reference, attention_weights
-from tests.driver_helpers import run_driver
+from tests.driver_helpers import rule_class, rule_verdict, run_driver
 
 B, L, H, D = 2, 12, 2, 8
 
@@ -296,10 +296,43 @@ def test_attention_attribution_smoke_run(tmp_path):
                 assert row[key]["low"] <= row[key]["estimate"] <= row[key]["high"], (unit, name, key)
     assert set(results["deletion"]) == {"attention", "ig", "gxi", "ig_signed", "random"}
     assert set(results["deletion"]["random"]) == {"1", "10", "50"}
+    # a tiny model: the verdicts are chance, but each must be its rule's over the recorded intervals.
+    # (a) and (b) read the miss rate of integrated gradients averaged over heads: the share of pairs
+    # whose top-attention token is not among the top 10 attributed ones
     rules = results["rules"]
-    words = ("supported", "contradicted", "depends", "inconclusive")
-    assert rules["a"]["verdict"] in words and rules["b"]["verdict"] in words
-    assert rules["c"]["verdict"] in words and rules["c"]["true"]["verdict"] in words
+    primary = results["agreement"]["mean"]["ig"]
+    miss = primary["miss_rate"]
+    assert miss["estimate"] == pytest.approx(1 - primary["hits"] / primary["pairs"])
+    low, high = miss["low"], miss["high"]
+    if low <= 0.43 <= high:  # (a): the interval holds the claimed 43%, and is narrow enough to say so
+        assert rules["a"]["verdict"] == ("supported" if (high - low) / 2 <= 0.10 else "inconclusive")
+    else:
+        assert rules["a"]["verdict"] == "contradicted"
+        assert rules["a"]["side"] == ("above" if low > 0.43 else "below")
+    chance = results["chance_miss_rate"]  # (b): below the chance miss rate supports it
+    expected_b = "supported" if high < chance else "contradicted" if low > chance else "inconclusive"
+    assert rules["b"]["verdict"] == expected_b
+    # (c): per k, Δp(ig) - Δp(attention) and Δp(attention) - Δp(random) below zero (the sides of each
+    # interval: the driver passes no cluster count, however few blocks it resampled); the chain "ig >
+    # attention > random" holds when both orderings do, fails when either is contradicted
+    words = {"claimed": "supported", "opposite": "contradicted", "neither": "inconclusive"}
+    for name in ("predicted", "true"):
+        chain = rules["c"][name]
+        orderings = []
+        for ordering in ("attribution_vs_attention", "attention_vs_random"):
+            by_k = chain[ordering]["by_k"]
+            assert list(by_k) == ["1", "10", "50"]
+            classes = [rule_class("less", d["low"], d["high"]) for d in by_k.values()]
+            assert [d["class"] for d in by_k.values()] == [words[c] for c in classes]
+            assert chain[ordering]["verdict"] == rule_verdict(classes)
+            orderings.append(chain[ordering]["verdict"])
+        if orderings == ["supported", "supported"]:
+            assert chain["verdict"] == "supported"
+        elif "contradicted" in orderings:
+            assert chain["verdict"] == "contradicted"
+        else:
+            assert chain["verdict"] == ("depends" if "depends" in orderings else "inconclusive")
+    assert rules["c"]["verdict"] == rules["c"]["predicted"]["verdict"]
     assert math.isclose(rules["c"]["confidence_level"], 1 - 0.05 / 6)
     diagnostics = results["diagnostics"]
     assert diagnostics["analysis_max_abs_logit_difference"] < 1e-4

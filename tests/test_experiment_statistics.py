@@ -290,8 +290,11 @@ def test_pairing_narrows_the_interval_of_correlated_models():
 
 def test_paired_models_may_have_different_numbers_of_seeds():
     rng = np.random.default_rng(20)
-    result = paired_bootstrap(rng.normal(size=(3, 20)), rng.normal(size=(5, 20)) + 1.0, n_resamples=200)
-    assert result.high < 0
+    a, b = rng.normal(size=(3, 20)), rng.normal(size=(5, 20)) + 1.0
+    result = paired_bootstrap(a, b, n_resamples=200)
+    # each model's mean over its own seeds, differenced: not a mean over paired seeds (there are none)
+    assert result.estimate == pytest.approx(a.mean() - b.mean())
+    assert result.n_clusters == 20 and result.high < 0
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from seqjax.experiment import few_shot, statistics
 from seqjax.experiment.few_shot import Budget
 from seqjax.experiment.predictions import RunPredictions, write_predictions
 from seqjax.experiment.report import family_of
-from tests.driver_helpers import load_driver, run_driver
+from tests.driver_helpers import assert_judged_by_rule, load_driver, run_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TEST = 200
@@ -277,13 +277,17 @@ def test_few_shot_smoke_run(tmp_path: Path) -> None:
         assert row["secondary"]["macro_f1"]["low"] <= row["secondary"]["macro_f1"]["estimate"]
         assert len(row["subsample_values"]) == 2 and row["steps"] == 2
     assert [r["n"] for r in key["kmer"]] == [32, 64]
-    for rule in ("a", "b", "c"):
-        assert results["verdicts"][rule]["verdict"] in (
-            "supported",
-            "contradicted",
-            "depends",
-            "inconclusive",
-        )
+    # two training steps: the verdicts are chance, but each must be the rule's over its recorded intervals
+    verdicts = results["verdicts"]
+    for rule in ("a", "b"):
+        assert_judged_by_rule(verdicts[rule], verdicts[rule]["differences"], direction="greater")
+    # rule (c) judges each difference shifted up by the margin (recurrent at most `margin` behind), as
+    # `non_inferiority` passes them to the rule: without their cluster count
+    for d in verdicts["c"]["differences"].values():
+        for end in ("estimate", "low", "high"):
+            assert d["shifted"][end] == pytest.approx(d[end] + results["margin"], abs=1e-12)
+    shifted = {k: d["shifted"] for k, d in verdicts["c"]["differences"].items()}
+    assert_judged_by_rule(verdicts["c"], shifted, direction="greater")
     assert list(results["verdicts"]["a"]["per_key"]) == ["species@128 n=32"]  # n < claim_below = 64
     assert list(results["verdicts"]["c"]["per_key"]) == ["species@128 n=32", "species@128 n=64"]
     assert set(results["verdicts"]["b"]["differences"]["species@128"]["gains"]) == {"lstm", "attention"}

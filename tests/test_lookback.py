@@ -20,7 +20,7 @@ from seqjax.experiment.predictions import (
     write_predictions,
 )
 from seqjax.experiment.sweep import length_gain
-from tests.driver_helpers import run_driver
+from tests.driver_helpers import assert_judged_by_rule, rule_class, run_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTERS = np.repeat(np.arange(40), 5)  # 200 windows in 40 time blocks
@@ -174,20 +174,37 @@ def test_lookback_smoke_run(tmp_path):
         "--baseline_fit_windows=256",
         "--nostep_memory",
     )
-    assert results["claim"]["verdict"] in ("supported", "contradicted", "depends", "inconclusive")
-    assert list(results["claim"]["per_key"]) == ["H24/L96"]
-    assert results["claim"]["rows"][0]["paired_test"]["name"].startswith("Diebold-Mariano")
+    claim = results["claim"]
+    assert list(claim["per_key"]) == ["H24/L96"]
+    assert claim["rows"][0]["paired_test"]["name"].startswith("Diebold-Mariano")
+    # two training steps: the verdict is chance, but it must be the rule's over the recorded MSE
+    # difference (lower is better: "less"), blocks too few to judge included
+    assert_judged_by_rule(claim, {r["key"]: r for r in claim["rows"]}, direction="less")
+
+    def expected_class(interval, words):  # the rule's class for a difference of errors, in the table's words
+        if interval["n_clusters"] < 10:
+            return f"not judged ({interval['n_clusters']} blocks, fewer than 10)"
+        return words[rule_class("less", interval["low"], interval["high"])]
+
     gains = {g["model"]: g for g in results["gains"]["gains"]}
     assert sorted(gains) == ["longformer", "lstm"]
     for g in gains.values():
         assert (g["short"], g["long"]) == (48, 96)
-        assert g["mse"]["class"] in ("helps", "hurts", "no clear difference")
+        gain_words = {"claimed": "helps", "opposite": "hurts", "neither": "no clear difference"}
+        assert g["mse"]["class"] == expected_class(g["mse"], gain_words), g["mse"]
         assert g["mse"]["low"] <= g["mse"]["estimate"] <= g["mse"]["high"]
-    assert results["gains"]["families"][0]["class"] in (
-        "recurrent gains more",
-        "attention gains more",
-        "no clear difference",
+    # the family contrast is gain(lstm) - gain(longformer), on the same windows and seeds
+    family = results["gains"]["families"][0]
+    assert (family["recurrent"], family["attention"]) == ("lstm", "longformer")
+    assert family["estimate"] == pytest.approx(
+        gains["lstm"]["mse"]["estimate"] - gains["longformer"]["mse"]["estimate"], abs=1e-12
     )
+    family_words = {
+        "claimed": "recurrent gains more",
+        "opposite": "attention gains more",
+        "neither": "no clear difference",
+    }
+    assert family["class"] == expected_class(family, family_words), family
     cells = results["cells"]
     assert [(c["horizon"], c["lookback"]) for c in cells] == [(24, 48), (24, 96)]
     ids = [read_predictions(c["models"][0]["predictions"][0]).example_ids for c in cells]

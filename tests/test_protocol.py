@@ -19,7 +19,7 @@ from seqjax.experiment.clusters import example_clusters
 from seqjax.experiment.predictions import RunPredictions, read_predictions, write_predictions
 from seqjax.experiment.report import Claim, judge, metric_interval, paired_difference
 from seqjax.experiment.summary import best_by_family
-from tests.driver_helpers import driver_env
+from tests.driver_helpers import assert_claim_follows_summaries, driver_env, rule_class, rule_verdict
 from tests.train_subprocess import refusal_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,12 +224,22 @@ def test_paired_difference_and_verdicts_from_saved_predictions(tmp_path):
     weak = _write_runs(tmp_path, "attention", rng.random(n) < 0.6, 5, rng)
     also_weak = _write_runs(tmp_path, "swa", rng.random(n) < 0.6, 5, rng)
     assert read_predictions(strong[0]).model == "lstm"
+
+    def balanced_accuracy(paths):  # the seeds' mean balanced accuracy, by hand
+        runs = [read_predictions(p) for p in paths]
+        return np.mean(
+            [np.mean([np.mean(r.predictions.argmax(-1)[r.targets == c] == c) for c in (0, 1)]) for r in runs]
+        )
+
     interval = metric_interval(strong, "classification", n_resamples=300)
+    assert interval.estimate == pytest.approx(balanced_accuracy(strong), abs=1e-12)
     assert interval.low < interval.estimate < interval.high and interval.n_clusters == n // 10
     claim = Claim("recurrent beats attention", "recurrent", "attention")
     better = paired_difference(strong, weak, "classification", n_resamples=300)
+    assert better["estimate"] == pytest.approx(balanced_accuracy(strong) - balanced_accuracy(weak), abs=1e-12)
     assert better["low"] > 0 and better["p_value"] < 0.01 and "McNemar" in better["paired_test"]["name"]
     worse = paired_difference(weak, strong, "classification", n_resamples=300)
+    assert worse["estimate"] == pytest.approx(-better["estimate"], abs=1e-12)
     tied = paired_difference(weak, also_weak, "classification", n_resamples=300)
     assert tied["low"] < 0 < tied["high"]
     assert judge(claim, {1024: better, 4096: better}, larger_is_better=True)["verdict"] == "supported"
@@ -238,8 +248,12 @@ def test_paired_difference_and_verdicts_from_saved_predictions(tmp_path):
     assert judge(claim, {1024: better, 4096: tied}, larger_is_better=True)["verdict"] == "inconclusive"
     # lower-is-better metrics flip the claimed direction
     assert judge(claim, {1024: worse}, larger_is_better=False)["verdict"] == "supported"
+    # Holm over the two keys: the smaller p-value doubled, the larger one kept (but never below it)
     holm = judge(claim, {1024: better, 4096: tied}, larger_is_better=True)["per_key"]
-    assert holm["1024"]["holm_p"] <= holm["4096"]["holm_p"] <= 1.0
+    first = min(1.0, 2 * better["p_value"])
+    assert holm["1024"]["holm_p"] == pytest.approx(first)
+    assert holm["4096"]["holm_p"] == pytest.approx(max(first, tied["p_value"]))
+    assert better["p_value"] < tied["p_value"] < 1.0  # (so the second is not simply capped at 1)
 
 
 def test_models_against_a_baseline_on_the_same_examples(tmp_path):
@@ -315,16 +329,20 @@ def test_best_of_each_family_is_chosen_on_validation():
 
 def test_forecast_difference_reports_diebold_mariano(tmp_path):
     rng = np.random.default_rng(1)
-    paths = {}
+    paths, mse = {}, {}
     for model, scale in (("lstm", 1.0), ("attention", 1.5)):
-        paths[model] = []
+        paths[model], mse[model] = [], []
         for seed in range(3):
             truth = np.zeros((60, 4, 2), np.float32)
             forecast = truth + scale * rng.standard_normal(truth.shape).astype(np.float32)
             losses = np.mean(forecast.astype(np.float64) ** 2, axis=(1, 2))
+            mse[model].append(np.mean((forecast.astype(np.float64) - truth) ** 2))
             run = RunPredictions(model, seed, 32, np.arange(60), np.arange(60) // 6, truth, forecast, losses)
             paths[model].append(str(write_predictions(tmp_path / model / f"{seed}.npz", run)))
     out = paired_difference(paths["lstm"], paths["attention"], "forecast", n_resamples=300)
+    # the seeds' mean test MSE of each model, by hand, differenced; 10 blocks of 6 windows are resampled
+    assert out["estimate"] == pytest.approx(np.mean(mse["lstm"]) - np.mean(mse["attention"]), rel=1e-6)
+    assert out["n_clusters"] == 10
     assert out["high"] < 0 and "Diebold" in out["paired_test"]["name"]
 
 
@@ -374,8 +392,10 @@ def test_length_crossover_smoke_run(tmp_path):
     done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "out.json").read_text())
-    assert results["verdict"]["verdict"] in ("supported", "contradicted", "depends", "inconclusive")
-    assert list(results["verdict"]["per_key"]) == ["512"]  # the claim covers L >= --claim_from only
+    # two training steps: the verdict itself is chance, but it must be the rule's verdict of the paired
+    # difference recorded at L = 512 (the claim covers L >= --claim_from only), of the best of each family
+    assert list(results["verdict"]["per_key"]) == ["512"]
+    assert_claim_follows_summaries(results["verdict"], results["summaries"], claim_from=512)
     for summary in results["summaries"]:
         assert summary["confidence_level"] == pytest.approx(1 - 0.05 / 2)  # Bonferroni over 2 lengths
         assert [r["model"] for r in summary["models"]] == ["lstm", "attention"]
@@ -422,7 +442,12 @@ def test_segment_recurrence_smoke_run(tmp_path):
         assert row[key]["low"] <= row[key]["estimate"] <= row[key]["high"]
     gap = row["reset"]["estimate"] - row["carried"]["estimate"]
     assert row["difference"]["estimate"] == pytest.approx(gap)
-    assert results["verdict"] in ("supported", "contradicted", "depends", "inconclusive")
+    # the verdict of a 2-step model is chance, but it must be the rule's for reset - carried > 0 (the
+    # driver judges the sides of the interval over the 2 documents, without the rule's cluster count)
+    assert row["class"] == rule_class("greater", row["difference"]["low"], row["difference"]["high"])
+    assert results["verdict"] == rule_verdict([row["class"]])
+    words = {"claimed": "supported", "opposite": "contradicted", "neither": "inconclusive"}
+    assert row["model_verdict"] == words[row["class"]]
     assert any("Kneser" in b["model"] for b in results["baselines"])
     for seed in (0, 1):  # every seed's per-document sums are kept for a rerun
         assert list((tmp_path / "runs" / "lstm").glob(f"lr*/seed{seed}/documents_carried.npz"))
@@ -594,7 +619,9 @@ def test_main_job_smoke_run_says_when_a_baseline_solves_the_task(tmp_path):
     done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "main.json").read_text())
-    assert summary["verdicts"][0]["verdict"] in ("supported", "contradicted", "inconclusive")
+    # one verdict, the rule's, of the one length's paired difference (its value is chance here)
+    assert len(summary["verdicts"]) == 1 and list(summary["verdicts"][0]["per_key"]) == ["256"]
+    assert_claim_follows_summaries(summary["verdicts"][0], [summary], claim_from=256)
     assert [r["model"] for r in summary["models"]] == ["lstm", "attention"]
     text = (tmp_path / "main.md").read_text()
     assert "6-mer frequencies + logistic regression" in text and "verdict (recurrent beats attention)" in text

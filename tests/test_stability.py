@@ -17,7 +17,7 @@ from scipy import stats as scipy_stats
 from seqjax.config import load_config_file
 from seqjax.experiment import protocol, stability, statistics
 from seqjax.experiment.matching import MatchedModel
-from tests.driver_helpers import driver_env, load_driver, run_driver
+from tests.driver_helpers import driver_env, load_driver, rule_class, run_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -343,7 +343,21 @@ def test_summary_applies_both_rules_to_the_best_attention_model_and_the_elstm():
     assert rows["elstm"]["spread"]["estimate"] > 10 > encoder["spread"]["estimate"]
     assert s["verdicts"]["b"]["verdict"] == "supported"  # attention's spread is the smaller
     assert s["verdicts"]["b_noise_corrected"]["verdict"] == "supported"
-    assert 0.0 <= s["verdicts"]["b"]["null_contradicted_rate"] <= 1.0
+
+    # the null rate is simulated from each model's pooled within-rate seed SD (by hand here) at the
+    # design's 3 shared rates x 3 seeds; the encoder's seeds are ~10x noisier, so under no rate effect
+    # rule (b) would say "contradicted" most of the time
+    def pooled_sd(row):
+        groups = [np.asarray(r["values"]) for r in row["rates"] if r["shared"]]
+        squares = sum(((g - g.mean()) ** 2).sum() for g in groups)
+        return math.sqrt(squares / (sum(g.size for g in groups) - len(groups)))
+
+    b = s["verdicts"]["b"]
+    assert b["null_seed_sds"] == pytest.approx([pooled_sd(encoder), pooled_sd(rows["elstm"])])
+    assert b["null_contradicted_rate"] == pytest.approx(
+        stability.spread_null_rate(*b["null_seed_sds"], rates=3, seeds=3)
+    )
+    assert b["null_contradicted_rate"] > 0.5
     json.dumps(s)  # plain data
     flipped = stability.summarize_stability(
         _fake_models(spread_attention=15.0, spread_elstm=1.0), "classification",
@@ -441,7 +455,19 @@ def test_stability_smoke_run(tmp_path: Path) -> None:
             assert record["data_seed"] == (
                 None if (r["init_seed"], r["data_seed"]) == (0, 0) else r["data_seed"]
             )
-    assert s["verdicts"]["a"]["verdict"] in ("supported", "contradicted", "inconclusive")
+    # two training steps: verdict (a) is chance, but it must be rule (a) applied to Brown-Forsythe's test
+    # (Levene's with the median) of the encoder's runs against the E-LSTM's: p < 0.05 with the larger SD
+    values = {row["model"]: [r["value"] for r in row["runs"]] for row in s["models"]}
+    a = s["verdicts"]["a"]
+    assert a["pair"] == ["encoder", "elstm"]
+    levene = scipy_stats.levene(values["encoder"], values["elstm"], center="median")
+    p_value = float(levene.pvalue) if np.isfinite(levene.pvalue) else 1.0  # both constant: no evidence
+    assert a["test"]["p_value"] == pytest.approx(p_value)
+    sd_encoder, sd_elstm = np.std(values["encoder"], ddof=1), np.std(values["elstm"], ddof=1)
+    if p_value >= 0.05 or sd_encoder == sd_elstm:
+        assert a["verdict"] == "inconclusive", a
+    else:
+        assert a["verdict"] == ("supported" if sd_encoder > sd_elstm else "contradicted"), a
     assert s["verdicts"]["b"]["verdict"] == "inconclusive"  # one rate in the smoke grid
     assert [r["seeds"] for r in results["summary"]["models"]] == [2, 2]  # data seed 0 only
     # the k-mer baselines, scored on the runs' own test examples, beside the models
@@ -493,8 +519,13 @@ def test_stability_smoke_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     rejudged = json.loads(edited.read_text())
     verdicts = rejudged["stability"]["verdicts"]
-    assert verdicts["b"]["verdict"] != "inconclusive" or "difference" in verdicts["b"]
-    assert "difference" in verdicts["b_noise_corrected"]
+    # the spreads over the two shared rates: the encoder's rate means differ by exactly 30 points, the
+    # E-LSTM's not at all; each rule's verdict is its interval's side of zero (below: supported)
+    assert verdicts["b"]["difference"]["estimate"] == pytest.approx(30.0)
+    words = {"claimed": "supported", "opposite": "contradicted", "neither": "inconclusive"}
+    for rule in ("b", "b_noise_corrected"):
+        difference = verdicts[rule]["difference"]
+        assert verdicts[rule]["verdict"] == words[rule_class("less", difference["low"], difference["high"])]
     assert rejudged["rejudged"]["command"].endswith(f"--rejudge={edited}")
     assert rejudged["summary"] == json.loads(json.dumps(results["summary"]))  # nothing else recomputed
     text = (tmp_path / "edited.md").read_text()
