@@ -367,7 +367,7 @@ def summarize(
     """
     from seqjax.experiment import attention_attribution as aa
     from seqjax.experiment import statistics, weighted_metrics
-    from seqjax.experiment.verdict import classify_interval, verdict
+    from seqjax.experiment.verdict import classify_interval, not_judged, too_few_clusters, verdict_of_classes
 
     def interval(values: np.ndarray, level: float = 0.95) -> dict[str, float]:
         return interval_fields(
@@ -452,7 +452,7 @@ def summarize(
 
     def ordering(delta: Mapping[tuple[str, int], np.ndarray], a: str, b: str) -> dict[str, Any]:
         """Δp(a) − Δp(b) per k (paired: windows, blocks, seeds), and the ordering's word over the k."""
-        per_k = {}
+        per_k, sides = {}, []
         for k in deletions:
             diff = statistics.paired_bootstrap(
                 delta[a, k],
@@ -462,11 +462,11 @@ def summarize(
                 n_resamples=resamples,
                 paired_seeds=True,
             )
-            per_k[str(k)] = interval_fields(diff) | {
-                "class": WORD[classify_interval("less", diff.low, diff.high)]
-            }
-        intervals = {k: (v["low"], v["high"]) for k, v in per_k.items()}
-        return {"by_k": per_k, "verdict": verdict("less", intervals)}
+            # over fewer than MIN_CLUSTERS genome blocks: not judged ("neither"), as in every table
+            sides.append(classify_interval("less", diff.low, diff.high, n_clusters=diff.n_clusters))
+            word = not_judged(diff.n_clusters) if too_few_clusters(diff.n_clusters) else WORD[sides[-1]]
+            per_k[str(k)] = interval_fields(diff) | {"n_clusters": diff.n_clusters, "class": word}
+        return {"by_k": per_k, "verdict": verdict_of_classes(sides)}
 
     rule_c: dict[str, Any] = {"claim": CLAIM_C, "confidence_level": joint}
     for name, delta in (("predicted", delta_pred), ("true", delta_true)):

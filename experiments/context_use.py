@@ -342,11 +342,23 @@ def _interval(value: Any) -> dict[str, float]:
 
 
 def _classify(direction: str, interval: dict[str, float]) -> str:
-    from seqjax.experiment.verdict import classify_interval
+    """The rule's word for a difference over documents (each its own cluster): "inconclusive" without an
+    interval, "not judged (...)" over fewer than `verdict.MIN_CLUSTERS` documents."""
+    from seqjax.experiment.verdict import classify_interval, not_judged, too_few_clusters
 
     if not (math.isfinite(interval["low"]) and math.isfinite(interval["high"])):
         return "inconclusive"  # fewer than 2 documents: no interval
+    documents = interval.get("documents")
+    if too_few_clusters(documents):
+        return not_judged(int(documents), "documents")  # type: ignore[arg-type]
     return WORD[classify_interval(direction, interval["low"], interval["high"])]  # type: ignore[arg-type]
+
+
+def _truncation_word(direction: str, interval: dict[str, float]) -> str:
+    """Rule 3's word (costs, helps, no measurable cost; or not judged) for a truncated-minus-full
+    difference."""
+    word = _classify(direction, interval)
+    return TRUNCATION_WORD.get(word, word)
 
 
 def _bucket_difference(
@@ -481,7 +493,6 @@ def summarize(
     from seqjax.experiment.positions import bucket_label, position_curve
     from seqjax.experiment.protocol import validation_rank
     from seqjax.experiment.report import family_of
-    from seqjax.experiment.verdict import verdict
 
     contrast = (int(FLAGS.contrast[0]), int(FLAGS.contrast[1]))
     sums: dict[tuple[str, str], list[dict[str, np.ndarray]]] = {}
@@ -595,7 +606,7 @@ def summarize(
             "difference": diff,
         }
         if math.isfinite(diff["low"]):
-            rule2["verdict"] = verdict("less", {label: (diff["low"], diff["high"])})
+            rule2["verdict"] = _classify("less", diff)
         else:
             rule2["note"] = "fewer than 2 qualifying documents reach the bucket"
 
@@ -611,11 +622,11 @@ def summarize(
         for j in range(len(edges)):
             a, b = kept[v.name, v.main_mode], kept[ref.name, ref.main_mode]
             diff = _bucket_difference(a, b, j, level, resamples)
-            cost = TRUNCATION_WORD[_classify("greater", diff)]
+            cost = _truncation_word("greater", diff)
             row = diff | {"label": bucket_label(edges, j), "class": cost}
             if pairable:  # secondary: seed i of both shares its initialisation (one preset, one size)
                 paired = _bucket_difference(a, b, j, level, resamples, paired_seeds=True)
-                row["seed_paired"] = paired | {"class": TRUNCATION_WORD[_classify("greater", paired)]}
+                row["seed_paired"] = paired | {"class": _truncation_word("greater", paired)}
             per_bucket.append(row)
         truncation[v.name] = {"full": ref.name, "mode": v.main_mode, "buckets": per_bucket}
     out = {

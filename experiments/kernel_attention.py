@@ -293,7 +293,7 @@ def summarize(
     from scipy import stats as scipy_stats
 
     from seqjax.experiment import statistics, weighted_metrics
-    from seqjax.experiment.verdict import classify_interval, verdict
+    from seqjax.experiment.verdict import classify_interval, not_judged, too_few_clusters, verdict_of_classes
 
     kernels = kernel_keys(features)
     claimed = [f"performer-{m}" for m in features] + ["elu+1"]
@@ -337,6 +337,7 @@ def summarize(
         }
     }
     window_kl: dict[str, np.ndarray] = {}
+    sides: dict[str, str] = {}  # each claimed kernel's interval class under the rule
     for k in kernels:
         performer = k.startswith("performer-")
         kl = np.stack([_per_window(s[f"kl/{k}"], performer) for s in scores])
@@ -365,7 +366,7 @@ def summarize(
                     nll[k], targets=window_bytes, metric=bpb, cluster_ids=clusters, n_resamples=resamples
                 )
             ),
-            "delta_bpb": interval_fields(delta) | {"confidence_level": joint},
+            "delta_bpb": interval_fields(delta) | {"confidence_level": joint, "n_clusters": delta.n_clusters},
         }
         if performer:  # the spread over draws: each draw's Δbpb over all windows and seeds
             per_draw = np.stack([s[f"nll/{k}"] for s in scores])  # [seeds, draws, windows]
@@ -375,17 +376,20 @@ def summarize(
                 for d in range(per_draw.shape[1])
             ]
         if k in claimed:
-            side = classify_interval("greater", delta.low, delta.high)
-            row["verdict"] = WORD[side]
+            # over fewer than MIN_CLUSTERS documents: not judged ("neither"), as in every table
+            sides[k] = classify_interval("greater", delta.low, delta.high, n_clusters=delta.n_clusters)
+            row["verdict"] = (
+                not_judged(delta.n_clusters, "documents")
+                if too_few_clusters(delta.n_clusters)
+                else WORD[sides[k]]
+            )
         rows[k] = row
 
     rule_a = {
         "claim": CLAIM_A,
         "confidence_level": joint,
         "per_kernel": {k: rows[k]["verdict"] for k in claimed},
-        "verdict": verdict(
-            "greater", {k: (rows[k]["delta_bpb"]["low"], rows[k]["delta_bpb"]["high"]) for k in claimed}
-        ),
+        "verdict": verdict_of_classes(sides[k] for k in claimed),
     }
 
     # Rule (b): fewest against most features.
@@ -404,15 +408,15 @@ def summarize(
             n_resamples=resamples,
             paired_seeds=True,
         )
-        kl_side = classify_interval("greater", kl_diff.low, kl_diff.high)
-        bpb_side = classify_interval("greater", bpb_diff.low, bpb_diff.high)
+        kl_side = classify_interval("greater", kl_diff.low, kl_diff.high, n_clusters=kl_diff.n_clusters)
+        bpb_side = classify_interval("greater", bpb_diff.low, bpb_diff.high, n_clusters=bpb_diff.n_clusters)
         if kl_side == "claimed" and bpb_side == "claimed":
             rule_b["verdict"] = "supported"
         elif kl_side == "claimed" and bpb_side == "opposite":
             rule_b["verdict"] = "contradicted"
         rule_b |= {
-            "kl_difference": interval_fields(kl_diff),
-            "delta_bpb_difference": interval_fields(bpb_diff),
+            "kl_difference": interval_fields(kl_diff) | {"n_clusters": kl_diff.n_clusters},
+            "delta_bpb_difference": interval_fields(bpb_diff) | {"n_clusters": bpb_diff.n_clusters},
         }
     else:
         rule_b["note"] = "one number of features: no knob"

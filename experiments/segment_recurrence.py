@@ -100,7 +100,7 @@ def summarize(
     """Per model: bpb carried and reset with intervals over documents and seeds, their paired difference
     (reset - carried) and its class under the verdict rule."""
     from seqjax.experiment import statistics, weighted_metrics
-    from seqjax.experiment.verdict import classify_interval
+    from seqjax.experiment.verdict import classify_interval, not_judged, too_few_clusters
 
     rows = {}
     for model, result in results.items():
@@ -119,12 +119,16 @@ def summarize(
         intervals = {mode: statistics.cluster_bootstrap(nll[mode], **kwargs) for mode in MODES}
         difference = statistics.paired_bootstrap(nll["reset"], nll["carried"], **kwargs)
         record = result.seeds[0]
+        # over fewer than MIN_CLUSTERS documents the interval is not judged ("neither"), as in every table
+        side = classify_interval("greater", difference.low, difference.high, n_clusters=difference.n_clusters)
         rows[model] = {
             **{mode: _interval(intervals[mode]) for mode in MODES},
-            "difference": _interval(difference),
-            "class": classify_interval("greater", difference.low, difference.high),
+            "difference": {**_interval(difference), "n_clusters": difference.n_clusters},
+            "class": side,
             # the rule's word for this model alone (the verdict over models is the table's headline)
-            "model_verdict": MODEL_VERDICT[classify_interval("greater", difference.low, difference.high)],
+            "model_verdict": not_judged(difference.n_clusters, "documents")
+            if too_few_clusters(difference.n_clusters)
+            else MODEL_VERDICT[side],
             "documents": len(tokens),
             "tokens": int(tokens.sum()),
             "longest_document_tokens": int(tokens.max()),
@@ -225,7 +229,7 @@ def _main(argv: list[str]) -> None:
     from seqjax.experiment.comparison import task_baselines
     from seqjax.experiment.protocol import run_comparison, use_compilation_cache
     from seqjax.experiment.summary import baseline_rows
-    from seqjax.experiment.verdict import verdict
+    from seqjax.experiment.verdict import verdict_of_classes
     from seqjax.train.run_config import resolve
     from seqjax.train.trainer import build_sources, default_data_dir
 
@@ -240,7 +244,6 @@ def _main(argv: list[str]) -> None:
     level = 0.95
     models = summarize(trained, float(getattr(source, "bytes_per_token", 1.0)), level, FLAGS.resamples)
     baselines, _ = task_baselines(first)
-    intervals = {model: (r["difference"]["low"], r["difference"]["high"]) for model, r in models.items()}
     platform = jax.default_backend()
     results = {
         **run_header(sys.argv, platform),
@@ -257,7 +260,7 @@ def _main(argv: list[str]) -> None:
             "batch_size": int(first.batch_size),
         },
         "claim": CLAIM_TEXT,
-        "verdict": verdict("greater", intervals),
+        "verdict": verdict_of_classes(r["class"] for r in models.values()),
         "models": models,
         "baselines": baseline_rows(
             baselines, "lm", None, confidence_level=level, n_resamples=FLAGS.resamples

@@ -312,9 +312,9 @@ def test_attention_attribution_smoke_run(tmp_path):
     chance = results["chance_miss_rate"]  # (b): below the chance miss rate supports it
     expected_b = "supported" if high < chance else "contradicted" if low > chance else "inconclusive"
     assert rules["b"]["verdict"] == expected_b
-    # (c): per k, Δp(ig) - Δp(attention) and Δp(attention) - Δp(random) below zero (the sides of each
-    # interval: the driver passes no cluster count, however few blocks it resampled); the chain "ig >
-    # attention > random" holds when both orderings do, fails when either is contradicted
+    # (c): per k, Δp(ig) - Δp(attention) and Δp(attention) - Δp(random) below zero (an interval over
+    # fewer than 10 genome blocks is not judged); the chain "ig > attention > random" holds when both
+    # orderings do, fails when either is contradicted
     words = {"claimed": "supported", "opposite": "contradicted", "neither": "inconclusive"}
     for name in ("predicted", "true"):
         chain = rules["c"][name]
@@ -322,8 +322,13 @@ def test_attention_attribution_smoke_run(tmp_path):
         for ordering in ("attribution_vs_attention", "attention_vs_random"):
             by_k = chain[ordering]["by_k"]
             assert list(by_k) == ["1", "10", "50"]
-            classes = [rule_class("less", d["low"], d["high"]) for d in by_k.values()]
-            assert [d["class"] for d in by_k.values()] == [words[c] for c in classes]
+            classes = [
+                rule_class("less", d["low"], d["high"], n_clusters=d["n_clusters"]) for d in by_k.values()
+            ]
+            assert [d["class"] for d in by_k.values()] == [
+                f"not judged ({d['n_clusters']} blocks, fewer than 10)" if d["n_clusters"] < 10 else words[c]
+                for d, c in zip(by_k.values(), classes, strict=True)
+            ]
             assert chain[ordering]["verdict"] == rule_verdict(classes)
             orderings.append(chain[ordering]["verdict"])
         if orderings == ["supported", "supported"]:

@@ -5,6 +5,7 @@ inconclusive), the paired subsamples, and `experiments/few_shot.py --size=smoke`
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,17 @@ def test_rule_c_non_inferiority_depends_on_the_margin(tmp_path: Path) -> None:
     assert list(_verdicts({"g@1024": key}, match_below=100, margin=0.2)["c"]["per_key"]) == ["g@1024 n=50"]
 
 
+def test_rule_c_is_not_judged_over_too_few_clusters(tmp_path: Path, monkeypatch) -> None:
+    """Rule (c) judges the shifted intervals over the same clusters as rule (a): over 4 genome blocks
+    neither is judged (before, (c) said "supported" where (a) was not judged)."""
+    monkeypatch.setattr(sys.modules[__name__], "CLUSTERS", np.repeat(np.arange(4), 50))
+    rules = _verdicts({"g@1024": _key(tmp_path, _both_arms({"lstm": 0.9, "attention": 0.6}))}, margin=0.2)
+    assert {v["class"] for v in rules["a"]["per_key"].values()} == {"neither"}
+    assert {v["class"] for v in rules["c"]["per_key"].values()} == {"neither"}
+    assert rules["a"]["verdict"] == rules["c"]["verdict"] == "inconclusive"
+    assert {d["shifted"]["n_clusters"] for d in rules["c"]["differences"].values()} == {4}
+
+
 def test_a_missing_family_leaves_the_rules_inconclusive(tmp_path: Path) -> None:
     only_rnn = _key(tmp_path, _both_arms({"lstm": 0.9, "mamba": 0.8}))
     result = _verdicts({"g@1024": only_rnn})
@@ -281,11 +293,12 @@ def test_few_shot_smoke_run(tmp_path: Path) -> None:
     verdicts = results["verdicts"]
     for rule in ("a", "b"):
         assert_judged_by_rule(verdicts[rule], verdicts[rule]["differences"], direction="greater")
-    # rule (c) judges each difference shifted up by the margin (recurrent at most `margin` behind), as
-    # `non_inferiority` passes them to the rule: without their cluster count
+    # rule (c) judges each difference shifted up by the margin (recurrent at most `margin` behind), over
+    # the same clusters (fewer than 10: not judged)
     for d in verdicts["c"]["differences"].values():
         for end in ("estimate", "low", "high"):
             assert d["shifted"][end] == pytest.approx(d[end] + results["margin"], abs=1e-12)
+        assert d["shifted"]["n_clusters"] == d["n_clusters"]
     shifted = {k: d["shifted"] for k, d in verdicts["c"]["differences"].items()}
     assert_judged_by_rule(verdicts["c"], shifted, direction="greater")
     assert list(results["verdicts"]["a"]["per_key"]) == ["species@128 n=32"]  # n < claim_below = 64

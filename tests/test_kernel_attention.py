@@ -209,15 +209,25 @@ def test_kernel_attention_smoke_run(tmp_path):
         if name.startswith("performer-"):
             assert delta == pytest.approx(np.mean(row["delta_bpb_by_draw"]), abs=1e-5), name
     # a tiny model: the verdicts are not pinned, but each must be the rule's over the recorded intervals
-    # (the sides of each interval: the driver passes no cluster count, however few documents it resampled)
+    # (an interval over fewer than 10 documents is not judged)
     words = {"claimed": "supported", "opposite": "contradicted", "neither": "inconclusive"}
     rule_a = results["rule_a"]
     assert set(rule_a["per_kernel"]) == {"performer-16", "performer-64", "performer-256", "elu+1"}
     classes = {
-        k: rule_class("greater", rows[k]["delta_bpb"]["low"], rows[k]["delta_bpb"]["high"])
+        k: rule_class(
+            "greater",
+            rows[k]["delta_bpb"]["low"],
+            rows[k]["delta_bpb"]["high"],
+            n_clusters=rows[k]["delta_bpb"]["n_clusters"],
+        )
         for k in rule_a["per_kernel"]
     }
-    assert rule_a["per_kernel"] == {k: words[c] for k, c in classes.items()}
+
+    def word(k):
+        n = rows[k]["delta_bpb"]["n_clusters"]
+        return f"not judged ({n} documents, fewer than 10)" if n < 10 else words[classes[k]]
+
+    assert rule_a["per_kernel"] == {k: word(k) for k in classes}
     assert rule_a["verdict"] == rule_verdict(classes.values())
     assert math.isclose(rule_a["confidence_level"], 0.9875)
     # (b): KL(fewest features) - KL(most) and the same of Δbpb; supported when both lie above zero,
@@ -232,7 +242,7 @@ def test_kernel_attention_smoke_run(tmp_path):
         rows["performer-16"]["delta_bpb"]["estimate"] - rows["performer-256"]["delta_bpb"]["estimate"],
         abs=1e-9,
     )
-    sides = (rule_class("greater", kl["low"], kl["high"]), rule_class("greater", bpb["low"], bpb["high"]))
+    sides = tuple(rule_class("greater", d["low"], d["high"], n_clusters=d["n_clusters"]) for d in (kl, bpb))
     expected = {("claimed", "claimed"): "supported", ("claimed", "opposite"): "contradicted"}
     assert rule_b["verdict"] == expected.get(sides, "inconclusive"), (rule_b, sides)
     text = (tmp_path / "out.md").read_text()

@@ -36,11 +36,19 @@ def test_block_means_and_paired_claims():
             ],
         }
     }
-    summary = ol.summarize(runs, {}, n_blocks=8, confidence_level=0.95, n_resamples=200)
+    summary = ol.summarize(runs, {}, n_blocks=10, confidence_level=0.95, n_resamples=200)
     claims = ol.claim_verdicts(summary, [1], alpha=0.05, n_resamples=200)
     assert claims["rtrl"]["verdict"] == "supported"
     assert claims["rtrl"]["differences"]["narma10/k=1"]["estimate"] == pytest.approx(0.5)
+    assert claims["rtrl"]["differences"]["narma10/k=1"]["n_clusters"] == 10
     assert claims["snap"]["verdict"] == "inconclusive"  # no LSTM runs
+    # the same runs cut into 8 time blocks: fewer than the rule's 10 clusters, so not judged, however
+    # far from zero the interval lies
+    coarse = ol.summarize(runs, {}, n_blocks=8, confidence_level=0.95, n_resamples=200)
+    difference = ol.claim_verdicts(coarse, [1], alpha=0.05, n_resamples=200)["rtrl"]["differences"][
+        "narma10/k=1"
+    ]
+    assert difference["low"] > 0 and difference["n_clusters"] == 8 and difference["class"] == "neither"
 
 
 def test_learning_rate_choice_takes_the_interior_minimum_without_extending():
@@ -145,7 +153,7 @@ def test_driver_smoke(tmp_path):
     # tiny learners: the verdicts are chance, but each must be the rule's over the recorded intervals of
     # TBPTT-k minus the claim's method (lower MSE is better: above zero supports it), whose estimate is
     # the difference of the two methods' MSEs. The smoke size has 6 blocks, fewer than the verdict
-    # rule's 10 clusters, which `claim_verdicts` does not apply: the classes here are the intervals' sides.
+    # rule's 10 clusters: none is judged, and the verdicts are inconclusive.
     for name, method, prefix in (("rtrl", "lru_rtrl", "lru_tbptt"), ("snap", "lstm_snap", "lstm_tbptt")):
         claim = results["claims"][name]
         assert sorted(claim["differences"]) == ["narma10/k=1", "power/k=1"]
@@ -154,8 +162,11 @@ def test_driver_smoke(tmp_path):
             rows = results["summary"][stream]["methods"]
             expected = rows[f"{prefix}{k}"]["estimate"] - rows[method]["estimate"]
             assert d["estimate"] == pytest.approx(expected, rel=1e-9, abs=1e-15), (name, key)
-            assert d["class"] == rule_class("greater", d["low"], d["high"]), (name, key, d)
+            assert d["class"] == rule_class("greater", d["low"], d["high"], n_clusters=d["n_clusters"]), d
         assert claim["verdict"] == rule_verdict(d["class"] for d in claim["differences"].values())
+        assert claim["verdict"] == "inconclusive" and {
+            d["n_clusters"] for d in claim["differences"].values()
+        } == {6}
     for stream in ("narma10", "power"):  # the smoke size tunes over one rate: the wiring
         assert results["tuning"][stream]["lru_rtrl"]["learning_rate"] == pytest.approx(1e-3)
     assert results["settings"]["tune_steps"] == 200

@@ -372,6 +372,8 @@ def family_difference(
             "low": interval.low + margin,
             "high": interval.high + margin,
             "p_value": bootstrap_p_value(interval.distribution + margin),
+            # judged as any interval: not over fewer than MIN_CLUSTERS clusters (`report.judge`)
+            "n_clusters": interval.n_clusters,
         }
     return out
 

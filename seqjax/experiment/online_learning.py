@@ -372,7 +372,9 @@ def claim_verdicts(
             )
             differences[f"{stream}/k={k}"] = {
                 **_interval(diff),
-                "class": classify_interval("greater", diff.low, diff.high),
+                "n_clusters": diff.n_clusters,
+                # over fewer than MIN_CLUSTERS time blocks: not judged ("neither"), as in every table
+                "class": classify_interval("greater", diff.low, diff.high, n_clusters=diff.n_clusters),
                 "p_value": statistics.bootstrap_p_value(diff.distribution),
             }
         out[name] = {

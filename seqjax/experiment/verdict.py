@@ -102,13 +102,14 @@ def too_few_clusters(n_clusters: int | None) -> bool:
     return n_clusters is not None and n_clusters < MIN_CLUSTERS
 
 
-def not_judged(n_clusters: int) -> str:
-    """The class a report prints for an interval over too few clusters (`too_few_clusters`).
+def not_judged(n_clusters: int, unit: str = "blocks") -> str:
+    """The class a report prints for an interval over too few clusters (`too_few_clusters`), which are
+    `unit` (time or genome blocks, documents).
 
-    >>> not_judged(3)
-    'not judged (3 blocks, fewer than 10)'
+    >>> not_judged(3), not_judged(2, "documents")
+    ('not judged (3 blocks, fewer than 10)', 'not judged (2 documents, fewer than 10)')
     """
-    return f"not judged ({n_clusters} blocks, fewer than {MIN_CLUSTERS})"
+    return f"not judged ({n_clusters} {unit}, fewer than {MIN_CLUSTERS})"
 
 
 def classify_interval(
