@@ -338,7 +338,20 @@ def rule_a(miss: Mapping[str, float]) -> dict[str, Any]:
     from seqjax.experiment.attention_attribution import claimed_rate_verdict
 
     word = claimed_rate_verdict(miss["low"], miss["high"], CLAIMED_MISS_RATE, MAX_HALF_WIDTH)
-    return {"claim": CLAIM_A, "claimed": CLAIMED_MISS_RATE} | word
+    return {"claim": CLAIM_A, "claimed": CLAIMED_MISS_RATE} | word | _unjudged(miss)
+
+
+def _unjudged(miss: Mapping[str, float]) -> dict[str, Any]:
+    """{} for a miss-rate interval over enough genome blocks; else an inconclusive verdict and the reason
+    (`verdict.MIN_CLUSTERS`: a bootstrap over so few blocks cannot reach its level).
+
+    >>> _unjudged({"low": 0.3, "high": 0.5, "n_clusters": 3})
+    {'verdict': 'inconclusive', 'note': 'not judged (3 blocks, fewer than 10)'}
+    """
+    from seqjax.experiment.verdict import not_judged, too_few_clusters
+
+    n = miss.get("n_clusters")
+    return {"verdict": "inconclusive", "note": not_judged(int(n))} if too_few_clusters(n) else {}
 
 
 def rule_b(miss: Mapping[str, float], chance: float) -> dict[str, Any]:
@@ -350,7 +363,7 @@ def rule_b(miss: Mapping[str, float], chance: float) -> dict[str, Any]:
     from seqjax.experiment.attention_attribution import chance_verdict
 
     word = chance_verdict(miss["low"], miss["high"], chance)
-    return {"claim": CLAIM_B, "chance_miss_rate": chance, "verdict": word}
+    return {"claim": CLAIM_B, "chance_miss_rate": chance, "verdict": word} | _unjudged(miss)
 
 
 def summarize(
@@ -376,6 +389,7 @@ def summarize(
             )
         )
 
+    n_blocks = len(np.unique(clusters))  # the miss rate's resampled clusters (rules a and b)
     valid = scores[0]["valid"]
     lengths = valid.sum(-1)
     chance = float(np.mean(aa.chance_miss_rate(lengths, top_k)))
@@ -400,7 +414,7 @@ def summarize(
                 "hits": round(float((1.0 - miss_a).sum())),
                 "hits_by_seed": [round(float(x)) for x in (1.0 - miss_a).sum(1)],
                 "pairs": int(miss_a.size),
-                "miss_rate": interval(miss_a),
+                "miss_rate": interval(miss_a) | {"n_clusters": n_blocks},
                 "kendall_tau": interval(tau_a),
                 "median_rank": float(np.median(rank_a)),
                 "mean_rank_fraction": float(np.mean(rank_a / lengths[None])),
@@ -579,9 +593,10 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
         f"- (a) *{CLAIM_A}*: **{a['verdict']}** — m = {interval_cell(primary['miss_rate'])} (the interval "
         f"{SIDE[a['side']]} 0.43; "
-        f"half-width {a['half_width']:.3f}, at most {MAX_HALF_WIDTH} to support).",
+        f"half-width {a['half_width']:.3f}, at most {MAX_HALF_WIDTH} to support)"
+        + (f"; {a['note']}." if "note" in a else "."),
         f"- (b) *{CLAIM_B}*: **{b['verdict']}** — m = {interval_cell(primary['miss_rate'])} against the "
-        f"chance miss rate 1 − {k}/L = {chance:.4f}.",
+        f"chance miss rate 1 − {k}/L = {chance:.4f}" + (f"; {b['note']}." if "note" in b else "."),
         f"- (c) *{CLAIM_C}* (on the predicted class's probability): **{c['verdict']}** — |IG| vs attention: "
         f"{c['predicted']['attribution_vs_attention']['verdict']}; attention vs random: "
         f"{c['predicted']['attention_vs_random']['verdict']}. On the true class's probability "

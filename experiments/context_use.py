@@ -606,7 +606,11 @@ def summarize(
             "difference": diff,
         }
         if math.isfinite(diff["low"]):
-            rule2["verdict"] = _classify("less", diff)
+            word = _classify("less", diff)
+            if word in WORD.values():
+                rule2["verdict"] = word
+            else:  # the verdict stays a verdict word; why it is inconclusive goes in the note
+                rule2["note"] = word
         else:
             rule2["note"] = "fewer than 2 qualifying documents reach the bucket"
 
@@ -702,7 +706,8 @@ def markdown(results: dict[str, Any]) -> str:
         diff = r2["difference"]
         lines.append(
             f"- (2) {CLAIM_RECURRENT} on {r2['bucket']}: **{r2['verdict']}** — {r2['recurrent']} minus "
-            f"{r2['attention']}: {_cell(diff, True, 4)} bpb over {diff['documents']} documents."
+            f"{r2['attention']}: {_cell(diff, True, 4)} bpb over {diff['documents']} documents"
+            + (f" ({r2['note']})." if "note" in r2 else ".")
         )
     else:
         lines.append(f"- (2) {CLAIM_RECURRENT}: **{r2['verdict']}** ({r2.get('note', '')}).")

@@ -270,6 +270,7 @@ def _chance_lines(results: Mapping[str, Any], gain: Mapping[str, Any], short: in
 
 def markdown(results: Mapping[str, Any]) -> str:
     """The report of one task (module docstring's rules, tables by length, per-length details)."""
+    from seqjax.experiment.report import key_class
     from seqjax.experiment.summary import comparison_lines, composition_line, metrics_table, model_table
 
     summaries = results["summaries"]
@@ -318,7 +319,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
         "| L | class | Holm-adjusted p |",
         "|---:|---|---:|",
-        *(f"| {k} | {c['class']} | {c['holm_p']:.3g} |" for k, c in v["per_key"].items()),
+        *(f"| {k} | {key_class(c)} | {c['holm_p']:.3g} |" for k, c in v["per_key"].items()),
         "",
         f"## Verdict (b): {CONTEXT_TEXT}, {metric} at {long:,} minus at {short:,} bp, same loci",
         "",

@@ -297,6 +297,7 @@ def chance_lines(key: Mapping[str, Any]) -> list[str]:
 
 def markdown(results: Mapping[str, Any]) -> str:
     """The report: design, the three verdicts, the learning curves per key."""
+    from seqjax.experiment.report import key_class
     from seqjax.experiment.summary import composition_line
 
     v = results["verdicts"]
@@ -347,7 +348,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         "|---|---|---|---:|---|---:|",
         *(
             f"| {k} | {d['better']} | {d['worse']} | {_cell(d, signed=True)} | "
-            f"{a['per_key'][k]['class']} | {a['per_key'][k]['holm_p']:.3g} |"
+            f"{key_class(a['per_key'][k])} | {a['per_key'][k]['holm_p']:.3g} |"
             for k, d in a["differences"].items()
         ),
         "",
@@ -361,7 +362,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         "|---|---|---|---|---:|---|",
         *(
             f"| {k} | {', '.join(map(str, d['sizes']))} | {d['recurrent']} | {d['attention']} | "
-            f"{_cell(d, signed=True)} | {b['per_key'][k]['class']} |"
+            f"{_cell(d, signed=True)} | {key_class(b['per_key'][k])} |"
             for k, d in b["differences"].items()
         ),
         "",
@@ -384,7 +385,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         "| key, n | recurrent | attention | difference | class |",
         "|---|---|---|---:|---|",
         *(
-            f"| {k} | {d['better']} | {d['worse']} | {_cell(d, signed=True)} | {c['per_key'][k]['class']} |"
+            f"| {k} | {d['better']} | {d['worse']} | {_cell(d, signed=True)} | {key_class(c['per_key'][k])} |"
             for k, d in c["differences"].items()
         ),
         "",

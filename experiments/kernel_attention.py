@@ -452,6 +452,21 @@ def summarize(
 # --------------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------------
+def _unjudged_note(n_clusters: int | None) -> str:
+    """ " (not judged: ...)" for an interval over fewer than `verdict.MIN_CLUSTERS` documents, else "".
+
+    >>> _unjudged_note(4), _unjudged_note(33)
+    (' (not judged: 4 documents, fewer than 10)', '')
+    """
+    from seqjax.experiment.verdict import MIN_CLUSTERS, too_few_clusters
+
+    return (
+        f" (not judged: {n_clusters} documents, fewer than {MIN_CLUSTERS})"
+        if too_few_clusters(n_clusters)
+        else ""
+    )
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     """The report: set-up, the two verdicts, the table by kernel, and the diagnostics."""
     rows = results["kernels"]
@@ -491,7 +506,9 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"- (b) **{b['verdict']}** — KL({b['fewest']}) − KL({b['most']}) = "
             f"{interval_cell(b['kl_difference'], True)} "
             f"nats; Δbpb({b['fewest']}) − Δbpb({b['most']}) = "
-            f"{interval_cell(b['delta_bpb_difference'], True)}."
+            f"{interval_cell(b['delta_bpb_difference'], True)}"
+            + _unjudged_note(b["kl_difference"].get("n_clusters"))
+            + "."
         )
     else:
         lines.append(f"- (b) **{b['verdict']}** ({b.get('note', '')}).")

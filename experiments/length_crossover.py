@@ -66,6 +66,7 @@ CLAIM_TEXT = "recurrent beats attention"
 
 
 def markdown(results: dict[str, Any]) -> str:
+    from seqjax.experiment.report import key_class
     from seqjax.experiment.summary import (
         baseline_difference_table,
         baseline_table,
@@ -99,7 +100,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "| L | class | Holm-adjusted p |",
         "|---:|---|---:|",
-        *(f"| {k} | {c['class']} | {c['holm_p']:.3g} |" for k, c in v["per_key"].items()),
+        *(f"| {k} | {key_class(c)} | {c['holm_p']:.3g} |" for k, c in v["per_key"].items()),
         "",
     ]
     for s in summaries:

@@ -106,9 +106,14 @@ def _composition_note(summary: dict) -> str:
     finite = [b for b in summary["baselines"] if math.isfinite(b["low"])]
     if not finite or not summary["models"]:
         return ""
-    # the baseline the models are paired with (chosen on validation: `summary.strongest_baseline`)
+    # the baseline the models are paired with (chosen on validation: `summary.strongest_baseline`); a
+    # summary from before that choice took the best on test
     named = [b for b in finite if b["model"] == summary.get("strongest_baseline")]
-    best = named[0] if named else (max if larger else min)(finite, key=lambda b: b["estimate"])
+    if summary.get("strongest_chosen_on", "test") == "test" and not named:
+        named = [(max if larger else min)(finite, key=lambda b: b["estimate"])]
+    if not named:  # validation chose none with an interval: no baseline to name
+        return ""
+    best = named[0]
     paired = summary.get("against_strongest_baseline") or {}
     if paired and all(d is not None and "error" not in d for d in paired.values()):
         beaten = all((d["high"] < 0) if larger else (d["low"] > 0) for d in paired.values())

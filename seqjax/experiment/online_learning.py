@@ -419,6 +419,8 @@ def _rate_cell(tuned: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> 
 
 
 def markdown(results: Mapping[str, Any]) -> str:
+    from seqjax.experiment.verdict import not_judged, too_few_clusters
+
     s = results["settings"]
     level = results["confidence_level"]
     power = ""
@@ -456,8 +458,10 @@ def markdown(results: Mapping[str, Any]) -> str:
                         f"- {key}: {' and '.join(d['diverged'])} diverged ({d['class']}; the rule below)"
                     )
                     continue
+                blocks = d.get("n_clusters")  # records before 2026-12-07 do not keep it
+                judged = d["class"] if not too_few_clusters(blocks) else not_judged(blocks)
                 lines.append(
-                    f"- {key}: {d['estimate']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}] ({d['class']}; "
+                    f"- {key}: {d['estimate']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}] ({judged}; "
                     f"bootstrap p {_p(d['p_value'], results['resamples'])})"
                 )
             lines.append("")
@@ -465,7 +469,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         "Rule (fixed before the run, `seqjax/experiment/online_learning.py`): supported when every "
         "(stream, k) interval of TBPTT-k minus the claim's method lies above zero, contradicted when every "
         "one lies below, depends when both occur, else inconclusive. A method whose run became NaN/Inf at "
-        "its tuned rate loses the key (neither when both did).",
+        "its tuned rate loses the key (neither when both did). An interval over fewer than 10 time blocks "
+        "is not judged (neither): a bootstrap over so few blocks cannot reach its level.",
         "",
     ]
     for stream, s_ in results["summary"].items():

@@ -54,6 +54,7 @@ __all__ = [
     "forecast_diebold_mariano",
     "forecast_errors",
     "judge",
+    "key_class",
     "metric_interval",
     "paired_difference",
 ]
@@ -545,6 +546,20 @@ class Claim:
 
     def direction(self, *, larger_is_better: bool) -> str:
         return "greater" if larger_is_better else "less"
+
+
+def key_class(per_key: Mapping[str, Any]) -> str:
+    """A `judge` key's class as a table prints it: the class, with why an interval that was not judged
+    counts as "neither" (`verdict.MIN_CLUSTERS`).
+
+        >>> key_class({"class": "claimed", "holm_p": 0.01})
+        'claimed'
+        >>> key_class({"class": "neither", "holm_p": 0.01, "not_judged": "4 clusters, fewer than 10"})
+        'neither (not judged: 4 clusters, fewer than 10)'
+    """
+    if "not_judged" in per_key:
+        return f"{per_key['class']} (not judged: {per_key['not_judged']})"
+    return str(per_key["class"])
 
 
 def judge(

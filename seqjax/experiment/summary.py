@@ -93,7 +93,8 @@ def strongest_baseline(
     the best on `validation` (each baseline's headline metric on the validation split, by name:
     `comparison.baseline_validation_estimates`) when given, as the models' rates and families are
     chosen, so no test number picks the row the models are paired with; else (summaries without
-    them) the best on test, which favours the baselines. (None, ...) when no row qualifies.
+    them) the best on test, which favours the baselines. A tie keeps the row listed first (the
+    simpler baseline: the smaller k or n-gram order). (None, ...) when no row qualifies.
 
         >>> rows = [{"model": "3-gram", "estimate": 2.10}, {"model": "5-gram", "estimate": 2.05}]
         >>> strongest_baseline(rows, larger=False)[0]["model"]
