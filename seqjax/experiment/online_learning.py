@@ -458,7 +458,7 @@ def markdown(results: Mapping[str, Any]) -> str:
                         f"- {key}: {' and '.join(d['diverged'])} diverged ({d['class']}; the rule below)"
                     )
                     continue
-                blocks = d.get("n_clusters")  # records before 2026-12-07 do not keep it
+                blocks = d.get("n_clusters")  # records before 2026-12-06 23:40 UTC do not keep it
                 judged = d["class"] if not too_few_clusters(blocks) else not_judged(blocks)
                 lines.append(
                     f"- {key}: {d['estimate']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}] ({judged}; "

@@ -280,7 +280,7 @@ def baseline_difference_table(summary: Mapping[str, Any]) -> str:
     if not against:
         return ""
     metric, level, larger = summary["metric"], summary["confidence_level"], summary["larger_is_better"]
-    # summaries written before 2026-12-07 chose it on test
+    # summaries written before 2026-12-06 22:40 UTC chose it on test
     chosen_on = summary.get("strongest_chosen_on", "test")
     lines = [
         f"| model | {metric}: model − {summary['strongest_baseline']} (chosen on {chosen_on}) "
