@@ -372,6 +372,23 @@ def test_a_baseline_estimate_is_its_interval_estimate_and_needs_no_clusters():
     assert baseline_estimate(skipped, "forecast") == 0.5
 
 
+def test_a_baseline_of_other_examples_is_refused_not_silently_kept():
+    """Cutting a baseline to the models' examples: arrays of the split's length are cut, arrays of the
+    subset's length kept; any other length means it scored other examples, which is refused (before, it
+    was kept and then never paired, or scored on other windows on validation)."""
+    from seqjax.baselines.result import BaselineResult
+    from seqjax.experiment.comparison import _subset
+
+    indices = np.array([1, 4, 7])
+    whole = BaselineResult("k-mer", {}, {"label": np.arange(10), "prediction": np.arange(10) % 2})
+    cut = _subset(whole, indices, 10)
+    assert cut.per_example["label"].tolist() == [1, 4, 7] and cut.settings["examples"] == 3
+    scored = BaselineResult("windows", {}, {"bits": np.ones(3), "bytes": np.full(3, 8.0)})
+    assert _subset(scored, indices, 10).per_example["bits"].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"'other' has 9 values of 'label'.*10 examples.*3 of them"):
+        _subset(BaselineResult("other", {}, {"label": np.arange(9)}), indices, 10)
+
+
 def test_window_baselines_refuse_token_ids_above_a_byte(data_dir):
     window = {
         "inputs": np.array([300, 2], np.int32),

@@ -91,7 +91,21 @@ def baseline_validation_estimates(
 def _subset(result: Any, indices: np.ndarray, total: int) -> Any:
     """A `BaselineResult` with its per-example arrays cut to `indices` (its split metrics are kept; the
     summary's estimate comes from the per-example values); arrays already of len(indices) (a baseline
-    that scored only those examples) are kept."""
+    that scored only those examples) are kept. An array of any other length is an error: it scored
+    other examples, and pairing or scoring it would compare different windows.
+
+        >>> from seqjax.baselines.result import BaselineResult
+        >>> kmer = BaselineResult("k-mer", {}, {"label": np.arange(10)})
+        >>> _subset(kmer, np.array([0, 5]), 10).per_example["label"].tolist()
+        [0, 5]
+    """
+    for name, values in result.per_example.items():
+        if len(values) not in (total, len(indices)):
+            raise ValueError(
+                f"task_baselines: the baseline {result.name!r} has {len(values)} values of {name!r}, but the "
+                f"split has {total} examples and the models are scored on {len(indices)} of them; it scored "
+                "other examples (check the baseline's data config against the models')."
+            )
     per_example = {
         k: np.asarray(v)[indices] if len(v) == total != len(indices) else v
         for k, v in result.per_example.items()
