@@ -166,8 +166,8 @@ def _main(argv: list[str]) -> None:
     out = ROOT / FLAGS.out.format(task=task, size=FLAGS.size, platform=platform)
     write_results(out, results, markdown(results))
     by_length = {s["length"]: s for s in summaries}
-    strongest = summaries[0]["strongest_baseline"]
-    baselines = [] if strongest is None else [strongest]
+    # every length's strongest baseline (validation may choose another at each length), in order met
+    baselines = list(dict.fromkeys(s["strongest_baseline"] for s in summaries if s["strongest_baseline"]))
     plots.metric_by_length(
         by_length, f"{out}_metric.png", title=f"{task}: {CLAIM_TEXT}?", baselines=baselines
     )
