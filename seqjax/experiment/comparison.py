@@ -73,8 +73,9 @@ def baseline_validation_estimates(
     config: Any, examples: int | None = None, options: Mapping[str, Any] | None = None
 ) -> dict[str, float]:
     """Each baseline's headline metric on the validation split, by name: fit on train as for test and
-    scored on the validation examples the models are scored on (`examples` spread over the split), so
-    that validation, not test, chooses the strongest baseline (`summary.strongest_baseline`), as it
+    scored as `task_baselines` scores test (with `examples`: the validation examples the models are
+    scored on, spread over the split; without, the whole split: whole documents for a documents task),
+    so that validation, not test, chooses the strongest baseline (`summary.strongest_baseline`), as it
     chooses the models' rates. {} for data without baselines.
 
         >>> baseline_validation_estimates(config, examples=256)  # doctest: +SKIP
